@@ -1,0 +1,193 @@
+"""The ``Actor`` base class, its lifecycle states and exit reasons.
+
+Design:
+- An actor is a plain object with three hooks: ``on_start``, ``receive`` and
+  ``on_stop``. The kernel calls them one at a time; an actor never runs two
+  messages at once.
+- The hooks may be plain functions or coroutines, and that choice decides how
+  the actor runs. An actor whose hooks are all plain functions costs no task:
+  the system's dispatcher runs it when it has mail, and an ``ask`` to an idle
+  one runs inline in the caller. An actor with any ``async`` hook gets a task
+  of its own for each incarnation, may await in its hooks and may own tasks
+  (``start_task``). Both obey the same contract.
+- Exit reasons follow Erlang/OTP: ``NORMAL`` (it stopped itself),
+  ``SHUTDOWN`` (its parent stopped it), ``KILLED`` (stopped without running
+  ``on_stop``), ``CRASHED`` (an exception). Transient children restart on
+  ``KILLED`` and ``CRASHED`` only.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from .errors import NotInActorContext
+
+if TYPE_CHECKING:
+    from .ref import ActorRef
+    from .system import ActorSystem
+    from .timers import Timer
+
+__all__ = ["Actor", "ActorState", "Exit", "ExitKind"]
+
+
+class ActorState(enum.Enum):
+    """Where an actor is in its life.
+
+    ``STARTING`` → ``RUNNING`` → ``STOPPING`` → ``STOPPED``; a crash moves a
+    supervised actor to ``RESTARTING`` until its supervisor decides, and an
+    unsupervised one (or one its supervisor gives up on) to ``FAILED``.
+    """
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class ExitKind(enum.Enum):
+    """Why an incarnation of an actor ended (OTP's exit reasons)."""
+
+    NORMAL = "normal"
+    SHUTDOWN = "shutdown"
+    KILLED = "killed"
+    CRASHED = "crashed"
+
+
+@attrs.frozen(kw_only=True)
+class Exit:
+    """The exit reason of one incarnation.
+
+    Attributes:
+        kind: normal, shutdown, killed or crashed.
+        error: the exception behind a crash (or an annotated shutdown).
+    """
+
+    kind: ExitKind
+    error: BaseException | None = None
+
+    @property
+    def abnormal(self) -> bool:
+        """True for exits a *transient* child is restarted after."""
+        return self.kind in (ExitKind.KILLED, ExitKind.CRASHED)
+
+    def __str__(self) -> str:
+        if self.error is None:
+            return self.kind.value
+        return f"{self.kind.value}: {type(self.error).__name__}: {self.error}"
+
+
+EXIT_NORMAL = Exit(kind=ExitKind.NORMAL)
+EXIT_SHUTDOWN = Exit(kind=ExitKind.SHUTDOWN)
+EXIT_KILLED = Exit(kind=ExitKind.KILLED)
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+class Actor:
+    """Base class of every actor. Override the hooks you need.
+
+    Hooks (each a plain method or ``async def``):
+
+    - ``on_start()``: runs before the first message of every incarnation. If
+      it raises, the start fails (``spawn`` raises
+      :class:`~actors.errors.StartFailed`).
+    - ``receive(msg)``: handles one message. Its return value is the reply to
+      an ``ask`` (ignored for ``tell``). Raising crashes this incarnation.
+    - ``on_stop(exit)``: runs when the incarnation ends for any reason but a
+      brutal kill, with the :class:`Exit` reason.
+
+    Inside the hooks, ``self.ref``, ``self.system``, ``self.stop()``,
+    ``self.start_timer()`` and (async actors only) ``self.start_task()`` are
+    available.
+    """
+
+    __slots__ = ("_ref",)
+    _ref: ActorRef
+
+    # Decided once per class: does any hook need a task of its own?
+    _needs_task: ClassVar[bool] = False
+    _async_on_start: ClassVar[bool] = False
+    _async_receive: ClassVar[bool] = False
+    _async_on_stop: ClassVar[bool] = False
+    _has_on_start: ClassVar[bool] = False
+    _has_on_stop: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._async_on_start = _is_async(cls.on_start)
+        cls._async_receive = _is_async(cls.receive)
+        cls._async_on_stop = _is_async(cls.on_stop)
+        cls._needs_task = cls._async_on_start or cls._async_receive or cls._async_on_stop
+        cls._has_on_start = cls.on_start is not Actor.on_start
+        cls._has_on_stop = cls.on_stop is not Actor.on_stop
+
+    def on_start(self) -> Awaitable[None] | None:
+        """Called before the first message of each incarnation."""
+        return None
+
+    def receive(self, msg: Any) -> Any:
+        """Handle one message; the return value answers an ``ask``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} got {msg!r} but does not override receive()"
+        )
+
+    def on_stop(self, exit: Exit) -> Awaitable[None] | None:
+        """Called when this incarnation ends (not after a brutal kill)."""
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """Extra state for introspection (the console shows it). Must not block."""
+        return {}
+
+    # --- context, valid once the kernel has bound the actor to its ref -------
+
+    @property
+    def ref(self) -> ActorRef:
+        """This actor's own ref."""
+        try:
+            return self._ref
+        except AttributeError:
+            raise NotInActorContext(
+                f"{type(self).__name__} is not running: create actors with "
+                "system.spawn() or a supervisor child spec, not by calling the class"
+            ) from None
+
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system this actor runs in."""
+        return self.ref.system
+
+    def stop(self) -> None:
+        """Stop this actor normally once the current message is handled."""
+        self.ref._request_self_stop()
+
+    def start_timer(
+        self, delay: float, msg: Any, *, interval: float | None = None
+    ) -> Timer:
+        """Send ``msg`` to this actor after ``delay`` seconds (then every ``interval``).
+
+        The timer belongs to this incarnation: it is cancelled when the actor
+        stops or crashes.
+        """
+        return self.ref._start_timer(delay, msg, interval)
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task owned by this incarnation.
+
+        The task is cancelled when the actor stops or crashes; if it raises,
+        the actor crashes with that exception. Only actors with an ``async``
+        hook have a task context to own tasks in.
+
+        Raises:
+            NotInActorContext: the actor runs on the dispatcher (no async hook).
+        """
+        self.ref._start_owned_task(fn, args)

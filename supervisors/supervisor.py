@@ -1,0 +1,768 @@
+"""The supervisor: an actor that starts, watches and restarts its children.
+
+Design:
+- Semantics are OTP's ``supervisor.erl``: children start in order and stop
+  in reverse order; the exit matrix of ``do_restart`` (permanent always,
+  transient after abnormal exits, temporary never, and removed); restart
+  intensity via :func:`~supervisors.intensity.add_restart`, after which the
+  supervisor terminates its children and exits with reason ``shutdown``
+  carrying :class:`ReachedMaxRestartIntensity` (its parent sees that exit);
+  a failed restart leaves the child ``restarting`` and is tried again
+  through the supervisor's own mailbox (OTP's ``try_again_restart``), so
+  requests such as ``terminate_child`` still get through.
+- Group restarts (one_for_all, rest_for_one) restart every child in the
+  group, including ones that were not running, and drop temporary ones, as
+  OTP does.
+- Unlike OTP a restarted child keeps its ref, and with it its mailbox: a
+  crash loses no queued message. ``terminate_child`` ends the ref for good;
+  ``restart_child`` then starts a new one.
+- The supervisor is an async actor (its hooks await children's shutdowns).
+  Child exits arrive as system messages, so they overtake admin requests.
+- Administrative requests are asks; refusals travel back as values and are
+  raised in the caller, never crashing the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from actors import Actor, ActorRef, ActorState, ActorSystem, Exit, ExitKind, StartFailed
+from actors.ref import ChildExited
+
+from .errors import (
+    AlreadyPresent,
+    AlreadyStarted,
+    ChildNotFound,
+    ChildRestarting,
+    ChildRunning,
+    ReachedMaxRestartIntensity,
+    StartChildFailed,
+    SupervisorError,
+    SupervisorExited,
+)
+from .intensity import DEFAULT_INTENSITY, DEFAULT_PERIOD, add_restart
+from .spec import ChildSpec, ChildType, Restart, RestartBackoff, Strategy
+
+__all__ = [
+    "ChildCounts",
+    "ChildInfo",
+    "ChildSnapshot",
+    "Supervisor",
+    "SupervisorRef",
+    "open_supervisor",
+    "supervisor_spec",
+]
+
+log = logging.getLogger("switchboard.supervisors")
+
+ChildStatus = Literal["running", "restarting", "undefined"]
+_LIVE_STATES = frozenset({ActorState.STARTING, ActorState.RUNNING, ActorState.STOPPING})
+
+
+@attrs.frozen(kw_only=True)
+class ChildInfo:
+    """One row of ``which_children`` (OTP's ``{Id, Child, Type, Modules}``).
+
+    Attributes:
+        id: the child id.
+        ref: the child's ref when it has one (running, or waiting to restart).
+        status: ``running``, ``restarting`` or ``undefined`` (not running).
+        type: worker or supervisor.
+    """
+
+    id: str
+    ref: ActorRef | None
+    status: ChildStatus
+    type: ChildType
+
+
+@attrs.frozen(kw_only=True)
+class ChildCounts:
+    """``count_children``: specs, active children, supervisors, workers."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@attrs.frozen(kw_only=True)
+class ChildSnapshot:
+    """A node of the supervision tree, for introspection.
+
+    Attributes:
+        id: the child id (the root's is its registry name or ``"root"``).
+        type: worker or supervisor.
+        status: running, restarting or undefined.
+        actor_class: the class of the current incarnation, if any.
+        state: the actor's lifecycle state, if it has a ref.
+        restarts: how often the supervisor restarted this child.
+        uptime: seconds since the current incarnation started, if running.
+        mailbox_depth: queued user messages.
+        strategy: for supervisors, their strategy.
+        children: for supervisors, their children.
+    """
+
+    id: str
+    type: ChildType
+    status: ChildStatus
+    actor_class: str | None
+    state: ActorState | None
+    restarts: int
+    uptime: float | None
+    mailbox_depth: int
+    strategy: Strategy | None = None
+    children: tuple[ChildSnapshot, ...] = ()
+
+
+class _Child:
+    """The supervisor's record of one child."""
+
+    __slots__ = (
+        "consecutive",
+        "delay_token",
+        "ref",
+        "restart_count",
+        "restarting",
+        "spec",
+        "started_at",
+    )
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.ref: ActorRef | None = None
+        self.restarting = False
+        self.restart_count = 0
+        self.consecutive = 0
+        self.started_at: float | None = None
+        self.delay_token = 0
+
+    @property
+    def status(self) -> ChildStatus:
+        if self.restarting:
+            return "restarting"
+        ref = self.ref
+        if ref is not None and ref.state in _LIVE_STATES:
+            return "running"
+        return "undefined"
+
+
+# --- requests (asks to the supervisor) ------------------------------------------
+
+
+@attrs.frozen
+class _StartChild:
+    spec: ChildSpec
+
+
+@attrs.frozen
+class _TerminateChild:
+    id: str
+
+
+@attrs.frozen
+class _RestartChild:
+    id: str
+
+
+@attrs.frozen
+class _DeleteChild:
+    id: str
+
+
+@attrs.frozen
+class _WhichChildren:
+    pass
+
+
+@attrs.frozen
+class _CountChildren:
+    pass
+
+
+@attrs.frozen
+class _TryAgainRestart:
+    id: str
+
+
+@attrs.frozen
+class _DelayedRestart:
+    id: str
+    token: int
+
+
+@attrs.frozen
+class _Refused:
+    """A refused request; the handle raises ``error`` in the caller."""
+
+    error: SupervisorError
+
+
+class Supervisor(Actor):
+    """An actor that supervises an ordered list of children.
+
+    Usually created through :func:`open_supervisor` (a root) or
+    :func:`supervisor_spec` (a child supervisor).
+
+    Args:
+        children: the static children, started in this order.
+        strategy: one_for_one (default), one_for_all or rest_for_one.
+        intensity: most restarts within ``period`` (OTP default 1).
+        period: seconds (OTP default 5).
+        restart_backoff: delay restarts with backoff; ``None`` restarts at once.
+        rng: random source for the backoff jitter.
+
+    Raises:
+        ValueError: duplicate child ids, or a negative intensity / period.
+    """
+
+    def __init__(
+        self,
+        children: Sequence[ChildSpec] = (),
+        *,
+        strategy: Strategy = Strategy.ONE_FOR_ONE,
+        intensity: int = DEFAULT_INTENSITY,
+        period: float = DEFAULT_PERIOD,
+        restart_backoff: RestartBackoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if intensity < 0:
+            raise ValueError(f"intensity must be >= 0, got {intensity}")
+        if not period > 0:
+            raise ValueError(f"period must be > 0 seconds, got {period}")
+        seen: set[str] = set()
+        for spec in children:
+            if spec.id in seen:
+                raise ValueError(f"duplicate child id {spec.id!r} in the supervisor's children")
+            seen.add(spec.id)
+        self._specs = tuple(children)
+        self.strategy = strategy
+        self.intensity = intensity
+        self.period = period
+        self.restart_backoff = restart_backoff
+        self._rng = rng or random.Random()
+        # Insertion order is start order; dicts keep deletes O(1) at 100k children.
+        self._children: dict[str, _Child] = {}
+        self._by_ref: dict[ActorRef, _Child] = {}
+        self._restarts: deque[float] = deque()
+        self._started_at = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Supervisor {self.strategy.value} children={len(self._children)} "
+            f"intensity={self.intensity}/{self.period}s>"
+        )
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._started_at = trio.current_time()
+        for spec in self._specs:
+            child = _Child(spec)
+            self._children[spec.id] = child
+            try:
+                await self._start(child)
+            except StartChildFailed:
+                del self._children[spec.id]
+                await self._terminate_all()
+                raise
+
+    async def on_stop(self, exit: Exit) -> None:
+        await self._terminate_all()
+
+    def _on_killed(self) -> None:
+        """Brutally killed: take the children down with us (they are linked)."""
+        for child in reversed(list(self._children.values())):
+            ref = child.ref
+            if ref is not None:
+                ref._parent_stopping = True
+                ref._kill()
+                ref._terminate(Exit(kind=ExitKind.KILLED))
+        self._children.clear()
+        self._by_ref.clear()
+
+    def status(self) -> dict[str, Any]:
+        counts = self._counts()
+        return {
+            "strategy": self.strategy.value,
+            "intensity": self.intensity,
+            "period": self.period,
+            "children": counts.specs,
+            "active": counts.active,
+        }
+
+    # --- requests --------------------------------------------------------------
+
+    async def receive(self, msg: Any) -> Any:
+        try:
+            return await self._handle(msg)
+        except (
+            ChildNotFound,
+            AlreadyStarted,
+            AlreadyPresent,
+            ChildRunning,
+            ChildRestarting,
+            StartChildFailed,
+        ) as exc:
+            return _Refused(exc)
+
+    async def _handle(self, msg: Any) -> Any:
+        kind = type(msg)
+        if kind is _WhichChildren:
+            return [
+                ChildInfo(id=c.spec.id, ref=c.ref, status=c.status, type=c.spec.type)
+                for c in self._children.values()
+            ]
+        if kind is _CountChildren:
+            return self._counts()
+        if kind is _StartChild:
+            return await self._start_new(msg.spec)
+        if kind is _TerminateChild:
+            child = self._find(msg.id)
+            child.restarting = False
+            child.delay_token += 1
+            await self._shutdown(child, keep_ref=False)
+            self._del_child(child)
+            return None
+        if kind is _RestartChild:
+            child = self._find(msg.id)
+            self._refuse_if_busy(child, "restart_child")
+            await self._start(child)
+            return child.ref
+        if kind is _DeleteChild:
+            child = self._find(msg.id)
+            self._refuse_if_busy(child, "delete_child")
+            self._remove(child)
+            return None
+        if kind is _TryAgainRestart:
+            waiting = self._children.get(msg.id)
+            if waiting is not None and waiting.restarting:
+                await self._restart(waiting)
+            return None
+        if kind is _DelayedRestart:
+            waiting = self._children.get(msg.id)
+            if waiting is not None and waiting.restarting and waiting.delay_token == msg.token:
+                await self._restart_group(waiting)
+            return None
+        raise TypeError(f"{self!r} got an unknown request {msg!r}")
+
+    def _find(self, child_id: str) -> _Child:
+        try:
+            return self._children[child_id]
+        except KeyError:
+            raise ChildNotFound(
+                f"no child with id {child_id!r}; known ids: {self._ids_hint()}",
+                child_id=child_id,
+            ) from None
+
+    def _ids_hint(self) -> str:
+        ids = list(self._children)
+        shown = ", ".join(repr(i) for i in ids[:10])
+        return shown + (f", … ({len(ids)} in all)" if len(ids) > 10 else "") or "none"
+
+    def _refuse_if_busy(self, child: _Child, what: str) -> None:
+        status = child.status
+        if status == "running":
+            raise ChildRunning(
+                f"{what}: child {child.spec.id!r} is running; terminate_child it first",
+                child_id=child.spec.id,
+            )
+        if status == "restarting":
+            raise ChildRestarting(
+                f"{what}: child {child.spec.id!r} has a restart pending; terminate_child it first",
+                child_id=child.spec.id,
+            )
+
+    async def _start_new(self, spec: ChildSpec) -> ActorRef | None:
+        existing = self._children.get(spec.id)
+        if existing is not None:
+            if existing.status == "running":
+                raise AlreadyStarted(
+                    f"start_child: a child with id {spec.id!r} is already running",
+                    child_id=spec.id,
+                    ref=existing.ref,
+                )
+            raise AlreadyPresent(
+                f"start_child: the id {spec.id!r} is taken by a child that is not running; "
+                "restart_child or delete_child it",
+                child_id=spec.id,
+            )
+        child = _Child(spec)
+        await self._start(child)
+        self._children[spec.id] = child
+        return child.ref
+
+    def _counts(self) -> ChildCounts:
+        active = supervisors = 0
+        for child in self._children.values():
+            if child.spec.type is ChildType.SUPERVISOR:
+                supervisors += 1
+            if child.status == "running":
+                active += 1
+        specs = len(self._children)
+        return ChildCounts(
+            specs=specs, active=active, supervisors=supervisors, workers=specs - supervisors
+        )
+
+    # --- child exits -----------------------------------------------------------
+
+    async def _on_child_exit(self, msg: ChildExited) -> None:
+        ref = msg.child
+        child = self._by_ref.get(ref)
+        if child is None or child.ref is not ref:
+            # Not (or no longer) ours: never leave it waiting for a decision.
+            ref._terminate(msg.exit)
+            return
+        stale = ref._incarnation != msg.incarnation or ref.state is not ActorState.RESTARTING
+        if child.restarting or stale:
+            return  # a restart already covers it
+        restart = child.spec.restart
+        if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and msg.exit.abnormal):
+            if msg.exit.kind is not ExitKind.CRASHED:
+                log.info("child %r exited (%s); restarting", child.spec.id, msg.exit)
+            await self._restart(child, msg.exit)
+        else:
+            self._del_child(child, msg.exit)
+
+    async def _restart(self, child: _Child, exit: Exit | None = None) -> None:
+        now = trio.current_time()
+        if not add_restart(self._restarts, now, self.period, self.intensity):
+            error = ReachedMaxRestartIntensity(
+                f"{self.ref!r} reached its maximum restart intensity: more than "
+                f"{self.intensity} restart(s) within {self.period} s (last: child "
+                f"{child.spec.id!r}, {exit or 'failed to restart'}); shutting down"
+            )
+            log.error("%s", error)
+            self._del_child(child, exit or Exit(kind=ExitKind.CRASHED, error=error))
+            self.ref._stop_request = Exit(kind=ExitKind.SHUTDOWN, error=error)
+            return
+        child.restart_count += 1
+        backoff = self.restart_backoff
+        if backoff is None:
+            await self._restart_group(child)
+            return
+        if child.started_at is not None and now - child.started_at >= backoff.reset_after:
+            child.consecutive = 0
+        child.consecutive += 1
+        child.restarting = True
+        child.delay_token += 1
+        delay = backoff.compute(child.consecutive, self._rng)
+        log.info(
+            "restarting child %r in %.3f s (attempt %d)", child.spec.id, delay, child.consecutive
+        )
+        self.start_timer(delay, _DelayedRestart(child.spec.id, child.delay_token))
+
+    async def _restart_group(self, child: _Child) -> None:
+        """Apply the strategy: stop the rest of the group, start it in order."""
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            group = [child]
+        else:
+            ids = list(self._children)
+            first = 0 if self.strategy is Strategy.ONE_FOR_ALL else ids.index(child.spec.id)
+            group = [self._children[i] for i in ids[first:]]
+            for other in reversed(group):
+                if other is child:
+                    continue
+                if other.spec.restart is Restart.TEMPORARY:
+                    await self._shutdown(other, keep_ref=False)
+                    self._remove(other)
+                else:
+                    await self._shutdown(other, keep_ref=True)
+            group = [c for c in group if c.spec.id in self._children]
+        for member in group:
+            try:
+                await self._start(member)
+            except StartChildFailed as exc:
+                log.error("%s; will try again", exc, exc_info=exc.__cause__)
+                member.restarting = True
+                self.ref.tell(_TryAgainRestart(member.spec.id))
+                return
+            member.restarting = False
+
+    # --- starting and stopping children ------------------------------------------
+
+    async def _start(self, child: _Child) -> None:
+        spec = child.spec
+        ref = child.ref
+        try:
+            if ref is not None and ref.alive:
+                await ref._start()
+            else:
+                ref = await self.system.spawn(
+                    spec.start, name=spec.name, mailbox=spec.mailbox, parent=self.ref
+                )
+                child.ref = ref
+                self._by_ref[ref] = child
+        except StartFailed as exc:
+            raise StartChildFailed(
+                f"child {spec.id!r} of {self.ref!r} failed to start: {exc.__cause__ or exc!r}",
+                child_id=spec.id,
+            ) from (exc.__cause__ or exc)
+        child.restarting = False
+        child.started_at = trio.current_time()
+
+    async def _shutdown(self, child: _Child, *, keep_ref: bool) -> None:
+        """Stop a child's incarnation (OTP ``do_terminate``)."""
+        ref = child.ref
+        if ref is None:
+            return
+        await ref._stop_incarnation(child.spec.shutdown_timeout())
+        if not keep_ref:
+            self._end_ref(child, ref._last_exit or Exit(kind=ExitKind.SHUTDOWN))
+
+    def _end_ref(self, child: _Child, exit: Exit) -> None:
+        ref = child.ref
+        if ref is not None:
+            child.ref = None
+            self._by_ref.pop(ref, None)
+            ref._terminate(exit)
+
+    def _del_child(self, child: _Child, exit: Exit | None = None) -> None:
+        """OTP ``del_child``: a temporary child is forgotten, others kept undefined."""
+        self._end_ref(child, exit or Exit(kind=ExitKind.SHUTDOWN))
+        child.restarting = False
+        if child.spec.restart is Restart.TEMPORARY:
+            self._remove(child)
+
+    def _remove(self, child: _Child) -> None:
+        self._end_ref(child, Exit(kind=ExitKind.SHUTDOWN))
+        self._children.pop(child.spec.id, None)
+
+    async def _terminate_all(self) -> None:
+        for child in reversed(list(self._children.values())):
+            child.restarting = False
+            child.delay_token += 1
+            await self._shutdown(child, keep_ref=False)
+        self._children.clear()
+        self._by_ref.clear()
+
+    # --- introspection -----------------------------------------------------------
+
+    def _snapshot_children(self, now: float) -> tuple[ChildSnapshot, ...]:
+        return tuple(_snapshot_child(c, now) for c in self._children.values())
+
+
+def _snapshot_child(child: _Child, now: float) -> ChildSnapshot:
+    ref = child.ref
+    inst = ref._instance if ref is not None else None
+    running = child.status == "running"
+    nested = isinstance(inst, Supervisor)
+    return ChildSnapshot(
+        id=child.spec.id,
+        type=child.spec.type,
+        status=child.status,
+        actor_class=type(inst).__name__ if inst is not None else None,
+        state=ref.state if ref is not None else None,
+        restarts=child.restart_count,
+        uptime=(now - child.started_at) if running and child.started_at is not None else None,
+        mailbox_depth=ref._mailbox.depth if ref is not None else 0,
+        strategy=inst.strategy if nested else None,  # type: ignore[union-attr]
+        children=inst._snapshot_children(now) if nested else (),  # type: ignore[union-attr]
+    )
+
+
+class SupervisorRef:
+    """A handle to a running supervisor: OTP's child administration calls.
+
+    Every call is an ask to the supervisor, handled in order with child exits.
+    """
+
+    def __init__(self, ref: ActorRef) -> None:
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"<SupervisorRef {self.ref!r}>"
+
+    async def _call(self, request: Any) -> Any:
+        # OTP's supervisor calls wait forever; bound them with a trio cancel scope.
+        result = await self.ref.ask(request, timeout=math.inf)
+        if isinstance(result, _Refused):
+            raise result.error
+        return result
+
+    async def start_child(self, spec: ChildSpec) -> ActorRef:
+        """Add and start a child at the end of the start order.
+
+        Raises:
+            AlreadyStarted: the id is held by a running child.
+            AlreadyPresent: the id is held by a child that is not running.
+            StartChildFailed: the child failed to start (it is not added).
+        """
+        ref: ActorRef = await self._call(_StartChild(spec))
+        return ref
+
+    async def terminate_child(self, child_id: str) -> None:
+        """Stop a child (its shutdown applies) and keep its spec (temporary: drop it).
+
+        Works on a child that is waiting to restart, cancelling the restart.
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        await self._call(_TerminateChild(child_id))
+
+    async def restart_child(self, child_id: str) -> ActorRef:
+        """Start a terminated child again from its spec.
+
+        Raises:
+            ChildNotFound, ChildRunning, ChildRestarting, StartChildFailed.
+        """
+        ref: ActorRef = await self._call(_RestartChild(child_id))
+        return ref
+
+    async def delete_child(self, child_id: str) -> None:
+        """Forget a terminated child's spec.
+
+        Raises:
+            ChildNotFound, ChildRunning, ChildRestarting.
+        """
+        await self._call(_DeleteChild(child_id))
+
+    async def which_children(self) -> list[ChildInfo]:
+        """Every child in start order, with its ref and status."""
+        children: list[ChildInfo] = await self._call(_WhichChildren())
+        return children
+
+    async def count_children(self) -> ChildCounts:
+        """Counts of specs, active children, supervisors and workers."""
+        counts: ChildCounts = await self._call(_CountChildren())
+        return counts
+
+    async def whereis_child(self, child_id: str) -> ActorRef | None:
+        """The ref of a child, or ``None`` if it has none right now."""
+        for info in await self.which_children():
+            if info.id == child_id:
+                return info.ref
+        return None
+
+    def snapshot(self) -> ChildSnapshot:
+        """The whole supervision tree below (and including) this supervisor.
+
+        Synchronous and consistent: it reads the tree without yielding.
+
+        Raises:
+            SupervisorExited: the supervisor is not running.
+        """
+        inst = self.ref._instance
+        if not isinstance(inst, Supervisor):
+            raise SupervisorExited(
+                f"{self.ref!r} is not running; no tree to show", exit=self.ref.exit
+            )
+        now = trio.current_time()
+        stats = self.ref.statistics()
+        return ChildSnapshot(
+            id=self.ref.name or "root",
+            type=ChildType.SUPERVISOR,
+            status="running",
+            actor_class=type(inst).__name__,
+            state=stats.state,
+            restarts=stats.restarts,
+            uptime=now - inst._started_at,
+            mailbox_depth=stats.mailbox.depth,
+            strategy=inst.strategy,
+            children=inst._snapshot_children(now),
+        )
+
+    async def stop(self) -> None:
+        """Stop the supervisor and, first, all its children in reverse order."""
+        await self.ref.stop(timeout=None)
+
+
+def supervisor_spec(
+    child_id: str,
+    children: Sequence[ChildSpec] = (),
+    *,
+    restart: Restart = Restart.PERMANENT,
+    name: str | None = None,
+    **flags: Any,
+) -> ChildSpec:
+    """A child spec for a nested supervisor (type supervisor, shutdown infinity).
+
+    Args:
+        child_id: the id in the parent.
+        children: the nested supervisor's children.
+        restart: its restart type in the parent.
+        name: register it under this name.
+        **flags: ``strategy``, ``intensity``, ``period``, ``restart_backoff``.
+    """
+    children = tuple(children)
+    Supervisor(children, **flags)  # validate now, not at the first start
+
+    def start() -> Supervisor:
+        return Supervisor(children, **flags)
+
+    start.__name__ = "Supervisor"
+    return ChildSpec(
+        id=child_id, start=start, restart=restart, type=ChildType.SUPERVISOR, name=name
+    )
+
+
+@asynccontextmanager
+async def open_supervisor(
+    system: ActorSystem,
+    children: Sequence[ChildSpec] = (),
+    *,
+    name: str | None = None,
+    **flags: Any,
+) -> AsyncIterator[SupervisorRef]:
+    """Run a root supervisor for the duration of the block.
+
+    Children start in order before the block is entered; on exit they stop
+    in reverse order. If the supervisor gives up (restart intensity) the
+    block is cancelled and :class:`SupervisorExited` is raised from it.
+
+    Args:
+        system: the actor system to run in.
+        children: the static children.
+        name: register the supervisor under this name.
+        **flags: ``strategy``, ``intensity``, ``period``, ``restart_backoff``,
+            ``rng`` (see :class:`Supervisor`).
+
+    Raises:
+        StartChildFailed: a child failed to start (the ones already started
+            were stopped).
+        SupervisorExited: the supervisor terminated while the block ran.
+    """
+    specs = tuple(children)
+
+    def start() -> Supervisor:
+        return Supervisor(specs, **flags)
+
+    start.__name__ = "Supervisor"
+    try:
+        ref = await system.spawn(start, name=name)
+    except StartFailed as exc:
+        if isinstance(exc.__cause__, StartChildFailed):
+            raise exc.__cause__ from exc.__cause__.__cause__
+        raise
+    handle = SupervisorRef(ref)
+    closing = False
+    with trio.CancelScope() as body:
+
+        async def watch() -> None:
+            await ref.wait_terminated()
+            if not closing:
+                body.cancel()
+
+        system._nursery.start_soon(watch)
+        try:
+            yield handle
+        finally:
+            closing = True
+            with trio.CancelScope(shield=True):
+                await ref.stop(timeout=None)
+    # Only the watcher cancels ``body``: the supervisor ended under the caller.
+    if body.cancelled_caught:
+        assert ref.exit is not None
+        raise SupervisorExited(
+            f"supervisor {ref!r} terminated while in use: {ref.exit}", exit=ref.exit
+        ) from ref.exit.error

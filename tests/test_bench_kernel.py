@@ -1,0 +1,100 @@
+"""``python -m bench kernel --quick`` runs end to end and writes complete JSON.
+
+Performance goals are measured, not asserted: this checks the shape of the
+results (every figure, with unit, baseline and ratio, all positive and
+finite), never their size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.__main__ import SCENARIOS, build_parser
+
+BENCH_TIMEOUT = 240  # seconds: the quick run takes ~10 s alone, more on a loaded machine
+
+FIGURES = {
+    "ask_round_trip": "µs",
+    "ask_round_trip_task_mode": "µs",
+    "fan_in": "msgs/s",
+    "fan_in_vs_send_nowait": "msgs/s",
+    "spawn_rate": "actors/s",
+    "stop_time": "ms",
+    "stop_time_vs_graceful": "ms",
+    "idle_memory": "bytes",
+    "crash_restart_median": "µs",
+    "crash_restart_p90": "µs",
+    "crash_restart_p99": "µs",
+}
+TARGETED = {"ask_round_trip", "fan_in", "spawn_rate", "idle_memory", "crash_restart_median"}
+
+
+def _positive_finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "kernel.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "kernel", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+
+
+def test_every_figure_has_value_baseline_ratio_and_unit(
+    quick_run: tuple[dict[str, Any], str],
+) -> None:
+    data, _ = quick_run
+    figures = {f["name"]: f for f in data["figures"]}
+    assert set(figures) == set(FIGURES), data["notes"]
+    for name, unit in FIGURES.items():
+        f = figures[name]
+        assert f["unit"] == unit, name
+        for key in ("value", "baseline", "ratio"):
+            assert _positive_finite(f[key]), (name, key, f[key])
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline"]), name
+        assert f["baseline_label"], name
+        assert f["samples"] and f["baseline_samples"], name
+        assert all(_positive_finite(x) for x in f["samples"] + f["baseline_samples"]), name
+        if name in TARGETED:
+            assert f["target"] is not None, name
+            assert f["verdict"] in ("pass", "fail"), name
+        else:
+            assert f["target"] is None, name
+            assert f["verdict"] == "no target", name
+
+
+def test_report_describes_run_and_machine(quick_run: tuple[dict[str, Any], str]) -> None:
+    data, stdout = quick_run
+    assert data["scenario"] == "kernel"
+    assert data["parameters"]["quick"] is True
+    assert data["parameters"]["repeat"] == 1
+    machine = data["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["cpu_model"]
+    assert machine["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert {"trio", "attrs", "cattrs"} <= set(machine["packages"])
+    assert any("silenced" in note for note in data["notes"])
+    # The printed table has a row per figure.
+    assert "ask round trip" in stdout and "crash→restarted median" in stdout
+
+
+def test_scenarios_are_a_registry() -> None:
+    assert "kernel" in SCENARIOS
+    args = build_parser().parse_args(["kernel", "--quick", "--actors", "50", "--repeat", "2"])
+    assert args.scenario == "kernel"
+    assert (args.quick, args.actors, args.repeat) == (True, 50, 2)
