@@ -5,6 +5,14 @@ actors through the :class:`ActorRef` that ``spawn`` returns.
 """
 
 from .actor import Actor, ActorState, Exit, ExitKind
+from .backoff import (
+    Backoff,
+    BackoffPolicy,
+    BackoffState,
+    DecorrelatedJitterBackoff,
+    ExponentialBackoff,
+)
+from .breaker import BreakerState, BreakerStatistics, CircuitBreaker, CircuitBreakerState
 from .errors import (
     ActorCrashed,
     ActorDead,
@@ -19,11 +27,22 @@ from .errors import (
     StartFailed,
 )
 from .mailbox import MailboxConfig, MailboxStatistics, Overflow
+from .ratelimit import (
+    GCRA,
+    ArrivalCurve,
+    CompositeCurve,
+    CompositeLimiter,
+    CompositeLimiterState,
+    GCRAState,
+    KeyedLimiter,
+    KeyedLimiterState,
+)
 from .ref import ActorRef, ActorStatistics, ActorStatus
 from .system import ActorSystem, DeadLetter, SystemStatistics, open_actor_system
 from .timers import Timer
 
 __all__ = [
+    "GCRA",
     "Actor",
     "ActorCrashed",
     "ActorDead",
@@ -34,11 +53,27 @@ __all__ = [
     "ActorStatistics",
     "ActorStatus",
     "ActorSystem",
+    "ArrivalCurve",
     "AskTimeout",
+    "Backoff",
+    "BackoffPolicy",
+    "BackoffState",
+    "BreakerState",
+    "BreakerStatistics",
+    "CircuitBreaker",
+    "CircuitBreakerState",
     "CircuitOpen",
+    "CompositeCurve",
+    "CompositeLimiter",
+    "CompositeLimiterState",
     "DeadLetter",
+    "DecorrelatedJitterBackoff",
     "Exit",
     "ExitKind",
+    "ExponentialBackoff",
+    "GCRAState",
+    "KeyedLimiter",
+    "KeyedLimiterState",
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",

@@ -170,9 +170,7 @@ class Actor:
         """Stop this actor normally once the current message is handled."""
         self.ref._request_self_stop()
 
-    def start_timer(
-        self, delay: float, msg: Any, *, interval: float | None = None
-    ) -> Timer:
+    def start_timer(self, delay: float, msg: Any, *, interval: float | None = None) -> Timer:
         """Send ``msg`` to this actor after ``delay`` seconds (then every ``interval``).
 
         The timer belongs to this incarnation: it is cancelled when the actor

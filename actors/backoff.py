@@ -69,9 +69,7 @@ def _check_failures(failures: int) -> None:
 class BackoffPolicy(Protocol):
     """Turns the number of consecutive failures into a delay in seconds."""
 
-    def compute(
-        self, failures: int, *, rng: random.Random, previous: float | None = None
-    ) -> float:
+    def compute(self, failures: int, *, rng: random.Random, previous: float | None = None) -> float:
         """Return the delay to sleep before the next attempt.
 
         Args:
@@ -129,9 +127,7 @@ class ExponentialBackoff:
         except OverflowError:
             return self.cap
 
-    def compute(
-        self, failures: int, *, rng: random.Random, previous: float | None = None
-    ) -> float:
+    def compute(self, failures: int, *, rng: random.Random, previous: float | None = None) -> float:
         """Return ``uniform(0, ceiling(failures))`` (``previous`` is ignored).
 
         Args:
@@ -167,9 +163,7 @@ class DecorrelatedJitterBackoff:
     def __attrs_post_init__(self) -> None:
         _check_delay_bounds(self.base, self.cap)
 
-    def compute(
-        self, failures: int, *, rng: random.Random, previous: float | None = None
-    ) -> float:
+    def compute(self, failures: int, *, rng: random.Random, previous: float | None = None) -> float:
         """Return ``min(cap, uniform(base, previous * 3))``.
 
         Args:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Final
+from typing import Final, NoReturn
 
 import attrs
 
@@ -316,7 +316,7 @@ class CircuitBreaker:
         self._trials = 0
         self._retry_at = now + self.reset_timeout
 
-    def _refuse(self, now: float, why: str, then: str) -> None:
+    def _refuse(self, now: float, why: str, then: str) -> NoReturn:
         assert self._retry_at is not None
         self._rejections += 1
         subject = f"circuit breaker {self.name!r}" if self.name else "circuit breaker"

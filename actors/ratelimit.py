@@ -69,8 +69,7 @@ _CLOCK_LIMIT: Final = 2.0**32  # seconds; readings beyond this are refused (136 
 def _check_time(now: float, name: str = "now") -> None:
     if not (math.isfinite(now) and -_CLOCK_LIMIT < now < _CLOCK_LIMIT):
         raise ValueError(
-            f"{name} must be a finite clock reading in seconds with |{name}| < 2**32, "
-            f"got {now!r}"
+            f"{name} must be a finite clock reading in seconds with |{name}| < 2**32, got {now!r}"
         )
 
 
@@ -604,9 +603,8 @@ class KeyedLimiter(Generic[K]):
             return
         bucket = self._buckets.get(key)
         if bucket is None:
-            # An eviction decision needs a "now"; t is in the future of any
-            # sensible caller, so judge fullness conservatively at -inf: only
-            # free slots count, no bucket is evicted.
+            # Telling full buckets from busy ones needs a "now", which this
+            # call does not have: use a free slot or nothing, evict no bucket.
             if len(self._buckets) >= self._max_keys:
                 self._new_keys_paused_until = _later(self._new_keys_paused_until, t)
                 return
@@ -657,7 +655,8 @@ class KeyedLimiter(Generic[K]):
         if bucket is None:
             assert len(self._buckets) < self._max_keys, "room was made while checking"
             bucket = self._buckets[key] = _Bucket()
-            # The new bucket may free up before the recorded bound.
+            # Only a caller whose clock stepped back can insert below the
+            # bound; then the new bucket may free up first, so drop the bound.
             self._no_room_before = -math.inf
         else:
             self._buckets.move_to_end(key)
@@ -743,9 +742,7 @@ class CompositeLimiter:
         self._paused_until: float | None = None
         if state is not None:
             if len(state.parts) != len(parts):
-                raise ValueError(
-                    f"state has {len(state.parts)} part states for {len(parts)} parts"
-                )
+                raise ValueError(f"state has {len(state.parts)} part states for {len(parts)} parts")
             parts = tuple(
                 _restored(part, saved) for part, saved in zip(parts, state.parts, strict=True)
             )

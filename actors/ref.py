@@ -175,8 +175,16 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _abort_ok(_: Any) -> Abort:
-    return Abort.SUCCEEDED
+def _orphan_exit(parent: ActorRef, msg: ChildExited) -> None:
+    """A child's exit reached a parent that does not supervise: end the child."""
+    log.warning(
+        "%r is the parent of %r but does not supervise children; the child is "
+        "terminated (%s) instead of restarted",
+        parent,
+        msg.child,
+        msg.exit,
+    )
+    msg.child._terminate(msg.exit)
 
 
 class ActorRef:
@@ -282,7 +290,8 @@ class ActorRef:
                 ``await send()`` to wait for room under ``Overflow.WAIT``).
             ActorDead: the actor is terminated.
         """
-        if self._state not in _QUEUEING:
+        state = self._state
+        if state is not RUNNING and state not in _QUEUEING:
             raise self._dead_error("tell")
         mailbox = self._mailbox
         if not mailbox.has_room():
@@ -303,7 +312,8 @@ class ActorRef:
                 under ``WAIT``).
             ActorDead: the actor is terminated, or died while we waited.
         """
-        if self._state in _QUEUEING and self._mailbox.has_room():
+        state = self._state
+        if (state is RUNNING or state in _QUEUEING) and self._mailbox.has_room():
             self._mailbox.put(msg)
             if not self._scheduled:
                 self._wake()
@@ -367,7 +377,9 @@ class ActorRef:
         return await self._wait_reply(pending, timeout, msg)
 
     async def ask_status(
-        self, *, timeout: float = DEFAULT_ASK_TIMEOUT  # noqa: ASYNC109
+        self,
+        *,
+        timeout: float = DEFAULT_ASK_TIMEOUT,  # noqa: ASYNC109
     ) -> ActorStatus:
         """Ask the actor for its status through the system lane.
 
@@ -426,7 +438,11 @@ class ActorRef:
         else:
             with trio.move_on_after(timeout):
                 await event.wait()
-            if self._incarnation == incarnation and self._state is RUNNING:
+            # Still this incarnation, handling messages or hung in on_stop.
+            if self._incarnation == incarnation and self._state in (
+                RUNNING,
+                ActorState.STOPPING,
+            ):
                 self._kill()
                 await event.wait()
 
@@ -587,6 +603,17 @@ class ActorRef:
             if not waiters:
                 self._mailbox.room_waiters = None
 
+    def _wake_room_waiters(self) -> None:
+        """Wake as many waiting senders as the mailbox has room for."""
+        mailbox = self._mailbox
+        waiters = mailbox.room_waiters
+        room = mailbox.config.capacity - mailbox.depth
+        while waiters and room > 0:
+            reschedule(waiters.popleft())
+            room -= 1
+        if not waiters:
+            mailbox.room_waiters = None
+
     def _wake_all_room_waiters(self) -> None:
         waiters = self._mailbox.room_waiters
         self._mailbox.room_waiters = None
@@ -606,20 +633,22 @@ class ActorRef:
         except Exception as exc:
             raise StartFailed(f"{self!r}: the actor factory raised {exc!r}") from exc
         if not isinstance(inst, Actor):
-            raise StartFailed(
-                f"{self!r}: the factory returned {inst!r}, which is not an Actor"
-            )
+            raise StartFailed(f"{self!r}: the factory returned {inst!r}, which is not an Actor")
         inst._ref = self
         return inst
 
-    async def _start(self) -> None:
+    async def _start(self, inst: Actor | None = None) -> None:
         """Start a new incarnation and return once ``on_start`` has succeeded.
+
+        Args:
+            inst: an instance already made by the factory, or ``None`` to make one.
 
         Raises:
             StartFailed: the factory or ``on_start`` raised; the ref is left
                 in its previous (not running) state.
         """
-        inst = self._new_instance()
+        if inst is None:
+            inst = self._new_instance()
         if inst._needs_task:
             await self.system._nursery.start(self._task_main, inst)
         else:
@@ -754,7 +783,7 @@ class ActorRef:
         if type(msg) is ChildExited:
             handler = getattr(inst, "_on_child_exit", None)
             if handler is None:
-                log.warning("%r ignored %r: it does not supervise children", self, msg)
+                _orphan_exit(self, msg)
                 return None
             result = handler(msg)
             if result is not None:
@@ -788,7 +817,8 @@ class ActorRef:
                 if msg is _RESTART:
                     self._finish_inline(EXIT_SHUTDOWN, restart_in_place=True)
                     return
-                log.warning("%r ignored %r: it does not supervise children", self, msg)
+                assert type(msg) is ChildExited, msg
+                _orphan_exit(self, msg)
                 continue
             if self._stop_request is not None:
                 self._finish_inline(self._stop_request)
@@ -800,8 +830,6 @@ class ActorRef:
                 break
             item = mailbox.pop_user()
             handled += 1
-            if mailbox.room_waiters:
-                self._wake_room_waiter()
             if type(item) is _Ask:
                 try:
                     result = inst.receive(item.msg)  # type: ignore[union-attr]
@@ -817,6 +845,10 @@ class ActorRef:
                     self._crashed(exc)
                     return
             self._processed += 1
+        if mailbox.room_waiters:
+            # Once per batch, not per message: a woken sender refills at once,
+            # so waking one per freed slot made most wake-ups find it full again.
+            self._wake_room_waiters()
         if self._state is RUNNING and (mailbox or self._stop_request is not None):
             self.system._enqueue(self)
         else:
@@ -898,6 +930,18 @@ class ActorRef:
             return
         parent = self._parent
         if parent is not None and parent.alive:
+            if (
+                parent._parked is not None
+                and not parent._mailbox
+                and parent._stop_request is None
+                and parent._state is RUNNING
+            ):
+                # The parent is idle: nothing is queued ahead of this exit, so a
+                # parent that can decide without awaiting does it here, saving
+                # a task switch (see Supervisor._child_exit_inline).
+                decide = getattr(parent._instance, "_child_exit_inline", None)
+                if decide is not None and decide(self, exit, self._incarnation):
+                    return
             parent._mailbox.put_system(ChildExited(self, exit, self._incarnation))
             parent._wake_for_system()
             return
@@ -910,9 +954,9 @@ class ActorRef:
             shutdown: seconds to wait for ``on_stop`` before killing; ``0``
                 kills at once (OTP's brutal_kill); ``None`` waits forever.
         """
-        if self._state is RESTARTING or (self._state not in _ACCEPTING and (
-            self._state is not ActorState.STOPPING
-        )):
+        if self._state is RESTARTING or (
+            self._state not in _ACCEPTING and (self._state is not ActorState.STOPPING)
+        ):
             await checkpoint()
             return
         if self._state is STARTING:

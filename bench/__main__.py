@@ -10,11 +10,11 @@ import argparse
 import sys
 from typing import Final
 
-from . import kernel
+from . import kernel_scenario
 from .report import render_table, write_json
 from .scenario import Scenario
 
-SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (kernel.SCENARIO,)}
+SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (kernel_scenario.SCENARIO,)}
 
 
 def build_parser() -> argparse.ArgumentParser:

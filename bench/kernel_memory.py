@@ -2,7 +2,7 @@
 
 ``python -m bench.kernel_memory --side actors|trio --actors N [--trace K]``
 prints one JSON line: ``rss_before``, ``rss_after`` (bytes), ``n`` and
-``bytes_per_actor`` = (after − before) / N.
+``bytes_per_actor`` = (after - before) / N.
 
 - ``actors``: N plain actors (``await system.spawn(Idle)``), each told one
   message; measured once the dispatcher has handled them all and every
@@ -43,7 +43,7 @@ import json
 import os
 import sys
 import tracemalloc
-from typing import Any
+from typing import Any, Final
 
 import psutil
 import trio
@@ -51,7 +51,7 @@ import trio.testing
 
 from actors import Actor, MailboxConfig, open_actor_system
 
-CAPACITY = MailboxConfig().capacity
+CAPACITY: Final = MailboxConfig().capacity  # messages; the default mailbox bound
 
 
 class Idle(Actor):

@@ -4,7 +4,7 @@ Design:
 - A :class:`Figure` is one measured quantity on our side beside the same
   workload written directly on trio, both as medians over the repetitions,
   with every raw sample kept. ``ratio`` is always ``value / baseline`` in the
-  figure's own unit, so "ask ≤ 0.5× trio" and "fan-in ≥ 7× trio" both read
+  figure's own unit, so "ask ≤ 0.5x trio" and "fan-in ≥ 7x trio" both read
   off the same column.
 - A :class:`Target` applies either to the ratio or to the absolute value and
   yields a verdict; figures without a target are there so that a reader sees
@@ -271,8 +271,7 @@ def render_table(report: Report) -> str:
     head = [
         f"scenario {report.scenario}  ({report.started}, {report.duration:.1f} s)",
         f"machine  {m.cpu_count} CPUs ({m.cpus_usable} usable), {m.cpu_model}; "
-        f"Python {m.python}; "
-        + ", ".join(f"{k} {v}" for k, v in m.packages.items()),
+        f"Python {m.python}; " + ", ".join(f"{k} {v}" for k, v in m.packages.items()),
         "load     "
         + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in report.load_average.items())
         + " (1/5/15-min load averages)",
@@ -292,7 +291,7 @@ def render_table(report: Report) -> str:
                 f.label,
                 f"{_num(f.value)} {f.unit}",
                 f"{_num(f.baseline)} {f.unit} [{letters[f.baseline_label]}]",
-                f"{f.ratio:.2f}×",
+                f"{f.ratio:.2f}x",
                 f.target.text if f.target is not None else "-",
                 f.verdict.name if f.verdict is not Verdict.NONE else "-",
             )

@@ -130,6 +130,7 @@ class _Child:
     __slots__ = (
         "consecutive",
         "delay_token",
+        "prepared",
         "ref",
         "restart_count",
         "restarting",
@@ -145,6 +146,8 @@ class _Child:
         self.consecutive = 0
         self.started_at: float | None = None
         self.delay_token = 0
+        # An instance made at the crash site, waiting to be started from our task.
+        self.prepared: Actor | None = None
 
     @property
     def status(self) -> ChildStatus:
@@ -191,6 +194,11 @@ class _CountChildren:
 
 @attrs.frozen
 class _TryAgainRestart:
+    id: str
+
+
+@attrs.frozen
+class _StartPrepared:
     id: str
 
 
@@ -330,6 +338,7 @@ class Supervisor(Actor):
             child = self._find(msg.id)
             child.restarting = False
             child.delay_token += 1
+            child.prepared = None
             await self._shutdown(child, keep_ref=False)
             self._del_child(child)
             return None
@@ -347,6 +356,11 @@ class Supervisor(Actor):
             waiting = self._children.get(msg.id)
             if waiting is not None and waiting.restarting:
                 await self._restart(waiting)
+            return None
+        if kind is _StartPrepared:
+            waiting = self._children.get(msg.id)
+            if waiting is not None and waiting.prepared is not None:
+                await self._restart_group(waiting)
             return None
         if kind is _DelayedRestart:
             waiting = self._children.get(msg.id)
@@ -416,40 +430,94 @@ class Supervisor(Actor):
     # --- child exits -----------------------------------------------------------
 
     async def _on_child_exit(self, msg: ChildExited) -> None:
-        ref = msg.child
+        child = self._exit_needs_restart(msg.child, msg.exit, msg.incarnation)
+        if child is not None:
+            await self._schedule_restart(child)
+
+    def _child_exit_inline(self, ref: ActorRef, exit: Exit, incarnation: int) -> bool:
+        """Handle a child's exit at the crash site; the kernel calls this while we are idle.
+
+        Only the case that needs no await is taken here: one_for_one without
+        backoff, restarting a plain actor, whose ``on_start`` cannot block. With
+        our mailbox empty and no handler running, deciding now is what the
+        queued path would do next, minus a task switch. Anything else returns
+        False and the exit is queued as a ``ChildExited`` system message.
+        """
+        if (
+            self.strategy is not Strategy.ONE_FOR_ONE
+            or self.restart_backoff is not None
+            or ref._task_mode
+        ):
+            return False
+        child = self._exit_needs_restart(ref, exit, incarnation)
+        if child is None:
+            return True
+        try:
+            inst = ref._new_instance()
+            if inst._needs_task:
+                # The factory now makes an async actor: start it from our task.
+                child.prepared = inst
+                child.restarting = True
+                self.ref.tell(_StartPrepared(child.spec.id))
+                return True
+            ref._start_inline(inst)
+        except StartFailed as exc:
+            self._restart_failed(child, _start_error(child.spec, self.ref, exc))
+            return True
+        child.restarting = False
+        child.started_at = trio.current_time()
+        return True
+
+    def _exit_needs_restart(self, ref: ActorRef, exit: Exit, incarnation: int) -> _Child | None:
+        """OTP's ``do_restart`` bookkeeping for one exit.
+
+        Returns the child to restart (the restart already counted against the
+        intensity), or ``None`` when nothing more is to be done: the exit is
+        stale, the child is not restarted, or the supervisor gives up.
+        """
         child = self._by_ref.get(ref)
         if child is None or child.ref is not ref:
             # Not (or no longer) ours: never leave it waiting for a decision.
-            ref._terminate(msg.exit)
-            return
-        stale = ref._incarnation != msg.incarnation or ref.state is not ActorState.RESTARTING
+            ref._terminate(exit)
+            return None
+        stale = ref._incarnation != incarnation or ref.state is not ActorState.RESTARTING
         if child.restarting or stale:
-            return  # a restart already covers it
+            return None  # a restart already covers it
         restart = child.spec.restart
-        if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and msg.exit.abnormal):
-            if msg.exit.kind is not ExitKind.CRASHED:
-                log.info("child %r exited (%s); restarting", child.spec.id, msg.exit)
-            await self._restart(child, msg.exit)
-        else:
-            self._del_child(child, msg.exit)
+        if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and exit.abnormal):
+            if exit.kind is not ExitKind.CRASHED:
+                log.info("child %r exited (%s); restarting", child.spec.id, exit)
+            return child if self._count_restart(child, exit) else None
+        self._del_child(child, exit)
+        return None
 
-    async def _restart(self, child: _Child, exit: Exit | None = None) -> None:
-        now = trio.current_time()
-        if not add_restart(self._restarts, now, self.period, self.intensity):
-            error = ReachedMaxRestartIntensity(
-                f"{self.ref!r} reached its maximum restart intensity: more than "
-                f"{self.intensity} restart(s) within {self.period} s (last: child "
-                f"{child.spec.id!r}, {exit or 'failed to restart'}); shutting down"
-            )
-            log.error("%s", error)
-            self._del_child(child, exit or Exit(kind=ExitKind.CRASHED, error=error))
-            self.ref._stop_request = Exit(kind=ExitKind.SHUTDOWN, error=error)
-            return
-        child.restart_count += 1
+    def _count_restart(self, child: _Child, exit: Exit | None) -> bool:
+        """Add a restart; past the intensity, give up: False, and we are stopping."""
+        if add_restart(self._restarts, trio.current_time(), self.period, self.intensity):
+            child.restart_count += 1
+            return True
+        error = ReachedMaxRestartIntensity(
+            f"{self.ref!r} reached its maximum restart intensity: more than "
+            f"{self.intensity} restart(s) within {self.period} s (last: child "
+            f"{child.spec.id!r}, {exit or 'failed to restart'}); shutting down"
+        )
+        log.error("%s", error)
+        self._del_child(child, exit or Exit(kind=ExitKind.CRASHED, error=error))
+        self.ref._stop_request = Exit(kind=ExitKind.SHUTDOWN, error=error)
+        self.ref._wake()
+        return False
+
+    async def _restart(self, child: _Child) -> None:
+        """Try a failed restart again (OTP's ``try_again_restart``); it counts again."""
+        if self._count_restart(child, None):
+            await self._schedule_restart(child)
+
+    async def _schedule_restart(self, child: _Child) -> None:
         backoff = self.restart_backoff
         if backoff is None:
             await self._restart_group(child)
             return
+        now = trio.current_time()
         if child.started_at is not None and now - child.started_at >= backoff.reset_after:
             child.consecutive = 0
         child.consecutive += 1
@@ -460,6 +528,11 @@ class Supervisor(Actor):
             "restarting child %r in %.3f s (attempt %d)", child.spec.id, delay, child.consecutive
         )
         self.start_timer(delay, _DelayedRestart(child.spec.id, child.delay_token))
+
+    def _restart_failed(self, child: _Child, error: StartChildFailed) -> None:
+        log.error("%s; will try again", error, exc_info=error.__cause__)
+        child.restarting = True
+        self.ref.tell(_TryAgainRestart(child.spec.id))
 
     async def _restart_group(self, child: _Child) -> None:
         """Apply the strategy: stop the rest of the group, start it in order."""
@@ -482,9 +555,7 @@ class Supervisor(Actor):
             try:
                 await self._start(member)
             except StartChildFailed as exc:
-                log.error("%s; will try again", exc, exc_info=exc.__cause__)
-                member.restarting = True
-                self.ref.tell(_TryAgainRestart(member.spec.id))
+                self._restart_failed(member, exc)
                 return
             member.restarting = False
 
@@ -493,9 +564,10 @@ class Supervisor(Actor):
     async def _start(self, child: _Child) -> None:
         spec = child.spec
         ref = child.ref
+        prepared, child.prepared = child.prepared, None
         try:
             if ref is not None and ref.alive:
-                await ref._start()
+                await ref._start(prepared)
             else:
                 ref = await self.system.spawn(
                     spec.start, name=spec.name, mailbox=spec.mailbox, parent=self.ref
@@ -503,10 +575,7 @@ class Supervisor(Actor):
                 child.ref = ref
                 self._by_ref[ref] = child
         except StartFailed as exc:
-            raise StartChildFailed(
-                f"child {spec.id!r} of {self.ref!r} failed to start: {exc.__cause__ or exc!r}",
-                child_id=spec.id,
-            ) from (exc.__cause__ or exc)
+            raise _start_error(spec, self.ref, exc) from (exc.__cause__ or exc)
         child.restarting = False
         child.started_at = trio.current_time()
 
@@ -541,6 +610,7 @@ class Supervisor(Actor):
         for child in reversed(list(self._children.values())):
             child.restarting = False
             child.delay_token += 1
+            child.prepared = None
             await self._shutdown(child, keep_ref=False)
         self._children.clear()
         self._by_ref.clear()
@@ -549,6 +619,15 @@ class Supervisor(Actor):
 
     def _snapshot_children(self, now: float) -> tuple[ChildSnapshot, ...]:
         return tuple(_snapshot_child(c, now) for c in self._children.values())
+
+
+def _start_error(spec: ChildSpec, sup: ActorRef, exc: StartFailed) -> StartChildFailed:
+    error = StartChildFailed(
+        f"child {spec.id!r} of {sup!r} failed to start: {exc.__cause__ or exc!r}",
+        child_id=spec.id,
+    )
+    error.__cause__ = exc.__cause__ or exc
+    return error
 
 
 def _snapshot_child(child: _Child, now: float) -> ChildSnapshot:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import actors
@@ -36,6 +38,19 @@ from actors import (
 from actors.ref import ChildExited
 
 CEILING = 60.0  # virtual seconds; only a hang gets near it
+
+
+async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:
+    """Yield to other tasks, without letting time pass, until ``condition()``.
+
+    Bounded: a busy loop of ``sleep(0)`` never lets the autojump clock reach a
+    ``fail_after`` deadline, so an unbounded one would hang instead of failing.
+    """
+    for _ in range(steps):
+        if condition():
+            return
+        await trio.lowlevel.checkpoint()
+    raise AssertionError(f"still not true after {steps} scheduling rounds")
 
 
 class Boom(Exception):
@@ -90,15 +105,15 @@ class PlainActor(Recorder, Actor):
 
 class AsyncActor(Recorder, Actor):
     async def on_start(self) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         self.started()
 
     async def receive(self, msg: Any) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return self.handle(msg)
 
     async def on_stop(self, exit: Exit) -> None:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         self.stopped(exit)
 
 
@@ -528,15 +543,29 @@ async def test_stop_while_an_in_place_restart_is_pending_terminates_for_good(
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
             ref = await system.spawn(AsyncActor, log)
-            ref.restart()
-            while ref.state is not ActorState.RESTARTING:
-                await trio.sleep(0)
+            # The window (old incarnation over, new one not begun) lasts one
+            # scheduling batch, and trio shuffles batches: restart until the
+            # test task lands in it.
+            for _ in range(100):
+                ref.restart()
+
+                def between_or_past(before: int = ref.incarnation) -> bool:
+                    return ref.state is ActorState.RESTARTING or ref.incarnation > before
+
+                await yield_until(between_or_past)
+                if ref.state is ActorState.RESTARTING:
+                    break
+                await yield_until(lambda: ref.state is ActorState.RUNNING)
+            else:
+                pytest.fail("never observed the actor between incarnations")
             await ref.stop()
             assert ref.state is ActorState.STOPPED
             await trio.sleep(1)
-            # the pending restart must not bring it back
+            # the pending restart must not bring it back, nor start an
+            # incarnation that never gets its on_stop
             assert ref.state is ActorState.STOPPED
-            assert [e[0] for e in log] == ["start", "stop"]
+            kinds = [e[0] for e in log]
+            assert kinds == ["start", "stop"] * (len(kinds) // 2)
             assert system.statistics().actors == 0
 
 
@@ -585,6 +614,43 @@ async def test_a_crash_loses_no_queued_message(
             assert (stats.incarnation, stats.restarts, stats.processed) == (2, 1, 3)
             assert child.state is ActorState.RUNNING
             assert system.dead_letters == type(system.dead_letters)()
+
+
+class RecordingParent(Actor):
+    """A stand-in supervisor that records child exits and lets them terminate."""
+
+    def __init__(self, exits: list[Any]) -> None:
+        self.exits = exits
+
+    async def on_start(self) -> None:
+        pass
+
+    def receive(self, msg: Any) -> None:
+        return None
+
+    def _on_child_exit(self, msg: ChildExited) -> None:
+        self.exits.append((trio.current_time(), msg.exit.kind))
+        msg.child._terminate(msg.exit)
+
+
+async def test_stop_kills_a_supervised_actor_hung_in_on_stop_after_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    exits: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            parent = await system.spawn(RecordingParent, exits)
+            child = await system.spawn(SlowStop, log, "child", None, parent=parent)
+            await child.stop(timeout=1)
+            assert trio.current_time() == 1.0
+            assert log == [
+                ("on_stop", "child", ExitKind.SHUTDOWN, 0.0),
+                ("killed", "child", 1.0),
+            ]
+            await child.wait_terminated()
+            assert exits == [(1.0, ExitKind.KILLED)]
+            assert child.exit == Exit(kind=ExitKind.KILLED)
 
 
 # ----------------------------------------------------------- statistics and repr
@@ -839,8 +905,7 @@ async def test_stop_waits_for_an_actor_already_in_its_on_stop(
             finishing.tell("stop")
             hung = await system.spawn(SlowStop, log, "hung", None)
             hung.tell("stop")
-            while hung.state is not ActorState.STOPPING:
-                await trio.sleep(0)
+            await yield_until(lambda: hung.state is ActorState.STOPPING)
             # mail sent while it stops is kept, then dead-lettered (not refused)
             hung.tell("late")
             await finishing.stop()
@@ -866,3 +931,31 @@ async def test_started_actor_with_no_hooks_overridden_rejects_messages_loudly(
                 await ref.ask("hello")
             assert isinstance(info.value.__cause__, NotImplementedError)
             assert "does not override receive()" in str(info.value.__cause__)
+
+
+class _PlainParent(Actor):
+    def receive(self, msg: Any) -> Any:
+        return msg
+
+
+class _Crasher(Actor):
+    def receive(self, msg: Any) -> Any:
+        raise RuntimeError("child crash")
+
+
+@pytest.mark.parametrize("parent_cls", ["plain", "async"])
+async def test_child_of_a_non_supervising_parent_is_terminated_not_left_in_limbo(
+    autojump_clock: Any, parent_cls: str
+) -> None:
+    class _AsyncParent(Actor):
+        async def receive(self, msg: Any) -> Any:
+            return msg
+
+    async with open_actor_system() as system:
+        parent = await system.spawn(_PlainParent if parent_cls == "plain" else _AsyncParent)
+        child = await system.spawn(_Crasher, parent=parent)
+        child.tell("boom")
+        await trio.testing.wait_all_tasks_blocked()
+        assert child.state is ActorState.FAILED
+        assert child.exit is not None and child.exit.kind is ExitKind.CRASHED
+        assert parent.state is ActorState.RUNNING

@@ -44,9 +44,10 @@ def expected_ceiling(policy: ExponentialBackoff, failures: int) -> float:
     # Independent of the implementation: compare exponents in log space
     # first, so huge counts never overflow.
     exponent = failures - 1
-    if policy.factor > 1.0 and exponent * math.log(policy.factor) > math.log(
-        policy.cap / policy.base
-    ) + 1.0:
+    if (
+        policy.factor > 1.0
+        and exponent * math.log(policy.factor) > math.log(policy.cap / policy.base) + 1.0
+    ):
         return policy.cap
     return min(policy.cap, policy.base * policy.factor**exponent)
 
@@ -261,9 +262,7 @@ def test_a_restored_tracker_continues_exactly(
         original.failure(float(n))
     if up:
         original.connected(50.0)
-    restored = Backoff(
-        policy, rng=random.Random(seed + 1), max_attempts=10, state=original.state
-    )
+    restored = Backoff(policy, rng=random.Random(seed + 1), max_attempts=10, state=original.state)
     assert restored.state == original.state
     # Give both the same randomness from here on; the budget must carry over.
     original.rng = random.Random(seed + 1)

@@ -5,11 +5,13 @@ Virtual time throughout (``autojump_clock``), exact times asserted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from actors import (
@@ -26,6 +28,19 @@ from actors import (
 from actors.mailbox import DEFAULT_CAPACITY, Mailbox
 
 CEILING = 60.0  # virtual seconds; only a hang gets near it
+
+
+async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:
+    """Yield to other tasks, without letting time pass, until ``condition()``.
+
+    Bounded: a busy loop of ``sleep(0)`` never lets the autojump clock reach a
+    ``fail_after`` deadline, so an unbounded one would hang instead of failing.
+    """
+    for _ in range(steps):
+        if condition():
+            return
+        await trio.lowlevel.checkpoint()
+    raise AssertionError(f"still not true after {steps} scheduling rounds")
 
 
 class Busy(Actor):
@@ -123,9 +138,7 @@ async def test_reject_raises_mailbox_full_with_a_clear_message(
     log: list[Any] = []
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(
-                Busy, log, name="slowpoke", mailbox=MailboxConfig(capacity=2)
-            )
+            ref = await system.spawn(Busy, log, name="slowpoke", mailbox=MailboxConfig(capacity=2))
             ref.tell("in hand")
             await trio.sleep(1)  # the actor took it: the mailbox is empty
             ref.tell("q1")
@@ -296,8 +309,7 @@ async def test_mail_sent_while_stopping_is_kept_then_dead_lettered(
         async with open_actor_system() as system:
             ref = await system.spawn(SlowToStop)
             ref.tell("stop")
-            while ref.state is not ActorState.STOPPING:
-                await trio.sleep(0)
+            await yield_until(lambda: ref.state is ActorState.STOPPING)
             ref.tell("late tell")
             with pytest.raises(ActorDead) as info:
                 await ref.ask("late ask")

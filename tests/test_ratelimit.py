@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -50,7 +50,7 @@ TINY = [-1e-6, -5e-7, -3e-7, -1e-9, -1e-12, 0.0, 1e-12, 1e-9, 3e-7, 5e-7, 1e-6]
 class Step:
     """One move of the adversarial client."""
 
-    kind: str  # "advance" | "follow" | "just_before" | "pause"
+    kind: Literal["advance", "follow", "just_before", "pause"]
     amount: float = 0.0  # seconds to advance, or how far ahead to pause
     cost: int = 1
     key: int = 0
@@ -128,7 +128,6 @@ class Client:
         self.admitted: dict[int, list[tuple[float, int]]] = defaultdict(list)
         self.log: list[tuple[float, int]] = []  # (time, key) of every admission, in order
         self.pauses: list[tuple[int, float, int]] = []  # (key, until, len(log) at the call)
-        self.refusals = 0
 
     def greedy(self, cost: int, key: int) -> None:
         for _ in range(10_000):
@@ -136,7 +135,6 @@ class Client:
             got = self.acquire(self.now, cost, key)
             assert got == expected, f"next_deadline predicted {expected}, got {got}"
             if not got:
-                self.refusals += 1
                 return
             self.admitted[key].append((self.now, cost))
             self.log.append((self.now, key))
@@ -314,6 +312,36 @@ def test_a_client_at_exactly_the_rate_is_always_admitted(
         assert limiter.try_acquire(now), f"arrival {k} at {now!r} refused: {limiter!r}"
 
 
+@settings(deadline=None)
+@given(rates, bursts, starts, st.integers(min_value=1, max_value=100), st.integers(1, 4))
+def test_keyed_clients_at_exactly_the_rate_are_always_admitted(
+    rate: float, burst: int, start: float, count: int, keys: int
+) -> None:
+    limiter: KeyedLimiter[int] = KeyedLimiter(rate=rate, burst=burst, max_keys=keys)
+    for key in range(keys):
+        assert all(limiter.try_acquire(start, key=key) for _ in range(burst))
+        assert not limiter.try_acquire(start, key=key)
+    for k in range(1, count):
+        for key in range(keys):
+            assert limiter.try_acquire(start + k / rate, key=key), f"{key} refused at step {k}"
+
+
+@settings(deadline=None)
+@given(rates, bursts, rates, bursts, starts, st.integers(min_value=1, max_value=100))
+def test_composite_admits_a_burst_and_then_the_slowest_rate(
+    rate_a: float, burst_a: int, rate_b: float, burst_b: int, start: float, count: int
+) -> None:
+    limiter = CompositeLimiter(
+        GCRA(rate=rate_a, burst=burst_a),
+        KeyedLimiter(rate=rate_b, burst=burst_b, max_keys=1),
+    )
+    burst, rate = min(burst_a, burst_b), min(rate_a, rate_b)
+    assert all(limiter.try_acquire(start, key="peer") for _ in range(burst))
+    assert not limiter.try_acquire(start, key="peer")
+    for k in range(1, count):
+        assert limiter.try_acquire(start + k / rate, key="peer"), f"refused at step {k}"
+
+
 @given(rates, bursts, starts)
 def test_a_fresh_bucket_admits_burst_at_once_then_one_per_interval(
     rate: float, burst: int, start: float
@@ -361,9 +389,7 @@ def test_a_client_that_sleeps_delay_gets_the_whole_curve(
 # ------------------------------------------------------------------ GCRA details
 
 
-def reference_decisions(
-    rate: float, burst: int, arrivals: list[tuple[float, int]]
-) -> list[bool]:
+def reference_decisions(rate: float, burst: int, arrivals: list[tuple[float, int]]) -> list[bool]:
     """The same GCRA with Fractions of nanoseconds: decisions must agree exactly."""
     interval = Fraction(10**9) / Fraction(rate)
     limit = burst * interval + 1000  # ARRIVAL_TOLERANCE in ns
@@ -439,6 +465,10 @@ def test_a_restart_never_refills_the_bucket() -> None:
     assert restarted.try_acquire(11.0)
 
 
+def keyed_any() -> KeyedLimiter[Any]:
+    return KeyedLimiter(rate=1.0, burst=1, max_keys=1)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -451,11 +481,14 @@ def test_a_restart_never_refills_the_bucket() -> None:
         (lambda: GCRA(rate=1.0, burst=2).try_acquire(2.0**32), "now"),
         (lambda: GCRA(rate=1.0, burst=2).pause_until(math.inf), "t"),
         (lambda: KeyedLimiter(rate=1.0, burst=1, max_keys=0), "max_keys"),
-        (lambda: KeyedLimiter(rate=1.0, burst=1, max_keys=1).try_acquire(0.0, key=None), "key"),
+        (lambda: keyed_any().try_acquire(0.0, key=None), "needs a key"),
         (lambda: CompositeLimiter(), "at least one"),
-        (lambda: CompositeLimiter(GCRA(rate=1.0, burst=3), GCRA(rate=1.0, burst=2)).delay(
-            0.0, 3
-        ), "smallest burst"),
+        (
+            lambda: CompositeLimiter(GCRA(rate=1.0, burst=3), GCRA(rate=1.0, burst=2)).delay(
+                0.0, 3
+            ),
+            "smallest burst",
+        ),
         (lambda: CompositeLimiter(GCRA(rate=1.0, burst=1)).pause_until(1.0, key="x"), "no part"),
     ],
 )

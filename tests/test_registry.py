@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from actors import (
@@ -25,6 +27,19 @@ from actors.system import ActorSystem
 CEILING = 60.0  # seconds; only a hang gets near it
 
 
+async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:
+    """Yield to other tasks, without letting time pass, until ``condition()``.
+
+    Bounded: a busy loop of ``sleep(0)`` never lets the autojump clock reach a
+    ``fail_after`` deadline, so an unbounded one would hang instead of failing.
+    """
+    for _ in range(steps):
+        if condition():
+            return
+        await trio.lowlevel.checkpoint()
+    raise AssertionError(f"still not true after {steps} scheduling rounds")
+
+
 class Plain(Actor):
     def receive(self, msg: Any) -> Any:
         if msg == "stop":
@@ -36,7 +51,7 @@ class Plain(Actor):
 
 class Async(Actor):
     async def receive(self, msg: Any) -> Any:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         if msg == "stop":
             self.stop()
         if msg == "crash":
@@ -69,7 +84,9 @@ def assert_no_trace(system: ActorSystem) -> None:
 # -------------------------------------------------------------------- registry
 
 
-async def test_names_are_unique_while_the_actor_lives(autojump_clock: trio.testing.MockClock) -> None:
+async def test_names_are_unique_while_the_actor_lives(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
             ref = await system.spawn(Plain, name="telegram:main")
@@ -213,7 +230,7 @@ NAMES = [f"cycle:{i}" for i in range(1_000)]
 
 
 async def _self_stop_cycles(system: ActorSystem, batches: int) -> None:
-    """``batches`` × 1000 spawn+stop cycles of plain, named actors.
+    """``batches`` x 1000 spawn+stop cycles of plain, named actors.
 
     Each actor is stopped by a message it handles (``self.stop()``); the
     dispatcher ends a whole batch in one pass, so the names are free again
@@ -224,8 +241,7 @@ async def _self_stop_cycles(system: ActorSystem, batches: int) -> None:
         for name in NAMES:
             ref = await spawn(Plain, name=name)
             ref.tell("stop")
-        while system._live:
-            await trio.sleep(0)
+        await yield_until(lambda: system._live == 0)
 
 
 @pytest.mark.slow

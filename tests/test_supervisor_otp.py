@@ -33,6 +33,7 @@ from supervisors import (
     Strategy,
     Supervisor,
     SupervisorExited,
+    SupervisorRef,
     open_supervisor,
     supervisor_spec,
 )
@@ -73,6 +74,13 @@ class Worker(Actor):
 
     def on_stop(self, exit: Any) -> None:
         self.journal.add("stop", self.name, exit.kind)
+
+
+class AsyncWorker(Worker):
+    """The same behaviour with an async receive: a task of its own."""
+
+    async def receive(self, msg: Any) -> Any:  # type: ignore[override]
+        return Worker.receive(self, msg)
 
 
 class SlowStop(Actor):
@@ -353,12 +361,17 @@ async def _exit_child(how: str, ref: Any) -> None:
         (Restart.TEMPORARY, "killed", False),
     ],
 )
+@pytest.mark.parametrize("mode", ["plain", "async"])
 async def test_restart_matrix(
-    autojump_clock: Any, restart: Restart, how: str, restarted: bool
+    autojump_clock: Any, restart: Restart, how: str, restarted: bool, mode: str
 ) -> None:
+    # A plain child's exit is decided at the crash site while the supervisor is
+    # idle; an async child's exit always goes through the supervisor's mailbox.
     journal = Journal()
+    cls = Worker if mode == "plain" else AsyncWorker
+    spec = ChildSpec(id="c", start=lambda: cls("c", journal), restart=restart)
     async with open_actor_system() as system:
-        async with open_supervisor(system, [worker("c", journal, restart=restart)]) as sup:
+        async with open_supervisor(system, [spec]) as sup:
             ref = await child(sup, "c")
             await _exit_child(how, ref)
             children = await sup.which_children()
@@ -425,7 +438,8 @@ async def test_two_crashes_within_the_period_trip_the_default_intensity(
                 await settle()
                 await trio.sleep(4.9)
                 ref.tell("crash")
-                await trio.sleep_forever()
+                await trio.sleep(3600.0)  # virtual time
+                pytest.fail("the supervisor should have given up by now")
         assert isinstance(info.value.__cause__, ReachedMaxRestartIntensity)
         assert info.value.exit.kind is ExitKind.SHUTDOWN
         assert trio.current_time() == pytest.approx(4.9)
@@ -517,6 +531,26 @@ async def test_queued_messages_survive_a_supervised_crash(autojump_clock: Any) -
             assert ref.statistics().restarts == 2
 
 
+async def test_factory_switching_to_an_async_actor_is_started_from_the_supervisor(
+    autojump_clock: Any,
+) -> None:
+    journal = Journal()
+    made: list[str] = []
+
+    def factory() -> Actor:
+        made.append("plain" if not made else "async")
+        return Worker("c", journal) if len(made) == 1 else AsyncWorker("c", journal)
+
+    async with open_actor_system() as system:
+        async with open_supervisor(system, [ChildSpec(id="c", start=factory)]) as sup:
+            ref = await child(sup, "c")
+            ref.tell("crash")
+            await settle()
+            assert made == ["plain", "async"]  # the factory ran once per start
+            assert ref.incarnation == 2 and ref.state is ActorState.RUNNING
+            assert await ref.ask("x") == ("c", "x")
+
+
 # --- escalation when a restarted child fails to start (restart_*_failed, try_again) -------
 
 
@@ -544,7 +578,8 @@ async def test_escalation_when_a_restarted_child_fails_to_start(autojump_clock: 
         with pytest.raises(SupervisorExited) as info:
             async with open_supervisor(system, [spec], intensity=3, period=10.0) as sup:
                 (await child(sup, "f")).tell("boom")
-                await trio.sleep_forever()
+                await trio.sleep(3600.0)  # virtual time
+                pytest.fail("the supervisor should have given up by now")
         assert isinstance(info.value.__cause__, ReachedMaxRestartIntensity)
         # one start, then restart attempts until the 4th restart exceeds intensity 3
         assert len(journal.take()) == 1 + 3
@@ -623,16 +658,12 @@ async def test_nested_supervisors_escalate_through_the_tree(autojump_clock: Any)
                 assert [c.id for c in snapshot.children[0].children] == ["leaf"]
                 middle_ref = await child(root, "middle")
                 for _ in range(4):
-                    leaf_ref = system.whereis("leaf") or None
-                    infos = await root.which_children()
-                    mid = infos[0].ref
-                    assert mid is middle_ref  # the middle supervisor keeps its ref
-                    from supervisors import SupervisorRef
-
-                    leaf_ref = await SupervisorRef(mid).whereis_child("leaf")
-                    leaf_ref.tell("crash")
+                    # the middle supervisor keeps its ref across its own restart
+                    assert await child(root, "middle") is middle_ref
+                    (await child(SupervisorRef(middle_ref), "leaf")).tell("crash")
                     await settle()
-                await trio.sleep_forever()
+                await trio.sleep(3600.0)  # virtual time
+                pytest.fail("the supervisor should have given up by now")
         # leaf crash 1: middle restarts it; crash 2: middle gives up (shutdown),
         # root restarts middle; crash 3: leaf restarted; crash 4: middle gives up
         # again and root, at 2 restarts in its period, gives up too.
