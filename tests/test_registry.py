@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,21 +22,7 @@ from actors import (
     open_actor_system,
 )
 from actors.system import ActorSystem
-
-CEILING = 60.0  # seconds; only a hang gets near it
-
-
-async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:
-    """Yield to other tasks, without letting time pass, until ``condition()``.
-
-    Bounded: a busy loop of ``sleep(0)`` never lets the autojump clock reach a
-    ``fail_after`` deadline, so an unbounded one would hang instead of failing.
-    """
-    for _ in range(steps):
-        if condition():
-            return
-        await trio.lowlevel.checkpoint()
-    raise AssertionError(f"still not true after {steps} scheduling rounds")
+from tests.support import CEILING, yield_until
 
 
 class Plain(Actor):

@@ -9,8 +9,7 @@ import trio
 import trio.testing
 
 from actors import Actor, ActorState, Exit, NotInActorContext, Timer, open_actor_system
-
-CEILING = 60.0  # virtual seconds; only a hang gets near it
+from tests.support import CEILING
 
 
 class Ticker:
