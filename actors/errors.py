@@ -13,7 +13,15 @@ Every error the ``actors`` package raises derives from :class:`ActorError`::
     ├── StartFailed          on_start raised; the actor never ran
     ├── NotInActorContext    an actor-only operation was called from outside one
     ├── RetriesExhausted     a backoff gave up after its maximum attempts
-    └── CircuitOpen          a circuit breaker refused the call
+    ├── CircuitOpen          a circuit breaker refused the call
+    └── ChannelError         a channel could not take or deliver a message
+        ├── ChannelFailed        the channel stopped for good (fatal platform error)
+        ├── ChannelUnavailable   it did not (re)connect within the send's wait
+        └── SendFailed           transient failures outlasted the retries
+                                 (the message is in the dead-letter queue)
+
+Permanent platform refusals (bad recipient, too long, outside the 24-hour
+window) reach the caller as the provider's own ``PermanentSendError``.
 
 "You stopped it" and "it broke" are different things here: ``ActorDead``
 carries the exit reason, so a caller can tell a clean shutdown from a crash.
@@ -29,11 +37,15 @@ __all__ = [
     "ActorError",
     "ActorNotFound",
     "AskTimeout",
+    "ChannelError",
+    "ChannelFailed",
+    "ChannelUnavailable",
     "CircuitOpen",
     "MailboxFull",
     "NameTaken",
     "NotInActorContext",
     "RetriesExhausted",
+    "SendFailed",
     "StartFailed",
 ]
 
@@ -125,3 +137,27 @@ class StartFailed(ActorError):
 
     The original exception is chained as ``__cause__``.
     """
+
+
+class ChannelError(ActorError):
+    """A channel could not take or deliver a message.
+
+    Attributes:
+        channel_id: the channel.
+    """
+
+    def __init__(self, message: str, *, channel_id: str = "") -> None:
+        super().__init__(message)
+        self.channel_id = channel_id
+
+
+class ChannelFailed(ChannelError):
+    """The channel stopped for good after a fatal platform error (chained)."""
+
+
+class ChannelUnavailable(ChannelError):
+    """The channel was not connected, and did not connect within the send's wait."""
+
+
+class SendFailed(ChannelError):
+    """Transient failures outlasted the send attempts; the message was dead-lettered."""

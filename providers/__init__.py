@@ -1,6 +1,74 @@
 """Platform adapters behind one Provider protocol, and local emulators.
 
-Empty until the channels issue adds ``providers.base`` and the adapters.
+The protocol, the message and event types and the error tree live in
+:mod:`providers.base` and are re-exported here; each platform has its own
+subpackage with a sans-IO core and a thin trio shell.
 """
 
-__all__: list[str] = []
+from .base import (
+    DEFAULT_LIMITS,
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    ChannelConfig,
+    Conflict,
+    Connection,
+    ConnectionState,
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    FatalError,
+    InboundMessage,
+    Media,
+    MediaKind,
+    MessageEdited,
+    MessageTooLong,
+    MissingPermissions,
+    OutboundMessage,
+    OutsideWindow,
+    PermanentSendError,
+    PlatformLimits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    ReceiptStatus,
+    SendResult,
+    SessionState,
+    Template,
+    TransientError,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "AuthenticationFailed",
+    "BadRecipient",
+    "Banned",
+    "ChannelConfig",
+    "Conflict",
+    "Connection",
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "DeliveryReceipt",
+    "Event",
+    "FatalError",
+    "InboundMessage",
+    "Media",
+    "MediaKind",
+    "MessageEdited",
+    "MessageTooLong",
+    "MissingPermissions",
+    "OutboundMessage",
+    "OutsideWindow",
+    "PermanentSendError",
+    "PlatformLimits",
+    "Provider",
+    "ProviderError",
+    "RateLimitScope",
+    "RateLimited",
+    "ReceiptStatus",
+    "SendResult",
+    "SessionState",
+    "Template",
+    "TransientError",
+]

@@ -1,0 +1,257 @@
+"""What a channel keeps across crashes: settings, memory, dead letters, statistics.
+
+Design: the ChannelActor instance is replaced on every restart; the
+:class:`ChannelMemory` is not. It holds the live rate limiters, the backoff
+and circuit breaker, the provider's session state, the recent inbound ids,
+the dead letters and the subscribers, so a restart neither resets a budget
+(and bursts into a ban) nor replays or drops updates. Every part also has a
+frozen ``state`` record for a store to persist across processes.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import random
+from collections import OrderedDict
+from typing import Any, Final
+
+import attrs
+import trio
+
+from providers.base import OutboundMessage, PlatformLimits, SessionState
+
+from .backoff import Backoff, ExponentialBackoff
+from .breaker import CircuitBreaker
+from .ratelimit import GCRA, CompositeLimiter, KeyedLimiter
+
+__all__ = [
+    "ChannelMemory",
+    "ChannelSettings",
+    "ChannelStatistics",
+    "ChannelStatus",
+    "DeadLetterQueue",
+    "OutboundDeadLetter",
+    "RecentIds",
+]
+
+DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
+DEFAULT_PEER_BUCKETS: Final = 10_000  # per-peer limiter buckets per channel
+DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
+
+
+class ChannelStatus(enum.Enum):
+    """The states of a channel's connection."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@attrs.frozen(kw_only=True)
+class ChannelSettings:
+    """How a channel reconnects, sends and remembers.
+
+    Attributes:
+        reconnect: the reconnect backoff policy (full jitter by default).
+        stable_after: seconds a connection must last before the reconnect
+            backoff starts over.
+        max_reconnects: give up (FAILED) after this many consecutive failed
+            connects; ``None`` retries forever.
+        liveness_timeout: a connection that delivers no event for this many
+            seconds is treated as dead; ``None`` leaves it to the provider's
+            own keepalive.
+        limits: overrides the provider's default limits.
+        send_attempts: tries per message for transient failures.
+        send_backoff: delay between those tries.
+        connect_wait: seconds a send waits for the channel to (re)connect.
+        breaker_threshold: consecutive send failures that open the breaker.
+        breaker_reset: seconds the breaker stays open before a trial.
+        dedupe_window: inbound platform ids remembered.
+        inbound_batch: inbound events handed to the sink at once.
+        inbound_flush: seconds before a partial batch is handed over.
+        subscriber_buffer: events buffered per subscriber before dropping.
+    """
+
+    reconnect: ExponentialBackoff = attrs.field(
+        factory=lambda: ExponentialBackoff(base=0.5, cap=60.0)
+    )
+    stable_after: float = 60.0
+    max_reconnects: int | None = None
+    liveness_timeout: float | None = None
+    limits: PlatformLimits | None = None
+    send_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    send_backoff: ExponentialBackoff = attrs.field(
+        factory=lambda: ExponentialBackoff(base=0.2, cap=10.0)
+    )
+    connect_wait: float = 30.0
+    breaker_threshold: int = 5
+    breaker_reset: float = 30.0
+    dedupe_window: int = DEFAULT_DEDUPE_WINDOW
+    inbound_batch: int = 100
+    inbound_flush: float = 0.5
+    subscriber_buffer: int = 1_000
+
+
+@attrs.frozen(kw_only=True)
+class OutboundDeadLetter:
+    """A message the channel gave up on.
+
+    Attributes:
+        id: unique within the channel, for replay.
+        message: the message.
+        reason: why (the final error, as text).
+        error_type: the final error's class name.
+        attempts: send attempts made.
+        at: when it was dead-lettered (trio clock).
+    """
+
+    id: int
+    message: OutboundMessage
+    reason: str
+    error_type: str
+    attempts: int
+    at: float
+
+
+class DeadLetterQueue:
+    """Bounded, ordered dead letters; the oldest are dropped (and counted) when full."""
+
+    def __init__(self, capacity: int = DEFAULT_DEAD_LETTERS) -> None:
+        self.capacity = capacity
+        self._letters: OrderedDict[int, OutboundDeadLetter] = OrderedDict()
+        self._ids = itertools.count(1)
+        self.dropped = 0
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._letters)
+
+    def add(
+        self, message: OutboundMessage, error: BaseException, attempts: int
+    ) -> OutboundDeadLetter:
+        letter = OutboundDeadLetter(
+            id=next(self._ids),
+            message=message,
+            reason=str(error),
+            error_type=type(error).__name__,
+            attempts=attempts,
+            at=trio.current_time(),
+        )
+        self._letters[letter.id] = letter
+        self.total += 1
+        while len(self._letters) > self.capacity:
+            self._letters.popitem(last=False)
+            self.dropped += 1
+        return letter
+
+    def letters(self) -> list[OutboundDeadLetter]:
+        """Every dead letter, oldest first."""
+        return list(self._letters.values())
+
+    def take(self, ids: list[int] | None = None) -> list[OutboundDeadLetter]:
+        """Remove and return the given letters (all when ``ids`` is None)."""
+        if ids is None:
+            taken = list(self._letters.values())
+            self._letters.clear()
+            return taken
+        return [self._letters.pop(i) for i in ids if i in self._letters]
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen, for deduplication in bounded memory."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, key: str) -> bool:
+        """Record ``key``; False if it was already among the recent ones."""
+        if key in self._ids:
+            self._ids.move_to_end(key)
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class ChannelStatistics:
+    """A snapshot of one channel."""
+
+    channel_id: str
+    provider: str
+    status: ChannelStatus
+    reconnect_attempt: int
+    connected_since: float | None
+    sent: int
+    send_failures: int
+    received: int
+    duplicates: int
+    reconnects: int
+    rate_limit_waits: int
+    dead_letters: int
+    subscriber_drops: int
+    restarts: int
+    last_error: str | None
+
+
+class ChannelMemory:
+    """Everything about a channel that must outlive one actor incarnation."""
+
+    def __init__(
+        self,
+        limits: PlatformLimits,
+        settings: ChannelSettings,
+        *,
+        rng: random.Random | None = None,
+        session: SessionState | None = None,
+    ) -> None:
+        self.limits = settings.limits or limits
+        self.rng = rng or random.Random()
+        self.limiter = CompositeLimiter(
+            GCRA(rate=self.limits.per_channel_rate, burst=self.limits.per_channel_burst),
+            KeyedLimiter(
+                rate=self.limits.per_peer_rate,
+                burst=self.limits.per_peer_burst,
+                max_keys=DEFAULT_PEER_BUCKETS,
+            ),
+        )
+        self.backoff = Backoff(
+            settings.reconnect,
+            max_attempts=settings.max_reconnects,
+            reset_after=settings.stable_after,
+            rng=self.rng,
+        )
+        self.breaker = CircuitBreaker(
+            failure_threshold=settings.breaker_threshold, reset_timeout=settings.breaker_reset
+        )
+        self.session = session
+        self.seen = RecentIds(settings.dedupe_window)
+        self.dead_letters = DeadLetterQueue()
+        self.subscribers: list[tuple[trio.MemorySendChannel[Any], Any]] = []
+        # Inbound events not yet handed to the sink: kept here so a kill loses none.
+        self.pending: list[Any] = []
+        self.status = ChannelStatus.IDLE
+        self.connected_since: float | None = None
+        self.last_error: str | None = None
+        self.incarnations = 0
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "sent",
+                "send_failures",
+                "received",
+                "duplicates",
+                "reconnects",
+                "rate_limit_waits",
+                "subscriber_drops",
+            ),
+            0,
+        )

@@ -1,0 +1,459 @@
+"""The Provider protocol: what every platform adapter offers the ChannelActor.
+
+Design:
+- A provider opens a :class:`Connection` for one channel (an async context
+  manager, so its heartbeat and reader tasks are structured); the connection
+  yields inbound :data:`Event` s as an async iterator, sends
+  :class:`OutboundMessage` s and closes. Messages and events are frozen attrs
+  classes, so they can be queued, persisted and compared safely.
+- Every platform error is mapped, at the provider boundary, into the tree
+  below; the ChannelActor acts on the class alone (retry, wait, stop, or
+  dead-letter), never on a platform's status codes::
+
+      ProviderError
+      ├── TransientError          retry with backoff (network, 5xx, dropped gateway)
+      ├── RateLimited             wait exactly ``retry_after``; not a failure
+      ├── FatalError              never retry: stop the channel as failed
+      │   ├── AuthenticationFailed   bad or revoked credentials
+      │   ├── Banned                 the platform refuses us (ban, IP block)
+      │   ├── MissingPermissions     privileged intents / scopes missing
+      │   └── Conflict               another client holds the session (Telegram 409)
+      └── PermanentSendError      this message can never be sent: dead-letter it
+          ├── BadRecipient
+          ├── MessageTooLong
+          └── OutsideWindow          WhatsApp's 24-hour customer-service window
+
+- Session state a provider needs to resume (Discord ``session_id``/``seq``,
+  Telegram's update offset) is exported as a :class:`SessionState` and handed
+  back on the next ``open_connection``, so a crash of the actor neither replays nor
+  drops updates.
+- Providers import nothing from ``actors`` or ``runtime``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Protocol, runtime_checkable
+
+import attrs
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "AuthenticationFailed",
+    "BadRecipient",
+    "Banned",
+    "ChannelConfig",
+    "Conflict",
+    "Connection",
+    "ConnectionState",
+    "ConnectionStateChanged",
+    "DeliveryReceipt",
+    "Event",
+    "FatalError",
+    "InboundMessage",
+    "Media",
+    "MediaKind",
+    "MessageEdited",
+    "MessageTooLong",
+    "MissingPermissions",
+    "OutboundMessage",
+    "OutsideWindow",
+    "PermanentSendError",
+    "PlatformLimits",
+    "Provider",
+    "ProviderError",
+    "RateLimitScope",
+    "RateLimited",
+    "ReceiptStatus",
+    "SendResult",
+    "SessionState",
+    "Template",
+    "TransientError",
+]
+
+
+# --- messages ------------------------------------------------------------------------
+
+
+class MediaKind(enum.Enum):
+    """What a :class:`Media` item is."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    DOCUMENT = "document"
+    AUDIO = "audio"
+
+
+@attrs.frozen(kw_only=True)
+class Media:
+    """Media sent or received by URL.
+
+    Attributes:
+        kind: image, video, document or audio.
+        url: where the platform fetches (or we fetched) it.
+        caption: optional text shown with it.
+        filename: for documents.
+    """
+
+    kind: MediaKind
+    url: str
+    caption: str | None = None
+    filename: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Template:
+    """A pre-approved WhatsApp message template.
+
+    Attributes:
+        name: the template name.
+        language: its language code, e.g. ``en_US``.
+        components: the template's parameter components, as the Cloud API takes them.
+    """
+
+    name: str
+    language: str
+    components: tuple[Mapping[str, Any], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class OutboundMessage:
+    """A message to send on a channel.
+
+    Exactly one of ``text``, ``media`` or ``template`` carries the content
+    (``media`` may have a caption).
+
+    Attributes:
+        peer: the platform's chat / channel / recipient id.
+        idempotency_key: unique per logical message; retries reuse it so the
+            platform (or we) can drop duplicates.
+        text: text content.
+        media: media content.
+        template: a WhatsApp template.
+        reply_to: platform message id this replies to.
+        metadata: free-form platform extras.
+    """
+
+    peer: str
+    idempotency_key: str
+    text: str | None = None
+    media: Media | None = None
+    template: Template | None = None
+    reply_to: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        given = sum(x is not None for x in (self.text, self.media, self.template))
+        if given != 1:
+            raise ValueError(
+                "an OutboundMessage carries exactly one of text, media or template "
+                f"(got {given}) for peer {self.peer!r}"
+            )
+
+
+@attrs.frozen(kw_only=True)
+class SendResult:
+    """The platform accepted a message.
+
+    Attributes:
+        platform_message_id: the platform's id for the sent message.
+        peer: where it went.
+    """
+
+    platform_message_id: str
+    peer: str
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class InboundMessage:
+    """A user sent the bot a message.
+
+    Attributes:
+        channel_id: our channel that received it.
+        platform_message_id: the platform's id (the deduplication key).
+        peer: the chat it belongs to (reply here).
+        sender: the user who sent it.
+        text: its text, if any.
+        media: its media, if any.
+        reply_to: the platform message id it replies to.
+        timestamp: platform time, seconds since the epoch.
+        metadata: platform extras.
+    """
+
+    channel_id: str
+    platform_message_id: str
+    peer: str
+    sender: str
+    text: str | None = None
+    media: Media | None = None
+    reply_to: str | None = None
+    timestamp: float | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class MessageEdited:
+    """A user edited an earlier message."""
+
+    channel_id: str
+    platform_message_id: str
+    peer: str
+    sender: str
+    text: str | None = None
+    timestamp: float | None = None
+
+
+class ReceiptStatus(enum.Enum):
+    """How far a sent message got; statuses only ever move forward."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryReceipt:
+    """The platform reports the fate of a message we sent.
+
+    Statuses may arrive out of order (WhatsApp): consumers keep the furthest.
+    """
+
+    channel_id: str
+    platform_message_id: str
+    peer: str
+    status: ReceiptStatus
+    timestamp: float | None = None
+    error: str | None = None
+
+
+class ConnectionState(enum.Enum):
+    """The provider's view of its link to the platform."""
+
+    CONNECTED = "connected"
+    RESUMED = "resumed"
+    DISCONNECTED = "disconnected"
+
+
+@attrs.frozen(kw_only=True)
+class ConnectionStateChanged:
+    """The provider's link to the platform changed (as seen by the provider)."""
+
+    channel_id: str
+    state: ConnectionState
+    detail: str = ""
+
+
+Event = InboundMessage | MessageEdited | DeliveryReceipt | ConnectionStateChanged
+
+
+# --- configuration, limits and session state --------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ChannelConfig:
+    """What a provider needs to open one channel.
+
+    Attributes:
+        channel_id: our id for the channel.
+        tenant: the product tenant it belongs to.
+        provider: the provider name (``discord``, ``telegram``, ...).
+        credentials: tokens and secrets; never logged (``repr`` hides them).
+        base_url: the platform's API root (an emulator's in tests).
+        options: provider-specific settings.
+    """
+
+    channel_id: str
+    tenant: str = "default"
+    provider: str
+    credentials: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    base_url: str | None = None
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class PlatformLimits:
+    """A platform's default limits; a channel's config may override them.
+
+    Attributes:
+        per_channel_rate: messages per second for the whole channel (bot).
+        per_channel_burst: burst for it.
+        per_peer_rate: messages per second to one chat / recipient.
+        per_peer_burst: burst for it.
+        max_text_length: longest text the platform accepts, in characters.
+    """
+
+    per_channel_rate: float
+    per_channel_burst: int
+    per_peer_rate: float
+    per_peer_burst: int
+    max_text_length: int
+
+
+DEFAULT_LIMITS: Final = PlatformLimits(
+    per_channel_rate=30.0,
+    per_channel_burst=30,
+    per_peer_rate=1.0,
+    per_peer_burst=1,
+    max_text_length=4096,
+)
+
+
+@attrs.frozen(kw_only=True)
+class SessionState:
+    """Provider state that must survive a restart of the channel actor.
+
+    Attributes:
+        provider: which provider wrote it (a guard against mix-ups).
+        data: provider-defined JSON-compatible values (e.g. Telegram
+            ``{"offset": 1234}``, Discord ``{"session_id": ..., "seq": ...}``).
+    """
+
+    provider: str
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ProviderError(Exception):
+    """Base class of every error a provider raises."""
+
+
+class TransientError(ProviderError):
+    """A failure that may go away: reconnect or retry with backoff."""
+
+
+class RateLimitScope(enum.Enum):
+    """What a :class:`RateLimited` covers."""
+
+    CHANNEL = "channel"
+    PEER = "peer"
+    GLOBAL = "global"
+
+
+class RateLimited(ProviderError):
+    """The platform asked us to wait ``retry_after`` seconds.
+
+    Attributes:
+        retry_after: seconds to wait before the next attempt.
+        scope: what the limit covers (the whole channel, one peer, or global).
+        peer: the peer, for a peer-scoped limit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        scope: RateLimitScope = RateLimitScope.CHANNEL,
+        peer: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.scope = scope
+        self.peer = peer
+
+
+class FatalError(ProviderError):
+    """Retrying cannot help and would harm: stop the channel as failed."""
+
+
+class AuthenticationFailed(FatalError):
+    """The platform rejected the credentials."""
+
+
+class Banned(FatalError):
+    """The platform refuses this bot or this address (ban, IP block)."""
+
+
+class MissingPermissions(FatalError):
+    """The bot lacks a permission or privileged intent it needs."""
+
+
+class Conflict(FatalError):
+    """Another client holds the session (Telegram 409: another poller or a webhook)."""
+
+
+class PermanentSendError(ProviderError):
+    """This message can never be delivered as it is: dead-letter it.
+
+    Attributes:
+        peer: the recipient.
+    """
+
+    def __init__(self, message: str, *, peer: str | None = None) -> None:
+        super().__init__(message)
+        self.peer = peer
+
+
+class BadRecipient(PermanentSendError):
+    """The recipient does not exist or cannot be messaged."""
+
+
+class MessageTooLong(PermanentSendError):
+    """The text exceeds the platform's limit."""
+
+
+class OutsideWindow(PermanentSendError):
+    """WhatsApp: free-form messages need a reply within 24 hours; use a template."""
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """An open link to the platform for one channel."""
+
+    def events(self) -> AsyncIterator[Event]:
+        """Inbound events, until the connection ends.
+
+        The iterator ends quietly after :meth:`close`; a broken link raises a
+        :class:`ProviderError` (``TransientError`` to reconnect,
+        ``FatalError`` to stop, ``RateLimited`` to wait).
+        """
+        ...
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        """Send one message; return once the platform accepted it.
+
+        Raises:
+            TransientError, RateLimited, FatalError, PermanentSendError.
+        """
+        ...
+
+    def session_state(self) -> SessionState:
+        """What the next ``open_connection`` needs to resume where this one stopped."""
+        ...
+
+    async def close(self, *, resumable: bool = True) -> None:
+        """Close the link; ``resumable`` keeps the platform session resumable."""
+        ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A platform adapter."""
+
+    name: str
+    limits: PlatformLimits
+
+    def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AbstractAsyncContextManager[Connection]:
+        """Open a connection for one channel, resuming ``session`` if given.
+
+        Used as ``async with provider.open_connection(cfg, session) as conn:``;
+        the connection's own tasks (heartbeats, readers) live inside the block
+        and leaving it closes the connection.
+
+        Raises:
+            TransientError, RateLimited, FatalError: on entering the block.
+        """
+        ...

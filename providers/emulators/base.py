@@ -1,0 +1,198 @@
+"""What every platform emulator shares: serving, the control API, faults, stats.
+
+Design:
+- An emulator is an ASGI application (Starlette routing on anyio, so it runs
+  on trio) served by hypercorn: the HTTP and websocket parsing is theirs, the
+  platform's behaviour is ours.
+- Each emulator keeps its platform's state in plain Python objects and
+  speaks the platform's wire protocol at the real paths. The control API
+  lives on the same port under ``/_emulator/``:
+
+  - ``POST /_emulator/inject``: make a user send the bot a message;
+  - ``GET  /_emulator/sent``: what bots sent the platform, in order;
+  - ``POST /_emulator/fault``: inject a fault (``{"kind": ...}``);
+  - ``GET  /_emulator/stats``: counters.
+
+- Faults every platform shares are handled here: ``ban_token`` (every call
+  with that token fails as the platform fails a banned bot) and
+  ``rate_limit`` (every API call answers 429 for ``duration`` seconds).
+  Platform-specific faults go to :meth:`Emulator.platform_fault`.
+- Time is ``trio.current_time()``: emulators run in the caller's trio loop
+  (in-process for tests and benchmarks) or in their own (``switchboard
+  emulate``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+__all__ = ["Emulator", "FaultError", "open_emulator", "serve_emulator"]
+
+
+class FaultError(ValueError):
+    """A fault request the emulator does not understand (answered with 400)."""
+
+
+class Emulator:
+    """Base class of the platform emulators.
+
+    Subclasses set ``name``, add their routes in :meth:`platform_routes`,
+    and implement :meth:`inject` and, for their own faults,
+    :meth:`platform_fault`.
+    """
+
+    name = "emulator"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.stats: Counter[str] = Counter()
+        self.banned_tokens: set[str] = set()
+        self.rate_limited_until = 0.0
+        self._app: Starlette | None = None
+
+    # --- for subclasses ------------------------------------------------------------
+
+    def platform_routes(self) -> list[BaseRoute]:
+        """The platform's own HTTP and websocket routes."""
+        return []
+
+    async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Make a user send the bot a message; return what was injected."""
+        raise NotImplementedError
+
+    async def platform_fault(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Apply a platform-specific fault.
+
+        Raises:
+            FaultError: unknown fault kind or bad arguments.
+        """
+        raise FaultError(f"{self.name} emulator: unknown fault kind {payload.get('kind')!r}")
+
+    def is_banned(self, token: str) -> bool:
+        return token in self.banned_tokens
+
+    def rate_limit_remaining(self) -> float:
+        """Seconds left of an imposed 429 period (0 when none)."""
+        return max(0.0, self.rate_limited_until - trio.current_time())
+
+    def record_sent(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        self.stats["messages_sent"] += 1
+
+    # --- the control API ---------------------------------------------------------------
+
+    async def _inject(self, request: Request) -> Response:
+        payload = await _json_object(request)
+        if isinstance(payload, Response):
+            return payload
+        self.stats["injected"] += 1
+        return JSONResponse(await self.inject(payload))
+
+    async def _sent(self, request: Request) -> Response:
+        return JSONResponse(self.sent)
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(dict(self.stats))
+
+    async def _fault(self, request: Request) -> Response:
+        payload = await _json_object(request)
+        if isinstance(payload, Response):
+            return payload
+        kind = payload.get("kind")
+        try:
+            if kind == "ban_token":
+                token = payload.get("token")
+                if not isinstance(token, str) or not token:
+                    raise FaultError("ban_token needs a non-empty string 'token'")
+                self.banned_tokens.add(token)
+                result: dict[str, Any] = {"banned": token}
+            elif kind == "rate_limit":
+                duration = payload.get("duration")
+                if not isinstance(duration, int | float) or duration <= 0:
+                    raise FaultError("rate_limit needs a positive number 'duration' (seconds)")
+                self.rate_limited_until = trio.current_time() + float(duration)
+                result = {"rate_limited_for": float(duration)}
+            else:
+                result = await self.platform_fault(payload)
+        except FaultError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        self.stats[f"fault_{kind}"] += 1
+        return JSONResponse(result)
+
+    @property
+    def app(self) -> Starlette:
+        """The ASGI application: platform routes plus the control API."""
+        if self._app is None:
+            control = [
+                Route("/_emulator/inject", self._inject, methods=["POST"]),
+                Route("/_emulator/sent", self._sent, methods=["GET"]),
+                Route("/_emulator/fault", self._fault, methods=["POST"]),
+                Route("/_emulator/stats", self._stats, methods=["GET"]),
+            ]
+            self._app = Starlette(routes=[*control, *self.platform_routes()])
+        return self._app
+
+
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    try:
+        payload = await request.json()
+    except ValueError as exc:
+        return JSONResponse({"error": f"the body is not JSON: {exc}"}, status_code=400)
+    if not isinstance(payload, dict):
+        return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+    return payload
+
+
+async def serve_emulator(
+    emulator: Emulator,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``emulator`` until cancelled; ``task_status.started(base_url)``.
+
+    Args:
+        emulator: the emulator to serve.
+        host: interface to bind (keep it on loopback).
+        port: TCP port; 0 picks a free one.
+    """
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+
+    async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(emulator.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        task_status.started(binds[0])
+
+
+@asynccontextmanager
+async def open_emulator(
+    emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Run ``emulator`` in-process for the block; yields its base URL."""
+    async with trio.open_nursery() as nursery:
+        base_url = await nursery.start(
+            lambda task_status: serve_emulator(
+                emulator, host=host, port=port, task_status=task_status
+            )
+        )
+        try:
+            yield base_url
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,102 @@
+"""Sans-IO webhook handling: request headers and body in, a verdict out.
+
+In webhook mode Telegram POSTs each update as a JSON body to the URL given to
+setWebhook, with the secret from setWebhook in the
+``X-Telegram-Bot-Api-Secret-Token`` header. Whoever serves HTTP (the node's
+ops server, a test's receiver) hands the headers and raw body to
+:meth:`WebhookHandler.handle` and answers with the verdict's status: 403 for
+a missing or wrong secret (compared in constant time, so the secret cannot be
+guessed byte by byte from timings), 400 for a body that is not an update, 200
+otherwise. Telegram redelivers anything not answered with a 2xx, so the shell
+answers 200 only after the events were handed out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import attrs
+
+from ..base import TransientError
+from .core import ParsedUpdate, parse_webhook_update
+
+__all__ = ["SECRET_HEADER", "WebhookHandler", "WebhookVerdict"]
+
+SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
+
+Headers = Mapping[str, str] | Iterable[tuple[bytes | str, bytes | str]]
+
+
+@attrs.frozen(kw_only=True)
+class WebhookVerdict:
+    """What to answer a webhook request, and what it carried.
+
+    Attributes:
+        status: the HTTP status to answer (200, 400 or 403).
+        update: the parsed update when the request was accepted.
+        reason: why it was refused (empty when accepted).
+    """
+
+    status: int
+    update: ParsedUpdate | None = None
+    reason: str = ""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    wanted = name.lower()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in pairs:
+        if _text(key).lower() == wanted:
+            return _text(value)
+    return None
+
+
+class WebhookHandler:
+    """Checks and reads webhook requests for one channel.
+
+    Args:
+        channel_id: the channel the events belong to.
+        secret: the secret_token given to setWebhook.
+    """
+
+    def __init__(self, *, channel_id: str, secret: str) -> None:
+        self.channel_id = channel_id
+        self._secret = secret.encode()
+        self.accepted = 0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return f"<WebhookHandler {self.channel_id} accepted={self.accepted} refused={self.refused}>"
+
+    def _refuse(self, status: int, reason: str) -> WebhookVerdict:
+        self.refused += 1
+        return WebhookVerdict(status=status, reason=reason)
+
+    def handle(self, headers: Headers, body: bytes) -> WebhookVerdict:
+        """Judge one webhook request.
+
+        Args:
+            headers: the request headers (a mapping or raw ASGI pairs; names
+                are matched case-insensitively).
+            body: the raw request body.
+
+        Returns:
+            The verdict: 403 on a bad secret, 400 on a malformed body, else
+            200 with the update (whose event may be None for kinds we ignore).
+        """
+        given = _header(headers, SECRET_HEADER)
+        if given is None or not hmac.compare_digest(given.encode(), self._secret):
+            return self._refuse(403, f"missing or wrong {SECRET_HEADER}")
+        try:
+            update = parse_webhook_update(json.loads(body), self.channel_id)
+        except (ValueError, TransientError) as exc:
+            return self._refuse(400, f"the body is not a Telegram update: {exc}")
+        self.accepted += 1
+        return WebhookVerdict(status=200, update=update)

@@ -1,0 +1,176 @@
+"""A scripted fake provider for tests: fault injection without sockets.
+
+Design: the test drives the platform side. ``FakeProvider.connect_script``
+says what each ``open_connection`` does (succeed, or raise a given error);
+a :class:`FakeConnection` yields the events the test pushes with
+:meth:`FakeConnection.push`, ends or breaks when told (:meth:`drop`,
+:meth:`fail`), and answers each ``send`` from ``send_script`` (a result, an
+error to raise, or a delay). Everything is plain trio, so it runs in virtual
+time (``MockClock(autojump_threshold=0)``) and tests assert exact times.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from .base import (
+    DEFAULT_LIMITS,
+    ChannelConfig,
+    Event,
+    OutboundMessage,
+    PlatformLimits,
+    ProviderError,
+    SendResult,
+    SessionState,
+    TransientError,
+)
+
+__all__ = ["FakeConnection", "FakeProvider", "SendDelay"]
+
+
+class SendDelay:
+    """A ``send_script`` entry: take ``seconds`` before answering (then succeed)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __repr__(self) -> str:
+        return f"SendDelay({self.seconds})"
+
+
+class FakeConnection:
+    """One scripted connection; the test feeds it."""
+
+    def __init__(self, provider: FakeProvider, session: SessionState | None) -> None:
+        self.provider = provider
+        self.opened_with = session
+        send, receive = trio.open_memory_channel[Event | BaseException | None](1000)
+        self._to_events = send
+        self._events = receive
+        self.closed = False
+        self.closed_resumable: bool | None = None
+        self._seq = 0
+
+    def push(self, *events: Event) -> None:
+        """Deliver events to the consumer of ``events()``."""
+        for event in events:
+            self._to_events.send_nowait(event)
+
+    def drop(self) -> None:
+        """The platform closes the link: ``events()`` ends."""
+        self._to_events.send_nowait(None)
+
+    def fail(self, error: BaseException) -> None:
+        """The link breaks with ``error`` (raised from ``events()``)."""
+        self._to_events.send_nowait(error)
+
+    async def events(self) -> AsyncIterator[Event]:
+        async for item in self._events:
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        if self.closed:
+            raise TransientError("fake connection is closed")
+        self.provider.send_attempts.append((trio.current_time(), msg))
+        script = self.provider.send_script
+        outcome: Any = script.popleft() if script else None
+        if isinstance(outcome, SendDelay):
+            await trio.sleep(outcome.seconds)
+            outcome = None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is None:
+            self._seq += 1
+            outcome = SendResult(platform_message_id=f"m{next(self.provider._ids)}", peer=msg.peer)
+        self.provider.sent.append((trio.current_time(), msg))
+        return outcome
+
+    def session_state(self) -> SessionState:
+        return SessionState(provider="fake", data={"connection": self.provider.connects})
+
+    async def close(self, *, resumable: bool = True) -> None:
+        self.closed = True
+        self.closed_resumable = resumable
+
+    def __repr__(self) -> str:
+        return f"<FakeConnection #{self.provider.connects} closed={self.closed}>"
+
+
+class FakeProvider:
+    """A provider whose platform is the test.
+
+    Attributes:
+        connect_script: what each connect attempt does, in order: ``None``
+            (succeed) or an exception to raise. When empty, connects succeed.
+        send_script: what each send does: ``None`` (succeed), a
+            :class:`SendResult`, an exception, or a :class:`SendDelay`.
+        connections: every connection opened, oldest first.
+        connect_times: when each connect was attempted.
+        sent: ``(time, message)`` for every accepted send.
+        send_attempts: ``(time, message)`` for every send attempt.
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        limits: PlatformLimits = DEFAULT_LIMITS,
+        connect_script: Iterable[ProviderError | None] = (),
+        send_script: Iterable[Any] = (),
+    ) -> None:
+        self.limits = limits
+        self.connect_script: deque[ProviderError | None] = deque(connect_script)
+        self.send_script: deque[Any] = deque(send_script)
+        self.connections: list[FakeConnection] = []
+        self.connect_times: list[float] = []
+        self.sessions_seen: list[SessionState | None] = []
+        self.sent: list[tuple[float, OutboundMessage]] = []
+        self.send_attempts: list[tuple[float, OutboundMessage]] = []
+        self.connects = 0
+        self._ids = itertools.count(1)
+        self._connected = trio.Event()
+
+    @property
+    def current(self) -> FakeConnection:
+        """The most recent connection."""
+        return self.connections[-1]
+
+    async def wait_connected(self, count: int) -> FakeConnection:
+        """Wait until ``count`` connections have been opened; return the last."""
+        while len(self.connections) < count:
+            await self._connected.wait()
+        return self.connections[count - 1]
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AsyncIterator[FakeConnection]:
+        self.connect_times.append(trio.current_time())
+        self.sessions_seen.append(session)
+        outcome = self.connect_script.popleft() if self.connect_script else None
+        await trio.lowlevel.checkpoint()
+        if outcome is not None:
+            raise outcome
+        self.connects += 1
+        conn = FakeConnection(self, session)
+        self.connections.append(conn)
+        self._connected.set()
+        self._connected = trio.Event()
+        try:
+            yield conn
+        finally:
+            conn.closed = True
+
+    def __repr__(self) -> str:
+        return f"<FakeProvider connects={self.connects} sent={len(self.sent)}>"

@@ -1,0 +1,565 @@
+"""The sans-IO core of the generic JSON-over-websocket channel.
+
+Design: the protocol (the envelope, acks, error mapping, keepalive and
+liveness timers) is decided here, with no sockets and no clock: the shell
+feeds in frames, pongs and ``now``, applies the :data:`Action` s that come
+out, and sleeps until :meth:`WebSocketCore.next_deadline`. That keeps every
+timer rule unit-testable with plain numbers (as h11 and wsproto do) and
+leaves the trio-websocket shell a thin loop.
+
+The wire protocol (text frames, one JSON object each)::
+
+    server -> client
+      {"type": "ready", "session"?}                       after the token is accepted
+      {"type": "message", "id", "peer", "sender", "text"?, "media"?, "reply_to"?,
+       "timestamp"?}                                      a user wrote to the bot
+      {"type": "edit", "id", "peer", "sender", "text"?, "timestamp"?}
+      {"type": "receipt", "id", "status", "peer"?, "timestamp"?, "error"?}
+                                                          fate of a sent message
+      {"type": "ack", "id", "message_id"}                 a send was accepted
+      {"type": "error", "id"?, "code", "message"?, "retry_after"?, "peer"?}
+                                                          with "id": a send failed;
+                                                          without: the link failed
+      {"type": "heartbeat"}                               proves the server is alive
+    client -> server
+      {"type": "send", "id": idempotency_key, "peer", "text" | "media", "reply_to"?}
+
+    media = {"kind": "image" | "video" | "document" | "audio", "url", "caption"?,
+             "filename"?}
+
+Error codes map to the provider error tree (:func:`error_from_code`):
+``rate_limited`` -> RateLimited, ``unauthorized`` -> AuthenticationFailed,
+``banned`` -> Banned, ``forbidden`` -> MissingPermissions, ``bad_recipient`` ->
+BadRecipient, ``too_long`` -> MessageTooLong, anything else -> TransientError.
+Close codes map likewise (:func:`error_from_close`): 4001 -> AuthenticationFailed,
+4003 -> Banned, 4029 -> RateLimited (the reason may carry the seconds to wait),
+anything else -> TransientError.
+
+Two timers decide that a link is dead, and they prove different things:
+
+- keepalive: a websocket ping every ``ping_interval`` seconds; no pong within
+  ``pong_timeout`` -> the *transport* is dead (half-open TCP, frozen NAT);
+- liveness: no application frame (pongs do not count, heartbeats do) for
+  ``liveness_timeout`` seconds -> the *server application* is hung, even if
+  its websocket stack still answers pings. A server speaking this protocol
+  must therefore send something, a heartbeat at least, more often than that.
+
+Either timer may be disabled with ``None``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from providers.base import (
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    ConnectionState,
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    InboundMessage,
+    Media,
+    MessageEdited,
+    MessageTooLong,
+    MissingPermissions,
+    OutboundMessage,
+    PermanentSendError,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    ReceiptStatus,
+    SendResult,
+    TransientError,
+)
+
+__all__ = [
+    "DEFAULT_RETRY_AFTER",
+    "Action",
+    "CloseLink",
+    "CompleteSend",
+    "Emit",
+    "Fail",
+    "Phase",
+    "SendFrame",
+    "SendPing",
+    "WebSocketCore",
+    "error_from_close",
+    "error_from_code",
+]
+
+DEFAULT_RETRY_AFTER: Final = 1.0  # seconds, when a rate limit names no wait
+CLOSE_NORMAL: Final = 1000
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SendFrame:
+    """Send this text frame to the server."""
+
+    text: str
+
+
+@attrs.frozen(kw_only=True)
+class SendPing:
+    """Send a websocket ping with this payload; report its pong with ``pong_received``."""
+
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Emit:
+    """Hand this event to the consumer of ``events()``."""
+
+    event: Event
+
+
+@attrs.frozen(kw_only=True)
+class CompleteSend:
+    """The send with idempotency key ``key`` is over: exactly one of result or error."""
+
+    key: str
+    result: SendResult | None = None
+    error: ProviderError | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Fail:
+    """The link is dead: ``events()`` raises ``error`` once the buffered events are read."""
+
+    error: ProviderError
+
+
+@attrs.frozen(kw_only=True)
+class CloseLink:
+    """Close the websocket with this code (the shell bounds the closing handshake)."""
+
+    code: int
+    reason: str
+
+
+Action = SendFrame | SendPing | Emit | CompleteSend | Fail | CloseLink
+
+
+class Phase(enum.Enum):
+    """Where the link is in its life."""
+
+    AWAITING_READY = "awaiting_ready"
+    OPEN = "open"
+    CLOSED = "closed"  # we closed it
+    FAILED = "failed"  # the peer broke it, or a timer declared it dead
+
+
+# --- error mapping --------------------------------------------------------------------------
+
+
+def error_from_code(
+    code: str, message: str = "", *, retry_after: float | None = None, peer: str | None = None
+) -> ProviderError:
+    """The provider error for an ``error`` frame's ``code``.
+
+    Args:
+        code: the frame's code (``rate_limited``, ``unauthorized``, ...).
+        message: the server's explanation.
+        retry_after: seconds to wait, for ``rate_limited``.
+        peer: the recipient, for send errors.
+
+    Returns:
+        The mapped error; unknown codes are transient.
+    """
+    text = f"websocket server error {code!r}: {message or 'no detail'}"
+    if code == "rate_limited":
+        wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+        scope = RateLimitScope.CHANNEL if peer is None else RateLimitScope.PEER
+        return RateLimited(f"{text}; retry after {wait}s", retry_after=wait, scope=scope, peer=peer)
+    if code == "unauthorized":
+        return AuthenticationFailed(f"{text}; check credentials['token']")
+    if code == "banned":
+        return Banned(f"{text}; the server refuses this token, do not reconnect")
+    if code == "forbidden":
+        return MissingPermissions(text)
+    if code == "bad_recipient":
+        return BadRecipient(text, peer=peer)
+    if code == "too_long":
+        return MessageTooLong(text, peer=peer)
+    return TransientError(f"{text}; retry")
+
+
+def error_from_close(code: int | None, reason: str | None) -> ProviderError:
+    """The provider error for a close the server initiated (or a lost TCP link).
+
+    Args:
+        code: the websocket close code (None when the TCP link just broke).
+        reason: the close reason.
+    """
+    detail = f"code {code}" + (f" ({reason})" if reason else "")
+    if code == 4001:
+        return AuthenticationFailed(f"the server closed the link with {detail}: bad token")
+    if code == 4003:
+        return Banned(f"the server closed the link with {detail}: banned, do not reconnect")
+    if code == 4029:
+        try:
+            wait = float(reason or "")
+        except ValueError:
+            wait = DEFAULT_RETRY_AFTER
+        return RateLimited(f"the server closed the link with {detail}", retry_after=wait)
+    return TransientError(f"the server closed the link with {detail}; reconnect")
+
+
+# --- wire frames ------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _MessageFrame:
+    id: str
+    peer: str
+    sender: str
+    text: str | None = None
+    media: Media | None = None
+    reply_to: str | None = None
+    timestamp: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _EditFrame:
+    id: str
+    peer: str
+    sender: str
+    text: str | None = None
+    timestamp: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _ReceiptFrame:
+    id: str
+    status: ReceiptStatus
+    peer: str = ""
+    timestamp: float | None = None
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _AckFrame:
+    id: str
+    message_id: str
+
+
+@attrs.frozen(kw_only=True)
+class _ErrorFrame:
+    code: str
+    id: str | None = None
+    message: str = ""
+    retry_after: float | None = None
+    peer: str | None = None
+
+
+_WIRE: Final = cattrs.Converter(forbid_extra_keys=False)
+
+
+def _structure(frame: dict[str, Any], cls: type[Any]) -> Any:
+    try:
+        return _WIRE.structure(frame, cls)
+    except Exception as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path="$"))
+        raise ValueError(f"malformed {frame.get('type')!r} frame: {problems}") from exc
+
+
+def encode_send(msg: OutboundMessage) -> str:
+    """The ``send`` frame for ``msg``.
+
+    Raises:
+        PermanentSendError: ``msg`` carries a template, which this protocol has not.
+    """
+    if msg.template is not None:
+        raise PermanentSendError(
+            f"the websocket channel cannot send WhatsApp templates (to {msg.peer!r}); "
+            "send text or media instead",
+            peer=msg.peer,
+        )
+    frame: dict[str, Any] = {"type": "send", "id": msg.idempotency_key, "peer": msg.peer}
+    if msg.text is not None:
+        frame["text"] = msg.text
+    if msg.media is not None:
+        frame["media"] = _WIRE.unstructure(msg.media)
+    if msg.reply_to is not None:
+        frame["reply_to"] = msg.reply_to
+    return json.dumps(frame, separators=(",", ":"))
+
+
+# --- the core -----------------------------------------------------------------------------------
+
+
+class WebSocketCore:
+    """The protocol state of one websocket channel: frames and time in, actions out.
+
+    Args:
+        channel_id: our channel, stamped on every event.
+        now: the time the link opened (any monotonic clock, in seconds).
+        ping_interval: seconds between websocket pings; None disables keepalive.
+        pong_timeout: seconds a pong may take before the link is declared dead.
+        liveness_timeout: seconds without an application frame before the link
+            is declared dead; None disables it.
+        send_timeout: seconds a send may wait for its ack.
+    """
+
+    def __init__(
+        self,
+        channel_id: str,
+        *,
+        now: float,
+        ping_interval: float | None,
+        pong_timeout: float,
+        liveness_timeout: float | None,
+        send_timeout: float,
+    ) -> None:
+        self.channel_id = channel_id
+        self.phase = Phase.AWAITING_READY
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.liveness_timeout = liveness_timeout
+        self.send_timeout = send_timeout
+        self.last_frame_at = now
+        self.last_message_id: str | None = None
+        self.session: str | None = None
+        self.frames_received = 0
+        self.ignored_frames = 0
+        self._next_ping_at = now + ping_interval if ping_interval is not None else None
+        self._ping_counter = 0
+        self._awaited_pong: tuple[bytes, float] | None = None  # payload, deadline
+        self._pending: dict[str, tuple[float, str]] = {}  # key -> (ack deadline, peer)
+        self.failure: ProviderError | None = None
+
+    def __repr__(self) -> str:
+        pong = "" if self._awaited_pong is None else " awaiting-pong"
+        return (
+            f"<WebSocketCore {self.channel_id} [{self.phase.name} pending={len(self._pending)}"
+            f"{pong}]>"
+        )
+
+    @property
+    def pending(self) -> int:
+        """Sends waiting for their ack."""
+        return len(self._pending)
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` next has something to do (``inf`` when nothing is armed)."""
+        if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return float("inf")
+        candidates = [deadline for deadline, _ in self._pending.values()]
+        if self._awaited_pong is not None:
+            candidates.append(self._awaited_pong[1])
+        elif self._next_ping_at is not None:
+            candidates.append(self._next_ping_at)
+        if self.liveness_timeout is not None:
+            candidates.append(self.last_frame_at + self.liveness_timeout)
+        return min(candidates, default=float("inf"))
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Fire every timer due at ``now``."""
+        if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        if self._awaited_pong is not None and now >= self._awaited_pong[1]:
+            return self._fail(
+                TransientError(
+                    f"no pong within {self.pong_timeout}s in {self.phase.name}: "
+                    "the link is dead; reconnect"
+                )
+            )
+        if self.liveness_timeout is not None and now >= self.last_frame_at + self.liveness_timeout:
+            return self._fail(
+                TransientError(
+                    f"no frame from the server for {now - self.last_frame_at:.3f}s "
+                    f"(liveness timeout {self.liveness_timeout}s) in {self.phase.name}: "
+                    "the server is hung; reconnect"
+                )
+            )
+        actions: list[Action] = []
+        for key, (deadline, _) in list(self._pending.items()):
+            if now >= deadline:
+                del self._pending[key]
+                error = TransientError(
+                    f"no ack for send {key!r} within {self.send_timeout}s; "
+                    "retry with the same idempotency key"
+                )
+                actions.append(CompleteSend(key=key, error=error))
+        if (
+            self._awaited_pong is None
+            and self._next_ping_at is not None
+            and self.ping_interval is not None
+            and now >= self._next_ping_at
+        ):
+            self._ping_counter += 1
+            payload = f"sb-{self._ping_counter}".encode()
+            self._awaited_pong = (payload, now + self.pong_timeout)
+            self._next_ping_at = now + self.ping_interval
+            actions.append(SendPing(payload=payload))
+        return actions
+
+    def pong_received(self, payload: bytes, now: float) -> list[Action]:
+        """The pong for ``payload`` arrived."""
+        if self._awaited_pong is not None and self._awaited_pong[0] == payload:
+            self._awaited_pong = None
+        return []
+
+    def start_send(self, msg: OutboundMessage, now: float) -> list[Action]:
+        """Begin sending ``msg``; its outcome arrives later as a :class:`CompleteSend`.
+
+        A key already in flight is not sent twice: the shell waits for the
+        first attempt's outcome.
+
+        Raises:
+            PermanentSendError: the message cannot be expressed in this protocol.
+            TransientError: the link is closed, failed or not ready.
+        """
+        if self.phase is not Phase.OPEN:
+            detail = (
+                "it was closed by us"
+                if self.phase is Phase.CLOSED
+                else f"it failed ({self.failure})"
+                if self.phase is Phase.FAILED
+                else "the server has not sent 'ready' yet"
+            )
+            raise TransientError(
+                f"cannot send {msg.idempotency_key!r} on {self.channel_id}: {detail}; "
+                "retry on a new connection"
+            )
+        frame = encode_send(msg)
+        if msg.idempotency_key in self._pending:
+            return []
+        self._pending[msg.idempotency_key] = (now + self.send_timeout, msg.peer)
+        return [SendFrame(text=frame)]
+
+    def frame_received(self, data: str | bytes, now: float) -> list[Action]:
+        """A text (or binary UTF-8) frame arrived from the server."""
+        if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        self.last_frame_at = now
+        self.frames_received += 1
+        try:
+            frame = json.loads(data)
+            if not isinstance(frame, dict):
+                raise ValueError("a frame must be a JSON object")
+            return self._dispatch(frame)
+        except ValueError as exc:
+            return self._fail(TransientError(f"protocol violation by the server: {exc}; reconnect"))
+
+    def connection_lost(self, code: int | None, reason: str | None) -> list[Action]:
+        """The websocket closed (``code`` None: the TCP link broke without a close frame)."""
+        if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        return self._fail(error_from_close(code, reason))
+
+    def close(self) -> list[Action]:
+        """We close the link: pending sends fail as transient, events end quietly."""
+        if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        self.phase = Phase.CLOSED
+        actions: list[Action] = self._abandon_pending("the connection was closed by us")
+        actions.append(CloseLink(code=CLOSE_NORMAL, reason="client closing"))
+        return actions
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _dispatch(self, frame: dict[str, Any]) -> list[Action]:
+        kind = frame.get("type")
+        if kind == "heartbeat":
+            return []
+        if kind == "ready":
+            if self.phase is not Phase.AWAITING_READY:
+                return []
+            self.phase = Phase.OPEN
+            session = frame.get("session")
+            self.session = session if isinstance(session, str) else None
+            event = ConnectionStateChanged(
+                channel_id=self.channel_id, state=ConnectionState.CONNECTED, detail="ready"
+            )
+            return [Emit(event=event)]
+        if kind == "message":
+            m = _structure(frame, _MessageFrame)
+            self.last_message_id = m.id
+            inbound = InboundMessage(
+                channel_id=self.channel_id,
+                platform_message_id=m.id,
+                peer=m.peer,
+                sender=m.sender,
+                text=m.text,
+                media=m.media,
+                reply_to=m.reply_to,
+                timestamp=m.timestamp,
+            )
+            return [Emit(event=inbound)]
+        if kind == "edit":
+            e = _structure(frame, _EditFrame)
+            edited = MessageEdited(
+                channel_id=self.channel_id,
+                platform_message_id=e.id,
+                peer=e.peer,
+                sender=e.sender,
+                text=e.text,
+                timestamp=e.timestamp,
+            )
+            return [Emit(event=edited)]
+        if kind == "receipt":
+            r = _structure(frame, _ReceiptFrame)
+            receipt = DeliveryReceipt(
+                channel_id=self.channel_id,
+                platform_message_id=r.id,
+                peer=r.peer,
+                status=r.status,
+                timestamp=r.timestamp,
+                error=r.error,
+            )
+            return [Emit(event=receipt)]
+        if kind == "ack":
+            a = _structure(frame, _AckFrame)
+            pending = self._pending.pop(a.id, None)
+            if pending is None:
+                self.ignored_frames += 1  # a late ack for a send that timed out
+                return []
+            result = SendResult(platform_message_id=a.message_id, peer=pending[1])
+            return [CompleteSend(key=a.id, result=result)]
+        if kind == "error":
+            err = _structure(frame, _ErrorFrame)
+            error = error_from_code(
+                err.code, err.message, retry_after=err.retry_after, peer=err.peer
+            )
+            if err.id is None:
+                return self._fail(error)
+            if self._pending.pop(err.id, None) is None:
+                self.ignored_frames += 1
+                return []
+            return [CompleteSend(key=err.id, error=error)]
+        self.ignored_frames += 1  # unknown types are skipped, for forward compatibility
+        return []
+
+    def _fail(self, error: ProviderError) -> list[Action]:
+        self.phase = Phase.FAILED
+        self.failure = error
+        actions: list[Action] = self._abandon_pending(f"the link failed: {error}")
+        actions.append(Fail(error=error))
+        return actions
+
+    def _abandon_pending(self, why: str) -> list[Action]:
+        actions: list[Action] = [
+            CompleteSend(
+                key=key,
+                error=TransientError(
+                    f"send {key!r} was not acknowledged ({why}); "
+                    "retry with the same idempotency key"
+                ),
+            )
+            for key in self._pending
+        ]
+        self._pending.clear()
+        self._awaited_pong = None
+        return actions

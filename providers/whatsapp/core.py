@@ -1,0 +1,557 @@
+"""The sans-IO half of the WhatsApp Cloud API client: requests out, results or errors in.
+
+Design:
+- Everything here is a pure function of its arguments: settings and an
+  :class:`~providers.base.OutboundMessage` become an :class:`ApiRequest`
+  (method, URL, headers, JSON body); a status, headers and raw body become a
+  :class:`~providers.base.SendResult` or a :class:`~providers.base.ProviderError`.
+  No sockets, no clock, so every branch is unit-tested without a server, and
+  the trio shell (:mod:`providers.whatsapp.shell`) only moves bytes.
+- Graph API errors are mapped by their ``code``, not by the HTTP status
+  (Meta answers most WhatsApp errors with 400), into the tree of
+  :mod:`providers.base`::
+
+      code 130429 throughput reached    -> RateLimited(CHANNEL, 1 s)
+      code 131056 pair rate limit       -> RateLimited(PEER, 6 s, peer=to)
+      code 4 application limit          -> RateLimited(GLOBAL, 60 s)
+      code 80007 account limit          -> RateLimited(CHANNEL, 60 s)
+      code 131047 re-engagement (24 h)  -> OutsideWindow
+      code 131026 undeliverable         -> BadRecipient (and 131021, 131030)
+      code 100 + text too long          -> MessageTooLong
+      code 100/131008/131009/131051     -> PermanentSendError
+      code 368 / 131031 policy block    -> Banned
+      code 190, 0, HTTP 401             -> AuthenticationFailed
+      code 10, 200-299                  -> MissingPermissions
+      code 1, 2, 131000, 131016, 5xx    -> TransientError
+
+  The Cloud API gives no ``Retry-After`` for these; the waits above are the
+  documented windows (throughput is counted per second, the pair limit
+  allows about one message per 6 s). A ``Retry-After`` header, or the
+  ``estimated_time_to_regain_access`` of ``X-Business-Use-Case-Usage``
+  (minutes), overrides them when present.
+- Platform payloads are structured with cattrs through one converter for
+  the Graph wire format (:data:`GRAPH`), so a malformed answer reads like
+  ``expected int @ $.error.code``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import attrs
+import cattrs
+
+from providers.base import (
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    ChannelConfig,
+    FatalError,
+    MessageTooLong,
+    MissingPermissions,
+    OutboundMessage,
+    OutsideWindow,
+    PermanentSendError,
+    PlatformLimits,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    SendResult,
+    TransientError,
+)
+
+__all__ = [
+    "APP_RETRY_AFTER",
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_RETRY_AFTER",
+    "GRAPH",
+    "MAX_CAPTION_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "PAIR_RETRY_AFTER",
+    "THROUGHPUT_RETRY_AFTER",
+    "WHATSAPP_LIMITS",
+    "ApiRequest",
+    "GraphError",
+    "WhatsAppSettings",
+    "build_phone_number_request",
+    "build_send_request",
+    "map_error",
+    "message_payload",
+    "parse_phone_number_response",
+    "parse_send_response",
+]
+
+DEFAULT_BASE_URL: Final = "https://graph.facebook.com"
+DEFAULT_API_VERSION: Final = "v21.0"
+MAX_TEXT_LENGTH: Final = 4096  # characters
+MAX_CAPTION_LENGTH: Final = 1024  # characters
+THROUGHPUT_RETRY_AFTER: Final = 1.0  # seconds: 80 msgs/s per number, counted per second
+PAIR_RETRY_AFTER: Final = 6.0  # seconds: about one message per 6 s to one recipient
+APP_RETRY_AFTER: Final = 60.0  # seconds: app/account limits use hourly windows; re-probe
+DEFAULT_RETRY_AFTER: Final = 1.0  # seconds: an HTTP 429 without any other guidance
+
+WHATSAPP_LIMITS: Final = PlatformLimits(
+    per_channel_rate=80.0,
+    per_channel_burst=80,
+    per_peer_rate=1 / 6,
+    per_peer_burst=3,
+    max_text_length=MAX_TEXT_LENGTH,
+)
+
+GRAPH: Final = cattrs.Converter(detailed_validation=True)
+"""The converter for Graph API payloads (never the global one)."""
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Options:
+    phone_number_id: str
+    api_version: str = DEFAULT_API_VERSION
+    timeout: float = 10.0  # seconds, per HTTP request
+    verify_on_open: bool = True
+    event_buffer: int = 1024  # events queued between webhook and consumer
+
+
+_OPTIONS: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+@attrs.frozen(kw_only=True)
+class WhatsAppSettings:
+    """Everything one WhatsApp channel needs, validated once at open.
+
+    Attributes:
+        channel_id: our channel id.
+        phone_number_id: the Cloud API phone number id the channel sends from.
+        token: the system-user access token (Bearer).
+        app_secret: the Meta app secret that signs webhooks.
+        verify_token: the token Meta echoes during webhook verification.
+        base_url: the Graph API root (an emulator's in tests).
+        api_version: the Graph API version path segment, e.g. ``v21.0``.
+        timeout: seconds per HTTP request.
+        verify_on_open: check the token and number with one GET on open.
+        event_buffer: events that may wait between webhook and consumer.
+    """
+
+    channel_id: str
+    phone_number_id: str
+    token: str = attrs.field(repr=False)
+    app_secret: str = attrs.field(repr=False)
+    verify_token: str = attrs.field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    api_version: str = DEFAULT_API_VERSION
+    timeout: float = 10.0
+    verify_on_open: bool = True
+    event_buffer: int = 1024
+
+    @property
+    def api_root(self) -> str:
+        """``{base_url}/{api_version}``, without a trailing slash."""
+        return f"{self.base_url.rstrip('/')}/{self.api_version}"
+
+    @classmethod
+    def from_config(cls, config: ChannelConfig) -> WhatsAppSettings:
+        """Validate a channel's config.
+
+        Raises:
+            AuthenticationFailed: a credential is missing or empty.
+            FatalError: the options are malformed (the message names the field).
+        """
+        missing = [
+            key
+            for key in ("token", "app_secret", "verify_token")
+            if not config.credentials.get(key)
+        ]
+        if missing:
+            raise AuthenticationFailed(
+                f"whatsapp channel {config.channel_id!r} lacks credentials {missing}: set the "
+                "system-user access token, the app secret and the webhook verify token"
+            )
+        try:
+            options = _OPTIONS.structure(dict(config.options), _Options)
+        except cattrs.BaseValidationError as exc:
+            detail = "; ".join(cattrs.transform_error(exc, path="$.options"))
+            raise FatalError(
+                f"whatsapp channel {config.channel_id!r} has invalid options: {detail}"
+            ) from exc
+        return cls(
+            channel_id=config.channel_id,
+            phone_number_id=options.phone_number_id,
+            token=config.credentials["token"],
+            app_secret=config.credentials["app_secret"],
+            verify_token=config.credentials["verify_token"],
+            base_url=config.base_url or DEFAULT_BASE_URL,
+            api_version=options.api_version,
+            timeout=options.timeout,
+            verify_on_open=options.verify_on_open,
+            event_buffer=options.event_buffer,
+        )
+
+
+# --- requests ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ApiRequest:
+    """One HTTP request for the shell to perform.
+
+    Attributes:
+        method: the HTTP method.
+        url: the absolute URL.
+        headers: request headers (they hold the token, so ``repr`` hides them).
+        json: the JSON body, if any.
+    """
+
+    method: Literal["GET", "POST"]
+    url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    json: Mapping[str, Any] | None = None
+
+
+def _auth(settings: WhatsAppSettings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.token}"}
+
+
+def message_payload(
+    msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH
+) -> dict[str, Any]:
+    """The Cloud API JSON body for ``msg``.
+
+    Args:
+        msg: the message; ``metadata["preview_url"]`` turns on link previews for text.
+        max_text_length: the longest text accepted, checked before any request.
+
+    Returns:
+        The body for ``POST /{version}/{phone_number_id}/messages``.
+
+    Raises:
+        MessageTooLong: text or caption over the limit.
+        PermanentSendError: content the Cloud API cannot carry (a caption on audio).
+    """
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": msg.peer,
+    }
+    if msg.text is not None:
+        if len(msg.text) > max_text_length:
+            raise MessageTooLong(
+                f"text of {len(msg.text)} characters exceeds WhatsApp's {max_text_length}; "
+                "split it or send a document",
+                peer=msg.peer,
+            )
+        body["type"] = "text"
+        body["text"] = {"body": msg.text, "preview_url": bool(msg.metadata.get("preview_url"))}
+    elif msg.media is not None:
+        kind = msg.media.kind.value
+        part: dict[str, Any] = {"link": msg.media.url}
+        if msg.media.caption is not None:
+            if kind == "audio":
+                raise PermanentSendError(
+                    "WhatsApp audio messages cannot carry a caption; send the text separately",
+                    peer=msg.peer,
+                )
+            if len(msg.media.caption) > MAX_CAPTION_LENGTH:
+                raise MessageTooLong(
+                    f"caption of {len(msg.media.caption)} characters exceeds WhatsApp's "
+                    f"{MAX_CAPTION_LENGTH}",
+                    peer=msg.peer,
+                )
+            part["caption"] = msg.media.caption
+        if kind == "document" and msg.media.filename is not None:
+            part["filename"] = msg.media.filename
+        body["type"] = kind
+        body[kind] = part
+    else:
+        assert msg.template is not None  # OutboundMessage guarantees exactly one
+        template: dict[str, Any] = {
+            "name": msg.template.name,
+            "language": {"code": msg.template.language},
+        }
+        if msg.template.components:
+            template["components"] = [dict(c) for c in msg.template.components]
+        body["type"] = "template"
+        body["template"] = template
+    if msg.reply_to is not None:
+        body["context"] = {"message_id": msg.reply_to}
+    return body
+
+
+def build_send_request(settings: WhatsAppSettings, msg: OutboundMessage) -> ApiRequest:
+    """``POST /{version}/{phone_number_id}/messages`` for ``msg``.
+
+    Raises:
+        MessageTooLong, PermanentSendError: see :func:`message_payload`.
+    """
+    return ApiRequest(
+        method="POST",
+        url=f"{settings.api_root}/{settings.phone_number_id}/messages",
+        headers=_auth(settings),
+        json=message_payload(msg),
+    )
+
+
+def build_phone_number_request(settings: WhatsAppSettings) -> ApiRequest:
+    """``GET /{version}/{phone_number_id}``: proves the token and the number on open."""
+    return ApiRequest(
+        method="GET",
+        url=(
+            f"{settings.api_root}/{settings.phone_number_id}"
+            "?fields=id,display_phone_number,verified_name"
+        ),
+        headers=_auth(settings),
+    )
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class GraphError:
+    """The ``error`` object of a Graph API error response.
+
+    Attributes:
+        code: the Graph error code (the one the mapping uses).
+        message: Meta's message, e.g. ``(#131047) Re-engagement message``.
+        type: e.g. ``OAuthException``.
+        error_subcode: a finer code, when given.
+        error_data: ``{"messaging_product": ..., "details": ...}``, when given.
+        fbtrace_id: Meta's trace id for support requests.
+    """
+
+    code: int
+    message: str = ""
+    type: str = ""
+    error_subcode: int | None = None
+    error_data: Mapping[str, Any] | None = None
+    fbtrace_id: str | None = None
+
+    @property
+    def details(self) -> str:
+        """``error_data.details``, or ``""``."""
+        detail = (self.error_data or {}).get("details")
+        return detail if isinstance(detail, str) else ""
+
+    def describe(self) -> str:
+        """One line for error messages: code, message, details, trace id."""
+        text = f"code {self.code}: {self.message or 'no message'}"
+        if self.details:
+            text += f" ({self.details})"
+        if self.fbtrace_id:
+            text += f" [fbtrace_id {self.fbtrace_id}]"
+        return text
+
+
+@attrs.frozen(kw_only=True)
+class _ErrorBody:
+    error: GraphError
+
+
+@attrs.frozen(kw_only=True)
+class _MessageId:
+    id: str
+
+
+@attrs.frozen(kw_only=True)
+class _SendBody:
+    messages: list[_MessageId]
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _retry_after(headers: Mapping[str, str], default: float) -> float:
+    """The wait the server asked for, else ``default``; never negative."""
+    lowered = _lower(headers)
+    raw = lowered.get("retry-after")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+    usage = _json(lowered.get("x-business-use-case-usage", "").encode())
+    if isinstance(usage, dict):
+        minutes = [
+            entry.get("estimated_time_to_regain_access", 0)
+            for entries in usage.values()
+            if isinstance(entries, list)
+            for entry in entries
+            if isinstance(entry, dict)
+        ]
+        waits = [m for m in minutes if isinstance(m, int | float) and m > 0]
+        if waits:
+            return float(max(waits)) * 60.0
+    return default
+
+
+def _too_long(error: GraphError) -> bool:
+    text = f"{error.message} {error.details}".lower()
+    return "too long" in text or ("at most" in text and "character" in text)
+
+
+def map_error(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None = None
+) -> ProviderError:
+    """The :class:`~providers.base.ProviderError` for a failed Graph API call.
+
+    Args:
+        status: the HTTP status (not 2xx).
+        headers: the response headers (``Retry-After``, ``X-Business-Use-Case-Usage``).
+        body: the raw response body, normally ``{"error": {...}}``.
+        peer: the recipient, for peer-scoped errors.
+
+    Returns:
+        The error to raise (the caller raises it, so tracebacks start there).
+    """
+    parsed = _json(body)
+    try:
+        error = GRAPH.structure(parsed, _ErrorBody).error
+    except (cattrs.BaseValidationError, TypeError, AttributeError):
+        return _map_status(status, headers, body, peer=peer)
+    code, what = error.code, error.describe()
+    if code == 130429:
+        return RateLimited(
+            f"WhatsApp throughput limit reached for this number ({what}); "
+            "wait and resend, or lower the channel rate",
+            retry_after=_retry_after(headers, THROUGHPUT_RETRY_AFTER),
+            scope=RateLimitScope.CHANNEL,
+        )
+    if code == 131056:
+        return RateLimited(
+            f"too many messages to {peer!r} in a short time ({what}); "
+            "wait before messaging this recipient again",
+            retry_after=_retry_after(headers, PAIR_RETRY_AFTER),
+            scope=RateLimitScope.PEER,
+            peer=peer,
+        )
+    if code == 4:
+        return RateLimited(
+            f"the Meta app's request limit is reached ({what})",
+            retry_after=_retry_after(headers, APP_RETRY_AFTER),
+            scope=RateLimitScope.GLOBAL,
+        )
+    if code in (80007, 131048):
+        return RateLimited(
+            f"the WhatsApp business account is rate limited ({what})",
+            retry_after=_retry_after(headers, APP_RETRY_AFTER),
+            scope=RateLimitScope.CHANNEL,
+        )
+    if code == 131047:
+        return OutsideWindow(
+            f"{peer!r} has not written within 24 hours ({what}); "
+            "only a template message can re-open the conversation",
+            peer=peer,
+        )
+    if code in (131026, 131021, 131030):
+        return BadRecipient(
+            f"the message to {peer!r} is undeliverable ({what}); the number may not be on "
+            "WhatsApp or may not accept messages from this business",
+            peer=peer,
+        )
+    if code in (368, 131031):
+        return Banned(
+            f"Meta blocks this WhatsApp account ({what}); stop and resolve it in the "
+            "WhatsApp Manager before reconnecting"
+        )
+    if code in (0, 190) or status == 401:
+        return AuthenticationFailed(
+            f"the WhatsApp access token was rejected ({what}); "
+            "generate a new system-user token and update the channel's credentials"
+        )
+    if code == 10 or 200 <= code <= 299:
+        return MissingPermissions(
+            f"the access token lacks a permission ({what}); grant whatsapp_business_messaging"
+        )
+    if code == 100 and _too_long(error):
+        return MessageTooLong(f"WhatsApp rejected the text as too long ({what})", peer=peer)
+    if code in (1, 2, 131000, 131016) or status >= 500:
+        return TransientError(f"WhatsApp is temporarily failing ({what}); retry with backoff")
+    if status == 429:
+        return RateLimited(
+            f"WhatsApp answered 429 ({what})",
+            retry_after=_retry_after(headers, DEFAULT_RETRY_AFTER),
+            scope=RateLimitScope.CHANNEL,
+        )
+    return PermanentSendError(
+        f"WhatsApp refused the message to {peer!r} with HTTP {status} ({what}); "
+        "it will not succeed unchanged",
+        peer=peer,
+    )
+
+
+def _map_status(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None
+) -> ProviderError:
+    """The mapping when the body is not a Graph error (a proxy, a load balancer)."""
+    snippet = body[:200].decode("utf-8", "replace")
+    if status == 401:
+        return AuthenticationFailed(f"HTTP 401 from the Graph API: {snippet!r}; check the token")
+    if status == 429:
+        return RateLimited(
+            f"HTTP 429 from the Graph API: {snippet!r}",
+            retry_after=_retry_after(headers, DEFAULT_RETRY_AFTER),
+        )
+    if status >= 500 or status in (408, 425):
+        return TransientError(f"HTTP {status} from the Graph API: {snippet!r}; retry with backoff")
+    if status == 403:
+        return MissingPermissions(f"HTTP 403 from the Graph API: {snippet!r}")
+    return PermanentSendError(
+        f"HTTP {status} from the Graph API without an error object: {snippet!r}", peer=peer
+    )
+
+
+def parse_send_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str
+) -> SendResult:
+    """The :class:`~providers.base.SendResult` of a messages call.
+
+    Raises:
+        ProviderError: the mapped error (see :func:`map_error`); a 2xx answer
+            without ``messages[0].id`` is a ``TransientError`` (the message may
+            or may not have been sent).
+    """
+    if not 200 <= status < 300:
+        raise map_error(status, headers, body, peer=peer)
+    try:
+        parsed = GRAPH.structure(_json(body), _SendBody)
+        message_id = parsed.messages[0].id
+    except (cattrs.BaseValidationError, TypeError, AttributeError, IndexError) as exc:
+        raise TransientError(
+            f"WhatsApp accepted the message to {peer!r} with HTTP {status} but the answer "
+            f"has no messages[0].id: {body[:200]!r}"
+        ) from exc
+    return SendResult(platform_message_id=message_id, peer=peer)
+
+
+def parse_phone_number_response(
+    status: int, headers: Mapping[str, str], body: bytes
+) -> Mapping[str, Any]:
+    """The phone-number object returned on open.
+
+    Raises:
+        FatalError: the token or number is wrong (``AuthenticationFailed``,
+            ``Banned``, ``MissingPermissions``, or a plain ``FatalError`` for a
+            number that does not exist).
+        TransientError, RateLimited: try again later.
+    """
+    if 200 <= status < 300:
+        parsed = _json(body)
+        return parsed if isinstance(parsed, dict) else {}
+    error = map_error(status, headers, body)
+    if isinstance(error, PermanentSendError):
+        raise FatalError(
+            f"the WhatsApp phone number cannot be used: {error}; check options.phone_number_id"
+        ) from error
+    raise error

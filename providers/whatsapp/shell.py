@@ -1,0 +1,252 @@
+"""The trio I/O shell of the WhatsApp provider: httpx out, webhooks in.
+
+Design:
+- WhatsApp has no socket to keep open: sends are HTTPS calls, and inbound
+  traffic arrives on a webhook served by the node's ops HTTP server. A
+  :class:`WhatsAppConnection` therefore owns an ``httpx.AsyncClient`` and a
+  bounded memory channel: :meth:`WhatsAppConnection.handle_webhook` (called
+  by the ops server) feeds it, :meth:`WhatsAppConnection.events` drains it.
+- All protocol decisions live in :mod:`.core` and :mod:`.webhook`; this
+  module only performs the requests they describe and maps httpx's errors at
+  the boundary (``raise TransientError(...) from exc``).
+- Backpressure goes back to Meta: when the event buffer cannot take a whole
+  notification, the webhook answers 503 and queues nothing, and Meta
+  redelivers later (it retries failed deliveries for days). Redeliveries
+  and Meta's own duplicates are removed downstream by message id.
+- The webhook path has no session, so :meth:`WhatsAppConnection.session_state`
+  is empty and ``resumable`` changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final
+
+import httpx
+import trio
+
+from providers.base import (
+    ChannelConfig,
+    ConnectionState,
+    ConnectionStateChanged,
+    Event,
+    OutboundMessage,
+    PlatformLimits,
+    SendResult,
+    SessionState,
+    TransientError,
+)
+
+from . import core, webhook
+from .core import WHATSAPP_LIMITS, ApiRequest, WhatsAppSettings
+
+__all__ = ["WhatsAppConnection", "WhatsAppProvider"]
+
+CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
+
+
+class WhatsAppConnection:
+    """One WhatsApp Cloud API number, as a :class:`~providers.base.Connection`.
+
+    Create it with :meth:`WhatsAppProvider.open_connection`.
+    """
+
+    def __init__(self, settings: WhatsAppSettings, client: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self._client = client
+        self._send_events, self._receive_events = trio.open_memory_channel[Event](
+            settings.event_buffer
+        )
+        self._closed = False
+        self._sent = 0
+        self._received = 0
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self._closed else "OPEN"
+        queued = self._send_events.statistics().current_buffer_used
+        return (
+            f"<WhatsAppConnection {self.settings.channel_id} "
+            f"number={self.settings.phone_number_id} [{state} sent={self._sent} "
+            f"received={self._received} queued={queued}]>"
+        )
+
+    # --- inbound -------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Inbound events from the webhook, until :meth:`close`.
+
+        The first event is ``ConnectionStateChanged(CONNECTED)``. Receipts come
+        as they arrive, possibly out of order: keep the furthest per message.
+        """
+        try:
+            async for event in self._receive_events:
+                yield event
+        except trio.ClosedResourceError:
+            return  # our own close() raced the iteration: end quietly
+
+    async def handle_webhook(
+        self, method: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        """Answer one webhook request addressed to this channel.
+
+        Args:
+            method: ``GET`` (Meta's verification) or ``POST`` (a notification).
+            query: the query parameters.
+            headers: the request headers (``X-Hub-Signature-256``).
+            body: the raw body, exactly as received.
+
+        Returns:
+            ``(status, body)`` for the HTTP answer: 200 with the challenge or
+            ``ok``; 403 for a failed verification or signature; 400 for an
+            unreadable notification; 503 when closed or the buffer is full (Meta
+            retries).
+        """
+        outcome = webhook.handle_webhook(
+            method,
+            query,
+            headers,
+            body,
+            app_secret=self.settings.app_secret,
+            verify_token=self.settings.verify_token,
+            channel_id=self.settings.channel_id,
+            phone_number_id=self.settings.phone_number_id,
+            media_root=self.settings.api_root,
+        )
+        if not outcome.events:
+            return outcome.status, outcome.body
+        if self._closed:
+            return 503, b"channel closed; redeliver later"
+        stats = self._send_events.statistics()
+        if stats.current_buffer_used + len(outcome.events) > stats.max_buffer_size:
+            return 503, b"event buffer full; redeliver later"
+        for event in outcome.events:
+            self._send_events.send_nowait(event)
+        self._received += len(outcome.events)
+        await trio.lowlevel.checkpoint()
+        return outcome.status, outcome.body
+
+    # --- outbound ------------------------------------------------------------------------
+
+    async def _perform(self, request: ApiRequest) -> httpx.Response:
+        if self._closed:
+            raise trio.ClosedResourceError(
+                f"whatsapp channel {self.settings.channel_id!r} is closed; open a new connection"
+            )
+        try:
+            return await self._client.request(
+                request.method, request.url, headers=dict(request.headers), json=request.json
+            )
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"the Graph API did not answer {request.method} within "
+                f"{self.settings.timeout} s; retry with backoff (the message may have been sent)"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TransientError(
+                f"{request.method} to the Graph API failed: {exc!r}; retry with backoff"
+            ) from exc
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        """Send one message; return once the Cloud API accepted it.
+
+        Raises:
+            TransientError: network failure, timeout or 5xx.
+            RateLimited: 130429 (channel), 131056 (peer), 4/80007 (app, account).
+            FatalError: AuthenticationFailed (190, 401), Banned (368), MissingPermissions.
+            PermanentSendError: OutsideWindow (131047), BadRecipient (131026),
+                MessageTooLong (over 4096 characters), other refusals.
+            trio.ClosedResourceError: the connection was closed by its owner.
+        """
+        request = core.build_send_request(self.settings, msg)
+        response = await self._perform(request)
+        result = core.parse_send_response(
+            response.status_code, response.headers, response.content, peer=msg.peer
+        )
+        self._sent += 1
+        return result
+
+    async def verify(self) -> None:
+        """Prove the token and phone number id with one GET.
+
+        Raises:
+            FatalError, TransientError, RateLimited: as :func:`core.parse_phone_number_response`.
+        """
+        response = await self._perform(core.build_phone_number_request(self.settings))
+        core.parse_phone_number_response(response.status_code, response.headers, response.content)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def session_state(self) -> SessionState:
+        """Nothing to resume: webhook delivery has no session."""
+        return SessionState(provider="whatsapp", data={})
+
+    async def close(self, *, resumable: bool = True) -> None:
+        """Stop accepting webhooks and end :meth:`events` after the queued ones."""
+        self._closed = True
+        await self._send_events.aclose()
+
+
+class WhatsAppProvider:
+    """The WhatsApp Cloud API adapter.
+
+    Credentials: ``token`` (system-user access token), ``app_secret`` (signs
+    webhooks), ``verify_token`` (webhook verification). Options:
+    ``phone_number_id`` (required), ``api_version`` (default ``v21.0``),
+    ``timeout``, ``verify_on_open``, ``event_buffer``.
+
+    Args:
+        limits: the platform defaults (80 msgs/s per number; 1 per 6 s, burst
+            3, per recipient; 4096 characters).
+        transport: an httpx transport, for tests.
+    """
+
+    name: str = "whatsapp"
+
+    def __init__(
+        self,
+        *,
+        limits: PlatformLimits = WHATSAPP_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limits = limits
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"<WhatsAppProvider limits={self.limits.per_channel_rate:g}/s>"
+
+    def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AbstractAsyncContextManager[WhatsAppConnection]:
+        """Open a connection for one WhatsApp number.
+
+        Raises:
+            AuthenticationFailed: missing credentials, or the token is rejected.
+            Banned: the account is blocked (368).
+            FatalError: malformed options or an unknown phone number id.
+            TransientError, RateLimited: the verification call failed for now.
+        """
+        return self._open(WhatsAppSettings.from_config(config))
+
+    @asynccontextmanager
+    async def _open(self, settings: WhatsAppSettings) -> AsyncIterator[WhatsAppConnection]:
+        client = httpx.AsyncClient(timeout=settings.timeout, transport=self._transport)
+        try:
+            connection = WhatsAppConnection(settings, client)
+            if settings.verify_on_open:
+                await connection.verify()
+            connection._send_events.send_nowait(
+                ConnectionStateChanged(
+                    channel_id=settings.channel_id,
+                    state=ConnectionState.CONNECTED,
+                    detail=f"phone number {settings.phone_number_id}",
+                )
+            )
+            try:
+                yield connection
+            finally:
+                await connection.close()
+        finally:
+            with trio.move_on_after(CLOSE_GRACE) as scope:
+                scope.shield = True
+                await client.aclose()

@@ -1,0 +1,427 @@
+"""The sans-IO half of WhatsApp's inbound side: webhook verification and parsing.
+
+Design:
+- The Cloud API pushes everything inbound (user messages and the statuses of
+  our messages) to one HTTPS callback. Meta first proves the callback with a
+  GET (``hub.mode=subscribe``, ``hub.verify_token``, ``hub.challenge``), then
+  POSTs JSON notifications signed with ``X-Hub-Signature-256: sha256=<hex>``,
+  an HMAC-SHA256 of the raw body keyed with the app secret.
+- :func:`handle_webhook` is one pure function from (method, query, headers,
+  raw body) to a :class:`WebhookOutcome` (the HTTP answer plus the events), so
+  the whole inbound path is tested without a server; the shell only queues
+  the events. Signatures use :mod:`hmac` and :mod:`hashlib` and are compared
+  with :func:`hmac.compare_digest`; the signature is checked on the raw bytes
+  before any JSON is parsed.
+- Statuses may arrive out of order (``read`` before ``delivered``) and more
+  than once: they are emitted as they come, one
+  :class:`~providers.base.DeliveryReceipt` each; consumers keep the furthest
+  status per message (sent < delivered < read; failed is final) and
+  deduplicate inbound messages by ``platform_message_id``.
+- Inbound media arrive as media ids, not URLs: :attr:`Media.url` is the Graph
+  URL of the media object (``{api_root}/{media_id}``), which answers, with the
+  bearer token, the short-lived download URL.
+- Notification payloads are structured with cattrs through one converter
+  (:data:`WEBHOOK`); unknown fields are ignored, as Meta adds them freely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from providers.base import (
+    DeliveryReceipt,
+    Event,
+    InboundMessage,
+    Media,
+    MediaKind,
+    ReceiptStatus,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "WEBHOOK",
+    "WebhookOutcome",
+    "WebhookPayloadError",
+    "handle_webhook",
+    "parse_notification",
+    "sign",
+    "verify_signature",
+    "verify_subscription",
+]
+
+SIGNATURE_HEADER: Final = "x-hub-signature-256"
+_PREFIX: Final = "sha256="
+
+WEBHOOK: Final = cattrs.Converter(detailed_validation=True)
+"""The converter for webhook notification payloads (never the global one)."""
+
+
+class WebhookPayloadError(ValueError):
+    """A correctly signed notification that is not a WhatsApp payload we can read."""
+
+
+@attrs.frozen(kw_only=True)
+class WebhookOutcome:
+    """What to answer Meta, and what the notification carried.
+
+    Attributes:
+        status: the HTTP status to answer.
+        body: the response body (the challenge for a verification).
+        content_type: its media type.
+        events: the events to queue, in payload order.
+    """
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+    events: tuple[Event, ...] = ()
+
+
+# --- authentication ----------------------------------------------------------------------
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value Meta sends for ``body``."""
+    return _PREFIX + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def verify_signature(app_secret: str, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether ``body`` carries a valid ``X-Hub-Signature-256`` for ``app_secret``.
+
+    Args:
+        app_secret: the Meta app secret.
+        headers: the request headers (names compared case-insensitively).
+        body: the raw request body, exactly as received.
+    """
+    given = _header(headers, SIGNATURE_HEADER)
+    if given is None or not given.startswith(_PREFIX):
+        return False
+    expected = sign(app_secret, body)
+    return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
+
+
+def verify_subscription(query: Mapping[str, str], verify_token: str) -> WebhookOutcome:
+    """Answer Meta's GET verification: the challenge with 200, else 403.
+
+    Args:
+        query: the query parameters (``hub.mode``, ``hub.verify_token``, ``hub.challenge``).
+        verify_token: the token configured for this webhook.
+    """
+    mode = query.get("hub.mode")
+    token = query.get("hub.verify_token", "")
+    challenge = query.get("hub.challenge")
+    if (
+        mode == "subscribe"
+        and challenge is not None
+        and hmac.compare_digest(token.encode(), verify_token.encode())
+    ):
+        return WebhookOutcome(status=200, body=challenge.encode())
+    return WebhookOutcome(status=403, body=b"verification failed")
+
+
+# --- the notification payload -----------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Text:
+    body: str
+
+
+@attrs.frozen(kw_only=True)
+class _MediaPart:
+    id: str
+    mime_type: str | None = None
+    sha256: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Context:
+    id: str | None = None
+    sender: str | None = None  # "from" on the wire
+
+
+@attrs.frozen(kw_only=True)
+class _Message:
+    id: str
+    sender: str  # "from" on the wire
+    timestamp: str | None = None
+    type: str = "text"
+    text: _Text | None = None
+    image: _MediaPart | None = None
+    video: _MediaPart | None = None
+    document: _MediaPart | None = None
+    audio: _MediaPart | None = None
+    context: _Context | None = None
+    button: Mapping[str, Any] | None = None
+    interactive: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _StatusError:
+    code: int
+    title: str = ""
+    message: str = ""
+    error_data: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Status:
+    id: str
+    status: str
+    recipient_id: str
+    timestamp: str | None = None
+    errors: list[_StatusError] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class _Metadata:
+    phone_number_id: str
+    display_phone_number: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Profile:
+    name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Contact:
+    wa_id: str
+    profile: _Profile | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Value:
+    metadata: _Metadata
+    contacts: list[_Contact] = attrs.field(factory=list)
+    messages: list[_Message] = attrs.field(factory=list)
+    statuses: list[_Status] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class _Change:
+    field: str
+    value: Mapping[str, Any]  # structured only for field == "messages"
+
+
+@attrs.frozen(kw_only=True)
+class _Entry:
+    id: str | None = None
+    changes: list[_Change] = attrs.field(factory=list)
+
+
+@attrs.frozen(kw_only=True)
+class _Notification:
+    object: str
+    entry: list[_Entry] = attrs.field(factory=list)
+
+
+WEBHOOK.register_structure_hook(
+    _Message, make_dict_structure_fn(_Message, WEBHOOK, sender=override(rename="from"))
+)
+WEBHOOK.register_structure_hook(
+    _Context, make_dict_structure_fn(_Context, WEBHOOK, sender=override(rename="from"))
+)
+
+_MEDIA_KINDS: Final = {kind.value: kind for kind in MediaKind}
+_STATUSES: Final = {status.value: status for status in ReceiptStatus}
+
+
+def _time(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _inbound(
+    message: _Message, names: Mapping[str, str], *, channel_id: str, media_root: str
+) -> InboundMessage:
+    text: str | None = None
+    media: Media | None = None
+    if message.text is not None:
+        text = message.text.body
+    part = getattr(message, message.type, None) if message.type in _MEDIA_KINDS else None
+    if isinstance(part, _MediaPart):
+        media = Media(
+            kind=_MEDIA_KINDS[message.type],
+            url=f"{media_root.rstrip('/')}/{part.id}",
+            caption=part.caption,
+            filename=part.filename,
+        )
+    if message.button is not None and isinstance(message.button.get("text"), str):
+        text = message.button["text"]  # a quick-reply button of a template
+    if message.interactive is not None:
+        reply = message.interactive.get("button_reply") or message.interactive.get("list_reply")
+        if isinstance(reply, Mapping) and isinstance(reply.get("title"), str):
+            text = reply["title"]
+    metadata: dict[str, Any] = {"type": message.type}
+    if isinstance(part, _MediaPart):
+        metadata.update(media_id=part.id, mime_type=part.mime_type, sha256=part.sha256)
+    if message.sender in names:
+        metadata["profile_name"] = names[message.sender]
+    return InboundMessage(
+        channel_id=channel_id,
+        platform_message_id=message.id,
+        peer=message.sender,
+        sender=message.sender,
+        text=text,
+        media=media,
+        reply_to=message.context.id if message.context is not None else None,
+        timestamp=_time(message.timestamp),
+        metadata=metadata,
+    )
+
+
+def _receipt(status: _Status, *, channel_id: str) -> DeliveryReceipt | None:
+    kind = _STATUSES.get(status.status)
+    if kind is None:
+        return None  # "deleted", "warning", ...: nothing the runtime tracks
+    error = None
+    if status.errors:
+        first = status.errors[0]
+        details = (first.error_data or {}).get("details")
+        error = f"{first.code} {first.title or first.message}".strip()
+        if isinstance(details, str) and details:
+            error += f": {details}"
+    return DeliveryReceipt(
+        channel_id=channel_id,
+        platform_message_id=status.id,
+        peer=status.recipient_id,
+        status=kind,
+        timestamp=_time(status.timestamp),
+        error=error,
+    )
+
+
+def parse_notification(
+    body: bytes, *, channel_id: str, phone_number_id: str | None = None, media_root: str = ""
+) -> list[Event]:
+    """The events of one webhook notification, in payload order.
+
+    Args:
+        body: the raw, already authenticated, request body.
+        channel_id: our channel id, stamped on every event.
+        phone_number_id: keep only changes for this number (one Meta app may
+            serve several numbers on one callback); ``None`` keeps all.
+        media_root: the Graph API root (``{base_url}/{version}``) for media URLs.
+
+    Returns:
+        InboundMessage for each message, DeliveryReceipt for each
+        sent/delivered/read/failed status; other fields are skipped.
+
+    Raises:
+        WebhookPayloadError: the body is not JSON or not a WhatsApp notification.
+    """
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise WebhookPayloadError(f"the webhook body is not JSON: {exc}") from exc
+    try:
+        notification = WEBHOOK.structure(raw, _Notification)
+    except (cattrs.BaseValidationError, TypeError, AttributeError) as exc:
+        raise WebhookPayloadError(_describe(exc, "$")) from exc
+    if notification.object != "whatsapp_business_account":
+        raise WebhookPayloadError(
+            f"webhook object is {notification.object!r}, not 'whatsapp_business_account'"
+        )
+    events: list[Event] = []
+    for e, entry in enumerate(notification.entry):
+        for c, change in enumerate(entry.changes):
+            if change.field != "messages":
+                continue  # account updates, template reviews...: not channel events
+            try:
+                value = WEBHOOK.structure(change.value, _Value)
+            except (cattrs.BaseValidationError, TypeError, AttributeError) as exc:
+                raise WebhookPayloadError(
+                    _describe(exc, f"$.entry[{e}].changes[{c}].value")
+                ) from exc
+            if phone_number_id is not None and value.metadata.phone_number_id != phone_number_id:
+                continue
+            names = {
+                contact.wa_id: contact.profile.name
+                for contact in value.contacts
+                if contact.profile is not None and contact.profile.name is not None
+            }
+            for message in value.messages:
+                events.append(
+                    _inbound(message, names, channel_id=channel_id, media_root=media_root)
+                )
+            for status in value.statuses:
+                receipt = _receipt(status, channel_id=channel_id)
+                if receipt is not None:
+                    events.append(receipt)
+    return events
+
+
+def _describe(exc: Exception, path: str) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "malformed WhatsApp notification: " + "; ".join(
+            cattrs.transform_error(exc, path=path)
+        )
+    return f"malformed WhatsApp notification at {path}: {exc}"
+
+
+# --- the whole exchange ------------------------------------------------------------------
+
+
+def handle_webhook(
+    method: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    app_secret: str,
+    verify_token: str,
+    channel_id: str,
+    phone_number_id: str | None = None,
+    media_root: str = "",
+) -> WebhookOutcome:
+    """Answer one webhook request and extract its events.
+
+    Args:
+        method: ``GET`` (verification) or ``POST`` (notification).
+        query: the query parameters.
+        headers: the request headers.
+        body: the raw body.
+        app_secret: the key of ``X-Hub-Signature-256``.
+        verify_token: the token Meta must echo on verification.
+        channel_id: stamped on the events.
+        phone_number_id: see :func:`parse_notification`.
+        media_root: see :func:`parse_notification`.
+
+    Returns:
+        200 with the challenge or the events; 403 for a failed verification
+        or a bad signature (no events); 400 for a signed but unreadable body;
+        405 for other methods.
+    """
+    if method.upper() == "GET":
+        return verify_subscription(query, verify_token)
+    if method.upper() != "POST":
+        return WebhookOutcome(status=405, body=b"only GET and POST")
+    if not verify_signature(app_secret, headers, body):
+        return WebhookOutcome(status=403, body=b"invalid X-Hub-Signature-256")
+    try:
+        events = parse_notification(
+            body, channel_id=channel_id, phone_number_id=phone_number_id, media_root=media_root
+        )
+    except WebhookPayloadError as exc:
+        return WebhookOutcome(status=400, body=str(exc).encode())
+    return WebhookOutcome(status=200, body=b"ok", events=tuple(events))

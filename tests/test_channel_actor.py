@@ -1,0 +1,404 @@
+"""ChannelActor against a scripted fake provider, in virtual time.
+
+Fault matrices: connect failures of every class, drops and liveness
+timeouts, 429 storms, disconnects mid-send, permanent and fatal send
+errors, and crashes of the actor itself under a supervisor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors import (
+    ActorState,
+    ChannelFailed,
+    ChannelUnavailable,
+    ExponentialBackoff,
+    SendFailed,
+    open_actor_system,
+)
+from actors.channel import ChannelActor, ChannelRef, ChannelStateChanged, MemoryInboundSink
+from actors.channel_state import ChannelMemory, ChannelSettings, ChannelStatus
+from providers.base import (
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    ChannelConfig,
+    DeliveryReceipt,
+    FatalError,
+    InboundMessage,
+    MessageTooLong,
+    OutboundMessage,
+    PlatformLimits,
+    RateLimited,
+    RateLimitScope,
+    ReceiptStatus,
+    SessionState,
+    TransientError,
+)
+from providers.testing import FakeProvider, SendDelay
+from supervisors import ChildSpec, open_supervisor
+from tests.support import CEILING
+
+GENEROUS = PlatformLimits(
+    per_channel_rate=1000.0,
+    per_channel_burst=1000,
+    per_peer_rate=1000.0,
+    per_peer_burst=1000,
+    max_text_length=100,
+)
+
+
+class MaxJitter(random.Random):
+    """Full jitter at its ceiling, so backoff delays are exact: 1, 2, 4, 8, ..."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def settings(**overrides: Any) -> ChannelSettings:
+    base: dict[str, Any] = {
+        "reconnect": ExponentialBackoff(base=1.0, cap=8.0, factor=2.0),
+        "stable_after": 60.0,
+        "send_backoff": ExponentialBackoff(base=1.0, cap=1.0),
+    }
+    base.update(overrides)
+    return ChannelSettings(**base)
+
+
+def out(text: str = "hi", peer: str = "p1", key: str = "k1") -> OutboundMessage:
+    return OutboundMessage(peer=peer, idempotency_key=key, text=text)
+
+
+def inbound(msg_id: str, text: str = "hello") -> InboundMessage:
+    return InboundMessage(
+        channel_id="ch", platform_message_id=msg_id, peer="u1", sender="u1", text=text
+    )
+
+
+@asynccontextmanager
+async def open_channel(
+    provider: FakeProvider,
+    *,
+    channel_settings: ChannelSettings | None = None,
+    sink: MemoryInboundSink | None = None,
+) -> AsyncIterator[ChannelRef]:
+    channel_settings = channel_settings or settings()
+    memory = ChannelMemory(provider.limits, channel_settings, rng=MaxJitter())
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "s3cret"})
+    factory, memory = ChannelActor.factory(
+        config, provider, settings=channel_settings, sink=sink, memory=memory
+    )
+    async with open_actor_system() as system:
+        async with open_supervisor(
+            system, [ChildSpec(id="ch", start=factory)], intensity=10, period=60.0
+        ) as sup:
+            ref = await sup.whereis_child("ch")
+            assert ref is not None
+            yield ChannelRef(ref, memory, "ch", provider.name)
+
+
+# --- connecting ---------------------------------------------------------------------------
+
+
+async def test_connects_and_publishes_deduplicated_inbound_in_batches(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    sink = MemoryInboundSink()
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, sink=sink) as channel:
+            events = channel.subscribe(accepts=lambda e: not isinstance(e, ChannelStateChanged))
+            conn = await provider.wait_connected(1)
+            receipt = DeliveryReceipt(
+                channel_id="ch", platform_message_id="m9", peer="u1", status=ReceiptStatus.READ
+            )
+            conn.push(inbound("a"), inbound("b"), inbound("a"), receipt)
+            got = [await events.receive() for _ in range(3)]
+            assert [getattr(e, "platform_message_id", None) for e in got] == ["a", "b", "m9"]
+            await trio.sleep(1.0)  # virtual: one flush interval
+            assert [e.platform_message_id for e in sink.events] == ["a", "b", "m9"]
+            stats = channel.statistics()
+            assert (stats.status, stats.received, stats.duplicates) == (
+                ChannelStatus.CONNECTED,
+                2,
+                1,
+            )
+            assert "[CONNECTED]" in repr(channel.ref._instance)
+
+
+@pytest.mark.parametrize(
+    ("failure", "waits", "counts_as_failure"),
+    [
+        (TransientError("network down"), [1.0, 2.0, 4.0], True),
+        (RateLimited("slow down", retry_after=7.5), [7.5, 7.5, 7.5], False),
+    ],
+)
+async def test_connect_failures_back_off_or_wait_exactly_retry_after(
+    autojump_clock: Any, failure: Exception, waits: list[float], counts_as_failure: bool
+) -> None:
+    provider = FakeProvider(limits=GENEROUS, connect_script=[failure, failure, failure])
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            times = provider.connect_times
+            assert [b - a for a, b in itertools.pairwise(times)] == waits
+            stats = channel.statistics()
+            assert stats.status is ChannelStatus.CONNECTED
+            assert stats.reconnects == 3
+            assert stats.rate_limit_waits == (0 if counts_as_failure else 3)
+
+
+@pytest.mark.parametrize(
+    "fatal",
+    [AuthenticationFailed("bad token"), Banned("banned"), FatalError("intents missing")],
+)
+@pytest.mark.parametrize("when", ["connect", "while_connected"])
+async def test_fatal_errors_fail_the_channel_and_never_reconnect(
+    autojump_clock: Any, fatal: Exception, when: str
+) -> None:
+    provider = FakeProvider(limits=GENEROUS, connect_script=[fatal] if when == "connect" else [])
+    with trio.fail_after(CEILING * 100):
+        async with open_channel(provider) as channel:
+            failed = channel.subscribe(
+                accepts=lambda e: (
+                    isinstance(e, ChannelStateChanged) and e.status is ChannelStatus.FAILED
+                )
+            )
+            if when == "while_connected":
+                (await provider.wait_connected(1)).fail(fatal)
+            if channel.statistics().status is not ChannelStatus.FAILED:
+                await failed.receive()
+            assert type(fatal).__name__ in (channel.statistics().last_error or "")
+            attempts = len(provider.connect_times)
+            await trio.sleep(3600.0)  # an hour of virtual time: no hammering
+            assert len(provider.connect_times) == attempts
+            with pytest.raises(ChannelFailed, match="does not reconnect"):
+                await channel.send(out())
+            assert channel.ref.state is ActorState.RUNNING  # alive, for inspection
+
+
+async def test_backoff_resets_only_after_a_stable_connection(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS, connect_script=[TransientError("x")] * 2)
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(provider) as channel:
+            conn = await provider.wait_connected(1)  # after waits of 1 and 2
+            await trio.sleep(10.0)  # up for 10 s < stable_after (60 s)
+            conn.drop()
+            conn = await provider.wait_connected(2)
+            assert provider.connect_times[-1] - provider.connect_times[-2] == 10.0 + 4.0
+            await trio.sleep(60.0)  # stable now
+            conn.drop()
+            await provider.wait_connected(3)
+            assert provider.connect_times[-1] - provider.connect_times[-2] == 60.0 + 1.0
+            assert channel.statistics().reconnects == 4
+
+
+async def test_a_silent_connection_is_dead_after_the_liveness_timeout(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(
+            provider, channel_settings=settings(liveness_timeout=30.0)
+        ) as channel:
+            conn = await provider.wait_connected(1)
+            await trio.sleep(20.0)
+            conn.push(inbound("keepalive-ish"))  # activity resets the clock
+            await provider.wait_connected(2)
+            # dead at 20 + 30 s, reconnect after the first backoff step (1 s)
+            assert provider.connect_times[1] - provider.connect_times[0] == 51.0
+            assert "liveness timeout" in (channel.statistics().last_error or "")
+
+
+async def test_states_are_published_and_shown_in_repr(autojump_clock: Any) -> None:
+    provider = FakeProvider(
+        limits=GENEROUS, connect_script=[TransientError("a"), TransientError("b")]
+    )
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            events = channel.subscribe(accepts=lambda e: isinstance(e, ChannelStateChanged))
+            await provider.wait_connected(1)
+            seen = []
+            while True:
+                event = await events.receive()
+                seen.append((event.status, event.attempt, event.delay))
+                if event.status is ChannelStatus.CONNECTED:
+                    break
+            # subscribed after the first CONNECTING; the rest in order
+            assert seen[-4:] == [
+                (ChannelStatus.CONNECTING, 1, None),
+                (ChannelStatus.BACKING_OFF, 2, 2.0),
+                (ChannelStatus.CONNECTING, 2, None),
+                (ChannelStatus.CONNECTED, 2, None),
+            ]
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+async def test_send_returns_the_platform_receipt(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            result = await channel.send(out())
+            assert result.peer == "p1" and result.platform_message_id == "m1"
+            assert channel.statistics().sent == 1
+
+
+async def test_per_peer_and_per_channel_limits_space_the_sends(autojump_clock: Any) -> None:
+    limits = PlatformLimits(
+        per_channel_rate=2.0,
+        per_channel_burst=2,
+        per_peer_rate=1.0,
+        per_peer_burst=1,
+        max_text_length=100,
+    )
+    provider = FakeProvider(limits=limits)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            for i, peer in enumerate(["a", "a", "b", "c", "a"]):
+                await channel.send(out(peer=peer, key=f"k{i}"))
+            times = [t for t, _ in provider.sent]
+            # a@0; a again waits for its peer bucket (1/s) → 1; b takes the
+            # channel bucket's second token (2/s, burst 2) → 1; c waits for the
+            # channel → 1.5; a waits for both → 2
+            assert times == pytest.approx([0.0, 1.0, 1.0, 1.5, 2.0], abs=1e-5), times
+            assert channel.statistics().rate_limit_waits >= 3
+
+
+async def test_a_429_storm_waits_exactly_and_is_not_a_failure(autojump_clock: Any) -> None:
+    storm = [RateLimited("429", retry_after=5.0)] * 3
+    peer_limit = RateLimited("pair limit", retry_after=6.0, scope=RateLimitScope.PEER, peer="p1")
+    provider = FakeProvider(limits=GENEROUS, send_script=[*storm, peer_limit])
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            await channel.send(out())
+            attempts = [t for t, _ in provider.send_attempts]
+            assert attempts == pytest.approx([0.0, 5.0, 10.0, 15.0, 21.0], abs=1e-5)
+            stats = channel.statistics()
+            assert (stats.send_failures, stats.rate_limit_waits, stats.dead_letters) == (0, 4, 0)
+
+
+async def test_disconnect_mid_send_retries_on_the_new_connection(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS, send_script=[TransientError("connection reset")])
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            first = await provider.wait_connected(1)
+
+            async def break_link() -> None:
+                first.drop()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(break_link)
+                result = await channel.send(out(key="same-key"))
+            assert result.platform_message_id == "m1"
+            keys = [m.idempotency_key for _, m in provider.send_attempts]
+            assert keys == ["same-key", "same-key"]  # the retry reuses the key
+            assert len(provider.connections) == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (BadRecipient("no such chat", peer="p1"), BadRecipient),
+        (TransientError("503"), SendFailed),
+    ],
+)
+async def test_failures_go_to_the_dead_letter_queue_and_replay(
+    autojump_clock: Any, error: Exception, raised: type[Exception]
+) -> None:
+    attempts = 1 if raised is BadRecipient else 3
+    provider = FakeProvider(limits=GENEROUS, send_script=[error] * attempts)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, channel_settings=settings(send_attempts=3)) as channel:
+            await provider.wait_connected(1)
+            with pytest.raises(raised):
+                await channel.send(out(key="dl-1"))
+            [letter] = await channel.dead_letters()
+            assert letter.message.idempotency_key == "dl-1"
+            assert letter.error_type == type(error).__name__
+            assert letter.attempts == attempts
+            assert await channel.replay_dead_letters() == 1
+            await trio.sleep(5.0)
+            assert await channel.dead_letters() == []
+            assert [m.idempotency_key for _, m in provider.sent][-1] == "dl-1"
+
+
+async def test_too_long_text_is_refused_before_sending(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            with pytest.raises(MessageTooLong, match="101 characters exceeds fake's limit of 100"):
+                await channel.send(out(text="x" * 101))
+            assert provider.send_attempts == []
+
+
+async def test_fatal_error_while_sending_fails_the_channel(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS, send_script=[AuthenticationFailed("token revoked")])
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            with pytest.raises(ChannelFailed, match="token revoked"):
+                await channel.send(out())
+            assert channel.statistics().status is ChannelStatus.FAILED
+
+
+async def test_send_waits_for_a_connection_then_gives_up_clearly(autojump_clock: Any) -> None:
+    provider = FakeProvider(limits=GENEROUS, connect_script=[TransientError("down")] * 100)
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(provider, channel_settings=settings(connect_wait=20.0)) as channel:
+            with pytest.raises(ChannelUnavailable, match=r"did not connect within 20\.0 s"):
+                await channel.send(out())
+            assert trio.current_time() == 20.0
+
+
+async def test_circuit_breaker_opens_after_repeated_send_failures(autojump_clock: Any) -> None:
+    failures = [TransientError("500")] * 4
+    provider = FakeProvider(limits=GENEROUS, send_script=[*failures, SendDelay(0)])
+    chosen = settings(send_attempts=10, breaker_threshold=4, breaker_reset=30.0)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, channel_settings=chosen) as channel:
+            await provider.wait_connected(1)
+            await channel.send(out())
+            times = [t for t, _ in provider.send_attempts]
+            # four failures 1 s apart open the breaker at t=3; the trial waits 30 s
+            assert times == [0.0, 1.0, 2.0, 3.0, 33.0]
+
+
+# --- crashes of the actor itself ---------------------------------------------------------------
+
+
+async def test_a_crash_keeps_budgets_backoff_and_session(autojump_clock: Any) -> None:
+    limits = PlatformLimits(
+        per_channel_rate=100.0,
+        per_channel_burst=100,
+        per_peer_rate=0.1,
+        per_peer_burst=1,
+        max_text_length=100,
+    )
+    provider = FakeProvider(limits=limits)
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(provider) as channel:
+            conn = await provider.wait_connected(1)
+            conn.push(inbound("before-crash"))
+            await channel.send(out(peer="p1", key="one"))  # uses p1's only token
+            channel.ref.tell(object())  # an unknown message crashes the actor
+            await provider.wait_connected(2)
+            assert channel.ref.incarnation == 2
+            assert provider.sessions_seen[-1] == SessionState(
+                provider="fake", data={"connection": 1}
+            )
+            await channel.send(out(peer="p1", key="two"))
+            # the restart did not refill p1's bucket: 10 s between the two sends
+            # (the limiter admits up to 1 µs early, by design)
+            assert [t for t, _ in provider.sent] == pytest.approx([0.0, 10.0], abs=1e-5)
+            provider.current.push(inbound("before-crash"))  # replayed by the platform
+            await trio.sleep(1.0)
+            assert channel.statistics().duplicates == 1
+            assert channel.statistics().restarts == 1
