@@ -8,9 +8,11 @@ success, 2 for bad usage or bad input.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 __all__ = ["main"]
 
@@ -29,6 +31,39 @@ def _bench(argv: list[str]) -> int:
     return 0  # not reached
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    # Imported here: the emulators (and their web stack) load only for this command.
+    import trio
+
+    from providers.emulators import serve_emulator
+    from providers.registry import EMULATORS, load
+
+    emulator = load(EMULATORS, args.platform)(**_emulator_options(args))
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(serve_emulator, emulator, host=args.host, port=args.port)
+            )
+            print(f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)")
+            print("press Ctrl-C to stop", flush=True)
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        print(f"\n{args.platform} emulator stopped")
+    return 0
+
+
+def _emulator_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.platform == "whatsapp" and args.webhook_url:
+        options["webhook_url"] = args.webhook_url
+    if args.platform == "whatsapp" and args.app_secret:
+        options["app_secret"] = args.app_secret
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard",
@@ -36,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    emulate = sub.add_parser(
+        "emulate",
+        help="run a local, protocol-faithful platform emulator until interrupted",
+    )
+    emulate.add_argument("platform", choices=["discord", "telegram", "whatsapp", "websocket"])
+    emulate.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    emulate.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    emulate.add_argument("--webhook-url", help="whatsapp: where to POST signed webhooks")
+    emulate.add_argument("--app-secret", help="whatsapp: the secret that signs webhooks")
     sub.add_parser(
         "bench",
         help="run a benchmark scenario (same as `python -m bench`)",
@@ -50,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     parser = build_parser()
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "emulate":
+        return _emulate(args)
     return 0
 
 

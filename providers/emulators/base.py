@@ -68,7 +68,11 @@ class Emulator:
         return []
 
     async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Make a user send the bot a message; return what was injected."""
+        """Make a user send the bot a message; return what was injected.
+
+        Raises:
+            FaultError: bad arguments (answered with 400 and the message).
+        """
         raise NotImplementedError
 
     async def platform_fault(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +100,12 @@ class Emulator:
         payload = await _json_object(request)
         if isinstance(payload, Response):
             return payload
+        try:
+            injected = await self.inject(payload)
+        except FaultError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         self.stats["injected"] += 1
-        return JSONResponse(await self.inject(payload))
+        return JSONResponse(injected)
 
     async def _sent(self, request: Request) -> Response:
         return JSONResponse(self.sent)

@@ -194,6 +194,7 @@ class WhatsAppEmulator(Emulator):
         self._bad_signatures = 0
         self._jobs_in, self._jobs_out = trio.open_memory_channel[list[dict[str, Any]]](10_000)
         self._client: httpx.AsyncClient | None = None
+        self._last_number: str | None = None
 
     def __repr__(self) -> str:
         faults = []
@@ -279,6 +280,7 @@ class WhatsAppEmulator(Emulator):
                     subcode=33,
                 )
             )
+        self._last_number = number
         return None
 
     # --- the Cloud API -------------------------------------------------------------------
@@ -483,13 +485,16 @@ class WhatsAppEmulator(Emulator):
     async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A user writes: ``{"from", "text", "name"?, "reply_to"?, "phone_number_id"?}``.
 
+        Without ``phone_number_id`` the message goes to the first configured
+        number, else to the number last used by a client.
+
         Opens the user's 24-hour window and delivers the signed webhook before
         answering ``{"message_id", "webhook_status"}``.
         """
         sender, text = payload.get("from"), payload.get("text")
         if not isinstance(sender, str) or not _wa_id(sender) or not isinstance(text, str):
             return {"error": "inject needs string 'from' (a phone number) and 'text'"}
-        number = str(payload.get("phone_number_id") or next(iter(self.phone_number_ids or ["1"])))
+        number = str(payload.get("phone_number_id") or self._default_number())
         wa_id = _wa_id(sender)
         self._last_inbound[number, wa_id] = trio.current_time()
         message_id = "wamid." + base64.b64encode(self._rng.randbytes(30)).decode()
@@ -510,6 +515,12 @@ class WhatsAppEmulator(Emulator):
             async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
                 status = await self._post(client, "message", body)
         return {"message_id": message_id, "webhook_status": status}
+
+    def _default_number(self) -> str:
+        """For ``inject`` without a number: the first configured, else the last one used."""
+        if self.phone_number_ids:
+            return sorted(self.phone_number_ids)[0]
+        return self._last_number or "1"
 
     async def _webhook_config(self, request: Request) -> Response:
         if request.method == "GET":

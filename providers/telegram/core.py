@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 
 from ..base import (
     AuthenticationFailed,
@@ -74,6 +75,7 @@ __all__ = [
     "is_group_chat",
     "message_id",
     "method_url",
+    "parse_me",
     "parse_options",
     "parse_response",
     "parse_sent",
@@ -161,6 +163,11 @@ class TelegramOptions:
 _OPTIONS_CONVERTER: Final = cattrs.Converter(forbid_extra_keys=True)
 
 
+def _why(exc: BaseException, type_: type | None) -> str:
+    text = format_exception(exc, type_)
+    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
+
+
 def parse_options(options: Mapping[str, Any], credentials: Mapping[str, str]) -> TelegramOptions:
     """Read and check a channel's options.
 
@@ -175,7 +182,7 @@ def parse_options(options: Mapping[str, Any], credentials: Mapping[str, str]) ->
         parsed = _OPTIONS_CONVERTER.structure(raw, TelegramOptions)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         detail = (
-            "; ".join(cattrs.transform_error(exc, path="$.options"))
+            "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
             if isinstance(exc, cattrs.BaseValidationError)
             else str(exc)
         )
@@ -253,9 +260,7 @@ def set_webhook(
 
 def delete_webhook(*, drop_pending_updates: bool = False) -> ApiRequest:
     """deleteWebhook: back to getUpdates."""
-    return ApiRequest(
-        method="deleteWebhook", params={"drop_pending_updates": drop_pending_updates}
-    )
+    return ApiRequest(method="deleteWebhook", params={"drop_pending_updates": drop_pending_updates})
 
 
 def _chat_id(peer: str) -> int | str:
@@ -399,6 +404,18 @@ def parse_response(request: ApiRequest, status: int, body: bytes) -> Any:
     if env.ok and 200 <= status < 300:
         return env.result
     raise _map_error(request, status, env)
+
+
+def parse_me(result: Any) -> wire.User:
+    """The bot's ``User`` from a getMe result.
+
+    Raises:
+        TransientError: the result is not a User.
+    """
+    try:
+        return wire.CONVERTER.structure(result, wire.User)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise TransientError(f"telegram getMe: answered {result!r}, not a User") from exc
 
 
 def parse_sent(result: Any, peer: str) -> SendResult:

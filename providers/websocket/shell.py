@@ -33,6 +33,7 @@ import attrs
 import cattrs
 import trio
 import trio_websocket
+from cattrs.v import format_exception
 
 from providers.base import (
     AuthenticationFailed,
@@ -121,8 +122,17 @@ def parse_options(options: Mapping[str, Any]) -> WebSocketOptions:
     try:
         return _OPTIONS.structure(dict(options), WebSocketOptions)
     except Exception as exc:
-        problems = "; ".join(cattrs.transform_error(exc, path="$.options"))
+        problems = "; ".join(
+            cattrs.transform_error(exc, path="$.options", format_exception=_describe)
+        )
         raise FatalError(f"invalid websocket channel options: {problems}") from exc
+
+
+def _describe(exc: BaseException, type_: type | None) -> str:
+    # attrs validators raise ValueError with a message worth keeping
+    if type_ is None and isinstance(exc, ValueError):
+        return str(exc)
+    return format_exception(exc, type_)
 
 
 class WebSocketConnection:
@@ -366,14 +376,16 @@ class WebSocketProvider:
                 f"channel {config.channel_id}: the websocket provider needs base_url "
                 "(ws://host:port/path)"
             )
-        escaped: Exception | None = None
+        escaped: BaseException | None = None
         async with trio.open_nursery() as nursery:
             conn = WebSocketConnection(config, options, nursery)
             try:
                 await conn._start(session)
                 yield conn
-            except Exception as exc:
-                # re-raised below, outside the nursery, so that it is not wrapped
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled | GeneratorExit):
+                    raise
+                # re-raised below, outside the nursery, so that no ExceptionGroup wraps it
                 escaped = exc
             finally:
                 with trio.CancelScope(shield=True):

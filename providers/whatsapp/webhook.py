@@ -373,9 +373,11 @@ def parse_notification(
 
 def _describe(exc: Exception, path: str) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        return "malformed WhatsApp notification: " + "; ".join(
-            cattrs.transform_error(exc, path=path)
+        # cattrs names attributes, not wire keys: "sender" is "from" on the wire.
+        lines = (
+            line.replace(".sender", ".from") for line in cattrs.transform_error(exc, path=path)
         )
+        return "malformed WhatsApp notification: " + "; ".join(lines)
     return f"malformed WhatsApp notification at {path}: {exc}"
 
 

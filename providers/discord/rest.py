@@ -1,0 +1,309 @@
+"""Discord's REST API as sans-IO: build requests, track rate-limit buckets, read answers.
+
+Design:
+- Nothing here performs I/O: :func:`build_send` turns an
+  :class:`~providers.base.OutboundMessage` into a :class:`RestRequest`,
+  :class:`BucketTracker` turns ``X-RateLimit-*`` headers and ``now`` into
+  "wait this long first", and :func:`interpret_send` /
+  :func:`interpret_gateway_bot` turn a status, headers and body into a result
+  or a mapped :class:`~providers.base.ProviderError`. The trio shell only
+  sleeps and moves bytes.
+- Status mapping::
+
+      2xx                               the result
+      429 with X-RateLimit-* headers    RateLimited (GLOBAL if "global", else CHANNEL)
+      429 without them                  Banned (Cloudflare IP block: alert, never retry)
+      401                               AuthenticationFailed
+      403                               MissingPermissions (50007: BadRecipient)
+      404                               BadRecipient (unknown channel)
+      400 code 50035 on "content"       MessageTooLong
+      other 4xx                         PermanentSendError
+      5xx, 408, unreadable 2xx body     TransientError (nonce makes the retry safe)
+
+- Media is sent as text, not as an upload: the content is the caption (if
+  any) and the media URL on its own line, which Discord unfurls into an
+  image/video preview. This keeps one JSON request per message (no
+  multipart) and works for every media kind; the cost is that the URL shows.
+- Idempotency: ``nonce`` is the idempotency key (hashed to Discord's 25
+  characters when longer) with ``enforce_nonce: true``, so a retry of a
+  message whose answer was lost returns the original instead of a duplicate.
+- The client keeps a per-route, per-channel bucket from the headers and waits
+  before a request it knows would be refused, instead of spending a 429.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from ..base import (
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    FatalError,
+    MessageTooLong,
+    MissingPermissions,
+    OutboundMessage,
+    PermanentSendError,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    SendResult,
+    TransientError,
+)
+from .wire import API_VERSION, GatewayBot, MessagePayload, PayloadError, parse
+
+__all__ = [
+    "MAX_NONCE_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "BucketTracker",
+    "RestRequest",
+    "build_gateway_bot",
+    "build_send",
+    "interpret_gateway_bot",
+    "interpret_send",
+    "nonce_for",
+]
+
+MAX_TEXT_LENGTH: Final = 2000  # characters in a message's content
+MAX_NONCE_LENGTH: Final = 25  # characters in a message nonce
+SEND_ROUTE: Final = "POST /channels/{channel_id}/messages"
+ERROR_INVALID_FORM_BODY: Final = 50035
+ERROR_CANNOT_MESSAGE_USER: Final = 50007
+
+
+@attrs.frozen(kw_only=True)
+class RestRequest:
+    """One REST call to make.
+
+    Attributes:
+        method: HTTP method.
+        path: path under the API root, including ``/api/v10``.
+        json: the JSON body, if any.
+        route: the route template (the rate-limit bucket key before the
+            platform names the bucket).
+        major: the major parameter (channel id) that splits the bucket.
+    """
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None = None
+    route: str
+    major: str = ""
+
+
+def nonce_for(idempotency_key: str) -> str:
+    """Discord's nonce for ``idempotency_key``: itself, or a stable 25-character hash."""
+    if len(idempotency_key) <= MAX_NONCE_LENGTH:
+        return idempotency_key
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:MAX_NONCE_LENGTH]
+
+
+def build_gateway_bot() -> RestRequest:
+    """``GET /gateway/bot``: the gateway URL and the identify budget."""
+    path = f"/api/v{API_VERSION}/gateway/bot"
+    return RestRequest(method="GET", path=path, route="GET /gateway/bot")
+
+
+def build_send(msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH) -> RestRequest:
+    """The request that sends ``msg`` to the Discord channel ``msg.peer``.
+
+    Raises:
+        MessageTooLong: the content exceeds ``max_text_length`` characters.
+        BadRecipient: ``msg.peer`` is not a Discord snowflake.
+        PermanentSendError: a template (Discord has none).
+    """
+    if not msg.peer.isdigit():
+        raise BadRecipient(
+            f"{msg.peer!r} is not a Discord channel id (a numeric snowflake)", peer=msg.peer
+        )
+    if msg.template is not None:
+        raise PermanentSendError(
+            "Discord has no message templates; send text or media instead", peer=msg.peer
+        )
+    if msg.media is not None:
+        content = "\n".join(part for part in (msg.media.caption, msg.media.url) if part)
+    else:
+        content = msg.text or ""
+    if len(content) > max_text_length:
+        raise MessageTooLong(
+            f"{len(content)} characters exceed Discord's {max_text_length}; split the text",
+            peer=msg.peer,
+        )
+    body: dict[str, Any] = {
+        "content": content,
+        "nonce": nonce_for(msg.idempotency_key),
+        "enforce_nonce": True,
+    }
+    if msg.reply_to is not None:
+        body["message_reference"] = {"message_id": msg.reply_to, "fail_if_not_exists": False}
+    return RestRequest(
+        method="POST",
+        path=f"/api/v{API_VERSION}/channels/{msg.peer}/messages",
+        json=body,
+        route=SEND_ROUTE,
+        major=msg.peer,
+    )
+
+
+# --- buckets --------------------------------------------------------------------------
+
+
+@attrs.define
+class _Bucket:
+    remaining: int
+    reset_at: float
+
+
+class BucketTracker:
+    """Discord's per-route rate-limit buckets as the headers describe them.
+
+    Routes map to a bucket id (``X-RateLimit-Bucket``); each bucket is split
+    by its major parameter (the channel id). A global 429 blocks every route.
+    """
+
+    def __init__(self) -> None:
+        self._route_bucket: dict[str, str] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self.global_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<BucketTracker buckets={len(self._buckets)} global_until={self.global_until:g}>"
+
+    def _key(self, route: str, major: str) -> tuple[str, str]:
+        return (self._route_bucket.get(route, route), major)
+
+    def reserve(self, route: str, major: str, now: float) -> float:
+        """Seconds to wait before this request may go; 0 takes a slot now."""
+        if now < self.global_until:
+            return self.global_until - now
+        bucket = self._buckets.get(self._key(route, major))
+        if bucket is None or now >= bucket.reset_at:
+            return 0.0
+        if bucket.remaining > 0:
+            bucket.remaining -= 1
+            return 0.0
+        return bucket.reset_at - now
+
+    def update(
+        self, route: str, major: str, status: int, headers: Mapping[str, str], now: float
+    ) -> None:
+        """Learn from a response's headers (and a 429's ``retry_after``)."""
+        h = {k.lower(): v for k, v in headers.items()}
+        bucket_id = h.get("x-ratelimit-bucket")
+        if bucket_id:
+            self._route_bucket[route] = bucket_id
+        try:
+            remaining = int(h["x-ratelimit-remaining"])
+            reset_after = float(h["x-ratelimit-reset-after"])
+        except (KeyError, ValueError):
+            pass
+        else:
+            self._buckets[self._key(route, major)] = _Bucket(remaining, now + reset_after)
+        if status == 429 and h.get("x-ratelimit-global", "").lower() == "true":
+            retry_after = _float(h.get("retry-after")) or 1.0
+            self.global_until = max(self.global_until, now + retry_after)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def _error(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None, what: str
+) -> ProviderError:
+    h = {k.lower(): v for k, v in headers.items()}
+    data = _json(body)
+    data = data if isinstance(data, dict) else {}
+    code = data.get("code")
+    said = f"{status} {data.get('message', '')}".strip()
+    if status == 429:
+        if not any(k.startswith("x-ratelimit-") for k in h):
+            return Banned(
+                f"{what}: Discord answered 429 without rate-limit headers, which is a "
+                "Cloudflare block of this IP address (too many invalid requests); do not "
+                "retry, find what floods 401/403/429s from this host"
+            )
+        retry_after = _float(data.get("retry_after")) or _float(h.get("retry-after")) or 1.0
+        is_global = bool(data.get("global")) or h.get("x-ratelimit-global", "").lower() == "true"
+        scope = RateLimitScope.GLOBAL if is_global else RateLimitScope.CHANNEL
+        kind = "global" if is_global else h.get("x-ratelimit-scope", "route")
+        return RateLimited(
+            f"{what}: rate limited ({kind} limit), retry after {retry_after:g}s",
+            retry_after=retry_after,
+            scope=scope,
+            peer=peer,
+        )
+    if status == 401:
+        return AuthenticationFailed(f"{what}: Discord rejected the bot token ({said})")
+    if status == 403:
+        if code == ERROR_CANNOT_MESSAGE_USER:
+            refused = f"{what}: Discord refuses messages to this user ({said})"
+            return BadRecipient(refused, peer=peer)
+        return MissingPermissions(
+            f"{what}: the bot lacks a permission for this ({said}); grant it in the server"
+        )
+    if status >= 500 or status == 408:
+        return TransientError(f"{what}: Discord server error {said}; retry later")
+    if peer is None:
+        return FatalError(f"{what}: unexpected {said}; check the configured base_url")
+    if status == 404:
+        return BadRecipient(f"{what}: unknown channel {peer} ({said})", peer=peer)
+    errors = data.get("errors")
+    form_error = status == 400 and code == ERROR_INVALID_FORM_BODY
+    if form_error and isinstance(errors, dict) and "content" in errors:
+        return MessageTooLong(f"{what}: Discord refused the content ({said})", peer=peer)
+    return PermanentSendError(f"{what}: Discord refused the message ({said}: {data})", peer=peer)
+
+
+def interpret_send(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str
+) -> SendResult:
+    """Read the answer to :func:`build_send`.
+
+    Raises:
+        RateLimited, Banned, AuthenticationFailed, MissingPermissions,
+        BadRecipient, MessageTooLong, PermanentSendError, TransientError:
+        as the module docstring's table says.
+    """
+    what = f"sending to Discord channel {peer}"
+    if not 200 <= status < 300:
+        raise _error(status, headers, body, peer=peer, what=what)
+    try:
+        message = parse(MessagePayload, _json(body))
+    except PayloadError as exc:
+        raise TransientError(f"{what}: unreadable success answer ({exc})") from exc
+    return SendResult(platform_message_id=message.id, peer=message.channel_id or peer)
+
+
+def interpret_gateway_bot(status: int, headers: Mapping[str, str], body: bytes) -> GatewayBot:
+    """Read the answer to :func:`build_gateway_bot`.
+
+    Raises:
+        RateLimited, Banned, AuthenticationFailed, MissingPermissions,
+        TransientError, FatalError: as the module docstring's table says.
+    """
+    what = "asking Discord for the gateway (GET /gateway/bot)"
+    if not 200 <= status < 300:
+        raise _error(status, headers, body, peer=None, what=what)
+    try:
+        return parse(GatewayBot, _json(body))
+    except PayloadError as exc:
+        raise TransientError(f"{what}: unreadable answer ({exc})") from exc

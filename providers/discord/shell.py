@@ -1,0 +1,397 @@
+"""The trio I/O shell around the Discord gateway and REST cores.
+
+Design:
+- All protocol decisions live in :mod:`.gateway` and :mod:`.rest`; this
+  module only moves bytes, sleeps until ``next_deadline()`` and applies the
+  cores' actions, as trio-websocket does around wsproto.
+- One driver task per connection runs the gateway: it waits for a frame or
+  the core's next deadline, whichever comes first, so heartbeats, zombie
+  checks and reads are sequential and never race. It reconnects (resume or
+  identify) when the core says so, within one :class:`DiscordConnection`;
+  when the core gives up, the error is handed to :meth:`DiscordConnection.events`
+  so the channel actor's backoff decides what happens next.
+- Every trio, trio-websocket and httpx error is mapped here into the
+  :mod:`providers.base` tree (``raise X(...) from exc``).
+- Defaults (:data:`DISCORD_LIMITS`): Discord's global limit is 50 requests/s
+  per bot, hence 50/s with a burst of 50 for the channel; the route limit on
+  ``POST /channels/{id}/messages`` is commonly observed as 5 per 5 s per
+  Discord channel, hence 1/s with a burst of 5 per peer; 2000 characters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import httpx
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from ..base import (
+    AuthenticationFailed,
+    ChannelConfig,
+    Event,
+    OutboundMessage,
+    PlatformLimits,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    SendResult,
+    SessionState,
+    TransientError,
+)
+from .gateway import (
+    INVALID_SESSION_DELAY,
+    Action,
+    CloseSocket,
+    EmitEvent,
+    Fail,
+    GatewayCore,
+    GatewayState,
+    Reconnect,
+    SendFrame,
+)
+from .rest import (
+    BucketTracker,
+    build_gateway_bot,
+    build_send,
+    interpret_gateway_bot,
+    interpret_send,
+)
+from .wire import DEFAULT_INTENTS
+
+__all__ = ["DISCORD_LIMITS", "DiscordConnection", "DiscordProvider"]
+
+DISCORD_LIMITS: Final = PlatformLimits(
+    per_channel_rate=50.0,
+    per_channel_burst=50,
+    per_peer_rate=1.0,
+    per_peer_burst=5,
+    max_text_length=2000,
+)
+DEFAULT_BASE_URL: Final = "https://discord.com"
+USER_AGENT: Final = "DiscordBot (https://github.com/switchboard/switchboard, 0.1.0)"
+CONNECT_TIMEOUT: Final = 10.0  # seconds to open a gateway socket
+HTTP_TIMEOUT: Final = 10.0  # seconds per REST call
+CLOSE_TIMEOUT: Final = 2.0  # seconds for a websocket close handshake
+MAX_BUCKET_WAIT: Final = 30.0  # seconds we wait for a bucket before raising RateLimited
+EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
+
+
+class DiscordProvider:
+    """The Discord adapter: gateway v10 for events, REST v10 for sending.
+
+    Args:
+        intents: the gateway intents (``config.options["intents"]`` overrides).
+        rng: randomness for heartbeat jitter and the op 9 delay (tests seed it).
+        invalid_session_delay: (low, high) seconds before identifying after op 9.
+        connect_timeout: seconds to open a gateway socket.
+        http_timeout: seconds per REST call.
+        max_bucket_wait: longest wait for an exhausted bucket before
+            :class:`~providers.base.RateLimited` is raised instead.
+    """
+
+    name = "discord"
+    limits = DISCORD_LIMITS
+
+    def __init__(
+        self,
+        *,
+        intents: int = DEFAULT_INTENTS,
+        rng: random.Random | None = None,
+        invalid_session_delay: tuple[float, float] = INVALID_SESSION_DELAY,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        http_timeout: float = HTTP_TIMEOUT,
+        max_bucket_wait: float = MAX_BUCKET_WAIT,
+    ) -> None:
+        self.intents = int(intents)
+        self._rng = rng or random.Random()
+        self._invalid_session_delay = invalid_session_delay
+        self._connect_timeout = connect_timeout
+        self._http_timeout = http_timeout
+        self._max_bucket_wait = max_bucket_wait
+
+    def __repr__(self) -> str:
+        return f"<DiscordProvider intents={self.intents:#x}>"
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AsyncIterator[DiscordConnection]:
+        """Connect to the gateway (resuming ``session`` if it is resumable).
+
+        The block is entered once READY or RESUMED arrived; leaving it closes
+        the connection resumably.
+
+        Raises:
+            AuthenticationFailed: no token, or Discord rejected it.
+            RateLimited: a 429, or no identifies left today.
+            Banned: an IP block.
+            FatalError: a fatal gateway close code (4010-4014).
+            TransientError: network failures and server errors.
+        """
+        token = config.credentials.get("token")
+        if not token:
+            raise AuthenticationFailed(
+                f"discord channel {config.channel_id!r} has no credentials['token']; "
+                "add the bot token to the channel's config"
+            )
+        base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
+        try:
+            async with httpx.AsyncClient(
+                base_url=base_url, headers=headers, timeout=self._http_timeout
+            ) as http:
+                request = build_gateway_bot()
+                try:
+                    response = await http.request(request.method, request.path)
+                except httpx.HTTPError as exc:
+                    raise TransientError(
+                        f"asking Discord at {base_url} for the gateway failed: {exc!r}; retry"
+                    ) from exc
+                gateway = interpret_gateway_bot(
+                    response.status_code, response.headers, response.content
+                )
+                core = GatewayCore(
+                    token=token,
+                    channel_id=config.channel_id,
+                    gateway_url=gateway.url,
+                    intents=int(config.options.get("intents", self.intents)),
+                    session=session,
+                    session_start_limit=gateway.session_start_limit,
+                    now=trio.current_time(),
+                    rng=self._rng,
+                    invalid_session_delay=self._invalid_session_delay,
+                )
+                async with trio.open_nursery() as nursery:
+                    conn = DiscordConnection(
+                        core=core,
+                        http=http,
+                        nursery=nursery,
+                        connect_timeout=self._connect_timeout,
+                        max_bucket_wait=self._max_bucket_wait,
+                    )
+                    await nursery.start(conn._drive)
+                    try:
+                        yield conn
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await conn.close()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+
+
+def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The single exception inside nested one-element groups (else the group).
+
+    The nursery is an implementation detail: callers expect the
+    ``ProviderError`` (or their own exception) the contract names, not a group.
+    """
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class DiscordConnection:
+    """An open Discord gateway session plus its REST client (one channel)."""
+
+    def __init__(
+        self,
+        *,
+        core: GatewayCore,
+        http: httpx.AsyncClient,
+        nursery: trio.Nursery,
+        connect_timeout: float,
+        max_bucket_wait: float,
+    ) -> None:
+        self._core = core
+        self._http = http
+        self._nursery = nursery
+        self._connect_timeout = connect_timeout
+        self._max_bucket_wait = max_bucket_wait
+        self._buckets = BucketTracker()
+        self._send_events, self._receive_events = trio.open_memory_channel[Event](EVENT_BUFFER)
+        self._ws: WebSocketConnection | None = None
+        self._drive_scope = trio.CancelScope()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._started = False
+        self.sockets_opened = 0
+
+    def __repr__(self) -> str:
+        state = "CLOSED" if self._closed else self._core.state.name
+        session = self._core.session_id[:8] if self._core.session_id else None
+        return (
+            f"<DiscordConnection discord:{self._core.channel_id} [{state} seq={self._core.seq} "
+            f"session={session} sockets={self.sockets_opened}]>"
+        )
+
+    # --- the Connection protocol ---------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Inbound events until the connection ends.
+
+        Raises:
+            TransientError, RateLimited, FatalError: the gateway link failed
+                in a way the core could not repair by reconnecting.
+        """
+        async for event in self._receive_events:
+            yield event
+        if self._error is not None:
+            raise self._error
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        """Send ``msg`` through ``POST /channels/{peer}/messages``.
+
+        Waits first when the route's bucket is known to be empty.
+
+        Raises:
+            trio.ClosedResourceError: this connection was closed by its owner.
+            RateLimited, Banned, AuthenticationFailed, MissingPermissions,
+            BadRecipient, MessageTooLong, PermanentSendError, TransientError.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError(
+                f"discord connection for {self._core.channel_id!r} was closed; "
+                "open a new one to send"
+            )
+        request = build_send(msg)
+        route, major = request.route, request.major
+        while (wait := self._buckets.reserve(route, major, trio.current_time())) > 0:
+            if wait > self._max_bucket_wait:
+                raise RateLimited(
+                    f"Discord bucket for channel {msg.peer} is empty for {wait:.1f}s more",
+                    retry_after=wait,
+                    scope=RateLimitScope.CHANNEL,
+                    peer=msg.peer,
+                )
+            await trio.sleep(wait)
+        try:
+            response = await self._http.request(request.method, request.path, json=request.json)
+        except httpx.HTTPError as exc:
+            raise TransientError(
+                f"sending to Discord channel {msg.peer} failed: {exc!r}; retry "
+                "(the nonce keeps the retry from duplicating the message)"
+            ) from exc
+        now = trio.current_time()
+        self._buckets.update(route, major, response.status_code, response.headers, now)
+        return interpret_send(
+            response.status_code, response.headers, response.content, peer=msg.peer
+        )
+
+    def session_state(self) -> SessionState:
+        """``session_id``, ``seq`` and ``resume_gateway_url`` for a later resume."""
+        return self._core.session_state()
+
+    async def close(self, *, resumable: bool = True) -> None:
+        """Close the gateway socket: code 4000 keeps the session, 1000 ends it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drive_scope.cancel()
+        for action in self._core.close(resumable=resumable):
+            if isinstance(action, CloseSocket) and self._ws is not None:
+                await self._close_socket(self._ws, action)
+        self._send_events.close()
+
+    # --- the driver ---------------------------------------------------------------------
+
+    async def _drive(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run gateway sockets until closed; ``started()`` at the first READY/RESUMED."""
+        with self._drive_scope:
+            try:
+                while True:
+                    ws = await self._open_socket()
+                    try:
+                        reconnect = await self._pump(ws, None if self._started else task_status)
+                    finally:
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await ws.aclose()
+                    await trio.sleep(reconnect.delay)
+            except ProviderError as error:
+                if not self._started:
+                    raise
+                self._error = error
+                self._send_events.close()
+
+    async def _open_socket(self) -> WebSocketConnection:
+        url = self._core.connect_url()
+        try:
+            with trio.fail_after(self._connect_timeout):
+                ws = await connect_websocket_url(self._nursery, url)
+        except (OSError, HandshakeError, trio.TooSlowError) as exc:
+            raise TransientError(
+                f"cannot open the Discord gateway at {url}: {exc!r}; "
+                f"the session {'stays resumable' if self._core.resumable else 'will identify'}"
+            ) from exc
+        self._ws = ws
+        self.sockets_opened += 1
+        await self._apply(ws, self._core.connection_made(trio.current_time()))
+        return ws
+
+    async def _pump(self, ws: WebSocketConnection, task_status: Any) -> Reconnect:
+        """Read and time one socket until the core asks for another."""
+        core = self._core
+        while True:
+            deadline = core.next_deadline()
+            actions: list[Action] = []
+            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+                try:
+                    message = await ws.get_message()
+                except ConnectionClosed as exc:
+                    code = exc.reason.code if exc.reason is not None else None
+                    why = (exc.reason.reason if exc.reason is not None else None) or ""
+                    actions = core.connection_lost(code, trio.current_time(), why)
+                else:
+                    actions = core.receive(message, trio.current_time())
+            if scope.cancelled_caught:
+                actions = core.timer(trio.current_time())
+            reconnect = await self._apply(ws, actions)
+            if task_status is not None and core.state is GatewayState.CONNECTED:
+                task_status.started()
+                task_status = None
+                self._started = True
+            if reconnect is not None:
+                return reconnect
+
+    async def _apply(self, ws: WebSocketConnection, actions: list[Action]) -> Reconnect | None:
+        for action in actions:
+            if isinstance(action, SendFrame):
+                # A closed socket is reported, with its code, by the next get_message().
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send_message(action.text())
+            elif isinstance(action, CloseSocket):
+                await self._close_socket(ws, action)
+            elif isinstance(action, EmitEvent):
+                self._emit(action.event)
+            elif isinstance(action, Reconnect):
+                return action
+            elif isinstance(action, Fail):
+                raise action.error
+        return None
+
+    async def _close_socket(self, ws: WebSocketConnection, action: CloseSocket) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await ws.aclose(action.code, action.reason)
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self._send_events.send_nowait(event)
+        except trio.WouldBlock:
+            raise TransientError(
+                f"{EVENT_BUFFER} Discord events are waiting for a consumer; closing so that "
+                "a resume replays them once the consumer keeps up"
+            ) from None
+        except trio.ClosedResourceError:
+            pass  # closed by our owner: nobody listens any more

@@ -1,0 +1,654 @@
+"""A local Telegram Bot API: getUpdates long polling, webhooks, sends and limits.
+
+Design:
+- Methods live at ``/bot<token>/<method>`` (names case-insensitive, GET or
+  POST) and take their parameters as a query string, urlencoded form, JSON or
+  multipart form, like the real API; in the form encodings nested values
+  (``reply_parameters``, ``allowed_updates``) are JSON strings. Answers are
+  ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
+  "description", "parameters"}`` with the real status codes and texts, so a
+  real bot library runs against it unchanged.
+- Any well-formed token (``<digits>:<35 characters>``) is a bot; a malformed
+  one is 404 Not Found, a banned one (fault ``ban_token``) 401 Unauthorized.
+  Any integer chat id is a reachable chat unless a fault says otherwise
+  (``unknown_chat`` → 400 chat not found, ``block`` → 403 bot was blocked).
+- getUpdates holds the request until an update arrives or ``timeout`` passes;
+  ``offset`` drops every update below it (that is the confirmation); a second
+  getUpdates while one is held terminates the older with 409, as Telegram
+  does; a set webhook makes getUpdates 409. While a webhook is set, a task
+  POSTs each update in order with ``X-Telegram-Bot-Api-Secret-Token`` until
+  the receiver answers 2xx, retrying with doubling delays. Those tasks live in
+  a nursery opened by the ASGI lifespan, so they never outlive the server.
+- Limits: 30 sends/s per bot, one per second per chat, 20 per minute per group
+  (negative ids), each refused with 429 and ``retry_after`` (whole seconds).
+- Deliberate leniency: webhook URLs may be ``http://`` (for local receivers);
+  lengths count code points, not UTF-16 units.
+
+Platform faults (``POST /_emulator/fault``): ``{"kind": "unknown_chat",
+"chat_id"}``, ``{"kind": "block", "chat_id"}``, ``{"kind": "server_error",
+"count", "status"}`` (the next ``count`` calls answer ``status``, default 500).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import attrs
+import httpx
+import trio
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .base import Emulator, FaultError
+
+__all__ = ["TelegramEmulator"]
+
+TOKEN_PATTERN: Final = re.compile(r"(\d+):[A-Za-z0-9_-]{35}")
+SECRET_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
+SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
+MAX_TEXT_LENGTH: Final = 4096  # characters
+MAX_CAPTION_LENGTH: Final = 1024  # characters
+WEBHOOK_TIMEOUT: Final = 10.0  # seconds the receiver may take to answer
+WEBHOOK_RETRY_FIRST: Final = 0.05  # seconds; doubles per failure
+WEBHOOK_RETRY_MAX: Final = 2.0  # seconds
+MEDIA_FIELDS: Final = {
+    "sendphoto": "photo",
+    "sendvideo": "video",
+    "senddocument": "document",
+    "sendaudio": "audio",
+}
+
+
+class ApiError(Exception):
+    """An error answer: ``{"ok": false, "error_code", "description", ...}``."""
+
+    def __init__(self, code: int, description: str, *, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.retry_after = retry_after
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": self.code,
+            "description": self.description,
+        }
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return JSONResponse(body, status_code=self.code)
+
+
+def _too_many(wait: float) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(429, f"Too Many Requests: retry after {seconds}", retry_after=seconds)
+
+
+@attrs.define
+class _Poll:
+    """A held getUpdates request; ``kicked`` is the 409 text when another took over."""
+
+    scope: trio.CancelScope
+    kicked: str | None = None
+
+    def kick(self, description: str) -> None:
+        self.kicked = description
+        self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class _Bot:
+    """One bot's state on the platform side."""
+
+    token: str
+    id: int
+    updates: list[dict[str, Any]] = attrs.field(factory=list)
+    next_update_id: int = 1
+    allowed_updates: frozenset[str] | None = None
+    next_message_ids: dict[int, int] = attrs.field(factory=dict)
+    poll: _Poll | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = attrs.field(default=None, repr=False)
+    webhook_scope: trio.CancelScope | None = None
+    last_error: tuple[int, str] | None = None
+    sends: deque[float] = attrs.field(factory=deque)
+    chat_sends: dict[int, deque[float]] = attrs.field(factory=dict)
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def user(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "is_bot": True,
+            "first_name": "Emulated Bot",
+            "username": f"emu{self.id}_bot",
+        }
+
+    def new_message_id(self, chat_id: int) -> int:
+        message_id = self.next_message_ids.get(chat_id, 1)
+        self.next_message_ids[chat_id] = message_id + 1
+        return message_id
+
+    def message_exists(self, chat_id: int, message_id: int) -> bool:
+        return 1 <= message_id < self.next_message_ids.get(chat_id, 1)
+
+    def add_update(self, kind: str, message: dict[str, Any]) -> int:
+        update_id = self.next_update_id
+        self.next_update_id += 1
+        self.updates.append({"update_id": update_id, kind: message})
+        self.changed.set()
+        self.changed = trio.Event()
+        return update_id
+
+    def confirm(self, offset: int) -> None:
+        """getUpdates' offset: forget updates below it (negative: keep the last -offset)."""
+        if offset < 0:
+            self.updates = self.updates[offset:]
+        else:
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+
+    def ready(self, limit: int) -> list[dict[str, Any]]:
+        if self.allowed_updates is not None:
+            allowed = self.allowed_updates
+            self.updates = [u for u in self.updates if (set(u) - {"update_id"}) & allowed]
+        return self.updates[:limit]
+
+    async def wait_ready(self, limit: int) -> list[dict[str, Any]]:
+        while not (updates := self.ready(limit)):
+            await self.changed.wait()
+        return updates
+
+
+def _chat(chat_id: int) -> dict[str, Any]:
+    if chat_id > 0:
+        return {"id": chat_id, "type": "private", "first_name": f"User {chat_id}"}
+    kind = "supergroup" if str(chat_id).startswith("-100") else "group"
+    return {"id": chat_id, "type": kind, "title": f"Group {chat_id}"}
+
+
+# --- parameters: four encodings, one coercion ---------------------------------------------
+
+
+async def _read_params(request: Request) -> dict[str, Any]:
+    params: dict[str, Any] = dict(request.query_params)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.body()
+        if body.strip():
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise ApiError(400, "Bad Request: can't parse JSON request body") from None
+            if not isinstance(data, dict):
+                raise ApiError(400, "Bad Request: the JSON request body must be an object")
+            params.update(data)
+    elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        async with request.form() as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    params[key] = {"upload": value.filename, "size": len(await value.read())}
+                else:
+                    params[key] = value
+    return params
+
+
+def _int(params: dict[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ApiError(400, f'Bad Request: field "{name}" must be of type Integer')
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f'Bad Request: field "{name}" must be of type Integer') from None
+
+
+def _json(params: dict[str, Any], name: str) -> Any:
+    value = params.get(name)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ApiError(400, f"Bad Request: can't parse {name} JSON object") from None
+    return value
+
+
+def _bool(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name)
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return bool(value)
+
+
+def _chat_id(params: dict[str, Any]) -> int:
+    value = params.get("chat_id")
+    if value is None or value == "":
+        raise ApiError(400, "Bad Request: chat_id is empty")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        # @channelusername chats are not modelled: none exists.
+        raise ApiError(400, "Bad Request: chat not found") from None
+
+
+# --- the emulator ---------------------------------------------------------------------------
+
+Handler = Callable[[_Bot, dict[str, Any], Request], Awaitable[Any]]
+
+
+class TelegramEmulator(Emulator):
+    """The Telegram Bot API, in-process.
+
+    Args:
+        bot_rate: sends per second per bot.
+        chat_interval: seconds between two sends to one chat.
+        group_per_minute: sends per minute to one group chat.
+    """
+
+    name = "telegram"
+
+    def __init__(
+        self, *, bot_rate: int = 30, chat_interval: float = 1.0, group_per_minute: int = 20
+    ) -> None:
+        super().__init__()
+        self.bot_rate = bot_rate
+        self.chat_interval = chat_interval
+        self.group_per_minute = group_per_minute
+        self.bots: dict[str, _Bot] = {}
+        self.unknown_chats: set[int] = set()
+        self.blocked_chats: set[int] = set()
+        self._server_errors: list[int] = []
+        self._nursery: trio.Nursery | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._methods: dict[str, Handler] = {
+            "getme": self._get_me,
+            "getupdates": self._get_updates,
+            "setwebhook": self._set_webhook,
+            "deletewebhook": self._delete_webhook,
+            "getwebhookinfo": self._get_webhook_info,
+            "sendmessage": self._send,
+            **{method: self._send for method in MEDIA_FIELDS},
+        }
+
+    def __repr__(self) -> str:
+        pending = sum(len(b.updates) for b in self.bots.values())
+        return f"<TelegramEmulator bots={len(self.bots)} pending={pending} sent={len(self.sent)}>"
+
+    # --- wiring ------------------------------------------------------------------------
+
+    @property
+    def app(self) -> Starlette:
+        """The ASGI app, with a lifespan that owns the webhook delivery tasks."""
+        app = super().app
+        app.router.lifespan_context = self._lifespan
+        return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: object) -> AsyncIterator[None]:
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            self._client, self._nursery = client, nursery
+            try:
+                yield
+            finally:
+                self._client, self._nursery = None, None
+                nursery.cancel_scope.cancel()
+
+    def platform_routes(self) -> list[BaseRoute]:
+        return [
+            Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
+            Route("/bot{rest:path}", self._not_found, methods=["GET", "POST"]),
+        ]
+
+    async def _not_found(self, request: Request) -> Response:
+        return ApiError(404, "Not Found").response()
+
+    def _bot(self, token: str) -> _Bot:
+        bot = self.bots.get(token)
+        if bot is None:
+            match = TOKEN_PATTERN.fullmatch(token)
+            assert match is not None
+            bot = self.bots[token] = _Bot(token=token, id=int(match.group(1)))
+        return bot
+
+    async def _api(self, request: Request) -> Response:
+        token: str = request.path_params["token"]
+        method: str = request.path_params["method"].lower()
+        self.stats["api_calls"] += 1
+        try:
+            if TOKEN_PATTERN.fullmatch(token) is None:
+                raise ApiError(404, "Not Found")
+            if self.is_banned(token):
+                raise ApiError(401, "Unauthorized")
+            handler = self._methods.get(method)
+            if handler is None:
+                raise ApiError(404, "Not Found")
+            if (remaining := self.rate_limit_remaining()) > 0:
+                raise _too_many(remaining)
+            if self._server_errors:
+                status = self._server_errors.pop(0)
+                raise ApiError(status, "Internal Server Error")
+            result = await handler(self._bot(token), await _read_params(request), request)
+        except ApiError as err:
+            self.stats[f"error_{err.code}"] += 1
+            return err.response()
+        self.stats[f"method_{method}"] += 1
+        return JSONResponse({"ok": True, "result": result})
+
+    # --- the control API -------------------------------------------------------------
+
+    async def _inject(self, request: Request) -> Response:
+        try:
+            return await super()._inject(request)
+        except FaultError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A user writes to a bot: ``{"chat_id", "text"}``, optionally ``token``
+        (needed once several bots exist), ``from_id``, ``username``, and
+        ``edit_message_id`` (then it is an ``edited_message``).
+
+        Raises:
+            FaultError: bad arguments, or no bot to address.
+        """
+        chat_id, text = payload.get("chat_id"), payload.get("text")
+        if not isinstance(chat_id, int) or not isinstance(text, str):
+            raise FaultError("inject needs an integer 'chat_id' and a string 'text'")
+        token = payload.get("token")
+        if token is None:
+            if len(self.bots) != 1:
+                raise FaultError(
+                    f"inject: {len(self.bots)} bots are known; name one with 'token' "
+                    "(a bot becomes known with its first API call)"
+                )
+            bot = next(iter(self.bots.values()))
+        elif isinstance(token, str) and TOKEN_PATTERN.fullmatch(token):
+            bot = self._bot(token)
+        else:
+            raise FaultError("inject: 'token' is not a well-formed bot token")
+        from_id = payload.get("from_id", chat_id if chat_id > 0 else 1)
+        sender = {"id": from_id, "is_bot": False, "first_name": f"User {from_id}"}
+        if isinstance(payload.get("username"), str):
+            sender["username"] = payload["username"]
+        now = int(time.time())
+        edit_of = payload.get("edit_message_id")
+        message: dict[str, Any] = {
+            "chat": _chat(chat_id),
+            "from": sender,
+            "date": now,
+            "text": text,
+        }
+        if isinstance(edit_of, int):
+            message.update(message_id=edit_of, edit_date=now)
+            kind = "edited_message"
+        else:
+            message["message_id"] = bot.new_message_id(chat_id)
+            kind = "message"
+        update_id = bot.add_update(kind, message)
+        self.stats["updates_created"] += 1
+        return {"update_id": update_id, "message_id": message["message_id"], "chat_id": chat_id}
+
+    async def platform_fault(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``unknown_chat`` / ``block`` (``chat_id``), ``server_error`` (``count``, ``status``).
+
+        Raises:
+            FaultError: unknown kind or bad arguments.
+        """
+        kind = payload.get("kind")
+        if kind in ("unknown_chat", "block"):
+            chat_id = payload.get("chat_id")
+            if not isinstance(chat_id, int):
+                raise FaultError(f"{kind} needs an integer 'chat_id'")
+            (self.unknown_chats if kind == "unknown_chat" else self.blocked_chats).add(chat_id)
+            return {kind: chat_id}
+        if kind == "server_error":
+            count, status = payload.get("count", 1), payload.get("status", 500)
+            if not isinstance(count, int) or count < 1 or status not in range(500, 600):
+                raise FaultError("server_error needs a positive 'count' and a 5xx 'status'")
+            self._server_errors.extend([status] * count)
+            return {"server_errors": len(self._server_errors)}
+        return await super().platform_fault(payload)
+
+    # --- methods -------------------------------------------------------------------------
+
+    async def _get_me(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        return {
+            **bot.user(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _get_updates(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        if bot.webhook_url is not None:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset, limit, timeout = (
+            _int(params, "offset"),
+            _int(params, "limit"),
+            _int(params, "timeout"),
+        )
+        limit = min(max(limit or 100, 1), 100)
+        allowed = _json(params, "allowed_updates")
+        if isinstance(allowed, list):
+            bot.allowed_updates = frozenset(allowed) or None
+        if offset is not None:
+            bot.confirm(offset)
+        if bot.poll is not None:
+            bot.poll.kick(
+                "Conflict: terminated by other getUpdates request; "
+                "make sure that only one bot instance is running"
+            )
+        updates = bot.ready(limit)
+        if updates or not timeout or timeout <= 0:
+            return updates
+        self.stats["polls_held"] += 1
+        async with trio.open_nursery() as nursery:
+            poll = bot.poll = _Poll(scope=nursery.cancel_scope)
+            nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+            with trio.move_on_after(timeout):
+                updates = await bot.wait_ready(limit)
+            nursery.cancel_scope.cancel()
+        if bot.poll is poll:
+            bot.poll = None
+        if poll.kicked is not None:
+            self.stats["conflicts"] += 1
+            raise ApiError(409, poll.kicked)
+        return updates
+
+    async def _set_webhook(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        url = params.get("url") or ""
+        if not isinstance(url, str):
+            raise ApiError(400, "Bad Request: bad webhook: url must be a string")
+        if not url:
+            return await self._delete_webhook(bot, params, request)
+        if not url.startswith(("https://", "http://")):
+            raise ApiError(
+                400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
+        secret = params.get("secret_token")
+        if secret is not None and not (
+            isinstance(secret, str) and SECRET_PATTERN.fullmatch(secret)
+        ):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if self._nursery is None:
+            raise ApiError(
+                500, "Internal Server Error: webhooks need the emulator served with its lifespan"
+            )
+        allowed = _json(params, "allowed_updates")
+        if isinstance(allowed, list):
+            bot.allowed_updates = frozenset(allowed) or None
+        if _bool(params, "drop_pending_updates"):
+            bot.updates.clear()
+        if bot.poll is not None:
+            bot.poll.kick("Conflict: terminated by setWebhook request")
+        self._stop_webhook(bot)
+        bot.webhook_url, bot.webhook_secret = url, secret
+        bot.webhook_scope = trio.CancelScope()
+        self._nursery.start_soon(self._deliver, bot, bot.webhook_scope)
+        return True
+
+    def _stop_webhook(self, bot: _Bot) -> None:
+        if bot.webhook_scope is not None:
+            bot.webhook_scope.cancel()
+        bot.webhook_url = bot.webhook_secret = bot.webhook_scope = None
+
+    async def _delete_webhook(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        if _bool(params, "drop_pending_updates"):
+            bot.updates.clear()
+        self._stop_webhook(bot)
+        return True
+
+    async def _get_webhook_info(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        info: dict[str, Any] = {
+            "url": bot.webhook_url or "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(bot.updates),
+        }
+        if bot.webhook_url is not None:
+            info["max_connections"] = 40
+        if bot.allowed_updates is not None:
+            info["allowed_updates"] = sorted(bot.allowed_updates)
+        if bot.last_error is not None:
+            info["last_error_date"], info["last_error_message"] = bot.last_error
+        return info
+
+    async def _deliver(self, bot: _Bot, scope: trio.CancelScope) -> None:
+        """POST the bot's updates to its webhook, in order, until the webhook goes."""
+        delay = WEBHOOK_RETRY_FIRST
+        with scope:
+            while True:
+                update = (await bot.wait_ready(1))[0]
+                headers = {"content-type": "application/json"}
+                if bot.webhook_secret is not None:
+                    headers[SECRET_HEADER] = bot.webhook_secret
+                assert self._client is not None and bot.webhook_url is not None
+                try:
+                    response = await self._client.post(
+                        bot.webhook_url,
+                        content=json.dumps(update),
+                        headers=headers,
+                        timeout=WEBHOOK_TIMEOUT,
+                    )
+                    error = (
+                        None
+                        if response.is_success
+                        else f"Wrong response from the webhook: {response.status_code}"
+                    )
+                except httpx.HTTPError as exc:
+                    error = f"Connection failed: {type(exc).__name__}"
+                if error is None:
+                    bot.updates = [u for u in bot.updates if u is not update]
+                    self.stats["webhook_delivered"] += 1
+                    delay = WEBHOOK_RETRY_FIRST
+                else:
+                    bot.last_error = (int(time.time()), error)
+                    self.stats["webhook_failed"] += 1
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, WEBHOOK_RETRY_MAX)
+
+    async def _send(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+        method = request.path_params["method"].lower()
+        chat_id = _chat_id(params)
+        message: dict[str, Any] = {
+            "chat": _chat(chat_id),
+            "from": bot.user(),
+            "date": int(time.time()),
+        }
+        record: dict[str, Any] = {
+            "bot_id": bot.id,
+            "method": request.path_params["method"],
+            "chat_id": chat_id,
+        }
+        if method == "sendmessage":
+            text = params.get("text")
+            if not isinstance(text, str) or not text:
+                raise ApiError(400, "Bad Request: message text is empty")
+            if len(text) > MAX_TEXT_LENGTH:
+                raise ApiError(400, "Bad Request: message is too long")
+            message["text"] = record["text"] = text
+        else:
+            field = MEDIA_FIELDS[method]
+            media = params.get(field)
+            if not media:
+                raise ApiError(400, f"Bad Request: there is no {field} in the request")
+            caption = params.get("caption")
+            if isinstance(caption, str) and len(caption) > MAX_CAPTION_LENGTH:
+                raise ApiError(400, "Bad Request: message caption is too long")
+            file = {
+                "file_id": f"emu-{field}-{self.stats['files'] + 1}",
+                "file_unique_id": f"u{self.stats['files'] + 1}",
+            }
+            self.stats["files"] += 1
+            message[field] = [{**file, "width": 1280, "height": 720}] if field == "photo" else file
+            record["media"] = media
+            if isinstance(caption, str):
+                message["caption"] = record["caption"] = caption
+        if chat_id in self.unknown_chats:
+            raise ApiError(400, "Bad Request: chat not found")
+        if chat_id in self.blocked_chats:
+            raise ApiError(403, "Forbidden: bot was blocked by the user")
+        reply = _json(params, "reply_parameters")
+        reply_to = (
+            reply.get("message_id")
+            if isinstance(reply, dict)
+            else _int(params, "reply_to_message_id")
+        )
+        if reply_to is not None:
+            allow = isinstance(reply, dict) and bool(reply.get("allow_sending_without_reply"))
+            reply_chat = reply.get("chat_id", chat_id) if isinstance(reply, dict) else chat_id
+            if bot.message_exists(int(reply_chat), int(reply_to)):
+                message["reply_to_message"] = {
+                    "message_id": int(reply_to),
+                    "chat": _chat(int(reply_chat)),
+                    "date": message["date"],
+                }
+                record["reply_to_message_id"] = int(reply_to)
+            elif not allow:
+                raise ApiError(400, "Bad Request: message to be replied not found")
+        self._admit(bot, chat_id)
+        message["message_id"] = record["message_id"] = bot.new_message_id(chat_id)
+        self.record_sent(record)
+        return message
+
+    def _admit(self, bot: _Bot, chat_id: int) -> None:
+        """Charge one send against the bot, chat and group limits, or raise 429."""
+        now = trio.current_time()
+        while bot.sends and bot.sends[0] <= now - 1.0:
+            bot.sends.popleft()
+        chat = bot.chat_sends.setdefault(chat_id, deque())
+        while chat and chat[0] <= now - 60.0:
+            chat.popleft()
+        wait = 0.0
+        if len(bot.sends) >= self.bot_rate:
+            wait = bot.sends[0] + 1.0 - now
+        if chat and now - chat[-1] < self.chat_interval:
+            wait = max(wait, chat[-1] + self.chat_interval - now)
+        if chat_id < 0 and len(chat) >= self.group_per_minute:
+            wait = max(wait, chat[-self.group_per_minute] + 60.0 - now)
+        if wait > 0:
+            self.stats["rate_limited"] += 1
+            raise _too_many(wait)
+        bot.sends.append(now)
+        chat.append(now)
+
+
+async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (its long poll is abandoned)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return

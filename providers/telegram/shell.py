@@ -1,0 +1,380 @@
+"""The trio I/O shell around the Bot API core: httpx calls, the poll task, close.
+
+The shell only moves bytes: :mod:`.core` builds every request and reads every
+answer, :mod:`.webhook` judges webhook requests. Inbound events travel through
+an unbuffered memory channel, so handing an event to the consumer of
+:meth:`TelegramConnection.events` is a rendezvous: the poll task asks
+Telegram for the next batch (whose ``offset`` confirms the previous one) only
+after every event of the batch was taken, and a webhook request is answered
+200 only once its event was taken. A crash therefore never confirms an update
+nobody saw; at worst one is delivered twice, and the ChannelActor
+deduplicates by ``platform_message_id``.
+
+Polling failures end :meth:`~TelegramConnection.events` with the mapped
+error instead of being retried here: reconnect policy (backoff, waiting out
+``retry_after``, giving up on ``Conflict``) belongs to the ChannelActor, which
+reopens with :meth:`~TelegramConnection.session_state`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final
+
+import attrs
+import httpx
+import trio
+
+from ..base import (
+    ChannelConfig,
+    ConnectionState,
+    ConnectionStateChanged,
+    Event,
+    FatalError,
+    OutboundMessage,
+    PlatformLimits,
+    ProviderError,
+    SendResult,
+    SessionState,
+    TransientError,
+)
+from . import core
+from .webhook import WebhookHandler, WebhookVerdict
+from .wire import User
+
+__all__ = ["CLOSE_TIMEOUT", "TelegramConnection", "TelegramProvider"]
+
+CLOSE_TIMEOUT: Final = 5.0  # seconds for the final offset confirmation or deleteWebhook
+CONNECT_TIMEOUT: Final = 10.0  # seconds
+
+
+class _Phase(enum.Enum):
+    OPEN = "OPEN"
+    BROKEN = "BROKEN"
+    CLOSED = "CLOSED"
+
+
+@attrs.frozen
+class _Item:
+    update_id: int
+    event: Event
+
+
+class _BotApi:
+    """Performs :class:`core.ApiRequest` s for one bot token."""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str) -> None:
+        self._client = client
+        self._base_url = base_url
+        self._token = token
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "<token>") if self._token else text
+
+    async def call(self, request: core.ApiRequest) -> Any:
+        """POST ``request`` as JSON and return its result (errors mapped by the core).
+
+        Raises:
+            TransientError: network failure or timeout (and what the core maps).
+            FatalError: the base URL is unusable (and what the core maps).
+            RateLimited, PermanentSendError: as mapped by the core.
+        """
+        url = core.method_url(self._base_url, self._token, request.method)
+        timeout = httpx.Timeout(CONNECT_TIMEOUT, read=request.read_timeout)
+        try:
+            response = await self._client.post(url, json=dict(request.params), timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"telegram {request.method}: no answer within {request.read_timeout:g} s "
+                f"({type(exc).__name__}); retry later"
+            ) from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise FatalError(
+                f"telegram: base_url {self._base_url!r} is not http(s); fix the channel config"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TransientError(
+                f"telegram {request.method}: {type(exc).__name__}: {self._redact(str(exc))}; "
+                "retry later"
+            ) from exc
+        except httpx.InvalidURL as exc:
+            raise FatalError(
+                f"telegram: base_url {self._base_url!r} is not a valid URL: fix the channel config"
+            ) from exc
+        return core.parse_response(request, response.status_code, response.content)
+
+
+class TelegramConnection:
+    """One bot's link to the Bot API, by long polling or by webhook.
+
+    Made by :meth:`TelegramProvider.open_connection`; not constructed directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ChannelConfig,
+        options: core.TelegramOptions,
+        api: _BotApi,
+        cursor: core.UpdateCursor,
+        bot: User,
+    ) -> None:
+        self.channel_id = config.channel_id
+        self.options = options
+        self.bot = bot
+        self._api = api
+        self._cursor = cursor
+        self._resumed = cursor.offset is not None
+        self._phase = _Phase.OPEN
+        self._failure: ProviderError | None = None
+        self._send_channel, self._receive_channel = trio.open_memory_channel[_Item](0)
+        self._poll_scope = trio.CancelScope()
+        self._poll_done = trio.Event()
+        self._webhook: WebhookHandler | None = None
+        if options.mode == "webhook":
+            assert options.webhook_secret is not None  # parse_options guarantees it
+            self._webhook = WebhookHandler(
+                channel_id=self.channel_id, secret=options.webhook_secret
+            )
+            self._poll_done.set()
+
+    def __repr__(self) -> str:
+        return (
+            f"<TelegramConnection {self.channel_id} {self.options.mode} "
+            f"offset={self._cursor.offset} [{self._phase.value}]>"
+        )
+
+    # --- the Connection protocol ------------------------------------------------------
+
+    async def events(self) -> AsyncGenerator[Event, None]:
+        """Inbound events, until :meth:`close` (quietly) or a failure (raised).
+
+        The first event is a :class:`ConnectionStateChanged` (``RESUMED`` when
+        a saved offset was given). An update counts as handed out, and moves
+        :meth:`session_state`, the moment its event is yielded.
+
+        Raises:
+            TransientError, RateLimited, FatalError: polling failed.
+        """
+        yield ConnectionStateChanged(
+            channel_id=self.channel_id,
+            state=ConnectionState.RESUMED if self._resumed else ConnectionState.CONNECTED,
+            detail=f"{self.options.mode} as @{self.bot.username or self.bot.id}",
+        )
+        async for item in self._receive_channel:
+            self._cursor.handed_out(item.update_id)
+            yield item.event
+        if self._failure is not None and self._phase is _Phase.BROKEN:
+            raise self._failure
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        """Send text (sendMessage) or media by URL (sendPhoto, sendVideo, ...).
+
+        Raises:
+            trio.ClosedResourceError: the connection was closed by us.
+            TransientError: network failure or 5xx; retry with backoff.
+            RateLimited: 429; wait ``retry_after``.
+            FatalError: the token was revoked (AuthenticationFailed), ...
+            PermanentSendError: BadRecipient (chat not found, bot blocked),
+                MessageTooLong, or another refusal of this message.
+        """
+        if self._phase is _Phase.CLOSED:
+            raise trio.ClosedResourceError(f"{self!r} is closed; open a new connection to send")
+        request = core.send_request(msg)
+        return core.parse_sent(await self._api.call(request), msg.peer)
+
+    def session_state(self) -> SessionState:
+        """``SessionState(provider="telegram", data={"offset": n})`` to resume from."""
+        return self._cursor.session_state()
+
+    async def close(self, *, resumable: bool = True) -> None:
+        """Stop polling, confirm the handed-out offset to Telegram, close ``events()``.
+
+        Args:
+            resumable: False also deletes the webhook this connection set
+                (webhook mode); polling needs nothing more, the offset is in
+                :meth:`session_state` either way.
+        """
+        if self._phase is _Phase.CLOSED:
+            return
+        failed = self._failure is not None
+        self._phase = _Phase.CLOSED
+        self._poll_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await self._poll_done.wait()
+            self._send_channel.close()
+            # Best effort: the offset is in session_state() and the next
+            # getUpdates confirms it anyway.
+            with contextlib.suppress(ProviderError):
+                await self._farewell(resumable=resumable, failed=failed)
+
+    async def _farewell(self, *, resumable: bool, failed: bool) -> None:
+        if self.options.mode == "polling":
+            # Not after a failure: after a Conflict it would knock out the poller that won.
+            if not failed and self._cursor.needs_confirmation():
+                await self._api.call(
+                    core.get_updates(offset=self._cursor.offset, timeout=0, limit=1)
+                )
+                self._cursor.polled(self._cursor.offset)
+        elif not resumable and self.options.webhook_url is not None:
+            await self._api.call(core.delete_webhook())
+
+    # --- webhook mode -------------------------------------------------------------------
+
+    async def feed_webhook(self, headers: Any, body: bytes) -> int:
+        """Hand one webhook request to the connection; return the HTTP status to answer.
+
+        Waits until the update's event was taken from :meth:`events`, so a 200
+        means it was handed out; Telegram redelivers on anything else.
+
+        Args:
+            headers: request headers (a mapping or ASGI ``(name, value)`` pairs).
+            body: the raw request body.
+
+        Returns:
+            200 accepted, 400 malformed body, 403 bad secret, 404 this
+            connection polls instead, 503 closed (Telegram will retry).
+        """
+        if self._webhook is None:
+            return 404
+        if self._phase is not _Phase.OPEN:
+            return 503
+        verdict: WebhookVerdict = self._webhook.handle(headers, body)
+        if verdict.update is None:
+            return verdict.status
+        if verdict.update.event is not None:
+            try:
+                await self._send_channel.send(_Item(verdict.update.update_id, verdict.update.event))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return 503
+        else:
+            self._cursor.handed_out(verdict.update.update_id)
+        return verdict.status
+
+    # --- polling mode --------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        try:
+            with self._poll_scope:
+                await self._poll_forever()
+        except ProviderError as exc:
+            self._failure = exc
+            if self._phase is _Phase.OPEN:
+                self._phase = _Phase.BROKEN
+        finally:
+            self._poll_done.set()
+            self._send_channel.close()
+
+    async def _poll_forever(self) -> None:
+        opts = self.options
+        while True:
+            offset = self._cursor.offset
+            request = core.get_updates(
+                offset=offset,
+                timeout=opts.poll_timeout,
+                limit=opts.poll_limit,
+                allowed_updates=opts.allowed_updates,
+            )
+            updates = core.parse_updates(await self._api.call(request), self.channel_id)
+            self._cursor.polled(offset)
+            for update in updates:
+                if offset is not None and update.update_id < offset:
+                    continue  # confirmed already; a faithful server never resends it
+                if update.event is not None:
+                    await self._send_channel.send(_Item(update.update_id, update.event))
+                # The rendezvous completed: events() holds the item (or it had no
+                # event). Mark it here too, since the consumer's task may not have
+                # run yet when the next getUpdates is built.
+                self._cursor.handed_out(update.update_id)
+
+
+class TelegramProvider:
+    """The Telegram Bot API adapter (long polling or webhook).
+
+    Args:
+        limits: the platform limits to declare (default :data:`core.TELEGRAM_LIMITS`).
+        transport: an httpx transport to use instead of the network (tests).
+    """
+
+    name: str = core.PROVIDER_NAME
+
+    def __init__(
+        self,
+        *,
+        limits: PlatformLimits = core.TELEGRAM_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.limits = limits
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"<TelegramProvider limits={self.limits.per_channel_rate:g}/s>"
+
+    @contextlib.asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AsyncIterator[TelegramConnection]:
+        """Open the bot's connection; polling runs in a task inside the block.
+
+        Checks the token with getMe, and in webhook mode with a
+        ``webhook_url`` calls setWebhook. Leaving the block closes the
+        connection (see :meth:`TelegramConnection.close`).
+
+        Args:
+            config: ``credentials["token"]`` (required), ``base_url`` (default
+                https://api.telegram.org), ``options`` (see
+                :class:`core.TelegramOptions`).
+            session: a previous connection's :meth:`~TelegramConnection.session_state`.
+
+        Raises:
+            AuthenticationFailed: the token is missing, unknown or revoked.
+            FatalError: bad options, a foreign session, an unusable base_url.
+            Conflict: webhook mode could not take over the bot.
+            RateLimited: 429 on getMe / setWebhook.
+            TransientError: network failure or 5xx.
+        """
+        token = config.credentials.get("token", "")
+        if not token:
+            raise FatalError(
+                f"telegram channel {config.channel_id!r}: credentials['token'] is missing"
+            )
+        options = core.parse_options(config.options, config.credentials)
+        cursor = core.UpdateCursor.from_session(session)
+        base_url = config.base_url or core.DEFAULT_BASE_URL
+        async with httpx.AsyncClient(transport=self._transport) as client:
+            api = _BotApi(client, base_url, token)
+            bot = core.parse_me(await api.call(core.get_me()))
+            if options.mode == "webhook" and options.webhook_url is not None:
+                assert options.webhook_secret is not None
+                await api.call(
+                    core.set_webhook(
+                        url=options.webhook_url,
+                        secret_token=options.webhook_secret,
+                        allowed_updates=options.allowed_updates,
+                        drop_pending_updates=options.drop_pending_updates,
+                    )
+                )
+            conn = TelegramConnection(
+                config=config, options=options, api=api, cursor=cursor, bot=bot
+            )
+            unwrapped: BaseException | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    if options.mode == "polling":
+                        nursery.start_soon(conn._poll)
+                    try:
+                        yield conn
+                    finally:
+                        await conn.close()
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # The poll task stores its ProviderErrors instead of raising, so a
+                # lone exception here is the caller's own: give it back unwrapped
+                # (a Conflict must not reach the ChannelActor as an ExceptionGroup).
+                if len(group.exceptions) != 1:
+                    raise
+                unwrapped = group.exceptions[0]
+            if unwrapped is not None:
+                raise unwrapped

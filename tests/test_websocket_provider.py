@@ -1,0 +1,691 @@
+"""The websocket provider: its sans-IO core with plain numbers, then the shell
+against the emulator over real sockets on 127.0.0.1 (short real timeouts, no
+MockClock: virtual time and real sockets do not mix)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+import providers.websocket
+from providers import registry
+from providers.base import (
+    AuthenticationFailed,
+    BadRecipient,
+    Banned,
+    ChannelConfig,
+    Connection,
+    ConnectionState,
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    FatalError,
+    InboundMessage,
+    Media,
+    MediaKind,
+    MessageEdited,
+    MessageTooLong,
+    MissingPermissions,
+    OutboundMessage,
+    PermanentSendError,
+    Provider,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    ReceiptStatus,
+    SendResult,
+    Template,
+    TransientError,
+)
+from providers.emulators.base import open_emulator
+from providers.emulators.websocket import WebSocketEmulator
+from providers.websocket import WebSocketProvider
+from providers.websocket.core import (
+    CloseLink,
+    CompleteSend,
+    Emit,
+    Fail,
+    Phase,
+    SendFrame,
+    SendPing,
+    WebSocketCore,
+    error_from_close,
+    error_from_code,
+)
+from providers.websocket.shell import parse_options
+
+IO_CEILING = 10.0  # real seconds; only a hang gets near it
+
+# --- the sans-IO core ------------------------------------------------------------------------
+
+
+def make_core(
+    *,
+    now: float = 100.0,
+    ping_interval: float | None = 10.0,
+    pong_timeout: float = 5.0,
+    liveness_timeout: float | None = 30.0,
+    send_timeout: float = 8.0,
+    ready: bool = True,
+) -> WebSocketCore:
+    core = WebSocketCore(
+        "ch",
+        now=now,
+        ping_interval=ping_interval,
+        pong_timeout=pong_timeout,
+        liveness_timeout=liveness_timeout,
+        send_timeout=send_timeout,
+    )
+    if ready:
+        core.frame_received('{"type":"ready","session":"s-1"}', now)
+    return core
+
+
+def frame(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+def text_msg(key: str = "k1", peer: str = "p1") -> OutboundMessage:
+    return OutboundMessage(peer=peer, idempotency_key=key, text="hello")
+
+
+def test_ready_opens_the_link_and_emits_connected() -> None:
+    core = make_core(ready=False)
+    assert core.phase is Phase.AWAITING_READY
+    with pytest.raises(TransientError, match="has not sent 'ready' yet"):
+        core.start_send(text_msg(), 100.0)
+    actions = core.frame_received(frame(type="ready", session="s-9"), 101.0)
+    assert actions == [
+        Emit(
+            event=ConnectionStateChanged(
+                channel_id="ch", state=ConnectionState.CONNECTED, detail="ready"
+            )
+        )
+    ]
+    assert core.phase is Phase.OPEN and core.session == "s-9"
+    assert repr(core) == "<WebSocketCore ch [OPEN pending=0]>"
+
+
+def test_inbound_frames_become_events() -> None:
+    core = make_core()
+    media = {"kind": "image", "url": "https://x/y.png", "caption": "c"}
+    [msg] = core.frame_received(
+        frame(type="message", id="m1", peer="p", sender="u", media=media, timestamp=5), 101.0
+    )
+    assert msg == Emit(
+        event=InboundMessage(
+            channel_id="ch",
+            platform_message_id="m1",
+            peer="p",
+            sender="u",
+            media=Media(kind=MediaKind.IMAGE, url="https://x/y.png", caption="c"),
+            timestamp=5.0,
+        )
+    )
+    [edit] = core.frame_received(frame(type="edit", id="m1", peer="p", sender="u", text="e"), 1)
+    assert edit == Emit(
+        event=MessageEdited(
+            channel_id="ch", platform_message_id="m1", peer="p", sender="u", text="e"
+        )
+    )
+    [receipt] = core.frame_received(frame(type="receipt", id="o1", status="read", peer="p"), 1)
+    assert receipt == Emit(
+        event=DeliveryReceipt(
+            channel_id="ch", platform_message_id="o1", peer="p", status=ReceiptStatus.READ
+        )
+    )
+    assert core.frame_received(frame(type="heartbeat"), 1) == []
+    assert core.frame_received(frame(type="future-thing"), 1) == []
+    assert core.ignored_frames == 1
+    assert core.last_message_id == "m1"
+
+
+def test_send_then_ack_completes_with_the_platform_id_and_peer() -> None:
+    core = make_core()
+    [send] = core.start_send(text_msg("k1", "p7"), 100.0)
+    assert isinstance(send, SendFrame)
+    assert json.loads(send.text) == {"type": "send", "id": "k1", "peer": "p7", "text": "hello"}
+    assert core.start_send(text_msg("k1", "p7"), 100.5) == []  # in flight: not sent twice
+    assert core.pending == 1
+    actions = core.frame_received(frame(type="ack", id="k1", message_id="m9"), 101.0)
+    assert actions == [
+        CompleteSend(key="k1", result=SendResult(platform_message_id="m9", peer="p7"))
+    ]
+    assert core.pending == 0
+
+
+def test_media_and_reply_to_are_encoded_and_templates_refused() -> None:
+    core = make_core()
+    msg = OutboundMessage(
+        peer="p",
+        idempotency_key="k",
+        media=Media(kind=MediaKind.DOCUMENT, url="u", filename="f.pdf"),
+        reply_to="m1",
+    )
+    [send] = core.start_send(msg, 100.0)
+    assert isinstance(send, SendFrame)
+    assert json.loads(send.text) == {
+        "type": "send",
+        "id": "k",
+        "peer": "p",
+        "media": {"kind": "document", "url": "u", "caption": None, "filename": "f.pdf"},
+        "reply_to": "m1",
+    }
+    template = OutboundMessage(
+        peer="p", idempotency_key="t", template=Template(name="n", language="en")
+    )
+    with pytest.raises(PermanentSendError, match="cannot send WhatsApp templates"):
+        core.start_send(template, 100.0)
+
+
+@pytest.mark.parametrize(
+    ("code", "extra", "expected"),
+    [
+        ("rate_limited", {"retry_after": 2.5}, RateLimited),
+        ("unauthorized", {}, AuthenticationFailed),
+        ("banned", {}, Banned),
+        ("forbidden", {}, MissingPermissions),
+        ("bad_recipient", {"peer": "p1"}, BadRecipient),
+        ("too_long", {}, MessageTooLong),
+        ("internal", {}, TransientError),
+        ("something_new", {}, TransientError),
+    ],
+)
+def test_send_error_codes_map_into_the_error_tree(
+    code: str, extra: dict[str, Any], expected: type[ProviderError]
+) -> None:
+    core = make_core()
+    core.start_send(text_msg("k1"), 100.0)
+    [done] = core.frame_received(frame(type="error", id="k1", code=code, **extra), 101.0)
+    assert isinstance(done, CompleteSend) and type(done.error) is expected
+    assert core.phase is Phase.OPEN  # a failed send does not fail the link
+    if expected is RateLimited:
+        assert isinstance(done.error, RateLimited) and done.error.retry_after == 2.5
+    if expected is BadRecipient:
+        assert isinstance(done.error, BadRecipient) and done.error.peer == "p1"
+
+
+def test_rate_limit_scope_and_default_wait() -> None:
+    channel = error_from_code("rate_limited")
+    peer = error_from_code("rate_limited", retry_after=3.0, peer="p")
+    assert isinstance(channel, RateLimited) and isinstance(peer, RateLimited)
+    assert (channel.retry_after, channel.scope) == (1.0, RateLimitScope.CHANNEL)
+    assert (peer.retry_after, peer.scope, peer.peer) == (3.0, RateLimitScope.PEER, "p")
+
+
+def test_an_error_without_id_fails_the_link_and_abandons_pending_sends() -> None:
+    core = make_core()
+    core.start_send(text_msg("k1"), 100.0)
+    actions = core.frame_received(frame(type="error", code="banned", message="bye"), 101.0)
+    assert [type(a) for a in actions] == [CompleteSend, Fail]
+    done, fail = actions
+    assert isinstance(done, CompleteSend) and isinstance(done.error, TransientError)
+    assert "retry with the same idempotency key" in str(done.error)
+    assert isinstance(fail, Fail) and isinstance(fail.error, Banned)
+    assert core.phase is Phase.FAILED and core.next_deadline() == float("inf")
+    assert core.frame_received(frame(type="heartbeat"), 102.0) == []
+    with pytest.raises(TransientError, match="it failed"):
+        core.start_send(text_msg("k2"), 102.0)
+
+
+def test_a_send_without_ack_times_out_and_a_late_ack_is_ignored() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=None)
+    core.start_send(text_msg("k1"), 100.0)
+    assert core.next_deadline() == 108.0
+    assert core.tick(107.9) == []
+    [done] = core.tick(108.0)
+    assert isinstance(done, CompleteSend) and isinstance(done.error, TransientError)
+    assert "no ack for send 'k1' within 8.0s" in str(done.error)
+    assert core.frame_received(frame(type="ack", id="k1", message_id="m"), 109.0) == []
+    assert core.next_deadline() == float("inf")
+
+
+def test_keepalive_pings_on_schedule_and_a_missing_pong_kills_the_link() -> None:
+    core = make_core(liveness_timeout=None)
+    assert core.next_deadline() == 110.0
+    assert core.tick(109.0) == []
+    [ping] = core.tick(110.0)
+    assert ping == SendPing(payload=b"sb-1")
+    assert core.next_deadline() == 115.0  # the pong deadline
+    assert core.pong_received(b"sb-1", 112.0) == []
+    assert core.next_deadline() == 120.0  # the next ping
+    [ping] = core.tick(120.0)
+    assert ping == SendPing(payload=b"sb-2")
+    assert core.pong_received(b"other", 121.0) == []  # not ours
+    [fail] = core.tick(125.0)
+    assert isinstance(fail, Fail) and isinstance(fail.error, TransientError)
+    assert "no pong within 5.0s" in str(fail.error)
+
+
+def test_liveness_counts_application_frames_not_pongs() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=30.0)
+    assert core.next_deadline() == 130.0
+    core.frame_received(frame(type="heartbeat"), 120.0)
+    assert core.next_deadline() == 150.0
+    core.pong_received(b"x", 140.0)
+    [fail] = core.tick(150.0)
+    assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
+
+
+def test_disabled_timers_leave_nothing_armed() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=None)
+    assert core.next_deadline() == float("inf")
+    assert core.tick(1e9) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ("not json", "protocol violation"),
+        ("[1, 2]", "must be a JSON object"),
+        (frame(type="message", id="m1", sender="u"), r"\$\.peer"),
+        (frame(type="receipt", id="o1", status="lost"), r"\$\.status"),
+    ],
+)
+def test_malformed_frames_fail_the_link_with_a_readable_reason(data: str, match: str) -> None:
+    core = make_core()
+    [fail] = core.frame_received(data, 101.0)
+    assert isinstance(fail, Fail) and isinstance(fail.error, TransientError)
+    assert re.search(match, str(fail.error))
+
+
+def test_close_abandons_pending_sends_and_is_idempotent() -> None:
+    core = make_core()
+    core.start_send(text_msg("k1"), 100.0)
+    done, close = core.close()
+    assert isinstance(done, CompleteSend) and "closed by us" in str(done.error)
+    assert close == CloseLink(code=1000, reason="client closing")
+    assert core.phase is Phase.CLOSED
+    assert core.close() == [] and core.connection_lost(1000, None) == []
+    with pytest.raises(TransientError, match="closed by us"):
+        core.start_send(text_msg("k2"), 101.0)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (4001, "unauthorized", AuthenticationFailed),
+        (4003, "banned", Banned),
+        (4029, "2.5", RateLimited),
+        (1000, None, TransientError),
+        (1011, "oops", TransientError),
+        (None, "the TCP link broke", TransientError),
+    ],
+)
+def test_close_codes_map_into_the_error_tree(
+    code: int | None, reason: str | None, expected: type[ProviderError]
+) -> None:
+    error = error_from_close(code, reason)
+    assert type(error) is expected
+    if isinstance(error, RateLimited):
+        assert error.retry_after == 2.5
+    core = make_core()
+    [fail] = core.connection_lost(code, reason)
+    assert isinstance(fail, Fail) and type(fail.error) is expected
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["tick", "frame", "pong", "send", "ack"]),
+        st.floats(min_value=0.0, max_value=20.0),
+    ),
+    max_size=40,
+)
+
+
+@given(operations)
+def test_the_timer_loop_never_spins(ops: list[tuple[str, float]]) -> None:
+    """After ``tick(now)``, the next deadline lies in the future (or the link is dead)."""
+    core = make_core(now=0.0, ping_interval=3.0, pong_timeout=1.0, liveness_timeout=7.0)
+    now, sends = 0.0, 0
+    for op, step in ops:
+        now += step
+        if op == "frame":
+            core.frame_received(frame(type="heartbeat"), now)
+        elif op == "pong":
+            core.pong_received(b"sb-%d" % core._ping_counter, now)
+        elif op == "send" and core.phase is Phase.OPEN:
+            sends += 1
+            core.start_send(text_msg(f"k{sends}"), now)
+        elif op == "ack":
+            core.frame_received(frame(type="ack", id=f"k{sends}", message_id="m"), now)
+        while core.next_deadline() <= now:
+            core.tick(now)
+        assert core.next_deadline() > now or core.phase is Phase.FAILED
+
+
+def test_options_are_validated_with_paths() -> None:
+    assert parse_options({}).ping_interval == 20.0
+    assert parse_options({"ping_interval": None}).ping_interval is None
+    with pytest.raises(FatalError, match=r"\$\.options"):
+        parse_options({"ping_intreval": 1.0})
+    with pytest.raises(FatalError, match="positive number of seconds"):
+        parse_options({"pong_timeout": -1})
+
+
+def test_public_face_and_registry() -> None:
+    public = {n for n in vars(providers.websocket) if not n.startswith("_")}
+    public -= {"core", "shell"}
+    assert public == set(providers.websocket.__all__)
+    assert registry.load(registry.PROVIDERS, "websocket") is WebSocketProvider
+    assert registry.load(registry.EMULATORS, "websocket") is WebSocketEmulator
+    provider = WebSocketProvider()
+    assert isinstance(provider, Provider)
+    assert provider.name == "websocket" and provider.limits.max_text_length == 16_384
+
+
+# --- the shell against the emulator, over real sockets ----------------------------------------
+
+
+@asynccontextmanager
+async def serving(emulator: WebSocketEmulator) -> AsyncIterator[str]:
+    async with open_emulator(emulator) as base_url:
+        yield base_url.replace("http://", "ws://") + "/ws"
+
+
+def config(url: str, token: str = "t1", **options: Any) -> ChannelConfig:
+    opts = {"ping_interval": 0.05, "pong_timeout": 0.5, "liveness_timeout": 1.0, **options}
+    return ChannelConfig(
+        channel_id="ws-1",
+        provider="websocket",
+        base_url=url,
+        credentials={"token": token},
+        options=opts,
+    )
+
+
+async def next_event(events: AsyncIterator[Event], kind: type[Any]) -> Any:
+    """The next event of type ``kind`` (skipping the others)."""
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"the events ended before a {kind.__name__}")
+
+
+async def drain(events: AsyncIterator[Event]) -> None:
+    async for _ in events:
+        pass
+
+
+@pytest.mark.parametrize("token_in_query", [False, True], ids=["header", "query"])
+async def test_inbound_send_ack_and_receipt(token_in_query: bool) -> None:
+    emulator = WebSocketEmulator(tokens={"t1"}, heartbeat_interval=0.05)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            cfg = config(url, token_in_query=token_in_query)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                assert isinstance(conn, Connection)
+                assert repr(conn).startswith("<WebSocketConnection ws-1 [OPEN pending=0")
+                events = conn.events()
+                ready = await next_event(events, ConnectionStateChanged)
+                assert ready.state is ConnectionState.CONNECTED
+                await emulator.inject({"text": "hi", "peer": "chat-1", "sender": "ann"})
+                inbound = await next_event(events, InboundMessage)
+                assert (inbound.channel_id, inbound.peer, inbound.sender, inbound.text) == (
+                    "ws-1",
+                    "chat-1",
+                    "ann",
+                    "hi",
+                )
+                result = await conn.send(text_msg("k1", "chat-1"))
+                assert result == SendResult(platform_message_id="out-1", peer="chat-1")
+                receipt = await next_event(events, DeliveryReceipt)
+                assert (receipt.platform_message_id, receipt.status) == (
+                    "out-1",
+                    ReceiptStatus.DELIVERED,
+                )
+                again = await conn.send(text_msg("k1", "chat-1"))  # a retry: deduplicated
+                assert again == result
+                assert [s["id"] for s in emulator.sent] == ["k1"]
+                assert emulator.stats["duplicates"] == 1
+                assert conn.session_state().data == {"last_message_id": inbound.platform_message_id}
+                await conn.close()
+                await drain(events)  # ends quietly after our close
+                with pytest.raises(TransientError, match="closed by us"):
+                    await conn.send(text_msg("k2"))
+
+
+async def test_inject_pushes_typed_frames_as_they_are_and_queues_when_nobody_listens() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            queued = await emulator.inject({"text": "early", "token": "t1"})
+            assert queued["queued"] is True
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                events = conn.events()
+                early = await next_event(events, InboundMessage)
+                assert early.text == "early"
+                edit = {"type": "edit", "id": early.platform_message_id, "peer": "p", "sender": "u"}
+                result = await emulator.inject({**edit, "text": "edited"})
+                assert result["delivered_to"] == 1
+                edited = await next_event(events, MessageEdited)
+                assert edited.text == "edited"
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected", "match"),
+    [
+        ({"kind": "drop"}, TransientError, "code 1001"),
+        ({"kind": "close", "code": 1011}, TransientError, "code 1011"),
+        ({"kind": "close", "code": 4001}, AuthenticationFailed, "bad token"),
+        ({"kind": "close", "code": 4003}, Banned, "do not reconnect"),
+        ({"kind": "close", "code": 4029, "reason": "3"}, RateLimited, "code 4029"),
+    ],
+    ids=["drop", "1011", "4001", "4003", "4029"],
+)
+async def test_a_server_close_raises_from_events(
+    fault: dict[str, Any], expected: type[ProviderError], match: str
+) -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                events = conn.events()
+                await next_event(events, ConnectionStateChanged)
+                await emulator.platform_fault(fault)
+                with pytest.raises(expected, match=match) as info:
+                    await drain(events)
+                assert conn.phase is Phase.FAILED
+                if isinstance(info.value, RateLimited):
+                    assert info.value.retry_after == 3.0
+
+
+async def test_liveness_holds_on_heartbeats_and_fires_when_the_server_falls_silent() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            cfg = config(url, ping_interval=None, liveness_timeout=0.3)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                events = conn.events()
+                await next_event(events, ConnectionStateChanged)
+                with trio.move_on_after(0.9):  # three liveness periods of heartbeats
+                    await drain(events)
+                assert conn.phase is Phase.OPEN
+                events = conn.events()  # the cancelled iterator is finished; take a new one
+                await emulator.platform_fault({"kind": "silence"})
+                silenced_at = trio.current_time()
+                with pytest.raises(TransientError, match=r"liveness timeout 0.3s"):
+                    await drain(events)
+                assert 0.25 <= trio.current_time() - silenced_at < 1.0
+
+
+async def test_a_silent_server_times_out_sends_and_the_ready_wait() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            cfg = config(url, ping_interval=None, liveness_timeout=None, send_timeout=0.2)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                await emulator.platform_fault({"kind": "silence"})
+                with pytest.raises(TransientError, match=r"no ack for send 'k1' within 0.2s"):
+                    await conn.send(text_msg("k1"))
+                assert [s["id"] for s in emulator.sent] == ["k1"]  # it did arrive
+            with pytest.raises(TransientError, match=r"no 'ready' from .* within 0.3s"):
+                async with WebSocketProvider().open_connection(config(url, connect_timeout=0.3)):
+                    pass
+
+
+async def test_a_banned_token_is_refused_and_a_live_one_is_closed() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05)
+    provider = WebSocketProvider()
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with provider.open_connection(config(url, token="live")) as conn:
+                events = conn.events()
+                await next_event(events, ConnectionStateChanged)
+                emulator.banned_tokens.add("live")  # what the ban_token fault does
+                with pytest.raises(Banned, match="code 4003"):
+                    await drain(events)
+            with pytest.raises(Banned, match="4003"):
+                async with provider.open_connection(config(url, token="live")):
+                    pass
+            assert emulator.stats["refused_banned"] == 1
+
+
+async def test_an_unknown_token_fails_authentication_on_entry() -> None:
+    emulator = WebSocketEmulator(tokens={"good"})
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            with pytest.raises(AuthenticationFailed, match="unauthorized"):
+                async with WebSocketProvider().open_connection(config(url, token="bad")):
+                    pass
+
+
+async def test_rate_limits_refuse_sends_and_connections_with_retry_after() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05)
+    provider = WebSocketProvider()
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with provider.open_connection(config(url)) as conn:
+                emulator.rate_limited_until = trio.current_time() + 5.0  # the rate_limit fault
+                with pytest.raises(RateLimited) as info:
+                    await conn.send(text_msg("k1"))
+                assert 4.0 < info.value.retry_after <= 5.0
+                assert info.value.scope is RateLimitScope.CHANNEL
+                assert conn.phase is Phase.OPEN
+                with pytest.raises(RateLimited) as info:
+                    async with provider.open_connection(config(url)):
+                        pass
+                assert 4.0 < info.value.retry_after <= 5.0
+            assert emulator.sent == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "msg", "expected"),
+    [
+        ({"kind": "unknown_peer", "peer": "ghost"}, text_msg("k", "ghost"), BadRecipient),
+        (None, OutboundMessage(peer="p", idempotency_key="k", text="x" * 20), MessageTooLong),
+        ({"kind": "fail_sends", "code": "internal"}, text_msg(), TransientError),
+        ({"kind": "fail_sends", "code": "forbidden"}, text_msg(), MissingPermissions),
+    ],
+    ids=["bad_recipient", "too_long", "internal", "forbidden"],
+)
+async def test_send_errors_from_the_server(
+    setup: dict[str, Any] | None, msg: OutboundMessage, expected: type[ProviderError]
+) -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=0.05, max_text_length=10)
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                if setup is not None:
+                    await emulator.platform_fault(setup)
+                with pytest.raises(expected):
+                    await conn.send(msg)
+                assert conn.phase is Phase.OPEN
+                assert (await conn.send(text_msg("next"))).platform_message_id == "out-1"
+
+
+async def test_connection_refused_is_transient() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nobody listens on it now
+    with trio.fail_after(IO_CEILING):
+        with pytest.raises(TransientError, match="cannot connect"):
+            async with WebSocketProvider().open_connection(config(f"ws://127.0.0.1:{port}/ws")):
+                pass
+
+
+async def test_an_error_in_the_block_propagates_unwrapped() -> None:
+    emulator = WebSocketEmulator()
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            with pytest.raises(ValueError, match="mine"):
+                async with WebSocketProvider().open_connection(config(url)):
+                    raise ValueError("mine")
+
+
+# --- a TCP proxy that can freeze or cut the link (faults below the websocket layer) --------
+
+
+class LinkBreaker:
+    """Forwards TCP between the client and the emulator; can freeze or cut it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self._scopes: list[trio.CancelScope] = []
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        async with client, server:
+            with trio.CancelScope() as scope:
+                self._scopes.append(scope)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, server)
+                    nursery.start_soon(self._pipe, server, client)
+
+    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        try:
+            async for chunk in source:
+                if not self.frozen:  # frozen: bytes vanish, the sockets stay open
+                    await sink.send_all(chunk)
+        except trio.BrokenResourceError:
+            pass
+
+    def cut(self) -> None:
+        for scope in self._scopes:
+            scope.cancel()
+
+
+@pytest.mark.parametrize("fault", ["freeze", "cut"])
+async def test_faults_below_the_websocket_layer(fault: str) -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    with trio.fail_after(IO_CEILING):
+        async with open_emulator(emulator) as base_url, trio.open_nursery() as nursery:
+            breaker = LinkBreaker(int(base_url.rsplit(":", 1)[1]))
+            port = await nursery.start(breaker.serve)
+            cfg = config(
+                f"ws://127.0.0.1:{port}/ws",
+                ping_interval=0.05,
+                pong_timeout=0.2,
+                liveness_timeout=None,
+                close_timeout=0.2,
+            )
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                events = conn.events()
+                await next_event(events, ConnectionStateChanged)
+                with trio.move_on_after(0.3):  # pongs flow: the link stays up
+                    await drain(events)
+                assert conn.phase is Phase.OPEN
+                events = conn.events()  # the cancelled iterator is finished; take a new one
+                if fault == "freeze":
+                    breaker.frozen = True
+                    with pytest.raises(TransientError, match=r"no pong within 0.2s"):
+                        await drain(events)
+                else:
+                    breaker.cut()
+                    with pytest.raises(TransientError, match=r"TCP link broke|code 1006"):
+                        await drain(events)
+            nursery.cancel_scope.cancel()
