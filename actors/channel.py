@@ -170,6 +170,7 @@ class ChannelActor(Actor):
         self._conn: Connection | None = None
         self._connected = trio.Event()
         self._failure: BaseException | None = None
+        self._connection_scope: trio.CancelScope | None = None
 
     @classmethod
     def factory(
@@ -272,6 +273,10 @@ class ChannelActor(Actor):
     # --- the connection task ------------------------------------------------------------------
 
     async def _run_connection(self) -> None:
+        with trio.CancelScope() as self._connection_scope:
+            await self._connection_loop()
+
+    async def _connection_loop(self) -> None:
         memory = self.memory
         while True:
             self._set_status(ChannelStatus.CONNECTING)
@@ -376,6 +381,11 @@ class ChannelActor(Actor):
             await self._flush()
 
     def _fail(self, error: BaseException) -> None:
+        if self.memory.status is ChannelStatus.FAILED:
+            return
+        if self._connection_scope is not None:
+            # Found by a send: the connection task must stop calling the platform too.
+            self._connection_scope.cancel()
         self._failure = error
         log.error("%r failed for good: %s", self, error)
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
@@ -573,6 +583,16 @@ class ChannelRef:
         """Send dead letters again (all, or the given ids); returns how many."""
         count: int = await self.ref.ask(ReplayDeadLetters(None if ids is None else tuple(ids)))
         return count
+
+    @property
+    def connection(self) -> Connection | None:
+        """The live provider connection, or ``None`` while not connected.
+
+        For code that must hand the connection platform input from outside,
+        such as an HTTP server routing a WhatsApp or Telegram webhook to it.
+        """
+        inst = self.ref._instance
+        return inst._conn if isinstance(inst, ChannelActor) else None
 
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel; valid while it restarts, too."""

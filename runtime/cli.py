@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -41,17 +42,21 @@ def _emulate(args: argparse.Namespace) -> int:
     emulator = load(EMULATORS, args.platform)(**_emulator_options(args))
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                functools.partial(serve_emulator, emulator, host=args.host, port=args.port)
-            )
-            print(f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)")
-            print("press Ctrl-C to stop", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(
+                    functools.partial(serve_emulator, emulator, host=args.host, port=args.port)
+                )
+                print(
+                    f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)"
+                )
+                print("press Ctrl-C to stop", flush=True)
+                async for signum in signals:
+                    print(f"{signal.Signals(signum).name}: {args.platform} emulator stopping")
+                    nursery.cancel_scope.cancel()
+                    break
 
-    try:
-        trio.run(run)
-    except KeyboardInterrupt:
-        print(f"\n{args.platform} emulator stopped")
+    trio.run(run)
     return 0
 
 

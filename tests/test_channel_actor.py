@@ -342,11 +342,15 @@ async def test_too_long_text_is_refused_before_sending(autojump_clock: Any) -> N
 
 async def test_fatal_error_while_sending_fails_the_channel(autojump_clock: Any) -> None:
     provider = FakeProvider(limits=GENEROUS, send_script=[AuthenticationFailed("token revoked")])
-    with trio.fail_after(CEILING):
+    with trio.fail_after(CEILING * 100):
         async with open_channel(provider) as channel:
             with pytest.raises(ChannelFailed, match="token revoked"):
                 await channel.send(out())
             assert channel.statistics().status is ChannelStatus.FAILED
+            # the connection task stops too: the link is closed and never reopened
+            await trio.sleep(3600.0)
+            assert provider.current.closed
+            assert len(provider.connect_times) == 1
 
 
 async def test_send_waits_for_a_connection_then_gives_up_clearly(autojump_clock: Any) -> None:
