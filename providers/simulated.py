@@ -41,6 +41,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from providers._nursery import open_connection_nursery
 from providers.base import (
     DEFAULT_LIMITS,
     AuthenticationFailed,
@@ -442,18 +443,13 @@ class SimulatedProvider:
         self._stats["connects"] += 1
         for message in self._backlog.pop(channel, []):
             conn._schedule(message)
-        escaped: BaseException | None = None
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_connection_nursery() as nursery:
                 nursery.start_soon(conn._deliver)
                 if self.failures.disconnect_rate > 0:
                     nursery.start_soon(conn._random_drops, self.failures.disconnect_rate)
                 try:
                     yield conn
-                except BaseException as exc:
-                    if isinstance(exc, trio.Cancelled | GeneratorExit):
-                        raise
-                    escaped = exc  # re-raised outside the nursery, unwrapped
                 finally:
                     conn._closed = True
                     conn._events_in.close()
@@ -461,8 +457,6 @@ class SimulatedProvider:
         finally:
             del self._open[channel]
             self._backlog[channel].extend(conn._undelivered())
-        if escaped is not None:
-            raise escaped
 
     # --- control -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A scripted fake provider for tests: fault injection without sockets.
+"""Fault injection for tests: a scripted fake provider, and a TCP link breaker.
 
 Design: the test drives the platform side. ``FakeProvider.connect_script``
 says what each ``open_connection`` does (succeed, or raise a given error);
@@ -31,7 +31,7 @@ from .base import (
     TransientError,
 )
 
-__all__ = ["FakeConnection", "FakeProvider", "SendDelay"]
+__all__ = ["FakeConnection", "FakeProvider", "LinkBreaker", "SendDelay"]
 
 
 class SendDelay:
@@ -174,3 +174,55 @@ class FakeProvider:
 
     def __repr__(self) -> str:
         return f"<FakeProvider connects={self.connects} sent={len(self.sent)}>"
+
+
+class LinkBreaker:
+    """A TCP proxy on 127.0.0.1 that can freeze or cut the links through it.
+
+    Faults below the protocol layer that an ASGI emulator cannot produce:
+    ``frozen = True`` makes bytes vanish while both sockets stay open (a
+    zombie link: only keepalives notice), ``cut()`` drops every link at once.
+
+    Usage: ``port = await nursery.start(breaker.serve)``, then point the
+    client at ``127.0.0.1:port`` instead of the target.
+    """
+
+    def __init__(self, target_port: int, *, target_host: str = "127.0.0.1") -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.frozen = False
+        self._scopes: list[trio.CancelScope] = []
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept and forward connections until cancelled; ``started(port)``."""
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(self.target_host, self.target_port)
+        async with client, server:
+            with trio.CancelScope() as scope:
+                self._scopes.append(scope)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, server)
+                    nursery.start_soon(self._pipe, server, client)
+            self._scopes.remove(scope)
+
+    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        try:
+            async for chunk in source:
+                if not self.frozen:  # frozen: bytes vanish, the sockets stay open
+                    await sink.send_all(chunk)
+        except trio.BrokenResourceError:
+            return  # the other side went away: this direction is over
+
+    def cut(self) -> None:
+        """Drop every link through the proxy now."""
+        for scope in self._scopes:
+            scope.cancel()
+
+    def __repr__(self) -> str:
+        state = "frozen" if self.frozen else "passing"
+        target = f"{self.target_host}:{self.target_port}"
+        return f"<LinkBreaker -> {target} {state} links={len(self._scopes)}>"

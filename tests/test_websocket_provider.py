@@ -47,6 +47,7 @@ from providers.base import (
 )
 from providers.emulators.base import open_emulator
 from providers.emulators.websocket import WebSocketEmulator
+from providers.testing import LinkBreaker
 from providers.websocket import WebSocketProvider
 from providers.websocket.core import (
     CloseLink,
@@ -622,41 +623,6 @@ async def test_an_error_in_the_block_propagates_unwrapped() -> None:
 
 
 # --- a TCP proxy that can freeze or cut the link (faults below the websocket layer) --------
-
-
-class LinkBreaker:
-    """Forwards TCP between the client and the emulator; can freeze or cut it."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.frozen = False
-        self._scopes: list[trio.CancelScope] = []
-
-    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-        async with client, server:
-            with trio.CancelScope() as scope:
-                self._scopes.append(scope)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pipe, client, server)
-                    nursery.start_soon(self._pipe, server, client)
-
-    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            async for chunk in source:
-                if not self.frozen:  # frozen: bytes vanish, the sockets stay open
-                    await sink.send_all(chunk)
-        except trio.BrokenResourceError:
-            pass
-
-    def cut(self) -> None:
-        for scope in self._scopes:
-            scope.cancel()
 
 
 @pytest.mark.parametrize("fault", ["freeze", "cut"])

@@ -36,6 +36,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
+from .._nursery import open_connection_nursery
 from ..base import (
     AuthenticationFailed,
     ChannelConfig,
@@ -147,60 +148,45 @@ class DiscordProvider:
             )
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
-        try:
-            async with httpx.AsyncClient(
-                base_url=base_url, headers=headers, timeout=self._http_timeout
-            ) as http:
-                request = build_gateway_bot()
+        async with httpx.AsyncClient(
+            base_url=base_url, headers=headers, timeout=self._http_timeout
+        ) as http:
+            request = build_gateway_bot()
+            try:
+                response = await http.request(request.method, request.path)
+            except httpx.HTTPError as exc:
+                raise TransientError(
+                    f"asking Discord at {base_url} for the gateway failed: {exc!r}; retry"
+                ) from exc
+            gateway = interpret_gateway_bot(
+                response.status_code, response.headers, response.content
+            )
+            core = GatewayCore(
+                token=token,
+                channel_id=config.channel_id,
+                gateway_url=gateway.url,
+                intents=int(config.options.get("intents", self.intents)),
+                session=session,
+                session_start_limit=gateway.session_start_limit,
+                now=trio.current_time(),
+                rng=self._rng,
+                invalid_session_delay=self._invalid_session_delay,
+            )
+            async with open_connection_nursery() as nursery:
+                conn = DiscordConnection(
+                    core=core,
+                    http=http,
+                    nursery=nursery,
+                    connect_timeout=self._connect_timeout,
+                    max_bucket_wait=self._max_bucket_wait,
+                )
+                await nursery.start(conn._drive)
                 try:
-                    response = await http.request(request.method, request.path)
-                except httpx.HTTPError as exc:
-                    raise TransientError(
-                        f"asking Discord at {base_url} for the gateway failed: {exc!r}; retry"
-                    ) from exc
-                gateway = interpret_gateway_bot(
-                    response.status_code, response.headers, response.content
-                )
-                core = GatewayCore(
-                    token=token,
-                    channel_id=config.channel_id,
-                    gateway_url=gateway.url,
-                    intents=int(config.options.get("intents", self.intents)),
-                    session=session,
-                    session_start_limit=gateway.session_start_limit,
-                    now=trio.current_time(),
-                    rng=self._rng,
-                    invalid_session_delay=self._invalid_session_delay,
-                )
-                async with trio.open_nursery() as nursery:
-                    conn = DiscordConnection(
-                        core=core,
-                        http=http,
-                        nursery=nursery,
-                        connect_timeout=self._connect_timeout,
-                        max_bucket_wait=self._max_bucket_wait,
-                    )
-                    await nursery.start(conn._drive)
-                    try:
-                        yield conn
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await conn.close()
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
-
-
-def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The single exception inside nested one-element groups (else the group).
-
-    The nursery is an implementation detail: callers expect the
-    ``ProviderError`` (or their own exception) the contract names, not a group.
-    """
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+                    yield conn
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await conn.close()
+                nursery.cancel_scope.cancel()
 
 
 class DiscordConnection:

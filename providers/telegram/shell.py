@@ -27,6 +27,7 @@ import attrs
 import httpx
 import trio
 
+from .._nursery import open_connection_nursery
 from ..base import (
     ChannelConfig,
     ConnectionState,
@@ -359,22 +360,15 @@ class TelegramProvider:
             conn = TelegramConnection(
                 config=config, options=options, api=api, cursor=cursor, bot=bot
             )
-            unwrapped: BaseException | None = None
-            try:
-                async with trio.open_nursery() as nursery:
-                    if options.mode == "polling":
-                        nursery.start_soon(conn._poll)
-                    try:
-                        yield conn
-                    finally:
-                        await conn.close()
-                        nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                # The poll task stores its ProviderErrors instead of raising, so a
-                # lone exception here is the caller's own: give it back unwrapped
-                # (a Conflict must not reach the ChannelActor as an ExceptionGroup).
-                if len(group.exceptions) != 1:
-                    raise
-                unwrapped = group.exceptions[0]
-            if unwrapped is not None:
-                raise unwrapped
+            # The poll task stores its ProviderErrors instead of raising, so what
+            # leaves this block is the caller's own exception, and it leaves
+            # unwrapped (a Conflict must not reach the ChannelActor as an
+            # ExceptionGroup).
+            async with open_connection_nursery() as nursery:
+                if options.mode == "polling":
+                    nursery.start_soon(conn._poll)
+                try:
+                    yield conn
+                finally:
+                    await conn.close()
+                    nursery.cancel_scope.cancel()

@@ -7,7 +7,8 @@ scope whose deadline is moved whenever the core changes) and calls
 waits for its pong. All of them live in a nursery owned by
 :meth:`WebSocketProvider.open_connection`, so none outlives the block. The
 background tasks never raise: they record the failure in the core, and
-``events()`` raises it, so the block's own exceptions leave it unwrapped by
+``events()`` raises it, so what leaves the block is its own exception, which
+:func:`providers._nursery.open_connection_nursery` hands back unwrapped by
 an ExceptionGroup. trio-websocket and OS errors are mapped into the provider
 error tree here, at the boundary, and chained.
 
@@ -35,6 +36,7 @@ import trio
 import trio_websocket
 from cattrs.v import format_exception
 
+from providers._nursery import open_connection_nursery
 from providers.base import (
     AuthenticationFailed,
     Banned,
@@ -376,23 +378,15 @@ class WebSocketProvider:
                 f"channel {config.channel_id}: the websocket provider needs base_url "
                 "(ws://host:port/path)"
             )
-        escaped: BaseException | None = None
-        async with trio.open_nursery() as nursery:
+        async with open_connection_nursery() as nursery:
             conn = WebSocketConnection(config, options, nursery)
             try:
                 await conn._start(session)
                 yield conn
-            except BaseException as exc:
-                if isinstance(exc, trio.Cancelled | GeneratorExit):
-                    raise
-                # re-raised below, outside the nursery, so that no ExceptionGroup wraps it
-                escaped = exc
             finally:
                 with trio.CancelScope(shield=True):
                     await conn._shutdown()
                 nursery.cancel_scope.cancel()
-        if escaped is not None:
-            raise escaped
 
 
 def _target(

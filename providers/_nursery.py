@@ -1,0 +1,77 @@
+"""The nursery that runs one connection's background tasks.
+
+Design: each provider's ``open_connection`` runs its reader, driver or timer
+tasks in a trio nursery that lives as long as the ``async with`` block. With
+strict exception groups (trio's default), anything leaving that block comes
+out wrapped in a one-element ``BaseExceptionGroup``, yet the ``Provider``
+contract promises the caller a ``ProviderError`` (or its own exception) that
+``except RateLimited:`` can catch. The nursery is an implementation detail,
+so :func:`open_connection_nursery` removes exactly the one level of grouping
+that it added:
+
+- a lone exception, from the block or from a task, comes out as the very
+  object that was raised, its ``__cause__`` and ``__context__`` intact; a
+  group raised by the block or a task is such an exception too and is not
+  flattened (trio's cancel scope may re-derive it with ``split``);
+- ``trio.Cancelled`` and ``GeneratorExit`` are never caught or replaced: a
+  lone one comes out bare, like any lone exception, so the cancel scope or
+  the async generator machinery that expects it sees it;
+- two or more exceptions stay in the nursery's group: picking one would
+  hide the others.
+
+The cleanup a provider needs before its tasks are cancelled (shielded
+closes, ``nursery.cancel_scope.cancel()``) stays in a ``try``/``finally``
+inside the block, so it runs before the nursery waits for its tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+
+def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one exception directly inside ``group``, or ``group`` if it holds more.
+
+    Only the outer level is removed: a nested group is some task's or the
+    caller's own exception and is returned as it is.
+    """
+    if len(group.exceptions) == 1:
+        return group.exceptions[0]
+    return group
+
+
+@asynccontextmanager
+async def open_connection_nursery() -> AsyncIterator[trio.Nursery]:
+    """A :func:`trio.open_nursery` whose single exception leaves it unwrapped.
+
+    Yields:
+        The nursery for the connection's background tasks.
+
+    Raises:
+        BaseException: the lone exception raised by the block or by one of
+            the tasks, unwrapped (``trio.Cancelled`` and ``GeneratorExit``
+            included).
+        BaseExceptionGroup: the nursery's group, when it holds several.
+    """
+    lone: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        lone = unwrap_single(group)
+        if lone is group:
+            raise
+    if lone is not None:
+        # Raised outside the except clause, and with its __context__ put back
+        # (as trio's own Nursery.start does), so that the exception is exactly
+        # the one that was raised, not chained to the group that held it.
+        context = lone.__context__
+        try:
+            raise lone
+        finally:
+            lone.__context__ = context
+            del lone, context
