@@ -141,10 +141,18 @@ class MemoryInboundSink:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.batches = 0
+        self._saved = trio.Event()
 
     async def save_inbound(self, events: Sequence[Event]) -> None:
         self.events.extend(events)
         self.batches += 1
+        self._saved.set()
+        self._saved = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        """Wait until at least ``count`` events have been saved."""
+        while len(self.events) < count:
+            await self._saved.wait()
 
 
 class ChannelActor(Actor):
