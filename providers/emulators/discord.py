@@ -9,6 +9,15 @@ Design:
   which URL a client resumed on): Hello, Identify/Resume validation, READY,
   sequence numbers, heartbeat ACKs, dispatches, the 120-per-60-s frame limit
   (close 4008) and Discord's close codes.
+- The bot is a member of one guild (``DEFAULT_GUILD_ID``, owned by
+  ``OWNER_ID``): READY lists it unavailable and GUILD_CREATE follows, as on
+  Discord. An inject into a channel (or guild) not seen before creates it
+  first with CHANNEL_CREATE (or GUILD_CREATE), so a client's cache resolves
+  ``message.channel`` to a text channel; guild MESSAGE_CREATEs carry
+  ``guild_id`` and ``member``; op 8 is answered with GUILD_MEMBERS_CHUNK.
+  discord.py runs against this unchanged (tests/test_emulator_compat.py).
+- REST answers carry ``Via: 1.1 google`` like Discord's; a 429 without it is
+  Cloudflare's ban, so only the ``ip_block`` fault leaves it out.
 - Sessions outlive their sockets: dispatches for a session whose socket is
   gone are kept (bounded) and replayed on Resume, as Discord does, so a
   resumed client loses nothing. A close with 1000/1001 ends the session.
@@ -47,7 +56,7 @@ import attrs
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ..discord.wire import DISCORD_EPOCH_MS, PRIVILEGED_INTENTS, Intents, Op
@@ -60,6 +69,26 @@ BACKLOG: Final = 1000  # dispatches kept per session for Resume
 MAX_CONTENT: Final = 2000  # characters
 MAX_NONCE: Final = 25  # characters
 RATE_LIMITED: Final = "You are being rate limited."
+HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
+DEFAULT_GUILD_ID: Final = "200000000000000001"
+DEFAULT_AUTHOR_ID: Final = "100000000000000001"
+# @everyone in an emulated guild: VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES,
+# READ_MESSAGE_HISTORY, ADD_REACTIONS, USE_EXTERNAL_EMOJIS.
+EVERYONE_PERMISSIONS: Final = str(
+    (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 18)
+)
+OWNER_ID: Final = "100000000000000000"  # the made-up owner of every application and guild
+OWNER: Final[dict[str, Any]] = {
+    "id": OWNER_ID,
+    "username": "owner",
+    "discriminator": "0",
+    "global_name": None,
+    "avatar": None,
+    "public_flags": 0,
+}
+# GATEWAY_MESSAGE_CONTENT_LIMITED | GATEWAY_GUILD_MEMBERS_LIMITED | GATEWAY_PRESENCE_LIMITED:
+# an unverified bot that may request every privileged intent.
+APPLICATION_FLAGS: Final = (1 << 19) | (1 << 15) | (1 << 13)
 INVALIDATING_CLOSE_CODES: Final = frozenset({4004, 4007, 4009, 4010, 4011, 4012, 4013, 4014})
 
 
@@ -95,13 +124,126 @@ class _Link:
             self.outbox.send_nowait(item)
 
 
+@attrs.define(eq=False)
+class _Guild:
+    """A guild every emulated bot is a member of, and its text channels."""
+
+    id: str
+    joined_at: str
+    channels: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+    def add_channel(self, channel_id: str) -> dict[str, Any]:
+        channel = self.channels[channel_id] = {
+            "id": channel_id,
+            "type": 0,
+            "guild_id": self.id,
+            "name": f"channel-{len(self.channels) + 1}",
+            "position": len(self.channels),
+            "permission_overwrites": [],
+            "parent_id": None,
+            "topic": None,
+            "nsfw": False,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "flags": 0,
+        }
+        return channel
+
+    def member(self, user: dict[str, Any] | None) -> dict[str, Any]:
+        """A guild member object; ``user`` is left out inside MESSAGE_CREATE, as on Discord."""
+        member: dict[str, Any] = {
+            "roles": [],
+            "nick": None,
+            "avatar": None,
+            "joined_at": self.joined_at,
+            "premium_since": None,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "pending": False,
+        }
+        if user is not None:
+            member["user"] = user
+        return member
+
+    def payload(self, bot_user: dict[str, Any]) -> dict[str, Any]:
+        """GUILD_CREATE's ``d`` as ``bot_user`` sees it."""
+        return {
+            "id": self.id,
+            "name": f"Emulated Guild {self.id[-4:]}",
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": OWNER_ID,
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": [
+                {
+                    "id": self.id,  # @everyone has the guild's id
+                    "name": "@everyone",
+                    "color": 0,
+                    "hoist": False,
+                    "icon": None,
+                    "unicode_emoji": None,
+                    "position": 0,
+                    "permissions": EVERYONE_PERMISSIONS,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            ],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "public_updates_channel_id": None,
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "joined_at": self.joined_at,
+            "large": False,
+            "unavailable": False,
+            "member_count": 2,
+            "members": [self.member(bot_user)],
+            "channels": [
+                {k: v for k, v in c.items() if k != "guild_id"} for c in self.channels.values()
+            ],
+            "threads": [],
+            "presences": [],
+            "voice_states": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime())
+
+
 @attrs.define
 class _Bucket:
     remaining: int
     reset_at: float
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None, *, via: bool = True
+) -> Response:
+    """A REST answer. Discord's API answers pass its Google front end (``Via: 1.1
+    google``); a 429 without ``Via`` is Cloudflare's ban, and discord.py tells the two
+    apart by exactly that, so only the ``ip_block`` fault leaves it out."""
+    headers = {**(headers or {}), **({"Via": "1.1 google"} if via else {})}
     return JSONResponse(data, status_code=status, headers=headers)
 
 
@@ -152,6 +294,9 @@ class DiscordEmulator(Emulator):
         self._nonces: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._messages: dict[str, dict[str, Any]] = {}
         self._counter = 0
+        self.guilds: dict[str, _Guild] = {
+            DEFAULT_GUILD_ID: _Guild(id=DEFAULT_GUILD_ID, joined_at=_timestamp())
+        }
 
     def __repr__(self) -> str:
         return (
@@ -182,10 +327,21 @@ class DiscordEmulator(Emulator):
             Route("/api/v10/gateway", self._get_gateway, methods=["GET"]),
             Route("/api/v10/gateway/bot", self._get_gateway_bot, methods=["GET"]),
             Route("/api/v10/users/@me", self._get_me, methods=["GET"]),
+            Route("/api/v10/oauth2/applications/@me", self._get_application, methods=["GET"]),
             Route("/api/v10/channels/{channel_id}/messages", self._post_message, methods=["POST"]),
+            # Last: Discord answers unknown routes and wrong methods in JSON, not plain text.
+            Route("/api/v10/{rest:path}", self._no_route, methods=list(HTTP_METHODS)),
             WebSocketRoute("/gateway", self._gateway),
             WebSocketRoute("/resume", self._gateway),
         ]
+
+    async def _no_route(self, request: Request) -> Response:
+        for route in self.app.routes:
+            if route.endpoint is self._no_route:  # type: ignore[attr-defined]
+                break
+            if route.matches(request.scope)[0] is Match.PARTIAL:
+                return _json({"message": "405: Method Not Allowed", "code": 0}, 405)
+        return _json({"message": "404: Not Found", "code": 0}, 404)
 
     # --- REST ---------------------------------------------------------------------------
 
@@ -202,6 +358,7 @@ class DiscordEmulator(Emulator):
                     "code": 0,
                 },
                 429,
+                via=False,
             )
         auth = request.headers.get("authorization", "")
         token = auth[4:] if auth.startswith("Bot ") else None
@@ -252,6 +409,33 @@ class DiscordEmulator(Emulator):
         if isinstance(admitted, Response):
             return admitted
         return _json(self._bot_user(admitted))
+
+    async def _get_application(self, request: Request) -> Response:
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        user = self._bot_user(admitted)
+        # The bot's application shares the bot user's id, as on Discord; an
+        # emulated bot has no team, so its owner is a (made-up) user.
+        return _json(
+            {
+                "id": user["id"],
+                "name": user["username"],
+                "icon": None,
+                "description": "",
+                "summary": "",
+                "type": None,
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "verify_key": hashlib.sha256(admitted.encode()).hexdigest(),
+                "flags": APPLICATION_FLAGS,
+                "bot": user,
+                "owner": OWNER,
+                "team": None,
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+            }
+        )
 
     def _bot_user(self, token: str) -> dict[str, Any]:
         user_id = self.user_id_for(token)
@@ -334,6 +518,7 @@ class DiscordEmulator(Emulator):
         if nonce is not None and body.get("enforce_nonce") and nonce_key in self._nonces:
             self.stats["nonce_deduplicated"] += 1
             return _json(self._nonces[nonce_key], 200, headers)
+        guild = self._guild_of(channel_id)
         message = self._message(
             channel_id=channel_id,
             content=content,
@@ -341,11 +526,17 @@ class DiscordEmulator(Emulator):
             guild_id=None,
             nonce=nonce,
             reply_to=(body.get("message_reference") or {}).get("message_id"),
+            reference_guild_id=None if guild is None else guild.id,
         )
         if nonce is not None:
             self._nonces[nonce_key] = message
         self.record_sent(message)
-        self._broadcast("MESSAGE_CREATE", message)
+        if guild is None:
+            self._broadcast("MESSAGE_CREATE", message)
+        else:
+            # The REST answer has neither; the gateway's MESSAGE_CREATE has both.
+            member = guild.member(None)
+            self._broadcast("MESSAGE_CREATE", {**message, "guild_id": guild.id, "member": member})
         return _json(message, 200, headers)
 
     def _message(
@@ -358,6 +549,7 @@ class DiscordEmulator(Emulator):
         nonce: Any = None,
         reply_to: str | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        reference_guild_id: str | None = None,
     ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "id": self._snowflake(),
@@ -365,7 +557,7 @@ class DiscordEmulator(Emulator):
             "channel_id": channel_id,
             "author": author,
             "content": content,
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()),
+            "timestamp": _timestamp(),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
@@ -373,14 +565,27 @@ class DiscordEmulator(Emulator):
             "mention_roles": [],
             "attachments": attachments or [],
             "embeds": [],
+            "components": [],
             "pinned": False,
+            "flags": 0,
         }
         if guild_id is not None:
             message["guild_id"] = guild_id
         if nonce is not None:
             message["nonce"] = nonce
         if reply_to:
-            message["message_reference"] = {"message_id": reply_to, "channel_id": channel_id}
+            reply_to = str(reply_to)  # clients may send the snowflake as a number
+            reference = {"type": 0, "message_id": reply_to, "channel_id": channel_id}
+            if guild_id or reference_guild_id:
+                reference["guild_id"] = guild_id or reference_guild_id
+            message["message_reference"] = reference
+            # Discord resolves a reply one level deep (null when the original is gone).
+            original = self._messages.get(reply_to)
+            message["referenced_message"] = (
+                None
+                if original is None
+                else {k: v for k, v in original.items() if k != "referenced_message"}
+            )
         self._messages[message["id"]] = message
         return message
 
@@ -390,9 +595,14 @@ class DiscordEmulator(Emulator):
         """A user posts (or, with ``edit``: edits) a message the bots can see.
 
         Payload: ``channel_id`` and ``content``; optional ``author_id``,
-        ``username``, ``guild_id`` (``null`` for a DM), ``reply_to``,
-        ``attachments`` (Discord attachment objects) and ``edit`` (the id of
-        an earlier message: a MESSAGE_UPDATE instead).
+        ``username``, ``guild_id`` (default ``DEFAULT_GUILD_ID``; ``null`` for
+        a DM), ``reply_to``, ``attachments`` (Discord attachment objects) and
+        ``edit`` (the id of an earlier message: a MESSAGE_UPDATE instead). A
+        channel seen for the first time joins that guild (CHANNEL_CREATE), a
+        guild seen for the first time is joined (GUILD_CREATE).
+
+        Raises:
+            FaultError: bad arguments, or no message to edit.
         """
         channel_id = str(payload.get("channel_id", ""))
         content = payload.get("content", "")
@@ -405,26 +615,61 @@ class DiscordEmulator(Emulator):
                 raise FaultError(f"inject: no message {edit!r} to edit")
             original.update(
                 content=content,
-                edited_timestamp=time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()),
+                edited_timestamp=_timestamp(),
             )
             self._broadcast("MESSAGE_UPDATE", original)
             return original
         author = {
-            "id": str(payload.get("author_id", "100000000000000001")),
+            "id": str(payload.get("author_id", DEFAULT_AUTHOR_ID)),
             "username": str(payload.get("username", "user")),
             "discriminator": "0",
-            "bot": False,
+            "global_name": None,
+            "avatar": None,
+            "public_flags": 0,
         }
+        guild_id = payload.get("guild_id", DEFAULT_GUILD_ID)
+        guild = None if guild_id is None else self._ensure_channel(str(guild_id), channel_id)
         message = self._message(
             channel_id=channel_id,
             content=content,
             author=author,
-            guild_id=payload.get("guild_id", "200000000000000001"),
+            guild_id=None if guild is None else guild.id,
             reply_to=payload.get("reply_to"),
             attachments=payload.get("attachments"),
         )
+        if guild is not None:
+            message["member"] = guild.member(None)
         self._broadcast("MESSAGE_CREATE", message)
         return message
+
+    def _guild_of(self, channel_id: str) -> _Guild | None:
+        for guild in self.guilds.values():
+            if channel_id in guild.channels:
+                return guild
+        return None
+
+    def _ensure_channel(self, guild_id: str, channel_id: str) -> _Guild:
+        """The guild holding ``channel_id``; the bot joins it and the channel is created,
+        with the GUILD_CREATE / CHANNEL_CREATE dispatches Discord sends, when new."""
+        guild = self._guild_of(channel_id)
+        if guild is not None:
+            return guild
+        guild = self.guilds.get(guild_id)
+        if guild is None:
+            guild = self.guilds[guild_id] = _Guild(id=guild_id, joined_at=_timestamp())
+            guild.add_channel(channel_id)
+            for session in self._guild_sessions():
+                self._dispatch(
+                    session, "GUILD_CREATE", guild.payload(self._bot_user(session.token))
+                )
+            return guild
+        channel = guild.add_channel(channel_id)
+        for session in self._guild_sessions():
+            self._dispatch(session, "CHANNEL_CREATE", channel)
+        return guild
+
+    def _guild_sessions(self) -> list[_Session]:
+        return [s for s in self.sessions.values() if not s.invalid and s.intents & Intents.GUILDS]
 
     async def platform_fault(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Apply a Discord fault (see the module docstring)."""
@@ -598,9 +843,43 @@ class DiscordEmulator(Emulator):
                 self._close(link, 4003, "Not authenticated.")
                 return False
             self.stats[f"op_{int(op)}"] += 1
+            if op == Op.REQUEST_GUILD_MEMBERS:
+                self._members_chunk(link.session, d)
             return True
         self._close(link, 4001, "Unknown opcode.")
         return False
+
+    def _members_chunk(self, session: _Session, d: Any) -> None:
+        """Answer op 8 with one GUILD_MEMBERS_CHUNK per known guild asked for.
+
+        An emulated guild's members are its owner and the bot; clients that
+        chunk guilds at startup (discord.py with the members intent) wait for
+        this answer before they report ready.
+        """
+        if not isinstance(d, dict):
+            return
+        guild_ids = d.get("guild_id")
+        guild_ids = guild_ids if isinstance(guild_ids, list) else [guild_ids]
+        users = [OWNER, self._bot_user(session.token)]
+        query, user_ids, limit = d.get("query"), d.get("user_ids"), d.get("limit")
+        for guild_id in guild_ids:
+            guild = self.guilds.get(str(guild_id))
+            if guild is None:
+                continue
+            chunk: dict[str, Any] = {"guild_id": guild.id, "chunk_index": 0, "chunk_count": 1}
+            if user_ids is not None:
+                wanted = {str(u) for u in (user_ids if isinstance(user_ids, list) else [user_ids])}
+                found = [u for u in users if u["id"] in wanted]
+                chunk["not_found"] = sorted(wanted - {u["id"] for u in found})
+            else:
+                prefix = query.lower() if isinstance(query, str) else ""
+                found = [u for u in users if u["username"].lower().startswith(prefix)]
+                if isinstance(limit, int) and limit > 0:
+                    found = found[:limit]
+            chunk["members"] = [guild.member(u) for u in found]
+            if d.get("nonce") is not None:
+                chunk["nonce"] = d["nonce"]
+            self._dispatch(session, "GUILD_MEMBERS_CHUNK", chunk)
 
     def _identify(self, link: _Link, d: Any) -> bool:
         if link.session is not None:
@@ -634,13 +913,17 @@ class DiscordEmulator(Emulator):
         ready = {
             "v": 10,
             "user": self._bot_user(token),
-            "guilds": [],
+            "guilds": [{"id": guild_id, "unavailable": True} for guild_id in self.guilds],
             "session_id": session.id,
             "resume_gateway_url": f"ws://{link.netloc}/resume",
             "shard": [0, 1],
-            "application": {"id": user_id, "flags": 0},
+            "application": {"id": user_id, "flags": APPLICATION_FLAGS},
         }
         self._dispatch(session, "READY", ready)
+        if intents & Intents.GUILDS:
+            # Discord lazy-loads the guilds READY listed as unavailable.
+            for guild in self.guilds.values():
+                self._dispatch(session, "GUILD_CREATE", guild.payload(self._bot_user(token)))
         return True
 
     def _resume(self, link: _Link, d: Any) -> bool:

@@ -21,8 +21,15 @@ Design:
   a nursery opened by the ASGI lifespan, so they never outlive the server.
 - Limits: 30 sends/s per bot, one per second per chat, 20 per minute per group
   (negative ids), each refused with 429 and ``retry_after`` (whole seconds).
+- Messages look like Telegram's to bot libraries (python-telegram-bot runs
+  against this unchanged, see tests/test_emulator_compat.py): plain text gets
+  the ``bot_command`` and ``mention`` entities Telegram adds on its own (a
+  CommandHandler needs them), and ``reply_to_message`` is the replied message
+  itself, one level deep, for the last ``MESSAGES_KEPT`` messages per bot.
 - Deliberate leniency: webhook URLs may be ``http://`` (for local receivers);
-  lengths count code points, not UTF-16 units.
+  lengths count code points, not UTF-16 units; ``parse_mode`` is recorded in
+  ``/_emulator/sent`` but the markup is neither validated nor turned into
+  entities.
 
 Platform faults (``POST /_emulator/fault``): ``{"kind": "unknown_chat",
 "chat_id"}``, ``{"kind": "block", "chat_id"}``, ``{"kind": "server_error",
@@ -61,6 +68,13 @@ MAX_CAPTION_LENGTH: Final = 1024  # characters
 WEBHOOK_TIMEOUT: Final = 10.0  # seconds the receiver may take to answer
 WEBHOOK_RETRY_FIRST: Final = 0.05  # seconds; doubles per failure
 WEBHOOK_RETRY_MAX: Final = 2.0  # seconds
+MESSAGES_KEPT: Final = 10_000  # per bot, for reply_to_message; older replies get a stub
+# What Telegram marks in plain text on its own: /commands (optionally /cmd@botname) and
+# @mentions, each at the start or after a non-word character.
+AUTO_ENTITIES: Final = re.compile(
+    r"(?<![\w/@])(?:(?P<bot_command>/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{5,32})?)"
+    r"|(?P<mention>@[A-Za-z0-9_]{5,32}))(?![\w@])"
+)
 MEDIA_FIELDS: Final = {
     "sendphoto": "photo",
     "sendvideo": "video",
@@ -116,6 +130,7 @@ class _Bot:
     next_update_id: int = 1
     allowed_updates: frozenset[str] | None = None
     next_message_ids: dict[int, int] = attrs.field(factory=dict)
+    messages: dict[tuple[int, int], dict[str, Any]] = attrs.field(factory=dict, repr=False)
     poll: _Poll | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = attrs.field(default=None, repr=False)
@@ -140,6 +155,19 @@ class _Bot:
 
     def message_exists(self, chat_id: int, message_id: int) -> bool:
         return 1 <= message_id < self.next_message_ids.get(chat_id, 1)
+
+    def remember(self, message: dict[str, Any]) -> None:
+        """Keep ``message`` (bounded) so a reply to it can carry it, as Telegram's do."""
+        self.messages[(message["chat"]["id"], message["message_id"])] = message
+        if len(self.messages) > MESSAGES_KEPT:
+            del self.messages[next(iter(self.messages))]
+
+    def replied(self, chat_id: int, message_id: int, date: int) -> dict[str, Any]:
+        """``reply_to_message``: the original, one level deep (Telegram does not nest)."""
+        original = self.messages.get((chat_id, message_id))
+        if original is None:
+            return {"message_id": message_id, "chat": _chat(chat_id), "date": date}
+        return {k: v for k, v in original.items() if k != "reply_to_message"}
 
     def add_update(self, kind: str, message: dict[str, Any]) -> int:
         update_id = self.next_update_id
@@ -166,6 +194,18 @@ class _Bot:
         while not (updates := self.ready(limit)):
             await self.changed.wait()
         return updates
+
+
+def _entities(text: str) -> list[dict[str, Any]]:
+    """The entities Telegram finds in plain text; offsets count UTF-16 code units."""
+
+    def units(s: str) -> int:
+        return len(s.encode("utf-16-le")) // 2
+
+    return [
+        {"type": match.lastgroup, "offset": units(text[: match.start()]), "length": units(match[0])}
+        for match in AUTO_ENTITIES.finditer(text)
+    ]
 
 
 def _chat(chat_id: int) -> dict[str, Any]:
@@ -387,12 +427,15 @@ class TelegramEmulator(Emulator):
             "date": now,
             "text": text,
         }
+        if entities := _entities(text):
+            message["entities"] = entities
         if isinstance(edit_of, int):
             message.update(message_id=edit_of, edit_date=now)
             kind = "edited_message"
         else:
             message["message_id"] = bot.new_message_id(chat_id)
             kind = "message"
+        bot.remember(message)
         update_id = bot.add_update(kind, message)
         self.stats["updates_created"] += 1
         return {"update_id": update_id, "message_id": message["message_id"], "chat_id": chat_id}
@@ -579,6 +622,12 @@ class TelegramEmulator(Emulator):
             if len(text) > MAX_TEXT_LENGTH:
                 raise ApiError(400, "Bad Request: message is too long")
             message["text"] = record["text"] = text
+            # With a parse_mode Telegram would strip the markup into entities; the
+            # emulator keeps the text as sent and only records the mode.
+            if isinstance(params.get("parse_mode"), str) and params["parse_mode"]:
+                record["parse_mode"] = params["parse_mode"]
+            elif entities := _entities(text):
+                message["entities"] = entities
         else:
             field = MEDIA_FIELDS[method]
             media = params.get(field)
@@ -610,16 +659,15 @@ class TelegramEmulator(Emulator):
             allow = isinstance(reply, dict) and bool(reply.get("allow_sending_without_reply"))
             reply_chat = reply.get("chat_id", chat_id) if isinstance(reply, dict) else chat_id
             if bot.message_exists(int(reply_chat), int(reply_to)):
-                message["reply_to_message"] = {
-                    "message_id": int(reply_to),
-                    "chat": _chat(int(reply_chat)),
-                    "date": message["date"],
-                }
+                message["reply_to_message"] = bot.replied(
+                    int(reply_chat), int(reply_to), message["date"]
+                )
                 record["reply_to_message_id"] = int(reply_to)
             elif not allow:
                 raise ApiError(400, "Bad Request: message to be replied not found")
         self._admit(bot, chat_id)
         message["message_id"] = record["message_id"] = bot.new_message_id(chat_id)
+        bot.remember(message)
         self.record_sent(record)
         return message
 

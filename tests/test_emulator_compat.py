@@ -1,0 +1,504 @@
+"""The platforms' own client libraries against the emulators.
+
+The requirement is that the emulators are faithful enough for the libraries
+people actually use: python-telegram-bot (v21+) and discord.py (v2). Both are
+asyncio libraries, so each check is a small asyncio script run in a
+subprocess against an emulator served in-process by this test's trio loop.
+The script drives the scenario (it must wait for its own client to be ready
+before injecting), prints ``CHECK <name>`` per step and a final ``RESULT
+<json>``; the test asserts on both and on the emulator's own state.
+
+Which interpreter runs the scripts: ``$SWITCHBOARD_COMPAT_PYTHON`` when set
+(a separate virtualenv keeps the project's clean), else this interpreter if
+it can import both libraries; otherwise the module is skipped.
+
+Real time and real sockets (the libraries have their own clocks): emulators
+use tiny intervals, and every test has a hard ceiling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import textwrap
+from typing import Any, Final
+
+import pytest
+import trio
+
+from providers.emulators.base import open_emulator
+from providers.emulators.discord import DiscordEmulator
+from providers.emulators.telegram import TelegramEmulator
+
+
+def _compat_python() -> str | None:
+    configured = os.environ.get("SWITCHBOARD_COMPAT_PYTHON")
+    if configured:
+        return configured
+    if all(importlib.util.find_spec(name) is not None for name in ("telegram", "discord")):
+        return sys.executable
+    return None
+
+
+PYTHON: Final = _compat_python()
+CEILING: Final = 45.0  # seconds; a run takes a few, only a hang gets near it
+SCRIPT_TIMEOUT: Final = 10.0  # seconds any single await inside a script may take
+
+pytestmark = pytest.mark.skipif(
+    PYTHON is None,
+    reason="python-telegram-bot / discord.py not installed (pip install -e '.[test]')",
+)
+
+
+async def run_script(script: str, *args: str) -> tuple[list[str], dict[str, Any]]:
+    """Run ``script`` with the compat interpreter; its CHECK names and RESULT."""
+    assert PYTHON is not None
+    prelude = f"STEP_TIMEOUT = {SCRIPT_TIMEOUT!r}\n"
+    done = await trio.run_process(
+        [PYTHON, "-c", prelude + textwrap.dedent(script), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, f"the script failed ({done.returncode}):\n{out}\n{err}"
+    lines = out.splitlines()
+    checks = [line.split(" ", 1)[1] for line in lines if line.startswith("CHECK ")]
+    results = [line.split(" ", 1)[1] for line in lines if line.startswith("RESULT ")]
+    assert len(results) == 1, f"no RESULT line:\n{out}\n{err}"
+    return checks, json.loads(results[0])
+
+
+# --- Telegram: python-telegram-bot ---------------------------------------------------------
+
+TOKEN: Final = "123456:" + "A" * 35
+
+TELEGRAM_BOT_API = """
+import asyncio, json, sys
+import httpx
+from telegram import Bot, ReplyParameters
+from telegram.constants import ParseMode
+
+base, token = sys.argv[1], sys.argv[2]
+
+async def inject(**body):
+    async with httpx.AsyncClient() as client:
+        response = await client.post(base + "/_emulator/inject", json=body)
+        response.raise_for_status()
+
+async def main():
+    async with Bot(token, base_url=base + "/bot") as bot:
+        me = await bot.get_me()
+        assert me.id == 123456 and me.is_bot and me.username, me
+        print("CHECK get_me")
+
+        await inject(chat_id=42, text="question", token=token)
+        updates = await bot.get_updates(timeout=5)
+        assert [u.message.text for u in updates] == ["question"], updates
+        question = updates[0].message
+        assert question.chat.id == 42 and question.from_user.id == 42
+        print("CHECK get_updates")
+        assert await bot.get_updates(offset=updates[-1].update_id + 1, timeout=0) == ()
+        print("CHECK offset confirms")
+
+        hello = await bot.send_message(42, "<b>hi</b>", parse_mode=ParseMode.HTML)
+        assert hello.chat.id == 42 and hello.from_user.id == me.id, hello
+        print("CHECK send_message")
+        reply = await bot.send_message(
+            42, "answer", reply_parameters=ReplyParameters(question.message_id)
+        )
+        assert reply.reply_to_message.message_id == question.message_id
+        assert reply.reply_to_message.text == "question", reply.reply_to_message
+        print("CHECK reply")
+        photo = await bot.send_photo(43, "https://cdn.example/cat.jpg", caption="cat")
+        assert photo.photo and photo.caption == "cat", photo
+        print("CHECK send_photo")
+
+        async def later():
+            await asyncio.sleep(0.2)
+            await inject(chat_id=-1001, text="/start@emu123456_bot go", from_id=7, token=token)
+
+        poll = asyncio.create_task(
+            bot.get_updates(offset=updates[-1].update_id + 1, timeout=5)
+        )
+        await later()
+        held = await asyncio.wait_for(poll, STEP_TIMEOUT)
+        command = held[0].message
+        assert command.chat.type == "supergroup" and command.from_user.id == 7
+        assert command.parse_entities() != {}, command
+        assert [e.type for e in command.entities] == ["bot_command"], command.entities
+        print("CHECK long poll")
+        await bot.get_updates(offset=held[-1].update_id + 1, timeout=0)
+    print("RESULT " + json.dumps({"hello_id": hello.message_id}))
+
+asyncio.run(main())
+"""
+
+
+async def test_python_telegram_bot_calls() -> None:
+    emulator = TelegramEmulator(chat_interval=0.0)  # several sends to one chat in a row
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(TELEGRAM_BOT_API, url, TOKEN)
+    assert checks == [
+        "get_me",
+        "get_updates",
+        "offset confirms",
+        "send_message",
+        "reply",
+        "send_photo",
+        "long poll",
+    ]
+    assert [(s["method"], s["chat_id"]) for s in emulator.sent] == [
+        ("sendMessage", 42),
+        ("sendMessage", 42),
+        ("sendPhoto", 43),
+    ]
+    assert emulator.sent[0]["parse_mode"] == "HTML"  # passed through as sent
+    assert emulator.sent[0]["message_id"] == result["hello_id"]
+    assert emulator.sent[1]["reply_to_message_id"] == 1
+    assert emulator.sent[2]["media"] == "https://cdn.example/cat.jpg"
+    assert emulator.bots[TOKEN].updates == []
+
+
+TELEGRAM_ERRORS = """
+import asyncio, json, sys
+import httpx
+from telegram import Bot
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter
+
+base, token = sys.argv[1], sys.argv[2]
+banned = "654321:" + "B" * 35
+
+async def fault(**body):
+    async with httpx.AsyncClient() as client:
+        response = await client.post(base + "/_emulator/fault", json=body)
+        response.raise_for_status()
+
+def seconds(retry_after):
+    return getattr(retry_after, "total_seconds", lambda: retry_after)()
+
+async def main():
+    result = {}
+    async with Bot(token, base_url=base + "/bot") as bot:
+        await bot.send_message(1, "first")
+        try:
+            await bot.send_message(1, "too soon")  # one per second per chat
+        except RetryAfter as exc:
+            result["chat_retry_after"] = seconds(exc.retry_after)
+        print("CHECK per-chat 429")
+        await fault(kind="unknown_chat", chat_id=2)
+        try:
+            await bot.send_message(2, "x")
+        except BadRequest as exc:
+            result["unknown_chat"] = exc.message
+        print("CHECK chat not found")
+        await fault(kind="block", chat_id=3)
+        try:
+            await bot.send_message(3, "x")
+        except Forbidden as exc:
+            result["blocked"] = exc.message
+        print("CHECK blocked")
+        await fault(kind="rate_limit", duration=5)
+        try:
+            await bot.send_message(4, "x")
+        except RetryAfter as exc:
+            result["retry_after"] = seconds(exc.retry_after)
+        print("CHECK global 429")
+    await fault(kind="ban_token", token=banned)
+    try:
+        await Bot(banned, base_url=base + "/bot").initialize()
+    except InvalidToken as exc:
+        result["banned"] = type(exc).__name__
+    print("CHECK banned token")
+    try:
+        await Bot("not-a-token", base_url=base + "/bot").get_me()
+    except InvalidToken as exc:
+        result["malformed"] = type(exc).__name__
+    print("CHECK malformed token")
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+
+
+async def test_python_telegram_bot_error_mapping() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(TELEGRAM_ERRORS, url, TOKEN)
+    assert len(checks) == 6
+    assert result == {
+        "chat_retry_after": 1,
+        "unknown_chat": "Chat not found",  # the library capitalizes the description
+        "blocked": "Forbidden: bot was blocked by the user",
+        "retry_after": 5,
+        "banned": "InvalidToken",
+        "malformed": "InvalidToken",
+    }
+    assert emulator.stats["error_401"] == 1 and emulator.stats["error_404"] == 1
+
+
+TELEGRAM_APPLICATION = """
+import asyncio, json, sys
+import httpx
+from telegram.ext import ApplicationBuilder, CommandHandler, MessageHandler, filters
+
+base, token = sys.argv[1], sys.argv[2]
+
+async def main():
+    seen = asyncio.Queue()
+
+    async def echo(update, context):
+        await update.message.reply_text("echo: " + update.message.text)
+        await seen.put(("text", update.message.text))
+
+    async def start(update, context):
+        await seen.put(("command", context.args))
+
+    app = ApplicationBuilder().token(token).base_url(base + "/bot").build()
+    app.add_handler(CommandHandler("start", start))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, echo))
+    async with app:
+        await app.start()
+        await app.updater.start_polling(poll_interval=0.0, timeout=1)
+        print("CHECK polling")
+        got = []
+        async with httpx.AsyncClient() as client:
+            for chat_id, text in [(42, "ping"), (43, "/start now")]:
+                response = await client.post(
+                    base + "/_emulator/inject", json={"chat_id": chat_id, "text": text}
+                )
+                response.raise_for_status()
+                got.append(await asyncio.wait_for(seen.get(), STEP_TIMEOUT))
+        print("CHECK handlers")
+        await app.updater.stop()
+        await app.stop()
+    print("RESULT " + json.dumps(got))
+
+asyncio.run(main())
+"""
+
+
+async def test_python_telegram_bot_application_polls_and_dispatches() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(TELEGRAM_APPLICATION, url, TOKEN)
+    assert checks == ["polling", "handlers"]
+    # The command reaches CommandHandler: it needs the bot_command entity Telegram adds.
+    assert result == [["text", "ping"], ["command", ["now"]]]
+    assert [(s["chat_id"], s["text"]) for s in emulator.sent] == [(42, "echo: ping")]
+    assert emulator.stats["method_deletewebhook"] >= 1  # start_polling clears any webhook
+
+
+# --- Discord: discord.py -----------------------------------------------------------------
+
+DISCORD_PRELUDE = """
+import asyncio, json, logging, sys
+import aiohttp, yarl
+import discord
+import discord.gateway
+from discord.http import Route
+
+base, token = sys.argv[1], sys.argv[2]
+# The two knobs for another host: REST base, and the gateway a plain Client dials
+# (discord.py 2.x does not ask GET /gateway/bot unless it is auto-sharded).
+Route.BASE = base + "/api/v10"
+discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(
+    base.replace("http://", "ws://") + "/gateway"
+)
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+async def control(path, **body):
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + "/_emulator/" + path, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+async def step(queue, kind):
+    while True:
+        event = await asyncio.wait_for(queue.get(), STEP_TIMEOUT)
+        if event[0] == kind:
+            return event[1:]
+"""
+
+DISCORD_CLIENT = (
+    DISCORD_PRELUDE
+    + """
+CHANNEL = 300000000000000001
+
+intents = discord.Intents.default()
+intents.message_content = True
+client = discord.Client(intents=intents, guild_ready_timeout=0.2)
+events = asyncio.Queue()
+
+@client.event
+async def on_ready():
+    await events.put(("ready",))
+
+@client.event
+async def on_resumed():
+    await events.put(("resumed",))
+
+@client.event
+async def on_message(message):
+    await events.put(("message", message))
+
+async def scenario():
+    result = {}
+    await step(events, "ready")
+    result["user_id"] = str(client.user.id)
+    result["guilds"] = [str(g.id) for g in client.guilds]
+    print("CHECK ready")
+    shards, url, _ = await client.http.get_bot_gateway()
+    assert url.startswith(base.replace("http://", "ws://")), url
+    print("CHECK gateway/bot")
+
+    await control("inject", channel_id=str(CHANNEL), content="hello bot")
+    (message,) = await step(events, "message")
+    assert message.content == "hello bot" and not message.author.bot
+    assert isinstance(message.channel, discord.TextChannel), message.channel
+    assert message.guild is not None and isinstance(message.author, discord.Member)
+    print("CHECK on_message")
+
+    pong = await message.channel.send("pong")
+    assert pong.content == "pong" and pong.author == client.user
+    (echo,) = await step(events, "message")
+    assert echo.id == pong.id and echo.guild is not None
+    partial = client.get_partial_messageable(CHANNEL)
+    reply = await partial.send("re", reference=message)
+    assert reply.reference.message_id == message.id
+    assert reply.reference.resolved is not None and reply.reference.resolved.content == "hello bot"
+    print("CHECK send")
+
+    await asyncio.sleep(1.0)  # a few heartbeat intervals
+    assert client.latency != float("inf")
+    print("CHECK heartbeats")
+
+    await control("fault", kind="drop")
+    await step(events, "resumed")
+    await control("inject", channel_id=str(CHANNEL), content="after resume")
+    (after,) = await step(events, "message")
+    assert after.content == "after resume"
+    print("CHECK resume")
+    result["sent"] = [pong.id, reply.id]
+    await client.close()
+    return result
+
+async def main():
+    async with client:
+        task = asyncio.create_task(scenario())
+        await client.start(token)
+        print("RESULT " + json.dumps(await task))
+
+asyncio.run(main())
+"""
+)
+
+
+async def test_discord_py_client_connects_receives_sends_and_resumes() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=0.25)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(DISCORD_CLIENT, url, "compat-token")
+    assert checks == ["ready", "gateway/bot", "on_message", "send", "heartbeats", "resume"]
+    assert result["user_id"] == DiscordEmulator.user_id_for("compat-token")
+    assert result["guilds"] == ["200000000000000001"]
+    assert [int(m["id"]) for m in emulator.sent] == result["sent"]
+    assert [m["content"] for m in emulator.sent] == ["pong", "re"]
+    assert emulator.stats["identify"] == 1 and emulator.stats["resume"] == 1
+    assert emulator.stats["heartbeat_acks"] >= 3
+    assert emulator.stats["gateway_close_4009"] == 0
+
+
+DISCORD_ERRORS = (
+    DISCORD_PRELUDE
+    + """
+async def main():
+    result = {}
+    await control("fault", kind="ban_token", token="banned-token")
+    try:
+        async with discord.Client(intents=discord.Intents.default()) as banned:
+            await banned.login("banned-token")
+    except discord.LoginFailure:
+        result["banned"] = "LoginFailure"
+    print("CHECK banned token")
+
+    client = discord.Client(intents=discord.Intents.default())
+    async with client:
+        await client.login(token)
+        channel = client.get_partial_messageable(300000000000000001)
+        await control("fault", kind="rate_limit", duration=1)
+        sent = await channel.send("waited out the 429")  # discord.py sleeps and retries
+        result["after_429"] = sent.content
+        print("CHECK global 429")
+        await control("fault", kind="delete_channel", channel_id="300000000000000002")
+        try:
+            await client.get_partial_messageable(300000000000000002).send("x")
+        except discord.NotFound as exc:
+            result["deleted"] = [exc.status, exc.code, exc.text]
+        print("CHECK unknown channel")
+        try:
+            await client.http.request(Route("GET", "/no/such/route"))
+        except discord.NotFound as exc:
+            result["no_route"] = [exc.status, exc.text]
+        print("CHECK unknown route")
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+)
+
+
+async def test_discord_py_error_mapping() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=0.25)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(DISCORD_ERRORS, url, "compat-token")
+    assert len(checks) == 4
+    assert result == {
+        "banned": "LoginFailure",
+        "after_429": "waited out the 429",
+        "deleted": [404, 10003, "Unknown Channel"],
+        "no_route": [404, "404: Not Found"],
+    }
+    assert emulator.stats["rest_429"] >= 1 and emulator.stats["rest_401"] == 1
+
+
+DISCORD_CHUNKING = (
+    DISCORD_PRELUDE
+    + """
+intents = discord.Intents.default()
+intents.members = True  # without presences: discord.py chunks every guild before on_ready
+client = discord.Client(intents=intents, guild_ready_timeout=0.2)
+
+@client.event
+async def on_ready():
+    guild = client.guilds[0]
+    result = {"chunked": guild.chunked, "members": sorted(str(m.id) for m in guild.members)}
+    print("CHECK ready")
+    print("RESULT " + json.dumps(result))
+    await client.close()
+
+asyncio.run(asyncio.wait_for(client.start(token), STEP_TIMEOUT))
+"""
+)
+
+
+async def test_discord_py_chunks_guilds_with_the_members_intent() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=0.25)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as url:
+            started = trio.current_time()
+            checks, result = await run_script(DISCORD_CHUNKING, url, "compat-token")
+            elapsed = trio.current_time() - started
+    assert checks == ["ready"]
+    assert result == {
+        "chunked": True,
+        "members": sorted(["100000000000000000", DiscordEmulator.user_id_for("compat-token")]),
+    }
+    assert emulator.stats["op_8"] == 1
+    assert elapsed < 5.0  # discord.py gives up on a missing GUILD_MEMBERS_CHUNK after 5 s
