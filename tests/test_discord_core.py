@@ -267,8 +267,36 @@ def test_op9_not_resumable_identifies_anew_after_one_to_five_seconds() -> None:
     actions = core.receive(frame(9, False), 1.0)
     assert actions[-1] == Reconnect(resume=False, delay=3.0)
     assert core.session_state().data == {}
-    assert sent(hello(core, now=4.0))[0]["op"] == 2
+    # Hello at t=4, but the last Identify was at t=0: Discord admits one per 5 s
+    assert [f["op"] for f in sent(hello(core, now=4.0))] == []
+    assert run_until_identify(core) == [(4.25, 1), (5.0, 2)]
     assert core.identifies == 2
+
+
+def run_until_identify(core: GatewayCore) -> list[tuple[float, int]]:
+    """Fire the core's timers (acking heartbeats) until it identifies; (time, op) sent."""
+    before = core.identifies
+    frames: list[tuple[float, int]] = []
+    while core.identifies == before:
+        now = core.next_deadline()
+        assert now is not None, "nothing scheduled: the identify would never be sent"
+        for payload in sent(core.timer(now)):
+            frames.append((now, payload["op"]))
+            if payload["op"] == 1:
+                core.receive(frame(11), now)
+    return frames
+
+
+def test_identifies_are_five_seconds_apart_and_heartbeats_go_on_meanwhile() -> None:
+    core = connected_core()  # identified at t=0
+    core.receive(frame(9, False), 0.5)
+    hello(core, now=1.0)
+    assert core.identifies == 1
+    # heartbeats at 1.25 (jittered), 2.25, 3.25, 4.25; the Identify at exactly 5.0
+    assert run_until_identify(core) == [(1.25, 1), (2.25, 1), (3.25, 1), (4.25, 1), (5.0, 2)]
+    core.receive(frame(9, False), 6.0)
+    assert sent(hello(core, now=20.0))[0]["op"] == 2  # much later: no wait
+    assert core.identifies == 3
 
 
 def test_op9_delay_is_drawn_between_one_and_five_seconds() -> None:
@@ -306,7 +334,7 @@ def test_close_codes_that_end_the_session_identify_anew(code: int) -> None:
     core = connected_core()
     actions = core.connection_lost(code, 1.0)
     assert actions[-1] == Reconnect(resume=False)
-    assert sent(hello(core, 2.0))[0]["op"] == 2
+    assert sent(hello(core, 6.0))[0]["op"] == 2  # past the 5 s identify spacing
 
 
 @pytest.mark.parametrize("code", [None, 1000, 1001, 1006, 1011, 4000, 4001, 4002, 4003, 4005, 4008])
@@ -375,8 +403,8 @@ def test_identify_budget_counts_down_and_a_resume_costs_nothing() -> None:
     ready(core)
     core.connection_lost(1006, 1.0)
     assert sent(hello(core, 1.0))[0]["op"] == 6  # resume: free
-    core.connection_lost(4009, 2.0)
-    actions = hello(core, 2.0)
+    core.connection_lost(4009, 6.0)
+    actions = hello(core, 6.0)  # past the 5 s identify spacing: the budget decides
     assert isinstance(actions[-1], Fail) and isinstance(actions[-1].error, RateLimited)
 
 

@@ -79,6 +79,10 @@ SEND_WINDOW: Final = 60.0  # seconds
 HEARTBEAT_RESERVE: Final = 5  # frames of SEND_LIMIT kept for heartbeats / identify
 HELLO_TIMEOUT: Final = 20.0  # seconds from socket open to Hello
 INVALID_SESSION_DELAY: Final = (1.0, 5.0)  # seconds, uniform, before identifying anew
+# Discord admits one Identify per 5 s per max_concurrency bucket; a single
+# connection is always in bucket 0 (shard 0), so it keeps its own identifies
+# 5 s apart whatever max_concurrency says (which only matters for sharding).
+IDENTIFY_SPACING: Final = 5.0  # seconds
 MAX_RECONNECTS: Final = 5  # consecutive sockets without READY/RESUMED
 RESUMABLE_CLOSE_CODE: Final = 4000  # anything but 1000/1001 keeps the session
 NORMAL_CLOSE_CODE: Final = 1000  # invalidates the session
@@ -302,6 +306,8 @@ class GatewayCore:
         self._awaiting_ack = False
         self._heartbeat_sent_at: float | None = None
         self._hello_deadline: float | None = None
+        self._last_identify: float | None = None
+        self._identify_at: float | None = None
         self._reconnects = 0
         self.identifies = 0
         self.resumes = 0
@@ -353,6 +359,8 @@ class GatewayCore:
         deadlines: list[float] = []
         if self.state is GatewayState.AWAITING_HELLO and self._hello_deadline is not None:
             deadlines.append(self._hello_deadline)
+        if self.state is GatewayState.IDENTIFYING and self._identify_at is not None:
+            deadlines.append(self._identify_at)
         if self._socket_live() and self._next_heartbeat is not None:
             deadlines.append(self._next_heartbeat)
         if self.state is GatewayState.CONNECTED and self._queue:
@@ -370,6 +378,7 @@ class GatewayCore:
         """A new socket is open; wait for Hello."""
         self.state = GatewayState.AWAITING_HELLO
         self._hello_deadline = now + self._hello_timeout
+        self._identify_at = None
         self._next_heartbeat = None
         self._awaiting_ack = False
         self.limiter.reset()
@@ -433,6 +442,9 @@ class GatewayCore:
             actions.append(self._heartbeat(now))
             assert self.heartbeat_interval is not None
             self._next_heartbeat = now + self.heartbeat_interval
+        identify_due = self._identify_at is not None and now >= self._identify_at
+        if self.state is GatewayState.IDENTIFYING and identify_due:
+            actions.extend(self._identify(now))
         if self.state is GatewayState.CONNECTED:
             actions.extend(self._flush(now))
         return actions
@@ -549,11 +561,20 @@ class GatewayCore:
             self.resumes += 1
             resume = {"token": self._token, "session_id": self.session_id, "seq": self.seq}
             return [self._send({"op": int(Op.RESUME), "d": resume}, now)]
+        self.state = GatewayState.IDENTIFYING
+        if self._last_identify is not None and now < self._last_identify + IDENTIFY_SPACING:
+            # Too soon after the last one: heartbeat meanwhile, identify when allowed.
+            self._identify_at = self._last_identify + IDENTIFY_SPACING
+            return []
+        return self._identify(now)
+
+    def _identify(self, now: float) -> list[Action]:
+        self._identify_at = None
         refused = self._take_identify(now)
         if refused is not None:
             self.state = GatewayState.FAILED
             return [CloseSocket(code=NORMAL_CLOSE_CODE, reason="identify budget spent"), refused]
-        self.state = GatewayState.IDENTIFYING
+        self._last_identify = now
         self.identifies += 1
         identify = {"token": self._token, "intents": self.intents, "properties": self.properties}
         return [self._send({"op": int(Op.IDENTIFY), "d": identify}, now)]
