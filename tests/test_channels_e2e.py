@@ -57,7 +57,7 @@ class Rig:
     peer: str
     drop: dict[str, Any] | None  # None: the platform keeps no link to drop (WhatsApp)
     fatal: dict[str, Any]
-    bad_peer: Callable[[str], Any] | None = None  # makes a peer undeliverable
+    bad_peer: Callable[[str], Any]  # makes peer "404" undeliverable
     webhooks: bool = False  # inbound arrives by webhook (served by the test)
 
 
@@ -307,8 +307,6 @@ async def test_a_fatal_error_fails_the_channel_without_hammering(rig: Rig) -> No
 
 
 async def test_an_undeliverable_message_is_dead_lettered(rig: Rig) -> None:
-    if rig.bad_peer is None:
-        pytest.skip(f"{rig.name}: the emulator has no undeliverable peer")
     sink = MemoryInboundSink()
     with trio.fail_after(CEILING):
         async with open_rig(rig, sink) as (channel, base_url):
