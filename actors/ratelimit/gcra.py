@@ -1,0 +1,246 @@
+"""The GCRA: one token bucket, its exact schedule, and its frozen state."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from ._grid import (
+    _NS_PER_SECOND,
+    _TOLERANCE_NS,
+    ARRIVAL_TOLERANCE,
+    CLOCK_ALLOWANCE,
+    _check_time,
+    _later,
+    _time_of,
+    _to_ns,
+    _wait,
+)
+from .curve import ArrivalCurve
+
+
+@attrs.frozen(kw_only=True)
+class GCRAState:
+    """One bucket's state.
+
+    Attributes:
+        tat_ns: the theoretical arrival time in whole nanoseconds on the
+            caller's clock (rounded up on export, so a restored bucket is at
+            most 1 ns stricter), or ``None`` for a fresh bucket.
+        paused_until: no admission before this time (seconds), or ``None``.
+    """
+
+    tat_ns: int | None = None
+    paused_until: float | None = None
+
+
+class _Bucket:
+    __slots__ = ("paused_until", "tat")
+
+    def __init__(self, tat: int | None = None, paused_until: float | None = None) -> None:
+        self.tat = tat  # ticks of 1/p ns, or None when fresh
+        self.paused_until = paused_until
+
+
+class _Schedule:
+    """Exact GCRA arithmetic for one (rate, burst); buckets hold the state."""
+
+    __slots__ = ("burst", "inc", "limit", "p", "rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        rate = float(rate)
+        if not (math.isfinite(rate) and rate > 0.0):
+            raise ValueError(f"rate must be a finite number of units per second > 0, got {rate!r}")
+        if not isinstance(burst, int) or burst < 1:
+            raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+        p, q = rate.as_integer_ratio()
+        self.rate = rate
+        self.burst = burst
+        self.p = p  # ticks per nanosecond
+        self.inc = _NS_PER_SECOND * q  # ticks per unit of cost: the emission interval
+        self.limit = burst * self.inc + _TOLERANCE_NS * p  # most TAT may lead now, in ticks
+
+    @property
+    def curve(self) -> ArrivalCurve:
+        return ArrivalCurve(
+            rate=self.rate, burst=self.burst, tolerance=ARRIVAL_TOLERANCE + CLOCK_ALLOWANCE
+        )
+
+    def check_cost(self, cost: int) -> None:
+        if not (isinstance(cost, int) and 1 <= cost <= self.burst):
+            raise ValueError(
+                f"cost must be an integer between 1 and burst ({self.burst}), got {cost!r}; "
+                "a cost above burst could never be admitted"
+            )
+
+    def admit(self, bucket: _Bucket, now: float, ns: int, cost: int, *, commit: bool) -> bool:
+        if bucket.paused_until is not None and now < bucket.paused_until:
+            return False
+        now_ticks = ns * self.p
+        tat = bucket.tat
+        start = now_ticks if tat is None or tat < now_ticks else tat
+        new_tat = start + cost * self.inc
+        if new_tat - now_ticks > self.limit:
+            return False
+        if commit:
+            bucket.tat = new_tat
+        return True
+
+    def deadline(self, bucket: _Bucket, cost: int) -> float:
+        earliest = -math.inf
+        if bucket.tat is not None:
+            need = bucket.tat + cost * self.inc - self.limit  # admit iff now_ticks >= need
+            earliest = _time_of(-(-need // self.p))
+        return _later(bucket.paused_until, earliest)
+
+    def full_at(self, bucket: _Bucket) -> float:
+        earliest = -math.inf if bucket.tat is None else _time_of(-(-bucket.tat // self.p))
+        return _later(bucket.paused_until, earliest)
+
+    def is_full(self, bucket: _Bucket, now: float, ns: int) -> bool:
+        return (bucket.tat is None or bucket.tat <= ns * self.p) and (
+            bucket.paused_until is None or now >= bucket.paused_until
+        )
+
+    def export(self, bucket: _Bucket) -> GCRAState:
+        tat_ns = None if bucket.tat is None else -(-bucket.tat // self.p)
+        return GCRAState(tat_ns=tat_ns, paused_until=bucket.paused_until)
+
+    def restore(self, state: GCRAState) -> _Bucket:
+        if state.paused_until is not None:
+            _check_time(state.paused_until, "state.paused_until")
+        tat = None if state.tat_ns is None else state.tat_ns * self.p
+        return _Bucket(tat, state.paused_until)
+
+    def describe(self, bucket: _Bucket) -> str:
+        tat = None if bucket.tat is None else bucket.tat / self.p / _NS_PER_SECOND
+        text = f"rate={self.rate!r}/s burst={self.burst} tat={tat!r}"
+        if bucket.paused_until is not None:
+            text += f" paused_until={bucket.paused_until!r}"
+        return text
+
+
+class GCRA:
+    """A token bucket computed as the Generic Cell Rate Algorithm.
+
+    A fresh bucket admits ``burst`` units at once and then ``rate`` units per
+    second; in any window it stays within :attr:`arrival_curve`.
+
+    Args:
+        rate: units per second (> 0).
+        burst: units admissible at once (>= 1).
+        state: a state exported by :attr:`state`, to continue from.
+
+    Raises:
+        ValueError: if ``rate`` or ``burst`` is out of range.
+    """
+
+    __slots__ = ("_bucket", "_schedule")
+
+    def __init__(self, *, rate: float, burst: int, state: GCRAState | None = None) -> None:
+        self._schedule = _Schedule(rate, burst)
+        self._bucket = self._schedule.restore(GCRAState() if state is None else state)
+
+    @property
+    def rate(self) -> float:
+        """Units per second."""
+        return self._schedule.rate
+
+    @property
+    def burst(self) -> int:
+        """Units admissible at once."""
+        return self._schedule.burst
+
+    @property
+    def arrival_curve(self) -> ArrivalCurve:
+        """The curve this limiter never exceeds, over any window."""
+        return self._schedule.curve
+
+    @property
+    def state(self) -> GCRAState:
+        """A frozen snapshot to hand to a restarted owner's ``GCRA(state=...)``."""
+        return self._schedule.export(self._bucket)
+
+    def try_acquire(self, now: float, cost: int = 1) -> bool:
+        """Admit and charge ``cost`` units now, if the curve allows it.
+
+        Args:
+            now: the current time, in seconds.
+            cost: units to charge (1 to ``burst``).
+
+        Returns:
+            ``True`` if admitted (and charged), ``False`` if not (nothing changes).
+
+        Raises:
+            ValueError: if ``now`` or ``cost`` is out of range.
+        """
+        _check_time(now)
+        self._schedule.check_cost(cost)
+        return self._schedule.admit(self._bucket, now, _to_ns(now), cost, commit=True)
+
+    def next_deadline(self, cost: int = 1) -> float:
+        """Return the earliest time at which ``try_acquire(t, cost)`` succeeds.
+
+        Exact: it succeeds at every ``t`` at or after the result and fails at
+        every ``t`` before it, as long as nothing else is admitted meanwhile.
+
+        Args:
+            cost: units to charge (1 to ``burst``).
+
+        Returns:
+            A clock time in seconds, possibly in the past; ``-math.inf`` for a
+            fresh bucket.
+
+        Raises:
+            ValueError: if ``cost`` is out of range.
+        """
+        self._schedule.check_cost(cost)
+        return self._schedule.deadline(self._bucket, cost)
+
+    def delay(self, now: float, cost: int = 1) -> float:
+        """Return how long to wait before ``cost`` units would be admitted.
+
+        Args:
+            now: the current time, in seconds.
+            cost: units to charge (1 to ``burst``).
+
+        Returns:
+            Seconds to sleep; ``0.0`` if admissible now. ``now + delay`` is
+            itself admissible.
+
+        Raises:
+            ValueError: if ``now`` or ``cost`` is out of range.
+        """
+        _check_time(now)
+        return _wait(now, self.next_deadline(cost))
+
+    def pause_until(self, t: float) -> None:
+        """Admit nothing before ``t`` (a server-imposed wait); pauses only extend.
+
+        The bucket keeps refilling during the pause, within the same curve.
+
+        Args:
+            t: the time admissions may resume, in seconds.
+
+        Raises:
+            ValueError: if ``t`` is not a valid clock reading.
+        """
+        _check_time(t, "t")
+        self._bucket.paused_until = _later(self._bucket.paused_until, t)
+
+    def _with_state(self, state: GCRAState) -> GCRA:
+        return GCRA(rate=self.rate, burst=self.burst, state=state)
+
+    def _check(self, now: float, ns: int, cost: int, key: object) -> bool:
+        return self._schedule.admit(self._bucket, now, ns, cost, commit=False)
+
+    def _take(self, now: float, ns: int, cost: int, key: object) -> None:
+        admitted = self._schedule.admit(self._bucket, now, ns, cost, commit=True)
+        assert admitted, "checked just before, and nothing ran in between"
+
+    def _deadline(self, cost: int, key: object) -> float:
+        return self._schedule.deadline(self._bucket, cost)
+
+    def __repr__(self) -> str:
+        return f"<GCRA {self._schedule.describe(self._bucket)}>"
