@@ -350,6 +350,8 @@ class _Cell:
                         started = True
                         task_status.started()
                         exit = await self._task_loop(inst)
+                        if inst._has_on_stopping and exit is not _RESTART_EXIT:
+                            await self._call_on_stopping(inst, exit)
                         nursery.cancel_scope.cancel()
                 except Exception as exc:
                     error = _unwrap(exc)
@@ -625,6 +627,12 @@ class _Cell:
                 return
             self._kill()
         await event.wait()
+
+    async def _call_on_stopping(self, inst: Actor, exit: Exit) -> None:
+        try:
+            await inst.on_stopping(exit)
+        except Exception:
+            log.exception("%r: on_stopping raised; stopping anyway", self)
 
     def _kill(self) -> None:
         """Brutal kill: no ``on_stop``, owned tasks cancelled."""

@@ -104,6 +104,10 @@ class Actor:
       an ``ask`` (ignored for ``tell``). Raising crashes this incarnation.
     - ``on_stop(exit)``: runs when the incarnation ends for any reason but a
       brutal kill, with the :class:`Exit` reason.
+    - ``async on_stopping(exit)`` (actors with a task only): runs when a stop
+      was requested, *before* the incarnation's own tasks are cancelled, so
+      a connection can say goodbye while its reader still runs (a websocket
+      close handshake). It is bounded by the stopper's shutdown timeout.
 
     Inside the hooks, ``self.ref``, ``self.system``, ``self.stop()``,
     ``self.start_timer()`` and (async actors only) ``self.start_task()`` are
@@ -120,18 +124,26 @@ class Actor:
     _async_on_stop: ClassVar[bool] = False
     _has_on_start: ClassVar[bool] = False
     _has_on_stop: ClassVar[bool] = False
+    _has_on_stopping: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._async_on_start = _is_async(cls.on_start)
         cls._async_receive = _is_async(cls.receive)
         cls._async_on_stop = _is_async(cls.on_stop)
-        cls._needs_task = cls._async_on_start or cls._async_receive or cls._async_on_stop
         cls._has_on_start = cls.on_start is not Actor.on_start
         cls._has_on_stop = cls.on_stop is not Actor.on_stop
+        cls._has_on_stopping = cls.on_stopping is not Actor.on_stopping
+        cls._needs_task = (
+            cls._async_on_start or cls._async_receive or cls._async_on_stop or cls._has_on_stopping
+        )
 
     def on_start(self) -> Awaitable[None] | None:
         """Called before the first message of each incarnation."""
+        return None
+
+    async def on_stopping(self, exit: Exit) -> None:
+        """Called on a requested stop while the incarnation's tasks still run."""
         return None
 
     def receive(self, msg: Any) -> Any:

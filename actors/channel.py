@@ -179,6 +179,11 @@ class ChannelActor(Actor):
         self._connected = trio.Event()
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
+        self._stopping = False
+        self._log = logging.LoggerAdapter(
+            log,
+            {"channel": config.channel_id, "tenant": config.tenant, "provider": provider.name},
+        )
 
     @classmethod
     def factory(
@@ -227,6 +232,19 @@ class ChannelActor(Actor):
         self.start_task(self._run_connection)
         self.start_task(self._flush_periodically)
 
+    async def on_stopping(self, exit: Exit) -> None:
+        # Close while the provider's own tasks still run, so the close
+        # handshake completes (Discord: 4000, which keeps the session).
+        self._stopping = True  # the connection loop must not reconnect now
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self.memory.session = conn.session_state()
+            with trio.move_on_after(CLOSE_GRACE):
+                await conn.close(resumable=True)
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
     async def on_stop(self, exit: Exit) -> None:
         await self._flush()
         if self.memory.status is not ChannelStatus.FAILED:
@@ -253,6 +271,8 @@ class ChannelActor(Actor):
         if reason is not None and status in (ChannelStatus.BACKING_OFF, ChannelStatus.FAILED):
             memory.last_error = reason
         memory.connected_since = trio.current_time() if status is ChannelStatus.CONNECTED else None
+        if status is ChannelStatus.CONNECTED and previous is not status:
+            self._log.info("%r: connected", self)
         if previous is not status or status is ChannelStatus.BACKING_OFF:
             self._publish(
                 ChannelStateChanged(
@@ -286,7 +306,7 @@ class ChannelActor(Actor):
 
     async def _connection_loop(self) -> None:
         memory = self.memory
-        while True:
+        while not self._stopping:
             self._set_status(ChannelStatus.CONNECTING)
             wait: float
             try:
@@ -297,9 +317,11 @@ class ChannelActor(Actor):
             except RetriesExhausted as exc:
                 self._fail(exc)
                 return
+            if self._stopping:
+                return
             memory.counters["reconnects"] += 1
             self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
-            log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
+            self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
             await trio.sleep(wait)
 
     async def _connect_once(self) -> tuple[float, str]:
@@ -395,7 +417,7 @@ class ChannelActor(Actor):
             # Found by a send: the connection task must stop calling the platform too.
             self._connection_scope.cancel()
         self._failure = error
-        log.error("%r failed for good: %s", self, error)
+        self._log.error("%r failed for good: %s", self, error)
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
         self._connected.set()  # wake waiting sends so they see the failure
 

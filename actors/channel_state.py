@@ -14,7 +14,7 @@ import enum
 import itertools
 import random
 from collections import OrderedDict
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -31,6 +31,7 @@ __all__ = [
     "ChannelStatistics",
     "ChannelStatus",
     "DeadLetterQueue",
+    "EventReceiver",
     "OutboundDeadLetter",
     "RecentIds",
 ]
@@ -38,6 +39,13 @@ __all__ = [
 DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
 DEFAULT_PEER_BUCKETS: Final = 10_000  # per-peer limiter buckets per channel
 DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
+
+
+class EventReceiver(Protocol):
+    """Where a channel publishes events: a trio send channel, or anything that
+    takes an event without waiting (raising ``trio.WouldBlock`` when full)."""
+
+    def send_nowait(self, value: Any, /) -> None: ...
 
 
 class ChannelStatus(enum.Enum):
@@ -236,7 +244,7 @@ class ChannelMemory:
         self.session = session
         self.seen = RecentIds(settings.dedupe_window)
         self.dead_letters = DeadLetterQueue()
-        self.subscribers: list[tuple[trio.MemorySendChannel[Any], Any]] = []
+        self.subscribers: list[tuple[EventReceiver, Any]] = []
         # Inbound events not yet handed to the sink: kept here so a kill loses none.
         self.pending: list[Any] = []
         self.status = ChannelStatus.IDLE

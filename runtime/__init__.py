@@ -1,7 +1,56 @@
-"""The node: configuration, lifecycle, storage, cluster, admin and ops surfaces.
+"""The node: configuration, lifecycle, storage, ops surfaces and the CLI.
 
-So far it holds the ``switchboard`` command line (:mod:`runtime.cli`); the
-node itself arrives with the node issue.
+Embed a node in a trio program::
+
+    from runtime import load_config, open_node
+
+    async with open_node(load_config("config/local.toml")) as node:
+        with node.subscribe(kind="inbound") as events:
+            async for event in events:
+                await node.send(event.channel_id, reply_to(event.event))
+
+or run one from a file: ``switchboard run config/local.toml``.
 """
 
-__all__: list[str] = []
+from .config import ChannelSpec, NodeConfig, load_config, parse_config
+from .drain import DrainReport
+from .errors import (
+    ChannelExists,
+    ConfigError,
+    ConfigProblem,
+    ConnectionLimitReached,
+    NodeDraining,
+    NodeError,
+    StoreError,
+    UnknownChannel,
+)
+from .events import EventKind, NodeEvent, Subscription
+from .node import Node, open_node
+from .store import KeptMessage, Store, open_store
+from .view import ChannelSnapshot, NodeStatistics
+
+__all__ = [
+    "ChannelExists",
+    "ChannelSnapshot",
+    "ChannelSpec",
+    "ConfigError",
+    "ConfigProblem",
+    "ConnectionLimitReached",
+    "DrainReport",
+    "EventKind",
+    "KeptMessage",
+    "Node",
+    "NodeConfig",
+    "NodeDraining",
+    "NodeError",
+    "NodeEvent",
+    "NodeStatistics",
+    "Store",
+    "StoreError",
+    "Subscription",
+    "UnknownChannel",
+    "load_config",
+    "open_node",
+    "open_store",
+    "parse_config",
+]

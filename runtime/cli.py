@@ -17,6 +17,8 @@ from typing import Any
 
 __all__ = ["main"]
 
+EXIT_BAD_INPUT = 2  # bad usage or an invalid file
+
 
 def _version() -> str:
     try:
@@ -60,6 +62,39 @@ def _emulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(path: str) -> Any:
+    """The config at ``path``, or None after printing its problems to stderr."""
+    from runtime.config import load_config
+    from runtime.errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"switchboard: invalid configuration\n{exc}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EXIT_BAD_INPUT
+    enabled = sum(1 for channel in config.channels if channel.enabled)
+    print(
+        f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} channels "
+        f"enabled, storage {config.storage.backend})"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return EXIT_BAD_INPUT
+    from runtime.run import run_node
+
+    return run_node(config)
+
+
 def _emulator_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.platform == "whatsapp" and args.webhook_url:
@@ -85,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
     emulate.add_argument("--webhook-url", help="whatsapp: where to POST signed webhooks")
     emulate.add_argument("--app-secret", help="whatsapp: the secret that signs webhooks")
+    run = sub.add_parser(
+        "run", help="run a node from a deployment file until SIGINT/SIGTERM (then drain)"
+    )
+    run.add_argument("file", help="the deployment file, e.g. config/local.toml")
+    check = sub.add_parser(
+        "check", help="validate a deployment file without starting anything (exit 0 or 2)"
+    )
+    check.add_argument("file", help="the deployment file")
     sub.add_parser(
         "bench",
         help="run a benchmark scenario (same as `python -m bench`)",
@@ -102,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "emulate":
         return _emulate(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "run":
+        return _run(args)
     return 0
 
 

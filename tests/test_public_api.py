@@ -42,9 +42,14 @@ def test_public_names_have_docstrings(package: str) -> None:
 
 def test_error_trees_have_one_root_each() -> None:
     import actors
+    import runtime
     import supervisors
 
-    for package, root in ((actors, actors.ActorError), (supervisors, supervisors.SupervisorError)):
+    for package, root in (
+        (actors, actors.ActorError),
+        (supervisors, supervisors.SupervisorError),
+        (runtime, runtime.NodeError),
+    ):
         errors = [
             getattr(package, name)
             for name in package.__all__

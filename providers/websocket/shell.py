@@ -322,10 +322,12 @@ class WebSocketConnection:
                 self._nursery.start_soon(self._drop_link, 1000, "client gives up on the link")
             elif isinstance(action, CloseLink):
                 self._ready.set()
-                self._events_in.close()
+                # Handshake first, then end the events: a consumer that leaves
+                # the connection's block when they end would cut the handshake.
                 if self._ws is not None:
                     with trio.move_on_after(self._options.close_timeout):
                         await self._ws.aclose(action.code, action.reason)
+                self._events_in.close()
         if self._timer_scope is not None:
             self._timer_scope.deadline = self._core.next_deadline()
 

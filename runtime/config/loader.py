@@ -1,0 +1,356 @@
+"""Reading a deployment file into a :class:`~runtime.config.model.NodeConfig`.
+
+Design: four passes over the file, each collecting problems instead of
+stopping at the first, reported together in file order by one
+:class:`~runtime.errors.ConfigError`:
+
+1. TOML: a syntax error is the one problem that stops everything (with its line).
+2. :func:`runtime.config.refs.resolve`: ``${env:NAME}`` in every string.
+3. Our own cattrs converter, in detailed-validation mode, structures the
+   tree. Its hooks are strict (``42`` is not a string, ``true`` not a number,
+   ``3.5`` not an integer; a string from the environment may be a number),
+   reject unknown keys with the closest valid name, and apply each field's
+   :class:`~runtime.config.model.Check`. Its error tree becomes problems
+   with dotted paths.
+4. :mod:`runtime.config.rules`: what no single value can say.
+
+Secrets: a value at a secret path is never quoted; as a last guard, every
+problem text is scrubbed of the secret values the file resolved to, in case
+one travelled somewhere it is quoted (a token pasted into ``ops.port``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path as FilePath
+from typing import Any, Final, Literal, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.cols import list_structure_factory, mapping_structure_factory
+from cattrs.errors import AttributeValidationNote, ClassValidationError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from ..errors import ConfigError, ConfigProblem
+from . import refs, rules
+from .model import Check, NodeConfig
+
+__all__ = ["CONVERTER", "load_config", "parse_config"]
+
+_LOADER_FIELDS: Final[Mapping[type, frozenset[str]]] = {
+    NodeConfig: frozenset({"source", "resolved_secrets"})
+}
+"""Fields the loader sets, which a file may not."""
+
+_INTEGER: Final = re.compile(r"[+-]?[0-9]+")  # an integer from the environment
+_SCRUB_SUBSTRINGS_FROM: Final = 4  # characters; shorter secrets are only scrubbed as quoted values
+
+
+def load_config(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """Read and check a deployment file.
+
+    Args:
+        path: the TOML file.
+        env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+
+    Returns:
+        The config, with ``source`` set to ``path``.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or has problems
+            (all of them are listed).
+    """
+    source = os.fspath(path)
+    try:
+        text = FilePath(source).read_bytes().decode("utf-8")
+    except OSError as exc:
+        problem = ConfigProblem("", f"cannot read the file: {exc.strerror or exc}")
+        raise ConfigError(source, [problem]) from exc
+    except UnicodeDecodeError as exc:
+        problem = ConfigProblem("", f"the file is not UTF-8 text (bad byte at offset {exc.start})")
+        raise ConfigError(source, [problem]) from exc
+    return parse_config(text, source=source, env=env)
+
+
+def parse_config(
+    data: str | Mapping[str, Any],
+    *,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Check a deployment file's text (TOML) or its already parsed tables.
+
+    Args:
+        data: TOML text, or the tables it parses to.
+        source: where it came from, for messages and ``NodeConfig.source``.
+        env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: every problem found, in file order.
+    """
+    written = _parse_toml(data, source) if isinstance(data, str) else data
+    if not isinstance(written, Mapping):
+        raise ConfigError(source, [ConfigProblem("", "expected a table of settings")])
+    resolution = refs.resolve(
+        written, os.environ if env is None else env, secret=rules.holds_secret
+    )
+    found = [ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems]
+    config, problems = _structure(resolution.doc)
+    for rule in rules.WRITTEN_RULES:
+        problems.extend(rule(written))
+    for rule in rules.RULES:
+        problems.extend(rule(resolution.doc))
+    # A string whose reference failed is left as written; what else it fails is noise.
+    unresolved = {refs.dotted(path) for path in resolution.unresolved}
+    found.extend(problem for problem in problems if problem.path not in unresolved)
+    if found or config is None:
+        secrets = {*resolution.secrets, *_secret_values(written), *_secret_values(resolution.doc)}
+        raise ConfigError(source, _scrubbed(_in_file_order(found, written), secrets))
+    return attrs.evolve(config, source=source, resolved_secrets=resolution.secrets)
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [ConfigProblem("", f"invalid TOML: {exc}")]) from exc
+
+
+def _structure(doc: Mapping[str, Any]) -> tuple[NodeConfig | None, list[ConfigProblem]]:
+    try:
+        return CONVERTER.structure(doc, NodeConfig), []
+    except (cattrs.BaseValidationError, _Invalid) as exc:
+        return None, [ConfigProblem(refs.dotted(path), text) for path, text in _explain(exc, ())]
+
+
+def _explain(exc: BaseException, path: refs.Path) -> Iterator[tuple[refs.Path, str]]:
+    """cattrs' error tree as ``(path, message)``, in the order cattrs met them."""
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for inner, note in with_notes:
+            if isinstance(note, AttributeValidationNote):
+                if isinstance(inner, KeyError):
+                    yield path, f"missing required key {json.dumps(note.name)}"
+                else:
+                    yield from _explain(inner, (*path, note.name))
+            else:
+                yield from _explain(inner, (*path, note.index))
+        for inner in without:
+            yield from _explain(inner, path)
+    elif isinstance(exc, _Invalid):
+        yield path, exc.describe(quote_value=not rules.holds_secret(path))
+    elif isinstance(exc, _UnknownKey):
+        yield path, str(exc)
+    else:  # an attrs validator the loader does not know; its message hides secrets
+        yield path, f"invalid value ({exc})"
+
+
+# --- the converter ------------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """A value of the wrong type or out of range; the path is added by :func:`_explain`."""
+
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.value = value
+
+    def describe(self, *, quote_value: bool) -> str:
+        got = f", got {_show(self.value)}" if quote_value else ""
+        return f"expected {self.expected}{got}"
+
+
+class _UnknownKey(ValueError):
+    """A key the table does not have."""
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("a string", value)
+    return value
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):  # from the environment
+        return bool(value == "true")
+    raise _Invalid("true or false", value)
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    raise _Invalid("an integer", value)
+
+
+def _structure_float(value: Any, _: type) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise _Invalid("a number", value)
+    return number
+
+
+def _is_literal(type_: Any) -> bool:
+    return get_origin(type_) is Literal
+
+
+def _structure_literal(value: Any, type_: Any) -> Any:
+    choices = get_args(type_)
+    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        raise _Invalid("one of " + ", ".join(json.dumps(choice) for choice in choices), value)
+    return value
+
+
+def _shaped(
+    hook: Callable[[Any, Any], Any], shape: type, expected: str
+) -> Callable[[Any, Any], Any]:
+    """``hook``, refusing anything that is not a ``shape`` first."""
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, shape):
+            raise _Invalid(expected, value)
+        return hook(value, type_)
+
+    return structure
+
+
+def _table_hook(cl: type, converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """An attrs class from a TOML table: unknown keys and :class:`Check` s reported with paths."""
+    attrs.resolve_types(cl)
+    fields = attrs.fields(cl)
+    allowed = [a.name for a in fields if a.name not in _LOADER_FIELDS.get(cl, ())]
+    overrides = {
+        a.name: override(struct_hook=_checked(converter, a.type, a.validator))
+        for a in fields
+        if isinstance(a.validator, Check)
+    }
+    # mypy cannot tell these keyword overrides from the named parameters.
+    inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cl, converter, **overrides)  # type: ignore[arg-type]
+
+    def structure(value: Any, _: type) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Invalid("a table", value)
+        errors: list[Exception] = [
+            _UnknownKey(rules.unknown_name("key", key, allowed))
+            for key in value
+            if key not in allowed
+        ]
+        try:
+            result = inner({key: value[key] for key in value if key in allowed}, cl)
+        except ClassValidationError as exc:
+            errors[:0] = exc.exceptions
+        except (ValueError, TypeError) as exc:  # raised by the class itself
+            errors.insert(0, exc)
+        if errors:
+            raise ClassValidationError(f"While structuring {cl.__name__}", errors, cl)
+        return result
+
+    return structure
+
+
+def _checked(converter: cattrs.Converter, type_: Any, check: Check) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _: type) -> Any:
+        result = converter.structure(value, type_)
+        if result is not None and not check.test(result):
+            raise _Invalid(check.expected, value)
+        return result
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook_func(_is_literal, _structure_literal)
+    converter.register_structure_hook_factory(
+        lambda t: get_origin(t) is list,
+        lambda t: _shaped(list_structure_factory(t, converter), list, "an array"),
+    )
+    converter.register_structure_hook_factory(
+        lambda t: get_origin(t) is dict,
+        lambda t: _shaped(mapping_structure_factory(t, converter), Mapping, "a table"),
+    )
+    converter.register_structure_hook_factory(attrs.has, lambda cl: _table_hook(cl, converter))
+    return converter
+
+
+CONVERTER: Final = _make_converter()
+"""The deployment file's converter (never cattrs' global one)."""
+
+
+# --- reporting ---------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as the file would spell it (tables and arrays by kind only)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"  # a TOML date or time
+
+
+def _in_file_order(problems: list[ConfigProblem], doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Sorted by where their path (or its nearest written parent) is in the file; stable."""
+    positions = {refs.dotted(path): index for index, (path, _) in enumerate(refs.walk(doc))}
+
+    def position(problem: ConfigProblem) -> int:
+        path = problem.path
+        while path not in positions:
+            # Back up one segment; a cut inside a quoted key matches nothing.
+            cut = max(path.rfind(".", 0, len(path)), path.rfind("[", 0, len(path)))
+            path = path[: max(cut, 0)]
+        return positions[path]
+
+    return sorted(problems, key=position)
+
+
+def _secret_values(doc: Mapping[str, Any]) -> Iterator[str]:
+    for path, value in refs.walk(doc):
+        if rules.holds_secret(path) and isinstance(value, str | int | float):
+            yield str(value)
+
+
+def _scrubbed(problems: list[ConfigProblem], secrets: set[str]) -> list[ConfigProblem]:
+    """The problems without any secret in their text (longest secrets first)."""
+    ordered = sorted((secret for secret in secrets if secret), key=len, reverse=True)
+    clean = []
+    for problem in problems:
+        message = problem.message
+        for secret in ordered:
+            message = message.replace(json.dumps(secret, ensure_ascii=False), '"<secret>"')
+            if len(secret) >= _SCRUB_SUBSTRINGS_FROM:
+                message = message.replace(secret, "<secret>")
+        clean.append(attrs.evolve(problem, message=message))
+    return clean

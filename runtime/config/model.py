@@ -1,0 +1,397 @@
+"""The shape of a deployment file: one frozen attrs class per TOML table.
+
+Design: these classes are plain data. Reading a file into them (TOML,
+``${env:NAME}`` references, every problem reported at once with its path) is
+:mod:`runtime.config.loader`; the cross-field rules are
+:mod:`runtime.config.rules`. Fields that hold secrets are ``repr=False`` and
+listed by :meth:`NodeConfig.secrets`, so logging can scrub them.
+
+The rule on a single value (a positive rate, a port number, a channel id's
+alphabet) is a :class:`Check` on the field: attrs runs it when code builds a
+config (the embedded runtime, the admin console), and the loader runs the
+same check while reading a file, so it can report every bad value with its
+path instead of the first one. Type checks belong to the loader's converter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+__all__ = [
+    "BackoffConfig",
+    "ChannelSpec",
+    "Check",
+    "EmulatorConfig",
+    "LoggingConfig",
+    "NodeConfig",
+    "NodeSection",
+    "OpsConfig",
+    "ProfilingConfig",
+    "ProviderDefaults",
+    "RateLimitConfig",
+    "RestartBackoffConfig",
+    "StorageConfig",
+    "SupervisorConfig",
+]
+
+
+@attrs.frozen
+class Check:
+    """A rule on one value: an attrs validator the loader also understands.
+
+    ``None`` always passes (it means "unset"); the loader only calls
+    ``test`` on a value of the field's type.
+
+    Attributes:
+        expected: what a valid value is, as the loader words it:
+            ``"a positive number"`` gives ``expected a positive number, got -1``.
+        test: true for a valid value.
+    """
+
+    expected: str
+    test: Callable[[Any], bool] = attrs.field(repr=False)
+
+    def __call__(self, instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        """Validate ``value`` for attrs.
+
+        Raises:
+            ValueError: the value fails the check (it is named unless the
+                field is ``repr=False``, i.e. a secret).
+        """
+        if value is None or self.test(value):
+            return
+        shown = f", got {value!r}" if attribute.repr else ""
+        raise ValueError(f"{attribute.name}: expected {self.expected}{shown}")
+
+
+_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SQL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in schemes and bool(parts.netloc)
+
+
+POSITIVE: Final = Check("a positive number", lambda v: math.isfinite(v) and v > 0)
+AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: v >= 1)
+NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: v >= 0)
+FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
+PORT: Final = Check("a port number from 0 to 65535", lambda v: 0 <= v <= 65535)
+NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
+IDENTIFIER: Final = Check(
+    "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    lambda v: _ID.fullmatch(v) is not None,
+)
+SQL_NAME: Final = Check(
+    "an SQL name (letters, digits and '_', not starting with a digit)",
+    lambda v: _SQL_NAME.fullmatch(v) is not None,
+)
+HTTP_URL: Final = Check("an http:// or https:// URL", lambda v: _is_url(v, ("http", "https")))
+ENDPOINT_URL: Final = Check(
+    "an http(s):// or ws(s):// URL", lambda v: _is_url(v, ("http", "https", "ws", "wss"))
+)
+POSTGRES_URL: Final = Check("a postgresql:// URL", lambda v: _is_url(v, ("postgresql", "postgres")))
+
+
+@attrs.frozen(kw_only=True)
+class NodeSection:
+    """``[node]``: who this node is and how it stops.
+
+    Attributes:
+        id: the node's identity (logs, metrics, profiling tags, cluster).
+        drain_deadline: seconds a graceful shutdown waits for queued sends.
+        start_timeout: seconds startup waits for channels to connect before
+            reporting how many did.
+    """
+
+    id: str = attrs.field(default="local", validator=IDENTIFIER)
+    drain_deadline: float = attrs.field(default=10.0, validator=POSITIVE)
+    start_timeout: float = attrs.field(default=10.0, validator=POSITIVE)
+
+
+@attrs.frozen(kw_only=True)
+class StorageConfig:
+    """``[storage]``: where inbound events and unsent messages are kept.
+
+    Attributes:
+        backend: ``memory`` (nothing survives the process unless
+            ``outbox_file`` is set) or ``postgres``.
+        dsn: the PostgreSQL DSN (a secret: use ``${env:NAME}``).
+        schema: the PostgreSQL schema for the node's tables.
+        outbox_file: memory backend: a JSON file where messages that could
+            not be sent by the drain deadline are kept for the next start.
+        batch_size: inbound events written per batch.
+        flush_interval: seconds before a partial batch is written.
+    """
+
+    backend: Literal["memory", "postgres"] = "memory"
+    dsn: str | None = attrs.field(default=None, repr=False, validator=POSTGRES_URL)
+    schema: str = attrs.field(default="switchboard", validator=SQL_NAME)
+    outbox_file: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    batch_size: int = attrs.field(default=500, validator=AT_LEAST_ONE)
+    flush_interval: float = attrs.field(default=0.5, validator=POSITIVE)
+
+
+@attrs.frozen(kw_only=True)
+class OpsConfig:
+    """``[ops]``: the ops HTTP listener (health, metrics, webhooks).
+
+    Attributes:
+        enabled: serve it at all.
+        host: interface to bind.
+        port: TCP port (0 picks a free one).
+        public_url: the URL platforms reach this listener at, for webhooks
+            (defaults to ``http://host:port``).
+        api_token: bearer token that enables the message API
+            (``POST /v1/channels/{id}/messages``); a secret.
+    """
+
+    enabled: bool = True
+    host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
+    port: int = attrs.field(default=8321, validator=PORT)
+    public_url: str | None = attrs.field(default=None, validator=HTTP_URL)
+    api_token: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ProfilingConfig:
+    """``[profiling]``: continuous profiling with pyroscope (off unless a URL is set).
+
+    Attributes:
+        pyroscope_url: the pyroscope server.
+        application_name: the application name profiles are filed under.
+        tags: process-wide tags (the node id is added); never per actor.
+        sample_rate: samples per second.
+        auth_token: the server's token, if it wants one (a secret).
+    """
+
+    pyroscope_url: str | None = attrs.field(default=None, validator=HTTP_URL)
+    application_name: str = attrs.field(default="switchboard", validator=NOT_EMPTY)
+    tags: dict[str, str] = attrs.field(factory=dict)
+    sample_rate: int = attrs.field(default=100, validator=AT_LEAST_ONE)
+    auth_token: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``[logging]``.
+
+    Attributes:
+        level: the lowest level logged.
+        format: ``text`` (for people), ``json`` (JSON lines), or ``auto``
+            (text on a terminal, JSON otherwise).
+        inbound: log every inbound message at INFO (handy locally; noisy at scale).
+    """
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "text", "json"] = "auto"
+    inbound: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitConfig:
+    """Overrides of a platform's default send limits (unset: the platform's).
+
+    Attributes:
+        per_second: messages per second for the whole channel.
+        burst: burst for it.
+        per_peer_per_second: messages per second to one chat / recipient.
+        per_peer_burst: burst for it.
+        max_text_length: longest text accepted, in characters.
+        enabled: false turns the limiters off (load tests against emulators).
+    """
+
+    per_second: float | None = attrs.field(default=None, validator=POSITIVE)
+    burst: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    per_peer_per_second: float | None = attrs.field(default=None, validator=POSITIVE)
+    per_peer_burst: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    max_text_length: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    enabled: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class BackoffConfig:
+    """Reconnect backoff overrides (full jitter; unset: the defaults).
+
+    Attributes:
+        base: seconds before the first retry (before jitter).
+        cap: the longest wait.
+        stable_after: seconds connected before the backoff starts over.
+        max_attempts: give up (channel FAILED) after this many failed
+            connects in a row; unset retries forever.
+    """
+
+    base: float | None = attrs.field(default=None, validator=POSITIVE)
+    cap: float | None = attrs.field(default=None, validator=POSITIVE)
+    stable_after: float | None = attrs.field(default=None, validator=POSITIVE)
+    max_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+
+
+@attrs.frozen(kw_only=True)
+class ProviderDefaults:
+    """``[providers.<name>]``: defaults for every channel of one provider.
+
+    Attributes:
+        max_connections: channels of this provider one node may run at once
+            (unset: no limit).
+        base_url: the platform's API root (unset: the provider's default).
+        rate_limit: send limit overrides.
+        backoff: reconnect backoff overrides.
+        send_attempts: tries per message for transient failures.
+        liveness_timeout: seconds without any event before a link is dead.
+        options: provider-specific options, merged under each channel's.
+    """
+
+    max_connections: int | None = attrs.field(default=None, validator=NOT_NEGATIVE)
+    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL)
+    rate_limit: RateLimitConfig = attrs.field(factory=RateLimitConfig)
+    backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
+    send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    liveness_timeout: float | None = attrs.field(default=None, validator=POSITIVE)
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class RestartBackoffConfig:
+    """Delay between restarts of a crashed channel actor (Akka-style).
+
+    Attributes:
+        min: first delay, seconds.
+        max: longest delay, seconds.
+        random_factor: jitter as a fraction of the delay.
+    """
+
+    min: float = attrs.field(default=0.1, validator=POSITIVE)
+    max: float = attrs.field(default=30.0, validator=POSITIVE)
+    random_factor: float = attrs.field(default=0.2, validator=FRACTION)
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorConfig:
+    """``[supervisor]``: the policy of the channels' supervisor.
+
+    Attributes:
+        intensity: restarts allowed within ``period`` before the channels'
+            supervisor gives up (OTP's MaxR).
+        period: seconds (OTP's MaxT).
+        restart_backoff: delay between restarts, so a crash loop never
+            becomes a reconnect storm.
+        shutdown: seconds a channel gets to stop before it is killed.
+    """
+
+    intensity: int = attrs.field(default=100, validator=NOT_NEGATIVE)
+    period: float = attrs.field(default=10.0, validator=POSITIVE)
+    restart_backoff: RestartBackoffConfig = attrs.field(factory=RestartBackoffConfig)
+    shutdown: float = attrs.field(default=5.0, validator=POSITIVE)
+
+
+@attrs.frozen(kw_only=True)
+class EmulatorConfig:
+    """``[emulators.<platform>]``: a platform emulator started in-process.
+
+    For local runs and tests: channels with ``emulator = true`` connect to it
+    with credentials the node makes up, so none are written anywhere.
+
+    Attributes:
+        host: interface to bind.
+        port: TCP port (0 picks a free one).
+        options: keyword options of the emulator class.
+    """
+
+    host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
+    port: int = attrs.field(default=0, validator=PORT)
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ChannelSpec:
+    """``[[channels]]``: one channel.
+
+    Attributes:
+        id: unique within the deployment (letters, digits, ``-_.``).
+        tenant: the product tenant it belongs to.
+        provider: ``discord``, ``telegram``, ``whatsapp``, ``websocket`` or
+            ``simulated``.
+        enabled: false keeps it in the file without starting it.
+        emulator: connect to the in-process emulator of the provider
+            (``[emulators.<provider>]``) with made-up credentials.
+        credentials: tokens and secrets, each a ``${env:NAME}`` reference.
+        base_url: the platform's API root (unset: provider default).
+        options: provider-specific options (over the provider defaults').
+        rate_limit: overrides of the provider defaults' limits.
+        backoff: overrides of the provider defaults' backoff.
+        send_attempts: overrides the provider defaults'.
+        liveness_timeout: overrides the provider defaults'.
+    """
+
+    id: str = attrs.field(validator=IDENTIFIER)
+    tenant: str = attrs.field(default="default", validator=NOT_EMPTY)
+    provider: str
+    enabled: bool = True
+    emulator: bool = False
+    credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
+    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL)
+    options: dict[str, Any] = attrs.field(factory=dict)
+    rate_limit: RateLimitConfig | None = None
+    backoff: BackoffConfig | None = None
+    send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    liveness_timeout: float | None = attrs.field(default=None, validator=POSITIVE)
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    """A whole deployment file.
+
+    Attributes:
+        node: identity and shutdown.
+        storage: where events and unsent messages are kept.
+        ops: the ops HTTP listener.
+        profiling: continuous profiling.
+        logging: log level and format.
+        supervisor: the channels' supervisor policy.
+        providers: per-provider defaults, by provider name.
+        emulators: in-process emulators, by platform name.
+        channels: the channels, in start order.
+        source: where the config came from (a path or ``<string>``).
+        resolved_secrets: the values of ``${env:NAME}`` references resolved
+            inside secret fields (the password inside a DSN, say), so logs
+            can scrub them even where they appear without the rest.
+    """
+
+    node: NodeSection = attrs.field(factory=NodeSection)
+    storage: StorageConfig = attrs.field(factory=StorageConfig)
+    ops: OpsConfig = attrs.field(factory=OpsConfig)
+    profiling: ProfilingConfig = attrs.field(factory=ProfilingConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)
+    providers: dict[str, ProviderDefaults] = attrs.field(factory=dict)
+    emulators: dict[str, EmulatorConfig] = attrs.field(factory=dict)
+    channels: list[ChannelSpec] = attrs.field(factory=list)
+    source: str = "<string>"
+    resolved_secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, for log redaction."""
+        found = [
+            value
+            for value in (
+                self.storage.dsn,
+                self.ops.api_token,
+                self.profiling.auth_token,
+            )
+            if value
+        ]
+        for channel in self.channels:
+            found.extend(value for value in channel.credentials.values() if value)
+        found.extend(value for value in self.resolved_secrets if value and value not in found)
+        return found

@@ -1,0 +1,369 @@
+"""The rules of a deployment file that no single value's type or range can say.
+
+Design: a rule is a pure function from the file's tree to the problems it
+finds. Rules read the raw tree (TOML tables as dicts), not the structured
+:class:`~runtime.config.model.NodeConfig`, so they run even when a value
+elsewhere in the file failed to structure: every problem is reported at
+once. They trust only values of the right type; a wrong type is the
+converter's problem, reported once, by it. Numbers are read as the converter
+reads them (``"30"`` from an environment variable is 30).
+
+:data:`WRITTEN_RULES` see the file as written (a literal secret is a
+property of the text); :data:`RULES` see it with ``${env:NAME}`` resolved.
+No rule quotes the value of a secret field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, TypeAlias
+from urllib.parse import parse_qsl, urlsplit
+
+from providers.registry import EMULATORS, PROVIDERS
+
+from ..errors import ConfigProblem
+from .model import RestartBackoffConfig
+from .refs import Path, dotted, has_reference, walk
+
+__all__ = [
+    "CREDENTIALS",
+    "REQUIRED_OPTIONS",
+    "RULES",
+    "SECRET_FIELDS",
+    "WRITTEN_RULES",
+    "Rule",
+    "channel_credentials",
+    "consistent_limits",
+    "emulators_configured",
+    "holds_secret",
+    "is_secret",
+    "known_providers",
+    "literal_secrets",
+    "storage_dsn",
+    "unique_channel_ids",
+    "unknown_name",
+]
+
+Rule: TypeAlias = Callable[[Mapping[str, Any]], list[ConfigProblem]]
+"""A rule: the file's tree in, its problems out."""
+
+SECRET_FIELDS: Final = frozenset(
+    {("storage", "dsn"), ("ops", "api_token"), ("profiling", "auth_token")}
+)
+"""Fields (besides every ``channels[i].credentials`` value) that must be references."""
+
+CREDENTIALS: Final[Mapping[str, Mapping[str, str | None]]] = {
+    "discord": {"token": "the bot token"},
+    "telegram": {"token": "the bot token from @BotFather", "webhook_secret": None},
+    "whatsapp": {
+        "token": "the system-user access token",
+        "app_secret": "the Meta app secret",
+        "verify_token": "the webhook verify token",
+    },
+    "websocket": {"token": None},
+}
+"""The credentials each provider reads: name -> what it is (``None``: optional).
+
+A provider missing here (``simulated``) takes any credentials.
+"""
+
+REQUIRED_OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
+    "whatsapp": {"phone_number_id": "the Cloud API phone number id"},
+}
+"""Options a provider cannot run without, in the channel's or its provider's options."""
+
+_LITERAL_SECRET: Final = 'secrets must not be written in the file; use "${env:NAME}"'
+_LITERAL_PASSWORD: Final = (
+    "passwords must not be written in the file; use a reference for the password, "
+    'as in "postgresql://user:${env:PG_PASSWORD}@host/db"'
+)
+_SECRET_NAME: Final = re.compile(r"secret|token|password|passwd|api_?key", re.IGNORECASE)
+# Pairs that must be ordered, low <= high, and why.
+_ORDERED: Final = (
+    (
+        "rate_limit",
+        "per_peer_per_second",
+        "per_second",
+        "no peer is sent to faster than the channel",
+    ),
+    ("rate_limit", "per_peer_burst", "burst", "no peer gets a larger burst than the channel"),
+    ("backoff", "base", "cap", "the longest wait cannot be shorter than the first"),
+)
+
+
+def is_secret(path: Path) -> bool:
+    """Whether the value at ``path`` is a secret field, which must be a reference."""
+    in_credentials = len(path) >= 3 and path[0] == "channels" and path[2] == "credentials"
+    return in_credentials or path[:2] in SECRET_FIELDS
+
+
+def holds_secret(path: Path) -> bool:
+    """A secret field, or a key named like a secret anywhere (``options.webhook_secret``).
+
+    Values found there are never quoted in problems, and the environment
+    values resolved there join :attr:`NodeConfig.resolved_secrets`.
+    """
+    last = path[-1] if path else None
+    return is_secret(path) or (isinstance(last, str) and _SECRET_NAME.search(last) is not None)
+
+
+def unknown_name(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown key "per_secnd"; did you mean "per_second"?`` (or the known names)."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {_quote(close[0])}?" if close else f"expected one of {_quote(*names)}"
+    return f"unknown {what} {_quote(name)}; {hint}"
+
+
+# --- rules on the file as written -------------------------------------------------
+
+
+def literal_secrets(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Secret fields must reference the environment; a DSN may be literal without a password."""
+    problems: list[ConfigProblem] = []
+    for path, value in walk(doc):
+        if not is_secret(path) or isinstance(value, Mapping | list):
+            continue
+        if path == ("storage", "dsn") and isinstance(value, str):
+            if any(not has_reference(password) for password in _dsn_passwords(value)):
+                problems.append(ConfigProblem(dotted(path), _LITERAL_PASSWORD))
+        elif not (isinstance(value, str) and has_reference(value)):
+            problems.append(ConfigProblem(dotted(path), _LITERAL_SECRET))
+    return problems
+
+
+def _dsn_passwords(dsn: str) -> list[str]:
+    """The password parts of a DSN, in URL or ``key=value`` form, as written."""
+    if has_reference(dsn) and not re.search(r"://|password\s*=", dsn):
+        return []  # the whole DSN comes from the environment
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return [dsn]  # unparseable: only a reference is safe
+    if parts.scheme:
+        found = [parts.password] if parts.password else []
+        return found + [value for key, value in parse_qsl(parts.query) if key == "password"]
+    return re.findall(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn)
+
+
+# --- rules on the resolved file ----------------------------------------------------
+
+
+def known_providers(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``[providers.X]``, ``[emulators.X]`` and ``channels[i].provider`` name real ones."""
+    problems = [
+        ConfigProblem(dotted(("providers", name)), unknown_name("provider", name, PROVIDERS))
+        for name in _table(doc, "providers")
+        if name not in PROVIDERS
+    ]
+    for name in _table(doc, "emulators"):
+        if name in PROVIDERS and name not in EMULATORS:
+            message = f"the {name} provider has no emulator (it needs none); remove this table"
+            problems.append(ConfigProblem(dotted(("emulators", name)), message))
+        elif name not in EMULATORS:
+            message = unknown_name("emulator", name, EMULATORS)
+            problems.append(ConfigProblem(dotted(("emulators", name)), message))
+    for index, channel in _channels(doc):
+        provider = channel.get("provider")
+        if isinstance(provider, str) and provider not in PROVIDERS:
+            message = unknown_name("provider", provider, PROVIDERS)
+            problems.append(ConfigProblem(f"channels[{index}].provider", message))
+    return problems
+
+
+def unique_channel_ids(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """No two channels share an id (the problem names both)."""
+    problems = []
+    first: dict[str, int] = {}
+    for index, channel in _channels(doc):
+        channel_id = channel.get("id")
+        if not isinstance(channel_id, str):
+            continue
+        if channel_id in first:
+            message = (
+                f"duplicate channel id {_quote(channel_id)}: "
+                f"channels[{first[channel_id]}] and channels[{index}] both use it"
+            )
+            problems.append(ConfigProblem(f"channels[{index}].id", message))
+        else:
+            first[channel_id] = index
+    return problems
+
+
+def emulators_configured(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """A channel with ``emulator = true`` needs ``[emulators.<its provider>]``."""
+    problems = []
+    emulators = _table(doc, "emulators")
+    for index, channel in _channels(doc):
+        provider = channel.get("provider")
+        if not _flag(channel.get("emulator")) or provider not in PROVIDERS:
+            continue
+        if provider not in EMULATORS:
+            message = f"the {provider} provider has no emulator; remove emulator = true"
+        elif provider not in emulators:
+            message = f"emulator = true needs an [emulators.{provider}] table"
+        else:
+            continue
+        problems.append(ConfigProblem(f"channels[{index}].emulator", message))
+    return problems
+
+
+def storage_dsn(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``backend = "postgres"`` needs a DSN."""
+    storage = _table(doc, "storage")
+    if storage.get("backend") != "postgres" or "dsn" in storage:
+        return []
+    message = 'missing "dsn": backend "postgres" needs one; add dsn = "${env:NAME}"'
+    return [ConfigProblem("storage", message)]
+
+
+def channel_credentials(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Each channel has the credentials and options its provider needs, and no others.
+
+    Channels with ``emulator = true`` need none: the node makes them up.
+    """
+    problems: list[ConfigProblem] = []
+    providers = _table(doc, "providers")
+    for index, channel in _channels(doc):
+        provider = channel.get("provider")
+        if not isinstance(provider, str) or provider not in CREDENTIALS:
+            continue
+        known = CREDENTIALS[provider]
+        path = f"channels[{index}].credentials"
+        credentials = _table(channel, "credentials")
+        problems.extend(
+            ConfigProblem(path, unknown_name("credential", key, known))
+            for key in credentials
+            if key not in known
+        )
+        if _flag(channel.get("emulator")):
+            continue
+        for key, what in known.items():
+            if what is not None and key not in credentials:
+                message = f'missing credential "{key}" ({what}); add {key} = "${{env:NAME}}"'
+                problems.append(ConfigProblem(path, message))
+        options = {**_table(_table(providers, provider), "options"), **_table(channel, "options")}
+        for key, what in REQUIRED_OPTIONS.get(provider, {}).items():
+            if key not in options:
+                message = (
+                    f'missing option "{key}" ({what}); set it in the channel\'s options '
+                    f"or in [providers.{provider}.options]"
+                )
+                problems.append(ConfigProblem(f"channels[{index}].options", message))
+    return problems
+
+
+def consistent_limits(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Ordered pairs stay ordered once a channel's values overlay its provider's.
+
+    ``per_peer_per_second <= per_second``, ``per_peer_burst <= burst``,
+    backoff ``base <= cap``, and the supervisor's restart backoff
+    ``min <= max``. A pair is checked where one of its values is written:
+    in ``[providers.X]`` alone, or in a channel over its provider's values.
+    """
+    problems = []
+    providers = _table(doc, "providers")
+    for name, defaults in providers.items():
+        if isinstance(defaults, Mapping):
+            problems.extend(_ordered_pairs(defaults, {}, ("providers", name), ""))
+    for index, channel in _channels(doc):
+        provider = channel.get("provider")
+        under = _table(providers, provider) if isinstance(provider, str) else {}
+        problems.extend(
+            _ordered_pairs(channel, under, ("channels", index), f"providers.{provider}")
+        )
+    restart = _table(_table(doc, "supervisor"), "restart_backoff")
+    low = _number(restart.get("min", RestartBackoffConfig().min))
+    high = _number(restart.get("max", RestartBackoffConfig().max))
+    if restart and _misordered(low, high):
+        message = (
+            f"max ({_num(high)}) is below min ({_num(low)}): the longest delay cannot be "
+            "shorter than the first"
+        )
+        problems.append(ConfigProblem("supervisor.restart_backoff", message))
+    return problems
+
+
+def _ordered_pairs(
+    layer: Mapping[str, Any], under: Mapping[str, Any], path: Path, under_name: str
+) -> list[ConfigProblem]:
+    problems = []
+    for section, low_key, high_key, why in _ORDERED:
+        own, base = _table(layer, section), _table(under, section)
+        if low_key not in own and high_key not in own:
+            continue
+        shown = []
+        values = []
+        for key in (low_key, high_key):
+            inherited = key not in own
+            value = _number((base if inherited else own).get(key))
+            values.append(value)
+            origin = f", from [{under_name}.{section}]" if inherited else ""
+            shown.append(f"{key} ({_num(value)}{origin})")
+        if _misordered(values[0], values[1]):
+            message = f"{shown[0]} is above {shown[1]}: {why}"
+            problems.append(ConfigProblem(dotted((*path, section)), message))
+    return problems
+
+
+RULES: Final[tuple[Rule, ...]] = (
+    known_providers,
+    unique_channel_ids,
+    emulators_configured,
+    storage_dsn,
+    channel_credentials,
+    consistent_limits,
+)
+"""The rules on the file with its references resolved."""
+
+WRITTEN_RULES: Final[tuple[Rule, ...]] = (literal_secrets,)
+"""The rules on the file as written."""
+
+
+# --- reading the raw tree -----------------------------------------------------------
+
+
+def _table(node: Any, key: Any) -> Mapping[str, Any]:
+    """``node[key]`` if both are tables, else an empty one (a wrong type is reported elsewhere)."""
+    value = node.get(key) if isinstance(node, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def _channels(doc: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    channels = doc.get("channels")
+    if isinstance(channels, list):
+        for index, channel in enumerate(channels):
+            if isinstance(channel, Mapping):
+                yield index, channel
+
+
+def _number(value: Any) -> float | None:
+    """A finite number as the converter reads it, else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _misordered(low: float | None, high: float | None) -> bool:
+    """``low > high``, for two valid (positive) values; anything else is reported elsewhere."""
+    return low is not None and high is not None and 0 < high < low
+
+
+def _flag(value: Any) -> bool:
+    return value is True or value == "true"
+
+
+def _num(value: float | None) -> str:
+    return "unset" if value is None else f"{value:g}"
+
+
+def _quote(*names: str) -> str:
+    return ", ".join(json.dumps(name, ensure_ascii=False) for name in names)

@@ -1,0 +1,243 @@
+"""The node's event stream: every channel's events, filtered per subscriber.
+
+Design: a channel publishes to its subscribers with ``send_nowait`` and never
+waits. The node registers one :class:`_ChannelTap` per channel in that list;
+the tap wraps the event with its channel's tenant and provider and hands it
+to every node subscriber whose filter accepts it, again without waiting. No
+task per channel and none per subscriber: fan-out is a loop over the
+subscribers at publish time. A subscriber that falls ``buffer`` events behind
+loses the newest ones, counted in its ``dropped``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from actors import ChannelStateChanged
+from providers.base import (
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    InboundMessage,
+    MessageEdited,
+)
+
+__all__ = ["EventKind", "NodeEvent", "Subscription"]
+
+EventKind = Literal["inbound", "edited", "receipt", "state", "connection"]
+EVENT_KINDS: Final[frozenset[str]] = frozenset(
+    ("inbound", "edited", "receipt", "state", "connection")
+)
+DEFAULT_BUFFER: Final = 1_000  # events buffered per subscriber
+
+log = logging.getLogger("switchboard.events")
+
+
+@attrs.frozen(kw_only=True)
+class NodeEvent:
+    """An event of one channel, with where it came from.
+
+    Attributes:
+        kind: ``inbound`` (InboundMessage), ``edited`` (MessageEdited),
+            ``receipt`` (DeliveryReceipt), ``state`` (ChannelStateChanged) or
+            ``connection`` (the provider's ConnectionStateChanged).
+        channel_id: the channel.
+        tenant: its tenant.
+        provider: its provider.
+        event: the event itself.
+    """
+
+    kind: EventKind
+    channel_id: str
+    tenant: str
+    provider: str
+    event: Any
+
+
+def _kind_of(event: Any) -> EventKind | None:
+    if isinstance(event, InboundMessage):
+        return "inbound"
+    if isinstance(event, DeliveryReceipt):
+        return "receipt"
+    if isinstance(event, ChannelStateChanged):
+        return "state"
+    if isinstance(event, MessageEdited):
+        return "edited"
+    if isinstance(event, ConnectionStateChanged):
+        return "connection"
+    return None
+
+
+class Subscription:
+    """An async iterator of :class:`NodeEvent`; close it (or leave its ``with``) to stop.
+
+    Attributes:
+        dropped: events this subscriber lost because it fell behind.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub,
+        *,
+        tenants: frozenset[str] | None,
+        channels: frozenset[str] | None,
+        kinds: frozenset[str] | None,
+        buffer: int,
+    ) -> None:
+        self._hub = hub
+        self.tenants = tenants
+        self.channels = channels
+        self.kinds = kinds
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[NodeEvent](buffer)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Subscription tenants={sorted(self.tenants or ['*'])} "
+            f"channels={sorted(self.channels or ['*'])} kinds={sorted(self.kinds or ['*'])} "
+            f"dropped={self.dropped}>"
+        )
+
+    def accepts(self, event: NodeEvent) -> bool:
+        """Whether this subscriber's filter takes ``event``."""
+        return (
+            (self.kinds is None or event.kind in self.kinds)
+            and (self.channels is None or event.channel_id in self.channels)
+            and (self.tenants is None or event.tenant in self.tenants)
+        )
+
+    def offer(self, event: NodeEvent) -> None:
+        """Hand over ``event`` without waiting (dropped and counted when full)."""
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._hub.remove(self)
+
+    def close(self) -> None:
+        """Unsubscribe; iteration ends after the events already buffered."""
+        self._hub.remove(self)
+        self._send.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._receive.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> NodeEvent:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> NodeEvent:
+        """The next event.
+
+        Raises:
+            trio.EndOfChannel: the subscription was closed and is drained.
+        """
+        return await self._receive.receive()
+
+
+class EventHub:
+    """The node's subscribers, and a tap per channel that feeds them."""
+
+    def __init__(self, *, log_inbound: bool = False) -> None:
+        self._subscribers: list[Subscription] = []
+        self.log_inbound = log_inbound
+
+    def subscribe(
+        self,
+        *,
+        tenant: str | Collection[str] | None = None,
+        channel: str | Collection[str] | None = None,
+        kind: str | Collection[str] | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> Subscription:
+        """A new subscriber; see :meth:`runtime.node.Node.subscribe`."""
+        kinds = _as_set(kind)
+        unknown = sorted((kinds or set()) - EVENT_KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown event kind(s) {unknown}; known: {', '.join(sorted(EVENT_KINDS))}"
+            )
+        if buffer < 1:
+            raise ValueError(f"buffer must be at least 1, got {buffer}")
+        subscription = Subscription(
+            self,
+            tenants=_as_set(tenant),
+            channels=_as_set(channel),
+            kinds=kinds,
+            buffer=buffer,
+        )
+        self._subscribers.append(subscription)
+        return subscription
+
+    def remove(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+
+    def tap(self, channel_id: str, tenant: str, provider: str) -> _ChannelTap:
+        """The object to put in a channel's subscriber list."""
+        return _ChannelTap(self, channel_id, tenant, provider)
+
+    def publish(self, event: NodeEvent) -> None:
+        if self.log_inbound and event.kind == "inbound":
+            message: InboundMessage = event.event
+            log.info(
+                "inbound message %s from %s in %s: %r",
+                message.platform_message_id,
+                message.sender,
+                message.peer,
+                (message.text or "")[:200] if message.text is not None else message.media,
+                extra={
+                    "channel": event.channel_id,
+                    "tenant": event.tenant,
+                    "provider": event.provider,
+                },
+            )
+        for subscription in list(self._subscribers):
+            if subscription.accepts(event):
+                subscription.offer(event)
+
+
+class _ChannelTap:
+    """Looks like a trio send channel to the ChannelActor; never blocks."""
+
+    def __init__(self, hub: EventHub, channel_id: str, tenant: str, provider: str) -> None:
+        self._hub = hub
+        self.channel_id = channel_id
+        self.tenant = tenant
+        self.provider = provider
+
+    def send_nowait(self, event: Any) -> None:
+        kind = _kind_of(event)
+        if kind is None:
+            return
+        self._hub.publish(
+            NodeEvent(
+                kind=kind,
+                channel_id=self.channel_id,
+                tenant=self.tenant,
+                provider=self.provider,
+                event=event,
+            )
+        )
+
+
+def _as_set(value: str | Collection[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return frozenset((value,))
+    return frozenset(value)

@@ -1,0 +1,540 @@
+"""The ops HTTP app: probes, health, metrics, platform webhooks, a message API.
+
+Design:
+- One Starlette app per node (:func:`ops_app`), reading the node only
+  through :class:`~runtime.view.NodeView`, so it is tested against a small
+  stand-in. Starlette does the HTTP routing and handles ASGI lifespan (which
+  hypercorn's trio server requires); this module only decides answers.
+- Routes::
+
+      GET  /healthz                         alive whenever the process serves
+      GET  /readyz                          200 ready, 503 starting / draining
+      GET  /health                          health.health_report (503 on "error")
+      GET  /metrics                         Prometheus text, our own registry
+      GET  /webhooks/whatsapp               Meta's verification, any live number
+      POST /webhooks/whatsapp               routed by metadata.phone_number_id
+      GET|POST /webhooks/whatsapp/{channel} straight to that channel
+      POST /webhooks/telegram/{channel}     to that channel's feed_webhook
+      POST /v1/channels/{channel}/messages  send (only with an api_token)
+
+- Webhooks are judged by the channel's own connection (signature, secret,
+  verify token: the provider's sans-IO code); the app only routes raw bytes
+  and headers (Starlette's case-insensitive ``Headers``, lower-case names)
+  and answers 404 for no such channel, 503 while the channel is not
+  connected (the platforms redeliver). Every webhook request is counted in
+  :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
+- WhatsApp sends one URL for every number of an app: the JSON is read with
+  the stdlib only to collect ``entry[].changes[].value.metadata.phone_number_id``
+  and the exact raw body goes to each matching channel. A notification that
+  names no number (account-level fields) goes to every live WhatsApp channel
+  and is acknowledged if one accepts its signature, so Meta stops retrying it.
+- The message API is off unless an ``api_token`` is given (its routes then
+  do not exist: 404). The bearer token is compared with
+  :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
+  of our own (:data:`MESSAGE_API`) and every problem comes back with its path.
+- Error bodies are JSON ``{"error": <type>, "message": <text>}``; the API
+  token never appears in one. A handler that raises answers 500 and is
+  logged; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, Final
+
+import attrs
+import cattrs
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from actors import (
+    ActorError,
+    AskTimeout,
+    ChannelError,
+    ChannelFailed,
+    ChannelUnavailable,
+    MailboxFull,
+    SendFailed,
+)
+from providers.base import OutboundMessage, PermanentSendError
+
+from ..errors import NodeDraining, NodeError, UnknownChannel
+from ..view import NodeView, WebhookTarget
+from .health import HEALTH_HTTP_STATUS, health_report
+from .metrics import WebhookCounters, ops_registry
+
+__all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
+
+log = logging.getLogger("switchboard.ops")
+
+MAX_BODY: Final = 4 * 1024 * 1024  # bytes a request body may have (413 beyond)
+WEBHOOK_TIMEOUT: Final = 30.0  # seconds a channel may take to take a webhook (then 503)
+DRAINING_RETRY_AFTER: Final = 5  # seconds, in Retry-After when the node is draining
+MAILBOX_RETRY_AFTER: Final = 1  # seconds, in Retry-After when a mailbox is full
+
+MESSAGE_API: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+"""The converter for message API bodies (never the global one)."""
+
+
+def _strict_str(value: Any, _: type) -> str:
+    # cattrs' default would turn 5 or {"a": 1} into a string; an API must refuse them.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+MESSAGE_API.register_structure_hook(str, _strict_str)
+
+# Send errors and their answers: (class, HTTP status, Retry-After), first match wins.
+_SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
+    (UnknownChannel, 404, None),
+    (NodeDraining, 503, DRAINING_RETRY_AFTER),
+    (MailboxFull, 429, MAILBOX_RETRY_AFTER),
+    (PermanentSendError, 422, None),
+    (ChannelFailed, 409, None),
+    (ChannelUnavailable, 503, None),
+    (SendFailed, 503, None),
+    (AskTimeout, 503, None),
+    (ChannelError, 503, None),
+    (ActorError, 503, None),  # ActorDead, CircuitOpen: the channel cannot take it now
+    (NodeError, 503, None),  # StoreError
+)
+
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(
+    status: int,
+    error: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **extra}, status, headers=headers)
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """Answer 500 (and log) instead of letting a handler's exception escape."""
+
+    @functools.wraps(handler)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("ops: %s %s failed", request.method, request.url.path)
+            return _error(
+                500,
+                "InternalError",
+                "the ops server failed to answer this request; the node's log has the details",
+            )
+
+    return guarded
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The raw body, or ``None`` when it exceeds :data:`MAX_BODY`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> JSONResponse:
+    return _error(413, "PayloadTooLarge", f"the body exceeds {MAX_BODY} bytes")
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Answer:
+    """One webhook answer before it becomes a Response."""
+
+    status: int
+    body: bytes
+    media_type: str = "text/plain"
+
+    def response(self) -> Response:
+        return Response(self.body, self.status, media_type=self.media_type)
+
+
+def _answer(status: int, error: str, message: str) -> _Answer:
+    body = json.dumps({"error": error, "message": message}).encode()
+    return _Answer(status=status, body=body, media_type="application/json")
+
+
+def _not_connected(target: WebhookTarget) -> _Answer:
+    return _answer(
+        503,
+        "ChannelUnavailable",
+        f"channel {target.channel_id!r} is not connected; redeliver later",
+    )
+
+
+async def _to_whatsapp(
+    target: WebhookTarget,
+    method: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes,
+) -> _Answer:
+    """Hand one request to a WhatsApp channel's ``handle_webhook``."""
+    if target.connection is None:
+        return _not_connected(target)
+    hook = getattr(target.connection, "handle_webhook", None)
+    if hook is None:
+        return _answer(404, "NoWebhook", f"channel {target.channel_id!r} takes no webhooks")
+    with trio.move_on_after(WEBHOOK_TIMEOUT):
+        status, answer = await hook(method, query, headers, body)
+        return _Answer(status=int(status), body=bytes(answer))
+    return _answer(503, "Timeout", f"channel {target.channel_id!r} did not answer in time")
+
+
+async def _verify_whatsapp(
+    targets: Sequence[WebhookTarget], query: Mapping[str, str], headers: Mapping[str, str]
+) -> _Answer:
+    """Meta's GET verification: the first live channel that echoes the challenge answers."""
+    live = [target for target in targets if target.connection is not None]
+    if not live:
+        return _answer(503, "ChannelUnavailable", "no whatsapp channel is connected")
+    for target in live:
+        answer = await _to_whatsapp(target, "GET", query, headers, b"")
+        if answer.status == 200:
+            return answer
+    return _answer(403, "Forbidden", "no connected whatsapp channel has that verify token")
+
+
+def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
+    """Every ``entry[].changes[].value.metadata.phone_number_id``, tolerating any shape."""
+    numbers: set[str] = set()
+    entries = payload.get("entry")
+    for entry in entries if isinstance(entries, list) else ():
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else ():
+            value = change.get("value") if isinstance(change, dict) else None
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+            if isinstance(number, str | int) and not isinstance(number, bool):
+                numbers.add(str(number))
+    return numbers
+
+
+def _worst(answers: Sequence[_Answer]) -> _Answer:
+    """403 if any channel refused the signature, else the highest status."""
+    refused = [answer for answer in answers if answer.status == 403]
+    return refused[0] if refused else max(answers, key=lambda answer: answer.status)
+
+
+# --- the message API ------------------------------------------------------------------------
+
+
+class _InvalidMessage(ValueError):
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        super().__init__(
+            f"{count} problem{'s' if count != 1 else ''}: "
+            + "; ".join(f"{message} @ {path}" for path, message in self.problems)
+        )
+
+
+def _describe(exc: BaseException, kind: type | None) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return f"invalid value: {exc}"  # an enum's or OutboundMessage's own words
+    if isinstance(exc, TypeError) and str(exc).startswith("expected "):
+        return str(exc)
+    return cattrs.v.format_exception(exc, kind)
+
+
+def _structure_message(raw: Any) -> OutboundMessage:
+    """Structure a message API body into an :class:`OutboundMessage`.
+
+    Raises:
+        _InvalidMessage: with every problem and its path (``$.media.kind``).
+    """
+    if not isinstance(raw, dict):
+        raise _InvalidMessage([("$", f"expected a JSON object, got {type(raw).__name__}")])
+    problems = [
+        (f"$.{key}", "must not be empty")
+        for key in ("peer", "idempotency_key")
+        if isinstance(raw.get(key), str) and not raw[key].strip()
+    ]
+    try:
+        message = MESSAGE_API.structure(raw, OutboundMessage)
+    except cattrs.BaseValidationError as exc:
+        for line in cattrs.transform_error(exc, path="$", format_exception=_describe):
+            text, _, path = line.rpartition(" @ ")
+            problems.append((path, text))
+        raise _InvalidMessage(problems) from exc
+    if problems:
+        raise _InvalidMessage(problems)
+    return message
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+class _Ops:
+    """The endpoints, bound to one node."""
+
+    def __init__(self, node: NodeView, api_token: str | None) -> None:
+        self.node = node
+        self.token = api_token
+        self.webhooks = WebhookCounters()
+        self.registry = ops_registry(node, self.webhooks)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.token, "<api token>") if self.token else text
+
+    # --- probes, health, metrics
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "alive", "node": self.node.node_id})
+
+    async def readyz(self, request: Request) -> Response:
+        if self.node.ready:
+            return JSONResponse({"status": "ready", "node": self.node.node_id})
+        reason = "draining" if self.node.statistics().draining else "starting"
+        return JSONResponse(
+            {"status": "not_ready", "node": self.node.node_id, "reason": reason}, 503
+        )
+
+    async def health(self, request: Request) -> Response:
+        report = health_report(self.node)
+        return JSONResponse(report, HEALTH_HTTP_STATUS[report["status"]])
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- webhooks
+
+    def _counted(self, provider: str, answer: _Answer, *, reason: str | None = None) -> Response:
+        self.webhooks.count(provider, answer.status, reason=reason)
+        return answer.response()
+
+    def _target(self, provider: str, channel_id: str) -> WebhookTarget | None:
+        targets = self.node.webhook_targets(provider)
+        return next((t for t in targets if t.channel_id == channel_id), None)
+
+    async def whatsapp(self, request: Request) -> Response:
+        query = dict(request.query_params)
+        targets = self.node.webhook_targets("whatsapp")
+        if request.method == "GET":
+            answer = await _verify_whatsapp(targets, query, request.headers)
+            return self._counted("whatsapp", answer, reason="verify_token")
+        body = await _read_body(request)
+        if body is None:
+            self.webhooks.count("whatsapp", 413)
+            return _too_large()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            answer = _answer(400, "BadRequest", "the body is not a JSON object")
+            return self._counted("whatsapp", answer)
+        numbers = _phone_number_ids(payload)
+        if numbers:
+            chosen = [
+                target
+                for target in targets
+                if target.options.get("phone_number_id") is not None
+                and str(target.options["phone_number_id"]) in numbers
+            ]
+            if not chosen:
+                answer = _answer(
+                    404, "UnknownChannel", f"no whatsapp channel for number(s) {sorted(numbers)}"
+                )
+                return self._counted("whatsapp", answer)
+            answers = [
+                await _to_whatsapp(target, "POST", query, request.headers, body)
+                for target in chosen
+            ]
+            return self._counted("whatsapp", _worst(answers), reason="signature")
+        # Account-level notification: any channel that accepts its signature acknowledges it.
+        live = [target for target in targets if target.connection is not None]
+        if not live:
+            answer = _answer(503, "ChannelUnavailable", "no whatsapp channel is connected")
+            return self._counted("whatsapp", answer)
+        answers = [
+            await _to_whatsapp(target, "POST", query, request.headers, body) for target in live
+        ]
+        accepted = [answer for answer in answers if 200 <= answer.status < 300]
+        return self._counted(
+            "whatsapp", accepted[0] if accepted else _worst(answers), reason="signature"
+        )
+
+    async def whatsapp_channel(self, request: Request) -> Response:
+        channel_id = request.path_params["channel_id"]
+        reason = "verify_token" if request.method == "GET" else "signature"
+        target = self._target("whatsapp", channel_id)
+        if target is None:
+            answer = _answer(404, "UnknownChannel", f"no whatsapp channel {channel_id!r}")
+            return self._counted("whatsapp", answer)
+        body = b"" if request.method == "GET" else await _read_body(request)
+        if body is None:
+            self.webhooks.count("whatsapp", 413)
+            return _too_large()
+        query = dict(request.query_params)
+        answer = await _to_whatsapp(target, request.method, query, request.headers, body)
+        return self._counted("whatsapp", answer, reason=reason)
+
+    async def telegram_channel(self, request: Request) -> Response:
+        channel_id = request.path_params["channel_id"]
+        target = self._target("telegram", channel_id)
+        if target is None:
+            answer = _answer(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
+            return self._counted("telegram", answer)
+        if target.connection is None:
+            return self._counted("telegram", _not_connected(target))
+        hook = getattr(target.connection, "feed_webhook", None)
+        if hook is None:
+            answer = _answer(404, "NoWebhook", f"channel {channel_id!r} takes no webhooks")
+            return self._counted("telegram", answer)
+        body = await _read_body(request)
+        if body is None:
+            self.webhooks.count("telegram", 413)
+            return _too_large()
+        answer = _answer(503, "Timeout", f"channel {channel_id!r} did not take the update in time")
+        with trio.move_on_after(WEBHOOK_TIMEOUT):
+            # Telegram ignores the body; the status is the whole answer.
+            status = int(await hook(request.headers, body))
+            answer = _Answer(status=status, body=HTTPStatus(status).phrase.encode())
+        return self._counted("telegram", answer, reason="secret")
+
+    # --- the message API
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        assert self.token is not None
+        given = request.headers.get("authorization")
+        scheme, _, credentials = (given or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.token.encode()
+        ):
+            return None
+        challenge = 'Bearer realm="switchboard"'
+        if given is not None:
+            challenge += ', error="invalid_token"'
+        return _error(
+            401,
+            "Unauthorized",
+            "this API needs 'Authorization: Bearer <token>' with the node's API token",
+            headers={"WWW-Authenticate": challenge},
+        )
+
+    async def send_message(self, request: Request) -> Response:
+        refusal = self._unauthorized(request)
+        if refusal is not None:
+            return refusal
+        body = await _read_body(request)
+        if body is None:
+            return _too_large()
+        try:
+            message = _structure_message(json.loads(body))
+        except _InvalidMessage as exc:
+            problems = [{"path": path, "message": text} for path, text in exc.problems]
+            return _error(400, "InvalidMessage", str(exc), problems=problems)
+        except ValueError as exc:
+            problems = [{"path": "$", "message": f"the body is not JSON: {exc}"}]
+            return _error(400, "InvalidMessage", problems[0]["message"], problems=problems)
+        try:
+            result = await self.node.send(request.path_params["channel_id"], message)
+        except (NodeError, ActorError, PermanentSendError) as exc:
+            return self._send_error(exc)
+        return JSONResponse(
+            {"platform_message_id": result.platform_message_id, "peer": result.peer}
+        )
+
+    def _send_error(self, exc: Exception) -> Response:
+        for kind, status, retry_after in _SEND_ERRORS:
+            if isinstance(exc, kind):
+                headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+                return _error(status, type(exc).__name__, self._scrub(str(exc)), headers=headers)
+        raise exc  # not a send error: the guard answers 500 and logs it
+
+    # --- routes
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/healthz", _guarded(self.healthz), methods=["GET"]),
+            Route("/readyz", _guarded(self.readyz), methods=["GET"]),
+            Route("/health", _guarded(self.health), methods=["GET"]),
+            Route("/metrics", _guarded(self.metrics), methods=["GET"]),
+            Route("/webhooks/whatsapp", _guarded(self.whatsapp), methods=["GET", "POST"]),
+            Route(
+                "/webhooks/whatsapp/{channel_id}",
+                _guarded(self.whatsapp_channel),
+                methods=["GET", "POST"],
+            ),
+            Route(
+                "/webhooks/telegram/{channel_id}",
+                _guarded(self.telegram_channel),
+                methods=["POST"],
+            ),
+        ]
+        if self.token is not None:
+            routes.append(
+                Route(
+                    "/v1/channels/{channel_id}/messages",
+                    _guarded(self.send_message),
+                    methods=["POST"],
+                )
+            )
+        return routes
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method) as JSON."""
+    assert isinstance(exc, HTTPException)
+    error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return _error(exc.status_code, error, message, headers=exc.headers)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    """The backstop for failures outside our handlers (hypercorn logs the traceback)."""
+    return _error(500, "InternalError", "the ops server failed to answer this request")
+
+
+def ops_app(node: NodeView, *, api_token: str | None = None) -> Starlette:
+    """The ops ASGI app for ``node``.
+
+    Args:
+        node: the node, as the ops server sees it.
+        api_token: the bearer token of the message API; ``None`` leaves the
+            API out (its routes answer 404).
+
+    Returns:
+        A Starlette app (it handles ASGI lifespan). ``app.state.registry`` is
+        its Prometheus registry and ``app.state.webhooks`` its webhook counters.
+
+    Raises:
+        ValueError: ``api_token`` is empty (pass ``None`` to disable the API).
+    """
+    if api_token is not None and not api_token.strip():
+        raise ValueError("api_token is empty; pass None to run without the message API")
+    ops = _Ops(node, api_token)
+    app = Starlette(
+        routes=ops.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}
+    )
+    app.state.registry = ops.registry
+    app.state.webhooks = ops.webhooks
+    return app

@@ -1,0 +1,262 @@
+"""Prometheus metrics for the node, read from the node at scrape time.
+
+Design:
+- Nothing on the message path touches prometheus_client. Channels keep
+  plain ``int`` counters in their ``ChannelMemory`` (incremented by the one
+  task that owns the channel, so they need no lock) and the node exposes
+  them through :meth:`NodeView.channels` / :meth:`NodeView.statistics` as
+  frozen snapshots. :class:`NodeCollector` is a custom collector: on every
+  scrape it reads those snapshots and builds the metric families then. A
+  million messages cost a million ``+= 1`` and no lock; a scrape costs one
+  pass over the channels.
+- The ops app counts webhook requests the same way: :class:`WebhookCounters`
+  holds plain ints the app increments (the app runs in the node's trio
+  thread) and the collector reads; no prometheus ``Counter`` on the hot path.
+- Each ops app gets a :class:`~prometheus_client.CollectorRegistry` of its
+  own (:func:`ops_registry`), never the process-global ``REGISTRY``: two
+  nodes in one process (tests, embedding) must not collide, and nothing a
+  library registers globally leaks into our scrape. The registry also holds
+  prometheus_client's process, platform and GC collectors.
+- Collection runs in the trio thread (``generate_latest`` is synchronous),
+  so snapshots are consistent with the node's state at one instant.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Final, Literal
+
+from prometheus_client import (
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from ..view import ChannelSnapshot, NodeView
+from .health import CHANNEL_STATES, channel_state
+
+__all__ = [
+    "PREFIX",
+    "NodeCollector",
+    "WebhookCounters",
+    "WebhookOutcome",
+    "ops_registry",
+    "webhook_outcome",
+]
+
+PREFIX: Final = "switchboard_"
+
+WebhookOutcome = Literal[
+    "accepted", "bad_request", "rejected", "unknown_channel", "unavailable", "error"
+]
+"""How a webhook request ended, by the HTTP status it was answered with."""
+
+_OUTCOMES: Final[dict[int, WebhookOutcome]] = {
+    400: "bad_request",
+    403: "rejected",
+    404: "unknown_channel",
+    413: "bad_request",
+    503: "unavailable",
+}
+
+# Rejections that exist from the start, so their series read 0 before the first one.
+_KNOWN_REJECTIONS: Final = (
+    ("telegram", "secret"),
+    ("whatsapp", "signature"),
+    ("whatsapp", "verify_token"),
+)
+
+_CHANNEL_LABELS: Final = ("channel", "tenant", "provider")
+
+
+def webhook_outcome(status: int) -> WebhookOutcome:
+    """The outcome label for a webhook answered with ``status``."""
+    if 200 <= status < 300:
+        return "accepted"
+    return _OUTCOMES.get(status, "error")
+
+
+class WebhookCounters:
+    """Webhook requests and rejections, as plain ints the collector reads.
+
+    Only the node's trio thread increments them (the ops app's handlers), so
+    they need no lock.
+    """
+
+    def __init__(self) -> None:
+        self._requests: Counter[tuple[str, WebhookOutcome]] = Counter()
+        self._rejected: Counter[tuple[str, str]] = Counter(dict.fromkeys(_KNOWN_REJECTIONS, 0))
+
+    def __repr__(self) -> str:
+        return (
+            f"<WebhookCounters requests={self._requests.total()} rejected={self._rejected.total()}>"
+        )
+
+    def count(self, provider: str, status: int, *, reason: str | None = None) -> None:
+        """Count one webhook request answered with ``status``.
+
+        Args:
+            provider: ``whatsapp`` or ``telegram``.
+            status: the HTTP status it was answered with.
+            reason: for a 403, why it was refused (``signature``,
+                ``verify_token``, ``secret``); counted as a rejection.
+        """
+        self._requests[provider, webhook_outcome(status)] += 1
+        if status == 403 and reason is not None:
+            self._rejected[provider, reason] += 1
+
+    def requests(self) -> Mapping[tuple[str, WebhookOutcome], int]:
+        """Requests by ``(provider, outcome)``."""
+        return dict(self._requests)
+
+    def rejected(self) -> Mapping[tuple[str, str], int]:
+        """Rejections by ``(provider, reason)``, known reasons included at 0."""
+        return dict(self._rejected)
+
+
+def _channel_counter(name: str, documentation: str) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, labels=_CHANNEL_LABELS)
+
+
+def _channel_gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, labels=_CHANNEL_LABELS)
+
+
+# (metric name, help, ChannelStatistics attribute) for the per-channel counters.
+_CHANNEL_COUNTERS: Final = (
+    ("channel_messages_sent", "Messages the platform accepted.", "sent"),
+    ("channel_send_failures", "Send attempts that failed.", "send_failures"),
+    ("channel_messages_received", "Inbound events accepted (after dedupe).", "received"),
+    ("channel_duplicates", "Inbound events dropped as duplicates.", "duplicates"),
+    ("channel_reconnects", "Reconnections after a lost link.", "reconnects"),
+    ("channel_rate_limit_waits", "Sends that waited for a rate limiter.", "rate_limit_waits"),
+    ("channel_restarts", "Restarts of the channel actor by its supervisor.", "restarts"),
+    ("channel_subscriber_drops", "Events dropped for full subscribers.", "subscriber_drops"),
+)
+
+
+class NodeCollector:
+    """A prometheus_client collector that reads the node on every scrape.
+
+    Args:
+        view: the node.
+        webhooks: the ops app's webhook counters.
+    """
+
+    def __init__(self, view: NodeView, webhooks: WebhookCounters) -> None:
+        self._view = view
+        self._webhooks = webhooks
+
+    def __repr__(self) -> str:
+        return f"<NodeCollector node={self._view.node_id!r}>"
+
+    def collect(self) -> Iterable[Metric]:
+        """Build every ``switchboard_*`` family from the node's current snapshots."""
+        snapshots = self._view.channels()
+        yield self._states(snapshots)
+        yield from self._channels(snapshots)
+        yield from self._node()
+        yield from self._webhook_families()
+
+    def _states(self, snapshots: Sequence[ChannelSnapshot]) -> Metric:
+        family = GaugeMetricFamily(
+            PREFIX + "channels",
+            "Channels by provider and state (every state listed, 0 included).",
+            labels=("provider", "state"),
+        )
+        counts: dict[str, Counter[str]] = {}
+        for snapshot in snapshots:
+            counts.setdefault(snapshot.provider, Counter())[channel_state(snapshot)] += 1
+        for provider, states in sorted(counts.items()):
+            for state in CHANNEL_STATES:
+                family.add_metric((provider, state), states[state])
+        return family
+
+    def _channels(self, snapshots: Sequence[ChannelSnapshot]) -> Iterator[Metric]:
+        counters = [
+            (_channel_counter(name, documentation), attribute)
+            for name, documentation, attribute in _CHANNEL_COUNTERS
+        ]
+        dead_letters = _channel_gauge("channel_dead_letters", "Messages in the dead-letter queue.")
+        depth = _channel_gauge("channel_mailbox_depth", "Messages waiting in the mailbox.")
+        connected = _channel_gauge("channel_connected", "1 while the channel is connected.")
+        for snapshot in snapshots:
+            labels = (snapshot.channel_id, snapshot.tenant, snapshot.provider)
+            statistics = snapshot.statistics
+            for family, attribute in counters:
+                # A channel that never started has sent and received nothing: 0, not absent.
+                value = getattr(statistics, attribute) if statistics is not None else 0
+                family.add_metric(labels, value)
+            dead_letters.add_metric(labels, statistics.dead_letters if statistics else 0)
+            depth.add_metric(labels, snapshot.mailbox_depth)
+            connected.add_metric(labels, 1 if channel_state(snapshot) == "connected" else 0)
+        for family, _ in counters:
+            yield family
+        yield from (dead_letters, depth, connected)
+
+    def _node(self) -> Iterator[Metric]:
+        statistics = self._view.statistics()
+        info = GaugeMetricFamily(PREFIX + "node_info", "The node (always 1).", labels=("node",))
+        info.add_metric((statistics.node_id,), 1)
+        yield info
+        yield GaugeMetricFamily(
+            PREFIX + "node_uptime_seconds", "Seconds since the node started.", statistics.uptime
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "node_draining",
+            "1 while the node is shutting down.",
+            1 if statistics.draining else 0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "node_channels_configured",
+            "Channels the configuration asks for.",
+            statistics.configured,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "node_channels_started", "Channels started.", statistics.started
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "store_pending_events",
+            "Inbound events not yet written to the store.",
+            statistics.store_pending,
+        )
+
+    def _webhook_families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            PREFIX + "webhook_requests",
+            "Webhook requests by provider and outcome.",
+            labels=("provider", "outcome"),
+        )
+        for (provider, outcome), count in sorted(self._webhooks.requests().items()):
+            requests.add_metric((provider, outcome), count)
+        yield requests
+        rejected = CounterMetricFamily(
+            PREFIX + "webhook_rejected",
+            "Webhook requests refused with 403 (bad signature, secret or verify token).",
+            labels=("provider", "reason"),
+        )
+        for (provider, reason), count in sorted(self._webhooks.rejected().items()):
+            rejected.add_metric((provider, reason), count)
+        yield rejected
+
+
+def ops_registry(view: NodeView, webhooks: WebhookCounters) -> CollectorRegistry:
+    """A registry of our own with the node's collector and the process collectors.
+
+    Args:
+        view: the node.
+        webhooks: the ops app's webhook counters.
+
+    Returns:
+        A registry holding :class:`NodeCollector`, ``ProcessCollector``,
+        ``PlatformCollector`` and ``GCCollector`` (never the global one).
+    """
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(view, webhooks))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry

@@ -1,0 +1,471 @@
+"""The store's contract, and the batching every backend shares.
+
+Design:
+- :class:`Store` is what the node uses: the channels' inbound sink
+  (``save_inbound``), the drain's outbox (``keep_outbound`` at shutdown,
+  ``take_outbound`` at the next start) and a window on recent events for the
+  admin console. :func:`open_store` picks the backend from the config and
+  owns its lifetime: nothing a store starts outlives the ``async with``.
+- The hot path only appends. ``save_inbound`` puts events in a buffer and
+  returns without a checkpoint; a flusher task owned by the ``open_store``
+  block writes them in batches of ``batch_size`` when a batch fills or every
+  ``flush_interval`` seconds. Leaving the block writes what is left under a
+  shielded, bounded deadline.
+- Nothing is dropped silently. A write that fails is logged, counted in
+  ``statistics().errors`` and its batch stays at the head of the buffer, so
+  the next flush retries it in order (the flusher backs off while writes
+  fail). The buffer is bounded: past ``BUFFER_BATCHES`` batches,
+  ``save_inbound`` waits for room for at most ``BACKPRESSURE_WAIT`` seconds,
+  then refuses the events with :class:`~runtime.errors.StoreError`, so they
+  stay with the caller (a channel keeps a refused batch for its next flush).
+- Only one writer runs at a time (a lock), and a batch leaves the buffer only
+  after its write succeeded: a write cancelled half-way is written again
+  later, and the backends ignore duplicates by key, so nothing is doubled.
+- The backends import lazily: the memory store never imports asyncpg or
+  trio-asyncio.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Final, Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from providers.base import ConnectionStateChanged, Event, OutboundMessage
+
+from ..config.model import StorageConfig
+from ..errors import StoreError
+
+__all__ = [
+    "BACKPRESSURE_WAIT",
+    "BUFFER_BATCHES",
+    "FINAL_FLUSH_DEADLINE",
+    "RETRY_DELAY_CAP",
+    "BatchResult",
+    "BatchingStore",
+    "KeptMessage",
+    "Store",
+    "StoreStatistics",
+    "open_store",
+]
+
+log = logging.getLogger("switchboard.store")
+
+BUFFER_BATCHES: Final = 10  # batches buffered before save_inbound waits for room
+BACKPRESSURE_WAIT: Final = 5.0  # seconds save_inbound waits for room before refusing
+FINAL_FLUSH_DEADLINE: Final = 10.0  # seconds the last flush gets when the store closes
+RETRY_DELAY_CAP: Final = 5.0  # seconds, the longest pause between failing flushes
+MIN_FLUSH_INTERVAL: Final = 0.001  # seconds; 0 would make the flusher spin
+
+
+@attrs.frozen(kw_only=True)
+class KeptMessage:
+    """An outbound message accepted but not sent by the drain deadline.
+
+    Attributes:
+        channel_id: the channel it was sent on.
+        message: the message, as the product gave it.
+        reason: why it was kept, e.g. ``not sent by the drain deadline (10.0 s)``.
+        accepted_at: when the channel accepted it, unix time (PostgreSQL keeps
+            it to the microsecond).
+    """
+
+    channel_id: str
+    message: OutboundMessage
+    reason: str
+    accepted_at: float
+
+
+@attrs.frozen(kw_only=True)
+class StoreStatistics:
+    """A snapshot of a store's counters.
+
+    Attributes:
+        backend: ``memory`` or ``postgres``.
+        durable: whether kept data survives the process.
+        inbound_written: inbound events stored (duplicates not counted).
+        inbound_pending: inbound events buffered, not yet written.
+        inbound_duplicates: inbound events ignored because already stored.
+        batches: batches written.
+        kept: outbound messages handed to ``keep_outbound`` by this process.
+        errors: failed writes and reads, plus events that could not be stored
+            at all (each one logged).
+        inbound_evicted: memory backend: events pushed out of the bounded
+            window of recent events.
+    """
+
+    backend: str
+    durable: bool
+    inbound_written: int
+    inbound_pending: int
+    inbound_duplicates: int
+    batches: int
+    kept: int
+    errors: int
+    inbound_evicted: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class BatchResult:
+    """What a backend did with one batch.
+
+    Attributes:
+        written: events stored.
+        duplicates: events ignored because their key was already stored.
+        rejected: events that can never be stored (logged by the backend).
+    """
+
+    written: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where the node keeps inbound events and unsent outbound messages.
+
+    Attributes:
+        backend: ``memory`` or ``postgres``.
+        durable: whether what it keeps survives the process (postgres; memory
+            only for kept messages, and only with an ``outbox_file``).
+    """
+
+    backend: str
+    durable: bool
+
+    async def save_inbound(self, events: Sequence[Event]) -> None:
+        """Buffer inbound events for the next batch (the channels' inbound sink).
+
+        ``ConnectionStateChanged`` events are transient and not stored.
+
+        Raises:
+            StoreError: the store is closed, or its buffer stayed full for
+                ``BACKPRESSURE_WAIT`` seconds because writes fail; the events
+                were not accepted.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Write everything buffered now.
+
+        Raises:
+            StoreError: a write failed; the unwritten events stay buffered.
+        """
+        ...
+
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+        """Keep messages that were not sent, for ``take_outbound`` at the next start.
+
+        Raises:
+            StoreError: they could not be kept.
+        """
+        ...
+
+    async def take_outbound(self) -> list[KeptMessage]:
+        """Return every kept message, oldest first, and forget them.
+
+        Raises:
+            StoreError: they could not be read; nothing was forgotten.
+        """
+        ...
+
+    async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:
+        """The last ``limit`` stored inbound events (of one channel), oldest first.
+
+        Buffered events are not included: ``flush()`` first to see them.
+
+        Raises:
+            StoreError: they could not be read.
+            ValueError: ``limit`` is negative.
+        """
+        ...
+
+    def statistics(self) -> StoreStatistics:
+        """A snapshot of the store's counters."""
+        ...
+
+
+class BatchingStore(abc.ABC):
+    """The buffer, flusher and counters every backend shares.
+
+    A backend implements :meth:`_write_batch` and the outbound and read
+    methods; :meth:`serving` runs the flusher for the ``open_store`` block.
+    """
+
+    backend: str
+    durable: bool
+
+    def __init__(self, *, batch_size: int, flush_interval: float) -> None:
+        if batch_size < 1:
+            raise ValueError(f"storage.batch_size must be at least 1, not {batch_size}")
+        self._batch_size = batch_size
+        self._flush_interval = max(flush_interval, MIN_FLUSH_INTERVAL)
+        self._max_pending = BUFFER_BATCHES * batch_size
+        self._buffer: list[Event] = []
+        self._write_lock = trio.Lock()
+        self._batch_ready = trio.Event()
+        self._progress = trio.Event()
+        self._state = "new"
+        self._last_error = ""
+        self._written = 0
+        self._duplicates = 0
+        self._batches = 0
+        self._kept = 0
+        self._errors = 0
+        self._evicted = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} [{self._state.upper()} pending={len(self._buffer)} "
+            f"written={self._written} errors={self._errors}{self._repr_extra()}]>"
+        )
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    # --- the hot path -----------------------------------------------------------------
+
+    async def save_inbound(self, events: Sequence[Event]) -> None:
+        """See :meth:`Store.save_inbound`."""
+        self._check_open()
+        stored = [event for event in events if not isinstance(event, ConnectionStateChanged)]
+        if not stored:
+            return
+        if len(self._buffer) >= self._max_pending:
+            await self._wait_for_room(len(stored))
+        self._buffer.extend(stored)
+        if len(self._buffer) >= self._batch_size:
+            self._batch_ready.set()
+
+    async def _wait_for_room(self, count: int) -> None:
+        self._batch_ready.set()
+        with trio.move_on_after(BACKPRESSURE_WAIT):
+            while len(self._buffer) >= self._max_pending:
+                await self._progress.wait()
+        self._check_open()
+        if len(self._buffer) >= self._max_pending:
+            why = f"; the last write failed: {self._last_error}" if self._last_error else ""
+            raise StoreError(
+                f"the {self.backend} store's inbound buffer is full ({len(self._buffer)} "
+                f"events waiting, limit {self._max_pending}) and did not drain within "
+                f"{BACKPRESSURE_WAIT} s{why}. These {count} events were not accepted: "
+                "keep them and save them again later"
+            )
+
+    async def flush(self) -> None:
+        """See :meth:`Store.flush`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        async with self._write_lock:
+            remaining = len(self._buffer)
+            while remaining > 0 and self._buffer:
+                batch = self._buffer[: min(self._batch_size, remaining)]
+                try:
+                    result = await self._write_batch(batch)
+                except StoreError as exc:
+                    self._errors += 1
+                    self._last_error = str(exc)
+                    log.error(
+                        "%s store: writing %d inbound events failed; they stay buffered "
+                        "(%d pending) and are retried: %s",
+                        self.backend,
+                        len(batch),
+                        len(self._buffer),
+                        exc,
+                    )
+                    self._signal_progress()
+                    raise
+                # Only the lock holder removes from the head; save_inbound only appends.
+                del self._buffer[: len(batch)]
+                remaining -= len(batch)
+                self._last_error = ""
+                self._written += result.written
+                self._duplicates += result.duplicates
+                self._errors += result.rejected
+                self._batches += 1
+                self._signal_progress()
+
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Run the flusher for the block; write what is left on the way out.
+
+        Raises:
+            StoreError: the block ended normally but the last flush failed
+                (logged with the number of events lost either way).
+        """
+        self._state = "open"
+        failure: StoreError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_flusher)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._state = "closing"
+            failure = await self._final_flush()
+            self._state = "closed"
+        if failure is not None:
+            raise failure
+
+    async def _run_flusher(self) -> None:
+        failures = 0
+        while True:
+            if failures:
+                await trio.sleep(min(self._flush_interval * 2**failures, RETRY_DELAY_CAP))
+            else:
+                with trio.move_on_after(self._flush_interval):
+                    await self._batch_ready.wait()
+            self._batch_ready = trio.Event()
+            if not self._buffer:
+                continue
+            try:
+                await self._write_pending()
+            except StoreError:
+                failures += 1  # logged and counted by _write_pending
+            else:
+                failures = 0
+
+    async def _final_flush(self) -> StoreError | None:
+        failure: StoreError | None = None
+        with trio.move_on_after(FINAL_FLUSH_DEADLINE, shield=True) as scope:
+            try:
+                await self._write_pending()
+            except StoreError as exc:
+                failure = exc
+        if scope.cancelled_caught:
+            failure = StoreError(f"the last flush did not finish within {FINAL_FLUSH_DEADLINE} s")
+        if failure is None:
+            return None
+        lost = len(self._buffer)
+        log.error(
+            "%s store: closing with %d inbound events that could not be written: %s",
+            self.backend,
+            lost,
+            failure,
+        )
+        error = StoreError(
+            f"the {self.backend} store closed with {lost} inbound events unwritten: {failure}"
+        )
+        error.__cause__ = failure
+        return error
+
+    def _check_open(self) -> None:
+        if self._state in ("open", "closing"):
+            return
+        if self._state == "new":
+            raise StoreError(
+                f"the {self.backend} store is not open yet: "
+                "use it inside `async with open_store(...)`"
+            )
+        raise StoreError(f"the {self.backend} store is closed: its open_store block has ended")
+
+    # --- counters ---------------------------------------------------------------------
+
+    def statistics(self) -> StoreStatistics:
+        """See :meth:`Store.statistics`."""
+        return StoreStatistics(
+            backend=self.backend,
+            durable=self.durable,
+            inbound_written=self._written,
+            inbound_pending=len(self._buffer),
+            inbound_duplicates=self._duplicates,
+            batches=self._batches,
+            kept=self._kept,
+            errors=self._errors,
+            inbound_evicted=self._evicted,
+        )
+
+    # --- what a backend provides ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
+        """Store one batch, ignoring events already stored.
+
+        Raises:
+            StoreError: nothing of the batch may be assumed written.
+        """
+
+    @abc.abstractmethod
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+        """See :meth:`Store.keep_outbound`."""
+
+    @abc.abstractmethod
+    async def take_outbound(self) -> list[KeptMessage]:
+        """See :meth:`Store.take_outbound`."""
+
+    @abc.abstractmethod
+    async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:
+        """See :meth:`Store.recent_inbound`."""
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside nested one-element groups (the nurseries' wrapping)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
+    """Open the store the config names, for the duration of the block.
+
+    The store's flusher (and for PostgreSQL its trio-asyncio loop, unless one
+    is already open, and its connection pool) live inside the block. Leaving
+    it writes the buffered events, then closes.
+
+    An exception leaving the block comes out as it was raised, not wrapped in
+    the exception group of the store's own nursery.
+
+    Args:
+        config: the ``[storage]`` section.
+
+    Yields:
+        The open store.
+
+    Raises:
+        StoreError: the store could not be opened (PostgreSQL unreachable,
+            schema not creatable), or the block ended normally but its
+            buffered events could not all be written.
+        ValueError: the config's batch size is below 1.
+    """
+    lone: BaseException | None = None
+    try:
+        if config.backend == "postgres":
+            from .postgres import open_postgres_store
+
+            async with open_postgres_store(config) as pg_store:
+                yield pg_store
+        else:
+            from .memory import open_memory_store
+
+            async with open_memory_store(config) as memory_store:
+                yield memory_store
+    except BaseExceptionGroup as group:
+        lone = _unwrap(group)
+        if lone is group:
+            raise
+    if lone is not None:
+        # Raised outside the except clause with its own context kept, so it is
+        # exactly the exception that was raised, not chained to the group.
+        context = lone.__context__
+        try:
+            raise lone
+        finally:
+            lone.__context__ = context
+            del lone, context

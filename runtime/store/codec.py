@@ -1,0 +1,179 @@
+"""The store's wire format: events and messages as JSON-able dicts, and back.
+
+Design:
+- One cattrs converter of our own (never the global one). Enums travel as
+  their values, tuples as lists (JSON has no tuples; the attrs field types
+  bring them back as tuples), ``Mapping[str, Any]`` fields pass through, so
+  ``decode(json.loads(json.dumps(encode(x)))) == x`` for every event type and
+  for :class:`~providers.base.OutboundMessage` whose free-form values are
+  JSON values.
+- Events carry a ``kind`` discriminator (cattrs' tagged-union strategy):
+  ``message``, ``edited``, ``receipt``, ``state``. The same word is the
+  ``kind`` column of PostgreSQL's ``inbound_events``.
+- Keys the reader does not know are ignored, so a store written by a newer
+  node can be read by an older one during a rolling upgrade; missing or
+  mistyped fields are errors naming their path (``expected str @ $.peer``).
+- :func:`dedupe_key` is the identity of a stored event: the same message
+  twice is one row; receipts of one message with different statuses, and
+  edits of one message at different times, are distinct.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final, TypeAlias
+
+import cattrs
+from cattrs.strategies import configure_tagged_union
+from cattrs.v import format_exception
+
+from providers.base import (
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    InboundMessage,
+    MessageEdited,
+    OutboundMessage,
+)
+
+from .base import KeptMessage
+
+__all__ = [
+    "EVENT_KINDS",
+    "DedupeKey",
+    "converter",
+    "decode_event",
+    "decode_kept",
+    "decode_outbound",
+    "dedupe_key",
+    "dumps",
+    "encode_event",
+    "encode_kept",
+    "encode_outbound",
+]
+
+EVENT_KINDS: Final[Mapping[type, str]] = {
+    InboundMessage: "message",
+    MessageEdited: "edited",
+    DeliveryReceipt: "receipt",
+    ConnectionStateChanged: "state",
+}
+_KIND_TAG: Final = "kind"
+
+DedupeKey: TypeAlias = tuple[str, str, str, str]
+"""``(channel_id, kind, platform_message_id, status)``: one stored event."""
+
+
+def _make_converter() -> cattrs.Converter:
+    made = cattrs.Converter(unstruct_collection_overrides={tuple: list})
+    configure_tagged_union(
+        Event,
+        made,
+        tag_generator=lambda cls: EVENT_KINDS[cls],
+        tag_name=_KIND_TAG,
+    )
+    return made
+
+
+converter: Final = _make_converter()
+
+
+def _why(exc: BaseException, type_: type | None) -> str:
+    text = format_exception(exc, type_)
+    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
+
+
+def _invalid(what: str, exc: BaseException) -> ValueError:
+    if isinstance(exc, cattrs.BaseValidationError):
+        detail = "; ".join(cattrs.transform_error(exc, format_exception=_why))
+    elif isinstance(exc, KeyError):
+        detail = f"missing or unknown key {exc}"
+    else:
+        detail = str(exc)
+    return ValueError(f"not a valid {what}: {detail}")
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON for the store; NaN and infinities are refused.
+
+    Raises:
+        ValueError: ``data`` holds a float JSON cannot carry (NaN, inf).
+        TypeError: ``data`` holds a value JSON cannot carry at all.
+    """
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    """An event as a JSON-able dict with a ``kind`` key."""
+    encoded: dict[str, Any] = converter.unstructure(event, unstructure_as=Event)
+    return encoded
+
+
+def decode_event(data: Mapping[str, Any]) -> Event:
+    """The event :func:`encode_event` made ``data`` from.
+
+    Raises:
+        ValueError: ``data`` is not an encoded event; the message says what
+            is wrong and where.
+    """
+    kind = data.get(_KIND_TAG) if isinstance(data, Mapping) else None
+    if kind not in EVENT_KINDS.values():
+        known = ", ".join(EVENT_KINDS.values())
+        raise ValueError(f"not a valid event: kind {kind!r} is not one of {known}")
+    try:
+        event: Event = converter.structure(data, Event)  # type: ignore[arg-type]
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        raise _invalid(f"{kind} event", exc) from exc
+    return event
+
+
+def encode_outbound(message: OutboundMessage) -> dict[str, Any]:
+    """An outbound message as a JSON-able dict."""
+    encoded: dict[str, Any] = converter.unstructure(message)
+    return encoded
+
+
+def decode_outbound(data: Mapping[str, Any]) -> OutboundMessage:
+    """The message :func:`encode_outbound` made ``data`` from.
+
+    Raises:
+        ValueError: ``data`` is not an encoded outbound message.
+    """
+    try:
+        return converter.structure(data, OutboundMessage)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        raise _invalid("outbound message", exc) from exc
+
+
+def encode_kept(kept: KeptMessage) -> dict[str, Any]:
+    """A kept message as a JSON-able dict (one line of the memory outbox file)."""
+    encoded: dict[str, Any] = converter.unstructure(kept)
+    return encoded
+
+
+def decode_kept(data: Mapping[str, Any]) -> KeptMessage:
+    """The kept message :func:`encode_kept` made ``data`` from.
+
+    Raises:
+        ValueError: ``data`` is not an encoded kept message.
+    """
+    try:
+        return converter.structure(data, KeptMessage)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        raise _invalid("kept message", exc) from exc
+
+
+def dedupe_key(event: InboundMessage | MessageEdited | DeliveryReceipt) -> DedupeKey:
+    """The identity of a stored event: ``(channel_id, kind, platform_message_id, status)``.
+
+    ``status`` is the receipt's status, an edit's timestamp (``repr``; empty
+    when the platform gave none), and empty for a message.
+    """
+    if isinstance(event, DeliveryReceipt):
+        status = event.status.value
+    elif isinstance(event, MessageEdited):
+        status = "" if event.timestamp is None else repr(event.timestamp)
+    else:
+        status = ""
+    return (event.channel_id, EVENT_KINDS[type(event)], event.platform_message_id, status)

@@ -1,0 +1,100 @@
+"""How a channel's entry, its provider's defaults and the platform's limits combine."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors import ChannelSettings, ExponentialBackoff
+from providers.base import PlatformLimits
+from runtime.channels import UNLIMITED, channel_config, channel_settings, effective_limits
+from runtime.config.model import BackoffConfig, ChannelSpec, ProviderDefaults, RateLimitConfig
+
+PLATFORM = PlatformLimits(
+    per_channel_rate=30.0,
+    per_channel_burst=30,
+    per_peer_rate=1.0,
+    per_peer_burst=1,
+    max_text_length=4096,
+)
+
+
+def test_channel_overrides_win_over_provider_defaults_over_the_platform() -> None:
+    defaults = RateLimitConfig(per_second=20.0, per_peer_burst=3)
+    override = RateLimitConfig(per_second=5.0, max_text_length=100)
+    limits = effective_limits(PLATFORM, defaults, override)
+    assert limits == PlatformLimits(
+        per_channel_rate=5.0,
+        per_channel_burst=30,
+        per_peer_rate=1.0,
+        per_peer_burst=3,
+        max_text_length=100,
+    )
+
+
+@pytest.mark.parametrize("where", ["defaults", "channel"])
+def test_limits_can_be_turned_off_at_either_layer(where: str) -> None:
+    off = RateLimitConfig(enabled=False)
+    limits = (
+        effective_limits(PLATFORM, off, None)
+        if where == "defaults"
+        else effective_limits(PLATFORM, RateLimitConfig(per_second=2.0), off)
+    )
+    assert limits.per_channel_rate == UNLIMITED
+    assert limits.per_peer_rate == UNLIMITED
+    assert limits.max_text_length == 4096  # a platform's length limit is not a rate limit
+
+
+def test_settings_merge_backoff_field_by_field() -> None:
+    spec = ChannelSpec(
+        id="c",
+        provider="telegram",
+        backoff=BackoffConfig(cap=9.0),
+        send_attempts=2,
+    )
+    defaults = ProviderDefaults(
+        backoff=BackoffConfig(base=0.5, stable_after=12.0, max_attempts=7),
+        liveness_timeout=33.0,
+        send_attempts=4,
+    )
+    settings = channel_settings(spec, defaults, PLATFORM, base=ChannelSettings())
+    assert settings.reconnect == ExponentialBackoff(base=0.5, cap=9.0)
+    assert settings.stable_after == 12.0
+    assert settings.max_reconnects == 7
+    assert settings.liveness_timeout == 33.0
+    assert settings.send_attempts == 2
+    assert settings.limits == PLATFORM
+
+
+def test_settings_without_overrides_are_the_library_defaults_with_platform_limits() -> None:
+    base = ChannelSettings()
+    settings = channel_settings(ChannelSpec(id="c", provider="discord"), None, PLATFORM, base=base)
+    assert settings.reconnect == base.reconnect
+    assert settings.send_attempts == base.send_attempts
+    assert settings.limits == PLATFORM
+
+
+def test_config_merges_options_and_lets_the_node_supply_url_and_credentials() -> None:
+    spec = ChannelSpec(
+        id="wa",
+        tenant="acme",
+        provider="whatsapp",
+        credentials={"token": "from-file"},
+        options={"phone_number_id": "1", "x": "channel"},
+    )
+    defaults = ProviderDefaults(base_url="https://graph", options={"x": "default", "y": 2})
+    plain = channel_config(spec, defaults)
+    assert plain.base_url == "https://graph"
+    assert dict(plain.options) == {"phone_number_id": "1", "x": "channel", "y": 2}
+    assert dict(plain.credentials) == {"token": "from-file"}
+    assert plain.tenant == "acme"
+    emulated = channel_config(
+        spec,
+        defaults,
+        base_url="http://127.0.0.1:9",
+        credentials={"token": "made-up"},
+        extra_options={"webhook_url": "http://node"},
+    )
+    assert emulated.base_url == "http://127.0.0.1:9"
+    assert dict(emulated.credentials) == {"token": "made-up"}
+    assert emulated.options["webhook_url"] == "http://node"
+    assert "from-file" not in repr(emulated)

@@ -1,0 +1,257 @@
+"""The embedding API in virtual time: a simulated platform, no sockets.
+
+Startup that degrades gracefully, connection limits, the channel
+administration calls, the event stream's filters, and the drain: what is
+sent by the deadline, what is kept, and the next start that sends it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
+from providers.base import InboundMessage, OutboundMessage, SendResult
+from providers.simulated import Fixed, SimulatedProvider
+from runtime import (
+    ChannelExists,
+    ConnectionLimitReached,
+    NodeDraining,
+    NodeEvent,
+    UnknownChannel,
+    open_node,
+    open_store,
+    parse_config,
+)
+from runtime.config import ChannelSpec, StorageConfig
+from runtime.ops.health import health_report
+
+from .support import CEILING
+
+FAST = ChannelSettings(
+    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
+    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
+    connect_wait=5.0,
+    inbound_flush=0.05,
+)
+
+
+def node_config(channels: list[dict[str, Any]], **sections: Any) -> Any:
+    return parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 10.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
+            "channels": channels,
+            **sections,
+        }
+    )
+
+
+def sim(channel_id: str, tenant: str = "acme") -> dict[str, Any]:
+    return {"id": channel_id, "tenant": tenant, "provider": "simulated"}
+
+
+async def wait_connected(node: Any, count: int) -> None:
+    with node.subscribe(kind="state") as changes:
+        while sum(s.status is ChannelStatus.CONNECTED for s in node.channels()) < count:
+            await changes.receive()
+
+
+def message(key: str, text: str = "hi", peer: str = "p1") -> OutboundMessage:
+    return OutboundMessage(peer=peer, idempotency_key=key, text=text)
+
+
+async def test_node_starts_channels_and_sends(autojump_clock: trio.testing.MockClock) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.25))
+    config = node_config([sim("a"), sim("b", tenant="globex")])
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            assert node.ready
+            await wait_connected(node, 2)
+            started = trio.current_time()
+            result = await node.send("a", message("k1", "hello"))
+            assert isinstance(result, SendResult)
+            assert result.peer == "p1"
+            assert trio.current_time() - started == pytest.approx(0.25)
+            assert [m.text for m in provider.sent if m.channel_id == "a"] == ["hello"]
+            snapshots = {s.channel_id: s for s in node.channels()}
+            assert snapshots["a"].statistics is not None
+            assert snapshots["a"].statistics.sent == 1
+            assert snapshots["b"].tenant == "globex"
+            assert health_report(node)["status"] == "ok"
+            stats = node.statistics()
+            assert (stats.started, stats.configured, stats.draining) == (2, 2, False)
+
+
+async def test_a_channel_that_cannot_start_leaves_the_rest_running(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = node_config(
+        [sim("a"), sim("b"), sim("c")],
+        providers={"simulated": {"max_connections": 2, "rate_limit": {"enabled": False}}},
+    )
+    with trio.fail_after(CEILING), caplog.at_level("INFO", logger="switchboard"):
+        async with open_node(config, channel_defaults=FAST) as node:
+            await wait_connected(node, 2)
+            snapshots = {s.channel_id: s for s in node.channels()}
+            assert snapshots["c"].status is ChannelStatus.FAILED
+            assert snapshots["c"].start_error is not None
+            assert "providers.simulated.max_connections" in snapshots["c"].start_error
+            report = health_report(node)
+            assert report["status"] == "degraded"
+            assert [p["channel"] for p in report["problems"]] == ["c"]
+            assert await node.send("a", message("k"))
+            with pytest.raises(ConnectionLimitReached, match="limit"):
+                await node.start_channel(ChannelSpec(id="d", provider="simulated"))
+    assert "started 2/3 channels" in caplog.text
+    assert "c: ConnectionLimitReached" in caplog.text
+
+
+async def test_channel_administration(autojump_clock: trio.testing.MockClock) -> None:
+    provider = SimulatedProvider()
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with pytest.raises(ChannelExists):
+                await node.start_channel(ChannelSpec(id="a", provider="simulated"))
+            with pytest.raises(UnknownChannel, match="'nope'"):
+                await node.send("nope", message("k"))
+            await node.start_channel(ChannelSpec(id="b", tenant="t2", provider="simulated"))
+            await wait_connected(node, 2)
+            await node.stop_channel("b")
+            assert [s.channel_id for s in node.channels()] == ["a"]
+            with pytest.raises(UnknownChannel):
+                await node.stop_channel("b")
+
+            # A ban fails the channel for good; restart_channel revives it.
+            provider.ban("a")
+            with node.subscribe(channel="a", kind="state") as changes:
+                while node.channels()[0].status is not ChannelStatus.FAILED:
+                    await changes.receive()
+            provider.banned.discard("a")  # the platform lifted the ban
+            await node.restart_channel("a")
+            await wait_connected(node, 1)
+            assert await node.send("a", message("after-revive"))
+
+
+async def test_subscribe_filters_by_tenant_channel_and_kind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    config = node_config([sim("a", "acme"), sim("b", "acme"), sim("c", "globex")])
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 3)
+            acme = node.subscribe(tenant="acme", kind="inbound")
+            only_c = node.subscribe(channel="c")
+            with pytest.raises(ValueError, match="unknown event kind"):
+                node.subscribe(kind="inbund")
+            for channel in ("a", "b", "c"):
+                provider.inject(channel, f"to {channel}", peer="u")
+            seen: list[NodeEvent] = [await acme.receive(), await acme.receive()]
+            assert sorted(e.channel_id for e in seen) == ["a", "b"]
+            assert all(isinstance(e.event, InboundMessage) and e.tenant == "acme" for e in seen)
+            event = await only_c.receive()
+            while event.kind != "inbound":
+                event = await only_c.receive()
+            assert (event.channel_id, event.tenant, event.event.text) == ("c", "globex", "to c")
+            acme.close()
+            only_c.close()
+
+
+async def test_drain_finishes_accepted_sends_within_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.5))
+    results: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(_record, results, node.send("a", message(f"k{i}")))
+                await trio.testing.wait_all_tasks_blocked()
+                report = await node.drain()
+            assert not node.ready
+            with pytest.raises(NodeDraining):
+                await node.send("a", message("late"))
+    assert report.in_flight == 4
+    assert report.kept == ()
+    assert all(isinstance(r, SendResult) for r in results)
+    assert sorted(m.idempotency_key for m in provider.sent) == ["k0", "k1", "k2", "k3"]
+
+
+async def test_what_misses_the_deadline_is_kept_and_sent_at_the_next_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One store across two node lifetimes stands for a durable one (the
+    # outbox file and PostgreSQL are tested in the store's own tests: file
+    # I/O runs in threads, which virtual time cannot wait for).
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    config = node_config([sim("a")], node={"id": "t", "drain_deadline": 4.5, "start_timeout": 1.0})
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                await wait_connected(node, 1)
+                async with trio.open_nursery() as nursery:
+                    for i in range(10):
+                        key = f"k{i}"
+                        nursery.start_soon(_record_into, results, key, node.send("a", message(key)))
+                        await trio.testing.wait_all_tasks_blocked()
+                    report = await node.drain()
+            kept_keys = {item.message.idempotency_key for item in report.kept}
+            sent_keys = {m.idempotency_key for m in provider.sent}
+            # Sends take 1 s each, one at a time. The wait ends at 4.5 s minus
+            # the close reserve (1.125 s); the send on the wire then finishes
+            # (at 4 s) before its channel stops. What was sent is not kept,
+            # and everything else is.
+            assert len(sent_keys) == 4
+            assert sent_keys | kept_keys == {f"k{i}" for i in range(10)}
+            assert not sent_keys & kept_keys
+            for key, outcome in results.items():
+                if key in kept_keys:
+                    assert isinstance(outcome, NodeDraining), (key, outcome)
+                    assert "kept for the next start" in str(outcome)
+                else:
+                    assert isinstance(outcome, SendResult), (key, outcome)
+            assert store.statistics().kept == len(kept_keys)
+            assert (report.channels_stopped, report.channels_killed) == (1, 0)
+
+            # The next start sends what was kept, and the store forgets it.
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                for _ in range(60):  # virtual seconds
+                    if len({m.idempotency_key for m in provider.sent}) == 10:
+                        break
+                    await trio.sleep(1.0)
+                assert len({m.idempotency_key for m in provider.sent}) == 10
+                assert await store.take_outbound() == []
+
+
+async def _record(results: list[Any], call: Any) -> None:
+    try:
+        results.append(await call)
+    except Exception as exc:
+        results.append(exc)
+
+
+async def _record_into(results: dict[str, Any], key: str, call: Any) -> None:
+    try:
+        results[key] = await call
+    except Exception as exc:
+        results[key] = exc

@@ -1,0 +1,559 @@
+"""The store's behaviour, the same for both backends, and its codec.
+
+Every behaviour test runs against the memory store and against a real
+PostgreSQL (``SWITCHBOARD_TEST_PG``), each PostgreSQL test in a schema of its
+own (``sb_test_<hex>``) dropped afterwards. PostgreSQL means real time, so
+those tests have hard real-time ceilings and poll with bounded loops; the
+memory-only tests that wait use the autojump clock and assert exact times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+import attrs
+import pytest
+import trio
+import trio_asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from providers.base import (
+    ConnectionState,
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    InboundMessage,
+    Media,
+    MediaKind,
+    MessageEdited,
+    OutboundMessage,
+    ReceiptStatus,
+    Template,
+)
+from runtime.config.model import StorageConfig
+from runtime.errors import StoreError
+from runtime.store import (
+    KeptMessage,
+    MemoryStore,
+    Store,
+    decode_event,
+    decode_kept,
+    decode_outbound,
+    encode_event,
+    encode_kept,
+    encode_outbound,
+    open_store,
+)
+from runtime.store.codec import dedupe_key
+
+PG_DSN: Final = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_CEILING: Final = 30.0  # real seconds; only a hang gets near it
+CEILING: Final = 60.0  # virtual seconds
+QUIET: Final = 3600.0  # a flush interval no test reaches: only explicit flushes write
+
+
+# --- helpers shared with test_store_postgres ------------------------------------------
+
+
+@attrs.frozen
+class PgSession:
+    """The test's own PostgreSQL connection, trio-flavoured."""
+
+    conn: Any
+    loop: Any
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(self.conn.execute, loop=self.loop)(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(self.conn.fetch, loop=self.loop)(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await trio_asyncio.aio_as_trio(self.conn.fetchval, loop=self.loop)(sql, *args)
+
+
+@contextlib.asynccontextmanager
+async def pg_session() -> AsyncIterator[PgSession]:
+    """A connection for checks and fault injection, on the current loop or a new one."""
+    async with contextlib.AsyncExitStack() as stack:
+        loop = trio_asyncio.current_loop.get()
+        if loop is None or loop.is_closed():
+            loop = await stack.enter_async_context(trio_asyncio.open_loop())
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(PG_DSN)
+        try:
+            yield PgSession(conn, loop)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
+
+
+@attrs.frozen
+class Backend:
+    """One backend under test: its name and a config to open it with."""
+
+    name: str
+    base: StorageConfig
+
+    def config(self, **changes: Any) -> StorageConfig:
+        return attrs.evolve(self.base, **changes)
+
+
+def new_schema() -> str:
+    return f"sb_test_{secrets.token_hex(6)}"
+
+
+@contextlib.asynccontextmanager
+async def dropped_afterwards(schema: str) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with trio.fail_after(PG_CEILING):
+            async with pg_session() as pg:
+                await pg.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        yield Backend("memory", StorageConfig(backend="memory"))
+        return
+    schema = new_schema()
+    async with dropped_afterwards(schema):
+        yield Backend("postgres", StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema))
+
+
+async def wait_until(condition: Callable[[], bool], *, poll: float = 0.01) -> None:
+    """Poll ``condition`` until true; the caller's ``fail_after`` bounds it."""
+    while not condition():  # noqa: ASYNC110 - the counters change in the store's own task
+        await trio.sleep(poll)
+
+
+def message(n: int, channel: str = "tg:1", **fields: Any) -> InboundMessage:
+    return InboundMessage(
+        channel_id=channel,
+        platform_message_id=str(n),
+        peer="chat-1",
+        sender="user-1",
+        text=f"hello {n}",
+        timestamp=1_700_000_000.0 + n,
+        **fields,
+    )
+
+
+def receipt(n: int, status: ReceiptStatus, channel: str = "tg:1") -> DeliveryReceipt:
+    return DeliveryReceipt(
+        channel_id=channel,
+        platform_message_id=str(n),
+        peer="chat-1",
+        status=status,
+        timestamp=1_700_000_100.0 + n,
+    )
+
+
+def edited(n: int, at: float, channel: str = "tg:1") -> MessageEdited:
+    return MessageEdited(
+        channel_id=channel,
+        platform_message_id=str(n),
+        peer="chat-1",
+        sender="user-1",
+        text=f"edited at {at}",
+        timestamp=at,
+    )
+
+
+def kept(n: int, **message_fields: Any) -> KeptMessage:
+    fields = message_fields or {"text": f"queued {n}"}
+    return KeptMessage(
+        channel_id="wa:1",
+        message=OutboundMessage(peer="+15550100", idempotency_key=f"key-{n}", **fields),
+        reason="not sent by the drain deadline (10.0 s)",
+        accepted_at=1_700_000_000.5 + n,  # exact in microseconds, as PostgreSQL keeps it
+    )
+
+
+# --- both backends -------------------------------------------------------------------
+
+
+async def test_saved_events_come_back_in_order_after_a_flush(backend: Backend) -> None:
+    events: list[Event] = [
+        message(1),
+        message(2, channel="tg:2"),
+        edited(1, at=1_700_000_050.25),
+        receipt(9, ReceiptStatus.SENT),
+    ]
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            assert isinstance(store, Store)
+            await store.save_inbound(events)
+            assert store.statistics().inbound_pending == 4
+            await store.flush()
+            stats = store.statistics()
+            assert (stats.inbound_written, stats.inbound_pending, stats.batches) == (4, 0, 1)
+            assert await store.recent_inbound() == events
+            assert await store.recent_inbound("tg:2") == [events[1]]
+            assert await store.recent_inbound(limit=2) == events[2:]
+            assert await store.recent_inbound("tg:1", limit=0) == []
+            with pytest.raises(ValueError, match="negative"):
+                await store.recent_inbound(limit=-1)
+
+
+async def test_the_same_message_twice_is_stored_once(backend: Backend) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            await store.save_inbound([message(1), message(1)])  # within one batch
+            await store.flush()
+            await store.save_inbound([message(1), message(2)])  # across batches
+            await store.flush()
+            stats = store.statistics()
+            assert (stats.inbound_written, stats.inbound_duplicates) == (2, 2)
+            assert await store.recent_inbound() == [message(1), message(2)]
+
+
+async def test_receipts_with_two_statuses_are_both_kept(backend: Backend) -> None:
+    sent, delivered = receipt(7, ReceiptStatus.SENT), receipt(7, ReceiptStatus.DELIVERED)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            await store.save_inbound([sent, delivered])
+            await store.save_inbound([delivered])
+            await store.flush()
+            assert await store.recent_inbound() == [sent, delivered]
+            assert store.statistics().inbound_duplicates == 1
+
+
+async def test_edits_of_one_message_at_different_times_are_distinct(backend: Backend) -> None:
+    first, second = edited(3, at=1_700_000_010.5), edited(3, at=1_700_000_020.5)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            await store.save_inbound([message(3), first, second, second])
+            await store.flush()
+            assert await store.recent_inbound() == [message(3), first, second]
+
+
+async def test_connection_state_changes_are_not_stored(backend: Backend) -> None:
+    state = ConnectionStateChanged(channel_id="tg:1", state=ConnectionState.CONNECTED)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            await store.save_inbound([state, message(1), state])
+            assert store.statistics().inbound_pending == 1
+            await store.save_inbound([state])
+            await store.flush()
+            assert await store.recent_inbound() == [message(1)]
+            assert store.statistics().inbound_written == 1
+
+
+async def test_leaving_the_block_writes_what_is_buffered(backend: Backend) -> None:
+    events = [message(n) for n in range(10)]
+    config = backend.config(flush_interval=QUIET, batch_size=4)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(config) as store:
+            await store.save_inbound(events)
+            assert store.statistics().inbound_pending == 10
+        stats = store.statistics()
+        assert (stats.inbound_written, stats.inbound_pending, stats.batches) == (10, 0, 3)
+        with pytest.raises(StoreError, match="closed"):
+            await store.save_inbound([message(99)])
+        if store.durable:
+            async with open_store(config) as reopened:
+                assert await reopened.recent_inbound() == events
+
+
+async def test_cancelling_the_block_still_writes_what_is_buffered(backend: Backend) -> None:
+    events = [message(n) for n in range(7)]
+    config = backend.config(flush_interval=QUIET)
+    with trio.fail_after(PG_CEILING):
+        with trio.CancelScope() as scope:
+            async with open_store(config) as store:
+                await store.save_inbound(events)
+                scope.cancel()
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        assert store.statistics().inbound_written == 7
+        if store.durable:
+            async with open_store(config) as reopened:
+                assert await reopened.recent_inbound() == events
+
+
+async def test_a_full_batch_is_written_without_waiting_for_the_interval(
+    backend: Backend,
+) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(batch_size=5, flush_interval=QUIET)) as store:
+            await store.save_inbound([message(n) for n in range(5)])
+            await wait_until(lambda: store.statistics().inbound_written == 5)
+            assert store.statistics().batches == 1
+
+
+async def test_a_partial_batch_is_written_after_the_interval(backend: Backend) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(batch_size=500, flush_interval=0.05)) as store:
+            await store.save_inbound([message(1), message(2)])
+            await wait_until(lambda: store.statistics().inbound_written == 2)
+            assert await store.recent_inbound() == [message(1), message(2)]
+
+
+async def test_flush_writes_in_batches_of_batch_size(backend: Backend) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(batch_size=4, flush_interval=QUIET)) as store:
+            await store.save_inbound([message(n) for n in range(10)])
+            await store.flush()
+            stats = store.statistics()
+            assert (stats.inbound_written, stats.batches) == (10, 3)
+            assert [e.platform_message_id for e in await store.recent_inbound()] == [
+                str(n) for n in range(10)
+            ]
+
+
+async def test_kept_messages_are_taken_once(backend: Backend) -> None:
+    items = [
+        kept(1),
+        kept(2, media=Media(kind=MediaKind.DOCUMENT, url="https://x/y.pdf", filename="y.pdf")),
+        kept(
+            3,
+            template=Template(
+                name="order_update",
+                language="en_US",
+                components=({"type": "body", "parameters": [{"type": "text", "text": "42"}]},),
+            ),
+            metadata={"priority": 2, "tags": ["a", "b"]},
+        ),
+    ]
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.keep_outbound(items[:2])
+            await store.keep_outbound(items[2:])
+            await store.keep_outbound([])
+            assert store.statistics().kept == 3
+            assert await store.take_outbound() == items
+            assert await store.take_outbound() == []
+
+
+async def test_an_exception_leaves_the_block_unwrapped(backend: Backend) -> None:
+    with trio.fail_after(PG_CEILING):
+        with pytest.raises(KeyError, match="boom"):
+            async with open_store(backend.config()) as store:
+                await store.save_inbound([message(1)])
+                raise KeyError("boom")
+    assert store.statistics().inbound_written == 1  # written on the way out all the same
+
+
+async def test_statistics_say_what_survives(backend: Backend, tmp_path: Path) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            stats = store.statistics()
+            assert (stats.backend, stats.durable) == (backend.name, backend.name == "postgres")
+            assert store.backend == backend.name
+            assert "[OPEN pending=0 written=0 errors=0" in repr(store)
+
+
+# --- the memory backend ---------------------------------------------------------------
+
+
+async def test_memory_outbox_file_survives_to_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.jsonl"
+    config = StorageConfig(backend="memory", outbox_file=str(path))
+    async with open_store(config) as store:
+        assert store.durable
+        await store.keep_outbound([kept(1)])
+        await store.keep_outbound([kept(2, text="second")])
+    lines = path.read_text().splitlines()
+    assert [decode_kept(json.loads(line)) for line in lines] == [kept(1), kept(2, text="second")]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+    async with open_store(config) as next_start:
+        assert await next_start.take_outbound() == [kept(1), kept(2, text="second")]
+        assert not path.exists()
+        assert await next_start.take_outbound() == []
+    async with open_store(config) as third_start:
+        assert await third_start.take_outbound() == []
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "complaint"),
+    [
+        ("{not json", "Expecting property name"),
+        ('{"channel_id": "wa:1", "reason": "r", "accepted_at": 1.0}', "message"),
+        (
+            '{"channel_id": "wa:1", "message": {"peer": "p", "idempotency_key": "k"}, '
+            '"reason": "r", "accepted_at": 1.0}',
+            "exactly one of text, media or template",
+        ),
+    ],
+)
+async def test_a_corrupt_outbox_line_is_an_error_naming_file_and_line(
+    tmp_path: Path, bad_line: str, complaint: str
+) -> None:
+    path = tmp_path / "outbox.jsonl"
+    good = json.dumps(encode_kept(kept(1)))
+    path.write_text(f"{good}\n\n{bad_line}\n{good}\n")
+    async with open_store(StorageConfig(backend="memory", outbox_file=str(path))) as store:
+        with pytest.raises(StoreError) as caught:
+            await store.take_outbound()
+        assert f"{path}:3:" in str(caught.value)
+        assert complaint in str(caught.value)
+        assert caught.value.__cause__ is not None
+        assert path.exists(), "a file that could not be read must be left for a person"
+        assert store.statistics().errors == 1
+
+
+async def test_memory_keeps_unsent_messages_in_memory_without_a_file() -> None:
+    async with open_store(StorageConfig(backend="memory")) as store:
+        assert not store.durable
+        await store.keep_outbound([kept(1), kept(2)])
+        assert await store.take_outbound() == [kept(1), kept(2)]
+        assert await store.take_outbound() == []
+
+
+async def test_memory_keeps_a_bounded_window_of_recent_events() -> None:
+    store = MemoryStore(batch_size=10, flush_interval=QUIET, capacity=3)
+    with pytest.raises(StoreError, match="not open yet"):
+        await store.save_inbound([message(0)])
+    async with store.serving():
+        await store.save_inbound([message(n) for n in range(5)])
+        await store.flush()
+        assert await store.recent_inbound() == [message(2), message(3), message(4)]
+        stats = store.statistics()
+        assert (stats.inbound_written, stats.inbound_evicted) == (5, 2)
+
+
+async def test_memory_partial_batch_waits_exactly_the_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig(batch_size=100, flush_interval=0.5)) as store:
+            start = trio.current_time()
+            await store.save_inbound([message(1)])
+            await wait_until(lambda: store.statistics().inbound_written == 1, poll=0.001)
+            assert trio.current_time() - start == pytest.approx(0.5, abs=0.001)
+
+
+async def test_memory_backpressure_waits_for_the_flusher(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig(batch_size=2, flush_interval=QUIET)) as store:
+            await store.save_inbound([message(n) for n in range(25)])  # over 10 batches
+            assert store.statistics().inbound_pending == 25
+            start = trio.current_time()
+            await store.save_inbound([message(25)])  # waits until the flusher made room
+            assert trio.current_time() == start  # no time passed: the flusher was woken
+            assert store.statistics().inbound_pending < 20
+        assert store.statistics().inbound_written == 26
+
+
+# --- the codec ------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+json_objects = st.dictionaries(st.text(), json_values, max_size=4)
+optional_text = st.none() | st.text()
+media = st.builds(
+    Media,
+    kind=st.sampled_from(MediaKind),
+    url=st.text(min_size=1),
+    caption=optional_text,
+    filename=optional_text,
+)
+templates = st.builds(
+    Template,
+    name=st.text(min_size=1),
+    language=st.sampled_from(["en_US", "pt_BR", "de"]),
+    components=st.lists(json_objects, max_size=3).map(tuple),
+)
+timestamps = st.none() | st.floats(min_value=0, max_value=4e9, allow_nan=False)
+
+
+@st.composite
+def outbound_messages(draw: st.DrawFn) -> OutboundMessage:
+    content = draw(st.sampled_from(["text", "media", "template"]))
+    return OutboundMessage(
+        peer=draw(st.text(min_size=1)),
+        idempotency_key=draw(st.text(min_size=1)),
+        text=draw(st.text()) if content == "text" else None,
+        media=draw(media) if content == "media" else None,
+        template=draw(templates) if content == "template" else None,
+        reply_to=draw(optional_text),
+        metadata=draw(json_objects),
+    )
+
+
+inbound_messages = st.builds(
+    InboundMessage,
+    channel_id=st.text(min_size=1),
+    platform_message_id=st.text(min_size=1),
+    peer=st.text(),
+    sender=st.text(),
+    text=optional_text,
+    media=st.none() | media,
+    reply_to=optional_text,
+    timestamp=timestamps,
+    metadata=json_objects,
+)
+
+
+def through_json(data: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(data))
+
+
+@given(outbound_messages())
+def test_codec_round_trips_outbound_messages(msg: OutboundMessage) -> None:
+    assert decode_outbound(through_json(encode_outbound(msg))) == msg
+
+
+@given(inbound_messages)
+def test_codec_round_trips_inbound_messages(event: InboundMessage) -> None:
+    encoded = encode_event(event)
+    assert encoded["kind"] == "message"
+    assert decode_event(through_json(encoded)) == event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        edited(1, at=1.5),
+        MessageEdited(channel_id="c", platform_message_id="1", peer="p", sender="s"),
+        receipt(1, ReceiptStatus.FAILED),
+        DeliveryReceipt(
+            channel_id="c",
+            platform_message_id="1",
+            peer="p",
+            status=ReceiptStatus.READ,
+            error="blocked",
+        ),
+        ConnectionStateChanged(channel_id="c", state=ConnectionState.RESUMED, detail="seq 4"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_codec_round_trips_every_event_type(event: Event) -> None:
+    assert decode_event(through_json(encode_event(event))) == event
+
+
+def test_codec_errors_say_what_and_where() -> None:
+    with pytest.raises(ValueError, match="kind 'nope' is not one of"):
+        decode_event({"kind": "nope"})
+    bad_status = {**encode_event(receipt(1, ReceiptStatus.SENT)), "status": "lost"}
+    with pytest.raises(ValueError, match=r"receipt event.*\$\.status"):
+        decode_event(bad_status)
+    with pytest.raises(ValueError, match="outbound message"):
+        decode_outbound({"peer": "p"})
+
+
+def test_dedupe_keys_separate_what_must_stay_distinct() -> None:
+    assert dedupe_key(message(1)) == ("tg:1", "message", "1", "")
+    assert dedupe_key(receipt(1, ReceiptStatus.SENT)) != dedupe_key(receipt(1, ReceiptStatus.READ))
+    assert dedupe_key(edited(1, at=2.0)) == ("tg:1", "edited", "1", "2.0")
+    assert dedupe_key(edited(1, at=2.0)) != dedupe_key(message(1))
