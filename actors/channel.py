@@ -225,6 +225,7 @@ class ChannelActor(Actor):
 
     async def on_start(self) -> None:
         self.memory.incarnations += 1
+        self.memory.current_ref = self.ref
         if self.memory.status is ChannelStatus.FAILED:
             # A failed channel stays failed across restarts; only an
             # operator's explicit action (a new memory) revives it.
@@ -406,9 +407,27 @@ class ChannelActor(Actor):
             raise
 
     async def _flush_periodically(self) -> None:
+        failing = False
         while True:
             await trio.sleep(self.settings.inbound_flush)
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception as exc:
+                # The sink (the store) is down: the batch stays pending and is
+                # retried next time; the channel keeps running.
+                self.memory.counters["sink_failures"] += 1
+                if not failing:
+                    self._log.warning(
+                        "%r: the sink refused %d inbound event(s), kept for retry: %s",
+                        self,
+                        len(self.memory.pending),
+                        exc,
+                    )
+                failing = True
+            else:
+                if failing:
+                    self._log.info("%r: the sink takes inbound events again", self)
+                failing = False
 
     def _fail(self, error: BaseException) -> None:
         if self.memory.status is ChannelStatus.FAILED:
@@ -564,10 +583,16 @@ class ChannelRef:
     def __init__(
         self, ref: ActorRef, memory: ChannelMemory, channel_id: str, provider_name: str
     ) -> None:
-        self.ref = ref
+        self._ref = ref
         self.memory = memory
         self.channel_id = channel_id
         self.provider_name = provider_name
+
+    @property
+    def ref(self) -> ActorRef:
+        """The channel actor's ref; follows it if its supervisor started it anew."""
+        current: ActorRef | None = self.memory.current_ref
+        return current if current is not None else self._ref
 
     def __repr__(self) -> str:
         return f"<ChannelRef {self.channel_id} [{self.memory.status.name}]>"

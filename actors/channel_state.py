@@ -251,6 +251,9 @@ class ChannelMemory:
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self.incarnations = 0
+        # The ref of the newest incarnation: a supervisor restarted from
+        # scratch starts its children under new refs, and handles follow.
+        self.current_ref: Any = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "sent",
@@ -260,6 +263,7 @@ class ChannelMemory:
                 "reconnects",
                 "rate_limit_waits",
                 "subscriber_drops",
+                "sink_failures",
             ),
             0,
         )

@@ -22,7 +22,7 @@ from .config.model import NodeConfig
 from .node import Node, open_node
 from .telemetry import configure_logging, start_profiling
 
-__all__ = ["run_node"]
+__all__ = ["describe", "run_node"]
 
 log = logging.getLogger("switchboard.node")
 
@@ -38,7 +38,10 @@ def run_node(config: NodeConfig) -> int:
     try:
         return trio.run(_serve, config)
     except Exception as exc:
-        log.critical("node %s stopped: %s", config.node.id, exc, exc_info=True)
+        reason = describe(exc)
+        log.debug("node %s stopped", config.node.id, exc_info=True)
+        log.critical("node %s stopped: %s", config.node.id, reason)
+        print(f"switchboard: node {config.node.id!r} stopped: {reason}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         if profiler is not None:
@@ -84,6 +87,17 @@ async def _drain_unless_signalled(node: Node, signals: AsyncIterator[int]) -> No
         nursery.cancel_scope.cancel()
     if interrupted:
         raise _StopAtOnce
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, in one line: the leaves of exception groups, each with its cause."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(describe(inner) for inner in exc.exceptions))
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in text:
+        text += f" (caused by {describe(cause)})"
+    return text
 
 
 def _banner(node: Node) -> None:

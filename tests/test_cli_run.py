@@ -464,3 +464,18 @@ def _find_key(record: Any) -> str:
 def _no_leftover_env() -> None:
     for name in ("SB_TEST_MISSING_VARIABLE",):
         os.environ.pop(name, None)
+
+
+async def test_a_busy_port_stops_the_node_with_one_clear_line(tmp_path: Path) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    path = tmp_path / "busy.toml"
+    path.write_text(f'[node]\nid = "busy"\n[ops]\nport = {port}\n[logging]\nformat = "text"\n')
+    with trio.fail_after(CEILING), listener:
+        code, _, err = await run_command("run", str(path))
+    assert code == 1
+    assert "Traceback" not in err
+    assert "switchboard: node 'busy' stopped:" in err
+    assert "child 'ops'" in err and "Address already in use" in err

@@ -20,6 +20,7 @@ from runtime import (
     ConnectionLimitReached,
     NodeDraining,
     NodeEvent,
+    StoreError,
     UnknownChannel,
     open_node,
     open_store,
@@ -255,3 +256,76 @@ async def _record_into(results: dict[str, Any], key: str, call: Any) -> None:
         results[key] = await call
     except Exception as exc:
         results[key] = exc
+
+
+async def test_a_restarted_channels_supervisor_brings_every_channel_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider()
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a"), sim("b")]),
+            channel_defaults=FAST,
+            providers={"simulated": provider},
+        ) as node:
+            await wait_connected(node, 2)
+            before = {s.channel_id: s.statistics.restarts for s in node.channels() if s.statistics}
+            assert before == {"a": 0, "b": 0}
+            assert node._channels is not None
+            with node.subscribe(kind="state") as changes:
+                node._channels.ref.kill()  # the whole channels subtree dies at once
+                reconnected: set[str] = set()
+                while reconnected != {"a", "b"}:
+                    event = await changes.receive()
+                    if event.event.status is ChannelStatus.CONNECTED:
+                        reconnected.add(event.channel_id)
+            after = {s.channel_id: s.statistics.restarts for s in node.channels() if s.statistics}
+            assert after == {"a": 1, "b": 1}  # the same memories, new incarnations
+            assert await node.send("b", message("after-restart"))
+            assert [c.id for c in node.tree().children] == ["channels"]
+            assert [c.id for c in node.tree().children[0].children] == ["a", "b"]
+
+
+class _FlakyStore:
+    """A real memory store whose inbound writes fail while ``down``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = True
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def save_inbound(self, events: Any) -> None:
+        if self.down:
+            self.refused += 1
+            raise StoreError("the store is down (test)")
+        await self.inner.save_inbound(events)
+
+
+async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider()
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as inner:
+            store = _FlakyStore(inner)
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,  # type: ignore[arg-type]
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                await wait_connected(node, 1)
+                provider.inject("a", "while the store is down")
+                await trio.sleep(FAST.inbound_flush * 3.5)  # every flush refused
+                assert store.refused >= 3
+                snapshot = node.channels()[0]
+                assert snapshot.status is ChannelStatus.CONNECTED
+                assert snapshot.statistics is not None and snapshot.statistics.restarts == 0
+                store.down = False
+                await trio.sleep(FAST.inbound_flush * 2)
+                await inner.flush()
+                saved = await inner.recent_inbound("a")
+                assert [e.text for e in saved] == ["while the store is down"]
