@@ -479,3 +479,37 @@ async def test_a_busy_port_stops_the_node_with_one_clear_line(tmp_path: Path) ->
     assert "Traceback" not in err
     assert "switchboard: node 'busy' stopped:" in err
     assert "child 'ops'" in err and "Address already in use" in err
+
+
+async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+    emulator = WebSocketEmulator(tokens={TOKEN})
+    env = {"SB_TEST_WS_TOKEN": TOKEN, "SB_TEST_API_TOKEN": API_TOKEN}
+    outcomes: dict[str, tuple[int, dict[str, Any]]] = {}
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base_url:
+            path = tmp_path / "slow.toml"
+            config = LOADED.format(
+                outbox=tmp_path / "outbox.jsonl", ws_url=base_url.replace("http", "ws") + "/ws"
+            )
+            path.write_text(config.replace("drain_deadline = 2.0", "drain_deadline = 30.0"))
+            async with run_node(path, env) as node:
+                await node.wait_output(r"channels:\s+1/1 started")
+                ops = node.url("ops HTTP:")
+                await wait_health(ops, lambda h: h["status"] == "ok")
+                async with httpx.AsyncClient(
+                    base_url=ops,
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                    limits=httpx.Limits(max_connections=MESSAGES + 10),
+                    timeout=30.0,
+                ) as client:
+                    async with trio.open_nursery() as nursery:
+                        for i in range(MESSAGES):
+                            nursery.start_soon(_post, client, f"k{i}", outcomes)
+                        await poll(lambda: len(outcomes) >= 5)
+                        node.process.send_signal(signal.SIGTERM)
+                        await node.wait_output("draining", stream="err")
+                        code, elapsed = await node.stop(signal.SIGTERM)
+                        nursery.cancel_scope.cancel()
+    assert code == 1, node.err[-2000:]
+    assert elapsed < 5.0  # not the 30 s drain deadline
+    assert "stopping at once" in node.err
