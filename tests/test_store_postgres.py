@@ -12,6 +12,7 @@ import socket
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import pytest
@@ -93,16 +94,21 @@ async def test_a_dsn_that_does_not_connect_is_a_store_error_without_the_password
 
 
 async def test_a_missing_database_names_the_database_not_the_password() -> None:
-    dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/sb_no_such_database"
-    if PG_DSN.startswith("postgresql://postgres@127.0.0.1:5432/"):
-        with trio.fail_after(PG_CEILING), pytest.raises(StoreError) as caught:
-            async with open_store(StorageConfig(backend="postgres", dsn=dsn)):
-                pytest.fail("the store opened a database that does not exist")
-        assert "127.0.0.1:5432/sb_no_such_database" in str(caught.value)
-        assert "InvalidCatalogNameError" in str(caught.value)
-        assert PASSWORD not in full_text(caught.value)
-    else:
-        pytest.skip("needs the default local server layout")
+    # The test server's DSN with a password added and the database swapped
+    # for one that does not exist (trust auth ignores the password).
+    server = urlsplit(PG_DSN)
+    host = server.hostname or "127.0.0.1"
+    port = server.port or 5432
+    user = server.username or "postgres"
+    dsn = urlunsplit(
+        (server.scheme, f"{user}:{PASSWORD}@{host}:{port}", "/sb_no_such_database", "", "")
+    )
+    with trio.fail_after(PG_CEILING), pytest.raises(StoreError) as caught:
+        async with open_store(StorageConfig(backend="postgres", dsn=dsn)):
+            pytest.fail("the store opened a database that does not exist")
+    assert f"{host}:{port}/sb_no_such_database" in str(caught.value)
+    assert "InvalidCatalogNameError" in str(caught.value)
+    assert PASSWORD not in full_text(caught.value)
 
 
 async def test_no_dsn_is_a_store_error_that_says_what_to_set() -> None:
