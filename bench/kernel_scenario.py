@@ -16,9 +16,7 @@ repetitions alternating ours and trio's, and turns the medians into
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 import time
 from collections.abc import Callable
 from typing import Final, Literal, TypeVar
@@ -39,8 +37,9 @@ from .kernel import (
     spawn_stop_trio,
 )
 from .kernel_crash import crash_actor, crash_trio, percentiles, silenced_switchboard_logs
+from .progress import Progress
 from .report import Figure, Report, Target, load_average, machine_info, utc_now
-from .scenario import Scenario
+from .scenario import RunContext, Scenario
 
 __all__ = ["SCENARIO", "KernelParams", "run"]
 
@@ -54,9 +53,13 @@ WARMUP_FRACTION: Final = 10  # warm-up runs use 1/10 of the measured size
 STOP_MODES: Final[tuple[Literal["cancel"], Literal["graceful"]]] = ("cancel", "graceful")
 
 
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 @attrs.frozen(kw_only=True)
 class KernelParams:
-    """Sizes of the kernel workloads.
+    """Sizes of the kernel workloads (``bench/scenarios/kernel.toml``).
 
     Attributes:
         actors: actors (and trio tasks) for spawn/stop and idle memory.
@@ -64,35 +67,30 @@ class KernelParams:
         asks: round trips per ask sample.
         fan_in_messages: messages each of the 100 senders sends.
         crashes: crashes per crash-latency sample.
-        quick: the reduced test mode.
     """
 
-    actors: int
-    repeat: int
-    asks: int
-    fan_in_messages: int
-    crashes: int
-    quick: bool
+    actors: int = attrs.field(
+        default=DEFAULT_ACTORS,
+        metadata=_help(
+            f"actors for spawn/stop and idle memory (below {QUICK_ACTORS:,} the RSS delta "
+            "drowns in allocator noise)"
+        ),
+    )
+    repeat: int = attrs.field(
+        default=DEFAULT_REPEAT, metadata=_help("repetitions per workload; medians are reported")
+    )
+    asks: int = attrs.field(default=50_000, metadata=_help("round trips per ask sample"))
+    fan_in_messages: int = attrs.field(
+        default=2_000, metadata=_help("messages each of the 100 fan-in senders sends")
+    )
+    crashes: int = attrs.field(default=1_000, metadata=_help("crashes per crash-latency sample"))
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> KernelParams:
-        quick = bool(args.quick)
-        repeat = args.repeat if args.repeat is not None else (1 if quick else DEFAULT_REPEAT)
-        actors = (
-            args.actors if args.actors is not None else (QUICK_ACTORS if quick else DEFAULT_ACTORS)
-        )
-        return cls(
-            actors=actors,
-            repeat=repeat,
-            asks=5_000 if quick else 50_000,
-            fan_in_messages=100 if quick else 2_000,
-            crashes=100 if quick else 1_000,
-            quick=quick,
-        )
-
-
-def _progress(text: str) -> None:
-    print(f"[bench kernel] {text}", file=sys.stderr, flush=True)
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(type(self)):
+            if getattr(self, field.name) < 1:
+                raise ValueError(
+                    f"{field.name}: expected at least 1, got {getattr(self, field.name)}"
+                )
 
 
 def _alternate(
@@ -106,8 +104,8 @@ def _alternate(
     return a, b
 
 
-def _figures_ask(p: KernelParams) -> list[Figure]:
-    _progress(f"ask round trip: {p.asks:,} asks x {p.repeat}")
+def _figures_ask(p: KernelParams, progress: Progress) -> list[Figure]:
+    progress.phase(f"ask round trip: {p.asks:,} asks x {p.repeat}")
     warm = max(p.asks // WARMUP_FRACTION, 1)
     trio.run(ask_actor, Echo, warm)
     trio.run(ask_actor, AsyncEcho, warm)
@@ -143,8 +141,10 @@ def _figures_ask(p: KernelParams) -> list[Figure]:
     ]
 
 
-def _figures_fan_in(p: KernelParams) -> list[Figure]:
-    _progress(f"fan-in: {FAN_IN_SENDERS} senders x {p.fan_in_messages:,} messages x {p.repeat}")
+def _figures_fan_in(p: KernelParams, progress: Progress) -> list[Figure]:
+    progress.phase(
+        f"fan-in: {FAN_IN_SENDERS} senders x {p.fan_in_messages:,} messages x {p.repeat}"
+    )
     warm = max(p.fan_in_messages // WARMUP_FRACTION, 1)
     trio.run(fan_in_actor, FAN_IN_SENDERS, warm)
     trio.run(functools.partial(fan_in_trio, FAN_IN_SENDERS, warm, nowait=False))
@@ -191,9 +191,9 @@ def _figures_fan_in(p: KernelParams) -> list[Figure]:
     ]
 
 
-def _figures_spawn_stop(p: KernelParams) -> list[Figure]:
+def _figures_spawn_stop(p: KernelParams, progress: Progress) -> list[Figure]:
     n = p.actors
-    _progress(f"spawn/stop: {n:,} actors x {p.repeat}")
+    progress.phase(f"spawn/stop: {n:,} actors x {p.repeat}")
     warm = max(n // WARMUP_FRACTION, 1)
     trio.run(spawn_stop_actor, warm)
     trio.run(spawn_stop_trio, warm, "cancel")
@@ -248,9 +248,9 @@ def _figures_spawn_stop(p: KernelParams) -> list[Figure]:
     ]
 
 
-def _figures_memory(p: KernelParams) -> list[Figure]:
+def _figures_memory(p: KernelParams, progress: Progress) -> list[Figure]:
     n = p.actors
-    _progress(f"idle memory: {n:,} actors x {p.repeat}, one subprocess per sample")
+    progress.phase(f"idle memory: {n:,} actors x {p.repeat}, one subprocess per sample")
     ours, base = _alternate(
         p.repeat,
         functools.partial(idle_memory, "actors", n),
@@ -272,8 +272,10 @@ def _figures_memory(p: KernelParams) -> list[Figure]:
     ]
 
 
-def _figures_crash(p: KernelParams) -> list[Figure]:
-    _progress(f"crash-to-restarted: {p.crashes:,} crashes x {p.repeat} (switchboard logs silenced)")
+def _figures_crash(p: KernelParams, progress: Progress) -> list[Figure]:
+    progress.phase(
+        f"crash-to-restarted: {p.crashes:,} crashes x {p.repeat} (switchboard logs silenced)"
+    )
     with silenced_switchboard_logs():
         trio.run(crash_actor, max(p.crashes // WARMUP_FRACTION, 1))
         trio.run(crash_trio, max(p.crashes // WARMUP_FRACTION, 1))
@@ -307,32 +309,25 @@ def _figures_crash(p: KernelParams) -> list[Figure]:
     return figures
 
 
-def run(args: argparse.Namespace) -> Report:
+def run(params: KernelParams, ctx: RunContext) -> Report:
     """Run every kernel workload and return the report."""
-    params = KernelParams.from_args(args)
     started = utc_now()
     load_before = load_average()
     t0 = time.perf_counter()
     figures: list[Figure] = []
     sections: dict[str, float] = {}
 
-    def section(name: str, fn: Callable[[KernelParams], list[Figure]]) -> None:
+    def section(name: str, fn: Callable[[KernelParams, Progress], list[Figure]]) -> None:
         t = time.perf_counter()
-        figures.extend(fn(params))
+        figures.extend(fn(params, ctx.progress))
         sections[name] = round(time.perf_counter() - t, 2)
 
     section("ask", _figures_ask)
     section("fan_in", _figures_fan_in)
     section("spawn_stop", _figures_spawn_stop)
     section("idle_memory", _figures_memory)
+    section("crash", _figures_crash)
     notes: list[str] = []
-    try:
-        from supervisors import ChildSpec, Strategy, open_supervisor  # noqa: F401
-    except ImportError as exc:
-        _progress(f"crash-to-restarted: skipped, the supervisor is not importable ({exc})")
-        notes.append(f"crash-to-restarted NOT MEASURED: the supervisor is not importable ({exc})")
-    else:
-        section("crash", _figures_crash)
     notes += [
         f"medians of {params.repeat} repetition(s) after one untimed warm-up per side; "
         "sides alternate; time.perf_counter",
@@ -364,7 +359,7 @@ def run(args: argparse.Namespace) -> Report:
             "fan_in_messages_per_sender": params.fan_in_messages,
             "fan_in_capacity": FAN_IN_CAPACITY,
             "crashes": params.crashes,
-            "quick": params.quick,
+            "quick": ctx.quick,
         },
         machine=machine_info(),
         load_average={"before": load_before, "after": load_average()},
@@ -374,19 +369,9 @@ def run(args: argparse.Namespace) -> Report:
     )
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--actors",
-        type=int,
-        metavar="N",
-        help=f"actors for spawn/stop and idle memory (default {DEFAULT_ACTORS:,}; "
-        f"{QUICK_ACTORS:,} with --quick)",
-    )
-
-
 SCENARIO: Final = Scenario(
     name="kernel",
     help="actor kernel: ask, fan-in, spawn/stop, idle memory, crash-to-restarted, beside trio",
-    add_arguments=_add_arguments,
+    params=KernelParams,
     run=run,
 )

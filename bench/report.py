@@ -1,11 +1,15 @@
 """Benchmark results: figures, targets, the printed table and the JSON file.
 
 Design:
-- A :class:`Figure` is one measured quantity on our side beside the same
-  workload written directly on trio, both as medians over the repetitions,
-  with every raw sample kept. ``ratio`` is always ``value / baseline`` in the
-  figure's own unit, so "ask ≤ 0.5x trio" and "fan-in ≥ 7x trio" both read
-  off the same column.
+- A :class:`Figure` is one measured quantity on our side, as a median over
+  the repetitions with every raw sample kept, and, where the scenario has
+  one, beside the same workload written directly on trio (or on a peer
+  runtime). ``ratio`` is always ``value / baseline`` in the figure's own
+  unit, so "ask ≤ 0.5x trio" and "fan-in ≥ 7x trio" both read off the same
+  column. Load-test figures (delivered msgs/s, p99 latency) have no
+  baseline: :meth:`Figure.single`.
+- A :class:`Series` is a measurement over time (or over categories) that a
+  picture shows better than a table; :mod:`bench.plots` draws each one.
 - A :class:`Target` applies either to the ratio or to the absolute value and
   yields a verdict; figures without a target are there so that a reader sees
   the fairer comparisons beside the headline ones.
@@ -25,7 +29,7 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import cattrs
@@ -34,16 +38,31 @@ __all__ = [
     "Figure",
     "Machine",
     "Report",
+    "Series",
     "Target",
     "Verdict",
     "load_average",
     "machine_info",
+    "percentile",
+    "read_json",
+    "render_compare",
     "render_table",
     "to_json",
     "write_json",
 ]
 
-PACKAGES = ("trio", "attrs", "cattrs", "psutil", "switchboard-runtime")
+PACKAGES = (
+    "switchboard-runtime",
+    "trio",
+    "trio-websocket",
+    "hypercorn",
+    "attrs",
+    "cattrs",
+    "psutil",
+    "httpx",
+    "matplotlib",
+    "pykka",
+)
 
 
 class Verdict(enum.Enum):
@@ -78,16 +97,16 @@ class Target:
 
 @attrs.frozen(kw_only=True)
 class Figure:
-    """One measured quantity, ours beside the trio baseline.
+    """One measured quantity, ours beside a baseline where there is one.
 
     Attributes:
         name: stable key, e.g. ``"ask_round_trip"``.
         label: what the table shows.
         unit: unit of ``value`` and ``baseline``.
         value: our median over the repetitions.
-        baseline: the trio workload's median.
-        baseline_label: which trio workload the baseline is.
-        ratio: ``value / baseline``.
+        baseline: the baseline workload's median, or None.
+        baseline_label: which workload the baseline is ("" without one).
+        ratio: ``value / baseline``, or None without a baseline.
         better: whether a lower or a higher value is better.
         samples: our per-repetition values.
         baseline_samples: the baseline's per-repetition values.
@@ -99,14 +118,49 @@ class Figure:
     label: str
     unit: str
     value: float
-    baseline: float
+    baseline: float | None
     baseline_label: str
-    ratio: float
+    ratio: float | None
     better: Literal["lower", "higher"]
     samples: list[float]
     baseline_samples: list[float]
     target: Target | None
     verdict: Verdict
+
+    @classmethod
+    def single(
+        cls,
+        *,
+        name: str,
+        label: str,
+        unit: str,
+        value: float,
+        better: Literal["lower", "higher"],
+        target: Target | None = None,
+        samples: list[float] | None = None,
+    ) -> Figure:
+        """A figure with no baseline (a load test's absolute result).
+
+        Raises:
+            ValueError: a target on the ratio (there is none).
+        """
+        if target is not None and target.applies_to == "ratio":
+            raise ValueError(f"{name}: a figure without a baseline has no ratio to target")
+        verdict = target.check(value, math.nan) if target is not None else Verdict.NONE
+        return cls(
+            name=name,
+            label=label,
+            unit=unit,
+            value=value,
+            baseline=None,
+            baseline_label="",
+            ratio=None,
+            better=better,
+            samples=list(samples) if samples is not None else [value],
+            baseline_samples=[],
+            target=target,
+            verdict=verdict,
+        )
 
     @classmethod
     def from_samples(
@@ -142,6 +196,33 @@ class Figure:
 
 
 @attrs.frozen(kw_only=True)
+class Series:
+    """Values over time (or categories) for a plot.
+
+    Attributes:
+        name: file stem of its PNG, e.g. ``"latency_over_time"``.
+        title: the plot's title.
+        x_label: e.g. ``"seconds since load start"``.
+        y_label: e.g. ``"ms"``.
+        x: the x values (seconds, bin starts or category indices).
+        lines: legend label -> y values, each as long as ``x``.
+        kind: ``"line"``, ``"step"`` (counts per interval) or ``"bar"``
+            (a histogram or categories side by side).
+        categories: for ``"bar"`` over categories, their names (same
+            length as ``x``); empty otherwise.
+    """
+
+    name: str
+    title: str
+    x_label: str
+    y_label: str
+    x: list[float]
+    lines: dict[str, list[float]]
+    kind: Literal["line", "step", "bar"] = "line"
+    categories: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen(kw_only=True)
 class Machine:
     """Where the benchmark ran."""
 
@@ -169,6 +250,8 @@ class Report:
         section_seconds: wall time of each part of the run.
         figures: every measured figure.
         notes: what a reader must know to interpret the figures.
+        series: measurements over time, for the plots.
+        plots: the PNG files drawn from ``series`` (paths as written).
     """
 
     scenario: str
@@ -180,6 +263,19 @@ class Report:
     section_seconds: dict[str, float]
     figures: list[Figure]
     notes: list[str]
+    series: list[Series] = attrs.Factory(list)
+    plots: list[str] = attrs.Factory(list)
+
+    def figure(self, name: str) -> Figure:
+        """The figure called ``name``.
+
+        Raises:
+            KeyError: no such figure.
+        """
+        for f in self.figures:
+            if f.name == name:
+                return f
+        raise KeyError(name)
 
 
 def median(xs: list[float]) -> float:
@@ -189,6 +285,18 @@ def median(xs: list[float]) -> float:
         raise ValueError("median of no samples")
     mid = n // 2
     return s[mid] if n % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of already sorted values, nearest rank.
+
+    Raises:
+        ValueError: no values.
+    """
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def utc_now() -> str:
@@ -254,6 +362,24 @@ def write_json(report: Report, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(text + "\n", encoding="utf-8")
 
 
+def read_json(path: str | os.PathLike[str]) -> Report:
+    """Read a result file written by :func:`write_json`.
+
+    Raises:
+        ValueError: not a result file (with what was wrong and where).
+        OSError: unreadable.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    try:
+        return _json.structure(data, Report)
+    except Exception as exc:
+        details = "; ".join(cattrs.transform_error(exc, path="$"))
+        raise ValueError(f"{path}: not a bench result file: {details}") from None
+
+
 # ---------------------------------------------------------------- table
 
 
@@ -261,8 +387,28 @@ def _num(x: float) -> str:
     """Three significant figures, thousands separated, no exponent."""
     if x == 0 or not math.isfinite(x):
         return str(x)
+    if float(x).is_integer() and abs(x) >= 1:  # counts: 5,000 channels, not 5.00e3
+        return f"{int(x):,}"
     digits = max(0, 2 - math.floor(math.log10(abs(x))))
     return f"{x:,.{digits}f}"
+
+
+def _grid(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    """Rows as aligned text columns, a rule under the first."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def line(r: tuple[str, ...]) -> str:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [line(rows[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in rows[1:]]
+
+
+def _verdict(f: Figure) -> str:
+    return f.verdict.name if f.verdict is not Verdict.NONE else "-"
 
 
 def render_table(report: Report) -> str:
@@ -282,33 +428,104 @@ def render_table(report: Report) -> str:
     # Baselines are long sentences: the table shows a letter, the legend the text.
     letters: dict[str, str] = {}
     for f in report.figures:
-        letters.setdefault(f.baseline_label, "abcdefghijklmnopqrstuvwxyz"[len(letters) % 26])
-    columns = ("figure", "switchboard", "trio baseline", "ratio", "target", "verdict")
-    rows = [columns]
-    for f in report.figures:
+        if f.baseline is not None:
+            letters.setdefault(f.baseline_label, "abcdefghijklmnopqrstuvwxyz"[len(letters) % 26])
+    if letters:
+        rows: list[tuple[str, ...]] = [
+            ("figure", "switchboard", "baseline", "ratio", "target", "verdict")
+        ]
+        for f in report.figures:
+            base = (
+                f"{_num(f.baseline)} {f.unit} [{letters[f.baseline_label]}]"
+                if f.baseline is not None
+                else "-"
+            )
+            ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
+            target = f.target.text if f.target is not None else "-"
+            rows.append((f.label, f"{_num(f.value)} {f.unit}", base, ratio, target, _verdict(f)))
+        body = _grid(rows, {1, 2, 3})
+    else:
+        rows = [("figure", "value", "target", "verdict")]
+        for f in report.figures:
+            target = f.target.text if f.target is not None else "-"
+            rows.append((f.label, f"{_num(f.value)} {f.unit}", target, _verdict(f)))
+        body = _grid(rows, {1})
+    legend = []
+    if letters:
+        legend = ["", "baselines (same work, same run):"]
+        legend += [f"  [{letter}] {label}" for label, letter in letters.items()]
+    plots = ["", "plots:"] + [f"  {p}" for p in report.plots] if report.plots else []
+    notes = ["", "notes:"] + [f"  - {n}" for n in report.notes] if report.notes else []
+    return "\n".join(head + body + legend + plots + notes)
+
+
+def render_compare(before: Report, after: Report, *, names: tuple[str, str]) -> str:
+    """Figure by figure, ``after`` against ``before``: values, ratio, better or worse.
+
+    The ratio is ``after / before`` in the figure's unit; the last column
+    reads it through the figure's ``better`` (a higher latency is worse).
+    Figures in only one file are listed as such, never silently dropped.
+    """
+    head = [f"A = {names[0]}  ({before.scenario}, {before.started})"]
+    head.append(f"B = {names[1]}  ({after.scenario}, {after.started})")
+    if before.scenario != after.scenario:
+        head.append(
+            f"warning: different scenarios ({before.scenario} vs {after.scenario}); "
+            "only figures with the same name are compared"
+        )
+    changed = {
+        k: (before.parameters.get(k), after.parameters.get(k))
+        for k in sorted(set(before.parameters) | set(after.parameters))
+        if before.parameters.get(k) != after.parameters.get(k)
+    }
+    if changed:
+        head.append(
+            "parameters differ: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        )
+    if before.machine != after.machine:
+        head.append("machines differ: compare with care")
+    head.append("")
+    old = {f.name: f for f in before.figures}
+    new = {f.name: f for f in after.figures}
+    rows: list[tuple[str, ...]] = [("figure", "A", "B", "B/A", "change")]
+    for name in list(old) + [n for n in new if n not in old]:
+        a, b = old.get(name), new.get(name)
+        if a is None or b is None:
+            only = "A" if b is None else "B"
+            f = a or b
+            assert f is not None
+            rows.append(
+                (
+                    f.label,
+                    "-" if a is None else _num(a.value),
+                    "-" if b is None else _num(b.value),
+                    "-",
+                    f"only in {only}",
+                )
+            )
+            continue
+        ratio = b.value / a.value if a.value else math.inf
         rows.append(
             (
-                f.label,
-                f"{_num(f.value)} {f.unit}",
-                f"{_num(f.baseline)} {f.unit} [{letters[f.baseline_label]}]",
-                f"{f.ratio:.2f}x",
-                f.target.text if f.target is not None else "-",
-                f.verdict.name if f.verdict is not Verdict.NONE else "-",
+                b.label,
+                f"{_num(a.value)} {a.unit}",
+                f"{_num(b.value)} {b.unit}",
+                f"{ratio:.2f}x" if math.isfinite(ratio) else "-",
+                _change(ratio, b.better),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    right = {1, 2, 3}
+    return "\n".join(head + _grid(rows, {1, 2, 3}))
 
-    def line(r: tuple[str, ...]) -> str:
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        return "  ".join(cells).rstrip()
 
-    body = [line(rows[0]), "  ".join("-" * w for w in widths)]
-    body += [line(r) for r in rows[1:]]
-    legend = ["", "trio baselines (same work, same process):"]
-    legend += [f"  [{letter}] {label}" for label, letter in letters.items()]
-    notes = ["", "notes:"] + [f"  - {n}" for n in report.notes] if report.notes else []
-    return "\n".join(head + body + legend + notes)
+NOISE: Final = 0.03  # a change within 3 % is reported as "same"
+
+
+def _change(ratio: float, better: Literal["lower", "higher"]) -> str:
+    if not math.isfinite(ratio):
+        return "A was 0"
+    if abs(ratio - 1) <= NOISE:
+        return "same"
+    improved = ratio < 1 if better == "lower" else ratio > 1
+    pct = abs(ratio - 1) * 100
+    return f"{'better' if improved else 'WORSE'} by {pct:.0f}%"

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench.__main__ import SCENARIOS, build_parser
+from bench.__main__ import build_parser, load_scenario
+from bench.scenario import find_run_file, load_run_file, param_overrides, resolve_params
 
 BENCH_TIMEOUT = 240  # seconds: the quick run takes ~10 s alone, more on a loaded machine
 
@@ -93,8 +94,12 @@ def test_report_describes_run_and_machine(quick_run: tuple[dict[str, Any], str])
     assert "ask round trip" in stdout and "crash→restarted median" in stdout
 
 
-def test_scenarios_are_a_registry() -> None:
-    assert "kernel" in SCENARIOS
-    args = build_parser().parse_args(["kernel", "--quick", "--actors", "50", "--repeat", "2"])
-    assert args.scenario == "kernel"
-    assert (args.quick, args.actors, args.repeat) == (True, 50, 2)
+def test_command_line_overrides_the_scenario_file() -> None:
+    run_file = load_run_file(find_run_file("kernel"))
+    scenario = load_scenario(run_file.scenario, where="test")
+    args = build_parser(scenario, "kernel").parse_args(["--quick", "--actors", "50"])
+    params = resolve_params(scenario, run_file, quick=args.quick, overrides=param_overrides(args))
+    # --actors beats [quick], [quick] beats [params], the rest from [params].
+    assert (params.actors, params.repeat, params.asks) == (50, 1, 5_000)
+    full = resolve_params(scenario, run_file, quick=False, overrides={})
+    assert (full.actors, full.repeat, full.asks) == (100_000, 5, 50_000)

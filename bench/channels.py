@@ -1,0 +1,664 @@
+"""The ``channels`` scenario: N live channels under outbound and inbound load.
+
+What it does, in order:
+
+1. Starts the emulator (a separate process by default, so the node's
+   open-files limit holds one descriptor per channel) and, for websocket
+   channels, measures the baseline: the same number of bare trio-websocket
+   client connections to the same emulator, in a fresh process.
+2. Starts N channels in a node (``connect_rate`` per second, or all at
+   once) and waits until every one is connected: connects/s, and memory per
+   channel as the node's RSS delta over N, after a full collection.
+3. Drives outbound load open-loop: message ``i`` of a step is due at
+   ``start + i / rate``, whether or not earlier sends have finished, on
+   channel ``i mod N``, through ``Node.send`` (the embedding API). Latency
+   runs from when a message was due to when the platform acknowledged it,
+   so a stalled node shows up as latency, not as a slower load
+   (no coordinated omission). Each load step in ``rates`` runs for
+   ``duration`` seconds; the busiest step gives the throughput figure, the
+   step nearest ``latency_at`` gives the latency target's figure.
+4. Inbound load (``inbound_rate`` messages/s in all): the websocket
+   emulator broadcasts one injected message to every connected channel, so
+   one inject per ``N / inbound_rate`` seconds makes the rate; arrivals are
+   counted from the node's event hub.
+
+Everything is bounded: each step's length, the connect phase (by the time
+left), and the drain of in-flight sends at a step's end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any, Final
+
+import attrs
+import trio
+
+from providers.base import OutboundMessage
+
+from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
+from .rig import (
+    EMULATED,
+    ConnectPhase,
+    Rig,
+    connect_all,
+    connection_capacity,
+    cpu_seconds,
+    open_rig,
+    per_interval,
+    raise_open_files_limit,
+)
+from .scenario import RunContext, Scenario, ScenarioError
+
+__all__ = ["SCENARIO", "ChannelsParams", "run"]
+
+TICK: Final = 0.002  # seconds between pacer wake-ups
+KB: Final = 1024
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@attrs.frozen(kw_only=True)
+class ChannelsParams:
+    """Knobs of the channels scenario (``bench/scenarios/channels*.toml``)."""
+
+    provider: str = attrs.field(
+        default="websocket",
+        metadata=_help("websocket, discord, telegram, whatsapp or simulated"),
+    )
+    channels: int = attrs.field(default=1_000, metadata=_help("channels to run"))
+    emulator: str = attrs.field(
+        default="process",
+        metadata=_help("process (a separate emulator process) or inprocess"),
+    )
+    connect_rate: float = attrs.field(
+        default=0.0, metadata=_help("channels started per second (0: all at once)")
+    )
+    rates: list[float] = attrs.field(
+        factory=lambda: [5_000.0, 10_000.0],
+        metadata=_help("outbound load steps, messages/s in all (empty: no outbound load)"),
+    )
+    duration: float = attrs.field(default=15.0, metadata=_help("seconds per load step"))
+    limits: bool = attrs.field(
+        default=False, metadata=_help("keep the platforms' rate limits (off: raw throughput)")
+    )
+    inbound_rate: float = attrs.field(
+        default=0.0, metadata=_help("inbound messages/s injected through the emulator")
+    )
+    latency_at: float = attrs.field(
+        default=5_000.0,
+        metadata=_help("the load step whose p99 is held to the latency target (msgs/s)"),
+    )
+    max_in_flight: int = attrs.field(
+        default=50_000, metadata=_help("sends outstanding at once before load is shed")
+    )
+    text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
+    baseline: bool = attrs.field(
+        default=True, metadata=_help("measure bare trio-websocket connections (websocket only)")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        problems = []
+        if self.channels < 1:
+            problems.append(f"channels: expected at least 1, got {self.channels}")
+        if self.emulator not in ("process", "inprocess"):
+            problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
+        if any(r <= 0 for r in self.rates):
+            problems.append(f"rates: every step must be positive, got {self.rates}")
+        for name in ("duration", "text_size", "max_in_flight"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
+        for name in ("connect_rate", "inbound_rate"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: expected 0 or more, got {getattr(self, name)}")
+        if self.inbound_rate and self.provider != "websocket":
+            problems.append("inbound_rate: inbound load is injected for websocket channels only")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# ---------------------------------------------------------------- load steps
+
+
+@attrs.define
+class StepResult:
+    """One load step's raw results."""
+
+    rate: float
+    duration: float
+    scheduled: int = 0
+    ok: int = 0
+    shed: int = 0
+    errors: Counter[str] = attrs.Factory(Counter)
+    latencies: list[float] = attrs.Factory(list)  # seconds, in completion order
+    by_second: list[list[float]] = attrs.Factory(list)  # latencies by due second
+    done_at: list[float] = attrs.Factory(list)  # completion times since step start
+    elapsed: float = 0.0
+    cpu: float = 0.0  # node process CPU seconds
+    emulator_cpu: float | None = None
+    in_flight_peak: int = 0
+
+    @property
+    def delivered_rate(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def quantile(self, q: float) -> float:
+        return percentile(sorted(self.latencies), q) if self.latencies else math.nan
+
+
+async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext) -> StepResult:
+    result = StepResult(rate=rate, duration=params.duration)
+    result.by_second = [[] for _ in range(math.ceil(params.duration))]
+    text = ("x" * params.text_size)[: params.text_size]
+    ids = rig.channel_ids
+    n = len(ids)
+    in_flight = 0
+    cpu0 = cpu_seconds()
+    emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
+
+    async def one(i: int, due: float) -> None:
+        nonlocal in_flight
+        index = i % n
+        message = OutboundMessage(
+            peer=rig.peer(index), idempotency_key=f"r{rate:.0f}-{i}", text=text
+        )
+        try:
+            await rig.node.send(ids[index], message)
+        except Exception as exc:  # counted by type: the figure is how many failed and why
+            result.errors[type(exc).__name__] += 1
+        else:
+            now = trio.current_time()
+            latency = now - due
+            result.ok += 1
+            result.latencies.append(latency)
+            result.done_at.append(now - start)
+            second = int(due - start)
+            if 0 <= second < len(result.by_second):
+                result.by_second[second].append(latency)
+        finally:
+            in_flight -= 1
+
+    start = trio.current_time()
+    total = int(rate * params.duration)
+    ctx.progress.phase(f"load {rate:,.0f} msgs/s for {params.duration:g} s", total, "msgs")
+    async with trio.open_nursery() as nursery:
+        i = 0
+        while i < total:
+            due_now = min(total, int((trio.current_time() - start) * rate) + 1)
+            while i < due_now:
+                if in_flight >= params.max_in_flight:
+                    result.shed += 1
+                else:
+                    in_flight += 1
+                    nursery.start_soon(one, i, start + i / rate)
+                i += 1
+            result.in_flight_peak = max(result.in_flight_peak, in_flight)
+            ctx.progress.update(
+                i,
+                delivered=result.ok,
+                in_flight=in_flight,
+                errors=sum(result.errors.values()),
+                connected=rig.states.connected,
+            )
+            await trio.sleep(TICK)
+        result.scheduled = i
+        ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
+        nursery.cancel_scope.deadline = trio.current_time() + min(60.0, ctx.remaining())
+    if in_flight:
+        result.errors["unfinished at the step's deadline"] += in_flight
+    result.elapsed = max(result.done_at, default=trio.current_time() - start)
+    result.cpu = cpu_seconds() - cpu0
+    emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
+    result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
+    return result
+
+
+async def _inbound(rig: Rig, rate: float, stop: trio.Event) -> None:
+    """Broadcast injects: each one reaches every connected channel."""
+    assert rig.emulator is not None
+    interval = max(len(rig.channel_ids) / rate, 0.001)
+    seq = 0
+    while not stop.is_set():
+        seq += 1
+        await rig.emulator.inject(text=f"inbound {seq}", peer="load-user")
+        with trio.move_on_after(interval):
+            await stop.wait()
+
+
+async def _count_inbound(rig: Rig, counter: list[int], task_status: Any) -> None:
+    with rig.node.subscribe(kind="inbound", buffer=100_000) as events:
+        task_status.started()
+        async for _ in events:
+            counter[0] += 1
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _bare_baseline(url: str, count: int, ctx: RunContext) -> dict[str, float] | None:
+    ctx.progress.phase(f"baseline: {count:,} bare trio-websocket connections (fresh process)")
+    ws_url = url.replace("http://", "ws://", 1) + "/ws"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.ws_bare", ws_url, str(count)],
+            capture_output=True,
+            text=True,
+            timeout=max(30.0, ctx.remaining() / 3),
+            check=True,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        ctx.progress.note(f"baseline not measured: {exc}")
+        return None
+    data: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return data
+
+
+async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
+    started = utc_now()
+    load_before = load_average()
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    sections: dict[str, float] = {}
+    external = params.emulator == "process" and params.provider in EMULATED
+    # One descriptor per channel here; two when the emulator shares the process.
+    per_channel_fds = 1 if external or params.provider == "simulated" else 2
+    limit = raise_open_files_limit(params.channels * per_channel_fds + 1_000)
+    capacity = connection_capacity(per_channel_fds) if params.provider != "simulated" else None
+    n = params.channels
+    if capacity is not None and n > capacity:
+        notes.append(
+            f"the open-files limit ({limit:,}) capped the run at {capacity:,} channels "
+            f"instead of {params.channels:,}"
+        )
+        ctx.progress.note(notes[-1])
+        n = capacity
+    if params.provider == "simulated":
+        notes.append("simulated provider: no sockets; channel memory excludes a connection")
+    async with open_rig(params.provider, external=external, limits=params.limits) as rig:
+        baseline = None
+        if params.baseline and params.provider == "websocket" and rig.emulator is not None:
+            t = time.perf_counter()
+            if external:
+                baseline = await trio.to_thread.run_sync(_bare_baseline, rig.emulator.url, n, ctx)
+            else:
+                notes.append("baseline skipped: needs the emulator in its own process")
+            sections["baseline"] = round(time.perf_counter() - t, 2)
+        # --- connect
+        t = time.perf_counter()
+        phase = await connect_all(
+            rig,
+            n,
+            rate=params.connect_rate,
+            budget=max(1.0, ctx.remaining() - _load_budget(params) - 10),
+            progress=ctx.progress,
+        )
+        sections["connect"] = round(time.perf_counter() - t, 2)
+        connected = phase.connected
+        if connected < n:
+            notes.append(
+                f"only {connected:,} of {n:,} channels connected within the time available; "
+                f"statuses: {dict(rig.states.statuses())}"
+            )
+            ctx.progress.note(notes[-1])
+        # --- load
+        steps: list[StepResult] = []
+        inbound = [0]
+        stop_inbound = trio.Event()
+        async with trio.open_nursery() as background:
+            if params.inbound_rate:
+                await background.start(_count_inbound, rig, inbound)
+                background.start_soon(_inbound, rig, params.inbound_rate, stop_inbound)
+            inbound_started = trio.current_time()
+            for rate in params.rates:
+                if ctx.remaining() < params.duration + 15:
+                    notes.append(f"load step {rate:,.0f} msgs/s skipped: the time limit is near")
+                    ctx.progress.note(notes[-1])
+                    continue
+                t = time.perf_counter()
+                steps.append(await _load_step(rig, params, rate, ctx))
+                sections[f"load_{rate:.0f}"] = round(time.perf_counter() - t, 2)
+            if params.inbound_rate and not params.rates:
+                ctx.progress.phase(f"inbound only for {params.duration:g} s")
+                await trio.sleep(params.duration)
+            inbound_seconds = trio.current_time() - inbound_started
+            stop_inbound.set()
+            background.cancel_scope.cancel()
+        snapshots = rig.node.channels()
+        stats = [s.statistics for s in snapshots if s.statistics is not None]
+        dead_letters = sum(s.dead_letters for s in stats)
+        reconnects = sum(s.reconnects for s in stats)
+        fatal = len(rig.states.failed)
+    figures = _figures(
+        params,
+        n=n,
+        phase=phase,
+        baseline=baseline,
+        steps=steps,
+        dead_letters=dead_letters,
+        reconnects=reconnects,
+        fatal=fatal,
+        inbound=inbound[0],
+        inbound_seconds=inbound_seconds,
+    )
+    notes += _notes(params, steps, baseline, external)
+    return Report(
+        scenario="channels",
+        started=started,
+        duration=time.perf_counter() - t0,
+        parameters={**attrs.asdict(params), "channels_run": n, "open_files_limit": limit},
+        machine=machine_info(),
+        load_average={"before": load_before, "after": load_average()},
+        section_seconds=sections,
+        figures=figures,
+        notes=notes,
+        series=_series(steps, phase),
+    )
+
+
+def _load_budget(params: ChannelsParams) -> float:
+    return len(params.rates) * (params.duration + 15)
+
+
+def _figures(
+    params: ChannelsParams,
+    *,
+    n: int,
+    phase: ConnectPhase,
+    baseline: dict[str, float] | None,
+    steps: list[StepResult],
+    dead_letters: int,
+    reconnects: int,
+    fatal: int,
+    inbound: int,
+    inbound_seconds: float,
+) -> list[Figure]:
+    connected = phase.connected
+    per_channel = (phase.rss_after - phase.rss_before) / max(1, connected)
+    figures = [
+        Figure.single(
+            name="channels_connected",
+            label=f"{params.provider} channels connected",
+            unit="channels",
+            value=connected,
+            better="higher",
+            target=Target(applies_to="value", op=">=", threshold=n, text=f"all {n:,}"),
+        ),
+        Figure.single(
+            name="connect_rate",
+            label="connects/s (all channels, start to last connected)",
+            unit="connects/s",
+            value=phase.rate,
+            better="higher",
+            target=Target(applies_to="value", op=">=", threshold=1_000, text="≥ 1,000/s"),
+        ),
+    ]
+    if phase.times:
+        peak = max(per_interval(phase.times, phase.start, max(phase.times) + 1e-9, 1.0))
+        figures.append(
+            Figure.single(
+                name="connect_rate_peak",
+                label="connects/s, busiest second",
+                unit="connects/s",
+                value=peak,
+                better="higher",
+            )
+        )
+    target = Target(applies_to="value", op="<=", threshold=25 * KB, text="≤ 25 KB")
+    if baseline is not None:
+        figures.append(
+            Figure.from_samples(
+                name="memory_per_channel",
+                label="memory per channel, connection included (RSS Δ / channels)",
+                unit="bytes",
+                samples=[per_channel],
+                baseline_samples=[baseline["per_connection"]],
+                baseline_label=(
+                    f"bare trio-websocket client connection + its reader task, "
+                    f"{int(baseline['connections']):,} in a fresh process"
+                ),
+                better="lower",
+                target=target,
+            )
+        )
+    else:
+        figures.append(
+            Figure.single(
+                name="memory_per_channel",
+                label="memory per channel (RSS Δ / channels)",
+                unit="bytes",
+                value=per_channel,
+                better="lower",
+                target=target if params.provider != "simulated" else None,
+            )
+        )
+    for step in steps:
+        key = f"{step.rate:.0f}"
+        total_errors = sum(step.errors.values()) + step.shed
+        figures += [
+            Figure.single(
+                name=f"delivered_rate_at_{key}",
+                label=f"delivered msgs/s at {step.rate:,.0f} offered",
+                unit="msgs/s",
+                value=step.delivered_rate,
+                better="higher",
+            ),
+            Figure.single(
+                name=f"send_errors_at_{key}",
+                label=f"sends failed or shed at {step.rate:,.0f} msgs/s",
+                unit="messages",
+                value=total_errors,
+                better="lower",
+            ),
+            Figure.single(
+                name=f"cpu_at_{key}",
+                label=f"node CPU at {step.rate:,.0f} msgs/s (100 % = one core)",
+                unit="%",
+                value=100 * step.cpu / step.elapsed if step.elapsed else 0.0,
+                better="lower",
+            ),
+        ]
+        if step.emulator_cpu is not None:
+            figures.append(
+                Figure.single(
+                    name=f"emulator_cpu_at_{key}",
+                    label=f"emulator process CPU at {step.rate:,.0f} msgs/s",
+                    unit="%",
+                    value=100 * step.emulator_cpu / step.elapsed if step.elapsed else 0.0,
+                    better="lower",
+                )
+            )
+        for q in (50, 90, 99):
+            latency_target = None
+            if q == 99 and math.isclose(step.rate, params.latency_at):
+                latency_target = Target(applies_to="value", op="<=", threshold=10.0, text="< 10 ms")
+            figures.append(
+                Figure.single(
+                    name=f"latency_p{q}_at_{key}",
+                    label=f"send latency p{q} at {step.rate:,.0f} msgs/s",
+                    unit="ms",
+                    value=step.quantile(q) * 1e3,
+                    better="lower",
+                    target=latency_target,
+                )
+            )
+        figures.append(
+            Figure.single(
+                name=f"latency_max_at_{key}",
+                label=f"send latency max at {step.rate:,.0f} msgs/s",
+                unit="ms",
+                value=max(step.latencies, default=math.nan) * 1e3,
+                better="lower",
+            )
+        )
+    if steps:
+        best = max(steps, key=lambda s: s.delivered_rate)
+        figures.append(
+            Figure.single(
+                name="delivered_rate_max",
+                label=f"delivered msgs/s, best step (limits {'on' if params.limits else 'off'})",
+                unit="msgs/s",
+                value=best.delivered_rate,
+                better="higher",
+                target=(
+                    Target(applies_to="value", op=">=", threshold=10_000, text="≥ 10,000/s")
+                    if not params.limits
+                    else None
+                ),
+            )
+        )
+    figures += [
+        Figure.single(
+            name="dead_letters",
+            label="dead letters",
+            unit="messages",
+            value=dead_letters,
+            better="lower",
+        ),
+        Figure.single(
+            name="reconnects",
+            label="reconnects during the run",
+            unit="reconnects",
+            value=reconnects,
+            better="lower",
+        ),
+        Figure.single(
+            name="fatal",
+            label="channels FAILED",
+            unit="channels",
+            value=fatal,
+            better="lower",
+            target=Target(applies_to="value", op="<=", threshold=0, text="0"),
+        ),
+    ]
+    if params.inbound_rate:
+        figures.append(
+            Figure.single(
+                name="inbound_rate",
+                label=f"inbound msgs/s received (offered {params.inbound_rate:,.0f})",
+                unit="msgs/s",
+                value=inbound / inbound_seconds if inbound_seconds else 0.0,
+                better="higher",
+            )
+        )
+    return figures
+
+
+def _series(steps: list[StepResult], phase: ConnectPhase) -> list[Series]:
+    series = []
+    if phase.times:
+        end = max(phase.times) + 1e-9
+        width = max(0.05, (end - phase.start) / 60)
+        bins = per_interval(phase.times, phase.start, end, width)
+        running, total = [], 0
+        for b in bins:
+            total += b
+            running.append(total)
+        xs = [i * width for i in range(len(bins))]
+        series.append(
+            Series(
+                name="connects_over_time",
+                title="channels connected while starting",
+                x_label="seconds since the first start",
+                y_label="channels",
+                x=xs,
+                lines={"connected": [float(v) for v in running]},
+            )
+        )
+        series.append(
+            Series(
+                name="connect_rate_over_time",
+                title="connects per second while starting",
+                x_label="seconds since the first start",
+                y_label="connects/s",
+                x=xs,
+                lines={"connects/s": [b / width for b in bins]},
+                kind="step",
+            )
+        )
+    for step in steps:
+        key = f"{step.rate:.0f}"
+        xs = [float(i) for i in range(len(step.by_second))]
+        lines: dict[str, list[float]] = {}
+        for q in (50, 90, 99):
+            lines[f"p{q}"] = [
+                percentile(sorted(b), q) * 1e3 if b else math.nan for b in step.by_second
+            ]
+        lines["max"] = [max(b) * 1e3 if b else math.nan for b in step.by_second]
+        series.append(
+            Series(
+                name=f"latency_over_time_at_{key}",
+                title=f"send latency percentiles at {step.rate:,.0f} msgs/s offered",
+                x_label="seconds into the step (by when a message was due)",
+                y_label="ms",
+                x=xs,
+                lines=lines,
+            )
+        )
+        end = max(step.elapsed, 1.0)
+        done = per_interval(step.done_at, 0.0, end, 1.0)
+        series.append(
+            Series(
+                name=f"throughput_over_time_at_{key}",
+                title=f"delivered msgs/s at {step.rate:,.0f} offered",
+                x_label="seconds into the step",
+                y_label="msgs/s",
+                x=[float(i) for i in range(len(done))],
+                lines={"delivered": [float(d) for d in done], "offered": [step.rate] * len(done)},
+                kind="step",
+            )
+        )
+    return series
+
+
+def _notes(
+    params: ChannelsParams,
+    steps: list[StepResult],
+    baseline: dict[str, float] | None,
+    external: bool,
+) -> list[str]:
+    notes = [
+        "channels run in a real node (open_node: supervisor, event hub, memory store); "
+        "sends go through Node.send and complete when the emulator acknowledged them",
+        f"emulator: {'a separate process' if external else 'in the node process'} on 127.0.0.1",
+        "load is open-loop: latency runs from when a message was due, not from when it "
+        "was sent, so a stall shows as latency (no coordinated omission)",
+        "memory per channel: node RSS after all connected minus before the first start, "
+        "after gc.collect(), over the channels connected; KB = 1024 bytes",
+        "CPU: process user+system seconds over the step's wall time (100 % = one core); "
+        "the emulator process competes for the same 2 cores",
+        "the 'switchboard' loggers are silenced during the run (a storm logs a line per reconnect)",
+    ]
+    for step in steps:
+        if step.errors or step.shed:
+            details = ", ".join(f"{k}: {v}" for k, v in step.errors.most_common())
+            shed = f", shed (over max_in_flight): {step.shed}" if step.shed else ""
+            notes.append(f"errors at {step.rate:,.0f} msgs/s: {details or 'none'}{shed}")
+    if baseline is None and params.provider == "websocket" and params.baseline:
+        notes.append("no baseline: the bare trio-websocket measurement did not run")
+    return notes
+
+
+def run(params: ChannelsParams, ctx: RunContext) -> Report:
+    """Run the channels scenario."""
+    if ctx.target is not None:
+        raise ScenarioError(
+            "channels runs its own node; to load-test a running deployment use "
+            "`python -m bench target --target URL`"
+        )
+    return trio.run(_run, params, ctx)
+
+
+SCENARIO: Final = Scenario(
+    name="channels",
+    help="N live channels vs emulators over real sockets: connects/s, memory per channel, "
+    "throughput and latency under load",
+    params=ChannelsParams,
+    run=run,
+)

@@ -1,0 +1,489 @@
+"""The load rig: emulators, a node full of channels, and what they do over time.
+
+Design:
+- The channels under test run in a real node (:func:`runtime.node.open_node`,
+  the embedding API a chat product uses), so every figure includes the
+  supervisor, the event hub and the store, as a deployment would.
+- Emulators run in-process (the node's own ``[emulators]``, made-up
+  credentials, any provider) or, for scale, as a separate process
+  (``switchboard emulate``): a connection costs a file descriptor at each
+  end, and the other process has its own open-files limit and its own CPU.
+  Every provider may run either way; out of process, each channel gets a
+  made-up token, which the emulators accept (WhatsApp's webhook wiring
+  needs the node's ops server, so it stays in-process).
+- Faults and injections go through the emulators' control API over HTTP,
+  the same way a test or a person would use it.
+- :class:`StateLog` follows every channel's status from the node's event
+  hub (never by polling the channels): when each one connected, every
+  scheduled reconnect delay, every FAILED. It is the raw material of the
+  connect-rate, storm and crash figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import resource
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import attrs
+import httpx
+import psutil
+import trio
+
+from actors.channel import ChannelStateChanged
+from actors.channel_state import ChannelStatus
+from runtime.config.model import (
+    BackoffConfig,
+    ChannelSpec,
+    EmulatorConfig,
+    LoggingConfig,
+    NodeConfig,
+    NodeSection,
+    OpsConfig,
+    ProviderDefaults,
+    RateLimitConfig,
+    SupervisorConfig,
+)
+from runtime.node import Node, open_node
+
+from .scenario import ScenarioError
+
+__all__ = [
+    "EMULATED",
+    "ConnectPhase",
+    "EmulatorControl",
+    "Rig",
+    "StateLog",
+    "connect_all",
+    "open_external_emulator",
+    "open_rig",
+    "raise_open_files_limit",
+    "rss",
+]
+
+EMULATED: Final = ("websocket", "discord", "telegram", "whatsapp")
+PROVIDERS: Final = (*EMULATED, "simulated")
+FDS_RESERVED: Final = 200  # descriptors kept for everything but connections
+STARTUP_TIMEOUT: Final = 30.0  # seconds for an emulator process to listen
+
+log = logging.getLogger("bench.rig")
+
+
+def rss() -> int:
+    """This process's resident set size in bytes, after a full collection."""
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft open-files limit toward ``wanted``; return what it is now.
+
+    Never above the hard limit (raising that needs privileges the harness
+    should not ask for).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    goal = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if goal > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (goal, hard))
+        soft = goal
+    return int(soft)
+
+
+def connection_capacity(fds_per_connection: int) -> int:
+    """How many connections this process's open-files limit allows."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(0, (int(soft) - FDS_RESERVED) // fds_per_connection)
+
+
+# ---------------------------------------------------------------- emulators
+
+
+@attrs.define
+class EmulatorControl:
+    """An emulator's base URL and its control API (``/_emulator/...``)."""
+
+    provider: str
+    url: str
+    client: httpx.AsyncClient
+    pid: int | None = None  # set when the emulator is a separate process
+
+    async def fault(self, **payload: Any) -> dict[str, Any]:
+        return await self._post("fault", payload)
+
+    async def inject(self, **payload: Any) -> dict[str, Any]:
+        return await self._post("inject", payload)
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.client.get(f"{self.url}/_emulator/stats")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the emulator process used so far (None when in-process)."""
+        if self.pid is None:
+            return None
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    async def _post(self, what: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = await self.client.post(f"{self.url}/_emulator/{what}", json=payload)
+        if response.status_code >= 400:
+            raise ScenarioError(
+                f"{self.provider} emulator refused {what} {payload}: "
+                f"{response.status_code} {response.text.strip()}"
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+
+@contextlib.asynccontextmanager
+async def open_external_emulator(provider: str) -> AsyncIterator[tuple[str, int]]:
+    """Run ``switchboard emulate <provider>`` as a child process; yield (url, pid).
+
+    Raises:
+        ScenarioError: it did not start listening in time.
+    """
+    command = [sys.executable, "-m", "runtime.cli", "emulate", provider, "--port", "0"]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
+    try:
+        assert process.stdout is not None
+        url = await _read_url(process.stdout, provider)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _read_url(stream: trio.abc.ReceiveStream, provider: str) -> str:
+    buffer = b""
+    with trio.move_on_after(STARTUP_TIMEOUT):
+        while b"\n" not in buffer or b"listening on " not in buffer:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            buffer += chunk
+        for line in buffer.decode(errors="replace").splitlines():
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].split()[0]
+    raise ScenarioError(
+        f"the {provider} emulator process did not start listening within "
+        f"{STARTUP_TIMEOUT:.0f} s; it printed: {buffer.decode(errors='replace')[-400:]!r}"
+    )
+
+
+# ---------------------------------------------------------------- state log
+
+
+class StateLog:
+    """Every channel's status over time, from the node's ``state`` events.
+
+    Attributes:
+        connected_at: per connect, the trio time it happened (in order).
+        disconnected_at: per lost connection, when.
+        backoff_delays: every reconnect delay a channel scheduled, seconds.
+        failed: channels that went FAILED, with the reason.
+        connected: channels connected right now.
+        dropped: events the subscription lost (the tally is then a lower bound).
+    """
+
+    def __init__(self) -> None:
+        self.connected_at: list[float] = []
+        self.disconnected_at: list[float] = []
+        self.backoff_delays: list[float] = []
+        self.failed: dict[str, str] = {}
+        self.status: dict[str, ChannelStatus] = {}
+        self.connected = 0
+        self.dropped = 0
+        self._waiters: list[tuple[int, trio.Event]] = []
+        self._connect_waiters: list[tuple[int, trio.Event]] = []
+
+    def __repr__(self) -> str:
+        return f"<StateLog connected={self.connected} failed={len(self.failed)}>"
+
+    def record(self, change: ChannelStateChanged, now: float) -> None:
+        was = self.status.get(change.channel_id)
+        self.status[change.channel_id] = change.status
+        if change.status is ChannelStatus.CONNECTED and was is not ChannelStatus.CONNECTED:
+            self.connected += 1
+            self.connected_at.append(now)
+        elif was is ChannelStatus.CONNECTED and change.status is not ChannelStatus.CONNECTED:
+            self.connected -= 1
+            self.disconnected_at.append(now)
+        if change.status is ChannelStatus.BACKING_OFF and change.delay is not None:
+            self.backoff_delays.append(change.delay)
+        if change.status is ChannelStatus.FAILED:
+            self.failed[change.channel_id] = change.reason or "no reason given"
+        self._wake()
+
+    def statuses(self) -> Counter[str]:
+        return Counter(s.value for s in self.status.values())
+
+    async def wait_connected(self, count: int) -> None:
+        """Until at least ``count`` channels are connected at once."""
+        if self.connected >= count:
+            return
+        event = trio.Event()
+        self._waiters.append((count, event))
+        await event.wait()
+
+    async def wait_connects(self, total: int) -> None:
+        """Until ``total`` connects have happened since the log began."""
+        if len(self.connected_at) >= total:
+            return
+        event = trio.Event()
+        self._connect_waiters.append((total, event))
+        await event.wait()
+
+    def _wake(self) -> None:
+        if self._waiters:
+            ready = [(n, e) for n, e in self._waiters if self.connected >= n]
+            for item in ready:
+                self._waiters.remove(item)
+                item[1].set()
+        if self._connect_waiters:
+            done = len(self.connected_at)
+            ready = [(n, e) for n, e in self._connect_waiters if done >= n]
+            for item in ready:
+                self._connect_waiters.remove(item)
+                item[1].set()
+
+
+# ---------------------------------------------------------------- the rig
+
+
+@attrs.define
+class Rig:
+    """A node, its channels, their emulator and the state log."""
+
+    node: Node
+    provider: str
+    emulator: EmulatorControl | None
+    states: StateLog
+    channel_ids: list[str] = attrs.Factory(list)
+    external_credentials: bool = False
+
+    def spec(self, index: int) -> ChannelSpec:
+        channel_id = f"ch{index:05d}"
+        if self.provider == "simulated":
+            return ChannelSpec(id=channel_id, provider="simulated", tenant="bench")
+        if self.external_credentials:
+            assert self.emulator is not None
+            base = self.emulator.url
+            if self.provider == "websocket":
+                base = base.replace("http://", "ws://", 1) + "/ws"
+            return ChannelSpec(
+                id=channel_id,
+                provider=self.provider,
+                tenant="bench",
+                base_url=base,
+                credentials={"token": _made_up_token(self.provider, index)},
+            )
+        return ChannelSpec(id=channel_id, provider=self.provider, tenant="bench", emulator=True)
+
+    async def start_channels(self, count: int, rate: float = 0.0) -> None:
+        """Start ``count`` more channels, at ``rate`` per second (0: at once)."""
+        first = len(self.channel_ids)
+        start = trio.current_time()
+        for n, index in enumerate(range(first, first + count)):
+            if rate > 0:
+                await trio.sleep_until(start + n / rate)
+            spec = self.spec(index)
+            await self.node.start_channel(spec)
+            self.channel_ids.append(spec.id)
+
+    def peer(self, index: int) -> str:
+        """A recipient every emulator accepts for channel ``index``."""
+        if self.provider == "telegram":
+            return str(1_000 + index % 97)
+        if self.provider == "discord":
+            return "100000000000000001"  # the emulator's default text channel
+        if self.provider == "whatsapp":
+            return f"15550{index % 97:06d}"
+        return f"user-{index % 97}"
+
+
+@attrs.frozen(kw_only=True)
+class ConnectPhase:
+    """How starting a batch of channels went.
+
+    Attributes:
+        wanted: channels started.
+        connected: channels connected at the end of the phase.
+        start: trio time of the first start.
+        seconds: from the first start until all connected (or the phase gave up).
+        times: trio time of every connect in the phase.
+        rss_before: node RSS before the first start (after a collection).
+        rss_after: node RSS once all connected (after a collection).
+    """
+
+    wanted: int
+    connected: int
+    start: float
+    seconds: float
+    times: list[float]
+    rss_before: int
+    rss_after: int
+
+    @property
+    def rate(self) -> float:
+        return self.connected / self.seconds if self.seconds else 0.0
+
+
+async def connect_all(
+    rig: Rig, count: int, *, rate: float, budget: float, progress: Any
+) -> ConnectPhase:
+    """Start ``count`` channels and wait until all are connected, within ``budget`` seconds."""
+    rss_before = rss()
+    progress.phase(f"starting {count:,} {rig.provider} channels", count, "connected")
+    first = len(rig.states.connected_at)
+    start = trio.current_time()
+    with trio.move_on_after(budget):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.start_channels, count, rate)
+            while rig.states.connected < count:
+                progress.update(rig.states.connected, failed=len(rig.states.failed))
+                with trio.move_on_after(0.2):
+                    await rig.states.wait_connected(count)
+    seconds = trio.current_time() - start
+    progress.update(rig.states.connected)
+    return ConnectPhase(
+        wanted=count,
+        connected=rig.states.connected,
+        start=start,
+        seconds=seconds,
+        times=rig.states.connected_at[first:],
+        rss_before=rss_before,
+        rss_after=rss(),
+    )
+
+
+def _made_up_token(provider: str, index: int) -> str:
+    if provider == "telegram":  # the Bot API's shape: <bot id>:<35 characters>
+        return f"{100_000 + index}:{'bench-token-' + f'{index:05d}':_<35}"
+    return f"bench-token-{index:05d}"
+
+
+def node_config(
+    provider: str,
+    *,
+    in_process_emulator: bool,
+    limits: bool,
+    backoff: BackoffConfig | None = None,
+    intensity: int = 1_000_000,
+) -> NodeConfig:
+    """A node for benchmarks: memory store, no ops listener, quiet logs."""
+    if provider not in PROVIDERS:
+        raise ScenarioError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+    defaults = ProviderDefaults(
+        rate_limit=RateLimitConfig(enabled=limits),
+        backoff=backoff or BackoffConfig(),
+    )
+    emulators = {provider: EmulatorConfig()} if in_process_emulator else {}
+    return NodeConfig(
+        node=NodeSection(id="bench", start_timeout=600.0, drain_deadline=5.0),
+        ops=OpsConfig(enabled=provider == "whatsapp"),
+        logging=LoggingConfig(level="error"),
+        supervisor=SupervisorConfig(intensity=intensity),
+        providers={provider: defaults},
+        emulators=emulators,
+        channels=[],
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_rig(
+    provider: str,
+    *,
+    external: bool,
+    limits: bool,
+    backoff: BackoffConfig | None = None,
+    intensity: int = 1_000_000,
+    state_buffer: int = 100_000,
+) -> AsyncIterator[Rig]:
+    """A node with no channels yet, its emulator, and the state log running.
+
+    Args:
+        provider: which platform the channels speak.
+        external: run the emulator as a separate process.
+        limits: keep the platform's rate limits (False turns them off).
+        backoff: reconnect backoff overrides for every channel.
+        intensity: the channels supervisor's restart intensity.
+        state_buffer: events the state log may fall behind by.
+    """
+    if external and provider == "whatsapp":
+        raise ScenarioError(
+            "emulator: whatsapp runs in-process only (its webhooks need the node's ops server)"
+        )
+    if external and provider == "simulated":
+        external = False  # the simulated provider has no emulator at all
+    quiet = logging.getLogger("switchboard")
+    previous = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # a storm logs a line per reconnect: not the figure
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
+        emulator: EmulatorControl | None = None
+        if external:
+            url, pid = await stack.enter_async_context(open_external_emulator(provider))
+            emulator = EmulatorControl(provider, url, client, pid)
+        config = node_config(
+            provider,
+            in_process_emulator=provider in EMULATED and not external,
+            limits=limits,
+            backoff=backoff,
+            intensity=intensity,
+        )
+        node = await stack.enter_async_context(open_node(config))
+        if emulator is None and provider in EMULATED:
+            emulator = EmulatorControl(provider, node.emulator_urls[provider], client)
+        states = StateLog()
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(_follow, node, states, state_buffer)
+        try:
+            yield Rig(
+                node=node,
+                provider=provider,
+                emulator=emulator,
+                states=states,
+                external_credentials=external,
+            )
+        finally:
+            nursery.cancel_scope.cancel()
+            quiet.setLevel(previous)
+
+
+async def _follow(
+    node: Node, states: StateLog, buffer: int, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    with node.subscribe(kind="state", buffer=buffer) as events:
+        task_status.started()
+        async for event in events:
+            states.record(event.event, trio.current_time())
+            states.dropped = events.dropped
+
+
+def per_interval(times: Sequence[float], start: float, end: float, width: float) -> list[int]:
+    """How many of ``times`` fall in each ``width``-second interval of [start, end)."""
+    bins = [0] * max(1, int((end - start) / width + 0.999999))
+    for t in times:
+        i = int((t - start) / width)
+        if 0 <= i < len(bins):
+            bins[i] += 1
+    return bins
+
+
+def cpu_seconds() -> float:
+    """CPU time this process used so far (user + system)."""
+    times = os.times()
+    return times.user + times.system
