@@ -16,9 +16,11 @@ target), 3 the watchdog ended an overdue run, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 import attrs
+import psutil
 
 from .progress import Progress
 from .report import Report, Verdict, read_json, render_compare, render_table, write_json
@@ -128,13 +131,21 @@ def _compare(a: str, b: str) -> int:
     return 0
 
 
+def _end_now(code: int) -> None:
+    """Exit at once, taking the run's child processes (emulators) along."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    os._exit(code)
+
+
 def _watchdog(limit: float, progress: Progress) -> threading.Timer:
     def overdue() -> None:
         progress.note(
             f"the run is {WATCHDOG_GRACE:.0f} s past its time limit ({limit:.0f} s): ending it "
             "(raise --time-limit if the scenario needs longer)"
         )
-        os._exit(3)
+        _end_now(3)
 
     timer = threading.Timer(limit + WATCHDOG_GRACE, overdue)
     timer.daemon = True
@@ -179,6 +190,7 @@ def run_scenario(name_or_path: str, argv: Sequence[str]) -> int:
     )
     watchdog = _watchdog(limit, progress)
     watchdog.start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: _end_now(128 + signum))
     try:
         report = scenario.run(params, ctx)
     finally:

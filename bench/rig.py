@@ -152,6 +152,8 @@ async def open_external_emulator(provider: str) -> AsyncIterator[tuple[str, int]
         ScenarioError: it did not start listening in time.
     """
     command = [sys.executable, "-m", "runtime.cli", "emulate", provider, "--port", "0"]
+    # A harness killed outright (SIGTERM, the watchdog) kills its children
+    # first (bench.__main__); a normal exit ends this one below.
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
     try:
         assert process.stdout is not None

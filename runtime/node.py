@@ -75,6 +75,7 @@ from .view import ChannelSnapshot, NodeStatistics, WebhookTarget
 
 __all__ = ["Node", "open_node"]
 
+REPORT_PROBLEMS: Final = 20  # channels named in the startup line; /health has them all
 log = logging.getLogger("switchboard.node")
 
 ROOT_INTENSITY: Final = 5  # service restarts the node tolerates ...
@@ -516,21 +517,39 @@ class Node:
         )
 
     async def _report_connected(self) -> None:
-        """Log once how many channels connected within ``start_timeout``."""
+        """Log once how many channels connected within ``start_timeout``.
 
-        def settled() -> bool:
-            unsettled = (ChannelStatus.IDLE, ChannelStatus.CONNECTING)
-            return all(s.status not in unsettled for s in self.channels())
+        Settling is followed from the state events one channel at a time:
+        a snapshot of every channel per event would make a 10,000-channel
+        start quadratic. Only if the subscription lost events is the set
+        rebuilt from a snapshot.
+        """
+        unsettled_states = (ChannelStatus.IDLE, ChannelStatus.CONNECTING)
+
+        def unsettled_now() -> set[str]:
+            return {s.channel_id for s in self.channels() if s.status in unsettled_states}
 
         with (
             self.subscribe(kind="state") as changes,
             trio.move_on_after(self.config.node.start_timeout),
         ):
-            while not settled():
-                await changes.receive()
+            unsettled = unsettled_now()
+            lost = 0
+            while unsettled:
+                change = (await changes.receive()).event
+                if change.status in unsettled_states:
+                    unsettled.add(change.channel_id)
+                else:
+                    unsettled.discard(change.channel_id)
+                if changes.dropped != lost:
+                    lost = changes.dropped
+                    unsettled = unsettled_now()
         snapshots = self.channels()
         connected = [s for s in snapshots if s.status is ChannelStatus.CONNECTED]
-        problems = "; ".join(f"{s.channel_id}: {s.problem}" for s in snapshots if s.problem)
+        troubled = [s for s in snapshots if s.problem]
+        problems = "; ".join(f"{s.channel_id}: {s.problem}" for s in troubled[:REPORT_PROBLEMS])
+        if len(troubled) > REPORT_PROBLEMS:
+            problems += f"; and {len(troubled) - REPORT_PROBLEMS} more (see /health)"
         log.log(
             logging.WARNING if problems else logging.INFO,
             "%d/%d channels connected%s",
@@ -602,8 +621,8 @@ async def open_node(
 
     Raises:
         StoreError: the store could not be opened.
-        supervisors.SupervisorExited: the node's tree gave up (services crashed
-            too often).
+        supervisors.SupervisorExited: in an ExceptionGroup, when the node's
+            tree gave up (services crashed too often).
     """
     async with open_actor_system() as system, _open_store(config, store) as opened:
         emulators = LocalEmulators(config.emulators) if config.emulators else None
@@ -636,8 +655,10 @@ async def open_node(
             )
             children.append(ChildSpec(id="ops", start=ServiceActor.factory(node.ops, serve)))
         children.append(node._channels_child())
+        # The nursery lives inside the root supervisor's block: cancelling it
+        # on the way out must not swallow the root's own "I gave up", which
+        # the supervisor raises when its block ends (SupervisorExited).
         async with (
-            trio.open_nursery() as nursery,
             open_supervisor(
                 system,
                 children,
@@ -645,6 +666,7 @@ async def open_node(
                 intensity=ROOT_INTENSITY,
                 period=ROOT_PERIOD,
             ) as root,
+            trio.open_nursery() as nursery,
         ):
             node._nursery = nursery
             node._root = root

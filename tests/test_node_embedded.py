@@ -27,7 +27,9 @@ from runtime import (
     parse_config,
 )
 from runtime.config import ChannelSpec, StorageConfig
+from runtime.node import ROOT_INTENSITY
 from runtime.ops.health import health_report
+from supervisors import SupervisorExited
 
 from .support import CEILING
 
@@ -284,6 +286,26 @@ async def test_a_restarted_channels_supervisor_brings_every_channel_back(
             assert await node.send("b", message("after-restart"))
             assert [c.id for c in node.tree().children] == ["channels"]
             assert [c.id for c in node.tree().children[0].children] == ["a", "b"]
+
+
+async def test_a_node_whose_tree_gives_up_raises_instead_of_returning(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider()
+    with trio.fail_after(CEILING), pytest.raises(BaseExceptionGroup) as raised:
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            assert node._root is not None
+            # One more death of the channels subtree than the root tolerates.
+            for _ in range(ROOT_INTENSITY + 1):
+                channels = await node._root.whereis_child("channels")
+                assert channels is not None
+                channels.kill()
+                await trio.sleep(0.01)
+            await trio.sleep_forever()  # the root's exit must end the block
+    assert raised.group_contains(SupervisorExited, match="maximum restart intensity")
 
 
 class _FlakyStore:

@@ -963,3 +963,48 @@ async def test_a_body_that_is_not_json_answers_400() -> None:
     assert answer.status_code == 400
     assert [p["path"] for p in answer.json()["problems"]] == ["$"]
     assert answer.json()["message"].startswith("the body is not JSON")
+
+
+# --- the channel listing ----------------------------------------------------------------------
+
+
+async def test_the_channel_listing_needs_the_token_and_is_absent_without_one() -> None:
+    node = FakeNode()
+    node.snapshots = [snapshot("tg-1", ChannelStatus.CONNECTED)]
+    with trio.fail_after(CEILING):
+        async with serving(node) as (client, _):
+            absent = await client.get("/v1/channels", headers=BEARER)
+            assert (absent.status_code, absent.json()["error"]) == (404, "NotFound")
+        async with serving(node, api_token=API_TOKEN) as (client, _):
+            missing = await client.get("/v1/channels")
+            assert missing.status_code == 401
+            wrong = await client.get("/v1/channels", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            assert "tg-1" not in missing.text + wrong.text
+            assert API_TOKEN not in missing.text + wrong.text
+            refused = await client.post("/v1/channels", headers=BEARER)
+            assert (refused.status_code, refused.json()["error"]) == (405, "MethodNotAllowed")
+
+
+async def test_the_channel_listing_shows_every_channel_sorted_with_its_state() -> None:
+    node = FakeNode()
+    node.snapshots = [
+        snapshot("wa-1", ChannelStatus.BACKING_OFF, provider="whatsapp", tenant="beta"),
+        snapshot("dc-1", ChannelStatus.CONNECTED, provider="discord"),
+        snapshot("tg-2", ChannelStatus.CONNECTED, start_error="max_connections reached"),
+        snapshot("tg-1", ChannelStatus.FAILED, last_error="Banned"),
+    ]
+    with trio.fail_after(CEILING):
+        async with serving(node, api_token=API_TOKEN) as (client, _):
+            answer = await client.get("/v1/channels", headers=BEARER)
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "node": "node-1",
+        "channels": [
+            {"channel": "dc-1", "tenant": "acme", "provider": "discord", "status": "connected"},
+            {"channel": "tg-1", "tenant": "acme", "provider": "telegram", "status": "failed"},
+            {"channel": "tg-2", "tenant": "acme", "provider": "telegram", "status": "not_started"},
+            {"channel": "wa-1", "tenant": "beta", "provider": "whatsapp", "status": "backing_off"},
+        ],
+    }
+    assert node.sent == []

@@ -162,6 +162,9 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     return payload
 
 
+LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
+
+
 async def serve_emulator(
     emulator: Emulator,
     *,
@@ -180,6 +183,10 @@ async def serve_emulator(
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
+    # hypercorn listens with a backlog of 100: thousands of channels starting
+    # together overflow it, and each refused SYN is retried a second or more
+    # later. A load test's emulator must take a connect storm.
+    config.backlog = LISTEN_BACKLOG
 
     async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await serve(emulator.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ Design:
       POST /webhooks/whatsapp               routed by metadata.phone_number_id
       GET|POST /webhooks/whatsapp/{channel} straight to that channel
       POST /webhooks/telegram/{channel}     to that channel's feed_webhook
+      GET  /v1/channels                     list channels (only with an api_token)
       POST /v1/channels/{channel}/messages  send (only with an api_token)
 
 - Webhooks are judged by the channel's own connection (signature, secret,
@@ -32,6 +33,10 @@ Design:
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
   of our own (:data:`MESSAGE_API`) and every problem comes back with its path.
+  ``GET /v1/channels`` is read-only: every configured channel with its tenant,
+  provider and the state health reports (so a client, the load-test driver
+  ``bench.target`` among them, can find where to send without a config file).
+  It sits behind the same token because channel ids and tenants are not public.
 - Error bodies are JSON ``{"error": <type>, "message": <text>}``; the API
   token never appears in one. A handler that raises answers 500 and is
   logged; the server keeps serving.
@@ -70,7 +75,7 @@ from providers.base import OutboundMessage, PermanentSendError
 
 from ..errors import NodeDraining, NodeError, UnknownChannel
 from ..view import NodeView, WebhookTarget
-from .health import HEALTH_HTTP_STATUS, health_report
+from .health import HEALTH_HTTP_STATUS, channel_state, health_report
 from .metrics import WebhookCounters, ops_registry
 
 __all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
@@ -440,6 +445,21 @@ class _Ops:
             headers={"WWW-Authenticate": challenge},
         )
 
+    async def list_channels(self, request: Request) -> Response:
+        refusal = self._unauthorized(request)
+        if refusal is not None:
+            return refusal
+        listed = [
+            {
+                "channel": snapshot.channel_id,
+                "tenant": snapshot.tenant,
+                "provider": snapshot.provider,
+                "status": channel_state(snapshot),
+            }
+            for snapshot in sorted(self.node.channels(), key=lambda s: s.channel_id)
+        ]
+        return JSONResponse({"node": self.node.node_id, "channels": listed})
+
     async def send_message(self, request: Request) -> Response:
         refusal = self._unauthorized(request)
         if refusal is not None:
@@ -491,6 +511,7 @@ class _Ops:
             ),
         ]
         if self.token is not None:
+            routes.append(Route("/v1/channels", _guarded(self.list_channels), methods=["GET"]))
             routes.append(
                 Route(
                     "/v1/channels/{channel_id}/messages",
