@@ -39,8 +39,6 @@ from typing import Any, Final
 import attrs
 import trio
 
-from providers.base import OutboundMessage
-
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
 from .rig import (
     EMULATED,
@@ -166,9 +164,7 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
         index = i % n
-        message = OutboundMessage(
-            peer=rig.peer(index), idempotency_key=f"r{rate:.0f}-{i}", text=text
-        )
+        message = rig.message(index, f"r{rate:.0f}-{i}", text)
         try:
             await rig.node.send(ids[index], message)
         except Exception as exc:  # counted by type: the figure is how many failed and why
@@ -474,6 +470,8 @@ def _figures(
                     better="lower",
                 )
             )
+        if not step.latencies:
+            continue  # nothing was delivered: the errors figure and its note say why
         for q in (50, 90, 99):
             latency_target = None
             if q == 99 and math.isclose(step.rate, params.latency_at):
@@ -585,12 +583,10 @@ def _series(steps: list[StepResult], phase: ConnectPhase) -> list[Series]:
     for step in steps:
         key = f"{step.rate:.0f}"
         xs = [float(i) for i in range(len(step.by_second))]
-        lines: dict[str, list[float]] = {}
+        lines: dict[str, list[float | None]] = {}
         for q in (50, 90, 99):
-            lines[f"p{q}"] = [
-                percentile(sorted(b), q) * 1e3 if b else math.nan for b in step.by_second
-            ]
-        lines["max"] = [max(b) * 1e3 if b else math.nan for b in step.by_second]
+            lines[f"p{q}"] = [percentile(sorted(b), q) * 1e3 if b else None for b in step.by_second]
+        lines["max"] = [max(b) * 1e3 if b else None for b in step.by_second]
         series.append(
             Series(
                 name=f"latency_over_time_at_{key}",

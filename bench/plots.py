@@ -10,6 +10,7 @@ when a plot is drawn, so a run with ``--no-plots`` (or without the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def draw(series: Series, out_dir: Path, *, subtitle: str = "") -> Path:
         if series.kind == "bar":
             _bars(ax, series)
         else:
-            for label, ys in series.lines.items():
+            for label, values in series.lines.items():
+                ys = _gaps(values)
                 if series.kind == "step":
                     ax.step(series.x, ys, where="post", label=label)
                 else:
@@ -60,19 +62,23 @@ def draw(series: Series, out_dir: Path, *, subtitle: str = "") -> Path:
     return path
 
 
+def _gaps(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]  # matplotlib leaves NaN out
+
+
 def _bars(ax: object, series: Series) -> None:
     n = max(1, len(series.lines))
     if series.categories:
         width = 0.8 / n
         for i, (label, ys) in enumerate(series.lines.items()):
             xs = [x + (i - (n - 1) / 2) * width for x in series.x]
-            ax.bar(xs, ys, width=width, label=label)  # type: ignore[attr-defined]
+            ax.bar(xs, _gaps(ys), width=width, label=label)  # type: ignore[attr-defined]
         ax.set_xticks(series.x, series.categories)  # type: ignore[attr-defined]
         return
     # A histogram: x are bin starts, equally spaced.
     step = series.x[1] - series.x[0] if len(series.x) > 1 else 1.0
     for label, ys in series.lines.items():
-        ax.bar(series.x, ys, width=step * 0.9, align="edge", label=label, alpha=0.8)  # type: ignore[attr-defined]
+        ax.bar(series.x, _gaps(ys), width=step * 0.9, align="edge", label=label, alpha=0.8)  # type: ignore[attr-defined]
 
 
 def draw_all(series: Sequence[Series], out_dir: Path, *, subtitle: str = "") -> list[Path]:

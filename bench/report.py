@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -205,7 +206,8 @@ class Series:
         x_label: e.g. ``"seconds since load start"``.
         y_label: e.g. ``"ms"``.
         x: the x values (seconds, bin starts or category indices).
-        lines: legend label -> y values, each as long as ``x``.
+        lines: legend label -> y values, each as long as ``x``; None where
+            there is no value (an interval with no samples: a gap in the line).
         kind: ``"line"``, ``"step"`` (counts per interval) or ``"bar"``
             (a histogram or categories side by side).
         categories: for ``"bar"`` over categories, their names (same
@@ -217,7 +219,7 @@ class Series:
     x_label: str
     y_label: str
     x: list[float]
-    lines: dict[str, list[float]]
+    lines: Mapping[str, Sequence[float | None]]
     kind: Literal["line", "step", "bar"] = "line"
     categories: list[str] = attrs.Factory(list)
 

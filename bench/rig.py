@@ -39,6 +39,7 @@ import trio
 
 from actors.channel import ChannelStateChanged
 from actors.channel_state import ChannelStatus
+from providers.base import OutboundMessage, Template
 from runtime.config.model import (
     BackoffConfig,
     ChannelSpec,
@@ -304,6 +305,20 @@ class Rig:
             spec = self.spec(index)
             await self.node.start_channel(spec)
             self.channel_ids.append(spec.id)
+
+    def message(self, index: int, key: str, text: str) -> OutboundMessage:
+        """What channel ``index`` sends: text, or for WhatsApp a template.
+
+        WhatsApp only takes free-form text within 24 hours of the user's last
+        message; a business starts a conversation with a template.
+        """
+        if self.provider == "whatsapp":
+            return OutboundMessage(
+                peer=self.peer(index),
+                idempotency_key=key,
+                template=Template(name="hello_world", language="en_US"),
+            )
+        return OutboundMessage(peer=self.peer(index), idempotency_key=key, text=text)
 
     def peer(self, index: int) -> str:
         """A recipient every emulator accepts for channel ``index``."""

@@ -1,0 +1,111 @@
+"""``python -m bench channels|storm --quick`` run end to end over real sockets.
+
+Performance is measured, not asserted: these check the results' shape and
+the invariants that hold at any speed. Every channel connected, none failed,
+a light load fully delivered, and a storm fully recovered with one reconnect
+per channel. The histograms account for every channel, and the plots exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_TIMEOUT = 180  # seconds; a quick run takes 5-15 s, more on a loaded machine
+
+
+def _bench(tmp: Path, *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--quick", "--out", str(tmp)],
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data: dict[str, Any] = json.loads((tmp / "result.json").read_text(encoding="utf-8"))
+    for plot in data["plots"]:
+        assert Path(plot).read_bytes()[:4] == b"\x89PNG", plot
+    return data
+
+
+def _figures(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f for f in data["figures"]}
+
+
+def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "channels")
+    f = _figures(data)
+    n = data["parameters"]["channels_run"]
+    assert n == data["parameters"]["channels"] == 20
+    assert f["channels_connected"]["value"] == n
+    assert f["fatal"]["value"] == 0
+    assert f["dead_letters"]["value"] == 0
+    assert f["send_errors_at_200"]["value"] == 0
+    for name in ("connect_rate", "delivered_rate_at_200", "latency_p50_at_200", "cpu_at_200"):
+        assert math.isfinite(f[name]["value"]) and f[name]["value"] > 0, name
+    assert (
+        f["latency_p50_at_200"]["value"]
+        <= f["latency_p90_at_200"]["value"]
+        <= f["latency_p99_at_200"]["value"]
+        <= f["latency_max_at_200"]["value"]
+    )
+    memory = f["memory_per_channel"]
+    assert memory["unit"] == "bytes" and memory["baseline"] > 0  # bare trio-websocket, same run
+    assert memory["ratio"] == pytest.approx(memory["value"] / memory["baseline"])
+    assert f["inbound_rate"]["value"] > 0
+    assert f["latency_p99_at_200"]["target"]["threshold"] == 10.0
+    series = {s["name"]: s for s in data["series"]}
+    connects = series["connects_over_time"]["lines"]["connected"]
+    assert connects[-1] == n  # every connect of the phase is on the curve
+    delivered = series["throughput_over_time_at_200"]["lines"]["delivered"]
+    assert sum(delivered) == 400  # 200 msgs/s for 2 s, each counted once
+
+
+@pytest.mark.parametrize("provider", ["discord", "telegram", "whatsapp", "simulated"])
+def test_channels_quick_every_provider_in_process(tmp_path: Path, provider: str) -> None:
+    data = _bench(
+        tmp_path,
+        "channels",
+        "--provider",
+        provider,
+        "--emulator",
+        "inprocess",
+        "--channels",
+        "3",
+        "--rates",
+        "20",
+        "--inbound-rate",
+        "0",
+    )
+    f = _figures(data)
+    assert f["channels_connected"]["value"] == 3
+    assert f["fatal"]["value"] == 0
+    assert f["send_errors_at_20"]["value"] == 0, data["notes"]
+    assert f["delivered_rate_at_20"]["value"] > 0
+
+
+def test_storm_quick_recovers_every_channel_once(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "storm")
+    f = _figures(data)
+    n = data["parameters"]["channels_run"]
+    assert n == 50
+    assert f["recovered"]["value"] == 1
+    assert f["fatal_misclassified"]["value"] == 0
+    assert f["reconnects_counted"]["value"] == n
+    assert 0 < f["recovery_time"]["value"] < 60
+    assert f["reconnect_rate_peak"]["target"]["threshold"] > 0
+    series = {s["name"]: s for s in data["series"]}
+    assert sum(series["reconnect_histogram"]["lines"]["storm 1"]) == n
+    delays = series["backoff_delay_histogram"]["lines"]["storm 1"]
+    assert sum(delays) == n  # one scheduled delay per dropped channel
+    # Full jitter: the delays are spread over the window, not piled in one bin.
+    assert max(delays) < n / 2
