@@ -1008,3 +1008,25 @@ async def test_the_channel_listing_shows_every_channel_sorted_with_its_state() -
         ],
     }
     assert node.sent == []
+
+
+async def test_a_client_that_hangs_up_mid_body_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = FakeNode()
+    with trio.fail_after(CEILING):
+        async with serving(node, api_token=API_TOKEN) as (client, url):
+            host, port = url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            head = (
+                "POST /v1/channels/a/messages HTTP/1.1\r\n"
+                f"Host: {host}\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            await stream.send_all(head.encode() + b'{"peer": "u')  # 11 of 1000 bytes
+            await stream.aclose()  # gone before the body is complete
+            for _ in range(50):  # the server notices the hang-up within a few turns
+                await trio.sleep(0.01)
+            assert (await client.get("/healthz")).status_code == 200
+    errors = [r for r in caplog.records if r.name == "switchboard.ops" and r.levelname == "ERROR"]
+    assert errors == []

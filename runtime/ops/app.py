@@ -58,7 +58,7 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -136,6 +136,11 @@ def _guarded(handler: _Handler) -> _Handler:
     async def guarded(request: Request) -> Response:
         try:
             return await handler(request)
+        except ClientDisconnect:
+            # The client hung up mid-request (a load test's timeout, a proxy):
+            # nobody is left to answer, and nothing here failed.
+            log.debug("ops: %s %s: the client disconnected", request.method, request.url.path)
+            return Response(status_code=499)
         except Exception:
             log.exception("ops: %s %s failed", request.method, request.url.path)
             return _error(
