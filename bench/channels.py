@@ -164,7 +164,7 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
         index = i % n
-        message = rig.message(index, f"r{rate:.0f}-{i}", text)
+        message = rig.message(i, f"r{rate:.0f}-{i}", text)
         try:
             await rig.node.send(ids[index], message)
         except Exception as exc:  # counted by type: the figure is how many failed and why

@@ -71,6 +71,7 @@ __all__ = [
 
 EMULATED: Final = ("websocket", "discord", "telegram", "whatsapp")
 PROVIDERS: Final = (*EMULATED, "simulated")
+RECIPIENTS: Final = 997  # distinct recipients a load rotates over (a prime: no beat with N)
 FDS_RESERVED: Final = 200  # descriptors kept for everything but connections
 STARTUP_TIMEOUT: Final = 30.0  # seconds for an emulator process to listen
 
@@ -306,29 +307,32 @@ class Rig:
             await self.node.start_channel(spec)
             self.channel_ids.append(spec.id)
 
-    def message(self, index: int, key: str, text: str) -> OutboundMessage:
-        """What channel ``index`` sends: text, or for WhatsApp a template.
+    def message(self, number: int, key: str, text: str) -> OutboundMessage:
+        """Message ``number`` of a load: text, or for WhatsApp a template.
 
-        WhatsApp only takes free-form text within 24 hours of the user's last
-        message; a business starts a conversation with a template.
+        Recipients rotate with the message number, so per-recipient limits
+        (Telegram's one message a second per chat, WhatsApp's pair limit) meet
+        a spread load, as they would in a product. WhatsApp only takes
+        free-form text within 24 hours of the user's last message; a business
+        starts a conversation with a template.
         """
         if self.provider == "whatsapp":
             return OutboundMessage(
-                peer=self.peer(index),
+                peer=self.peer(number),
                 idempotency_key=key,
                 template=Template(name="hello_world", language="en_US"),
             )
-        return OutboundMessage(peer=self.peer(index), idempotency_key=key, text=text)
+        return OutboundMessage(peer=self.peer(number), idempotency_key=key, text=text)
 
-    def peer(self, index: int) -> str:
-        """A recipient every emulator accepts for channel ``index``."""
+    def peer(self, number: int) -> str:
+        """A recipient every emulator accepts, one of 997 by ``number``."""
         if self.provider == "telegram":
-            return str(1_000 + index % 97)
+            return str(1_000 + number % RECIPIENTS)
         if self.provider == "discord":
             return "100000000000000001"  # the emulator's default text channel
         if self.provider == "whatsapp":
-            return f"15550{index % 97:06d}"
-        return f"user-{index % 97}"
+            return f"15550{number % RECIPIENTS:06d}"
+        return f"user-{number % RECIPIENTS}"
 
 
 @attrs.frozen(kw_only=True)
