@@ -395,6 +395,29 @@ def _figures(
             target=Target(applies_to="value", op=">=", threshold=1_000, text="≥ 1,000/s"),
         ),
     ]
+    if connected:
+        # Node and emulator share two cores: the node's own cost per connect
+        # says what it could do with a core to itself.
+        per_connect = phase.cpu / connected
+        figures.append(
+            Figure.single(
+                name="node_cpu_per_connect",
+                label="node CPU per connect (handshake, actor, events)",
+                unit="ms",
+                value=per_connect * 1e3,
+                better="lower",
+            )
+        )
+        if phase.emulator_cpu is not None:
+            figures.append(
+                Figure.single(
+                    name="emulator_cpu_per_connect",
+                    label="emulator process CPU per connect",
+                    unit="ms",
+                    value=phase.emulator_cpu / connected * 1e3,
+                    better="lower",
+                )
+            )
     if phase.times:
         peak = max(per_interval(phase.times, phase.start, max(phase.times) + 1e-9, 1.0))
         figures.append(
@@ -460,6 +483,16 @@ def _figures(
                 better="lower",
             ),
         ]
+        if step.ok:
+            figures.append(
+                Figure.single(
+                    name=f"node_cpu_per_message_at_{key}",
+                    label=f"node CPU per delivered message at {step.rate:,.0f} msgs/s",
+                    unit="µs",
+                    value=step.cpu / step.ok * 1e6,
+                    better="lower",
+                )
+            )
         if step.emulator_cpu is not None:
             figures.append(
                 Figure.single(

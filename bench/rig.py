@@ -347,6 +347,8 @@ class ConnectPhase:
         times: trio time of every connect in the phase.
         rss_before: node RSS before the first start (after a collection).
         rss_after: node RSS once all connected (after a collection).
+        cpu: node process CPU seconds the phase took.
+        emulator_cpu: the emulator process's, when it is a process of its own.
     """
 
     wanted: int
@@ -356,6 +358,8 @@ class ConnectPhase:
     times: list[float]
     rss_before: int
     rss_after: int
+    cpu: float
+    emulator_cpu: float | None
 
     @property
     def rate(self) -> float:
@@ -367,6 +371,8 @@ async def connect_all(
 ) -> ConnectPhase:
     """Start ``count`` channels and wait until all are connected, within ``budget`` seconds."""
     rss_before = rss()
+    cpu_before = cpu_seconds()
+    emulator_before = rig.emulator.cpu_seconds() if rig.emulator is not None else None
     progress.phase(f"starting {count:,} {rig.provider} channels", count, "connected")
     first = len(rig.states.connected_at)
     start = trio.current_time()
@@ -378,6 +384,8 @@ async def connect_all(
                 with trio.move_on_after(0.2):
                     await rig.states.wait_connected(count)
     seconds = trio.current_time() - start
+    cpu = cpu_seconds() - cpu_before
+    emulator_after = rig.emulator.cpu_seconds() if rig.emulator is not None else None
     progress.update(rig.states.connected)
     return ConnectPhase(
         wanted=count,
@@ -387,6 +395,12 @@ async def connect_all(
         times=rig.states.connected_at[first:],
         rss_before=rss_before,
         rss_after=rss(),
+        cpu=cpu,
+        emulator_cpu=(
+            emulator_after - emulator_before
+            if emulator_after is not None and emulator_before is not None
+            else None
+        ),
     )
 
 
