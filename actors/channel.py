@@ -23,7 +23,6 @@ Design:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -162,6 +161,21 @@ class ChannelActor(Actor):
     memory once and hands it to every incarnation.
     """
 
+    # A node runs ten thousand of these: no per-instance __dict__.
+    __slots__ = (
+        "_conn",
+        "_connected",
+        "_connection_scope",
+        "_failure",
+        "_flush_scheduled",
+        "_stopping",
+        "config",
+        "memory",
+        "provider",
+        "settings",
+        "sink",
+    )
+
     def __init__(
         self,
         config: ChannelConfig,
@@ -176,14 +190,11 @@ class ChannelActor(Actor):
         self.settings = settings
         self.sink = sink
         self._conn: Connection | None = None
-        self._connected = trio.Event()
+        self._connected: trio.Event | None = None  # made by a send that waits for a link
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
-        self._log = logging.LoggerAdapter(
-            log,
-            {"channel": config.channel_id, "tenant": config.tenant, "provider": provider.name},
-        )
+        self._flush_scheduled = False
 
     @classmethod
     def factory(
@@ -209,6 +220,14 @@ class ChannelActor(Actor):
         start.__name__ = cls.__name__
         return start, shared
 
+    @property
+    def _log(self) -> logging.LoggerAdapter[logging.Logger]:
+        # Made when a line is logged, which is rare, rather than kept by each
+        # of ten thousand channels.
+        config = self.config
+        context = {"channel": config.channel_id, "tenant": config.tenant}
+        return logging.LoggerAdapter(log, {**context, "provider": self.provider.name})
+
     def __repr__(self) -> str:
         memory = self.memory
         extra = ""
@@ -231,7 +250,8 @@ class ChannelActor(Actor):
             # operator's explicit action (a new memory) revives it.
             return
         self.start_task(self._run_connection)
-        self.start_task(self._flush_periodically)
+        if self.memory.pending:  # left by a crashed incarnation
+            self._schedule_flush()
 
     async def on_stopping(self, exit: Exit) -> None:
         # Close while the provider's own tasks still run, so the close
@@ -302,28 +322,22 @@ class ChannelActor(Actor):
     # --- the connection task ------------------------------------------------------------------
 
     async def _run_connection(self) -> None:
-        with trio.CancelScope() as self._connection_scope:
-            await self._connection_loop()
-
-    async def _connection_loop(self) -> None:
         memory = self.memory
-        while not self._stopping:
-            self._set_status(ChannelStatus.CONNECTING)
-            wait: float
-            try:
-                wait, reason = await self._connect_once()
-            except FatalError as exc:
-                self._fail(exc)
-                return
-            except RetriesExhausted as exc:
-                self._fail(exc)
-                return
-            if self._stopping:
-                return
-            memory.counters["reconnects"] += 1
-            self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
-            self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
-            await trio.sleep(wait)
+        with trio.CancelScope() as self._connection_scope:
+            while not self._stopping:
+                self._set_status(ChannelStatus.CONNECTING)
+                wait: float
+                try:
+                    wait, reason = await self._connect_once()
+                except (FatalError, RetriesExhausted) as exc:
+                    self._fail(exc)
+                    return
+                if self._stopping:
+                    return
+                memory.counters["reconnects"] += 1
+                self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
+                self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
+                await trio.sleep(wait)
 
     async def _connect_once(self) -> tuple[float, str]:
         """One connection's life. Returns (seconds to wait, why) when it ends.
@@ -338,7 +352,7 @@ class ChannelActor(Actor):
                 self._conn = conn
                 memory.backoff.connected(trio.current_time())
                 self._set_status(ChannelStatus.CONNECTED)
-                self._connected.set()
+                self._wake_senders()
                 try:
                     await self._read(conn)
                     error: ProviderError = TransientError("the platform closed the connection")
@@ -346,7 +360,6 @@ class ChannelActor(Actor):
                     error = exc
                 finally:
                     self._conn = None
-                    self._connected = trio.Event()
                     memory.session = conn.session_state()
                     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                         await conn.close(resumable=True)
@@ -365,15 +378,18 @@ class ChannelActor(Actor):
         liveness = self.settings.liveness_timeout
         events = conn.events().__aiter__()
         while True:
-            with trio.move_on_after(liveness if liveness is not None else math.inf) as scope:
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    return
-            if scope.cancelled_caught:
+            try:
+                if liveness is None:  # no cancel scope per event when there is no timeout
+                    event = await anext(events)
+                else:
+                    with trio.fail_after(liveness):
+                        event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except trio.TooSlowError:
                 raise TransientError(
                     f"no event for {liveness} s (liveness timeout): treating the connection as dead"
-                )
+                ) from None
             self._on_event(event)
             self.memory.session = conn.session_state()
             if len(self.memory.pending) >= self.settings.inbound_batch:
@@ -390,8 +406,10 @@ class ChannelActor(Actor):
                 return
             memory.counters["received"] += 1
             memory.pending.append(event)
+            self._schedule_flush()
         elif isinstance(event, DeliveryReceipt):
             memory.pending.append(event)
+            self._schedule_flush()
         self._publish(event)
 
     async def _flush(self) -> None:
@@ -406,28 +424,42 @@ class ChannelActor(Actor):
             memory.pending[:0] = batch  # keep them for the next flush
             raise
 
-    async def _flush_periodically(self) -> None:
+    def _schedule_flush(self) -> None:
+        """Make sure pending inbound events reach the sink within ``inbound_flush``.
+
+        A flusher task exists only while events wait: an idle channel costs
+        no task and no wake-up (ten thousand channels woken twice a second
+        would keep a core busy for nothing).
+        """
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.start_task(self._flush_later)
+
+    async def _flush_later(self) -> None:
         failing = False
-        while True:
-            await trio.sleep(self.settings.inbound_flush)
-            try:
-                await self._flush()
-            except Exception as exc:
-                # The sink (the store) is down: the batch stays pending and is
-                # retried next time; the channel keeps running.
-                self.memory.counters["sink_failures"] += 1
-                if not failing:
-                    self._log.warning(
-                        "%r: the sink refused %d inbound event(s), kept for retry: %s",
-                        self,
-                        len(self.memory.pending),
-                        exc,
-                    )
-                failing = True
-            else:
-                if failing:
-                    self._log.info("%r: the sink takes inbound events again", self)
-                failing = False
+        try:
+            while self.memory.pending:
+                await trio.sleep(self.settings.inbound_flush)
+                try:
+                    await self._flush()
+                except Exception as exc:
+                    # The sink (the store) is down: the batch stays pending and is
+                    # retried next time; the channel keeps running.
+                    self.memory.counters["sink_failures"] += 1
+                    if not failing:
+                        self._log.warning(
+                            "%r: the sink refused %d inbound event(s), kept for retry: %s",
+                            self,
+                            len(self.memory.pending),
+                            exc,
+                        )
+                    failing = True
+                else:
+                    if failing:
+                        self._log.info("%r: the sink takes inbound events again", self)
+                    failing = False
+        finally:
+            self._flush_scheduled = False
 
     def _fail(self, error: BaseException) -> None:
         if self.memory.status is ChannelStatus.FAILED:
@@ -438,7 +470,7 @@ class ChannelActor(Actor):
         self._failure = error
         self._log.error("%r failed for good: %s", self, error)
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
-        self._connected.set()  # wake waiting sends so they see the failure
+        self._wake_senders()  # so that they see the failure
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -529,6 +561,11 @@ class ChannelActor(Actor):
             memory.counters["sent"] += 1
             return result
 
+    def _wake_senders(self) -> None:
+        if self._connected is not None:
+            self._connected.set()
+            self._connected = None
+
     def _raise_if_failed(self) -> None:
         if self.memory.status is ChannelStatus.FAILED:
             raise ChannelFailed(
@@ -538,10 +575,14 @@ class ChannelActor(Actor):
             ) from self._failure
 
     async def _live_connection(self) -> Connection:
+        if self._conn is not None:  # the common case needs no cancel scope
+            return self._conn
         wait = self.settings.connect_wait
         with trio.move_on_after(wait):
             while self._conn is None:
                 self._raise_if_failed()
+                if self._connected is None:
+                    self._connected = trio.Event()
                 await self._connected.wait()
             return self._conn
         raise ChannelUnavailable(

@@ -11,7 +11,6 @@ frozen ``state`` record for a store to persist across processes.
 from __future__ import annotations
 
 import enum
-import itertools
 import random
 from collections import OrderedDict
 from typing import Any, Final, Protocol
@@ -39,6 +38,13 @@ __all__ = [
 DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
 DEFAULT_PEER_BUCKETS: Final = 10_000  # per-peer limiter buckets per channel
 DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
+
+# The jitter source of every channel that is not given its own generator. A
+# Mersenne Twister keeps 2.5 KB of state, as much as the rest of a channel's
+# memory; draws from one shared stream spread reconnects just as well (trio
+# runs one task at a time, so sharing needs no lock). Tests inject a seeded
+# generator per channel.
+_JITTER: Final = random.Random()
 
 
 class EventReceiver(Protocol):
@@ -126,23 +132,29 @@ class OutboundDeadLetter:
 
 
 class DeadLetterQueue:
-    """Bounded, ordered dead letters; the oldest are dropped (and counted) when full."""
+    """Bounded, ordered dead letters; the oldest are dropped (and counted) when full.
+
+    The table is made with the first letter: most channels never have one.
+    """
+
+    __slots__ = ("_letters", "capacity", "dropped", "total")
 
     def __init__(self, capacity: int = DEFAULT_DEAD_LETTERS) -> None:
         self.capacity = capacity
-        self._letters: OrderedDict[int, OutboundDeadLetter] = OrderedDict()
-        self._ids = itertools.count(1)
+        self._letters: OrderedDict[int, OutboundDeadLetter] | None = None
         self.dropped = 0
         self.total = 0
 
     def __len__(self) -> int:
-        return len(self._letters)
+        return 0 if self._letters is None else len(self._letters)
 
     def add(
         self, message: OutboundMessage, error: BaseException, attempts: int
     ) -> OutboundDeadLetter:
+        if self._letters is None:
+            self._letters = OrderedDict()
         letter = OutboundDeadLetter(
-            id=next(self._ids),
+            id=self.total + 1,  # ids count every letter ever added, dropped ones too
             message=message,
             reason=str(error),
             error_type=type(error).__name__,
@@ -158,35 +170,46 @@ class DeadLetterQueue:
 
     def letters(self) -> list[OutboundDeadLetter]:
         """Every dead letter, oldest first."""
-        return list(self._letters.values())
+        return [] if self._letters is None else list(self._letters.values())
 
     def take(self, ids: list[int] | None = None) -> list[OutboundDeadLetter]:
         """Remove and return the given letters (all when ``ids`` is None)."""
+        letters = self._letters
+        if letters is None:
+            return []
         if ids is None:
-            taken = list(self._letters.values())
-            self._letters.clear()
+            taken = list(letters.values())
+            letters.clear()
             return taken
-        return [self._letters.pop(i) for i in ids if i in self._letters]
+        return [letters.pop(i) for i in ids if i in letters]
 
 
 class RecentIds:
-    """The last ``capacity`` ids seen, for deduplication in bounded memory."""
+    """The last ``capacity`` ids seen, for deduplication in bounded memory.
+
+    The table is made with the first id: a send-only channel never needs one.
+    """
+
+    __slots__ = ("_ids", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, None] | None = None
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return 0 if self._ids is None else len(self._ids)
 
     def add(self, key: str) -> bool:
         """Record ``key``; False if it was already among the recent ones."""
-        if key in self._ids:
-            self._ids.move_to_end(key)
+        ids = self._ids
+        if ids is None:
+            ids = self._ids = OrderedDict()
+        elif key in ids:
+            ids.move_to_end(key)
             return False
-        self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        ids[key] = None
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
         return True
 
 
@@ -214,6 +237,25 @@ class ChannelStatistics:
 class ChannelMemory:
     """Everything about a channel that must outlive one actor incarnation."""
 
+    __slots__ = (
+        "backoff",
+        "breaker",
+        "connected_since",
+        "counters",
+        "current_ref",
+        "dead_letters",
+        "incarnations",
+        "last_error",
+        "limiter",
+        "limits",
+        "pending",
+        "rng",
+        "seen",
+        "session",
+        "status",
+        "subscribers",
+    )
+
     def __init__(
         self,
         limits: PlatformLimits,
@@ -223,7 +265,7 @@ class ChannelMemory:
         session: SessionState | None = None,
     ) -> None:
         self.limits = settings.limits or limits
-        self.rng = rng or random.Random()
+        self.rng = rng or _JITTER
         self.limiter = CompositeLimiter(
             GCRA(rate=self.limits.per_channel_rate, burst=self.limits.per_channel_burst),
             KeyedLimiter(

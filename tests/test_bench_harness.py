@@ -84,8 +84,10 @@ def test_options_override_quick_which_overrides_the_file() -> None:
     run_file = load_run_file(find_run_file("channels"))
     scenario = load_scenario("channels", where="test")
     args = build_parser(scenario, "channels").parse_args(
-        ["--quick", "--rates", "100,300", "--no-limits", "--provider", "telegram"]
-        + ["--inbound-rate", "0"]
+        [
+            *("--quick", "--rates", "100,300", "--no-limits"),
+            *("--provider", "telegram", "--inbound-rate", "0"),
+        ]
     )
     params = resolve_params(scenario, run_file, quick=True, overrides=param_overrides(args))
     assert params.rates == [100.0, 300.0]  # the option

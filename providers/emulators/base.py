@@ -39,6 +39,8 @@ from starlette.routing import BaseRoute, Route
 
 __all__ = ["Emulator", "FaultError", "open_emulator", "serve_emulator"]
 
+LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
+
 
 class FaultError(ValueError):
     """A fault request the emulator does not understand (answered with 400)."""
@@ -82,6 +84,30 @@ class Emulator:
             FaultError: unknown fault kind or bad arguments.
         """
         raise FaultError(f"{self.name} emulator: unknown fault kind {payload.get('kind')!r}")
+
+    async def serve(
+        self, *, host: str, port: int, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve :attr:`app` until cancelled; ``task_status.started(base_url)``.
+
+        hypercorn by default; an emulator whose traffic hypercorn cannot
+        carry serves itself (see :mod:`providers.emulators.front`).
+        """
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = None
+        # hypercorn listens with a backlog of 100: thousands of channels starting
+        # together overflow it, and each refused SYN is retried a second or more
+        # later. A load test's emulator must take a connect storm.
+        config.backlog = LISTEN_BACKLOG
+
+        async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            await serve(self.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(run)
+            task_status.started(binds[0])
 
     def is_banned(self, token: str) -> bool:
         return token in self.banned_tokens
@@ -162,9 +188,6 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     return payload
 
 
-LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
-
-
 async def serve_emulator(
     emulator: Emulator,
     *,
@@ -179,21 +202,7 @@ async def serve_emulator(
         host: interface to bind (keep it on loopback).
         port: TCP port; 0 picks a free one.
     """
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    # hypercorn listens with a backlog of 100: thousands of channels starting
-    # together overflow it, and each refused SYN is retried a second or more
-    # later. A load test's emulator must take a connect storm.
-    config.backlog = LISTEN_BACKLOG
-
-    async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(emulator.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
-
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(run)
-        task_status.started(binds[0])
+    await emulator.serve(host=host, port=port, task_status=task_status)
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""A generic JSON-over-websocket channel: a sans-IO core and a trio-websocket shell.
+"""A generic JSON-over-websocket channel: a sans-IO core, a trio shell, a wsproto link.
 
 The wire protocol and the error mapping are documented in
 :mod:`providers.websocket.core`; the configuration in

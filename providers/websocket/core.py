@@ -96,6 +96,7 @@ __all__ = [
 
 DEFAULT_RETRY_AFTER: Final = 1.0  # seconds, when a rate limit names no wait
 CLOSE_NORMAL: Final = 1000
+_NEVER: Final = float("inf")
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -310,6 +311,25 @@ class WebSocketCore:
         send_timeout: seconds a send may wait for its ack.
     """
 
+    __slots__ = (
+        "_awaited_pong",
+        "_next_ping_at",
+        "_pending",
+        "_ping_counter",
+        "channel_id",
+        "failure",
+        "frames_received",
+        "ignored_frames",
+        "last_frame_at",
+        "last_message_id",
+        "liveness_timeout",
+        "phase",
+        "ping_interval",
+        "pong_timeout",
+        "send_timeout",
+        "session",
+    )
+
     def __init__(
         self,
         channel_id: str,
@@ -352,15 +372,20 @@ class WebSocketCore:
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do (``inf`` when nothing is armed)."""
         if self.phase in (Phase.CLOSED, Phase.FAILED):
-            return float("inf")
-        candidates = [deadline for deadline, _ in self._pending.values()]
+            return _NEVER
+        deadline = _NEVER
+        if self._pending:
+            # Asked after every frame: no scan. Sends are stamped with a
+            # non-decreasing ``now`` and one timeout, and the dict keeps
+            # insertion order, so the oldest pending ack is due first.
+            deadline = next(iter(self._pending.values()))[0]
         if self._awaited_pong is not None:
-            candidates.append(self._awaited_pong[1])
+            deadline = min(deadline, self._awaited_pong[1])
         elif self._next_ping_at is not None:
-            candidates.append(self._next_ping_at)
+            deadline = min(deadline, self._next_ping_at)
         if self.liveness_timeout is not None:
-            candidates.append(self.last_frame_at + self.liveness_timeout)
-        return min(candidates, default=float("inf"))
+            deadline = min(deadline, self.last_frame_at + self.liveness_timeout)
+        return deadline
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -521,13 +546,18 @@ class WebSocketCore:
             )
             return [Emit(event=receipt)]
         if kind == "ack":
-            a = _structure(frame, _AckFrame)
-            pending = self._pending.pop(a.id, None)
+            # One per message sent: a well-formed ack skips the converter, which
+            # would only copy its two strings (and explains a malformed one).
+            key, message_id = frame.get("id"), frame.get("message_id")
+            if type(key) is not str or type(message_id) is not str:
+                a = _structure(frame, _AckFrame)
+                key, message_id = a.id, a.message_id
+            pending = self._pending.pop(key, None)
             if pending is None:
                 self.ignored_frames += 1  # a late ack for a send that timed out
                 return []
-            result = SendResult(platform_message_id=a.message_id, peer=pending[1])
-            return [CompleteSend(key=a.id, result=result)]
+            result = SendResult(platform_message_id=message_id, peer=pending[1])
+            return [CompleteSend(key=key, result=result)]
         if kind == "error":
             err = _structure(frame, _ErrorFrame)
             error = error_from_code(

@@ -1,16 +1,20 @@
-"""The trio-websocket shell around :mod:`providers.websocket.core`.
+"""The trio shell around :mod:`providers.websocket.core`, on a wsproto link.
 
-Design: the shell only moves bytes and time. One reader task feeds frames to
-the core, one timer task sleeps until ``core.next_deadline()`` (a cancel
-scope whose deadline is moved whenever the core changes) and calls
-``core.tick``; pings run as short tasks because trio-websocket's ``ping``
-waits for its pong. All of them live in a nursery owned by
-:meth:`WebSocketProvider.open_connection`, so none outlives the block. The
-background tasks never raise: they record the failure in the core, and
-``events()`` raises it, so what leaves the block is its own exception, which
+Design: the shell only moves bytes and time. Each connection has exactly one
+task of its own, the reader: it waits for bytes from the
+:class:`~providers.websocket.link.WebSocketLink` under a cancel scope whose
+deadline is ``core.next_deadline()`` (moved whenever the core changes), so
+frames, pongs and timers (``core.tick``) reach the core one at a time and
+never race. Pings are plain frames whose pongs the reader feeds back, so
+they need no task either. A node runs ten thousand of these connections:
+one task and no trio-websocket machinery keep each at about 7 KB (see
+``providers.websocket.link``). The reader lives in a nursery owned by
+:meth:`WebSocketProvider.open_connection`, so it never outlives the block,
+and it never raises: failures are recorded in the core and ``events()``
+raises them, so what leaves the block is its own exception, which
 :func:`providers._nursery.open_connection_nursery` hands back unwrapped by
-an ExceptionGroup. trio-websocket and OS errors are mapped into the provider
-error tree here, at the boundary, and chained.
+an ExceptionGroup. Link and OS errors are mapped into the provider error
+tree here, at the boundary, and chained.
 
 Configuration (``ChannelConfig``):
 
@@ -33,8 +37,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import attrs
 import cattrs
 import trio
-import trio_websocket
+import trio.lowlevel
 from cattrs.v import format_exception
+from trio.lowlevel import Task
 
 from providers._nursery import open_connection_nursery
 from providers.base import (
@@ -64,6 +69,15 @@ from .core import (
     SendFrame,
     SendPing,
     WebSocketCore,
+)
+from .link import (
+    Closed,
+    LinkClosed,
+    LinkHandshakeFailed,
+    LinkRejected,
+    Pong,
+    WebSocketLink,
+    open_link,
 )
 
 __all__ = ["WEBSOCKET_LIMITS", "WebSocketConnection", "WebSocketOptions", "WebSocketProvider"]
@@ -140,6 +154,20 @@ def _describe(exc: BaseException, type_: type | None) -> str:
 class WebSocketConnection:
     """One open websocket channel (see :class:`providers.base.Connection`)."""
 
+    __slots__ = (
+        "_config",
+        "_core",
+        "_events",
+        "_link",
+        "_nursery",
+        "_options",
+        "_ready",
+        "_resumable",
+        "_timer_scope",
+        "_waiters",
+        "channel_id",
+    )
+
     def __init__(
         self, config: ChannelConfig, options: WebSocketOptions, nursery: trio.Nursery
     ) -> None:
@@ -155,10 +183,10 @@ class WebSocketConnection:
             liveness_timeout=options.liveness_timeout,
             send_timeout=options.send_timeout,
         )
-        self._ws: trio_websocket.WebSocketConnection | None = None
-        self._events_in, self._events_out = trio.open_memory_channel[Event](options.event_buffer)
+        self._link: WebSocketLink | None = None
+        self._events = _EventBuffer(options.event_buffer)
         self._waiters: dict[str, _Waiter] = {}
-        self._ready = trio.Event()
+        self._ready: trio.Event | None = trio.Event()  # dropped once _start is over
         self._timer_scope: trio.CancelScope | None = None
         self._resumable = True
 
@@ -182,7 +210,7 @@ class WebSocketConnection:
             TransientError, RateLimited, FatalError: the link broke (after the
                 events received before the break have been yielded).
         """
-        async for event in self._events_out:
+        while (event := await self._events.get()) is not None:
             yield event
         if self._core.phase is Phase.FAILED and self._core.failure is not None:
             raise self._core.failure
@@ -223,15 +251,13 @@ class WebSocketConnection:
     # --- the shell ------------------------------------------------------------------------------
 
     async def _start(self, session: SessionState | None) -> None:
-        """Connect, wait for ``ready``, start the background tasks; map every failure."""
+        """Connect, wait for ``ready``, start the reader; map every failure."""
         url, headers = _target(self._config, self._options)
+        assert self._ready is not None
         try:
             with trio.fail_after(self._options.connect_timeout):
-                self._ws = await trio_websocket.connect_websocket_url(
-                    self._nursery, url, extra_headers=headers
-                )
-                self._nursery.start_soon(self._read)
-                self._nursery.start_soon(self._run_timers)
+                self._link = await open_link(url, headers)
+                self._nursery.start_soon(self._run)
                 await self._ready.wait()
         except trio.TooSlowError as exc:
             await self.close()
@@ -239,102 +265,197 @@ class WebSocketConnection:
                 f"no 'ready' from {_redacted(url)} within {self._options.connect_timeout}s; "
                 "retry with backoff"
             ) from exc
-        except trio_websocket.ConnectionRejected as exc:
+        except LinkRejected as exc:
             raise _rejected(exc, url) from exc
-        except (trio_websocket.HandshakeError, OSError) as exc:
+        except (LinkHandshakeFailed, OSError) as exc:
             raise TransientError(
                 f"cannot connect to {_redacted(url)}: {exc!r}; retry with backoff"
             ) from exc
+        finally:
+            self._ready = None
         if self._core.phase is Phase.FAILED and self._core.failure is not None:
             raise self._core.failure
 
     async def _shutdown(self) -> None:
-        """Close gracefully (bounded by ``close_timeout``) if still open."""
+        """Close gracefully (bounded by ``close_timeout``) if still open; free the socket."""
         await self._apply(self._core.close())
-        if self._ws is not None:
-            with trio.move_on_after(self._options.close_timeout):
-                await self._ws.aclose()
+        if self._link is not None:
+            await self._link.aclose()
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        ws = self._ws
+    async def _run(self) -> None:
+        """The reader: frames and timers, one at a time, until the link is over.
+
+        Only the wait for bytes runs under the timer's cancel scope (whose
+        deadline ``_apply`` moves as the core changes), so a timer never
+        interrupts a frame half-applied.
+        """
+        link = self._link
+        assert link is not None
+        core = self._core
+        data: bytes | None = b""  # first, the frames that came with the handshake
         while True:
-            try:
-                data = await ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                reason = exc.reason
-                code = None if reason is None else reason.code
-                text = None if reason is None else reason.reason
-                if code == 1006:  # wsproto's "abnormal closure": no close frame at all
-                    code, text = None, "the TCP link broke"
-                await self._apply(self._core.connection_lost(code, text))
+            items = link.feed(data)
+            await link.flush()  # pongs and close acks first: the peer waits for them
+            now = trio.current_time()
+            for item in items:
+                if isinstance(item, Pong):
+                    actions = core.pong_received(item.payload, now)
+                elif isinstance(item, Closed):
+                    actions = core.connection_lost(item.code, item.reason)
+                else:
+                    actions = core.frame_received(item, now)
+                await self._apply(actions)
+            if link.finished:
                 return
-            await self._apply(self._core.frame_received(data, trio.current_time()))
-            if self._core.phase in (Phase.CLOSED, Phase.FAILED):
-                return
-
-    async def _run_timers(self) -> None:
-        while self._core.phase not in (Phase.CLOSED, Phase.FAILED):
-            with trio.CancelScope(deadline=self._core.next_deadline()) as scope:
+            with trio.CancelScope(deadline=core.next_deadline()) as scope:
                 self._timer_scope = scope
-                await trio.sleep_forever()
+                data = await link.receive_bytes()
             self._timer_scope = None
-            await self._apply(self._core.tick(trio.current_time()))
-
-    async def _ping(self, payload: bytes) -> None:
-        assert self._ws is not None
-        try:
-            await self._ws.ping(payload)
-        except trio_websocket.ConnectionClosed:
-            return  # the reader reports the close
-        await self._apply(self._core.pong_received(payload, trio.current_time()))
+            if scope.cancelled_caught:
+                await self._apply(core.tick(trio.current_time()))
+                data = b""
 
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendFrame):
-                assert self._ws is not None
+                assert self._link is not None
                 try:
-                    await self._ws.send_message(action.text)
-                except trio_websocket.ConnectionClosed as exc:
-                    reason = exc.reason
-                    await self._apply(
-                        self._core.connection_lost(
-                            None if reason is None else reason.code,
-                            None if reason is None else reason.reason,
-                        )
-                    )
+                    await self._link.send_text(action.text)
+                except LinkClosed:
+                    await self._apply(self._core.connection_lost(None, "the TCP link broke"))
             elif isinstance(action, SendPing):
-                self._nursery.start_soon(self._ping, action.payload)
+                assert self._link is not None
+                with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
+                    await self._link.ping(action.payload)
             elif isinstance(action, Emit):
                 if isinstance(action.event, ConnectionStateChanged):
-                    self._ready.set()
+                    self._set_ready()
                 # closed while we waited for buffer space: nobody wants it any more
                 with contextlib.suppress(trio.ClosedResourceError):
-                    await self._events_in.send(action.event)
+                    await self._events.put(action.event)
             elif isinstance(action, CompleteSend):
                 waiter = self._waiters.pop(action.key, None)
                 if waiter is not None:
                     waiter.result, waiter.error = action.result, action.error
                     waiter.done.set()
             elif isinstance(action, Fail):
-                self._ready.set()
-                self._events_in.close()
-                self._nursery.start_soon(self._drop_link, 1000, "client gives up on the link")
+                self._set_ready()
+                self._events.close()
+                await self._end_link(1000, "client gives up on the link", handshake=False)
             elif isinstance(action, CloseLink):
-                self._ready.set()
+                self._set_ready()
                 # Handshake first, then end the events: a consumer that leaves
                 # the connection's block when they end would cut the handshake.
-                if self._ws is not None:
-                    with trio.move_on_after(self._options.close_timeout):
-                        await self._ws.aclose(action.code, action.reason)
-                self._events_in.close()
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = self._core.next_deadline()
+                await self._end_link(action.code, action.reason, handshake=True)
+                self._events.close()
+        scope = self._timer_scope
+        if scope is not None:
+            # Only ever earlier: moving a deadline is a heap push in trio, and
+            # most changes (an ack arriving) make it later; a timer that fires
+            # early finds nothing due in tick() and the reader sets it anew.
+            deadline = self._core.next_deadline()
+            if deadline < scope.deadline:
+                scope.deadline = deadline
 
-    async def _drop_link(self, code: int, reason: str) -> None:
-        if self._ws is not None:
-            with trio.move_on_after(self._options.close_timeout):
-                await self._ws.aclose(code, reason)
+    def _set_ready(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
+
+    async def _end_link(self, code: int, reason: str, *, handshake: bool) -> None:
+        """Send a close frame and close the socket, within ``close_timeout``.
+
+        With ``handshake``, wait for the server's close frame in between (the
+        reader feeds it); a link declared dead is not waited for.
+        """
+        link = self._link
+        if link is None:
+            return
+        with trio.move_on_after(self._options.close_timeout):
+            with contextlib.suppress(LinkClosed):
+                await link.close(code, reason)
+            if handshake:
+                await link.wait_closed()
+        await link.aclose()
+
+
+class _EventBuffer:
+    """Events on their way from the reader to the consumer of ``events()``.
+
+    A bounded FIFO, as a trio memory channel would be, at a fraction of its
+    size (ten thousand connections each hold one, and an idle channel's
+    consumer always waits in it): a list, and the parked tasks, put to sleep
+    with ``trio.lowlevel.wait_task_rescheduled`` as the actor kernel does,
+    with no ``trio.Event`` or parking lot. When ``capacity`` events wait, the
+    reader waits too (and a long stall trips the keepalive). Neither side
+    yields when it does not have to wait: a burst of frames is parsed, and
+    a backlog of events consumed, in one go (each is bounded by the other's
+    capacity).
+    """
+
+    __slots__ = ("_capacity", "_closed", "_consumers", "_head", "_items", "_producers")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: list[Event] = []
+        self._head = 0  # index of the next event to hand out
+        self._closed = False
+        self._consumers: list[Task] = []  # waiting for an event
+        self._producers: list[Task] = []  # waiting for room
+
+    async def put(self, event: Event) -> None:
+        """Append ``event``, first waiting for room if the buffer is full.
+
+        Raises:
+            trio.ClosedResourceError: the buffer was closed.
+        """
+        while not self._closed and len(self._items) - self._head >= self._capacity:
+            await _park(self._producers)
+        if self._closed:
+            raise trio.ClosedResourceError("the connection's events have ended")
+        self._items.append(event)
+        _unpark_all(self._consumers)
+
+    async def get(self) -> Event | None:
+        """The next event, waiting for one; ``None`` once closed and drained."""
+        items = self._items
+        while self._head == len(items):
+            if self._closed:
+                return None
+            await _park(self._consumers)
+        event = items[self._head]
+        self._head += 1
+        if self._head == len(items):
+            items.clear()
+            self._head = 0
+        elif self._head >= self._capacity:  # a consumer that never quite catches up
+            del items[: self._head]
+            self._head = 0
+        _unpark_all(self._producers)
+        return event
+
+    def close(self) -> None:
+        """No more events: the consumer gets the buffered ones, then the end."""
+        self._closed = True
+        _unpark_all(self._consumers)
+        _unpark_all(self._producers)
+
+
+async def _park(waiting: list[Task]) -> None:
+    """Sleep in ``waiting`` until :func:`_unpark_all` (or a cancellation)."""
+    task = trio.lowlevel.current_task()
+    waiting.append(task)
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        waiting.remove(task)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def _unpark_all(waiting: list[Task]) -> None:
+    for task in waiting:
+        trio.lowlevel.reschedule(task)
+    waiting.clear()
 
 
 @attrs.define
@@ -375,10 +496,11 @@ class WebSocketProvider:
             FatalError: bad options, a refused or banned token.
         """
         options = parse_options(config.options)
-        if not config.base_url:
+        url = urlsplit(config.base_url or "")
+        if url.scheme not in ("ws", "wss") or not url.hostname:
             raise FatalError(
                 f"channel {config.channel_id}: the websocket provider needs base_url "
-                "(ws://host:port/path)"
+                f"ws://host:port/path (or wss://), got {config.base_url!r}"
             )
         async with open_connection_nursery() as nursery:
             conn = WebSocketConnection(config, options, nursery)
@@ -409,7 +531,7 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(query="")) if "token=" in parts.query else url
 
 
-def _rejected(exc: trio_websocket.ConnectionRejected, url: str) -> ProviderError:
+def _rejected(exc: LinkRejected, url: str) -> ProviderError:
     where = f"{_redacted(url)} refused the websocket handshake with HTTP {exc.status_code}"
     if exc.status_code == 401:
         return AuthenticationFailed(f"{where}: bad token")

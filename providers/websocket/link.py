@@ -1,0 +1,546 @@
+"""A websocket client link straight on wsproto: the transport under the shell.
+
+Design: a channel holds its link for hours and a node holds ten thousand of
+them, so the link is as small as a websocket can be: one trio stream, one
+wsproto ``Connection`` (the HTTP handshake objects are dropped once the
+server has accepted), a send lock, and no task of its own. trio-websocket
+would add a reader task, a message channel and the handshake state to every
+link (about 11 KB each, measured), and a task switch to every frame.
+
+The link does not read by itself. Its owner (the shell's reader task)
+drives it in three steps, so that only the first can be cancelled, by a
+timer, without harm:
+
+1. ``await link.receive_bytes()``: the next chunk from the socket (cancel-safe:
+   nothing is consumed when it is cancelled);
+2. ``link.feed(data)``: parse, synchronously, into messages (``str`` or
+   ``bytes``), :class:`Pong` and :class:`Closed` items; pings are answered
+   and a peer's close is acknowledged, as control replies queued for step 3;
+3. ``await link.flush()``: send those replies.
+
+Sends (``send_text``, ``ping``, ``close``) may come from any task; one lock
+keeps frames whole. A send that is cancelled half-way leaves the stream
+unusable, so the link is marked broken and later sends fail.
+
+Errors (all :class:`LinkError`, never trio's or wsproto's own)::
+
+    LinkError
+    ├── LinkRejected          the server answered the upgrade with an HTTP status
+    ├── LinkHandshakeFailed   the server does not speak websocket (or hung up)
+    └── LinkClosed            the link is closed: by us, by the peer, or broken
+
+Connecting raises ``OSError`` for TCP and TLS failures, untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Final, cast
+from urllib.parse import urlsplit
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.events import Pong as _WsPong
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "Closed",
+    "LinkClosed",
+    "LinkError",
+    "LinkHandshakeFailed",
+    "LinkRejected",
+    "Pong",
+    "WebSocketLink",
+    "open_link",
+]
+
+RECEIVE_SIZE: Final = 65_536  # bytes read from the socket at once
+MAX_MESSAGE_SIZE: Final = 1 << 20  # characters (text) or bytes (binary) in one message
+MAX_REJECT_BODY: Final = 65_536  # bytes of a refusal's body kept for the error
+ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: the link ended without a close frame
+MESSAGE_TOO_BIG: Final = 1009
+
+
+class LinkError(Exception):
+    """Base of the link's errors."""
+
+
+class LinkRejected(LinkError):
+    """The server refused the upgrade with an HTTP response.
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: the response headers, names lower-cased.
+        body: the start of the response body.
+    """
+
+    def __init__(
+        self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+    ) -> None:
+        super().__init__(f"the server refused the websocket upgrade with HTTP {status_code}")
+        self.status_code = status_code
+        self.headers = headers
+        self.body = body
+
+
+class LinkHandshakeFailed(LinkError):
+    """The server's answer to the upgrade was not a websocket handshake."""
+
+
+class LinkClosed(LinkError):
+    """The link is closed; nothing more can be sent on it."""
+
+
+class Pong:
+    """A pong arrived with this payload."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Pong({self.payload!r})"
+
+
+class Closed:
+    """The link ended: the peer's close ``code`` and ``reason``, or ``code=None``
+    when it broke without a close frame (RFC 6455's 1006)."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Closed({self.code!r}, {self.reason!r})"
+
+
+Incoming = str | bytes | Pong | Closed
+
+
+async def open_link(
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketLink:
+    """Connect to ``url`` (``ws://`` or ``wss://``) and complete the upgrade.
+
+    Args:
+        url: the endpoint, with its path and query.
+        headers: extra request headers (``Authorization``...).
+        ssl_context: for ``wss://``; the system's default context if None.
+
+    Raises:
+        OSError: TCP or TLS failed.
+        LinkRejected: the server answered with an HTTP status instead of 101.
+        LinkHandshakeFailed: the answer was not a valid websocket handshake,
+            or the server hung up during it.
+        ValueError: ``url`` is not a ws:// or wss:// URL.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a websocket URL: {url!r} (expected ws://host[:port]/path)")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    io: _SocketIO | _StreamIO
+    if secure:
+        tcp = await trio.open_tcp_stream(parts.hostname, port)
+        context = ssl_context or ssl.create_default_context()
+        io = _StreamIO(trio.SSLStream(tcp, context, server_hostname=parts.hostname))
+    else:
+        io = _SocketIO(await _connect_tcp(parts.hostname, port))
+    try:
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        ws = await _handshake(io, parts.netloc.rpartition("@")[2], target, headers)
+    except BaseException:
+        await io.aclose()
+        raise
+    return WebSocketLink(io, ws)
+
+
+async def _connect_tcp(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket (``TCP_NODELAY``), trying each address in turn.
+
+    Raises:
+        OSError: no address could be connected (the last error).
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    error: OSError = OSError(f"{host!r} has no address")
+    for family, type_, proto, _, address in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.connect(address)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, f"connect to {address}: {os.strerror(code)}") from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
+
+
+class _SocketIO:
+    """Bytes over a plain non-blocking socket, waiting through trio's I/O manager.
+
+    Used for ``ws://``: trio's ``SocketStream`` and socket wrapper would add
+    about 1.4 KB per link and a few layers to every read and write. Reads and
+    writes are checkpoints, as trio's own are.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def receive(self) -> bytes | None:
+        """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe)."""
+        sock = self._sock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return None
+                waited = True
+                continue
+            except OSError:  # reset by the peer, or closed by us
+                return None
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data or None
+
+    async def send_all(self, data: bytes) -> None:
+        """Write all of ``data``.
+
+        Raises:
+            LinkClosed: the socket is closed or broke.
+        """
+        sock = self._sock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        waited = False
+        while view:
+            try:
+                view = view[sock.send(view) :]
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError as exc:
+                    raise LinkClosed("the link was closed while sending") from exc
+                waited = True
+            except OSError as exc:
+                raise LinkClosed(f"the link broke while sending: {exc}") from exc
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the socket, waking any task that waits on it; idempotent."""
+        if self._sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+class _StreamIO:
+    """Bytes over any trio stream: the TLS path of ``wss://``."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+
+    async def receive(self) -> bytes | None:
+        """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe)."""
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return bytes(data) or None
+
+    async def send_all(self, data: bytes) -> None:
+        """Write all of ``data``.
+
+        Raises:
+            LinkClosed: the stream is closed or broke.
+        """
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LinkClosed(f"the link broke while sending: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the stream at once (no TLS goodbye); idempotent."""
+        await trio.aclose_forcefully(self._stream)
+
+
+async def _handshake(
+    io: _SocketIO | _StreamIO, host: str, target: str, headers: list[tuple[bytes, bytes]]
+) -> Connection:
+    handshake = H11Handshake(ConnectionType.CLIENT)
+    request = Request(host=host, target=target, extra_headers=headers)
+    try:
+        await io.send_all(handshake.send(request))
+    except LinkClosed as exc:
+        raise LinkHandshakeFailed(f"the link broke during the handshake: {exc}") from exc
+    rejected: RejectConnection | None = None
+    body = bytearray()
+    while True:
+        data = await io.receive()
+        if not data:
+            if rejected is not None:  # a refusal whose body ends with the connection
+                raise LinkRejected(rejected.status_code, _lower(rejected.headers), bytes(body))
+            raise LinkHandshakeFailed("the server hung up during the websocket handshake")
+        try:
+            handshake.receive_data(data)
+            for event in handshake.events():
+                if isinstance(event, AcceptConnection):
+                    connection = handshake.connection
+                    assert connection is not None
+                    return connection  # the handshake (and its h11 state) is dropped here
+                if isinstance(event, RejectConnection):
+                    rejected = event
+                    if not event.has_body:
+                        raise LinkRejected(event.status_code, _lower(event.headers))
+                elif isinstance(event, RejectData) and rejected is not None:
+                    body += event.data[: MAX_REJECT_BODY - len(body)]
+                    if event.body_finished:
+                        raise LinkRejected(
+                            rejected.status_code, _lower(rejected.headers), bytes(body)
+                        )
+        except RemoteProtocolError as exc:
+            raise LinkHandshakeFailed(f"bad websocket handshake from the server: {exc}") from exc
+
+
+def _lower(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(bytes(name).lower(), bytes(value)) for name, value in headers]
+
+
+class WebSocketLink:
+    """An open client websocket (see the module docstring for how to drive it)."""
+
+    __slots__ = ("_broken", "_close_seen", "_fragments", "_io", "_lock", "_replies", "_ws")
+
+    def __init__(self, io: _SocketIO | _StreamIO, ws: Connection) -> None:
+        self._io = io
+        self._ws = ws
+        self._lock = trio.Lock()
+        self._replies: list[bytes] = []  # control frames owed to the peer, for flush()
+        self._fragments: list[str | bytes] | None = None  # a message arriving in parts
+        self._close_seen: trio.Event | None = None  # made by wait_closed()
+        self._broken = False
+
+    def __repr__(self) -> str:
+        return f"<WebSocketLink {self._ws.state.name}{' broken' if self._broken else ''}>"
+
+    @property
+    def open(self) -> bool:
+        """Whether messages can still be sent."""
+        return not self._broken and self._ws.state is ConnectionState.OPEN
+
+    @property
+    def finished(self) -> bool:
+        """Whether the closing handshake is over or the link broke: nothing more will arrive."""
+        return self._broken or self._ws.state is ConnectionState.CLOSED
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def receive_bytes(self) -> bytes | None:
+        """The next chunk from the socket; ``None`` when the link ended or broke.
+
+        Cancel-safe: a cancelled call consumes nothing.
+        """
+        return await self._io.receive()
+
+    def feed(self, data: bytes | None) -> list[Incoming]:
+        """Parse ``data`` (``None``: the link ended) into what the peer sent.
+
+        Returns:
+            Messages (``str`` for text, ``bytes`` for binary), :class:`Pong`
+            and at most one :class:`Closed`, the last item, in order.
+        """
+        ws = self._ws
+        if ws.state is ConnectionState.CLOSED:
+            return [] if data is not None else [self._ended()]
+        ws.receive_data(data)
+        items: list[Incoming] = []
+        for event in ws.events():
+            if isinstance(event, TextMessage | BytesMessage):
+                part = event.data if isinstance(event.data, str) else bytes(event.data)
+                message = self._assemble(part, event.message_finished)
+                if isinstance(message, Closed):
+                    items.append(message)
+                    break
+                if message is not None:
+                    items.append(message)
+            elif isinstance(event, Ping):
+                self._replies.append(ws.send(event.response()))
+            elif isinstance(event, _WsPong):
+                items.append(Pong(bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                items.append(self._peer_closed(event))
+                break
+        return items
+
+    def _assemble(self, part: str | bytes, finished: bool) -> str | bytes | Closed | None:
+        if finished and self._fragments is None:
+            return part
+        fragments = self._fragments if self._fragments is not None else []
+        fragments.append(part)
+        if sum(len(f) for f in fragments) > MAX_MESSAGE_SIZE:
+            self._fragments = None
+            reason = f"message larger than {MAX_MESSAGE_SIZE}"
+            self._replies.append(self._ws.send(CloseConnection(MESSAGE_TOO_BIG, reason)))
+            return Closed(MESSAGE_TOO_BIG, f"we refused a {reason}")
+        if not finished:
+            self._fragments = fragments
+            return None
+        self._fragments = None
+        # wsproto guarantees every continuation has the first frame's type
+        if isinstance(part, str):
+            return "".join(cast(list[str], fragments))
+        return b"".join(cast(list[bytes], fragments))
+
+    def _peer_closed(self, event: CloseConnection) -> Closed:
+        ws = self._ws
+        if event.code == ABNORMAL_CLOSURE:  # wsproto's word for the end of the stream
+            return self._ended()
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            self._replies.append(ws.send(event.response()))
+        elif ws.state is ConnectionState.OPEN:
+            # Not a close frame: wsproto found a protocol error in the peer's
+            # frames and says so with the code to close with; we close.
+            self._replies.append(ws.send(CloseConnection(event.code, event.reason)))
+        self._mark_close_seen()
+        return Closed(event.code, event.reason or None)
+
+    def _ended(self) -> Closed:
+        self._broken = True
+        self._mark_close_seen()
+        return Closed(None, "the TCP link broke")
+
+    def _mark_close_seen(self) -> None:
+        if self._close_seen is not None:
+            self._close_seen.set()
+
+    async def flush(self) -> None:
+        """Send the control replies that :meth:`feed` queued (pongs, close acks)."""
+        while self._replies:
+            data = b"".join(self._replies)
+            self._replies.clear()
+            try:
+                await self._write(data)
+            except LinkClosed:
+                return
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message.
+
+        Raises:
+            LinkClosed: the link is closed or broke.
+        """
+        await self._send(TextMessage(data=text))
+
+    async def ping(self, payload: bytes) -> None:
+        """Send a ping; its pong comes back through :meth:`feed`.
+
+        Raises:
+            LinkClosed: the link is closed or broke.
+        """
+        await self._send(Ping(payload=payload))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (nothing happens if it has started already).
+
+        Raises:
+            LinkClosed: the link broke.
+        """
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            await self._send(CloseConnection(code=code, reason=reason))
+
+    async def wait_closed(self) -> None:
+        """Wait until the peer's close (or the end of the link) has been fed."""
+        if self.finished:
+            return
+        if self._close_seen is None:
+            self._close_seen = trio.Event()
+        await self._close_seen.wait()
+
+    async def aclose(self) -> None:
+        """Close the socket at once (after a closing handshake, or instead of one)."""
+        self._broken = True
+        self._mark_close_seen()
+        await self._io.aclose()
+
+    async def _send(self, event: TextMessage | Ping | CloseConnection) -> None:
+        await self._acquire()
+        try:
+            if self._broken:
+                raise LinkClosed("the link is closed")
+            try:
+                data = self._ws.send(event)
+            except LocalProtocolError as exc:
+                raise LinkClosed(f"the link is closing ({self._ws.state.name})") from exc
+            await self._write_locked(data)
+        finally:
+            self._lock.release()
+
+    async def _write(self, data: bytes) -> None:
+        await self._acquire()
+        try:
+            if self._broken:
+                raise LinkClosed("the link is closed")
+            await self._write_locked(data)
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        # Uncontended (nearly always), take the lock without the extra trip
+        # through the scheduler that Lock.acquire makes; the write that
+        # follows is a checkpoint anyway.
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()
+
+    async def _write_locked(self, data: bytes) -> None:
+        done = False
+        try:
+            await self._io.send_all(data)
+            done = True
+        finally:
+            if not done:  # broken, or cancelled half-way: the stream is unusable
+                self._broken = True
+                self._mark_close_seen()
