@@ -98,7 +98,8 @@ def test_storm_quick_recovers_every_channel_once(tmp_path: Path) -> None:
     assert f["fatal_misclassified"]["value"] == 0
     assert f["reconnects_counted"]["value"] == n
     assert 0 < f["recovery_time"]["value"] < 60
-    assert f["reconnect_rate_peak"]["target"]["threshold"] > 0
+    assert f["retry_rate_peak"]["target"]["threshold"] > 0
+    assert f["retry_rate_peak"]["value"] > 0 and f["reconnect_rate_peak"]["value"] > 0
     series = {s["name"]: s for s in data["series"]}
     assert sum(series["reconnect_histogram"]["lines"]["storm 1"]) == n
     delays = series["backoff_delay_histogram"]["lines"]["storm 1"]
