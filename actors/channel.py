@@ -378,18 +378,22 @@ class ChannelActor(Actor):
         liveness = self.settings.liveness_timeout
         events = conn.events().__aiter__()
         while True:
-            try:
-                if liveness is None:  # no cancel scope per event when there is no timeout
+            if liveness is None:  # no cancel scope per event when there is no timeout
+                try:
                     event = await anext(events)
-                else:
-                    with trio.fail_after(liveness):
+                except StopAsyncIteration:
+                    return
+            else:
+                with trio.move_on_after(liveness) as scope:
+                    try:
                         event = await anext(events)
-            except StopAsyncIteration:
-                return
-            except trio.TooSlowError:
-                raise TransientError(
-                    f"no event for {liveness} s (liveness timeout): treating the connection as dead"
-                ) from None
+                    except StopAsyncIteration:
+                        return
+                if scope.cancelled_caught:
+                    raise TransientError(
+                        f"no event for {liveness} s (liveness timeout): "
+                        "treating the connection as dead"
+                    )
             self._on_event(event)
             self.memory.session = conn.session_state()
             if len(self.memory.pending) >= self.settings.inbound_batch:

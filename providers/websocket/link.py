@@ -1,11 +1,13 @@
 """A websocket client link straight on wsproto: the transport under the shell.
 
 Design: a channel holds its link for hours and a node holds ten thousand of
-them, so the link is as small as a websocket can be: one trio stream, one
+them, so the link is as small as a websocket can be: a non-blocking socket
+waited on through trio's I/O manager (a trio stream only for TLS), one
 wsproto ``Connection`` (the HTTP handshake objects are dropped once the
 server has accepted), a send lock, and no task of its own. trio-websocket
 would add a reader task, a message channel and the handshake state to every
-link (about 11 KB each, measured), and a task switch to every frame.
+link (11 KB each, measured: 17.6 KB for its connection and a reader, against
+5.8 KB for this link and the shell's reader), and a task switch to every frame.
 
 The link does not read by itself. Its owner (the shell's reader task)
 drives it in three steps, so that only the first can be cancelled, by a
