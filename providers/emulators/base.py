@@ -88,11 +88,7 @@ class Emulator:
     async def serve(
         self, *, host: str, port: int, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve :attr:`app` until cancelled; ``task_status.started(base_url)``.
-
-        hypercorn by default; an emulator whose traffic hypercorn cannot
-        carry serves itself (see :mod:`providers.emulators.front`).
-        """
+        """Serve :attr:`app` with hypercorn until cancelled; ``task_status.started(base_url)``."""
         config = Config()
         config.bind = [f"{host}:{port}"]
         config.accesslog = None

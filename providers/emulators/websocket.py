@@ -25,16 +25,9 @@ Platform faults (``POST /_emulator/fault``):
   answer the next ``count`` (default 1) sends with this error code;
 - ``{"kind": "unknown_peer", "peer"}``: sends to ``peer`` fail ``bad_recipient``.
 
-Serving: the emulator runs on :func:`providers.emulators.front.serve_front`,
-not hypercorn: ``/ws`` on wsproto directly, the control API through the ASGI
-bridge. A node under load test sends it thousands of messages per second
-over thousands of connections, which hypercorn and Starlette's websocket
-layer could not carry on one core. Each connection's writer sends whatever
-is queued in one write (an ack and its receipt travel together).
-
-Limitation: pings are answered by the connection layer, below the
-protocol, so no fault can suppress pongs; a dead transport is emulated by a
-TCP proxy that stops forwarding (see the provider tests).
+Limitation: websocket pongs are answered by hypercorn's protocol layer, below
+ASGI, so no fault can suppress them; a dead transport is emulated by a TCP
+proxy that stops forwarding (see the provider tests).
 """
 
 from __future__ import annotations
@@ -49,9 +42,10 @@ from typing import Any, Final
 
 import attrs
 import trio
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from .base import LISTEN_BACKLOG, Emulator, FaultError
-from .front import ServerWebSocket, WebSocketGone, serve_front
+from .base import Emulator, FaultError
 
 __all__ = ["WebSocketEmulator"]
 
@@ -143,18 +137,9 @@ class WebSocketEmulator(Emulator):
 
     # --- Emulator hooks -----------------------------------------------------------------
 
-    async def serve(
-        self, *, host: str, port: int, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve ``/ws`` and the control API until cancelled (see the module docstring)."""
-        await serve_front(
-            self.app,
-            {"/ws": self._serve},
-            host=host,
-            port=port,
-            backlog=LISTEN_BACKLOG,
-            task_status=task_status,
-        )
+    def platform_routes(self) -> list[BaseRoute]:
+        """The websocket endpoint at ``/ws``."""
+        return [WebSocketRoute("/ws", self._serve)]
 
     async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Push ``payload`` to the connected clients (of ``payload["token"]`` if given).
@@ -232,19 +217,13 @@ class WebSocketEmulator(Emulator):
 
     # --- the websocket endpoint -----------------------------------------------------------
 
-    async def _serve(self, websocket: ServerWebSocket) -> None:
-        try:
-            await self._session(websocket)
-        except WebSocketGone:
-            return  # the client went away during the handshake or a refusal
-
-    async def _session(self, websocket: ServerWebSocket) -> None:
+    async def _serve(self, websocket: WebSocket) -> None:
         token = _token_of(websocket)
         await websocket.accept()
         if not token or (self.tokens is not None and token not in self.tokens):
             self.stats["refused_unauthorized"] += 1
-            await websocket.send_texts(
-                [_dumps({"type": "error", "code": "unauthorized", "message": "unknown token"})]
+            await websocket.send_text(
+                _dumps({"type": "error", "code": "unauthorized", "message": "unknown token"})
             )
             await websocket.close(4001, "unauthorized")
             return
@@ -256,7 +235,7 @@ class WebSocketEmulator(Emulator):
         if wait > 0:
             self.stats["refused_rate_limited"] += 1
             frame = {"type": "error", "code": "rate_limited", "retry_after": wait}
-            await websocket.send_texts([_dumps(frame)])
+            await websocket.send_text(_dumps(frame))
             await websocket.close(4029, f"{wait:.3f}")
             return
         client = _Client(token, next(self._numbers))
@@ -269,25 +248,30 @@ class WebSocketEmulator(Emulator):
                     nursery.start_soon(self._heartbeat, client, self.heartbeat_interval)
                 self._push(client, _dumps({"type": "ready", "session": f"s-{client.number}"}))
                 self._flush_backlog(client)
-                while (data := await websocket.receive()) is not None:
-                    self._on_frame(client, data)
+                await self._receive(websocket, client)
                 nursery.cancel_scope.cancel()
         finally:
             self._clients.discard(client)
 
-    async def _write(
-        self, websocket: ServerWebSocket, client: _Client, scope: trio.CancelScope
-    ) -> None:
-        async for first in client.queue:
-            batch, close = _take_queued(first, client.queue)
+    async def _receive(self, websocket: WebSocket, client: _Client) -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = (message.get("bytes") or b"").decode("utf-8", "replace")
+            self._on_frame(client, data)
+
+    async def _write(self, websocket: WebSocket, client: _Client, scope: trio.CancelScope) -> None:
+        async for item in client.queue:
             try:
-                if batch:
-                    await websocket.send_texts(batch)
-                if close is not None:
-                    await websocket.close(close.code, close.reason)
-            except WebSocketGone:  # the client went away under us
-                close = _Close(1006, "gone")
-            if close is not None:  # this connection is over
+                if isinstance(item, _Close):
+                    await websocket.close(item.code, item.reason)
+                    scope.cancel()
+                    return
+                await websocket.send_text(item)
+            except Exception:  # the client went away under us: this connection is over
                 scope.cancel()
                 return
 
@@ -400,23 +384,8 @@ class WebSocketEmulator(Emulator):
         self._push(client, _dumps(frame))
 
 
-def _take_queued(
-    first: str | _Close, queue: trio.MemoryReceiveChannel[str | _Close]
-) -> tuple[list[str], _Close | None]:
-    """``first`` and whatever else is queued, up to a close: what one write sends."""
-    batch: list[str] = []
-    item = first
-    while not isinstance(item, _Close):
-        batch.append(item)
-        try:
-            item = queue.receive_nowait()
-        except trio.WouldBlock:
-            return batch, None
-    return batch, item
-
-
-def _token_of(websocket: ServerWebSocket) -> str:
+def _token_of(websocket: WebSocket) -> str:
     header = websocket.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return websocket.query.get("token", "")
+    return websocket.query_params.get("token", "")

@@ -1,0 +1,314 @@
+"""The websocket provider's wsproto link, against a scripted server over real sockets.
+
+The emulator speaks the protocol politely; these cases need a server that
+misbehaves on cue: it sends frames in the same segment as its handshake,
+refuses the upgrade with an HTTP status, is not a websocket server at all,
+pings, fragments a message, or sends one too large. The server side is
+wsproto in server mode, driven by each test (real time, short ceilings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from providers.base import (
+    AuthenticationFailed,
+    Banned,
+    ChannelConfig,
+    ConnectionStateChanged,
+    FatalError,
+    InboundMessage,
+    ProviderError,
+    RateLimited,
+    TransientError,
+)
+from providers.websocket import WebSocketProvider
+from providers.websocket.core import DEFAULT_RETRY_AFTER
+from providers.websocket.link import MAX_MESSAGE_SIZE, MESSAGE_TOO_BIG
+
+IO_CEILING = 10.0  # real seconds; only a hang gets near it
+READY = json.dumps({"type": "ready", "session": "s-1"})
+
+
+def message(msg_id: str, **fields: Any) -> str:
+    return json.dumps({"type": "message", "id": msg_id, "peer": "p", "sender": "u", **fields})
+
+
+class Peer:
+    """The server end of one connection, as the test scripts it."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.SERVER)
+
+    async def next_event(self) -> Any:
+        """The next wsproto event from the client (reading as needed)."""
+        while True:
+            for event in self.ws.events():
+                return event
+            data = await self.stream.receive_some(65_536)
+            self.ws.receive_data(data or None)
+
+    async def accept(self, *frames: str) -> None:
+        """Accept the upgrade and send ``frames`` in the very same write."""
+        request = await self.next_event()
+        assert isinstance(request, Request)
+        data = self.ws.send(AcceptConnection())
+        data += b"".join(self.ws.send(TextMessage(data=text)) for text in frames)
+        await self.stream.send_all(data)
+
+    async def send(self, *events: Any) -> None:
+        await self.stream.send_all(b"".join(self.ws.send(event) for event in events))
+
+
+Script = Callable[[Peer], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[str]:
+    """Serve ``script`` for each connection; yields the ws:// URL."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await script(Peer(stream))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws"
+        nursery.cancel_scope.cancel()
+
+
+def config(url: str, **options: Any) -> ChannelConfig:
+    opts = {"ping_interval": None, "liveness_timeout": None, **options}
+    return ChannelConfig(
+        channel_id="ws-1",
+        provider="websocket",
+        base_url=url,
+        credentials={"token": "t1"},
+        options=opts,
+    )
+
+
+async def hold(peer: Peer) -> None:
+    """Keep the connection open, reading (and answering) until the client leaves."""
+    while not isinstance(await peer.next_event(), CloseConnection):
+        pass
+
+
+async def test_frames_sent_with_the_handshake_are_read_at_once() -> None:
+    # The server sends nothing after its 'ready': a link that waited for more
+    # bytes before parsing what came with the handshake would never be ready.
+    async def script(peer: Peer) -> None:
+        await peer.accept(
+            READY, json.dumps({"type": "message", "id": "m1", "peer": "p", "sender": "u"})
+        )
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            cfg = config(url, connect_timeout=IO_CEILING / 2)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                events = conn.events()
+                assert isinstance(await anext(events), ConnectionStateChanged)
+                inbound = await anext(events)
+                assert isinstance(inbound, InboundMessage)
+                assert inbound.platform_message_id == "m1"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected", "match"),
+    [
+        (401, [], b"", AuthenticationFailed, "HTTP 401: bad token"),
+        (403, [], b"go away", Banned, "HTTP 403: banned"),
+        (429, [(b"Retry-After", b"7")], b"", RateLimited, "HTTP 429"),
+        (429, [], b"slow down", RateLimited, "HTTP 429"),
+        (503, [], b"", TransientError, "HTTP 503; retry"),
+        (200, [], b"<html>not a websocket</html>", TransientError, "HTTP 200; retry"),
+    ],
+    ids=["401", "403", "429-retry-after", "429-default", "503", "200"],
+)
+async def test_a_refused_upgrade_maps_into_the_error_tree(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    expected: type[ProviderError],
+    match: str,
+) -> None:
+    async def script(peer: Peer) -> None:
+        assert isinstance(await peer.next_event(), Request)
+        refusal = RejectConnection(status_code=status, headers=headers, has_body=bool(body))
+        events: list[Any] = [refusal]
+        if body:
+            events.append(RejectData(data=body, body_finished=True))
+        await peer.send(*events)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            with pytest.raises(expected, match=match) as info:
+                async with WebSocketProvider().open_connection(config(url)):
+                    pass
+    if isinstance(info.value, RateLimited):
+        assert info.value.retry_after == (7.0 if headers else DEFAULT_RETRY_AFTER)
+
+
+@pytest.mark.parametrize(
+    ("answer", "match"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "bad websocket handshake"),
+        (b"", "hung up during the websocket handshake"),
+    ],
+    ids=["not-http", "hang-up"],
+)
+async def test_a_server_that_does_not_speak_websocket_is_transient(
+    answer: bytes, match: str
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.stream.receive_some(65_536)
+        if answer:
+            await peer.stream.send_all(answer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            with pytest.raises(TransientError, match=match):
+                async with WebSocketProvider().open_connection(config(url)):
+                    pass
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:1/ws", "ws:///ws", "127.0.0.1:80"])
+async def test_a_base_url_that_is_not_websocket_is_fatal(base_url: str) -> None:
+    with pytest.raises(FatalError, match="needs base_url ws://"):
+        async with WebSocketProvider().open_connection(config(base_url)):
+            pass
+
+
+async def test_pings_from_the_server_are_answered_with_their_payload() -> None:
+    pongs: list[bytes] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        await peer.send(Ping(payload=b"are-you-there"))
+        event = await peer.next_event()
+        assert isinstance(event, Pong)
+        pongs.append(bytes(event.payload))
+        await peer.send(TextMessage(data=json.dumps({"type": "heartbeat"})))
+        await peer.send(CloseConnection(code=1000, reason="done"))
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                with pytest.raises(TransientError, match="code 1000"):
+                    async for _ in conn.events():
+                        pass
+    assert pongs == [b"are-you-there"]
+
+
+async def test_a_fragmented_message_arrives_whole() -> None:
+    text = json.dumps(
+        {"type": "message", "id": "m1", "peer": "p", "sender": "u", "text": "x" * 300}
+    )
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        parts = [text[:100], text[100:250], text[250:]]
+        await peer.send(
+            *(
+                TextMessage(data=part, message_finished=i == len(parts) - 1)
+                for i, part in enumerate(parts)
+            )
+        )
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                events = conn.events()
+                await anext(events)  # ready
+                inbound = await anext(events)
+                assert isinstance(inbound, InboundMessage)
+                assert inbound.text == "x" * 300
+
+
+async def test_a_message_over_the_size_limit_closes_the_link_with_1009() -> None:
+    closed: list[int] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        half = "x" * (MAX_MESSAGE_SIZE // 2 + 1)
+        await peer.send(TextMessage(data=half, message_finished=False))
+        await peer.send(TextMessage(data=half, message_finished=True))
+        event = await peer.next_event()
+        assert isinstance(event, CloseConnection)
+        closed.append(event.code)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                with pytest.raises(TransientError, match=f"code {MESSAGE_TOO_BIG}"):
+                    async for _ in conn.events():
+                        pass
+    assert closed == [MESSAGE_TOO_BIG]
+
+
+async def test_our_close_completes_the_handshake_without_waiting_out_the_timeout() -> None:
+    closes: list[tuple[int, str | None]] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        event = await peer.next_event()
+        assert isinstance(event, CloseConnection)
+        closes.append((event.code, event.reason))
+        await peer.send(event.response())
+
+    # close_timeout far above the ceiling: only a completed handshake returns in time
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            cfg = config(url, close_timeout=IO_CEILING * 10)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                events = conn.events()
+                await anext(events)  # ready
+                await conn.close()
+                assert [e async for e in events] == []  # ends quietly after our close
+    assert closes == [(1000, "client closing")]
+
+
+async def test_a_slow_consumer_gets_every_event_in_order() -> None:
+    count = 20
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY, *(message(f"m{i}") for i in range(count)))
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            # a buffer of 2: the reader waits for the consumer most of the time
+            async with WebSocketProvider().open_connection(config(url, event_buffer=2)) as conn:
+                events = conn.events()
+                await anext(events)  # ready
+                ids = []
+                for _ in range(count):
+                    await trio.lowlevel.checkpoint()  # let the reader run ahead
+                    inbound = await anext(events)
+                    assert isinstance(inbound, InboundMessage)
+                    ids.append(inbound.platform_message_id)
+    assert ids == [f"m{i}" for i in range(count)]
