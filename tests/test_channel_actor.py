@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,7 +26,13 @@ from actors import (
     SendFailed,
     open_actor_system,
 )
-from actors.channel import ChannelActor, ChannelRef, ChannelStateChanged, MemoryInboundSink
+from actors.channel import (
+    CONNECTS_IN_FLIGHT,
+    ChannelActor,
+    ChannelRef,
+    ChannelStateChanged,
+    MemoryInboundSink,
+)
 from actors.channel_state import ChannelMemory, ChannelSettings, ChannelStatus
 from providers.base import (
     AuthenticationFailed,
@@ -44,7 +51,7 @@ from providers.base import (
     SessionState,
     TransientError,
 )
-from providers.testing import FakeProvider, SendDelay
+from providers.testing import FakeConnection, FakeProvider, SendDelay
 from supervisors import ChildSpec, open_supervisor
 from tests.support import CEILING
 
@@ -373,6 +380,58 @@ async def test_circuit_breaker_opens_after_repeated_send_failures(autojump_clock
             times = [t for t, _ in provider.send_attempts]
             # four failures 1 s apart open the breaker at t=3; the trial waits 30 s
             assert times == [0.0, 1.0, 2.0, 3.0, 33.0]
+
+
+# --- many channels connecting at once ----------------------------------------------------------
+
+
+class SlowHandshakes(FakeProvider):
+    """Handshakes that last until the test opens the gate; counts those in flight."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(limits=GENEROUS)
+        self.name = name
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gate = trio.Event()
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: SessionState | None = None
+    ) -> AsyncIterator[FakeConnection]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        async with super().open_connection(config, session) as conn:
+            yield conn
+
+
+async def test_handshakes_in_flight_are_bounded_per_provider(autojump_clock: Any) -> None:
+    slow, quick = SlowHandshakes("slow"), SlowHandshakes("quick")
+    quick.gate.set()
+    count = CONNECTS_IN_FLIGHT + 20
+
+    def spec(provider: FakeProvider, i: int) -> ChildSpec:
+        config = ChannelConfig(channel_id=f"{provider.name}-{i}", provider=provider.name)
+        factory, _ = ChannelActor.factory(config, provider, settings=settings())
+        return ChildSpec(id=config.channel_id, start=factory)
+
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system, open_supervisor(system, []) as sup:
+            for i in range(count):
+                await sup.start_child(spec(slow, i))
+            await trio.testing.wait_all_tasks_blocked()
+            assert slow.in_flight == CONNECTS_IN_FLIGHT  # the others wait their turn
+            # the gate is per provider: a stuck platform holds up only its own channels
+            await sup.start_child(spec(quick, 0))
+            await quick.wait_connected(1)
+            slow.gate.set()
+            await slow.wait_connected(count)
+            assert slow.most_in_flight == CONNECTS_IN_FLIGHT
+            assert slow.connect_script == deque()  # every channel connected at its first try
 
 
 # --- crashes of the actor itself ---------------------------------------------------------------
