@@ -11,22 +11,21 @@ from .backoff import (
     BackoffState,
     DecorrelatedJitterBackoff,
     ExponentialBackoff,
+    ProportionalJitterBackoff,
 )
 from .breaker import BreakerState, BreakerStatistics, CircuitBreaker, CircuitBreakerState
 from .channel import (
     ChannelActor,
-    ChannelRef,
-    ChannelStateChanged,
-    InboundSink,
-    MemoryInboundSink,
-    channel_statistics,
-)
-from .channel_state import (
     ChannelMemory,
+    ChannelRef,
     ChannelSettings,
+    ChannelStateChanged,
     ChannelStatistics,
     ChannelStatus,
+    InboundSink,
+    MemoryInboundSink,
     OutboundDeadLetter,
+    channel_statistics,
 )
 from .errors import (
     ActorCrashed,
@@ -112,6 +111,7 @@ __all__ = [
     "NotInActorContext",
     "OutboundDeadLetter",
     "Overflow",
+    "ProportionalJitterBackoff",
     "RetriesExhausted",
     "SendFailed",
     "StartFailed",

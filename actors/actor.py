@@ -101,7 +101,9 @@ class Actor:
       it raises, the start fails (``spawn`` raises
       :class:`~actors.errors.StartFailed`).
     - ``receive(msg)``: handles one message. Its return value is the reply to
-      an ``ask`` (ignored for ``tell``). Raising crashes this incarnation.
+      an ``ask`` (ignored for ``tell``). Raising crashes this incarnation. To
+      refuse a request without crashing, return ``outcome.Error(exc)``: the
+      asker gets ``exc`` raised (the way trio hands a task an error).
     - ``on_stop(exit)``: runs when the incarnation ends for any reason but a
       brutal kill, with the :class:`Exit` reason.
     - ``async on_stopping(exit)`` (actors with a task only): runs when a stop
@@ -147,7 +149,10 @@ class Actor:
         return None
 
     def receive(self, msg: Any) -> Any:
-        """Handle one message; the return value answers an ``ask``."""
+        """Handle one message; the return value answers an ``ask``.
+
+        Return ``outcome.Error(exc)`` to refuse: the asker gets ``exc`` raised.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} got {msg!r} but does not override receive()"
         )
@@ -180,7 +185,7 @@ class Actor:
 
     def stop(self) -> None:
         """Stop this actor normally once the current message is handled."""
-        self.ref._request_self_stop()
+        _incarnation.request_stop(self.ref)
 
     def start_timer(self, delay: float, msg: Any, *, interval: float | None = None) -> Timer:
         """Send ``msg`` to this actor after ``delay`` seconds (then every ``interval``).
@@ -188,7 +193,7 @@ class Actor:
         The timer belongs to this incarnation: it is cancelled when the actor
         stops or crashes.
         """
-        return self.ref._start_timer(delay, msg, interval)
+        return _incarnation.start_timer(self.ref, delay, msg, interval)
 
     def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as a task owned by this incarnation.
@@ -200,4 +205,9 @@ class Actor:
         Raises:
             NotInActorContext: the actor runs on the dispatcher (no async hook).
         """
-        self.ref._start_owned_task(fn, args)
+        _incarnation.start_owned_task(self.ref, fn, args)
+
+
+# The incarnation machinery calls back into this module's classes, so it is
+# imported once they exist.
+from . import _incarnation  # noqa: E402

@@ -1,11 +1,15 @@
-"""Reconnect backoff: jittered delay policies and a failure tracker.
+"""Backoff: jittered delay policies and a failure tracker, for every retry loop.
 
-A policy (:class:`ExponentialBackoff`, :class:`DecorrelatedJitterBackoff`)
-turns a failure count into a delay. :class:`Backoff` tracks one connection's
-consecutive failures, applies the policy, gives up after ``max_attempts``,
-forgives old failures once a connection has been stable, and keeps a server's
-``retry_after`` apart from failures. Its whole state is a :class:`BackoffState`
-that a restarted actor hands back, so a crash never resets the count.
+One vocabulary serves the channel's reconnects, its send retries and the
+supervisor's restart delays: a policy turns a failure count into a delay
+from ``base`` (the first delay's ceiling) growing by ``factor`` up to ``cap``
+(:class:`ExponentialBackoff` with full jitter, :class:`ProportionalJitterBackoff`
+with Akka's proportional jitter, :class:`DecorrelatedJitterBackoff`), and
+:class:`Backoff` tracks one loop's consecutive failures, applies the policy,
+gives up after ``max_attempts``, and forgives old failures once the thing
+has stayed up for ``reset_after`` seconds. Its whole state is a
+:class:`BackoffState` that a restarted actor hands back, so a crash never
+resets the count.
 """
 
 # Design: decisions are pure. Time enters as ``now`` (seconds on the caller's
@@ -40,6 +44,7 @@ __all__ = [
     "BackoffState",
     "DecorrelatedJitterBackoff",
     "ExponentialBackoff",
+    "ProportionalJitterBackoff",
 ]
 
 DEFAULT_BASE_DELAY: Final = 1.0  # seconds
@@ -146,6 +151,48 @@ class ExponentialBackoff:
 
 
 @attrs.frozen(kw_only=True)
+class ProportionalJitterBackoff:
+    """Exponential backoff with proportional jitter (Akka's BackoffSupervisor).
+
+    The n-th consecutive failure sleeps
+    ``min(cap, base * factor**(n-1)) * (1 + random_factor * U)`` with ``U``
+    uniform in [0, 1): never less than the exponential delay, which suits a
+    restart loop (a crashing actor must not come back early), while full
+    jitter suits many clients reconnecting at once.
+
+    Attributes:
+        base: the first delay, in seconds (> 0).
+        cap: the largest delay before jitter, in seconds (>= base).
+        factor: growth per failure (>= 1).
+        random_factor: jitter as a fraction of the delay (>= 0).
+    """
+
+    base: float = DEFAULT_BASE_DELAY
+    cap: float = DEFAULT_MAX_DELAY
+    factor: float = DEFAULT_FACTOR
+    random_factor: float = 0.2
+
+    def __attrs_post_init__(self) -> None:
+        _check_delay_bounds(self.base, self.cap)
+        if not (math.isfinite(self.factor) and self.factor >= 1.0):
+            raise ValueError(f"factor must be finite and >= 1, got {self.factor!r}")
+        if not (math.isfinite(self.random_factor) and self.random_factor >= 0.0):
+            raise ValueError(f"random_factor must be finite and >= 0, got {self.random_factor!r}")
+
+    def ceiling(self, failures: int) -> float:
+        """The delay before jitter: ``min(cap, base * factor**(failures-1))``."""
+        _check_failures(failures)
+        try:
+            return min(self.cap, self.base * self.factor ** (failures - 1))
+        except OverflowError:
+            return self.cap
+
+    def compute(self, failures: int, *, rng: random.Random, previous: float | None = None) -> float:
+        """Return ``ceiling(failures) * (1 + random_factor * U)`` (``previous`` is ignored)."""
+        return self.ceiling(failures) * (1.0 + self.random_factor * rng.random())
+
+
+@attrs.frozen(kw_only=True)
 class DecorrelatedJitterBackoff:
     """Decorrelated jitter: each delay grows from the previous one.
 
@@ -206,9 +253,9 @@ class Backoff:
     """Tracks one connection's failures and decides how long to wait.
 
     The loop that owns a connection calls :meth:`connected` when it comes up,
-    :meth:`failure` when an attempt fails or the connection drops, and
-    :meth:`rate_limited` when the server says when to come back; then it
-    sleeps the returned delay.
+    :meth:`failure` when an attempt fails or the connection drops; then it
+    sleeps the returned delay. A server's ``retry_after`` is no failure: the
+    loop waits exactly that and tells the tracker nothing.
 
     ``max_attempts`` bounds the attempts in one run of consecutive failures:
     the failure of attempt number ``max_attempts`` raises
@@ -332,25 +379,6 @@ class Backoff:
         delay = self.policy.compute(self._failures, rng=self.rng, previous=self._last_delay)
         self._last_delay = delay
         return delay
-
-    def rate_limited(self, retry_after: float) -> float:
-        """Honour a server's ``retry_after`` without counting a failure.
-
-        Nothing is recorded and no randomness is drawn: the failure count, the
-        attempt budget and the next jittered delay are exactly as before.
-
-        Args:
-            retry_after: seconds the server asked us to wait.
-
-        Returns:
-            ``retry_after``, unchanged: the delay to sleep.
-
-        Raises:
-            ValueError: if ``retry_after`` is negative or not finite.
-        """
-        if not (math.isfinite(retry_after) and retry_after >= 0.0):
-            raise ValueError(f"retry_after must be finite seconds >= 0, got {retry_after!r}")
-        return retry_after
 
     def reset(self) -> None:
         """Forget all failures, e.g. after an operator fixed the cause."""

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any, Final
 
 import attrs
+from trio.lowlevel import ParkingLot
 
 __all__ = ["DEFAULT_CAPACITY", "Mailbox", "MailboxConfig", "MailboxStatistics", "Overflow"]
 
@@ -77,18 +78,19 @@ class MailboxStatistics:
 class Mailbox:
     """Two FIFO lanes, the system lane first; only the user lane is bounded.
 
-    This is a plain data structure: it never blocks and knows nothing of
-    tasks. Waiting for room is done by :class:`~actors.ref.ActorRef`.
+    This is a plain data structure: it never blocks. Senders waiting for room
+    park in :attr:`room` (:class:`~actors.ref.ActorRef` parks and wakes them).
     """
 
-    __slots__ = ("_system", "_user", "config", "room_waiters")
+    __slots__ = ("_system", "_user", "config", "room")
 
     def __init__(self, config: MailboxConfig = DEFAULT_MAILBOX) -> None:
         self._user: deque[Any] | None = None
         self._system: deque[Any] | None = None
         self.config = config
-        # Tasks parked in ``ActorRef.send`` waiting for room, oldest first.
-        self.room_waiters: deque[Any] | None = None
+        # Senders parked in ``ActorRef.send`` waiting for room, oldest first;
+        # made by the first one (a ParkingLot is larger than an idle actor).
+        self.room: ParkingLot | None = None
 
     def __len__(self) -> int:
         return (len(self._user) if self._user else 0) + (len(self._system) if self._system else 0)
@@ -157,7 +159,7 @@ class Mailbox:
             depth=self.depth,
             system_depth=len(self._system) if self._system else 0,
             capacity=self.config.capacity,
-            senders_waiting=len(self.room_waiters) if self.room_waiters else 0,
+            senders_waiting=len(self.room) if self.room is not None else 0,
         )
 
     def __repr__(self) -> str:

@@ -20,45 +20,47 @@ Design:
 - Hot paths (``tell``, the dispatcher loop, inline ``ask``) avoid
   allocations and awaits: ``tell`` is a deque append and a flag check.
 
-The cell's machinery (starting, running and ending incarnations) lives in
-``actors._cell``; this module is the public face of the handle.
+This module is the handle and the senders' side of it (queueing, waking,
+waiting for room or an answer); what the kernel does to a ref from the
+inside (starting, running and ending incarnations) is ``actors._incarnation``,
+and the part of that a supervisor may use is ``actors.lowlevel``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import deque
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 from trio.lowlevel import (
     Abort,
+    ParkingLot,
     checkpoint,
     checkpoint_if_cancelled,
     current_task,
     wait_task_rescheduled,
 )
 
-from ._cell import (
-    _ACCEPTING,
-    _QUEUEING,
-    _RESTART,
+from . import _incarnation
+from ._incarnation import (
+    ACCEPTING,
+    QUEUEING,
     RESTARTING,
     RUNNING,
     STARTING,
     TASK_FAIRNESS_BATCH,
-    _Ask,
-    _Cell,
-    _Status,
-    _Stop,
 )
-
-# Re-exported: the supervisors and the tests import ChildExited from here.
-from ._cell import ChildExited as ChildExited
+from ._messages import RESTART, Ask, Status, Stop
 from .actor import EXIT_SHUTDOWN, Actor, ActorState, Exit
-from .errors import ActorCrashed, AskTimeout, MailboxFull
-from .mailbox import MailboxStatistics, Overflow
+from .errors import ActorDead, AskTimeout, MailboxFull
+from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .system import ActorSystem
+    from .timers import Timer
 
 __all__ = ["DEFAULT_ASK_TIMEOUT", "ActorRef", "ActorStatistics", "ActorStatus"]
 
@@ -103,14 +105,73 @@ class ActorStatus:
     details: dict[str, Any]
 
 
-class ActorRef(_Cell):
+class ActorRef:
     """The handle to an actor: send it messages, ask it questions, watch it.
 
     Refs are created by :meth:`ActorSystem.spawn` or by a supervisor; never
     construct one yourself. A ref stays valid across restarts of its actor.
     """
 
-    __slots__ = ()  # every slot is the cell's (actors._cell)
+    __slots__ = (
+        "__weakref__",
+        "_current_ask",
+        "_done",
+        "_exit",
+        "_factory",
+        "_id",
+        "_incarnation",
+        "_incarnation_done",
+        "_instance",
+        "_kill_scope",
+        "_last_exit",
+        "_mailbox",
+        "_name",
+        "_nursery",
+        "_parent",
+        "_parent_stopping",
+        "_parked",
+        "_processed",
+        "_scheduled",
+        "_state",
+        "_stop_request",
+        "_task_mode",
+        "_timers",
+        "system",
+    )
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        factory: Callable[[], Actor],
+        *,
+        actor_id: int,
+        name: str | None = None,
+        parent: ActorRef | None = None,
+        mailbox: MailboxConfig | None = None,
+    ) -> None:
+        self.system = system
+        self._factory = factory
+        self._id = actor_id
+        self._name = name
+        self._parent = parent
+        self._mailbox = Mailbox(mailbox) if mailbox is not None else Mailbox()
+        self._instance: Actor | None = None
+        self._state = ActorState.STARTING
+        self._incarnation = 0
+        self._processed = 0
+        self._scheduled = False
+        self._task_mode = False
+        self._stop_request: Exit | None = None
+        self._parent_stopping = False
+        self._parked: Any = None  # the task-mode actor's task, while it waits for mail
+        self._current_ask: Ask | None = None
+        self._kill_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._timers: list[Timer] | None = None
+        self._done: trio.Event | None = None
+        self._incarnation_done: trio.Event | None = None
+        self._exit: Exit | None = None
+        self._last_exit: Exit | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -137,7 +198,7 @@ class ActorRef(_Cell):
     @property
     def alive(self) -> bool:
         """True until the actor is terminated for good."""
-        return self._state in _ACCEPTING or self._state is ActorState.STOPPING
+        return self._state in ACCEPTING or self._state is ActorState.STOPPING
 
     def tell(self, msg: Any) -> None:
         """Queue ``msg`` for the actor and return at once; never waits.
@@ -148,7 +209,7 @@ class ActorRef(_Cell):
             ActorDead: the actor is terminated.
         """
         state = self._state
-        if state is not RUNNING and state not in _QUEUEING:
+        if state is not RUNNING and state not in QUEUEING:
             raise self._dead_error("tell")
         mailbox = self._mailbox
         if not mailbox.has_room():
@@ -170,12 +231,12 @@ class ActorRef(_Cell):
             ActorDead: the actor is terminated, or died while we waited.
         """
         state = self._state
-        if (state is RUNNING or state in _QUEUEING) and self._mailbox.has_room():
+        if (state is RUNNING or state in QUEUEING) and self._mailbox.has_room():
             self._mailbox.put(msg)
             if not self._scheduled:
                 self._wake()
             return
-        if self._state not in _QUEUEING:
+        if self._state not in QUEUEING:
             raise self._dead_error("send")
         config = self._mailbox.config
         if config.overflow is Overflow.REJECT:
@@ -183,7 +244,7 @@ class ActorRef(_Cell):
         with trio.move_on_after(config.overflow_timeout):
             while True:
                 await self._wait_for_room()
-                if self._state not in _QUEUEING:
+                if self._state not in QUEUEING:
                     raise self._dead_error("send")
                 if self._mailbox.has_room():
                     self._mailbox.put(msg)
@@ -222,12 +283,12 @@ class ActorRef(_Cell):
             and not self._mailbox
         ):
             return await self._ask_inline(msg)
-        if self._state not in _QUEUEING:
+        if self._state not in QUEUEING:
             raise self._dead_error("ask")
         mailbox = self._mailbox
         if not mailbox.has_room():
             raise self._full_error()
-        pending = _Ask(msg, current_task())
+        pending = Ask(msg, current_task())
         mailbox.put(pending)
         if not self._scheduled:
             self._wake()
@@ -247,10 +308,10 @@ class ActorRef(_Cell):
                 handler).
             ActorDead: the actor is terminated.
         """
-        if self._state not in _ACCEPTING:
+        if self._state not in ACCEPTING:
             raise self._dead_error("ask_status")
-        pending = _Ask(None, current_task())
-        self._mailbox.put_system(_Status(pending))
+        pending = Ask(None, current_task())
+        self._mailbox.put_system(Status(pending))
         self._wake_for_system()
         result: ActorStatus = await self._wait_reply(pending, timeout, "status")
         return result
@@ -268,7 +329,7 @@ class ActorRef(_Cell):
                 actor is killed; ``None`` waits as long as it takes.
         """
         state = self._state
-        if state not in _ACCEPTING and not (
+        if state not in ACCEPTING and not (
             # A top-level actor already on its way out (it stopped itself and
             # is in an async on_stop): wait for it, and kill it after timeout.
             state is ActorState.STOPPING and self._parent is None
@@ -280,16 +341,16 @@ class ActorRef(_Cell):
                 # Between incarnations (an in-place restart is pending):
                 # terminate before yielding, so the restart sees it and
                 # does not start a new incarnation on a terminated ref.
-                self._terminate(self._last_exit or EXIT_SHUTDOWN)
+                _incarnation.terminate(self, self._last_exit or EXIT_SHUTDOWN)
                 await checkpoint()
                 return
-            await self._stop_incarnation(timeout)
-            self._terminate(self._last_exit or EXIT_SHUTDOWN)
+            await _incarnation.stop(self, timeout)
+            _incarnation.terminate(self, self._last_exit or EXIT_SHUTDOWN)
             return
         incarnation = self._incarnation
-        self._mailbox.put_system(_Stop(EXIT_SHUTDOWN))
+        self._mailbox.put_system(Stop(EXIT_SHUTDOWN))
         self._wake_for_system()
-        event = self._incarnation_event()
+        event = _incarnation.incarnation_event(self)
         if timeout is None:
             await event.wait()
         else:
@@ -300,7 +361,7 @@ class ActorRef(_Cell):
                 RUNNING,
                 ActorState.STOPPING,
             ):
-                self._kill()
+                _incarnation.kill(self)
                 await event.wait()
 
     def restart(self) -> None:
@@ -310,9 +371,9 @@ class ActorRef(_Cell):
         It counts as a restart in statistics but not toward a supervisor's
         restart intensity (it is not a failure).
         """
-        if self._state not in _ACCEPTING:
+        if self._state not in ACCEPTING:
             raise self._dead_error("restart")
-        self._mailbox.put_system(_RESTART)
+        self._mailbox.put_system(RESTART)
         self._wake_for_system()
 
     def kill(self) -> None:
@@ -322,7 +383,7 @@ class ActorRef(_Cell):
         decides, like after a crash (a transient child is restarted).
         """
         if self._state in (RUNNING, STARTING, ActorState.STOPPING):
-            self._kill()
+            _incarnation.kill(self)
 
     async def wait_terminated(self) -> Exit:
         """Wait until the actor is terminated for good; return its exit reason."""
@@ -375,10 +436,8 @@ class ActorRef(_Cell):
             reply = inst.receive(msg)
         except Exception as exc:
             self._scheduled = False
-            self._crashed(exc)
-            raise ActorCrashed(
-                f"{self!r} raised {type(exc).__name__} while handling {msg!r}"
-            ) from exc
+            _incarnation.crashed(self, exc)
+            raise _incarnation.crash_error(self, exc, msg) from exc
         self._processed += 1
         if self._state is RUNNING and (self._mailbox or self._stop_request is not None):
             self.system._enqueue(self)
@@ -391,9 +450,9 @@ class ActorRef(_Cell):
         if system._inline_asks >= TASK_FAIRNESS_BATCH:
             system._inline_asks = 0
             await checkpoint()
-        return reply
+        return _incarnation.unwrap_reply(reply)
 
-    async def _wait_reply(self, pending: _Ask, timeout: float, msg: Any) -> Any:  # noqa: ASYNC109
+    async def _wait_reply(self, pending: Ask, timeout: float, msg: Any) -> Any:  # noqa: ASYNC109
         def abort(_: Any) -> Abort:
             pending.task = None
             return Abort.SUCCEEDED
@@ -407,18 +466,56 @@ class ActorRef(_Cell):
 
     async def _wait_for_room(self) -> None:
         mailbox = self._mailbox
-        if mailbox.room_waiters is None:
-            mailbox.room_waiters = deque()
-        task = current_task()
-        mailbox.room_waiters.append(task)
+        lot = mailbox.room
+        if lot is None:
+            lot = mailbox.room = ParkingLot()
+        await lot.park()
 
-        def abort(_: Any) -> Abort:
-            waiters = mailbox.room_waiters
-            if waiters is not None and task in waiters:
-                waiters.remove(task)
-            return Abort.SUCCEEDED
+    def _wake_room_waiters(self, count: int | None) -> None:
+        """Wake up to ``count`` senders waiting for room (``None``: all of them)."""
+        mailbox = self._mailbox
+        lot = mailbox.room
+        if lot is None:
+            return
+        if count is None:
+            lot.unpark_all()
+        elif count > 0:
+            lot.unpark(count=count)
+        if not lot:
+            mailbox.room = None
 
-        await wait_task_rescheduled(abort)
+    def _wake(self) -> None:
+        """Make sure someone will process the mailbox (state permitting)."""
+        if self._state is not RUNNING:
+            return
+        if self._task_mode:
+            task = self._parked
+            if task is not None:
+                self._parked = None
+                trio.lowlevel.reschedule(task)
+        else:
+            self._scheduled = True
+            self.system._enqueue(self)
+
+    def _wake_for_system(self) -> None:
+        if not self._scheduled or self._task_mode:
+            self._wake()
+
+    def _dead_error(self, what: str) -> ActorDead:
+        return ActorDead(
+            f"cannot {what} {self!r}: the actor has terminated ({self._exit}); "
+            "look it up again or start a new one",
+            reason=self._exit,
+        )
+
+    def _full_error(self) -> MailboxFull:
+        capacity = self._mailbox.config.capacity
+        return MailboxFull(
+            f"{self!r}: mailbox is full ({capacity} messages); the actor is not "
+            "keeping up: slow down, or use `await ref.send()` with Overflow.WAIT",
+            actor=repr(self),
+            capacity=capacity,
+        )
 
     def _status_of(self, inst: Actor) -> ActorStatus:
         try:

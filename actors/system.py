@@ -26,6 +26,7 @@ import attrs
 import trio
 from trio.lowlevel import Abort, checkpoint, current_task, reschedule, wait_task_rescheduled
 
+from . import _incarnation
 from .actor import Actor, Exit, ExitKind
 from .errors import ActorNotFound, NameTaken, StartFailed
 from .mailbox import MailboxConfig
@@ -143,9 +144,9 @@ class ActorSystem:
             factory = functools.partial(factory, *args)
         ref = self._new_ref(factory, name=name, mailbox=mailbox, parent=parent)
         try:
-            await ref._start()
+            await _incarnation.start(ref)
         except StartFailed as exc:
-            ref._terminate(Exit(kind=ExitKind.CRASHED, error=exc))
+            _incarnation.terminate(ref, Exit(kind=ExitKind.CRASHED, error=exc))
             raise
         return ref
 
@@ -226,31 +227,10 @@ class ActorSystem:
         self.dead_letters.append(DeadLetter(recipient=repr(ref), message=msg, reason=exit))
         log.debug("dead letter to %r (%s): %r", ref, exit, msg)
 
-    def _restart_in_place(self, ref: ActorRef) -> None:
-        """Start a new incarnation after a requested ``ref.restart()``."""
-        inst = None
-        try:
-            inst = ref._new_instance()
-            if inst._needs_task:
-                self._nursery.start_soon(self._restart_task, ref, inst)
-                return
-            ref._start_inline(inst)
-        except StartFailed as exc:
-            ref._end_incarnation(Exit(kind=ExitKind.CRASHED, error=exc))
-
-    async def _restart_task(self, ref: ActorRef, inst: Actor) -> None:
-        if ref._exit is not None:
-            return  # stopped for good while this restart was pending
-        try:
-            # Run the incarnation in this very task: no scheduling gap in
-            # which a stop() could terminate the ref before it starts.
-            await ref._task_main(inst)
-        except StartFailed as exc:
-            ref._end_incarnation(Exit(kind=ExitKind.CRASHED, error=exc))
-
     async def _dispatch(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         run_queue = self._run_queue
         throughput = self._throughput
+        run_batch = _incarnation.run_batch
         self._dispatcher = current_task()
 
         def abort(_: Any) -> Abort:
@@ -264,7 +244,7 @@ class ActorSystem:
                 await wait_task_rescheduled(abort)
                 continue
             for _ in range(len(run_queue)):
-                run_queue.popleft()._run_batch(throughput)
+                run_batch(run_queue.popleft(), throughput)
             await checkpoint()
 
     async def _shutdown(self, grace: float) -> None:
@@ -275,7 +255,7 @@ class ActorSystem:
             # and leave the ref killed but never terminated.
             await ref.stop(timeout=grace)
             if ref.alive:
-                ref._kill()
+                _incarnation.kill(ref)
 
 
 @asynccontextmanager

@@ -325,7 +325,7 @@ def _config(params: CrashParams, channel_ids: list[str]) -> NodeConfig:
     supervisor = attrs.evolve(
         config.supervisor,
         period=params.period,
-        restart_backoff=RestartBackoffConfig(min=params.restart_backoff),
+        restart_backoff=RestartBackoffConfig(base=params.restart_backoff),
     )
     emulated = params.provider == "websocket"
     channels = [

@@ -37,8 +37,7 @@ import httpx
 import psutil
 import trio
 
-from actors.channel import ChannelStateChanged
-from actors.channel_state import ChannelStatus
+from actors.channel import ChannelStateChanged, ChannelStatus
 from providers.base import OutboundMessage, Template
 from runtime.config.model import (
     BackoffConfig,

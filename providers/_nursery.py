@@ -32,6 +32,8 @@ from typing import Any
 
 import trio
 
+from .groups import lone_exception, reraise
+
 
 def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException:
     """The one exception directly inside ``group``, or ``group`` if it holds more.
@@ -39,9 +41,7 @@ def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException:
     Only the outer level is removed: a nested group is some task's or the
     caller's own exception and is returned as it is.
     """
-    if len(group.exceptions) == 1:
-        return group.exceptions[0]
-    return group
+    return lone_exception(group, nested=False)
 
 
 @asynccontextmanager
@@ -66,12 +66,6 @@ async def open_connection_nursery() -> AsyncIterator[trio.Nursery]:
         if lone is group:
             raise
     if lone is not None:
-        # Raised outside the except clause, and with its __context__ put back
-        # (as trio's own Nursery.start does), so that the exception is exactly
-        # the one that was raised, not chained to the group that held it.
-        context = lone.__context__
-        try:
-            raise lone
-        finally:
-            lone.__context__ = context
-            del lone, context
+        # Raised outside the except clause, as trio's own Nursery.start does,
+        # so that it is exactly the exception that was raised.
+        reraise(lone)

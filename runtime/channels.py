@@ -103,7 +103,7 @@ def channel_settings(
     return attrs.evolve(
         base,
         reconnect=reconnect,
-        stable_after=_pick(backoff.stable_after, base.stable_after),
+        reset_after=_pick(backoff.reset_after, base.reset_after),
         max_reconnects=backoff.max_attempts
         if backoff.max_attempts is not None
         else base.max_reconnects,
@@ -121,7 +121,7 @@ def _merge_backoff(defaults: BackoffConfig, override: BackoffConfig | None) -> B
     return BackoffConfig(
         base=_pick_optional(override.base, defaults.base),
         cap=_pick_optional(override.cap, defaults.cap),
-        stable_after=_pick_optional(override.stable_after, defaults.stable_after),
+        reset_after=_pick_optional(override.reset_after, defaults.reset_after),
         max_attempts=_pick_optional(override.max_attempts, defaults.max_attempts),
     )
 

@@ -83,6 +83,8 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} channels "
         f"enabled, storage {config.storage.backend})"
     )
+    for notice in config.deprecations:
+        print(f"{args.file}: warning: {notice}", file=sys.stderr)
     return 0
 
 

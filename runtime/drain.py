@@ -16,25 +16,29 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    the next start sends it again with the same idempotency key, so delivery
    is at least once.)
 5. Flush the store.
+
+The drain works on explicit collaborators, never on the node's insides: the
+:class:`SendTracker` of accepted sends, a ``stop_channels`` callable that
+stops the channels by a deadline, and the store.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Final
 
 import attrs
 import trio
 
 from providers.base import OutboundMessage
 
-from .store import KeptMessage
+from .store import KeptMessage, Store
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["DrainReport", "Pending", "drain_node"]
+__all__ = ["DrainReport", "Pending", "SendTracker", "drain"]
 
 log = logging.getLogger("switchboard.node")
 
@@ -51,8 +55,49 @@ class Pending:
     accepted_at: float  # unix time
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cut: bool = False  # the drain deadline passed while it was in flight
+    done: bool = False  # it finished (sent or refused) before it could be kept
     kept: bool = False
     settled: trio.Event = attrs.field(factory=trio.Event)  # kept (or keeping failed)
+
+
+class SendTracker:
+    """The sends a node accepted and has not finished: what a drain waits for.
+
+    ``Node.send`` runs each send inside :meth:`track`; the drain waits until
+    none is left, cuts the rest at its deadline and keeps them.
+    """
+
+    def __init__(self) -> None:
+        self._pending: set[Pending] = set()
+        self._changed = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @contextmanager
+    def track(self, channel_id: str, message: OutboundMessage) -> Iterator[Pending]:
+        """Count one send from now until the block ends."""
+        pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
+        self._pending.add(pending)
+        try:
+            yield pending
+        finally:
+            pending.done = True
+            self._pending.discard(pending)
+            self._changed.set()
+
+    async def wait_until_done(self) -> None:
+        """Return once no tracked send is left (bound it with a cancel scope)."""
+        while self._pending:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+    def cut(self) -> list[Pending]:
+        """Mark every send still in flight as cut by the deadline; return them."""
+        leftovers = list(self._pending)
+        for pending in leftovers:
+            pending.cut = True
+        return leftovers
 
 
 @attrs.frozen(kw_only=True)
@@ -89,25 +134,35 @@ class DrainReport:
         return text
 
 
-async def drain_node(node: Node, deadline: float) -> DrainReport:
-    """Drain ``node`` (already marked draining); see the module docstring."""
+async def drain(
+    *,
+    node_id: str,
+    sends: SendTracker,
+    stop_channels: Callable[[float], Awaitable[tuple[int, int]]],
+    store: Store,
+    deadline: float,
+) -> DrainReport:
+    """Drain a node already marked draining; see the module docstring.
+
+    Args:
+        node_id: for the log.
+        sends: the node's accepted sends.
+        stop_channels: stops every channel by the given trio time; returns
+            (stopped gracefully, killed at the deadline).
+        store: where the leftovers are kept, flushed last.
+        deadline: seconds the whole drain may take.
+    """
     started = trio.current_time()
     end = started + deadline
-    in_flight = len(node._inflight)
-    log.info(
-        "draining node %s: %d send(s) in flight, deadline %g s", node.node_id, in_flight, deadline
-    )
+    in_flight = len(sends)
+    log.info("draining node %s: %d send(s) in flight, deadline %g s", node_id, in_flight, deadline)
     with trio.move_on_at(end - min(CLOSE_RESERVE, deadline * 0.25)):
-        while node._inflight:
-            node._inflight_changed = trio.Event()
-            await node._inflight_changed.wait()
-
-    for pending in node._inflight:
-        pending.cut = True
-    stopped, killed = await _stop_channels(node, end)
-    kept = await _keep_leftovers(node, deadline)
+        await sends.wait_until_done()
+    cut = sends.cut()
+    stopped, killed = await stop_channels(end)
+    kept = await _keep_leftovers(cut, store, deadline)
     with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as flush_scope:
-        await node.store.flush()
+        await store.flush()
     if flush_scope.cancelled_caught:
         log.error("the store did not flush within %g s of the drain deadline", STORE_GRACE)
     report = DrainReport(
@@ -115,7 +170,7 @@ async def drain_node(node: Node, deadline: float) -> DrainReport:
         elapsed=trio.current_time() - started,
         in_flight=in_flight,
         kept=tuple(kept),
-        durable=node.store.durable,
+        durable=store.durable,
         channels_stopped=stopped,
         channels_killed=killed,
     )
@@ -123,8 +178,11 @@ async def drain_node(node: Node, deadline: float) -> DrainReport:
     return report
 
 
-async def _keep_leftovers(node: Node, deadline: float) -> list[KeptMessage]:
-    leftovers = list(node._inflight)
+async def _keep_leftovers(
+    leftovers: list[Pending], store: Store, deadline: float
+) -> list[KeptMessage]:
+    # Sends that finished while the channels stopped are no leftovers.
+    leftovers = [pending for pending in leftovers if not pending.done]
     if not leftovers:
         return []
     kept = [
@@ -140,7 +198,7 @@ async def _keep_leftovers(node: Node, deadline: float) -> list[KeptMessage]:
     stored = False
     try:
         with trio.CancelScope(shield=True):
-            await node.store.keep_outbound(kept)
+            await store.keep_outbound(kept)
         stored = True
     finally:
         for pending in leftovers:
@@ -149,8 +207,8 @@ async def _keep_leftovers(node: Node, deadline: float) -> list[KeptMessage]:
             pending.scope.cancel()
     by_channel = Counter(item.channel_id for item in kept)
     where = (
-        f"kept in the {node.store.statistics().backend} store for the next start"
-        if node.store.durable
+        f"kept in the {store.statistics().backend} store for the next start"
+        if store.durable
         else "kept in memory only and LOST when this process exits (set storage.outbox_file "
         "or use the postgres backend to keep them)"
     )
@@ -168,30 +226,3 @@ async def _keep_leftovers(node: Node, deadline: float) -> list[KeptMessage]:
             extra={"channel": item.channel_id},
         )
     return kept
-
-
-async def _stop_channels(node: Node, end: float) -> tuple[int, int]:
-    root = node._root
-    channels = node._channels
-    if root is None or channels is None:
-        return 0, 0
-    running = [s for s in node.channels() if s.start_error is None]
-    with trio.move_on_at(end) as scope:
-        # terminate_child, not stop: the root must not restart the channels.
-        await root.terminate_child("channels")
-    if not scope.cancelled_caught:
-        return len(running), 0
-    still = [s for s in node.channels() if s.statistics is not None and _alive(node, s.channel_id)]
-    log.warning(
-        "%d channel(s) did not stop by the drain deadline and are killed: %s",
-        len(still),
-        ", ".join(s.channel_id for s in still),
-    )
-    channels.ref.kill()
-    await channels.ref.wait_terminated()
-    return len(running) - len(still), len(still)
-
-
-def _alive(node: Node, channel_id: str) -> bool:
-    managed = node._managed.get(channel_id)
-    return managed is not None and managed.channel is not None and managed.channel.ref.alive

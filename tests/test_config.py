@@ -72,7 +72,7 @@ inbound = true
 intensity = 0
 period = 5
 shutdown = 2.5
-restart_backoff = { min = 0.5, max = 60, random_factor = 1 }
+restart_backoff = { base = 0.5, cap = 60, random_factor = 1 }
 
 [providers.telegram]
 max_connections = 0
@@ -80,7 +80,7 @@ base_url = "https://telegram.example/api"
 send_attempts = 3
 liveness_timeout = 90
 options = { poll_timeout = 25 }
-backoff = { base = 1, cap = 60, stable_after = 30, max_attempts = 10 }
+backoff = { base = 1, cap = 60, reset_after = 30, max_attempts = 10 }
 
 [providers.telegram.rate_limit]
 per_second = 30
@@ -196,7 +196,7 @@ def test_every_section_of_a_full_file_is_read() -> None:
             intensity=0,
             period=5.0,
             shutdown=2.5,
-            restart_backoff=RestartBackoffConfig(min=0.5, max=60.0, random_factor=1.0),
+            restart_backoff=RestartBackoffConfig(base=0.5, cap=60.0, random_factor=1.0),
         ),
         providers={
             "telegram": ProviderDefaults(
@@ -212,7 +212,7 @@ def test_every_section_of_a_full_file_is_read() -> None:
                     per_peer_burst=3,
                     max_text_length=4096,
                 ),
-                backoff=BackoffConfig(base=1.0, cap=60.0, stable_after=30.0, max_attempts=10),
+                backoff=BackoffConfig(base=1.0, cap=60.0, reset_after=30.0, max_attempts=10),
             ),
             "whatsapp": ProviderDefaults(options={"phone_number_id": "10001"}),
         },
@@ -607,8 +607,8 @@ def test_secret_values_never_appear_in_the_error() -> None:
             "expected an integer >= 1, got 0 @ channels[0].rate_limit.max_text_length",
         ),
         (
-            SIM + "backoff = { stable_after = -1.5 }\n",
-            "expected a positive number, got -1.5 @ channels[0].backoff.stable_after",
+            SIM + "backoff = { reset_after = -1.5 }\n",
+            "expected a positive number, got -1.5 @ channels[0].backoff.reset_after",
         ),
         (
             SIM + "backoff = { max_attempts = 0 }\n",
@@ -642,8 +642,8 @@ def test_secret_values_never_appear_in_the_error() -> None:
             "expected a number from 0 to 1, got 1.5 @ supervisor.restart_backoff.random_factor",
         ),
         (
-            "[supervisor.restart_backoff]\nmin = 0\n",
-            "expected a positive number, got 0 @ supervisor.restart_backoff.min",
+            "[supervisor.restart_backoff]\nbase = 0\n",
+            "expected a positive number, got 0 @ supervisor.restart_backoff.base",
         ),
         (
             "[providers.telegram]\nmax_connections = -1\n",
@@ -705,8 +705,8 @@ def test_secret_values_never_appear_in_the_error() -> None:
             "@ emulators.simulated",
         ),
         (
-            "[supervisor.restart_backoff]\nmax = 0.05\n",
-            "max (0.05) is below min (0.1): the longest delay cannot be shorter than the first "
+            "[supervisor.restart_backoff]\ncap = 0.05\n",
+            "cap (0.05) is below base (0.1): the longest delay cannot be shorter than the first "
             "@ supervisor.restart_backoff",
         ),
         (
@@ -753,8 +753,8 @@ def test_one_problem(text: str, expected: str) -> None:
             'unknown key "prot"; did you mean "port"? @ emulators.telegram',
         ),
         (
-            "[supervisor.restart_backoff]\nmaxx = 1\n",
-            'unknown key "maxx"; did you mean "max"? @ supervisor.restart_backoff',
+            "[supervisor.restart_backoff]\ncapp = 1\n",
+            'unknown key "capp"; did you mean "cap"? @ supervisor.restart_backoff',
         ),
         (
             "[ops]\nzzz = 1\n",
@@ -1034,3 +1034,39 @@ def test_the_repository_config_files_load(path: Path) -> None:
     assert config.source == str(path)
     assert len({channel.id for channel in config.channels}) == len(config.channels)
     assert set(env.values()) >= set(config.resolved_secrets)
+
+
+# --- one backoff vocabulary: the old keys are read, and reported as deprecated ----------
+
+
+def test_deprecated_backoff_keys_are_read_under_their_new_names() -> None:
+    config = parse_config(
+        "[supervisor.restart_backoff]\nmin = 0.5\nmax = 9\n"
+        "[providers.simulated]\nbackoff = { stable_after = 12 }\n"
+        + SIM
+        + "backoff = { stable_after = 3 }\n"
+    )
+    assert config.supervisor.restart_backoff.base == 0.5
+    assert config.supervisor.restart_backoff.cap == 9.0
+    assert config.providers["simulated"].backoff.reset_after == 12.0
+    assert config.channels[0].backoff is not None
+    assert config.channels[0].backoff.reset_after == 3.0
+    assert config.deprecations == (
+        "supervisor.restart_backoff.min is deprecated: call it 'base' "
+        "(read as supervisor.restart_backoff.base)",
+        "supervisor.restart_backoff.max is deprecated: call it 'cap' "
+        "(read as supervisor.restart_backoff.cap)",
+        "providers.simulated.backoff.stable_after is deprecated: call it 'reset_after' "
+        "(read as providers.simulated.backoff.reset_after)",
+        "channels[0].backoff.stable_after is deprecated: call it 'reset_after' "
+        "(read as channels[0].backoff.reset_after)",
+    )
+
+
+def test_a_deprecated_key_beside_its_new_name_is_a_problem() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config("[supervisor.restart_backoff]\nmin = 0.5\nbase = 0.2\n")
+    assert [str(p) for p in raised.value.problems] == [
+        "both 'min' and 'base' are set; 'min' is the deprecated name of 'base': keep only "
+        "'base' @ supervisor.restart_backoff.min"
+    ]

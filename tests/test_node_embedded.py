@@ -37,7 +37,7 @@ FAST = ChannelSettings(
     reconnect=ExponentialBackoff(base=0.05, cap=0.2),
     send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
     connect_wait=5.0,
-    inbound_flush=0.05,
+    inbound_retry=0.05,
 )
 
 
@@ -341,13 +341,13 @@ async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_chann
             ) as node:
                 await wait_connected(node, 1)
                 provider.inject("a", "while the store is down")
-                await trio.sleep(FAST.inbound_flush * 3.5)  # every flush refused
+                await trio.sleep(FAST.inbound_retry * 3.5)  # every flush refused
                 assert store.refused >= 3
                 snapshot = node.channels()[0]
                 assert snapshot.status is ChannelStatus.CONNECTED
                 assert snapshot.statistics is not None and snapshot.statistics.restarts == 0
                 store.down = False
-                await trio.sleep(FAST.inbound_flush * 2)
+                await trio.sleep(FAST.inbound_retry * 2)
                 await inner.flush()
                 saved = await inner.recent_inbound("a")
                 assert [e.text for e in saved] == ["while the store is down"]

@@ -304,7 +304,7 @@ async def test_child_administration_errors(autojump_clock: Any) -> None:
 
 async def test_restarting_child_refuses_restart_and_delete(autojump_clock: Any) -> None:
     journal = Journal()
-    backoff = RestartBackoff(min_delay=10.0, max_delay=10.0, random_factor=0.0)
+    backoff = RestartBackoff(base=10.0, cap=10.0, random_factor=0.0)
     async with open_actor_system() as system:
         async with open_supervisor(
             system, [worker("a", journal)], restart_backoff=backoff, intensity=5
@@ -593,7 +593,7 @@ async def test_child_stuck_restarting_can_be_terminated(autojump_clock: Any) -> 
     journal = Journal()
     FailsAfterFirstStart.starts = 0
     spec = ChildSpec(id="f", start=lambda: FailsAfterFirstStart(journal))
-    backoff = RestartBackoff(min_delay=1.0, max_delay=8.0, random_factor=0.0)
+    backoff = RestartBackoff(base=1.0, cap=8.0, random_factor=0.0)
     async with open_actor_system() as system:
         async with open_supervisor(
             system, [spec], intensity=100, period=1000.0, restart_backoff=backoff
@@ -622,7 +622,7 @@ async def test_restart_backoff_grows_and_resets_after_stable_period(autojump_clo
         def on_start(self) -> None:
             starts.append(trio.current_time())
 
-    backoff = RestartBackoff(min_delay=1.0, max_delay=4.0, random_factor=0.0, reset_after=30.0)
+    backoff = RestartBackoff(base=1.0, cap=4.0, random_factor=0.0, reset_after=30.0)
     spec = ChildSpec(id="c", start=lambda: Timed("c", Journal()))
     async with open_actor_system() as system:
         async with open_supervisor(
@@ -635,7 +635,7 @@ async def test_restart_backoff_grows_and_resets_after_stable_period(autojump_clo
                 ref.tell("crash")
                 await trio.sleep(5.0)
             delays = [start - crash for crash, start in zip(crashes, starts[1:], strict=True)]
-            assert delays == [1.0, 2.0, 4.0, 4.0]  # doubling, capped at max_delay
+            assert delays == [1.0, 2.0, 4.0, 4.0]  # doubling, capped at cap
             await trio.sleep(30.0)  # stable for reset_after: the count starts over
             crash = trio.current_time()
             ref.tell("crash")

@@ -42,7 +42,7 @@ from .model import Check, NodeConfig
 __all__ = ["CONVERTER", "load_config", "parse_config"]
 
 _LOADER_FIELDS: Final[Mapping[type, frozenset[str]]] = {
-    NodeConfig: frozenset({"source", "resolved_secrets"})
+    NodeConfig: frozenset({"source", "resolved_secrets", "deprecations"})
 }
 """Fields the loader sets, which a file may not."""
 
@@ -97,13 +97,16 @@ def parse_config(
     Raises:
         ConfigError: every problem found, in file order.
     """
-    written = _parse_toml(data, source) if isinstance(data, str) else data
-    if not isinstance(written, Mapping):
+    parsed = _parse_toml(data, source) if isinstance(data, str) else data
+    if not isinstance(parsed, Mapping):
         raise ConfigError(source, [ConfigProblem("", "expected a table of settings")])
+    # Deprecated keys are read under their new names from here on.
+    written, renamed, deprecations = rules.renamed_keys(parsed)
     resolution = refs.resolve(
         written, os.environ if env is None else env, secret=rules.holds_secret
     )
     found = [ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems]
+    found.extend(renamed)
     config, problems = _structure(resolution.doc)
     for rule in rules.WRITTEN_RULES:
         problems.extend(rule(written))
@@ -115,7 +118,12 @@ def parse_config(
     if found or config is None:
         secrets = {*resolution.secrets, *_secret_values(written), *_secret_values(resolution.doc)}
         raise ConfigError(source, _scrubbed(_in_file_order(found, written), secrets))
-    return attrs.evolve(config, source=source, resolved_secrets=resolution.secrets)
+    return attrs.evolve(
+        config,
+        source=source,
+        resolved_secrets=resolution.secrets,
+        deprecations=tuple(deprecations),
+    )
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:

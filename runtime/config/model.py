@@ -223,17 +223,21 @@ class RateLimitConfig:
 class BackoffConfig:
     """Reconnect backoff overrides (full jitter; unset: the defaults).
 
+    The keys are the backoff vocabulary every retry loop shares (see
+    ``[supervisor] restart_backoff``); ``stable_after`` is the deprecated
+    name of ``reset_after``.
+
     Attributes:
         base: seconds before the first retry (before jitter).
         cap: the longest wait.
-        stable_after: seconds connected before the backoff starts over.
+        reset_after: seconds connected before the backoff starts over.
         max_attempts: give up (channel FAILED) after this many failed
             connects in a row; unset retries forever.
     """
 
     base: float | None = attrs.field(default=None, validator=POSITIVE)
     cap: float | None = attrs.field(default=None, validator=POSITIVE)
-    stable_after: float | None = attrs.field(default=None, validator=POSITIVE)
+    reset_after: float | None = attrs.field(default=None, validator=POSITIVE)
     max_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
 
 
@@ -265,15 +269,21 @@ class ProviderDefaults:
 class RestartBackoffConfig:
     """Delay between restarts of a crashed channel actor (Akka-style).
 
+    The same vocabulary as a channel's reconnect ``backoff``; ``min`` and
+    ``max`` are the deprecated names of ``base`` and ``cap``.
+
     Attributes:
-        min: first delay, seconds.
-        max: longest delay, seconds.
+        base: first delay, seconds.
+        cap: longest delay before jitter, seconds.
         random_factor: jitter as a fraction of the delay.
+        reset_after: seconds a restarted channel must stay up before the
+            delays start over from ``base``.
     """
 
-    min: float = attrs.field(default=0.1, validator=POSITIVE)
-    max: float = attrs.field(default=30.0, validator=POSITIVE)
+    base: float = attrs.field(default=0.1, validator=POSITIVE)
+    cap: float = attrs.field(default=30.0, validator=POSITIVE)
     random_factor: float = attrs.field(default=0.2, validator=FRACTION)
+    reset_after: float = attrs.field(default=60.0, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -366,6 +376,8 @@ class NodeConfig:
         resolved_secrets: the values of ``${env:NAME}`` references resolved
             inside secret fields (the password inside a DSN, say), so logs
             can scrub them even where they appear without the rest.
+        deprecations: one line per deprecated key the file uses (read under
+            its new name), for ``check`` to print and ``run`` to log.
     """
 
     node: NodeSection = attrs.field(factory=NodeSection)
@@ -379,6 +391,7 @@ class NodeConfig:
     channels: list[ChannelSpec] = attrs.field(factory=list)
     source: str = "<string>"
     resolved_secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
+    deprecations: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
         """Every secret value in the config, for log redaction."""

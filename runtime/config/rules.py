@@ -31,6 +31,7 @@ from .refs import Path, dotted, has_reference, walk
 
 __all__ = [
     "CREDENTIALS",
+    "DEPRECATED_KEYS",
     "REQUIRED_OPTIONS",
     "RULES",
     "SECRET_FIELDS",
@@ -43,6 +44,7 @@ __all__ = [
     "is_secret",
     "known_providers",
     "literal_secrets",
+    "renamed_keys",
     "storage_dsn",
     "unique_channel_ids",
     "unknown_name",
@@ -262,7 +264,7 @@ def consistent_limits(doc: Mapping[str, Any]) -> list[ConfigProblem]:
 
     ``per_peer_per_second <= per_second``, ``per_peer_burst <= burst``,
     backoff ``base <= cap``, and the supervisor's restart backoff
-    ``min <= max``. A pair is checked where one of its values is written:
+    ``base <= cap``. A pair is checked where one of its values is written:
     in ``[providers.X]`` alone, or in a channel over its provider's values.
     """
     problems = []
@@ -277,11 +279,11 @@ def consistent_limits(doc: Mapping[str, Any]) -> list[ConfigProblem]:
             _ordered_pairs(channel, under, ("channels", index), f"providers.{provider}")
         )
     restart = _table(_table(doc, "supervisor"), "restart_backoff")
-    low = _number(restart.get("min", RestartBackoffConfig().min))
-    high = _number(restart.get("max", RestartBackoffConfig().max))
+    low = _number(restart.get("base", RestartBackoffConfig().base))
+    high = _number(restart.get("cap", RestartBackoffConfig().cap))
     if restart and _misordered(low, high):
         message = (
-            f"max ({_num(high)}) is below min ({_num(low)}): the longest delay cannot be "
+            f"cap ({_num(high)}) is below base ({_num(low)}): the longest delay cannot be "
             "shorter than the first"
         )
         problems.append(ConfigProblem("supervisor.restart_backoff", message))
@@ -308,6 +310,73 @@ def _ordered_pairs(
             message = f"{shown[0]} is above {shown[1]}: {why}"
             problems.append(ConfigProblem(dotted((*path, section)), message))
     return problems
+
+
+# (where, old key, new key): keys renamed when every backoff took one vocabulary.
+DEPRECATED_KEYS: Final[tuple[tuple[Path, str, str], ...]] = (
+    (("supervisor", "restart_backoff"), "min", "base"),
+    (("supervisor", "restart_backoff"), "max", "cap"),
+    (("providers", "*", "backoff"), "stable_after", "reset_after"),
+    (("channels", "*", "backoff"), "stable_after", "reset_after"),
+)
+
+
+def renamed_keys(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigProblem], list[str]]:
+    """The file with its deprecated keys read under their new names.
+
+    Returns:
+        ``(doc, problems, notices)``: a copy of ``doc`` with each deprecated
+        key renamed in place (its position kept), a problem for each table
+        that sets both names, and one notice per deprecated key found.
+    """
+    out = _copy_tables(doc)
+    problems: list[ConfigProblem] = []
+    notices: list[str] = []
+    for where, old, new in DEPRECATED_KEYS:
+        for path, table in _tables_at(out, where, ()):
+            if old not in table:
+                continue
+            at = dotted(path)
+            if new in table:
+                problems.append(
+                    ConfigProblem(
+                        f"{at}.{old}",
+                        f"both {old!r} and {new!r} are set; {old!r} is the deprecated "
+                        f"name of {new!r}: keep only {new!r}",
+                    )
+                )
+                del table[old]  # reported once, here, not again as an unknown key
+                continue
+            notices.append(f"{at}.{old} is deprecated: call it {new!r} (read as {at}.{new})")
+            items = [(new if key == old else key, value) for key, value in table.items()]
+            table.clear()
+            table.update(items)
+    return out, problems, notices
+
+
+def _copy_tables(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {key: _copy_tables(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_copy_tables(value) for value in node]
+    return node
+
+
+def _tables_at(node: Any, where: Path, path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    if not where:
+        if isinstance(node, dict):
+            yield path, node
+        return
+    head, rest = where[0], where[1:]
+    if head == "*":
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from _tables_at(value, rest, (*path, key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                yield from _tables_at(value, rest, (*path, index))
+    elif isinstance(node, dict) and head in node:
+        yield from _tables_at(node[head], rest, (*path, head))
 
 
 RULES: Final[tuple[Rule, ...]] = (

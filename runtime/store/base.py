@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from providers.base import ConnectionStateChanged, Event, OutboundMessage
+from providers.groups import lone_exception, reraise
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
@@ -414,13 +415,6 @@ class BatchingStore(abc.ABC):
         """See :meth:`Store.recent_inbound`."""
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The one exception inside nested one-element groups (the nurseries' wrapping)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 @asynccontextmanager
 async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
     """Open the store the config names, for the duration of the block.
@@ -457,15 +451,10 @@ async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
             async with open_memory_store(config) as memory_store:
                 yield memory_store
     except BaseExceptionGroup as group:
-        lone = _unwrap(group)
+        lone = lone_exception(group)
         if lone is group:
             raise
     if lone is not None:
-        # Raised outside the except clause with its own context kept, so it is
-        # exactly the exception that was raised, not chained to the group.
-        context = lone.__context__
-        try:
-            raise lone
-        finally:
-            lone.__context__ = context
-            del lone, context
+        # Raised outside the except clause, so it is exactly the exception
+        # that was raised, not chained to the group.
+        reraise(lone)

@@ -20,19 +20,21 @@ import trio
 
 from providers.base import OutboundMessage, PlatformLimits, SessionState
 
-from .backoff import Backoff, ExponentialBackoff
-from .breaker import CircuitBreaker
-from .ratelimit import GCRA, CompositeLimiter, KeyedLimiter
+from ..backoff import Backoff, ExponentialBackoff
+from ..breaker import CircuitBreaker
+from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
 
 __all__ = [
     "ChannelMemory",
     "ChannelSettings",
+    "ChannelStateChanged",
     "ChannelStatistics",
     "ChannelStatus",
     "DeadLetterQueue",
     "EventReceiver",
     "OutboundDeadLetter",
     "RecentIds",
+    "channel_statistics",
 ]
 
 DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
@@ -66,12 +68,33 @@ class ChannelStatus(enum.Enum):
 
 
 @attrs.frozen(kw_only=True)
+class ChannelStateChanged:
+    """Published to subscribers whenever the channel's status changes.
+
+    Attributes:
+        channel_id: the channel.
+        status: the new status.
+        previous: the status before.
+        reason: why (the error, as text), if any.
+        attempt: consecutive reconnect failures so far.
+        delay: seconds until the next connect, when backing off.
+    """
+
+    channel_id: str
+    status: ChannelStatus
+    previous: ChannelStatus
+    reason: str | None = None
+    attempt: int = 0
+    delay: float | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ChannelSettings:
     """How a channel reconnects, sends and remembers.
 
     Attributes:
         reconnect: the reconnect backoff policy (full jitter by default).
-        stable_after: seconds a connection must last before the reconnect
+        reset_after: seconds a connection must last before the reconnect
             backoff starts over.
         max_reconnects: give up (FAILED) after this many consecutive failed
             connects; ``None`` retries forever.
@@ -85,15 +108,15 @@ class ChannelSettings:
         breaker_threshold: consecutive send failures that open the breaker.
         breaker_reset: seconds the breaker stays open before a trial.
         dedupe_window: inbound platform ids remembered.
-        inbound_batch: inbound events handed to the sink at once.
-        inbound_flush: seconds before a partial batch is handed over.
-        subscriber_buffer: events buffered per subscriber before dropping.
+        inbound_retry: seconds between tries to hand inbound events to a
+            sink that refused them (the store is down); meanwhile the
+            channel reads no more from the platform.
     """
 
     reconnect: ExponentialBackoff = attrs.field(
         factory=lambda: ExponentialBackoff(base=0.5, cap=60.0)
     )
-    stable_after: float = 60.0
+    reset_after: float = 60.0
     max_reconnects: int | None = None
     liveness_timeout: float | None = None
     limits: PlatformLimits | None = None
@@ -105,9 +128,7 @@ class ChannelSettings:
     breaker_threshold: int = 5
     breaker_reset: float = 30.0
     dedupe_window: int = DEFAULT_DEDUPE_WINDOW
-    inbound_batch: int = 100
-    inbound_flush: float = 0.5
-    subscriber_buffer: int = 1_000
+    inbound_retry: float = 0.5
 
 
 @attrs.frozen(kw_only=True)
@@ -277,7 +298,7 @@ class ChannelMemory:
         self.backoff = Backoff(
             settings.reconnect,
             max_attempts=settings.max_reconnects,
-            reset_after=settings.stable_after,
+            reset_after=settings.reset_after,
             rng=self.rng,
         )
         self.breaker = CircuitBreaker(
@@ -287,7 +308,8 @@ class ChannelMemory:
         self.seen = RecentIds(settings.dedupe_window)
         self.dead_letters = DeadLetterQueue()
         self.subscribers: list[tuple[EventReceiver, Any]] = []
-        # Inbound events not yet handed to the sink: kept here so a kill loses none.
+        # Inbound events the sink refused (the store is down), oldest first:
+        # kept here so a kill loses none, and handed over before newer ones.
         self.pending: list[Any] = []
         self.status = ChannelStatus.IDLE
         self.connected_since: float | None = None
@@ -309,3 +331,25 @@ class ChannelMemory:
             ),
             0,
         )
+
+
+def channel_statistics(channel_id: str, provider: str, memory: ChannelMemory) -> ChannelStatistics:
+    """A snapshot of a channel, from its memory (valid between incarnations too)."""
+    counters = memory.counters
+    return ChannelStatistics(
+        channel_id=channel_id,
+        provider=provider,
+        status=memory.status,
+        reconnect_attempt=memory.backoff.failures,
+        connected_since=memory.connected_since,
+        sent=counters["sent"],
+        send_failures=counters["send_failures"],
+        received=counters["received"],
+        duplicates=counters["duplicates"],
+        reconnects=counters["reconnects"],
+        rate_limit_waits=counters["rate_limit_waits"],
+        dead_letters=len(memory.dead_letters),
+        subscriber_drops=counters["subscriber_drops"],
+        restarts=max(0, memory.incarnations - 1),
+        last_error=memory.last_error,
+    )

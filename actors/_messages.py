@@ -1,0 +1,141 @@
+"""The kernel's own messages: pending asks and the system lane's vocabulary.
+
+Design: a message in a mailbox is either the user's object, a pending
+:class:`Ask` (the user's object and the task waiting for the answer), or, in
+the system lane, one of the kernel's signals: :class:`Stop`, ``RESTART``,
+:class:`Status` and :class:`ChildExited`. They are tested by ``type(x) is``
+on the hot paths, so none is subclassed.
+
+An answer travels to the asking task as an ``outcome``, the way trio resumes
+tasks: ``outcome.Value`` for a reply, ``outcome.Error`` for a refusal or a
+failure. A handler refuses a request by returning ``outcome.Error(exc)``
+(see ``Actor.receive``): the asker gets ``exc`` raised, and the actor carries
+on. That is the one way a refusal crosses an ``ask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Final
+
+import outcome
+from trio.lowlevel import reschedule
+
+if TYPE_CHECKING:
+    from .actor import Exit
+    from .ref import ActorRef
+
+__all__ = ["RESTART", "Ask", "ChildExited", "Parent", "Restart", "Status", "Stop"]
+
+
+class Ask:
+    """A message waiting for an answer, and the task waiting for it."""
+
+    __slots__ = ("msg", "task")
+
+    def __init__(self, msg: Any, task: Any) -> None:
+        self.msg = msg
+        self.task = task  # None once answered or abandoned
+
+    def reply(self, value: Any) -> None:
+        """Answer with ``value``; an ``outcome.Error`` is raised in the asker."""
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task, value if type(value) is outcome.Error else outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        """Raise ``error`` in the asker."""
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task, outcome.Error(error))
+
+
+class Stop:
+    """End the incarnation with ``exit`` (overtakes user messages)."""
+
+    __slots__ = ("exit",)
+
+    def __init__(self, exit: Exit) -> None:
+        self.exit = exit
+
+
+class Restart:
+    """End the incarnation and start a new one in place."""
+
+    __slots__ = ()
+
+
+class Status:
+    """Answer ``ask`` with the actor's status, taken inside it."""
+
+    __slots__ = ("ask",)
+
+    def __init__(self, ask: Ask) -> None:
+        self.ask = ask
+
+
+class ChildExited:
+    """System message to a parent: one incarnation of a child ended.
+
+    Attributes:
+        child: the child's ref, waiting in ``RESTARTING`` for the decision.
+        exit: how the incarnation ended.
+        incarnation: which incarnation ended (a stale exit names an older one).
+    """
+
+    __slots__ = ("child", "exit", "incarnation")
+
+    def __init__(self, child: ActorRef, exit: Exit, incarnation: int) -> None:
+        self.child = child
+        self.exit = exit
+        self.incarnation = incarnation
+
+    def __repr__(self) -> str:
+        return f"<ChildExited {self.child!r} incarnation={self.incarnation} {self.exit}>"
+
+
+RESTART: Final = Restart()
+
+
+class Parent:
+    """What the kernel asks of an actor that supervises children.
+
+    Mix it into an :class:`~actors.Actor` subclass (a supervisor does) and
+    pass the actor's ref as ``parent=`` when spawning children. When a
+    child's incarnation ends, the kernel leaves the child ``RESTARTING`` and
+    tells the parent, which decides: start a new incarnation
+    (``lowlevel.start_incarnation``) or end the child for good
+    (``lowlevel.terminate``). A parent that is not a ``Parent`` cannot
+    decide, and the kernel terminates such children itself.
+
+    A parent needs a task of its own (an async hook), because deciding may
+    mean awaiting a start.
+    """
+
+    __slots__ = ()
+
+    def child_exited(self, msg: ChildExited) -> Awaitable[None] | None:
+        """A child's incarnation ended; handled in order with the system lane.
+
+        Runs in the parent's task, before any queued user message.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement child_exited")
+
+    def child_exited_now(self, child: ActorRef, exit: Exit, incarnation: int) -> bool:
+        """Decide a child's exit at the crash site, without awaiting.
+
+        Called only while the parent is idle (nothing queued, no handler
+        running), so deciding here is what the queued path would do next,
+        minus a task switch. Return False to have the exit queued as a
+        :class:`ChildExited` instead (the default).
+        """
+        return False
+
+    def kill_children(self) -> None:
+        """The parent is being killed: take the children down with it.
+
+        OTP's linked processes die with a killed supervisor; use
+        ``lowlevel.kill_linked`` on each child.
+        """

@@ -1,0 +1,237 @@
+"""ChannelActor: one long-lived connection to a chat platform, as an actor.
+
+Design:
+- The actor owns the connection's lifecycle and the requests made to it;
+  its three halves live beside it, one concept each: the connection loop
+  (``connection``), the send path (``send``) and the inbound path
+  (``inbound``). The product talks to it through ``ChannelRef`` (``handle``).
+- Everything that must survive a crash lives in a ``ChannelMemory`` the
+  factory closes over (``state``): limiters, backoff, breaker, session,
+  dedupe window, dead letters, subscribers, events the store refused.
+- Sends are messages, handled one at a time in order; a refusal travels back
+  to the asker as ``outcome.Error`` (the kernel raises it there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import outcome
+import trio
+
+from providers.base import ChannelConfig, Connection, OutboundMessage, PermanentSendError, Provider
+
+from ..actor import Actor, Exit
+from ..errors import ChannelFailed, ChannelUnavailable, SendFailed
+from .connection import ConnectionLoop
+from .inbound import InboundPath, InboundSink
+from .send import SendPath
+from .state import (
+    ChannelMemory,
+    ChannelSettings,
+    ChannelStateChanged,
+    ChannelStatistics,
+    ChannelStatus,
+    channel_statistics,
+)
+
+__all__ = ["ChannelActor", "ListDeadLetters", "ReplayDeadLetters", "Send"]
+
+log = logging.getLogger("switchboard.channels")
+
+
+@attrs.frozen
+class Send:
+    """Ask a channel to send ``message``; the reply is its ``SendResult``."""
+
+    message: OutboundMessage
+
+
+@attrs.frozen
+class ReplayDeadLetters:
+    """Resend dead letters (all, or the given ids); the reply is how many."""
+
+    ids: tuple[int, ...] | None = None
+
+
+@attrs.frozen
+class ListDeadLetters:
+    """The reply is the channel's dead letters, oldest first."""
+
+
+class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
+    """The connection actor of one channel.
+
+    Create it through :meth:`factory`, which makes the crash-surviving
+    memory once and hands it to every incarnation.
+    """
+
+    # A node runs ten thousand of these: no per-instance __dict__.
+    __slots__ = (
+        "_conn",
+        "_connected",
+        "_connection_scope",
+        "_failure",
+        "_stopping",
+        "config",
+        "memory",
+        "provider",
+        "settings",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        provider: Provider,
+        memory: ChannelMemory,
+        settings: ChannelSettings,
+        sink: InboundSink | None = None,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self.memory = memory
+        self.settings = settings
+        self.sink = sink
+        self._conn: Connection | None = None
+        self._connected: trio.Event | None = None  # made by a send that waits for a link
+        self._failure: BaseException | None = None
+        self._connection_scope: trio.CancelScope | None = None
+        self._stopping = False
+
+    @classmethod
+    def factory(
+        cls,
+        config: ChannelConfig,
+        provider: Provider,
+        *,
+        settings: ChannelSettings | None = None,
+        sink: InboundSink | None = None,
+        memory: ChannelMemory | None = None,
+    ) -> tuple[Callable[[], ChannelActor], ChannelMemory]:
+        """A start factory for a supervisor child spec, and the memory it shares.
+
+        Returns:
+            ``(factory, memory)``: call ``factory()`` for each incarnation.
+        """
+        settings = settings or ChannelSettings()
+        shared = memory or ChannelMemory(provider.limits, settings)
+
+        def start() -> ChannelActor:
+            return cls(config, provider, shared, settings, sink)
+
+        start.__name__ = cls.__name__
+        return start, shared
+
+    @property
+    def _log(self) -> logging.LoggerAdapter[logging.Logger]:
+        # Made when a line is logged, which is rare, rather than kept by each
+        # of ten thousand channels.
+        config = self.config
+        context = {"channel": config.channel_id, "tenant": config.tenant}
+        return logging.LoggerAdapter(log, {**context, "provider": self.provider.name})
+
+    def __repr__(self) -> str:
+        memory = self.memory
+        extra = ""
+        if memory.status is ChannelStatus.BACKING_OFF:
+            extra = f" attempt={memory.backoff.failures}"
+        elif memory.status is ChannelStatus.FAILED and memory.last_error:
+            extra = f" {memory.last_error}"
+        return (
+            f"<ChannelActor {self.provider.name}:{self.config.channel_id} "
+            f"[{memory.status.name}{extra}]>"
+        )
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self.memory.incarnations += 1
+        self.memory.current_ref = self.ref
+        if self.memory.status is ChannelStatus.FAILED:
+            # A failed channel stays failed across restarts; only an
+            # operator's explicit action (a new memory) revives it.
+            return
+        self.start_task(self._run)
+
+    async def _run(self) -> None:
+        if self.memory.pending:  # left by a killed incarnation: the store first
+            await self._hand_over(retry=True)
+        await self._run_connection()
+
+    async def on_stopping(self, exit: Exit) -> None:
+        # Close while the provider's own tasks still run, so the close
+        # handshake completes (Discord: 4000, which keeps the session).
+        await self._close_for_stop()
+
+    async def on_stop(self, exit: Exit) -> None:
+        await self._hand_over(retry=False)
+        if self.memory.status is not ChannelStatus.FAILED:
+            self._set_status(ChannelStatus.STOPPED, reason=str(exit))
+
+    def status(self) -> dict[str, Any]:
+        return attrs.asdict(self.statistics(), recurse=False)
+
+    def statistics(self) -> ChannelStatistics:
+        return channel_statistics(self.config.channel_id, self.provider.name, self.memory)
+
+    # --- status ---------------------------------------------------------------------
+
+    def _set_status(
+        self,
+        status: ChannelStatus,
+        *,
+        reason: str | None = None,
+        delay: float | None = None,
+    ) -> None:
+        memory = self.memory
+        previous = memory.status
+        memory.status = status
+        if reason is not None and status in (ChannelStatus.BACKING_OFF, ChannelStatus.FAILED):
+            memory.last_error = reason
+        memory.connected_since = trio.current_time() if status is ChannelStatus.CONNECTED else None
+        if status is ChannelStatus.CONNECTED and previous is not status:
+            self._log.info("%r: connected", self)
+        if previous is not status or status is ChannelStatus.BACKING_OFF:
+            self._publish(
+                ChannelStateChanged(
+                    channel_id=self.config.channel_id,
+                    status=status,
+                    previous=previous,
+                    reason=reason,
+                    attempt=memory.backoff.failures,
+                    delay=delay,
+                )
+            )
+
+    def _fail(self, error: BaseException) -> None:
+        if self.memory.status is ChannelStatus.FAILED:
+            return
+        if self._connection_scope is not None:
+            # Found by a send: the connection task must stop calling the platform too.
+            self._connection_scope.cancel()
+        self._failure = error
+        self._log.error("%r failed for good: %s", self, error)
+        self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
+        self._wake_senders()  # so that they see the failure
+
+    # --- requests -------------------------------------------------------------------
+
+    async def receive(self, msg: Any) -> Any:
+        kind = type(msg)
+        if kind is Send:
+            try:
+                return await self._send(msg.message)
+            except (ChannelFailed, ChannelUnavailable, SendFailed, PermanentSendError) as exc:
+                return outcome.Error(exc)
+        if kind is ListDeadLetters:
+            return self.memory.dead_letters.letters()
+        if kind is ReplayDeadLetters:
+            letters = self.memory.dead_letters.take(None if msg.ids is None else list(msg.ids))
+            for letter in letters:
+                self.ref.tell(Send(letter.message))
+            return len(letters)
+        raise TypeError(f"{self!r} got an unknown message {msg!r}")

@@ -1,0 +1,236 @@
+"""The connection loop: connect, read until the link ends, decide, reconnect.
+
+Design:
+- The loop runs in a task the actor owns: connect, read events until the
+  link ends, then decide by the error's class alone: ``RateLimited`` waits
+  exactly ``retry_after`` (not a failure), ``TransientError`` backs off with
+  full jitter (the count resets once a connection has been stable for
+  ``reset_after``), ``FatalError`` marks the channel FAILED and never
+  reconnects (a ban must not be hammered). A link that delivers nothing for
+  ``liveness_timeout`` is treated as dead.
+- At most :data:`CONNECTS_IN_FLIGHT` handshakes per provider run at once in
+  a node (a trio run); the others wait their turn, still CONNECTING, and
+  their connect timeout starts when their turn comes. Ten thousand channels
+  starting together, or coming back after a platform dropped them all, would
+  otherwise start ten thousand handshakes at once: the event loop then
+  serves each so slowly that most time out and retry, which multiplies the
+  work (measured: 6,630 wasted attempts for a storm of 10,000), and every
+  connected channel's sends stall meanwhile.
+- Sends wait here for a live link (``_live_connection``), up to
+  ``connect_wait``; a channel that failed for good refuses them at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+from trio.lowlevel import RunVar
+
+from providers.base import (
+    Connection,
+    Event,
+    FatalError,
+    ProviderError,
+    RateLimited,
+    TransientError,
+)
+
+from ..errors import ChannelFailed, ChannelUnavailable, RetriesExhausted
+from .state import ChannelStatus
+
+if TYPE_CHECKING:
+    from providers.base import ChannelConfig, Provider
+
+    from .state import ChannelMemory, ChannelSettings
+
+__all__ = ["CLOSE_GRACE", "CONNECTS_IN_FLIGHT", "ConnectionLoop"]
+
+CLOSE_GRACE: Final = 2.0  # seconds for a resumable close when the actor stops
+CONNECTS_IN_FLIGHT: Final = 64  # handshakes at once, per provider, per node
+
+_CONNECT_GATES: Final[RunVar[dict[str, trio.CapacityLimiter]]] = RunVar("connect_gates")
+
+
+def connect_gate(provider: str) -> trio.CapacityLimiter:
+    """The run's limiter of concurrent handshakes with ``provider``.
+
+    One per provider, so that a platform whose handshakes hang does not hold
+    up the channels of the others.
+    """
+    try:
+        gates = _CONNECT_GATES.get()
+    except LookupError:
+        gates = {}
+        _CONNECT_GATES.set(gates)
+    gate = gates.get(provider)
+    if gate is None:
+        gate = gates[provider] = trio.CapacityLimiter(CONNECTS_IN_FLIGHT)
+    return gate
+
+
+class ConnectionLoop:
+    """The connection half of a :class:`~actors.ChannelActor` (a mixin).
+
+    It owns the actor's ``_conn``, ``_connected`` and ``_connection_scope``,
+    and relies on the actor for ``_set_status``, ``_fail``, ``_log`` and the
+    inbound half's ``_on_event``.
+    """
+
+    # Empty slots, so the actor keeps no __dict__; hidden from mypy, which
+    # would otherwise refuse the actor's own slots assigned here.
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
+    config: ChannelConfig
+    provider: Provider
+    memory: ChannelMemory
+    settings: ChannelSettings
+    _conn: Connection | None
+    _connected: trio.Event | None
+    _connection_scope: trio.CancelScope | None
+    _failure: BaseException | None
+    _stopping: bool
+
+    if TYPE_CHECKING:
+
+        @property
+        def _log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+        def _set_status(
+            self, status: ChannelStatus, *, reason: str | None = None, delay: float | None = None
+        ) -> None: ...
+
+        def _fail(self, error: BaseException) -> None: ...
+
+        async def _on_event(self, event: Event) -> None: ...
+
+    async def _run_connection(self) -> None:
+        memory = self.memory
+        with trio.CancelScope() as self._connection_scope:
+            while not self._stopping:
+                self._set_status(ChannelStatus.CONNECTING)
+                wait: float
+                try:
+                    wait, reason = await self._connect_once()
+                except (FatalError, RetriesExhausted) as exc:
+                    self._fail(exc)
+                    return
+                if self._stopping:
+                    return
+                memory.counters["reconnects"] += 1
+                self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
+                self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
+                await trio.sleep(wait)
+
+    async def _connect_once(self) -> tuple[float, str]:
+        """One connection's life. Returns (seconds to wait, why) when it ends.
+
+        Raises:
+            FatalError: the platform refuses us for good.
+            RetriesExhausted: too many consecutive failed connects.
+        """
+        memory = self.memory
+        gate = connect_gate(self.provider.name)
+        await gate.acquire()
+        handshaking = True
+        try:
+            async with self.provider.open_connection(self.config, memory.session) as conn:
+                gate.release()  # connected: the next channel may start its handshake
+                handshaking = False
+                self._conn = conn
+                memory.backoff.connected(trio.current_time())
+                self._set_status(ChannelStatus.CONNECTED)
+                self._wake_senders()
+                try:
+                    await self._read(conn)
+                    error: ProviderError = TransientError("the platform closed the connection")
+                except TransientError as exc:
+                    error = exc
+                finally:
+                    self._conn = None
+                    memory.session = conn.session_state()
+                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                        await conn.close(resumable=True)
+        except RateLimited as exc:
+            memory.counters["rate_limit_waits"] += 1
+            return exc.retry_after, f"rate limited by the platform: {exc}"
+        except FatalError:
+            raise
+        except ProviderError as exc:
+            error = exc
+        finally:
+            if handshaking:
+                gate.release()
+        delay = memory.backoff.failure(trio.current_time())
+        return delay, f"{type(error).__name__}: {error}"
+
+    async def _read(self, conn: Connection) -> None:
+        """Handle events until the connection ends (returns) or breaks (raises)."""
+        liveness = self.settings.liveness_timeout
+        events = conn.events().__aiter__()
+        memory = self.memory
+        while True:
+            if liveness is None:  # no cancel scope per event when there is no timeout
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
+            else:
+                with trio.move_on_after(liveness) as scope:
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                if scope.cancelled_caught:
+                    raise TransientError(
+                        f"no event for {liveness} s (liveness timeout): "
+                        "treating the connection as dead"
+                    )
+            await self._on_event(event)
+            memory.session = conn.session_state()
+
+    async def _close_for_stop(self) -> None:
+        """Close the link resumably while the provider's tasks still run."""
+        self._stopping = True  # the connection loop must not reconnect now
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            self.memory.session = conn.session_state()
+            with trio.move_on_after(CLOSE_GRACE):
+                await conn.close(resumable=True)
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
+    # --- what sends wait for ------------------------------------------------------
+
+    def _wake_senders(self) -> None:
+        if self._connected is not None:
+            self._connected.set()
+            self._connected = None
+
+    def _raise_if_failed(self) -> None:
+        if self.memory.status is ChannelStatus.FAILED:
+            raise ChannelFailed(
+                f"channel {self.config.channel_id!r} has failed ({self.memory.last_error}) "
+                "and does not reconnect; fix the cause and restart it",
+                channel_id=self.config.channel_id,
+            ) from self._failure
+
+    async def _live_connection(self) -> Connection:
+        if self._conn is not None:  # the common case needs no cancel scope
+            return self._conn
+        wait = self.settings.connect_wait
+        with trio.move_on_after(wait):
+            while self._conn is None:
+                self._raise_if_failed()
+                if self._connected is None:
+                    self._connected = trio.Event()
+                await self._connected.wait()
+            return self._conn
+        raise ChannelUnavailable(
+            f"channel {self.config.channel_id!r} is {self.memory.status.value} and did not "
+            f"connect within {wait} s (last error: {self.memory.last_error})",
+            channel_id=self.config.channel_id,
+        )

@@ -1,0 +1,102 @@
+"""ChannelRef: the handle a product uses to talk to one channel.
+
+Design: the handle reads what it can without asking the actor (statistics
+from the channel's memory, the live connection) and asks for the rest
+(sends, dead letters). It follows the actor when a supervisor started anew
+from scratch gives the channel a new ref, through the memory's
+``current_ref``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from providers.base import Connection, OutboundMessage, SendResult
+
+from .. import lowlevel
+from ..ref import ActorRef
+from .actor import ChannelActor, ListDeadLetters, ReplayDeadLetters, Send
+from .state import ChannelMemory, ChannelStatistics, OutboundDeadLetter, channel_statistics
+
+__all__ = ["ChannelRef"]
+
+DEFAULT_SUBSCRIBER_BUFFER = 1_000  # events a subscriber may fall behind before losing some
+
+
+class ChannelRef:
+    """The handle a product uses to talk to one channel."""
+
+    def __init__(
+        self, ref: ActorRef, memory: ChannelMemory, channel_id: str, provider_name: str
+    ) -> None:
+        self._ref = ref
+        self.memory = memory
+        self.channel_id = channel_id
+        self.provider_name = provider_name
+
+    @property
+    def ref(self) -> ActorRef:
+        """The channel actor's ref; follows it if its supervisor started it anew."""
+        current: ActorRef | None = self.memory.current_ref
+        return current if current is not None else self._ref
+
+    def __repr__(self) -> str:
+        return f"<ChannelRef {self.channel_id} [{self.memory.status.name}]>"
+
+    async def send(self, message: OutboundMessage, *, timeout: float = 60.0) -> SendResult:  # noqa: ASYNC109
+        """Send and return once the platform accepted the message.
+
+        Raises:
+            MessageTooLong, BadRecipient, OutsideWindow (PermanentSendError):
+                the platform will never take it (dead-lettered, except a
+                too-long text, which is refused before sending).
+            SendFailed: transient failures outlasted the retries (dead-lettered).
+            ChannelFailed: the channel stopped for good.
+            ChannelUnavailable: it did not connect in time.
+            AskTimeout: no answer within ``timeout``.
+            MailboxFull: the channel's queue is full.
+            ActorDead: the channel was stopped for good before it answered.
+        """
+        result: SendResult = await self.ref.ask(Send(message), timeout=timeout)
+        return result
+
+    def subscribe(
+        self, *, buffer: int | None = None, accepts: Callable[[Any], bool] | None = None
+    ) -> trio.MemoryReceiveChannel[Any]:
+        """Inbound events, receipts and state changes, as a trio receive channel.
+
+        A subscriber that falls ``buffer`` events behind loses the newest
+        ones (counted in statistics); the channel never waits for it. Close
+        the receive channel to unsubscribe.
+        """
+        size = buffer if buffer is not None else DEFAULT_SUBSCRIBER_BUFFER
+        send, receive = trio.open_memory_channel[Any](size)
+        self.memory.subscribers.append((send, accepts))
+        return receive
+
+    async def dead_letters(self) -> list[OutboundDeadLetter]:
+        """The messages this channel gave up on, oldest first."""
+        letters: list[OutboundDeadLetter] = await self.ref.ask(ListDeadLetters())
+        return letters
+
+    async def replay_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Send dead letters again (all, or the given ids); returns how many."""
+        count: int = await self.ref.ask(ReplayDeadLetters(None if ids is None else tuple(ids)))
+        return count
+
+    @property
+    def connection(self) -> Connection | None:
+        """The live provider connection, or ``None`` while not connected.
+
+        For code that must hand the connection platform input from outside,
+        such as an HTTP server routing a WhatsApp or Telegram webhook to it.
+        """
+        inst = lowlevel.current_instance(self.ref)
+        return inst._conn if isinstance(inst, ChannelActor) else None
+
+    def statistics(self) -> ChannelStatistics:
+        """A snapshot of the channel; valid while it restarts, too."""
+        return channel_statistics(self.channel_id, self.provider_name, self.memory)

@@ -1,0 +1,251 @@
+"""The send path: one outbound message from the caller to the platform and back.
+
+Design:
+- The order of checks is fixed: length → rate limiters (per channel and per
+  peer; waiting never spends budget) → circuit breaker → a live connection
+  → a limiter token → the provider's send → the ``SendResult``.
+- What happens after an error is a pure decision, :func:`decide`, from the
+  error's class alone (as ``add_restart`` decides a supervisor's restart):
+  a ``RateLimited`` pauses the limiter for exactly ``retry_after`` and is not
+  a failure; a ``PermanentSendError`` is dead-lettered at once; a
+  ``FatalError`` fails the channel; any other ``ProviderError`` retries with
+  the send backoff until ``send_attempts`` is spent, then is dead-lettered.
+  The loop in :class:`SendPath` only applies decisions and sleeps.
+- A retry reuses the message's idempotency key, so a platform that
+  deduplicates never delivers it twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from providers.base import (
+    FatalError,
+    MessageTooLong,
+    OutboundMessage,
+    PermanentSendError,
+    ProviderError,
+    RateLimited,
+    RateLimitScope,
+    SendResult,
+)
+
+from ..backoff import BackoffPolicy
+from ..errors import ChannelFailed, CircuitOpen, SendFailed
+
+if TYPE_CHECKING:
+    from providers.base import ChannelConfig, Connection, Provider
+
+    from .state import ChannelMemory, ChannelSettings
+
+__all__ = ["SendAction", "SendDecision", "SendPath", "decide"]
+
+
+class SendAction(enum.Enum):
+    """What the send loop does after a failed attempt."""
+
+    PAUSE = "pause"
+    """The platform asked us to wait: hold the limiter, then try again (not a failure)."""
+    RETRY = "retry"
+    """A transient failure: wait ``delay``, then try again with the same key."""
+    DEAD_LETTER = "dead_letter"
+    """Give up on this message: dead-letter it and tell the caller."""
+    FAIL_CHANNEL = "fail_channel"
+    """The platform refuses the channel for good: dead-letter and stop the channel."""
+
+
+@attrs.frozen(kw_only=True)
+class SendDecision:
+    """The verdict on one failed attempt.
+
+    Attributes:
+        action: what to do.
+        delay: seconds before the next attempt (``RETRY``), or the pause
+            the platform asked for (``PAUSE``).
+        pause_peer: for ``PAUSE``, the one peer the pause covers; ``None``
+            pauses the whole channel.
+        breaker_failure: whether the circuit breaker counts a failure
+            (otherwise the attempt counts as a success for it: the platform
+            answered).
+    """
+
+    action: SendAction
+    delay: float = 0.0
+    pause_peer: str | None = None
+    breaker_failure: bool = False
+
+
+def decide(
+    error: ProviderError,
+    *,
+    peer: str,
+    attempts: int,
+    max_attempts: int,
+    backoff: BackoffPolicy,
+    rng: random.Random,
+) -> SendDecision:
+    """Decide what follows a failed send attempt, from the error's class alone.
+
+    Args:
+        error: what the provider raised.
+        peer: the message's recipient.
+        attempts: attempts made so far, this one included.
+        max_attempts: the most attempts a transient failure gets.
+        backoff: the delay policy between transient retries.
+        rng: the jitter source.
+
+    Returns:
+        The decision; the caller applies it.
+    """
+    if isinstance(error, RateLimited):
+        per_peer = error.scope is RateLimitScope.PEER
+        return SendDecision(
+            action=SendAction.PAUSE,
+            delay=error.retry_after,
+            pause_peer=(error.peer or peer) if per_peer else None,
+        )
+    if isinstance(error, PermanentSendError):
+        return SendDecision(action=SendAction.DEAD_LETTER)
+    if isinstance(error, FatalError):
+        return SendDecision(action=SendAction.FAIL_CHANNEL)
+    if attempts >= max_attempts:
+        return SendDecision(action=SendAction.DEAD_LETTER, breaker_failure=True)
+    return SendDecision(
+        action=SendAction.RETRY,
+        delay=backoff.compute(attempts, rng=rng),
+        breaker_failure=True,
+    )
+
+
+class SendPath:
+    """The send half of a :class:`~actors.ChannelActor` (a mixin).
+
+    It reads the actor's ``config``, ``provider``, ``memory`` and
+    ``settings``, and relies on the connection half for
+    ``_live_connection``, ``_raise_if_failed`` and ``_fail``.
+    """
+
+    # Empty slots, so the actor keeps no __dict__; hidden from mypy, which
+    # would otherwise refuse the actor's own slots assigned here.
+    if not TYPE_CHECKING:
+        __slots__ = ()
+
+    config: ChannelConfig
+    provider: Provider
+    memory: ChannelMemory
+    settings: ChannelSettings
+
+    if TYPE_CHECKING:
+
+        async def _live_connection(self) -> Connection: ...
+
+        def _raise_if_failed(self) -> None: ...
+
+        def _fail(self, error: BaseException) -> None: ...
+
+    def _check(self, message: OutboundMessage) -> None:
+        limit = self.memory.limits.max_text_length
+        caption = message.media.caption if message.media is not None else None
+        for field, text in (("text", message.text), ("caption", caption)):
+            if text is not None and len(text) > limit:
+                raise MessageTooLong(
+                    f"{field} of {len(text)} characters exceeds {self.provider.name}'s limit "
+                    f"of {limit} on channel {self.config.channel_id!r}; split the message",
+                    peer=message.peer,
+                )
+
+    async def _send(self, message: OutboundMessage) -> SendResult:
+        """Send until the platform accepts, or raise why it will not.
+
+        Raises:
+            PermanentSendError: the platform will never take it (dead-lettered,
+                except a too-long text, refused before sending).
+            ChannelFailed: the channel failed for good (dead-lettered).
+            SendFailed: transient failures outlasted the attempts (dead-lettered).
+            ChannelUnavailable: no connection within ``connect_wait``.
+        """
+        self._check(message)
+        memory = self.memory
+        limiter = memory.limiter
+        breaker = memory.breaker
+        peer = message.peer
+        attempts = 0
+        while True:
+            self._raise_if_failed()
+            now = trio.current_time()
+            delay = limiter.delay(now, key=peer)
+            if delay > 0:
+                memory.counters["rate_limit_waits"] += 1
+                await trio.sleep(delay)
+                continue
+            try:
+                breaker.allow(now)
+            except CircuitOpen as exc:
+                await trio.sleep_until(exc.retry_at)
+                continue
+            conn = await self._live_connection()
+            if not limiter.try_acquire(trio.current_time(), key=peer):
+                breaker.record_success(trio.current_time())  # release a trial slot
+                continue
+            attempts += 1
+            try:
+                result = await conn.send(message)
+            except ProviderError as exc:
+                verdict = decide(
+                    exc,
+                    peer=peer,
+                    attempts=attempts,
+                    max_attempts=self.settings.send_attempts,
+                    backoff=self.settings.send_backoff,
+                    rng=memory.rng,
+                )
+                await self._apply(verdict, exc, message, attempts)
+                continue
+            breaker.record_success(trio.current_time())
+            memory.counters["sent"] += 1
+            return result
+
+    async def _apply(
+        self, verdict: SendDecision, error: ProviderError, message: OutboundMessage, attempts: int
+    ) -> None:
+        """Carry out a decision: record it, then wait, or raise to the caller."""
+        memory = self.memory
+        now = trio.current_time()
+        action = verdict.action
+        if action is SendAction.FAIL_CHANNEL:
+            memory.dead_letters.add(message, error, attempts)
+            self._fail(error)
+            raise ChannelFailed(
+                f"channel {self.config.channel_id!r} failed while sending: {error}",
+                channel_id=self.config.channel_id,
+            ) from error
+        if verdict.breaker_failure:
+            memory.breaker.record_failure(now)
+        else:
+            memory.breaker.record_success(now)
+        if action is SendAction.PAUSE:
+            # Not a failure; the limiter wait it causes is counted on the way round.
+            until = now + verdict.delay
+            if verdict.pause_peer is not None:
+                memory.limiter.pause_until(until, key=verdict.pause_peer)
+            else:
+                memory.limiter.pause_until(until)
+            return
+        memory.counters["send_failures"] += 1
+        if action is SendAction.RETRY:
+            await trio.sleep(verdict.delay)
+            return
+        memory.dead_letters.add(message, error, attempts)
+        if isinstance(error, PermanentSendError):
+            raise error
+        raise SendFailed(
+            f"giving up on {message.idempotency_key!r} to {message.peer!r} after "
+            f"{attempts} attempts ({type(error).__name__}: {error}); it is in the "
+            "dead-letter queue",
+            channel_id=self.config.channel_id,
+        ) from error

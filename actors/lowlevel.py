@@ -1,0 +1,101 @@
+"""The kernel's low-level surface: what a supervisor does to the refs it owns.
+
+Design: as ``trio.lowlevel`` is to trio, this module is the documented,
+stable contract between the actor kernel and the layer above it
+(``supervisors``). A parent implements :class:`Parent`; the kernel calls it
+when a child's incarnation ends, and the parent answers with the calls
+below. Nothing above the kernel touches a ref's private members.
+
+The lifecycle of a supervised ref, in these terms::
+
+    spawn(parent=...) ─► running ─(exit)─► RESTARTING ─► parent decides:
+                                              │ start_incarnation(ref)  (new incarnation, same ref)
+                                              └ terminate(ref, exit)    (for good)
+
+- :func:`start_incarnation` / :func:`start_incarnation_nowait` start a new
+  incarnation on a ref that is between incarnations (``RESTARTING``);
+- :func:`stop_incarnation` ends the running incarnation on the parent's
+  behalf (OTP's shutdown: a stop request, a bounded wait, then a kill) and
+  leaves the ref ``RESTARTING`` without telling the parent;
+- :func:`kill_incarnation` ends it at once (the parent is told, as after a
+  crash); :func:`kill_linked` kills it for a parent that is itself dying;
+- :func:`terminate` ends the ref for good: queued asks fail with
+  ``ActorDead``, queued tells go to the dead letters, the name is freed;
+- :func:`request_stop` asks an incarnation to end after its current message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._incarnation import kill as kill_incarnation
+from ._incarnation import (
+    kill_linked,
+    new_instance,
+    request_stop,
+    terminate,
+)
+from ._incarnation import start as start_incarnation
+from ._incarnation import start_nowait as start_incarnation_nowait
+from ._incarnation import stop as stop_incarnation
+from ._messages import ChildExited, Parent
+from .actor import Actor, Exit
+from .ref import ActorRef
+from .system import ActorSystem
+
+__all__ = [
+    "ChildExited",
+    "Parent",
+    "current_instance",
+    "kill_incarnation",
+    "kill_linked",
+    "last_exit",
+    "mailbox_depth",
+    "needs_task",
+    "new_instance",
+    "request_stop",
+    "runs_in_task",
+    "start_incarnation",
+    "start_incarnation_nowait",
+    "start_system_task",
+    "stop_incarnation",
+    "terminate",
+]
+
+
+def needs_task(inst: Actor) -> bool:
+    """Whether ``inst`` runs in a task of its own (it has an async hook).
+
+    Such an incarnation is started with :func:`start_incarnation` (which
+    awaits its ``on_start``), never :func:`start_incarnation_nowait`.
+    """
+    return inst._needs_task
+
+
+def runs_in_task(ref: ActorRef) -> bool:
+    """Whether the current (or last) incarnation of ``ref`` runs in a task."""
+    return ref._task_mode
+
+
+def current_instance(ref: ActorRef) -> Actor | None:
+    """The running incarnation's instance, or ``None`` between incarnations.
+
+    For introspection only: never call its hooks.
+    """
+    return ref._instance
+
+
+def last_exit(ref: ActorRef) -> Exit | None:
+    """How the most recent incarnation of ``ref`` ended, if one has."""
+    return ref._last_exit
+
+
+def mailbox_depth(ref: ActorRef) -> int:
+    """User messages queued for ``ref``, without building a statistics snapshot."""
+    return ref._mailbox.depth
+
+
+def start_system_task(system: ActorSystem, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    """Run ``fn(*args)`` as a task of ``system``: it ends when the system closes."""
+    system._nursery.start_soon(fn, *args)
