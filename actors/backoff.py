@@ -32,6 +32,7 @@ from typing import Final, Protocol
 
 import attrs
 
+from ._clock import check_time
 from .errors import RetriesExhausted
 
 __all__ = [
@@ -59,11 +60,6 @@ def _check_delay_bounds(base: float, cap: float) -> None:
         raise ValueError(f"base must be a finite number of seconds > 0, got {base!r}")
     if not (math.isfinite(cap) and cap >= base):
         raise ValueError(f"cap must be finite and >= base ({base!r}), got {cap!r}")
-
-
-def _check_time(now: float) -> None:
-    if not math.isfinite(now):
-        raise ValueError(f"now must be a finite clock reading in seconds, got {now!r}")
 
 
 def _check_failures(failures: int) -> None:
@@ -339,7 +335,7 @@ class Backoff:
         Raises:
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         if self._connected_at is None:
             self._connected_at = now
 
@@ -361,7 +357,7 @@ class Backoff:
                 :meth:`reset`.
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         if self._connected_at is not None:
             if now - self._connected_at >= self.reset_after:
                 self._failures = 0

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import attrs
 
+from ._clock import check_time
 from .errors import CircuitOpen
 
 __all__ = [
@@ -44,11 +45,6 @@ __all__ = [
 DEFAULT_FAILURE_THRESHOLD: Final = 5  # consecutive failures
 DEFAULT_RESET_TIMEOUT: Final = 30.0  # seconds
 DEFAULT_HALF_OPEN_MAX_CALLS: Final = 1  # concurrent trial calls
-
-
-def _check_time(now: float) -> None:
-    if not math.isfinite(now):
-        raise ValueError(f"now must be a finite clock reading in seconds, got {now!r}")
 
 
 class BreakerState(enum.Enum):
@@ -86,30 +82,17 @@ class CircuitBreakerState:
 
 
 @attrs.frozen(kw_only=True)
-class BreakerStatistics:
+class BreakerStatistics(CircuitBreakerState):
     """A snapshot of a breaker, as recorded (see :meth:`CircuitBreaker.current_state`).
 
+    Everything its :class:`CircuitBreakerState` holds (the recorded state,
+    ``retry_at``, the trial calls in flight and the counters), plus:
+
     Attributes:
-        state: the recorded state.
-        consecutive_failures: failures since the last success.
         failure_threshold: consecutive failures that open the breaker.
-        retry_at: see :attr:`CircuitBreakerState.retry_at`.
-        trials_in_flight: trial calls not yet reported.
-        successes: successes reported, ever.
-        failures: failures reported, ever.
-        rejections: calls refused, ever.
-        times_opened: transitions into OPEN, ever.
     """
 
-    state: BreakerState
-    consecutive_failures: int
     failure_threshold: int
-    retry_at: float | None
-    trials_in_flight: int
-    successes: int
-    failures: int
-    rejections: int
-    times_opened: int
 
 
 class CircuitBreaker:
@@ -181,16 +164,7 @@ class CircuitBreaker:
     @property
     def state(self) -> CircuitBreakerState:
         """A frozen snapshot to hand to a restarted owner's ``CircuitBreaker(state=...)``."""
-        return CircuitBreakerState(
-            state=self._state,
-            consecutive_failures=self._consecutive,
-            retry_at=self._retry_at,
-            trials_in_flight=self._trials,
-            successes=self._successes,
-            failures=self._failures,
-            rejections=self._rejections,
-            times_opened=self._times_opened,
-        )
+        return CircuitBreakerState(**self._recorded())
 
     def current_state(self, now: float) -> BreakerState:
         """Return the state as of ``now``, counting an elapsed OPEN timeout.
@@ -205,7 +179,7 @@ class CircuitBreaker:
         Raises:
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         if self._state is BreakerState.OPEN and self._due(now):
             return BreakerState.HALF_OPEN
         return self._state
@@ -224,7 +198,7 @@ class CircuitBreaker:
                 every trial slot taken; ``retry_at`` says when to come back.
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         if self._state is BreakerState.CLOSED:
             return
         if self._state is BreakerState.OPEN:
@@ -261,7 +235,7 @@ class CircuitBreaker:
         Raises:
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         self._successes += 1
         if self._state is BreakerState.OPEN:
             return
@@ -284,7 +258,7 @@ class CircuitBreaker:
         Raises:
             ValueError: if ``now`` is not finite.
         """
-        _check_time(now)
+        check_time(now)
         self._failures += 1
         if self._state is BreakerState.OPEN:
             return
@@ -297,17 +271,20 @@ class CircuitBreaker:
 
     def statistics(self) -> BreakerStatistics:
         """Return a frozen snapshot of the recorded state and the counters."""
-        return BreakerStatistics(
-            state=self._state,
-            consecutive_failures=self._consecutive,
-            failure_threshold=self.failure_threshold,
-            retry_at=self._retry_at,
-            trials_in_flight=self._trials,
-            successes=self._successes,
-            failures=self._failures,
-            rejections=self._rejections,
-            times_opened=self._times_opened,
-        )
+        return BreakerStatistics(failure_threshold=self.failure_threshold, **self._recorded())
+
+    def _recorded(self) -> dict[str, Any]:
+        """The fields of :class:`CircuitBreakerState`, as recorded now."""
+        return {
+            "state": self._state,
+            "consecutive_failures": self._consecutive,
+            "retry_at": self._retry_at,
+            "trials_in_flight": self._trials,
+            "successes": self._successes,
+            "failures": self._failures,
+            "rejections": self._rejections,
+            "times_opened": self._times_opened,
+        }
 
     def _due(self, now: float) -> bool:
         return self._retry_at is not None and now >= self._retry_at

@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -33,9 +32,9 @@ import trio
 from actors import Actor, open_actor_system
 
 from .kernel import gc_settled
+from .restart_clock import Crash, RestartClock
 
 __all__ = [
-    "CrashRecorder",
     "CrashyActor",
     "crash_actor",
     "crash_trio",
@@ -46,40 +45,10 @@ __all__ = [
 CRASH_TIMEOUT: Final = 60.0  # seconds the whole crash loop may take before it is a hang
 
 
-class _Crash(Exception):
-    """The deliberate failure of the crash workload."""
-
-
-class CrashRecorder:
-    """Crash and restart timestamps, shared by every incarnation of the child."""
-
-    def __init__(self) -> None:
-        self.starts = 0
-        self.crash_times: list[float] = []
-        self.restart_times: list[float] = []
-        self.restarted = trio.Event()
-
-    def on_start(self) -> None:
-        now = time.perf_counter()
-        self.starts += 1
-        if self.starts > 1:
-            self.restart_times.append(now)
-            self.restarted.set()
-
-    def crash(self) -> None:
-        self.crash_times.append(time.perf_counter())
-        raise _Crash("deliberate crash (benchmark)")
-
-    def latencies(self, last: int) -> list[float]:
-        """µs from each of the ``last`` crashes to the restart that followed."""
-        pairs = zip(self.crash_times[-last:], self.restart_times[-last:], strict=True)
-        return [(restart - crash) * 1e6 for crash, restart in pairs]
-
-
 class CrashyActor(Actor):
     """A plain child that crashes on every message."""
 
-    def __init__(self, recorder: CrashRecorder) -> None:
+    def __init__(self, recorder: RestartClock[trio.Event]) -> None:
         self.recorder = recorder
 
     def on_start(self) -> None:
@@ -109,7 +78,7 @@ def silenced_switchboard_logs() -> Iterator[None]:
 
 
 async def _drive_crashes(
-    tell: Callable[[], None], recorder: CrashRecorder, n: int, warmup: int
+    tell: Callable[[], None], recorder: RestartClock[trio.Event], n: int, warmup: int
 ) -> list[float]:
     with trio.fail_after(CRASH_TIMEOUT):
         for _ in range(warmup):
@@ -128,7 +97,7 @@ async def crash_actor(n: int) -> list[float]:
     """Crash-to-restarted latencies (µs) of a supervised plain actor."""
     from supervisors import ChildSpec, Strategy, open_supervisor
 
-    recorder = CrashRecorder()
+    recorder = RestartClock(trio.Event)
     spec = ChildSpec(id="c", start=functools.partial(CrashyActor, recorder))
     async with (
         open_actor_system() as system,
@@ -149,7 +118,7 @@ async def crash_actor(n: int) -> list[float]:
 
 async def crash_trio(n: int) -> list[float]:
     """Crash-to-restarted latencies (µs) of a trio supervisor loop."""
-    recorder = CrashRecorder()
+    recorder = RestartClock(trio.Event)
     send, recv = trio.open_memory_channel[str](math.inf)
 
     async def child() -> None:
@@ -162,7 +131,7 @@ async def crash_trio(n: int) -> list[float]:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(child)
-            except* _Crash:
+            except* Crash:
                 pass
 
     async with trio.open_nursery() as nursery:

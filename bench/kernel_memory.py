@@ -39,17 +39,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import tracemalloc
 from typing import Any, Final
 
-import psutil
 import trio
 import trio.testing
 
 from actors import Actor, MailboxConfig, open_actor_system
+
+from .memory_probe import finish, rss
 
 CAPACITY: Final = MailboxConfig().capacity  # messages; the default mailbox bound
 
@@ -65,11 +64,10 @@ _snapshots: list[tracemalloc.Snapshot] = []
 
 
 def _rss(*, final: bool = False) -> int:
-    gc.collect()
-    rss = int(psutil.Process().memory_info().rss)
+    value = rss()
     if final and tracemalloc.is_tracing():
         _snapshots.append(tracemalloc.take_snapshot())
-    return rss
+    return value
 
 
 def _finish(side: str, n: int, before: int, after: int, trace: int) -> None:
@@ -86,17 +84,7 @@ def _finish(side: str, n: int, before: int, after: int, trace: int) -> None:
             print(f"{stat.size / n:8.1f} B/actor  {stat.count:>8} blocks", file=sys.stderr)
             for line in stat.traceback.format(limit=4, most_recent_first=True):
                 print(f"        {line}", file=sys.stderr)
-    result = {
-        "side": side,
-        "n": n,
-        "rss_before": before,
-        "rss_after": after,
-        "bytes_per_actor": (after - before) / n,
-    }
-    print(json.dumps(result))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finish(side, n, before, after)
 
 
 async def measure_actors(n: int, trace: int) -> None:

@@ -32,6 +32,7 @@ import time
 from typing import Any, Final
 
 from .kernel import CAPACITY, gc_settled
+from .restart_clock import Crash, RestartClock
 
 __all__ = [
     "crash_asyncio",
@@ -140,43 +141,13 @@ async def spawn_stop_asyncio(n: int) -> tuple[float, float]:
     return n / (t1 - t0), t2 - t1
 
 
-class _Crash(Exception):
-    """The deliberate failure of the crash workload."""
-
-
-class _RestartClock:
-    """Crash and restart timestamps shared by every incarnation of the child."""
-
-    def __init__(self) -> None:
-        self.starts = 0
-        self.crash_times: list[float] = []
-        self.restart_times: list[float] = []
-        self.restarted = asyncio.Event()
-
-    def on_start(self) -> None:
-        now = time.perf_counter()
-        self.starts += 1
-        if self.starts > 1:
-            self.restart_times.append(now)
-            self.restarted.set()
-
-    def crash(self) -> None:
-        self.crash_times.append(time.perf_counter())
-        raise _Crash("deliberate crash (benchmark)")
-
-    def latencies(self, last: int) -> list[float]:
-        """µs from each of the ``last`` crashes to the restart that followed."""
-        pairs = zip(self.crash_times[-last:], self.restart_times[-last:], strict=True)
-        return [(restart - crash) * 1e6 for crash, restart in pairs]
-
-
 async def crash_asyncio(n: int) -> list[float]:
     """Crash-to-restarted latencies (µs) of an asyncio supervising coroutine.
 
     After ``min(n, 100)`` unrecorded crashes, ``n`` crashes are driven one at
     a time: put a message on the child's queue, wait for the restart.
     """
-    clock = _RestartClock()
+    clock = RestartClock(asyncio.Event)
     inbox: asyncio.Queue[str] = asyncio.Queue()
 
     async def child() -> None:
@@ -187,7 +158,7 @@ async def crash_asyncio(n: int) -> list[float]:
 
     async def supervisor() -> None:
         while True:
-            with contextlib.suppress(_Crash):
+            with contextlib.suppress(Crash):
                 await asyncio.create_task(child())
 
     async def crash_once() -> None:

@@ -29,38 +29,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import os
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-import psutil
-
 from actors import MailboxConfig
+
+from .memory_probe import finish, rss
 
 CAPACITY: Final = MailboxConfig().capacity  # messages; the default mailbox bound
 TIMEOUT: Final = 120.0  # seconds the N handled messages may take before it is a hang
-
-
-def _rss() -> int:
-    gc.collect()
-    return int(psutil.Process().memory_info().rss)
-
-
-def _finish(side: str, n: int, before: int, after: int) -> None:
-    """Print the result and end the process at once (see the module docstring)."""
-    result = {
-        "side": side,
-        "n": n,
-        "rss_before": before,
-        "rss_after": after,
-        "bytes_per_actor": (after - before) / n,
-    }
-    print(json.dumps(result))
-    sys.stdout.flush()
-    os._exit(0)
 
 
 class _Handled:
@@ -94,7 +73,7 @@ async def measure_asyncio(n: int) -> None:
     await warm_done.wait()
     all_done = asyncio.Event()
     handled = _Handled(n, all_done.set)
-    before = _rss()
+    before = rss()
     gc.freeze()  # the N creations below do not rescan the start-up heap
     for i in range(n):
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=CAPACITY)
@@ -104,10 +83,10 @@ async def measure_asyncio(n: int) -> None:
     # "all N handled" is "all N idle" once this task runs again.
     async with asyncio.timeout(TIMEOUT):
         await all_done.wait()
-    after = _rss()
+    after = rss()
     if warm_task.done():  # the loop holds tasks weakly: the locals keep them parked
         raise RuntimeError("the warm-up task ended; the measurement is void")
-    _finish("asyncio", n, before, after)
+    finish("asyncio", n, before, after)
 
 
 def measure_pykka(n: int) -> None:
@@ -128,7 +107,7 @@ def measure_pykka(n: int) -> None:
     warm_done.wait(TIMEOUT)
     all_done = threading.Event()
     handled = _Handled(n, all_done.set)
-    before = _rss()
+    before = rss()
     gc.freeze()  # the N creations below do not rescan the start-up heap
     for i in range(n):
         ref = Idle.start(handled)
@@ -136,8 +115,8 @@ def measure_pykka(n: int) -> None:
         refs[i] = ref
     if not all_done.wait(TIMEOUT):
         raise RuntimeError(f"only {handled.count} of {n} actors handled their message")
-    after = _rss()
-    _finish("pykka", n, before, after)
+    after = rss()
+    finish("pykka", n, before, after)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ from typing import Any, Final
 import pykka
 
 from .kernel import gc_settled
+from .restart_clock import RestartClock
 
 __all__ = [
     "crash_pykka",
@@ -165,41 +166,24 @@ def spawn_stop_pykka(n: int) -> tuple[float, float]:
     return n / (t1 - t0), t2 - t1
 
 
-class _Crash(Exception):
-    """The deliberate failure of the crash workload."""
-
-
-class _RestartClock:
-    """Crash and restart timestamps shared by every incarnation of the child.
+class _RestartClock(RestartClock[threading.Event]):
+    """The shared clock, plus the current child for the driving thread.
 
     Written from the child threads, read by the driving thread between
     crashes (each crash waits for the restart it causes, so the writes are
-    ordered by the ``restarted`` event).
+    ordered by the ``restarted`` event). Unlike the other sides, the first
+    start sets ``restarted`` too: the driver waits for the first child.
     """
 
     def __init__(self) -> None:
-        self.starts = 0
-        self.crash_times: list[float] = []
-        self.restart_times: list[float] = []
-        self.restarted = threading.Event()
+        super().__init__(threading.Event)
         self.current: pykka.ActorRef[Any] | None = None
 
-    def on_start(self, ref: pykka.ActorRef[Any]) -> None:
-        now = time.perf_counter()
-        self.starts += 1
+    def on_start_ref(self, ref: pykka.ActorRef[Any]) -> None:
+        """An incarnation ``ref`` starts (``current`` is set before ``restarted``)."""
         self.current = ref
-        if self.starts > 1:
-            self.restart_times.append(now)
+        super().on_start()
         self.restarted.set()
-
-    def crash(self) -> None:
-        self.crash_times.append(time.perf_counter())
-        raise _Crash("deliberate crash (benchmark)")
-
-    def latencies(self, last: int) -> list[float]:
-        """µs from each of the ``last`` crashes to the restart that followed."""
-        pairs = zip(self.crash_times[-last:], self.restart_times[-last:], strict=True)
-        return [(restart - crash) * 1e6 for crash, restart in pairs]
 
 
 class _ChildFailed:
@@ -218,7 +202,7 @@ class _CrashyChild(pykka.ThreadingActor):
         self.supervisor = supervisor
 
     def on_start(self) -> None:
-        self.clock.on_start(self.actor_ref)
+        self.clock.on_start_ref(self.actor_ref)
 
     def on_receive(self, message: Any) -> None:
         self.clock.crash()

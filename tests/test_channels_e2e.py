@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
-import httpx
 import pytest
 import trio
 from starlette.requests import Request
@@ -43,6 +42,7 @@ from providers.base import (
 )
 from providers.emulators.base import Emulator, open_emulator
 from supervisors import ChildSpec, open_supervisor
+from tests.support import control
 
 CEILING = 15.0  # seconds of real time; only a hang gets near it
 
@@ -192,16 +192,6 @@ class WebhookRouter(Emulator):
             request.method, dict(request.query_params), dict(request.headers), await request.body()
         )
         return Response(body, status_code=status, media_type="text/plain")
-
-
-async def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        if payload is None:
-            response = await client.get(f"/_emulator/{path}")
-        else:
-            response = await client.post(f"/_emulator/{path}", json=payload)
-        response.raise_for_status()
-        return response.json()
 
 
 FAST = ChannelSettings(

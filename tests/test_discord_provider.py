@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -35,6 +33,7 @@ from providers.base import (
 from providers.discord import DiscordProvider
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
+from tests.support import control
 
 INTERVAL = 0.2  # seconds between heartbeats in the emulator's Hello
 CEILING = 10.0  # seconds; only a hang gets near it
@@ -59,16 +58,6 @@ def config(base_url: str, token: str = "tok") -> ChannelConfig:
     return ChannelConfig(
         channel_id="dc", provider="discord", credentials={"token": token}, base_url=base_url
     )
-
-
-async def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        if payload is None:
-            response = await client.get(f"/_emulator/{path}")
-        else:
-            response = await client.post(f"/_emulator/{path}", json=payload)
-        response.raise_for_status()
-        return response.json()
 
 
 async def states(stream: AsyncIterator[Event], count: int) -> list[ConnectionStateChanged]:

@@ -54,6 +54,7 @@ from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.errors import NodeDraining, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.view import ChannelSnapshot, NodeStatistics, WebhookTarget
+from tests.support import emulator_call
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
 API_TOKEN: Final = "ops-api-token-7f3a"
@@ -482,8 +483,7 @@ class WhatsAppRig:
         return result
 
     async def control(self, path: str, payload: dict[str, Any]) -> httpx.Response:
-        async with httpx.AsyncClient() as client:
-            return await client.post(f"{self.emulator_url}/_emulator/{path}", json=payload)
+        return await emulator_call(self.emulator_url, path, payload)
 
     async def next_text(self, channel_id: str) -> str | None:
         event = await anext(self.events[channel_id])

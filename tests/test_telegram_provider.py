@@ -44,6 +44,7 @@ from providers.base import (
 from providers.emulators import open_emulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.telegram import SECRET_HEADER, TelegramConnection, TelegramProvider
+from tests.support import control
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
 TOKEN: Final = "123456:" + "A" * 35
@@ -63,16 +64,6 @@ def config(url: str, token: str = TOKEN, **options: Any) -> ChannelConfig:
 
 def msg(text: str, peer: str = "42", **fields: Any) -> OutboundMessage:
     return OutboundMessage(peer=peer, idempotency_key=text, text=text, **fields)
-
-
-async def control(url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    async with httpx.AsyncClient(base_url=url) as client:
-        if payload is None:
-            response = await client.get(f"/_emulator/{path}")
-        else:
-            response = await client.post(f"/_emulator/{path}", json=payload)
-    response.raise_for_status()
-    return response.json()
 
 
 async def inject(url: str, text: str, chat_id: int = 42, **extra: Any) -> dict[str, Any]:

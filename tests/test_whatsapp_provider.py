@@ -46,6 +46,7 @@ from providers.emulators import Emulator, open_emulator
 from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.registry import EMULATORS, PROVIDERS, load
 from providers.whatsapp import WhatsAppConnection, WhatsAppProvider, core
+from tests.support import emulator_call
 
 CEILING: Final = 10.0  # real seconds; only a hang gets near it
 TOKEN: Final = "EAAG-test-token"
@@ -86,7 +87,7 @@ class Stack:
     http: httpx.AsyncClient
 
     async def control(self, path: str, payload: dict[str, Any]) -> httpx.Response:
-        return await self.http.post(f"{self.base_url}/_emulator/{path}", json=payload)
+        return await emulator_call(self.base_url, path, payload, http=self.http)
 
     async def inject(self, text: str, sender: str = USER) -> dict[str, Any]:
         answer = await self.control("inject", {"from": sender, "text": text})

@@ -1,4 +1,4 @@
-"""The nanosecond time grid: clock checks, float/grid conversion, waits.
+"""The nanosecond time grid: float/grid conversion, waits.
 
 Private helpers shared by the limiters (see the design notes in the package
 ``__init__``); only ``ARRIVAL_TOLERANCE`` and ``CLOCK_ALLOWANCE`` are public.
@@ -13,14 +13,6 @@ _NS_PER_SECOND: Final = 1_000_000_000  # nanoseconds per second
 _TOLERANCE_NS: Final = 1_000  # nanoseconds an arrival may be early
 ARRIVAL_TOLERANCE: Final = _TOLERANCE_NS / _NS_PER_SECOND  # seconds (1 us)
 CLOCK_ALLOWANCE: Final = 1e-6  # seconds; bounds float-to-grid rounding for |now| < 2**32 s
-_CLOCK_LIMIT: Final = 2.0**32  # seconds; readings beyond this are refused (136 years)
-
-
-def _check_time(now: float, name: str = "now") -> None:
-    if not (math.isfinite(now) and -_CLOCK_LIMIT < now < _CLOCK_LIMIT):
-        raise ValueError(
-            f"{name} must be a finite clock reading in seconds with |{name}| < 2**32, got {now!r}"
-        )
 
 
 def _to_ns(now: float) -> int:

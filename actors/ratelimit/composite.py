@@ -7,7 +7,8 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from ._grid import _check_time, _later, _to_ns, _wait
+from .._clock import check_time
+from ._grid import _later, _to_ns, _wait
 from .curve import CompositeCurve
 from .gcra import GCRA, GCRAState
 from .keyed import KeyedLimiter, KeyedLimiterState
@@ -71,7 +72,7 @@ class CompositeLimiter:
                 _restored(part, saved) for part, saved in zip(parts, state.parts, strict=True)
             )
             if state.paused_until is not None:
-                _check_time(state.paused_until, "state.paused_until")
+                check_time(state.paused_until, "state.paused_until", bounded=True)
             self._paused_until = state.paused_until
         self._parts: tuple[_Part, ...] = tuple(parts)
 
@@ -112,7 +113,7 @@ class CompositeLimiter:
             ValueError: if ``now`` or ``cost`` is out of range, or a keyed
                 part gets no key.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         self._check_cost(cost)
         if self._paused_until is not None and now < self._paused_until:
             return False
@@ -155,7 +156,7 @@ class CompositeLimiter:
             ValueError: if ``now`` or ``cost`` is out of range, or a keyed
                 part gets no key.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         return _wait(now, self.next_deadline(cost, key=key))
 
     def pause_until(self, t: float, *, key: Hashable | None = None) -> None:
@@ -169,7 +170,7 @@ class CompositeLimiter:
             ValueError: if ``t`` is not a valid clock reading, or a key is
                 given but no part is keyed.
         """
-        _check_time(t, "t")
+        check_time(t, "t", bounded=True)
         if key is None:
             self._paused_until = _later(self._paused_until, t)
             return

@@ -6,12 +6,12 @@ import math
 
 import attrs
 
+from .._clock import check_time
 from ._grid import (
     _NS_PER_SECOND,
     _TOLERANCE_NS,
     ARRIVAL_TOLERANCE,
     CLOCK_ALLOWANCE,
-    _check_time,
     _later,
     _time_of,
     _to_ns,
@@ -109,7 +109,7 @@ class _Schedule:
 
     def restore(self, state: GCRAState) -> _Bucket:
         if state.paused_until is not None:
-            _check_time(state.paused_until, "state.paused_until")
+            check_time(state.paused_until, "state.paused_until", bounded=True)
         tat = None if state.tat_ns is None else state.tat_ns * self.p
         return _Bucket(tat, state.paused_until)
 
@@ -175,7 +175,7 @@ class GCRA:
         Raises:
             ValueError: if ``now`` or ``cost`` is out of range.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         self._schedule.check_cost(cost)
         return self._schedule.admit(self._bucket, now, _to_ns(now), cost, commit=True)
 
@@ -212,7 +212,7 @@ class GCRA:
         Raises:
             ValueError: if ``now`` or ``cost`` is out of range.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         return _wait(now, self.next_deadline(cost))
 
     def pause_until(self, t: float) -> None:
@@ -226,7 +226,7 @@ class GCRA:
         Raises:
             ValueError: if ``t`` is not a valid clock reading.
         """
-        _check_time(t, "t")
+        check_time(t, "t", bounded=True)
         self._bucket.paused_until = _later(self._bucket.paused_until, t)
 
     def _with_state(self, state: GCRAState) -> GCRA:

@@ -9,7 +9,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from ._grid import _check_time, _later, _to_ns, _wait
+from .._clock import check_time
+from ._grid import _later, _to_ns, _wait
 from .curve import ArrivalCurve
 from .gcra import GCRAState, _Bucket, _Schedule
 
@@ -84,7 +85,7 @@ class KeyedLimiter(Generic[K]):
         for name in ("paused_until", "new_keys_paused_until"):
             value = getattr(state, name)
             if value is not None:
-                _check_time(value, f"state.{name}")
+                check_time(value, f"state.{name}", bounded=True)
         self._schedule = _Schedule(rate, burst)
         self._max_keys = max_keys
         self._buckets: OrderedDict[K, _Bucket] = OrderedDict(
@@ -145,7 +146,7 @@ class KeyedLimiter(Generic[K]):
         Raises:
             ValueError: if ``now``, ``cost`` or ``key`` is invalid.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         self._schedule.check_cost(cost)
         ns = _to_ns(now)
         if not self._check(now, ns, cost, key):
@@ -187,7 +188,7 @@ class KeyedLimiter(Generic[K]):
         Raises:
             ValueError: if ``now``, ``cost`` or ``key`` is invalid.
         """
-        _check_time(now)
+        check_time(now, bounded=True)
         return _wait(now, self.next_deadline(cost, key=key))
 
     def pause_until(self, t: float, *, key: K | None = None) -> None:
@@ -204,7 +205,7 @@ class KeyedLimiter(Generic[K]):
         Raises:
             ValueError: if ``t`` is not a valid clock reading.
         """
-        _check_time(t, "t")
+        check_time(t, "t", bounded=True)
         if key is None:
             self._paused_until = _later(self._paused_until, t)
             return

@@ -34,12 +34,12 @@ Design:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
+from .._http import json_body, lower_keys
 from ..base import (
     AuthenticationFailed,
     BadRecipient,
@@ -193,7 +193,7 @@ class BucketTracker:
         self, route: str, major: str, status: int, headers: Mapping[str, str], now: float
     ) -> None:
         """Learn from a response's headers (and a 429's ``retry_after``)."""
-        h = {k.lower(): v for k, v in headers.items()}
+        h = lower_keys(headers)
         bucket_id = h.get("x-ratelimit-bucket")
         if bucket_id:
             self._route_bucket[route] = bucket_id
@@ -219,18 +219,11 @@ def _float(value: Any) -> float | None:
 # --- answers ----------------------------------------------------------------------------
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except ValueError:
-        return None
-
-
 def _error(
     status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None, what: str
 ) -> ProviderError:
-    h = {k.lower(): v for k, v in headers.items()}
-    data = _json(body)
+    h = lower_keys(headers)
+    data = json_body(body)
     data = data if isinstance(data, dict) else {}
     code = data.get("code")
     said = f"{status} {data.get('message', '')}".strip()
@@ -287,7 +280,7 @@ def interpret_send(
     if not 200 <= status < 300:
         raise _error(status, headers, body, peer=peer, what=what)
     try:
-        message = parse(MessagePayload, _json(body))
+        message = parse(MessagePayload, json_body(body))
     except PayloadError as exc:
         raise TransientError(f"{what}: unreadable success answer ({exc})") from exc
     return SendResult(platform_message_id=message.id, peer=message.channel_id or peer)
@@ -304,6 +297,6 @@ def interpret_gateway_bot(status: int, headers: Mapping[str, str], body: bytes) 
     if not 200 <= status < 300:
         raise _error(status, headers, body, peer=None, what=what)
     try:
-        return parse(GatewayBot, _json(body))
+        return parse(GatewayBot, json_body(body))
     except PayloadError as exc:
         raise TransientError(f"{what}: unreadable answer ({exc})") from exc

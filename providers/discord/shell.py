@@ -11,7 +11,8 @@ Design:
   when the core gives up, the error is handed to :meth:`DiscordConnection.events`
   so the channel actor's backoff decides what happens next.
 - Every trio, trio-websocket and httpx error is mapped here into the
-  :mod:`providers.base` tree (``raise X(...) from exc``).
+  :mod:`providers.base` tree, through one table (:func:`_transport_errors`)
+  and :class:`~providers._exceptions.map_exceptions`, chained to its cause.
 - Defaults (:data:`DISCORD_LIMITS`): Discord's global limit is 50 requests/s
   per bot, hence 50/s with a burst of 50 for the channel; the route limit on
   ``POST /channels/{id}/messages`` is commonly observed as 5 per 5 s per
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
+from .._exceptions import ExceptionMap, map_exceptions
 from .._nursery import open_connection_nursery
 from ..base import (
     AuthenticationFailed,
@@ -86,6 +88,20 @@ HTTP_TIMEOUT: Final = 10.0  # seconds per REST call
 CLOSE_TIMEOUT: Final = 2.0  # seconds for a websocket close handshake
 MAX_BUCKET_WAIT: Final = 30.0  # seconds we wait for a bucket before raising RateLimited
 EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
+
+# What Discord's transports raise: httpx (REST), trio-websocket and the OS (the
+# gateway socket), and the connect deadline. A call can only raise its own
+# transport's; every one is transient.
+TRANSPORT_ERRORS: Final = (httpx.HTTPError, HandshakeError, OSError, trio.TooSlowError)
+
+
+def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
+    """The shell's mapping table: every transport failure is a :class:`TransientError`.
+
+    The core then resumes (or identifies anew) and the channel actor backs
+    off; ``describe`` says which call failed and what happens next.
+    """
+    return {TRANSPORT_ERRORS: lambda exc: TransientError(describe(exc))}
 
 
 class DiscordProvider:
@@ -152,12 +168,14 @@ class DiscordProvider:
             base_url=base_url, headers=headers, timeout=self._http_timeout
         ) as http:
             request = build_gateway_bot()
-            try:
+            with map_exceptions(
+                _transport_errors(
+                    lambda exc: (
+                        f"asking Discord at {base_url} for the gateway failed: {exc!r}; retry"
+                    )
+                )
+            ):
                 response = await http.request(request.method, request.path)
-            except httpx.HTTPError as exc:
-                raise TransientError(
-                    f"asking Discord at {base_url} for the gateway failed: {exc!r}; retry"
-                ) from exc
             gateway = interpret_gateway_bot(
                 response.status_code, response.headers, response.content
             )
@@ -263,13 +281,15 @@ class DiscordConnection:
                     peer=msg.peer,
                 )
             await trio.sleep(wait)
-        try:
+        with map_exceptions(
+            _transport_errors(
+                lambda exc: (
+                    f"sending to Discord channel {msg.peer} failed: {exc!r}; retry "
+                    "(the nonce keeps the retry from duplicating the message)"
+                )
+            )
+        ):
             response = await self._http.request(request.method, request.path, json=request.json)
-        except httpx.HTTPError as exc:
-            raise TransientError(
-                f"sending to Discord channel {msg.peer} failed: {exc!r}; retry "
-                "(the nonce keeps the retry from duplicating the message)"
-            ) from exc
         now = trio.current_time()
         self._buckets.update(route, major, response.status_code, response.headers, now)
         return interpret_send(
@@ -313,14 +333,16 @@ class DiscordConnection:
 
     async def _open_socket(self) -> WebSocketConnection:
         url = self._core.connect_url()
-        try:
+        with map_exceptions(
+            _transport_errors(
+                lambda exc: (
+                    f"cannot open the Discord gateway at {url}: {exc!r}; "
+                    f"the session {'stays resumable' if self._core.resumable else 'will identify'}"
+                )
+            )
+        ):
             with trio.fail_after(self._connect_timeout):
                 ws = await connect_websocket_url(self._nursery, url)
-        except (OSError, HandshakeError, trio.TooSlowError) as exc:
-            raise TransientError(
-                f"cannot open the Discord gateway at {url}: {exc!r}; "
-                f"the session {'stays resumable' if self._core.resumable else 'will identify'}"
-            ) from exc
         self._ws = ws
         self.sockets_opened += 1
         await self._apply(ws, self._core.connection_made(trio.current_time()))

@@ -27,6 +27,7 @@ import attrs
 import httpx
 import trio
 
+from .._exceptions import ExceptionMap, map_exceptions
 from .._nursery import open_connection_nursery
 from ..base import (
     ChannelConfig,
@@ -84,27 +85,28 @@ class _BotApi:
         """
         url = core.method_url(self._base_url, self._token, request.method)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=request.read_timeout)
-        try:
+        with map_exceptions(self._errors(request)):
             response = await self._client.post(url, json=dict(request.params), timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise TransientError(
+        return core.parse_response(request, response.status_code, response.content)
+
+    def _errors(self, request: core.ApiRequest) -> ExceptionMap:
+        """The shell's mapping table: httpx's errors in the provider tree (first match wins)."""
+        return {
+            httpx.TimeoutException: lambda exc: TransientError(
                 f"telegram {request.method}: no answer within {request.read_timeout:g} s "
                 f"({type(exc).__name__}); retry later"
-            ) from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise FatalError(
+            ),
+            httpx.UnsupportedProtocol: lambda exc: FatalError(
                 f"telegram: base_url {self._base_url!r} is not http(s); fix the channel config"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise TransientError(
+            ),
+            httpx.HTTPError: lambda exc: TransientError(
                 f"telegram {request.method}: {type(exc).__name__}: {self._redact(str(exc))}; "
                 "retry later"
-            ) from exc
-        except httpx.InvalidURL as exc:
-            raise FatalError(
+            ),
+            httpx.InvalidURL: lambda exc: FatalError(
                 f"telegram: base_url {self._base_url!r} is not a valid URL: fix the channel config"
-            ) from exc
-        return core.parse_response(request, response.status_code, response.content)
+            ),
+        }
 
 
 class TelegramConnection:

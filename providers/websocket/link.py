@@ -59,6 +59,8 @@ from wsproto.events import Pong as _WsPong
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from providers._exceptions import ExceptionMap, map_exceptions
+
 __all__ = [
     "Closed",
     "LinkClosed",
@@ -306,24 +308,32 @@ class _StreamIO:
         await trio.aclose_forcefully(self._stream)
 
 
+# The handshake's failures as link errors: only io.send_all raises LinkClosed
+# (io.receive reports the end of the link as None), and only wsproto's
+# handshake raises RemoteProtocolError.
+_HANDSHAKE_ERRORS: Final[ExceptionMap] = {
+    LinkClosed: lambda exc: LinkHandshakeFailed(f"the link broke during the handshake: {exc}"),
+    RemoteProtocolError: lambda exc: LinkHandshakeFailed(
+        f"bad websocket handshake from the server: {exc}"
+    ),
+}
+
+
 async def _handshake(
     io: _SocketIO | _StreamIO, host: str, target: str, headers: list[tuple[bytes, bytes]]
 ) -> Connection:
     handshake = H11Handshake(ConnectionType.CLIENT)
     request = Request(host=host, target=target, extra_headers=headers)
-    try:
+    with map_exceptions(_HANDSHAKE_ERRORS):
         await io.send_all(handshake.send(request))
-    except LinkClosed as exc:
-        raise LinkHandshakeFailed(f"the link broke during the handshake: {exc}") from exc
-    rejected: RejectConnection | None = None
-    body = bytearray()
-    while True:
-        data = await io.receive()
-        if not data:
-            if rejected is not None:  # a refusal whose body ends with the connection
-                raise LinkRejected(rejected.status_code, _lower(rejected.headers), bytes(body))
-            raise LinkHandshakeFailed("the server hung up during the websocket handshake")
-        try:
+        rejected: RejectConnection | None = None
+        body = bytearray()
+        while True:
+            data = await io.receive()
+            if not data:
+                if rejected is not None:  # a refusal whose body ends with the connection
+                    raise LinkRejected(rejected.status_code, _lower(rejected.headers), bytes(body))
+                raise LinkHandshakeFailed("the server hung up during the websocket handshake")
             handshake.receive_data(data)
             for event in handshake.events():
                 if isinstance(event, AcceptConnection):
@@ -340,8 +350,6 @@ async def _handshake(
                         raise LinkRejected(
                             rejected.status_code, _lower(rejected.headers), bytes(body)
                         )
-        except RemoteProtocolError as exc:
-            raise LinkHandshakeFailed(f"bad websocket handshake from the server: {exc}") from exc
 
 
 def _lower(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

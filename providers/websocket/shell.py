@@ -17,7 +17,8 @@ and it never raises: failures are recorded in the core and ``events()``
 raises them, so what leaves the block is its own exception, which
 :func:`providers._nursery.open_connection_nursery` hands back unwrapped by
 an ExceptionGroup. Link and OS errors are mapped into the provider error
-tree here, at the boundary, and chained.
+tree here, at the boundary, through one table (:func:`_connect_errors`) and
+:class:`~providers._exceptions.map_exceptions`, and chained.
 
 Configuration (``ChannelConfig``):
 
@@ -44,6 +45,7 @@ import trio.lowlevel
 from cattrs.v import format_exception
 from trio.lowlevel import Task
 
+from providers._exceptions import ExceptionMap, map_exceptions
 from providers._nursery import open_connection_nursery
 from providers.base import (
     AuthenticationFailed,
@@ -258,22 +260,15 @@ class WebSocketConnection:
         url, headers = _target(self._config, self._options)
         assert self._ready is not None
         try:
-            with trio.fail_after(self._options.connect_timeout):
-                self._link = await open_link(url, headers)
-                self._nursery.start_soon(self._run)
-                await self._ready.wait()
-        except trio.TooSlowError as exc:
-            await self.close()
-            raise TransientError(
-                f"no 'ready' from {_redacted(url)} within {self._options.connect_timeout}s; "
-                "retry with backoff"
-            ) from exc
-        except LinkRejected as exc:
-            raise _rejected(exc, url) from exc
-        except (LinkHandshakeFailed, OSError) as exc:
-            raise TransientError(
-                f"cannot connect to {_redacted(url)}: {exc!r}; retry with backoff"
-            ) from exc
+            with map_exceptions(_connect_errors(url, self._options.connect_timeout)):
+                try:
+                    with trio.fail_after(self._options.connect_timeout):
+                        self._link = await open_link(url, headers)
+                        self._nursery.start_soon(self._run)
+                        await self._ready.wait()
+                except trio.TooSlowError:
+                    await self.close()  # the link may be up: close it before the error leaves
+                    raise
         finally:
             self._ready = None
         if self._core.phase is Phase.FAILED and self._core.failure is not None:
@@ -532,6 +527,19 @@ def _target(
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(query="")) if "token=" in parts.query else url
+
+
+def _connect_errors(url: str, timeout: float) -> ExceptionMap:
+    """The shell's mapping table: connect failures in the provider tree (first match wins)."""
+    return {
+        trio.TooSlowError: lambda exc: TransientError(
+            f"no 'ready' from {_redacted(url)} within {timeout}s; retry with backoff"
+        ),
+        LinkRejected: lambda exc: _rejected(exc, url),
+        (LinkHandshakeFailed, OSError): lambda exc: TransientError(
+            f"cannot connect to {_redacted(url)}: {exc!r}; retry with backoff"
+        ),
+    }
 
 
 def _rejected(exc: LinkRejected, url: str) -> ProviderError:

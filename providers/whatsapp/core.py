@@ -36,13 +36,13 @@ Design:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 import attrs
 import cattrs
 
+from providers._http import json_body, lower_keys
 from providers.base import (
     AuthenticationFailed,
     BadRecipient,
@@ -361,27 +361,16 @@ class _SendBody:
     messages: list[_MessageId]
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
 def _retry_after(headers: Mapping[str, str], default: float) -> float:
     """The wait the server asked for, else ``default``; never negative."""
-    lowered = _lower(headers)
+    lowered = lower_keys(headers)
     raw = lowered.get("retry-after")
     if raw is not None:
         try:
             return max(0.0, float(raw))
         except ValueError:
             pass
-    usage = _json(lowered.get("x-business-use-case-usage", "").encode())
+    usage = json_body(lowered.get("x-business-use-case-usage", "").encode())
     if isinstance(usage, dict):
         minutes = [
             entry.get("estimated_time_to_regain_access", 0)
@@ -415,7 +404,7 @@ def map_error(
     Returns:
         The error to raise (the caller raises it, so tracebacks start there).
     """
-    parsed = _json(body)
+    parsed = json_body(body)
     try:
         error = GRAPH.structure(parsed, _ErrorBody).error
     except (cattrs.BaseValidationError, TypeError, AttributeError):
@@ -525,7 +514,7 @@ def parse_send_response(
     if not 200 <= status < 300:
         raise map_error(status, headers, body, peer=peer)
     try:
-        parsed = GRAPH.structure(_json(body), _SendBody)
+        parsed = GRAPH.structure(json_body(body), _SendBody)
         message_id = parsed.messages[0].id
     except (cattrs.BaseValidationError, TypeError, AttributeError, IndexError) as exc:
         raise TransientError(
@@ -547,7 +536,7 @@ def parse_phone_number_response(
         TransientError, RateLimited: try again later.
     """
     if 200 <= status < 300:
-        parsed = _json(body)
+        parsed = json_body(body)
         return parsed if isinstance(parsed, dict) else {}
     error = map_error(status, headers, body)
     if isinstance(error, PermanentSendError):

@@ -8,7 +8,8 @@ Design:
   by the ops server) feeds it, :meth:`WhatsAppConnection.events` drains it.
 - All protocol decisions live in :mod:`.core` and :mod:`.webhook`; this
   module only performs the requests they describe and maps httpx's errors at
-  the boundary (``raise TransientError(...) from exc``).
+  the boundary, through one table (``WhatsAppConnection._errors``) and
+  :class:`~providers._exceptions.map_exceptions`, chained to their cause.
 - Backpressure goes back to Meta: when the event buffer cannot take a whole
   notification, the webhook answers 503 and queues nothing, and Meta
   redelivers later (it retries failed deliveries for days). Redeliveries
@@ -26,6 +27,7 @@ from typing import Final
 import httpx
 import trio
 
+from providers._exceptions import ExceptionMap, map_exceptions
 from providers.base import (
     ChannelConfig,
     ConnectionState,
@@ -133,19 +135,22 @@ class WhatsAppConnection:
             raise trio.ClosedResourceError(
                 f"whatsapp channel {self.settings.channel_id!r} is closed; open a new connection"
             )
-        try:
+        with map_exceptions(self._errors(request)):
             return await self._client.request(
                 request.method, request.url, headers=dict(request.headers), json=request.json
             )
-        except httpx.TimeoutException as exc:
-            raise TransientError(
+
+    def _errors(self, request: ApiRequest) -> ExceptionMap:
+        """The shell's mapping table: httpx's errors are transient (first match wins)."""
+        return {
+            httpx.TimeoutException: lambda exc: TransientError(
                 f"the Graph API did not answer {request.method} within "
                 f"{self.settings.timeout} s; retry with backoff (the message may have been sent)"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise TransientError(
+            ),
+            httpx.HTTPError: lambda exc: TransientError(
                 f"{request.method} to the Graph API failed: {exc!r}; retry with backoff"
-            ) from exc
+            ),
+        }
 
     async def send(self, msg: OutboundMessage) -> SendResult:
         """Send one message; return once the Cloud API accepted it.
