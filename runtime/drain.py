@@ -15,7 +15,7 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    sent is kept. (A send cut off on the wire may have reached the platform;
    the next start sends it again with the same idempotency key, so delivery
    is at least once.)
-5. Flush the store.
+5. Write the channels' last checkpoints, then flush the store.
 
 The drain works on explicit collaborators, never on the node's insides: the
 :class:`SendTracker` of accepted sends, a ``stop_channels`` callable that
@@ -36,6 +36,8 @@ import trio
 
 from providers.base import OutboundMessage
 
+from .checkpoints import CheckpointWriter
+from .errors import StoreError
 from .store import KeptMessage, Store
 
 __all__ = ["DrainReport", "Pending", "SendTracker", "drain"]
@@ -139,6 +141,7 @@ async def drain(
     node_id: str,
     sends: SendTracker,
     stop_channels: Callable[[float], Awaitable[tuple[int, int]]],
+    checkpoints: CheckpointWriter,
     store: Store,
     deadline: float,
 ) -> DrainReport:
@@ -149,6 +152,7 @@ async def drain(
         sends: the node's accepted sends.
         stop_channels: stops every channel by the given trio time; returns
             (stopped gracefully, killed at the deadline).
+        checkpoints: the channels' checkpoint writer, flushed once they stopped.
         store: where the leftovers are kept, flushed last.
         deadline: seconds the whole drain may take.
     """
@@ -161,6 +165,15 @@ async def drain(
     cut = sends.cut()
     stopped, killed = await stop_channels(end)
     kept = await _keep_leftovers(cut, store, deadline)
+    with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as checkpoint_scope:
+        try:
+            await checkpoints.flush()
+        except StoreError as exc:
+            log.error("the last checkpoints could not be written at the drain: %s", exc)
+    if checkpoint_scope.cancelled_caught:
+        log.error(
+            "the last checkpoints were not written within %g s of the drain deadline", STORE_GRACE
+        )
     with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as flush_scope:
         await store.flush()
     if flush_scope.cancelled_caught:
@@ -209,8 +222,8 @@ async def _keep_leftovers(
     where = (
         f"kept in the {store.statistics().backend} store for the next start"
         if store.durable
-        else "kept in memory only and LOST when this process exits (set storage.outbox_file "
-        "or use the postgres backend to keep them)"
+        else "kept in memory only and LOST when this process exits (use storage backend "
+        "'sqlite' or 'postgres' to keep them)"
     )
     log.warning(
         "%d message(s) not sent by the drain deadline, %s: %s",

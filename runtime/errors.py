@@ -10,6 +10,7 @@
     ├── ConnectionLimitReached a provider's per-node connection limit is full
     ├── ChannelStartFailed     the channel's actor did not start
     │                                                   (also supervisors.StartChildFailed)
+    ├── ChannelFenced          a newer owner wrote the channel's checkpoint: it runs elsewhere
     ├── NodeNotRunning         the node's tree is not running                  (also RuntimeError)
     ├── NodeDraining           the node is shutting down and takes no new work
     ├── StoreError             the store could not read or write
@@ -55,6 +56,7 @@ __all__ = [
     "ChannelCrashed",
     "ChannelExists",
     "ChannelFailed",
+    "ChannelFenced",
     "ChannelStartFailed",
     "ChannelUnavailable",
     "ConfigError",
@@ -163,6 +165,13 @@ class ChannelStartFailed(NodeError, supervisors.StartChildFailed):
 
     def __init__(self, message: str, *, child_id: str) -> None:
         supervisors.StartChildFailed.__init__(self, message, child_id=child_id)
+
+
+class ChannelFenced(NodeError):
+    """A newer owner (a higher owner token) wrote the channel's checkpoint.
+
+    Another node runs the channel; this one must not connect it.
+    """
 
 
 class NodeNotRunning(NodeError, RuntimeError):

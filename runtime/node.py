@@ -32,6 +32,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
@@ -45,12 +46,14 @@ import trio
 from actors import (
     ActorSystem,
     ChannelActor,
+    ChannelMemory,
     ChannelRef,
     ChannelSettings,
     ChannelStatus,
     lowlevel,
     open_actor_system,
 )
+from actors.channel.durable import export_state, restore_state
 from providers.base import OutboundMessage, Provider, SendResult
 from providers.registry import PROVIDERS, load
 from supervisors import (
@@ -62,20 +65,25 @@ from supervisors import (
     StartChildFailed,
     Strategy,
     Supervisor,
+    SupervisorError,
     SupervisorRef,
     open_supervisor,
 )
 
 from .channels import channel_config, channel_settings
+from .checkpoints import CheckpointWriter, clock_offset
 from .config.model import ChannelSpec, NodeConfig
+from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
 from .emulated import LocalEmulators
 from .errors import (
     ChannelExists,
+    ChannelFenced,
     ChannelStartFailed,
     ChannelUnavailable,
     ConnectionLimitReached,
     NodeDraining,
+    NodeError,
     NodeNotRunning,
     UnknownProvider,
     map_send_errors,
@@ -111,7 +119,7 @@ class NodeState(enum.Enum):
     """Drained (or stopped at once): nothing runs any more."""
 
 
-class Node:
+class Node(DeadLetterOps):
     """A running node; get one from :func:`open_node`.
 
     All methods are for the trio program that opened the node.
@@ -123,6 +131,7 @@ class Node:
         system: ActorSystem,
         store: Store,
         *,
+        owner_token: int,
         emulators: LocalEmulators | None,
         base_settings: ChannelSettings | None,
         providers: Mapping[str, Provider] | None = None,
@@ -130,6 +139,12 @@ class Node:
         self.config = config
         self.system = system
         self.store = store
+        self._checkpoints = CheckpointWriter(
+            store,
+            token=owner_token,
+            interval=config.storage.checkpoint_interval,
+            on_fenced=self._fenced,
+        )
         self.emulators = emulators
         self._base_settings = base_settings
         self._hub = EventHub(log_inbound=config.logging.inbound)
@@ -187,6 +202,9 @@ class Node:
     async def start_channel(self, spec: ChannelSpec) -> ChannelSnapshot:
         """Start a channel and return its snapshot (it connects in the background).
 
+        Its durable state (session, limiters, backoff, breaker, dedupe window,
+        dead letters, FAILED) is restored from its last checkpoint first.
+
         Raises:
             NodeDraining: the node is shutting down.
             ChannelExists: a channel with that id is running.
@@ -196,7 +214,14 @@ class Node:
             ChannelStartFailed: the actor failed to start (also
                 ``supervisors.StartChildFailed``; the cause is chained).
             NodeNotRunning: the node's tree is not running.
+            ChannelFenced: a newer owner wrote the channel's checkpoint.
+            StoreError: its checkpoint could not be read.
         """
+        return await self._start(spec)
+
+    async def _start(
+        self, spec: ChannelSpec, *, carry: ChannelMemory | None = None, revive: bool = False
+    ) -> ChannelSnapshot:
         self._check_accepting()
         current = self._table.find(spec.id)
         if current is not None and current.running:
@@ -215,10 +240,13 @@ class Node:
                 config, provider, settings=settings, sink=self.store
             )
             memory.subscribers.append((self._hub.tap(spec.id, spec.tenant, provider.name), None))
+            await self._restore(spec, memory, carry=carry, revive=revive)
+            self._checkpoints.attach(memory, spec.id, spec.tenant, provider.name)
             child = ChildSpec(id=spec.id, start=factory, shutdown=self.config.supervisor.shutdown)
             try:
                 ref = await self._channel_supervisor().start_child(child)
             except StartChildFailed as exc:
+                self._checkpoints.detach(memory)
                 raise ChannelStartFailed(
                     f"channel {spec.id!r} did not start: {exc}", child_id=spec.id
                 ) from exc
@@ -240,28 +268,26 @@ class Node:
         row = self._table.get(channel_id)
         if row.running:
             supervisor = self._channel_supervisor()
-            await supervisor.terminate_child(channel_id)
+            await supervisor.terminate_child(channel_id)  # its on_stop writes its checkpoint
             await supervisor.delete_child(channel_id)
+        if row.memory is not None:
+            self._checkpoints.detach(row.memory)
         self._table.remove(channel_id)
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
-        """Start a channel over from its spec, with fresh memory.
+        """Start a channel over from its spec, no longer FAILED.
 
         The way to revive a FAILED channel (a ban lifted, a token replaced):
-        failed channels never reconnect by themselves. Its dead letters are
-        carried over.
+        failed channels never reconnect by themselves, across restarts of
+        the node too. Everything else it keeps (dead letters, limiters,
+        session) is carried over.
 
         Raises:
             UnknownChannel, and what :meth:`start_channel` raises.
         """
         row = self._table.get(channel_id)
-        letters = row.memory.dead_letters if row.memory is not None else None
         await self.stop_channel(channel_id)
-        snapshot = await self.start_channel(row.spec)
-        fresh = self._table.get(channel_id).memory
-        if letters is not None and fresh is not None:
-            fresh.dead_letters = letters
-        return snapshot
+        return await self._start(row.spec, carry=row.memory, revive=True)
 
     def channel(self, channel_id: str) -> ChannelRef:
         """The handle of a running channel (dead letters, its own subscription).
@@ -413,6 +439,7 @@ class Node:
             node_id=self.node_id,
             sends=self._sends,
             stop_channels=self._stop_channels,
+            checkpoints=self._checkpoints,
             store=self.store,
             deadline=self.config.node.drain_deadline if deadline is None else deadline,
         )
@@ -420,6 +447,73 @@ class Node:
         return self._drain_report
 
     # --- internals ----------------------------------------------------------------------
+
+    async def _restore(
+        self,
+        spec: ChannelSpec,
+        memory: ChannelMemory,
+        *,
+        carry: ChannelMemory | None,
+        revive: bool,
+    ) -> None:
+        """Put the channel's durable state into its fresh ``memory`` before it starts.
+
+        From ``carry`` (the memory of the incarnation a restart replaces), or
+        else from the store's checkpoint. ``revive`` drops a FAILED status.
+        """
+        offset = clock_offset()
+        if carry is not None:
+            state = export_state(carry, now=trio.current_time(), clock_offset=offset)
+        else:
+            stored = await self.store.load_checkpoint(spec.id)
+            if stored is None:
+                return
+            if stored.owner_token > self._checkpoints.token:
+                raise ChannelFenced(
+                    f"channel {spec.id!r}: its checkpoint was written by a newer owner (token "
+                    f"{stored.owner_token}, this node's is {self._checkpoints.token}); another "
+                    "node runs it, and this one will not"
+                )
+            if stored.state is None:
+                log.warning(
+                    "channel %s: its checkpoint is ignored and it starts afresh: %s",
+                    spec.id,
+                    stored.problem,
+                    extra={"channel": spec.id},
+                )
+                return
+            state = stored.state
+        if revive:
+            state = attrs.evolve(state, failed=None)
+        try:
+            restore_state(memory, state, clock_offset=offset)
+        except ValueError as exc:
+            log.warning(
+                "channel %s: its saved limiter state no longer fits its settings and is "
+                "ignored (%s); the rest is restored",
+                spec.id,
+                exc,
+                extra={"channel": spec.id},
+            )
+            restore_state(memory, attrs.evolve(state, limiter=None), clock_offset=offset)
+
+    def _fenced(self, channel_id: str) -> None:
+        """A newer owner wrote the channel's checkpoint: stop running it here."""
+        if self._nursery is not None and not self.draining:
+            self._nursery.start_soon(self._stop_fenced, channel_id)
+
+    async def _stop_fenced(self, channel_id: str) -> None:
+        row = self._table.find(channel_id)
+        if row is None or not row.running:
+            return
+        with contextlib.suppress(NodeError, SupervisorError):
+            supervisor = self._channel_supervisor()
+            await supervisor.terminate_child(channel_id)
+            await supervisor.delete_child(channel_id)
+        if row.memory is not None:
+            self._checkpoints.detach(row.memory)
+        row.channel = row.child = row.memory = None
+        row.start_error = "ChannelFenced: a newer owner took the channel over"
 
     async def _stop_channels(self, end: float) -> tuple[int, int]:
         """Stop every channel by trio time ``end``; kill what has not stopped by then.
@@ -689,6 +783,7 @@ async def open_node(
             config,
             system,
             opened,
+            owner_token=await opened.next_owner_token(),
             emulators=emulators,
             base_settings=channel_defaults,
             providers=providers,
@@ -729,6 +824,7 @@ async def open_node(
         ):
             node._nursery = nursery
             node._root = root
+            await nursery.start(node._checkpoints.run)
             channels_ref = await root.whereis_child("channels")
             assert channels_ref is not None
             node._channels = SupervisorRef(channels_ref)

@@ -10,12 +10,15 @@ a scrape costs no lock on the message path.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from actors import ChannelStatistics, ChannelStatus
 from providers.base import Connection, OutboundMessage, SendResult
+
+if TYPE_CHECKING:
+    from .store.durable import StoredDeadLetter
 
 __all__ = ["ChannelSnapshot", "NodeStatistics", "NodeView", "WebhookTarget"]
 
@@ -128,4 +131,24 @@ class NodeView(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> SendResult:
         """Send on a channel; see :meth:`runtime.node.Node.send` for the errors."""
+        ...
+
+    async def dead_letters(
+        self,
+        *,
+        channel: str | None = None,
+        tenant: str | None = None,
+        error_type: str | None = None,
+        older_than: float | None = None,
+        limit: int = ...,
+    ) -> list[StoredDeadLetter]:
+        """Dead letters across channels; see :class:`runtime.dead_letters.DeadLetterOps`."""
+        ...
+
+    async def replay_dead_letters(self, channel_id: str, ids: Sequence[int] | None = None) -> int:
+        """Send a channel's dead letters again; returns how many."""
+        ...
+
+    async def discard_dead_letters(self, channel_id: str, ids: Sequence[int] | None = None) -> int:
+        """Forget a channel's dead letters; returns how many."""
         ...

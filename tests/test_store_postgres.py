@@ -128,7 +128,14 @@ async def test_opening_creates_the_schema_once_and_reopening_keeps_the_data(pg: 
                 "ORDER BY table_name",
                 pg.schema,
             )
-            assert [row["table_name"] for row in tables] == ["inbound_events", "kept_outbound"]
+            assert [row["table_name"] for row in tables] == [
+                "channel_checkpoints",
+                "dead_letters",
+                "inbound_events",
+                "kept_outbound",
+                "owner_tokens",
+                "schema_migrations",
+            ]
             assert await store.recent_inbound() == [message(1)]
             assert await store.take_outbound() == [kept(1)]
             assert pg.schema in repr(store) and "127.0.0.1:5432" in repr(store)

@@ -6,7 +6,7 @@ pure decision), ``inbound`` (dedupe, publish, hand to the store), ``state``
 (what survives a crash) and ``handle`` (the ChannelRef a product holds).
 """
 
-from .actor import ChannelActor, ListDeadLetters, ReplayDeadLetters, Send
+from .actor import ChannelActor, DiscardDeadLetters, ListDeadLetters, ReplayDeadLetters, Send
 from .connection import CLOSE_GRACE, CONNECTS_IN_FLIGHT
 from .handle import ChannelRef
 from .inbound import InboundSink, MemoryInboundSink
@@ -34,6 +34,7 @@ __all__ = [
     "ChannelStatistics",
     "ChannelStatus",
     "DeadLetterQueue",
+    "DiscardDeadLetters",
     "InboundSink",
     "ListDeadLetters",
     "MemoryInboundSink",

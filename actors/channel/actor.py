@@ -38,7 +38,7 @@ from .state import (
     channel_statistics,
 )
 
-__all__ = ["ChannelActor", "ListDeadLetters", "ReplayDeadLetters", "Send"]
+__all__ = ["ChannelActor", "DiscardDeadLetters", "ListDeadLetters", "ReplayDeadLetters", "Send"]
 
 log = logging.getLogger("switchboard.channels")
 
@@ -53,6 +53,13 @@ class Send:
 @attrs.frozen
 class ReplayDeadLetters:
     """Resend dead letters (all, or the given ids); the reply is how many."""
+
+    ids: tuple[int, ...] | None = None
+
+
+@attrs.frozen
+class DiscardDeadLetters:
+    """Drop dead letters (all, or the given ids); the reply is how many."""
 
     ids: tuple[int, ...] | None = None
 
@@ -169,8 +176,15 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
 
     async def on_stop(self, exit: Exit) -> None:
         await self._hand_over(retry=False)
-        if self.memory.status is not ChannelStatus.FAILED:
+        memory = self.memory
+        if memory.status is not ChannelStatus.FAILED:
             self._set_status(ChannelStatus.STOPPED, reason=str(exit))
+        if memory.checkpoints is not None and memory.dirty:
+            # A clean stop is checkpointed at once, not at the writer's next round.
+            try:
+                await memory.checkpoints.write_now(memory)
+            except Exception as exc:  # the writer keeps it dirty and tries again
+                self._log.warning("%r: checkpoint at stop failed: %s", self, exc)
 
     def status(self) -> dict[str, Any]:
         return attrs.asdict(self.statistics(), recurse=False)
@@ -216,6 +230,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure = error
         self._log.error("%r failed for good: %s", self, error)
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
+        self.memory.touch()  # FAILED stays FAILED across a restart of the process too
         self._wake_senders()  # so that they see the failure
 
     # --- requests -------------------------------------------------------------------
@@ -231,7 +246,14 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             return self.memory.dead_letters.letters()
         if kind is ReplayDeadLetters:
             letters = self.memory.dead_letters.take(None if msg.ids is None else list(msg.ids))
+            if letters:
+                self.memory.touch()
             for letter in letters:
                 self.ref.tell(Send(letter.message))
+            return len(letters)
+        if kind is DiscardDeadLetters:
+            letters = self.memory.dead_letters.take(None if msg.ids is None else list(msg.ids))
+            if letters:
+                self.memory.touch()
             return len(letters)
         raise TypeError(f"{self!r} got an unknown message {msg!r}")

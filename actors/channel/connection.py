@@ -141,6 +141,7 @@ class ConnectionLoop:
                 handshaking = False
                 self._conn = conn
                 memory.backoff.connected(trio.current_time())
+                memory.touch()
                 self._set_status(ChannelStatus.CONNECTED)
                 self._wake_senders()
                 try:
@@ -163,6 +164,7 @@ class ConnectionLoop:
         finally:
             if handshaking:
                 gate.release()
+        memory.touch()
         delay = memory.backoff.failure(trio.current_time())
         return delay, f"{type(error).__name__}: {error}"
 
@@ -190,6 +192,8 @@ class ConnectionLoop:
                     )
             await self._on_event(event)
             memory.session = conn.session_state()
+            if not memory.dirty:  # the session and the dedupe window moved
+                memory.touch()
 
     async def _close_for_stop(self) -> None:
         """Close the link resumably while the provider's tasks still run."""

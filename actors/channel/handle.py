@@ -18,7 +18,7 @@ from providers.base import Connection, OutboundMessage, SendResult
 
 from .. import lowlevel
 from ..ref import ActorRef
-from .actor import ChannelActor, ListDeadLetters, ReplayDeadLetters, Send
+from .actor import ChannelActor, DiscardDeadLetters, ListDeadLetters, ReplayDeadLetters, Send
 from .state import ChannelMemory, ChannelStatistics, OutboundDeadLetter, channel_statistics
 
 __all__ = ["ChannelRef"]
@@ -85,6 +85,11 @@ class ChannelRef:
     async def replay_dead_letters(self, ids: Sequence[int] | None = None) -> int:
         """Send dead letters again (all, or the given ids); returns how many."""
         count: int = await self.ref.ask(ReplayDeadLetters(None if ids is None else tuple(ids)))
+        return count
+
+    async def discard_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Forget dead letters (all, or the given ids); returns how many."""
+        count: int = await self.ref.ask(DiscardDeadLetters(None if ids is None else tuple(ids)))
         return count
 
     @property

@@ -192,6 +192,8 @@ class SendPath:
             if not limiter.try_acquire(trio.current_time(), key=peer):
                 breaker.record_success(trio.current_time())  # release a trial slot
                 continue
+            if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
+                memory.touch()
             attempts += 1
             try:
                 result = await conn.send(message)
@@ -215,6 +217,7 @@ class SendPath:
     ) -> None:
         """Carry out a decision: record it, then wait, or raise to the caller."""
         memory = self.memory
+        memory.touch()
         now = trio.current_time()
         action = verdict.action
         if action is SendAction.FAIL_CHANNEL:

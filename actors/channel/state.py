@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import OrderedDict
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -23,6 +23,9 @@ from providers.base import OutboundMessage, PlatformLimits, SessionState
 from ..backoff import Backoff, ExponentialBackoff
 from ..breaker import CircuitBreaker
 from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
+
+if TYPE_CHECKING:
+    from .durable import CheckpointSink
 
 __all__ = [
     "ChannelMemory",
@@ -158,13 +161,14 @@ class DeadLetterQueue:
     The table is made with the first letter: most channels never have one.
     """
 
-    __slots__ = ("_letters", "capacity", "dropped", "total")
+    __slots__ = ("_letters", "capacity", "changes", "dropped", "total")
 
     def __init__(self, capacity: int = DEFAULT_DEAD_LETTERS) -> None:
         self.capacity = capacity
         self._letters: OrderedDict[int, OutboundDeadLetter] | None = None
         self.dropped = 0
         self.total = 0
+        self.changes = 0  # adds and takes so far: a checkpoint rewrites the letters when it moved
 
     def __len__(self) -> int:
         return 0 if self._letters is None else len(self._letters)
@@ -184,10 +188,18 @@ class DeadLetterQueue:
         )
         self._letters[letter.id] = letter
         self.total += 1
+        self.changes += 1
         while len(self._letters) > self.capacity:
             self._letters.popitem(last=False)
             self.dropped += 1
         return letter
+
+    def restore(self, letters: list[OutboundDeadLetter], *, total: int, dropped: int) -> None:
+        """Put back letters kept by an earlier process (a fresh queue only)."""
+        if letters:
+            self._letters = OrderedDict((letter.id, letter) for letter in letters)
+        self.total = max(total, max((letter.id for letter in letters), default=0))
+        self.dropped = dropped
 
     def letters(self) -> list[OutboundDeadLetter]:
         """Every dead letter, oldest first."""
@@ -201,8 +213,11 @@ class DeadLetterQueue:
         if ids is None:
             taken = list(letters.values())
             letters.clear()
-            return taken
-        return [letters.pop(i) for i in ids if i in letters]
+        else:
+            taken = [letters.pop(i) for i in ids if i in letters]
+        if taken:
+            self.changes += 1
+        return taken
 
 
 class RecentIds:
@@ -219,6 +234,14 @@ class RecentIds:
 
     def __len__(self) -> int:
         return 0 if self._ids is None else len(self._ids)
+
+    def newest(self, count: int) -> tuple[str, ...]:
+        """The newest ``count`` ids, oldest first."""
+        ids = self._ids
+        if not ids:
+            return ()
+        keys = list(ids)
+        return tuple(keys[-count:])
 
     def add(self, key: str) -> bool:
         """Record ``key``; False if it was already among the recent ones."""
@@ -261,10 +284,12 @@ class ChannelMemory:
     __slots__ = (
         "backoff",
         "breaker",
+        "checkpoints",
         "connected_since",
         "counters",
         "current_ref",
         "dead_letters",
+        "dirty",
         "incarnations",
         "last_error",
         "limiter",
@@ -318,6 +343,10 @@ class ChannelMemory:
         # The ref of the newest incarnation: a supervisor restarted from
         # scratch starts its children under new refs, and handles follow.
         self.current_ref: Any = None
+        # Durable state changed since the last checkpoint; the sink (the
+        # node's checkpoint writer, if any) is told once per change of heart.
+        self.dirty = False
+        self.checkpoints: CheckpointSink | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "sent",
@@ -331,6 +360,17 @@ class ChannelMemory:
             ),
             0,
         )
+
+    def touch(self) -> None:
+        """Durable state changed: have it checkpointed (the next round of the writer).
+
+        Cheap when already dirty: one attribute test.
+        """
+        if not self.dirty:
+            self.dirty = True
+            sink = self.checkpoints
+            if sink is not None:
+                sink.mark(self)
 
 
 def channel_statistics(channel_id: str, provider: str, memory: ChannelMemory) -> ChannelStatistics:

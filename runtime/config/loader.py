@@ -37,7 +37,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError, ConfigProblem
 from . import refs, rules
-from .model import Check, NodeConfig
+from .model import Check, NodeConfig, StorageConfig
 
 __all__ = ["CONVERTER", "load_config", "parse_config"]
 
@@ -120,9 +120,38 @@ def parse_config(
         raise ConfigError(source, _scrubbed(_in_file_order(found, written), secrets))
     return attrs.evolve(
         config,
+        storage=_storage_paths(config.storage, source, config.node.id),
         source=source,
         resolved_secrets=resolution.secrets,
         deprecations=tuple(deprecations),
+    )
+
+
+def _storage_paths(storage: StorageConfig, source: str, node_id: str) -> StorageConfig:
+    """The storage section with its file paths made absolute.
+
+    A relative path is relative to the deployment file's directory (the
+    working directory for a config that is no file); an SQLite store with no
+    path gets ``data/<node id>.sqlite3`` there, or under
+    ``$XDG_STATE_HOME/switchboard`` for a config that is no file.
+    """
+    from_file = source != "<string>" and bool(FilePath(source).suffix)
+    base = FilePath(source).resolve().parent if from_file else FilePath.cwd()
+    path: FilePath | None = None
+    if storage.backend == "sqlite":
+        if storage.path is None:
+            if from_file:
+                path = base / "data" / f"{node_id}.sqlite3"
+            else:
+                state = os.environ.get("XDG_STATE_HOME") or str(FilePath.home() / ".local/state")
+                path = FilePath(state) / "switchboard" / f"{node_id}.sqlite3"
+        else:
+            path = base / FilePath(storage.path).expanduser()
+    outbox = storage.outbox_file
+    return attrs.evolve(
+        storage,
+        path=storage.path if path is None else str(path),
+        outbox_file=None if outbox is None else str(base / FilePath(outbox).expanduser()),
     )
 
 

@@ -123,21 +123,32 @@ class NodeSection:
 class StorageConfig:
     """``[storage]``: where inbound events and unsent messages are kept.
 
+    Which backend when: ``memory`` for tests and throwaway runs (nothing
+    survives the process); ``sqlite`` for a single node without a database
+    server (one file, the embedded durable default); ``postgres`` for
+    production and for every node of a cluster.
+
     Attributes:
-        backend: ``memory`` (nothing survives the process unless
-            ``outbox_file`` is set) or ``postgres``.
+        backend: ``memory``, ``sqlite`` or ``postgres``.
         dsn: the PostgreSQL DSN (a secret: use ``${env:NAME}``).
         schema: the PostgreSQL schema for the node's tables.
-        outbox_file: memory backend: a JSON file where messages that could
-            not be sent by the drain deadline are kept for the next start.
+        path: the SQLite file; relative to the deployment file's directory;
+            unset: ``data/<node id>.sqlite3`` beside the deployment file.
+        outbox_file: deprecated (the stores keep unsent messages themselves):
+            a JSON file an older release kept unsent messages in; read once
+            at start into the store, then deleted.
+        checkpoint_interval: seconds between two checkpoints of one
+            channel's durable state (written behind, in batches).
         batch_size: inbound events written per batch.
         flush_interval: seconds before a partial batch is written.
     """
 
-    backend: Literal["memory", "postgres"] = "memory"
+    backend: Literal["memory", "sqlite", "postgres"] = "memory"
     dsn: str | None = attrs.field(default=None, repr=False, validator=POSTGRES_URL)
     schema: str = attrs.field(default="switchboard", validator=SQL_NAME)
+    path: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     outbox_file: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    checkpoint_interval: float = attrs.field(default=1.0, validator=POSITIVE)
     batch_size: int = attrs.field(default=500, validator=AT_LEAST_ONE)
     flush_interval: float = attrs.field(default=0.5, validator=POSITIVE)
 

@@ -32,6 +32,7 @@ from .refs import Path, dotted, has_reference, walk
 __all__ = [
     "CREDENTIALS",
     "DEPRECATED_KEYS",
+    "DEPRECATED_SETTINGS",
     "REQUIRED_OPTIONS",
     "RULES",
     "SECRET_FIELDS",
@@ -321,6 +322,17 @@ DEPRECATED_KEYS: Final[tuple[tuple[Path, str, str], ...]] = (
 )
 
 
+# (where, key, what to do instead): settings still read, reported as deprecated.
+DEPRECATED_SETTINGS: Final[tuple[tuple[Path, str, str], ...]] = (
+    (
+        ("storage",),
+        "outbox_file",
+        "the store keeps unsent messages itself (backend = 'sqlite' keeps them across "
+        "restarts); the file is read once at start into the store, then deleted",
+    ),
+)
+
+
 def renamed_keys(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigProblem], list[str]]:
     """The file with its deprecated keys read under their new names.
 
@@ -351,6 +363,10 @@ def renamed_keys(doc: Mapping[str, Any]) -> tuple[dict[str, Any], list[ConfigPro
             items = [(new if key == old else key, value) for key, value in table.items()]
             table.clear()
             table.update(items)
+    for where, key, instead in DEPRECATED_SETTINGS:
+        for path, table in _tables_at(out, where, ()):
+            if key in table:
+                notices.append(f"{dotted((*path, key))} is deprecated: {instead}")
     return out, problems, notices
 
 

@@ -76,6 +76,7 @@ from providers.base import OutboundMessage, PermanentSendError
 from ..errors import NodeDraining, NodeError, UnknownChannel
 from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
+from .letters import DeadLetterApi
 from .metrics import WebhookCounters, ops_registry
 
 __all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
@@ -310,6 +311,7 @@ class _Ops:
         self.token = api_token
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks)
+        self.letters = DeadLetterApi(node, _error, self._scrub)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "<api token>") if self.token else text
@@ -524,7 +526,20 @@ class _Ops:
                     methods=["POST"],
                 )
             )
+            for path, handler, method in (
+                ("/v1/dead-letters", self.letters.list, "GET"),
+                ("/v1/channels/{channel_id}/dead-letters/replay", self.letters.replay, "POST"),
+                ("/v1/channels/{channel_id}/dead-letters/discard", self.letters.discard, "POST"),
+            ):
+                routes.append(Route(path, _guarded(self._with_token(handler)), methods=[method]))
         return routes
+
+    def _with_token(self, handler: _Handler) -> _Handler:
+        async def checked(request: Request) -> Response:
+            refusal = self._unauthorized(request)
+            return refusal if refusal is not None else await handler(request)
+
+        return checked
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

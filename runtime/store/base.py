@@ -31,7 +31,8 @@ import abc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Final, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -41,6 +42,15 @@ from providers.groups import lone_exception, reraise
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
+
+if TYPE_CHECKING:
+    from .durable import (
+        Checkpoint,
+        CheckpointResult,
+        DeadLetterFilter,
+        StoredCheckpoint,
+        StoredDeadLetter,
+    )
 
 __all__ = [
     "BACKPRESSURE_WAIT",
@@ -132,8 +142,8 @@ class Store(Protocol):
 
     Attributes:
         backend: ``memory`` or ``postgres``.
-        durable: whether what it keeps survives the process (postgres; memory
-            only for kept messages, and only with an ``outbox_file``).
+        durable: whether what it keeps survives the process (sqlite and
+            postgres; not memory).
     """
 
     backend: str
@@ -188,6 +198,58 @@ class Store(Protocol):
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of the store's counters."""
+        ...
+
+    # --- channels' durable state (see runtime.store.durable) ------------------------------
+
+    async def next_owner_token(self) -> int:
+        """A new owner token, above every token this store gave out or holds.
+
+        A single node takes one at each start; its checkpoints carry it.
+
+        Raises:
+            StoreError: the store could not be read or written.
+        """
+        ...
+
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        """Keep these channels' checkpoints (and dead letters, where changed).
+
+        Each is written unless its owner token is below the stored one; such
+        writes are refused and reported in the result, not raised.
+
+        Raises:
+            StoreError: nothing of the batch may be assumed written.
+        """
+        ...
+
+    async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
+        """The channel's last checkpoint with its dead letters, or ``None``.
+
+        A checkpoint that cannot be used comes back with ``problem`` set.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        ...
+
+    async def dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        """Kept dead letters across channels, oldest first.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        ...
+
+    async def discard_dead_letters(self, where: DeadLetterFilter) -> int:
+        """Forget the kept dead letters that match (the limit aside); returns how many.
+
+        Only for channels that do not run here: a running channel's letters
+        are its own, and its next checkpoint writes them.
+
+        Raises:
+            StoreError: the store could not be written.
+        """
         ...
 
 
@@ -414,6 +476,26 @@ class BatchingStore(abc.ABC):
     async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:
         """See :meth:`Store.recent_inbound`."""
 
+    @abc.abstractmethod
+    async def next_owner_token(self) -> int:
+        """See :meth:`Store.next_owner_token`."""
+
+    @abc.abstractmethod
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        """See :meth:`Store.write_checkpoints`."""
+
+    @abc.abstractmethod
+    async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
+        """See :meth:`Store.load_checkpoint`."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        """See :meth:`Store.dead_letters`."""
+
+    @abc.abstractmethod
+    async def discard_dead_letters(self, where: DeadLetterFilter) -> int:
+        """See :meth:`Store.discard_dead_letters`."""
+
 
 @asynccontextmanager
 async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
@@ -440,16 +522,12 @@ async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
     """
     lone: BaseException | None = None
     try:
-        if config.backend == "postgres":
-            from .postgres import open_postgres_store
+        async with _open_backend(config) as store:
+            if config.outbox_file:
+                from .legacy_outbox import import_legacy_outbox
 
-            async with open_postgres_store(config) as pg_store:
-                yield pg_store
-        else:
-            from .memory import open_memory_store
-
-            async with open_memory_store(config) as memory_store:
-                yield memory_store
+                await import_legacy_outbox(store, Path(config.outbox_file))
+            yield store
     except BaseExceptionGroup as group:
         lone = lone_exception(group)
         if lone is group:
@@ -458,3 +536,22 @@ async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
         # Raised outside the except clause, so it is exactly the exception
         # that was raised, not chained to the group.
         reraise(lone)
+
+
+@asynccontextmanager
+async def _open_backend(config: StorageConfig) -> AsyncIterator[Store]:
+    if config.backend == "postgres":
+        from .postgres import open_postgres_store
+
+        async with open_postgres_store(config) as pg_store:
+            yield pg_store
+    elif config.backend == "sqlite":
+        from .sqlite import open_sqlite_store
+
+        async with open_sqlite_store(config) as sqlite_store:
+            yield sqlite_store
+    else:
+        from .memory import open_memory_store
+
+        async with open_memory_store(config) as memory_store:
+            yield memory_store

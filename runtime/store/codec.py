@@ -16,6 +16,10 @@ Design:
 - :func:`dedupe_key` is the identity of a stored event: the same message
   twice is one row; receipts of one message with different statuses, and
   edits of one message at different times, are distinct.
+- A channel's checkpoint (:class:`~actors.channel.durable.ChannelState`)
+  travels as one JSON object; a limiter part is told apart by its keys (a
+  keyed limiter has ``buckets``). Its dead letters are the store's rows of
+  their own, not part of that object.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
 
+import attrs
 import cattrs
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
+from actors.channel.durable import ChannelState
+from actors.ratelimit import GCRAState, KeyedLimiterState
 from providers.base import (
     ConnectionStateChanged,
     DeliveryReceipt,
@@ -46,11 +53,13 @@ __all__ = [
     "decode_event",
     "decode_kept",
     "decode_outbound",
+    "decode_state",
     "dedupe_key",
     "dumps",
     "encode_event",
     "encode_kept",
     "encode_outbound",
+    "encode_state",
 ]
 
 EVENT_KINDS: Final[Mapping[type, str]] = {
@@ -73,7 +82,31 @@ def _make_converter() -> cattrs.Converter:
         tag_generator=lambda cls: EVENT_KINDS[cls],
         tag_name=_KIND_TAG,
     )
+    made.register_structure_hook(GCRAState | KeyedLimiterState[Any], _limiter_part)
     return made
+
+
+def _optional_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number or null, got {type(value).__name__}")
+    return float(value)
+
+
+def _limiter_part(data: Any, _: Any) -> GCRAState | KeyedLimiterState[Any]:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected a limiter state object, got {type(data).__name__}")
+    if "buckets" not in data:
+        return converter.structure(data, GCRAState)
+    buckets = data["buckets"]
+    if not isinstance(buckets, list):
+        raise TypeError("expected buckets to be a list of [key, bucket] pairs")
+    return KeyedLimiterState(
+        buckets=tuple((key, converter.structure(bucket, GCRAState)) for key, bucket in buckets),
+        paused_until=_optional_float(data.get("paused_until")),
+        new_keys_paused_until=_optional_float(data.get("new_keys_paused_until")),
+    )
 
 
 converter: Final = _make_converter()
@@ -162,6 +195,31 @@ def decode_kept(data: Mapping[str, Any]) -> KeptMessage:
         return converter.structure(data, KeptMessage)
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
         raise _invalid("kept message", exc) from exc
+
+
+def encode_state(state: ChannelState) -> dict[str, Any]:
+    """A channel's durable state as a JSON-able dict, without its dead letters.
+
+    The dead letters are the store's rows of their own (``encode_outbound``
+    for each message); the dict keeps their counters.
+    """
+    encoded: dict[str, Any] = converter.unstructure(attrs.evolve(state, dead_letters=()))
+    del encoded["dead_letters"]
+    return encoded
+
+
+def decode_state(data: Mapping[str, Any]) -> ChannelState:
+    """The state :func:`encode_state` made ``data`` from (with no dead letters).
+
+    Raises:
+        ValueError: ``data`` is not an encoded channel state.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError("not a valid channel state: expected a JSON object")
+    try:
+        return converter.structure({**data, "dead_letters": []}, ChannelState)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
+        raise _invalid("channel state", exc) from exc
 
 
 def dedupe_key(event: InboundMessage | MessageEdited | DeliveryReceipt) -> DedupeKey:

@@ -5,30 +5,20 @@ Design:
   ``recent_inbound``; older ones are evicted and counted. Duplicates are
   recognised by the same key PostgreSQL uses (:func:`.codec.dedupe_key`),
   within the window.
-- Kept outbound messages are the one thing that can outlive the process:
-  with ``outbox_file`` set, every ``keep_outbound`` rewrites the whole file
-  (what it held plus the new messages, one JSON object per line) to a
-  temporary file in the same directory, fsyncs it and renames it over the
-  old one, so a crash leaves either the old file or the new one, never half
-  of one. ``take_outbound`` reads it and deletes it only after every line
-  was understood; a line that is not a kept message is a
-  :class:`~runtime.errors.StoreError` naming ``file:line``, and the file is
-  left for someone to fix. Without ``outbox_file`` they stay in memory, for
-  ``take_outbound`` in the same process.
-- File work runs in a worker thread (``trio.to_thread``), one at a time.
+- Kept outbound messages, checkpoints and dead letters live as long as the
+  store object: nothing survives the process (use ``sqlite`` for that). A
+  node reopened on the same store in one process restores exactly what it
+  would from a database: checkpoints are encoded as the durable backends
+  encode them (JSON).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -37,7 +27,19 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 from ..config.model import StorageConfig
 from ..errors import StoreError
 from .base import BatchingStore, BatchResult, KeptMessage
-from .codec import DedupeKey, decode_kept, dedupe_key, dumps, encode_kept
+from .codec import DedupeKey, decode_state, dedupe_key
+from .durable import (
+    Checkpoint,
+    CheckpointResult,
+    DeadLetterFilter,
+    StoredCheckpoint,
+    StoredDeadLetter,
+    decoded_checkpoint,
+    letter_from_row,
+    letter_rows,
+    letters_matching,
+    state_json,
+)
 
 __all__ = ["RECENT_CAPACITY", "MemoryStore", "open_memory_store"]
 
@@ -50,28 +52,24 @@ class MemoryStore(BatchingStore):
     Args:
         batch_size: inbound events written per batch.
         flush_interval: seconds before a partial batch is written.
-        outbox_file: where kept messages survive the process (None: memory only).
         capacity: inbound events kept for ``recent_inbound``.
     """
 
     backend = "memory"
+    durable = False
 
     def __init__(
-        self,
-        *,
-        batch_size: int,
-        flush_interval: float,
-        outbox_file: str | os.PathLike[str] | None = None,
-        capacity: int = RECENT_CAPACITY,
+        self, *, batch_size: int, flush_interval: float, capacity: int = RECENT_CAPACITY
     ) -> None:
         super().__init__(batch_size=batch_size, flush_interval=flush_interval)
-        self.outbox_file = Path(outbox_file) if outbox_file is not None else None
-        self.durable = self.outbox_file is not None
         self._capacity = capacity
         self._recent: collections.deque[tuple[DedupeKey, Event]] = collections.deque()
         self._keys: set[DedupeKey] = set()
         self._kept_here: list[KeptMessage] = []
-        self._outbox_lock = trio.Lock()
+        self._owner_token = 0
+        # channel -> (token, tenant, version, state JSON); channel -> its letter rows
+        self._checkpoints: dict[str, tuple[int, str, int, str]] = {}
+        self._letters: dict[str, list[tuple[Any, ...]]] = {}
 
     async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
         written = duplicates = 0
@@ -109,21 +107,7 @@ class MemoryStore(BatchingStore):
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        if not items:
-            return
-        if self.outbox_file is None:
-            self._kept_here.extend(items)
-        else:
-            lines = [dumps(encode_kept(item)) for item in items]
-            async with self._outbox_lock:
-                try:
-                    await trio.to_thread.run_sync(_append_lines, self.outbox_file, lines)
-                except OSError as exc:
-                    self._errors += 1
-                    raise StoreError(
-                        f"could not keep {len(items)} outbound messages in "
-                        f"{self.outbox_file}: {exc}"
-                    ) from exc
+        self._kept_here.extend(items)
         self._kept += len(items)
 
     async def take_outbound(self) -> list[KeptMessage]:
@@ -131,81 +115,89 @@ class MemoryStore(BatchingStore):
         self._check_open()
         await trio.lowlevel.checkpoint()
         taken, self._kept_here = self._kept_here, []
-        if self.outbox_file is None:
-            return taken
-        async with self._outbox_lock:
+        return taken
+
+    # --- channels' durable state ---------------------------------------------------------
+
+    async def next_owner_token(self) -> int:
+        """See :meth:`runtime.store.Store.next_owner_token`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        stored = max((row[0] for row in self._checkpoints.values()), default=0)
+        self._owner_token = max(self._owner_token, stored) + 1
+        return self._owner_token
+
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        """See :meth:`runtime.store.Store.write_checkpoints`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        written: list[str] = []
+        refused: list[tuple[str, int]] = []
+        for item in items:
+            stored = self._checkpoints.get(item.channel_id)
+            if stored is not None and stored[0] > item.owner_token:
+                refused.append((item.channel_id, stored[0]))
+                continue
             try:
-                from_file = await trio.to_thread.run_sync(_take_lines, self.outbox_file)
-            except StoreError:
+                state = state_json(item)
+                letters = letter_rows([item])
+            except (ValueError, TypeError) as exc:
                 self._errors += 1
-                self._kept_here[:0] = taken
-                raise
-        return taken + from_file
+                raise StoreError(
+                    f"checkpoint of {item.channel_id!r} cannot be kept: {exc}"
+                ) from exc
+            self._checkpoints[item.channel_id] = (
+                item.owner_token,
+                item.tenant,
+                item.state.version,
+                state,
+            )
+            if item.letters_changed:
+                self._letters[item.channel_id] = letters
+            written.append(item.channel_id)
+        return CheckpointResult(written=tuple(written), refused=tuple(refused))
 
-
-def _append_lines(path: Path, lines: list[str]) -> None:
-    """Rewrite ``path`` atomically with its old lines plus ``lines``."""
-    try:
-        old = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        old = ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    text = old + "".join(line + "\n" for line in lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _take_lines(path: Path) -> list[KeptMessage]:
-    """Every kept message in ``path``; the file is deleted once all were read."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StoreError(f"could not read the outbox file {path}: {exc}") from exc
-    kept: list[KeptMessage] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
+        """See :meth:`runtime.store.Store.load_checkpoint`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        stored = self._checkpoints.get(channel_id)
+        if stored is None:
+            return None
+        token, _, version, text = stored
+        decoded: object
         try:
-            kept.append(decode_kept(json.loads(line)))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
-            raise StoreError(
-                f"{path}:{number}: not a kept message ({exc}); nothing was taken and the "
-                "file is left as it is: fix or remove that line"
-            ) from exc
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise StoreError(f"read the outbox file {path} but could not delete it: {exc}") from exc
-    _fsync_directory(path.parent)
-    return kept
+            decoded = decode_state(json.loads(text))
+        except ValueError as exc:
+            decoded = exc
+        letters = [item.letter for item in self._stored_letters(channel_id)]
+        return decoded_checkpoint(channel_id, token, version, decoded, letters)
 
+    async def dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        """See :meth:`runtime.store.Store.dead_letters`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        channels = [where.channel_id] if where.channel_id is not None else list(self._letters)
+        found = [item for channel in channels for item in self._stored_letters(channel)]
+        return letters_matching(found, where)
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable (best effort off POSIX)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    async def discard_dead_letters(self, where: DeadLetterFilter) -> int:
+        """See :meth:`runtime.store.Store.discard_dead_letters`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        count = 0
+        for channel, rows in self._letters.items():
+            kept = []
+            for row, item in zip(rows, self._stored_letters(channel), strict=True):
+                if where.matches(channel, item.tenant, item.letter):
+                    count += 1
+                else:
+                    kept.append(row)
+            self._letters[channel] = kept
+        return count
+
+    def _stored_letters(self, channel_id: str) -> list[StoredDeadLetter]:
+        return [letter_from_row(row) for row in self._letters.get(channel_id, ())]
 
 
 @asynccontextmanager
@@ -215,10 +207,6 @@ async def open_memory_store(config: StorageConfig) -> AsyncIterator[MemoryStore]
     Raises:
         StoreError: the block ended normally but the last flush failed.
     """
-    store = MemoryStore(
-        batch_size=config.batch_size,
-        flush_interval=config.flush_interval,
-        outbox_file=config.outbox_file,
-    )
+    store = MemoryStore(batch_size=config.batch_size, flush_interval=config.flush_interval)
     async with store.serving():
         yield store

@@ -50,6 +50,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
+from . import migrations
 from .base import BatchingStore, BatchResult, KeptMessage
 from .codec import (
     decode_event,
@@ -59,6 +60,7 @@ from .codec import (
     encode_event,
     encode_outbound,
 )
+from .postgres_durable import PostgresDurable
 
 __all__ = ["PostgresStore", "describe_dsn", "open_postgres_store"]
 
@@ -121,7 +123,7 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-class PostgresStore(BatchingStore):
+class PostgresStore(PostgresDurable, BatchingStore):
     """The PostgreSQL store (see the module docstring); made by :func:`open_postgres_store`.
 
     Args:
@@ -136,6 +138,7 @@ class PostgresStore(BatchingStore):
 
     backend = "postgres"
     durable = True
+    _db_errors = _DB_ERRORS
 
     def __init__(
         self,
@@ -166,6 +169,9 @@ class PostgresStore(BatchingStore):
 
     def _repr_extra(self) -> str:
         return f" at={self._where} schema={self.schema}"
+
+    def _table(self, name: str) -> str:
+        return f"{_quote(self.schema)}.{name}"
 
     # --- the bridge ---------------------------------------------------------------------
 
@@ -230,39 +236,49 @@ class PostgresStore(BatchingStore):
     # --- schema -------------------------------------------------------------------------
 
     async def create_schema(self) -> None:
-        """Create the schema, tables and indexes that are missing.
+        """Create the schema and apply the migrations it lacks (runtime.store.migrations).
 
         Raises:
-            StoreError: they could not be created.
+            StoreError: they could not be applied, or the database is at a
+                newer version than this code knows.
         """
         schema = _quote(self.schema)
-        ddl = f"""
-            CREATE SCHEMA IF NOT EXISTS {schema};
-            CREATE TABLE IF NOT EXISTS {self.inbound_table} (
-                channel_id text NOT NULL,
-                kind text NOT NULL,
-                platform_message_id text NOT NULL,
-                status text NOT NULL DEFAULT '',
-                payload jsonb NOT NULL,
-                stored_at timestamptz NOT NULL DEFAULT now(),
-                seq bigserial NOT NULL,
-                PRIMARY KEY (channel_id, kind, platform_message_id, status)
-            );
-            CREATE INDEX IF NOT EXISTS inbound_events_channel_seq
-                ON {self.inbound_table} (channel_id, seq);
-            CREATE INDEX IF NOT EXISTS inbound_events_seq ON {self.inbound_table} (seq);
-            CREATE TABLE IF NOT EXISTS {self.outbound_table} (
-                id bigserial PRIMARY KEY,
-                channel_id text NOT NULL,
-                payload jsonb NOT NULL,
-                reason text NOT NULL,
-                accepted_at timestamptz NOT NULL
-            );
-        """
+        prefix = f"{schema}."
         try:
             async with self._connection() as conn, self._transaction(conn):
-                await self._aio(conn.execute)("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                await self._aio(conn.execute)(ddl)
+                execute = self._aio(conn.execute)
+                await execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                await execute(
+                    f"CREATE TABLE IF NOT EXISTS {prefix}schema_migrations ("
+                    "version integer PRIMARY KEY, description text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                current = await self._aio(conn.fetchval)(
+                    f"SELECT coalesce(max(version), 0) FROM {prefix}schema_migrations"
+                )
+                try:
+                    todo = migrations.pending(
+                        migrations.POSTGRES, current, f"PostgreSQL at {self._where} ({schema})"
+                    )
+                except ValueError as exc:
+                    raise StoreError(str(exc)) from None
+                for version, description, statements in todo:
+                    for statement in statements:
+                        await execute(statement.format(schema=prefix))
+                    await execute(
+                        f"INSERT INTO {prefix}schema_migrations (version, description) "
+                        "VALUES ($1, $2)",
+                        version,
+                        description,
+                    )
+                    log.info(
+                        "postgres store at %s: schema %s migrated to version %d (%s)",
+                        self._where,
+                        schema,
+                        version,
+                        description,
+                    )
         except _DB_ERRORS as exc:
             self._fail(f"creating schema {schema} and its tables", exc)
 

@@ -1,0 +1,280 @@
+"""What of a channel outlives the process: its durable state, exported and restored.
+
+Design:
+- ``ChannelMemory`` keeps everything across crashes of the actor; the part
+  that must also survive the process (a kill -9, a move to another node) is
+  one frozen record, :class:`ChannelState`: the provider's session, the rate
+  limiters, the reconnect backoff, the circuit breaker, the inbound dedupe
+  window, the dead letters and whether the channel FAILED (it stays FAILED
+  until an operator revives it).
+- Times: the kernel runs on trio's clock, which is monotonic and local to one
+  process. A record holds wall-clock times (unix seconds): exported with the
+  exporting process's offset ``wall - trio`` and restored with the restoring
+  one's, so a limiter's schedule continues where it stood in real time. Every
+  conversion rounds *later*: a restored limiter is never more permissive
+  than the truth (a restart cannot mint budget), and time that passed while
+  the process was down did pass.
+- Only what is not at rest is kept: a per-peer bucket that has refilled is
+  the same as a fresh one; the dedupe window keeps its newest
+  :data:`DEDUPE_KEPT` ids (a platform redelivers what arrived within a
+  checkpoint interval of a crash: far fewer).
+- Writing is behind: a change calls ``memory.touch()``, which marks the
+  memory dirty once and tells its :class:`CheckpointSink` (the node's
+  writer), which takes a checkpoint at most once per interval.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import attrs
+
+from providers.base import OutboundMessage, SessionState
+
+from ..backoff import BackoffState
+from ..breaker import CircuitBreakerState
+from ..ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
+
+if TYPE_CHECKING:
+    from .state import ChannelMemory
+
+__all__ = [
+    "DEDUPE_KEPT",
+    "STATE_VERSION",
+    "ChannelState",
+    "CheckpointSink",
+    "DeadLetterRecord",
+    "export_state",
+    "restore_state",
+]
+
+STATE_VERSION: Final = 1  # bump when ChannelState changes incompatibly
+DEDUPE_KEPT: Final = 1_000  # newest inbound ids a checkpoint keeps
+
+
+class CheckpointSink(Protocol):
+    """Where a channel's memory reports that its durable state changed."""
+
+    def mark(self, memory: ChannelMemory) -> None:
+        """Take a checkpoint of ``memory`` soon (the writer's next round)."""
+        ...
+
+    async def write_now(self, memory: ChannelMemory) -> None:
+        """Take a checkpoint of ``memory`` now (a clean stop)."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetterRecord:
+    """A dead letter as it is kept: the queue's letter, with a wall-clock time.
+
+    Attributes:
+        id: unique within the channel.
+        message: the message given up on.
+        reason: the final error, as text.
+        error_type: the final error's class name.
+        attempts: send attempts made.
+        at: when it was dead-lettered, unix seconds.
+    """
+
+    id: int
+    message: OutboundMessage
+    reason: str
+    error_type: str
+    attempts: int
+    at: float
+
+
+@attrs.frozen(kw_only=True)
+class ChannelState:
+    """A channel's durable state, with wall-clock times.
+
+    Attributes:
+        version: :data:`STATE_VERSION` of the code that wrote it.
+        session: the provider's session, to resume from.
+        limiter: the rate limiters (channel, then per peer).
+        backoff: the reconnect backoff.
+        breaker: the send circuit breaker.
+        seen: the newest inbound ids, oldest first.
+        failed: why the channel FAILED, if it did (it stays failed).
+        dead_letters: every dead letter, oldest first.
+        dead_letters_total: letters ever added (the next letter's id - 1).
+        dead_letters_dropped: letters dropped because the queue was full.
+    """
+
+    version: int = STATE_VERSION
+    session: SessionState | None = None
+    limiter: CompositeLimiterState | None = None
+    backoff: BackoffState = attrs.field(factory=BackoffState)
+    breaker: CircuitBreakerState = attrs.field(factory=CircuitBreakerState)
+    seen: tuple[str, ...] = ()
+    failed: str | None = None
+    dead_letters: tuple[DeadLetterRecord, ...] = ()
+    dead_letters_total: int = 0
+    dead_letters_dropped: int = 0
+
+
+def export_state(memory: ChannelMemory, *, now: float, clock_offset: float) -> ChannelState:
+    """The durable part of ``memory``, its times moved to the wall clock.
+
+    Args:
+        memory: the channel's memory.
+        now: the trio clock now (buckets full by now are left out).
+        clock_offset: ``time.time() - trio.current_time()`` of this process.
+    """
+    from .state import ChannelStatus
+
+    limiter = memory.limiter.state
+    letters = memory.dead_letters
+    return ChannelState(
+        session=memory.session,
+        limiter=_shift_limiter(_active(limiter, now), clock_offset),
+        backoff=_shift_backoff(memory.backoff.state, clock_offset),
+        breaker=_shift_breaker(memory.breaker.state, clock_offset),
+        seen=memory.seen.newest(DEDUPE_KEPT),
+        failed=(memory.last_error or "failed") if memory.status is ChannelStatus.FAILED else None,
+        dead_letters=tuple(
+            DeadLetterRecord(
+                id=letter.id,
+                message=letter.message,
+                reason=letter.reason,
+                error_type=letter.error_type,
+                attempts=letter.attempts,
+                at=letter.at + clock_offset,
+            )
+            for letter in letters.letters()
+        ),
+        dead_letters_total=letters.total,
+        dead_letters_dropped=letters.dropped,
+    )
+
+
+def restore_state(memory: ChannelMemory, state: ChannelState, *, clock_offset: float) -> None:
+    """Put ``state`` back into a fresh ``memory``, its times moved to this trio clock.
+
+    Args:
+        memory: a memory made for the channel, not yet used.
+        state: what :func:`export_state` made.
+        clock_offset: ``time.time() - trio.current_time()`` of this process.
+
+    Raises:
+        ValueError: ``state`` does not fit the channel's limiters (their
+            settings changed); nothing is restored then.
+    """
+    from ..backoff import Backoff
+    from ..breaker import CircuitBreaker
+    from ..ratelimit import CompositeLimiter
+    from .state import ChannelStatus, OutboundDeadLetter
+
+    back = -clock_offset
+    limiter = memory.limiter
+    if state.limiter is not None:
+        limiter = CompositeLimiter(*limiter.parts, state=_shift_limiter(state.limiter, back))
+    backoff = memory.backoff
+    restored_backoff = Backoff(
+        backoff.policy,
+        rng=backoff.rng,
+        max_attempts=backoff.max_attempts,
+        reset_after=backoff.reset_after,
+        state=_shift_backoff(state.backoff, back),
+    )
+    breaker = memory.breaker
+    restored_breaker = CircuitBreaker(
+        failure_threshold=breaker.failure_threshold,
+        reset_timeout=breaker.reset_timeout,
+        half_open_max_calls=breaker.half_open_max_calls,
+        name=breaker.name,
+        state=_shift_breaker(state.breaker, back),
+    )
+    # Everything is checked above; from here on nothing raises.
+    memory.limiter = limiter
+    memory.backoff = restored_backoff
+    memory.breaker = restored_breaker
+    memory.session = state.session
+    for key in state.seen:
+        memory.seen.add(key)
+    memory.dead_letters.restore(
+        [
+            OutboundDeadLetter(
+                id=record.id,
+                message=record.message,
+                reason=record.reason,
+                error_type=record.error_type,
+                attempts=record.attempts,
+                at=record.at + back,
+            )
+            for record in state.dead_letters
+        ],
+        total=state.dead_letters_total,
+        dropped=state.dead_letters_dropped,
+    )
+    if state.failed is not None:
+        memory.status = ChannelStatus.FAILED
+        memory.last_error = state.failed
+
+
+# --- moving times between clocks (always rounding later) --------------------------------
+
+
+def _later_s(value: float | None, shift: float) -> float | None:
+    if value is None:
+        return None
+    moved = value + shift
+    return math.nextafter(moved, math.inf)
+
+
+def _later_ns(value: int | None, shift: float) -> int | None:
+    if value is None:
+        return None
+    return value + math.ceil(shift * 1e9) + 1
+
+
+def _shift_gcra(state: GCRAState, shift: float) -> GCRAState:
+    return GCRAState(
+        tat_ns=_later_ns(state.tat_ns, shift), paused_until=_later_s(state.paused_until, shift)
+    )
+
+
+def _shift_limiter(state: CompositeLimiterState, shift: float) -> CompositeLimiterState:
+    parts: list[GCRAState | KeyedLimiterState[Any]] = []
+    for part in state.parts:
+        if isinstance(part, GCRAState):
+            parts.append(_shift_gcra(part, shift))
+        else:
+            parts.append(
+                KeyedLimiterState(
+                    buckets=tuple((key, _shift_gcra(b, shift)) for key, b in part.buckets),
+                    paused_until=_later_s(part.paused_until, shift),
+                    new_keys_paused_until=_later_s(part.new_keys_paused_until, shift),
+                )
+            )
+    return CompositeLimiterState(
+        parts=tuple(parts), paused_until=_later_s(state.paused_until, shift)
+    )
+
+
+def _shift_backoff(state: BackoffState, shift: float) -> BackoffState:
+    return attrs.evolve(state, connected_at=_later_s(state.connected_at, shift))
+
+
+def _shift_breaker(state: CircuitBreakerState, shift: float) -> CircuitBreakerState:
+    return attrs.evolve(state, retry_at=_later_s(state.retry_at, shift))
+
+
+def _active(state: CompositeLimiterState, now: float) -> CompositeLimiterState:
+    """``state`` without the per-peer buckets that are full again by ``now``."""
+    now_ns = math.floor(now * 1e9)
+
+    def resting(bucket: GCRAState) -> bool:
+        paused = bucket.paused_until is not None and bucket.paused_until > now
+        return not paused and (bucket.tat_ns is None or bucket.tat_ns <= now_ns)
+
+    parts: list[GCRAState | KeyedLimiterState[Any]] = []
+    for part in state.parts:
+        if isinstance(part, KeyedLimiterState):
+            part = attrs.evolve(
+                part, buckets=tuple((k, b) for k, b in part.buckets if not resting(b))
+            )
+        parts.append(part)
+    return attrs.evolve(state, parts=tuple(parts))

@@ -1,0 +1,268 @@
+"""The node's checkpoint writer: channels' durable state, written behind.
+
+Design:
+- One writer per node, never on the send path. A change to a channel's
+  durable state calls ``memory.touch()``, which marks the memory dirty and
+  puts it in the writer's dirty set, once. Every ``interval`` seconds the
+  writer takes the whole set, exports each channel's state
+  (``actors.channel.durable.export_state``) and writes them as one batch
+  (one statement per table): a channel is written at most once per
+  interval, and a crash of the node loses at most the last interval.
+- A clean stop of a channel writes it at once (``write_now``, from the
+  channel's ``on_stop``), and the drain writes whatever is left (``flush``).
+- The memory is marked clean *before* it is exported, so a change made
+  while the batch is on its way marks it dirty again for the next round.
+  A batch the store refuses as a whole (the store is down) marks every
+  channel of it dirty again: nothing is lost, it is written when the store
+  is back. That is logged once per outage, not once per round.
+- Every write carries the node's owner token. A write the store refuses for
+  a lower token means another owner took the channel over (fencing): it is
+  logged, counted, and reported to ``on_fenced`` (the node stops the
+  channel); the writer stops writing for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import trio
+
+from actors.channel import ChannelMemory
+from actors.channel.durable import export_state
+
+from .errors import StoreError
+from .store import Store
+from .store.durable import Checkpoint
+
+__all__ = ["CheckpointStatistics", "CheckpointWriter", "clock_offset"]
+
+log = logging.getLogger("switchboard.checkpoints")
+
+DEFAULT_INTERVAL: Final = 1.0  # seconds between two checkpoints of one channel
+
+
+wall_clock: Callable[[], float] = time.time
+"""Where unix time comes from (tests under a virtual trio clock replace it)."""
+
+
+def clock_offset() -> float:
+    """``wall - trio``: what turns this process's trio times into unix times."""
+    return wall_clock() - trio.current_time()
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointStatistics:
+    """The writer's counters.
+
+    Attributes:
+        token: the owner token its writes carry.
+        dirty: channels waiting for the next round.
+        written: checkpoints written.
+        refused: checkpoints refused for a lower token (fenced).
+        failures: batches the store failed to write (written again later).
+        rounds: rounds that wrote at least one checkpoint.
+        last_batch: checkpoints in the last round's batch.
+        last_seconds: how long the last round's write took.
+    """
+
+    token: int
+    dirty: int
+    written: int
+    refused: int
+    failures: int
+    rounds: int
+    last_batch: int
+    last_seconds: float
+
+
+@attrs.define
+class _Channel:
+    channel_id: str
+    tenant: str
+    provider: str
+    letters_written: int = -1  # the queue's ``changes`` at the last write
+    fenced: bool = False
+
+
+class CheckpointWriter:
+    """Writes dirty channels' checkpoints in batches (see the module docstring).
+
+    Args:
+        store: where checkpoints go.
+        token: the owner token every write carries.
+        interval: seconds between rounds.
+        on_fenced: called with a channel id when a write is refused.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        token: int,
+        interval: float = DEFAULT_INTERVAL,
+        on_fenced: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.token = token
+        self.interval = interval
+        self.on_fenced = on_fenced
+        self._channels: dict[ChannelMemory, _Channel] = {}
+        self._dirty: dict[ChannelMemory, None] = {}
+        self._lock = trio.Lock()
+        self._failing = False
+        self._written = self._refused = self._failures = self._rounds = 0
+        self._last_batch = 0
+        self._last_seconds = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<CheckpointWriter token={self.token} channels={len(self._channels)} "
+            f"dirty={len(self._dirty)} written={self._written}>"
+        )
+
+    # --- what the node and the channels call -------------------------------------------
+
+    def attach(self, memory: ChannelMemory, channel_id: str, tenant: str, provider: str) -> None:
+        """Checkpoint ``memory`` from now on, as ``channel_id``; it is written at the next round."""
+        self._channels[memory] = _Channel(channel_id, tenant, provider)
+        memory.checkpoints = self
+        memory.dirty = False
+        memory.touch()
+
+    def detach(self, memory: ChannelMemory) -> None:
+        """Stop checkpointing ``memory`` (its channel was stopped and written)."""
+        self._channels.pop(memory, None)
+        self._dirty.pop(memory, None)
+        if memory.checkpoints is self:
+            memory.checkpoints = None
+
+    def mark(self, memory: ChannelMemory) -> None:
+        """Part of ``CheckpointSink``: write ``memory`` at the next round."""
+        if memory in self._channels:
+            self._dirty[memory] = None
+
+    async def write_now(self, memory: ChannelMemory) -> None:
+        """Part of ``CheckpointSink``: write ``memory`` now (a clean stop).
+
+        Raises:
+            StoreError: the store failed; the memory stays dirty.
+        """
+        if memory not in self._channels:
+            return
+        async with self._lock:
+            self._dirty.pop(memory, None)
+            await self._write([memory])
+
+    async def flush(self) -> None:
+        """Write every dirty channel now (the drain, or a listing of dead letters).
+
+        Raises:
+            StoreError: the store failed; the channels stay dirty.
+        """
+        async with self._lock:  # after a round in flight: what it writes is written
+            taken = list(self._dirty)
+            self._dirty.clear()
+            await self._write(taken)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Write a round every ``interval`` seconds until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            if not self._dirty:
+                continue
+            with contextlib.suppress(StoreError):  # logged; the channels are dirty again
+                await self.flush()
+
+    def statistics(self) -> CheckpointStatistics:
+        return CheckpointStatistics(
+            token=self.token,
+            dirty=len(self._dirty),
+            written=self._written,
+            refused=self._refused,
+            failures=self._failures,
+            rounds=self._rounds,
+            last_batch=self._last_batch,
+            last_seconds=self._last_seconds,
+        )
+
+    # --- the round ----------------------------------------------------------------------
+
+    async def _write(self, memories: list[ChannelMemory]) -> None:
+        """Write ``memories`` as one batch; the caller holds the lock (one round at a time)."""
+        memories = [m for m in memories if m in self._channels and not self._channels[m].fenced]
+        if not memories:
+            return
+        now = trio.current_time()
+        offset = clock_offset()
+        items = []
+        letters_seen = []
+        for memory in memories:
+            channel = self._channels[memory]
+            memory.dirty = False  # a change from here on marks it again
+            letters = memory.dead_letters.changes
+            letters_seen.append(letters)
+            items.append(
+                Checkpoint(
+                    channel_id=channel.channel_id,
+                    tenant=channel.tenant,
+                    provider=channel.provider,
+                    owner_token=self.token,
+                    state=export_state(memory, now=now, clock_offset=offset),
+                    letters_changed=letters != channel.letters_written,
+                )
+            )
+        started = trio.current_time()
+        try:
+            result = await self.store.write_checkpoints(items)
+        except BaseException as exc:
+            for memory in memories:
+                memory.touch()  # written at the next round instead
+            if isinstance(exc, StoreError):
+                self._failures += 1
+                if not self._failing:
+                    log.error(
+                        "checkpoints of %d channel(s) could not be written; they are "
+                        "kept and written again every %g s: %s",
+                        len(items),
+                        self.interval,
+                        exc,
+                    )
+                self._failing = True
+            raise
+        if self._failing:
+            log.info("checkpoints are written again")
+            self._failing = False
+        self._rounds += 1
+        self._last_batch = len(items)
+        self._last_seconds = trio.current_time() - started
+        self._written += len(result.written)
+        done = set(result.written)
+        for memory, item, letters in zip(memories, items, letters_seen, strict=True):
+            kept = self._channels.get(memory)
+            if kept is not None and item.channel_id in done:
+                kept.letters_written = letters
+        for channel_id, stored in result.refused:
+            self._fenced(channel_id, stored)
+
+    def _fenced(self, channel_id: str, stored: int) -> None:
+        self._refused += 1
+        for memory, channel in self._channels.items():
+            if channel.channel_id == channel_id:
+                channel.fenced = True
+                self._dirty.pop(memory, None)
+        log.error(
+            "the checkpoint of channel %s was refused: another owner wrote it with token %d, "
+            "above this node's %d; this node no longer owns the channel and stops it",
+            channel_id,
+            stored,
+            self.token,
+            extra={"channel": channel_id},
+        )
+        if self.on_fenced is not None:
+            self.on_fenced(channel_id)

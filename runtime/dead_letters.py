@@ -1,0 +1,106 @@
+"""The node's dead-letter operations: list, replay, discard.
+
+Design:
+- A running channel's dead letters are its own (in its memory, written to
+  the store with its checkpoints); a channel that does not run here has
+  only its stored ones. So a listing first writes the dirty checkpoints and
+  then reads the store: one view across every channel, filterable by
+  channel, tenant, error class and age.
+- Replay and discard of a running channel go to the channel itself (an
+  ask, handled one at a time), so two replays that race take each letter
+  once: the first takes it, the second finds it gone. A replayed letter is
+  sent again with its original idempotency key; if it fails again, it
+  becomes a new dead letter. A channel that does not run here cannot send:
+  replaying its letters is refused, discarding them goes to the store.
+- Mixed into :class:`~runtime.node.Node`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .errors import ChannelUnavailable
+from .store.durable import DEFAULT_LETTER_LIMIT, DeadLetterFilter, StoredDeadLetter
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointWriter
+    from .store import Store
+    from .table import ChannelTable
+
+__all__ = ["DeadLetterOps"]
+
+
+class DeadLetterOps:
+    """``dead_letters``, ``replay_dead_letters`` and ``discard_dead_letters`` (a mixin)."""
+
+    if TYPE_CHECKING:
+        store: Store
+        _table: ChannelTable
+        _checkpoints: CheckpointWriter
+
+    async def dead_letters(
+        self,
+        *,
+        channel: str | None = None,
+        tenant: str | None = None,
+        error_type: str | None = None,
+        older_than: float | None = None,
+        limit: int = DEFAULT_LETTER_LIMIT,
+    ) -> list[StoredDeadLetter]:
+        """The dead letters of every channel, oldest first, filtered.
+
+        Args:
+            channel: one channel only.
+            tenant: one tenant only.
+            error_type: one final error class only (``SendFailed``, ``BadRecipient`` ...).
+            older_than: only letters dead before this unix time.
+            limit: at most this many.
+
+        Raises:
+            StoreError: the store could not be read or written.
+            ValueError: a negative limit.
+        """
+        where = DeadLetterFilter(
+            channel_id=channel,
+            tenant=tenant,
+            error_type=error_type,
+            older_than=older_than,
+            limit=limit,
+        )
+        await self._checkpoints.flush()  # running channels' letters, as they are now
+        return await self.store.dead_letters(where)
+
+    async def replay_dead_letters(self, channel_id: str, ids: Sequence[int] | None = None) -> int:
+        """Send a channel's dead letters again (all, or these ids); returns how many.
+
+        Each is taken from the queue once and sent with its original
+        idempotency key; one that fails again is dead-lettered anew.
+
+        Raises:
+            UnknownChannel: no such channel.
+            ChannelUnavailable: the channel does not run here (start it first).
+        """
+        row = self._table.get(channel_id)
+        if row.channel is None:
+            raise ChannelUnavailable(
+                f"channel {channel_id!r} does not run here ({row.start_error or 'stopped'}); "
+                "start it to replay its dead letters",
+                channel_id=channel_id,
+            )
+        return await row.channel.replay_dead_letters(ids)
+
+    async def discard_dead_letters(self, channel_id: str, ids: Sequence[int] | None = None) -> int:
+        """Forget a channel's dead letters (all, or these ids); returns how many.
+
+        A channel that does not run here (stopped, or never started by this
+        node) has its stored letters discarded.
+
+        Raises:
+            StoreError: a stopped channel's letters could not be discarded.
+        """
+        row = self._table.find(channel_id)
+        if row is not None and row.channel is not None:
+            return await row.channel.discard_dead_letters(ids)
+        where = DeadLetterFilter(channel_id=channel_id, ids=None if ids is None else tuple(ids))
+        return await self.store.discard_dead_letters(where)

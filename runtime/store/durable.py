@@ -1,0 +1,267 @@
+"""What the store keeps of channels: checkpoints and dead letters, fenced by owner tokens.
+
+Design:
+- A :class:`Checkpoint` is one channel's :class:`~actors.channel.durable.ChannelState`
+  with who wrote it: the owner token, an integer that only grows. A write
+  whose token is lower than the stored one is refused (fencing): a node that
+  lost a channel can never overwrite the newer owner's state. A single node
+  takes a new token at each start (:meth:`Store.next_owner_token`); in a
+  cluster the token is the channel's lease token.
+- A checkpoint is written whole (one row per channel, one JSON object), at
+  most once per interval per channel (the node's writer). The channel's dead
+  letters are rows of their own, replaced together with the checkpoint when
+  they changed, in the same transaction, so they can be listed and filtered
+  across channels without reading every checkpoint.
+- Reading a checkpoint never raises for its contents: a row written by an
+  incompatible version, or one that does not decode, comes back with the
+  ``problem`` set, for the node to ignore with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import attrs
+
+from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
+
+from .codec import decode_outbound, dumps, encode_outbound, encode_state
+
+__all__ = [
+    "LETTER_COLUMNS",
+    "Checkpoint",
+    "CheckpointResult",
+    "DeadLetterFilter",
+    "StoredCheckpoint",
+    "StoredDeadLetter",
+    "decoded_checkpoint",
+    "letter_from_row",
+    "letter_rows",
+    "letters_matching",
+    "state_json",
+]
+
+DEFAULT_LETTER_LIMIT: Final = 1_000  # dead letters one listing returns at most
+
+LETTER_COLUMNS: Final = (
+    "channel_id",
+    "letter_id",
+    "tenant",
+    "error_type",
+    "reason",
+    "attempts",
+    "dead_at",
+    "message",
+)
+"""A dead letter row's columns, in the order :func:`letter_rows` gives them."""
+
+
+@attrs.frozen(kw_only=True)
+class Checkpoint:
+    """One channel's state to keep.
+
+    Attributes:
+        channel_id: the channel.
+        tenant: its tenant.
+        provider: its provider.
+        owner_token: who writes it; a lower token than the stored one is refused.
+        state: the durable state, wall-clock times.
+        letters_changed: whether the dead letters changed since the last
+            write (unchanged ones are not rewritten).
+    """
+
+    channel_id: str
+    tenant: str
+    provider: str
+    owner_token: int
+    state: ChannelState
+    letters_changed: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointResult:
+    """What a batch of checkpoint writes did.
+
+    Attributes:
+        written: channels whose checkpoint was written.
+        refused: ``(channel, stored token)`` for each write whose token was
+            below the stored one (fenced: another owner wrote since).
+    """
+
+    written: tuple[str, ...] = ()
+    refused: tuple[tuple[str, int], ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class StoredCheckpoint:
+    """A checkpoint as read back.
+
+    Attributes:
+        channel_id: the channel.
+        owner_token: the token it was written with.
+        version: the ``STATE_VERSION`` of the code that wrote it.
+        state: the state with its dead letters, or ``None`` when ``problem``.
+        problem: why the state cannot be used (a newer or older version, a
+            row that does not decode); ``None`` when it can.
+    """
+
+    channel_id: str
+    owner_token: int
+    version: int
+    state: ChannelState | None
+    problem: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StoredDeadLetter:
+    """A dead letter as listed across channels.
+
+    Attributes:
+        channel_id: the channel it was sent on.
+        tenant: the channel's tenant.
+        letter: the letter (its id is unique within the channel).
+    """
+
+    channel_id: str
+    tenant: str
+    letter: DeadLetterRecord
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetterFilter:
+    """Which dead letters to list or act on.
+
+    Attributes:
+        channel_id: one channel only.
+        tenant: one tenant only.
+        error_type: one final error class only (``SendFailed``, ``BadRecipient`` ...).
+        older_than: only letters dead before this time, unix seconds.
+        ids: only these letter ids (within ``channel_id``).
+        limit: at most this many, oldest first.
+    """
+
+    channel_id: str | None = None
+    tenant: str | None = None
+    error_type: str | None = None
+    older_than: float | None = None
+    ids: tuple[int, ...] | None = None
+    limit: int = attrs.field(default=DEFAULT_LETTER_LIMIT, validator=attrs.validators.ge(0))
+
+    def matches(self, channel_id: str, tenant: str, letter: DeadLetterRecord) -> bool:
+        """Whether one letter passes the filter (the limit aside)."""
+        return (
+            (self.channel_id is None or channel_id == self.channel_id)
+            and (self.tenant is None or tenant == self.tenant)
+            and (self.error_type is None or letter.error_type == self.error_type)
+            and (self.older_than is None or letter.at < self.older_than)
+            and (self.ids is None or letter.id in self.ids)
+        )
+
+
+def letters_matching(
+    letters: Iterable[StoredDeadLetter], where: DeadLetterFilter
+) -> list[StoredDeadLetter]:
+    """The letters that pass ``where``, oldest first, at most ``where.limit``."""
+    found = [item for item in letters if where.matches(item.channel_id, item.tenant, item.letter)]
+    found.sort(key=lambda item: (item.letter.at, item.channel_id, item.letter.id))
+    return found[: where.limit]
+
+
+def decoded_checkpoint(
+    channel_id: str,
+    owner_token: int,
+    version: int,
+    decode: object,
+    letters: Sequence[DeadLetterRecord],
+) -> StoredCheckpoint:
+    """A stored checkpoint from its row: ``decode`` is the state or the error decoding it.
+
+    Args:
+        channel_id: the channel.
+        owner_token: the row's token.
+        version: the row's version.
+        decode: the decoded :class:`ChannelState` (without letters), or the
+            ``ValueError`` decoding raised.
+        letters: the channel's dead letter rows, oldest first.
+    """
+    if version != STATE_VERSION:
+        problem = (
+            f"written by a version of Switchboard whose channel state is v{version}; "
+            f"this one reads v{STATE_VERSION}"
+        )
+        return StoredCheckpoint(
+            channel_id=channel_id,
+            owner_token=owner_token,
+            version=version,
+            state=None,
+            problem=problem,
+        )
+    if not isinstance(decode, ChannelState):
+        return StoredCheckpoint(
+            channel_id=channel_id,
+            owner_token=owner_token,
+            version=version,
+            state=None,
+            problem=str(decode),
+        )
+    return StoredCheckpoint(
+        channel_id=channel_id,
+        owner_token=owner_token,
+        version=version,
+        state=attrs.evolve(decode, dead_letters=tuple(letters)),
+    )
+
+
+def state_json(item: Checkpoint) -> str:
+    """The checkpoint's state as the JSON a row keeps (dead letters apart).
+
+    Raises:
+        ValueError, TypeError: the state holds what JSON cannot carry.
+    """
+    return dumps(encode_state(item.state))
+
+
+def letter_rows(items: Iterable[Checkpoint]) -> list[tuple[Any, ...]]:
+    """The dead letter rows (:data:`LETTER_COLUMNS`) of the items whose letters changed.
+
+    Raises:
+        ValueError, TypeError: a message holds what JSON cannot carry.
+    """
+    return [
+        (
+            item.channel_id,
+            record.id,
+            item.tenant,
+            record.error_type,
+            record.reason,
+            record.attempts,
+            record.at,
+            dumps(encode_outbound(record.message)),
+        )
+        for item in items
+        if item.letters_changed
+        for record in item.state.dead_letters
+    ]
+
+
+def letter_from_row(row: Sequence[Any]) -> StoredDeadLetter:
+    """A stored dead letter from a row in :data:`LETTER_COLUMNS` order.
+
+    Raises:
+        ValueError: the message column is not an encoded message.
+    """
+    channel_id, letter_id, tenant, error_type, reason, attempts, dead_at, message = row
+    return StoredDeadLetter(
+        channel_id=channel_id,
+        tenant=tenant,
+        letter=DeadLetterRecord(
+            id=int(letter_id),
+            message=decode_outbound(json.loads(message)),
+            reason=reason,
+            error_type=error_type,
+            attempts=int(attempts),
+            at=float(dead_at),
+        ),
+    )

@@ -1,0 +1,235 @@
+"""The PostgreSQL store's half for channels' durable state: checkpoints, dead letters, tokens.
+
+Design:
+- A batch of checkpoints is one transaction: one ``INSERT ... SELECT FROM
+  unnest(...) ON CONFLICT DO UPDATE ... WHERE stored.owner_token <=
+  new.owner_token RETURNING channel_id`` writes the ones the token allows;
+  what did not come back was refused (fenced), and its stored token is read
+  in the same transaction for the report. The dead letters of the written
+  channels whose letters changed are replaced in the same transaction, so a
+  checkpoint and its letters never disagree.
+- Owner tokens come from one row (``owner_tokens``), always above every
+  token a checkpoint holds: a database restored from an old backup, or
+  written by a node with a higher token, still moves the counter forward.
+- Mixed into :class:`~runtime.store.postgres.PostgresStore`, whose bridge
+  (``_connection``, ``_transaction``, ``_aio``) and error mapping
+  (``_fail``) it uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ..errors import StoreError
+from .codec import decode_state
+from .durable import (
+    LETTER_COLUMNS,
+    Checkpoint,
+    CheckpointResult,
+    DeadLetterFilter,
+    StoredCheckpoint,
+    StoredDeadLetter,
+    decoded_checkpoint,
+    letter_from_row,
+    letter_rows,
+    state_json,
+)
+
+__all__ = ["PostgresDurable"]
+
+_TOKEN_ROW = "node"
+
+
+class PostgresDurable:
+    """Checkpoints, dead letters and owner tokens in PostgreSQL (a mixin)."""
+
+    if TYPE_CHECKING:
+        schema: str
+        _where: str
+        _errors: int
+        _db_errors: tuple[type[BaseException], ...]
+
+        def _connection(self) -> AbstractAsyncContextManager[Any]: ...
+
+        def _transaction(self, conn: Any) -> AbstractAsyncContextManager[None]: ...
+
+        def _aio(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]: ...
+
+        def _fail(self, operation: str, exc: BaseException, *, count: bool = True) -> NoReturn: ...
+
+        def _check_open(self) -> None: ...
+
+        def _table(self, name: str) -> str: ...
+
+    async def next_owner_token(self) -> int:
+        """See :meth:`runtime.store.Store.next_owner_token`."""
+        self._check_open()
+        tokens, checkpoints = self._table("owner_tokens"), self._table("channel_checkpoints")
+        floor = f"(SELECT coalesce(max(owner_token), 0) + 1 FROM {checkpoints})"
+        try:
+            async with self._connection() as conn:
+                token = await self._aio(conn.fetchval)(
+                    f"INSERT INTO {tokens} (name, token) VALUES ($1, {floor}) "
+                    f"ON CONFLICT (name) DO UPDATE SET token = "
+                    f"greatest({tokens}.token + 1, {floor}) RETURNING token",
+                    _TOKEN_ROW,
+                )
+        except self._db_errors as exc:
+            self._fail(f"taking an owner token from {tokens}", exc)
+        return int(token)
+
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        """See :meth:`runtime.store.Store.write_checkpoints`."""
+        self._check_open()
+        if not items:
+            return CheckpointResult()
+        checkpoints, letters = self._table("channel_checkpoints"), self._table("dead_letters")
+        try:
+            rows = [
+                (i.channel_id, i.tenant, i.provider, i.owner_token, i.state.version, state_json(i))
+                for i in items
+            ]
+            fresh_letters = letter_rows(items)
+        except (ValueError, TypeError) as exc:
+            self._errors += 1
+            raise StoreError(f"checkpoints that cannot be kept: {exc}") from exc
+        try:
+            async with self._connection() as conn, self._transaction(conn):
+                written = await self._aio(conn.fetch)(
+                    f"INSERT INTO {checkpoints} AS c "
+                    "(channel_id, tenant, provider, owner_token, version, state) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+                    "$5::int[], $6::jsonb[]) "
+                    "ON CONFLICT (channel_id) DO UPDATE SET tenant = EXCLUDED.tenant, "
+                    "provider = EXCLUDED.provider, owner_token = EXCLUDED.owner_token, "
+                    "version = EXCLUDED.version, state = EXCLUDED.state, written_at = now() "
+                    "WHERE c.owner_token <= EXCLUDED.owner_token RETURNING channel_id",
+                    *(list(column) for column in zip(*rows, strict=True)),
+                )
+                done = {row["channel_id"] for row in written}
+                refused_ids = [item.channel_id for item in items if item.channel_id not in done]
+                refused = []
+                if refused_ids:
+                    stored = await self._aio(conn.fetch)(
+                        f"SELECT channel_id, owner_token FROM {checkpoints} "
+                        "WHERE channel_id = ANY($1::text[])",
+                        refused_ids,
+                    )
+                    refused = [(row["channel_id"], int(row["owner_token"])) for row in stored]
+                changed = [
+                    item.channel_id
+                    for item in items
+                    if item.letters_changed and item.channel_id in done
+                ]
+                if changed:
+                    await self._aio(conn.execute)(
+                        f"DELETE FROM {letters} WHERE channel_id = ANY($1::text[])", changed
+                    )
+                fresh = [row for row in fresh_letters if row[0] in done]
+                if fresh:
+                    await self._aio(conn.execute)(
+                        f"INSERT INTO {letters} (channel_id, letter_id, tenant, error_type, "
+                        "reason, attempts, dead_at, message) SELECT * FROM unnest($1::text[], "
+                        "$2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], "
+                        "$7::float8[], $8::jsonb[])",
+                        *(list(column) for column in zip(*fresh, strict=True)),
+                    )
+        except self._db_errors as exc:
+            self._fail(f"writing {len(items)} checkpoint(s) to {checkpoints}", exc)
+        order = [item.channel_id for item in items if item.channel_id in done]
+        return CheckpointResult(written=tuple(order), refused=tuple(refused))
+
+    async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
+        """See :meth:`runtime.store.Store.load_checkpoint`."""
+        self._check_open()
+        checkpoints = self._table("channel_checkpoints")
+        try:
+            async with self._connection() as conn:
+                row = await self._aio(conn.fetchrow)(
+                    f"SELECT owner_token, version, state FROM {checkpoints} WHERE channel_id = $1",
+                    channel_id,
+                )
+                if row is None:
+                    return None
+                letters = await self._fetch_letters(conn, DeadLetterFilter(channel_id=channel_id))
+        except self._db_errors as exc:
+            self._fail(f"reading the checkpoint of {channel_id!r} from {checkpoints}", exc)
+        decoded: object
+        try:
+            decoded = decode_state(json.loads(row["state"]))
+        except ValueError as exc:
+            decoded = exc
+        return decoded_checkpoint(
+            channel_id,
+            int(row["owner_token"]),
+            int(row["version"]),
+            decoded,
+            [item.letter for item in letters],
+        )
+
+    async def dead_letters(self, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        """See :meth:`runtime.store.Store.dead_letters`."""
+        self._check_open()
+        try:
+            async with self._connection() as conn:
+                return await self._fetch_letters(conn, where)
+        except self._db_errors as exc:
+            self._fail(f"listing dead letters from {self._table('dead_letters')}", exc)
+
+    async def discard_dead_letters(self, where: DeadLetterFilter) -> int:
+        """See :meth:`runtime.store.Store.discard_dead_letters`."""
+        self._check_open()
+        table = self._table("dead_letters")
+        clause, args = _where(where)
+        try:
+            async with self._connection() as conn:
+                status = await self._aio(conn.execute)(f"DELETE FROM {table} {clause}", *args)
+        except self._db_errors as exc:
+            self._fail(f"discarding dead letters from {table}", exc)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def _fetch_letters(self, conn: Any, where: DeadLetterFilter) -> list[StoredDeadLetter]:
+        table = self._table("dead_letters")
+        clause, args = _where(where)
+        rows = await self._aio(conn.fetch)(
+            f"SELECT {', '.join(LETTER_COLUMNS)} "
+            f"FROM {table} {clause} ORDER BY dead_at, channel_id, letter_id "
+            f"LIMIT ${len(args) + 1}",
+            *args,
+            where.limit,
+        )
+        found = []
+        for row in rows:
+            try:
+                found.append(letter_from_row([row[name] for name in LETTER_COLUMNS]))
+            except ValueError as exc:
+                self._errors += 1
+                raise StoreError(
+                    f"PostgreSQL at {self._where}: dead letter {row['letter_id']} of channel "
+                    f"{row['channel_id']!r} in {table} is not a message: {exc}"
+                ) from exc
+        return found
+
+
+def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
+    """A ``WHERE`` clause for ``where`` (the limit aside), with numbered parameters."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    for column, value, cast in (
+        ("channel_id", where.channel_id, "text"),
+        ("tenant", where.tenant, "text"),
+        ("error_type", where.error_type, "text"),
+    ):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}::{cast}")
+    if where.older_than is not None:
+        args.append(where.older_than)
+        conditions.append(f"dead_at < ${len(args)}::float8")
+    if where.ids is not None:
+        args.append(list(where.ids))
+        conditions.append(f"letter_id = ANY(${len(args)}::bigint[])")
+    return ("WHERE " + " AND ".join(conditions) if conditions else ""), args

@@ -1,0 +1,299 @@
+"""Channels' durable state in the store, the same for every backend (issue 13).
+
+Checkpoints round-trip, owner tokens fence stale writers, dead letters are
+listed and discarded by filter, a checkpoint of another version is set
+aside, and the durable backends migrate from an empty database and from the
+previous release's schema. Real PostgreSQL (``SWITCHBOARD_TEST_PG``, a schema
+per test) and SQLite in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from actors.backoff import BackoffState
+from actors.breaker import BreakerState, CircuitBreakerState
+from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
+from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
+from providers.base import OutboundMessage, SessionState
+from runtime.config.model import StorageConfig
+from runtime.errors import StoreError
+from runtime.store import open_store
+from runtime.store.durable import Checkpoint, DeadLetterFilter
+from tests.test_store import (
+    PG_CEILING,
+    PG_DSN,
+    Backend,
+    dropped_afterwards,
+    new_schema,
+    pg_session,
+)
+
+
+def letter(n: int, at: float, error: str = "SendFailed") -> DeadLetterRecord:
+    return DeadLetterRecord(
+        id=n,
+        message=OutboundMessage(peer=f"p{n}", idempotency_key=f"k{n}", text=f"text {n}"),
+        reason=f"gave up on {n}",
+        error_type=error,
+        attempts=3,
+        at=at,
+    )
+
+
+def state(*letters: DeadLetterRecord, offset: int = 7, failed: str | None = None) -> ChannelState:
+    return ChannelState(
+        session=SessionState(provider="telegram", data={"offset": offset}),
+        limiter=CompositeLimiterState(
+            parts=(
+                GCRAState(tat_ns=1_800_000_000_123_456_789),
+                KeyedLimiterState(
+                    buckets=(("peer-1", GCRAState(tat_ns=1_800_000_000_000_000_001)),)
+                ),
+            ),
+            paused_until=1_800_000_005.5,
+        ),
+        backoff=BackoffState(failures=2, last_delay=1.25, connected_at=None),
+        breaker=CircuitBreakerState(
+            state=BreakerState.OPEN, consecutive_failures=5, retry_at=1_800_000_030.0, failures=5
+        ),
+        seen=("101", "102", "edit:101:1700000000.0"),
+        failed=failed,
+        dead_letters=letters,
+        dead_letters_total=max((item.id for item in letters), default=0),
+    )
+
+
+def checkpoint(channel: str, token: int, st: ChannelState, **fields: Any) -> Checkpoint:
+    return Checkpoint(
+        channel_id=channel,
+        tenant=fields.pop("tenant", "acme"),
+        provider="telegram",
+        owner_token=token,
+        state=st,
+        **fields,
+    )
+
+
+async def test_a_checkpoint_round_trips_with_its_dead_letters(backend: Backend) -> None:
+    saved = state(letter(1, 1_800_000_000.0), letter(2, 1_800_000_001.0, "BadRecipient"))
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            assert await store.load_checkpoint("tg:1") is None
+            token = await store.next_owner_token()
+            result = await store.write_checkpoints([checkpoint("tg:1", token, saved)])
+            assert result.written == ("tg:1",)
+            assert result.refused == ()
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None
+    assert (loaded.owner_token, loaded.version, loaded.problem) == (token, STATE_VERSION, None)
+    assert loaded.state == saved
+
+
+async def test_owner_tokens_only_grow_and_stay_above_stored_checkpoints(backend: Backend) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            first = await store.next_owner_token()
+            second = await store.next_owner_token()
+            assert second > first
+            # A node that wrote with a much higher token (a restored backup, say).
+            await store.write_checkpoints([checkpoint("tg:1", 1_000, state())])
+            assert await store.next_owner_token() > 1_000
+
+
+async def test_a_stale_writer_cannot_overwrite_a_newer_checkpoint(backend: Backend) -> None:
+    newer = state(offset=50)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints(
+                [checkpoint("tg:1", 5, newer), checkpoint("tg:2", 5, newer)]
+            )
+            result = await store.write_checkpoints(
+                [checkpoint("tg:1", 4, state(offset=10)), checkpoint("tg:2", 6, state(offset=60))]
+            )
+            assert result.written == ("tg:2",)
+            assert result.refused == (("tg:1", 5),)
+            kept = await store.load_checkpoint("tg:1")
+            moved = await store.load_checkpoint("tg:2")
+            same = await store.write_checkpoints([checkpoint("tg:1", 5, state(offset=51))])
+            again = await store.load_checkpoint("tg:1")
+    assert kept is not None and kept.state is not None and kept.owner_token == 5
+    assert kept.state.session == newer.session  # the stale write changed nothing
+    assert moved is not None and moved.owner_token == 6
+    assert same.written == ("tg:1",)  # the same token may write again
+    assert again is not None and again.state is not None
+    assert again.state.session == SessionState(provider="telegram", data={"offset": 51})
+
+
+async def test_unchanged_dead_letters_are_not_rewritten(backend: Backend) -> None:
+    one, two = letter(1, 1_800_000_000.0), letter(2, 1_800_000_001.0)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints([checkpoint("tg:1", 1, state(one, two))])
+            # A write that says the letters did not change leaves the rows alone ...
+            await store.write_checkpoints([checkpoint("tg:1", 1, state(), letters_changed=False)])
+            unchanged = await store.dead_letters(DeadLetterFilter(channel_id="tg:1"))
+            # ... and one that says they did replaces them.
+            await store.write_checkpoints([checkpoint("tg:1", 1, state(two))])
+            replaced = await store.dead_letters(DeadLetterFilter(channel_id="tg:1"))
+    assert [item.letter for item in unchanged] == [one, two]
+    assert [item.letter for item in replaced] == [two]
+
+
+async def test_dead_letters_are_listed_by_filter_oldest_first(backend: Backend) -> None:
+    a1, a2 = letter(1, 1_800_000_010.0), letter(2, 1_800_000_030.0, "BadRecipient")
+    b1 = letter(1, 1_800_000_020.0)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints(
+                [
+                    checkpoint("tg:a", 1, state(a1, a2)),
+                    checkpoint("tg:b", 1, state(b1), tenant="globex"),
+                ]
+            )
+
+            async def listed(**where: Any) -> list[tuple[str, int]]:
+                found = await store.dead_letters(DeadLetterFilter(**where))
+                return [(item.channel_id, item.letter.id) for item in found]
+
+            assert await listed() == [("tg:a", 1), ("tg:b", 1), ("tg:a", 2)]
+            assert await listed(channel_id="tg:a") == [("tg:a", 1), ("tg:a", 2)]
+            assert await listed(tenant="globex") == [("tg:b", 1)]
+            assert await listed(error_type="BadRecipient") == [("tg:a", 2)]
+            assert await listed(older_than=1_800_000_025.0) == [("tg:a", 1), ("tg:b", 1)]
+            assert await listed(channel_id="tg:a", ids=(2,)) == [("tg:a", 2)]
+            assert await listed(limit=2) == [("tg:a", 1), ("tg:b", 1)]
+            full = await store.dead_letters(DeadLetterFilter(tenant="globex"))
+            assert full[0].tenant == "globex"
+            assert full[0].letter == b1
+
+            assert (
+                await store.discard_dead_letters(DeadLetterFilter(channel_id="tg:a", ids=(1,))) == 1
+            )
+            assert await listed() == [("tg:b", 1), ("tg:a", 2)]
+            assert await store.discard_dead_letters(DeadLetterFilter()) == 2
+            assert await listed() == []
+
+
+async def test_a_checkpoint_of_another_version_is_set_aside_not_raised(
+    backend: Backend,
+) -> None:
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            future = attrs.evolve(state(), version=STATE_VERSION + 1)
+            await store.write_checkpoints([checkpoint("tg:1", 1, future)])
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None
+    assert loaded.state is None
+    assert loaded.problem is not None
+    assert f"v{STATE_VERSION + 1}" in loaded.problem
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+# The schema the release before checkpoints created, verbatim.
+PREVIOUS_POSTGRES = """
+    CREATE SCHEMA IF NOT EXISTS {s};
+    CREATE TABLE IF NOT EXISTS {s}.inbound_events (
+        channel_id text NOT NULL,
+        kind text NOT NULL,
+        platform_message_id text NOT NULL,
+        status text NOT NULL DEFAULT '',
+        payload jsonb NOT NULL,
+        stored_at timestamptz NOT NULL DEFAULT now(),
+        seq bigserial NOT NULL,
+        PRIMARY KEY (channel_id, kind, platform_message_id, status)
+    );
+    CREATE INDEX IF NOT EXISTS inbound_events_channel_seq ON {s}.inbound_events (channel_id, seq);
+    CREATE INDEX IF NOT EXISTS inbound_events_seq ON {s}.inbound_events (seq);
+    CREATE TABLE IF NOT EXISTS {s}.kept_outbound (
+        id bigserial PRIMARY KEY,
+        channel_id text NOT NULL,
+        payload jsonb NOT NULL,
+        reason text NOT NULL,
+        accepted_at timestamptz NOT NULL
+    );
+"""
+
+KEPT_PAYLOAD = json.dumps({"peer": "+1555", "idempotency_key": "old-1", "text": "kept before"})
+
+
+async def test_postgres_migrates_the_previous_release_s_schema_keeping_its_data() -> None:
+    schema = new_schema()
+    quoted = f'"{schema}"'
+    with trio.fail_after(PG_CEILING):
+        async with dropped_afterwards(schema):
+            async with pg_session() as pg:
+                await pg.execute(PREVIOUS_POSTGRES.format(s=quoted))
+                await pg.execute(
+                    f"INSERT INTO {quoted}.kept_outbound "
+                    "(channel_id, payload, reason, accepted_at) "
+                    "VALUES ('wa:1', $1::jsonb, 'drain', now())",
+                    KEPT_PAYLOAD,
+                )
+            config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
+            async with open_store(config) as store:
+                kept = await store.take_outbound()
+                await store.write_checkpoints([checkpoint("tg:1", 1, state())])
+            async with open_store(config) as again:  # migrating twice is a no-op
+                assert await again.load_checkpoint("tg:1") is not None
+            async with pg_session() as pg:
+                versions = await pg.fetch(f"SELECT version FROM {quoted}.schema_migrations")
+    assert [item.message.idempotency_key for item in kept] == ["old-1"]
+    assert sorted(row["version"] for row in versions) == [1, 2]
+
+
+async def test_postgres_refuses_a_schema_newer_than_it_knows() -> None:
+    schema = new_schema()
+    quoted = f'"{schema}"'
+    config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
+    with trio.fail_after(PG_CEILING):
+        async with dropped_afterwards(schema):
+            async with open_store(config):
+                pass
+            async with pg_session() as pg:
+                await pg.execute(
+                    f"INSERT INTO {quoted}.schema_migrations (version, description) "
+                    "VALUES (99, 'from the future')"
+                )
+            with pytest.raises(StoreError, match="schema version 99, newer than"):
+                async with open_store(config):
+                    raise AssertionError("must not open")
+
+
+async def test_sqlite_migrates_from_an_empty_file_and_refuses_a_newer_schema(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node.sqlite3"
+    config = StorageConfig(backend="sqlite", path=str(path))
+    with trio.fail_after(PG_CEILING):
+        async with open_store(config) as store:
+            await store.write_checkpoints([checkpoint("tg:1", 1, state())])
+        async with open_store(config) as again:
+            assert await again.load_checkpoint("tg:1") is not None
+        with sqlite3.connect(path) as conn:
+            versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
+        assert sorted(versions) == [1, 2]
+        assert mode == "wal"
+        with pytest.raises(StoreError, match="schema version 99, newer than"):
+            async with open_store(config):
+                raise AssertionError("must not open")
+
+
+async def test_an_sqlite_file_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = StorageConfig(backend="sqlite", path=str(blocker / "node.sqlite3"))
+    with pytest.raises(StoreError, match=r"could not open the SQLite store at .*storage\.path"):
+        async with open_store(config):
+            raise AssertionError("must not open")
