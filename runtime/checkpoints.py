@@ -8,8 +8,11 @@ Design:
   (``actors.channel.durable.export_state``) and writes them as one batch
   (one statement per table): a channel is written at most once per
   interval, and a crash of the node loses at most the last interval.
-- A clean stop of a channel writes it at once (``write_now``, from the
-  channel's ``on_stop``), and the drain writes whatever is left (``flush``).
+- A channel's ``on_stop`` marks it dirty; once its actor has ended for good
+  (a stop, the drain) its checkpoint is written marked *clean* (it holds
+  everything: restored, its limiters are exact). The drain writes every
+  stopped channel in one batch (``flush``); ``stop_channel`` writes its one
+  (``write_now``). A new dead letter is written at once (``write_now``).
 - The memory is marked clean *before* it is exported, so a change made
   while the batch is on its way marks it dirty again for the next round.
   A batch the store refuses as a whole (the store is down) marks every
@@ -147,7 +150,7 @@ class CheckpointWriter:
             self._dirty[memory] = None
 
     async def write_now(self, memory: ChannelMemory) -> None:
-        """Part of ``CheckpointSink``: write ``memory`` now (a clean stop).
+        """Part of ``CheckpointSink``: write ``memory`` now (a new dead letter, a stop).
 
         Raises:
             StoreError: the store failed; the memory stays dirty.
@@ -213,7 +216,7 @@ class CheckpointWriter:
                     tenant=channel.tenant,
                     provider=channel.provider,
                     owner_token=self.token,
-                    state=export_state(memory, now=now, clock_offset=offset),
+                    state=export_state(memory, now=now, clock_offset=offset, clean=_ended(memory)),
                     letters_changed=letters != channel.letters_written,
                 )
             )
@@ -266,3 +269,9 @@ class CheckpointWriter:
         )
         if self.on_fenced is not None:
             self.on_fenced(channel_id)
+
+
+def _ended(memory: ChannelMemory) -> bool:
+    """Whether the channel's actor ended for good: its checkpoint then holds everything."""
+    ref = memory.current_ref
+    return ref is not None and not ref.alive

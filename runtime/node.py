@@ -85,6 +85,7 @@ from .errors import (
     NodeDraining,
     NodeError,
     NodeNotRunning,
+    StoreError,
     UnknownProvider,
     map_send_errors,
 )
@@ -271,6 +272,8 @@ class Node(DeadLetterOps):
             await supervisor.terminate_child(channel_id)  # its on_stop writes its checkpoint
             await supervisor.delete_child(channel_id)
         if row.memory is not None:
+            with contextlib.suppress(StoreError):  # logged by the writer
+                await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
             self._checkpoints.detach(row.memory)
         self._table.remove(channel_id)
 
@@ -462,8 +465,9 @@ class Node(DeadLetterOps):
         else from the store's checkpoint. ``revive`` drops a FAILED status.
         """
         offset = clock_offset()
-        if carry is not None:
-            state = export_state(carry, now=trio.current_time(), clock_offset=offset)
+        now = trio.current_time()
+        if carry is not None:  # handed over in this process: exact, like a clean stop
+            state = export_state(carry, now=now, clock_offset=offset, clean=True)
         else:
             stored = await self.store.load_checkpoint(spec.id)
             if stored is None:
@@ -486,7 +490,7 @@ class Node(DeadLetterOps):
         if revive:
             state = attrs.evolve(state, failed=None)
         try:
-            restore_state(memory, state, clock_offset=offset)
+            restore_state(memory, state, now=now, clock_offset=offset)
         except ValueError as exc:
             log.warning(
                 "channel %s: its saved limiter state no longer fits its settings and is "
@@ -495,7 +499,7 @@ class Node(DeadLetterOps):
                 exc,
                 extra={"channel": spec.id},
             )
-            restore_state(memory, attrs.evolve(state, limiter=None), clock_offset=offset)
+            restore_state(memory, attrs.evolve(state, limiter=None), now=now, clock_offset=offset)
 
     def _fenced(self, channel_id: str) -> None:
         """A newer owner wrote the channel's checkpoint: stop running it here."""

@@ -259,3 +259,46 @@ async def test_starting_a_channel_a_newer_owner_runs_is_refused(autojump_clock: 
                 with pytest.raises(ChannelFenced, match="newer owner"):
                     await node.start_channel(spec)
                 assert node.channels()[0].start_error is not None
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_an_event_delivered_again_after_a_crash_is_published_once(
+    autojump_clock: Any,
+) -> None:
+    """Killed before any checkpoint: the store's key, not the window, knows the event."""
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            first_run = SimulatedProvider()
+            with pytest.raises(BaseExceptionGroup) as crashed:
+                async with open_node(
+                    config(sim("a")),
+                    store=store,
+                    channel_defaults=FAST,
+                    providers={"simulated": first_run},
+                ) as node:
+                    await wait_status(node, "a", ChannelStatus.CONNECTED)
+                    with node.subscribe(kind="inbound") as events:
+                        first_run.inject("a", "hello")
+                        seen = await events.receive()
+                    assert seen.event.platform_message_id == "a:in-1"
+                    raise Crash  # at once: no checkpoint was written after it
+            assert crashed.group_contains(Crash)
+            # The platform never heard the event was taken and delivers it again.
+            second_run = SimulatedProvider()
+            async with open_node(
+                config(sim("a")),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": second_run},
+            ) as node:
+                with node.subscribe(kind="inbound") as events:
+                    assert second_run.inject("a", "hello") == "a:in-1"
+                    assert second_run.inject("a", "and more") == "a:in-2"
+                    published = await events.receive()
+                    assert published.event.platform_message_id == "a:in-2"
+                stats = node.channels()[0].statistics
+                assert stats is not None
+                assert (stats.received, stats.duplicates) == (1, 1)

@@ -319,11 +319,12 @@ class _FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def save_inbound(self, events: Any) -> None:
+    async def store_inbound(self, events: Any) -> list[bool]:
         if self.down:
             self.refused += 1
             raise StoreError("the store is down (test)")
-        await self.inner.save_inbound(events)
+        fresh: list[bool] = await self.inner.store_inbound(events)
+        return fresh
 
 
 async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_channel(

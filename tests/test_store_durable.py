@@ -22,16 +22,24 @@ from actors.backoff import BackoffState
 from actors.breaker import BreakerState, CircuitBreakerState
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
-from providers.base import OutboundMessage, SessionState
+from providers.base import (
+    ConnectionState,
+    ConnectionStateChanged,
+    OutboundMessage,
+    SessionState,
+)
 from runtime.config.model import StorageConfig
 from runtime.errors import StoreError
-from runtime.store import open_store
+from runtime.store import MemoryStore, open_store
 from runtime.store.durable import Checkpoint, DeadLetterFilter
 from tests.test_store import (
+    CEILING,
     PG_CEILING,
     PG_DSN,
+    QUIET,
     Backend,
     dropped_afterwards,
+    message,
     new_schema,
     pg_session,
 )
@@ -297,3 +305,92 @@ async def test_an_sqlite_file_that_cannot_be_made_is_a_clear_error(tmp_path: Pat
     with pytest.raises(StoreError, match=r"could not open the SQLite store at .*storage\.path"):
         async with open_store(config):
             raise AssertionError("must not open")
+
+
+# --- inbound events kept durably before they are published -----------------------------
+
+
+async def test_store_inbound_says_what_is_new_and_is_durable_when_it_returns(
+    backend: Backend,
+) -> None:
+    first, second = message(1), message(2)
+    state_change = ConnectionStateChanged(
+        channel_id="tg:1", state=ConnectionState.CONNECTED, detail="up"
+    )
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(flush_interval=QUIET)) as store:
+            assert await store.store_inbound([first, state_change, second]) == [True, True]
+            # Written when it returned: no flush, no interval.
+            assert await store.recent_inbound() == [first, second]
+            assert store.statistics().inbound_pending == 0
+            assert await store.store_inbound([second, message(3)]) == [False, True]
+
+
+async def test_concurrent_channels_share_one_write(autojump_clock: Any) -> None:
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig(flush_interval=QUIET)) as store:
+            answers: list[list[bool]] = []
+
+            async def channel(n: int) -> None:
+                answers.append(await store.store_inbound([message(n, channel=f"c{n}")]))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(channel, n)
+            assert answers == [[True]] * 10
+            assert store.statistics().batches == 1
+
+
+async def test_store_inbound_waits_out_a_failing_store_instead_of_refusing(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig(flush_interval=0.1)) as store:
+            real = MemoryStore._write_batch
+            down = True
+
+            async def flaky(self: MemoryStore, batch: Any) -> Any:
+                if down:
+                    raise StoreError("the disk is full (test)")
+                return await real(self, batch)
+
+            monkeypatch.setattr(MemoryStore, "_write_batch", flaky)
+            answer: list[bool] = []
+
+            async def keep() -> None:
+                answer.extend(await store.store_inbound([message(1)]))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep)
+                await trio.sleep(30.0)  # far past BACKPRESSURE_WAIT: still waiting, no error
+                assert answer == []
+                assert store.statistics().errors > 3
+                down = False
+            assert answer == [True]
+            assert await store.recent_inbound() == [message(1)]
+
+
+async def test_closing_the_store_releases_whoever_waits(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(self: MemoryStore, batch: Any) -> Any:
+        raise StoreError("down for good (test)")
+
+    monkeypatch.setattr(MemoryStore, "_write_batch", never)
+    caught: list[BaseException] = []
+
+    async def keep(store: Any) -> None:
+        try:
+            await store.store_inbound([message(1)])
+        except StoreError as exc:
+            caught.append(exc)
+
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            # The close reports the events it could not write.
+            with pytest.raises(StoreError, match="unwritten"):
+                async with open_store(StorageConfig()) as store:
+                    nursery.start_soon(keep, store)
+                    await trio.sleep(1.0)
+    assert len(caught) == 1
+    assert "closed before these events were written" in str(caught[0])

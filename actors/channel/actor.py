@@ -179,12 +179,9 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         memory = self.memory
         if memory.status is not ChannelStatus.FAILED:
             self._set_status(ChannelStatus.STOPPED, reason=str(exit))
-        if memory.checkpoints is not None and memory.dirty:
-            # A clean stop is checkpointed at once, not at the writer's next round.
-            try:
-                await memory.checkpoints.write_now(memory)
-            except Exception as exc:  # the writer keeps it dirty and tries again
-                self._log.warning("%r: checkpoint at stop failed: %s", self, exc)
+        # Written once the actor has ended for good (the drain writes every
+        # stopped channel in one batch): then it holds all that happened.
+        memory.touch()
 
     def status(self) -> dict[str, Any]:
         return attrs.asdict(self.statistics(), recurse=False)

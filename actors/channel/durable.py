@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
-from providers.base import OutboundMessage, SessionState
+from providers.base import OutboundMessage, PlatformLimits, SessionState
 
 from ..backoff import BackoffState
 from ..breaker import CircuitBreakerState
@@ -61,7 +61,7 @@ class CheckpointSink(Protocol):
         ...
 
     async def write_now(self, memory: ChannelMemory) -> None:
-        """Take a checkpoint of ``memory`` now (a clean stop)."""
+        """Take a checkpoint of ``memory`` now (a new dead letter)."""
         ...
 
 
@@ -101,6 +101,12 @@ class ChannelState:
         dead_letters: every dead letter, oldest first.
         dead_letters_total: letters ever added (the next letter's id - 1).
         dead_letters_dropped: letters dropped because the queue was full.
+        clean: written once the channel's actor had ended for good (a stop,
+            a drain), so it holds all that happened. A checkpoint that is
+            not clean may miss the sends of its last interval: restored, its
+            limiters first pause for the time they take to refill
+            (:func:`refill_window`), so a crash cannot let a burst through
+            twice.
     """
 
     version: int = STATE_VERSION
@@ -113,15 +119,20 @@ class ChannelState:
     dead_letters: tuple[DeadLetterRecord, ...] = ()
     dead_letters_total: int = 0
     dead_letters_dropped: int = 0
+    clean: bool = False
 
 
-def export_state(memory: ChannelMemory, *, now: float, clock_offset: float) -> ChannelState:
+def export_state(
+    memory: ChannelMemory, *, now: float, clock_offset: float, clean: bool = False
+) -> ChannelState:
     """The durable part of ``memory``, its times moved to the wall clock.
 
     Args:
         memory: the channel's memory.
         now: the trio clock now (buckets full by now are left out).
         clock_offset: ``time.time() - trio.current_time()`` of this process.
+        clean: the channel's actor has ended for good: nothing happens after
+            this export.
     """
     from .state import ChannelStatus
 
@@ -147,15 +158,33 @@ def export_state(memory: ChannelMemory, *, now: float, clock_offset: float) -> C
         ),
         dead_letters_total=letters.total,
         dead_letters_dropped=letters.dropped,
+        clean=clean,
     )
 
 
-def restore_state(memory: ChannelMemory, state: ChannelState, *, clock_offset: float) -> None:
+def refill_window(limits: PlatformLimits) -> float:
+    """Seconds the channel's limiters take to refill from empty.
+
+    After a checkpoint that is not clean, sends of its last interval may be
+    unrecorded. Pausing this long before sending again keeps every window
+    within the declared curve: the unrecorded sends fit in ``burst + rate *
+    x`` before the crash, and at most one refilled burst follows after.
+    """
+    return max(
+        limits.per_channel_burst / limits.per_channel_rate,
+        limits.per_peer_burst / limits.per_peer_rate,
+    )
+
+
+def restore_state(
+    memory: ChannelMemory, state: ChannelState, *, now: float, clock_offset: float
+) -> None:
     """Put ``state`` back into a fresh ``memory``, its times moved to this trio clock.
 
     Args:
         memory: a memory made for the channel, not yet used.
         state: what :func:`export_state` made.
+        now: the trio clock now.
         clock_offset: ``time.time() - trio.current_time()`` of this process.
 
     Raises:
@@ -212,6 +241,8 @@ def restore_state(memory: ChannelMemory, state: ChannelState, *, clock_offset: f
     if state.failed is not None:
         memory.status = ChannelStatus.FAILED
         memory.last_error = state.failed
+    if not state.clean:
+        memory.limiter.pause_until(now + refill_window(memory.limits))
 
 
 # --- moving times between clocks (always rounding later) --------------------------------

@@ -1,20 +1,27 @@
-"""The inbound path: events from the platform to the subscribers and the sink.
+"""The inbound path: events from the platform to the store, then to the subscribers.
 
 Design:
 - Each event is deduplicated by its platform id (a bounded window of recent
-  ids), published to subscribers at once (never blocking: a subscriber that
-  falls behind loses events, counted), and handed to the sink (the node's
-  store) on the reader's own task, without a task or a timer of its own.
-- One batcher: the sink batches (the store writes in batches of its own
-  size); the channel hands events over as they come and keeps only what the
-  sink refused. ``save_inbound`` on a store with room returns without a
-  checkpoint, so the common path costs an append.
-- A sink that refuses (the store is down) keeps the events in the channel's
-  memory, in order, and the reader retries every ``inbound_retry`` seconds
-  before it reads more: the platform waits (its own buffers and redelivery),
-  nothing is dropped, and the channel does not crash. A killed incarnation
-  leaves them in the memory for the next one, which hands them over before
-  it connects.
+  ids, restored from the checkpoint after a restart), then kept durably by
+  the sink (the node's store), then published to subscribers (never
+  blocking: a subscriber that falls behind loses events, counted). Kept
+  before published: the store's unique key is the dedupe that survives a
+  crash, so an event the platform delivers again after a kill -9 (Telegram
+  before its offset moved on, Discord replaying on RESUME) is recognised
+  and not published twice. The reader reads the next event only once the
+  last one is kept and published, so a platform that confirms by reading on
+  (Telegram's offset) never drops what is not yet kept.
+- One batcher: the store's. ``store_inbound`` waits for the batch that
+  holds the event, and the store writes at once while anyone waits, so the
+  channels of a node share one write (group commit), on the reader's own
+  task, with no task or timer of the channel's.
+- While the store cannot keep them (it is down, or its buffer is full), the
+  reader waits: the platform keeps what is unread (Telegram holds updates,
+  a gateway's TCP window closes), nothing is dropped, nothing crashes.
+- An event handed over but not yet published stays in the channel's memory
+  (``pending``), marked as tried; a killed incarnation's successor hands it
+  over again and publishes it whatever the store says (the store may have
+  kept it, but nobody saw it).
 """
 
 from __future__ import annotations
@@ -34,26 +41,32 @@ __all__ = ["InboundPath", "InboundSink", "MemoryInboundSink"]
 
 
 class InboundSink(Protocol):
-    """Where a channel hands its inbound events (the node's store)."""
+    """Where a channel keeps its inbound events (the node's store)."""
 
-    async def save_inbound(self, events: Sequence[Event]) -> None:
-        """Take a batch of inbound events; raise to refuse them (they are kept)."""
+    async def store_inbound(self, events: Sequence[Event]) -> Sequence[bool]:
+        """Keep the events durably; return, for each, whether it was not kept before.
+
+        Raise to refuse them: the channel keeps them and tries again.
+        """
         ...
 
 
 class MemoryInboundSink:
-    """An in-memory sink: keeps every batch it was given."""
+    """An in-memory sink: keeps every event it was given, once."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.batches = 0
         self._saved = trio.Event()
 
-    async def save_inbound(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
+    async def store_inbound(self, events: Sequence[Event]) -> list[bool]:
+        fresh = [event not in self.events for event in events]
+        self.events.extend(event for event, new in zip(events, fresh, strict=True) if new)
         self.batches += 1
         self._saved.set()
         self._saved = trio.Event()
+        await trio.lowlevel.checkpoint()
+        return fresh
 
     async def wait_for(self, count: int) -> None:
         """Wait until at least ``count`` events have been saved."""
@@ -90,16 +103,14 @@ class InboundPath:
             if not memory.seen.add(key):
                 memory.counters["duplicates"] += 1
                 return
-            memory.counters["received"] += 1
-            memory.pending.append(event)
-        elif isinstance(event, DeliveryReceipt):
-            memory.pending.append(event)
-        self._publish(event)
-        if memory.pending:
-            await self._hand_over(retry=True)
+        elif not isinstance(event, DeliveryReceipt):
+            self._publish(event)  # connection states: not kept, published at once
+            return
+        memory.pending.append((event, False))
+        await self._hand_over(retry=True)
 
     async def _hand_over(self, *, retry: bool) -> None:
-        """Give the pending events to the sink, oldest first.
+        """Keep the pending events, then publish the ones nobody saw yet.
 
         Args:
             retry: while the sink refuses, wait ``inbound_retry`` and try
@@ -107,16 +118,18 @@ class InboundPath:
         """
         memory = self.memory
         sink = self.sink
-        if sink is None:
-            memory.pending.clear()
-            return
         failing = False
         while memory.pending:
-            batch, memory.pending = memory.pending, []
+            batch = list(memory.pending)
+            # Marked as tried before the wait: if this incarnation dies in it,
+            # the next one publishes them whatever the store then says.
+            memory.pending[: len(batch)] = [(event, True) for event, _ in batch]
             try:
-                await sink.save_inbound(batch)
+                if sink is None:
+                    fresh: Sequence[bool] = [True] * len(batch)
+                else:
+                    fresh = await sink.store_inbound([event for event, _ in batch])
             except Exception as exc:
-                memory.pending[:0] = batch  # kept, in order, for the next try
                 memory.counters["sink_failures"] += 1
                 if not failing:
                     self._log.warning(
@@ -129,6 +142,15 @@ class InboundPath:
                 if not retry:
                     return
                 await trio.sleep(self.settings.inbound_retry)
+                continue
+            del memory.pending[: len(batch)]
+            for (event, tried), new in zip(batch, fresh, strict=True):
+                if new or tried:
+                    if not isinstance(event, DeliveryReceipt):
+                        memory.counters["received"] += 1
+                    self._publish(event)
+                else:
+                    memory.counters["duplicates"] += 1  # kept before: published before
         if failing:
             self._log.info("%r: the sink takes inbound events again", self)
 

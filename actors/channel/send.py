@@ -18,6 +18,7 @@ Design:
 from __future__ import annotations
 
 import enum
+import logging
 import random
 from typing import TYPE_CHECKING
 
@@ -148,6 +149,19 @@ class SendPath:
 
         def _fail(self, error: BaseException) -> None: ...
 
+        @property
+        def _log(self) -> logging.LoggerAdapter[logging.Logger]: ...
+
+    async def _keep_dead_letters(self) -> None:
+        """Write a new dead letter at once, before its sender hears why (not in a second)."""
+        memory = self.memory
+        if memory.checkpoints is None:
+            return
+        try:
+            await memory.checkpoints.write_now(memory)
+        except Exception as exc:  # kept dirty: the writer's next round tries again
+            self._log.warning("%r: a dead letter could not be written at once: %s", self, exc)
+
     def _check(self, message: OutboundMessage) -> None:
         limit = self.memory.limits.max_text_length
         caption = message.media.caption if message.media is not None else None
@@ -223,6 +237,7 @@ class SendPath:
         if action is SendAction.FAIL_CHANNEL:
             memory.dead_letters.add(message, error, attempts)
             self._fail(error)
+            await self._keep_dead_letters()
             raise ChannelFailed(
                 f"channel {self.config.channel_id!r} failed while sending: {error}",
                 channel_id=self.config.channel_id,
@@ -244,6 +259,7 @@ class SendPath:
             await trio.sleep(verdict.delay)
             return
         memory.dead_letters.add(message, error, attempts)
+        await self._keep_dead_letters()
         if isinstance(error, PermanentSendError):
             raise error
         raise SendFailed(

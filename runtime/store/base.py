@@ -28,6 +28,7 @@ Design:
 from __future__ import annotations
 
 import abc
+import collections
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -129,11 +130,28 @@ class BatchResult:
         written: events stored.
         duplicates: events ignored because their key was already stored.
         rejected: events that can never be stored (logged by the backend).
+        fresh: for each event of the batch, in order: whether it was not
+            stored before (a rejected event counts as fresh: it is news that
+            could not be kept).
     """
 
     written: int = 0
     duplicates: int = 0
     rejected: int = 0
+    fresh: tuple[bool, ...] = ()
+
+
+class _Ticket:
+    """A caller of ``store_inbound`` waiting for its events' batch to be written."""
+
+    __slots__ = ("count", "done", "error", "fresh", "start")
+
+    def __init__(self, start: int, count: int) -> None:
+        self.start = start  # the number of its first event (see BatchingStore._taken)
+        self.count = count
+        self.fresh: list[bool] = []
+        self.done = trio.Event()
+        self.error: StoreError | None = None
 
 
 @runtime_checkable
@@ -158,6 +176,25 @@ class Store(Protocol):
             StoreError: the store is closed, or its buffer stayed full for
                 ``BACKPRESSURE_WAIT`` seconds because writes fail; the events
                 were not accepted.
+        """
+        ...
+
+    async def store_inbound(self, events: Sequence[Event]) -> list[bool]:
+        """Keep inbound events durably; say which were not kept before.
+
+        The channels' inbound path: it returns once the batch holding the
+        events is written (the store writes at once while someone waits, so
+        many channels share one write), and a channel publishes only what
+        was new. While the store cannot write (it is down, or its buffer is
+        full) this waits: the channel reads no more from its platform, which
+        keeps what is unread. ``ConnectionStateChanged`` events are not kept
+        and have no entry in the answer.
+
+        Returns:
+            For each kept event, in order: True if it was not stored before.
+
+        Raises:
+            StoreError: the store is closed (or closed while this waited).
         """
         ...
 
@@ -270,6 +307,10 @@ class BatchingStore(abc.ABC):
         self._flush_interval = max(flush_interval, MIN_FLUSH_INTERVAL)
         self._max_pending = BUFFER_BATCHES * batch_size
         self._buffer: list[Event] = []
+        # Events ever taken off the buffer's head (written): the buffer's
+        # first event is number ``_taken``; tickets hold ranges of numbers.
+        self._taken = 0
+        self._tickets: collections.deque[_Ticket] = collections.deque()
         self._write_lock = trio.Lock()
         self._batch_ready = trio.Event()
         self._progress = trio.Event()
@@ -304,6 +345,47 @@ class BatchingStore(abc.ABC):
         self._buffer.extend(stored)
         if len(self._buffer) >= self._batch_size:
             self._batch_ready.set()
+
+    async def store_inbound(self, events: Sequence[Event]) -> list[bool]:
+        """See :meth:`Store.store_inbound`."""
+        self._check_open()
+        stored = [event for event in events if not isinstance(event, ConnectionStateChanged)]
+        if not stored:
+            await trio.lowlevel.checkpoint()
+            return []
+        while len(self._buffer) >= self._max_pending:  # backpressure: no refusal, no timeout
+            self._batch_ready.set()
+            await self._progress.wait()
+            self._check_open()
+        ticket = _Ticket(self._taken + len(self._buffer), len(stored))
+        self._buffer.extend(stored)
+        self._tickets.append(ticket)
+        self._batch_ready.set()  # someone waits: write now, not at the interval
+        await ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.fresh
+
+    def _settle(self, written: int, fresh: tuple[bool, ...]) -> None:
+        """Tell the tickets whose events the last batch (of ``written``) wrote."""
+        first = self._taken
+        self._taken += written
+        tickets = self._tickets
+        while tickets and tickets[0].start < self._taken:
+            ticket = tickets[0]
+            lo = max(ticket.start, first)
+            hi = min(ticket.start + ticket.count, self._taken)
+            ticket.fresh.extend(fresh[lo - first : hi - first] or (True,) * (hi - lo))
+            if ticket.start + ticket.count > self._taken:
+                break
+            tickets.popleft()
+            ticket.done.set()
+
+    def _release_tickets(self, error: StoreError) -> None:
+        while self._tickets:
+            ticket = self._tickets.popleft()
+            ticket.error = error
+            ticket.done.set()
 
     async def _wait_for_room(self, count: int) -> None:
         self._batch_ready.set()
@@ -349,6 +431,7 @@ class BatchingStore(abc.ABC):
                 # Only the lock holder removes from the head; save_inbound only appends.
                 del self._buffer[: len(batch)]
                 remaining -= len(batch)
+                self._settle(len(batch), result.fresh)
                 self._last_error = ""
                 self._written += result.written
                 self._duplicates += result.duplicates
@@ -383,6 +466,9 @@ class BatchingStore(abc.ABC):
             self._state = "closing"
             failure = await self._final_flush()
             self._state = "closed"
+            self._release_tickets(
+                StoreError(f"the {self.backend} store closed before these events were written")
+            )
         if failure is not None:
             raise failure
 

@@ -73,9 +73,11 @@ class MemoryStore(BatchingStore):
 
     async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
         written = duplicates = 0
+        fresh: list[bool] = []
         for event in batch:
             assert isinstance(event, InboundMessage | MessageEdited | DeliveryReceipt)
             key = dedupe_key(event)
+            fresh.append(key not in self._keys)
             if key in self._keys:
                 duplicates += 1
                 continue
@@ -86,7 +88,7 @@ class MemoryStore(BatchingStore):
                 old_key, _ = self._recent.popleft()
                 self._keys.discard(old_key)
                 self._evicted += 1
-        return BatchResult(written=written, duplicates=duplicates)
+        return BatchResult(written=written, duplicates=duplicates, fresh=tuple(fresh))
 
     async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:
         """See :meth:`runtime.store.Store.recent_inbound`."""

@@ -159,12 +159,18 @@ class PostgresStore(PostgresDurable, BatchingStore):
         self._secrets = list(secrets)
         self.inbound_table = f"{_quote(schema)}.inbound_events"
         self.outbound_table = f"{_quote(schema)}.kept_outbound"
+        # Which rows were new comes back as their positions in the arrays.
         self._insert_inbound = (
-            f"INSERT INTO {self.inbound_table} "
+            "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::text[], $5::jsonb[]) WITH ORDINALITY AS r(c, k, m, s, p, n)), "
+            f"ins AS (INSERT INTO {self.inbound_table} "
             "(channel_id, kind, platform_message_id, status, payload) "
-            "SELECT c, k, m, s, p FROM unnest($1::text[], $2::text[], $3::text[], "
-            "$4::text[], $5::jsonb[]) WITH ORDINALITY AS r(c, k, m, s, p, n) "
-            "ORDER BY n ON CONFLICT DO NOTHING"
+            "SELECT c, k, m, s, p FROM r ORDER BY n ON CONFLICT DO NOTHING "
+            "RETURNING channel_id, kind, platform_message_id, status) "
+            # A key twice in one batch was inserted once: by its first row.
+            "SELECT min(r.n) AS n FROM r JOIN ins ON ins.channel_id = r.c AND ins.kind = r.k "
+            "AND ins.platform_message_id = r.m AND ins.status = r.s "
+            "GROUP BY ins.channel_id, ins.kind, ins.platform_message_id, ins.status"
         )
 
     def _repr_extra(self) -> str:
@@ -284,10 +290,11 @@ class PostgresStore(PostgresDurable, BatchingStore):
 
     # --- inbound ------------------------------------------------------------------------
 
-    def _columns(self, batch: Sequence[Event]) -> tuple[list[list[str]], int]:
+    def _columns(self, batch: Sequence[Event]) -> tuple[list[list[str]], list[int]]:
+        """The insert's columns, and the batch position of each row in them."""
         columns: list[list[str]] = [[], [], [], [], []]
-        rejected = 0
-        for event in batch:
+        positions: list[int] = []
+        for position, event in enumerate(batch):
             assert isinstance(event, InboundMessage | MessageEdited | DeliveryReceipt)
             try:
                 encoded = encode_event(event)
@@ -295,7 +302,6 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     raise ValueError("PostgreSQL cannot store the NUL character (U+0000)")
                 payload = dumps(encoded)
             except (ValueError, TypeError) as exc:
-                rejected += 1
                 log.error(
                     "postgres store at %s: an inbound event cannot be stored and is skipped "
                     "(%s): %r",
@@ -304,24 +310,35 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     event,
                 )
                 continue
+            positions.append(position)
             for column, value in zip(columns, (*dedupe_key(event), payload), strict=True):
                 column.append(value)
-        return columns, rejected
+        return columns, positions
 
     async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
-        columns, rejected = self._columns(batch)
-        if not columns[0]:
-            return BatchResult(rejected=rejected)
+        columns, positions = self._columns(batch)
+        rejected = len(batch) - len(positions)
+        fresh = [True] * len(batch)  # a rejected event is news that could not be kept
+        if not positions:
+            return BatchResult(rejected=rejected, fresh=tuple(fresh))
         try:
             async with self._connection() as conn:
-                status = await self._aio(conn.execute)(self._insert_inbound, *columns)
+                rows = await self._aio(conn.fetch)(self._insert_inbound, *columns)
         except _DB_ERRORS as exc:
             # count=False: BatchingStore counts (and logs) a failed batch write.
             self._fail(
                 f"insert of {len(columns[0])} rows into {self.inbound_table}", exc, count=False
             )
-        written = int(status.rsplit(" ", 1)[-1])
-        return BatchResult(written=written, duplicates=len(columns[0]) - written, rejected=rejected)
+        inserted = {int(row["n"]) - 1 for row in rows}
+        for index, position in enumerate(positions):
+            fresh[position] = index in inserted
+        written = len(inserted)
+        return BatchResult(
+            written=written,
+            duplicates=len(positions) - written,
+            rejected=rejected,
+            fresh=tuple(fresh),
+        )
 
     async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:
         """See :meth:`runtime.store.Store.recent_inbound`."""

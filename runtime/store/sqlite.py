@@ -163,28 +163,39 @@ class SqliteStore(BatchingStore):
 
     async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
         rows: list[tuple[str, ...]] = []
-        rejected = 0
-        for event in batch:
+        positions: list[int] = []
+        for position, event in enumerate(batch):
             assert isinstance(event, InboundMessage | MessageEdited | DeliveryReceipt)
             try:
                 rows.append((*dedupe_key(event), dumps(encode_event(event))))
             except (ValueError, TypeError) as exc:
-                rejected += 1
                 self._reject(event, exc)
+                continue
+            positions.append(position)
 
-        def insert(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO inbound_events "
-                "(channel_id, kind, platform_message_id, status, payload) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            return conn.total_changes - before
+        def insert(conn: sqlite3.Connection) -> list[bool]:
+            return [
+                conn.execute(
+                    "INSERT OR IGNORE INTO inbound_events "
+                    "(channel_id, kind, platform_message_id, status, payload) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    row,
+                ).rowcount
+                == 1
+                for row in rows
+            ]
 
+        fresh = [True] * len(batch)  # a rejected event is news that could not be kept
+        rejected = len(batch) - len(rows)
         if not rows:
-            return BatchResult(rejected=rejected)
-        written = await self._write(f"insert of {len(rows)} inbound events", insert)
-        return BatchResult(written=written, duplicates=len(rows) - written, rejected=rejected)
+            return BatchResult(rejected=rejected, fresh=tuple(fresh))
+        inserted = await self._write(f"insert of {len(rows)} inbound events", insert)
+        for position, new in zip(positions, inserted, strict=True):
+            fresh[position] = new
+        written = sum(inserted)
+        return BatchResult(
+            written=written, duplicates=len(rows) - written, rejected=rejected, fresh=tuple(fresh)
+        )
 
     def _reject(self, event: Event, exc: BaseException) -> None:
         log.error(
