@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import trio
@@ -21,3 +23,32 @@ async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> N
             return
         await trio.lowlevel.checkpoint()
     raise AssertionError(f"still not true after {steps} scheduling rounds")
+
+
+class ClockWindow:
+    """The trio clock just before and just after a call to an in-process emulator.
+
+    An emulator served by the test's own trio loop reads the same clock at
+    some moment in between, so a time it derives from that reading (what is
+    left of a rate-limit period, say) lies between the same derivation from
+    :attr:`opened` and :attr:`closed`. These are exact bounds whatever the
+    machine's load, not a measurement of how long the call took.
+    """
+
+    def __init__(self) -> None:
+        self.opened = trio.current_time()
+        self.closed = math.inf  # until the window closes
+
+    def remaining(self, until: float) -> tuple[float, float]:
+        """The least and the most of ``until - now`` the emulator can have seen."""
+        return until - self.closed, until - self.opened
+
+
+@contextmanager
+def clock_window() -> Iterator[ClockWindow]:
+    """A :class:`ClockWindow` around the block."""
+    window = ClockWindow()
+    try:
+        yield window
+    finally:
+        window.closed = trio.current_time()
