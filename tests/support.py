@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
 import trio
+import trio.testing
 
 CEILING: Final = 60.0  # virtual seconds; only a hang gets near it
 
@@ -52,3 +55,27 @@ def clock_window() -> Iterator[ClockWindow]:
         yield window
     finally:
         window.closed = trio.current_time()
+
+
+@contextmanager
+def real_time_ceiling(clock: trio.testing.MockClock, seconds: float) -> Iterator[None]:
+    """A hang guard for a test on a clock that stands still (``MockClock()``, rate 0).
+
+    Real sockets work on such a clock and no timer ever fires, so a test can
+    show that something finishes without waiting on any timer. Its
+    ``fail_after`` cannot fire either: after ``seconds`` of real time this
+    moves the clock far past every deadline, so a hang fails the test.
+    """
+    token = trio.lowlevel.current_trio_token()
+
+    def jump() -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(clock.jump, 10 * seconds)
+
+    timer = threading.Timer(seconds, jump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
