@@ -37,13 +37,16 @@ from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from tests.support import clock_window
 
-INTERVAL = 0.2  # seconds between heartbeats in the emulator's Hello
+INTERVAL = 0.2  # seconds between heartbeats in the emulator's Hello, where they matter
+# Elsewhere no heartbeat falls within a test: a stalled machine cannot turn a
+# late ACK into a zombie and a resume that the test's counts do not expect.
+QUIET = 3600.0  # seconds
 CEILING = 10.0  # seconds; only a hang gets near it
 
 
 @pytest.fixture
 def emulator() -> DiscordEmulator:
-    return DiscordEmulator(heartbeat_interval=INTERVAL, message_bucket=(50, 1.0))
+    return DiscordEmulator(heartbeat_interval=QUIET, message_bucket=(50, 1.0))
 
 
 @pytest.fixture
@@ -211,7 +214,7 @@ async def test_a_banned_token_cannot_connect(base_url: str) -> None:
 
 
 async def test_disallowed_intents_raise_missing_permissions() -> None:
-    emulator = DiscordEmulator(heartbeat_interval=INTERVAL, allowed_privileged_intents=0)
+    emulator = DiscordEmulator(heartbeat_interval=QUIET, allowed_privileged_intents=0)
     with trio.fail_after(CEILING):
         async with open_emulator(emulator) as url:
             with pytest.raises(MissingPermissions, match="4014"):
@@ -251,7 +254,7 @@ async def test_an_unknown_channel_is_a_bad_recipient(base_url: str) -> None:
 
 
 async def test_the_client_waits_for_an_exhausted_bucket_instead_of_a_429() -> None:
-    emulator = DiscordEmulator(heartbeat_interval=INTERVAL, message_bucket=(2, 0.5))
+    emulator = DiscordEmulator(heartbeat_interval=QUIET, message_bucket=(2, 0.5))
     with trio.fail_after(CEILING):
         async with open_emulator(emulator) as url:
             async with provider().open_connection(config(url)) as conn:
@@ -263,11 +266,13 @@ async def test_the_client_waits_for_an_exhausted_bucket_instead_of_a_429() -> No
     assert emulator.stats["rest_429"] == 0 and emulator.stats["messages_sent"] == 3
 
 
-async def test_withheld_acks_are_noticed_as_a_zombie(
-    base_url: str, emulator: DiscordEmulator
-) -> None:
+async def test_withheld_acks_are_noticed_as_a_zombie() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=INTERVAL)
     with trio.fail_after(CEILING):
-        async with provider().open_connection(config(base_url)) as conn:
+        async with (
+            open_emulator(emulator) as base_url,
+            provider().open_connection(config(base_url)) as conn,
+        ):
             stream = conn.events()
             await states(stream, 1)
             await control(base_url, "fault", {"kind": "withhold_acks"})

@@ -394,7 +394,15 @@ async def serving(emulator: WebSocketEmulator) -> AsyncIterator[str]:
 
 
 def config(url: str, token: str = "t1", **options: Any) -> ChannelConfig:
-    opts = {"ping_interval": 0.05, "pong_timeout": 0.5, "liveness_timeout": 1.0, **options}
+    # Pings flow beside everything the tests do, but only a hang could miss the
+    # pong or liveness deadlines: a stalled machine must not end the link. The
+    # tests of those deadlines set their own.
+    opts = {
+        "ping_interval": 0.05,
+        "pong_timeout": IO_CEILING,
+        "liveness_timeout": IO_CEILING,
+        **options,
+    }
     return ChannelConfig(
         channel_id="ws-1",
         provider="websocket",
