@@ -328,6 +328,11 @@ async def control(path, **body):
             assert response.status == 200, await response.text()
             return await response.json()
 
+# discord.py reports ready this long after the last GUILD_CREATE (it has no
+# count to wait for): long enough that a stalled machine does not make it
+# report ready before our GUILD_CREATE, which follows READY at once.
+GUILD_READY = 1.0
+
 async def step(queue, kind):
     while True:
         event = await asyncio.wait_for(queue.get(), STEP_TIMEOUT)
@@ -348,7 +353,7 @@ CHANNEL = 300000000000000001
 
 intents = discord.Intents.default()
 intents.message_content = True
-client = discord.Client(intents=intents, guild_ready_timeout=0.2)
+client = discord.Client(intents=intents, guild_ready_timeout=GUILD_READY)
 events = asyncio.Queue()
 
 @client.event
@@ -492,7 +497,7 @@ DISCORD_CHUNKING = (
     + """
 intents = discord.Intents.default()
 intents.members = True  # without presences: discord.py chunks every guild before on_ready
-client = discord.Client(intents=intents, guild_ready_timeout=0.2)
+client = discord.Client(intents=intents, guild_ready_timeout=GUILD_READY)
 
 @client.event
 async def on_ready():
