@@ -83,6 +83,12 @@ crash-to-restarted latency (µs; workload in :mod:`bench.kernel_crash`)
     workload (each crash is logged with its traceback, and formatting 1000
     tracebacks would dominate).
     Target: median ≤ 10 µs (absolute).
+
+supervisor start / stop scaling (µs per child; workload in :mod:`bench.kernel_supervisor`)
+    One supervisor started and stopped with 1,000, 10,000 and 100,000 plain
+    children; the baseline is the per-child cost at 1,000, not trio, so the
+    ratio says how the cost grows with the tree (quadratic work: about 100).
+    Target: ratio ≤ 4.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The ``kernel`` scenario: sizes, repetitions, and the figures and targets.
 
 The workloads live in :mod:`bench.kernel` (ask, fan-in, spawn/stop, the idle
-memory launcher), :mod:`bench.kernel_memory` and :mod:`bench.kernel_crash`;
-their docstrings say how each figure is measured. This module runs them:
+memory launcher), :mod:`bench.kernel_memory`, :mod:`bench.kernel_crash` and
+:mod:`bench.kernel_supervisor`; their docstrings say how each figure is
+measured. This module runs them:
 one untimed warm-up per side at a tenth of the size, then ``--repeat``
 repetitions alternating ours and trio's, and turns the medians into
 :class:`~bench.report.Figure` rows with their targets:
@@ -11,12 +12,15 @@ repetitions alternating ours and trio's, and turns the medians into
 - fan-in 100 -> 1: ratio >= 7 of the trio ``await send`` rate;
 - spawn rate: >= 200,000 actors/s;
 - idle memory: <= 2.0 KB (2048 bytes) per actor;
-- crash-to-restarted median: <= 10 us.
+- crash-to-restarted median: <= 10 us;
+- supervisor start and stop per child at the largest size: ratio <= 4 of the
+  same at 1,000 children (linear; quadratic work would be about 100).
 """
 
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from collections.abc import Callable
 from typing import Final, Literal, TypeVar
@@ -37,6 +41,7 @@ from .kernel import (
     spawn_stop_trio,
 )
 from .kernel_crash import crash_actor, crash_trio, percentiles, silenced_switchboard_logs
+from .kernel_supervisor import SCALING_BASE, SCALING_TARGET, supervisor_start_stop
 from .progress import Progress
 from .report import Figure, Report, Target, load_average, machine_info, utc_now
 from .scenario import RunContext, Scenario
@@ -48,6 +53,7 @@ T = TypeVar("T")
 DEFAULT_ACTORS: Final = 100_000
 QUICK_ACTORS: Final = 20_000  # below this the RSS delta drowns in allocator noise
 DEFAULT_REPEAT: Final = 5
+DEFAULT_SUPERVISOR_CHILDREN: Final = 100_000
 FAN_IN_SENDERS: Final = 100
 WARMUP_FRACTION: Final = 10  # warm-up runs use 1/10 of the measured size
 STOP_MODES: Final[tuple[Literal["cancel"], Literal["graceful"]]] = ("cancel", "graceful")
@@ -67,6 +73,8 @@ class KernelParams:
         asks: round trips per ask sample.
         fan_in_messages: messages each of the 100 senders sends.
         crashes: crashes per crash-latency sample.
+        supervisor_children: children of the largest supervisor in the
+            start/stop scaling figures (compared with 1,000).
     """
 
     actors: int = attrs.field(
@@ -84,6 +92,13 @@ class KernelParams:
         default=2_000, metadata=_help("messages each of the 100 fan-in senders sends")
     )
     crashes: int = attrs.field(default=1_000, metadata=_help("crashes per crash-latency sample"))
+    supervisor_children: int = attrs.field(
+        default=DEFAULT_SUPERVISOR_CHILDREN,
+        metadata=_help(
+            f"children of the largest supervisor in the start/stop scaling figures "
+            f"(compared with {SCALING_BASE:,}; at least that many)"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(type(self)):
@@ -91,6 +106,11 @@ class KernelParams:
                 raise ValueError(
                     f"{field.name}: expected at least 1, got {getattr(self, field.name)}"
                 )
+        if self.supervisor_children < SCALING_BASE:
+            raise ValueError(
+                f"supervisor_children: expected at least {SCALING_BASE:,} (the size it is "
+                f"compared with), got {self.supervisor_children}"
+            )
 
 
 def _alternate(
@@ -309,6 +329,55 @@ def _figures_crash(p: KernelParams, progress: Progress) -> list[Figure]:
     return figures
 
 
+def _scaling_sizes(largest: int) -> list[int]:
+    """SCALING_BASE, then x10 steps below ``largest``, then ``largest``: 1k, 10k, 100k."""
+    sizes = [SCALING_BASE]
+    while sizes[-1] * 10 < largest:
+        sizes.append(sizes[-1] * 10)
+    if largest > sizes[-1]:
+        sizes.append(largest)
+    return sizes
+
+
+def _figures_supervisor(p: KernelParams, progress: Progress, notes: list[str]) -> list[Figure]:
+    sizes = _scaling_sizes(p.supervisor_children)
+    progress.phase(
+        f"supervisor start/stop: {', '.join(f'{n:,}' for n in sizes)} children x {p.repeat}"
+    )
+    trio.run(supervisor_start_stop, SCALING_BASE)  # warm-up
+    start: dict[int, list[float]] = {n: [] for n in sizes}
+    stop: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(p.repeat):
+        for n in sizes:  # every size in every repetition: drift hits them alike
+            per_start, per_stop = trio.run(supervisor_start_stop, n)
+            start[n].append(per_start)
+            stop[n].append(per_stop)
+    largest = sizes[-1]
+    for what, samples in (("start", start), ("stop", stop)):
+        per_size = ", ".join(f"{n:,}: {statistics.median(samples[n]):.2f}" for n in sizes)
+        notes.append(f"supervisor {what}, µs per child by children (medians): {per_size}")
+    target = Target(
+        applies_to="ratio",
+        op="<=",
+        threshold=SCALING_TARGET,
+        text=f"ratio ≤ {SCALING_TARGET:g} (linear)",
+    )
+    baseline_label = f"the same supervisor with {SCALING_BASE:,} children"
+    return [
+        Figure.from_samples(
+            name=f"supervisor_{what}_scaling",
+            label=f"supervisor {what} per child at {largest:,} children",
+            unit="µs",
+            samples=samples[largest],
+            baseline_samples=samples[SCALING_BASE],
+            baseline_label=baseline_label,
+            better="lower",
+            target=target,
+        )
+        for what, samples in (("start", start), ("stop", stop))
+    ]
+
+
 def run(params: KernelParams, ctx: RunContext) -> Report:
     """Run every kernel workload and return the report."""
     started = utc_now()
@@ -322,12 +391,13 @@ def run(params: KernelParams, ctx: RunContext) -> Report:
         figures.extend(fn(params, ctx.progress))
         sections[name] = round(time.perf_counter() - t, 2)
 
+    notes: list[str] = []
     section("ask", _figures_ask)
     section("fan_in", _figures_fan_in)
     section("spawn_stop", _figures_spawn_stop)
     section("idle_memory", _figures_memory)
     section("crash", _figures_crash)
-    notes: list[str] = []
+    section("supervisor", functools.partial(_figures_supervisor, notes=notes))
     notes += [
         f"medians of {params.repeat} repetition(s) after one untimed warm-up per side; "
         "sides alternate; time.perf_counter",
@@ -346,6 +416,8 @@ def run(params: KernelParams, ctx: RunContext) -> Report:
         "with one repetition); the spawn baseline uses every trio run",
         "idle memory: each side in a fresh subprocess (python -m bench.kernel_memory); "
         "KB = 1024 bytes",
+        f"supervisor scaling: the baseline is the same workload at {SCALING_BASE:,} children "
+        "(not trio), so the ratio is how the per-child cost grows with the tree",
     ]
     return Report(
         scenario="kernel",
@@ -359,6 +431,7 @@ def run(params: KernelParams, ctx: RunContext) -> Report:
             "fan_in_messages_per_sender": params.fan_in_messages,
             "fan_in_capacity": FAN_IN_CAPACITY,
             "crashes": params.crashes,
+            "supervisor_children": params.supervisor_children,
             "quick": ctx.quick,
         },
         machine=machine_info(),
@@ -371,7 +444,10 @@ def run(params: KernelParams, ctx: RunContext) -> Report:
 
 SCENARIO: Final = Scenario(
     name="kernel",
-    help="actor kernel: ask, fan-in, spawn/stop, idle memory, crash-to-restarted, beside trio",
+    help=(
+        "actor kernel: ask, fan-in, spawn/stop, idle memory, crash-to-restarted beside trio; "
+        "supervisor scaling"
+    ),
     params=KernelParams,
     run=run,
 )

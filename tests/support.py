@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import httpx
 import trio
+import trio.testing
 
 CEILING: Final = 60.0  # virtual seconds; only a hang gets near it
 
@@ -60,3 +65,56 @@ async def control(base_url: str, path: str, payload: dict[str, Any] | None = Non
     response = await emulator_call(base_url, path, payload)
     response.raise_for_status()
     return response.json()
+
+
+class ClockWindow:
+    """The trio clock just before and just after a call to an in-process emulator.
+
+    An emulator served by the test's own trio loop reads the same clock at
+    some moment in between, so a time it derives from that reading (what is
+    left of a rate-limit period, say) lies between the same derivation from
+    :attr:`opened` and :attr:`closed`. These are exact bounds whatever the
+    machine's load, not a measurement of how long the call took.
+    """
+
+    def __init__(self) -> None:
+        self.opened = trio.current_time()
+        self.closed = math.inf  # until the window closes
+
+    def remaining(self, until: float) -> tuple[float, float]:
+        """The least and the most of ``until - now`` the emulator can have seen."""
+        return until - self.closed, until - self.opened
+
+
+@contextmanager
+def clock_window() -> Iterator[ClockWindow]:
+    """A :class:`ClockWindow` around the block."""
+    window = ClockWindow()
+    try:
+        yield window
+    finally:
+        window.closed = trio.current_time()
+
+
+@contextmanager
+def real_time_ceiling(clock: trio.testing.MockClock, seconds: float) -> Iterator[None]:
+    """A hang guard for a test on a clock that stands still (``MockClock()``, rate 0).
+
+    Real sockets work on such a clock and no timer ever fires, so a test can
+    show that something finishes without waiting on any timer. Its
+    ``fail_after`` cannot fire either: after ``seconds`` of real time this
+    moves the clock far past every deadline, so a hang fails the test.
+    """
+    token = trio.lowlevel.current_trio_token()
+
+    def jump() -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(clock.jump, 10 * seconds)
+
+    timer = threading.Timer(seconds, jump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

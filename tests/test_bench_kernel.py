@@ -2,7 +2,9 @@
 
 Performance goals are measured, not asserted: this checks the shape of the
 results (every figure, with unit, baseline and ratio, all positive and
-finite), never their size.
+finite), never their size. That holds for the scaling claims too (the
+supervisor's start and stop per child at 100k beside 1k): they are figures
+with a target that ``--check`` evaluates, not test assertions.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from typing import Any
 import pytest
 
 from bench.__main__ import build_parser, load_scenario
-from bench.scenario import find_run_file, load_run_file, param_overrides, resolve_params
+from bench.scenario import (
+    ScenarioError,
+    find_run_file,
+    load_run_file,
+    param_overrides,
+    resolve_params,
+)
 
 BENCH_TIMEOUT = 240  # seconds: the quick run takes ~10 s alone, more on a loaded machine
 
@@ -33,8 +41,18 @@ FIGURES = {
     "crash_restart_median": "µs",
     "crash_restart_p90": "µs",
     "crash_restart_p99": "µs",
+    "supervisor_start_scaling": "µs",
+    "supervisor_stop_scaling": "µs",
 }
-TARGETED = {"ask_round_trip", "fan_in", "spawn_rate", "idle_memory", "crash_restart_median"}
+TARGETED = {
+    "ask_round_trip",
+    "fan_in",
+    "spawn_rate",
+    "idle_memory",
+    "crash_restart_median",
+    "supervisor_start_scaling",
+    "supervisor_stop_scaling",
+}
 
 
 def _positive_finite(x: Any) -> bool:
@@ -92,6 +110,26 @@ def test_report_describes_run_and_machine(quick_run: tuple[dict[str, Any], str])
     assert any("silenced" in note for note in data["notes"])
     # The printed table has a row per figure.
     assert "ask round trip" in stdout and "crash→restarted median" in stdout
+    assert "supervisor start per child at 10,000 children" in stdout
+
+
+def test_supervisor_scaling_compares_the_largest_tree_with_1k(
+    quick_run: tuple[dict[str, Any], str],
+) -> None:
+    data, _ = quick_run
+    assert data["parameters"]["supervisor_children"] == 10_000  # [quick]
+    figures = {f["name"]: f for f in data["figures"]}
+    for what in ("start", "stop"):
+        f = figures[f"supervisor_{what}_scaling"]
+        assert f["baseline_label"] == "the same supervisor with 1,000 children"
+        assert f["target"] == {
+            "applies_to": "ratio",
+            "op": "<=",
+            "threshold": 4.0,
+            "text": "ratio ≤ 4 (linear)",
+        }
+        (note,) = [n for n in data["notes"] if n.startswith(f"supervisor {what}, µs per child")]
+        assert "1,000: " in note and "10,000: " in note
 
 
 def test_command_line_overrides_the_scenario_file() -> None:
@@ -103,3 +141,11 @@ def test_command_line_overrides_the_scenario_file() -> None:
     assert (params.actors, params.repeat, params.asks) == (50, 1, 5_000)
     full = resolve_params(scenario, run_file, quick=False, overrides={})
     assert (full.actors, full.repeat, full.asks) == (100_000, 5, 50_000)
+    assert (params.supervisor_children, full.supervisor_children) == (10_000, 100_000)
+
+
+def test_supervisor_scaling_needs_a_tree_at_least_as_large_as_its_baseline() -> None:
+    run_file = load_run_file(find_run_file("kernel"))
+    scenario = load_scenario(run_file.scenario, where="test")
+    with pytest.raises(ScenarioError, match="supervisor_children: expected at least 1,000"):
+        resolve_params(scenario, run_file, quick=True, overrides={"supervisor_children": 500})

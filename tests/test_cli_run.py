@@ -80,12 +80,16 @@ class Node:
                 await trio.sleep(POLL)
         raise AssertionError(f"{pattern!r} never appeared on std{stream}:\n{self.out}\n{self.err}")
 
-    async def stop(self, signum: int = signal.SIGTERM) -> tuple[int, float]:
-        started = trio.current_time()
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send ``signum`` and wait for the exit code (a hang ceiling, not a timing)."""
         self.process.send_signal(signum)
         with trio.fail_after(30):
-            code = await self.process.wait()
-        return code, trio.current_time() - started
+            return await self.process.wait()
+
+    def drain_report(self) -> str:
+        """The node's one-line account of its drain (``runtime.drain.DrainReport``)."""
+        (line,) = [r["message"] for r in self.log_records() if "drained in" in r["message"]]
+        return str(line)
 
 
 async def poll(condition: Any, *, within: float = 30.0) -> None:
@@ -194,11 +198,14 @@ async def test_local_toml_connects_every_channel_logs_inbound_and_drains_on_sigt
             ]
             assert {r["channel"] for r in inbound} == {f"{p}-local" for p in INJECT}
             assert all(r["tenant"] == "demo" and r["node"] == "local" for r in inbound)
-            code, elapsed = await node.stop(signal.SIGTERM)
+            code = await node.stop(signal.SIGTERM)
     assert code == 0, node.err
-    assert elapsed < 10.0  # config/local.toml's drain_deadline
     assert "Traceback" not in node.err
-    assert any("drained in" in r["message"] for r in node.log_records())
+    # Drained within config/local.toml's deadline: by the node's own account,
+    # nothing was left to keep and no channel had to be killed at the deadline.
+    report = node.drain_report()
+    assert "(deadline 10 s): 0 send(s) in flight, 0 kept, 4 channel(s) stopped" in report
+    assert "killed" not in report
 
 
 # --- bad input --------------------------------------------------------------------------
@@ -349,7 +356,7 @@ async def test_a_channel_that_cannot_start_leaves_the_node_up_and_degraded(
             async with httpx.AsyncClient(base_url=ops) as client:
                 assert (await client.get("/readyz")).status_code == 200
             assert any("started 1/2 channels" in r["message"] for r in node.log_records())
-            code, _ = await node.stop(signal.SIGTERM)
+            code = await node.stop(signal.SIGTERM)
     assert code == 0, node.err
 
 
@@ -409,9 +416,8 @@ async def test_sigterm_under_load_loses_nothing_accepted(tmp_path: Path) -> None
                         for i in range(MESSAGES):
                             nursery.start_soon(_post, client, f"k{i}", outcomes)
                         await poll(lambda: sum(code == 200 for code, _ in outcomes.values()) >= 20)
-                        code, elapsed = await node.stop(signal.SIGTERM)
+                        code = await node.stop(signal.SIGTERM)
             assert code == 0, node.err
-            assert elapsed < 2.0 + 1.5, node.err[-3000:]  # the drain deadline, plus exit
             delivered = {m["id"] for m in emulator.sent}
             kept = _outbox_keys(outbox)
             ok = {k for k, (status, _) in outcomes.items() if status == 200}
@@ -426,11 +432,15 @@ async def test_sigterm_under_load_loses_nothing_accepted(tmp_path: Path) -> None
             assert kept <= {f"k{i}" for i in range(MESSAGES)}
             reported = " ".join(r["message"] for r in node.log_records())
             assert f"{len(kept)} message(s) not sent by the drain deadline" in reported
+            # It stopped at its 2 s deadline with sends left over (40 msgs/s could
+            # not send 200 in time), rather than waiting for them all.
+            report = node.drain_report()
+            assert kept and "(deadline 2 s): " in report and f", {len(kept)} kept, " in report
 
             # The next start sends what was kept; the platform drops the duplicates.
             async with run_node(path, env) as node:
                 await poll(lambda: kept <= {m["id"] for m in emulator.sent})
-                code, _ = await node.stop(signal.SIGTERM)
+                code = await node.stop(signal.SIGTERM)
             assert code == 0, node.err
             assert not outbox.exists() or _outbox_keys(outbox) == set()
 
@@ -517,10 +527,14 @@ async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
                         for i in range(MESSAGES):
                             nursery.start_soon(_post, client, f"k{i}", outcomes)
                         await poll(lambda: len(outcomes) >= 5)
+                        # The platform stops answering: the sends in flight cannot
+                        # finish, so the drain could only end at its 30 s deadline.
+                        await emulator.platform_fault({"kind": "silence"})
                         node.process.send_signal(signal.SIGTERM)
                         await node.wait_output("draining", stream="err")
-                        code, elapsed = await node.stop(signal.SIGTERM)
+                        code = await node.stop(signal.SIGTERM)
                         nursery.cancel_scope.cancel()
     assert code == 1, node.err[-2000:]
-    assert elapsed < 5.0  # not the 30 s drain deadline
     assert "stopping at once" in node.err
+    # Cut short: the drain never reported (it waited for sends that could not end).
+    assert not [r for r in node.log_records() if "drained in" in r["message"]]

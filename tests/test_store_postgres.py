@@ -23,6 +23,7 @@ import runtime.store.base
 from runtime.config.model import StorageConfig
 from runtime.errors import StoreError
 from runtime.store import open_store
+from runtime.store.postgres import CLOSE_TIMEOUT
 from tests.test_store import (
     PG_CEILING,
     PG_DSN,
@@ -240,9 +241,9 @@ async def test_cancelling_a_flush_midway_leaks_no_connection(
                 await wait_until_session(session, pg, waiting_on_lock=False)
                 await session.execute("ROLLBACK")
             # Leaving the block: the last flush writes the batch, the pool closes.
-            closing_started = trio.current_time()
-        closing_took = trio.current_time() - closing_started
-    assert closing_took < 5.0, "the pool took long to close: a connection leaked"
+    # A leaked connection makes pool.close() hang; the store then terminates the
+    # pool after CLOSE_TIMEOUT and says so. No such line: nothing leaked.
+    assert PG_CEILING > CLOSE_TIMEOUT  # so a hang gets that far before the ceiling
     assert not [r for r in caplog.records if "terminat" in r.getMessage()]
     assert store.statistics().inbound_written == 50
     with trio.fail_after(PG_CEILING):

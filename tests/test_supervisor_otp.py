@@ -6,7 +6,6 @@ record their starts and stops in a shared journal so order can be asserted.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -37,6 +36,7 @@ from supervisors import (
     open_supervisor,
     supervisor_spec,
 )
+from tests.support import CEILING
 
 
 class Journal:
@@ -704,7 +704,7 @@ async def test_tree_snapshot_shows_states_restarts_and_uptime(autojump_clock: An
             ]
 
 
-# --- counts and start/stop time stay linear (count_children_memory, large children) -------------
+# --- counts at 1k, 10k and 100k children (count_children_memory, large children) --------------
 
 
 class Idle(Actor):
@@ -713,26 +713,27 @@ class Idle(Actor):
 
 
 @pytest.mark.slow
-async def test_counts_and_start_stop_time_stay_linear() -> None:
-    """Time per child at 100k stays within 4x of the time per child at 1k.
+@pytest.mark.parametrize("n", [1_000, 10_000, 100_000])
+async def test_counts_stay_exact_with_many_children(
+    autojump_clock: trio.testing.MockClock, n: int
+) -> None:
+    """Every child is counted, listed and stopped, at any size, taking no time.
 
-    This is a complexity check (quadratic behaviour would show as ~100x), not a
-    performance goal; the goals themselves are measured in bench/.
+    How the start and stop times grow with the tree (linearly) is a bench
+    figure, not an assertion here: ``python -m bench kernel`` reports
+    ``supervisor_start_scaling`` and ``supervisor_stop_scaling`` (per-child
+    time at 100k beside 1k, target ratio <= 4; ``--check`` enforces it).
     """
-    per_child: dict[int, tuple[float, float]] = {}
-    for n in (1_000, 10_000, 100_000):
-        specs = [ChildSpec(id=f"c{i}", start=Idle) for i in range(n)]
+    specs = [ChildSpec(id=f"c{i}", start=Idle) for i in range(n)]
+    with trio.fail_after(CEILING):  # virtual seconds: only a deadlock reaches it
         async with open_actor_system() as system:
-            t0 = time.perf_counter()
             async with open_supervisor(system, specs, intensity=10) as sup:
-                t1 = time.perf_counter()
                 counts = await sup.count_children()
                 assert (counts.specs, counts.active, counts.workers) == (n, n, n)
-                assert len(await sup.which_children()) == n
-                t2 = time.perf_counter()
-            t3 = time.perf_counter()
+                assert counts.supervisors == 0
+                children = await sup.which_children()
+                assert [c.id for c in children] == [f"c{i}" for i in range(n)]
+                assert {c.status for c in children} == {"running"}
+                assert system.statistics().actors == n + 1  # the children and the supervisor
             assert system.statistics().actors == 0
-        per_child[n] = ((t1 - t0) / n, (t3 - t2) / n)
-    for n in (10_000, 100_000):
-        assert per_child[n][0] < 4 * per_child[1_000][0], per_child
-        assert per_child[n][1] < 4 * per_child[1_000][1], per_child
+    assert trio.current_time() == 0.0  # nothing waited on a timer: no shutdown timeout ran out

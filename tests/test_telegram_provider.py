@@ -1,8 +1,11 @@
 """TelegramProvider against the in-process TelegramEmulator over real sockets.
 
-Real sockets mean real time: no MockClock here. Long polls use timeouts of
-one or two seconds, which only matter when nothing happens; every test has
-a hard ceiling.
+Real sockets mean real time: no MockClock in those tests. Long polls use
+timeouts of one or two seconds, which only matter when nothing happens; every
+test has a hard ceiling. What depends on time (how long a poll is held, how
+many seconds a 429 asks for) runs the emulator's ASGI app in memory instead
+(``httpx.ASGITransport``, which the provider takes as ``transport``): no
+sockets, so virtual time, and the tests assert exact times.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Final
 import httpx
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from starlette.applications import Starlette
@@ -44,7 +48,7 @@ from providers.base import (
 from providers.emulators import open_emulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.telegram import SECRET_HEADER, TelegramConnection, TelegramProvider
-from tests.support import control
+from tests.support import control, yield_until
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
 TOKEN: Final = "123456:" + "A" * 35
@@ -88,10 +92,15 @@ async def emulator() -> AsyncIterator[tuple[TelegramEmulator, str]]:
 
 @contextlib.asynccontextmanager
 async def connected(
-    url: str, session: SessionState | None = None, **options: Any
+    url: str,
+    session: SessionState | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **options: Any,
 ) -> AsyncIterator[tuple[TelegramConnection, AsyncIterator[Event]]]:
     """A polling connection and its events, past the initial state change."""
-    async with TelegramProvider().open_connection(config(url, **options), session) as conn:
+    provider = TelegramProvider(transport=transport)
+    async with provider.open_connection(config(url, **options), session) as conn:
         async with contextlib.aclosing(conn.events()) as events:
             first = await anext(events)
             assert isinstance(first, ConnectionStateChanged)
@@ -102,6 +111,14 @@ async def wait_for(condition: Any) -> None:
     """Poll an in-process condition (the emulator's state) without a fixed sleep."""
     while not condition():  # noqa: ASYNC110 - the state lives in another object
         await trio.sleep(0.005)
+
+
+IN_MEMORY: Final = "http://telegram.emulator"  # never resolved: the transport is in memory
+
+
+def in_memory(emu: TelegramEmulator) -> httpx.ASGITransport:
+    """The emulator's app as an httpx transport: no sockets, so virtual time works."""
+    return httpx.ASGITransport(app=emu.app)
 
 
 # --- inbound, outbound ------------------------------------------------------------------------
@@ -262,7 +279,6 @@ async def test_polling_while_a_webhook_is_set_is_a_conflict() -> None:
     [
         ({"kind": "ban_token", "token": TOKEN}, TOKEN, AuthenticationFailed, "401 Unauthorized"),
         (None, "123:short", AuthenticationFailed, "404 Not Found"),
-        ({"kind": "rate_limit", "duration": 2.5}, TOKEN, RateLimited, "wait 3 s"),
         ({"kind": "server_error", "count": 1, "status": 502}, TOKEN, TransientError, "502"),
     ],
 )
@@ -276,9 +292,28 @@ async def test_failures_on_open(
             with pytest.raises(expected, match=match) as info:
                 async with TelegramProvider().open_connection(config(url, token=token)):
                     pass
-            if isinstance(info.value, RateLimited):
-                assert info.value.retry_after == 3.0
             assert TOKEN not in str(info.value)
+
+
+async def test_a_rate_limit_on_open_asks_for_the_whole_seconds_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = TelegramEmulator()
+    provider = TelegramProvider(transport=in_memory(emu))
+    with trio.fail_after(CEILING):  # virtual seconds
+        async with httpx.AsyncClient(transport=in_memory(emu), base_url=IN_MEMORY) as client:
+            await client.post("/_emulator/fault", json={"kind": "rate_limit", "duration": 2.5})
+        for waited, retry_after in ((0.0, 3.0), (1.0, 2.0), (1.0, 1.0)):  # 2.5, 1.5, 0.5 left
+            await trio.sleep(waited)
+            with pytest.raises(RateLimited, match=f"wait {retry_after:g} s") as info:
+                async with provider.open_connection(config(IN_MEMORY)):
+                    pass
+            assert info.value.retry_after == retry_after
+            assert TOKEN not in str(info.value)
+        await trio.sleep(0.5)  # the 2.5 s are over
+        async with provider.open_connection(config(IN_MEMORY)):
+            pass
+    assert trio.current_time() == 2.5
 
 
 async def test_an_unreachable_api_is_transient() -> None:
@@ -301,15 +336,23 @@ async def test_a_token_banned_while_polling_ends_events_with_authentication_fail
                 await conn.send(msg("x"))
 
 
-async def test_sending_faster_than_a_chat_allows_is_rate_limited() -> None:
-    with trio.fail_after(CEILING):
-        async with emulator() as (emu, url), connected(url) as (conn, _):
+async def test_sending_faster_than_a_chat_allows_is_rate_limited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = TelegramEmulator()  # one message per second per chat
+    with trio.fail_after(CEILING):  # virtual seconds
+        async with connected(IN_MEMORY, transport=in_memory(emu)) as (conn, _):
+            sent_at = trio.current_time()
             await conn.send(msg("first"))
+            await trio.sleep(0.5)
             with pytest.raises(RateLimited) as info:
                 await conn.send(msg("second"))
-            assert info.value.retry_after == 1.0
+            assert info.value.retry_after == 1.0  # 0.5 s left, in whole seconds
             assert info.value.peer == "42"
             await conn.send(msg("other chat", peer="43"))
+            await trio.sleep(0.5)
+            assert trio.current_time() == sent_at + 1.0
+            await conn.send(msg("second"))  # the second is over
             assert emu.stats["rate_limited"] == 1
 
 
@@ -502,15 +545,21 @@ async def test_errors_use_the_bot_api_envelope(
     ids=["per-bot", "per-group", "per-chat"],
 )
 async def test_emulator_limits_answer_429_with_retry_after(
-    limits: dict[str, Any], chats: list[int], retry_after: int
+    limits: dict[str, Any],
+    chats: list[int],
+    retry_after: int,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    with trio.fail_after(CEILING):
-        emu = TelegramEmulator(**limits)
-        async with open_emulator(emu) as url, httpx.AsyncClient(base_url=url) as client:
-            answers = [
-                await client.post(f"/bot{TOKEN}/sendMessage", json={"chat_id": chat, "text": "x"})
-                for chat in chats
-            ]
+    emu = TelegramEmulator(**limits)
+    with trio.fail_after(retry_after + CEILING):  # virtual seconds: the windows are exact
+        async with httpx.AsyncClient(transport=in_memory(emu), base_url=IN_MEMORY) as client:
+
+            async def send(chat: int) -> httpx.Response:
+                return await client.post(
+                    f"/bot{TOKEN}/sendMessage", json={"chat_id": chat, "text": "x"}
+                )
+
+            answers = [await send(chat) for chat in chats]
             assert [a.status_code for a in answers] == [200] * (len(chats) - 1) + [429]
             assert answers[-1].json() == {
                 "ok": False,
@@ -518,12 +567,19 @@ async def test_emulator_limits_answer_429_with_retry_after(
                 "description": f"Too Many Requests: retry after {retry_after}",
                 "parameters": {"retry_after": retry_after},
             }
+            await trio.sleep(retry_after - 0.001)  # not quite over yet
+            assert (await send(chats[-1])).status_code == 429
+            await trio.sleep(0.001)
+            assert (await send(chats[-1])).status_code == 200
 
 
-async def test_get_updates_holds_until_an_update_arrives_or_the_timeout() -> None:
-    with trio.fail_after(CEILING):
-        async with emulator() as (emu, url), httpx.AsyncClient(base_url=url) as client:
-            await make_bot_known(url)
+async def test_get_updates_holds_until_an_update_arrives_or_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = TelegramEmulator()
+    with trio.fail_after(CEILING):  # virtual seconds
+        async with httpx.AsyncClient(transport=in_memory(emu), base_url=IN_MEMORY) as client:
+            assert (await client.get(f"/bot{TOKEN}/getMe")).json()["ok"] is True  # known now
             answers: list[Any] = []
 
             async def poll() -> None:
@@ -532,15 +588,20 @@ async def test_get_updates_holds_until_an_update_arrives_or_the_timeout() -> Non
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(poll)
-                await wait_for(lambda: emu.bots[TOKEN].poll is not None)
+                await yield_until(lambda: emu.bots[TOKEN].poll is not None)
+                await trio.sleep(3.0)  # held: nothing to answer yet
                 assert answers == []
-                await inject(url, "wake up")
+                injected = await client.post(
+                    "/_emulator/inject", json={"chat_id": 42, "text": "wake up"}
+                )
+                assert injected.status_code == 200
             assert answers[0]["result"][0]["update_id"] == 1
-            start = trio.current_time()
+            assert trio.current_time() == 3.0  # answered at the update, not at the timeout
             empty = await client.get(f"/bot{TOKEN}/getUpdates", params={"offset": 2, "timeout": 1})
             assert empty.json() == {"ok": True, "result": []}
-            assert 0.9 <= trio.current_time() - start < 5
+            assert trio.current_time() == 4.0  # held for exactly its timeout
             assert emu.bots[TOKEN].updates == []  # offset 2 confirmed update 1
+            assert emu.stats["polls_held"] == 2
 
 
 async def test_inject_needs_a_known_bot() -> None:

@@ -72,21 +72,34 @@ print(json.dumps({"stopped": handle.stopped}), flush=True)
 """
 
 CHILD_SLOW_SERVER: Final = r"""
-import json, sys, time
+import json, select, sys, threading
 
 import trio
+import trio.testing
 
 from runtime.config.model import ProfilingConfig
 from runtime.telemetry import start_profiling
 
 url, grace = sys.argv[1], float(sys.argv[2])
 handle = start_profiling(ProfilingConfig(pyroscope_url=url), node_id="n", upload_interval=1)
-until = time.monotonic() + 2.5  # past the first upload, which the server never answers
-while time.monotonic() < until:
+# Samples to upload, until the parent says it holds the agent's upload, which
+# it never answers (a line on stdin).
+while not select.select([sys.stdin], [], [], 0)[0]:
     sum(i * i for i in range(2_000))
-started = time.monotonic()
-trio.run(lambda: handle.aclose(grace=grace))
-print(json.dumps({"stop_took": time.monotonic() - started, "stopped": handle.stopped}), flush=True)
+
+
+async def stop():
+    started = trio.current_time()
+    await handle.aclose(grace=grace)
+    return trio.current_time() - started
+
+
+# Virtual time: the clock jumps to aclose's deadline as soon as nothing else
+# can run, so only aclose's own bound can end the wait for the agent's thread.
+took = trio.run(stop, clock=trio.testing.MockClock(autojump_threshold=0))
+# trio names a worker thread after its job: the agent's shutdown, still waiting.
+flushing = [t.name for t in threading.enumerate() if t.name.startswith("_shutdown from")]
+print(json.dumps({"stop_took": took, "stopped": handle.stopped, "flushing": flushing}), flush=True)
 """
 
 
@@ -195,14 +208,17 @@ def test_profiles_reach_the_server_with_the_app_name_and_tags(receiver: Receiver
 
 
 def test_aclose_bounds_the_wait_for_a_server_that_never_answers() -> None:
-    grace = 0.5  # seconds
+    grace = 0.5  # seconds, of the child's virtual clock
     with socket.socket() as silent:  # accepts connections (the backlog) and never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
+        silent.settimeout(UPLOAD_CEILING)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         child = _run_child(CHILD_SLOW_SERVER, url, str(grace))
         try:
-            out, err = child.communicate(timeout=EXIT_CEILING)
+            upload, _ = silent.accept()  # the agent is uploading: held open, never answered
+            with upload:
+                out, err = child.communicate("stop\n", timeout=EXIT_CEILING)
         finally:
             if child.poll() is None:
                 child.kill()
@@ -210,7 +226,8 @@ def test_aclose_bounds_the_wait_for_a_server_that_never_answers() -> None:
     assert child.returncode == 0, err
     result = json.loads(out)
     assert result["stopped"] is True
-    assert result["stop_took"] < grace + 2.0
+    assert result["stop_took"] == grace  # aclose's own deadline ended the wait, exactly
+    assert result["flushing"], result  # and left the agent's flush behind, still waiting
     assert "still flushing its last profile" in err
 
 

@@ -223,6 +223,33 @@ async def test_pings_from_the_server_are_answered_with_their_payload() -> None:
     assert pongs == [b"are-you-there"]
 
 
+async def test_each_ping_goes_out_once_the_last_pong_came_back() -> None:
+    # Our keepalive keeps one ping in flight: the server sees ping n+1 only
+    # after the client took pong n. So three pings seen are two pongs taken,
+    # counted rather than timed (a pong deadline far above the ceiling: only
+    # pongs that never reach the core could stop the third ping).
+    pings: list[bytes] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        while len(pings) < 3:
+            event = await peer.next_event()
+            assert isinstance(event, Ping), event
+            pings.append(bytes(event.payload))
+            await peer.send(event.response())
+        await peer.send(CloseConnection(code=1000, reason="done"))
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            cfg = config(url, ping_interval=0.01, pong_timeout=IO_CEILING * 10)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                with pytest.raises(TransientError, match="code 1000"):
+                    async for _ in conn.events():
+                        pass
+    assert pings == [b"sb-1", b"sb-2", b"sb-3"]
+
+
 async def test_a_fragmented_message_arrives_whole() -> None:
     text = json.dumps(
         {"type": "message", "id": "m1", "peer": "p", "sender": "u", "text": "x" * 300}

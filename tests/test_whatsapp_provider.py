@@ -46,7 +46,7 @@ from providers.emulators import Emulator, open_emulator
 from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.registry import EMULATORS, PROVIDERS, load
 from providers.whatsapp import WhatsAppConnection, WhatsAppProvider, core
-from tests.support import emulator_call
+from tests.support import clock_window, emulator_call
 
 CEILING: Final = 10.0  # real seconds; only a hang gets near it
 TOKEN: Final = "EAAG-test-token"
@@ -308,9 +308,14 @@ async def test_the_shared_rate_limit_fault_uses_its_remaining_time() -> None:
     with trio.fail_after(CEILING):
         async with open_stack() as stack:
             await stack.control("fault", {"kind": "rate_limit", "duration": 30})
-            with pytest.raises(RateLimited) as info:
+            until = stack.emulator.rate_limited_until
+            with clock_window() as window, pytest.raises(RateLimited) as info:
                 await stack.connection.send(template())
-            assert 25.0 < info.value.retry_after <= 30.0
+            # What was left when the emulator (same trio clock) answered, in
+            # milliseconds on the wire (Retry-After: 29.998).
+            least, most = window.remaining(until)
+            assert least - 0.0005 <= info.value.retry_after <= most + 0.0005
+            assert most <= 30.0
 
 
 async def test_a_banned_token_is_banned_and_a_wrong_token_fails_authentication() -> None:
