@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -370,8 +371,8 @@ drain_deadline = 2.0
 start_timeout = 5.0
 
 [storage]
-backend = "memory"
-outbox_file = "{outbox}"
+backend = "sqlite"
+path = "{database}"
 
 [ops]
 port = 0
@@ -393,14 +394,14 @@ TOKEN, API_TOKEN, MESSAGES = "ws-test-token", "api-test-token", 200
 
 async def test_sigterm_under_load_loses_nothing_accepted(tmp_path: Path) -> None:
     emulator = WebSocketEmulator(tokens={TOKEN})
-    outbox = tmp_path / "outbox.jsonl"
+    database = tmp_path / "node.sqlite3"
     env = {"SB_TEST_WS_TOKEN": TOKEN, "SB_TEST_API_TOKEN": API_TOKEN}
     outcomes: dict[str, tuple[int, dict[str, Any]]] = {}
     with trio.fail_after(CEILING * 2):
         async with open_emulator(emulator) as base_url:
             path = tmp_path / "loaded.toml"
             path.write_text(
-                LOADED.format(outbox=outbox, ws_url=base_url.replace("http", "ws") + "/ws")
+                LOADED.format(database=database, ws_url=base_url.replace("http", "ws") + "/ws")
             )
             async with run_node(path, env) as node:
                 await node.wait_output(r"channels:\s+1/1 started")
@@ -419,7 +420,7 @@ async def test_sigterm_under_load_loses_nothing_accepted(tmp_path: Path) -> None
                         code = await node.stop(signal.SIGTERM)
             assert code == 0, node.err
             delivered = {m["id"] for m in emulator.sent}
-            kept = _outbox_keys(outbox)
+            kept = _kept_keys(database)
             ok = {k for k, (status, _) in outcomes.items() if status == 200}
             said_kept = {
                 k
@@ -442,7 +443,7 @@ async def test_sigterm_under_load_loses_nothing_accepted(tmp_path: Path) -> None
                 await poll(lambda: kept <= {m["id"] for m in emulator.sent})
                 code = await node.stop(signal.SIGTERM)
             assert code == 0, node.err
-            assert not outbox.exists() or _outbox_keys(outbox) == set()
+            assert _kept_keys(database) == set()
 
 
 async def _post(client: httpx.AsyncClient, key: str, into: dict[str, Any]) -> None:
@@ -459,26 +460,11 @@ async def _post(client: httpx.AsyncClient, key: str, into: dict[str, Any]) -> No
     into[key] = (response.status_code, body)
 
 
-def _outbox_keys(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            keys.add(_find_key(json.loads(line)))
-    return keys
-
-
-def _find_key(record: Any) -> str:
-    if isinstance(record, dict):
-        if "idempotency_key" in record:
-            return str(record["idempotency_key"])
-        for value in record.values():
-            try:
-                return _find_key(value)
-            except KeyError:
-                continue
-    raise KeyError("no idempotency_key in an outbox record")
+def _kept_keys(database: Path) -> set[str]:
+    """The idempotency keys the node's SQLite store keeps for its next start."""
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT payload FROM kept_outbound").fetchall()
+    return {json.loads(payload)["idempotency_key"] for (payload,) in rows}
 
 
 @pytest.fixture(autouse=True)
@@ -510,7 +496,7 @@ async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
         async with open_emulator(emulator) as base_url:
             path = tmp_path / "slow.toml"
             config = LOADED.format(
-                outbox=tmp_path / "outbox.jsonl", ws_url=base_url.replace("http", "ws") + "/ws"
+                database=tmp_path / "node.sqlite3", ws_url=base_url.replace("http", "ws") + "/ws"
             )
             path.write_text(config.replace("drain_deadline = 2.0", "drain_deadline = 30.0"))
             async with run_node(path, env) as node:
