@@ -45,9 +45,9 @@ start_timeout = 15
 backend = "postgres"
 dsn = "postgresql://sb:${env:PG_PASSWORD}@db:5432/sb"
 schema = "sb_test"
-outbox_file = "/var/lib/sb/outbox.json"
 batch_size = 1000
 flush_interval = 0.25
+checkpoint_interval = 2.5
 
 [ops]
 enabled = true
@@ -173,9 +173,9 @@ def test_every_section_of_a_full_file_is_read() -> None:
             backend="postgres",
             dsn="postgresql://sb:pg-pass-123@db:5432/sb",
             schema="sb_test",
-            outbox_file="/var/lib/sb/outbox.json",
             batch_size=1000,
             flush_interval=0.25,
+            checkpoint_interval=2.5,
         ),
         ops=OpsConfig(
             enabled=True,
@@ -572,8 +572,8 @@ def test_secret_values_never_appear_in_the_error() -> None:
         ("[node]\ndrain_deadline = inf\n", "expected a number, got inf @ node.drain_deadline"),
         ("[node]\nstart_timeout = false\n", "expected a number, got false @ node.start_timeout"),
         (
-            '[storage]\nbackend = "sqlite"\n',
-            'expected one of "memory", "postgres", got "sqlite" @ storage.backend',
+            '[storage]\nbackend = "mongodb"\n',
+            'expected one of "memory", "sqlite", "postgres", got "mongodb" @ storage.backend',
         ),
         (
             '[logging]\nlevel = "INFO"\n',
@@ -1070,3 +1070,20 @@ def test_a_deprecated_key_beside_its_new_name_is_a_problem() -> None:
         "both 'min' and 'base' are set; 'min' is the deprecated name of 'base': keep only "
         "'base' @ supervisor.restart_backoff.min"
     ]
+
+
+def test_sqlite_paths_are_resolved_beside_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "deploy" / "node.toml"
+    file.parent.mkdir()
+    file.write_text('[node]\nid = "n7"\n[storage]\nbackend = "sqlite"\n')
+    assert load_config(file).storage.path == str(file.parent / "data" / "n7.sqlite3")
+    file.write_text('[storage]\nbackend = "sqlite"\npath = "state/x.db"\n')
+    assert load_config(file).storage.path == str(file.parent / "state" / "x.db")
+    file.write_text('[storage]\noutbox_file = "old.jsonl"\n')
+    loaded = load_config(file)
+    assert loaded.storage.outbox_file == str(file.parent / "old.jsonl")
+    assert loaded.deprecations == (
+        "storage.outbox_file is deprecated: the store keeps unsent messages itself (backend = "
+        "'sqlite' keeps them across restarts); the file is read once at start into the store, "
+        "then deleted",
+    )

@@ -72,7 +72,7 @@ print(json.dumps({"stopped": handle.stopped}), flush=True)
 """
 
 CHILD_SLOW_SERVER: Final = r"""
-import json, select, sys, threading
+import json, select, sys
 
 import trio
 import trio.testing
@@ -97,9 +97,7 @@ async def stop():
 # Virtual time: the clock jumps to aclose's deadline as soon as nothing else
 # can run, so only aclose's own bound can end the wait for the agent's thread.
 took = trio.run(stop, clock=trio.testing.MockClock(autojump_threshold=0))
-# trio names a worker thread after its job: the agent's shutdown, still waiting.
-flushing = [t.name for t in threading.enumerate() if t.name.startswith("_shutdown from")]
-print(json.dumps({"stop_took": took, "stopped": handle.stopped, "flushing": flushing}), flush=True)
+print(json.dumps({"stop_took": took, "stopped": handle.stopped}), flush=True)
 """
 
 
@@ -227,7 +225,9 @@ def test_aclose_bounds_the_wait_for_a_server_that_never_answers() -> None:
     result = json.loads(out)
     assert result["stopped"] is True
     assert result["stop_took"] == grace  # aclose's own deadline ended the wait, exactly
-    assert result["flushing"], result  # and left the agent's flush behind, still waiting
+    # ... and said it left the agent's flush behind. (Whether that thread is
+    # still alive a moment later is the agent's business: under load it can
+    # finish between the deadline and a look at the threads.)
     assert "still flushing its last profile" in err
 
 

@@ -232,6 +232,35 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
 
     # --- requests -------------------------------------------------------------------
 
+    async def _take_dead_letters(self, ids: tuple[int, ...] | None, *, replay: bool) -> Any:
+        """Take letters off the queue, durably, then (replay) send each again.
+
+        The taking is written before anything is sent: a crash right after
+        cannot bring a replayed letter back to be replayed twice. If it
+        cannot be written, the letters go back and the request is refused.
+        """
+        memory = self.memory
+        letters = memory.dead_letters.take(None if ids is None else list(ids))
+        if not letters:
+            return 0
+        memory.touch()
+        if memory.checkpoints is not None:
+            try:
+                await memory.checkpoints.write_now(memory)
+            except Exception as exc:
+                memory.dead_letters.put_back(letters)
+                return outcome.Error(
+                    ChannelUnavailable(
+                        f"channel {self.config.channel_id!r}: the dead letters could not be "
+                        f"taken, because the store did not record it: {exc}",
+                        channel_id=self.config.channel_id,
+                    )
+                )
+        if replay:
+            for letter in letters:
+                self.ref.tell(Send(letter.message))
+        return len(letters)
+
     async def receive(self, msg: Any) -> Any:
         kind = type(msg)
         if kind is Send:
@@ -241,16 +270,6 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
                 return outcome.Error(exc)
         if kind is ListDeadLetters:
             return self.memory.dead_letters.letters()
-        if kind is ReplayDeadLetters:
-            letters = self.memory.dead_letters.take(None if msg.ids is None else list(msg.ids))
-            if letters:
-                self.memory.touch()
-            for letter in letters:
-                self.ref.tell(Send(letter.message))
-            return len(letters)
-        if kind is DiscardDeadLetters:
-            letters = self.memory.dead_letters.take(None if msg.ids is None else list(msg.ids))
-            if letters:
-                self.memory.touch()
-            return len(letters)
+        if kind is ReplayDeadLetters or kind is DiscardDeadLetters:
+            return await self._take_dead_letters(msg.ids, replay=kind is ReplayDeadLetters)
         raise TypeError(f"{self!r} got an unknown message {msg!r}")

@@ -201,6 +201,14 @@ class DeadLetterQueue:
         self.total = max(total, max((letter.id for letter in letters), default=0))
         self.dropped = dropped
 
+    def put_back(self, letters: list[OutboundDeadLetter]) -> None:
+        """Return letters that :meth:`take` took (a replay that could not go ahead)."""
+        if not letters:
+            return
+        merged = [*(self._letters or {}).values(), *letters]
+        self._letters = OrderedDict((letter.id, letter) for letter in sorted(merged, key=_by_id))
+        self.changes += 1
+
     def letters(self) -> list[OutboundDeadLetter]:
         """Every dead letter, oldest first."""
         return [] if self._letters is None else list(self._letters.values())
@@ -218,6 +226,10 @@ class DeadLetterQueue:
         if taken:
             self.changes += 1
         return taken
+
+
+def _by_id(letter: OutboundDeadLetter) -> int:
+    return letter.id
 
 
 class RecentIds:
