@@ -88,6 +88,7 @@ class _Channel:
     channel_id: str
     tenant: str
     provider: str
+    token: int  # the owner token its writes carry (the node's, or the lease's)
     letters_written: int = -1  # the queue's ``changes`` at the last write
     fenced: bool = False
 
@@ -130,9 +131,24 @@ class CheckpointWriter:
 
     # --- what the node and the channels call -------------------------------------------
 
-    def attach(self, memory: ChannelMemory, channel_id: str, tenant: str, provider: str) -> None:
-        """Checkpoint ``memory`` from now on, as ``channel_id``; it is written at the next round."""
-        self._channels[memory] = _Channel(channel_id, tenant, provider)
+    def attach(
+        self,
+        memory: ChannelMemory,
+        channel_id: str,
+        tenant: str,
+        provider: str,
+        *,
+        token: int | None = None,
+    ) -> None:
+        """Checkpoint ``memory`` from now on, as ``channel_id``; it is written at the next round.
+
+        Args:
+            token: the owner token of its writes (in a cluster, its lease's);
+                default the node's.
+        """
+        self._channels[memory] = _Channel(
+            channel_id, tenant, provider, self.token if token is None else token
+        )
         memory.checkpoints = self
         memory.dirty = False
         memory.touch()
@@ -215,7 +231,7 @@ class CheckpointWriter:
                     channel_id=channel.channel_id,
                     tenant=channel.tenant,
                     provider=channel.provider,
-                    owner_token=self.token,
+                    owner_token=channel.token,
                     state=export_state(memory, now=now, clock_offset=offset, clean=_ended(memory)),
                     letters_changed=letters != channel.letters_written,
                 )
@@ -255,16 +271,18 @@ class CheckpointWriter:
 
     def _fenced(self, channel_id: str, stored: int) -> None:
         self._refused += 1
+        ours = self.token
         for memory, channel in self._channels.items():
             if channel.channel_id == channel_id:
                 channel.fenced = True
+                ours = channel.token
                 self._dirty.pop(memory, None)
         log.error(
             "the checkpoint of channel %s was refused: another owner wrote it with token %d, "
             "above this node's %d; this node no longer owns the channel and stops it",
             channel_id,
             stored,
-            self.token,
+            ours,
             extra={"channel": channel_id},
         )
         if self.on_fenced is not None:

@@ -53,6 +53,7 @@ from actors import (
     lowlevel,
     open_actor_system,
 )
+from actors.channel import Tenure
 from actors.channel.durable import export_state, restore_state
 from providers.base import OutboundMessage, Provider, SendResult
 from providers.registry import PROVIDERS, load
@@ -72,6 +73,7 @@ from supervisors import (
 
 from .channels import channel_config, channel_settings
 from .checkpoints import CheckpointWriter, clock_offset
+from .cluster import Cluster, open_cluster
 from .config.model import ChannelSpec, NodeConfig
 from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
@@ -90,9 +92,11 @@ from .errors import (
     map_send_errors,
 )
 from .events import EventHub, Subscription
+from .node_cluster import ClusterMode
 from .ops import serve_ops
 from .services import ServiceActor, ServiceHandle
 from .store import Store, open_store
+from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
 from .view import ChannelSnapshot, NodeStatistics, WebhookTarget
 
@@ -120,7 +124,7 @@ class NodeState(enum.Enum):
     """Drained (or stopped at once): nothing runs any more."""
 
 
-class Node(DeadLetterOps):
+class Node(ClusterMode, DeadLetterOps):
     """A running node; get one from :func:`open_node`.
 
     All methods are for the trio program that opened the node.
@@ -152,6 +156,9 @@ class Node(DeadLetterOps):
         self._table = ChannelTable()
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
+        self._cluster: Cluster | None = None
+        self._preloaded: dict[str, StoredCheckpoint] = {}  # read for a lease's floor, kept
+        self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
@@ -217,11 +224,24 @@ class Node(DeadLetterOps):
             NodeNotRunning: the node's tree is not running.
             ChannelFenced: a newer owner wrote the channel's checkpoint.
             StoreError: its checkpoint could not be read.
+
+        In a cluster the channel enters the cluster's catalog, and the node
+        placement puts it on starts it there (the snapshot may then show it
+        running elsewhere).
         """
+        if self._cluster is not None:
+            self._check_accepting()
+            await self._cluster_start(spec)
+            return self._snapshot(self._table.get(spec.id))
         return await self._start(spec)
 
     async def _start(
-        self, spec: ChannelSpec, *, carry: ChannelMemory | None = None, revive: bool = False
+        self,
+        spec: ChannelSpec,
+        *,
+        carry: ChannelMemory | None = None,
+        revive: bool = False,
+        tenure: Tenure | None = None,
     ) -> ChannelSnapshot:
         self._check_accepting()
         current = self._table.find(spec.id)
@@ -241,8 +261,10 @@ class Node(DeadLetterOps):
                 config, provider, settings=settings, sink=self.store
             )
             memory.subscribers.append((self._hub.tap(spec.id, spec.tenant, provider.name), None))
-            await self._restore(spec, memory, carry=carry, revive=revive)
-            self._checkpoints.attach(memory, spec.id, spec.tenant, provider.name)
+            memory.tenure = tenure
+            token = self._checkpoints.token if tenure is None else tenure.token
+            await self._restore(spec, memory, carry=carry, revive=revive, token=token)
+            self._checkpoints.attach(memory, spec.id, spec.tenant, provider.name, token=token)
             child = ChildSpec(id=spec.id, start=factory, shutdown=self.config.supervisor.shutdown)
             try:
                 ref = await self._channel_supervisor().start_child(child)
@@ -267,15 +289,26 @@ class Node(DeadLetterOps):
             NodeNotRunning: the node's tree is not running.
         """
         row = self._table.get(channel_id)
+        if self._cluster is not None:
+            await self._cluster_stop(channel_id)
+            return
+        await self._stop_local(row, checkpoint=True)
+        self._table.remove(channel_id)
+
+    async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> None:
+        """Stop a channel running here; write its final checkpoint unless told not to."""
+        if not checkpoint and row.memory is not None:
+            self._checkpoints.detach(row.memory)
         if row.running:
             supervisor = self._channel_supervisor()
-            await supervisor.terminate_child(channel_id)  # its on_stop writes its checkpoint
-            await supervisor.delete_child(channel_id)
+            await supervisor.terminate_child(row.spec.id)
+            await supervisor.delete_child(row.spec.id)
         if row.memory is not None:
-            with contextlib.suppress(StoreError):  # logged by the writer
-                await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
+            if checkpoint:
+                with contextlib.suppress(StoreError):  # logged by the writer
+                    await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
             self._checkpoints.detach(row.memory)
-        self._table.remove(channel_id)
+        row.channel = row.child = row.memory = None
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
         """Start a channel over from its spec, no longer FAILED.
@@ -289,8 +322,17 @@ class Node(DeadLetterOps):
             UnknownChannel, and what :meth:`start_channel` raises.
         """
         row = self._table.get(channel_id)
+        if self._cluster is not None:
+            if not row.running:
+                raise self._not_here(channel_id)
+            owned = self._cluster.ownership.owned.get(channel_id)
+            memory = row.memory
+            await self._stop_local(row, checkpoint=True)
+            tenure = owned.tenure if owned is not None else None
+            return await self._start(row.spec, carry=memory, revive=True, tenure=tenure)
+        memory = row.memory
         await self.stop_channel(channel_id)
-        return await self._start(row.spec, carry=row.memory, revive=True)
+        return await self._start(row.spec, carry=memory, revive=True)
 
     def channel(self, channel_id: str) -> ChannelRef:
         """The handle of a running channel (dead letters, its own subscription).
@@ -301,6 +343,8 @@ class Node(DeadLetterOps):
         """
         row = self._table.get(channel_id)
         if row.channel is None:
+            if self._cluster is not None and row.start_error is None:
+                raise self._not_here(channel_id)
             raise ChannelUnavailable(
                 f"channel {channel_id!r} is not running: {row.start_error or 'stopped'}",
                 channel_id=channel_id,
@@ -391,7 +435,7 @@ class Node(DeadLetterOps):
 
     def statistics(self) -> NodeStatistics:
         """Node-wide figures."""
-        snapshots = self.channels()
+        snapshots = [s for s in self.channels() if not s.remote]
         store = self.store.statistics()
         return NodeStatistics(
             node_id=self.node_id,
@@ -438,6 +482,8 @@ class Node(DeadLetterOps):
         if self._drain_report is not None:
             return self._drain_report
         self._state = NodeState.DRAINING
+        if self._cluster is not None:
+            self._cluster.ownership.frozen = True  # take nothing more, let nothing go
         self._drain_report = await drain(
             node_id=self.node_id,
             sends=self._sends,
@@ -446,6 +492,8 @@ class Node(DeadLetterOps):
             store=self.store,
             deadline=self.config.node.drain_deadline if deadline is None else deadline,
         )
+        if self._cluster is not None:
+            await self._cluster.leave()  # the channels are stopped: the leases go back
         self._state = NodeState.DRAINED
         return self._drain_report
 
@@ -458,6 +506,7 @@ class Node(DeadLetterOps):
         *,
         carry: ChannelMemory | None,
         revive: bool,
+        token: int,
     ) -> None:
         """Put the channel's durable state into its fresh ``memory`` before it starts.
 
@@ -469,14 +518,14 @@ class Node(DeadLetterOps):
         if carry is not None:  # handed over in this process: exact, like a clean stop
             state = export_state(carry, now=now, clock_offset=offset, clean=True)
         else:
-            stored = await self.store.load_checkpoint(spec.id)
+            stored = self._preloaded.pop(spec.id, None) or await self.store.load_checkpoint(spec.id)
             if stored is None:
                 return
-            if stored.owner_token > self._checkpoints.token:
+            if stored.owner_token > token:
                 raise ChannelFenced(
                     f"channel {spec.id!r}: its checkpoint was written by a newer owner (token "
-                    f"{stored.owner_token}, this node's is {self._checkpoints.token}); another "
-                    "node runs it, and this one will not"
+                    f"{stored.owner_token}, this node's is {token}); another node runs it, "
+                    "and this one will not"
                 )
             if stored.state is None:
                 log.warning(
@@ -605,6 +654,18 @@ class Node(DeadLetterOps):
     def _snapshot(self, row: ChannelRow) -> ChannelSnapshot:
         spec = row.spec
         if row.channel is None:
+            if self._cluster is not None and row.start_error is None:
+                held = self._holders.get(spec.id)
+                return ChannelSnapshot(
+                    channel_id=spec.id,
+                    tenant=spec.tenant,
+                    provider=spec.provider,
+                    status=ChannelStatus.IDLE,
+                    statistics=None,
+                    owner=self._remote_owner(spec.id),
+                    lease_token=held[1] if held is not None else None,
+                    remote=True,
+                )
             return ChannelSnapshot(
                 channel_id=spec.id,
                 tenant=spec.tenant,
@@ -614,6 +675,7 @@ class Node(DeadLetterOps):
                 start_error=row.start_error,
             )
         stats = row.channel.statistics()
+        tenure = row.memory.tenure if row.memory is not None else None
         return ChannelSnapshot(
             channel_id=spec.id,
             tenant=spec.tenant,
@@ -621,6 +683,8 @@ class Node(DeadLetterOps):
             status=stats.status,
             statistics=stats,
             mailbox_depth=lowlevel.mailbox_depth(row.channel.ref),
+            owner=self.node_id,
+            lease_token=tenure.token if tenure is not None else None,
         )
 
     def _channels_child(self) -> ChildSpec:
@@ -824,6 +888,7 @@ async def open_node(
                 intensity=ROOT_INTENSITY,
                 period=ROOT_PERIOD,
             ) as root,
+            contextlib.AsyncExitStack() as stack,
             trio.open_nursery() as nursery,
         ):
             node._nursery = nursery
@@ -836,7 +901,19 @@ async def open_node(
                 emulators.urls.update(node.emulator_urls)
                 if node.ops_url is not None:
                     emulators.set_webhook_base(config.ops.public_url or node.ops_url)
-            await node._start_configured()
+            if config.cluster is None:
+                await node._start_configured()
+            else:
+                node._cluster = await stack.enter_async_context(
+                    open_cluster(
+                        config.cluster,
+                        node_id=config.node.id,
+                        store=opened,
+                        runner=node,
+                        file_specs=config.channels,
+                    )
+                )
+                nursery.start_soon(node._watch_cluster)
             node._state = NodeState.READY
             nursery.start_soon(node._report_connected)
             nursery.start_soon(node._resend_kept)

@@ -36,6 +36,10 @@ class ChannelSnapshot:
         statistics: its counters (``None`` if it never started).
         mailbox_depth: messages waiting in its mailbox.
         start_error: why the node could not start it, if it could not.
+        owner: in a cluster, the node that runs it (for a channel elsewhere:
+            its lease holder as last read, else the node placement puts it on).
+        lease_token: in a cluster, its lease's fencing token, if known.
+        remote: in a cluster, it runs on another node (no statistics here).
     """
 
     channel_id: str
@@ -45,6 +49,9 @@ class ChannelSnapshot:
     statistics: ChannelStatistics | None
     mailbox_depth: int = 0
     start_error: str | None = None
+    owner: str | None = None
+    lease_token: int | None = None
+    remote: bool = False
 
     @property
     def problem(self) -> str | None:

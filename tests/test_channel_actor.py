@@ -35,6 +35,7 @@ from actors.channel import (
     ChannelStateChanged,
     ChannelStatus,
     MemoryInboundSink,
+    Tenure,
 )
 from providers.base import (
     AuthenticationFailed,
@@ -99,9 +100,11 @@ async def open_channel(
     *,
     channel_settings: ChannelSettings | None = None,
     sink: MemoryInboundSink | None = None,
+    tenure: Tenure | None = None,
 ) -> AsyncIterator[ChannelRef]:
     channel_settings = channel_settings or settings()
     memory = ChannelMemory(provider.limits, channel_settings, rng=MaxJitter())
+    memory.tenure = tenure
     config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "s3cret"})
     factory, memory = ChannelActor.factory(
         config, provider, settings=channel_settings, sink=sink, memory=memory

@@ -22,6 +22,7 @@ from .state import (
     RecentIds,
     channel_statistics,
 )
+from .tenure import Tenure
 
 __all__ = [
     "CLOSE_GRACE",
@@ -44,6 +45,7 @@ __all__ = [
     "Send",
     "SendAction",
     "SendDecision",
+    "Tenure",
     "channel_statistics",
     "decide",
 ]

@@ -127,10 +127,24 @@ class ConnectionLoop:
     async def _connect_once(self) -> tuple[float, str]:
         """One connection's life. Returns (seconds to wait, why) when it ends.
 
+        In a cluster the connection lives inside the channel's tenure (its
+        lease): it is cancelled at the tenure's deadline, and then dropped
+        without a goodbye, since by then another node may take over.
+
         Raises:
             FatalError: the platform refuses us for good.
             RetriesExhausted: too many consecutive failed connects.
         """
+        tenure = self.memory.tenure
+        if tenure is None:
+            return await self._connect_held(None)
+        if not tenure.valid():
+            await tenure.wait_valid()
+        with tenure.hold() as held:
+            return await self._connect_held(held)
+        return 0.0, "the lease lapsed: the connection was dropped before it could expire"
+
+    async def _connect_held(self, held: trio.CancelScope | None) -> tuple[float, str]:
         memory = self.memory
         gate = connect_gate(self.provider.name)
         await gate.acquire()
@@ -152,8 +166,9 @@ class ConnectionLoop:
                 finally:
                     self._conn = None
                     memory.session = conn.session_state()
-                    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                        await conn.close(resumable=True)
+                    if held is None or not held.cancel_called:  # no goodbye past the tenure
+                        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                            await conn.close(resumable=True)
         except RateLimited as exc:
             memory.counters["rate_limit_waits"] += 1
             return exc.retry_after, f"rate limited by the platform: {exc}"

@@ -26,6 +26,7 @@ from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
 
 if TYPE_CHECKING:
     from .durable import CheckpointSink
+    from .tenure import Tenure
 
 __all__ = [
     "ChannelMemory",
@@ -312,6 +313,7 @@ class ChannelMemory:
         "session",
         "status",
         "subscribers",
+        "tenure",
     )
 
     def __init__(
@@ -359,6 +361,8 @@ class ChannelMemory:
         # node's checkpoint writer, if any) is told once per change of heart.
         self.dirty = False
         self.checkpoints: CheckpointSink | None = None
+        # In a cluster: until when this node may hold the connection (its lease).
+        self.tenure: Tenure | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "sent",

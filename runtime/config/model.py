@@ -27,6 +27,7 @@ __all__ = [
     "BackoffConfig",
     "ChannelSpec",
     "Check",
+    "ClusterConfig",
     "EmulatorConfig",
     "LoggingConfig",
     "NodeConfig",
@@ -101,6 +102,7 @@ ENDPOINT_URL: Final = Check(
     "an http(s):// or ws(s):// URL", lambda v: _is_url(v, ("http", "https", "ws", "wss"))
 )
 POSTGRES_URL: Final = Check("a postgresql:// URL", lambda v: _is_url(v, ("postgresql", "postgres")))
+REDIS_URL: Final = Check("a redis:// or rediss:// URL", lambda v: _is_url(v, ("redis", "rediss")))
 
 
 @attrs.frozen(kw_only=True)
@@ -117,6 +119,36 @@ class NodeSection:
     id: str = attrs.field(default="local", validator=IDENTIFIER)
     drain_deadline: float = attrs.field(default=10.0, validator=POSITIVE)
     start_timeout: float = attrs.field(default=10.0, validator=POSITIVE)
+
+
+@attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: this node as one of many, with membership and leases in Redis.
+
+    Every node of a cluster runs the same file (or files that differ only in
+    ``[node] id`` and listen addresses); ``[node] id`` is the node's name in
+    the cluster. Without this section a node runs alone.
+
+    Attributes:
+        redis_url: where the cluster's Redis is (a secret when it carries a
+            password: use ``${env:NAME}``).
+        key_prefix: the namespace of this cluster's keys in Redis.
+        heartbeat_interval: seconds between a node's heartbeats.
+        member_timeout: seconds without a heartbeat after which a node is
+            declared dead (on Redis's clock).
+        lease_ttl: seconds a channel's lease lasts without renewal; renewed
+            every third of it.
+        vnodes: points per node on the placement ring (more: more even).
+        renew_batch: leases renewed per Redis script call.
+    """
+
+    redis_url: str = attrs.field(repr=False, validator=REDIS_URL)
+    key_prefix: str = attrs.field(default="switchboard", validator=IDENTIFIER)
+    heartbeat_interval: float = attrs.field(default=1.0, validator=POSITIVE)
+    member_timeout: float = attrs.field(default=5.0, validator=POSITIVE)
+    lease_ttl: float = attrs.field(default=10.0, validator=POSITIVE)
+    vnodes: int = attrs.field(default=1024, validator=AT_LEAST_ONE)
+    renew_batch: int = attrs.field(default=500, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)
@@ -383,6 +415,7 @@ class NodeConfig:
         providers: per-provider defaults, by provider name.
         emulators: in-process emulators, by platform name.
         channels: the channels, in start order.
+        cluster: membership, placement and leases in Redis; ``None``: alone.
         source: where the config came from (a path or ``<string>``).
         resolved_secrets: the values of ``${env:NAME}`` references resolved
             inside secret fields (the password inside a DSN, say), so logs
@@ -400,6 +433,7 @@ class NodeConfig:
     providers: dict[str, ProviderDefaults] = attrs.field(factory=dict)
     emulators: dict[str, EmulatorConfig] = attrs.field(factory=dict)
     channels: list[ChannelSpec] = attrs.field(factory=list)
+    cluster: ClusterConfig | None = None
     source: str = "<string>"
     resolved_secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     deprecations: tuple[str, ...] = ()
@@ -417,5 +451,7 @@ class NodeConfig:
         ]
         for channel in self.channels:
             found.extend(value for value in channel.credentials.values() if value)
+        if self.cluster is not None:
+            found.append(self.cluster.redis_url)
         found.extend(value for value in self.resolved_secrets if value and value not in found)
         return found

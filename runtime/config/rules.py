@@ -39,6 +39,7 @@ __all__ = [
     "WRITTEN_RULES",
     "Rule",
     "channel_credentials",
+    "cluster_needs",
     "consistent_limits",
     "emulators_configured",
     "holds_secret",
@@ -55,7 +56,12 @@ Rule: TypeAlias = Callable[[Mapping[str, Any]], list[ConfigProblem]]
 """A rule: the file's tree in, its problems out."""
 
 SECRET_FIELDS: Final = frozenset(
-    {("storage", "dsn"), ("ops", "api_token"), ("profiling", "auth_token")}
+    {
+        ("storage", "dsn"),
+        ("ops", "api_token"),
+        ("profiling", "auth_token"),
+        ("cluster", "redis_url"),
+    }
 )
 """Fields (besides every ``channels[i].credentials`` value) that must be references."""
 
@@ -81,8 +87,7 @@ REQUIRED_OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
 
 _LITERAL_SECRET: Final = 'secrets must not be written in the file; use "${env:NAME}"'
 _LITERAL_PASSWORD: Final = (
-    "passwords must not be written in the file; use a reference for the password, "
-    'as in "postgresql://user:${env:PG_PASSWORD}@host/db"'
+    "passwords must not be written in the file; use a reference for the password"
 )
 _SECRET_NAME: Final = re.compile(r"secret|token|password|passwd|api_?key", re.IGNORECASE)
 # Pairs that must be ordered, low <= high, and why.
@@ -131,9 +136,16 @@ def literal_secrets(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     for path, value in walk(doc):
         if not is_secret(path) or isinstance(value, Mapping | list):
             continue
-        if path == ("storage", "dsn") and isinstance(value, str):
+        if path in (("storage", "dsn"), ("cluster", "redis_url")) and isinstance(value, str):
             if any(not has_reference(password) for password in _dsn_passwords(value)):
-                problems.append(ConfigProblem(dotted(path), _LITERAL_PASSWORD))
+                example = (
+                    '"redis://:${env:REDIS_PASSWORD}@host:6379"'
+                    if path[0] == "cluster"
+                    else '"postgresql://user:${env:PG_PASSWORD}@host/db"'
+                )
+                problems.append(
+                    ConfigProblem(dotted(path), f"{_LITERAL_PASSWORD}, as in {example}")
+                )
         elif not (isinstance(value, str) and has_reference(value)):
             problems.append(ConfigProblem(dotted(path), _LITERAL_SECRET))
     return problems
@@ -212,6 +224,43 @@ def emulators_configured(doc: Mapping[str, Any]) -> list[ConfigProblem]:
         else:
             continue
         problems.append(ConfigProblem(f"channels[{index}].emulator", message))
+    return problems
+
+
+def cluster_needs(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """A cluster shares its durable state: no memory store; sane timings."""
+    cluster = _table(doc, "cluster")
+    if not cluster:
+        return []
+    problems = []
+    backend = _table(doc, "storage").get("backend", "memory")
+    if backend == "memory":
+        problems.append(
+            ConfigProblem(
+                "storage.backend",
+                "a cluster shares its channels' state between nodes: storage backend "
+                '"memory" cannot; use "postgres" (or "sqlite" for nodes on one machine)',
+            )
+        )
+    interval = _number(cluster.get("heartbeat_interval", 1.0))
+    timeout = _number(cluster.get("member_timeout", 5.0))
+    ttl = _number(cluster.get("lease_ttl", 10.0))
+    if interval is not None and timeout is not None and timeout < 2 * interval:
+        problems.append(
+            ConfigProblem(
+                "cluster.member_timeout",
+                f"member_timeout ({_num(timeout)}) must be at least twice heartbeat_interval "
+                f"({_num(interval)}): one late heartbeat must not declare a node dead",
+            )
+        )
+    if interval is not None and ttl is not None and ttl < 3 * interval:
+        problems.append(
+            ConfigProblem(
+                "cluster.lease_ttl",
+                f"lease_ttl ({_num(ttl)}) must be at least three heartbeat_intervals "
+                f"({_num(3 * interval)}): leases are renewed every third of it",
+            )
+        )
     return problems
 
 
@@ -402,6 +451,7 @@ RULES: Final[tuple[Rule, ...]] = (
     storage_dsn,
     channel_credentials,
     consistent_limits,
+    cluster_needs,
 )
 """The rules on the file with its references resolved."""
 

@@ -115,6 +115,8 @@ def health_report(view: NodeView) -> dict[str, Any]:
     per_provider: dict[str, Counter[ChannelState]] = {}
     problems: list[dict[str, str]] = []
     for snapshot in snapshots:
+        if snapshot.remote:
+            continue  # another node of the cluster runs it, and reports on it
         state = channel_state(snapshot)
         overall[state] += 1
         per_provider.setdefault(snapshot.provider, Counter())[state] += 1

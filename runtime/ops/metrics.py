@@ -155,7 +155,8 @@ class NodeCollector:
 
     def collect(self) -> Iterable[Metric]:
         """Build every ``switchboard_*`` family from the node's current snapshots."""
-        snapshots = self._view.channels()
+        # Only the channels running here: another node of a cluster reports its own.
+        snapshots = [s for s in self._view.channels() if not s.remote]
         yield self._states(snapshots)
         yield from self._channels(snapshots)
         yield from self._node()

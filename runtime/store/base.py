@@ -30,10 +30,10 @@ from __future__ import annotations
 import abc
 import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -283,6 +283,32 @@ class Store(Protocol):
 
         Only for channels that do not run here: a running channel's letters
         are its own, and its next checkpoint writes them.
+
+        Raises:
+            StoreError: the store could not be written.
+        """
+        ...
+
+    # --- the cluster's channel catalog -----------------------------------------------------
+
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        """Every channel of the cluster: ``{channel id: its spec as JSON-able dict}``.
+
+        Raises:
+            StoreError: the store could not be read.
+        """
+        ...
+
+    async def catalog_put(self, specs: Mapping[str, dict[str, Any]], *, source: str) -> None:
+        """Add or replace channels in the catalog (``source``: ``file`` or ``api``).
+
+        Raises:
+            StoreError: the store could not be written.
+        """
+        ...
+
+    async def catalog_remove(self, channel_id: str) -> bool:
+        """Take a channel out of the catalog; False if it was not in it.
 
         Raises:
             StoreError: the store could not be written.
@@ -581,6 +607,18 @@ class BatchingStore(abc.ABC):
     @abc.abstractmethod
     async def discard_dead_letters(self, where: DeadLetterFilter) -> int:
         """See :meth:`Store.discard_dead_letters`."""
+
+    @abc.abstractmethod
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`Store.catalog`."""
+
+    @abc.abstractmethod
+    async def catalog_put(self, specs: Mapping[str, dict[str, Any]], *, source: str) -> None:
+        """See :meth:`Store.catalog_put`."""
+
+    @abc.abstractmethod
+    async def catalog_remove(self, channel_id: str) -> bool:
+        """See :meth:`Store.catalog_remove`."""
 
 
 @asynccontextmanager

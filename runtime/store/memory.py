@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -27,7 +27,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 from ..config.model import StorageConfig
 from ..errors import StoreError
 from .base import BatchingStore, BatchResult, KeptMessage
-from .codec import DedupeKey, decode_state, dedupe_key
+from .codec import DedupeKey, decode_state, dedupe_key, dumps
 from .durable import (
     Checkpoint,
     CheckpointResult,
@@ -70,6 +70,7 @@ class MemoryStore(BatchingStore):
         # channel -> (token, tenant, version, state JSON); channel -> its letter rows
         self._checkpoints: dict[str, tuple[int, str, int, str]] = {}
         self._letters: dict[str, list[tuple[Any, ...]]] = {}
+        self._catalog: dict[str, str] = {}  # channel -> spec JSON
 
     async def _write_batch(self, batch: Sequence[Event]) -> BatchResult:
         written = duplicates = 0
@@ -197,6 +198,26 @@ class MemoryStore(BatchingStore):
                     kept.append(row)
             self._letters[channel] = kept
         return count
+
+    # --- the cluster's channel catalog ----------------------------------------------------
+
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`runtime.store.Store.catalog`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return {channel: json.loads(spec) for channel, spec in self._catalog.items()}
+
+    async def catalog_put(self, specs: Mapping[str, dict[str, Any]], *, source: str) -> None:
+        """See :meth:`runtime.store.Store.catalog_put`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        self._catalog.update({channel: dumps(spec) for channel, spec in specs.items()})
+
+    async def catalog_remove(self, channel_id: str) -> bool:
+        """See :meth:`runtime.store.Store.catalog_remove`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return self._catalog.pop(channel_id, None) is not None
 
     def _stored_letters(self, channel_id: str) -> list[StoredDeadLetter]:
         return [letter_from_row(row) for row in self._letters.get(channel_id, ())]

@@ -83,6 +83,18 @@ POSTGRES: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    (
+        3,
+        "the cluster's channel catalog",
+        (
+            """CREATE TABLE IF NOT EXISTS {schema}channel_catalog (
+                channel_id text PRIMARY KEY,
+                spec jsonb NOT NULL,
+                source text NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ),
+    ),
 )
 
 SQLITE: Final[tuple[Migration, ...]] = (
@@ -139,6 +151,18 @@ SQLITE: Final[tuple[Migration, ...]] = (
             """CREATE TABLE IF NOT EXISTS owner_tokens (
                 name TEXT PRIMARY KEY,
                 token INTEGER NOT NULL
+            )""",
+        ),
+    ),
+    (
+        3,
+        "the cluster's channel catalog",
+        (
+            """CREATE TABLE IF NOT EXISTS channel_catalog (
+                channel_id TEXT PRIMARY KEY,
+                spec TEXT NOT NULL,
+                source TEXT NOT NULL,
+                updated_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
             )""",
         ),
     ),

@@ -19,12 +19,12 @@ Design:
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import StoreError
-from .codec import decode_state
+from .codec import decode_state, dumps
 from .durable import (
     LETTER_COLUMNS,
     Checkpoint,
@@ -190,6 +190,50 @@ class PostgresDurable:
         except self._db_errors as exc:
             self._fail(f"discarding dead letters from {table}", exc)
         return int(status.rsplit(" ", 1)[-1])
+
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`runtime.store.Store.catalog`."""
+        self._check_open()
+        table = self._table("channel_catalog")
+        try:
+            async with self._connection() as conn:
+                rows = await self._aio(conn.fetch)(f"SELECT channel_id, spec FROM {table}")
+        except self._db_errors as exc:
+            self._fail(f"reading {table}", exc)
+        return {row["channel_id"]: json.loads(row["spec"]) for row in rows}
+
+    async def catalog_put(self, specs: Mapping[str, dict[str, Any]], *, source: str) -> None:
+        """See :meth:`runtime.store.Store.catalog_put`."""
+        self._check_open()
+        if not specs:
+            return
+        table = self._table("channel_catalog")
+        try:
+            async with self._connection() as conn:
+                await self._aio(conn.execute)(
+                    f"INSERT INTO {table} (channel_id, spec, source) SELECT c, s, $3 "
+                    "FROM unnest($1::text[], $2::jsonb[]) AS r(c, s) ON CONFLICT (channel_id) "
+                    "DO UPDATE SET spec = EXCLUDED.spec, source = EXCLUDED.source, "
+                    "updated_at = now()",
+                    list(specs),
+                    [dumps(spec) for spec in specs.values()],
+                    source,
+                )
+        except self._db_errors as exc:
+            self._fail(f"writing {len(specs)} channel(s) to {table}", exc)
+
+    async def catalog_remove(self, channel_id: str) -> bool:
+        """See :meth:`runtime.store.Store.catalog_remove`."""
+        self._check_open()
+        table = self._table("channel_catalog")
+        try:
+            async with self._connection() as conn:
+                status = await self._aio(conn.execute)(
+                    f"DELETE FROM {table} WHERE channel_id = $1", channel_id
+                )
+        except self._db_errors as exc:
+            self._fail(f"removing {channel_id!r} from {table}", exc)
+        return bool(int(status.rsplit(" ", 1)[-1]))
 
     async def _fetch_letters(self, conn: Any, where: DeadLetterFilter) -> list[StoredDeadLetter]:
         table = self._table("dead_letters")

@@ -25,7 +25,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -411,6 +411,42 @@ class SqliteStore(BatchingStore):
             return conn.execute(f"DELETE FROM dead_letters {clause}", args).rowcount
 
         return await self._write("discarding dead letters", delete)
+
+    # --- the cluster's channel catalog ----------------------------------------------------
+
+    async def catalog(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`runtime.store.Store.catalog`."""
+        self._check_open()
+        rows = await self._run(
+            "reading the channel catalog",
+            lambda conn: conn.execute("SELECT channel_id, spec FROM channel_catalog").fetchall(),
+        )
+        return {channel: json.loads(spec) for channel, spec in rows}
+
+    async def catalog_put(self, specs: Mapping[str, dict[str, Any]], *, source: str) -> None:
+        """See :meth:`runtime.store.Store.catalog_put`."""
+        self._check_open()
+        rows = [(channel, dumps(spec), source, time.time()) for channel, spec in specs.items()]
+
+        def put(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO channel_catalog (channel_id, spec, source, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (channel_id) DO UPDATE SET spec = excluded.spec, "
+                "source = excluded.source, updated_at = excluded.updated_at",
+                rows,
+            )
+
+        await self._write(f"writing {len(rows)} channel(s) to the catalog", put)
+
+    async def catalog_remove(self, channel_id: str) -> bool:
+        """See :meth:`runtime.store.Store.catalog_remove`."""
+        self._check_open()
+
+        def remove(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM channel_catalog WHERE channel_id = ?", (channel_id,))
+            return cursor.rowcount > 0
+
+        return await self._write(f"removing {channel_id!r} from the catalog", remove)
 
     def _letters(self, rows: list[tuple[Any, ...]]) -> list[StoredDeadLetter]:
         found = []

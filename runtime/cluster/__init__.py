@@ -1,0 +1,152 @@
+"""The cluster: nodes sharing channels through Redis, below the node.
+
+One concept per module: ``redis`` (the asyncio client behind trio-asyncio,
+confined there), ``membership`` (who is alive, on Redis's clock),
+``placement`` (pure: members → owner), ``leases`` (who may connect, fenced
+by tokens), ``ownership`` (which channels this node runs), ``catalog`` (the
+cluster-wide channel set). Nothing here imports the node: it runs the
+channels through a :class:`~runtime.cluster.ownership.ChannelRunner`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from ..config.model import ChannelSpec, ClusterConfig
+from ..store import Store
+from .catalog import Catalog
+from .leases import Leases
+from .membership import Membership, View
+from .ownership import ChannelRunner, Ownership
+from .placement import HashRing
+from .redis import ClusterUnavailable, RedisLink, open_redis
+
+__all__ = [
+    "Cluster",
+    "ClusterUnavailable",
+    "HashRing",
+    "View",
+    "open_cluster",
+]
+
+
+class Cluster:
+    """This node's part in the cluster (see :func:`open_cluster`)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        node_id: str,
+        link: RedisLink,
+        membership: Membership,
+        leases: Leases,
+        ownership: Ownership,
+        catalog: Catalog,
+    ) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.link = link
+        self.membership = membership
+        self.leases = leases
+        self.ownership = ownership
+        self.catalog = catalog
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.node_id} {self.membership!r} {self.ownership!r}>"
+
+    @property
+    def view(self) -> View | None:
+        """The members as the last heartbeat saw them."""
+        return self.membership.view
+
+    def owner(self, channel_id: str) -> str | None:
+        """The node that should own ``channel_id`` (placement; the lease may lag)."""
+        return self.ownership.ring.owner(channel_id)
+
+    async def holders(self, channel_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Who holds these channels' leases now: ``{channel: (node, token)}``.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self.leases.holders(channel_ids)
+
+    async def leave(self) -> None:
+        """Give every lease back and leave (the node stopped its channels: a drain)."""
+        self.ownership.frozen = True
+        await self.ownership.release_all()
+        with contextlib.suppress(ClusterUnavailable):  # else: declared dead after member_timeout
+            await self.membership.leave()
+
+
+@asynccontextmanager
+async def open_cluster(
+    config: ClusterConfig,
+    *,
+    node_id: str,
+    store: Store,
+    runner: ChannelRunner,
+    file_specs: Sequence[ChannelSpec],
+) -> AsyncIterator[Cluster]:
+    """Join the cluster for the block; its tasks run inside it.
+
+    The node is a member once this returns, its file's channels are in the
+    catalog, and ownership starts the channels placed here as their leases
+    come free. Leave with :meth:`Cluster.leave` before the block ends (a
+    drain); leaving the block without it is a crash as the others see it.
+
+    Raises:
+        ClusterUnavailable: Redis cannot be reached, or the first heartbeat failed.
+        StoreError: the catalog could not be written.
+    """
+    timeout = min(config.heartbeat_interval, config.lease_ttl / 3)
+    async with open_redis(config.redis_url, timeout=timeout) as link:
+        prefix = config.key_prefix
+        membership = Membership(
+            link,
+            prefix=prefix,
+            node_id=node_id,
+            heartbeat_interval=config.heartbeat_interval,
+            member_timeout=config.member_timeout,
+        )
+        leases = Leases(link, prefix=prefix, node_id=node_id, ttl=config.lease_ttl)
+        ownership = Ownership(
+            node_id=node_id,
+            leases=leases,
+            runner=runner,
+            vnodes=config.vnodes,
+            renew_batch=config.renew_batch,
+        )
+        catalog = Catalog(store, link, prefix=prefix, file_specs=file_specs)
+        cluster = Cluster(
+            config,
+            node_id=node_id,
+            link=link,
+            membership=membership,
+            leases=leases,
+            ownership=ownership,
+            catalog=catalog,
+        )
+        await catalog.publish_file()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(membership.run, lambda view: ownership.set_members(view.members))
+
+            def catalog_changed(specs: dict[str, ChannelSpec]) -> None:
+                runner.catalog_changed(frozenset(specs))
+                ownership.set_catalog(specs)
+
+            watch = functools.partial(
+                catalog.watch, catalog_changed, interval=config.heartbeat_interval
+            )
+            nursery.start_soon(watch)
+            await nursery.start(ownership.run)
+            try:
+                yield cluster
+            finally:
+                nursery.cancel_scope.cancel()

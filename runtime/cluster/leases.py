@@ -1,0 +1,194 @@
+"""Leases: the right to connect a channel, with a fencing token that only grows.
+
+Design:
+- ``<prefix>:lease:<channel>`` holds ``"<node>|<token>"`` with a TTL (Redis
+  expires it); ``<prefix>:token:<channel>`` is the channel's token counter,
+  which never expires. Acquiring is one Lua script: if nobody holds the
+  lease, the token becomes ``max(counter + 1, floor + 1)`` (``floor``: the
+  highest token the durable store has seen for the channel, so a Redis that
+  lost its data cannot hand out an old token) and the lease is set with the
+  TTL. Held by someone else: the answer is who, and for how much longer.
+- Renewal is batched: one script call renews up to ``renew_batch`` leases
+  (each only if still ``"<node>|<token>"``) and says which were lost. For
+  1,000,000 channels on 100 nodes at a 10 s TTL, renewing at TTL/3 in
+  batches of 500 is 10,000 leases per node per 3.3 s: 6 script calls a
+  second per node, 600 in all, where one by one would be 300,000 commands.
+- Release is compare-and-delete, after the connection is closed.
+- The node-side guarantee is :class:`LeaseClock` (pure): a lease renewed by
+  a request *sent* at ``t`` (the node's monotonic clock) is safe to use
+  until ``t + ttl - margin``; Redis cannot expire it sooner, whatever the
+  network did. The margin covers the two clocks' drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from .redis import RedisLink
+
+__all__ = ["Acquired", "Held", "LeaseClock", "Leases"]
+
+DRIFT: Final = 0.02  # the fraction of a TTL by which two clocks may disagree
+MARGIN_MIN: Final = 0.25  # seconds; never less than this
+
+_ACQUIRE: Final = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {0, held, redis.call('PTTL', KEYS[1])}
+end
+local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return {1, token, tonumber(ARGV[2])}
+"""
+
+_RENEW: Final = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@attrs.frozen
+class Acquired:
+    """The lease is ours. Attributes: the fencing token."""
+
+    token: int
+
+
+@attrs.frozen
+class Held:
+    """Someone else holds the lease.
+
+    Attributes:
+        holder: their ``"<node>|<token>"``.
+        expires_in: seconds left on it (Redis's count).
+    """
+
+    holder: str
+    expires_in: float
+
+
+@attrs.frozen
+class LeaseClock:
+    """How long a renewed lease may be used, on the node's own clock.
+
+    Attributes:
+        ttl: the lease's TTL, seconds.
+    """
+
+    ttl: float
+
+    @property
+    def margin(self) -> float:
+        """Seconds given up at the end of each lease, for clock drift."""
+        return max(MARGIN_MIN, self.ttl * DRIFT)
+
+    def deadline(self, sent_at: float) -> float:
+        """Until when a lease (re)set by a request sent at ``sent_at`` is safe to use."""
+        return sent_at + self.ttl - self.margin
+
+
+class Leases:
+    """The cluster's leases, as one node acquires, renews and releases them.
+
+    Args:
+        link: the cluster's Redis.
+        prefix: the cluster's key prefix.
+        node_id: this node's name.
+        ttl: the lease TTL, seconds.
+    """
+
+    def __init__(self, link: RedisLink, *, prefix: str, node_id: str, ttl: float) -> None:
+        self.link = link
+        self.prefix = prefix
+        self.node_id = node_id
+        self.ttl = ttl
+        self.clock = LeaseClock(ttl)
+        self._acquire = link.script(_ACQUIRE)
+        self._renew = link.script(_RENEW)
+        self._release = link.script(_RELEASE)
+
+    def lease_key(self, channel_id: str) -> str:
+        return f"{self.prefix}:lease:{channel_id}"
+
+    def token_key(self, channel_id: str) -> str:
+        return f"{self.prefix}:token:{channel_id}"
+
+    def value(self, token: int) -> str:
+        return f"{self.node_id}|{token}"
+
+    async def acquire(self, channel_id: str, *, floor: int = 0) -> Acquired | Held:
+        """Take the channel's lease if nobody holds it.
+
+        Args:
+            channel_id: the channel.
+            floor: the highest token known for it (the store's checkpoint).
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        ok, value, ttl_ms = await self._acquire(
+            [self.lease_key(channel_id), self.token_key(channel_id)],
+            [self.node_id, round(self.ttl * 1000), floor],
+        )
+        if int(ok) == 1:
+            return Acquired(int(value))
+        holder = value.decode() if isinstance(value, bytes) else str(value)
+        return Held(holder, max(int(ttl_ms), 0) / 1000)
+
+    async def renew(self, held: Sequence[tuple[str, int]]) -> list[str]:
+        """Renew these ``(channel, token)`` leases in one script call; the ones lost.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer (none may be assumed renewed).
+        """
+        if not held:
+            return []
+        keys = [self.lease_key(channel) for channel, _ in held]
+        args = [round(self.ttl * 1000), *(self.value(token) for _, token in held)]
+        lost = await self._renew(keys, args)
+        return [held[int(i) - 1][0] for i in lost]
+
+    async def release(self, channel_id: str, token: int) -> bool:
+        """Give the lease up if it is still ours (compare-and-delete).
+
+        Raises:
+            ClusterUnavailable: Redis did not answer (it then expires by itself).
+        """
+        deleted = await self._release([self.lease_key(channel_id)], [self.value(token)])
+        return bool(int(deleted))
+
+    async def holders(self, channel_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Who holds each of these leases now: ``{channel: (node, token)}``."""
+        if not channel_ids:
+            return {}
+        values = await self.link.call("MGET", *(self.lease_key(c) for c in channel_ids))
+        found: dict[str, tuple[str, int]] = {}
+        for channel, value in zip(channel_ids, values, strict=True):
+            if value is None:
+                continue
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            node, _, token = text.rpartition("|")
+            found[channel] = (node, int(token))
+        return found

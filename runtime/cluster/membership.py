@@ -1,0 +1,184 @@
+"""Membership: which nodes are alive, on Redis's clock.
+
+Design:
+- A sorted set ``<prefix>:members`` holds each live node with its deadline
+  (Redis time, milliseconds): a heartbeat moves it forward by
+  ``member_timeout``. Time comes from Redis (``TIME``), never from the
+  nodes' clocks, so nodes whose clocks disagree still agree on who is dead.
+- One Lua script does a heartbeat atomically: it removes every member whose
+  deadline has passed (so any live node declares the dead ones), adds or
+  refreshes this node, and when the set changed bumps ``<prefix>:epoch`` and
+  publishes the new epoch on ``<prefix>:events``. The others react to the
+  publication at once, and to their own next heartbeat if it was missed.
+- A Redis restarted without persistence has no members and epoch 0: each
+  node's next heartbeat adds it again, as a change, so the cluster rebuilds
+  its view within a heartbeat. Epochs are compared for *difference*, never
+  order, for that reason.
+- Leaving (a drain) removes the node and publishes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .redis import ClusterUnavailable, RedisLink
+
+__all__ = ["Membership", "View"]
+
+log = logging.getLogger("switchboard.cluster")
+
+_BEAT: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local changed = false
+if redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) > 0 then changed = true end
+if ARGV[1] ~= '' then
+  if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) == 1 then changed = true end
+end
+local epoch
+if changed then
+  epoch = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[3], epoch)
+else
+  epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
+_LEAVE: Final = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[2], epoch)
+end
+return 1
+"""
+
+
+@attrs.frozen(kw_only=True)
+class View:
+    """The cluster as one heartbeat saw it.
+
+    Attributes:
+        epoch: bumped at every change of the member set (compare for equality).
+        members: the live nodes, sorted.
+        redis_time: Redis's clock at that heartbeat, seconds.
+    """
+
+    epoch: int
+    members: tuple[str, ...]
+    redis_time: float
+
+
+class Membership:
+    """One node's membership (see the module docstring).
+
+    Args:
+        link: the cluster's Redis.
+        prefix: the cluster's key prefix.
+        node_id: this node's name.
+        heartbeat_interval: seconds between heartbeats.
+        member_timeout: seconds after the last heartbeat a node is dead.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        prefix: str,
+        node_id: str,
+        heartbeat_interval: float,
+        member_timeout: float,
+    ) -> None:
+        self.link = link
+        self.node_id = node_id
+        self.heartbeat_interval = heartbeat_interval
+        self.member_timeout = member_timeout
+        self.members_key = f"{prefix}:members"
+        self.epoch_key = f"{prefix}:epoch"
+        self.events = f"{prefix}:events"
+        self._beat = link.script(_BEAT)
+        self._leave = link.script(_LEAVE)
+        self.view: View | None = None
+        self.last_beat: float | None = None  # trio time of the last successful heartbeat
+        self._poke = trio.Event()
+        self._left = False
+
+    def __repr__(self) -> str:
+        view = self.view
+        members = "?" if view is None else f"{len(view.members)} epoch={view.epoch}"
+        return f"<Membership {self.node_id} members={members}>"
+
+    async def beat(self) -> View:
+        """One heartbeat: declare the dead, refresh this node; the view it saw.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        me = "" if self._left else self.node_id
+        epoch, now_ms, members = await self._beat(
+            [self.members_key, self.epoch_key],
+            [me, round(self.member_timeout * 1000), self.events],
+        )
+        view = View(
+            epoch=int(epoch),
+            members=tuple(sorted(m.decode() if isinstance(m, bytes) else m for m in members)),
+            redis_time=int(now_ms) / 1000,
+        )
+        self.view = view
+        self.last_beat = trio.current_time()
+        return view
+
+    async def leave(self) -> None:
+        """Leave the cluster now (a drain); later heartbeats only watch.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer (the node is then
+                declared dead after ``member_timeout``).
+        """
+        self._left = True
+        await self._leave([self.members_key, self.epoch_key], [self.node_id, self.events])
+
+    async def run(
+        self,
+        on_view: Callable[[View], Any],
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Heartbeat until cancelled; call ``on_view`` whenever the view changed.
+
+        ``started()`` once the node has joined (its first heartbeat).
+
+        Raises:
+            ClusterUnavailable: the first heartbeat failed (the node cannot join).
+        """
+        last = await self.beat()
+        on_view(last)
+        task_status.started(last)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listen)
+            failing = False
+            while True:
+                with trio.move_on_after(self.heartbeat_interval):
+                    await self._poke.wait()
+                self._poke = trio.Event()
+                try:
+                    view = await self.beat()
+                except ClusterUnavailable as exc:
+                    if not failing:
+                        log.warning("cluster heartbeat failed (retrying): %s", exc)
+                    failing = True
+                    continue
+                if failing:
+                    log.info("cluster heartbeats go through again")
+                    failing = False
+                if view.epoch != last.epoch or view.members != last.members:
+                    last = view
+                    on_view(view)
+
+    async def _listen(self) -> None:
+        async for _ in self.link.listen(self.events):
+            self._poke.set()  # another node changed the set: look now

@@ -1,0 +1,283 @@
+"""Ownership: which channels this node runs, and the leases that let it.
+
+Design:
+- Placement says who *should* own a channel (the ring of live members);
+  a lease says who *may* connect it. The reconciler compares the channels
+  this node should own with the ones it runs: for each it should run and
+  does not, it takes the lease (a fencing token above the store's) and
+  starts the channel inside a :class:`~actors.channel.Tenure`; for each it
+  runs and should not, it stops the channel (its final checkpoint written)
+  and only then releases the lease. A lease held elsewhere is tried again
+  when it expires (Redis says when): a dead node's channels move once their
+  leases run out, never before.
+- Renewals go in batches every third of the TTL; each success moves the
+  tenures' deadlines to ``sent + ttl - margin`` on this node's monotonic
+  clock, so a node cut off from Redis (or frozen) has its connections
+  cancelled by trio before any other node can take the leases. A renewal
+  that says a lease is gone revokes that tenure at once and stops the
+  channel.
+- A channel the platform says is held elsewhere (Telegram's 409, a Discord
+  session invalidated by another connection) is proof of being fenced: it
+  is stopped and released, and not tried again until the cluster changes.
+- The channels run through a :class:`ChannelRunner` (the node): nothing in
+  ``runtime.cluster`` imports the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
+
+import attrs
+import trio
+
+from actors.channel import Tenure
+
+from .leases import Acquired, Leases
+from .placement import HashRing
+from .redis import ClusterUnavailable
+
+__all__ = ["ChannelRunner", "OwnedChannel", "Ownership"]
+
+log = logging.getLogger("switchboard.cluster")
+
+RETRY_UNREACHABLE: Final = 1.0  # seconds before a reconcile that could not reach Redis is retried
+MIN_RETRY: Final = 0.05  # seconds: the soonest a held lease is tried again
+
+
+class ChannelRunner(Protocol):
+    """What ownership asks of the node."""
+
+    async def floor_token(self, channel_id: str) -> int:
+        """The highest owner token the durable store knows for the channel (0: none)."""
+        ...
+
+    async def start_owned(self, channel_id: str, tenure: Tenure) -> None:
+        """Run the channel here under ``tenure`` (restoring its checkpoint)."""
+        ...
+
+    async def stop_owned(self, channel_id: str) -> None:
+        """Stop running the channel here (its final checkpoint written)."""
+        ...
+
+    def catalog_changed(self, channel_ids: frozenset[str]) -> None:
+        """The cluster's channel set is now ``channel_ids`` (the specs are in the catalog)."""
+        ...
+
+
+@attrs.define
+class OwnedChannel:
+    """A channel this node holds the lease of."""
+
+    token: int
+    tenure: Tenure
+
+
+class Ownership:
+    """Runs the channels this node owns (see the module docstring).
+
+    Args:
+        node_id: this node's name.
+        leases: the cluster's leases.
+        runner: the node.
+        vnodes: points per member on the placement ring.
+        renew_batch: leases renewed per script call.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        leases: Leases,
+        runner: ChannelRunner,
+        vnodes: int,
+        renew_batch: int,
+    ) -> None:
+        self.node_id = node_id
+        self.leases = leases
+        self.runner = runner
+        self.vnodes = vnodes
+        self.renew_batch = renew_batch
+        self.ring = HashRing((), vnodes=vnodes)
+        self.catalog: frozenset[str] = frozenset()
+        self.owned: dict[str, OwnedChannel] = {}
+        self.fenced: set[str] = (
+            set()
+        )  # the platform said: held elsewhere (until the cluster changes)
+        self._retry_at: dict[str, float] = {}
+        self._changed = trio.Event()
+        self._lock = trio.Lock()
+        self.frozen = False  # a drain: take nothing more, let nothing go, keep renewing
+        self.renewals = 0  # script calls that renewed leases
+        self.lost = 0  # leases found lost at a renewal
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ownership {self.node_id} owned={len(self.owned)}/{len(self.catalog)} "
+            f"members={len(self.ring.members)}>"
+        )
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def set_members(self, members: Iterable[str]) -> None:
+        """The live members changed: place again."""
+        members = tuple(sorted(members))
+        if members != self.ring.members:
+            self.ring = HashRing(members, vnodes=self.vnodes)
+            self.fenced.clear()
+        self._changed.set()
+
+    def set_catalog(self, channel_ids: Iterable[str]) -> None:
+        """The cluster's channel set changed."""
+        self.catalog = frozenset(channel_ids)
+        self._changed.set()
+
+    def mark_fenced(self, channel_id: str) -> None:
+        """The platform says another client holds the channel: let it go."""
+        self.fenced.add(channel_id)
+        self._changed.set()
+
+    def wanted(self) -> set[str]:
+        """The channels this node should run now."""
+        me = self.node_id
+        owner = self.ring.owner
+        return {c for c in self.catalog if c not in self.fenced and owner(c) == me}
+
+    # --- the loops ------------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile on every change and renew the leases, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew_loop)
+            task_status.started()
+            while True:
+                wake = min(self._retry_at.values(), default=math.inf)
+                with trio.move_on_at(wake):
+                    await self._changed.wait()
+                self._changed = trio.Event()
+                try:
+                    await self.reconcile()
+                except ClusterUnavailable as exc:
+                    log.warning("cluster: could not reconcile ownership (retrying): %s", exc)
+                    with trio.move_on_after(RETRY_UNREACHABLE):
+                        await self._changed.wait()
+                    self._changed.set()
+
+    async def reconcile(self) -> None:
+        """Stop what this node should no longer run; take and start what it should.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer (the rest is retried).
+        """
+        async with self._lock:
+            if self.frozen:
+                return
+            wanted = self.wanted()
+            for channel_id in [c for c in self.owned if c not in wanted]:
+                await self._let_go(channel_id)
+            now = trio.current_time()
+            for channel_id in sorted(wanted - self.owned.keys()):
+                if self._retry_at.get(channel_id, -math.inf) > now:
+                    continue
+                await self._take(channel_id)
+            for channel_id in [c for c in self._retry_at if c not in wanted]:
+                del self._retry_at[channel_id]
+
+    async def _take(self, channel_id: str) -> None:
+        floor = await self.runner.floor_token(channel_id)
+        sent = trio.current_time()
+        answer = await self.leases.acquire(channel_id, floor=floor)
+        if not isinstance(answer, Acquired):
+            # Held: by a node that is gone (its lease runs out) or one that
+            # still stops it. Tried again when Redis says it expires.
+            self._retry_at[channel_id] = trio.current_time() + max(answer.expires_in, MIN_RETRY)
+            return
+        self._retry_at.pop(channel_id, None)
+        tenure = Tenure(self.leases.clock.deadline(sent), token=answer.token)
+        self.owned[channel_id] = OwnedChannel(answer.token, tenure)
+        log.info(
+            "cluster: took channel %s (lease token %d)",
+            channel_id,
+            answer.token,
+            extra={"channel": channel_id},
+        )
+        try:
+            await self.runner.start_owned(channel_id, tenure)
+        except Exception as exc:
+            log.error(
+                "cluster: channel %s could not start here; its lease is given back: %s",
+                channel_id,
+                exc,
+                extra={"channel": channel_id},
+            )
+            await self._release(channel_id)
+            self._retry_at[channel_id] = trio.current_time() + self.leases.ttl
+
+    async def _let_go(self, channel_id: str) -> None:
+        """Stop the channel first, then release its lease (never the other way round)."""
+        try:
+            await self.runner.stop_owned(channel_id)
+        finally:
+            await self._release(channel_id)
+
+    async def _release(self, channel_id: str) -> None:
+        owned = self.owned.pop(channel_id, None)
+        if owned is None:
+            return
+        owned.tenure.revoke()
+        try:
+            await self.leases.release(channel_id, owned.token)
+        except ClusterUnavailable as exc:  # it expires by itself
+            log.warning("cluster: releasing channel %s's lease failed: %s", channel_id, exc)
+        log.info("cluster: let channel %s go", channel_id, extra={"channel": channel_id})
+
+    async def release_all(self) -> None:
+        """Give every lease back (after the node stopped its channels: a drain)."""
+        async with self._lock:
+            for channel_id in list(self.owned):
+                await self._release(channel_id)
+
+    async def _renew_loop(self) -> None:
+        interval = self.leases.ttl / 3
+        while True:
+            await trio.sleep(interval)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Renew every lease held, in batches; extend tenures, revoke lost ones."""
+        held = [(c, o.token) for c, o in self.owned.items()]
+        for start in range(0, len(held), self.renew_batch):
+            batch = held[start : start + self.renew_batch]
+            sent = trio.current_time()
+            try:
+                lost = await self.leases.renew(batch)
+            except ClusterUnavailable as exc:
+                # Not renewed: the tenures run out by themselves at their deadlines.
+                log.warning("cluster: lease renewal failed: %s", exc)
+                return
+            self.renewals += 1
+            deadline = self.leases.clock.deadline(sent)
+            lost_set = set(lost)
+            for channel_id, token in batch:
+                owned = self.owned.get(channel_id)
+                if owned is None or owned.token != token:
+                    continue
+                if channel_id in lost_set:
+                    self.lost += 1
+                    owned.tenure.revoke()
+                    log.error(
+                        "cluster: the lease of channel %s was lost (another node holds it, or "
+                        "Redis forgot it); its connection is dropped",
+                        channel_id,
+                        extra={"channel": channel_id},
+                    )
+                else:
+                    owned.tenure.extend(deadline)
+            if lost_set:
+                async with self._lock:
+                    for channel_id in lost_set:
+                        if channel_id in self.owned:
+                            await self._let_go(channel_id)
+                self._changed.set()

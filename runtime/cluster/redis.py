@@ -1,0 +1,186 @@
+"""Redis for the cluster, inside trio: redis-py's asyncio client behind trio-asyncio.
+
+Design:
+- asyncio stays in this module. :func:`open_redis` reuses the trio-asyncio
+  loop the calling task already runs in (the PostgreSQL store may have
+  opened one) or opens one, and a redis-py client with its connection pool;
+  every call crosses the bridge with ``aio_as_trio(fn, loop=...)``.
+- Every command has a socket timeout: a link that freezes must fail a
+  lease renewal in time for the node to act, never hang it. redis-py's own
+  retries are off; the callers retry on their own schedule.
+- Lua scripts are redis-py ``Script`` objects (EVALSHA, and EVAL when Redis
+  lost its script cache, as after a restart).
+- Errors become :class:`ClusterUnavailable` naming ``host:port``; the URL's
+  password never appears in a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import trio
+import trio_asyncio  # type: ignore[import-untyped]
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from providers.groups import lone_exception, reraise
+
+from ..errors import NodeError
+
+__all__ = ["ClusterUnavailable", "RedisLink", "describe_redis", "open_redis"]
+
+CLOSE_TIMEOUT: Final = 5.0  # seconds closing the client may take
+LISTEN_POLL: Final = 1.0  # seconds one wait for a pub/sub message lasts
+
+_ERRORS: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
+class ClusterUnavailable(NodeError):
+    """The cluster's Redis could not be reached or refused a command (the cause is chained)."""
+
+
+def describe_redis(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without its password."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+    except ValueError:
+        return "<a URL that is not a redis:// URL>"
+
+
+class RedisLink:
+    """One node's client of the cluster's Redis (see the module docstring)."""
+
+    def __init__(self, client: Any, loop: Any, where: str) -> None:
+        self._client = client
+        self._loop = loop
+        self.where = where
+
+    def __repr__(self) -> str:
+        return f"<RedisLink {self.where}>"
+
+    def _aio(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        wrapped: Callable[..., Awaitable[Any]] = trio_asyncio.aio_as_trio(fn, loop=self._loop)
+        return wrapped
+
+    async def call(self, *args: Any) -> Any:
+        """Run one Redis command.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer in time, or refused.
+        """
+        try:
+            return await self._aio(self._client.execute_command)(*args)
+        except _ERRORS as exc:
+            raise ClusterUnavailable(
+                f"Redis at {self.where}: {args[0]} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
+        """A Lua script, callable as ``await run(keys, args)``.
+
+        Raises (when called):
+            ClusterUnavailable: Redis did not answer in time, or refused.
+        """
+        registered = self._client.register_script(source)
+
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+            try:
+                return await self._aio(registered)(keys=list(keys), args=list(args))
+            except _ERRORS as exc:
+                raise ClusterUnavailable(
+                    f"Redis at {self.where}: a script failed: {type(exc).__name__}: {exc}"
+                ) from exc
+
+        return run
+
+    async def listen(self, channel: str) -> AsyncIterator[bytes]:
+        """The messages published on ``channel``, until cancelled.
+
+        A broken link ends nothing: it is reopened, and the caller (who also
+        polls) misses at most what was published meanwhile.
+        """
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self._aio(pubsub.subscribe)(channel)
+                while True:
+                    message = await self._aio(pubsub.get_message)(
+                        ignore_subscribe_messages=True, timeout=LISTEN_POLL
+                    )
+                    if message is not None and message.get("type") == "message":
+                        yield message["data"]
+            except _ERRORS:
+                await trio.sleep(LISTEN_POLL)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                    with contextlib.suppress(*_ERRORS):
+                        await self._aio(pubsub.aclose)()
+
+
+@asynccontextmanager
+async def open_redis(url: str, *, timeout: float) -> AsyncIterator[RedisLink]:  # noqa: ASYNC109
+    """A client of the Redis at ``url`` for the block.
+
+    An exception leaving the block comes out as it was raised, not wrapped
+    in the exception group of trio-asyncio's loop.
+
+    Args:
+        url: ``redis://`` or ``rediss://``.
+        timeout: seconds a connect or a command may take.
+
+    Raises:
+        ClusterUnavailable: Redis cannot be reached (checked with a PING).
+    """
+    lone: BaseException | None = None
+    try:
+        async with _open_redis(url, timeout) as link:
+            yield link
+    except BaseExceptionGroup as group:
+        lone = lone_exception(group)
+        if lone is group:
+            raise
+    if lone is not None:
+        reraise(lone)
+
+
+@asynccontextmanager
+async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:
+    where = describe_redis(url)
+    async with contextlib.AsyncExitStack() as stack:
+        loop = trio_asyncio.current_loop.get()
+        if loop is None or loop.is_closed():
+            loop = await stack.enter_async_context(trio_asyncio.open_loop())
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry_on_timeout=False,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise ClusterUnavailable(f"cluster.redis_url is not usable ({where}): {exc}") from None
+        link = RedisLink(client, loop, where)
+
+        async def close() -> None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                with contextlib.suppress(*_ERRORS):
+                    await link._aio(client.aclose)()
+
+        stack.push_async_callback(close)
+        try:
+            await link.call("PING")
+        except ClusterUnavailable as exc:
+            raise ClusterUnavailable(
+                f"could not reach the cluster's Redis at {where}: {exc.__cause__}; "
+                "check cluster.redis_url and that Redis is up"
+            ) from None
+        yield link

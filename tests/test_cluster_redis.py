@@ -1,0 +1,259 @@
+"""Membership, leases and ownership against a real Redis (``SWITCHBOARD_TEST_REDIS``).
+
+Each test has a key prefix of its own, deleted afterwards. Real time with
+short intervals, bounded by hard ceilings; the Redis-restart tests run a
+Redis server of their own on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Final
+
+import pytest
+import trio
+
+from actors.channel import Tenure
+from providers.testing import LinkBreaker
+from runtime.cluster.leases import Acquired, Held, Leases
+from runtime.cluster.membership import Membership, View
+from runtime.cluster.ownership import Ownership
+from runtime.cluster.redis import ClusterUnavailable, RedisLink, open_redis
+
+REDIS_URL: Final = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+CEILING: Final = 30.0  # real seconds per test; only a hang gets near it
+
+
+@asynccontextmanager
+async def redis(url: str = REDIS_URL, *, within: float = 1.0) -> AsyncIterator[RedisLink]:
+    async with open_redis(url, timeout=within) as link:
+        yield link
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = f"sbtest-{secrets.token_hex(4)}"
+    yield name
+    async with redis() as link:
+        keys = await link.call("KEYS", f"{name}:*")
+        if keys:
+            await link.call("DEL", *keys)
+
+
+def member(link: RedisLink, prefix: str, node: str, **timing: float) -> Membership:
+    return Membership(
+        link,
+        prefix=prefix,
+        node_id=node,
+        heartbeat_interval=timing.get("interval", 0.1),
+        member_timeout=timing.get("timeout", 0.5),
+    )
+
+
+# --- membership ---------------------------------------------------------------------------
+
+
+async def test_members_join_see_each_other_and_leave(prefix: str) -> None:
+    seen: list[View] = []
+    with trio.fail_after(CEILING):
+        async with redis() as link, trio.open_nursery() as nursery:
+            a, b = member(link, prefix, "a"), member(link, prefix, "b")
+            first = await nursery.start(a.run, seen.append)
+            assert first.members == ("a",)
+            await nursery.start(b.run, lambda view: None)
+            while seen[-1].members != ("a", "b"):  # noqa: ASYNC110 - Redis changes, not a trio task
+                await trio.sleep(0.02)
+            joined = seen[-1].epoch
+            await b.leave()
+            while seen[-1].members != ("a",):  # noqa: ASYNC110 - Redis changes, not a trio task
+                await trio.sleep(0.02)
+            assert seen[-1].epoch != joined
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_member_is_declared_dead_on_redis_s_clock(prefix: str) -> None:
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            a, b = member(link, prefix, "a"), member(link, prefix, "b")
+            await a.beat()
+            view = await b.beat()
+            assert view.members == ("a", "b")
+            # "a" stops beating; "b" goes on: after member_timeout "a" is gone.
+            started = view.redis_time
+            while (view := await b.beat()).members != ("b",):  # noqa: ASYNC110 - Redis changes, not a trio task
+                await trio.sleep(0.05)
+            assert view.redis_time - started >= 0.5
+            assert view.epoch > 0
+
+
+# --- leases -------------------------------------------------------------------------------
+
+
+async def test_a_lease_is_held_by_one_node_and_its_token_only_grows(prefix: str) -> None:
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            a = Leases(link, prefix=prefix, node_id="a", ttl=0.5)
+            b = Leases(link, prefix=prefix, node_id="b", ttl=0.5)
+            first = await a.acquire("ch")
+            assert isinstance(first, Acquired)
+            held = await b.acquire("ch")
+            assert isinstance(held, Held)
+            assert held.holder == f"a|{first.token}"
+            assert 0 < held.expires_in <= 0.5
+            assert await b.release("ch", first.token) is False  # not b's to give
+            assert await a.renew([("ch", first.token)]) == []
+            # a stops renewing: its lease runs out on Redis's clock
+            while isinstance(second := await b.acquire("ch"), Held):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert second.token == first.token + 1
+            assert await a.renew([("ch", first.token)]) == ["ch"]  # a lost it
+            assert await b.release("ch", second.token) is True
+            third = await a.acquire("ch", floor=100)  # the store knows token 100
+            assert isinstance(third, Acquired) and third.token == 101
+            assert await a.holders(["ch", "other"]) == {"ch": ("a", 101)}
+
+
+async def test_renewals_go_in_one_batch_and_report_the_lost(prefix: str) -> None:
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            leases = Leases(link, prefix=prefix, node_id="a", ttl=5.0)
+            tokens = {}
+            for channel in ("x", "y", "z"):
+                acquired = await leases.acquire(channel)
+                assert isinstance(acquired, Acquired)
+                tokens[channel] = acquired.token
+            await link.call("DEL", leases.lease_key("y"))  # Redis forgot one
+            lost = await leases.renew(list(tokens.items()))
+            assert lost == ["y"]
+            assert await link.call("PTTL", leases.lease_key("x")) > 4000
+
+
+class Runner:
+    """A stand-in node: records what ownership asks of it."""
+
+    def __init__(self) -> None:
+        self.tenures: dict[str, Tenure] = {}
+        self.stopped: list[str] = []
+
+    async def floor_token(self, channel_id: str) -> int:
+        return 0
+
+    async def start_owned(self, channel_id: str, tenure: Tenure) -> None:
+        self.tenures[channel_id] = tenure
+
+    async def stop_owned(self, channel_id: str) -> None:
+        self.stopped.append(channel_id)
+
+    def catalog_changed(self, channel_ids: frozenset[str]) -> None:
+        pass
+
+
+async def test_a_node_cut_off_from_redis_drops_its_connection_before_its_lease_can_expire(
+    prefix: str,
+) -> None:
+    host, port = REDIS_URL.split("//")[1].split("/")[0].split(":")
+    breaker = LinkBreaker(int(port), target_host=host)
+    runner = Runner()
+    ttl = 1.5
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as outer, redis() as watcher:
+            proxy_port = await outer.start(breaker.serve)
+            async with redis(f"redis://127.0.0.1:{proxy_port}/0", within=0.2) as link:
+                leases = Leases(link, prefix=prefix, node_id="a", ttl=ttl)
+                ownership = Ownership(
+                    node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
+                )
+                ownership.set_members(["a"])
+                ownership.set_catalog(["ch"])
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(ownership.run)
+                    while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
+                        await trio.sleep(0.02)
+                    tenure = runner.tenures["ch"]
+                    await trio.sleep(ttl)  # renewals keep it
+                    assert tenure.valid()
+                    breaker.frozen = True  # bytes vanish: renewals time out
+                    while tenure.valid():  # noqa: ASYNC110 - Redis changes, not a trio task
+                        await trio.sleep(0.01)
+                    # The connection is gone here, while Redis still holds the lease.
+                    remaining = await watcher.call("PTTL", leases.lease_key("ch"))
+                    assert remaining > 0, remaining
+                    nursery.cancel_scope.cancel()
+            breaker.frozen = False
+            breaker.cut()
+            outer.cancel_scope.cancel()
+
+
+# --- Redis restarted without persistence ---------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def own_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed"
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def wait_up(url: str) -> None:
+    while True:
+        try:
+            async with redis(url):
+                return
+        except ClusterUnavailable:
+            await trio.sleep(0.05)
+
+
+async def test_a_redis_restarted_empty_rebuilds_the_view_and_never_reissues_a_token() -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    seen: list[View] = []
+    with trio.fail_after(CEILING):
+        with own_redis(port):
+            await wait_up(url)
+            async with redis(url) as link:
+                ring = member(link, "p", "a", interval=0.05, timeout=1.0)
+                await ring.beat()
+                leases = Leases(link, prefix="p", node_id="a", ttl=5.0)
+                before = await leases.acquire("ch", floor=41)
+                assert isinstance(before, Acquired) and before.token == 42
+        with own_redis(port):  # the same port, nothing kept
+            await wait_up(url)
+            async with redis(url) as link, trio.open_nursery() as nursery:
+                ring = member(link, "p", "a", interval=0.05, timeout=1.0)
+                view = await nursery.start(ring.run, seen.append)
+                assert view.members == ("a",)
+                leases = Leases(link, prefix="p", node_id="a", ttl=5.0)
+                # The node knows token 42 from its store's checkpoint.
+                after = await leases.acquire("ch", floor=before.token)
+                assert isinstance(after, Acquired) and after.token == 43
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_redis_is_a_clear_error() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with trio.fail_after(CEILING), pytest.raises(ClusterUnavailable) as raised:
+        async with redis(url):
+            pass
+    assert "could not reach the cluster's Redis at 127.0.0.1" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
