@@ -151,7 +151,7 @@ async def open_redis(url: str, *, timeout: float) -> AsyncIterator[RedisLink]:  
 
 
 @asynccontextmanager
-async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:
+async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # noqa: ASYNC109
     where = describe_redis(url)
     async with contextlib.AsyncExitStack() as stack:
         loop = trio_asyncio.current_loop.get()
