@@ -24,6 +24,7 @@ Design:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +47,73 @@ class FaultError(ValueError):
     """A fault request the emulator does not understand (answered with 400)."""
 
 
+class Holders:
+    """Who holds each identity's connection: the judge of single ownership.
+
+    Per identity (a bot token, a phone number, a websocket token): the
+    connections live now, the most ever live at once, and every *overlap*:
+    a connection opened while another of the same identity was still live,
+    with both connections' opening times. For Telegram a "connection" is a
+    ``getUpdates`` in flight, and an overlap is what the real platform
+    answers with 409 Conflict.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[str, dict[int, float]] = {}
+        self._max: Counter[str] = Counter()
+        self._opened: Counter[str] = Counter()
+        self.overlaps: list[dict[str, Any]] = []
+        self._ids = 0
+
+    def opened(self, identity: str) -> int:
+        """A connection of ``identity`` opened now; returns its handle for :meth:`closed`."""
+        now = time.time()
+        live = self._live.setdefault(identity, {})
+        for other, since in live.items():
+            self.overlaps.append(
+                {
+                    "identity": _short(identity),
+                    "held_since": since,
+                    "opened_at": now,
+                    "held_by": other,
+                }
+            )
+        self._ids += 1
+        live[self._ids] = now
+        self._opened[identity] += 1
+        self._max[identity] = max(self._max[identity], len(live))
+        return self._ids
+
+    def closed(self, identity: str, handle: int) -> None:
+        """The connection ``handle`` of ``identity`` ended."""
+        live = self._live.get(identity)
+        if live is not None:
+            live.pop(handle, None)
+
+    def live(self, identity: str) -> int:
+        return len(self._live.get(identity, ()))
+
+    def statistics(self) -> dict[str, Any]:
+        """What ``GET /_emulator/stats`` shows under ``ownership``."""
+        return {
+            "identities": {
+                _short(identity): {
+                    "live": len(self._live.get(identity, ())),
+                    "max_concurrent": self._max[identity],
+                    "opened": self._opened[identity],
+                }
+                for identity in sorted(self._opened)
+            },
+            "overlaps": list(self.overlaps[-100:]),
+            "overlap_count": len(self.overlaps),
+        }
+
+
+def _short(identity: str) -> str:
+    """An identity as shown: a token is secret-ish even to an emulator's readers."""
+    return identity if len(identity) <= 12 else f"{identity[:6]}…{identity[-4:]}"
+
+
 class Emulator:
     """Base class of the platform emulators.
 
@@ -59,6 +127,7 @@ class Emulator:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.stats: Counter[str] = Counter()
+        self.holders = Holders()
         self.banned_tokens: set[str] = set()
         self.rate_limited_until = 0.0
         self._app: Starlette | None = None
@@ -133,7 +202,7 @@ class Emulator:
         return JSONResponse(self.sent)
 
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse(dict(self.stats))
+        return JSONResponse({**self.stats, "ownership": self.holders.statistics()})
 
     async def _fault(self, request: Request) -> Response:
         payload = await _json_object(request)

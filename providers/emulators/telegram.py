@@ -489,21 +489,25 @@ class TelegramEmulator(Emulator):
             bot.allowed_updates = frozenset(allowed) or None
         if offset is not None:
             bot.confirm(offset)
-        if bot.poll is not None:
-            bot.poll.kick(
-                "Conflict: terminated by other getUpdates request; "
-                "make sure that only one bot instance is running"
-            )
-        updates = bot.ready(limit)
-        if updates or not timeout or timeout <= 0:
-            return updates
-        self.stats["polls_held"] += 1
-        async with trio.open_nursery() as nursery:
-            poll = bot.poll = _Poll(scope=nursery.cancel_scope)
-            nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
-            with trio.move_on_after(timeout):
-                updates = await bot.wait_ready(limit)
-            nursery.cancel_scope.cancel()
+        holder = self.holders.opened(bot.token)  # a poll in flight holds the bot
+        try:
+            if bot.poll is not None:
+                bot.poll.kick(
+                    "Conflict: terminated by other getUpdates request; "
+                    "make sure that only one bot instance is running"
+                )
+            updates = bot.ready(limit)
+            if updates or not timeout or timeout <= 0:
+                return updates
+            self.stats["polls_held"] += 1
+            async with trio.open_nursery() as nursery:
+                poll = bot.poll = _Poll(scope=nursery.cancel_scope)
+                nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+                with trio.move_on_after(timeout):
+                    updates = await bot.wait_ready(limit)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.holders.closed(bot.token, holder)
         if bot.poll is poll:
             bot.poll = None
         if poll.kicked is not None:

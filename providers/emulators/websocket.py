@@ -241,6 +241,7 @@ class WebSocketEmulator(Emulator):
         client = _Client(token, next(self._numbers))
         self._clients.add(client)
         self.stats["connections"] += 1
+        holder = self.holders.opened(token)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, websocket, client, nursery.cancel_scope)
@@ -252,6 +253,7 @@ class WebSocketEmulator(Emulator):
                 nursery.cancel_scope.cancel()
         finally:
             self._clients.discard(client)
+            self.holders.closed(token, holder)
 
     async def _receive(self, websocket: WebSocket, client: _Client) -> None:
         while True:

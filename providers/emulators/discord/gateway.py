@@ -80,6 +80,8 @@ class DiscordGateway(DiscordState):
                     nursery.cancel_scope.cancel()
         finally:
             self._links.discard(link)
+            if link.holder is not None:
+                self.holders.closed(*link.holder)
             if link.session is not None and link.session.link is link:
                 link.session.link = None
 
@@ -221,6 +223,7 @@ class DiscordGateway(DiscordState):
         self.sessions[session.id] = session
         session.link = link
         link.session = session
+        link.holder = (token, self.holders.opened(token))
         ready = {
             "v": 10,
             "user": self._bot_user(token),
@@ -266,6 +269,7 @@ class DiscordGateway(DiscordState):
             self._close(session.link, 4000, "session resumed elsewhere")
         session.link = link
         link.session = session
+        link.holder = (token, self.holders.opened(token))
         for frame in replay:
             link.push("frame", frame)
         self._dispatch(session, "RESUMED", {})

@@ -52,6 +52,7 @@ class Link:
     netloc: str
     compress: bool
     session: Session | None = None
+    holder: tuple[str, int] | None = None  # (token, handle) in the ownership judge
     withhold_acks: bool = False
     received: deque[float] = attrs.field(factory=deque)
     last_heartbeat: float = 0.0

@@ -1,0 +1,61 @@
+"""The emulators judge single ownership: live connections per identity, and every overlap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+from trio_websocket import open_websocket_url
+
+from providers.emulators.base import open_emulator
+from providers.emulators.telegram import TelegramEmulator
+from providers.emulators.websocket import WebSocketEmulator
+from tests.support import CEILING, yield_until
+from tests.test_telegram_provider import IN_MEMORY, TOKEN, in_memory
+
+
+async def test_two_websockets_of_one_token_at_once_are_an_overlap() -> None:
+    emulator = WebSocketEmulator(tokens={"tok-a", "tok-b"})
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http", "ws") + "/ws"
+            async with open_websocket_url(f"{url}?token=tok-a"):
+                async with open_websocket_url(f"{url}?token=tok-b"):
+                    pass  # another identity: no overlap
+                async with open_websocket_url(f"{url}?token=tok-a"):
+                    pass
+            async with open_websocket_url(f"{url}?token=tok-a"):  # one at a time: fine
+                pass
+            async with httpx.AsyncClient() as client:
+                stats = (await client.get(f"{base}/_emulator/stats")).json()["ownership"]
+    assert stats["overlap_count"] == 1
+    (overlap,) = stats["overlaps"]
+    assert overlap["identity"] == "tok-a"
+    assert overlap["held_since"] <= overlap["opened_at"]
+    assert stats["identities"]["tok-a"]["max_concurrent"] == 2
+    assert stats["identities"]["tok-b"]["max_concurrent"] == 1
+
+
+async def test_two_telegram_polls_at_once_are_an_overlap_and_a_409(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    emu = TelegramEmulator()
+    answers: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with httpx.AsyncClient(transport=in_memory(emu), base_url=IN_MEMORY) as client:
+            await client.get(f"/bot{TOKEN}/getMe")
+
+            async def poll() -> None:
+                answer = await client.get(f"/bot{TOKEN}/getUpdates", params={"timeout": 10})
+                answers.append(answer.status_code)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                await yield_until(lambda: emu.bots[TOKEN].poll is not None)
+                nursery.start_soon(poll)  # a second poller: the first is terminated
+            stats = (await client.get("/_emulator/stats")).json()["ownership"]
+    assert sorted(answers) == [200, 409]
+    assert stats["overlap_count"] == 1
+    assert stats["identities"]
