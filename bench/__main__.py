@@ -53,6 +53,7 @@ SCENARIOS: Final[dict[str, str]] = {
     "crash": "bench.crash",
     "peers": "bench.peers",
     "target": "bench.target",
+    "cluster": "bench.cluster",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")

@@ -552,7 +552,9 @@ class Node(ClusterMode, DeadLetterOps):
 
     def _fenced(self, channel_id: str) -> None:
         """A newer owner wrote the channel's checkpoint: stop running it here."""
-        if self._nursery is not None and not self.draining:
+        if self._cluster is not None:
+            self._cluster.ownership.lease_lost(channel_id)  # its lease is another's now
+        elif self._nursery is not None and not self.draining:
             self._nursery.start_soon(self._stop_fenced, channel_id)
 
     async def _stop_fenced(self, channel_id: str) -> None:

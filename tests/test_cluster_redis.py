@@ -119,6 +119,42 @@ async def test_a_lease_is_held_by_one_node_and_its_token_only_grows(prefix: str)
             assert await a.holders(["ch", "other"]) == {"ch": ("a", 101)}
 
 
+async def test_a_release_is_announced_so_the_next_owner_need_not_wait_for_expiry(
+    prefix: str,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with redis() as link, trio.open_nursery() as nursery:
+            a = Leases(link, prefix=prefix, node_id="a", ttl=60.0)
+            b = Leases(link, prefix=prefix, node_id="b", ttl=60.0)
+            heard: list[str] = []
+            got = trio.Event()
+
+            async def listen() -> None:
+                async for channel in b.released():
+                    heard.append(channel)
+                    got.set()
+
+            nursery.start_soon(listen)
+            first = await a.acquire("ch")
+            assert isinstance(first, Acquired)
+            assert isinstance(await b.acquire("ch"), Held)  # a minute left on it
+            while not heard:  # the subscription may not be in place yet: release again
+                assert await a.release("ch", first.token) in (True, False)
+                with trio.move_on_after(0.2):
+                    await got.wait()
+                if not heard:
+                    again = await a.acquire("ch")
+                    assert isinstance(again, Acquired)
+                    first = again
+            assert heard == ["ch"]
+            assert isinstance(await b.acquire("ch"), Acquired)  # no expiry waited for
+            assert await a.release("ch", first.token) is False  # not a's any more: not announced
+            with trio.move_on_after(0.3):
+                await trio.sleep_forever()
+            assert heard == ["ch"]
+            nursery.cancel_scope.cancel()
+
+
 async def test_renewals_go_in_one_batch_and_report_the_lost(prefix: str) -> None:
     with trio.fail_after(CEILING):
         async with redis() as link:

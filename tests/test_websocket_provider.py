@@ -50,6 +50,7 @@ from providers.emulators.websocket import WebSocketEmulator
 from providers.testing import LinkBreaker
 from providers.websocket import WebSocketProvider
 from providers.websocket.core import (
+    HEARTBEAT_ACK,
     CloseLink,
     CompleteSend,
     Emit,
@@ -144,7 +145,8 @@ def test_inbound_frames_become_events() -> None:
             channel_id="ch", platform_message_id="o1", peer="p", status=ReceiptStatus.READ
         )
     )
-    assert core.frame_received(frame(type="heartbeat"), 1) == []
+    # A heartbeat is answered, so the server knows this client is alive.
+    assert core.frame_received(frame(type="heartbeat"), 1) == [SendFrame(text=HEARTBEAT_ACK)]
     assert core.frame_received(frame(type="future-thing"), 1) == []
     assert core.ignored_frames == 1
     assert core.last_message_id == "m1"

@@ -45,6 +45,7 @@ import trio
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from ..websocket.core import HEARTBEAT_ACK
 from .base import Emulator, FaultError
 
 __all__ = ["WebSocketEmulator"]
@@ -66,6 +67,7 @@ class _Client:
     def __init__(self, token: str, number: int) -> None:
         self.token = token
         self.number = number
+        self.last_frame = trio.current_time()
         self.outbox, self.queue = trio.open_memory_channel[str | _Close](QUEUE_SIZE)
         self.dropped = 0
 
@@ -89,6 +91,10 @@ class WebSocketEmulator(Emulator):
     Args:
         tokens: the accepted tokens; None accepts any non-empty token.
         heartbeat_interval: seconds between ``heartbeat`` frames; None sends none.
+        client_timeout: seconds a client may stay silent (no frame, not even a
+            ``heartbeat_ack``) before it is taken for dead and closed (4009),
+            as platforms drop the sessions of clients that stop heartbeating;
+            None never drops one.
         receipts: follow every ack with a ``delivered`` receipt.
         max_text_length: longer texts are answered ``too_long``.
     """
@@ -100,12 +106,14 @@ class WebSocketEmulator(Emulator):
         *,
         tokens: Collection[str] | None = None,
         heartbeat_interval: float | None = 15.0,
+        client_timeout: float | None = None,
         receipts: bool = True,
         max_text_length: int = MAX_TEXT_LENGTH,
     ) -> None:
         super().__init__()
         self.tokens = None if tokens is None else frozenset(tokens)
         self.heartbeat_interval = heartbeat_interval
+        self.client_timeout = client_timeout
         self.receipts = receipts
         self.max_text_length = max_text_length
         self.silent_until = 0.0
@@ -263,6 +271,9 @@ class WebSocketEmulator(Emulator):
             data = message.get("text")
             if data is None:
                 data = (message.get("bytes") or b"").decode("utf-8", "replace")
+            client.last_frame = trio.current_time()
+            if data == HEARTBEAT_ACK:
+                continue
             self._on_frame(client, data)
 
     async def _write(self, websocket: WebSocket, client: _Client, scope: trio.CancelScope) -> None:
@@ -282,6 +293,11 @@ class WebSocketEmulator(Emulator):
             await trio.sleep(interval)
             if self.is_banned(client.token):
                 client.push(_Close(4003, "banned"))
+                return
+            timeout = self.client_timeout
+            if timeout is not None and trio.current_time() - client.last_frame > timeout:
+                self.stats["clients_timed_out"] += 1
+                client.push(_Close(4009, "no heartbeat_ack: the client is taken for dead"))
                 return
             self._push(client, '{"type":"heartbeat"}')
 

@@ -23,6 +23,10 @@ The wire protocol (text frames, one JSON object each)::
       {"type": "heartbeat"}                               proves the server is alive
     client -> server
       {"type": "send", "id": idempotency_key, "peer", "text" | "media", "reply_to"?}
+      {"type": "heartbeat_ack"}                           answers a heartbeat: the
+                                                          client is alive (a server
+                                                          may drop a client that
+                                                          stops answering)
 
     media = {"kind": "image" | "video" | "document" | "audio", "url", "caption"?,
              "filename"?}
@@ -298,6 +302,9 @@ def encode_send(msg: OutboundMessage) -> str:
 # --- the core -----------------------------------------------------------------------------------
 
 
+HEARTBEAT_ACK: Final = '{"type":"heartbeat_ack"}'
+
+
 class WebSocketCore:
     """The protocol state of one websocket channel: frames and time in, actions out.
 
@@ -498,7 +505,7 @@ class WebSocketCore:
     def _dispatch(self, frame: dict[str, Any]) -> list[Action]:
         kind = frame.get("type")
         if kind == "heartbeat":
-            return []
+            return [SendFrame(text=HEARTBEAT_ACK)]
         if kind == "ready":
             if self.phase is not Phase.AWAITING_READY:
                 return []

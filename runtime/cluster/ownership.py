@@ -8,8 +8,9 @@ Design:
   starts the channel inside a :class:`~actors.channel.Tenure`; for each it
   runs and should not, it stops the channel (its final checkpoint written)
   and only then releases the lease. A lease held elsewhere is tried again
-  when it expires (Redis says when): a dead node's channels move once their
-  leases run out, never before.
+  when it expires (Redis says when), or at once when its holder announces
+  the release: a dead node's channels move once their leases run out, never
+  before, and a live node's as soon as it has let them go.
 - Renewals go in batches every third of the TTL; each success moves the
   tenures' deadlines to ``sent + ttl - margin`` on this node's monotonic
   clock, so a node cut off from Redis (or frozen) has its connections
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -45,6 +46,7 @@ log = logging.getLogger("switchboard.cluster")
 
 RETRY_UNREACHABLE: Final = 1.0  # seconds before a reconcile that could not reach Redis is retried
 MIN_RETRY: Final = 0.05  # seconds: the soonest a held lease is tried again
+PARALLEL: Final = 64  # channels taken or let go at once by one reconcile
 
 
 class ChannelRunner(Protocol):
@@ -107,6 +109,7 @@ class Ownership:
             set()
         )  # the platform said: held elsewhere (until the cluster changes)
         self._retry_at: dict[str, float] = {}
+        self._lost: set[str] = set()  # leases proven lost, let go at the next reconcile
         self._changed = trio.Event()
         self._lock = trio.Lock()
         self.frozen = False  # a drain: take nothing more, let nothing go, keep renewing
@@ -139,6 +142,14 @@ class Ownership:
         self.fenced.add(channel_id)
         self._changed.set()
 
+    def lease_lost(self, channel_id: str) -> None:
+        """Something proved the channel's lease is another's (a refused checkpoint)."""
+        owned = self.owned.get(channel_id)
+        if owned is not None:
+            owned.tenure.revoke()  # its connection goes at once
+            self._lost.add(channel_id)
+            self._changed.set()
+
     def wanted(self) -> set[str]:
         """The channels this node should run now."""
         me = self.node_id
@@ -151,6 +162,7 @@ class Ownership:
         """Reconcile on every change and renew the leases, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._renew_loop)
+            nursery.start_soon(self._watch_releases)
             task_status.started()
             while True:
                 wake = min(self._retry_at.values(), default=math.inf)
@@ -165,8 +177,18 @@ class Ownership:
                         await self._changed.wait()
                     self._changed.set()
 
+    async def _watch_releases(self) -> None:
+        async for channel_id in self.leases.released():
+            if channel_id in self._retry_at:  # waiting for it: try now
+                self._retry_at[channel_id] = -math.inf
+                self._changed.set()
+
     async def reconcile(self) -> None:
         """Stop what this node should no longer run; take and start what it should.
+
+        Both go concurrently (at most :data:`PARALLEL` at a time): a node that
+        rejoins takes its share back in a few round trips, not one channel
+        after another.
 
         Raises:
             ClusterUnavailable: Redis did not answer (the rest is retried).
@@ -174,24 +196,56 @@ class Ownership:
         async with self._lock:
             if self.frozen:
                 return
-            wanted = self.wanted()
-            for channel_id in [c for c in self.owned if c not in wanted]:
-                await self._let_go(channel_id)
+            wanted = self.wanted() - self._lost
+            await self._each([c for c in self.owned if c not in wanted], self._let_go)
+            self._lost.clear()
             now = trio.current_time()
-            for channel_id in sorted(wanted - self.owned.keys()):
-                if self._retry_at.get(channel_id, -math.inf) > now:
-                    continue
-                await self._take(channel_id)
+            coming = [
+                channel_id
+                for channel_id in sorted(wanted - self.owned.keys())
+                if self._retry_at.get(channel_id, -math.inf) <= now
+            ]
+            await self._each(coming, self._take)
             for channel_id in [c for c in self._retry_at if c not in wanted]:
                 del self._retry_at[channel_id]
 
+    async def _each(self, channel_ids: list[str], step: Callable[[str], Awaitable[None]]) -> None:
+        """``step`` for every channel, concurrently; Redis unreachable is raised once, after."""
+        if not channel_ids:
+            return
+        limiter = trio.CapacityLimiter(PARALLEL)
+        unreachable: list[ClusterUnavailable] = []
+
+        async def one(channel_id: str) -> None:
+            async with limiter:
+                try:
+                    await step(channel_id)
+                except ClusterUnavailable as exc:
+                    unreachable.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for channel_id in channel_ids:
+                nursery.start_soon(one, channel_id)
+        if unreachable:
+            raise unreachable[0]
+
     async def _take(self, channel_id: str) -> None:
-        floor = await self.runner.floor_token(channel_id)
+        try:
+            floor = await self.runner.floor_token(channel_id)
+        except Exception as exc:  # the store: the lease must wait for its floor
+            log.warning(
+                "cluster: channel %s's checkpoint could not be read (retrying): %s",
+                channel_id,
+                exc,
+                extra={"channel": channel_id},
+            )
+            self._retry_at[channel_id] = trio.current_time() + RETRY_UNREACHABLE
+            return
         sent = trio.current_time()
         answer = await self.leases.acquire(channel_id, floor=floor)
         if not isinstance(answer, Acquired):
             # Held: by a node that is gone (its lease runs out) or one that
-            # still stops it. Tried again when Redis says it expires.
+            # still stops it (it announces the release). Tried again then.
             self._retry_at[channel_id] = trio.current_time() + max(answer.expires_in, MIN_RETRY)
             return
         self._retry_at.pop(channel_id, None)
@@ -247,7 +301,7 @@ class Ownership:
 
     async def renew(self) -> None:
         """Renew every lease held, in batches; extend tenures, revoke lost ones."""
-        held = [(c, o.token) for c, o in self.owned.items()]
+        held = [(c, o.token) for c, o in self.owned.items() if c not in self._lost]
         for start in range(0, len(held), self.renew_batch):
             batch = held[start : start + self.renew_batch]
             sent = trio.current_time()
@@ -267,6 +321,7 @@ class Ownership:
                 if channel_id in lost_set:
                     self.lost += 1
                     owned.tenure.revoke()
+                    self._lost.add(channel_id)  # let go by the next reconcile
                     log.error(
                         "cluster: the lease of channel %s was lost (another node holds it, or "
                         "Redis forgot it); its connection is dropped",
@@ -276,8 +331,4 @@ class Ownership:
                 else:
                     owned.tenure.extend(deadline)
             if lost_set:
-                async with self._lock:
-                    for channel_id in lost_set:
-                        if channel_id in self.owned:
-                            await self._let_go(channel_id)
                 self._changed.set()

@@ -33,8 +33,12 @@ __all__ = ["DEFAULT_VNODES", "HashRing"]
 DEFAULT_VNODES: Final = 1024  # points per member on the ring
 
 
+_xxh3: Final = xxhash.xxh3_64_intdigest
+_bisect: Final = bisect.bisect_right
+
+
 def _point(text: str) -> int:
-    return xxhash.xxh3_64_intdigest(text.encode())
+    return _xxh3(text.encode())
 
 
 class HashRing:
@@ -72,7 +76,7 @@ class HashRing:
         owners = self._owners
         if not owners:
             return None
-        index = bisect.bisect_right(self._points, _point(channel_id))
+        index = _bisect(self._points, _xxh3(channel_id.encode()))
         return owners[index if index < len(owners) else 0]
 
     def __repr__(self) -> str:

@@ -1,0 +1,431 @@
+"""A cluster under faults: real ``switchboard run`` nodes, one Redis, emulators as judges.
+
+Design:
+- The rig runs, on this machine: a Redis server of its own (so it can be
+  restarted empty), one :class:`~providers.testing.LinkBreaker` per node in
+  front of it (so one node's link can be frozen and cut), one emulator per
+  platform in this process (the judges: they count every identity's live
+  connections and every overlap), and N nodes as ``switchboard run``
+  subprocesses sharing one deployment file but for their ids and Redis
+  addresses, and one PostgreSQL schema.
+- :meth:`ClusterRig.fault` draws a fault from a seeded random source:
+  SIGKILL and restart, SIGSTOP for longer than the lease TTL then SIGCONT,
+  the node's link to Redis frozen then cut, Redis restarted without its
+  data, a node leaving (SIGTERM, a drain) and joining again. After each the
+  rig waits for every persistent channel to be connected again, once, and
+  records how long that took.
+- Judged by the emulators, not by the nodes: zero overlaps, every channel
+  back within ``lease_ttl + 5 s`` of each fault, none left without a
+  connection.
+
+The proof test (``tests/test_cluster_proof.py``) and the bench scenario
+``cluster`` both drive it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg  # type: ignore[import-untyped]
+import attrs
+import trio
+import trio_asyncio  # type: ignore[import-untyped]
+
+from providers.emulators.base import open_emulator
+from providers.emulators.discord import DiscordEmulator
+from providers.emulators.telegram import TelegramEmulator
+from providers.emulators.websocket import WebSocketEmulator
+from providers.testing import LinkBreaker
+
+__all__ = [
+    "ClusterRig",
+    "FaultRecord",
+    "RigParams",
+    "drop_pg_schema",
+    "free_port",
+    "open_cluster_rig",
+    "spawn_redis",
+    "wait_port",
+]
+
+FAULTS: Final = ("kill", "stop", "link", "redis", "leave")
+RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
+POLL: Final = 0.05  # seconds
+
+
+@attrs.frozen(kw_only=True)
+class RigParams:
+    """What the rig runs.
+
+    Attributes:
+        nodes: node processes.
+        websocket: websocket channels.
+        telegram: Telegram channels (judged for overlaps; they poll, so they
+            are not counted as "connected").
+        discord: Discord channels.
+        lease_ttl: the cluster's lease TTL, seconds.
+        heartbeat: the cluster's heartbeat interval, seconds.
+        member_timeout: the cluster's member timeout, seconds.
+        seed: the random source of the faults.
+        pg_dsn: the PostgreSQL the nodes share.
+        workdir: where files and logs go.
+    """
+
+    nodes: int = 3
+    websocket: int = 200
+    telegram: int = 50
+    discord: int = 50
+    lease_ttl: float = 3.0
+    heartbeat: float = 0.5
+    member_timeout: float = 1.5
+    seed: int = 1
+    pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    workdir: Path = Path("/tmp/switchboard-cluster-rig")
+
+
+@attrs.frozen(kw_only=True)
+class FaultRecord:
+    """One fault and what followed.
+
+    Attributes:
+        kind: kill, stop, link, redis or leave.
+        node: the node hit (``None`` for Redis).
+        recovery: seconds from the fault's end until every channel was
+            connected once again.
+        began: wall-clock time the fault began (to match the nodes' logs).
+        ended: wall-clock time the fault ended (the node resumed, the link
+            or Redis came back, the node was started again).
+    """
+
+    kind: str
+    node: str | None
+    recovery: float
+    began: float
+    ended: float
+
+
+def spawn_redis(port: int) -> subprocess.Popen[bytes]:
+    """A Redis server of our own on ``port``: no persistence, so a restart is empty."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed")
+    return subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_port(port: int) -> None:
+    """Until something listens on 127.0.0.1:``port``."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(POLL)
+            continue
+        await stream.aclose()
+        return
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _switchboard() -> list[str]:
+    script = Path(sys.executable).parent / "switchboard"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("switchboard")
+    if found is None:
+        raise RuntimeError("the switchboard console script is not installed (pip install -e .)")
+    return [found]
+
+
+class ClusterRig:
+    """The running rig (see the module docstring); made by :func:`open_cluster_rig`."""
+
+    def __init__(self, params: RigParams, schema: str, nursery: trio.Nursery) -> None:
+        self.params = params
+        self.schema = schema
+        self.rng = random.Random(params.seed)
+        self.redis_port = free_port()
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.breakers: dict[str, LinkBreaker] = {}
+        self.breaker_ports: dict[str, int] = {}
+        self.processes: dict[str, trio.Process] = {}
+        self.node_ids = [f"n{i + 1}" for i in range(params.nodes)]
+        # A frozen process cannot close anything: its sessions end when the
+        # platform stops hearing from it. So the platforms here drop a silent
+        # client within a third of the lease TTL (checked every sixth), which
+        # is before the earliest moment its lease can expire elsewhere: the
+        # last renewal is at most TTL/3 old when the node freezes, so the
+        # lease lives at least 2/3 TTL after that. A deployment's TTL must
+        # keep the same order over its platforms' own timeouts (README).
+        zombie = params.lease_ttl / 3
+        self.websocket = WebSocketEmulator(
+            tokens={self._ws_token(i) for i in range(params.websocket)},
+            heartbeat_interval=zombie / 2,
+            client_timeout=zombie,
+        )
+        self.telegram = TelegramEmulator()
+        self.discord = DiscordEmulator(heartbeat_interval=zombie / 2, heartbeat_timeout=zombie)
+        self.urls: dict[str, str] = {}
+        self.faults: list[FaultRecord] = []
+        self.restarts = 0
+        self._nursery = nursery
+
+    # --- identities ---------------------------------------------------------------------
+
+    @staticmethod
+    def _ws_token(i: int) -> str:
+        return f"ws-token-{i:04d}"
+
+    @staticmethod
+    def _tg_token(i: int) -> str:
+        return f"{100000 + i}:" + f"{i:035d}"
+
+    @staticmethod
+    def _dc_token(i: int) -> str:
+        return f"dc-token-{i:04d}"
+
+    def env(self) -> dict[str, str]:
+        env = {f"SB_WS_{i}": self._ws_token(i) for i in range(self.params.websocket)}
+        env.update({f"SB_TG_{i}": self._tg_token(i) for i in range(self.params.telegram)})
+        env.update({f"SB_DC_{i}": self._dc_token(i) for i in range(self.params.discord)})
+        return env
+
+    # --- the file ------------------------------------------------------------------------
+
+    def config_text(self, node_id: str) -> str:
+        p = self.params
+        lines = [
+            "[node]",
+            f'id = "{node_id}"',
+            "drain_deadline = 3.0",
+            "start_timeout = 10.0",
+            "[storage]",
+            'backend = "postgres"',
+            f'dsn = "{p.pg_dsn}"',
+            f'schema = "{self.schema}"',
+            "checkpoint_interval = 0.5",
+            "[ops]",
+            "enabled = false",
+            "[logging]",
+            'level = "warning"',
+            'format = "json"',
+            "[cluster]",
+            f'redis_url = "redis://127.0.0.1:{self.breaker_ports[node_id]}/0"',
+            'key_prefix = "rig"',
+            f"heartbeat_interval = {p.heartbeat}",
+            f"member_timeout = {p.member_timeout}",
+            f"lease_ttl = {p.lease_ttl}",
+            "[providers.telegram]",
+            "options = { poll_timeout = 1 }",
+        ]
+        ws = self.urls["websocket"].replace("http", "ws") + "/ws"
+        for i in range(p.websocket):
+            lines += _channel(f"ws-{i:04d}", "websocket", ws, f"SB_WS_{i}")
+        for i in range(p.telegram):
+            lines += _channel(f"tg-{i:04d}", "telegram", self.urls["telegram"], f"SB_TG_{i}")
+        for i in range(p.discord):
+            lines += _channel(f"dc-{i:04d}", "discord", self.urls["discord"], f"SB_DC_{i}")
+        return "\n".join(lines) + "\n"
+
+    # --- processes ----------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        self.redis = spawn_redis(self.redis_port)
+
+    def stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait()
+            self.redis = None
+
+    async def wait_redis(self) -> None:
+        await wait_port(self.redis_port)
+
+    async def start_node(self, node_id: str) -> None:
+        workdir = self.params.workdir
+        path = workdir / f"{node_id}.toml"
+        path.write_text(self.config_text(node_id))
+        log = open(workdir / f"{node_id}.log", "ab")  # noqa: SIM115, ASYNC230 - the process owns it; a local file
+        self.processes[node_id] = await trio.lowlevel.open_process(
+            [*_switchboard(), "run", str(path)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **self.env()},
+        )
+        log.close()
+
+    async def kill_node(self, node_id: str, signum: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(node_id, None)
+        if process is None:
+            return
+        process.send_signal(signum)
+        with trio.fail_after(30):
+            await process.wait()
+
+    # --- judging ------------------------------------------------------------------------
+
+    def connected(self) -> bool:
+        """Every persistent channel (websocket, Discord) holds exactly one connection."""
+        ws = self.websocket.holders
+        dc = self.discord.holders
+        return all(ws.live(self._ws_token(i)) == 1 for i in range(self.params.websocket)) and all(
+            dc.live(self._dc_token(i)) == 1 for i in range(self.params.discord)
+        )
+
+    def overlaps(self) -> int:
+        return (
+            len(self.websocket.holders.overlaps)
+            + len(self.telegram.holders.overlaps)
+            + len(self.discord.holders.overlaps)
+        )
+
+    def overlap_examples(self) -> list[Any]:
+        return [
+            *self.websocket.holders.overlaps[:3],
+            *self.telegram.holders.overlaps[:3],
+            *self.discord.holders.overlaps[:3],
+        ]
+
+    async def wait_connected(self, within: float) -> float:
+        """Seconds until every channel is connected (raises past ``within``)."""
+        started = trio.current_time()
+        with trio.fail_after(within):
+            while not self.connected():  # noqa: ASYNC110 - the emulators' counters change
+                await trio.sleep(POLL)
+        return trio.current_time() - started
+
+    # --- faults -------------------------------------------------------------------------
+
+    async def fault(self, kind: str | None = None) -> FaultRecord:
+        """Inject one fault (drawn if ``kind`` is None), wait for recovery, record it."""
+        p = self.params
+        kind = kind or self.rng.choice(FAULTS)
+        node = None if kind == "redis" else self.rng.choice(self.node_ids)
+        began = time.time()
+        if kind == "kill":
+            assert node is not None
+            await self.kill_node(node)
+            await trio.sleep(self.rng.uniform(0.0, 1.0))
+            await self.start_node(node)
+            self.restarts += 1
+        elif kind == "stop":
+            assert node is not None
+            process = self.processes[node]
+            process.send_signal(signal.SIGSTOP)
+            await trio.sleep(p.lease_ttl + self.rng.uniform(0.2, 1.0))
+            process.send_signal(signal.SIGCONT)
+        elif kind == "link":
+            assert node is not None
+            breaker = self.breakers[node]
+            breaker.frozen = True
+            await trio.sleep(self.rng.uniform(0.3, p.lease_ttl + 1.0))
+            breaker.frozen = False
+            breaker.cut()
+        elif kind == "redis":
+            self.stop_redis()
+            await trio.sleep(self.rng.uniform(0.0, 0.5))
+            self.start_redis()
+            await self.wait_redis()
+        else:  # leave: a drain, then join again
+            assert node is not None
+            await self.kill_node(node, signal.SIGTERM)
+            await trio.sleep(self.rng.uniform(0.0, 1.0))
+            await self.start_node(node)
+            self.restarts += 1
+        ended = time.time()
+        recovery = await self.wait_connected(p.lease_ttl + RECOVERY_SLACK + 30.0)
+        record = FaultRecord(kind=kind, node=node, recovery=recovery, began=began, ended=ended)
+        self.faults.append(record)
+        return record
+
+    def summary(self) -> dict[str, Any]:
+        times = [f.recovery for f in self.faults]
+        return {
+            "faults": len(self.faults),
+            "by_kind": {k: sum(f.kind == k for f in self.faults) for k in FAULTS},
+            "recovery_median": statistics.median(times) if times else None,
+            "recovery_max": max(times) if times else None,
+            "overlaps": self.overlaps(),
+            "seed": self.params.seed,
+        }
+
+
+def _channel(channel_id: str, provider: str, base_url: str, env: str) -> list[str]:
+    return [
+        "[[channels]]",
+        f'id = "{channel_id}"',
+        f'provider = "{provider}"',
+        f'base_url = "{base_url}"',
+        f'credentials = {{ token = "${{env:{env}}}" }}',
+    ]
+
+
+async def drop_pg_schema(dsn: str, schema: str) -> None:
+    """Drop the nodes' PostgreSQL schema (the rig's own; nothing else is touched)."""
+    async with trio_asyncio.open_loop() as loop:
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(dsn)
+        try:
+            await trio_asyncio.aio_as_trio(conn.execute, loop=loop)(
+                f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'
+            )
+        finally:
+            await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
+
+
+@asynccontextmanager
+async def open_cluster_rig(params: RigParams) -> AsyncIterator[ClusterRig]:
+    """Start the rig's Redis, emulators and nodes; wait until every channel is connected.
+
+    Afterwards the nodes are killed, Redis stopped and the nodes'
+    PostgreSQL schema dropped.
+    """
+    params.workdir.mkdir(parents=True, exist_ok=True)
+    schema = f"sb_rig_{int(time.time() * 1000) % 10**9}_{params.seed}"
+    async with trio.open_nursery() as nursery:
+        rig = ClusterRig(params, schema, nursery)
+        rig.start_redis()
+        try:
+            await rig.wait_redis()
+            async with (
+                open_emulator(rig.websocket) as ws_url,
+                open_emulator(rig.telegram) as tg_url,
+                open_emulator(rig.discord) as dc_url,
+            ):
+                rig.urls = {"websocket": ws_url, "telegram": tg_url, "discord": dc_url}
+                for node_id in rig.node_ids:
+                    breaker = LinkBreaker(rig.redis_port)
+                    rig.breakers[node_id] = breaker
+                    rig.breaker_ports[node_id] = await nursery.start(breaker.serve)
+                try:
+                    for node_id in rig.node_ids:
+                        await rig.start_node(node_id)
+                    await rig.wait_connected(120.0)
+                    yield rig
+                finally:
+                    with trio.CancelScope(shield=True):
+                        for node_id in list(rig.processes):
+                            await rig.kill_node(node_id)
+                nursery.cancel_scope.cancel()
+        finally:
+            rig.stop_redis()
+            with trio.CancelScope(shield=True):
+                await drop_pg_schema(params.pg_dsn, schema)
