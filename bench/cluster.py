@@ -91,7 +91,7 @@ class ClusterParams:
     websocket: int = attrs.field(default=200, metadata=_help("websocket channels in the rig"))
     telegram: int = attrs.field(default=50, metadata=_help("Telegram channels in the rig"))
     discord: int = attrs.field(default=50, metadata=_help("Discord channels in the rig"))
-    lease_ttl: float = attrs.field(default=3.0, metadata=_help("the rig's lease TTL, s"))
+    lease_ttl: float = attrs.field(default=4.0, metadata=_help("the rig's lease TTL, s"))
     seed: int = attrs.field(default=20261204, metadata=_help("the faults' random seed"))
 
     def __attrs_post_init__(self) -> None:
@@ -320,8 +320,8 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
         telegram=p.telegram,
         discord=p.discord,
         lease_ttl=p.lease_ttl,
-        heartbeat=p.lease_ttl / 6,
-        member_timeout=p.lease_ttl / 2,
+        heartbeat=0.5,
+        member_timeout=p.lease_ttl * 3 / 4,
         seed=p.seed,
         workdir=Path(ctx.out_dir) / "rig",
     )

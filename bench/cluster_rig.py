@@ -87,9 +87,9 @@ class RigParams:
     websocket: int = 200
     telegram: int = 50
     discord: int = 50
-    lease_ttl: float = 3.0
+    lease_ttl: float = 4.0
     heartbeat: float = 0.5
-    member_timeout: float = 1.5
+    member_timeout: float = 3.0
     seed: int = 1
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
@@ -170,20 +170,22 @@ class ClusterRig:
         self.processes: dict[str, trio.Process] = {}
         self.node_ids = [f"n{i + 1}" for i in range(params.nodes)]
         # A frozen process cannot close anything: its sessions end when the
-        # platform stops hearing from it. So the platforms here drop a silent
-        # client within a third of the lease TTL (checked every sixth), which
-        # is before the earliest moment its lease can expire elsewhere: the
-        # last renewal is at most TTL/3 old when the node freezes, so the
-        # lease lives at least 2/3 TTL after that. A deployment's TTL must
-        # keep the same order over its platforms' own timeouts (README).
-        zombie = params.lease_ttl / 3
+        # platform stops hearing from it. So the platforms here drop a client
+        # silent for 0.45 TTL (checked every TTL/6: gone within 0.62 TTL),
+        # before the earliest moment its lease can expire elsewhere: the last
+        # renewal is at most TTL/3 old when the node freezes, so the lease
+        # lives at least 2/3 TTL after that. A deployment's TTL must keep the
+        # same order over its platforms' own timeouts (README).
+        zombie = params.lease_ttl * 0.45
         self.websocket = WebSocketEmulator(
             tokens={self._ws_token(i) for i in range(params.websocket)},
-            heartbeat_interval=zombie / 2,
+            heartbeat_interval=params.lease_ttl / 6,
             client_timeout=zombie,
         )
         self.telegram = TelegramEmulator()
-        self.discord = DiscordEmulator(heartbeat_interval=zombie / 2, heartbeat_timeout=zombie)
+        self.discord = DiscordEmulator(
+            heartbeat_interval=params.lease_ttl / 6, heartbeat_timeout=zombie
+        )
         self.urls: dict[str, str] = {}
         self.faults: list[FaultRecord] = []
         self.restarts = 0
@@ -222,7 +224,7 @@ class ClusterRig:
             'backend = "postgres"',
             f'dsn = "{p.pg_dsn}"',
             f'schema = "{self.schema}"',
-            "checkpoint_interval = 0.5",
+            "checkpoint_interval = 1.0",
             "[ops]",
             "enabled = false",
             "[logging]",

@@ -118,6 +118,7 @@ class CheckpointWriter:
         self._channels: dict[ChannelMemory, _Channel] = {}
         self._dirty: dict[ChannelMemory, None] = {}
         self._lock = trio.Lock()
+        self._urgent = _Urgent()  # write_now's next group
         self._failing = False
         self._written = self._refused = self._failures = self._rounds = 0
         self._last_batch = 0
@@ -168,14 +169,29 @@ class CheckpointWriter:
     async def write_now(self, memory: ChannelMemory) -> None:
         """Part of ``CheckpointSink``: write ``memory`` now (a new dead letter, a stop).
 
+        Group commit: the channels that ask while a write is in flight go
+        together in the next one (a node letting a hundred channels go
+        writes them in a few batches, not a hundred one after another).
+
         Raises:
             StoreError: the store failed; the memory stays dirty.
         """
         if memory not in self._channels:
             return
+        self._dirty.pop(memory, None)
+        batch = self._urgent
+        batch.memories[memory] = None
         async with self._lock:
-            self._dirty.pop(memory, None)
-            await self._write([memory])
+            if not batch.done:  # nobody wrote it while this waited: write all that asked
+                self._urgent = _Urgent()
+                batch.done = True
+                try:
+                    await self._write(list(batch.memories))
+                except StoreError as exc:
+                    batch.error = str(exc)
+                    raise
+        if batch.error is not None:
+            raise StoreError(f"checkpoint not written: {batch.error}")
 
     async def flush(self) -> None:
         """Write every dirty channel now (the drain, or a listing of dead letters).
@@ -287,6 +303,17 @@ class CheckpointWriter:
         )
         if self.on_fenced is not None:
             self.on_fenced(channel_id)
+
+
+class _Urgent:
+    """One group of :meth:`CheckpointWriter.write_now` requests, written together."""
+
+    __slots__ = ("done", "error", "memories")
+
+    def __init__(self) -> None:
+        self.memories: dict[ChannelMemory, None] = {}
+        self.done = False
+        self.error: str | None = None
 
 
 def _ended(memory: ChannelMemory) -> bool:

@@ -107,12 +107,12 @@ async def test_a_lease_is_held_by_one_node_and_its_token_only_grows(prefix: str)
             assert held.holder == f"a|{first.token}"
             assert 0 < held.expires_in <= 0.5
             assert await b.release("ch", first.token) is False  # not b's to give
-            assert await a.renew([("ch", first.token)]) == []
+            assert await a.renew([("ch", first.token, True)]) == []
             # a stops renewing: its lease runs out on Redis's clock
             while isinstance(second := await b.acquire("ch"), Held):  # noqa: ASYNC110
                 await trio.sleep(0.05)
             assert second.token == first.token + 1
-            assert await a.renew([("ch", first.token)]) == ["ch"]  # a lost it
+            assert await a.renew([("ch", first.token, True)]) == ["ch"]  # a lost it
             assert await b.release("ch", second.token) is True
             third = await a.acquire("ch", floor=100)  # the store knows token 100
             assert isinstance(third, Acquired) and third.token == 101
@@ -165,7 +165,7 @@ async def test_renewals_go_in_one_batch_and_report_the_lost(prefix: str) -> None
                 assert isinstance(acquired, Acquired)
                 tokens[channel] = acquired.token
             await link.call("DEL", leases.lease_key("y"))  # Redis forgot one
-            lost = await leases.renew(list(tokens.items()))
+            lost = await leases.renew([(c, t, True) for c, t in tokens.items()])
             assert lost == ["y"]
             assert await link.call("PTTL", leases.lease_key("x")) > 4000
 
@@ -284,6 +284,52 @@ async def test_a_redis_restarted_empty_rebuilds_the_view_and_never_reissues_a_to
                 after = await leases.acquire("ch", floor=before.token)
                 assert isinstance(after, Acquired) and after.token == 43
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_redis_that_lost_its_data_grants_no_lease_until_the_old_ones_ran_out() -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    ttl = 1.0
+    with trio.fail_after(CEILING):
+        with own_redis(port):
+            await wait_up(url)
+            async with redis(url) as link:
+                a = Leases(link, prefix="p", node_id="a", ttl=ttl)
+                live = await a.acquire("live")
+                frozen = await a.acquire("frozen")
+                assert isinstance(live, Acquired) and isinstance(frozen, Acquired)
+        with own_redis(port):  # reborn: nothing kept, the holders still run
+            await wait_up(url)
+            async with redis(url) as link:
+                b = Leases(link, prefix="p", node_id="b", ttl=ttl)
+                b.known = True  # b had seen the cluster too
+                a = Leases(link, prefix="p", node_id="a", ttl=ttl)
+                reborn_at = trio.current_time()
+                refused = await b.acquire("frozen")
+                assert isinstance(refused, Held) and "quarantine" in refused.holder
+                assert 0 < refused.expires_in <= ttl
+                # "a" is alive: its tenure of "live" is valid, it re-asserts the lease;
+                # "a" is frozen as far as "frozen" goes: it renews nothing there.
+                assert await a.renew([("live", live.token, True), ("gone", 99, False)]) == ["gone"]
+                assert await a.holders(["live"]) == {"live": ("a", live.token)}
+                while isinstance(answer := await b.acquire("frozen"), Held):
+                    assert "quarantine" in answer.holder
+                    assert await a.renew([("live", live.token, True)]) == []  # a lives on
+                    await trio.sleep(0.05)
+                # Not before a whole TTL: whatever "a" held had run out on its clock.
+                assert trio.current_time() - reborn_at >= ttl - 0.1
+                assert answer.token == 1  # a fresh counter: the store's floor lifts it
+                assert isinstance(again := await b.acquire("live"), Held)
+                assert again.holder == f"a|{live.token}"  # re-asserted: still a's
+
+
+async def test_a_first_start_is_not_a_rebirth(prefix: str) -> None:
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            a = Leases(link, prefix=prefix, node_id="a", ttl=30.0)
+            ring = member(link, prefix, "a")
+            await ring.beat()
+            assert isinstance(await a.acquire("ch"), Acquired)  # no quarantine
 
 
 async def test_an_unreachable_redis_is_a_clear_error() -> None:

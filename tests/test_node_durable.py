@@ -302,3 +302,38 @@ async def test_an_event_delivered_again_after_a_crash_is_published_once(
                 stats = node.channels()[0].statistics
                 assert stats is not None
                 assert (stats.received, stats.duplicates) == (1, 1)
+
+
+async def test_channels_stopped_together_write_their_final_checkpoints_together(
+    autojump_clock: Any,
+) -> None:
+    channels = [f"c{i:02d}" for i in range(40)]
+    batches: list[int] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            write = store.write_checkpoints
+
+            async def round_trip(items: Any) -> Any:  # a database's: others ask meanwhile
+                batches.append(len(items))
+                await trio.sleep(0.01)
+                return await write(items)
+
+            store.write_checkpoints = round_trip  # type: ignore[method-assign]
+            async with open_node(
+                config(*(sim(c) for c in channels)),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": SimulatedProvider()},
+            ) as node:
+                await trio.sleep(2.0)
+                batches.clear()
+                async with trio.open_nursery() as nursery:
+                    for channel_id in channels:
+                        nursery.start_soon(node.stop_channel, channel_id)
+                stopped = list(batches)
+            for channel_id in channels:
+                stored = await store.load_checkpoint(channel_id)
+                assert stored is not None and stored.state is not None
+                assert stored.state.clean  # each written after its actor ended
+    assert sum(stopped) == len(channels)  # each final checkpoint written once
+    assert len(stopped) < len(channels) / 4, stopped  # in groups, not one by one

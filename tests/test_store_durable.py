@@ -32,6 +32,7 @@ from runtime.config.model import StorageConfig
 from runtime.errors import StoreError
 from runtime.store import MemoryStore, open_store
 from runtime.store.durable import Checkpoint, DeadLetterFilter
+from runtime.store.migrations import POSTGRES, SQLITE
 from tests.test_store import (
     CEILING,
     PG_CEILING,
@@ -256,7 +257,7 @@ async def test_postgres_migrates_the_previous_release_s_schema_keeping_its_data(
             async with pg_session() as pg:
                 versions = await pg.fetch(f"SELECT version FROM {quoted}.schema_migrations")
     assert [item.message.idempotency_key for item in kept] == ["old-1"]
-    assert sorted(row["version"] for row in versions) == [1, 2]
+    assert sorted(row["version"] for row in versions) == [m[0] for m in POSTGRES]
 
 
 async def test_postgres_refuses_a_schema_newer_than_it_knows() -> None:
@@ -291,7 +292,7 @@ async def test_sqlite_migrates_from_an_empty_file_and_refuses_a_newer_schema(
             versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
-        assert sorted(versions) == [1, 2]
+        assert sorted(versions) == [m[0] for m in SQLITE]
         assert mode == "wal"
         with pytest.raises(StoreError, match="schema version 99, newer than"):
             async with open_store(config):

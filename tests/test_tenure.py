@@ -58,3 +58,19 @@ async def test_a_channel_with_no_tenure_yet_waits_before_connecting(autojump_clo
             tenure.extend(trio.current_time() + 10.0)
             await provider.wait_connected(1)
             assert provider.connect_times == [5.0]
+
+
+async def test_a_revoked_tenure_stays_revoked_whatever_renewal_arrives(
+    autojump_clock: Any,
+) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    tenure = Tenure(60.0)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, tenure=tenure):
+            conn = await provider.wait_connected(1)
+            tenure.revoke()  # proven lost (a refused checkpoint, a renewal that said so)
+            tenure.extend(trio.current_time() + 60.0)  # a renewal sent before that lands now
+            assert tenure.revoked and not tenure.valid()
+            await trio.sleep(30.0)
+            assert conn.closed
+            assert provider.connects == 1  # never again under this tenure

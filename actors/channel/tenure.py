@@ -34,12 +34,13 @@ class Tenure:
         deadline: the first deadline, trio time (``-inf``: none yet).
     """
 
-    __slots__ = ("_deadline", "_extended", "_scopes", "token")
+    __slots__ = ("_deadline", "_extended", "_revoked", "_scopes", "token")
 
     def __init__(self, deadline: float = -math.inf, *, token: int = 0) -> None:
         self._deadline = deadline
         self._scopes: set[trio.CancelScope] = set()
         self._extended = trio.Event()
+        self._revoked = False
         self.token = token  # the lease's fencing token, for reports
 
     def __repr__(self) -> str:
@@ -50,12 +51,23 @@ class Tenure:
         """Trio time after which the connection must be gone."""
         return self._deadline
 
+    @property
+    def revoked(self) -> bool:
+        """Whether :meth:`revoke` ended it (no renewal brings it back)."""
+        return self._revoked
+
     def valid(self) -> bool:
         """Whether the connection may be held now."""
         return trio.current_time() < self._deadline
 
     def extend(self, deadline: float) -> None:
-        """Move the deadline (a renewal went through); a shorter one also applies."""
+        """Move the deadline (a renewal went through); a shorter one also applies.
+
+        Nothing moves a revoked tenure: a renewal that was on its way when
+        the lease was proven lost does not bring the connection back.
+        """
+        if self._revoked:
+            return
         self._deadline = deadline
         for scope in self._scopes:
             scope.deadline = deadline
@@ -66,6 +78,7 @@ class Tenure:
     def revoke(self) -> None:
         """End the tenure now (the lease was lost): held connections are cancelled."""
         self.extend(-math.inf)
+        self._revoked = True
 
     async def wait_valid(self) -> None:
         """Return once the tenure is valid (at once if it is)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,8 @@ from .membership import Membership, View
 from .ownership import ChannelRunner, Ownership
 from .placement import HashRing
 from .redis import ClusterUnavailable, RedisLink, open_redis
+
+log = logging.getLogger("switchboard.cluster")
 
 __all__ = [
     "Cluster",
@@ -105,7 +108,9 @@ async def open_cluster(
         ClusterUnavailable: Redis cannot be reached, or the first heartbeat failed.
         StoreError: the catalog could not be written.
     """
-    timeout = min(config.heartbeat_interval, config.lease_ttl / 3)
+    # A Redis call that takes longer than a renewal interval has failed: the
+    # tenures' deadlines (not this timeout) are what keep the leases safe.
+    timeout = config.lease_ttl / 3
     async with open_redis(config.redis_url, timeout=timeout) as link:
         prefix = config.key_prefix
         membership = Membership(
@@ -114,6 +119,7 @@ async def open_cluster(
             node_id=node_id,
             heartbeat_interval=config.heartbeat_interval,
             member_timeout=config.member_timeout,
+            quarantine=config.lease_ttl,
         )
         leases = Leases(link, prefix=prefix, node_id=node_id, ttl=config.lease_ttl)
         ownership = Ownership(
@@ -135,7 +141,15 @@ async def open_cluster(
         )
         await catalog.publish_file()
         async with trio.open_nursery() as nursery:
-            await nursery.start(membership.run, lambda view: ownership.set_members(view.members))
+
+            def view_changed(view: View) -> None:
+                if view.members != ownership.ring.members:
+                    log.info(
+                        "cluster: members now %s (epoch %d)", ", ".join(view.members), view.epoch
+                    )
+                ownership.set_members(view.members)
+
+            await nursery.start(membership.run, view_changed)
 
             def catalog_changed(specs: dict[str, ChannelSpec]) -> None:
                 runner.catalog_changed(frozenset(specs))

@@ -13,6 +13,8 @@ Design:
   1,000,000 channels on 100 nodes at a 10 s TTL, renewing at TTL/3 in
   batches of 500 is 10,000 leases per node per 3.3 s: 6 script calls a
   second per node, 600 in all, where one by one would be 300,000 commands.
+- A Redis that lost its data hands out no lease for one TTL, and live
+  holders re-assert theirs meanwhile (``runtime.cluster.rebirth``).
 - Release is compare-and-delete, after the connection is closed, and
   publishes the channel on ``<prefix>:released``: a node waiting for that
   lease (the channel moves to it) takes it at once instead of at the
@@ -30,6 +32,7 @@ from typing import Final
 
 import attrs
 
+from . import rebirth
 from .redis import RedisLink
 
 __all__ = ["Acquired", "Held", "LeaseClock", "Leases"]
@@ -37,7 +40,14 @@ __all__ = ["Acquired", "Held", "LeaseClock", "Leases"]
 DRIFT: Final = 0.02  # the fraction of a TTL by which two clocks may disagree
 MARGIN_MIN: Final = 0.25  # seconds; never less than this
 
-_ACQUIRE: Final = """
+_ACQUIRE: Final = (
+    rebirth.LUA
+    + """
+local known = ARGV[4] == '1' or tonumber(ARGV[3]) > 0
+local quarantine = reborn(KEYS[3], KEYS[4], known, ARGV[2])
+if quarantine > 0 then
+  return {0, '(Redis lost its data: quarantine)', quarantine}
+end
 local held = redis.call('GET', KEYS[1])
 if held then
   return {0, held, redis.call('PTTL', KEYS[1])}
@@ -51,18 +61,35 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return {1, token, tonumber(ARGV[2])}
 """
+)
 
-_RENEW: Final = """
+# KEYS: alive, reborn, n lease keys, n token keys; ARGV: ttl, n values, n tokens
+# (a token of -1: this holder's tenure has lapsed, it may not re-assert).
+_RENEW: Final = (
+    rebirth.LUA
+    + """
+local quarantine = reborn(KEYS[1], KEYS[2], true, ARGV[1])
+local n = (#KEYS - 2) / 2
 local lost = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i + 1] then
+for i = 1, n do
+  local key = KEYS[2 + i]
+  local held = redis.call('GET', key)
+  if held == ARGV[1 + i] then
     redis.call('PEXPIRE', key, ARGV[1])
   else
-    lost[#lost + 1] = i
+    local token = tonumber(ARGV[1 + n + i])
+    local counter = tonumber(redis.call('GET', KEYS[2 + n + i]) or '0')
+    if not held and quarantine > 0 and token >= 0 and counter <= token then
+      redis.call('SET', key, ARGV[1 + i], 'PX', ARGV[1])
+      redis.call('SET', KEYS[2 + n + i], token)
+    else
+      lost[#lost + 1] = i
+    end
   end
 end
 return lost
 """
+)
 
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -130,6 +157,8 @@ class Leases:
         self.node_id = node_id
         self.ttl = ttl
         self.clock = LeaseClock(ttl)
+        self.known = False  # this node has seen the cluster (a rebirth is then noticed)
+        self._rebirth = rebirth.keys(prefix)
         self._acquire = link.script(_ACQUIRE)
         self._renew = link.script(_RENEW)
         self._release = link.script(_RELEASE)
@@ -159,24 +188,37 @@ class Leases:
             ClusterUnavailable: Redis did not answer.
         """
         ok, value, ttl_ms = await self._acquire(
-            [self.lease_key(channel_id), self.token_key(channel_id)],
-            [self.node_id, round(self.ttl * 1000), floor],
+            [self.lease_key(channel_id), self.token_key(channel_id), *self._rebirth],
+            [self.node_id, round(self.ttl * 1000), floor, int(self.known)],
         )
         if int(ok) == 1:
+            self.known = True
             return Acquired(int(value))
         holder = value.decode() if isinstance(value, bytes) else str(value)
         return Held(holder, max(int(ttl_ms), 0) / 1000)
 
-    async def renew(self, held: Sequence[tuple[str, int]]) -> list[str]:
-        """Renew these ``(channel, token)`` leases in one script call; the ones lost.
+    async def renew(self, held: Sequence[tuple[str, int, bool]]) -> list[str]:
+        """Renew these ``(channel, token, tenure valid)`` leases in one script call.
+
+        A lease Redis forgot in a rebirth is re-asserted if its tenure is
+        still valid (``rebirth``). Returns the channels whose leases are lost.
 
         Raises:
             ClusterUnavailable: Redis did not answer (none may be assumed renewed).
         """
         if not held:
             return []
-        keys = [self.lease_key(channel) for channel, _ in held]
-        args = [round(self.ttl * 1000), *(self.value(token) for _, token in held)]
+        self.known = True
+        keys = [
+            *self._rebirth,
+            *(self.lease_key(channel) for channel, _, _ in held),
+            *(self.token_key(channel) for channel, _, _ in held),
+        ]
+        args = [
+            round(self.ttl * 1000),
+            *(self.value(token) for _, token, _ in held),
+            *(token if valid else -1 for _, token, valid in held),
+        ]
         lost = await self._renew(keys, args)
         return [held[int(i) - 1][0] for i in lost]
 

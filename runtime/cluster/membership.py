@@ -26,13 +26,17 @@ from typing import Any, Final
 import attrs
 import trio
 
+from . import rebirth
 from .redis import ClusterUnavailable, RedisLink
 
 __all__ = ["Membership", "View"]
 
 log = logging.getLogger("switchboard.cluster")
 
-_BEAT: Final = """
+_BEAT: Final = (
+    rebirth.LUA
+    + """
+local quarantine = reborn(KEYS[3], KEYS[4], ARGV[4] == '1', ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local changed = false
@@ -47,8 +51,9 @@ if changed then
 else
   epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1)}
+return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1), quarantine}
 """
+)
 
 _LEAVE: Final = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
@@ -83,6 +88,8 @@ class Membership:
         node_id: this node's name.
         heartbeat_interval: seconds between heartbeats.
         member_timeout: seconds after the last heartbeat a node is dead.
+        quarantine: seconds no lease is granted after Redis is found to have
+            lost its data (the lease TTL; ``runtime.cluster.rebirth``).
     """
 
     def __init__(
@@ -93,8 +100,12 @@ class Membership:
         node_id: str,
         heartbeat_interval: float,
         member_timeout: float,
+        quarantine: float = 0.0,
     ) -> None:
         self.link = link
+        self.quarantine = quarantine
+        self._rebirth = rebirth.keys(prefix)
+        self._quarantined = False
         self.node_id = node_id
         self.heartbeat_interval = heartbeat_interval
         self.member_timeout = member_timeout
@@ -120,10 +131,21 @@ class Membership:
             ClusterUnavailable: Redis did not answer.
         """
         me = "" if self._left else self.node_id
-        epoch, now_ms, members = await self._beat(
-            [self.members_key, self.epoch_key],
-            [me, round(self.member_timeout * 1000), self.events],
+        known = self.view is not None
+        timeout_ms, quarantine_ms = round(self.member_timeout * 1000), round(self.quarantine * 1000)
+        epoch, now_ms, members, left_ms = await self._beat(
+            [self.members_key, self.epoch_key, *self._rebirth],
+            [me, timeout_ms, self.events, int(known), quarantine_ms],
         )
+        quarantined = int(left_ms) > 0
+        if quarantined and not self._quarantined:
+            log.warning(
+                "cluster: Redis lost its data (restarted without persistence, or failed "
+                "over): no channel changes hands for %.1f s, while the leases granted "
+                "before run out; live holders keep theirs",
+                int(left_ms) / 1000,
+            )
+        self._quarantined = quarantined
         view = View(
             epoch=int(epoch),
             members=tuple(sorted(m.decode() if isinstance(m, bytes) else m for m in members)),

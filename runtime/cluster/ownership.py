@@ -109,6 +109,8 @@ class Ownership:
             set()
         )  # the platform said: held elsewhere (until the cluster changes)
         self._retry_at: dict[str, float] = {}
+        self._acquiring: set[str] = set()  # acquire calls in flight
+        self._released: set[str] = set()  # releases announced during one of those
         self._lost: set[str] = set()  # leases proven lost, let go at the next reconcile
         self._changed = trio.Event()
         self._lock = trio.Lock()
@@ -179,7 +181,11 @@ class Ownership:
 
     async def _watch_releases(self) -> None:
         async for channel_id in self.leases.released():
-            if channel_id in self._retry_at:  # waiting for it: try now
+            if channel_id in self._retry_at or channel_id in self._acquiring:
+                # Waiting for it, or asking for it right now (the answer may
+                # predate the release): try (again) now.
+                log.debug("cluster: channel %s was released; taking it", channel_id)
+                self._released.add(channel_id)
                 self._retry_at[channel_id] = -math.inf
                 self._changed.set()
 
@@ -196,9 +202,11 @@ class Ownership:
         async with self._lock:
             if self.frozen:
                 return
-            wanted = self.wanted() - self._lost
+            lost, self._lost = self._lost, set()
+            wanted = self.wanted() - lost
             await self._each([c for c in self.owned if c not in wanted], self._let_go)
-            self._lost.clear()
+            if lost:  # let go, but placed here still: try them again (their holders may go)
+                self._changed.set()
             now = trio.current_time()
             coming = [
                 channel_id
@@ -242,11 +250,25 @@ class Ownership:
             self._retry_at[channel_id] = trio.current_time() + RETRY_UNREACHABLE
             return
         sent = trio.current_time()
-        answer = await self.leases.acquire(channel_id, floor=floor)
+        self._released.discard(channel_id)
+        self._acquiring.add(channel_id)
+        try:
+            answer = await self.leases.acquire(channel_id, floor=floor)
+        finally:
+            self._acquiring.discard(channel_id)
         if not isinstance(answer, Acquired):
             # Held: by a node that is gone (its lease runs out) or one that
-            # still stops it (it announces the release). Tried again then.
-            self._retry_at[channel_id] = trio.current_time() + max(answer.expires_in, MIN_RETRY)
+            # still stops it (it announces the release). Tried again then,
+            # or at once if the release was announced while we asked.
+            wait = MIN_RETRY if channel_id in self._released else answer.expires_in
+            self._released.discard(channel_id)
+            self._retry_at[channel_id] = trio.current_time() + max(wait, MIN_RETRY)
+            log.debug(
+                "cluster: channel %s is held by %s for %.2f s more",
+                channel_id,
+                answer.holder,
+                answer.expires_in,
+            )
             return
         self._retry_at.pop(channel_id, None)
         tenure = Tenure(self.leases.clock.deadline(sent), token=answer.token)
@@ -301,7 +323,9 @@ class Ownership:
 
     async def renew(self) -> None:
         """Renew every lease held, in batches; extend tenures, revoke lost ones."""
-        held = [(c, o.token) for c, o in self.owned.items() if c not in self._lost]
+        held = [
+            (c, o.token, o.tenure.valid()) for c, o in self.owned.items() if not o.tenure.revoked
+        ]
         for start in range(0, len(held), self.renew_batch):
             batch = held[start : start + self.renew_batch]
             sent = trio.current_time()
@@ -314,7 +338,7 @@ class Ownership:
             self.renewals += 1
             deadline = self.leases.clock.deadline(sent)
             lost_set = set(lost)
-            for channel_id, token in batch:
+            for channel_id, token, _ in batch:
                 owned = self.owned.get(channel_id)
                 if owned is None or owned.token != token:
                     continue
