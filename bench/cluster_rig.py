@@ -307,13 +307,27 @@ class ClusterRig:
             *self.discord.holders.overlaps[:3],
         ]
 
-    async def wait_connected(self, within: float) -> float:
-        """Seconds until every channel is connected (raises past ``within``)."""
+    async def wait_connected(self, within: float, *, settle: float = 0.0) -> float:
+        """Seconds until every channel is connected and stays so (raises past ``within``).
+
+        Args:
+            within: the most seconds to wait.
+            settle: every channel must stay connected this long; a drop
+                meanwhile starts the wait over. The figure returned is when
+                the last channel came back, so a fault whose effects come
+                late (Redis forgetting leases) is measured by them.
+        """
         started = trio.current_time()
+        back: float | None = started
         with trio.fail_after(within):
-            while not self.connected():  # noqa: ASYNC110 - the emulators' counters change
+            while True:
+                if not self.connected():
+                    back = None
+                elif back is None:
+                    back = trio.current_time()
+                if back is not None and trio.current_time() - back >= settle:
+                    return back - started
                 await trio.sleep(POLL)
-        return trio.current_time() - started
 
     # --- faults -------------------------------------------------------------------------
 
@@ -354,7 +368,9 @@ class ClusterRig:
             await self.start_node(node)
             self.restarts += 1
         ended = time.time()
-        recovery = await self.wait_connected(p.lease_ttl + RECOVERY_SLACK + 30.0)
+        recovery = await self.wait_connected(
+            p.lease_ttl + RECOVERY_SLACK + 30.0, settle=p.lease_ttl / 2
+        )
         record = FaultRecord(kind=kind, node=node, recovery=recovery, began=began, ended=ended)
         self.faults.append(record)
         return record
