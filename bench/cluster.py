@@ -198,6 +198,9 @@ class _NothingRuns:
     async def stop_owned(self, channel_id: str) -> None:
         return None
 
+    def released(self, channel_id: str) -> None:
+        return None
+
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         return None
 

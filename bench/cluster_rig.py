@@ -50,6 +50,7 @@ from providers.emulators.websocket import WebSocketEmulator
 from providers.testing import LinkBreaker
 
 __all__ = [
+    "API_TOKEN",
     "ClusterRig",
     "FaultRecord",
     "RigParams",
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 FAULTS: Final = ("kill", "stop", "link", "redis", "leave")
+API_TOKEN: Final = "rig-api-token-0123456789"  # the nodes' message API token (params.ops)
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
 POLL: Final = 0.05  # seconds
 
@@ -79,6 +81,8 @@ class RigParams:
         heartbeat: the cluster's heartbeat interval, seconds.
         member_timeout: the cluster's member timeout, seconds.
         seed: the random source of the faults.
+        ops: give each node an ops listener with the message API (its URL in
+            :attr:`ClusterRig.ops_urls`, the token :data:`API_TOKEN`).
         pg_dsn: the PostgreSQL the nodes share.
         workdir: where files and logs go.
     """
@@ -91,6 +95,7 @@ class RigParams:
     heartbeat: float = 0.5
     member_timeout: float = 3.0
     seed: int = 1
+    ops: bool = False
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
 
@@ -169,6 +174,8 @@ class ClusterRig:
         self.breaker_ports: dict[str, int] = {}
         self.processes: dict[str, trio.Process] = {}
         self.node_ids = [f"n{i + 1}" for i in range(params.nodes)]
+        self.ops_ports = {node_id: free_port() for node_id in self.node_ids}
+        self.ops_urls = {node_id: f"http://127.0.0.1:{p}" for node_id, p in self.ops_ports.items()}
         # A frozen process cannot close anything: its sessions end when the
         # platform stops hearing from it. So the platforms here drop a client
         # silent for 0.45 TTL (checked every TTL/6: gone within 0.62 TTL),
@@ -209,6 +216,7 @@ class ClusterRig:
         env = {f"SB_WS_{i}": self._ws_token(i) for i in range(self.params.websocket)}
         env.update({f"SB_TG_{i}": self._tg_token(i) for i in range(self.params.telegram)})
         env.update({f"SB_DC_{i}": self._dc_token(i) for i in range(self.params.discord)})
+        env["SB_API_TOKEN"] = API_TOKEN
         return env
 
     # --- the file ------------------------------------------------------------------------
@@ -226,7 +234,11 @@ class ClusterRig:
             f'schema = "{self.schema}"',
             "checkpoint_interval = 1.0",
             "[ops]",
-            "enabled = false",
+            *(
+                [f"port = {self.ops_ports[node_id]}", 'api_token = "${env:SB_API_TOKEN}"']
+                if p.ops
+                else ["enabled = false"]
+            ),
             "[logging]",
             'level = "warning"',
             'format = "json"',

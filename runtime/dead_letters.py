@@ -12,19 +12,22 @@ Design:
   sent again with its original idempotency key; if it fails again, it
   becomes a new dead letter. A channel that does not run here cannot send:
   replaying its letters is refused, discarding them goes to the store.
+- In a cluster, replay and discard of a channel that runs on another node
+  go to that node (the cluster's forwarding), which holds its letters.
 - Mixed into :class:`~runtime.node.Node`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChannelUnavailable
 from .store.durable import DEFAULT_LETTER_LIMIT, DeadLetterFilter, StoredDeadLetter
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointWriter
+    from .cluster import Cluster
     from .store import Store
     from .table import ChannelTable
 
@@ -38,6 +41,13 @@ class DeadLetterOps:
         store: Store
         _table: ChannelTable
         _checkpoints: CheckpointWriter
+        _cluster: Cluster | None
+
+        def _runs_here(self, channel_id: str) -> bool: ...
+
+        async def _forward_op(
+            self, channel_id: str, op: str, body: dict[str, Any]
+        ) -> dict[str, Any]: ...
 
     async def dead_letters(
         self,
@@ -82,6 +92,9 @@ class DeadLetterOps:
             ChannelUnavailable: the channel does not run here (start it first).
         """
         row = self._table.get(channel_id)
+        if self._cluster is not None and not self._runs_here(channel_id):
+            answer = await self._forward_op(channel_id, "replay", _ids(ids))
+            return int(answer["count"])
         if row.channel is None:
             raise ChannelUnavailable(
                 f"channel {channel_id!r} does not run here ({row.start_error or 'stopped'}); "
@@ -100,7 +113,14 @@ class DeadLetterOps:
             StoreError: a stopped channel's letters could not be discarded.
         """
         row = self._table.find(channel_id)
+        if self._cluster is not None and row is not None and not self._runs_here(channel_id):
+            answer = await self._forward_op(channel_id, "discard", _ids(ids))
+            return int(answer["count"])
         if row is not None and row.channel is not None:
             return await row.channel.discard_dead_letters(ids)
         where = DeadLetterFilter(channel_id=channel_id, ids=None if ids is None else tuple(ids))
         return await self.store.discard_dead_letters(where)
+
+
+def _ids(ids: Sequence[int] | None) -> dict[str, Any]:
+    return {"ids": None if ids is None else [int(i) for i in ids]}

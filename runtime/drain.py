@@ -94,6 +94,12 @@ class SendTracker:
             self._changed = trio.Event()
             await self._changed.wait()
 
+    async def wait_channel_done(self, channel_id: str) -> None:
+        """Return once no tracked send of ``channel_id`` is left (bound it with a cancel scope)."""
+        while any(pending.channel_id == channel_id for pending in self._pending):
+            self._changed = trio.Event()
+            await self._changed.wait()
+
     def cut(self) -> list[Pending]:
         """Mark every send still in flight as cut by the deadline; return them."""
         leftovers = list(self._pending)

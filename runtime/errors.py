@@ -74,6 +74,8 @@ __all__ = [
     "StoreError",
     "UnknownChannel",
     "UnknownProvider",
+    "error_from_wire",
+    "error_to_wire",
     "map_send_errors",
 ]
 
@@ -306,3 +308,70 @@ def _copy_details(source: BaseException, target: SendError) -> None:
     for name in ("peer", "capacity", "actor", "reason"):
         if hasattr(details, name):
             setattr(target, name, getattr(details, name))
+
+
+# --- errors that cross the cluster -------------------------------------------------------------
+
+# The classes an answer from another node may carry, by name. A name not
+# here (a defect, or a newer node's class) arrives as a plain NodeError.
+_WIRE: Final[dict[str, type[NodeError]]] = {
+    kind.__name__: kind
+    for kind in (
+        ChannelFailed,
+        ChannelUnavailable,
+        SendFailed,
+        PermanentSendError,
+        BadRecipient,
+        MessageTooLong,
+        OutsideWindow,
+        MailboxFull,
+        AskTimeout,
+        ChannelCrashed,
+        NodeDraining,
+        ChannelExists,
+        ChannelFenced,
+        NodeNotRunning,
+        StoreError,
+        NodeError,
+    )
+}
+_DETAILS: Final = ("peer", "capacity", "reason")
+
+
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """A node error as a JSON object, for a caller on another node."""
+    wire: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, UnknownChannel):
+        wire["channel_id"] = exc.channel_id
+    if isinstance(exc, SendError):
+        wire["channel_id"] = exc.channel_id
+        wire["idempotency_key"] = exc.idempotency_key
+        for name in _DETAILS:
+            value = getattr(exc, name, None)
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                wire[name] = value
+    return wire
+
+
+def error_from_wire(wire: Any) -> NodeError:
+    """The error :func:`error_to_wire` wrote, as the same class where this node knows it."""
+    if not isinstance(wire, dict):
+        return NodeError(f"another node answered with an unreadable error: {wire!r:.200}")
+    name = str(wire.get("type", "NodeError"))
+    message = str(wire.get("message", ""))
+    if name == "UnknownChannel":
+        return UnknownChannel(str(wire.get("channel_id", "")))
+    kind = _WIRE.get(name)
+    if kind is None:
+        return NodeError(f"{name}: {message}")
+    if issubclass(kind, SendError):
+        error: NodeError = kind(
+            message,
+            channel_id=str(wire.get("channel_id", "")),
+            idempotency_key=str(wire.get("idempotency_key", "")),
+        )
+        for detail in _DETAILS:
+            if detail in wire:
+                setattr(error, detail, wire[detail])
+        return error
+    return kind(message)

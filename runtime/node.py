@@ -92,7 +92,7 @@ from .errors import (
     map_send_errors,
 )
 from .events import EventHub, Subscription
-from .node_cluster import ClusterMode
+from .node_cluster import ClusterMode, RecentSends
 from .ops import serve_ops
 from .services import ServiceActor, ServiceHandle
 from .store import Store, open_store
@@ -159,6 +159,8 @@ class Node(ClusterMode, DeadLetterOps):
         self._cluster: Cluster | None = None
         self._preloaded: dict[str, StoredCheckpoint] = {}  # read for a lease's floor, kept
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
+        self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
+        self._recent = RecentSends()
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
@@ -323,8 +325,9 @@ class Node(ClusterMode, DeadLetterOps):
         """
         row = self._table.get(channel_id)
         if self._cluster is not None:
-            if not row.running:
-                raise self._not_here(channel_id)
+            if not self._runs_here(channel_id):
+                await self._forward_op(channel_id, "restart", {})
+                return next(s for s in self.channels() if s.channel_id == channel_id)
             owned = self._cluster.ownership.owned.get(channel_id)
             memory = row.memory
             await self._stop_local(row, checkpoint=True)
@@ -391,6 +394,19 @@ class Node(ClusterMode, DeadLetterOps):
             ChannelCrashed: the channel's actor crashed on this message.
         """
         self._check_accepting()
+        timeout = DEFAULT_SEND_TIMEOUT if timeout is None else timeout
+        if self._cluster is not None:
+            return await self._cluster_send(channel_id, message, timeout=timeout)
+        return await self._send_here(channel_id, message, timeout=timeout)
+
+    async def _send_here(
+        self,
+        channel_id: str,
+        message: OutboundMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> SendResult:
+        """:meth:`send` on a channel that runs on this node."""
         channel = self.channel(channel_id)
         with (
             map_send_errors(channel_id, message.idempotency_key),
@@ -398,9 +414,7 @@ class Node(ClusterMode, DeadLetterOps):
         ):
             with pending.scope:
                 try:
-                    return await channel.send(
-                        message, timeout=DEFAULT_SEND_TIMEOUT if timeout is None else timeout
-                    )
+                    return await channel.send(message, timeout=timeout)
                 except Exception as exc:
                     if not pending.cut:
                         raise

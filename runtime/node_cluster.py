@@ -9,9 +9,22 @@ Design:
   running here, and the others as rows with no channel, shown with the node
   placement puts them on and, as last read from Redis, their lease.
 - ``start_channel`` and ``stop_channel`` change the catalog; whichever node
-  owns the channel starts or stops it. (Sending to, and operating, a channel
-  that runs on another node is the cluster's forwarding, which is not here
-  yet: such calls say which node runs it.)
+  owns the channel starts or stops it.
+- A send (and a restart, a dead-letter replay or discard) for a channel
+  that runs on another node travels there through the cluster's forwarding
+  and its answer comes back: the same result, or the same typed error, as
+  a local call. The owner is the lease's holder as last read, else the
+  placement; a request that finds the channel gone ("moved") is asked of
+  the next owner, until the caller's timeout. A caller never sees "not the
+  owner".
+- A planned move (ownership lets a channel go) holds the channel's new
+  sends, lets the ones in flight finish (at most :data:`HANDOFF_WAIT`),
+  stops the channel (a resumable close, the final checkpoint) and only then
+  is the lease released; the held sends then follow the channel to its new
+  owner.
+- The owner remembers the results of recent sends by idempotency key
+  (:data:`RECENT_SENDS`): a send repeated (a caller's retry, a forwarded
+  request handled twice) is answered from memory, not sent again.
 - A channel the platform says is held elsewhere (``Conflict``: Telegram's
   409) is reported to ownership as fenced, stopped without a checkpoint
   (its FAILED must not follow it to its real owner) and released.
@@ -21,30 +34,49 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from actors import ChannelStatus
 from actors.channel import Tenure
+from providers.base import OutboundMessage, SendResult
 
-from .errors import ChannelUnavailable, NodeError, StoreError
+from .cluster import ClusterUnavailable
+from .cluster.forwarding import ForwardTimeout
+from .errors import (
+    AskTimeout,
+    ChannelUnavailable,
+    NodeError,
+    StoreError,
+    error_from_wire,
+    error_to_wire,
+)
+from .store.codec import decode_outbound, encode_outbound
 from .table import ChannelRow
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointWriter
     from .cluster import Cluster
     from .config.model import ChannelSpec, NodeConfig
+    from .drain import SendTracker
     from .store import Store
     from .store.durable import StoredCheckpoint
     from .table import ChannelTable
     from .view import ChannelSnapshot
 
-__all__ = ["ClusterMode"]
+__all__ = ["ClusterMode", "RecentSends"]
 
 log = logging.getLogger("switchboard.node")
 
 HOLDERS_BATCH: Final = 1_000  # lease keys read per MGET when listing remote channels
+HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may take to finish
+RECENT_SENDS: Final = 20_000  # send results remembered by (channel, idempotency key)
+FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
+FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
+FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
 
 
 class ClusterMode:
@@ -67,6 +99,20 @@ class ClusterMode:
         ) -> ChannelSnapshot: ...
 
         async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> None: ...
+
+        async def _send_here(
+            self,
+            channel_id: str,
+            message: OutboundMessage,
+            *,
+            timeout: float,  # noqa: ASYNC109
+        ) -> SendResult: ...
+
+        async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
+
+        _sends: SendTracker
+        _moving: dict[str, trio.Event]
+        _recent: RecentSends
 
     # --- the runner the cluster drives ---------------------------------------------------
 
@@ -91,14 +137,27 @@ class ClusterMode:
         await self._start(spec, tenure=tenure)
 
     async def stop_owned(self, channel_id: str) -> None:
-        """Stop a channel the cluster moves away (checkpoint written, unless fenced)."""
+        """Stop a channel the cluster moves away (checkpoint written, unless fenced).
+
+        New sends for it are held from now until :meth:`released`; the ones
+        in flight may finish first (at most :data:`HANDOFF_WAIT`).
+        """
         assert self._cluster is not None
+        self._moving.setdefault(channel_id, trio.Event())
         row = self._table.find(channel_id)
         if row is None or not row.running:
             return
+        with trio.move_on_after(HANDOFF_WAIT):
+            await self._sends.wait_channel_done(channel_id)
         fenced = channel_id in self._cluster.ownership.fenced
         await self._stop_local(row, checkpoint=not fenced)
         self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
+
+    def released(self, channel_id: str) -> None:
+        """The channel's lease is given back: its held sends go to the new owner."""
+        moving = self._moving.pop(channel_id, None)
+        if moving is not None:
+            moving.set()
 
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         """Show every channel of the catalog; forget the ones taken out."""
@@ -110,6 +169,177 @@ class ClusterMode:
         for row in list(self._table):
             if row.spec.id not in channel_ids and not row.running:
                 self._table.remove(row.spec.id)
+
+    # --- forwarding: the caller's side -----------------------------------------------------
+
+    def _runs_here(self, channel_id: str) -> bool:
+        row = self._table.find(channel_id)
+        return (
+            row is not None
+            and row.running
+            and self._cluster is not None
+            and channel_id in self._cluster.ownership.owned
+            and channel_id not in self._moving
+        )
+
+    async def _cluster_send(
+        self,
+        channel_id: str,
+        message: OutboundMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> SendResult:
+        """A send in a cluster: here if the channel runs here, else on its owner."""
+        key = (channel_id, message.idempotency_key)
+        remembered = self._recent.get(key)
+        if remembered is not None:
+            return remembered
+        deadline = trio.current_time() + timeout
+        body = {"message": encode_outbound(message)}
+        while True:
+            if self._runs_here(channel_id):
+                try:
+                    result = await self._send_here(
+                        channel_id, message, timeout=_left(deadline, channel_id, message)
+                    )
+                except ChannelUnavailable:
+                    if self._runs_here(channel_id):
+                        raise
+                    continue  # it moved away under the send: ask its new owner
+                self._recent.put(key, result)
+                return result
+            try:
+                answer = await self._forward(channel_id, "send", body, deadline, message)
+            except _RunsHere:
+                continue
+            result = SendResult(
+                platform_message_id=str(answer["platform_message_id"]), peer=str(answer["peer"])
+            )
+            self._recent.put(key, result)
+            return result
+
+    async def _forward(
+        self,
+        channel_id: str,
+        op: str,
+        body: dict[str, Any],
+        deadline: float,
+        message: OutboundMessage | None = None,
+    ) -> dict[str, Any]:
+        """Ask the channel's owner to do ``op``; its answer, or its error raised here.
+
+        Raises:
+            UnknownChannel: the channel is not in the cluster's catalog.
+            AskTimeout: no owner answered by ``deadline``.
+            NodeError: the owner's error (the same class).
+        """
+        assert self._cluster is not None
+        self._table.get(channel_id)  # UnknownChannel
+        wait = FORWARD_RETRY_MIN
+        fresh = False  # whether the lease holder was read from Redis for this attempt
+        while True:
+            moving = self._moving.get(channel_id)
+            if moving is not None:  # it is leaving this node: wait until it has
+                with trio.move_on_at(deadline):
+                    await moving.wait()
+                _left(deadline, channel_id, message)
+                continue
+            if self._runs_here(channel_id):
+                raise _RunsHere  # taken here meanwhile: the caller sends it here
+            owner = await self._owner_of(channel_id, fresh=fresh)
+            fresh = True
+            left = _left(deadline, channel_id, message)
+            answer: dict[str, Any] | None = None
+            if owner is not None and owner != self.node_id:
+                try:
+                    answer = await self._cluster.forwarding.call(
+                        owner, op, channel_id, body, timeout=left
+                    )
+                except ForwardTimeout:
+                    _left(deadline, channel_id, message, last=owner)
+                except ClusterUnavailable as exc:
+                    log.debug("cluster: forwarding to %s failed (retrying): %s", owner, exc)
+            if answer is not None:
+                if "error" in answer:
+                    raise error_from_wire(answer["error"])
+                if "ok" in answer:
+                    result: dict[str, Any] = answer["ok"]
+                    return result
+            # Moved, not owned by anyone yet, or unreachable: ask again shortly.
+            with trio.move_on_at(deadline):
+                await trio.sleep(wait)
+            wait = min(wait * 2, FORWARD_RETRY_MAX)
+
+    async def _forward_op(self, channel_id: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An operation on a channel that runs elsewhere (restart, dead letters), forwarded."""
+        deadline = trio.current_time() + FORWARDED_OP_TIMEOUT
+        while True:
+            try:
+                return await self._forward(channel_id, op, body, deadline)
+            except _RunsHere:
+                raise ChannelUnavailable(
+                    f"channel {channel_id!r} has just moved to this node; ask again",
+                    channel_id=channel_id,
+                ) from None
+
+    async def _owner_of(self, channel_id: str, *, fresh: bool) -> str | None:
+        """The node that runs the channel: its lease holder, else its placement."""
+        assert self._cluster is not None
+        held = self._holders.get(channel_id)
+        if fresh or held is None:
+            try:
+                found = await self._cluster.holders([channel_id])
+            except NodeError:
+                found = {}
+            held = found.get(channel_id)
+            if held is not None:
+                self._holders[channel_id] = held
+        if held is not None:
+            return held[0]
+        return self._cluster.owner(channel_id)
+
+    # --- forwarding: the owner's side ----------------------------------------------------
+
+    async def handle_forwarded(
+        self,
+        op: str,
+        channel_id: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """A call another node forwarded here: its JSON answer."""
+        if not self._runs_here(channel_id):
+            return {"moved": True}
+        try:
+            if op == "send":
+                message = decode_outbound(body["message"])
+                key = (channel_id, message.idempotency_key)
+                result = self._recent.get(key)
+                if result is None:
+                    result = await self._send_here(channel_id, message, timeout=timeout)
+                    self._recent.put(key, result)
+                sent = {"platform_message_id": result.platform_message_id, "peer": result.peer}
+                return {"ok": sent}
+            if op == "restart":
+                await self.restart_channel(channel_id)
+                return {"ok": {}}
+            if op in ("replay", "discard"):
+                ids = body.get("ids")
+                chosen = None if ids is None else [int(i) for i in ids]
+                count = await (
+                    self.replay_dead_letters(channel_id, chosen)  # type: ignore[attr-defined]
+                    if op == "replay"
+                    else self.discard_dead_letters(channel_id, chosen)  # type: ignore[attr-defined]
+                )
+                return {"ok": {"count": count}}
+            raise NodeError(f"node {self.node_id!r} does not know the request {op!r}")
+        except (NodeError, ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, ChannelUnavailable) and not self._runs_here(channel_id):
+                return {"moved": True}  # it left while the request ran
+            if not isinstance(exc, NodeError):
+                exc = NodeError(f"a malformed {op!r} request: {type(exc).__name__}: {exc}")
+            return {"error": error_to_wire(exc)}
 
     # --- what the node does differently in a cluster ------------------------------------
 
@@ -177,3 +407,46 @@ class ClusterMode:
                     )
                     with contextlib.suppress(StoreError):
                         self._cluster.ownership.mark_fenced(change.channel_id)
+
+
+class _RunsHere(Exception):
+    """The channel was taken by this node while a call waited to be forwarded."""
+
+
+def _left(
+    deadline: float,
+    channel_id: str,
+    message: OutboundMessage | None,
+    *,
+    last: str | None = None,
+) -> float:
+    """Seconds left until ``deadline``; past it, the send's timeout is raised."""
+    left = deadline - trio.current_time()
+    if left > 0:
+        return left
+    where = f" (last asked: node {last!r})" if last is not None else ""
+    raise AskTimeout(
+        f"channel {channel_id!r}: no answer from the node that runs it in time{where}",
+        channel_id=channel_id,
+        idempotency_key="" if message is None else message.idempotency_key,
+    )
+
+
+class RecentSends:
+    """The results of the latest sends, by (channel, idempotency key); bounded, oldest out."""
+
+    def __init__(self, capacity: int = RECENT_SENDS) -> None:
+        self.capacity = capacity
+        self._results: OrderedDict[tuple[str, str], SendResult] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def get(self, key: tuple[str, str]) -> SendResult | None:
+        return self._results.get(key)
+
+    def put(self, key: tuple[str, str], result: SendResult) -> None:
+        self._results[key] = result
+        self._results.move_to_end(key)
+        while len(self._results) > self.capacity:
+            self._results.popitem(last=False)

@@ -186,6 +186,9 @@ class Runner:
     async def stop_owned(self, channel_id: str) -> None:
         self.stopped.append(channel_id)
 
+    def released(self, channel_id: str) -> None:
+        pass
+
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         pass
 

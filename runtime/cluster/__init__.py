@@ -3,9 +3,12 @@
 One concept per module: ``redis`` (the asyncio client behind trio-asyncio,
 confined there), ``membership`` (who is alive, on Redis's clock),
 ``placement`` (pure: members → owner), ``leases`` (who may connect, fenced
-by tokens), ``ownership`` (which channels this node runs), ``catalog`` (the
-cluster-wide channel set). Nothing here imports the node: it runs the
-channels through a :class:`~runtime.cluster.ownership.ChannelRunner`.
+by tokens), ``rebirth`` (a Redis that lost its data), ``ownership`` (which
+channels this node runs), ``catalog`` (the cluster-wide channel set),
+``forwarding`` (calls for channels owned elsewhere, over Redis Streams).
+Nothing here imports the node: it runs the channels through a
+:class:`~runtime.cluster.ownership.ChannelRunner` and answers forwarded
+calls through a :class:`~runtime.cluster.forwarding.Handler`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import trio
 
 from ..config.model import ChannelSpec, ClusterConfig
 from ..store import Store
 from .catalog import Catalog
+from .forwarding import Forwarding, Handler
 from .leases import Leases
 from .membership import Membership, View
 from .ownership import ChannelRunner, Ownership
@@ -28,6 +33,11 @@ from .placement import HashRing
 from .redis import ClusterUnavailable, RedisLink, open_redis
 
 log = logging.getLogger("switchboard.cluster")
+
+
+class Runner(ChannelRunner, Handler, Protocol):
+    """What the cluster asks of the node: run channels, answer forwarded calls."""
+
 
 __all__ = [
     "Cluster",
@@ -51,8 +61,10 @@ class Cluster:
         leases: Leases,
         ownership: Ownership,
         catalog: Catalog,
+        forwarding: Forwarding,
     ) -> None:
         self.config = config
+        self.forwarding = forwarding
         self.node_id = node_id
         self.link = link
         self.membership = membership
@@ -94,7 +106,7 @@ async def open_cluster(
     *,
     node_id: str,
     store: Store,
-    runner: ChannelRunner,
+    runner: Runner,
     file_specs: Sequence[ChannelSpec],
 ) -> AsyncIterator[Cluster]:
     """Join the cluster for the block; its tasks run inside it.
@@ -130,6 +142,9 @@ async def open_cluster(
             renew_batch=config.renew_batch,
         )
         catalog = Catalog(store, link, prefix=prefix, file_specs=file_specs)
+        forwarding = Forwarding(
+            link, prefix=prefix, node_id=node_id, handler=runner, block=timeout / 2
+        )
         cluster = Cluster(
             config,
             node_id=node_id,
@@ -138,9 +153,11 @@ async def open_cluster(
             leases=leases,
             ownership=ownership,
             catalog=catalog,
+            forwarding=forwarding,
         )
         await catalog.publish_file()
         async with trio.open_nursery() as nursery:
+            await nursery.start(forwarding.run)
 
             def view_changed(view: View) -> None:
                 if view.members != ownership.ring.members:

@@ -64,6 +64,10 @@ class ChannelRunner(Protocol):
         """Stop running the channel here (its final checkpoint written)."""
         ...
 
+    def released(self, channel_id: str) -> None:
+        """The channel's lease was given back (or found lost) after :meth:`stop_owned`."""
+        ...
+
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         """The cluster's channel set is now ``channel_ids`` (the specs are in the catalog)."""
         ...
@@ -297,6 +301,7 @@ class Ownership:
             await self.runner.stop_owned(channel_id)
         finally:
             await self._release(channel_id)
+            self.runner.released(channel_id)
 
     async def _release(self, channel_id: str) -> None:
         owned = self.owned.pop(channel_id, None)

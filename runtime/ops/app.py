@@ -461,7 +461,9 @@ class _Ops:
                 "channel": snapshot.channel_id,
                 "tenant": snapshot.tenant,
                 "provider": snapshot.provider,
-                "status": channel_state(snapshot),
+                # In a cluster: where it runs; one on another node is "remote" here.
+                "status": "remote" if snapshot.remote else channel_state(snapshot),
+                **({"node": snapshot.owner} if snapshot.owner is not None else {}),
             }
             for snapshot in sorted(self.node.channels(), key=lambda s: s.channel_id)
         ]
