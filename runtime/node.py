@@ -92,7 +92,7 @@ from .errors import (
     map_send_errors,
 )
 from .events import EventHub, Subscription
-from .node_cluster import ClusterMode, RecentSends
+from .node_cluster import ClusterMode
 from .ops import serve_ops
 from .services import ServiceActor, ServiceHandle
 from .store import Store, open_store
@@ -160,7 +160,6 @@ class Node(ClusterMode, DeadLetterOps):
         self._preloaded: dict[str, StoredCheckpoint] = {}  # read for a lease's floor, kept
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
-        self._recent = RecentSends()
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
@@ -408,13 +407,19 @@ class Node(ClusterMode, DeadLetterOps):
     ) -> SendResult:
         """:meth:`send` on a channel that runs on this node."""
         channel = self.channel(channel_id)
+        sent = channel.memory.sent
+        known = sent.get(message.idempotency_key)
+        if known is not None:  # a repeat: answered as the first time, not sent again
+            return SendResult(platform_message_id=known[0], peer=known[1])
         with (
             map_send_errors(channel_id, message.idempotency_key),
             self._sends.track(channel_id, message) as pending,
         ):
             with pending.scope:
                 try:
-                    return await channel.send(message, timeout=timeout)
+                    result = await channel.send(message, timeout=timeout)
+                    sent.put(message.idempotency_key, result.platform_message_id, result.peer)
+                    return result
                 except Exception as exc:
                     if not pending.cut:
                         raise

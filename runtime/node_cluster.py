@@ -22,9 +22,10 @@ Design:
   stops the channel (a resumable close, the final checkpoint) and only then
   is the lease released; the held sends then follow the channel to its new
   owner.
-- The owner remembers the results of recent sends by idempotency key
-  (:data:`RECENT_SENDS`): a send repeated (a caller's retry, a forwarded
-  request handled twice) is answered from memory, not sent again.
+- The owner answers a send repeated with a recent idempotency key (a
+  caller's retry, a forwarded request handled twice, a retry after a move)
+  from the channel's memory of its sends' answers, which its checkpoints
+  carry to its next owner: it is not sent again.
 - A channel the platform says is held elsewhere (``Conflict``: Telegram's
   409) is reported to ownership as fenced, stopped without a checkpoint
   (its FAILED must not follow it to its real owner) and released.
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -67,13 +67,12 @@ if TYPE_CHECKING:
     from .table import ChannelTable
     from .view import ChannelSnapshot
 
-__all__ = ["ClusterMode", "RecentSends"]
+__all__ = ["ClusterMode"]
 
 log = logging.getLogger("switchboard.node")
 
 HOLDERS_BATCH: Final = 1_000  # lease keys read per MGET when listing remote channels
 HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may take to finish
-RECENT_SENDS: Final = 20_000  # send results remembered by (channel, idempotency key)
 FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
 FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
 FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
@@ -112,7 +111,6 @@ class ClusterMode:
 
         _sends: SendTracker
         _moving: dict[str, trio.Event]
-        _recent: RecentSends
 
     # --- the runner the cluster drives ---------------------------------------------------
 
@@ -190,33 +188,25 @@ class ClusterMode:
         timeout: float,  # noqa: ASYNC109
     ) -> SendResult:
         """A send in a cluster: here if the channel runs here, else on its owner."""
-        key = (channel_id, message.idempotency_key)
-        remembered = self._recent.get(key)
-        if remembered is not None:
-            return remembered
         deadline = trio.current_time() + timeout
         body = {"message": encode_outbound(message)}
         while True:
             if self._runs_here(channel_id):
                 try:
-                    result = await self._send_here(
+                    return await self._send_here(
                         channel_id, message, timeout=_left(deadline, channel_id, message)
                     )
                 except ChannelUnavailable:
                     if self._runs_here(channel_id):
                         raise
                     continue  # it moved away under the send: ask its new owner
-                self._recent.put(key, result)
-                return result
             try:
                 answer = await self._forward(channel_id, "send", body, deadline, message)
             except _RunsHere:
                 continue
-            result = SendResult(
+            return SendResult(
                 platform_message_id=str(answer["platform_message_id"]), peer=str(answer["peer"])
             )
-            self._recent.put(key, result)
-            return result
 
     async def _forward(
         self,
@@ -314,11 +304,7 @@ class ClusterMode:
         try:
             if op == "send":
                 message = decode_outbound(body["message"])
-                key = (channel_id, message.idempotency_key)
-                result = self._recent.get(key)
-                if result is None:
-                    result = await self._send_here(channel_id, message, timeout=timeout)
-                    self._recent.put(key, result)
+                result = await self._send_here(channel_id, message, timeout=timeout)
                 sent = {"platform_message_id": result.platform_message_id, "peer": result.peer}
                 return {"ok": sent}
             if op == "restart":
@@ -430,23 +416,3 @@ def _left(
         channel_id=channel_id,
         idempotency_key="" if message is None else message.idempotency_key,
     )
-
-
-class RecentSends:
-    """The results of the latest sends, by (channel, idempotency key); bounded, oldest out."""
-
-    def __init__(self, capacity: int = RECENT_SENDS) -> None:
-        self.capacity = capacity
-        self._results: OrderedDict[tuple[str, str], SendResult] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    def get(self, key: tuple[str, str]) -> SendResult | None:
-        return self._results.get(key)
-
-    def put(self, key: tuple[str, str], result: SendResult) -> None:
-        self._results[key] = result
-        self._results.move_to_end(key)
-        while len(self._results) > self.capacity:
-            self._results.popitem(last=False)

@@ -337,3 +337,33 @@ async def test_channels_stopped_together_write_their_final_checkpoints_together(
                 assert stored.state.clean  # each written after its actor ended
     assert sum(stopped) == len(channels)  # each final checkpoint written once
     assert len(stopped) < len(channels) / 4, stopped  # in groups, not one by one
+
+
+async def test_a_repeated_send_is_answered_from_memory_across_a_restart(
+    autojump_clock: Any,
+) -> None:
+    # record=False: the platform would send a repeat again; only the node's memory stops it.
+    provider = SimulatedProvider(record=False)
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            async with open_node(
+                config(sim("a")),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                first = await node.send("a", message("k1"))
+                again = await node.send("a", message("k1"))
+                assert again == first
+                assert provider.statistics().sends == 1
+            # The next owner of the channel (here: the next process) has its memory.
+            async with open_node(
+                config(sim("a")),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                assert await node.send("a", message("k1")) == first
+                other = await node.send("a", message("k2"))
+                assert other != first
+                assert provider.statistics().sends == 2

@@ -17,7 +17,9 @@ Design:
 - Only what is not at rest is kept: a per-peer bucket that has refilled is
   the same as a fresh one; the dedupe window keeps its newest
   :data:`DEDUPE_KEPT` ids (a platform redelivers what arrived within a
-  checkpoint interval of a crash: far fewer).
+  checkpoint interval of a crash: far fewer); the answers to recent sends
+  keep their newest :data:`SENT_KEPT_DURABLE` (a caller retries within
+  seconds, and a channel's new owner answers such a retry from them).
 - Writing is behind: a change calls ``memory.touch()``, which marks the
   memory dirty once and tells its :class:`CheckpointSink` (the node's
   writer), which takes a checkpoint at most once per interval.
@@ -41,16 +43,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEDUPE_KEPT",
+    "SENT_KEPT_DURABLE",
     "STATE_VERSION",
     "ChannelState",
     "CheckpointSink",
     "DeadLetterRecord",
+    "SentRecord",
     "export_state",
     "restore_state",
 ]
 
 STATE_VERSION: Final = 1  # bump when ChannelState changes incompatibly
 DEDUPE_KEPT: Final = 1_000  # newest inbound ids a checkpoint keeps
+SENT_KEPT_DURABLE: Final = 256  # newest send answers a checkpoint keeps
 
 
 class CheckpointSink(Protocol):
@@ -87,6 +92,15 @@ class DeadLetterRecord:
 
 
 @attrs.frozen(kw_only=True)
+class SentRecord:
+    """A recent send's answer, kept so that a repeat is answered, not sent again."""
+
+    key: str
+    platform_message_id: str
+    peer: str
+
+
+@attrs.frozen(kw_only=True)
 class ChannelState:
     """A channel's durable state, with wall-clock times.
 
@@ -101,6 +115,8 @@ class ChannelState:
         dead_letters: every dead letter, oldest first.
         dead_letters_total: letters ever added (the next letter's id - 1).
         dead_letters_dropped: letters dropped because the queue was full.
+        sent: the newest sends' answers by idempotency key, oldest first
+            (:data:`SENT_KEPT_DURABLE` of them).
         clean: written once the channel's actor had ended for good (a stop,
             a drain), so it holds all that happened. A checkpoint that is
             not clean may miss the sends of its last interval: restored, its
@@ -119,6 +135,7 @@ class ChannelState:
     dead_letters: tuple[DeadLetterRecord, ...] = ()
     dead_letters_total: int = 0
     dead_letters_dropped: int = 0
+    sent: tuple[SentRecord, ...] = ()
     clean: bool = False
 
 
@@ -158,6 +175,10 @@ def export_state(
         ),
         dead_letters_total=letters.total,
         dead_letters_dropped=letters.dropped,
+        sent=tuple(
+            SentRecord(key=key, platform_message_id=message_id, peer=peer)
+            for key, message_id, peer in memory.sent.newest(SENT_KEPT_DURABLE)
+        ),
         clean=clean,
     )
 
@@ -223,6 +244,8 @@ def restore_state(
     memory.session = state.session
     for key in state.seen:
         memory.seen.add(key)
+    for record in state.sent:
+        memory.sent.put(record.key, record.platform_message_id, record.peer)
     memory.dead_letters.restore(
         [
             OutboundDeadLetter(

@@ -44,6 +44,7 @@ __all__ = [
 DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
 DEFAULT_PEER_BUCKETS: Final = 10_000  # per-peer limiter buckets per channel
 DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
+SENT_KEPT: Final = 1_000  # send results remembered per channel, by idempotency key
 
 # The jitter source of every channel that is not given its own generator. A
 # Mersenne Twister keeps 2.5 KB of state, as much as the rest of a channel's
@@ -270,6 +271,45 @@ class RecentIds:
         return True
 
 
+class SentResults:
+    """The platform's answers to the last ``capacity`` sends, by idempotency key.
+
+    A send repeated with a key found here (a caller's retry, a request the
+    cluster delivered twice, a retry after the channel moved) is answered
+    with the first answer instead of being sent again. The table is made
+    with the first send: a receive-only channel never needs one.
+    """
+
+    __slots__ = ("_results", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._results: OrderedDict[str, tuple[str, str]] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._results is None else len(self._results)
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        """``(platform message id, peer)`` of the send with ``key``, if recent."""
+        return None if self._results is None else self._results.get(key)
+
+    def put(self, key: str, platform_message_id: str, peer: str) -> None:
+        results = self._results
+        if results is None:
+            results = self._results = OrderedDict()
+        results[key] = (platform_message_id, peer)
+        results.move_to_end(key)
+        if len(results) > self.capacity:
+            results.popitem(last=False)
+
+    def newest(self, count: int) -> list[tuple[str, str, str]]:
+        """The newest ``count`` as ``(key, platform message id, peer)``, oldest first."""
+        if not self._results:
+            return []
+        items = list(self._results.items())[-count:]
+        return [(key, message_id, peer) for key, (message_id, peer) in items]
+
+
 @attrs.frozen(kw_only=True)
 class ChannelStatistics:
     """A snapshot of one channel."""
@@ -310,6 +350,7 @@ class ChannelMemory:
         "pending",
         "rng",
         "seen",
+        "sent",
         "session",
         "status",
         "subscribers",
@@ -345,6 +386,7 @@ class ChannelMemory:
         )
         self.session = session
         self.seen = RecentIds(settings.dedupe_window)
+        self.sent = SentResults(SENT_KEPT)
         self.dead_letters = DeadLetterQueue()
         self.subscribers: list[tuple[EventReceiver, Any]] = []
         # Inbound events the sink refused (the store is down), oldest first:
