@@ -81,6 +81,8 @@ class RigParams:
         heartbeat: the cluster's heartbeat interval, seconds.
         member_timeout: the cluster's member timeout, seconds.
         seed: the random source of the faults.
+        log_level: the nodes' log level (``SWITCHBOARD_RIG_LOG``; logs go
+            to ``<workdir>/<node>.log``).
         ops: give each node an ops listener with the message API (its URL in
             :attr:`ClusterRig.ops_urls`, the token :data:`API_TOKEN`).
         pg_dsn: the PostgreSQL the nodes share.
@@ -96,6 +98,7 @@ class RigParams:
     member_timeout: float = 3.0
     seed: int = 1
     ops: bool = False
+    log_level: str = os.environ.get("SWITCHBOARD_RIG_LOG", "warning")
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
 
@@ -240,7 +243,7 @@ class ClusterRig:
                 else ["enabled = false"]
             ),
             "[logging]",
-            'level = "warning"',
+            f'level = "{p.log_level}"',
             'format = "json"',
             "[cluster]",
             f'redis_url = "redis://127.0.0.1:{self.breaker_ports[node_id]}/0"',

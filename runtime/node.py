@@ -108,6 +108,7 @@ log = logging.getLogger("switchboard.node")
 ROOT_INTENSITY: Final = 5  # service restarts the node tolerates ...
 ROOT_PERIOD: Final = 60.0  # ... within this many seconds
 DEFAULT_SEND_TIMEOUT: Final = 60.0  # seconds a send may take, queueing included
+HANDOFF_SHARE: Final = 0.8  # of a cluster drain's deadline, for handing the channels off
 WEBHOOK_PROVIDERS: Final = frozenset(("whatsapp", "telegram"))
 
 
@@ -160,6 +161,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._preloaded: dict[str, StoredCheckpoint] = {}  # read for a lease's floor, kept
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
+        self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
@@ -392,10 +394,11 @@ class Node(ClusterMode, DeadLetterOps):
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
         """
-        self._check_accepting()
         timeout = DEFAULT_SEND_TIMEOUT if timeout is None else timeout
-        if self._cluster is not None:
+        if self._cluster is not None and self._drain_report is None:
+            # Even while draining: the send goes to wherever the channel runs.
             return await self._cluster_send(channel_id, message, timeout=timeout)
+        self._check_accepting()
         return await self._send_here(channel_id, message, timeout=timeout)
 
     async def _send_here(
@@ -501,8 +504,13 @@ class Node(ClusterMode, DeadLetterOps):
         if self._drain_report is not None:
             return self._drain_report
         self._state = NodeState.DRAINING
+        budget = self.config.node.drain_deadline if deadline is None else deadline
         if self._cluster is not None:
-            self._cluster.ownership.frozen = True  # take nothing more, let nothing go
+            # A planned move of every channel: the others take them over where
+            # they stopped, and the sends accepted here follow them.
+            started = trio.current_time()
+            await self._hand_off(started + budget * HANDOFF_SHARE)
+            deadline = max(budget - (trio.current_time() - started), 0.0)
         self._drain_report = await drain(
             node_id=self.node_id,
             sends=self._sends,

@@ -110,6 +110,7 @@ class ClusterMode:
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
 
         _sends: SendTracker
+        _calls: SendTracker
         _moving: dict[str, trio.Event]
 
     # --- the runner the cluster drives ---------------------------------------------------
@@ -168,6 +169,24 @@ class ClusterMode:
             if row.spec.id not in channel_ids and not row.running:
                 self._table.remove(row.spec.id)
 
+    async def _hand_off(self, deadline: float) -> None:
+        """A drain in a cluster: leave, then hand every channel to its next owner."""
+        assert self._cluster is not None
+        cluster = self._cluster
+        cluster.ownership.frozen = True
+        with contextlib.suppress(ClusterUnavailable):
+            await cluster.membership.leave()  # the others place this node's channels
+        owned = len(cluster.ownership.owned)
+        moved = await cluster.ownership.hand_off(deadline)
+        log.info(
+            "cluster: %d of %d channel(s) handed off%s",
+            moved,
+            owned,
+            "" if moved == owned else " (the rest by the drain)",
+        )
+        with trio.move_on_at(deadline):  # the sends accepted here, now on their way
+            await self._calls.wait_until_done()
+
     # --- forwarding: the caller's side -----------------------------------------------------
 
     def _runs_here(self, channel_id: str) -> bool:
@@ -188,6 +207,16 @@ class ClusterMode:
         timeout: float,  # noqa: ASYNC109
     ) -> SendResult:
         """A send in a cluster: here if the channel runs here, else on its owner."""
+        with self._calls.track(channel_id, message):
+            return await self._routed_send(channel_id, message, timeout=timeout)
+
+    async def _routed_send(
+        self,
+        channel_id: str,
+        message: OutboundMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> SendResult:
         deadline = trio.current_time() + timeout
         body = {"message": encode_outbound(message)}
         while True:
@@ -241,12 +270,16 @@ class ClusterMode:
             left = _left(deadline, channel_id, message)
             answer: dict[str, Any] | None = None
             if owner is not None and owner != self.node_id:
+                # One attempt lasts at most a lease TTL: an owner that died with
+                # the request unread is replaced by then, and asked in its turn.
+                attempt = min(left, self._cluster.config.lease_ttl)
                 try:
                     answer = await self._cluster.forwarding.call(
-                        owner, op, channel_id, body, timeout=left
+                        owner, op, channel_id, body, timeout=attempt
                     )
                 except ForwardTimeout:
                     _left(deadline, channel_id, message, last=owner)
+                    continue
                 except ClusterUnavailable as exc:
                     log.debug("cluster: forwarding to %s failed (retrying): %s", owner, exc)
             if answer is not None:

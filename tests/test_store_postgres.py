@@ -130,6 +130,7 @@ async def test_opening_creates_the_schema_once_and_reopening_keeps_the_data(pg: 
                 pg.schema,
             )
             assert [row["table_name"] for row in tables] == [
+                "channel_catalog",
                 "channel_checkpoints",
                 "dead_letters",
                 "inbound_events",

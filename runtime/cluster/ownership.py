@@ -314,6 +314,20 @@ class Ownership:
             log.warning("cluster: releasing channel %s's lease failed: %s", channel_id, exc)
         log.info("cluster: let channel %s go", channel_id, extra={"channel": channel_id})
 
+    async def hand_off(self, deadline: float) -> int:
+        """Let every channel go, paced, by trio time ``deadline`` (a drain); how many went.
+
+        Taking stops first (``frozen``); each channel is stopped (its sends
+        finish, its final checkpoint is written) before its lease is released
+        and announced, so the nodes that take over start where it stopped.
+        """
+        async with self._lock:
+            self.frozen = True
+            going = list(self.owned)
+            with trio.move_on_at(deadline):
+                await self._each(going, self._let_go)
+            return sum(channel_id not in self.owned for channel_id in going)
+
     async def release_all(self) -> None:
         """Give every lease back (after the node stopped its channels: a drain)."""
         async with self._lock:
