@@ -30,6 +30,7 @@ from .leases import Leases
 from .membership import Membership, View
 from .ownership import ChannelRunner, Ownership
 from .placement import HashRing
+from .rebalance import Pacing
 from .redis import ClusterUnavailable, RedisLink, open_redis
 
 log = logging.getLogger("switchboard.cluster")
@@ -140,6 +141,9 @@ async def open_cluster(
             runner=runner,
             vnodes=config.vnodes,
             renew_batch=config.renew_batch,
+            pacing=Pacing(
+                settle=config.settle_delay, cooldown=config.move_cooldown, moves=config.max_moves
+            ),
         )
         catalog = Catalog(store, link, prefix=prefix, file_specs=file_specs)
         forwarding = Forwarding(

@@ -17,6 +17,10 @@ Design:
   cancelled by trio before any other node can take the leases. A renewal
   that says a lease is gone revokes that tenure at once and stops the
   channel.
+- Moves away from this node are paced (``runtime.cluster.rebalance``):
+  after a membership change settles, not sooner than a cooldown after the
+  channel arrived, a bounded number at a time. Taking a free channel is not
+  delayed.
 - A channel the platform says is held elsewhere (Telegram's 409, a Discord
   session invalidated by another connection) is proof of being fenced: it
   is stopped and released, and not tried again until the cluster changes.
@@ -38,6 +42,7 @@ from actors.channel import Tenure
 
 from .leases import Acquired, Leases
 from .placement import HashRing
+from .rebalance import Pacing, Rebalancer
 from .redis import ClusterUnavailable
 
 __all__ = ["ChannelRunner", "OwnedChannel", "Ownership"]
@@ -46,7 +51,6 @@ log = logging.getLogger("switchboard.cluster")
 
 RETRY_UNREACHABLE: Final = 1.0  # seconds before a reconcile that could not reach Redis is retried
 MIN_RETRY: Final = 0.05  # seconds: the soonest a held lease is tried again
-PARALLEL: Final = 64  # channels taken or let go at once by one reconcile
 
 
 class ChannelRunner(Protocol):
@@ -100,12 +104,15 @@ class Ownership:
         runner: ChannelRunner,
         vnodes: int,
         renew_batch: int,
+        pacing: Pacing | None = None,
     ) -> None:
         self.node_id = node_id
         self.leases = leases
         self.runner = runner
         self.vnodes = vnodes
         self.renew_batch = renew_batch
+        self.rebalancer = Rebalancer(pacing or Pacing())
+        self._kept_until = math.inf  # the soonest a channel kept by the pacing may go
         self.ring = HashRing((), vnodes=vnodes)
         self.catalog: frozenset[str] = frozenset()
         self.owned: dict[str, OwnedChannel] = {}
@@ -136,6 +143,7 @@ class Ownership:
         if members != self.ring.members:
             self.ring = HashRing(members, vnodes=self.vnodes)
             self.fenced.clear()
+            self.rebalancer.members_changed(trio.current_time())
         self._changed.set()
 
     def set_catalog(self, channel_ids: Iterable[str]) -> None:
@@ -171,7 +179,7 @@ class Ownership:
             nursery.start_soon(self._watch_releases)
             task_status.started()
             while True:
-                wake = min(self._retry_at.values(), default=math.inf)
+                wake = min(min(self._retry_at.values(), default=math.inf), self._kept_until)
                 with trio.move_on_at(wake):
                     await self._changed.wait()
                 self._changed = trio.Event()
@@ -196,7 +204,7 @@ class Ownership:
     async def reconcile(self) -> None:
         """Stop what this node should no longer run; take and start what it should.
 
-        Both go concurrently (at most :data:`PARALLEL` at a time): a node that
+        Both go concurrently (at most the pacing's ``moves`` at a time): a node that
         rejoins takes its share back in a few round trips, not one channel
         after another.
 
@@ -208,7 +216,17 @@ class Ownership:
                 return
             lost, self._lost = self._lost, set()
             wanted = self.wanted() - lost
-            await self._each([c for c in self.owned if c not in wanted], self._let_go)
+            now = trio.current_time()
+            going: list[str] = []
+            self._kept_until = math.inf
+            for channel_id in [c for c in self.owned if c not in wanted]:
+                forced = channel_id in lost or channel_id in self.fenced
+                if forced or self.rebalancer.may_let_go(channel_id, now):
+                    going.append(channel_id)
+                else:  # placement moved it, the pacing keeps it here a while
+                    when = self.rebalancer.when_may_let_go(channel_id)
+                    self._kept_until = min(self._kept_until, when)
+            await self._each(going, self._let_go)
             if lost:  # let go, but placed here still: try them again (their holders may go)
                 self._changed.set()
             now = trio.current_time()
@@ -225,7 +243,7 @@ class Ownership:
         """``step`` for every channel, concurrently; Redis unreachable is raised once, after."""
         if not channel_ids:
             return
-        limiter = trio.CapacityLimiter(PARALLEL)
+        limiter = trio.CapacityLimiter(self.rebalancer.pacing.moves)
         unreachable: list[ClusterUnavailable] = []
 
         async def one(channel_id: str) -> None:
@@ -277,6 +295,7 @@ class Ownership:
         self._retry_at.pop(channel_id, None)
         tenure = Tenure(self.leases.clock.deadline(sent), token=answer.token)
         self.owned[channel_id] = OwnedChannel(answer.token, tenure)
+        self.rebalancer.arrived(channel_id, trio.current_time())
         log.info(
             "cluster: took channel %s (lease token %d)",
             channel_id,
@@ -305,6 +324,7 @@ class Ownership:
 
     async def _release(self, channel_id: str) -> None:
         owned = self.owned.pop(channel_id, None)
+        self.rebalancer.left(channel_id)
         if owned is None:
             return
         owned.tenure.revoke()

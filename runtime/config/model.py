@@ -86,6 +86,7 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 POSITIVE: Final = Check("a positive number", lambda v: math.isfinite(v) and v > 0)
 AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: v >= 1)
 NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: v >= 0)
+NOT_NEGATIVE_SECONDS: Final = Check("0 or more seconds", lambda v: math.isfinite(v) and v >= 0)
 FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
 PORT: Final = Check("a port number from 0 to 65535", lambda v: 0 <= v <= 65535)
 NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
@@ -140,6 +141,11 @@ class ClusterConfig:
             every third of it.
         vnodes: points per node on the placement ring (more: more even).
         renew_batch: leases renewed per Redis script call.
+        settle_delay: seconds the members must hold still before channels
+            move away from a live node to follow placement.
+        move_cooldown: seconds a channel stays on a node before it may move
+            away again (no ping-pong when a node flaps).
+        max_moves: channels one node takes or hands off at once.
     """
 
     redis_url: str = attrs.field(repr=False, validator=REDIS_URL)
@@ -149,6 +155,9 @@ class ClusterConfig:
     lease_ttl: float = attrs.field(default=10.0, validator=POSITIVE)
     vnodes: int = attrs.field(default=1024, validator=AT_LEAST_ONE)
     renew_batch: int = attrs.field(default=500, validator=AT_LEAST_ONE)
+    settle_delay: float = attrs.field(default=2.0, validator=NOT_NEGATIVE_SECONDS)
+    move_cooldown: float = attrs.field(default=10.0, validator=NOT_NEGATIVE_SECONDS)
+    max_moves: int = attrs.field(default=64, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)
