@@ -917,8 +917,10 @@ async def open_node(
                 intensity=ROOT_INTENSITY,
                 period=ROOT_PERIOD,
             ) as root,
-            contextlib.AsyncExitStack() as stack,
             trio.open_nursery() as nursery,
+            # Inside the nursery: what enters the stack (the cluster and its own
+            # tasks) is left before the nursery is, in the reverse order.
+            contextlib.AsyncExitStack() as stack,
         ):
             node._nursery = nursery
             node._root = root

@@ -44,7 +44,7 @@ from actors import ChannelStatus
 from actors.channel import Tenure
 from providers.base import OutboundMessage, SendResult
 
-from .cluster import ClusterUnavailable
+from .cluster import ClusterSurvey, ClusterUnavailable
 from .cluster.forwarding import ForwardTimeout
 from .errors import (
     AskTimeout,
@@ -168,6 +168,17 @@ class ClusterMode:
         for row in list(self._table):
             if row.spec.id not in channel_ids and not row.running:
                 self._table.remove(row.spec.id)
+
+    async def cluster(self) -> ClusterSurvey:
+        """The cluster as Redis holds it now: members, placement, leases, moves.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        if self._cluster is None:
+            raise NodeError(f"node {self.node_id!r} is not in a cluster (no [cluster] section)")
+        return await self._cluster.survey(handing_off=list(self._moving))
 
     async def _hand_off(self, deadline: float) -> None:
         """A drain in a cluster: leave, then hand every channel to its next owner."""

@@ -17,6 +17,10 @@ import pytest
 import trio
 
 from bench.cluster_rig import API_TOKEN, ClusterRig, RigParams, open_cluster_rig
+from runtime.cluster.leases import Leases
+from runtime.cluster.placement import HashRing
+from runtime.cluster.redis import open_redis
+from runtime.cluster.survey import survey
 
 CEILING = 240.0  # real seconds for a whole test; only a hang gets near it
 CHANNELS = 6
@@ -40,11 +44,23 @@ async def post(client: httpx.AsyncClient, url: str, channel: str, body: dict[str
     return await client.post(f"{url}/v1/channels/{channel}/messages", json=body)
 
 
+async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[dict[str, Any]]:
+    """n1's channel list once n2 runs its share (the pacing's cooldown has passed)."""
+    while True:
+        answer = await client.get(rig.ops_urls["n1"] + "/v1/channels")
+        listing: list[dict[str, Any]] = answer.json()["channels"]
+        if {item.get("node") for item in listing} == {"n1", "n2"} and all(
+            item["status"] in ("connected", "remote") for item in listing
+        ):
+            return listing
+        await trio.sleep(0.2)
+
+
 async def test_a_send_on_any_node_returns_the_owner_s_result_once(rig: ClusterRig) -> None:
     channels = [f"ws-{i:04d}" for i in range(CHANNELS)]
     with trio.fail_after(CEILING):
         async with api(rig) as client:
-            listing = (await client.get(rig.ops_urls["n1"] + "/v1/channels")).json()["channels"]
+            listing = await settled_listing(client, rig)
             owners = {item["channel"]: item["node"] for item in listing}
             assert set(owners.values()) == {"n1", "n2"}  # both own some: both forward some
             assert {item["status"] for item in listing} == {"connected", "remote"}
@@ -74,7 +90,7 @@ async def test_a_send_on_any_node_returns_the_owner_s_result_once(rig: ClusterRi
 async def test_an_error_on_the_owner_comes_back_as_the_same_error(rig: ClusterRig) -> None:
     with trio.fail_after(CEILING):
         async with api(rig) as client:
-            listing = (await client.get(rig.ops_urls["n1"] + "/v1/channels")).json()["channels"]
+            listing = await settled_listing(client, rig)
             remote = next(item["channel"] for item in listing if item["node"] == "n2")
             url = rig.ops_urls["n1"]  # not the owner
             long = {"peer": "p1", "text": "x" * 100_000, "idempotency_key": "too-long"}
@@ -99,3 +115,39 @@ async def test_an_error_on_the_owner_comes_back_as_the_same_error(rig: ClusterRi
             discarded = await client.post(f"{url}/v1/channels/{remote}/dead-letters/discard")
             assert discarded.status_code == 200, discarded.text
             assert discarded.json()["discarded"] == 1
+
+
+async def test_the_operator_view_shows_members_placement_leases_and_moves(
+    rig: ClusterRig,
+) -> None:
+    url = f"redis://127.0.0.1:{rig.redis_port}/0"
+    ring = HashRing(["n1", "n2"])
+    placement = {f"ws-{i:04d}": ring.owner(f"ws-{i:04d}") for i in range(CHANNELS)}
+    with trio.fail_after(CEILING):
+        async with open_redis(url, timeout=2.0) as link:
+            leases = Leases(link, prefix="rig", node_id="viewer", ttl=4.0)
+
+            async def look() -> Any:
+                return await survey(
+                    link,
+                    leases=leases,
+                    members_key="rig:members",
+                    member_timeout=rig.params.member_timeout,
+                    reborn_key="rig:reborn",
+                    placement=placement,
+                )
+
+            # n1 started first and took every channel; the pacing hands n2 its
+            # share once the channels have cooled: until then they are "moving".
+            members, found, quarantine = await look()
+            while [lease for lease in found if lease.moving]:
+                await trio.sleep(0.2)
+                members, found, quarantine = await look()
+    assert [m.node for m in members] == ["n1", "n2"]
+    assert all(0 <= m.heartbeat_age < rig.params.member_timeout for m in members)
+    assert {m.node: m.held for m in members} == {m.node: m.placed for m in members}
+    assert sum(m.held for m in members) == CHANNELS
+    assert {lease.channel_id: lease.holder for lease in found} == placement
+    assert all(lease.token is not None and lease.token >= 1 for lease in found)
+    assert all(0 < (lease.expires_in or 0) <= 4.0 for lease in found)
+    assert quarantine == 0

@@ -24,6 +24,7 @@ import trio
 
 from ..config.model import ChannelSpec, ClusterConfig
 from ..store import Store
+from . import rebirth
 from .catalog import Catalog
 from .forwarding import Forwarding, Handler
 from .leases import Leases
@@ -32,6 +33,7 @@ from .ownership import ChannelRunner, Ownership
 from .placement import HashRing
 from .rebalance import Pacing
 from .redis import ClusterUnavailable, RedisLink, open_redis
+from .survey import ClusterSurvey, LeaseView, MemberView, survey
 
 log = logging.getLogger("switchboard.cluster")
 
@@ -42,8 +44,11 @@ class Runner(ChannelRunner, Handler, Protocol):
 
 __all__ = [
     "Cluster",
+    "ClusterSurvey",
     "ClusterUnavailable",
     "HashRing",
+    "LeaseView",
+    "MemberView",
     "View",
     "open_cluster",
 ]
@@ -92,6 +97,39 @@ class Cluster:
             ClusterUnavailable: Redis did not answer.
         """
         return await self.leases.holders(channel_ids)
+
+    async def survey(self, *, handing_off: Sequence[str] = ()) -> ClusterSurvey:
+        """Members, placement, leases and moves as Redis holds them now.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        ownership = self.ownership
+        placement = {
+            channel_id: ownership.ring.owner(channel_id) for channel_id in ownership.catalog
+        }
+        members, leases, quarantine = await survey(
+            self.link,
+            leases=self.leases,
+            members_key=self.membership.members_key,
+            member_timeout=self.config.member_timeout,
+            reborn_key=rebirth.keys(self.config.key_prefix)[1],
+            placement=placement,
+        )
+        view = self.membership.view
+        now = trio.current_time()
+        return ClusterSurvey(
+            node_id=self.node_id,
+            epoch=view.epoch if view is not None else 0,
+            members=tuple(members),
+            leases=tuple(leases),
+            handing_off=tuple(sorted(handing_off)),
+            waiting_for={
+                channel_id: max(at - now, 0.0)
+                for channel_id, at in sorted(ownership.waiting().items())
+            },
+            quarantine=quarantine,
+        )
 
     async def leave(self) -> None:
         """Give every lease back and leave (the node stopped its channels: a drain)."""

@@ -164,6 +164,10 @@ class Ownership:
             self._lost.add(channel_id)
             self._changed.set()
 
+    def waiting(self) -> dict[str, float]:
+        """Channels placed here that another node still holds: when each is asked for again."""
+        return {c: at for c, at in self._retry_at.items() if c not in self.owned}
+
     def wanted(self) -> set[str]:
         """The channels this node should run now."""
         me = self.node_id
