@@ -134,6 +134,7 @@ class _Bot:
     poll: _Poll | None = None
     webhook_url: str | None = None
     webhook_secret: str | None = attrs.field(default=None, repr=False)
+    delivered: set[int] = attrs.field(factory=set, repr=False)  # update ids handed out
     webhook_scope: trio.CancelScope | None = None
     last_error: tuple[int, str] | None = None
     sends: deque[float] = attrs.field(factory=deque)
@@ -498,7 +499,7 @@ class TelegramEmulator(Emulator):
                 )
             updates = bot.ready(limit)
             if updates or not timeout or timeout <= 0:
-                return updates
+                return self._handed_out(bot, updates)
             self.stats["polls_held"] += 1
             async with trio.open_nursery() as nursery:
                 poll = bot.poll = _Poll(scope=nursery.cancel_scope)
@@ -513,6 +514,15 @@ class TelegramEmulator(Emulator):
         if poll.kicked is not None:
             self.stats["conflicts"] += 1
             raise ApiError(409, poll.kicked)
+        return self._handed_out(bot, updates)
+
+    def _handed_out(self, bot: _Bot, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Count what a poll hands out; one handed out before is a redelivery (an old offset)."""
+        for update in updates:
+            if update["update_id"] in bot.delivered:
+                self.stats["updates_redelivered"] += 1
+            else:
+                bot.delivered.add(update["update_id"])
         return updates
 
     async def _set_webhook(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
