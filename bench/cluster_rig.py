@@ -48,6 +48,7 @@ from providers.emulators.discord import DiscordEmulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
 from providers.testing import LinkBreaker
+from runtime.cluster.redis import open_redis
 
 __all__ = [
     "API_TOKEN",
@@ -80,6 +81,7 @@ class RigParams:
         lease_ttl: the cluster's lease TTL, seconds.
         heartbeat: the cluster's heartbeat interval, seconds.
         member_timeout: the cluster's member timeout, seconds.
+        cooldown: the cluster's ``move_cooldown``, seconds.
         seed: the random source of the faults.
         log_level: the nodes' log level (``SWITCHBOARD_RIG_LOG``; logs go
             to ``<workdir>/<node>.log``).
@@ -96,6 +98,7 @@ class RigParams:
     lease_ttl: float = 4.0
     heartbeat: float = 0.5
     member_timeout: float = 3.0
+    cooldown: float = 10.0
     seed: int = 1
     ops: bool = False
     log_level: str = os.environ.get("SWITCHBOARD_RIG_LOG", "warning")
@@ -251,6 +254,7 @@ class ClusterRig:
             f"heartbeat_interval = {p.heartbeat}",
             f"member_timeout = {p.member_timeout}",
             f"lease_ttl = {p.lease_ttl}",
+            f"move_cooldown = {p.cooldown}",
             "[providers.telegram]",
             "options = { poll_timeout = 1 }",
         ]
@@ -299,6 +303,25 @@ class ClusterRig:
             await process.wait()
 
     # --- judging ------------------------------------------------------------------------
+
+    async def holders(self) -> dict[str, str]:
+        """Every channel's lease holder as Redis has it now (``{channel: node}``)."""
+        channels = self.channel_ids()
+        async with open_redis(f"redis://127.0.0.1:{self.redis_port}/0", timeout=5.0) as link:
+            values = await link.call("MGET", *(f"rig:lease:{channel}" for channel in channels))
+        return {
+            channel: (value.decode() if isinstance(value, bytes) else str(value)).rpartition("|")[0]
+            for channel, value in zip(channels, values, strict=True)
+            if value is not None
+        }
+
+    def channel_ids(self) -> list[str]:
+        p = self.params
+        return (
+            [f"ws-{i:04d}" for i in range(p.websocket)]
+            + [f"tg-{i:04d}" for i in range(p.telegram)]
+            + [f"dc-{i:04d}" for i in range(p.discord)]
+        )
 
     def connected(self) -> bool:
         """Every persistent channel (websocket, Discord) holds exactly one connection."""

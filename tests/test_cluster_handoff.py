@@ -141,3 +141,47 @@ async def stored_inbound(dsn: str, schema: str) -> set[tuple[str, str]]:
         finally:
             await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
     return {(row["channel_id"], row["platform_message_id"]) for row in rows}
+
+
+async def test_a_discord_channel_moved_by_a_drain_resumes_its_session(tmp_path: Path) -> None:
+    bots = 4
+    params = RigParams(
+        nodes=2, websocket=0, telegram=0, discord=bots, cooldown=0.0, workdir=tmp_path
+    )
+    injected: list[str] = []
+    stop = trio.Event()
+    with trio.fail_after(CEILING):
+        async with open_cluster_rig(params) as rig:
+            while "n2" not in (await rig.holders()).values():  # noqa: ASYNC110 - Redis
+                await trio.sleep(0.1)
+            await rig.wait_connected(60.0, settle=1.0)
+            identified = rig.discord.stats["identify"]
+            resumed = rig.discord.stats["resume"]
+
+            async def users() -> None:
+                n = 0
+                while not stop.is_set():
+                    made = await rig.discord.inject({"channel_id": "42", "content": f"m{n}"})
+                    injected.append(str(made["id"]))
+                    n += 1
+                    await trio.sleep(0.05)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(users)
+                await trio.sleep(1.0)
+                await rig.kill_node("n2", signal.SIGTERM)  # its bots move to n1
+                await rig.wait_connected(60.0, settle=1.0)
+                await trio.sleep(1.0)
+                stop.set()
+            moved = rig.discord.stats["resume"] - resumed
+            expected = {(f"dc-{i:04d}", m) for i in range(bots) for m in injected}
+            while True:
+                stored = await stored_inbound(params.pg_dsn, rig.schema)
+                if expected <= stored:
+                    break
+                await trio.sleep(0.2)
+            assert stored == expected  # every dispatch, through the move, once
+            assert moved >= 1  # n2 had some: each resumed its session on n1 ...
+            assert rig.discord.stats["identify"] == identified  # ... without an identify
+            assert rig.discord.stats["resume_failed"] == 0
+            assert rig.overlaps() == 0
