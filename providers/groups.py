@@ -9,7 +9,8 @@ grouping removes it, and nothing else:
 
 - :func:`lone_exception` finds the single real error inside the wrapping;
 - :func:`reraise` raises it exactly as it was first raised (its
-  ``__cause__`` and ``__context__`` intact), not chained to the group.
+  ``__cause__`` and ``__context__`` intact), not chained to the group;
+- :func:`ungrouped` does both for an async context manager's block.
 
 Two or more errors stay a group: picking one would hide the others.
 ``trio.Cancelled`` and ``GeneratorExit`` are ordinary leaves here, so a lone
@@ -20,9 +21,13 @@ the kernel, the providers and the node share it.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import NoReturn, TypeVar
 
-__all__ = ["lone_exception", "reraise"]
+__all__ = ["lone_exception", "reraise", "ungrouped"]
+
+T = TypeVar("T")
 
 
 def lone_exception(exc: BaseException, *, nested: bool = True) -> BaseException:
@@ -58,3 +63,24 @@ def reraise(exc: BaseException) -> NoReturn:
     finally:
         exc.__context__ = context
         del exc, context
+
+
+@asynccontextmanager
+async def ungrouped(manager: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter ``manager``; a lone exception leaving the block comes out as it was raised.
+
+    For an API whose context manager runs a nursery inside: the caller gets
+    the documented error, not the nursery's one-element group.
+    """
+    lone: BaseException | None = None
+    try:
+        async with manager as value:
+            yield value
+    except BaseExceptionGroup as group:
+        lone = lone_exception(group)
+        if lone is group:
+            raise
+    if lone is not None:
+        # Raised outside the except clause, so it is exactly the exception
+        # that was raised, not chained to the group.
+        reraise(lone)

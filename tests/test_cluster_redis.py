@@ -8,7 +8,6 @@ Redis server of their own on a free port.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -34,16 +33,6 @@ CEILING: Final = 30.0  # real seconds per test; only a hang gets near it
 async def redis(url: str = REDIS_URL, *, within: float = 1.0) -> AsyncIterator[RedisLink]:
     async with open_redis(url, timeout=within) as link:
         yield link
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"sbtest-{secrets.token_hex(4)}"
-    yield name
-    async with redis() as link:
-        keys = await link.call("KEYS", f"{name}:*")
-        if keys:
-            await link.call("DEL", *keys)
 
 
 def member(link: RedisLink, prefix: str, node: str, **timing: float) -> Membership:

@@ -29,7 +29,7 @@ import trio_asyncio  # type: ignore[import-untyped]
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from providers.groups import lone_exception, reraise
+from providers.groups import ungrouped
 
 from ..errors import NodeError
 
@@ -138,16 +138,8 @@ async def open_redis(url: str, *, timeout: float) -> AsyncIterator[RedisLink]:  
     Raises:
         ClusterUnavailable: Redis cannot be reached (checked with a PING).
     """
-    lone: BaseException | None = None
-    try:
-        async with _open_redis(url, timeout) as link:
-            yield link
-    except BaseExceptionGroup as group:
-        lone = lone_exception(group)
-        if lone is group:
-            raise
-    if lone is not None:
-        reraise(lone)
+    async with ungrouped(_open_redis(url, timeout)) as link:
+        yield link
 
 
 @asynccontextmanager

@@ -39,7 +39,7 @@ import attrs
 import trio
 
 from providers.base import ConnectionStateChanged, Event, OutboundMessage
-from providers.groups import lone_exception, reraise
+from providers.groups import ungrouped
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
@@ -644,22 +644,12 @@ async def open_store(config: StorageConfig) -> AsyncIterator[Store]:
             buffered events could not all be written.
         ValueError: the config's batch size is below 1.
     """
-    lone: BaseException | None = None
-    try:
-        async with _open_backend(config) as store:
-            if config.outbox_file:
-                from .legacy_outbox import import_legacy_outbox
+    async with ungrouped(_open_backend(config)) as store:
+        if config.outbox_file:
+            from .legacy_outbox import import_legacy_outbox
 
-                await import_legacy_outbox(store, Path(config.outbox_file))
-            yield store
-    except BaseExceptionGroup as group:
-        lone = lone_exception(group)
-        if lone is group:
-            raise
-    if lone is not None:
-        # Raised outside the except clause, so it is exactly the exception
-        # that was raised, not chained to the group.
-        reraise(lone)
+            await import_legacy_outbox(store, Path(config.outbox_file))
+        yield store
 
 
 @asynccontextmanager
