@@ -193,9 +193,10 @@ def seconds(retry_after):
 async def main():
     result = {}
     async with Bot(token, base_url=base + "/bot") as bot:
-        await bot.send_message(1, "first")
+        for n in range(3):  # a burst of three is allowed, then one per second per chat
+            await bot.send_message(1, f"burst {n}")
         try:
-            await bot.send_message(1, "too soon")  # one per second per chat
+            await bot.send_message(1, "too soon")
         except RetryAfter as exc:
             result["chat_retry_after"] = seconds(exc.retry_after)
         print("CHECK per-chat 429")

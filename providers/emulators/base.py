@@ -10,6 +10,8 @@ Design:
 
   - ``POST /_emulator/inject``: make a user send the bot a message;
   - ``GET  /_emulator/sent``: what bots sent the platform, in order;
+  - ``GET  /_emulator/operations``: what else they did (edits, deletes,
+    typing, read marks, reactions, ...), in order;
   - ``POST /_emulator/fault``: inject a fault (``{"kind": ...}``);
   - ``GET  /_emulator/stats``: counters.
 
@@ -126,6 +128,7 @@ class Emulator:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.operations: list[dict[str, Any]] = []
         self.stats: Counter[str] = Counter()
         self.holders = Holders()
         self.banned_tokens: set[str] = set()
@@ -185,6 +188,11 @@ class Emulator:
         self.sent.append(message)
         self.stats["messages_sent"] += 1
 
+    def record_operation(self, operation: dict[str, Any]) -> None:
+        """Keep an operation other than a send (an edit, a delete, typing, ...)."""
+        self.operations.append(operation)
+        self.stats["operations"] += 1
+
     # --- the control API ---------------------------------------------------------------
 
     async def _inject(self, request: Request) -> Response:
@@ -200,6 +208,9 @@ class Emulator:
 
     async def _sent(self, request: Request) -> Response:
         return JSONResponse(self.sent)
+
+    async def _operations(self, request: Request) -> Response:
+        return JSONResponse(self.operations)
 
     async def _stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats, "ownership": self.holders.statistics()})
@@ -236,6 +247,7 @@ class Emulator:
             control = [
                 Route("/_emulator/inject", self._inject, methods=["POST"]),
                 Route("/_emulator/sent", self._sent, methods=["GET"]),
+                Route("/_emulator/operations", self._operations, methods=["GET"]),
                 Route("/_emulator/fault", self._fault, methods=["POST"]),
                 Route("/_emulator/stats", self._stats, methods=["GET"]),
             ]

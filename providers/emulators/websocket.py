@@ -130,7 +130,6 @@ class WebSocketEmulator(Emulator):
         self.receipts = receipts
         self.max_text_length = max_text_length
         self.max_upload_bytes = max_upload_bytes
-        self.operations: list[dict[str, Any]] = []  # edits, deletes, typing, reads, reactions
         self._messages: dict[str, dict[str, Any]] = {}  # sent and not deleted, by message id
         self._inbound: set[str] = set()  # ids of injected user messages
         self.silent_until = 0.0
@@ -452,7 +451,7 @@ class WebSocketEmulator(Emulator):
         record.update(
             (k, frame[k]) for k in ("message_id", "text", "action", "emoji") if k in frame
         )
-        self.operations.append(record)
+        self.record_operation(record)
         self.stats[f"operations_{kind}"] += 1
         answer = message_id if isinstance(message_id, str) else ""
         self._push(client, _dumps({"type": "ack", "id": key, "message_id": answer}))

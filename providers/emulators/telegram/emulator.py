@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..base import Emulator, FaultError
+from ..base import FaultError
+from .methods import TelegramMethods
 from .model import (
     MAX_CAPTION_LENGTH,
     MAX_TEXT_LENGTH,
@@ -34,7 +35,9 @@ from .model import (
     WEBHOOK_TIMEOUT,
     ApiError,
     Bot,
+    Call,
     Poll,
+    Upload,
     bool_param,
     chat,
     chat_id_param,
@@ -49,26 +52,33 @@ __all__ = ["TelegramEmulator"]
 
 # --- the emulator ---------------------------------------------------------------------------
 
-Handler = Callable[[Bot, dict[str, Any], Request], Awaitable[Any]]
+Handler = Callable[[Bot, dict[str, Any], Call], Awaitable[Any]]
 
 
-class TelegramEmulator(Emulator):
+class TelegramEmulator(TelegramMethods):
     """The Telegram Bot API, in-process.
 
     Args:
         bot_rate: sends per second per bot.
-        chat_interval: seconds between two sends to one chat.
+        chat_interval: seconds between two sends to one chat, on average.
+        chat_burst: sends to one chat that may come in a row before that applies.
         group_per_minute: sends per minute to one group chat.
     """
 
     name = "telegram"
 
     def __init__(
-        self, *, bot_rate: int = 30, chat_interval: float = 1.0, group_per_minute: int = 20
+        self,
+        *,
+        bot_rate: int = 30,
+        chat_interval: float = 1.0,
+        chat_burst: int = 3,
+        group_per_minute: int = 20,
     ) -> None:
         super().__init__()
         self.bot_rate = bot_rate
         self.chat_interval = chat_interval
+        self.chat_burst = chat_burst
         self.group_per_minute = group_per_minute
         self.bots: dict[str, Bot] = {}
         self.unknown_chats: set[int] = set()
@@ -84,6 +94,7 @@ class TelegramEmulator(Emulator):
             "getwebhookinfo": self._get_webhook_info,
             "sendmessage": self._send,
             **{method: self._send for method in MEDIA_FIELDS},
+            **self.more_methods(),
         }
 
     def __repr__(self) -> str:
@@ -112,6 +123,7 @@ class TelegramEmulator(Emulator):
     def platform_routes(self) -> list[BaseRoute]:
         return [
             Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
+            Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
             Route("/bot{rest:path}", self._not_found, methods=["GET", "POST"]),
         ]
 
@@ -135,20 +147,33 @@ class TelegramEmulator(Emulator):
                 raise ApiError(404, "Not Found")
             if self.is_banned(token):
                 raise ApiError(401, "Unauthorized")
-            handler = self._methods.get(method)
-            if handler is None:
+            if method not in self._methods:
                 raise ApiError(404, "Not Found")
-            if (remaining := self.rate_limit_remaining()) > 0:
-                raise too_many(remaining)
-            if self._server_errors:
-                status = self._server_errors.pop(0)
-                raise ApiError(status, "Internal Server Error")
-            result = await handler(self._bot(token), await read_params(request), request)
+            call = Call(method=request.path_params["method"], request=request)
+            result = await self.call(self._bot(token), await read_params(request), call)
         except ApiError as err:
             self.stats[f"error_{err.code}"] += 1
             return err.response()
-        self.stats[f"method_{method}"] += 1
         return JSONResponse({"ok": True, "result": result})
+
+    async def call(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
+        """Run one Bot API method for ``bot`` (an HTTP request, or a webhook reply).
+
+        Raises:
+            ApiError: the method's error answer.
+        """
+        method = call.method.lower()
+        handler = self._methods.get(method)
+        if handler is None:
+            raise ApiError(404, "Not Found")
+        if (remaining := self.rate_limit_remaining()) > 0:
+            raise too_many(remaining)
+        if self._server_errors:
+            status = self._server_errors.pop(0)
+            raise ApiError(status, "Internal Server Error")
+        result = await handler(bot, params, call)
+        self.stats[f"method_{method}"] += 1
+        return result
 
     # --- the control API -------------------------------------------------------------
 
@@ -229,7 +254,7 @@ class TelegramEmulator(Emulator):
 
     # --- methods -------------------------------------------------------------------------
 
-    async def _get_me(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_me(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         return {
             **bot.user(),
             "can_join_groups": True,
@@ -237,7 +262,7 @@ class TelegramEmulator(Emulator):
             "supports_inline_queries": False,
         }
 
-    async def _get_updates(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_updates(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         if bot.webhook_url is not None:
             raise ApiError(
                 409,
@@ -268,7 +293,8 @@ class TelegramEmulator(Emulator):
             self.stats["polls_held"] += 1
             async with trio.open_nursery() as nursery:
                 poll = bot.poll = Poll(scope=nursery.cancel_scope)
-                nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+                if call.request is not None:
+                    nursery.start_soon(_cancel_on_disconnect, call.request, nursery.cancel_scope)
                 with trio.move_on_after(timeout):
                     updates = await bot.wait_ready(limit)
                 nursery.cancel_scope.cancel()
@@ -281,12 +307,12 @@ class TelegramEmulator(Emulator):
             raise ApiError(409, poll.kicked)
         return updates
 
-    async def _set_webhook(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _set_webhook(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         url = params.get("url") or ""
         if not isinstance(url, str):
             raise ApiError(400, "Bad Request: bad webhook: url must be a string")
         if not url:
-            return await self._delete_webhook(bot, params, request)
+            return await self._delete_webhook(bot, params, call)
         if not url.startswith(("https://", "http://")):
             raise ApiError(
                 400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
@@ -318,13 +344,13 @@ class TelegramEmulator(Emulator):
             bot.webhook_scope.cancel()
         bot.webhook_url = bot.webhook_secret = bot.webhook_scope = None
 
-    async def _delete_webhook(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _delete_webhook(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         if bool_param(params, "drop_pending_updates"):
             bot.updates.clear()
         self._stop_webhook(bot)
         return True
 
-    async def _get_webhook_info(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_webhook_info(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         info: dict[str, Any] = {
             "url": bot.webhook_url or "",
             "has_custom_certificate": False,
@@ -366,14 +392,35 @@ class TelegramEmulator(Emulator):
                     bot.updates = [u for u in bot.updates if u is not update]
                     self.stats["webhook_delivered"] += 1
                     delay = WEBHOOK_RETRY_FIRST
+                    await self._webhook_reply(bot, response)
                 else:
                     bot.last_error = (int(time.time()), error)
                     self.stats["webhook_failed"] += 1
                     await trio.sleep(delay)
                     delay = min(delay * 2, WEBHOOK_RETRY_MAX)
 
-    async def _send(self, bot: Bot, params: dict[str, Any], request: Request) -> Any:
-        method = request.path_params["method"].lower()
+    async def _webhook_reply(self, bot: Bot, response: httpx.Response) -> None:
+        """A method call in the webhook's answer ("making requests when getting
+        updates"): performed, its result not returned to anyone, as on Telegram."""
+        if "json" not in response.headers.get("content-type", ""):
+            return
+        try:
+            reply = response.json()
+        except ValueError:
+            return
+        if not isinstance(reply, dict) or not isinstance(reply.get("method"), str):
+            return
+        params = {key: value for key, value in reply.items() if key != "method"}
+        try:
+            await self.call(bot, params, Call(method=reply["method"], request=None))
+        except ApiError as err:
+            self.stats["webhook_reply_failed"] += 1
+            bot.last_error = (int(time.time()), f"webhook reply: {err.description}")
+        else:
+            self.stats["webhook_reply_calls"] += 1
+
+    async def _send(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
+        method = call.method.lower()
         chat_id = chat_id_param(params)
         message: dict[str, Any] = {
             "chat": chat(chat_id),
@@ -382,7 +429,7 @@ class TelegramEmulator(Emulator):
         }
         record: dict[str, Any] = {
             "bot_id": bot.id,
-            "method": request.path_params["method"],
+            "method": call.method,
             "chat_id": chat_id,
         }
         if method == "sendmessage":
@@ -403,16 +450,12 @@ class TelegramEmulator(Emulator):
             media = params.get(field)
             if not media:
                 raise ApiError(400, f"Bad Request: there is no {field} in the request")
+            file_id = self._store_file(field, media)
             caption = params.get("caption")
             if isinstance(caption, str) and len(caption) > MAX_CAPTION_LENGTH:
                 raise ApiError(400, "Bad Request: message caption is too long")
-            file = {
-                "file_id": f"emu-{field}-{self.stats['files'] + 1}",
-                "file_unique_id": f"u{self.stats['files'] + 1}",
-            }
-            self.stats["files"] += 1
-            message[field] = [{**file, "width": 1280, "height": 720}] if field == "photo" else file
-            record["media"] = media
+            message[field] = self._file_object(field, file_id)
+            record["media"] = media.record() if isinstance(media, Upload) else media
             if isinstance(caption, str):
                 message["caption"] = record["caption"] = caption
         if chat_id in self.unknown_chats:
@@ -435,6 +478,12 @@ class TelegramEmulator(Emulator):
                 record["reply_to_message_id"] = int(reply_to)
             elif not allow:
                 raise ApiError(400, "Bad Request: message to be replied not found")
+        return self._post(bot, chat_id, message, record)
+
+    def _post(
+        self, bot: Bot, chat_id: int, message: dict[str, Any], record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Charge the limits, number the message, keep and record it; return it."""
         self._admit(bot, chat_id)
         message["message_id"] = record["message_id"] = bot.new_message_id(chat_id)
         bot.remember(message)
@@ -446,21 +495,29 @@ class TelegramEmulator(Emulator):
         now = trio.current_time()
         while bot.sends and bot.sends[0] <= now - 1.0:
             bot.sends.popleft()
-        chat = bot.chat_sends.setdefault(chat_id, deque())
-        while chat and chat[0] <= now - 60.0:
-            chat.popleft()
+        recent = bot.chat_sends.setdefault(chat_id, deque())
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
         wait = 0.0
         if len(bot.sends) >= self.bot_rate:
             wait = bot.sends[0] + 1.0 - now
-        if chat and now - chat[-1] < self.chat_interval:
-            wait = max(wait, chat[-1] + self.chat_interval - now)
-        if chat_id < 0 and len(chat) >= self.group_per_minute:
-            wait = max(wait, chat[-self.group_per_minute] + 60.0 - now)
+        # One per chat_interval on average, with a burst of chat_burst (the Bots FAQ
+        # "may allow short bursts"): a token bucket per chat.
+        tokens = float(self.chat_burst)
+        if self.chat_interval > 0:
+            held, at = bot.chat_buckets.get(chat_id, (float(self.chat_burst), now))
+            tokens = min(float(self.chat_burst), held + (now - at) / self.chat_interval)
+            if tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) * self.chat_interval)
+        if chat_id < 0 and len(recent) >= self.group_per_minute:
+            wait = max(wait, recent[-self.group_per_minute] + 60.0 - now)
         if wait > 0:
             self.stats["rate_limited"] += 1
             raise too_many(wait)
         bot.sends.append(now)
-        chat.append(now)
+        recent.append(now)
+        if self.chat_interval > 0:
+            bot.chat_buckets[chat_id] = (tokens - 1.0, now)
 
 
 async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:

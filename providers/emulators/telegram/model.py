@@ -35,7 +35,9 @@ __all__ = [
     "WEBHOOK_TIMEOUT",
     "ApiError",
     "Bot",
+    "Call",
     "Poll",
+    "Upload",
     "bool_param",
     "chat",
     "chat_id_param",
@@ -94,6 +96,28 @@ def too_many(wait: float) -> ApiError:
     return ApiError(429, f"Too Many Requests: retry after {seconds}", retry_after=seconds)
 
 
+@attrs.frozen(kw_only=True)
+class Upload:
+    """A file part of a multipart request."""
+
+    filename: str | None
+    content_type: str | None
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+
+    def record(self) -> dict[str, Any]:
+        """How ``/_emulator/sent`` shows it."""
+        return {"upload": self.filename, "size": len(self.data)}
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """One method call: its name as the caller spelled it, and the HTTP request
+    it came in (``None`` for a method returned in a webhook's answer)."""
+
+    method: str
+    request: Request | None = None
+
+
 @attrs.define
 class Poll:
     """A held getUpdates request; ``kicked`` is the 409 text when another took over."""
@@ -124,6 +148,8 @@ class Bot:
     last_error: tuple[int, str] | None = None
     sends: deque[float] = attrs.field(factory=deque)
     chat_sends: dict[int, deque[float]] = attrs.field(factory=dict)
+    chat_buckets: dict[int, tuple[float, float]] = attrs.field(factory=dict)  # tokens, at
+    deleted: set[tuple[int, int]] = attrs.field(factory=set)
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     def user(self) -> dict[str, Any]:
@@ -140,7 +166,10 @@ class Bot:
         return message_id
 
     def message_exists(self, chat_id: int, message_id: int) -> bool:
-        return 1 <= message_id < self.next_message_ids.get(chat_id, 1)
+        return (
+            1 <= message_id < self.next_message_ids.get(chat_id, 1)
+            and (chat_id, message_id) not in self.deleted
+        )
 
     def remember(self, message: dict[str, Any]) -> None:
         """Keep ``message`` (bounded) so a reply to it can carry it, as Telegram's do."""
@@ -221,9 +250,18 @@ async def read_params(request: Request) -> dict[str, Any]:
         async with request.form() as form:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
-                    params[key] = {"upload": value.filename, "size": len(await value.read())}
+                    data = await value.read()
+                    params[key] = Upload(
+                        filename=value.filename, content_type=value.content_type, data=data
+                    )
                 else:
                     params[key] = value
+        # aiogram names a file part and refers to it as "attach://<part>"
+        for key, value in list(params.items()):
+            if isinstance(value, str) and value.startswith("attach://"):
+                attached = params.get(value[len("attach://") :])
+                if isinstance(attached, Upload):
+                    params[key] = attached
     return params
 
 
