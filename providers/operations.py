@@ -155,18 +155,21 @@ class MarkRead:
 
 @attrs.frozen(kw_only=True)
 class React:
-    """Set the bot's reaction to a message; no emoji removes it.
+    """Set the bot's reaction to a message, or remove it.
 
     Attributes:
         peer: the chat.
         message_id: the message's ``platform_message_id``.
-        emoji: a unicode emoji (``"👍"``), or ``None`` to remove the reaction.
+        emoji: a unicode emoji (``"👍"``).
+        remove: take the bot's reaction ``emoji`` away instead (Telegram and
+            WhatsApp clear the bot's reaction whatever it is).
         idempotency_key: identifies this request.
     """
 
     peer: str
     message_id: str
-    emoji: str | None
+    emoji: str = attrs.field(validator=attrs.validators.min_len(1))
+    remove: bool = False
     idempotency_key: str = attrs.field(factory=_new_key)
 
 

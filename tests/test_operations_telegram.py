@@ -81,7 +81,7 @@ def test_declared_operations_and_requests() -> None:
     )
     other_chat = core.operation_request(DeleteMessage(peer="42", message_id="-100:3"))
     assert dict(other_chat.params) == {"chat_id": -100, "message_id": 3}
-    bare = core.operation_request(React(peer="42", message_id="9", emoji=None))
+    bare = core.operation_request(React(peer="42", message_id="9", emoji="👍", remove=True))
     assert dict(bare.params) == {"chat_id": 42, "message_id": 9, "reaction": []}
     action = core.operation_request(SendTyping(peer="42", action=ChatAction.UPLOAD_PHOTO))
     assert dict(action.params) == {"chat_id": 42, "action": "upload_photo"}
@@ -100,7 +100,9 @@ async def test_edit_delete_typing_react_round_trip() -> None:
             assert edited == SendResult(platform_message_id=sent.platform_message_id, peer="42")
             await conn.typing(SendTyping(peer="42"))
             await conn.react(React(peer="42", message_id=sent.platform_message_id, emoji="👍"))
-            await conn.react(React(peer="42", message_id=sent.platform_message_id, emoji=None))
+            await conn.react(
+                React(peer="42", message_id=sent.platform_message_id, emoji="👍", remove=True)
+            )
             await conn.delete(DeleteMessage(peer="42", message_id=sent.platform_message_id))
             assert [(o["method"], o.get("reaction")) for o in emu.operations] == [
                 ("editMessageText", None),

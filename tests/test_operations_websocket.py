@@ -65,14 +65,16 @@ def test_every_operation_is_declared_and_encoded() -> None:
         encode_operation(DeleteMessage(peer="p", message_id="m", idempotency_key="k")),
         encode_operation(SendTyping(peer="p", action=ChatAction.UPLOAD_PHOTO, idempotency_key="k")),
         encode_operation(MarkRead(peer="p", message_id="m", idempotency_key="k")),
-        encode_operation(React(peer="p", message_id="m", emoji=None, idempotency_key="k")),
+        encode_operation(
+            React(peer="p", message_id="m", emoji="👍", remove=True, idempotency_key="k")
+        ),
     ]
     assert frames == [
         '{"id":"k","peer":"p","type":"edit","message_id":"m","text":"t"}',
         '{"id":"k","peer":"p","type":"delete","message_id":"m"}',
         '{"id":"k","peer":"p","type":"typing","action":"upload_photo"}',
         '{"id":"k","peer":"p","type":"read","message_id":"m"}',
-        '{"id":"k","peer":"p","type":"react","message_id":"m","emoji":null}',
+        '{"id":"k","peer":"p","type":"react","message_id":"m","emoji":"\\ud83d\\udc4d","remove":true}',
     ]
 
 
@@ -91,14 +93,14 @@ async def test_edit_delete_typing_read_react_round_trip() -> None:
             assert await conn.typing(SendTyping(peer="c1")) is None
             assert await conn.mark_read(MarkRead(peer="c1", message_id=user_message)) is None
             await conn.react(React(peer="c1", message_id=user_message, emoji="👍"))
-            await conn.react(React(peer="c1", message_id=user_message, emoji=None))
+            await conn.react(React(peer="c1", message_id=user_message, emoji="👍", remove=True))
             await conn.delete(DeleteMessage(peer="c1", message_id=sent.platform_message_id))
-            assert [(o["type"], o.get("emoji")) for o in emulator.operations] == [
+            assert [(o["type"], o.get("remove")) for o in emulator.operations] == [
                 ("edit", None),
                 ("typing", None),
                 ("read", None),
-                ("react", "👍"),
-                ("react", None),
+                ("react", False),
+                ("react", True),
                 ("delete", None),
             ]
             # Gone now: an edit or a second delete is permanent, not a retry.

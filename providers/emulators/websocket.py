@@ -449,7 +449,7 @@ class WebSocketEmulator(Emulator):
             del self._messages[str(message_id)]
         record = {"token": client.token, "id": key, "type": kind, "peer": peer}
         record.update(
-            (k, frame[k]) for k in ("message_id", "text", "action", "emoji") if k in frame
+            (k, frame[k]) for k in ("message_id", "text", "action", "emoji", "remove") if k in frame
         )
         self.record_operation(record)
         self.stats[f"operations_{kind}"] += 1

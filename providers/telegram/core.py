@@ -359,7 +359,7 @@ def operation_request(op: EditMessage | DeleteMessage | SendTyping | React) -> A
         return ApiRequest(method="editMessageText", params=params, peer=op.peer)
     if isinstance(op, DeleteMessage):
         return ApiRequest(method="deleteMessage", params=params, peer=op.peer)
-    params["reaction"] = [{"type": "emoji", "emoji": op.emoji}] if op.emoji else []
+    params["reaction"] = [] if op.remove else [{"type": "emoji", "emoji": op.emoji}]
     return ApiRequest(method="setMessageReaction", params=params, peer=op.peer)
 
 

@@ -27,8 +27,8 @@ The wire protocol (text frames, one JSON object each)::
       {"type": "delete", "id", "peer", "message_id"}
       {"type": "typing", "id", "peer", "action"}          a chat action ("typing", ...)
       {"type": "read", "id", "peer", "message_id"}        mark an inbound message read
-      {"type": "react", "id", "peer", "message_id", "emoji"}
-                                                          emoji null removes the reaction
+      {"type": "react", "id", "peer", "message_id", "emoji", "remove"}
+                                                          remove: take it away
                                                           each answered by "ack" or "error"
       {"type": "heartbeat_ack"}                           answers a heartbeat: the
                                                           client is alive (a server
@@ -337,7 +337,7 @@ def encode_operation(op: Operation) -> str:
     elif isinstance(op, MarkRead):
         frame.update(type="read", message_id=op.message_id)
     elif isinstance(op, React):
-        frame.update(type="react", message_id=op.message_id, emoji=op.emoji or None)
+        frame.update(type="react", message_id=op.message_id, emoji=op.emoji, remove=op.remove)
     return json.dumps(frame, separators=(",", ":"))
 
 

@@ -11,7 +11,7 @@ Design:
   ``op``: ``edit`` (``peer``, ``message_id``, ``text``), ``delete``
   (``peer``, ``message_id``), ``typing`` (``peer``, ``action``?,
   ``message_id``?), ``mark_read`` (``peer``, ``message_id``, ``typing``?),
-  ``react`` (``peer``, ``message_id``, ``emoji``: a string, or null to remove);
+  ``react`` (``peer``, ``message_id``, ``emoji``, ``remove``?);
   each may carry an ``idempotency_key``.
 - Bodies are structured with the message API's converter, so every problem
   comes back with its path, as for messages.
