@@ -43,6 +43,10 @@ from starlette.routing import BaseRoute, Route
 __all__ = ["Emulator", "FaultError", "open_emulator", "serve_emulator"]
 
 LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
+# Real platforms keep an idle HTTP connection for minutes; hypercorn's default
+# (5 s) reaps pooled client connections just as clients reuse them after a
+# rate-limit wait (discord.py then fails with ECONNRESET).
+KEEP_ALIVE_TIMEOUT = 300.0  # seconds
 
 
 class FaultError(ValueError):
@@ -169,6 +173,7 @@ class Emulator:
         # together overflow it, and each refused SYN is retried a second or more
         # later. A load test's emulator must take a connect storm.
         config.backlog = LISTEN_BACKLOG
+        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await serve(self.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
