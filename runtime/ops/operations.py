@@ -130,8 +130,8 @@ def operation_answer(op: Operation, result: Any) -> dict[str, Any]:
     answer: dict[str, Any] = {"op": _NAMES.get(type(op), "send"), "peer": op.peer}
     if result is not None:
         answer["platform_message_id"] = result.platform_message_id
-    elif getattr(op, "message_id", None) is not None:
-        answer["message_id"] = op.message_id
+    elif (message_id := getattr(op, "message_id", None)) is not None:
+        answer["message_id"] = message_id
     return answer
 
 
