@@ -1,7 +1,12 @@
 """The platforms' own client libraries against the emulators.
 
 The requirement is that the emulators are faithful enough for the libraries
-people actually use: python-telegram-bot (v21+) and discord.py (v2). Both are
+people actually use: python-telegram-bot (v21+) and aiogram (v3) for
+Telegram, discord.py (v2) and hikari (v2) for Discord, pywa (v4) for
+WhatsApp. Each is run unchanged except for its base URL, and exercises login,
+receive, reply, edit, delete, typing, media upload, a 429 waited out, a
+resume after a server close (or the platform's analog) and the error mapping
+of a banned token. Both are
 asyncio libraries, so each check is a small asyncio script run in a
 subprocess against an emulator served in-process by this test's trio loop.
 The script drives the scenario (it must wait for its own client to be ready
@@ -41,16 +46,23 @@ def _compat_python() -> str:
     configured = os.environ.get("SWITCHBOARD_COMPAT_PYTHON")
     if configured:
         return configured
-    missing = [name for name in ("telegram", "discord") if importlib.util.find_spec(name) is None]
+    missing = [
+        name
+        for name in ("telegram", "discord", "aiogram", "hikari", "pywa")
+        if importlib.util.find_spec(name) is None
+    ]
     assert not missing, (
-        f"{missing} not installed: pip install -e '.[test]' installs python-telegram-bot "
-        "and discord.py"
+        f"{missing} not installed: pip install -e '.[test]' installs python-telegram-bot, "
+        "aiogram, discord.py, hikari and pywa"
     )
     return sys.executable
 
 
 PYTHON: Final = _compat_python()
 CEILING: Final = 45.0  # seconds; a run takes a few, only a hang gets near it
+# The longer scenarios (importing aiogram or hikari alone takes seconds on a loaded
+# machine, and a poller backs off through an outage) get more room; still a hang guard.
+LONG_CEILING: Final = 120.0  # seconds
 SCRIPT_TIMEOUT: Final = 10.0  # seconds any single await inside a script may take
 
 
@@ -527,3 +539,207 @@ async def test_discord_py_chunks_guilds_with_the_members_intent() -> None:
         "members": sorted(["100000000000000000", DiscordEmulator.user_id_for("compat-token")]),
     }
     assert emulator.stats["op_8"] == 1
+
+
+# --- Telegram: aiogram ---------------------------------------------------------------------
+
+AIOGRAM_PRELUDE = """
+import asyncio, io, json, sys
+import aiohttp
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter, TelegramUnauthorizedError
+from aiogram.types import BufferedInputFile, Message, ReactionTypeEmoji
+
+base, token = sys.argv[1], sys.argv[2]
+
+def session():
+    # The one change for another host: the API server's base URL.
+    return AiohttpSession(api=TelegramAPIServer.from_base(base))
+
+async def control(path, **body):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/_emulator/" + path, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+async def read(path):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/_emulator/" + path) as response:
+            return await response.json()
+
+async def step(queue):
+    return await asyncio.wait_for(queue.get(), STEP_TIMEOUT)
+"""
+
+AIOGRAM_POLLING = (
+    AIOGRAM_PRELUDE
+    + """
+async def main():
+    result = {}
+    bot = Bot(token, session=session())
+    me = await bot.get_me()
+    assert me.id == 123456 and me.is_bot, me
+    print("CHECK login")
+
+    dp = Dispatcher()
+    seen = asyncio.Queue()
+
+    @dp.message()
+    async def on_message(message: Message) -> None:
+        await seen.put(message)
+
+    polling = asyncio.create_task(
+        dp.start_polling(bot, polling_timeout=1, handle_signals=False, close_bot_session=False)
+    )
+    await control("inject", chat_id=42, text="hello", token=token)
+    question = await step(seen)
+    assert question.text == "hello" and question.chat.id == 42
+    print("CHECK receive")
+
+    answer = await question.reply("hi there")
+    assert answer.reply_to_message.message_id == question.message_id
+    print("CHECK reply")
+    edited = await bot.edit_message_text("hi, edited", chat_id=42, message_id=answer.message_id)
+    assert edited.text == "hi, edited" and edited.edit_date is not None
+    print("CHECK edit")
+    assert await bot.send_chat_action(42, "typing") is True
+    assert await bot.set_message_reaction(
+        42, question.message_id, [ReactionTypeEmoji(emoji="\\N{THUMBS UP SIGN}")]
+    )
+    print("CHECK typing")
+    picture = b"\\x89PNG\\r\\n\\x1a\\n" + b"p" * 100
+    photo = await bot.send_photo(42, BufferedInputFile(picture, filename="cat.png"), caption="cat")
+    file = await bot.get_file(photo.photo[-1].file_id)
+    downloaded = await bot.download(file, destination=io.BytesIO())
+    assert downloaded.getvalue() == picture
+    print("CHECK upload")
+    assert await bot.delete_message(42, answer.message_id) is True
+    try:
+        await bot.delete_message(42, answer.message_id)
+    except TelegramBadRequest as exc:
+        result["deleted_twice"] = exc.message
+    print("CHECK delete")
+
+    await control("fault", kind="rate_limit", duration=1)
+    try:
+        await bot.send_message(43, "too soon")
+    except TelegramRetryAfter as exc:
+        result["retry_after"] = exc.retry_after
+        await asyncio.sleep(exc.retry_after)
+    later = await bot.send_message(43, "waited")
+    assert later.text == "waited"
+    print("CHECK 429 waited out")
+
+    # The server fails the long polls (502 twice); the poller backs off and comes
+    # back with its offset: nothing sent meanwhile is lost.
+    await control("fault", kind="server_error", count=2, status=502)
+    await control("inject", chat_id=44, text="after the outage", token=token)
+    back = await step(seen)
+    assert back.text == "after the outage"
+    print("CHECK resume")
+    await dp.stop_polling()
+    await polling
+    await bot.session.close()
+
+    banned = "654321:" + "B" * 35
+    await control("fault", kind="ban_token", token=banned)
+    outcast = Bot(banned, session=session())
+    try:
+        await outcast.get_me()
+    except TelegramUnauthorizedError as exc:
+        result["banned"] = type(exc).__name__
+    await outcast.session.close()
+    print("CHECK banned")
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+)
+
+
+async def test_aiogram_polls_replies_edits_deletes_uploads_and_recovers() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(AIOGRAM_POLLING, url, TOKEN)
+    assert checks == [
+        "login",
+        "receive",
+        "reply",
+        "edit",
+        "typing",
+        "upload",
+        "delete",
+        "429 waited out",
+        "resume",
+        "banned",
+    ]
+    assert result == {
+        "deleted_twice": "Bad Request: message to delete not found",
+        "retry_after": 1,
+        "banned": "TelegramUnauthorizedError",
+    }
+    methods = [o["method"] for o in emulator.operations]
+    assert methods == ["editMessageText", "sendChatAction", "setMessageReaction", "deleteMessage"]
+    assert emulator.sent[1]["media"] == {"upload": "cat.png", "size": 108}
+    assert emulator.stats["error_502"] == 2  # the outage the poller came back from
+
+
+AIOGRAM_WEBHOOK = (
+    AIOGRAM_PRELUDE
+    + """
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiohttp import web
+
+SECRET = "hook-secret"
+
+async def main():
+    bot = Bot(token, session=session())
+    dp = Dispatcher()
+
+    @dp.message()
+    async def on_message(message: Message):
+        # Answered in the webhook's response body ("making requests when getting updates").
+        return message.answer("pong: " + message.text)
+
+    app = web.Application()
+    SimpleRequestHandler(dp, bot, handle_in_background=False, secret_token=SECRET).register(
+        app, path="/hook"
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    assert await bot.set_webhook(f"http://127.0.0.1:{port}/hook", secret_token=SECRET)
+    print("CHECK webhook set")
+    await control("inject", chat_id=42, text="ping", token=token)
+
+    async def answered():
+        while not any(s.get("text") == "pong: ping" for s in await read("sent")):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(answered(), STEP_TIMEOUT)
+    print("CHECK answered in the response")
+    await bot.delete_webhook()
+    await runner.cleanup()
+    await bot.session.close()
+    print("RESULT {}")
+
+asyncio.run(main())
+"""
+)
+
+
+async def test_aiogram_webhook_answers_with_a_method_in_the_response() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, _ = await run_script(AIOGRAM_WEBHOOK, url, TOKEN)
+    assert checks == ["webhook set", "answered in the response"]
+    assert [(s["method"], s["chat_id"], s["text"]) for s in emulator.sent] == [
+        ("sendMessage", 42, "pong: ping")
+    ]
+    assert emulator.stats["webhook_reply_calls"] == 1

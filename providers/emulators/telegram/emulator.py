@@ -11,12 +11,15 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import trio
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -402,12 +405,7 @@ class TelegramEmulator(TelegramMethods):
     async def _webhook_reply(self, bot: Bot, response: httpx.Response) -> None:
         """A method call in the webhook's answer ("making requests when getting
         updates"): performed, its result not returned to anyone, as on Telegram."""
-        if "json" not in response.headers.get("content-type", ""):
-            return
-        try:
-            reply = response.json()
-        except ValueError:
-            return
+        reply = await _reply_params(response)
         if not isinstance(reply, dict) or not isinstance(reply.get("method"), str):
             return
         params = {key: value for key, value in reply.items() if key != "method"}
@@ -518,6 +516,40 @@ class TelegramEmulator(TelegramMethods):
         recent.append(now)
         if self.chat_interval > 0:
             bot.chat_buckets[chat_id] = (tokens - 1.0, now)
+
+
+async def _reply_params(response: httpx.Response) -> dict[str, Any] | None:
+    """A webhook answer's parameters, in any encoding the Bot API reads (aiogram
+    answers multipart, others JSON); ``None`` for an answer that carries none."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return dict(parse_qsl(response.text))
+    if content_type.startswith("multipart/form-data"):
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            yield response.content
+
+        try:
+            form = await MultiPartParser(Headers(dict(response.headers)), body()).parse()
+        except MultiPartException:
+            return None
+        params: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                params[key] = Upload(
+                    filename=value.filename, content_type=value.content_type, data=data
+                )
+            else:
+                params[key] = value
+        return params
+    return None
 
 
 async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:
