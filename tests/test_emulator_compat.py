@@ -34,6 +34,7 @@ import trio
 
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
+from providers.emulators.discord.model import token_for
 from providers.emulators.telegram import TelegramEmulator
 
 
@@ -743,3 +744,136 @@ async def test_aiogram_webhook_answers_with_a_method_in_the_response() -> None:
         ("sendMessage", 42, "pong: ping")
     ]
     assert emulator.stats["webhook_reply_calls"] == 1
+
+
+# --- Discord: hikari ------------------------------------------------------------------------
+
+HIKARI_BOT = """
+import asyncio, json, sys, logging
+import aiohttp
+import hikari
+
+base, token, banned = sys.argv[1], sys.argv[2], sys.argv[3]
+CHANNEL = 300000000000000001
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+async def control(path, **body):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/_emulator/" + path, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+async def read(path):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/_emulator/" + path) as response:
+            return await response.json()
+
+async def step(queue, kind):
+    while True:
+        event = await asyncio.wait_for(queue.get(), STEP_TIMEOUT)
+        if event[0] == kind:
+            return event[1:]
+
+async def main():
+    result = {}
+    intents = hikari.Intents.ALL_UNPRIVILEGED | hikari.Intents.MESSAGE_CONTENT
+    bot = hikari.GatewayBot(token, intents=intents, rest_url=base + "/api/v10", banner=None)
+    events = asyncio.Queue()
+
+    @bot.listen()
+    async def on_started(event: hikari.StartedEvent) -> None:
+        await events.put(("started",))
+
+    @bot.listen()
+    async def on_message(event: hikari.GuildMessageCreateEvent) -> None:
+        if not event.is_bot:
+            await events.put(("message", event.message))
+
+    @bot.listen()
+    async def on_resumed(event: hikari.ShardResumedEvent) -> None:
+        await events.put(("resumed",))
+
+    await bot.start()
+    await step(events, "started")
+    me = bot.get_me()
+    result["user_id"] = str(me.id)
+    print("CHECK login")
+    await control("inject", channel_id=str(CHANNEL), content="hello hikari")
+    (message,) = await step(events, "message")
+    assert message.content == "hello hikari"
+    print("CHECK receive")
+    reply = await message.respond("hi", reply=True)
+    print("CHECK reply")
+    edited = await bot.rest.edit_message(CHANNEL, reply, "hi, edited")
+    assert edited.content == "hi, edited"
+    print("CHECK edit")
+    await bot.rest.trigger_typing(CHANNEL)
+    await bot.rest.add_reaction(CHANNEL, message, "\\N{THUMBS UP SIGN}")
+    print("CHECK typing")
+    picture = hikari.Bytes(b"GIF89a" + b"g" * 50, "cat.gif")
+    sent = await bot.rest.create_message(CHANNEL, attachment=picture)
+    assert [a.filename for a in sent.attachments] == ["cat.gif"]
+    print("CHECK upload")
+    await bot.rest.delete_message(CHANNEL, reply)
+    try:
+        await bot.rest.delete_message(CHANNEL, reply)
+    except hikari.NotFoundError as exc:
+        result["deleted_twice"] = [exc.code, exc.message]
+    print("CHECK delete")
+    await control("fault", kind="rate_limit", duration=1)
+    waited = await bot.rest.create_message(CHANNEL, "waited out")
+    assert waited.content == "waited out"
+    print("CHECK 429 waited out")
+    await control("fault", kind="close", code=4000)
+    await control("inject", channel_id=str(CHANNEL), content="while away")
+    (away,) = await step(events, "message")  # replayed on RESUME, not lost
+    assert away.content == "while away"
+    print("CHECK resume")
+    await bot.close()
+    await control("fault", kind="ban_token", token=banned)
+    outcast = hikari.GatewayBot(
+        banned, intents=intents, rest_url=base + "/api/v10", banner=None
+    )
+    try:
+        await outcast.start()
+    except hikari.UnauthorizedError as exc:
+        result["banned"] = type(exc).__name__
+    print("CHECK banned")
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+
+
+async def test_hikari_logs_in_with_zstd_replies_edits_deletes_uploads_and_resumes() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=1.0)
+    token, banned = token_for("400000000000000001"), token_for("400000000000000002")
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(HIKARI_BOT, url, token, banned)
+    assert checks == [
+        "login",
+        "receive",
+        "reply",
+        "edit",
+        "typing",
+        "upload",
+        "delete",
+        "429 waited out",
+        "resume",
+        "banned",
+    ]
+    assert result == {
+        "user_id": "400000000000000001",  # the id its token encodes
+        "deleted_twice": [10008, "Unknown Message"],
+        "banned": "UnauthorizedError",
+    }
+    # hikari asked for zstd-stream (hikari[zstd]) and read every payload through it.
+    assert 0 < emulator.stats["gateway_wire_bytes"] < emulator.stats["gateway_payload_bytes"]
+    assert [o["op"] for o in emulator.operations] == ["edit", "typing", "react", "delete"]
+    assert emulator.stats["rest_429"] >= 1  # hikari waited the 429 out by itself
+    # The emulator's own close (4000): hikari resumed, the session survived.
+    assert emulator.stats["gateway_close_4000"] == 1
+    assert emulator.stats["resume"] == 1 and emulator.stats["resume_failed"] == 0
+    assert emulator.stats["identify"] == 1
+    assert emulator.stats["rest_401"] == 1
