@@ -877,3 +877,91 @@ async def test_hikari_logs_in_with_zstd_replies_edits_deletes_uploads_and_resume
     assert emulator.stats["resume"] == 1 and emulator.stats["resume_failed"] == 0
     assert emulator.stats["identify"] == 1
     assert emulator.stats["rest_401"] == 1
+
+
+DISCORD_OPERATIONS = (
+    DISCORD_PRELUDE
+    + """
+import io
+
+CHANNEL = 300000000000000001
+
+intents = discord.Intents.default()
+intents.message_content = True
+client = discord.Client(intents=intents, guild_ready_timeout=GUILD_READY)
+events = asyncio.Queue()
+
+@client.event
+async def on_ready():
+    await events.put(("ready",))
+
+@client.event
+async def on_resumed():
+    await events.put(("resumed",))
+
+@client.event
+async def on_message(message):
+    if message.author != client.user:
+        await events.put(("message", message))
+
+async def scenario():
+    result = {}
+    await step(events, "ready")
+    await control("inject", channel_id=str(CHANNEL), content="hello")
+    (message,) = await step(events, "message")
+    reply = await message.reply("hi")
+    edited = await reply.edit(content="hi, edited")
+    assert edited.content == "hi, edited" and edited.edited_at is not None
+    print("CHECK edit")
+    async with message.channel.typing():
+        pass
+    await message.add_reaction("\\N{THUMBS UP SIGN}")
+    print("CHECK typing")
+    upload = discord.File(io.BytesIO(b"%PDF-" + b"d" * 95), filename="report.pdf")
+    sent = await message.channel.send("the report", file=upload)
+    assert [(a.filename, a.size) for a in sent.attachments] == [("report.pdf", 100)]
+    print("CHECK upload")
+    await reply.delete()
+    try:
+        await reply.delete()
+    except discord.NotFound as exc:
+        result["deleted_twice"] = [exc.status, exc.code, exc.text]
+    print("CHECK delete")
+    # The emulator closes the socket (4000): discord.py resumes, and what was said
+    # meanwhile is replayed, not lost.
+    await control("fault", kind="close", code=4000)
+    await control("inject", channel_id=str(CHANNEL), content="while away")
+    (away,) = await step(events, "message")
+    assert away.content == "while away"
+    print("CHECK resume")
+    # A wait longer than hypercorn's default keep-alive (5 s): discord.py reuses its
+    # pooled connection afterwards, which a server that reaped it would reset.
+    await control("fault", kind="rate_limit", duration=6)
+    waited = await message.channel.send("after a long wait")
+    assert waited.content == "after a long wait"
+    print("CHECK 429 waited out")
+    await client.close()
+    return result
+
+async def main():
+    async with client:
+        task = asyncio.create_task(scenario())
+        await client.start(token)
+        print("RESULT " + json.dumps(await task))
+
+asyncio.run(main())
+"""
+)
+
+
+async def test_discord_py_edits_deletes_types_uploads_and_resumes_after_a_server_close() -> None:
+    emulator = DiscordEmulator(heartbeat_interval=0.25)
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(DISCORD_OPERATIONS, url, token_for("5000"))
+    assert checks == ["edit", "typing", "upload", "delete", "resume", "429 waited out"]
+    assert result == {"deleted_twice": [404, 10008, "Unknown Message"]}
+    assert emulator.stats["rest_429"] >= 1
+    assert [o["op"] for o in emulator.operations] == ["edit", "typing", "react", "delete"]
+    assert emulator.stats["gateway_close_4000"] == 1
+    assert emulator.stats["resume"] == 1 and emulator.stats["resume_failed"] == 0
