@@ -36,6 +36,7 @@ from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from providers.emulators.discord.model import token_for
 from providers.emulators.telegram import TelegramEmulator
+from providers.emulators.whatsapp import WhatsAppEmulator, bsuid_for
 
 
 def _compat_python() -> str:
@@ -965,3 +966,167 @@ async def test_discord_py_edits_deletes_types_uploads_and_resumes_after_a_server
     assert [o["op"] for o in emulator.operations] == ["edit", "typing", "react", "delete"]
     assert emulator.stats["gateway_close_4000"] == 1
     assert emulator.stats["resume"] == 1 and emulator.stats["resume_failed"] == 0
+
+
+# --- WhatsApp: pywa ------------------------------------------------------------------------
+
+PYWA_BOT = """
+import asyncio, json, sys, logging
+import aiohttp
+from aiohttp import web
+from pywa_async import WhatsApp, types
+from pywa.errors import TemporarilyBlocked, ToManyAPICalls
+
+base, token, secret, phone_id = sys.argv[1:5]
+VERIFY = "verify-me"
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+async def control(path, **body):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/_emulator/" + path, json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+async def read(path):
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/_emulator/" + path) as response:
+            return await response.json()
+
+def client(access_token):
+    wa = WhatsApp(
+        phone_id=phone_id, token=access_token, app_secret=secret, verify_token=VERIFY, server=None
+    )
+    # The one change for another host: the Graph API's base URL (the version kept).
+    version = str(wa.api._session.base_url).rstrip("/").rsplit("/", 1)[-1]
+    wa.api._session.base_url = f"{base}/{version}"
+    return wa
+
+async def serve(wa, port=0):
+    async def hook(request):
+        if request.method == "GET":
+            answer, status = await wa.webhook_challenge_handler(
+                request.query.get("hub.verify_token"), request.query.get("hub.challenge")
+            )
+            return web.Response(text=answer or "", status=status)
+        body = await request.read()
+        signature = request.headers.get("X-Hub-Signature-256")
+        refused = await wa.webhook_update_validator(body, signature)
+        if refused:
+            return web.Response(text=refused[0], status=refused[1])
+        answer, status = await wa.webhook_update_handler(body)
+        return web.Response(text=answer, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/webhook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+async def step(queue):
+    return await asyncio.wait_for(queue.get(), STEP_TIMEOUT)
+
+async def main():
+    result = {}
+    wa = client(token)
+    messages, statuses = asyncio.Queue(), asyncio.Queue()
+
+    @wa.on_message()
+    async def on_message(_: WhatsApp, message: types.Message) -> None:
+        await messages.put(message)
+
+    @wa.on_message_status()
+    async def on_status(_: WhatsApp, status: types.MessageStatus) -> None:
+        await statuses.put(status)
+
+    number = await wa.get_business_phone_number()
+    assert number.id == phone_id, number
+    print("CHECK login")
+    runner, port = await serve(wa)
+    await control("webhook", url=f"http://127.0.0.1:{port}/webhook", verify_token=VERIFY)
+
+    await control("inject", **{"from": "16505551234", "text": "hello"})
+    message = await step(messages)
+    assert message.text == "hello"
+    result["bsuid"] = message.from_user.bsuid
+    result["wa_id"] = message.from_user.wa_id
+    print("CHECK receive")
+    reply = await message.reply_text("hi there")
+    status = await step(statuses)
+    assert status.id == reply.id and status.from_user.bsuid == result["bsuid"]
+    print("CHECK reply")
+    await message.mark_as_read()
+    await message.indicate_typing()
+    await message.react("\\N{THUMBS UP SIGN}")
+    print("CHECK typing")
+    picture = b"\\x89PNG\\r\\n\\x1a\\n" + b"p" * 92
+    await wa.send_image(
+        to=message.from_user.wa_id, image=picture, mime_type="image/png", caption="cat"
+    )
+    print("CHECK upload")
+    await control("fault", kind="rate_limit", duration=1)
+    try:
+        await message.reply_text("too soon")
+    except ToManyAPICalls as exc:
+        result["throttled"] = type(exc).__name__
+        await asyncio.sleep(1.1)
+    await message.reply_text("waited")
+    print("CHECK 429 waited out")
+    # The bot's webhook server goes away; a message then cannot be delivered, and
+    # arrives once the server is back (the platform redelivers).
+    await runner.cleanup()
+    away = await control("inject", **{"from": "16505551234", "text": "while away"})
+    assert away["webhook_status"] is None
+    runner, _ = await serve(wa, port)
+    again = await step(messages)
+    while again.text != "while away":
+        again = await step(messages)
+    print("CHECK resume")
+    await runner.cleanup()
+    banned_token = "EAAG-banned"
+    await control("fault", kind="ban_token", token=banned_token)
+    try:
+        await client(banned_token).get_business_phone_number()
+    except TemporarilyBlocked as exc:
+        result["banned"] = type(exc).__name__
+    print("CHECK banned")
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+
+
+async def test_pywa_receives_replies_reads_types_reacts_uploads_and_gets_redeliveries() -> None:
+    emulator = WhatsAppEmulator(app_secret="app-secret", redeliver=True, pair_burst=20)
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(
+                PYWA_BOT, url, "EAAG-token", "app-secret", "106540352242922"
+            )
+    assert checks == [
+        "login",
+        "receive",
+        "reply",
+        "typing",
+        "upload",
+        "429 waited out",
+        "resume",
+        "banned",
+    ]
+    assert result == {
+        "bsuid": bsuid_for("16505551234"),  # pywa needs contacts[].user_id to see a message
+        "wa_id": "16505551234",
+        "throttled": "ToManyAPICalls",
+        "banned": "TemporarilyBlocked",
+    }
+    reads = [(o["op"], o.get("typing")) for o in emulator.operations if o["op"] == "read"]
+    assert reads == [("read", False), ("read", True)]
+    [react] = [o for o in emulator.operations if o["op"] == "react"]
+    assert react["to"] == bsuid_for("16505551234")  # pywa sends by BSUID (recipient)
+    [upload] = [o for o in emulator.operations if o["op"] == "upload"]
+    assert (upload["type"], upload["size"]) == ("image/png", 100)
+    image = emulator.sent[1]["body"]
+    assert image["type"] == "image" and image["image"]["id"] == upload["media_id"]
+    assert emulator.stats["webhooks_redelivered"] >= 1
+    assert emulator.stats["error_368"] == 1

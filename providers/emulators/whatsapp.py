@@ -21,8 +21,9 @@ Design:
   before answering, so tests can wait on the result; statuses (sent, then
   delivered, then read) are delivered by worker tasks that live in the ASGI
   lifespan, one message's statuses in order (unless the
-  ``out_of_order_statuses`` fault is on). A failed delivery is logged, not
-  retried (Meta retries for days).
+  ``out_of_order_statuses`` fault is on). A failed delivery is logged and,
+  with ``redeliver=True``, retried with doubling delays for ``REDELIVER_FOR``
+  seconds (Meta retries for days), so a receiver that was down gets it later.
 - Beyond sending: ``{"status": "read", "message_id"}`` marks an inbound
   message read (with ``typing_indicator: {"type": "text"}`` it also shows
   typing), answering ``{"success": true}``; ``type: reaction`` messages react
@@ -83,6 +84,9 @@ PAIR_BURST: Final = 3  # messages
 MAX_TEXT: Final = 4096  # characters
 WEBHOOK_WORKERS: Final = 4
 WEBHOOK_TIMEOUT: Final = 10.0  # seconds per delivery
+REDELIVER_FIRST: Final = 0.05  # seconds before the first retry of a failed webhook; doubles
+REDELIVER_MAX: Final = 2.0  # seconds between retries at most
+REDELIVER_FOR: Final = 60.0  # seconds a failed webhook is retried
 _VERSION: Final = re.compile(r"^v\d+\.\d+$")
 _STATUS_ORDER: Final = ("sent", "delivered", "read")
 _MESSAGE_TYPES: Final = {"text", "image", "video", "document", "audio", "template", "reaction"}
@@ -177,6 +181,8 @@ class WhatsAppEmulator(Emulator):
         pair_rate: messages per second to one recipient.
         pair_burst: burst to one recipient.
         seed: seeds message ids and shuffled status orders.
+        redeliver: retry failed webhook deliveries (as Meta does) instead of
+            only logging them.
     """
 
     name = "whatsapp"
@@ -194,6 +200,7 @@ class WhatsAppEmulator(Emulator):
         pair_rate: float = PAIR_RATE,
         pair_burst: int = PAIR_BURST,
         seed: int = 0,
+        redeliver: bool = False,
     ) -> None:
         super().__init__()
         self.app_secret = app_secret
@@ -217,6 +224,8 @@ class WhatsAppEmulator(Emulator):
         self._jobs_in, self._jobs_out = trio.open_memory_channel[list[dict[str, Any]]](10_000)
         self._client: httpx.AsyncClient | None = None
         self._last_number: str | None = None
+        self.redeliver = redeliver
+        self._nursery: trio.Nursery | None = None
         self._users: dict[str, str] = {}  # BSUID -> the user's key (wa_id, or the BSUID)
         self._inbound_ids: set[str] = set()  # messages users sent
         self._sent_ids: set[str] = set()  # messages the business sent
@@ -251,11 +260,13 @@ class WhatsAppEmulator(Emulator):
             self._client = client
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     for _ in range(WEBHOOK_WORKERS):
                         nursery.start_soon(self._deliver_jobs, client)
                     try:
                         yield
                     finally:
+                        self._nursery = None
                         nursery.cancel_scope.cancel()
             finally:
                 self._client = None
@@ -623,7 +634,27 @@ class WhatsAppEmulator(Emulator):
     async def _deliver_jobs(self, client: httpx.AsyncClient) -> None:
         async for job in self._jobs_out:
             for payload in job:
-                await self._post(client, "status", payload)
+                status = await self._post(client, "status", payload)
+                self._maybe_redeliver("status", payload, status)
+
+    def _maybe_redeliver(self, kind: str, payload: dict[str, Any], status: int | None) -> None:
+        delivered = status is not None and 200 <= status < 300
+        if delivered or not self.redeliver or self._nursery is None or self.webhook_url is None:
+            return
+        self._nursery.start_soon(self._redeliver, kind, payload)
+
+    async def _redeliver(self, kind: str, payload: dict[str, Any]) -> None:
+        """Retry one failed webhook with doubling delays until it lands or time is up."""
+        assert self._client is not None
+        delay, until = REDELIVER_FIRST, trio.current_time() + REDELIVER_FOR
+        while trio.current_time() < until:
+            await trio.sleep(delay)
+            self.stats["webhooks_redelivered"] += 1
+            status = await self._post(self._client, kind, payload)
+            if status is not None and 200 <= status < 300:
+                return
+            delay = min(delay * 2, REDELIVER_MAX)
+        self.stats["webhooks_given_up"] += 1
 
     async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A user writes: ``{"from", "text", "name"?, "reply_to"?, "phone_number_id"?}``.
@@ -665,6 +696,7 @@ class WhatsAppEmulator(Emulator):
         body = self._envelope(number, {"contacts": [contact], "messages": [message]})
         if self._client is not None:
             status = await self._post(self._client, "message", body)
+            self._maybe_redeliver("message", body, status)
         else:
             async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
                 status = await self._post(client, "message", body)
