@@ -1130,3 +1130,101 @@ async def test_pywa_receives_replies_reads_types_reacts_uploads_and_gets_redeliv
     assert image["type"] == "image" and image["image"]["id"] == upload["media_id"]
     assert emulator.stats["webhooks_redelivered"] >= 1
     assert emulator.stats["error_368"] == 1
+
+
+TELEGRAM_OPERATIONS = """
+import asyncio, json, sys
+import httpx
+from telegram import Bot, ReactionTypeEmoji
+from telegram.constants import ChatAction
+from telegram.error import BadRequest, RetryAfter
+from telegram.ext import ApplicationBuilder, MessageHandler, filters
+
+base, token = sys.argv[1], sys.argv[2]
+
+async def control(path, **body):
+    async with httpx.AsyncClient() as client:
+        response = await client.post(base + "/_emulator/" + path, json=body)
+        response.raise_for_status()
+
+def seconds(retry_after):
+    return getattr(retry_after, "total_seconds", lambda: retry_after)()
+
+async def main():
+    result = {}
+    seen = asyncio.Queue()
+
+    async def on_text(update, context):
+        await seen.put(update.message)
+
+    # The two base URLs: the Bot API's and its file server's.
+    builder = ApplicationBuilder().token(token).base_url(base + "/bot")
+    app = builder.base_file_url(base + "/file/bot").build()
+    app.add_handler(MessageHandler(filters.TEXT, on_text))
+    async with app:
+        await app.start()
+        await app.updater.start_polling(poll_interval=0.0, timeout=1)
+        bot = app.bot
+        await control("inject", chat_id=42, text="hello")
+        question = await asyncio.wait_for(seen.get(), STEP_TIMEOUT)
+        answer = await question.reply_text("hi")
+        edited = await answer.edit_text("hi, edited")
+        assert edited.text == "hi, edited" and edited.edit_date is not None
+        print("CHECK edit")
+        assert await bot.send_chat_action(42, ChatAction.TYPING)
+        assert await question.set_reaction(ReactionTypeEmoji("\\N{THUMBS UP SIGN}"))
+        print("CHECK typing")
+        document = await bot.send_document(
+            42, document=b"%PDF-" + b"d" * 45, filename="report.pdf", caption="report"
+        )
+        file = await document.document.get_file()
+        assert bytes(await file.download_as_bytearray()) == b"%PDF-" + b"d" * 45
+        print("CHECK upload")
+        assert await answer.delete()
+        try:
+            await answer.delete()
+        except BadRequest as exc:
+            result["deleted_twice"] = exc.message
+        print("CHECK delete")
+        await control("fault", kind="rate_limit", duration=1)
+        try:
+            await bot.send_message(43, "too soon")
+        except RetryAfter as exc:
+            result["retry_after"] = seconds(exc.retry_after)
+            await asyncio.sleep(seconds(exc.retry_after))
+        assert (await bot.send_message(43, "waited")).text == "waited"
+        print("CHECK 429 waited out")
+        # Two long polls fail (502); the updater retries with its offset.
+        await control("fault", kind="server_error", count=2, status=502)
+        await control("inject", chat_id=44, text="after the outage")
+        back = await asyncio.wait_for(seen.get(), STEP_TIMEOUT)
+        assert back.text == "after the outage"
+        print("CHECK resume")
+        await app.updater.stop()
+        await app.stop()
+    print("RESULT " + json.dumps(result))
+
+asyncio.run(main())
+"""
+
+
+async def test_python_telegram_bot_edits_deletes_types_uploads_and_polls_through_an_outage() -> (
+    None
+):
+    emulator = TelegramEmulator()
+    with trio.fail_after(LONG_CEILING):
+        async with open_emulator(emulator) as url:
+            checks, result = await run_script(TELEGRAM_OPERATIONS, url, TOKEN)
+    assert checks == ["edit", "typing", "upload", "delete", "429 waited out", "resume"]
+    assert result == {
+        "deleted_twice": "Message to delete not found",  # the library capitalizes it
+        "retry_after": 1,
+    }
+    assert [o["method"] for o in emulator.operations] == [
+        "editMessageText",
+        "sendChatAction",
+        "setMessageReaction",
+        "deleteMessage",
+    ]
+    assert emulator.sent[1]["media"] == {"upload": "report.pdf", "size": 50}
+    assert emulator.stats["error_502"] == 2
