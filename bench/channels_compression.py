@@ -13,10 +13,15 @@ Design:
   read before and after), the node's CPU (decompression, JSON, events) and
   the emulator's (compression). The figures are each mode beside ``none``
   in the same run: ratios, not absolute claims.
+- Each message's text is different and made of seeded random words, so the
+  stream does not flatter compression with repeated content; what still
+  compresses is Discord's JSON around it (keys, ids, the author, the member).
 """
 
 from __future__ import annotations
 
+import random
+import string
 from typing import Final
 
 import attrs
@@ -103,7 +108,7 @@ async def _phase(
             f"compression {mode}: {rig.states.connected} of {channels} channels connected "
             f"within 60 s; statuses {dict(rig.states.statuses())}"
         )
-    body = "x" * text
+    rng = random.Random(0)  # every mode's phase sends the same texts
     received = [0]
     expected = events * channels
     done = trio.Event()
@@ -120,8 +125,8 @@ async def _phase(
         cpu0, emu0 = cpu_seconds(), rig.emulator.cpu_seconds()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(count)
-            for n in range(events):
-                await rig.emulator.inject(channel_id=CHANNEL, content=f"{n} {body}")
+            for _ in range(events):
+                await rig.emulator.inject(channel_id=CHANNEL, content=_text(rng, text))
             with trio.move_on_after(max(30.0, ctx.remaining() / 4)):
                 await done.wait()
             nursery.cancel_scope.cancel()
@@ -138,6 +143,17 @@ async def _phase(
         node_cpu=cpu1 - cpu0,
         emulator_cpu=None if emu0 is None or emu1 is None else emu1 - emu0,
     )
+
+
+def _text(rng: random.Random, size: int) -> str:
+    """``size`` characters of random words (lowercase, 2-9 letters each)."""
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:size]
 
 
 def compression_figures(phases: list[CompressionPhase]) -> list[Figure]:
