@@ -552,7 +552,13 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramBadRequest, TelegramRetryAfter, TelegramUnauthorizedError
-from aiogram.types import BufferedInputFile, Message, ReactionTypeEmoji
+from aiogram.types import (
+    BotCommand,
+    BufferedInputFile,
+    InputMediaPhoto,
+    Message,
+    ReactionTypeEmoji,
+)
 
 base, token = sys.argv[1], sys.argv[2]
 
@@ -624,6 +630,25 @@ async def main():
         result["deleted_twice"] = exc.message
     print("CHECK delete")
 
+    chat = await bot.get_chat(42)
+    assert chat.id == 42 and chat.type == "private"
+    copied = await bot.copy_message(45, from_chat_id=42, message_id=question.message_id)
+    forwarded = await bot.forward_message(46, from_chat_id=42, message_id=question.message_id)
+    assert forwarded.text == "hello" and forwarded.forward_origin is not None
+    album = await bot.send_media_group(
+        47,
+        [
+            InputMediaPhoto(media=BufferedInputFile(picture, filename="a.png")),
+            InputMediaPhoto(media=BufferedInputFile(picture, filename="b.png")),
+        ],
+    )
+    assert len(album) == 2 and album[0].media_group_id == album[1].media_group_id
+    assert await bot.set_my_commands([BotCommand(command="start", description="Start")])
+    assert [c.command for c in await bot.get_my_commands()] == ["start"]
+    assert await bot.answer_callback_query("query-1", text="done")
+    result["copied"] = copied.message_id
+    print("CHECK more methods")
+
     await control("fault", kind="rate_limit", duration=1)
     try:
         await bot.send_message(43, "too soon")
@@ -674,17 +699,32 @@ async def test_aiogram_polls_replies_edits_deletes_uploads_and_recovers() -> Non
         "typing",
         "upload",
         "delete",
+        "more methods",
         "429 waited out",
         "resume",
         "banned",
     ]
     assert result == {
         "deleted_twice": "Bad Request: message to delete not found",
+        "copied": 1,  # the first message in chat 45
         "retry_after": 1,
         "banned": "TelegramUnauthorizedError",
     }
     methods = [o["method"] for o in emulator.operations]
-    assert methods == ["editMessageText", "sendChatAction", "setMessageReaction", "deleteMessage"]
+    assert methods == [
+        "editMessageText",
+        "sendChatAction",
+        "setMessageReaction",
+        "deleteMessage",
+        "setMyCommands",
+        "answerCallbackQuery",
+    ]
+    assert [(s["method"], s["chat_id"]) for s in emulator.sent][2:6] == [
+        ("copyMessage", 45),
+        ("forwardMessage", 46),
+        ("sendMediaGroup", 47),
+        ("sendMediaGroup", 47),
+    ]
     assert emulator.sent[1]["media"] == {"upload": "cat.png", "size": 108}
     assert emulator.stats["error_502"] == 2  # the outage the poller came back from
 

@@ -338,7 +338,7 @@ class TelegramMethods(Emulator):
         chat_id = chat_id_param(params)
         if chat_id in self.unknown_chats:
             raise ApiError(400, "Bad Request: chat not found")
-        # ChatFullInfo: these three are required (Bot API 7.3 and 9.0).
+        # ChatFullInfo: these three are required (Bot API 7.3, 9.0; gifts_from_channels 9.3).
         return {
             **chat(chat_id),
             "accent_color_id": 0,
@@ -348,6 +348,7 @@ class TelegramMethods(Emulator):
                 "limited_gifts": False,
                 "unique_gifts": False,
                 "premium_subscription": False,
+                "gifts_from_channels": False,
             },
         }
 
