@@ -21,6 +21,11 @@ What it does, in order:
    emulator broadcasts one injected message to every connected channel, so
    one inject per ``N / inbound_rate`` seconds makes the rate; arrivals are
    counted from the node's event hub.
+5. Discord gateway compression (``compressions``, Discord only): in a
+   fresh node against a fresh emulator, one receive phase per mode (none,
+   zlib-stream, zstd-stream): bytes on the wire, node and emulator CPU per
+   event, each beside uncompressed in the same run
+   (:mod:`bench.channels_compression`).
 
 Everything is bounded: each step's length, the connect phase (by the time
 left), and the drain of in-flight sends at a step's end.
@@ -39,6 +44,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from .channels_compression import CompressionPhase, compression_figures, measure_compression
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
 from .rig import (
     EMULATED,
@@ -101,6 +107,19 @@ class ChannelsParams:
     baseline: bool = attrs.field(
         default=True, metadata=_help("measure bare trio-websocket connections (websocket only)")
     )
+    compressions: list[str] = attrs.field(
+        factory=list,
+        metadata=_help(
+            "discord gateway compression modes to measure (none, zlib-stream, zstd-stream)"
+        ),
+    )
+    compression_channels: int = attrs.field(
+        default=20, metadata=_help("channels per compression phase")
+    )
+    compression_events: int = attrs.field(
+        default=100,
+        metadata=_help("messages injected per compression phase (each to every channel)"),
+    )
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -118,6 +137,11 @@ class ChannelsParams:
                 problems.append(f"{name}: expected 0 or more, got {getattr(self, name)}")
         if self.inbound_rate and self.provider != "websocket":
             problems.append("inbound_rate: inbound load is injected for websocket channels only")
+        if self.compressions and self.provider != "discord":
+            problems.append("compressions: measured for discord channels only")
+        for name in ("compression_channels", "compression_events"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: expected at least 1, got {getattr(self, name)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -331,6 +355,19 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         dead_letters = sum(s.dead_letters for s in stats)
         reconnects = sum(s.reconnects for s in stats)
         fatal = len(rig.states.failed)
+    compression: list[CompressionPhase] = []
+    if params.compressions:
+        t = time.perf_counter()
+        async with open_rig("discord", external=external, limits=False) as zrig:
+            compression = await measure_compression(
+                zrig,
+                modes=params.compressions,
+                channels=params.compression_channels,
+                events=params.compression_events,
+                text_size=params.text_size,
+                ctx=ctx,
+            )
+        sections["compression"] = round(time.perf_counter() - t, 2)
     figures = _figures(
         params,
         n=n,
@@ -343,6 +380,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         inbound=inbound[0],
         inbound_seconds=inbound_seconds,
     )
+    figures += compression_figures(compression)
     notes += _notes(params, steps, baseline, external)
     return Report(
         scenario="channels",

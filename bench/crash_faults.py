@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from providers.base import ChannelConfig, Connection, Provider, SessionState
+from providers.operations import supported_operations
 
 __all__ = ["CrashLog", "CrashingProvider", "InjectedCrash"]
 
@@ -87,6 +88,7 @@ class CrashingProvider:
         self.inner = inner
         self.name = inner.name
         self.limits = inner.limits
+        self.operations = supported_operations(inner)
         self.log = log
         self._armed: dict[str, trio.CancelScope] = {}
 

@@ -1,7 +1,8 @@
 """Platform adapters behind one Provider protocol, and local emulators.
 
 The protocol, the message and event types and the error tree live in
-:mod:`providers.base` and are re-exported here; each platform has its own
+:mod:`providers.base`, the operations beyond sending in
+:mod:`providers.operations`, and both are re-exported here; each platform has its own
 subpackage with a sans-IO core and a thin trio shell.
 """
 
@@ -21,7 +22,9 @@ from .base import (
     InboundMessage,
     Media,
     MediaKind,
+    MediaTooLarge,
     MessageEdited,
+    MessageNotFound,
     MessageTooLong,
     MissingPermissions,
     OutboundMessage,
@@ -37,6 +40,17 @@ from .base import (
     SessionState,
     Template,
     TransientError,
+    Unsupported,
+)
+from .operations import (
+    ChatAction,
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    OperationKind,
+    React,
+    SendTyping,
 )
 
 __all__ = [
@@ -45,19 +59,27 @@ __all__ = [
     "BadRecipient",
     "Banned",
     "ChannelConfig",
+    "ChatAction",
     "Conflict",
     "Connection",
     "ConnectionState",
     "ConnectionStateChanged",
+    "DeleteMessage",
     "DeliveryReceipt",
+    "EditMessage",
     "Event",
     "FatalError",
     "InboundMessage",
+    "MarkRead",
     "Media",
     "MediaKind",
+    "MediaTooLarge",
     "MessageEdited",
+    "MessageNotFound",
     "MessageTooLong",
     "MissingPermissions",
+    "Operation",
+    "OperationKind",
     "OutboundMessage",
     "OutsideWindow",
     "PermanentSendError",
@@ -66,9 +88,12 @@ __all__ = [
     "ProviderError",
     "RateLimitScope",
     "RateLimited",
+    "React",
     "ReceiptStatus",
     "SendResult",
+    "SendTyping",
     "SessionState",
     "Template",
     "TransientError",
+    "Unsupported",
 ]

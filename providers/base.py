@@ -21,8 +21,18 @@ Design:
       └── PermanentSendError      this message can never be sent: dead-letter it
           ├── BadRecipient
           ├── MessageTooLong
-          └── OutsideWindow          WhatsApp's 24-hour customer-service window
+          ├── MediaTooLarge          an upload over the platform's size limit
+          ├── MessageNotFound        an edit, delete, reaction or read of a message
+          │                          the platform no longer has
+          ├── OutsideWindow          WhatsApp's 24-hour customer-service window
+          └── Unsupported            the platform has no such operation (refused
+                                     before anything is sent)
 
+- Beyond sending, a connection edits and deletes what it sent, shows a
+  typing indicator, marks inbound messages read and reacts to messages
+  (:mod:`providers.operations`); a provider declares which of these its
+  platform has in ``Provider.operations``, and an operation it lacks is
+  refused with :class:`Unsupported` before any budget is spent.
 - Session state a provider needs to resume (Discord ``session_id``/``seq``,
   Telegram's update offset) is exported as a :class:`SessionState` and handed
   back on the next ``open_connection``, so a crash of the actor neither replays nor
@@ -35,9 +45,19 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import attrs
+
+if TYPE_CHECKING:
+    from .operations import (
+        DeleteMessage,
+        EditMessage,
+        MarkRead,
+        OperationKind,
+        React,
+        SendTyping,
+    )
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -55,7 +75,9 @@ __all__ = [
     "InboundMessage",
     "Media",
     "MediaKind",
+    "MediaTooLarge",
     "MessageEdited",
+    "MessageNotFound",
     "MessageTooLong",
     "MissingPermissions",
     "OutboundMessage",
@@ -71,6 +93,7 @@ __all__ = [
     "SessionState",
     "Template",
     "TransientError",
+    "Unsupported",
 ]
 
 
@@ -86,21 +109,49 @@ class MediaKind(enum.Enum):
     AUDIO = "audio"
 
 
+def _content_repr(content: bytes | None) -> str:
+    return "None" if content is None else f"<{len(content)} bytes>"
+
+
 @attrs.frozen(kw_only=True)
 class Media:
-    """Media sent or received by URL.
+    """Media sent by URL or by upload, or received.
+
+    Exactly one of ``url`` (the platform fetches it), ``content`` (uploaded
+    from memory) and ``path`` (a local file, read and uploaded when the
+    message is sent) says where the media comes from. Received media always
+    has a ``url`` (or a platform reference in URL form).
 
     Attributes:
         kind: image, video, document or audio.
         url: where the platform fetches (or we fetched) it.
+        content: the bytes to upload (``repr`` shows only their length).
+        path: a local file to upload.
         caption: optional text shown with it.
-        filename: for documents.
+        filename: the name shown for an upload (default: the path's name).
+        mime_type: the upload's media type (default: guessed from the name).
     """
 
     kind: MediaKind
-    url: str
+    url: str | None = None
+    content: bytes | None = attrs.field(default=None, repr=_content_repr)
+    path: str | None = None
     caption: str | None = None
     filename: str | None = None
+    mime_type: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        given = sum(x is not None for x in (self.url, self.content, self.path))
+        if given != 1:
+            raise ValueError(
+                f"a Media item has exactly one of url, content or path (got {given}); "
+                "give a URL for the platform to fetch, or bytes or a file to upload"
+            )
+
+    @property
+    def is_upload(self) -> bool:
+        """Whether the media is uploaded (bytes or a file) rather than fetched by URL."""
+        return self.url is None
 
 
 @attrs.frozen(kw_only=True)
@@ -286,6 +337,7 @@ class PlatformLimits:
         per_peer_rate: messages per second to one chat / recipient.
         per_peer_burst: burst for it.
         max_text_length: longest text the platform accepts, in characters.
+        max_upload_bytes: largest media upload the platform accepts, in bytes.
     """
 
     per_channel_rate: float
@@ -293,6 +345,7 @@ class PlatformLimits:
     per_peer_rate: float
     per_peer_burst: int
     max_text_length: int
+    max_upload_bytes: int = 50 * 1024 * 1024
 
 
 DEFAULT_LIMITS: Final = PlatformLimits(
@@ -404,6 +457,34 @@ class OutsideWindow(PermanentSendError):
     """WhatsApp: free-form messages need a reply within 24 hours; use a template."""
 
 
+class MediaTooLarge(PermanentSendError):
+    """The upload exceeds the platform's size limit."""
+
+
+class MessageNotFound(PermanentSendError):
+    """The message to edit, delete, react to or mark read is gone (or never was).
+
+    Retrying cannot bring it back: the operation is dead-lettered, never retried.
+    """
+
+
+class Unsupported(PermanentSendError):
+    """The platform has no such operation (WhatsApp cannot edit, Telegram has no
+    read receipts for bots, ...). Refused before anything is sent.
+
+    Attributes:
+        operation: the operation's name (``edit``, ``mark_read``, ...).
+        provider: the provider that lacks it.
+    """
+
+    def __init__(
+        self, message: str, *, peer: str | None = None, operation: str = "", provider: str = ""
+    ) -> None:
+        super().__init__(message, peer=peer)
+        self.operation = operation
+        self.provider = provider
+
+
 # --- the protocol ----------------------------------------------------------------------------
 
 
@@ -421,10 +502,57 @@ class Connection(Protocol):
         ...
 
     async def send(self, msg: OutboundMessage) -> SendResult:
-        """Send one message; return once the platform accepted it.
+        """Send one message (text, media by URL or by upload, a template);
+        return once the platform accepted it.
 
         Raises:
+            TransientError, RateLimited, FatalError, PermanentSendError
+            (MediaTooLarge for an upload over the limit).
+        """
+        ...
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """Replace the text of a message this bot sent.
+
+        Raises:
+            MessageNotFound: the platform no longer has the message.
+            Unsupported: the platform cannot edit messages.
             TransientError, RateLimited, FatalError, PermanentSendError.
+        """
+        ...
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """Delete a message.
+
+        Raises:
+            MessageNotFound: the platform no longer has the message.
+            Unsupported, TransientError, RateLimited, FatalError, PermanentSendError.
+        """
+        ...
+
+    async def typing(self, op: SendTyping) -> None:
+        """Show a typing (or other chat action) indicator to the peer.
+
+        Raises:
+            Unsupported, TransientError, RateLimited, FatalError, PermanentSendError.
+        """
+        ...
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """Mark an inbound message as read.
+
+        Raises:
+            MessageNotFound, Unsupported, TransientError, RateLimited, FatalError,
+            PermanentSendError.
+        """
+        ...
+
+    async def react(self, op: React) -> None:
+        """Set (or, with no emoji, remove) the bot's reaction to a message.
+
+        Raises:
+            MessageNotFound, Unsupported, TransientError, RateLimited, FatalError,
+            PermanentSendError.
         """
         ...
 
@@ -443,6 +571,8 @@ class Provider(Protocol):
 
     name: str
     limits: PlatformLimits
+    operations: frozenset[OperationKind]
+    """What the platform can do beyond sending text (see :mod:`providers.operations`)."""
 
     def open_connection(
         self, config: ChannelConfig, session: SessionState | None = None

@@ -61,6 +61,14 @@ from providers.base import (
     SessionState,
     TransientError,
 )
+from providers.operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    OperationKind,
+    React,
+    SendTyping,
+)
 
 __all__ = [
     "Exponential",
@@ -251,27 +259,8 @@ class SimulatedConnection:
         Raises:
             TransientError, RateLimited, PermanentSendError, Banned.
         """
-        self._check_open(msg.idempotency_key)
+        await self._roll(msg.idempotency_key, msg.peer)
         provider = self._provider
-        delay = provider.latency.sample(self._send_rng)
-        roll = self._send_rng.random()
-        await trio.sleep(delay)
-        self._check_open(msg.idempotency_key)
-        f = provider.failures
-        error: ProviderError | None = None
-        if roll < f.send_transient:
-            error = TransientError(f"simulated transient failure of {msg.idempotency_key!r}")
-        elif roll < f.send_transient + f.send_rate_limited:
-            error = RateLimited(
-                f"simulated rate limit on {self.channel_id}", retry_after=f.retry_after
-            )
-        elif roll < f.send_transient + f.send_rate_limited + f.send_permanent:
-            error = PermanentSendError(
-                f"simulated permanent failure of {msg.idempotency_key!r}", peer=msg.peer
-            )
-        if error is not None:
-            provider._stats["send_failures"] += 1
-            raise error
         result = provider._accept(self.channel_id, msg)
         if provider.receipts:
             receipt = DeliveryReceipt(
@@ -283,6 +272,52 @@ class SimulatedConnection:
             )
             self._schedule(receipt)
         return result
+
+    # The other operations take the same latency and failure rates; the
+    # simulated platform keeps no messages to edit, so it acknowledges them.
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """Edit after a sampled latency; fail as the failure rates say."""
+        await self._roll(op.idempotency_key, op.peer)
+        return SendResult(platform_message_id=op.message_id, peer=op.peer)
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """Delete after a sampled latency; fail as the failure rates say."""
+        await self._roll(op.idempotency_key, op.peer)
+
+    async def typing(self, op: SendTyping) -> None:
+        """Show typing after a sampled latency; fail as the failure rates say."""
+        await self._roll(op.idempotency_key, op.peer)
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """Mark read after a sampled latency; fail as the failure rates say."""
+        await self._roll(op.idempotency_key, op.peer)
+
+    async def react(self, op: React) -> None:
+        """React after a sampled latency; fail as the failure rates say."""
+        await self._roll(op.idempotency_key, op.peer)
+
+    async def _roll(self, key: str, peer: str) -> None:
+        """Take a sampled latency, then fail as the failure rates say (or return)."""
+        self._check_open(key)
+        provider = self._provider
+        delay = provider.latency.sample(self._send_rng)
+        roll = self._send_rng.random()
+        await trio.sleep(delay)
+        self._check_open(key)
+        f = provider.failures
+        error: ProviderError | None = None
+        if roll < f.send_transient:
+            error = TransientError(f"simulated transient failure of {key!r}")
+        elif roll < f.send_transient + f.send_rate_limited:
+            error = RateLimited(
+                f"simulated rate limit on {self.channel_id}", retry_after=f.retry_after
+            )
+        elif roll < f.send_transient + f.send_rate_limited + f.send_permanent:
+            error = PermanentSendError(f"simulated permanent failure of {key!r}", peer=peer)
+        if error is not None:
+            provider._stats["send_failures"] += 1
+            raise error
 
     def session_state(self) -> SessionState:
         """The last delivered inbound message id."""
@@ -372,6 +407,7 @@ class SimulatedProvider:
     """
 
     name = "simulated"
+    operations = frozenset(OperationKind)
 
     def __init__(
         self,

@@ -30,6 +30,15 @@ from .base import (
     SessionState,
     TransientError,
 )
+from .operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    OperationKind,
+    React,
+    SendTyping,
+)
 
 __all__ = ["FakeConnection", "FakeProvider", "LinkBreaker", "SendDelay"]
 
@@ -79,6 +88,29 @@ class FakeConnection:
             yield item
 
     async def send(self, msg: OutboundMessage) -> SendResult:
+        result = await self._answer(msg)
+        assert result is not None
+        return result
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        result = await self._answer(op)
+        assert result is not None
+        return result
+
+    async def delete(self, op: DeleteMessage) -> None:
+        await self._answer(op)
+
+    async def typing(self, op: SendTyping) -> None:
+        await self._answer(op)
+
+    async def mark_read(self, op: MarkRead) -> None:
+        await self._answer(op)
+
+    async def react(self, op: React) -> None:
+        await self._answer(op)
+
+    async def _answer(self, msg: Operation) -> SendResult | None:
+        """Every operation answers from the one ``send_script``, as a send does."""
         if self.closed:
             raise TransientError("fake connection is closed")
         self.provider.send_attempts.append((trio.current_time(), msg))
@@ -93,7 +125,7 @@ class FakeConnection:
             self._seq += 1
             outcome = SendResult(platform_message_id=f"m{next(self.provider._ids)}", peer=msg.peer)
         self.provider.sent.append((trio.current_time(), msg))
-        return outcome
+        return outcome if isinstance(msg, OutboundMessage | EditMessage) else None
 
     def session_state(self) -> SessionState:
         return SessionState(provider="fake", data={"connection": self.provider.connects})
@@ -116,8 +148,9 @@ class FakeProvider:
             :class:`SendResult`, an exception, or a :class:`SendDelay`.
         connections: every connection opened, oldest first.
         connect_times: when each connect was attempted.
-        sent: ``(time, message)`` for every accepted send.
+        sent: ``(time, message)`` for every accepted send (and other operation).
         send_attempts: ``(time, message)`` for every send attempt.
+        operations: what the fake platform can do (every operation by default).
     """
 
     name = "fake"
@@ -128,15 +161,17 @@ class FakeProvider:
         limits: PlatformLimits = DEFAULT_LIMITS,
         connect_script: Iterable[ProviderError | None] = (),
         send_script: Iterable[Any] = (),
+        operations: Iterable[OperationKind] = tuple(OperationKind),
     ) -> None:
         self.limits = limits
+        self.operations = frozenset(operations)
         self.connect_script: deque[ProviderError | None] = deque(connect_script)
         self.send_script: deque[Any] = deque(send_script)
         self.connections: list[FakeConnection] = []
         self.connect_times: list[float] = []
         self.sessions_seen: list[SessionState | None] = []
-        self.sent: list[tuple[float, OutboundMessage]] = []
-        self.send_attempts: list[tuple[float, OutboundMessage]] = []
+        self.sent: list[tuple[float, Operation]] = []
+        self.send_attempts: list[tuple[float, Operation]] = []
         self.connects = 0
         self._ids = itertools.count(1)
         self._connected = trio.Event()

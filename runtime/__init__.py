@@ -27,6 +27,8 @@ from .errors import (
     ConfigProblem,
     ConnectionLimitReached,
     MailboxFull,
+    MediaTooLarge,
+    MessageNotFound,
     MessageTooLong,
     NodeDraining,
     NodeError,
@@ -38,6 +40,7 @@ from .errors import (
     StoreError,
     UnknownChannel,
     UnknownProvider,
+    Unsupported,
 )
 from .events import EventKind, NodeEvent, Subscription
 from .node import Node, NodeState, open_node
@@ -62,6 +65,8 @@ __all__ = [
     "EventKind",
     "KeptMessage",
     "MailboxFull",
+    "MediaTooLarge",
+    "MessageNotFound",
     "MessageTooLong",
     "Node",
     "NodeConfig",
@@ -80,6 +85,7 @@ __all__ = [
     "Subscription",
     "UnknownChannel",
     "UnknownProvider",
+    "Unsupported",
     "load_config",
     "open_node",
     "open_store",

@@ -34,7 +34,7 @@ from typing import Final
 import attrs
 import trio
 
-from providers.base import OutboundMessage
+from providers.operations import Operation
 
 from .checkpoints import CheckpointWriter
 from .errors import StoreError
@@ -53,7 +53,7 @@ class Pending:
     """A send the node accepted and has not finished."""
 
     channel_id: str
-    message: OutboundMessage
+    message: Operation
     accepted_at: float  # unix time
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cut: bool = False  # the drain deadline passed while it was in flight
@@ -77,7 +77,7 @@ class SendTracker:
         return len(self._pending)
 
     @contextmanager
-    def track(self, channel_id: str, message: OutboundMessage) -> Iterator[Pending]:
+    def track(self, channel_id: str, message: Operation) -> Iterator[Pending]:
         """Count one send from now until the block ends."""
         pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
         self._pending.add(pending)

@@ -24,7 +24,12 @@
         │   │                                          (also providers.base.PermanentSendError)
         │   ├── BadRecipient       (also providers.base.BadRecipient)
         │   ├── MessageTooLong     (also providers.base.MessageTooLong)
-        │   └── OutsideWindow      (also providers.base.OutsideWindow)
+        │   ├── MediaTooLarge      (also providers.base.MediaTooLarge)
+        │   ├── MessageNotFound    an edit, delete, reaction or read mark of a message
+        │   │                      the platform no longer has (also providers.base.…)
+        │   ├── OutsideWindow      (also providers.base.OutsideWindow)
+        │   └── Unsupported        the platform has no such operation; refused before
+        │                          sending, not dead-lettered (also providers.base.…)
         ├── MailboxFull            the channel's queue is full: slow down  (also actors.MailboxFull)
         ├── AskTimeout             no answer within the send's timeout     (also actors.AskTimeout)
         └── ChannelCrashed         the channel actor crashed on this message
@@ -63,6 +68,8 @@ __all__ = [
     "ConfigProblem",
     "ConnectionLimitReached",
     "MailboxFull",
+    "MediaTooLarge",
+    "MessageNotFound",
     "MessageTooLong",
     "NodeDraining",
     "NodeError",
@@ -74,6 +81,7 @@ __all__ = [
     "StoreError",
     "UnknownChannel",
     "UnknownProvider",
+    "Unsupported",
     "error_from_wire",
     "error_to_wire",
     "map_send_errors",
@@ -241,6 +249,27 @@ class OutsideWindow(PermanentSendError, platform.OutsideWindow):
     """WhatsApp: free-form messages need a reply within 24 hours; use a template."""
 
 
+class MediaTooLarge(PermanentSendError, platform.MediaTooLarge):
+    """The upload exceeds the platform's size limit."""
+
+
+class MessageNotFound(PermanentSendError, platform.MessageNotFound):
+    """The platform no longer has the message to edit, delete, react to or mark read
+    (dead-lettered, never retried)."""
+
+
+class Unsupported(PermanentSendError, platform.Unsupported):
+    """The channel's platform has no such operation (refused before sending).
+
+    Attributes:
+        operation: the operation's name (``edit``, ``mark_read``, ...).
+        provider: the provider that lacks it.
+    """
+
+    operation: str = ""
+    provider: str = ""
+
+
 class MailboxFull(SendError, actors.MailboxFull):
     """The channel's queue is full; slow down and retry.
 
@@ -271,6 +300,9 @@ _SEND_ERRORS: Final[dict[type[BaseException], type[SendError]]] = {
     platform.BadRecipient: BadRecipient,
     platform.MessageTooLong: MessageTooLong,
     platform.OutsideWindow: OutsideWindow,
+    platform.MediaTooLarge: MediaTooLarge,
+    platform.MessageNotFound: MessageNotFound,
+    platform.Unsupported: Unsupported,
     platform.PermanentSendError: PermanentSendError,
 }
 
@@ -305,7 +337,7 @@ def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:
 
 def _copy_details(source: BaseException, target: SendError) -> None:
     details: Any = source
-    for name in ("peer", "capacity", "actor", "reason"):
+    for name in ("peer", "capacity", "actor", "reason", "operation", "provider"):
         if hasattr(details, name):
             setattr(target, name, getattr(details, name))
 
@@ -324,6 +356,9 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
         BadRecipient,
         MessageTooLong,
         OutsideWindow,
+        MessageNotFound,
+        MediaTooLarge,
+        Unsupported,
         MailboxFull,
         AskTimeout,
         ChannelCrashed,
@@ -335,7 +370,7 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
         NodeError,
     )
 }
-_DETAILS: Final = ("peer", "capacity", "reason")
+_DETAILS: Final = ("peer", "capacity", "reason", "operation", "provider")
 
 
 def error_to_wire(exc: BaseException) -> dict[str, Any]:

@@ -56,6 +56,14 @@ from actors import (
 from actors.channel import Tenure
 from actors.channel.durable import export_state, restore_state
 from providers.base import OutboundMessage, Provider, SendResult
+from providers.operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    React,
+    SendTyping,
+)
 from providers.registry import PROVIDERS, load
 from supervisors import (
     INFINITY,
@@ -394,9 +402,116 @@ class Node(ClusterMode, DeadLetterOps):
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
         """
-        timeout = DEFAULT_SEND_TIMEOUT if timeout is None else timeout
+        result = await self._perform(channel_id, message, timeout)
+        assert result is not None
+        return result
+
+    async def edit(
+        self,
+        channel_id: str,
+        edit: EditMessage,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> SendResult:
+        """Replace the text of a message the channel sent; returns once the platform took it.
+
+        Edits (and every operation below) take the send path: the channel's
+        rate limiters, circuit breaker, retries and dead letters, and the
+        drain keeps those not done by its deadline.
+
+        Raises:
+            Unsupported: the platform cannot edit (WhatsApp); nothing was sent.
+            MessageNotFound: the platform no longer has the message (dead-lettered).
+            The errors of :meth:`send` otherwise.
+        """
+        result = await self._perform(channel_id, edit, timeout)
+        assert result is not None
+        return result
+
+    async def delete(
+        self,
+        channel_id: str,
+        delete: DeleteMessage,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Delete a message.
+
+        Raises:
+            Unsupported: the platform cannot delete (WhatsApp); nothing was sent.
+            MessageNotFound: the platform no longer has the message (dead-lettered).
+            The errors of :meth:`send` otherwise.
+        """
+        await self._perform(channel_id, delete, timeout)
+
+    async def typing(
+        self,
+        channel_id: str,
+        typing: SendTyping,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Show the peer a typing (chat action) indicator.
+
+        Raises:
+            The errors of :meth:`send`.
+        """
+        await self._perform(channel_id, typing, timeout)
+
+    async def mark_read(
+        self,
+        channel_id: str,
+        read: MarkRead,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Mark an inbound message read (WhatsApp; ``read.typing`` also shows typing).
+
+        Raises:
+            Unsupported: the platform has no read marks for bots (Telegram, Discord).
+            MessageNotFound: the platform does not know the message (dead-lettered).
+            The errors of :meth:`send` otherwise.
+        """
+        await self._perform(channel_id, read, timeout)
+
+    async def react(
+        self,
+        channel_id: str,
+        react: React,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Set (``emoji``) or remove (``emoji=None``) the bot's reaction to a message.
+
+        Raises:
+            MessageNotFound: the platform no longer has the message (dead-lettered).
+            The errors of :meth:`send` otherwise.
+        """
+        await self._perform(channel_id, react, timeout)
+
+    async def perform(
+        self,
+        channel_id: str,
+        op: Operation,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> SendResult | None:
+        """Any operation (a message or one of the above), as the ops API sends them.
+
+        Returns:
+            The ``SendResult`` of a message or an edit, ``None`` for the others.
+
+        Raises:
+            The errors of :meth:`send`, and ``Unsupported`` / ``MessageNotFound``.
+        """
+        return await self._perform(channel_id, op, timeout)
+
+    async def _perform(
+        self, channel_id: str, message: Operation, wait: float | None
+    ) -> SendResult | None:
+        timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if self._cluster is not None and self._drain_report is None:
-            # Even while draining: the send goes to wherever the channel runs.
+            # Even while draining: the call goes to wherever the channel runs.
             return await self._cluster_send(channel_id, message, timeout=timeout)
         self._check_accepting()
         return await self._send_here(channel_id, message, timeout=timeout)
@@ -404,24 +519,31 @@ class Node(ClusterMode, DeadLetterOps):
     async def _send_here(
         self,
         channel_id: str,
-        message: OutboundMessage,
+        message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
-    ) -> SendResult:
-        """:meth:`send` on a channel that runs on this node."""
+    ) -> SendResult | None:
+        """:meth:`perform` on a channel that runs on this node.
+
+        A repeat of a recent idempotency key is answered as the first time,
+        not done again (the channel remembers its answers; see ``SentResults``).
+        """
         channel = self.channel(channel_id)
         sent = channel.memory.sent
         known = sent.get(message.idempotency_key)
-        if known is not None:  # a repeat: answered as the first time, not sent again
-            return SendResult(platform_message_id=known[0], peer=known[1])
+        if known is not None:
+            return _result_of(message, known)
         with (
             map_send_errors(channel_id, message.idempotency_key),
             self._sends.track(channel_id, message) as pending,
         ):
             with pending.scope:
                 try:
-                    result = await channel.send(message, timeout=timeout)
-                    sent.put(message.idempotency_key, result.platform_message_id, result.peer)
+                    result = await channel.perform(message, timeout=timeout)
+                    if result is None:
+                        sent.put(message.idempotency_key, "", "")
+                    else:
+                        sent.put(message.idempotency_key, result.platform_message_id, result.peer)
                     return result
                 except Exception as exc:
                     if not pending.cut:
@@ -820,7 +942,7 @@ class Node(ClusterMode, DeadLetterOps):
 
     async def _resend_one(self, item: Any) -> None:
         try:
-            await self.send(item.channel_id, item.message)
+            await self._perform(item.channel_id, item.message, None)
         except NodeDraining:
             return  # kept again by the drain
         except Exception as exc:
@@ -969,3 +1091,10 @@ async def _open_store(config: NodeConfig, store: Store | None) -> AsyncIterator[
         return
     async with open_store(config.storage) as opened:
         yield opened
+
+
+def _result_of(op: Operation, known: tuple[str, str]) -> SendResult | None:
+    """The remembered answer to ``op``: a ``SendResult`` for a message or an edit."""
+    if isinstance(op, OutboundMessage | EditMessage):
+        return SendResult(platform_message_id=known[0], peer=known[1])
+    return None

@@ -42,7 +42,8 @@ import trio
 
 from actors import ChannelStatus
 from actors.channel import Tenure
-from providers.base import OutboundMessage, SendResult
+from providers.base import SendResult
+from providers.operations import Operation
 
 from .cluster import ClusterSurvey, ClusterUnavailable
 from .cluster.forwarding import ForwardTimeout
@@ -102,10 +103,10 @@ class ClusterMode:
         async def _send_here(
             self,
             channel_id: str,
-            message: OutboundMessage,
+            message: Operation,
             *,
             timeout: float,  # noqa: ASYNC109
-        ) -> SendResult: ...
+        ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
 
@@ -213,10 +214,10 @@ class ClusterMode:
     async def _cluster_send(
         self,
         channel_id: str,
-        message: OutboundMessage,
+        message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
-    ) -> SendResult:
+    ) -> SendResult | None:
         """A send in a cluster: here if the channel runs here, else on its owner."""
         with self._calls.track(channel_id, message):
             return await self._routed_send(channel_id, message, timeout=timeout)
@@ -224,10 +225,10 @@ class ClusterMode:
     async def _routed_send(
         self,
         channel_id: str,
-        message: OutboundMessage,
+        message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
-    ) -> SendResult:
+    ) -> SendResult | None:
         deadline = trio.current_time() + timeout
         body = {"message": encode_outbound(message)}
         while True:
@@ -244,6 +245,8 @@ class ClusterMode:
                 answer = await self._forward(channel_id, "send", body, deadline, message)
             except _RunsHere:
                 continue
+            if not answer:  # an operation without a result (typing, delete ...)
+                return None
             return SendResult(
                 platform_message_id=str(answer["platform_message_id"]), peer=str(answer["peer"])
             )
@@ -254,7 +257,7 @@ class ClusterMode:
         op: str,
         body: dict[str, Any],
         deadline: float,
-        message: OutboundMessage | None = None,
+        message: Operation | None = None,
     ) -> dict[str, Any]:
         """Ask the channel's owner to do ``op``; its answer, or its error raised here.
 
@@ -349,6 +352,8 @@ class ClusterMode:
             if op == "send":
                 message = decode_outbound(body["message"])
                 result = await self._send_here(channel_id, message, timeout=timeout)
+                if result is None:
+                    return {"ok": {}}
                 sent = {"platform_message_id": result.platform_message_id, "peer": result.peer}
                 return {"ok": sent}
             if op == "restart":
@@ -446,7 +451,7 @@ class _RunsHere(Exception):
 def _left(
     deadline: float,
     channel_id: str,
-    message: OutboundMessage | None,
+    message: Operation | None,
     *,
     last: str | None = None,
 ) -> float:

@@ -16,6 +16,7 @@ import attrs
 
 from actors import ChannelStatistics, ChannelStatus
 from providers.base import Connection, OutboundMessage, SendResult
+from providers.operations import Operation
 
 if TYPE_CHECKING:
     from .store.durable import StoredDeadLetter
@@ -138,6 +139,16 @@ class NodeView(Protocol):
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> SendResult:
         """Send on a channel; see :meth:`runtime.node.Node.send` for the errors."""
+        ...
+
+    async def perform(
+        self,
+        channel_id: str,
+        op: Operation,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> SendResult | None:
+        """Perform an operation; see :meth:`runtime.node.Node.perform`."""
         ...
 
     async def dead_letters(

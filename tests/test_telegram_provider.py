@@ -339,21 +339,24 @@ async def test_a_token_banned_while_polling_ends_events_with_authentication_fail
 async def test_sending_faster_than_a_chat_allows_is_rate_limited(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    emu = TelegramEmulator()  # one message per second per chat
+    emu = TelegramEmulator()  # one message per second per chat, bursts of three
     with trio.fail_after(CEILING):  # virtual seconds
         async with connected(IN_MEMORY, transport=in_memory(emu)) as (conn, _):
             sent_at = trio.current_time()
-            await conn.send(msg("first"))
+            for n in range(3):  # a short burst is allowed, as the Bots FAQ says
+                await conn.send(msg(f"burst {n}"))
             await trio.sleep(0.5)
             with pytest.raises(RateLimited) as info:
-                await conn.send(msg("second"))
+                await conn.send(msg("fourth"))
             assert info.value.retry_after == 1.0  # 0.5 s left, in whole seconds
             assert info.value.peer == "42"
             await conn.send(msg("other chat", peer="43"))
             await trio.sleep(0.5)
             assert trio.current_time() == sent_at + 1.0
-            await conn.send(msg("second"))  # the second is over
-            assert emu.stats["rate_limited"] == 1
+            await conn.send(msg("fourth"))  # one second has refilled one message
+            with pytest.raises(RateLimited):
+                await conn.send(msg("fifth"))  # and only one
+            assert emu.stats["rate_limited"] == 2
 
 
 # --- webhook mode ----------------------------------------------------------------------------
@@ -540,7 +543,7 @@ async def test_errors_use_the_bot_api_envelope(
     [
         ({"bot_rate": 2, "chat_interval": 0.0}, [1, 2, 3], 1),
         ({"group_per_minute": 2, "chat_interval": 0.0}, [-5, -5, -5], 60),
-        ({}, [7, 7], 1),
+        ({}, [7, 7, 7, 7], 1),  # a burst of three, then one per second
     ],
     ids=["per-bot", "per-group", "per-chat"],
 )

@@ -180,7 +180,7 @@ def test_media_and_reply_to_are_encoded_and_templates_refused() -> None:
         "type": "send",
         "id": "k",
         "peer": "p",
-        "media": {"kind": "document", "url": "u", "caption": None, "filename": "f.pdf"},
+        "media": {"kind": "document", "url": "u", "filename": "f.pdf"},
         "reply_to": "m1",
     }
     template = OutboundMessage(

@@ -524,8 +524,8 @@ def test_other_numbers_and_other_fields_are_skipped() -> None:
         (b'{"object": "page", "entry": []}', b"'page'"),
         (b'{"entry": []}', b"$.object"),
         (
-            notification({"messages": [{"id": "x", "type": "text"}]}),
-            b"$.entry[0].changes[0].value.messages[0].from",
+            notification({"messages": [{"from": "1", "type": "text"}]}),
+            b"$.entry[0].changes[0].value.messages[0].id",
         ),
     ],
 )

@@ -22,7 +22,8 @@ import attrs
 import outcome
 import trio
 
-from providers.base import ChannelConfig, Connection, OutboundMessage, PermanentSendError, Provider
+from providers.base import ChannelConfig, Connection, PermanentSendError, Provider
+from providers.operations import Operation
 
 from ..actor import Actor, Exit
 from ..errors import ChannelFailed, ChannelUnavailable, SendFailed
@@ -45,9 +46,10 @@ log = logging.getLogger("switchboard.channels")
 
 @attrs.frozen
 class Send:
-    """Ask a channel to send ``message``; the reply is its ``SendResult``."""
+    """Ask a channel to send ``message`` (or perform the operation); the reply is
+    its ``SendResult`` (``None`` for operations that have none)."""
 
-    message: OutboundMessage
+    message: Operation
 
 
 @attrs.frozen

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
-from providers.base import OutboundMessage, PlatformLimits, SessionState
+from providers.base import PlatformLimits, SessionState
+from providers.operations import Operation
 
 from ..backoff import BackoffState
 from ..breaker import CircuitBreakerState
@@ -84,7 +85,7 @@ class DeadLetterRecord:
     """
 
     id: int
-    message: OutboundMessage
+    message: Operation
     reason: str
     error_type: str
     attempts: int

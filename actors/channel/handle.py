@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from providers.base import Connection, OutboundMessage, SendResult
+from providers.operations import Operation
 
 from .. import lowlevel
 from ..ref import ActorRef
@@ -61,6 +62,21 @@ class ChannelRef:
             ActorDead: the channel was stopped for good before it answered.
         """
         result: SendResult = await self.ref.ask(Send(message), timeout=timeout)
+        return result
+
+    async def perform(self, op: Operation, *, timeout: float = 60.0) -> SendResult | None:  # noqa: ASYNC109
+        """Perform an operation (edit, delete, typing, mark read, react, or a send)
+        through the channel's send path: its limiters, breaker, retries and dead letters.
+
+        Returns:
+            The ``SendResult`` of a send or an edit; ``None`` for the others.
+
+        Raises:
+            Unsupported: the platform has no such operation (refused before sending).
+            MessageNotFound: the platform no longer has the message (dead-lettered).
+            The errors of :meth:`send` otherwise.
+        """
+        result: SendResult | None = await self.ref.ask(Send(op), timeout=timeout)
         return result
 
     def subscribe(

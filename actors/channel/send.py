@@ -1,7 +1,13 @@
 """The send path: one outbound message from the caller to the platform and back.
 
 Design:
-- The order of checks is fixed: length → rate limiters (per channel and per
+- Every operation takes this path, not only messages: edits, deletes,
+  typing indicators, read marks, reactions and uploads
+  (:data:`~providers.operations.Operation`) pass the same limiters, breaker,
+  retries and dead letters; only the provider call differs
+  (:func:`~providers.operations.perform`). An operation the platform lacks
+  is refused first (``Unsupported``), before any budget is spent.
+- The order of checks is fixed: support and length → rate limiters (per channel and per
   peer; waiting never spends budget) → circuit breaker → a live connection
   → a limiter token → the provider's send → the ``SendResult``.
 - What happens after an error is a pure decision, :func:`decide`, from the
@@ -27,6 +33,7 @@ import trio
 
 from providers.base import (
     FatalError,
+    MediaTooLarge,
     MessageTooLong,
     OutboundMessage,
     PermanentSendError,
@@ -35,6 +42,7 @@ from providers.base import (
     RateLimitScope,
     SendResult,
 )
+from providers.operations import EditMessage, Operation, check_supported, perform
 
 from ..backoff import BackoffPolicy
 from ..errors import ChannelFailed, CircuitOpen, SendFailed
@@ -162,10 +170,29 @@ class SendPath:
         except Exception as exc:  # kept dirty: the writer's next round tries again
             self._log.warning("%r: a dead letter could not be written at once: %s", self, exc)
 
-    def _check(self, message: OutboundMessage) -> None:
-        limit = self.memory.limits.max_text_length
-        caption = message.media.caption if message.media is not None else None
-        for field, text in (("text", message.text), ("caption", caption)):
+    def _check(self, message: Operation) -> None:
+        """Refuse before sending what can never go: an operation the platform
+        lacks, a text over the limit, an upload over the limit."""
+        check_supported(self.provider, message)
+        limits = self.memory.limits
+        if type(message) is EditMessage:
+            texts: tuple[tuple[str, str | None], ...] = (("text", message.text),)
+        elif type(message) is OutboundMessage:
+            media = message.media
+            caption = media.caption if media is not None else None
+            texts = (("text", message.text), ("caption", caption))
+            content = media.content if media is not None else None
+            if content is not None and len(content) > limits.max_upload_bytes:
+                raise MediaTooLarge(
+                    f"an upload of {len(content)} bytes exceeds {self.provider.name}'s limit "
+                    f"of {limits.max_upload_bytes} on channel {self.config.channel_id!r}; "
+                    "send a link instead",
+                    peer=message.peer,
+                )
+        else:
+            return
+        limit = limits.max_text_length
+        for field, text in texts:
             if text is not None and len(text) > limit:
                 raise MessageTooLong(
                     f"{field} of {len(text)} characters exceeds {self.provider.name}'s limit "
@@ -173,12 +200,16 @@ class SendPath:
                     peer=message.peer,
                 )
 
-    async def _send(self, message: OutboundMessage) -> SendResult:
-        """Send until the platform accepts, or raise why it will not.
+    async def _send(self, message: Operation) -> SendResult | None:
+        """Send (or perform the operation) until the platform accepts, or raise why not.
+
+        Returns:
+            The ``SendResult`` of a message or an edit; ``None`` for the other operations.
 
         Raises:
             PermanentSendError: the platform will never take it (dead-lettered,
-                except a too-long text, refused before sending).
+                except a too-long text, a too-large upload and an unsupported
+                operation, refused before sending).
             ChannelFailed: the channel failed for good (dead-lettered).
             SendFailed: transient failures outlasted the attempts (dead-lettered).
             ChannelUnavailable: no connection within ``connect_wait``.
@@ -210,7 +241,7 @@ class SendPath:
                 memory.touch()
             attempts += 1
             try:
-                result = await conn.send(message)
+                result = await perform(conn, message)
             except ProviderError as exc:
                 verdict = decide(
                     exc,
@@ -223,11 +254,12 @@ class SendPath:
                 await self._apply(verdict, exc, message, attempts)
                 continue
             breaker.record_success(trio.current_time())
-            memory.counters["sent"] += 1
+            if type(message) is OutboundMessage:
+                memory.counters["sent"] += 1
             return result
 
     async def _apply(
-        self, verdict: SendDecision, error: ProviderError, message: OutboundMessage, attempts: int
+        self, verdict: SendDecision, error: ProviderError, message: Operation, attempts: int
     ) -> None:
         """Carry out a decision: record it, then wait, or raise to the caller."""
         memory = self.memory

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import attrs
 import trio
 
-from providers.base import OutboundMessage, PlatformLimits, SessionState
+from providers.base import PlatformLimits, SessionState
+from providers.operations import Operation
 
 from ..backoff import Backoff, ExponentialBackoff
 from ..breaker import CircuitBreaker
@@ -150,7 +151,7 @@ class OutboundDeadLetter:
     """
 
     id: int
-    message: OutboundMessage
+    message: Operation
     reason: str
     error_type: str
     attempts: int
@@ -175,9 +176,7 @@ class DeadLetterQueue:
     def __len__(self) -> int:
         return 0 if self._letters is None else len(self._letters)
 
-    def add(
-        self, message: OutboundMessage, error: BaseException, attempts: int
-    ) -> OutboundDeadLetter:
+    def add(self, message: Operation, error: BaseException, attempts: int) -> OutboundDeadLetter:
         if self._letters is None:
             self._letters = OrderedDict()
         letter = OutboundDeadLetter(

@@ -55,6 +55,7 @@ from ..base import (
     SessionState,
     TransientError,
 )
+from .compress import Compression
 from .wire import API_VERSION, DEFAULT_INTENTS, Op, PayloadError, SessionStartLimit, message_event
 
 __all__ = [
@@ -247,6 +248,8 @@ class GatewayCore:
         send_window: seconds.
         hello_timeout: seconds from socket open to Hello.
         max_reconnects: consecutive sockets without a session before giving up.
+        compress: the transport compression to ask for (``zlib-stream`` or
+            ``zstd-stream``); the shell decompresses (:mod:`.compress`).
 
     Raises:
         ValueError: ``session`` was written by another provider.
@@ -269,8 +272,10 @@ class GatewayCore:
         send_window: float = SEND_WINDOW,
         hello_timeout: float = HELLO_TIMEOUT,
         max_reconnects: int = MAX_RECONNECTS,
+        compress: Compression | None = None,
     ) -> None:
         self._token = token
+        self.compress = compress
         self.channel_id = channel_id
         self.gateway_url = gateway_url
         self.intents = int(intents)
@@ -338,6 +343,8 @@ class GatewayCore:
         parts = urlsplit(base)
         query = dict(parse_qsl(parts.query))
         query.update({"v": str(API_VERSION), "encoding": "json"})
+        if self.compress is not None:
+            query["compress"] = self.compress
         return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
 
     def session_state(self) -> SessionState:
@@ -418,6 +425,12 @@ class GatewayCore:
                 "invalid session (op 9), not resumable", delay=self._rng.uniform(low, high)
             )
         return []
+
+    def protocol_error(self, why: str, now: float) -> list[Action]:
+        """The shell could not read the socket's frames (a broken compression stream)."""
+        if not self._socket_live() and self.state is not GatewayState.AWAITING_HELLO:
+            return []
+        return self._drop_socket(why)
 
     def timer(self, now: float) -> list[Action]:
         """Run whatever :meth:`next_deadline` said was due."""

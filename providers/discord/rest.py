@@ -15,15 +15,22 @@ Design:
       429 without them                  Banned (Cloudflare IP block: alert, never retry)
       401                               AuthenticationFailed
       403                               MissingPermissions (50007: BadRecipient)
+      404 code 10008                    MessageNotFound (unknown message)
       404                               BadRecipient (unknown channel)
       400 code 50035 on "content"       MessageTooLong
       other 4xx                         PermanentSendError
       5xx, 408, unreadable 2xx body     TransientError (nonce makes the retry safe)
 
-- Media is sent as text, not as an upload: the content is the caption (if
-  any) and the media URL on its own line, which Discord unfurls into an
-  image/video preview. This keeps one JSON request per message (no
-  multipart) and works for every media kind; the cost is that the URL shows.
+- Media by URL is sent as text: the content is the caption (if any) and the
+  media URL on its own line, which Discord unfurls into an image/video
+  preview (one JSON request, every media kind; the URL shows). Media by
+  upload is an attachment: ``multipart/form-data`` with ``payload_json`` and
+  ``files[0]`` (:attr:`RestRequest.files`), the caption as the content.
+- Operations: edit ``PATCH``, delete ``DELETE /channels/{c}/messages/{m}``,
+  typing ``POST /channels/{c}/typing``, reactions ``PUT`` / ``DELETE
+  /channels/{c}/messages/{m}/reactions/{emoji}/@me``
+  (:func:`build_operation`); each route has its own bucket. Bots have no read
+  marks: ``mark_read`` is not in :data:`OPERATIONS`.
 - Idempotency: ``nonce`` is the idempotency key (hashed to Discord's 25
   characters when longer) with ``enforce_nonce: true``, so a retry of a
   message whose answer was lost returns the original instead of a duplicate.
@@ -36,6 +43,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import quote
 
 import attrs
 
@@ -45,6 +53,7 @@ from ..base import (
     BadRecipient,
     Banned,
     FatalError,
+    MessageNotFound,
     MessageTooLong,
     MissingPermissions,
     OutboundMessage,
@@ -55,15 +64,20 @@ from ..base import (
     SendResult,
     TransientError,
 )
+from ..media import Upload
+from ..operations import DeleteMessage, EditMessage, OperationKind, React, SendTyping
 from .wire import API_VERSION, GatewayBot, MessagePayload, PayloadError, parse
 
 __all__ = [
     "MAX_NONCE_LENGTH",
     "MAX_TEXT_LENGTH",
+    "OPERATIONS",
     "BucketTracker",
     "RestRequest",
     "build_gateway_bot",
+    "build_operation",
     "build_send",
+    "interpret_done",
     "interpret_gateway_bot",
     "interpret_send",
     "nonce_for",
@@ -74,6 +88,17 @@ MAX_NONCE_LENGTH: Final = 25  # characters in a message nonce
 SEND_ROUTE: Final = "POST /channels/{channel_id}/messages"
 ERROR_INVALID_FORM_BODY: Final = 50035
 ERROR_CANNOT_MESSAGE_USER: Final = 50007
+ERROR_UNKNOWN_MESSAGE: Final = 10008
+OPERATIONS: Final = frozenset(
+    {
+        OperationKind.SEND,
+        OperationKind.UPLOAD,
+        OperationKind.EDIT,
+        OperationKind.DELETE,
+        OperationKind.TYPING,
+        OperationKind.REACT,
+    }
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,10 +108,11 @@ class RestRequest:
     Attributes:
         method: HTTP method.
         path: path under the API root, including ``/api/v10``.
-        json: the JSON body, if any.
+        json: the JSON body, if any (``payload_json`` when there are files).
         route: the route template (the rate-limit bucket key before the
             platform names the bucket).
         major: the major parameter (channel id) that splits the bucket.
+        files: uploads (``files[0]``, ...): the request goes as multipart.
     """
 
     method: str
@@ -94,6 +120,7 @@ class RestRequest:
     json: Mapping[str, Any] | None = None
     route: str
     major: str = ""
+    files: tuple[Upload, ...] = ()
 
 
 def nonce_for(idempotency_key: str) -> str:
@@ -109,8 +136,14 @@ def build_gateway_bot() -> RestRequest:
     return RestRequest(method="GET", path=path, route="GET /gateway/bot")
 
 
-def build_send(msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH) -> RestRequest:
-    """The request that sends ``msg`` to the Discord channel ``msg.peer``.
+def build_send(
+    msg: OutboundMessage,
+    *,
+    max_text_length: int = MAX_TEXT_LENGTH,
+    upload: Upload | None = None,
+) -> RestRequest:
+    """The request that sends ``msg`` to the Discord channel ``msg.peer``
+    (with ``upload``, the bytes of ``msg.media``, as an attachment).
 
     Raises:
         MessageTooLong: the content exceeds ``max_text_length`` characters.
@@ -125,7 +158,9 @@ def build_send(msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH) 
         raise PermanentSendError(
             "Discord has no message templates; send text or media instead", peer=msg.peer
         )
-    if msg.media is not None:
+    if msg.media is not None and upload is not None:
+        content = msg.media.caption or ""
+    elif msg.media is not None:
         content = "\n".join(part for part in (msg.media.caption, msg.media.url) if part)
     else:
         content = msg.text or ""
@@ -141,12 +176,71 @@ def build_send(msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH) 
     }
     if msg.reply_to is not None:
         body["message_reference"] = {"message_id": msg.reply_to, "fail_if_not_exists": False}
+    files: tuple[Upload, ...] = ()
+    if upload is not None:
+        body["attachments"] = [{"id": 0, "filename": upload.filename}]
+        files = (upload,)
     return RestRequest(
         method="POST",
         path=f"/api/v{API_VERSION}/channels/{msg.peer}/messages",
         json=body,
         route=SEND_ROUTE,
         major=msg.peer,
+        files=files,
+    )
+
+
+def build_operation(
+    op: EditMessage | DeleteMessage | SendTyping | React,
+    *,
+    max_text_length: int = MAX_TEXT_LENGTH,
+) -> RestRequest:
+    """The request for an edit, a delete, a typing indicator or a reaction.
+
+    Raises:
+        BadRecipient: the peer is not a snowflake.
+        MessageNotFound: the message id is not a snowflake.
+        MessageTooLong: an edit's content is over the limit.
+    """
+    peer = op.peer
+    if not peer.isdigit():
+        raise BadRecipient(f"{peer!r} is not a Discord channel id (a snowflake)", peer=peer)
+    channel = f"/api/v{API_VERSION}/channels/{peer}"
+    if isinstance(op, SendTyping):
+        return RestRequest(
+            method="POST",
+            path=f"{channel}/typing",
+            route="POST /channels/{channel_id}/typing",
+            major=peer,
+        )
+    if not op.message_id.isdigit():
+        raise MessageNotFound(f"{op.message_id!r} is not a Discord message id", peer=peer)
+    message = f"{channel}/messages/{op.message_id}"
+    if isinstance(op, EditMessage):
+        if len(op.text) > max_text_length:
+            raise MessageTooLong(
+                f"{len(op.text)} characters exceed Discord's {max_text_length}", peer=peer
+            )
+        return RestRequest(
+            method="PATCH",
+            path=message,
+            json={"content": op.text},
+            route="PATCH /channels/{channel_id}/messages/{message_id}",
+            major=peer,
+        )
+    if isinstance(op, DeleteMessage):
+        return RestRequest(
+            method="DELETE",
+            path=message,
+            route="DELETE /channels/{channel_id}/messages/{message_id}",
+            major=peer,
+        )
+    method = "DELETE" if op.remove else "PUT"
+    return RestRequest(
+        method=method,
+        path=f"{message}/reactions/{quote(op.emoji, safe='')}/@me",
+        route=f"{method} /channels/{{channel_id}}/messages/{{message_id}}/reactions/@me",
+        major=peer,
     )
 
 
@@ -257,6 +351,8 @@ def _error(
         return TransientError(f"{what}: Discord server error {said}; retry later")
     if peer is None:
         return FatalError(f"{what}: unexpected {said}; check the configured base_url")
+    if status == 404 and code == ERROR_UNKNOWN_MESSAGE:
+        return MessageNotFound(f"{what}: the message is gone ({said})", peer=peer)
     if status == 404:
         return BadRecipient(f"{what}: unknown channel {peer} ({said})", peer=peer)
     errors = data.get("errors")
@@ -284,6 +380,19 @@ def interpret_send(
     except PayloadError as exc:
         raise TransientError(f"{what}: unreadable success answer ({exc})") from exc
     return SendResult(platform_message_id=message.id, peer=message.channel_id or peer)
+
+
+def interpret_done(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str, what: str
+) -> None:
+    """Read the answer to an operation that returns nothing (204) or what we ignore.
+
+    Raises:
+        MessageNotFound: 404 with code 10008 (the message is gone).
+        The classes of :func:`interpret_send` otherwise.
+    """
+    if not 200 <= status < 300:
+        raise _error(status, headers, body, peer=peer, what=what)
 
 
 def interpret_gateway_bot(status: int, headers: Mapping[str, str], body: bytes) -> GatewayBot:

@@ -22,6 +22,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +44,7 @@ from ..base import (
     AuthenticationFailed,
     ChannelConfig,
     Event,
+    FatalError,
     OutboundMessage,
     PlatformLimits,
     ProviderError,
@@ -51,7 +53,11 @@ from ..base import (
     SendResult,
     SessionState,
     TransientError,
+    Unsupported,
 )
+from ..media import read_upload
+from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
+from .compress import COMPRESSIONS, Compression, CompressionError, Inflater
 from .gateway import (
     INVALID_SESSION_DELAY,
     Action,
@@ -64,9 +70,13 @@ from .gateway import (
     SendFrame,
 )
 from .rest import (
+    OPERATIONS,
     BucketTracker,
+    RestRequest,
     build_gateway_bot,
+    build_operation,
     build_send,
+    interpret_done,
     interpret_gateway_bot,
     interpret_send,
 )
@@ -80,6 +90,7 @@ DISCORD_LIMITS: Final = PlatformLimits(
     per_peer_rate=1.0,
     per_peer_burst=5,
     max_text_length=2000,
+    max_upload_bytes=10 * 1024 * 1024,  # bytes: Discord's limit for a bot's upload
 )
 DEFAULT_BASE_URL: Final = "https://discord.com"
 USER_AGENT: Final = "DiscordBot (https://github.com/switchboard/switchboard, 0.1.0)"
@@ -115,10 +126,15 @@ class DiscordProvider:
         http_timeout: seconds per REST call.
         max_bucket_wait: longest wait for an exhausted bucket before
             :class:`~providers.base.RateLimited` is raised instead.
+        compress: gateway transport compression, ``"zlib-stream"`` or
+            ``"zstd-stream"`` (``config.options["compress"]`` overrides; ``None``
+            or ``"none"`` turns it off). Payloads are then BINARY frames of
+            one compression stream per socket, a fraction of their JSON size.
     """
 
     name = "discord"
     limits = DISCORD_LIMITS
+    operations = OPERATIONS
 
     def __init__(
         self,
@@ -129,8 +145,10 @@ class DiscordProvider:
         connect_timeout: float = CONNECT_TIMEOUT,
         http_timeout: float = HTTP_TIMEOUT,
         max_bucket_wait: float = MAX_BUCKET_WAIT,
+        compress: Compression | None = None,
     ) -> None:
         self.intents = int(intents)
+        self.compress = compress
         self._rng = rng or random.Random()
         self._invalid_session_delay = invalid_session_delay
         self._connect_timeout = connect_timeout
@@ -156,6 +174,14 @@ class DiscordProvider:
             FatalError: a fatal gateway close code (4010-4014).
             TransientError: network failures and server errors.
         """
+        compress: Any = config.options.get("compress", self.compress)
+        if compress == "none":
+            compress = None
+        if compress is not None and compress not in COMPRESSIONS:
+            raise FatalError(
+                f"discord channel {config.channel_id!r}: options.compress is {compress!r}; "
+                f"use one of {', '.join(COMPRESSIONS)} or none"
+            )
         token = config.credentials.get("token")
         if not token:
             raise AuthenticationFailed(
@@ -189,6 +215,7 @@ class DiscordProvider:
                 now=trio.current_time(),
                 rng=self._rng,
                 invalid_session_delay=self._invalid_session_delay,
+                compress=compress,
             )
             async with open_connection_nursery() as nursery:
                 conn = DiscordConnection(
@@ -225,6 +252,7 @@ class DiscordConnection:
         self._connect_timeout = connect_timeout
         self._max_bucket_wait = max_bucket_wait
         self._buckets = BucketTracker()
+        self._upload_limit = DISCORD_LIMITS.max_upload_bytes
         self._send_events, self._receive_events = trio.open_memory_channel[Event](EVENT_BUFFER)
         self._ws: WebSocketConnection | None = None
         self._drive_scope = trio.CancelScope()
@@ -232,6 +260,7 @@ class DiscordConnection:
         self._closed = False
         self._started = False
         self.sockets_opened = 0
+        self.inflater: Inflater | None = None  # the current socket's, when compressed
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else self._core.state.name
@@ -256,7 +285,8 @@ class DiscordConnection:
             raise self._error
 
     async def send(self, msg: OutboundMessage) -> SendResult:
-        """Send ``msg`` through ``POST /channels/{peer}/messages``.
+        """Send ``msg`` through ``POST /channels/{peer}/messages`` (an upload as an
+        attachment, multipart).
 
         Waits first when the route's bucket is known to be empty.
 
@@ -265,36 +295,113 @@ class DiscordConnection:
             RateLimited, Banned, AuthenticationFailed, MissingPermissions,
             BadRecipient, MessageTooLong, PermanentSendError, TransientError.
         """
+        self._check_open()
+        upload = None
+        if msg.media is not None and msg.media.is_upload:
+            upload = await read_upload(
+                msg.media, limit=self._upload_limit, peer=msg.peer, platform="discord"
+            )
+        request = build_send(msg, upload=upload)
+        response = await self._rest(
+            request,
+            msg.peer,
+            "(the nonce keeps the retry from duplicating the message)",
+        )
+        return interpret_send(
+            response.status_code, response.headers, response.content, peer=msg.peer
+        )
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """``PATCH /channels/{peer}/messages/{id}`` with the new content.
+
+        Raises:
+            MessageNotFound: Discord's 10008 Unknown Message.
+            The errors of :meth:`send` otherwise.
+        """
+        self._check_open()
+        response = await self._rest(build_operation(op), op.peer, "(an edit is idempotent)")
+        return interpret_send(
+            response.status_code, response.headers, response.content, peer=op.peer
+        )
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """``DELETE /channels/{peer}/messages/{id}`` (MessageNotFound: 10008)."""
+        await self._done(op, "deleting a message")
+
+    async def typing(self, op: SendTyping) -> None:
+        """``POST /channels/{peer}/typing``: "typing…" for about 10 s."""
+        await self._done(op, "showing typing")
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """Bots cannot mark Discord messages read.
+
+        Raises:
+            Unsupported: always.
+        """
+        raise Unsupported(
+            "discord bots cannot mark messages read; nothing was sent",
+            peer=op.peer,
+            operation="mark_read",
+            provider="discord",
+        )
+
+    async def react(self, op: React) -> None:
+        """``PUT`` (or with ``remove``, ``DELETE``) ``…/reactions/{emoji}/@me``."""
+        await self._done(op, "reacting to a message")
+
+    async def _done(self, op: DeleteMessage | SendTyping | React, what: str) -> None:
+        self._check_open()
+        response = await self._rest(build_operation(op), op.peer, "(it is idempotent)")
+        interpret_done(
+            response.status_code,
+            response.headers,
+            response.content,
+            peer=op.peer,
+            what=f"{what} in Discord channel {op.peer}",
+        )
+
+    def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError(
                 f"discord connection for {self._core.channel_id!r} was closed; "
                 "open a new one to send"
             )
-        request = build_send(msg)
+
+    async def _rest(self, request: RestRequest, peer: str, retry_note: str) -> httpx.Response:
+        """Perform ``request`` within its bucket: wait first when the bucket is known
+        to be empty (up to ``max_bucket_wait``, else ``RateLimited``)."""
         route, major = request.route, request.major
         while (wait := self._buckets.reserve(route, major, trio.current_time())) > 0:
             if wait > self._max_bucket_wait:
                 raise RateLimited(
-                    f"Discord bucket for channel {msg.peer} is empty for {wait:.1f}s more",
+                    f"Discord bucket for channel {peer} is empty for {wait:.1f}s more",
                     retry_after=wait,
                     scope=RateLimitScope.CHANNEL,
-                    peer=msg.peer,
+                    peer=peer,
                 )
             await trio.sleep(wait)
         with map_exceptions(
             _transport_errors(
                 lambda exc: (
-                    f"sending to Discord channel {msg.peer} failed: {exc!r}; retry "
-                    "(the nonce keeps the retry from duplicating the message)"
+                    f"{request.method} to Discord channel {peer} failed: {exc!r}; retry "
+                    f"{retry_note}"
                 )
             )
         ):
-            response = await self._http.request(request.method, request.path, json=request.json)
+            if request.files:
+                files = [
+                    (f"files[{n}]", (upload.filename, upload.data, upload.mime_type))
+                    for n, upload in enumerate(request.files)
+                ]
+                payload = json.dumps(request.json or {})
+                response = await self._http.request(
+                    request.method, request.path, data={"payload_json": payload}, files=files
+                )
+            else:
+                response = await self._http.request(request.method, request.path, json=request.json)
         now = trio.current_time()
         self._buckets.update(route, major, response.status_code, response.headers, now)
-        return interpret_send(
-            response.status_code, response.headers, response.content, peer=msg.peer
-        )
+        return response
 
     def session_state(self) -> SessionState:
         """``session_id``, ``seq`` and ``resume_gateway_url`` for a later resume."""
@@ -351,6 +458,8 @@ class DiscordConnection:
     async def _pump(self, ws: WebSocketConnection, task_status: Any) -> Reconnect:
         """Read and time one socket until the core asks for another."""
         core = self._core
+        inflater = Inflater(core.compress) if core.compress is not None else None
+        self.inflater = inflater
         while True:
             deadline = core.next_deadline()
             actions: list[Action] = []
@@ -362,7 +471,15 @@ class DiscordConnection:
                     why = (exc.reason.reason if exc.reason is not None else None) or ""
                     actions = core.connection_lost(code, trio.current_time(), why)
                 else:
-                    actions = core.receive(message, trio.current_time())
+                    payload: str | bytes | None = message
+                    if inflater is not None:
+                        try:
+                            payload = inflater.feed(message)
+                        except CompressionError as error:
+                            payload = None
+                            actions = core.protocol_error(str(error), trio.current_time())
+                    if payload is not None:
+                        actions = core.receive(payload, trio.current_time())
             if scope.cancelled_caught:
                 actions = core.timer(trio.current_time())
             reconnect = await self._apply(ws, actions)

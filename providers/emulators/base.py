@@ -10,6 +10,8 @@ Design:
 
   - ``POST /_emulator/inject``: make a user send the bot a message;
   - ``GET  /_emulator/sent``: what bots sent the platform, in order;
+  - ``GET  /_emulator/operations``: what else they did (edits, deletes,
+    typing, read marks, reactions, ...), in order;
   - ``POST /_emulator/fault``: inject a fault (``{"kind": ...}``);
   - ``GET  /_emulator/stats``: counters.
 
@@ -41,6 +43,10 @@ from starlette.routing import BaseRoute, Route
 __all__ = ["Emulator", "FaultError", "open_emulator", "serve_emulator"]
 
 LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
+# Real platforms keep an idle HTTP connection for minutes; hypercorn's default
+# (5 s) reaps pooled client connections just as clients reuse them after a
+# rate-limit wait (discord.py then fails with ECONNRESET).
+KEEP_ALIVE_TIMEOUT = 300.0  # seconds
 
 
 class FaultError(ValueError):
@@ -126,6 +132,7 @@ class Emulator:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.operations: list[dict[str, Any]] = []
         self.stats: Counter[str] = Counter()
         self.holders = Holders()
         self.banned_tokens: set[str] = set()
@@ -166,6 +173,7 @@ class Emulator:
         # together overflow it, and each refused SYN is retried a second or more
         # later. A load test's emulator must take a connect storm.
         config.backlog = LISTEN_BACKLOG
+        config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await serve(self.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
@@ -185,6 +193,11 @@ class Emulator:
         self.sent.append(message)
         self.stats["messages_sent"] += 1
 
+    def record_operation(self, operation: dict[str, Any]) -> None:
+        """Keep an operation other than a send (an edit, a delete, typing, ...)."""
+        self.operations.append(operation)
+        self.stats["operations"] += 1
+
     # --- the control API ---------------------------------------------------------------
 
     async def _inject(self, request: Request) -> Response:
@@ -200,6 +213,9 @@ class Emulator:
 
     async def _sent(self, request: Request) -> Response:
         return JSONResponse(self.sent)
+
+    async def _operations(self, request: Request) -> Response:
+        return JSONResponse(self.operations)
 
     async def _stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats, "ownership": self.holders.statistics()})
@@ -236,6 +252,7 @@ class Emulator:
             control = [
                 Route("/_emulator/inject", self._inject, methods=["POST"]),
                 Route("/_emulator/sent", self._sent, methods=["GET"]),
+                Route("/_emulator/operations", self._operations, methods=["GET"]),
                 Route("/_emulator/fault", self._fault, methods=["POST"]),
                 Route("/_emulator/stats", self._stats, methods=["GET"]),
             ]

@@ -25,6 +25,13 @@ Platform faults (``POST /_emulator/fault``):
   answer the next ``count`` (default 1) sends with this error code;
 - ``{"kind": "unknown_peer", "peer"}``: sends to ``peer`` fail ``bad_recipient``.
 
+Operations (``edit``, ``delete``, ``typing``, ``read``, ``react``) are
+acknowledged and kept in ``operations``; an edit or delete of a message this
+token did not send (or already deleted), and a read or reaction of an unknown
+message, are answered ``not_found``. Uploads (``media.data``) are decoded and
+counted (``uploaded_bytes`` in ``sent``), larger than ``max_upload_bytes`` is
+``too_large``.
+
 Limitation: websocket pongs are answered by hypercorn's protocol layer, below
 ASGI, so no fault can suppress them; a dead transport is emulated by a TCP
 proxy that stops forwarding (see the provider tests).
@@ -32,6 +39,8 @@ proxy that stops forwarding (see the provider tests).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import math
@@ -53,6 +62,8 @@ __all__ = ["WebSocketEmulator"]
 QUEUE_SIZE: Final = 10_000  # frames queued per connection before they are dropped
 MAX_TEXT_LENGTH: Final = 16_384  # characters
 DROP_CODE: Final = 1001  # "going away"
+MAX_UPLOAD_BYTES: Final = 8 * 1024 * 1024  # bytes of an upload, decoded
+OPERATIONS: Final = frozenset({"send", "edit", "delete", "typing", "read", "react"})
 
 
 @attrs.frozen
@@ -97,6 +108,7 @@ class WebSocketEmulator(Emulator):
             None never drops one.
         receipts: follow every ack with a ``delivered`` receipt.
         max_text_length: longer texts are answered ``too_long``.
+        max_upload_bytes: larger uploads are answered ``too_large``.
     """
 
     name = "websocket"
@@ -109,6 +121,7 @@ class WebSocketEmulator(Emulator):
         client_timeout: float | None = None,
         receipts: bool = True,
         max_text_length: int = MAX_TEXT_LENGTH,
+        max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ) -> None:
         super().__init__()
         self.tokens = None if tokens is None else frozenset(tokens)
@@ -116,6 +129,9 @@ class WebSocketEmulator(Emulator):
         self.client_timeout = client_timeout
         self.receipts = receipts
         self.max_text_length = max_text_length
+        self.max_upload_bytes = max_upload_bytes
+        self._messages: dict[str, dict[str, Any]] = {}  # sent and not deleted, by message id
+        self._inbound: set[str] = set()  # ids of injected user messages
         self.silent_until = 0.0
         self.unknown_peers: set[str] = set()
         self.failing_sends: list[dict[str, Any]] = []
@@ -169,6 +185,8 @@ class WebSocketEmulator(Emulator):
                 "timestamp": frame.get("timestamp", time.time()),
                 **{k: v for k, v in frame.items() if k not in ("id", "peer", "sender")},
             }
+        if frame.get("type") == "message" and isinstance(frame.get("id"), str):
+            self._inbound.add(frame["id"])
         targets = [c for c in self._clients if token is None or c.token == token]
         if not targets:
             self._backlog.append((token, frame))
@@ -327,16 +345,13 @@ class WebSocketEmulator(Emulator):
             frame = json.loads(data)
         except ValueError:
             frame = None
-        if not isinstance(frame, dict) or frame.get("type") != "send":
-            self._error(client, None, "bad_request", "expected a JSON 'send' frame")
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if not isinstance(frame, dict) or kind not in OPERATIONS:
+            self._error(client, None, "bad_request", "expected a JSON 'send' (or operation) frame")
             return
         key, peer = frame.get("id"), frame.get("peer")
         if not isinstance(key, str) or not key or not isinstance(peer, str):
-            self._error(client, None, "bad_request", "a send needs string 'id' and 'peer'")
-            return
-        text, media = frame.get("text"), frame.get("media")
-        if (text is None) == (media is None):
-            self._error(client, key, "bad_request", "a send carries exactly one of text, media")
+            self._error(client, None, "bad_request", f"a {kind} needs string 'id' and 'peer'")
             return
         wait = self.rate_limit_remaining()
         if wait > 0:
@@ -356,30 +371,90 @@ class WebSocketEmulator(Emulator):
         if not peer or peer in self.unknown_peers:
             self._error(client, key, "bad_recipient", f"no chat {peer!r}", peer=peer)
             return
+        if kind == "send":
+            self._on_send(client, key, peer, frame)
+        else:
+            self._on_operation(client, kind, key, peer, frame)
+
+    def _on_send(self, client: _Client, key: str, peer: str, frame: dict[str, Any]) -> None:
+        text, media = frame.get("text"), frame.get("media")
+        if (text is None) == (media is None):
+            self._error(client, key, "bad_request", "a send carries exactly one of text, media")
+            return
         if isinstance(text, str) and len(text) > self.max_text_length:
             self._error(client, key, "too_long", f"{len(text)} > {self.max_text_length} chars")
             return
+        upload = 0
+        if isinstance(media, dict) and isinstance(media.get("data"), str):
+            try:
+                upload = len(base64.b64decode(media["data"], validate=True))
+            except binascii.Error:
+                self._error(client, key, "bad_request", "media.data is not base64")
+                return
+            if upload > self.max_upload_bytes:
+                self._error(client, key, "too_large", f"{upload} > {self.max_upload_bytes} bytes")
+                return
+            media = {k: v for k, v in media.items() if k != "data"}
         message_id = self._accepted.get((client.token, key))
         if message_id is not None:
             self.stats["duplicates"] += 1
         else:
             message_id = f"out-{next(self._outbound_ids)}"
             self._accepted[(client.token, key)] = message_id
-            self.record_sent(
-                {
-                    "token": client.token,
-                    "id": key,
-                    "message_id": message_id,
-                    "peer": peer,
-                    "text": text,
-                    "media": media,
-                    "reply_to": frame.get("reply_to"),
-                }
-            )
+            record = {
+                "token": client.token,
+                "id": key,
+                "message_id": message_id,
+                "peer": peer,
+                "text": text,
+                "media": media,
+                "reply_to": frame.get("reply_to"),
+            }
+            if upload:
+                record["uploaded_bytes"] = upload
+            self.record_sent(record)
+            self._messages[message_id] = record
         self._push(client, _dumps({"type": "ack", "id": key, "message_id": message_id}))
         if self.receipts:
             receipt = {"type": "receipt", "id": message_id, "peer": peer, "status": "delivered"}
             self._push(client, _dumps(receipt))
+
+    def _on_operation(
+        self, client: _Client, kind: str, key: str, peer: str, frame: dict[str, Any]
+    ) -> None:
+        """``edit``, ``delete``, ``typing``, ``read``, ``react``: recorded in
+        :attr:`operations` and acknowledged; a message that is not there is
+        ``not_found``."""
+        message_id = frame.get("message_id")
+        if kind != "typing":
+            if not isinstance(message_id, str):
+                self._error(client, key, "bad_request", f"a {kind} needs a string 'message_id'")
+                return
+            target = self._messages.get(message_id)
+            known = target is not None or message_id in self._inbound
+            own = target is not None and target["token"] == client.token
+            if not known or (kind in ("edit", "delete") and not own):
+                self._error(client, key, "not_found", f"no message {message_id!r}", peer=peer)
+                return
+        if kind == "edit":
+            text = frame.get("text")
+            if not isinstance(text, str) or not text:
+                self._error(client, key, "bad_request", "an edit needs a non-empty 'text'")
+                return
+            if len(text) > self.max_text_length:
+                self._error(client, key, "too_long", f"{len(text)} > {self.max_text_length}")
+                return
+            self._messages[str(message_id)]["text"] = text
+        elif kind == "delete":
+            del self._messages[str(message_id)]
+        record = {"token": client.token, "id": key, "type": kind, "peer": peer}
+        record.update(
+            (k, frame[k]) for k in ("message_id", "text", "action", "emoji", "remove") if k in frame
+        )
+        self.record_operation(record)
+        self.stats[f"operations_{kind}"] += 1
+        answer = message_id if isinstance(message_id, str) else ""
+        self._push(client, _dumps({"type": "ack", "id": key, "message_id": answer}))
 
     def _error(
         self,

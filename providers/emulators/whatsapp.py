@@ -21,8 +21,23 @@ Design:
   before answering, so tests can wait on the result; statuses (sent, then
   delivered, then read) are delivered by worker tasks that live in the ASGI
   lifespan, one message's statuses in order (unless the
-  ``out_of_order_statuses`` fault is on). A failed delivery is logged, not
-  retried (Meta retries for days).
+  ``out_of_order_statuses`` fault is on). A failed delivery is logged and,
+  with ``redeliver=True``, retried with doubling delays for ``REDELIVER_FOR``
+  seconds (Meta retries for days), so a receiver that was down gets it later.
+- Beyond sending: ``{"status": "read", "message_id"}`` marks an inbound
+  message read (with ``typing_indicator: {"type": "text"}`` it also shows
+  typing), answering ``{"success": true}``; ``type: reaction`` messages react
+  (an empty emoji removes the reaction); ``POST /{version}/{phone_number_id}/media``
+  (multipart ``file``, ``type``, ``messaging_product``) answers a media ``id``
+  that messages may carry instead of a ``link``, and ``GET /{version}/{media_id}``
+  describes it. A read mark or reaction of a message the number never had is
+  code 100 "… not found". All of these are kept in ``operations``.
+- Business-scoped user ids: every user has a BSUID (``US.<digits>``, stable
+  per phone number): webhooks carry it as ``contacts[].user_id``,
+  ``messages[].from_user_id`` and ``statuses[].recipient_user_id`` (status
+  webhooks carry ``contacts`` too), and sends may name it in ``recipient``
+  instead of ``to``. ``inject`` with ``"hide_number": true`` is a user who
+  hides their number: no ``wa_id`` and no ``from``, only the BSUID.
 - Decisions use ``trio.current_time()``; payload timestamps use the wall clock.
 
 Platform faults (``POST /_emulator/fault``):
@@ -52,6 +67,7 @@ import attrs
 import httpx
 import trio
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -68,9 +84,13 @@ PAIR_BURST: Final = 3  # messages
 MAX_TEXT: Final = 4096  # characters
 WEBHOOK_WORKERS: Final = 4
 WEBHOOK_TIMEOUT: Final = 10.0  # seconds per delivery
+REDELIVER_FIRST: Final = 0.05  # seconds before the first retry of a failed webhook; doubles
+REDELIVER_MAX: Final = 2.0  # seconds between retries at most
+REDELIVER_FOR: Final = 60.0  # seconds a failed webhook is retried
 _VERSION: Final = re.compile(r"^v\d+\.\d+$")
 _STATUS_ORDER: Final = ("sent", "delivered", "read")
-_MESSAGE_TYPES: Final = {"text", "image", "video", "document", "audio", "template"}
+_MESSAGE_TYPES: Final = {"text", "image", "video", "document", "audio", "template", "reaction"}
+_BSUID: Final = re.compile(r"[A-Z]{2}\.(?:ENT\.)?\d+")
 
 # code -> (HTTP status, message, details)
 _ERRORS: Final[dict[int, tuple[int, str, str]]] = {
@@ -90,6 +110,7 @@ _ERRORS: Final[dict[int, tuple[int, str, str]]] = {
     131000: (500, "(#131000) Something went wrong", "Something went wrong."),
     131008: (400, "(#131008) Required parameter is missing", ""),
     131016: (503, "(#131016) Service unavailable", "A service is temporarily unavailable."),
+    131053: (400, "(#131053) Media upload error", "The media id is not known."),
     131026: (
         400,
         "(#131026) Message Undeliverable",
@@ -141,6 +162,11 @@ def _wa_id(to: str) -> str:
     return re.sub(r"\D", "", to)
 
 
+def bsuid_for(wa_id: str) -> str:
+    """The business-scoped user id the emulator gives the user ``wa_id`` (stable)."""
+    return f"US.{int(hashlib.sha256(wa_id.encode()).hexdigest()[:16], 16)}"
+
+
 class WhatsAppEmulator(Emulator):
     """The WhatsApp Cloud API, in-process.
 
@@ -155,6 +181,8 @@ class WhatsAppEmulator(Emulator):
         pair_rate: messages per second to one recipient.
         pair_burst: burst to one recipient.
         seed: seeds message ids and shuffled status orders.
+        redeliver: retry failed webhook deliveries (as Meta does) instead of
+            only logging them.
     """
 
     name = "whatsapp"
@@ -172,6 +200,7 @@ class WhatsAppEmulator(Emulator):
         pair_rate: float = PAIR_RATE,
         pair_burst: int = PAIR_BURST,
         seed: int = 0,
+        redeliver: bool = False,
     ) -> None:
         super().__init__()
         self.app_secret = app_secret
@@ -195,6 +224,12 @@ class WhatsAppEmulator(Emulator):
         self._jobs_in, self._jobs_out = trio.open_memory_channel[list[dict[str, Any]]](10_000)
         self._client: httpx.AsyncClient | None = None
         self._last_number: str | None = None
+        self.redeliver = redeliver
+        self._nursery: trio.Nursery | None = None
+        self._users: dict[str, str] = {}  # BSUID -> the user's key (wa_id, or the BSUID)
+        self._inbound_ids: set[str] = set()  # messages users sent
+        self._sent_ids: set[str] = set()  # messages the business sent
+        self.media: dict[str, tuple[bytes, str, str]] = {}  # id -> (bytes, mime type, name)
 
     def __repr__(self) -> str:
         faults = []
@@ -225,11 +260,13 @@ class WhatsAppEmulator(Emulator):
             self._client = client
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     for _ in range(WEBHOOK_WORKERS):
                         nursery.start_soon(self._deliver_jobs, client)
                     try:
                         yield
                     finally:
+                        self._nursery = None
                         nursery.cancel_scope.cancel()
             finally:
                 self._client = None
@@ -238,7 +275,9 @@ class WhatsAppEmulator(Emulator):
         """The Cloud API routes plus ``/_emulator/webhook``."""
         return [
             Route("/_emulator/webhook", self._webhook_config, methods=["GET", "POST"]),
+            Route("/_emulator/media/{media_id}", self._media_file, methods=["GET"]),
             Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+            Route("/{version}/{phone_number_id}/media", self._upload, methods=["POST"]),
             Route("/{version}/{phone_number_id}", self._phone_number, methods=["GET"]),
         ]
 
@@ -257,7 +296,7 @@ class WhatsAppEmulator(Emulator):
         self.stats[f"error_{failure.code}"] += 1
         return JSONResponse({"error": error}, status_code=failure.status, headers=headers)
 
-    def _authenticate(self, request: Request) -> Response | None:
+    def _authenticate_token(self, request: Request) -> Response | None:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         token = token or request.query_params.get("access_token", "")
@@ -265,6 +304,12 @@ class WhatsAppEmulator(Emulator):
             return self._error(_failure(190, subcode=463 if token else None))
         if self.is_banned(token):
             return self._error(_failure(368))
+        return None
+
+    def _authenticate(self, request: Request) -> Response | None:
+        refused = self._authenticate_token(request)
+        if refused is not None:
+            return refused
         remaining = self.rate_limit_remaining()
         if remaining > 0:
             return self._error(_failure(4), headers={"Retry-After": f"{remaining:.3f}"})
@@ -290,6 +335,18 @@ class WhatsAppEmulator(Emulator):
         if refused is not None:
             return refused
         number = request.path_params["phone_number_id"]
+        if number in self.media:  # GET /{version}/{media_id}
+            data, mime_type, _ = self.media[number]
+            return JSONResponse(
+                {
+                    "messaging_product": "whatsapp",
+                    "url": f"{request.base_url}_emulator/media/{number}",
+                    "mime_type": mime_type,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "file_size": len(data),
+                    "id": number,
+                }
+            )
         return JSONResponse(
             {
                 "id": number,
@@ -310,6 +367,8 @@ class WhatsAppEmulator(Emulator):
             return self._error(_failure(100, "The request body is not valid JSON."))
         if not isinstance(body, dict):
             return self._error(_failure(100, "The request body must be a JSON object."))
+        if body.get("status") == "read":
+            return self._read(number, body)
         failure = self._validate(body)
         injected: _Failure | None = None
         if failure is None and self._fail_next:
@@ -322,11 +381,78 @@ class WhatsAppEmulator(Emulator):
             return self._error(failure)
         return self._accept(number, body, failed_with=injected)
 
+    def _user(self, body: dict[str, Any]) -> str | None:
+        """The user a message goes to: a ``to`` phone number, or a ``recipient`` BSUID."""
+        recipient = body.get("recipient")
+        if isinstance(recipient, str) and _BSUID.fullmatch(recipient):
+            return self._users.get(recipient, recipient)
+        to = body.get("to")
+        if isinstance(to, str) and _wa_id(to):
+            return _wa_id(to)
+        return None
+
+    def _read(self, number: str, body: dict[str, Any]) -> Response:
+        """``status: read`` (and the typing indicator): ``{"success": true}``."""
+        if body.get("messaging_product") != "whatsapp":
+            return self._error(_failure(131008, "The parameter messaging_product is required."))
+        message_id = body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            return self._error(_failure(131008, "The parameter message_id is required."))
+        if message_id not in self._inbound_ids:
+            return self._error(_failure(100, f"Message with id {message_id} not found."))
+        typing = body.get("typing_indicator")
+        if typing is not None and not (isinstance(typing, dict) and typing.get("type") == "text"):
+            return self._error(_failure(100, "Param typing_indicator['type'] must be 'text'."))
+        self.record_operation(
+            {
+                "op": "read",
+                "phone_number_id": number,
+                "message_id": message_id,
+                "typing": typing is not None,
+            }
+        )
+        return JSONResponse({"success": True})
+
+    async def _upload(self, request: Request) -> Response:
+        """``POST /{version}/{phone_number_id}/media``: ``{"id": <media id>}``."""
+        refused = self._authenticate(request)
+        if refused is not None:
+            return refused
+        try:
+            async with request.form() as form:
+                upload = form.get("file")
+                kind = form.get("type")
+                product = form.get("messaging_product")
+                data = await upload.read() if isinstance(upload, UploadFile) else None
+                name = upload.filename if isinstance(upload, UploadFile) else None
+        except (ValueError, AssertionError):
+            return self._error(_failure(100, "The request is not multipart/form-data."))
+        if product != "whatsapp":
+            return self._error(_failure(131008, "The parameter messaging_product is required."))
+        if data is None or not isinstance(kind, str) or not kind:
+            return self._error(_failure(131008, "The parameters file and type are required."))
+        media_id = str(self._rng.randrange(10**15, 10**16))
+        self.media[media_id] = (data, kind, name or "file")
+        self.stats["uploaded_bytes"] += len(data)
+        self.record_operation(
+            {"op": "upload", "media_id": media_id, "type": kind, "size": len(data), "name": name}
+        )
+        return JSONResponse({"id": media_id})
+
+    async def _media_file(self, request: Request) -> Response:
+        refused = self._authenticate_token(request)
+        if refused is not None:
+            return refused
+        found = self.media.get(request.path_params["media_id"])
+        if found is None:
+            return Response(status_code=404)
+        return Response(found[0], media_type=found[1])
+
     def _validate(self, body: dict[str, Any]) -> _Failure | None:
         if body.get("messaging_product") != "whatsapp":
             return _failure(131008, "The parameter messaging_product is required.")
-        if not isinstance(body.get("to"), str) or not _wa_id(body["to"]):
-            return _failure(131008, "The parameter to is required.")
+        if self._user(body) is None:
+            return _failure(131008, "The parameter to (or recipient) is required.")
         kind = body.get("type", "text")
         if kind not in _MESSAGE_TYPES:
             return _failure(100, f"Param type must be one of {sorted(_MESSAGE_TYPES)}.")
@@ -341,6 +467,12 @@ class WhatsAppEmulator(Emulator):
                 return _failure(
                     100, f"Param text['body'] must be at most {MAX_TEXT} characters long."
                 )
+        elif kind == "reaction":
+            target = part.get("message_id")
+            if not isinstance(target, str) or not isinstance(part.get("emoji"), str):
+                return _failure(131008, "A reaction needs message_id and emoji.")
+            if target not in self._inbound_ids and target not in self._sent_ids:
+                return _failure(100, f"Message with id {target} not found.")
         elif kind == "template":
             language = part.get("language")
             if not isinstance(part.get("name"), str) or not (
@@ -349,6 +481,8 @@ class WhatsAppEmulator(Emulator):
                 return _failure(131008, "A template needs a name and language.code.")
         elif not isinstance(part.get("link") or part.get("id"), str):
             return _failure(131008, f"The parameter {kind}['link'] or {kind}['id'] is required.")
+        elif part.get("id") is not None and part["id"] not in self.media:
+            return _failure(131053)
         return None
 
     def _admit(self, number: str, body: dict[str, Any], now: float) -> _Failure | None:
@@ -358,7 +492,7 @@ class WhatsAppEmulator(Emulator):
             recent.popleft()
         if len(recent) >= self.throughput:
             return _failure(130429)
-        wa_id = _wa_id(body["to"])
+        wa_id = self._user(body) or ""
         if body.get("type", "text") != "template":
             wrote = self._last_inbound.get((number, wa_id))
             if wrote is None or now - wrote > self.window:
@@ -379,11 +513,22 @@ class WhatsAppEmulator(Emulator):
     def _accept(
         self, number: str, body: dict[str, Any], *, failed_with: _Failure | None
     ) -> Response:
-        wa_id = _wa_id(body["to"])
+        wa_id = self._user(body) or ""
         message_id = "wamid." + base64.b64encode(self._rng.randbytes(30)).decode()
-        self.record_sent(
-            {"id": message_id, "phone_number_id": number, "to": body["to"], "body": body}
-        )
+        to = body.get("to") or body.get("recipient")
+        if body.get("type") == "reaction":
+            self.record_operation(
+                {
+                    "op": "react",
+                    "phone_number_id": number,
+                    "to": to,
+                    "message_id": body["reaction"]["message_id"],
+                    "emoji": body["reaction"]["emoji"],
+                }
+            )
+        else:
+            self._sent_ids.add(message_id)
+            self.record_sent({"id": message_id, "phone_number_id": number, "to": to, "body": body})
         if failed_with is not None:
             order: list[str] = ["sent", "failed"]
         elif self._order is not None:
@@ -400,13 +545,18 @@ class WhatsAppEmulator(Emulator):
         answer: dict[str, Any] = {"id": message_id}
         if body.get("type") == "template":
             answer["message_status"] = "accepted"
+        contact: dict[str, Any] = {"input": to, "user_id": self._bsuid_of(wa_id)}
+        if not _BSUID.fullmatch(wa_id):
+            contact["wa_id"] = wa_id
         return JSONResponse(
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": wa_id}],
-                "messages": [answer],
-            }
+            {"messaging_product": "whatsapp", "contacts": [contact], "messages": [answer]}
         )
+
+    def _bsuid_of(self, user: str) -> str:
+        """The BSUID of a user key (a wa_id, or already a BSUID), registered."""
+        bsuid = user if _BSUID.fullmatch(user) else bsuid_for(user)
+        self._users.setdefault(bsuid, user)
+        return bsuid
 
     # --- webhooks ------------------------------------------------------------------------
 
@@ -429,12 +579,16 @@ class WhatsAppEmulator(Emulator):
     def _status(
         self, number: str, message_id: str, wa_id: str, status: str, failure: _Failure | None
     ) -> dict[str, Any]:
+        bsuid = self._bsuid_of(wa_id)
         item: dict[str, Any] = {
             "id": message_id,
             "status": status,
             "timestamp": str(int(time.time())),
-            "recipient_id": wa_id,
+            "recipient_user_id": bsuid,
         }
+        contact: dict[str, Any] = {"user_id": bsuid}
+        if not _BSUID.fullmatch(wa_id):
+            item["recipient_id"] = contact["wa_id"] = wa_id
         if status == "sent":
             item["conversation"] = {"id": message_id[-16:], "origin": {"type": "service"}}
             item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": "service"}
@@ -447,7 +601,7 @@ class WhatsAppEmulator(Emulator):
                     "error_data": {"details": failure.details},
                 }
             ]
-        return self._envelope(number, {"statuses": [item]})
+        return self._envelope(number, {"contacts": [contact], "statuses": [item]})
 
     def _signature(self, raw: bytes) -> str:
         secret = self.app_secret
@@ -480,7 +634,27 @@ class WhatsAppEmulator(Emulator):
     async def _deliver_jobs(self, client: httpx.AsyncClient) -> None:
         async for job in self._jobs_out:
             for payload in job:
-                await self._post(client, "status", payload)
+                status = await self._post(client, "status", payload)
+                self._maybe_redeliver("status", payload, status)
+
+    def _maybe_redeliver(self, kind: str, payload: dict[str, Any], status: int | None) -> None:
+        delivered = status is not None and 200 <= status < 300
+        if delivered or not self.redeliver or self._nursery is None or self.webhook_url is None:
+            return
+        self._nursery.start_soon(self._redeliver, kind, payload)
+
+    async def _redeliver(self, kind: str, payload: dict[str, Any]) -> None:
+        """Retry one failed webhook with doubling delays until it lands or time is up."""
+        assert self._client is not None
+        delay, until = REDELIVER_FIRST, trio.current_time() + REDELIVER_FOR
+        while trio.current_time() < until:
+            await trio.sleep(delay)
+            self.stats["webhooks_redelivered"] += 1
+            status = await self._post(self._client, kind, payload)
+            if status is not None and 200 <= status < 300:
+                return
+            delay = min(delay * 2, REDELIVER_MAX)
+        self.stats["webhooks_given_up"] += 1
 
     async def inject(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A user writes: ``{"from", "text", "name"?, "reply_to"?, "phone_number_id"?}``.
@@ -495,26 +669,38 @@ class WhatsAppEmulator(Emulator):
         if not isinstance(sender, str) or not _wa_id(sender) or not isinstance(text, str):
             return {"error": "inject needs string 'from' (a phone number) and 'text'"}
         number = str(payload.get("phone_number_id") or self._default_number())
-        wa_id = _wa_id(sender)
-        self._last_inbound[number, wa_id] = trio.current_time()
+        hidden = bool(payload.get("hide_number"))
+        bsuid = bsuid_for(_wa_id(sender))
+        user = bsuid if hidden else _wa_id(sender)  # what the business can address
+        self._users[bsuid] = user
+        self._last_inbound[number, user] = trio.current_time()
         message_id = "wamid." + base64.b64encode(self._rng.randbytes(30)).decode()
+        self._inbound_ids.add(message_id)
         message: dict[str, Any] = {
-            "from": wa_id,
+            "from_user_id": bsuid,
             "id": message_id,
             "timestamp": str(int(time.time())),
             "type": "text",
             "text": {"body": text},
         }
+        if not hidden:
+            message["from"] = user
         if isinstance(payload.get("reply_to"), str):
             message["context"] = {"from": self.display_phone_number, "id": payload["reply_to"]}
-        contact = {"profile": {"name": str(payload.get("name", "Emulated User"))}, "wa_id": wa_id}
+        contact: dict[str, Any] = {
+            "profile": {"name": str(payload.get("name", "Emulated User"))},
+            "user_id": bsuid,
+        }
+        if not hidden:
+            contact["wa_id"] = user
         body = self._envelope(number, {"contacts": [contact], "messages": [message]})
         if self._client is not None:
             status = await self._post(self._client, "message", body)
+            self._maybe_redeliver("message", body, status)
         else:
             async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
                 status = await self._post(client, "message", body)
-        return {"message_id": message_id, "webhook_status": status}
+        return {"message_id": message_id, "webhook_status": status, "user_id": bsuid}
 
     def _default_number(self) -> str:
         """For ``inject`` without a number: the first configured, else the last one used."""

@@ -12,6 +12,12 @@ the pair; ``platform_message_id`` is ``f"{chat_id}:{message_id}"`` for inbound
 and sent messages alike, and ``reply_to`` takes the same form (a bare message
 id means "in the same chat").
 
+Operations: ``editMessageText``, ``deleteMessage``, ``sendChatAction`` and
+``setMessageReaction`` (:func:`operation_request`); uploads go as multipart
+(:attr:`ApiRequest.files`). Bots have no read receipts, so ``mark_read`` is
+not in :data:`OPERATIONS`. "message to edit/delete/react not found" (and
+``MESSAGE_ID_INVALID``) map to :class:`~providers.base.MessageNotFound`.
+
 Limits: :data:`TELEGRAM_LIMITS` declares the documented 30 messages/s per bot
 and 1 message/s per chat. Telegram also allows at most 20 messages per minute
 to one group (negative chat ids); :class:`~providers.base.PlatformLimits` has
@@ -42,6 +48,7 @@ from ..base import (
     Media,
     MediaKind,
     MessageEdited,
+    MessageNotFound,
     MessageTooLong,
     OutboundMessage,
     PermanentSendError,
@@ -53,6 +60,14 @@ from ..base import (
     SessionState,
     TransientError,
 )
+from ..media import Upload
+from ..operations import (
+    DeleteMessage,
+    EditMessage,
+    OperationKind,
+    React,
+    SendTyping,
+)
 from . import wire
 
 __all__ = [
@@ -61,6 +76,7 @@ __all__ = [
     "GROUP_MESSAGES_PER_MINUTE",
     "MAX_CAPTION_LENGTH",
     "MAX_TEXT_LENGTH",
+    "OPERATIONS",
     "POLL_READ_GRACE",
     "PROVIDER_NAME",
     "REQUEST_TIMEOUT",
@@ -75,6 +91,7 @@ __all__ = [
     "is_group_chat",
     "message_id",
     "method_url",
+    "operation_request",
     "parse_me",
     "parse_options",
     "parse_response",
@@ -102,6 +119,23 @@ TELEGRAM_LIMITS: Final = PlatformLimits(
     per_peer_rate=1.0,
     per_peer_burst=1,
     max_text_length=MAX_TEXT_LENGTH,
+    max_upload_bytes=50 * 1024 * 1024,  # bytes: the Bot API's upload limit
+)
+OPERATIONS: Final = frozenset(
+    {
+        OperationKind.SEND,
+        OperationKind.UPLOAD,
+        OperationKind.EDIT,
+        OperationKind.DELETE,
+        OperationKind.TYPING,
+        OperationKind.REACT,
+    }
+)
+_NOT_FOUND: Final = (
+    "message to edit not found",
+    "message to delete not found",
+    "message to react not found",
+    "message_id_invalid",
 )
 
 _MEDIA_METHODS: Final = {
@@ -208,12 +242,14 @@ class ApiRequest:
         peer: the recipient, for send methods (errors about it name it).
         read_timeout: seconds the answer may take (a long poll's ``timeout``
             plus :data:`POLL_READ_GRACE`).
+        files: uploads by parameter name; the request goes as multipart.
     """
 
     method: str
     params: Mapping[str, Any] = attrs.field(factory=dict)
     peer: str | None = None
     read_timeout: float = REQUEST_TIMEOUT
+    files: Mapping[str, Upload] = attrs.field(factory=dict)
 
 
 def method_url(base_url: str, token: str, method: str) -> str:
@@ -285,8 +321,51 @@ def _reply_parameters(reply_to: str, peer: str) -> dict[str, Any]:
     return params
 
 
-def send_request(msg: OutboundMessage) -> ApiRequest:
-    """sendMessage, or sendPhoto/sendVideo/sendDocument/sendAudio for media by URL.
+def _message_ref(message_id: str, peer: str) -> tuple[int | str, int]:
+    """``(chat_id, message_id)`` of ``"<chat>:<id>"`` (or a bare id in ``peer``'s chat)."""
+    chat, sep, msg = message_id.rpartition(":")
+    try:
+        number = int(msg)
+    except ValueError:
+        raise MessageNotFound(
+            f"telegram: {message_id!r} is not '<chat_id>:<message_id>' or a message id",
+            peer=peer,
+        ) from None
+    return _chat_id(chat if sep else peer), number
+
+
+def operation_request(op: EditMessage | DeleteMessage | SendTyping | React) -> ApiRequest:
+    """editMessageText, deleteMessage, sendChatAction or setMessageReaction for ``op``.
+
+    Raises:
+        MessageTooLong: an edit's text is over 4096 characters.
+        MessageNotFound: a message id that is not a Telegram id.
+    """
+    if isinstance(op, SendTyping):
+        params: dict[str, Any] = {"chat_id": _chat_id(op.peer), "action": op.action.value}
+        return ApiRequest(method="sendChatAction", params=params, peer=op.peer)
+    chat_id, number = _message_ref(op.message_id, op.peer)
+    params = {"chat_id": chat_id, "message_id": number}
+    if isinstance(op, EditMessage):
+        if len(op.text) > MAX_TEXT_LENGTH:
+            raise MessageTooLong(
+                f"telegram: text of {len(op.text)} characters exceeds {MAX_TEXT_LENGTH}",
+                peer=op.peer,
+            )
+        params["text"] = op.text
+        for key in _PASSTHROUGH:
+            if key in op.metadata:
+                params[key] = op.metadata[key]
+        return ApiRequest(method="editMessageText", params=params, peer=op.peer)
+    if isinstance(op, DeleteMessage):
+        return ApiRequest(method="deleteMessage", params=params, peer=op.peer)
+    params["reaction"] = [] if op.remove else [{"type": "emoji", "emoji": op.emoji}]
+    return ApiRequest(method="setMessageReaction", params=params, peer=op.peer)
+
+
+def send_request(msg: OutboundMessage, upload: Upload | None = None) -> ApiRequest:
+    """sendMessage, or sendPhoto/sendVideo/sendDocument/sendAudio for media by URL
+    (or by ``upload``: the bytes of ``msg.media``, sent as multipart).
 
     Raises:
         MessageTooLong: the text (caption) is over 4096 (1024) characters; the
@@ -294,6 +373,7 @@ def send_request(msg: OutboundMessage) -> ApiRequest:
         PermanentSendError: a template (Telegram has none) or a bad ``reply_to``.
     """
     params: dict[str, Any] = {"chat_id": _chat_id(msg.peer)}
+    files: dict[str, Upload] = {}
     if msg.text is not None:
         if len(msg.text) > MAX_TEXT_LENGTH:
             raise MessageTooLong(
@@ -305,7 +385,11 @@ def send_request(msg: OutboundMessage) -> ApiRequest:
         params["text"] = msg.text
     elif msg.media is not None:
         method, field = _MEDIA_METHODS[msg.media.kind]
-        params[field] = msg.media.url
+        if upload is not None:
+            files = {field: upload}
+        else:
+            assert msg.media.url is not None, "an upload needs its bytes read first"
+            params[field] = msg.media.url
         if msg.media.caption is not None:
             if len(msg.media.caption) > MAX_CAPTION_LENGTH:
                 raise MessageTooLong(
@@ -323,7 +407,7 @@ def send_request(msg: OutboundMessage) -> ApiRequest:
     for key in _PASSTHROUGH:
         if key in msg.metadata:
             params[key] = msg.metadata[key]
-    return ApiRequest(method=method, params=params, peer=msg.peer)
+    return ApiRequest(method=method, params=params, peer=msg.peer, files=files)
 
 
 # --- responses ----------------------------------------------------------------------
@@ -361,6 +445,8 @@ def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> Provider
         return FatalError(f"{what}; the request is invalid, check the channel configuration")
     if "too long" in lowered:
         return MessageTooLong(what, peer=peer)
+    if any(text in lowered for text in _NOT_FOUND):
+        return MessageNotFound(f"{what}; the message is gone", peer=peer)
     if code == 403 or "chat not found" in lowered or "user not found" in lowered:
         return BadRecipient(what, peer=peer)
     if params.migrate_to_chat_id is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
 
@@ -41,7 +42,10 @@ from ..base import (
     SendResult,
     SessionState,
     TransientError,
+    Unsupported,
 )
+from ..media import read_upload
+from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 from . import core
 from .webhook import WebhookHandler, WebhookVerdict
 from .wire import User
@@ -86,7 +90,19 @@ class _BotApi:
         url = core.method_url(self._base_url, self._token, request.method)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=request.read_timeout)
         with map_exceptions(self._errors(request)):
-            response = await self._client.post(url, json=dict(request.params), timeout=timeout)
+            if request.files:
+                # Multipart: scalars as text, nested values as JSON, as the Bot API reads them.
+                data = {
+                    key: value if isinstance(value, str) else json.dumps(value)
+                    for key, value in request.params.items()
+                }
+                files = {
+                    name: (upload.filename, upload.data, upload.mime_type)
+                    for name, upload in request.files.items()
+                }
+                response = await self._client.post(url, data=data, files=files, timeout=timeout)
+            else:
+                response = await self._client.post(url, json=dict(request.params), timeout=timeout)
         return core.parse_response(request, response.status_code, response.content)
 
     def _errors(self, request: core.ApiRequest) -> ExceptionMap:
@@ -123,8 +139,10 @@ class TelegramConnection:
         api: _BotApi,
         cursor: core.UpdateCursor,
         bot: User,
+        upload_limit: int = core.TELEGRAM_LIMITS.max_upload_bytes,
     ) -> None:
         self.channel_id = config.channel_id
+        self._upload_limit = upload_limit
         self.options = options
         self.bot = bot
         self._api = api
@@ -183,10 +201,60 @@ class TelegramConnection:
             PermanentSendError: BadRecipient (chat not found, bot blocked),
                 MessageTooLong, or another refusal of this message.
         """
+        self._check_open()
+        upload = None
+        if msg.media is not None and msg.media.is_upload:
+            upload = await read_upload(
+                msg.media, limit=self._upload_limit, peer=msg.peer, platform="telegram"
+            )
+        request = core.send_request(msg, upload)
+        return core.parse_sent(await self._api.call(request), msg.peer)
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """editMessageText.
+
+        Raises:
+            MessageNotFound: "message to edit not found".
+            PermanentSendError: "message is not modified", "message can't be edited", ...
+            The errors of :meth:`send` otherwise.
+        """
+        self._check_open()
+        result = await self._api.call(core.operation_request(op))
+        if isinstance(result, dict):
+            return core.parse_sent(result, op.peer)
+        return SendResult(platform_message_id=op.message_id, peer=op.peer)  # inline: True
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """deleteMessage (MessageNotFound: "message to delete not found")."""
+        self._check_open()
+        await self._api.call(core.operation_request(op))
+
+    async def typing(self, op: SendTyping) -> None:
+        """sendChatAction with the op's action (Telegram shows it for 5 s or until a message)."""
+        self._check_open()
+        await self._api.call(core.operation_request(op))
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """Bots have no read receipts on Telegram.
+
+        Raises:
+            Unsupported: always.
+        """
+        raise Unsupported(
+            "telegram bots cannot mark messages read; nothing was sent",
+            peer=op.peer,
+            operation="mark_read",
+            provider=core.PROVIDER_NAME,
+        )
+
+    async def react(self, op: React) -> None:
+        """setMessageReaction (an empty list when ``op.emoji`` is None removes it)."""
+        self._check_open()
+        await self._api.call(core.operation_request(op))
+
+    def _check_open(self) -> None:
         if self._phase is _Phase.CLOSED:
             raise trio.ClosedResourceError(f"{self!r} is closed; open a new connection to send")
-        request = core.send_request(msg)
-        return core.parse_sent(await self._api.call(request), msg.peer)
 
     def session_state(self) -> SessionState:
         """``SessionState(provider="telegram", data={"offset": n})`` to resume from."""
@@ -302,6 +370,7 @@ class TelegramProvider:
     """
 
     name: str = core.PROVIDER_NAME
+    operations = core.OPERATIONS
 
     def __init__(
         self,
@@ -360,7 +429,12 @@ class TelegramProvider:
                     )
                 )
             conn = TelegramConnection(
-                config=config, options=options, api=api, cursor=cursor, bot=bot
+                config=config,
+                options=options,
+                api=api,
+                cursor=cursor,
+                bot=bot,
+                upload_limit=self.limits.max_upload_bytes,
             )
             # The poll task stores its ProviderErrors instead of raising, so what
             # leaves this block is the caller's own exception, and it leaves

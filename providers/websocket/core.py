@@ -23,18 +23,27 @@ The wire protocol (text frames, one JSON object each)::
       {"type": "heartbeat"}                               proves the server is alive
     client -> server
       {"type": "send", "id": idempotency_key, "peer", "text" | "media", "reply_to"?}
+      {"type": "edit", "id", "peer", "message_id", "text"}
+      {"type": "delete", "id", "peer", "message_id"}
+      {"type": "typing", "id", "peer", "action"}          a chat action ("typing", ...)
+      {"type": "read", "id", "peer", "message_id"}        mark an inbound message read
+      {"type": "react", "id", "peer", "message_id", "emoji", "remove"}
+                                                          remove: take it away
+                                                          each answered by "ack" or "error"
       {"type": "heartbeat_ack"}                           answers a heartbeat: the
                                                           client is alive (a server
                                                           may drop a client that
                                                           stops answering)
 
-    media = {"kind": "image" | "video" | "document" | "audio", "url", "caption"?,
-             "filename"?}
+    media = {"kind": "image" | "video" | "document" | "audio", "url" | "data",
+             "caption"?, "filename"?, "mime_type"?}     data: an upload, base64
 
 Error codes map to the provider error tree (:func:`error_from_code`):
 ``rate_limited`` -> RateLimited, ``unauthorized`` -> AuthenticationFailed,
 ``banned`` -> Banned, ``forbidden`` -> MissingPermissions, ``bad_recipient`` ->
-BadRecipient, ``too_long`` -> MessageTooLong, anything else -> TransientError.
+BadRecipient, ``too_long`` -> MessageTooLong, ``too_large`` -> MediaTooLarge,
+``not_found`` -> MessageNotFound, ``unsupported`` -> Unsupported, anything
+else -> TransientError.
 Close codes map likewise (:func:`error_from_close`): 4001 -> AuthenticationFailed,
 4003 -> Banned, 4029 -> RateLimited (the reason may carry the seconds to wait),
 anything else -> TransientError.
@@ -53,6 +62,7 @@ Either timer may be disabled with ``None``.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 from typing import Any, Final
@@ -70,7 +80,9 @@ from providers.base import (
     Event,
     InboundMessage,
     Media,
+    MediaTooLarge,
     MessageEdited,
+    MessageNotFound,
     MessageTooLong,
     MissingPermissions,
     OutboundMessage,
@@ -81,6 +93,15 @@ from providers.base import (
     ReceiptStatus,
     SendResult,
     TransientError,
+    Unsupported,
+)
+from providers.operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    React,
+    SendTyping,
 )
 
 __all__ = [
@@ -195,6 +216,12 @@ def error_from_code(
         return BadRecipient(text, peer=peer)
     if code == "too_long":
         return MessageTooLong(text, peer=peer)
+    if code == "too_large":
+        return MediaTooLarge(text, peer=peer)
+    if code == "not_found":
+        return MessageNotFound(f"{text}; the message is gone", peer=peer)
+    if code == "unsupported":
+        return Unsupported(text, peer=peer, provider="websocket")
     return TransientError(f"{text}; retry")
 
 
@@ -277,6 +304,43 @@ def _structure(frame: dict[str, Any], cls: type[Any]) -> Any:
         raise ValueError(f"malformed {frame.get('type')!r} frame: {problems}") from exc
 
 
+def _media(media: Media) -> dict[str, Any]:
+    part: dict[str, Any] = {"kind": media.kind.value}
+    if media.url is not None:
+        part["url"] = media.url
+    else:
+        # The shell has read a path into content before the core sees the message.
+        assert media.content is not None, "a media path must be read before encoding"
+        part["data"] = base64.b64encode(media.content).decode("ascii")
+    for name in ("caption", "filename", "mime_type"):
+        value = getattr(media, name)
+        if value is not None:
+            part[name] = value
+    return part
+
+
+def encode_operation(op: Operation) -> str:
+    """The frame for ``op``: ``send``, ``edit``, ``delete``, ``typing``, ``read``, ``react``.
+
+    Raises:
+        PermanentSendError: ``op`` carries a template, which this protocol has not.
+    """
+    if isinstance(op, OutboundMessage):
+        return encode_send(op)
+    frame: dict[str, Any] = {"id": op.idempotency_key, "peer": op.peer}
+    if isinstance(op, EditMessage):
+        frame.update(type="edit", message_id=op.message_id, text=op.text)
+    elif isinstance(op, DeleteMessage):
+        frame.update(type="delete", message_id=op.message_id)
+    elif isinstance(op, SendTyping):
+        frame.update(type="typing", action=op.action.value)
+    elif isinstance(op, MarkRead):
+        frame.update(type="read", message_id=op.message_id)
+    elif isinstance(op, React):
+        frame.update(type="react", message_id=op.message_id, emoji=op.emoji, remove=op.remove)
+    return json.dumps(frame, separators=(",", ":"))
+
+
 def encode_send(msg: OutboundMessage) -> str:
     """The ``send`` frame for ``msg``.
 
@@ -293,7 +357,7 @@ def encode_send(msg: OutboundMessage) -> str:
     if msg.text is not None:
         frame["text"] = msg.text
     if msg.media is not None:
-        frame["media"] = _WIRE.unstructure(msg.media)
+        frame["media"] = _media(msg.media)
     if msg.reply_to is not None:
         frame["reply_to"] = msg.reply_to
     return json.dumps(frame, separators=(",", ":"))
@@ -443,8 +507,9 @@ class WebSocketCore:
             self._awaited_pong = None
         return []
 
-    def start_send(self, msg: OutboundMessage, now: float) -> list[Action]:
-        """Begin sending ``msg``; its outcome arrives later as a :class:`CompleteSend`.
+    def start_send(self, msg: Operation, now: float) -> list[Action]:
+        """Begin sending ``msg`` (a message or another operation); its outcome
+        arrives later as a :class:`CompleteSend`.
 
         A key already in flight is not sent twice: the shell waits for the
         first attempt's outcome.
@@ -465,7 +530,7 @@ class WebSocketCore:
                 f"cannot send {msg.idempotency_key!r} on {self.channel_id}: {detail}; "
                 "retry on a new connection"
             )
-        frame = encode_send(msg)
+        frame = encode_operation(msg)
         if msg.idempotency_key in self._pending:
             return []
         self._pending[msg.idempotency_key] = (now + self.send_timeout, msg.peer)

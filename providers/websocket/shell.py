@@ -62,6 +62,16 @@ from providers.base import (
     SessionState,
     TransientError,
 )
+from providers.media import read_upload
+from providers.operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    OperationKind,
+    React,
+    SendTyping,
+)
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -95,7 +105,9 @@ WEBSOCKET_LIMITS: Final = PlatformLimits(
     per_peer_rate=10.0,  # messages per second
     per_peer_burst=20,
     max_text_length=16_384,  # characters
+    max_upload_bytes=8 * 1024 * 1024,  # bytes, before base64 (frames stay moderate)
 )
+MAX_UPLOAD_BYTES: Final = WEBSOCKET_LIMITS.max_upload_bytes
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -221,7 +233,7 @@ class WebSocketConnection:
             raise self._core.failure
 
     async def send(self, msg: OutboundMessage) -> SendResult:
-        """Send ``msg`` and wait for the server's ack.
+        """Send ``msg`` (text, media by URL or uploaded as base64) and wait for the ack.
 
         Raises:
             TransientError: no ack within ``send_timeout``, or the link failed
@@ -230,6 +242,51 @@ class WebSocketConnection:
             FatalError: the token is refused or banned.
             PermanentSendError: bad recipient, too long, or a template.
         """
+        if msg.media is not None and msg.media.path is not None:
+            upload = await read_upload(
+                msg.media, limit=MAX_UPLOAD_BYTES, peer=msg.peer, platform="websocket"
+            )
+            media = attrs.evolve(
+                msg.media,
+                path=None,
+                content=upload.data,
+                filename=upload.filename,
+                mime_type=upload.mime_type,
+            )
+            msg = attrs.evolve(msg, media=media)
+        result = await self._perform(msg)
+        assert result is not None
+        return result
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """Replace a sent message's text; the ack names the message.
+
+        Raises:
+            MessageNotFound: the server has no such message (``not_found``).
+            The errors of :meth:`send` otherwise.
+        """
+        result = await self._perform(op)
+        assert result is not None
+        return result
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """Delete a message (``delete`` frame); errors as :meth:`edit`."""
+        await self._perform(op)
+
+    async def typing(self, op: SendTyping) -> None:
+        """Show a chat action (``typing`` frame); errors as :meth:`send`."""
+        await self._perform(op)
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """Mark an inbound message read (``read`` frame); errors as :meth:`edit`."""
+        await self._perform(op)
+
+    async def react(self, op: React) -> None:
+        """Set or remove the bot's reaction (``react`` frame); errors as :meth:`edit`."""
+        await self._perform(op)
+
+    async def _perform(self, msg: Operation) -> SendResult | None:
+        """Send the frame for ``msg`` and wait for its ack (or error)."""
         waiter = self._waiters.get(msg.idempotency_key)
         if waiter is None:
             actions = self._core.start_send(msg, trio.current_time())
@@ -239,7 +296,7 @@ class WebSocketConnection:
         if waiter.error is not None:
             raise waiter.error
         assert waiter.result is not None
-        return waiter.result
+        return waiter.result if isinstance(msg, OutboundMessage | EditMessage) else None
 
     def session_state(self) -> SessionState:
         """The last inbound message id (informational: the protocol has no replay)."""
@@ -471,6 +528,7 @@ class WebSocketProvider:
     """
 
     name = "websocket"
+    operations = frozenset(OperationKind)
 
     def __init__(self, *, limits: PlatformLimits = WEBSOCKET_LIMITS) -> None:
         self.limits = limits

@@ -18,6 +18,8 @@ Design:
       code 131047 re-engagement (24 h)  -> OutsideWindow
       code 131026 undeliverable         -> BadRecipient (and 131021, 131030)
       code 100 + text too long          -> MessageTooLong
+      code 100 + message not found      -> MessageNotFound (a read mark or reaction
+                                           of a message WhatsApp does not have)
       code 100/131008/131009/131051     -> PermanentSendError
       code 368 / 131031 policy block    -> Banned
       code 190, 0, HTTP 401             -> AuthenticationFailed
@@ -29,6 +31,15 @@ Design:
   allows about one message per 6 s). A ``Retry-After`` header, or the
   ``estimated_time_to_regain_access`` of ``X-Business-Use-Case-Usage``
   (minutes), overrides them when present.
+- Beyond sending: ``status: read`` marks a message read, and with
+  ``typing_indicator`` shows "typing…" (the Cloud API's only typing signal);
+  reactions are ``type: reaction`` messages (an empty emoji removes one);
+  uploads go to ``POST /{phone_number_id}/media`` first and the message
+  carries the media ``id``. The Cloud API cannot edit or delete a business
+  message: those are not in :data:`OPERATIONS`.
+- Recipients: a phone number (``wa_id``) goes in ``to``, a business-scoped
+  user id (BSUID, ``US.13491208655302741918``, what webhooks carry as
+  ``user_id`` for users who hide their number) in ``recipient``.
 - Platform payloads are structured with cattrs through one converter for
   the Graph wire format (:data:`GRAPH`), so a malformed answer reads like
   ``expected int @ $.error.code``.
@@ -36,6 +47,7 @@ Design:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -49,6 +61,7 @@ from providers.base import (
     Banned,
     ChannelConfig,
     FatalError,
+    MessageNotFound,
     MessageTooLong,
     MissingPermissions,
     OutboundMessage,
@@ -61,6 +74,8 @@ from providers.base import (
     SendResult,
     TransientError,
 )
+from providers.media import Upload
+from providers.operations import OperationKind, React
 
 __all__ = [
     "APP_RETRY_AFTER",
@@ -70,18 +85,25 @@ __all__ = [
     "GRAPH",
     "MAX_CAPTION_LENGTH",
     "MAX_TEXT_LENGTH",
+    "OPERATIONS",
     "PAIR_RETRY_AFTER",
     "THROUGHPUT_RETRY_AFTER",
     "WHATSAPP_LIMITS",
     "ApiRequest",
     "GraphError",
     "WhatsAppSettings",
+    "build_media_upload",
     "build_phone_number_request",
+    "build_reaction_request",
+    "build_read_request",
     "build_send_request",
+    "is_bsuid",
     "map_error",
     "message_payload",
+    "parse_media_response",
     "parse_phone_number_response",
     "parse_send_response",
+    "parse_success_response",
 ]
 
 DEFAULT_BASE_URL: Final = "https://graph.facebook.com"
@@ -99,7 +121,19 @@ WHATSAPP_LIMITS: Final = PlatformLimits(
     per_peer_rate=1 / 6,
     per_peer_burst=3,
     max_text_length=MAX_TEXT_LENGTH,
+    max_upload_bytes=100 * 1024 * 1024,  # bytes: documents; images 5 MB, video 16 MB
 )
+OPERATIONS: Final = frozenset(
+    {
+        OperationKind.SEND,
+        OperationKind.UPLOAD,
+        OperationKind.TYPING,
+        OperationKind.MARK_READ,
+        OperationKind.REACT,
+    }
+)
+# A business-scoped user id: country, optionally ENT (a parent BSUID), digits.
+BSUID: Final = re.compile(r"[A-Z]{2}\.(?:ENT\.)?\d+")
 
 GRAPH: Final = cattrs.Converter(detailed_validation=True)
 """The converter for Graph API payloads (never the global one)."""
@@ -204,26 +238,42 @@ class ApiRequest:
         url: the absolute URL.
         headers: request headers (they hold the token, so ``repr`` hides them).
         json: the JSON body, if any.
+        form: multipart fields (with ``upload`` as the ``file`` part).
+        upload: the file of a media upload.
     """
 
     method: Literal["GET", "POST"]
     url: str
     headers: Mapping[str, str] = attrs.field(repr=False)
     json: Mapping[str, Any] | None = None
+    form: Mapping[str, str] | None = None
+    upload: Upload | None = None
 
 
 def _auth(settings: WhatsAppSettings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.token}"}
 
 
+def is_bsuid(peer: str) -> bool:
+    """Whether ``peer`` is a business-scoped user id rather than a phone number."""
+    return BSUID.fullmatch(peer) is not None
+
+
+def _recipient(peer: str) -> dict[str, Any]:
+    if is_bsuid(peer):
+        return {"recipient": peer, "recipient_type": "individual"}
+    return {"recipient_type": "individual", "to": peer}
+
+
 def message_payload(
-    msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH
+    msg: OutboundMessage, *, max_text_length: int = MAX_TEXT_LENGTH, media_id: str | None = None
 ) -> dict[str, Any]:
     """The Cloud API JSON body for ``msg``.
 
     Args:
         msg: the message; ``metadata["preview_url"]`` turns on link previews for text.
         max_text_length: the longest text accepted, checked before any request.
+        media_id: the id an upload of ``msg.media`` got (``POST /media``).
 
     Returns:
         The body for ``POST /{version}/{phone_number_id}/messages``.
@@ -232,11 +282,7 @@ def message_payload(
         MessageTooLong: text or caption over the limit.
         PermanentSendError: content the Cloud API cannot carry (a caption on audio).
     """
-    body: dict[str, Any] = {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": msg.peer,
-    }
+    body: dict[str, Any] = {"messaging_product": "whatsapp", **_recipient(msg.peer)}
     if msg.text is not None:
         if len(msg.text) > max_text_length:
             raise MessageTooLong(
@@ -248,7 +294,7 @@ def message_payload(
         body["text"] = {"body": msg.text, "preview_url": bool(msg.metadata.get("preview_url"))}
     elif msg.media is not None:
         kind = msg.media.kind.value
-        part: dict[str, Any] = {"link": msg.media.url}
+        part: dict[str, Any] = {"id": media_id} if media_id is not None else {"link": msg.media.url}
         if msg.media.caption is not None:
             if kind == "audio":
                 raise PermanentSendError(
@@ -281,7 +327,9 @@ def message_payload(
     return body
 
 
-def build_send_request(settings: WhatsAppSettings, msg: OutboundMessage) -> ApiRequest:
+def build_send_request(
+    settings: WhatsAppSettings, msg: OutboundMessage, *, media_id: str | None = None
+) -> ApiRequest:
     """``POST /{version}/{phone_number_id}/messages`` for ``msg``.
 
     Raises:
@@ -291,7 +339,54 @@ def build_send_request(settings: WhatsAppSettings, msg: OutboundMessage) -> ApiR
         method="POST",
         url=f"{settings.api_root}/{settings.phone_number_id}/messages",
         headers=_auth(settings),
-        json=message_payload(msg),
+        json=message_payload(msg, media_id=media_id),
+    )
+
+
+def build_read_request(
+    settings: WhatsAppSettings, message_id: str, *, typing: bool = False
+) -> ApiRequest:
+    """``status: read`` for an inbound message, with the typing indicator if asked."""
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": message_id,
+    }
+    if typing:
+        body["typing_indicator"] = {"type": "text"}
+    return ApiRequest(
+        method="POST",
+        url=f"{settings.api_root}/{settings.phone_number_id}/messages",
+        headers=_auth(settings),
+        json=body,
+    )
+
+
+def build_reaction_request(settings: WhatsAppSettings, op: React) -> ApiRequest:
+    """A ``reaction`` message (an empty emoji removes the business's reaction)."""
+    body = {
+        "messaging_product": "whatsapp",
+        **_recipient(op.peer),
+        "type": "reaction",
+        "reaction": {"message_id": op.message_id, "emoji": "" if op.remove else op.emoji},
+    }
+    return ApiRequest(
+        method="POST",
+        url=f"{settings.api_root}/{settings.phone_number_id}/messages",
+        headers=_auth(settings),
+        json=body,
+    )
+
+
+def build_media_upload(settings: WhatsAppSettings, upload: Upload) -> ApiRequest:
+    """``POST /{version}/{phone_number_id}/media``: multipart ``file``, ``type``,
+    ``messaging_product``; the answer's ``id`` goes in the message."""
+    return ApiRequest(
+        method="POST",
+        url=f"{settings.api_root}/{settings.phone_number_id}/media",
+        headers=_auth(settings),
+        form={"messaging_product": "whatsapp", "type": upload.mime_type},
+        upload=upload,
     )
 
 
@@ -465,6 +560,8 @@ def map_error(
         )
     if code == 100 and _too_long(error):
         return MessageTooLong(f"WhatsApp rejected the text as too long ({what})", peer=peer)
+    if code == 100 and "not found" in f"{error.message} {error.details}".lower():
+        return MessageNotFound(f"WhatsApp does not have that message ({what})", peer=peer)
     if code in (1, 2, 131000, 131016) or status >= 500:
         return TransientError(f"WhatsApp is temporarily failing ({what}); retry with backoff")
     if status == 429:
@@ -522,6 +619,43 @@ def parse_send_response(
             f"has no messages[0].id: {body[:200]!r}"
         ) from exc
     return SendResult(platform_message_id=message_id, peer=peer)
+
+
+@attrs.frozen(kw_only=True)
+class _Success:
+    success: bool
+
+
+def parse_success_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, peer: str
+) -> None:
+    """The answer to a read mark: ``{"success": true}``.
+
+    Raises:
+        ProviderError: the mapped error; a 2xx without ``success: true`` is transient.
+    """
+    if not 200 <= status < 300:
+        raise map_error(status, headers, body, peer=peer)
+    try:
+        ok = GRAPH.structure(json_body(body), _Success).success
+    except (cattrs.BaseValidationError, TypeError, AttributeError) as exc:
+        raise TransientError(f"WhatsApp answered {status} without success: {body[:200]!r}") from exc
+    if not ok:
+        raise TransientError(f"WhatsApp answered success: false ({body[:200]!r}); retry")
+
+
+def parse_media_response(status: int, headers: Mapping[str, str], body: bytes, *, peer: str) -> str:
+    """The media id of an upload's answer ``{"id": ...}``.
+
+    Raises:
+        ProviderError: the mapped error; a 2xx without an id is transient.
+    """
+    if not 200 <= status < 300:
+        raise map_error(status, headers, body, peer=peer)
+    try:
+        return GRAPH.structure(json_body(body), _MessageId).id
+    except (cattrs.BaseValidationError, TypeError, AttributeError) as exc:
+        raise TransientError(f"WhatsApp took the upload without an id: {body[:200]!r}") from exc
 
 
 def parse_phone_number_response(

@@ -20,6 +20,7 @@ Design:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
@@ -33,12 +34,17 @@ from providers.base import (
     ConnectionState,
     ConnectionStateChanged,
     Event,
+    InboundMessage,
     OutboundMessage,
+    PermanentSendError,
     PlatformLimits,
     SendResult,
     SessionState,
     TransientError,
+    Unsupported,
 )
+from providers.media import read_upload
+from providers.operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 
 from . import core, webhook
 from .core import WHATSAPP_LIMITS, ApiRequest, WhatsAppSettings
@@ -46,6 +52,7 @@ from .core import WHATSAPP_LIMITS, ApiRequest, WhatsAppSettings
 __all__ = ["WhatsAppConnection", "WhatsAppProvider"]
 
 CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
+LAST_INBOUND_KEPT: Final = 10_000  # peers whose last message id is kept (for typing)
 
 
 class WhatsAppConnection:
@@ -63,6 +70,9 @@ class WhatsAppConnection:
         self._closed = False
         self._sent = 0
         self._received = 0
+        self._upload_limit = WHATSAPP_LIMITS.max_upload_bytes
+        # Typing shows only as part of a read mark of a message: the last one per peer.
+        self._last_inbound: OrderedDict[str, str] = OrderedDict()
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "OPEN"
@@ -124,6 +134,8 @@ class WhatsAppConnection:
             return 503, b"event buffer full; redeliver later"
         for event in outcome.events:
             self._send_events.send_nowait(event)
+            if isinstance(event, InboundMessage):
+                self._remember_inbound(event)
         self._received += len(outcome.events)
         await trio.lowlevel.checkpoint()
         return outcome.status, outcome.body
@@ -136,6 +148,15 @@ class WhatsAppConnection:
                 f"whatsapp channel {self.settings.channel_id!r} is closed; open a new connection"
             )
         with map_exceptions(self._errors(request)):
+            if request.upload is not None:
+                upload = request.upload
+                return await self._client.request(
+                    request.method,
+                    request.url,
+                    headers=dict(request.headers),
+                    data=dict(request.form or {}),
+                    files={"file": (upload.filename, upload.data, upload.mime_type)},
+                )
             return await self._client.request(
                 request.method, request.url, headers=dict(request.headers), json=request.json
             )
@@ -163,13 +184,103 @@ class WhatsAppConnection:
                 MessageTooLong (over 4096 characters), other refusals.
             trio.ClosedResourceError: the connection was closed by its owner.
         """
-        request = core.build_send_request(self.settings, msg)
+        media_id = None
+        if msg.media is not None and msg.media.is_upload:
+            upload = await read_upload(
+                msg.media, limit=self._upload_limit, peer=msg.peer, platform="whatsapp"
+            )
+            uploaded = await self._perform(core.build_media_upload(self.settings, upload))
+            media_id = core.parse_media_response(
+                uploaded.status_code, uploaded.headers, uploaded.content, peer=msg.peer
+            )
+        request = core.build_send_request(self.settings, msg, media_id=media_id)
         response = await self._perform(request)
         result = core.parse_send_response(
             response.status_code, response.headers, response.content, peer=msg.peer
         )
         self._sent += 1
         return result
+
+    async def edit(self, op: EditMessage) -> SendResult:
+        """The Cloud API cannot edit a business's message.
+
+        Raises:
+            Unsupported: always.
+        """
+        raise self._unsupported("edit", op.peer)
+
+    async def delete(self, op: DeleteMessage) -> None:
+        """The Cloud API cannot delete a business's message.
+
+        Raises:
+            Unsupported: always.
+        """
+        raise self._unsupported("delete", op.peer)
+
+    async def mark_read(self, op: MarkRead) -> None:
+        """``status: read`` for the message (and the typing indicator with ``op.typing``).
+
+        Raises:
+            MessageNotFound: WhatsApp does not have the message.
+            The errors of :meth:`send` otherwise.
+        """
+        request = core.build_read_request(self.settings, op.message_id, typing=op.typing)
+        response = await self._perform(request)
+        core.parse_success_response(
+            response.status_code, response.headers, response.content, peer=op.peer
+        )
+
+    async def typing(self, op: SendTyping) -> None:
+        """The typing indicator, which WhatsApp shows as part of reading a message:
+        ``op.message_id``, else the last message received from the peer (it is
+        marked read too; the indicator lasts until the answer, 25 s at most).
+
+        Raises:
+            PermanentSendError: no message from the peer to answer is known.
+            The errors of :meth:`mark_read` otherwise.
+        """
+        message_id = op.message_id or self._last_inbound.get(op.peer)
+        if message_id is None:
+            raise PermanentSendError(
+                f"whatsapp shows typing only while answering a message, and no message from "
+                f"{op.peer!r} is known to this connection: give SendTyping.message_id",
+                peer=op.peer,
+            )
+        await self.mark_read(
+            MarkRead(
+                peer=op.peer,
+                message_id=message_id,
+                typing=True,
+                idempotency_key=op.idempotency_key,
+            )
+        )
+
+    async def react(self, op: React) -> None:
+        """A ``reaction`` message (``remove`` sends the empty emoji).
+
+        Raises:
+            MessageNotFound: WhatsApp does not have the message.
+            The errors of :meth:`send` otherwise.
+        """
+        response = await self._perform(core.build_reaction_request(self.settings, op))
+        core.parse_send_response(
+            response.status_code, response.headers, response.content, peer=op.peer
+        )
+
+    def _unsupported(self, operation: str, peer: str) -> Unsupported:
+        return Unsupported(
+            f"whatsapp cannot {operation} a message the business sent; nothing was sent",
+            peer=peer,
+            operation=operation,
+            provider="whatsapp",
+        )
+
+    def _remember_inbound(self, message: InboundMessage) -> None:
+        last = self._last_inbound
+        last[message.peer] = message.platform_message_id
+        last.move_to_end(message.peer)
+        if len(last) > LAST_INBOUND_KEPT:
+            last.popitem(last=False)
 
     async def verify(self) -> None:
         """Prove the token and phone number id with one GET.
@@ -207,6 +318,7 @@ class WhatsAppProvider:
     """
 
     name: str = "whatsapp"
+    operations = core.OPERATIONS
 
     def __init__(
         self,

@@ -17,6 +17,11 @@ Design:
   :class:`~providers.base.DeliveryReceipt` each; consumers keep the furthest
   status per message (sent < delivered < read; failed is final) and
   deduplicate inbound messages by ``platform_message_id``.
+- Business-scoped user ids (BSUIDs): contacts carry ``user_id`` beside
+  ``wa_id``, statuses ``recipient_user_id`` beside ``recipient_id``. A user
+  who hides their number has no ``wa_id`` (nor ``from``): then the BSUID is
+  the peer (the provider sends to it with ``recipient``); otherwise the peer
+  stays the phone number and the BSUID is in ``metadata["user_id"]``.
 - Inbound media arrive as media ids, not URLs: :attr:`Media.url` is the Graph
   URL of the media object (``{api_root}/{media_id}``), which answers, with the
   bearer token, the short-lived download URL.
@@ -160,7 +165,8 @@ class _Context:
 @attrs.frozen(kw_only=True)
 class _Message:
     id: str
-    sender: str  # "from" on the wire
+    sender: str | None = None  # "from" on the wire; absent for a hidden number
+    from_user_id: str | None = None
     timestamp: str | None = None
     type: str = "text"
     text: _Text | None = None
@@ -185,7 +191,8 @@ class _StatusError:
 class _Status:
     id: str
     status: str
-    recipient_id: str
+    recipient_id: str | None = None
+    recipient_user_id: str | None = None
     timestamp: str | None = None
     errors: list[_StatusError] = attrs.field(factory=list)
 
@@ -203,7 +210,8 @@ class _Profile:
 
 @attrs.frozen(kw_only=True)
 class _Contact:
-    wa_id: str
+    wa_id: str | None = None
+    user_id: str | None = None
     profile: _Profile | None = None
 
 
@@ -252,8 +260,26 @@ def _time(raw: str | None) -> float | None:
 
 
 def _inbound(
-    message: _Message, names: Mapping[str, str], *, channel_id: str, media_root: str
-) -> InboundMessage:
+    message: _Message,
+    names: Mapping[str, str],
+    contacts: list[_Contact],
+    *,
+    channel_id: str,
+    media_root: str,
+) -> InboundMessage | None:
+    contact = next(
+        (
+            c
+            for c in contacts
+            if (message.sender and c.wa_id == message.sender)
+            or (message.from_user_id and c.user_id == message.from_user_id)
+        ),
+        contacts[0] if len(contacts) == 1 else None,
+    )
+    user_id = message.from_user_id or (contact.user_id if contact is not None else None)
+    sender = message.sender or (contact.wa_id if contact is not None else None) or user_id
+    if sender is None:
+        return None  # nobody to answer: not a message for the runtime
     text: str | None = None
     media: Media | None = None
     if message.text is not None:
@@ -275,13 +301,15 @@ def _inbound(
     metadata: dict[str, Any] = {"type": message.type}
     if isinstance(part, _MediaPart):
         metadata.update(media_id=part.id, mime_type=part.mime_type, sha256=part.sha256)
-    if message.sender in names:
-        metadata["profile_name"] = names[message.sender]
+    if sender in names:
+        metadata["profile_name"] = names[sender]
+    if user_id is not None:
+        metadata["user_id"] = user_id
     return InboundMessage(
         channel_id=channel_id,
         platform_message_id=message.id,
-        peer=message.sender,
-        sender=message.sender,
+        peer=sender,
+        sender=sender,
         text=text,
         media=media,
         reply_to=message.context.id if message.context is not None else None,
@@ -304,7 +332,7 @@ def _receipt(status: _Status, *, channel_id: str) -> DeliveryReceipt | None:
     return DeliveryReceipt(
         channel_id=channel_id,
         platform_message_id=status.id,
-        peer=status.recipient_id,
+        peer=status.recipient_id or status.recipient_user_id or "",
         status=kind,
         timestamp=_time(status.timestamp),
         error=error,
@@ -356,14 +384,16 @@ def parse_notification(
             if phone_number_id is not None and value.metadata.phone_number_id != phone_number_id:
                 continue
             names = {
-                contact.wa_id: contact.profile.name
+                (contact.wa_id or contact.user_id or ""): contact.profile.name
                 for contact in value.contacts
                 if contact.profile is not None and contact.profile.name is not None
             }
             for message in value.messages:
-                events.append(
-                    _inbound(message, names, channel_id=channel_id, media_root=media_root)
+                inbound = _inbound(
+                    message, names, value.contacts, channel_id=channel_id, media_root=media_root
                 )
+                if inbound is not None:
+                    events.append(inbound)
             for status in value.statuses:
                 receipt = _receipt(status, channel_id=channel_id)
                 if receipt is not None:

@@ -16,7 +16,11 @@ Design:
       GET|POST /webhooks/whatsapp/{channel} straight to that channel
       POST /webhooks/telegram/{channel}     to that channel's feed_webhook
       GET  /v1/channels                     list channels (only with an api_token)
-      POST /v1/channels/{channel}/messages  send (only with an api_token)
+      POST /v1/channels/{channel}/messages  send (only with an api_token); JSON, or
+                                            multipart with a file to upload
+      POST /v1/channels/{channel}/operations
+                                            edit, delete, typing, mark_read, react
+                                            (only with an api_token; see .operations)
 
 - Webhooks are judged by the channel's own connection (signature, secret,
   verify token: the provider's sans-IO code); the app only routes raw bytes
@@ -78,6 +82,15 @@ from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
 from .letters import DeadLetterApi
 from .metrics import WebhookCounters, ops_registry
+from .operations import (
+    MAX_UPLOAD_BODY,
+    InvalidBody,
+    bytes_hook,
+    no_local_files,
+    operation_answer,
+    read_multipart,
+    structure_operation,
+)
 
 __all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
 
@@ -100,6 +113,7 @@ def _strict_str(value: Any, _: type) -> str:
 
 
 MESSAGE_API.register_structure_hook(str, _strict_str)
+MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 
 # Send errors and their answers: (class, HTTP status, Retry-After), first match wins.
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
@@ -153,23 +167,23 @@ def _guarded(handler: _Handler) -> _Handler:
     return guarded
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """The raw body, or ``None`` when it exceeds :data:`MAX_BODY`."""
+async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes | None:
+    """The raw body, or ``None`` when it exceeds ``limit`` (:data:`MAX_BODY`)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
+    if declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large() -> JSONResponse:
-    return _error(413, "PayloadTooLarge", f"the body exceeds {MAX_BODY} bytes")
+def _too_large(limit: int = MAX_BODY) -> JSONResponse:
+    return _error(413, "PayloadTooLarge", f"the body exceeds {limit} bytes")
 
 
 # --- webhooks -------------------------------------------------------------------------------
@@ -257,14 +271,7 @@ def _worst(answers: Sequence[_Answer]) -> _Answer:
 # --- the message API ------------------------------------------------------------------------
 
 
-class _InvalidMessage(ValueError):
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
-        super().__init__(
-            f"{count} problem{'s' if count != 1 else ''}: "
-            + "; ".join(f"{message} @ {path}" for path, message in self.problems)
-        )
+_InvalidMessage = InvalidBody
 
 
 def _describe(exc: BaseException, kind: type | None) -> str:
@@ -295,6 +302,7 @@ def _structure_message(raw: Any) -> OutboundMessage:
             text, _, path = line.rpartition(" @ ")
             problems.append((path, text))
         raise _InvalidMessage(problems) from exc
+    problems.extend(no_local_files(message))
     if problems:
         raise _InvalidMessage(problems)
     return message
@@ -473,11 +481,13 @@ class _Ops:
         refusal = self._unauthorized(request)
         if refusal is not None:
             return refusal
-        body = await _read_body(request)
+        multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+        body = await _read_body(request, MAX_UPLOAD_BODY if multipart else MAX_BODY)
         if body is None:
-            return _too_large()
+            return _too_large(MAX_UPLOAD_BODY if multipart else MAX_BODY)
         try:
-            message = _structure_message(json.loads(body))
+            raw = await read_multipart(request.headers, body) if multipart else json.loads(body)
+            message = _structure_message(raw)
         except _InvalidMessage as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
             return _error(400, "InvalidMessage", str(exc), problems=problems)
@@ -491,6 +501,27 @@ class _Ops:
         return JSONResponse(
             {"platform_message_id": result.platform_message_id, "peer": result.peer}
         )
+
+    async def perform(self, request: Request) -> Response:
+        refusal = self._unauthorized(request)
+        if refusal is not None:
+            return refusal
+        body = await _read_body(request)
+        if body is None:
+            return _too_large()
+        try:
+            op = structure_operation(json.loads(body), MESSAGE_API, _describe)
+        except InvalidBody as exc:
+            problems = [{"path": path, "message": text} for path, text in exc.problems]
+            return _error(400, "InvalidOperation", str(exc), problems=problems)
+        except ValueError as exc:
+            problems = [{"path": "$", "message": f"the body is not JSON: {exc}"}]
+            return _error(400, "InvalidOperation", problems[0]["message"], problems=problems)
+        try:
+            result = await self.node.perform(request.path_params["channel_id"], op)
+        except (NodeError, ActorError, PermanentSendError) as exc:
+            return self._send_error(exc)
+        return JSONResponse(operation_answer(op, result))
 
     def _send_error(self, exc: Exception) -> Response:
         for kind, status, retry_after in _SEND_ERRORS:
@@ -525,6 +556,13 @@ class _Ops:
                 Route(
                     "/v1/channels/{channel_id}/messages",
                     _guarded(self.send_message),
+                    methods=["POST"],
+                )
+            )
+            routes.append(
+                Route(
+                    "/v1/channels/{channel_id}/operations",
+                    _guarded(self.perform),
                     methods=["POST"],
                 )
             )

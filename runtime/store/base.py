@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 import attrs
 import trio
 
-from providers.base import ConnectionStateChanged, Event, OutboundMessage
+from providers.base import ConnectionStateChanged, Event
 from providers.groups import ungrouped
+from providers.operations import Operation
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
@@ -88,7 +89,7 @@ class KeptMessage:
     """
 
     channel_id: str
-    message: OutboundMessage
+    message: Operation
     reason: str
     accepted_at: float
 

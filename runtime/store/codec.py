@@ -7,6 +7,10 @@ Design:
   ``decode(json.loads(json.dumps(encode(x)))) == x`` for every event type and
   for :class:`~providers.base.OutboundMessage` whose free-form values are
   JSON values.
+- Outbound operations travel the same way: a message as before (no tag, so
+  rows written before operations existed still read), every other operation
+  (:mod:`providers.operations`) with an ``op`` tag: ``edit``, ``delete``,
+  ``typing``, ``mark_read``, ``react``. Uploaded bytes travel as base64.
 - Events carry a ``kind`` discriminator (cattrs' tagged-union strategy):
   ``message``, ``edited``, ``receipt``, ``state``. The same word is the
   ``kind`` column of PostgreSQL's ``inbound_events``.
@@ -24,6 +28,8 @@ Design:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
@@ -42,6 +48,14 @@ from providers.base import (
     InboundMessage,
     MessageEdited,
     OutboundMessage,
+)
+from providers.operations import (
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    React,
+    SendTyping,
 )
 
 from .base import KeptMessage
@@ -69,6 +83,15 @@ EVENT_KINDS: Final[Mapping[type, str]] = {
     ConnectionStateChanged: "state",
 }
 _KIND_TAG: Final = "kind"
+OPERATION_TAGS: Final[Mapping[type, str]] = {
+    EditMessage: "edit",
+    DeleteMessage: "delete",
+    SendTyping: "typing",
+    MarkRead: "mark_read",
+    React: "react",
+}
+_OP_TAG: Final = "op"
+_TAGGED: Final = {tag: kind for kind, tag in OPERATION_TAGS.items()}
 
 DedupeKey: TypeAlias = tuple[str, str, str, str]
 """``(channel_id, kind, platform_message_id, status)``: one stored event."""
@@ -83,7 +106,29 @@ def _make_converter() -> cattrs.Converter:
         tag_name=_KIND_TAG,
     )
     made.register_structure_hook(GCRAState | KeyedLimiterState[Any], _limiter_part)
+    made.register_unstructure_hook(bytes, _bytes_out)
+    made.register_structure_hook(bytes, _bytes_in)
+    # Late-bound: both functions use the converter being made.
+    made.register_unstructure_hook_func(
+        lambda t: t == Operation, lambda message: encode_outbound(message)
+    )
+    made.register_structure_hook_func(
+        lambda t: t == Operation, lambda data, _: _structure_operation(data)
+    )
     return made
+
+
+def _bytes_out(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _bytes_in(value: Any, _: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"expected base64 text, got {type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from exc
 
 
 def _optional_float(value: Any) -> float | None:
@@ -161,22 +206,42 @@ def decode_event(data: Mapping[str, Any]) -> Event:
     return event
 
 
-def encode_outbound(message: OutboundMessage) -> dict[str, Any]:
-    """An outbound message as a JSON-able dict."""
-    encoded: dict[str, Any] = converter.unstructure(message)
+def encode_outbound(message: Operation) -> dict[str, Any]:
+    """An outbound message (or operation, with its ``op`` tag) as a JSON-able dict."""
+    encoded: dict[str, Any] = converter.unstructure(message, unstructure_as=type(message))
+    tag = OPERATION_TAGS.get(type(message))
+    if tag is not None:
+        encoded[_OP_TAG] = tag
     return encoded
 
 
-def decode_outbound(data: Mapping[str, Any]) -> OutboundMessage:
-    """The message :func:`encode_outbound` made ``data`` from.
+def decode_outbound(data: Mapping[str, Any]) -> Operation:
+    """The message or operation :func:`encode_outbound` made ``data`` from.
 
     Raises:
-        ValueError: ``data`` is not an encoded outbound message.
+        ValueError: ``data`` is not an encoded outbound message or operation.
     """
+    tag = data.get(_OP_TAG) if isinstance(data, Mapping) else None
     try:
-        return converter.structure(data, OutboundMessage)
+        return _structure_operation(data)
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
-        raise _invalid("outbound message", exc) from exc
+        raise _invalid(f"outbound {tag or 'message'}", exc) from exc
+
+
+def _structure_operation(data: Any) -> Operation:
+    """A message (no ``op`` tag) or the operation its tag names; cattrs' errors as they are."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    tag = data.get(_OP_TAG)
+    if tag is None:
+        kind: type[Any] = OutboundMessage
+    elif tag in _TAGGED:
+        kind = _TAGGED[tag]
+        data = {key: value for key, value in data.items() if key != _OP_TAG}
+    else:
+        raise ValueError(f"op {tag!r} is not one of {', '.join(_TAGGED)}")
+    decoded: Operation = converter.structure(data, kind)
+    return decoded
 
 
 def encode_kept(kept: KeptMessage) -> dict[str, Any]:

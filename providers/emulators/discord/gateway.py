@@ -5,7 +5,13 @@ Design:
   which URL a client resumed on) speak the real protocol: Hello,
   Identify/Resume validation, READY, sequence numbers, heartbeat ACKs,
   dispatches, the 120-per-60-s frame limit (close 4008) and Discord's close
-  codes; ``compress=zlib-stream`` is honoured.
+  codes; ``compress=zlib-stream`` and ``compress=zstd-stream`` are honoured
+  (BINARY frames, one shared compression stream per socket, flushed after
+  every payload, as Discord does).
+- Only the client's own close (1000 or 1001) ends a session. When the
+  emulator closes a socket (4000, 4008, the ``close`` fault...), hypercorn
+  reports the peer's disconnect as 1000 as well; that is not the client's
+  word, so the session stays resumable unless the code itself invalidates it.
 - Each socket runs two tasks: a reader that applies the client's frames and a
   writer that drains the socket's outbox (see ``Link``); whichever ends first
   ends the other.
@@ -21,16 +27,18 @@ import zlib
 from typing import Any, Final
 
 import trio
+import zstandard
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ...discord.wire import PRIVILEGED_INTENTS, Intents, Op
-from .model import APPLICATION_FLAGS, OWNER
+from .model import APPLICATION_FLAGS, OWNER, own_user
 from .state import BACKLOG, DiscordState, Link, Session
 
-__all__ = ["INVALIDATING_CLOSE_CODES", "DiscordGateway"]
+__all__ = ["COMPRESSIONS", "INVALIDATING_CLOSE_CODES", "DiscordGateway"]
 
 INVALIDATING_CLOSE_CODES: Final = frozenset({4004, 4007, 4009, 4010, 4011, 4012, 4013, 4014})
+COMPRESSIONS: Final = frozenset({"zlib-stream", "zstd-stream"})
 
 
 class DiscordGateway(DiscordState):
@@ -43,6 +51,7 @@ class DiscordGateway(DiscordState):
         ]
 
     def _close(self, link: Link, code: int, reason: str) -> None:
+        link.server_closed = True
         if link.session is not None and code in INVALIDATING_CLOSE_CODES:
             link.session.invalid = True
         self.stats[f"gateway_close_{code}"] += 1
@@ -54,10 +63,11 @@ class DiscordGateway(DiscordState):
         self.stats[f"gateway_connections{websocket.url.path.replace('/', '_')}"] += 1
         send, receive = trio.open_memory_channel[tuple[Any, ...]](BACKLOG + 100)
         params = websocket.query_params
+        compress = params.get("compress")
         link = Link(
             outbox=send,
             netloc=websocket.url.netloc,
-            compress=params.get("compress") == "zlib-stream",
+            compress=compress if compress in COMPRESSIONS else None,
             last_heartbeat=trio.current_time(),
         )
         self._links.add(link)
@@ -91,7 +101,8 @@ class DiscordGateway(DiscordState):
         link: Link,
         receive: trio.MemoryReceiveChannel[tuple[Any, ...]],
     ) -> None:
-        deflate = zlib.compressobj() if link.compress else None
+        deflate = zlib.compressobj() if link.compress == "zlib-stream" else None
+        zstd = zstandard.ZstdCompressor().compressobj() if link.compress == "zstd-stream" else None
         async for item in receive:
             if item[0] == "drop":
                 return  # the app ends without a close: hypercorn closes with 1011
@@ -99,11 +110,17 @@ class DiscordGateway(DiscordState):
                 await websocket.close(item[1], item[2])
                 return
             text = json.dumps(item[1], separators=(",", ":"))
+            self.stats["gateway_payload_bytes"] += len(text)
             if deflate is not None:
                 data = deflate.compress(text.encode()) + deflate.flush(zlib.Z_SYNC_FLUSH)
-                await websocket.send_bytes(data)
+            elif zstd is not None:
+                data = zstd.compress(text.encode()) + zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
             else:
+                self.stats["gateway_wire_bytes"] += len(text)
                 await websocket.send_text(text)
+                continue
+            self.stats["gateway_wire_bytes"] += len(data)
+            await websocket.send_bytes(data)
 
     async def _reader(self, websocket: WebSocket, link: Link) -> None:
         limit, window = self.gateway_send_limit
@@ -116,7 +133,9 @@ class DiscordGateway(DiscordState):
             if message["type"] == "websocket.disconnect":
                 code = message.get("code", 1005)
                 self.stats[f"client_close_{code}"] += 1
-                if link.session is not None and code in (1000, 1001):
+                # Only the client's own 1000/1001 ends the session; after our close,
+                # hypercorn reports 1000 whatever the client said.
+                if link.session is not None and code in (1000, 1001) and not link.server_closed:
                     link.session.invalid = True
                 return
             now = trio.current_time()
@@ -226,7 +245,7 @@ class DiscordGateway(DiscordState):
         link.holder = (token, self.holders.opened(token))
         ready = {
             "v": 10,
-            "user": self._bot_user(token),
+            "user": own_user(token),
             "guilds": [{"id": guild_id, "unavailable": True} for guild_id in self.guilds],
             "session_id": session.id,
             "resume_gateway_url": f"ws://{link.netloc}/resume",

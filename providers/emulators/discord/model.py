@@ -3,12 +3,16 @@
 Design:
 - Plain data and pure functions, no I/O: the REST routes and the gateway both
   build their payloads from here, so a user or a guild looks the same on both.
-- A bot's user id is derived from its token (stable across restarts), and the
-  bot's application shares that id, as on Discord.
+- A bot's user id is the one its token encodes (a Discord token's first part
+  is the base64 of the bot's user id); a token that encodes none (a test's
+  ``"compat-token"``) gets a stable id derived from it. The bot's application
+  shares that id, as on Discord.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import time
 from typing import Any, Final
@@ -24,7 +28,9 @@ __all__ = [
     "Bucket",
     "Guild",
     "bot_user",
+    "own_user",
     "timestamp",
+    "token_for",
     "user_id_for",
 ]
 
@@ -95,6 +101,7 @@ class Guild:
         """GUILD_CREATE's ``d`` as ``bot_user`` sees it."""
         return {
             "id": self.id,
+            "application_id": None,  # always present; null unless a bot created the guild
             "name": f"Emulated Guild {self.id[-4:]}",
             "icon": None,
             "splash": None,
@@ -166,8 +173,22 @@ class Bucket:
 
 
 def user_id_for(token: str) -> str:
-    """The bot user id the emulator gives ``token`` (stable)."""
+    """The bot user id ``token`` encodes, or a stable one derived from it."""
+    first = token.split(".", 1)[0]
+    try:
+        decoded = base64.b64decode(first + "=" * (-len(first) % 4), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        decoded = ""
+    if decoded.isdigit() and "." in token:
+        return decoded
     return str(int(hashlib.sha256(token.encode()).hexdigest()[:14], 16))
+
+
+def token_for(user_id: str, secret: str = "emulated") -> str:
+    """A token in Discord's shape for the bot ``user_id``: ``base64(id).stamp.hmac``."""
+    encoded = base64.b64encode(user_id.encode()).decode().rstrip("=")
+    mac = hashlib.sha256(f"{user_id}:{secret}".encode()).hexdigest()[:27]
+    return f"{encoded}.GemuAA.{mac}"
 
 
 def bot_user(token: str) -> dict[str, Any]:
@@ -181,4 +202,19 @@ def bot_user(token: str) -> dict[str, Any]:
         "avatar": None,
         "bot": True,
         "flags": 0,
+        "public_flags": 0,
+        "banner": None,
+        "accent_color": None,
+    }
+
+
+def own_user(token: str) -> dict[str, Any]:
+    """The bot's user as ``GET /users/@me`` and READY show it (``UserPIIResponse``)."""
+    return {
+        **bot_user(token),
+        "mfa_enabled": False,
+        "locale": "en-US",
+        "premium_type": 0,
+        "verified": True,
+        "email": None,
     }

@@ -6,8 +6,15 @@ Design:
   answered in JSON too (404 / 405), as Discord does.
 - ``POST /channels/{id}/messages`` has a per-channel bucket with the
   ``X-RateLimit-*`` headers, validates the form as Discord does (50035,
-  50006), honours ``enforce_nonce``, and broadcasts MESSAGE_CREATE to the
-  gateway sessions.
+  50006), honours ``enforce_nonce``, takes ``multipart/form-data``
+  (``payload_json`` and ``files[n]``: attachments), and broadcasts
+  MESSAGE_CREATE to the gateway sessions.
+- The routes on one message (``GET``, ``PATCH``, ``DELETE``, reactions
+  ``PUT``/``DELETE …/reactions/{emoji}/@me``) and ``POST /channels/{id}/typing``
+  each have their own bucket; a message that is not there is 404 10008
+  Unknown Message, an edit of another's message 403 50005. Edits broadcast
+  MESSAGE_UPDATE, deletes MESSAGE_DELETE; every operation is kept in
+  ``operations``.
 - Answers carry ``Via: 1.1 google`` like Discord's; a 429 without it is
   Cloudflare's ban, so only the ``ip_block`` fault leaves it out.
 """
@@ -15,15 +22,18 @@ Design:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any, Final
 
 import trio
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from .model import APPLICATION_FLAGS, OWNER, Bucket
+from ...discord.wire import Intents
+from .model import APPLICATION_FLAGS, OWNER, Bucket, own_user, timestamp
 from .state import DiscordState
 
 __all__ = ["DiscordRest"]
@@ -54,6 +64,27 @@ class DiscordRest(DiscordState):
             Route("/api/v10/users/@me", self._get_me, methods=["GET"]),
             Route("/api/v10/oauth2/applications/@me", self._get_application, methods=["GET"]),
             Route("/api/v10/channels/{channel_id}/messages", self._post_message, methods=["POST"]),
+            Route(
+                "/api/v10/channels/{channel_id}/messages/{message_id}",
+                self._get_message,
+                methods=["GET"],
+            ),
+            Route(
+                "/api/v10/channels/{channel_id}/messages/{message_id}",
+                self._patch_message,
+                methods=["PATCH"],
+            ),
+            Route(
+                "/api/v10/channels/{channel_id}/messages/{message_id}",
+                self._delete_message,
+                methods=["DELETE"],
+            ),
+            Route(
+                "/api/v10/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+                self._reaction,
+                methods=["PUT", "DELETE"],
+            ),
+            Route("/api/v10/channels/{channel_id}/typing", self._typing, methods=["POST"]),
             # Last: Discord answers unknown routes and wrong methods in JSON, not plain text.
             Route("/api/v10/{rest:path}", self._no_route, methods=list(HTTP_METHODS)),
         ]
@@ -129,7 +160,7 @@ class DiscordRest(DiscordState):
         admitted = self._admit(request)
         if isinstance(admitted, Response):
             return admitted
-        return _json(self._bot_user(admitted))
+        return _json(own_user(admitted))
 
     async def _get_application(self, request: Request) -> Response:
         admitted = self._admit(request)
@@ -158,14 +189,77 @@ class DiscordRest(DiscordState):
             }
         )
 
-    def _bucket_headers(self, bucket: Bucket, now: float) -> dict[str, str]:
+    def _bucket_headers(self, bucket: Bucket, now: float, name: str) -> dict[str, str]:
         reset_after = max(0.0, bucket.reset_at - now)
         return {
             "X-RateLimit-Limit": str(self.message_bucket[0]),
             "X-RateLimit-Remaining": str(bucket.remaining),
             "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
             "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-            "X-RateLimit-Bucket": "emulated-create-message",
+            "X-RateLimit-Bucket": f"emulated-{name}",
+        }
+
+    def _take(self, name: str, channel_id: str) -> Response | dict[str, str]:
+        """Take one request from the ``name`` route's bucket of ``channel_id``: its
+        headers, or the 429 to answer."""
+        now = trio.current_time()
+        limit, per = self.message_bucket
+        key = channel_id if name == "create-message" else f"{name}:{channel_id}"
+        bucket = self._buckets.get(key)
+        if bucket is None or now >= bucket.reset_at:
+            bucket = self._buckets[key] = Bucket(limit, now + per)
+        if bucket.remaining <= 0:
+            self.stats["rest_429"] += 1
+            retry_after = round(bucket.reset_at - now, 3)
+            headers = self._bucket_headers(bucket, now, name)
+            headers.update(
+                {"Retry-After": str(max(1, round(retry_after))), "X-RateLimit-Scope": "user"}
+            )
+            return _json(
+                {"message": RATE_LIMITED, "retry_after": retry_after, "global": False},
+                429,
+                headers,
+            )
+        bucket.remaining -= 1
+        return self._bucket_headers(bucket, now, name)
+
+    async def _message_body(
+        self, request: Request, headers: dict[str, str]
+    ) -> Response | tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The JSON body of a message request (``payload_json`` in a multipart one)
+        and its uploaded files as attachment objects."""
+        content_type = request.headers.get("content-type", "")
+        uploads: list[dict[str, Any]] = []
+        try:
+            if content_type.startswith("multipart/form-data"):
+                async with request.form() as form:
+                    raw = form.get("payload_json")
+                    body = json.loads(raw) if isinstance(raw, str) else {}
+                    for key, value in form.multi_items():
+                        if isinstance(value, UploadFile) and key.startswith("files["):
+                            data = await value.read()
+                            uploads.append(self._attachment(value, data))
+            else:
+                body = await request.json()
+        except ValueError:
+            return _json({"message": "400: Bad Request", "code": 0}, 400, headers)
+        if not isinstance(body, dict):
+            return _json({"message": "400: Bad Request", "code": 0}, 400, headers)
+        return body, uploads
+
+    def _attachment(self, upload: UploadFile, data: bytes) -> dict[str, Any]:
+        attachment_id = self._snowflake()
+        name = upload.filename or "file"
+        url = f"https://cdn.discordapp.com/attachments/0/{attachment_id}/{name}"
+        self.stats["uploaded_bytes"] += len(data)
+        self.files[attachment_id] = data
+        return {
+            "id": attachment_id,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url.replace("cdn.discordapp.com", "media.discordapp.net"),
+            "content_type": upload.content_type or "application/octet-stream",
         }
 
     async def _post_message(self, request: Request) -> Response:
@@ -176,35 +270,13 @@ class DiscordRest(DiscordState):
         channel_id = request.path_params["channel_id"]
         if not channel_id.isdigit() or channel_id in self.deleted_channels:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
-        now = trio.current_time()
-        limit, per = self.message_bucket
-        bucket = self._buckets.get(channel_id)
-        if bucket is None or now >= bucket.reset_at:
-            bucket = self._buckets[channel_id] = Bucket(limit, now + per)
-        if bucket.remaining <= 0:
-            self.stats["rest_429"] += 1
-            retry_after = round(bucket.reset_at - now, 3)
-            headers = self._bucket_headers(bucket, now)
-            headers.update(
-                {"Retry-After": str(max(1, round(retry_after))), "X-RateLimit-Scope": "user"}
-            )
-            return _json(
-                {
-                    "message": RATE_LIMITED,
-                    "retry_after": retry_after,
-                    "global": False,
-                },
-                429,
-                headers,
-            )
-        bucket.remaining -= 1
-        headers = self._bucket_headers(bucket, now)
-        try:
-            body = await request.json()
-        except ValueError:
-            return _json({"message": "400: Bad Request", "code": 0}, 400, headers)
-        if not isinstance(body, dict):
-            return _json({"message": "400: Bad Request", "code": 0}, 400, headers)
+        headers = self._take("create-message", channel_id)
+        if isinstance(headers, Response):
+            return headers
+        read = await self._message_body(request, headers)
+        if isinstance(read, Response):
+            return read
+        body, uploads = read
         content = body.get("content") or ""
         nonce = body.get("nonce")
         errors: dict[str, Any] = {}
@@ -221,7 +293,7 @@ class DiscordRest(DiscordState):
         if errors:
             invalid = {"message": "Invalid Form Body", "code": 50035, "errors": errors}
             return _json(invalid, 400, headers)
-        if not content and not body.get("embeds") and not body.get("attachments"):
+        if not content and not body.get("embeds") and not uploads:
             return _json({"message": "Cannot send an empty message", "code": 50006}, 400, headers)
         nonce_key = (token, channel_id, str(nonce))
         if nonce is not None and body.get("enforce_nonce") and nonce_key in self._nonces:
@@ -236,14 +308,140 @@ class DiscordRest(DiscordState):
             nonce=nonce,
             reply_to=(body.get("message_reference") or {}).get("message_id"),
             reference_guild_id=None if guild is None else guild.id,
+            attachments=uploads,
         )
         if nonce is not None:
             self._nonces[nonce_key] = message
         self.record_sent(message)
-        if guild is None:
-            self._broadcast("MESSAGE_CREATE", message)
-        else:
-            # The REST answer has neither; the gateway's MESSAGE_CREATE has both.
-            member = guild.member(None)
-            self._broadcast("MESSAGE_CREATE", {**message, "guild_id": guild.id, "member": member})
+        self._broadcast_message("MESSAGE_CREATE", message, guild)
         return _json(message, 200, headers)
+
+    def _broadcast_message(self, name: str, message: dict[str, Any], guild: Any) -> None:
+        if guild is None:
+            self._broadcast(name, message)
+        else:
+            # The REST answer has neither; the gateway's dispatch has both.
+            member = guild.member(None)
+            self._broadcast(name, {**message, "guild_id": guild.id, "member": member})
+
+    # --- operations on messages ------------------------------------------------------------
+
+    def _own_message(
+        self, request: Request, name: str
+    ) -> Response | tuple[str, dict[str, Any], dict[str, str]]:
+        """Common checks of a route on one message: the token, the channel, the
+        bucket, the message (10008 when it is not there)."""
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        channel_id = request.path_params["channel_id"]
+        if not channel_id.isdigit() or channel_id in self.deleted_channels:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        headers = self._take(name, channel_id)
+        if isinstance(headers, Response):
+            return headers
+        message = self._messages.get(request.path_params["message_id"])
+        if message is None or message["channel_id"] != channel_id:
+            return _json({"message": "Unknown Message", "code": 10008}, 404, headers)
+        return admitted, message, headers
+
+    async def _get_message(self, request: Request) -> Response:
+        found = self._own_message(request, "get-message")
+        if isinstance(found, Response):
+            return found
+        _, message, headers = found
+        return _json(message, 200, headers)
+
+    async def _patch_message(self, request: Request) -> Response:
+        found = self._own_message(request, "edit-message")
+        if isinstance(found, Response):
+            return found
+        token, message, headers = found
+        if message["author"]["id"] != self.user_id_for(token):
+            refused = {"message": "Cannot edit a message authored by another user", "code": 50005}
+            return _json(refused, 403, headers)
+        read = await self._message_body(request, headers)
+        if isinstance(read, Response):
+            return read
+        body, _ = read
+        content = body.get("content")
+        if content is not None and (not isinstance(content, str) or len(content) > MAX_CONTENT):
+            invalid = {
+                "message": "Invalid Form Body",
+                "code": 50035,
+                "errors": {
+                    "content": {
+                        "_errors": [
+                            {
+                                "code": "BASE_TYPE_MAX_LENGTH",
+                                "message": "Must be 2000 or fewer in length.",
+                            }
+                        ]
+                    }
+                },
+            }
+            return _json(invalid, 400, headers)
+        if content is not None:
+            message["content"] = content
+        message["edited_timestamp"] = timestamp()
+        self.record_operation(
+            {
+                "op": "edit",
+                "channel_id": message["channel_id"],
+                "id": message["id"],
+                "content": content,
+            }
+        )
+        self._broadcast_message("MESSAGE_UPDATE", message, self._guild_of(message["channel_id"]))
+        return _json(message, 200, headers)
+
+    async def _delete_message(self, request: Request) -> Response:
+        found = self._own_message(request, "delete-message")
+        if isinstance(found, Response):
+            return found
+        _, message, headers = found
+        del self._messages[message["id"]]
+        self.record_operation(
+            {"op": "delete", "channel_id": message["channel_id"], "id": message["id"]}
+        )
+        gone: dict[str, Any] = {"id": message["id"], "channel_id": message["channel_id"]}
+        guild = self._guild_of(message["channel_id"])
+        if guild is not None:
+            gone["guild_id"] = guild.id
+        for session in list(self.sessions.values()):
+            needed = Intents.GUILD_MESSAGES if guild is not None else Intents.DIRECT_MESSAGES
+            if not session.invalid and session.intents & needed:
+                self._dispatch(session, "MESSAGE_DELETE", gone)
+        return Response(status_code=204, headers={**headers, "Via": "1.1 google"})
+
+    async def _reaction(self, request: Request) -> Response:
+        found = self._own_message(request, "reaction")
+        if isinstance(found, Response):
+            return found
+        _, message, headers = found
+        emoji = request.path_params["emoji"]
+        if not emoji:
+            return _json({"message": "Unknown Emoji", "code": 10014}, 400, headers)
+        adding = request.method == "PUT"
+        self.record_operation(
+            {
+                "op": "react" if adding else "unreact",
+                "channel_id": message["channel_id"],
+                "id": message["id"],
+                "emoji": emoji,
+            }
+        )
+        return Response(status_code=204, headers={**headers, "Via": "1.1 google"})
+
+    async def _typing(self, request: Request) -> Response:
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        channel_id = request.path_params["channel_id"]
+        if not channel_id.isdigit() or channel_id in self.deleted_channels:
+            return _json({"message": "Unknown Channel", "code": 10003}, 404)
+        headers = self._take("typing", channel_id)
+        if isinstance(headers, Response):
+            return headers
+        self.record_operation({"op": "typing", "channel_id": channel_id})
+        return Response(status_code=204, headers={**headers, "Via": "1.1 google"})

@@ -50,10 +50,11 @@ class Link:
 
     outbox: trio.MemorySendChannel[tuple[Any, ...]]
     netloc: str
-    compress: bool
+    compress: str | None  # "zlib-stream", "zstd-stream" or None
     session: Session | None = None
     holder: tuple[str, int] | None = None  # (token, handle) in the ownership judge
     withhold_acks: bool = False
+    server_closed: bool = False  # we closed it: its disconnect code is not the client's
     received: deque[float] = attrs.field(factory=deque)
     last_heartbeat: float = 0.0
 
@@ -97,6 +98,7 @@ class DiscordState(Emulator):
         self._buckets: dict[str, Bucket] = {}
         self._nonces: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._messages: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}  # attachment id -> the uploaded bytes
         self._counter = 0
         self.guilds: dict[str, Guild] = {
             DEFAULT_GUILD_ID: Guild(id=DEFAULT_GUILD_ID, joined_at=timestamp())

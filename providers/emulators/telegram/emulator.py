@@ -1,311 +1,89 @@
-"""A local Telegram Bot API: getUpdates long polling, webhooks, sends and limits.
+"""The emulated Telegram Bot API: getMe, getUpdates, webhooks, sends and their limits.
 
-Design:
-- Methods live at ``/bot<token>/<method>`` (names case-insensitive, GET or
-  POST) and take their parameters as a query string, urlencoded form, JSON or
-  multipart form, like the real API; in the form encodings nested values
-  (``reply_parameters``, ``allowed_updates``) are JSON strings. Answers are
-  ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
-  "description", "parameters"}`` with the real status codes and texts, so a
-  real bot library runs against it unchanged.
-- Any well-formed token (``<digits>:<35 characters>``) is a bot; a malformed
-  one is 404 Not Found, a banned one (fault ``ban_token``) 401 Unauthorized.
-  Any integer chat id is a reachable chat unless a fault says otherwise
-  (``unknown_chat`` → 400 chat not found, ``block`` → 403 bot was blocked).
-- getUpdates holds the request until an update arrives or ``timeout`` passes;
-  ``offset`` drops every update below it (that is the confirmation); a second
-  getUpdates while one is held terminates the older with 409, as Telegram
-  does; a set webhook makes getUpdates 409. While a webhook is set, a task
-  POSTs each update in order with ``X-Telegram-Bot-Api-Secret-Token`` until
-  the receiver answers 2xx, retrying with doubling delays. Those tasks live in
-  a nursery opened by the ASGI lifespan, so they never outlive the server.
-- Limits: 30 sends/s per bot, one per second per chat, 20 per minute per group
-  (negative ids), each refused with 429 and ``retry_after`` (whole seconds).
-- Messages look like Telegram's to bot libraries (python-telegram-bot runs
-  against this unchanged, see tests/test_emulator_compat.py): plain text gets
-  the ``bot_command`` and ``mention`` entities Telegram adds on its own (a
-  CommandHandler needs them), and ``reply_to_message`` is the replied message
-  itself, one level deep, for the last ``MESSAGES_KEPT`` messages per bot.
-- Deliberate leniency: webhook URLs may be ``http://`` (for local receivers);
-  lengths count code points, not UTF-16 units; ``parse_mode`` is recorded in
-  ``/_emulator/sent`` but the markup is neither validated nor turned into
-  entities.
-
-Platform faults (``POST /_emulator/fault``): ``{"kind": "unknown_chat",
-"chat_id"}``, ``{"kind": "block", "chat_id"}``, ``{"kind": "server_error",
-"count", "status"}`` (the next ``count`` calls answer ``status``, default 500).
+Design: see the package docstring. The methods beyond sending (edits,
+deletes, chat actions, reactions, chats, files, commands, ...) live in
+``methods``; the objects and parameter coercion in ``model``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
 
-import attrs
 import httpx
 import trio
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .base import Emulator, FaultError
+from ..base import FaultError
+from .methods import TelegramMethods
+from .model import (
+    MAX_CAPTION_LENGTH,
+    MAX_TEXT_LENGTH,
+    MEDIA_FIELDS,
+    SECRET_HEADER,
+    SECRET_PATTERN,
+    TOKEN_PATTERN,
+    WEBHOOK_RETRY_FIRST,
+    WEBHOOK_RETRY_MAX,
+    WEBHOOK_TIMEOUT,
+    ApiError,
+    Bot,
+    Call,
+    Poll,
+    Upload,
+    bool_param,
+    chat,
+    chat_id_param,
+    entities,
+    int_param,
+    json_param,
+    read_params,
+    too_many,
+)
 
 __all__ = ["TelegramEmulator"]
 
-TOKEN_PATTERN: Final = re.compile(r"(\d+):[A-Za-z0-9_-]{35}")
-SECRET_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
-SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
-MAX_TEXT_LENGTH: Final = 4096  # characters
-MAX_CAPTION_LENGTH: Final = 1024  # characters
-WEBHOOK_TIMEOUT: Final = 10.0  # seconds the receiver may take to answer
-WEBHOOK_RETRY_FIRST: Final = 0.05  # seconds; doubles per failure
-WEBHOOK_RETRY_MAX: Final = 2.0  # seconds
-MESSAGES_KEPT: Final = 10_000  # per bot, for reply_to_message; older replies get a stub
-# What Telegram marks in plain text on its own: /commands (optionally /cmd@botname) and
-# @mentions, each at the start or after a non-word character.
-AUTO_ENTITIES: Final = re.compile(
-    r"(?<![\w/@])(?:(?P<bot_command>/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{5,32})?)"
-    r"|(?P<mention>@[A-Za-z0-9_]{5,32}))(?![\w@])"
-)
-MEDIA_FIELDS: Final = {
-    "sendphoto": "photo",
-    "sendvideo": "video",
-    "senddocument": "document",
-    "sendaudio": "audio",
-}
-
-
-class ApiError(Exception):
-    """An error answer: ``{"ok": false, "error_code", "description", ...}``."""
-
-    def __init__(self, code: int, description: str, *, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-        self.retry_after = retry_after
-
-    def response(self) -> Response:
-        body: dict[str, Any] = {
-            "ok": False,
-            "error_code": self.code,
-            "description": self.description,
-        }
-        if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
-        return JSONResponse(body, status_code=self.code)
-
-
-def _too_many(wait: float) -> ApiError:
-    seconds = max(1, math.ceil(wait))
-    return ApiError(429, f"Too Many Requests: retry after {seconds}", retry_after=seconds)
-
-
-@attrs.define
-class _Poll:
-    """A held getUpdates request; ``kicked`` is the 409 text when another took over."""
-
-    scope: trio.CancelScope
-    kicked: str | None = None
-
-    def kick(self, description: str) -> None:
-        self.kicked = description
-        self.scope.cancel()
-
-
-@attrs.define(eq=False)
-class _Bot:
-    """One bot's state on the platform side."""
-
-    token: str
-    id: int
-    updates: list[dict[str, Any]] = attrs.field(factory=list)
-    next_update_id: int = 1
-    allowed_updates: frozenset[str] | None = None
-    next_message_ids: dict[int, int] = attrs.field(factory=dict)
-    messages: dict[tuple[int, int], dict[str, Any]] = attrs.field(factory=dict, repr=False)
-    poll: _Poll | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = attrs.field(default=None, repr=False)
-    delivered: set[int] = attrs.field(factory=set, repr=False)  # update ids handed out
-    webhook_scope: trio.CancelScope | None = None
-    last_error: tuple[int, str] | None = None
-    sends: deque[float] = attrs.field(factory=deque)
-    chat_sends: dict[int, deque[float]] = attrs.field(factory=dict)
-    changed: trio.Event = attrs.field(factory=trio.Event)
-
-    def user(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "is_bot": True,
-            "first_name": "Emulated Bot",
-            "username": f"emu{self.id}_bot",
-        }
-
-    def new_message_id(self, chat_id: int) -> int:
-        message_id = self.next_message_ids.get(chat_id, 1)
-        self.next_message_ids[chat_id] = message_id + 1
-        return message_id
-
-    def message_exists(self, chat_id: int, message_id: int) -> bool:
-        return 1 <= message_id < self.next_message_ids.get(chat_id, 1)
-
-    def remember(self, message: dict[str, Any]) -> None:
-        """Keep ``message`` (bounded) so a reply to it can carry it, as Telegram's do."""
-        self.messages[(message["chat"]["id"], message["message_id"])] = message
-        if len(self.messages) > MESSAGES_KEPT:
-            del self.messages[next(iter(self.messages))]
-
-    def replied(self, chat_id: int, message_id: int, date: int) -> dict[str, Any]:
-        """``reply_to_message``: the original, one level deep (Telegram does not nest)."""
-        original = self.messages.get((chat_id, message_id))
-        if original is None:
-            return {"message_id": message_id, "chat": _chat(chat_id), "date": date}
-        return {k: v for k, v in original.items() if k != "reply_to_message"}
-
-    def add_update(self, kind: str, message: dict[str, Any]) -> int:
-        update_id = self.next_update_id
-        self.next_update_id += 1
-        self.updates.append({"update_id": update_id, kind: message})
-        self.changed.set()
-        self.changed = trio.Event()
-        return update_id
-
-    def confirm(self, offset: int) -> None:
-        """getUpdates' offset: forget updates below it (negative: keep the last -offset)."""
-        if offset < 0:
-            self.updates = self.updates[offset:]
-        else:
-            self.updates = [u for u in self.updates if u["update_id"] >= offset]
-
-    def ready(self, limit: int) -> list[dict[str, Any]]:
-        if self.allowed_updates is not None:
-            allowed = self.allowed_updates
-            self.updates = [u for u in self.updates if (set(u) - {"update_id"}) & allowed]
-        return self.updates[:limit]
-
-    async def wait_ready(self, limit: int) -> list[dict[str, Any]]:
-        while not (updates := self.ready(limit)):
-            await self.changed.wait()
-        return updates
-
-
-def _entities(text: str) -> list[dict[str, Any]]:
-    """The entities Telegram finds in plain text; offsets count UTF-16 code units."""
-
-    def units(s: str) -> int:
-        return len(s.encode("utf-16-le")) // 2
-
-    return [
-        {"type": match.lastgroup, "offset": units(text[: match.start()]), "length": units(match[0])}
-        for match in AUTO_ENTITIES.finditer(text)
-    ]
-
-
-def _chat(chat_id: int) -> dict[str, Any]:
-    if chat_id > 0:
-        return {"id": chat_id, "type": "private", "first_name": f"User {chat_id}"}
-    kind = "supergroup" if str(chat_id).startswith("-100") else "group"
-    return {"id": chat_id, "type": kind, "title": f"Group {chat_id}"}
-
-
-# --- parameters: four encodings, one coercion ---------------------------------------------
-
-
-async def _read_params(request: Request) -> dict[str, Any]:
-    params: dict[str, Any] = dict(request.query_params)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        body = await request.body()
-        if body.strip():
-            try:
-                data = json.loads(body)
-            except ValueError:
-                raise ApiError(400, "Bad Request: can't parse JSON request body") from None
-            if not isinstance(data, dict):
-                raise ApiError(400, "Bad Request: the JSON request body must be an object")
-            params.update(data)
-    elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        async with request.form() as form:
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    params[key] = {"upload": value.filename, "size": len(await value.read())}
-                else:
-                    params[key] = value
-    return params
-
-
-def _int(params: dict[str, Any], name: str) -> int | None:
-    value = params.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise ApiError(400, f'Bad Request: field "{name}" must be of type Integer')
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f'Bad Request: field "{name}" must be of type Integer') from None
-
-
-def _json(params: dict[str, Any], name: str) -> Any:
-    value = params.get(name)
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            raise ApiError(400, f"Bad Request: can't parse {name} JSON object") from None
-    return value
-
-
-def _bool(params: dict[str, Any], name: str) -> bool:
-    value = params.get(name)
-    if isinstance(value, str):
-        return value.lower() in ("true", "1")
-    return bool(value)
-
-
-def _chat_id(params: dict[str, Any]) -> int:
-    value = params.get("chat_id")
-    if value is None or value == "":
-        raise ApiError(400, "Bad Request: chat_id is empty")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        # @channelusername chats are not modelled: none exists.
-        raise ApiError(400, "Bad Request: chat not found") from None
-
-
 # --- the emulator ---------------------------------------------------------------------------
 
-Handler = Callable[[_Bot, dict[str, Any], Request], Awaitable[Any]]
+Handler = Callable[[Bot, dict[str, Any], Call], Awaitable[Any]]
 
 
-class TelegramEmulator(Emulator):
+class TelegramEmulator(TelegramMethods):
     """The Telegram Bot API, in-process.
 
     Args:
         bot_rate: sends per second per bot.
-        chat_interval: seconds between two sends to one chat.
+        chat_interval: seconds between two sends to one chat, on average.
+        chat_burst: sends to one chat that may come in a row before that applies.
         group_per_minute: sends per minute to one group chat.
     """
 
     name = "telegram"
 
     def __init__(
-        self, *, bot_rate: int = 30, chat_interval: float = 1.0, group_per_minute: int = 20
+        self,
+        *,
+        bot_rate: int = 30,
+        chat_interval: float = 1.0,
+        chat_burst: int = 3,
+        group_per_minute: int = 20,
     ) -> None:
         super().__init__()
         self.bot_rate = bot_rate
         self.chat_interval = chat_interval
+        self.chat_burst = chat_burst
         self.group_per_minute = group_per_minute
-        self.bots: dict[str, _Bot] = {}
+        self.bots: dict[str, Bot] = {}
         self.unknown_chats: set[int] = set()
         self.blocked_chats: set[int] = set()
         self._server_errors: list[int] = []
@@ -319,6 +97,7 @@ class TelegramEmulator(Emulator):
             "getwebhookinfo": self._get_webhook_info,
             "sendmessage": self._send,
             **{method: self._send for method in MEDIA_FIELDS},
+            **self.more_methods(),
         }
 
     def __repr__(self) -> str:
@@ -347,18 +126,19 @@ class TelegramEmulator(Emulator):
     def platform_routes(self) -> list[BaseRoute]:
         return [
             Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
+            Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
             Route("/bot{rest:path}", self._not_found, methods=["GET", "POST"]),
         ]
 
     async def _not_found(self, request: Request) -> Response:
         return ApiError(404, "Not Found").response()
 
-    def _bot(self, token: str) -> _Bot:
+    def _bot(self, token: str) -> Bot:
         bot = self.bots.get(token)
         if bot is None:
             match = TOKEN_PATTERN.fullmatch(token)
             assert match is not None
-            bot = self.bots[token] = _Bot(token=token, id=int(match.group(1)))
+            bot = self.bots[token] = Bot(token=token, id=int(match.group(1)))
         return bot
 
     async def _api(self, request: Request) -> Response:
@@ -370,20 +150,33 @@ class TelegramEmulator(Emulator):
                 raise ApiError(404, "Not Found")
             if self.is_banned(token):
                 raise ApiError(401, "Unauthorized")
-            handler = self._methods.get(method)
-            if handler is None:
+            if method not in self._methods:
                 raise ApiError(404, "Not Found")
-            if (remaining := self.rate_limit_remaining()) > 0:
-                raise _too_many(remaining)
-            if self._server_errors:
-                status = self._server_errors.pop(0)
-                raise ApiError(status, "Internal Server Error")
-            result = await handler(self._bot(token), await _read_params(request), request)
+            call = Call(method=request.path_params["method"], request=request)
+            result = await self.call(self._bot(token), await read_params(request), call)
         except ApiError as err:
             self.stats[f"error_{err.code}"] += 1
             return err.response()
-        self.stats[f"method_{method}"] += 1
         return JSONResponse({"ok": True, "result": result})
+
+    async def call(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
+        """Run one Bot API method for ``bot`` (an HTTP request, or a webhook reply).
+
+        Raises:
+            ApiError: the method's error answer.
+        """
+        method = call.method.lower()
+        handler = self._methods.get(method)
+        if handler is None:
+            raise ApiError(404, "Not Found")
+        if (remaining := self.rate_limit_remaining()) > 0:
+            raise too_many(remaining)
+        if self._server_errors:
+            status = self._server_errors.pop(0)
+            raise ApiError(status, "Internal Server Error")
+        result = await handler(bot, params, call)
+        self.stats[f"method_{method}"] += 1
+        return result
 
     # --- the control API -------------------------------------------------------------
 
@@ -423,13 +216,13 @@ class TelegramEmulator(Emulator):
         now = int(time.time())
         edit_of = payload.get("edit_message_id")
         message: dict[str, Any] = {
-            "chat": _chat(chat_id),
+            "chat": chat(chat_id),
             "from": sender,
             "date": now,
             "text": text,
         }
-        if entities := _entities(text):
-            message["entities"] = entities
+        if found := entities(text):
+            message["entities"] = found
         if isinstance(edit_of, int):
             message.update(message_id=edit_of, edit_date=now)
             kind = "edited_message"
@@ -464,7 +257,7 @@ class TelegramEmulator(Emulator):
 
     # --- methods -------------------------------------------------------------------------
 
-    async def _get_me(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_me(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         return {
             **bot.user(),
             "can_join_groups": True,
@@ -472,7 +265,7 @@ class TelegramEmulator(Emulator):
             "supports_inline_queries": False,
         }
 
-    async def _get_updates(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_updates(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         if bot.webhook_url is not None:
             raise ApiError(
                 409,
@@ -480,12 +273,12 @@ class TelegramEmulator(Emulator):
                 "use deleteWebhook to delete the webhook first",
             )
         offset, limit, timeout = (
-            _int(params, "offset"),
-            _int(params, "limit"),
-            _int(params, "timeout"),
+            int_param(params, "offset"),
+            int_param(params, "limit"),
+            int_param(params, "timeout"),
         )
         limit = min(max(limit or 100, 1), 100)
-        allowed = _json(params, "allowed_updates")
+        allowed = json_param(params, "allowed_updates")
         if isinstance(allowed, list):
             bot.allowed_updates = frozenset(allowed) or None
         if offset is not None:
@@ -502,8 +295,9 @@ class TelegramEmulator(Emulator):
                 return self._handed_out(bot, updates)
             self.stats["polls_held"] += 1
             async with trio.open_nursery() as nursery:
-                poll = bot.poll = _Poll(scope=nursery.cancel_scope)
-                nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+                poll = bot.poll = Poll(scope=nursery.cancel_scope)
+                if call.request is not None:
+                    nursery.start_soon(_cancel_on_disconnect, call.request, nursery.cancel_scope)
                 with trio.move_on_after(timeout):
                     updates = await bot.wait_ready(limit)
                 nursery.cancel_scope.cancel()
@@ -516,7 +310,7 @@ class TelegramEmulator(Emulator):
             raise ApiError(409, poll.kicked)
         return self._handed_out(bot, updates)
 
-    def _handed_out(self, bot: _Bot, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _handed_out(self, bot: Bot, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Count what a poll hands out; one handed out before is a redelivery (an old offset)."""
         for update in updates:
             if update["update_id"] in bot.delivered:
@@ -525,12 +319,12 @@ class TelegramEmulator(Emulator):
                 bot.delivered.add(update["update_id"])
         return updates
 
-    async def _set_webhook(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _set_webhook(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         url = params.get("url") or ""
         if not isinstance(url, str):
             raise ApiError(400, "Bad Request: bad webhook: url must be a string")
         if not url:
-            return await self._delete_webhook(bot, params, request)
+            return await self._delete_webhook(bot, params, call)
         if not url.startswith(("https://", "http://")):
             raise ApiError(
                 400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
@@ -544,10 +338,10 @@ class TelegramEmulator(Emulator):
             raise ApiError(
                 500, "Internal Server Error: webhooks need the emulator served with its lifespan"
             )
-        allowed = _json(params, "allowed_updates")
+        allowed = json_param(params, "allowed_updates")
         if isinstance(allowed, list):
             bot.allowed_updates = frozenset(allowed) or None
-        if _bool(params, "drop_pending_updates"):
+        if bool_param(params, "drop_pending_updates"):
             bot.updates.clear()
         if bot.poll is not None:
             bot.poll.kick("Conflict: terminated by setWebhook request")
@@ -557,18 +351,18 @@ class TelegramEmulator(Emulator):
         self._nursery.start_soon(self._deliver, bot, bot.webhook_scope)
         return True
 
-    def _stop_webhook(self, bot: _Bot) -> None:
+    def _stop_webhook(self, bot: Bot) -> None:
         if bot.webhook_scope is not None:
             bot.webhook_scope.cancel()
         bot.webhook_url = bot.webhook_secret = bot.webhook_scope = None
 
-    async def _delete_webhook(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
-        if _bool(params, "drop_pending_updates"):
+    async def _delete_webhook(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
+        if bool_param(params, "drop_pending_updates"):
             bot.updates.clear()
         self._stop_webhook(bot)
         return True
 
-    async def _get_webhook_info(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
+    async def _get_webhook_info(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
         info: dict[str, Any] = {
             "url": bot.webhook_url or "",
             "has_custom_certificate": False,
@@ -582,7 +376,7 @@ class TelegramEmulator(Emulator):
             info["last_error_date"], info["last_error_message"] = bot.last_error
         return info
 
-    async def _deliver(self, bot: _Bot, scope: trio.CancelScope) -> None:
+    async def _deliver(self, bot: Bot, scope: trio.CancelScope) -> None:
         """POST the bot's updates to its webhook, in order, until the webhook goes."""
         delay = WEBHOOK_RETRY_FIRST
         with scope:
@@ -610,23 +404,39 @@ class TelegramEmulator(Emulator):
                     bot.updates = [u for u in bot.updates if u is not update]
                     self.stats["webhook_delivered"] += 1
                     delay = WEBHOOK_RETRY_FIRST
+                    await self._webhook_reply(bot, response)
                 else:
                     bot.last_error = (int(time.time()), error)
                     self.stats["webhook_failed"] += 1
                     await trio.sleep(delay)
                     delay = min(delay * 2, WEBHOOK_RETRY_MAX)
 
-    async def _send(self, bot: _Bot, params: dict[str, Any], request: Request) -> Any:
-        method = request.path_params["method"].lower()
-        chat_id = _chat_id(params)
+    async def _webhook_reply(self, bot: Bot, response: httpx.Response) -> None:
+        """A method call in the webhook's answer ("making requests when getting
+        updates"): performed, its result not returned to anyone, as on Telegram."""
+        reply = await _reply_params(response)
+        if not isinstance(reply, dict) or not isinstance(reply.get("method"), str):
+            return
+        params = {key: value for key, value in reply.items() if key != "method"}
+        try:
+            await self.call(bot, params, Call(method=reply["method"], request=None))
+        except ApiError as err:
+            self.stats["webhook_reply_failed"] += 1
+            bot.last_error = (int(time.time()), f"webhook reply: {err.description}")
+        else:
+            self.stats["webhook_reply_calls"] += 1
+
+    async def _send(self, bot: Bot, params: dict[str, Any], call: Call) -> Any:
+        method = call.method.lower()
+        chat_id = chat_id_param(params)
         message: dict[str, Any] = {
-            "chat": _chat(chat_id),
+            "chat": chat(chat_id),
             "from": bot.user(),
             "date": int(time.time()),
         }
         record: dict[str, Any] = {
             "bot_id": bot.id,
-            "method": request.path_params["method"],
+            "method": call.method,
             "chat_id": chat_id,
         }
         if method == "sendmessage":
@@ -640,34 +450,30 @@ class TelegramEmulator(Emulator):
             # emulator keeps the text as sent and only records the mode.
             if isinstance(params.get("parse_mode"), str) and params["parse_mode"]:
                 record["parse_mode"] = params["parse_mode"]
-            elif entities := _entities(text):
-                message["entities"] = entities
+            elif found := entities(text):
+                message["entities"] = found
         else:
             field = MEDIA_FIELDS[method]
             media = params.get(field)
             if not media:
                 raise ApiError(400, f"Bad Request: there is no {field} in the request")
+            file_id = self._store_file(field, media)
             caption = params.get("caption")
             if isinstance(caption, str) and len(caption) > MAX_CAPTION_LENGTH:
                 raise ApiError(400, "Bad Request: message caption is too long")
-            file = {
-                "file_id": f"emu-{field}-{self.stats['files'] + 1}",
-                "file_unique_id": f"u{self.stats['files'] + 1}",
-            }
-            self.stats["files"] += 1
-            message[field] = [{**file, "width": 1280, "height": 720}] if field == "photo" else file
-            record["media"] = media
+            message[field] = self._file_object(field, file_id)
+            record["media"] = media.record() if isinstance(media, Upload) else media
             if isinstance(caption, str):
                 message["caption"] = record["caption"] = caption
         if chat_id in self.unknown_chats:
             raise ApiError(400, "Bad Request: chat not found")
         if chat_id in self.blocked_chats:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
-        reply = _json(params, "reply_parameters")
+        reply = json_param(params, "reply_parameters")
         reply_to = (
             reply.get("message_id")
             if isinstance(reply, dict)
-            else _int(params, "reply_to_message_id")
+            else int_param(params, "reply_to_message_id")
         )
         if reply_to is not None:
             allow = isinstance(reply, dict) and bool(reply.get("allow_sending_without_reply"))
@@ -679,32 +485,80 @@ class TelegramEmulator(Emulator):
                 record["reply_to_message_id"] = int(reply_to)
             elif not allow:
                 raise ApiError(400, "Bad Request: message to be replied not found")
+        return self._post(bot, chat_id, message, record)
+
+    def _post(
+        self, bot: Bot, chat_id: int, message: dict[str, Any], record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Charge the limits, number the message, keep and record it; return it."""
         self._admit(bot, chat_id)
         message["message_id"] = record["message_id"] = bot.new_message_id(chat_id)
         bot.remember(message)
         self.record_sent(record)
         return message
 
-    def _admit(self, bot: _Bot, chat_id: int) -> None:
+    def _admit(self, bot: Bot, chat_id: int) -> None:
         """Charge one send against the bot, chat and group limits, or raise 429."""
         now = trio.current_time()
         while bot.sends and bot.sends[0] <= now - 1.0:
             bot.sends.popleft()
-        chat = bot.chat_sends.setdefault(chat_id, deque())
-        while chat and chat[0] <= now - 60.0:
-            chat.popleft()
+        recent = bot.chat_sends.setdefault(chat_id, deque())
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
         wait = 0.0
         if len(bot.sends) >= self.bot_rate:
             wait = bot.sends[0] + 1.0 - now
-        if chat and now - chat[-1] < self.chat_interval:
-            wait = max(wait, chat[-1] + self.chat_interval - now)
-        if chat_id < 0 and len(chat) >= self.group_per_minute:
-            wait = max(wait, chat[-self.group_per_minute] + 60.0 - now)
+        # One per chat_interval on average, with a burst of chat_burst (the Bots FAQ
+        # "may allow short bursts"): a token bucket per chat.
+        tokens = float(self.chat_burst)
+        if self.chat_interval > 0:
+            held, at = bot.chat_buckets.get(chat_id, (float(self.chat_burst), now))
+            tokens = min(float(self.chat_burst), held + (now - at) / self.chat_interval)
+            if tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) * self.chat_interval)
+        if chat_id < 0 and len(recent) >= self.group_per_minute:
+            wait = max(wait, recent[-self.group_per_minute] + 60.0 - now)
         if wait > 0:
             self.stats["rate_limited"] += 1
-            raise _too_many(wait)
+            raise too_many(wait)
         bot.sends.append(now)
-        chat.append(now)
+        recent.append(now)
+        if self.chat_interval > 0:
+            bot.chat_buckets[chat_id] = (tokens - 1.0, now)
+
+
+async def _reply_params(response: httpx.Response) -> dict[str, Any] | None:
+    """A webhook answer's parameters, in any encoding the Bot API reads (aiogram
+    answers multipart, others JSON); ``None`` for an answer that carries none."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return dict(parse_qsl(response.text))
+    if content_type.startswith("multipart/form-data"):
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            yield response.content
+
+        try:
+            form = await MultiPartParser(Headers(dict(response.headers)), body()).parse()
+        except MultiPartException:
+            return None
+        params: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                params[key] = Upload(
+                    filename=value.filename, content_type=value.content_type, data=data
+                )
+            else:
+                params[key] = value
+        return params
+    return None
 
 
 async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:

@@ -1,0 +1,250 @@
+"""What a channel does beyond sending: edit, delete, typing, mark read, react, upload.
+
+Design:
+- Each operation is a frozen attrs class like :class:`~providers.base.OutboundMessage`,
+  with the same ``peer`` and ``idempotency_key``, so the channel's one send
+  path (limiters, breaker, retries, dead letters, the drain's keeping) carries
+  every operation the way it carries a message: :data:`Operation` is what
+  that path takes, and :func:`perform` is the one place it calls the
+  connection's method for an operation.
+- A provider declares in ``Provider.operations`` what its platform can do
+  (:class:`OperationKind`); :func:`check_supported` refuses the rest with
+  :class:`~providers.base.Unsupported` before any budget is spent. Media by
+  upload (bytes or a file) is an ``OutboundMessage`` whose ``media`` has
+  ``content`` or ``path``: :data:`OperationKind.UPLOAD`.
+- Ids name messages as the provider's ``SendResult`` and ``InboundMessage``
+  name them (Telegram ``"<chat_id>:<message_id>"``, Discord snowflakes,
+  WhatsApp ``wamid.…``).
+- A message the platform no longer has is
+  :class:`~providers.base.MessageNotFound`, a permanent failure: dead-lettered,
+  never retried.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final, TypeAlias
+
+import attrs
+
+from .base import Connection, OutboundMessage, Provider, SendResult, Unsupported
+
+__all__ = [
+    "SEND_ONLY",
+    "ChatAction",
+    "DeleteMessage",
+    "EditMessage",
+    "MarkRead",
+    "Operation",
+    "OperationKind",
+    "React",
+    "SendTyping",
+    "check_supported",
+    "operation_kind",
+    "perform",
+    "supported_operations",
+]
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex
+
+
+class OperationKind(enum.Enum):
+    """Every operation a channel may perform; providers declare the ones they have."""
+
+    SEND = "send"
+    """Text, media by URL, templates: every provider has it."""
+    UPLOAD = "upload"
+    """Media uploaded from bytes or a file."""
+    EDIT = "edit"
+    DELETE = "delete"
+    TYPING = "typing"
+    MARK_READ = "mark_read"
+    REACT = "react"
+
+
+SEND_ONLY: Final = frozenset({OperationKind.SEND})
+"""The operations of a provider that declares none (an older adapter)."""
+
+
+class ChatAction(enum.Enum):
+    """What the peer is shown while the bot works (Telegram's chat actions).
+
+    Platforms with a single indicator (Discord, WhatsApp) show "typing…" for each.
+    """
+
+    TYPING = "typing"
+    UPLOAD_PHOTO = "upload_photo"
+    UPLOAD_VIDEO = "upload_video"
+    UPLOAD_DOCUMENT = "upload_document"
+    RECORD_VOICE = "record_voice"
+
+
+@attrs.frozen(kw_only=True)
+class EditMessage:
+    """Replace the text of a message the bot sent.
+
+    Attributes:
+        peer: the chat the message is in.
+        message_id: the message's ``platform_message_id``.
+        text: the new text.
+        idempotency_key: identifies this edit (retries reuse it).
+        metadata: platform extras (Telegram ``parse_mode``).
+    """
+
+    peer: str
+    message_id: str
+    text: str
+    idempotency_key: str = attrs.field(factory=_new_key)
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class DeleteMessage:
+    """Delete a message (the bot's own; others' where the bot may).
+
+    Attributes:
+        peer: the chat the message is in.
+        message_id: the message's ``platform_message_id``.
+        idempotency_key: identifies this delete.
+    """
+
+    peer: str
+    message_id: str
+    idempotency_key: str = attrs.field(factory=_new_key)
+
+
+@attrs.frozen(kw_only=True)
+class SendTyping:
+    """Show a typing indicator (a chat action) to the peer for a few seconds.
+
+    Attributes:
+        peer: the chat.
+        action: what the peer is shown (Telegram tells them apart).
+        message_id: the inbound message being answered. WhatsApp shows typing
+            only as part of marking a message read: without this id its
+            provider uses the last message it received from the peer.
+        idempotency_key: identifies this request.
+    """
+
+    peer: str
+    action: ChatAction = ChatAction.TYPING
+    message_id: str | None = None
+    idempotency_key: str = attrs.field(factory=_new_key)
+
+
+@attrs.frozen(kw_only=True)
+class MarkRead:
+    """Mark an inbound message (and those before it) as read.
+
+    Attributes:
+        peer: the chat.
+        message_id: the inbound message's ``platform_message_id``.
+        typing: also show the typing indicator (WhatsApp does both in one call).
+        idempotency_key: identifies this request.
+    """
+
+    peer: str
+    message_id: str
+    typing: bool = False
+    idempotency_key: str = attrs.field(factory=_new_key)
+
+
+@attrs.frozen(kw_only=True)
+class React:
+    """Set the bot's reaction to a message, or remove it.
+
+    Attributes:
+        peer: the chat.
+        message_id: the message's ``platform_message_id``.
+        emoji: a unicode emoji (``"👍"``).
+        remove: take the bot's reaction ``emoji`` away instead (Telegram and
+            WhatsApp clear the bot's reaction whatever it is).
+        idempotency_key: identifies this request.
+    """
+
+    peer: str
+    message_id: str
+    emoji: str = attrs.field(validator=attrs.validators.min_len(1))
+    remove: bool = False
+    idempotency_key: str = attrs.field(factory=_new_key)
+
+
+Operation: TypeAlias = OutboundMessage | EditMessage | DeleteMessage | SendTyping | MarkRead | React
+"""Everything a channel's send path carries."""
+
+_KINDS: Final[Mapping[type, OperationKind]] = {
+    EditMessage: OperationKind.EDIT,
+    DeleteMessage: OperationKind.DELETE,
+    SendTyping: OperationKind.TYPING,
+    MarkRead: OperationKind.MARK_READ,
+    React: OperationKind.REACT,
+}
+
+
+def operation_kind(op: Operation) -> OperationKind:
+    """The kind of ``op`` (a message with uploaded media is an ``UPLOAD``)."""
+    if type(op) is OutboundMessage:
+        media = op.media
+        return OperationKind.UPLOAD if media is not None and media.is_upload else OperationKind.SEND
+    return _KINDS[type(op)]
+
+
+def supported_operations(provider: Provider) -> frozenset[OperationKind]:
+    """What ``provider`` declares it can do (:data:`SEND_ONLY` when it declares nothing)."""
+    declared = getattr(provider, "operations", None)
+    return declared if isinstance(declared, frozenset) else SEND_ONLY
+
+
+def check_supported(provider: Provider, op: Operation) -> None:
+    """Refuse ``op`` when ``provider``'s platform has no such operation.
+
+    Raises:
+        Unsupported: with the operation and the provider named.
+    """
+    kind = operation_kind(op)
+    if kind is OperationKind.SEND or kind in supported_operations(provider):
+        return
+    raise Unsupported(
+        f"{provider.name} has no {kind.value.replace('_', ' ')} operation "
+        f"(peer {op.peer!r}, key {op.idempotency_key!r}); nothing was sent",
+        peer=op.peer,
+        operation=kind.value,
+        provider=provider.name,
+    )
+
+
+async def perform(conn: Connection, op: Operation) -> SendResult | None:
+    """Call the connection's method for ``op``.
+
+    Returns:
+        The ``SendResult`` of a send or an edit; ``None`` for the others.
+
+    Raises:
+        ProviderError: whatever the connection raises.
+    """
+    kind = type(op)
+    if kind is OutboundMessage:
+        assert isinstance(op, OutboundMessage)
+        return await conn.send(op)
+    if kind is EditMessage:
+        assert isinstance(op, EditMessage)
+        return await conn.edit(op)
+    if kind is DeleteMessage:
+        assert isinstance(op, DeleteMessage)
+        await conn.delete(op)
+    elif kind is SendTyping:
+        assert isinstance(op, SendTyping)
+        await conn.typing(op)
+    elif kind is MarkRead:
+        assert isinstance(op, MarkRead)
+        await conn.mark_read(op)
+    elif kind is React:
+        assert isinstance(op, React)
+        await conn.react(op)
+    else:
+        raise TypeError(f"not an operation: {op!r}")
+    return None

@@ -1,0 +1,76 @@
+"""Operations in the store's wire format: dead letters and kept messages round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from providers.base import Media, MediaKind, OutboundMessage
+from providers.operations import (
+    ChatAction,
+    DeleteMessage,
+    EditMessage,
+    MarkRead,
+    Operation,
+    React,
+    SendTyping,
+)
+from runtime.store import KeptMessage
+from runtime.store.codec import decode_kept, decode_outbound, dumps, encode_kept, encode_outbound
+
+OPERATIONS: list[Operation] = [
+    OutboundMessage(peer="1", idempotency_key="t", text="hi"),
+    OutboundMessage(
+        peer="1",
+        idempotency_key="u",
+        media=Media(kind=MediaKind.IMAGE, content=b"\x00\xffbytes", filename="a.png"),
+    ),
+    OutboundMessage(
+        peer="1", idempotency_key="f", media=Media(kind=MediaKind.DOCUMENT, path="/srv/r.pdf")
+    ),
+    EditMessage(peer="1", message_id="1:2", text="new", idempotency_key="e"),
+    DeleteMessage(peer="1", message_id="1:2", idempotency_key="d"),
+    SendTyping(peer="1", action=ChatAction.RECORD_VOICE, idempotency_key="y"),
+    MarkRead(peer="1", message_id="w", typing=True, idempotency_key="r"),
+    React(peer="1", message_id="2", emoji="👍", remove=True, idempotency_key="x"),
+]
+
+
+@pytest.mark.parametrize("op", OPERATIONS, ids=lambda op: type(op).__name__)
+def test_every_operation_round_trips_through_json(op: Operation) -> None:
+    encoded = json.loads(dumps(encode_outbound(op)))
+    assert decode_outbound(encoded) == op
+    kept = KeptMessage(channel_id="c", message=op, reason="drain", accepted_at=1.5)
+    assert decode_kept(json.loads(dumps(encode_kept(kept)))) == kept
+
+
+def test_a_message_row_written_before_operations_still_reads() -> None:
+    old = {
+        "peer": "1",
+        "idempotency_key": "k",
+        "text": None,
+        "media": {"kind": "image", "url": "https://x/y.png", "caption": None, "filename": None},
+        "template": None,
+        "reply_to": None,
+        "metadata": {},
+    }
+    message = decode_outbound(old)
+    assert isinstance(message, OutboundMessage)
+    assert message.media == Media(kind=MediaKind.IMAGE, url="https://x/y.png")
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"op": "pin", "peer": "1"}, "op 'pin' is not one of"),
+        ({"op": "edit", "peer": "1", "message_id": "m"}, "text"),
+        (
+            {"peer": "1", "idempotency_key": "k", "media": {"kind": "image", "content": "%%"}},
+            r"\$\.media\.content",
+        ),
+    ],
+)
+def test_bad_rows_are_refused_with_what_is_wrong(row: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        decode_outbound(row)
