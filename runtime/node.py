@@ -170,6 +170,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
+        self._in_flight: dict[tuple[str, str], trio.Event] = {}  # (channel, key) being sent
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._started_at = trio.current_time()
@@ -533,6 +534,34 @@ class Node(ClusterMode, DeadLetterOps):
         known = sent.get(message.idempotency_key)
         if known is not None:
             return _result_of(message, known)
+        flight_key = (channel_id, message.idempotency_key)
+        first = self._in_flight.get(flight_key)
+        if first is not None:
+            # The same key is on its way already (a caller's retry, a forwarded
+            # request delivered twice): its answer is this one's too.
+            with trio.move_on_after(timeout):
+                await first.wait()
+            known = sent.get(message.idempotency_key)
+            if known is not None:
+                return _result_of(message, known)
+            # The first failed (or is still out): this one tries on its own.
+        flight = self._in_flight[flight_key] = trio.Event()
+        try:
+            return await self._perform_tracked(channel, channel_id, message, timeout=timeout)
+        finally:
+            if self._in_flight.get(flight_key) is flight:
+                del self._in_flight[flight_key]
+            flight.set()
+
+    async def _perform_tracked(
+        self,
+        channel: ChannelRef,
+        channel_id: str,
+        message: Operation,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> SendResult | None:
+        sent = channel.memory.sent
         with (
             map_send_errors(channel_id, message.idempotency_key),
             self._sends.track(channel_id, message) as pending,

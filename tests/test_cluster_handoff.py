@@ -19,14 +19,20 @@ import trio
 from bench.cluster_rig import API_TOKEN, RigParams, open_cluster_rig
 
 CEILING = 300.0  # real seconds for the whole test; only a hang gets near it
-CHANNELS = 20
+CHANNELS = 300  # the drained node hands off about half of them
 
 
 async def test_a_drain_hands_every_channel_off_under_load_losing_and_repeating_nothing(
     tmp_path: Path,
 ) -> None:
     params = RigParams(
-        nodes=2, websocket=CHANNELS, telegram=0, discord=0, ops=True, workdir=tmp_path
+        nodes=2,
+        websocket=CHANNELS,
+        telegram=0,
+        discord=0,
+        ops=True,
+        cooldown=0.0,  # n2 takes its share at once, so the drain has some to hand off
+        workdir=tmp_path,
     )
     rng = random.Random(7)
     accepted: dict[str, str] = {}
@@ -63,6 +69,11 @@ async def test_a_drain_hands_every_channel_off_under_load_losing_and_repeating_n
                     await send(f"{name}-{n}")
                     n += 1
 
+            held = await rig.holders()
+            while sum(node == "n2" for node in held.values()) < CHANNELS // 4:
+                await trio.sleep(0.2)  # n2 runs its share (about half)
+                held = await rig.holders()
+            await rig.wait_connected(120.0, settle=1.0)
             async with trio.open_nursery() as nursery:
                 for name in ("a", "b", "c", "d"):
                     nursery.start_soon(sender, name)

@@ -16,7 +16,7 @@ import runtime.checkpoints
 from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
 from actors.channel.durable import ChannelState
 from providers.base import OutboundMessage, PermanentSendError
-from providers.simulated import FailureRates, SimulatedProvider
+from providers.simulated import FailureRates, Fixed, SimulatedProvider
 from runtime import ChannelFenced, ChannelSpec, open_node, open_store, parse_config
 from runtime.config import StorageConfig
 from runtime.store.durable import Checkpoint
@@ -367,3 +367,26 @@ async def test_a_repeated_send_is_answered_from_memory_across_a_restart(
                 other = await node.send("a", message("k2"))
                 assert other != first
                 assert provider.statistics().sends == 2
+
+
+async def test_the_same_key_sent_twice_at_once_is_sent_once(autojump_clock: Any) -> None:
+    # A retry that overtakes its first attempt (a forwarded request delivered
+    # twice) waits for the first and gets its answer; the platform sees one.
+    provider = SimulatedProvider(latency=Fixed(seconds=0.5), record=False)
+    with trio.fail_after(CEILING):
+        async with (
+            open_store(StorageConfig()) as store,
+            open_node(
+                config(sim("a")),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node,
+        ):
+            await wait_status(node, "a", ChannelStatus.CONNECTED)
+            results: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(lambda: _collect(results, node.send("a", message("k"))))
+            assert len(results) == 3 and len(set(results)) == 1
+            assert provider.statistics().sends == 1
