@@ -335,14 +335,14 @@ class Node(ClusterMode, DeadLetterOps):
         """
         row = self._table.get(channel_id)
         if self._cluster is not None:
-            if not self._runs_here(channel_id):
+            owned = self._cluster.ownership.owned.get(channel_id)
+            if owned is None or channel_id in self._moving:  # it runs elsewhere
                 await self._forward_op(channel_id, "restart", {})
                 return next(s for s in self.channels() if s.channel_id == channel_id)
-            owned = self._cluster.ownership.owned.get(channel_id)
-            memory = row.memory
-            await self._stop_local(row, checkpoint=True)
-            tenure = owned.tenure if owned is not None else None
-            return await self._start(row.spec, carry=memory, revive=True, tenure=tenure)
+            memory = row.memory  # held here: running, FAILED, or it did not start
+            if row.running:
+                await self._stop_local(row, checkpoint=True)
+            return await self._start(row.spec, carry=memory, revive=True, tenure=owned.tenure)
         memory = row.memory
         await self.stop_channel(channel_id)
         return await self._start(row.spec, carry=memory, revive=True)

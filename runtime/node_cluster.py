@@ -279,6 +279,12 @@ class ClusterMode:
                 continue
             if self._runs_here(channel_id):
                 raise _RunsHere  # taken here meanwhile: the caller sends it here
+            row = self._table.get(channel_id)
+            if channel_id in self._cluster.ownership.owned and row.start_error is not None:
+                raise ChannelUnavailable(  # held here, and it could not start
+                    f"channel {channel_id!r} is not running: {row.start_error}",
+                    channel_id=channel_id,
+                )
             owner = await self._owner_of(channel_id, fresh=fresh)
             fresh = True
             left = _left(deadline, channel_id, message)
@@ -308,16 +314,20 @@ class ClusterMode:
             wait = min(wait * 2, FORWARD_RETRY_MAX)
 
     async def _forward_op(self, channel_id: str, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        """An operation on a channel that runs elsewhere (restart, dead letters), forwarded."""
+        """An operation on a channel that runs elsewhere (restart, dead letters), forwarded.
+
+        Raises:
+            ChannelUnavailable: the channel moved here while the call was on
+                its way (rare: the caller may simply ask again, here).
+        """
         deadline = trio.current_time() + FORWARDED_OP_TIMEOUT
-        while True:
-            try:
-                return await self._forward(channel_id, op, body, deadline)
-            except _RunsHere:
-                raise ChannelUnavailable(
-                    f"channel {channel_id!r} has just moved to this node; ask again",
-                    channel_id=channel_id,
-                ) from None
+        try:
+            return await self._forward(channel_id, op, body, deadline)
+        except _RunsHere:
+            raise ChannelUnavailable(
+                f"channel {channel_id!r} has just moved to this node; ask again",
+                channel_id=channel_id,
+            ) from None
 
     async def _owner_of(self, channel_id: str, *, fresh: bool) -> str | None:
         """The node that runs the channel: its lease holder, else its placement."""
