@@ -997,7 +997,7 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
 
 def test_the_package_exports_exactly_its_all() -> None:
     exported = {name for name in vars(runtime.config) if not name.startswith("_")}
-    modules = {"loader", "model", "refs", "rules"}
+    modules = {"loader", "model", "overrides", "refs", "rules"}
     assert exported - modules == set(runtime.config.__all__)
     assert all(getattr(runtime.config, name).__doc__ for name in runtime.config.__all__)
 

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path as FilePath
 from typing import Any, Final, Literal, get_args, get_origin
 
@@ -38,6 +38,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from ..errors import ConfigError, ConfigProblem
 from . import refs, rules
 from .model import Check, NodeConfig, StorageConfig
+from .overrides import Override, apply_overrides, parse_override
 
 __all__ = ["CONVERTER", "load_config", "parse_config"]
 
@@ -51,13 +52,18 @@ _SCRUB_SUBSTRINGS_FROM: Final = 4  # characters; shorter secrets are only scrubb
 
 
 def load_config(
-    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> NodeConfig:
     """Read and check a deployment file.
 
     Args:
         path: the TOML file.
         env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+        overrides: ``KEY=VALUE`` settings laid over the file (``--set``), see
+            :mod:`runtime.config.overrides`; checked exactly as the file is.
 
     Returns:
         The config, with ``source`` set to ``path``.
@@ -75,7 +81,7 @@ def load_config(
     except UnicodeDecodeError as exc:
         problem = ConfigProblem("", f"the file is not UTF-8 text (bad byte at offset {exc.start})")
         raise ConfigError(source, [problem]) from exc
-    return parse_config(text, source=source, env=env)
+    return parse_config(text, source=source, env=env, overrides=overrides)
 
 
 def parse_config(
@@ -83,6 +89,7 @@ def parse_config(
     *,
     source: str = "<string>",
     env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> NodeConfig:
     """Check a deployment file's text (TOML) or its already parsed tables.
 
@@ -90,6 +97,7 @@ def parse_config(
         data: TOML text, or the tables it parses to.
         source: where it came from, for messages and ``NodeConfig.source``.
         env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+        overrides: ``KEY=VALUE`` settings laid over the file (``--set``).
 
     Returns:
         The config.
@@ -100,12 +108,13 @@ def parse_config(
     parsed = _parse_toml(data, source) if isinstance(data, str) else data
     if not isinstance(parsed, Mapping):
         raise ConfigError(source, [ConfigProblem("", "expected a table of settings")])
+    parsed, found = _overridden(parsed, overrides)
     # Deprecated keys are read under their new names from here on.
     written, renamed, deprecations = rules.renamed_keys(parsed)
     resolution = refs.resolve(
         written, os.environ if env is None else env, secret=rules.holds_secret
     )
-    found = [ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems]
+    found.extend(ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems)
     found.extend(renamed)
     config, problems = _structure(resolution.doc)
     for rule in rules.WRITTEN_RULES:
@@ -125,6 +134,23 @@ def parse_config(
         resolved_secrets=resolution.secrets,
         deprecations=tuple(deprecations),
     )
+
+
+def _overridden(
+    parsed: Mapping[str, Any], items: Sequence[str]
+) -> tuple[Mapping[str, Any], list[ConfigProblem]]:
+    if not items:
+        return parsed, []
+    overrides: list[Override] = []
+    problems: list[ConfigProblem] = []
+    for position, item in enumerate(items, start=1):
+        result = parse_override(item, position=position)
+        if isinstance(result, Override):
+            overrides.append(result)
+        else:
+            problems.append(result)
+    doc, misplaced = apply_overrides(parsed, overrides)
+    return doc, problems + misplaced
 
 
 def _storage_paths(storage: StorageConfig, source: str, node_id: str) -> StorageConfig:
