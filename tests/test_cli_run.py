@@ -13,7 +13,7 @@ import shutil
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,11 @@ async def _pump(stream: Any, into: bytearray) -> None:
 
 
 @asynccontextmanager
-async def run_node(config: Path | str, env: dict[str, str] | None = None) -> AsyncIterator[Node]:
+async def run_node(
+    config: Path | str, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> AsyncIterator[Node]:
     process = await trio.lowlevel.open_process(
-        [*switchboard(), "run", str(config)],
+        [*switchboard(), "run", str(config), *args],
         stdout=-1,
         stderr=-1,
         env={**os.environ, **(env or {})},

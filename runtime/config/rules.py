@@ -24,6 +24,7 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from providers.registry import EMULATORS, PROVIDERS
+from providers.whatsapp.core import graph_version_problem
 
 from ..errors import ConfigProblem
 from .model import RestartBackoffConfig
@@ -50,6 +51,7 @@ __all__ = [
     "storage_dsn",
     "unique_channel_ids",
     "unknown_name",
+    "whatsapp_base_url",
 ]
 
 Rule: TypeAlias = Callable[[Mapping[str, Any]], list[ConfigProblem]]
@@ -309,6 +311,29 @@ def channel_credentials(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     return problems
 
 
+def whatsapp_base_url(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """A WhatsApp ``base_url`` is the Graph API root, without a version.
+
+    The provider adds the version itself (``options.api_version``), so
+    ``https://graph.facebook.com/v21.0`` would call ``/v21.0/v21.0/...``.
+    """
+    places: list[tuple[Path, Any]] = [
+        (("providers", "whatsapp", "base_url"), _table(_table(doc, "providers"), "whatsapp"))
+    ]
+    places += [
+        (("channels", index, "base_url"), channel)
+        for index, channel in _channels(doc)
+        if channel.get("provider") == "whatsapp"
+    ]
+    problems = []
+    for path, table in places:
+        value = table.get("base_url")
+        message = graph_version_problem(value) if isinstance(value, str) else None
+        if message is not None:
+            problems.append(ConfigProblem(dotted(path), message))
+    return problems
+
+
 def consistent_limits(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     """Ordered pairs stay ordered once a channel's values overlay its provider's.
 
@@ -452,6 +477,7 @@ RULES: Final[tuple[Rule, ...]] = (
     channel_credentials,
     consistent_limits,
     cluster_needs,
+    whatsapp_base_url,
 )
 """The rules on the file with its references resolved."""
 
