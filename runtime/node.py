@@ -94,7 +94,7 @@ from .errors import (
 from .events import EventHub, Subscription
 from .node_cluster import ClusterMode
 from .ops import serve_ops
-from .services import ServiceActor, ServiceHandle
+from .services import ServiceActor, ServiceHandle, naming_bind_errors
 from .store import Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
@@ -863,19 +863,35 @@ async def open_node(
             for platform in emulators.emulators:
                 handle = ServiceHandle(f"{platform} emulator")
                 node._emulator_handles[platform] = handle
+                emulator = config.emulators[platform]
+                serve_emulator = naming_bind_errors(
+                    emulators.serve(platform),
+                    what=f"the {platform} emulator",
+                    host=emulator.host,
+                    port=emulator.port,
+                    setting=f"emulators.{platform}.port",
+                )
                 children.append(
                     ChildSpec(
                         id=f"emulator-{platform}",
-                        start=ServiceActor.factory(handle, emulators.serve(platform)),
+                        start=ServiceActor.factory(handle, serve_emulator),
                     )
                 )
         if config.ops.enabled:
-            serve = functools.partial(
-                serve_ops,
-                node,
+            serve = naming_bind_errors(
+                functools.partial(
+                    serve_ops,
+                    node,
+                    host=config.ops.host,
+                    port=config.ops.port,
+                    api_token=config.ops.api_token,
+                    certfile=config.ops.certfile,
+                    keyfile=config.ops.keyfile,
+                ),
+                what="ops HTTP",
                 host=config.ops.host,
                 port=config.ops.port,
-                api_token=config.ops.api_token,
+                setting="ops.port",
             )
             children.append(ChildSpec(id="ops", start=ServiceActor.factory(node.ops, serve)))
         children.append(node._channels_child())

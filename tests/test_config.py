@@ -758,8 +758,8 @@ def test_one_problem(text: str, expected: str) -> None:
         ),
         (
             "[ops]\nzzz = 1\n",
-            'unknown key "zzz"; expected one of "api_token", "enabled", "host", "port", '
-            '"public_url" @ ops',
+            'unknown key "zzz"; expected one of "api_token", "certfile", "enabled", "host", '
+            '"keyfile", "port", "public_url" @ ops',
         ),
         (
             "[providers.telgram]\n",

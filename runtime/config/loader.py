@@ -37,7 +37,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError, ConfigProblem
 from . import refs, rules
-from .model import Check, NodeConfig, StorageConfig
+from .model import Check, NodeConfig, OpsConfig, StorageConfig
 from .overrides import Override, apply_overrides, parse_override
 
 __all__ = ["CONVERTER", "load_config", "parse_config"]
@@ -130,6 +130,7 @@ def parse_config(
     return attrs.evolve(
         config,
         storage=_storage_paths(config.storage, source, config.node.id),
+        ops=_ops_paths(config.ops, source),
         source=source,
         resolved_secrets=resolution.secrets,
         deprecations=tuple(deprecations),
@@ -151,6 +152,17 @@ def _overridden(
             problems.append(result)
     doc, misplaced = apply_overrides(parsed, overrides)
     return doc, problems + misplaced
+
+
+def _ops_paths(ops: OpsConfig, source: str) -> OpsConfig:
+    """The TLS files made absolute, relative to the deployment file's directory."""
+    from_file = source != "<string>" and bool(FilePath(source).suffix)
+    base = FilePath(source).resolve().parent if from_file else FilePath.cwd()
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(base / FilePath(path).expanduser())
+
+    return attrs.evolve(ops, certfile=absolute(ops.certfile), keyfile=absolute(ops.keyfile))
 
 
 def _storage_paths(storage: StorageConfig, source: str, node_id: str) -> StorageConfig:

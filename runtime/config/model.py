@@ -197,6 +197,9 @@ class OpsConfig:
             (defaults to ``http://host:port``).
         api_token: bearer token that enables the message API
             (``POST /v1/channels/{id}/messages``); a secret.
+        certfile: a PEM certificate (chain) to serve HTTPS with; relative
+            to the deployment file's directory.
+        keyfile: its PEM private key (with ``certfile``).
     """
 
     enabled: bool = True
@@ -204,6 +207,8 @@ class OpsConfig:
     port: int = attrs.field(default=8321, validator=PORT)
     public_url: str | None = attrs.field(default=None, validator=HTTP_URL)
     api_token: str | None = attrs.field(default=None, repr=False)
+    certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
 
 
 @attrs.frozen(kw_only=True)

@@ -47,6 +47,7 @@ __all__ = [
     "is_secret",
     "known_providers",
     "literal_secrets",
+    "ops_tls",
     "renamed_keys",
     "storage_dsn",
     "unique_channel_ids",
@@ -266,6 +267,16 @@ def cluster_needs(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     return problems
 
 
+def ops_tls(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``ops.certfile`` and ``ops.keyfile`` go together (HTTPS needs both)."""
+    ops = _table(doc, "ops")
+    if "keyfile" in ops and "certfile" not in ops:
+        return [ConfigProblem("ops", 'keyfile needs a certfile: add certfile = "cert.pem"')]
+    if "certfile" in ops and "keyfile" not in ops:
+        return [ConfigProblem("ops", 'certfile needs a keyfile: add keyfile = "key.pem"')]
+    return []
+
+
 def storage_dsn(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     """``backend = "postgres"`` needs a DSN."""
     storage = _table(doc, "storage")
@@ -474,6 +485,7 @@ RULES: Final[tuple[Rule, ...]] = (
     unique_channel_ids,
     emulators_configured,
     storage_dsn,
+    ops_tls,
     channel_credentials,
     consistent_limits,
     cluster_needs,
