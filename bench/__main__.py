@@ -54,6 +54,7 @@ SCENARIOS: Final[dict[str, str]] = {
     "peers": "bench.peers",
     "target": "bench.target",
     "cluster": "bench.cluster",
+    "scrape": "bench.scrape",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")

@@ -149,10 +149,13 @@ class ConnectionLoop:
         gate = connect_gate(self.provider.name)
         await gate.acquire()
         handshaking = True
+        began = trio.current_time()
         try:
             async with self.provider.open_connection(self.config, memory.session) as conn:
                 gate.release()  # connected: the next channel may start its handshake
                 handshaking = False
+                if memory.timings is not None:
+                    memory.timings.connected(trio.current_time() - began)
                 self._conn = conn
                 memory.backoff.connected(trio.current_time())
                 memory.touch()

@@ -30,6 +30,7 @@ __all__ = [
     "ClusterConfig",
     "EmulatorConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "NodeConfig",
     "NodeSection",
     "OpsConfig",
@@ -209,6 +210,31 @@ class OpsConfig:
     api_token: str | None = attrs.field(default=None, repr=False)
     certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``[metrics]``: what ``/metrics`` exports.
+
+    Per-tenant and per-provider aggregates are always there. Series per
+    channel (eleven families, one series each per channel) are what makes a
+    large node's scrape heavy, so they are opt-in above a size.
+
+    Attributes:
+        per_channel: ``"auto"``: per-channel series while the node runs at
+            most ``per_channel_limit`` channels, aggregates only above;
+            ``"always"``; ``"never"``.
+        per_channel_limit: the channel count ``"auto"`` allows them up to.
+    """
+
+    per_channel: Literal["auto", "always", "never"] = "auto"
+    per_channel_limit: int = attrs.field(default=1000, validator=NOT_NEGATIVE)
+
+    def per_channel_series(self, channels: int) -> bool:
+        """Whether a node running ``channels`` channels exports per-channel series."""
+        if self.per_channel == "auto":
+            return channels <= self.per_channel_limit
+        return self.per_channel == "always"
 
 
 @attrs.frozen(kw_only=True)
@@ -414,6 +440,7 @@ class NodeConfig:
         node: identity and shutdown.
         storage: where events and unsent messages are kept.
         ops: the ops HTTP listener.
+        metrics: what ``/metrics`` exports.
         profiling: continuous profiling.
         logging: log level and format.
         supervisor: the channels' supervisor policy.
@@ -432,6 +459,7 @@ class NodeConfig:
     node: NodeSection = attrs.field(factory=NodeSection)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     profiling: ProfilingConfig = attrs.field(factory=ProfilingConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)

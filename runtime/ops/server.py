@@ -31,6 +31,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..config.model import MetricsConfig
 from ..errors import StartupFailed
 from ..view import NodeView
 from .app import ops_app
@@ -93,6 +94,7 @@ async def serve_ops(
     api_token: str | None = None,
     certfile: str | None = None,
     keyfile: str | None = None,
+    metrics: MetricsConfig | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ops HTTP app for ``node`` until cancelled.
@@ -104,6 +106,7 @@ async def serve_ops(
         api_token: enables the message API with this bearer token.
         certfile: serve HTTPS with this PEM certificate (chain).
         keyfile: its PEM private key (needed with ``certfile``).
+        metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
         task_status: receives the bound base URL, e.g. ``http://127.0.0.1:8321``.
 
     Raises:
@@ -111,7 +114,7 @@ async def serve_ops(
         StartupFailed: the TLS files cannot be used.
         OSError: the address cannot be bound (in use, not permitted).
     """
-    app = ops_app(node, api_token=api_token)
+    app = ops_app(node, api_token=api_token, metrics=metrics)
     config = Config()
     config.bind = [_bind(host, port)]
     config.accesslog = None
