@@ -56,12 +56,15 @@ class Node:
         return self.stderr.decode(errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines, their ECS objects as dotted keys (``log.logger``)."""
         records = []
         for line in self.err.splitlines():
             try:
-                records.append(json.loads(line))
+                document = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(document, dict):
+                records.append(dotted(document))
         return records
 
     def url(self, label: str) -> str:
@@ -91,6 +94,17 @@ class Node:
         """The node's one-line account of its drain (``runtime.drain.DrainReport``)."""
         (line,) = [r["message"] for r in self.log_records() if "drained in" in r["message"]]
         return str(line)
+
+
+def dotted(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """An ECS log line's nested objects as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 async def poll(condition: Any, *, within: float = 30.0) -> None:
@@ -197,10 +211,18 @@ async def test_local_toml_connects_every_channel_logs_inbound_and_drains_on_sigt
             inbound = [
                 r
                 for r in node.log_records()
-                if r.get("logger") == "switchboard.events" and "inbound message" in r["message"]
+                if r.get("log.logger") == "switchboard.events" and "inbound message" in r["message"]
             ]
-            assert {r["channel"] for r in inbound} == {f"{p}-local" for p in INJECT}
-            assert all(r["tenant"] == "demo" and r["node"] == "local" for r in inbound)
+            assert {r["switchboard.channel"] for r in inbound} == {f"{p}-local" for p in INJECT}
+            assert all(
+                r["switchboard.tenant"] == "demo" and r["service.node.name"] == "local"
+                for r in inbound
+            )
+            # Every fact is a field: who wrote, where, and the platform's id.
+            assert all(
+                r["switchboard.message_id"] and r["switchboard.peer"] and r["user.id"]
+                for r in inbound
+            )
             code = await node.stop(signal.SIGTERM)
     assert code == 0, node.err
     assert "Traceback" not in node.err
@@ -488,9 +510,10 @@ async def test_a_busy_port_stops_the_node_with_one_clear_line(tmp_path: Path) ->
     # One line, once: the address, why, and the setting to change; no repr, no traceback.
     (line,) = err.splitlines()
     assert line.endswith(
-        f"cannot start: cannot listen on 127.0.0.1:{port} for ops HTTP: address already in "
-        f"use; change ops.port, or stop what listens there  error.type=StartupFailed "
-        f"switchboard.setting=ops.port server.address=127.0.0.1 server.port={port} node=busy"
+        f"[critical ] cannot start: cannot listen on 127.0.0.1:{port} for ops HTTP: address "
+        "already in use; change ops.port, or stop what listens there [switchboard.node] "
+        f"node=busy error.type=StartupFailed setting=ops.port server.address=127.0.0.1 "
+        f"server.port={port}"
     ), line
     assert "Traceback" not in err and "ActorRef" not in err and "OSError" not in err
 

@@ -135,7 +135,7 @@ async def test_an_unreachable_database_names_the_address_and_the_setting(tmp_pat
         f"cannot start: could not connect to PostgreSQL at 127.0.0.1:{port}/sb: connection "
         "refused; check storage.dsn and that the server is up"
     ) in line
-    assert "check storage.dsn" in line and "switchboard.setting=storage.dsn" in line
+    assert "check storage.dsn" in line and " setting=storage.dsn" in line
     assert "pw-never-shown" not in err
 
 

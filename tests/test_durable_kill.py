@@ -111,9 +111,8 @@ def published(node: Node) -> list[str]:
     """The platform ids of the inbound messages the node published (its log)."""
     ids = []
     for record in node.log_records():
-        text = record.get("message", "")
-        if text.startswith("inbound message "):
-            ids.append(text.split()[2])
+        if record.get("message", "").startswith("inbound message "):
+            ids.append(record["switchboard.message_id"])
     return ids
 
 

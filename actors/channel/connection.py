@@ -121,7 +121,22 @@ class ConnectionLoop:
                     return
                 memory.counters["reconnects"] += 1
                 self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
-                self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
+                self._log.info(
+                    "%r: %s; reconnecting in %.3f s",
+                    self,
+                    reason,
+                    wait,
+                    extra={
+                        "switchboard.attempt": memory.backoff.failures,
+                        "switchboard.delay_s": round(wait, 6),
+                        # "Name: text" names the error's class; other reasons do not.
+                        **(
+                            {"error.type": name}
+                            if (name := reason.partition(":")[0]).isidentifier()
+                            else {}
+                        ),
+                    },
+                )
                 await trio.sleep(wait)
 
     async def _connect_once(self) -> tuple[float, str]:
