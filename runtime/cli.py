@@ -30,6 +30,8 @@ def _version() -> str:
 def _bench(argv: list[str]) -> int:
     # `switchboard bench ...` is `python -m bench ...`; run it as its own
     # program so nothing here imports the benchmark package.
+    # Its --help says how it was called.
+    os.environ["SWITCHBOARD_BENCH_PROG"] = "switchboard bench"
     os.execv(sys.executable, [sys.executable, "-m", "bench", *argv])
     return 0  # not reached
 
