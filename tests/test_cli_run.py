@@ -256,7 +256,7 @@ credentials = { token = "SUPERSECRET-LITERAL-123" }
 id = "dc"
 provider = "discord"
 credentials = { token = "${env:SB_TEST_DISCORD_TOKEN}" }
-rate_limit = { per_second = -5 }
+rate_limit = { per_channel_rate = -5 }
 
 [[channels]]
 id = "wa"
@@ -290,7 +290,7 @@ async def test_a_bad_config_exits_2_with_every_problem_and_no_secret(tmp_path: P
                 "ops.port",
                 "logging",
                 "channels[0].credentials.token",
-                "channels[1].rate_limit.per_second",
+                "channels[1].rate_limit.per_channel_rate",
                 "channels[2].provider",
                 "channels[2].credentials.token",
             ):
@@ -410,7 +410,7 @@ id = "ws"
 provider = "websocket"
 base_url = "{ws_url}"
 credentials = {{ token = "${{env:SB_TEST_WS_TOKEN}}" }}
-rate_limit = {{ per_second = 40.0, burst = 1, per_peer_per_second = 40.0, per_peer_burst = 1 }}
+rate_limit = {{ per_channel_rate = "40/s", per_channel_burst = 1, per_peer_rate = "40/s", per_peer_burst = 1 }}
 """
 
 TOKEN, API_TOKEN, MESSAGES = "ws-test-token", "api-test-token", 200

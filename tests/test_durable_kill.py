@@ -270,9 +270,9 @@ provider = "websocket"
 base_url = "{ws}"
 credentials = {{ token = "${{env:SB_KILL_WS_TOKEN}}" }}
 [channels.rate_limit]
-per_second = {RATE}
-burst = {BURST}
-per_peer_per_second = {RATE}
+per_channel_rate = {RATE}
+per_channel_burst = {BURST}
+per_peer_rate = {RATE}
 per_peer_burst = {BURST}
 """,
             )

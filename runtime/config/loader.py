@@ -27,7 +27,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path as FilePath
-from typing import Any, Final, Literal, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
 import attrs
 import cattrs
@@ -36,7 +36,7 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Iterabl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError, ConfigProblem
-from . import refs, rules
+from . import refs, rules, units
 from .model import Check, NodeConfig, OpsConfig, StorageConfig
 from .overrides import Override, apply_overrides, parse_override
 
@@ -116,6 +116,13 @@ def parse_config(
     )
     found.extend(ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems)
     found.extend(renamed)
+    bare = [refs.dotted(path) for path in units.bare_numbers(NodeConfig, resolution.doc)]
+    if bare:
+        deprecations.append(
+            f"{len(bare)} number(s) without their unit, read as seconds (rates: per second), "
+            'which is deprecated: write the unit, as in drain_deadline = "10s" or '
+            f'per_channel_rate = "30/s": {", ".join(bare)}'
+        )
     config, problems = _structure(resolution.doc)
     for rule in rules.WRITTEN_RULES:
         problems.extend(rule(written))
@@ -285,6 +292,28 @@ def _structure_float(value: Any, _: type) -> float:
     return number
 
 
+def _structure_unit(value: Any, type_: Any) -> float:
+    """A duration (seconds) or a rate (per second): ``"10s"``, ``"30/s"``, or a bare number."""
+    unit = units.unit_of(type_)
+    rate = unit is units.Unit.PER_SECOND
+    expected = units.RATE_EXAMPLE if rate else units.DURATION_EXAMPLE
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)  # deprecated: reported by parse_config, read in the base unit
+    elif isinstance(value, str):
+        try:
+            number = float(value)  # a number from the environment
+        except ValueError:
+            number = units.parse_rate(value) if rate else units.parse_duration(value)
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise _Invalid(expected, value)
+    return number
+
+
+def _has_unit(type_: Any) -> bool:
+    return get_origin(type_) is Annotated and units.unit_of(type_) is not None
+
+
 def _is_literal(type_: Any) -> bool:
     return get_origin(type_) is Literal
 
@@ -360,6 +389,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook_func(_is_literal, _structure_literal)
+    converter.register_structure_hook_func(_has_unit, _structure_unit)
     converter.register_structure_hook_factory(
         lambda t: get_origin(t) is list,
         lambda t: _shaped(list_structure_factory(t, converter), list, "an array"),

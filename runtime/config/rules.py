@@ -29,6 +29,7 @@ from providers.whatsapp.core import graph_version_problem
 from ..errors import ConfigProblem
 from .model import RestartBackoffConfig
 from .refs import Path, dotted, has_reference, walk
+from .units import parse_duration, parse_rate
 
 __all__ = [
     "CREDENTIALS",
@@ -97,11 +98,16 @@ _SECRET_NAME: Final = re.compile(r"secret|token|password|passwd|api_?key", re.IG
 _ORDERED: Final = (
     (
         "rate_limit",
-        "per_peer_per_second",
-        "per_second",
+        "per_peer_rate",
+        "per_channel_rate",
         "no peer is sent to faster than the channel",
     ),
-    ("rate_limit", "per_peer_burst", "burst", "no peer gets a larger burst than the channel"),
+    (
+        "rate_limit",
+        "per_peer_burst",
+        "per_channel_burst",
+        "no peer gets a larger burst than the channel",
+    ),
     ("backoff", "base", "cap", "the longest wait cannot be shorter than the first"),
 )
 
@@ -398,12 +404,20 @@ def _ordered_pairs(
     return problems
 
 
-# (where, old key, new key): keys renamed when every backoff took one vocabulary.
+# (where, old key, new key): keys renamed when every backoff took one vocabulary,
+# and when the rate limits took PlatformLimits' names.
 DEPRECATED_KEYS: Final[tuple[tuple[Path, str, str], ...]] = (
     (("supervisor", "restart_backoff"), "min", "base"),
     (("supervisor", "restart_backoff"), "max", "cap"),
     (("providers", "*", "backoff"), "stable_after", "reset_after"),
     (("channels", "*", "backoff"), "stable_after", "reset_after"),
+    # The rate-limit keys took PlatformLimits' names.
+    (("providers", "*", "rate_limit"), "per_second", "per_channel_rate"),
+    (("providers", "*", "rate_limit"), "burst", "per_channel_burst"),
+    (("providers", "*", "rate_limit"), "per_peer_per_second", "per_peer_rate"),
+    (("channels", "*", "rate_limit"), "per_second", "per_channel_rate"),
+    (("channels", "*", "rate_limit"), "burst", "per_channel_burst"),
+    (("channels", "*", "rate_limit"), "per_peer_per_second", "per_peer_rate"),
 )
 
 
@@ -515,13 +529,15 @@ def _channels(doc: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]
 
 
 def _number(value: Any) -> float | None:
-    """A finite number as the converter reads it, else ``None``."""
+    """A finite number as the converter reads it (``"10s"`` and ``"30/s"`` too), else ``None``."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
         number = float(value)
     except ValueError:
-        return None
+        text = str(value)
+        parsed = parse_rate(text) if "/" in text else parse_duration(text)
+        return parsed
     return number if math.isfinite(number) else None
 
 
