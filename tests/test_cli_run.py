@@ -410,7 +410,12 @@ id = "ws"
 provider = "websocket"
 base_url = "{ws_url}"
 credentials = {{ token = "${{env:SB_TEST_WS_TOKEN}}" }}
-rate_limit = {{ per_channel_rate = "40/s", per_channel_burst = 1, per_peer_rate = "40/s", per_peer_burst = 1 }}
+
+[channels.rate_limit]
+per_channel_rate = "40/s"
+per_channel_burst = 1
+per_peer_rate = "40/s"
+per_peer_burst = 1
 """
 
 TOKEN, API_TOKEN, MESSAGES = "ws-test-token", "api-test-token", 200
