@@ -636,5 +636,4 @@ SCENARIO: Final = Scenario(
     "idle memory, crash-to-restarted; same work, medians, ratios",
     params=PeersParams,
     run=run,
-    requires=("pykka",),
 )

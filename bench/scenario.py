@@ -77,15 +77,12 @@ class Scenario:
             default and ``metadata={"help": ...}``; field types are int,
             float, str, bool or list[str].
         run: runs the scenario and returns its report.
-        requires: the optional packages (import names) it cannot run without,
-            beside those every run needs; checked before it starts.
     """
 
     name: str
     help: str
     params: type
     run: Callable[[Any, RunContext], Report]
-    requires: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

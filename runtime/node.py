@@ -860,7 +860,12 @@ class Node(ClusterMode, DeadLetterOps):
                 "a message kept by the previous run (idempotency key %s) could not be sent: %s",
                 item.message.idempotency_key,
                 exc,
-                extra={"channel": item.channel_id},
+                extra={
+                    "channel": item.channel_id,
+                    "switchboard.idempotency_key": item.message.idempotency_key,
+                    "switchboard.peer": item.message.peer,
+                    "error.type": type(exc).__name__,
+                },
             )
             await self.store.keep_outbound([attrs.evolve(item, reason=f"resend failed: {exc}")])
 
