@@ -8,9 +8,17 @@ run: the output directory, the live progress, a watchdog that ends a run
 which overstays its time limit, the plots, the JSON result and the table.
 Adding a scenario is adding its module to :data:`SCENARIOS`.
 
+Optional packages (the ``bench`` extra: matplotlib for the plots, rich for
+the terminal and the table) are checked before a run starts, and
+``result.json`` is written before the plots are drawn, so a missing
+package or a failing plot never costs a run its figures. (Pykka is not
+checked: the peers scenario measures the peers it can import and says
+which it could not.)
+
 Exit codes: 0 done (targets are reported, not enforced, unless ``--check``),
 1 ``--check`` and a target failed, 2 bad input (file, option, unreachable
-target), 3 the watchdog ended an overdue run, 130 interrupted.
+target, a missing optional package), 3 the watchdog ended an overdue run,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -54,19 +63,27 @@ SCENARIOS: Final[dict[str, str]] = {
     "peers": "bench.peers",
     "target": "bench.target",
     "cluster": "bench.cluster",
+    "scrape": "bench.scrape",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")
+PROG_VARIABLE: Final = "SWITCHBOARD_BENCH_PROG"  # how the harness was called, for --help
+BENCH_EXTRA: Final = "pip install -e '.[bench]'"
+
+
+def prog() -> str:
+    """How the harness was called: ``python -m bench`` or ``switchboard bench``."""
+    return os.environ.get(PROG_VARIABLE) or "python -m bench"
 
 
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog=prog(),
         description=(
             "Switchboard's benchmark and load-test harness. Run a scenario by name "
             f"(a file in {SCENARIO_DIR}) or give the path of your own scenario file."
         ),
-        epilog="`python -m bench <scenario> --help` lists that scenario's options.",
+        epilog=f"`{prog()} <scenario> --help` lists that scenario's options.",
     )
     parser.add_argument("scenario", nargs="?", help="scenario name or .toml file")
     parser.add_argument("--list", action="store_true", help="list the scenario files")
@@ -81,7 +98,7 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def build_parser(scenario: Scenario, stem: str) -> argparse.ArgumentParser:
     """The options of one scenario run: the common ones, then its parameters."""
-    parser = argparse.ArgumentParser(prog=f"python -m bench {stem}", description=scenario.help)
+    parser = argparse.ArgumentParser(prog=f"{prog()} {stem}", description=scenario.help)
     parser.add_argument("--quick", action="store_true", help="the file's [quick] sizes (tests)")
     parser.add_argument(
         "--out",
@@ -106,6 +123,14 @@ def build_parser(scenario: Scenario, stem: str) -> argparse.ArgumentParser:
         "--token",
         metavar="TOKEN",
         help="the deployment's API token (default: $SWITCHBOARD_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="the first port of the node and emulators the run starts, so that two runs "
+        "can share a machine (default: any free ports)",
     )
     add_param_options(parser, scenario.params)
     return parser
@@ -153,6 +178,28 @@ def _watchdog(limit: float, progress: Progress) -> threading.Timer:
     return timer
 
 
+def missing_packages(*, plots: bool, terminal: bool) -> list[str]:
+    """The optional packages a run needs and cannot import, with what each is for.
+
+    (Pykka is not among them: the peers scenario measures the peers it can
+    import and says which it could not.)
+    """
+    wanted: dict[str, str] = {}
+    if plots:
+        wanted["matplotlib"] = "the plots (or --no-plots)"
+    if terminal:
+        wanted["rich"] = "progress on a terminal"
+    wanted.setdefault("rich", "the summary table")
+    return [f"{name} ({why})" for name, why in wanted.items() if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install
+        return False
+
+
 def load_scenario(name: str, *, where: str) -> Scenario:
     """The registered scenario ``name``.
 
@@ -174,6 +221,14 @@ def run_scenario(name_or_path: str, argv: Sequence[str]) -> int:
     scenario = load_scenario(run_file.scenario, where=str(run_file.path))
     args = build_parser(scenario, run_file.stem).parse_args(argv)
     params = resolve_params(scenario, run_file, quick=args.quick, overrides=param_overrides(args))
+    if not 0 <= args.port_base <= 65535 - 16:
+        raise ScenarioError(f"--port-base: expected a port from 1 to 65519, got {args.port_base}")
+    missing = missing_packages(plots=not args.no_plots, terminal=sys.stderr.isatty())
+    if missing:
+        raise ScenarioError(
+            f"missing {', '.join(missing)}: install the bench extra ({BENCH_EXTRA}); "
+            "nothing was run"
+        )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = args.out or RESULTS_DIR / f"{run_file.stem}-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +243,7 @@ def run_scenario(name_or_path: str, argv: Sequence[str]) -> int:
         out_dir=out_dir,
         target=args.target,
         token=args.token or os.environ.get("SWITCHBOARD_API_TOKEN") or None,
+        port_base=args.port_base,
     )
     watchdog = _watchdog(limit, progress)
     watchdog.start()
@@ -200,10 +256,16 @@ def run_scenario(name_or_path: str, argv: Sequence[str]) -> int:
     report = attrs.evolve(
         report, parameters={"file": str(run_file.path), "time_limit": limit, **report.parameters}
     )
-    report = _draw(report, out_dir, skip=args.no_plots, progress=progress)
+    # The figures are safe on disk before anything else can fail.
     write_json(report, out_dir / "result.json")
     if args.json:
         write_json(report, args.json)
+    drawn = _draw(report, out_dir, skip=args.no_plots, progress=progress)
+    if drawn is not report:  # with the plots' paths
+        report = drawn
+        write_json(report, out_dir / "result.json")
+        if args.json:
+            write_json(report, args.json)
     print(render_table(report))
     print(f"\nwrote {out_dir / 'result.json'}" + (f" and {args.json}" if args.json else ""))
     failed = [f.name for f in report.figures if f.verdict is Verdict.FAIL]
@@ -213,13 +275,14 @@ def run_scenario(name_or_path: str, argv: Sequence[str]) -> int:
 def _draw(report: Report, out_dir: Path, *, skip: bool, progress: Progress) -> Report:
     if skip or not report.series:
         return report
-    try:
-        from .plots import draw_all
-    except ImportError as exc:  # pragma: no cover - the bench extra is missing
-        progress.note(f"no plots: {exc} (pip install -e '.[bench]')")
-        return report
+    from .plots import draw_all
+
     subtitle = f"{report.scenario} {report.started}"
-    paths = draw_all(report.series, out_dir, subtitle=subtitle)
+    try:
+        paths = draw_all(report.series, out_dir, subtitle=subtitle)
+    except Exception as exc:  # a plot is not worth the run: the JSON is written
+        print(f"bench: the plots failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return report
     return attrs.evolve(report, plots=[str(p) for p in paths])
 
 

@@ -45,6 +45,7 @@ import attrs
 import trio
 
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
+from .plots import PERCENTILES, percentile_x
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
 from .rig import (
     EMULATED,
@@ -301,7 +302,9 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         n = capacity
     if params.provider == "simulated":
         notes.append("simulated provider: no sockets; channel memory excludes a connection")
-    async with open_rig(params.provider, external=external, limits=params.limits) as rig:
+    async with open_rig(
+        params.provider, external=external, limits=params.limits, port_base=ctx.port_base
+    ) as rig:
         baseline = None
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
             t = time.perf_counter()
@@ -661,13 +664,29 @@ def _series(steps: list[StepResult], phase: ConnectPhase) -> list[Series]:
         series.append(
             Series(
                 name=f"latency_over_time_at_{key}",
-                title=f"send latency percentiles at {step.rate:,.0f} msgs/s offered",
+                title=f"send latency over time at {step.rate:,.0f} msgs/s offered",
                 x_label="seconds into the step (by when a message was due)",
                 y_label="ms",
                 x=xs,
                 lines=lines,
+                group=f"latency_at_{key}",
             )
         )
+        every = sorted(latency for second in step.by_second for latency in second)
+        if every:
+            series.append(
+                Series(
+                    name=f"latency_percentiles_at_{key}",
+                    title=f"send latency by percentile at {step.rate:,.0f} msgs/s "
+                    f"({len(every):,} messages)",
+                    x_label="percentile",
+                    y_label="ms",
+                    x=[percentile_x(q) for q in PERCENTILES],
+                    lines={"latency": [percentile(every, q) * 1e3 for q in PERCENTILES]},
+                    kind="percentile",
+                    group=f"latency_at_{key}",
+                )
+            )
         end = max(step.elapsed, 1.0)
         done = per_interval(step.done_at, 0.0, end, 1.0)
         series.append(

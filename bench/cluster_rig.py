@@ -232,13 +232,13 @@ class ClusterRig:
         lines = [
             "[node]",
             f'id = "{node_id}"',
-            "drain_deadline = 3.0",
-            "start_timeout = 10.0",
+            'drain_deadline = "3s"',
+            'start_timeout = "10s"',
             "[storage]",
             'backend = "postgres"',
             f'dsn = "{p.pg_dsn}"',
             f'schema = "{self.schema}"',
-            "checkpoint_interval = 1.0",
+            'checkpoint_interval = "1s"',
             "[ops]",
             *(
                 [f"port = {self.ops_ports[node_id]}", 'api_token = "${env:SB_API_TOKEN}"']
@@ -251,10 +251,10 @@ class ClusterRig:
             "[cluster]",
             f'redis_url = "redis://127.0.0.1:{self.breaker_ports[node_id]}/0"',
             'key_prefix = "rig"',
-            f"heartbeat_interval = {p.heartbeat}",
-            f"member_timeout = {p.member_timeout}",
-            f"lease_ttl = {p.lease_ttl}",
-            f"move_cooldown = {p.cooldown}",
+            f'heartbeat_interval = "{p.heartbeat}s"',
+            f'member_timeout = "{p.member_timeout}s"',
+            f'lease_ttl = "{p.lease_ttl}s"',
+            f'move_cooldown = "{p.cooldown}s"',
             "[providers.telegram]",
             "options = { poll_timeout = 1 }",
         ]

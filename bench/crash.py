@@ -263,7 +263,7 @@ async def _measure(
     with trio.move_on_after(ctx.remaining()) as budget:
         try:
             async with open_node(
-                _config(params, channel_ids), providers={provider.name: provider}
+                _config(params, channel_ids, ctx.port_base), providers={provider.name: provider}
             ) as node:
                 state.node = send.node = node
                 state.ledger = _ledger(node, inner)
@@ -314,13 +314,14 @@ def _ledger(node: Node, inner: Provider) -> Ledger:
     return EmulatorLedger(emulator)
 
 
-def _config(params: CrashParams, channel_ids: list[str]) -> NodeConfig:
+def _config(params: CrashParams, channel_ids: list[str], port_base: int = 0) -> NodeConfig:
     """A bench node (``bench.rig``) with the scenario's supervisor policy and channels."""
     config = node_config(
         params.provider,
         in_process_emulator=params.provider == "websocket",
         limits=params.rate_limits,
         intensity=params.intensity,
+        port_base=port_base,
     )
     supervisor = attrs.evolve(
         config.supervisor,

@@ -523,14 +523,15 @@ def _figures(
         series.append(
             Series(
                 name=f"peers_{metric.name}",
-                title=f"{metric.label} ({metric.unit}, {metric.better} is better), "
-                f"median of {len(ours)}",
+                title=f"{metric.label} ({metric.unit}, {metric.better} is better)"
+                + (f", median of {len(ours)} runs" if len(ours) > 1 else ", one run"),
                 x_label="runtime",
                 y_label=metric.unit,
                 x=[float(i) for i in range(len(runtimes))],
                 lines={"median": [median(values[rt]) for rt in runtimes]},
                 kind="bar",
                 categories=runtimes,
+                group="peers",
             )
         )
     return figures, series

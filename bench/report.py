@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import io
 import json
 import math
 import os
@@ -208,10 +209,14 @@ class Series:
         x: the x values (seconds, bin starts or category indices).
         lines: legend label -> y values, each as long as ``x``; None where
             there is no value (an interval with no samples: a gap in the line).
-        kind: ``"line"``, ``"step"`` (counts per interval) or ``"bar"``
-            (a histogram or categories side by side).
+        kind: ``"line"``, ``"step"`` (counts per interval), ``"bar"``
+            (a histogram or categories side by side) or ``"percentile"``
+            (a latency distribution: ``x`` from
+            :func:`bench.plots.percentile_x`, HdrHistogram's plot).
         categories: for ``"bar"`` over categories, their names (same
             length as ``x``); empty otherwise.
+        group: series with the same group are drawn as small multiples in
+            one figure, ``<group>.png``; empty: a figure of its own.
     """
 
     name: str
@@ -220,8 +225,9 @@ class Series:
     y_label: str
     x: list[float]
     lines: Mapping[str, Sequence[float | None]]
-    kind: Literal["line", "step", "bar"] = "line"
+    kind: Literal["line", "step", "bar", "percentile"] = "line"
     categories: list[str] = attrs.Factory(list)
+    group: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -413,52 +419,98 @@ def _verdict(f: Figure) -> str:
     return f.verdict.name if f.verdict is not Verdict.NONE else "-"
 
 
-def render_table(report: Report) -> str:
-    """The human-readable summary: one row per figure, then the notes."""
+TABLE_WIDTH: Final = 100  # columns, when the output is no terminal
+
+
+def render_table(report: Report, *, width: int | None = None) -> str:
+    """The human-readable summary: the run, one row per figure, then the notes.
+
+    The figures are a rich table fitted to ``width`` columns (default: the
+    terminal's, else :data:`TABLE_WIDTH`): a long label folds within its
+    cell, numbers never break. The long texts (machine, parameters,
+    baselines, plots, notes) come after it, wrapped to the same width.
+    """
+    import shutil
+    import textwrap
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = width or shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
     m = report.machine
-    head = [
-        f"scenario {report.scenario}  ({report.started}, {report.duration:.1f} s)",
-        f"machine  {m.cpu_count} CPUs ({m.cpus_usable} usable), {m.cpu_model}; "
-        f"Python {m.python}; " + ", ".join(f"{k} {v}" for k, v in m.packages.items()),
-        "load     "
-        + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in report.load_average.items())
-        + " (1/5/15-min load averages)",
-        "params   " + ", ".join(f"{k}={v}" for k, v in report.parameters.items()),
-        "sections " + ", ".join(f"{k} {v:.1f} s" for k, v in report.section_seconds.items()),
-        "",
-    ]
+
+    def para(label: str, text: str) -> list[str]:
+        return textwrap.wrap(
+            text,
+            width=columns,
+            initial_indent=f"{label:<9}",
+            subsequent_indent=" " * 9,
+            break_on_hyphens=False,
+        ) or [label]
+
+    head = para("scenario", f"{report.scenario}  ({report.started}, {report.duration:.1f} s)")
     # Baselines are long sentences: the table shows a letter, the legend the text.
     letters: dict[str, str] = {}
     for f in report.figures:
         if f.baseline is not None:
             letters.setdefault(f.baseline_label, "abcdefghijklmnopqrstuvwxyz"[len(letters) % 26])
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("figure", ratio=1, overflow="fold")
+    table.add_column("switchboard" if letters else "value", justify="right", no_wrap=True)
     if letters:
-        rows: list[tuple[str, ...]] = [
-            ("figure", "switchboard", "baseline", "ratio", "target", "verdict")
-        ]
-        for f in report.figures:
+        table.add_column("baseline", justify="right", no_wrap=True)
+        table.add_column("ratio", justify="right", no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    for f in report.figures:
+        target = f.target.text if f.target is not None else "-"
+        cells = [f.label, f"{_num(f.value)} {f.unit}"]
+        if letters:
             base = (
                 f"{_num(f.baseline)} {f.unit} [{letters[f.baseline_label]}]"
                 if f.baseline is not None
                 else "-"
             )
-            ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
-            target = f.target.text if f.target is not None else "-"
-            rows.append((f.label, f"{_num(f.value)} {f.unit}", base, ratio, target, _verdict(f)))
-        body = _grid(rows, {1, 2, 3})
-    else:
-        rows = [("figure", "value", "target", "verdict")]
-        for f in report.figures:
-            target = f.target.text if f.target is not None else "-"
-            rows.append((f.label, f"{_num(f.value)} {f.unit}", target, _verdict(f)))
-        body = _grid(rows, {1})
-    legend = []
+            cells += [base, f"{f.ratio:.2f}x" if f.ratio is not None else "-"]
+        table.add_row(*cells, target, _verdict(f))
+    console = Console(width=columns, record=True, file=io.StringIO(), color_system=None)
+    console.print(table, markup=False, highlight=False)
+    body = [line.rstrip() for line in console.export_text().splitlines()]
+    after: list[str] = [""]
     if letters:
-        legend = ["", "baselines (same work, same run):"]
-        legend += [f"  [{letter}] {label}" for label, letter in letters.items()]
-    plots = ["", "plots:"] + [f"  {p}" for p in report.plots] if report.plots else []
-    notes = ["", "notes:"] + [f"  - {n}" for n in report.notes] if report.notes else []
-    return "\n".join(head + body + legend + plots + notes)
+        after.append("baselines (same work, same run):")
+        for label, letter in letters.items():
+            after += textwrap.wrap(
+                f"[{letter}] {label}",
+                width=columns,
+                initial_indent="  ",
+                subsequent_indent="      ",
+            )
+        after.append("")
+    after += para(
+        "machine",
+        f"{m.cpu_count} CPUs ({m.cpus_usable} usable), {m.cpu_model}; Python {m.python}; "
+        + ", ".join(f"{k} {v}" for k, v in m.packages.items()),
+    )
+    after += para(
+        "load",
+        ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in report.load_average.items())
+        + " (1/5/15-min load averages)",
+    )
+    after += para("params", ", ".join(f"{k}={v}" for k, v in report.parameters.items()))
+    after += para(
+        "sections", ", ".join(f"{k} {v:.1f} s" for k, v in report.section_seconds.items())
+    )
+    if report.plots:
+        after += ["", "plots:"] + [f"  {p}" for p in report.plots]
+    if report.notes:
+        after += ["", "notes:"]
+        for note in report.notes:
+            after += textwrap.wrap(
+                note, width=columns, initial_indent="  - ", subsequent_indent="    "
+            )
+    return "\n".join([*head, "", *body, *after])
 
 
 def render_compare(before: Report, after: Report, *, names: tuple[str, str]) -> str:

@@ -146,13 +146,17 @@ class EmulatorControl:
 
 
 @contextlib.asynccontextmanager
-async def open_external_emulator(provider: str) -> AsyncIterator[tuple[str, int]]:
+async def open_external_emulator(provider: str, *, port: int = 0) -> AsyncIterator[tuple[str, int]]:
     """Run ``switchboard emulate <provider>`` as a child process; yield (url, pid).
+
+    Args:
+        provider: the platform.
+        port: where it listens (0: any free port).
 
     Raises:
         ScenarioError: it did not start listening in time.
     """
-    command = [sys.executable, "-m", "runtime.cli", "emulate", provider, "--port", "0"]
+    command = [sys.executable, "-m", "runtime.cli", "emulate", provider, "--port", str(port)]
     # A harness killed outright (SIGTERM, the watchdog) kills its children
     # first (bench.__main__); a normal exit ends this one below.
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
@@ -416,18 +420,22 @@ def node_config(
     limits: bool,
     backoff: BackoffConfig | None = None,
     intensity: int = 1_000_000,
+    port_base: int = 0,
 ) -> NodeConfig:
-    """A node for benchmarks: memory store, no ops listener, quiet logs."""
+    """A node for benchmarks: memory store, no ops listener (but for WhatsApp's webhooks),
+    quiet logs; its listeners on ``port_base`` and up (0: any free ports)."""
     if provider not in PROVIDERS:
         raise ScenarioError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
     defaults = ProviderDefaults(
         rate_limit=RateLimitConfig(enabled=limits),
         backoff=backoff or BackoffConfig(),
     )
-    emulators = {provider: EmulatorConfig()} if in_process_emulator else {}
+    emulators = (
+        {provider: EmulatorConfig(port=emulator_port(port_base))} if in_process_emulator else {}
+    )
     return NodeConfig(
         node=NodeSection(id="bench", start_timeout=600.0, drain_deadline=5.0),
-        ops=OpsConfig(enabled=provider == "whatsapp"),
+        ops=OpsConfig(enabled=provider == "whatsapp", port=port_base),
         logging=LoggingConfig(level="error"),
         supervisor=SupervisorConfig(intensity=intensity),
         providers={provider: defaults},
@@ -445,10 +453,13 @@ async def open_rig(
     backoff: BackoffConfig | None = None,
     intensity: int = 1_000_000,
     state_buffer: int = 100_000,
+    port_base: int = 0,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
     Args:
+        port_base: the node's ops port; the emulator's is the next (0: any
+            free ports), so that two runs can share a machine.
         provider: which platform the channels speak.
         external: run the emulator as a separate process.
         limits: keep the platform's rate limits (False turns them off).
@@ -469,7 +480,9 @@ async def open_rig(
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
         emulator: EmulatorControl | None = None
         if external:
-            url, pid = await stack.enter_async_context(open_external_emulator(provider))
+            url, pid = await stack.enter_async_context(
+                open_external_emulator(provider, port=emulator_port(port_base))
+            )
             emulator = EmulatorControl(provider, url, client, pid)
         config = node_config(
             provider,
@@ -477,6 +490,7 @@ async def open_rig(
             limits=limits,
             backoff=backoff,
             intensity=intensity,
+            port_base=port_base,
         )
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:
@@ -505,6 +519,11 @@ async def _follow(
         async for event in events:
             states.record(event.event, trio.current_time())
             states.dropped = events.dropped
+
+
+def emulator_port(port_base: int) -> int:
+    """The emulator's port for a run on ``port_base`` (0: any free port)."""
+    return port_base + 1 if port_base else 0
 
 
 def per_interval(times: Sequence[float], start: float, end: float, width: float) -> list[int]:

@@ -121,6 +121,8 @@ class RunContext:
             may put its own files beside them.
         target: ``--target URL`` in load-test mode, else None.
         token: ``--token`` (the deployment's API token), else None.
+        port_base: ``--port-base``: the first port of the node and emulators
+            the run starts (0: any free ports).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class RunContext:
         out_dir: Path,
         target: str | None = None,
         token: str | None = None,
+        port_base: int = 0,
     ) -> None:
         self.progress = progress
         self.time_limit = time_limit
@@ -139,6 +142,7 @@ class RunContext:
         self.out_dir = out_dir
         self.target = target
         self.token = token
+        self.port_base = port_base
         self._started = time.monotonic()
 
     def __repr__(self) -> str:

@@ -173,7 +173,13 @@ async def _run(params: StormParams, ctx: RunContext) -> Report:
         ctx.progress.note(notes[-1])
     backoff = BackoffConfig(base=params.backoff_base, cap=params.backoff_cap)
     storms: list[Storm] = []
-    async with open_rig(params.provider, external=external, limits=False, backoff=backoff) as rig:
+    async with open_rig(
+        params.provider,
+        external=external,
+        limits=False,
+        backoff=backoff,
+        port_base=ctx.port_base,
+    ) as rig:
         t = time.perf_counter()
         phase = await connect_all(
             rig, n, rate=0.0, budget=max(1.0, ctx.remaining() / 2), progress=ctx.progress

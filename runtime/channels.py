@@ -74,9 +74,9 @@ def effective_limits(
                 max_text_length=_pick(layer.max_text_length, limits.max_text_length),
             )
         limits = PlatformLimits(
-            per_channel_rate=_pick(layer.per_second, limits.per_channel_rate),
-            per_channel_burst=_pick(layer.burst, limits.per_channel_burst),
-            per_peer_rate=_pick(layer.per_peer_per_second, limits.per_peer_rate),
+            per_channel_rate=_pick(layer.per_channel_rate, limits.per_channel_rate),
+            per_channel_burst=_pick(layer.per_channel_burst, limits.per_channel_burst),
+            per_peer_rate=_pick(layer.per_peer_rate, limits.per_peer_rate),
             per_peer_burst=_pick(layer.per_peer_burst, limits.per_peer_burst),
             max_text_length=_pick(layer.max_text_length, limits.max_text_length),
         )

@@ -30,6 +30,8 @@ def _version() -> str:
 def _bench(argv: list[str]) -> int:
     # `switchboard bench ...` is `python -m bench ...`; run it as its own
     # program so nothing here imports the benchmark package.
+    # Its --help says how it was called.
+    os.environ["SWITCHBOARD_BENCH_PROG"] = "switchboard bench"
     os.execv(sys.executable, [sys.executable, "-m", "bench", *argv])
     return 0  # not reached
 
@@ -62,20 +64,20 @@ def _emulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: str) -> Any:
-    """The config at ``path``, or None after printing its problems to stderr."""
+def _load(path: str, overrides: list[str] | None = None) -> Any:
+    """The config at ``path`` with its ``--set`` overrides, or None after printing its problems."""
     from runtime.config import load_config
     from runtime.errors import ConfigError
 
     try:
-        return load_config(path)
+        return load_config(path, overrides=overrides or ())
     except ConfigError as exc:
         print(f"switchboard: invalid configuration\n{exc}", file=sys.stderr)
         return None
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = _load(args.file)
+    config = _load(args.file, args.set)
     if config is None:
         return EXIT_BAD_INPUT
     enabled = sum(1 for channel in config.channels if channel.enabled)
@@ -89,7 +91,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args.file)
+    config = _load(args.file, args.set)
     if config is None:
         return EXIT_BAD_INPUT
     from runtime.run import run_node
@@ -104,6 +106,19 @@ def _emulator_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.platform == "whatsapp" and args.app_secret:
         options["app_secret"] = args.app_secret
     return options
+
+
+def _add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "override a setting of the file, checked as the file is; repeatable "
+            "(--set ops.port=9000 --set logging.level=debug --set channels[0].base_url=URL)"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a node from a deployment file until SIGINT/SIGTERM (then drain)"
     )
     run.add_argument("file", help="the deployment file, e.g. config/local.toml")
+    _add_set_option(run)
     check = sub.add_parser(
         "check", help="validate a deployment file without starting anything (exit 0 or 2)"
     )
     check.add_argument("file", help="the deployment file")
+    _add_set_option(check)
     sub.add_parser(
         "bench",
         help="run a benchmark scenario (same as `python -m bench`)",

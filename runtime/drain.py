@@ -193,7 +193,17 @@ async def drain(
         channels_stopped=stopped,
         channels_killed=killed,
     )
-    log.info("%s", report.summary())
+    log.info(
+        "%s",
+        report.summary(),
+        extra={
+            "event.duration": round(report.elapsed * 1e9),
+            "switchboard.in_flight": in_flight,
+            "switchboard.kept": len(report.kept),
+            "switchboard.channels_stopped": stopped,
+            "switchboard.channels_killed": killed,
+        },
+    )
     return report
 
 
@@ -242,6 +252,10 @@ async def _keep_leftovers(
             "not sent by the drain deadline: idempotency key %s to %s",
             item.message.idempotency_key,
             item.message.peer,
-            extra={"channel": item.channel_id},
+            extra={
+                "channel": item.channel_id,
+                "switchboard.idempotency_key": item.message.idempotency_key,
+                "switchboard.peer": item.message.peer,
+            },
         )
     return kept

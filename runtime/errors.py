@@ -14,6 +14,8 @@
     ├── NodeNotRunning         the node's tree is not running                  (also RuntimeError)
     ├── NodeDraining           the node is shutting down and takes no new work
     ├── StoreError             the store could not read or write
+    ├── StartupFailed          something outside the node stopped it starting: a port
+    │                          in use, a bad TLS file (setting: the key to change)
     └── SendError              a send did not go through (channel_id, idempotency_key)
         ├── ChannelFailed          the channel stopped for good      (also actors.ChannelFailed)
         ├── ChannelUnavailable     not running, or not connected in time
@@ -78,6 +80,7 @@ __all__ = [
     "PermanentSendError",
     "SendError",
     "SendFailed",
+    "StartupFailed",
     "StoreError",
     "UnknownChannel",
     "UnknownProvider",
@@ -123,6 +126,33 @@ class ConfigError(NodeError):
         lines = [f"{source}: {count} problem{'s' if count != 1 else ''}"]
         lines.extend(f"  {problem}" for problem in self.problems)
         super().__init__("\n".join(lines))
+
+
+class StartupFailed(NodeError):
+    """The node could not start because of something outside it.
+
+    The message is one line for a person: what, where (the address or the
+    path), why, and the setting to change. It never holds a secret.
+
+    Attributes:
+        setting: the configuration key to change (``ops.port``).
+        exit_code: for ``switchboard run``: 2 when the setting names
+            something invalid (a TLS file that is not one), 1 otherwise.
+        fields: facts for the log record (``server.address``, ``file.path``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str,
+        exit_code: int = 1,
+        fields: dict[str, str | int] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.exit_code = exit_code
+        self.fields = dict(fields or {})
 
 
 class UnknownChannel(NodeError, KeyError):

@@ -195,15 +195,15 @@ class EventHub:
         if self.log_inbound and event.kind == "inbound":
             message: InboundMessage = event.event
             log.info(
-                "inbound message %s from %s in %s: %r",
-                message.platform_message_id,
-                message.sender,
-                message.peer,
+                "inbound message %r",
                 (message.text or "")[:200] if message.text is not None else message.media,
                 extra={
                     "channel": event.channel_id,
                     "tenant": event.tenant,
                     "provider": event.provider,
+                    "switchboard.message_id": message.platform_message_id,
+                    "switchboard.peer": message.peer,
+                    "user.id": message.sender,
                 },
             )
         for subscription in list(self._subscribers):

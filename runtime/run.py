@@ -2,10 +2,18 @@
 
 Design: this is a thin user of :func:`runtime.node.open_node`, as an
 embedding program would be. It owns what only a process owns: the log
-handler, the profiler, and the signals. The first SIGINT or SIGTERM drains
-the node within ``[node] drain_deadline`` and exits 0; a second one stops at
-once and exits 1. What the user needs to get going (the ops URL, the
-emulators' control APIs) goes to stdout; everything else is the log (stderr).
+handler, the profiler, and the signals. What the user needs to get going
+(the ops URL, the emulators' control APIs) goes to stdout; everything else
+is the log (stderr).
+
+Exit codes, as shells and service managers read them: 0 after a clean
+drain (the first SIGINT or SIGTERM drains within ``[node] drain_deadline``);
+2 for a bad configuration (the CLI, before this; or a setting that names
+something invalid, such as a TLS file that is not one); 128 + the signal
+(130 for SIGINT, 143 for SIGTERM) when a second signal cuts the drain short;
+1 for any other failure (a port in use, an unreachable database, a crash).
+A failure is one log line, once: what, where, and the setting to change;
+no traceback, no internal repr (the traceback is logged at debug level).
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, TypeVar
 
 import trio
 
 from .config.model import NodeConfig
+from .errors import StartupFailed, StoreError
 from .node import Node, open_node
 from .telemetry import configure_logging, start_profiling
 
@@ -27,8 +36,8 @@ __all__ = ["describe", "run_node"]
 log = logging.getLogger("switchboard.node")
 
 EXIT_OK: Final = 0
-EXIT_STOPPED_AT_ONCE: Final = 1  # a second signal cut the drain short
 EXIT_FAILED: Final = 1  # the node could not run
+EXIT_SIGNALLED: Final = 128  # + the signal that cut the drain short (130 SIGINT, 143 SIGTERM)
 
 
 def run_node(config: NodeConfig) -> int:
@@ -37,13 +46,36 @@ def run_node(config: NodeConfig) -> int:
     for notice in config.deprecations:
         log.warning("%s: %s", config.source, notice)
     profiler = start_profiling(config.profiling, node_id=config.node.id)
+    started = trio.Event()  # set once the node runs; only an event's flag is read
     try:
-        return trio.run(_serve, config)
+        return trio.run(_serve, config, started)
     except Exception as exc:
-        reason = describe(exc)
+        stopped = _find(exc, _StopAtOnce)
+        if stopped is not None:  # out of a nursery, in a group
+            return EXIT_SIGNALLED + stopped.signum
         log.debug("node %s stopped", config.node.id, exc_info=True)
-        log.critical("node %s stopped: %s", config.node.id, reason)
-        print(f"switchboard: node {config.node.id!r} stopped: {reason}", file=sys.stderr)
+        startup = _startup_failure(exc)
+        store = _find(exc, StoreError)
+        if startup is None and store is not None and not started.is_set():
+            # The store is opened first: it cannot be reached at all.
+            startup = StartupFailed(str(store), setting="storage.dsn")
+        if startup is not None:
+            log.critical(
+                "cannot start: %s",
+                startup,
+                extra={
+                    "error.type": type(startup).__name__,
+                    "switchboard.setting": startup.setting,
+                    **startup.fields,
+                },
+            )
+            return startup.exit_code
+        log.critical(
+            "node %s stopped: %s",
+            config.node.id,
+            describe(exc),
+            extra={"error.type": type(_leaf(exc)).__name__},
+        )
         return EXIT_FAILED
     finally:
         if profiler is not None:
@@ -55,40 +87,72 @@ def run_node(config: NodeConfig) -> int:
 class _StopAtOnce(Exception):
     """A second signal arrived while draining."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
-async def _serve(config: NodeConfig) -> int:
+
+async def _serve(config: NodeConfig, started: trio.Event) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with open_node(config) as node:
+                started.set()
                 _banner(node)
                 first = await signals.__anext__()
                 log.info(
                     "%s: draining (deadline %g s); send it again to stop at once",
                     signal.Signals(first).name,
                     config.node.drain_deadline,
+                    extra={"switchboard.signal": signal.Signals(first).name},
                 )
                 await _drain_unless_signalled(node, signals)
-        except _StopAtOnce:
-            return EXIT_STOPPED_AT_ONCE
+        except _StopAtOnce as stop:
+            return EXIT_SIGNALLED + stop.signum
     return EXIT_OK
 
 
 async def _drain_unless_signalled(node: Node, signals: AsyncIterator[int]) -> None:
-    interrupted = False
+    again: int | None = None
     async with trio.open_nursery() as nursery:
 
         async def second_signal() -> None:
-            nonlocal interrupted
+            nonlocal again
             again = await signals.__anext__()
             log.warning("%s again: stopping at once", signal.Signals(again).name)
-            interrupted = True
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(second_signal)
         await node.drain()
         nursery.cancel_scope.cancel()
-    if interrupted:
-        raise _StopAtOnce
+    if again is not None:
+        raise _StopAtOnce(again)
+
+
+def _startup_failure(exc: BaseException) -> StartupFailed | None:
+    """The :class:`StartupFailed` behind ``exc`` (in groups, causes and failed starts)."""
+    return _find(exc, StartupFailed)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _find(exc: BaseException | None, kind: type[_E]) -> _E | None:
+    """The first ``kind`` in ``exc``, its groups and its chain of causes."""
+    if exc is None or isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+        return None
+    return _find(exc.__cause__, kind)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def describe(exc: BaseException) -> str:

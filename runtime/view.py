@@ -10,7 +10,7 @@ a scrape costs no lock on the message path.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
@@ -18,10 +18,35 @@ from actors import ChannelStatistics, ChannelStatus
 from providers.base import Connection, OutboundMessage, SendResult
 from providers.operations import Operation
 
+from .telemetry.histograms import LatencySnapshot
+
 if TYPE_CHECKING:
     from .store.durable import StoredDeadLetter
 
-__all__ = ["ChannelSnapshot", "NodeStatistics", "NodeView", "WebhookTarget"]
+__all__ = [
+    "TOTAL_FIELDS",
+    "ChannelSnapshot",
+    "ChannelTotals",
+    "NodeStatistics",
+    "NodeView",
+    "WebhookTarget",
+    "totals_of",
+]
+
+TOTAL_FIELDS: Final = (
+    "sent",
+    "send_failures",
+    "received",
+    "duplicates",
+    "reconnects",
+    "rate_limit_waits",
+    "restarts",
+    "subscriber_drops",
+    "dead_letters",
+    "mailbox_depth",
+    "connected",
+)
+"""The figures :class:`ChannelTotals` sums per tenant and provider, in order."""
 
 
 @attrs.frozen(kw_only=True)
@@ -94,6 +119,8 @@ class NodeStatistics:
         uptime: seconds since the node started.
         store_backend: ``memory`` or ``postgres``.
         store_pending: inbound events not yet written to the store.
+        latencies: the node's latency histograms (send, connect and inbound
+            per provider; store flushes), as they stand.
     """
 
     node_id: str
@@ -104,6 +131,47 @@ class NodeStatistics:
     uptime: float
     store_backend: str
     store_pending: int
+    latencies: tuple[LatencySnapshot, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ChannelTotals:
+    """The channels of a node summed, for metrics that do not grow with them.
+
+    Attributes:
+        sums: ``(tenant, provider)`` -> the :data:`TOTAL_FIELDS` in order
+            (``connected``: how many channels are connected).
+        states: ``(provider, status)`` -> channels; ``None`` for a channel
+            the node could not start.
+        channels: the channels counted (those running here, started or not).
+    """
+
+    sums: Mapping[tuple[str, str], tuple[int, ...]]
+    states: Mapping[tuple[str, ChannelStatus | None], int]
+    channels: int
+
+
+def totals_of(snapshots: Sequence[ChannelSnapshot]) -> ChannelTotals:
+    """:class:`ChannelTotals` from snapshots (a node may count faster from its own state)."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    states: dict[tuple[str, ChannelStatus | None], int] = {}
+    count = 0
+    for snapshot in snapshots:
+        if snapshot.remote:
+            continue
+        count += 1
+        status = None if snapshot.start_error is not None else snapshot.status
+        states[snapshot.provider, status] = states.get((snapshot.provider, status), 0) + 1
+        row = sums.setdefault((snapshot.tenant, snapshot.provider), [0] * len(TOTAL_FIELDS))
+        stats = snapshot.statistics
+        if stats is not None:
+            for index, name in enumerate(TOTAL_FIELDS[:-2]):
+                row[index] += getattr(stats, name)
+        row[-2] += snapshot.mailbox_depth
+        row[-1] += 1 if status is ChannelStatus.CONNECTED else 0
+    return ChannelTotals(
+        sums={key: tuple(values) for key, values in sums.items()}, states=states, channels=count
+    )
 
 
 class NodeView(Protocol):
@@ -125,6 +193,10 @@ class NodeView(Protocol):
 
     def statistics(self) -> NodeStatistics:
         """Node-wide figures."""
+        ...
+
+    def channel_totals(self) -> ChannelTotals:
+        """The channels running here, summed (no object per channel)."""
         ...
 
     def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:

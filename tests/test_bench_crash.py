@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,9 @@ def quick_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         timeout=BENCH_TIMEOUT,
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
+        # A wide terminal, so that each figure's label fits its row (the table
+        # folds long labels at 100 columns: tests/test_bench_tools.py).
+        env={**os.environ, "COLUMNS": "250"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "result.json").read_text(encoding="utf-8"))

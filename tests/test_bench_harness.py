@@ -162,23 +162,23 @@ def test_compare_reads_both_files_and_judges_each_figure(
     assert "not a bench result file" in capsys.readouterr().err
 
 
-def test_progress_draws_in_place_on_a_terminal_and_lines_in_a_log() -> None:
-    tty = io.StringIO()
-    progress = Progress("demo", stream=tty, interactive=True)
-    progress.phase("connecting", 200, "channels")
-    progress.update(50, rate="1,000/s")
-    progress.close()
-    text = tty.getvalue()
-    assert "[demo] connecting\n" in text
-    assert "\r\x1b[2K" in text and "25%" in text and "50/200 channels" in text
-    assert "rate=1,000/s" in text
+def test_progress_in_a_log_is_plain_lines_with_each_phases_final_state() -> None:
     log = io.StringIO()
     progress = Progress("demo", stream=log, interactive=False)
-    progress.phase("load", 10)
-    progress.update(10)
+    progress.phase("load", 10, "steps")
+    progress.update(3)  # the first update draws; the next ones wait LOG_INTERVAL
+    progress.update(10, sent=1000)
     progress.note("capped at 9,800 channels")
-    assert "\r" not in log.getvalue()
-    assert "[demo] capped at 9,800 channels\n" in log.getvalue()
+    progress.phase("drain")
+    progress.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and "\x1b" not in log.getvalue()
+    assert lines[0] == "[demo] load"
+    assert "3/10 steps" in lines[1]
+    assert lines[2] == "[demo] capped at 9,800 channels"
+    # The phase's final state is drawn when it ends, not lost.
+    assert "100% 10/10 steps" in lines[3] and "sent=1,000" in lines[3]
+    assert lines[4] == "[demo] drain"
 
 
 def test_plots_are_pngs_and_a_ragged_series_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,9 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
         timeout=BENCH_TIMEOUT,
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
+        # A wide terminal, so that each figure's label fits its row (the table
+        # folds long labels at 100 columns: tests/test_bench_tools.py).
+        env={**os.environ, "COLUMNS": "250"},
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text(encoding="utf-8")), proc.stdout

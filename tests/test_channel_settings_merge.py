@@ -19,8 +19,8 @@ PLATFORM = PlatformLimits(
 
 
 def test_channel_overrides_win_over_provider_defaults_over_the_platform() -> None:
-    defaults = RateLimitConfig(per_second=20.0, per_peer_burst=3)
-    override = RateLimitConfig(per_second=5.0, max_text_length=100)
+    defaults = RateLimitConfig(per_channel_rate=20.0, per_peer_burst=3)
+    override = RateLimitConfig(per_channel_rate=5.0, max_text_length=100)
     limits = effective_limits(PLATFORM, defaults, override)
     assert limits == PlatformLimits(
         per_channel_rate=5.0,
@@ -37,7 +37,7 @@ def test_limits_can_be_turned_off_at_either_layer(where: str) -> None:
     limits = (
         effective_limits(PLATFORM, off, None)
         if where == "defaults"
-        else effective_limits(PLATFORM, RateLimitConfig(per_second=2.0), off)
+        else effective_limits(PLATFORM, RateLimitConfig(per_channel_rate=2.0), off)
     )
     assert limits.per_channel_rate == UNLIMITED
     assert limits.per_peer_rate == UNLIMITED

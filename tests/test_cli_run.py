@@ -13,7 +13,7 @@ import shutil
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,15 @@ class Node:
         return self.stderr.decode(errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines, their ECS objects as dotted keys (``log.logger``)."""
         records = []
         for line in self.err.splitlines():
             try:
-                records.append(json.loads(line))
+                document = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(document, dict):
+                records.append(dotted(document))
         return records
 
     def url(self, label: str) -> str:
@@ -93,6 +96,17 @@ class Node:
         return str(line)
 
 
+def dotted(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """An ECS log line's nested objects as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 async def poll(condition: Any, *, within: float = 30.0) -> None:
     """Wait until ``condition()`` holds, checking every POLL seconds, at most ``within``."""
     for _ in range(int(within / POLL)):
@@ -108,9 +122,11 @@ async def _pump(stream: Any, into: bytearray) -> None:
 
 
 @asynccontextmanager
-async def run_node(config: Path | str, env: dict[str, str] | None = None) -> AsyncIterator[Node]:
+async def run_node(
+    config: Path | str, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> AsyncIterator[Node]:
     process = await trio.lowlevel.open_process(
-        [*switchboard(), "run", str(config)],
+        [*switchboard(), "run", str(config), *args],
         stdout=-1,
         stderr=-1,
         env={**os.environ, **(env or {})},
@@ -195,10 +211,18 @@ async def test_local_toml_connects_every_channel_logs_inbound_and_drains_on_sigt
             inbound = [
                 r
                 for r in node.log_records()
-                if r.get("logger") == "switchboard.events" and "inbound message" in r["message"]
+                if r.get("log.logger") == "switchboard.events" and "inbound message" in r["message"]
             ]
-            assert {r["channel"] for r in inbound} == {f"{p}-local" for p in INJECT}
-            assert all(r["tenant"] == "demo" and r["node"] == "local" for r in inbound)
+            assert {r["switchboard.channel"] for r in inbound} == {f"{p}-local" for p in INJECT}
+            assert all(
+                r["switchboard.tenant"] == "demo" and r["service.node.name"] == "local"
+                for r in inbound
+            )
+            # Every fact is a field: who wrote, where, and the platform's id.
+            assert all(
+                r["switchboard.message_id"] and r["switchboard.peer"] and r["user.id"]
+                for r in inbound
+            )
             code = await node.stop(signal.SIGTERM)
     assert code == 0, node.err
     assert "Traceback" not in node.err
@@ -232,7 +256,7 @@ credentials = { token = "SUPERSECRET-LITERAL-123" }
 id = "dc"
 provider = "discord"
 credentials = { token = "${env:SB_TEST_DISCORD_TOKEN}" }
-rate_limit = { per_second = -5 }
+rate_limit = { per_channel_rate = -5 }
 
 [[channels]]
 id = "wa"
@@ -266,7 +290,7 @@ async def test_a_bad_config_exits_2_with_every_problem_and_no_secret(tmp_path: P
                 "ops.port",
                 "logging",
                 "channels[0].credentials.token",
-                "channels[1].rate_limit.per_second",
+                "channels[1].rate_limit.per_channel_rate",
                 "channels[2].provider",
                 "channels[2].credentials.token",
             ):
@@ -386,7 +410,12 @@ id = "ws"
 provider = "websocket"
 base_url = "{ws_url}"
 credentials = {{ token = "${{env:SB_TEST_WS_TOKEN}}" }}
-rate_limit = {{ per_second = 40.0, burst = 1, per_peer_per_second = 40.0, per_peer_burst = 1 }}
+
+[channels.rate_limit]
+per_channel_rate = "40/s"
+per_channel_burst = 1
+per_peer_rate = "40/s"
+per_peer_burst = 1
 """
 
 TOKEN, API_TOKEN, MESSAGES = "ws-test-token", "api-test-token", 200
@@ -483,12 +512,21 @@ async def test_a_busy_port_stops_the_node_with_one_clear_line(tmp_path: Path) ->
     with trio.fail_after(CEILING), listener:
         code, _, err = await run_command("run", str(path))
     assert code == 1
-    assert "Traceback" not in err
-    assert "switchboard: node 'busy' stopped:" in err
-    assert "child 'ops'" in err and "Address already in use" in err
+    # One line, once: the address, why, and the setting to change; no repr, no traceback.
+    (line,) = err.splitlines()
+    assert line.endswith(
+        f"[critical ] cannot start: cannot listen on 127.0.0.1:{port} for ops HTTP: address "
+        "already in use; change ops.port, or stop what listens there [switchboard.node] "
+        f"node=busy error.type=StartupFailed setting=ops.port server.address=127.0.0.1 "
+        f"server.port={port}"
+    ), line
+    assert "Traceback" not in err and "ActorRef" not in err and "OSError" not in err
 
 
-async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("second", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_a_second_signal_cuts_the_drain_short(
+    tmp_path: Path, second: signal.Signals, exit_code: int
+) -> None:
     emulator = WebSocketEmulator(tokens={TOKEN})
     env = {"SB_TEST_WS_TOKEN": TOKEN, "SB_TEST_API_TOKEN": API_TOKEN}
     outcomes: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -518,9 +556,9 @@ async def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
                         await emulator.platform_fault({"kind": "silence"})
                         node.process.send_signal(signal.SIGTERM)
                         await node.wait_output("draining", stream="err")
-                        code = await node.stop(signal.SIGTERM)
+                        code = await node.stop(second)
                         nursery.cancel_scope.cancel()
-    assert code == 1, node.err[-2000:]
+    assert code == exit_code, node.err[-2000:]  # 128 + the second signal
     assert "stopping at once" in node.err
     # Cut short: the drain never reported (it waited for sends that could not end).
     assert not [r for r in node.log_records() if "drained in" in r["message"]]

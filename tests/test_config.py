@@ -38,16 +38,16 @@ REPO: Path = Path(__file__).resolve().parent.parent
 FULL = """
 [node]
 id = "node-1"
-drain_deadline = 20.0
-start_timeout = 15
+drain_deadline = "20s"
+start_timeout = "15s"
 
 [storage]
 backend = "postgres"
 dsn = "postgresql://sb:${env:PG_PASSWORD}@db:5432/sb"
 schema = "sb_test"
 batch_size = 1000
-flush_interval = 0.25
-checkpoint_interval = 2.5
+flush_interval = "250ms"
+checkpoint_interval = "2.5s"
 
 [ops]
 enabled = true
@@ -70,22 +70,22 @@ inbound = true
 
 [supervisor]
 intensity = 0
-period = 5
-shutdown = 2.5
-restart_backoff = { base = 0.5, cap = 60, random_factor = 1 }
+period = "5s"
+shutdown = "2500ms"
+restart_backoff = { base = "0.5s", cap = "1m", random_factor = 1 }
 
 [providers.telegram]
 max_connections = 0
 base_url = "https://telegram.example/api"
 send_attempts = 3
-liveness_timeout = 90
+liveness_timeout = "1m30s"
 options = { poll_timeout = 25 }
-backoff = { base = 1, cap = 60, reset_after = 30, max_attempts = 10 }
+backoff = { base = "1s", cap = "60s", reset_after = "30s", max_attempts = 10 }
 
 [providers.telegram.rate_limit]
-per_second = 30
-burst = 30
-per_peer_per_second = 1
+per_channel_rate = "30/s"
+per_channel_burst = 30
+per_peer_rate = "60/min"
 per_peer_burst = 3
 max_text_length = 4096
 
@@ -103,10 +103,10 @@ tenant = "acme"
 provider = "telegram"
 credentials = { token = "${env:TELEGRAM_TOKEN}" }
 options = { mode = "webhook", webhook_secret = "${env:TG_HOOK_SECRET}" }
-rate_limit = { per_second = 20, enabled = false }
-backoff = { cap = 120 }
+rate_limit = { per_channel_rate = "20/s", enabled = false }
+backoff = { cap = "2m" }
 send_attempts = 5
-liveness_timeout = 45.5
+liveness_timeout = "45.5s"
 
 [[channels]]
 id = "tg-local"
@@ -206,9 +206,9 @@ def test_every_section_of_a_full_file_is_read() -> None:
                 liveness_timeout=90.0,
                 options={"poll_timeout": 25},
                 rate_limit=RateLimitConfig(
-                    per_second=30.0,
-                    burst=30,
-                    per_peer_per_second=1.0,
+                    per_channel_rate=30.0,
+                    per_channel_burst=30,
+                    per_peer_rate=1.0,
                     per_peer_burst=3,
                     max_text_length=4096,
                 ),
@@ -226,7 +226,7 @@ def test_every_section_of_a_full_file_is_read() -> None:
                 provider="telegram",
                 credentials={"token": "123:tg-token"},
                 options={"mode": "webhook", "webhook_secret": "hook-secret-000"},
-                rate_limit=RateLimitConfig(per_second=20.0, enabled=False),
+                rate_limit=RateLimitConfig(per_channel_rate=20.0, enabled=False),
                 backoff=BackoffConfig(cap=120.0),
                 send_attempts=5,
                 liveness_timeout=45.5,
@@ -339,7 +339,7 @@ def test_references_resolve_in_every_string() -> None:
         provider = "telegram"
         emulator = true
         base_url = "http://${env:HOST}"
-        rate_limit = { per_second = "${env:RATE}" }
+        rate_limit = { per_channel_rate = "${env:RATE}" }
         """,
         env={"PORT": "8080", "ON": "false", "HOST": "h", "WHO": "w", "ID": "c1", "RATE": "2.5"},
     )
@@ -348,7 +348,7 @@ def test_references_resolve_in_every_string() -> None:
     assert config.emulators["telegram"].options == {"greeting": ["hi w", {"nested": "ww"}]}
     channel = config.channels[0]
     assert (channel.id, channel.base_url) == ("c1", "http://h")
-    assert channel.rate_limit == RateLimitConfig(per_second=2.5)
+    assert channel.rate_limit == RateLimitConfig(per_channel_rate=2.5)
     assert config.resolved_secrets == ()  # nothing resolved inside a secret field
 
 
@@ -566,11 +566,24 @@ def test_secret_values_never_appear_in_the_error() -> None:
         ("[ops]\nhost = 127\n", "expected a string, got 127 @ ops.host"),
         (
             '[node]\ndrain_deadline = "soon"\n',
-            'expected a number, got "soon" @ node.drain_deadline',
+            'expected a duration such as "10s", "250ms", "2m" or "1h", got "soon" '
+            "@ node.drain_deadline",
         ),
-        ("[node]\ndrain_deadline = nan\n", "expected a number, got nan @ node.drain_deadline"),
-        ("[node]\ndrain_deadline = inf\n", "expected a number, got inf @ node.drain_deadline"),
-        ("[node]\nstart_timeout = false\n", "expected a number, got false @ node.start_timeout"),
+        (
+            "[node]\ndrain_deadline = nan\n",
+            'expected a duration such as "10s", "250ms", "2m" or "1h", got nan '
+            "@ node.drain_deadline",
+        ),
+        (
+            "[node]\ndrain_deadline = inf\n",
+            'expected a duration such as "10s", "250ms", "2m" or "1h", got inf '
+            "@ node.drain_deadline",
+        ),
+        (
+            "[node]\nstart_timeout = false\n",
+            'expected a duration such as "10s", "250ms", "2m" or "1h", got false '
+            "@ node.start_timeout",
+        ),
         (
             '[storage]\nbackend = "mongodb"\n',
             'expected one of "memory", "sqlite", "postgres", got "mongodb" @ storage.backend',
@@ -595,12 +608,12 @@ def test_secret_values_never_appear_in_the_error() -> None:
         ('[[channels]]\nid = "x"\n', 'missing required key "provider" @ channels[0]'),
         # ranges
         (
-            SIM + "rate_limit = { per_second = 0 }\n",
-            "expected a positive number, got 0 @ channels[0].rate_limit.per_second",
+            SIM + "rate_limit = { per_channel_rate = 0 }\n",
+            "expected a positive number, got 0 @ channels[0].rate_limit.per_channel_rate",
         ),
         (
-            SIM + "rate_limit = { burst = 0 }\n",
-            "expected an integer >= 1, got 0 @ channels[0].rate_limit.burst",
+            SIM + "rate_limit = { per_channel_burst = 0 }\n",
+            "expected an integer >= 1, got 0 @ channels[0].rate_limit.per_channel_burst",
         ),
         (
             SIM + "rate_limit = { max_text_length = 0 }\n",
@@ -715,8 +728,9 @@ def test_secret_values_never_appear_in_the_error() -> None:
             "@ providers.discord.backoff",
         ),
         (
-            "[providers.discord.rate_limit]\nburst = 5\nper_peer_burst = 6\n",
-            "per_peer_burst (6) is above burst (5): no peer gets a larger burst than the channel "
+            "[providers.discord.rate_limit]\nper_channel_burst = 5\nper_peer_burst = 6\n",
+            "per_peer_burst (6) is above per_channel_burst (5): no peer gets a larger burst "
+            "than the channel "
             "@ providers.discord.rate_limit",
         ),
     ],
@@ -736,8 +750,9 @@ def test_one_problem(text: str, expected: str) -> None:
             'unknown key "drain_deadlin"; did you mean "drain_deadline"? @ node',
         ),
         (
-            SIM + "rate_limit = { per_secnd = 3 }\n",
-            'unknown key "per_secnd"; did you mean "per_second"? @ channels[0].rate_limit',
+            SIM + "rate_limit = { per_channel_rte = 3 }\n",
+            'unknown key "per_channel_rte"; did you mean "per_channel_rate"? '
+            "@ channels[0].rate_limit",
         ),
         (SIM + 'tennant = "a"\n', 'unknown key "tennant"; did you mean "tenant"? @ channels[0]'),
         (
@@ -758,8 +773,8 @@ def test_one_problem(text: str, expected: str) -> None:
         ),
         (
             "[ops]\nzzz = 1\n",
-            'unknown key "zzz"; expected one of "api_token", "enabled", "host", "port", '
-            '"public_url" @ ops',
+            'unknown key "zzz"; expected one of "api_token", "certfile", "enabled", "host", '
+            '"keyfile", "port", "public_url" @ ops',
         ),
         (
             "[providers.telgram]\n",
@@ -854,24 +869,24 @@ def test_emulated_channels_need_no_credentials_and_defaults_can_supply_options()
 def test_limits_are_checked_after_merging_provider_defaults() -> None:
     text = """
         [providers.telegram.rate_limit]
-        per_second = 10
+        per_channel_rate = 10
         [providers.telegram.backoff]
         cap = 30
         [[channels]]
         id = "tg"
         provider = "telegram"
         emulator = true
-        rate_limit = { per_peer_per_second = 20 }
+        rate_limit = { per_peer_rate = 20 }
         backoff = { base = 60 }
         [[channels]]
         id = "ok"
         provider = "telegram"
         emulator = true
-        rate_limit = { per_second = 50, per_peer_per_second = 20 }
+        rate_limit = { per_channel_rate = 50, per_peer_rate = 20 }
         [emulators.telegram]
     """
     assert problems(text) == [
-        "per_peer_per_second (20) is above per_second (10, from [providers.telegram.rate_limit]): "
+        "per_peer_rate (20) is above per_channel_rate (10, from [providers.telegram.rate_limit]): "
         "no peer is sent to faster than the channel @ channels[0].rate_limit",
         "base (60) is above cap (30, from [providers.telegram.backoff]): "
         "the longest wait cannot be shorter than the first @ channels[0].backoff",
@@ -905,7 +920,7 @@ def test_every_problem_in_a_file_is_reported_at_once_in_file_order() -> None:
         id = "tg"
         provider = "telegram"
         credentials = { token = "${env:TELEGRAM_TOKEN}" }
-        rate_limit = { per_secnd = 3, burst = 0 }
+        rate_limit = { per_channel_rte = 3, per_channel_burst = 0 }
 
         [[channels]]
         id = "tg"
@@ -935,8 +950,8 @@ def test_every_problem_in_a_file_is_reported_at_once_in_file_order() -> None:
         'got "n 1" @ node.id',
         "expected a positive number, got -1 @ node.drain_deadline",
         "environment variable TELEGRAM_TOKEN is not set @ channels[0].credentials.token",
-        'unknown key "per_secnd"; did you mean "per_second"? @ channels[0].rate_limit',
-        "expected an integer >= 1, got 0 @ channels[0].rate_limit.burst",
+        'unknown key "per_channel_rte"; did you mean "per_channel_rate"? @ channels[0].rate_limit',
+        "expected an integer >= 1, got 0 @ channels[0].rate_limit.per_channel_burst",
         'duplicate channel id "tg": channels[0] and channels[1] both use it @ channels[1].id',
         'unknown provider "telegarm"; did you mean "telegram"? @ channels[1].provider',
         'expected an integer, got "many" @ channels[1].send_attempts',
@@ -987,8 +1002,8 @@ def test_an_unreadable_file_is_one_problem(tmp_path: Path) -> None:
 def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
     with pytest.raises(ValueError, match=r"^id: expected 1 to 64 letters.*got 'tg:support'$"):
         ChannelSpec(id="tg:support", provider="telegram")
-    with pytest.raises(ValueError, match=r"^per_second: expected a positive number, got -1$"):
-        RateLimitConfig(per_second=-1)
+    with pytest.raises(ValueError, match=r"^per_channel_rate: expected a positive number, got -1$"):
+        RateLimitConfig(per_channel_rate=-1)
     with pytest.raises(ValueError) as caught:
         StorageConfig(dsn="mysql://u:hunter2@db/x")
     assert str(caught.value) == "dsn: expected a postgresql:// URL"  # a secret: not echoed
@@ -997,7 +1012,7 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
 
 def test_the_package_exports_exactly_its_all() -> None:
     exported = {name for name in vars(runtime.config) if not name.startswith("_")}
-    modules = {"loader", "model", "refs", "rules"}
+    modules = {"loader", "model", "overrides", "refs", "rules", "units"}
     assert exported - modules == set(runtime.config.__all__)
     assert all(getattr(runtime.config, name).__doc__ for name in runtime.config.__all__)
 
@@ -1041,10 +1056,10 @@ def test_the_repository_config_files_load(path: Path) -> None:
 
 def test_deprecated_backoff_keys_are_read_under_their_new_names() -> None:
     config = parse_config(
-        "[supervisor.restart_backoff]\nmin = 0.5\nmax = 9\n"
-        "[providers.simulated]\nbackoff = { stable_after = 12 }\n"
+        '[supervisor.restart_backoff]\nmin = "0.5s"\nmax = "9s"\n'
+        '[providers.simulated]\nbackoff = { stable_after = "12s" }\n'
         + SIM
-        + "backoff = { stable_after = 3 }\n"
+        + 'backoff = { stable_after = "3s" }\n'
     )
     assert config.supervisor.restart_backoff.base == 0.5
     assert config.supervisor.restart_backoff.cap == 9.0

@@ -111,9 +111,8 @@ def published(node: Node) -> list[str]:
     """The platform ids of the inbound messages the node published (its log)."""
     ids = []
     for record in node.log_records():
-        text = record.get("message", "")
-        if text.startswith("inbound message "):
-            ids.append(text.split()[2])
+        if record.get("message", "").startswith("inbound message "):
+            ids.append(record["switchboard.message_id"])
     return ids
 
 
@@ -271,9 +270,9 @@ provider = "websocket"
 base_url = "{ws}"
 credentials = {{ token = "${{env:SB_KILL_WS_TOKEN}}" }}
 [channels.rate_limit]
-per_second = {RATE}
-burst = {BURST}
-per_peer_per_second = {RATE}
+per_channel_rate = {RATE}
+per_channel_burst = {BURST}
+per_peer_rate = {RATE}
 per_peer_burst = {BURST}
 """,
             )

@@ -164,7 +164,12 @@ async def test_a_failed_channel_stays_failed_across_a_restart_until_revived(
 async def test_a_restart_cannot_mint_rate_limit_budget(autojump_clock: Any) -> None:
     """One message per 10 s: a restart in between must not allow a second one sooner."""
     provider = SimulatedProvider()
-    limits = {"per_second": 0.1, "burst": 1, "per_peer_per_second": 0.1, "per_peer_burst": 1}
+    limits = {
+        "per_channel_rate": 0.1,
+        "per_channel_burst": 1,
+        "per_peer_rate": 0.1,
+        "per_peer_burst": 1,
+    }
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
             async with open_node(

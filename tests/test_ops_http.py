@@ -55,7 +55,7 @@ from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.errors import NodeDraining, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
-from runtime.view import ChannelSnapshot, NodeStatistics, WebhookTarget
+from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
 from tests.support import emulator_call, real_time_ceiling
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
@@ -147,6 +147,9 @@ class FakeNode:
 
     def statistics(self) -> NodeStatistics:
         return self.stats
+
+    def channel_totals(self) -> ChannelTotals:
+        return totals_of(self.channels())
 
     def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:
         return self.targets.get(provider, [])

@@ -15,7 +15,13 @@ import trio
 
 import runtime.telemetry
 from runtime.config.model import LoggingConfig
-from runtime.telemetry import LogHandle, configure_logging, log_context
+from runtime.telemetry import (
+    ECS_VERSION,
+    LogHandle,
+    configure_logging,
+    escape_controls,
+    log_context,
+)
 
 NODE = "node-7"
 SECRET = "s3cr3t-T0ken-value"
@@ -41,8 +47,21 @@ class Output:
         return self.stream.getvalue().splitlines()
 
     def records(self) -> list[dict[str, Any]]:
-        """The JSON lines, parsed (each must be one valid object)."""
-        return [json.loads(line) for line in self.lines()]
+        """The JSON lines, parsed (each must be one valid object), with dotted keys."""
+        return [flat(json.loads(line)) for line in self.lines()]
+
+
+def flat(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """An ECS document's nested objects as dotted keys (``{"log": {"logger": x}}``)."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        # An extra whose value is itself a table (the secrets test's "nested") stays one.
+        if isinstance(value, dict) and name != "switchboard.nested":
+            out.update(flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 @pytest.fixture
@@ -99,8 +118,8 @@ def test_text_line_has_timestamp_level_logger_message_then_context(text: Output)
     )
     channels_log.handle(record)
     assert text.lines() == [
-        "2026-11-22T10:00:00.123Z INFO  switchboard.channels  connected after 3 attempts  "
-        f"channel=tg-1 tenant=acme provider=telegram node={NODE}"
+        "2026-11-22T10:00:00.123Z [info     ] connected after 3 attempts "
+        f"[switchboard.channels] node={NODE} channel=tg-1 tenant=acme provider=telegram"
     ]
 
 
@@ -108,8 +127,8 @@ def test_text_line_shows_only_the_context_present_and_quotes_spaced_values(text:
     channels_log.warning("rate limited", extra={"tenant": "acme", "reason": "too many requests"})
     (line,) = text.lines()
     assert re.fullmatch(
-        TS + rf' WARNING switchboard\.channels  rate limited  tenant=acme reason="too many '
-        rf'requests" node={NODE}',
+        TS + rf" \[warning  \] rate limited \[switchboard\.channels\] node={NODE} tenant=acme "
+        r"reason='too many requests'",
         line,
     ), line
 
@@ -119,17 +138,22 @@ def test_json_line_has_the_documented_keys(jsonl: Output) -> None:
         channels_log, {"channel": "tg-1", "tenant": "acme", "provider": "telegram"}
     )
     adapter.info("sent %s", "m-1")
+    (line,) = jsonl.lines()
+    # The ecs-logging spec: these four first, dotted; the rest nested.
+    assert list(json.loads(line))[:4] == ["@timestamp", "log.level", "message", "ecs.version"]
     (record,) = jsonl.records()
-    ts = record.pop("ts")
+    ts = record.pop("@timestamp")
     assert re.fullmatch(TS, ts)
     assert record == {
-        "level": "INFO",
-        "logger": "switchboard.channels",
+        "log.level": "info",
         "message": "sent m-1",
-        "node": NODE,
-        "channel": "tg-1",
-        "tenant": "acme",
-        "provider": "telegram",
+        "ecs.version": ECS_VERSION,
+        "log.logger": "switchboard.channels",
+        "service.name": "switchboard",
+        "service.node.name": NODE,
+        "switchboard.channel": "tg-1",
+        "switchboard.tenant": "acme",
+        "switchboard.provider": "telegram",
     }
 
 
@@ -139,15 +163,25 @@ def test_json_keeps_other_extras_and_reprs_what_json_cannot_hold(jsonl: Output) 
             return "<Opaque 42>"
 
     channels_log.info(
-        "batch", extra={"attempt": 3, "peers": ["a", "b"], "thing": Opaque(), "level": "mine"}
+        "batch",
+        extra={
+            "attempt": 3,
+            "peers": ["a", "b"],
+            "thing": Opaque(),
+            "level": "mine",
+            "user.id": "u-1",
+            "event.duration": 1500,
+        },
     )
     (record,) = jsonl.records()
-    assert record["attempt"] == 3
-    assert record["peers"] == ["a", "b"]
-    assert record["thing"] == "<Opaque 42>"
-    assert record["level"] == "INFO"
-    assert record["level_"] == "mine"
-    assert "channel" not in record
+    assert record["switchboard.attempt"] == 3  # a plain key is ours
+    assert record["switchboard.peers"] == ["a", "b"]
+    assert record["switchboard.thing"] == "<Opaque 42>"
+    assert record["log.level"] == "info"
+    assert record["switchboard.level"] == "mine"
+    assert record["user.id"] == "u-1"  # an ECS name stays as it is
+    assert record["event.duration"] == 1500
+    assert "switchboard.channel" not in record
 
 
 def test_json_exception_carries_the_traceback(jsonl: Output) -> None:
@@ -160,10 +194,13 @@ def test_json_exception_carries_the_traceback(jsonl: Output) -> None:
         channels_log.exception("send failed")
     (record,) = jsonl.records()
     assert record["message"] == "send failed"
-    assert record["level"] == "ERROR"
-    assert record["exc"].startswith("Traceback (most recent call last):")
-    assert "in fail" in record["exc"]
-    assert record["exc"].endswith("ValueError: bad payload")
+    assert record["log.level"] == "error"
+    assert record["error.type"] == "ValueError"
+    assert record["error.message"] == "bad payload"
+    trace = record["error.stack_trace"]
+    assert trace.startswith("Traceback (most recent call last):")
+    assert "in fail" in trace
+    assert trace.endswith("ValueError: bad payload")
 
 
 class _Terminal(io.StringIO):
@@ -172,7 +209,11 @@ class _Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize(("stream", "expected"), [(_Terminal(), "text"), (io.StringIO(), "json")])
-def test_auto_is_text_on_a_terminal_and_json_otherwise(stream: io.StringIO, expected: str) -> None:
+def test_auto_is_text_on_a_terminal_and_json_otherwise(
+    stream: io.StringIO, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
     with configure_logging(LoggingConfig(format="auto"), node_id=NODE, stream=stream) as handle:
         channels_log.info("hello")
     assert handle.format == expected
@@ -180,7 +221,79 @@ def test_auto_is_text_on_a_terminal_and_json_otherwise(stream: io.StringIO, expe
     if expected == "json":
         assert json.loads(line)["message"] == "hello"
     else:
-        assert re.fullmatch(TS + rf" INFO  switchboard\.channels  hello  node={NODE}", line)
+        # On a terminal the level is coloured (ANSI); NO_COLOR and TERM=dumb turn it off.
+        assert "\x1b[" in line
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        assert re.fullmatch(
+            TS + rf" \[info     \] hello \[switchboard\.channels\] node={NODE}", plain
+        )
+
+
+@pytest.mark.parametrize("env", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_colour_when_asked_not_to(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    stream = _Terminal()
+    with configure_logging(LoggingConfig(format="text"), node_id=NODE, stream=stream):
+        channels_log.warning("plain")
+    assert "\x1b" not in stream.getvalue()
+    assert "[warning  ] plain" in stream.getvalue()
+
+
+FORGED = "hi\n2026-11-22T10:00:00.000Z [error    ] forged [switchboard.node]"
+
+
+@pytest.mark.parametrize(
+    "value", [FORGED, "a\rb", "tab\there", "esc\x1b[31mred", "nul\x00", "ls\u2028x", "del\x7f"]
+)
+def test_text_lines_escape_control_characters_in_every_field(text: Output, value: str) -> None:
+    # A peer id, a sender or a message text from a platform can hold anything.
+    channels_log.info(
+        "inbound message %r from %s",
+        value,
+        value,
+        extra={"switchboard.peer": value, "user.id": value, "channel": value},
+    )
+    (line,) = text.lines()  # one line: nothing forged
+    assert not any(ch in line for ch in "\r\x00\x1b\x7f\u2028")
+    assert f"from {escape_controls(value)} [switchboard.channels]" in line
+    assert "peer=" in line and "user.id=" in line and "channel=" in line
+
+
+def test_json_lines_keep_control_characters_escaped_and_intact(jsonl: Output) -> None:
+    channels_log.info("x %s", FORGED, extra={"switchboard.peer": FORGED})
+    (line,) = jsonl.lines()
+    assert "\\n" in line and "\n" not in line  # one line, the newline escaped by JSON
+    (record,) = jsonl.records()
+    assert record["switchboard.peer"] == FORGED
+    assert record["message"] == f"x {FORGED}"
+
+
+def test_every_fact_is_a_field_on_the_inbound_line(jsonl: Output) -> None:
+    from providers.base import InboundMessage
+    from runtime.events import EventHub, NodeEvent
+
+    hub = EventHub(log_inbound=True)
+    message = InboundMessage(
+        channel_id="tg-1", platform_message_id="42:1", peer="42", sender="7", text="hi"
+    )
+    hub.publish(
+        NodeEvent(
+            kind="inbound", channel_id="tg-1", tenant="acme", provider="telegram", event=message
+        )
+    )
+    (record,) = jsonl.records()
+    assert record["message"] == "inbound message 'hi'"
+    assert {k: v for k, v in record.items() if k.startswith(("switchboard.", "user."))} == {
+        "switchboard.channel": "tg-1",
+        "switchboard.tenant": "acme",
+        "switchboard.provider": "telegram",
+        "switchboard.message_id": "42:1",
+        "switchboard.peer": "42",
+        "user.id": "7",
+    }
 
 
 # --- context ---------------------------------------------------------------------------
@@ -194,7 +307,12 @@ def test_log_context_applies_nests_and_restores(jsonl: Output) -> None:
         channels_log.info("outer again")
     channels_log.info("outside")
     got = [
-        (r["message"], r.get("channel"), r.get("tenant"), r.get("provider"))
+        (
+            r["message"],
+            r.get("switchboard.channel"),
+            r.get("switchboard.tenant"),
+            r.get("switchboard.provider"),
+        )
         for r in jsonl.records()
     ]
     assert got == [
@@ -203,14 +321,14 @@ def test_log_context_applies_nests_and_restores(jsonl: Output) -> None:
         ("outer again", "tg-1", "acme", "telegram"),
         ("outside", None, None, None),
     ]
-    assert all(r["node"] == NODE for r in jsonl.records())
+    assert all(r["service.node.name"] == NODE for r in jsonl.records())
 
 
 def test_extra_wins_over_log_context_field_by_field(jsonl: Output) -> None:
     with log_context(channel="from-context", tenant="acme"):
         channels_log.info("x", extra={"channel": "from-extra"})
     (record,) = jsonl.records()
-    assert (record["channel"], record["tenant"]) == ("from-extra", "acme")
+    assert (record["switchboard.channel"], record["switchboard.tenant"]) == ("from-extra", "acme")
 
 
 async def test_trio_tasks_inherit_the_context_they_were_spawned_in(jsonl: Output) -> None:
@@ -223,9 +341,9 @@ async def test_trio_tasks_inherit_the_context_they_were_spawned_in(jsonl: Output
             nursery.start_soon(child, "spawned inside")
         nursery.start_soon(child, "spawned outside")
     by_message = {r["message"]: r for r in jsonl.records()}
-    assert by_message["spawned inside"]["channel"] == "tg-9"
-    assert by_message["spawned inside"]["provider"] == "telegram"
-    assert "channel" not in by_message["spawned outside"]
+    assert by_message["spawned inside"]["switchboard.channel"] == "tg-9"
+    assert by_message["spawned inside"]["switchboard.provider"] == "telegram"
+    assert "switchboard.channel" not in by_message["spawned outside"]
 
 
 # --- levels and lifecycle --------------------------------------------------------------
@@ -238,7 +356,7 @@ def test_level_filters_switchboard_and_hypercorn_at_least_warning(outputs: list[
     channels_log.info("shown info")
     logging.getLogger("hypercorn.error").info("hidden hypercorn info")
     logging.getLogger("hypercorn.error").warning("shown hypercorn warning")
-    assert [(r["logger"], r["message"]) for r in out.records()] == [
+    assert [(r["log.logger"], r["message"]) for r in out.records()] == [
         ("switchboard.channels", "shown info"),
         ("hypercorn.error", "shown hypercorn warning"),
     ]
@@ -280,7 +398,7 @@ def test_close_removes_the_handler_restores_the_loggers_and_is_idempotent() -> N
         assert out.handle.closed
         assert "[closed]" in repr(out.handle)
         channels_log.warning("after close")
-        assert [line.split("  ")[2] for line in out.lines()] == ["while open"]
+        assert [line.split("] ")[1].split(" [")[0] for line in out.lines()] == ["while open"]
         assert [(lg.level, lg.propagate, list(lg.handlers)) for lg in (library, hypercorn)] == (
             before
         )
@@ -328,10 +446,11 @@ def test_secrets_never_reach_the_output(outputs: list[Output], fmt: Format) -> N
     assert "ConnectionError: rejected credentials ***" in written
     if fmt == "json":
         records = out.records()  # still valid JSON after redaction
-        assert records[3]["credential"] == "***"
-        assert records[3]["nested"] == {"deep": ["***"]}
-        assert records[4]["blob"] == "<Leaky ***>"
-        assert "Traceback" in records[7]["exc"]
+        assert records[3]["switchboard.credential"] == "***"
+        assert records[3]["switchboard.nested"] == {"deep": ["***"]}
+        assert records[4]["switchboard.blob"] == "<Leaky ***>"
+        assert "Traceback" in records[7]["error.stack_trace"]
+        assert records[7]["error.message"] == "rejected credentials ***"
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -354,7 +473,7 @@ def test_secrets_in_escaped_forms_numbers_and_added_later(
     if fmt == "json":
         records = out.records()
         assert records[0]["message"] == "login ***"
-        assert records[0]["pin"] == "***"
+        assert records[0]["switchboard.pin"] == "***"
         assert records[2]["message"] == "late *** xyz"
 
 

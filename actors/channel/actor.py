@@ -15,7 +15,7 @@ Design:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import attrs
@@ -69,6 +69,17 @@ class DiscardDeadLetters:
 @attrs.frozen
 class ListDeadLetters:
     """The reply is the channel's dead letters, oldest first."""
+
+
+class _ChannelLog(logging.LoggerAdapter[logging.Logger]):
+    """The channel's context on every line, merged with the call's own fields.
+
+    (``LoggerAdapter`` replaces a call's ``extra`` with its own before 3.13.)
+    """
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
 
 
 class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
@@ -141,7 +152,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         # of ten thousand channels.
         config = self.config
         context = {"channel": config.channel_id, "tenant": config.tenant}
-        return logging.LoggerAdapter(log, {**context, "provider": self.provider.name})
+        return _ChannelLog(log, {**context, "provider": self.provider.name})
 
     def __repr__(self) -> str:
         memory = self.memory
@@ -227,7 +238,12 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             # Found by a send: the connection task must stop calling the platform too.
             self._connection_scope.cancel()
         self._failure = error
-        self._log.error("%r failed for good: %s", self, error)
+        self._log.error(
+            "%r failed for good: %s",
+            self,
+            error,
+            extra={"error.type": type(error).__name__, "error.message": str(error)},
+        )
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
         self.memory.touch()  # FAILED stays FAILED across a restart of the process too
         self._wake_senders()  # so that they see the failure

@@ -121,7 +121,22 @@ class ConnectionLoop:
                     return
                 memory.counters["reconnects"] += 1
                 self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
-                self._log.info("%r: %s; reconnecting in %.3f s", self, reason, wait)
+                self._log.info(
+                    "%r: %s; reconnecting in %.3f s",
+                    self,
+                    reason,
+                    wait,
+                    extra={
+                        "switchboard.attempt": memory.backoff.failures,
+                        "switchboard.delay_s": round(wait, 6),
+                        # "Name: text" names the error's class; other reasons do not.
+                        **(
+                            {"error.type": name}
+                            if (name := reason.partition(":")[0]).isidentifier()
+                            else {}
+                        ),
+                    },
+                )
                 await trio.sleep(wait)
 
     async def _connect_once(self) -> tuple[float, str]:
@@ -149,10 +164,13 @@ class ConnectionLoop:
         gate = connect_gate(self.provider.name)
         await gate.acquire()
         handshaking = True
+        began = trio.current_time()
         try:
             async with self.provider.open_connection(self.config, memory.session) as conn:
                 gate.release()  # connected: the next channel may start its handshake
                 handshaking = False
+                if memory.timings is not None:
+                    memory.timings.connected(trio.current_time() - began)
                 self._conn = conn
                 memory.backoff.connected(trio.current_time())
                 memory.touch()

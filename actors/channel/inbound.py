@@ -107,7 +107,11 @@ class InboundPath:
             self._publish(event)  # connection states: not kept, published at once
             return
         memory.pending.append((event, False))
+        read_at = trio.current_time()
         await self._hand_over(retry=True)
+        # Handed over: kept and published (or dropped as a duplicate the store knew).
+        if memory.timings is not None and not isinstance(event, DeliveryReceipt):
+            memory.timings.delivered(trio.current_time() - read_at)
 
     async def _hand_over(self, *, retry: bool) -> None:
         """Keep the pending events, then publish the ones nobody saw yet.

@@ -330,6 +330,19 @@ class ChannelStatistics:
     last_error: str | None
 
 
+class ChannelTimings(Protocol):
+    """Where a channel reports how long things took (the node's histograms).
+
+    Called in the channel's task; an implementation must not block.
+    """
+
+    def connected(self, seconds: float) -> None:
+        """A handshake took ``seconds``, from its turn at the connect gate."""
+
+    def delivered(self, seconds: float) -> None:
+        """An inbound event took ``seconds`` from the platform to the subscribers."""
+
+
 class ChannelMemory:
     """Everything about a channel that must outlive one actor incarnation."""
 
@@ -354,6 +367,7 @@ class ChannelMemory:
         "status",
         "subscribers",
         "tenure",
+        "timings",
     )
 
     def __init__(
@@ -404,6 +418,8 @@ class ChannelMemory:
         self.checkpoints: CheckpointSink | None = None
         # In a cluster: until when this node may hold the connection (its lease).
         self.tenure: Tenure | None = None
+        # The node's histograms for this channel's provider, if it keeps them.
+        self.timings: ChannelTimings | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "sent",

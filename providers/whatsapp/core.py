@@ -50,6 +50,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -138,6 +139,25 @@ BSUID: Final = re.compile(r"[A-Z]{2}\.(?:ENT\.)?\d+")
 GRAPH: Final = cattrs.Converter(detailed_validation=True)
 """The converter for Graph API payloads (never the global one)."""
 
+_VERSION_SUFFIX: Final = re.compile(r"/(v\d+(?:\.\d+)?)/*$")
+
+
+def graph_version_problem(base_url: str) -> str | None:
+    """Why ``base_url`` cannot be a Graph API root, or ``None`` if it can.
+
+    The provider puts the version after the root itself (``api_version``),
+    so a root that already ends in one would be called as ``/v21.0/v21.0/``.
+    """
+    match = _VERSION_SUFFIX.search(urlsplit(base_url).path)
+    if match is None:
+        return None
+    root = base_url[: base_url.rindex(match.group(1))].rstrip("/")
+    return (
+        f'base_url ends in the Graph API version "{match.group(1)}", which the provider adds '
+        f'itself: write "{root}" (the version is options.api_version, '
+        f'default "{DEFAULT_API_VERSION}")'
+    )
+
 
 # --- settings ----------------------------------------------------------------------------
 
@@ -195,6 +215,8 @@ class WhatsAppSettings:
             AuthenticationFailed: a credential is missing or empty.
             FatalError: the options are malformed (the message names the field).
         """
+        if config.base_url is not None and (problem := graph_version_problem(config.base_url)):
+            raise FatalError(f"whatsapp channel {config.channel_id!r}: {problem}")
         missing = [
             key
             for key in ("token", "app_secret", "verify_token")

@@ -25,9 +25,9 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path as FilePath
-from typing import Any, Final, Literal, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
 import attrs
 import cattrs
@@ -36,8 +36,9 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Iterabl
 from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError, ConfigProblem
-from . import refs, rules
-from .model import Check, NodeConfig, StorageConfig
+from . import refs, rules, units
+from .model import Check, NodeConfig, OpsConfig, StorageConfig
+from .overrides import Override, apply_overrides, parse_override
 
 __all__ = ["CONVERTER", "load_config", "parse_config"]
 
@@ -51,13 +52,18 @@ _SCRUB_SUBSTRINGS_FROM: Final = 4  # characters; shorter secrets are only scrubb
 
 
 def load_config(
-    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> NodeConfig:
     """Read and check a deployment file.
 
     Args:
         path: the TOML file.
         env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+        overrides: ``KEY=VALUE`` settings laid over the file (``--set``), see
+            :mod:`runtime.config.overrides`; checked exactly as the file is.
 
     Returns:
         The config, with ``source`` set to ``path``.
@@ -75,7 +81,7 @@ def load_config(
     except UnicodeDecodeError as exc:
         problem = ConfigProblem("", f"the file is not UTF-8 text (bad byte at offset {exc.start})")
         raise ConfigError(source, [problem]) from exc
-    return parse_config(text, source=source, env=env)
+    return parse_config(text, source=source, env=env, overrides=overrides)
 
 
 def parse_config(
@@ -83,6 +89,7 @@ def parse_config(
     *,
     source: str = "<string>",
     env: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> NodeConfig:
     """Check a deployment file's text (TOML) or its already parsed tables.
 
@@ -90,6 +97,7 @@ def parse_config(
         data: TOML text, or the tables it parses to.
         source: where it came from, for messages and ``NodeConfig.source``.
         env: where ``${env:NAME}`` references are looked up (``os.environ`` by default).
+        overrides: ``KEY=VALUE`` settings laid over the file (``--set``).
 
     Returns:
         The config.
@@ -100,13 +108,21 @@ def parse_config(
     parsed = _parse_toml(data, source) if isinstance(data, str) else data
     if not isinstance(parsed, Mapping):
         raise ConfigError(source, [ConfigProblem("", "expected a table of settings")])
+    parsed, found = _overridden(parsed, overrides)
     # Deprecated keys are read under their new names from here on.
     written, renamed, deprecations = rules.renamed_keys(parsed)
     resolution = refs.resolve(
         written, os.environ if env is None else env, secret=rules.holds_secret
     )
-    found = [ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems]
+    found.extend(ConfigProblem(refs.dotted(path), message) for path, message in resolution.problems)
     found.extend(renamed)
+    bare = [refs.dotted(path) for path in units.bare_numbers(NodeConfig, resolution.doc)]
+    if bare:
+        deprecations.append(
+            f"{len(bare)} number(s) without their unit, read as seconds (rates: per second), "
+            'which is deprecated: write the unit, as in drain_deadline = "10s" or '
+            f'per_channel_rate = "30/s": {", ".join(bare)}'
+        )
     config, problems = _structure(resolution.doc)
     for rule in rules.WRITTEN_RULES:
         problems.extend(rule(written))
@@ -121,10 +137,39 @@ def parse_config(
     return attrs.evolve(
         config,
         storage=_storage_paths(config.storage, source, config.node.id),
+        ops=_ops_paths(config.ops, source),
         source=source,
         resolved_secrets=resolution.secrets,
         deprecations=tuple(deprecations),
     )
+
+
+def _overridden(
+    parsed: Mapping[str, Any], items: Sequence[str]
+) -> tuple[Mapping[str, Any], list[ConfigProblem]]:
+    if not items:
+        return parsed, []
+    overrides: list[Override] = []
+    problems: list[ConfigProblem] = []
+    for position, item in enumerate(items, start=1):
+        result = parse_override(item, position=position)
+        if isinstance(result, Override):
+            overrides.append(result)
+        else:
+            problems.append(result)
+    doc, misplaced = apply_overrides(parsed, overrides)
+    return doc, problems + misplaced
+
+
+def _ops_paths(ops: OpsConfig, source: str) -> OpsConfig:
+    """The TLS files made absolute, relative to the deployment file's directory."""
+    from_file = source != "<string>" and bool(FilePath(source).suffix)
+    base = FilePath(source).resolve().parent if from_file else FilePath.cwd()
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(base / FilePath(path).expanduser())
+
+    return attrs.evolve(ops, certfile=absolute(ops.certfile), keyfile=absolute(ops.keyfile))
 
 
 def _storage_paths(storage: StorageConfig, source: str, node_id: str) -> StorageConfig:
@@ -247,6 +292,28 @@ def _structure_float(value: Any, _: type) -> float:
     return number
 
 
+def _structure_unit(value: Any, type_: Any) -> float:
+    """A duration (seconds) or a rate (per second): ``"10s"``, ``"30/s"``, or a bare number."""
+    unit = units.unit_of(type_)
+    rate = unit is units.Unit.PER_SECOND
+    expected = units.RATE_EXAMPLE if rate else units.DURATION_EXAMPLE
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)  # deprecated: reported by parse_config, read in the base unit
+    elif isinstance(value, str):
+        try:
+            number = float(value)  # a number from the environment
+        except ValueError:
+            number = units.parse_rate(value) if rate else units.parse_duration(value)
+    if number is None or number != number or number in (float("inf"), float("-inf")):
+        raise _Invalid(expected, value)
+    return number
+
+
+def _has_unit(type_: Any) -> bool:
+    return get_origin(type_) is Annotated and units.unit_of(type_) is not None
+
+
 def _is_literal(type_: Any) -> bool:
     return get_origin(type_) is Literal
 
@@ -322,6 +389,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook_func(_is_literal, _structure_literal)
+    converter.register_structure_hook_func(_has_unit, _structure_unit)
     converter.register_structure_hook_factory(
         lambda t: get_origin(t) is list,
         lambda t: _shaped(list_structure_factory(t, converter), list, "an array"),

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .units import PerSecond, Seconds
+
 __all__ = [
     "BackoffConfig",
     "ChannelSpec",
@@ -30,6 +32,7 @@ __all__ = [
     "ClusterConfig",
     "EmulatorConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "NodeConfig",
     "NodeSection",
     "OpsConfig",
@@ -118,8 +121,8 @@ class NodeSection:
     """
 
     id: str = attrs.field(default="local", validator=IDENTIFIER)
-    drain_deadline: float = attrs.field(default=10.0, validator=POSITIVE)
-    start_timeout: float = attrs.field(default=10.0, validator=POSITIVE)
+    drain_deadline: Seconds = attrs.field(default=10.0, validator=POSITIVE)
+    start_timeout: Seconds = attrs.field(default=10.0, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -150,13 +153,13 @@ class ClusterConfig:
 
     redis_url: str = attrs.field(repr=False, validator=REDIS_URL)
     key_prefix: str = attrs.field(default="switchboard", validator=IDENTIFIER)
-    heartbeat_interval: float = attrs.field(default=1.0, validator=POSITIVE)
-    member_timeout: float = attrs.field(default=5.0, validator=POSITIVE)
-    lease_ttl: float = attrs.field(default=10.0, validator=POSITIVE)
+    heartbeat_interval: Seconds = attrs.field(default=1.0, validator=POSITIVE)
+    member_timeout: Seconds = attrs.field(default=5.0, validator=POSITIVE)
+    lease_ttl: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     vnodes: int = attrs.field(default=1024, validator=AT_LEAST_ONE)
     renew_batch: int = attrs.field(default=500, validator=AT_LEAST_ONE)
-    settle_delay: float = attrs.field(default=2.0, validator=NOT_NEGATIVE_SECONDS)
-    move_cooldown: float = attrs.field(default=10.0, validator=NOT_NEGATIVE_SECONDS)
+    settle_delay: Seconds = attrs.field(default=2.0, validator=NOT_NEGATIVE_SECONDS)
+    move_cooldown: Seconds = attrs.field(default=10.0, validator=NOT_NEGATIVE_SECONDS)
     max_moves: int = attrs.field(default=64, validator=AT_LEAST_ONE)
 
 
@@ -189,9 +192,9 @@ class StorageConfig:
     schema: str = attrs.field(default="switchboard", validator=SQL_NAME)
     path: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     outbox_file: str | None = attrs.field(default=None, validator=NOT_EMPTY)
-    checkpoint_interval: float = attrs.field(default=1.0, validator=POSITIVE)
+    checkpoint_interval: Seconds = attrs.field(default=1.0, validator=POSITIVE)
     batch_size: int = attrs.field(default=500, validator=AT_LEAST_ONE)
-    flush_interval: float = attrs.field(default=0.5, validator=POSITIVE)
+    flush_interval: Seconds = attrs.field(default=0.5, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -206,6 +209,9 @@ class OpsConfig:
             (defaults to ``http://host:port``).
         api_token: bearer token that enables the message API
             (``POST /v1/channels/{id}/messages``); a secret.
+        certfile: a PEM certificate (chain) to serve HTTPS with; relative
+            to the deployment file's directory.
+        keyfile: its PEM private key (with ``certfile``).
     """
 
     enabled: bool = True
@@ -213,6 +219,33 @@ class OpsConfig:
     port: int = attrs.field(default=8321, validator=PORT)
     public_url: str | None = attrs.field(default=None, validator=HTTP_URL)
     api_token: str | None = attrs.field(default=None, repr=False)
+    certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``[metrics]``: what ``/metrics`` exports.
+
+    Per-tenant and per-provider aggregates are always there. Series per
+    channel (eleven families, one series each per channel) are what makes a
+    large node's scrape heavy, so they are opt-in above a size.
+
+    Attributes:
+        per_channel: ``"auto"``: per-channel series while the node runs at
+            most ``per_channel_limit`` channels, aggregates only above;
+            ``"always"``; ``"never"``.
+        per_channel_limit: the channel count ``"auto"`` allows them up to.
+    """
+
+    per_channel: Literal["auto", "always", "never"] = "auto"
+    per_channel_limit: int = attrs.field(default=1000, validator=NOT_NEGATIVE)
+
+    def per_channel_series(self, channels: int) -> bool:
+        """Whether a node running ``channels`` channels exports per-channel series."""
+        if self.per_channel == "auto":
+            return channels <= self.per_channel_limit
+        return self.per_channel == "always"
 
 
 @attrs.frozen(kw_only=True)
@@ -254,18 +287,23 @@ class LoggingConfig:
 class RateLimitConfig:
     """Overrides of a platform's default send limits (unset: the platform's).
 
+    The keys are :class:`providers.base.PlatformLimits`' names; ``per_second``,
+    ``burst`` and ``per_peer_per_second`` are the deprecated names of
+    ``per_channel_rate``, ``per_channel_burst`` and ``per_peer_rate``.
+
     Attributes:
-        per_second: messages per second for the whole channel.
-        burst: burst for it.
-        per_peer_per_second: messages per second to one chat / recipient.
-        per_peer_burst: burst for it.
+        per_channel_rate: messages per second for the whole channel (``"30/s"``).
+        per_channel_burst: burst for it, messages.
+        per_peer_rate: messages per second to one chat / recipient (``"1/s"``,
+            ``"20/min"``).
+        per_peer_burst: burst for it, messages.
         max_text_length: longest text accepted, in characters.
         enabled: false turns the limiters off (load tests against emulators).
     """
 
-    per_second: float | None = attrs.field(default=None, validator=POSITIVE)
-    burst: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
-    per_peer_per_second: float | None = attrs.field(default=None, validator=POSITIVE)
+    per_channel_rate: PerSecond | None = attrs.field(default=None, validator=POSITIVE)
+    per_channel_burst: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    per_peer_rate: PerSecond | None = attrs.field(default=None, validator=POSITIVE)
     per_peer_burst: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     max_text_length: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     enabled: bool = True
@@ -287,9 +325,9 @@ class BackoffConfig:
             connects in a row; unset retries forever.
     """
 
-    base: float | None = attrs.field(default=None, validator=POSITIVE)
-    cap: float | None = attrs.field(default=None, validator=POSITIVE)
-    reset_after: float | None = attrs.field(default=None, validator=POSITIVE)
+    base: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    cap: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    reset_after: Seconds | None = attrs.field(default=None, validator=POSITIVE)
     max_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
 
 
@@ -313,7 +351,7 @@ class ProviderDefaults:
     rate_limit: RateLimitConfig = attrs.field(factory=RateLimitConfig)
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
-    liveness_timeout: float | None = attrs.field(default=None, validator=POSITIVE)
+    liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -332,10 +370,10 @@ class RestartBackoffConfig:
             delays start over from ``base``.
     """
 
-    base: float = attrs.field(default=0.1, validator=POSITIVE)
-    cap: float = attrs.field(default=30.0, validator=POSITIVE)
+    base: Seconds = attrs.field(default=0.1, validator=POSITIVE)
+    cap: Seconds = attrs.field(default=30.0, validator=POSITIVE)
     random_factor: float = attrs.field(default=0.2, validator=FRACTION)
-    reset_after: float = attrs.field(default=60.0, validator=POSITIVE)
+    reset_after: Seconds = attrs.field(default=60.0, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -352,9 +390,9 @@ class SupervisorConfig:
     """
 
     intensity: int = attrs.field(default=100, validator=NOT_NEGATIVE)
-    period: float = attrs.field(default=10.0, validator=POSITIVE)
+    period: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     restart_backoff: RestartBackoffConfig = attrs.field(factory=RestartBackoffConfig)
-    shutdown: float = attrs.field(default=5.0, validator=POSITIVE)
+    shutdown: Seconds = attrs.field(default=5.0, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -407,7 +445,7 @@ class ChannelSpec:
     rate_limit: RateLimitConfig | None = None
     backoff: BackoffConfig | None = None
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
-    liveness_timeout: float | None = attrs.field(default=None, validator=POSITIVE)
+    liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
 
 
 @attrs.frozen(kw_only=True)
@@ -418,6 +456,7 @@ class NodeConfig:
         node: identity and shutdown.
         storage: where events and unsent messages are kept.
         ops: the ops HTTP listener.
+        metrics: what ``/metrics`` exports.
         profiling: continuous profiling.
         logging: log level and format.
         supervisor: the channels' supervisor policy.
@@ -436,6 +475,7 @@ class NodeConfig:
     node: NodeSection = attrs.field(factory=NodeSection)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     profiling: ProfilingConfig = attrs.field(factory=ProfilingConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     supervisor: SupervisorConfig = attrs.field(factory=SupervisorConfig)

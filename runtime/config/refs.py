@@ -8,6 +8,10 @@ first problem: a missing variable, an empty one and a malformed reference
 are each reported with their path, and the value is left as written so the
 later stages can go on. ``$${`` writes a literal ``${``.
 
+``${env:NAME:-default}`` reads ``default`` when NAME is unset or empty, as
+the shell's ``${NAME:-default}`` does. A secret field takes no default: it
+would be a secret written in the file.
+
 Messages name variables, never their values: a value may be a secret.
 """
 
@@ -40,6 +44,7 @@ _TOKEN: Final = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_RULE: Final = 'NAME in "${env:NAME}" is letters, digits and "_", not starting with a digit'
 _SYNTAX: Final = 'write "${env:NAME}" (or "$${" for a literal "${")'
+_DEFAULT: Final = ":-"  # separates NAME from its default
 
 
 def dotted(path: Path) -> str:
@@ -88,14 +93,17 @@ class Substitution:
     errors: tuple[str, ...] = ()
 
 
-def substitute(text: str, env: Mapping[str, str], *, quote: bool = True) -> Substitution:
-    """Resolve the ``${env:NAME}`` references in one string.
+def substitute(
+    text: str, env: Mapping[str, str], *, quote: bool = True, defaults: bool = True
+) -> Substitution:
+    """Resolve the ``${env:NAME}`` and ``${env:NAME:-default}`` references in one string.
 
     Args:
         text: the string as written.
         env: the environment.
         quote: whether messages may quote a malformed reference (false in a
             secret field, where even a typo may hold part of a secret).
+        defaults: whether ``:-default`` is allowed (false in a secret field).
 
     Returns:
         The result; on any error its ``text`` is the input unchanged.
@@ -115,15 +123,22 @@ def substitute(text: str, env: Mapping[str, str], *, quote: bool = True) -> Subs
             errors.append(f'unclosed "${{": {_SYNTAX}')
         elif not body.startswith("env:"):
             errors.append(f"unknown reference{shown}: {_SYNTAX}")
-        elif not _ENV_NAME.fullmatch(name := body[4:]):
+        elif not _ENV_NAME.fullmatch(name := body[4:].partition(_DEFAULT)[0]):
             errors.append(f"malformed reference{shown}: {_NAME_RULE}")
-        elif name not in env:
-            errors.append(f"environment variable {name} is not set")
-        elif not env[name]:
-            errors.append(f"environment variable {name} is set but empty")
-        else:
+        elif _DEFAULT in body and not defaults:
+            errors.append(
+                f"a secret takes no default (it would be written in the file): "
+                f'write "${{env:{name}}}" and set {name}'
+            )
+        elif env.get(name):
             pieces.append(env[name])
             values.append(env[name])
+        elif _DEFAULT in body:
+            pieces.append(body.partition(_DEFAULT)[2])
+        elif name not in env:
+            errors.append(f"environment variable {name} is not set")
+        else:
+            errors.append(f"environment variable {name} is set but empty")
     if errors:
         return Substitution(text=text, errors=tuple(errors))
     pieces.append(text[end:])
@@ -170,7 +185,7 @@ def resolve(
         if not isinstance(node, str):
             return node
         is_secret = secret(path)
-        result = substitute(node, env, quote=not is_secret)
+        result = substitute(node, env, quote=not is_secret, defaults=not is_secret)
         problems.extend((path, error) for error in result.errors)
         if result.errors:
             unresolved.add(path)

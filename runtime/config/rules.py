@@ -24,10 +24,12 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from providers.registry import EMULATORS, PROVIDERS
+from providers.whatsapp.core import graph_version_problem
 
 from ..errors import ConfigProblem
 from .model import RestartBackoffConfig
 from .refs import Path, dotted, has_reference, walk
+from .units import parse_duration, parse_rate
 
 __all__ = [
     "CREDENTIALS",
@@ -46,10 +48,12 @@ __all__ = [
     "is_secret",
     "known_providers",
     "literal_secrets",
+    "ops_tls",
     "renamed_keys",
     "storage_dsn",
     "unique_channel_ids",
     "unknown_name",
+    "whatsapp_base_url",
 ]
 
 Rule: TypeAlias = Callable[[Mapping[str, Any]], list[ConfigProblem]]
@@ -94,11 +98,16 @@ _SECRET_NAME: Final = re.compile(r"secret|token|password|passwd|api_?key", re.IG
 _ORDERED: Final = (
     (
         "rate_limit",
-        "per_peer_per_second",
-        "per_second",
+        "per_peer_rate",
+        "per_channel_rate",
         "no peer is sent to faster than the channel",
     ),
-    ("rate_limit", "per_peer_burst", "burst", "no peer gets a larger burst than the channel"),
+    (
+        "rate_limit",
+        "per_peer_burst",
+        "per_channel_burst",
+        "no peer gets a larger burst than the channel",
+    ),
     ("backoff", "base", "cap", "the longest wait cannot be shorter than the first"),
 )
 
@@ -264,6 +273,16 @@ def cluster_needs(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     return problems
 
 
+def ops_tls(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``ops.certfile`` and ``ops.keyfile`` go together (HTTPS needs both)."""
+    ops = _table(doc, "ops")
+    if "keyfile" in ops and "certfile" not in ops:
+        return [ConfigProblem("ops", 'keyfile needs a certfile: add certfile = "cert.pem"')]
+    if "certfile" in ops and "keyfile" not in ops:
+        return [ConfigProblem("ops", 'certfile needs a keyfile: add keyfile = "key.pem"')]
+    return []
+
+
 def storage_dsn(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     """``backend = "postgres"`` needs a DSN."""
     storage = _table(doc, "storage")
@@ -306,6 +325,29 @@ def channel_credentials(doc: Mapping[str, Any]) -> list[ConfigProblem]:
                     f"or in [providers.{provider}.options]"
                 )
                 problems.append(ConfigProblem(f"channels[{index}].options", message))
+    return problems
+
+
+def whatsapp_base_url(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """A WhatsApp ``base_url`` is the Graph API root, without a version.
+
+    The provider adds the version itself (``options.api_version``), so
+    ``https://graph.facebook.com/v21.0`` would call ``/v21.0/v21.0/...``.
+    """
+    places: list[tuple[Path, Any]] = [
+        (("providers", "whatsapp", "base_url"), _table(_table(doc, "providers"), "whatsapp"))
+    ]
+    places += [
+        (("channels", index, "base_url"), channel)
+        for index, channel in _channels(doc)
+        if channel.get("provider") == "whatsapp"
+    ]
+    problems = []
+    for path, table in places:
+        value = table.get("base_url")
+        message = graph_version_problem(value) if isinstance(value, str) else None
+        if message is not None:
+            problems.append(ConfigProblem(dotted(path), message))
     return problems
 
 
@@ -362,12 +404,20 @@ def _ordered_pairs(
     return problems
 
 
-# (where, old key, new key): keys renamed when every backoff took one vocabulary.
+# (where, old key, new key): keys renamed when every backoff took one vocabulary,
+# and when the rate limits took PlatformLimits' names.
 DEPRECATED_KEYS: Final[tuple[tuple[Path, str, str], ...]] = (
     (("supervisor", "restart_backoff"), "min", "base"),
     (("supervisor", "restart_backoff"), "max", "cap"),
     (("providers", "*", "backoff"), "stable_after", "reset_after"),
     (("channels", "*", "backoff"), "stable_after", "reset_after"),
+    # The rate-limit keys took PlatformLimits' names.
+    (("providers", "*", "rate_limit"), "per_second", "per_channel_rate"),
+    (("providers", "*", "rate_limit"), "burst", "per_channel_burst"),
+    (("providers", "*", "rate_limit"), "per_peer_per_second", "per_peer_rate"),
+    (("channels", "*", "rate_limit"), "per_second", "per_channel_rate"),
+    (("channels", "*", "rate_limit"), "burst", "per_channel_burst"),
+    (("channels", "*", "rate_limit"), "per_peer_per_second", "per_peer_rate"),
 )
 
 
@@ -449,9 +499,11 @@ RULES: Final[tuple[Rule, ...]] = (
     unique_channel_ids,
     emulators_configured,
     storage_dsn,
+    ops_tls,
     channel_credentials,
     consistent_limits,
     cluster_needs,
+    whatsapp_base_url,
 )
 """The rules on the file with its references resolved."""
 
@@ -477,13 +529,15 @@ def _channels(doc: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]
 
 
 def _number(value: Any) -> float | None:
-    """A finite number as the converter reads it, else ``None``."""
+    """A finite number as the converter reads it (``"10s"`` and ``"30/s"`` too), else ``None``."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
         number = float(value)
     except ValueError:
-        return None
+        text = str(value)
+        parsed = parse_rate(text) if "/" in text else parse_duration(text)
+        return parsed
     return number if math.isfinite(number) else None
 
 

@@ -77,6 +77,7 @@ from actors import (
 )
 from providers.base import OutboundMessage, PermanentSendError
 
+from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, UnknownChannel
 from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
@@ -314,11 +315,11 @@ def _structure_message(raw: Any) -> OutboundMessage:
 class _Ops:
     """The endpoints, bound to one node."""
 
-    def __init__(self, node: NodeView, api_token: str | None) -> None:
+    def __init__(self, node: NodeView, api_token: str | None, metrics: MetricsConfig) -> None:
         self.node = node
         self.token = api_token
         self.webhooks = WebhookCounters()
-        self.registry = ops_registry(node, self.webhooks)
+        self.registry = ops_registry(node, self.webhooks, metrics=metrics)
         self.letters = DeadLetterApi(node, _error, self._scrub)
 
     def _scrub(self, text: str) -> str:
@@ -595,13 +596,16 @@ async def _crash(request: Request, exc: Exception) -> Response:
     return _error(500, "InternalError", "the ops server failed to answer this request")
 
 
-def ops_app(node: NodeView, *, api_token: str | None = None) -> Starlette:
+def ops_app(
+    node: NodeView, *, api_token: str | None = None, metrics: MetricsConfig | None = None
+) -> Starlette:
     """The ops ASGI app for ``node``.
 
     Args:
         node: the node, as the ops server sees it.
         api_token: the bearer token of the message API; ``None`` leaves the
             API out (its routes answer 404).
+        metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
 
     Returns:
         A Starlette app (it handles ASGI lifespan). ``app.state.registry`` is
@@ -612,7 +616,7 @@ def ops_app(node: NodeView, *, api_token: str | None = None) -> Starlette:
     """
     if api_token is not None and not api_token.strip():
         raise ValueError("api_token is empty; pass None to run without the message API")
-    ops = _Ops(node, api_token)
+    ops = _Ops(node, api_token, metrics or MetricsConfig())
     app = Starlette(
         routes=ops.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}
     )

@@ -40,6 +40,7 @@ __all__ = [
     "HealthStatus",
     "channel_state",
     "health_report",
+    "state_of",
 ]
 
 ChannelState = Literal["connected", "connecting", "backing_off", "failed", "stopped", "not_started"]
@@ -86,6 +87,11 @@ def channel_state(snapshot: ChannelSnapshot) -> ChannelState:
     if snapshot.start_error is not None:
         return "not_started"
     return _STATES[snapshot.status]
+
+
+def state_of(status: ChannelStatus | None) -> ChannelState:
+    """The state of a channel in ``status`` (``None``: the node could not start it)."""
+    return "not_started" if status is None else _STATES[status]
 
 
 def _overall(states: Counter[ChannelState], total: int) -> HealthStatus:

@@ -19,6 +19,14 @@ Design:
   prometheus_client's process, platform and GC collectors.
 - Collection runs in the trio thread (``generate_latest`` is synchronous),
   so snapshots are consistent with the node's state at one instant.
+- Cardinality: per-tenant and per-provider aggregates are always exported;
+  series per channel (eleven families, one series each per channel: 110,000
+  at 10,000 channels) only as ``[metrics] per_channel`` says (by default up
+  to 1,000 channels). ``switchboard_metrics_per_channel`` says which.
+- Latency histograms (send, connect, inbound delivery per provider; store
+  flushes) are plain bucket counts the node fills
+  (:mod:`runtime.telemetry.histograms`), exported as Prometheus histograms
+  with buckets from 1 ms to 30 s.
 """
 
 from __future__ import annotations
@@ -32,11 +40,19 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
-from ..view import ChannelSnapshot, NodeView
-from .health import CHANNEL_STATES, channel_state
+from ..config.model import MetricsConfig
+from ..telemetry.histograms import LatencySnapshot
+from ..view import ChannelSnapshot, ChannelTotals, NodeStatistics, NodeView
+from .health import CHANNEL_STATES, channel_state, state_of
 
 __all__ = [
     "PREFIX",
@@ -70,6 +86,21 @@ _KNOWN_REJECTIONS: Final = (
 )
 
 _CHANNEL_LABELS: Final = ("channel", "tenant", "provider")
+_AGGREGATE_LABELS: Final = ("tenant", "provider")
+
+# (histogram family, help) by what LatencySnapshot.timing names.
+_HISTOGRAMS: Final = {
+    "send": (
+        "send_latency_seconds",
+        "Sends from accepted by the node to accepted by the platform, by provider.",
+    ),
+    "connect": ("connect_seconds", "Handshakes, from their turn to a live link, by provider."),
+    "inbound": (
+        "inbound_delivery_seconds",
+        "Inbound events from read off the platform to handed to subscribers, by provider.",
+    ),
+    "store_flush": ("store_flush_seconds", "Batches of inbound events written to the store."),
+}
 
 
 def webhook_outcome(status: int) -> WebhookOutcome:
@@ -125,16 +156,47 @@ def _channel_gauge(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, documentation, labels=_CHANNEL_LABELS)
 
 
-# (metric name, help, ChannelStatistics attribute) for the per-channel counters.
+# (per-channel name, aggregate name, help, ChannelStatistics attribute) for the counters.
 _CHANNEL_COUNTERS: Final = (
-    ("channel_messages_sent", "Messages the platform accepted.", "sent"),
-    ("channel_send_failures", "Send attempts that failed.", "send_failures"),
-    ("channel_messages_received", "Inbound events accepted (after dedupe).", "received"),
-    ("channel_duplicates", "Inbound events dropped as duplicates.", "duplicates"),
-    ("channel_reconnects", "Reconnections after a lost link.", "reconnects"),
-    ("channel_rate_limit_waits", "Sends that waited for a rate limiter.", "rate_limit_waits"),
-    ("channel_restarts", "Restarts of the channel actor by its supervisor.", "restarts"),
-    ("channel_subscriber_drops", "Events dropped for full subscribers.", "subscriber_drops"),
+    ("channel_messages_sent", "messages_sent", "Messages the platform accepted.", "sent"),
+    ("channel_send_failures", "send_failures", "Send attempts that failed.", "send_failures"),
+    (
+        "channel_messages_received",
+        "messages_received",
+        "Inbound events accepted (after dedupe).",
+        "received",
+    ),
+    (
+        "channel_duplicates",
+        "inbound_duplicates",
+        "Inbound events dropped as duplicates.",
+        "duplicates",
+    ),
+    ("channel_reconnects", "reconnects", "Reconnections after a lost link.", "reconnects"),
+    (
+        "channel_rate_limit_waits",
+        "rate_limit_waits",
+        "Sends that waited for a rate limiter.",
+        "rate_limit_waits",
+    ),
+    (
+        "channel_restarts",
+        "actor_restarts",
+        "Restarts of channel actors by their supervisor.",
+        "restarts",
+    ),
+    (
+        "channel_subscriber_drops",
+        "subscriber_drops",
+        "Events dropped for full subscribers.",
+        "subscriber_drops",
+    ),
+)
+# (per-channel name, aggregate name, help) for the gauges.
+_CHANNEL_GAUGES: Final = (
+    ("channel_dead_letters", "dead_letters", "Messages in the dead-letter queue."),
+    ("channel_mailbox_depth", "mailbox_depth", "Messages waiting in the mailbox."),
+    ("channel_connected", "channels_connected", "Channels connected (1 while connected)."),
 )
 
 
@@ -144,46 +206,87 @@ class NodeCollector:
     Args:
         view: the node.
         webhooks: the ops app's webhook counters.
+        metrics: whether series per channel are exported.
     """
 
-    def __init__(self, view: NodeView, webhooks: WebhookCounters) -> None:
+    def __init__(
+        self, view: NodeView, webhooks: WebhookCounters, metrics: MetricsConfig | None = None
+    ) -> None:
         self._view = view
         self._webhooks = webhooks
+        self._metrics = metrics or MetricsConfig()
 
     def __repr__(self) -> str:
-        return f"<NodeCollector node={self._view.node_id!r}>"
+        return (
+            f"<NodeCollector node={self._view.node_id!r} per_channel={self._metrics.per_channel}>"
+        )
 
     def collect(self) -> Iterable[Metric]:
-        """Build every ``switchboard_*`` family from the node's current snapshots."""
+        """Build every ``switchboard_*`` family from the node's current state."""
         # Only the channels running here: another node of a cluster reports its own.
-        snapshots = [s for s in self._view.channels() if not s.remote]
-        yield self._states(snapshots)
-        yield from self._channels(snapshots)
-        yield from self._node()
+        totals = self._view.channel_totals()
+        per_channel = self._metrics.per_channel_series(totals.channels)
+        yield self._states(totals)
+        yield from self._aggregates(totals)
+        yield GaugeMetricFamily(
+            PREFIX + "metrics_per_channel",
+            "1 when the switchboard_channel_* series (one per channel) are exported.",
+            1 if per_channel else 0,
+        )
+        if per_channel:
+            yield from self._channels([s for s in self._view.channels() if not s.remote])
+        statistics = self._view.statistics()
+        yield from self._node(statistics)
+        yield from self._histograms(statistics.latencies, statistics.store_backend)
         yield from self._webhook_families()
 
-    def _states(self, snapshots: Sequence[ChannelSnapshot]) -> Metric:
+    def _states(self, totals: ChannelTotals) -> Metric:
         family = GaugeMetricFamily(
             PREFIX + "channels",
             "Channels by provider and state (every state listed, 0 included).",
             labels=("provider", "state"),
         )
         counts: dict[str, Counter[str]] = {}
-        for snapshot in snapshots:
-            counts.setdefault(snapshot.provider, Counter())[channel_state(snapshot)] += 1
+        for (provider, status), count in totals.states.items():
+            counts.setdefault(provider, Counter())[state_of(status)] += count
         for provider, states in sorted(counts.items()):
             for state in CHANNEL_STATES:
                 family.add_metric((provider, state), states[state])
         return family
 
+    def _aggregates(self, totals: ChannelTotals) -> Iterator[Metric]:
+        """The channel figures summed per (tenant, provider): a few series at any size."""
+        families: list[CounterMetricFamily | GaugeMetricFamily] = []
+        # The counters, then the gauges: TOTAL_FIELDS' order.
+        for _, name, documentation, _ in _CHANNEL_COUNTERS:
+            families.append(
+                CounterMetricFamily(
+                    PREFIX + name,
+                    f"{documentation} Per tenant and provider.",
+                    labels=_AGGREGATE_LABELS,
+                )
+            )
+        for _, name, documentation in _CHANNEL_GAUGES:
+            families.append(
+                GaugeMetricFamily(
+                    PREFIX + name,
+                    f"{documentation} Per tenant and provider.",
+                    labels=_AGGREGATE_LABELS,
+                )
+            )
+        for labels, row in sorted(totals.sums.items()):
+            for family, value in zip(families, row, strict=True):
+                family.add_metric(labels, value)
+        yield from families
+
     def _channels(self, snapshots: Sequence[ChannelSnapshot]) -> Iterator[Metric]:
         counters = [
             (_channel_counter(name, documentation), attribute)
-            for name, documentation, attribute in _CHANNEL_COUNTERS
+            for name, _, documentation, attribute in _CHANNEL_COUNTERS
         ]
-        dead_letters = _channel_gauge("channel_dead_letters", "Messages in the dead-letter queue.")
-        depth = _channel_gauge("channel_mailbox_depth", "Messages waiting in the mailbox.")
-        connected = _channel_gauge("channel_connected", "1 while the channel is connected.")
+        dead_letters, depth, connected = (
+            _channel_gauge(name, documentation) for name, _, documentation in _CHANNEL_GAUGES
+        )
         for snapshot in snapshots:
             labels = (snapshot.channel_id, snapshot.tenant, snapshot.provider)
             statistics = snapshot.statistics
@@ -198,8 +301,22 @@ class NodeCollector:
             yield family
         yield from (dead_letters, depth, connected)
 
-    def _node(self) -> Iterator[Metric]:
-        statistics = self._view.statistics()
+    def _histograms(self, latencies: Sequence[LatencySnapshot], backend: str) -> Iterator[Metric]:
+        families: dict[str, HistogramMetricFamily] = {}
+        for timing, (name, documentation) in _HISTOGRAMS.items():
+            labels = ("backend",) if timing == "store_flush" else ("provider",)
+            families[timing] = HistogramMetricFamily(PREFIX + name, documentation, labels=labels)
+        for latency in latencies:
+            buckets = [
+                (floatToGoString(bound), count)
+                for bound, count in zip(latency.bounds, latency.cumulative, strict=False)
+            ]
+            buckets.append(("+Inf", latency.count))
+            label = backend if latency.timing == "store_flush" else latency.provider
+            families[latency.timing].add_metric((label,), buckets, latency.total)
+        yield from families.values()
+
+    def _node(self, statistics: NodeStatistics) -> Iterator[Metric]:
         info = GaugeMetricFamily(PREFIX + "node_info", "The node (always 1).", labels=("node",))
         info.add_metric((statistics.node_id,), 1)
         yield info
@@ -244,19 +361,22 @@ class NodeCollector:
         yield rejected
 
 
-def ops_registry(view: NodeView, webhooks: WebhookCounters) -> CollectorRegistry:
+def ops_registry(
+    view: NodeView, webhooks: WebhookCounters, *, metrics: MetricsConfig | None = None
+) -> CollectorRegistry:
     """A registry of our own with the node's collector and the process collectors.
 
     Args:
         view: the node.
         webhooks: the ops app's webhook counters.
+        metrics: whether series per channel are exported (default: ``[metrics]``'s defaults).
 
     Returns:
         A registry holding :class:`NodeCollector`, ``ProcessCollector``,
         ``PlatformCollector`` and ``GCCollector`` (never the global one).
     """
     registry = CollectorRegistry()
-    registry.register(NodeCollector(view, webhooks))
+    registry.register(NodeCollector(view, webhooks, metrics))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

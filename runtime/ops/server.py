@@ -14,18 +14,25 @@ Design:
   finish stops routing to the node first (``/readyz`` answers 503 while it
   drains) and cancels afterwards.
 - No access log (probes and scrapes every few seconds would drown the log);
-  hypercorn's error log goes to the ``switchboard.ops.http`` logger.
+  hypercorn's error log goes to the ``switchboard.ops.http`` logger, less its
+  "Running on ... (CTRL + C to quit)" line: the node says where it listens.
+- TLS is hypercorn's (``certfile``/``keyfile``). The context is built before
+  anything binds, so a bad file is one clear :class:`StartupFailed` naming
+  the file and the setting, not a traceback from inside the server.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import ssl
+from typing import Any, Final
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from ..config.model import MetricsConfig
+from ..errors import StartupFailed
 from ..view import NodeView
 from .app import ops_app
 
@@ -38,12 +45,56 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class _NoBanner(logging.Filter):
+    """Drops hypercorn's "Running on ... (CTRL + C to quit)": the node's own line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on")
+
+
+log.addFilter(_NoBanner())
+
+
+# OpenSSL's reasons, as a person would say them.
+_TLS_REASONS: Final = {
+    "PEM_LIB": "not a PEM certificate chain and private key",
+    "KEY_VALUES_MISMATCH": "the private key does not match the certificate",
+    "NO_START_LINE": "not a PEM file",
+}
+
+
+def _check_tls(config: Config, certfile: str, keyfile: str) -> None:
+    """Build the TLS context once, so a bad file fails here with a clear message.
+
+    Raises:
+        StartupFailed: a file is missing, unreadable, not PEM, or the key
+            does not match the certificate.
+    """
+    try:
+        config.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        code = getattr(exc, "reason", None) or ("PEM_LIB" if "PEM lib" in str(exc) else "")
+        reason = _TLS_REASONS.get(code) or str(getattr(exc, "strerror", None) or exc).lower()
+        path = getattr(exc, "filename", None)
+        where = path or f"{certfile} with key {keyfile}"
+        raise StartupFailed(
+            f"cannot serve ops HTTP over TLS from {where}: {reason}; "
+            "fix ops.certfile and ops.keyfile (PEM files: a certificate chain and its key)",
+            setting="ops.certfile",
+            exit_code=2,
+            fields={"file.path": str(path or certfile)},
+        ) from exc
+
+
 async def serve_ops(
     node: NodeView,
     *,
     host: str,
     port: int,
     api_token: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    metrics: MetricsConfig | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ops HTTP app for ``node`` until cancelled.
@@ -53,18 +104,28 @@ async def serve_ops(
         host: the interface to bind (``127.0.0.1`` keeps it on loopback).
         port: the TCP port; 0 picks a free one.
         api_token: enables the message API with this bearer token.
+        certfile: serve HTTPS with this PEM certificate (chain).
+        keyfile: its PEM private key (needed with ``certfile``).
+        metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
         task_status: receives the bound base URL, e.g. ``http://127.0.0.1:8321``.
 
     Raises:
-        ValueError: ``api_token`` is empty.
+        ValueError: ``api_token`` is empty, or only one of the TLS files is given.
+        StartupFailed: the TLS files cannot be used.
         OSError: the address cannot be bound (in use, not permitted).
     """
-    app = ops_app(node, api_token=api_token)
+    app = ops_app(node, api_token=api_token, metrics=metrics)
     config = Config()
     config.bind = [_bind(host, port)]
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
+    if certfile is not None or keyfile is not None:
+        if certfile is None or keyfile is None:
+            raise ValueError("TLS needs both certfile and keyfile")
+        config.certfile = certfile
+        config.keyfile = keyfile
+        _check_tls(config, certfile, keyfile)
 
     async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]

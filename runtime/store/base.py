@@ -44,6 +44,7 @@ from providers.operations import Operation
 
 from ..config.model import StorageConfig
 from ..errors import StoreError
+from ..telemetry.histograms import Histogram
 
 if TYPE_CHECKING:
     from .durable import (
@@ -348,6 +349,8 @@ class BatchingStore(abc.ABC):
         self._batches = 0
         self._kept = 0
         self._errors = 0
+        # Seconds per batch written (read by the node's /metrics).
+        self.flush_seconds = Histogram()
         self._evicted = 0
 
     def __repr__(self) -> str:
@@ -440,8 +443,10 @@ class BatchingStore(abc.ABC):
             remaining = len(self._buffer)
             while remaining > 0 and self._buffer:
                 batch = self._buffer[: min(self._batch_size, remaining)]
+                began = trio.current_time()
                 try:
                     result = await self._write_batch(batch)
+                    self.flush_seconds.observe(trio.current_time() - began)
                 except StoreError as exc:
                     self._errors += 1
                     self._last_error = str(exc)

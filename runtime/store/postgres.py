@@ -37,6 +37,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
@@ -448,7 +449,10 @@ async def _create_pool(loop: Any, dsn: str, where: str, secrets: Sequence[str], 
             server_settings={"application_name": name[:63]},
         )
     except (*_DB_ERRORS, ValueError) as exc:
-        detail = _scrub(f"{type(exc).__name__}: {exc}", secrets)
+        if isinstance(exc, OSError) and exc.errno:  # refused, unreachable: said plainly
+            detail = os.strerror(exc.errno).lower()
+        else:
+            detail = _scrub(f"{type(exc).__name__}: {exc}", secrets)
         error = StoreError(
             f"could not connect to PostgreSQL at {where}: {detail}; "
             "check storage.dsn and that the server is up"

@@ -1,4 +1,4 @@
-"""Structured logs for the node: one handler, two formats, context, redaction.
+"""Structured logs for the node: one handler, two renderings, context, redaction.
 
 Design:
 - :func:`configure_logging` installs ONE handler on the ``switchboard``
@@ -6,11 +6,30 @@ Design:
   ``hypercorn.error`` (at WARNING or above), and sets ``propagate = False``
   on both, so an embedding program's root configuration neither sees these
   records twice nor is touched. :meth:`LogHandle.close` removes the handler
-  and restores the loggers' level and propagation.
-- Formats: ``text`` is one human line (``ts LEVEL logger  message  k=v ...``);
-  ``json`` is one JSON object per line (``ts level logger message node``,
-  the context fields when present, every other ``extra`` field, ``exc``);
-  ``auto`` picks text on a terminal and JSON otherwise.
+  and restores the loggers' level and propagation. The library logs through
+  the standard :mod:`logging` API; rendering is structlog's
+  (``structlog.stdlib.ProcessorFormatter``), so every record, ours or a
+  library's, goes through the same processors.
+- Every fact is a field, named by the Elastic Common Schema (ECS,
+  https://www.elastic.co/guide/en/ecs/current/): ``@timestamp``,
+  ``log.level``, ``log.logger``, ``message``, ``service.name``,
+  ``service.node.name`` (the node), ``error.type`` / ``error.message`` /
+  ``error.stack_trace``, ``event.duration`` (nanoseconds), ``user.id`` (a
+  sender), ``server.address`` / ``server.port``, ``file.path``; our own under
+  ``switchboard.*`` (``channel``, ``tenant``, ``provider``, ``peer``,
+  ``message_id``, ``idempotency_key``, ``attempt``, ...). A call site gives
+  them as ``extra`` with these names; a plain key (``extra={"reason": ...}``)
+  is ours: ``switchboard.reason``.
+- Renderings: ``json`` is one ECS log line (the ecs-logging spec: the four
+  top-level keys ``@timestamp``, ``log.level``, ``message``, ``ecs.version``
+  first, dotted; everything else nested: ``{"switchboard": {"channel": ...}}``);
+  ``text`` is structlog's console renderer, for people: time, level
+  (coloured on a terminal), logger, message, then the fields as
+  ``key=value`` with our ``switchboard.`` prefix left out and the node as
+  ``node``; ``auto`` picks text on a terminal and JSON otherwise.
+- Control characters in the text rendering (a newline in a peer id or a
+  message text) are escaped (``\\n``), so no value can forge a line; JSON
+  escapes them itself. Values with spaces, ``=`` or quotes are quoted.
 - Context: ``channel``, ``tenant`` and ``provider`` come from the call's
   ``extra`` (a ``LoggerAdapter`` in the channel actor) or else from
   :func:`log_context`, a contextvar. Trio copies the spawning task's
@@ -22,8 +41,9 @@ Design:
   after JSON escaping, ``repr`` and percent-encoding too; Telegram bot tokens
   in URLs (``/bot<digits>:<token>``, as httpx and hypercorn log them) are
   redacted whatever the configuration. The text line is scrubbed whole; the
-  JSON formatter scrubs every key and value before encoding, so the line is
-  clean and still valid JSON.
+  JSON document is scrubbed key by key and value by value before encoding,
+  so the line is clean and still valid JSON. Tracebacks are plain text
+  (never a renderer that prints local variables).
 - Emit never raises (except ``RecursionError``, as in :mod:`logging`): a
   record whose ``%`` arguments do not fit is written with its raw message
   and arguments, and a failure to write is reported once per record on
@@ -36,24 +56,30 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, TextIO
 
+import structlog
+from structlog.stdlib import ProcessorFormatter
+
 from runtime.config.model import LoggingConfig
 
 __all__ = [
     "CONTEXT_FIELDS",
+    "ECS_VERSION",
     "LIBRARY_LOGGER",
     "REDACTED",
     "LogHandle",
     "configure_logging",
+    "escape_controls",
     "log_context",
 ]
 
@@ -63,6 +89,9 @@ HYPERCORN_MIN_LEVEL: Final = logging.WARNING
 CONTEXT_FIELDS: Final = ("channel", "tenant", "provider")
 REDACTED: Final = "***"
 MIN_SECRET_LENGTH: Final = 4  # characters; shorter values would redact ordinary words
+ECS_VERSION: Final = "8.11.0"
+SERVICE_NAME: Final = "switchboard"
+OUR_NAMESPACE: Final = "switchboard."
 
 _LEVELS: Final[Mapping[str, int]] = {
     "debug": logging.DEBUG,
@@ -70,11 +99,8 @@ _LEVELS: Final[Mapping[str, int]] = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-# Keys the JSON line owns; an ``extra`` field with one of these names is
-# written as ``<name>_`` instead.
-_RESERVED_KEYS: Final = frozenset(
-    {"ts", "level", "logger", "message", "node", "exc", "stack", *CONTEXT_FIELDS}
-)
+# The ecs-logging spec's top-level keys, first on every JSON line, dotted.
+_TOP_LEVEL: Final = ("@timestamp", "log.level", "message", "ecs.version")
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _RECORD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
@@ -82,8 +108,15 @@ _RECORD_ATTRIBUTES: Final = frozenset(
 )
 # ``/bot<digits>:<token>`` in Telegram Bot API URLs (the colon may be %-encoded).
 _TELEGRAM_TOKEN: Final = re.compile(r"(?<=/bot)\d+(?::|%3[Aa])[A-Za-z0-9_-]+")
-# Text-format values that need quoting to stay one ``key=value`` token.
-_NEEDS_QUOTES: Final = re.compile(r'[\s="]')
+# The characters for which structlog's console renderer repr()s a value.
+_CONSOLE_QUOTES: Final = frozenset(" \t=\r\n\"'")
+# C0 and C1 controls, DEL and the Unicode line separators: escaped in text lines.
+_CONTROLS: Final = {
+    code: json.dumps(chr(code))[1:-1] if code < 0x20 else f"\\x{code:02x}"
+    for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+# Console keys for fields whose ECS name is long.
+_CONSOLE_NAMES: Final = {"service.node.name": "node"}
 
 _context: ContextVar[Mapping[str, str]] = ContextVar(
     "switchboard_log_context", default=MappingProxyType({})
@@ -199,6 +232,8 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _jsonable(value: object) -> object:
+    if value is None or type(value) in (str, int, bool):
+        return value  # the common case, without a trial encoding
     try:
         json.dumps(value)
     except (TypeError, ValueError, RecursionError):
@@ -206,96 +241,153 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def _text_value(value: object) -> str:
+def escape_controls(text: str) -> str:
+    """``text`` with control characters and line separators escaped (``\\n``, ``\\x1b``)."""
+    return text.translate(_CONTROLS)
+
+
+def _text_value(value: object) -> object:
+    """A field for the console renderer: numbers as they are, text escaped.
+
+    The renderer quotes (``repr``) a string with blanks, quotes or ``=``, and
+    ``repr`` escapes what is not printable; any other string is shown as it
+    is, so its control characters are escaped here.
+    """
+    if isinstance(value, bool | int | float) or value is None:
+        return value
     shown = value if isinstance(value, str) else _safe_str(value)
-    if not shown or _NEEDS_QUOTES.search(shown):
-        return json.dumps(shown, ensure_ascii=False)
-    return shown
+    if _CONSOLE_QUOTES.intersection(shown):
+        return shown  # repr'd by the renderer, which escapes what is not printable
+    return escape_controls(shown)
 
 
-class _Formatter(logging.Formatter):
-    """Formats a record as one text or JSON line, with context, scrubbed."""
+def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """An ECS document: the spec's top-level keys first and dotted, the rest nested.
 
-    def __init__(self, *, json_lines: bool, node_id: str, redactor: _Redactor) -> None:
-        super().__init__()
+    A field whose path runs into another field's value (``user`` beside
+    ``user.id``) stays dotted at the top rather than lose either.
+    """
+    document: dict[str, Any] = {key: flat[key] for key in _TOP_LEVEL if key in flat}
+    for key, value in flat.items():
+        if key in document:
+            continue
+        *parents, leaf = key.split(".")
+        node: Any = document
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                node = None
+                break
+            node = child
+        if node is None or (leaf in node and isinstance(node[leaf], dict)):
+            document[key] = value
+        else:
+            node[leaf] = value
+    return document
+
+
+class _Formatter(ProcessorFormatter):
+    """A record, ours or a library's, as one ECS JSON line or one console line.
+
+    structlog's ``ProcessorFormatter`` runs :meth:`_facts` on every record
+    (a record's extras, the context, the exception, as ECS fields), then the
+    rendering's processors.
+    """
+
+    def __init__(
+        self, *, json_lines: bool, node_id: str, redactor: _Redactor, colors: bool
+    ) -> None:
         self.json_lines = json_lines
         self._node_id = node_id
         self._redactor = redactor
+        renderer: list[Any]
+        if json_lines:
+            renderer = [self._ecs_json]
+        else:
+            console = structlog.dev.ConsoleRenderer(
+                colors=colors,
+                sort_keys=False,
+                pad_event_to=0,
+                exception_formatter=structlog.dev.plain_traceback,
+            )
+            renderer = [self._console, console]
+        super().__init__(
+            foreign_pre_chain=[self._facts],
+            processors=[ProcessorFormatter.remove_processors_meta, *renderer],
+        )
 
     def format(self, record: logging.LogRecord) -> str:
-        context, extras = self._fields(record)
-        message = _message(record)
-        exc = self._exception_text(record)
-        stack = self.formatStack(record.stack_info) if record.stack_info else None
-        if self.json_lines:
-            return self._json_line(record, message, context, extras, exc, stack)
-        return self._redactor.scrub(self._text_line(record, message, context, extras, exc, stack))
+        # A record whose arguments do not fit its message is written, not raised.
+        try:
+            record.getMessage()
+        except Exception:
+            record = logging.makeLogRecord({**vars(record), "msg": _message(record), "args": None})
+        line = super().format(record)
+        return line if self.json_lines else self._redactor.scrub(line)
 
-    def _fields(self, record: logging.LogRecord) -> tuple[dict[str, object], dict[str, object]]:
+    def _facts(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        record: logging.LogRecord = event["_record"]
         attributes = vars(record)
         ambient = _context.get()
-        context: dict[str, object] = {}
+        facts: dict[str, Any] = {
+            "@timestamp": _timestamp(record),
+            "log.level": record.levelname.lower(),
+            "message": event["event"],
+            "ecs.version": ECS_VERSION,
+            "log.logger": record.name,
+            "service.name": SERVICE_NAME,
+            "service.node.name": self._node_id,
+        }
         for name in CONTEXT_FIELDS:
             value = attributes.get(name)
             if value is None:
                 value = ambient.get(name)
             if value is not None:
-                context[name] = value
-        extras = {
-            key: value
-            for key, value in attributes.items()
-            if key not in _RECORD_ATTRIBUTES
-            and key not in CONTEXT_FIELDS
-            and not key.startswith("_")
+                facts[OUR_NAMESPACE + name] = value
+        for key, value in attributes.items():
+            if key in _RECORD_ATTRIBUTES or key in CONTEXT_FIELDS or key.startswith("_"):
+                continue
+            name = key if "." in key else OUR_NAMESPACE + key
+            facts.setdefault(name, value)
+        exc_info = event.get("exc_info")
+        if exc_info:
+            error = exc_info[1]
+            facts["error.type"] = type(error).__name__ if error is not None else "None"
+            facts["error.message"] = _safe_str(error)
+            facts["error.stack_trace"] = self.formatException(exc_info).rstrip("\n")
+        elif record.exc_text:
+            facts["error.stack_trace"] = record.exc_text
+        if event.get("stack_info"):
+            facts[OUR_NAMESPACE + "stack"] = event["stack_info"]
+        # What structlog carries on (the record itself, for its meta remover).
+        facts["_record"] = record
+        facts["_from_structlog"] = False
+        return facts
+
+    def _ecs_json(self, logger: Any, method: str, facts: MutableMapping[str, Any]) -> str:
+        flat = {key: _jsonable(value) for key, value in facts.items()}
+        return json.dumps(self._redactor.scrub_tree(_nested(flat)))
+
+    def _console(self, logger: Any, method: str, facts: MutableMapping[str, Any]) -> dict[str, Any]:
+        """The fields as structlog's console renderer takes them, escaped and quoted."""
+        shown: dict[str, Any] = {
+            "timestamp": facts.pop("@timestamp"),
+            "level": facts.pop("log.level"),
+            "event": escape_controls(_safe_str(facts.pop("message"))),
+            "logger_name": facts.pop("log.logger"),
         }
-        return context, extras
-
-    def _exception_text(self, record: logging.LogRecord) -> str | None:
-        if record.exc_info:
-            return self.formatException(record.exc_info)
-        return record.exc_text or None
-
-    def _text_line(
-        self,
-        record: logging.LogRecord,
-        message: str,
-        context: dict[str, object],
-        extras: dict[str, object],
-        exc: str | None,
-        stack: str | None,
-    ) -> str:
-        line = f"{_timestamp(record)} {record.levelname:<5} {record.name}  {message}"
-        fields = {**context, **extras, "node": self._node_id}
-        line += "  " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
-        for block in (exc, stack):
-            if block:
-                line += "\n" + block
-        return line
-
-    def _json_line(
-        self,
-        record: logging.LogRecord,
-        message: str,
-        context: dict[str, object],
-        extras: dict[str, object],
-        exc: str | None,
-        stack: str | None,
-    ) -> str:
-        document: dict[str, object] = {
-            "ts": _timestamp(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": message,
-            "node": self._node_id,
-        }
-        document.update((key, _jsonable(value)) for key, value in context.items())
-        for key, value in extras.items():
-            document[f"{key}_" if key in _RESERVED_KEYS else key] = _jsonable(value)
-        if exc:
-            document["exc"] = exc
-        if stack:
-            document["stack"] = stack
-        return json.dumps(self._redactor.scrub_tree(document))
+        trace = facts.pop("error.stack_trace", None)
+        shown_keys: tuple[str, ...] = ("ecs.version", "service.name")
+        if trace is not None:  # the traceback says the type and the message
+            shown_keys += ("error.type", "error.message")
+        for key in shown_keys:
+            facts.pop(key, None)
+        for key, value in facts.items():
+            name = _CONSOLE_NAMES.get(key, key.removeprefix(OUR_NAMESPACE))
+            shown[name] = _text_value(value)
+        if trace is not None:
+            shown["exception"] = trace
+        return shown
 
 
 class _Handler(logging.StreamHandler[TextIO]):
@@ -437,7 +529,10 @@ def configure_logging(
     redactor = _Redactor()
     redactor.add(secrets)
     handler = _Handler(target, redactor)
-    handler.setFormatter(_Formatter(json_lines=fmt == "json", node_id=node_id, redactor=redactor))
+    colors = _isatty(target) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    handler.setFormatter(
+        _Formatter(json_lines=fmt == "json", node_id=node_id, redactor=redactor, colors=colors)
+    )
     saved: list[tuple[logging.Logger, int, bool]] = []
     for name, logger_level in (
         (LIBRARY_LOGGER, level),
