@@ -47,11 +47,16 @@ from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
+from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.testing import LinkBreaker
 from runtime.cluster.redis import open_redis
 
 __all__ = [
     "API_TOKEN",
+    "WA_APP_SECRET",
+    "WA_NUMBER_BASE",
+    "WA_VERIFY_TOKEN",
+    "WEBHOOK_SECRET",
     "ClusterRig",
     "FaultRecord",
     "RigParams",
@@ -64,6 +69,10 @@ __all__ = [
 
 FAULTS: Final = ("kill", "stop", "link", "redis", "leave")
 API_TOKEN: Final = "rig-api-token-0123456789"  # the nodes' message API token (params.ops)
+WA_APP_SECRET: Final = "rig-whatsapp-app-secret"  # signs the WhatsApp emulator's webhooks
+WA_VERIFY_TOKEN: Final = "rig-whatsapp-verify-token"
+WA_NUMBER_BASE: Final = 1_000_000  # wa-NNNN's phone number id is this + N
+WEBHOOK_SECRET: Final = "rig-telegram-webhook-secret"  # params.telegram_webhooks
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
 POLL: Final = 0.05  # seconds
 
@@ -78,6 +87,11 @@ class RigParams:
         telegram: Telegram channels (judged for overlaps; they poll, so they
             are not counted as "connected").
         discord: Discord channels.
+        whatsapp: WhatsApp numbers (``wa-NNNN``, phone number id
+            ``WA_NUMBER_BASE + N``); their webhooks go to whichever node the
+            emulator's ``webhook_url`` names.
+        telegram_webhooks: the Telegram channels take updates by webhook
+            (secret ``WEBHOOK_SECRET``) instead of polling; needs ``ops``.
         lease_ttl: the cluster's lease TTL, seconds.
         heartbeat: the cluster's heartbeat interval, seconds.
         member_timeout: the cluster's member timeout, seconds.
@@ -95,6 +109,8 @@ class RigParams:
     websocket: int = 200
     telegram: int = 50
     discord: int = 50
+    whatsapp: int = 0
+    telegram_webhooks: bool = False
     lease_ttl: float = 4.0
     heartbeat: float = 0.5
     member_timeout: float = 3.0
@@ -196,6 +212,10 @@ class ClusterRig:
             client_timeout=zombie,
         )
         self.telegram = TelegramEmulator()
+        self.whatsapp = WhatsAppEmulator(
+            app_secret=WA_APP_SECRET,
+            phone_number_ids={str(WA_NUMBER_BASE + i) for i in range(params.whatsapp)},
+        )
         self.discord = DiscordEmulator(
             heartbeat_interval=params.lease_ttl / 6, heartbeat_timeout=zombie
         )
@@ -223,6 +243,10 @@ class ClusterRig:
         env.update({f"SB_TG_{i}": self._tg_token(i) for i in range(self.params.telegram)})
         env.update({f"SB_DC_{i}": self._dc_token(i) for i in range(self.params.discord)})
         env["SB_API_TOKEN"] = API_TOKEN
+        env["SB_WA_TOKEN"] = "rig-whatsapp-token"
+        env["SB_WA_APP_SECRET"] = WA_APP_SECRET
+        env["SB_WA_VERIFY"] = WA_VERIFY_TOKEN
+        env["SB_TG_SECRET"] = WEBHOOK_SECRET
         return env
 
     # --- the file ------------------------------------------------------------------------
@@ -262,9 +286,20 @@ class ClusterRig:
         for i in range(p.websocket):
             lines += _channel(f"ws-{i:04d}", "websocket", ws, f"SB_WS_{i}")
         for i in range(p.telegram):
-            lines += _channel(f"tg-{i:04d}", "telegram", self.urls["telegram"], f"SB_TG_{i}")
+            hooks = [("webhook_secret", "SB_TG_SECRET")] if p.telegram_webhooks else []
+            lines += _channel(
+                f"tg-{i:04d}", "telegram", self.urls["telegram"], f"SB_TG_{i}", *hooks
+            )
+            if p.telegram_webhooks:
+                lines.append('options = { mode = "webhook" }')
         for i in range(p.discord):
             lines += _channel(f"dc-{i:04d}", "discord", self.urls["discord"], f"SB_DC_{i}")
+        for i in range(p.whatsapp):
+            secrets = [("app_secret", "SB_WA_APP_SECRET"), ("verify_token", "SB_WA_VERIFY")]
+            lines += _channel(
+                f"wa-{i:04d}", "whatsapp", self.urls["whatsapp"], "SB_WA_TOKEN", *secrets
+            )
+            lines.append(f'options = {{ phone_number_id = "{WA_NUMBER_BASE + i}" }}')
         return "\n".join(lines) + "\n"
 
     # --- processes ----------------------------------------------------------------------
@@ -321,6 +356,7 @@ class ClusterRig:
             [f"ws-{i:04d}" for i in range(p.websocket)]
             + [f"tg-{i:04d}" for i in range(p.telegram)]
             + [f"dc-{i:04d}" for i in range(p.discord)]
+            + [f"wa-{i:04d}" for i in range(p.whatsapp)]
         )
 
     def connected(self) -> bool:
@@ -425,13 +461,17 @@ class ClusterRig:
         }
 
 
-def _channel(channel_id: str, provider: str, base_url: str, env: str) -> list[str]:
+def _channel(
+    channel_id: str, provider: str, base_url: str, env: str, *more: tuple[str, str]
+) -> list[str]:
+    """One ``[[channels]]`` table: its token from ``env``, ``more`` credentials likewise."""
+    credentials = ", ".join(f'{key} = "${{env:{name}}}"' for key, name in (("token", env), *more))
     return [
         "[[channels]]",
         f'id = "{channel_id}"',
         f'provider = "{provider}"',
         f'base_url = "{base_url}"',
-        f'credentials = {{ token = "${{env:{env}}}" }}',
+        f"credentials = {{ {credentials} }}",
     ]
 
 
@@ -465,8 +505,14 @@ async def open_cluster_rig(params: RigParams) -> AsyncIterator[ClusterRig]:
                 open_emulator(rig.websocket) as ws_url,
                 open_emulator(rig.telegram) as tg_url,
                 open_emulator(rig.discord) as dc_url,
+                open_emulator(rig.whatsapp) as wa_url,
             ):
-                rig.urls = {"websocket": ws_url, "telegram": tg_url, "discord": dc_url}
+                rig.urls = {
+                    "websocket": ws_url,
+                    "telegram": tg_url,
+                    "discord": dc_url,
+                    "whatsapp": wa_url,
+                }
                 for node_id in rig.node_ids:
                     breaker = LinkBreaker(rig.redis_port)
                     rig.breakers[node_id] = breaker

@@ -680,8 +680,12 @@ class Node(ClusterMode, DeadLetterOps):
         return row.channel is None and self._cluster is not None and row.start_error is None
 
     def webhook_targets(self, provider: str) -> list[WebhookTarget]:
-        """The running channels of ``provider`` (WhatsApp, Telegram) and their live links."""
-        return [
+        """The channels of ``provider`` (WhatsApp, Telegram) that take webhooks here.
+
+        Those running here with their live links; in a cluster also those
+        that run elsewhere (``remote``: their webhooks are carried there).
+        """
+        here = [
             WebhookTarget(
                 channel_id=row.spec.id,
                 options=self._options_of(row),
@@ -690,6 +694,14 @@ class Node(ClusterMode, DeadLetterOps):
             for row in self._table.running(provider)
             if row.channel is not None
         ]
+        elsewhere = [
+            WebhookTarget(
+                channel_id=row.spec.id, options=self._options_of(row), connection=None, remote=True
+            )
+            for row in self._table
+            if row.spec.provider == provider and self._is_remote(row)
+        ]
+        return here + elsewhere
 
     def tree(self) -> ChildSnapshot:
         """The node's supervision tree, for introspection.

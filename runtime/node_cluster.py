@@ -26,6 +26,10 @@ Design:
   caller's retry, a forwarded request handled twice, a retry after a move)
   from the channel's memory of its sends' answers, which its checkpoints
   carry to its next owner: it is not sent again.
+- A webhook that reaches a node that does not run its channel is checked
+  there and carried to the owner the same way (``runtime.webhooks``); the
+  platform's answer is the owner's link's, so an event is acknowledged only
+  once the owner has taken it.
 - A channel the platform says is held elsewhere (``Conflict``: Telegram's
   409) is reported to ownership as fenced, stopped without a checkpoint
   (its FAILED must not follow it to its real owner) and released.
@@ -42,7 +46,7 @@ import trio
 
 from actors import ChannelStatus
 from actors.channel import Tenure
-from providers.base import SendResult
+from providers.base import ProviderError, SendResult
 from providers.operations import Operation
 
 from .cluster import ClusterSurvey, ClusterUnavailable
@@ -57,6 +61,16 @@ from .errors import (
 )
 from .store.codec import decode_outbound, encode_outbound
 from .table import ChannelRow
+from .webhooks import (
+    WebhookReply,
+    check_here,
+    deliver,
+    from_wire,
+    refusal,
+    reply_from_wire,
+    reply_to_wire,
+    to_wire,
+)
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointWriter
@@ -75,6 +89,7 @@ log = logging.getLogger("switchboard.node")
 HOLDERS_BATCH: Final = 1_000  # lease keys read per MGET when listing remote channels
 HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may take to finish
 FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
+WEBHOOK_FORWARD_TIMEOUT: Final = 20.0  # seconds a webhook may take to reach its owner's link
 FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
 FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
 
@@ -109,6 +124,8 @@ class ClusterMode:
         ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
+
+        def _channel_config(self, spec: ChannelSpec) -> Any: ...
 
         _sends: SendTracker
         _calls: SendTracker
@@ -329,6 +346,54 @@ class ClusterMode:
                 channel_id=channel_id,
             ) from None
 
+    async def forward_webhook(
+        self,
+        provider: str,
+        channel_id: str,
+        method: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> WebhookReply:
+        """A webhook for a channel that runs on another node: checked here, answered there.
+
+        Returns:
+            The owner's link's answer; this node's own refusal of a forged
+            request (403) or its answer to Meta's verification GET; 503 when
+            no owner took it in time (the platform delivers it again).
+        """
+        row = self._table.find(channel_id)
+        if row is None:
+            return refusal(404, "UnknownChannel", f"no {provider} channel {channel_id!r}")
+        try:
+            config = self._channel_config(row.spec)
+        except NodeError as exc:
+            return refusal(503, "ChannelUnavailable", str(exc))
+        judged = check_here(provider, config, method, query, headers, body)
+        if judged is not None:
+            return judged
+        deadline = trio.current_time() + WEBHOOK_FORWARD_TIMEOUT
+        wire = to_wire(method, query, headers, body)
+        while True:
+            try:
+                answer = await self._forward(channel_id, "webhook", wire, deadline)
+            except _RunsHere:  # it came here while the request waited
+                row = self._table.find(channel_id)
+                if row is None or row.channel is None or row.channel.connection is None:
+                    continue
+                return await deliver(provider, row.channel.connection, method, query, headers, body)
+            except NodeError as exc:  # no owner in time, or the owner's error
+                log.warning(
+                    "cluster: a %s webhook for %r was not handed over: %s",
+                    provider,
+                    channel_id,
+                    exc,
+                )
+                return refusal(
+                    503, "ChannelUnavailable", f"channel {channel_id!r} did not take it; redeliver"
+                )
+            return reply_from_wire(answer)
+
     async def _owner_of(self, channel_id: str, *, fresh: bool) -> str | None:
         """The node that runs the channel: its lease holder, else its placement."""
         assert self._cluster is not None
@@ -369,6 +434,8 @@ class ClusterMode:
             if op == "restart":
                 await self.restart_channel(channel_id)
                 return {"ok": {}}
+            if op == "webhook":
+                return {"ok": reply_to_wire(await self._take_webhook(channel_id, body))}
             if op in ("replay", "discard"):
                 ids = body.get("ids")
                 chosen = None if ids is None else [int(i) for i in ids]
@@ -385,6 +452,21 @@ class ClusterMode:
             if not isinstance(exc, NodeError):
                 exc = NodeError(f"a malformed {op!r} request: {type(exc).__name__}: {exc}")
             return {"error": error_to_wire(exc)}
+
+    async def _take_webhook(self, channel_id: str, wire: Mapping[str, Any]) -> WebhookReply:
+        """A webhook another node checked and carried here: the link's answer."""
+        row = self._table.get(channel_id)
+        connection = row.channel.connection if row.channel is not None else None
+        if connection is None:
+            return refusal(
+                503, "ChannelUnavailable", f"channel {channel_id!r} is not connected; redeliver"
+            )
+        provider = row.spec.provider
+        try:
+            method, query, headers, body = from_wire(provider, self._channel_config(row.spec), wire)
+        except ProviderError as exc:  # its config has no secret: its link would refuse it too
+            return refusal(503, "ChannelUnavailable", f"channel {channel_id!r}: {exc}")
+        return await deliver(provider, connection, method, query, headers, body)
 
     # --- what the node does differently in a cluster ------------------------------------
 

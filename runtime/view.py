@@ -22,6 +22,7 @@ from .telemetry.histograms import LatencySnapshot
 
 if TYPE_CHECKING:
     from .store.durable import StoredDeadLetter
+    from .webhooks import WebhookReply
 
 __all__ = [
     "TOTAL_FIELDS",
@@ -99,11 +100,14 @@ class WebhookTarget:
         options: its provider options (WhatsApp: ``phone_number_id``).
         connection: its live connection, or ``None`` while it is not connected
             (answer 503 so the platform retries).
+        remote: in a cluster, it runs on another node: a request for it is
+            checked here and carried there (:meth:`NodeView.forward_webhook`).
     """
 
     channel_id: str
     options: Mapping[str, Any]
     connection: Connection | None
+    remote: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -201,6 +205,18 @@ class NodeView(Protocol):
 
     def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:
         """The channels of ``provider`` that take input by webhook."""
+        ...
+
+    async def forward_webhook(
+        self,
+        provider: str,
+        channel_id: str,
+        method: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> WebhookReply:
+        """A webhook for a channel that runs on another node: checked here, answered there."""
         ...
 
     async def send(

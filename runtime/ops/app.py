@@ -56,9 +56,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
-import attrs
 import cattrs
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -80,6 +78,7 @@ from providers.base import OutboundMessage, PermanentSendError
 from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, UnknownChannel
 from ..view import NodeView, WebhookTarget
+from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
 from .letters import DeadLetterApi
 from .metrics import WebhookCounters, ops_registry
@@ -98,7 +97,6 @@ __all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
 log = logging.getLogger("switchboard.ops")
 
 MAX_BODY: Final = 4 * 1024 * 1024  # bytes a request body may have (413 beyond)
-WEBHOOK_TIMEOUT: Final = 30.0  # seconds a channel may take to take a webhook (then 503)
 DRAINING_RETRY_AFTER: Final = 5  # seconds, in Retry-After when the node is draining
 MAILBOX_RETRY_AFTER: Final = 1  # seconds, in Retry-After when a mailbox is full
 
@@ -190,62 +188,19 @@ def _too_large(limit: int = MAX_BODY) -> JSONResponse:
 # --- webhooks -------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class _Answer:
-    """One webhook answer before it becomes a Response."""
-
-    status: int
-    body: bytes
-    media_type: str = "text/plain"
-
-    def response(self) -> Response:
-        return Response(self.body, self.status, media_type=self.media_type)
+_Answer = WebhookReply
 
 
-def _answer(status: int, error: str, message: str) -> _Answer:
-    body = json.dumps({"error": error, "message": message}).encode()
-    return _Answer(status=status, body=body, media_type="application/json")
+def _response(answer: _Answer) -> Response:
+    return Response(answer.body, answer.status, media_type=answer.media_type)
 
 
 def _not_connected(target: WebhookTarget) -> _Answer:
-    return _answer(
+    return refusal(
         503,
         "ChannelUnavailable",
         f"channel {target.channel_id!r} is not connected; redeliver later",
     )
-
-
-async def _to_whatsapp(
-    target: WebhookTarget,
-    method: str,
-    query: Mapping[str, str],
-    headers: Mapping[str, str],
-    body: bytes,
-) -> _Answer:
-    """Hand one request to a WhatsApp channel's ``handle_webhook``."""
-    if target.connection is None:
-        return _not_connected(target)
-    hook = getattr(target.connection, "handle_webhook", None)
-    if hook is None:
-        return _answer(404, "NoWebhook", f"channel {target.channel_id!r} takes no webhooks")
-    with trio.move_on_after(WEBHOOK_TIMEOUT):
-        status, answer = await hook(method, query, headers, body)
-        return _Answer(status=int(status), body=bytes(answer))
-    return _answer(503, "Timeout", f"channel {target.channel_id!r} did not answer in time")
-
-
-async def _verify_whatsapp(
-    targets: Sequence[WebhookTarget], query: Mapping[str, str], headers: Mapping[str, str]
-) -> _Answer:
-    """Meta's GET verification: the first live channel that echoes the challenge answers."""
-    live = [target for target in targets if target.connection is not None]
-    if not live:
-        return _answer(503, "ChannelUnavailable", "no whatsapp channel is connected")
-    for target in live:
-        answer = await _to_whatsapp(target, "GET", query, headers, b"")
-        if answer.status == 200:
-            return answer
-    return _answer(403, "Forbidden", "no connected whatsapp channel has that verify token")
 
 
 def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
@@ -349,17 +304,48 @@ class _Ops:
 
     def _counted(self, provider: str, answer: _Answer, *, reason: str | None = None) -> Response:
         self.webhooks.count(provider, answer.status, reason=reason)
-        return answer.response()
+        return _response(answer)
 
     def _target(self, provider: str, channel_id: str) -> WebhookTarget | None:
         targets = self.node.webhook_targets(provider)
         return next((t for t in targets if t.channel_id == channel_id), None)
 
+    async def _hand(
+        self,
+        provider: str,
+        target: WebhookTarget,
+        method: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Answer:
+        """One request to one channel: its link here, or checked and carried to its owner."""
+        if target.remote:
+            return await self.node.forward_webhook(
+                provider, target.channel_id, method, query, headers, body
+            )
+        if target.connection is None:
+            return _not_connected(target)
+        return await deliver(provider, target.connection, method, query, headers, body)
+
+    async def _verify_whatsapp(
+        self, targets: Sequence[WebhookTarget], query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> _Answer:
+        """Meta's GET verification: the first channel that echoes the challenge answers."""
+        live = [target for target in targets if target.connection is not None or target.remote]
+        if not live:
+            return refusal(503, "ChannelUnavailable", "no whatsapp channel is connected")
+        for target in live:
+            answer = await self._hand("whatsapp", target, "GET", query, headers, b"")
+            if answer.status == 200:
+                return answer
+        return refusal(403, "Forbidden", "no connected whatsapp channel has that verify token")
+
     async def whatsapp(self, request: Request) -> Response:
         query = dict(request.query_params)
         targets = self.node.webhook_targets("whatsapp")
         if request.method == "GET":
-            answer = await _verify_whatsapp(targets, query, request.headers)
+            answer = await self._verify_whatsapp(targets, query, request.headers)
             return self._counted("whatsapp", answer, reason="verify_token")
         body = await _read_body(request)
         if body is None:
@@ -370,7 +356,7 @@ class _Ops:
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            answer = _answer(400, "BadRequest", "the body is not a JSON object")
+            answer = refusal(400, "BadRequest", "the body is not a JSON object")
             return self._counted("whatsapp", answer)
         numbers = _phone_number_ids(payload)
         if numbers:
@@ -381,22 +367,25 @@ class _Ops:
                 and str(target.options["phone_number_id"]) in numbers
             ]
             if not chosen:
-                answer = _answer(
+                answer = refusal(
                     404, "UnknownChannel", f"no whatsapp channel for number(s) {sorted(numbers)}"
                 )
                 return self._counted("whatsapp", answer)
             answers = [
-                await _to_whatsapp(target, "POST", query, request.headers, body)
+                await self._hand("whatsapp", target, "POST", query, request.headers, body)
                 for target in chosen
             ]
             return self._counted("whatsapp", _worst(answers), reason="signature")
-        # Account-level notification: any channel that accepts its signature acknowledges it.
+        # Account-level notification: any channel that accepts its signature acknowledges
+        # it (one that runs here if there is one, else one elsewhere).
         live = [target for target in targets if target.connection is not None]
+        live = live or [target for target in targets if target.remote][:1]
         if not live:
-            answer = _answer(503, "ChannelUnavailable", "no whatsapp channel is connected")
+            answer = refusal(503, "ChannelUnavailable", "no whatsapp channel is connected")
             return self._counted("whatsapp", answer)
         answers = [
-            await _to_whatsapp(target, "POST", query, request.headers, body) for target in live
+            await self._hand("whatsapp", target, "POST", query, request.headers, body)
+            for target in live
         ]
         accepted = [answer for answer in answers if 200 <= answer.status < 300]
         return self._counted(
@@ -408,37 +397,28 @@ class _Ops:
         reason = "verify_token" if request.method == "GET" else "signature"
         target = self._target("whatsapp", channel_id)
         if target is None:
-            answer = _answer(404, "UnknownChannel", f"no whatsapp channel {channel_id!r}")
+            answer = refusal(404, "UnknownChannel", f"no whatsapp channel {channel_id!r}")
             return self._counted("whatsapp", answer)
         body = b"" if request.method == "GET" else await _read_body(request)
         if body is None:
             self.webhooks.count("whatsapp", 413)
             return _too_large()
         query = dict(request.query_params)
-        answer = await _to_whatsapp(target, request.method, query, request.headers, body)
+        answer = await self._hand("whatsapp", target, request.method, query, request.headers, body)
         return self._counted("whatsapp", answer, reason=reason)
 
     async def telegram_channel(self, request: Request) -> Response:
         channel_id = request.path_params["channel_id"]
         target = self._target("telegram", channel_id)
         if target is None:
-            answer = _answer(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
-            return self._counted("telegram", answer)
-        if target.connection is None:
-            return self._counted("telegram", _not_connected(target))
-        hook = getattr(target.connection, "feed_webhook", None)
-        if hook is None:
-            answer = _answer(404, "NoWebhook", f"channel {channel_id!r} takes no webhooks")
+            answer = refusal(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
             return self._counted("telegram", answer)
         body = await _read_body(request)
         if body is None:
             self.webhooks.count("telegram", 413)
             return _too_large()
-        answer = _answer(503, "Timeout", f"channel {channel_id!r} did not take the update in time")
-        with trio.move_on_after(WEBHOOK_TIMEOUT):
-            # Telegram ignores the body; the status is the whole answer.
-            status = int(await hook(request.headers, body))
-            answer = _Answer(status=status, body=HTTPStatus(status).phrase.encode())
+        query = dict(request.query_params)
+        answer = await self._hand("telegram", target, "POST", query, request.headers, body)
         return self._counted("telegram", answer, reason="secret")
 
     # --- the message API

@@ -1,0 +1,211 @@
+"""Platform webhooks wherever they land: handed to the channel's link here, or carried to its owner.
+
+Design:
+- A webhook is judged by the channel's own connection (the provider's
+  sans-IO code checks the signature or secret and reads the events):
+  :func:`deliver` hands one request to it and waits, at most
+  :data:`WEBHOOK_TIMEOUT`, for its answer. The ops app does this for a
+  channel that runs here.
+- In a cluster the platform calls whichever node its URL reaches: WhatsApp
+  has one URL for every number of an app, and a Telegram webhook URL behind a
+  load balancer reaches any node. A node that does not run the channel checks
+  the request itself, from the channel's config (:func:`check_here`:
+  ``X-Hub-Signature-256`` with the app secret, the verify token of Meta's
+  GET, Telegram's secret token header), so a forged request never gets
+  further than the node it reached; then it carries the raw request to the
+  owner (``runtime.node_cluster``, request ``webhook``), whose link judges
+  and takes it as if it had arrived there. The platform's answer is the
+  owner's: 200 only once the owner's link has taken the event, the moment a
+  local webhook is answered too. A node that dies mid-forward leaves the
+  platform without a 200, and the platform delivers again.
+- What travels (:func:`to_wire`): the method, the query, the body (base64)
+  and only the headers the links read. Never Telegram's secret token: it is a
+  credential, and the owner, which holds the same secret, puts it back
+  (:func:`from_wire`) for a request its peer has checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Final
+
+import attrs
+import trio
+
+from providers.base import ChannelConfig, ProviderError
+from providers.telegram import SECRET_HEADER
+from providers.telegram.core import parse_options
+from providers.whatsapp.core import WhatsAppSettings
+from providers.whatsapp.webhook import SIGNATURE_HEADER, verify_signature, verify_subscription
+
+__all__ = [
+    "WEBHOOK_TIMEOUT",
+    "WebhookReply",
+    "check_here",
+    "deliver",
+    "from_wire",
+    "reply_from_wire",
+    "reply_to_wire",
+    "to_wire",
+]
+
+WEBHOOK_TIMEOUT: Final = 30.0  # seconds a channel may take to take a webhook (then 503)
+_WIRE_HEADERS: Final = ("content-type", SIGNATURE_HEADER)  # what the links read, less secrets
+
+
+@attrs.frozen(kw_only=True)
+class WebhookReply:
+    """What to answer the platform.
+
+    Attributes:
+        status: the HTTP status.
+        body: the response body (Meta's challenge for a verification).
+        media_type: its media type.
+    """
+
+    status: int
+    body: bytes
+    media_type: str = "text/plain"
+
+
+def refusal(status: int, error: str, message: str) -> WebhookReply:
+    """An answer that is not the link's (no such channel, not connected, timeout): JSON."""
+    body = json.dumps({"error": error, "message": message}).encode()
+    return WebhookReply(status=status, body=body, media_type="application/json")
+
+
+async def deliver(
+    provider: str,
+    connection: Any,
+    method: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes,
+) -> WebhookReply:
+    """Hand one request to a running channel's link; its answer.
+
+    Args:
+        provider: ``whatsapp`` (``handle_webhook``) or ``telegram`` (``feed_webhook``).
+        connection: the channel's live connection.
+        method: the HTTP method.
+        query: the query parameters.
+        headers: the request headers.
+        body: the raw body, exactly as received.
+
+    Returns:
+        The link's answer; 404 for a link that takes no webhooks (a polling
+        Telegram channel), 503 when it does not answer within
+        :data:`WEBHOOK_TIMEOUT` (the platform delivers again).
+    """
+    hook = getattr(connection, "handle_webhook" if provider == "whatsapp" else "feed_webhook", None)
+    if provider not in ("whatsapp", "telegram") or hook is None:
+        return refusal(404, "NoWebhook", f"this {provider} channel takes no webhooks")
+    with trio.move_on_after(WEBHOOK_TIMEOUT):
+        if provider == "whatsapp":
+            status, answer = await hook(method, query, headers, body)
+            return WebhookReply(status=int(status), body=bytes(answer))
+        status = int(await hook(headers, body))  # Telegram reads only the status
+        return WebhookReply(status=status, body=HTTPStatus(status).phrase.encode())
+    return refusal(503, "Timeout", "the channel did not take the webhook in time")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value by its lower-case ``name``, whatever the case it came in."""
+    return next((value for key, value in headers.items() if key.lower() == name), None)
+
+
+def check_here(
+    provider: str,
+    config: ChannelConfig,
+    method: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    body: bytes,
+) -> WebhookReply | None:
+    """Judge a request for a channel that runs elsewhere, before it travels.
+
+    Returns:
+        ``None`` when the request is the platform's and should be forwarded;
+        else the whole answer: 403 for a bad signature or secret, Meta's
+        challenge (or 403) for a verification GET, which needs no owner.
+    """
+    try:
+        if provider == "whatsapp":
+            settings = WhatsAppSettings.from_config(config)
+            if method.upper() == "GET":
+                outcome = verify_subscription(query, settings.verify_token)
+                return WebhookReply(
+                    status=outcome.status, body=outcome.body, media_type=outcome.content_type
+                )
+            if not verify_signature(settings.app_secret, headers, body):
+                return WebhookReply(status=403, body=b"invalid X-Hub-Signature-256")
+            return None
+        if provider == "telegram":
+            secret = parse_options(config.options, config.credentials).webhook_secret
+            given = _header(headers, SECRET_HEADER.lower())
+            if secret is None:
+                return refusal(404, "NoWebhook", "this telegram channel polls; no webhooks")
+            if given is None or not hmac.compare_digest(given.encode(), secret.encode()):
+                return WebhookReply(status=403, body=b"Forbidden")
+            return None
+    except ProviderError as exc:  # a channel whose config its own link would refuse
+        return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
+    return refusal(404, "NoWebhook", f"{provider} channels take no webhooks")
+
+
+def to_wire(
+    method: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+) -> dict[str, Any]:
+    """A checked request as JSON for its owner (no credential in it)."""
+    kept = {name: value for name in _WIRE_HEADERS if (value := _header(headers, name)) is not None}
+    return {
+        "method": method,
+        "query": dict(query),
+        "headers": kept,
+        "body": base64.b64encode(body).decode("ascii"),
+    }
+
+
+def from_wire(
+    provider: str, config: ChannelConfig, wire: Mapping[str, Any]
+) -> tuple[str, dict[str, str], dict[str, str], bytes]:
+    """The request :func:`to_wire` carried: method, query, headers, body.
+
+    A Telegram request gets its secret token back from the owner's own
+    config (the sender checked it against the same secret).
+
+    Raises:
+        ValueError, TypeError, KeyError: a malformed request.
+        ProviderError: the channel's config has no webhook secret.
+    """
+    method = str(wire["method"])
+    query = {str(k): str(v) for k, v in dict(wire["query"]).items()}
+    headers = {str(k): str(v) for k, v in dict(wire["headers"]).items()}
+    body = base64.b64decode(str(wire["body"]), validate=True)
+    if provider == "telegram":
+        secret = parse_options(config.options, config.credentials).webhook_secret
+        if secret is not None:
+            headers[SECRET_HEADER] = secret
+    return method, query, headers, body
+
+
+def reply_to_wire(reply: WebhookReply) -> dict[str, Any]:
+    """The owner's answer as JSON."""
+    return {
+        "status": reply.status,
+        "body": base64.b64encode(reply.body).decode("ascii"),
+        "media_type": reply.media_type,
+    }
+
+
+def reply_from_wire(wire: Mapping[str, Any]) -> WebhookReply:
+    """The owner's answer :func:`reply_to_wire` carried."""
+    return WebhookReply(
+        status=int(wire["status"]),
+        body=base64.b64decode(str(wire["body"]), validate=True),
+        media_type=str(wire.get("media_type", "text/plain")),
+    )
