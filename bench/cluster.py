@@ -1,17 +1,18 @@
-"""The ``cluster`` scenario: placement, what the leases cost Redis, single ownership under faults.
+"""The ``cluster`` scenario: placement, what the leases cost Redis, moves, ownership under faults.
 
-Figures (``python -m bench cluster``; ``--faults 0`` skips the fault run):
+Figures (``python -m bench cluster``; ``--no-moves`` skips the moves run,
+``--faults 0`` the fault run):
 
 placement lookup (µs per lookup)
-    ``HashRing.owner`` over ``channels`` ids on a ring of ``nodes`` members
-    with ``vnodes`` points each, every id looked up ``lookups // channels``
-    times; the baseline is rendezvous hashing (xxh3 of member and channel,
-    highest wins) on the same members and ids: the alternative the ring was
-    chosen over. Target: ≤ 1 µs.
+    ``HashRing.owner`` over ``ring_channels`` ids on a ring of
+    ``ring_nodes`` members with ``vnodes`` points each, every id looked up
+    ``lookups // ring_channels`` times; the baseline is rendezvous hashing
+    (xxh3 of member and channel, highest wins) on the same members and ids:
+    the alternative the ring was chosen over. Target: ≤ 1 µs.
 placement balance (most loaded node / mean)
-    ``channels`` ids on ``nodes`` members. Target: ≤ 1.10.
+    ``ring_channels`` ids on ``ring_nodes`` members. Target: ≤ 1.10.
 join movement (moved fraction x (N + 1))
-    A member joins ``nodes``: the fraction of the channels that changed
+    A member joins ``ring_nodes``: the fraction of the channels that changed
     owner, times N + 1 (1.0 is the ideal share). Target: ≤ 1.1.
 leave movement (channels moved that were not the leaver's)
     Target: 0.
@@ -25,6 +26,15 @@ Redis commands/s per 10,000 leases
     the scripts run inside Redis; Redis CPU is ``used_cpu_user + sys``.
     Scaled to 1,000,000 channels on 100 nodes (x 100 per 10,000) with the
     target ≤ 50,000 commands/s, the budget of one Redis primary.
+moves (:mod:`bench.cluster_moves`)
+    ``nodes`` ``switchboard run`` nodes and ``channels`` channels under
+    ``rate`` sends/s offered to random nodes through a scripted join,
+    drain, kill -9 and restart: sends accepted per second, forwarded and
+    local send latency p50/p99, per event the channels moved and the
+    seconds until each was connected again (median, max) and the Discord
+    identifies spent, sends lost (target 0), user messages missed (target
+    0), overlaps (target 0), the balance at the end; plots over time with
+    the events marked. ``--nodes 8 --channels 40000`` on a bigger machine.
 single ownership under faults
     The rig of :mod:`bench.cluster_rig` (3 ``switchboard run`` nodes, one
     emulator per platform as the judge, one Redis, PostgreSQL) through
@@ -51,6 +61,7 @@ from runtime.cluster.ownership import Ownership
 from runtime.cluster.placement import DEFAULT_VNODES, HashRing
 from runtime.cluster.redis import RedisLink, open_redis
 
+from .cluster_moves import MoveParams, failure_kinds, move_figures, move_run, move_series
 from .cluster_rig import (
     FAULTS,
     RECOVERY_SLACK,
@@ -79,8 +90,13 @@ def _help(text: str) -> dict[str, str]:
 class ClusterParams:
     """Sizes of the cluster workloads (``bench/scenarios/cluster.toml``)."""
 
-    nodes: int = attrs.field(default=10, metadata=_help("members of the placement ring"))
-    channels: int = attrs.field(default=10_000, metadata=_help("channels placed"))
+    nodes: int = attrs.field(default=3, metadata=_help("node processes of the moves run"))
+    channels: int = attrs.field(default=3_000, metadata=_help("channels of the moves run"))
+    rate: float = attrs.field(default=100.0, metadata=_help("sends/s offered in the moves run"))
+    warmup: float = attrs.field(default=10.0, metadata=_help("seconds of load between events"))
+    moves: bool = attrs.field(default=True, metadata=_help("run join, drain, kill, restart"))
+    ring_nodes: int = attrs.field(default=10, metadata=_help("members of the placement ring"))
+    ring_channels: int = attrs.field(default=10_000, metadata=_help("channels placed"))
     vnodes: int = attrs.field(default=DEFAULT_VNODES, metadata=_help("ring points per member"))
     lookups: int = attrs.field(default=1_000_000, metadata=_help("timed placement lookups"))
     leases: int = attrs.field(default=10_000, metadata=_help("leases one node holds (cost)"))
@@ -95,7 +111,8 @@ class ClusterParams:
     seed: int = attrs.field(default=20261204, metadata=_help("the faults' random seed"))
 
     def __attrs_post_init__(self) -> None:
-        for name in ("nodes", "channels", "vnodes", "lookups", "leases", "renew_batch"):
+        names = ("nodes", "channels", "ring_nodes", "ring_channels", "vnodes", "lookups", "leases")
+        for name in (*names, "renew_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
         if self.faults < 0:
@@ -124,10 +141,10 @@ def _lookup_us(owner: Any, ids: list[str], rounds: int) -> float:
 
 
 def placement_figures(p: ClusterParams) -> list[Figure]:
-    members = tuple(f"node-{i:02d}" for i in range(p.nodes))
-    ids = [f"channel-{i}" for i in range(p.channels)]
+    members = tuple(f"node-{i:02d}" for i in range(p.ring_nodes))
+    ids = [f"channel-{i}" for i in range(p.ring_channels)]
     ring = HashRing(members, vnodes=p.vnodes)
-    rounds = max(p.lookups // p.channels, 1)
+    rounds = max(p.lookups // p.ring_channels, 1)
     ring_us: list[float] = []
     rendezvous_us: list[float] = []
     rendezvous = _rendezvous(members)
@@ -148,17 +165,17 @@ def placement_figures(p: ClusterParams) -> list[Figure]:
     return [
         Figure.from_samples(
             name="placement_lookup",
-            label=f"placement lookup ({p.nodes} nodes, {p.vnodes} vnodes)",
+            label=f"placement lookup ({p.ring_nodes} nodes, {p.vnodes} vnodes)",
             unit="µs",
             samples=ring_us,
             baseline_samples=rendezvous_us,
-            baseline_label=f"rendezvous hashing (xxh3), {p.nodes} members",
+            baseline_label=f"rendezvous hashing (xxh3), {p.ring_nodes} members",
             better="lower",
             target=Target(applies_to="value", op="<=", threshold=1.0, text="≤ 1 µs"),
         ),
         Figure.single(
             name="placement_balance",
-            label=f"most loaded node / mean ({p.nodes} nodes, {p.channels:,} channels)",
+            label=f"most loaded node / mean ({p.ring_nodes} nodes, {p.ring_channels:,} channels)",
             unit="x",
             value=balance,
             better="lower",
@@ -166,7 +183,7 @@ def placement_figures(p: ClusterParams) -> list[Figure]:
         ),
         Figure.single(
             name="placement_join_movement",
-            label=f"a join: moved fraction x (N+1), N = {p.nodes}",
+            label=f"a join: moved fraction x (N+1), N = {p.ring_nodes}",
             unit="x",
             value=join_share,
             better="lower",
@@ -374,6 +391,18 @@ def fault_figures(p: ClusterParams, summary: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def _move_params(p: ClusterParams, ctx: RunContext) -> MoveParams:
+    return MoveParams(
+        nodes=p.nodes,
+        channels=p.channels,
+        rate=p.rate,
+        warmup=p.warmup,
+        lease_ttl=p.lease_ttl,
+        seed=p.seed,
+        workdir=Path(ctx.out_dir) / "moves",
+    )
+
+
 def run(params: ClusterParams, ctx: RunContext) -> Report:
     """Run the cluster scenario."""
     if ctx.target is not None:
@@ -399,6 +428,24 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
         f"({SCALE_CHANNELS // SCALE_NODES:,} per node, renewal and heartbeat costs are per "
         "node and per lease, so the scale is linear)",
     ]
+    series = []
+    if params.moves:
+        t = time.perf_counter()
+        moves = trio.run(move_run, _move_params(params, ctx), ctx)
+        figures += move_figures(moves)
+        series += move_series(moves)
+        sections["moves"] = round(time.perf_counter() - t, 2)
+        notes.append(
+            f"moves: {params.nodes} nodes + 1 joining, {params.channels:,} channels (a 30th "
+            f"each Discord and Telegram, the rest websocket), {params.rate:g} sends/s to random "
+            "live nodes' message API; a send is forwarded when the node asked is not the "
+            "lease holder last read (every 0.25 s); 'connected again' = held by its new node "
+            "and, for websocket and Discord, exactly one platform connection"
+        )
+        if failed := failure_kinds(moves):
+            notes.append(f"moves: failed sends by kind: {failed}")
+        if moves["overlaps"]:
+            notes.append(f"moves overlap examples: {moves['overlap_examples']}")
     fault_summary: dict[str, Any] | None = None
     if params.faults:
         t = time.perf_counter()
@@ -422,6 +469,7 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
         section_seconds=sections,
         figures=figures,
         notes=notes,
+        series=series,
     )
 
 

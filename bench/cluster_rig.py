@@ -49,7 +49,7 @@ from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
 from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.testing import LinkBreaker
-from runtime.cluster.redis import open_redis
+from runtime.cluster.redis import RedisLink, open_redis
 
 __all__ = [
     "API_TOKEN",
@@ -64,6 +64,7 @@ __all__ = [
     "free_port",
     "open_cluster_rig",
     "spawn_redis",
+    "stored_inbound",
     "wait_port",
 ]
 
@@ -82,7 +83,9 @@ class RigParams:
     """What the rig runs.
 
     Attributes:
-        nodes: node processes.
+        nodes: node processes started with the rig.
+        standby: more node ids (after the started ones) the rig configures
+            but does not start: a node that joins later (``start_node``).
         websocket: websocket channels.
         telegram: Telegram channels (judged for overlaps; they poll, so they
             are not counted as "connected").
@@ -106,6 +109,7 @@ class RigParams:
     """
 
     nodes: int = 3
+    standby: int = 0
     websocket: int = 200
     telegram: int = 50
     discord: int = 50
@@ -195,7 +199,7 @@ class ClusterRig:
         self.breakers: dict[str, LinkBreaker] = {}
         self.breaker_ports: dict[str, int] = {}
         self.processes: dict[str, trio.Process] = {}
-        self.node_ids = [f"n{i + 1}" for i in range(params.nodes)]
+        self.node_ids = [f"n{i + 1}" for i in range(params.nodes + params.standby)]
         self.ops_ports = {node_id: free_port() for node_id in self.node_ids}
         self.ops_urls = {node_id: f"http://127.0.0.1:{p}" for node_id, p in self.ops_ports.items()}
         # A frozen process cannot close anything: its sessions end when the
@@ -237,6 +241,12 @@ class ClusterRig:
     @staticmethod
     def _dc_token(i: int) -> str:
         return f"dc-token-{i:04d}"
+
+    def token_of(self, channel_id: str) -> str:
+        """The platform token of one of the rig's channels (``ws-``, ``tg-``, ``dc-``)."""
+        kind, _, number = channel_id.partition("-")
+        made = {"ws": self._ws_token, "tg": self._tg_token, "dc": self._dc_token}[kind]
+        return made(int(number))
 
     def env(self) -> dict[str, str]:
         env = {f"SB_WS_{i}": self._ws_token(i) for i in range(self.params.websocket)}
@@ -339,11 +349,19 @@ class ClusterRig:
 
     # --- judging ------------------------------------------------------------------------
 
-    async def holders(self) -> dict[str, str]:
-        """Every channel's lease holder as Redis has it now (``{channel: node}``)."""
+    async def holders(self, link: RedisLink | None = None) -> dict[str, str]:
+        """Every channel's lease holder as Redis has it now (``{channel: node}``).
+
+        Args:
+            link: a connection to the rig's Redis to use; else one is opened.
+        """
         channels = self.channel_ids()
-        async with open_redis(f"redis://127.0.0.1:{self.redis_port}/0", timeout=5.0) as link:
-            values = await link.call("MGET", *(f"rig:lease:{channel}" for channel in channels))
+        keys = [f"rig:lease:{channel}" for channel in channels]
+        if link is None:
+            async with open_redis(f"redis://127.0.0.1:{self.redis_port}/0", timeout=5.0) as own:
+                values = await own.call("MGET", *keys)
+        else:
+            values = await link.call("MGET", *keys)
         return {
             channel: (value.decode() if isinstance(value, bytes) else str(value)).rpartition("|")[0]
             for channel, value in zip(channels, values, strict=True)
@@ -475,6 +493,20 @@ def _channel(
     ]
 
 
+async def stored_inbound(dsn: str, schema: str) -> set[tuple[str, str]]:
+    """``(channel, platform message id)`` of every user message in the nodes' store."""
+    async with trio_asyncio.open_loop() as loop:
+        conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(dsn)
+        try:
+            rows = await trio_asyncio.aio_as_trio(conn.fetch, loop=loop)(
+                f'SELECT channel_id, platform_message_id FROM "{schema}".inbound_events '
+                "WHERE kind = 'message'"
+            )
+        finally:
+            await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
+    return {(row["channel_id"], row["platform_message_id"]) for row in rows}
+
+
 async def drop_pg_schema(dsn: str, schema: str) -> None:
     """Drop the nodes' PostgreSQL schema (the rig's own; nothing else is touched)."""
     async with trio_asyncio.open_loop() as loop:
@@ -518,7 +550,7 @@ async def open_cluster_rig(params: RigParams) -> AsyncIterator[ClusterRig]:
                     rig.breakers[node_id] = breaker
                     rig.breaker_ports[node_id] = await nursery.start(breaker.serve)
                 try:
-                    for node_id in rig.node_ids:
+                    for node_id in rig.node_ids[: params.nodes]:
                         await rig.start_node(node_id)
                     await rig.wait_connected(120.0)
                     yield rig

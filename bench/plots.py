@@ -124,6 +124,17 @@ def _panel(ax: Any, series: Series) -> None:
                 ax.plot(series.x, ys, label=label, linewidth=1.4)
         if spans_decades([v for ys in series.lines.values() for v in ys]):
             ax.set_yscale("log")
+        for label, x in series.marks.items():
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(
+                label,
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                rotation=90,
+                va="top",
+                ha="right",
+            )
     ax.set_title(series.title, fontsize=9)
     ax.set_xlabel(series.x_label)
     ax.set_ylabel(series.y_label)

@@ -217,6 +217,7 @@ class Series:
             length as ``x``); empty otherwise.
         group: series with the same group are drawn as small multiples in
             one figure, ``<group>.png``; empty: a figure of its own.
+        marks: events on the x axis (label -> x), drawn as vertical lines.
     """
 
     name: str
@@ -228,6 +229,7 @@ class Series:
     kind: Literal["line", "step", "bar", "percentile"] = "line"
     categories: list[str] = attrs.Factory(list)
     group: str = ""
+    marks: Mapping[str, float] = attrs.Factory(dict)
 
 
 @attrs.frozen(kw_only=True)

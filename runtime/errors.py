@@ -12,6 +12,7 @@
     │                                                   (also supervisors.StartChildFailed)
     ├── ChannelFenced          a newer owner wrote the channel's checkpoint: it runs elsewhere
     ├── NodeNotRunning         the node's tree is not running                  (also RuntimeError)
+    ├── NodeStarting           the node is starting and takes no work yet
     ├── NodeDraining           the node is shutting down and takes no new work
     ├── StoreError             the store could not read or write
     ├── StartupFailed          something outside the node stopped it starting: a port
@@ -76,6 +77,7 @@ __all__ = [
     "NodeDraining",
     "NodeError",
     "NodeNotRunning",
+    "NodeStarting",
     "OutsideWindow",
     "PermanentSendError",
     "SendError",
@@ -220,6 +222,10 @@ class NodeNotRunning(NodeError, RuntimeError):
 
 class NodeDraining(NodeError):
     """The node is shutting down and takes no new work."""
+
+
+class NodeStarting(NodeError):
+    """The node is starting: it takes work once ready (``/readyz``); ask again shortly."""
 
 
 class StoreError(NodeError):
@@ -393,6 +399,7 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
         AskTimeout,
         ChannelCrashed,
         NodeDraining,
+        NodeStarting,
         ChannelExists,
         ChannelFenced,
         NodeNotRunning,

@@ -95,6 +95,7 @@ from .errors import (
     NodeDraining,
     NodeError,
     NodeNotRunning,
+    NodeStarting,
     StoreError,
     UnknownProvider,
     map_send_errors,
@@ -395,6 +396,8 @@ class Node(ClusterMode, DeadLetterOps):
         Raises:
             NodeDraining: the node is shutting down; or it was, before this
                 message could be sent, and kept it for the next start.
+            NodeStarting: the node is still starting (its ops listener
+                already serves); ask again shortly.
             UnknownChannel: no such channel.
             ChannelUnavailable: the channel is not running or did not connect
                 in time.
@@ -514,6 +517,7 @@ class Node(ClusterMode, DeadLetterOps):
         self, channel_id: str, message: Operation, wait: float | None
     ) -> SendResult | None:
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
+        self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
             return await self._cluster_send(channel_id, message, timeout=timeout)
@@ -847,6 +851,12 @@ class Node(ClusterMode, DeadLetterOps):
     def _check_accepting(self) -> None:
         if self.draining:
             raise NodeDraining(f"node {self.node_id!r} is shutting down and takes no new work")
+
+    def _check_started(self) -> None:
+        # The ops listener serves while the channels (or the cluster's catalog) are
+        # still being set up: a call now would find no channel where one will be.
+        if self._state is NodeState.STARTING:
+            raise NodeStarting(f"node {self.node_id!r} is starting; ask again shortly")
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)

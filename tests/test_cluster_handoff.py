@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from bench.cluster_rig import API_TOKEN, RigParams, open_cluster_rig
+from bench.cluster_rig import API_TOKEN, RigParams, open_cluster_rig, stored_inbound
 
 CEILING = 300.0  # real seconds for the whole test; only a hang gets near it
 CHANNELS = 300  # the drained node hands off about half of them
@@ -138,22 +138,6 @@ async def test_a_telegram_channel_moved_by_a_drain_continues_from_its_offset(
             assert stored == injected
             assert rig.telegram.stats["conflicts"] == 0  # never two pollers at once
             assert rig.overlaps() == 0
-
-
-async def stored_inbound(dsn: str, schema: str) -> set[tuple[str, str]]:
-    import asyncpg
-    import trio_asyncio
-
-    async with trio_asyncio.open_loop() as loop:
-        conn = await trio_asyncio.aio_as_trio(asyncpg.connect, loop=loop)(dsn)
-        try:
-            rows = await trio_asyncio.aio_as_trio(conn.fetch, loop=loop)(
-                f'SELECT channel_id, platform_message_id FROM "{schema}".inbound_events '
-                "WHERE kind = 'message'"
-            )
-        finally:
-            await trio_asyncio.aio_as_trio(conn.close, loop=loop)()
-    return {(row["channel_id"], row["platform_message_id"]) for row in rows}
 
 
 async def test_a_discord_channel_moved_by_a_drain_resumes_its_session(tmp_path: Path) -> None:

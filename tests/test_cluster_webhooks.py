@@ -26,10 +26,10 @@ from bench.cluster_rig import (
     ClusterRig,
     RigParams,
     open_cluster_rig,
+    stored_inbound,
 )
 from providers.telegram import SECRET_HEADER
 from providers.whatsapp.webhook import SIGNATURE_HEADER, sign
-from tests.test_cluster_handoff import stored_inbound
 
 CEILING = 240.0  # real seconds for a whole test; only a hang gets near it
 NUMBERS = 4

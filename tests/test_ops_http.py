@@ -53,7 +53,7 @@ from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.telegram import SECRET_HEADER, TelegramProvider
 from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as whatsapp_webhook
-from runtime.errors import NodeDraining, UnknownChannel
+from runtime.errors import NodeDraining, NodeStarting, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
 from tests.support import emulator_call, real_time_ceiling
@@ -877,6 +877,7 @@ async def test_a_message_is_sent_and_its_result_returned() -> None:
     [
         (UnknownChannel("tg-9"), 404, None),
         (NodeDraining("node-1 is draining and takes no new work; send to another node"), 503, "5"),
+        (NodeStarting("node 'n1' is starting; ask again shortly"), 503, "1"),
         (MailboxFull("mailbox of tg-1 is full (1000)", capacity=1000), 429, "1"),
         (MessageTooLong("text is 5000 characters; the limit is 4096", peer="42"), 422, None),
         (BadRecipient("chat 42 not found", peer="42"), 422, None),

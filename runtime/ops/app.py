@@ -76,7 +76,7 @@ from actors import (
 from providers.base import OutboundMessage, PermanentSendError
 
 from ..config.model import MetricsConfig
-from ..errors import NodeDraining, NodeError, UnknownChannel
+from ..errors import NodeDraining, NodeError, NodeStarting, UnknownChannel
 from ..view import NodeView, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
@@ -98,6 +98,7 @@ log = logging.getLogger("switchboard.ops")
 
 MAX_BODY: Final = 4 * 1024 * 1024  # bytes a request body may have (413 beyond)
 DRAINING_RETRY_AFTER: Final = 5  # seconds, in Retry-After when the node is draining
+STARTING_RETRY_AFTER: Final = 1  # seconds, in Retry-After while the node is starting
 MAILBOX_RETRY_AFTER: Final = 1  # seconds, in Retry-After when a mailbox is full
 
 MESSAGE_API: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
@@ -118,6 +119,7 @@ MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
+    (NodeStarting, 503, STARTING_RETRY_AFTER),
     (MailboxFull, 429, MAILBOX_RETRY_AFTER),
     (PermanentSendError, 422, None),
     (ChannelFailed, 409, None),
