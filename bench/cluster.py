@@ -95,6 +95,9 @@ class ClusterParams:
     rate: float = attrs.field(default=100.0, metadata=_help("sends/s offered in the moves run"))
     warmup: float = attrs.field(default=10.0, metadata=_help("seconds of load between events"))
     moves: bool = attrs.field(default=True, metadata=_help("run join, drain, kill, restart"))
+    moves_lease_ttl: float = attrs.field(
+        default=10.0, metadata=_help("the moves run's lease TTL, s (the config's default)")
+    )
     ring_nodes: int = attrs.field(default=10, metadata=_help("members of the placement ring"))
     ring_channels: int = attrs.field(default=10_000, metadata=_help("channels placed"))
     vnodes: int = attrs.field(default=DEFAULT_VNODES, metadata=_help("ring points per member"))
@@ -397,7 +400,7 @@ def _move_params(p: ClusterParams, ctx: RunContext) -> MoveParams:
         channels=p.channels,
         rate=p.rate,
         warmup=p.warmup,
-        lease_ttl=p.lease_ttl,
+        lease_ttl=p.moves_lease_ttl,
         seed=p.seed,
         workdir=Path(ctx.out_dir) / "moves",
     )
@@ -436,7 +439,8 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
         series += move_series(moves)
         sections["moves"] = round(time.perf_counter() - t, 2)
         notes.append(
-            f"moves: {params.nodes} nodes + 1 joining, {params.channels:,} channels (a 30th "
+            f"moves: {params.nodes} nodes + 1 joining, {params.channels:,} channels, lease TTL "
+            f"{params.moves_lease_ttl:g} s (a 30th "
             f"each Discord and Telegram, the rest websocket), {params.rate:g} sends/s to random "
             "live nodes' message API; a send is forwarded when the node asked is not the "
             "lease holder last read (every 0.25 s); 'connected again' = held by its new node "

@@ -283,6 +283,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         lease_ttl=p.lease_ttl,
         member_timeout=p.lease_ttl * 3 / 4,
         ops=True,
+        breakers=False,  # no link faults here: the nodes reach Redis directly
         seed=p.seed,
         workdir=p.workdir,
     )

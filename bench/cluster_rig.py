@@ -76,6 +76,8 @@ WA_NUMBER_BASE: Final = 1_000_000  # wa-NNNN's phone number id is this + N
 WEBHOOK_SECRET: Final = "rig-telegram-webhook-secret"  # params.telegram_webhooks
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
 POLL: Final = 0.05  # seconds
+STARTUP_BASE: Final = 120.0  # seconds the rig's channels may take to connect at first ...
+STARTUP_PER: Final = 0.1  # ... plus this per channel (3,000 channels: 7 minutes)
 
 
 @attrs.frozen(kw_only=True)
@@ -102,6 +104,9 @@ class RigParams:
         seed: the random source of the faults.
         log_level: the nodes' log level (``SWITCHBOARD_RIG_LOG``; logs go
             to ``<workdir>/<node>.log``).
+        breakers: put a :class:`~providers.testing.LinkBreaker` between each
+            node and Redis (the ``link`` fault needs it); without, the nodes
+            talk to Redis directly (no proxy in the rig's own process).
         ops: give each node an ops listener with the message API (its URL in
             :attr:`ClusterRig.ops_urls`, the token :data:`API_TOKEN`).
         pg_dsn: the PostgreSQL the nodes share.
@@ -120,6 +125,7 @@ class RigParams:
     member_timeout: float = 3.0
     cooldown: float = 10.0
     seed: int = 1
+    breakers: bool = True
     ops: bool = False
     log_level: str = os.environ.get("SWITCHBOARD_RIG_LOG", "warning")
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -283,7 +289,7 @@ class ClusterRig:
             f'level = "{p.log_level}"',
             'format = "json"',
             "[cluster]",
-            f'redis_url = "redis://127.0.0.1:{self.breaker_ports[node_id]}/0"',
+            f'redis_url = "redis://127.0.0.1:{self.breaker_ports.get(node_id, self.redis_port)}/0"',
             'key_prefix = "rig"',
             f'heartbeat_interval = "{p.heartbeat}s"',
             f'member_timeout = "{p.member_timeout}s"',
@@ -545,14 +551,14 @@ async def open_cluster_rig(params: RigParams) -> AsyncIterator[ClusterRig]:
                     "discord": dc_url,
                     "whatsapp": wa_url,
                 }
-                for node_id in rig.node_ids:
+                for node_id in rig.node_ids if params.breakers else ():
                     breaker = LinkBreaker(rig.redis_port)
                     rig.breakers[node_id] = breaker
                     rig.breaker_ports[node_id] = await nursery.start(breaker.serve)
                 try:
                     for node_id in rig.node_ids[: params.nodes]:
                         await rig.start_node(node_id)
-                    await rig.wait_connected(120.0)
+                    await rig.wait_connected(STARTUP_BASE + STARTUP_PER * len(rig.channel_ids()))
                     yield rig
                 finally:
                     with trio.CancelScope(shield=True):

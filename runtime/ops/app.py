@@ -26,7 +26,9 @@ Design:
   verify token: the provider's sans-IO code); the app only routes raw bytes
   and headers (Starlette's case-insensitive ``Headers``, lower-case names)
   and answers 404 for no such channel, 503 while the channel is not
-  connected (the platforms redeliver). Every webhook request is counted in
+  connected (the platforms redeliver). In a cluster, a channel that runs on
+  another node is checked here and its request carried there
+  (:mod:`runtime.webhooks`, ``NodeView.forward_webhook``). Every webhook request is counted in
   :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
 - WhatsApp sends one URL for every number of an app: the JSON is read with
   the stdlib only to collect ``entry[].changes[].value.metadata.phone_number_id``
