@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -41,6 +40,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from providers import bounded_json
 from providers.base import (
     DeliveryReceipt,
     Event,
@@ -51,6 +51,7 @@ from providers.base import (
 )
 
 __all__ = [
+    "MAX_NOTIFICATION_BYTES",
     "SIGNATURE_HEADER",
     "WEBHOOK",
     "WebhookOutcome",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER: Final = "x-hub-signature-256"
+MAX_NOTIFICATION_BYTES: Final = 4 * 1024 * 1024  # bytes; larger: 413, before any hashing
 _PREFIX: Final = "sha256="
 
 WEBHOOK: Final = cattrs.Converter(detailed_validation=True)
@@ -359,7 +361,7 @@ def parse_notification(
         WebhookPayloadError: the body is not JSON or not a WhatsApp notification.
     """
     try:
-        raw = json.loads(body)
+        raw = bounded_json.loads(body, max_bytes=MAX_NOTIFICATION_BYTES)
     except ValueError as exc:
         raise WebhookPayloadError(f"the webhook body is not JSON: {exc}") from exc
     try:
@@ -441,13 +443,19 @@ def handle_webhook(
 
     Returns:
         200 with the challenge or the events; 403 for a failed verification
-        or a bad signature (no events); 400 for a signed but unreadable body;
-        405 for other methods.
+        or a bad signature (no events); 400 for a signed but unreadable body
+        (not JSON, nested deeper than :data:`providers.bounded_json.MAX_DEPTH`);
+        413 for a body over :data:`MAX_NOTIFICATION_BYTES` (refused before
+        it is hashed); 405 for other methods.
     """
     if method.upper() == "GET":
         return verify_subscription(query, verify_token)
     if method.upper() != "POST":
         return WebhookOutcome(status=405, body=b"only GET and POST")
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        return WebhookOutcome(
+            status=413, body=f"the body exceeds {MAX_NOTIFICATION_BYTES} bytes".encode()
+        )
     if not verify_signature(app_secret, headers, body):
         return WebhookOutcome(status=403, body=b"invalid X-Hub-Signature-256")
     try:

@@ -75,6 +75,7 @@ from actors import (
     MailboxFull,
     SendFailed,
 )
+from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
 
 from ..config.model import MetricsConfig
@@ -366,7 +367,9 @@ class _Ops:
             self.webhooks.count("whatsapp", 413)
             return _too_large()
         try:
-            payload = json.loads(body)
+            payload = bounded_json.loads(body)
+        except bounded_json.JSONLimitExceeded as exc:
+            return self._counted("whatsapp", _answer(400, "BadRequest", str(exc)))
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
@@ -487,7 +490,11 @@ class _Ops:
         if body is None:
             return _too_large(MAX_UPLOAD_BODY if multipart else MAX_BODY)
         try:
-            raw = await read_multipart(request.headers, body) if multipart else json.loads(body)
+            raw = (
+                await read_multipart(request.headers, body)
+                if multipart
+                else bounded_json.loads(body)
+            )
             message = _structure_message(raw)
         except _InvalidMessage as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
@@ -511,7 +518,7 @@ class _Ops:
         if body is None:
             return _too_large()
         try:
-            op = structure_operation(json.loads(body), MESSAGE_API, _describe)
+            op = structure_operation(bounded_json.loads(body), MESSAGE_API, _describe)
         except InvalidBody as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
             return _error(400, "InvalidOperation", str(exc), problems=problems)

@@ -16,13 +16,14 @@ run here cannot replay (503); the store failing is a 503.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from providers import bounded_json
 
 from ..errors import NodeError, UnknownChannel
 from ..store.durable import DEFAULT_LETTER_LIMIT, StoredDeadLetter
@@ -130,7 +131,7 @@ def _ids(body: bytes) -> list[int] | None:
     if not body.strip():
         return None
     try:
-        data = json.loads(body)
+        data = bounded_json.loads(body)
     except ValueError as exc:
         raise _BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict) or set(data) - {"ids"}:
