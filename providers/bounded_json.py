@@ -38,6 +38,7 @@ __all__ = [
     "JSONLimitExceeded",
     "JSONTooDeep",
     "JSONTooLarge",
+    "check_depth",
     "loads",
 ]
 
@@ -85,6 +86,20 @@ def _too_deep(raw: bytes, max_depth: int) -> bool:
     return b"[]" in brackets or brackets.count(b"[") > max_depth
 
 
+def check_depth(data: bytes | str, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse ``data`` if it nests deeper than ``max_depth``, without parsing it.
+
+    For a router that must refuse a hostile body before it does anything
+    costlier (hashing it, parsing it).
+
+    Raises:
+        JSONTooDeep: ``data`` nests deeper than ``max_depth``.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if _too_deep(raw, max_depth):
+        raise JSONTooDeep(f"the JSON body nests more than the {max_depth} levels allowed")
+
+
 def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | None = None) -> Any:
     """Parse ``data`` as JSON once it is known to be within the limits.
 
@@ -105,8 +120,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | Non
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if max_bytes is not None and len(raw) > max_bytes:
         raise JSONTooLarge(f"the JSON body has {len(raw)} bytes, more than the {max_bytes} allowed")
-    if _too_deep(raw, max_depth):
-        raise JSONTooDeep(f"the JSON body nests more than the {max_depth} levels allowed")
+    check_depth(raw, max_depth)
     try:
         return json.loads(data)
     except RecursionError as exc:  # a backstop: the scan should have caught it

@@ -9,6 +9,7 @@ own sans-IO code.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Final
 
@@ -28,8 +29,12 @@ from tests.test_ops_http import (
     WA_SECRET,
     FakeNode,
     SignedHook,
+    metric,
+    notification,
+    rejected_total,
     serving,
     signed,
+    whatsapp_rig,
 )
 
 DEEP: Final = b"[" * 50_000
@@ -189,3 +194,105 @@ async def test_an_oversized_body_answers_413(path: str, headers: dict[str, str])
         async with serving(hostile_node(), api_token=API_TOKEN) as (client, _):
             answer = await client.post(path, content=b"[" * (MAX_BODY + 1), headers=headers)
     assert (answer.status_code, answer.json()["error"]) == (413, "PayloadTooLarge")
+
+
+# --- a flood of unsigned WhatsApp notifications ---------------------------------------------
+
+
+class CountingHook(SignedHook):
+    """A WhatsApp channel that counts its signature checks and webhook calls."""
+
+    def __init__(self, channel_id: str, number: str, app_secret: str) -> None:
+        super().__init__(channel_id, number, app_secret)
+        self.webhook_signer = whatsapp_webhook.signer_id(app_secret)
+        self.checks = 0
+        self.calls = 0
+
+    def check_signature(self, headers: Any, body: bytes) -> bool:
+        self.checks += 1
+        return whatsapp_webhook.verify_signature(self.app_secret, headers, body)
+
+    async def handle_webhook(
+        self, method: str, query: Any, headers: Any, body: bytes
+    ) -> tuple[int, bytes]:
+        self.calls += 1
+        return await super().handle_webhook(method, query, headers, body)
+
+
+def counting_node(channels: int) -> tuple[FakeNode, list[CountingHook]]:
+    """``channels`` numbers of one Meta app and one of another, all connected."""
+    hooks = [CountingHook(f"wa-{i}", f"{1000 + i}", WA_SECRET) for i in range(channels)]
+    hooks.append(CountingHook("wa-other", "9990", "the-other-apps-secret"))
+    node = FakeNode()
+    node.targets["whatsapp"] = [
+        WebhookTarget(channel_id=h.channel_id, options={"phone_number_id": h.number}, connection=h)  # type: ignore[arg-type]
+        for h in hooks
+    ]
+    return node, hooks
+
+
+async def test_an_unsigned_flood_is_hashed_once_per_app_secret_and_probes_are_answered() -> None:
+    """Numberless posts (which name no channel) used to be HMAC'd by every channel."""
+    node, hooks = counting_node(60)
+    padding = "x" * (1024 * 1024)
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [], "pad": padding})
+    bogus = {"X-Hub-Signature-256": "sha256=" + "0" * 64}
+    statuses: list[int] = []
+    probes: list[int] = []
+    with trio.fail_after(CEILING):
+        async with serving(node) as (client, _):
+
+            async def post(headers: dict[str, str]) -> None:
+                answer = await client.post("/webhooks/whatsapp", content=body, headers=headers)
+                statuses.append(answer.status_code)
+
+            async def probe(done: trio.Event) -> None:
+                while not done.is_set():
+                    probes.append((await client.get("/healthz")).status_code)
+
+            done = trio.Event()
+            async with trio.open_nursery() as prober:
+                prober.start_soon(probe, done)
+                async with trio.open_nursery() as flood:
+                    for i in range(8):
+                        flood.start_soon(post, bogus if i % 2 else {})
+                done.set()
+            assert await rejected_total(client, "whatsapp", "signature") == 8
+
+    assert statuses == [403] * 8
+    # Four posts carried a well-formed (wrong) signature: each hashed once per app secret.
+    assert sum(hook.checks for hook in hooks) == 4 * 2
+    assert sum(hook.calls for hook in hooks) == 0  # no channel was handed a forgery
+    assert probes and set(probes) == {200}
+    assert hooks[0].events == []
+
+
+async def test_a_signed_account_notification_is_judged_by_one_channel_of_its_app() -> None:
+    node, hooks = counting_node(60)
+    account = json.dumps({"object": "whatsapp_business_account", "entry": []}).encode()
+    with trio.fail_after(CEILING):
+        async with serving(node) as (client, _):
+            for secret in (WA_SECRET, "the-other-apps-secret"):
+                ack = await client.post(
+                    "/webhooks/whatsapp", content=account, headers=signed(account, secret)
+                )
+                assert ack.status_code == 200
+    assert sum(hook.checks for hook in hooks) == 2 * 2
+    assert sum(hook.calls for hook in hooks) == 2  # one channel of the app that signed it
+    assert hooks[-1].calls == 1
+
+
+async def test_malformed_items_of_a_signed_notification_are_dropped_and_counted() -> None:
+    good = json.loads(notification((NUMBER_A, "kept")))
+    value = good["entry"][0]["changes"][0]["value"]
+    value["messages"].insert(0, {"from": None, "id": None, "type": "text", "text": {"body": "x"}})
+    value["statuses"] = [{"id": 5, "status": "read"}]
+    body = json.dumps(good).encode()
+    with trio.fail_after(CEILING):
+        async with whatsapp_rig() as (rig, client):
+            dropped = "switchboard_webhook_items_dropped_total"
+            assert await metric(client, dropped, provider="whatsapp") == 0
+            answer = await client.post("/webhooks/whatsapp", content=body, headers=signed(body))
+            assert (answer.status_code, answer.text) == (200, "ok")
+            assert await rig.next_text("wa-a") == "kept"
+            assert await metric(client, dropped, provider="whatsapp") == 2

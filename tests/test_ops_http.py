@@ -639,7 +639,12 @@ async def test_whatsapp_unknown_numbers_channels_and_bad_bodies() -> None:
             assert unknown.json()["error"] == "UnknownChannel"
             assert (await client.post("/webhooks/whatsapp/nope", content=stray)).status_code == 404
 
-            not_json = await client.post("/webhooks/whatsapp", content=b"<xml/>")
+            # Unsigned, it is refused before it is read; signed, a body that is not JSON is 400.
+            unsigned = await client.post("/webhooks/whatsapp", content=b"<xml/>")
+            assert (unsigned.status_code, unsigned.text) == (403, "invalid X-Hub-Signature-256")
+            not_json = await client.post(
+                "/webhooks/whatsapp", content=b"<xml/>", headers=signed(b"<xml/>")
+            )
             assert (not_json.status_code, not_json.json()["error"]) == (400, "BadRequest")
 
             # An account-level notification names no number: acknowledged once signed.
@@ -662,7 +667,7 @@ async def test_whatsapp_unknown_numbers_channels_and_bad_bodies() -> None:
                 outcome: await requests_total(client, "whatsapp", outcome)
                 for outcome in ("unknown_channel", "bad_request", "accepted", "rejected")
             }
-            assert counts == {"unknown_channel": 2, "bad_request": 1, "accepted": 1, "rejected": 1}
+            assert counts == {"unknown_channel": 2, "bad_request": 1, "accepted": 1, "rejected": 2}
 
 
 class SignedHook:

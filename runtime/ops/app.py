@@ -28,11 +28,18 @@ Design:
   and answers 404 for no such channel, 503 while the channel is not
   connected (the platforms redeliver). Every webhook request is counted in
   :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
-- WhatsApp sends one URL for every number of an app: the JSON is read with
-  the stdlib only to collect ``entry[].changes[].value.metadata.phone_number_id``
-  and the exact raw body goes to each matching channel. A notification that
-  names no number (account-level fields) goes to every live WhatsApp channel
-  and is acknowledged if one accepts its signature, so Meta stops retrying it.
+- WhatsApp sends one URL for every number of an app. Cheap refusals come
+  first: a body nested too deep is 400 (:func:`providers.bounded_json.check_depth`),
+  one without a well-formed ``X-Hub-Signature-256`` is 403 unhashed, and the
+  signature is then checked once per app secret among the live channels
+  (their ``webhook_signer``; large bodies are hashed in worker threads), not
+  once per channel: a flood of forgeries costs one HMAC each and leaves the
+  probes answered. Only a signed body is parsed (bounded) to collect
+  ``entry[].changes[].value.metadata.phone_number_id``, and the exact raw body
+  goes to each matching channel. A notification that names no number
+  (account-level fields) goes to one live channel of each app that signed it,
+  so Meta stops retrying it. Malformed items the channels leave out of signed
+  notifications are counted (``switchboard_webhook_items_dropped_total``).
 - The message API is off unless an ``api_token`` is given (its routes then
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
@@ -77,6 +84,7 @@ from actors import (
 )
 from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
+from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, UnknownChannel
@@ -100,6 +108,8 @@ log = logging.getLogger("switchboard.ops")
 
 MAX_BODY: Final = 4 * 1024 * 1024  # bytes a request body may have (413 beyond)
 WEBHOOK_TIMEOUT: Final = 30.0  # seconds a channel may take to take a webhook (then 503)
+HASH_OFF_LOOP: Final = 64 * 1024  # bytes from which a signature is hashed in a worker thread
+HASHING_THREADS: Final = 2  # worker threads hashing webhook bodies at once
 DRAINING_RETRY_AFTER: Final = 5  # seconds, in Retry-After when the node is draining
 MAILBOX_RETRY_AFTER: Final = 1  # seconds, in Retry-After when a mailbox is full
 
@@ -198,6 +208,7 @@ class _Answer:
     status: int
     body: bytes
     media_type: str = "text/plain"
+    dropped: int = 0  # malformed items the channel left out of a signed notification
 
     def response(self) -> Response:
         return Response(self.body, self.status, media_type=self.media_type)
@@ -231,7 +242,9 @@ async def _to_whatsapp(
         return _answer(404, "NoWebhook", f"channel {target.channel_id!r} takes no webhooks")
     with trio.move_on_after(WEBHOOK_TIMEOUT):
         status, answer = await hook(method, query, headers, body)
-        return _Answer(status=int(status), body=bytes(answer))
+        take_dropped = getattr(target.connection, "take_dropped", None)
+        dropped = take_dropped() if take_dropped is not None else 0
+        return _Answer(status=int(status), body=bytes(answer), dropped=dropped)
     return _answer(503, "Timeout", f"channel {target.channel_id!r} did not answer in time")
 
 
@@ -247,6 +260,48 @@ async def _verify_whatsapp(
         if answer.status == 200:
             return answer
     return _answer(403, "Forbidden", "no connected whatsapp channel has that verify token")
+
+
+_FORGED: Final = _Answer(status=403, body=b"invalid X-Hub-Signature-256")
+
+
+def _signer(target: WebhookTarget) -> str | None:
+    """The target's signer id (``webhook_signer``), or None if it judges for itself."""
+    signer = getattr(target.connection, "webhook_signer", None)
+    return signer if isinstance(signer, str) else None
+
+
+async def _signed_by(
+    targets: Sequence[WebhookTarget],
+    headers: Mapping[str, str],
+    body: bytes,
+    limiter: trio.CapacityLimiter,
+) -> set[str]:
+    """The signers (app secrets, by id) among the live targets' that signed ``body``.
+
+    Each signer is checked once, however many channels share it; a body
+    without a well-formed signature header is not hashed at all, and a large
+    one is hashed in a worker thread (hashlib lets go of the GIL), so probes
+    are answered while a flood of big posts is refused.
+    """
+    if not signature_header_valid(headers):
+        return set()
+    connections: dict[str, Any] = {}
+    for target in targets:
+        signer = _signer(target)
+        if signer is not None:
+            connections.setdefault(signer, target.connection)
+    plain = dict(headers)
+    signed: set[str] = set()
+    for signer, connection in connections.items():
+        check = functools.partial(connection.check_signature, plain, body)
+        if len(body) < HASH_OFF_LOOP:
+            accepted = check()
+        else:
+            accepted = await trio.to_thread.run_sync(check, limiter=limiter)
+        if accepted:
+            signed.add(signer)
+    return signed
 
 
 def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
@@ -322,6 +377,7 @@ class _Ops:
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks, metrics=metrics)
         self.letters = DeadLetterApi(node, _error, self._scrub)
+        self.hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.token, "<api token>") if self.token else text
@@ -348,8 +404,16 @@ class _Ops:
 
     # --- webhooks
 
-    def _counted(self, provider: str, answer: _Answer, *, reason: str | None = None) -> Response:
+    def _counted(
+        self,
+        provider: str,
+        answer: _Answer,
+        *,
+        reason: str | None = None,
+        answers: Sequence[_Answer] = (),
+    ) -> Response:
         self.webhooks.count(provider, answer.status, reason=reason)
+        self.webhooks.dropped(provider, sum(a.dropped for a in (*answers, answer)))
         return answer.response()
 
     def _target(self, provider: str, channel_id: str) -> WebhookTarget | None:
@@ -366,10 +430,19 @@ class _Ops:
         if body is None:
             self.webhooks.count("whatsapp", 413)
             return _too_large()
+        # Cheap refusals first: too deep (400), then not signed by any live
+        # channel's app secret (403, each secret hashed once), and only then parsed.
+        try:
+            bounded_json.check_depth(body)
+        except bounded_json.JSONTooDeep as exc:
+            return self._counted("whatsapp", _answer(400, "BadRequest", str(exc)))
+        live = [target for target in targets if target.connection is not None]
+        signers = await _signed_by(live, request.headers, body, self.hashing)
+        judged = [t for t in live if _signer(t) is not None]  # the rest judge for themselves
+        if judged and len(judged) == len(live) and not signers:
+            return self._counted("whatsapp", _FORGED, reason="signature")
         try:
             payload = bounded_json.loads(body)
-        except bounded_json.JSONLimitExceeded as exc:
-            return self._counted("whatsapp", _answer(400, "BadRequest", str(exc)))
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
@@ -389,22 +462,28 @@ class _Ops:
                 )
                 return self._counted("whatsapp", answer)
             answers = [
-                await _to_whatsapp(target, "POST", query, request.headers, body)
+                _FORGED
+                if _signer(target) not in (None, *signers)
+                else await _to_whatsapp(target, "POST", query, request.headers, body)
                 for target in chosen
             ]
-            return self._counted("whatsapp", _worst(answers), reason="signature")
-        # Account-level notification: any channel that accepts its signature acknowledges it.
-        live = [target for target in targets if target.connection is not None]
+            worst = _worst(answers)
+            others = [a for a in answers if a is not worst]
+            return self._counted("whatsapp", worst, reason="signature", answers=others)
+        # Account-level notification: acknowledged by one channel of the app that signed
+        # it (or by any channel that judges for itself).
         if not live:
             answer = _answer(503, "ChannelUnavailable", "no whatsapp channel is connected")
             return self._counted("whatsapp", answer)
+        first_of = {_signer(t): t for t in reversed(live) if _signer(t) in signers}
+        asked = [*first_of.values(), *(t for t in live if _signer(t) is None)]
         answers = [
-            await _to_whatsapp(target, "POST", query, request.headers, body) for target in live
-        ]
+            await _to_whatsapp(target, "POST", query, request.headers, body) for target in asked
+        ] or [_FORGED]
         accepted = [answer for answer in answers if 200 <= answer.status < 300]
-        return self._counted(
-            "whatsapp", accepted[0] if accepted else _worst(answers), reason="signature"
-        )
+        final = accepted[0] if accepted else _worst(answers)
+        others = [a for a in answers if a is not final]
+        return self._counted("whatsapp", final, reason="signature", answers=others)
 
     async def whatsapp_channel(self, request: Request) -> Response:
         channel_id = request.path_params["channel_id"]
