@@ -80,13 +80,19 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.file, args.set)
     if config is None:
         return EXIT_BAD_INPUT
+    from runtime.telemetry.redaction import Redactor
+
+    # Nothing in these lines should hold a secret; the scrubber makes sure of it.
+    scrub = Redactor(config.secrets()).scrub
     enabled = sum(1 for channel in config.channels if channel.enabled)
     print(
-        f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} channels "
-        f"enabled, storage {config.storage.backend})"
+        scrub(
+            f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} "
+            f"channels enabled, storage {config.storage.backend})"
+        )
     )
     for notice in config.deprecations:
-        print(f"{args.file}: warning: {notice}", file=sys.stderr)
+        print(scrub(f"{args.file}: warning: {notice}"), file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,11 @@ Design:
 
       GET  /healthz                         alive whenever the process serves
       GET  /readyz                          200 ready, 503 starting / draining
-      GET  /health                          health.health_report (503 on "error")
+      GET  /health                          health.health_summary: status and counts,
+                                            public (503 on "error")
+      GET  /health/detail                   health.health_report: every channel with a
+                                            problem and why, scrubbed (only with an
+                                            api_token)
       GET  /metrics                         Prometheus text, our own registry
       GET  /webhooks/whatsapp               Meta's verification, any live number
       POST /webhooks/whatsapp               routed by metadata.phone_number_id
@@ -48,9 +52,14 @@ Design:
   provider and the state health reports (so a client, the load-test driver
   ``bench.target`` among them, can find where to send without a config file).
   It sits behind the same token because channel ids and tenants are not public.
-- Error bodies are JSON ``{"error": <type>, "message": <text>}``; the API
-  token never appears in one. A handler that raises answers 500 and is
-  logged; the server keeps serving.
+- Error bodies are JSON ``{"error": <type>, "message": <text>}``. Every
+  text that comes from elsewhere (a channel's last error, a send error, a
+  dead letter's reason) is scrubbed on the way out with the node's
+  :class:`~runtime.telemetry.redaction.Redactor` (the config's secrets, the
+  API token, credential shapes such as an echoed ``Authorization`` header).
+  ``/health`` is public and says only the status and the counts; which
+  channels have problems and why is ``/health/detail``, behind the token.
+  A handler that raises answers 500 and is logged; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -88,8 +97,9 @@ from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, UnknownChannel
+from ..telemetry.redaction import Redactor
 from ..view import NodeView, WebhookTarget
-from .health import HEALTH_HTTP_STATUS, channel_state, health_report
+from .health import HEALTH_HTTP_STATUS, channel_state, health_report, health_summary
 from .letters import DeadLetterApi
 from .metrics import WebhookCounters, ops_registry
 from .operations import (
@@ -371,16 +381,25 @@ def _structure_message(raw: Any) -> OutboundMessage:
 class _Ops:
     """The endpoints, bound to one node."""
 
-    def __init__(self, node: NodeView, api_token: str | None, metrics: MetricsConfig) -> None:
+    def __init__(
+        self,
+        node: NodeView,
+        api_token: str | None,
+        metrics: MetricsConfig,
+        secrets: Iterable[str] = (),
+    ) -> None:
         self.node = node
         self.token = api_token
+        self.redactor = Redactor([*secrets, *([api_token] if api_token else [])])
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks, metrics=metrics)
         self.letters = DeadLetterApi(node, _error, self._scrub)
         self.hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "<api token>") if self.token else text
+        if self.token:
+            text = text.replace(self.token, "<api token>")
+        return self.redactor.scrub(text)
 
     # --- probes, health, metrics
 
@@ -396,7 +415,11 @@ class _Ops:
         )
 
     async def health(self, request: Request) -> Response:
-        report = health_report(self.node)
+        report = health_summary(health_report(self.node))
+        return JSONResponse(report, HEALTH_HTTP_STATUS[report["status"]])
+
+    async def health_detail(self, request: Request) -> Response:
+        report = self.redactor.scrub_tree(health_report(self.node))
         return JSONResponse(report, HEALTH_HTTP_STATUS[report["status"]])
 
     async def metrics(self, request: Request) -> Response:
@@ -638,6 +661,8 @@ class _Ops:
             ),
         ]
         if self.token is not None:
+            detail = _guarded(self._with_token(self.health_detail))
+            routes.append(Route("/health/detail", detail, methods=["GET"]))
             routes.append(Route("/v1/channels", _guarded(self.list_channels), methods=["GET"]))
             routes.append(
                 Route(
@@ -683,7 +708,11 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def ops_app(
-    node: NodeView, *, api_token: str | None = None, metrics: MetricsConfig | None = None
+    node: NodeView,
+    *,
+    api_token: str | None = None,
+    metrics: MetricsConfig | None = None,
+    secrets: Iterable[str] = (),
 ) -> Starlette:
     """The ops ASGI app for ``node``.
 
@@ -692,6 +721,8 @@ def ops_app(
         api_token: the bearer token of the message API; ``None`` leaves the
             API out (its routes answer 404).
         metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
+        secrets: values never to show in an answer (``NodeConfig.secrets()``);
+            credential shapes are scrubbed whatever is given here.
 
     Returns:
         A Starlette app (it handles ASGI lifespan). ``app.state.registry`` is
@@ -702,7 +733,7 @@ def ops_app(
     """
     if api_token is not None and not api_token.strip():
         raise ValueError("api_token is empty; pass None to run without the message API")
-    ops = _Ops(node, api_token, metrics or MetricsConfig())
+    ops = _Ops(node, api_token, metrics or MetricsConfig(), secrets)
     app = Starlette(
         routes=ops.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}
     )

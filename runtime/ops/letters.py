@@ -84,7 +84,8 @@ class DeadLetterApi:
 
     async def _listed(self, **where: Any) -> Response:
         letters = await self.node.dead_letters(**where)
-        return JSONResponse({"dead_letters": [_letter(item) for item in letters]})
+        listed = [_letter(item, self._scrub) for item in letters]
+        return JSONResponse({"dead_letters": listed})
 
     async def _act(
         self,
@@ -146,7 +147,7 @@ def _ids(body: bytes) -> list[int] | None:
     return ids
 
 
-def _letter(item: StoredDeadLetter) -> dict[str, Any]:
+def _letter(item: StoredDeadLetter, scrub: Callable[[str], str]) -> dict[str, Any]:
     letter = item.letter
     message = letter.message
     return {
@@ -156,7 +157,7 @@ def _letter(item: StoredDeadLetter) -> dict[str, Any]:
         "peer": message.peer,
         "idempotency_key": message.idempotency_key,
         "error": letter.error_type,
-        "reason": letter.reason,
+        "reason": scrub(letter.reason),  # a platform's words may echo a credential
         "attempts": letter.attempts,
         "at": letter.at,
     }
