@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -287,3 +288,21 @@ def test_check_on_mutated_shipped_files_exits_0_or_2_without_a_traceback_or_secr
     assert "Traceback" not in output
     for secret in ENV.values():
         assert secret not in output, (secret, output)
+
+
+@pytest.mark.parametrize("intents", ["all", True, -1, 1.5])
+async def test_discord_refuses_bad_intents_at_open_as_fatal_not_a_crash(intents: object) -> None:
+    """``int("all")`` used to escape as a ValueError: a crash on every restart."""
+    from providers.base import ChannelConfig, FatalError
+    from providers.discord import DiscordProvider
+
+    config = ChannelConfig(
+        channel_id="d",
+        provider="discord",
+        credentials={"token": "discord-token"},
+        base_url="http://127.0.0.1:9",  # never reached: the options are read first
+        options={"intents": intents},
+    )
+    with trio.fail_after(10), pytest.raises(FatalError, match=r"options\.intents is"):
+        async with DiscordProvider().open_connection(config):
+            raise AssertionError("opened with bad intents")
