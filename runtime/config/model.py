@@ -409,13 +409,16 @@ class EmulatorConfig:
     with credentials the node makes up, so none are written anywhere.
 
     Attributes:
-        host: interface to bind.
+        host: interface to bind: a loopback address unless ``allow_remote``.
         port: TCP port (0 picks a free one).
+        allow_remote: allow a ``host`` that is not loopback (the emulator's
+            control API has no authentication: only on a network you trust).
         options: keyword options of the emulator class.
     """
 
     host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
     port: int = attrs.field(default=0, validator=PORT)
+    allow_remote: bool = False
     options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
+from providers.emulators.base import is_loopback
 from providers.options import emulator_problems, option_problems
 from providers.registry import EMULATORS, PROVIDERS
 from providers.whatsapp.core import graph_version_problem
@@ -353,6 +354,23 @@ def provider_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     return problems
 
 
+def emulator_hosts(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """An emulator binds to loopback unless ``allow_remote = true`` says otherwise."""
+    problems: list[ConfigProblem] = []
+    for name, emulator in _table(doc, "emulators").items():
+        host = emulator.get("host") if isinstance(emulator, Mapping) else None
+        remote = isinstance(host, str) and bool(host.strip()) and not is_loopback(host)
+        if remote and not _flag(emulator.get("allow_remote")):
+            message = (
+                f"the {name} emulator would serve on {host!r}, beyond this machine: its "
+                "control API has no authentication (anyone could inject signed messages "
+                "and read every message sent); use 127.0.0.1, or set allow_remote = true "
+                "on a network you trust"
+            )
+            problems.append(ConfigProblem(dotted(("emulators", name, "host")), message))
+    return problems
+
+
 def emulator_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     """``[emulators.X] options`` are keyword arguments the emulator takes."""
     problems: list[ConfigProblem] = []
@@ -546,6 +564,7 @@ RULES: Final[tuple[Rule, ...]] = (
     whatsapp_base_url,
     provider_options,
     emulator_options,
+    emulator_hosts,
 )
 """The rules on the file with its references resolved."""
 
