@@ -262,3 +262,33 @@ webhook_secret = "{HOOK_SECRET}"
     assert "Traceback" not in output
     for secret in (*SECRETS, "api-token-leaky-9", "E" * 35):
         assert secret not in output
+
+
+class LetterNode(FakeNode):
+    """A node with one dead letter whose reason echoes a credential."""
+
+    async def dead_letters(self, **where: object) -> list[object]:
+        from actors.channel.durable import DeadLetterRecord
+        from providers.base import OutboundMessage
+        from runtime.store.durable import StoredDeadLetter
+
+        await trio.lowlevel.checkpoint()
+        record = DeadLetterRecord(
+            id=1,
+            message=OutboundMessage(peer="42", idempotency_key="k-1", text="hi"),
+            reason=f"403 from upstream: Authorization: Bearer {META_TOKEN}; secret {HOOK_SECRET}",
+            error_type="PermanentSendError",
+            attempts=1,
+            at=0.0,
+        )
+        return [StoredDeadLetter(channel_id="wa-1", tenant="acme", letter=record)]
+
+
+async def test_a_dead_letters_reason_is_scrubbed() -> None:
+    with trio.fail_after(CEILING):
+        async with serving_with_secrets(LetterNode()) as client:
+            listed = await client.get("/v1/dead-letters", headers=BEARER)
+    assert listed.status_code == 200, listed.text
+    (letter,) = listed.json()["dead_letters"]
+    assert letter["reason"] == "403 from upstream: Authorization: Bearer ***; secret ***"
+    assert META_TOKEN not in listed.text and HOOK_SECRET not in listed.text
