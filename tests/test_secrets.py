@@ -292,3 +292,12 @@ async def test_a_dead_letters_reason_is_scrubbed() -> None:
     (letter,) = listed.json()["dead_letters"]
     assert letter["reason"] == "403 from upstream: Authorization: Bearer ***; secret ***"
     assert META_TOKEN not in listed.text and HOOK_SECRET not in listed.text
+
+
+async def test_an_unknown_path_with_a_credential_in_it_is_not_echoed() -> None:
+    token = "123456:" + "F" * 35
+    with trio.fail_after(CEILING):
+        async with serving_with_secrets(FakeNode()) as client:
+            answer = await client.get(f"/bot{token}/getMe")
+    assert answer.status_code == 404
+    assert token not in answer.text and "/bot***/getMe" in answer.json()["message"]

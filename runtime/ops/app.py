@@ -97,7 +97,7 @@ from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, UnknownChannel
-from ..telemetry.redaction import Redactor
+from ..telemetry.redaction import Redactor, scrub_shapes
 from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report, health_summary
 from .letters import DeadLetterApi
@@ -698,7 +698,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method) as JSON."""
     assert isinstance(exc, HTTPException)
     error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
-    message = f"{request.method} {request.url.path}: {exc.detail}"
+    # The path is the client's; a credential pasted into a URL is not echoed back.
+    message = scrub_shapes(f"{request.method} {request.url.path}: {exc.detail}")
     return _error(exc.status_code, error, message, headers=exc.headers)
 
 
