@@ -169,6 +169,7 @@ class EmulatorLedger:
 
     def __init__(self, emulator: WebSocketEmulator) -> None:
         self.emulator = emulator
+        emulator.max_kept = None  # the ledger counts every delivery, not the last ones
 
     def delivered(self) -> int:
         return len(self.emulator.sent)

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 import attrs
 
+from .masking import options_repr, url_repr
+
 if TYPE_CHECKING:
     from .operations import (
         DeleteMessage,
@@ -315,16 +317,18 @@ class ChannelConfig:
         tenant: the product tenant it belongs to.
         provider: the provider name (``discord``, ``telegram``, ...).
         credentials: tokens and secrets; never logged (``repr`` hides them).
-        base_url: the platform's API root (an emulator's in tests).
-        options: provider-specific settings.
+        base_url: the platform's API root (an emulator's in tests); ``repr``
+            masks its userinfo and credential query parameters.
+        options: provider-specific settings; ``repr`` masks secret-bearing
+            values (``webhook_secret``...: :mod:`providers.masking`).
     """
 
     channel_id: str
     tenant: str = "default"
     provider: str
     credentials: Mapping[str, str] = attrs.field(factory=dict, repr=False)
-    base_url: str | None = None
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    base_url: str | None = attrs.field(default=None, repr=url_repr)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=options_repr)
 
 
 @attrs.frozen(kw_only=True)

@@ -41,15 +41,31 @@ def _emulate(args: argparse.Namespace) -> int:
     import trio
 
     from providers.emulators import serve_emulator
+    from providers.emulators.base import is_loopback
     from providers.registry import EMULATORS, load
 
+    if not args.allow_remote and not is_loopback(args.host):
+        print(
+            f"switchboard emulate: refusing --host {args.host}: the control API (/_emulator/) "
+            "has no authentication and lets anyone inject signed messages, read every "
+            "message sent and repoint webhooks; use a loopback address, or add "
+            "--allow-remote on a network you trust",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     emulator = load(EMULATORS, args.platform)(**_emulator_options(args))
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 url = await nursery.start(
-                    functools.partial(serve_emulator, emulator, host=args.host, port=args.port)
+                    functools.partial(
+                        serve_emulator,
+                        emulator,
+                        host=args.host,
+                        port=args.port,
+                        allow_remote=args.allow_remote,
+                    )
                 )
                 print(
                     f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)"
@@ -80,13 +96,19 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.file, args.set)
     if config is None:
         return EXIT_BAD_INPUT
+    from runtime.telemetry.redaction import Redactor
+
+    # Nothing in these lines should hold a secret; the scrubber makes sure of it.
+    scrub = Redactor(config.secrets()).scrub
     enabled = sum(1 for channel in config.channels if channel.enabled)
     print(
-        f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} channels "
-        f"enabled, storage {config.storage.backend})"
+        scrub(
+            f"{args.file}: ok (node {config.node.id!r}, {enabled}/{len(config.channels)} "
+            f"channels enabled, storage {config.storage.backend})"
+        )
     )
     for notice in config.deprecations:
-        print(f"{args.file}: warning: {notice}", file=sys.stderr)
+        print(scrub(f"{args.file}: warning: {notice}"), file=sys.stderr)
     return 0
 
 
@@ -133,7 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local, protocol-faithful platform emulator until interrupted",
     )
     emulate.add_argument("platform", choices=["discord", "telegram", "whatsapp", "websocket"])
-    emulate.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    emulate.add_argument(
+        "--host", default="127.0.0.1", help="interface (default 127.0.0.1; loopback only)"
+    )
+    emulate.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host that is not loopback: the control API (/_emulator/) has no "
+        "authentication, so only on a network you trust",
+    )
     emulate.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
     emulate.add_argument("--webhook-url", help="whatsapp: where to POST signed webhooks")
     emulate.add_argument("--app-secret", help="whatsapp: the secret that signs webhooks")

@@ -50,7 +50,11 @@ class LocalEmulators:
         """The ``serve_*`` function of one emulator, for a service actor."""
         config = self.configs[platform]
         return functools.partial(
-            serve_emulator, self.emulators[platform], host=config.host, port=config.port
+            serve_emulator,
+            self.emulators[platform],
+            host=config.host,
+            port=config.port,
+            allow_remote=config.allow_remote,
         )
 
     def set_webhook_base(self, base_url: str) -> None:

@@ -1151,6 +1151,7 @@ async def open_node(
                     certfile=config.ops.certfile,
                     keyfile=config.ops.keyfile,
                     metrics=config.metrics,
+                    secrets=config.secrets(),
                 ),
                 what="ops HTTP",
                 host=config.ops.host,

@@ -65,11 +65,13 @@ class WebhookReply:
         status: the HTTP status.
         body: the response body (Meta's challenge for a verification).
         media_type: its media type.
+        dropped: malformed items the channel left out of a signed notification.
     """
 
     status: int
     body: bytes
     media_type: str = "text/plain"
+    dropped: int = 0
 
 
 def refusal(status: int, error: str, message: str) -> WebhookReply:
@@ -107,7 +109,9 @@ async def deliver(
     with trio.move_on_after(WEBHOOK_TIMEOUT):
         if provider == "whatsapp":
             status, answer = await hook(method, query, headers, body)
-            return WebhookReply(status=int(status), body=bytes(answer))
+            take_dropped = getattr(connection, "take_dropped", None)
+            dropped = take_dropped() if take_dropped is not None else 0
+            return WebhookReply(status=int(status), body=bytes(answer), dropped=dropped)
         status = int(await hook(headers, body))  # Telegram reads only the status
         return WebhookReply(status=status, body=HTTPStatus(status).phrase.encode())
     return refusal(503, "Timeout", "the channel did not take the webhook in time")
@@ -199,6 +203,7 @@ def reply_to_wire(reply: WebhookReply) -> dict[str, Any]:
         "status": reply.status,
         "body": base64.b64encode(reply.body).decode("ascii"),
         "media_type": reply.media_type,
+        "dropped": reply.dropped,
     }
 
 
@@ -208,4 +213,5 @@ def reply_from_wire(wire: Mapping[str, Any]) -> WebhookReply:
         status=int(wire["status"]),
         body=base64.b64decode(str(wire["body"]), validate=True),
         media_type=str(wire.get("media_type", "text/plain")),
+        dropped=int(wire.get("dropped", 0)),
     )

@@ -342,6 +342,7 @@ start_timeout = 5.0
 
 [ops]
 port = 0
+api_token = "${env:SB_DEGRADED_API_TOKEN}"
 
 [logging]
 format = "json"
@@ -370,12 +371,15 @@ async def test_a_channel_that_cannot_start_leaves_the_node_up_and_degraded(
     path = tmp_path / "degraded.toml"
     path.write_text(DEGRADED)
     with trio.fail_after(CEILING):
-        async with run_node(path) as node:
+        async with run_node(path, env={"SB_DEGRADED_API_TOKEN": "degraded-api-token"}) as node:
             await node.wait_output(r"channels:\s+1/2 started")
             ops = node.url("ops HTTP:")
             health = await wait_health(ops, lambda h: h["providers"]["websocket"]["connected"] == 1)
-            assert health["status"] == "degraded"
-            problems = {p["channel"]: p["reason"] for p in health["problems"]}
+            assert (health["status"], health["problem_count"]) == ("degraded", 1)
+            async with httpx.AsyncClient(base_url=ops) as client:
+                bearer = {"Authorization": "Bearer degraded-api-token"}
+                detail = await client.get("/health/detail", headers=bearer)
+            problems = {p["channel"]: p["reason"] for p in detail.json()["problems"]}
             assert list(problems) == ["ws-2"]
             assert "providers.websocket.max_connections" in problems["ws-2"]
             async with httpx.AsyncClient(base_url=ops) as client:

@@ -95,7 +95,7 @@ phone_number_id = "10001"
 [emulators.telegram]
 host = "127.0.0.1"
 port = 8081
-options = { latency = 0.01 }
+options = { bot_rate = 40 }
 
 [[channels]]
 id = "tg.support-1"
@@ -217,7 +217,7 @@ def test_every_section_of_a_full_file_is_read() -> None:
             "whatsapp": ProviderDefaults(options={"phone_number_id": "10001"}),
         },
         emulators={
-            "telegram": EmulatorConfig(host="127.0.0.1", port=8081, options={"latency": 0.01})
+            "telegram": EmulatorConfig(host="127.0.0.1", port=8081, options={"bot_rate": 40})
         },
         channels=[
             ChannelSpec(
@@ -278,8 +278,9 @@ def test_secrets_lists_every_secret_including_resolved_parts() -> None:
     assert not [secret for secret in secrets if secret in text and secret != "hook-secret-000"]
 
 
-def test_an_empty_file_is_all_defaults() -> None:
-    assert parse_config("", env={}) == NodeConfig()
+def test_an_empty_file_is_refused_and_an_empty_table_is_all_defaults() -> None:
+    with pytest.raises(ConfigError, match="the file has no settings"):
+        parse_config("# only a comment\n", env={})
     assert parse_config({}, source="inline", env={}) == NodeConfig(source="inline")
 
 
@@ -332,7 +333,8 @@ def test_references_resolve_in_every_string() -> None:
         port = "${env:PORT}"
         enabled = "${env:ON}"
         public_url = "https://${env:HOST}:8443/hooks"
-        [emulators.telegram.options]
+        [emulators.telegram]
+        [providers.simulated.options]
         greeting = ["hi ${env:WHO}", { nested = "${env:WHO}${env:WHO}" }]
         [[channels]]
         id = "${env:ID}"
@@ -345,7 +347,7 @@ def test_references_resolve_in_every_string() -> None:
     )
     assert (config.ops.port, config.ops.enabled) == (8080, False)
     assert config.ops.public_url == "https://h:8443/hooks"
-    assert config.emulators["telegram"].options == {"greeting": ["hi w", {"nested": "ww"}]}
+    assert config.providers["simulated"].options == {"greeting": ["hi w", {"nested": "ww"}]}
     channel = config.channels[0]
     assert (channel.id, channel.base_url) == ("c1", "http://h")
     assert channel.rate_limit == RateLimitConfig(per_channel_rate=2.5)

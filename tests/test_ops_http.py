@@ -290,12 +290,29 @@ def test_a_channel_that_did_not_start_is_not_started_whatever_its_status() -> No
     assert report["problems"][0]["reason"] == "did not start: no app_secret"
 
 
+class HealthClient:
+    """GET /health/detail with the token, checking that public /health agrees."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, path: str) -> httpx.Response:
+        assert path == "/health"
+        detail = await self.client.get("/health/detail", headers=BEARER)
+        public = await self.client.get("/health")
+        assert public.status_code == detail.status_code
+        summary = {k: v for k, v in detail.json().items() if k != "problems"}
+        assert public.json() == {**summary, "problem_count": len(detail.json()["problems"])}
+        return detail
+
+
 async def test_health_ok_degraded_and_error_with_exact_json() -> None:
     node = FakeNode()
     node.stats = attrs.evolve(node.stats, started=2, configured=3)
     connected = snapshot("tg-1", ChannelStatus.CONNECTED)
     with trio.fail_after(CEILING):
-        async with serving(node) as (client, _):
+        async with serving(node, api_token=API_TOKEN) as (raw_client, _):
+            client = HealthClient(raw_client)
             node.snapshots = [connected]
             ok = await client.get("/health")
             assert ok.status_code == 200
@@ -639,7 +656,12 @@ async def test_whatsapp_unknown_numbers_channels_and_bad_bodies() -> None:
             assert unknown.json()["error"] == "UnknownChannel"
             assert (await client.post("/webhooks/whatsapp/nope", content=stray)).status_code == 404
 
-            not_json = await client.post("/webhooks/whatsapp", content=b"<xml/>")
+            # Unsigned, it is refused before it is read; signed, a body that is not JSON is 400.
+            unsigned = await client.post("/webhooks/whatsapp", content=b"<xml/>")
+            assert (unsigned.status_code, unsigned.text) == (403, "invalid X-Hub-Signature-256")
+            not_json = await client.post(
+                "/webhooks/whatsapp", content=b"<xml/>", headers=signed(b"<xml/>")
+            )
             assert (not_json.status_code, not_json.json()["error"]) == (400, "BadRequest")
 
             # An account-level notification names no number: acknowledged once signed.
@@ -662,7 +684,7 @@ async def test_whatsapp_unknown_numbers_channels_and_bad_bodies() -> None:
                 outcome: await requests_total(client, "whatsapp", outcome)
                 for outcome in ("unknown_channel", "bad_request", "accepted", "rejected")
             }
-            assert counts == {"unknown_channel": 2, "bad_request": 1, "accepted": 1, "rejected": 1}
+            assert counts == {"unknown_channel": 2, "bad_request": 1, "accepted": 1, "rejected": 2}
 
 
 class SignedHook:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -523,16 +523,69 @@ def test_other_numbers_and_other_fields_are_skipped() -> None:
         (b"not json", b"not JSON"),
         (b'{"object": "page", "entry": []}', b"'page'"),
         (b'{"entry": []}', b"$.object"),
-        (
-            notification({"messages": [{"from": "1", "type": "text"}]}),
-            b"$.entry[0].changes[0].value.messages[0].id",
-        ),
+        (b"[" * 50_000, b"nests more than the 64 levels allowed"),
     ],
 )
 def test_signed_but_malformed_bodies_get_400_naming_the_problem(body: bytes, needle: bytes) -> None:
     outcome = signed_post(body)
     assert outcome.status == 400 and outcome.events == ()
     assert needle in outcome.body
+
+
+GOOD: Final = {"from": "1", "id": "wamid.GOOD", "type": "text", "text": {"body": "kept"}}
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ({"messages": [{"from": "1", "type": "text"}, GOOD]}, "messages[0].id"),
+        ({"messages": [{"from": "1", "id": None, "text": {"body": "x"}}, GOOD]}, "messages[0].id"),
+        ({"messages": [{"from": 5, "id": "n", "text": {"body": "x"}}, GOOD]}, "messages[0].from"),
+        (
+            {"messages": [GOOD, {"from": "1", "id": "t", "text": {"body": None}}]},
+            "messages[1].text",
+        ),
+        ({"messages": ["junk", GOOD]}, "messages[0]"),
+        ({"messages": [{"from": None, "id": "x", "text": {"body": "?"}}, GOOD]}, "no sender"),
+        ({"messages": [GOOD], "statuses": [{"id": None, "status": "read"}]}, "statuses[0].id"),
+        ({"messages": [GOOD], "contacts": [{"wa_id": 7}]}, "contacts[0].wa_id"),
+    ],
+    ids=[
+        "no-id",
+        "null-id",
+        "number-from",
+        "null-body",
+        "not-object",
+        "nobody",
+        "status",
+        "contact",
+    ],
+)
+def test_a_malformed_item_is_dropped_and_named_and_the_rest_kept(
+    value: dict[str, Any], needle: str
+) -> None:
+    """Loose coercion made ``"id": null`` the message id "None" and ``"from": 5`` a sender "5"."""
+    outcome = signed_post(notification(value))
+    assert outcome.status == 200
+    texts = [e.text for e in outcome.events if isinstance(e, InboundMessage)]
+    assert texts == ["kept"]
+    assert all(
+        isinstance(e, InboundMessage) or e.platform_message_id != "None" for e in outcome.events
+    )
+    (problem,) = outcome.dropped
+    assert needle in problem and "$.entry[0].changes[0].value." in problem
+
+
+def test_a_malformed_change_is_dropped_and_the_other_changes_kept() -> None:
+    good = json.loads(notification({"messages": [GOOD]}))["entry"][0]["changes"][0]
+    bad = {"field": "messages", "value": {"metadata": None}}
+    entry = {"id": "WABA", "changes": [bad, good]}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+    outcome = signed_post(body)
+    assert outcome.status == 200
+    assert [e.platform_message_id for e in outcome.events] == ["wamid.GOOD"]
+    (problem,) = outcome.dropped
+    assert "$.entry[0].changes[0].value" in problem
 
 
 def test_other_methods_are_not_allowed() -> None:

@@ -57,7 +57,8 @@ from ..base import (
 )
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
-from .compress import COMPRESSIONS, Compression, CompressionError, Inflater
+from ..options import discord_compress, discord_intents
+from .compress import Compression, CompressionError, Inflater
 from .gateway import (
     INVALID_SESSION_DELAY,
     Action,
@@ -174,14 +175,11 @@ class DiscordProvider:
             FatalError: a fatal gateway close code (4010-4014).
             TransientError: network failures and server errors.
         """
-        compress: Any = config.options.get("compress", self.compress)
-        if compress == "none":
-            compress = None
-        if compress is not None and compress not in COMPRESSIONS:
-            raise FatalError(
-                f"discord channel {config.channel_id!r}: options.compress is {compress!r}; "
-                f"use one of {', '.join(COMPRESSIONS)} or none"
-            )
+        try:
+            compress: Any = discord_compress(config.options, self.compress)
+            intents = discord_intents(config.options, self.intents)
+        except FatalError as exc:
+            raise FatalError(f"discord channel {config.channel_id!r}: {exc}") from exc
         token = config.credentials.get("token")
         if not token:
             raise AuthenticationFailed(
@@ -209,7 +207,7 @@ class DiscordProvider:
                 token=token,
                 channel_id=config.channel_id,
                 gateway_url=gateway.url,
-                intents=int(config.options.get("intents", self.intents)),
+                intents=intents,
                 session=session,
                 session_start_limit=gateway.session_start_limit,
                 now=trio.current_time(),

@@ -22,10 +22,20 @@ Design:
 - Time is ``trio.current_time()``: emulators run in the caller's trio loop
   (in-process for tests and benchmarks) or in their own (``switchboard
   emulate``).
+- The control API has no authentication (it injects signed messages, reads
+  every message sent, repoints webhooks): an emulator binds to loopback
+  only, and :meth:`Emulator.serve` refuses any other address unless it is
+  given ``allow_remote=True`` (``switchboard emulate --allow-remote``,
+  ``[emulators.X] allow_remote = true``). What it keeps is capped: the
+  last :data:`MAX_KEPT` sends, operations and ownership overlaps
+  (:attr:`Emulator.max_kept`; a benchmark's ledger lifts it), and a list
+  the control API answers has at most :data:`MAX_LISTED` items (the last
+  ones; ``?limit=`` asks for fewer).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -40,13 +50,56 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-__all__ = ["Emulator", "FaultError", "open_emulator", "serve_emulator"]
+from providers import bounded_json
+
+__all__ = [
+    "MAX_FAULT_COUNT",
+    "MAX_KEPT",
+    "MAX_LISTED",
+    "Emulator",
+    "FaultError",
+    "is_loopback",
+    "open_emulator",
+    "serve_emulator",
+    "trim",
+]
+
+MAX_KEPT = 100_000  # sends, operations, overlaps an emulator keeps (the last ones)
+MAX_LISTED = 10_000  # items one control API answer lists (the last ones)
+MAX_FAULT_COUNT = 100_000  # failures one fault request may queue
 
 LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
 # Real platforms keep an idle HTTP connection for minutes; hypercorn's default
 # (5 s) reaps pooled client connections just as clients reuse them after a
 # rate-limit wait (discord.py then fails with ECONNRESET).
 KEEP_ALIVE_TIMEOUT = 300.0  # seconds
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or a wildcard ("", "0.0.0.0" is an address, not loopback)
+
+
+def _check_host(emulator: Emulator, host: str, allow_remote: bool) -> None:
+    if not allow_remote and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve the {emulator.name} emulator on {host!r}: its control API "
+            "(/_emulator/) has no authentication and lets anyone inject signed messages, "
+            "read every message sent and repoint webhooks; bind it to 127.0.0.1, or pass "
+            "allow_remote (switchboard emulate --allow-remote, [emulators.X] "
+            "allow_remote = true) on a network you trust"
+        )
+
+
+def trim(items: list[Any], limit: int | None) -> None:
+    """Keep the last ``limit`` of ``items``, trimming in chunks (amortised O(1) an append)."""
+    if limit is not None and len(items) > limit + limit // 4:
+        del items[: len(items) - limit]
 
 
 class FaultError(ValueError):
@@ -84,6 +137,7 @@ class Holders:
                     "held_by": other,
                 }
             )
+        trim(self.overlaps, MAX_KEPT)
         self._ids += 1
         live[self._ids] = now
         self._opened[identity] += 1
@@ -129,6 +183,8 @@ class Emulator:
     """
 
     name = "emulator"
+    max_kept: int | None = MAX_KEPT
+    """Sends and operations kept (the last ones); ``None`` keeps all (a benchmark's ledger)."""
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
@@ -162,9 +218,19 @@ class Emulator:
         raise FaultError(f"{self.name} emulator: unknown fault kind {payload.get('kind')!r}")
 
     async def serve(
-        self, *, host: str, port: int, task_status: Any = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        host: str,
+        port: int,
+        allow_remote: bool = False,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve :attr:`app` with hypercorn until cancelled; ``task_status.started(base_url)``."""
+        """Serve :attr:`app` with hypercorn until cancelled; ``task_status.started(base_url)``.
+
+        Raises:
+            ValueError: ``host`` is not a loopback address and ``allow_remote`` is false.
+        """
+        _check_host(self, host, allow_remote)
         config = Config()
         config.bind = [f"{host}:{port}"]
         config.accesslog = None
@@ -191,11 +257,13 @@ class Emulator:
 
     def record_sent(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
+        trim(self.sent, self.max_kept)
         self.stats["messages_sent"] += 1
 
     def record_operation(self, operation: dict[str, Any]) -> None:
         """Keep an operation other than a send (an edit, a delete, typing, ...)."""
         self.operations.append(operation)
+        trim(self.operations, self.max_kept)
         self.stats["operations"] += 1
 
     # --- the control API ---------------------------------------------------------------
@@ -212,10 +280,10 @@ class Emulator:
         return JSONResponse(injected)
 
     async def _sent(self, request: Request) -> Response:
-        return JSONResponse(self.sent)
+        return _listed(request, self.sent)
 
     async def _operations(self, request: Request) -> Response:
-        return JSONResponse(self.operations)
+        return _listed(request, self.operations)
 
     async def _stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats, "ownership": self.holders.statistics()})
@@ -260,9 +328,17 @@ class Emulator:
         return self._app
 
 
+def _listed(request: Request, items: list[Any]) -> Response:
+    """The last ``?limit=`` (at most :data:`MAX_LISTED`) of ``items`` as JSON."""
+    raw = request.query_params.get("limit", "")
+    limit = int(raw) if raw.isdigit() and len(raw) <= 9 else MAX_LISTED
+    limit = min(limit, MAX_LISTED)
+    return JSONResponse(items[-limit:] if limit else [])
+
+
 async def _json_object(request: Request) -> dict[str, Any] | Response:
     try:
-        payload = await request.json()
+        payload = bounded_json.loads(await request.body())
     except ValueError as exc:
         return JSONResponse({"error": f"the body is not JSON: {exc}"}, status_code=400)
     if not isinstance(payload, dict):
@@ -275,27 +351,41 @@ async def serve_emulator(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    allow_remote: bool = False,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``emulator`` until cancelled; ``task_status.started(base_url)``.
 
     Args:
         emulator: the emulator to serve.
-        host: interface to bind (keep it on loopback).
+        host: interface to bind: a loopback address unless ``allow_remote``.
         port: TCP port; 0 picks a free one.
+        allow_remote: allow a non-loopback ``host`` (the control API is open).
+
+    Raises:
+        ValueError: a non-loopback ``host`` without ``allow_remote``.
     """
-    await emulator.serve(host=host, port=port, task_status=task_status)
+    await emulator.serve(host=host, port=port, allow_remote=allow_remote, task_status=task_status)
 
 
 @asynccontextmanager
 async def open_emulator(
-    emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0
+    emulator: Emulator, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False
 ) -> AsyncIterator[str]:
-    """Run ``emulator`` in-process for the block; yields its base URL."""
+    """Run ``emulator`` in-process for the block; yields its base URL (see serve_emulator).
+
+    Raises:
+        ValueError: a non-loopback ``host`` without ``allow_remote``.
+    """
+    _check_host(emulator, host, allow_remote)
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(
             lambda task_status: serve_emulator(
-                emulator, host=host, port=port, task_status=task_status
+                emulator,
+                host=host,
+                port=port,
+                allow_remote=allow_remote,
+                task_status=task_status,
             )
         )
         try:

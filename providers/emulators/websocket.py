@@ -55,7 +55,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ..websocket.core import HEARTBEAT_ACK
-from .base import Emulator, FaultError
+from .base import MAX_FAULT_COUNT, Emulator, FaultError
 
 __all__ = ["WebSocketEmulator"]
 
@@ -190,6 +190,8 @@ class WebSocketEmulator(Emulator):
         targets = [c for c in self._clients if token is None or c.token == token]
         if not targets:
             self._backlog.append((token, frame))
+            if self.max_kept is not None and len(self._backlog) > self.max_kept:
+                self._backlog.popleft()  # the oldest undelivered frame goes
             return {"queued": True, "frame": frame}
         text = _dumps(frame)
         for client in targets:
@@ -226,8 +228,15 @@ class WebSocketEmulator(Emulator):
         if kind == "fail_sends":
             code = payload.get("code")
             count = payload.get("count", 1)
-            if not isinstance(code, str) or not isinstance(count, int) or count < 1:
-                raise FaultError("fail_sends needs a string 'code' and a positive int 'count'")
+            if (
+                not isinstance(code, str)
+                or not isinstance(count, int)
+                or not 1 <= count <= MAX_FAULT_COUNT
+            ):
+                raise FaultError(
+                    "fail_sends needs a string 'code' and a positive int 'count' "
+                    f"(at most {MAX_FAULT_COUNT})"
+                )
             spec: dict[str, Any] = {
                 k: payload[k] for k in ("message", "retry_after") if k in payload
             }

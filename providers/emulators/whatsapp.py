@@ -72,7 +72,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .base import Emulator, FaultError
+from .base import MAX_FAULT_COUNT, Emulator, FaultError, trim
 
 __all__ = ["WhatsAppEmulator"]
 
@@ -616,6 +616,7 @@ class WhatsAppEmulator(Emulator):
         """POST one signed webhook; its HTTP status, or ``None`` when it did not arrive."""
         record: dict[str, Any] = {"kind": kind, "payload": payload, "status": None}
         self.webhooks.append(record)
+        trim(self.webhooks, self.max_kept)
         if self.webhook_url is None:
             self.stats["webhooks_unconfigured"] += 1
             return None
@@ -747,8 +748,8 @@ class WhatsAppEmulator(Emulator):
         """
         kind = payload.get("kind")
         count = payload.get("count", 1)
-        if not isinstance(count, int) or count < 1:
-            raise FaultError(f"{kind} needs a positive integer 'count'")
+        if not isinstance(count, int) or not 1 <= count <= MAX_FAULT_COUNT:
+            raise FaultError(f"{kind} needs a positive integer 'count' (at most {MAX_FAULT_COUNT})")
         if kind == "fail_next":
             code, via = payload.get("code"), payload.get("via", "response")
             if not isinstance(code, int) or via not in ("response", "webhook"):

@@ -14,18 +14,19 @@ answers 200 only after the events were handed out.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterable, Mapping
 from typing import Final
 
 import attrs
 
+from .. import bounded_json
 from ..base import TransientError
 from .core import ParsedUpdate, parse_webhook_update
 
-__all__ = ["SECRET_HEADER", "WebhookHandler", "WebhookVerdict"]
+__all__ = ["MAX_UPDATE_BYTES", "SECRET_HEADER", "WebhookHandler", "WebhookVerdict"]
 
 SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
+MAX_UPDATE_BYTES: Final = 4 * 1024 * 1024  # bytes one update may have; larger: 413
 
 Headers = Mapping[str, str] | Iterable[tuple[bytes | str, bytes | str]]
 
@@ -35,7 +36,7 @@ class WebhookVerdict:
     """What to answer a webhook request, and what it carried.
 
     Attributes:
-        status: the HTTP status to answer (200, 400 or 403).
+        status: the HTTP status to answer (200, 400, 403 or 413).
         update: the parsed update when the request was accepted.
         reason: why it was refused (empty when accepted).
     """
@@ -88,15 +89,20 @@ class WebhookHandler:
             body: the raw request body.
 
         Returns:
-            The verdict: 403 on a bad secret, 400 on a malformed body, else
-            200 with the update (whose event may be None for kinds we ignore).
+            The verdict: 403 on a bad secret, 413 on a body over
+            :data:`MAX_UPDATE_BYTES`, 400 on a malformed body (not JSON,
+            nested deeper than :data:`providers.bounded_json.MAX_DEPTH`, not
+            an update), else 200 with the update (whose event may be None for
+            kinds we ignore).
         """
         given = _header(headers, SECRET_HEADER)
         if given is None or not hmac.compare_digest(given.encode(), self._secret):
             return self._refuse(403, f"missing or wrong {SECRET_HEADER}")
+        if len(body) > MAX_UPDATE_BYTES:
+            return self._refuse(413, f"the body exceeds {MAX_UPDATE_BYTES} bytes")
         try:
-            update = parse_webhook_update(json.loads(body), self.channel_id)
-        except (ValueError, TransientError) as exc:
+            update = parse_webhook_update(bounded_json.loads(body), self.channel_id)
+        except (ValueError, TypeError, TransientError) as exc:
             return self._refuse(400, f"the body is not a Telegram update: {exc}")
         self.accepted += 1
         return WebhookVerdict(status=200, update=update)

@@ -20,6 +20,7 @@ Design:
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -51,6 +52,8 @@ from .core import WHATSAPP_LIMITS, ApiRequest, WhatsAppSettings
 
 __all__ = ["WhatsAppConnection", "WhatsAppProvider"]
 
+log = logging.getLogger("switchboard.providers.whatsapp")
+
 CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
 LAST_INBOUND_KEPT: Final = 10_000  # peers whose last message id is kept (for typing)
 
@@ -73,6 +76,8 @@ class WhatsAppConnection:
         self._upload_limit = WHATSAPP_LIMITS.max_upload_bytes
         # Typing shows only as part of a read mark of a message: the last one per peer.
         self._last_inbound: OrderedDict[str, str] = OrderedDict()
+        self._signer = webhook.signer_id(settings.app_secret)
+        self._dropped = 0  # malformed items of signed notifications, not yet taken
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "OPEN"
@@ -125,6 +130,14 @@ class WhatsAppConnection:
             phone_number_id=self.settings.phone_number_id,
             media_root=self.settings.api_root,
         )
+        if outcome.dropped:
+            self._dropped += len(outcome.dropped)
+            for problem in outcome.dropped:
+                log.warning(
+                    "whatsapp %s: dropped from a notification: %s",
+                    self.settings.channel_id,
+                    problem,
+                )
         if not outcome.events:
             return outcome.status, outcome.body
         if self._closed:
@@ -139,6 +152,27 @@ class WhatsAppConnection:
         self._received += len(outcome.events)
         await trio.lowlevel.checkpoint()
         return outcome.status, outcome.body
+
+    @property
+    def webhook_signer(self) -> str:
+        """Who signs this channel's notifications (:func:`.webhook.signer_id`, no secret).
+
+        Channels with equal signers accept exactly the same signatures.
+        """
+        return self._signer
+
+    def take_dropped(self) -> int:
+        """How many malformed items signed notifications carried since the last call."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+    def check_signature(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """Whether ``body`` is signed with this channel's app secret.
+
+        Pure and thread-safe (the ops server hashes large bodies off the
+        event loop); :meth:`handle_webhook` checks again on its own.
+        """
+        return webhook.verify_signature(self.settings.app_secret, headers, body)
 
     # --- outbound ------------------------------------------------------------------------
 

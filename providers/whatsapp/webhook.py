@@ -27,20 +27,28 @@ Design:
   bearer token, the short-lived download URL.
 - Notification payloads are structured with cattrs through one converter
   (:data:`WEBHOOK`); unknown fields are ignored, as Meta adds them freely.
+  Strings are strict: ``"from": null`` or ``"id": 5`` is not turned into the
+  text ``"None"`` or ``"5"`` (cattrs' default would), it is a malformed item.
+- A signed notification is read item by item: one malformed message, status
+  or contact is dropped, named with its path in
+  :attr:`WebhookOutcome.dropped`, and the rest are kept (answering 400 for
+  the whole body would make Meta redeliver the good items with the bad one,
+  for days). Only a body that is not a WhatsApp notification at all (not
+  JSON, too deep, another ``object``) answers 400.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from providers import bounded_json
 from providers.base import (
     DeliveryReceipt,
     Event,
@@ -51,18 +59,24 @@ from providers.base import (
 )
 
 __all__ = [
+    "MAX_NOTIFICATION_BYTES",
     "SIGNATURE_HEADER",
     "WEBHOOK",
+    "Notification",
     "WebhookOutcome",
     "WebhookPayloadError",
     "handle_webhook",
     "parse_notification",
+    "read_notification",
     "sign",
+    "signature_header_valid",
+    "signer_id",
     "verify_signature",
     "verify_subscription",
 ]
 
 SIGNATURE_HEADER: Final = "x-hub-signature-256"
+MAX_NOTIFICATION_BYTES: Final = 4 * 1024 * 1024  # bytes; larger: 413, before any hashing
 _PREFIX: Final = "sha256="
 
 WEBHOOK: Final = cattrs.Converter(detailed_validation=True)
@@ -82,12 +96,27 @@ class WebhookOutcome:
         body: the response body (the challenge for a verification).
         content_type: its media type.
         events: the events to queue, in payload order.
+        dropped: the malformed items left out, each ``"<path>: <problem>"``.
     """
 
     status: int
     body: bytes = b""
     content_type: str = "text/plain"
     events: tuple[Event, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Notification:
+    """What one signed notification carried.
+
+    Attributes:
+        events: the events, in payload order.
+        dropped: the malformed items left out, each ``"<path>: <problem>"``.
+    """
+
+    events: tuple[Event, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 # --- authentication ----------------------------------------------------------------------
@@ -96,6 +125,35 @@ class WebhookOutcome:
 def sign(app_secret: str, body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends for ``body``."""
     return _PREFIX + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signer_id(app_secret: str) -> str:
+    """A name for ``app_secret`` that tells apps apart without revealing the secret.
+
+    Channels of one Meta app share an app secret and so a signature: whoever
+    routes a notification checks it once per signer id, not once per channel.
+    The id is an HMAC of a fixed label keyed with the secret, cut to 16 hex
+    digits: it cannot be turned back into the secret, nor forge a signature.
+    """
+    label = b"switchboard whatsapp signer id"
+    return hmac.new(app_secret.encode(), label, hashlib.sha256).hexdigest()[:16]
+
+
+def signature_header_valid(headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` carry an ``X-Hub-Signature-256`` of the right form at all.
+
+    A request without one is refused before its body is hashed or read as JSON.
+    """
+    given = _header(headers, SIGNATURE_HEADER)
+    if given is None:
+        return False
+    value = given.strip().lower()
+    digits = value.removeprefix(_PREFIX)
+    return (
+        value.startswith(_PREFIX)
+        and len(digits) == 64
+        and all(c in "0123456789abcdef" for c in digits)
+    )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -113,9 +171,9 @@ def verify_signature(app_secret: str, headers: Mapping[str, str], body: bytes) -
         headers: the request headers (names compared case-insensitively).
         body: the raw request body, exactly as received.
     """
-    given = _header(headers, SIGNATURE_HEADER)
-    if given is None or not given.startswith(_PREFIX):
+    if not signature_header_valid(headers) or len(body) > MAX_NOTIFICATION_BYTES:
         return False
+    given = _header(headers, SIGNATURE_HEADER) or ""
     expected = sign(app_secret, body)
     return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
 
@@ -218,9 +276,9 @@ class _Contact:
 @attrs.frozen(kw_only=True)
 class _Value:
     metadata: _Metadata
-    contacts: list[_Contact] = attrs.field(factory=list)
-    messages: list[_Message] = attrs.field(factory=list)
-    statuses: list[_Status] = attrs.field(factory=list)
+    contacts: list[Any] = attrs.field(factory=list)  # each structured on its own
+    messages: list[Any] = attrs.field(factory=list)
+    statuses: list[Any] = attrs.field(factory=list)
 
 
 @attrs.frozen(kw_only=True)
@@ -241,6 +299,14 @@ class _Notification:
     entry: list[_Entry] = attrs.field(factory=list)
 
 
+def _strict_str(value: Any, _: type) -> str:
+    # cattrs' default is str(value): null would become "None", 5 would become "5".
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+WEBHOOK.register_structure_hook(str, _strict_str)
 WEBHOOK.register_structure_hook(
     _Message, make_dict_structure_fn(_Message, WEBHOOK, sender=override(rename="from"))
 )
@@ -342,7 +408,35 @@ def _receipt(status: _Status, *, channel_id: str) -> DeliveryReceipt | None:
 def parse_notification(
     body: bytes, *, channel_id: str, phone_number_id: str | None = None, media_root: str = ""
 ) -> list[Event]:
-    """The events of one webhook notification, in payload order.
+    """The events of one webhook notification, in payload order (see :func:`read_notification`).
+
+    Raises:
+        WebhookPayloadError: the body is not JSON or not a WhatsApp notification.
+    """
+    notification = read_notification(
+        body, channel_id=channel_id, phone_number_id=phone_number_id, media_root=media_root
+    )
+    return list(notification.events)
+
+
+_T = TypeVar("_T")
+
+
+def _items(raw: list[Any], kind: type[_T], path: str, dropped: list[str]) -> list[_T]:
+    """Each of ``raw`` structured as ``kind``; a malformed one goes to ``dropped``."""
+    items: list[_T] = []
+    for i, item in enumerate(raw):
+        try:
+            items.append(WEBHOOK.structure(item, kind))
+        except (cattrs.BaseValidationError, TypeError, ValueError, AttributeError) as exc:
+            dropped.append(_describe(exc, f"{path}[{i}]"))
+    return items
+
+
+def read_notification(
+    body: bytes, *, channel_id: str, phone_number_id: str | None = None, media_root: str = ""
+) -> Notification:
+    """The events of one webhook notification, and the malformed items left out.
 
     Args:
         body: the raw, already authenticated, request body.
@@ -353,13 +447,14 @@ def parse_notification(
 
     Returns:
         InboundMessage for each message, DeliveryReceipt for each
-        sent/delivered/read/failed status; other fields are skipped.
+        sent/delivered/read/failed status; other fields are skipped; each
+        malformed change, message, status or contact is dropped and named.
 
     Raises:
         WebhookPayloadError: the body is not JSON or not a WhatsApp notification.
     """
     try:
-        raw = json.loads(body)
+        raw = bounded_json.loads(body, max_bytes=MAX_NOTIFICATION_BYTES)
     except ValueError as exc:
         raise WebhookPayloadError(f"the webhook body is not JSON: {exc}") from exc
     try:
@@ -371,34 +466,42 @@ def parse_notification(
             f"webhook object is {notification.object!r}, not 'whatsapp_business_account'"
         )
     events: list[Event] = []
+    dropped: list[str] = []
     for e, entry in enumerate(notification.entry):
         for c, change in enumerate(entry.changes):
             if change.field != "messages":
                 continue  # account updates, template reviews...: not channel events
+            path = f"$.entry[{e}].changes[{c}].value"
             try:
                 value = WEBHOOK.structure(change.value, _Value)
             except (cattrs.BaseValidationError, TypeError, AttributeError) as exc:
-                raise WebhookPayloadError(
-                    _describe(exc, f"$.entry[{e}].changes[{c}].value")
-                ) from exc
+                dropped.append(_describe(exc, path))
+                continue
             if phone_number_id is not None and value.metadata.phone_number_id != phone_number_id:
                 continue
+            contacts = _items(value.contacts, _Contact, f"{path}.contacts", dropped)
             names = {
                 (contact.wa_id or contact.user_id or ""): contact.profile.name
-                for contact in value.contacts
+                for contact in contacts
                 if contact.profile is not None and contact.profile.name is not None
             }
-            for message in value.messages:
+            messages = _items(value.messages, _Message, f"{path}.messages", dropped)
+            for message in messages:
                 inbound = _inbound(
-                    message, names, value.contacts, channel_id=channel_id, media_root=media_root
+                    message, names, contacts, channel_id=channel_id, media_root=media_root
                 )
-                if inbound is not None:
+                if inbound is None:
+                    dropped.append(
+                        f"message {message.id!r} has no sender (from, from_user_id or one "
+                        f"contact) @ {path}.messages"
+                    )
+                else:
                     events.append(inbound)
-            for status in value.statuses:
+            for status in _items(value.statuses, _Status, f"{path}.statuses", dropped):
                 receipt = _receipt(status, channel_id=channel_id)
                 if receipt is not None:
                     events.append(receipt)
-    return events
+    return Notification(events=tuple(events), dropped=tuple(dropped))
 
 
 def _describe(exc: Exception, path: str) -> str:
@@ -408,7 +511,7 @@ def _describe(exc: Exception, path: str) -> str:
             line.replace(".sender", ".from") for line in cattrs.transform_error(exc, path=path)
         )
         return "malformed WhatsApp notification: " + "; ".join(lines)
-    return f"malformed WhatsApp notification at {path}: {exc}"
+    return f"malformed WhatsApp notification: {exc} @ {path}"
 
 
 # --- the whole exchange ------------------------------------------------------------------
@@ -441,19 +544,27 @@ def handle_webhook(
 
     Returns:
         200 with the challenge or the events; 403 for a failed verification
-        or a bad signature (no events); 400 for a signed but unreadable body;
-        405 for other methods.
+        or a bad signature (no events); 400 for a signed but unreadable body
+        (not JSON, nested deeper than :data:`providers.bounded_json.MAX_DEPTH`);
+        413 for a body over :data:`MAX_NOTIFICATION_BYTES` (refused before
+        it is hashed); 405 for other methods.
     """
     if method.upper() == "GET":
         return verify_subscription(query, verify_token)
     if method.upper() != "POST":
         return WebhookOutcome(status=405, body=b"only GET and POST")
+    if len(body) > MAX_NOTIFICATION_BYTES:
+        return WebhookOutcome(
+            status=413, body=f"the body exceeds {MAX_NOTIFICATION_BYTES} bytes".encode()
+        )
     if not verify_signature(app_secret, headers, body):
         return WebhookOutcome(status=403, body=b"invalid X-Hub-Signature-256")
     try:
-        events = parse_notification(
+        notification = read_notification(
             body, channel_id=channel_id, phone_number_id=phone_number_id, media_root=media_root
         )
     except WebhookPayloadError as exc:
         return WebhookOutcome(status=400, body=str(exc).encode())
-    return WebhookOutcome(status=200, body=b"ok", events=tuple(events))
+    return WebhookOutcome(
+        status=200, body=b"ok", events=notification.events, dropped=notification.dropped
+    )

@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
@@ -47,6 +47,7 @@ _LOADER_FIELDS: Final[Mapping[type, frozenset[str]]] = {
 }
 """Fields the loader sets, which a file may not."""
 
+MAX_DEPTH: Final = 32  # tables and arrays inside each other; the deepest setting needs 6
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")  # an integer from the environment
 _SCRUB_SUBSTRINGS_FROM: Final = 4  # characters; shorter secrets are only scrubbed as quoted values
 
@@ -105,9 +106,40 @@ def parse_config(
     Raises:
         ConfigError: every problem found, in file order.
     """
+    try:
+        return _parse_config(data, source=source, env=env, overrides=overrides)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        # A file the checks did not foresee is refused (exit 2), never a traceback;
+        # the exception's text is left out: it may quote a value of the file.
+        message = (
+            f"the file could not be checked ({type(exc).__name__} in the checker); "
+            "it is refused: simplify the value types, and please report this"
+        )
+        raise ConfigError(source, [ConfigProblem("", message)]) from exc
+
+
+def _parse_config(
+    data: str | Mapping[str, Any],
+    *,
+    source: str,
+    env: Mapping[str, str] | None,
+    overrides: Sequence[str],
+) -> NodeConfig:
     parsed = _parse_toml(data, source) if isinstance(data, str) else data
     if not isinstance(parsed, Mapping):
         raise ConfigError(source, [ConfigProblem("", "expected a table of settings")])
+    if isinstance(data, str) and not parsed and not overrides:  # a file, not a program's table
+        message = (
+            "the file has no settings: a deployment names at least its node ([node] id) "
+            "or its channels ([[channels]])"
+        )
+        raise ConfigError(source, [ConfigProblem("", message)])
+    too_deep = _too_deep(parsed)
+    if too_deep is not None:
+        message = f"nested more than {MAX_DEPTH} tables or arrays deep; no setting is"
+        raise ConfigError(source, [ConfigProblem(refs.dotted(too_deep), message)])
     parsed, found = _overridden(parsed, overrides)
     # Deprecated keys are read under their new names from here on.
     written, renamed, deprecations = rules.renamed_keys(parsed)
@@ -132,7 +164,12 @@ def parse_config(
     unresolved = {refs.dotted(path) for path in resolution.unresolved}
     found.extend(problem for problem in problems if problem.path not in unresolved)
     if found or config is None:
-        secrets = {*resolution.secrets, *_secret_values(written), *_secret_values(resolution.doc)}
+        secrets = {
+            *resolution.secrets,
+            *resolution.from_env,
+            *_secret_values(written),
+            *_secret_values(resolution.doc),
+        }
         raise ConfigError(source, _scrubbed(_in_file_order(found, written), secrets))
     return attrs.evolve(
         config,
@@ -205,6 +242,30 @@ def _parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [ConfigProblem("", f"invalid TOML: {exc}")]) from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        message = f"invalid TOML: arrays or inline tables nested too deep (at most {MAX_DEPTH})"
+        raise ConfigError(source, [ConfigProblem("", message)]) from exc
+
+
+def _too_deep(doc: Mapping[str, Any]) -> tuple[str | int, ...] | None:
+    """The path of the first value nested deeper than :data:`MAX_DEPTH`, else ``None``.
+
+    Iterative, so a deep document cannot exhaust the stack here; the rules
+    and the converter, which recurse, only ever see shallow ones.
+    """
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, Mapping):
+            children: Iterable[tuple[str | int, Any]] = value.items()
+        elif isinstance(value, list):
+            children = enumerate(value)
+        else:
+            continue
+        if len(path) >= MAX_DEPTH:
+            return path
+        stack.extend(((*path, key), child) for key, child in children)
+    return None
 
 
 def _structure(doc: Mapping[str, Any]) -> tuple[NodeConfig | None, list[ConfigProblem]]:

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from providers.masking import option_secrets, options_repr, url_repr, url_secrets
+
 from .units import PerSecond, Seconds
 
 __all__ = [
@@ -66,11 +68,15 @@ class Check:
 
         Raises:
             ValueError: the value fails the check (it is named unless the
-                field is ``repr=False``, i.e. a secret).
+                field is ``repr=False``, i.e. a secret; masked where the
+                field's ``repr`` masks it).
         """
         if value is None or self.test(value):
             return
-        shown = f", got {value!r}" if attribute.repr else ""
+        if callable(attribute.repr):  # a field that shows itself masked (a URL's credentials)
+            shown = f", got {attribute.repr(value)}"
+        else:
+            shown = f", got {value!r}" if attribute.repr else ""
         raise ValueError(f"{attribute.name}: expected {self.expected}{shown}")
 
 
@@ -217,7 +223,7 @@ class OpsConfig:
     enabled: bool = True
     host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
     port: int = attrs.field(default=8321, validator=PORT)
-    public_url: str | None = attrs.field(default=None, validator=HTTP_URL)
+    public_url: str | None = attrs.field(default=None, validator=HTTP_URL, repr=url_repr)
     api_token: str | None = attrs.field(default=None, repr=False)
     certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
@@ -260,7 +266,7 @@ class ProfilingConfig:
         auth_token: the server's token, if it wants one (a secret).
     """
 
-    pyroscope_url: str | None = attrs.field(default=None, validator=HTTP_URL)
+    pyroscope_url: str | None = attrs.field(default=None, validator=HTTP_URL, repr=url_repr)
     application_name: str = attrs.field(default="switchboard", validator=NOT_EMPTY)
     tags: dict[str, str] = attrs.field(factory=dict)
     sample_rate: int = attrs.field(default=100, validator=AT_LEAST_ONE)
@@ -347,12 +353,12 @@ class ProviderDefaults:
     """
 
     max_connections: int | None = attrs.field(default=None, validator=NOT_NEGATIVE)
-    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL)
+    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL, repr=url_repr)
     rate_limit: RateLimitConfig = attrs.field(factory=RateLimitConfig)
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
-    options: dict[str, Any] = attrs.field(factory=dict)
+    options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
 
 
 @attrs.frozen(kw_only=True)
@@ -403,14 +409,17 @@ class EmulatorConfig:
     with credentials the node makes up, so none are written anywhere.
 
     Attributes:
-        host: interface to bind.
+        host: interface to bind: a loopback address unless ``allow_remote``.
         port: TCP port (0 picks a free one).
+        allow_remote: allow a ``host`` that is not loopback (the emulator's
+            control API has no authentication: only on a network you trust).
         options: keyword options of the emulator class.
     """
 
     host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
     port: int = attrs.field(default=0, validator=PORT)
-    options: dict[str, Any] = attrs.field(factory=dict)
+    allow_remote: bool = False
+    options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
 
 
 @attrs.frozen(kw_only=True)
@@ -440,8 +449,8 @@ class ChannelSpec:
     enabled: bool = True
     emulator: bool = False
     credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
-    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL)
-    options: dict[str, Any] = attrs.field(factory=dict)
+    base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL, repr=url_repr)
+    options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
     rate_limit: RateLimitConfig | None = None
     backoff: BackoffConfig | None = None
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
@@ -488,7 +497,11 @@ class NodeConfig:
     deprecations: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
-        """Every secret value in the config, for log redaction."""
+        """Every secret value in the config, for log and HTTP redaction.
+
+        Credentials, the DSN, tokens, the Redis URL, secret-bearing options
+        (``webhook_secret``...) and the credentials inside URLs.
+        """
         found = [
             value
             for value in (
@@ -500,6 +513,15 @@ class NodeConfig:
         ]
         for channel in self.channels:
             found.extend(value for value in channel.credentials.values() if value)
+            found.extend(option_secrets(channel.options))
+            found.extend(url_secrets(channel.base_url))
+        for defaults in self.providers.values():
+            found.extend(option_secrets(defaults.options))
+            found.extend(url_secrets(defaults.base_url))
+        for emulator in self.emulators.values():
+            found.extend(option_secrets(emulator.options))
+        found.extend(url_secrets(self.ops.public_url))
+        found.extend(url_secrets(self.profiling.pyroscope_url))
         if self.cluster is not None:
             found.append(self.cluster.redis_url)
         found.extend(value for value in self.resolved_secrets if value and value not in found)

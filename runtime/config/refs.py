@@ -154,12 +154,16 @@ class Resolution:
         problems: ``(path, message)`` for every bad reference.
         unresolved: the paths of strings left as written because of them.
         secrets: the values resolved inside secret fields.
+        from_env: every value resolved from the environment, secret field or
+            not (a problem never quotes one: the environment is where
+            secrets live, and one may be referenced in the wrong place).
     """
 
     doc: dict[str, Any]
     problems: list[tuple[Path, str]]
     unresolved: frozenset[Path]
     secrets: tuple[str, ...]
+    from_env: tuple[str, ...] = ()
 
 
 def resolve(
@@ -176,6 +180,7 @@ def resolve(
     problems: list[tuple[Path, str]] = []
     unresolved: set[Path] = set()
     secrets: list[str] = []
+    from_env: list[str] = []
 
     def visit(node: Any, path: Path) -> Any:
         if isinstance(node, Mapping):
@@ -191,6 +196,7 @@ def resolve(
             unresolved.add(path)
         elif is_secret:
             secrets.extend(value for value in result.values if value not in secrets)
+        from_env.extend(result.values)
         return result.text
 
     resolved = visit(doc, ())
@@ -199,4 +205,5 @@ def resolve(
         problems=problems,
         unresolved=frozenset(unresolved),
         secrets=tuple(secrets),
+        from_env=tuple(dict.fromkeys(from_env)),
     )

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
+from providers.emulators.base import is_loopback
+from providers.options import emulator_problems, option_problems
 from providers.registry import EMULATORS, PROVIDERS
 from providers.whatsapp.core import graph_version_problem
 
@@ -224,7 +226,9 @@ def emulators_configured(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     emulators = _table(doc, "emulators")
     for index, channel in _channels(doc):
         provider = channel.get("provider")
-        if not _flag(channel.get("emulator")) or provider not in PROVIDERS:
+        if not _flag(channel.get("emulator")) or not isinstance(provider, str):
+            continue
+        if provider not in PROVIDERS:
             continue
         if provider not in EMULATORS:
             message = f"the {provider} provider has no emulator; remove emulator = true"
@@ -325,6 +329,60 @@ def channel_credentials(doc: Mapping[str, Any]) -> list[ConfigProblem]:
                     f"or in [providers.{provider}.options]"
                 )
                 problems.append(ConfigProblem(f"channels[{index}].options", message))
+    return problems
+
+
+def provider_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Each channel's options, over its provider's, are what its provider accepts.
+
+    The provider's own reading of its options runs here (:mod:`providers.options`),
+    so ``check`` refuses what ``run`` would (Discord ``intents = "all"``).
+    """
+    problems: list[ConfigProblem] = []
+    providers = _table(doc, "providers")
+    for index, channel in _channels(doc):
+        provider = channel.get("provider")
+        if not isinstance(provider, str) or provider not in PROVIDERS:
+            continue
+        if not isinstance(channel.get("options", {}), Mapping):
+            continue  # the converter reports the wrong type
+        options = {**_table(_table(providers, provider), "options"), **_table(channel, "options")}
+        problems.extend(
+            ConfigProblem(f"channels[{index}].options", message)
+            for message in option_problems(provider, options)
+        )
+    return problems
+
+
+def emulator_hosts(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """An emulator binds to loopback unless ``allow_remote = true`` says otherwise."""
+    problems: list[ConfigProblem] = []
+    for name, emulator in _table(doc, "emulators").items():
+        host = emulator.get("host") if isinstance(emulator, Mapping) else None
+        remote = isinstance(host, str) and bool(host.strip()) and not is_loopback(host)
+        if remote and not _flag(emulator.get("allow_remote")):
+            message = (
+                f"the {name} emulator would serve on {host!r}, beyond this machine: its "
+                "control API has no authentication (anyone could inject signed messages "
+                "and read every message sent); use 127.0.0.1, or set allow_remote = true "
+                "on a network you trust"
+            )
+            problems.append(ConfigProblem(dotted(("emulators", name, "host")), message))
+    return problems
+
+
+def emulator_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``[emulators.X] options`` are keyword arguments the emulator takes."""
+    problems: list[ConfigProblem] = []
+    for name, emulator in _table(doc, "emulators").items():
+        options = _table(emulator, "options")
+        if not options or name not in EMULATORS:
+            continue
+        for key, message in emulator_problems(name, options):
+            path: Path = (
+                ("emulators", name, "options", key) if key else ("emulators", name, "options")
+            )
+            problems.append(ConfigProblem(dotted(path), message))
     return problems
 
 
@@ -504,6 +562,9 @@ RULES: Final[tuple[Rule, ...]] = (
     consistent_limits,
     cluster_needs,
     whatsapp_base_url,
+    provider_options,
+    emulator_options,
+    emulator_hosts,
 )
 """The rules on the file with its references resolved."""
 
@@ -534,6 +595,8 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
+    except OverflowError:
+        return None  # an integer beyond any float: the converter reports it
     except ValueError:
         text = str(value)
         parsed = parse_rate(text) if "/" in text else parse_duration(text)

@@ -14,6 +14,7 @@ from .health import (
     HealthStatus,
     channel_state,
     health_report,
+    health_summary,
 )
 from .metrics import NodeCollector, WebhookCounters, WebhookOutcome, ops_registry
 from .server import serve_ops
@@ -31,6 +32,7 @@ __all__ = [
     "WebhookOutcome",
     "channel_state",
     "health_report",
+    "health_summary",
     "ops_app",
     "ops_registry",
     "serve_ops",

@@ -9,7 +9,11 @@ Design:
 
       GET  /healthz                         alive whenever the process serves
       GET  /readyz                          200 ready, 503 starting / draining
-      GET  /health                          health.health_report (503 on "error")
+      GET  /health                          health.health_summary: status and counts,
+                                            public (503 on "error")
+      GET  /health/detail                   health.health_report: every channel with a
+                                            problem and why, scrubbed (only with an
+                                            api_token)
       GET  /metrics                         Prometheus text, our own registry
       GET  /webhooks/whatsapp               Meta's verification, any live number
       POST /webhooks/whatsapp               routed by metadata.phone_number_id
@@ -30,11 +34,18 @@ Design:
   another node is checked here and its request carried there
   (:mod:`runtime.webhooks`, ``NodeView.forward_webhook``). Every webhook request is counted in
   :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
-- WhatsApp sends one URL for every number of an app: the JSON is read with
-  the stdlib only to collect ``entry[].changes[].value.metadata.phone_number_id``
-  and the exact raw body goes to each matching channel. A notification that
-  names no number (account-level fields) goes to every live WhatsApp channel
-  and is acknowledged if one accepts its signature, so Meta stops retrying it.
+- WhatsApp sends one URL for every number of an app. Cheap refusals come
+  first: a body nested too deep is 400 (:func:`providers.bounded_json.check_depth`),
+  one without a well-formed ``X-Hub-Signature-256`` is 403 unhashed, and the
+  signature is then checked once per app secret among the live channels
+  (their ``webhook_signer``; large bodies are hashed in worker threads), not
+  once per channel: a flood of forgeries costs one HMAC each and leaves the
+  probes answered. Only a signed body is parsed (bounded) to collect
+  ``entry[].changes[].value.metadata.phone_number_id``, and the exact raw body
+  goes to each matching channel. A notification that names no number
+  (account-level fields) goes to one live channel of each app that signed it,
+  so Meta stops retrying it. Malformed items the channels leave out of signed
+  notifications are counted (``switchboard_webhook_items_dropped_total``).
 - The message API is off unless an ``api_token`` is given (its routes then
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
@@ -43,22 +54,27 @@ Design:
   provider and the state health reports (so a client, the load-test driver
   ``bench.target`` among them, can find where to send without a config file).
   It sits behind the same token because channel ids and tenants are not public.
-- Error bodies are JSON ``{"error": <type>, "message": <text>}``; the API
-  token never appears in one. A handler that raises answers 500 and is
-  logged; the server keeps serving.
+- Error bodies are JSON ``{"error": <type>, "message": <text>}``. Every
+  text that comes from elsewhere (a channel's last error, a send error, a
+  dead letter's reason) is scrubbed on the way out with the node's
+  :class:`~runtime.telemetry.redaction.Redactor` (the config's secrets, the
+  API token, credential shapes such as an echoed ``Authorization`` header).
+  ``/health`` is public and says only the status and the counts; which
+  channels have problems and why is ``/health/detail``, behind the token.
+  A handler that raises answers 500 and is logged; the server keeps serving.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Final
 
 import cattrs
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -75,13 +91,16 @@ from actors import (
     MailboxFull,
     SendFailed,
 )
+from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
+from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
 from ..errors import NodeDraining, NodeError, NodeStarting, UnknownChannel
+from ..telemetry.redaction import Redactor, scrub_shapes
 from ..view import NodeView, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
-from .health import HEALTH_HTTP_STATUS, channel_state, health_report
+from .health import HEALTH_HTTP_STATUS, channel_state, health_report, health_summary
 from .letters import DeadLetterApi
 from .metrics import WebhookCounters, ops_registry
 from .operations import (
@@ -99,6 +118,8 @@ __all__ = ["MAX_BODY", "MESSAGE_API", "WEBHOOK_TIMEOUT", "ops_app"]
 log = logging.getLogger("switchboard.ops")
 
 MAX_BODY: Final = 4 * 1024 * 1024  # bytes a request body may have (413 beyond)
+HASH_OFF_LOOP: Final = 64 * 1024  # bytes from which a signature is hashed in a worker thread
+HASHING_THREADS: Final = 2  # worker threads hashing webhook bodies at once
 DRAINING_RETRY_AFTER: Final = 5  # seconds, in Retry-After when the node is draining
 STARTING_RETRY_AFTER: Final = 1  # seconds, in Retry-After while the node is starting
 MAILBOX_RETRY_AFTER: Final = 1  # seconds, in Retry-After when a mailbox is full
@@ -207,6 +228,48 @@ def _not_connected(target: WebhookTarget) -> _Answer:
     )
 
 
+_FORGED: Final = _Answer(status=403, body=b"invalid X-Hub-Signature-256")
+
+
+def _signer(target: WebhookTarget) -> str | None:
+    """The target's signer id (``webhook_signer``), or None if it judges for itself."""
+    signer = getattr(target.connection, "webhook_signer", None)
+    return signer if isinstance(signer, str) else None
+
+
+async def _signed_by(
+    targets: Sequence[WebhookTarget],
+    headers: Mapping[str, str],
+    body: bytes,
+    limiter: trio.CapacityLimiter,
+) -> set[str]:
+    """The signers (app secrets, by id) among the live targets' that signed ``body``.
+
+    Each signer is checked once, however many channels share it; a body
+    without a well-formed signature header is not hashed at all, and a large
+    one is hashed in a worker thread (hashlib lets go of the GIL), so probes
+    are answered while a flood of big posts is refused.
+    """
+    if not signature_header_valid(headers):
+        return set()
+    connections: dict[str, Any] = {}
+    for target in targets:
+        signer = _signer(target)
+        if signer is not None:
+            connections.setdefault(signer, target.connection)
+    plain = dict(headers)
+    signed: set[str] = set()
+    for signer, connection in connections.items():
+        check = functools.partial(connection.check_signature, plain, body)
+        if len(body) < HASH_OFF_LOOP:
+            accepted = check()
+        else:
+            accepted = await trio.to_thread.run_sync(check, limiter=limiter)
+        if accepted:
+            signed.add(signer)
+    return signed
+
+
 def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
     """Every ``entry[].changes[].value.metadata.phone_number_id``, tolerating any shape."""
     numbers: set[str] = set()
@@ -274,15 +337,25 @@ def _structure_message(raw: Any) -> OutboundMessage:
 class _Ops:
     """The endpoints, bound to one node."""
 
-    def __init__(self, node: NodeView, api_token: str | None, metrics: MetricsConfig) -> None:
+    def __init__(
+        self,
+        node: NodeView,
+        api_token: str | None,
+        metrics: MetricsConfig,
+        secrets: Iterable[str] = (),
+    ) -> None:
         self.node = node
         self.token = api_token
+        self.redactor = Redactor([*secrets, *([api_token] if api_token else [])])
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks, metrics=metrics)
         self.letters = DeadLetterApi(node, _error, self._scrub)
+        self.hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.token, "<api token>") if self.token else text
+        if self.token:
+            text = text.replace(self.token, "<api token>")
+        return self.redactor.scrub(text)
 
     # --- probes, health, metrics
 
@@ -298,7 +371,11 @@ class _Ops:
         )
 
     async def health(self, request: Request) -> Response:
-        report = health_report(self.node)
+        report = health_summary(health_report(self.node))
+        return JSONResponse(report, HEALTH_HTTP_STATUS[report["status"]])
+
+    async def health_detail(self, request: Request) -> Response:
+        report = self.redactor.scrub_tree(health_report(self.node))
         return JSONResponse(report, HEALTH_HTTP_STATUS[report["status"]])
 
     async def metrics(self, request: Request) -> Response:
@@ -306,8 +383,16 @@ class _Ops:
 
     # --- webhooks
 
-    def _counted(self, provider: str, answer: _Answer, *, reason: str | None = None) -> Response:
+    def _counted(
+        self,
+        provider: str,
+        answer: _Answer,
+        *,
+        reason: str | None = None,
+        answers: Sequence[_Answer] = (),
+    ) -> Response:
         self.webhooks.count(provider, answer.status, reason=reason)
+        self.webhooks.dropped(provider, sum(a.dropped for a in (*answers, answer)))
         return _response(answer)
 
     def _target(self, provider: str, channel_id: str) -> WebhookTarget | None:
@@ -355,8 +440,20 @@ class _Ops:
         if body is None:
             self.webhooks.count("whatsapp", 413)
             return _too_large()
+        # Cheap refusals first: too deep (400), then not signed by any live
+        # channel's app secret (403, each secret hashed once), and only then parsed.
         try:
-            payload = json.loads(body)
+            bounded_json.check_depth(body)
+        except bounded_json.JSONTooDeep as exc:
+            return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
+        live = [target for target in targets if target.connection is not None]
+        signers = await _signed_by(live, request.headers, body, self.hashing)
+        judged = [t for t in live if _signer(t) is not None]  # the rest judge for themselves
+        elsewhere = any(target.remote for target in targets)  # checked by their own secrets
+        if judged and len(judged) == len(live) and not signers and not elsewhere:
+            return self._counted("whatsapp", _FORGED, reason="signature")
+        try:
+            payload = bounded_json.loads(body)
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
@@ -376,25 +473,30 @@ class _Ops:
                 )
                 return self._counted("whatsapp", answer)
             answers = [
-                await self._hand("whatsapp", target, "POST", query, request.headers, body)
+                _FORGED
+                if _signer(target) not in (None, *signers)
+                else await self._hand("whatsapp", target, "POST", query, request.headers, body)
                 for target in chosen
             ]
-            return self._counted("whatsapp", _worst(answers), reason="signature")
-        # Account-level notification: any channel that accepts its signature acknowledges
-        # it (one that runs here if there is one, else one elsewhere).
-        live = [target for target in targets if target.connection is not None]
+            worst = _worst(answers)
+            others = [a for a in answers if a is not worst]
+            return self._counted("whatsapp", worst, reason="signature", answers=others)
+        # Account-level notification: acknowledged by one channel of the app that signed
+        # it (or by any channel that judges for itself; with none here, one elsewhere).
         live = live or [target for target in targets if target.remote][:1]
         if not live:
             answer = refusal(503, "ChannelUnavailable", "no whatsapp channel is connected")
             return self._counted("whatsapp", answer)
+        first_of = {_signer(t): t for t in reversed(live) if _signer(t) in signers}
+        asked = [*first_of.values(), *(t for t in live if _signer(t) is None)]
         answers = [
             await self._hand("whatsapp", target, "POST", query, request.headers, body)
-            for target in live
-        ]
+            for target in asked
+        ] or [_FORGED]
         accepted = [answer for answer in answers if 200 <= answer.status < 300]
-        return self._counted(
-            "whatsapp", accepted[0] if accepted else _worst(answers), reason="signature"
-        )
+        final = accepted[0] if accepted else _worst(answers)
+        others = [a for a in answers if a is not final]
+        return self._counted("whatsapp", final, reason="signature", answers=others)
 
     async def whatsapp_channel(self, request: Request) -> Response:
         channel_id = request.path_params["channel_id"]
@@ -471,7 +573,11 @@ class _Ops:
         if body is None:
             return _too_large(MAX_UPLOAD_BODY if multipart else MAX_BODY)
         try:
-            raw = await read_multipart(request.headers, body) if multipart else json.loads(body)
+            raw = (
+                await read_multipart(request.headers, body)
+                if multipart
+                else bounded_json.loads(body)
+            )
             message = _structure_message(raw)
         except _InvalidMessage as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
@@ -495,7 +601,7 @@ class _Ops:
         if body is None:
             return _too_large()
         try:
-            op = structure_operation(json.loads(body), MESSAGE_API, _describe)
+            op = structure_operation(bounded_json.loads(body), MESSAGE_API, _describe)
         except InvalidBody as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
             return _error(400, "InvalidOperation", str(exc), problems=problems)
@@ -536,6 +642,8 @@ class _Ops:
             ),
         ]
         if self.token is not None:
+            detail = _guarded(self._with_token(self.health_detail))
+            routes.append(Route("/health/detail", detail, methods=["GET"]))
             routes.append(Route("/v1/channels", _guarded(self.list_channels), methods=["GET"]))
             routes.append(
                 Route(
@@ -571,7 +679,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own refusals (no route, wrong method) as JSON."""
     assert isinstance(exc, HTTPException)
     error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
-    message = f"{request.method} {request.url.path}: {exc.detail}"
+    # The path is the client's; a credential pasted into a URL is not echoed back.
+    message = scrub_shapes(f"{request.method} {request.url.path}: {exc.detail}")
     return _error(exc.status_code, error, message, headers=exc.headers)
 
 
@@ -581,7 +690,11 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def ops_app(
-    node: NodeView, *, api_token: str | None = None, metrics: MetricsConfig | None = None
+    node: NodeView,
+    *,
+    api_token: str | None = None,
+    metrics: MetricsConfig | None = None,
+    secrets: Iterable[str] = (),
 ) -> Starlette:
     """The ops ASGI app for ``node``.
 
@@ -590,6 +703,8 @@ def ops_app(
         api_token: the bearer token of the message API; ``None`` leaves the
             API out (its routes answer 404).
         metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
+        secrets: values never to show in an answer (``NodeConfig.secrets()``);
+            credential shapes are scrubbed whatever is given here.
 
     Returns:
         A Starlette app (it handles ASGI lifespan). ``app.state.registry`` is
@@ -600,7 +715,7 @@ def ops_app(
     """
     if api_token is not None and not api_token.strip():
         raise ValueError("api_token is empty; pass None to run without the message API")
-    ops = _Ops(node, api_token, metrics or MetricsConfig())
+    ops = _Ops(node, api_token, metrics or MetricsConfig(), secrets)
     app = Starlette(
         routes=ops.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}
     )

@@ -3,8 +3,10 @@
 Design:
 - :func:`health_report` reads a :class:`~runtime.view.NodeView` (its channel
   snapshots and node statistics) and returns a JSON-ready ``dict``; no I/O,
-  no clock, so it is tested with plain snapshots. The ops app serves it at
-  ``GET /health`` with :data:`HEALTH_HTTP_STATUS`.
+  no clock, so it is tested with plain snapshots. The ops app serves it,
+  scrubbed, at ``GET /health/detail`` (behind the API token), and its
+  :func:`health_summary` (status and counts, no channel named) at the
+  public ``GET /health``, both with :data:`HEALTH_HTTP_STATUS`.
 - Each channel is put in one of :data:`CHANNEL_STATES`, the vocabulary shared
   with the ``switchboard_channels{provider,state}`` metric: a channel the
   node could not start (``start_error``) or whose actor has not begun to
@@ -40,6 +42,7 @@ __all__ = [
     "HealthStatus",
     "channel_state",
     "health_report",
+    "health_summary",
     "state_of",
 ]
 
@@ -150,3 +153,21 @@ def health_report(view: NodeView) -> dict[str, Any]:
         "providers": providers,
         "problems": problems,
     }
+
+
+def health_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The public part of a :func:`health_report`: the status and the counts.
+
+    Which channels have problems, their tenants and their errors stay in the
+    report (served behind the API token): a platform's error text may echo
+    a credential, and channel ids and tenants are not public.
+
+    Args:
+        report: a :func:`health_report`.
+
+    Returns:
+        The report without ``problems``, with ``problem_count`` instead.
+    """
+    summary = {key: value for key, value in report.items() if key != "problems"}
+    summary["problem_count"] = len(report["problems"])
+    return summary

@@ -16,13 +16,14 @@ run here cannot replay (503); the store failing is a 503.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from providers import bounded_json
 
 from ..errors import NodeError, UnknownChannel
 from ..store.durable import DEFAULT_LETTER_LIMIT, StoredDeadLetter
@@ -83,7 +84,8 @@ class DeadLetterApi:
 
     async def _listed(self, **where: Any) -> Response:
         letters = await self.node.dead_letters(**where)
-        return JSONResponse({"dead_letters": [_letter(item) for item in letters]})
+        listed = [_letter(item, self._scrub) for item in letters]
+        return JSONResponse({"dead_letters": listed})
 
     async def _act(
         self,
@@ -130,7 +132,7 @@ def _ids(body: bytes) -> list[int] | None:
     if not body.strip():
         return None
     try:
-        data = json.loads(body)
+        data = bounded_json.loads(body)
     except ValueError as exc:
         raise _BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict) or set(data) - {"ids"}:
@@ -145,7 +147,7 @@ def _ids(body: bytes) -> list[int] | None:
     return ids
 
 
-def _letter(item: StoredDeadLetter) -> dict[str, Any]:
+def _letter(item: StoredDeadLetter, scrub: Callable[[str], str]) -> dict[str, Any]:
     letter = item.letter
     message = letter.message
     return {
@@ -155,7 +157,7 @@ def _letter(item: StoredDeadLetter) -> dict[str, Any]:
         "peer": message.peer,
         "idempotency_key": message.idempotency_key,
         "error": letter.error_type,
-        "reason": letter.reason,
+        "reason": scrub(letter.reason),  # a platform's words may echo a credential
         "attempts": letter.attempts,
         "at": letter.at,
     }

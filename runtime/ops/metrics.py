@@ -120,6 +120,7 @@ class WebhookCounters:
     def __init__(self) -> None:
         self._requests: Counter[tuple[str, WebhookOutcome]] = Counter()
         self._rejected: Counter[tuple[str, str]] = Counter(dict.fromkeys(_KNOWN_REJECTIONS, 0))
+        self._dropped: Counter[str] = Counter({"whatsapp": 0})
 
     def __repr__(self) -> str:
         return (
@@ -138,6 +139,15 @@ class WebhookCounters:
         self._requests[provider, webhook_outcome(status)] += 1
         if status == 403 and reason is not None:
             self._rejected[provider, reason] += 1
+
+    def dropped(self, provider: str, items: int) -> None:
+        """Count ``items`` malformed items that channels left out of signed notifications."""
+        if items:
+            self._dropped[provider] += items
+
+    def dropped_items(self) -> Mapping[str, int]:
+        """Malformed items left out of signed notifications, by provider."""
+        return dict(self._dropped)
 
     def requests(self) -> Mapping[tuple[str, WebhookOutcome], int]:
         """Requests by ``(provider, outcome)``."""
@@ -359,6 +369,14 @@ class NodeCollector:
         for (provider, reason), count in sorted(self._webhooks.rejected().items()):
             rejected.add_metric((provider, reason), count)
         yield rejected
+        dropped = CounterMetricFamily(
+            PREFIX + "webhook_items_dropped",
+            "Malformed items (messages, statuses, contacts) left out of signed notifications.",
+            labels=("provider",),
+        )
+        for provider, count in sorted(self._webhooks.dropped_items().items()):
+            dropped.add_metric((provider,), count)
+        yield dropped
 
 
 def ops_registry(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -29,6 +28,7 @@ import cattrs
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from providers import bounded_json
 from providers.base import OutboundMessage
 from providers.operations import (
     DeleteMessage,
@@ -156,7 +156,7 @@ async def read_multipart(headers: Headers, body: bytes) -> Any:
     if not isinstance(part, str):
         raise InvalidBody([("$.message", "a multipart message needs a 'message' JSON field")])
     try:
-        message = json.loads(part)
+        message = bounded_json.loads(part)
     except ValueError as exc:
         raise InvalidBody([("$.message", f"not JSON: {exc}")]) from exc
     upload = form.get("file")

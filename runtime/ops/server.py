@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any, Final
 
 import trio
@@ -95,6 +96,7 @@ async def serve_ops(
     certfile: str | None = None,
     keyfile: str | None = None,
     metrics: MetricsConfig | None = None,
+    secrets: Iterable[str] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ops HTTP app for ``node`` until cancelled.
@@ -107,6 +109,7 @@ async def serve_ops(
         certfile: serve HTTPS with this PEM certificate (chain).
         keyfile: its PEM private key (needed with ``certfile``).
         metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
+        secrets: values never to show in an answer (``NodeConfig.secrets()``).
         task_status: receives the bound base URL, e.g. ``http://127.0.0.1:8321``.
 
     Raises:
@@ -114,7 +117,7 @@ async def serve_ops(
         StartupFailed: the TLS files cannot be used.
         OSError: the address cannot be bound (in use, not permitted).
     """
-    app = ops_app(node, api_token=api_token, metrics=metrics)
+    app = ops_app(node, api_token=api_token, metrics=metrics, secrets=secrets)
     config = Config()
     config.bind = [_bind(host, port)]
     config.accesslog = None

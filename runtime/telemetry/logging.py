@@ -2,9 +2,11 @@
 
 Design:
 - :func:`configure_logging` installs ONE handler on the ``switchboard``
-  logger (the library logs under ``switchboard.*``) and on
-  ``hypercorn.error`` (at WARNING or above), and sets ``propagate = False``
-  on both, so an embedding program's root configuration neither sees these
+  logger (the library logs under ``switchboard.*``) and on the third-party
+  loggers of :data:`THIRD_PARTY_LOGGERS` (``hypercorn.error``, ``asyncpg``,
+  ``trio_asyncio``, ``redis``, ``httpx``; at WARNING or above,
+  so their records are formatted and scrubbed like ours), and sets
+  ``propagate = False`` on them, so an embedding program's root configuration neither sees these
   records twice nor is touched. :meth:`LogHandle.close` removes the handler
   and restores the loggers' level and propagation. The library logs through
   the standard :mod:`logging` API; rendering is structlog's
@@ -38,9 +40,10 @@ Design:
   while the logging call runs (emit is synchronous), never later.
 - Redaction: every configured secret (4 characters or more) is replaced by
   ``***`` in the line that is written, longest first, in the forms it takes
-  after JSON escaping, ``repr`` and percent-encoding too; Telegram bot tokens
-  in URLs (``/bot<digits>:<token>``, as httpx and hypercorn log them) are
-  redacted whatever the configuration. The text line is scrubbed whole; the
+  after JSON escaping, ``repr`` and percent-encoding too; credential shapes
+  (Telegram bot tokens, ``Authorization`` values, Meta tokens, URL userinfo,
+  credential query parameters: :mod:`.redaction`) are redacted whatever the
+  configuration. The text line is scrubbed whole; the
   JSON document is scrubbed key by key and value by value before encoding,
   so the line is clean and still valid JSON. Tracebacks are plain text
   (never a renderer that prints local variables).
@@ -57,10 +60,8 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -71,6 +72,8 @@ import structlog
 from structlog.stdlib import ProcessorFormatter
 
 from runtime.config.model import LoggingConfig
+
+from .redaction import REDACTED, Redactor
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -86,9 +89,17 @@ __all__ = [
 LIBRARY_LOGGER: Final = "switchboard"
 HYPERCORN_LOGGER: Final = "hypercorn.error"
 HYPERCORN_MIN_LEVEL: Final = logging.WARNING
+# Libraries whose records would otherwise reach the root logger unscrubbed (asyncpg's
+# pool logs the DSN's host and errors during an outage; httpx logs request URLs).
+THIRD_PARTY_LOGGERS: Final = (
+    HYPERCORN_LOGGER,
+    "asyncpg",
+    "asyncio",
+    "trio_asyncio",
+    "redis",
+    "httpx",
+)
 CONTEXT_FIELDS: Final = ("channel", "tenant", "provider")
-REDACTED: Final = "***"
-MIN_SECRET_LENGTH: Final = 4  # characters; shorter values would redact ordinary words
 ECS_VERSION: Final = "8.11.0"
 SERVICE_NAME: Final = "switchboard"
 OUR_NAMESPACE: Final = "switchboard."
@@ -106,8 +117,6 @@ _RECORD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "taskName"}
 )
-# ``/bot<digits>:<token>`` in Telegram Bot API URLs (the colon may be %-encoded).
-_TELEGRAM_TOKEN: Final = re.compile(r"(?<=/bot)\d+(?::|%3[Aa])[A-Za-z0-9_-]+")
 # The characters for which structlog's console renderer repr()s a value.
 _CONSOLE_QUOTES: Final = frozenset(" \t=\r\n\"'")
 # C0 and C1 controls, DEL and the Unicode line separators: escaped in text lines.
@@ -149,56 +158,6 @@ def log_context(
         yield
     finally:
         _context.reset(token)
-
-
-class _Redactor:
-    """Replaces secret values and token shapes in text with ``***``."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
-
-    def add(self, values: Iterable[str]) -> None:
-        fresh = {value for value in values if isinstance(value, str)}
-        fresh = {value for value in fresh if len(value) >= MIN_SECRET_LENGTH}
-        if fresh <= self._secrets:
-            return
-        self._secrets |= fresh
-        forms: set[str] = set()
-        for secret in self._secrets:
-            forms.update(
-                (
-                    secret,
-                    json.dumps(secret)[1:-1],
-                    json.dumps(secret, ensure_ascii=False)[1:-1],
-                    repr(secret)[1:-1],
-                    urllib.parse.quote(secret, safe=""),
-                )
-            )
-        # Longest first, so a secret that contains another is replaced whole.
-        ordered = sorted(forms, key=lambda form: (-len(form), form))
-        # One assignment: a thread logging meanwhile sees the old or new pattern.
-        self._pattern = re.compile("|".join(map(re.escape, ordered)))
-
-    def scrub(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(REDACTED, text)
-        return _TELEGRAM_TOKEN.sub(REDACTED, text)
-
-    def scrub_tree(self, value: Any) -> Any:
-        """Scrub every string, key and number in a JSON-serialisable value."""
-        if isinstance(value, str):
-            return self.scrub(value)
-        if isinstance(value, dict):
-            return {self.scrub(str(key)): self.scrub_tree(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub_tree(item) for item in value]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            shown = json.dumps(value)
-            scrubbed = self.scrub(shown)
-            return value if scrubbed == shown else scrubbed
-        return value
 
 
 def _safe_str(value: object) -> str:
@@ -294,9 +253,7 @@ class _Formatter(ProcessorFormatter):
     rendering's processors.
     """
 
-    def __init__(
-        self, *, json_lines: bool, node_id: str, redactor: _Redactor, colors: bool
-    ) -> None:
+    def __init__(self, *, json_lines: bool, node_id: str, redactor: Redactor, colors: bool) -> None:
         self.json_lines = json_lines
         self._node_id = node_id
         self._redactor = redactor
@@ -393,7 +350,7 @@ class _Formatter(ProcessorFormatter):
 class _Handler(logging.StreamHandler[TextIO]):
     """A stream handler whose failures never print a record's raw arguments."""
 
-    def __init__(self, stream: TextIO, redactor: _Redactor) -> None:
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
         super().__init__(stream)
         self._redactor = redactor
         self.dropped = 0
@@ -427,7 +384,7 @@ class LogHandle:
         self,
         *,
         handler: _Handler,
-        redactor: _Redactor,
+        redactor: Redactor,
         loggers: list[tuple[logging.Logger, int, bool]],
         format: Literal["text", "json"],
         level: int,
@@ -497,13 +454,14 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
 ) -> LogHandle:
-    """Install the node's log handler on ``switchboard`` and ``hypercorn.error``.
+    """Install the node's log handler on ``switchboard`` and the third-party loggers.
 
-    The ``switchboard`` logger gets ``config.level``; ``hypercorn.error`` gets
-    WARNING or ``config.level`` if higher. Both stop propagating to the root
-    logger until the handle is closed. For hypercorn to keep using this
-    handler, give its ``Config.errorlog`` the ``hypercorn.error`` logger
-    object (a string makes hypercorn replace the logger's handlers).
+    The ``switchboard`` logger gets ``config.level``; each of
+    :data:`THIRD_PARTY_LOGGERS` gets WARNING or ``config.level`` if higher.
+    They all stop propagating to the root logger until the handle is closed.
+    For hypercorn to keep using this handler, give its ``Config.errorlog``
+    the ``hypercorn.error`` logger object (a string makes hypercorn replace
+    the logger's handlers).
 
     Args:
         config: level and format.
@@ -526,7 +484,7 @@ def configure_logging(
     auto: Literal["text", "json"] = "text" if _isatty(target) else "json"
     fmt = auto if config.format == "auto" else config.format
     level = _LEVELS[config.level]
-    redactor = _Redactor()
+    redactor = Redactor()
     redactor.add(secrets)
     handler = _Handler(target, redactor)
     colors = _isatty(target) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
@@ -536,7 +494,7 @@ def configure_logging(
     saved: list[tuple[logging.Logger, int, bool]] = []
     for name, logger_level in (
         (LIBRARY_LOGGER, level),
-        (HYPERCORN_LOGGER, max(level, HYPERCORN_MIN_LEVEL)),
+        *((name, max(level, HYPERCORN_MIN_LEVEL)) for name in THIRD_PARTY_LOGGERS),
     ):
         logger = logging.getLogger(name)
         saved.append((logger, logger.level, logger.propagate))

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..base import FaultError
+from ..base import MAX_FAULT_COUNT, FaultError
 from .methods import TelegramMethods
 from .model import (
     MAX_CAPTION_LENGTH,
@@ -249,8 +249,15 @@ class TelegramEmulator(TelegramMethods):
             return {kind: chat_id}
         if kind == "server_error":
             count, status = payload.get("count", 1), payload.get("status", 500)
-            if not isinstance(count, int) or count < 1 or status not in range(500, 600):
-                raise FaultError("server_error needs a positive 'count' and a 5xx 'status'")
+            if (
+                not isinstance(count, int)
+                or not 1 <= count <= MAX_FAULT_COUNT
+                or status not in range(500, 600)
+            ):
+                raise FaultError(
+                    f"server_error needs a positive 'count' (at most {MAX_FAULT_COUNT}) "
+                    "and a 5xx 'status'"
+                )
             self._server_errors.extend([status] * count)
             return {"server_errors": len(self._server_errors)}
         return await super().platform_fault(payload)

@@ -1,0 +1,139 @@
+"""Secret-bearing values kept out of reprs and messages: option values and URL credentials.
+
+Design:
+- Credentials have their own field (``credentials``, never shown), but
+  secrets also arrive where they are not expected: an option named
+  ``webhook_secret``, a ``base_url`` with ``user:password@`` or
+  ``?access_token=``. Every config type that carries ``options`` or a URL
+  shows them through :func:`options_repr` / :func:`url_repr`, and
+  :func:`option_secrets` / :func:`url_secrets` hand the same values to the
+  log and HTTP scrubbers.
+- An option is secret when its name says so (:func:`is_secret_key`: it
+  contains ``secret``, ``token``, ``password``, ``key``, ``credential``,
+  ``auth``, ``signature`` or ``dsn``) and its value is a string, at any
+  depth; a string option that is a URL has its userinfo and credential
+  query parameters masked like ``base_url``.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+__all__ = [
+    "MASK",
+    "is_secret_key",
+    "mask_options",
+    "mask_url",
+    "option_secrets",
+    "options_repr",
+    "url_repr",
+    "url_secrets",
+]
+
+MASK: Final = "***"
+
+_SECRET_KEY: Final = re.compile(
+    r"(?i)secret|token|passw|pwd|credential|api_?key|private_?key|signature|auth|dsn|^key$|^sig$"
+)
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether an option named ``name`` holds a secret (``webhook_secret``, ``api_key``...)."""
+    return isinstance(name, str) and _SECRET_KEY.search(name) is not None
+
+
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    if "://" not in url:
+        return None
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with its userinfo and every query value replaced by ``***``."""
+    if url is None:
+        return None
+    parts = _split(url)
+    if parts is None or ("@" not in parts.netloc and not _secret_query(parts.query)):
+        return url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{name}={MASK if is_secret_key(name) else urllib.parse.quote(value, safe='')}"
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _secret_query(query: str) -> list[str]:
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return [value for name, value in pairs if is_secret_key(name) and value]
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The secret parts of ``url``: its userinfo (whole, and the password) and the
+    values of credential query parameters (``access_token=``, ``key=``, ``sig=``...)."""
+    parts = _split(url) if url is not None else None
+    if parts is None:
+        return []
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found.append(userinfo)
+        _, colon, password = userinfo.partition(":")
+        if colon and password:
+            found.extend({password, urllib.parse.unquote(password)})
+    found.extend(_secret_query(parts.query))
+    return found
+
+
+def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` with every secret-bearing value replaced by ``***``."""
+    return {key: _masked(key, value) for key, value in options.items()}
+
+
+def _masked(key: object, value: Any) -> Any:
+    if is_secret_key(key) and isinstance(value, str):
+        return MASK
+    if isinstance(value, Mapping):
+        return {k: _masked(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(None, item) for item in value]
+    if isinstance(value, str):
+        return mask_url(value)
+    return value
+
+
+def option_secrets(options: Mapping[str, Any]) -> list[str]:
+    """Every secret string in ``options`` (by name, or a URL's credentials), for scrubbers."""
+    return list(_secrets_in(None, options))
+
+
+def _secrets_in(key: object, value: Any) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _secrets_in(k, v)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secrets_in(key, item)
+    elif isinstance(value, str):
+        if is_secret_key(key) and value:
+            yield value
+        else:
+            yield from url_secrets(value)
+
+
+def options_repr(options: Mapping[str, Any]) -> str:
+    """``repr(options)`` with secret-bearing values masked (for ``attrs.field(repr=...)``)."""
+    return repr(mask_options(options))
+
+
+def url_repr(url: str | None) -> str:
+    """``repr(url)`` with its credentials masked (for ``attrs.field(repr=...)``)."""
+    return repr(mask_url(url))

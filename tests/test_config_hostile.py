@@ -1,0 +1,308 @@
+"""No deployment file crashes ``switchboard check``: exit 0 or 2, a path, never a secret.
+
+Hostile values (an integer past any float, nesting hundreds deep, a
+``provider`` that is an array or a table, options the provider would refuse
+at run time, an empty file) are each a problem with its path, exit 2. Then a
+property test (hypothesis) mutates the shipped files line by line and checks
+``check`` as the command line runs it: in-process through
+:func:`runtime.cli.main`, so an escaping exception fails the test itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime.cli import main
+from runtime.config import parse_config
+from runtime.errors import ConfigError
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+SHIPPED: Final = sorted((ROOT / "config").glob("*.toml"))
+# The values of every ${env:NAME} in the shipped files: secrets that must never be printed.
+ENV: Final = {
+    "SWITCHBOARD_PG_PASSWORD": "pg-pass-Zq81x",
+    "SWITCHBOARD_OPS_TOKEN": "ops-token-Lm27c",
+    "ACME_DISCORD_TOKEN": "discord-token-Rt55v",
+    "ACME_TELEGRAM_TOKEN": "123456:" + "T" * 35,
+    "ACME_TELEGRAM_WEBHOOK_SECRET": "tg-hook-Wq93n",
+    "ACME_WA_APP_SECRET": "wa-app-Hs40k",
+    "ACME_WA_TOKEN": "EAAGwatoken8Jd2",
+    "ACME_WA_VERIFY_TOKEN": "wa-verify-Pp61b",
+    "GLOBEX_WS_TOKEN": "ws-token-Yc70e",
+    "NAME": "name-secret-Qa12z",
+}
+
+
+@contextlib.contextmanager
+def environment() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in ENV}
+    os.environ.update(ENV)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check(text: str) -> tuple[int, str]:
+    """``switchboard check`` on ``text``, in-process: (exit code, stdout + stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "deployment.toml"
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        with environment(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["check", str(path)])
+    return code, out.getvalue() + err.getvalue()
+
+
+# --- each defect ------------------------------------------------------------------------------
+
+CHANNEL: Final = '[[channels]]\nid = "a"\nprovider = "simulated"\n'
+HUGE: Final = "1" + "0" * 400
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (CHANNEL + f"rate_limit = {{ per_channel_rate = {HUGE} }}\n", "per_channel_rate"),
+        (CHANNEL + f"backoff = {{ base = {HUGE} }}\n", "channels[0].backoff.base"),
+        (f"[node]\ndrain_deadline = {HUGE}\n", "node.drain_deadline"),
+        (CHANNEL + "[channels.options]\nx = " + "[" * 500 + "]" * 500 + "\n", ""),
+        (CHANNEL + "[channels.options]\nx = " + "[" * 40 + "1" + "]" * 40 + "\n", "options.x"),
+        ('[[channels]]\nid = "a"\nemulator = true\nprovider = ["telegram"]\n', "provider"),
+        ('[[channels]]\nid = "a"\nemulator = true\nprovider = { a = 1 }\n', "provider"),
+        ('[[channels]]\nid = "a"\nprovider = ["telegram"]\n', "channels[0].provider"),
+        ("", ""),
+        ("# nothing but a comment\n\n", ""),
+    ],
+    ids=[
+        "huge-rate",
+        "huge-backoff",
+        "huge-duration",
+        "nested-500",
+        "nested-40",
+        "provider-array",
+        "provider-table",
+        "provider-array-plain",
+        "empty",
+        "comment-only",
+    ],
+)
+def test_hostile_values_are_refused_with_exit_2_and_a_path(text: str, path: str) -> None:
+    code, output = check(text)
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert "invalid configuration" in output
+    assert path in output
+
+
+def test_an_empty_file_says_what_a_deployment_needs() -> None:
+    with pytest.raises(ConfigError, match=r"no settings: a deployment names at least its node"):
+        parse_config("")
+
+
+DISCORD: Final = """
+[emulators.discord]
+
+[[channels]]
+id = "d"
+provider = "discord"
+emulator = true
+[channels.options]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (DISCORD + 'intents = "all"\n', "options.intents is 'all'"),
+        (DISCORD + "intents = true\n", "options.intents is True"),
+        (DISCORD + 'compress = "gzip"\n', "options.compress is 'gzip'"),
+        (
+            '[emulators.telegram]\n\n[[channels]]\nid = "t"\nprovider = "telegram"\n'
+            'emulator = true\noptions = { mode = "push" }\n',
+            "$.options.mode",
+        ),
+        (
+            '[emulators.websocket]\n\n[[channels]]\nid = "w"\nprovider = "websocket"\n'
+            'emulator = true\noptions = { ping_interval = "often" }\n',
+            "$.options.ping_interval",
+        ),
+        (
+            '[providers.whatsapp.options]\nphone_number_id = "1"\ntimeout = "slow"\n\n'
+            '[emulators.whatsapp]\n\n[[channels]]\nid = "wa"\nprovider = "whatsapp"\n'
+            "emulator = true\n",
+            "$.options.timeout",
+        ),
+        ("[emulators.telegram]\noptions = { bogus = 1 }\n", "emulators.telegram.options.bogus"),
+    ],
+    ids=["intents-all", "intents-bool", "compress", "telegram", "websocket", "whatsapp", "emu"],
+)
+def test_check_refuses_the_options_run_would_refuse(text: str, needle: str) -> None:
+    code, output = check(text)
+    assert code == 2, output
+    assert needle in output
+    assert "Traceback" not in output
+
+
+def test_good_options_still_pass() -> None:
+    code, output = check(DISCORD + 'intents = 33281\ncompress = "zlib-stream"\n')
+    assert code == 0, output
+
+
+def test_the_shipped_files_pass() -> None:
+    for path in SHIPPED:
+        code, output = check(path.read_text())
+        assert code == 0, (path, output)
+        for secret in ENV.values():
+            assert secret not in output
+
+
+# --- the property -----------------------------------------------------------------------------
+
+_scalars = st.one_of(
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**320),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "all",
+            "none",
+            "webhook",
+            "${env:NOPE}",
+            "${env:NAME:-fallback}",
+            "https://u:p@h/?access_token=t",
+            "postgresql://u@h/d",
+            "-1s",
+            "30/s",
+            "0",
+            "",
+        ]
+    ),
+)
+
+
+class Raw(str):
+    """A TOML literal written as it is (deep nesting the generator builds directly)."""
+
+
+_hostile = st.one_of(
+    st.integers(min_value=10**308, max_value=10**400),
+    st.integers(min_value=30, max_value=600).map(lambda n: Raw("[" * n + "]" * n)),
+    st.integers(min_value=30, max_value=600).map(lambda n: Raw("{a = " * n + "1" + "}" * n)),
+)
+_values = st.one_of(
+    _hostile,
+    st.recursive(
+        _scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+)
+
+
+def toml_value(value: object) -> str:
+    """A TOML literal for a generated value (TOML's basic strings take JSON's escapes)."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    assert isinstance(value, dict)
+    items = ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items())
+    return "{ " + items + " }"
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> str:
+    """A shipped file with a few of its lines replaced, removed, repeated or added."""
+    lines = draw(st.sampled_from(SHIPPED)).read_text().splitlines()
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        kind = draw(st.sampled_from(["value", "value", "value", "drop", "repeat", "add", "raw"]))
+        settings_lines = [
+            i for i, line in enumerate(lines) if "=" in line and not line.lstrip().startswith("#")
+        ]
+        if kind == "value" and settings_lines:
+            index = draw(st.sampled_from(settings_lines))
+            key = lines[index].split("=", 1)[0]
+            lines[index] = f"{key}= {toml_value(draw(_values))}"
+            continue
+        index = draw(st.integers(min_value=0, max_value=max(len(lines) - 1, 0)))
+        line = lines[index] if lines else ""
+        if kind == "drop" and lines:
+            del lines[index]
+        elif kind == "repeat":
+            lines.insert(index, line)
+        elif kind == "add":
+            key = draw(
+                st.sampled_from(["provider", "options", "id", "base_url", "intents", "x", "rate"])
+            )
+            lines.insert(index, f"{key} = {toml_value(draw(_values))}")
+        else:
+            lines.insert(index, draw(st.text(max_size=30)))
+    return "\n".join(lines) + "\n"
+
+
+@settings(
+    max_examples=int(os.environ.get("SWITCHBOARD_HYPOTHESIS_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(text=mutated())
+def test_check_on_mutated_shipped_files_exits_0_or_2_without_a_traceback_or_secret(
+    text: str,
+) -> None:
+    code, output = check(text)
+    assert code in (0, 2), output
+    assert "Traceback" not in output
+    for secret in ENV.values():
+        assert secret not in output, (secret, output)
+
+
+@pytest.mark.parametrize("intents", ["all", True, -1, 1.5])
+async def test_discord_refuses_bad_intents_at_open_as_fatal_not_a_crash(intents: object) -> None:
+    """``int("all")`` used to escape as a ValueError: a crash on every restart."""
+    from providers.base import ChannelConfig, FatalError
+    from providers.discord import DiscordProvider
+
+    config = ChannelConfig(
+        channel_id="d",
+        provider="discord",
+        credentials={"token": "discord-token"},
+        base_url="http://127.0.0.1:9",  # never reached: the options are read first
+        options={"intents": intents},
+    )
+    with trio.fail_after(10), pytest.raises(FatalError, match=r"options\.intents is"):
+        async with DiscordProvider().open_connection(config):
+            raise AssertionError("opened with bad intents")
