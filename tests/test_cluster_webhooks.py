@@ -20,6 +20,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster_rig import (
+    API_TOKEN,
     WA_NUMBER_BASE,
     WA_VERIFY_TOKEN,
     WEBHOOK_SECRET,
@@ -37,12 +38,22 @@ BOTS = 2
 
 
 async def held(rig: ClusterRig, prefix: str, count: int) -> dict[str, str]:
-    """The holders of the ``prefix`` channels once all of them are held."""
-    while True:
-        holders = {c: n for c, n in (await rig.holders()).items() if c.startswith(prefix)}
-        if len(holders) == count:
-            return holders
-        await trio.sleep(0.1)
+    """The holders of the ``prefix`` channels once all are held and connected there."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30.0) as client:
+        while True:
+            holders = {c: n for c, n in (await rig.holders()).items() if c.startswith(prefix)}
+            connected = set()
+            for node_id in set(holders.values()):
+                listing = (await client.get(rig.ops_urls[node_id] + "/v1/channels")).json()
+                connected |= {
+                    (item["channel"], node_id)
+                    for item in listing["channels"]
+                    if item["status"] == "connected"
+                }
+            if len(holders) == count and set(holders.items()) <= connected:
+                return holders
+            await trio.sleep(0.2)
 
 
 async def metric(rig: ClusterRig, name: str, provider: str) -> float:
@@ -56,6 +67,16 @@ async def metric(rig: ClusterRig, name: str, provider: str) -> float:
                     if sample.name == name and sample.labels.get("provider") == provider:
                         total += sample.value
     return total
+
+
+async def counted(rig: ClusterRig, provider: str, at_least: int) -> float:
+    """The nodes' count of inbound events taken, once it reaches ``at_least``."""
+    while True:
+        received = await metric(rig, "switchboard_messages_received_total", provider)
+        if received >= at_least:
+            await trio.sleep(1.0)  # one more look: a duplicate would be counted by now
+            return await metric(rig, "switchboard_messages_received_total", provider)
+        await trio.sleep(0.2)
 
 
 async def stored_for(rig: ClusterRig, prefix: str) -> set[tuple[str, str]]:
@@ -97,9 +118,9 @@ async def test_whatsapp_notifications_to_one_node_reach_every_number_s_owner_onc
                     expected.add((f"wa-{i:04d}", made["message_id"]))
             while await stored_for(rig, "wa-") != expected:  # noqa: ASYNC110 - PostgreSQL
                 await trio.sleep(0.2)
-            assert await metric(rig, "switchboard_messages_received_total", "whatsapp") == len(
-                expected
-            )
+            # Stored first, then published and counted: wait for the count to catch up.
+            received = await counted(rig, "whatsapp", len(expected))
+            assert received == len(expected)
             assert await metric(rig, "switchboard_inbound_duplicates_total", "whatsapp") == 0
 
             async with httpx.AsyncClient(timeout=30.0) as client:
@@ -216,4 +237,4 @@ async def test_a_telegram_webhook_on_the_other_node_reaches_the_bot_s_owner_once
             while len(await stored_for(rig, "tg-")) < BOTS * 3:  # noqa: ASYNC110 - PostgreSQL
                 await trio.sleep(0.2)
             assert len(await stored_for(rig, "tg-")) == BOTS * 3
-            assert await metric(rig, "switchboard_messages_received_total", "telegram") == BOTS * 3
+            assert await counted(rig, "telegram", BOTS * 3) == BOTS * 3
