@@ -318,3 +318,43 @@ async def _record(results: dict[str, Any], key: str, call: Any) -> None:
         results[key] = await call
     except Exception as exc:
         results[key] = exc
+
+
+# --- the window in a node --------------------------------------------------------------------
+
+
+async def test_a_drain_waits_for_every_send_in_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from providers.simulated import Fixed, SimulatedProvider
+    from runtime import open_node, parse_config
+
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    config = parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 10.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}, "send_window": 16}},
+            "channels": [{"id": "a", "provider": "simulated"}],
+        }
+    )
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_node(config, providers={"simulated": provider}) as node:
+            with node.subscribe(kind="state") as changes:
+                while node.channels()[0].status.name != "CONNECTED":
+                    await changes.receive()
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    key = f"k{i}"
+                    call = node.send("a", out(f"p{i}", key))
+                    nursery.start_soon(_record, results, key, call)
+                await trio.testing.wait_all_tasks_blocked()
+                report = await node.drain()
+            # all twelve were on the wire together, and the drain waited for them
+            assert trio.current_time() - began == pytest.approx(1.0)
+    assert report.in_flight == 12
+    assert report.kept == ()
+    assert all(isinstance(results[f"k{i}"], SendResult) for i in range(12)), results
+    assert sorted(m.idempotency_key for m in provider.sent) == sorted(results)

@@ -343,6 +343,8 @@ class ProviderDefaults:
         backoff: reconnect backoff overrides.
         send_attempts: tries per message for transient failures.
         liveness_timeout: seconds without any event before a link is dead.
+        send_window: sends in flight at once per channel (unset: enough
+            for the platform's rate over a 300 ms round trip).
         options: provider-specific options, merged under each channel's.
     """
 
@@ -352,6 +354,7 @@ class ProviderDefaults:
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -432,6 +435,7 @@ class ChannelSpec:
         backoff: overrides of the provider defaults' backoff.
         send_attempts: overrides the provider defaults'.
         liveness_timeout: overrides the provider defaults'.
+        send_window: overrides the provider defaults'.
     """
 
     id: str = attrs.field(validator=IDENTIFIER)
@@ -446,6 +450,7 @@ class ChannelSpec:
     backoff: BackoffConfig | None = None
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)
