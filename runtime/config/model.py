@@ -118,11 +118,17 @@ class NodeSection:
         drain_deadline: seconds a graceful shutdown waits for queued sends.
         start_timeout: seconds startup waits for channels to connect before
             reporting how many did.
+        max_sends_in_flight: sends the node holds at once, accepted and not
+            finished; past it a send is refused at once (``Overloaded``).
+        max_channel_sends: the same bound for one channel: its window and
+            what waits for it.
     """
 
     id: str = attrs.field(default="local", validator=IDENTIFIER)
     drain_deadline: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     start_timeout: Seconds = attrs.field(default=10.0, validator=POSITIVE)
+    max_sends_in_flight: int = attrs.field(default=50_000, validator=AT_LEAST_ONE)
+    max_channel_sends: int = attrs.field(default=1_000, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)

@@ -33,6 +33,8 @@ Design:
   and the exact raw body goes to each matching channel. A notification that
   names no number (account-level fields) goes to every live WhatsApp channel
   and is acknowledged if one accepts its signature, so Meta stops retrying it.
+- A send the node or its channel has no room for (``Overloaded``) is
+  answered 503 at once, with the error's own ``Retry-After``.
 - The message API is off unless an ``api_token`` is given (its routes then
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
@@ -78,7 +80,7 @@ from actors import (
 from providers.base import OutboundMessage, PermanentSendError
 
 from ..config.model import MetricsConfig
-from ..errors import NodeDraining, NodeError, UnknownChannel
+from ..errors import NodeDraining, NodeError, Overloaded, UnknownChannel
 from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
 from .letters import DeadLetterApi
@@ -120,6 +122,7 @@ MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
+    (Overloaded, 503, None),  # Retry-After: the error's own
     (MailboxFull, 429, MAILBOX_RETRY_AFTER),
     (PermanentSendError, 422, None),
     (ChannelFailed, 409, None),
@@ -527,6 +530,8 @@ class _Ops:
     def _send_error(self, exc: Exception) -> Response:
         for kind, status, retry_after in _SEND_ERRORS:
             if isinstance(exc, kind):
+                if isinstance(exc, Overloaded):
+                    retry_after = exc.retry_after
                 headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
                 return _error(status, type(exc).__name__, self._scrub(str(exc)), headers=headers)
         raise exc  # not a send error: the guard answers 500 and logs it
