@@ -70,6 +70,7 @@ class Measured:
     window: int | None  # None: the platform's default
     rate: float  # accepted messages/s in the counted span
     failures: int  # sends that raised (should be none)
+    cpu_per_message: float  # this process's CPU seconds per accepted message (node + proxy)
 
 
 def _channel(
@@ -134,6 +135,7 @@ async def _measure_one(
             while node.channels()[0].status.name != "CONNECTED":
                 await changes.receive()
         began = trio.current_time()
+        cpu_began = time.process_time()
 
         async def sender() -> None:
             nonlocal failures
@@ -142,6 +144,7 @@ async def _measure_one(
                     await node.send(channel_id, _message(provider, next(seq)), timeout=30)
                 except Exception:
                     failures += 1
+                    await trio.sleep(0.01)  # no hot loop on a refusal
                     continue
                 accepted.append(trio.current_time() - began)
 
@@ -149,6 +152,7 @@ async def _measure_one(
             async with trio.open_nursery() as nursery:
                 for _ in range(params.senders):
                     nursery.start_soon(sender)
+        cpu = time.process_time() - cpu_began
         await node.drain(2.0)
     counted = [t for t in accepted if params.warmup <= t < params.warmup + params.duration]
     return Measured(
@@ -157,6 +161,7 @@ async def _measure_one(
         window=window,
         rate=len(counted) / params.duration,
         failures=failures,
+        cpu_per_message=cpu / max(1, len(accepted)),
     )
 
 
@@ -239,7 +244,9 @@ def run(params: RttParams, ctx: RunContext) -> Report:
             notes.append(
                 f"{provider} limits {mode}: {ours.rate:.1f} msgs/s = {ours.rate / rate:.0%} of "
                 f"the platform's {rate:g}/s (one in flight: {one.rate:.1f} msgs/s = "
-                f"{one.rate / rate:.0%}); failed sends: {ours.failures} / {one.failures}"
+                f"{one.rate / rate:.0%}); failed sends: {ours.failures} / {one.failures}; "
+                f"node CPU per message {ours.cpu_per_message * 1e3:.2f} ms / "
+                f"{one.cpu_per_message * 1e3:.2f} ms"
             )
     return Report(
         scenario="rtt",
