@@ -57,8 +57,9 @@ class Flight:
 class SendWindow:
     """Up to ``capacity`` sends taken, in chains per peer.
 
-    The parking lots are made by the first waiter: most channels never fill
-    their window.
+    The chains' table is made by the first send (and kept: no allocation per
+    send) and the parking lots by the first waiter: a node runs ten thousand
+    channels, most of them idle.
     """
 
     __slots__ = ("_chains", "_count", "_idle", "_room", "capacity", "closing")
@@ -67,7 +68,7 @@ class SendWindow:
         if capacity < 1:
             raise ValueError(f"a send window holds at least one send, not {capacity}")
         self.capacity = capacity
-        self._chains: dict[str, list[Flight]] = {}
+        self._chains: dict[str, list[Flight]] | None = None
         self._count = 0
         self._room: ParkingLot | None = None
         self._idle: ParkingLot | None = None
@@ -79,7 +80,7 @@ class SendWindow:
         return self._count
 
     def __repr__(self) -> str:
-        return f"<SendWindow {self._count}/{self.capacity} peers={len(self._chains)}>"
+        return f"<SendWindow {self._count}/{self.capacity} peers={self.in_flight}>"
 
     @property
     def full(self) -> bool:
@@ -88,15 +89,18 @@ class SendWindow:
     @property
     def in_flight(self) -> int:
         """Sends on their way to the platform now (one per peer chain)."""
-        return len(self._chains)
+        return 0 if self._chains is None else len(self._chains)
 
     def admit(self, flight: Flight) -> bool:
         """Take ``flight``; True if it may leave now (no send to its peer is out)."""
         self._count += 1
         peer = flight.message.peer
-        chain = self._chains.get(peer)
+        chains = self._chains
+        if chains is None:
+            chains = self._chains = {}
+        chain = chains.get(peer)
         if chain is None:
-            self._chains[peer] = [flight]
+            chains[peer] = [flight]
             return True
         chain.append(flight)
         return False
@@ -104,18 +108,22 @@ class SendWindow:
     def finish(self, flight: Flight) -> Flight | None:
         """The head of its chain is done; returns the next send to its peer, if any."""
         peer = flight.message.peer
-        chain = self._chains[peer]
+        chains = self._chains
+        assert chains is not None
+        chain = chains[peer]
         assert chain[0] is flight, (flight, chain)
         del chain[0]
         self._freed(1)
         if chain:
             return chain[0]
-        del self._chains[peer]
+        del chains[peer]
         return None
 
     def abandon(self, flight: Flight) -> list[Flight]:
         """Remove the chain that ``flight`` heads; returns what of it must go again."""
-        chain = self._chains.pop(flight.message.peer)
+        chains = self._chains
+        assert chains is not None
+        chain = chains.pop(flight.message.peer)
         assert chain[0] is flight, (flight, chain)
         self._freed(len(chain))
         return [each for each in chain if not each.settled]
