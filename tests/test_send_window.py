@@ -358,3 +358,14 @@ async def test_a_drain_waits_for_every_send_in_the_window(
     assert report.kept == ()
     assert all(isinstance(results[f"k{i}"], SendResult) for i in range(12)), results
     assert sorted(m.idempotency_key for m in provider.sent) == sorted(results)
+
+
+def test_an_http_channel_pools_a_connection_per_send_in_its_window() -> None:
+    from providers._pool import pool_limits
+
+    limits = attrs.evolve(GENEROUS, per_channel_rate=80.0)
+    default = pool_limits(ChannelConfig(channel_id="c", provider="whatsapp"), limits)
+    assert (default.max_connections, default.max_keepalive_connections) == (30, 30)
+    own = ChannelConfig(channel_id="c", provider="telegram", send_window=120)
+    polling = pool_limits(own, limits, extra=1)  # + Telegram's long poll
+    assert (polling.max_connections, polling.max_keepalive_connections) == (121, 121)
