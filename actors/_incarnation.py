@@ -237,8 +237,9 @@ async def _task_loop(ref: ActorRef, inst: Actor) -> Exit:
             result = inst.receive(item.msg)
             if is_async:
                 result = await result
-            ref._current_ask = None
-            item.reply(result)
+            if ref._current_ask is item:  # not deferred (see defer_reply)
+                ref._current_ask = None
+                item.reply(result)
         else:
             result = inst.receive(item)
             if is_async:
@@ -578,6 +579,42 @@ def start_owned_task(
             "(on_start, receive or on_stop) can own tasks"
         )
     nursery.start_soon(fn, *args)
+
+
+def defer_reply(ref: ActorRef) -> Ask | None:
+    """Take over answering the ask being handled (task mode only).
+
+    Returns:
+        The pending ask, which the caller must answer later (``reply`` or
+        ``fail``); ``None`` when the message being handled was told.
+
+    Raises:
+        NotInActorContext: the actor runs on the dispatcher, or handles no message.
+    """
+    if not ref._task_mode or ref._state is not RUNNING:
+        raise NotInActorContext(
+            f"{ref!r}: only a running actor with an async hook can defer its reply"
+        )
+    ask, ref._current_ask = ref._current_ask, None
+    return ask
+
+
+def requeue(ref: ActorRef, items: list[Any]) -> None:
+    """Put user messages taken off the mailbox back at its front, in order.
+
+    They were admitted once, so the mailbox's bound does not refuse them. An
+    actor that has terminated meanwhile treats them as it treats the
+    messages still queued when it terminated (asks: ``ActorDead``).
+    """
+    if ref._state not in QUEUEING or ref._exit is not None:
+        for item in items:
+            if type(item) is Ask:
+                item.fail(ref._dead_error("hand back a message to"))
+            else:
+                ref.system._dead_letter(ref, item, ref._exit or EXIT_KILLED)
+        return
+    ref._mailbox.put_front(items)
+    ref._wake()
 
 
 def unwrap_reply(reply: Any) -> Any:

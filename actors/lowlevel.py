@@ -22,6 +22,13 @@ The lifecycle of a supervised ref, in these terms::
 - :func:`terminate` ends the ref for good: queued asks fail with
   ``ActorDead``, queued tells go to the dead letters, the name is freed;
 - :func:`request_stop` asks an incarnation to end after its current message.
+
+An actor that answers requests out of order (a window of sends in flight)
+uses two more: :func:`defer_reply` takes over answering the ask being
+handled (the :class:`Ask` is answered later, from any task, with
+``reply``/``fail``), and :func:`requeue` hands messages taken off the
+mailbox back to its front, so that an incarnation that ends with work in
+hand loses none of it.
 """
 
 from __future__ import annotations
@@ -29,25 +36,29 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._incarnation import kill as kill_incarnation
 from ._incarnation import (
+    defer_reply,
     kill_linked,
     new_instance,
     request_stop,
+    requeue,
     terminate,
 )
+from ._incarnation import kill as kill_incarnation
 from ._incarnation import start as start_incarnation
 from ._incarnation import start_nowait as start_incarnation_nowait
 from ._incarnation import stop as stop_incarnation
-from ._messages import ChildExited, Parent
+from ._messages import Ask, ChildExited, Parent
 from .actor import Actor, Exit
 from .ref import ActorRef
 from .system import ActorSystem
 
 __all__ = [
+    "Ask",
     "ChildExited",
     "Parent",
     "current_instance",
+    "defer_reply",
     "kill_incarnation",
     "kill_linked",
     "last_exit",
@@ -55,6 +66,7 @@ __all__ = [
     "needs_task",
     "new_instance",
     "request_stop",
+    "requeue",
     "runs_in_task",
     "start_incarnation",
     "start_incarnation_nowait",

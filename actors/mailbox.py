@@ -114,6 +114,17 @@ class Mailbox:
             user = self._user = deque()
         user.append(item)
 
+    def put_front(self, items: list[Any]) -> None:
+        """Put user messages back at the front, in order (never refused: they
+        were admitted once)."""
+        if not items:
+            return
+        user = self._user
+        if user is None:
+            self._user = deque(items)
+        else:
+            user.extendleft(reversed(items))
+
     def put_system(self, item: Any) -> None:
         """Append a system message; never refused."""
         lane = self._system

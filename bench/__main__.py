@@ -64,6 +64,7 @@ SCENARIOS: Final[dict[str, str]] = {
     "target": "bench.target",
     "cluster": "bench.cluster",
     "scrape": "bench.scrape",
+    "rtt": "bench.rtt",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")

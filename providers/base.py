@@ -43,6 +43,7 @@ Design:
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "SEND_WINDOW_MAX",
+    "SEND_WINDOW_RTT",
     "AuthenticationFailed",
     "BadRecipient",
     "Banned",
@@ -96,6 +99,8 @@ __all__ = [
     "Template",
     "TransientError",
     "Unsupported",
+    "default_send_window",
+    "send_window",
 ]
 
 
@@ -321,6 +326,9 @@ class ChannelConfig:
             masks its userinfo and credential query parameters.
         options: provider-specific settings; ``repr`` masks secret-bearing
             values (``webhook_secret``...: :mod:`providers.masking`).
+        send_window: sends in flight at once on the channel (an HTTP
+            provider keeps that many pooled connections); ``None``: the
+            platform's default, :func:`default_send_window`.
     """
 
     channel_id: str
@@ -329,6 +337,9 @@ class ChannelConfig:
     credentials: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     base_url: str | None = attrs.field(default=None, repr=url_repr)
     options: Mapping[str, Any] = attrs.field(factory=dict, repr=options_repr)
+    send_window: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -350,6 +361,27 @@ class PlatformLimits:
     per_peer_burst: int
     max_text_length: int
     max_upload_bytes: int = 50 * 1024 * 1024
+
+
+# A real platform is 50-300 ms away, and one send in flight caps a channel at
+# 1/RTT messages per second: the default window covers the platform's rate
+# over the longest of those round trips, with a quarter to spare.
+SEND_WINDOW_RTT: Final = 0.3  # seconds
+SEND_WINDOW_HEADROOM: Final = 1.25
+SEND_WINDOW_MAX: Final = 256  # sends in flight per channel, whatever the rate
+
+
+def default_send_window(limits: PlatformLimits) -> int:
+    """Sends in flight that let one channel reach ``limits.per_channel_rate``
+    over a :data:`SEND_WINDOW_RTT` round trip (WhatsApp 80/s: 30; Telegram
+    30/s: 12), at most :data:`SEND_WINDOW_MAX`."""
+    wanted = math.ceil(limits.per_channel_rate * SEND_WINDOW_RTT * SEND_WINDOW_HEADROOM)
+    return max(1, min(SEND_WINDOW_MAX, wanted))
+
+
+def send_window(config: ChannelConfig, limits: PlatformLimits) -> int:
+    """The channel's send window: its config's, else the platform's default."""
+    return config.send_window if config.send_window is not None else default_send_window(limits)
 
 
 DEFAULT_LIMITS: Final = PlatformLimits(

@@ -54,6 +54,7 @@ def channel_config(
         credentials=dict(credentials if credentials is not None else spec.credentials),
         base_url=base_url or spec.base_url or defaults.base_url,
         options=options,
+        send_window=_pick_optional(spec.send_window, defaults.send_window),
     )
 
 

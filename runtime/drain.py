@@ -71,21 +71,32 @@ class SendTracker:
 
     def __init__(self) -> None:
         self._pending: set[Pending] = set()
+        self._by_channel: Counter[str] = Counter()
         self._changed = trio.Event()
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def count(self, channel_id: str) -> int:
+        """Sends of ``channel_id`` tracked now."""
+        return self._by_channel[channel_id]
 
     @contextmanager
     def track(self, channel_id: str, message: Operation) -> Iterator[Pending]:
         """Count one send from now until the block ends."""
         pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
         self._pending.add(pending)
+        self._by_channel[channel_id] += 1
         try:
             yield pending
         finally:
             pending.done = True
             self._pending.discard(pending)
+            left = self._by_channel[channel_id] - 1
+            if left:
+                self._by_channel[channel_id] = left
+            else:
+                del self._by_channel[channel_id]
             self._changed.set()
 
     async def wait_until_done(self) -> None:

@@ -33,6 +33,8 @@
         │   ├── OutsideWindow      (also providers.base.OutsideWindow)
         │   └── Unsupported        the platform has no such operation; refused before
         │                          sending, not dead-lettered (also providers.base.…)
+        ├── Overloaded             the node or the channel has its bound of sends in
+        │                          flight: refused at once, retry after ``retry_after``
         ├── MailboxFull            the channel's queue is full: slow down  (also actors.MailboxFull)
         ├── AskTimeout             no answer within the send's timeout     (also actors.AskTimeout)
         └── ChannelCrashed         the channel actor crashed on this message
@@ -79,6 +81,7 @@ __all__ = [
     "NodeNotRunning",
     "NodeStarting",
     "OutsideWindow",
+    "Overloaded",
     "PermanentSendError",
     "SendError",
     "SendFailed",
@@ -306,6 +309,24 @@ class Unsupported(PermanentSendError, platform.Unsupported):
     provider: str = ""
 
 
+class Overloaded(SendError):
+    """The node, or the channel, already has its bound of sends in flight.
+
+    Refused at once, before anything is queued (admission control), rather
+    than queued into a timeout: retry after ``retry_after`` seconds, or
+    send elsewhere.
+
+    Attributes:
+        scope: ``"node"`` or ``"channel"``: which bound was reached.
+        limit: the bound.
+        retry_after: seconds after which a retry may be taken (whole, >= 1).
+    """
+
+    scope: str = "node"
+    limit: int = 0
+    retry_after: int = 1
+
+
 class MailboxFull(SendError, actors.MailboxFull):
     """The channel's queue is full; slow down and retry.
 
@@ -396,6 +417,7 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
         MediaTooLarge,
         Unsupported,
         MailboxFull,
+        Overloaded,
         AskTimeout,
         ChannelCrashed,
         NodeDraining,
@@ -407,7 +429,16 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
         NodeError,
     )
 }
-_DETAILS: Final = ("peer", "capacity", "reason", "operation", "provider")
+_DETAILS: Final = (
+    "peer",
+    "capacity",
+    "reason",
+    "operation",
+    "provider",
+    "scope",
+    "limit",
+    "retry_after",
+)
 
 
 def error_to_wire(exc: BaseException) -> dict[str, Any]:

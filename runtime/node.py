@@ -19,6 +19,9 @@ Design:
   to (its inbound sink), opened first and closed last.
 - Startup degrades gracefully: a channel that cannot start is recorded with
   the reason, shows in ``channels()`` and ``/health``, and the rest run.
+- A send past the node's or its channel's bound of sends in flight is
+  refused at once (``Overloaded``, :mod:`runtime.admission`) rather than
+  queued into a timeout.
 - Every accepted ``send`` is tracked until it returns. ``drain()`` stops
   taking work, waits for the tracked sends up to the deadline, keeps the rest
   in the store (reported, never silently dropped), stops the channels (each
@@ -79,6 +82,7 @@ from supervisors import (
     open_supervisor,
 )
 
+from .admission import admit
 from .channels import channel_config, channel_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
@@ -405,6 +409,8 @@ class Node(ClusterMode, DeadLetterOps):
             PermanentSendError: the platform will never take this message
                 (``MessageTooLong``, ``BadRecipient``, ...; dead-lettered).
             SendFailed: transient failures outlasted the retries (dead-lettered).
+            Overloaded: the node or the channel holds its bound of sends;
+                nothing was queued: retry after ``retry_after`` seconds.
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
@@ -552,6 +558,17 @@ class Node(ClusterMode, DeadLetterOps):
             if known is not None:
                 return _result_of(message, known)
             # The first failed (or is still out): this one tries on its own.
+        node = self.config.node
+        admit(
+            node_id=self.node_id,
+            channel_id=channel_id,
+            idempotency_key=message.idempotency_key,
+            node_sends=len(self._sends),
+            node_limit=node.max_sends_in_flight,
+            channel_sends=self._sends.count(channel_id),
+            channel_limit=node.max_channel_sends,
+            channel_rate=channel.memory.limits.per_channel_rate,
+        )
         flight = self._in_flight[flight_key] = trio.Event()
         try:
             return await self._perform_tracked(channel, channel_id, message, timeout=timeout)
@@ -636,6 +653,7 @@ class Node(ClusterMode, DeadLetterOps):
             store_backend=store.backend,
             store_pending=store.inbound_pending,
             latencies=self._timings.snapshots(),
+            sends_in_flight=len(self._sends),
         )
 
     def channel_totals(self) -> ChannelTotals:

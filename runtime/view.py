@@ -123,6 +123,8 @@ class NodeStatistics:
         uptime: seconds since the node started.
         store_backend: ``memory`` or ``postgres``.
         store_pending: inbound events not yet written to the store.
+        sends_in_flight: sends accepted here and not finished (bounded by
+            ``[node] max_sends_in_flight``).
         latencies: the node's latency histograms (send, connect and inbound
             per provider; store flushes), as they stand.
     """
@@ -136,6 +138,7 @@ class NodeStatistics:
     store_backend: str
     store_pending: int
     latencies: tuple[LatencySnapshot, ...] = ()
+    sends_in_flight: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -945,3 +945,109 @@ async def test_child_of_a_non_supervising_parent_is_terminated_not_left_in_limbo
         assert child.state is ActorState.FAILED
         assert child.exit is not None and child.exit.kind is ExitKind.CRASHED
         assert parent.state is ActorState.RUNNING
+
+
+# --------------------------------------------------------------------------- deferred replies
+
+
+class Deferring(Actor):
+    """Answers asks later, out of order; hands them back to the mailbox on demand.
+
+    ``("hold", x)``: keep the ask; ``"answer"``: answer every held ask,
+    newest first, with its ``x``; ``"hand_back"``: requeue the held ones,
+    then crash (the next incarnation answers them at once).
+    """
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+        self.held: list[tuple[lowlevel.Ask, Any]] = []
+
+    async def receive(self, msg: Any) -> Any:
+        if msg == "answer":
+            for ask, value in reversed(self.held):
+                ask.reply(value)
+            self.held.clear()
+            return "answered"
+        if msg == "hand_back":
+            lowlevel.requeue(self.ref, [ask for ask, _ in self.held])
+            raise Boom("hand back")
+        _, value = msg
+        if self.log:  # a later incarnation answers at once, in the mailbox's order
+            self.log.append(value)
+            return ("again", value)
+        ask = lowlevel.defer_reply(self.ref)
+        assert ask is not None
+        self.held.append((ask, value))
+        return "ignored: the reply is deferred"
+
+
+async def test_a_deferred_reply_is_answered_later_and_out_of_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    answers: list[Any] = []
+
+    async def ask(ref: ActorRef, value: Any) -> None:
+        answers.append(await ref.ask(("hold", value), timeout=5))
+
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Deferring, [])
+            async with trio.open_nursery() as nursery:
+                for value in (1, 2):
+                    nursery.start_soon(ask, ref, value)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert answers == []  # held, not answered with receive's return value
+                assert await ref.ask("answer") == "answered"
+    assert sorted(answers) == [1, 2]
+
+
+@pytest.mark.parametrize("supervised", [True, False])
+async def test_requeued_asks_go_back_to_the_front_of_the_mailbox_in_order(
+    autojump_clock: trio.testing.MockClock, supervised: bool
+) -> None:
+    from supervisors import ChildSpec, open_supervisor
+
+    answers: list[Any] = []
+    log: list[Any] = []
+
+    async def ask(ref: ActorRef, value: Any) -> None:
+        try:
+            answers.append(await ref.ask(("hold", value), timeout=5))
+        except ActorDead:
+            answers.append(("dead", value))
+
+    async def exercise(ref: ActorRef) -> None:
+        async with trio.open_nursery() as nursery:
+            for value in (1, 2):
+                nursery.start_soon(ask, ref, value)
+                await trio.testing.wait_all_tasks_blocked()
+            log.append("held")
+            ref.tell("hand_back")
+            nursery.start_soon(ask, ref, 3)  # queued after the hand-back
+
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            if supervised:
+                spec = ChildSpec(id="d", start=lambda: Deferring(log))
+                async with open_supervisor(system, [spec]) as sup:
+                    ref = await sup.whereis_child("d")
+                    assert ref is not None
+                    await exercise(ref)
+            else:
+                ref = await system.spawn(Deferring, log)
+                await exercise(ref)
+                assert ref.state is ActorState.FAILED
+    if supervised:  # the next incarnation answers them first, in their order
+        assert log == ["held", 1, 2, 3]
+        assert sorted(answers) == [("again", 1), ("again", 2), ("again", 3)]
+    else:  # handed back to an actor that then ended for good: as queued asks
+        assert sorted(answers) == [("dead", 1), ("dead", 2), ("dead", 3)]
+
+
+async def test_only_a_running_task_mode_actor_defers_a_reply() -> None:
+    async with open_actor_system() as system:
+        ref = await system.spawn(Deferring, [])
+        ref.tell("hand_back")
+        await ref.wait_terminated()
+        with pytest.raises(NotInActorContext):
+            lowlevel.defer_reply(ref)

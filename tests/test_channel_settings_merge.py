@@ -98,3 +98,12 @@ def test_config_merges_options_and_lets_the_node_supply_url_and_credentials() ->
     assert dict(emulated.credentials) == {"token": "made-up"}
     assert emulated.options["webhook_url"] == "http://node"
     assert "from-file" not in repr(emulated)
+
+
+def test_the_send_window_comes_from_the_channel_then_the_provider_defaults() -> None:
+    spec = ChannelSpec(id="wa", provider="whatsapp")
+    assert channel_config(spec, None).send_window is None  # the platform's default
+    defaults = ProviderDefaults(send_window=40)
+    assert channel_config(spec, defaults).send_window == 40
+    own = ChannelSpec(id="wa", provider="whatsapp", send_window=3)
+    assert channel_config(own, defaults).send_window == 3

@@ -53,7 +53,7 @@ from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.telegram import SECRET_HEADER, TelegramProvider
 from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as whatsapp_webhook
-from runtime.errors import NodeDraining, NodeStarting, UnknownChannel
+from runtime.errors import NodeDraining, NodeStarting, Overloaded, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
 from tests.support import emulator_call, real_time_ceiling
@@ -894,6 +894,12 @@ async def test_a_message_is_sent_and_its_result_returned() -> None:
     ]
 
 
+def _overloaded(retry_after: int) -> Overloaded:
+    error = Overloaded("channel tg-1 already holds 1000 sends", channel_id="tg-1")
+    error.scope, error.limit, error.retry_after = "channel", 1000, retry_after
+    return error
+
+
 @pytest.mark.parametrize(
     ("error", "status", "retry_after"),
     [
@@ -901,6 +907,7 @@ async def test_a_message_is_sent_and_its_result_returned() -> None:
         (NodeDraining("node-1 is draining and takes no new work; send to another node"), 503, "5"),
         (NodeStarting("node 'n1' is starting; ask again shortly"), 503, "1"),
         (MailboxFull("mailbox of tg-1 is full (1000)", capacity=1000), 429, "1"),
+        (_overloaded(retry_after=7), 503, "7"),
         (MessageTooLong("text is 5000 characters; the limit is 4096", peer="42"), 422, None),
         (BadRecipient("chat 42 not found", peer="42"), 422, None),
         (ChannelFailed("tg-1 failed: Banned", channel_id="tg-1"), 409, None),

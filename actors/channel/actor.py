@@ -8,8 +8,11 @@ Design:
 - Everything that must survive a crash lives in a ``ChannelMemory`` the
   factory closes over (``state``): limiters, backoff, breaker, session,
   dedupe window, dead letters, subscribers, events the store refused.
-- Sends are messages, handled one at a time in order; a refusal travels back
-  to the asker as ``outcome.Error`` (the kernel raises it there).
+- Sends are messages; the actor takes up to its send window of them at
+  once, in chains per recipient (``send``, ``window``), and answers each
+  asker when its send is done; a refusal travels back to the asker as
+  ``outcome.Error`` (the kernel raises it there). A stop lets the sends in
+  the window finish first (within the stopper's shutdown timeout).
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import attrs
 import outcome
 import trio
 
-from providers.base import ChannelConfig, Connection, PermanentSendError, Provider
+from providers.base import ChannelConfig, Connection, Provider, send_window
 from providers.operations import Operation
 
 from ..actor import Actor, Exit
-from ..errors import ChannelFailed, ChannelUnavailable, SendFailed
+from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink
 from .send import SendPath
@@ -38,6 +41,7 @@ from .state import (
     ChannelStatus,
     channel_statistics,
 )
+from .window import SendWindow
 
 __all__ = ["ChannelActor", "DiscardDeadLetters", "ListDeadLetters", "ReplayDeadLetters", "Send"]
 
@@ -96,6 +100,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connection_scope",
         "_failure",
         "_stopping",
+        "_window",
         "config",
         "memory",
         "provider",
@@ -121,6 +126,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
+        self._window = SendWindow(send_window(config, provider.limits))
 
     @classmethod
     def factory(
@@ -183,6 +189,11 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         await self._run_connection()
 
     async def on_stopping(self, exit: Exit) -> None:
+        # The sends on the wire finish first, as the one in hand did when
+        # sends went one at a time (bounded by the shutdown timeout); what
+        # waits behind them, or is cut off, goes back to the mailbox.
+        self._window.closing = True
+        await self._window.wait_idle()
         # Close while the provider's own tasks still run, so the close
         # handshake completes (Discord: 4000, which keeps the session).
         await self._close_for_stop()
@@ -282,10 +293,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
     async def receive(self, msg: Any) -> Any:
         kind = type(msg)
         if kind is Send:
-            try:
-                return await self._send(msg.message)
-            except (ChannelFailed, ChannelUnavailable, SendFailed, PermanentSendError) as exc:
-                return outcome.Error(exc)
+            return await self._take(msg, msg.message)
         if kind is ListDeadLetters:
             return self.memory.dead_letters.letters()
         if kind is ReplayDeadLetters or kind is DiscardDeadLetters:

@@ -19,6 +19,14 @@ Design:
   The loop in :class:`SendPath` only applies decisions and sleeps.
 - A retry reuses the message's idempotency key, so a platform that
   deduplicates never delivers it twice.
+- Sends are pipelined: the actor takes up to its window of sends off the
+  mailbox (:mod:`.window`) and runs each peer's chain in a task of its own,
+  answering each asker when its send is done (``lowlevel.defer_reply``).
+  A refusal found before any budget is spent (unsupported, too long) is
+  answered at once. A chain cut off by the end of the incarnation goes back
+  to the front of the mailbox (``lowlevel.requeue``) for the next one: a
+  send cut on the wire then goes again, with the same idempotency key
+  (at least once, as after a drain).
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+import outcome
 import trio
 
 from providers.base import (
@@ -44,13 +53,19 @@ from providers.base import (
 )
 from providers.operations import EditMessage, Operation, check_supported, perform
 
+from .. import lowlevel
 from ..backoff import BackoffPolicy
-from ..errors import ChannelFailed, CircuitOpen, SendFailed
+from ..errors import ActorCrashed, ChannelFailed, ChannelUnavailable, CircuitOpen, SendFailed
+from .window import Flight, SendWindow
 
 if TYPE_CHECKING:
     from providers.base import ChannelConfig, Connection, Provider
 
+    from ..ref import ActorRef
     from .state import ChannelMemory, ChannelSettings
+
+# What a send may end with, as its asker hears it (anything else is a defect).
+_REFUSALS: Final = (ChannelFailed, ChannelUnavailable, SendFailed, PermanentSendError)
 
 __all__ = ["SendAction", "SendDecision", "SendPath", "decide"]
 
@@ -148,8 +163,14 @@ class SendPath:
     provider: Provider
     memory: ChannelMemory
     settings: ChannelSettings
+    _window: SendWindow
 
     if TYPE_CHECKING:
+
+        @property
+        def ref(self) -> ActorRef: ...
+
+        def start_task(self, fn: Any, *args: Any) -> None: ...
 
         async def _live_connection(self) -> Connection: ...
 
@@ -200,7 +221,88 @@ class SendPath:
                     peer=message.peer,
                 )
 
-    async def _send(self, message: Operation) -> SendResult | None:
+    # --- the window -------------------------------------------------------------------
+
+    async def _take(self, send: Any, message: Operation) -> Any:
+        """Take a ``Send`` off the mailbox into the window (the actor's task).
+
+        Returns at once with the refusal of what can never go; otherwise
+        the asker is answered when the send is done, and this returns once
+        the window has room for the next one (until then the actor takes no
+        more messages, which wait in the mailbox).
+        """
+        try:
+            self._check(message)
+        except PermanentSendError as exc:
+            return outcome.Error(exc)
+        ask = lowlevel.defer_reply(self.ref)
+        flight = Flight(message, send if ask is None else ask)
+        window = self._window
+        if window.admit(flight):
+            self.start_task(self._fly, flight)
+        if window.full:
+            await window.wait_for_room()
+        return None
+
+    async def _fly(self, flight: Flight) -> None:
+        """Send a peer's chain, head first, answering each asker in turn."""
+        window = self._window
+        current: Flight | None = flight
+        while current is not None:
+            answered = False
+            try:
+                result = await self._outcome(current)
+                answered = True
+            finally:
+                if not answered:  # cancelled (the incarnation ends), or a defect
+                    self._abandon(current)
+            item = current.item
+            if type(item) is lowlevel.Ask:
+                item.reply(result)
+            current = window.finish(current)
+            if current is not None and window.closing:  # stopping: the rest waits in the mailbox
+                self._abandon(current)
+                return
+
+    def _abandon(self, head: Flight) -> None:
+        """Hand a cut-off chain back to the mailbox, in order, for the next incarnation."""
+        item = head.item
+        if head.settled and type(item) is lowlevel.Ask:
+            # Dead-lettered, and cut off before its sender heard (a no-op
+            # for a defect's, which did hear).
+            item.fail(
+                SendFailed(
+                    f"gave up on {head.message.idempotency_key!r} to {head.message.peer!r} "
+                    f"as channel {self.config.channel_id!r} stopped; it is in the "
+                    "dead-letter queue",
+                    channel_id=self.config.channel_id,
+                )
+            )
+        lowlevel.requeue(self.ref, [each.item for each in self._window.abandon(head)])
+
+    async def _outcome(self, flight: Flight) -> Any:
+        """The send's result, or its refusal as ``outcome.Error``."""
+        message = flight.message
+        try:
+            return await self._send(message, flight)
+        except _REFUSALS as exc:
+            return outcome.Error(exc)
+        except Exception as exc:
+            # A defect: the actor crashes, and this send's asker hears why
+            # (as if it had crashed the actor on its own, one at a time).
+            flight.settled = True
+            item = flight.item
+            if type(item) is lowlevel.Ask:
+                error = ActorCrashed(
+                    f"{self.ref!r} raised {type(exc).__name__} while sending {message!r}"
+                )
+                error.__cause__ = exc
+                item.fail(error)
+            raise
+
+    # --- one send -----------------------------------------------------------------------
+
+    async def _send(self, message: Operation, flight: Flight | None = None) -> SendResult | None:
         """Send (or perform the operation) until the platform accepts, or raise why not.
 
         Returns:
@@ -214,7 +316,6 @@ class SendPath:
             SendFailed: transient failures outlasted the attempts (dead-lettered).
             ChannelUnavailable: no connection within ``connect_wait``.
         """
-        self._check(message)
         memory = self.memory
         limiter = memory.limiter
         breaker = memory.breaker
@@ -251,7 +352,7 @@ class SendPath:
                     backoff=self.settings.send_backoff,
                     rng=memory.rng,
                 )
-                await self._apply(verdict, exc, message, attempts)
+                await self._apply(verdict, exc, message, attempts, flight)
                 continue
             breaker.record_success(trio.current_time())
             if type(message) is OutboundMessage:
@@ -259,7 +360,12 @@ class SendPath:
             return result
 
     async def _apply(
-        self, verdict: SendDecision, error: ProviderError, message: Operation, attempts: int
+        self,
+        verdict: SendDecision,
+        error: ProviderError,
+        message: Operation,
+        attempts: int,
+        flight: Flight | None = None,
     ) -> None:
         """Carry out a decision: record it, then wait, or raise to the caller."""
         memory = self.memory
@@ -268,6 +374,8 @@ class SendPath:
         action = verdict.action
         if action is SendAction.FAIL_CHANNEL:
             memory.dead_letters.add(message, error, attempts)
+            if flight is not None:
+                flight.settled = True
             self._fail(error)
             await self._keep_dead_letters()
             raise ChannelFailed(
@@ -291,6 +399,8 @@ class SendPath:
             await trio.sleep(verdict.delay)
             return
         memory.dead_letters.add(message, error, attempts)
+        if flight is not None:
+            flight.settled = True
         await self._keep_dead_letters()
         if isinstance(error, PermanentSendError):
             raise error

@@ -40,6 +40,7 @@ from trio_websocket import (
 
 from .._exceptions import ExceptionMap, map_exceptions
 from .._nursery import open_connection_nursery
+from .._pool import pool_limits
 from ..base import (
     AuthenticationFailed,
     ChannelConfig,
@@ -189,7 +190,10 @@ class DiscordProvider:
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
         async with httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=self._http_timeout
+            base_url=base_url,
+            headers=headers,
+            timeout=self._http_timeout,
+            limits=pool_limits(config, self.limits),
         ) as http:
             request = build_gateway_bot()
             with map_exceptions(

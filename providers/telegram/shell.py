@@ -30,6 +30,7 @@ import trio
 
 from .._exceptions import ExceptionMap, map_exceptions
 from .._nursery import open_connection_nursery
+from .._pool import pool_limits
 from ..base import (
     ChannelConfig,
     ConnectionState,
@@ -415,7 +416,8 @@ class TelegramProvider:
         options = core.parse_options(config.options, config.credentials)
         cursor = core.UpdateCursor.from_session(session)
         base_url = config.base_url or core.DEFAULT_BASE_URL
-        async with httpx.AsyncClient(transport=self._transport) as client:
+        pool = pool_limits(config, self.limits, extra=1)  # + the getUpdates long poll
+        async with httpx.AsyncClient(transport=self._transport, limits=pool) as client:
             api = _BotApi(client, base_url, token)
             bot = core.parse_me(await api.call(core.get_me()))
             if options.mode == "webhook" and options.webhook_url is not None:

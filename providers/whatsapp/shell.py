@@ -30,6 +30,7 @@ import httpx
 import trio
 
 from providers._exceptions import ExceptionMap, map_exceptions
+from providers._pool import pool_limits
 from providers.base import (
     ChannelConfig,
     ConnectionState,
@@ -377,11 +378,13 @@ class WhatsAppProvider:
             FatalError: malformed options or an unknown phone number id.
             TransientError, RateLimited: the verification call failed for now.
         """
-        return self._open(WhatsAppSettings.from_config(config))
+        return self._open(WhatsAppSettings.from_config(config), pool_limits(config, self.limits))
 
     @asynccontextmanager
-    async def _open(self, settings: WhatsAppSettings) -> AsyncIterator[WhatsAppConnection]:
-        client = httpx.AsyncClient(timeout=settings.timeout, transport=self._transport)
+    async def _open(
+        self, settings: WhatsAppSettings, pool: httpx.Limits
+    ) -> AsyncIterator[WhatsAppConnection]:
+        client = httpx.AsyncClient(timeout=settings.timeout, transport=self._transport, limits=pool)
         try:
             connection = WhatsAppConnection(settings, client)
             if settings.verify_on_open:

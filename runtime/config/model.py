@@ -124,11 +124,17 @@ class NodeSection:
         drain_deadline: seconds a graceful shutdown waits for queued sends.
         start_timeout: seconds startup waits for channels to connect before
             reporting how many did.
+        max_sends_in_flight: sends the node holds at once, accepted and not
+            finished; past it a send is refused at once (``Overloaded``).
+        max_channel_sends: the same bound for one channel: its window and
+            what waits for it.
     """
 
     id: str = attrs.field(default="local", validator=IDENTIFIER)
     drain_deadline: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     start_timeout: Seconds = attrs.field(default=10.0, validator=POSITIVE)
+    max_sends_in_flight: int = attrs.field(default=50_000, validator=AT_LEAST_ONE)
+    max_channel_sends: int = attrs.field(default=1_000, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)
@@ -349,6 +355,8 @@ class ProviderDefaults:
         backoff: reconnect backoff overrides.
         send_attempts: tries per message for transient failures.
         liveness_timeout: seconds without any event before a link is dead.
+        send_window: sends in flight at once per channel (unset: enough
+            for the platform's rate over a 300 ms round trip).
         options: provider-specific options, merged under each channel's.
     """
 
@@ -358,6 +366,7 @@ class ProviderDefaults:
     backoff: BackoffConfig = attrs.field(factory=BackoffConfig)
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
 
 
@@ -441,6 +450,7 @@ class ChannelSpec:
         backoff: overrides of the provider defaults' backoff.
         send_attempts: overrides the provider defaults'.
         liveness_timeout: overrides the provider defaults'.
+        send_window: overrides the provider defaults'.
     """
 
     id: str = attrs.field(validator=IDENTIFIER)
@@ -455,6 +465,7 @@ class ChannelSpec:
     backoff: BackoffConfig | None = None
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
+    send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
 
 
 @attrs.frozen(kw_only=True)

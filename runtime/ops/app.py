@@ -46,6 +46,8 @@ Design:
   (account-level fields) goes to one live channel of each app that signed it,
   so Meta stops retrying it. Malformed items the channels leave out of signed
   notifications are counted (``switchboard_webhook_items_dropped_total``).
+- A send the node or its channel has no room for (``Overloaded``) is
+  answered 503 at once, with the error's own ``Retry-After``.
 - The message API is off unless an ``api_token`` is given (its routes then
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
@@ -96,7 +98,7 @@ from providers.base import OutboundMessage, PermanentSendError
 from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
-from ..errors import NodeDraining, NodeError, NodeStarting, UnknownChannel
+from ..errors import NodeDraining, NodeError, NodeStarting, Overloaded, UnknownChannel
 from ..telemetry.redaction import Redactor, scrub_shapes
 from ..view import NodeView, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
@@ -143,6 +145,7 @@ _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
     (NodeStarting, 503, STARTING_RETRY_AFTER),
+    (Overloaded, 503, None),  # Retry-After: the error's own
     (MailboxFull, 429, MAILBOX_RETRY_AFTER),
     (PermanentSendError, 422, None),
     (ChannelFailed, 409, None),
@@ -617,6 +620,8 @@ class _Ops:
     def _send_error(self, exc: Exception) -> Response:
         for kind, status, retry_after in _SEND_ERRORS:
             if isinstance(exc, kind):
+                if isinstance(exc, Overloaded):
+                    retry_after = exc.retry_after
                 headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
                 return _error(status, type(exc).__name__, self._scrub(str(exc)), headers=headers)
         raise exc  # not a send error: the guard answers 500 and logs it

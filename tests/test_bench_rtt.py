@@ -1,0 +1,76 @@
+"""The rtt scenario's rig: the TCP delay proxy, and the scenario file.
+
+The proxy moves real bytes over real sockets, so these tests run on trio's
+real clock and assert only what arrives and in which order (never a
+duration); the figures themselves are the bench's (``python -m bench rtt``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from bench.__main__ import load_scenario
+from bench.delay_proxy import DelayProxy
+from bench.rtt import RttParams
+from bench.scenario import load_run_file, resolve_params
+
+ROOT = Path(__file__).resolve().parent.parent
+HANG_CEILING = 30.0  # seconds of real time; only a hang gets near it
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        async for data in stream:
+            await stream.send_all(data)
+
+
+async def test_the_proxy_forwards_both_ways_in_order_and_passes_the_end_on() -> None:
+    with trio.fail_after(HANG_CEILING):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, _echo, 0)
+            port = listeners[0].socket.getsockname()[1]
+            proxy = DelayProxy(port, rtt=0.02)
+            proxy_port = await nursery.start(proxy.serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+            chunks = [bytes([i]) * (1 + i * 997) for i in range(40)]
+            sent = b"".join(chunks)
+            async with stream:
+                for chunk in chunks:  # many writes in flight at once
+                    await stream.send_all(chunk)
+                await stream.send_eof()
+                received = bytearray()
+                async for data in stream:  # ends when the echo's end comes back
+                    received += data
+            assert bytes(received) == sent
+            assert proxy.connections == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_target_that_is_down_closes_the_client_link() -> None:
+    with trio.fail_after(HANG_CEILING):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        await listeners[0].aclose()  # nothing listens there now
+        async with trio.open_nursery() as nursery:
+            proxy_port = await nursery.start(DelayProxy(port, rtt=0.0).serve)
+            stream = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+            async with stream:
+                assert await stream.receive_some(10) == b""
+            nursery.cancel_scope.cancel()
+
+
+def test_a_round_trip_must_be_a_finite_number_of_seconds() -> None:
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            DelayProxy(1, rtt=bad)
+
+
+def test_the_scenario_file_measures_both_platforms_at_150_ms() -> None:
+    run_file = load_run_file(ROOT / "bench" / "scenarios" / "rtt.toml")
+    scenario = load_scenario(run_file.scenario, where="test")
+    params = resolve_params(scenario, run_file, quick=True, overrides={})
+    assert isinstance(params, RttParams)
+    assert (params.rtt_ms, params.providers) == (150.0, ["whatsapp", "telegram"])

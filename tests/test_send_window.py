@@ -1,0 +1,371 @@
+"""Pipelined sends: a window of sends in flight per channel, ordered per recipient.
+
+In virtual time against a scripted platform whose answers take a round
+trip: sends to distinct recipients overlap, sends to one recipient never
+do (and never overtake), failures still retry and dead-letter, a stop lets
+the sends on the wire finish, and a crash mid-window loses no send.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from actors import ActorCrashed, ExponentialBackoff, SendFailed, open_actor_system
+from actors.channel import ChannelActor, ChannelMemory, ChannelRef, ChannelSettings
+from actors.channel.window import Flight, SendWindow
+from providers.base import (
+    SEND_WINDOW_MAX,
+    BadRecipient,
+    ChannelConfig,
+    OutboundMessage,
+    PlatformLimits,
+    SendResult,
+    TransientError,
+    default_send_window,
+    send_window,
+)
+from providers.testing import FakeConnection, FakeProvider
+from supervisors import ChildSpec, Restart, open_supervisor
+from tests.support import CEILING
+
+RTT = 0.3  # seconds the scripted platform takes to answer
+GENEROUS = PlatformLimits(
+    per_channel_rate=1000.0,
+    per_channel_burst=1000,
+    per_peer_rate=1000.0,
+    per_peer_burst=1000,
+    max_text_length=100,
+)
+
+
+class RoundTrip(FakeProvider):
+    """A platform ``RTT`` away that answers per recipient from ``scripts[peer]``.
+
+    Records every attempt as ``(start, end, key)`` and the most sends in
+    flight at once.
+    """
+
+    def __init__(self, *, scripts: dict[str, Iterable[Any]] | None = None) -> None:
+        super().__init__(limits=GENEROUS)
+        self.scripts = {peer: deque(script) for peer, script in (scripts or {}).items()}
+        self.flying = 0
+        self.most_flying = 0
+        self.spans: dict[str, list[tuple[float, float, str]]] = {}
+        self.gate: trio.Event | None = None  # set: answers wait until it is set
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: Any = None
+    ) -> AsyncIterator[Any]:
+        async with super().open_connection(config, session) as conn:
+            yield _RoundTripConnection(self, conn)
+
+
+class _RoundTripConnection:
+    def __init__(self, provider: RoundTrip, inner: FakeConnection) -> None:
+        self._provider = provider
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        provider = self._provider
+        start = trio.current_time()
+        provider.flying += 1
+        provider.most_flying = max(provider.most_flying, provider.flying)
+        try:
+            await trio.sleep(RTT)
+            if provider.gate is not None:
+                await provider.gate.wait()
+        finally:
+            provider.flying -= 1
+        provider.spans.setdefault(msg.peer, []).append(
+            (start, trio.current_time(), msg.idempotency_key)
+        )
+        script = provider.scripts.get(msg.peer)
+        outcome = script.popleft() if script else None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        provider.sent.append((trio.current_time(), msg))
+        return SendResult(platform_message_id=f"id-{msg.idempotency_key}", peer=msg.peer)
+
+
+def out(peer: str, key: str) -> OutboundMessage:
+    return OutboundMessage(peer=peer, idempotency_key=key, text="hi")
+
+
+@asynccontextmanager
+async def open_channel(
+    provider: FakeProvider, *, window: int, restart: Restart = Restart.PERMANENT, **settings: Any
+) -> AsyncIterator[ChannelRef]:
+    chosen = ChannelSettings(
+        send_backoff=ExponentialBackoff(base=1.0, cap=1.0),
+        **settings,
+    )
+    config = ChannelConfig(channel_id="ch", provider="fake", send_window=window)
+    memory = ChannelMemory(provider.limits, chosen)
+    factory, memory = ChannelActor.factory(config, provider, settings=chosen, memory=memory)
+    async with open_actor_system() as system:
+        async with open_supervisor(
+            system, [ChildSpec(id="ch", start=factory, restart=restart)], intensity=10, period=60.0
+        ) as sup:
+            ref = await sup.whereis_child("ch")
+            assert ref is not None
+            yield ChannelRef(ref, memory, "ch", provider.name)
+
+
+async def send_all(channel: ChannelRef, messages: list[OutboundMessage]) -> dict[str, Any]:
+    """Send each message from a task of its own, in order; returns key -> result or error."""
+    results: dict[str, Any] = {}
+
+    async def one(message: OutboundMessage) -> None:
+        try:
+            results[message.idempotency_key] = await channel.send(message)
+        except Exception as exc:
+            results[message.idempotency_key] = exc
+
+    async with trio.open_nursery() as nursery:
+        for message in messages:
+            nursery.start_soon(one, message)
+            await trio.testing.wait_all_tasks_blocked()  # queued in this order
+    return results
+
+
+# --- the window as a data structure ------------------------------------------------------
+
+
+def test_the_window_chains_sends_per_peer_and_hands_back_what_is_cut_off() -> None:
+    window = SendWindow(3)
+    a1, b1, a2 = (Flight(out(p, k), k) for p, k in [("a", "a1"), ("b", "b1"), ("a", "a2")])
+    assert window.admit(a1) and window.admit(b1)
+    assert not window.admit(a2)  # behind a1
+    assert window.full and len(window) == 3 and window.in_flight == 2
+    assert window.finish(a1) is a2  # a2 is next for its peer
+    assert window.abandon(a2) == [a2]
+    assert window.abandon(b1) == [b1]
+    assert len(window) == 0 and not window.full
+    with pytest.raises(ValueError, match="at least one send"):
+        SendWindow(0)
+
+
+def test_the_default_window_covers_the_platform_rate_over_300_ms() -> None:
+    def limits(rate: float) -> PlatformLimits:
+        return attrs.evolve(GENEROUS, per_channel_rate=rate)
+
+    for rate in (30.0, 50.0, 80.0):
+        window = default_send_window(limits(rate))
+        assert window / 0.3 >= rate, (rate, window)  # reaches the rate at 300 ms
+    assert default_send_window(limits(80.0)) == 30
+    assert default_send_window(limits(1e9)) == SEND_WINDOW_MAX  # limits off
+    config = ChannelConfig(channel_id="c", provider="fake", send_window=5)
+    assert send_window(config, limits(80.0)) == 5
+
+
+# --- the window in a channel --------------------------------------------------------------
+
+
+async def test_sends_to_distinct_recipients_are_in_flight_together(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = RoundTrip()
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=4) as channel:
+            await provider.wait_connected(1)
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(8)])
+            # Four at a time, one round trip each: two round trips for eight.
+            assert trio.current_time() == pytest.approx(2 * RTT)
+    assert provider.most_flying == 4
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    assert sorted(results) == [f"k{i}" for i in range(8)]
+
+
+async def test_one_send_in_flight_is_the_old_pace(autojump_clock: trio.testing.MockClock) -> None:
+    provider = RoundTrip()
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=1) as channel:
+            await provider.wait_connected(1)
+            await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(4)])
+            assert trio.current_time() == pytest.approx(4 * RTT)
+    assert provider.most_flying == 1
+
+
+async def test_sends_to_one_recipient_never_overlap_nor_overtake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # a1 fails once and is retried (1 s later): a2 must wait for it, b does not.
+    provider = RoundTrip(scripts={"a": [TransientError("503")]})
+    messages = [out("a", "a1"), out("a", "a2"), out("b", "b1"), out("a", "a3")]
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await provider.wait_connected(1)
+            results = await send_all(channel, messages)
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    spans = provider.spans["a"]
+    assert [key for _, _, key in spans] == ["a1", "a1", "a2", "a3"]
+    for (_, ended, _), (began, _, _) in itertools.pairwise(spans):
+        assert began >= ended  # the next leaves once the one before was answered
+    assert [key for _, m in provider.sent for key in [m.idempotency_key] if m.peer == "a"] == [
+        "a1",
+        "a2",
+        "a3",
+    ]
+    # b went at once, beside a1's first attempt
+    assert provider.spans["b"] == [(0.0, pytest.approx(RTT), "b1")]
+
+
+async def test_a_failing_send_retries_and_dead_letters_while_the_others_go(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = RoundTrip(
+        scripts={"bad": [TransientError("503")] * 3, "gone": [BadRecipient("blocked", peer="gone")]}
+    )
+    messages = [
+        out("bad", "k-bad"),
+        out("gone", "k-gone"),
+        *(out(f"p{i}", f"k{i}") for i in range(4)),
+    ]
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8, send_attempts=3) as channel:
+            await provider.wait_connected(1)
+            results = await send_all(channel, messages)
+            letters = await channel.dead_letters()
+            stats = channel.statistics()
+    assert isinstance(results["k-bad"], SendFailed)
+    assert isinstance(results["k-gone"], BadRecipient)
+    assert all(isinstance(results[f"k{i}"], SendResult) for i in range(4))
+    assert sorted(letter.message.idempotency_key for letter in letters) == ["k-bad", "k-gone"]
+    assert [letter.attempts for letter in sorted(letters, key=lambda x: x.message.peer)] == [3, 1]
+    assert (stats.sent, stats.send_failures) == (4, 4)
+    # the good ones were answered after one round trip, not behind the retries
+    assert max(t for t, m in provider.sent) == pytest.approx(RTT)
+
+
+async def test_a_stop_lets_the_sends_on_the_wire_finish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = RoundTrip()
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8, restart=Restart.TEMPORARY) as channel:
+            await provider.wait_connected(1)
+            async with trio.open_nursery() as nursery:
+                for key, peer in [("a1", "a"), ("b1", "b"), ("a2", "a")]:
+                    nursery.start_soon(_record, results, key, channel.send(out(peer, key)))
+                    await trio.testing.wait_all_tasks_blocked()
+                await channel.ref.stop()
+    # a1 and b1 were on the wire and finished; a2 waited behind a1 and was
+    # not sent: it went back to the mailbox, which the stop ended for good.
+    assert isinstance(results["a1"], SendResult) and isinstance(results["b1"], SendResult)
+    assert type(results["a2"]).__name__ == "ActorDead", results["a2"]
+    assert sorted(m.idempotency_key for _, m in provider.sent) == ["a1", "b1"]
+
+
+async def test_a_crash_mid_window_loses_no_send(autojump_clock: trio.testing.MockClock) -> None:
+    provider = RoundTrip()
+    provider.gate = trio.Event()  # every answer waits: the crash lands mid-window
+    keys = [f"k{i}" for i in range(6)]
+    messages = [out("p0" if i % 3 == 0 else f"p{i}", key) for i, key in enumerate(keys)]
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await provider.wait_connected(1)
+            async with trio.open_nursery() as nursery:
+                for message in messages:
+                    key = message.idempotency_key
+                    nursery.start_soon(_record, results, key, channel.send(message))
+                    await trio.testing.wait_all_tasks_blocked()
+                assert provider.flying == 5  # k3 waits behind k0, the rest are on the wire
+                channel.ref.tell(object())  # an unknown message crashes the actor
+                await provider.wait_connected(2)
+                assert channel.ref.incarnation == 2
+                provider.gate.set()
+    assert all(isinstance(results[key], SendResult) for key in keys), results
+    sent = [m.idempotency_key for _, m in provider.sent]
+    assert sorted(sent) == keys  # each once: the cut-off attempts never completed
+    p0 = [m.idempotency_key for _, m in provider.sent if m.peer == "p0"]
+    assert p0 == ["k0", "k3"]  # still in order for their recipient
+
+
+async def test_a_defect_in_one_send_fails_that_send_and_keeps_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = RoundTrip(scripts={"bug": [ZeroDivisionError("a bug in the provider")]})
+    messages = [out("bug", "k-bug"), out("ok", "k-ok"), out("ok", "k-ok2")]
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await provider.wait_connected(1)
+            results = await send_all(channel, messages)
+            restarts = channel.statistics().restarts
+    assert isinstance(results["k-bug"], ActorCrashed)
+    assert isinstance(results["k-bug"].__cause__, ZeroDivisionError)
+    assert isinstance(results["k-ok"], SendResult) and isinstance(results["k-ok2"], SendResult)
+    assert restarts == 1
+    assert [m.idempotency_key for _, m in provider.sent] == ["k-ok", "k-ok2"]
+
+
+async def _record(results: dict[str, Any], key: str, call: Any) -> None:
+    try:
+        results[key] = await call
+    except Exception as exc:
+        results[key] = exc
+
+
+# --- the window in a node --------------------------------------------------------------------
+
+
+async def test_a_drain_waits_for_every_send_in_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from providers.simulated import Fixed, SimulatedProvider
+    from runtime import open_node, parse_config
+
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    config = parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 10.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}, "send_window": 16}},
+            "channels": [{"id": "a", "provider": "simulated"}],
+        }
+    )
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_node(config, providers={"simulated": provider}) as node:
+            with node.subscribe(kind="state") as changes:
+                while node.channels()[0].status.name != "CONNECTED":
+                    await changes.receive()
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    key = f"k{i}"
+                    call = node.send("a", out(f"p{i}", key))
+                    nursery.start_soon(_record, results, key, call)
+                await trio.testing.wait_all_tasks_blocked()
+                report = await node.drain()
+            # all twelve were on the wire together, and the drain waited for them
+            assert trio.current_time() - began == pytest.approx(1.0)
+    assert report.in_flight == 12
+    assert report.kept == ()
+    assert all(isinstance(results[f"k{i}"], SendResult) for i in range(12)), results
+    assert sorted(m.idempotency_key for m in provider.sent) == sorted(results)
+
+
+def test_an_http_channel_pools_a_connection_per_send_in_its_window() -> None:
+    from providers._pool import pool_limits
+
+    limits = attrs.evolve(GENEROUS, per_channel_rate=80.0)
+    default = pool_limits(ChannelConfig(channel_id="c", provider="whatsapp"), limits)
+    assert (default.max_connections, default.max_keepalive_connections) == (30, 30)
+    own = ChannelConfig(channel_id="c", provider="telegram", send_window=120)
+    polling = pool_limits(own, limits, extra=1)  # + Telegram's long poll
+    assert (polling.max_connections, polling.max_keepalive_connections) == (121, 121)
