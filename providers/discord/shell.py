@@ -33,6 +33,7 @@ import httpx
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
@@ -97,6 +98,7 @@ USER_AGENT: Final = "DiscordBot (https://github.com/switchboard/switchboard, 0.1
 CONNECT_TIMEOUT: Final = 10.0  # seconds to open a gateway socket
 HTTP_TIMEOUT: Final = 10.0  # seconds per REST call
 CLOSE_TIMEOUT: Final = 2.0  # seconds for a websocket close handshake
+MAX_MESSAGE_BYTES: Final = 1 << 20  # bytes in one gateway message (after inflating)
 MAX_BUCKET_WAIT: Final = 30.0  # seconds we wait for a bucket before raising RateLimited
 EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
 
@@ -106,6 +108,14 @@ EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
 TRANSPORT_ERRORS: Final = (httpx.HTTPError, HandshakeError, OSError, trio.TooSlowError)
 
 
+def _socket_fault(exc: Exception) -> str:
+    """What the gateway did, short: a refused upgrade by its status, not its body."""
+    if isinstance(exc, ConnectionRejected):
+        return f"the upgrade was refused with HTTP {exc.status_code}"
+    text = repr(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     """The shell's mapping table: every transport failure is a :class:`TransientError`.
 
@@ -113,6 +123,19 @@ def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     off; ``describe`` says which call failed and what happens next.
     """
     return {TRANSPORT_ERRORS: lambda exc: TransientError(describe(exc))}
+
+
+def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
+    """The gateway socket's table: what the transport table maps, and whatever
+    else the peer can make trio-websocket, wsproto or h11 raise.
+
+    Our own :class:`ProviderError` s (the core's verdicts) pass unchanged;
+    everything else that leaves a socket is the platform's doing (or our
+    libraries' reaction to it), so it is transient: the core resumes and the
+    channel actor backs off. A bug of ours then shows as a channel that keeps
+    reconnecting with its error logged, never as a node that goes down.
+    """
+    return {ProviderError: None, Exception: lambda exc: TransientError(describe(exc))}
 
 
 class DiscordProvider:
@@ -130,6 +153,9 @@ class DiscordProvider:
             ``"zstd-stream"`` (``config.options["compress"]`` overrides; ``None``
             or ``"none"`` turns it off). Payloads are then BINARY frames of
             one compression stream per socket, a fraction of their JSON size.
+        max_message_bytes: the largest gateway message read, in bytes
+            (``config.options["max_message_bytes"]`` overrides); a larger one
+            ends the socket as a :class:`~providers.base.TransientError`.
     """
 
     name = "discord"
@@ -146,9 +172,11 @@ class DiscordProvider:
         http_timeout: float = HTTP_TIMEOUT,
         max_bucket_wait: float = MAX_BUCKET_WAIT,
         compress: Compression | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.intents = int(intents)
         self.compress = compress
+        self.max_message_bytes = max_message_bytes
         self._rng = rng or random.Random()
         self._invalid_session_delay = invalid_session_delay
         self._connect_timeout = connect_timeout
@@ -224,6 +252,9 @@ class DiscordProvider:
                     nursery=nursery,
                     connect_timeout=self._connect_timeout,
                     max_bucket_wait=self._max_bucket_wait,
+                    max_message_bytes=int(
+                        config.options.get("max_message_bytes", self.max_message_bytes)
+                    ),
                 )
                 await nursery.start(conn._drive)
                 try:
@@ -245,8 +276,10 @@ class DiscordConnection:
         nursery: trio.Nursery,
         connect_timeout: float,
         max_bucket_wait: float,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._core = core
+        self._max_message_bytes = max_message_bytes
         self._http = http
         self._nursery = nursery
         self._connect_timeout = connect_timeout
@@ -425,12 +458,7 @@ class DiscordConnection:
         with self._drive_scope:
             try:
                 while True:
-                    ws = await self._open_socket()
-                    try:
-                        reconnect = await self._pump(ws, None if self._started else task_status)
-                    finally:
-                        with trio.move_on_after(CLOSE_TIMEOUT):
-                            await ws.aclose()
+                    reconnect = await self._run_socket(None if self._started else task_status)
                     await trio.sleep(reconnect.delay)
             except ProviderError as error:
                 if not self._started:
@@ -438,22 +466,40 @@ class DiscordConnection:
                 self._error = error
                 self._send_events.close()
 
-    async def _open_socket(self) -> WebSocketConnection:
+    async def _run_socket(self, task_status: Any) -> Reconnect:
+        """Open one gateway socket and pump it until the core asks for another.
+
+        trio-websocket raises some of the peer's faults in its reader task
+        (an upgrade refused with an HTTP status, a 101 whose accept key is
+        wrong, wsproto's protocol errors): that task runs in a nursery of
+        this socket's own, so they end this socket as a mapped
+        :class:`TransientError` instead of crashing the connection.
+        """
         url = self._core.connect_url()
+        resumable = "stays resumable" if self._core.resumable else "will identify"
         with map_exceptions(
-            _transport_errors(
+            _gateway_errors(
                 lambda exc: (
-                    f"cannot open the Discord gateway at {url}: {exc!r}; "
-                    f"the session {'stays resumable' if self._core.resumable else 'will identify'}"
+                    f"the Discord gateway at {url} failed: {_socket_fault(exc)}; "
+                    f"the session {resumable}"
                 )
             )
         ):
-            with trio.fail_after(self._connect_timeout):
-                ws = await connect_websocket_url(self._nursery, url)
-        self._ws = ws
-        self.sockets_opened += 1
-        await self._apply(ws, self._core.connection_made(trio.current_time()))
-        return ws
+            async with open_connection_nursery() as socket_nursery:
+                with trio.fail_after(self._connect_timeout):
+                    ws = await connect_websocket_url(
+                        socket_nursery, url, max_message_size=self._max_message_bytes
+                    )
+                self._ws = ws
+                self.sockets_opened += 1
+                try:
+                    await self._apply(ws, self._core.connection_made(trio.current_time()))
+                    return await self._pump(ws, task_status)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+                    socket_nursery.cancel_scope.cancel()
+        raise AssertionError("unreachable: the socket's block returns or raises")
 
     async def _pump(self, ws: WebSocketConnection, task_status: Any) -> Reconnect:
         """Read and time one socket until the core asks for another."""

@@ -349,7 +349,13 @@ class WebSocketConnection:
         core = self._core
         data: bytes | None = b""  # first, the frames that came with the handshake
         while True:
-            items = link.feed(data)
+            try:
+                items = link.feed(data)
+            except Exception as exc:  # wsproto's reaction to a peer's fault: the link is over
+                text = repr(exc)[:200]
+                await self._apply(core.connection_lost(None, f"the link failed: {text}"))
+                await link.aclose()
+                return
             await link.flush()  # pongs and close acks first: the peer waits for them
             now = trio.current_time()
             for item in items:

@@ -1,0 +1,112 @@
+"""Every error a hostile platform can cause is a classified ProviderError (issue 11).
+
+Each provider meets a real server on 127.0.0.1 (``providers.hostile``) that
+misbehaves: an upgrade answered with 503, a 101 with a bad accept key, a
+message over the size limit. Whatever it does, what leaves the provider is a
+``ProviderError`` of the tree in ``providers.base``, never trio-websocket's,
+wsproto's, h11's or httpx's own exception, which would crash the channel actor.
+Real sockets, so real time: every test has a hard ceiling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h11
+import pytest
+import trio
+from wsproto.events import Ping, TextMessage
+
+from providers.base import ChannelConfig, ProviderError, TransientError
+from providers.discord import DiscordProvider
+from providers.hostile import (
+    Behaviour,
+    accept_then_send,
+    bad_accept,
+    json_answer,
+    open_hostile_server,
+    status,
+)
+from providers.websocket import WebSocketProvider
+
+CEILING = 20.0  # seconds; only a hang gets near it
+OVER_LIMIT = "x" * (2 << 20)  # characters: twice the 1 MiB message limit
+
+
+def discord_route(gateway: Behaviour, url: Callable[[], str]) -> Callable[[h11.Request], Behaviour]:
+    """``GET /gateway/bot`` answered properly, pointing at ``/gw``, which ``gateway`` serves."""
+
+    def route(request: h11.Request) -> Behaviour:
+        if request.target.startswith(b"/api/v10/gateway/bot"):
+            limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+            return json_answer({"url": url(), "shards": 1, "session_start_limit": limit})
+        return gateway
+
+    return route
+
+
+def fragments_then_ping() -> Behaviour:
+    """A message over the limit in fragments, then more, then a ping: we close on the
+    fragment that crosses the limit and must not answer (or crash on) the rest."""
+    part = OVER_LIMIT[: 1 << 19]
+    return accept_then_send(
+        TextMessage(data=part, message_finished=False),
+        TextMessage(data=part, message_finished=False),
+        TextMessage(data=part, message_finished=False),
+        Ping(payload=b"still there?"),
+        TextMessage(data="end", message_finished=True),
+    )
+
+
+GATEWAY_FAULTS = {
+    "upgrade-503": status(503, body=b"upstream unavailable"),
+    "bad-accept-key": bad_accept(),
+    "message-over-limit": accept_then_send(OVER_LIMIT),
+    "fragments-then-ping-while-closing": fragments_then_ping(),
+}
+
+
+@pytest.mark.parametrize("fault", list(GATEWAY_FAULTS))
+async def test_a_hostile_discord_gateway_is_a_transient_error(fault: str) -> None:
+    where: list[str] = []
+    route = discord_route(GATEWAY_FAULTS[fault], lambda: where[0])
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(route) as url:
+            where.append(url.replace("http://", "ws://") + "/gw")
+            config = ChannelConfig(
+                channel_id="dc", provider="discord", credentials={"token": "t"}, base_url=url
+            )
+            provider = DiscordProvider(connect_timeout=5.0)
+            with pytest.raises(ProviderError) as caught:
+                async with provider.open_connection(config) as conn:
+                    async for _ in conn.events():
+                        pass
+    assert isinstance(caught.value, TransientError), repr(caught.value)
+    assert "gateway" in str(caught.value)
+
+
+WEBSOCKET_FAULTS = {
+    "upgrade-503": status(503, body=b"upstream unavailable"),
+    "bad-accept-key": bad_accept(),
+    "message-over-limit": accept_then_send(OVER_LIMIT),
+    "fragments-then-ping-while-closing": fragments_then_ping(),
+}
+
+
+@pytest.mark.parametrize("fault", list(WEBSOCKET_FAULTS))
+async def test_a_hostile_websocket_server_is_a_transient_error(fault: str) -> None:
+    behaviour = WEBSOCKET_FAULTS[fault]
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(lambda request: behaviour) as url:
+            config = ChannelConfig(
+                channel_id="ws",
+                provider="websocket",
+                credentials={"token": "t"},
+                base_url=url.replace("http://", "ws://") + "/ws",
+                options={"connect_timeout": 5.0},
+            )
+            with pytest.raises(ProviderError) as caught:
+                async with WebSocketProvider().open_connection(config) as conn:
+                    async for _ in conn.events():
+                        pass
+    assert isinstance(caught.value, TransientError), repr(caught.value)
