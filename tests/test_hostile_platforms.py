@@ -11,6 +11,7 @@ Real sockets, so real time: every test has a hard ceiling.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import h11
 import pytest
@@ -23,11 +24,16 @@ from providers.hostile import (
     Behaviour,
     accept_then_send,
     bad_accept,
+    drip,
+    endless_chunked,
+    huge_body,
     json_answer,
     open_hostile_server,
     status,
 )
+from providers.telegram import TelegramProvider
 from providers.websocket import WebSocketProvider
+from providers.whatsapp import WhatsAppProvider
 
 CEILING = 20.0  # seconds; only a hang gets near it
 OVER_LIMIT = "x" * (2 << 20)  # characters: twice the 1 MiB message limit
@@ -110,3 +116,70 @@ async def test_a_hostile_websocket_server_is_a_transient_error(fault: str) -> No
                     async for _ in conn.events():
                         pass
     assert isinstance(caught.value, TransientError), repr(caught.value)
+
+
+# --- every body capped, every request within a total deadline (items 3 and 4) ----------
+
+LIMIT = 1 << 20  # bytes: the cap the HTTP providers are given here
+CALL_DEADLINE = 0.5  # seconds: the total deadline they are given here
+
+
+def http_channel(provider: str, url: str) -> ChannelConfig:
+    options: dict[str, Any] = {"max_body_bytes": LIMIT, "request_deadline": CALL_DEADLINE}
+    credentials = {"token": "t"}
+    if provider == "whatsapp":
+        options["phone_number_id"] = "123"
+        credentials = {"token": "t", "app_secret": "s", "verify_token": "v"}
+    return ChannelConfig(
+        channel_id=provider,
+        provider=provider,
+        credentials=credentials,
+        base_url=url,
+        options=options,
+    )
+
+
+def http_provider(provider: str) -> Any:
+    if provider == "discord":
+        return DiscordProvider(max_body_bytes=LIMIT, request_deadline=CALL_DEADLINE)
+    return {"telegram": TelegramProvider, "whatsapp": WhatsAppProvider}[provider]()
+
+
+HTTP_FAULTS = {
+    # (behaviour, what the error says)
+    "huge-body": (huge_body(100 * LIMIT), "larger than the limit"),
+    "endless-chunked-body": (endless_chunked(), "larger than the limit"),
+    "dripping-server": (drip(0.05), "total deadline"),
+}
+
+
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp", "discord"])
+@pytest.mark.parametrize("fault", list(HTTP_FAULTS))
+async def test_a_hostile_http_answer_is_capped_and_deadlined(provider: str, fault: str) -> None:
+    behaviour, says = HTTP_FAULTS[fault]
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(lambda request: behaviour) as url:
+            with pytest.raises(ProviderError) as caught:
+                async with http_provider(provider).open_connection(http_channel(provider, url)):
+                    pass
+    assert isinstance(caught.value, TransientError), repr(caught.value)
+    assert says in str(caught.value)
+
+
+async def test_the_websocket_message_limit_is_the_channel_s_option() -> None:
+    behaviour = accept_then_send("x" * 2000)
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(lambda request: behaviour) as url:
+            config = ChannelConfig(
+                channel_id="ws",
+                provider="websocket",
+                credentials={"token": "t"},
+                base_url=url.replace("http://", "ws://") + "/ws",
+                options={"connect_timeout": 5.0, "max_message_bytes": 1000},
+            )
+            with pytest.raises(ProviderError) as caught:
+                async with WebSocketProvider().open_connection(config) as conn:
+                    async for _ in conn.events():
+                        pass
+    assert isinstance(caught.value, TransientError), repr(caught.value)
+    assert "1009" in str(caught.value) or "larger than 1000" in str(caught.value)

@@ -22,6 +22,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -40,6 +41,13 @@ from trio_websocket import (
 )
 
 from .._exceptions import ExceptionMap, map_exceptions
+from .._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    Answer,
+    fetch,
+    shared_ssl_context,
+)
 from .._nursery import open_connection_nursery
 from ..base import (
     AuthenticationFailed,
@@ -156,6 +164,10 @@ class DiscordProvider:
         max_message_bytes: the largest gateway message read, in bytes
             (``config.options["max_message_bytes"]`` overrides); a larger one
             ends the socket as a :class:`~providers.base.TransientError`.
+        max_body_bytes: the largest REST answer read, in bytes
+            (``config.options["max_body_bytes"]`` overrides); larger is transient.
+        request_deadline: seconds for a whole REST call and its answer,
+            whatever pace the server keeps (``http_timeout`` is per read).
     """
 
     name = "discord"
@@ -173,10 +185,14 @@ class DiscordProvider:
         max_bucket_wait: float = MAX_BUCKET_WAIT,
         compress: Compression | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     ) -> None:
         self.intents = int(intents)
         self.compress = compress
         self.max_message_bytes = max_message_bytes
+        self.max_body_bytes = max_body_bytes
+        self.request_deadline = request_deadline
         self._rng = rng or random.Random()
         self._invalid_session_delay = invalid_session_delay
         self._connect_timeout = connect_timeout
@@ -216,10 +232,14 @@ class DiscordProvider:
                 f"discord channel {config.channel_id!r} has no credentials['token']; "
                 "add the bot token to the channel's config"
             )
+        max_body = int(config.options.get("max_body_bytes", self.max_body_bytes))
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
         async with httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=self._http_timeout
+            base_url=base_url,
+            headers=headers,
+            timeout=self._http_timeout,
+            verify=shared_ssl_context(),
         ) as http:
             request = build_gateway_bot()
             with map_exceptions(
@@ -229,7 +249,14 @@ class DiscordProvider:
                     )
                 )
             ):
-                response = await http.request(request.method, request.path)
+                response = await fetch(
+                    http,
+                    request.method,
+                    request.path,
+                    deadline=self.request_deadline,
+                    max_body=max_body,
+                    what="asking Discord for the gateway (GET /gateway/bot)",
+                )
             gateway = interpret_gateway_bot(
                 response.status_code, response.headers, response.content
             )
@@ -255,6 +282,8 @@ class DiscordProvider:
                     max_message_bytes=int(
                         config.options.get("max_message_bytes", self.max_message_bytes)
                     ),
+                    max_body_bytes=max_body,
+                    request_deadline=self.request_deadline,
                 )
                 await nursery.start(conn._drive)
                 try:
@@ -277,9 +306,13 @@ class DiscordConnection:
         connect_timeout: float,
         max_bucket_wait: float,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     ) -> None:
         self._core = core
         self._max_message_bytes = max_message_bytes
+        self._max_body_bytes = max_body_bytes
+        self._request_deadline = request_deadline
         self._http = http
         self._nursery = nursery
         self._connect_timeout = connect_timeout
@@ -400,7 +433,7 @@ class DiscordConnection:
                 "open a new one to send"
             )
 
-    async def _rest(self, request: RestRequest, peer: str, retry_note: str) -> httpx.Response:
+    async def _rest(self, request: RestRequest, peer: str, retry_note: str) -> Answer:
         """Perform ``request`` within its bucket: wait first when the bucket is known
         to be empty (up to ``max_bucket_wait``, else ``RateLimited``)."""
         route, major = request.route, request.major
@@ -421,17 +454,24 @@ class DiscordConnection:
                 )
             )
         ):
+            call = functools.partial(
+                fetch,
+                self._http,
+                request.method,
+                request.path,
+                deadline=self._request_deadline,
+                max_body=self._max_body_bytes,
+                what=f"{request.method} to Discord channel {peer}",
+            )
             if request.files:
                 files = [
                     (f"files[{n}]", (upload.filename, upload.data, upload.mime_type))
                     for n, upload in enumerate(request.files)
                 ]
                 payload = json.dumps(request.json or {})
-                response = await self._http.request(
-                    request.method, request.path, data={"payload_json": payload}, files=files
-                )
+                response = await call(data={"payload_json": payload}, files=files)
             else:
-                response = await self._http.request(request.method, request.path, json=request.json)
+                response = await call(json=request.json)
         now = trio.current_time()
         self._buckets.update(route, major, response.status_code, response.headers, now)
         return response

@@ -37,6 +37,7 @@ import attrs
 import cattrs
 from cattrs.v import format_exception
 
+from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE
 from ..base import (
     AuthenticationFailed,
     BadRecipient,
@@ -181,6 +182,10 @@ class TelegramOptions:
         webhook_secret: the X-Telegram-Bot-Api-Secret-Token value (also read
             from ``credentials["webhook_secret"]``, which wins).
         drop_pending_updates: drop queued updates when setting the webhook.
+        max_body_bytes: the largest Bot API answer read; a larger one is a
+            transient error (``providers._http.fetch``).
+        request_deadline: seconds for a whole call and its answer, whatever
+            pace the server keeps (a getUpdates long poll adds its own wait).
     """
 
     mode: Literal["polling", "webhook"] = "polling"
@@ -192,6 +197,12 @@ class TelegramOptions:
     webhook_url: str | None = None
     webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_check_secret)
     drop_pending_updates: bool = False
+    max_body_bytes: int = attrs.field(
+        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
+    )
+    request_deadline: float = attrs.field(
+        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+    )
 
 
 _OPTIONS_CONVERTER: Final = cattrs.Converter(forbid_extra_keys=True)

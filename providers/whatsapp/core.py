@@ -55,7 +55,12 @@ from urllib.parse import urlsplit
 import attrs
 import cattrs
 
-from providers._http import json_body, lower_keys
+from providers._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    json_body,
+    lower_keys,
+)
 from providers.base import (
     AuthenticationFailed,
     BadRecipient,
@@ -169,6 +174,8 @@ class _Options:
     timeout: float = 10.0  # seconds, per HTTP request
     verify_on_open: bool = True
     event_buffer: int = 1024  # events queued between webhook and consumer
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # bytes of one Graph API answer
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE  # seconds for a whole call
 
 
 _OPTIONS: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
@@ -186,9 +193,13 @@ class WhatsAppSettings:
         verify_token: the token Meta echoes during webhook verification.
         base_url: the Graph API root (an emulator's in tests).
         api_version: the Graph API version path segment, e.g. ``v21.0``.
-        timeout: seconds per HTTP request.
+        timeout: seconds per HTTP read or write (httpx's timeouts).
         verify_on_open: check the token and number with one GET on open.
         event_buffer: events that may wait between webhook and consumer.
+        max_body_bytes: the largest Graph API answer read; a larger one is a
+            transient error.
+        request_deadline: seconds for a whole call and its answer, whatever
+            pace the server keeps.
     """
 
     channel_id: str
@@ -201,6 +212,8 @@ class WhatsAppSettings:
     timeout: float = 10.0
     verify_on_open: bool = True
     event_buffer: int = 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE
 
     @property
     def api_root(self) -> str:
@@ -245,6 +258,8 @@ class WhatsAppSettings:
             timeout=options.timeout,
             verify_on_open=options.verify_on_open,
             event_buffer=options.event_buffer,
+            max_body_bytes=options.max_body_bytes,
+            request_deadline=options.request_deadline,
         )
 
 
