@@ -28,6 +28,7 @@ import json
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -43,6 +44,7 @@ __all__ = [
     "fetch",
     "json_body",
     "lower_keys",
+    "redirect_error",
     "shared_ssl_context",
 ]
 
@@ -137,6 +139,33 @@ def _too_large(what: str, limit: int, detail: str) -> TransientError:
 def shared_ssl_context() -> ssl.SSLContext:
     """httpx's default TLS context (its CA bundle, verification on), made once."""
     return httpx.create_ssl_context()
+
+
+def redirect_error(
+    status: int, headers: Mapping[str, str] | None, what: str
+) -> TransientError | None:
+    """The one redirect policy of every provider (see :mod:`providers._exceptions`).
+
+    No provider follows a redirect: a 3xx is a :class:`TransientError`, so
+    the channel backs off and tries again (a proxy or load balancer in the
+    way usually redirects for a while), and one that persists shows as a
+    channel that keeps backing off with this message, never as a channel
+    FAILED for good or a message dead-lettered. Only the target's host is
+    named: its path or query may carry a token (Telegram's URLs do).
+
+    Returns:
+        The error for a 3xx ``status``; ``None`` for any other status.
+    """
+    if not 300 <= status < 400:
+        return None
+    location = lower_keys(headers or {}).get("location", "")
+    host = urlsplit(location).netloc.rpartition("@")[2] if location else ""
+    target = f" to {host}" if host else (" elsewhere" if location else "")
+    return TransientError(
+        f"{what}: the platform answered HTTP {status}, a redirect{target}; redirects are "
+        "never followed (the bot's token would go along): retry with backoff, and if it "
+        "persists, check the channel's base_url"
+    )
 
 
 def json_body(body: bytes) -> Any:

@@ -18,8 +18,9 @@ import pytest
 import trio
 from wsproto.events import Ping, TextMessage
 
-from providers.base import ChannelConfig, ProviderError, TransientError
+from providers.base import ChannelConfig, OutboundMessage, ProviderError, TransientError
 from providers.discord import DiscordProvider
+from providers.discord import rest as discord_rest
 from providers.hostile import (
     Behaviour,
     accept_then_send,
@@ -32,8 +33,10 @@ from providers.hostile import (
     status,
 )
 from providers.telegram import TelegramProvider
+from providers.telegram import core as telegram_core
 from providers.websocket import WebSocketProvider
 from providers.whatsapp import WhatsAppProvider
+from providers.whatsapp import core as whatsapp_core
 
 CEILING = 20.0  # seconds; only a hang gets near it
 OVER_LIMIT = "x" * (2 << 20)  # characters: twice the 1 MiB message limit
@@ -183,3 +186,45 @@ async def test_the_websocket_message_limit_is_the_channel_s_option() -> None:
                         pass
     assert isinstance(caught.value, TransientError), repr(caught.value)
     assert "1009" in str(caught.value) or "larger than 1000" in str(caught.value)
+
+
+# --- one redirect policy (item 5) ---------------------------------------------------------
+
+SECRET = "123456:" + "S" * 35
+REDIRECT = {"location": f"https://elsewhere.example/bot{SECRET}/getMe?token={SECRET}"}
+
+
+def redirect_of_a_send(provider: str) -> BaseException:
+    """What each sans-IO core makes of a 302 to a send (no sockets)."""
+    message = OutboundMessage(peer="42", idempotency_key="k", text="hi")
+    try:
+        if provider == "telegram":
+            telegram_core.parse_response(telegram_core.send_request(message), 302, b"", REDIRECT)
+        elif provider == "discord":
+            discord_rest.interpret_send(302, REDIRECT, b"", peer="42")
+        else:
+            whatsapp_core.parse_send_response(302, REDIRECT, b"<html>moved</html>", peer="42")
+    except ProviderError as exc:
+        return exc
+    raise AssertionError(f"{provider}: a 302 to a send raised nothing")
+
+
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp", "discord"])
+def test_a_redirected_send_is_transient_in_every_provider(provider: str) -> None:
+    error = redirect_of_a_send(provider)
+    assert type(error) is TransientError, repr(error)  # never dead-lettered, never FAILED
+    assert "302" in str(error) and "redirect to elsewhere.example" in str(error)
+    assert SECRET not in str(error)
+
+
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp", "discord"])
+async def test_a_redirected_connect_is_transient_in_every_provider(provider: str) -> None:
+    behaviour = status(302, headers=list(REDIRECT.items()))
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(lambda request: behaviour) as url:
+            with pytest.raises(ProviderError) as caught:
+                async with http_provider(provider).open_connection(http_channel(provider, url)):
+                    pass
+    assert type(caught.value) is TransientError, repr(caught.value)
+    assert "redirect to elsewhere.example" in str(caught.value)
+    assert SECRET not in str(caught.value)

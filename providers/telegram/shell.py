@@ -131,7 +131,9 @@ class _BotApi:
                 response = await fetch(data=data, files=files)
             else:
                 response = await fetch(json=dict(request.params))
-        return core.parse_response(request, response.status_code, response.content)
+        return core.parse_response(
+            request, response.status_code, response.content, response.headers
+        )
 
     def _errors(self, request: core.ApiRequest) -> ExceptionMap:
         """The shell's mapping table: httpx's errors in the provider tree (first match wins)."""

@@ -60,6 +60,7 @@ from providers._http import (
     DEFAULT_REQUEST_DEADLINE,
     json_body,
     lower_keys,
+    redirect_error,
 )
 from providers.base import (
     AuthenticationFailed,
@@ -536,6 +537,8 @@ def map_error(
     Returns:
         The error to raise (the caller raises it, so tracebacks start there).
     """
+    if (redirect := redirect_error(status, headers, "a Graph API call")) is not None:
+        return redirect
     parsed = json_body(body)
     try:
         error = GRAPH.structure(parsed, _ErrorBody).error
