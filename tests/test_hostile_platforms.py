@@ -18,6 +18,7 @@ import pytest
 import trio
 from wsproto.events import Ping, TextMessage
 
+from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
 from providers.base import ChannelConfig, OutboundMessage, ProviderError, TransientError
 from providers.discord import DiscordProvider
 from providers.discord import rest as discord_rest
@@ -32,11 +33,13 @@ from providers.hostile import (
     open_hostile_server,
     status,
 )
+from providers.simulated import SimulatedProvider
 from providers.telegram import TelegramProvider
 from providers.telegram import core as telegram_core
 from providers.websocket import WebSocketProvider
 from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import core as whatsapp_core
+from runtime import open_node, parse_config
 
 CEILING = 20.0  # seconds; only a hang gets near it
 OVER_LIMIT = "x" * (2 << 20)  # characters: twice the 1 MiB message limit
@@ -228,3 +231,52 @@ async def test_a_redirected_connect_is_transient_in_every_provider(provider: str
     assert type(caught.value) is TransientError, repr(caught.value)
     assert "redirect to elsewhere.example" in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+# --- the node, end to end: a Discord outage answered with 503 (issue 11's first bullet) --
+
+OUTAGE_CHANNELS = 100  # Discord channels whose gateway answers the upgrade with 503
+
+
+async def test_a_discord_gateway_answering_503_leaves_the_node_and_the_others_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SB_TEST_DISCORD_TOKEN", "not-a-real-token")
+    where: list[str] = []
+    route = discord_route(status(503, body=b"upstream unavailable"), lambda: where[0])
+    healthy = SimulatedProvider()
+    with trio.fail_after(CEILING * 3):
+        async with open_hostile_server(route) as url:
+            where.append(url.replace("http://", "ws://") + "/gw")
+            token = {"token": "${env:SB_TEST_DISCORD_TOKEN}"}
+            channels: list[dict[str, Any]] = [
+                {"id": f"dc{n}", "provider": "discord", "base_url": url, "credentials": token}
+                for n in range(OUTAGE_CHANNELS)
+            ]
+            channels.append({"id": "sim", "provider": "simulated"})
+            config = parse_config(
+                {
+                    "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
+                    "ops": {"enabled": False},
+                    "providers": {"simulated": {"rate_limit": {"enabled": False}}},
+                    "channels": channels,
+                }
+            )
+            settings = ChannelSettings(reconnect=ExponentialBackoff(base=0.2, cap=1.0))
+            async with open_node(
+                config, channel_defaults=settings, providers={"simulated": healthy}
+            ) as node:
+                for n in range(20):  # several rounds of refused upgrades go by meanwhile
+                    message = OutboundMessage(peer="p", idempotency_key=f"k{n}", text="hi")
+                    await node.send("sim", message)
+                    await trio.sleep(0.25)
+                discord = [s for s in node.channels() if s.provider == "discord"]
+                assert {s.status for s in discord} <= {
+                    ChannelStatus.BACKING_OFF,
+                    ChannelStatus.CONNECTING,
+                }
+                backing_off = [s for s in discord if s.status is ChannelStatus.BACKING_OFF]
+                assert backing_off
+                assert "refused with HTTP 503" in (backing_off[0].problem or "")
+                assert all(s.statistics.restarts == 0 for s in discord if s.statistics)  # no crash
+    assert len(healthy.sent) == 20

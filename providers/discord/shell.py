@@ -64,6 +64,7 @@ from ..base import (
     TransientError,
     Unsupported,
 )
+from ..groups import lone_exception, reraise
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 from .compress import COMPRESSIONS, Compression, CompressionError, Inflater
@@ -144,6 +145,29 @@ def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     reconnecting with its error logged, never as a node that goes down.
     """
     return {ProviderError: None, Exception: lambda exc: TransientError(describe(exc))}
+
+
+@asynccontextmanager
+async def _open_socket_nursery() -> AsyncIterator[trio.Nursery]:
+    """The nursery of one gateway socket (trio-websocket's reader task runs in it).
+
+    Like :func:`~providers._nursery.open_connection_nursery`, and one case
+    more: a peer's fault raised by the reader (a refused upgrade) in the
+    same moment as our own cancellation (the channel stops) would leave as a
+    group of both, which no mapping table can classify; the cancellation
+    wins, since nobody waits for the socket any more.
+    """
+    cancelled: BaseException | None = None
+    try:
+        async with open_connection_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        only_cancelled, _ = group.split(trio.Cancelled)
+        if only_cancelled is None:
+            raise
+        cancelled = lone_exception(only_cancelled)
+    if cancelled is not None:
+        reraise(cancelled)  # outside the except clause: it leaves as it was raised
 
 
 class DiscordProvider:
@@ -525,7 +549,7 @@ class DiscordConnection:
                 )
             )
         ):
-            async with open_connection_nursery() as socket_nursery:
+            async with _open_socket_nursery() as socket_nursery:
                 with trio.fail_after(self._connect_timeout):
                     ws = await connect_websocket_url(
                         socket_nursery, url, max_message_size=self._max_message_bytes
