@@ -22,7 +22,15 @@ from typing import Any, Final
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, Event, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
 
 __all__ = [
     "Behaviour",
@@ -98,7 +106,8 @@ async def _bad_accept(stream: trio.SocketStream, conn: h11.Connection, raw: byte
 
 
 def accept_then_send(*frames: str | bytes | Event) -> Behaviour:
-    """Accept the upgrade (wsproto's handshake), send ``frames`` and stay open.
+    """Accept the upgrade (wsproto's handshake), send ``frames`` and stay open
+    (answering a close).
 
     A ``str`` is a text message, ``bytes`` a binary one; a wsproto event
     (``TextMessage(..., message_finished=False)``, ``Ping``) goes as it is.
@@ -125,8 +134,17 @@ async def _accept_then_send(
         data = ws.send(frame)
         for start in range(0, len(data), CHUNK):
             await stream.send_all(data[start : start + CHUNK])
-    while await stream.receive_some(CHUNK):  # until the client hangs up
-        pass
+    # Then a well-behaved server until the client hangs up: it answers a close
+    # at once, so a client's closing handshake does not wait out its timeout.
+    while data := await stream.receive_some(CHUNK):
+        try:
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    await stream.send_all(ws.send(event.response()))
+                    return
+        except RemoteProtocolError:
+            return
 
 
 def huge_body(size: int) -> Behaviour:

@@ -10,6 +10,8 @@ Real sockets, so real time: every test has a hard ceiling.
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -280,3 +282,29 @@ async def test_a_discord_gateway_answering_503_leaves_the_node_and_the_others_ru
                 assert "refused with HTTP 503" in (backing_off[0].problem or "")
                 assert all(s.statistics.restarts == 0 for s in discord if s.statistics)  # no crash
     assert len(healthy.sent) == 20
+
+
+async def test_a_compressed_gateway_payload_is_capped_once_inflated() -> None:
+    """A small zlib-stream frame that inflates past max_message_bytes (a bomb, in
+    little) is refused like an oversized plain frame."""
+    hello = {"op": 10, "d": {"heartbeat_interval": 45000}, "pad": " " * 100_000}
+    stream = zlib.compressobj()
+    frame = stream.compress(json.dumps(hello).encode()) + stream.flush(zlib.Z_SYNC_FLUSH)
+    assert len(frame) < 1000  # on the wire, it is under the limit
+    where: list[str] = []
+    route = discord_route(accept_then_send(frame), lambda: where[0])
+    with trio.fail_after(CEILING):
+        async with open_hostile_server(route) as url:
+            where.append(url.replace("http://", "ws://") + "/gw")
+            config = ChannelConfig(
+                channel_id="dc",
+                provider="discord",
+                credentials={"token": "t"},
+                base_url=url,
+                options={"compress": "zlib-stream", "max_message_bytes": 10_000},
+            )
+            with pytest.raises(ProviderError) as caught:
+                async with DiscordProvider(connect_timeout=5.0).open_connection(config):
+                    pass
+    assert isinstance(caught.value, TransientError), repr(caught.value)
+    assert "over 10000 bytes" in str(caught.value), str(caught.value)

@@ -568,7 +568,9 @@ class DiscordConnection:
     async def _pump(self, ws: WebSocketConnection, task_status: Any) -> Reconnect:
         """Read and time one socket until the core asks for another."""
         core = self._core
-        inflater = Inflater(core.compress) if core.compress is not None else None
+        inflater = (
+            Inflater(core.compress, self._max_message_bytes) if core.compress is not None else None
+        )
         self.inflater = inflater
         while True:
             deadline = core.next_deadline()
