@@ -15,13 +15,20 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import h11
 import pytest
 import trio
 from wsproto.events import Ping, TextMessage
 
 from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
-from providers.base import ChannelConfig, OutboundMessage, ProviderError, TransientError
+from providers.base import (
+    ChannelConfig,
+    FatalError,
+    OutboundMessage,
+    ProviderError,
+    TransientError,
+)
 from providers.discord import DiscordProvider
 from providers.discord import rest as discord_rest
 from providers.hostile import (
@@ -308,3 +315,23 @@ async def test_a_compressed_gateway_payload_is_capped_once_inflated() -> None:
                     pass
     assert isinstance(caught.value, TransientError), repr(caught.value)
     assert "over 10000 bytes" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [
+        ("discord", {"max_body_bytes": "lots"}),
+        ("discord", {"max_message_bytes": 0}),
+        ("telegram", {"request_deadline": -1}),
+        ("whatsapp", {"max_body_bytes": 0}),
+        ("whatsapp", {"request_deadline": 0}),
+    ],
+)
+async def test_a_bad_limit_option_is_a_fatal_error_that_names_it(
+    provider: str, options: dict[str, Any]
+) -> None:
+    config = http_channel(provider, "http://127.0.0.1:1")
+    config = attrs.evolve(config, options={**config.options, **options})
+    with pytest.raises(FatalError, match=next(iter(options))):
+        async with http_provider(provider).open_connection(config):
+            pass

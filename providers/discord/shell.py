@@ -147,6 +147,21 @@ def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     return {ProviderError: None, Exception: lambda exc: TransientError(describe(exc))}
 
 
+def _size_option(config: ChannelConfig, name: str, default: int) -> int:
+    """``config.options[name]``, a positive number of bytes (else ``default``).
+
+    Raises:
+        FatalError: the option is not a positive integer (retrying cannot fix it).
+    """
+    value = config.options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FatalError(
+            f"discord channel {config.channel_id!r}: options.{name} is {value!r}; "
+            "give a positive number of bytes"
+        )
+    return value
+
+
 @asynccontextmanager
 async def _open_socket_nursery() -> AsyncIterator[trio.Nursery]:
     """The nursery of one gateway socket (trio-websocket's reader task runs in it).
@@ -256,7 +271,8 @@ class DiscordProvider:
                 f"discord channel {config.channel_id!r} has no credentials['token']; "
                 "add the bot token to the channel's config"
             )
-        max_body = int(config.options.get("max_body_bytes", self.max_body_bytes))
+        max_body = _size_option(config, "max_body_bytes", self.max_body_bytes)
+        max_message = _size_option(config, "max_message_bytes", self.max_message_bytes)
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
         async with httpx.AsyncClient(
@@ -303,9 +319,7 @@ class DiscordProvider:
                     nursery=nursery,
                     connect_timeout=self._connect_timeout,
                     max_bucket_wait=self._max_bucket_wait,
-                    max_message_bytes=int(
-                        config.options.get("max_message_bytes", self.max_message_bytes)
-                    ),
+                    max_message_bytes=max_message,
                     max_body_bytes=max_body,
                     request_deadline=self.request_deadline,
                 )

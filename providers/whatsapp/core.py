@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 
 from providers._http import (
     DEFAULT_MAX_BODY_BYTES,
@@ -175,11 +176,22 @@ class _Options:
     timeout: float = 10.0  # seconds, per HTTP request
     verify_on_open: bool = True
     event_buffer: int = 1024  # events queued between webhook and consumer
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # bytes of one Graph API answer
-    request_deadline: float = DEFAULT_REQUEST_DEADLINE  # seconds for a whole call
+    # bytes of one Graph API answer; seconds for a whole call
+    max_body_bytes: int = attrs.field(
+        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
+    )
+    request_deadline: float = attrs.field(
+        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+    )
 
 
 _OPTIONS: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+def _why(exc: BaseException, type_: type | None) -> str:
+    # An attrs validator's ValueError names the field and the bound: keep it.
+    text = format_exception(exc, type_)
+    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
 
 
 @attrs.frozen(kw_only=True)
@@ -244,7 +256,7 @@ class WhatsAppSettings:
         try:
             options = _OPTIONS.structure(dict(config.options), _Options)
         except cattrs.BaseValidationError as exc:
-            detail = "; ".join(cattrs.transform_error(exc, path="$.options"))
+            detail = "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
             raise FatalError(
                 f"whatsapp channel {config.channel_id!r} has invalid options: {detail}"
             ) from exc
