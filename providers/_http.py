@@ -1,19 +1,171 @@
-"""What the HTTP adapters' sans-IO cores share when they read an answer.
+"""What the HTTP adapters share: one bounded request, and reading an answer.
 
-Design: platform answers are read leniently, because an error answer is
-often not what its documentation says (an HTML page from a proxy, an empty
-429): :func:`json_body` never raises, and the core decides what a missing or
-malformed body means. Header names are case-insensitive on the wire and
-httpx keeps them as sent, so cores look them up in :func:`lower_keys`.
+Design:
+- Every platform HTTP call goes through :func:`fetch`: a *total* deadline
+  (connect, send, headers and the whole body: httpx's own timeouts are per
+  read, so a server that drips a byte a second would hold the call, and the
+  channel's connect-gate slot, forever) and a cap on the body (a platform, or
+  something in between, can answer with 300 MB or a chunked body that never
+  ends). Both excesses are :class:`~providers.base.TransientError` (see the
+  policy in :mod:`providers._exceptions`); httpx's own errors leave as httpx
+  raised them, for the shell's mapping table, and anything else a hostile
+  answer makes our libraries raise becomes a ``TransientError`` here.
+- Every client verifies TLS with one context per process
+  (:func:`shared_ssl_context`): building httpx's default context loads the
+  CA bundle, about 0.1 s of CPU, and channels that reconnect every second
+  against a slow platform would otherwise spend the node's CPU on it.
+- Platform answers are read leniently, because an error answer is often not
+  what its documentation says (an HTML page from a proxy, an empty 429):
+  :func:`json_body` never raises, and the core decides what a missing or
+  malformed body means. Header names are case-insensitive on the wire and
+  httpx keeps them as sent, so cores look them up in :func:`lower_keys`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
-__all__ = ["json_body", "lower_keys"]
+import attrs
+import httpx
+import trio
+
+from ._exceptions import map_exceptions
+from .base import ProviderError, TransientError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_REQUEST_DEADLINE",
+    "Answer",
+    "fetch",
+    "json_body",
+    "lower_keys",
+    "redirect_error",
+    "shared_ssl_context",
+]
+
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON APIs: far below)
+DEFAULT_REQUEST_DEADLINE: Final = 30.0  # seconds for a whole request and its answer
+
+
+@attrs.frozen(kw_only=True)
+class Answer:
+    """A platform's whole answer, read within its limits.
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: the response headers (case-insensitive).
+        content: the body, at most the call's ``max_body`` bytes (decoded).
+    """
+
+    status_code: int
+    headers: httpx.Headers = attrs.field(repr=False)
+    content: bytes = attrs.field(repr=lambda body: f"<{len(body)} bytes>")
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    deadline: float,
+    max_body: int,
+    what: str,
+    **kwargs: Any,
+) -> Answer:
+    """Perform one request and read its answer, within ``deadline`` and ``max_body``.
+
+    Args:
+        client: the provider's client (its per-read timeouts still apply).
+        method: the HTTP method.
+        url: the URL (or a path, for a client with a ``base_url``).
+        deadline: seconds for everything, from connecting to the last byte.
+        max_body: the most bytes of body read (after decoding); more is an error.
+        what: the call in words, for the messages (never a token).
+        **kwargs: what ``client.stream`` takes (``json``, ``data``, ``files``...).
+
+    Returns:
+        The answer, whatever its status: the core interprets it.
+
+    Raises:
+        TransientError: the answer was larger than ``max_body``, it was not
+            complete within ``deadline``, or it made the HTTP stack raise
+            something that is not an httpx error.
+        httpx.HTTPError, httpx.InvalidURL: as httpx raised them (the shell maps them).
+    """
+    passthrough = (ProviderError, httpx.HTTPError, httpx.InvalidURL)
+    with (
+        map_exceptions(
+            {
+                passthrough: None,
+                Exception: lambda exc: TransientError(
+                    f"{what}: the answer could not be read ({type(exc).__name__}); retry"
+                ),
+            }
+        ),
+        trio.move_on_after(deadline),
+    ):
+        async with client.stream(method, url, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_body:
+                raise _too_large(what, max_body, f"it announced {int(declared)} bytes")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_body:
+                    raise _too_large(what, max_body, "its body went on past that")
+            return Answer(
+                status_code=response.status_code, headers=response.headers, content=bytes(body)
+            )
+    raise TransientError(
+        f"{what}: no complete answer within {deadline:g} s (the total deadline of a "
+        "request); retry with backoff"
+    )
+
+
+def _too_large(what: str, limit: int, detail: str) -> TransientError:
+    return TransientError(
+        f"{what}: the answer is larger than the limit of {limit} bytes ({detail}); "
+        "it was not read, retry with backoff (raise the provider's max_body_bytes if "
+        "the platform really answers that much)"
+    )
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default TLS context (its CA bundle, verification on), made once."""
+    return httpx.create_ssl_context()
+
+
+def redirect_error(
+    status: int, headers: Mapping[str, str] | None, what: str
+) -> TransientError | None:
+    """The one redirect policy of every provider (see :mod:`providers._exceptions`).
+
+    No provider follows a redirect: a 3xx is a :class:`TransientError`, so
+    the channel backs off and tries again (a proxy or load balancer in the
+    way usually redirects for a while), and one that persists shows as a
+    channel that keeps backing off with this message, never as a channel
+    FAILED for good or a message dead-lettered. Only the target's host is
+    named: its path or query may carry a token (Telegram's URLs do).
+
+    Returns:
+        The error for a 3xx ``status``; ``None`` for any other status.
+    """
+    if not 300 <= status < 400:
+        return None
+    location = lower_keys(headers or {}).get("location", "")
+    host = urlsplit(location).netloc.rpartition("@")[2] if location else ""
+    target = f" to {host}" if host else (" elsewhere" if location else "")
+    return TransientError(
+        f"{what}: the platform answered HTTP {status}, a redirect{target}; redirects are "
+        "never followed (the bot's token would go along): retry with backoff, and if it "
+        "persists, check the channel's base_url"
+    )
 
 
 def json_body(body: bytes) -> Any:

@@ -285,7 +285,18 @@ class Node(ClusterMode, DeadLetterOps):
             token = self._checkpoints.token if tenure is None else tenure.token
             await self._restore(spec, memory, carry=carry, revive=revive, token=token)
             self._checkpoints.attach(memory, spec.id, spec.tenant, provider.name, token=token)
-            child = ChildSpec(id=spec.id, start=factory, shutdown=self.config.supervisor.shutdown)
+            sup = self.config.supervisor
+            child = ChildSpec(
+                id=spec.id,
+                start=factory,
+                shutdown=sup.shutdown,
+                # Isolated: a channel that keeps crashing is FAILED alone and
+                # never counts against the channels' supervisor, so no number
+                # of channels crashing together can take the node down.
+                intensity=sup.channel_intensity,
+                period=sup.channel_period,
+                on_give_up=functools.partial(ChannelActor.crashed_for_good, memory, spec.id),
+            )
             try:
                 ref = await self._channel_supervisor().start_child(child)
             except StartChildFailed as exc:

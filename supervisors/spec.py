@@ -4,7 +4,10 @@ Defaults are OTP's: a child is a permanent worker with a 5 s shutdown (a
 child supervisor waits ``infinity``); a supervisor is one_for_one with an
 intensity of 1 restart per 5 s. Beyond OTP, :class:`RestartBackoff` delays
 restarts (Akka's BackoffSupervisor) so a crash loop cannot become a
-reconnect storm.
+reconnect storm, and a child may be *isolated* (``ChildSpec.intensity``):
+its crashes are counted against its own intensity only, so that thousands
+of children failing together (every channel of one platform) cannot make
+their supervisor give up and take their healthy siblings down with it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from actors import Actor, MailboxConfig, ProportionalJitterBackoff
+from actors import Actor, Exit, MailboxConfig, ProportionalJitterBackoff
 
 __all__ = [
     "BRUTAL_KILL",
@@ -82,6 +85,16 @@ def _check_shutdown(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None
         )
 
 
+def _check_intensity(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{attribute.name} must be None or an int >= 0, got {value!r}")
+
+
+def _check_period(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
 def _check_id(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"a child id must be a non-empty string, got {value!r}")
@@ -102,6 +115,16 @@ class ChildSpec:
             a worker and ``"infinity"`` for a supervisor (as OTP).
         name: register the child in the system under this name.
         mailbox: the child's mailbox bounds.
+        intensity: beyond OTP, an *isolated* child: at most this many
+            restarts of this child within ``period``, counted for it alone
+            and never against its supervisor's intensity. One more and the
+            supervisor stops restarting it (it stays, not running, until
+            ``restart_child``) and calls ``on_give_up``; the supervisor
+            itself carries on. ``None`` (the default): OTP's rule, every
+            restart counts against the supervisor.
+        period: the window of ``intensity``, in seconds.
+        on_give_up: called with the child's last exit when the supervisor
+            stops restarting an isolated child (must not block or raise).
     """
 
     id: str = attrs.field(validator=_check_id)
@@ -111,6 +134,9 @@ class ChildSpec:
     shutdown: Shutdown = attrs.field(validator=_check_shutdown)
     name: str | None = None
     mailbox: MailboxConfig | None = None
+    intensity: int | None = attrs.field(default=None, validator=_check_intensity)
+    period: float = attrs.field(default=60.0, validator=_check_period)
+    on_give_up: Callable[[Exit], None] | None = attrs.field(default=None, repr=False)
 
     @shutdown.default
     def _default_shutdown(self) -> Shutdown:

@@ -147,6 +147,7 @@ class _Child:
     __slots__ = (
         "backoff",
         "delay_token",
+        "own_restarts",
         "prepared",
         "ref",
         "restart_count",
@@ -166,6 +167,8 @@ class _Child:
         self.delay_token = 0
         # An instance made at the crash site, waiting to be started from our task.
         self.prepared: Actor | None = None
+        # An isolated child's recent restarts (spec.intensity), counted for it alone.
+        self.own_restarts: deque[float] | None = None if spec.intensity is None else deque()
 
     @property
     def status(self) -> ChildStatus:
@@ -507,7 +510,10 @@ class Supervisor(Actor, Parent):
         return None
 
     def _count_restart(self, child: _Child, exit: Exit | None) -> bool:
-        """Add a restart; past the intensity, give up: False, and we are stopping."""
+        """Add a restart; past the intensity, give up: False, and we are stopping
+        (or, for an isolated child, it is no longer restarted)."""
+        if child.own_restarts is not None:
+            return self._count_isolated_restart(child, exit)
         if add_restart(self._restarts, trio.current_time(), self.period, self.intensity):
             child.restart_count += 1
             return True
@@ -519,6 +525,32 @@ class Supervisor(Actor, Parent):
         log.error("%s", error)
         self._del_child(child, exit or Exit(kind=ExitKind.CRASHED, error=error))
         lowlevel.request_stop(self.ref, Exit(kind=ExitKind.SHUTDOWN, error=error))
+        return False
+
+    def _count_isolated_restart(self, child: _Child, exit: Exit | None) -> bool:
+        """An isolated child's restart, against its own intensity; past it, only
+        that child stops being restarted: the supervisor carries on."""
+        spec = child.spec
+        assert child.own_restarts is not None and spec.intensity is not None
+        if add_restart(child.own_restarts, trio.current_time(), spec.period, spec.intensity):
+            child.restart_count += 1
+            return True
+        last = exit or Exit(kind=ExitKind.CRASHED)
+        log.error(
+            "child %r reached its own restart intensity: more than %d restart(s) within "
+            "%g s (last: %s); it is no longer restarted, its siblings carry on",
+            spec.id,
+            spec.intensity,
+            spec.period,
+            last,
+        )
+        self._del_child(child, last)
+        child.own_restarts.clear()  # a restart_child starts a new count
+        if spec.on_give_up is not None:
+            try:
+                spec.on_give_up(last)
+            except Exception:  # a faulty hook must not take the supervisor down
+                log.exception("on_give_up of child %r failed", spec.id)
         return False
 
     async def _restart(self, child: _Child) -> None:

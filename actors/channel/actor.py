@@ -31,7 +31,7 @@ from providers.operations import Operation
 from ..actor import Actor, Exit
 from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
-from .inbound import InboundPath, InboundSink
+from .inbound import InboundPath, InboundSink, publish
 from .send import SendPath
 from .state import (
     ChannelMemory,
@@ -171,6 +171,40 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             f"<ChannelActor {self.provider.name}:{self.config.channel_id} "
             f"[{memory.status.name}{extra}]>"
         )
+
+    @staticmethod
+    def crashed_for_good(memory: ChannelMemory, channel_id: str, exit: Exit) -> None:
+        """Mark the channel FAILED: its supervisor stopped restarting it.
+
+        The hook of an isolated channel's child spec (``ChildSpec.on_give_up``):
+        a channel whose actor keeps crashing (a defect, or a platform fault no
+        provider classified) is given up alone, FAILED with the reason in its
+        status, ``/health`` and checkpoint, like a channel the platform refused.
+        """
+        previous = memory.status
+        if previous is ChannelStatus.FAILED:
+            return
+        reason = f"the channel kept crashing and is no longer restarted (last: {exit})"
+        memory.status = ChannelStatus.FAILED
+        memory.last_error = reason
+        memory.connected_since = None
+        log.error(
+            "channel %s failed for good: %s",
+            channel_id,
+            reason,
+            extra={"channel": channel_id, "error.type": "CrashedForGood"},
+        )
+        publish(
+            memory,
+            ChannelStateChanged(
+                channel_id=channel_id,
+                status=ChannelStatus.FAILED,
+                previous=previous,
+                reason=reason,
+                attempt=memory.backoff.failures,
+            ),
+        )
+        memory.touch()  # FAILED stays FAILED across a restart of the process too
 
     # --- lifecycle ------------------------------------------------------------------
 

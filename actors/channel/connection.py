@@ -15,7 +15,9 @@ Design:
   otherwise start ten thousand handshakes at once: the event loop then
   serves each so slowly that most time out and retry, which multiplies the
   work (measured: 6,630 wasted attempts for a storm of 10,000), and every
-  connected channel's sends stall meanwhile.
+  connected channel's sends stall meanwhile. A connect that holds a slot has
+  a total deadline (``settings.connect_timeout``) whatever the provider's
+  own timeouts, so platforms that drip their answers cannot hold the gate.
 - Sends wait here for a live link (``_live_connection``), up to
   ``connect_wait``; a channel that failed for good refuses them at once.
 """
@@ -23,6 +25,7 @@ Design:
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -165,28 +168,40 @@ class ConnectionLoop:
         await gate.acquire()
         handshaking = True
         began = trio.current_time()
+        timeout = self.settings.connect_timeout
+        # The connect's total deadline, lifted once the block is entered. The
+        # scope wraps the whole block: one around the entry alone would close
+        # inside the provider's nursery.
+        deadline = trio.CancelScope(deadline=math.inf if timeout is None else began + timeout)
         try:
-            async with self.provider.open_connection(self.config, memory.session) as conn:
-                gate.release()  # connected: the next channel may start its handshake
-                handshaking = False
-                if memory.timings is not None:
-                    memory.timings.connected(trio.current_time() - began)
-                self._conn = conn
-                memory.backoff.connected(trio.current_time())
-                memory.touch()
-                self._set_status(ChannelStatus.CONNECTED)
-                self._wake_senders()
-                try:
-                    await self._read(conn)
-                    error: ProviderError = TransientError("the platform closed the connection")
-                except TransientError as exc:
-                    error = exc
-                finally:
-                    self._conn = None
-                    memory.session = conn.session_state()
-                    if held is None or not held.cancel_called:  # no goodbye past the tenure
-                        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                            await conn.close(resumable=True)
+            with deadline:
+                async with self.provider.open_connection(self.config, memory.session) as conn:
+                    deadline.deadline = math.inf
+                    gate.release()  # connected: the next channel may start its handshake
+                    handshaking = False
+                    if memory.timings is not None:
+                        memory.timings.connected(trio.current_time() - began)
+                    self._conn = conn
+                    memory.backoff.connected(trio.current_time())
+                    memory.touch()
+                    self._set_status(ChannelStatus.CONNECTED)
+                    self._wake_senders()
+                    try:
+                        await self._read(conn)
+                        error: ProviderError = TransientError("the platform closed the connection")
+                    except TransientError as exc:
+                        error = exc
+                    finally:
+                        self._conn = None
+                        memory.session = conn.session_state()
+                        if held is None or not held.cancel_called:  # no goodbye past the tenure
+                            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                                await conn.close(resumable=True)
+            if deadline.cancelled_caught:
+                error = TransientError(
+                    f"the platform did not complete the connect within {timeout} s "
+                    "(the connect's total deadline); retry with backoff"
+                )
         except RateLimited as exc:
             memory.counters["rate_limit_waits"] += 1
             return exc.retry_after, f"rate limited by the platform: {exc}"

@@ -18,9 +18,16 @@ from providers.base import Connection, OutboundMessage, SendResult
 from providers.operations import Operation
 
 from .. import lowlevel
+from ..errors import ChannelFailed
 from ..ref import ActorRef
 from .actor import ChannelActor, DiscardDeadLetters, ListDeadLetters, ReplayDeadLetters, Send
-from .state import ChannelMemory, ChannelStatistics, OutboundDeadLetter, channel_statistics
+from .state import (
+    ChannelMemory,
+    ChannelStatistics,
+    ChannelStatus,
+    OutboundDeadLetter,
+    channel_statistics,
+)
 
 __all__ = ["ChannelRef"]
 
@@ -61,8 +68,19 @@ class ChannelRef:
             MailboxFull: the channel's queue is full.
             ActorDead: the channel was stopped for good before it answered.
         """
+        self._raise_if_given_up()
         result: SendResult = await self.ref.ask(Send(message), timeout=timeout)
         return result
+
+    def _raise_if_given_up(self) -> None:
+        """A channel its supervisor gave up on has no actor left to refuse a send:
+        refuse it here, as the actor of a FAILED channel does."""
+        if self.memory.status is ChannelStatus.FAILED and not self.ref.alive:
+            raise ChannelFailed(
+                f"channel {self.channel_id!r} has failed ({self.memory.last_error}) "
+                "and does not reconnect; fix the cause and restart it",
+                channel_id=self.channel_id,
+            )
 
     async def perform(self, op: Operation, *, timeout: float = 60.0) -> SendResult | None:  # noqa: ASYNC109
         """Perform an operation (edit, delete, typing, mark read, react, or a send)
@@ -76,6 +94,7 @@ class ChannelRef:
             MessageNotFound: the platform no longer has the message (dead-lettered).
             The errors of :meth:`send` otherwise.
         """
+        self._raise_if_given_up()
         result: SendResult | None = await self.ref.ask(Send(op), timeout=timeout)
         return result
 

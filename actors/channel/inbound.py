@@ -159,14 +159,18 @@ class InboundPath:
             self._log.info("%r: the sink takes inbound events again", self)
 
     def _publish(self, event: Any) -> None:
-        memory = self.memory
-        for subscriber in list(memory.subscribers):
-            channel, accepts = subscriber
-            if accepts is not None and not accepts(event):
-                continue
-            try:
-                channel.send_nowait(event)
-            except trio.WouldBlock:
-                memory.counters["subscriber_drops"] += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                memory.subscribers.remove(subscriber)
+        publish(self.memory, event)
+
+
+def publish(memory: ChannelMemory, event: Any) -> None:
+    """Hand ``event`` to the channel's subscribers; never waits for one."""
+    for subscriber in list(memory.subscribers):
+        channel, accepts = subscriber
+        if accepts is not None and not accepts(event):
+            continue
+        try:
+            channel.send_nowait(event)
+        except trio.WouldBlock:
+            memory.counters["subscriber_drops"] += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            memory.subscribers.remove(subscriber)

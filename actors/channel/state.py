@@ -111,6 +111,12 @@ class ChannelSettings:
         send_attempts: tries per message for transient failures.
         send_backoff: delay between those tries.
         connect_wait: seconds a send waits for the channel to (re)connect.
+        connect_timeout: the total deadline of one connect, from its turn at
+            the provider's connect gate to the open connection, whatever the
+            provider's own timeouts (a platform that drips its answers, or
+            a handshake that never ends): past it the attempt is a
+            ``TransientError``, its gate slot is freed and the channel backs
+            off. ``None``: only the provider's own deadlines apply.
         breaker_threshold: consecutive send failures that open the breaker.
         breaker_reset: seconds the breaker stays open before a trial.
         dedupe_window: inbound platform ids remembered.
@@ -131,6 +137,7 @@ class ChannelSettings:
         factory=lambda: ExponentialBackoff(base=0.2, cap=10.0)
     )
     connect_wait: float = 30.0
+    connect_timeout: float | None = 60.0
     breaker_threshold: int = 5
     breaker_reset: float = 30.0
     dedupe_window: int = DEFAULT_DEDUPE_WINDOW

@@ -39,10 +39,15 @@ class Inflater:
 
     Args:
         compression: the transport compression asked for in the URL.
+        max_payload: the largest decompressed payload, in bytes (the
+            provider's ``max_message_bytes``); a larger one is a
+            :class:`CompressionError`, so a small frame cannot inflate into
+            more than a plain frame may carry.
     """
 
-    def __init__(self, compression: Compression) -> None:
+    def __init__(self, compression: Compression, max_payload: int = MAX_PAYLOAD) -> None:
         self.compression = compression
+        self.max_payload = max_payload
         self._zlib = zlib.decompressobj() if compression == "zlib-stream" else None
         self._zstd = (
             zstandard.ZstdDecompressor().decompressobj() if compression == "zstd-stream" else None
@@ -70,16 +75,18 @@ class Inflater:
             if self._zlib is not None:
                 self._buffer += data
                 if len(self._buffer) < 4 or self._buffer[-4:] != ZLIB_SUFFIX:
-                    if len(self._buffer) > MAX_PAYLOAD:
+                    if len(self._buffer) > self.max_payload:
                         raise CompressionError("a zlib-stream payload without its flush suffix")
                     return None
-                raw = self._zlib.decompress(bytes(self._buffer), MAX_PAYLOAD)
+                raw = self._zlib.decompress(bytes(self._buffer), self.max_payload)
                 self._buffer.clear()
                 if self._zlib.unconsumed_tail:
-                    raise CompressionError(f"a payload over {MAX_PAYLOAD} bytes")
+                    raise CompressionError(f"a payload over {self.max_payload} bytes")
             else:
                 assert self._zstd is not None
                 raw = self._zstd.decompress(data)
+                if len(raw) > self.max_payload:
+                    raise CompressionError(f"a payload over {self.max_payload} bytes")
         except (zlib.error, zstandard.ZstdError) as exc:
             raise CompressionError(
                 f"a {self.compression} frame does not decompress: {exc}"

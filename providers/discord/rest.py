@@ -47,7 +47,7 @@ from urllib.parse import quote
 
 import attrs
 
-from .._http import json_body, lower_keys
+from .._http import json_body, lower_keys, redirect_error
 from ..base import (
     AuthenticationFailed,
     BadRecipient,
@@ -316,6 +316,8 @@ def _float(value: Any) -> float | None:
 def _error(
     status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None, what: str
 ) -> ProviderError:
+    if (redirect := redirect_error(status, headers, what)) is not None:
+        return redirect
     h = lower_keys(headers)
     data = json_body(body)
     data = data if isinstance(data, dict) else {}

@@ -22,6 +22,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -33,12 +34,20 @@ import httpx
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
 )
 
 from .._exceptions import ExceptionMap, map_exceptions
+from .._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    Answer,
+    fetch,
+    shared_ssl_context,
+)
 from .._nursery import open_connection_nursery
 from .._pool import pool_limits
 from ..base import (
@@ -56,6 +65,7 @@ from ..base import (
     TransientError,
     Unsupported,
 )
+from ..groups import lone_exception, reraise
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 from ..options import discord_compress, discord_intents
@@ -99,6 +109,7 @@ USER_AGENT: Final = "DiscordBot (https://github.com/switchboard/switchboard, 0.1
 CONNECT_TIMEOUT: Final = 10.0  # seconds to open a gateway socket
 HTTP_TIMEOUT: Final = 10.0  # seconds per REST call
 CLOSE_TIMEOUT: Final = 2.0  # seconds for a websocket close handshake
+MAX_MESSAGE_BYTES: Final = 1 << 20  # bytes in one gateway message (after inflating)
 MAX_BUCKET_WAIT: Final = 30.0  # seconds we wait for a bucket before raising RateLimited
 EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
 
@@ -108,6 +119,14 @@ EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
 TRANSPORT_ERRORS: Final = (httpx.HTTPError, HandshakeError, OSError, trio.TooSlowError)
 
 
+def _socket_fault(exc: Exception) -> str:
+    """What the gateway did, short: a refused upgrade by its status, not its body."""
+    if isinstance(exc, ConnectionRejected):
+        return f"the upgrade was refused with HTTP {exc.status_code}"
+    text = repr(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     """The shell's mapping table: every transport failure is a :class:`TransientError`.
 
@@ -115,6 +134,57 @@ def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
     off; ``describe`` says which call failed and what happens next.
     """
     return {TRANSPORT_ERRORS: lambda exc: TransientError(describe(exc))}
+
+
+def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
+    """The gateway socket's table: what the transport table maps, and whatever
+    else the peer can make trio-websocket, wsproto or h11 raise.
+
+    Our own :class:`ProviderError` s (the core's verdicts) pass unchanged;
+    everything else that leaves a socket is the platform's doing (or our
+    libraries' reaction to it), so it is transient: the core resumes and the
+    channel actor backs off. A bug of ours then shows as a channel that keeps
+    reconnecting with its error logged, never as a node that goes down.
+    """
+    return {ProviderError: None, Exception: lambda exc: TransientError(describe(exc))}
+
+
+def _size_option(config: ChannelConfig, name: str, default: int) -> int:
+    """``config.options[name]``, a positive number of bytes (else ``default``).
+
+    Raises:
+        FatalError: the option is not a positive integer (retrying cannot fix it).
+    """
+    value = config.options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FatalError(
+            f"discord channel {config.channel_id!r}: options.{name} is {value!r}; "
+            "give a positive number of bytes"
+        )
+    return value
+
+
+@asynccontextmanager
+async def _open_socket_nursery() -> AsyncIterator[trio.Nursery]:
+    """The nursery of one gateway socket (trio-websocket's reader task runs in it).
+
+    Like :func:`~providers._nursery.open_connection_nursery`, and one case
+    more: a peer's fault raised by the reader (a refused upgrade) in the
+    same moment as our own cancellation (the channel stops) would leave as a
+    group of both, which no mapping table can classify; the cancellation
+    wins, since nobody waits for the socket any more.
+    """
+    cancelled: BaseException | None = None
+    try:
+        async with open_connection_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        only_cancelled, _ = group.split(trio.Cancelled)
+        if only_cancelled is None:
+            raise
+        cancelled = lone_exception(only_cancelled)
+    if cancelled is not None:
+        reraise(cancelled)  # outside the except clause: it leaves as it was raised
 
 
 class DiscordProvider:
@@ -132,6 +202,13 @@ class DiscordProvider:
             ``"zstd-stream"`` (``config.options["compress"]`` overrides; ``None``
             or ``"none"`` turns it off). Payloads are then BINARY frames of
             one compression stream per socket, a fraction of their JSON size.
+        max_message_bytes: the largest gateway message read, in bytes
+            (``config.options["max_message_bytes"]`` overrides); a larger one
+            ends the socket as a :class:`~providers.base.TransientError`.
+        max_body_bytes: the largest REST answer read, in bytes
+            (``config.options["max_body_bytes"]`` overrides); larger is transient.
+        request_deadline: seconds for a whole REST call and its answer,
+            whatever pace the server keeps (``http_timeout`` is per read).
     """
 
     name = "discord"
@@ -148,9 +225,15 @@ class DiscordProvider:
         http_timeout: float = HTTP_TIMEOUT,
         max_bucket_wait: float = MAX_BUCKET_WAIT,
         compress: Compression | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     ) -> None:
         self.intents = int(intents)
         self.compress = compress
+        self.max_message_bytes = max_message_bytes
+        self.max_body_bytes = max_body_bytes
+        self.request_deadline = request_deadline
         self._rng = rng or random.Random()
         self._invalid_session_delay = invalid_session_delay
         self._connect_timeout = connect_timeout
@@ -187,6 +270,8 @@ class DiscordProvider:
                 f"discord channel {config.channel_id!r} has no credentials['token']; "
                 "add the bot token to the channel's config"
             )
+        max_body = _size_option(config, "max_body_bytes", self.max_body_bytes)
+        max_message = _size_option(config, "max_message_bytes", self.max_message_bytes)
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
         async with httpx.AsyncClient(
@@ -194,6 +279,7 @@ class DiscordProvider:
             headers=headers,
             timeout=self._http_timeout,
             limits=pool_limits(config, self.limits),
+            verify=shared_ssl_context(),
         ) as http:
             request = build_gateway_bot()
             with map_exceptions(
@@ -203,7 +289,14 @@ class DiscordProvider:
                     )
                 )
             ):
-                response = await http.request(request.method, request.path)
+                response = await fetch(
+                    http,
+                    request.method,
+                    request.path,
+                    deadline=self.request_deadline,
+                    max_body=max_body,
+                    what="asking Discord for the gateway (GET /gateway/bot)",
+                )
             gateway = interpret_gateway_bot(
                 response.status_code, response.headers, response.content
             )
@@ -226,6 +319,9 @@ class DiscordProvider:
                     nursery=nursery,
                     connect_timeout=self._connect_timeout,
                     max_bucket_wait=self._max_bucket_wait,
+                    max_message_bytes=max_message,
+                    max_body_bytes=max_body,
+                    request_deadline=self.request_deadline,
                 )
                 await nursery.start(conn._drive)
                 try:
@@ -247,8 +343,14 @@ class DiscordConnection:
         nursery: trio.Nursery,
         connect_timeout: float,
         max_bucket_wait: float,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     ) -> None:
         self._core = core
+        self._max_message_bytes = max_message_bytes
+        self._max_body_bytes = max_body_bytes
+        self._request_deadline = request_deadline
         self._http = http
         self._nursery = nursery
         self._connect_timeout = connect_timeout
@@ -369,7 +471,7 @@ class DiscordConnection:
                 "open a new one to send"
             )
 
-    async def _rest(self, request: RestRequest, peer: str, retry_note: str) -> httpx.Response:
+    async def _rest(self, request: RestRequest, peer: str, retry_note: str) -> Answer:
         """Perform ``request`` within its bucket: wait first when the bucket is known
         to be empty (up to ``max_bucket_wait``, else ``RateLimited``)."""
         route, major = request.route, request.major
@@ -390,17 +492,24 @@ class DiscordConnection:
                 )
             )
         ):
+            call = functools.partial(
+                fetch,
+                self._http,
+                request.method,
+                request.path,
+                deadline=self._request_deadline,
+                max_body=self._max_body_bytes,
+                what=f"{request.method} to Discord channel {peer}",
+            )
             if request.files:
                 files = [
                     (f"files[{n}]", (upload.filename, upload.data, upload.mime_type))
                     for n, upload in enumerate(request.files)
                 ]
                 payload = json.dumps(request.json or {})
-                response = await self._http.request(
-                    request.method, request.path, data={"payload_json": payload}, files=files
-                )
+                response = await call(data={"payload_json": payload}, files=files)
             else:
-                response = await self._http.request(request.method, request.path, json=request.json)
+                response = await call(json=request.json)
         now = trio.current_time()
         self._buckets.update(route, major, response.status_code, response.headers, now)
         return response
@@ -427,12 +536,7 @@ class DiscordConnection:
         with self._drive_scope:
             try:
                 while True:
-                    ws = await self._open_socket()
-                    try:
-                        reconnect = await self._pump(ws, None if self._started else task_status)
-                    finally:
-                        with trio.move_on_after(CLOSE_TIMEOUT):
-                            await ws.aclose()
+                    reconnect = await self._run_socket(None if self._started else task_status)
                     await trio.sleep(reconnect.delay)
             except ProviderError as error:
                 if not self._started:
@@ -440,27 +544,47 @@ class DiscordConnection:
                 self._error = error
                 self._send_events.close()
 
-    async def _open_socket(self) -> WebSocketConnection:
+    async def _run_socket(self, task_status: Any) -> Reconnect:
+        """Open one gateway socket and pump it until the core asks for another.
+
+        trio-websocket raises some of the peer's faults in its reader task
+        (an upgrade refused with an HTTP status, a 101 whose accept key is
+        wrong, wsproto's protocol errors): that task runs in a nursery of
+        this socket's own, so they end this socket as a mapped
+        :class:`TransientError` instead of crashing the connection.
+        """
         url = self._core.connect_url()
+        resumable = "stays resumable" if self._core.resumable else "will identify"
         with map_exceptions(
-            _transport_errors(
+            _gateway_errors(
                 lambda exc: (
-                    f"cannot open the Discord gateway at {url}: {exc!r}; "
-                    f"the session {'stays resumable' if self._core.resumable else 'will identify'}"
+                    f"the Discord gateway at {url} failed: {_socket_fault(exc)}; "
+                    f"the session {resumable}"
                 )
             )
         ):
-            with trio.fail_after(self._connect_timeout):
-                ws = await connect_websocket_url(self._nursery, url)
-        self._ws = ws
-        self.sockets_opened += 1
-        await self._apply(ws, self._core.connection_made(trio.current_time()))
-        return ws
+            async with _open_socket_nursery() as socket_nursery:
+                with trio.fail_after(self._connect_timeout):
+                    ws = await connect_websocket_url(
+                        socket_nursery, url, max_message_size=self._max_message_bytes
+                    )
+                self._ws = ws
+                self.sockets_opened += 1
+                try:
+                    await self._apply(ws, self._core.connection_made(trio.current_time()))
+                    return await self._pump(ws, task_status)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+                    socket_nursery.cancel_scope.cancel()
+        raise AssertionError("unreachable: the socket's block returns or raises")
 
     async def _pump(self, ws: WebSocketConnection, task_status: Any) -> Reconnect:
         """Read and time one socket until the core asks for another."""
         core = self._core
-        inflater = Inflater(core.compress) if core.compress is not None else None
+        inflater = (
+            Inflater(core.compress, self._max_message_bytes) if core.compress is not None else None
+        )
         self.inflater = inflater
         while True:
             deadline = core.next_deadline()

@@ -37,6 +37,7 @@ import attrs
 import cattrs
 from cattrs.v import format_exception
 
+from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, redirect_error
 from ..base import (
     AuthenticationFailed,
     BadRecipient,
@@ -181,6 +182,10 @@ class TelegramOptions:
         webhook_secret: the X-Telegram-Bot-Api-Secret-Token value (also read
             from ``credentials["webhook_secret"]``, which wins).
         drop_pending_updates: drop queued updates when setting the webhook.
+        max_body_bytes: the largest Bot API answer read; a larger one is a
+            transient error (``providers._http.fetch``).
+        request_deadline: seconds for a whole call and its answer, whatever
+            pace the server keeps (a getUpdates long poll adds its own wait).
     """
 
     mode: Literal["polling", "webhook"] = "polling"
@@ -192,6 +197,12 @@ class TelegramOptions:
     webhook_url: str | None = None
     webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_check_secret)
     drop_pending_updates: bool = False
+    max_body_bytes: int = attrs.field(
+        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
+    )
+    request_deadline: float = attrs.field(
+        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+    )
 
 
 _OPTIONS_CONVERTER: Final = cattrs.Converter(forbid_extra_keys=True)
@@ -456,13 +467,16 @@ def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> Provider
     return PermanentSendError(what, peer=peer)
 
 
-def parse_response(request: ApiRequest, status: int, body: bytes) -> Any:
+def parse_response(
+    request: ApiRequest, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> Any:
     """The ``result`` of a Bot API answer, or the mapped error.
 
     Args:
         request: what was asked (its method and peer shape the mapping).
         status: the HTTP status code.
         body: the raw response body.
+        headers: the response headers (a redirect's ``Location``).
 
     Returns:
         The decoded ``result`` value.
@@ -476,8 +490,11 @@ def parse_response(request: ApiRequest, status: int, body: bytes) -> Any:
         BadRecipient: 400 "chat not found", 403 "bot was blocked by the user", ...
         PermanentSendError: any other 4xx to a send.
         FatalError: any other 4xx to a non-send call (bad configuration).
-        TransientError: 5xx, or an answer that is not the Bot API's JSON.
+        TransientError: 5xx, a redirect (never followed), or an answer that is
+            not the Bot API's JSON.
     """
+    if (redirect := redirect_error(status, headers, f"telegram {request.method}")) is not None:
+        raise redirect
     try:
         env = wire.CONVERTER.structure(json.loads(body), wire.Envelope)
     except (ValueError, TypeError, cattrs.BaseValidationError) as exc:

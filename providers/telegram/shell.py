@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
@@ -29,6 +30,8 @@ import httpx
 import trio
 
 from .._exceptions import ExceptionMap, map_exceptions
+from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, shared_ssl_context
+from .._http import fetch as _fetch
 from .._nursery import open_connection_nursery
 from .._pool import pool_limits
 from ..base import (
@@ -72,10 +75,20 @@ class _Item:
 class _BotApi:
     """Performs :class:`core.ApiRequest` s for one bot token."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, token: str) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        token: str,
+        *,
+        max_body: int = DEFAULT_MAX_BODY_BYTES,
+        deadline: float = DEFAULT_REQUEST_DEADLINE,
+    ) -> None:
         self._client = client
         self._base_url = base_url
         self._token = token
+        self._max_body = max_body
+        self._deadline = deadline
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "<token>") if self._token else text
@@ -84,12 +97,27 @@ class _BotApi:
         """POST ``request`` as JSON and return its result (errors mapped by the core).
 
         Raises:
-            TransientError: network failure or timeout (and what the core maps).
+            TransientError: network failure, a timeout, no whole answer within
+                the total deadline (``request_deadline``, plus the long poll's
+                own wait for getUpdates), an answer over ``max_body_bytes``
+                (and what the core maps).
             FatalError: the base URL is unusable (and what the core maps).
             RateLimited, PermanentSendError: as mapped by the core.
         """
         url = core.method_url(self._base_url, self._token, request.method)
         timeout = httpx.Timeout(CONNECT_TIMEOUT, read=request.read_timeout)
+        # A long poll waits for updates by design: its wait comes on top.
+        deadline = self._deadline + max(0.0, request.read_timeout - core.REQUEST_TIMEOUT)
+        fetch = functools.partial(
+            _fetch,
+            self._client,
+            "POST",
+            url,
+            deadline=deadline,
+            max_body=self._max_body,
+            what=f"telegram {request.method}",
+            timeout=timeout,
+        )
         with map_exceptions(self._errors(request)):
             if request.files:
                 # Multipart: scalars as text, nested values as JSON, as the Bot API reads them.
@@ -101,10 +129,12 @@ class _BotApi:
                     name: (upload.filename, upload.data, upload.mime_type)
                     for name, upload in request.files.items()
                 }
-                response = await self._client.post(url, data=data, files=files, timeout=timeout)
+                response = await fetch(data=data, files=files)
             else:
-                response = await self._client.post(url, json=dict(request.params), timeout=timeout)
-        return core.parse_response(request, response.status_code, response.content)
+                response = await fetch(json=dict(request.params))
+        return core.parse_response(
+            request, response.status_code, response.content, response.headers
+        )
 
     def _errors(self, request: core.ApiRequest) -> ExceptionMap:
         """The shell's mapping table: httpx's errors in the provider tree (first match wins)."""
@@ -417,8 +447,16 @@ class TelegramProvider:
         cursor = core.UpdateCursor.from_session(session)
         base_url = config.base_url or core.DEFAULT_BASE_URL
         pool = pool_limits(config, self.limits, extra=1)  # + the getUpdates long poll
-        async with httpx.AsyncClient(transport=self._transport, limits=pool) as client:
-            api = _BotApi(client, base_url, token)
+        async with httpx.AsyncClient(
+            transport=self._transport, limits=pool, verify=shared_ssl_context()
+        ) as client:
+            api = _BotApi(
+                client,
+                base_url,
+                token,
+                max_body=options.max_body_bytes,
+                deadline=options.request_deadline,
+            )
             bot = core.parse_me(await api.call(core.get_me()))
             if options.mode == "webhook" and options.webhook_url is not None:
                 assert options.webhook_secret is not None

@@ -143,6 +143,7 @@ async def open_link(
     headers: list[tuple[bytes, bytes]],
     *,
     ssl_context: ssl.SSLContext | None = None,
+    max_message_size: int = MAX_MESSAGE_SIZE,
 ) -> WebSocketLink:
     """Connect to ``url`` (``ws://`` or ``wss://``) and complete the upgrade.
 
@@ -150,6 +151,8 @@ async def open_link(
         url: the endpoint, with its path and query.
         headers: extra request headers (``Authorization``...).
         ssl_context: for ``wss://``; the system's default context if None.
+        max_message_size: the largest message accepted, in characters (text)
+            or bytes (binary); a larger one closes the link with 1009.
 
     Raises:
         OSError: TCP or TLS failed.
@@ -176,7 +179,7 @@ async def open_link(
     except BaseException:
         await io.aclose()
         raise
-    return WebSocketLink(io, ws)
+    return WebSocketLink(io, ws, max_message_size=max_message_size)
 
 
 async def _connect_tcp(host: str, port: int) -> socket.socket:
@@ -359,9 +362,21 @@ def _lower(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 class WebSocketLink:
     """An open client websocket (see the module docstring for how to drive it)."""
 
-    __slots__ = ("_broken", "_close_seen", "_fragments", "_io", "_lock", "_replies", "_ws")
+    __slots__ = (
+        "_broken",
+        "_close_seen",
+        "_fragments",
+        "_io",
+        "_lock",
+        "_max_message_size",
+        "_replies",
+        "_ws",
+    )
 
-    def __init__(self, io: _SocketIO | _StreamIO, ws: Connection) -> None:
+    def __init__(
+        self, io: _SocketIO | _StreamIO, ws: Connection, *, max_message_size: int = MAX_MESSAGE_SIZE
+    ) -> None:
+        self._max_message_size = max_message_size
         self._io = io
         self._ws = ws
         self._lock = trio.Lock()
@@ -423,13 +438,14 @@ class WebSocketLink:
         return items
 
     def _assemble(self, part: str | bytes, finished: bool) -> str | bytes | Closed | None:
-        if finished and self._fragments is None:
+        limit = self._max_message_size
+        if finished and self._fragments is None and len(part) <= limit:
             return part
         fragments = self._fragments if self._fragments is not None else []
         fragments.append(part)
-        if sum(len(f) for f in fragments) > MAX_MESSAGE_SIZE:
+        if sum(len(f) for f in fragments) > limit:
             self._fragments = None
-            reason = f"message larger than {MAX_MESSAGE_SIZE}"
+            reason = f"message larger than {limit}"
             self._replies.append(self._ws.send(CloseConnection(MESSAGE_TOO_BIG, reason)))
             return Closed(MESSAGE_TOO_BIG, f"we refused a {reason}")
         if not finished:

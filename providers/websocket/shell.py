@@ -86,6 +86,7 @@ from .core import (
     WebSocketCore,
 )
 from .link import (
+    MAX_MESSAGE_SIZE,
     Closed,
     LinkClosed,
     LinkHandshakeFailed,
@@ -131,6 +132,9 @@ class WebSocketOptions:
         token_in_query: send the token as ``?token=`` instead of a header.
         event_buffer: inbound events buffered for a slow consumer; beyond it the
             reader waits (and a long stall trips the keepalive).
+        max_message_bytes: the largest message read, in characters (text) or
+            bytes (binary); a larger one closes the link with 1009, a
+            transient error (the channel reconnects with backoff).
     """
 
     ping_interval: float | None = attrs.field(default=20.0, validator=_positive)
@@ -141,6 +145,7 @@ class WebSocketOptions:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     token_in_query: bool = False
     event_buffer: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=attrs.validators.ge(1))
 
 
 _OPTIONS: Final = cattrs.Converter(forbid_extra_keys=True)
@@ -320,7 +325,9 @@ class WebSocketConnection:
             with map_exceptions(_connect_errors(url, self._options.connect_timeout)):
                 try:
                     with trio.fail_after(self._options.connect_timeout):
-                        self._link = await open_link(url, headers)
+                        self._link = await open_link(
+                            url, headers, max_message_size=self._options.max_message_bytes
+                        )
                         self._nursery.start_soon(self._run)
                         await self._ready.wait()
                 except trio.TooSlowError:
@@ -349,7 +356,13 @@ class WebSocketConnection:
         core = self._core
         data: bytes | None = b""  # first, the frames that came with the handshake
         while True:
-            items = link.feed(data)
+            try:
+                items = link.feed(data)
+            except Exception as exc:  # wsproto's reaction to a peer's fault: the link is over
+                text = repr(exc)[:200]
+                await self._apply(core.connection_lost(None, f"the link failed: {text}"))
+                await link.aclose()
+                return
             await link.flush()  # pongs and close acks first: the peer waits for them
             now = trio.current_time()
             for item in items:

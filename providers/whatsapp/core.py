@@ -54,8 +54,15 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 
-from providers._http import json_body, lower_keys
+from providers._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    json_body,
+    lower_keys,
+    redirect_error,
+)
 from providers.base import (
     AuthenticationFailed,
     BadRecipient,
@@ -169,9 +176,22 @@ class _Options:
     timeout: float = 10.0  # seconds, per HTTP request
     verify_on_open: bool = True
     event_buffer: int = 1024  # events queued between webhook and consumer
+    # bytes of one Graph API answer; seconds for a whole call
+    max_body_bytes: int = attrs.field(
+        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
+    )
+    request_deadline: float = attrs.field(
+        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+    )
 
 
 _OPTIONS: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+
+
+def _why(exc: BaseException, type_: type | None) -> str:
+    # An attrs validator's ValueError names the field and the bound: keep it.
+    text = format_exception(exc, type_)
+    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
 
 
 @attrs.frozen(kw_only=True)
@@ -186,9 +206,13 @@ class WhatsAppSettings:
         verify_token: the token Meta echoes during webhook verification.
         base_url: the Graph API root (an emulator's in tests).
         api_version: the Graph API version path segment, e.g. ``v21.0``.
-        timeout: seconds per HTTP request.
+        timeout: seconds per HTTP read or write (httpx's timeouts).
         verify_on_open: check the token and number with one GET on open.
         event_buffer: events that may wait between webhook and consumer.
+        max_body_bytes: the largest Graph API answer read; a larger one is a
+            transient error.
+        request_deadline: seconds for a whole call and its answer, whatever
+            pace the server keeps.
     """
 
     channel_id: str
@@ -201,6 +225,8 @@ class WhatsAppSettings:
     timeout: float = 10.0
     verify_on_open: bool = True
     event_buffer: int = 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_deadline: float = DEFAULT_REQUEST_DEADLINE
 
     @property
     def api_root(self) -> str:
@@ -230,7 +256,7 @@ class WhatsAppSettings:
         try:
             options = _OPTIONS.structure(dict(config.options), _Options)
         except cattrs.BaseValidationError as exc:
-            detail = "; ".join(cattrs.transform_error(exc, path="$.options"))
+            detail = "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
             raise FatalError(
                 f"whatsapp channel {config.channel_id!r} has invalid options: {detail}"
             ) from exc
@@ -245,6 +271,8 @@ class WhatsAppSettings:
             timeout=options.timeout,
             verify_on_open=options.verify_on_open,
             event_buffer=options.event_buffer,
+            max_body_bytes=options.max_body_bytes,
+            request_deadline=options.request_deadline,
         )
 
 
@@ -521,6 +549,8 @@ def map_error(
     Returns:
         The error to raise (the caller raises it, so tracebacks start there).
     """
+    if (redirect := redirect_error(status, headers, "a Graph API call")) is not None:
+        return redirect
     parsed = json_body(body)
     try:
         error = GRAPH.structure(parsed, _ErrorBody).error

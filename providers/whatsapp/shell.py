@@ -20,6 +20,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -30,6 +31,8 @@ import httpx
 import trio
 
 from providers._exceptions import ExceptionMap, map_exceptions
+from providers._http import Answer, shared_ssl_context
+from providers._http import fetch as _fetch
 from providers._pool import pool_limits
 from providers.base import (
     ChannelConfig,
@@ -177,24 +180,30 @@ class WhatsAppConnection:
 
     # --- outbound ------------------------------------------------------------------------
 
-    async def _perform(self, request: ApiRequest) -> httpx.Response:
+    async def _perform(self, request: ApiRequest) -> Answer:
         if self._closed:
             raise trio.ClosedResourceError(
                 f"whatsapp channel {self.settings.channel_id!r} is closed; open a new connection"
             )
+        settings = self.settings
+        fetch = functools.partial(
+            _fetch,
+            self._client,
+            request.method,
+            request.url,
+            deadline=settings.request_deadline,
+            max_body=settings.max_body_bytes,
+            what=f"{request.method} to the Graph API",
+            headers=dict(request.headers),
+        )
         with map_exceptions(self._errors(request)):
             if request.upload is not None:
                 upload = request.upload
-                return await self._client.request(
-                    request.method,
-                    request.url,
-                    headers=dict(request.headers),
+                return await fetch(
                     data=dict(request.form or {}),
                     files={"file": (upload.filename, upload.data, upload.mime_type)},
                 )
-            return await self._client.request(
-                request.method, request.url, headers=dict(request.headers), json=request.json
-            )
+            return await fetch(json=request.json)
 
     def _errors(self, request: ApiRequest) -> ExceptionMap:
         """The shell's mapping table: httpx's errors are transient (first match wins)."""
@@ -384,7 +393,12 @@ class WhatsAppProvider:
     async def _open(
         self, settings: WhatsAppSettings, pool: httpx.Limits
     ) -> AsyncIterator[WhatsAppConnection]:
-        client = httpx.AsyncClient(timeout=settings.timeout, transport=self._transport, limits=pool)
+        client = httpx.AsyncClient(
+            timeout=settings.timeout,
+            transport=self._transport,
+            limits=pool,
+            verify=shared_ssl_context(),
+        )
         try:
             connection = WhatsAppConnection(settings, client)
             if settings.verify_on_open:

@@ -402,10 +402,17 @@ class SupervisorConfig:
         restart_backoff: delay between restarts, so a crash loop never
             becomes a reconnect storm.
         shutdown: seconds a channel gets to stop before it is killed.
+        channel_intensity: restarts one channel's actor may need within
+            ``channel_period`` (each channel counts its own, never against
+            ``intensity``); one more and that channel alone is FAILED, with
+            the reason, while the others carry on.
+        channel_period: seconds (the window of ``channel_intensity``).
     """
 
     intensity: int = attrs.field(default=100, validator=NOT_NEGATIVE)
     period: Seconds = attrs.field(default=10.0, validator=POSITIVE)
+    channel_intensity: int = attrs.field(default=5, validator=NOT_NEGATIVE)
+    channel_period: Seconds = attrs.field(default=60.0, validator=POSITIVE)
     restart_backoff: RestartBackoffConfig = attrs.field(factory=RestartBackoffConfig)
     shutdown: Seconds = attrs.field(default=5.0, validator=POSITIVE)
 
