@@ -14,7 +14,8 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    told ``NodeDraining``: nothing accepted is silently dropped, and nothing
    sent is kept. (A send cut off on the wire may have reached the platform;
    the next start sends it again with the same idempotency key, so delivery
-   is at least once.)
+   is at least once.) A resend of a message an earlier run kept is in the
+   store already (``Pending.kept_id``): it stays there and is not kept twice.
 5. Write the channels' last checkpoints, then flush the store.
 
 The drain works on explicit collaborators, never on the node's insides: the
@@ -55,6 +56,7 @@ class Pending:
     channel_id: str
     message: Operation
     accepted_at: float  # unix time
+    kept_id: int | None = None  # a resend of this kept message: in the store already
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cut: bool = False  # the drain deadline passed while it was in flight
     done: bool = False  # it finished (sent or refused) before it could be kept
@@ -77,9 +79,13 @@ class SendTracker:
         return len(self._pending)
 
     @contextmanager
-    def track(self, channel_id: str, message: Operation) -> Iterator[Pending]:
-        """Count one send from now until the block ends."""
-        pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
+    def track(
+        self, channel_id: str, message: Operation, *, kept_id: int | None = None
+    ) -> Iterator[Pending]:
+        """Count one send from now until the block ends (``kept_id``: a resend of a kept one)."""
+        pending = Pending(
+            channel_id=channel_id, message=message, accepted_at=time.time(), kept_id=kept_id
+        )
         self._pending.add(pending)
         try:
             yield pending
@@ -224,10 +230,12 @@ async def _keep_leftovers(
         for pending in leftovers
     ]
     # Kept before the senders hear about it: a crash in between loses nothing.
+    # A resend of a kept message is still in the store (see runtime.resend).
+    new = [item for item, pending in zip(kept, leftovers, strict=True) if pending.kept_id is None]
     stored = False
     try:
         with trio.CancelScope(shield=True):
-            await store.keep_outbound(kept)
+            await store.keep_outbound(new)
         stored = True
     finally:
         for pending in leftovers:

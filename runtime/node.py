@@ -102,8 +102,9 @@ from .errors import (
 from .events import EventHub, Subscription
 from .node_cluster import ClusterMode
 from .ops import serve_ops
+from .resend import resend_kept
 from .services import ServiceActor, ServiceHandle, naming_bind_errors
-from .store import Store, open_store
+from .store import KeptMessage, Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
 from .telemetry.histograms import NodeTimings
@@ -511,14 +512,20 @@ class Node(ClusterMode, DeadLetterOps):
         return await self._perform(channel_id, op, timeout)
 
     async def _perform(
-        self, channel_id: str, message: Operation, wait: float | None
+        self,
+        channel_id: str,
+        message: Operation,
+        wait: float | None,
+        *,
+        kept_id: int | None = None,
     ) -> SendResult | None:
+        """``kept_id``: the store's id of a kept message this resends (the drain keeps it once)."""
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
             return await self._cluster_send(channel_id, message, timeout=timeout)
         self._check_accepting()
-        return await self._send_here(channel_id, message, timeout=timeout)
+        return await self._send_here(channel_id, message, timeout=timeout, kept_id=kept_id)
 
     async def _send_here(
         self,
@@ -526,6 +533,7 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        kept_id: int | None = None,
     ) -> SendResult | None:
         """:meth:`perform` on a channel that runs on this node.
 
@@ -550,7 +558,9 @@ class Node(ClusterMode, DeadLetterOps):
             # The first failed (or is still out): this one tries on its own.
         flight = self._in_flight[flight_key] = trio.Event()
         try:
-            return await self._perform_tracked(channel, channel_id, message, timeout=timeout)
+            return await self._perform_tracked(
+                channel, channel_id, message, timeout=timeout, kept_id=kept_id
+            )
         finally:
             if self._in_flight.get(flight_key) is flight:
                 del self._in_flight[flight_key]
@@ -563,11 +573,12 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        kept_id: int | None = None,
     ) -> SendResult | None:
         sent = channel.memory.sent
         with (
             map_send_errors(channel_id, message.idempotency_key),
-            self._sends.track(channel_id, message) as pending,
+            self._sends.track(channel_id, message, kept_id=kept_id) as pending,
         ):
             with pending.scope:
                 began = trio.current_time()
@@ -1018,33 +1029,12 @@ class Node(ClusterMode, DeadLetterOps):
         )
 
     async def _resend_kept(self) -> None:
-        """Send again what the previous run kept at its drain deadline."""
-        kept = await self.store.take_outbound()
-        if not kept:
-            return
-        log.info("resending %d message(s) kept by the previous run", len(kept))
-        assert self._nursery is not None
-        for item in kept:
-            self._nursery.start_soon(self._resend_one, item)
+        """Send again what the previous run kept at its drain (see ``runtime.resend``)."""
 
-    async def _resend_one(self, item: Any) -> None:
-        try:
-            await self._perform(item.channel_id, item.message, None)
-        except NodeDraining:
-            return  # kept again by the drain
-        except Exception as exc:
-            log.error(
-                "a message kept by the previous run (idempotency key %s) could not be sent: %s",
-                item.message.idempotency_key,
-                exc,
-                extra={
-                    "channel": item.channel_id,
-                    "switchboard.idempotency_key": item.message.idempotency_key,
-                    "switchboard.peer": item.message.peer,
-                    "error.type": type(exc).__name__,
-                },
-            )
-            await self.store.keep_outbound([attrs.evolve(item, reason=f"resend failed: {exc}")])
+        async def send(item: KeptMessage) -> None:
+            await self._perform(item.channel_id, item.message, None, kept_id=item.kept_id)
+
+        await resend_kept(self.store, send, self._checkpoints.flush)
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

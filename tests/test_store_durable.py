@@ -250,7 +250,7 @@ async def test_postgres_migrates_the_previous_release_s_schema_keeping_its_data(
                 )
             config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
             async with open_store(config) as store:
-                kept = await store.take_outbound()
+                kept = await store.read_outbound()
                 await store.write_checkpoints([checkpoint("tg:1", 1, state())])
             async with open_store(config) as again:  # migrating twice is a no-op
                 assert await again.load_checkpoint("tg:1") is not None

@@ -3,9 +3,16 @@
 Design:
 - :class:`Store` is what the node uses: the channels' inbound sink
   (``save_inbound``), the drain's outbox (``keep_outbound`` at shutdown,
-  ``take_outbound`` at the next start) and a window on recent events for the
-  admin console. :func:`open_store` picks the backend from the config and
-  owns its lifetime: nothing a store starts outlives the ``async with``.
+  ``read_outbound`` at the next start, ``forget_outbound`` for each message
+  once the platform took it or it was dead-lettered) and a window on recent
+  events for the admin console. :func:`open_store` picks the backend from
+  the config and owns its lifetime: nothing a store starts outlives the
+  ``async with``.
+- A kept message leaves the outbox only through ``forget_outbound``: reading
+  it forgets nothing, so a process killed while it resends finds every
+  message not yet sent at its next start (delivery is at least once; the
+  idempotency key makes the repeat harmless). A stored row that cannot be
+  decoded is reported and skipped, never allowed to hold back the others.
 - The hot path only appends. ``save_inbound`` puts events in a buffer and
   returns without a checkpoint; a flusher task owned by the ``open_store``
   block writes them in batches of ``batch_size`` when a batch fills or every
@@ -87,12 +94,16 @@ class KeptMessage:
         reason: why it was kept, e.g. ``not sent by the drain deadline (10.0 s)``.
         accepted_at: when the channel accepted it, unix time (PostgreSQL keeps
             it to the microsecond).
+        kept_id: the store's id for it, set by ``read_outbound`` (what
+            ``forget_outbound`` takes); ``None`` before it is kept. It is the
+            store's bookkeeping, not part of the message: equality ignores it.
     """
 
     channel_id: str
     message: Operation
     reason: str
     accepted_at: float
+    kept_id: int | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -209,18 +220,33 @@ class Store(Protocol):
         ...
 
     async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
-        """Keep messages that were not sent, for ``take_outbound`` at the next start.
+        """Keep messages that were not sent, for ``read_outbound`` at the next start.
 
         Raises:
             StoreError: they could not be kept.
         """
         ...
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """Return every kept message, oldest first, and forget them.
+    async def read_outbound(self) -> list[KeptMessage]:
+        """Every kept message, oldest first, each with its ``kept_id``; none is forgotten.
+
+        A stored row that is not a kept message is logged (with its id),
+        counted in ``statistics().errors`` and left where it is; the others
+        are returned all the same.
 
         Raises:
-            StoreError: they could not be read; nothing was forgotten.
+            StoreError: they could not be read.
+        """
+        ...
+
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """Forget these kept messages (sent, or dead-lettered); returns how many were kept.
+
+        Ids no longer kept (forgotten already, by this or another node) are
+        ignored.
+
+        Raises:
+            StoreError: they could not be forgotten; all are still kept.
         """
         ...
 
@@ -587,8 +613,12 @@ class BatchingStore(abc.ABC):
         """See :meth:`Store.keep_outbound`."""
 
     @abc.abstractmethod
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`Store.read_outbound`."""
+
+    @abc.abstractmethod
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`Store.forget_outbound`."""
 
     @abc.abstractmethod
     async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:

@@ -15,11 +15,13 @@ Design:
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import trio
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
@@ -65,7 +67,8 @@ class MemoryStore(BatchingStore):
         self._capacity = capacity
         self._recent: collections.deque[tuple[DedupeKey, Event]] = collections.deque()
         self._keys: set[DedupeKey] = set()
-        self._kept_here: list[KeptMessage] = []
+        self._kept_here: dict[int, KeptMessage] = {}  # by kept_id, oldest first
+        self._kept_ids = itertools.count(1)
         self._owner_token = 0
         # channel -> (token, tenant, version, state JSON); channel -> its letter rows
         self._checkpoints: dict[str, tuple[int, str, int, str]] = {}
@@ -110,15 +113,22 @@ class MemoryStore(BatchingStore):
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        self._kept_here.extend(items)
+        for item in items:
+            kept_id = next(self._kept_ids)
+            self._kept_here[kept_id] = attrs.evolve(item, kept_id=kept_id)
         self._kept += len(items)
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`runtime.store.Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`runtime.store.Store.read_outbound`."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        taken, self._kept_here = self._kept_here, []
-        return taken
+        return list(self._kept_here.values())
+
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`runtime.store.Store.forget_outbound`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return sum(self._kept_here.pop(kept_id, None) is not None for kept_id in set(kept_ids))
 
     # --- channels' durable state ---------------------------------------------------------
 

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import attrs
 import trio
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
@@ -65,6 +66,7 @@ __all__ = ["SqliteStore", "open_sqlite_store"]
 log = logging.getLogger("switchboard.store")
 
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a statement waits for another process's lock
+_SQLITE_PARAMS: Final = 500  # ids per DELETE (SQLite's host parameters are limited)
 _T = TypeVar("_T")
 
 
@@ -269,37 +271,62 @@ class SqliteStore(BatchingStore):
         await self._write(f"insert of {len(rows)} rows into kept_outbound", insert)
         self._kept += len(items)
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`runtime.store.Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`runtime.store.Store.read_outbound`."""
         self._check_open()
 
-        def take(conn: sqlite3.Connection) -> list[KeptMessage]:
-            rows = conn.execute(
+        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
                 "SELECT id, channel_id, payload, reason, accepted_at FROM kept_outbound ORDER BY id"
             ).fetchall()
-            # Decoded inside the transaction: a bad row rolls the DELETE back.
-            kept = [self._kept_message(row) for row in rows]
-            conn.execute("DELETE FROM kept_outbound")
-            return kept
 
-        return await self._write("delete from kept_outbound", take)
+        rows = await self._run("select from kept_outbound", read)
+        kept = []
+        for row in rows:
+            try:
+                kept.append(self._kept_message(row))
+            except ValueError as exc:
+                self._errors += 1
+                log.error(
+                    "SQLite at %s: row id=%s of kept_outbound is not a kept message (%s); "
+                    "it is left in place and not sent: fix or delete that row",
+                    self.path,
+                    row[0],
+                    exc,
+                )
+        return kept
 
-    def _kept_message(self, row: tuple[Any, ...]) -> KeptMessage:
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`runtime.store.Store.forget_outbound`."""
+        self._check_open()
+        ids = sorted(set(kept_ids))
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def forget(conn: sqlite3.Connection) -> int:
+            forgotten = 0
+            for start in range(0, len(ids), _SQLITE_PARAMS):
+                chunk = ids[start : start + _SQLITE_PARAMS]
+                marks = ", ".join("?" * len(chunk))
+                cursor = conn.execute(f"DELETE FROM kept_outbound WHERE id IN ({marks})", chunk)
+                forgotten += cursor.rowcount
+            return forgotten
+
+        return await self._write(f"delete of {len(ids)} rows from kept_outbound", forget)
+
+    @staticmethod
+    def _kept_message(row: tuple[Any, ...]) -> KeptMessage:
         row_id, channel_id, payload, reason, accepted_at = row
-        try:
-            return decode_kept(
-                {
-                    "channel_id": channel_id,
-                    "message": json.loads(payload),
-                    "reason": reason,
-                    "accepted_at": accepted_at,
-                }
-            )
-        except ValueError as exc:
-            raise StoreError(
-                f"SQLite at {self.path}: row id={row_id} of kept_outbound is not a kept "
-                f"message ({exc}); nothing was taken: fix or delete that row"
-            ) from exc
+        kept = decode_kept(
+            {
+                "channel_id": channel_id,
+                "message": json.loads(payload),
+                "reason": reason,
+                "accepted_at": accepted_at,
+            }
+        )
+        return attrs.evolve(kept, kept_id=row_id)
 
     # --- channels' durable state ---------------------------------------------------------
 
