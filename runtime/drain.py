@@ -233,15 +233,19 @@ async def _keep_leftovers(
     # A resend of a kept message is still in the store (see runtime.resend).
     new = [item for item, pending in zip(kept, leftovers, strict=True) if pending.kept_id is None]
     stored = False
+    refused: set[int] = set()  # id() of the items the store could not encode (it logged them)
     try:
         with trio.CancelScope(shield=True):
-            await store.keep_outbound(new)
+            refused = {id(item) for item in await store.keep_outbound(new)}
         stored = True
     finally:
-        for pending in leftovers:
-            pending.kept = stored
+        for item, pending in zip(kept, leftovers, strict=True):
+            pending.kept = stored and id(item) not in refused
             pending.settled.set()
             pending.scope.cancel()
+    kept = [item for item in kept if id(item) not in refused]
+    if not kept:
+        return []
     by_channel = Counter(item.channel_id for item in kept)
     where = (
         f"kept in the {store.statistics().backend} store for the next start"

@@ -63,6 +63,7 @@ from providers.operations import (
     Operation,
     React,
     SendTyping,
+    json_problems,
 )
 from providers.registry import PROVIDERS, load
 from supervisors import (
@@ -92,6 +93,7 @@ from .errors import (
     ChannelStartFailed,
     ChannelUnavailable,
     ConnectionLimitReached,
+    InvalidMessage,
     NodeDraining,
     NodeError,
     NodeNotRunning,
@@ -520,6 +522,19 @@ class Node(ClusterMode, DeadLetterOps):
         kept_id: int | None = None,
     ) -> SendResult | None:
         """``kept_id``: the store's id of a kept message this resends (the drain keeps it once)."""
+        problems = json_problems(message)
+        if problems:
+            # Refused here, before it can be sent, kept or forwarded: JSON carries it
+            # everywhere, and one such message would spoil every batch it joined.
+            error = InvalidMessage(
+                f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: the "
+                "message holds what JSON cannot carry, so it can be neither sent nor kept: "
+                + "; ".join(f"{text} @ {path}" for path, text in problems),
+                channel_id=channel_id,
+                idempotency_key=message.idempotency_key,
+            )
+            error.problems = tuple(problems)
+            raise error
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.

@@ -388,3 +388,35 @@ async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
             left = await store.read_outbound()
     assert [item.message.idempotency_key for item in left] == ["nowhere"]  # unknown channel
     assert [d.letter.message.idempotency_key for d in letters] == ["refused"]
+
+
+async def test_send_refuses_what_json_cannot_carry_with_a_typed_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One NaN used to be accepted, then spoil the drain's whole kept batch (issue 11)."""
+    from providers.operations import EditMessage
+    from runtime import InvalidMessage
+
+    provider = SimulatedProvider()
+    bad = OutboundMessage(
+        peer="p1", idempotency_key="k-nan", text="hi", metadata={"score": float("nan")}
+    )
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with pytest.raises(InvalidMessage) as caught:
+                await node.send("a", bad)
+            with pytest.raises(ValueError, match=r"a set is not a JSON value @ \$\.metadata\.tags"):
+                await node.edit(
+                    "a", EditMessage(peer="p1", message_id="m", text="t", metadata={"tags": {1}})
+                )
+            assert (await node.send("a", message("k-fine"))).peer == "p1"
+    error = caught.value
+    assert (error.channel_id, error.idempotency_key) == ("a", "k-nan")
+    assert error.problems == (
+        ("$.metadata.score", "nan is not a JSON number (only finite numbers are)"),
+    )
+    assert "'k-nan'" in str(error) and "$.metadata.score" in str(error)
+    assert [m.idempotency_key for m in provider.sent] == ["k-fine"]

@@ -581,3 +581,25 @@ async def test_sqlite_reports_and_skips_a_corrupt_kept_row(
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM kept_outbound").fetchone() == (3,)
     assert any(f"row id={bad_id} of kept_outbound" in r.getMessage() for r in caplog.records)
+
+
+async def test_one_message_json_cannot_carry_does_not_spoil_a_kept_batch(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NaN in one kept message used to make keep_outbound fail for all (issue 11)."""
+    bad = [
+        kept(2, text="nan", metadata={"score": float("nan")}),
+        kept(3, text="object", metadata={"when": object()}),
+    ]
+    items = [kept(1), *bad, kept(4)]
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            refused = await store.keep_outbound(items)
+            assert refused == bad
+            assert await store.read_outbound() == [kept(1), kept(4)]
+            stats = store.statistics()
+            assert (stats.kept, stats.errors) == (2, 2)
+            assert await store.keep_outbound(bad) == bad  # nothing to write, nothing raised
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("'key-2'" in line and "wa:1" in line for line in logged)
+    assert any("'key-3'" in line for line in logged)

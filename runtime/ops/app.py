@@ -76,9 +76,10 @@ from actors import (
     SendFailed,
 )
 from providers.base import OutboundMessage, PermanentSendError
+from providers.operations import json_problems
 
 from ..config.model import MetricsConfig
-from ..errors import NodeDraining, NodeError, UnknownChannel
+from ..errors import InvalidMessage, NodeDraining, NodeError, UnknownChannel
 from ..view import NodeView, WebhookTarget
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report
 from .letters import DeadLetterApi
@@ -118,6 +119,7 @@ MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 
 # Send errors and their answers: (class, HTTP status, Retry-After), first match wins.
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
+    (InvalidMessage, 400, None),
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
     (MailboxFull, 429, MAILBOX_RETRY_AFTER),
@@ -304,6 +306,7 @@ def _structure_message(raw: Any) -> OutboundMessage:
             problems.append((path, text))
         raise _InvalidMessage(problems) from exc
     problems.extend(no_local_files(message))
+    problems.extend(json_problems(message))
     if problems:
         raise _InvalidMessage(problems)
     return message

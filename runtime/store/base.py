@@ -37,10 +37,10 @@ from __future__ import annotations
 import abc
 import collections
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import trio
@@ -82,6 +82,7 @@ BACKPRESSURE_WAIT: Final = 5.0  # seconds save_inbound waits for room before ref
 FINAL_FLUSH_DEADLINE: Final = 10.0  # seconds the last flush gets when the store closes
 RETRY_DELAY_CAP: Final = 5.0  # seconds, the longest pause between failing flushes
 MIN_FLUSH_INTERVAL: Final = 0.001  # seconds; 0 would make the flusher spin
+_R = TypeVar("_R")
 
 
 @attrs.frozen(kw_only=True)
@@ -219,11 +220,18 @@ class Store(Protocol):
         """
         ...
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """Keep messages that were not sent, for ``read_outbound`` at the next start.
 
+        One message JSON cannot carry (``node.send`` refuses those, so only a
+        defect makes one) is left out, logged with its channel and key, and
+        counted in ``statistics().errors``; the others are kept all the same.
+
+        Returns:
+            The messages left out that way (empty when all were kept).
+
         Raises:
-            StoreError: they could not be kept.
+            StoreError: they could not be kept; none was.
         """
         ...
 
@@ -582,6 +590,47 @@ class BatchingStore(abc.ABC):
             )
         raise StoreError(f"the {self.backend} store is closed: its open_store block has ended")
 
+    # --- records JSON cannot carry ---------------------------------------------------------
+
+    def _encode_kept(
+        self, items: Sequence[KeptMessage], encode: Callable[[KeptMessage], _R]
+    ) -> tuple[list[_R], list[KeptMessage]]:
+        """``encode`` each kept message; the ones it refuses are logged and left out."""
+        rows: list[_R] = []
+        refused: list[KeptMessage] = []
+        for item in items:
+            try:
+                rows.append(encode(item))
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                self._errors += 1
+                refused.append(item)
+                log.error(
+                    "%s store: a message of channel %s (idempotency key %r) cannot be kept "
+                    "and is left out; the %d other(s) are kept: %s",
+                    self.backend,
+                    item.channel_id,
+                    item.message.idempotency_key,
+                    len(items) - 1,
+                    exc,
+                    extra={
+                        "channel": item.channel_id,
+                        "switchboard.idempotency_key": item.message.idempotency_key,
+                    },
+                )
+        return rows, refused
+
+    def _report_rejected(self, rejected: Sequence[tuple[str, str]]) -> None:
+        """Log and count the checkpoints and dead letters left out of a batch."""
+        for channel_id, problem in rejected:
+            self._errors += 1
+            log.error(
+                "%s store: channel %s: %s; left out, the rest of the batch is written",
+                self.backend,
+                channel_id,
+                problem,
+                extra={"channel": channel_id},
+            )
+
     # --- counters ---------------------------------------------------------------------
 
     def statistics(self) -> StoreStatistics:
@@ -609,7 +658,7 @@ class BatchingStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`Store.keep_outbound`."""
 
     @abc.abstractmethod

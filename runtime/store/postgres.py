@@ -379,22 +379,22 @@ class PostgresStore(PostgresDurable, BatchingStore):
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
-        if not items:
+        rows, refused = self._encode_kept(
+            items,
+            lambda item: (
+                item.channel_id,
+                dumps(encode_outbound(item.message)),
+                item.reason,
+                dt.datetime.fromtimestamp(item.accepted_at, tz=dt.UTC),
+            ),
+        )
+        if not rows:
             await trio.lowlevel.checkpoint()
-            return
-        try:
-            columns = (
-                [item.channel_id for item in items],
-                [dumps(encode_outbound(item.message)) for item in items],
-                [item.reason for item in items],
-                [dt.datetime.fromtimestamp(item.accepted_at, tz=dt.UTC) for item in items],
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            self._errors += 1
-            raise StoreError(f"outbound messages that cannot be kept: {exc}") from exc
+            return refused
+        columns = [list(column) for column in zip(*rows, strict=True)]
         try:
             async with self._connection() as conn:
                 await self._aio(conn.execute)(
@@ -404,8 +404,9 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     *columns,
                 )
         except _DB_ERRORS as exc:
-            self._fail(f"insert of {len(items)} rows into {self.outbound_table}", exc)
-        self._kept += len(items)
+            self._fail(f"insert of {len(rows)} rows into {self.outbound_table}", exc)
+        self._kept += len(rows)
+        return refused
 
     async def read_outbound(self) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.read_outbound`."""

@@ -56,9 +56,8 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
+    encode_checkpoints,
     letter_from_row,
-    letter_rows,
-    state_json,
 )
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
@@ -241,25 +240,21 @@ class SqliteStore(BatchingStore):
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
-        if not items:
+        rows, refused = self._encode_kept(
+            items,
+            lambda item: (
+                item.channel_id,
+                dumps(encode_outbound(item.message)),
+                item.reason,
+                item.accepted_at,
+            ),
+        )
+        if not rows:
             await trio.lowlevel.checkpoint()
-            return
-        try:
-            rows = [
-                (
-                    item.channel_id,
-                    dumps(encode_outbound(item.message)),
-                    item.reason,
-                    item.accepted_at,
-                )
-                for item in items
-            ]
-        except (ValueError, TypeError) as exc:
-            self._errors += 1
-            raise StoreError(f"outbound messages that cannot be kept: {exc}") from exc
+            return refused
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -269,7 +264,8 @@ class SqliteStore(BatchingStore):
             )
 
         await self._write(f"insert of {len(rows)} rows into kept_outbound", insert)
-        self._kept += len(items)
+        self._kept += len(rows)
+        return refused
 
     async def read_outbound(self) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.read_outbound`."""
@@ -353,16 +349,13 @@ class SqliteStore(BatchingStore):
         self._check_open()
         if not items:
             return CheckpointResult()
-        try:
-            rows = [
-                (i.channel_id, i.tenant, i.provider, i.owner_token, i.state.version, state_json(i))
-                for i in items
-            ]
-            fresh_letters = letter_rows(items)
-        except (ValueError, TypeError) as exc:
-            self._errors += 1
-            raise StoreError(f"checkpoints that cannot be kept: {exc}") from exc
-
+        encoded, rejected = encode_checkpoints(items)
+        self._report_rejected(rejected)
+        if not encoded:
+            await trio.lowlevel.checkpoint()
+            return CheckpointResult(rejected=tuple(rejected))
+        rows = [e.row for e in encoded]
+        fresh_letters = [row for e in encoded for row in e.letters]
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> CheckpointResult:
@@ -388,16 +381,22 @@ class SqliteStore(BatchingStore):
                     ).fetchone()[0]
                     refused.append((row[0], int(stored)))
             done = set(written)
-            changed = [(i.channel_id,) for i in items if i.letters_changed and i.channel_id in done]
+            changed = [
+                (e.item.channel_id,)
+                for e in encoded
+                if e.item.letters_changed and e.item.channel_id in done
+            ]
             conn.executemany("DELETE FROM dead_letters WHERE channel_id = ?", changed)
             conn.executemany(
                 f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [row for row in fresh_letters if row[0] in done],
             )
-            return CheckpointResult(written=tuple(written), refused=tuple(refused))
+            return CheckpointResult(
+                written=tuple(written), refused=tuple(refused), rejected=tuple(rejected)
+            )
 
-        return await self._write(f"writing {len(items)} checkpoint(s)", write)
+        return await self._write(f"writing {len(encoded)} checkpoint(s)", write)
 
     async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
         """See :meth:`runtime.store.Store.load_checkpoint`."""
