@@ -24,7 +24,9 @@ Design:
   fail). The buffer is bounded: past ``BUFFER_BATCHES`` batches,
   ``save_inbound`` waits for room for at most ``BACKPRESSURE_WAIT`` seconds,
   then refuses the events with :class:`~runtime.errors.StoreError`, so they
-  stay with the caller (a channel keeps a refused batch for its next flush).
+  stay with the caller. ``store_inbound`` (the channels' path) never
+  refuses while the store is open: it waits for room and for its write as
+  long as an outage lasts (the policy is ``actors.channel.inbound``'s).
 - Only one writer runs at a time (a lock), and a batch leaves the buffer only
   after its write succeeded: a write cancelled half-way is written again
   later, and the backends ignore duplicates by key, so nothing is doubled.
