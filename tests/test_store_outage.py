@@ -192,3 +192,73 @@ async def _stored_texts(schema: str, *, until: int) -> set[tuple[str, str]]:
                 break
             await trio.sleep(0.5)
     return stored
+
+
+class _StalledStore:
+    """A real memory store whose inbound writes wait while ``down`` (an outage, in-process)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.up = trio.Event()
+        self.up.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def store_inbound(self, events: Any) -> list[bool]:
+        await self.up.wait()
+        fresh: list[bool] = await self.inner.store_inbound(events)
+        return fresh
+
+
+async def test_a_websocket_channel_stalled_past_its_buffer_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader stops reading while the store is down; its keepalive must not kill the link."""
+    from runtime import open_store
+    from runtime.config import StorageConfig
+
+    monkeypatch.setenv("SB_STALL_WS", "ws-stall")
+    emulator = WebSocketEmulator(tokens={"ws-stall"}, heartbeat_interval=0.2)
+    stall, count = 5.0, 60
+    with trio.fail_after(60.0):
+        async with open_emulator(emulator) as base, open_store(StorageConfig()) as inner:
+            store = _StalledStore(inner)
+            config = parse_config(
+                {
+                    "node": {"id": "stall", "drain_deadline": 2.0, "start_timeout": 10.0},
+                    "ops": {"enabled": False},
+                    "channels": [
+                        {
+                            "id": "ws",
+                            "provider": "websocket",
+                            "base_url": base.replace("http", "ws") + "/ws",
+                            "credentials": {"token": "${env:SB_STALL_WS}"},
+                            "options": {
+                                "event_buffer": 4,
+                                "ping_interval": 0.2,
+                                "pong_timeout": 0.5,
+                                "liveness_timeout": 1.0,
+                            },
+                        }
+                    ],
+                }
+            )
+            async with open_node(config, store=store) as node:  # type: ignore[arg-type]
+                with node.subscribe(kind="state") as changes:
+                    while node.channels()[0].status is not ChannelStatus.CONNECTED:
+                        await changes.receive()
+                store.up = trio.Event()  # the store is down from here
+                for n in range(count):
+                    await emulator.inject({"id": f"m{n}", "text": f"stalled {n}"})
+                    await trio.sleep(stall / count)
+                store.up.set()
+                with trio.move_on_after(20.0):
+                    while len(await inner.recent_inbound("ws", limit=1000)) < count:
+                        await inner.flush()
+                        await trio.sleep(0.1)
+                saved = await inner.recent_inbound("ws", limit=1000)
+                snapshot = node.channels()[0]
+    missing = sorted({f"m{n}" for n in range(count)} - {e.platform_message_id for e in saved})
+    assert not missing, f"{len(missing)} of {count} lost: {missing[:10]}"
+    assert snapshot.statistics is not None and snapshot.statistics.restarts == 0

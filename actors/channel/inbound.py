@@ -43,12 +43,13 @@ restart, the buffer bounded):
   answers 503 once the buffer cannot take a whole notification, and Meta
   redelivers; Discord's gateway closes when its buffer is full and the
   resume replays what was missed; the generic websocket stops being read
-  (its TCP window closes). Reading resumes by itself once the store writes
-  again, oldest first.
-- Limit: the generic websocket protocol has no replay. A consumer stalled
-  past ``event_buffer`` for longer than the link's keepalive allows loses
-  the link, and with it what the server had queued on it: size
-  ``event_buffer`` for the outages to ride out.
+  (its TCP window closes), and its keepalive does not count the stall
+  against the link (``WebSocketCore.reader_stalled``): the link, and what
+  the server queued on it, survive. Reading resumes by itself once the
+  store writes again, oldest first.
+- Limit: the generic websocket protocol has no replay, so a server that
+  drops a client for not answering its heartbeats during a long stall
+  loses what it had queued for it; nothing on this side can prevent that.
 - An event handed over but not yet published stays in the channel's memory
   (``pending``), marked as tried; a killed incarnation's successor hands it
   over again and publishes it whatever the store says (the store may have

@@ -130,7 +130,8 @@ class WebSocketOptions:
             socket is simply closed.
         token_in_query: send the token as ``?token=`` instead of a header.
         event_buffer: inbound events buffered for a slow consumer; beyond it the
-            reader waits (and a long stall trips the keepalive).
+            reader stops reading (the server's TCP window closes) until there is
+            room, and the keepalive does not count that time against the link.
     """
 
     ping_interval: float | None = attrs.field(default=20.0, validator=_positive)
@@ -386,8 +387,12 @@ class WebSocketConnection:
                 if isinstance(action.event, ConnectionStateChanged):
                     self._set_ready()
                 # closed while we waited for buffer space: nobody wants it any more
+                began = trio.current_time()
                 with contextlib.suppress(trio.ClosedResourceError):
                     await self._events.put(action.event)
+                # A full buffer stops the reading (backpressure): the timers must
+                # not count that against the link (see WebSocketCore.reader_stalled).
+                await self._apply(self._core.reader_stalled(began, trio.current_time()))
             elif isinstance(action, CompleteSend):
                 waiter = self._waiters.pop(action.key, None)
                 if waiter is not None:
