@@ -18,6 +18,10 @@ Design:
 - While the store cannot keep them (it is down, or its buffer is full), the
   reader waits: the platform keeps what is unread (Telegram holds updates,
   a gateway's TCP window closes), nothing is dropped, nothing crashes.
+- An event handed over but not yet published stays in the channel's memory
+  (``pending``), marked as tried; a killed incarnation's successor hands it
+  over again and publishes it whatever the store says (the store may have
+  kept it, but nobody saw it).
 
 Policy for a store outage (issue 11; ``tests/test_store_outage.py`` holds a
 PostgreSQL outage of a minute under inbound load to it: none lost, no
@@ -31,8 +35,8 @@ restart, the buffer bounded):
 - Bounded per channel: a channel holds the one event it is handing over
   (``pending``) plus what its connection buffers for a slow reader, a fixed
   number per provider (websocket and WhatsApp ``event_buffer``, 1,024 by
-  default; Discord ``EVENT_BUFFER``; Telegram none: its poller asks for more
-  only once the last update was taken).
+  default; Discord ``EVENT_BUFFER``, 1,024; Telegram none: its poller asks
+  for more only once the last update was taken).
 - Bounded per node: the store buffers at most ``BUFFER_BATCHES`` batches,
   and past that each waiting channel adds only the event in its hands, so
   the node holds at most ``BUFFER_BATCHES * batch_size`` + one event per
@@ -41,8 +45,9 @@ restart, the buffer bounded):
   Telegram keeps the updates it was not asked for (polling), or gets a 503
   after ``WEBHOOK_TIMEOUT`` and redelivers (webhooks); WhatsApp's webhook
   answers 503 once the buffer cannot take a whole notification, and Meta
-  redelivers; Discord's gateway closes when its buffer is full and the
-  resume replays what was missed; the generic websocket stops being read
+  redelivers; Discord's gateway driver stops reading (a socket the gateway
+  drops meanwhile is resumed, and a connection that ends with events unread
+  resumes after the last one taken); the generic websocket stops being read
   (its TCP window closes), and its keepalive does not count the stall
   against the link (``WebSocketCore.reader_stalled``): the link, and what
   the server queued on it, survive. Reading resumes by itself once the
@@ -50,10 +55,6 @@ restart, the buffer bounded):
 - Limit: the generic websocket protocol has no replay, so a server that
   drops a client for not answering its heartbeats during a long stall
   loses what it had queued for it; nothing on this side can prevent that.
-- An event handed over but not yet published stays in the channel's memory
-  (``pending``), marked as tried; a killed incarnation's successor hands it
-  over again and publishes it whatever the store says (the store may have
-  kept it, but nobody saw it).
 """
 
 from __future__ import annotations
