@@ -312,3 +312,65 @@ async def test_a_discord_channel_stalled_past_its_buffer_loses_nothing(
                 saved = await inner.recent_inbound("dc", limit=1000)
     missing = [m for m in sent if m not in {e.platform_message_id for e in saved}]
     assert not missing, f"{len(missing)} of {count} lost"
+
+
+async def test_whatsapp_webhooks_past_the_buffer_are_refused_retryably_and_redelivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the store is down a full buffer answers Meta 503, and Meta's redelivery
+    brings every message once the store is back."""
+    from providers.emulators.whatsapp import WhatsAppEmulator
+    from runtime import open_store
+    from runtime.config import StorageConfig
+
+    number, secret, token = "1065403522", "outage-app-secret", "EAAG-outage"
+    monkeypatch.setenv("SB_STALL_WA_TOKEN", token)
+    monkeypatch.setenv("SB_STALL_WA_SECRET", secret)
+    monkeypatch.setenv("SB_STALL_WA_VERIFY", "v")
+    emulator = WhatsAppEmulator(
+        app_secret=secret, tokens={token}, phone_number_ids={number}, redeliver=True
+    )
+    stall, count = 3.0, 20
+    with trio.fail_after(90.0):
+        async with open_emulator(emulator) as base, open_store(StorageConfig()) as inner:
+            store = _StalledStore(inner)
+            config = parse_config(
+                {
+                    "node": {"id": "stall", "drain_deadline": 2.0, "start_timeout": 10.0},
+                    "ops": {"port": 0},
+                    "channels": [
+                        {
+                            "id": "wa",
+                            "provider": "whatsapp",
+                            "base_url": base,
+                            "credentials": {
+                                "token": "${env:SB_STALL_WA_TOKEN}",
+                                "app_secret": "${env:SB_STALL_WA_SECRET}",
+                                "verify_token": "${env:SB_STALL_WA_VERIFY}",
+                            },
+                            "options": {"phone_number_id": number, "event_buffer": 2},
+                        }
+                    ],
+                }
+            )
+            async with open_node(config, store=store) as node:  # type: ignore[arg-type]
+                with node.subscribe(kind="state") as changes:
+                    while node.channels()[0].status is not ChannelStatus.CONNECTED:
+                        await changes.receive()
+                assert node.ops_url is not None
+                emulator.webhook_url = node.ops_url + "/webhooks/whatsapp"
+                store.up = trio.Event()  # the store is down from here
+                for n in range(count):
+                    await emulator.inject({"from": "16505551234", "text": f"w{n}"})
+                    await trio.sleep(stall / count)
+                refused = emulator.stats["webhooks_refused"]
+                store.up.set()
+                with trio.move_on_after(60.0):
+                    while len(await inner.recent_inbound("wa", limit=1000)) < count:
+                        await inner.flush()
+                        await trio.sleep(0.1)
+                saved = await inner.recent_inbound("wa", limit=1000)
+    texts = {getattr(event, "text", None) for event in saved}
+    missing = [f"w{n}" for n in range(count) if f"w{n}" not in texts]
+    assert refused > 0  # the buffer did fill: Meta was told to come back
+    assert not missing, f"{len(missing)} of {count} lost: {missing}"
