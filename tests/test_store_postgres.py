@@ -326,3 +326,32 @@ async def test_the_flusher_writes_while_the_block_runs(pg: Pg) -> None:
                 await wait_until(lambda n=n: store.statistics().inbound_written == n + 1)
             count = await session.fetchval(f"SELECT count(*) FROM {pg.table('inbound_events')}")
             assert count == 5
+
+
+async def test_a_nul_character_spoils_no_batch_of_kept_messages_or_checkpoints(pg: Pg) -> None:
+    """jsonb refuses U+0000: one such record used to fail its whole statement (issue 11)."""
+    from providers.base import OutboundMessage
+    from tests.test_store_durable import checkpoint, letter, state
+
+    nul = kept(2, text="a\x00b")
+    nul_letter = attrs.evolve(
+        letter(2, 1_800_000_001.0),
+        message=OutboundMessage(peer="p", idempotency_key="k2", text="x\x00"),
+    )
+    literal = kept(3, text="a \\u0000 is text here")  # a backslash, not a NUL
+    with trio.fail_after(PG_CEILING):
+        async with open_store(pg.config) as store:
+            assert await store.keep_outbound([kept(1), nul, literal]) == [nul]
+            assert await store.read_outbound() == [kept(1), literal]
+            token = await store.next_owner_token()
+            result = await store.write_checkpoints(
+                [
+                    checkpoint("tg:1", token, state(letter(1, 1_800_000_000.0), nul_letter)),
+                    checkpoint("tg:2", token, state()),
+                ]
+            )
+            assert result.written == ("tg:1", "tg:2")
+            assert [channel for channel, _ in result.rejected] == ["tg:1"]
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None and loaded.state is not None
+    assert [item.id for item in loaded.state.dead_letters] == [1]

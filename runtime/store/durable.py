@@ -25,7 +25,7 @@ Design:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -288,9 +288,14 @@ _UNENCODABLE = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 def encode_checkpoints(
-    items: Iterable[Checkpoint],
+    items: Iterable[Checkpoint], *, check: Callable[[str], object] | None = None
 ) -> tuple[list[EncodedCheckpoint], list[tuple[str, str]]]:
     """Each checkpoint as rows, leaving out what JSON cannot carry.
+
+    Args:
+        items: the checkpoints.
+        check: a backend's own test of each JSON text (PostgreSQL refuses
+            NUL characters); raises ``ValueError`` for one it cannot keep.
 
     Returns:
         The encoded checkpoints (their letter rows only where the letters
@@ -302,6 +307,8 @@ def encode_checkpoints(
     for item in items:
         try:
             state = state_json(item)
+            if check is not None:
+                check(state)
         except _UNENCODABLE as exc:
             rejected.append((item.channel_id, f"its checkpoint cannot be encoded: {exc}"))
             continue
@@ -309,7 +316,10 @@ def encode_checkpoints(
         if item.letters_changed:
             for record in item.state.dead_letters:
                 try:
-                    rows.append(_letter_row(item, record))
+                    row = _letter_row(item, record)
+                    if check is not None:
+                        check(row[-1])
+                    rows.append(row)
                 except _UNENCODABLE as exc:
                     rejected.append(
                         (

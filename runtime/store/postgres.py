@@ -38,6 +38,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
@@ -115,6 +116,22 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+# A JSON escape of U+0000 (an even run of backslashes before it is text, not an escape).
+_NUL_ESCAPE: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def nul_free(text: str) -> str:
+    """``text`` (JSON) if PostgreSQL's jsonb can hold it.
+
+    Raises:
+        ValueError: it holds the NUL character, which jsonb refuses (one
+            such record would fail the whole statement it is part of).
+    """
+    if _NUL_ESCAPE.search(text):
+        raise ValueError("PostgreSQL cannot store the NUL character (U+0000)")
+    return text
+
+
 def _holds_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -141,6 +158,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
     backend = "postgres"
     durable = True
     _db_errors = _DB_ERRORS
+    _nul_free = staticmethod(nul_free)
 
     def __init__(
         self,
@@ -386,7 +404,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
             items,
             lambda item: (
                 item.channel_id,
-                dumps(encode_outbound(item.message)),
+                nul_free(dumps(encode_outbound(item.message))),
                 item.reason,
                 dt.datetime.fromtimestamp(item.accepted_at, tz=dt.UTC),
             ),

@@ -65,6 +65,8 @@ class PostgresDurable:
 
         def _report_rejected(self, rejected: Sequence[tuple[str, str]]) -> None: ...
 
+        def _nul_free(self, text: str) -> str: ...
+
     async def next_owner_token(self) -> int:
         """See :meth:`runtime.store.Store.next_owner_token`."""
         self._check_open()
@@ -88,7 +90,7 @@ class PostgresDurable:
         if not items:
             return CheckpointResult()
         checkpoints, letters = self._table("channel_checkpoints"), self._table("dead_letters")
-        encoded, rejected = encode_checkpoints(items)
+        encoded, rejected = encode_checkpoints(items, check=self._nul_free)
         self._report_rejected(rejected)
         if not encoded:
             return CheckpointResult(rejected=tuple(rejected))
