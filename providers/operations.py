@@ -242,16 +242,24 @@ def json_problems(op: Operation) -> list[tuple[str, str]]:
     return problems[:_MAX_PROBLEMS]
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # attrs class -> its field names (send path: cached)
+
+
 def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
-    for field in attrs.fields(type(value)):
-        item = getattr(value, field.name)
-        where = f"{path}.{field.name}"
-        if item is None or isinstance(item, _SCALARS):
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
+    for name in names:
+        item = getattr(value, name)
+        if item is None or type(item) is str:  # most fields: checked first, cheaply
+            continue
+        if isinstance(item, _SCALARS) or (not item and isinstance(item, Mapping)):
             continue
         if attrs.has(type(item)):
-            _check_fields(item, where, problems)
+            _check_fields(item, f"{path}.{name}", problems)
         else:
-            _check_json(item, where, 0, problems)
+            _check_json(item, f"{path}.{name}", 0, problems)
 
 
 def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
