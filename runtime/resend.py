@@ -73,7 +73,7 @@ async def resend_kept(
             async with trio.open_nursery() as sends:
                 for item in kept:
                     sends.start_soon(_resend_one, item, send, forgetter)
-            nursery.cancel_scope.cancel()
+            forgetter.close()  # the forgetter ends once the store took every forget
     finally:
         with trio.move_on_after(FORGET_DEADLINE, shield=True):
             await forgetter.forget_due()
@@ -150,18 +150,31 @@ class _Forgetter:
         self._settle = settle
         self.due: list[int] = []
         self._wake = trio.Event()
+        self._closed = False
 
     def forget(self, kept_id: int) -> None:
         self.due.append(kept_id)
         self._wake.set()
 
+    def close(self) -> None:
+        """No more ids will come: :meth:`run` returns once every due one is forgotten."""
+        self._closed = True
+        self._wake.set()
+
     async def run(self) -> None:
+        delay = FORGET_RETRY
         while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            if not await self.forget_due():
-                await trio.sleep(FORGET_RETRY)
-                self._wake.set()
+            if not self.due:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            if await self.forget_due():
+                delay = FORGET_RETRY
+                continue
+            await trio.sleep(delay)  # the store is down: back off, as the reads do
+            delay = min(delay * 2, READ_RETRY_CAP)
 
     async def forget_due(self) -> bool:
         """Forget what is due now; False (logged) if the store failed."""

@@ -7,6 +7,7 @@ sent by the deadline, what is kept, and the next start that sends it.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -420,3 +421,43 @@ async def test_send_refuses_what_json_cannot_carry_with_a_typed_error(
     )
     assert "'k-nan'" in str(error) and "$.metadata.score" in str(error)
     assert [m.idempotency_key for m in provider.sent] == ["k-fine"]
+
+
+async def test_a_resent_message_is_forgotten_once_the_store_takes_the_forget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store down while the resend finishes keeps the message kept (sent again at worst,
+    never lost), and the forget goes through once it is back."""
+    from runtime.store import KeptMessage
+
+    provider = SimulatedProvider()
+    attempts: list[float] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            real_forget = store.forget_outbound
+
+            async def flaky_forget(ids: Any) -> int:
+                attempts.append(trio.current_time())
+                if len(attempts) <= 3:
+                    raise StoreError("the store is down (test)")
+                return await real_forget(ids)
+
+            store.forget_outbound = flaky_forget  # type: ignore[method-assign]
+            kept = KeptMessage(channel_id="a", message=message("k1"), reason="drain", accepted_at=1)
+            await store.keep_outbound([kept])
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ):
+                for _ in range(60):  # virtual seconds
+                    if not await store.read_outbound():
+                        break
+                    await trio.sleep(1.0)
+            left = await store.read_outbound()
+    assert [m.idempotency_key for m in provider.sent] == ["k1"]
+    assert left == []
+    assert len(attempts) == 4
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
+    assert gaps == [1.0, 2.0, 4.0]  # backing off while the store is down
