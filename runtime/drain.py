@@ -9,7 +9,8 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    its link resumably (Discord: a close that keeps the session). Whatever has
    not stopped by the deadline is killed. A send on the wire at that moment
    either completes (its sender gets the result) or fails with its channel.
-4. Every send that has not completed by now is kept in the store and
+4. Every send that has not completed by now is kept in the store (a store
+   that fails is tried again until ``STORE_GRACE`` past the deadline) and
    reported, with its channel and idempotency key, *before* its sender is
    told ``NodeDraining``: nothing accepted is silently dropped, and nothing
    sent is kept. (A send cut off on the wire may have reached the platform;
@@ -46,6 +47,7 @@ __all__ = ["DrainReport", "Pending", "SendTracker", "drain"]
 log = logging.getLogger("switchboard.node")
 
 CLOSE_RESERVE: Final = 2.0  # seconds of the deadline kept for closing links
+KEEP_RETRY: Final = 0.25  # seconds before keeping the leftovers is tried again; doubles
 STORE_GRACE: Final = 5.0  # seconds past the deadline the final store flush may take
 
 
@@ -176,7 +178,9 @@ async def drain(
         await sends.wait_until_done()
     cut = sends.cut()
     stopped, killed = await stop_channels(end)
-    kept = await _keep_leftovers(cut, store, deadline)
+    kept = await _keep_leftovers(
+        cut, store, deadline, until=max(end, trio.current_time()) + STORE_GRACE
+    )
     with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as checkpoint_scope:
         try:
             await checkpoints.flush()
@@ -214,7 +218,7 @@ async def drain(
 
 
 async def _keep_leftovers(
-    leftovers: list[Pending], store: Store, deadline: float
+    leftovers: list[Pending], store: Store, deadline: float, *, until: float
 ) -> list[KeptMessage]:
     # Sends that finished while the channels stopped are no leftovers.
     leftovers = [pending for pending in leftovers if not pending.done]
@@ -235,8 +239,7 @@ async def _keep_leftovers(
     stored = False
     refused: set[int] = set()  # id() of the items the store could not encode (it logged them)
     try:
-        with trio.CancelScope(shield=True):
-            refused = {id(item) for item in await store.keep_outbound(new)}
+        refused = {id(item) for item in await _keep(store, new, until)}
         stored = True
     finally:
         for item, pending in zip(kept, leftovers, strict=True):
@@ -271,3 +274,31 @@ async def _keep_leftovers(
             },
         )
     return kept
+
+
+async def _keep(store: Store, items: list[KeptMessage], until: float) -> list[KeptMessage]:
+    """``store.keep_outbound(items)``, tried again while the store fails, until ``until``.
+
+    Shielded: a second signal does not cut it short; ``until`` bounds it.
+    A store back within the grace (a restarting database) loses nothing.
+
+    Raises:
+        StoreError: the store still failed at ``until``; nothing was kept.
+    """
+    delay = KEEP_RETRY
+    with trio.CancelScope(shield=True):
+        while True:
+            try:
+                return await store.keep_outbound(items)
+            except StoreError as exc:
+                if trio.current_time() + delay > until:
+                    raise
+                log.error(
+                    "%d unsent message(s) could not be kept yet; tried again in %g s: %s",
+                    len(items),
+                    delay,
+                    exc,
+                )
+            await trio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable: the loop returns or raises")  # for mypy

@@ -461,3 +461,40 @@ async def test_a_resent_message_is_forgotten_once_the_store_takes_the_forget(
     assert len(attempts) == 4
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
     assert gaps == [1.0, 2.0, 4.0]  # backing off while the store is down
+
+
+async def test_the_drain_keeps_its_leftovers_through_a_short_store_outage(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store that fails at the drain (a database restarting) is tried again within the
+    grace, instead of failing the drain and losing every leftover (issue 11)."""
+    provider = SimulatedProvider(latency=Fixed(seconds=30.0))  # nothing is sent in time
+    config = node_config([sim("a")], node={"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0})
+    refusals: list[float] = []
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            real_keep = store.keep_outbound
+
+            async def flaky_keep(items: Any) -> Any:
+                if len(refusals) < 2:
+                    refusals.append(trio.current_time())
+                    raise StoreError("the store is restarting (test)")
+                return await real_keep(items)
+
+            store.keep_outbound = flaky_keep  # type: ignore[method-assign]
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                await wait_connected(node, 1)
+                async with trio.open_nursery() as nursery:
+                    for i in range(3):
+                        key = f"k{i}"
+                        nursery.start_soon(_record_into, results, key, node.send("a", message(key)))
+                    await trio.testing.wait_all_tasks_blocked()
+                    report = await node.drain()
+            kept = await store.read_outbound()
+    assert len(refusals) == 2
+    assert sorted(item.message.idempotency_key for item in report.kept) == ["k0", "k1", "k2"]
+    assert sorted(item.message.idempotency_key for item in kept) == ["k0", "k1", "k2"]
+    assert all("kept for the next start" in str(outcome) for outcome in results.values())
