@@ -18,11 +18,18 @@ Design:
 - A message the platform no longer has is
   :class:`~providers.base.MessageNotFound`, a permanent failure: dead-lettered,
   never retried.
+- Free-form values (``metadata``, template components) travel as JSON: to
+  the platform, to the store (kept at a drain, dead-lettered) and between
+  nodes. :func:`json_problems` says, with paths, what in an operation JSON
+  cannot carry (NaN and infinities, values that are no JSON type, keys that
+  are not strings, nesting past :data:`MAX_JSON_DEPTH`), so such an operation
+  is refused where it enters, never discovered later in a batch it spoils.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
@@ -32,6 +39,7 @@ import attrs
 from .base import Connection, OutboundMessage, Provider, SendResult, Unsupported
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "SEND_ONLY",
     "ChatAction",
     "DeleteMessage",
@@ -42,6 +50,7 @@ __all__ = [
     "React",
     "SendTyping",
     "check_supported",
+    "json_problems",
     "operation_kind",
     "perform",
     "supported_operations",
@@ -215,6 +224,68 @@ def check_supported(provider: Provider, op: Operation) -> None:
         operation=kind.value,
         provider=provider.name,
     )
+
+
+MAX_JSON_DEPTH: Final = 32  # levels of nesting an operation's free-form values may have
+_MAX_PROBLEMS: Final = 10  # problems reported per operation (a huge value is not listed whole)
+_SCALARS: Final = (str, bytes, bool, int, enum.Enum)  # typed fields JSON (or the codec) carries
+
+
+def json_problems(op: Operation) -> list[tuple[str, str]]:
+    """What in ``op`` JSON cannot carry, as ``(path, problem)`` (``$.metadata.score``).
+
+    Empty when the operation can be sent, kept and forwarded as it is. At
+    most ten problems are listed.
+    """
+    problems: list[tuple[str, str]] = []
+    _check_fields(op, "$", problems)
+    return problems[:_MAX_PROBLEMS]
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # attrs class -> its field names (send path: cached)
+
+
+def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
+    for name in names:
+        item = getattr(value, name)
+        if item is None or type(item) is str:  # most fields: checked first, cheaply
+            continue
+        if isinstance(item, _SCALARS) or (not item and isinstance(item, Mapping)):
+            continue
+        if attrs.has(type(item)):
+            _check_fields(item, f"{path}.{name}", problems)
+        else:
+            _check_json(item, f"{path}.{name}", 0, problems)
+
+
+def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
+    if len(problems) >= _MAX_PROBLEMS:
+        return
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.append((path, f"{value} is not a JSON number (only finite numbers are)"))
+        return
+    if depth >= MAX_JSON_DEPTH:
+        problems.append((path, f"nested deeper than {MAX_JSON_DEPTH} levels"))
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append((path, f"a key must be a string, not {type(key).__name__}"))
+                continue
+            _check_json(item, f"{path}.{key}", depth + 1, problems)
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", depth + 1, problems)
+        return
+    problems.append((path, f"a {type(value).__name__} is not a JSON value"))
 
 
 async def perform(conn: Connection, op: Operation) -> SendResult | None:

@@ -216,7 +216,9 @@ class LinkBreaker:
 
     Faults below the protocol layer that an ASGI emulator cannot produce:
     ``frozen = True`` makes bytes vanish while both sockets stay open (a
-    zombie link: only keepalives notice), ``cut()`` drops every link at once.
+    zombie link: only keepalives notice), ``cut()`` drops every link at once,
+    ``refusing = True`` closes every new connection at once (a server that
+    is down: with ``cut()``, an outage; ``False`` again ends it).
 
     Usage: ``port = await nursery.start(breaker.serve)``, then point the
     client at ``127.0.0.1:port`` instead of the target.
@@ -226,6 +228,7 @@ class LinkBreaker:
         self.target_host = target_host
         self.target_port = target_port
         self.frozen = False
+        self.refusing = False
         self._scopes: list[trio.CancelScope] = []
 
     async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -235,6 +238,9 @@ class LinkBreaker:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        if self.refusing:
+            await client.aclose()
+            return
         server = await trio.open_tcp_stream(self.target_host, self.target_port)
         async with client, server:
             with trio.CancelScope() as scope:
@@ -258,6 +264,6 @@ class LinkBreaker:
             scope.cancel()
 
     def __repr__(self) -> str:
-        state = "frozen" if self.frozen else "passing"
+        state = "refusing" if self.refusing else "frozen" if self.frozen else "passing"
         target = f"{self.target_host}:{self.target_port}"
         return f"<LinkBreaker -> {target} {state} links={len(self._scopes)}>"

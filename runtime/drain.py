@@ -9,12 +9,14 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    its link resumably (Discord: a close that keeps the session). Whatever has
    not stopped by the deadline is killed. A send on the wire at that moment
    either completes (its sender gets the result) or fails with its channel.
-4. Every send that has not completed by now is kept in the store and
+4. Every send that has not completed by now is kept in the store (a store
+   that fails is tried again until ``STORE_GRACE`` past the deadline) and
    reported, with its channel and idempotency key, *before* its sender is
    told ``NodeDraining``: nothing accepted is silently dropped, and nothing
    sent is kept. (A send cut off on the wire may have reached the platform;
    the next start sends it again with the same idempotency key, so delivery
-   is at least once.)
+   is at least once.) A resend of a message an earlier run kept is in the
+   store already (``Pending.kept_id``): it stays there and is not kept twice.
 5. Write the channels' last checkpoints, then flush the store.
 
 The drain works on explicit collaborators, never on the node's insides: the
@@ -45,6 +47,7 @@ __all__ = ["DrainReport", "Pending", "SendTracker", "drain"]
 log = logging.getLogger("switchboard.node")
 
 CLOSE_RESERVE: Final = 2.0  # seconds of the deadline kept for closing links
+KEEP_RETRY: Final = 0.25  # seconds before keeping the leftovers is tried again; doubles
 STORE_GRACE: Final = 5.0  # seconds past the deadline the final store flush may take
 
 
@@ -55,6 +58,7 @@ class Pending:
     channel_id: str
     message: Operation
     accepted_at: float  # unix time
+    kept_id: int | None = None  # a resend of this kept message: in the store already
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     cut: bool = False  # the drain deadline passed while it was in flight
     done: bool = False  # it finished (sent or refused) before it could be kept
@@ -82,9 +86,13 @@ class SendTracker:
         return self._by_channel[channel_id]
 
     @contextmanager
-    def track(self, channel_id: str, message: Operation) -> Iterator[Pending]:
-        """Count one send from now until the block ends."""
-        pending = Pending(channel_id=channel_id, message=message, accepted_at=time.time())
+    def track(
+        self, channel_id: str, message: Operation, *, kept_id: int | None = None
+    ) -> Iterator[Pending]:
+        """Count one send from now until the block ends (``kept_id``: a resend of a kept one)."""
+        pending = Pending(
+            channel_id=channel_id, message=message, accepted_at=time.time(), kept_id=kept_id
+        )
         self._pending.add(pending)
         self._by_channel[channel_id] += 1
         try:
@@ -181,7 +189,9 @@ async def drain(
         await sends.wait_until_done()
     cut = sends.cut()
     stopped, killed = await stop_channels(end)
-    kept = await _keep_leftovers(cut, store, deadline)
+    kept = await _keep_leftovers(
+        cut, store, deadline, until=max(end, trio.current_time()) + STORE_GRACE
+    )
     with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as checkpoint_scope:
         try:
             await checkpoints.flush()
@@ -219,7 +229,7 @@ async def drain(
 
 
 async def _keep_leftovers(
-    leftovers: list[Pending], store: Store, deadline: float
+    leftovers: list[Pending], store: Store, deadline: float, *, until: float
 ) -> list[KeptMessage]:
     # Sends that finished while the channels stopped are no leftovers.
     leftovers = [pending for pending in leftovers if not pending.done]
@@ -235,16 +245,21 @@ async def _keep_leftovers(
         for pending in leftovers
     ]
     # Kept before the senders hear about it: a crash in between loses nothing.
+    # A resend of a kept message is still in the store (see runtime.resend).
+    new = [item for item, pending in zip(kept, leftovers, strict=True) if pending.kept_id is None]
     stored = False
+    refused: set[int] = set()  # id() of the items the store could not encode (it logged them)
     try:
-        with trio.CancelScope(shield=True):
-            await store.keep_outbound(kept)
+        refused = {id(item) for item in await _keep(store, new, until)}
         stored = True
     finally:
-        for pending in leftovers:
-            pending.kept = stored
+        for item, pending in zip(kept, leftovers, strict=True):
+            pending.kept = stored and id(item) not in refused
             pending.settled.set()
             pending.scope.cancel()
+    kept = [item for item in kept if id(item) not in refused]
+    if not kept:
+        return []
     by_channel = Counter(item.channel_id for item in kept)
     where = (
         f"kept in the {store.statistics().backend} store for the next start"
@@ -270,3 +285,31 @@ async def _keep_leftovers(
             },
         )
     return kept
+
+
+async def _keep(store: Store, items: list[KeptMessage], until: float) -> list[KeptMessage]:
+    """``store.keep_outbound(items)``, tried again while the store fails, until ``until``.
+
+    Shielded: a second signal does not cut it short; ``until`` bounds it.
+    A store back within the grace (a restarting database) loses nothing.
+
+    Raises:
+        StoreError: the store still failed at ``until``; nothing was kept.
+    """
+    delay = KEEP_RETRY
+    with trio.CancelScope(shield=True):
+        while True:
+            try:
+                return await store.keep_outbound(items)
+            except StoreError as exc:
+                if trio.current_time() + delay > until:
+                    raise
+                log.error(
+                    "%d unsent message(s) could not be kept yet; tried again in %g s: %s",
+                    len(items),
+                    delay,
+                    exc,
+                )
+            await trio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable: the loop returns or raises")  # for mypy

@@ -18,6 +18,8 @@
     ├── StartupFailed          something outside the node stopped it starting: a port
     │                          in use, a bad TLS file (setting: the key to change)
     └── SendError              a send did not go through (channel_id, idempotency_key)
+        ├── InvalidMessage         it holds what JSON cannot carry (NaN, a non-JSON value),
+        │                          refused before anything was done      (also ValueError)
         ├── ChannelFailed          the channel stopped for good      (also actors.ChannelFailed)
         ├── ChannelUnavailable     not running, or not connected in time
         │                                                        (also actors.ChannelUnavailable)
@@ -72,6 +74,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ConnectionLimitReached",
+    "InvalidMessage",
     "MailboxFull",
     "MediaTooLarge",
     "MessageNotFound",
@@ -254,6 +257,18 @@ class SendError(NodeError):
         self.idempotency_key = idempotency_key
 
 
+class InvalidMessage(SendError, ValueError):
+    """The message holds what JSON cannot carry (NaN, infinity, a value of no JSON type).
+
+    Refused before anything was done: it could neither be sent nor kept.
+
+    Attributes:
+        problems: ``(path, problem)`` for each, as ``("$.metadata.score", "nan is ...")``.
+    """
+
+    problems: tuple[tuple[str, str], ...] = ()
+
+
 class ChannelFailed(SendError, actors.ChannelFailed):
     """The channel stopped for good after a fatal platform error."""
 
@@ -406,6 +421,7 @@ def _copy_details(source: BaseException, target: SendError) -> None:
 _WIRE: Final[dict[str, type[NodeError]]] = {
     kind.__name__: kind
     for kind in (
+        InvalidMessage,
         ChannelFailed,
         ChannelUnavailable,
         SendFailed,

@@ -66,6 +66,7 @@ from providers.operations import (
     Operation,
     React,
     SendTyping,
+    json_problems,
 )
 from providers.registry import PROVIDERS, load
 from supervisors import (
@@ -96,6 +97,7 @@ from .errors import (
     ChannelStartFailed,
     ChannelUnavailable,
     ConnectionLimitReached,
+    InvalidMessage,
     NodeDraining,
     NodeError,
     NodeNotRunning,
@@ -107,8 +109,9 @@ from .errors import (
 from .events import EventHub, Subscription
 from .node_cluster import ClusterMode
 from .ops import serve_ops
+from .resend import resend_kept
 from .services import ServiceActor, ServiceHandle, naming_bind_errors
-from .store import Store, open_store
+from .store import KeptMessage, Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
 from .telemetry.histograms import NodeTimings
@@ -531,15 +534,34 @@ class Node(ClusterMode, DeadLetterOps):
         return await self._perform(channel_id, op, timeout)
 
     async def _perform(
-        self, channel_id: str, message: Operation, wait: float | None
+        self,
+        channel_id: str,
+        message: Operation,
+        wait: float | None,
+        *,
+        kept_id: int | None = None,
     ) -> SendResult | None:
+        """``kept_id``: the store's id of a kept message this resends (the drain keeps it once)."""
+        problems = json_problems(message)
+        if problems:
+            # Refused here, before it can be sent, kept or forwarded: JSON carries it
+            # everywhere, and one such message would spoil every batch it joined.
+            error = InvalidMessage(
+                f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: the "
+                "message holds what JSON cannot carry, so it can be neither sent nor kept: "
+                + "; ".join(f"{text} @ {path}" for path, text in problems),
+                channel_id=channel_id,
+                idempotency_key=message.idempotency_key,
+            )
+            error.problems = tuple(problems)
+            raise error
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
             return await self._cluster_send(channel_id, message, timeout=timeout)
         self._check_accepting()
-        return await self._send_here(channel_id, message, timeout=timeout)
+        return await self._send_here(channel_id, message, timeout=timeout, kept_id=kept_id)
 
     async def _send_here(
         self,
@@ -547,6 +569,7 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        kept_id: int | None = None,
     ) -> SendResult | None:
         """:meth:`perform` on a channel that runs on this node.
 
@@ -582,7 +605,9 @@ class Node(ClusterMode, DeadLetterOps):
         )
         flight = self._in_flight[flight_key] = trio.Event()
         try:
-            return await self._perform_tracked(channel, channel_id, message, timeout=timeout)
+            return await self._perform_tracked(
+                channel, channel_id, message, timeout=timeout, kept_id=kept_id
+            )
         finally:
             if self._in_flight.get(flight_key) is flight:
                 del self._in_flight[flight_key]
@@ -595,11 +620,12 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        kept_id: int | None = None,
     ) -> SendResult | None:
         sent = channel.memory.sent
         with (
             map_send_errors(channel_id, message.idempotency_key),
-            self._sends.track(channel_id, message) as pending,
+            self._sends.track(channel_id, message, kept_id=kept_id) as pending,
         ):
             with pending.scope:
                 began = trio.current_time()
@@ -1069,33 +1095,12 @@ class Node(ClusterMode, DeadLetterOps):
         )
 
     async def _resend_kept(self) -> None:
-        """Send again what the previous run kept at its drain deadline."""
-        kept = await self.store.take_outbound()
-        if not kept:
-            return
-        log.info("resending %d message(s) kept by the previous run", len(kept))
-        assert self._nursery is not None
-        for item in kept:
-            self._nursery.start_soon(self._resend_one, item)
+        """Send again what the previous run kept at its drain (see ``runtime.resend``)."""
 
-    async def _resend_one(self, item: Any) -> None:
-        try:
-            await self._perform(item.channel_id, item.message, None)
-        except NodeDraining:
-            return  # kept again by the drain
-        except Exception as exc:
-            log.error(
-                "a message kept by the previous run (idempotency key %s) could not be sent: %s",
-                item.message.idempotency_key,
-                exc,
-                extra={
-                    "channel": item.channel_id,
-                    "switchboard.idempotency_key": item.message.idempotency_key,
-                    "switchboard.peer": item.message.peer,
-                    "error.type": type(exc).__name__,
-                },
-            )
-            await self.store.keep_outbound([attrs.evolve(item, reason=f"resend failed: {exc}")])
+        async def send(item: KeptMessage) -> None:
+            await self._perform(item.channel_id, item.message, None, kept_id=item.kept_id)
+
+        await resend_kept(self.store, send, self._checkpoints.flush)
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

@@ -148,6 +148,35 @@ async def test_a_restarted_actor_resumes_with_the_saved_session(
     assert emulator.stats["identify"] == 1 and emulator.stats["resume"] == 1
 
 
+async def test_events_left_unread_are_replayed_by_the_next_connection(
+    base_url: str, emulator: DiscordEmulator
+) -> None:
+    """A consumer held back (its store is down) loses nothing when the connection ends
+    under it: the saved session resumes after the last event it took (issue 11)."""
+    with trio.fail_after(CEILING):
+        async with provider().open_connection(config(base_url)) as conn:
+            stream = conn.events()
+            await states(stream, 1)
+            for n in range(3):
+                await control(base_url, "inject", {"channel_id": "5", "content": f"m{n}"})
+            first = await stream.__anext__()
+            assert isinstance(first, InboundMessage) and first.text == "m0"
+            for _ in range(100):  # m1 and m2 arrive in the buffer, unread
+                if conn._receive_events.statistics().current_buffer_used >= 2:
+                    break
+                await trio.sleep(0.01)
+            saved = conn.session_state()
+            await conn.close(resumable=True)
+        async with provider().open_connection(config(base_url), saved) as conn:
+            stream = conn.events()
+            texts = []
+            while len(texts) < 2:
+                event = await stream.__anext__()
+                if isinstance(event, InboundMessage):
+                    texts.append(event.text)
+    assert texts == ["m1", "m2"]
+
+
 async def test_a_normal_close_ends_the_session(base_url: str, emulator: DiscordEmulator) -> None:
     with trio.fail_after(CEILING):
         async with provider().open_connection(config(base_url)) as conn:

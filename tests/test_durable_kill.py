@@ -25,10 +25,13 @@ import httpx
 import pytest
 import trio
 
+from providers.base import OutboundMessage
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
+from runtime.config.model import StorageConfig
+from runtime.store import KeptMessage, open_store
 from tests.test_cli_run import Node, poll, run_node
 from tests.test_store import PG_DSN, dropped_afterwards, new_schema, pg_session
 
@@ -45,6 +48,7 @@ class Durable:
 
     name: str
     storage: str
+    config: StorageConfig
     query: Callable[[str], Any]  # async: SQL -> rows (list of tuples)
 
 
@@ -57,7 +61,12 @@ async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             with sqlite3.connect(path) as conn:
                 return conn.execute(sql).fetchall()
 
-        yield Durable("sqlite", f'backend = "sqlite"\npath = "{path}"', query_sqlite)
+        yield Durable(
+            "sqlite",
+            f'backend = "sqlite"\npath = "{path}"',
+            StorageConfig(backend="sqlite", path=str(path)),
+            query_sqlite,
+        )
         return
     schema = new_schema()
 
@@ -68,7 +77,10 @@ async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
     async with dropped_afterwards(schema):
         yield Durable(
-            "postgres", f'backend = "postgres"\ndsn = "{PG_DSN}"\nschema = "{schema}"', query_pg
+            "postgres",
+            f'backend = "postgres"\ndsn = "{PG_DSN}"\nschema = "{schema}"',
+            StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema),
+            query_pg,
         )
 
 
@@ -431,3 +443,57 @@ credentials = {{ token = "${{env:SB_KILL_WS_TOKEN}}" }}
     records = [r for r in stale.log_records() if "was refused" in r.get("message", "")]
     assert len(records) == 1
     assert json.dumps(records[0]).count("no longer owns the channel") == 1
+
+
+# --- kept messages: a kill during the next start's resend loses none (issue 11) ----------------
+
+KEPT = 6
+
+
+async def test_a_kill_during_the_resend_of_kept_messages_loses_none(
+    tmp_path: Path, durable: Durable
+) -> None:
+    """Kept messages leave the store only once the platform took them (or dead-lettered them)."""
+    emulator = WebSocketEmulator(tokens={WS_TOKEN})
+    keys = [f"kept-{n}" for n in range(KEPT)]
+    with trio.fail_after(CEILING):
+        async with open_store(durable.config) as store:  # what a drain kept at a deadline
+            await store.keep_outbound(
+                [
+                    KeptMessage(
+                        channel_id="ws",
+                        message=OutboundMessage(peer=f"user-{n}", idempotency_key=key, text=key),
+                        reason="not sent by the drain deadline (3 s)",
+                        accepted_at=1_700_000_000.0 + n,
+                    )
+                    for n, key in enumerate(keys)
+                ]
+            )
+        async with open_emulator(emulator) as base:
+            ws = base.replace("http", "ws") + "/ws"
+            path = node_file(
+                tmp_path,
+                durable,
+                f"""
+[[channels]]
+id = "ws"
+provider = "websocket"
+base_url = "{ws}"
+credentials = {{ token = "${{env:SB_KILL_WS_TOKEN}}" }}
+""",
+            )
+            # The next start resends them to a platform that answers nothing,
+            # and is killed while they are on their way.
+            await emulator.platform_fault({"kind": "silence"})
+            async with run_node(path, ENV) as node:
+                await node.wait_output(rf"resending {KEPT} message\(s\)", stream="err")
+                await kill(node)
+            assert not emulator.sent
+            assert await durable.query("SELECT count(*) FROM kept_outbound") == [(KEPT,)]
+
+            await emulator.platform_fault({"kind": "resume"})
+            async with run_node(path, ENV) as node:
+                await poll(lambda: {m["id"] for m in emulator.sent} >= set(keys))
+                assert await node.stop(signal.SIGTERM) == 0, node.err
+            assert await durable.query("SELECT count(*) FROM kept_outbound") == [(0,)]
+    assert sorted(m["id"] for m in emulator.sent) == sorted(keys)

@@ -7,6 +7,7 @@ sent by the deadline, what is kept, and the next start that sends it.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -243,7 +244,11 @@ async def test_what_misses_the_deadline_is_kept_and_sent_at_the_next_start(
                         break
                     await trio.sleep(1.0)
                 assert len({m.idempotency_key for m in provider.sent}) == 10
-                assert await store.take_outbound() == []
+                for _ in range(10):  # forgotten once sent, in a batch behind the sends
+                    if not await store.read_outbound():
+                        break
+                    await trio.sleep(1.0)
+                assert await store.read_outbound() == []
 
 
 async def _record(results: list[Any], call: Any) -> None:
@@ -352,3 +357,144 @@ async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_chann
                 await inner.flush()
                 saved = await inner.recent_inbound("a")
                 assert [e.text for e in saved] == ["while the store is down"]
+
+
+async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The resend's policy (runtime.resend): what is not done stays kept (issue 11)."""
+    from providers.simulated import FailureRates
+    from runtime.store import KeptMessage
+
+    def kept(channel: str, key: str) -> KeptMessage:
+        return KeptMessage(
+            channel_id=channel, message=message(key), reason="drain", accepted_at=1.0
+        )
+
+    refusing = SimulatedProvider(failures=FailureRates(send_permanent=1.0))
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            await store.keep_outbound([kept("a", "refused"), kept("gone", "nowhere")])
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": refusing},
+            ) as node:
+                for _ in range(30):  # virtual seconds
+                    if len(await store.read_outbound()) == 1:
+                        break
+                    await trio.sleep(1.0)
+                letters = await node.dead_letters()
+            left = await store.read_outbound()
+    assert [item.message.idempotency_key for item in left] == ["nowhere"]  # unknown channel
+    assert [d.letter.message.idempotency_key for d in letters] == ["refused"]
+
+
+async def test_send_refuses_what_json_cannot_carry_with_a_typed_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One NaN used to be accepted, then spoil the drain's whole kept batch (issue 11)."""
+    from providers.operations import EditMessage
+    from runtime import InvalidMessage
+
+    provider = SimulatedProvider()
+    bad = OutboundMessage(
+        peer="p1", idempotency_key="k-nan", text="hi", metadata={"score": float("nan")}
+    )
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with pytest.raises(InvalidMessage) as caught:
+                await node.send("a", bad)
+            with pytest.raises(ValueError, match=r"a set is not a JSON value @ \$\.metadata\.tags"):
+                await node.edit(
+                    "a", EditMessage(peer="p1", message_id="m", text="t", metadata={"tags": {1}})
+                )
+            assert (await node.send("a", message("k-fine"))).peer == "p1"
+    error = caught.value
+    assert (error.channel_id, error.idempotency_key) == ("a", "k-nan")
+    assert error.problems == (
+        ("$.metadata.score", "nan is not a JSON number (only finite numbers are)"),
+    )
+    assert "'k-nan'" in str(error) and "$.metadata.score" in str(error)
+    assert [m.idempotency_key for m in provider.sent] == ["k-fine"]
+
+
+async def test_a_resent_message_is_forgotten_once_the_store_takes_the_forget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store down while the resend finishes keeps the message kept (sent again at worst,
+    never lost), and the forget goes through once it is back."""
+    from runtime.store import KeptMessage
+
+    provider = SimulatedProvider()
+    attempts: list[float] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            real_forget = store.forget_outbound
+
+            async def flaky_forget(ids: Any) -> int:
+                attempts.append(trio.current_time())
+                if len(attempts) <= 3:
+                    raise StoreError("the store is down (test)")
+                return await real_forget(ids)
+
+            store.forget_outbound = flaky_forget  # type: ignore[method-assign]
+            kept = KeptMessage(channel_id="a", message=message("k1"), reason="drain", accepted_at=1)
+            await store.keep_outbound([kept])
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ):
+                for _ in range(60):  # virtual seconds
+                    if not await store.read_outbound():
+                        break
+                    await trio.sleep(1.0)
+            left = await store.read_outbound()
+    assert [m.idempotency_key for m in provider.sent] == ["k1"]
+    assert left == []
+    assert len(attempts) == 4
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
+    assert gaps == [1.0, 2.0, 4.0]  # backing off while the store is down
+
+
+async def test_the_drain_keeps_its_leftovers_through_a_short_store_outage(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store that fails at the drain (a database restarting) is tried again within the
+    grace, instead of failing the drain and losing every leftover (issue 11)."""
+    provider = SimulatedProvider(latency=Fixed(seconds=30.0))  # nothing is sent in time
+    config = node_config([sim("a")], node={"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0})
+    refusals: list[float] = []
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            real_keep = store.keep_outbound
+
+            async def flaky_keep(items: Any) -> Any:
+                if len(refusals) < 2:
+                    refusals.append(trio.current_time())
+                    raise StoreError("the store is restarting (test)")
+                return await real_keep(items)
+
+            store.keep_outbound = flaky_keep  # type: ignore[method-assign]
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                await wait_connected(node, 1)
+                async with trio.open_nursery() as nursery:
+                    for i in range(3):
+                        key = f"k{i}"
+                        nursery.start_soon(_record_into, results, key, node.send("a", message(key)))
+                    await trio.testing.wait_all_tasks_blocked()
+                    report = await node.drain()
+            kept = await store.read_outbound()
+    assert len(refusals) == 2
+    assert sorted(item.message.idempotency_key for item in report.kept) == ["k0", "k1", "k2"]
+    assert sorted(item.message.idempotency_key for item in kept) == ["k0", "k1", "k2"]
+    assert all("kept for the next start" in str(outcome) for outcome in results.values())

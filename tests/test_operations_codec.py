@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from providers.base import Media, MediaKind, OutboundMessage
+from providers.base import Media, MediaKind, OutboundMessage, Template
 from providers.operations import (
     ChatAction,
     DeleteMessage,
@@ -15,6 +15,7 @@ from providers.operations import (
     Operation,
     React,
     SendTyping,
+    json_problems,
 )
 from runtime.store import KeptMessage
 from runtime.store.codec import decode_kept, decode_outbound, dumps, encode_kept, encode_outbound
@@ -74,3 +75,49 @@ def test_a_message_row_written_before_operations_still_reads() -> None:
 def test_bad_rows_are_refused_with_what_is_wrong(row: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         decode_outbound(row)
+
+
+def _nested(levels: int) -> object:
+    value: object = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("op", "problems"),
+    [
+        (OutboundMessage(peer="p", idempotency_key="k", text="t", metadata={"a": [1, 2.5]}), []),
+        (
+            OutboundMessage(
+                peer="p",
+                idempotency_key="k",
+                text="t",
+                metadata={"a": float("nan"), "b": {"c": [float("-inf")]}, 3: "x", "d": b"raw"},
+            ),
+            [
+                ("$.metadata.a", "nan is not a JSON number (only finite numbers are)"),
+                ("$.metadata.b.c[0]", "-inf is not a JSON number (only finite numbers are)"),
+                ("$.metadata", "a key must be a string, not int"),
+                ("$.metadata.d", "a bytes is not a JSON value"),
+            ],
+        ),
+        (
+            OutboundMessage(
+                peer="p",
+                idempotency_key="k",
+                template=Template(name="t", language="en", components=({"x": float("inf")},)),
+            ),
+            [("$.template.components[0].x", "inf is not a JSON number (only finite numbers are)")],
+        ),
+        (
+            EditMessage(peer="p", message_id="m", text="t", metadata={"deep": _nested(40)}),
+            [("$.metadata.deep" + "[0]" * 31, "nested deeper than 32 levels")],
+        ),
+    ],
+    ids=["fine", "metadata", "template", "too-deep"],
+)
+def test_json_problems_name_every_value_json_cannot_carry(
+    op: Operation, problems: list[tuple[str, str]]
+) -> None:
+    assert json_problems(op) == problems

@@ -901,6 +901,45 @@ def _overloaded(retry_after: int) -> Overloaded:
 
 
 @pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("NaN", "nan is not a JSON number"),
+        ("Infinity", "inf is not a JSON number"),
+        ('[1, {"deep": -Infinity}]', "-inf is not a JSON number"),
+    ],
+)
+async def test_a_message_json_cannot_carry_is_refused_with_its_path(
+    value: str, problem: str
+) -> None:
+    """Python's JSON reads NaN and Infinity; the store and the platforms cannot (issue 11)."""
+    node = FakeNode()
+    body = (
+        f'{{"peer": "42", "idempotency_key": "k-1", "text": "hi", '
+        f'"metadata": {{"score": {value}}}}}'
+    )
+    edit = (
+        f'{{"op": "edit", "peer": "42", "message_id": "m-1", "text": "t", '
+        f'"metadata": {{"x": {value}}}}}'
+    )
+    with trio.fail_after(CEILING):
+        async with serving(node, api_token=API_TOKEN) as (client, _):
+            headers = {**BEARER, "content-type": "application/json"}
+            answer = await client.post("/v1/channels/tg-1/messages", content=body, headers=headers)
+            refused = await client.post(
+                "/v1/channels/tg-1/operations", content=edit, headers=headers
+            )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "InvalidMessage"
+    (found,) = answer.json()["problems"]
+    assert found["path"].startswith("$.metadata.score")
+    assert problem in found["message"]
+    assert problem in answer.json()["message"]
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["problems"][0]["path"].startswith("$.metadata.x")
+    assert node.sent == []
+
+
+@pytest.mark.parametrize(
     ("error", "status", "retry_after"),
     [
         (UnknownChannel("tg-9"), 404, None),

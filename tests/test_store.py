@@ -300,7 +300,8 @@ async def test_flush_writes_in_batches_of_batch_size(backend: Backend) -> None:
             ]
 
 
-async def test_kept_messages_are_taken_once(backend: Backend) -> None:
+async def test_kept_messages_stay_kept_until_forgotten(backend: Backend) -> None:
+    """Reading forgets nothing: a process killed while it resends loses none (issue 11)."""
     items = [
         kept(1),
         kept(2, media=Media(kind=MediaKind.DOCUMENT, url="https://x/y.pdf", filename="y.pdf")),
@@ -320,8 +321,18 @@ async def test_kept_messages_are_taken_once(backend: Backend) -> None:
             await store.keep_outbound(items[2:])
             await store.keep_outbound([])
             assert store.statistics().kept == 3
-            assert await store.take_outbound() == items
-            assert await store.take_outbound() == []
+            read = await store.read_outbound()
+            assert read == items
+            assert await store.read_outbound() == items  # still kept
+            ids = [item.kept_id for item in read if item.kept_id is not None]
+            assert all(isinstance(kept_id, int) for kept_id in ids) and len(set(ids)) == 3
+            assert await store.forget_outbound([ids[0], ids[2], ids[0]]) == 2
+            assert await store.read_outbound() == [items[1]]
+            assert await store.forget_outbound([ids[0]]) == 0  # forgotten already
+            assert await store.forget_outbound([]) == 0
+        async with open_store(backend.config()) as again:
+            expected = [items[1]] if again.durable else []
+            assert await again.read_outbound() == expected
 
 
 async def test_an_exception_leaves_the_block_unwrapped(backend: Backend) -> None:
@@ -357,10 +368,11 @@ async def test_an_old_outbox_file_is_imported_once_into_the_store(
     with trio.fail_after(PG_CEILING):
         async with open_store(config) as store:
             assert not path.exists()
-            assert await store.take_outbound() == [kept(1), kept(2, text="second")]
-            assert await store.take_outbound() == []
+            read = await store.read_outbound()
+            assert read == [kept(1), kept(2, text="second")]
+            await store.forget_outbound([item.kept_id for item in read if item.kept_id])
         async with open_store(config) as again:
-            assert await again.take_outbound() == []  # imported once
+            assert await again.read_outbound() == []  # imported once
 
 
 @pytest.mark.parametrize(
@@ -394,8 +406,10 @@ async def test_memory_keeps_unsent_messages_in_memory_without_a_file() -> None:
     async with open_store(StorageConfig(backend="memory")) as store:
         assert not store.durable
         await store.keep_outbound([kept(1), kept(2)])
-        assert await store.take_outbound() == [kept(1), kept(2)]
-        assert await store.take_outbound() == []
+        read = await store.read_outbound()
+        assert read == [kept(1), kept(2)]
+        await store.forget_outbound([item.kept_id for item in read if item.kept_id])
+        assert await store.read_outbound() == []
 
 
 async def test_memory_keeps_a_bounded_window_of_recent_events() -> None:
@@ -544,3 +558,48 @@ def test_dedupe_keys_separate_what_must_stay_distinct() -> None:
     assert dedupe_key(receipt(1, ReceiptStatus.SENT)) != dedupe_key(receipt(1, ReceiptStatus.READ))
     assert dedupe_key(edited(1, at=2.0)) == ("tg:1", "edited", "1", "2.0")
     assert dedupe_key(edited(1, at=2.0)) != dedupe_key(message(1))
+
+
+async def test_sqlite_reports_and_skips_a_corrupt_kept_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad row must not hold back every kept message (issue 11)."""
+    import sqlite3
+
+    path = tmp_path / "store.sqlite3"
+    config = StorageConfig(backend="sqlite", path=str(path))
+    async with open_store(config) as store:
+        await store.keep_outbound([kept(1)])
+        with sqlite3.connect(path) as conn:
+            bad_id = conn.execute(
+                "INSERT INTO kept_outbound (channel_id, payload, reason, accepted_at) "
+                "VALUES ('wa:1', '{\"peer\": \"p\"}', 'r', 1.0) RETURNING id"
+            ).fetchone()[0]
+        await store.keep_outbound([kept(2)])
+        assert await store.read_outbound() == [kept(1), kept(2)]
+        assert store.statistics().errors == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM kept_outbound").fetchone() == (3,)
+    assert any(f"row id={bad_id} of kept_outbound" in r.getMessage() for r in caplog.records)
+
+
+async def test_one_message_json_cannot_carry_does_not_spoil_a_kept_batch(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NaN in one kept message used to make keep_outbound fail for all (issue 11)."""
+    bad = [
+        kept(2, text="nan", metadata={"score": float("nan")}),
+        kept(3, text="object", metadata={"when": object()}),
+    ]
+    items = [kept(1), *bad, kept(4)]
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            refused = await store.keep_outbound(items)
+            assert refused == bad
+            assert await store.read_outbound() == [kept(1), kept(4)]
+            stats = store.statistics()
+            assert (stats.kept, stats.errors) == (2, 2)
+            assert await store.keep_outbound(bad) == bad  # nothing to write, nothing raised
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("'key-2'" in line and "wa:1" in line for line in logged)
+    assert any("'key-3'" in line for line in logged)

@@ -250,7 +250,7 @@ async def test_postgres_migrates_the_previous_release_s_schema_keeping_its_data(
                 )
             config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
             async with open_store(config) as store:
-                kept = await store.take_outbound()
+                kept = await store.read_outbound()
                 await store.write_checkpoints([checkpoint("tg:1", 1, state())])
             async with open_store(config) as again:  # migrating twice is a no-op
                 assert await again.load_checkpoint("tg:1") is not None
@@ -395,3 +395,47 @@ async def test_closing_the_store_releases_whoever_waits(
                     await trio.sleep(1.0)
     assert len(caught) == 1
     assert "closed before these events were written" in str(caught[0])
+
+
+# --- one bad record never spoils a batch (issue 11) -------------------------------------------
+
+
+async def test_a_checkpoint_or_letter_json_cannot_carry_is_left_out_the_rest_written(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    poisoned_letter = attrs.evolve(
+        letter(2, 1_800_000_001.0),
+        message=OutboundMessage(
+            peer="p2", idempotency_key="k2", text="t", metadata={"score": float("nan")}
+        ),
+    )
+    last = letter(3, 1_800_000_002.0)
+    bad_state = attrs.evolve(
+        state(), session=SessionState(provider="telegram", data={"offset": float("inf")})
+    )
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            token = await store.next_owner_token()
+            result = await store.write_checkpoints(
+                [
+                    checkpoint("tg:1", token, state(letter(1, 1_800_000_000.0))),
+                    checkpoint("tg:bad", token, bad_state),
+                    checkpoint(
+                        "tg:3",
+                        token,
+                        state(letter(1, 1_800_000_000.0), poisoned_letter, last),
+                        letters_changed=True,
+                    ),
+                ]
+            )
+            assert result.written == ("tg:1", "tg:3")
+            assert result.refused == ()
+            assert [channel for channel, _ in result.rejected] == ["tg:bad", "tg:3"]
+            assert "dead letter 2 (idempotency key 'k2')" in result.rejected[1][1]
+            assert await store.load_checkpoint("tg:bad") is None
+            third = await store.load_checkpoint("tg:3")
+            assert third is not None and third.state is not None
+            assert [item.id for item in third.state.dead_letters] == [1, 3]
+            assert store.statistics().errors == 2
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "channel tg:bad" in logged and "channel tg:3" in logged

@@ -139,7 +139,7 @@ async def test_opening_creates_the_schema_once_and_reopening_keeps_the_data(pg: 
                 "schema_migrations",
             ]
             assert await store.recent_inbound() == [message(1)]
-            assert await store.take_outbound() == [kept(1)]
+            assert await store.read_outbound() == [kept(1)]
             assert pg.schema in repr(store) and "127.0.0.1:5432" in repr(store)
 
 
@@ -285,7 +285,10 @@ async def test_an_event_postgres_cannot_store_is_skipped_and_counted(
     assert any("NUL" in r.getMessage() and "'2'" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_corrupt_kept_row_is_an_error_and_nothing_is_taken(pg: Pg) -> None:
+async def test_a_corrupt_kept_row_is_reported_and_skipped_the_others_are_read(
+    pg: Pg, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad row must not hold back every kept message (issue 11)."""
     table = pg.table("kept_outbound")
     with trio.fail_after(PG_CEILING):
         async with open_store(pg.config) as store, pg_session() as session:
@@ -294,12 +297,14 @@ async def test_a_corrupt_kept_row_is_an_error_and_nothing_is_taken(pg: Pg) -> No
                 f"INSERT INTO {table} (channel_id, payload, reason, accepted_at) "
                 "VALUES ('wa:1', '{\"peer\": \"p\"}', 'r', now()) RETURNING id"
             )
-            with pytest.raises(StoreError, match=f"row id={bad_id} of .*kept_outbound"):
-                await store.take_outbound()
-            assert await session.fetchval(f"SELECT count(*) FROM {table}") == 2  # rolled back
-            await session.execute(f"DELETE FROM {table} WHERE id = $1", bad_id)
-            assert await store.take_outbound() == [kept(1)]
-            assert await session.fetchval(f"SELECT count(*) FROM {table}") == 0
+            await store.keep_outbound([kept(2)])
+            assert await store.read_outbound() == [kept(1), kept(2)]
+            assert store.statistics().errors == 1
+            assert await session.fetchval(f"SELECT count(*) FROM {table}") == 3  # left in place
+    assert any(
+        f"row id={bad_id} of" in r.getMessage() and "kept_outbound" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_accepted_at_is_kept_to_the_microsecond(pg: Pg) -> None:
@@ -307,7 +312,7 @@ async def test_accepted_at_is_kept_to_the_microsecond(pg: Pg) -> None:
     with trio.fail_after(PG_CEILING):
         async with open_store(pg.config) as store:
             await store.keep_outbound([item])
-            (back,) = await store.take_outbound()
+            (back,) = await store.read_outbound()
     assert back.message == item.message
     assert back.accepted_at == pytest.approx(item.accepted_at, abs=1e-6)
 
@@ -321,3 +326,32 @@ async def test_the_flusher_writes_while_the_block_runs(pg: Pg) -> None:
                 await wait_until(lambda n=n: store.statistics().inbound_written == n + 1)
             count = await session.fetchval(f"SELECT count(*) FROM {pg.table('inbound_events')}")
             assert count == 5
+
+
+async def test_a_nul_character_spoils_no_batch_of_kept_messages_or_checkpoints(pg: Pg) -> None:
+    """jsonb refuses U+0000: one such record used to fail its whole statement (issue 11)."""
+    from providers.base import OutboundMessage
+    from tests.test_store_durable import checkpoint, letter, state
+
+    nul = kept(2, text="a\x00b")
+    nul_letter = attrs.evolve(
+        letter(2, 1_800_000_001.0),
+        message=OutboundMessage(peer="p", idempotency_key="k2", text="x\x00"),
+    )
+    literal = kept(3, text="a \\u0000 is text here")  # a backslash, not a NUL
+    with trio.fail_after(PG_CEILING):
+        async with open_store(pg.config) as store:
+            assert await store.keep_outbound([kept(1), nul, literal]) == [nul]
+            assert await store.read_outbound() == [kept(1), literal]
+            token = await store.next_owner_token()
+            result = await store.write_checkpoints(
+                [
+                    checkpoint("tg:1", token, state(letter(1, 1_800_000_000.0), nul_letter)),
+                    checkpoint("tg:2", token, state()),
+                ]
+            )
+            assert result.written == ("tg:1", "tg:2")
+            assert [channel for channel, _ in result.rejected] == ["tg:1"]
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None and loaded.state is not None
+    assert [item.id for item in loaded.state.dead_letters] == [1]

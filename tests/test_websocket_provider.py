@@ -279,6 +279,24 @@ def test_liveness_counts_application_frames_not_pongs() -> None:
     assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
 
 
+def test_a_stalled_reader_is_not_taken_for_a_dead_link() -> None:
+    """A full event buffer stops the reading (issue 11): the pong and the
+    heartbeats that arrived meanwhile wait unread, so the timers restart."""
+    core = make_core(liveness_timeout=30.0)
+    [ping] = core.tick(110.0)
+    assert core.next_deadline() == 115.0  # the pong deadline
+    assert core.reader_stalled(111.0, 160.0) == []  # 49 s with the consumer full
+    assert core.tick(160.0) == []  # neither the pong nor the liveness has failed
+    assert core.next_deadline() == 165.0  # the pong, judged from now
+    assert core.pong_received(ping.payload, 160.1) == []  # read at last
+    assert core.next_deadline() == 160.0  # the next ping, overdue since the stall
+    [again] = core.tick(160.1)
+    assert isinstance(again, SendPing)
+    core.pong_received(again.payload, 160.2)
+    [fail] = core.tick(190.0)  # the liveness also restarted at 160
+    assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
+
+
 def test_disabled_timers_leave_nothing_armed() -> None:
     core = make_core(ping_interval=None, liveness_timeout=None)
     assert core.next_deadline() == float("inf")

@@ -22,6 +22,39 @@ Design:
   (``pending``), marked as tried; a killed incarnation's successor hands it
   over again and publishes it whatever the store says (the store may have
   kept it, but nobody saw it).
+
+Policy for a store outage (issue 11; ``tests/test_store_outage.py`` holds a
+PostgreSQL outage of a minute under inbound load to it: none lost, no
+restart, the buffer bounded):
+
+- Nothing is refused and nothing raises while the store is down: the
+  store's ``store_inbound`` waits for as long as the outage lasts (its
+  flusher retries with a capped backoff), and only a store that closes
+  releases the waiters with a ``StoreError``, which this path keeps the
+  events through (they stay ``pending`` and are handed over again).
+- Bounded per channel: a channel holds the one event it is handing over
+  (``pending``) plus what its connection buffers for a slow reader, a fixed
+  number per provider (websocket and WhatsApp ``event_buffer``, 1,024 by
+  default; Discord ``EVENT_BUFFER``, 1,024; Telegram none: its poller asks
+  for more only once the last update was taken).
+- Bounded per node: the store buffers at most ``BUFFER_BATCHES`` batches,
+  and past that each waiting channel adds only the event in its hands, so
+  the node holds at most ``BUFFER_BATCHES * batch_size`` + one event per
+  channel, whatever the outage's length.
+- Past those bounds the platform holds the rest, each in its own way:
+  Telegram keeps the updates it was not asked for (polling), or gets a 503
+  after ``WEBHOOK_TIMEOUT`` and redelivers (webhooks); WhatsApp's webhook
+  answers 503 once the buffer cannot take a whole notification, and Meta
+  redelivers; Discord's gateway driver stops reading (a socket the gateway
+  drops meanwhile is resumed, and a connection that ends with events unread
+  resumes after the last one taken); the generic websocket stops being read
+  (its TCP window closes), and its keepalive does not count the stall
+  against the link (``WebSocketCore.reader_stalled``): the link, and what
+  the server queued on it, survive. Reading resumes by itself once the
+  store writes again, oldest first.
+- Limit: the generic websocket protocol has no replay, so a server that
+  drops a client for not answering its heartbeats during a long stall
+  loses what it had queued for it; nothing on this side can prevent that.
 """
 
 from __future__ import annotations

@@ -10,6 +10,13 @@ Design:
   identify) when the core says so, within one :class:`DiscordConnection`;
   when the core gives up, the error is handed to :meth:`DiscordConnection.events`
   so the channel actor's backoff decides what happens next.
+- Backpressure: inbound events wait in a bounded buffer (``EVENT_BUFFER``)
+  for the consumer; when it is full (the channel's store is down) the driver
+  waits and reads no more. Should the gateway drop the socket meanwhile (no
+  heartbeats), the core resumes from the last seq received, every event up
+  to which is in the buffer. A connection that ends with events unread
+  saves the seq of the last one taken (``session_state``), so the next
+  connection's resume replays the rest.
 - Every trio, trio-websocket and httpx error is mapped here into the
   :mod:`providers.base` tree, through one table (:func:`_transport_errors`)
   and :class:`~providers._exceptions.map_exceptions`, chained to its cause.
@@ -111,7 +118,7 @@ HTTP_TIMEOUT: Final = 10.0  # seconds per REST call
 CLOSE_TIMEOUT: Final = 2.0  # seconds for a websocket close handshake
 MAX_MESSAGE_BYTES: Final = 1 << 20  # bytes in one gateway message (after inflating)
 MAX_BUCKET_WAIT: Final = 30.0  # seconds we wait for a bucket before raising RateLimited
-EVENT_BUFFER: Final = 10_000  # inbound events buffered for a slow consumer
+EVENT_BUFFER: Final = 1_024  # inbound events buffered for a slow consumer, then backpressure
 
 # What Discord's transports raise: httpx (REST), trio-websocket and the OS (the
 # gateway socket), and the connect deadline. A call can only raise its own
@@ -357,7 +364,12 @@ class DiscordConnection:
         self._max_bucket_wait = max_bucket_wait
         self._buckets = BucketTracker()
         self._upload_limit = DISCORD_LIMITS.max_upload_bytes
-        self._send_events, self._receive_events = trio.open_memory_channel[Event](EVENT_BUFFER)
+        # Each event with the seq of its dispatch: a resume starts after the
+        # last one the consumer took (see session_state).
+        self._send_events, self._receive_events = trio.open_memory_channel[
+            tuple[Event, int | None]
+        ](EVENT_BUFFER)
+        self._taken_seq = core.seq
         self._ws: WebSocketConnection | None = None
         self._drive_scope = trio.CancelScope()
         self._error: BaseException | None = None
@@ -383,7 +395,8 @@ class DiscordConnection:
             TransientError, RateLimited, FatalError: the gateway link failed
                 in a way the core could not repair by reconnecting.
         """
-        async for event in self._receive_events:
+        async for event, seq in self._receive_events:
+            self._taken_seq = seq
             yield event
         if self._error is not None:
             raise self._error
@@ -515,8 +528,18 @@ class DiscordConnection:
         return response
 
     def session_state(self) -> SessionState:
-        """``session_id``, ``seq`` and ``resume_gateway_url`` for a later resume."""
-        return self._core.session_state()
+        """``session_id``, ``seq`` and ``resume_gateway_url`` for a later resume.
+
+        The ``seq`` is that of the last event the consumer took while events
+        wait in the buffer (a consumer held back by its store): they die
+        with this connection, and the resume must have the gateway replay
+        them. Duplicates of a replay are dropped by id downstream.
+        """
+        state = self._core.session_state()
+        unread = self._receive_events.statistics().current_buffer_used
+        if state.data and unread:
+            state = SessionState(provider="discord", data={**state.data, "seq": self._taken_seq})
+        return state
 
     async def close(self, *, resumable: bool = True) -> None:
         """Close the gateway socket: code 4000 keeps the session, 1000 ends it."""
@@ -625,7 +648,7 @@ class DiscordConnection:
             elif isinstance(action, CloseSocket):
                 await self._close_socket(ws, action)
             elif isinstance(action, EmitEvent):
-                self._emit(action.event)
+                await self._emit(action.event)
             elif isinstance(action, Reconnect):
                 return action
             elif isinstance(action, Fail):
@@ -636,13 +659,10 @@ class DiscordConnection:
         with trio.move_on_after(CLOSE_TIMEOUT):
             await ws.aclose(action.code, action.reason)
 
-    def _emit(self, event: Event) -> None:
-        try:
-            self._send_events.send_nowait(event)
-        except trio.WouldBlock:
-            raise TransientError(
-                f"{EVENT_BUFFER} Discord events are waiting for a consumer; closing so that "
-                "a resume replays them once the consumer keeps up"
-            ) from None
-        except trio.ClosedResourceError:
-            pass  # closed by our owner: nobody listens any more
+    async def _emit(self, event: Event) -> None:
+        # Backpressure: with the buffer full (a consumer held back by its store)
+        # the driver waits and reads no more. Its heartbeats wait too, so the
+        # gateway may drop the socket meanwhile: the core then resumes from the
+        # last seq received, and every event up to it is in the buffer.
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._send_events.send((event, self._core.seq))

@@ -501,6 +501,29 @@ class WebSocketCore:
             actions.append(SendPing(payload=payload))
         return actions
 
+    def reader_stalled(self, since: float, now: float) -> list[Action]:
+        """The shell did not read from ``since`` to ``now``: its consumer was full.
+
+        Whatever the server sent meanwhile (pongs, heartbeats, acks) waits
+        unread in the socket, so no timer may blame the link for that time:
+        the awaited pong and the liveness are judged from ``now``, and each
+        pending ack's deadline moves by the stall. (A slow consumer is
+        backpressure, not a dead link: closing it would lose what the
+        server queued on it.)
+        """
+        stalled = now - since
+        if stalled <= 0 or self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        if self._awaited_pong is not None:
+            payload, deadline = self._awaited_pong
+            self._awaited_pong = (payload, max(deadline, now + self.pong_timeout))
+        self.last_frame_at = max(self.last_frame_at, now)
+        if self._next_ping_at is not None:
+            self._next_ping_at = max(self._next_ping_at, now)
+        for key, (deadline, peer) in self._pending.items():
+            self._pending[key] = (deadline + stalled, peer)
+        return []
+
     def pong_received(self, payload: bytes, now: float) -> list[Action]:
         """The pong for ``payload`` arrived."""
         if self._awaited_pong is not None and self._awaited_pong[0] == payload:

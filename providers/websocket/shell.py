@@ -131,7 +131,8 @@ class WebSocketOptions:
             socket is simply closed.
         token_in_query: send the token as ``?token=`` instead of a header.
         event_buffer: inbound events buffered for a slow consumer; beyond it the
-            reader waits (and a long stall trips the keepalive).
+            reader stops reading (the server's TCP window closes) until there is
+            room, and the keepalive does not count that time against the link.
         max_message_bytes: the largest message read, in characters (text) or
             bytes (binary); a larger one closes the link with 1009, a
             transient error (the channel reconnects with backoff).
@@ -399,8 +400,12 @@ class WebSocketConnection:
                 if isinstance(action.event, ConnectionStateChanged):
                     self._set_ready()
                 # closed while we waited for buffer space: nobody wants it any more
+                began = trio.current_time()
                 with contextlib.suppress(trio.ClosedResourceError):
                     await self._events.put(action.event)
+                # A full buffer stops the reading (backpressure): the timers must
+                # not count that against the link (see WebSocketCore.reader_stalled).
+                await self._apply(self._core.reader_stalled(began, trio.current_time()))
             elif isinstance(action, CompleteSend):
                 waiter = self._waiters.pop(action.key, None)
                 if waiter is not None:
@@ -454,7 +459,8 @@ class _EventBuffer:
     consumer always waits in it): a list, and the parked tasks, put to sleep
     with ``trio.lowlevel.wait_task_rescheduled`` as the actor kernel does,
     with no ``trio.Event`` or parking lot. When ``capacity`` events wait, the
-    reader waits too (and a long stall trips the keepalive). Neither side
+    reader waits too (a wait the keepalive does not count against the link).
+    Neither side
     yields when it does not have to wait: a burst of frames is parsed, and
     a backlog of events consumed, in one go (each is bounded by the other's
     capacity).

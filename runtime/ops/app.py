@@ -95,10 +95,18 @@ from actors import (
 )
 from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
+from providers.operations import json_problems
 from providers.whatsapp.webhook import signature_header_valid
 
 from ..config.model import MetricsConfig
-from ..errors import NodeDraining, NodeError, NodeStarting, Overloaded, UnknownChannel
+from ..errors import (
+    InvalidMessage,
+    NodeDraining,
+    NodeError,
+    NodeStarting,
+    Overloaded,
+    UnknownChannel,
+)
 from ..telemetry.redaction import Redactor, scrub_shapes
 from ..view import NodeView, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
@@ -142,6 +150,7 @@ MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 
 # Send errors and their answers: (class, HTTP status, Retry-After), first match wins.
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
+    (InvalidMessage, 400, None),
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
     (NodeStarting, 503, STARTING_RETRY_AFTER),
@@ -329,6 +338,7 @@ def _structure_message(raw: Any) -> OutboundMessage:
             problems.append((path, text))
         raise _InvalidMessage(problems) from exc
     problems.extend(no_local_files(message))
+    problems.extend(json_problems(message))
     if problems:
         raise _InvalidMessage(problems)
     return message

@@ -37,6 +37,7 @@ from providers.operations import (
     Operation,
     React,
     SendTyping,
+    json_problems,
 )
 
 __all__ = [
@@ -120,6 +121,7 @@ def structure_operation(
             text, _, path = line.rpartition(" @ ")
             problems.append((path, text))
         raise InvalidBody(problems) from exc
+    problems.extend(json_problems(op))
     if problems:
         raise InvalidBody(problems)
     return op

@@ -7,7 +7,8 @@ One async interface, :class:`Store`, two backends picked by
 
     async with open_store(config.storage) as store:
         await store.save_inbound(events)     # buffered; written in batches
-        kept = await store.take_outbound()   # what the last run could not send
+        kept = await store.read_outbound()   # what the last run could not send
+        await store.forget_outbound([k.kept_id for k in sent])  # once the platform took them
 
 Failures are :class:`runtime.errors.StoreError`. :mod:`runtime.store.codec`
 turns events and messages into JSON-able dicts and back.

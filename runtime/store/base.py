@@ -3,9 +3,16 @@
 Design:
 - :class:`Store` is what the node uses: the channels' inbound sink
   (``save_inbound``), the drain's outbox (``keep_outbound`` at shutdown,
-  ``take_outbound`` at the next start) and a window on recent events for the
-  admin console. :func:`open_store` picks the backend from the config and
-  owns its lifetime: nothing a store starts outlives the ``async with``.
+  ``read_outbound`` at the next start, ``forget_outbound`` for each message
+  once the platform took it or it was dead-lettered) and a window on recent
+  events for the admin console. :func:`open_store` picks the backend from
+  the config and owns its lifetime: nothing a store starts outlives the
+  ``async with``.
+- A kept message leaves the outbox only through ``forget_outbound``: reading
+  it forgets nothing, so a process killed while it resends finds every
+  message not yet sent at its next start (delivery is at least once; the
+  idempotency key makes the repeat harmless). A stored row that cannot be
+  decoded is reported and skipped, never allowed to hold back the others.
 - The hot path only appends. ``save_inbound`` puts events in a buffer and
   returns without a checkpoint; a flusher task owned by the ``open_store``
   block writes them in batches of ``batch_size`` when a batch fills or every
@@ -17,7 +24,9 @@ Design:
   fail). The buffer is bounded: past ``BUFFER_BATCHES`` batches,
   ``save_inbound`` waits for room for at most ``BACKPRESSURE_WAIT`` seconds,
   then refuses the events with :class:`~runtime.errors.StoreError`, so they
-  stay with the caller (a channel keeps a refused batch for its next flush).
+  stay with the caller. ``store_inbound`` (the channels' path) never
+  refuses while the store is open: it waits for room and for its write as
+  long as an outage lasts (the policy is ``actors.channel.inbound``'s).
 - Only one writer runs at a time (a lock), and a batch leaves the buffer only
   after its write succeeded: a write cancelled half-way is written again
   later, and the backends ignore duplicates by key, so nothing is doubled.
@@ -30,10 +39,10 @@ from __future__ import annotations
 import abc
 import collections
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import trio
@@ -75,6 +84,7 @@ BACKPRESSURE_WAIT: Final = 5.0  # seconds save_inbound waits for room before ref
 FINAL_FLUSH_DEADLINE: Final = 10.0  # seconds the last flush gets when the store closes
 RETRY_DELAY_CAP: Final = 5.0  # seconds, the longest pause between failing flushes
 MIN_FLUSH_INTERVAL: Final = 0.001  # seconds; 0 would make the flusher spin
+_R = TypeVar("_R")
 
 
 @attrs.frozen(kw_only=True)
@@ -87,12 +97,16 @@ class KeptMessage:
         reason: why it was kept, e.g. ``not sent by the drain deadline (10.0 s)``.
         accepted_at: when the channel accepted it, unix time (PostgreSQL keeps
             it to the microsecond).
+        kept_id: the store's id for it, set by ``read_outbound`` (what
+            ``forget_outbound`` takes); ``None`` before it is kept. It is the
+            store's bookkeeping, not part of the message: equality ignores it.
     """
 
     channel_id: str
     message: Operation
     reason: str
     accepted_at: float
+    kept_id: int | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -208,19 +222,41 @@ class Store(Protocol):
         """
         ...
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
-        """Keep messages that were not sent, for ``take_outbound`` at the next start.
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
+        """Keep messages that were not sent, for ``read_outbound`` at the next start.
+
+        One message JSON cannot carry (``node.send`` refuses those, so only a
+        defect makes one) is left out, logged with its channel and key, and
+        counted in ``statistics().errors``; the others are kept all the same.
+
+        Returns:
+            The messages left out that way (empty when all were kept).
 
         Raises:
-            StoreError: they could not be kept.
+            StoreError: they could not be kept; none was.
         """
         ...
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """Return every kept message, oldest first, and forget them.
+    async def read_outbound(self) -> list[KeptMessage]:
+        """Every kept message, oldest first, each with its ``kept_id``; none is forgotten.
+
+        A stored row that is not a kept message is logged (with its id),
+        counted in ``statistics().errors`` and left where it is; the others
+        are returned all the same.
 
         Raises:
-            StoreError: they could not be read; nothing was forgotten.
+            StoreError: they could not be read.
+        """
+        ...
+
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """Forget these kept messages (sent, or dead-lettered); returns how many were kept.
+
+        Ids no longer kept (forgotten already, by this or another node) are
+        ignored.
+
+        Raises:
+            StoreError: they could not be forgotten; all are still kept.
         """
         ...
 
@@ -556,6 +592,47 @@ class BatchingStore(abc.ABC):
             )
         raise StoreError(f"the {self.backend} store is closed: its open_store block has ended")
 
+    # --- records JSON cannot carry ---------------------------------------------------------
+
+    def _encode_kept(
+        self, items: Sequence[KeptMessage], encode: Callable[[KeptMessage], _R]
+    ) -> tuple[list[_R], list[KeptMessage]]:
+        """``encode`` each kept message; the ones it refuses are logged and left out."""
+        rows: list[_R] = []
+        refused: list[KeptMessage] = []
+        for item in items:
+            try:
+                rows.append(encode(item))
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                self._errors += 1
+                refused.append(item)
+                log.error(
+                    "%s store: a message of channel %s (idempotency key %r) cannot be kept "
+                    "and is left out; the %d other(s) are kept: %s",
+                    self.backend,
+                    item.channel_id,
+                    item.message.idempotency_key,
+                    len(items) - 1,
+                    exc,
+                    extra={
+                        "channel": item.channel_id,
+                        "switchboard.idempotency_key": item.message.idempotency_key,
+                    },
+                )
+        return rows, refused
+
+    def _report_rejected(self, rejected: Sequence[tuple[str, str]]) -> None:
+        """Log and count the checkpoints and dead letters left out of a batch."""
+        for channel_id, problem in rejected:
+            self._errors += 1
+            log.error(
+                "%s store: channel %s: %s; left out, the rest of the batch is written",
+                self.backend,
+                channel_id,
+                problem,
+                extra={"channel": channel_id},
+            )
+
     # --- counters ---------------------------------------------------------------------
 
     def statistics(self) -> StoreStatistics:
@@ -583,12 +660,16 @@ class BatchingStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`Store.keep_outbound`."""
 
     @abc.abstractmethod
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`Store.read_outbound`."""
+
+    @abc.abstractmethod
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`Store.forget_outbound`."""
 
     @abc.abstractmethod
     async def recent_inbound(self, channel_id: str | None = None, limit: int = 100) -> list[Event]:

@@ -12,6 +12,11 @@ Design:
   letters are rows of their own, replaced together with the checkpoint when
   they changed, in the same transaction, so they can be listed and filtered
   across channels without reading every checkpoint.
+- One bad record never spoils a batch: a checkpoint whose state JSON cannot
+  carry is left out of its batch, a dead letter whose message JSON cannot
+  carry is left out of its channel's letters (:func:`encode_checkpoints`),
+  each reported (logged, counted, in ``CheckpointResult.rejected``); the
+  rest of the batch is written.
 - Reading a checkpoint never raises for its contents: a row written by an
   incompatible version, or one that does not decode, comes back with the
   ``problem`` set, for the node to ignore with a warning.
@@ -20,7 +25,7 @@ Design:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -34,9 +39,11 @@ __all__ = [
     "Checkpoint",
     "CheckpointResult",
     "DeadLetterFilter",
+    "EncodedCheckpoint",
     "StoredCheckpoint",
     "StoredDeadLetter",
     "decoded_checkpoint",
+    "encode_checkpoints",
     "letter_from_row",
     "letter_rows",
     "letters_matching",
@@ -88,10 +95,14 @@ class CheckpointResult:
         written: channels whose checkpoint was written.
         refused: ``(channel, stored token)`` for each write whose token was
             below the stored one (fenced: another owner wrote since).
+        rejected: ``(channel, problem)`` for each checkpoint or dead letter
+            left out because JSON cannot carry it (logged by the store); a
+            checkpoint that lost only a dead letter is still ``written``.
     """
 
     written: tuple[str, ...] = ()
     refused: tuple[tuple[str, int], ...] = ()
+    rejected: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -230,16 +241,7 @@ def letter_rows(items: Iterable[Checkpoint]) -> list[tuple[Any, ...]]:
         ValueError, TypeError: a message holds what JSON cannot carry.
     """
     return [
-        (
-            item.channel_id,
-            record.id,
-            item.tenant,
-            record.error_type,
-            record.reason,
-            record.attempts,
-            record.at,
-            dumps(encode_outbound(record.message)),
-        )
+        _letter_row(item, record)
         for item in items
         if item.letters_changed
         for record in item.state.dead_letters
@@ -264,4 +266,80 @@ def letter_from_row(row: Sequence[Any]) -> StoredDeadLetter:
             attempts=int(attempts),
             at=float(dead_at),
         ),
+    )
+
+
+@attrs.frozen
+class EncodedCheckpoint:
+    """A checkpoint as its rows: the state's JSON and its dead letter rows."""
+
+    item: Checkpoint
+    state: str
+    letters: tuple[tuple[Any, ...], ...]
+
+    @property
+    def row(self) -> tuple[Any, ...]:
+        """The checkpoint's row: channel, tenant, provider, owner token, version, state."""
+        i = self.item
+        return (i.channel_id, i.tenant, i.provider, i.owner_token, i.state.version, self.state)
+
+
+_UNENCODABLE = (ValueError, TypeError, OverflowError, RecursionError)
+
+
+def encode_checkpoints(
+    items: Iterable[Checkpoint], *, check: Callable[[str], object] | None = None
+) -> tuple[list[EncodedCheckpoint], list[tuple[str, str]]]:
+    """Each checkpoint as rows, leaving out what JSON cannot carry.
+
+    Args:
+        items: the checkpoints.
+        check: a backend's own test of each JSON text (PostgreSQL refuses
+            NUL characters); raises ``ValueError`` for one it cannot keep.
+
+    Returns:
+        The encoded checkpoints (their letter rows only where the letters
+        changed), and ``(channel, problem)`` for each checkpoint or dead
+        letter left out.
+    """
+    encoded: list[EncodedCheckpoint] = []
+    rejected: list[tuple[str, str]] = []
+    for item in items:
+        try:
+            state = state_json(item)
+            if check is not None:
+                check(state)
+        except _UNENCODABLE as exc:
+            rejected.append((item.channel_id, f"its checkpoint cannot be encoded: {exc}"))
+            continue
+        rows = []
+        if item.letters_changed:
+            for record in item.state.dead_letters:
+                try:
+                    row = _letter_row(item, record)
+                    if check is not None:
+                        check(row[-1])
+                    rows.append(row)
+                except _UNENCODABLE as exc:
+                    rejected.append(
+                        (
+                            item.channel_id,
+                            f"its dead letter {record.id} (idempotency key "
+                            f"{record.message.idempotency_key!r}) cannot be encoded: {exc}",
+                        )
+                    )
+        encoded.append(EncodedCheckpoint(item=item, state=state, letters=tuple(rows)))
+    return encoded, rejected
+
+
+def _letter_row(item: Checkpoint, record: DeadLetterRecord) -> tuple[Any, ...]:
+    return (
+        item.channel_id,
+        record.id,
+        item.tenant,
+        record.error_type,
+        record.reason,
+        record.attempts,
+        record.at,
+        dumps(encode_outbound(record.message)),
     )

@@ -15,19 +15,20 @@ Design:
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import trio
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 
 from ..config.model import StorageConfig
-from ..errors import StoreError
 from .base import BatchingStore, BatchResult, KeptMessage
-from .codec import DedupeKey, decode_state, dedupe_key, dumps
+from .codec import DedupeKey, decode_state, dedupe_key, dumps, encode_outbound
 from .durable import (
     Checkpoint,
     CheckpointResult,
@@ -35,10 +36,9 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
+    encode_checkpoints,
     letter_from_row,
-    letter_rows,
     letters_matching,
-    state_json,
 )
 
 __all__ = ["RECENT_CAPACITY", "MemoryStore", "open_memory_store"]
@@ -65,7 +65,8 @@ class MemoryStore(BatchingStore):
         self._capacity = capacity
         self._recent: collections.deque[tuple[DedupeKey, Event]] = collections.deque()
         self._keys: set[DedupeKey] = set()
-        self._kept_here: list[KeptMessage] = []
+        self._kept_here: dict[int, KeptMessage] = {}  # by kept_id, oldest first
+        self._kept_ids = itertools.count(1)
         self._owner_token = 0
         # channel -> (token, tenant, version, state JSON); channel -> its letter rows
         self._checkpoints: dict[str, tuple[int, str, int, str]] = {}
@@ -106,19 +107,29 @@ class MemoryStore(BatchingStore):
         found.reverse()
         return found
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        self._kept_here.extend(items)
-        self._kept += len(items)
+        # Encoded although kept as objects: the memory store refuses what the others do.
+        keepable, refused = self._encode_kept(items, _checked)
+        for item in keepable:
+            kept_id = next(self._kept_ids)
+            self._kept_here[kept_id] = attrs.evolve(item, kept_id=kept_id)
+        self._kept += len(keepable)
+        return refused
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`runtime.store.Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`runtime.store.Store.read_outbound`."""
         self._check_open()
         await trio.lowlevel.checkpoint()
-        taken, self._kept_here = self._kept_here, []
-        return taken
+        return list(self._kept_here.values())
+
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`runtime.store.Store.forget_outbound`."""
+        self._check_open()
+        await trio.lowlevel.checkpoint()
+        return sum(self._kept_here.pop(kept_id, None) is not None for kept_id in set(kept_ids))
 
     # --- channels' durable state ---------------------------------------------------------
 
@@ -136,29 +147,26 @@ class MemoryStore(BatchingStore):
         await trio.lowlevel.checkpoint()
         written: list[str] = []
         refused: list[tuple[str, int]] = []
-        for item in items:
+        encoded, rejected = encode_checkpoints(items)
+        self._report_rejected(rejected)
+        for each in encoded:
+            item = each.item
             stored = self._checkpoints.get(item.channel_id)
             if stored is not None and stored[0] > item.owner_token:
                 refused.append((item.channel_id, stored[0]))
                 continue
-            try:
-                state = state_json(item)
-                letters = letter_rows([item])
-            except (ValueError, TypeError) as exc:
-                self._errors += 1
-                raise StoreError(
-                    f"checkpoint of {item.channel_id!r} cannot be kept: {exc}"
-                ) from exc
             self._checkpoints[item.channel_id] = (
                 item.owner_token,
                 item.tenant,
                 item.state.version,
-                state,
+                each.state,
             )
             if item.letters_changed:
-                self._letters[item.channel_id] = letters
+                self._letters[item.channel_id] = list(each.letters)
             written.append(item.channel_id)
-        return CheckpointResult(written=tuple(written), refused=tuple(refused))
+        return CheckpointResult(
+            written=tuple(written), refused=tuple(refused), rejected=tuple(rejected)
+        )
 
     async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
         """See :meth:`runtime.store.Store.load_checkpoint`."""
@@ -233,3 +241,8 @@ async def open_memory_store(config: StorageConfig) -> AsyncIterator[MemoryStore]
     store = MemoryStore(batch_size=config.batch_size, flush_interval=config.flush_interval)
     async with store.serving():
         yield store
+
+
+def _checked(item: KeptMessage) -> KeptMessage:
+    dumps(encode_outbound(item.message))  # raises as the durable stores' encoding would
+    return item

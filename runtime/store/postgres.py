@@ -38,12 +38,14 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
+import attrs
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
@@ -114,6 +116,22 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+# A JSON escape of U+0000 (an even run of backslashes before it is text, not an escape).
+_NUL_ESCAPE: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def nul_free(text: str) -> str:
+    """``text`` (JSON) if PostgreSQL's jsonb can hold it.
+
+    Raises:
+        ValueError: it holds the NUL character, which jsonb refuses (one
+            such record would fail the whole statement it is part of).
+    """
+    if _NUL_ESCAPE.search(text):
+        raise ValueError("PostgreSQL cannot store the NUL character (U+0000)")
+    return text
+
+
 def _holds_nul(value: Any) -> bool:
     if isinstance(value, str):
         return "\x00" in value
@@ -140,6 +158,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
     backend = "postgres"
     durable = True
     _db_errors = _DB_ERRORS
+    _nul_free = staticmethod(nul_free)
 
     def __init__(
         self,
@@ -378,22 +397,22 @@ class PostgresStore(PostgresDurable, BatchingStore):
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
-        if not items:
+        rows, refused = self._encode_kept(
+            items,
+            lambda item: (
+                item.channel_id,
+                nul_free(dumps(encode_outbound(item.message))),
+                item.reason,
+                dt.datetime.fromtimestamp(item.accepted_at, tz=dt.UTC),
+            ),
+        )
+        if not rows:
             await trio.lowlevel.checkpoint()
-            return
-        try:
-            columns = (
-                [item.channel_id for item in items],
-                [dumps(encode_outbound(item.message)) for item in items],
-                [item.reason for item in items],
-                [dt.datetime.fromtimestamp(item.accepted_at, tz=dt.UTC) for item in items],
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            self._errors += 1
-            raise StoreError(f"outbound messages that cannot be kept: {exc}") from exc
+            return refused
+        columns = [list(column) for column in zip(*rows, strict=True)]
         try:
             async with self._connection() as conn:
                 await self._aio(conn.execute)(
@@ -403,39 +422,64 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     *columns,
                 )
         except _DB_ERRORS as exc:
-            self._fail(f"insert of {len(items)} rows into {self.outbound_table}", exc)
-        self._kept += len(items)
+            self._fail(f"insert of {len(rows)} rows into {self.outbound_table}", exc)
+        self._kept += len(rows)
+        return refused
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`runtime.store.Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`runtime.store.Store.read_outbound`."""
         self._check_open()
         try:
-            async with self._connection() as conn, self._transaction(conn):
+            async with self._connection() as conn:
                 rows = await self._aio(conn.fetch)(
-                    f"DELETE FROM {self.outbound_table} "
-                    "RETURNING id, channel_id, payload, reason, accepted_at"
+                    "SELECT id, channel_id, payload, reason, accepted_at "
+                    f"FROM {self.outbound_table} ORDER BY id"
                 )
-                # Decoded inside the transaction: a bad row rolls the DELETE back.
-                return [self._kept_message(row) for row in sorted(rows, key=lambda r: r["id"])]
         except _DB_ERRORS as exc:
-            self._fail(f"delete from {self.outbound_table}", exc)
+            self._fail(f"select from {self.outbound_table}", exc)
+        kept = []
+        for row in rows:
+            try:
+                kept.append(self._kept_message(row))
+            except ValueError as exc:
+                self._errors += 1
+                log.error(
+                    "PostgreSQL at %s: row id=%s of %s is not a kept message (%s); it is left "
+                    "in place and not sent: fix or delete that row",
+                    self._where,
+                    row["id"],
+                    self.outbound_table,
+                    exc,
+                )
+        return kept
 
-    def _kept_message(self, row: Any) -> KeptMessage:
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`runtime.store.Store.forget_outbound`."""
+        self._check_open()
+        ids = sorted(set(kept_ids))
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return 0
         try:
-            return decode_kept(
-                {
-                    "channel_id": row["channel_id"],
-                    "message": json.loads(row["payload"]),
-                    "reason": row["reason"],
-                    "accepted_at": row["accepted_at"].timestamp(),
-                }
-            )
-        except ValueError as exc:
-            self._errors += 1
-            raise StoreError(
-                f"PostgreSQL at {self._where}: row id={row['id']} of {self.outbound_table} "
-                f"is not a kept message ({exc}); nothing was taken: fix or delete that row"
-            ) from exc
+            async with self._connection() as conn:
+                status = await self._aio(conn.execute)(
+                    f"DELETE FROM {self.outbound_table} WHERE id = ANY($1::bigint[])", ids
+                )
+        except _DB_ERRORS as exc:
+            self._fail(f"delete of {len(ids)} rows from {self.outbound_table}", exc)
+        return int(status.split()[-1])
+
+    @staticmethod
+    def _kept_message(row: Any) -> KeptMessage:
+        kept = decode_kept(
+            {
+                "channel_id": row["channel_id"],
+                "message": json.loads(row["payload"]),
+                "reason": row["reason"],
+                "accepted_at": row["accepted_at"].timestamp(),
+            }
+        )
+        return attrs.evolve(kept, kept_id=row["id"])
 
 
 async def _create_pool(loop: Any, dsn: str, where: str, secrets: Sequence[str], name: str) -> Any:

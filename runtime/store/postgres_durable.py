@@ -33,9 +33,8 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
+    encode_checkpoints,
     letter_from_row,
-    letter_rows,
-    state_json,
 )
 
 __all__ = ["PostgresDurable"]
@@ -64,6 +63,10 @@ class PostgresDurable:
 
         def _table(self, name: str) -> str: ...
 
+        def _report_rejected(self, rejected: Sequence[tuple[str, str]]) -> None: ...
+
+        def _nul_free(self, text: str) -> str: ...
+
     async def next_owner_token(self) -> int:
         """See :meth:`runtime.store.Store.next_owner_token`."""
         self._check_open()
@@ -87,15 +90,12 @@ class PostgresDurable:
         if not items:
             return CheckpointResult()
         checkpoints, letters = self._table("channel_checkpoints"), self._table("dead_letters")
-        try:
-            rows = [
-                (i.channel_id, i.tenant, i.provider, i.owner_token, i.state.version, state_json(i))
-                for i in items
-            ]
-            fresh_letters = letter_rows(items)
-        except (ValueError, TypeError) as exc:
-            self._errors += 1
-            raise StoreError(f"checkpoints that cannot be kept: {exc}") from exc
+        encoded, rejected = encode_checkpoints(items, check=self._nul_free)
+        self._report_rejected(rejected)
+        if not encoded:
+            return CheckpointResult(rejected=tuple(rejected))
+        rows = [e.row for e in encoded]
+        fresh_letters = [row for e in encoded for row in e.letters]
         try:
             async with self._connection() as conn, self._transaction(conn):
                 written = await self._aio(conn.fetch)(
@@ -110,7 +110,7 @@ class PostgresDurable:
                     *(list(column) for column in zip(*rows, strict=True)),
                 )
                 done = {row["channel_id"] for row in written}
-                refused_ids = [item.channel_id for item in items if item.channel_id not in done]
+                refused_ids = [e.item.channel_id for e in encoded if e.item.channel_id not in done]
                 refused = []
                 if refused_ids:
                     stored = await self._aio(conn.fetch)(
@@ -120,9 +120,9 @@ class PostgresDurable:
                     )
                     refused = [(row["channel_id"], int(row["owner_token"])) for row in stored]
                 changed = [
-                    item.channel_id
-                    for item in items
-                    if item.letters_changed and item.channel_id in done
+                    e.item.channel_id
+                    for e in encoded
+                    if e.item.letters_changed and e.item.channel_id in done
                 ]
                 if changed:
                     await self._aio(conn.execute)(
@@ -138,9 +138,11 @@ class PostgresDurable:
                         *(list(column) for column in zip(*fresh, strict=True)),
                     )
         except self._db_errors as exc:
-            self._fail(f"writing {len(items)} checkpoint(s) to {checkpoints}", exc)
-        order = [item.channel_id for item in items if item.channel_id in done]
-        return CheckpointResult(written=tuple(order), refused=tuple(refused))
+            self._fail(f"writing {len(encoded)} checkpoint(s) to {checkpoints}", exc)
+        order = [e.item.channel_id for e in encoded if e.item.channel_id in done]
+        return CheckpointResult(
+            written=tuple(order), refused=tuple(refused), rejected=tuple(rejected)
+        )
 
     async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
         """See :meth:`runtime.store.Store.load_checkpoint`."""

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import attrs
 import trio
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
@@ -55,9 +56,8 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
+    encode_checkpoints,
     letter_from_row,
-    letter_rows,
-    state_json,
 )
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
@@ -65,6 +65,7 @@ __all__ = ["SqliteStore", "open_sqlite_store"]
 log = logging.getLogger("switchboard.store")
 
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a statement waits for another process's lock
+_SQLITE_PARAMS: Final = 500  # ids per DELETE (SQLite's host parameters are limited)
 _T = TypeVar("_T")
 
 
@@ -239,25 +240,21 @@ class SqliteStore(BatchingStore):
 
     # --- outbound -----------------------------------------------------------------------
 
-    async def keep_outbound(self, items: Sequence[KeptMessage]) -> None:
+    async def keep_outbound(self, items: Sequence[KeptMessage]) -> list[KeptMessage]:
         """See :meth:`runtime.store.Store.keep_outbound`."""
         self._check_open()
-        if not items:
+        rows, refused = self._encode_kept(
+            items,
+            lambda item: (
+                item.channel_id,
+                dumps(encode_outbound(item.message)),
+                item.reason,
+                item.accepted_at,
+            ),
+        )
+        if not rows:
             await trio.lowlevel.checkpoint()
-            return
-        try:
-            rows = [
-                (
-                    item.channel_id,
-                    dumps(encode_outbound(item.message)),
-                    item.reason,
-                    item.accepted_at,
-                )
-                for item in items
-            ]
-        except (ValueError, TypeError) as exc:
-            self._errors += 1
-            raise StoreError(f"outbound messages that cannot be kept: {exc}") from exc
+            return refused
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -267,39 +264,65 @@ class SqliteStore(BatchingStore):
             )
 
         await self._write(f"insert of {len(rows)} rows into kept_outbound", insert)
-        self._kept += len(items)
+        self._kept += len(rows)
+        return refused
 
-    async def take_outbound(self) -> list[KeptMessage]:
-        """See :meth:`runtime.store.Store.take_outbound`."""
+    async def read_outbound(self) -> list[KeptMessage]:
+        """See :meth:`runtime.store.Store.read_outbound`."""
         self._check_open()
 
-        def take(conn: sqlite3.Connection) -> list[KeptMessage]:
-            rows = conn.execute(
+        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
                 "SELECT id, channel_id, payload, reason, accepted_at FROM kept_outbound ORDER BY id"
             ).fetchall()
-            # Decoded inside the transaction: a bad row rolls the DELETE back.
-            kept = [self._kept_message(row) for row in rows]
-            conn.execute("DELETE FROM kept_outbound")
-            return kept
 
-        return await self._write("delete from kept_outbound", take)
+        rows = await self._run("select from kept_outbound", read)
+        kept = []
+        for row in rows:
+            try:
+                kept.append(self._kept_message(row))
+            except ValueError as exc:
+                self._errors += 1
+                log.error(
+                    "SQLite at %s: row id=%s of kept_outbound is not a kept message (%s); "
+                    "it is left in place and not sent: fix or delete that row",
+                    self.path,
+                    row[0],
+                    exc,
+                )
+        return kept
 
-    def _kept_message(self, row: tuple[Any, ...]) -> KeptMessage:
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        """See :meth:`runtime.store.Store.forget_outbound`."""
+        self._check_open()
+        ids = sorted(set(kept_ids))
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def forget(conn: sqlite3.Connection) -> int:
+            forgotten = 0
+            for start in range(0, len(ids), _SQLITE_PARAMS):
+                chunk = ids[start : start + _SQLITE_PARAMS]
+                marks = ", ".join("?" * len(chunk))
+                cursor = conn.execute(f"DELETE FROM kept_outbound WHERE id IN ({marks})", chunk)
+                forgotten += cursor.rowcount
+            return forgotten
+
+        return await self._write(f"delete of {len(ids)} rows from kept_outbound", forget)
+
+    @staticmethod
+    def _kept_message(row: tuple[Any, ...]) -> KeptMessage:
         row_id, channel_id, payload, reason, accepted_at = row
-        try:
-            return decode_kept(
-                {
-                    "channel_id": channel_id,
-                    "message": json.loads(payload),
-                    "reason": reason,
-                    "accepted_at": accepted_at,
-                }
-            )
-        except ValueError as exc:
-            raise StoreError(
-                f"SQLite at {self.path}: row id={row_id} of kept_outbound is not a kept "
-                f"message ({exc}); nothing was taken: fix or delete that row"
-            ) from exc
+        kept = decode_kept(
+            {
+                "channel_id": channel_id,
+                "message": json.loads(payload),
+                "reason": reason,
+                "accepted_at": accepted_at,
+            }
+        )
+        return attrs.evolve(kept, kept_id=row_id)
 
     # --- channels' durable state ---------------------------------------------------------
 
@@ -326,16 +349,13 @@ class SqliteStore(BatchingStore):
         self._check_open()
         if not items:
             return CheckpointResult()
-        try:
-            rows = [
-                (i.channel_id, i.tenant, i.provider, i.owner_token, i.state.version, state_json(i))
-                for i in items
-            ]
-            fresh_letters = letter_rows(items)
-        except (ValueError, TypeError) as exc:
-            self._errors += 1
-            raise StoreError(f"checkpoints that cannot be kept: {exc}") from exc
-
+        encoded, rejected = encode_checkpoints(items)
+        self._report_rejected(rejected)
+        if not encoded:
+            await trio.lowlevel.checkpoint()
+            return CheckpointResult(rejected=tuple(rejected))
+        rows = [e.row for e in encoded]
+        fresh_letters = [row for e in encoded for row in e.letters]
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> CheckpointResult:
@@ -361,16 +381,22 @@ class SqliteStore(BatchingStore):
                     ).fetchone()[0]
                     refused.append((row[0], int(stored)))
             done = set(written)
-            changed = [(i.channel_id,) for i in items if i.letters_changed and i.channel_id in done]
+            changed = [
+                (e.item.channel_id,)
+                for e in encoded
+                if e.item.letters_changed and e.item.channel_id in done
+            ]
             conn.executemany("DELETE FROM dead_letters WHERE channel_id = ?", changed)
             conn.executemany(
                 f"INSERT INTO dead_letters ({', '.join(LETTER_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [row for row in fresh_letters if row[0] in done],
             )
-            return CheckpointResult(written=tuple(written), refused=tuple(refused))
+            return CheckpointResult(
+                written=tuple(written), refused=tuple(refused), rejected=tuple(rejected)
+            )
 
-        return await self._write(f"writing {len(items)} checkpoint(s)", write)
+        return await self._write(f"writing {len(encoded)} checkpoint(s)", write)
 
     async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
         """See :meth:`runtime.store.Store.load_checkpoint`."""

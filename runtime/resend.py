@@ -1,0 +1,194 @@
+"""Sending again what an earlier run kept at its drain (the store's outbox).
+
+Policy (issue 11, "nothing accepted is lost"):
+
+- At start the node reads every kept message (``Store.read_outbound``) and
+  sends each again, with its own idempotency key, through its ordinary send
+  path, all at once (the channels' limiters pace them).
+- A kept message leaves the store only after the platform took it, or after
+  its send was dead-lettered (``SendFailed``, or a ``PermanentSendError``
+  other than ``Unsupported``: the dead letter holds it from then on, listed
+  and replayable). The channels' checkpoints (which hold the dead letters and
+  the answers by idempotency key) are written before the ids are forgotten,
+  in batches (``forget_outbound``).
+- Every other outcome leaves it kept, for the next start: the node drained
+  while it was on its way (the drain does not keep it a second time, see
+  ``runtime.drain``), the channel is unknown, unavailable or failed for
+  good, the operation is unsupported there, or the process was killed. Each
+  is logged with its channel and key.
+- Delivery is therefore at least once: a message the platform took just
+  before a kill, and not yet forgotten, is sent again at the next start with
+  the same key (a platform that deduplicates, and the channel's memory of
+  its answers, make that harmless).
+- A store that cannot be read at start (it is down) is read again with a
+  capped backoff until it can; the node runs meanwhile. A forget that fails
+  is retried; whatever is left unforgotten when the node stops is sent again
+  at the next start. Nothing here ever crashes the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from .errors import NodeDraining, PermanentSendError, SendFailed, StoreError, Unsupported
+from .store import KeptMessage, Store
+
+__all__ = ["resend_kept"]
+
+log = logging.getLogger("switchboard.node")
+
+READ_RETRY_CAP: Final = 30.0  # seconds, the longest pause between reads of a store that fails
+FORGET_RETRY: Final = 1.0  # seconds before a failed forget is tried again
+FORGET_DEADLINE: Final = 5.0  # seconds the last forget may take once the node stops
+
+
+async def resend_kept(
+    store: Store,
+    send: Callable[[KeptMessage], Awaitable[object]],
+    settle: Callable[[], Awaitable[None]],
+) -> None:
+    """Send every kept message again; forget each once sent or dead-lettered.
+
+    Runs until every resend has an outcome (bound it by cancelling it).
+
+    Args:
+        store: the node's store.
+        send: sends one kept message through the node (raising the node's
+            send errors).
+        settle: writes the channels' checkpoints (may raise ``StoreError``);
+            awaited before kept messages are forgotten.
+    """
+    kept = await _read(store)
+    if not kept:
+        return
+    log.info("resending %d message(s) kept by the previous run", len(kept))
+    forgetter = _Forgetter(store, settle)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forgetter.run)
+            async with trio.open_nursery() as sends:
+                for item in kept:
+                    sends.start_soon(_resend_one, item, send, forgetter)
+            forgetter.close()  # the forgetter ends once the store took every forget
+    finally:
+        with trio.move_on_after(FORGET_DEADLINE, shield=True):
+            await forgetter.forget_due()
+        if forgetter.due:
+            log.warning(
+                "%d resent message(s) are still kept (the store could not forget them): "
+                "the next start sends them again with the same idempotency keys",
+                len(forgetter.due),
+            )
+
+
+async def _read(store: Store) -> list[KeptMessage]:
+    delay = FORGET_RETRY
+    while True:
+        try:
+            return await store.read_outbound()
+        except StoreError as exc:
+            log.error(
+                "the messages kept by the previous run cannot be read yet (retried in %g s): %s",
+                delay,
+                exc,
+            )
+        await trio.sleep(delay)
+        delay = min(delay * 2, READ_RETRY_CAP)
+
+
+async def _resend_one(
+    item: KeptMessage, send: Callable[[KeptMessage], Awaitable[object]], forgetter: _Forgetter
+) -> None:
+    key = item.message.idempotency_key
+    extra = {
+        "channel": item.channel_id,
+        "switchboard.idempotency_key": key,
+        "switchboard.peer": item.message.peer,
+    }
+    try:
+        await send(item)
+    except NodeDraining:
+        return  # still kept: the drain leaves it in the store
+    except Unsupported as exc:
+        log.error(
+            "a message kept by the previous run (idempotency key %s) cannot be sent on this "
+            "channel; it stays kept: %s",
+            key,
+            exc,
+            extra={**extra, "error.type": type(exc).__name__},
+        )
+        return
+    except (SendFailed, PermanentSendError) as exc:
+        log.warning(
+            "a message kept by the previous run (idempotency key %s) was dead-lettered: %s",
+            key,
+            exc,
+            extra={**extra, "error.type": type(exc).__name__},
+        )
+    except Exception as exc:
+        log.error(
+            "a message kept by the previous run (idempotency key %s) could not be sent; it "
+            "stays kept for the next start: %s",
+            key,
+            exc,
+            extra={**extra, "error.type": type(exc).__name__},
+        )
+        return
+    if item.kept_id is not None:
+        forgetter.forget(item.kept_id)
+
+
+class _Forgetter:
+    """Forgets the kept messages that are done, in batches, after a checkpoint write."""
+
+    def __init__(self, store: Store, settle: Callable[[], Awaitable[None]]) -> None:
+        self._store = store
+        self._settle = settle
+        self.due: list[int] = []
+        self._wake = trio.Event()
+        self._closed = False
+
+    def forget(self, kept_id: int) -> None:
+        self.due.append(kept_id)
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more ids will come: :meth:`run` returns once every due one is forgotten."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = FORGET_RETRY
+        while True:
+            if not self.due:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            if await self.forget_due():
+                delay = FORGET_RETRY
+                continue
+            await trio.sleep(delay)  # the store is down: back off, as the reads do
+            delay = min(delay * 2, READ_RETRY_CAP)
+
+    async def forget_due(self) -> bool:
+        """Forget what is due now; False (logged) if the store failed."""
+        if not self.due:
+            return True
+        batch = list(self.due)
+        try:
+            await self._settle()
+            await self._store.forget_outbound(batch)
+        except StoreError as exc:
+            log.error(
+                "%d resent message(s) could not be forgotten yet (retried): %s", len(batch), exc
+            )
+            return False
+        done = set(batch)
+        self.due = [kept_id for kept_id in self.due if kept_id not in done]
+        return True
