@@ -378,9 +378,10 @@ def _strict(kind: type, *accepted: type) -> Any:
             raise TypeError(f"expected {_NAMES[kind]}, got a boolean")
         if not isinstance(value, accepted):
             raise TypeError(f"expected {_NAMES[kind]}, got {_json_type(value)}")
-        if kind is float and not math.isfinite(float(value)):
+        checked: Any = value  # narrowed to object by the isinstance above
+        if kind is float and not math.isfinite(checked):
             raise ValueError("expected a finite number")
-        return kind(value)
+        return kind(checked)
 
     return hook
 
