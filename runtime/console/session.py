@@ -69,7 +69,7 @@ class _Forward:
     kinds: frozenset[str] | None
     tenants: frozenset[str] | None
     channels: frozenset[str] | None
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    scopes: list[trio.CancelScope] = attrs.field(factory=list)
     node_dropped: Callable[[], int] = lambda: 0
     audit_dropped: int = 0
     rate_dropped: int = 0
@@ -106,8 +106,19 @@ class Console:
     def __repr__(self) -> str:
         return f"<Console node={self.node.node_id} connections={self.connections}>"
 
+    @property
+    def running(self) -> bool:
+        """:meth:`run` runs."""
+        return self._nursery is not None
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Record state history and hold the console's nursery until cancelled."""
+        """Record state history and hold the console's nursery until cancelled.
+
+        Raises:
+            RuntimeError: it runs already.
+        """
+        if self._nursery is not None:
+            raise RuntimeError("the console runs already")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.node.metric_sources.append(self._metrics)
@@ -131,6 +142,7 @@ class Console:
                     async for change in changes:
                         self._record(change.channel_id, change.event)
             finally:
+                self._nursery = None
                 if self._metrics in self.node.metric_sources:
                     self.node.metric_sources.remove(self._metrics)
 
@@ -511,7 +523,8 @@ class Session:
                 f"no subscription {number} on this connection",
                 {"subscriptions": sorted(self._subscriptions)},
             )
-        forward.scope.cancel()
+        for scope in forward.scopes:
+            scope.cancel()
         self.console._unwatch_audit(forward)
         return {"subscription": number, "sent": forward.sent, "dropped": forward.dropped()}
 
@@ -520,14 +533,14 @@ class Session:
             self.unsubscribe(number)
 
     async def _forward_node(self, forward: _Forward, subscription: Any) -> None:
-        with forward.scope, subscription:
+        with _scope_of(forward), subscription:
             async for found in subscription:
                 await self._notify(forward, shapes.event(found))
 
     async def _forward_audit(
         self, forward: _Forward, receive: trio.MemoryReceiveChannel[AuditEvent]
     ) -> None:
-        with forward.scope, receive:
+        with _scope_of(forward), receive:
             async for event in receive:
                 await self._notify(forward, {"kind": "audit", "event": shapes.jsonable(event)})
 
@@ -538,6 +551,12 @@ class Session:
         forward.sent += 1
         params = {"subscription": forward.number, **payload, "dropped": forward.dropped()}
         await self._send(rpc.notification("events.event", params))
+
+
+def _scope_of(forward: _Forward) -> trio.CancelScope:
+    scope = trio.CancelScope()
+    forward.scopes.append(scope)
+    return scope
 
 
 def _text_of(exc: BaseException) -> str:
