@@ -766,10 +766,13 @@ class Node(ClusterMode, DeadLetterOps):
 
         Stops taking work, lets accepted sends finish, keeps the ones that
         could not in the store, stops the channels and flushes the store.
-        Idempotent: a second call returns the first report.
+        Idempotent: a second call returns the first report (waiting for it
+        if the first is still under way).
         """
         if self._drain_report is not None:
             return self._drain_report
+        if self._state is NodeState.DRAINING:  # begun elsewhere (a signal, the console)
+            return await self.wait_drained()
         self._state = NodeState.DRAINING
         budget = self.config.node.drain_deadline if deadline is None else deadline
         if self._cluster is not None:
