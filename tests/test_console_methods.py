@@ -499,3 +499,87 @@ async def test_refusals_are_counted_on_metrics(autojump_clock: trio.testing.Mock
         assert 'switchboard_admin_refused_total{reason="forbidden"} 2.0' in text
         assert "switchboard_admin_calls_total 2.0" in text
         assert "switchboard_admin_connections 1.0" in text
+
+
+# --- the cluster views (real Redis, real time) ----------------------------------------------
+
+
+async def test_cluster_views(tmp_path: Any) -> None:
+    import secrets
+
+    from runtime import open_node, parse_config
+    from runtime.console.session import Console
+    from tests.test_cluster_redis import REDIS_URL, redis
+
+    from .console_support import admin_section, token_env
+
+    prefix = f"sbtest-{secrets.token_hex(4)}"
+    config = parse_config(
+        {
+            "node": {"id": "solo", "drain_deadline": 2.0, "start_timeout": 5.0},
+            "ops": {"enabled": False},
+            "storage": {"backend": "sqlite", "path": str(tmp_path / "solo.sqlite3")},
+            "cluster": {
+                "redis_url": REDIS_URL,
+                "key_prefix": prefix,
+                "heartbeat_interval": 0.2,
+                "member_timeout": 1.0,
+                "lease_ttl": 1.5,
+            },
+            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
+            "channels": [
+                {"id": "a1", "tenant": "acme", "provider": "simulated"},
+                {"id": "g1", "tenant": "globex", "provider": "simulated"},
+            ],
+            "admin": admin_section(),
+        },
+        env=token_env(),
+    )
+    try:
+        with trio.fail_after(CEILING):
+            async with open_node(config, providers={"simulated": SimulatedProvider()}) as node:
+                while len(node.channels()) < 2 or not all(  # noqa: ASYNC110 - Redis answers
+                    s.status is ChannelStatus.CONNECTED for s in node.channels()
+                ):
+                    await trio.sleep(0.05)
+                assert config.admin is not None
+                console = Console(node, config.admin)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(console.run)
+                    harness = Harness(node, console, SimulatedProvider(), nursery)
+                    async with harness.client("reader") as client:
+                        members = await client.ok("cluster.members")
+                        assert members["node"] == "solo" and members["epoch"] >= 1
+                        assert [
+                            (m["node"], m["placed"], m["held"]) for m in members["members"]
+                        ] == [("solo", 2, 2)]
+                        placement = await client.ok("cluster.placement")
+                        assert placement == {
+                            "node": "solo",
+                            "placed": {"solo": 2},
+                            "held": {"solo": 2},
+                            "moving": 0,
+                        }
+                        leases = await client.ok("cluster.leases")
+                        assert [
+                            (lease["channel_id"], lease["holder"]) for lease in leases["leases"]
+                        ] == [
+                            ("a1", "solo"),
+                            ("g1", "solo"),
+                        ]
+                        assert all(lease["token"] >= 1 for lease in leases["leases"])
+                        assert (await client.ok("cluster.leases", {"moving_only": True}))[
+                            "total"
+                        ] == 0
+                        listed = await client.ok("channels.list", {"owner": "solo"})
+                        assert listed["total"] == 2
+                    async with harness.client("acme-operator") as acme:
+                        leases = await acme.ok("cluster.leases")
+                        assert [lease["channel_id"] for lease in leases["leases"]] == ["a1"]
+                        assert (await acme.ok("cluster.placement"))["placed"] == {"solo": 1}
+                    nursery.cancel_scope.cancel()
+    finally:
+        async with redis() as link:
+            keys = await link.call("KEYS", f"{prefix}:*")
+            if keys:
+                await link.call("DEL", *keys)
