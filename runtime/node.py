@@ -183,6 +183,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._drained = trio.Event()
+        self._drain_running = False
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []
         """Extra ``/metrics`` families, each a callable returning them (the console's)."""
         self._started_at = trio.current_time()
@@ -771,8 +772,16 @@ class Node(ClusterMode, DeadLetterOps):
         """
         if self._drain_report is not None:
             return self._drain_report
-        if self._state is NodeState.DRAINING:  # begun elsewhere (a signal, the console)
+        if self._drain_running:  # begun elsewhere (a signal, the admin console)
             return await self.wait_drained()
+        self._drain_running = True
+        try:
+            return await self._drain(deadline)
+        finally:
+            # Cancelled before its report (its task ended): a later call drains again.
+            self._drain_running = False
+
+    async def _drain(self, deadline: float | None) -> DrainReport:
         self._state = NodeState.DRAINING
         budget = self.config.node.drain_deadline if deadline is None else deadline
         if self._cluster is not None:

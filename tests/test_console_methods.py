@@ -136,7 +136,8 @@ async def test_inspection(autojump_clock: trio.testing.MockClock) -> None:
         assert detail["state"] == "connected" and detail["tenant"] == "acme"
         assert detail["breaker"]["state"] == "closed"
         assert detail["session"] is None or "keys" in detail["session"]
-        assert detail["dead_letters"] == [] and detail["mailbox_depth"] == 0
+        assert detail["letters"] == [] and detail["dead_letters"] == 0
+        assert detail["mailbox_depth"] == 0
         assert [h["state"] for h in detail["history"]][-1] == "connected"
         missing = await client.error("channels.get", {"channel": "nope"})
         assert missing["code"] == ErrorCode.NOT_FOUND
@@ -316,7 +317,7 @@ async def test_dead_letters_list_replay_discard(autojump_clock: trio.testing.Moc
             letters = await client.ok("dead_letters.list", {"channel": "a1"})
             assert [letter["idempotency_key"] for letter in letters] == ["k0", "k1", "k2"]
             detail = await client.ok("channels.get", {"channel": "a1"})
-            assert len(detail["dead_letters"]) == 3
+            assert len(detail["letters"]) == 3 and detail["dead_letters"] == 3
             provider.failures = FailureRates()
             replayed = await client.ok(
                 "dead_letters.replay", {"channel": "a1", "ids": [1], "reason": "fixed"}

@@ -111,6 +111,9 @@ def ctl(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         return trio.run(_run, args, token, out, err)
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:  # `ctl ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 async def _run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) -> int:

@@ -93,7 +93,7 @@ def detail(found: ChannelDetail, history: list[dict[str, Any]]) -> dict[str, Any
         "reconnect_failures": found.reconnect_failures,
         "incarnations": found.incarnations,
         "session": jsonable(found.session),
-        "dead_letters": jsonable(list(found.dead_letters)),
+        "letters": jsonable(list(found.dead_letters)),
         "dead_letters_dropped": found.dead_letters_dropped,
         "inbound_pending": found.inbound_pending,
         "history": history,
