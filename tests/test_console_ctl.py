@@ -19,7 +19,7 @@ import trio
 
 from runtime.console.ctl import parse_args, render
 
-from .test_cli_run import Node, run_command, run_node
+from .test_cli_run import Node, run_command, run_node, switchboard
 
 CEILING = 120.0
 TOKENS = {
@@ -186,8 +186,6 @@ async def test_ctl_commands_and_exit_codes(tmp_path: Path) -> None:
             assert code == 2 and "no parameter 'colour'" in err
             code, _, err = await ctl(unix, "SB_READ", "channels.list", "limit:=0")
             assert code == 2 and "limit" in err
-            code, _, err = await ctl(unix, "SB_READ")
-            assert code == 2
 
             # 1: the node's error; or no node at all.
             code, _, err = await ctl(unix, "SB_READ", "channels.get", "channel=nope")
@@ -246,6 +244,23 @@ async def test_ctl_commands_and_exit_codes(tmp_path: Path) -> None:
                 r"admin channels.restart by operator \(stuck\): ok", stream="err"
             )
 
+            # The shell: lines from its input, one connection.
+            shell = await trio.run_process(
+                [*switchboard(), "ctl", "--url", unix, "--token-env", "SB_OPERATE"],
+                stdin=b"help\nnode.stats json\nchannels.get channel=nope\n"
+                b"help channels.stop\nchannels.list state=connected\nquit\n",
+                capture_stdout=True,
+                capture_stderr=True,
+                env={**os.environ, **TOKENS},
+            )
+            said, complained = shell.stdout.decode(), shell.stderr.decode()
+            assert shell.returncode == 0, complained
+            assert said.startswith("connected as operator (operate)")
+            assert "channels.restart" in said and '"state": "ready"' in said
+            assert "reason: str (required)" in said
+            assert "CHANNEL" in said and "a1" in said
+            assert "error -32006: no channel 'nope' on this node" in complained
+
             # Drain from the console: the node stops, exit code 0.
             code, out, _ = await ctl(unix, "SB_ADMIN", "node.drain", "reason=upgrade", "-o", "json")
             assert code == 0 and out["draining"] is True
@@ -292,6 +307,23 @@ def test_arguments_are_typed_by_the_description() -> None:
         "dead_letters.replay", ["channel=7", "ids=1,2", "dry_run=yes"], DESCRIBED
     ) == {"channel": "7", "ids": [1, 2], "dry_run": True}
     assert parse_args("channels.list", ['tenant:="a b"'], DESCRIBED) == {"tenant": "a b"}
+
+
+def test_shell_completion() -> None:
+    from runtime.console.shell import Completer
+
+    completer = Completer(DESCRIBED)
+    assert completer.candidates("", "") == [
+        "channels.list",
+        "dead_letters.replay",
+        "exit",
+        "help",
+        "quit",
+    ]
+    assert completer.candidates("chan", "chan") == ["channels.list"]
+    assert completer.candidates("channels.list ", "") == ["tenant=", "limit="]
+    assert completer.candidates("channels.list tenant=a l", "l") == ["limit="]
+    assert completer.candidates("help dead", "dead") == ["dead_letters.replay"]
 
 
 def test_tables() -> None:

@@ -15,6 +15,7 @@ Design:
   other users of the machine could read it (``ps``).
 - ``events.subscribe`` prints the events, one JSON document a line, until
   interrupted or ``--max-events`` of them.
+- Without a method it is an interactive shell (:mod:`runtime.console.shell`).
 - Exit codes: 0 ok; 1 the node answered with an error (or none answered);
   2 bad usage (unknown method, bad parameters); 3 authentication or scope;
   4 partial: a call on many channels where some failed.
@@ -85,7 +86,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="events.subscribe: stop after N events (default: until interrupted)",
     )
-    parser.add_argument("method", nargs="?", help="e.g. channels.list, channels.restart")
+    parser.add_argument("method", nargs="?", help="e.g. channels.list; none: an interactive shell")
     parser.add_argument(
         "args", nargs="*", metavar="KEY=VALUE", help="parameters; KEY:=JSON passes JSON as is"
     )
@@ -96,13 +97,6 @@ def ctl(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
     """Run ``switchboard ctl``; returns the exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
-    if not args.method:
-        print(
-            "switchboard ctl: give a method (system.describe lists them); "
-            "the interactive shell is not available yet",
-            file=err,
-        )
-        return EXIT_USAGE
     token = os.environ.get(args.token_env)
     if not token:
         print(f"switchboard ctl: ${args.token_env} is not set (the admin token)", file=err)
@@ -119,6 +113,10 @@ def ctl(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
 async def _run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) -> int:
     try:
         async with open_admin(args.url, token, cafile=args.cafile) as client:
+            if not args.method:
+                from .shell import run_shell
+
+                return await run_shell(client, out, err, interactive=sys.stdin.isatty())
             try:
                 described = await client.call("system.describe")
                 params = parse_args(args.method, args.args, described["methods"])
