@@ -19,7 +19,7 @@ from providers.simulated import FailureRates, SimulatedProvider
 from runtime.console.auth import Scope
 from runtime.console.methods import METHODS
 from runtime.console.rpc import ErrorCode
-from runtime.console.session import EVENT_BUFFER, MAX_BATCH
+from runtime.console.session import EVENT_BUFFER, MAX_BATCH, MAX_SUBSCRIPTIONS
 
 from .console_support import TOKENS, Harness, console_config, console_node
 from .support import CEILING
@@ -414,6 +414,7 @@ async def test_notifications_are_rate_limited_per_connection(
         ("", ErrorCode.PARSE_ERROR),
         ("\x00\xff", ErrorCode.PARSE_ERROR),
         ("[]", ErrorCode.INVALID_REQUEST),
+        ("[" * 100_000 + "]" * 100_000, ErrorCode.PARSE_ERROR),
         ('{"jsonrpc": "2.0", "id": 1}', ErrorCode.INVALID_REQUEST),
         ('{"jsonrpc": "2.0", "method": "nope.nope", "id": 1}', ErrorCode.METHOD_NOT_FOUND),
         ('{"jsonrpc": "2.0", "method": "rpc.discover", "id": 1}', ErrorCode.METHOD_NOT_FOUND),
@@ -451,6 +452,18 @@ async def test_bad_input_gets_the_right_error(
         answer = await client.raw(text)
         assert answer["error"]["code"] == code, answer
         assert (await client.ok("node.stats"))["channels"] == 3  # still serving
+
+
+async def test_subscriptions_per_connection_are_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with console_node() as harness, harness.client("reader") as client:
+        for _ in range(MAX_SUBSCRIPTIONS):
+            await client.ok("events.subscribe", {"kinds": ["state"]})
+        refused = await client.error("events.subscribe", {"kinds": ["state"]})
+        assert refused["code"] == ErrorCode.RATE_LIMITED
+        await client.ok("events.unsubscribe", {"subscription": 3})
+        assert (await client.ok("events.subscribe"))["subscription"] == MAX_SUBSCRIPTIONS + 1
 
 
 async def test_a_flood_of_calls_is_refused_past_the_rate(

@@ -145,6 +145,20 @@ async def test_bad_frames_and_floods_close_or_refuse_but_never_crash(tmp_path: P
             assert harness.node.ready
 
 
+async def test_connections_are_bounded(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with served(tmp_path, max_connections=2) as (harness, addresses):
+            url = url_of(addresses, "unix:")
+            async with connect(url, READ) as first, connect(url, READ) as second:
+                assert await first.call("system.whoami") and await second.call("system.whoami")
+                with pytest.raises(CannotConnect, match="HTTP 503"):
+                    async with connect(url, READ):
+                        pass
+            async with connect(url, READ) as again:  # room again
+                assert await again.call("system.whoami")
+            assert harness.console.refusals.counts["rate_limited"] == 1
+
+
 async def test_events_reach_a_websocket_subscriber(tmp_path: Path) -> None:
     with trio.fail_after(CEILING):
         async with served(tmp_path) as (harness, addresses):

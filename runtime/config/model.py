@@ -290,6 +290,7 @@ class AdminConfig:
         insecure: allow plain ws:// on an address other than loopback.
         max_message_size: bytes one websocket message may have (the
             connection is closed with 1009 beyond).
+        max_connections: connections open at once; more are refused (503).
         calls_per_second: calls one connection may make per second
             (``"20/s"``); more are refused with -32005.
         call_burst: calls allowed at once above that rate.
@@ -306,6 +307,7 @@ class AdminConfig:
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     insecure: bool = False
     max_message_size: int = attrs.field(default=1024 * 1024, validator=AT_LEAST_ONE)
+    max_connections: int = attrs.field(default=64, validator=AT_LEAST_ONE)
     calls_per_second: PerSecond = attrs.field(default=20.0, validator=POSITIVE)
     call_burst: int = attrs.field(default=40, validator=AT_LEAST_ONE)
     events_per_second: PerSecond = attrs.field(default=200.0, validator=POSITIVE)

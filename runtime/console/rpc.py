@@ -91,7 +91,8 @@ class ErrorCode(enum.IntEnum):
     """A call on many channels: call it with ``dry_run`` first, then echo ``data.count``
     back as ``confirm``; also when the echoed count no longer matches."""
     RATE_LIMITED = -32005
-    """Too many calls on this connection; ``data.retry_after`` is in seconds."""
+    """Too many calls on this connection (``data.retry_after`` is in seconds), or too
+    many subscriptions open on it."""
     NOT_FOUND = -32006
     """No such channel (or dead letter) on this node, or none the token may see."""
     UNAVAILABLE = -32007
@@ -288,6 +289,9 @@ def parse(text: str | bytes) -> Incoming:
             items=(failure(None, ErrorCode.PARSE_ERROR, data=f"invalid JSON: {exc}"),),
             batch=False,
         )
+    except RecursionError:
+        nested = failure(None, ErrorCode.PARSE_ERROR, data="JSON nested too deeply")
+        return Incoming(items=(nested,), batch=False)
     if isinstance(raw, list):
         if not raw:
             empty = failure(None, ErrorCode.INVALID_REQUEST, data="an empty batch")

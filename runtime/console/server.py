@@ -14,6 +14,7 @@ Design:
   is logged at CRITICAL at every start: tokens cross the network in clear.
 - The handshake is refused with 401 (and a JSON-RPC error body) without a
   valid token; such refusals are counted with the calls' refusals.
+- At most ``max_connections`` connections at once; more are refused (503).
 - Messages are bounded by ``max_message_size``: a bigger one closes the
   connection with 1009 (message too big), and the node goes on serving.
   Calls of one connection run one at a time, in order; its event
@@ -241,6 +242,11 @@ def _handler(console: Console) -> Callable[[WebSocketRequest], Awaitable[None]]:
 
 
 async def _serve_connection(console: Console, request: WebSocketRequest) -> None:
+    if console.connections >= console.config.max_connections:
+        console.refusals.refuse("rate_limited")
+        with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
+            await request.reject(503, body=b"too many admin console connections\n")
+        return
     try:
         grant = console.authenticate(bearer(request.headers))
     except Unauthenticated as exc:

@@ -49,12 +49,13 @@ from .errors import ConsoleError, Refused, code_of
 from .methods import METHODS
 from .rpc import Call, ErrorCode, InvalidParams, Response
 
-__all__ = ["MAX_BATCH", "Console", "Session"]
+__all__ = ["MAX_BATCH", "MAX_SUBSCRIPTIONS", "Console", "Session"]
 
 log = logging.getLogger("switchboard.console")
 audit_log = logging.getLogger("switchboard.audit")
 
 MAX_BATCH: Final = 100  # calls in one batch
+MAX_SUBSCRIPTIONS: Final = 16  # open subscriptions per connection
 HISTORY: Final = 20  # state changes kept per channel
 EVENT_BUFFER: Final = 256  # events waiting per subscription before the newest are dropped
 AUDIT_BUFFER: Final = 64  # audit events waiting per subscription
@@ -495,7 +496,19 @@ class Session:
         tenants: frozenset[str] | None,
         channels: frozenset[str] | None,
     ) -> int:
-        """Start forwarding events as ``events.event`` notifications; returns its number."""
+        """Start forwarding events as ``events.event`` notifications; returns its number.
+
+        Raises:
+            Refused: the connection has :data:`MAX_SUBSCRIPTIONS` open already.
+        """
+        if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise Refused(
+                ErrorCode.RATE_LIMITED,
+                "rate_limited",
+                f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection; "
+                "events.unsubscribe one first",
+                {"subscriptions": sorted(self._subscriptions)},
+            )
         self._numbers += 1
         visible = tenants if tenants is not None else self.grant.tenants
         forward = _Forward(number=self._numbers, kinds=kinds, tenants=visible, channels=channels)
