@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="the deployment file")
     _add_set_option(check)
     from runtime.console.ctl import add_parser as add_ctl
+    from runtime.console.top import add_parser as add_top
 
     add_ctl(sub)
+    add_top(sub)
     sub.add_parser(
         "bench",
         help="run a benchmark scenario (same as `python -m bench`)",
@@ -176,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.console.ctl import ctl
 
         return ctl(args)
+    if args.command == "top":
+        from runtime.console.top import top
+
+        return top(args)
     return 0
 
 

@@ -87,6 +87,7 @@ class AdminClient:
         self._connection = connection
         self._ids = 0
         self._events: deque[dict[str, Any]] = deque(maxlen=KEPT_EVENTS)
+        self._lock = trio.Lock()  # one call at a time: each reads until its own answer
 
     async def call(
         self, method: str, params: Mapping[str, Any] | Sequence[Any] | None = None
@@ -97,6 +98,10 @@ class AdminClient:
             RemoteError: the console answered with an error.
             CannotConnect: the connection closed.
         """
+        async with self._lock:
+            return await self._call(method, params)
+
+    async def _call(self, method: str, params: Mapping[str, Any] | Sequence[Any] | None) -> Any:
         self._ids += 1
         number = self._ids
         try:
