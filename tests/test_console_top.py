@@ -104,6 +104,36 @@ DATA = TopData(
     ),
     events=("state  broken: connected -> failed (banned)",),
     event_count=1,
+    tree={
+        "id": "node:n1",
+        "status": "running",
+        "restarts": 0,
+        "mailbox_depth": 0,
+        "uptime": 42.0,
+        "children": [
+            {
+                "id": "channels",
+                "status": "running",
+                "restarts": 0,
+                "mailbox_depth": 0,
+                "uptime": 41.0,
+                "children": [
+                    {
+                        "id": "busy",
+                        "status": "running",
+                        "restarts": 2,
+                        "mailbox_depth": 3,
+                        "uptime": 5.0,
+                        "children": [],
+                    },
+                ],
+            },
+        ],
+    },
+    cluster={
+        "members": [{"node": "n1", "heartbeat_age": 0.25, "placed": 3, "held": 2}],
+        "placement": {"moving": 1},
+    },
 )
 
 
@@ -146,6 +176,17 @@ def test_the_views_headless() -> None:
             assert source.restarted == ["broken"]
             await pilot.press("f", "slash", *"qui", "enter")
             assert rows(app) == ["quiet"]
+            await pilot.press("v")  # the tree
+            assert text_of(app, "#detail").splitlines() == [
+                "node:n1 [running] restarts=0 mailbox=0 up=42s",
+                "  channels [running] restarts=0 mailbox=0 up=41s",
+                "    busy [running] restarts=2 mailbox=3 up=5s",
+            ]
+            await pilot.press("v")  # the cluster
+            assert text_of(app, "#detail").splitlines() == [
+                "moving: 1",
+                "n1: heartbeat 0.2s ago, placed 3, held 2",
+            ]
             await pilot.press("q")
 
     asyncio.run(scenario())

@@ -12,8 +12,10 @@ Design:
 - Rates are the difference of two polls' counters over their interval
   (messages per second sent and received, per channel and in total).
 - Keys: ``s`` cycles the sort (busiest, failing first, id), ``f`` shows
-  only failing channels, ``/`` filters by text, ``r`` restarts the
-  selected channel after a ``y`` to confirm, ``q`` quits.
+  only failing channels, ``/`` filters by text, ``v`` switches the lower
+  panel between the selected channel, the supervision tree and the
+  cluster, ``r`` restarts the selected channel after a ``y`` to confirm,
+  ``q`` quits.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class TopData:
         channels: ``channels.list`` items, each with ``rate_out`` and ``rate_in``.
         events: the events tail, oldest first, one line each.
         event_count: events seen in all (the tail keeps the last :data:`TAIL`).
+        tree: ``node.tree``.
+        cluster: ``cluster.members`` and ``cluster.placement``, when clustered.
         error: why the last poll failed, if it did.
     """
 
@@ -55,6 +59,8 @@ class TopData:
     channels: tuple[dict[str, Any], ...]
     events: tuple[str, ...] = ()
     event_count: int = 0
+    tree: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
     error: str | None = None
 
 
@@ -172,6 +178,16 @@ class Feed:
         while True:
             stats = await client.call("node.stats")
             listed = await client.call("channels.list", {"limit": 1000})
+            tree = await client.call("node.tree")
+            cluster = None
+            if stats.get("clustered"):
+                try:
+                    cluster = {
+                        "members": (await client.call("cluster.members"))["members"],
+                        "placement": await client.call("cluster.placement"),
+                    }
+                except ConsoleClientError as exc:
+                    cluster = {"error": str(exc)}
             now = trio.current_time()
             channels = with_rates(previous, listed["items"], now - last)
             previous, last = listed["items"], now
@@ -181,6 +197,8 @@ class Feed:
                     channels=channels,
                     events=tuple(self._events),
                     event_count=self._count,
+                    tree=tree,
+                    cluster=cluster,
                 )
             await trio.sleep(POLL)
 
@@ -215,6 +233,37 @@ def order(
     else:
         shown.sort(key=lambda c: c["channel"])
     return shown
+
+
+PANELS: Final = ("detail", "tree", "cluster")
+
+
+def tree_lines(node: dict[str, Any], depth: int = 0) -> list[str]:
+    """The supervision tree, one child a line, indented."""
+    uptime = node.get("uptime")
+    lines = [
+        f"{'  ' * depth}{node['id']} [{node.get('status')}] restarts={node.get('restarts')} "
+        f"mailbox={node.get('mailbox_depth')}" + (f" up={uptime:.0f}s" if uptime else "")
+    ]
+    for child in node.get("children", ()):
+        lines.extend(tree_lines(child, depth + 1))
+    return lines
+
+
+def cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
+    """The cluster view: members, and what is placed, held and moving."""
+    if cluster is None:
+        return ["not in a cluster"]
+    if "error" in cluster:
+        return [f"cluster: {cluster['error']}"]
+    placement = cluster["placement"]
+    lines = [f"moving: {placement['moving']}"]
+    for member in cluster["members"]:
+        lines.append(
+            f"{member['node']}: heartbeat {member['heartbeat_age']:.1f}s ago, "
+            f"placed {member['placed']}, held {member['held']}"
+        )
+    return lines
 
 
 def summary(data: TopData) -> str:
@@ -268,7 +317,7 @@ def make_app(source: TopSource) -> Any:
         CSS = """
         #summary { height: 3; }
         #channels { height: 1fr; }
-        #detail { height: 4; }
+        #detail { height: 12; }
         #events { height: 8; }
         #filter { display: none; }
         #filter.visible { display: block; }
@@ -279,6 +328,7 @@ def make_app(source: TopSource) -> Any:
             Binding("f", "failing", "failing only"),
             Binding("slash", "filter", "filter"),
             Binding("r", "restart", "restart"),
+            Binding("v", "panel", "detail/tree/cluster"),
         ]
         COLUMNS = ("CHANNEL", "TENANT", "PROVIDER", "STATE", "OUT/S", "IN/S", "RECONN", "ERROR")
 
@@ -289,6 +339,8 @@ def make_app(source: TopSource) -> Any:
             self.failing_only = False
             self.text = ""
             self.shown: list[dict[str, Any]] = []
+            self.panel = PANELS[0]
+            self.data: TopData | None = None
             self.seen_events = 0
 
         def compose(self) -> ComposeResult:
@@ -311,6 +363,7 @@ def make_app(source: TopSource) -> Any:
             data = self.source.latest()
             if data is None:
                 return
+            self.data = data
             self.query_one("#summary", Static).update(
                 summary(data)
                 + f"\nsort: {self.sort}"
@@ -352,6 +405,14 @@ def make_app(source: TopSource) -> Any:
             return self.shown[table.cursor_row]
 
         def show_detail(self) -> None:
+            if self.panel != "detail" and self.data is not None:
+                lines = (
+                    tree_lines(self.data.tree)
+                    if self.panel == "tree" and self.data.tree
+                    else cluster_lines(self.data.cluster)
+                )
+                self.query_one("#detail", Static).update("\n".join(lines))
+                return
             channel = self.selected()
             text = ""
             if channel is not None:
@@ -371,6 +432,10 @@ def make_app(source: TopSource) -> Any:
         def action_sort(self) -> None:
             self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
             self.refresh_data()
+
+        def action_panel(self) -> None:
+            self.panel = PANELS[(PANELS.index(self.panel) + 1) % len(PANELS)]
+            self.show_detail()
 
         def action_failing(self) -> None:
             self.failing_only = not self.failing_only
