@@ -597,3 +597,21 @@ async def test_cluster_views(tmp_path: Any) -> None:
             keys = await link.call("KEYS", f"{prefix}:*")
             if keys:
                 await link.call("DEL", *keys)
+
+
+async def test_a_method_that_fails_is_an_internal_error_and_the_session_goes_on(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with console_node() as harness, harness.client("reader") as client:
+
+        def broken() -> None:
+            raise RuntimeError("a bug with admin-secret-3 in it")
+
+        monkeypatch.setattr(harness.node, "tree", broken)
+        error = await client.error("node.tree")
+        assert error["code"] == ErrorCode.INTERNAL_ERROR
+        assert "admin-secret-3" not in json.dumps(error)
+        assert "node.tree failed" in caplog.text
+        assert (await client.ok("node.stats"))["channels"] == 3

@@ -64,4 +64,6 @@ def code_of(exc: BaseException) -> ErrorCode:
         return ErrorCode.UNAVAILABLE
     if isinstance(exc, NodeError):
         return ErrorCode.NODE_ERROR
+    if isinstance(exc, ValueError):  # the node refused a value the params let through
+        return ErrorCode.INVALID_PARAMS
     return ErrorCode.INTERNAL_ERROR

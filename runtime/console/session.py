@@ -403,9 +403,7 @@ class Session:
                 console.scrub(f"invalid params: {exc}"),
                 {"problems": [console.scrub(problem) for problem in exc.problems]},
             )
-        except (NodeError, SupervisorError, KeyError, ValueError) as exc:
-            if isinstance(exc, KeyError) and not isinstance(exc, UnknownChannel):
-                raise
+        except (NodeError, SupervisorError, ValueError) as exc:
             text = console.scrub(_text_of(exc))
             self._audit(call, "failed", text)
             return rpc.failure(call.id, code_of(exc), text, {"error": type(exc).__name__})
