@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from runtime.console.ctl import parse_args, render
@@ -333,6 +332,3 @@ def test_tables() -> None:
     assert text.splitlines() == ["total  2", "CHANNEL  N", "a        1", "bb       -"]
     assert render([], "table") == "(none)"
     assert json.loads(render({"a": 1}, "json")) == {"a": 1}
-
-
-_ = pytest

@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from runtime import StartupFailed
 from runtime.config.model import AdminConfig
-from runtime.console.client import AdminClient, CannotConnect, NotAuthenticated, RemoteError
+from runtime.console.client import CannotConnect, NotAuthenticated, RemoteError
 from runtime.console.client import open_admin as connect
 from runtime.console.rpc import ErrorCode
 from runtime.console.server import AdminAddresses, serve_admin
@@ -233,6 +233,3 @@ async def test_beyond_loopback_without_tls_is_logged_loudly(
     assert any(
         r.levelname == "CRITICAL" and "without TLS" in r.getMessage() for r in caplog.records
     )
-
-
-_ = AdminClient  # the type the client fixture yields
