@@ -49,12 +49,13 @@ from .errors import (
 from .events import EventKind, NodeEvent, Subscription
 from .node import Node, NodeState, open_node
 from .store import KeptMessage, Store, open_store
-from .view import ChannelSnapshot, NodeStatistics
+from .view import ChannelDetail, ChannelSnapshot, NodeStatistics
 
 __all__ = [
     "AskTimeout",
     "BadRecipient",
     "ChannelCrashed",
+    "ChannelDetail",
     "ChannelExists",
     "ChannelFailed",
     "ChannelFenced",

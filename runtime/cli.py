@@ -2,7 +2,8 @@
 
 A thin shell over the library: each sub-command parses its arguments and
 calls the same public API an embedding program would use. Exit codes: 0 on
-success, 2 for bad usage or bad input.
+success, 2 for bad usage or bad input (``ctl`` adds 1, 3 and 4: see
+:mod:`runtime.console.ctl`).
 """
 
 from __future__ import annotations
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="the deployment file")
     _add_set_option(check)
+    from runtime.console.ctl import add_parser as add_ctl
+    from runtime.console.top import add_parser as add_top
+
+    add_ctl(sub)
+    add_top(sub)
     sub.add_parser(
         "bench",
         help="run a benchmark scenario (same as `python -m bench`)",
@@ -198,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "ctl":
+        from runtime.console.ctl import ctl
+
+        return ctl(args)
+    if args.command == "top":
+        from runtime.console.top import top
+
+        return top(args)
     return 0
 
 

@@ -39,7 +39,7 @@ import contextlib
 import enum
 import functools
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -115,7 +115,14 @@ from .store import KeptMessage, Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
 from .telemetry.histograms import NodeTimings
-from .view import TOTAL_FIELDS, ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget
+from .view import (
+    TOTAL_FIELDS,
+    ChannelDetail,
+    ChannelSnapshot,
+    ChannelTotals,
+    NodeStatistics,
+    WebhookTarget,
+)
 
 __all__ = ["Node", "NodeState", "open_node"]
 
@@ -183,6 +190,10 @@ class Node(ClusterMode, DeadLetterOps):
         self._in_flight: dict[tuple[str, str], trio.Event] = {}  # (channel, key) being sent
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
+        self._drained = trio.Event()
+        self._drain_running = False
+        self.metric_sources: list[Callable[[], Iterable[Any]]] = []
+        """Extra ``/metrics`` families, each a callable returning them (the console's)."""
         self._started_at = trio.current_time()
         self._root: SupervisorRef | None = None
         self._channels: SupervisorRef | None = None
@@ -389,6 +400,54 @@ class Node(ClusterMode, DeadLetterOps):
     def channels(self) -> list[ChannelSnapshot]:
         """A snapshot of every channel the node was asked to run, in start order."""
         return [self._snapshot(row) for row in self._table]
+
+    def channel_detail(self, channel_id: str) -> ChannelDetail:
+        """One channel in depth, read off its memory: never waits for its actor.
+
+        Raises:
+            UnknownChannel: no such channel.
+        """
+        row = self._table.get(channel_id)
+        snapshot = self._snapshot(row)
+        memory = row.memory
+        if memory is None:
+            return ChannelDetail(snapshot=snapshot)
+        limits = memory.limits
+        breaker = attrs.asdict(memory.breaker.statistics())
+        breaker["state"] = memory.breaker.statistics().state.value
+        session = memory.session
+        return ChannelDetail(
+            snapshot=snapshot,
+            limits={
+                "per_channel_rate": limits.per_channel_rate,
+                "per_channel_burst": limits.per_channel_burst,
+                "per_peer_rate": limits.per_peer_rate,
+                "per_peer_burst": limits.per_peer_burst,
+                "max_text_length": limits.max_text_length,
+            },
+            breaker=breaker,
+            reconnect_failures=memory.backoff.failures,
+            incarnations=memory.incarnations,
+            session=(
+                None
+                if session is None
+                else {"provider": session.provider, "keys": sorted(session.data)}
+            ),
+            dead_letters=tuple(
+                {
+                    "id": letter.id,
+                    "error_type": letter.error_type,
+                    "reason": letter.reason,
+                    "attempts": letter.attempts,
+                    "idempotency_key": letter.message.idempotency_key,
+                    "peer": letter.message.peer,
+                    "age": trio.current_time() - letter.at,
+                }
+                for letter in memory.dead_letters.letters()
+            ),
+            dead_letters_dropped=memory.dead_letters.dropped,
+            inbound_pending=len(memory.pending),
+        )
 
     # --- messages and events ------------------------------------------------------------
 
@@ -779,10 +838,21 @@ class Node(ClusterMode, DeadLetterOps):
 
         Stops taking work, lets accepted sends finish, keeps the ones that
         could not in the store, stops the channels and flushes the store.
-        Idempotent: a second call returns the first report.
+        Idempotent: a second call returns the first report (waiting for it
+        if the first is still under way).
         """
         if self._drain_report is not None:
             return self._drain_report
+        if self._drain_running:  # begun elsewhere (a signal, the admin console)
+            return await self.wait_drained()
+        self._drain_running = True
+        try:
+            return await self._drain(deadline)
+        finally:
+            # Cancelled before its report (its task ended): a later call drains again.
+            self._drain_running = False
+
+    async def _drain(self, deadline: float | None) -> DrainReport:
         self._state = NodeState.DRAINING
         budget = self.config.node.drain_deadline if deadline is None else deadline
         if self._cluster is not None:
@@ -802,6 +872,13 @@ class Node(ClusterMode, DeadLetterOps):
         if self._cluster is not None:
             await self._cluster.leave()  # the channels are stopped: the leases go back
         self._state = NodeState.DRAINED
+        self._drained.set()
+        return self._drain_report
+
+    async def wait_drained(self) -> DrainReport:
+        """Wait until a drain (started anywhere: a signal, the admin console) is done."""
+        await self._drained.wait()
+        assert self._drain_report is not None
         return self._drain_report
 
     # --- internals ----------------------------------------------------------------------

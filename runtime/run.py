@@ -95,20 +95,49 @@ class _StopAtOnce(Exception):
 async def _serve(config: NodeConfig, started: trio.Event) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
-            async with open_node(config) as node:
+            async with open_node(config) as node, trio.open_nursery() as services:
                 started.set()
-                _banner(node)
-                first = await signals.__anext__()
-                log.info(
-                    "%s: draining (deadline %g s); send it again to stop at once",
-                    signal.Signals(first).name,
-                    config.node.drain_deadline,
-                    extra={"switchboard.signal": signal.Signals(first).name},
-                )
-                await _drain_unless_signalled(node, signals)
+                admin: tuple[str, ...] = ()
+                if config.admin is not None:
+                    from .console import serve_admin
+
+                    addresses = await services.start(serve_admin, node, config.admin)
+                    admin = addresses.urls
+                _banner(node, admin)
+                first = await _signal_or_drained(node, signals)
+                if first is None:
+                    log.info("drained at the admin console's request")
+                else:
+                    log.info(
+                        "%s: draining (deadline %g s); send it again to stop at once",
+                        signal.Signals(first).name,
+                        config.node.drain_deadline,
+                        extra={"switchboard.signal": signal.Signals(first).name},
+                    )
+                    await _drain_unless_signalled(node, signals)
+                services.cancel_scope.cancel()
         except _StopAtOnce as stop:
             return EXIT_SIGNALLED + stop.signum
     return EXIT_OK
+
+
+async def _signal_or_drained(node: Node, signals: AsyncIterator[int]) -> int | None:
+    """The first signal, or ``None`` when a drain began elsewhere (the admin console) and ended."""
+    first: int | None = None
+    async with trio.open_nursery() as race:
+
+        async def signalled() -> None:
+            nonlocal first
+            first = await signals.__anext__()
+            race.cancel_scope.cancel()
+
+        async def drained() -> None:
+            await node.wait_drained()
+            race.cancel_scope.cancel()
+
+        race.start_soon(signalled)
+        race.start_soon(drained)
+    return first
 
 
 async def _drain_unless_signalled(node: Node, signals: AsyncIterator[int]) -> None:
@@ -166,10 +195,12 @@ def describe(exc: BaseException) -> str:
     return text
 
 
-def _banner(node: Node) -> None:
+def _banner(node: Node, admin: tuple[str, ...] = ()) -> None:
     lines = [f"switchboard node {node.node_id!r} running"]
     if node.ops_url:
         lines.append(f"  ops HTTP:   {node.ops_url}  (/health, /metrics, /readyz, /healthz)")
+    for url in admin:
+        lines.append(f"  admin console: {url}  (switchboard ctl --url {url} ...)")
     for platform, url in sorted(node.emulator_urls.items()):
         lines.append(f"  {platform + ' emulator:':<20} {url}  (control API {url}/_emulator/)")
     snapshots = node.channels()

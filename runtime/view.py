@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOTAL_FIELDS",
+    "ChannelDetail",
     "ChannelSnapshot",
     "ChannelTotals",
     "NodeStatistics",
@@ -89,6 +90,37 @@ class ChannelSnapshot:
             return None
         last = self.statistics.last_error if self.statistics is not None else None
         return f"{self.status.value}" + (f": {last}" if last else "")
+
+
+@attrs.frozen(kw_only=True)
+class ChannelDetail:
+    """One channel in depth, read off its memory without asking its actor.
+
+    Everything here is a copy made at one instant; nothing waits for a busy
+    channel and no secret is in it (the session shows only its keys).
+
+    Attributes:
+        snapshot: what :meth:`runtime.node.Node.channels` shows of it.
+        limits: its send limits (rates per second, bursts, text length).
+        breaker: its circuit breaker (state, counters), if it runs here.
+        reconnect_failures: consecutive failed connects so far.
+        incarnations: actor incarnations (1 + restarts).
+        session: the provider's session, keys only, and which provider wrote it.
+        dead_letters: its dead letters, oldest first (id, error, attempts,
+            idempotency key, peer).
+        dead_letters_dropped: letters the bounded queue let go.
+        inbound_pending: inbound events the store has not taken yet.
+    """
+
+    snapshot: ChannelSnapshot
+    limits: Mapping[str, float] = attrs.field(factory=dict)
+    breaker: Mapping[str, Any] | None = None
+    reconnect_failures: int = 0
+    incarnations: int = 0
+    session: Mapping[str, Any] | None = None
+    dead_letters: tuple[Mapping[str, Any], ...] = ()
+    dead_letters_dropped: int = 0
+    inbound_pending: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -746,7 +746,10 @@ def test_one_problem(text: str, expected: str) -> None:
     [
         ("nodes = 1\n", 'unknown key "nodes"; did you mean "node"?'),  # "" is the top
         ('source = "x"\n', 'unknown key "source"; did you mean "storage"?'),
-        ("resolved_secrets = []\n", 'unknown key "resolved_secrets"; expected one of "channels", '),
+        (
+            "resolved_secrets = []\n",
+            'unknown key "resolved_secrets"; expected one of "admin", "channels", ',
+        ),
         (
             "[node]\ndrain_deadlin = 1\n",
             'unknown key "drain_deadlin"; did you mean "drain_deadline"? @ node',

@@ -32,6 +32,7 @@ EXTRA_ONLY = (
     "mypy",
     "telegram",
     "discord",
+    "textual",
 )
 
 

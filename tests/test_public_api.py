@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-PACKAGES = ["actors", "supervisors", "providers", "runtime"]
+PACKAGES = ["actors", "supervisors", "providers", "runtime", "runtime.console"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -37,7 +37,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ..errors import ConfigError, ConfigProblem
 from . import refs, rules, units
-from .model import Check, NodeConfig, OpsConfig, StorageConfig
+from .model import AdminConfig, Check, NodeConfig, OpsConfig, StorageConfig
 from .overrides import Override, apply_overrides, parse_override
 
 __all__ = ["CONVERTER", "load_config", "parse_config"]
@@ -175,6 +175,7 @@ def _parse_config(
         config,
         storage=_storage_paths(config.storage, source, config.node.id),
         ops=_ops_paths(config.ops, source),
+        admin=_admin_paths(config.admin, source),
         source=source,
         resolved_secrets=resolution.secrets,
         deprecations=tuple(deprecations),
@@ -207,6 +208,24 @@ def _ops_paths(ops: OpsConfig, source: str) -> OpsConfig:
         return None if path is None else str(base / FilePath(path).expanduser())
 
     return attrs.evolve(ops, certfile=absolute(ops.certfile), keyfile=absolute(ops.keyfile))
+
+
+def _admin_paths(admin: AdminConfig | None, source: str) -> AdminConfig | None:
+    """The console's socket and TLS files made absolute, like the ops listener's."""
+    if admin is None:
+        return None
+    from_file = source != "<string>" and bool(FilePath(source).suffix)
+    base = FilePath(source).resolve().parent if from_file else FilePath.cwd()
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(base / FilePath(path).expanduser())
+
+    return attrs.evolve(
+        admin,
+        socket=absolute(admin.socket),
+        certfile=absolute(admin.certfile),
+        keyfile=absolute(admin.keyfile),
+    )
 
 
 def _storage_paths(storage: StorageConfig, source: str, node_id: str) -> StorageConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -28,6 +29,8 @@ from providers.masking import option_secrets, options_repr, url_repr, url_secret
 from .units import PerSecond, Seconds
 
 __all__ = [
+    "AdminConfig",
+    "AdminToken",
     "BackoffConfig",
     "ChannelSpec",
     "Check",
@@ -233,6 +236,88 @@ class OpsConfig:
     api_token: str | None = attrs.field(default=None, repr=False)
     certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+
+
+def _is_timestamp(value: str) -> bool:
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
+
+
+TIMESTAMP: Final = Check(
+    'an ISO 8601 time with its offset, as in "2027-01-31T00:00:00Z"', _is_timestamp
+)
+SCOPES: Final = ("read", "operate", "admin")
+
+
+@attrs.frozen(kw_only=True)
+class AdminToken:
+    """``[[admin.tokens]]``: one bearer token of the admin console.
+
+    Attributes:
+        name: who holds it: audit events and logs name the token by this.
+        token: the secret, a ``${env:NAME}`` reference; the console keeps
+            only its SHA-256 digest.
+        scope: ``read`` (inspect, tail events), ``operate`` (also start, stop,
+            restart and revive channels, replay and discard dead letters) or
+            ``admin`` (also drain the node).
+        tenants: the tenants it may see and act on (unset: all).
+        expires: when it stops working, an ISO 8601 time with its offset.
+    """
+
+    name: str = attrs.field(validator=IDENTIFIER)
+    token: str = attrs.field(repr=False, validator=NOT_EMPTY)
+    scope: Literal["read", "operate", "admin"] = "read"
+    tenants: list[str] | None = None
+    expires: str | None = attrs.field(default=None, validator=TIMESTAMP)
+
+
+@attrs.frozen(kw_only=True)
+class AdminConfig:
+    """``[admin]``: the admin console's listener (off without this section).
+
+    JSON-RPC 2.0 over a websocket on a listener of its own: a Unix socket
+    (made 0600), and/or TCP. TCP on an address other than loopback needs TLS
+    (``certfile`` and ``keyfile``) or ``insecure = true``, which is logged
+    loudly at every start.
+
+    Attributes:
+        socket: a Unix socket path; relative to the deployment file's directory.
+        host: a TCP interface to bind (unset: no TCP listener).
+        port: the TCP port (0 picks a free one).
+        certfile: a PEM certificate (chain) for wss://; relative to the file.
+        keyfile: its PEM private key.
+        insecure: allow plain ws:// on an address other than loopback.
+        max_message_size: bytes one websocket message may have (the
+            connection is closed with 1009 beyond).
+        max_connections: connections open at once; more are refused (503).
+        calls_per_second: calls one connection may make per second
+            (``"20/s"``); more are refused with -32005.
+        call_burst: calls allowed at once above that rate.
+        events_per_second: event notifications sent to one connection per
+            second; more are dropped and counted.
+        event_burst: notifications allowed at once above that rate.
+        tokens: the bearer tokens.
+    """
+
+    socket: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    host: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    port: int = attrs.field(default=8322, validator=PORT)
+    certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
+    insecure: bool = False
+    max_message_size: int = attrs.field(default=1024 * 1024, validator=AT_LEAST_ONE)
+    max_connections: int = attrs.field(default=64, validator=AT_LEAST_ONE)
+    calls_per_second: PerSecond = attrs.field(default=20.0, validator=POSITIVE)
+    call_burst: int = attrs.field(default=40, validator=AT_LEAST_ONE)
+    events_per_second: PerSecond = attrs.field(default=200.0, validator=POSITIVE)
+    event_burst: int = attrs.field(default=400, validator=AT_LEAST_ONE)
+    tokens: list[AdminToken] = attrs.field(factory=list)
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None and self.keyfile is not None
 
 
 @attrs.frozen(kw_only=True)
@@ -491,6 +576,7 @@ class NodeConfig:
         emulators: in-process emulators, by platform name.
         channels: the channels, in start order.
         cluster: membership, placement and leases in Redis; ``None``: alone.
+        admin: the admin console's listener and tokens; ``None``: no console.
         source: where the config came from (a path or ``<string>``).
         resolved_secrets: the values of ``${env:NAME}`` references resolved
             inside secret fields (the password inside a DSN, say), so logs
@@ -510,6 +596,7 @@ class NodeConfig:
     emulators: dict[str, EmulatorConfig] = attrs.field(factory=dict)
     channels: list[ChannelSpec] = attrs.field(factory=list)
     cluster: ClusterConfig | None = None
+    admin: AdminConfig | None = None
     source: str = "<string>"
     resolved_secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     deprecations: tuple[str, ...] = ()
@@ -542,5 +629,7 @@ class NodeConfig:
         found.extend(url_secrets(self.profiling.pyroscope_url))
         if self.cluster is not None:
             found.append(self.cluster.redis_url)
+        if self.admin is not None:
+            found.extend(token.token for token in self.admin.tokens if token.token)
         found.extend(value for value in self.resolved_secrets if value and value not in found)
         return found

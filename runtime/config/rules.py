@@ -42,6 +42,7 @@ __all__ = [
     "SECRET_FIELDS",
     "WRITTEN_RULES",
     "Rule",
+    "admin_listener",
     "channel_credentials",
     "cluster_needs",
     "consistent_limits",
@@ -117,7 +118,8 @@ _ORDERED: Final = (
 def is_secret(path: Path) -> bool:
     """Whether the value at ``path`` is a secret field, which must be a reference."""
     in_credentials = len(path) >= 3 and path[0] == "channels" and path[2] == "credentials"
-    return in_credentials or path[:2] in SECRET_FIELDS
+    admin_token = len(path) == 4 and path[:2] == ("admin", "tokens") and path[3] == "token"
+    return in_credentials or admin_token or path[:2] in SECRET_FIELDS
 
 
 def holds_secret(path: Path) -> bool:
@@ -285,6 +287,71 @@ def ops_tls(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     if "certfile" in ops and "keyfile" not in ops:
         return [ConfigProblem("ops", 'certfile needs a keyfile: add keyfile = "key.pem"')]
     return []
+
+
+def admin_listener(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``[admin]`` listens somewhere, safely, with tokens of distinct names.
+
+    TCP beyond loopback needs TLS or an explicit ``insecure = true``.
+    """
+    if "admin" not in doc:
+        return []
+    admin = _table(doc, "admin")
+    problems: list[ConfigProblem] = []
+    if "socket" not in admin and "host" not in admin:
+        problems.append(
+            ConfigProblem(
+                "admin",
+                'listens nowhere: add socket = "admin.sock" (a Unix socket) and/or '
+                'host = "127.0.0.1"',
+            )
+        )
+    has_cert, has_key = "certfile" in admin, "keyfile" in admin
+    if has_key and not has_cert:
+        problems.append(
+            ConfigProblem("admin", 'keyfile needs a certfile: add certfile = "cert.pem"')
+        )
+    if has_cert and not has_key:
+        problems.append(ConfigProblem("admin", 'certfile needs a keyfile: add keyfile = "k.pem"'))
+    host = admin.get("host")
+    if (
+        isinstance(host, str)
+        and host.strip()
+        and not is_loopback(host)
+        and not (has_cert and has_key)
+        and admin.get("insecure") is not True
+    ):
+        problems.append(
+            ConfigProblem(
+                "admin.host",
+                f"{json.dumps(host)} is not a loopback address: the console there needs TLS "
+                "(certfile and keyfile), or insecure = true to serve it unencrypted anyway",
+            )
+        )
+    tokens = admin.get("tokens", [])
+    if isinstance(tokens, list):
+        if not tokens:
+            problems.append(
+                ConfigProblem(
+                    "admin",
+                    "has no tokens, so nobody could use it: add [[admin.tokens]] with a name, "
+                    'token = "${env:NAME}" and a scope',
+                )
+            )
+        seen: set[str] = set()
+        for index, token in enumerate(tokens):
+            name = token.get("name") if isinstance(token, Mapping) else None
+            if isinstance(name, str) and name in seen:
+                problems.append(
+                    ConfigProblem(
+                        f"admin.tokens[{index}].name",
+                        f"duplicate token name {json.dumps(name)}: audit events must tell "
+                        "tokens apart",
+                    )
+                )
+            if isinstance(name, str):
+                seen.add(name)
+    return problems
 
 
 def storage_dsn(doc: Mapping[str, Any]) -> list[ConfigProblem]:
@@ -558,6 +625,7 @@ RULES: Final[tuple[Rule, ...]] = (
     emulators_configured,
     storage_dsn,
     ops_tls,
+    admin_listener,
     channel_credentials,
     consistent_limits,
     cluster_needs,

@@ -23,6 +23,8 @@ Design:
   series per channel (eleven families, one series each per channel: 110,000
   at 10,000 channels) only as ``[metrics] per_channel`` says (by default up
   to 1,000 channels). ``switchboard_metrics_per_channel`` says which.
+- Surfaces above the node (the admin console) add families of their own
+  through ``node.metric_sources``: callables read at scrape time like the rest.
 - Latency histograms (send, connect, inbound delivery per provider; store
   flushes) are plain bucket counts the node fills
   (:mod:`runtime.telemetry.histograms`), exported as Prometheus histograms
@@ -249,6 +251,9 @@ class NodeCollector:
         yield from self._node(statistics)
         yield from self._histograms(statistics.latencies, statistics.store_backend)
         yield from self._webhook_families()
+        # Families of the node's other surfaces (the admin console's refusals).
+        for source in list(getattr(self._view, "metric_sources", ())):
+            yield from source()
 
     def _states(self, totals: ChannelTotals) -> Metric:
         family = GaugeMetricFamily(
