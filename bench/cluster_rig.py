@@ -75,6 +75,7 @@ WA_VERIFY_TOKEN: Final = "rig-whatsapp-verify-token"
 WA_NUMBER_BASE: Final = 1_000_000  # wa-NNNN's phone number id is this + N
 WEBHOOK_SECRET: Final = "rig-telegram-webhook-secret"  # params.telegram_webhooks
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
+RECOVERY_CEILING: Final = 60.0  # more seconds before a fault's recovery counts as a hang
 POLL: Final = 0.05  # seconds
 STARTUP_BASE: Final = 120.0  # seconds the rig's channels may take to connect at first ...
 STARTUP_PER: Final = 0.1  # ... plus this per channel (3,000 channels: 7 minutes)
@@ -467,7 +468,7 @@ class ClusterRig:
             self.restarts += 1
         ended = time.time()
         recovery = await self.wait_connected(
-            p.lease_ttl + RECOVERY_SLACK + 30.0, settle=p.lease_ttl / 2
+            p.lease_ttl + RECOVERY_SLACK + RECOVERY_CEILING, settle=p.lease_ttl / 2
         )
         record = FaultRecord(kind=kind, node=node, recovery=recovery, began=began, ended=ended)
         self.faults.append(record)

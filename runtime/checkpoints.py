@@ -5,9 +5,11 @@ Design:
   durable state calls ``memory.touch()``, which marks the memory dirty and
   puts it in the writer's dirty set, once. Every ``interval`` seconds the
   writer takes the whole set, exports each channel's state
-  (``actors.channel.durable.export_state``) and writes them as one batch
-  (one statement per table): a channel is written at most once per
-  interval, and a crash of the node loses at most the last interval.
+  (``actors.channel.durable.export_state``) and writes them in batches of
+  :data:`SLICE` (one statement per table per batch; the next slice is
+  exported only once the last is written, so a round never holds the event
+  loop longer than one slice's export): a channel is written at most once
+  per interval, and a crash of the node loses at most the last round.
 - A channel's ``on_stop`` marks it dirty; once its actor has ended for good
   (a stop, the drain) its checkpoint is written marked *clean* (it holds
   everything: restored, its limiters are exact). The drain writes every
@@ -47,6 +49,7 @@ __all__ = ["CheckpointStatistics", "CheckpointWriter", "clock_offset"]
 log = logging.getLogger("switchboard.checkpoints")
 
 DEFAULT_INTERVAL: Final = 1.0  # seconds between two checkpoints of one channel
+SLICE: Final = 200  # channels exported and written per batch (the loop is held for one slice)
 
 
 wall_clock: Callable[[], float] = time.time
@@ -229,10 +232,36 @@ class CheckpointWriter:
     # --- the round ----------------------------------------------------------------------
 
     async def _write(self, memories: list[ChannelMemory]) -> None:
-        """Write ``memories`` as one batch; the caller holds the lock (one round at a time)."""
+        """Write ``memories`` in slices; the caller holds the lock (one round at a time).
+
+        Each slice of :data:`SLICE` channels is exported and written as one
+        batch before the next is exported, so the event loop is held for
+        one slice's export and encoding at a time, never for a whole round.
+
+        Raises:
+            StoreError: a slice failed; it and the slices after it stay dirty.
+        """
         memories = [m for m in memories if m in self._channels and not self._channels[m].fenced]
         if not memories:
             return
+        started = trio.current_time()
+        for first in range(0, len(memories), SLICE):
+            try:
+                if first:
+                    await trio.lowlevel.checkpoint()  # the others run between slices
+                await self._write_slice(memories[first : first + SLICE])
+            except BaseException:
+                for memory in memories[first + SLICE :]:
+                    self.mark(memory)  # not exported yet (still dirty): the next round
+                raise
+        if self._failing:
+            log.info("checkpoints are written again")
+            self._failing = False
+        self._rounds += 1
+        self._last_batch = len(memories)
+        self._last_seconds = trio.current_time() - started
+
+    async def _write_slice(self, memories: list[ChannelMemory]) -> None:
         now = trio.current_time()
         offset = clock_offset()
         items = []
@@ -252,7 +281,6 @@ class CheckpointWriter:
                     letters_changed=letters != channel.letters_written,
                 )
             )
-        started = trio.current_time()
         try:
             result = await self.store.write_checkpoints(items)
         except BaseException as exc:
@@ -270,12 +298,6 @@ class CheckpointWriter:
                     )
                 self._failing = True
             raise
-        if self._failing:
-            log.info("checkpoints are written again")
-            self._failing = False
-        self._rounds += 1
-        self._last_batch = len(items)
-        self._last_seconds = trio.current_time() - started
         self._written += len(result.written)
         done = set(result.written)
         for memory, item, letters in zip(memories, items, letters_seen, strict=True):
