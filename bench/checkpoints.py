@@ -27,6 +27,7 @@ not counted. Wall times come from trio's clock.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -178,7 +179,9 @@ async def _send_run(params: CheckpointsParams, mode: str, path: Path) -> SendRun
             if measuring[0]:
                 sent[0] += 1
 
-    async with open_node(_node_config(params, path, interval), providers={"simulated": provider}) as node:
+    async with open_node(
+        _node_config(params, path, interval), providers={"simulated": provider}
+    ) as node:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for _ in range(params.senders):
@@ -234,16 +237,17 @@ async def _measure(
 def _write_figures(result: WriteResult) -> list[Figure]:
     b = result.backend
     n = result.channels
-    gaps = [later - earlier for earlier, later in zip(result.round_starts, result.round_starts[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(result.round_starts)]
     # The highest rate any channel was written at: every round writes every channel.
     per_channel = 1.0 / min(gaps) if gaps else 0.0
+    rates = [rows / s for rows, s in zip(result.round_rows, result.round_seconds, strict=True)]
     return [
         Figure.single(
             name=f"rows_s_{b}",
             label=f"{b}: checkpoint rows/s, {n:,} channels all dirty",
             unit="rows/s",
-            value=median([rows / s for rows, s in zip(result.round_rows, result.round_seconds)]),
-            samples=[rows / s for rows, s in zip(result.round_rows, result.round_seconds)],
+            value=median(rates),
+            samples=rates,
             better="higher",
         ),
         Figure.single(

@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+
 import attrs
 import trio
 
@@ -42,7 +43,7 @@ from .cluster_rig import drop_pg_schema
 from .progress import Progress
 from .scenario import ScenarioError
 
-__all__ = ["WriteResult", "measure_writes"]
+__all__ = ["SplitCost", "WriteResult", "measure_writes", "split_cost"]
 
 
 @attrs.frozen(kw_only=True)
