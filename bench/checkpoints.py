@@ -7,8 +7,9 @@ Two phases (issue 13's benchmark):
    node's own checkpoint writer on SQLite (a temporary file) and on
    PostgreSQL (a schema of its own, dropped afterwards). Figures per
    backend: rows/s of a round, process CPU per checkpoint, the round's
-   wall time, and the highest rate at which one channel was written (the
-   writer's promise: at most once per second).
+   wall time, the longest it held the event loop, and the highest rate
+   at which one channel was written (the writer's promise: at most once
+   per second).
 2. The send path: a real node (``open_node``) with ``send_channels``
    channels on the simulated platform (no sockets, no latency) and a
    durable SQLite store, sending closed-loop from ``senders`` tasks for
@@ -267,6 +268,14 @@ def _write_figures(result: WriteResult) -> list[Figure]:
             better="lower",
         ),
         Figure.single(
+            name=f"stall_ms_{b}",
+            label=f"{b}: longest the event loop was held in a round",
+            unit="ms",
+            value=median([s * 1000 for s in result.round_stalls]),
+            samples=[s * 1000 for s in result.round_stalls],
+            better="lower",
+        ),
+        Figure.single(
             name=f"writes_per_channel_s_{b}",
             label=f"{b}: writes per second per channel, highest",
             unit="1/s",
@@ -391,6 +400,9 @@ def _notes(params: CheckpointsParams, writes: list[WriteResult], sends: list[Sen
         "the first round (the inserts) is a warm-up, not in the figures",
         "CPU is time.process_time (the trio thread and SQLite's worker thread); "
         "PostgreSQL's server CPU is not counted",
+        "stall: a watcher task ticks every 10 ms beside the writer; the latest a tick that "
+        "overlaps a round woke is how long that round held the event loop (the export and "
+        "the encoding run in the trio thread: no send runs meanwhile)",
     ]
     for w in writes:
         notes.append(

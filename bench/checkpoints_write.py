@@ -16,6 +16,9 @@ Design:
   encoding and the store's batch): wall time with ``trio.current_time``
   and the process's CPU time (``time.process_time``: the trio thread and
   SQLite's worker thread both; PostgreSQL's server CPU is not in it).
+- Beside it a watcher ticks every 10 ms: how late a tick that overlaps a
+  round wakes is how long the round held the event loop (the export and
+  the encoding run in the trio thread; no send runs meanwhile).
 - The first round inserts the rows; it is kept apart (a warm-up). Rounds'
   start times give the rate at which one channel is written: the writer
   promises at most one write per second per channel.
@@ -28,6 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 
 import attrs
 import trio
@@ -45,6 +49,9 @@ from .scenario import ScenarioError
 
 __all__ = ["SplitCost", "WriteResult", "measure_writes", "split_cost"]
 
+TICK: Final = 0.01  # seconds between the stall watcher's ticks
+SETTLE: Final = 0.05  # seconds after a round before the channels change (the watcher's last tick)
+
 
 @attrs.frozen(kw_only=True)
 class WriteResult:
@@ -57,6 +64,7 @@ class WriteResult:
         round_cpu: process CPU seconds of each measured round.
         round_starts: trio times the measured rounds began.
         round_rows: checkpoints written by each measured round.
+        round_stalls: the longest the event loop was held in each measured round, seconds.
         warmup_seconds: the first round (the inserts).
         written: checkpoints written in all, warm-up included.
         failures: batches the store failed to write.
@@ -70,6 +78,7 @@ class WriteResult:
     round_cpu: list[float]
     round_starts: list[float]
     round_rows: list[int]
+    round_stalls: list[float]
     warmup_seconds: float
     written: int
     failures: int
@@ -83,13 +92,20 @@ class _TimedWriter(CheckpointWriter):
     def __init__(self, store: Store, *, interval: float) -> None:
         super().__init__(store, token=1, interval=interval)
         self.rounds: list[tuple[float, float, float, int]] = []  # start, wall, cpu, rows
+        self.stalls: list[float] = []  # per round: the longest the event loop was held
+        self.in_round = False
         self.round_done = trio.Event()
 
     async def flush(self) -> None:
         before = self.statistics().written
+        self.stalls.append(0.0)
+        self.in_round = True
         start = trio.current_time()
         cpu = time.process_time()
-        await super().flush()
+        try:
+            await super().flush()
+        finally:
+            self.in_round = False
         self.rounds.append(
             (
                 start,
@@ -100,6 +116,21 @@ class _TimedWriter(CheckpointWriter):
         )
         self.round_done.set()
         self.round_done = trio.Event()
+
+    async def watch_stalls(self) -> None:
+        """Tick every :data:`TICK` s; a tick that overlaps a round and wakes late is its stall.
+
+        The export and the encoding run in the trio thread: while they do,
+        no other task (a send) runs. Lateness is when a tick woke past its
+        deadline.
+        """
+        while True:
+            rounds, was_in = len(self.stalls), self.in_round
+            began = trio.current_time()
+            await trio.sleep(TICK)
+            late = trio.current_time() - began - TICK
+            if len(self.stalls) > rounds or was_in or self.in_round:
+                self.stalls[-1] = max(self.stalls[-1], late)
 
 
 @attrs.define
@@ -195,9 +226,11 @@ async def measure_writes(
             progress.phase(f"{backend}: checkpoint rounds", total=rounds + 1, unit="rounds")
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
+                nursery.start_soon(writer.watch_stalls)
                 while len(writer.rounds) < rounds + 1:
                     await writer.round_done.wait()
                     progress.update(len(writer.rounds))
+                    await trio.sleep(SETTLE)  # the round's last late tick is counted first
                     now = trio.current_time()
                     for channel in busy:  # all dirty again, while the writer sleeps
                         _change(channel, peers=peers, now=now)
@@ -220,6 +253,7 @@ async def measure_writes(
         round_cpu=[r[2] for r in measured],
         round_starts=[r[0] for r in measured],
         round_rows=[r[3] for r in measured],
+        round_stalls=writer.stalls[1 : rounds + 1],
         warmup_seconds=warmup[1],
         written=stats.written,
         failures=stats.failures,

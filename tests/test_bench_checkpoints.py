@@ -31,6 +31,7 @@ WRITE_FIGURES = {
     "rows_s": "rows/s",
     "cpu_us": "µs",
     "round_ms": "ms",
+    "stall_ms": "ms",
     "writes_per_channel_s": "1/s",
     "rows_written": "rows",
 }
@@ -92,6 +93,7 @@ def test_every_round_writes_every_channel_and_none_twice_a_second(
         assert written["value"] == channels * rounds, b
         assert written["samples"] == [channels] * rounds, b
         assert len(figures[f"cpu_us_{b}"]["samples"]) == rounds, b
+        assert len(figures[f"stall_ms_{b}"]["samples"]) == rounds, b
         per_channel = figures[f"writes_per_channel_s_{b}"]
         assert 0 < per_channel["value"] <= 1.0, (b, per_channel)
         assert per_channel["verdict"] == "pass", b
