@@ -65,6 +65,7 @@ SCENARIOS: Final[dict[str, str]] = {
     "cluster": "bench.cluster",
     "scrape": "bench.scrape",
     "rtt": "bench.rtt",
+    "checkpoints": "bench.checkpoints",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")
