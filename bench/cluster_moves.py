@@ -43,7 +43,7 @@ from runtime.cluster.redis import ClusterUnavailable, RedisLink, open_redis
 
 from .cluster_rig import API_TOKEN, ClusterRig, RigParams, open_cluster_rig, stored_inbound
 from .report import Figure, Series, Target, Verdict, percentile
-from .scenario import RunContext
+from .scenario import RunContext, ScenarioError
 
 __all__ = ["MoveParams", "failure_kinds", "move_figures", "move_run", "move_series"]
 
@@ -217,11 +217,26 @@ class _Run:
 
     # --- the script ----------------------------------------------------------------------
 
-    def settled(self) -> bool:
+    def unsettled(self) -> dict[str, list[str]]:
+        """The channels not yet where the ring of the live nodes puts them, or not linked."""
         ring = HashRing(self.live())
         channels = self.rig.channel_ids()
-        return all(self.holders.get(c) == ring.owner(c) for c in channels) and all(
-            self.linked(c) for c in channels
+        return {
+            "misplaced": [c for c in channels if self.holders.get(c) != ring.owner(c)],
+            "unlinked": [c for c in channels if not self.linked(c)],
+        }
+
+    def settled(self) -> bool:
+        return not any(self.unsettled().values())
+
+    def too_slow(self, what: str) -> ScenarioError:
+        left = self.unsettled()
+        shown = {
+            kind: f"{len(ids)} (e.g. {', '.join(f'{c}@{self.holders.get(c)}' for c in ids[:5])})"
+            for kind, ids in left.items()
+        }
+        return ScenarioError(
+            f"{what} did not settle within {SETTLE_WITHIN:g} s: {shown}; live nodes {self.live()}"
         )
 
     async def event(self, name: str, nursery: trio.Nursery) -> _Event:
@@ -238,7 +253,7 @@ class _Run:
             node = "n1" if name == "drain" else "n2"
             self.ready.discard(node)  # the load balancer stops sending there first
             await self.rig.kill_node(node, signal.SIGTERM if name == "drain" else signal.SIGKILL)
-        with trio.fail_after(SETTLE_WITHIN):
+        with trio.move_on_after(SETTLE_WITHIN) as waited:
             while True:
                 now = self.now()
                 for channel, node in self.holders.items():
@@ -251,6 +266,8 @@ class _Run:
                 if self.settled():
                     break
                 await trio.sleep(POLL)
+        if waited.cancelled_caught:
+            raise self.too_slow(f"the {name}")
         event.settled = self.now() - event.at
         # A channel that left and came back to its first node moved too; one whose
         # holder is unchanged and never left is not counted.
@@ -297,10 +314,12 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         open_redis(f"redis://127.0.0.1:{rig.redis_port}/0", timeout=30.0) as link,
     ):
         run = _Run(rig, p, link)
-        with trio.fail_after(SETTLE_WITHIN):
+        with trio.move_on_after(SETTLE_WITHIN) as waited:
             while not run.settled():
                 await run.look()
                 await trio.sleep(POLL)
+        if waited.cancelled_caught:
+            raise run.too_slow("the start")
         duplicates_before = rig.websocket.stats["duplicates"]
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -118,3 +120,32 @@ def real_time_ceiling(clock: trio.testing.MockClock, seconds: float) -> Iterator
         yield
     finally:
         timer.cancel()
+
+
+def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 in ``directory`` (``<name>.crt``, ``<name>.key``)."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key

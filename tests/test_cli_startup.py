@@ -11,13 +11,13 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from tests.support import self_signed_certificate
 from tests.test_cli_run import CEILING, run_command, run_node
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -34,34 +34,6 @@ def _one_line(err: str) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err and "<" not in err and "ActorRef" not in err, err
     return lines[0]
-
-
-def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 async def test_an_emulator_port_in_use_names_its_setting(tmp_path: Path) -> None:
@@ -87,7 +59,7 @@ async def test_an_emulator_port_in_use_names_its_setting(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("problem", ["not-pem", "missing", "mismatch"])
 async def test_a_bad_tls_file_is_a_bad_configuration(tmp_path: Path, problem: str) -> None:
-    cert, key = _certificate(tmp_path, "good")
+    cert, key = self_signed_certificate(tmp_path, "good")
     if problem == "not-pem":
         cert.write_text("this is not a certificate\n")
         expected = f"from {cert} with key {key}: not a PEM certificate chain and private key"
@@ -95,7 +67,7 @@ async def test_a_bad_tls_file_is_a_bad_configuration(tmp_path: Path, problem: st
         cert = tmp_path / "nowhere.crt"
         expected = f"from {cert} with key {key}: no such file or directory"
     else:
-        _, key = _certificate(tmp_path, "other")
+        _, key = self_signed_certificate(tmp_path, "other")
         expected = f"from {cert} with key {key}: the private key does not match the certificate"
     path = _config(tmp_path, f'[ops]\nport = 0\ncertfile = "{cert}"\nkeyfile = "{key}"\n')
     with trio.fail_after(CEILING):
@@ -106,7 +78,7 @@ async def test_a_bad_tls_file_is_a_bad_configuration(tmp_path: Path, problem: st
 
 
 async def test_a_good_certificate_serves_https(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path, "good")
+    cert, key = self_signed_certificate(tmp_path, "good")
     path = _config(tmp_path, f'[ops]\nport = 0\ncertfile = "{cert}"\nkeyfile = "{key}"\n')
     with trio.fail_after(CEILING):
         async with run_node(path) as node:

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from runtime.console.rpc import ErrorCode
 from runtime.console.server import AdminAddresses, serve_admin
 
 from .console_support import TOKENS, console_config, console_node
+from .support import self_signed_certificate
 
 CEILING = 60.0
 READ, OPERATE = TOKENS["reader"][0], TOKENS["operator"][0]
@@ -176,37 +176,9 @@ async def test_events_reach_a_websocket_subscriber(tmp_path: Path) -> None:
                 assert audit["params"]["event"]["token"] == "operator"
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 async def test_tls(tmp_path: Path) -> None:
-    cert, key = _certificate(tmp_path)
+    cert, key = self_signed_certificate(tmp_path, "admin")
     with trio.fail_after(CEILING):
         async with served(tmp_path, certfile=str(cert), keyfile=str(key)) as (_, addresses):
             url = url_of(addresses, "wss:")
