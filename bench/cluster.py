@@ -446,6 +446,8 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
             "lease holder last read (every 0.25 s); 'connected again' = held by its new node "
             "and, for websocket and Discord, exactly one platform connection"
         )
+        if moves["missed"]:
+            notes.append(f"moves: user messages missing from the store: {moves['missed_examples']}")
         if failed := failure_kinds(moves):
             notes.append(f"moves: failed sends by kind: {failed}")
         if moves["overlaps"]:

@@ -343,6 +343,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
             "lost": len(accepted - at_platform),
             "platform_duplicates": rig.websocket.stats["duplicates"] - duplicates_before,
             "missed": len(run.injected - stored),
+            "missed_examples": sorted(run.injected - stored)[:5],
             "injected": len(run.injected),
             "overlaps": rig.overlaps(),
             "overlap_examples": rig.overlap_examples(),

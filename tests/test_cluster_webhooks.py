@@ -31,6 +31,7 @@ from bench.cluster_rig import (
 )
 from providers.telegram import SECRET_HEADER
 from providers.whatsapp.webhook import SIGNATURE_HEADER, sign
+from runtime.cluster.placement import HashRing
 
 CEILING = 240.0  # real seconds for a whole test; only a hang gets near it
 NUMBERS = 4
@@ -38,7 +39,9 @@ BOTS = 2
 
 
 async def held(rig: ClusterRig, prefix: str, count: int) -> dict[str, str]:
-    """The holders of the ``prefix`` channels once all are held and connected there."""
+    """The holders of the ``prefix`` channels once each is held where the ring of the
+    nodes puts it (a joiner gets its share a little after it joined) and connected there."""
+    ring = HashRing(list(rig.processes))
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
     async with httpx.AsyncClient(headers=headers, timeout=30.0) as client:
         while True:
@@ -51,7 +54,8 @@ async def held(rig: ClusterRig, prefix: str, count: int) -> dict[str, str]:
                     for item in listing["channels"]
                     if item["status"] == "connected"
                 }
-            if len(holders) == count and set(holders.items()) <= connected:
+            placed = all(node == ring.owner(channel) for channel, node in holders.items())
+            if len(holders) == count and placed and set(holders.items()) <= connected:
                 return holders
             await trio.sleep(0.2)
 
