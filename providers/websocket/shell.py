@@ -388,10 +388,11 @@ class WebSocketConnection:
         for action in actions:
             if isinstance(action, SendFrame):
                 assert self._link is not None
-                try:
+                # A closed link is the reader's to report, with the peer's close code
+                # when a close frame came: a frame answered in the same read as the
+                # close must not turn a clean close into "the TCP link broke".
+                with contextlib.suppress(LinkClosed):
                     await self._link.send_text(action.text)
-                except LinkClosed:
-                    await self._apply(self._core.connection_lost(None, "the TCP link broke"))
             elif isinstance(action, SendPing):
                 assert self._link is not None
                 with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
