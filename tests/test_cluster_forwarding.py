@@ -49,8 +49,11 @@ async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[di
     while True:
         answer = await client.get(rig.ops_urls["n1"] + "/v1/channels")
         listing: list[dict[str, Any]] = answer.json()["channels"]
+        # n1 runs its own (connected) and sees n2's as remote: a channel n1 holds
+        # but has not started yet shows as remote too, so wait for it to run.
         if {item.get("node") for item in listing} == {"n1", "n2"} and all(
-            item["status"] in ("connected", "remote") for item in listing
+            item["status"] == ("connected" if item.get("node") == "n1" else "remote")
+            for item in listing
         ):
             return listing
         await trio.sleep(0.2)
