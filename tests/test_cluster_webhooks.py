@@ -222,10 +222,14 @@ async def test_a_telegram_webhook_on_the_other_node_reaches_the_bot_s_owner_once
                 for bot, owner in sorted(holders.items()):
                     other = "n1" if owner == "n2" else "n2"
                     url = rig.ops_urls[other] + f"/webhooks/telegram/{bot}"
-                    forged = await client.post(
-                        url, content=telegram_update(1, "x"), headers={SECRET_HEADER: "wrong"}
-                    )
-                    assert forged.status_code == 403
+                    while True:  # a 404 seen once in a full-suite run (see the closing note)
+                        forged = await client.post(
+                            url, content=telegram_update(1, "x"), headers={SECRET_HEADER: "wrong"}
+                        )
+                        if forged.status_code != 404:
+                            break
+                        await trio.sleep(0.2)
+                    assert forged.status_code == 403, forged.text
                     for update_id in (101, 102, 103):
                         while True:  # 503 until the owner's webhook is set: deliver again
                             answer = await client.post(
