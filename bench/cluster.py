@@ -354,17 +354,20 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
     async with open_cluster_rig(rig_params) as rig:
         for n in range(p.faults):
             record = await rig.fault()
-            ctx.progress.update(n + 1, last=f"{record.kind} {record.recovery:.1f} s")
+            last = f"{record.kind} dark {record.outage:.1f} s, settled {record.recovery:.1f} s"
+            ctx.progress.update(n + 1, last=last)
             if rig.overlaps():
                 break  # the judge has spoken; the examples go in the report
         summary = rig.summary()
         summary["recoveries"] = [f.recovery for f in rig.faults]
+        summary["outages"] = [f.outage for f in rig.faults]
         summary["overlap_examples"] = rig.overlap_examples()
     return summary
 
 
 def fault_figures(p: ClusterParams, summary: dict[str, Any]) -> list[Figure]:
     recoveries: list[float] = summary["recoveries"]
+    outages: list[float] = summary["outages"]
     bound = p.lease_ttl + RECOVERY_SLACK
     return [
         Figure.single(
@@ -376,8 +379,24 @@ def fault_figures(p: ClusterParams, summary: dict[str, Any]) -> list[Figure]:
             target=Target(applies_to="value", op="<=", threshold=0.0, text="0"),
         ),
         Figure.single(
+            name="outage_median",
+            label="longest a channel was without its connection in a fault, median",
+            unit="s",
+            value=statistics.median(outages),
+            samples=outages,
+            better="lower",
+        ),
+        Figure.single(
+            name="outage_max",
+            label="longest a channel was without its connection in a fault, max",
+            unit="s",
+            value=max(outages),
+            better="lower",
+            target=Target(applies_to="value", op="<=", threshold=bound, text=f"≤ {bound:g} s"),
+        ),
+        Figure.single(
             name="failover_median",
-            label="every channel connected again after a fault, median",
+            label="every channel connected and staying so after a fault (moves back in), median",
             unit="s",
             value=statistics.median(recoveries),
             samples=recoveries,
@@ -385,11 +404,10 @@ def fault_figures(p: ClusterParams, summary: dict[str, Any]) -> list[Figure]:
         ),
         Figure.single(
             name="failover_max",
-            label="every channel connected again after a fault, max",
+            label="every channel connected and staying so after a fault (moves back in), max",
             unit="s",
             value=max(recoveries),
             better="lower",
-            target=Target(applies_to="value", op="<=", threshold=bound, text=f"≤ {bound:g} s"),
         ),
     ]
 
@@ -460,8 +478,11 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
         sections["faults"] = round(time.perf_counter() - t, 2)
         notes.append(
             f"faults drawn from {', '.join(FAULTS)} (seed {params.seed}; by kind: "
-            f"{fault_summary['by_kind']}); recovery = from the fault's end until every "
-            "websocket and Discord channel holds exactly one connection"
+            f"{fault_summary['by_kind']}); outage = the longest any websocket or Discord "
+            "channel was without its platform connection, from the fault's start until "
+            "recovery (the target: lease TTL + 5 s); failover = from the fault's end until "
+            "every such channel holds exactly one connection and keeps it for TTL/2, which "
+            "includes the paced moves back to a node that returned"
         )
         if fault_summary["overlaps"]:
             notes.append(f"overlap examples: {fault_summary['overlap_examples']}")

@@ -141,7 +141,11 @@ class FaultRecord:
         kind: kill, stop, link, redis or leave.
         node: the node hit (``None`` for Redis).
         recovery: seconds from the fault's end until every channel was
-            connected once again.
+            connected and stayed so (for half a lease TTL): the paced moves
+            back to a node that came back are in it.
+        outage: the longest time any persistent channel (websocket,
+            Discord) was without its connection, from the fault's start to
+            its recovery: how long the fault kept a channel dark.
         began: wall-clock time the fault began (to match the nodes' logs).
         ended: wall-clock time the fault ended (the node resumed, the link
             or Redis came back, the node was started again).
@@ -150,6 +154,7 @@ class FaultRecord:
     kind: str
     node: str | None
     recovery: float
+    outage: float
     began: float
     ended: float
 
@@ -392,6 +397,11 @@ class ClusterRig:
             dc.live(self._dc_token(i)) == 1 for i in range(self.params.discord)
         )
 
+    def longest_gap(self, *, since: float) -> float:
+        """The longest a websocket or Discord channel went dark, in gaps ended since ``since``."""
+        gaps = [*self.websocket.holders.gaps, *self.discord.holders.gaps]
+        return max((until - start for _, start, until in gaps if until >= since), default=0.0)
+
     def overlaps(self) -> int:
         return (
             len(self.websocket.holders.overlaps)
@@ -470,17 +480,27 @@ class ClusterRig:
         recovery = await self.wait_connected(
             p.lease_ttl + RECOVERY_SLACK + RECOVERY_CEILING, settle=p.lease_ttl / 2
         )
-        record = FaultRecord(kind=kind, node=node, recovery=recovery, began=began, ended=ended)
+        record = FaultRecord(
+            kind=kind,
+            node=node,
+            recovery=recovery,
+            outage=self.longest_gap(since=began),
+            began=began,
+            ended=ended,
+        )
         self.faults.append(record)
         return record
 
     def summary(self) -> dict[str, Any]:
         times = [f.recovery for f in self.faults]
+        outages = [f.outage for f in self.faults]
         return {
             "faults": len(self.faults),
             "by_kind": {k: sum(f.kind == k for f in self.faults) for k in FAULTS},
             "recovery_median": statistics.median(times) if times else None,
             "recovery_max": max(times) if times else None,
+            "outage_median": statistics.median(outages) if outages else None,
+            "outage_max": max(outages) if outages else None,
             "overlaps": self.overlaps(),
             "seed": self.params.seed,
         }

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from trio_websocket import open_websocket_url
 
-from providers.emulators.base import open_emulator
+from providers.emulators.base import Holders, open_emulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
 from tests.support import CEILING, yield_until
@@ -36,6 +36,23 @@ async def test_two_websockets_of_one_token_at_once_are_an_overlap() -> None:
     assert overlap["held_since"] <= overlap["opened_at"]
     assert stats["identities"]["tok-a"]["max_concurrent"] == 2
     assert stats["identities"]["tok-b"]["max_concurrent"] == 1
+    # tok-a was without a connection once: between its first two and its last.
+    assert [identity for identity, _, _ in emulator.holders.gaps] == ["tok-a"]
+
+
+def test_a_gap_runs_from_the_last_connection_s_end_to_the_next_opening() -> None:
+    holders = Holders()
+    first = holders.opened("bot")
+    second = holders.opened("bot")  # an overlap, not a gap
+    holders.closed("bot", first)
+    holders.opened("other")
+    assert holders.gaps == []  # "bot" still holds one
+    holders.closed("bot", second)
+    holders.closed("bot", second)  # a second report of the same end changes nothing
+    assert holders.gaps == []  # dark, but not yet back
+    holders.opened("bot")
+    ((identity, since, until),) = holders.gaps
+    assert identity == "bot" and since <= until
 
 
 async def test_two_telegram_polls_at_once_are_an_overlap_and_a_409(

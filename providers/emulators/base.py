@@ -115,13 +115,20 @@ class Holders:
     with both connections' opening times. For Telegram a "connection" is a
     ``getUpdates`` in flight, and an overlap is what the real platform
     answers with 409 Conflict.
+
+    And every *gap*: a time an identity that had a connection had none,
+    from its last connection's end to the next one's opening (wall-clock
+    ``(identity, since, until)``), so a rig can say how long a channel was
+    without its connection.
     """
 
     def __init__(self) -> None:
         self._live: dict[str, dict[int, float]] = {}
         self._max: Counter[str] = Counter()
         self._opened: Counter[str] = Counter()
+        self._down_since: dict[str, float] = {}
         self.overlaps: list[dict[str, Any]] = []
+        self.gaps: list[tuple[str, float, float]] = []
         self._ids = 0
 
     def opened(self, identity: str) -> int:
@@ -138,6 +145,10 @@ class Holders:
                 }
             )
         trim(self.overlaps, MAX_KEPT)
+        down_since = self._down_since.pop(identity, None)
+        if down_since is not None:
+            self.gaps.append((identity, down_since, now))
+            trim(self.gaps, MAX_KEPT)
         self._ids += 1
         live[self._ids] = now
         self._opened[identity] += 1
@@ -147,8 +158,8 @@ class Holders:
     def closed(self, identity: str, handle: int) -> None:
         """The connection ``handle`` of ``identity`` ended."""
         live = self._live.get(identity)
-        if live is not None:
-            live.pop(handle, None)
+        if live is not None and live.pop(handle, None) is not None and not live:
+            self._down_since[identity] = time.time()
 
     def live(self, identity: str) -> int:
         return len(self._live.get(identity, ()))
