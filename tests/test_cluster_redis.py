@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Final
@@ -20,7 +21,8 @@ import trio
 
 from actors.channel import Tenure
 from providers.testing import LinkBreaker
-from runtime.cluster.leases import Acquired, Held, Leases
+from runtime.cluster.lag import PROBE_INTERVAL, LoopLag
+from runtime.cluster.leases import Acquired, Held, LeaseClock, Leases
 from runtime.cluster.membership import Membership, View
 from runtime.cluster.ownership import Ownership
 from runtime.cluster.redis import ClusterUnavailable, RedisLink, open_redis
@@ -216,6 +218,54 @@ async def test_a_node_cut_off_from_redis_drops_its_connection_before_its_lease_c
             breaker.frozen = False
             breaker.cut()
             outer.cancel_scope.cancel()
+
+
+async def test_a_loop_that_runs_late_holds_its_connections_for_less(prefix: str) -> None:
+    runner = Runner()
+    ttl = 1.5
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            leases = Leases(link, prefix=prefix, node_id="a", ttl=ttl)
+            ownership = Ownership(
+                node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
+            )
+            ownership.set_members(["a"])
+            ownership.set_catalog(["ch"])
+            ownership.lag.record(trio.current_time(), 0.2)  # the loop woke 0.2 s late
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ownership.run)
+                while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
+                    await trio.sleep(0.02)
+                seen = trio.current_time()  # after the acquire was sent
+                # Twice the lateness given up on top of the drift margin.
+                assert runner.tenures["ch"].deadline <= seen + ttl - leases.clock.margin - 0.4
+                nursery.cancel_scope.cancel()
+
+
+def test_the_loop_lag_is_the_worst_within_its_window_and_its_allowance_is_capped() -> None:
+    lag = LoopLag(window=2.0, cap=0.5)
+    assert lag.worst(0.0) == 0.0 and lag.allowance(0.0) == 0.0
+    lag.record(1.0, 0.1)
+    lag.record(1.5, 0.05)
+    assert lag.worst(1.5) == 0.1 and lag.allowance(1.5) == 0.2
+    lag.record(2.0, 0.4)
+    assert lag.worst(2.0) == 0.4 and lag.allowance(2.0) == 0.5  # capped
+    assert lag.worst(3.9) == 0.4  # still within the window
+    lag.record(4.1, 0.0)
+    assert lag.worst(4.1) == 0.0  # 0.4 at 2.0 is older than the window
+    clock = LeaseClock(10.0)
+    assert clock.deadline(100.0, lag=0.5) == clock.deadline(100.0) - 0.5
+
+
+async def test_the_probe_sees_a_loop_blocked_by_work() -> None:
+    lag = LoopLag(window=60.0, cap=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lag.run)
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop cannot run meanwhile
+        await trio.sleep(0.2)  # the probe wakes, late
+        nursery.cancel_scope.cancel()
+    # Its wake-up was due at most one probe interval after the block began.
+    assert lag.worst(trio.current_time()) >= 0.3 - PROBE_INTERVAL
 
 
 # --- Redis restarted without persistence ---------------------------------------------------

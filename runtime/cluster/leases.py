@@ -22,7 +22,8 @@ Design:
 - The node-side guarantee is :class:`LeaseClock` (pure): a lease renewed by
   a request *sent* at ``t`` (the node's monotonic clock) is safe to use
   until ``t + ttl - margin``; Redis cannot expire it sooner, whatever the
-  network did. The margin covers the two clocks' drift.
+  network did. The margin covers the two clocks' drift; a loop that has been
+  running late gives that up too (``lag``, see ``runtime.cluster.lag``).
 """
 
 from __future__ import annotations
@@ -136,9 +137,15 @@ class LeaseClock:
         """Seconds given up at the end of each lease, for clock drift."""
         return max(MARGIN_MIN, self.ttl * DRIFT)
 
-    def deadline(self, sent_at: float) -> float:
-        """Until when a lease (re)set by a request sent at ``sent_at`` is safe to use."""
-        return sent_at + self.ttl - self.margin
+    def deadline(self, sent_at: float, *, lag: float = 0.0) -> float:
+        """Until when a lease (re)set by a request sent at ``sent_at`` is safe to use.
+
+        Args:
+            sent_at: when the request left, on the node's monotonic clock.
+            lag: seconds more to give up, for an event loop that runs late
+                (its cancel at the deadline would come that late).
+        """
+        return sent_at + self.ttl - self.margin - lag
 
 
 class Leases:

@@ -14,7 +14,9 @@ Design:
 - Renewals go in batches every third of the TTL; each success moves the
   tenures' deadlines to ``sent + ttl - margin`` on this node's monotonic
   clock, so a node cut off from Redis (or frozen) has its connections
-  cancelled by trio before any other node can take the leases. A renewal
+  cancelled by trio before any other node can take the leases. A loop that
+  has been running late gives up twice its recent lateness more
+  (``runtime.cluster.lag``): its cancel would come that late. A renewal
   that says a lease is gone revokes that tenure at once and stops the
   channel.
 - Moves away from this node are paced (``runtime.cluster.rebalance``):
@@ -40,6 +42,7 @@ import trio
 
 from actors.channel import Tenure
 
+from .lag import LoopLag
 from .leases import Acquired, Leases
 from .placement import HashRing
 from .rebalance import Pacing, Rebalancer
@@ -112,6 +115,9 @@ class Ownership:
         self.vnodes = vnodes
         self.renew_batch = renew_batch
         self.rebalancer = Rebalancer(pacing or Pacing())
+        # The loop's recent lateness shortens each tenure; never by more than a
+        # renewal interval, so a lagging node is not cut off between renewals.
+        self.lag = LoopLag(window=leases.ttl, cap=leases.ttl / 3)
         self._kept_until = math.inf  # the soonest a channel kept by the pacing may go
         self.ring = HashRing((), vnodes=vnodes)
         self.catalog: frozenset[str] = frozenset()
@@ -180,6 +186,7 @@ class Ownership:
         """Reconcile on every change and renew the leases, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._renew_loop)
+            nursery.start_soon(self.lag.run)
             nursery.start_soon(self._watch_releases)
             task_status.started()
             while True:
@@ -194,6 +201,10 @@ class Ownership:
                     with trio.move_on_after(RETRY_UNREACHABLE):
                         await self._changed.wait()
                     self._changed.set()
+
+    def _deadline(self, sent: float) -> float:
+        """The tenure a lease (re)set by a request sent at ``sent`` gives."""
+        return self.leases.clock.deadline(sent, lag=self.lag.allowance(trio.current_time()))
 
     async def _watch_releases(self) -> None:
         async for channel_id in self.leases.released():
@@ -297,7 +308,7 @@ class Ownership:
             )
             return
         self._retry_at.pop(channel_id, None)
-        tenure = Tenure(self.leases.clock.deadline(sent), token=answer.token)
+        tenure = Tenure(self._deadline(sent), token=answer.token)
         self.owned[channel_id] = OwnedChannel(answer.token, tenure)
         self.rebalancer.arrived(channel_id, trio.current_time())
         log.info(
@@ -379,7 +390,7 @@ class Ownership:
                 log.warning("cluster: lease renewal failed: %s", exc)
                 return
             self.renewals += 1
-            deadline = self.leases.clock.deadline(sent)
+            deadline = self._deadline(sent)
             lost_set = set(lost)
             for channel_id, token, _ in batch:
                 owned = self.owned.get(channel_id)
