@@ -33,6 +33,7 @@ left), and the drain of in-flight sends at a step's end.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
@@ -43,6 +44,9 @@ from typing import Any, Final
 
 import attrs
 import trio
+
+from runtime.collection import QUIET as GC_QUIET
+from runtime.collection import STORM_CONNECTS
 
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
 from .plots import PERCENTILES, percentile_x
@@ -114,6 +118,10 @@ class ChannelsParams:
             "discord gateway compression modes to measure (none, zlib-stream, zstd-stream)"
         ),
     )
+    gc: str = attrs.field(
+        default="tuned",
+        metadata=_help("the node's [node] gc policy: tuned (freeze what settled) or default"),
+    )
     compression_channels: int = attrs.field(
         default=20, metadata=_help("channels per compression phase")
     )
@@ -126,6 +134,8 @@ class ChannelsParams:
         problems = []
         if self.channels < 1:
             problems.append(f"channels: expected at least 1, got {self.channels}")
+        if self.gc not in ("tuned", "default"):
+            problems.append(f"gc: expected 'tuned' or 'default', got {self.gc!r}")
         if self.emulator not in ("process", "inprocess"):
             problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
         if any(r <= 0 for r in self.rates):
@@ -167,6 +177,7 @@ class StepResult:
     cpu: float = 0.0  # node process CPU seconds
     emulator_cpu: float | None = None
     in_flight_peak: int = 0
+    gc: GcWatch = attrs.Factory(lambda: GcWatch())
 
     @property
     def delivered_rate(self) -> float:
@@ -174,6 +185,32 @@ class StepResult:
 
     def quantile(self, q: float) -> float:
         return percentile(sorted(self.latencies), q) if self.latencies else math.nan
+
+
+class GcWatch:
+    """The collector's pauses in this process while it is entered (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]  # collections by generation
+        self.total = 0.0  # seconds in collections
+        self.longest = 0.0  # the longest pause, seconds
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        took = time.perf_counter() - self._began
+        self.count[info["generation"]] += 1
+        self.total += took
+        self.longest = max(self.longest, took)
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext) -> StepResult:
@@ -209,29 +246,30 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     start = trio.current_time()
     total = int(rate * params.duration)
     ctx.progress.phase(f"load {rate:,.0f} msgs/s for {params.duration:g} s", total, "msgs")
-    async with trio.open_nursery() as nursery:
-        i = 0
-        while i < total:
-            due_now = min(total, int((trio.current_time() - start) * rate) + 1)
-            while i < due_now:
-                if in_flight >= params.max_in_flight:
-                    result.shed += 1
-                else:
-                    in_flight += 1
-                    nursery.start_soon(one, i, start + i / rate)
-                i += 1
-            result.in_flight_peak = max(result.in_flight_peak, in_flight)
-            ctx.progress.update(
-                i,
-                delivered=result.ok,
-                in_flight=in_flight,
-                errors=sum(result.errors.values()),
-                connected=rig.states.connected,
-            )
-            await trio.sleep(TICK)
-        result.scheduled = i
-        ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
-        nursery.cancel_scope.deadline = trio.current_time() + min(60.0, ctx.remaining())
+    with result.gc:
+        async with trio.open_nursery() as nursery:
+            i = 0
+            while i < total:
+                due_now = min(total, int((trio.current_time() - start) * rate) + 1)
+                while i < due_now:
+                    if in_flight >= params.max_in_flight:
+                        result.shed += 1
+                    else:
+                        in_flight += 1
+                        nursery.start_soon(one, i, start + i / rate)
+                    i += 1
+                result.in_flight_peak = max(result.in_flight_peak, in_flight)
+                ctx.progress.update(
+                    i,
+                    delivered=result.ok,
+                    in_flight=in_flight,
+                    errors=sum(result.errors.values()),
+                    connected=rig.states.connected,
+                )
+                await trio.sleep(TICK)
+            result.scheduled = i
+            ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
+            nursery.cancel_scope.deadline = trio.current_time() + min(60.0, ctx.remaining())
     if in_flight:
         result.errors["unfinished at the step's deadline"] += in_flight
     result.elapsed = max(result.done_at, default=trio.current_time() - start)
@@ -303,7 +341,11 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
     if params.provider == "simulated":
         notes.append("simulated provider: no sockets; channel memory excludes a connection")
     async with open_rig(
-        params.provider, external=external, limits=params.limits, port_base=ctx.port_base
+        params.provider,
+        external=external,
+        limits=params.limits,
+        port_base=ctx.port_base,
+        gc_policy=params.gc,
     ) as rig:
         baseline = None
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
@@ -330,7 +372,10 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
                 f"statuses: {dict(rig.states.statuses())}"
             )
             ctx.progress.note(notes[-1])
-        # --- load
+        # --- load, once the node's collector policy has settled what the connects built
+        if params.gc == "tuned" and connected >= STORM_CONNECTS:
+            ctx.progress.phase(f"settling for {GC_QUIET + 1:g} s after the connects")
+            await trio.sleep(GC_QUIET + 1)
         steps: list[StepResult] = []
         inbound = [0]
         stop_inbound = trio.Event()
@@ -514,6 +559,21 @@ def _figures(
                 label=f"sends failed or shed at {step.rate:,.0f} msgs/s",
                 unit="messages",
                 value=total_errors,
+                better="lower",
+            ),
+            Figure.single(
+                name=f"gc_pause_max_at_{key}",
+                label=f"longest collection pause at {step.rate:,.0f} msgs/s",
+                unit="ms",
+                value=step.gc.longest * 1e3,
+                better="lower",
+            ),
+            Figure.single(
+                name=f"gc_share_at_{key}",
+                label=f"time in collections at {step.rate:,.0f} msgs/s "
+                f"(young/middle/full: {'/'.join(map(str, step.gc.count))})",
+                unit="%",
+                value=100 * step.gc.total / step.elapsed if step.elapsed else 0.0,
                 better="lower",
             ),
             Figure.single(

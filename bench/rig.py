@@ -421,6 +421,7 @@ def node_config(
     backoff: BackoffConfig | None = None,
     intensity: int = 1_000_000,
     port_base: int = 0,
+    gc_policy: str = "tuned",
 ) -> NodeConfig:
     """A node for benchmarks: memory store, no ops listener (but for WhatsApp's webhooks),
     quiet logs; its listeners on ``port_base`` and up (0: any free ports)."""
@@ -434,7 +435,12 @@ def node_config(
         {provider: EmulatorConfig(port=emulator_port(port_base))} if in_process_emulator else {}
     )
     return NodeConfig(
-        node=NodeSection(id="bench", start_timeout=600.0, drain_deadline=5.0),
+        node=NodeSection(
+            id="bench",
+            start_timeout=600.0,
+            drain_deadline=5.0,
+            gc="default" if gc_policy == "default" else "tuned",
+        ),
         ops=OpsConfig(enabled=provider == "whatsapp", port=port_base),
         logging=LoggingConfig(level="error"),
         supervisor=SupervisorConfig(intensity=intensity),
@@ -454,6 +460,7 @@ async def open_rig(
     intensity: int = 1_000_000,
     state_buffer: int = 100_000,
     port_base: int = 0,
+    gc_policy: str = "tuned",
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -466,6 +473,7 @@ async def open_rig(
         backoff: reconnect backoff overrides for every channel.
         intensity: the channels supervisor's restart intensity.
         state_buffer: events the state log may fall behind by.
+        gc_policy: the node's ``[node] gc``: ``tuned`` or ``default``.
     """
     if external and provider == "whatsapp":
         raise ScenarioError(
@@ -491,6 +499,7 @@ async def open_rig(
             backoff=backoff,
             intensity=intensity,
             port_base=port_base,
+            gc_policy=gc_policy,
         )
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:

@@ -87,6 +87,7 @@ from .admission import admit
 from .channels import channel_config, channel_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
+from .collection import CollectorPolicy
 from .config.model import ChannelSpec, NodeConfig
 from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
@@ -1290,6 +1291,9 @@ async def open_node(
             node._nursery = nursery
             node._root = root
             await nursery.start(node._checkpoints.run)
+            # Following the channels' states before the first one starts.
+            collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))
+            await nursery.start(collector.run, node.subscribe(kind="state"))
             channels_ref = await root.whereis_child("channels")
             assert channels_ref is not None
             node._channels = SupervisorRef(channels_ref)

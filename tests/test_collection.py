@@ -1,0 +1,87 @@
+"""The node's garbage-collection policy (``[node] gc``; runtime/collection.py).
+
+Thresholds while a node runs and back afterwards; a freeze once a storm of
+connects has gone quiet, a thaw on the way out; nothing touched with
+``gc = "default"``. In virtual time, against the simulated platform.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from providers.simulated import SimulatedProvider
+from runtime import open_node
+from runtime.collection import (
+    QUIET,
+    REFREEZE_INTERVAL,
+    STORM_CONNECTS,
+    YOUNG_THRESHOLD,
+    CollectorPolicy,
+)
+
+from .support import CEILING
+from .test_node_embedded import FAST, node_config, sim, wait_connected
+
+
+@pytest.fixture(autouse=True)
+def collector_as_found() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_the_thresholds_hold_while_any_node_runs_and_come_back_after_the_last() -> None:
+    before = gc.get_threshold()
+    with CollectorPolicy(enabled=True):
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+        with CollectorPolicy(enabled=True):  # a second node of the process
+            pass
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD  # the first still runs
+    assert gc.get_threshold() == before
+    with CollectorPolicy(enabled=False):
+        assert gc.get_threshold() == before
+
+
+def test_a_storm_is_settled_once_quiet_and_a_trickle_only_after_the_interval() -> None:
+    policy = CollectorPolicy(enabled=True)
+    assert not policy.due(0.0)  # nothing connected
+    for _ in range(STORM_CONNECTS):
+        policy.connected(1.0)
+    assert not policy.due(1.0 + QUIET / 2)  # still connecting
+    assert policy.due(1.0 + QUIET)
+    with policy:
+        policy.settle(1.0 + QUIET)
+        assert gc.get_freeze_count() > 0 and policy.settles == 1
+    assert gc.get_freeze_count() == 0  # thawed on the way out
+    policy.connected(100.0)  # one reconnect: not worth a collection...
+    assert not policy.due(100.0 + QUIET)
+    assert policy.due(1.0 + QUIET + REFREEZE_INTERVAL)  # ...until the interval has passed
+    assert not CollectorPolicy(enabled=False).due(1e9)
+
+
+@pytest.mark.parametrize("policy", ["tuned", "default"])
+async def test_a_node_freezes_what_its_channels_built_and_thaws_on_the_way_out(
+    policy: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    before = gc.get_threshold()
+    channels = [sim(f"c{i}") for i in range(STORM_CONNECTS)]
+    config = node_config(channels, node={"id": "t", "start_timeout": 1.0, "gc": policy})
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": SimulatedProvider()}
+        ) as node:
+            await wait_connected(node, STORM_CONNECTS)
+            await trio.sleep(QUIET + 1.0)
+            if policy == "tuned":
+                assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+                assert gc.get_freeze_count() > 0
+            else:
+                assert gc.get_threshold() == before
+                assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
