@@ -361,6 +361,12 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
         summary = rig.summary()
         summary["recoveries"] = [f.recovery for f in rig.faults]
         summary["outages"] = [f.outage for f in rig.faults]
+        summary["darkest"] = [
+            f"{f.kind} {f.node or '-'}: {f.dark[0]} dark {f.outage:.1f} s from "
+            f"{time.strftime('%H:%M:%S', time.gmtime(f.dark[1]))} UTC"
+            for f in sorted(rig.faults, key=lambda f: -f.outage)[:5]
+            if f.dark is not None
+        ]
         summary["overlap_examples"] = rig.overlap_examples()
     return summary
 
@@ -484,6 +490,8 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
             "every such channel holds exactly one connection and keeps it for TTL/2, which "
             "includes the paced moves back to a node that returned"
         )
+        if fault_summary["darkest"]:
+            notes.append(f"faults: the longest dark: {'; '.join(fault_summary['darkest'])}")
         if fault_summary["overlaps"]:
             notes.append(f"overlap examples: {fault_summary['overlap_examples']}")
     return Report(

@@ -146,6 +146,8 @@ class FaultRecord:
         outage: the longest time any persistent channel (websocket,
             Discord) was without its connection, from the fault's start to
             its recovery: how long the fault kept a channel dark.
+        dark: which channel that was, and from when (wall clock), to match
+            the nodes' logs; ``None`` when none went dark.
         began: wall-clock time the fault began (to match the nodes' logs).
         ended: wall-clock time the fault ended (the node resumed, the link
             or Redis came back, the node was started again).
@@ -155,6 +157,7 @@ class FaultRecord:
     node: str | None
     recovery: float
     outage: float
+    dark: tuple[str, float] | None
     began: float
     ended: float
 
@@ -397,10 +400,15 @@ class ClusterRig:
             dc.live(self._dc_token(i)) == 1 for i in range(self.params.discord)
         )
 
-    def longest_gap(self, *, since: float) -> float:
-        """The longest a websocket or Discord channel went dark, in gaps ended since ``since``."""
-        gaps = [*self.websocket.holders.gaps, *self.discord.holders.gaps]
-        return max((until - start for _, start, until in gaps if until >= since), default=0.0)
+    def longest_gap(self, *, since: float) -> tuple[str, float, float] | None:
+        """The longest a websocket or Discord channel went dark, of the gaps ended since
+        ``since``: ``(channel, from, until)``, wall clock."""
+        gaps = [
+            (identity.replace("-token", ""), start, until)
+            for identity, start, until in (*self.websocket.holders.gaps, *self.discord.holders.gaps)
+            if until >= since
+        ]
+        return max(gaps, key=lambda gap: gap[2] - gap[1], default=None)
 
     def overlaps(self) -> int:
         return (
@@ -480,11 +488,13 @@ class ClusterRig:
         recovery = await self.wait_connected(
             p.lease_ttl + RECOVERY_SLACK + RECOVERY_CEILING, settle=p.lease_ttl / 2
         )
+        gap = self.longest_gap(since=began)
         record = FaultRecord(
             kind=kind,
             node=node,
             recovery=recovery,
-            outage=self.longest_gap(since=began),
+            outage=gap[2] - gap[1] if gap is not None else 0.0,
+            dark=(gap[0], gap[1]) if gap is not None else None,
             began=began,
             ended=ended,
         )

@@ -241,7 +241,11 @@ class LinkBreaker:
         if self.refusing:
             await client.aclose()
             return
-        server = await trio.open_tcp_stream(self.target_host, self.target_port)
+        try:
+            server = await trio.open_tcp_stream(self.target_host, self.target_port)
+        except OSError:  # the far end is down (Redis restarting): so is this link
+            await client.aclose()
+            return
         async with client, server:
             with trio.CancelScope() as scope:
                 self._scopes.append(scope)

@@ -36,8 +36,8 @@ async def test_every_channel_runs_on_exactly_one_node_through_randomised_faults(
                 record = await rig.fault()  # raises if the channels do not come back
                 where = record.node or "-"
                 print(
-                    f"fault {n}: {record.kind} {where}: longest dark {record.outage:.1f} s, "
-                    f"settled in {record.recovery:.1f} s"
+                    f"fault {n}: {record.kind} {where}: longest dark {record.outage:.1f} s "
+                    f"({record.dark}), settled in {record.recovery:.1f} s"
                 )
                 assert rig.overlaps() == 0, (n, record, rig.overlap_examples())
             summary = rig.summary()

@@ -268,6 +268,28 @@ async def test_the_probe_sees_a_loop_blocked_by_work() -> None:
     assert lag.worst(trio.current_time()) >= 0.3 - PROBE_INTERVAL
 
 
+async def test_the_link_breaker_outlives_a_far_end_that_is_down() -> None:
+    port = free_port()  # nothing listens there yet
+    breaker = LinkBreaker(port)
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            proxy_port = await nursery.start(breaker.serve)
+            refused = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+            assert await refused.receive_some() == b""  # closed: the far end is down
+            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+
+            async def echo(stream: trio.SocketStream) -> None:
+                async with stream:
+                    async for chunk in stream:
+                        await stream.send_all(chunk)
+
+            await nursery.start(trio.serve_listeners, echo, listeners)
+            async with await trio.open_tcp_stream("127.0.0.1", proxy_port) as passing:
+                await passing.send_all(b"ping")
+                assert await passing.receive_some() == b"ping"  # the breaker still serves
+            nursery.cancel_scope.cancel()
+
+
 # --- Redis restarted without persistence ---------------------------------------------------
 
 
