@@ -48,6 +48,7 @@ from actors import ChannelStatus
 from actors.channel import Tenure
 from providers.base import ProviderError, SendResult
 from providers.operations import Operation
+from providers.whatsapp.webhook import PostSignatures
 
 from .cluster import ClusterSurvey, ClusterUnavailable
 from .cluster.forwarding import ForwardTimeout
@@ -354,8 +355,13 @@ class ClusterMode:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        *,
+        signatures: PostSignatures | None = None,
     ) -> WebhookReply:
         """A webhook for a channel that runs on another node: checked here, answered there.
+
+        ``signatures``: a WhatsApp post's verdicts, checked once per app secret
+        here for every channel it names (:func:`runtime.webhooks.check_here`).
 
         Returns:
             The owner's link's answer; this node's own refusal of a forged
@@ -369,7 +375,7 @@ class ClusterMode:
             config = self._channel_config(row.spec)
         except NodeError as exc:
             return refusal(503, "ChannelUnavailable", str(exc))
-        judged = check_here(provider, config, method, query, headers, body)
+        judged = check_here(provider, config, method, query, headers, body, signatures=signatures)
         if judged is not None:
             return judged
         deadline = trio.current_time() + WEBHOOK_FORWARD_TIMEOUT
@@ -381,7 +387,15 @@ class ClusterMode:
                 row = self._table.find(channel_id)
                 if row is None or row.channel is None or row.channel.connection is None:
                     continue
-                return await deliver(provider, row.channel.connection, method, query, headers, body)
+                return await deliver(
+                    provider,
+                    row.channel.connection,
+                    method,
+                    query,
+                    headers,
+                    body,
+                    signatures=signatures,
+                )
             except NodeError as exc:  # no owner in time, or the owner's error
                 log.warning(
                     "cluster: a %s webhook for %r was not handed over: %s",

@@ -21,6 +21,8 @@ from providers.operations import Operation
 from .telemetry.histograms import LatencySnapshot
 
 if TYPE_CHECKING:
+    from providers.whatsapp.webhook import PostSignatures
+
     from .store.durable import StoredDeadLetter
     from .webhooks import WebhookReply
 
@@ -250,8 +252,13 @@ class NodeView(Protocol):
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        *,
+        signatures: PostSignatures | None = None,
     ) -> WebhookReply:
-        """A webhook for a channel that runs on another node: checked here, answered there."""
+        """A webhook for a channel that runs on another node: checked here, answered there.
+
+        ``signatures``: a WhatsApp post's verdicts, shared by the channels it names.
+        """
         ...
 
     async def send(

@@ -14,7 +14,14 @@ Design:
   GET, Telegram's secret token header), so a forged request never gets
   further than the node it reached; then it carries the raw request to the
   owner (``runtime.node_cluster``, request ``webhook``), whose link judges
-  and takes it as if it had arrived there. The platform's answer is the
+  and takes it as if it had arrived there.
+- A WhatsApp POST is hashed at most once per app secret on the node it
+  reached: the ops app makes one :class:`~providers.whatsapp.webhook.PostSignatures`
+  per post, checks it once per app secret among the live channels, and hands
+  it with the post to each chosen channel (:func:`deliver`) and to
+  :func:`check_here` for those that run elsewhere; they read its verdict
+  instead of hashing the body again. The owner of a carried post checks it
+  again (its own process, its own secret). The platform's answer is the
   owner's: 200 only once the owner's link has taken the event, the moment a
   local webhook is answered too. A node that dies mid-forward leaves the
   platform without a 200, and the platform delivers again.
@@ -40,7 +47,7 @@ from providers.base import ChannelConfig, ProviderError
 from providers.telegram import SECRET_HEADER
 from providers.telegram.core import parse_options
 from providers.whatsapp.core import WhatsAppSettings
-from providers.whatsapp.webhook import SIGNATURE_HEADER, verify_signature, verify_subscription
+from providers.whatsapp.webhook import SIGNATURE_HEADER, PostSignatures, verify_subscription
 
 __all__ = [
     "WEBHOOK_TIMEOUT",
@@ -87,6 +94,8 @@ async def deliver(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    signatures: PostSignatures | None = None,
 ) -> WebhookReply:
     """Hand one request to a running channel's link; its answer.
 
@@ -97,6 +106,8 @@ async def deliver(
         query: the query parameters.
         headers: the request headers.
         body: the raw body, exactly as received.
+        signatures: a WhatsApp post's signature verdicts, already checked
+            where it was routed: the link reads them rather than hashing again.
 
     Returns:
         The link's answer; 404 for a link that takes no webhooks (a polling
@@ -108,7 +119,8 @@ async def deliver(
         return refusal(404, "NoWebhook", f"this {provider} channel takes no webhooks")
     with trio.move_on_after(WEBHOOK_TIMEOUT):
         if provider == "whatsapp":
-            status, answer = await hook(method, query, headers, body)
+            extra = {} if signatures is None else {"signatures": signatures}
+            status, answer = await hook(method, query, headers, body, **extra)
             take_dropped = getattr(connection, "take_dropped", None)
             dropped = take_dropped() if take_dropped is not None else 0
             return WebhookReply(status=int(status), body=bytes(answer), dropped=dropped)
@@ -129,8 +141,14 @@ def check_here(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    signatures: PostSignatures | None = None,
 ) -> WebhookReply | None:
     """Judge a request for a channel that runs elsewhere, before it travels.
+
+    Args:
+        signatures: a WhatsApp post's verdicts, shared by every channel it
+            names (hashed here only for an app secret not checked yet).
 
     Returns:
         ``None`` when the request is the platform's and should be forwarded;
@@ -145,7 +163,9 @@ def check_here(
                 return WebhookReply(
                     status=outcome.status, body=outcome.body, media_type=outcome.content_type
                 )
-            if not verify_signature(settings.app_secret, headers, body):
+            if signatures is None or not signatures.covers(headers, body):
+                signatures = PostSignatures(headers, body)
+            if not signatures.signed_by(settings.app_secret):
                 return WebhookReply(status=403, body=b"invalid X-Hub-Signature-256")
             return None
         if provider == "telegram":

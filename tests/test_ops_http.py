@@ -695,7 +695,13 @@ class SignedHook:
         self.events: list[Event] = []
 
     async def handle_webhook(
-        self, method: str, query: Any, headers: Any, body: bytes
+        self,
+        method: str,
+        query: Any,
+        headers: Any,
+        body: bytes,
+        *,
+        signatures: whatsapp_webhook.PostSignatures | None = None,
     ) -> tuple[int, bytes]:
         outcome = whatsapp_webhook.handle_webhook(
             method,
@@ -706,6 +712,7 @@ class SignedHook:
             verify_token=WA_VERIFY,
             channel_id=self.channel_id,
             phone_number_id=self.number,
+            signatures=signatures,
         )
         self.events.extend(outcome.events)
         await trio.lowlevel.checkpoint()

@@ -40,7 +40,11 @@ Design:
   signature is then checked once per app secret among the live channels
   (their ``webhook_signer``; large bodies are hashed in worker threads), not
   once per channel: a flood of forgeries costs one HMAC each and leaves the
-  probes answered. Only a signed body is parsed (bounded) to collect
+  probes answered. The verdicts (one
+  :class:`~providers.whatsapp.webhook.PostSignatures` per post) travel with
+  the post to every channel it names, here or checked for another node, so
+  a post naming many numbers is still hashed once per app secret. Only a
+  signed body is parsed (bounded) to collect
   ``entry[].changes[].value.metadata.phone_number_id``, and the exact raw body
   goes to each matching channel. A notification that names no number
   (account-level fields) goes to one live channel of each app that signed it,
@@ -96,7 +100,7 @@ from actors import (
 from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
 from providers.operations import json_problems
-from providers.whatsapp.webhook import signature_header_valid
+from providers.whatsapp.webhook import PostSignatures
 
 from ..config.model import MetricsConfig
 from ..errors import (
@@ -251,29 +255,29 @@ def _signer(target: WebhookTarget) -> str | None:
 
 async def _signed_by(
     targets: Sequence[WebhookTarget],
-    headers: Mapping[str, str],
-    body: bytes,
+    signatures: PostSignatures,
+    size: int,
     limiter: trio.CapacityLimiter,
 ) -> set[str]:
-    """The signers (app secrets, by id) among the live targets' that signed ``body``.
+    """The signers (app secrets, by id) among the live targets' that signed the post.
 
-    Each signer is checked once, however many channels share it; a body
-    without a well-formed signature header is not hashed at all, and a large
-    one is hashed in a worker thread (hashlib lets go of the GIL), so probes
-    are answered while a flood of big posts is refused.
+    Each signer is checked once, however many channels share it, and its
+    verdict kept in ``signatures`` for the channels the post is handed to; a
+    body without a well-formed signature header is not hashed at all, and a
+    large one (``size`` bytes) is hashed in a worker thread (hashlib lets go
+    of the GIL), so probes are answered while a flood of big posts is refused.
     """
-    if not signature_header_valid(headers):
+    if not signatures.well_formed:
         return set()
     connections: dict[str, Any] = {}
     for target in targets:
         signer = _signer(target)
         if signer is not None:
             connections.setdefault(signer, target.connection)
-    plain = dict(headers)
     signed: set[str] = set()
     for signer, connection in connections.items():
-        check = functools.partial(connection.check_signature, plain, body)
-        if len(body) < HASH_OFF_LOOP:
+        check = functools.partial(connection.check_post, signatures)
+        if size < HASH_OFF_LOOP:
             accepted = check()
         else:
             accepted = await trio.to_thread.run_sync(check, limiter=limiter)
@@ -420,15 +424,27 @@ class _Ops:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        signatures: PostSignatures | None = None,
     ) -> _Answer:
-        """One request to one channel: its link here, or checked and carried to its owner."""
+        """One request to one channel: its link here, or checked and carried to its owner.
+
+        ``signatures``: a WhatsApp post's verdicts, shared by every channel it goes to.
+        """
         if target.remote:
             return await self.node.forward_webhook(
-                provider, target.channel_id, method, query, headers, body
+                provider,
+                target.channel_id,
+                method,
+                query,
+                headers,
+                body,
+                signatures=signatures,
             )
         if target.connection is None:
             return _not_connected(target)
-        return await deliver(provider, target.connection, method, query, headers, body)
+        return await deliver(
+            provider, target.connection, method, query, headers, body, signatures=signatures
+        )
 
     async def _verify_whatsapp(
         self, targets: Sequence[WebhookTarget], query: Mapping[str, str], headers: Mapping[str, str]
@@ -460,7 +476,8 @@ class _Ops:
         except bounded_json.JSONTooDeep as exc:
             return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
         live = [target for target in targets if target.connection is not None]
-        signers = await _signed_by(live, request.headers, body, self.hashing)
+        signatures = PostSignatures(request.headers, body)
+        signers = await _signed_by(live, signatures, len(body), self.hashing)
         judged = [t for t in live if _signer(t) is not None]  # the rest judge for themselves
         elsewhere = any(target.remote for target in targets)  # checked by their own secrets
         if judged and len(judged) == len(live) and not signers and not elsewhere:
@@ -488,7 +505,9 @@ class _Ops:
             answers = [
                 _FORGED
                 if _signer(target) not in (None, *signers)
-                else await self._hand("whatsapp", target, "POST", query, request.headers, body)
+                else await self._hand(
+                    "whatsapp", target, "POST", query, request.headers, body, signatures
+                )
                 for target in chosen
             ]
             worst = _worst(answers)
@@ -503,7 +522,7 @@ class _Ops:
         first_of = {_signer(t): t for t in reversed(live) if _signer(t) in signers}
         asked = [*first_of.values(), *(t for t in live if _signer(t) is None)]
         answers = [
-            await self._hand("whatsapp", target, "POST", query, request.headers, body)
+            await self._hand("whatsapp", target, "POST", query, request.headers, body, signatures)
             for target in asked
         ] or [_FORGED]
         accepted = [answer for answer in answers if 200 <= answer.status < 300]
