@@ -70,6 +70,7 @@ from .webhooks import (
     refusal,
     reply_from_wire,
     reply_to_wire,
+    telegram_headers,
     to_wire,
 )
 
@@ -346,6 +347,26 @@ class ClusterMode:
                 f"channel {channel_id!r} has just moved to this node; ask again",
                 channel_id=channel_id,
             ) from None
+
+    def check_webhook_headers(
+        self, provider: str, channel_id: str, headers: Mapping[str, str]
+    ) -> WebhookReply | None:
+        """Judge a webhook for a channel that runs elsewhere by its headers, before its body.
+
+        Returns:
+            ``None`` to read the body and :meth:`forward_webhook` it; else the
+            answer (Telegram: 403 for a wrong secret token, 404 for a channel
+            that polls). Other providers are judged with the body.
+        """
+        if provider != "telegram":
+            return None
+        row = self._table.find(channel_id)
+        if row is None:
+            return refusal(404, "UnknownChannel", f"no {provider} channel {channel_id!r}")
+        try:
+            return telegram_headers(self._channel_config(row.spec), headers)
+        except (NodeError, ProviderError) as exc:
+            return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
 
     async def forward_webhook(
         self,

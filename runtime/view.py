@@ -244,6 +244,15 @@ class NodeView(Protocol):
         """The channels of ``provider`` that take input by webhook."""
         ...
 
+    def check_webhook_headers(
+        self, provider: str, channel_id: str, headers: Mapping[str, str]
+    ) -> WebhookReply | None:
+        """A webhook for a channel that runs elsewhere, judged by its headers before its body.
+
+        ``None``: read the body and :meth:`forward_webhook` it; else the answer.
+        """
+        ...
+
     async def forward_webhook(
         self,
         provider: str,

@@ -29,12 +29,15 @@ Design:
   and only the headers the links read. Never Telegram's secret token: it is a
   credential, and the owner, which holds the same secret, puts it back
   (:func:`from_wire`) for a request its peer has checked.
+- Telegram's secret is a header: it is judged before the body is read, on
+  the node the request reached (:func:`telegram_headers`, from the config, for
+  a channel that runs elsewhere; the link's own ``check_webhook_headers`` for
+  one that runs here), so a forger never makes a node read a body.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -46,6 +49,7 @@ import trio
 from providers.base import ChannelConfig, ProviderError
 from providers.telegram import SECRET_HEADER
 from providers.telegram.core import parse_options
+from providers.telegram.webhook import secret_matches
 from providers.whatsapp.core import WhatsAppSettings
 from providers.whatsapp.webhook import SIGNATURE_HEADER, PostSignatures, verify_subscription
 
@@ -57,6 +61,7 @@ __all__ = [
     "from_wire",
     "reply_from_wire",
     "reply_to_wire",
+    "telegram_headers",
     "to_wire",
 ]
 
@@ -129,6 +134,26 @@ async def deliver(
     return refusal(503, "Timeout", "the channel did not take the webhook in time")
 
 
+def telegram_headers(config: ChannelConfig, headers: Mapping[str, str]) -> WebhookReply | None:
+    """Judge a Telegram webhook by its headers alone, before its body is read.
+
+    Returns:
+        ``None`` when the secret token is right (read the body); else the
+        whole answer: 404 for a channel that polls, 403 for a missing or
+        wrong secret (compared in constant time).
+
+    Raises:
+        ProviderError: the channel's options are ones its link would refuse.
+    """
+    options = parse_options(config.options, config.credentials)
+    secret = options.webhook_secret
+    if options.mode != "webhook" or secret is None:  # its link answers 404 too
+        return refusal(404, "NoWebhook", "this telegram channel polls; no webhooks")
+    if not secret_matches(headers, secret):
+        return WebhookReply(status=403, body=b"Forbidden")
+    return None
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     """A header's value by its lower-case ``name``, whatever the case it came in."""
     return next((value for key, value in headers.items() if key.lower() == name), None)
@@ -169,13 +194,7 @@ def check_here(
                 return WebhookReply(status=403, body=b"invalid X-Hub-Signature-256")
             return None
         if provider == "telegram":
-            secret = parse_options(config.options, config.credentials).webhook_secret
-            given = _header(headers, SECRET_HEADER.lower())
-            if secret is None:
-                return refusal(404, "NoWebhook", "this telegram channel polls; no webhooks")
-            if given is None or not hmac.compare_digest(given.encode(), secret.encode()):
-                return WebhookReply(status=403, body=b"Forbidden")
-            return None
+            return telegram_headers(config, headers)
     except ProviderError as exc:  # a channel whose config its own link would refuse
         return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
     return refusal(404, "NoWebhook", f"{provider} channels take no webhooks")

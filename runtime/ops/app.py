@@ -34,6 +34,10 @@ Design:
   another node is checked here and its request carried there
   (:mod:`runtime.webhooks`, ``NodeView.forward_webhook``). Every webhook request is counted in
   :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
+- Telegram's secret token is a header: it is checked (constant time) before
+  the body is read, by the link's ``check_webhook_headers`` here or from the
+  config for a channel on another node (``NodeView.check_webhook_headers``),
+  and answered as the link would (403, or 404 for a channel that polls).
 - WhatsApp sends one URL for every number of an app. Cheap refusals come
   first: a body nested too deep is 400 (:func:`providers.bounded_json.check_depth`),
   one without a well-formed ``X-Hub-Signature-256`` is 403 unhashed, and the
@@ -545,12 +549,37 @@ class _Ops:
         answer = await self._hand("whatsapp", target, request.method, query, request.headers, body)
         return self._counted("whatsapp", answer, reason=reason)
 
+    def _telegram_headers(
+        self, target: WebhookTarget, headers: Mapping[str, str]
+    ) -> _Answer | None:
+        """A Telegram webhook judged by its headers (the secret token), before its body is read.
+
+        ``None``: read the body and hand it on. Else the answer the link (or,
+        for a channel on another node, the check there) gives: 403 for a
+        missing or wrong secret, 404 for a channel that polls, 503 while the
+        channel is not connected (its secret is then not known here).
+        """
+        if target.remote:
+            return self.node.check_webhook_headers("telegram", target.channel_id, headers)
+        if target.connection is None:
+            return _not_connected(target)
+        check = getattr(target.connection, "check_webhook_headers", None)
+        if check is None:  # a link that judges the whole request itself
+            return None
+        status = check(headers)
+        if status is None:
+            return None
+        return _Answer(status=int(status), body=HTTPStatus(status).phrase.encode())
+
     async def telegram_channel(self, request: Request) -> Response:
         channel_id = request.path_params["channel_id"]
         target = self._target("telegram", channel_id)
         if target is None:
             answer = refusal(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
             return self._counted("telegram", answer)
+        refused = self._telegram_headers(target, request.headers)
+        if refused is not None:  # the body is never read
+            return self._counted("telegram", refused, reason="secret")
         body = await _read_body(request)
         if body is None:
             self.webhooks.count("telegram", 413)
