@@ -123,6 +123,7 @@ class ClusterMode:
             message: Operation,
             *,
             timeout: float,  # noqa: ASYNC109
+            keep_refused: bool = False,
         ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
@@ -236,10 +237,16 @@ class ClusterMode:
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        keep_refused: bool = False,
     ) -> SendResult | None:
-        """A send in a cluster: here if the channel runs here, else on its owner."""
+        """A send in a cluster: here if the channel runs here, else on its owner.
+
+        ``keep_refused``: a kept message's resend (see ``Node._send_here``).
+        """
         with self._calls.track(channel_id, message):
-            return await self._routed_send(channel_id, message, timeout=timeout)
+            return await self._routed_send(
+                channel_id, message, timeout=timeout, keep_refused=keep_refused
+            )
 
     async def _routed_send(
         self,
@@ -247,14 +254,20 @@ class ClusterMode:
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        keep_refused: bool = False,
     ) -> SendResult | None:
         deadline = trio.current_time() + timeout
-        body = {"message": encode_outbound(message)}
+        body: dict[str, Any] = {"message": encode_outbound(message)}
+        if keep_refused:
+            body["keep_refused"] = True
         while True:
             if self._runs_here(channel_id):
                 try:
                     return await self._send_here(
-                        channel_id, message, timeout=_left(deadline, channel_id, message)
+                        channel_id,
+                        message,
+                        timeout=_left(deadline, channel_id, message),
+                        keep_refused=keep_refused,
                     )
                 except ChannelUnavailable:
                     if self._runs_here(channel_id):
@@ -461,7 +474,10 @@ class ClusterMode:
         try:
             if op == "send":
                 message = decode_outbound(body["message"])
-                result = await self._send_here(channel_id, message, timeout=timeout)
+                keep_refused = body.get("keep_refused") is True
+                result = await self._send_here(
+                    channel_id, message, timeout=timeout, keep_refused=keep_refused
+                )
                 if result is None:
                     return {"ok": {}}
                 sent = {"platform_message_id": result.platform_message_id, "peer": result.peer}
