@@ -8,6 +8,15 @@ Design:
   options of a channel, and what it refuses becomes a problem for the
   config; nothing connects and no credential is needed (placeholders stand
   in for them: whether credentials are present is the config's own rule).
+- The limits each provider reads from its options (:data:`LIMIT_OPTIONS`:
+  ``max_body_bytes``, ``max_message_bytes``, ``request_deadline``) are
+  checked here first, one rule for all providers, each refusal with its own
+  key (so ``check`` names ``channels[2].options.max_body_bytes``): a whole
+  number of bytes from 1 to :data:`MAX_LIMIT_BYTES`, a finite number of
+  seconds above 0 and at most :data:`MAX_LIMIT_SECONDS`. ``true`` is not a
+  byte count (TOML booleans are Python ints) and ``inf`` is no deadline: both
+  would pass the providers' own readings and undo the cap. A value is quoted
+  only when it is a number (a string may have come from the environment).
 - Emulator options are the keyword arguments of the emulator class: an
   unknown name is refused with the known ones, and the class is built once
   with them, so a value it refuses is refused here.
@@ -23,10 +32,68 @@ from typing import Any, Final
 from .base import ChannelConfig, FatalError
 from .registry import EMULATORS, load
 
-__all__ = ["discord_compress", "discord_intents", "emulator_problems", "option_problems"]
+__all__ = [
+    "LIMIT_OPTIONS",
+    "MAX_LIMIT_BYTES",
+    "MAX_LIMIT_SECONDS",
+    "discord_compress",
+    "discord_intents",
+    "emulator_problems",
+    "limit_problem",
+    "option_problems",
+]
 
 _PLACEHOLDER: Final = "placeholder-for-check"
 MAX_INTENTS: Final = 2**53  # far above every intent bit Discord defines
+MAX_LIMIT_BYTES: Final = 1 << 30  # bytes (1 GiB); a larger cap caps nothing a node can hold
+MAX_LIMIT_SECONDS: Final = 3600.0  # seconds; a longer deadline is no deadline
+
+LIMIT_OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
+    "discord": {"max_body_bytes": "bytes", "max_message_bytes": "bytes"},
+    "telegram": {"max_body_bytes": "bytes", "request_deadline": "seconds"},
+    "whatsapp": {"max_body_bytes": "bytes", "request_deadline": "seconds"},
+    "websocket": {"max_message_bytes": "bytes"},
+}
+"""The size and time limits each provider reads from a channel's options: key -> unit."""
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: numbers as written, anything else by its type only."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else "an integer past any limit"
+    if isinstance(value, float):
+        return repr(value)
+    kinds = {str: "a string", dict: "a table", list: "an array"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "a value")
+
+
+def limit_problem(name: str, unit: str, value: Any) -> str | None:
+    """What is wrong with the limit option ``name`` (``unit``: bytes or seconds), or None.
+
+    Args:
+        name: the option's key (``max_body_bytes``).
+        unit: ``"bytes"`` (a whole number from 1 to :data:`MAX_LIMIT_BYTES`) or
+            ``"seconds"`` (a finite number above 0, at most :data:`MAX_LIMIT_SECONDS`).
+        value: the option's value.
+    """
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if unit == "bytes":
+        if number and isinstance(value, int) and 1 <= value <= MAX_LIMIT_BYTES:
+            return None
+        return (
+            f"options.{name} is {_shown(value)}; expected a whole number of bytes from 1 "
+            f"to {MAX_LIMIT_BYTES} (1 GiB), e.g. {name} = 8388608 for 8 MiB"
+        )
+    # Compared as they are (an integer past any float must not become one); nan and
+    # inf fail the comparison.
+    if number and 0 < value <= MAX_LIMIT_SECONDS:
+        return None
+    return (
+        f"options.{name} is {_shown(value)}; expected a number of seconds above 0 and at "
+        f"most {MAX_LIMIT_SECONDS:g}, e.g. {name} = 30"
+    )
 
 
 def discord_intents(options: Mapping[str, Any], default: int) -> int:
@@ -99,26 +166,34 @@ _CHECKS: Final[Mapping[str, Callable[[Mapping[str, Any]], None]]] = {
 }
 
 
-def option_problems(provider: str, options: Mapping[str, Any]) -> list[str]:
-    """What ``provider`` would refuse in a channel's (merged) ``options``.
+def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What ``provider`` would refuse in a channel's (merged) ``options``: ``(key, message)``.
 
     Args:
         provider: the provider name (one without a check, ``simulated``, takes any).
         options: the channel's options over its provider defaults'.
 
     Returns:
-        One message per refusal, in the provider's words; empty when fine.
+        One ``(key, message)`` per refusal, empty when fine: first each bad
+        limit (:data:`LIMIT_OPTIONS`, by its key), then the provider's own
+        reading of the rest, in its words (key ``""``: the options as a whole).
     """
     check = _CHECKS.get(provider)
     if check is None:
         return []
+    problems = [
+        (key, message)
+        for key, unit in LIMIT_OPTIONS.get(provider, {}).items()
+        if key in options and (message := limit_problem(key, unit, options[key])) is not None
+    ]
+    rest = {key: value for key, value in options.items() if key not in dict(problems)}
     try:
-        check(options)
+        check(rest)
     except FatalError as exc:
-        return [str(exc)]
+        problems.append(("", str(exc)))
     except (TypeError, ValueError) as exc:  # a provider's reading that is not yet mapped
-        return [f"invalid options: {exc}"]
-    return []
+        problems.append(("", f"invalid options: {exc}"))
+    return problems
 
 
 def emulator_problems(platform: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -619,9 +619,13 @@ class Node(ClusterMode, DeadLetterOps):
         self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
-            return await self._cluster_send(channel_id, message, timeout=timeout)
+            return await self._cluster_send(
+                channel_id, message, timeout=timeout, keep_refused=kept_id is not None
+            )
         self._check_accepting()
-        return await self._send_here(channel_id, message, timeout=timeout, kept_id=kept_id)
+        return await self._send_here(
+            channel_id, message, timeout=timeout, kept_id=kept_id, keep_refused=kept_id is not None
+        )
 
     async def _send_here(
         self,
@@ -630,11 +634,14 @@ class Node(ClusterMode, DeadLetterOps):
         *,
         timeout: float,  # noqa: ASYNC109
         kept_id: int | None = None,
+        keep_refused: bool = False,
     ) -> SendResult | None:
         """:meth:`perform` on a channel that runs on this node.
 
         A repeat of a recent idempotency key is answered as the first time,
         not done again (the channel remembers its answers; see ``SentResults``).
+        ``keep_refused``: a kept message's resend, whose refusal before
+        sending the channel dead-letters (``runtime.resend``).
         """
         channel = self.channel(channel_id)
         sent = channel.memory.sent
@@ -666,7 +673,12 @@ class Node(ClusterMode, DeadLetterOps):
         flight = self._in_flight[flight_key] = trio.Event()
         try:
             return await self._perform_tracked(
-                channel, channel_id, message, timeout=timeout, kept_id=kept_id
+                channel,
+                channel_id,
+                message,
+                timeout=timeout,
+                kept_id=kept_id,
+                keep_refused=keep_refused,
             )
         finally:
             if self._in_flight.get(flight_key) is flight:
@@ -681,6 +693,7 @@ class Node(ClusterMode, DeadLetterOps):
         *,
         timeout: float,  # noqa: ASYNC109
         kept_id: int | None = None,
+        keep_refused: bool = False,
     ) -> SendResult | None:
         sent = channel.memory.sent
         with (
@@ -690,7 +703,9 @@ class Node(ClusterMode, DeadLetterOps):
             with pending.scope:
                 began = trio.current_time()
                 try:
-                    result = await channel.perform(message, timeout=timeout)
+                    result = await channel.perform(
+                        message, timeout=timeout, keep_refused=keep_refused
+                    )
                     self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
                     if result is None:
                         sent.put(message.idempotency_key, "", "")
@@ -1178,7 +1193,12 @@ class Node(ClusterMode, DeadLetterOps):
         async def send(item: KeptMessage) -> None:
             await self._perform(item.channel_id, item.message, None, kept_id=item.kept_id)
 
-        await resend_kept(self.store, send, self._checkpoints.flush)
+        configured = {spec.id for spec in self.config.channels}  # a disabled one too
+
+        def known(channel_id: str) -> bool:
+            return channel_id in configured or channel_id in self._table
+
+        await resend_kept(self.store, send, self._checkpoints.flush, known=known)
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

@@ -48,6 +48,7 @@ from actors import ChannelStatus
 from actors.channel import Tenure
 from providers.base import ProviderError, SendResult
 from providers.operations import Operation
+from providers.whatsapp.webhook import PostSignatures
 
 from .cluster import ClusterSurvey, ClusterUnavailable
 from .cluster.forwarding import ForwardTimeout
@@ -69,6 +70,7 @@ from .webhooks import (
     refusal,
     reply_from_wire,
     reply_to_wire,
+    telegram_headers,
     to_wire,
 )
 
@@ -121,6 +123,7 @@ class ClusterMode:
             message: Operation,
             *,
             timeout: float,  # noqa: ASYNC109
+            keep_refused: bool = False,
         ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
@@ -234,10 +237,16 @@ class ClusterMode:
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        keep_refused: bool = False,
     ) -> SendResult | None:
-        """A send in a cluster: here if the channel runs here, else on its owner."""
+        """A send in a cluster: here if the channel runs here, else on its owner.
+
+        ``keep_refused``: a kept message's resend (see ``Node._send_here``).
+        """
         with self._calls.track(channel_id, message):
-            return await self._routed_send(channel_id, message, timeout=timeout)
+            return await self._routed_send(
+                channel_id, message, timeout=timeout, keep_refused=keep_refused
+            )
 
     async def _routed_send(
         self,
@@ -245,14 +254,20 @@ class ClusterMode:
         message: Operation,
         *,
         timeout: float,  # noqa: ASYNC109
+        keep_refused: bool = False,
     ) -> SendResult | None:
         deadline = trio.current_time() + timeout
-        body = {"message": encode_outbound(message)}
+        body: dict[str, Any] = {"message": encode_outbound(message)}
+        if keep_refused:
+            body["keep_refused"] = True
         while True:
             if self._runs_here(channel_id):
                 try:
                     return await self._send_here(
-                        channel_id, message, timeout=_left(deadline, channel_id, message)
+                        channel_id,
+                        message,
+                        timeout=_left(deadline, channel_id, message),
+                        keep_refused=keep_refused,
                     )
                 except ChannelUnavailable:
                     if self._runs_here(channel_id):
@@ -346,6 +361,26 @@ class ClusterMode:
                 channel_id=channel_id,
             ) from None
 
+    def check_webhook_headers(
+        self, provider: str, channel_id: str, headers: Mapping[str, str]
+    ) -> WebhookReply | None:
+        """Judge a webhook for a channel that runs elsewhere by its headers, before its body.
+
+        Returns:
+            ``None`` to read the body and :meth:`forward_webhook` it; else the
+            answer (Telegram: 403 for a wrong secret token, 404 for a channel
+            that polls). Other providers are judged with the body.
+        """
+        if provider != "telegram":
+            return None
+        row = self._table.find(channel_id)
+        if row is None:
+            return refusal(404, "UnknownChannel", f"no {provider} channel {channel_id!r}")
+        try:
+            return telegram_headers(self._channel_config(row.spec), headers)
+        except (NodeError, ProviderError) as exc:
+            return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
+
     async def forward_webhook(
         self,
         provider: str,
@@ -354,8 +389,13 @@ class ClusterMode:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        *,
+        signatures: PostSignatures | None = None,
     ) -> WebhookReply:
         """A webhook for a channel that runs on another node: checked here, answered there.
+
+        ``signatures``: a WhatsApp post's verdicts, checked once per app secret
+        here for every channel it names (:func:`runtime.webhooks.check_here`).
 
         Returns:
             The owner's link's answer; this node's own refusal of a forged
@@ -369,7 +409,7 @@ class ClusterMode:
             config = self._channel_config(row.spec)
         except NodeError as exc:
             return refusal(503, "ChannelUnavailable", str(exc))
-        judged = check_here(provider, config, method, query, headers, body)
+        judged = check_here(provider, config, method, query, headers, body, signatures=signatures)
         if judged is not None:
             return judged
         deadline = trio.current_time() + WEBHOOK_FORWARD_TIMEOUT
@@ -381,7 +421,15 @@ class ClusterMode:
                 row = self._table.find(channel_id)
                 if row is None or row.channel is None or row.channel.connection is None:
                     continue
-                return await deliver(provider, row.channel.connection, method, query, headers, body)
+                return await deliver(
+                    provider,
+                    row.channel.connection,
+                    method,
+                    query,
+                    headers,
+                    body,
+                    signatures=signatures,
+                )
             except NodeError as exc:  # no owner in time, or the owner's error
                 log.warning(
                     "cluster: a %s webhook for %r was not handed over: %s",
@@ -426,7 +474,10 @@ class ClusterMode:
         try:
             if op == "send":
                 message = decode_outbound(body["message"])
-                result = await self._send_here(channel_id, message, timeout=timeout)
+                keep_refused = body.get("keep_refused") is True
+                result = await self._send_here(
+                    channel_id, message, timeout=timeout, keep_refused=keep_refused
+                )
                 if result is None:
                     return {"ok": {}}
                 sent = {"platform_message_id": result.platform_message_id, "peer": result.peer}

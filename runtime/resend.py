@@ -6,15 +6,34 @@ Policy (issue 11, "nothing accepted is lost"):
   sends each again, with its own idempotency key, through its ordinary send
   path, all at once (the channels' limiters pace them).
 - A kept message leaves the store only after the platform took it, or after
-  its send was dead-lettered (``SendFailed``, or a ``PermanentSendError``
-  other than ``Unsupported``: the dead letter holds it from then on, listed
-  and replayable). The channels' checkpoints (which hold the dead letters and
+  its send was dead-lettered (``SendFailed``, or any ``PermanentSendError``:
+  the dead letter holds it from then on, listed, replayable and
+  discardable). The channels' checkpoints (which hold the dead letters and
   the answers by idempotency key) are written before the ids are forgotten,
   in batches (``forget_outbound``).
+- A kept message its channel can never send — an operation the platform
+  lacks (``Unsupported``: the provider changed, or the message was kept for
+  another one), a text or an upload over the limit — is refused by the
+  channel before sending. A resend asks the channel to make that refusal a
+  dead letter too (``keep_refused``), with the refusal as its reason and
+  once per idempotency key (a kill between the letter and the forget does
+  not make a second one); then it is forgotten like any dead-lettered send.
+  It is never tried again at the next start.
+- A kept message for a channel this deployment does not have
+  (``UnknownChannel``: the channel was removed from the file, or renamed)
+  stays kept, neither sent nor dead-lettered. A dead letter belongs to a
+  channel's checkpoint, which only a configured channel has; and a channel
+  removed by mistake gets its messages back when it is configured again (the
+  first start that has it sends them, or dead-letters them as above). Each
+  start reports them once, one warning per missing channel with how many
+  are kept and since when (not one line per message), so that the operator
+  decides: configure the channel again, or leave them. A channel the file
+  names but disables is the deployment's (its messages wait, logged each);
+  in a cluster, so is every channel of the catalog the node has loaded.
 - Every other outcome leaves it kept, for the next start: the node drained
   while it was on its way (the drain does not keep it a second time, see
-  ``runtime.drain``), the channel is unknown, unavailable or failed for
-  good, the operation is unsupported there, or the process was killed. Each
+  ``runtime.drain``), the channel is unavailable or failed for good, the
+  node had no room for it (``Overloaded``), or the process was killed. Each
   is logged with its channel and key.
 - Delivery is therefore at least once: a message the platform took just
   before a kill, and not yet forgotten, is sent again at the next start with
@@ -29,12 +48,14 @@ Policy (issue 11, "nothing accepted is lost"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 import trio
 
-from .errors import NodeDraining, PermanentSendError, SendFailed, StoreError, Unsupported
+from .errors import NodeDraining, PermanentSendError, SendFailed, StoreError, UnknownChannel
 from .store import KeptMessage, Store
 
 __all__ = ["resend_kept"]
@@ -50,6 +71,7 @@ async def resend_kept(
     store: Store,
     send: Callable[[KeptMessage], Awaitable[object]],
     settle: Callable[[], Awaitable[None]],
+    known: Callable[[str], bool] = lambda channel_id: True,
 ) -> None:
     """Send every kept message again; forget each once sent or dead-lettered.
 
@@ -61,8 +83,16 @@ async def resend_kept(
             send errors).
         settle: writes the channels' checkpoints (may raise ``StoreError``);
             awaited before kept messages are forgotten.
+        known: whether this deployment has a channel; the kept messages of
+            one it lacks are reported, left kept and not sent.
     """
     kept = await _read(store)
+    orphans: defaultdict[str, list[KeptMessage]] = defaultdict(list)
+    for item in kept:
+        if not known(item.channel_id):
+            orphans[item.channel_id].append(item)
+    _report_orphans(orphans)
+    kept = [item for item in kept if item.channel_id not in orphans]
     if not kept:
         return
     log.info("resending %d message(s) kept by the previous run", len(kept))
@@ -100,8 +130,30 @@ async def _read(store: Store) -> list[KeptMessage]:
         delay = min(delay * 2, READ_RETRY_CAP)
 
 
+def _report_orphans(orphans: Mapping[str, Sequence[KeptMessage]]) -> None:
+    """One warning per channel this deployment lacks, for its kept messages (see the policy)."""
+    for channel_id, items in sorted(orphans.items()):
+        oldest = min(item.accepted_at for item in items)
+        log.warning(
+            "%d message(s) kept by an earlier run are for channel %r, which this deployment "
+            "does not have (removed from the file, or renamed?); they stay kept, neither sent "
+            "nor dead-lettered, the oldest accepted %s: configure the channel again and the "
+            "next start sends them",
+            len(items),
+            channel_id,
+            _when(oldest),
+            extra={"channel": channel_id, "switchboard.kept": len(items)},
+        )
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
 async def _resend_one(
-    item: KeptMessage, send: Callable[[KeptMessage], Awaitable[object]], forgetter: _Forgetter
+    item: KeptMessage,
+    send: Callable[[KeptMessage], Awaitable[object]],
+    forgetter: _Forgetter,
 ) -> None:
     key = item.message.idempotency_key
     extra = {
@@ -113,10 +165,10 @@ async def _resend_one(
         await send(item)
     except NodeDraining:
         return  # still kept: the drain leaves it in the store
-    except Unsupported as exc:
-        log.error(
-            "a message kept by the previous run (idempotency key %s) cannot be sent on this "
-            "channel; it stays kept: %s",
+    except UnknownChannel as exc:  # configured but disabled, or removed while this ran
+        log.warning(
+            "a message kept by an earlier run (idempotency key %s) is for a channel that "
+            "does not run in this deployment; it stays kept for a start that runs it: %s",
             key,
             exc,
             extra={**extra, "error.type": type(exc).__name__},

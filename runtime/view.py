@@ -21,6 +21,8 @@ from providers.operations import Operation
 from .telemetry.histograms import LatencySnapshot
 
 if TYPE_CHECKING:
+    from providers.whatsapp.webhook import PostSignatures
+
     from .store.durable import StoredDeadLetter
     from .webhooks import WebhookReply
 
@@ -242,6 +244,15 @@ class NodeView(Protocol):
         """The channels of ``provider`` that take input by webhook."""
         ...
 
+    def check_webhook_headers(
+        self, provider: str, channel_id: str, headers: Mapping[str, str]
+    ) -> WebhookReply | None:
+        """A webhook for a channel that runs elsewhere, judged by its headers before its body.
+
+        ``None``: read the body and :meth:`forward_webhook` it; else the answer.
+        """
+        ...
+
     async def forward_webhook(
         self,
         provider: str,
@@ -250,8 +261,13 @@ class NodeView(Protocol):
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        *,
+        signatures: PostSignatures | None = None,
     ) -> WebhookReply:
-        """A webhook for a channel that runs on another node: checked here, answered there."""
+        """A webhook for a channel that runs on another node: checked here, answered there.
+
+        ``signatures``: a WhatsApp post's verdicts, shared by the channels it names.
+        """
         ...
 
     async def send(

@@ -14,7 +14,14 @@ Design:
   GET, Telegram's secret token header), so a forged request never gets
   further than the node it reached; then it carries the raw request to the
   owner (``runtime.node_cluster``, request ``webhook``), whose link judges
-  and takes it as if it had arrived there. The platform's answer is the
+  and takes it as if it had arrived there.
+- A WhatsApp POST is hashed at most once per app secret on the node it
+  reached: the ops app makes one :class:`~providers.whatsapp.webhook.PostSignatures`
+  per post, checks it once per app secret among the live channels, and hands
+  it with the post to each chosen channel (:func:`deliver`) and to
+  :func:`check_here` for those that run elsewhere; they read its verdict
+  instead of hashing the body again. The owner of a carried post checks it
+  again (its own process, its own secret). The platform's answer is the
   owner's: 200 only once the owner's link has taken the event, the moment a
   local webhook is answered too. A node that dies mid-forward leaves the
   platform without a 200, and the platform delivers again.
@@ -22,12 +29,15 @@ Design:
   and only the headers the links read. Never Telegram's secret token: it is a
   credential, and the owner, which holds the same secret, puts it back
   (:func:`from_wire`) for a request its peer has checked.
+- Telegram's secret is a header: it is judged before the body is read, on
+  the node the request reached (:func:`telegram_headers`, from the config, for
+  a channel that runs elsewhere; the link's own ``check_webhook_headers`` for
+  one that runs here), so a forger never makes a node read a body.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -39,8 +49,9 @@ import trio
 from providers.base import ChannelConfig, ProviderError
 from providers.telegram import SECRET_HEADER
 from providers.telegram.core import parse_options
+from providers.telegram.webhook import secret_matches
 from providers.whatsapp.core import WhatsAppSettings
-from providers.whatsapp.webhook import SIGNATURE_HEADER, verify_signature, verify_subscription
+from providers.whatsapp.webhook import SIGNATURE_HEADER, PostSignatures, verify_subscription
 
 __all__ = [
     "WEBHOOK_TIMEOUT",
@@ -50,6 +61,7 @@ __all__ = [
     "from_wire",
     "reply_from_wire",
     "reply_to_wire",
+    "telegram_headers",
     "to_wire",
 ]
 
@@ -87,6 +99,8 @@ async def deliver(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    signatures: PostSignatures | None = None,
 ) -> WebhookReply:
     """Hand one request to a running channel's link; its answer.
 
@@ -97,6 +111,8 @@ async def deliver(
         query: the query parameters.
         headers: the request headers.
         body: the raw body, exactly as received.
+        signatures: a WhatsApp post's signature verdicts, already checked
+            where it was routed: the link reads them rather than hashing again.
 
     Returns:
         The link's answer; 404 for a link that takes no webhooks (a polling
@@ -108,13 +124,34 @@ async def deliver(
         return refusal(404, "NoWebhook", f"this {provider} channel takes no webhooks")
     with trio.move_on_after(WEBHOOK_TIMEOUT):
         if provider == "whatsapp":
-            status, answer = await hook(method, query, headers, body)
+            extra = {} if signatures is None else {"signatures": signatures}
+            status, answer = await hook(method, query, headers, body, **extra)
             take_dropped = getattr(connection, "take_dropped", None)
             dropped = take_dropped() if take_dropped is not None else 0
             return WebhookReply(status=int(status), body=bytes(answer), dropped=dropped)
         status = int(await hook(headers, body))  # Telegram reads only the status
         return WebhookReply(status=status, body=HTTPStatus(status).phrase.encode())
     return refusal(503, "Timeout", "the channel did not take the webhook in time")
+
+
+def telegram_headers(config: ChannelConfig, headers: Mapping[str, str]) -> WebhookReply | None:
+    """Judge a Telegram webhook by its headers alone, before its body is read.
+
+    Returns:
+        ``None`` when the secret token is right (read the body); else the
+        whole answer: 404 for a channel that polls, 403 for a missing or
+        wrong secret (compared in constant time).
+
+    Raises:
+        ProviderError: the channel's options are ones its link would refuse.
+    """
+    options = parse_options(config.options, config.credentials)
+    secret = options.webhook_secret
+    if options.mode != "webhook" or secret is None:  # its link answers 404 too
+        return refusal(404, "NoWebhook", "this telegram channel polls; no webhooks")
+    if not secret_matches(headers, secret):
+        return WebhookReply(status=403, body=b"Forbidden")
+    return None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -129,8 +166,14 @@ def check_here(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    signatures: PostSignatures | None = None,
 ) -> WebhookReply | None:
     """Judge a request for a channel that runs elsewhere, before it travels.
+
+    Args:
+        signatures: a WhatsApp post's verdicts, shared by every channel it
+            names (hashed here only for an app secret not checked yet).
 
     Returns:
         ``None`` when the request is the platform's and should be forwarded;
@@ -145,17 +188,13 @@ def check_here(
                 return WebhookReply(
                     status=outcome.status, body=outcome.body, media_type=outcome.content_type
                 )
-            if not verify_signature(settings.app_secret, headers, body):
+            if signatures is None or not signatures.covers(headers, body):
+                signatures = PostSignatures(headers, body)
+            if not signatures.signed_by(settings.app_secret):
                 return WebhookReply(status=403, body=b"invalid X-Hub-Signature-256")
             return None
         if provider == "telegram":
-            secret = parse_options(config.options, config.credentials).webhook_secret
-            given = _header(headers, SECRET_HEADER.lower())
-            if secret is None:
-                return refusal(404, "NoWebhook", "this telegram channel polls; no webhooks")
-            if given is None or not hmac.compare_digest(given.encode(), secret.encode()):
-                return WebhookReply(status=403, body=b"Forbidden")
-            return None
+            return telegram_headers(config, headers)
     except ProviderError as exc:  # a channel whose config its own link would refuse
         return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
     return refusal(404, "NoWebhook", f"{provider} channels take no webhooks")

@@ -161,6 +161,81 @@ def test_check_refuses_the_options_run_would_refuse(text: str, needle: str) -> N
     assert "Traceback" not in output
 
 
+# The size and time limits each provider reads from its options, with a value each refuses.
+_EMULATED: Final = {
+    "discord": "",
+    "telegram": "",
+    "whatsapp": 'phone_number_id = "1"\n',
+    "websocket": "",
+}
+LIMITS: Final = [
+    (provider, key, value)
+    for provider, keys in {
+        "discord": ("max_body_bytes", "max_message_bytes"),
+        "telegram": ("max_body_bytes", "request_deadline"),
+        "whatsapp": ("max_body_bytes", "request_deadline"),
+        "websocket": ("max_message_bytes",),
+    }.items()
+    for key in keys
+    for value in ('"lots"', "0", "-1", "true", "inf", "nan", HUGE, "[1]", "{ a = 1 }")
+]
+
+
+def limited(provider: str, options: str, *, in_defaults: bool = False) -> str:
+    """An emulated ``provider`` channel with ``options`` (TOML lines), or in its defaults."""
+    defaults = _EMULATED[provider] + (options if in_defaults else "")
+    own = "" if in_defaults else options
+    text = f"[emulators.{provider}]\n\n"
+    if defaults:
+        text += f"[providers.{provider}.options]\n{defaults}\n"
+    text += f'[[channels]]\nid = "c"\nprovider = "{provider}"\nemulator = true\n'
+    return text + (f"[channels.options]\n{own}" if own else "")
+
+
+@pytest.mark.parametrize(("provider", "key", "value"), LIMITS)
+def test_a_bad_limit_option_is_refused_at_check_with_its_path(
+    provider: str, key: str, value: str
+) -> None:
+    """``check`` used to pass these, and the channel refused them only when it opened."""
+    code, output = check(limited(provider, f"{key} = {value}\n"))
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert f"options.{key} is " in output
+    assert f"@ channels[0].options.{key}\n" in output
+    assert ("bytes from 1 to" if key.endswith("_bytes") else "seconds above 0") in output
+
+
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
+def test_a_bad_limit_in_the_provider_defaults_is_named_there_once(provider: str) -> None:
+    text = limited(provider, "request_deadline = -5\n", in_defaults=True)
+    text += f'\n[[channels]]\nid = "c2"\nprovider = "{provider}"\nemulator = true\n'
+    code, output = check(text)
+    assert code == 2, output
+    assert output.count(f"@ providers.{provider}.options.request_deadline") == 1, output
+
+
+def test_a_limit_from_the_environment_is_refused_without_quoting_it() -> None:
+    text = limited("telegram", 'max_body_bytes = "${env:ACME_WA_APP_SECRET}"\n')
+    code, output = check(text)
+    assert code == 2, output
+    assert "options.max_body_bytes is a string" in output
+    assert ENV["ACME_WA_APP_SECRET"] not in output
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [
+        ("discord", "max_body_bytes = 1048576\nmax_message_bytes = 1073741824\n"),
+        ("telegram", "max_body_bytes = 1\nrequest_deadline = 0.5\n"),
+        ("whatsapp", "max_body_bytes = 8388608\nrequest_deadline = 3600\n"),
+        ("websocket", "max_message_bytes = 65536\n"),
+    ],
+)
+def test_good_limit_options_pass(provider: str, options: str) -> None:
+    code, output = check(limited(provider, options))
+    assert code == 0, output
+
+
 def test_good_options_still_pass() -> None:
     code, output = check(DISCORD + 'intents = 33281\ncompress = "zlib-stream"\n')
     assert code == 0, output
@@ -266,7 +341,12 @@ def mutated(draw: st.DrawFn) -> str:
             lines.insert(index, line)
         elif kind == "add":
             key = draw(
-                st.sampled_from(["provider", "options", "id", "base_url", "intents", "x", "rate"])
+                st.sampled_from(
+                    [
+                        *("provider", "options", "id", "base_url", "intents", "x", "rate"),
+                        *("max_body_bytes", "max_message_bytes", "request_deadline"),
+                    ]
+                )
             )
             lines.insert(index, f"{key} = {toml_value(draw(_values))}")
         else:

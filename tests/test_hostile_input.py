@@ -22,10 +22,12 @@ from providers.telegram.webhook import MAX_UPDATE_BYTES, WebhookHandler
 from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.ops import MAX_BODY
 from runtime.view import WebhookTarget
+from runtime.webhooks import check_here
 from tests.test_ops_http import (
     API_TOKEN,
     CEILING,
     NUMBER_A,
+    NUMBER_B,
     WA_SECRET,
     FakeNode,
     SignedHook,
@@ -34,6 +36,7 @@ from tests.test_ops_http import (
     rejected_total,
     serving,
     signed,
+    whatsapp_config,
     whatsapp_rig,
 )
 
@@ -208,15 +211,15 @@ class CountingHook(SignedHook):
         self.checks = 0
         self.calls = 0
 
-    def check_signature(self, headers: Any, body: bytes) -> bool:
+    def check_post(self, signatures: whatsapp_webhook.PostSignatures) -> bool:
         self.checks += 1
-        return whatsapp_webhook.verify_signature(self.app_secret, headers, body)
+        return signatures.signed_by(self.app_secret)
 
     async def handle_webhook(
-        self, method: str, query: Any, headers: Any, body: bytes
+        self, method: str, query: Any, headers: Any, body: bytes, **kwargs: Any
     ) -> tuple[int, bytes]:
         self.calls += 1
-        return await super().handle_webhook(method, query, headers, body)
+        return await super().handle_webhook(method, query, headers, body, **kwargs)
 
 
 def counting_node(channels: int) -> tuple[FakeNode, list[CountingHook]]:
@@ -296,3 +299,101 @@ async def test_malformed_items_of_a_signed_notification_are_dropped_and_counted(
             assert (answer.status_code, answer.text) == (200, "ok")
             assert await rig.next_text("wa-a") == "kept"
             assert await metric(client, dropped, provider="whatsapp") == 2
+
+
+# --- one post naming many numbers: hashed once per app secret -------------------------------
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the bodies HMAC'd with an app secret (``webhook.sign``), in order."""
+    hashed: list[int] = []
+    real = whatsapp_webhook.sign
+
+    def counting(app_secret: str, body: bytes) -> str:
+        hashed.append(len(body))
+        return real(app_secret, body)
+
+    monkeypatch.setattr(whatsapp_webhook, "sign", counting)
+    return hashed
+
+
+async def test_a_post_naming_several_numbers_is_hashed_once_per_app_secret(
+    hashes: list[int],
+) -> None:
+    """The real connections of one app take their parts of one post, verified once at the edge.
+
+    Before the verdict travelled with the post, the edge hashed it once and
+    each chosen channel's ``handle_webhook`` hashed it again: 3 for 2 numbers.
+    """
+    body = notification((NUMBER_A, "for a"), (NUMBER_B, "for b"))
+    with trio.fail_after(CEILING):
+        async with whatsapp_rig() as (rig, client):
+            answer = await client.post("/webhooks/whatsapp", content=body, headers=signed(body))
+            assert (answer.status_code, answer.text) == (200, "ok")
+            assert await rig.next_text("wa-a") == "for a"
+            assert await rig.next_text("wa-b") == "for b"
+            assert hashes == [len(body)]
+            hashes.clear()
+            # Wrongly signed: refused, hashed once, handed to no channel.
+            forged = {**signed(body, "not-the-app-secret")}
+            answer = await client.post("/webhooks/whatsapp", content=body, headers=forged)
+            assert answer.status_code == 403
+            assert hashes == [len(body)]
+            # Unsigned: refused unhashed.
+            answer = await client.post("/webhooks/whatsapp", content=body)
+            assert answer.status_code == 403
+            assert hashes == [len(body)]
+            assert await rejected_total(client, "whatsapp", "signature") == 2
+
+
+def test_a_channel_trusts_a_verdict_only_for_the_body_and_header_it_was_made_from(
+    hashes: list[int],
+) -> None:
+    body = notification((NUMBER_A, "a"))
+    good = whatsapp_webhook.PostSignatures(signed(body), body)
+    assert good.signed_by(WA_SECRET) and good.signed_by(WA_SECRET)
+    assert not good.signed_by("another-secret")
+    assert good.hashed == 2 and len(hashes) == 2  # once per app secret
+    assert "wa-app-secret" not in repr(good)
+
+    def judge(headers: dict[str, str], payload: bytes) -> int:
+        return whatsapp_webhook.handle_webhook(
+            "POST",
+            {},
+            headers,
+            payload,
+            app_secret=WA_SECRET,
+            verify_token="v",
+            channel_id="wa-a",
+            phone_number_id=NUMBER_A,
+            signatures=good,
+        ).status
+
+    assert judge(signed(body), body) == 200
+    assert len(hashes) == 2  # read, not hashed again
+    other = notification((NUMBER_A, "forged"))
+    assert judge(signed(body), other) == 403  # another body: checked on its own, refused
+    assert judge(signed(body, "another-secret"), body) == 403  # another header: likewise
+    assert len(hashes) == 4
+    unsigned = whatsapp_webhook.PostSignatures({}, body)
+    assert not unsigned.well_formed and not unsigned.signed_by(WA_SECRET)
+    assert unsigned.hashed == 0
+
+
+def test_check_here_shares_the_posts_verdicts_across_the_channels_it_names(
+    hashes: list[int],
+) -> None:
+    """Channels that run on other nodes: checked here, once per app secret per post."""
+    body = notification((NUMBER_A, "a"), (NUMBER_B, "b"))
+    headers = signed(body)
+    signatures = whatsapp_webhook.PostSignatures(headers, body)
+    for channel_id, number in (("wa-a", NUMBER_A), ("wa-b", NUMBER_B)):
+        config = whatsapp_config("http://127.0.0.1:9", channel_id, number)
+        judged = check_here("whatsapp", config, "POST", {}, headers, body, signatures=signatures)
+        assert judged is None  # signed: carried to its owner
+    assert hashes == [len(body)]
+    forged = signed(body, "not-the-app-secret")
+    config = whatsapp_config("http://127.0.0.1:9", "wa-a", NUMBER_A)
+    judged = check_here("whatsapp", config, "POST", {}, forged, body, signatures=signatures)
+    assert judged is not None and judged.status == 403  # the verdict is not for this header

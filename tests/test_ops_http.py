@@ -55,7 +55,9 @@ from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.errors import NodeDraining, NodeStarting, Overloaded, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
+from runtime.ops.app import MAX_BODY
 from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
+from runtime.webhooks import telegram_headers
 from tests.support import emulator_call, real_time_ceiling
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
@@ -695,7 +697,13 @@ class SignedHook:
         self.events: list[Event] = []
 
     async def handle_webhook(
-        self, method: str, query: Any, headers: Any, body: bytes
+        self,
+        method: str,
+        query: Any,
+        headers: Any,
+        body: bytes,
+        *,
+        signatures: whatsapp_webhook.PostSignatures | None = None,
     ) -> tuple[int, bytes]:
         outcome = whatsapp_webhook.handle_webhook(
             method,
@@ -706,6 +714,7 @@ class SignedHook:
             verify_token=WA_VERIFY,
             channel_id=self.channel_id,
             phone_number_id=self.number,
+            signatures=signatures,
         )
         self.events.extend(outcome.events)
         await trio.lowlevel.checkpoint()
@@ -826,6 +835,86 @@ async def test_telegram_updates_reach_the_real_connection_and_forgeries_are_coun
                         if await requests_total(client, "telegram", "accepted"):
                             break
                     assert await requests_total(client, "telegram", "accepted") == 1
+
+
+async def _raw_post(ops_url: str, path: str, headers: dict[str, str]) -> bytes:
+    """Send a POST's head (with its Content-Length) and no body; the status line that comes back.
+
+    A server that reads the body first waits for bytes that never come.
+    """
+    host, _, port = ops_url.removeprefix("http://").partition(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all((head + "\r\n").encode())
+        with trio.move_on_after(5):  # a hang ceiling: the answer comes at once, or never
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.partition(b"\r\n")[0]
+    return b"(no answer before the body)"
+
+
+@pytest.mark.parametrize("mode", ["webhook", "polling"])
+async def test_a_telegram_webhook_is_judged_by_its_secret_before_its_body_is_read(
+    mode: str,
+) -> None:
+    """A wrong secret is answered without reading the body (it used to be read, up to the cap)."""
+    node = FakeNode()
+    emulator = TelegramEmulator()
+    with trio.fail_after(CEILING):
+        async with serving(node) as (client, ops_url), open_emulator(emulator) as tg_url:
+            options: dict[str, Any] = {"mode": mode}
+            if mode == "webhook":
+                options["webhook_url"] = f"{ops_url}/webhooks/telegram/tg-1"
+            config = ChannelConfig(
+                channel_id="tg-1",
+                provider="telegram",
+                credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
+                base_url=tg_url,
+                options=options,
+            )
+            async with TelegramProvider().open_connection(config) as conn:
+                node.targets["telegram"] = [
+                    WebhookTarget(channel_id="tg-1", options={}, connection=conn)
+                ]
+                path = "/webhooks/telegram/tg-1"
+                if mode == "polling":  # no secret to know: 404 as before, body unread
+                    answer = await _raw_post(ops_url, path, {SECRET_HEADER: TG_SECRET})
+                    assert answer == b"HTTP/1.1 404 "
+                    return
+                for headers in ({SECRET_HEADER: "wrong"}, {}):
+                    answer = await _raw_post(ops_url, path, headers)
+                    assert answer == b"HTTP/1.1 403 ", answer
+                    # An oversized body with a wrong secret: 403 (not 413), as today's text.
+                    forged = await client.post(path, content=b"[" * (MAX_BODY + 1), headers=headers)
+                    assert (forged.status_code, forged.text) == (403, "Forbidden")
+                assert await rejected_total(client, "telegram", "secret") == 4
+                # The right secret: the body is read, and its cap still holds.
+                right = {SECRET_HEADER: TG_SECRET}
+                large = await client.post(path, content=b"[" * (MAX_BODY + 1), headers=right)
+                assert large.status_code == 413
+
+
+def test_a_telegram_secret_is_judged_from_the_config_for_a_channel_on_another_node() -> None:
+    config = ChannelConfig(
+        channel_id="tg-1",
+        provider="telegram",
+        credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
+        base_url="http://127.0.0.1:9",
+        options={"mode": "webhook", "webhook_url": "https://example.test/webhooks/telegram/tg-1"},
+    )
+    assert telegram_headers(config, {SECRET_HEADER: TG_SECRET}) is None
+    for headers in ({SECRET_HEADER: "wrong"}, {}, {SECRET_HEADER: TG_SECRET + "x"}):
+        refused = telegram_headers(config, headers)
+        assert refused is not None and (refused.status, refused.body) == (403, b"Forbidden")
+    polling = attrs.evolve(config, options={"mode": "polling"})
+    refused = telegram_headers(polling, {SECRET_HEADER: TG_SECRET})
+    assert refused is not None and refused.status == 404
 
 
 # --- the message API --------------------------------------------------------------------------

@@ -51,9 +51,16 @@ log = logging.getLogger("switchboard.channels")
 @attrs.frozen
 class Send:
     """Ask a channel to send ``message`` (or perform the operation); the reply is
-    its ``SendResult`` (``None`` for operations that have none)."""
+    its ``SendResult`` (``None`` for operations that have none).
+
+    ``keep_refused``: a refusal before sending (an unsupported operation, a
+    text or upload over the limit) also becomes a dead letter, once per
+    idempotency key, as the platform's own refusals are. For a message the
+    node accepted earlier and kept, which no caller is waiting to hear about.
+    """
 
     message: Operation
+    keep_refused: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen

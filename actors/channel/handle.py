@@ -82,9 +82,18 @@ class ChannelRef:
                 channel_id=self.channel_id,
             )
 
-    async def perform(self, op: Operation, *, timeout: float = 60.0) -> SendResult | None:  # noqa: ASYNC109
+    async def perform(
+        self,
+        op: Operation,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109
+        keep_refused: bool = False,
+    ) -> SendResult | None:
         """Perform an operation (edit, delete, typing, mark read, react, or a send)
         through the channel's send path: its limiters, breaker, retries and dead letters.
+
+        ``keep_refused``: a refusal before sending is dead-lettered too (once
+        per idempotency key), for a kept message that nobody waits for.
 
         Returns:
             The ``SendResult`` of a send or an edit; ``None`` for the others.
@@ -95,7 +104,8 @@ class ChannelRef:
             The errors of :meth:`send` otherwise.
         """
         self._raise_if_given_up()
-        result: SendResult | None = await self.ref.ask(Send(op), timeout=timeout)
+        send = Send(op, keep_refused=keep_refused)
+        result: SendResult | None = await self.ref.ask(send, timeout=timeout)
         return result
 
     def subscribe(

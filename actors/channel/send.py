@@ -191,6 +191,21 @@ class SendPath:
         except Exception as exc:  # kept dirty: the writer's next round tries again
             self._log.warning("%r: a dead letter could not be written at once: %s", self, exc)
 
+    async def _keep_refused(self, message: Operation, error: PermanentSendError) -> None:
+        """A refused message nobody waits for becomes a dead letter (see ``Send.keep_refused``).
+
+        Once per idempotency key: a message already among the letters (its
+        resend was dead-lettered, then the process died before the node
+        forgot it) is not added again.
+        """
+        letters = self.memory.dead_letters
+        key = message.idempotency_key
+        if any(letter.message.idempotency_key == key for letter in letters.letters()):
+            return
+        letters.add(message, error, 0)
+        self.memory.touch()
+        await self._keep_dead_letters()
+
     def _check(self, message: Operation) -> None:
         """Refuse before sending what can never go: an operation the platform
         lacks, a text over the limit, an upload over the limit."""
@@ -234,6 +249,8 @@ class SendPath:
         try:
             self._check(message)
         except PermanentSendError as exc:
+            if getattr(send, "keep_refused", False):
+                await self._keep_refused(message, exc)
             return outcome.Error(exc)
         ask = lowlevel.defer_reply(self.ref)
         flight = Flight(message, send if ask is None else ask)

@@ -75,7 +75,7 @@ from ..base import (
 from ..groups import lone_exception, reraise
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
-from ..options import discord_compress, discord_intents
+from ..options import discord_compress, discord_intents, limit_problem
 from .compress import Compression, CompressionError, Inflater
 from .gateway import (
     INVALID_SESSION_DELAY,
@@ -157,18 +157,20 @@ def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
 
 
 def _size_option(config: ChannelConfig, name: str, default: int) -> int:
-    """``config.options[name]``, a positive number of bytes (else ``default``).
+    """``config.options[name]``, a number of bytes (else ``default``).
 
     Raises:
-        FatalError: the option is not a positive integer (retrying cannot fix it).
+        FatalError: the option is not a whole number of bytes within
+            :func:`~providers.options.limit_problem`'s bounds, the rule
+            ``switchboard check`` applies too (retrying cannot fix it).
     """
-    value = config.options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FatalError(
-            f"discord channel {config.channel_id!r}: options.{name} is {value!r}; "
-            "give a positive number of bytes"
-        )
-    return value
+    if name not in config.options:
+        return default
+    value = config.options[name]
+    problem = limit_problem(name, "bytes", value)
+    if problem is not None:
+        raise FatalError(f"discord channel {config.channel_id!r}: {problem}")
+    return int(value)
 
 
 @asynccontextmanager

@@ -325,6 +325,23 @@ class TelegramConnection:
 
     # --- webhook mode -------------------------------------------------------------------
 
+    def check_webhook_headers(self, headers: Any) -> int | None:
+        """Judge a webhook request by its headers, before its body is read.
+
+        Args:
+            headers: request headers (a mapping or ASGI ``(name, value)`` pairs).
+
+        Returns:
+            ``None`` when the body should be read and given to
+            :meth:`feed_webhook`; else the HTTP status to answer at once, the
+            one :meth:`feed_webhook` would: 404 this connection polls, 403 a
+            missing or wrong secret (compared in constant time).
+        """
+        if self._webhook is None:
+            return 404
+        refused = self._webhook.check_headers(headers)
+        return None if refused is None else refused.status
+
     async def feed_webhook(self, headers: Any, body: bytes) -> int:
         """Hand one webhook request to the connection; return the HTTP status to answer.
 

@@ -107,7 +107,13 @@ class WhatsAppConnection:
             return  # our own close() raced the iteration: end quietly
 
     async def handle_webhook(
-        self, method: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        signatures: webhook.PostSignatures | None = None,
     ) -> tuple[int, bytes]:
         """Answer one webhook request addressed to this channel.
 
@@ -116,6 +122,9 @@ class WhatsAppConnection:
             query: the query parameters.
             headers: the request headers (``X-Hub-Signature-256``).
             body: the raw body, exactly as received.
+            signatures: the post's signature verdicts, shared by every channel
+                it is handed to (:meth:`check_post`): this channel's app
+                secret is then hashed once per post, not once per channel.
 
         Returns:
             ``(status, body)`` for the HTTP answer: 200 with the challenge or
@@ -133,6 +142,7 @@ class WhatsAppConnection:
             channel_id=self.settings.channel_id,
             phone_number_id=self.settings.phone_number_id,
             media_root=self.settings.api_root,
+            signatures=signatures,
         )
         if outcome.dropped:
             self._dropped += len(outcome.dropped)
@@ -170,13 +180,15 @@ class WhatsAppConnection:
         dropped, self._dropped = self._dropped, 0
         return dropped
 
-    def check_signature(self, headers: Mapping[str, str], body: bytes) -> bool:
-        """Whether ``body`` is signed with this channel's app secret.
+    def check_post(self, signatures: webhook.PostSignatures) -> bool:
+        """Whether the post is signed with this channel's app secret.
 
-        Pure and thread-safe (the ops server hashes large bodies off the
-        event loop); :meth:`handle_webhook` checks again on its own.
+        The verdict is kept in ``signatures`` (hashed once per app secret):
+        :meth:`handle_webhook` given the same ``signatures`` reads it instead
+        of hashing again. Thread-safe (the ops server hashes large bodies off
+        the event loop).
         """
-        return webhook.verify_signature(self.settings.app_secret, headers, body)
+        return signatures.signed_by(self.settings.app_secret)
 
     # --- outbound ------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ Design:
   the events. Signatures use :mod:`hmac` and :mod:`hashlib` and are compared
   with :func:`hmac.compare_digest`; the signature is checked on the raw bytes
   before any JSON is parsed.
+- One POST names many numbers, often of one Meta app, and so one app
+  secret. :class:`PostSignatures` is that post's verdicts, one per app
+  secret, computed at most once: whoever routes the post (the node's ops
+  server) checks it there, and each channel it is handed to reads the same
+  verdict instead of hashing the body again. A post without a well-formed
+  header, or over :data:`MAX_NOTIFICATION_BYTES`, is refused unhashed.
 - Statuses may arrive out of order (``read`` before ``delivered``) and more
   than once: they are emitted as they come, one
   :class:`~providers.base.DeliveryReceipt` each; consumers keep the furthest
@@ -63,6 +69,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "WEBHOOK",
     "Notification",
+    "PostSignatures",
     "WebhookOutcome",
     "WebhookPayloadError",
     "handle_webhook",
@@ -176,6 +183,57 @@ def verify_signature(app_secret: str, headers: Mapping[str, str], body: bytes) -
     given = _header(headers, SIGNATURE_HEADER) or ""
     expected = sign(app_secret, body)
     return hmac.compare_digest(expected.encode(), given.strip().lower().encode())
+
+
+class PostSignatures:
+    """One POST's ``X-Hub-Signature-256``, checked at most once per app secret.
+
+    Thread-safe for one checker at a time (the ops server hashes large bodies
+    in a worker thread, one secret after another). The channels a post is
+    handed to trust its verdicts only for the very body and header it was
+    made from (:meth:`covers`); any other request they check themselves.
+
+    Attributes:
+        hashed: how many times the body was hashed (at most once per secret).
+    """
+
+    __slots__ = ("_body", "_given", "_verdicts", "hashed")
+
+    def __init__(self, headers: Mapping[str, str], body: bytes) -> None:
+        self._body = body
+        well_formed = signature_header_valid(headers) and len(body) <= MAX_NOTIFICATION_BYTES
+        self._given = (_header(headers, SIGNATURE_HEADER) or "") if well_formed else None
+        self._verdicts: dict[str, bool] = {}  # app secret -> signed by it
+        self.hashed = 0
+
+    def __repr__(self) -> str:  # never the secrets it was checked against
+        state = "UNSIGNED" if self._given is None else f"checked={len(self._verdicts)}"
+        return f"<PostSignatures {len(self._body)} bytes [{state} hashed={self.hashed}]>"
+
+    @property
+    def well_formed(self) -> bool:
+        """Whether the post carries a signature of the right form at all (else: unhashed)."""
+        return self._given is not None
+
+    def covers(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """Whether these verdicts are about exactly this body and signature header."""
+        if body is not self._body and body != self._body:
+            return False
+        if self._given is None:
+            return not signature_header_valid(headers)
+        return _header(headers, SIGNATURE_HEADER) == self._given
+
+    def signed_by(self, app_secret: str) -> bool:
+        """Whether the post is signed with ``app_secret``: hashed the first time only."""
+        if self._given is None:
+            return False
+        verdict = self._verdicts.get(app_secret)
+        if verdict is None:
+            self.hashed += 1
+            expected = sign(app_secret, self._body)
+            verdict = hmac.compare_digest(expected.encode(), self._given.strip().lower().encode())
+            self._verdicts[app_secret] = verdict
+        return verdict
 
 
 def verify_subscription(query: Mapping[str, str], verify_token: str) -> WebhookOutcome:
@@ -528,6 +586,7 @@ def handle_webhook(
     channel_id: str,
     phone_number_id: str | None = None,
     media_root: str = "",
+    signatures: PostSignatures | None = None,
 ) -> WebhookOutcome:
     """Answer one webhook request and extract its events.
 
@@ -541,6 +600,9 @@ def handle_webhook(
         channel_id: stamped on the events.
         phone_number_id: see :func:`parse_notification`.
         media_root: see :func:`parse_notification`.
+        signatures: the post's verdicts, when whoever routed it checked it
+            already (:class:`PostSignatures`): read, not hashed again, if they
+            cover this very body and header.
 
     Returns:
         200 with the challenge or the events; 403 for a failed verification
@@ -557,7 +619,9 @@ def handle_webhook(
         return WebhookOutcome(
             status=413, body=f"the body exceeds {MAX_NOTIFICATION_BYTES} bytes".encode()
         )
-    if not verify_signature(app_secret, headers, body):
+    if signatures is None or not signatures.covers(headers, body):
+        signatures = PostSignatures(headers, body)
+    if not signatures.signed_by(app_secret):
         return WebhookOutcome(status=403, body=b"invalid X-Hub-Signature-256")
     try:
         notification = read_notification(

@@ -413,11 +413,17 @@ def provider_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
             continue
         if not isinstance(channel.get("options", {}), Mapping):
             continue  # the converter reports the wrong type
-        options = {**_table(_table(providers, provider), "options"), **_table(channel, "options")}
-        problems.extend(
-            ConfigProblem(f"channels[{index}].options", message)
-            for message in option_problems(provider, options)
-        )
+        defaults = _table(_table(providers, provider), "options")
+        own = _table(channel, "options")
+        for key, message in option_problems(provider, {**defaults, **own}):
+            path: Path = ("channels", index, "options")
+            if key in own:
+                path = (*path, key)
+            elif key in defaults:  # the provider's default, shared by its channels
+                path = ("providers", provider, "options", key)
+            problem = ConfigProblem(dotted(path), message)
+            if problem not in problems:  # a default's problem, once for all its channels
+                problems.append(problem)
     return problems
 
 

@@ -34,13 +34,21 @@ Design:
   another node is checked here and its request carried there
   (:mod:`runtime.webhooks`, ``NodeView.forward_webhook``). Every webhook request is counted in
   :class:`~runtime.ops.metrics.WebhookCounters`, 403s also by reason.
+- Telegram's secret token is a header: it is checked (constant time) before
+  the body is read, by the link's ``check_webhook_headers`` here or from the
+  config for a channel on another node (``NodeView.check_webhook_headers``),
+  and answered as the link would (403, or 404 for a channel that polls).
 - WhatsApp sends one URL for every number of an app. Cheap refusals come
   first: a body nested too deep is 400 (:func:`providers.bounded_json.check_depth`),
   one without a well-formed ``X-Hub-Signature-256`` is 403 unhashed, and the
   signature is then checked once per app secret among the live channels
   (their ``webhook_signer``; large bodies are hashed in worker threads), not
   once per channel: a flood of forgeries costs one HMAC each and leaves the
-  probes answered. Only a signed body is parsed (bounded) to collect
+  probes answered. The verdicts (one
+  :class:`~providers.whatsapp.webhook.PostSignatures` per post) travel with
+  the post to every channel it names, here or checked for another node, so
+  a post naming many numbers is still hashed once per app secret. Only a
+  signed body is parsed (bounded) to collect
   ``entry[].changes[].value.metadata.phone_number_id``, and the exact raw body
   goes to each matching channel. A notification that names no number
   (account-level fields) goes to one live channel of each app that signed it,
@@ -96,7 +104,7 @@ from actors import (
 from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
 from providers.operations import json_problems
-from providers.whatsapp.webhook import signature_header_valid
+from providers.whatsapp.webhook import PostSignatures
 
 from ..config.model import MetricsConfig
 from ..errors import (
@@ -251,29 +259,29 @@ def _signer(target: WebhookTarget) -> str | None:
 
 async def _signed_by(
     targets: Sequence[WebhookTarget],
-    headers: Mapping[str, str],
-    body: bytes,
+    signatures: PostSignatures,
+    size: int,
     limiter: trio.CapacityLimiter,
 ) -> set[str]:
-    """The signers (app secrets, by id) among the live targets' that signed ``body``.
+    """The signers (app secrets, by id) among the live targets' that signed the post.
 
-    Each signer is checked once, however many channels share it; a body
-    without a well-formed signature header is not hashed at all, and a large
-    one is hashed in a worker thread (hashlib lets go of the GIL), so probes
-    are answered while a flood of big posts is refused.
+    Each signer is checked once, however many channels share it, and its
+    verdict kept in ``signatures`` for the channels the post is handed to; a
+    body without a well-formed signature header is not hashed at all, and a
+    large one (``size`` bytes) is hashed in a worker thread (hashlib lets go
+    of the GIL), so probes are answered while a flood of big posts is refused.
     """
-    if not signature_header_valid(headers):
+    if not signatures.well_formed:
         return set()
     connections: dict[str, Any] = {}
     for target in targets:
         signer = _signer(target)
         if signer is not None:
             connections.setdefault(signer, target.connection)
-    plain = dict(headers)
     signed: set[str] = set()
     for signer, connection in connections.items():
-        check = functools.partial(connection.check_signature, plain, body)
-        if len(body) < HASH_OFF_LOOP:
+        check = functools.partial(connection.check_post, signatures)
+        if size < HASH_OFF_LOOP:
             accepted = check()
         else:
             accepted = await trio.to_thread.run_sync(check, limiter=limiter)
@@ -420,15 +428,27 @@ class _Ops:
         query: Mapping[str, str],
         headers: Mapping[str, str],
         body: bytes,
+        signatures: PostSignatures | None = None,
     ) -> _Answer:
-        """One request to one channel: its link here, or checked and carried to its owner."""
+        """One request to one channel: its link here, or checked and carried to its owner.
+
+        ``signatures``: a WhatsApp post's verdicts, shared by every channel it goes to.
+        """
         if target.remote:
             return await self.node.forward_webhook(
-                provider, target.channel_id, method, query, headers, body
+                provider,
+                target.channel_id,
+                method,
+                query,
+                headers,
+                body,
+                signatures=signatures,
             )
         if target.connection is None:
             return _not_connected(target)
-        return await deliver(provider, target.connection, method, query, headers, body)
+        return await deliver(
+            provider, target.connection, method, query, headers, body, signatures=signatures
+        )
 
     async def _verify_whatsapp(
         self, targets: Sequence[WebhookTarget], query: Mapping[str, str], headers: Mapping[str, str]
@@ -460,7 +480,8 @@ class _Ops:
         except bounded_json.JSONTooDeep as exc:
             return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
         live = [target for target in targets if target.connection is not None]
-        signers = await _signed_by(live, request.headers, body, self.hashing)
+        signatures = PostSignatures(request.headers, body)
+        signers = await _signed_by(live, signatures, len(body), self.hashing)
         judged = [t for t in live if _signer(t) is not None]  # the rest judge for themselves
         elsewhere = any(target.remote for target in targets)  # checked by their own secrets
         if judged and len(judged) == len(live) and not signers and not elsewhere:
@@ -488,7 +509,9 @@ class _Ops:
             answers = [
                 _FORGED
                 if _signer(target) not in (None, *signers)
-                else await self._hand("whatsapp", target, "POST", query, request.headers, body)
+                else await self._hand(
+                    "whatsapp", target, "POST", query, request.headers, body, signatures
+                )
                 for target in chosen
             ]
             worst = _worst(answers)
@@ -503,7 +526,7 @@ class _Ops:
         first_of = {_signer(t): t for t in reversed(live) if _signer(t) in signers}
         asked = [*first_of.values(), *(t for t in live if _signer(t) is None)]
         answers = [
-            await self._hand("whatsapp", target, "POST", query, request.headers, body)
+            await self._hand("whatsapp", target, "POST", query, request.headers, body, signatures)
             for target in asked
         ] or [_FORGED]
         accepted = [answer for answer in answers if 200 <= answer.status < 300]
@@ -526,12 +549,37 @@ class _Ops:
         answer = await self._hand("whatsapp", target, request.method, query, request.headers, body)
         return self._counted("whatsapp", answer, reason=reason)
 
+    def _telegram_headers(
+        self, target: WebhookTarget, headers: Mapping[str, str]
+    ) -> _Answer | None:
+        """A Telegram webhook judged by its headers (the secret token), before its body is read.
+
+        ``None``: read the body and hand it on. Else the answer the link (or,
+        for a channel on another node, the check there) gives: 403 for a
+        missing or wrong secret, 404 for a channel that polls, 503 while the
+        channel is not connected (its secret is then not known here).
+        """
+        if target.remote:
+            return self.node.check_webhook_headers("telegram", target.channel_id, headers)
+        if target.connection is None:
+            return _not_connected(target)
+        check = getattr(target.connection, "check_webhook_headers", None)
+        if check is None:  # a link that judges the whole request itself
+            return None
+        status = check(headers)
+        if status is None:
+            return None
+        return _Answer(status=int(status), body=HTTPStatus(status).phrase.encode())
+
     async def telegram_channel(self, request: Request) -> Response:
         channel_id = request.path_params["channel_id"]
         target = self._target("telegram", channel_id)
         if target is None:
             answer = refusal(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
             return self._counted("telegram", answer)
+        refused = self._telegram_headers(target, request.headers)
+        if refused is not None:  # the body is never read
+            return self._counted("telegram", refused, reason="secret")
         body = await _read_body(request)
         if body is None:
             self.webhooks.count("telegram", 413)
