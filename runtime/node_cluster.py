@@ -30,6 +30,13 @@ Design:
   there and carried to the owner the same way (``runtime.webhooks``); the
   platform's answer is the owner's link's, so an event is acknowledged only
   once the owner has taken it.
+- An operator's controls (``runtime.cluster.controls``): pause and resume
+  rebalancing, pin a channel to a node (a planned move) and unpin it,
+  release a lease by force. Each is written to Redis and every node's
+  ownership honours it; the methods here only check and write.
+- A question for every member (:meth:`ClusterMode.ask_members`: each
+  node's figures) goes to each over the same forwarding, concurrently,
+  and each member's outcome comes back: its answer, or why it gave none.
 - A channel the platform says is held elsewhere (``Conflict``: Telegram's
   409) is reported to ownership as fenced, stopped without a checkpoint
   (its FAILED must not follow it to its real owner) and released.
@@ -49,13 +56,14 @@ from actors.channel import Tenure
 from providers.base import ProviderError, SendResult
 from providers.operations import Operation
 
-from .cluster import ClusterSurvey, ClusterUnavailable
+from .cluster import ClusterSurvey, ClusterUnavailable, LeaseHolder
 from .cluster.forwarding import ForwardTimeout
 from .errors import (
     AskTimeout,
     ChannelUnavailable,
     NodeError,
     StoreError,
+    UnknownChannel,
     error_from_wire,
     error_to_wire,
 )
@@ -89,7 +97,9 @@ log = logging.getLogger("switchboard.node")
 HOLDERS_BATCH: Final = 1_000  # lease keys read per MGET when listing remote channels
 HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may take to finish
 FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
+MEMBER_ANSWER_TIMEOUT: Final = 5.0  # seconds a member may take to answer ask_members
 WEBHOOK_FORWARD_TIMEOUT: Final = 20.0  # seconds a webhook may take to reach its owner's link
+MEMBER_OPS: Final = frozenset({"figures"})  # forwarded questions for a node, not a channel
 FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
 FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
 
@@ -124,6 +134,13 @@ class ClusterMode:
         ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
+
+        def channels(self) -> list[ChannelSnapshot]: ...
+
+        def statistics(self) -> Any: ...
+
+        @property
+        def state(self) -> Any: ...
 
         def _channel_config(self, spec: ChannelSpec) -> Any: ...
 
@@ -197,6 +214,157 @@ class ClusterMode:
         if self._cluster is None:
             raise NodeError(f"node {self.node_id!r} is not in a cluster (no [cluster] section)")
         return await self._cluster.survey(handing_off=list(self._moving))
+
+    # --- an operator's controls ---------------------------------------------------------
+
+    def _clustered(self) -> Cluster:
+        if self._cluster is None:
+            raise NodeError(f"node {self.node_id!r} is not in a cluster (no [cluster] section)")
+        return self._cluster
+
+    async def pause_rebalancing(self, *, by: str, reason: str) -> bool:
+        """Pause rebalancing cluster-wide; False if it was paused already.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.pause(by=by, reason=reason)
+
+    async def resume_rebalancing(self) -> bool:
+        """Let rebalancing run again cluster-wide; False if it was not paused.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.resume()
+
+    async def pin_channel(self, channel_id: str, node_id: str) -> str | None:
+        """Pin a channel of the catalog to a live member; the node it was pinned to before.
+
+        The node that holds it hands it over by the planned path (its sends
+        held, in flight finished, its final checkpoint, then the lease).
+
+        Raises:
+            NodeError: not in a cluster, or ``node_id`` is not a live member.
+            UnknownChannel: the channel is not in the cluster's catalog.
+            ClusterUnavailable: Redis did not answer.
+        """
+        cluster = self._clustered()
+        if channel_id not in cluster.ownership.catalog:
+            raise UnknownChannel(channel_id)
+        view = cluster.view
+        members = view.members if view is not None else ()
+        if node_id not in members:
+            raise NodeError(
+                f"node {node_id!r} is not a live member of the cluster (members: "
+                f"{', '.join(members) or 'none'}); a channel can only move to a live one"
+            )
+        return await cluster.controls.pin(channel_id, node_id)
+
+    async def unpin_channel(self, channel_id: str) -> str | None:
+        """Remove a channel's pin (placement decides again); the node it was pinned to.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.unpin(channel_id)
+
+    async def lease_holder(self, channel_id: str) -> LeaseHolder:
+        """Who holds a channel's lease now, and whether that node is alive.
+
+        Raises:
+            NodeError: not in a cluster.
+            UnknownChannel: the channel is not in the cluster's catalog.
+            ClusterUnavailable: Redis did not answer.
+        """
+        cluster = self._clustered()
+        if channel_id not in cluster.ownership.catalog:
+            raise UnknownChannel(channel_id)
+        return await cluster.lease_holder(channel_id)
+
+    async def force_release(self, seen: LeaseHolder) -> float | None:
+        """Release a lease by force if it is still as ``seen`` (:meth:`Cluster.force_release`).
+
+        Raises:
+            NodeError: not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().force_release(seen)
+
+    def figures(self, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+        """This node's own figures (the channels it runs; these tenants' only, if given)."""
+        running = [
+            s for s in self.channels() if not s.remote and (tenants is None or s.tenant in tenants)
+        ]
+        by_state: dict[str, int] = {}
+        for snapshot in running:
+            state = "not_started" if snapshot.start_error is not None else snapshot.status.value
+            by_state[state] = by_state.get(state, 0) + 1
+        statistics = self.statistics()
+        return {
+            "node": self.node_id,
+            "state": self.state.value,
+            "uptime": statistics.uptime,
+            "draining": statistics.draining,
+            "channels": len(running),
+            "by_state": by_state,
+            "sent": sum(s.statistics.sent for s in running if s.statistics),
+            "received": sum(s.statistics.received for s in running if s.statistics),
+            "restarts": sum(s.statistics.restarts for s in running if s.statistics),
+        }
+
+    async def ask_members(
+        self, op: str, body: Mapping[str, Any], *, within: float = MEMBER_ANSWER_TIMEOUT
+    ) -> dict[str, dict[str, Any]]:
+        """Ask every live member (this node too) ``op``; each one's outcome, by node.
+
+        Each outcome is ``{"ok": answer}`` or ``{"error": why}``: a member
+        that did not answer within ``within`` seconds (dead but not yet declared,
+        or cut off), or answered with an error. Only ``figures`` is asked
+        today (:meth:`figures`).
+
+        Raises:
+            NodeError: the node is not in a cluster.
+        """
+        cluster = self._clustered()
+        view = cluster.view
+        members = sorted(set(view.members if view is not None else ()) | {self.node_id})
+        outcomes: dict[str, dict[str, Any]] = {}
+
+        async def ask(member: str) -> None:
+            if member == self.node_id:
+                answer = await self._answer_member(op, body)
+            else:
+                try:
+                    answer = await cluster.forwarding.call(member, op, "", body, timeout=within)
+                except ForwardTimeout:
+                    outcomes[member] = {"error": f"no answer within {within:g} s"}
+                    return
+                except ClusterUnavailable as exc:
+                    outcomes[member] = {"error": f"the request could not be sent: {exc}"}
+                    return
+            if "ok" in answer:
+                outcomes[member] = {"ok": answer["ok"]}
+            elif "error" in answer:
+                error = answer["error"]
+                outcomes[member] = {"error": f"{error.get('type')}: {error.get('message')}"}
+            else:
+                outcomes[member] = {"error": f"it does not answer {op!r} (an older version?)"}
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(ask, member)
+        return dict(sorted(outcomes.items()))
+
+    async def _answer_member(self, op: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to a question :meth:`ask_members` asked this node."""
+        if op == "figures":
+            tenants = body.get("tenants")
+            return {"ok": self.figures(None if tenants is None else frozenset(tenants))}
+        return {"error": error_to_wire(NodeError(f"node {self.node_id!r} does not know {op!r}"))}
 
     async def _hand_off(self, deadline: float) -> None:
         """A drain in a cluster: leave, then hand every channel to its next owner."""
@@ -421,6 +589,8 @@ class ClusterMode:
         timeout: float,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         """A call another node forwarded here: its JSON answer."""
+        if op in MEMBER_OPS:  # a question for the node, not for a channel
+            return await self._answer_member(op, body)
         if not self._runs_here(channel_id):
             return {"moved": True}
         try:
