@@ -17,7 +17,18 @@ Design:
 - A token with a tenant list sees only its tenants' channels (lists,
   details, the tree, dead letters, events, the cluster's leases); a call
   naming another tenant's channel is refused (-32003), and node-wide
-  changes (a drain) need a token without a tenant list.
+  changes (a drain, a pause of rebalancing) need a token without a tenant
+  list.
+- The cluster's controls (``admin``): pause and resume rebalancing, move a
+  channel to a named node (a pin every node's placement honours, carried
+  out by the planned handoff) and unpin it, release a lease by force. They
+  write to Redis through the node; every node applies them
+  (``runtime.cluster.controls``).
+- Cluster-wide answers fan out: ``cluster.stats`` is answered by the node
+  the console runs on, which asks every live member over the cluster's
+  forwarding (``node.ask_members``) and reports each member's outcome; a
+  member that failed is listed under ``failed`` (``switchboard ctl`` then
+  exits 4, "partial").
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import attrs
 import trio
 
 from ..cluster import ClusterSurvey
+from ..cluster.leases import TOMBSTONE
 from ..config.model import ChannelSpec
 from ..errors import NodeError, UnknownChannel
 from ..events import EVENT_KINDS
@@ -168,6 +180,25 @@ class Drain:
 class LeaseQuery:
     moving_only: bool = False
     limit: int = attrs.field(default=MAX_PAGE, validator=_page_limit)
+
+
+@attrs.frozen(kw_only=True)
+class ChangeCluster:
+    reason: str = attrs.field(validator=_reason)
+
+
+@attrs.frozen(kw_only=True)
+class MoveChannel:
+    channel: str
+    node: str
+    reason: str = attrs.field(validator=_reason)
+
+
+@attrs.frozen(kw_only=True)
+class ReleaseLease:
+    channel: str
+    reason: str = attrs.field(validator=_reason)
+    confirm: int | None = None
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -323,6 +354,19 @@ def _spec_of(session: Session, channel_id: str) -> ChannelSpec:
     raise UnknownChannel(channel_id)
 
 
+def _aim(session: Session, channel_id: str, **target: Any) -> str:
+    """The shape every call on one named channel starts with: its tenant, checked and audited.
+
+    Raises:
+        UnknownChannel: neither the node nor its file has the channel.
+        Refused: the token may not see the channel's tenant.
+    """
+    tenant = session.tenant_of(channel_id)
+    session.check_tenant(tenant)
+    session.audit_target(channels=[channel_id], tenants=[tenant], **target)
+    return tenant
+
+
 async def _start(session: Session, params: ChangeChannel) -> Any:
     spec = _spec_of(session, params.channel)
     session.check_tenant(spec.tenant)
@@ -463,17 +507,13 @@ async def _letters(session: Session, params: ListLetters) -> Any:
 
 
 async def _replay(session: Session, params: ChangeLetters) -> Any:
-    tenant = session.tenant_of(params.channel)
-    session.check_tenant(tenant)
-    session.audit_target(channels=[params.channel], tenants=[tenant], ids=params.ids)
+    _aim(session, params.channel, ids=params.ids)
     count = await session.console.node.replay_dead_letters(params.channel, params.ids)
     return {"replayed": count}
 
 
 async def _discard(session: Session, params: ChangeLetters) -> Any:
-    tenant = session.tenant_of(params.channel)
-    session.check_tenant(tenant)
-    session.audit_target(channels=[params.channel], tenants=[tenant], ids=params.ids)
+    _aim(session, params.channel, ids=params.ids)
     count = await session.console.node.discard_dead_letters(params.channel, params.ids)
     return {"discarded": count}
 
@@ -512,7 +552,7 @@ async def _drain(session: Session, params: Drain) -> Any:
     return {"draining": True, "already": False, "deadline": deadline}
 
 
-async def _survey(session: Session) -> ClusterSurvey:
+def _clustered(session: Session) -> None:
     node = session.console.node
     if node.config.cluster is None:
         raise ConsoleError(
@@ -520,7 +560,24 @@ async def _survey(session: Session) -> ClusterSurvey:
             f"node {node.node_id!r} is not in a cluster (no [cluster] section)",
             {"error": "NotClustered"},
         )
-    return await node.cluster()
+
+
+async def _survey(session: Session) -> ClusterSurvey:
+    _clustered(session)
+    return await session.console.node.cluster()
+
+
+def _controls(session: Session, survey: ClusterSurvey) -> dict[str, Any]:
+    """Rebalancing paused (by whom, why) and the pins this token may see."""
+    tenants = {s.channel_id: s.tenant for s in session.console.node.channels()}
+    return {
+        "paused": None if survey.paused is None else dict(survey.paused),
+        "pins": {
+            channel: node
+            for channel, node in survey.pins.items()
+            if session.grant.sees(tenants.get(channel, ""))
+        },
+    }
 
 
 async def _members(session: Session, params: NoParams) -> Any:
@@ -530,6 +587,7 @@ async def _members(session: Session, params: NoParams) -> Any:
         "epoch": survey.epoch,
         "quarantine": survey.quarantine,
         "members": [shapes.jsonable(member) for member in survey.members],
+        **_controls(session, survey),
     }
 
 
@@ -567,7 +625,138 @@ async def _placement(session: Session, params: NoParams) -> Any:
         if lease.holder is not None:
             held[lease.holder] = held.get(lease.holder, 0) + 1
         moving += lease.moving
-    return {"node": survey.node_id, "placed": placed, "held": held, "moving": moving}
+    return {
+        "node": survey.node_id,
+        "placed": placed,
+        "held": held,
+        "moving": moving,
+        **_controls(session, survey),
+    }
+
+
+async def _cluster_stats(session: Session, params: NoParams) -> Any:
+    _clustered(session)
+    tenants = session.grant.tenants
+    outcomes = await session.console.node.ask_members(
+        "figures", {"tenants": None if tenants is None else sorted(tenants)}
+    )
+    answered = {node: outcome["ok"] for node, outcome in outcomes.items() if "ok" in outcome}
+    totals: dict[str, Any] = {"channels": 0, "sent": 0, "received": 0, "restarts": 0}
+    by_state: dict[str, int] = {}
+    for figures in answered.values():
+        for key in ("channels", "sent", "received", "restarts"):
+            totals[key] += int(figures.get(key, 0))
+        for state, count in figures.get("by_state", {}).items():
+            by_state[state] = by_state.get(state, 0) + int(count)
+    return {
+        "node": session.console.node.node_id,
+        "members": len(outcomes),
+        "answered": len(answered),
+        **totals,
+        "by_state": by_state,
+        "nodes": [{"node": node, **figures} for node, figures in answered.items()],
+        "failed": {node: o["error"] for node, o in outcomes.items() if "error" in o},
+    }
+
+
+# --- the cluster's controls (admin) ---------------------------------------------------------
+
+
+async def _pause(session: Session, params: ChangeCluster) -> Any:
+    _clustered(session)
+    node = session.console.node
+    session.audit_target(cluster=True)
+    paused = await node.pause_rebalancing(by=session.grant.name, reason=params.reason)
+    return {"paused": True, "already": not paused}
+
+
+async def _resume(session: Session, params: ChangeCluster) -> Any:
+    _clustered(session)
+    session.audit_target(cluster=True)
+    resumed = await session.console.node.resume_rebalancing()
+    return {"paused": False, "already": not resumed}
+
+
+async def _move(session: Session, params: MoveChannel) -> Any:
+    _clustered(session)
+    _aim(session, params.channel, node=params.node)
+    node = session.console.node
+    before = await node.pin_channel(params.channel, params.node)
+    seen = await node.lease_holder(params.channel)
+    return {
+        "channel": params.channel,
+        "node": params.node,
+        "pinned_before": before,
+        "holder": seen.holder,
+        "token": seen.token,
+        "moving": seen.holder != params.node,
+    }
+
+
+async def _unpin(session: Session, params: ChangeChannel) -> Any:
+    _clustered(session)
+    _aim(session, params.channel)
+    before = await session.console.node.unpin_channel(params.channel)
+    return {"channel": params.channel, "unpinned": before is not None, "was_pinned_to": before}
+
+
+async def _release_lease(session: Session, params: ReleaseLease) -> Any:
+    _clustered(session)
+    _aim(session, params.channel)
+    node = session.console.node
+    seen = await node.lease_holder(params.channel)
+    session.audit_target(holder=seen.holder, token=seen.token, holder_alive=seen.alive)
+    if seen.holder is None or seen.token is None:
+        raise ConsoleError(
+            ErrorCode.NOT_FOUND,
+            f"channel {params.channel!r} has no lease: nobody holds it, and the node "
+            "placement puts it on takes it at its next try",
+            {"error": "NoLease"},
+        )
+    if seen.holder.startswith(TOMBSTONE):
+        return {
+            "channel": params.channel,
+            "released": True,
+            "already": True,
+            "free_in": seen.expires_in,
+        }
+    facts = {
+        "holder": seen.holder,
+        "token": seen.token,
+        "holder_alive": seen.alive,
+        "heartbeat_age": seen.heartbeat_age,
+        "expires_in": seen.expires_in,
+    }
+    if seen.alive and params.confirm != seen.token:
+        age = f"{seen.heartbeat_age:.1f} s" if seen.heartbeat_age is not None else "just"
+        raise ConsoleError(
+            ErrorCode.CONFIRMATION_REQUIRED,
+            f"node {seen.holder!r} holds channel {params.channel!r}'s lease (token "
+            f"{seen.token}) and is alive (its last heartbeat {age} ago). A live holder gives a "
+            "channel up by itself: cluster.move_channel moves it with nothing lost, "
+            "channels.restart starts it over. Released by force, the holder drops the "
+            "connection at its next renewal without handing anything over; no node connects "
+            f"it before the lease would have run out (in {seen.expires_in or 0:.1f} s), and the "
+            f"next holder gets a token above {seen.token}. To do it anyway, call again with "
+            f"confirm={seen.token}",
+            facts,
+        )
+    if params.confirm is not None and params.confirm != seen.token:
+        raise ConsoleError(
+            ErrorCode.CONFIRMATION_REQUIRED,
+            f"channel {params.channel!r}'s lease is now {seen.holder}'s with token "
+            f"{seen.token}, not {params.confirm}: look again",
+            facts,
+        )
+    free_in = await node.force_release(seen)
+    if free_in is None:
+        raise ConsoleError(
+            ErrorCode.NODE_ERROR,
+            f"channel {params.channel!r}'s lease changed hands while it was being released; "
+            "nothing was done: look again (cluster.leases)",
+            {"error": "LeaseChanged", **facts},
+        )
+    return {"channel": params.channel, "released": True, "free_in": free_in, **facts}
 
 
 _TABLE: Final = (
@@ -714,6 +903,61 @@ _TABLE: Final = (
         params=LeaseQuery,
         summary="each channel's lease: placed on, holder, fencing token, time left, moving",
         handler=_leases,
+    ),
+    Method(
+        name="cluster.stats",
+        scope=Scope.READ,
+        params=NoParams,
+        summary="every live member's figures, asked by this node over the cluster's "
+        "forwarding (5 s each): per node, the totals, and under 'failed' the members that "
+        "did not answer (ctl exits 4)",
+        handler=_cluster_stats,
+    ),
+    Method(
+        name="cluster.pause_rebalancing",
+        scope=Scope.ADMIN,
+        params=ChangeCluster,
+        summary="stop placement-driven moves on every node (taking free channels, drains "
+        "and cluster.move_channel go on); shown in cluster.members",
+        handler=_pause,
+        changes=True,
+        node_wide=True,
+    ),
+    Method(
+        name="cluster.resume_rebalancing",
+        scope=Scope.ADMIN,
+        params=ChangeCluster,
+        summary="let every node move channels where placement puts them again (paced)",
+        handler=_resume,
+        changes=True,
+        node_wide=True,
+    ),
+    Method(
+        name="cluster.move_channel",
+        scope=Scope.ADMIN,
+        params=MoveChannel,
+        summary="pin a channel to a live node: its holder hands it over by the planned "
+        "handoff (nothing lost), now; it stays there until cluster.unpin_channel",
+        handler=_move,
+        changes=True,
+    ),
+    Method(
+        name="cluster.unpin_channel",
+        scope=Scope.ADMIN,
+        params=ChangeChannel,
+        summary="remove a channel's pin: placement decides again (under the usual pacing)",
+        handler=_unpin,
+        changes=True,
+    ),
+    Method(
+        name="cluster.release_lease",
+        scope=Scope.ADMIN,
+        params=ReleaseLease,
+        summary="release a channel's lease by force: a dead holder's at once (the next "
+        "owner takes it with a higher token); a live holder's only with confirm=<token>, "
+        "and nobody connects it before the holder's lease would have run out",
+        handler=_release_lease,
+        changes=True,
     ),
 )
 
