@@ -276,6 +276,12 @@ async def test_move_channel_lands_it_on_the_named_node_losing_no_message(tmp_pat
                     await trio.sleep(0.01)
 
             async with nodes.client("n1", "admin") as client:
+                # Paused: an operator's move goes through a pause (and past the pacing).
+                await client.ok("cluster.pause_rebalancing", {"reason": "moves by hand"})
+                for node in (n1, n2):
+                    assert node._cluster is not None
+                    while not node._cluster.ownership.rebalancer.paused:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
                 async with trio.open_nursery() as senders:
                     senders.start_soon(sender, n1, "via-n1")
                     senders.start_soon(sender, n2, "via-n2")
@@ -304,6 +310,7 @@ async def test_move_channel_lands_it_on_the_named_node_losing_no_message(tmp_pat
                 assert unknown["code"] == ErrorCode.NODE_ERROR
                 assert "not a live member" in unknown["message"]
 
+                await client.ok("cluster.resume_rebalancing", {"reason": "done"})
                 unpinned = await client.ok(
                     "cluster.unpin_channel", {"channel": channel, "reason": "over"}
                 )
