@@ -92,7 +92,7 @@ class OperatorControls:
         at = int(seconds) + int(micros) / 1_000_000
         value = json.dumps({"by": by, "reason": reason, "at": at})
         done = await self.link.call("SET", self.paused_key, value, "NX")
-        await self._announce()
+        await self.announce()
         return bool(done)
 
     async def resume(self) -> bool:
@@ -102,7 +102,7 @@ class OperatorControls:
             ClusterUnavailable: Redis did not answer.
         """
         removed = await self.link.call("DEL", self.paused_key)
-        await self._announce()
+        await self.announce()
         return bool(int(removed))
 
     async def pin(self, channel_id: str, node_id: str) -> str | None:
@@ -113,7 +113,7 @@ class OperatorControls:
         """
         before = await self.link.call("HGET", self.pins_key, channel_id)
         await self.link.call("HSET", self.pins_key, channel_id, node_id)
-        await self._announce()
+        await self.announce()
         return None if before is None else _text(before)
 
     async def unpin(self, channel_id: str) -> str | None:
@@ -124,10 +124,11 @@ class OperatorControls:
         """
         before = await self.link.call("HGET", self.pins_key, channel_id)
         await self.link.call("HDEL", self.pins_key, channel_id)
-        await self._announce()
+        await self.announce()
         return None if before is None else _text(before)
 
-    async def _announce(self) -> None:
+    async def announce(self) -> None:
+        """Tell every node to reload the controls now (never raises: they reload on their own)."""
         try:
             await self.link.call("PUBLISH", self.announcements, "changed")
         except ClusterUnavailable as exc:  # the others reload on their own soon

@@ -299,7 +299,11 @@ class Leases:
             yield message.decode() if isinstance(message, bytes) else str(message)
 
     async def holders(self, channel_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
-        """Who holds each of these leases now: ``{channel: (node, token)}``."""
+        """Who holds each of these leases now: ``{channel: (node, token)}``.
+
+        A force-released lease's tombstone is held by nobody a call could be
+        forwarded to: it is left out (placement decides, as for a free lease).
+        """
         if not channel_ids:
             return {}
         values = await self.link.call("MGET", *(self.lease_key(c) for c in channel_ids))
@@ -308,6 +312,8 @@ class Leases:
             if value is None:
                 continue
             text = value.decode() if isinstance(value, bytes) else str(value)
+            if text.startswith(TOMBSTONE):
+                continue
             node, _, token = text.rpartition("|")
             found[channel] = (node, int(token))
         return found

@@ -368,9 +368,8 @@ def _aim(session: Session, channel_id: str, **target: Any) -> str:
 
 
 async def _start(session: Session, params: ChangeChannel) -> Any:
+    _aim(session, params.channel)  # the tenant first: another's channel is not even looked at
     spec = _spec_of(session, params.channel)
-    session.check_tenant(spec.tenant)
-    session.audit_target(channels=[spec.id], tenants=[spec.tenant])
     snapshot = await session.console.node.start_channel(spec)
     return shapes.channel(snapshot)
 
@@ -460,10 +459,8 @@ async def _restart(session: Session, params: ChangeChannels) -> Any:
 
 async def _revive(session: Session, params: ChangeChannel) -> Any:
     node = session.console.node
-    detail = node.channel_detail(params.channel)
-    snapshot = detail.snapshot
-    session.check_tenant(snapshot.tenant)
-    session.audit_target(channels=[params.channel], tenants=[snapshot.tenant])
+    _aim(session, params.channel)
+    snapshot = node.channel_detail(params.channel).snapshot
     if snapshot.status.value != "failed":
         raise ConsoleError(
             ErrorCode.NODE_ERROR,
