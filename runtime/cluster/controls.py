@@ -5,8 +5,8 @@ Design:
   JSON, says who paused it, why and when, on Redis's clock);
   ``<prefix>:controls:pins`` is a hash ``channel -> node``. A change is
   written, then announced on ``<prefix>:controls``; every node reloads at
-  the announcement and on its own every heartbeat interval (a missed
-  announcement costs one interval).
+  the announcement and on its own every few heartbeat intervals (a missed
+  announcement costs :data:`RELOAD_EVERY` of them; two commands a reload).
 - Ownership applies them (``runtime.cluster.ownership``):
   - paused: no voluntary move. A channel that placement sends elsewhere
     stays where it runs until rebalancing resumes. Taking a channel nobody
@@ -39,7 +39,7 @@ __all__ = ["Controls", "OperatorControls"]
 
 log = logging.getLogger("switchboard.cluster")
 
-RELOAD_EVERY: Final = 1  # heartbeat intervals between reloads nobody announced
+RELOAD_EVERY: Final = 5  # heartbeat intervals between reloads nobody announced
 
 
 @attrs.frozen(kw_only=True)
