@@ -99,7 +99,8 @@ HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may tak
 FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
 MEMBER_ANSWER_TIMEOUT: Final = 5.0  # seconds a member may take to answer ask_members
 WEBHOOK_FORWARD_TIMEOUT: Final = 20.0  # seconds a webhook may take to reach its owner's link
-MEMBER_OPS: Final = frozenset({"figures"})  # forwarded questions for a node, not a channel
+MEMBER_OPS: Final = frozenset({"figures", "restart_matching"})  # for a node, not a channel
+MEMBER_ACT_TIMEOUT: Final = 60.0  # seconds a member may take to restart its matching channels
 FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
 FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
 
@@ -323,8 +324,8 @@ class ClusterMode:
 
         Each outcome is ``{"ok": answer}`` or ``{"error": why}``: a member
         that did not answer within ``within`` seconds (dead but not yet declared,
-        or cut off), or answered with an error. Only ``figures`` is asked
-        today (:meth:`figures`).
+        or cut off), or answered with an error. The questions:
+        :data:`MEMBER_OPS` (:meth:`_answer_member`).
 
         Raises:
             NodeError: the node is not in a cluster.
@@ -359,11 +360,56 @@ class ClusterMode:
                 nursery.start_soon(ask, member)
         return dict(sorted(outcomes.items()))
 
+    def matching(
+        self, where: Mapping[str, Any], tenants: frozenset[str] | None = None
+    ) -> list[str]:
+        """The channels this node runs that match a filter, of these tenants if given.
+
+        Args:
+            where: ``tenant``, ``provider``, ``state``, ``owner``: each given must match.
+            tenants: only these tenants' channels (``None``: all).
+        """
+        found = []
+        for snapshot in self.channels():
+            if snapshot.remote or (tenants is not None and snapshot.tenant not in tenants):
+                continue
+            state = "not_started" if snapshot.start_error is not None else snapshot.status.value
+            values = {
+                "tenant": snapshot.tenant,
+                "provider": snapshot.provider,
+                "state": state,
+                "owner": snapshot.owner,
+            }
+            if all(where.get(key) in (None, value) for key, value in values.items()):
+                found.append(snapshot.channel_id)
+        return found
+
     async def _answer_member(self, op: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """The answer to a question :meth:`ask_members` asked this node."""
+        """The answer to a question :meth:`ask_members` asked this node.
+
+        ``figures``: :meth:`figures`. ``restart_matching``: the channels this
+        node runs that match ``where`` (of ``tenants``); counted only, unless
+        ``dry_run`` is false: then each is restarted, and the ones that
+        failed are named.
+        """
+        tenants = body.get("tenants")
+        visible = None if tenants is None else frozenset(str(t) for t in tenants)
         if op == "figures":
-            tenants = body.get("tenants")
-            return {"ok": self.figures(None if tenants is None else frozenset(tenants))}
+            return {"ok": self.figures(visible)}
+        if op == "restart_matching":
+            found = self.matching(body.get("where") or {}, visible)
+            if body.get("dry_run", True) is not False:
+                return {"ok": {"count": len(found), "channels": found}}
+            done: list[str] = []
+            failed: dict[str, str] = {}
+            for channel_id in found:
+                try:
+                    await self.restart_channel(channel_id)
+                except NodeError as exc:
+                    failed[channel_id] = f"{type(exc).__name__}: {exc}"
+                else:
+                    done.append(channel_id)
+            return {"ok": {"count": len(done), "channels": done, "failed": failed}}
         return {"error": error_to_wire(NodeError(f"node {self.node_id!r} does not know {op!r}"))}
 
     async def _hand_off(self, deadline: float) -> None:

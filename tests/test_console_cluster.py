@@ -467,3 +467,45 @@ async def test_cluster_stats_asks_every_member_and_names_the_ones_that_failed(
                     assert "no answer" in partial["failed"]["ghost"]
                     assert partial["channels"] == len(CHANNELS)  # the others still count
                 await ghost.leave()
+
+
+async def test_a_restart_by_filter_reaches_every_node_after_its_dry_run(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with pair(tmp_path) as nodes:
+            await nodes.start("n1")
+            await nodes.start("n2")
+            placed = await placed_on_both(nodes)
+            await nodes.wait_held({c: str(o) for c, o in placed.items()})
+            globex = [c for i, c in enumerate(CHANNELS) if i % 2 == 0]
+            share = {n: sum(placed[c] == n for c in globex) for n in ("n1", "n2")}
+            assert all(share.values())  # both nodes run some of globex's
+            connects = nodes.provider.statistics().connects
+            params = {"tenant": "globex", "reason": "rotated a token"}
+            async with nodes.client("n2", "acme-operator") as limited:
+                other = await limited.error("cluster.restart_channels", params)
+                assert other["code"] == ErrorCode.TENANT_FORBIDDEN
+                mine = await limited.ok(
+                    "cluster.restart_channels", {"reason": "x", "dry_run": True}
+                )
+                assert mine["count"] == len(CHANNELS) - len(globex)  # its tenant's, every node
+            async with nodes.client("n2", "operator") as client:
+                dry = await client.ok("cluster.restart_channels", {**params, "dry_run": True})
+                assert dry["count"] == len(globex) and sorted(dry["channels"]) == sorted(globex)
+                assert dry["nodes"] == share and dry["failed"] == {}
+                unconfirmed = await client.error("cluster.restart_channels", params)
+                assert unconfirmed["code"] == ErrorCode.CONFIRMATION_REQUIRED
+                assert unconfirmed["data"] == {"count": len(globex)}
+                wrong = await client.error(
+                    "cluster.restart_channels", {**params, "confirm": len(globex) - 1}
+                )
+                assert wrong["code"] == ErrorCode.CONFIRMATION_REQUIRED
+                assert nodes.provider.statistics().connects == connects  # nothing yet
+                done = await client.ok(
+                    "cluster.restart_channels", {**params, "confirm": len(globex)}
+                )
+                assert done["count"] == len(globex) and done["failed"] == {}
+                assert {n: entry["count"] for n, entry in done["nodes"].items()} == share
+            while nodes.provider.statistics().connects < connects + len(globex):  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            await nodes.wait_held({c: str(o) for c, o in placed.items()})
+            assert nodes.provider.statistics().connects == connects + len(globex)  # acme's kept

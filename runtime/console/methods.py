@@ -24,11 +24,14 @@ Design:
   out by the planned handoff) and unpin it, release a lease by force. They
   write to Redis through the node; every node applies them
   (``runtime.cluster.controls``).
-- Cluster-wide answers fan out: ``cluster.stats`` is answered by the node
-  the console runs on, which asks every live member over the cluster's
-  forwarding (``node.ask_members``) and reports each member's outcome; a
-  member that failed is listed under ``failed`` (``switchboard ctl`` then
-  exits 4, "partial").
+- Cluster-wide calls fan out: ``cluster.stats`` and
+  ``cluster.restart_channels`` are answered by the node the console runs
+  on, which asks every live member over the cluster's forwarding
+  (``node.ask_members``) and reports each member's outcome; a member (or a
+  channel) that failed is listed under ``failed`` (``switchboard ctl`` then
+  exits 4, "partial"). A restart by filter is counted on every member
+  first (the dry run, and again at the confirmation), then each member
+  restarts its own matching channels.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ..cluster.leases import TOMBSTONE
 from ..config.model import ChannelSpec
 from ..errors import NodeError, UnknownChannel
 from ..events import EVENT_KINDS
+from ..node_cluster import MEMBER_ACT_TIMEOUT
 from ..view import ChannelSnapshot
 from . import shapes
 from .auth import Scope
@@ -180,6 +184,15 @@ class Drain:
 class LeaseQuery:
     moving_only: bool = False
     limit: int = attrs.field(default=MAX_PAGE, validator=_page_limit)
+
+
+@attrs.frozen(kw_only=True)
+class ChangeMatching(ChannelFilter):
+    """The channels a filter matches on every node (dry run, then confirm)."""
+
+    reason: str = attrs.field(validator=_reason)
+    dry_run: bool = False
+    confirm: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -656,6 +669,74 @@ async def _cluster_stats(session: Session, params: NoParams) -> Any:
     }
 
 
+async def _cluster_restart(session: Session, params: ChangeMatching) -> Any:
+    _clustered(session)
+    session.check_tenant(params.tenant)
+    node = session.console.node
+    where = {
+        key: getattr(params, key)
+        for key in ("tenant", "provider", "state", "owner")
+        if getattr(params, key) is not None
+    }
+    tenants = session.grant.tenants
+    body = {"where": where, "tenants": None if tenants is None else sorted(tenants)}
+    counted = await node.ask_members("restart_matching", {**body, "dry_run": True})
+    counts = {n: o["ok"] for n, o in counted.items() if "ok" in o}
+    silent = {n: o["error"] for n, o in counted.items() if "error" in o}
+    total = sum(int(found["count"]) for found in counts.values())
+    session.audit_target(
+        filter=where,
+        count=total,
+        cluster=True,
+        tenants=sorted(
+            {
+                s.tenant
+                for s in session.visible_channels()
+                if where.get("tenant") in (None, s.tenant)
+            }
+        ),
+    )
+    if params.dry_run:
+        channels = sorted(c for found in counts.values() for c in found["channels"])
+        return {
+            "dry_run": True,
+            "count": total,
+            "nodes": {n: int(found["count"]) for n, found in counts.items()},
+            "channels": channels[:SHOWN_IN_DRY_RUN],
+            "failed": silent,
+        }
+    if params.confirm is None:
+        raise ConfirmationRequired(
+            f"cluster.restart_channels acts on {total} channel(s) across "
+            f"{len(counts)} node(s): call it with dry_run=true first, then with "
+            "confirm=<the count>",
+            total,
+        )
+    if params.confirm != total:
+        raise ConfirmationRequired(
+            f"the filter now matches {total} channel(s) across the cluster, not "
+            f"{params.confirm}: dry-run it again",
+            total,
+        )
+    acted = await node.ask_members(
+        "restart_matching", {**body, "dry_run": False}, within=MEMBER_ACT_TIMEOUT
+    )
+    nodes: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for member, outcome in acted.items():
+        if "error" in outcome:
+            failed[member] = outcome["error"]
+            continue
+        done = outcome["ok"]
+        nodes[member] = {"count": int(done["count"]), "failed": dict(done.get("failed", {}))}
+        failed.update(done.get("failed", {}))
+    return {
+        "count": sum(entry["count"] for entry in nodes.values()),
+        "nodes": nodes,
+        "failed": failed,
+    }
+
+
 # --- the cluster's controls (admin) ---------------------------------------------------------
 
 
@@ -909,6 +990,17 @@ _TABLE: Final = (
         "forwarding (5 s each): per node, the totals, and under 'failed' the members that "
         "did not answer (ctl exits 4)",
         handler=_cluster_stats,
+    ),
+    Method(
+        name="cluster.restart_channels",
+        scope=Scope.OPERATE,
+        params=ChangeMatching,
+        summary="restart the channels a filter matches on every node (dry_run, then "
+        "confirm): this node asks each live member over the cluster's forwarding to count, "
+        "then to restart its own; per node, and under 'failed' the channels and the nodes "
+        "that failed (ctl exits 4)",
+        handler=_cluster_restart,
+        changes=True,
     ),
     Method(
         name="cluster.pause_rebalancing",
