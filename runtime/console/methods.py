@@ -893,7 +893,7 @@ _TABLE: Final = (
         name="channels.stop",
         scope=Scope.OPERATE,
         params=ChangeChannels,
-        summary="stop a channel, or the channels a filter matches (dry_run, then confirm)",
+        summary="stop a channel, or the channels a filter matches here (dry_run, then confirm)",
         handler=_stop,
         changes=True,
     ),
@@ -901,7 +901,8 @@ _TABLE: Final = (
         name="channels.restart",
         scope=Scope.OPERATE,
         params=ChangeChannels,
-        summary="restart a channel, or the channels a filter matches (dry_run, then confirm)",
+        summary="restart a channel, or the channels a filter matches here (dry_run, then "
+        "confirm; every node's: cluster.restart_channels)",
         handler=_restart,
         changes=True,
     ),
@@ -1043,8 +1044,9 @@ _TABLE: Final = (
         scope=Scope.ADMIN,
         params=ReleaseLease,
         summary="release a channel's lease by force: a dead holder's at once (the next "
-        "owner takes it with a higher token); a live holder's only with confirm=<token>, "
-        "and nobody connects it before the holder's lease would have run out",
+        "owner takes it with a higher token, so the old one is fenced); a live holder's "
+        "only with confirm=<token>, and nobody connects it before the holder's lease "
+        "would have run out",
         handler=_release_lease,
         changes=True,
     ),
