@@ -30,6 +30,13 @@ Design:
   there and carried to the owner the same way (``runtime.webhooks``); the
   platform's answer is the owner's link's, so an event is acknowledged only
   once the owner has taken it.
+- An operator's controls (``runtime.cluster.controls``): pause and resume
+  rebalancing, pin a channel to a node (a planned move) and unpin it,
+  release a lease by force. Each is written to Redis and every node's
+  ownership honours it; the methods here only check and write.
+- A question for every member (:meth:`ClusterMode.ask_members`: each
+  node's figures) goes to each over the same forwarding, concurrently,
+  and each member's outcome comes back: its answer, or why it gave none.
 - A channel the platform says is held elsewhere (``Conflict``: Telegram's
   409) is reported to ownership as fenced, stopped without a checkpoint
   (its FAILED must not follow it to its real owner) and released.
@@ -50,13 +57,14 @@ from providers.base import ProviderError, SendResult
 from providers.operations import Operation
 from providers.whatsapp.webhook import PostSignatures
 
-from .cluster import ClusterSurvey, ClusterUnavailable
+from .cluster import ClusterSurvey, ClusterUnavailable, LeaseHolder
 from .cluster.forwarding import ForwardTimeout
 from .errors import (
     AskTimeout,
     ChannelUnavailable,
     NodeError,
     StoreError,
+    UnknownChannel,
     error_from_wire,
     error_to_wire,
 )
@@ -91,7 +99,10 @@ log = logging.getLogger("switchboard.node")
 HOLDERS_BATCH: Final = 1_000  # lease keys read per MGET when listing remote channels
 HANDOFF_WAIT: Final = 10.0  # seconds a moving channel's in-flight sends may take to finish
 FORWARDED_OP_TIMEOUT: Final = 60.0  # seconds a forwarded restart or dead-letter call may take
+MEMBER_ANSWER_TIMEOUT: Final = 5.0  # seconds a member may take to answer ask_members
 WEBHOOK_FORWARD_TIMEOUT: Final = 20.0  # seconds a webhook may take to reach its owner's link
+MEMBER_OPS: Final = frozenset({"figures", "restart_matching"})  # for a node, not a channel
+MEMBER_ACT_TIMEOUT: Final = 60.0  # seconds a member may take to restart its matching channels
 FORWARD_RETRY_MIN: Final = 0.05  # seconds before asking again after "moved" ...
 FORWARD_RETRY_MAX: Final = 1.0  # ... doubling up to this
 
@@ -127,6 +138,13 @@ class ClusterMode:
         ) -> SendResult | None: ...
 
         async def restart_channel(self, channel_id: str) -> ChannelSnapshot: ...
+
+        def channels(self) -> list[ChannelSnapshot]: ...
+
+        def statistics(self) -> Any: ...
+
+        @property
+        def state(self) -> Any: ...
 
         def _channel_config(self, spec: ChannelSpec) -> Any: ...
 
@@ -200,6 +218,202 @@ class ClusterMode:
         if self._cluster is None:
             raise NodeError(f"node {self.node_id!r} is not in a cluster (no [cluster] section)")
         return await self._cluster.survey(handing_off=list(self._moving))
+
+    # --- an operator's controls ---------------------------------------------------------
+
+    def _clustered(self) -> Cluster:
+        if self._cluster is None:
+            raise NodeError(f"node {self.node_id!r} is not in a cluster (no [cluster] section)")
+        return self._cluster
+
+    async def pause_rebalancing(self, *, by: str, reason: str) -> bool:
+        """Pause rebalancing cluster-wide; False if it was paused already.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.pause(by=by, reason=reason)
+
+    async def resume_rebalancing(self) -> bool:
+        """Let rebalancing run again cluster-wide; False if it was not paused.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.resume()
+
+    async def pin_channel(self, channel_id: str, node_id: str) -> str | None:
+        """Pin a channel of the catalog to a live member; the node it was pinned to before.
+
+        The node that holds it hands it over by the planned path (its sends
+        held, in flight finished, its final checkpoint, then the lease).
+
+        Raises:
+            NodeError: not in a cluster, or ``node_id`` is not a live member.
+            UnknownChannel: the channel is not in the cluster's catalog.
+            ClusterUnavailable: Redis did not answer.
+        """
+        cluster = self._clustered()
+        if channel_id not in cluster.ownership.catalog:
+            raise UnknownChannel(channel_id)
+        view = cluster.view
+        members = view.members if view is not None else ()
+        if node_id not in members:
+            raise NodeError(
+                f"node {node_id!r} is not a live member of the cluster (members: "
+                f"{', '.join(members) or 'none'}); a channel can only move to a live one"
+            )
+        return await cluster.controls.pin(channel_id, node_id)
+
+    async def unpin_channel(self, channel_id: str) -> str | None:
+        """Remove a channel's pin (placement decides again); the node it was pinned to.
+
+        Raises:
+            NodeError: the node is not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().controls.unpin(channel_id)
+
+    async def lease_holder(self, channel_id: str) -> LeaseHolder:
+        """Who holds a channel's lease now, and whether that node is alive.
+
+        Raises:
+            NodeError: not in a cluster.
+            UnknownChannel: the channel is not in the cluster's catalog.
+            ClusterUnavailable: Redis did not answer.
+        """
+        cluster = self._clustered()
+        if channel_id not in cluster.ownership.catalog:
+            raise UnknownChannel(channel_id)
+        return await cluster.lease_holder(channel_id)
+
+    async def force_release(self, seen: LeaseHolder) -> float | None:
+        """Release a lease by force if it is still as ``seen`` (:meth:`Cluster.force_release`).
+
+        Raises:
+            NodeError: not in a cluster.
+            ClusterUnavailable: Redis did not answer.
+        """
+        return await self._clustered().force_release(seen)
+
+    def figures(self, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+        """This node's own figures (the channels it runs; these tenants' only, if given)."""
+        running = [
+            s for s in self.channels() if not s.remote and (tenants is None or s.tenant in tenants)
+        ]
+        by_state: dict[str, int] = {}
+        for snapshot in running:
+            state = "not_started" if snapshot.start_error is not None else snapshot.status.value
+            by_state[state] = by_state.get(state, 0) + 1
+        statistics = self.statistics()
+        return {
+            "node": self.node_id,
+            "state": self.state.value,
+            "uptime": statistics.uptime,
+            "draining": statistics.draining,
+            "channels": len(running),
+            "by_state": by_state,
+            "sent": sum(s.statistics.sent for s in running if s.statistics),
+            "received": sum(s.statistics.received for s in running if s.statistics),
+            "restarts": sum(s.statistics.restarts for s in running if s.statistics),
+        }
+
+    async def ask_members(
+        self, op: str, body: Mapping[str, Any], *, within: float = MEMBER_ANSWER_TIMEOUT
+    ) -> dict[str, dict[str, Any]]:
+        """Ask every live member (this node too) ``op``; each one's outcome, by node.
+
+        Each outcome is ``{"ok": answer}`` or ``{"error": why}``: a member
+        that did not answer within ``within`` seconds (dead but not yet declared,
+        or cut off), or answered with an error. The questions:
+        :data:`MEMBER_OPS` (:meth:`_answer_member`).
+
+        Raises:
+            NodeError: the node is not in a cluster.
+        """
+        cluster = self._clustered()
+        view = cluster.view
+        members = sorted(set(view.members if view is not None else ()) | {self.node_id})
+        outcomes: dict[str, dict[str, Any]] = {}
+
+        async def ask(member: str) -> None:
+            if member == self.node_id:
+                answer = await self._answer_member(op, body)
+            else:
+                try:
+                    answer = await cluster.forwarding.call(member, op, "", body, timeout=within)
+                except ForwardTimeout:
+                    outcomes[member] = {"error": f"no answer within {within:g} s"}
+                    return
+                except ClusterUnavailable as exc:
+                    outcomes[member] = {"error": f"the request could not be sent: {exc}"}
+                    return
+            if "ok" in answer:
+                outcomes[member] = {"ok": answer["ok"]}
+            elif "error" in answer:
+                error = answer["error"]
+                outcomes[member] = {"error": f"{error.get('type')}: {error.get('message')}"}
+            else:
+                outcomes[member] = {"error": f"it does not answer {op!r} (an older version?)"}
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(ask, member)
+        return dict(sorted(outcomes.items()))
+
+    def matching(
+        self, where: Mapping[str, Any], tenants: frozenset[str] | None = None
+    ) -> list[str]:
+        """The channels this node runs that match a filter, of these tenants if given.
+
+        Args:
+            where: ``tenant``, ``provider``, ``state``, ``owner``: each given must match.
+            tenants: only these tenants' channels (``None``: all).
+        """
+        found = []
+        for snapshot in self.channels():
+            if snapshot.remote or (tenants is not None and snapshot.tenant not in tenants):
+                continue
+            state = "not_started" if snapshot.start_error is not None else snapshot.status.value
+            values = {
+                "tenant": snapshot.tenant,
+                "provider": snapshot.provider,
+                "state": state,
+                "owner": snapshot.owner,
+            }
+            if all(where.get(key) in (None, value) for key, value in values.items()):
+                found.append(snapshot.channel_id)
+        return found
+
+    async def _answer_member(self, op: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The answer to a question :meth:`ask_members` asked this node.
+
+        ``figures``: :meth:`figures`. ``restart_matching``: the channels this
+        node runs that match ``where`` (of ``tenants``); counted only, unless
+        ``dry_run`` is false: then each is restarted, and the ones that
+        failed are named.
+        """
+        tenants = body.get("tenants")
+        visible = None if tenants is None else frozenset(str(t) for t in tenants)
+        if op == "figures":
+            return {"ok": self.figures(visible)}
+        if op == "restart_matching":
+            found = self.matching(body.get("where") or {}, visible)
+            if body.get("dry_run", True) is not False:
+                return {"ok": {"count": len(found), "channels": found}}
+            done: list[str] = []
+            failed: dict[str, str] = {}
+            for channel_id in found:
+                try:
+                    await self.restart_channel(channel_id)
+                except NodeError as exc:
+                    failed[channel_id] = f"{type(exc).__name__}: {exc}"
+                else:
+                    done.append(channel_id)
+            return {"ok": {"count": len(done), "channels": done, "failed": failed}}
+        return {"error": error_to_wire(NodeError(f"node {self.node_id!r} does not know {op!r}"))}
 
     async def _hand_off(self, deadline: float) -> None:
         """A drain in a cluster: leave, then hand every channel to its next owner."""
@@ -469,6 +683,8 @@ class ClusterMode:
         timeout: float,  # noqa: ASYNC109
     ) -> dict[str, Any]:
         """A call another node forwarded here: its JSON answer."""
+        if op in MEMBER_OPS:  # a question for the node, not for a channel
+            return await self._answer_member(op, body)
         if not self._runs_here(channel_id):
             return {"moved": True}
         try:

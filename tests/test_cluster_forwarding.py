@@ -47,7 +47,13 @@ async def post(client: httpx.AsyncClient, url: str, channel: str, body: dict[str
 async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[dict[str, Any]]:
     """n1's channel list once n2 runs its share (the pacing's cooldown has passed)."""
     while True:
-        answer = await client.get(rig.ops_urls["n1"] + "/v1/channels")
+        try:
+            answer = await client.get(rig.ops_urls["n1"] + "/v1/channels")
+        except httpx.TransportError:
+            # The rig waits for the channels to connect, not for every node's
+            # listener: n2 may have taken them all while n1 still starts.
+            await trio.sleep(0.2)
+            continue
         listing: list[dict[str, Any]] = answer.json()["channels"]
         # n1 runs its own (connected) and sees n2's as remote: a channel n1 holds
         # but has not started yet shows as remote too, so wait for it to run.

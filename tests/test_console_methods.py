@@ -45,6 +45,13 @@ VALID: dict[str, Any] = {
     "cluster.members": None,
     "cluster.placement": None,
     "cluster.leases": None,
+    "cluster.stats": None,
+    "cluster.restart_channels": {"tenant": "acme", "reason": "test", "dry_run": True},
+    "cluster.pause_rebalancing": {"reason": "test"},
+    "cluster.resume_rebalancing": {"reason": "test"},
+    "cluster.move_channel": {"channel": "a1", "node": "t", "reason": "test"},
+    "cluster.unpin_channel": {"channel": "a1", "reason": "test"},
+    "cluster.release_lease": {"channel": "a1", "reason": "test"},
 }
 # What an allowed call may still answer, beside a result: a1 is not FAILED, there
 # is no subscription 99, and this node is in no cluster.
@@ -54,6 +61,13 @@ ALLOWED_ERRORS = {
     "cluster.members": ErrorCode.UNAVAILABLE,
     "cluster.placement": ErrorCode.UNAVAILABLE,
     "cluster.leases": ErrorCode.UNAVAILABLE,
+    "cluster.stats": ErrorCode.UNAVAILABLE,
+    "cluster.restart_channels": ErrorCode.UNAVAILABLE,
+    "cluster.pause_rebalancing": ErrorCode.UNAVAILABLE,
+    "cluster.resume_rebalancing": ErrorCode.UNAVAILABLE,
+    "cluster.move_channel": ErrorCode.UNAVAILABLE,
+    "cluster.unpin_channel": ErrorCode.UNAVAILABLE,
+    "cluster.release_lease": ErrorCode.UNAVAILABLE,
 }
 SCOPES = {"reader": Scope.READ, "operator": Scope.OPERATE, "admin": Scope.ADMIN}
 
@@ -573,6 +587,8 @@ async def test_cluster_views(tmp_path: Any) -> None:
                             "placed": {"solo": 2},
                             "held": {"solo": 2},
                             "moving": 0,
+                            "paused": None,
+                            "pins": {},
                         }
                         leases = await client.ok("cluster.leases")
                         assert [

@@ -192,6 +192,25 @@ def test_the_views_headless() -> None:
     asyncio.run(scenario())
 
 
+def test_the_cluster_view_shows_a_pause_and_the_pins() -> None:
+    from runtime.console.top import cluster_lines
+
+    cluster = {
+        "members": [{"node": "n1", "heartbeat_age": 0.25, "placed": 3, "held": 3}],
+        "placement": {
+            "moving": 0,
+            "paused": {"by": "oncall", "reason": "deploy", "at": 1.0},
+            "pins": {"a1": "n1"},
+        },
+    }
+    assert cluster_lines(cluster) == [
+        "moving: 0",
+        "rebalancing paused by oncall: deploy",
+        "pinned: 1 (a1->n1)",
+        "n1: heartbeat 0.2s ago, placed 3, held 3",
+    ]
+
+
 # --- a real terminal ---------------------------------------------------------------------------
 
 ROWS, COLUMNS = 40, 160

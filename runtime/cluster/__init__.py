@@ -5,7 +5,8 @@ confined there), ``membership`` (who is alive, on Redis's clock),
 ``placement`` (pure: members → owner), ``leases`` (who may connect, fenced
 by tokens), ``rebirth`` (a Redis that lost its data), ``ownership`` (which
 channels this node runs), ``catalog`` (the cluster-wide channel set),
-``forwarding`` (calls for channels owned elsewhere, over Redis Streams).
+``forwarding`` (calls for channels owned elsewhere, over Redis Streams),
+``controls`` (an operator's pause of rebalancing and pins, cluster-wide).
 Nothing here imports the node: it runs the channels through a
 :class:`~runtime.cluster.ownership.ChannelRunner` and answers forwarded
 calls through a :class:`~runtime.cluster.forwarding.Handler`.
@@ -20,12 +21,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+import attrs
 import trio
 
 from ..config.model import ChannelSpec, ClusterConfig
 from ..store import Store
 from . import rebirth
 from .catalog import Catalog
+from .controls import Controls, OperatorControls
 from .forwarding import Forwarding, Handler
 from .leases import Leases
 from .membership import Membership, View
@@ -46,12 +49,38 @@ __all__ = [
     "Cluster",
     "ClusterSurvey",
     "ClusterUnavailable",
+    "Controls",
     "HashRing",
+    "LeaseHolder",
     "LeaseView",
     "MemberView",
     "View",
     "open_cluster",
 ]
+
+
+@attrs.frozen(kw_only=True)
+class LeaseHolder:
+    """Who holds one channel's lease now, and whether that node is alive.
+
+    Attributes:
+        channel_id: the channel.
+        holder: the node holding it (``None``: nobody).
+        token: its fencing token.
+        value: the lease as Redis holds it (``"<node>|<token>"``).
+        expires_in: seconds left on it unless renewed.
+        alive: the holder is a live member (heartbeating within its timeout).
+        heartbeat_age: seconds since the holder's last heartbeat (``None``:
+            not a member at all).
+    """
+
+    channel_id: str
+    holder: str | None
+    token: int | None
+    value: str | None
+    expires_in: float | None
+    alive: bool
+    heartbeat_age: float | None
 
 
 class Cluster:
@@ -68,8 +97,10 @@ class Cluster:
         ownership: Ownership,
         catalog: Catalog,
         forwarding: Forwarding,
+        controls: OperatorControls,
     ) -> None:
         self.config = config
+        self.controls = controls
         self.forwarding = forwarding
         self.node_id = node_id
         self.link = link
@@ -87,8 +118,8 @@ class Cluster:
         return self.membership.view
 
     def owner(self, channel_id: str) -> str | None:
-        """The node that should own ``channel_id`` (placement; the lease may lag)."""
-        return self.ownership.ring.owner(channel_id)
+        """The node that should own ``channel_id`` (its pin or placement; the lease may lag)."""
+        return self.ownership.owner(channel_id)
 
     async def holders(self, channel_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
         """Who holds these channels' leases now: ``{channel: (node, token)}``.
@@ -105,9 +136,7 @@ class Cluster:
             ClusterUnavailable: Redis did not answer.
         """
         ownership = self.ownership
-        placement = {
-            channel_id: ownership.ring.owner(channel_id) for channel_id in ownership.catalog
-        }
+        placement = {channel_id: ownership.owner(channel_id) for channel_id in ownership.catalog}
         members, leases, quarantine = await survey(
             self.link,
             leases=self.leases,
@@ -116,6 +145,7 @@ class Cluster:
             reborn_key=rebirth.keys(self.config.key_prefix)[1],
             placement=placement,
         )
+        controls = await self.controls.load()
         view = self.membership.view
         now = trio.current_time()
         return ClusterSurvey(
@@ -129,7 +159,63 @@ class Cluster:
                 for channel_id, at in sorted(ownership.waiting().items())
             },
             quarantine=quarantine,
+            paused=controls.paused,
+            pins=dict(sorted(controls.pins.items())),
         )
+
+    async def lease_holder(self, channel_id: str) -> LeaseHolder:
+        """Who holds the channel's lease now (Redis's view), and whether it is alive.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        link = self.link
+        raw = await link.call("GET", self.leases.lease_key(channel_id))
+        left_ms = int(await link.call("PTTL", self.leases.lease_key(channel_id)))
+        if raw is None:
+            return LeaseHolder(
+                channel_id=channel_id,
+                holder=None,
+                token=None,
+                value=None,
+                expires_in=None,
+                alive=False,
+                heartbeat_age=None,
+            )
+        value = raw.decode() if isinstance(raw, bytes) else str(raw)
+        holder, _, token = value.rpartition("|")
+        seconds, micros = await link.call("TIME")
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        deadline = await link.call("ZSCORE", self.membership.members_key, holder)
+        timeout_ms = self.config.member_timeout * 1000
+        age = None if deadline is None else max(now_ms - (float(deadline) - timeout_ms), 0) / 1000
+        return LeaseHolder(
+            channel_id=channel_id,
+            holder=holder,
+            token=int(token) if token.isdigit() else None,
+            value=value,
+            expires_in=left_ms / 1000 if left_ms >= 0 else None,
+            alive=deadline is not None and float(deadline) > now_ms,
+            heartbeat_age=age,
+        )
+
+    async def force_release(self, seen: LeaseHolder) -> float | None:
+        """Release a lease by force, if it is still as ``seen`` (``Leases.force_release``).
+
+        A live holder's lease is left as a tombstone until it would have
+        expired (the holder drops the connection at its next renewal; nobody
+        connects before its deadline); a dead holder's is deleted and
+        announced, so the next owner takes it now, with a higher token.
+
+        Returns:
+            ``None``: the lease changed meanwhile; else seconds until it is free.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        if seen.value is None:
+            return None
+        return await self.leases.force_release(seen.channel_id, seen.value, keep=seen.alive)
 
     async def leave(self) -> None:
         """Give every lease back and leave (the node stopped its channels: a drain)."""
@@ -187,6 +273,7 @@ async def open_cluster(
         forwarding = Forwarding(
             link, prefix=prefix, node_id=node_id, handler=runner, block=timeout / 2
         )
+        controls = OperatorControls(link, prefix=prefix)
         cluster = Cluster(
             config,
             node_id=node_id,
@@ -196,8 +283,11 @@ async def open_cluster(
             ownership=ownership,
             catalog=catalog,
             forwarding=forwarding,
+            controls=controls,
         )
         await catalog.publish_file()
+        first = await controls.load()  # a pause or pins hold from the first reconcile on
+        ownership.set_controls(paused=first.paused is not None, pins=first.pins)
         async with trio.open_nursery() as nursery:
             await nursery.start(forwarding.run)
 
@@ -218,6 +308,23 @@ async def open_cluster(
                 catalog.watch, catalog_changed, interval=config.heartbeat_interval
             )
             nursery.start_soon(watch)
+
+            def controls_changed(found: Controls) -> None:
+                paused = found.paused is not None
+                if paused == ownership.rebalancer.paused and found.pins == ownership.pins:
+                    return
+                log.info(
+                    "cluster: rebalancing %s; %d channel(s) pinned",
+                    "paused" if paused else "runs",
+                    len(found.pins),
+                )
+                ownership.set_controls(paused=paused, pins=found.pins)
+
+            nursery.start_soon(
+                functools.partial(
+                    controls.watch, controls_changed, interval=config.heartbeat_interval
+                )
+            )
             await nursery.start(ownership.run)
             try:
                 yield cluster

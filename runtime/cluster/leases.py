@@ -19,6 +19,15 @@ Design:
   publishes the channel on ``<prefix>:released``: a node waiting for that
   lease (the channel moves to it) takes it at once instead of at the
   expiry Redis had announced. A missed message costs only that wait.
+- An operator may release a lease by force (``force_release``), compare-and-
+  set on the ``"<node>|<token>"`` they saw. A holder that is dead: the lease
+  is deleted and the release announced, and the next owner acquires it with
+  a higher token at once. A holder that is alive but stuck: the lease is
+  replaced by a tombstone that lives as long as the lease had left, so the
+  holder's next renewal finds it lost (it drops the connection) and nobody
+  may acquire it before the holder's own deadline has passed. Either way
+  the old token is fenced: the next one is higher, and the store refuses a
+  checkpoint with a lower one.
 - The node-side guarantee is :class:`LeaseClock` (pure): a lease renewed by
   a request *sent* at ``t`` (the node's monotonic clock) is safe to use
   until ``t + ttl - margin``; Redis cannot expire it sooner, whatever the
@@ -102,6 +111,29 @@ return 0
 """
 
 
+# KEYS: the lease; ARGV: the value seen, tombstone ('' = delete), released channel, channel id
+_FORCE_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', left)
+return left
+"""
+
+TOMBSTONE: Final = "(force-released)"  # the holder a tombstone shows (see force_release)
+
+
 @attrs.frozen
 class Acquired:
     """The lease is ours. Attributes: the fencing token."""
@@ -169,6 +201,7 @@ class Leases:
         self._acquire = link.script(_ACQUIRE)
         self._renew = link.script(_RENEW)
         self._release = link.script(_RELEASE)
+        self._force_release = link.script(_FORCE_RELEASE)
 
     @property
     def released_channel(self) -> str:
@@ -240,13 +273,44 @@ class Leases:
         )
         return bool(int(deleted))
 
+    async def force_release(self, channel_id: str, seen: str, *, keep: bool) -> float | None:
+        """An operator's release of a lease still ``seen`` (``"<node>|<token>"``).
+
+        Args:
+            channel_id: the channel.
+            seen: the lease's value as the operator saw it; another means it
+                changed hands meanwhile, and nothing is done.
+            keep: the holder may still run: leave a tombstone for the
+                lease's remaining time instead of deleting it.
+
+        Returns:
+            ``None``: the lease is no longer ``seen``; else seconds until it
+            may be acquired (0: now).
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        node, _, token = seen.rpartition("|")
+        tombstone = f"{TOMBSTONE} {node}|{token}" if keep else ""
+        left = int(
+            await self._force_release(
+                [self.lease_key(channel_id)],
+                [seen, tombstone, self.released_channel, channel_id],
+            )
+        )
+        return None if left < 0 else left / 1000
+
     async def released(self) -> AsyncIterator[str]:
         """The channels whose leases other nodes release, as announced, until cancelled."""
         async for message in self.link.listen(self.released_channel):
             yield message.decode() if isinstance(message, bytes) else str(message)
 
     async def holders(self, channel_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
-        """Who holds each of these leases now: ``{channel: (node, token)}``."""
+        """Who holds each of these leases now: ``{channel: (node, token)}``.
+
+        A force-released lease's tombstone is held by nobody a call could be
+        forwarded to: it is left out (placement decides, as for a free lease).
+        """
         if not channel_ids:
             return {}
         values = await self.link.call("MGET", *(self.lease_key(c) for c in channel_ids))
@@ -255,6 +319,8 @@ class Leases:
             if value is None:
                 continue
             text = value.decode() if isinstance(value, bytes) else str(value)
+            if text.startswith(TOMBSTONE):
+                continue
             node, _, token = text.rpartition("|")
             found[channel] = (node, int(token))
         return found

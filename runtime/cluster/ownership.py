@@ -23,6 +23,10 @@ Design:
   after a membership change settles, not sooner than a cooldown after the
   channel arrived, a bounded number at a time. Taking a free channel is not
   delayed.
+- Operator controls (``runtime.cluster.controls``): while rebalancing is
+  paused no voluntary move is made; a channel pinned to a live member is
+  owned by that member, and the node holding it lets it go at once (the
+  planned path, past settle, cooldown and pause).
 - A channel the platform says is held elsewhere (Telegram's 409, a Discord
   session invalidated by another connection) is proof of being fenced: it
   is stopped and released, and not tried again until the cluster changes.
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -121,6 +125,7 @@ class Ownership:
         self._kept_until = math.inf  # the soonest a channel kept by the pacing may go
         self.ring = HashRing((), vnodes=vnodes)
         self.catalog: frozenset[str] = frozenset()
+        self.pins: dict[str, str] = {}  # an operator's: channel -> node (runtime.cluster.controls)
         self.owned: dict[str, OwnedChannel] = {}
         self.fenced: set[str] = (
             set()
@@ -157,6 +162,19 @@ class Ownership:
         self.catalog = frozenset(channel_ids)
         self._changed.set()
 
+    def set_controls(self, *, paused: bool, pins: Mapping[str, str]) -> None:
+        """An operator paused or resumed rebalancing, or pinned channels: place again."""
+        self.rebalancer.paused = paused
+        self.pins = dict(pins)
+        self._changed.set()
+
+    def owner(self, channel_id: str) -> str | None:
+        """The node that should own ``channel_id``: its pin if a live member, else placement."""
+        pinned = self.pins.get(channel_id)
+        if pinned is not None and pinned in self.ring.members:
+            return pinned
+        return self.ring.owner(channel_id)
+
     def mark_fenced(self, channel_id: str) -> None:
         """The platform says another client holds the channel: let it go."""
         self.fenced.add(channel_id)
@@ -177,7 +195,7 @@ class Ownership:
     def wanted(self) -> set[str]:
         """The channels this node should run now."""
         me = self.node_id
-        owner = self.ring.owner
+        owner = self.owner
         return {c for c in self.catalog if c not in self.fenced and owner(c) == me}
 
     # --- the loops ------------------------------------------------------------------------------
@@ -235,7 +253,12 @@ class Ownership:
             going: list[str] = []
             self._kept_until = math.inf
             for channel_id in [c for c in self.owned if c not in wanted]:
-                forced = channel_id in lost or channel_id in self.fenced
+                forced = (
+                    channel_id in lost
+                    or channel_id in self.fenced
+                    # pinned to another live member: an operator's move, now, paused or not
+                    or self.pins.get(channel_id) in self.ring.members
+                )
                 if forced or self.rebalancer.may_let_go(channel_id, now):
                     going.append(channel_id)
                 else:  # placement moved it, the pacing keeps it here a while

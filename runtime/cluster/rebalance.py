@@ -16,6 +16,8 @@ Design:
   its share a batch at a time, so the platforms' connect limits (the
   per-node connect gate, per-bot identify budgets) hold across the cluster;
   a draining node hands off under the same bound.
+- An operator may pause rebalancing (``runtime.cluster.controls``): while
+  :attr:`Rebalancer.paused`, no voluntary move is due at all.
 - Pure: the clock is passed in, so the policy is tested without time.
 """
 
@@ -56,6 +58,7 @@ class Rebalancer:
         self.pacing = pacing
         self._settled_at = -math.inf  # when the membership last changed + settle
         self._arrived: dict[str, float] = {}  # channel -> when it started here
+        self.paused = False  # an operator paused rebalancing: no voluntary move is due
 
     def members_changed(self, now: float) -> None:
         """The member set changed at ``now``: voluntary moves wait for it to settle."""
@@ -74,6 +77,8 @@ class Rebalancer:
         return now >= self.when_may_let_go(channel_id)
 
     def when_may_let_go(self, channel_id: str) -> float:
-        """The time from which :meth:`may_let_go` holds."""
+        """The time from which :meth:`may_let_go` holds (never while paused)."""
+        if self.paused:
+            return math.inf
         arrived = self._arrived.get(channel_id, -math.inf)
         return max(self._settled_at, arrived + self.pacing.cooldown)

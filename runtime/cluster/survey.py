@@ -16,8 +16,8 @@ Design:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 
@@ -92,6 +92,8 @@ class ClusterSurvey:
         waiting_for: channels placed on this node that another node still
             holds, and when this node asks again (seconds from now).
         quarantine: seconds left of a quarantine after Redis lost its data.
+        paused: who paused rebalancing, why and when (``None``: it runs).
+        pins: channels an operator pinned to a node (``runtime.cluster.controls``).
     """
 
     node_id: str
@@ -101,6 +103,8 @@ class ClusterSurvey:
     handing_off: tuple[str, ...]
     waiting_for: dict[str, float]
     quarantine: float
+    paused: Mapping[str, Any] | None = None
+    pins: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def moving(self) -> tuple[LeaseView, ...]:

@@ -18,7 +18,9 @@ Design:
 - Without a method it is an interactive shell (:mod:`runtime.console.shell`).
 - Exit codes: 0 ok; 1 the node answered with an error (or none answered);
   2 bad usage (unknown method, bad parameters); 3 authentication or scope;
-  4 partial: a call on many channels where some failed.
+  4 partial: a call on many channels where some failed, or a cluster-wide
+  call (``cluster.stats``, which the node fans out to every member) where
+  some node failed; both list them under ``failed``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ EXIT_OK: Final = 0
 EXIT_NODE: Final = 1  # the node answered with an error, or no console answered
 EXIT_USAGE: Final = 2  # bad usage: unknown method, bad parameters
 EXIT_AUTH: Final = 3  # authentication or scope
-EXIT_PARTIAL: Final = 4  # a call on many channels where some failed
+EXIT_PARTIAL: Final = 4  # some channels, or some nodes of a cluster-wide call, failed
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8322"
 DEFAULT_TOKEN_ENV: Final = "SWITCHBOARD_ADMIN_TOKEN"

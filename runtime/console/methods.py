@@ -1,10 +1,11 @@
 """The console's methods: what each takes, the scope it needs, and what it does.
 
 Design:
-- One :class:`Method` per name, in :data:`METHODS`, each with an attrs class
-  for its parameters (structured strictly by :func:`runtime.console.rpc.structure_params`),
-  the least scope it needs, and whether it changes state. ``system.describe``
-  lists them from this table, so the table is the documentation.
+- One :class:`~runtime.console.specs.Method` per name, in :data:`METHODS`,
+  each with an attrs class for its parameters (structured strictly by
+  :func:`runtime.console.rpc.structure_params`), the least scope it needs,
+  and whether it changes state. ``system.describe`` lists them from this
+  table, so the table is the documentation.
 - Reads never run user code and never wait for an actor: they read the
   node's snapshots (``channels()``, ``channel_detail()``, ``tree()``,
   ``statistics()``), which copy plain counters.
@@ -17,7 +18,11 @@ Design:
 - A token with a tenant list sees only its tenants' channels (lists,
   details, the tree, dead letters, events, the cluster's leases); a call
   naming another tenant's channel is refused (-32003), and node-wide
-  changes (a drain) need a token without a tenant list.
+  changes (a drain, a pause of rebalancing) need a token without a tenant
+  list.
+- The cluster's methods (views, calls fanned out to every member, the
+  operator's controls) are in ``runtime.console.cluster_methods``; the
+  spec and what the tables share, in ``runtime.console.specs``.
 """
 
 from __future__ import annotations
@@ -28,54 +33,39 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from ..cluster import ClusterSurvey
 from ..config.model import ChannelSpec
 from ..errors import NodeError, UnknownChannel
 from ..events import EVENT_KINDS
 from ..view import ChannelSnapshot
 from . import shapes
 from .auth import Scope
+from .cluster_methods import CLUSTER_METHODS
 from .errors import ConfirmationRequired, ConsoleError
 from .rpc import ErrorCode
+from .specs import (
+    MAX_PAGE,
+    SHOWN_IN_DRY_RUN,
+    ChangeChannel,
+    ChannelFilter,
+    Method,
+    NoParams,
+    aim,
+    describe,
+    page_limit,
+    reason_given,
+)
 
 if TYPE_CHECKING:
     from .session import Session
 
 __all__ = ["METHODS", "Method", "describe"]
 
-MAX_PAGE: Final = 1_000  # channels per channels.list page
-SHOWN_IN_DRY_RUN: Final = 50  # channel ids a dry run lists (the count is exact)
 CONSOLE_KINDS: Final = frozenset({"audit"})
-STATES: Final = (
-    "idle",
-    "connecting",
-    "connected",
-    "backing_off",
-    "stopped",
-    "failed",
-    "not_started",
-    "remote",
-)
-
-
-def _page_limit(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 1 <= value <= MAX_PAGE:
-        raise ValueError(f"limit: expected 1 to {MAX_PAGE}, got {value}")
 
 
 def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name}: expected 0 or more, got {value}")
-
-
-def _reason(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not value.strip():
-        raise ValueError("reason: say why (it goes into the audit log)")
-
-
-def _state(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
-    if value is not None and value not in STATES:
-        raise ValueError(f"state: expected one of {', '.join(STATES)}, got {value!r}")
 
 
 def _kinds(instance: object, attribute: attrs.Attribute[Any], value: list[str] | None) -> None:
@@ -89,24 +79,9 @@ def _kinds(instance: object, attribute: attrs.Attribute[Any], value: list[str] |
 
 
 @attrs.frozen(kw_only=True)
-class NoParams:
-    """No parameters."""
-
-
-@attrs.frozen(kw_only=True)
-class ChannelFilter:
-    """Which channels: every given field must match."""
-
-    tenant: str | None = None
-    provider: str | None = None
-    state: str | None = attrs.field(default=None, validator=_state)
-    owner: str | None = None
-
-
-@attrs.frozen(kw_only=True)
 class ListChannels(ChannelFilter):
     offset: int = attrs.field(default=0, validator=_not_negative)
-    limit: int = attrs.field(default=100, validator=_page_limit)
+    limit: int = attrs.field(default=100, validator=page_limit)
 
 
 @attrs.frozen(kw_only=True)
@@ -115,16 +90,10 @@ class OneChannel:
 
 
 @attrs.frozen(kw_only=True)
-class ChangeChannel:
-    channel: str
-    reason: str = attrs.field(validator=_reason)
-
-
-@attrs.frozen(kw_only=True)
 class ChangeChannels(ChannelFilter):
     """One ``channel``, or every channel the filter matches (dry run, then confirm)."""
 
-    reason: str = attrs.field(validator=_reason)
+    reason: str = attrs.field(validator=reason_given)
     channel: str | None = None
     dry_run: bool = False
     confirm: int | None = None
@@ -136,13 +105,13 @@ class ListLetters:
     tenant: str | None = None
     error_type: str | None = None
     older_than: float | None = None
-    limit: int = attrs.field(default=100, validator=_page_limit)
+    limit: int = attrs.field(default=100, validator=page_limit)
 
 
 @attrs.frozen(kw_only=True)
 class ChangeLetters:
     channel: str
-    reason: str = attrs.field(validator=_reason)
+    reason: str = attrs.field(validator=reason_given)
     ids: list[int] | None = None
 
 
@@ -160,70 +129,8 @@ class Unsubscribe:
 
 @attrs.frozen(kw_only=True)
 class Drain:
-    reason: str = attrs.field(validator=_reason)
+    reason: str = attrs.field(validator=reason_given)
     deadline: float | None = None
-
-
-@attrs.frozen(kw_only=True)
-class LeaseQuery:
-    moving_only: bool = False
-    limit: int = attrs.field(default=MAX_PAGE, validator=_page_limit)
-
-
-# --- the table ------------------------------------------------------------------------------
-
-Handler = Callable[["Session", Any], Awaitable[Any]]
-
-
-@attrs.frozen(kw_only=True)
-class Method:
-    """One method of the console.
-
-    Attributes:
-        name: its JSON-RPC name.
-        scope: the least scope that may call it.
-        params: its parameters' attrs class.
-        summary: what it does, one line.
-        handler: does it.
-        changes: it changes state: takes a ``reason``, is audited.
-        node_wide: it changes the whole node: a token with a tenant list may not.
-    """
-
-    name: str
-    scope: Scope
-    params: type
-    summary: str
-    handler: Handler = attrs.field(repr=False)
-    changes: bool = False
-    node_wide: bool = False
-
-
-def _type_name(kind: Any) -> str:
-    text = str(kind)
-    return text.replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def describe(method: Method) -> dict[str, Any]:
-    """``system.describe``'s entry for one method."""
-    params = []
-    for field in attrs.fields(method.params):
-        required = field.default is attrs.NOTHING
-        params.append(
-            {
-                "name": field.name,
-                "type": _type_name(field.type),
-                "required": required,
-                **({} if required else {"default": shapes.jsonable(field.default)}),
-            }
-        )
-    return {
-        "name": method.name,
-        "scope": method.scope.label,
-        "summary": method.summary,
-        "changes_state": method.changes,
-        "node_wide": method.node_wide,
-        "params": params,
-    }
 
 
 # --- reads ----------------------------------------------------------------------------------
@@ -324,9 +231,8 @@ def _spec_of(session: Session, channel_id: str) -> ChannelSpec:
 
 
 async def _start(session: Session, params: ChangeChannel) -> Any:
+    aim(session, params.channel)  # the tenant first: another's channel is not even looked at
     spec = _spec_of(session, params.channel)
-    session.check_tenant(spec.tenant)
-    session.audit_target(channels=[spec.id], tenants=[spec.tenant])
     snapshot = await session.console.node.start_channel(spec)
     return shapes.channel(snapshot)
 
@@ -416,10 +322,8 @@ async def _restart(session: Session, params: ChangeChannels) -> Any:
 
 async def _revive(session: Session, params: ChangeChannel) -> Any:
     node = session.console.node
-    detail = node.channel_detail(params.channel)
-    snapshot = detail.snapshot
-    session.check_tenant(snapshot.tenant)
-    session.audit_target(channels=[params.channel], tenants=[snapshot.tenant])
+    aim(session, params.channel)
+    snapshot = node.channel_detail(params.channel).snapshot
     if snapshot.status.value != "failed":
         raise ConsoleError(
             ErrorCode.NODE_ERROR,
@@ -463,17 +367,13 @@ async def _letters(session: Session, params: ListLetters) -> Any:
 
 
 async def _replay(session: Session, params: ChangeLetters) -> Any:
-    tenant = session.tenant_of(params.channel)
-    session.check_tenant(tenant)
-    session.audit_target(channels=[params.channel], tenants=[tenant], ids=params.ids)
+    aim(session, params.channel, ids=params.ids)
     count = await session.console.node.replay_dead_letters(params.channel, params.ids)
     return {"replayed": count}
 
 
 async def _discard(session: Session, params: ChangeLetters) -> Any:
-    tenant = session.tenant_of(params.channel)
-    session.check_tenant(tenant)
-    session.audit_target(channels=[params.channel], tenants=[tenant], ids=params.ids)
+    aim(session, params.channel, ids=params.ids)
     count = await session.console.node.discard_dead_letters(params.channel, params.ids)
     return {"discarded": count}
 
@@ -510,64 +410,6 @@ async def _drain(session: Session, params: Drain) -> Any:
     session.console.start_soon(node.drain, deadline)
     await trio.lowlevel.checkpoint()
     return {"draining": True, "already": False, "deadline": deadline}
-
-
-async def _survey(session: Session) -> ClusterSurvey:
-    node = session.console.node
-    if node.config.cluster is None:
-        raise ConsoleError(
-            ErrorCode.UNAVAILABLE,
-            f"node {node.node_id!r} is not in a cluster (no [cluster] section)",
-            {"error": "NotClustered"},
-        )
-    return await node.cluster()
-
-
-async def _members(session: Session, params: NoParams) -> Any:
-    survey = await _survey(session)
-    return {
-        "node": survey.node_id,
-        "epoch": survey.epoch,
-        "quarantine": survey.quarantine,
-        "members": [shapes.jsonable(member) for member in survey.members],
-    }
-
-
-async def _leases(session: Session, params: LeaseQuery) -> Any:
-    survey = await _survey(session)
-    tenants = {s.channel_id: s.tenant for s in session.console.node.channels()}
-    leases = [
-        lease
-        for lease in survey.leases
-        if session.grant.sees(tenants.get(lease.channel_id, ""))
-        and (lease.moving or not params.moving_only)
-    ]
-    return {
-        "node": survey.node_id,
-        "total": len(leases),
-        "leases": [
-            {**shapes.jsonable(lease), "moving": lease.moving} for lease in leases[: params.limit]
-        ],
-        "handing_off": list(survey.handing_off),
-        "waiting_for": dict(survey.waiting_for),
-    }
-
-
-async def _placement(session: Session, params: NoParams) -> Any:
-    survey = await _survey(session)
-    tenants = {s.channel_id: s.tenant for s in session.console.node.channels()}
-    placed: dict[str, int] = {}
-    held: dict[str, int] = {}
-    moving = 0
-    for lease in survey.leases:
-        if not session.grant.sees(tenants.get(lease.channel_id, "")):
-            continue
-        if lease.placed_on is not None:
-            placed[lease.placed_on] = placed.get(lease.placed_on, 0) + 1
-        if lease.holder is not None:
-            held[lease.holder] = held.get(lease.holder, 0) + 1
-        moving += lease.moving
-    return {"node": survey.node_id, "placed": placed, "held": held, "moving": moving}
 
 
 _TABLE: Final = (
@@ -626,7 +468,7 @@ _TABLE: Final = (
         name="channels.stop",
         scope=Scope.OPERATE,
         params=ChangeChannels,
-        summary="stop a channel, or the channels a filter matches (dry_run, then confirm)",
+        summary="stop a channel, or the channels a filter matches here (dry_run, then confirm)",
         handler=_stop,
         changes=True,
     ),
@@ -634,7 +476,8 @@ _TABLE: Final = (
         name="channels.restart",
         scope=Scope.OPERATE,
         params=ChangeChannels,
-        summary="restart a channel, or the channels a filter matches (dry_run, then confirm)",
+        summary="restart a channel, or the channels a filter matches here (dry_run, then "
+        "confirm; every node's: cluster.restart_channels)",
         handler=_restart,
         changes=True,
     ),
@@ -694,27 +537,7 @@ _TABLE: Final = (
         changes=True,
         node_wide=True,
     ),
-    Method(
-        name="cluster.members",
-        scope=Scope.READ,
-        params=NoParams,
-        summary="the cluster's live members, their heartbeats, channels placed and held",
-        handler=_members,
-    ),
-    Method(
-        name="cluster.placement",
-        scope=Scope.READ,
-        params=NoParams,
-        summary="channels per node: where placement puts them, who holds them, how many move",
-        handler=_placement,
-    ),
-    Method(
-        name="cluster.leases",
-        scope=Scope.READ,
-        params=LeaseQuery,
-        summary="each channel's lease: placed on, holder, fencing token, time left, moving",
-        handler=_leases,
-    ),
+    *CLUSTER_METHODS,
 )
 
 METHODS: Final = {method.name: method for method in _TABLE}

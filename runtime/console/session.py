@@ -576,5 +576,6 @@ def _text_of(exc: BaseException) -> str:
 
 def _summary(result: Any) -> Any:
     if isinstance(result, dict):
-        return {key: result[key] for key in ("count", "replayed", "discarded") if key in result}
+        kept = ("count", "replayed", "discarded", "paused", "already", "released", "free_in")
+        return {key: result[key] for key in kept if key in result}
     return None

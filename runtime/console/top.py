@@ -258,6 +258,13 @@ def cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
         return [f"cluster: {cluster['error']}"]
     placement = cluster["placement"]
     lines = [f"moving: {placement['moving']}"]
+    paused = placement.get("paused")
+    if paused:
+        lines.append(f"rebalancing paused by {paused.get('by', '?')}: {paused.get('reason', '')}")
+    pins = placement.get("pins") or {}
+    if pins:
+        shown = ", ".join(f"{channel}->{node}" for channel, node in list(pins.items())[:5])
+        lines.append(f"pinned: {len(pins)} ({shown}{', ...' if len(pins) > 5 else ''})")
     for member in cluster["members"]:
         lines.append(
             f"{member['node']}: heartbeat {member['heartbeat_age']:.1f}s ago, "
