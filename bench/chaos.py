@@ -86,6 +86,7 @@ DRAIN_RESERVE: Final = 25.0  # seconds kept for leaving the node and reading the
 RSS_INTERVAL: Final = 1.0  # seconds between RSS samples
 PAGE: Final = 10_000  # messages read from a platform's record at once
 KEY: Final = re.compile(re.escape(KEY_PREFIX) + r"(k\d+)")
+TELEGRAM_POLL: Final = 10  # seconds a getUpdates waits (250 bots polling every second: load)
 DEFAULT_PG: Final = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -240,7 +241,7 @@ def node_config(
             credentials["verify_token"] = "${env:SB_CHAOS_WA_VERIFY}"
             table["options"] = {"phone_number_id": wa_number(c.index)}
         elif c.provider == "telegram":
-            table["options"] = {"poll_timeout": 1}
+            table["options"] = {"poll_timeout": TELEGRAM_POLL}
         table["credentials"] = credentials
         tables.append(table)
     return parse_config(

@@ -58,7 +58,7 @@ __all__ = ["KINDS", "FaultRecord", "FaultScript"]
 
 KINDS: Final = ("5xx", "kill", "upgrade", "drip", "store", "huge", "drop", "refuse", "ban")
 DRIP_SECONDS: Final = 20.0  # how long a drip holds a request (the clients' deadlines cut it)
-HUGE_BYTES: Final = 8 << 20  # a body or message this big is over every provider's cap
+HUGE_BYTES: Final = 32 << 20  # over every provider's cap (8 MiB bodies by default)
 
 
 @attrs.frozen(kw_only=True)
@@ -215,7 +215,7 @@ class FaultScript:
             await self._fault(
                 "discord", **huge, path="/messages", scope="http", count=self._count("discord")
             )
-            self._record(kind, f"8 MiB bodies: Telegram polls, Discord sends, {n} websocket links")
+            self._record(kind, f"32 MiB bodies: Telegram polls, Discord sends, {n} websocket links")
         elif kind == "drop":
             n = await self._drop_websockets()
             await self._fault("discord", kind="reconnect")
