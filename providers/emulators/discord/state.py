@@ -205,9 +205,10 @@ class DiscordState(Emulator):
     def _guild_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if not s.invalid and s.intents & Intents.GUILDS]
 
-    def _broadcast(self, name: str, message: dict[str, Any]) -> None:
+    def _broadcast(self, name: str, message: dict[str, Any], *, only: str | None = None) -> None:
+        """Dispatch to every session whose intents admit it (``only``: of that user id)."""
         for session in list(self.sessions.values()):
-            if session.invalid:
+            if session.invalid or (only is not None and session.user_id != only):
                 continue
             needed = Intents.GUILD_MESSAGES if "guild_id" in message else Intents.DIRECT_MESSAGES
             if not session.intents & needed:

@@ -1,0 +1,47 @@
+"""The Discord emulator shows a bot's message outside a guild (its DM channel) to that
+bot's own sessions only; a guild message goes to every bot in the guild."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors import ChannelStatus
+from providers.base import OutboundMessage
+from providers.emulators.base import open_emulator
+from providers.emulators.discord import DiscordEmulator
+from runtime import open_node, parse_config
+
+GUILD_TEXT_CHANNEL = "123"  # joins the default guild with the first inject there
+DM_CHANNEL = "200000000000000002"  # in no guild: a DM channel
+
+
+@pytest.mark.parametrize(("peer", "dispatched"), [(DM_CHANNEL, 1), (GUILD_TEXT_CHANNEL, 2)])
+async def test_who_sees_a_bots_message(peer: str, dispatched: int) -> None:
+    emulator = DiscordEmulator()
+    with trio.fail_after(30.0):
+        async with open_emulator(emulator) as base:
+            config = parse_config(
+                {
+                    "node": {"id": "dm", "drain_deadline": 5.0, "start_timeout": 10.0},
+                    "ops": {"enabled": False},
+                    "channels": [
+                        {
+                            "id": f"dc-{n}",
+                            "provider": "discord",
+                            "base_url": base,
+                            "credentials": {"token": f"${{env:T{n}}}"},
+                        }
+                        for n in range(2)
+                    ],
+                },
+                env={"T0": "dm-bot-0", "T1": "dm-bot-1"},
+            )
+            async with open_node(config) as node:
+                while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+                    await trio.sleep(0.05)
+                await emulator.inject({"channel_id": GUILD_TEXT_CHANNEL, "content": "hello"})
+                before = emulator.stats["dispatched"]
+                await node.send("dc-0", OutboundMessage(peer=peer, idempotency_key="k", text="hi"))
+                after = emulator.stats["dispatched"]
+    assert after - before == dispatched
