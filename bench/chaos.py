@@ -55,7 +55,7 @@ import trio
 
 from actors import ChannelStatus
 from providers.testing import LinkBreaker
-from runtime import Node, StoreError, open_node, parse_config
+from runtime import Node, NodeError, StoreError, open_node, parse_config
 from runtime.config import NodeConfig
 from supervisors import SupervisorExited
 
@@ -110,12 +110,12 @@ class ChaosParams:
         default=120.0, validator=attrs.validators.gt(0.0), metadata=_help("seconds of load")
     )
     send_rate: float = attrs.field(
-        default=100.0,
+        default=50.0,
         validator=attrs.validators.gt(0.0),
         metadata=_help("messages sent per second, all channels together"),
     )
     inbound_rate: float = attrs.field(
-        default=50.0,
+        default=20.0,
         validator=attrs.validators.gt(0.0),
         metadata=_help("user messages per second injected at the platforms"),
     )
@@ -506,7 +506,11 @@ async def _stored_now(node: Node, owed: int) -> set[tuple[str, str]]:
 def _collect(node: Node, outcome: ChaosOutcome, channels: list[ChaosChannel]) -> None:
     """What only the running node can say: dead letters, statuses, its own restarts."""
     for c in channels:
-        detail = node.channel_detail(c.id)
+        try:
+            detail = node.channel_detail(c.id)
+        except NodeError as exc:
+            outcome.failed.setdefault(c.id, f"no detail: {exc}")
+            continue
         outcome.dead_letters.update(str(d["idempotency_key"]) for d in detail.dead_letters)
         outcome.dead_letters_dropped += detail.dead_letters_dropped
     outcome.statuses = Counter(s.status.value for s in node.channels())

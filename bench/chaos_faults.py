@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
+import httpx
 import trio
 
 from actors import ActorState
@@ -133,17 +134,19 @@ class FaultScript:
             at, n = first, 0
             while at < duration:
                 await trio.sleep_until(self.start + at)
-                kind = KINDS[n % len(KINDS)]
-                try:
-                    await self._apply(kind, nursery)
-                except (ScenarioError, NodeError) as exc:
-                    self.errors.append(f"{kind}: {exc}")
+                # Each in a task of its own: a platform slow to answer its control
+                # API (a reconnect storm) must not push the later faults back.
+                nursery.start_soon(self._guarded, KINDS[n % len(KINDS)], nursery)
                 at, n = at + interval, n + 1
 
-    def _record(self, kind: str, detail: str) -> None:
-        self.records.append(
-            FaultRecord(at=trio.current_time() - self.start, kind=kind, detail=detail)
-        )
+    async def _guarded(self, kind: str, nursery: trio.Nursery) -> None:
+        try:
+            await self._apply(kind, nursery)
+        except (ScenarioError, NodeError, httpx.HTTPError) as exc:
+            self.errors.append(f"{kind}: {exc!r}")
+
+    def _record(self, kind: str, detail: str, at: float) -> None:
+        self.records.append(FaultRecord(at=at - self.start, kind=kind, detail=detail))
 
     def _sample(self, provider: str, *, at_least: int = 1) -> list[ChaosChannel]:
         pool = [c for c in self.by_provider.get(provider, []) if c.id not in self.banned]
@@ -164,6 +167,7 @@ class FaultScript:
         return len(dropped)
 
     async def _apply(self, kind: str, nursery: trio.Nursery) -> None:
+        began = trio.current_time()
         if kind == "5xx":
             await self._fault(
                 "telegram", kind="server_error", status=502, count=self._count("telegram")
@@ -183,7 +187,7 @@ class FaultScript:
                 path="/messages",
                 count=self._count("whatsapp"),
             )
-            self._record(kind, "Telegram 502, Discord sends 500, WhatsApp sends 503")
+            self._record(kind, "Telegram 502, Discord sends 500, WhatsApp sends 503", began)
         elif kind == "upgrade":
             n = await self._drop_websockets()
             await self._fault(
@@ -198,7 +202,7 @@ class FaultScript:
                 count=self._count("discord"),
             )
             self._record(
-                kind, f"{n} websocket links dropped and every Discord socket; upgrades 503"
+                kind, f"{n} websocket links dropped and every Discord socket; upgrades 503", began
             )
         elif kind == "drip":
             n = await self._drop_websockets()
@@ -206,7 +210,9 @@ class FaultScript:
             await self._fault("websocket", **drip, scope="websocket", count=n)
             await self._fault("telegram", **drip, path="/getUpdates", count=self._count("telegram"))
             await self._fault("whatsapp", **drip, path="/messages", count=self._count("whatsapp"))
-            self._record(kind, f"Telegram polls, WhatsApp sends, {n} websocket reconnects drip")
+            self._record(
+                kind, f"Telegram polls, WhatsApp sends, {n} websocket reconnects drip", began
+            )
         elif kind == "huge":
             n = await self._drop_websockets()
             huge = {"kind": "huge_body", "size": HUGE_BYTES}
@@ -215,11 +221,13 @@ class FaultScript:
             await self._fault(
                 "discord", **huge, path="/messages", scope="http", count=self._count("discord")
             )
-            self._record(kind, f"32 MiB bodies: Telegram polls, Discord sends, {n} websocket links")
+            self._record(
+                kind, f"32 MiB bodies: Telegram polls, Discord sends, {n} websocket links", began
+            )
         elif kind == "drop":
             n = await self._drop_websockets()
             await self._fault("discord", kind="reconnect")
-            self._record(kind, f"{n} websocket links dropped, Discord op 7 on every socket")
+            self._record(kind, f"{n} websocket links dropped, Discord op 7 on every socket", began)
         elif kind == "refuse":
             await self._fault(
                 "websocket", kind="fail_sends", code="bad_recipient", count=self._count("websocket")
@@ -227,13 +235,13 @@ class FaultScript:
             await self._fault(
                 "whatsapp", kind="fail_next", code=131026, count=self._count("whatsapp")
             )
-            self._record(kind, "next websocket and WhatsApp sends refused for good")
+            self._record(kind, "next websocket and WhatsApp sends refused for good", began)
         elif kind == "kill":
             killed = self._kill()
-            self._record(kind, f"{killed} channel actors killed")
+            self._record(kind, f"{killed} channel actors killed", began)
         elif kind == "store":
             nursery.start_soon(self._store_outage)
-            self._record(kind, f"PostgreSQL unreachable for {self.outage:g} s")
+            self._record(kind, f"PostgreSQL unreachable for {self.outage:g} s", began)
         elif kind == "ban":
             victims = [*self._sample("websocket", at_least=1)[:1], *self._sample("telegram")[:1]]
             for channel in victims:
@@ -241,7 +249,7 @@ class FaultScript:
                 await self._fault(channel.provider, kind="ban_token", token=channel.token)
                 nursery.start_soon(self._lift_ban, channel)
             self._record(
-                kind, f"{', '.join(c.id for c in victims)} banned for {self.ban_seconds:g} s"
+                kind, f"{', '.join(c.id for c in victims)} banned for {self.ban_seconds:g} s", began
             )
 
     def _kill(self) -> int:

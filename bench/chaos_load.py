@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 import attrs
+import httpx
 import trio
 
 from providers.base import OutboundMessage
@@ -197,7 +198,7 @@ class InboundLoad:
 
     Attributes:
         owed: ``(channel, text)`` of every message a channel must store.
-        failed_injects: injects the platform refused (not owed).
+        failed_injects: injects the platform refused or did not confirm (not owed).
     """
 
     def __init__(
@@ -297,9 +298,14 @@ class InboundLoad:
         async with limit:
             # Owed from the moment it is asked for: a platform may deliver before it answers.
             self.owed.update(owed)
-            response = await self.controls[provider].client.post(
-                f"{self.controls[provider].url}/_emulator/inject", json=payload
-            )
-            if response.status_code >= 400 or "error" in response.json():
+            try:
+                response = await self.controls[provider].client.post(
+                    f"{self.controls[provider].url}/_emulator/inject", json=payload
+                )
+                refused = response.status_code >= 400 or "error" in response.json()
+            except httpx.HTTPError as exc:
+                # Unconfirmed (the platform may have taken it): not owed, but said.
+                refused, provider = True, f"{provider} ({type(exc).__name__})"
+            if refused:
                 self.owed.difference_update(owed)
                 self.failed_injects[provider] += 1
