@@ -38,8 +38,9 @@ async def test_who_sees_a_bots_message(peer: str, dispatched: int) -> None:
                 env={"T0": "dm-bot-0", "T1": "dm-bot-1"},
             )
             async with open_node(config) as node:
-                while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
-                    await trio.sleep(0.05)
+                with node.subscribe(kind="state") as changes:
+                    while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+                        await changes.receive()
                 await emulator.inject({"channel_id": GUILD_TEXT_CHANNEL, "content": "hello"})
                 before = emulator.stats["dispatched"]
                 await node.send("dc-0", OutboundMessage(peer=peer, idempotency_key="k", text="hi"))
