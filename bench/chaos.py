@@ -29,7 +29,7 @@ Design:
   * node restarts: restarts of the node's own children (the channels
     supervisor restarted with every channel in it, a service) plus the
     node ending before the run did;
-  * RSS: at the end of warm-up, at the end of the load, and its slope
+  * RSS: a third into the load, at the end of the load, and its slope
     (least squares) over the load once warm (after the first third);
   * ``/health``: p50, p99 and max latency over the run.
 """
