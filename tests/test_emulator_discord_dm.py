@@ -46,3 +46,29 @@ async def test_who_sees_a_bots_message(peer: str, dispatched: int) -> None:
                 await node.send("dc-0", OutboundMessage(peer=peer, idempotency_key="k", text="hi"))
                 after = emulator.stats["dispatched"]
     assert after - before == dispatched
+
+
+async def test_a_socket_hopelessly_behind_is_dropped_not_given_a_gap() -> None:
+    """An outbox that overflows drops the socket (the session resumes and its backlog is
+    replayed); it used to skip the frame, a gap in the sequence no client notices."""
+    from providers.emulators.discord.state import Link
+
+    class _Socket:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_text(self, text: str) -> None:
+            self.sent.append(text)
+
+    emulator = DiscordEmulator()
+    send, receive = trio.open_memory_channel[tuple[object, ...]](1)
+    link = Link(outbox=send, netloc="test", compress=None)
+    link.push("frame", {"op": 0, "s": 1})
+    assert not link.behind
+    link.push("frame", {"op": 0, "s": 2})  # no room: behind
+    assert link.behind
+    socket = _Socket()
+    with trio.fail_after(5.0):
+        await emulator._writer(socket, link, receive)
+    assert socket.sent == []
+    assert emulator.stats["gateway_dropped_behind"] == 1
