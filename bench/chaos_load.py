@@ -106,7 +106,7 @@ class SendLoad:
     Attributes:
         offered: channel of every key offered, in order.
         accepted: keys whose send returned (the platform took them).
-        permanent: keys the node refused for good (must be dead letters).
+        permanent: keys the node refused for good (must be dead letters), with the error.
         retries: retries, by the failure that caused them.
         unsettled: keys still failing when the sends had to stop.
         latencies: seconds from due to accepted, per accepted key.
@@ -180,7 +180,7 @@ class SendLoad:
                 try:
                     await self.node.send(channel_id, message, timeout=SEND_TIMEOUT)
                 except PermanentSendError as exc:
-                    self.permanent[key] = type(exc).__name__
+                    self.permanent[key] = f"{type(exc).__name__}: {str(exc)[:160]}"
                     return
                 except RETRYABLE as exc:
                     self.retries[type(exc).__name__] += 1

@@ -337,6 +337,16 @@ def notes(outcome: ChaosOutcome, params: ChaosParams) -> list[str]:
             f"refused for good, {len(s.unsettled)} still retrying when the sends had to stop; "
             f"retries by cause: {dict(s.retries) or 'none'}."
         )
+        if s.permanent:
+            refusals = Counter(
+                (s.offered[key].split("-")[0], error.split(":")[0])
+                for key, error in s.permanent.items()
+            )
+            first = {error.split(":")[0]: error for error in s.permanent.values()}
+            out.append(
+                f"Refused for good, by channel kind and error: {dict(refusals)}; "
+                f"e.g. {list(first.values())[:3]}."
+            )
         if outcome.unanswered:
             by_channel = Counter(outcome.unanswered.values()).most_common(5)
             out.append(f"Sends unanswered at the end, by channel (first 5): {by_channel}.")
