@@ -400,6 +400,9 @@ async def _run_inside(
         return
     if duration < params.duration:
         outcome.cut_short = f"the load ran {duration:.0f} s of {params.duration:g} (time limit)"
+    ctx.progress.phase("the WhatsApp users write first (the sends need their window open)")
+    async with trio.open_nursery() as greeting:
+        await inbound.greet(greeting)
     probe = HealthProbe(node.ops_url + "/health", params.health_interval)
     start = trio.current_time()
     outcome.load_seconds = duration
@@ -409,7 +412,6 @@ async def _run_inside(
             nursery.start_soon(_sample_rss, outcome, start)
             nursery.start_soon(_report, ctx, outcome, start, duration)
             async with trio.open_nursery() as load:
-                await inbound.greet(load)
                 # The sends' own tasks live in the outer nursery: they retry into the settling.
                 load.start_soon(sends.offer, duration, nursery)
                 load.start_soon(inbound.offer, duration)

@@ -226,7 +226,11 @@ class InboundLoad:
         return len(self.owed)
 
     async def greet(self, nursery: trio.Nursery) -> None:
-        """Every WhatsApp user writes first (opens the window the sends need); owed too."""
+        """Every WhatsApp user writes first (opens the window the sends need); owed too.
+
+        The caller waits for ``nursery`` before the sends begin: a send to a user
+        whose message has not landed yet is refused for good (131047).
+        """
         limit = trio.CapacityLimiter(16)
         for channel in self.channels:
             if channel.provider == "whatsapp":
