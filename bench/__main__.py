@@ -66,6 +66,7 @@ SCENARIOS: Final[dict[str, str]] = {
     "scrape": "bench.scrape",
     "rtt": "bench.rtt",
     "checkpoints": "bench.checkpoints",
+    "chaos": "bench.chaos",
 }
 WATCHDOG_GRACE: Final = 30.0  # seconds past the time limit before the watchdog ends a run
 RESULTS_DIR: Final = Path("bench-results")

@@ -16,9 +16,12 @@ Design:
   - ``GET  /_emulator/stats``: counters.
 
 - Faults every platform shares are handled here: ``ban_token`` (every call
-  with that token fails as the platform fails a banned bot) and
-  ``rate_limit`` (every API call answers 429 for ``duration`` seconds).
-  Platform-specific faults go to :meth:`Emulator.platform_fault`.
+  with that token fails as the platform fails a banned bot; ``unban_token``
+  lifts it) and ``rate_limit`` (every API call answers 429 for ``duration``
+  seconds), and the HTTP layer's own (a status, an upgrade refused, a drip,
+  a huge body: :mod:`providers.emulators.http_faults`, served in front of
+  the platform's routes). Platform-specific faults go to
+  :meth:`Emulator.platform_fault`.
 - Time is ``trio.current_time()``: emulators run in the caller's trio loop
   (in-process for tests and benchmarks) or in their own (``switchboard
   emulate``).
@@ -30,7 +33,7 @@ Design:
   last :data:`MAX_KEPT` sends, operations and ownership overlaps
   (:attr:`Emulator.max_kept`; a benchmark's ledger lifts it), and a list
   the control API answers has at most :data:`MAX_LISTED` items (the last
-  ones; ``?limit=`` asks for fewer).
+  ones; ``?limit=`` asks for fewer, ``?offset=`` pages from the first kept).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from providers import bounded_json
+
+from .http_faults import HTTP_FAULT_KINDS, HttpFaults, fault_middleware
 
 __all__ = [
     "MAX_FAULT_COUNT",
@@ -204,6 +209,7 @@ class Emulator:
         self.holders = Holders()
         self.banned_tokens: set[str] = set()
         self.rate_limited_until = 0.0
+        self.http_faults = HttpFaults(MAX_FAULT_COUNT)
         self._app: Starlette | None = None
 
     # --- for subclasses ------------------------------------------------------------
@@ -253,7 +259,8 @@ class Emulator:
         config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            await serve(self.app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+            app = fault_middleware(self.app, self.http_faults)
+            await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
 
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(run)
@@ -297,7 +304,13 @@ class Emulator:
         return _listed(request, self.operations)
 
     async def _stats(self, request: Request) -> Response:
-        return JSONResponse({**self.stats, "ownership": self.holders.statistics()})
+        return JSONResponse(
+            {
+                **self.stats,
+                "http_faults": dict(self.http_faults.hits),
+                "ownership": self.holders.statistics(),
+            }
+        )
 
     async def _fault(self, request: Request) -> Response:
         payload = await _json_object(request)
@@ -311,6 +324,17 @@ class Emulator:
                     raise FaultError("ban_token needs a non-empty string 'token'")
                 self.banned_tokens.add(token)
                 result: dict[str, Any] = {"banned": token}
+            elif kind == "unban_token":
+                token = payload.get("token")
+                if not isinstance(token, str) or not token:
+                    raise FaultError("unban_token needs a non-empty string 'token'")
+                self.banned_tokens.discard(token)
+                result = {"unbanned": token}
+            elif kind in HTTP_FAULT_KINDS:
+                try:
+                    result = self.http_faults.add(payload)
+                except ValueError as exc:
+                    raise FaultError(str(exc)) from None
             elif kind == "rate_limit":
                 duration = payload.get("duration")
                 if not isinstance(duration, int | float) or duration <= 0:
@@ -340,10 +364,18 @@ class Emulator:
 
 
 def _listed(request: Request, items: list[Any]) -> Response:
-    """The last ``?limit=`` (at most :data:`MAX_LISTED`) of ``items`` as JSON."""
+    """The last ``?limit=`` (at most :data:`MAX_LISTED`) of ``items`` as JSON.
+
+    With ``?offset=N``: up to ``limit`` items from the ``N``-th kept one on
+    (paging through a long list, oldest first).
+    """
     raw = request.query_params.get("limit", "")
     limit = int(raw) if raw.isdigit() and len(raw) <= 9 else MAX_LISTED
     limit = min(limit, MAX_LISTED)
+    offset = request.query_params.get("offset", "")
+    if offset.isdigit() and len(offset) <= 12:
+        start = int(offset)
+        return JSONResponse(items[start : start + limit])
     return JSONResponse(items[-limit:] if limit else [])
 
 

@@ -104,6 +104,9 @@ class DiscordGateway(DiscordState):
         deflate = zlib.compressobj() if link.compress == "zlib-stream" else None
         zstd = zstandard.ZstdCompressor().compressobj() if link.compress == "zstd-stream" else None
         async for item in receive:
+            if link.behind:
+                self.stats["gateway_dropped_behind"] += 1
+                return  # as "drop": the session resumes and its backlog is replayed
             if item[0] == "drop":
                 return  # the app ends without a close: hypercorn closes with 1011
             if item[0] == "close":

@@ -318,7 +318,9 @@ class DiscordRest(DiscordState):
 
     def _broadcast_message(self, name: str, message: dict[str, Any], guild: Any) -> None:
         if guild is None:
-            self._broadcast(name, message)
+            # A bot's message outside a guild is in its own DM channel: other bots
+            # do not see it (before, every bot on the emulator got every DM).
+            self._broadcast(name, message, only=message["author"]["id"])
         else:
             # The REST answer has neither; the gateway's dispatch has both.
             member = guild.member(None)

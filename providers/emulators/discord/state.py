@@ -14,7 +14,6 @@ Design:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from typing import Any, Final
@@ -57,13 +56,18 @@ class Link:
     server_closed: bool = False  # we closed it: its disconnect code is not the client's
     received: deque[float] = attrs.field(factory=deque)
     last_heartbeat: float = 0.0
+    behind: bool = False  # its outbox overflowed: the writer drops the socket
 
     def push(self, *item: Any) -> None:
-        # A socket that is going away, or hopelessly behind, misses the item; it will close.
-        with contextlib.suppress(
-            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-        ):
+        try:
             self.outbox.send_nowait(item)
+        except trio.WouldBlock:
+            # Hopelessly behind: the socket is dropped and the session resumes from its
+            # backlog, as on Discord. Skipping the frame instead would leave a gap in the
+            # sequence that no client notices: events lost without a trace.
+            self.behind = True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # going away: it will close
 
 
 class DiscordState(Emulator):
@@ -205,9 +209,10 @@ class DiscordState(Emulator):
     def _guild_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if not s.invalid and s.intents & Intents.GUILDS]
 
-    def _broadcast(self, name: str, message: dict[str, Any]) -> None:
+    def _broadcast(self, name: str, message: dict[str, Any], *, only: str | None = None) -> None:
+        """Dispatch to every session whose intents admit it (``only``: of that user id)."""
         for session in list(self.sessions.values()):
-            if session.invalid:
+            if session.invalid or (only is not None and session.user_id != only):
                 continue
             needed = Intents.GUILD_MESSAGES if "guild_id" in message else Intents.DIRECT_MESSAGES
             if not session.intents & needed:
