@@ -52,6 +52,7 @@ from runtime.store import (
     open_store,
 )
 from runtime.store.codec import dedupe_key
+from runtime.store.postgres import PostgresStore
 
 PG_DSN: Final = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PG_CEILING: Final = 30.0  # real seconds; only a hang gets near it
@@ -603,3 +604,24 @@ async def test_one_message_json_cannot_carry_does_not_spoil_a_kept_batch(
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("'key-2'" in line and "wa:1" in line for line in logged)
     assert any("'key-3'" in line for line in logged)
+
+
+async def test_a_session_lost_inside_a_transaction_reports_its_own_error() -> None:
+    # The pool takes a lost session back at once; its handle then refuses
+    # every call, terminate() included. That refusal must not replace the
+    # error of the statement that found the session gone.
+    schema = new_schema()
+    config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
+    with trio.fail_after(PG_CEILING):
+        async with dropped_afterwards(schema), open_store(config) as store:
+            assert isinstance(store, PostgresStore)
+            async with pg_session() as pg:
+                with pytest.raises(asyncpg.InterfaceError) as raised:
+                    async with store._connection() as conn, store._transaction(conn):
+                        pid = await store._aio(conn.fetchval)("SELECT pg_backend_pid()")
+                        await pg.execute("SELECT pg_terminate_backend($1)", pid)
+                        while not conn.is_closed():  # noqa: ASYNC110 - the server ends it
+                            await trio.sleep(0.01)
+                        await store._aio(conn.execute)("SELECT 1")
+            assert "terminate()" not in str(raised.value), raised.value
+            assert await store.load_checkpoint("nobody") is None  # a new session serves on

@@ -142,6 +142,18 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
+def _terminate(conn: Any) -> None:
+    """End a session for good, so that the pool never hands it out again.
+
+    A session whose link was lost is one the pool has already taken back:
+    its handle refuses every call (``InterfaceError``), ``terminate()``
+    included. There is nothing left to end then, and that refusal must not
+    replace the error that says what happened.
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
 class PostgresStore(PostgresDurable, BatchingStore):
     """The PostgreSQL store (see the module docstring); made by :func:`open_postgres_store`.
 
@@ -218,7 +230,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     log.warning(
                         "postgres store at %s: releasing a connection: %s", self._where, exc
                     )
-                    conn.terminate()
+                    _terminate(conn)
             if scope.cancelled_caught:
                 log.warning(
                     "postgres store at %s: a connection was not released within %s s; "
@@ -226,7 +238,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
                     self._where,
                     RELEASE_TIMEOUT,
                 )
-                conn.terminate()
+                _terminate(conn)
 
     @asynccontextmanager
     async def _transaction(self, conn: Any) -> AsyncIterator[None]:
@@ -242,12 +254,12 @@ class PostgresStore(PostgresDurable, BatchingStore):
                 except _DB_ERRORS as exc:
                     log.warning("postgres store at %s: ROLLBACK failed: %s", self._where, exc)
             if not rolled_back:
-                conn.terminate()  # the server rolls back a transaction whose session ends
+                _terminate(conn)  # the server rolls back a transaction whose session ends
             raise
         try:
             await self._aio(conn.execute)("COMMIT")
         except BaseException:
-            conn.terminate()  # whether it committed is unknown: never reuse the session
+            _terminate(conn)  # whether it committed is unknown: never reuse the session
             raise
 
     def _fail(self, operation: str, exc: BaseException, *, count: bool = True) -> NoReturn:
