@@ -19,17 +19,20 @@ The policy, ``gc = "tuned"`` (the default):
 - **A frozen object is never collected**, even once it is garbage in a
   cycle (a channel stopped since). So every freeze thaws first
   (``gc.unfreeze()``), and the node settles again at least every
-  :data:`REFREEZE_INTERVAL` seconds while channels come and go: what the
-  channels that left held is reclaimed then. The memory it can hold back is
-  bounded by what churn frees in that interval.
+  :data:`REFREEZE_INTERVAL` seconds while channels come and go (a connect,
+  a stop or a failure counts): what the channels that left held is
+  reclaimed then. The memory it can hold back is bounded by what churn
+  frees in that interval.
 - **Fewer young collections.** The young generation's threshold goes from
   700 allocations to :data:`YOUNG_THRESHOLD`: per message the send path
   allocates a few dozen objects, nearly all of them freed by reference
   counting; collecting every 700 allocations promotes the ones caught in
   flight into the older generations, where only a full walk frees them.
-- **Left as it was on the way out.** Leaving ``open_node`` thaws and puts
-  back the thresholds (the last node of a process to leave does), so an
-  embedding program gets its collector back. A program that manages the
+- **Left as it was on the way out.** Leaving ``open_node`` thaws (what the
+  node built can then be collected, even while another node of the process
+  runs on; that one freezes again at its next settle) and the last node of
+  the process to leave puts the thresholds back, so an embedding program
+  gets its collector back. A program that manages the
   collector itself sets ``gc = "default"``: the node then touches nothing.
 
 Nodes of one process share the collector; the policy is counted, not
@@ -50,9 +53,11 @@ from actors import ChannelStatus
 __all__ = ["QUIET", "REFREEZE_INTERVAL", "STORM_CONNECTS", "YOUNG_THRESHOLD", "CollectorPolicy"]
 
 YOUNG_THRESHOLD: Final = 20_000  # allocations between young collections (CPython: 700)
-STORM_CONNECTS: Final = 100  # connects since the last freeze that make a storm worth settling
-QUIET: Final = 5.0  # seconds without a connect before a storm counts as over
+STORM_CONNECTS: Final = 100  # channel changes since the last freeze that make a storm
+QUIET: Final = 5.0  # seconds without a channel change before a storm counts as over
 REFREEZE_INTERVAL: Final = 600.0  # seconds: the most between settles while channels churn
+
+_CHURN: Final = frozenset((ChannelStatus.CONNECTED, ChannelStatus.STOPPED, ChannelStatus.FAILED))
 
 log = logging.getLogger("switchboard.gc")
 
@@ -71,7 +76,7 @@ class CollectorPolicy:
         self.enabled = enabled
         self.settles = 0  # collect + freeze rounds done
         self.last_pause = 0.0  # seconds the last round's collection took
-        self._connects = 0  # connects since the last settle
+        self._connects = 0  # channels connected, stopped or failed since the last settle
         self._last_connect = -float("inf")
         self._last_settle = -float("inf")
         self._applied = False
@@ -99,14 +104,13 @@ class CollectorPolicy:
             return
         self._applied = False
         _users -= 1
-        if _users == 0:
-            gc.unfreeze()
-            if _saved is not None:
-                gc.set_threshold(*_saved)
-                _saved = None
+        gc.unfreeze()  # this node's heap may be garbage now: collectable again
+        if _users == 0 and _saved is not None:
+            gc.set_threshold(*_saved)
+            _saved = None
 
-    def connected(self, now: float) -> None:
-        """A channel connected (or reconnected) at trio time ``now``."""
+    def changed(self, now: float) -> None:
+        """A channel connected, reconnected, stopped or failed at trio time ``now``."""
         self._connects += 1
         self._last_connect = now
 
@@ -150,8 +154,8 @@ class CollectorPolicy:
                 with trio.move_on_at(wake) as waited:
                     change = (await states.receive()).event
                 if not waited.cancelled_caught:
-                    if change.status is ChannelStatus.CONNECTED:
-                        self.connected(trio.current_time())
+                    if change.status in _CHURN:
+                        self.changed(trio.current_time())
                     continue
                 now = trio.current_time()
                 if self.due(now):

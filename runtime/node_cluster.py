@@ -289,14 +289,14 @@ class ClusterMode:
             raise UnknownChannel(channel_id)
         return await cluster.lease_holder(channel_id)
 
-    async def force_release(self, seen: LeaseHolder) -> float | None:
+    async def force_release(self, seen: LeaseHolder, *, at_once: bool) -> float | None:
         """Release a lease by force if it is still as ``seen`` (:meth:`Cluster.force_release`).
 
         Raises:
             NodeError: not in a cluster.
             ClusterUnavailable: Redis did not answer.
         """
-        return await self._clustered().force_release(seen)
+        return await self._clustered().force_release(seen, at_once=at_once)
 
     def figures(self, tenants: frozenset[str] | None = None) -> dict[str, Any]:
         """This node's own figures (the channels it runs; these tenants' only, if given)."""

@@ -100,6 +100,11 @@ async def test_pause_and_pins_are_kept_in_redis_and_announced(prefix: str) -> No
 
 
 async def test_a_pin_owns_the_channel_on_a_live_member_only(prefix: str) -> None:
+    with trio.fail_after(CEILING):
+        await _a_pin_owns_the_channel_on_a_live_member_only(prefix)
+
+
+async def _a_pin_owns_the_channel_on_a_live_member_only(prefix: str) -> None:
     async with redis() as link:
         leases = Leases(link, prefix=prefix, node_id="a", ttl=30.0)
         ownership = Ownership(
@@ -114,3 +119,21 @@ async def test_a_pin_owns_the_channel_on_a_live_member_only(prefix: str) -> None
         assert ownership.owner(on_b) == "a" and on_b in ownership.wanted()
         ownership.set_controls(paused=False, pins={on_b: "gone"})  # not a member
         assert ownership.owner(on_b) == "b" and on_b not in ownership.wanted()
+
+
+async def test_garbage_written_into_the_controls_never_stops_the_watch(prefix: str) -> None:
+    seen: list[Controls] = []
+    with trio.fail_after(CEILING):
+        async with redis() as link, trio.open_nursery() as nursery:
+            controls = OperatorControls(link, prefix=prefix)
+            await link.call("HSET", controls.pins_key, b"\xff\xfe", b"\xff")  # not UTF-8
+            await link.call("SET", controls.paused_key, b"\xff{not json")
+            nursery.start_soon(lambda: controls.watch(seen.append, interval=600.0))
+            await controls.announce()
+            await trio.sleep(0.1)  # read and refused, the watch still running
+            await link.call("DEL", controls.paused_key, controls.pins_key)
+            await controls.pin("a1", "n2")
+            while not seen or seen[-1].pins != {"a1": "n2"}:
+                await controls.announce()
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Final
@@ -257,15 +256,16 @@ def test_the_loop_lag_is_the_worst_within_its_window_and_its_allowance_is_capped
     assert clock.deadline(100.0, lag=0.5) == clock.deadline(100.0) - 0.5
 
 
-async def test_the_probe_sees_a_loop_blocked_by_work() -> None:
+async def test_the_probe_sees_a_loop_that_ran_late(mock_clock: trio.testing.MockClock) -> None:
     lag = LoopLag(window=60.0, cap=1.0)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lag.run)
-        time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop cannot run meanwhile
-        await trio.sleep(0.2)  # the probe wakes, late
-        nursery.cancel_scope.cancel()
-    # Its wake-up was due at most one probe interval after the block began.
-    assert lag.worst(trio.current_time()) >= 0.3 - PROBE_INTERVAL
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lag.run)
+            mock_clock.jump(0.3)  # time passed and no task ran: a stalled loop
+            await trio.testing.wait_all_tasks_blocked()  # the probe woke, late
+            nursery.cancel_scope.cancel()
+    # It asked to wake one probe interval after it started, and woke 0.3 s after.
+    assert lag.worst(trio.current_time()) == pytest.approx(0.3 - PROBE_INTERVAL)
 
 
 async def test_the_link_breaker_outlives_a_far_end_that_is_down() -> None:

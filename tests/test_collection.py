@@ -47,18 +47,29 @@ def test_the_thresholds_hold_while_any_node_runs_and_come_back_after_the_last() 
         assert gc.get_threshold() == before
 
 
+def test_a_node_that_leaves_thaws_what_it_froze_while_another_runs_on() -> None:
+    with CollectorPolicy(enabled=True) as staying:
+        with CollectorPolicy(enabled=True) as leaving:
+            leaving.settle(0.0)
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0  # its heap can be collected now
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD  # the other still runs tuned
+        staying.settle(1.0)
+        assert gc.get_freeze_count() > 0
+
+
 def test_a_storm_is_settled_once_quiet_and_a_trickle_only_after_the_interval() -> None:
     policy = CollectorPolicy(enabled=True)
     assert not policy.due(0.0)  # nothing connected
     for _ in range(STORM_CONNECTS):
-        policy.connected(1.0)
+        policy.changed(1.0)
     assert not policy.due(1.0 + QUIET / 2)  # still connecting
     assert policy.due(1.0 + QUIET)
     with policy:
         policy.settle(1.0 + QUIET)
         assert gc.get_freeze_count() > 0 and policy.settles == 1
     assert gc.get_freeze_count() == 0  # thawed on the way out
-    policy.connected(100.0)  # one reconnect: not worth a collection...
+    policy.changed(100.0)  # one reconnect: not worth a collection...
     assert not policy.due(100.0 + QUIET)
     assert policy.due(1.0 + QUIET + REFREEZE_INTERVAL)  # ...until the interval has passed
     assert not CollectorPolicy(enabled=False).due(1e9)

@@ -359,8 +359,17 @@ async def test_force_release_of_a_dead_holder_s_lease_lets_the_owner_take_it_wit
                     if [m["node"] for m in members["members"]] == ["n1"]:
                         break
                     await trio.sleep(0.05)
-                released = await client.ok(
+                # Dead by membership is not proof that its connection is gone.
+                asked = await client.error(
                     "cluster.release_lease", {"channel": "c3", "reason": "ghost is gone"}
+                )
+                assert asked["code"] == ErrorCode.CONFIRMATION_REQUIRED
+                assert f"confirm={token}" in asked["message"]
+                assert asked["data"]["holder_alive"] is False
+                assert not _connected(n1, "c3")  # nothing was released
+                released = await client.ok(
+                    "cluster.release_lease",
+                    {"channel": "c3", "reason": "ghost is gone", "confirm": token},
                 )
                 assert released["holder"] == "ghost" and released["holder_alive"] is False
                 assert released["token"] == token and released["free_in"] == 0

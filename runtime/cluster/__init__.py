@@ -199,13 +199,17 @@ class Cluster:
             heartbeat_age=age,
         )
 
-    async def force_release(self, seen: LeaseHolder) -> float | None:
+    async def force_release(self, seen: LeaseHolder, *, at_once: bool) -> float | None:
         """Release a lease by force, if it is still as ``seen`` (``Leases.force_release``).
 
-        A live holder's lease is left as a tombstone until it would have
-        expired (the holder drops the connection at its next renewal; nobody
-        connects before its deadline); a dead holder's is deleted and
-        announced, so the next owner takes it now, with a higher token.
+        Args:
+            seen: the lease as the operator saw it.
+            at_once: delete and announce it, so the next owner takes it now
+                with a higher token: only for a holder the operator knows is
+                gone (a node cut off from Redis keeps its connection until
+                its lease would run out). Otherwise the lease is left as a
+                tombstone until then: the holder drops the connection at its
+                next renewal, and nobody connects before its deadline.
 
         Returns:
             ``None``: the lease changed meanwhile; else seconds until it is free.
@@ -215,7 +219,7 @@ class Cluster:
         """
         if seen.value is None:
             return None
-        return await self.leases.force_release(seen.channel_id, seen.value, keep=seen.alive)
+        return await self.leases.force_release(seen.channel_id, seen.value, keep=not at_once)
 
     async def leave(self) -> None:
         """Give every lease back and leave (the node stopped its channels: a drain)."""

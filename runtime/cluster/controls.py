@@ -144,6 +144,8 @@ class OperatorControls:
                     controls = await self.load()
                 except ClusterUnavailable as exc:
                     log.debug("cluster: could not read the operator controls: %s", exc)
+                except Exception as exc:  # what someone wrote into the keys: not a crash
+                    log.error("cluster: the operator controls in Redis are unreadable: %s", exc)
                 else:
                     if controls != last:
                         last = controls
@@ -158,7 +160,7 @@ class OperatorControls:
 
 
 def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _pairs(raw: object) -> list[tuple[object, object]]:

@@ -347,6 +347,20 @@ async def _release_lease(session: Session, params: ReleaseLease) -> Any:
             f"confirm={seen.token}",
             facts,
         )
+    if not seen.alive and params.confirm != seen.token:
+        # Dead by membership is not gone: a node cut off from Redis keeps its
+        # connection until its own deadline, which is when the lease runs out.
+        raise ConsoleError(
+            ErrorCode.CONFIRMATION_REQUIRED,
+            f"node {seen.holder!r} holds channel {params.channel!r}'s lease (token "
+            f"{seen.token}) and is not a member any more; the lease runs out by itself in "
+            f"{seen.expires_in or 0:.1f} s, and the node placement puts the channel on takes "
+            "it then. A holder cut off from Redis may still hold the platform connection "
+            "until that moment. If you know its process is gone (and its connection with it), "
+            f"call again with confirm={seen.token}: the lease is freed now and the next holder "
+            f"gets a token above {seen.token}",
+            facts,
+        )
     if params.confirm is not None and params.confirm != seen.token:
         raise ConsoleError(
             ErrorCode.CONFIRMATION_REQUIRED,
@@ -354,7 +368,9 @@ async def _release_lease(session: Session, params: ReleaseLease) -> Any:
             f"{seen.token}, not {params.confirm}: look again",
             facts,
         )
-    free_in = await node.force_release(seen)
+    # Confirmed: a live holder's lease becomes a tombstone until it would have
+    # run out; a dead holder's is freed now, on the operator's word.
+    free_in = await node.force_release(seen, at_once=not seen.alive)
     if free_in is None:
         raise ConsoleError(
             ErrorCode.NODE_ERROR,
@@ -447,10 +463,10 @@ CLUSTER_METHODS: Final = (
         name="cluster.release_lease",
         scope=Scope.ADMIN,
         params=ReleaseLease,
-        summary="release a channel's lease by force: a dead holder's at once (the next "
-        "owner takes it with a higher token, so the old one is fenced); a live holder's "
-        "only with confirm=<token>, and nobody connects it before the holder's lease "
-        "would have run out",
+        summary="release a channel's lease by force, with confirm=<its token>: a dead "
+        "holder's (you know its process is gone) at once, the next owner taking it with a "
+        "higher token, so the old one is fenced; a live holder's so that it drops the "
+        "connection, and nobody connects it before the holder's lease would have run out",
         handler=_release_lease,
         changes=True,
     ),
