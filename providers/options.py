@@ -39,6 +39,7 @@ __all__ = [
     "discord_compress",
     "discord_intents",
     "emulator_problems",
+    "limit",
     "limit_problem",
     "option_problems",
 ]
@@ -94,6 +95,22 @@ def limit_problem(name: str, unit: str, value: Any) -> str | None:
         f"options.{name} is {_shown(value)}; expected a number of seconds above 0 and at "
         f"most {MAX_LIMIT_SECONDS:g}, e.g. {name} = 30"
     )
+
+
+def limit(unit: str) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator of a limit option (:func:`limit_problem`'s bounds, ``unit``).
+
+    The options classes of the providers use it, so that an embedding
+    program's options (which no ``switchboard check`` reads) are held to
+    the same bounds as a file's: ``true``, ``inf`` or 2 GiB would undo the cap.
+    """
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        problem = limit_problem(attribute.name, unit, value)
+        if problem is not None:
+            raise ValueError(problem)
+
+    return check
 
 
 def discord_intents(options: Mapping[str, Any], default: int) -> int:

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -25,6 +25,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from providers.base import ChannelConfig, FatalError
+from providers.telegram.core import parse_options as telegram_options
+from providers.websocket.shell import parse_options as websocket_options
+from providers.whatsapp.core import WhatsAppSettings
 from runtime.cli import main
 from runtime.config import parse_config
 from runtime.errors import ConfigError
@@ -386,3 +390,39 @@ async def test_discord_refuses_bad_intents_at_open_as_fatal_not_a_crash(intents:
     with trio.fail_after(10), pytest.raises(FatalError, match=r"options\.intents is"):
         async with DiscordProvider().open_connection(config):
             raise AssertionError("opened with bad intents")
+
+
+def _telegram(options: dict[str, object]) -> object:
+    return telegram_options(options, {})
+
+
+def _whatsapp(options: dict[str, object]) -> object:
+    credentials = {"token": "t", "app_secret": "s", "verify_token": "v"}
+    config = ChannelConfig(
+        channel_id="wa",
+        tenant="acme",
+        provider="whatsapp",
+        credentials=credentials,
+        options={"phone_number_id": "123", **options},
+    )
+    return WhatsAppSettings.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("read", "options"),
+    [
+        (_telegram, {"request_deadline": math.inf}),
+        (_telegram, {"max_body_bytes": 2**31}),
+        (_whatsapp, {"request_deadline": math.inf}),
+        (_whatsapp, {"max_body_bytes": 2**31}),
+        (websocket_options, {"max_message_bytes": 2**31}),
+    ],
+)
+def test_an_embedding_program_s_limit_options_meet_the_same_bounds(
+    read: Callable[[dict[str, object]], object], options: dict[str, object]
+) -> None:
+    # No `switchboard check` reads options built in code: the providers hold
+    # them to the bounds themselves (an infinite deadline undoes the cap).
+    (key,) = options
+    with pytest.raises(FatalError, match=key):
+        read(options)

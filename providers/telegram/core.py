@@ -69,6 +69,7 @@ from ..operations import (
     React,
     SendTyping,
 )
+from ..options import limit
 from . import wire
 
 __all__ = [
@@ -197,11 +198,9 @@ class TelegramOptions:
     webhook_url: str | None = None
     webhook_secret: str | None = attrs.field(default=None, repr=False, validator=_check_secret)
     drop_pending_updates: bool = False
-    max_body_bytes: int = attrs.field(
-        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
-    )
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=limit("bytes"))
     request_deadline: float = attrs.field(
-        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+        default=DEFAULT_REQUEST_DEADLINE, validator=limit("seconds")
     )
 
 

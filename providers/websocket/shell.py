@@ -72,6 +72,7 @@ from providers.operations import (
     React,
     SendTyping,
 )
+from providers.options import limit
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -146,7 +147,7 @@ class WebSocketOptions:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     token_in_query: bool = False
     event_buffer: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
-    max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=attrs.validators.ge(1))
+    max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=limit("bytes"))
 
 
 _OPTIONS: Final = cattrs.Converter(forbid_extra_keys=True)

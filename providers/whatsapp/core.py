@@ -84,6 +84,7 @@ from providers.base import (
 )
 from providers.media import Upload
 from providers.operations import OperationKind, React
+from providers.options import limit
 
 __all__ = [
     "APP_RETRY_AFTER",
@@ -177,11 +178,9 @@ class _Options:
     verify_on_open: bool = True
     event_buffer: int = 1024  # events queued between webhook and consumer
     # bytes of one Graph API answer; seconds for a whole call
-    max_body_bytes: int = attrs.field(
-        default=DEFAULT_MAX_BODY_BYTES, validator=attrs.validators.ge(1)
-    )
+    max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=limit("bytes"))
     request_deadline: float = attrs.field(
-        default=DEFAULT_REQUEST_DEADLINE, validator=attrs.validators.gt(0)
+        default=DEFAULT_REQUEST_DEADLINE, validator=limit("seconds")
     )
 
 
