@@ -363,7 +363,7 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
         summary["outages"] = [f.outage for f in rig.faults]
         summary["darkest"] = [
             f"{f.kind} {f.node or '-'}: {f.dark[0]} dark {f.outage:.1f} s from "
-            f"{time.strftime('%H:%M:%S', time.gmtime(f.dark[1]))} UTC"
+            f"{time.strftime('%H:%M:%S', time.gmtime(f.dark[1]))} UTC ({f.dark[2]})"
             for f in sorted(rig.faults, key=lambda f: -f.outage)[:5]
             if f.dark is not None
         ]

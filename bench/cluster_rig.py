@@ -146,8 +146,9 @@ class FaultRecord:
         outage: the longest time any persistent channel (websocket,
             Discord) was without its connection, from the fault's start to
             its recovery: how long the fault kept a channel dark.
-        dark: which channel that was, and from when (wall clock), to match
-            the nodes' logs; ``None`` when none went dark.
+        dark: which channel that was, from when (wall clock, to match the
+            nodes' logs) and how its connection had ended (the emulator's
+            word); ``None`` when none went dark.
         began: wall-clock time the fault began (to match the nodes' logs).
         ended: wall-clock time the fault ended (the node resumed, the link
             or Redis came back, the node was started again).
@@ -157,7 +158,7 @@ class FaultRecord:
     node: str | None
     recovery: float
     outage: float
-    dark: tuple[str, float] | None
+    dark: tuple[str, float, str] | None
     began: float
     ended: float
 
@@ -400,12 +401,15 @@ class ClusterRig:
             dc.live(self._dc_token(i)) == 1 for i in range(self.params.discord)
         )
 
-    def longest_gap(self, *, since: float) -> tuple[str, float, float] | None:
+    def longest_gap(self, *, since: float) -> tuple[str, float, float, str] | None:
         """The longest a websocket or Discord channel went dark, of the gaps ended since
-        ``since``: ``(channel, from, until)``, wall clock."""
+        ``since``: ``(channel, from, until, how it had ended)``, wall clock."""
         gaps = [
-            (identity.replace("-token", ""), start, until)
-            for identity, start, until in (*self.websocket.holders.gaps, *self.discord.holders.gaps)
+            (identity.replace("-token", ""), start, until, why)
+            for identity, start, until, why in (
+                *self.websocket.holders.gaps,
+                *self.discord.holders.gaps,
+            )
             if until >= since
         ]
         return max(gaps, key=lambda gap: gap[2] - gap[1], default=None)
@@ -494,7 +498,7 @@ class ClusterRig:
             node=node,
             recovery=recovery,
             outage=gap[2] - gap[1] if gap is not None else 0.0,
-            dark=(gap[0], gap[1]) if gap is not None else None,
+            dark=(gap[0], gap[1], gap[3]) if gap is not None else None,
             began=began,
             ended=ended,
         )

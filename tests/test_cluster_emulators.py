@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import httpx
 import trio
 import trio.testing
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from providers.emulators.base import Holders, open_emulator
 from providers.emulators.telegram import TelegramEmulator
@@ -37,7 +38,24 @@ async def test_two_websockets_of_one_token_at_once_are_an_overlap() -> None:
     assert stats["identities"]["tok-a"]["max_concurrent"] == 2
     assert stats["identities"]["tok-b"]["max_concurrent"] == 1
     # tok-a was without a connection once: between its first two and its last.
-    assert [identity for identity, _, _ in emulator.holders.gaps] == ["tok-a"]
+    assert [(identity, why) for identity, _, _, why in emulator.holders.gaps] == [
+        ("tok-a", "the client closed it")
+    ]
+
+
+async def test_a_gap_says_the_emulator_took_a_silent_client_for_dead() -> None:
+    emulator = WebSocketEmulator(tokens={"tok-a"}, heartbeat_interval=0.05, client_timeout=0.1)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http", "ws") + "/ws?token=tok-a"
+            async with open_websocket_url(url) as silent:  # reads, never acks
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await silent.get_message()
+            async with open_websocket_url(url):
+                pass
+    ((identity, _, _, why),) = emulator.holders.gaps
+    assert identity == "tok-a" and "4009" in why, why
 
 
 def test_a_gap_runs_from_the_last_connection_s_end_to_the_next_opening() -> None:
@@ -47,12 +65,12 @@ def test_a_gap_runs_from_the_last_connection_s_end_to_the_next_opening() -> None
     holders.closed("bot", first)
     holders.opened("other")
     assert holders.gaps == []  # "bot" still holds one
-    holders.closed("bot", second)
+    holders.closed("bot", second, "timed out")
     holders.closed("bot", second)  # a second report of the same end changes nothing
     assert holders.gaps == []  # dark, but not yet back
     holders.opened("bot")
-    ((identity, since, until),) = holders.gaps
-    assert identity == "bot" and since <= until
+    ((identity, since, until, why),) = holders.gaps
+    assert identity == "bot" and since <= until and why == "timed out"
 
 
 async def test_two_telegram_polls_at_once_are_an_overlap_and_a_409(

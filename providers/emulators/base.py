@@ -123,17 +123,17 @@ class Holders:
 
     And every *gap*: a time an identity that had a connection had none,
     from its last connection's end to the next one's opening (wall-clock
-    ``(identity, since, until)``), so a rig can say how long a channel was
-    without its connection.
+    ``(identity, since, until, why)``, ``why`` the way the last one ended),
+    so a rig can say how long a channel was without its connection, and why.
     """
 
     def __init__(self) -> None:
         self._live: dict[str, dict[int, float]] = {}
         self._max: Counter[str] = Counter()
         self._opened: Counter[str] = Counter()
-        self._down_since: dict[str, float] = {}
+        self._down_since: dict[str, tuple[float, str]] = {}
         self.overlaps: list[dict[str, Any]] = []
-        self.gaps: list[tuple[str, float, float]] = []
+        self.gaps: list[tuple[str, float, float, str]] = []
         self._ids = 0
 
     def opened(self, identity: str) -> int:
@@ -150,9 +150,9 @@ class Holders:
                 }
             )
         trim(self.overlaps, MAX_KEPT)
-        down_since = self._down_since.pop(identity, None)
-        if down_since is not None:
-            self.gaps.append((identity, down_since, now))
+        down = self._down_since.pop(identity, None)
+        if down is not None:
+            self.gaps.append((identity, down[0], now, down[1]))
             trim(self.gaps, MAX_KEPT)
         self._ids += 1
         live[self._ids] = now
@@ -160,11 +160,11 @@ class Holders:
         self._max[identity] = max(self._max[identity], len(live))
         return self._ids
 
-    def closed(self, identity: str, handle: int) -> None:
-        """The connection ``handle`` of ``identity`` ended."""
+    def closed(self, identity: str, handle: int, why: str = "the client closed it") -> None:
+        """The connection ``handle`` of ``identity`` ended (``why``: how, for the gaps)."""
         live = self._live.get(identity)
         if live is not None and live.pop(handle, None) is not None and not live:
-            self._down_since[identity] = time.time()
+            self._down_since[identity] = (time.time(), why)
 
     def live(self, identity: str) -> int:
         return len(self._live.get(identity, ()))

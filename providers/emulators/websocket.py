@@ -81,6 +81,7 @@ class _Client:
         self.last_frame = trio.current_time()
         self.outbox, self.queue = trio.open_memory_channel[str | _Close](QUEUE_SIZE)
         self.dropped = 0
+        self.why = "the client closed it"  # how the connection ended (the ownership judge's gaps)
 
     def __repr__(self) -> str:
         return f"<_Client #{self.number} token=...{self.token[-4:]} dropped={self.dropped}>"
@@ -288,7 +289,7 @@ class WebSocketEmulator(Emulator):
                 nursery.cancel_scope.cancel()
         finally:
             self._clients.discard(client)
-            self.holders.closed(token, holder)
+            self.holders.closed(token, holder, client.why)
 
     async def _receive(self, websocket: WebSocket, client: _Client) -> None:
         while True:
@@ -307,11 +308,13 @@ class WebSocketEmulator(Emulator):
         async for item in client.queue:
             try:
                 if isinstance(item, _Close):
+                    client.why = f"the emulator closed it: {item.code} {item.reason}"
                     await websocket.close(item.code, item.reason)
                     scope.cancel()
                     return
                 await websocket.send_text(item)
             except Exception:  # the client went away under us: this connection is over
+                client.why = "a write to the client failed"
                 scope.cancel()
                 return
 

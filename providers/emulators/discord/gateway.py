@@ -52,6 +52,7 @@ class DiscordGateway(DiscordState):
 
     def _close(self, link: Link, code: int, reason: str) -> None:
         link.server_closed = True
+        link.why = f"the emulator closed it: {code} {reason}"
         if link.session is not None and code in INVALIDATING_CLOSE_CODES:
             link.session.invalid = True
         self.stats[f"gateway_close_{code}"] += 1
@@ -91,7 +92,7 @@ class DiscordGateway(DiscordState):
         finally:
             self._links.discard(link)
             if link.holder is not None:
-                self.holders.closed(*link.holder)
+                self.holders.closed(*link.holder, link.why)
             if link.session is not None and link.session.link is link:
                 link.session.link = None
 

@@ -54,6 +54,7 @@ class Link:
     holder: tuple[str, int] | None = None  # (token, handle) in the ownership judge
     withhold_acks: bool = False
     server_closed: bool = False  # we closed it: its disconnect code is not the client's
+    why: str = "the client closed it"  # how it ended (the ownership judge's gaps)
     received: deque[float] = attrs.field(factory=deque)
     last_heartbeat: float = 0.0
     behind: bool = False  # its outbox overflowed: the writer drops the socket
