@@ -99,3 +99,37 @@ async def test_an_error_in_the_block_leaves_a_cluster_node_cleanly(tmp_path: Pat
             keys = await link.call("KEYS", f"{prefix}:*")
             if keys:
                 await link.call("DEL", *keys)
+
+
+async def test_a_member_stops_restarting_when_the_caller_would_stop_waiting(
+    tmp_path: Path,
+) -> None:
+    prefix = f"sbtest-{secrets.token_hex(4)}"
+    try:
+        with trio.fail_after(CEILING):
+            async with open_node(
+                cluster_config(tmp_path, prefix, "a", "b"),
+                providers={"simulated": SimulatedProvider()},
+            ) as node:
+                while len(node.channels()) < 2 or not all(  # noqa: ASYNC110 - Redis answers
+                    s.status is ChannelStatus.CONNECTED for s in node.channels()
+                ):
+                    await trio.sleep(0.05)
+                # A caller that waits no time at all: nothing may be restarted
+                # after it gave up, and the answer says which were not.
+                answers = await node.ask_members(
+                    "restart_matching", {"where": {}, "dry_run": False}, within=0.0
+                )
+                answer = answers["solo"]["ok"]
+                assert answer["count"] == 0 and answer["channels"] == []
+                assert set(answer["failed"]) == {"a", "b"}
+                assert all("deadline" in why for why in answer["failed"].values())
+                answers = await node.ask_members(
+                    "restart_matching", {"where": {}, "dry_run": False}, within=30.0
+                )
+                assert answers["solo"]["ok"]["count"] == 2
+    finally:
+        async with redis() as link:
+            keys = await link.call("KEYS", f"{prefix}:*")
+            if keys:
+                await link.call("DEL", *keys)
