@@ -10,7 +10,7 @@ part of the send path's tail.
 The policy, ``gc = "tuned"`` (the default):
 
 - **Freeze what settled.** Once the channels have connected (a start-up,
-  or a storm of at least :data:`STORM_CONNECTS` connects, then
+  or a storm of at least :data:`STORM_CONNECTS` connects, stops or failures, then
   :data:`QUIET` seconds without one), the node collects once and freezes
   what survived (``gc.freeze()``): the collector never walks those
   objects again, so a full collection costs what the node allocated since,
@@ -76,15 +76,15 @@ class CollectorPolicy:
         self.enabled = enabled
         self.settles = 0  # collect + freeze rounds done
         self.last_pause = 0.0  # seconds the last round's collection took
-        self._connects = 0  # channels connected, stopped or failed since the last settle
-        self._last_connect = -float("inf")
+        self._changes = 0  # channels connected, stopped or failed since the last settle
+        self._last_change = -float("inf")
         self._last_settle = -float("inf")
         self._applied = False
 
     def __repr__(self) -> str:
         return (
             f"<CollectorPolicy enabled={self.enabled} settles={self.settles} "
-            f"pending_connects={self._connects}>"
+            f"pending_changes={self._changes}>"
         )
 
     def __enter__(self) -> CollectorPolicy:
@@ -111,14 +111,14 @@ class CollectorPolicy:
 
     def changed(self, now: float) -> None:
         """A channel connected, reconnected, stopped or failed at trio time ``now``."""
-        self._connects += 1
-        self._last_connect = now
+        self._changes += 1
+        self._last_change = now
 
     def due(self, now: float) -> bool:
         """Whether the channels have settled enough to collect and freeze now."""
-        if not self.enabled or self._connects == 0 or now - self._last_connect < QUIET:
+        if not self.enabled or self._changes == 0 or now - self._last_change < QUIET:
             return False
-        return self._connects >= STORM_CONNECTS or now - self._last_settle >= REFREEZE_INTERVAL
+        return self._changes >= STORM_CONNECTS or now - self._last_settle >= REFREEZE_INTERVAL
 
     def settle(self, now: float) -> None:
         """Thaw, collect everything, freeze what survived."""
@@ -128,7 +128,7 @@ class CollectorPolicy:
         gc.freeze()
         self.last_pause = time.perf_counter() - began
         self.settles += 1
-        self._connects = 0
+        self._changes = 0
         self._last_settle = now
         log.info(
             "gc: collected %d unreachable object(s) in %.3f s; froze %d that survived",
@@ -145,11 +145,10 @@ class CollectorPolicy:
                 return
             self._last_settle = trio.current_time()  # a small node waits the whole interval
             while True:
-                now = trio.current_time()
                 wake = float("inf")
-                if self._connects:  # quiet after a storm; or the interval, after a few
-                    wake = self._last_connect + QUIET
-                    if self._connects < STORM_CONNECTS:
+                if self._changes:  # quiet after a storm; or the interval, after a few
+                    wake = self._last_change + QUIET
+                    if self._changes < STORM_CONNECTS:
                         wake = max(wake, self._last_settle + REFREEZE_INTERVAL)
                 with trio.move_on_at(wake) as waited:
                     change = (await states.receive()).event
