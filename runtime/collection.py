@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from typing import Any, Final
 
@@ -114,11 +115,23 @@ class CollectorPolicy:
         self._changes += 1
         self._last_change = now
 
+    def due_at(self) -> float:
+        """When the channels will have settled enough to collect and freeze (trio time)."""
+        if not self.enabled or self._changes == 0:
+            return math.inf
+        at = self._last_change + QUIET  # quiet after a storm...
+        if self._changes < STORM_CONNECTS:  # ...or the interval, after a few
+            at = max(at, self._last_settle + REFREEZE_INTERVAL)
+        return at
+
     def due(self, now: float) -> bool:
-        """Whether the channels have settled enough to collect and freeze now."""
-        if not self.enabled or self._changes == 0 or now - self._last_change < QUIET:
-            return False
-        return self._changes >= STORM_CONNECTS or now - self._last_settle >= REFREEZE_INTERVAL
+        """Whether the channels have settled enough to collect and freeze now.
+
+        Judged against :meth:`due_at` itself, not by subtracting: a clock that
+        wakes exactly at the moment must find it due (``(t + 5) - t`` need not
+        be 5 in floating point, and a loop that woke for nothing would spin).
+        """
+        return now >= self.due_at()
 
     def settle(self, now: float) -> None:
         """Thaw, collect everything, freeze what survived."""
@@ -145,12 +158,7 @@ class CollectorPolicy:
                 return
             self._last_settle = trio.current_time()  # a small node waits the whole interval
             while True:
-                wake = float("inf")
-                if self._changes:  # quiet after a storm; or the interval, after a few
-                    wake = self._last_change + QUIET
-                    if self._changes < STORM_CONNECTS:
-                        wake = max(wake, self._last_settle + REFREEZE_INTERVAL)
-                with trio.move_on_at(wake) as waited:
+                with trio.move_on_at(self.due_at()) as waited:
                     change = (await states.receive()).event
                 if not waited.cancelled_caught:
                     if change.status in _CHURN:

@@ -75,6 +75,17 @@ def test_a_storm_is_settled_once_quiet_and_a_trickle_only_after_the_interval() -
     assert not CollectorPolicy(enabled=False).due(1e9)
 
 
+def test_the_moment_it_falls_due_it_is_due() -> None:
+    # (3.2 + 5.0) - 3.2 < 5.0 in floating point: a subtraction would say "not
+    # yet" at the very moment its timer woke it, and the loop would spin.
+    policy = CollectorPolicy(enabled=True)
+    for _ in range(STORM_CONNECTS):
+        policy.changed(3.2)
+    assert (3.2 + QUIET) - 3.2 < QUIET
+    assert policy.due_at() == 3.2 + QUIET
+    assert policy.due(policy.due_at())
+
+
 @pytest.mark.parametrize("policy", ["tuned", "default"])
 async def test_a_node_freezes_what_its_channels_built_and_thaws_on_the_way_out(
     policy: str, autojump_clock: trio.testing.MockClock
