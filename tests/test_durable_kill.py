@@ -289,7 +289,12 @@ per_peer_burst = {BURST}
 """,
             )
             keys = iter(range(1_000_000))
-            for _ in range(10):
+            rounds = 0
+            # Ten kill -9 rounds at least, and on until there are sends enough to judge
+            # the curve by: a round that ends while the limiter is still paused from
+            # the last unclean stop sends nothing (the fail_after above bounds it).
+            while rounds < 10 or len(emulator.send_times) < 10:
+                rounds += 1
                 async with run_node(path, ENV) as node:
                     await node.wait_output(r"channels:\s+1/1 started")
                     ops = node.url("ops HTTP:")
@@ -304,8 +309,7 @@ per_peer_burst = {BURST}
                         await trio.sleep(rng.uniform(0.5, 1.5))
                         await kill(node)
                         nursery.cancel_scope.cancel()
-    assert len(emulator.send_times) >= 10, emulator.send_times
-    assert most_above_the_curve(emulator.send_times) <= 0
+    assert most_above_the_curve(emulator.send_times) <= 0, emulator.send_times
 
 
 async def _keep_sending(client: httpx.AsyncClient, keys: Any) -> None:
