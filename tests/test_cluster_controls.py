@@ -128,9 +128,15 @@ async def test_garbage_written_into_the_controls_never_stops_the_watch(prefix: s
             controls = OperatorControls(link, prefix=prefix)
             await link.call("HSET", controls.pins_key, b"\xff\xfe", b"\xff")  # not UTF-8
             await link.call("SET", controls.paused_key, b"\xff{not json")
-            nursery.start_soon(lambda: controls.watch(seen.append, interval=600.0))
-            await controls.announce()
-            await trio.sleep(0.1)  # read and refused, the watch still running
+            first = trio.Event()
+
+            def reported(now: Controls) -> None:
+                seen.append(now)
+                first.set()
+
+            nursery.start_soon(lambda: controls.watch(reported, interval=600.0))
+            await first.wait()  # the first load read the garbage, and the watch runs on
+            assert seen[0].pins == {"\ufffd\ufffd": "\ufffd"}  # shown, not a crash
             await link.call("DEL", controls.paused_key, controls.pins_key)
             await controls.pin("a1", "n2")
             while not seen or seen[-1].pins != {"a1": "n2"}:

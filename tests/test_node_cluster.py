@@ -18,6 +18,7 @@ from actors import ChannelStatus
 from providers.simulated import SimulatedProvider
 from runtime import NodeError, open_node, parse_config
 from tests.test_cluster_redis import CEILING, REDIS_URL, redis
+from tests.test_node_embedded import wait_connected
 
 
 def cluster_config(tmp_path: Path, prefix: str, *channels: str) -> Any:
@@ -111,10 +112,7 @@ async def test_a_member_stops_restarting_when_the_caller_would_stop_waiting(
                 cluster_config(tmp_path, prefix, "a", "b"),
                 providers={"simulated": SimulatedProvider()},
             ) as node:
-                while len(node.channels()) < 2 or not all(  # noqa: ASYNC110 - Redis answers
-                    s.status is ChannelStatus.CONNECTED for s in node.channels()
-                ):
-                    await trio.sleep(0.05)
+                await wait_connected(node, 2)
                 # A caller that waits no time at all: nothing may be restarted
                 # after it gave up, and the answer says which were not.
                 answers = await node.ask_members(
