@@ -341,20 +341,27 @@ class Node(ClusterMode, DeadLetterOps):
         await self._stop_local(row, checkpoint=True)
         self._table.remove(channel_id)
 
-    async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> None:
-        """Stop a channel running here; write its final checkpoint unless told not to."""
+    async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> tuple[float, float]:
+        """Stop a channel running here; write its final checkpoint unless told not to.
+
+        Returns:
+            the seconds the stop took, and the final checkpoint (for the logs).
+        """
         if not checkpoint and row.memory is not None:
             self._checkpoints.detach(row.memory)
+        started = trio.current_time()
         if row.running:
             supervisor = self._channel_supervisor()
             await supervisor.terminate_child(row.spec.id)
             await supervisor.delete_child(row.spec.id)
+        stopped = trio.current_time()
         if row.memory is not None:
             if checkpoint:
                 with contextlib.suppress(StoreError):  # logged by the writer
                     await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
             self._checkpoints.detach(row.memory)
         row.channel = row.child = row.memory = None
+        return stopped - started, trio.current_time() - stopped
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
         """Start a channel over from its spec, no longer FAILED.

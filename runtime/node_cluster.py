@@ -126,7 +126,9 @@ class ClusterMode:
             self, spec: ChannelSpec, *, tenure: Tenure | None = None
         ) -> ChannelSnapshot: ...
 
-        async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> None: ...
+        async def _stop_local(
+            self, row: ChannelRow, *, checkpoint: bool
+        ) -> tuple[float, float]: ...
 
         async def _send_here(
             self,
@@ -185,11 +187,23 @@ class ClusterMode:
         row = self._table.find(channel_id)
         if row is None or not row.running:
             return
+        began = trio.current_time()
         with trio.move_on_after(HANDOFF_WAIT):
             await self._sends.wait_channel_done(channel_id)
+        waited = trio.current_time() - began
         fenced = channel_id in self._cluster.ownership.fenced
-        await self._stop_local(row, checkpoint=not fenced)
+        stopping, checkpoint = await self._stop_local(row, checkpoint=not fenced)
         self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
+        log.info(
+            "cluster: stopped channel %s for its move in %.2f s "
+            "(sends in flight %.2f s, stop %.2f s, final checkpoint %.2f s)",
+            channel_id,
+            trio.current_time() - began,
+            waited,
+            stopping,
+            checkpoint,
+            extra={"channel": channel_id},
+        )
 
     def released(self, channel_id: str) -> None:
         """The channel's lease is given back: its held sends go to the new owner."""

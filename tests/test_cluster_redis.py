@@ -219,6 +219,49 @@ async def test_a_node_cut_off_from_redis_drops_its_connection_before_its_lease_c
             outer.cancel_scope.cancel()
 
 
+class StuckRunner(Runner):
+    """A node whose channels do not stop within a drain's hand-off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go: list[str] = []
+
+    async def stop_owned(self, channel_id: str) -> None:
+        await trio.sleep_forever()
+
+    def released(self, channel_id: str) -> None:
+        self.let_go.append(channel_id)
+
+
+async def test_a_hand_off_cut_by_its_deadline_gives_the_lease_back_when_the_node_leaves(
+    prefix: str,
+) -> None:
+    """Out of time, the channel's tenure ends at once but its lease is still held;
+    leaving gives it back then, instead of making the next owner wait out the TTL."""
+    runner = StuckRunner()
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            leases = Leases(link, prefix=prefix, node_id="a", ttl=60.0)
+            ownership = Ownership(
+                node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
+            )
+            ownership.set_members(["a"])
+            ownership.set_catalog(["ch"])
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ownership.run)
+                while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
+                    await trio.sleep(0.02)
+                handed = await ownership.hand_off(trio.current_time() + 0.2)
+                assert handed == 0  # it did not stop in time ...
+                assert runner.tenures["ch"].revoked  # ... but its connection is ended
+                assert await link.call("EXISTS", leases.lease_key("ch")) == 1
+                assert "ch" in ownership.owned and runner.let_go == []
+                await ownership.release_all()  # the drain stopped it: leaving
+                assert await link.call("EXISTS", leases.lease_key("ch")) == 0
+                assert ownership.owned == {} and runner.let_go == ["ch"]
+                nursery.cancel_scope.cancel()
+
+
 async def test_a_loop_that_runs_late_holds_its_connections_for_less(prefix: str) -> None:
     runner = Runner()
     ttl = 1.5

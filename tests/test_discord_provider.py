@@ -31,6 +31,7 @@ from providers.base import (
     SessionState,
 )
 from providers.discord import DiscordProvider
+from providers.discord import shell as discord_shell
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from tests.support import clock_window, control
@@ -146,6 +147,27 @@ async def test_a_restarted_actor_resumes_with_the_saved_session(
             [resumed] = await states(stream, 1)
             assert resumed.state is ConnectionState.RESUMED
     assert emulator.stats["identify"] == 1 and emulator.stats["resume"] == 1
+
+
+async def test_a_resumable_close_completes_its_handshake_instead_of_timing_out(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway answers our close frame; close() waits for that answer, not its bound.
+
+    A planned move closes the socket before it releases the lease; a close
+    that sat out its timeout (2 s) kept the channel dark that long (issue 18).
+    With the bound lifted, a close that does not complete is a hang.
+    """
+    monkeypatch.setattr(discord_shell, "CLOSE_TIMEOUT", 3600.0)
+    with trio.fail_after(CEILING):
+        async with provider().open_connection(config(base_url)) as conn:
+            await states(conn.events(), 1)
+            ws = conn._ws
+            assert ws is not None
+            await conn.close(resumable=True)
+            assert ws.closed is not None
+            assert ws.closed.code == 4000  # ours, answered: the session stays resumable
+            assert conn.session_state().data
 
 
 async def test_events_left_unread_are_replayed_by_the_next_connection(

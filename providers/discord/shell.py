@@ -548,11 +548,17 @@ class DiscordConnection:
         if self._closed:
             return
         self._closed = True
-        self._drive_scope.cancel()
-        for action in self._core.close(resumable=resumable):
-            if isinstance(action, CloseSocket) and self._ws is not None:
-                await self._close_socket(self._ws, action)
-        self._send_events.close()
+        # The close frame goes out while the socket's reader still runs, so the
+        # gateway's answer ends the handshake at once; with the driver (and
+        # the reader) cancelled first, every close sat out CLOSE_TIMEOUT, and a
+        # moving channel stayed dark that long.
+        try:
+            for action in self._core.close(resumable=resumable):
+                if isinstance(action, CloseSocket) and self._ws is not None:
+                    await self._close_socket(self._ws, action)
+        finally:
+            self._drive_scope.cancel()
+            self._send_events.close()
 
     # --- the driver ---------------------------------------------------------------------
 
@@ -614,25 +620,34 @@ class DiscordConnection:
         while True:
             deadline = core.next_deadline()
             actions: list[Action] = []
+            message: str | bytes | None = None
+            lost: ConnectionClosed | None = None
             with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
                 try:
                     message = await ws.get_message()
                 except ConnectionClosed as exc:
-                    code = exc.reason.code if exc.reason is not None else None
-                    why = (exc.reason.reason if exc.reason is not None else None) or ""
-                    actions = core.connection_lost(code, trio.current_time(), why)
-                else:
-                    payload: str | bytes | None = message
-                    if inflater is not None:
-                        try:
-                            payload = inflater.feed(message)
-                        except CompressionError as error:
-                            payload = None
-                            actions = core.protocol_error(str(error), trio.current_time())
-                    if payload is not None:
-                        actions = core.receive(payload, trio.current_time())
-            if scope.cancelled_caught:
-                actions = core.timer(trio.current_time())
+                    lost = exc
+            if self._closed:
+                # close() has the socket: it sends the close frame, this socket's
+                # reader reads the gateway's answer, and close() then cancels us.
+                await trio.sleep_forever()
+            now = trio.current_time()
+            if lost is not None:
+                code = lost.reason.code if lost.reason is not None else None
+                why = (lost.reason.reason if lost.reason is not None else None) or ""
+                actions = core.connection_lost(code, now, why)
+            elif scope.cancelled_caught:
+                actions = core.timer(now)
+            elif message is not None:
+                payload: str | bytes | None = message
+                if inflater is not None:
+                    try:
+                        payload = inflater.feed(message)
+                    except CompressionError as error:
+                        payload = None
+                        actions = core.protocol_error(str(error), now)
+                if payload is not None:
+                    actions = core.receive(payload, now)
             reconnect = await self._apply(ws, actions)
             if task_status is not None and core.state is GatewayState.CONNECTED:
                 task_status.started()

@@ -361,15 +361,21 @@ class Ownership:
             self.runner.released(channel_id)
 
     async def _release(self, channel_id: str) -> None:
-        owned = self.owned.pop(channel_id, None)
-        self.rebalancer.left(channel_id)
+        owned = self.owned.get(channel_id)
         if owned is None:
+            self.rebalancer.left(channel_id)
             return
         owned.tenure.revoke()
         try:
             await self.leases.release(channel_id, owned.token)
         except ClusterUnavailable as exc:  # it expires by itself
             log.warning("cluster: releasing channel %s's lease failed: %s", channel_id, exc)
+        # Cancelled before here (a drain's hand-off ran out of time), the lease
+        # stays held, revoked: :meth:`release_all` gives it back once the
+        # drain has stopped the channel, instead of leaving it to expire.
+        if self.owned.get(channel_id) is owned:
+            del self.owned[channel_id]
+        self.rebalancer.left(channel_id)
         log.info("cluster: let channel %s go", channel_id, extra={"channel": channel_id})
 
     async def hand_off(self, deadline: float) -> int:
@@ -391,6 +397,7 @@ class Ownership:
         async with self._lock:
             for channel_id in list(self.owned):
                 await self._release(channel_id)
+                self.runner.released(channel_id)
 
     async def _renew_loop(self) -> None:
         interval = self.leases.ttl / 3
