@@ -370,6 +370,13 @@ SEND_WINDOW_RTT: Final = 0.3  # seconds
 SEND_WINDOW_HEADROOM: Final = 1.25
 SEND_WINDOW_MAX: Final = 256  # sends in flight per channel, whatever the rate
 
+# A liveness timer that fires this much after it was due found the node's own
+# event loop busy (a collection, a burst of work): what the peer sent
+# meanwhile may sit unread in the socket, so the link is not blamed yet. It
+# is given as long again as the node looked away, once, and judged after
+# the reader has looked (the cores' ``tick``/``timer`` take ``due``).
+LATE_TIMER: Final = 0.1  # seconds
+
 
 def default_send_window(limits: PlatformLimits) -> int:
     """Sends in flight that let one channel reach ``limits.per_channel_rate``

@@ -174,6 +174,27 @@ def test_zombie_connection_is_closed_resumably_and_resumed() -> None:
     assert core.next_deadline() is None  # nothing runs until the new socket
 
 
+def test_a_heartbeat_timer_that_fires_late_reads_before_calling_a_zombie() -> None:
+    """Our loop was busy 0.5 s past the heartbeat (issue 12): the ACK may be unread,
+    so the core looks as long again, once per ACK, before it calls the socket a zombie."""
+    core = connected_core()
+    core.timer(0.25, due=0.25)  # heartbeat 1
+    assert core.timer(1.75, due=1.25) == []  # ACK not seen, but we were 0.5 s late
+    assert core.next_deadline() == 2.25
+    assert core.receive(frame(11), 1.76) == []  # it was there
+    assert sent(core.timer(2.25, due=2.25)) == [{"op": 1, "d": 1}]  # heartbeat 2, on time
+    assert core.timer(3.75, due=3.25) == []  # late again, with heartbeat 2 unanswered
+    actions = core.timer(4.75, due=4.25)  # late again: once per ACK, so a zombie now
+    assert isinstance(actions[0], CloseSocket) and "zombie" in events(actions)[0].detail
+
+
+def test_a_heartbeat_timer_a_little_late_still_finds_the_zombie() -> None:
+    core = connected_core()
+    core.timer(0.25, due=0.25)
+    actions = core.timer(1.3, due=1.25)  # within LATE_TIMER: the socket's fault
+    assert isinstance(actions[0], CloseSocket)
+
+
 def test_no_hello_fails_transiently() -> None:
     core = make_core(hello_timeout=5.0)
     core.connection_made(10.0)

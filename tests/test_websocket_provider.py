@@ -297,6 +297,41 @@ def test_a_stalled_reader_is_not_taken_for_a_dead_link() -> None:
     assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
 
 
+def test_a_timer_that_fires_late_reads_before_it_blames_the_link() -> None:
+    """The node's loop was busy for 3 s past the pong deadline (issue 12): the pong
+    may be unread in the socket, so the link gets as long again, once."""
+    core = make_core(liveness_timeout=30.0)
+    [ping] = core.tick(110.0)
+    assert core.tick(118.0, due=115.0) == []  # 3 s late: not blamed yet
+    assert core.next_deadline() == 121.0  # judged after as long again
+    assert core.pong_received(ping.payload, 118.01) == []  # it was there: the link is fine
+    [again] = core.tick(120.0, due=120.0)
+    assert isinstance(again, SendPing)
+    # A dead link is still found: one grace, then the verdict, however late.
+    assert core.tick(128.0, due=125.0) == []
+    [fail] = core.tick(133.0, due=131.0)
+    assert isinstance(fail, Fail) and "no pong within 5.0s" in str(fail.error)
+
+
+def test_a_timer_on_time_or_a_little_late_judges_at_once() -> None:
+    core = make_core(liveness_timeout=None)
+    core.tick(110.0)
+    [fail] = core.tick(115.05, due=115.0)  # within LATE_TIMER: the link's fault
+    assert isinstance(fail, Fail)
+
+
+def test_a_late_timer_moves_overdue_acks_and_the_liveness_in_order() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=30.0, send_timeout=8.0)
+    core.start_send(OutboundMessage(peer="p", idempotency_key="k1", text="a"), 100.0)
+    core.start_send(OutboundMessage(peer="p", idempotency_key="k2", text="b"), 101.0)
+    assert core.tick(110.0, due=108.0) == []  # k1 was due at 108, k2 at 109
+    assert core.next_deadline() == 112.0
+    done = core.tick(112.0, due=112.0)
+    assert [a.key for a in done if isinstance(a, CompleteSend)] == ["k1", "k2"]
+    [fail] = core.tick(130.0, due=130.0)  # the liveness: moved to 112, due 30 s after 100
+    assert isinstance(fail, Fail) and "liveness timeout" in str(fail.error)
+
+
 def test_disabled_timers_leave_nothing_armed() -> None:
     core = make_core(ping_interval=None, liveness_timeout=None)
     assert core.next_deadline() == float("inf")

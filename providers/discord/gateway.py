@@ -27,6 +27,11 @@ Design:
   4008 beyond that). Frames queued with :meth:`GatewayCore.queue_frame` wait
   for room; Identify/Resume/heartbeats always go out and ``HEARTBEAT_RESERVE``
   slots are kept for them, which covers heartbeats at any real interval.
+- A heartbeat timer that fires late (more than
+  :data:`~providers.base.LATE_TIMER` after it was due: our own loop was
+  busy) with the ACK still awaited does not call the socket a zombie at
+  once: the ACK may be unread in the socket. The shell reads for as long
+  again, once per ACK, and the timer judges then.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ..base import (
+    LATE_TIMER,
     AuthenticationFailed,
     ConnectionState,
     ConnectionStateChanged,
@@ -309,6 +315,7 @@ class GatewayCore:
         self.latency: float | None = None
         self._next_heartbeat: float | None = None
         self._awaiting_ack = False
+        self._graced = False  # a late timer's grace, given since the last ACK
         self._heartbeat_sent_at: float | None = None
         self._hello_deadline: float | None = None
         self._last_identify: float | None = None
@@ -407,6 +414,7 @@ class GatewayCore:
             return [self._heartbeat(now)]
         if op == Op.HEARTBEAT_ACK:
             self._awaiting_ack = False
+            self._graced = False
             if self._heartbeat_sent_at is not None:
                 self.latency = now - self._heartbeat_sent_at
             return []
@@ -432,8 +440,8 @@ class GatewayCore:
             return []
         return self._drop_socket(why)
 
-    def timer(self, now: float) -> list[Action]:
-        """Run whatever :meth:`next_deadline` said was due."""
+    def timer(self, now: float, *, due: float | None = None) -> list[Action]:
+        """Run whatever :meth:`next_deadline` said was due (``due``: when it was)."""
         hello_due = self._hello_deadline is not None and now >= self._hello_deadline
         if self.state is GatewayState.AWAITING_HELLO and hello_due:
             self.state = GatewayState.DISCONNECTED
@@ -448,13 +456,20 @@ class GatewayCore:
             ]
         actions: list[Action] = []
         if self._socket_live() and self._next_heartbeat is not None and now >= self._next_heartbeat:
-            if self._awaiting_ack:
+            late = 0.0 if due is None else now - due
+            if self._awaiting_ack and (late <= LATE_TIMER or self._graced):
                 return self._drop_socket(
                     "zombied connection: no heartbeat ACK before the next heartbeat was due"
                 )
-            actions.append(self._heartbeat(now))
-            assert self.heartbeat_interval is not None
-            self._next_heartbeat = now + self.heartbeat_interval
+            if self._awaiting_ack:
+                # Our loop was busy past the heartbeat: the ACK may be unread in
+                # the socket. Look as long again before calling it a zombie (once).
+                self._graced = True
+                self._next_heartbeat = now + late
+            else:
+                actions.append(self._heartbeat(now))
+                assert self.heartbeat_interval is not None
+                self._next_heartbeat = now + self.heartbeat_interval
         identify_due = self._identify_at is not None and now >= self._identify_at
         if self.state is GatewayState.IDENTIFYING and identify_due:
             actions.extend(self._identify(now))

@@ -637,7 +637,7 @@ class DiscordConnection:
                 why = (lost.reason.reason if lost.reason is not None else None) or ""
                 actions = core.connection_lost(code, now, why)
             elif scope.cancelled_caught:
-                actions = core.timer(now)
+                actions = core.timer(now, due=deadline)
             elif message is not None:
                 payload: str | bytes | None = message
                 if inflater is not None:

@@ -58,6 +58,15 @@ Two timers decide that a link is dead, and they prove different things:
   must therefore send something, a heartbeat at least, more often than that.
 
 Either timer may be disabled with ``None``.
+
+A timer that fires late (the node's own loop was busy: a collection, a
+burst of work) does not blame the link for the node's lateness: the
+pong, frames and acks may be waiting unread in the socket. When
+:meth:`WebSocketCore.tick` is told the timer was due more than
+:data:`~providers.base.LATE_TIMER` earlier and something would fail, the
+deadlines move by as long as the node looked away, once, until the link
+shows progress (a pong or a frame); the reader reads, and the timer judges
+again.
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ import attrs
 import cattrs
 
 from providers.base import (
+    LATE_TIMER,
     AuthenticationFailed,
     BadRecipient,
     Banned,
@@ -384,6 +394,7 @@ class WebSocketCore:
 
     __slots__ = (
         "_awaited_pong",
+        "_graced",
         "_next_ping_at",
         "_pending",
         "_ping_counter",
@@ -426,6 +437,7 @@ class WebSocketCore:
         self._ping_counter = 0
         self._awaited_pong: tuple[bytes, float] | None = None  # payload, deadline
         self._pending: dict[str, tuple[float, str]] = {}  # key -> (ack deadline, peer)
+        self._graced = False  # a late timer's grace was given since the link last showed progress
         self.failure: ProviderError | None = None
 
     def __repr__(self) -> str:
@@ -460,9 +472,12 @@ class WebSocketCore:
 
     # --- inputs -------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[Action]:
-        """Fire every timer due at ``now``."""
+    def tick(self, now: float, *, due: float | None = None) -> list[Action]:
+        """Fire every timer due at ``now``; ``due``: when the shell's timer was set to fire."""
         if self.phase in (Phase.CLOSED, Phase.FAILED):
+            return []
+        if due is not None and now - due > LATE_TIMER and not self._graced and self._failing(now):
+            self._grace(now, until=now + (now - due))
             return []
         if self._awaited_pong is not None and now >= self._awaited_pong[1]:
             return self._fail(
@@ -501,6 +516,25 @@ class WebSocketCore:
             actions.append(SendPing(payload=payload))
         return actions
 
+    def _failing(self, now: float) -> bool:
+        """Whether a pong, the liveness or an ack is overdue at ``now``."""
+        if self._awaited_pong is not None and now >= self._awaited_pong[1]:
+            return True
+        if self.liveness_timeout is not None and now >= self.last_frame_at + self.liveness_timeout:
+            return True
+        return bool(self._pending) and now >= next(iter(self._pending.values()))[0]
+
+    def _grace(self, now: float, *, until: float) -> None:
+        """A late timer: nothing overdue fails before ``until`` (once, until progress)."""
+        self._graced = True
+        if self._awaited_pong is not None:
+            payload, deadline = self._awaited_pong
+            self._awaited_pong = (payload, max(deadline, until))
+        if self.liveness_timeout is not None:
+            self.last_frame_at = max(self.last_frame_at, until - self.liveness_timeout)
+        for key, (deadline, peer) in self._pending.items():  # max(): the order holds
+            self._pending[key] = (max(deadline, until), peer)
+
     def reader_stalled(self, since: float, now: float) -> list[Action]:
         """The shell did not read from ``since`` to ``now``: its consumer was full.
 
@@ -528,6 +562,7 @@ class WebSocketCore:
         """The pong for ``payload`` arrived."""
         if self._awaited_pong is not None and self._awaited_pong[0] == payload:
             self._awaited_pong = None
+            self._graced = False
         return []
 
     def start_send(self, msg: Operation, now: float) -> list[Action]:
@@ -565,6 +600,7 @@ class WebSocketCore:
             return []
         self.last_frame_at = now
         self.frames_received += 1
+        self._graced = False
         try:
             frame = json.loads(data)
             if not isinstance(frame, dict):

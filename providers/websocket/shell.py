@@ -382,7 +382,7 @@ class WebSocketConnection:
                 data = await link.receive_bytes()
             self._timer_scope = None
             if scope.cancelled_caught:
-                await self._apply(core.tick(trio.current_time()))
+                await self._apply(core.tick(trio.current_time(), due=scope.deadline))
                 data = b""
 
     async def _apply(self, actions: list[Action]) -> None:
