@@ -58,6 +58,22 @@ async def emulator_call(
     return await http.post(url, json=payload)
 
 
+async def hang_up_mid_request(base_url: str, path: str, *, times: int) -> None:
+    """Send the headers of a POST with a 100-byte body, then hang up: ``times`` connections.
+
+    A server that answers on the headers alone (a refusal) is then closing the
+    connection just as its reader sees the client go: hypercorn's race
+    (:mod:`providers.serving`), which before the fix ended the server about
+    one connection in four.
+    """
+    host, _, port = base_url.removeprefix("http://").rstrip("/").rpartition(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n".encode()
+    for _ in range(times):
+        stream = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(head)
+        await stream.aclose()
+
+
 async def control(base_url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
     """:func:`emulator_call` that must succeed: its JSON answer.
 

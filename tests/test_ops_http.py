@@ -58,7 +58,7 @@ from runtime.ops import health_report, ops_app, serve_ops
 from runtime.ops.app import MAX_BODY
 from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
 from runtime.webhooks import telegram_headers
-from tests.support import emulator_call, real_time_ceiling
+from tests.support import emulator_call, hang_up_mid_request, real_time_ceiling
 
 CEILING: Final = 15.0  # seconds of real time; only a hang gets near it
 API_TOKEN: Final = "ops-api-token-7f3a"
@@ -410,6 +410,16 @@ async def test_unknown_paths_and_methods_answer_json() -> None:
             assert wrong.status_code == 405
             assert wrong.json()["error"] == "MethodNotAllowed"
             assert "GET" in wrong.headers["allow"]
+
+
+async def test_clients_hanging_up_on_a_refusal_leave_the_server_serving() -> None:
+    # The app refuses some requests on their headers alone (404 here; 401, 413
+    # and Telegram's secret token too): a client hanging up meanwhile once
+    # ended the whole server (hypercorn's race, providers.serving).
+    with trio.fail_after(CEILING):
+        async with serving(FakeNode()) as (client, url):
+            await hang_up_mid_request(url, "/nope", times=50)
+            assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_a_failing_handler_answers_500_and_the_server_keeps_serving(

@@ -20,7 +20,6 @@ import pytest
 import trio
 import trio.testing
 from hypercorn.config import Config
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,6 +46,7 @@ from providers.base import (
 )
 from providers.emulators import open_emulator
 from providers.emulators.telegram import TelegramEmulator
+from providers.serving import serve_asgi
 from providers.telegram import SECRET_HEADER, TelegramConnection, TelegramProvider
 from tests.support import control, yield_until
 
@@ -379,7 +379,9 @@ async def webhook_receiver() -> AsyncIterator[tuple[str, list[TelegramConnection
     cfg.accesslog = None
     cfg.errorlog = None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: serve(app, cfg, task_status=task_status))  # type: ignore[arg-type]
+        binds = await nursery.start(
+            lambda task_status: serve_asgi(app, cfg, task_status=task_status)
+        )
         yield f"{binds[0]}/hook", holder
         nursery.cancel_scope.cancel()
 

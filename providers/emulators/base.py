@@ -2,8 +2,9 @@
 
 Design:
 - An emulator is an ASGI application (Starlette routing on anyio, so it runs
-  on trio) served by hypercorn: the HTTP and websocket parsing is theirs, the
-  platform's behaviour is ours.
+  on trio) served by hypercorn (through :func:`providers.serving.serve_asgi`,
+  which closes a race in which a client hanging up ended the whole server):
+  the HTTP and websocket parsing is theirs, the platform's behaviour is ours.
 - Each emulator keeps its platform's state in plain Python objects and
   speaks the platform's wire protocol at the real paths. The control API
   lives on the same port under ``/_emulator/``:
@@ -47,13 +48,13 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from providers import bounded_json
+from providers.serving import serve_asgi
 
 from .http_faults import HTTP_FAULT_KINDS, HttpFaults, fault_middleware
 
@@ -260,7 +261,7 @@ class Emulator:
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             app = fault_middleware(self.app, self.http_faults)
-            await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+            await serve_asgi(app, config, task_status=task_status)
 
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(run)

@@ -6,7 +6,10 @@ Design:
   the socket listens, so ``await nursery.start(serve_ops, ...)`` returns the
   bound address (port 0 picks a free one, which tests rely on).
 - The HTTP parsing is hypercorn's; the app is Starlette's, which speaks the
-  ASGI lifespan protocol hypercorn's trio server insists on.
+  ASGI lifespan protocol hypercorn's trio server insists on. It is served
+  through :func:`providers.serving.serve_asgi`: the app refuses some requests
+  on their headers alone, and a client hanging up at that moment would
+  otherwise end the whole server (a race in hypercorn's trio server).
 - Cancellation is the shutdown: hypercorn's listeners and connection tasks
   live in nurseries under our scope, so cancelling it closes the listening
   socket and every open (keep-alive) connection at once; nothing waits for
@@ -30,7 +33,8 @@ from typing import Any, Final
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+
+from providers.serving import serve_asgi
 
 from ..config.model import MetricsConfig
 from ..errors import StartupFailed
@@ -131,7 +135,7 @@ async def serve_ops(
         _check_tls(config, certfile, keyfile)
 
     async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve(app, config, task_status=task_status, mode="asgi")  # type: ignore[arg-type]
+        await serve_asgi(app, config, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(run)
