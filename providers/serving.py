@@ -47,7 +47,9 @@ def _locked_close(original: _Close) -> _Close:
     async def _close(self: TCPServer) -> None:
         lock: trio.Lock = self.send_lock
         if lock.locked():
-            await self.stream.aclose()
+            # Forcefully: a TLS stream's graceful close would queue its
+            # close_notify behind the stuck send; this closes the transport.
+            await trio.aclose_forcefully(self.stream)
             return
         lock.acquire_nowait()
         try:

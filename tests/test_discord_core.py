@@ -181,11 +181,27 @@ def test_a_heartbeat_timer_that_fires_late_reads_before_calling_a_zombie() -> No
     core.timer(0.25, due=0.25)  # heartbeat 1
     assert core.timer(1.75, due=1.25) == []  # ACK not seen, but we were 0.5 s late
     assert core.next_deadline() == 2.25
-    assert core.receive(frame(11), 1.76) == []  # it was there
-    assert sent(core.timer(2.25, due=2.25)) == [{"op": 1, "d": 1}]  # heartbeat 2, on time
-    assert core.timer(3.75, due=3.25) == []  # late again, with heartbeat 2 unanswered
-    actions = core.timer(4.75, due=4.25)  # late again: once per ACK, so a zombie now
+    assert core.receive(frame(11), 1.76) == []  # it was there ...
+    assert core.next_deadline() == 1.76  # ... and heartbeat 2, held back, is overdue
+    assert sent(core.timer(1.76, due=1.76)) == [{"op": 1, "d": 1}]
+    assert core.next_deadline() == 2.76
+    assert core.timer(3.26, due=2.76) == []  # late again, with heartbeat 2 unanswered
+    actions = core.timer(4.0, due=3.76)  # late again: once per ACK, so a zombie now
     assert isinstance(actions[0], CloseSocket) and "zombie" in events(actions)[0].detail
+
+
+def test_a_heartbeat_grace_is_at_most_an_interval_and_ends_with_the_socket() -> None:
+    core = connected_core()
+    core.timer(0.25, due=0.25)
+    assert core.timer(301.25, due=1.25) == []  # a 300 s stall
+    assert core.next_deadline() == 302.25  # one interval more, not 300 s
+    core.connection_lost(None, 302.0)  # the socket ends; a new one starts afresh
+    core.connection_made(303.0)
+    core.receive(frame(10, {"heartbeat_interval": 1000}), 303.0)
+    first = core.next_deadline()
+    assert first is not None
+    core.timer(first, due=first)  # its first heartbeat, never acknowledged
+    assert core.timer(first + 1.5, due=first + 1.0) == []  # the new socket has its grace
 
 
 def test_a_heartbeat_timer_a_little_late_still_finds_the_zombie() -> None:

@@ -300,7 +300,7 @@ def test_a_stalled_reader_is_not_taken_for_a_dead_link() -> None:
 def test_a_timer_that_fires_late_reads_before_it_blames_the_link() -> None:
     """The node's loop was busy for 3 s past the pong deadline (issue 12): the pong
     may be unread in the socket, so the link gets as long again, once."""
-    core = make_core(liveness_timeout=30.0)
+    core = make_core(liveness_timeout=None)
     [ping] = core.tick(110.0)
     assert core.tick(118.0, due=115.0) == []  # 3 s late: not blamed yet
     assert core.next_deadline() == 121.0  # judged after as long again
@@ -313,6 +313,16 @@ def test_a_timer_that_fires_late_reads_before_it_blames_the_link() -> None:
     assert isinstance(fail, Fail) and "no pong within 5.0s" in str(fail.error)
 
 
+def test_the_grace_of_a_late_timer_is_at_most_a_pong_timeout() -> None:
+    """A node frozen for 600 s does not give a dead link 600 s more."""
+    core = make_core(liveness_timeout=None)
+    core.tick(110.0)
+    assert core.tick(715.0, due=115.0) == []
+    assert core.next_deadline() == 720.0  # 715 + pong_timeout, not 715 + 600
+    [fail] = core.tick(720.0, due=720.0)
+    assert isinstance(fail, Fail)
+
+
 def test_a_timer_on_time_or_a_little_late_judges_at_once() -> None:
     core = make_core(liveness_timeout=None)
     core.tick(110.0)
@@ -320,16 +330,26 @@ def test_a_timer_on_time_or_a_little_late_judges_at_once() -> None:
     assert isinstance(fail, Fail)
 
 
-def test_a_late_timer_moves_overdue_acks_and_the_liveness_in_order() -> None:
-    core = make_core(ping_interval=None, liveness_timeout=30.0, send_timeout=8.0)
+def test_a_late_timer_gives_each_overdue_ack_one_grace_in_order() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=None, send_timeout=8.0)
     core.start_send(OutboundMessage(peer="p", idempotency_key="k1", text="a"), 100.0)
     core.start_send(OutboundMessage(peer="p", idempotency_key="k2", text="b"), 101.0)
+    core.start_send(OutboundMessage(peer="p", idempotency_key="k3", text="c"), 104.0)
     assert core.tick(110.0, due=108.0) == []  # k1 was due at 108, k2 at 109
-    assert core.next_deadline() == 112.0
-    done = core.tick(112.0, due=112.0)
-    assert [a.key for a in done if isinstance(a, CompleteSend)] == ["k1", "k2"]
-    [fail] = core.tick(130.0, due=130.0)  # the liveness: moved to 112, due 30 s after 100
-    assert isinstance(fail, Fail) and "liveness timeout" in str(fail.error)
+    assert core.next_deadline() == 112.0  # and k3 (due 112) keeps its place
+    # A chatty server does not renew the grace of an ack that never comes.
+    core.frame_received(frame(type="heartbeat"), 111.0)
+    done = core.tick(114.0, due=112.0)  # late again: k1, k2 had theirs (k3 shared its end)
+    assert [a.key for a in done if isinstance(a, CompleteSend)] == ["k1", "k2", "k3"]
+    assert core.next_deadline() == float("inf")
+
+
+def test_a_late_timer_gives_the_liveness_one_grace_until_a_frame_comes() -> None:
+    core = make_core(ping_interval=None, liveness_timeout=30.0)
+    assert core.tick(131.0, due=130.0) == []  # 1 s late: looks for 1 s more
+    assert core.next_deadline() == 132.0
+    [fail] = core.tick(134.0, due=132.0)
+    assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
 
 
 def test_disabled_timers_leave_nothing_armed() -> None:

@@ -31,7 +31,8 @@ Design:
   :data:`~providers.base.LATE_TIMER` after it was due: our own loop was
   busy) with the ACK still awaited does not call the socket a zombie at
   once: the ACK may be unread in the socket. The shell reads for as long
-  again, once per ACK, and the timer judges then.
+  again (at most a heartbeat interval), once per ACK, and the timer judges
+  then; an ACK read meanwhile sends the held-back heartbeat at once.
 """
 
 from __future__ import annotations
@@ -395,6 +396,7 @@ class GatewayCore:
         self._identify_at = None
         self._next_heartbeat = None
         self._awaiting_ack = False
+        self._graced = False
         self.limiter.reset()
         return []
 
@@ -414,7 +416,10 @@ class GatewayCore:
             return [self._heartbeat(now)]
         if op == Op.HEARTBEAT_ACK:
             self._awaiting_ack = False
-            self._graced = False
+            if self._graced:  # the heartbeat held back for it is overdue: now
+                self._graced = False
+                if self._next_heartbeat is not None:
+                    self._next_heartbeat = min(self._next_heartbeat, now)
             if self._heartbeat_sent_at is not None:
                 self.latency = now - self._heartbeat_sent_at
             return []
@@ -463,9 +468,11 @@ class GatewayCore:
                 )
             if self._awaiting_ack:
                 # Our loop was busy past the heartbeat: the ACK may be unread in
-                # the socket. Look as long again before calling it a zombie (once).
+                # the socket. Look as long again (at most an interval) before
+                # calling it a zombie, once per ACK.
+                assert self.heartbeat_interval is not None
                 self._graced = True
-                self._next_heartbeat = now + late
+                self._next_heartbeat = now + min(late, self.heartbeat_interval)
             else:
                 actions.append(self._heartbeat(now))
                 assert self.heartbeat_interval is not None

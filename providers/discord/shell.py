@@ -566,9 +566,10 @@ class DiscordConnection:
         """Run gateway sockets until closed; ``started()`` at the first READY/RESUMED."""
         with self._drive_scope:
             try:
-                while True:
+                while not self._closed:  # close() has the last socket: no new one
                     reconnect = await self._run_socket(None if self._started else task_status)
                     await trio.sleep(reconnect.delay)
+                await trio.sleep_forever()  # close() cancels us
             except ProviderError as error:
                 if not self._started:
                     raise

@@ -63,10 +63,10 @@ A timer that fires late (the node's own loop was busy: a collection, a
 burst of work) does not blame the link for the node's lateness: the
 pong, frames and acks may be waiting unread in the socket. When
 :meth:`WebSocketCore.tick` is told the timer was due more than
-:data:`~providers.base.LATE_TIMER` earlier and something would fail, the
-deadlines move by as long as the node looked away, once, until the link
-shows progress (a pong or a frame); the reader reads, and the timer judges
-again.
+:data:`~providers.base.LATE_TIMER` earlier, what is overdue gets as long
+again as the node looked away (at most ``pong_timeout``) while the reader
+reads, then is judged: once for the awaited pong (until a pong comes), once
+for the liveness (until a frame comes), once for each pending ack.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 from typing import Any, Final
 
 import attrs
@@ -393,11 +394,13 @@ class WebSocketCore:
     """
 
     __slots__ = (
+        "_acks_graced_to",
         "_awaited_pong",
-        "_graced",
+        "_liveness_graced",
         "_next_ping_at",
         "_pending",
         "_ping_counter",
+        "_pong_graced",
         "channel_id",
         "failure",
         "frames_received",
@@ -437,7 +440,11 @@ class WebSocketCore:
         self._ping_counter = 0
         self._awaited_pong: tuple[bytes, float] | None = None  # payload, deadline
         self._pending: dict[str, tuple[float, str]] = {}  # key -> (ack deadline, peer)
-        self._graced = False  # a late timer's grace was given since the link last showed progress
+        # A late timer's grace (see _grace): given to the awaited pong, to the
+        # liveness since the last frame, to the acks due up to this time.
+        self._pong_graced = False
+        self._liveness_graced = False
+        self._acks_graced_to = -math.inf
         self.failure: ProviderError | None = None
 
     def __repr__(self) -> str:
@@ -476,8 +483,9 @@ class WebSocketCore:
         """Fire every timer due at ``now``; ``due``: when the shell's timer was set to fire."""
         if self.phase in (Phase.CLOSED, Phase.FAILED):
             return []
-        if due is not None and now - due > LATE_TIMER and not self._graced and self._failing(now):
-            self._grace(now, until=now + (now - due))
+        # Late: as long again as the node looked away, at most a pong's timeout.
+        late = 0.0 if due is None else now - due
+        if late > LATE_TIMER and self._grace(now, until=now + min(late, self.pong_timeout)):
             return []
         if self._awaited_pong is not None and now >= self._awaited_pong[1]:
             return self._fail(
@@ -516,24 +524,35 @@ class WebSocketCore:
             actions.append(SendPing(payload=payload))
         return actions
 
-    def _failing(self, now: float) -> bool:
-        """Whether a pong, the liveness or an ack is overdue at ``now``."""
-        if self._awaited_pong is not None and now >= self._awaited_pong[1]:
-            return True
-        if self.liveness_timeout is not None and now >= self.last_frame_at + self.liveness_timeout:
-            return True
-        return bool(self._pending) and now >= next(iter(self._pending.values()))[0]
+    def _grace(self, now: float, *, until: float) -> bool:
+        """A late timer: what is overdue, and has had no grace yet, fails no sooner
+        than ``until``; whether anything had.
 
-    def _grace(self, now: float, *, until: float) -> None:
-        """A late timer: nothing overdue fails before ``until`` (once, until progress)."""
-        self._graced = True
-        if self._awaited_pong is not None:
-            payload, deadline = self._awaited_pong
-            self._awaited_pong = (payload, max(deadline, until))
-        if self.liveness_timeout is not None:
-            self.last_frame_at = max(self.last_frame_at, until - self.liveness_timeout)
-        for key, (deadline, peer) in self._pending.items():  # max(): the order holds
-            self._pending[key] = (max(deadline, until), peer)
+        One grace each: the pong until a pong comes, the liveness until a frame
+        comes, a pending ack once (acks graced before are the oldest, so the
+        dict's deadlines stay in order: no per-send state on the common path).
+        """
+        graced = False
+        pong = self._awaited_pong
+        if pong is not None and now >= pong[1] and not self._pong_graced:
+            self._awaited_pong = (pong[0], until)
+            self._pong_graced = graced = True
+        liveness = self.liveness_timeout
+        silent = liveness is not None and now >= self.last_frame_at + liveness
+        if silent and liveness is not None and not self._liveness_graced:
+            self.last_frame_at = until - liveness
+            self._liveness_graced = graced = True
+        floor = self._acks_graced_to
+        for key, (deadline, peer) in self._pending.items():
+            if deadline >= until:
+                break  # in order: the rest are later still
+            if deadline <= now and deadline <= floor:
+                continue  # had its grace
+            self._pending[key] = (until, peer)
+            if deadline <= now:
+                self._acks_graced_to = until
+                graced = True
+        return graced
 
     def reader_stalled(self, since: float, now: float) -> list[Action]:
         """The shell did not read from ``since`` to ``now``: its consumer was full.
@@ -562,7 +581,7 @@ class WebSocketCore:
         """The pong for ``payload`` arrived."""
         if self._awaited_pong is not None and self._awaited_pong[0] == payload:
             self._awaited_pong = None
-            self._graced = False
+            self._pong_graced = False
         return []
 
     def start_send(self, msg: Operation, now: float) -> list[Action]:
@@ -600,7 +619,7 @@ class WebSocketCore:
             return []
         self.last_frame_at = now
         self.frames_received += 1
-        self._graced = False
+        self._liveness_graced = False
         try:
             frame = json.loads(data)
             if not isinstance(frame, dict):

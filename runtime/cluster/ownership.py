@@ -424,8 +424,8 @@ class Ownership:
             lost_set = set(lost)
             for channel_id, token, _ in batch:
                 owned = self.owned.get(channel_id)
-                if owned is None or owned.token != token:
-                    continue
+                if owned is None or owned.token != token or owned.tenure.revoked:
+                    continue  # let go meanwhile (or being let go): not lost
                 if channel_id in lost_set:
                     self.lost += 1
                     owned.tenure.revoke()
