@@ -681,3 +681,21 @@ def test_composite_state_round_trip() -> None:
         CompositeLimiter(fresh_parts[0], state=saved)
     assert isinstance(saved, CompositeLimiterState)
     assert isinstance(saved.parts[1], KeyedLimiterState)
+
+
+def test_the_shared_deadline_leaves_out_what_one_key_owns() -> None:
+    limiter = CompositeLimiter(
+        GCRA(rate=10.0, burst=1), KeyedLimiter(rate=1.0, burst=1, max_keys=10)
+    )
+    assert limiter.shared_deadline() == -math.inf
+    assert limiter.try_acquire(5.0, key="a")
+    # "a" waits on its own bucket (a second); everyone waits on the channel's (0.1 s).
+    assert limiter.next_deadline(key="a") == pytest.approx(6.0)
+    assert limiter.shared_deadline() == pytest.approx(5.1)
+    assert limiter.next_deadline(key="b") == limiter.shared_deadline()
+    limiter.pause_until(7.0, key="b")  # one key's pause is its own
+    assert limiter.shared_deadline() == pytest.approx(5.1)
+    limiter.parts[1].pause_until(8.0)  # the keyed part's pause of every key is shared
+    assert limiter.shared_deadline() == 8.0
+    limiter.pause_until(9.0)  # and so is the pause of everything
+    assert limiter.shared_deadline() == 9.0

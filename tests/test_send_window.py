@@ -445,3 +445,25 @@ async def test_a_channel_keeps_to_a_strict_platform_s_second_and_near_its_rate(
     assert provider.refused == 0
     assert provider.accepted == count
     assert count / took >= 0.95 * rate, count / took
+
+
+async def test_sends_waiting_for_the_limiter_take_turns_instead_of_all_waking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A paced channel (10/s, burst 1) with twenty sends waiting at once: each
+    # turn lets exactly one go, in the order they came, and wakes about one
+    # waiter, not all that wait (twenty wake-ups per turn before).
+    provider = RoundTrip()
+    provider.limits = attrs.evolve(GENEROUS, per_channel_rate=10.0, per_channel_burst=1)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=20) as channel:
+            await provider.wait_connected(1)
+            began = trio.current_time()
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(20)])
+            waits = channel.statistics().rate_limit_waits
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    starts = {key: start - began for spans in provider.spans.values() for start, _, key in spans}
+    assert [starts[f"k{i}"] for i in range(20)] == pytest.approx(
+        [i / 10 for i in range(20)], abs=1e-5
+    )
+    assert waits <= 2 * 20, waits
