@@ -467,3 +467,22 @@ async def test_sends_waiting_for_the_limiter_take_turns_instead_of_all_waking(
         [i / 10 for i in range(20)], abs=1e-5
     )
     assert waits <= 2 * 20, waits
+
+
+async def test_after_a_pause_every_waiting_send_goes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No rate limit, but the platform refuses the first five sends with a
+    # second's pause: the five wait in line for it and all leave when it
+    # ends (none stays parked), and the fifteen behind them follow.
+    scripts = {f"p{i}": [RateLimited("slow down", retry_after=1.0)] for i in range(5)}
+    provider = RoundTrip(scripts=scripts)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=5) as channel:
+            await provider.wait_connected(1)
+            began = trio.current_time()
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(20)])
+            took = trio.current_time() - began
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    # Refused after a round trip, a second's pause, then four rounds of five.
+    assert took == pytest.approx(RTT + 1.0 + 4 * RTT)

@@ -355,6 +355,8 @@ class SendPath:
                         turns = self._turns = Turns()
                     await turns.wait(until)
                 else:
+                    if self._turns is not None:
+                        self._turns.pass_on()  # not waiting in line: the next may go
                     await trio.sleep(delay)
                 continue
             try:
@@ -366,6 +368,8 @@ class SendPath:
             if not limiter.try_acquire(trio.current_time(), key=peer):
                 breaker.record_success(trio.current_time())  # release a trial slot
                 continue
+            if self._turns is not None:
+                self._turns.pass_on()  # this turn is taken: the next in line may go or wait
             if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
                 memory.touch()
             attempts += 1
