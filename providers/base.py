@@ -353,6 +353,14 @@ class PlatformLimits:
         per_peer_burst: burst for it.
         max_text_length: longest text the platform accepts, in characters.
         max_upload_bytes: largest media upload the platform accepts, in bytes.
+        per_channel_strict: the platform counts ``per_channel_rate`` over
+            any one second and refuses the message past it (a sliding
+            window, not a bucket: WhatsApp's 130429, Telegram's 429), and
+            each refusal costs the channel a pause of a second or more. A
+            burst on top of the rate overruns such a window, so these
+            platforms declare ``per_channel_burst = 1`` and the channel
+            paces its sends a little below the rate (see
+            :func:`actors.channel.state.channel_bucket`).
     """
 
     per_channel_rate: float
@@ -361,6 +369,7 @@ class PlatformLimits:
     per_peer_burst: int
     max_text_length: int
     max_upload_bytes: int = 50 * 1024 * 1024
+    per_channel_strict: bool = False
 
 
 # A real platform is 50-300 ms away, and one send in flight caps a channel at

@@ -74,7 +74,8 @@ def effective_limits(
                 per_peer_burst=int(UNLIMITED),
                 max_text_length=_pick(layer.max_text_length, limits.max_text_length),
             )
-        limits = PlatformLimits(
+        limits = attrs.evolve(
+            limits,
             per_channel_rate=_pick(layer.per_channel_rate, limits.per_channel_rate),
             per_channel_burst=_pick(layer.per_channel_burst, limits.per_channel_burst),
             per_peer_rate=_pick(layer.per_peer_rate, limits.per_peer_rate),

@@ -429,6 +429,48 @@ def test_arrivals_within_the_tolerance_count_as_on_time() -> None:
     assert limiter.try_acquire(101.0 - ARRIVAL_TOLERANCE / 2)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.data(), rates, bursts, starts, st.sampled_from([2e-6, 0.001, 0.005, 0.02, 0.3]))
+def test_a_gcra_with_a_tolerance_never_exceeds_its_curve(
+    data: st.DataObject, rate: float, burst: int, start: float, tolerance: float
+) -> None:
+    limiter = GCRA(rate=rate, burst=burst, tolerance=tolerance)
+    client = gcra_client(limiter, start)
+    client.run(data.draw(plans(rate, burst)))
+    assert limiter.arrival_curve.tolerance > tolerance
+    assert_within_curve(client.admitted[0], limiter.arrival_curve)
+
+
+def pace(limiter: GCRA, lateness: float, sends: int) -> float:
+    """A pacer that wakes ``lateness`` after each deadline; the time of its last send."""
+    now = 0.0
+    for _ in range(sends):
+        now = max(now, limiter.next_deadline()) + lateness
+        assert limiter.try_acquire(now)
+    return now
+
+
+def test_a_pacer_that_wakes_late_keeps_the_rate_within_its_tolerance() -> None:
+    # 80/s paced (burst 1), each wake-up 1 ms late, as a real event loop's timers are.
+    strict = GCRA(rate=80.0, burst=1)
+    assert pace(strict, 0.001, 801) == pytest.approx(800 * (1 / 80 + 0.001), abs=0.002)
+    # Without a tolerance, every turn loses its lateness: 74/s instead of 80.
+    tolerant = GCRA(rate=80.0, burst=1, tolerance=0.005)
+    assert pace(tolerant, 0.001, 801) == pytest.approx(10.0 - 0.004 + 0.001)
+    # No two sends closer than the interval less the tolerance, and never a burst.
+    limiter = GCRA(rate=80.0, burst=1, tolerance=0.005)
+    assert limiter.try_acquire(1.0)
+    assert not limiter.try_acquire(1.0)
+    assert not limiter.try_acquire(1.0 + 1 / 80 - 0.006)
+    assert limiter.try_acquire(1.0 + 1 / 80 - 0.005)
+    assert limiter.arrival_curve.max_in_window(1.0) == 1 + 80  # + floor(80 * 1.005...)
+    assert repr(GCRA(rate=80, burst=1, tolerance=0.005)) == (
+        "<GCRA rate=80.0/s burst=1 tat=None tolerance=0.005>"
+    )
+    restored = GCRA(rate=80.0, burst=1, tolerance=0.005, state=limiter.state)
+    assert restored.tolerance == 0.005
+
+
 def test_pause_blocks_until_exactly_t_and_only_extends() -> None:
     limiter = GCRA(rate=10.0, burst=5)
     limiter.pause_until(50.0)
@@ -475,6 +517,8 @@ def keyed_any() -> KeyedLimiter[Any]:
         (lambda: GCRA(rate=0.0, burst=1), "rate"),
         (lambda: GCRA(rate=math.nan, burst=1), "rate"),
         (lambda: GCRA(rate=1.0, burst=0), "burst"),
+        (lambda: GCRA(rate=1.0, burst=1, tolerance=0.0), "tolerance"),
+        (lambda: GCRA(rate=1.0, burst=1, tolerance=2.0), "tolerance"),
         (lambda: GCRA(rate=1.0, burst=2).try_acquire(0.0, 3), "cost"),
         (lambda: GCRA(rate=1.0, burst=2).try_acquire(0.0, 0), "cost"),
         (lambda: GCRA(rate=1.0, burst=2).delay(math.nan), "now"),
@@ -637,3 +681,21 @@ def test_composite_state_round_trip() -> None:
         CompositeLimiter(fresh_parts[0], state=saved)
     assert isinstance(saved, CompositeLimiterState)
     assert isinstance(saved.parts[1], KeyedLimiterState)
+
+
+def test_the_shared_deadline_leaves_out_what_one_key_owns() -> None:
+    limiter = CompositeLimiter(
+        GCRA(rate=10.0, burst=1), KeyedLimiter(rate=1.0, burst=1, max_keys=10)
+    )
+    assert limiter.shared_deadline() == -math.inf
+    assert limiter.try_acquire(5.0, key="a")
+    # "a" waits on its own bucket (a second); everyone waits on the channel's (0.1 s).
+    assert limiter.next_deadline(key="a") == pytest.approx(6.0)
+    assert limiter.shared_deadline() == pytest.approx(5.1)
+    assert limiter.next_deadline(key="b") == limiter.shared_deadline()
+    limiter.pause_until(7.0, key="b")  # one key's pause is its own
+    assert limiter.shared_deadline() == pytest.approx(5.1)
+    limiter.parts[1].pause_until(8.0)  # the keyed part's pause of every key is shared
+    assert limiter.shared_deadline() == 8.0
+    limiter.pause_until(9.0)  # and so is the pause of everything
+    assert limiter.shared_deadline() == 9.0

@@ -28,12 +28,15 @@ from providers.base import (
     ChannelConfig,
     OutboundMessage,
     PlatformLimits,
+    RateLimited,
     SendResult,
     TransientError,
     default_send_window,
     send_window,
 )
+from providers.telegram import TELEGRAM_LIMITS
 from providers.testing import FakeConnection, FakeProvider
+from providers.whatsapp import WHATSAPP_LIMITS
 from supervisors import ChildSpec, Restart, open_supervisor
 from tests.support import CEILING
 
@@ -369,3 +372,117 @@ def test_an_http_channel_pools_a_connection_per_send_in_its_window() -> None:
     own = ChannelConfig(channel_id="c", provider="telegram", send_window=120)
     polling = pool_limits(own, limits, extra=1)  # + Telegram's long poll
     assert (polling.max_connections, polling.max_keepalive_connections) == (121, 121)
+
+
+# --- a platform that counts per second -------------------------------------------------
+
+
+class StrictSecond(FakeProvider):
+    """A platform ``RTT`` away that counts a channel's sends over any one second,
+    as WhatsApp (130429) and Telegram (429) do: the send past its rate is refused
+    for a second, channel-wide. Each send arrives half a round trip after it
+    left, moved by up to ``jitter`` (the network, the far end's event loop)."""
+
+    def __init__(self, limits: PlatformLimits, *, jitter: float) -> None:
+        super().__init__(limits=limits)
+        self.window: deque[float] = deque()
+        self.refused = 0
+        self.accepted = 0
+        # Deterministic, uneven: sends that leave evenly arrive bunched.
+        self._jitter = itertools.cycle([jitter, 0.0, 0.3 * jitter, 0.9 * jitter, 0.1 * jitter])
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: Any = None
+    ) -> AsyncIterator[Any]:
+        async with super().open_connection(config, session) as conn:
+            yield _StrictSecondConnection(self, conn)
+
+
+class _StrictSecondConnection:
+    def __init__(self, provider: StrictSecond, inner: FakeConnection) -> None:
+        self._provider = provider
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        provider = self._provider
+        await trio.sleep(RTT / 2 + next(provider._jitter))
+        now = trio.current_time()
+        window = provider.window
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        refused = len(window) >= provider.limits.per_channel_rate
+        if not refused:
+            window.append(now)
+        await trio.sleep(RTT / 2)
+        if refused:
+            provider.refused += 1
+            raise RateLimited("throughput reached", retry_after=1.0)
+        provider.accepted += 1
+        return SendResult(platform_message_id=f"id-{msg.idempotency_key}", peer=msg.peer)
+
+
+@pytest.mark.parametrize("limits", [WHATSAPP_LIMITS, TELEGRAM_LIMITS], ids=["whatsapp", "telegram"])
+async def test_a_channel_keeps_to_a_strict_platform_s_second_and_near_its_rate(
+    autojump_clock: trio.testing.MockClock, limits: PlatformLimits
+) -> None:
+    # Every message to a new recipient, so only the channel's own rate binds;
+    # 20 ms of jitter between the node and the platform.
+    provider = StrictSecond(limits, jitter=0.02)
+    rate = limits.per_channel_rate
+    count = int(rate * 20)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=default_send_window(limits)) as channel:
+            await provider.wait_connected(1)
+            began = trio.current_time()
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(count)])
+            took = trio.current_time() - began
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    # Not one refusal (each costs the channel a second), and 95 % of the rate.
+    assert provider.refused == 0
+    assert provider.accepted == count
+    assert count / took >= 0.95 * rate, count / took
+
+
+async def test_sends_waiting_for_the_limiter_take_turns_instead_of_all_waking(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A paced channel (10/s, burst 1) with twenty sends waiting at once: each
+    # turn lets exactly one go, in the order they came, and wakes about one
+    # waiter, not all that wait (twenty wake-ups per turn before).
+    provider = RoundTrip()
+    provider.limits = attrs.evolve(GENEROUS, per_channel_rate=10.0, per_channel_burst=1)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=20) as channel:
+            await provider.wait_connected(1)
+            began = trio.current_time()
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(20)])
+            waits = channel.statistics().rate_limit_waits
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    starts = {key: start - began for spans in provider.spans.values() for start, _, key in spans}
+    assert [starts[f"k{i}"] for i in range(20)] == pytest.approx(
+        [i / 10 for i in range(20)], abs=1e-5
+    )
+    assert waits <= 2 * 20, waits
+
+
+async def test_after_a_pause_every_waiting_send_goes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No rate limit, but the platform refuses the first five sends with a
+    # second's pause: the five wait in line for it and all leave when it
+    # ends (none stays parked), and the fifteen behind them follow.
+    scripts = {f"p{i}": [RateLimited("slow down", retry_after=1.0)] for i in range(5)}
+    provider = RoundTrip(scripts=scripts)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=5) as channel:
+            await provider.wait_connected(1)
+            began = trio.current_time()
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(20)])
+            took = trio.current_time() - began
+    assert all(isinstance(r, SendResult) for r in results.values()), results
+    # Refused after a round trip, a second's pause, then four rounds of five.
+    assert took == pytest.approx(RTT + 1.0 + 4 * RTT)

@@ -32,6 +32,7 @@ from ..actor import Actor, Exit
 from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish
+from .pacing import Turns
 from .send import SendPath
 from .state import (
     ChannelMemory,
@@ -107,6 +108,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connection_scope",
         "_failure",
         "_stopping",
+        "_turns",
         "_window",
         "config",
         "memory",
@@ -134,6 +136,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
         self._window = SendWindow(send_window(config, provider.limits))
+        self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
 
     @classmethod
     def factory(

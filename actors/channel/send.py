@@ -22,6 +22,8 @@ Design:
 - Sends are pipelined: the actor takes up to its window of sends off the
   mailbox (:mod:`.window`) and runs each peer's chain in a task of its own,
   answering each asker when its send is done (``lowlevel.defer_reply``).
+  Sends waiting for the channel's limiter take turns (:mod:`.pacing`):
+  one sleeps on the clock, the rest queue behind it.
   A refusal found before any budget is spent (unsupported, too long) is
   answered at once. A chain cut off by the end of the incarnation goes back
   to the front of the mailbox (``lowlevel.requeue``) for the next one: a
@@ -56,6 +58,7 @@ from providers.operations import EditMessage, Operation, check_supported, perfor
 from .. import lowlevel
 from ..backoff import BackoffPolicy
 from ..errors import ActorCrashed, ChannelFailed, ChannelUnavailable, CircuitOpen, SendFailed
+from .pacing import Turns
 from .window import Flight, SendWindow
 
 if TYPE_CHECKING:
@@ -164,6 +167,7 @@ class SendPath:
     memory: ChannelMemory
     settings: ChannelSettings
     _window: SendWindow
+    _turns: Turns | None
 
     if TYPE_CHECKING:
 
@@ -344,7 +348,16 @@ class SendPath:
             delay = limiter.delay(now, key=peer)
             if delay > 0:
                 memory.counters["rate_limit_waits"] += 1
-                await trio.sleep(delay)
+                until = now + delay
+                if until <= limiter.shared_deadline():  # everyone's turn, not this peer's
+                    turns = self._turns
+                    if turns is None:  # made by the first wait: most channels never queue
+                        turns = self._turns = Turns()
+                    await turns.wait(until)
+                else:
+                    if self._turns is not None:
+                        self._turns.pass_on()  # not waiting in line: the next may go
+                    await trio.sleep(delay)
                 continue
             try:
                 breaker.allow(now)
@@ -355,6 +368,8 @@ class SendPath:
             if not limiter.try_acquire(trio.current_time(), key=peer):
                 breaker.record_success(trio.current_time())  # release a trial slot
                 continue
+            if self._turns is not None:
+                self._turns.pass_on()  # this turn is taken: the next in line may go or wait
             if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
                 memory.touch()
             attempts += 1

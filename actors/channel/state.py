@@ -39,6 +39,7 @@ __all__ = [
     "EventReceiver",
     "OutboundDeadLetter",
     "RecentIds",
+    "channel_bucket",
     "channel_statistics",
 ]
 
@@ -46,6 +47,36 @@ DEFAULT_DEDUPE_WINDOW: Final = 10_000  # inbound ids remembered per channel
 DEFAULT_PEER_BUCKETS: Final = 10_000  # per-peer limiter buckets per channel
 DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
 SENT_KEPT: Final = 1_000  # send results remembered per channel, by idempotency key
+
+# A platform that counts a channel's sends over any one second (WhatsApp,
+# Telegram: ``PlatformLimits.per_channel_strict``) refuses the one past its
+# rate, and each refusal pauses the channel for a second or more (on the
+# bench: 55 of WhatsApp's 80/s). Sending exactly at the rate is not enough:
+# the network and both event loops move each send by a few milliseconds, and
+# two that land closer than 1/rate put rate + 1 into some second. So such a
+# channel paces (burst 1) at PACING_SHARE of the rate, which leaves
+# (1 - share) of every second for that jitter; no rate + 1 consecutive sends
+# can land within one second as long as tolerance + jitter < about 30 ms.
+# PACING_TOLERANCE lets the pacer's own late wake-ups (a timer fires a
+# millisecond late) be made up instead of lost at every turn.
+PACING_SHARE: Final = 0.97  # of a strict platform's per-channel rate
+PACING_TOLERANCE: Final = 0.005  # seconds a paced send may come before its turn
+
+
+def channel_bucket(limits: PlatformLimits) -> GCRA:
+    """The channel's own rate limiter (the per-peer one is keyed beside it).
+
+    A platform whose window is strict (``limits.per_channel_strict``) gets
+    a pacer a little below its rate; any other gets the bucket it declares.
+    """
+    if not limits.per_channel_strict:
+        return GCRA(rate=limits.per_channel_rate, burst=limits.per_channel_burst)
+    return GCRA(
+        rate=limits.per_channel_rate * PACING_SHARE,
+        burst=limits.per_channel_burst,
+        tolerance=PACING_TOLERANCE,
+    )
+
 
 # The jitter source of every channel that is not given its own generator. A
 # Mersenne Twister keeps 2.5 KB of state, as much as the rest of a channel's
@@ -388,7 +419,7 @@ class ChannelMemory:
         self.limits = settings.limits or limits
         self.rng = rng or _JITTER
         self.limiter = CompositeLimiter(
-            GCRA(rate=self.limits.per_channel_rate, burst=self.limits.per_channel_burst),
+            channel_bucket(self.limits),
             KeyedLimiter(
                 rate=self.limits.per_peer_rate,
                 burst=self.limits.per_peer_burst,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from typing import Any, TypeAlias
 
@@ -139,6 +140,33 @@ class CompositeLimiter:
         """
         self._check_cost(cost)
         earliest = max(part._deadline(cost, key) for part in self._parts)
+        return _later(self._paused_until, earliest)
+
+    def shared_deadline(self, cost: int = 1) -> float:
+        """Return the earliest time every part would admit, counting only what
+        no key owns: the plain parts and the pauses of everything.
+
+        ``next_deadline(cost, key=k)`` is never earlier; where it is later,
+        the wait is ``k``'s own (its bucket, its pause). A caller with many
+        keys waiting uses it to let one of them wait on the shared limit for
+        all (see :mod:`actors.channel.pacing`).
+
+        Args:
+            cost: units to charge (1 to the smallest burst).
+
+        Returns:
+            A clock time in seconds, possibly in the past, or ``-math.inf``.
+
+        Raises:
+            ValueError: if ``cost`` is out of range.
+        """
+        self._check_cost(cost)
+        earliest = -math.inf
+        for part in self._parts:
+            if isinstance(part, KeyedLimiter):
+                earliest = _later(part._paused_until, earliest)
+            else:
+                earliest = max(earliest, part._deadline(cost, None))
         return _later(self._paused_until, earliest)
 
     def delay(self, now: float, cost: int = 1, *, key: Hashable | None = None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Final
 
 import attrs
 
@@ -18,6 +19,8 @@ from ._grid import (
     _wait,
 )
 from .curve import ArrivalCurve
+
+MAX_TOLERANCE: Final = 1.0  # seconds; a pacer's lateness, not a second burst
 
 
 @attrs.frozen(kw_only=True)
@@ -46,25 +49,34 @@ class _Bucket:
 class _Schedule:
     """Exact GCRA arithmetic for one (rate, burst); buckets hold the state."""
 
-    __slots__ = ("burst", "inc", "limit", "p", "rate")
+    __slots__ = ("burst", "inc", "limit", "p", "rate", "tolerance")
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, tolerance: float = ARRIVAL_TOLERANCE) -> None:
         rate = float(rate)
         if not (math.isfinite(rate) and rate > 0.0):
             raise ValueError(f"rate must be a finite number of units per second > 0, got {rate!r}")
         if not isinstance(burst, int) or burst < 1:
             raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+        tolerance = float(tolerance)
+        if not (math.isfinite(tolerance) and ARRIVAL_TOLERANCE <= tolerance <= MAX_TOLERANCE):
+            raise ValueError(
+                f"tolerance must be seconds between {ARRIVAL_TOLERANCE!r} and "
+                f"{MAX_TOLERANCE!r}, got {tolerance!r}"
+            )
         p, q = rate.as_integer_ratio()
         self.rate = rate
         self.burst = burst
+        self.tolerance = tolerance
         self.p = p  # ticks per nanosecond
         self.inc = _NS_PER_SECOND * q  # ticks per unit of cost: the emission interval
-        self.limit = burst * self.inc + _TOLERANCE_NS * p  # most TAT may lead now, in ticks
+        # Floored onto the grid, so the limiter never forgives more than the curve declares.
+        tolerance_ns = max(_TOLERANCE_NS, math.floor(tolerance * _NS_PER_SECOND))
+        self.limit = burst * self.inc + tolerance_ns * p  # most TAT may lead now, in ticks
 
     @property
     def curve(self) -> ArrivalCurve:
         return ArrivalCurve(
-            rate=self.rate, burst=self.burst, tolerance=ARRIVAL_TOLERANCE + CLOCK_ALLOWANCE
+            rate=self.rate, burst=self.burst, tolerance=self.tolerance + CLOCK_ALLOWANCE
         )
 
     def check_cost(self, cost: int) -> None:
@@ -116,6 +128,8 @@ class _Schedule:
     def describe(self, bucket: _Bucket) -> str:
         tat = None if bucket.tat is None else bucket.tat / self.p / _NS_PER_SECOND
         text = f"rate={self.rate!r}/s burst={self.burst} tat={tat!r}"
+        if self.tolerance != ARRIVAL_TOLERANCE:
+            text += f" tolerance={self.tolerance!r}"
         if bucket.paused_until is not None:
             text += f" paused_until={bucket.paused_until!r}"
         return text
@@ -127,19 +141,36 @@ class GCRA:
     A fresh bucket admits ``burst`` units at once and then ``rate`` units per
     second; in any window it stays within :attr:`arrival_curve`.
 
+    ``tolerance`` is how early an arrival may come before its turn (the
+    GCRA's tau beyond the burst): a pacer (``burst=1``) that wakes a little
+    late for each turn would otherwise lose that lateness every time and
+    send below ``rate``; with a tolerance larger than its lateness it keeps
+    the rate, and no two admissions are ever closer than ``1 / rate -
+    tolerance``. The curve includes it: ``burst + floor(rate * (w +
+    tolerance))``, plus the clock allowance.
+
     Args:
         rate: units per second (> 0).
         burst: units admissible at once (>= 1).
+        tolerance: seconds an arrival may be early (at least
+            :data:`ARRIVAL_TOLERANCE`, the default; at most :data:`MAX_TOLERANCE`).
         state: a state exported by :attr:`state`, to continue from.
 
     Raises:
-        ValueError: if ``rate`` or ``burst`` is out of range.
+        ValueError: if ``rate``, ``burst`` or ``tolerance`` is out of range.
     """
 
     __slots__ = ("_bucket", "_schedule")
 
-    def __init__(self, *, rate: float, burst: int, state: GCRAState | None = None) -> None:
-        self._schedule = _Schedule(rate, burst)
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int,
+        tolerance: float = ARRIVAL_TOLERANCE,
+        state: GCRAState | None = None,
+    ) -> None:
+        self._schedule = _Schedule(rate, burst, tolerance)
         self._bucket = self._schedule.restore(GCRAState() if state is None else state)
 
     @property
@@ -151,6 +182,11 @@ class GCRA:
     def burst(self) -> int:
         """Units admissible at once."""
         return self._schedule.burst
+
+    @property
+    def tolerance(self) -> float:
+        """Seconds an arrival may be early."""
+        return self._schedule.tolerance
 
     @property
     def arrival_curve(self) -> ArrivalCurve:
@@ -230,7 +266,7 @@ class GCRA:
         self._bucket.paused_until = _later(self._bucket.paused_until, t)
 
     def _with_state(self, state: GCRAState) -> GCRA:
-        return GCRA(rate=self.rate, burst=self.burst, state=state)
+        return GCRA(rate=self.rate, burst=self.burst, tolerance=self.tolerance, state=state)
 
     def _check(self, now: float, ns: int, cost: int, key: object) -> bool:
         return self._schedule.admit(self._bucket, now, ns, cost, commit=False)

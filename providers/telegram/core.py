@@ -115,9 +115,12 @@ POLL_READ_GRACE: Final = 10.0  # seconds a long poll may take beyond its ``timeo
 DEFAULT_POLL_TIMEOUT: Final = 30  # seconds
 DEFAULT_ALLOWED_UPDATES: Final = ("message", "edited_message")
 
+# About 30 messages in any second per bot, refused with 429 (retry_after in
+# whole seconds) past that: no burst on top of the rate.
 TELEGRAM_LIMITS: Final = PlatformLimits(
     per_channel_rate=30.0,
-    per_channel_burst=30,
+    per_channel_burst=1,
+    per_channel_strict=True,
     per_peer_rate=1.0,
     per_peer_burst=1,
     max_text_length=MAX_TEXT_LENGTH,

@@ -124,9 +124,12 @@ PAIR_RETRY_AFTER: Final = 6.0  # seconds: about one message per 6 s to one recip
 APP_RETRY_AFTER: Final = 60.0  # seconds: app/account limits use hourly windows; re-probe
 DEFAULT_RETRY_AFTER: Final = 1.0  # seconds: an HTTP 429 without any other guidance
 
+# 80 messages in any second per number, refused with 130429 past that: no
+# burst on top (a burst of 80 and then 80/s sends 160 in the first second).
 WHATSAPP_LIMITS: Final = PlatformLimits(
     per_channel_rate=80.0,
-    per_channel_burst=80,
+    per_channel_burst=1,
+    per_channel_strict=True,
     per_peer_rate=1 / 6,
     per_peer_burst=3,
     max_text_length=MAX_TEXT_LENGTH,
