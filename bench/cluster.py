@@ -356,9 +356,9 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
             record = await rig.fault()
             last = f"{record.kind} dark {record.outage:.1f} s, settled {record.recovery:.1f} s"
             ctx.progress.update(n + 1, last=last)
-            if rig.overlaps():
+            if await rig.overlaps():
                 break  # the judge has spoken; the examples go in the report
-        summary = rig.summary()
+        summary = await rig.summary()
         summary["recoveries"] = [f.recovery for f in rig.faults]
         summary["outages"] = [f.outage for f in rig.faults]
         summary["darkest"] = [
@@ -367,7 +367,7 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
             for f in sorted(rig.faults, key=lambda f: -f.outage)[:5]
             if f.dark is not None
         ]
-        summary["overlap_examples"] = rig.overlap_examples()
+        summary["overlap_examples"] = await rig.overlap_examples()
     return summary
 
 
