@@ -103,6 +103,7 @@ class _Run:
         self.p = p
         self.rng = random.Random(p.seed)
         self.t0 = trio.current_time()
+        self.wall0 = time.time()
         self.sends: list[_Send] = []
         self.events: list[_Event] = []
         self.samples: list[_Sample] = []
@@ -231,14 +232,16 @@ class _Run:
     def settled(self) -> bool:
         return not any(self.unsettled().values())
 
-    def too_slow(self, what: str) -> ScenarioError:
+    async def too_slow(self, what: str) -> ScenarioError:
         left = self.unsettled()
         shown = {
             kind: f"{len(ids)} (e.g. {', '.join(f'{c}@{self.holders.get(c)}' for c in ids[:5])})"
             for kind, ids in left.items()
         }
+        unlinked = await self.rig.diagnose(left["unlinked"], since=self.wall0, shown=10)
         return ScenarioError(
-            f"{what} did not settle within {SETTLE_WITHIN:g} s: {shown}; live nodes {self.live()}"
+            f"{what} did not settle within {SETTLE_WITHIN:g} s: {shown}; live nodes "
+            f"{self.live()}; unlinked: {unlinked}"
         )
 
     async def event(self, name: str, nursery: trio.Nursery) -> _Event:
@@ -269,7 +272,7 @@ class _Run:
                     break
                 await trio.sleep(POLL)
         if waited.cancelled_caught:
-            raise self.too_slow(f"the {name}")
+            raise await self.too_slow(f"the {name}")
         event.settled = self.now() - event.at
         # A channel that left and came back to its first node moved too; one whose
         # holder is unchanged and never left is not counted.
@@ -322,7 +325,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
                 await run.look()
                 await trio.sleep(POLL)
         if waited.cancelled_caught:
-            raise run.too_slow("the start")
+            raise await run.too_slow("the start")
         duplicates_before = (await rig.websocket.stats()).get("duplicates", 0)
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:

@@ -486,22 +486,56 @@ class ClusterRig:
 
         Raises:
             RuntimeError: not within ``STARTUP_BASE + STARTUP_PER`` a channel;
-                the message names the channels left and their lease holders.
+                the message names the channels left, their lease holders and,
+                with ``ops``, what the holder says about them.
         """
         within = STARTUP_BASE + STARTUP_PER * len(self.channel_ids())
+        began = time.time()
         try:
             await self.wait_connected(within)
         except trio.TooSlowError:
-            linked = await self.linked()
-            left = sorted(set(self.linked_channels.values()) - linked)
-            holders = await self.holders()
-            shown = ", ".join(f"{c}@{holders.get(c)}" for c in left[:20])
+            left = sorted(set(self.linked_channels.values()) - await self.linked())
             raise RuntimeError(
                 f"the rig's channels did not all connect within {within:g} s: "
                 f"{len(left)} of {len(self.linked_channels)} websocket and Discord channels "
-                f"hold no single connection (e.g. {shown}); the nodes' logs are in "
-                f"{self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
+                f"hold no single connection: {await self.diagnose(left, since=began)}; the "
+                f"nodes' logs are in {self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
             ) from None
+
+    async def diagnose(self, channels: list[str], *, since: float, shown: int = 20) -> str:
+        """What the rig knows of ``channels`` (the first ``shown``): each one's lease
+        holder, its live connections at the platform and how its last one ended
+        (since ``since``, wall clock), and, with ``ops``, its holder's word on it."""
+        holders = await self.holders()
+        live: dict[str, int] = {}
+        ended: dict[str, str] = {}
+        for control in (self.websocket, self.discord):
+            brief = await control.ownership(gaps_since=since)
+            live |= {self.linked_channels.get(i, i): n for i, n in brief["live"].items()}
+            ended |= {self.linked_channels.get(g[0], g[0]): g[3] for g in brief["gaps"]}
+            ended |= {
+                self.linked_channels.get(i, i): f"{why} ({time.time() - since:.0f} s ago)"
+                for i, (since, why) in brief["dark"].items()
+            }
+        problems: dict[str, str] = {}
+        if self.params.ops:
+            for node_id in sorted(set(holders.values()) & set(self.processes)):
+                try:
+                    answer = await self.websocket.client.get(self.ops_urls[node_id] + "/health")
+                    report = answer.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    problems[node_id] = f"/health unanswered: {exc!r}"
+                    continue
+                problems |= {
+                    p["channel"]: f"{p['status']}: {p['reason']}" for p in report["problems"]
+                }
+        lines = [
+            f"{c}@{holders.get(c)} live={live.get(c, 0)}"
+            + (f" last ended: {ended[c]}" if c in ended else "")
+            + (f" node says: {problems[c]}" if c in problems else "")
+            for c in channels[:shown]
+        ]
+        return "; ".join(lines)
 
     # --- faults -------------------------------------------------------------------------
 

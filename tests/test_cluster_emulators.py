@@ -124,7 +124,9 @@ async def test_the_ownership_brief_shows_live_connections_overlaps_and_gaps_sinc
     assert during["live"] == {"tok-a": 2, "a-toke…n-12": 1}  # tokens are shown shortened
     assert during["overlap_count"] == 1 and during["overlaps"][0]["identity"] == "tok-a"
     assert "gaps" not in during  # only when asked
+    assert during["dark"] == {}  # tok-b never connected: not dark, unknown
     assert after["live"] == {"tok-a": 1, "a-toke…n-12": 1}
+    assert since_then["dark"]["a-toke…n-12"][1] == "the client closed it"  # all closed now
     assert [gap[0] for gap in since_then["gaps"]] == ["tok-a"]  # the gap between tok-a's first two
     assert since_then["gaps"][0][3] == "the client closed it"
     assert later["gaps"] == []

@@ -194,14 +194,19 @@ class Holders:
     def brief(self, gaps_since: float | None = None) -> dict[str, Any]:
         """What ``GET /_emulator/ownership`` shows: ``live`` (every identity with a
         connection live now, and how many), ``overlap_count``, the first
-        :data:`OVERLAP_EXAMPLES` ``overlaps``, and with ``gaps_since`` (wall clock)
-        the ``gaps`` ended since then as ``[identity, since, until, why]``."""
+        :data:`OVERLAP_EXAMPLES` ``overlaps``, ``dark`` (every identity that had a
+        connection and has none now: ``[since, why]``), and with ``gaps_since``
+        (wall clock) the ``gaps`` ended since then as ``[identity, since, until, why]``."""
         brief: dict[str, Any] = {
             "live": {
                 shown_identity(identity): len(live) for identity, live in self._live.items() if live
             },
             "overlap_count": len(self.overlaps),
             "overlaps": self.overlaps[:OVERLAP_EXAMPLES],
+            "dark": {
+                shown_identity(identity): [since, why]
+                for identity, (since, why) in self._down_since.items()
+            },
         }
         if gaps_since is not None:
             brief["gaps"] = [
