@@ -81,7 +81,8 @@ WA_NUMBER_BASE: Final = 1_000_000  # wa-NNNN's phone number id is this + N
 WEBHOOK_SECRET: Final = "rig-telegram-webhook-secret"  # params.telegram_webhooks
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
 RECOVERY_CEILING: Final = 60.0  # more seconds before a fault's recovery counts as a hang
-POLL: Final = 0.05  # seconds
+POLL: Final = 0.05  # seconds between looks at the platforms ...
+POLL_PER: Final = 500  # ... per this many persistent channels (each look lists them all)
 CONTROL_TIMEOUT: Final = 30.0  # seconds one call to an emulator's control API may take
 STARTUP_BASE: Final = 120.0  # seconds the rig's channels may take to connect at first ...
 STARTUP_PER: Final = 0.1  # ... plus this per channel (3,000 channels: 7 minutes)
@@ -471,6 +472,7 @@ class ClusterRig:
         """
         started = trio.current_time()
         back: float | None = started
+        poll = POLL * max(1.0, len(self.linked_channels) / POLL_PER)
         with trio.fail_after(within):
             while True:
                 if not await self.connected():
@@ -479,7 +481,7 @@ class ClusterRig:
                     back = trio.current_time()
                 if back is not None and trio.current_time() - back >= settle:
                     return back - started
-                await trio.sleep(POLL)
+                await trio.sleep(poll)
 
     async def wait_started(self) -> None:
         """Until every channel is connected the first time.
