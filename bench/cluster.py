@@ -474,6 +474,10 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
             "lease holder last read (every 0.25 s); 'connected again' = held by its new node "
             "and, for websocket and Discord, exactly one platform connection"
         )
+        notes.append(
+            f"moves: the emulators' process used {moves['platforms_cpu']:.0%} of a core "
+            "through the script"
+        )
         if moves["missed"]:
             notes.append(f"moves: user messages missing from the store: {moves['missed_examples']}")
         if failed := failure_kinds(moves):

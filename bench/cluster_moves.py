@@ -328,12 +328,14 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
             raise await run.too_slow("the start")
         duplicates_before = (await rig.websocket.stats()).get("duplicates", 0)
         started = time.perf_counter()
+        platforms_cpu = rig.websocket.cpu_seconds() or 0.0
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run.watch)
             nursery.start_soon(run.users)
             nursery.start_soon(run.send_load)
             await run.script(ctx, nursery)
         elapsed = time.perf_counter() - started
+        platforms_cpu = (rig.websocket.cpu_seconds() or 0.0) - platforms_cpu
         accepted = {s.key for s in run.sends if s.latency is not None}
         at_platform = {m["id"] for m in await rig.websocket.sent()}
         stored: set[tuple[str, str]] = set()
@@ -346,6 +348,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         return {
             "run": run,
             "elapsed": elapsed,
+            "platforms_cpu": platforms_cpu / elapsed,  # share of a core, the emulators' process
             "lost": len(accepted - at_platform),
             "platform_duplicates": (await rig.websocket.stats()).get("duplicates", 0)
             - duplicates_before,
