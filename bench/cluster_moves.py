@@ -307,6 +307,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         member_timeout=p.lease_ttl * 3 / 4,
         ops=True,
         breakers=False,  # no link faults here: the nodes reach Redis directly
+        freezes=False,  # nor frozen nodes: the platforms heartbeat at their own pace
         seed=p.seed,
         workdir=p.workdir,
     )
