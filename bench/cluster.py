@@ -475,8 +475,10 @@ def run(params: ClusterParams, ctx: RunContext) -> Report:
             "and, for websocket and Discord, exactly one platform connection"
         )
         notes.append(
-            f"moves: the emulators' process used {moves['platforms_cpu']:.0%} of a core "
-            "through the script"
+            f"moves: start-up: every channel connected {moves['startup']:.1f} s after the "
+            f"nodes were started, and held where the ring puts it {moves['placed']:.1f} s later; "
+            f"the emulators' process used {moves['platforms_cpu']:.0%} of a core through the "
+            "script"
         )
         if moves["missed"]:
             notes.append(f"moves: user messages missing from the store: {moves['missed_examples']}")

@@ -321,12 +321,14 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         open_redis(f"redis://127.0.0.1:{rig.redis_port}/0", timeout=30.0) as link,
     ):
         run = _Run(rig, p, link)
+        placed = trio.current_time()
         with trio.move_on_after(SETTLE_WITHIN) as waited:
             while not run.settled():
                 await run.look()
                 await trio.sleep(POLL)
         if waited.cancelled_caught:
             raise await run.too_slow("the start")
+        placed = trio.current_time() - placed
         duplicates_before = (await rig.websocket.stats()).get("duplicates", 0)
         started = time.perf_counter()
         platforms_cpu = rig.websocket.cpu_seconds() or 0.0
@@ -349,6 +351,8 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         return {
             "run": run,
             "elapsed": elapsed,
+            "startup": rig.startup,
+            "placed": placed,
             "platforms_cpu": platforms_cpu / elapsed,  # share of a core, the emulators' process
             "lost": len(accepted - at_platform),
             "platform_duplicates": (await rig.websocket.stats()).get("duplicates", 0)

@@ -253,6 +253,7 @@ class ClusterRig:
         }
         self.faults: list[FaultRecord] = []
         self.restarts = 0
+        self.startup = 0.0  # seconds from the nodes' start until every channel connected
         self._nursery = nursery
 
     @staticmethod
@@ -505,7 +506,7 @@ class ClusterRig:
         within = STARTUP_BASE + STARTUP_PER * len(self.channel_ids())
         began = time.time()
         try:
-            await self.wait_connected(within)
+            self.startup = await self.wait_connected(within)
         except trio.TooSlowError:
             left = sorted(set(self.linked_channels.values()) - await self.linked())
             raise RuntimeError(
