@@ -1,13 +1,10 @@
 """The chaos scenario's platforms: all four emulators in a process of their own.
 
 Design:
-- ``python -m bench.chaos_platforms --websocket N --telegram N --discord N
-  --whatsapp N`` serves the websocket, Telegram, Discord and WhatsApp
-  emulators on 127.0.0.1, prints one line ``chaos platforms: name=url ...``
-  and runs until it is terminated. A process of its own because the
-  emulators are the judges: what they keep (every message sent, the
-  backlogs) must not count in the node's RSS, and on a 2-core machine they
-  get the other core.
+- The process is :mod:`bench.platforms` (shared with the cluster rig);
+  ``python -m bench.chaos_platforms --websocket N --telegram N --discord N
+  --whatsapp N`` runs it with the chaos scenario's identities and prints
+  one line ``platforms: name=url ...``.
 - The identities are made up here, by index, and the bench names its
   channels' credentials with the same functions (:func:`token`,
   :func:`wa_number`), so the two processes agree without a file between
@@ -15,23 +12,20 @@ Design:
 - Everything the bench does to them (inject, faults, reading what was
   sent) goes through each emulator's control API over HTTP
   (:class:`~bench.rig.EmulatorControl`), as a test or a person would.
-  The ledger keeps every message (``max_kept = None``) and reads them back
-  in pages (``/_emulator/sent?offset=``).
+  The ledger keeps every message and reads them back in pages
+  (``/_emulator/sent?offset=``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from typing import Final
 
-import trio
-
-from .scenario import ScenarioError
+from .platforms import PLATFORMS, PlatformsSpec, run_platforms
+from .platforms import open_platforms as open_platforms_process
 
 __all__ = [
     "PLATFORMS",
@@ -39,16 +33,14 @@ __all__ = [
     "WA_VERIFY_TOKEN",
     "main",
     "open_platforms",
+    "spec",
     "token",
     "wa_number",
 ]
 
-PLATFORMS: Final = ("websocket", "telegram", "discord", "whatsapp")
 WA_APP_SECRET: Final = "chaos-whatsapp-app-secret"
 WA_VERIFY_TOKEN: Final = "chaos-whatsapp-verify-token"
 WA_NUMBER_BASE: Final = 2_000_000  # channel i's phone number id is this + i
-STARTUP_TIMEOUT: Final = 60.0  # seconds for the process to listen
-PREFIX: Final = "chaos platforms: "
 
 
 def token(provider: str, index: int) -> str:
@@ -63,41 +55,15 @@ def wa_number(index: int) -> str:
     return str(WA_NUMBER_BASE + index)
 
 
-async def _serve(counts: dict[str, int], port_base: int) -> None:
-    from providers.emulators.base import Emulator, serve_emulator
-    from providers.emulators.discord import DiscordEmulator
-    from providers.emulators.telegram import TelegramEmulator
-    from providers.emulators.websocket import WebSocketEmulator
-    from providers.emulators.whatsapp import WhatsAppEmulator
-
-    emulators: dict[str, Emulator] = {
-        "websocket": WebSocketEmulator(
-            tokens={token("websocket", i) for i in range(counts["websocket"])}
-        ),
-        "telegram": TelegramEmulator(),
-        "discord": DiscordEmulator(),
-        "whatsapp": WhatsAppEmulator(
-            app_secret=WA_APP_SECRET,
-            phone_number_ids={wa_number(i) for i in range(counts["whatsapp"])},
-            redeliver=True,  # Meta retries a webhook the node answered 503 (store outage)
-        ),
-    }
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            urls = []
-            for n, (name, emulator) in enumerate(emulators.items()):
-                emulator.max_kept = None  # the ledger reads every message sent
-                port = port_base + n if port_base else 0
-                url = await nursery.start(
-                    lambda task_status, e=emulator, p=port: serve_emulator(
-                        e, port=p, task_status=task_status
-                    )
-                )
-                urls.append(f"{name}={url}")
-            print(PREFIX + " ".join(urls), flush=True)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
+def spec(counts: dict[str, int]) -> PlatformsSpec:
+    """The emulators for ``counts`` channels per platform, the chaos scenario's way."""
+    return PlatformsSpec(
+        websocket_tokens=tuple(token("websocket", i) for i in range(counts.get("websocket", 0))),
+        whatsapp_app_secret=WA_APP_SECRET,
+        whatsapp_numbers=tuple(wa_number(i) for i in range(counts.get("whatsapp", 0))),
+        whatsapp_redeliver=True,  # Meta retries a webhook the node answered 503 (store outage)
+        keep_all=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, default=0, help=f"{name} channels")
     parser.add_argument("--port-base", type=int, default=0, help="first port (0: any)")
     args = parser.parse_args(argv)
-    counts = {name: getattr(args, name) for name in PLATFORMS}
-    trio.run(_serve, counts, args.port_base)
+    run_platforms(spec({name: getattr(args, name) for name in PLATFORMS}), args.port_base)
     return 0
 
 
@@ -120,37 +85,8 @@ async def open_platforms(
     Raises:
         ScenarioError: it did not start listening in time.
     """
-    command = [sys.executable, "-m", "bench.chaos_platforms", "--port-base", str(port_base)]
-    for name in PLATFORMS:
-        command += [f"--{name}", str(counts.get(name, 0))]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
-    try:
-        assert process.stdout is not None
-        yield await _read_urls(process.stdout), process.pid
-    finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def _read_urls(stream: Any) -> dict[str, str]:
-    buffer = b""
-    with trio.move_on_after(STARTUP_TIMEOUT):
-        while b"\n" not in buffer:
-            chunk = await stream.receive_some()
-            if not chunk:
-                break
-            buffer += chunk
-    line = buffer.decode(errors="replace").split("\n", 1)[0]
-    if not line.startswith(PREFIX):
-        raise ScenarioError(
-            f"the chaos platforms process did not start within {STARTUP_TIMEOUT:.0f} s; "
-            f"it printed: {buffer.decode(errors='replace')[-400:]!r}"
-        )
-    return dict(item.split("=", 1) for item in line[len(PREFIX) :].split())
+    async with open_platforms_process(spec(counts), port_base=port_base) as opened:
+        yield opened
 
 
 if __name__ == "__main__":

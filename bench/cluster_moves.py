@@ -103,10 +103,12 @@ class _Run:
         self.p = p
         self.rng = random.Random(p.seed)
         self.t0 = trio.current_time()
+        self.wall0 = time.time()
         self.sends: list[_Send] = []
         self.events: list[_Event] = []
         self.samples: list[_Sample] = []
         self.holders: dict[str, str] = {}
+        self.links: set[str] = set()  # persistent channels with one platform connection
         self.ready: set[str] = set(rig.processes)  # the nodes the load goes to
         self.injected: set[tuple[str, str]] = set()
         self.stop = trio.Event()
@@ -132,11 +134,10 @@ class _Run:
                 await trio.sleep(POLL)
 
     def linked(self, channel: str) -> bool:
-        """Whether a persistent channel holds exactly one platform connection."""
-        if channel.startswith("ws-"):
-            return self.rig.websocket.holders.live(self.tokens[channel]) == 1
-        if channel.startswith("dc-"):
-            return self.rig.discord.holders.live(self.tokens[channel]) == 1
+        """Whether a persistent channel held exactly one platform connection at the
+        last look."""
+        if channel.startswith(("ws-", "dc-")):
+            return channel in self.links
         return True  # Telegram polls: held is all there is to see
 
     # --- the load ------------------------------------------------------------------------
@@ -185,21 +186,23 @@ class _Run:
         n = 0
         while not self.stop.is_set():
             if p.discord:
-                made = await self.rig.discord.inject({"channel_id": "42", "content": f"u{n}"})
+                made = await self.rig.discord.inject(channel_id="42", content=f"u{n}")
                 self.injected |= {(f"dc-{i:04d}", str(made["id"])) for i in range(p.discord)}
             for i in range(p.telegram):
                 channel = f"tg-{i:04d}"
                 made = await self.rig.telegram.inject(
-                    {"chat_id": TELEGRAM_CHAT, "text": f"u{n}", "token": self.tokens[channel]}
+                    chat_id=TELEGRAM_CHAT, text=f"u{n}", token=self.tokens[channel]
                 )
                 self.injected.add((channel, f"{TELEGRAM_CHAT}:{made['message_id']}"))
             n += 1
             await trio.sleep(USERS_EVERY)
 
     async def look(self) -> None:
-        """Read the holders again (kept as they were if Redis is slow to answer)."""
+        """Read the holders again (kept as they were if Redis is slow to answer), and
+        which channels the platforms see connected."""
         with contextlib.suppress(ClusterUnavailable):
             self.holders = await self.rig.holders(self.link)
+        self.links = await self.rig.linked()
 
     async def watch(self) -> None:
         """Holders and connections every POLL; a sample for the plots every second."""
@@ -229,20 +232,22 @@ class _Run:
     def settled(self) -> bool:
         return not any(self.unsettled().values())
 
-    def too_slow(self, what: str) -> ScenarioError:
+    async def too_slow(self, what: str) -> ScenarioError:
         left = self.unsettled()
         shown = {
             kind: f"{len(ids)} (e.g. {', '.join(f'{c}@{self.holders.get(c)}' for c in ids[:5])})"
             for kind, ids in left.items()
         }
+        unlinked = await self.rig.diagnose(left["unlinked"], since=self.wall0, shown=10)
         return ScenarioError(
-            f"{what} did not settle within {SETTLE_WITHIN:g} s: {shown}; live nodes {self.live()}"
+            f"{what} did not settle within {SETTLE_WITHIN:g} s: {shown}; live nodes "
+            f"{self.live()}; unlinked: {unlinked}"
         )
 
     async def event(self, name: str, nursery: trio.Nursery) -> _Event:
         before = dict(self.holders)
-        identified = self.rig.discord.stats["identify"]
-        resumed = self.rig.discord.stats["resume"]
+        discord = await self.rig.discord.stats()
+        identified, resumed = discord.get("identify", 0), discord.get("resume", 0)
         event = _Event(name=name, at=self.now())
         self.events.append(event)
         if name in ("join", "restart"):
@@ -267,13 +272,14 @@ class _Run:
                     break
                 await trio.sleep(POLL)
         if waited.cancelled_caught:
-            raise self.too_slow(f"the {name}")
+            raise await self.too_slow(f"the {name}")
         event.settled = self.now() - event.at
         # A channel that left and came back to its first node moved too; one whose
         # holder is unchanged and never left is not counted.
         event.moved = {c: t for c, t in event.moved.items() if self.holders.get(c) != before.get(c)}
-        event.identifies = self.rig.discord.stats["identify"] - identified
-        event.resumes = self.rig.discord.stats["resume"] - resumed
+        discord = await self.rig.discord.stats()
+        event.identifies = discord.get("identify", 0) - identified
+        event.resumes = discord.get("resume", 0) - resumed
         return event
 
     async def script(self, ctx: RunContext, nursery: trio.Nursery) -> None:
@@ -301,6 +307,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         member_timeout=p.lease_ttl * 3 / 4,
         ops=True,
         breakers=False,  # no link faults here: the nodes reach Redis directly
+        freezes=False,  # nor frozen nodes: the platforms heartbeat at their own pace
         seed=p.seed,
         workdir=p.workdir,
     )
@@ -314,22 +321,26 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         open_redis(f"redis://127.0.0.1:{rig.redis_port}/0", timeout=30.0) as link,
     ):
         run = _Run(rig, p, link)
+        placed = trio.current_time()
         with trio.move_on_after(SETTLE_WITHIN) as waited:
             while not run.settled():
                 await run.look()
                 await trio.sleep(POLL)
         if waited.cancelled_caught:
-            raise run.too_slow("the start")
-        duplicates_before = rig.websocket.stats["duplicates"]
+            raise await run.too_slow("the start")
+        placed = trio.current_time() - placed
+        duplicates_before = (await rig.websocket.stats()).get("duplicates", 0)
         started = time.perf_counter()
+        platforms_cpu = rig.websocket.cpu_seconds() or 0.0
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run.watch)
             nursery.start_soon(run.users)
             nursery.start_soon(run.send_load)
             await run.script(ctx, nursery)
         elapsed = time.perf_counter() - started
+        platforms_cpu = (rig.websocket.cpu_seconds() or 0.0) - platforms_cpu
         accepted = {s.key for s in run.sends if s.latency is not None}
-        at_platform = {m["id"] for m in rig.websocket.sent}
+        at_platform = {m["id"] for m in await rig.websocket.sent()}
         stored: set[tuple[str, str]] = set()
         with trio.move_on_after(STORE_WAIT):  # written behind: give the store its interval
             while True:
@@ -340,13 +351,17 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         return {
             "run": run,
             "elapsed": elapsed,
+            "startup": rig.startup,
+            "placed": placed,
+            "platforms_cpu": platforms_cpu / elapsed,  # share of a core, the emulators' process
             "lost": len(accepted - at_platform),
-            "platform_duplicates": rig.websocket.stats["duplicates"] - duplicates_before,
+            "platform_duplicates": (await rig.websocket.stats()).get("duplicates", 0)
+            - duplicates_before,
             "missed": len(run.injected - stored),
             "missed_examples": sorted(run.injected - stored)[:5],
             "injected": len(run.injected),
-            "overlaps": rig.overlaps(),
-            "overlap_examples": rig.overlap_examples(),
+            "overlaps": await rig.overlaps(),
+            "overlap_examples": await rig.overlap_examples(),
             "final_owned": _owned(run.holders),
         }
 

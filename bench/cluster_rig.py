@@ -4,10 +4,15 @@ Design:
 - The rig runs, on this machine: a Redis server of its own (so it can be
   restarted empty), one :class:`~providers.testing.LinkBreaker` per node in
   front of it (so one node's link can be frozen and cut), one emulator per
-  platform in this process (the judges: they count every identity's live
-  connections and every overlap), and N nodes as ``switchboard run``
-  subprocesses sharing one deployment file but for their ids and Redis
-  addresses, and one PostgreSQL schema.
+  platform in a process of their own (:mod:`bench.platforms`; the judges:
+  they count every identity's live connections and every overlap), and N
+  nodes as ``switchboard run`` subprocesses sharing one deployment file but
+  for their ids and Redis addresses, and one PostgreSQL schema.
+- The emulators are judged and driven over their control API only
+  (:class:`~bench.rig.EmulatorControl`: ``/_emulator/ownership``,
+  ``stats``, ``sent``, ``inject``, ``fault``, ``webhook``): thousands of
+  websockets heartbeating cost most of a core, which must not be the
+  rig's own (its polls and clocks would lag behind what they measure).
 - :meth:`ClusterRig.fault` draws a fault from a seeded random source:
   SIGKILL and restart, SIGSTOP for longer than the lease TTL then SIGCONT,
   the node's link to Redis frozen then cut, Redis restarted without its
@@ -40,16 +45,16 @@ from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
 import attrs
+import httpx
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
-from providers.emulators.base import open_emulator
-from providers.emulators.discord import DiscordEmulator
-from providers.emulators.telegram import TelegramEmulator
-from providers.emulators.websocket import WebSocketEmulator
-from providers.emulators.whatsapp import WhatsAppEmulator
+from providers.emulators.base import shown_identity
 from providers.testing import LinkBreaker
 from runtime.cluster.redis import RedisLink, open_redis
+
+from .platforms import PlatformsSpec, open_platforms
+from .rig import EmulatorControl
 
 __all__ = [
     "API_TOKEN",
@@ -76,7 +81,9 @@ WA_NUMBER_BASE: Final = 1_000_000  # wa-NNNN's phone number id is this + N
 WEBHOOK_SECRET: Final = "rig-telegram-webhook-secret"  # params.telegram_webhooks
 RECOVERY_SLACK: Final = 5.0  # seconds past the lease TTL a channel may take to come back
 RECOVERY_CEILING: Final = 60.0  # more seconds before a fault's recovery counts as a hang
-POLL: Final = 0.05  # seconds
+POLL: Final = 0.05  # seconds between looks at the platforms ...
+POLL_PER: Final = 500  # ... per this many persistent channels (each look lists them all)
+CONTROL_TIMEOUT: Final = 30.0  # seconds one call to an emulator's control API may take
 STARTUP_BASE: Final = 120.0  # seconds the rig's channels may take to connect at first ...
 STARTUP_PER: Final = 0.1  # ... plus this per channel (3,000 channels: 7 minutes)
 
@@ -95,7 +102,9 @@ class RigParams:
         discord: Discord channels.
         whatsapp: WhatsApp numbers (``wa-NNNN``, phone number id
             ``WA_NUMBER_BASE + N``); their webhooks go to whichever node the
-            emulator's ``webhook_url`` names.
+            emulator's webhook URL names (``await rig.whatsapp.webhook(url=...)``).
+        whatsapp_redeliver: the WhatsApp emulator delivers a webhook the
+            node did not answer 2xx again, as Meta does.
         telegram_webhooks: the Telegram channels take updates by webhook
             (secret ``WEBHOOK_SECRET``) instead of polling; needs ``ops``.
         lease_ttl: the cluster's lease TTL, seconds.
@@ -105,6 +114,11 @@ class RigParams:
         seed: the random source of the faults.
         log_level: the nodes' log level (``SWITCHBOARD_RIG_LOG``; logs go
             to ``<workdir>/<node>.log``).
+        freezes: the faults may freeze a node (``stop``, ``link``): the
+            platforms heartbeat every TTL/6 and drop a client silent for
+            0.45 TTL, so a frozen node's sessions end before its leases can
+            expire. Off, they keep their own heartbeat intervals (a killed
+            or drained node's sessions end with its sockets).
         breakers: put a :class:`~providers.testing.LinkBreaker` between each
             node and Redis (the ``link`` fault needs it); without, the nodes
             talk to Redis directly (no proxy in the rig's own process).
@@ -120,12 +134,14 @@ class RigParams:
     telegram: int = 50
     discord: int = 50
     whatsapp: int = 0
+    whatsapp_redeliver: bool = False
     telegram_webhooks: bool = False
     lease_ttl: float = 4.0
     heartbeat: float = 0.5
     member_timeout: float = 3.0
     cooldown: float = 10.0
     seed: int = 1
+    freezes: bool = True
     breakers: bool = True
     ops: bool = False
     log_level: str = os.environ.get("SWITCHBOARD_RIG_LOG", "warning")
@@ -206,7 +222,13 @@ def _switchboard() -> list[str]:
 class ClusterRig:
     """The running rig (see the module docstring); made by :func:`open_cluster_rig`."""
 
-    def __init__(self, params: RigParams, schema: str, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        params: RigParams,
+        schema: str,
+        nursery: trio.Nursery,
+        platforms: dict[str, EmulatorControl],
+    ) -> None:
         self.params = params
         self.schema = schema
         self.rng = random.Random(params.seed)
@@ -218,6 +240,25 @@ class ClusterRig:
         self.node_ids = [f"n{i + 1}" for i in range(params.nodes + params.standby)]
         self.ops_ports = {node_id: free_port() for node_id in self.node_ids}
         self.ops_urls = {node_id: f"http://127.0.0.1:{p}" for node_id, p in self.ops_ports.items()}
+        self.websocket = platforms["websocket"]
+        self.telegram = platforms["telegram"]
+        self.discord = platforms["discord"]
+        self.whatsapp = platforms["whatsapp"]
+        self.urls = {name: control.url for name, control in platforms.items()}
+        # The persistent channels (websocket, Discord) by their identity as the
+        # emulators show it.
+        self.linked_channels = {
+            **{shown_identity(self._ws_token(i)): f"ws-{i:04d}" for i in range(params.websocket)},
+            **{shown_identity(self._dc_token(i)): f"dc-{i:04d}" for i in range(params.discord)},
+        }
+        self.faults: list[FaultRecord] = []
+        self.restarts = 0
+        self.startup = 0.0  # seconds from the nodes' start until every channel connected
+        self._nursery = nursery
+
+    @staticmethod
+    def platforms_spec(params: RigParams) -> PlatformsSpec:
+        """The emulators the rig's channels need (:mod:`bench.platforms`)."""
         # A frozen process cannot close anything: its sessions end when the
         # platform stops hearing from it. So the platforms here drop a client
         # silent for 0.45 TTL (checked every TTL/6: gone within 0.62 TTL),
@@ -225,24 +266,20 @@ class ClusterRig:
         # renewal is at most TTL/3 old when the node freezes, so the lease
         # lives at least 2/3 TTL after that. A deployment's TTL must keep the
         # same order over its platforms' own timeouts (README).
-        zombie = params.lease_ttl * 0.45
-        self.websocket = WebSocketEmulator(
-            tokens={self._ws_token(i) for i in range(params.websocket)},
-            heartbeat_interval=params.lease_ttl / 6,
-            client_timeout=zombie,
+        # Without freezes (RigParams.freezes) every node that stops is killed
+        # or drained, and its sessions end with its sockets: the platforms keep
+        # their own heartbeats (websocket 15 s, Discord 41.25 s). A heartbeat
+        # every TTL/6 costs each websocket two frames, about 400 µs each in
+        # hypercorn: at 3,000 channels and TTL 10 s more than a core.
+        return PlatformsSpec(
+            websocket_tokens=tuple(ClusterRig._ws_token(i) for i in range(params.websocket)),
+            heartbeat_interval=params.lease_ttl / 6 if params.freezes else None,
+            client_timeout=params.lease_ttl * 0.45 if params.freezes else None,
+            whatsapp_app_secret=WA_APP_SECRET,
+            whatsapp_numbers=tuple(str(WA_NUMBER_BASE + i) for i in range(params.whatsapp)),
+            whatsapp_redeliver=params.whatsapp_redeliver,
+            keep_all=True,  # the moves run's ledger reads every send
         )
-        self.telegram = TelegramEmulator()
-        self.whatsapp = WhatsAppEmulator(
-            app_secret=WA_APP_SECRET,
-            phone_number_ids={str(WA_NUMBER_BASE + i) for i in range(params.whatsapp)},
-        )
-        self.discord = DiscordEmulator(
-            heartbeat_interval=params.lease_ttl / 6, heartbeat_timeout=zombie
-        )
-        self.urls: dict[str, str] = {}
-        self.faults: list[FaultRecord] = []
-        self.restarts = 0
-        self._nursery = nursery
 
     # --- identities ---------------------------------------------------------------------
 
@@ -393,39 +430,46 @@ class ClusterRig:
             + [f"wa-{i:04d}" for i in range(p.whatsapp)]
         )
 
-    def connected(self) -> bool:
-        """Every persistent channel (websocket, Discord) holds exactly one connection."""
-        ws = self.websocket.holders
-        dc = self.discord.holders
-        return all(ws.live(self._ws_token(i)) == 1 for i in range(self.params.websocket)) and all(
-            dc.live(self._dc_token(i)) == 1 for i in range(self.params.discord)
-        )
+    async def linked(self) -> set[str]:
+        """The persistent channels (websocket, Discord) that hold exactly one
+        platform connection now, as the emulators see it."""
+        linked = set()
+        for control in (self.websocket, self.discord):
+            live = (await control.ownership())["live"]
+            linked |= {
+                channel
+                for identity, count in live.items()
+                if count == 1 and (channel := self.linked_channels.get(identity)) is not None
+            }
+        return linked
 
-    def longest_gap(self, *, since: float) -> tuple[str, float, float, str] | None:
+    async def connected(self) -> bool:
+        """Every persistent channel (websocket, Discord) holds exactly one connection."""
+        return len(await self.linked()) == len(self.linked_channels)
+
+    async def longest_gap(self, *, since: float) -> tuple[str, float, float, str] | None:
         """The longest a websocket or Discord channel went dark, of the gaps ended since
         ``since``: ``(channel, from, until, how it had ended)``, wall clock."""
         gaps = [
-            (identity.replace("-token", ""), start, until, why)
-            for identity, start, until, why in (
-                *self.websocket.holders.gaps,
-                *self.discord.holders.gaps,
-            )
-            if until >= since
+            (self.linked_channels.get(identity, identity), start, until, why)
+            for control in (self.websocket, self.discord)
+            for identity, start, until, why in (await control.ownership(gaps_since=since))["gaps"]
         ]
         return max(gaps, key=lambda gap: gap[2] - gap[1], default=None)
 
-    def overlaps(self) -> int:
-        return (
-            len(self.websocket.holders.overlaps)
-            + len(self.telegram.holders.overlaps)
-            + len(self.discord.holders.overlaps)
-        )
+    async def overlaps(self) -> int:
+        """Overlaps the websocket, Telegram and Discord emulators saw."""
+        counts = [
+            (await control.ownership())["overlap_count"]
+            for control in (self.websocket, self.telegram, self.discord)
+        ]
+        return int(sum(counts))
 
-    def overlap_examples(self) -> list[Any]:
+    async def overlap_examples(self) -> list[Any]:
         return [
-            *self.websocket.holders.overlaps[:3],
-            *self.telegram.holders.overlaps[:3],
-            *self.discord.holders.overlaps[:3],
+            overlap
+            for control in (self.websocket, self.telegram, self.discord)
+            for overlap in (await control.ownership())["overlaps"][:3]
         ]
 
     async def wait_connected(self, within: float, *, settle: float = 0.0) -> float:
@@ -440,15 +484,72 @@ class ClusterRig:
         """
         started = trio.current_time()
         back: float | None = started
+        poll = POLL * max(1.0, len(self.linked_channels) / POLL_PER)
         with trio.fail_after(within):
             while True:
-                if not self.connected():
+                if not await self.connected():
                     back = None
                 elif back is None:
                     back = trio.current_time()
                 if back is not None and trio.current_time() - back >= settle:
                     return back - started
-                await trio.sleep(POLL)
+                await trio.sleep(poll)
+
+    async def wait_started(self) -> None:
+        """Until every channel is connected the first time.
+
+        Raises:
+            RuntimeError: not within ``STARTUP_BASE + STARTUP_PER`` a channel;
+                the message names the channels left, their lease holders and,
+                with ``ops``, what the holder says about them.
+        """
+        within = STARTUP_BASE + STARTUP_PER * len(self.channel_ids())
+        began = time.time()
+        try:
+            self.startup = await self.wait_connected(within)
+        except trio.TooSlowError:
+            left = sorted(set(self.linked_channels.values()) - await self.linked())
+            raise RuntimeError(
+                f"the rig's channels did not all connect within {within:g} s: "
+                f"{len(left)} of {len(self.linked_channels)} websocket and Discord channels "
+                f"hold no single connection: {await self.diagnose(left, since=began)}; the "
+                f"nodes' logs are in {self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
+            ) from None
+
+    async def diagnose(self, channels: list[str], *, since: float, shown: int = 20) -> str:
+        """What the rig knows of ``channels`` (the first ``shown``): each one's lease
+        holder, its live connections at the platform and how its last one ended
+        (since ``since``, wall clock), and, with ``ops``, its holder's word on it."""
+        holders = await self.holders()
+        live: dict[str, int] = {}
+        ended: dict[str, str] = {}
+        for control in (self.websocket, self.discord):
+            brief = await control.ownership(gaps_since=since)
+            live |= {self.linked_channels.get(i, i): n for i, n in brief["live"].items()}
+            ended |= {self.linked_channels.get(g[0], g[0]): g[3] for g in brief["gaps"]}
+            ended |= {
+                self.linked_channels.get(i, i): f"{why} ({time.time() - since:.0f} s ago)"
+                for i, (since, why) in brief["dark"].items()
+            }
+        problems: dict[str, str] = {}
+        if self.params.ops:
+            for node_id in sorted(set(holders.values()) & set(self.processes)):
+                try:
+                    answer = await self.websocket.client.get(self.ops_urls[node_id] + "/health")
+                    report = answer.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    problems[node_id] = f"/health unanswered: {exc!r}"
+                    continue
+                problems |= {
+                    p["channel"]: f"{p['status']}: {p['reason']}" for p in report["problems"]
+                }
+        lines = [
+            f"{c}@{holders.get(c)} live={live.get(c, 0)}"
+            + (f" last ended: {ended[c]}" if c in ended else "")
+            + (f" node says: {problems[c]}" if c in problems else "")
+            for c in channels[:shown]
+        ]
+        return "; ".join(lines)
 
     # --- faults -------------------------------------------------------------------------
 
@@ -492,7 +593,7 @@ class ClusterRig:
         recovery = await self.wait_connected(
             p.lease_ttl + RECOVERY_SLACK + RECOVERY_CEILING, settle=p.lease_ttl / 2
         )
-        gap = self.longest_gap(since=began)
+        gap = await self.longest_gap(since=began)
         record = FaultRecord(
             kind=kind,
             node=node,
@@ -505,7 +606,7 @@ class ClusterRig:
         self.faults.append(record)
         return record
 
-    def summary(self) -> dict[str, Any]:
+    async def summary(self) -> dict[str, Any]:
         times = [f.recovery for f in self.faults]
         outages = [f.outage for f in self.faults]
         return {
@@ -515,7 +616,7 @@ class ClusterRig:
             "recovery_max": max(times) if times else None,
             "outage_median": statistics.median(outages) if outages else None,
             "outage_max": max(outages) if outages else None,
-            "overlaps": self.overlaps(),
+            "overlaps": await self.overlaps(),
             "seed": self.params.seed,
         }
 
@@ -569,37 +670,30 @@ async def open_cluster_rig(params: RigParams) -> AsyncIterator[ClusterRig]:
     """
     params.workdir.mkdir(parents=True, exist_ok=True)
     schema = f"sb_rig_{int(time.time() * 1000) % 10**9}_{params.seed}"
-    async with trio.open_nursery() as nursery:
-        rig = ClusterRig(params, schema, nursery)
+    async with (
+        open_platforms(ClusterRig.platforms_spec(params)) as (urls, pid),
+        httpx.AsyncClient(timeout=CONTROL_TIMEOUT) as client,
+        trio.open_nursery() as nursery,
+    ):
+        platforms = {name: EmulatorControl(name, url, client, pid) for name, url in urls.items()}
+        rig = ClusterRig(params, schema, nursery, platforms)
         rig.start_redis()
         try:
             await rig.wait_redis()
-            async with (
-                open_emulator(rig.websocket) as ws_url,
-                open_emulator(rig.telegram) as tg_url,
-                open_emulator(rig.discord) as dc_url,
-                open_emulator(rig.whatsapp) as wa_url,
-            ):
-                rig.urls = {
-                    "websocket": ws_url,
-                    "telegram": tg_url,
-                    "discord": dc_url,
-                    "whatsapp": wa_url,
-                }
-                for node_id in rig.node_ids if params.breakers else ():
-                    breaker = LinkBreaker(rig.redis_port)
-                    rig.breakers[node_id] = breaker
-                    rig.breaker_ports[node_id] = await nursery.start(breaker.serve)
-                try:
-                    for node_id in rig.node_ids[: params.nodes]:
-                        await rig.start_node(node_id)
-                    await rig.wait_connected(STARTUP_BASE + STARTUP_PER * len(rig.channel_ids()))
-                    yield rig
-                finally:
-                    with trio.CancelScope(shield=True):
-                        for node_id in list(rig.processes):
-                            await rig.kill_node(node_id)
-                nursery.cancel_scope.cancel()
+            for node_id in rig.node_ids if params.breakers else ():
+                breaker = LinkBreaker(rig.redis_port)
+                rig.breakers[node_id] = breaker
+                rig.breaker_ports[node_id] = await nursery.start(breaker.serve)
+            try:
+                for node_id in rig.node_ids[: params.nodes]:
+                    await rig.start_node(node_id)
+                await rig.wait_started()
+                yield rig
+            finally:
+                with trio.CancelScope(shield=True):
+                    for node_id in list(rig.processes):
+                        await rig.kill_node(node_id)
+            nursery.cancel_scope.cancel()
         finally:
             rig.stop_redis()
             with trio.CancelScope(shield=True):

@@ -121,11 +121,38 @@ class EmulatorControl:
     async def inject(self, **payload: Any) -> dict[str, Any]:
         return await self._post("inject", payload)
 
+    async def webhook(self, **payload: Any) -> dict[str, Any]:
+        """Point the platform's webhooks somewhere (``POST /_emulator/webhook``: WhatsApp)."""
+        return await self._post("webhook", payload)
+
     async def stats(self) -> dict[str, Any]:
         response = await self.client.get(f"{self.url}/_emulator/stats")
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
+
+    async def ownership(self, *, gaps_since: float | None = None) -> dict[str, Any]:
+        """Who holds which identity's connection now (``GET /_emulator/ownership``):
+        ``live``, ``overlap_count``, the first ``overlaps``, and with ``gaps_since``
+        (wall clock) the ``gaps`` ended since then."""
+        params = {} if gaps_since is None else {"gaps_since": repr(gaps_since)}
+        response = await self.client.get(f"{self.url}/_emulator/ownership", params=params)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def sent(self, *, page: int = 5_000) -> list[dict[str, Any]]:
+        """Everything the platform recorded as sent, oldest first, read in pages."""
+        records: list[dict[str, Any]] = []
+        while True:
+            response = await self.client.get(
+                f"{self.url}/_emulator/sent", params={"offset": len(records), "limit": page}
+            )
+            response.raise_for_status()
+            chunk = response.json()
+            if not chunk:
+                return records
+            records += chunk
 
     def cpu_seconds(self) -> float | None:
         """CPU time the emulator process used so far (None when in-process)."""

@@ -94,3 +94,40 @@ async def test_two_telegram_polls_at_once_are_an_overlap_and_a_409(
     assert sorted(answers) == [200, 409]
     assert stats["overlap_count"] == 1
     assert stats["identities"]
+
+
+async def test_the_ownership_brief_shows_live_connections_overlaps_and_gaps_since() -> None:
+    """What a rig in another process judges by: ``GET /_emulator/ownership``."""
+    emulator = WebSocketEmulator(tokens={"tok-a", "tok-b", "a-token-longer-than-12"})
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base, httpx.AsyncClient() as client:
+            url = base.replace("http", "ws") + "/ws"
+
+            async def brief(**params: Any) -> Any:
+                return (await client.get(f"{base}/_emulator/ownership", params=params)).json()
+
+            async with open_websocket_url(f"{url}?token=tok-a"):
+                pass
+            async with (
+                open_websocket_url(f"{url}?token=tok-a"),
+                open_websocket_url(f"{url}?token=a-token-longer-than-12"),
+            ):
+                async with open_websocket_url(f"{url}?token=tok-a"):
+                    await yield_until(lambda: emulator.holders.live("tok-a") == 2)
+                    during = await brief()
+                await yield_until(lambda: emulator.holders.live("tok-a") == 1)
+                after = await brief()
+            ((_, _, ended, _),) = emulator.holders.gaps
+            since_then = await brief(gaps_since=ended)
+            later = await brief(gaps_since=ended + 1.0)
+            refused = await client.get(f"{base}/_emulator/ownership?gaps_since=soon")
+    assert during["live"] == {"tok-a": 2, "a-toke…n-12": 1}  # tokens are shown shortened
+    assert during["overlap_count"] == 1 and during["overlaps"][0]["identity"] == "tok-a"
+    assert "gaps" not in during  # only when asked
+    assert during["dark"] == {}  # tok-b never connected: not dark, unknown
+    assert after["live"] == {"tok-a": 1, "a-toke…n-12": 1}
+    assert since_then["dark"]["a-toke…n-12"][1] == "the client closed it"  # all closed now
+    assert [gap[0] for gap in since_then["gaps"]] == ["tok-a"]  # the gap between tok-a's first two
+    assert since_then["gaps"][0][3] == "the client closed it"
+    assert later["gaps"] == []
+    assert refused.status_code == 400

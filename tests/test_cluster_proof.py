@@ -39,8 +39,8 @@ async def test_every_channel_runs_on_exactly_one_node_through_randomised_faults(
                     f"fault {n}: {record.kind} {where}: longest dark {record.outage:.1f} s "
                     f"({record.dark}), settled in {record.recovery:.1f} s"
                 )
-                assert rig.overlaps() == 0, (n, record, rig.overlap_examples())
-            summary = rig.summary()
+                assert await rig.overlaps() == 0, (n, record, await rig.overlap_examples())
+            summary = await rig.summary()
     print(summary)
     assert summary["overlaps"] == 0
     assert summary["faults"] == FAULTS

@@ -97,6 +97,7 @@ async def test_whatsapp_notifications_to_one_node_reach_every_number_s_owner_onc
         telegram=0,
         discord=0,
         whatsapp=NUMBERS,
+        whatsapp_redeliver=True,  # as Meta does: a non-2xx answer is delivered again
         cooldown=0.0,
         ops=True,
         workdir=tmp_path,
@@ -105,13 +106,12 @@ async def test_whatsapp_notifications_to_one_node_reach_every_number_s_owner_onc
         async with open_cluster_rig(params) as rig:
             holders = await held(rig, "wa-", NUMBERS)
             assert "n2" in holders.values()  # placement is fixed by the names: n2 runs some
-            rig.whatsapp.webhook_url = rig.ops_urls["n1"] + "/webhooks/whatsapp"
-            rig.whatsapp.redeliver = True  # as Meta does: a non-2xx answer is delivered again
+            await rig.whatsapp.webhook(url=rig.ops_urls["n1"] + "/webhooks/whatsapp")
             expected: set[tuple[str, str]] = set()
             for round_ in range(3):
                 for i in range(NUMBERS):
                     made = await rig.whatsapp.inject(
-                        {
+                        **{
                             "from": f"49151000000{i:02d}",
                             "text": f"hello {round_}",
                             "phone_number_id": str(WA_NUMBER_BASE + i),
@@ -178,7 +178,7 @@ async def test_whatsapp_notifications_to_one_node_reach_every_number_s_owner_onc
             late: set[tuple[str, str]] = set()
             for i in range(NUMBERS):
                 made = await rig.whatsapp.inject(
-                    {
+                    **{
                         "from": f"49151000000{i:02d}",
                         "text": "after the kill",
                         "phone_number_id": str(WA_NUMBER_BASE + i),

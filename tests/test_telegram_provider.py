@@ -239,6 +239,37 @@ async def test_updates_polled_but_not_handed_out_are_not_confirmed() -> None:
             assert state.data == {"offset": 4}
 
 
+async def test_an_update_is_confirmed_only_once_its_consumer_comes_back_for_more() -> None:
+    """Taken is not kept: the channel stores an update before it asks for the next one,
+    and a getUpdates sent meanwhile would confirm it, so a kill -9 then would lose it."""
+    emu = TelegramEmulator()
+    with trio.fail_after(CEILING):
+        async with httpx.AsyncClient(transport=in_memory(emu), base_url=IN_MEMORY) as client:
+            assert (await client.get(f"/bot{TOKEN}/getMe")).json()["ok"] is True
+
+            async def inject_text(text: str) -> None:
+                answer = await client.post("/_emulator/inject", json={"chat_id": 42, "text": text})
+                assert answer.status_code == 200
+
+            transport = in_memory(emu)
+            async with connected(IN_MEMORY, transport=transport, poll_timeout=30) as (conn, events):
+                await inject_text("keep me")
+                assert (await next_message(events)).text == "keep me"
+                await trio.testing.wait_all_tasks_blocked()  # the consumer is still at it
+                assert [u["update_id"] for u in emu.bots[TOKEN].updates] == [1]  # not confirmed
+                async with trio.open_nursery() as nursery:
+                    taken: list[str] = []
+
+                    async def consume() -> None:
+                        taken.append((await next_message(events)).text)
+
+                    nursery.start_soon(consume)  # back for more: the poller confirms update 1
+                    await yield_until(lambda: not emu.bots[TOKEN].updates)
+                    await inject_text("next")
+                assert taken == ["next"]
+                assert conn.session_state().data == {"offset": 3}
+
+
 async def make_bot_known(url: str) -> None:
     """Make the emulator know the bot (its first API call) so inject can address it."""
     async with httpx.AsyncClient() as client:

@@ -15,6 +15,10 @@ Design:
     typing, read marks, reactions, ...), in order;
   - ``POST /_emulator/fault``: inject a fault (``{"kind": ...}``);
   - ``GET  /_emulator/stats``: counters.
+  - ``GET  /_emulator/ownership``: the judge of single ownership in brief:
+    every identity's live connections, the overlaps, and (``?gaps_since=``)
+    the gaps ended since a wall-clock time (a rig in another process reads
+    this several times a second).
 
 - Faults every platform shares are handled here: ``ban_token`` (every call
   with that token fails as the platform fails a banned bot; ``unban_token``
@@ -67,12 +71,14 @@ __all__ = [
     "is_loopback",
     "open_emulator",
     "serve_emulator",
+    "shown_identity",
     "trim",
 ]
 
 MAX_KEPT = 100_000  # sends, operations, overlaps an emulator keeps (the last ones)
 MAX_LISTED = 10_000  # items one control API answer lists (the last ones)
 MAX_FAULT_COUNT = 100_000  # failures one fault request may queue
+OVERLAP_EXAMPLES = 10  # overlaps /_emulator/ownership lists (the first ones)
 
 LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
 # Real platforms keep an idle HTTP connection for minutes; hypercorn's default
@@ -144,7 +150,7 @@ class Holders:
         for other, since in live.items():
             self.overlaps.append(
                 {
-                    "identity": _short(identity),
+                    "identity": shown_identity(identity),
                     "held_since": since,
                     "opened_at": now,
                     "held_by": other,
@@ -174,7 +180,7 @@ class Holders:
         """What ``GET /_emulator/stats`` shows under ``ownership``."""
         return {
             "identities": {
-                _short(identity): {
+                shown_identity(identity): {
                     "live": len(self._live.get(identity, ())),
                     "max_concurrent": self._max[identity],
                     "opened": self._opened[identity],
@@ -185,8 +191,33 @@ class Holders:
             "overlap_count": len(self.overlaps),
         }
 
+    def brief(self, gaps_since: float | None = None) -> dict[str, Any]:
+        """What ``GET /_emulator/ownership`` shows: ``live`` (every identity with a
+        connection live now, and how many), ``overlap_count``, the first
+        :data:`OVERLAP_EXAMPLES` ``overlaps``, ``dark`` (every identity that had a
+        connection and has none now: ``[since, why]``), and with ``gaps_since``
+        (wall clock) the ``gaps`` ended since then as ``[identity, since, until, why]``."""
+        brief: dict[str, Any] = {
+            "live": {
+                shown_identity(identity): len(live) for identity, live in self._live.items() if live
+            },
+            "overlap_count": len(self.overlaps),
+            "overlaps": self.overlaps[:OVERLAP_EXAMPLES],
+            "dark": {
+                shown_identity(identity): [since, why]
+                for identity, (since, why) in self._down_since.items()
+            },
+        }
+        if gaps_since is not None:
+            brief["gaps"] = [
+                [shown_identity(identity), since, until, why]
+                for identity, since, until, why in self.gaps
+                if until >= gaps_since
+            ]
+        return brief
 
-def _short(identity: str) -> str:
+
+def shown_identity(identity: str) -> str:
     """An identity as shown: a token is secret-ish even to an emulator's readers."""
     return identity if len(identity) <= 12 else f"{identity[:6]}…{identity[-4:]}"
 
@@ -313,6 +344,14 @@ class Emulator:
             }
         )
 
+    async def _ownership(self, request: Request) -> Response:
+        raw = request.query_params.get("gaps_since")
+        try:
+            since = None if raw is None else float(raw)
+        except ValueError:
+            return JSONResponse({"error": f"gaps_since: not a number: {raw!r}"}, status_code=400)
+        return JSONResponse(self.holders.brief(since))
+
     async def _fault(self, request: Request) -> Response:
         payload = await _json_object(request)
         if isinstance(payload, Response):
@@ -359,6 +398,7 @@ class Emulator:
                 Route("/_emulator/operations", self._operations, methods=["GET"]),
                 Route("/_emulator/fault", self._fault, methods=["POST"]),
                 Route("/_emulator/stats", self._stats, methods=["GET"]),
+                Route("/_emulator/ownership", self._ownership, methods=["GET"]),
             ]
             self._app = Starlette(routes=[*control, *self.platform_routes()])
         return self._app

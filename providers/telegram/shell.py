@@ -3,12 +3,18 @@
 The shell only moves bytes: :mod:`.core` builds every request and reads every
 answer, :mod:`.webhook` judges webhook requests. Inbound events travel through
 an unbuffered memory channel, so handing an event to the consumer of
-:meth:`TelegramConnection.events` is a rendezvous: the poll task asks
-Telegram for the next batch (whose ``offset`` confirms the previous one) only
-after every event of the batch was taken, and a webhook request is answered
-200 only once its event was taken. A crash therefore never confirms an update
-nobody saw; at worst one is delivered twice, and the ChannelActor
-deduplicates by ``platform_message_id``.
+:meth:`TelegramConnection.events` is a rendezvous, and a webhook request is
+answered 200 only once its event was taken. The poll task asks Telegram for
+the next batch (whose ``offset`` confirms the previous one) only once the
+consumer has come back for the event after the last one: taken is not kept
+(the ChannelActor asks for the next event only once the last is in the
+store), and a getUpdates sent while the last update was being stored would
+confirm it to Telegram, so a kill -9 in that window would lose it. A crash
+therefore never confirms an update nobody kept; at worst one is delivered
+twice, and the ChannelActor deduplicates by ``platform_message_id``. (The
+farewell on close still confirms what was handed out: an event taken and
+not yet kept stays in the channel's memory as ``pending``, handed over again
+by its successor; see :mod:`actors.channel.inbound`.)
 
 Polling failures end :meth:`~TelegramConnection.events` with the mapped
 error instead of being retried here: reconnect policy (backoff, waiting out
@@ -70,6 +76,7 @@ class _Phase(enum.Enum):
 class _Item:
     update_id: int
     event: Event
+    kept: trio.Event = attrs.field(factory=trio.Event)  # the consumer came back for more
 
 
 class _BotApi:
@@ -218,6 +225,7 @@ class TelegramConnection:
         async for item in self._receive_channel:
             self._cursor.handed_out(item.update_id)
             yield item.event
+            item.kept.set()  # asked for the next event: the consumer is done with this one
         if self._failure is not None and self._phase is _Phase.BROKEN:
             raise self._failure
 
@@ -402,10 +410,10 @@ class TelegramConnection:
                 if offset is not None and update.update_id < offset:
                     continue  # confirmed already; a faithful server never resends it
                 if update.event is not None:
-                    await self._send_channel.send(_Item(update.update_id, update.event))
-                # The rendezvous completed: events() holds the item (or it had no
-                # event). Mark it here too, since the consumer's task may not have
-                # run yet when the next getUpdates is built.
+                    item = _Item(update.update_id, update.event)
+                    await self._send_channel.send(item)
+                    await item.kept.wait()  # its next getUpdates would confirm it
+                # The consumer is done with it (or it had no event).
                 self._cursor.handed_out(update.update_id)
 
 
