@@ -308,6 +308,9 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         ops=True,
         breakers=False,  # no link faults here: the nodes reach Redis directly
         freezes=False,  # nor frozen nodes: the platforms heartbeat at their own pace
+        # The drain is a planned handoff of every channel the node holds:
+        # batches of max_moves (64), about a second each on this rig.
+        drain_deadline=max(3.0, p.channels / p.nodes / 64 * 1.5),
         seed=p.seed,
         workdir=p.workdir,
     )

@@ -119,6 +119,10 @@ class RigParams:
             0.45 TTL, so a frozen node's sessions end before its leases can
             expire. Off, they keep their own heartbeat intervals (a killed
             or drained node's sessions end with its sockets).
+        drain_deadline: the nodes' ``[node] drain_deadline``, seconds: a
+            drain (SIGTERM) hands channels off for most of it and ends the
+            rest, so it must cover the channels a node holds for the drain
+            to be a planned handoff.
         breakers: put a :class:`~providers.testing.LinkBreaker` between each
             node and Redis (the ``link`` fault needs it); without, the nodes
             talk to Redis directly (no proxy in the rig's own process).
@@ -140,6 +144,7 @@ class RigParams:
     heartbeat: float = 0.5
     member_timeout: float = 3.0
     cooldown: float = 10.0
+    drain_deadline: float = 3.0
     seed: int = 1
     freezes: bool = True
     breakers: bool = True
@@ -319,7 +324,7 @@ class ClusterRig:
         lines = [
             "[node]",
             f'id = "{node_id}"',
-            'drain_deadline = "3s"',
+            f'drain_deadline = "{p.drain_deadline:g}s"',
             'start_timeout = "10s"',
             "[storage]",
             'backend = "postgres"',
@@ -397,7 +402,7 @@ class ClusterRig:
         if process is None:
             return
         process.send_signal(signum)
-        with trio.fail_after(30):
+        with trio.fail_after(self.params.drain_deadline + 30):
             await process.wait()
 
     # --- judging ------------------------------------------------------------------------

@@ -439,6 +439,22 @@ async def test_a_first_start_is_not_a_rebirth(prefix: str) -> None:
             assert isinstance(await a.acquire("ch"), Acquired)  # no quarantine
 
 
+async def test_what_redis_py_reports_to_its_loop_is_logged_and_the_link_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An asyncio library's report to its loop (redis-py's unclosed connections, a
+    task's unretrieved error) is logged; trio-asyncio's own handler raised it."""
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            link._loop.call_exception_handler(
+                {"message": "Unclosed connection", "exception": ConnectionError("reset")}
+            )
+            await trio.lowlevel.checkpoint()  # where trio-asyncio's handler raised
+            assert await link.call("PING") is True
+    reports = [r.getMessage() for r in caplog.records if r.name == "switchboard.asyncio"]
+    assert any("Unclosed connection: ConnectionError: reset" in r for r in reports)
+
+
 async def test_an_unreachable_redis_is_a_clear_error() -> None:
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     with trio.fail_after(CEILING), pytest.raises(ClusterUnavailable) as raised:

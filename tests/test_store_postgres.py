@@ -157,6 +157,60 @@ async def test_an_open_trio_asyncio_loop_is_reused(pg: Pg) -> None:
                 assert count == 1
 
 
+async def test_what_asyncpg_reports_to_its_loop_is_logged_and_the_node_goes_on(
+    pg: Pg, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg reports a connection given back inside a transaction to the loop's
+    exception handler (and then rolls it back); trio-asyncio's own handler raised
+    it into the loop's nursery and a drain ended a node that way (issue 14)."""
+    with trio.fail_after(PG_CEILING):
+        async with open_store(pg.config) as store:
+            loop = store._loop  # type: ignore[attr-defined]
+            loop.call_exception_handler(
+                {"message": "Resetting connection with an active transaction <conn>"}
+            )
+            loop.call_exception_handler(
+                {"message": "Task exception was never retrieved", "exception": OSError("gone")}
+            )
+            await trio.lowlevel.checkpoint()  # where trio-asyncio's handler raised
+            await store.save_inbound([message(1)])
+            await store.flush()  # the store still works
+    reports = [r.getMessage() for r in caplog.records if r.name == "switchboard.asyncio"]
+    assert any("Resetting connection with an active transaction" in r for r in reports)
+    assert any("never retrieved: OSError: gone" in r for r in reports)
+
+
+async def test_a_failure_right_after_begin_rolls_the_transaction_back(pg: Pg) -> None:
+    """BEGIN reached the server but its caller was stopped (a cancel landing on it):
+    the session goes back to the pool outside any transaction."""
+
+    class Stopped(BaseException):
+        pass
+
+    with trio.fail_after(PG_CEILING):
+        async with open_store(pg.config) as store:
+            real = store._aio  # type: ignore[attr-defined]
+
+            def stopping_after_begin(fn: Any) -> Any:
+                call = real(fn)
+
+                async def wrapped(*args: Any) -> Any:
+                    result = await call(*args)
+                    if args == ("BEGIN",):
+                        raise Stopped
+                    return result
+
+                return wrapped
+
+            async with store._connection() as conn:  # type: ignore[attr-defined]
+                store._aio = stopping_after_begin  # type: ignore[attr-defined]
+                with pytest.raises(Stopped):
+                    async with store._transaction(conn):  # type: ignore[attr-defined]
+                        pass
+                store._aio = real  # type: ignore[attr-defined]
+                assert not conn.is_in_transaction()
+
+
 async def test_a_failing_flush_keeps_the_batch_for_the_next_one(
     pg: Pg, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -31,6 +31,7 @@ from redis.backoff import NoBackoff
 
 from providers.groups import ungrouped
 
+from ..aio import asyncio_loop
 from ..errors import NodeError
 
 __all__ = ["ClusterUnavailable", "RedisLink", "describe_redis", "open_redis"]
@@ -146,9 +147,7 @@ async def open_redis(url: str, *, timeout: float) -> AsyncIterator[RedisLink]:  
 async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # noqa: ASYNC109
     where = describe_redis(url)
     async with contextlib.AsyncExitStack() as stack:
-        loop = trio_asyncio.current_loop.get()
-        if loop is None or loop.is_closed():
-            loop = await stack.enter_async_context(trio_asyncio.open_loop())
+        loop = await stack.enter_async_context(asyncio_loop())
         try:
             client = aioredis.Redis.from_url(
                 url,

@@ -51,6 +51,7 @@ import trio_asyncio  # type: ignore[import-untyped]
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 
+from ..aio import asyncio_loop
 from ..config.model import StorageConfig
 from ..errors import StoreError
 from . import migrations
@@ -242,8 +243,10 @@ class PostgresStore(PostgresDurable, BatchingStore):
 
     @asynccontextmanager
     async def _transaction(self, conn: Any) -> AsyncIterator[None]:
-        await self._aio(conn.execute)("BEGIN")
         try:
+            # Inside the try: a cancel that lands while BEGIN is on its way
+            # may leave the session in a transaction all the same.
+            await self._aio(conn.execute)("BEGIN")
             yield
         except BaseException:
             rolled_back = False
@@ -550,9 +553,7 @@ async def open_postgres_store(config: StorageConfig) -> AsyncIterator[PostgresSt
         )
     where, secrets = describe_dsn(config.dsn)
     async with contextlib.AsyncExitStack() as stack:
-        loop = trio_asyncio.current_loop.get()
-        if loop is None or loop.is_closed():
-            loop = await stack.enter_async_context(trio_asyncio.open_loop())
+        loop = await stack.enter_async_context(asyncio_loop())
         pool = await _create_pool(loop, config.dsn, where, secrets, f"switchboard:{config.schema}")
         stack.push_async_callback(_close_pool, loop, pool, where)
         store = PostgresStore(
