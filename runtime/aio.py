@@ -12,10 +12,12 @@ Design:
   connection with an active transaction", after which it rolls back) and
   the error of a release task nobody awaited ("Task exception was never
   retrieved"). A drain that cut a store call at the wrong moment stopped a
-  node this way. So a loop opened here logs such reports (logger
+  node this way. So the loop logs such reports (logger
   ``switchboard.asyncio``, credential shapes scrubbed; the log handler
   scrubs the configured secrets too) and the node goes on: every call the
-  product makes on the loop still reports its own errors to its caller.
+  product makes on the loop still reports its own errors to its caller. A
+  loop the caller opened gets this handler too, unless it has one of its
+  own (an embedding program's choice is kept).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def log_loop_report(loop: Any, context: Mapping[str, Any]) -> None:
     exception = context.get("exception")
     if exception is not None:
         message = f"{message}: {type(exception).__name__}: {exception}"
-    log.error("asyncio (asyncpg, redis-py) reported: %s", scrub_shapes(message))
+    log.error(
+        "asyncio (asyncpg, redis-py) reported: %s",
+        scrub_shapes(message),
+        exc_info=exception if isinstance(exception, BaseException) else None,
+    )
 
 
 @asynccontextmanager
@@ -48,6 +54,8 @@ async def asyncio_loop() -> AsyncIterator[Any]:
     """The trio-asyncio loop for the block: the caller's, else a new one that logs reports."""
     loop = trio_asyncio.current_loop.get()
     if loop is not None and not loop.is_closed():
+        if loop.get_exception_handler() is None:  # an embedding program's, left as it came
+            loop.set_exception_handler(log_loop_report)
         yield loop
         return
     async with trio_asyncio.open_loop() as loop:

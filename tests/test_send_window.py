@@ -19,13 +19,14 @@ import pytest
 import trio
 import trio.testing
 
-from actors import ActorCrashed, ExponentialBackoff, SendFailed, open_actor_system
+from actors import ActorCrashed, ChannelFailed, ExponentialBackoff, SendFailed, open_actor_system
 from actors.channel import ChannelActor, ChannelMemory, ChannelRef, ChannelSettings
 from actors.channel.window import Flight, SendWindow
 from providers.base import (
     SEND_WINDOW_MAX,
     BadRecipient,
     ChannelConfig,
+    FatalError,
     OutboundMessage,
     PlatformLimits,
     RateLimited,
@@ -486,3 +487,19 @@ async def test_after_a_pause_every_waiting_send_goes_at_once(
     assert all(isinstance(r, SendResult) for r in results.values()), results
     # Refused after a round trip, a second's pause, then four rounds of five.
     assert took == pytest.approx(RTT + 1.0 + 4 * RTT)
+
+
+async def test_sends_in_line_behind_the_limiter_are_answered_when_the_channel_fails(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The send woken in turn leaves by an error (the channel failed): it wakes the
+    next in line on its way out, so every caller is answered (a review found them
+    parked for good)."""
+    provider = RoundTrip(scripts={"p0": [FatalError("token revoked")]})
+    provider.limits = attrs.evolve(GENEROUS, per_channel_rate=1.0, per_channel_burst=1)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=5) as channel:
+            await provider.wait_connected(1)
+            results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(5)])
+    assert sorted(results) == [f"k{i}" for i in range(5)]
+    assert all(isinstance(r, ChannelFailed) for r in results.values()), results

@@ -342,54 +342,61 @@ class SendPath:
         breaker = memory.breaker
         peer = message.peer
         attempts = 0
-        while True:
-            self._raise_if_failed()
-            now = trio.current_time()
-            delay = limiter.delay(now, key=peer)
-            if delay > 0:
-                memory.counters["rate_limit_waits"] += 1
-                until = now + delay
-                if until <= limiter.shared_deadline():  # everyone's turn, not this peer's
-                    turns = self._turns
-                    if turns is None:  # made by the first wait: most channels never queue
-                        turns = self._turns = Turns()
-                    await turns.wait(until)
-                else:
-                    if self._turns is not None:
-                        self._turns.pass_on()  # not waiting in line: the next may go
-                    await trio.sleep(delay)
-                continue
-            try:
-                breaker.allow(now)
-            except CircuitOpen as exc:
-                await trio.sleep_until(exc.retry_at)
-                continue
-            conn = await self._live_connection()
-            if not limiter.try_acquire(trio.current_time(), key=peer):
-                breaker.record_success(trio.current_time())  # release a trial slot
-                continue
-            if self._turns is not None:
-                self._turns.pass_on()  # this turn is taken: the next in line may go or wait
-            if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
-                memory.touch()
-            attempts += 1
-            try:
-                result = await perform(conn, message)
-            except ProviderError as exc:
-                verdict = decide(
-                    exc,
-                    peer=peer,
-                    attempts=attempts,
-                    max_attempts=self.settings.send_attempts,
-                    backoff=self.settings.send_backoff,
-                    rng=memory.rng,
-                )
-                await self._apply(verdict, exc, message, attempts, flight)
-                continue
-            breaker.record_success(trio.current_time())
-            if type(message) is OutboundMessage:
-                memory.counters["sent"] += 1
-            return result
+        holding = False  # woken in turn (or slept for all): the next waits on this send
+        try:
+            while True:
+                self._raise_if_failed()
+                now = trio.current_time()
+                delay = limiter.delay(now, key=peer)
+                if delay > 0:
+                    memory.counters["rate_limit_waits"] += 1
+                    until = now + delay
+                    if until <= limiter.shared_deadline():  # everyone's turn, not this peer's
+                        turns = self._turns
+                        if turns is None:  # made by the first wait: most channels never queue
+                            turns = self._turns = Turns()
+                        await turns.wait(until)
+                        holding = True
+                    else:
+                        if self._turns is not None:
+                            self._turns.pass_on()  # not waiting in line: the next may go
+                        await trio.sleep(delay)
+                    continue
+                try:
+                    breaker.allow(now)
+                except CircuitOpen as exc:
+                    await trio.sleep_until(exc.retry_at)
+                    continue
+                conn = await self._live_connection()
+                if not limiter.try_acquire(trio.current_time(), key=peer):
+                    breaker.record_success(trio.current_time())  # release a trial slot
+                    continue
+                if self._turns is not None:
+                    self._turns.pass_on()  # this turn is taken: the next in line may go or wait
+                holding = False
+                if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
+                    memory.touch()
+                attempts += 1
+                try:
+                    result = await perform(conn, message)
+                except ProviderError as exc:
+                    verdict = decide(
+                        exc,
+                        peer=peer,
+                        attempts=attempts,
+                        max_attempts=self.settings.send_attempts,
+                        backoff=self.settings.send_backoff,
+                        rng=memory.rng,
+                    )
+                    await self._apply(verdict, exc, message, attempts, flight)
+                    continue
+                breaker.record_success(trio.current_time())
+                if type(message) is OutboundMessage:
+                    memory.counters["sent"] += 1
+                return result
+        finally:
+            if holding and self._turns is not None:
+                self._turns.pass_on()  # left the line by an exception or a cancel
 
     async def _apply(
         self,
