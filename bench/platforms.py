@@ -35,7 +35,7 @@ import trio
 
 from .scenario import ScenarioError
 
-__all__ = ["PLATFORMS", "PlatformsSpec", "main", "open_platforms"]
+__all__ = ["PLATFORMS", "PlatformsSpec", "main", "open_platforms", "reap"]
 
 PLATFORMS: Final = ("websocket", "telegram", "discord", "whatsapp")
 STARTUP_TIMEOUT: Final = 60.0  # seconds for the process to listen
@@ -165,8 +165,17 @@ async def open_platforms(
         await process.stdin.aclose()
         yield await _read_urls(process.stdout), process.pid
     finally:
-        process.terminate()
-        with trio.move_on_after(5):
+        await reap(process)
+
+
+async def reap(process: trio.Process, *, grace: float = 5.0) -> None:
+    """Ask a child process to end, kill it after ``grace`` seconds, and wait for it.
+
+    Shielded: a block left by a cancel still reaps its child.
+    """
+    process.terminate()
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(grace):
             await process.wait()
         if process.returncode is None:
             process.kill()

@@ -53,6 +53,7 @@ from runtime.config.model import (
 )
 from runtime.node import Node, open_node
 
+from .platforms import reap
 from .scenario import ScenarioError
 
 __all__ = [
@@ -192,12 +193,7 @@ async def open_external_emulator(provider: str, *, port: int = 0) -> AsyncIterat
         url = await _read_url(process.stdout, provider)
         yield url, process.pid
     finally:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
 
 
 async def _read_url(stream: trio.abc.ReceiveStream, provider: str) -> str:
