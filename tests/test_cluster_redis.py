@@ -166,12 +166,19 @@ class Runner:
     def __init__(self) -> None:
         self.tenures: dict[str, Tenure] = {}
         self.stopped: list[str] = []
+        self._started: dict[str, trio.Event] = {}
 
     async def floor_token(self, channel_id: str) -> int:
         return 0
 
     async def start_owned(self, channel_id: str, tenure: Tenure) -> None:
         self.tenures[channel_id] = tenure
+        self._started.setdefault(channel_id, trio.Event()).set()
+
+    async def started(self, channel_id: str) -> Tenure:
+        """The tenure ``channel_id`` started under, once ownership has started it."""
+        await self._started.setdefault(channel_id, trio.Event()).wait()
+        return self.tenures[channel_id]
 
     async def stop_owned(self, channel_id: str) -> None:
         self.stopped.append(channel_id)
@@ -181,6 +188,14 @@ class Runner:
 
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         pass
+
+
+def owning_ch(leases: Leases, runner: Runner) -> Ownership:
+    """Node "a", alone in the cluster, owning the catalog's one channel "ch"."""
+    ownership = Ownership(node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100)
+    ownership.set_members(["a"])
+    ownership.set_catalog(["ch"])
+    return ownership
 
 
 async def test_a_node_cut_off_from_redis_drops_its_connection_before_its_lease_can_expire(
@@ -195,16 +210,10 @@ async def test_a_node_cut_off_from_redis_drops_its_connection_before_its_lease_c
             proxy_port = await outer.start(breaker.serve)
             async with redis(f"redis://127.0.0.1:{proxy_port}/0", within=0.2) as link:
                 leases = Leases(link, prefix=prefix, node_id="a", ttl=ttl)
-                ownership = Ownership(
-                    node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
-                )
-                ownership.set_members(["a"])
-                ownership.set_catalog(["ch"])
+                ownership = owning_ch(leases, runner)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(ownership.run)
-                    while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
-                        await trio.sleep(0.02)
-                    tenure = runner.tenures["ch"]
+                    tenure = await runner.started("ch")
                     await trio.sleep(ttl)  # renewals keep it
                     assert tenure.valid()
                     breaker.frozen = True  # bytes vanish: renewals time out
@@ -242,15 +251,10 @@ async def test_a_hand_off_cut_by_its_deadline_gives_the_lease_back_when_the_node
     with trio.fail_after(CEILING):
         async with redis() as link:
             leases = Leases(link, prefix=prefix, node_id="a", ttl=60.0)
-            ownership = Ownership(
-                node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
-            )
-            ownership.set_members(["a"])
-            ownership.set_catalog(["ch"])
+            ownership = owning_ch(leases, runner)
             async with trio.open_nursery() as nursery:
                 await nursery.start(ownership.run)
-                while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
-                    await trio.sleep(0.02)
+                await runner.started("ch")
                 handed = await ownership.hand_off(trio.current_time() + 0.2)
                 assert handed == 0  # it did not stop in time ...
                 assert runner.tenures["ch"].revoked  # ... but its connection is ended
@@ -268,16 +272,11 @@ async def test_a_loop_that_runs_late_holds_its_connections_for_less(prefix: str)
     with trio.fail_after(CEILING):
         async with redis() as link:
             leases = Leases(link, prefix=prefix, node_id="a", ttl=ttl)
-            ownership = Ownership(
-                node_id="a", leases=leases, runner=runner, vnodes=16, renew_batch=100
-            )
-            ownership.set_members(["a"])
-            ownership.set_catalog(["ch"])
+            ownership = owning_ch(leases, runner)
             ownership.lag.record(trio.current_time(), 0.2)  # the loop woke 0.2 s late
             async with trio.open_nursery() as nursery:
                 await nursery.start(ownership.run)
-                while "ch" not in runner.tenures:  # noqa: ASYNC110 - Redis changes, not a trio task
-                    await trio.sleep(0.02)
+                await runner.started("ch")
                 seen = trio.current_time()  # after the acquire was sent
                 # Twice the lateness given up on top of the drift margin.
                 assert runner.tenures["ch"].deadline <= seen + ttl - leases.clock.margin - 0.4

@@ -51,7 +51,34 @@ GENEROUS = PlatformLimits(
 )
 
 
-class RoundTrip(FakeProvider):
+class Answering(FakeProvider):
+    """A fake platform whose connections send through :meth:`answer` (the rest is
+    :class:`~providers.testing.FakeConnection`'s)."""
+
+    async def answer(self, msg: OutboundMessage) -> SendResult:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def open_connection(
+        self, config: ChannelConfig, session: Any = None
+    ) -> AsyncIterator[Any]:
+        async with super().open_connection(config, session) as conn:
+            yield _AnsweringConnection(self, conn)
+
+
+class _AnsweringConnection:
+    def __init__(self, provider: Answering, inner: FakeConnection) -> None:
+        self._provider = provider
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def send(self, msg: OutboundMessage) -> SendResult:
+        return await self._provider.answer(msg)
+
+
+class RoundTrip(Answering):
     """A platform ``RTT`` away that answers per recipient from ``scripts[peer]``.
 
     Records every attempt as ``(start, end, key)`` and the most sends in
@@ -66,41 +93,24 @@ class RoundTrip(FakeProvider):
         self.spans: dict[str, list[tuple[float, float, str]]] = {}
         self.gate: trio.Event | None = None  # set: answers wait until it is set
 
-    @asynccontextmanager
-    async def open_connection(
-        self, config: ChannelConfig, session: Any = None
-    ) -> AsyncIterator[Any]:
-        async with super().open_connection(config, session) as conn:
-            yield _RoundTripConnection(self, conn)
-
-
-class _RoundTripConnection:
-    def __init__(self, provider: RoundTrip, inner: FakeConnection) -> None:
-        self._provider = provider
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def send(self, msg: OutboundMessage) -> SendResult:
-        provider = self._provider
+    async def answer(self, msg: OutboundMessage) -> SendResult:
         start = trio.current_time()
-        provider.flying += 1
-        provider.most_flying = max(provider.most_flying, provider.flying)
+        self.flying += 1
+        self.most_flying = max(self.most_flying, self.flying)
         try:
             await trio.sleep(RTT)
-            if provider.gate is not None:
-                await provider.gate.wait()
+            if self.gate is not None:
+                await self.gate.wait()
         finally:
-            provider.flying -= 1
-        provider.spans.setdefault(msg.peer, []).append(
+            self.flying -= 1
+        self.spans.setdefault(msg.peer, []).append(
             (start, trio.current_time(), msg.idempotency_key)
         )
-        script = provider.scripts.get(msg.peer)
+        script = self.scripts.get(msg.peer)
         outcome = script.popleft() if script else None
         if isinstance(outcome, BaseException):
             raise outcome
-        provider.sent.append((trio.current_time(), msg))
+        self.sent.append((trio.current_time(), msg))
         return SendResult(platform_message_id=f"id-{msg.idempotency_key}", peer=msg.peer)
 
 
@@ -378,7 +388,7 @@ def test_an_http_channel_pools_a_connection_per_send_in_its_window() -> None:
 # --- a platform that counts per second -------------------------------------------------
 
 
-class StrictSecond(FakeProvider):
+class StrictSecond(Answering):
     """A platform ``RTT`` away that counts a channel's sends over any one second,
     as WhatsApp (130429) and Telegram (429) do: the send past its rate is refused
     for a second, channel-wide. Each send arrives half a round trip after it
@@ -392,37 +402,20 @@ class StrictSecond(FakeProvider):
         # Deterministic, uneven: sends that leave evenly arrive bunched.
         self._jitter = itertools.cycle([jitter, 0.0, 0.3 * jitter, 0.9 * jitter, 0.1 * jitter])
 
-    @asynccontextmanager
-    async def open_connection(
-        self, config: ChannelConfig, session: Any = None
-    ) -> AsyncIterator[Any]:
-        async with super().open_connection(config, session) as conn:
-            yield _StrictSecondConnection(self, conn)
-
-
-class _StrictSecondConnection:
-    def __init__(self, provider: StrictSecond, inner: FakeConnection) -> None:
-        self._provider = provider
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def send(self, msg: OutboundMessage) -> SendResult:
-        provider = self._provider
-        await trio.sleep(RTT / 2 + next(provider._jitter))
+    async def answer(self, msg: OutboundMessage) -> SendResult:
+        await trio.sleep(RTT / 2 + next(self._jitter))
         now = trio.current_time()
-        window = provider.window
+        window = self.window
         while window and window[0] <= now - 1.0:
             window.popleft()
-        refused = len(window) >= provider.limits.per_channel_rate
+        refused = len(window) >= self.limits.per_channel_rate
         if not refused:
             window.append(now)
         await trio.sleep(RTT / 2)
         if refused:
-            provider.refused += 1
+            self.refused += 1
             raise RateLimited("throughput reached", retry_after=1.0)
-        provider.accepted += 1
+        self.accepted += 1
         return SendResult(platform_message_id=f"id-{msg.idempotency_key}", peer=msg.peer)
 
 
