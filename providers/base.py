@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "SEND_WINDOW_MAX",
     "SEND_WINDOW_RTT",
+    "UNLIMITED",
     "AuthenticationFailed",
     "BadRecipient",
     "Banned",
@@ -370,6 +371,13 @@ class PlatformLimits:
     max_text_length: int
     max_upload_bytes: int = 50 * 1024 * 1024
     per_channel_strict: bool = False
+
+
+# Limits off (load tests, a platform that enforces nothing): a rate at or above
+# this is no limit at all. A channel then keeps no limiter state for it (no
+# schedule, no bucket per recipient); only the pauses a platform asks for
+# (a 429's retry-after) still hold its sends.
+UNLIMITED: Final = 1e9  # messages per second
 
 
 # A real platform is 50-300 ms away, and one send in flight caps a channel at

@@ -11,19 +11,17 @@ a node.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
 from actors import ChannelSettings, ExponentialBackoff
-from providers.base import ChannelConfig, PlatformLimits
+from providers.base import UNLIMITED, ChannelConfig, PlatformLimits
 
 from .config.model import BackoffConfig, ChannelSpec, ProviderDefaults, RateLimitConfig
 
 __all__ = ["UNLIMITED", "channel_config", "channel_settings", "effective_limits"]
 
-# Limits off (load tests): a rate no sender reaches, and a burst to match.
-UNLIMITED: Final = 1e9  # messages per second
 
 _T = TypeVar("_T")
 

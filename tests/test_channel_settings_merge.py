@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from actors import ChannelSettings, ExponentialBackoff
+from actors.channel import ChannelMemory
+from actors.channel.durable import export_state, refill_window
+from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import PlatformLimits
 from runtime.channels import UNLIMITED, channel_config, channel_settings, effective_limits
 from runtime.config.model import BackoffConfig, ChannelSpec, ProviderDefaults, RateLimitConfig
@@ -107,3 +110,26 @@ def test_the_send_window_comes_from_the_channel_then_the_provider_defaults() -> 
     assert channel_config(spec, defaults).send_window == 40
     own = ChannelSpec(id="wa", provider="whatsapp", send_window=3)
     assert channel_config(own, defaults).send_window == 3
+
+
+def test_a_channel_with_limits_off_keeps_no_limiter_state() -> None:
+    limits = effective_limits(PLATFORM, RateLimitConfig(enabled=False), None)
+    memory = ChannelMemory(limits, ChannelSettings())
+    limiter = memory.limiter
+    for i in range(1_000):  # a broadcast: a thousand recipients, two messages each
+        assert limiter.delay(10.0, key=f"peer-{i}") == 0.0
+        assert limiter.try_acquire(10.0, key=f"peer-{i}")
+        assert limiter.try_acquire(10.0, key=f"peer-{i}")
+    exported = export_state(memory, now=10.0, clock_offset=0.0).limiter
+    assert exported == CompositeLimiterState(parts=(GCRAState(), KeyedLimiterState()))
+    assert refill_window(limits) == 0.0  # a crash's restore holds nothing back
+    # The platform's own pauses still hold: a recipient's 429, then the channel's.
+    limiter.pause_until(12.0, key="peer-7")
+    assert not limiter.try_acquire(11.0, key="peer-7")
+    assert limiter.try_acquire(11.0, key="peer-8")
+    limiter.pause_until(13.0)
+    assert limiter.delay(11.0, key="peer-8") == 2.0
+    # With limits on, the same sends leave a schedule per recipient behind.
+    limited = ChannelMemory(PLATFORM, ChannelSettings())
+    assert limited.limiter.try_acquire(10.0, key="peer-1")
+    assert export_state(limited, now=10.0, clock_offset=0.0).limiter.parts[1] != KeyedLimiterState()

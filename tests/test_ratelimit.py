@@ -699,3 +699,45 @@ def test_the_shared_deadline_leaves_out_what_one_key_owns() -> None:
     assert limiter.shared_deadline() == 8.0
     limiter.pause_until(9.0)  # and so is the pause of everything
     assert limiter.shared_deadline() == 9.0
+
+
+def test_an_unlimited_bucket_admits_everything_but_a_pause_and_keeps_no_schedule() -> None:
+    limiter = GCRA(rate=math.inf, burst=1)
+    assert all(limiter.try_acquire(5.0) for _ in range(10_000))
+    assert limiter.state == GCRAState()  # fresh after any number of admissions
+    assert limiter.next_deadline() == -math.inf
+    limiter.pause_until(7.0)  # the platform asked to wait: that still holds
+    assert not limiter.try_acquire(6.0)
+    assert limiter.delay(6.0) == 1.0
+    assert limiter.try_acquire(7.0)
+    # A schedule saved under a limit binds nothing once the limit is off.
+    limited = GCRA(rate=1.0, burst=1)
+    assert limited.try_acquire(5.0)
+    restored = GCRA(rate=math.inf, burst=1, state=limited.state)
+    assert restored.try_acquire(5.0)
+    assert restored.state == GCRAState()
+    with pytest.raises(ValueError, match="unlimited"):
+        restored.arrival_curve.max_in_window(1.0)
+
+
+def test_an_unlimited_keyed_limiter_keeps_a_bucket_only_for_a_paused_key() -> None:
+    limiter: KeyedLimiter[str] = KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    assert all(limiter.try_acquire(1.0, key=f"peer-{i}") for i in range(1_000))
+    assert len(limiter) == 0  # a thousand recipients, no state
+    limiter.pause_until(3.0, key="slow")
+    assert len(limiter) == 1
+    assert not limiter.try_acquire(2.0, key="slow")
+    assert limiter.try_acquire(2.0, key="other")
+    assert limiter.try_acquire(3.0, key="slow")
+    composite = CompositeLimiter(
+        GCRA(rate=math.inf, burst=1), KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    )
+    assert all(composite.try_acquire(1.0, key=f"peer-{i}") for i in range(100))
+    assert composite.state == CompositeLimiterState(parts=(GCRAState(), KeyedLimiterState()))
+    # Beside a limited part, the unlimited one leaves the bound to it.
+    mixed = CompositeLimiter(
+        GCRA(rate=2.0, burst=1), KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    )
+    assert mixed.arrival_curve.max_in_window(1.0) == GCRA(
+        rate=2.0, burst=1
+    ).arrival_curve.max_in_window(1.0)

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
-from providers.base import PlatformLimits, SessionState
+from providers.base import UNLIMITED, PlatformLimits, SessionState
 from providers.operations import Operation
 
 from ..backoff import BackoffState
 from ..breaker import CircuitBreakerState
 from ..ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
+from .state import SentRecord
 
 if TYPE_CHECKING:
     from .state import ChannelMemory
@@ -90,15 +91,6 @@ class DeadLetterRecord:
     error_type: str
     attempts: int
     at: float
-
-
-@attrs.frozen(kw_only=True)
-class SentRecord:
-    """A recent send's answer, kept so that a repeat is answered, not sent again."""
-
-    key: str
-    platform_message_id: str
-    peer: str
 
 
 @attrs.frozen(kw_only=True)
@@ -176,10 +168,7 @@ def export_state(
         ),
         dead_letters_total=letters.total,
         dead_letters_dropped=letters.dropped,
-        sent=tuple(
-            SentRecord(key=key, platform_message_id=message_id, peer=peer)
-            for key, message_id, peer in memory.sent.newest(SENT_KEPT_DURABLE)
-        ),
+        sent=memory.sent.newest(SENT_KEPT_DURABLE),
         clean=clean,
     )
 
@@ -193,9 +182,13 @@ def refill_window(limits: PlatformLimits) -> float:
     x`` before the crash, and at most one refilled burst follows after.
     """
     return max(
-        limits.per_channel_burst / limits.per_channel_rate,
-        limits.per_peer_burst / limits.per_peer_rate,
+        _refill(limits.per_channel_burst, limits.per_channel_rate),
+        _refill(limits.per_peer_burst, limits.per_peer_rate),
     )
+
+
+def _refill(burst: int, rate: float) -> float:
+    return 0.0 if rate >= UNLIMITED else burst / rate  # no limit keeps no schedule
 
 
 def restore_state(

@@ -11,6 +11,8 @@ frozen ``state`` record for a store to persist across processes.
 from __future__ import annotations
 
 import enum
+import itertools
+import math
 import random
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import attrs
 import trio
 
-from providers.base import PlatformLimits, SessionState
+from providers.base import UNLIMITED, PlatformLimits, SessionState
 from providers.operations import Operation
 
 from ..backoff import Backoff, ExponentialBackoff
@@ -69,6 +71,8 @@ def channel_bucket(limits: PlatformLimits) -> GCRA:
     A platform whose window is strict (``limits.per_channel_strict``) gets
     a pacer a little below its rate; any other gets the bucket it declares.
     """
+    if limits.per_channel_rate >= UNLIMITED:
+        return GCRA(rate=math.inf, burst=limits.per_channel_burst)
     if not limits.per_channel_strict:
         return GCRA(rate=limits.per_channel_rate, burst=limits.per_channel_burst)
     return GCRA(
@@ -308,43 +312,56 @@ class RecentIds:
         return True
 
 
+@attrs.frozen(kw_only=True)
+class SentRecord:
+    """A recent send's answer, kept so that a repeat is answered, not sent again."""
+
+    key: str
+    platform_message_id: str
+    peer: str
+
+
 class SentResults:
     """The platform's answers to the last ``capacity`` sends, by idempotency key.
 
     A send repeated with a key found here (a caller's retry, a request the
     cluster delivered twice, a retry after the channel moved) is answered
     with the first answer instead of being sent again. The table is made
-    with the first send: a receive-only channel never needs one.
+    with the first send: a receive-only channel never needs one. Each answer
+    is kept as the record a checkpoint writes, made once when it is put, so
+    that a busy channel's checkpoints (one a second) copy references
+    instead of making hundreds of records each time.
     """
 
     __slots__ = ("_results", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._results: OrderedDict[str, tuple[str, str]] | None = None
+        self._results: OrderedDict[str, SentRecord] | None = None
 
     def __len__(self) -> int:
         return 0 if self._results is None else len(self._results)
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(platform message id, peer)`` of the send with ``key``, if recent."""
-        return None if self._results is None else self._results.get(key)
+        record = None if self._results is None else self._results.get(key)
+        return None if record is None else (record.platform_message_id, record.peer)
 
     def put(self, key: str, platform_message_id: str, peer: str) -> None:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        results[key] = (platform_message_id, peer)
+        results[key] = SentRecord(key=key, platform_message_id=platform_message_id, peer=peer)
         results.move_to_end(key)
         if len(results) > self.capacity:
             results.popitem(last=False)
 
-    def newest(self, count: int) -> list[tuple[str, str, str]]:
-        """The newest ``count`` as ``(key, platform message id, peer)``, oldest first."""
+    def newest(self, count: int) -> tuple[SentRecord, ...]:
+        """The newest ``count`` answers, oldest first (only those are walked)."""
         if not self._results:
-            return []
-        items = list(self._results.items())[-count:]
-        return [(key, message_id, peer) for key, (message_id, peer) in items]
+            return ()
+        newest_first = tuple(itertools.islice(reversed(self._results.values()), count))
+        return newest_first[::-1]
 
 
 @attrs.frozen(kw_only=True)
@@ -421,7 +438,9 @@ class ChannelMemory:
         self.limiter = CompositeLimiter(
             channel_bucket(self.limits),
             KeyedLimiter(
-                rate=self.limits.per_peer_rate,
+                rate=math.inf
+                if self.limits.per_peer_rate >= UNLIMITED
+                else self.limits.per_peer_rate,
                 burst=self.limits.per_peer_burst,
                 max_keys=DEFAULT_PEER_BUCKETS,
             ),

@@ -38,10 +38,13 @@ class ArrivalCurve:
             ``burst + floor(rate * (window + tolerance))``.
 
         Raises:
-            ValueError: if ``window`` is negative or not finite.
+            ValueError: if ``window`` is negative or not finite, or the rate is
+                ``math.inf`` (no limit).
         """
         if not (math.isfinite(window) and window >= 0.0):
             raise ValueError(f"window must be finite seconds >= 0, got {window!r}")
+        if self.rate == math.inf:
+            raise ValueError("an unlimited curve (rate math.inf) bounds no window")
         r_num, r_den = float(self.rate).as_integer_ratio()
         w_num, w_den = float(window).as_integer_ratio()
         t_num, t_den = float(self.tolerance).as_integer_ratio()
@@ -79,6 +82,10 @@ class CompositeCurve:
             The minimum of the parts' bounds.
 
         Raises:
-            ValueError: if ``window`` is negative or not finite.
+            ValueError: if ``window`` is negative or not finite, or every part
+                is unlimited.
         """
-        return min(part.max_in_window(window) for part in self.parts)
+        bounded = [part for part in self.parts if part.rate != math.inf]
+        if not bounded:
+            raise ValueError("every part is unlimited (rate math.inf): no window is bounded")
+        return min(part.max_in_window(window) for part in bounded)

@@ -49,12 +49,14 @@ class _Bucket:
 class _Schedule:
     """Exact GCRA arithmetic for one (rate, burst); buckets hold the state."""
 
-    __slots__ = ("burst", "inc", "limit", "p", "rate", "tolerance")
+    __slots__ = ("burst", "inc", "limit", "p", "rate", "tolerance", "unlimited")
 
     def __init__(self, rate: float, burst: int, tolerance: float = ARRIVAL_TOLERANCE) -> None:
         rate = float(rate)
-        if not (math.isfinite(rate) and rate > 0.0):
-            raise ValueError(f"rate must be a finite number of units per second > 0, got {rate!r}")
+        if not (rate > 0.0 and (math.isfinite(rate) or rate == math.inf)):
+            raise ValueError(
+                f"rate must be a number of units per second > 0 (math.inf: no limit), got {rate!r}"
+            )
         if not isinstance(burst, int) or burst < 1:
             raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
         tolerance = float(tolerance)
@@ -63,7 +65,10 @@ class _Schedule:
                 f"tolerance must be seconds between {ARRIVAL_TOLERANCE!r} and "
                 f"{MAX_TOLERANCE!r}, got {tolerance!r}"
             )
-        p, q = rate.as_integer_ratio()
+        # No limit (limits off): admit whatever no pause holds, and keep no
+        # schedule, so a bucket stays fresh and a keyed limiter makes none.
+        self.unlimited = rate == math.inf
+        p, q = (1, 0) if self.unlimited else rate.as_integer_ratio()
         self.rate = rate
         self.burst = burst
         self.tolerance = tolerance
@@ -89,6 +94,8 @@ class _Schedule:
     def admit(self, bucket: _Bucket, now: float, ns: int, cost: int, *, commit: bool) -> bool:
         if bucket.paused_until is not None and now < bucket.paused_until:
             return False
+        if self.unlimited:
+            return True
         now_ticks = ns * self.p
         tat = bucket.tat
         start = now_ticks if tat is None or tat < now_ticks else tat
@@ -122,7 +129,8 @@ class _Schedule:
     def restore(self, state: GCRAState) -> _Bucket:
         if state.paused_until is not None:
             check_time(state.paused_until, "state.paused_until", bounded=True)
-        tat = None if state.tat_ns is None else state.tat_ns * self.p
+        # A schedule saved under a limit binds nothing once there is none.
+        tat = None if state.tat_ns is None or self.unlimited else state.tat_ns * self.p
         return _Bucket(tat, state.paused_until)
 
     def describe(self, bucket: _Bucket) -> str:
@@ -150,7 +158,7 @@ class GCRA:
     tolerance))``, plus the clock allowance.
 
     Args:
-        rate: units per second (> 0).
+        rate: units per second (> 0; ``math.inf``: no limit, only pauses apply).
         burst: units admissible at once (>= 1).
         tolerance: seconds an arrival may be early (at least
             :data:`ARRIVAL_TOLERANCE`, the default; at most :data:`MAX_TOLERANCE`).

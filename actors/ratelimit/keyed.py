@@ -46,7 +46,8 @@ class KeyedLimiter(Generic[K]):
     hashable and not ``None``.
 
     Args:
-        rate: units per second, per key (> 0).
+        rate: units per second, per key (> 0; ``math.inf``: no limit, only pauses
+            apply, and no bucket is kept for a key that was not paused).
         burst: units admissible at once, per key (>= 1).
         max_keys: most buckets held at once (>= 1).
         state: a state exported by :attr:`state`, to continue from.
@@ -261,6 +262,8 @@ class KeyedLimiter(Generic[K]):
     def _take(self, now: float, ns: int, cost: int, key: K) -> None:
         bucket = self._buckets.get(key)
         if bucket is None:
+            if self._schedule.unlimited:
+                return  # a fresh bucket would stay fresh: keep none
             assert len(self._buckets) < self._max_keys, "room was made while checking"
             bucket = self._buckets[key] = _Bucket()
             # Only a caller whose clock stepped back can insert below the

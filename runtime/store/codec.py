@@ -39,7 +39,7 @@ import cattrs
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
-from actors.channel.durable import ChannelState
+from actors.channel.durable import ChannelState, SentRecord
 from actors.ratelimit import GCRAState, KeyedLimiterState
 from providers.base import (
     ConnectionStateChanged,
@@ -108,6 +108,9 @@ def _make_converter() -> cattrs.Converter:
     made.register_structure_hook(GCRAState | KeyedLimiterState[Any], _limiter_part)
     made.register_unstructure_hook(bytes, _bytes_out)
     made.register_structure_hook(bytes, _bytes_in)
+    # A busy channel's checkpoint carries hundreds of these a second: one
+    # comprehension instead of cattrs' walk of a generic iterable.
+    made.register_unstructure_hook_func(lambda t: t == tuple[SentRecord, ...], _sent_out)
     # Late-bound: both functions use the converter being made.
     made.register_unstructure_hook_func(
         lambda t: t == Operation, lambda message: encode_outbound(message)
@@ -116,6 +119,13 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == Operation, lambda data, _: _structure_operation(data)
     )
     return made
+
+
+def _sent_out(records: tuple[SentRecord, ...]) -> list[dict[str, str]]:
+    return [
+        {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
+        for r in records
+    ]
 
 
 def _bytes_out(data: bytes) -> str:
