@@ -4,8 +4,12 @@ What it does, in order:
 
 1. Starts the emulator (a separate process by default, so the node's
    open-files limit holds one descriptor per channel) and, for websocket
-   channels, measures the baseline: the same number of bare trio-websocket
-   client connections to the same emulator, in a fresh process.
+   channels, measures the baselines against the same emulator, each in a
+   fresh process (:mod:`bench.ws_bare`): memory, the same number of bare
+   trio-websocket client connections; and sends, a bare trio + wsproto
+   client doing each load step's sends (same connections, rate, duration,
+   text, pacing and acks), before the node's channels connect, so the
+   two never share the machine.
 2. Starts N channels in a node (``connect_rate`` per second, or all at
    once) and waits until every one is connected: connects/s, and memory per
    channel as the node's RSS delta over N, after a full collection.
@@ -110,7 +114,8 @@ class ChannelsParams:
     )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
     baseline: bool = attrs.field(
-        default=True, metadata=_help("measure bare trio-websocket connections (websocket only)")
+        default=True,
+        metadata=_help("measure bare websocket clients beside the node (websocket only)"),
     )
     compressions: list[str] = attrs.field(
         factory=list,
@@ -304,19 +309,41 @@ async def _count_inbound(rig: Rig, counter: list[int], task_status: Any) -> None
 def _bare_baseline(url: str, count: int, ctx: RunContext) -> dict[str, float] | None:
     ctx.progress.phase(f"baseline: {count:,} bare trio-websocket connections (fresh process)")
     ws_url = url.replace("http://", "ws://", 1) + "/ws"
+    lines = _ws_bare(["memory", ws_url, str(count)], max(30.0, ctx.remaining() / 3), ctx)
+    return lines[-1] if lines else None
+
+
+def _bare_send_baseline(
+    url: str, count: int, params: ChannelsParams, ctx: RunContext
+) -> dict[float, dict[str, Any]]:
+    """The node's load steps done by a bare trio + wsproto client: its results by rate."""
+    ctx.progress.phase(
+        f"baseline: bare trio + wsproto client, {count:,} connections, "
+        f"{len(params.rates)} steps of {params.duration:g} s of sends (fresh process)"
+    )
+    ws_url = url.replace("http://", "ws://", 1) + "/ws"
+    args = ["send", ws_url, "--connections", str(count)]
+    args += ["--rates", ",".join(f"{r:g}" for r in params.rates)]
+    args += ["--duration", f"{params.duration:g}", "--text-size", str(params.text_size)]
+    timeout = min(len(params.rates) * (params.duration + 15) + 30, ctx.remaining() / 3)
+    return {float(line["rate"]): line for line in _ws_bare(args, timeout, ctx)}
+
+
+def _ws_bare(args: list[str], timeout: float, ctx: RunContext) -> list[dict[str, Any]]:
+    """Run ``python -m bench.ws_bare ARGS`` in a fresh process: its JSON lines."""
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.ws_bare", ws_url, str(count)],
+            [sys.executable, "-m", "bench.ws_bare", *args],
             capture_output=True,
             text=True,
-            timeout=max(30.0, ctx.remaining() / 3),
+            timeout=timeout,
             check=True,
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        ctx.progress.note(f"baseline not measured: {exc}")
-        return None
-    data: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return data
+        stderr = exc.stderr if isinstance(exc.stderr, str) else ""
+        ctx.progress.note(f"baseline ({args[0]}) not measured: {exc} {stderr[-400:]}")
+        return []
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
@@ -348,13 +375,20 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         gc_policy=params.gc,
     ) as rig:
         baseline = None
+        bare_sends: dict[float, dict[str, Any]] = {}
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
             t = time.perf_counter()
             if external:
                 baseline = await trio.to_thread.run_sync(_bare_baseline, rig.emulator.url, n, ctx)
+                sections["baseline"] = round(time.perf_counter() - t, 2)
+                if params.rates:
+                    t = time.perf_counter()
+                    bare_sends = await trio.to_thread.run_sync(
+                        _bare_send_baseline, rig.emulator.url, n, params, ctx
+                    )
+                    sections["baseline_sends"] = round(time.perf_counter() - t, 2)
             else:
                 notes.append("baseline skipped: needs the emulator in its own process")
-            sections["baseline"] = round(time.perf_counter() - t, 2)
         # --- connect
         t = time.perf_counter()
         phase = await connect_all(
@@ -421,6 +455,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         n=n,
         phase=phase,
         baseline=baseline,
+        bare_sends=bare_sends,
         steps=steps,
         dead_letters=dead_letters,
         reconnects=reconnects,
@@ -429,7 +464,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         inbound_seconds=inbound_seconds,
     )
     figures += compression_figures(compression)
-    notes += _notes(params, steps, baseline, external)
+    notes += _notes(params, steps, baseline, bare_sends, external)
     return Report(
         scenario="channels",
         started=started,
@@ -454,6 +489,7 @@ def _figures(
     n: int,
     phase: ConnectPhase,
     baseline: dict[str, float] | None,
+    bare_sends: dict[float, dict[str, Any]],
     steps: list[StepResult],
     dead_letters: int,
     reconnects: int,
@@ -584,14 +620,17 @@ def _figures(
                 better="lower",
             ),
         ]
+        bare = _bare_step(bare_sends, step.rate)
         if step.ok:
             figures.append(
-                Figure.single(
+                _beside(
+                    bare,
+                    "cpu_per_message",
                     name=f"node_cpu_per_message_at_{key}",
                     label=f"node CPU per delivered message at {step.rate:,.0f} msgs/s",
                     unit="µs",
                     value=step.cpu / step.ok * 1e6,
-                    better="lower",
+                    target=Target(applies_to="ratio", op="<=", threshold=1.0, text="ratio ≤ 1.0"),
                 )
             )
         if step.emulator_cpu is not None:
@@ -611,12 +650,13 @@ def _figures(
             if q == 99 and math.isclose(step.rate, params.latency_at):
                 latency_target = Target(applies_to="value", op="<=", threshold=10.0, text="< 10 ms")
             figures.append(
-                Figure.single(
+                _beside(
+                    bare,
+                    f"p{q}",
                     name=f"latency_p{q}_at_{key}",
                     label=f"send latency p{q} at {step.rate:,.0f} msgs/s",
                     unit="ms",
                     value=step.quantile(q) * 1e3,
-                    better="lower",
                     target=latency_target,
                 )
             )
@@ -680,6 +720,50 @@ def _figures(
             )
         )
     return figures
+
+
+BARE_SEND_LABEL: Final = (
+    "bare trio + wsproto client (no trio-websocket, no Switchboard): the same connections, "
+    "sends, text, pacing and acks against the same emulator, in a fresh process before the "
+    "node's channels connected"
+)
+BARE_SCALE: Final = {"cpu_per_message": 1e6, "p50": 1e3, "p90": 1e3, "p99": 1e3}  # to µs, ms
+
+
+def _bare_step(bare_sends: dict[float, dict[str, Any]], rate: float) -> dict[str, Any] | None:
+    """The bare client's result at ``rate``, if it ran there and got acks."""
+    bare = next((b for r, b in bare_sends.items() if math.isclose(r, rate)), None)
+    return bare if bare is not None and bare.get("acked") else None
+
+
+def _beside(
+    bare: dict[str, Any] | None,
+    field: str,
+    *,
+    name: str,
+    label: str,
+    unit: str,
+    value: float,
+    target: Target | None,
+) -> Figure:
+    """A lower-is-better figure with the bare client's ``field`` as its baseline when
+    there is one; without it, a ratio target is dropped (there is nothing to divide by)."""
+    if bare is None or bare.get(field) is None:
+        if target is not None and target.applies_to == "ratio":
+            target = None
+        return Figure.single(
+            name=name, label=label, unit=unit, value=value, better="lower", target=target
+        )
+    return Figure.from_samples(
+        name=name,
+        label=label,
+        unit=unit,
+        samples=[value],
+        baseline_samples=[bare[field] * BARE_SCALE[field]],
+        baseline_label=BARE_SEND_LABEL,
+        better="lower",
+        target=target,
+    )
 
 
 def _series(steps: list[StepResult], phase: ConnectPhase) -> list[Series]:
@@ -767,6 +851,7 @@ def _notes(
     params: ChannelsParams,
     steps: list[StepResult],
     baseline: dict[str, float] | None,
+    bare_sends: dict[float, dict[str, Any]],
     external: bool,
 ) -> list[str]:
     notes = [
@@ -788,6 +873,16 @@ def _notes(
             notes.append(f"errors at {step.rate:,.0f} msgs/s: {details or 'none'}{shed}")
     if baseline is None and params.provider == "websocket" and params.baseline:
         notes.append("no baseline: the bare trio-websocket measurement did not run")
+    for rate, bare in sorted(bare_sends.items()):
+        notes.append(
+            f"bare client at {rate:,.0f} msgs/s: {bare['acked']:,} of {bare['scheduled']:,} "
+            f"acked, {bare['cpu_seconds']:.2f} s CPU over {bare['elapsed']:.2f} s"
+            + (f", errors {bare['errors']}" if bare["errors"] else "")
+            + (f", {bare['unanswered']:,} unanswered" if bare["unanswered"] else "")
+        )
+    wanted = params.baseline and params.provider == "websocket" and params.rates and external
+    if wanted and not bare_sends:
+        notes.append("no send baseline: the bare trio + wsproto client did not run")
     return notes
 
 

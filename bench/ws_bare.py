@@ -1,26 +1,77 @@
-"""The baseline for a channel's memory: bare trio-websocket client connections.
+"""The baselines for a websocket channel: bare clients against the same emulator.
 
-``python -m bench.ws_bare URL COUNT`` opens ``COUNT`` connections to the
-websocket emulator at ``URL`` (``ws://host:port/ws``), each with one task
-reading its messages (what any live client needs: heartbeats arrive), waits
-until all are open, and prints one JSON line: ``{"connections": n,
-"rss_delta": bytes, "per_connection": bytes, "seconds": s}``.
+Two measurements, each in a fresh process so that it holds nothing else:
 
-It runs in a fresh process so its RSS delta holds nothing but those
-connections; the channels scenario runs it against the same emulator
-before its own channels connect.
+``python -m bench.ws_bare memory URL COUNT``
+    opens ``COUNT`` trio-websocket connections to the websocket emulator at
+    ``URL`` (``ws://host:port/ws``), each with one task reading its messages
+    (what any live client needs: heartbeats arrive), waits until all are
+    open, and prints one JSON line: ``{"connections": n, "rss_delta": bytes,
+    "per_connection": bytes, "seconds": s}``.
+
+``python -m bench.ws_bare send URL --connections N --rates R[,R...] --duration D --text-size S``
+    the sends a node's websocket channels make, done by a bare trio +
+    wsproto client (wsproto straight over trio socket streams; no
+    trio-websocket, no Switchboard): ``N`` connections (tokens
+    ``bare-00000``...), each with a reader and a writer task, and per rate an
+    open-loop load of ``R`` msgs/s for ``D`` seconds spread round-robin over
+    them. Each send is a ``{"type": "send", "id", "peer", "text"}`` frame and
+    completes when the emulator's ``ack`` for its id comes back (an ``error``
+    for it is counted by code); heartbeats are answered with
+    ``heartbeat_ack``, pings with pongs. It prints one JSON line per rate:
+    ``{"client", "connections", "rate", "duration", "text_size",
+    "scheduled", "acked", "errors": {code: n}, "other_frames": {type: n}
+    (receipts), "unanswered", "connections_lost", "cpu_seconds", "cpu_per_message", "p50", "p90",
+    "p99", "elapsed"}`` (seconds throughout).
+
+Design of the send client: it is what a plain, reasonably efficient client
+would be, and it paces as :mod:`bench.channels` does, so the two figures
+differ by what the node adds. One pacing loop wakes every
+:data:`PACER_TICK`, encodes every message now due and appends its frame to
+its connection's outbox; a writer task per connection sends what the outbox
+holds in one ``send_all`` (no task per message, and the pacer never waits
+on a socket). Latency runs from when a message was due to when its ack was
+read, so a stalled client shows as latency (no coordinated omission). CPU
+is the process's user + system time from the first send to the last ack.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
+import math
+import os
 import sys
 import time
+from collections import Counter
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import psutil
 import trio
+import trio.lowlevel
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.events import Message as WsMessage
+
+CLIENT: Final = "trio + wsproto (trio socket streams, no trio-websocket)"
+PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
+PEERS: Final = 997  # distinct recipients, as bench.rig rotates them (peer "user-<i mod 997>")
+DRAIN_LIMIT: Final = 60.0  # seconds to wait for the acks still due after a step
+READ_SIZE: Final = 65_536  # bytes per socket read
+HEARTBEAT_ACK: Final = '{"type":"heartbeat_ack"}'
+
+
+# ---------------------------------------------------------------- memory
 
 
 async def _hold(
@@ -68,9 +119,306 @@ async def measure(url: str, count: int) -> dict[str, float]:
     }
 
 
-def main() -> int:
-    url, count = sys.argv[1], int(sys.argv[2])
-    print(json.dumps(trio.run(measure, url, count)), flush=True)
+# ---------------------------------------------------------------- send
+
+
+def _cpu_seconds() -> float:
+    times = os.times()  # as bench.rig.cpu_seconds measures the node
+    return times.user + times.system
+
+
+class _Tally:
+    """One load step's sends awaiting their answers, and what came back."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}  # idempotency key -> when it was due
+        self.latencies: list[float] = []  # seconds, in ack order
+        self.errors: Counter[str] = Counter()
+        self.others: Counter[str] = Counter()  # frames neither acks nor errors: receipts
+        self.last_answer = 0.0
+        self.pacing = True
+        self.drained = trio.Event()  # pacing is over and nothing is pending
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "ack":
+            due = self.pending.pop(str(frame.get("id")), None)
+            if due is None:
+                return
+            self.last_answer = trio.current_time()
+            self.latencies.append(self.last_answer - due)
+        elif kind == "error":
+            self.errors[str(frame.get("code"))] += 1
+            if self.pending.pop(str(frame.get("id")), None) is not None:
+                self.last_answer = trio.current_time()
+        else:
+            self.others[str(kind)] += 1
+            return
+        if not self.pacing and not self.pending:
+            self.drained.set()
+
+
+class _Session:
+    """What every connection's reader reports to: the current step's tally."""
+
+    def __init__(self) -> None:
+        self.tally = _Tally()
+        self.lost = 0  # connections the emulator closed (their sends go unanswered)
+
+    def on_lost(self) -> None:
+        """A connection is gone: what it had in flight never comes back, so a
+        step's drain stops waiting (``unanswered`` and ``connections_lost`` say so)."""
+        self.lost += 1
+        self.tally.drained.set()
+
+
+class _Connection:
+    """One bare client connection: a trio socket stream, a wsproto state machine, an outbox."""
+
+    def __init__(self, stream: trio.SocketStream, token: str) -> None:
+        self.stream = stream
+        self.token = token
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.outbox = bytearray()
+        self.waiting = trio.lowlevel.ParkingLot()  # the writer, while the outbox is empty
+        self.accepted = False
+        self.ready = False
+        self.closed = False
+        self._parts: list[str] = []  # a fragmented text message so far
+
+    def __repr__(self) -> str:
+        state = "READY" if self.ready else "ACCEPTED" if self.accepted else "OPENING"
+        return f"<bare connection {self.token} [{state} outbox={len(self.outbox)}]>"
+
+    def send_text(self, text: str) -> None:
+        """Queue one text frame; the writer sends it (dropped once the connection is over)."""
+        if self.closed:
+            return
+        self.outbox += self.ws.send(WsMessage(data=text))
+        self.waiting.unpark()
+
+    async def run_writer(self) -> None:
+        """Send what the outbox holds, all of it in one write, until cancelled."""
+        while True:
+            if not self.outbox:
+                await self.waiting.park()
+                continue
+            data, self.outbox = self.outbox, bytearray()
+            try:
+                await self.stream.send_all(data)
+            except trio.BrokenResourceError:
+                return  # the emulator went away: the reader sees the end too
+
+    async def handshake(self, host: str, target: str, session: _Session) -> None:
+        """The HTTP upgrade, then frames until the emulator's ``ready``.
+
+        Raises:
+            ConnectionError: rejected, refused or closed before ``ready``.
+        """
+        await self.stream.send_all(self.ws.send(Request(host=host, target=target)))
+        while not self.ready:
+            if not await self.receive(session):
+                raise ConnectionError(f"{self!r}: closed before the emulator's ready frame")
+            if self.outbox:  # a pong or a close reply queued before the writer runs
+                data, self.outbox = self.outbox, bytearray()
+                await self.stream.send_all(data)
+
+    async def run_reader(self, session: _Session) -> None:
+        """Read frames until the emulator closes the connection."""
+        while await self.receive(session):
+            pass
+
+    async def receive(self, session: _Session) -> bool:
+        """Read one chunk and handle its events; False once the connection is over."""
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        except trio.BrokenResourceError:
+            data = b""  # reset by the emulator: over, as a clean end is
+        if not data:
+            self.closed = True
+            return False
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                if not event.message_finished:
+                    self._parts.append(event.data)
+                    continue
+                text = "".join((*self._parts, event.data)) if self._parts else event.data
+                self._parts.clear()
+                self._on_text(text, session)
+            elif isinstance(event, Ping):
+                self.outbox += self.ws.send(event.response())
+                self.waiting.unpark()
+            elif isinstance(event, AcceptConnection):
+                self.accepted = True
+            elif isinstance(event, RejectConnection):
+                raise ConnectionError(f"{self!r}: the upgrade was refused: {event.status_code}")
+            elif isinstance(event, CloseConnection):
+                self.closed = True  # not answered: the connection is over for this bench
+                return False
+        return not self.closed
+
+    def _on_text(self, text: str, session: _Session) -> None:
+        frame = json.loads(text)
+        kind = frame.get("type")
+        if kind == "heartbeat":
+            self.send_text(HEARTBEAT_ACK)
+        elif kind == "ready":
+            self.ready = True
+        elif kind == "error" and not self.ready:
+            raise ConnectionError(f"{self!r}: refused: {text}")
+        else:
+            session.tally.on_frame(frame)
+
+
+async def _serve_connection(
+    session: _Session,
+    host: str,
+    port: int,
+    target: str,
+    token: str,
+    *,
+    task_status: trio.TaskStatus[_Connection] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        connection = _Connection(stream, token)
+        await connection.handshake(f"{host}:{port}", target, session)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection.run_writer)
+            task_status.started(connection)
+            await connection.run_reader(session)
+            session.on_lost()
+            nursery.cancel_scope.cancel()  # the emulator closed it: nothing more to write
+
+
+async def _load_step(
+    session: _Session, connections: list[_Connection], rate: float, duration: float, text: str
+) -> dict[str, Any]:
+    tally = session.tally = _Tally()
+    n = len(connections)
+    total = int(rate * duration)
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    cpu0 = _cpu_seconds()
+    start = trio.current_time()
+    i = 0
+    while i < total:
+        due_now = min(total, int((trio.current_time() - start) * rate) + 1)
+        while i < due_now:
+            key = f"bare-r{rate:.0f}-{i}"
+            tally.pending[key] = start + i / rate
+            frame = {"type": "send", "id": key, "peer": f"user-{i % PEERS}", "text": text}
+            connections[i % n].send_text(encode(frame))
+            i += 1
+        await trio.sleep(PACER_TICK)
+    tally.pacing = False
+    if tally.pending and not session.lost:
+        with trio.move_on_after(DRAIN_LIMIT):
+            await tally.drained.wait()
+    cpu = _cpu_seconds() - cpu0
+    ordered = sorted(tally.latencies)
+    acked = len(ordered)
+    return {
+        "client": CLIENT,
+        "connections": n,
+        "rate": rate,
+        "duration": duration,
+        "text_size": len(text),
+        "scheduled": total,
+        "acked": acked,
+        "errors": dict(tally.errors),
+        "other_frames": dict(tally.others),
+        "unanswered": len(tally.pending),
+        "connections_lost": session.lost,
+        "cpu_seconds": cpu,
+        "cpu_per_message": cpu / acked if acked else None,
+        "p50": _percentile(ordered, 50),
+        "p90": _percentile(ordered, 90),
+        "p99": _percentile(ordered, 99),
+        "elapsed": (tally.last_answer or trio.current_time()) - start,
+    }
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    # Nearest rank, as bench.report.percentile (not imported: it loads the report stack).
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+async def measure_send(
+    url: str, *, connections: int, rates: list[float], duration: float, text_size: int
+) -> list[dict[str, Any]]:
+    """Open ``connections`` bare clients to ``url``, then one load step per rate.
+
+    Returns:
+        One result per rate (the JSON lines ``send`` prints).
+
+    Raises:
+        ConnectionError, OSError: a connection could not be opened.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path or "/"
+    sep = "&" if parts.query else "?"
+    base = f"{path}?{parts.query}" if parts.query else path
+    session = _Session()
+    text = ("x" * text_size)[:text_size]
+    results = []
+    async with trio.open_nursery() as nursery:
+        opened: list[_Connection] = []
+
+        async def open_one(i: int) -> None:
+            token = f"bare-{i:05d}"
+            target = f"{base}{sep}token={token}"
+            opened.append(
+                await nursery.start(_serve_connection, session, host, port, target, token)
+            )
+
+        async with trio.open_nursery() as opening:
+            for i in range(connections):
+                opening.start_soon(open_one, i)
+        for rate in rates:
+            results.append(await _load_step(session, opened, rate, duration, text))
+        nursery.cancel_scope.cancel()
+    return results
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _rates(text: str) -> list[float]:
+    return [float(r) for r in text.split(",") if r.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ws_bare", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    memory = commands.add_parser("memory", help="RSS per bare trio-websocket connection")
+    memory.add_argument("url")
+    memory.add_argument("count", type=int)
+    send = commands.add_parser("send", help="CPU per acked send, bare trio + wsproto client")
+    send.add_argument("url")
+    send.add_argument("--connections", type=int, required=True)
+    send.add_argument("--rates", type=_rates, required=True, help="msgs/s, comma-separated")
+    send.add_argument("--duration", type=float, required=True, help="seconds per rate")
+    send.add_argument("--text-size", type=int, default=40, help="characters per message")
+    args = parser.parse_args(argv)
+    if args.command == "memory":
+        print(json.dumps(trio.run(measure, args.url, args.count)), flush=True)
+        return 0
+    results = trio.run(
+        lambda: measure_send(
+            args.url,
+            connections=args.connections,
+            rates=args.rates,
+            duration=args.duration,
+            text_size=args.text_size,
+        )
+    )
+    for result in results:
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -61,6 +61,11 @@ def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> N
     memory = f["memory_per_channel"]
     assert memory["unit"] == "bytes" and memory["baseline"] > 0  # bare trio-websocket, same run
     assert memory["ratio"] == pytest.approx(memory["value"] / memory["baseline"])
+    cpu = f["node_cpu_per_message_at_200"]  # beside a bare trio + wsproto client's sends
+    assert cpu["baseline"] > 0 and "wsproto" in cpu["baseline_label"]
+    assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])
+    assert cpu["target"]["applies_to"] == "ratio" and cpu["target"]["threshold"] == 1.0
+    assert f["latency_p99_at_200"]["baseline"] > 0  # the same bare run's latency
     assert f["inbound_rate"]["value"] > 0
     assert f["latency_p99_at_200"]["target"]["threshold"] == 10.0
     series = {s["name"]: s for s in data["series"]}

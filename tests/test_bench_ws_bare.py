@@ -1,0 +1,92 @@
+"""``python -m bench.ws_bare send``: the bare client speaks the websocket emulator's protocol.
+
+The client runs as the channels scenario runs it, a fresh process, against
+an in-process emulator with a tiny load. The figures (CPU, latency) are
+measured, not asserted; these check the account: every send acked or
+counted as an error, the heartbeats answered, and the frames the emulator
+recorded are the node's send frames.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from providers.emulators.base import open_emulator
+from providers.emulators.websocket import WebSocketEmulator
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+HANG_CEILING: Final = 120.0  # seconds; a tiny run takes about one, more on a loaded machine
+FIELDS: Final = {
+    "client",
+    "connections",
+    "rate",
+    "duration",
+    "text_size",
+    "scheduled",
+    "acked",
+    "errors",
+    "other_frames",
+    "unanswered",
+    "connections_lost",
+    "cpu_seconds",
+    "cpu_per_message",
+    "p50",
+    "p90",
+    "p99",
+    "elapsed",
+}
+
+
+async def _send(emulator: WebSocketEmulator, *args: str) -> list[dict[str, Any]]:
+    with trio.fail_after(HANG_CEILING):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http://", "ws://", 1) + "/ws"
+            command = [sys.executable, "-m", "bench.ws_bare", "send", url, *args]
+            proc = await trio.run_process(
+                command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
+            )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+async def test_every_send_is_acked_and_heartbeats_keep_the_connections() -> None:
+    # Heartbeats every 100 ms, and a client silent for 500 ms is closed
+    # (4009). At 3 msgs/s over 3 connections each sends once a second, so
+    # only its heartbeat_acks keep it open through the first step.
+    emulator = WebSocketEmulator(heartbeat_interval=0.1, client_timeout=0.5)
+    lines = await _send(
+        emulator, "--connections", "3", "--rates", "3,40", "--duration", "1.5", "--text-size", "7"
+    )
+    assert [line["rate"] for line in lines] == [3.0, 40.0]
+    for line in lines:
+        assert set(line) == FIELDS
+        assert line["connections"] == 3 and line["text_size"] == 7
+        assert line["scheduled"] == int(line["rate"] * 1.5)
+        assert line["acked"] == line["scheduled"], line
+        assert line["errors"] == {} and line["unanswered"] == line["connections_lost"] == 0
+        assert set(line["other_frames"]) <= {"receipt"}  # a last one may come after the step
+        assert 0 < line["p50"] <= line["p90"] <= line["p99"]
+        assert line["cpu_per_message"] == line["cpu_seconds"] / line["acked"]
+        assert "wsproto" in line["client"]
+    assert emulator.stats["clients_timed_out"] == 0
+    assert emulator.stats["connections"] == 3
+    sent = emulator.sent
+    assert len(sent) == 4 + 60
+    assert {m["token"] for m in sent} == {"bare-00000", "bare-00001", "bare-00002"}
+    assert len({m["id"] for m in sent}) == len(sent)  # one idempotency key per message
+    assert {m["text"] for m in sent} == {"xxxxxxx"}
+    assert all(m["peer"].startswith("user-") for m in sent)
+
+
+async def test_an_error_frame_answers_its_send_and_is_counted_by_code() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    emulator.failing_sends = [{"code": "rate_limited", "retry_after": 1.0}] * 2
+    (line,) = await _send(emulator, "--connections", "2", "--rates", "20", "--duration", "0.5")
+    assert line["scheduled"] == 10
+    assert line["errors"] == {"rate_limited": 2}
+    assert line["acked"] == 8 and line["unanswered"] == 0
