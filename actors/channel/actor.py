@@ -26,14 +26,13 @@ import outcome
 import trio
 
 from providers.base import ChannelConfig, Connection, Provider, send_window
-from providers.operations import Operation
 
 from ..actor import Actor, Exit
 from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish
 from .pacing import Turns
-from .send import SendPath
+from .send import Send, SendPath
 from .state import (
     ChannelMemory,
     ChannelSettings,
@@ -47,21 +46,6 @@ from .window import SendWindow
 __all__ = ["ChannelActor", "DiscardDeadLetters", "ListDeadLetters", "ReplayDeadLetters", "Send"]
 
 log = logging.getLogger("switchboard.channels")
-
-
-@attrs.frozen
-class Send:
-    """Ask a channel to send ``message`` (or perform the operation); the reply is
-    its ``SendResult`` (``None`` for operations that have none).
-
-    ``keep_refused``: a refusal before sending (an unsupported operation, a
-    text or upload over the limit) also becomes a dead letter, once per
-    idempotency key, as the platform's own refusals are. For a message the
-    node accepted earlier and kept, which no caller is waiting to hear about.
-    """
-
-    message: Operation
-    keep_refused: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen
@@ -107,6 +91,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connected",
         "_connection_scope",
         "_failure",
+        "_holding",
         "_stopping",
         "_turns",
         "_window",
@@ -137,6 +122,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._stopping = False
         self._window = SendWindow(send_window(config, provider.limits))
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
+        self._holding = False  # a send taken off the mailbox waits for room (.send)
 
     @classmethod
     def factory(
