@@ -19,7 +19,14 @@ import pytest
 import trio
 import trio.testing
 
-from actors import ActorCrashed, ChannelFailed, ExponentialBackoff, SendFailed, open_actor_system
+from actors import (
+    ActorCrashed,
+    AskTimeout,
+    ChannelFailed,
+    ExponentialBackoff,
+    SendFailed,
+    open_actor_system,
+)
 from actors.channel import ChannelActor, ChannelMemory, ChannelRef, ChannelSettings
 from actors.channel.window import Flight, SendWindow
 from providers.base import (
@@ -332,6 +339,137 @@ async def _record(results: dict[str, Any], key: str, call: Any) -> None:
         results[key] = await call
     except Exception as exc:
         results[key] = exc
+
+
+# --- sends on the caller's task --------------------------------------------------------------
+
+
+class Carried(RoundTrip):
+    """Also records which task made each attempt."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tasks: dict[str, list[Any]] = {}
+
+    async def answer(self, msg: OutboundMessage) -> SendResult:
+        self.tasks.setdefault(msg.idempotency_key, []).append(trio.lowlevel.current_task())
+        return await super().answer(msg)
+
+
+async def _connected(provider: FakeProvider) -> None:
+    await provider.wait_connected(1)
+    await trio.testing.wait_all_tasks_blocked()  # the actor holds the connection now
+
+
+async def test_a_send_that_would_leave_at_once_goes_on_its_caller_s_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = Carried()
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await _connected(provider)
+            me = trio.lowlevel.current_task()
+            assert isinstance(await channel.send(out("a", "k1")), SendResult)
+            assert provider.tasks["k1"] == [me]  # no hop through the actor
+            # Two to one recipient at once: the second waits in the actor's
+            # window behind the first, and leaves once it is accepted.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_record, results, "k2", channel.send(out("a", "k2")))
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(_record, results, "k3", channel.send(out("a", "k3")))
+                nursery.start_soon(_record, results, "k4", channel.send(out("b", "k4")))
+            assert channel.statistics().sent == 4
+    assert all(isinstance(results[k], SendResult) for k in ("k2", "k3", "k4")), results
+    (_, k2_end, _), (k3_start, _, _) = provider.spans["a"][1:]
+    assert k3_start >= k2_end  # never before the first to its recipient was accepted
+    assert provider.tasks["k3"] != provider.tasks["k2"]  # the actor's task sent it
+
+
+async def test_a_caller_s_failed_attempt_is_carried_on_by_the_actor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = Carried(
+        scripts={
+            "flaky": [TransientError("blip")],
+            "busy": [RateLimited("slow down", retry_after=5.0)],
+            "down": [TransientError("one"), TransientError("two")],
+        }
+    )
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8, send_attempts=2) as channel:
+            await _connected(provider)
+            began = trio.current_time()
+            assert isinstance(await channel.send(out("flaky", "k-flaky")), SendResult)
+            (_, failed, _), (retried, _, _) = provider.spans["flaky"]
+            assert retried > failed  # after the failure and its backoff
+            assert isinstance(await channel.send(out("busy", "k-busy")), SendResult)
+            assert provider.spans["busy"][1][0] >= provider.spans["busy"][0][1] + 5.0
+            with pytest.raises(SendFailed, match="after 2 attempts"):
+                await channel.send(out("down", "k-down"))
+            letters = await channel.dead_letters()
+            assert trio.current_time() > began
+    assert [letter.attempts for letter in letters] == [2]  # the caller's attempt counted
+    me = provider.tasks["k-flaky"][0]
+    assert provider.tasks["k-flaky"][1] is not me  # the retry was the actor's
+
+
+async def test_a_caller_that_leaves_does_not_cut_its_send_on_the_wire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = Carried()
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await _connected(provider)
+            with trio.move_on_after(RTT / 3):
+                await channel.send(out("a", "k1"))
+            await trio.sleep(RTT)
+            assert [m.idempotency_key for _, m in provider.sent] == ["k1"]
+            assert channel.statistics().sent == 1
+
+
+async def test_a_caller_s_send_cut_by_its_deadline_is_sent_again_by_the_actor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = Carried()
+    provider.gate = trio.Event()  # the platform does not answer until told
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await _connected(provider)
+            with pytest.raises(AskTimeout, match="sends it again"):
+                await channel.send(out("a", "k1"), timeout=2.0)
+            provider.gate.set()
+            await trio.sleep(2 * RTT)
+            assert [key for _, _, key in provider.spans["a"]] == ["k1"]  # the actor's
+            assert channel.statistics().sent == 1
+    assert len(provider.tasks["k1"]) == 2  # cut on the wire once, then sent
+
+
+async def test_a_crash_while_a_caller_s_send_is_out_keeps_its_recipient_s_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = Carried()
+    provider.gate = trio.Event()  # every answer waits: the crash lands while k1 is out
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=8) as channel:
+            await _connected(provider)
+            async with trio.open_nursery() as nursery:
+                for key in ("k1", "k2"):
+                    nursery.start_soon(_record, results, key, channel.send(out("a", key)))
+                    await trio.testing.wait_all_tasks_blocked()
+                assert provider.flying == 1  # k1 on its caller's task, k2 behind it
+                channel.ref.tell(object())  # an unknown message crashes the actor
+                await provider.wait_connected(2)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(_record, results, "k3", channel.send(out("a", "k3")))
+                await trio.testing.wait_all_tasks_blocked()
+                assert provider.flying == 1  # k2 and k3 wait for k1 across the restart
+                provider.gate.set()
+    assert all(isinstance(results[k], SendResult) for k in ("k1", "k2", "k3")), results
+    spans = provider.spans["a"]
+    assert [key for _, _, key in spans] == ["k1", "k2", "k3"]
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 # --- the window in a node --------------------------------------------------------------------

@@ -120,7 +120,11 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
-        self._window = SendWindow(send_window(config, provider.limits))
+        window = memory.window
+        if window is None:
+            window = memory.window = SendWindow(send_window(config, provider.limits))
+        window.closing = False  # a stop's, over with the incarnation that stopped
+        self._window = window
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
         self._holding = False  # a send taken off the mailbox waits for room (.send)
 

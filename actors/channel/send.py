@@ -69,7 +69,14 @@ from .. import lowlevel
 from ..actor import ActorState
 from ..backoff import BackoffPolicy
 from ..breaker import BreakerState
-from ..errors import ActorCrashed, ChannelFailed, ChannelUnavailable, CircuitOpen, SendFailed
+from ..errors import (
+    ActorCrashed,
+    AskTimeout,
+    ChannelFailed,
+    ChannelUnavailable,
+    CircuitOpen,
+    SendFailed,
+)
 from .pacing import Turns
 from .window import Flight, SendWindow
 
@@ -358,8 +365,7 @@ class SendPath:
             waited = True
         finally:
             if not waited:  # the incarnation ends first: what queued behind goes back
-                head.landed = None  # its caller lands it alone
-                lowlevel.requeue(self.ref, [each.item for each in self._window.cut_followers(head)])
+                self._let_go_behind(head, landed.is_set())
         if not head.here:  # its caller's attempt failed: ours from its verdict on
             await self._fly(head, head.failed)
             return
@@ -370,6 +376,18 @@ class SendPath:
                 self._abandon(following)
             else:
                 await self._fly(following)
+
+    def _let_go_behind(self, head: Flight, landed: bool) -> None:
+        """Hand back what queued behind a caller's send, as the incarnation ends."""
+        if not landed:  # still on its way: it stays, and its caller lands it alone
+            head.landed = None
+            lowlevel.requeue(self.ref, [each.item for each in self._window.cut_followers(head)])
+        elif head.here:  # done, and nobody went on from it
+            followers = self._window.cut_followers(head)
+            self._window.finish(head)
+            lowlevel.requeue(self.ref, [each.item for each in followers])
+        else:  # failed on its caller's task, handed to us: it goes again, first
+            self._abandon(head)
 
     async def _outcome(self, flight: Flight, failed: ProviderError | None = None) -> Any:
         """The send's result, or its refusal as ``outcome.Error``."""
@@ -445,9 +463,9 @@ class SendPath:
         flight = Flight(message, None, here=True)
         self._window.admit(flight)
         try:
-            # The caller may leave (its timeout, a cancel); the send does not:
-            # cut on the wire, its fate would be unknown.
-            with trio.CancelScope(shield=True):
+            # A caller that leaves (a cancel) does not cut its send on the wire,
+            # where its fate would be unknown: only its own deadline does.
+            with trio.CancelScope(shield=True, deadline=deadline) as wire:
                 result = await perform(conn, message)
         except ProviderError as exc:
             ask = lowlevel.ask_here(Send(message))
@@ -464,6 +482,14 @@ class SendPath:
             if self._running_here():
                 self.start_task(_reraise, exc)
             raise error from exc
+        if wire.cancelled_caught:
+            # Out of time on the wire: the actor sends it again (same key, at
+            # least once, as after a crash mid-send); nobody waits for it now.
+            self._hand_over_send(flight, Send(message), None)
+            raise AskTimeout(
+                f"{self.ref!r} did not send {message!r} within {timeout} s; the channel "
+                "sends it again with the same idempotency key"
+            )
         memory.breaker.record_success(trio.current_time())
         if type(message) is OutboundMessage:
             memory.counters["sent"] += 1
@@ -484,9 +510,10 @@ class SendPath:
         following = self._window.finish(flight)
         assert following is None, "what queues behind a caller's send makes it a follower"
 
-    def _hand_over_send(self, flight: Flight, ask: lowlevel.Ask, error: ProviderError) -> None:
-        """The caller's attempt failed: the actor carries the send on from its verdict."""
-        flight.item = ask
+    def _hand_over_send(self, flight: Flight, item: Any, error: ProviderError | None) -> None:
+        """The caller's attempt failed (or ran out of time): the actor carries the
+        send on, from the failure's verdict, answering ``item`` (an ask, or nobody)."""
+        flight.item = item
         flight.here = False
         flight.failed = error
         landed = flight.landed
