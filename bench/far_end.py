@@ -66,6 +66,7 @@ MAX_UPLOAD_BYTES: Final = 8 * 1024 * 1024  # bytes of an upload, decoded, as the
 MAX_BACKLOG: Final = 100_000  # injected frames kept for nobody connected (the emulator's MAX_KEPT)
 MAX_CONTROL_BODY: Final = 1024 * 1024  # bytes of a control request
 LISTEN_BACKLOG: Final = 4096  # pending connections: a connect storm must not be refused
+HANDSHAKE_TIMEOUT: Final = 60.0  # seconds from accept to the upgrade request (a storm is slow)
 OPERATIONS: Final = frozenset({"send", "edit", "delete", "typing", "read", "react"})
 ELSEWHERE: Final = "run the benchmark with --far-end emulator"
 NOT_SERVED: Final = frozenset({"fault", "sent", "operations", "ownership", "webhook"})
@@ -418,7 +419,9 @@ async def serve(
             return None  # picows answers 404
         return _Link(platform, _token_of(request))
 
-    websocket = await ws_create_server(route, host, port, backlog=LISTEN_BACKLOG)
+    websocket = await ws_create_server(
+        route, host, port, websocket_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=LISTEN_BACKLOG
+    )
     loop = asyncio.get_running_loop()
     control = await loop.create_server(lambda: _Control(platform), host, control_port)
     return websocket, control
