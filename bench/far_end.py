@@ -317,7 +317,8 @@ class _Link(WSListener):
             for answer in self.platform.answer(self.token, data):
                 transport.send(WSMsgType.TEXT, answer)
         elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            # echoed as it came: WSCloseCode has no member for an application's 4xxx code
+            transport.send(WSMsgType.CLOSE, frame.get_payload_as_bytes())
             transport.disconnect()
         # pings are answered by picows (enable_auto_pong); pongs need nothing
 

@@ -222,3 +222,15 @@ def test_which_far_end_a_run_gets(
     else:
         with pytest.raises(expected):
             far_end_of(provider, external=external, far_end=far_end, processes=processes)
+
+
+@pytest.mark.parametrize("name", list(ENDS))
+async def test_a_client_close_is_answered_with_its_code(name: str) -> None:
+    with trio.fail_after(CEILING):
+        async with (
+            ENDS[name]() as end,
+            open_websocket_url(f"{end.channel_url}?token={TOKEN}") as ws,
+        ):
+            await ws.get_message()  # ready
+            await ws.aclose(code=4000, reason="bye")
+    assert ws.closed is not None and ws.closed.code == 4000
