@@ -58,6 +58,7 @@ from .plots import PERCENTILES, percentile_x
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
 from .rig import (
     EMULATED,
+    FAR_ENDS,
     ConnectPhase,
     Rig,
     connect_all,
@@ -91,6 +92,17 @@ class ChannelsParams:
     emulator: str = attrs.field(
         default="process",
         metadata=_help("process (a separate emulator process) or inprocess"),
+    )
+    far_end: str = attrs.field(
+        default="auto",
+        metadata=_help(
+            "with emulator=process: lean (bench.far_end, websocket only), emulator "
+            "(switchboard emulate), or auto (lean for websocket, else the emulator)"
+        ),
+    )
+    emulator_processes: int = attrs.field(
+        default=1,
+        metadata=_help("far-end processes (emulator=process); channel i uses process i mod K"),
     )
     connect_rate: float = attrs.field(
         default=0.0, metadata=_help("channels started per second (0: all at once)")
@@ -144,6 +156,11 @@ class ChannelsParams:
             problems.append(f"gc: expected 'tuned' or 'default', got {self.gc!r}")
         if self.emulator not in ("process", "inprocess"):
             problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
+        if self.far_end not in FAR_ENDS:
+            problems.append(f"far_end: expected one of {', '.join(FAR_ENDS)}, got {self.far_end!r}")
+        if self.emulator_processes < 1:
+            got = self.emulator_processes
+            problems.append(f"emulator_processes: expected at least 1, got {got}")
         if any(r <= 0 for r in self.rates):
             problems.append(f"rates: every step must be positive, got {self.rates}")
         for name in ("duration", "text_size", "max_in_flight"):
@@ -398,7 +415,10 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         limits=params.limits,
         port_base=ctx.port_base,
         gc_policy=params.gc,
+        far_end=params.far_end,
+        emulator_processes=params.emulator_processes,
     ) as rig:
+        notes.append(rig.far_end)
         baseline = None
         bare_sends: dict[float, dict[str, Any]] = {}
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:

@@ -11,6 +11,11 @@ Design:
   Every provider may run either way; out of process, each channel gets a
   made-up token, which the emulators accept (WhatsApp's webhook wiring
   needs the node's ops server, so it stays in-process).
+- Websocket channels may instead talk to the lean far end
+  (:mod:`bench.far_end`, ``far_end="lean"``): the emulator's protocol at a
+  small fraction of its CPU per message, so that the node is what saturates.
+  Either far end may run as K processes (:class:`EmulatorFleet`), channel
+  ``i`` on process ``i mod K``, their CPU summed.
 - Faults and injections go through the emulators' control API over HTTP,
   the same way a test or a person would use it.
 - :class:`StateLog` follows every channel's status from the node's event
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import logging
 import os
 import resource
@@ -58,12 +64,18 @@ from .scenario import ScenarioError
 
 __all__ = [
     "EMULATED",
+    "FAR_ENDS",
     "ConnectPhase",
     "EmulatorControl",
+    "EmulatorFleet",
+    "FarEndProcess",
     "Rig",
     "StateLog",
     "connect_all",
+    "far_end_of",
     "open_external_emulator",
+    "open_far_end_process",
+    "open_fleet",
     "open_rig",
     "raise_open_files_limit",
     "rss",
@@ -74,6 +86,9 @@ PROVIDERS: Final = (*EMULATED, "simulated")
 RECIPIENTS: Final = 997  # distinct recipients a load rotates over (a prime: no beat with N)
 FDS_RESERVED: Final = 200  # descriptors kept for everything but connections
 STARTUP_TIMEOUT: Final = 30.0  # seconds for an emulator process to listen
+PORTS_PER_RUN: Final = 16  # ports from --port-base on that one run may use (bench.__main__)
+MESSAGE_IDS_PER_PROCESS: Final = 10**12  # out-N ids each lean far end may hand out
+FAR_ENDS: Final = ("auto", "lean", "emulator")
 
 log = logging.getLogger("bench.rig")
 
@@ -155,6 +170,12 @@ class EmulatorControl:
                 return records
             records += chunk
 
+    def channel_url(self, index: int) -> str:
+        """The base URL channel ``index`` connects to (a websocket channel's ends in ``/ws``)."""
+        if self.provider == "websocket":
+            return self.url.replace("http://", "ws://", 1) + "/ws"
+        return self.url
+
     def cpu_seconds(self) -> float | None:
         """CPU time the emulator process used so far (None when in-process)."""
         if self.pid is None:
@@ -163,7 +184,10 @@ class EmulatorControl:
         return float(times.user + times.system)
 
     async def _post(self, what: str, payload: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.post(f"{self.url}/_emulator/{what}", json=payload)
+        return await self._post_to(self.url, what, payload)
+
+    async def _post_to(self, base: str, what: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = await self.client.post(f"{base}/_emulator/{what}", json=payload)
         if response.status_code >= 400:
             raise ScenarioError(
                 f"{self.provider} emulator refused {what} {payload}: "
@@ -196,7 +220,175 @@ async def open_external_emulator(provider: str, *, port: int = 0) -> AsyncIterat
         await reap(process)
 
 
+@attrs.frozen(kw_only=True)
+class FarEndProcess:
+    """One process of a fleet: where its channels connect, its control API, its pid."""
+
+    channel_url: str  # ws://host:port/ws for websocket channels, http://host:port for others
+    control_url: str  # http://host:port (the control API is under /_emulator/)
+    pid: int
+
+
+@attrs.define
+class EmulatorFleet(EmulatorControl):
+    """Several far-end processes behind one control; channel ``i`` goes to process ``i mod K``.
+
+    ``url`` is where the first process serves its platform (the baseline's
+    bare clients connect there). Injections and faults go to every process
+    (an injection without a token reaches every connected channel, as with
+    one emulator), counters and CPU are summed, ``sent`` is every process's
+    in turn. A lean far end refuses what it does not serve with HTTP 501,
+    which becomes a :class:`~bench.scenario.ScenarioError` that says so.
+    """
+
+    members: list[FarEndProcess] = attrs.Factory(list)
+
+    def channel_url(self, index: int) -> str:
+        return self.members[index % len(self.members)].channel_url
+
+    def cpu_seconds(self) -> float:
+        """CPU time all the far-end processes used so far."""
+        total = 0.0
+        for member in self.members:
+            times = psutil.Process(member.pid).cpu_times()
+            total += times.user + times.system
+        return total
+
+    async def _post(self, what: str, payload: dict[str, Any]) -> dict[str, Any]:
+        answers = [await self._post_to(m.control_url, what, payload) for m in self.members]
+        merged: dict[str, Any] = {"processes": answers}
+        if what == "inject":
+            merged["delivered_to"] = sum(a.get("delivered_to", 0) for a in answers)
+            merged["queued"] = any(a.get("queued", False) for a in answers)
+        return merged
+
+    async def stats(self) -> dict[str, Any]:
+        counters: Counter[str] = Counter()
+        for member in self.members:
+            data = await self._get(member.control_url, "stats")
+            counters.update({k: v for k, v in data.items() if isinstance(v, int)})
+        return {**counters, "processes": len(self.members)}
+
+    async def sent(self, *, page: int = 5_000) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for member in self.members:
+            records += await EmulatorControl(self.provider, member.control_url, self.client).sent(
+                page=page
+            )
+        return records
+
+    async def ownership(self, *, gaps_since: float | None = None) -> dict[str, Any]:
+        if len(self.members) > 1:
+            raise ScenarioError(
+                "ownership: several emulator processes each judge their own channels; "
+                "run this scenario with one emulator process"
+            )
+        single = EmulatorControl(self.provider, self.members[0].control_url, self.client)
+        return await single.ownership(gaps_since=gaps_since)
+
+    async def _get(self, base: str, what: str) -> dict[str, Any]:
+        response = await self.client.get(f"{base}/_emulator/{what}")
+        if response.status_code >= 400:
+            raise ScenarioError(
+                f"{self.provider} far end at {base} refused {what}: "
+                f"{response.status_code} {response.text.strip()}"
+            )
+        data: dict[str, Any] = response.json()
+        return data
+
+
+@contextlib.asynccontextmanager
+async def open_far_end_process(
+    *,
+    port: int = 0,
+    control_port: int = 0,
+    first_message_id: int = 1,
+    heartbeat_interval: float | None = None,
+) -> AsyncIterator[FarEndProcess]:
+    """Run the lean websocket far end (``python -m bench.far_end``) as a child process.
+
+    Args:
+        port: its websocket port (0: any free port).
+        control_port: its control API's port (0: any free port).
+        first_message_id: the number of its first ``out-N`` message id.
+        heartbeat_interval: seconds between its heartbeat frames (None: the
+            emulator's default, 15 s).
+
+    Raises:
+        ScenarioError: it did not start listening in time.
+    """
+    command = [
+        *(sys.executable, "-m", "bench.far_end", "--port", str(port)),
+        *("--control-port", str(control_port), "--first-message-id", str(first_message_id)),
+    ]
+    if heartbeat_interval is not None:
+        command += ["--heartbeat-interval", str(heartbeat_interval)]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
+    try:
+        assert process.stdout is not None
+        line = await _read_banner(process.stdout, "lean websocket far end")
+        channel_url = line.split("listening on ", 1)[1].split()[0]
+        control_url = line.split("control API: ", 1)[1].split()[0].removesuffix("/_emulator/)")
+        yield FarEndProcess(channel_url=channel_url, control_url=control_url, pid=process.pid)
+    finally:
+        await reap(process)
+
+
+@contextlib.asynccontextmanager
+async def open_fleet(
+    provider: str, *, far_end: str, processes: int, port_base: int = 0
+) -> AsyncIterator[list[FarEndProcess]]:
+    """Run ``processes`` far ends: ``lean`` (websocket only) or ``emulator`` processes.
+
+    With ``port_base`` the processes take the ports after the node's, one
+    each (two for a lean far end: its control API has its own).
+
+    Raises:
+        ScenarioError: a lean far end for another provider, too many processes
+            for the ports a run may use, or one did not start in time.
+    """
+    if far_end == "lean" and provider != "websocket":
+        raise ScenarioError(f"far end: the lean far end speaks websocket only, not {provider}")
+    ports = 2 if far_end == "lean" else 1
+    if port_base and 1 + processes * ports > PORTS_PER_RUN:
+        raise ScenarioError(
+            f"emulator processes: {processes} {far_end} processes need {processes * ports} "
+            f"ports after --port-base and a run has {PORTS_PER_RUN - 1}; use fewer or no "
+            "--port-base"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        members: list[FarEndProcess] = []
+        for k in range(processes):
+            first = port_base + 1 + k * ports if port_base else 0
+            if far_end == "lean":
+                member = await stack.enter_async_context(
+                    open_far_end_process(
+                        port=first,
+                        control_port=first + 1 if first else 0,
+                        first_message_id=k * MESSAGE_IDS_PER_PROCESS + 1,
+                    )
+                )
+            else:
+                url, pid = await stack.enter_async_context(
+                    open_external_emulator(provider, port=first)
+                )
+                channel_url = url.replace("http://", "ws://", 1) + "/ws"
+                member = FarEndProcess(
+                    channel_url=channel_url if provider == "websocket" else url,
+                    control_url=url,
+                    pid=pid,
+                )
+            members.append(member)
+        yield members
+
+
 async def _read_url(stream: trio.abc.ReceiveStream, provider: str) -> str:
+    line = await _read_banner(stream, f"the {provider} emulator")
+    return line.split("listening on ", 1)[1].split()[0]
+
+
+async def _read_banner(stream: trio.abc.ReceiveStream, what: str) -> str:
+    """The line in which a child process says where it listens."""
     buffer = b""
     with trio.move_on_after(STARTUP_TIMEOUT):
         while b"\n" not in buffer or b"listening on " not in buffer:
@@ -206,9 +398,9 @@ async def _read_url(stream: trio.abc.ReceiveStream, provider: str) -> str:
             buffer += chunk
         for line in buffer.decode(errors="replace").splitlines():
             if "listening on " in line:
-                return line.split("listening on ", 1)[1].split()[0]
+                return line
     raise ScenarioError(
-        f"the {provider} emulator process did not start listening within "
+        f"{what} process did not start listening within "
         f"{STARTUP_TIMEOUT:.0f} s; it printed: {buffer.decode(errors='replace')[-400:]!r}"
     )
 
@@ -303,6 +495,7 @@ class Rig:
     states: StateLog
     channel_ids: list[str] = attrs.Factory(list)
     external_credentials: bool = False
+    far_end: str = ""  # what the channels talk to, in words, for a report's notes
 
     def spec(self, index: int) -> ChannelSpec:
         channel_id = f"ch{index:05d}"
@@ -310,9 +503,7 @@ class Rig:
             return ChannelSpec(id=channel_id, provider="simulated", tenant="bench")
         if self.external_credentials:
             assert self.emulator is not None
-            base = self.emulator.url
-            if self.provider == "websocket":
-                base = base.replace("http://", "ws://", 1) + "/ws"
+            base = self.emulator.channel_url(index)
             return ChannelSpec(
                 id=channel_id,
                 provider=self.provider,
@@ -484,6 +675,8 @@ async def open_rig(
     state_buffer: int = 100_000,
     port_base: int = 0,
     gc_policy: str = "tuned",
+    far_end: str = "emulator",
+    emulator_processes: int = 1,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -497,7 +690,16 @@ async def open_rig(
         intensity: the channels supervisor's restart intensity.
         state_buffer: events the state log may fall behind by.
         gc_policy: the node's ``[node] gc``: ``tuned`` or ``default``.
+        far_end: with ``external``, what the channels talk to: ``emulator``
+            (``switchboard emulate``), ``lean`` (:mod:`bench.far_end`, websocket
+            only) or ``auto`` (lean for websocket, else the emulator).
+        emulator_processes: with ``external``, how many far-end processes;
+            channel ``i`` connects to process ``i mod K``.
+
+    Raises:
+        ScenarioError: a combination that cannot run (see :func:`far_end_of`).
     """
+    far_end = far_end_of(provider, external=external, far_end=far_end, processes=emulator_processes)
     if external and provider == "whatsapp":
         raise ScenarioError(
             "emulator: whatsapp runs in-process only (its webhooks need the node's ops server)"
@@ -510,7 +712,16 @@ async def open_rig(
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
         emulator: EmulatorControl | None = None
-        if external:
+        if external and (far_end == "lean" or emulator_processes > 1):
+            members = await stack.enter_async_context(
+                open_fleet(
+                    provider, far_end=far_end, processes=emulator_processes, port_base=port_base
+                )
+            )
+            # The first process's platform, as an http URL (the baseline connects there).
+            first = members[0].channel_url.replace("ws://", "http://", 1).removesuffix("/ws")
+            emulator = EmulatorFleet(provider, first, client, members=members)
+        elif external:
             url, pid = await stack.enter_async_context(
                 open_external_emulator(provider, port=emulator_port(port_base))
             )
@@ -537,10 +748,58 @@ async def open_rig(
                 emulator=emulator,
                 states=states,
                 external_credentials=external,
+                far_end=_far_end_line(far_end, provider, external, emulator_processes),
             )
         finally:
             nursery.cancel_scope.cancel()
             quiet.setLevel(previous)
+
+
+def far_end_of(provider: str, *, external: bool, far_end: str, processes: int) -> str:
+    """The far end a run uses: ``lean`` or ``emulator`` (``auto``: lean for websocket
+    channels against a separate process when picows is installed, else the emulator).
+
+    Raises:
+        ScenarioError: an unknown far end, a lean one for another provider or
+            in the node's process, or several processes in the node's.
+    """
+    if far_end not in FAR_ENDS:
+        raise ScenarioError(f"far end: expected one of {', '.join(FAR_ENDS)}, got {far_end!r}")
+    if processes < 1:
+        raise ScenarioError(f"emulator processes: expected at least 1, got {processes}")
+    separate = external and provider in EMULATED and provider != "whatsapp"
+    if far_end == "auto":
+        lean = separate and provider == "websocket" and _importable("picows")
+        return "lean" if lean else "emulator"
+    if far_end == "lean" and not (separate and provider == "websocket"):
+        raise ScenarioError(
+            "far end: the lean far end serves websocket channels from a separate process "
+            f"only (this run: {provider}, emulator {'process' if external else 'inprocess'})"
+        )
+    if processes > 1 and not separate:
+        raise ScenarioError(
+            f"emulator processes: {processes} needs emulators in processes of their own "
+            f"(this run: {provider}, emulator {'process' if external else 'inprocess'})"
+        )
+    return far_end
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _far_end_line(far_end: str, provider: str, external: bool, processes: int) -> str:
+    if provider not in EMULATED:
+        return "far end: none (the simulated provider has no sockets)"
+    if not external or provider == "whatsapp":
+        return f"far end: the {provider} emulator in the node's process"
+    what = (
+        "the lean websocket far end (bench.far_end: picows on uvloop)"
+        if far_end == "lean"
+        else f"the {provider} emulator (switchboard emulate: hypercorn)"
+    )
+    spread = f", channels spread across {processes} processes" if processes > 1 else ""
+    return f"far end: {what}, in processes of their own{spread}; their CPU is summed"
 
 
 async def _follow(

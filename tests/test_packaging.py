@@ -33,6 +33,8 @@ EXTRA_ONLY = (
     "telegram",
     "discord",
     "textual",
+    "picows",
+    "uvloop",
 )
 
 
