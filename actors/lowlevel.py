@@ -28,17 +28,13 @@ uses two more: :func:`defer_reply` takes over answering the ask being
 handled (the :class:`Ask` is answered later, from any task, with
 ``reply``/``fail``), and :func:`requeue` hands messages taken off the
 mailbox back to its front, so that an incarnation that ends with work in
-hand loses none of it. A caller that does the common case of a request on
-its own task (no hop through the mailbox) and hands the rest to the actor
-makes the ask itself with :func:`ask_here` and waits with :func:`wait_reply`.
+hand loses none of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
-
-from trio.lowlevel import current_task
 
 from ._incarnation import (
     defer_reply,
@@ -61,7 +57,6 @@ __all__ = [
     "Ask",
     "ChildExited",
     "Parent",
-    "ask_here",
     "current_instance",
     "defer_reply",
     "kill_incarnation",
@@ -78,7 +73,6 @@ __all__ = [
     "start_system_task",
     "stop_incarnation",
     "terminate",
-    "wait_reply",
 ]
 
 
@@ -107,27 +101,6 @@ def current_instance(ref: ActorRef) -> Actor | None:
 def last_exit(ref: ActorRef) -> Exit | None:
     """How the most recent incarnation of ``ref`` ended, if one has."""
     return ref._last_exit
-
-
-def ask_here(msg: Any) -> Ask:
-    """An ask made by the current task without going through the mailbox.
-
-    For a caller that began handling ``msg`` itself (a send carried on the
-    caller's task) and hands the rest to the actor: the actor answers it
-    like any deferred ask (``reply``/``fail``, or :func:`requeue` it), and
-    the caller waits with :func:`wait_reply`.
-    """
-    return Ask(msg, current_task())
-
-
-async def wait_reply(ref: ActorRef, ask: Ask, *, timeout: float) -> Any:  # noqa: ASYNC109
-    """Wait for the answer to an :func:`ask_here` ask, as ``ref.ask`` waits.
-
-    Raises:
-        AskTimeout: no answer within ``timeout``.
-        What the answer carries (an ``outcome.Error`` is raised here).
-    """
-    return await ref._wait_reply(ask, timeout, ask.msg)
 
 
 def mailbox_depth(ref: ActorRef) -> int:

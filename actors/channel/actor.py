@@ -26,13 +26,14 @@ import outcome
 import trio
 
 from providers.base import ChannelConfig, Connection, Provider, send_window
+from providers.operations import Operation
 
 from ..actor import Actor, Exit
 from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish
 from .pacing import Turns
-from .send import Send, SendPath
+from .send import SendPath
 from .state import (
     ChannelMemory,
     ChannelSettings,
@@ -46,6 +47,21 @@ from .window import SendWindow
 __all__ = ["ChannelActor", "DiscardDeadLetters", "ListDeadLetters", "ReplayDeadLetters", "Send"]
 
 log = logging.getLogger("switchboard.channels")
+
+
+@attrs.frozen
+class Send:
+    """Ask a channel to send ``message`` (or perform the operation); the reply is
+    its ``SendResult`` (``None`` for operations that have none).
+
+    ``keep_refused``: a refusal before sending (an unsupported operation, a
+    text or upload over the limit) also becomes a dead letter, once per
+    idempotency key, as the platform's own refusals are. For a message the
+    node accepted earlier and kept, which no caller is waiting to hear about.
+    """
+
+    message: Operation
+    keep_refused: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen
@@ -91,7 +107,6 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connected",
         "_connection_scope",
         "_failure",
-        "_holding",
         "_stopping",
         "_turns",
         "_window",
@@ -120,13 +135,8 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
-        window = memory.window
-        if window is None:
-            window = memory.window = SendWindow(send_window(config, provider.limits))
-        window.closing = False  # a stop's, over with the incarnation that stopped
-        self._window = window
+        self._window = SendWindow(send_window(config, provider.limits))
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
-        self._holding = False  # a send taken off the mailbox waits for room (.send)
 
     @classmethod
     def factory(

@@ -2,9 +2,7 @@
 
 Design: the handle reads what it can without asking the actor (statistics
 from the channel's memory, the live connection) and asks for the rest
-(sends, dead letters). A send that would leave at once is carried on the
-caller's own task instead (``SendPath.send_here``): no hop through the
-mailbox in the common case. It follows the actor when a supervisor started anew
+(sends, dead letters). It follows the actor when a supervisor started anew
 from scratch gives the channel a new ref, through the memory's
 ``current_ref``.
 """
@@ -70,8 +68,8 @@ class ChannelRef:
             MailboxFull: the channel's queue is full.
             ActorDead: the channel was stopped for good before it answered.
         """
-        result = await self.perform(message, timeout=timeout)
-        assert result is not None  # a message's answer
+        self._raise_if_given_up()
+        result: SendResult = await self.ref.ask(Send(message), timeout=timeout)
         return result
 
     def _raise_if_given_up(self) -> None:
@@ -106,12 +104,8 @@ class ChannelRef:
             The errors of :meth:`send` otherwise.
         """
         self._raise_if_given_up()
-        ref = self.ref
-        inst = lowlevel.current_instance(ref)
-        if not keep_refused and isinstance(inst, ChannelActor) and inst.ready_here(op):
-            return await inst.send_here(op, timeout=timeout)  # no hop: the common case
         send = Send(op, keep_refused=keep_refused)
-        result: SendResult | None = await ref.ask(send, timeout=timeout)
+        result: SendResult | None = await self.ref.ask(send, timeout=timeout)
         return result
 
     def subscribe(

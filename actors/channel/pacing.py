@@ -64,11 +64,6 @@ class Turns:
             if not slept:  # cancelled: it takes no turn, the next waits in its place
                 self.pass_on()
 
-    @property
-    def busy(self) -> bool:
-        """Whether any send waits for the limit now."""
-        return self._sleeping or bool(self._parked)
-
     def pass_on(self) -> None:
         """Wake the next parked send, unless one sleeps on the clock for all."""
         if not self._sleeping and self._parked:

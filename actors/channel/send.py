@@ -19,17 +19,7 @@ Design:
   The loop in :class:`SendPath` only applies decisions and sleeps.
 - A retry reuses the message's idempotency key, so a platform that
   deduplicates never delivers it twice.
-- The common case costs no hop: while the channel is connected and a send
-  would leave at once (nothing queued ahead of it, room in the window, no
-  send to its peer out, no limit, pause or open breaker in the way), the
-  caller's own task sends it (:meth:`SendPath.send_here`), inside the
-  window like any other, with no mailbox, task or timer of the actor's.
-  Its call to the platform is shielded from the caller: a caller that
-  leaves (a timeout, a cancel) leaves the send to finish, as an ask does.
-  If that one attempt fails, the actor takes the send over where it stands
-  (the failure's verdict, then the retries, pauses and dead letters below)
-  and the caller waits for its answer as an asker (``lowlevel.ask_here``).
-- Otherwise sends are pipelined: the actor takes up to its window of sends off the
+- Sends are pipelined: the actor takes up to its window of sends off the
   mailbox (:mod:`.window`) and runs each peer's chain in a task of its own,
   answering each asker when its send is done (``lowlevel.defer_reply``).
   Sends waiting for the channel's limiter take turns (:mod:`.pacing`):
@@ -66,17 +56,8 @@ from providers.base import (
 from providers.operations import EditMessage, Operation, check_supported, perform
 
 from .. import lowlevel
-from ..actor import ActorState
 from ..backoff import BackoffPolicy
-from ..breaker import BreakerState
-from ..errors import (
-    ActorCrashed,
-    AskTimeout,
-    ChannelFailed,
-    ChannelUnavailable,
-    CircuitOpen,
-    SendFailed,
-)
+from ..errors import ActorCrashed, ChannelFailed, ChannelUnavailable, CircuitOpen, SendFailed
 from .pacing import Turns
 from .window import Flight, SendWindow
 
@@ -89,22 +70,7 @@ if TYPE_CHECKING:
 # What a send may end with, as its asker hears it (anything else is a defect).
 _REFUSALS: Final = (ChannelFailed, ChannelUnavailable, SendFailed, PermanentSendError)
 
-__all__ = ["Send", "SendAction", "SendDecision", "SendPath", "decide"]
-
-
-@attrs.frozen
-class Send:
-    """Ask a channel to send ``message`` (or perform the operation); the reply is
-    its ``SendResult`` (``None`` for operations that have none).
-
-    ``keep_refused``: a refusal before sending (an unsupported operation, a
-    text or upload over the limit) also becomes a dead letter, once per
-    idempotency key, as the platform's own refusals are. For a message the
-    node accepted earlier and kept, which no caller is waiting to hear about.
-    """
-
-    message: Operation
-    keep_refused: bool = attrs.field(default=False, kw_only=True)
+__all__ = ["SendAction", "SendDecision", "SendPath", "decide"]
 
 
 class SendAction(enum.Enum):
@@ -202,10 +168,6 @@ class SendPath:
     settings: ChannelSettings
     _window: SendWindow
     _turns: Turns | None
-    _conn: Connection | None
-    _stopping: bool
-    _failure: BaseException | None
-    _holding: bool  # a send taken off the mailbox waits for room in the window
 
     if TYPE_CHECKING:
 
@@ -297,40 +259,24 @@ class SendPath:
         ask = lowlevel.defer_reply(self.ref)
         flight = Flight(message, send if ask is None else ask)
         window = self._window
-        if window.full:  # callers' own sends filled it since: wait, holding this one
-            self._holding = True  # no caller may overtake it meanwhile
-            try:
-                await window.wait_for_room()
-            finally:
-                self._holding = False
         if window.admit(flight):
             self.start_task(self._fly, flight)
-        else:
-            head = window.head(message.peer)
-            if head is not None and head.here and head.landed is None:
-                # Behind a send its caller carries: a task of ours runs the rest.
-                head.landed = trio.Event()
-                self.start_task(self._follow, head)
         if window.full:
             await window.wait_for_room()
         return None
 
-    async def _fly(self, flight: Flight, failed: ProviderError | None = None) -> None:
-        """Send a peer's chain, head first, answering each asker in turn.
-
-        ``failed``: the head's first attempt, made on its caller's task, failed so.
-        """
+    async def _fly(self, flight: Flight) -> None:
+        """Send a peer's chain, head first, answering each asker in turn."""
         window = self._window
         current: Flight | None = flight
         while current is not None:
             answered = False
             try:
-                result = await self._outcome(current, failed)
+                result = await self._outcome(current)
                 answered = True
             finally:
                 if not answered:  # cancelled (the incarnation ends), or a defect
                     self._abandon(current)
-            failed = None
             item = current.item
             if type(item) is lowlevel.Ask:
                 item.reply(result)
@@ -355,45 +301,11 @@ class SendPath:
             )
         lowlevel.requeue(self.ref, [each.item for each in self._window.abandon(head)])
 
-    async def _follow(self, head: Flight) -> None:
-        """Wait for a send its caller carries, then run the chain behind it."""
-        landed = head.landed
-        assert landed is not None
-        waited = False
-        try:
-            await landed.wait()
-            waited = True
-        finally:
-            if not waited:  # the incarnation ends first: what queued behind goes back
-                self._let_go_behind(head, landed.is_set())
-        if not head.here:  # its caller's attempt failed: ours from its verdict on
-            await self._fly(head, head.failed)
-            return
-        window = self._window
-        following = window.finish(head)
-        if following is not None:
-            if window.closing:  # stopping: the rest waits in the mailbox
-                self._abandon(following)
-            else:
-                await self._fly(following)
-
-    def _let_go_behind(self, head: Flight, landed: bool) -> None:
-        """Hand back what queued behind a caller's send, as the incarnation ends."""
-        if not landed:  # still on its way: it stays, and its caller lands it alone
-            head.landed = None
-            lowlevel.requeue(self.ref, [each.item for each in self._window.cut_followers(head)])
-        elif head.here:  # done, and nobody went on from it
-            followers = self._window.cut_followers(head)
-            self._window.finish(head)
-            lowlevel.requeue(self.ref, [each.item for each in followers])
-        else:  # failed on its caller's task, handed to us: it goes again, first
-            self._abandon(head)
-
-    async def _outcome(self, flight: Flight, failed: ProviderError | None = None) -> Any:
+    async def _outcome(self, flight: Flight) -> Any:
         """The send's result, or its refusal as ``outcome.Error``."""
         message = flight.message
         try:
-            return await self._send(message, flight, failed)
+            return await self._send(message, flight)
         except _REFUSALS as exc:
             return outcome.Error(exc)
         except Exception as exc:
@@ -409,133 +321,10 @@ class SendPath:
                 item.fail(error)
             raise
 
-    # --- on the caller's task -----------------------------------------------------------
-
-    def ready_here(self, message: Operation) -> bool:
-        """Whether ``message`` would leave at once, so its caller may send it itself.
-
-        Connected, this incarnation running and not stopping, nothing
-        queued ahead of it, room in the window and no send to its peer out,
-        nobody waiting for the limit, no pause or limit holding its peer,
-        the breaker closed. Call :meth:`send_here` right after, with no
-        await in between.
-        """
-        ref = self.ref
-        if (
-            self._conn is None
-            or self._stopping
-            or self._failure is not None
-            or ref.state is not ActorState.RUNNING
-            or lowlevel.current_instance(ref) is not self
-            or lowlevel.mailbox_depth(ref)
-            or self._holding
-            or self._window.closing
-            or not self._window.free_for(message.peer)
-            or (self._turns is not None and self._turns.busy)
-        ):
-            return False
-        memory = self.memory
-        now = trio.current_time()
-        return (
-            memory.breaker.current_state(now) is BreakerState.CLOSED
-            and memory.limiter.delay(now, key=message.peer) == 0.0
-        )
-
-    async def send_here(self, message: Operation, *, timeout: float) -> SendResult | None:  # noqa: ASYNC109
-        """Send ``message`` on the caller's task (see :meth:`ready_here`).
-
-        One attempt, in the window like any send; if the platform refuses it,
-        the actor takes it over from that verdict and this waits for its
-        answer, within ``timeout`` (as ``ask`` would).
-
-        Raises:
-            The errors of ``ChannelRef.send``.
-        """
-        deadline = trio.current_time() + timeout
-        self._check(message)  # refused before sending, as the actor refuses it
-        memory = self.memory
-        conn = self._conn
-        assert conn is not None
-        admitted = memory.limiter.try_acquire(trio.current_time(), key=message.peer)
-        assert admitted, "ready_here found no wait, and nothing ran in between"
-        if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
-            memory.touch()
-        flight = Flight(message, None, here=True)
-        self._window.admit(flight)
-        try:
-            # A caller that leaves (a cancel) does not cut its send on the wire,
-            # where its fate would be unknown: only its own deadline does.
-            with trio.CancelScope(shield=True, deadline=deadline) as wire:
-                result = await perform(conn, message)
-        except ProviderError as exc:
-            ask = lowlevel.ask_here(Send(message))
-            self._hand_over_send(flight, ask, exc)
-            left = max(0.0, deadline - trio.current_time())
-            answer: SendResult | None = await lowlevel.wait_reply(self.ref, ask, timeout=left)
-            return answer
-        except Exception as exc:  # a defect: crash the incarnation, as the actor's send would
-            flight.settled = True
-            self._land(flight)
-            error = ActorCrashed(
-                f"{self.ref!r} raised {type(exc).__name__} while sending {message!r}"
-            )
-            if self._running_here():
-                self.start_task(_reraise, exc)
-            raise error from exc
-        if wire.cancelled_caught:
-            # Out of time on the wire: the actor sends it again (same key, at
-            # least once, as after a crash mid-send); nobody waits for it now.
-            self._hand_over_send(flight, Send(message), None)
-            raise AskTimeout(
-                f"{self.ref!r} did not send {message!r} within {timeout} s; the channel "
-                "sends it again with the same idempotency key"
-            )
-        memory.breaker.record_success(trio.current_time())
-        if type(message) is OutboundMessage:
-            memory.counters["sent"] += 1
-        self._land(flight)
-        return result
-
-    def _running_here(self) -> bool:
-        """Whether this incarnation still runs (its tasks can be started)."""
-        ref = self.ref
-        return ref.state is ActorState.RUNNING and lowlevel.current_instance(ref) is self
-
-    def _land(self, flight: Flight) -> None:
-        """A send its caller carried is done: what queued behind it may go."""
-        landed = flight.landed
-        if landed is not None:
-            landed.set()  # the actor's task behind it finishes it and goes on
-            return
-        following = self._window.finish(flight)
-        assert following is None, "what queues behind a caller's send makes it a follower"
-
-    def _hand_over_send(self, flight: Flight, item: Any, error: ProviderError | None) -> None:
-        """The caller's attempt failed (or ran out of time): the actor carries the
-        send on, from the failure's verdict, answering ``item`` (an ask, or nobody)."""
-        flight.item = item
-        flight.here = False
-        flight.failed = error
-        landed = flight.landed
-        if landed is not None:  # a task of the actor's waits behind it: it goes on
-            landed.set()
-        elif self._running_here():
-            self.start_task(self._fly, flight, error)
-        else:  # the incarnation ended meanwhile: the next one sends it
-            self._abandon(flight)
-
     # --- one send -----------------------------------------------------------------------
 
-    async def _send(
-        self,
-        message: Operation,
-        flight: Flight | None = None,
-        failed: ProviderError | None = None,
-    ) -> SendResult | None:
+    async def _send(self, message: Operation, flight: Flight | None = None) -> SendResult | None:
         """Send (or perform the operation) until the platform accepts, or raise why not.
-
-        ``failed``: a first attempt made elsewhere (on the caller's task)
-        failed so; its verdict is carried out first, and it counts.
 
         Returns:
             The ``SendResult`` of a message or an edit; ``None`` for the other operations.
@@ -555,17 +344,6 @@ class SendPath:
         attempts = 0
         holding = False  # woken in turn (or slept for all): the next waits on this send
         try:
-            if failed is not None:
-                attempts = 1
-                verdict = decide(
-                    failed,
-                    peer=peer,
-                    attempts=attempts,
-                    max_attempts=self.settings.send_attempts,
-                    backoff=self.settings.send_backoff,
-                    rng=memory.rng,
-                )
-                await self._apply(verdict, failed, message, attempts, flight)
             while True:
                 self._raise_if_failed()
                 now = trio.current_time()
@@ -671,8 +449,3 @@ class SendPath:
             "dead-letter queue",
             channel_id=self.config.channel_id,
         ) from error
-
-
-async def _reraise(error: BaseException) -> None:
-    """Raise ``error`` in the actor's nursery: its incarnation crashes with it."""
-    raise error

@@ -26,7 +26,6 @@ from providers.operations import Operation
 from ..backoff import Backoff, ExponentialBackoff
 from ..breaker import CircuitBreaker
 from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
-from .window import SendWindow
 
 if TYPE_CHECKING:
     from .durable import CheckpointSink
@@ -424,7 +423,6 @@ class ChannelMemory:
         "subscribers",
         "tenure",
         "timings",
-        "window",
     )
 
     def __init__(
@@ -459,11 +457,6 @@ class ChannelMemory:
         self.session = session
         self.seen = RecentIds(settings.dedupe_window)
         self.sent = SentResults(SENT_KEPT)
-        # The sends taken and in flight, made by the first incarnation. It
-        # outlives each one: a send carried on its caller's task may still be
-        # on its way when its incarnation ends, and the next one must queue a
-        # later send to that recipient behind it (see .window).
-        self.window: SendWindow | None = None
         self.dead_letters = DeadLetterQueue()
         self.subscribers: list[tuple[EventReceiver, Any]] = []
         # Inbound events the sink refused (the store is down), oldest first:

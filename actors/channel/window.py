@@ -19,18 +19,12 @@ Design:
   restart, a stop that outlasted its grace) is handed back whole, in order,
   by :meth:`abandon`; the actor puts it back at the front of its mailbox,
   which outlives the incarnation, so a crash mid-window loses no send.
-- A send its caller carries itself (``Flight.here``: the caller's task sends
-  it while the channel is ready, see ``send``) heads its chain like any
-  other; the sends that queue behind it are the actor's, so a task of the
-  actor waits for it to land (``Flight.landed``) and runs them, or hands
-  them back (:meth:`cut_followers`) if the incarnation ends first.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trio import Event
 from trio.lowlevel import ParkingLot
 
 from providers.operations import Operation
@@ -47,23 +41,14 @@ class Flight:
             itself when it was told), handed back if the send is abandoned.
         settled: its fate is decided (dead-lettered): an abandoned chain
             does not hand it back to be sent again.
-        here: its caller's task sends it (no mailbox item until it fails).
-        landed: set once a send carried by its caller is done, for the
-            actor's task that runs what queued behind it.
-        failed: how the caller's attempt failed (the actor goes on from there).
     """
 
-    __slots__ = ("failed", "here", "item", "landed", "message", "settled")
+    __slots__ = ("item", "message", "settled")
 
-    def __init__(self, message: Operation, item: Any, *, here: bool = False) -> None:
+    def __init__(self, message: Operation, item: Any) -> None:
         self.message = message
         self.item = item
         self.settled = False
-        # Sent on its caller's task, not the actor's; ``landed`` is made by
-        # the first send that queues behind it, and set when it is done.
-        self.here = here
-        self.landed: Event | None = None
-        self.failed: Any = None  # the ProviderError its caller's attempt ended with
 
     def __repr__(self) -> str:
         return f"<Flight {self.message.idempotency_key!r} to {self.message.peer!r}>"
@@ -106,15 +91,6 @@ class SendWindow:
         """Sends on their way to the platform now (one per peer chain)."""
         return 0 if self._chains is None else len(self._chains)
 
-    def free_for(self, peer: str) -> bool:
-        """Whether a send to ``peer`` could leave at once (room, and none to it out)."""
-        return self._count < self.capacity and (self._chains is None or peer not in self._chains)
-
-    def head(self, peer: str) -> Flight | None:
-        """The send to ``peer`` on its way now, if any."""
-        chain = None if self._chains is None else self._chains.get(peer)
-        return None if chain is None else chain[0]
-
     def admit(self, flight: Flight) -> bool:
         """Take ``flight``; True if it may leave now (no send to its peer is out)."""
         self._count += 1
@@ -151,17 +127,6 @@ class SendWindow:
         assert chain[0] is flight, (flight, chain)
         self._freed(len(chain))
         return [each for each in chain if not each.settled]
-
-    def cut_followers(self, head: Flight) -> list[Flight]:
-        """Remove what queued behind ``head`` (it stays); returns those to go again."""
-        chains = self._chains
-        assert chains is not None
-        chain = chains[head.message.peer]
-        assert chain[0] is head, (head, chain)
-        followers = chain[1:]
-        del chain[1:]
-        self._freed(len(followers))
-        return [each for each in followers if not each.settled]
 
     def _freed(self, count: int) -> None:
         self._count -= count
