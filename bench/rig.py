@@ -122,6 +122,14 @@ def connection_capacity(fds_per_connection: int) -> int:
 # ---------------------------------------------------------------- emulators
 
 
+def _answer(response: httpx.Response, refused: str) -> dict[str, Any]:
+    """A control call's JSON answer; a refusal is a ``ScenarioError`` saying ``refused``."""
+    if response.status_code >= 400:
+        raise ScenarioError(f"{refused}: {response.status_code} {response.text.strip()}")
+    data: dict[str, Any] = response.json()
+    return data
+
+
 @attrs.define
 class EmulatorControl:
     """An emulator's base URL and its control API (``/_emulator/...``)."""
@@ -188,13 +196,7 @@ class EmulatorControl:
 
     async def _post_to(self, base: str, what: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = await self.client.post(f"{base}/_emulator/{what}", json=payload)
-        if response.status_code >= 400:
-            raise ScenarioError(
-                f"{self.provider} emulator refused {what} {payload}: "
-                f"{response.status_code} {response.text.strip()}"
-            )
-        data: dict[str, Any] = response.json()
-        return data
+        return _answer(response, f"{self.provider} emulator refused {what} {payload}")
 
 
 @contextlib.asynccontextmanager
@@ -288,13 +290,7 @@ class EmulatorFleet(EmulatorControl):
 
     async def _get(self, base: str, what: str) -> dict[str, Any]:
         response = await self.client.get(f"{base}/_emulator/{what}")
-        if response.status_code >= 400:
-            raise ScenarioError(
-                f"{self.provider} far end at {base} refused {what}: "
-                f"{response.status_code} {response.text.strip()}"
-            )
-        data: dict[str, Any] = response.json()
-        return data
+        return _answer(response, f"{self.provider} far end at {base} refused {what}")
 
 
 @contextlib.asynccontextmanager
