@@ -10,9 +10,14 @@ What it does, in order:
    client doing each load step's sends (same connections, rate, duration,
    text, pacing and acks), before the node's channels connect, so the
    two never share the machine.
+   The memory baseline's connections then stay open ``idle`` seconds with
+   nothing to do but answer heartbeats: the bare client's idle CPU.
 2. Starts N channels in a node (``connect_rate`` per second, or all at
    once) and waits until every one is connected: connects/s, and memory per
-   channel as the node's RSS delta over N, after a full collection.
+   channel as the node's RSS delta over N, after a full collection. Once the
+   node's collector policy has settled, ``idle`` seconds with no load: the
+   node's and the far end's CPU while N channels only stay connected,
+   beside the bare client's.
 3. Drives outbound load open-loop: message ``i`` of a step is due at
    ``start + i / rate``, whether or not earlier sends have finished, on
    channel ``i mod N``, through ``Node.send`` (the embedding API). Latency
@@ -48,6 +53,7 @@ from collections import Counter
 from typing import Any, Final
 
 import attrs
+import httpx
 import trio
 
 from runtime.collection import QUIET as GC_QUIET
@@ -112,6 +118,13 @@ class ChannelsParams:
         metadata=_help("outbound load steps, messages/s in all (empty: no outbound load)"),
     )
     duration: float = attrs.field(default=15.0, metadata=_help("seconds per load step"))
+    idle: float = attrs.field(
+        default=0.0,
+        metadata=_help(
+            "seconds idle after the connects (and the bare baseline's): node, far end and "
+            "bare client CPU with no load (0: skipped)"
+        ),
+    )
     limits: bool = attrs.field(
         default=False, metadata=_help("keep the platforms' rate limits (off: raw throughput)")
     )
@@ -166,7 +179,7 @@ class ChannelsParams:
         for name in ("duration", "text_size", "max_in_flight"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
-        for name in ("connect_rate", "inbound_rate"):
+        for name in ("connect_rate", "inbound_rate", "idle"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: expected 0 or more, got {getattr(self, name)}")
         if self.inbound_rate and self.provider != "websocket":
@@ -326,6 +339,75 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     return result
 
 
+@attrs.frozen(kw_only=True)
+class IdleResult:
+    """The idle window: N channels connected, no load.
+
+    Attributes:
+        channels: channels connected during it.
+        seconds: its wall time.
+        cpu: node process CPU seconds over it.
+        emulator_cpu: the far-end processes' CPU seconds (None when in-process).
+        heartbeats: heartbeats the far end sent, and the ``heartbeat_acks``
+            it received: None where its counters could not be read (only the
+            lean far end counts them).
+        collections: the node's collections by generation (young/middle/full).
+        reconnects: reconnects during it (a liveness check that fired).
+    """
+
+    channels: int
+    seconds: float
+    cpu: float
+    emulator_cpu: float | None
+    heartbeats: tuple[int, int] | None
+    collections: list[int]
+    reconnects: int
+
+
+async def _idle_phase(rig: Rig, seconds: float, ctx: RunContext) -> IdleResult:
+    """Wait ``seconds`` with every channel connected and nothing sent: what it cost."""
+    ctx.progress.phase(f"idle for {seconds:g} s, {rig.states.connected:,} channels, no load")
+    beats0 = await _heartbeats(rig)
+    reconnects0 = _reconnects(rig)
+    emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
+    with GcWatch() as watch:
+        t0 = trio.current_time()
+        cpu0 = cpu_seconds()
+        await trio.sleep(seconds)
+        cpu = cpu_seconds() - cpu0
+        elapsed = trio.current_time() - t0
+    emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
+    beats1 = await _heartbeats(rig)
+    return IdleResult(
+        channels=rig.states.connected,
+        seconds=elapsed,
+        cpu=cpu,
+        emulator_cpu=emu1 - emu0 if emu0 is not None and emu1 is not None else None,
+        heartbeats=(
+            (beats1[0] - beats0[0], beats1[1] - beats0[1])
+            if beats0 is not None and beats1 is not None
+            else None
+        ),
+        collections=watch.count,
+        reconnects=_reconnects(rig) - reconnects0,
+    )
+
+
+async def _heartbeats(rig: Rig) -> tuple[int, int] | None:
+    """The far end's heartbeats sent and acks received so far (the lean far end counts them)."""
+    if rig.emulator is None or not rig.lean_far_end:
+        return None
+    try:
+        stats = await rig.emulator.stats()
+    except (httpx.HTTPError, ScenarioError):  # no counters here: the note goes without them
+        return None
+    return stats.get("heartbeats", 0), stats.get("heartbeat_acks", 0)  # counted from the first
+
+
+def _reconnects(rig: Rig) -> int:
+    return sum(s.statistics.reconnects for s in rig.node.channels() if s.statistics is not None)
+
+
 async def _inbound(rig: Rig, rate: float, stop: trio.Event) -> None:
     """Broadcast injects: each one reaches every connected channel."""
     assert rig.emulator is not None
@@ -348,10 +430,14 @@ async def _count_inbound(rig: Rig, counter: list[int], task_status: Any) -> None
 # ---------------------------------------------------------------- the run
 
 
-def _bare_baseline(url: str, count: int, ctx: RunContext) -> dict[str, float] | None:
-    ctx.progress.phase(f"baseline: {count:,} bare trio-websocket connections (fresh process)")
+def _bare_baseline(url: str, count: int, idle: float, ctx: RunContext) -> dict[str, Any] | None:
+    idling = f", then idle for {idle:g} s" if idle else ""
+    ctx.progress.phase(
+        f"baseline: {count:,} bare trio-websocket connections{idling} (fresh process)"
+    )
     ws_url = url.replace("http://", "ws://", 1) + "/ws"
-    lines = _ws_bare(["memory", ws_url, str(count)], max(30.0, ctx.remaining() / 3), ctx)
+    args = ["memory", ws_url, str(count), "--idle", f"{idle:g}"]
+    lines = _ws_bare(args, max(30.0, ctx.remaining() / 3) + idle, ctx)
     return lines[-1] if lines else None
 
 
@@ -424,7 +510,9 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
             t = time.perf_counter()
             if external:
-                baseline = await trio.to_thread.run_sync(_bare_baseline, rig.emulator.url, n, ctx)
+                baseline = await trio.to_thread.run_sync(
+                    _bare_baseline, rig.emulator.url, n, params.idle, ctx
+                )
                 sections["baseline"] = round(time.perf_counter() - t, 2)
                 if params.rates:
                     t = time.perf_counter()
@@ -455,6 +543,16 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         if params.gc == "tuned" and connected >= STORM_CONNECTS:
             ctx.progress.phase(f"settling for {GC_QUIET + 1:g} s after the connects")
             await trio.sleep(GC_QUIET + 1)
+        # --- idle: connected, nothing to send
+        idle = None
+        if params.idle and connected:
+            if ctx.remaining() < params.idle + _load_budget(params) + 10:
+                notes.append(f"idle window of {params.idle:g} s skipped: the time limit is near")
+                ctx.progress.note(notes[-1])
+            else:
+                t = time.perf_counter()
+                idle = await _idle_phase(rig, params.idle, ctx)
+                sections["idle"] = round(time.perf_counter() - t, 2)
         steps: list[StepResult] = []
         inbound = [0]
         stop_inbound = trio.Event()
@@ -502,6 +600,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         baseline=baseline,
         bare_sends=bare_sends,
         steps=steps,
+        idle=idle,
         dead_letters=dead_letters,
         reconnects=reconnects,
         fatal=fatal,
@@ -510,6 +609,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
     )
     figures += compression_figures(compression)
     notes += _notes(params, steps, baseline, bare_sends, external)
+    notes += _idle_notes(idle, baseline)
     return Report(
         scenario="channels",
         started=started,
@@ -533,9 +633,10 @@ def _figures(
     *,
     n: int,
     phase: ConnectPhase,
-    baseline: dict[str, float] | None,
+    baseline: dict[str, Any] | None,
     bare_sends: dict[float, dict[str, Any]],
     steps: list[StepResult],
+    idle: IdleResult | None,
     dead_letters: int,
     reconnects: int,
     fatal: int,
@@ -624,6 +725,8 @@ def _figures(
                 target=target if params.provider != "simulated" else None,
             )
         )
+    if idle is not None:
+        figures += _idle_figures(idle, baseline)
     for step in steps:
         key = f"{step.rate:.0f}"
         total_errors = sum(step.errors.values()) + step.shed
@@ -767,6 +870,75 @@ def _figures(
     return figures
 
 
+def _idle_figures(idle: IdleResult, baseline: dict[str, Any] | None) -> list[Figure]:
+    """Node CPU while idle, beside the bare connections' idle CPU; the far end's."""
+    name = "node_cpu_idle"
+    label = f"node CPU while idle, {idle.channels:,} channels (100 % = one core)"
+    value = 100 * idle.cpu / idle.seconds if idle.seconds else 0.0
+    bare = (
+        baseline if baseline is not None and baseline.get("idle_cpu_seconds") is not None else None
+    )
+    if bare is not None and bare["idle_seconds"]:
+        figures = [
+            Figure.from_samples(
+                name=name,
+                label=label,
+                unit="%",
+                samples=[value],
+                baseline_samples=[100 * bare["idle_cpu_seconds"] / bare["idle_seconds"]],
+                baseline_label=(
+                    f"bare trio-websocket client, {int(bare['connections']):,} connections and "
+                    "a reader task each, answering heartbeats, idle for the same window against "
+                    "the same far end, in a fresh process before the node's channels connected"
+                ),
+                better="lower",
+                target=Target(applies_to="ratio", op="<=", threshold=2.0, text="ratio ≤ 2.0"),
+            )
+        ]
+    else:
+        figures = [Figure.single(name=name, label=label, unit="%", value=value, better="lower")]
+    if idle.emulator_cpu is not None:
+        figures.append(
+            Figure.single(
+                name="emulator_cpu_idle",
+                label=f"far end CPU while the node idles, {idle.channels:,} channels",
+                unit="%",
+                value=100 * idle.emulator_cpu / idle.seconds if idle.seconds else 0.0,
+                better="lower",
+            )
+        )
+    return figures
+
+
+def _idle_notes(idle: IdleResult | None, baseline: dict[str, Any] | None) -> list[str]:
+    if idle is None:
+        return []
+    beats = (
+        f", the far end sent {idle.heartbeats[0]:,} heartbeats and received "
+        f"{idle.heartbeats[1]:,} heartbeat_acks"
+        if idle.heartbeats is not None
+        else ""
+    )
+    notes = [
+        f"idle window: {idle.seconds:.2f} s, node CPU {idle.cpu:.3f} s{beats}, "
+        f"node collections (young/middle/full) {'/'.join(map(str, idle.collections))}, "
+        f"reconnects {idle.reconnects}; the node's CPU includes the bench's own tasks in "
+        "its process (the state log follower, progress)",
+        "idle work: both ends answer the far end's heartbeats (every 15 s by default); the "
+        "node also sends its own keepalive ping per channel (the websocket provider's "
+        "ping_interval, 20 s by default), the bare client none. A window of whole heartbeat "
+        "periods gives every connection the same heartbeats in both windows",
+    ]
+    if baseline is not None and baseline.get("idle_cpu_seconds") is not None:
+        notes.append(
+            f"bare client idle: {baseline['idle_seconds']:.2f} s, "
+            f"{baseline['idle_cpu_seconds']:.3f} s CPU, "
+            f"{baseline['idle_heartbeats_answered']:,} heartbeats answered, "
+            f"{baseline['connections_lost']:,} connections lost"
+        )
+    return notes
+
+
 BARE_SEND_LABEL: Final = (
     "bare trio + wsproto client (no trio-websocket, no Switchboard): the same connections, "
     "sends, text, pacing and acks against the same emulator, in a fresh process before the "
@@ -895,7 +1067,7 @@ def _series(steps: list[StepResult], phase: ConnectPhase) -> list[Series]:
 def _notes(
     params: ChannelsParams,
     steps: list[StepResult],
-    baseline: dict[str, float] | None,
+    baseline: dict[str, Any] | None,
     bare_sends: dict[float, dict[str, Any]],
     external: bool,
 ) -> list[str]:

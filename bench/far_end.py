@@ -20,7 +20,7 @@ Design:
   close 4001), ``ready``, ``send`` answered with ``ack`` then a ``delivered``
   receipt (a resent idempotency key gets its first message id back), the
   send errors ``bad_request``, ``bad_recipient``, ``too_long``, ``too_large``,
-  ``heartbeat`` frames (``heartbeat_ack`` is read and ignored), and injected
+  ``heartbeat`` frames (``heartbeat_ack`` is counted, nothing more), and injected
   messages (``POST /_emulator/inject``, with the backlog for nobody
   connected) and counters (``GET /_emulator/stats``) on a control port of
   its own (picows serves no request bodies). The other operations are
@@ -164,6 +164,7 @@ class Platform:
     def answer(self, token: str, data: bytes) -> tuple[bytes, ...]:
         """The frames that answer one frame from a client (``heartbeat_ack``: none)."""
         if data == HEARTBEAT_ACK:
+            self.stats["heartbeat_acks"] += 1  # what an idle bench window checks
             return ()
         self.stats["frames_received"] += 1
         frame = _loads(data)
@@ -297,6 +298,7 @@ class _Link(WSListener):
             )
 
     def _heartbeat(self) -> None:
+        self.platform.stats["heartbeats"] += 1
         self.push(b'{"type":"heartbeat"}')
         assert self.platform.heartbeat_interval is not None
         self._beat = asyncio.get_running_loop().call_later(

@@ -2,12 +2,18 @@
 
 Two measurements, each in a fresh process so that it holds nothing else:
 
-``python -m bench.ws_bare memory URL COUNT``
+``python -m bench.ws_bare memory URL COUNT [--idle S]``
     opens ``COUNT`` trio-websocket connections to the websocket emulator at
     ``URL`` (``ws://host:port/ws``), each with one task reading its messages
-    (what any live client needs: heartbeats arrive), waits until all are
-    open, and prints one JSON line: ``{"connections": n, "rss_delta": bytes,
-    "per_connection": bytes, "seconds": s}``.
+    and doing what any live client must (a ``heartbeat`` is answered with
+    ``heartbeat_ack``, as the node answers it; trio-websocket answers pings),
+    waits until all are open, then holds them ``S`` seconds with nothing
+    else to do, and prints one JSON line: ``{"connections": n, "rss_delta":
+    bytes, "per_connection": bytes, "seconds": s, "idle_seconds": s,
+    "idle_cpu_seconds": s or null (no idle window), "idle_heartbeats_answered":
+    n, "connections_lost": n}``. The idle CPU is the process's user + system
+    time over the idle window, as :func:`bench.rig.cpu_seconds` measures the
+    node's.
 
 ``python -m bench.ws_bare send URL --connections N --rates R[,R...] --duration D --text-size S``
     the sends a node's websocket channels make, done by a bare trio +
@@ -41,7 +47,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -71,60 +76,79 @@ READ_SIZE: Final = 65_536  # bytes per socket read
 HEARTBEAT_ACK: Final = '{"type":"heartbeat_ack"}'
 
 
+def _cpu_seconds() -> float:
+    return time.process_time()  # user + system, as bench.rig.cpu_seconds measures the node
+
+
 # ---------------------------------------------------------------- memory
 
 
-async def _hold(
-    nursery: trio.Nursery,
-    url: str,
-    opened: list[WebSocketConnection],
-    all_open: trio.Event,
-    count: int,
-) -> None:
-    ws = await connect_websocket_url(nursery, url)
-    opened.append(ws)
-    if len(opened) == count:
-        all_open.set()
-    try:
-        while True:
-            await ws.get_message()
-    except ConnectionClosed:
-        return
+class _Holders:
+    """The memory client's connections: how many opened, heartbeats answered, lost."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.opened: list[WebSocketConnection] = []
+        self.all_open = trio.Event()
+        self.heartbeats = 0  # answered with heartbeat_ack
+        self.lost = 0  # closed by the far end
+
+    async def hold(self, nursery: trio.Nursery, url: str) -> None:
+        """Open one connection and read it, answering heartbeats, until it closes."""
+        ws = await connect_websocket_url(nursery, url)
+        self.opened.append(ws)
+        if len(self.opened) == self.count:
+            self.all_open.set()
+        try:
+            while True:
+                # Parsed as the node parses every frame; only heartbeats need an answer.
+                frame = json.loads(await ws.get_message())
+                if isinstance(frame, dict) and frame.get("type") == "heartbeat":
+                    self.heartbeats += 1
+                    await ws.send_message(HEARTBEAT_ACK)
+        except ConnectionClosed:
+            self.lost += 1
 
 
-async def measure(url: str, count: int) -> dict[str, float]:
-    """Open ``count`` connections; their RSS cost once all are open."""
+async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
+    """Open ``count`` connections; their RSS cost once all are open, then the
+    process's CPU while they stay open ``idle`` seconds (0: not measured)."""
     gc.collect()
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    opened: list[WebSocketConnection] = []
-    all_open = trio.Event()
+    holders = _Holders(count)
     sep = "&" if "?" in url else "?"
+    idle_cpu: float | None = None
+    idle_seconds = 0.0
     async with trio.open_nursery() as nursery:
         for i in range(count):
-            nursery.start_soon(
-                _hold, nursery, f"{url}{sep}token=bare-{i:05d}", opened, all_open, count
-            )
-        await all_open.wait()
+            nursery.start_soon(holders.hold, nursery, f"{url}{sep}token=bare-{i:05d}")
+        await holders.all_open.wait()
         seconds = time.perf_counter() - started
         gc.collect()
         after = psutil.Process().memory_info().rss
+        heartbeats = holders.heartbeats
+        if idle > 0:
+            cpu0 = _cpu_seconds()
+            t0 = trio.current_time()
+            await trio.sleep(idle)
+            idle_cpu = _cpu_seconds() - cpu0
+            idle_seconds = trio.current_time() - t0
         nursery.cancel_scope.cancel()
     delta = after - before
     return {
-        "connections": len(opened),
+        "connections": len(holders.opened),
         "rss_delta": delta,
-        "per_connection": delta / max(1, len(opened)),
+        "per_connection": delta / max(1, len(holders.opened)),
         "seconds": seconds,
+        "idle_seconds": idle_seconds,
+        "idle_cpu_seconds": idle_cpu,
+        "idle_heartbeats_answered": holders.heartbeats - heartbeats,
+        "connections_lost": holders.lost,
     }
 
 
 # ---------------------------------------------------------------- send
-
-
-def _cpu_seconds() -> float:
-    times = os.times()  # as bench.rig.cpu_seconds measures the node
-    return times.user + times.system
 
 
 class _Tally:
@@ -395,9 +419,14 @@ def _rates(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ws_bare", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    memory = commands.add_parser("memory", help="RSS per bare trio-websocket connection")
+    memory = commands.add_parser(
+        "memory", help="RSS per bare trio-websocket connection, and their CPU while idle"
+    )
     memory.add_argument("url")
     memory.add_argument("count", type=int)
+    memory.add_argument(
+        "--idle", type=float, default=0.0, help="seconds to hold them open idle (0: not measured)"
+    )
     send = commands.add_parser("send", help="CPU per acked send, bare trio + wsproto client")
     send.add_argument("url")
     send.add_argument("--connections", type=int, required=True)
@@ -406,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--text-size", type=int, default=40, help="characters per message")
     args = parser.parse_args(argv)
     if args.command == "memory":
-        print(json.dumps(trio.run(measure, args.url, args.count)), flush=True)
+        print(json.dumps(trio.run(measure, args.url, args.count, args.idle)), flush=True)
         return 0
     results = trio.run(
         lambda: measure_send(

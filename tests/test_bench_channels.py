@@ -66,6 +66,13 @@ def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> N
     assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])
     assert cpu["target"]["applies_to"] == "ratio" and cpu["target"]["threshold"] == 1.0
     assert f["latency_p99_at_200"]["baseline"] > 0  # the same bare run's latency
+    idle = f["node_cpu_idle"]  # beside the bare connections idle for the same window
+    assert idle["unit"] == "%" and idle["label"].startswith(f"node CPU while idle, {n:,} channels")
+    assert idle["value"] > 0 and idle["baseline"] > 0 and "heartbeats" in idle["baseline_label"]
+    assert idle["ratio"] == pytest.approx(idle["value"] / idle["baseline"])
+    assert idle["target"]["applies_to"] == "ratio" and idle["target"]["threshold"] == 2.0
+    assert f["emulator_cpu_idle"]["value"] >= 0  # the far end's, over the node's window
+    assert data["section_seconds"]["idle"] > 0
     assert f["inbound_rate"]["value"] > 0
     assert f["latency_p99_at_200"]["target"]["threshold"] == 10.0
     series = {s["name"]: s for s in data["series"]}

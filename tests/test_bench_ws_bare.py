@@ -1,10 +1,11 @@
-"""``python -m bench.ws_bare send``: the bare client speaks the websocket emulator's protocol.
+"""``python -m bench.ws_bare send|memory``: the bare clients speak the emulator's protocol.
 
-The client runs as the channels scenario runs it, a fresh process, against
-an in-process emulator with a tiny load. The figures (CPU, latency) are
-measured, not asserted; these check the account: every send acked or
-counted as an error, the heartbeats answered, and the frames the emulator
-recorded are the node's send frames.
+The clients run as the channels scenario runs them, a fresh process, against
+an in-process emulator with a tiny load. The figures (CPU, latency, memory)
+are measured, not asserted; these check the account: every send acked or
+counted as an error, the heartbeats answered (by the send client and by the
+idle memory client), and the frames the emulator recorded are the node's
+send frames.
 """
 
 from __future__ import annotations
@@ -43,10 +44,16 @@ FIELDS: Final = {
 
 
 async def _send(emulator: WebSocketEmulator, *args: str) -> list[dict[str, Any]]:
+    return await _ws_bare(emulator, "send", *args)
+
+
+async def _ws_bare(
+    emulator: WebSocketEmulator, command_name: str, *args: str
+) -> list[dict[str, Any]]:
     with trio.fail_after(HANG_CEILING):
         async with open_emulator(emulator) as base:
             url = base.replace("http://", "ws://", 1) + "/ws"
-            command = [sys.executable, "-m", "bench.ws_bare", "send", url, *args]
+            command = [sys.executable, "-m", "bench.ws_bare", command_name, url, *args]
             proc = await trio.run_process(
                 command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
             )
@@ -90,3 +97,23 @@ async def test_an_error_frame_answers_its_send_and_is_counted_by_code() -> None:
     assert line["scheduled"] == 10
     assert line["errors"] == {"rate_limited": 2}
     assert line["acked"] == 8 and line["unanswered"] == 0
+
+
+async def test_the_idle_memory_client_answers_heartbeats_and_measures_the_window() -> None:
+    # Heartbeats every 100 ms, and a client silent for 500 ms is closed
+    # (4009): held idle for 1.5 s, the connections stay only by answering them.
+    emulator = WebSocketEmulator(heartbeat_interval=0.1, client_timeout=0.5)
+    (line,) = await _ws_bare(emulator, "memory", "3", "--idle", "1.5")
+    assert line["connections"] == 3 and line["connections_lost"] == 0
+    assert line["idle_seconds"] >= 1.5
+    assert line["idle_cpu_seconds"] > 0
+    assert line["idle_heartbeats_answered"] >= 3 * 10  # about 15 each; a loaded machine lags
+    assert emulator.stats["clients_timed_out"] == 0
+    assert emulator.stats["connections"] == 3
+
+
+async def test_the_memory_client_without_an_idle_window_measures_no_idle_cpu() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    (line,) = await _ws_bare(emulator, "memory", "2")
+    assert line["connections"] == 2 and line["per_connection"] == line["rss_delta"] / 2
+    assert line["idle_seconds"] == 0.0 and line["idle_cpu_seconds"] is None

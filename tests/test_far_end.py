@@ -144,6 +144,28 @@ async def test_heartbeats_follow_ready_alike(name: str) -> None:
     assert frames == ['{"type":"ready","session":"s-1"}', *['{"type":"heartbeat"}'] * 2]
 
 
+async def test_the_lean_end_counts_heartbeats_and_their_acks() -> None:
+    # What the channels bench's idle window reads to check that both of its
+    # windows saw the same heartbeats.
+    with trio.fail_after(CEILING):
+        async with (
+            lean_end(heartbeat_interval=0.05) as end,
+            httpx.AsyncClient(base_url=end.control_url) as http,
+            open_websocket_url(f"{end.channel_url}?token={TOKEN}") as ws,
+        ):
+            assert await ws.get_message() == '{"type":"ready","session":"s-1"}'
+            for _ in range(2):
+                assert await ws.get_message() == '{"type":"heartbeat"}'
+                await ws.send_message('{"type":"heartbeat_ack"}')
+            await ws.send_message("not json")  # answered after the acks were read
+            while (frame := await ws.get_message()) == '{"type":"heartbeat"}':
+                pass
+            stats = (await http.get("/_emulator/stats")).json()
+    assert frame.startswith('{"type":"error","code":"bad_request"')
+    assert stats["heartbeat_acks"] == 2 and stats["heartbeats"] >= 2
+    assert stats["frames_received"] == 1  # the acks are not frames to answer
+
+
 async def test_the_lean_end_refuses_what_it_does_not_serve_out_loud() -> None:
     with trio.fail_after(CEILING):
         async with (
