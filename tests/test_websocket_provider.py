@@ -269,6 +269,28 @@ def test_keepalive_pings_on_schedule_and_a_missing_pong_kills_the_link() -> None
     assert "no pong within 5.0s" in str(fail.error)
 
 
+def test_frames_from_the_server_put_the_keepalive_ping_off() -> None:
+    """A ping proves the transport; so does any frame from the server. A link
+    that heartbeats more often than ``ping_interval`` is never pinged."""
+    core = make_core(liveness_timeout=None)  # ready at 100, ping_interval 10
+    core.frame_received(frame(type="heartbeat"), 107.0)
+    assert core.next_deadline() == 117.0  # silent for 10 s from the heartbeat
+    assert core.tick(110.0) == []  # a timer set earlier finds nothing to do
+    for at in (115.0, 123.0, 131.0):
+        core.frame_received(frame(type="heartbeat"), at)
+        assert core.tick(at + 9.9) == []
+    [ping] = core.tick(141.0)  # silent since 131: now a ping
+    assert ping == SendPing(payload=b"sb-1")
+    assert core.next_deadline() == 146.0  # and its pong is awaited as before
+    # Pongs are not frames from the server's application: a silent server
+    # that only answers pings is pinged every interval.
+    core.pong_received(ping.payload, 142.0)
+    [again] = core.tick(151.0)
+    assert again == SendPing(payload=b"sb-2")
+    [fail] = core.tick(156.0)
+    assert isinstance(fail, Fail) and "no pong within 5.0s" in str(fail.error)
+
+
 def test_liveness_counts_application_frames_not_pongs() -> None:
     core = make_core(ping_interval=None, liveness_timeout=30.0)
     assert core.next_deadline() == 130.0

@@ -50,8 +50,12 @@ anything else -> TransientError.
 
 Two timers decide that a link is dead, and they prove different things:
 
-- keepalive: a websocket ping every ``ping_interval`` seconds; no pong within
-  ``pong_timeout`` -> the *transport* is dead (half-open TCP, frozen NAT);
+- keepalive: a websocket ping once the link has been silent for
+  ``ping_interval`` seconds (no frame from the server; as gRPC's keepalive,
+  a frame proves the transport as well as a pong); no pong within
+  ``pong_timeout`` -> the *transport* is dead (half-open TCP, frozen NAT).
+  A server that heartbeats more often than that is never pinged: an idle
+  node's pings and their pongs were about half its CPU (issue 12);
 - liveness: no application frame (pongs do not count, heartbeats do) for
   ``liveness_timeout`` seconds -> the *server application* is hung, even if
   its websocket stack still answers pings. A server speaking this protocol
@@ -386,7 +390,8 @@ class WebSocketCore:
     Args:
         channel_id: our channel, stamped on every event.
         now: the time the link opened (any monotonic clock, in seconds).
-        ping_interval: seconds between websocket pings; None disables keepalive.
+        ping_interval: seconds of silence from the server before a websocket ping;
+            None disables keepalive.
         pong_timeout: seconds a pong may take before the link is declared dead.
         liveness_timeout: seconds without an application frame before the link
             is declared dead; None disables it.
@@ -396,6 +401,7 @@ class WebSocketCore:
     __slots__ = (
         "_acks_graced_to",
         "_awaited_pong",
+        "_heard_at",
         "_liveness_graced",
         "_next_ping_at",
         "_pending",
@@ -437,6 +443,7 @@ class WebSocketCore:
         self.frames_received = 0
         self.ignored_frames = 0
         self._next_ping_at = now + ping_interval if ping_interval is not None else None
+        self._heard_at = now  # the last frame from the server, for the keepalive
         self._ping_counter = 0
         self._awaited_pong: tuple[bytes, float] | None = None  # payload, deadline
         self._pending: dict[str, tuple[float, str]] = {}  # key -> (ack deadline, peer)
@@ -471,8 +478,8 @@ class WebSocketCore:
             deadline = next(iter(self._pending.values()))[0]
         if self._awaited_pong is not None:
             deadline = min(deadline, self._awaited_pong[1])
-        elif self._next_ping_at is not None:
-            deadline = min(deadline, self._next_ping_at)
+        elif self._next_ping_at is not None and self.ping_interval is not None:
+            deadline = min(deadline, max(self._next_ping_at, self._heard_at + self.ping_interval))
         if self.liveness_timeout is not None:
             deadline = min(deadline, self.last_frame_at + self.liveness_timeout)
         return deadline
@@ -517,6 +524,10 @@ class WebSocketCore:
             and self.ping_interval is not None
             and now >= self._next_ping_at
         ):
+            heard = self._heard_at + self.ping_interval
+            if heard > now:  # a frame came within the interval: the link is not silent
+                self._next_ping_at = heard
+                return actions
             self._ping_counter += 1
             payload = f"sb-{self._ping_counter}".encode()
             self._awaited_pong = (payload, now + self.pong_timeout)
@@ -617,7 +628,7 @@ class WebSocketCore:
         """A text (or binary UTF-8) frame arrived from the server."""
         if self.phase in (Phase.CLOSED, Phase.FAILED):
             return []
-        self.last_frame_at = now
+        self.last_frame_at = self._heard_at = now
         self.frames_received += 1
         self._liveness_graced = False
         try:

@@ -122,7 +122,8 @@ class WebSocketOptions:
     """``ChannelConfig.options`` for the websocket provider.
 
     Attributes:
-        ping_interval: seconds between websocket pings; None disables keepalive.
+        ping_interval: seconds of silence from the server before a websocket ping
+            (a frame from it puts the ping off); None disables keepalive.
         pong_timeout: seconds a pong may take before the link is dead.
         liveness_timeout: seconds without any application frame (heartbeats
             count, pongs do not) before the link is dead; None disables it.
