@@ -925,9 +925,10 @@ def _idle_notes(idle: IdleResult | None, baseline: dict[str, Any] | None) -> lis
         f"reconnects {idle.reconnects}; the node's CPU includes the bench's own tasks in "
         "its process (the state log follower, progress)",
         "idle work: both ends answer the far end's heartbeats (every 15 s by default); the "
-        "node also sends its own keepalive ping per channel (the websocket provider's "
-        "ping_interval, 20 s by default), the bare client none. A window of whole heartbeat "
-        "periods gives every connection the same heartbeats in both windows",
+        "node pings a link only after the websocket provider's ping_interval (20 s by "
+        "default) without a frame from it, so heartbeats more often than that spare the "
+        "pings; the bare client never pings. A window of whole heartbeat periods gives "
+        "every connection the same heartbeats in both windows",
     ]
     if baseline is not None and baseline.get("idle_cpu_seconds") is not None:
         notes.append(
