@@ -329,9 +329,10 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
             if in_flight:
                 with trio.move_on_after(min(60.0, ctx.remaining())):
                     await drained.wait()
+            unfinished = in_flight  # the cancel below runs the workers' finally blocks
             nursery.cancel_scope.cancel()
-    if in_flight:
-        result.errors["unfinished at the step's deadline"] += in_flight
+    if unfinished:
+        result.errors["unfinished at the step's deadline"] += unfinished
     result.elapsed = max(result.done_at, default=trio.current_time() - start)
     result.cpu = cpu_seconds() - cpu0
     emu1 = rig.emulator.cpu_seconds() if rig.emulator else None

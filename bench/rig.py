@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -122,10 +122,11 @@ def connection_capacity(fds_per_connection: int) -> int:
 # ---------------------------------------------------------------- emulators
 
 
-def _answer(response: httpx.Response, refused: str) -> dict[str, Any]:
-    """A control call's JSON answer; a refusal is a ``ScenarioError`` saying ``refused``."""
+def _answer(response: httpx.Response, refused: Callable[[], str]) -> dict[str, Any]:
+    """A control call's JSON answer; a refusal is a ``ScenarioError`` saying ``refused()``
+    (made only then: the inject calls run in the node's process, on its CPU)."""
     if response.status_code >= 400:
-        raise ScenarioError(f"{refused}: {response.status_code} {response.text.strip()}")
+        raise ScenarioError(f"{refused()}: {response.status_code} {response.text.strip()}")
     data: dict[str, Any] = response.json()
     return data
 
@@ -196,7 +197,7 @@ class EmulatorControl:
 
     async def _post_to(self, base: str, what: str, payload: dict[str, Any]) -> dict[str, Any]:
         response = await self.client.post(f"{base}/_emulator/{what}", json=payload)
-        return _answer(response, f"{self.provider} emulator refused {what} {payload}")
+        return _answer(response, lambda: f"{self.provider} emulator refused {what} {payload}")
 
 
 @contextlib.asynccontextmanager
@@ -290,7 +291,7 @@ class EmulatorFleet(EmulatorControl):
 
     async def _get(self, base: str, what: str) -> dict[str, Any]:
         response = await self.client.get(f"{base}/_emulator/{what}")
-        return _answer(response, f"{self.provider} far end at {base} refused {what}")
+        return _answer(response, lambda: f"{self.provider} far end at {base} refused {what}")
 
 
 @contextlib.asynccontextmanager

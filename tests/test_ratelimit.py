@@ -741,3 +741,31 @@ def test_an_unlimited_keyed_limiter_keeps_a_bucket_only_for_a_paused_key() -> No
     assert mixed.arrival_curve.max_in_window(1.0) == GCRA(
         rate=2.0, burst=1
     ).arrival_curve.max_in_window(1.0)
+
+
+def test_with_no_limit_only_a_recipient_s_own_pause_holds_it() -> None:
+    """Limits off: buckets exist only for paused recipients, and a full table of
+    them never holds back a recipient that was not paused."""
+    limiter: KeyedLimiter[str] = KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    limiter.pause_until(100.0, key="a")
+    limiter.pause_until(100.0, key="b")  # the table is full of paused recipients
+    assert limiter.delay(1.0, key="c") == 0.0
+    assert limiter.try_acquire(1.0, key="c")
+    composite = CompositeLimiter(
+        GCRA(rate=math.inf, burst=1), KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    )
+    composite.pause_until(100.0, key="a")
+    composite.pause_until(100.0, key="b")
+    assert composite.delay(1.0, key="c") == 0.0
+    # Pauses long over make room for new ones instead of holding everyone new.
+    stale: KeyedLimiter[str] = KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
+    stale.pause_until(5.0, key="a")
+    stale.pause_until(5.0, key="b")
+    assert stale.try_acquire(100.0, key="d")
+    assert stale.try_acquire(100.0, key="e")
+    stale.pause_until(130.0, key="d")
+    stale.pause_until(130.0, key="e")
+    assert stale.try_acquire(100.0, key="f")  # never paused: not held by d's and e's
+    assert not stale.try_acquire(100.0, key="d")
+    assert stale.try_acquire(130.0, key="d")
+    assert len(stale) <= 2

@@ -257,13 +257,24 @@ class KeyedLimiter(Generic[K]):
         # to make room for it is invisible, so it may happen while checking.
         if self._new_keys_paused_until is not None and now < self._new_keys_paused_until:
             return False
+        if self._schedule.unlimited:
+            if len(self._buckets) >= self._max_keys and now >= self._no_room_before:
+                # A full table: drop every pause that is over, so the next 429s find slots.
+                over = [k for k, b in self._buckets.items() if self._schedule.is_full(b, now, ns)]
+                for k in over:
+                    del self._buckets[k]
+                if not over:
+                    self._no_room_before = self._room_at()
+            return True  # no bucket is made for it: no room needed
         return self._room(now, ns)
 
     def _take(self, now: float, ns: int, cost: int, key: K) -> None:
         bucket = self._buckets.get(key)
+        if self._schedule.unlimited:
+            if bucket is not None:
+                del self._buckets[key]  # admitted: its pause is over, and nothing else is kept
+            return
         if bucket is None:
-            if self._schedule.unlimited:
-                return  # a fresh bucket would stay fresh: keep none
             assert len(self._buckets) < self._max_keys, "room was made while checking"
             bucket = self._buckets[key] = _Bucket()
             # Only a caller whose clock stepped back can insert below the
@@ -282,7 +293,7 @@ class KeyedLimiter(Generic[K]):
             earliest = self._schedule.deadline(bucket, cost)
         else:
             earliest = _later(self._new_keys_paused_until, -math.inf)
-            if len(self._buckets) >= self._max_keys:
+            if len(self._buckets) >= self._max_keys and not self._schedule.unlimited:
                 earliest = max(earliest, self._room_at())
         return _later(self._paused_until, earliest)
 
