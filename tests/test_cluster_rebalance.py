@@ -46,6 +46,7 @@ class SlowRunner:
         self.most_stopping = 0
         self.stopped: list[str] = []
         self.let_go: list[str] = []  # stopped, and then their leases released
+        self._released = trio.Event()  # set at each release, then made anew
 
     async def floor_token(self, channel_id: str) -> int:
         return 0
@@ -65,6 +66,13 @@ class SlowRunner:
 
     def released(self, channel_id: str) -> None:
         self.let_go.append(channel_id)
+        self._released.set()
+        self._released = trio.Event()
+
+    async def wait_let_go(self, count: int) -> None:
+        """Return once ``count`` channels have been stopped and released."""
+        while len(self.let_go) < count:
+            await self._released.wait()
 
     def catalog_changed(self, channel_ids: frozenset[str]) -> None:
         pass
@@ -98,8 +106,7 @@ async def test_a_joiner_gets_its_share_only_after_settle_and_cooldown_a_few_at_a
             assert 10 < len(moving) < 50
             # The last batch is stopped before its leases are given back: wait
             # for the releases, not the stops, before looking at what is owned.
-            while len(runner.let_go) < len(moving):  # noqa: ASYNC110 - the pacing's clock
-                await trio.sleep(0.02)
+            await runner.wait_let_go(len(moving))
             assert set(runner.stopped) == set(runner.let_go) == moving
             for channel in moving:  # none went before the settle, nor before it had cooled
                 assert runner.stopped_at[channel] >= changed + pacing.settle
