@@ -350,8 +350,8 @@ class IdleResult:
         cpu: node process CPU seconds over it.
         emulator_cpu: the far-end processes' CPU seconds (None when in-process).
         heartbeats: heartbeats the far end sent, and the ``heartbeat_acks``
-            it received: None where its counters could not be read (only the
-            lean far end counts them).
+            it received: None where there are none to read (a far end in the
+            node's process, a platform other than the websocket one).
         collections: the node's collections by generation (young/middle/full).
         reconnects: reconnects during it (a liveness check that fired).
     """
@@ -395,8 +395,9 @@ async def _idle_phase(rig: Rig, seconds: float, ctx: RunContext) -> IdleResult:
 
 
 async def _heartbeats(rig: Rig) -> tuple[int, int] | None:
-    """The far end's heartbeats sent and acks received so far (the lean far end counts them)."""
-    if rig.emulator is None or not rig.lean_far_end:
+    """The websocket far end's heartbeats sent and acks received so far (the lean
+    far end and the emulator both count them)."""
+    if rig.emulator is None or rig.provider != "websocket":
         return None
     try:
         stats = await rig.emulator.stats()

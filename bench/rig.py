@@ -493,7 +493,6 @@ class Rig:
     channel_ids: list[str] = attrs.Factory(list)
     external_credentials: bool = False
     far_end: str = ""  # what the channels talk to, in words, for a report's notes
-    lean_far_end: bool = False  # bench.far_end, whose counters include heartbeats
 
     def spec(self, index: int) -> ChannelSpec:
         channel_id = f"ch{index:05d}"
@@ -747,7 +746,6 @@ async def open_rig(
                 states=states,
                 external_credentials=external,
                 far_end=_far_end_line(far_end, provider, external, emulator_processes),
-                lean_far_end=external and far_end == "lean",
             )
         finally:
             nursery.cancel_scope.cancel()

@@ -39,7 +39,7 @@ class _Context:
         return self.budget
 
 
-def _step(send: Send, *, max_in_flight: int = 10_000, budget: float = 5.0) -> StepResult:
+async def _step(send: Send, *, max_in_flight: int = 10_000, budget: float = 5.0) -> StepResult:
     rig = types.SimpleNamespace(
         channel_ids=[f"ch{i}" for i in range(4)],
         message=lambda i, key, text: (i, key),
@@ -48,43 +48,44 @@ def _step(send: Send, *, max_in_flight: int = 10_000, budget: float = 5.0) -> St
         states=types.SimpleNamespace(connected=4),
     )
     params = ChannelsParams(duration=1.0, max_in_flight=max_in_flight)
-    out: list[StepResult] = []
-
-    async def main() -> None:
-        out.append(await _load_step(rig, params, 1000.0, _Context(budget)))  # type: ignore[arg-type]
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    return out[0]
+    return await _load_step(rig, params, 1000.0, _Context(budget))  # type: ignore[arg-type]
 
 
-def test_every_due_send_goes_once() -> None:
+# The stand-in node answers after a while of virtual time (the autojump clock).
+
+
+async def test_every_due_send_goes_once(autojump_clock: trio.testing.MockClock) -> None:
     seen: list[int] = []
 
     async def send(channel: str, message: Any) -> None:
         seen.append(message[0])
         await trio.sleep(0.05 + (message[0] % 7) * 0.01)
 
-    result = _step(send)
+    result = await _step(send)
     assert result.scheduled == 1000
     assert sorted(seen) == list(range(1000))
     assert result.ok == 1000 and result.shed == 0 and not result.errors
 
 
-def test_past_the_bound_sends_are_shed_and_counted() -> None:
+async def test_past_the_bound_sends_are_shed_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async def send(channel: str, message: Any) -> None:
         await trio.sleep(0.5)
 
-    result = _step(send, max_in_flight=50)
+    result = await _step(send, max_in_flight=50)
     assert result.shed > 0
     assert result.ok + result.shed + sum(result.errors.values()) == result.scheduled == 1000
 
 
-def test_sends_still_out_when_the_step_gives_up_are_counted() -> None:
+async def test_sends_still_out_when_the_step_gives_up_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async def send(channel: str, message: Any) -> None:
         if message[0] % 2:
             await trio.sleep_forever()  # the node never answers these
         await trio.sleep(0.01)
 
-    result = _step(send, budget=2.0)
+    result = await _step(send, budget=2.0)
     assert result.ok == 500
     assert result.errors["unfinished at the step's deadline"] == 500

@@ -301,6 +301,7 @@ class WebSocketEmulator(Emulator):
                 data = (message.get("bytes") or b"").decode("utf-8", "replace")
             client.last_frame = trio.current_time()
             if data == HEARTBEAT_ACK:
+                self.stats["heartbeat_acks"] += 1
                 continue
             self._on_frame(client, data)
 
@@ -329,6 +330,7 @@ class WebSocketEmulator(Emulator):
                 self.stats["clients_timed_out"] += 1
                 client.push(_Close(4009, "no heartbeat_ack: the client is taken for dead"))
                 return
+            self.stats["heartbeats"] += 1
             self._push(client, '{"type":"heartbeat"}')
 
     def _push(self, client: _Client, text: str) -> None:
