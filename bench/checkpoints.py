@@ -311,9 +311,16 @@ def _split_figures(split: SplitCost) -> list[Figure]:
         ),
         Figure.single(
             name="encode_us",
-            label="of which encoding (cattrs, JSON), per checkpoint",
+            label="of which encoding (cattrs, JSON), per checkpoint, answers new",
             unit="µs",
             value=split.encode_us,
+            better="lower",
+        ),
+        Figure.single(
+            name="encode_again_us",
+            label="of which encoding, per checkpoint, answers written before",
+            unit="µs",
+            value=split.encode_again_us,
             better="lower",
         ),
         Figure.single(

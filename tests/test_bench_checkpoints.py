@@ -39,6 +39,7 @@ FIGURES = {
     **{f"{name}_{b}": unit for b in BACKENDS for name, unit in WRITE_FIGURES.items()},
     "export_us": "µs",
     "encode_us": "µs",
+    "encode_again_us": "µs",
     "state_bytes": "B",
     "send_cpu_us": "µs",
     "send_rate": "msgs/s",

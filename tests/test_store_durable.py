@@ -21,6 +21,7 @@ import trio
 from actors.backoff import BackoffState
 from actors.breaker import BreakerState, CircuitBreakerState
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
+from actors.channel.state import SentRecord
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import (
     ConnectionState,
@@ -31,6 +32,7 @@ from providers.base import (
 from runtime.config.model import StorageConfig
 from runtime.errors import StoreError
 from runtime.store import MemoryStore, open_store
+from runtime.store.codec import dumps, encode_state, state_text
 from runtime.store.durable import Checkpoint, DeadLetterFilter
 from runtime.store.migrations import POSTGRES, SQLITE
 from tests.test_store import (
@@ -104,6 +106,45 @@ async def test_a_checkpoint_round_trips_with_its_dead_letters(backend: Backend) 
     assert loaded is not None
     assert (loaded.owner_token, loaded.version, loaded.problem) == (token, STATE_VERSION, None)
     assert loaded.state == saved
+
+
+ANSWERS = (
+    SentRecord(key="k-1", platform_message_id="m-1", peer="p-1"),
+    SentRecord(
+        key='quo"te\\back', platform_message_id="m-2", peer="\u00fcn\u00efc\u00f6de \U0001f600"
+    ),
+    SentRecord(key="k-3", platform_message_id="", peer="line\nbreak"),
+)
+
+
+async def test_send_answers_round_trip_through_the_spliced_encoding(backend: Backend) -> None:
+    saved = attrs.evolve(state(letter(1, 1_800_000_000.0)), sent=ANSWERS)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            token = await store.next_owner_token()
+            await store.write_checkpoints([checkpoint("tg:1", token, saved)])
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None and loaded.problem is None
+    assert loaded.state == saved
+
+
+def test_the_state_text_is_the_state_s_json_with_each_answer_encoded_once() -> None:
+    answers = tuple(attrs.evolve(record) for record in ANSWERS)  # none encoded yet
+    saved = attrs.evolve(state(), sent=answers)
+    text = state_text(saved)
+    assert json.loads(text) == json.loads(dumps(encode_state(saved)))
+    as_dumps_writes_them = dumps(
+        [
+            {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
+            for r in answers
+        ]
+    )
+    assert text.endswith(f',"sent":{as_dumps_writes_them}}}')
+    kept = [record.encoded for record in answers]
+    assert [json.loads(each) for each in kept if each is not None] == json.loads(text)["sent"]
+    state_text(saved)  # a later checkpoint reuses each record's encoding
+    assert all(record.encoded is first for record, first in zip(answers, kept, strict=True))
+    assert json.loads(state_text(state()))["sent"] == []
 
 
 async def test_owner_tokens_only_grow_and_stay_above_stored_checkpoints(backend: Backend) -> None:

@@ -319,6 +319,11 @@ class SentRecord:
     key: str
     platform_message_id: str
     peer: str
+    # The store's encoding of this record, made by the store's codec the
+    # first time a checkpoint writes it and reused by every later one (a
+    # busy channel's checkpoint carries hundreds of records, nearly all of
+    # them written before). Not part of the value: no effect on equality.
+    encoded: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
 
 class SentResults:

@@ -32,6 +32,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
+from json.encoder import encode_basestring  # what dumps uses with ensure_ascii=False
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -74,6 +75,8 @@ __all__ = [
     "encode_kept",
     "encode_outbound",
     "encode_state",
+    "sent_json",
+    "state_text",
 ]
 
 EVENT_KINDS: Final[Mapping[type, str]] = {
@@ -126,6 +129,29 @@ def _sent_out(records: tuple[SentRecord, ...]) -> list[dict[str, str]]:
         {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
         for r in records
     ]
+
+
+def sent_json(records: tuple[SentRecord, ...]) -> str:
+    """``records`` as the JSON list :func:`dumps` makes of their encoding.
+
+    Each record is encoded once, the first time a checkpoint writes it,
+    and kept on the record: a busy channel's checkpoint (one a second)
+    carries its newest answers, hundreds of them, nearly all written before.
+    """
+    texts = []
+    for record in records:
+        text = record.encoded
+        if text is None:
+            # What dumps writes for the record's dict, piece by piece: the
+            # strings by the encoder dumps itself uses (ensure_ascii=False).
+            text = (
+                f'{{"key":{encode_basestring(record.key)},'
+                f'"platform_message_id":{encode_basestring(record.platform_message_id)},'
+                f'"peer":{encode_basestring(record.peer)}}}'
+            )
+            object.__setattr__(record, "encoded", text)  # a cache on a frozen record
+        texts.append(text)
+    return "[" + ",".join(texts) + "]"
 
 
 def _bytes_out(data: bytes) -> str:
@@ -281,6 +307,22 @@ def encode_state(state: ChannelState) -> dict[str, Any]:
     encoded: dict[str, Any] = converter.unstructure(attrs.evolve(state, dead_letters=()))
     del encoded["dead_letters"]
     return encoded
+
+
+def state_text(state: ChannelState) -> str:
+    """:func:`encode_state` as :func:`dumps` writes it, the send answers last.
+
+    The answers are spliced in as each record's kept encoding
+    (:func:`sent_json`): the rest of a busy channel's state is small, its
+    hundreds of answers are not, and nearly all were written before.
+
+    Raises:
+        ValueError, TypeError: the state holds what JSON cannot carry.
+    """
+    encoded: dict[str, Any] = converter.unstructure(attrs.evolve(state, dead_letters=(), sent=()))
+    del encoded["dead_letters"], encoded["sent"]
+    rest = dumps(encoded)  # an object with at least its version: never "{}"
+    return f'{rest[:-1]},"sent":{sent_json(state.sent)}}}'
 
 
 def decode_state(data: Mapping[str, Any]) -> ChannelState:

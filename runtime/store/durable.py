@@ -32,7 +32,7 @@ import attrs
 
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 
-from .codec import decode_outbound, dumps, encode_outbound, encode_state
+from .codec import decode_outbound, dumps, encode_outbound, state_text
 
 __all__ = [
     "LETTER_COLUMNS",
@@ -231,7 +231,7 @@ def state_json(item: Checkpoint) -> str:
     Raises:
         ValueError, TypeError: the state holds what JSON cannot carry.
     """
-    return dumps(encode_state(item.state))
+    return state_text(item.state)
 
 
 def letter_rows(items: Iterable[Checkpoint]) -> list[tuple[Any, ...]]:
