@@ -7,9 +7,12 @@ Design:
   writer takes the whole set, exports each channel's state
   (``actors.channel.durable.export_state``) and writes them in batches of
   :data:`SLICE` (one statement per table per batch; the next slice is
-  exported only once the last is written, so a round never holds the event
-  loop longer than one slice's export): a channel is written at most once
-  per interval, and a crash of the node loses at most the last round.
+  exported only once the last is written): a channel is written at most
+  once per interval, and a crash of the node loses at most the last round.
+  The event loop is never held for a slice: the export, and the store's
+  encoding (``encode_checkpoints_in_steps``), let the other tasks run
+  every few dozen channels. A slice of busy channels held at once was tens
+  of milliseconds, every second: the tail latency of every send meanwhile.
 - A channel's ``on_stop`` marks it dirty; once its actor has ended for good
   (a stop, the drain) its checkpoint is written marked *clean* (it holds
   everything: restored, its limiters are exact). The drain writes every
@@ -49,7 +52,8 @@ __all__ = ["CheckpointStatistics", "CheckpointWriter", "clock_offset"]
 log = logging.getLogger("switchboard.checkpoints")
 
 DEFAULT_INTERVAL: Final = 1.0  # seconds between two checkpoints of one channel
-SLICE: Final = 200  # channels exported and written per batch (the loop is held for one slice)
+SLICE: Final = 200  # channels exported and written per batch
+EXPORT_STEP: Final = 25  # channels exported between two yields to the other tasks
 
 
 wall_clock: Callable[[], float] = time.time
@@ -235,8 +239,8 @@ class CheckpointWriter:
         """Write ``memories`` in slices; the caller holds the lock (one round at a time).
 
         Each slice of :data:`SLICE` channels is exported and written as one
-        batch before the next is exported, so the event loop is held for
-        one slice's export and encoding at a time, never for a whole round.
+        batch before the next is exported, the others running every
+        :data:`EXPORT_STEP` channels of an export (and of the store's encoding).
 
         Raises:
             StoreError: a slice failed; it and the slices after it stay dirty.
@@ -262,30 +266,40 @@ class CheckpointWriter:
         self._last_seconds = trio.current_time() - started
 
     async def _write_slice(self, memories: list[ChannelMemory]) -> None:
-        now = trio.current_time()
-        offset = clock_offset()
         items = []
+        exported = []
         letters_seen = []
-        for memory in memories:
-            channel = self._channels[memory]
-            memory.dirty = False  # a change from here on marks it again
-            letters = memory.dead_letters.changes
-            letters_seen.append(letters)
-            items.append(
-                Checkpoint(
-                    channel_id=channel.channel_id,
-                    tenant=channel.tenant,
-                    provider=channel.provider,
-                    owner_token=channel.token,
-                    state=export_state(memory, now=now, clock_offset=offset, clean=_ended(memory)),
-                    letters_changed=letters != channel.letters_written,
-                )
-            )
         try:
+            for i, memory in enumerate(memories):
+                if i % EXPORT_STEP == 0:
+                    if i:
+                        await trio.lowlevel.checkpoint()  # the others run between steps
+                    now = trio.current_time()
+                    offset = clock_offset()
+                channel = self._channels.get(memory)
+                if channel is None:  # detached while the others ran
+                    continue
+                memory.dirty = False  # a change from here on marks it again
+                letters = memory.dead_letters.changes
+                exported.append(memory)
+                letters_seen.append(letters)
+                items.append(
+                    Checkpoint(
+                        channel_id=channel.channel_id,
+                        tenant=channel.tenant,
+                        provider=channel.provider,
+                        owner_token=channel.token,
+                        state=export_state(
+                            memory, now=now, clock_offset=offset, clean=_ended(memory)
+                        ),
+                        letters_changed=letters != channel.letters_written,
+                    )
+                )
             result = await self.store.write_checkpoints(items)
         except BaseException as exc:
-            for memory in memories:
-                memory.touch()  # written at the next round instead
+            for memory in memories:  # written at the next round instead
+                memory.dirty = True
+                self.mark(memory)
             if isinstance(exc, StoreError):
                 self._failures += 1
                 if not self._failing:
@@ -300,7 +314,7 @@ class CheckpointWriter:
             raise
         self._written += len(result.written)
         done = set(result.written)
-        for memory, item, letters in zip(memories, items, letters_seen, strict=True):
+        for memory, item, letters in zip(exported, items, letters_seen, strict=True):
             kept = self._channels.get(memory)
             if kept is not None and item.channel_id in done:
                 kept.letters_written = letters

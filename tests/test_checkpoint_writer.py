@@ -14,9 +14,9 @@ import trio
 
 from actors.channel import ChannelMemory, ChannelSettings
 from providers.testing import DEFAULT_LIMITS
-from runtime.checkpoints import SLICE, CheckpointWriter
+from runtime.checkpoints import EXPORT_STEP, SLICE, CheckpointWriter
 from runtime.errors import StoreError
-from runtime.store.durable import Checkpoint, CheckpointResult
+from runtime.store.durable import ENCODE_STEP, Checkpoint, CheckpointResult
 from runtime.store.memory import MemoryStore
 from tests.support import CEILING
 
@@ -89,3 +89,53 @@ async def test_a_failed_slice_leaves_it_and_the_rest_dirty_for_the_next_round() 
             await writer.flush()
     assert writer.statistics().written == CHANNELS
     assert writer.statistics().dirty == 0
+
+
+async def test_a_slice_is_exported_and_encoded_a_few_channels_at_a_time() -> None:
+    # A slice held at once was tens of milliseconds of a busy node's loop.
+    store = CountingStore()
+    writer = CheckpointWriter(store, token=1)
+    attach_all(writer)
+    ran: list[int] = []  # the other task's ticks, each time the store was entered
+
+    async def other_task() -> None:
+        while True:
+            store.ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(CEILING):
+        async with store.serving(), trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.lowlevel.checkpoint()
+            before = store.ticks
+            await writer.flush()
+            ran.append(store.ticks - before)
+            nursery.cancel_scope.cancel()
+    # Both the export and the store's encoding let it run every 25 channels
+    # or fewer (a slice's last step of each may be short): not only between slices.
+    assert EXPORT_STEP <= 25 and ENCODE_STEP <= 25
+    assert ran[0] >= 2 * (CHANNELS // 25) - 2 * len(store.batches)
+    assert writer.statistics().written == CHANNELS
+
+
+async def test_a_round_cut_in_the_middle_of_an_export_leaves_every_channel_dirty() -> None:
+    store = CountingStore()
+    writer = CheckpointWriter(store, token=1)
+    memories = attach_all(writer)
+    with trio.fail_after(CEILING):
+        async with store.serving():
+            with trio.CancelScope() as cut:
+
+                async def cut_after_the_first_step() -> None:
+                    await trio.lowlevel.checkpoint()
+                    cut.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cut_after_the_first_step)
+                    await writer.flush()
+            assert cut.cancelled_caught
+            assert store.batches == []  # cut before the first slice reached the store
+            assert writer.statistics().dirty == CHANNELS
+            assert all(memory.dirty for memory in memories)
+            await writer.flush()
+    assert writer.statistics().written == CHANNELS

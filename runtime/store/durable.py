@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
+import trio
 
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 
@@ -44,6 +45,7 @@ __all__ = [
     "StoredDeadLetter",
     "decoded_checkpoint",
     "encode_checkpoints",
+    "encode_checkpoints_in_steps",
     "letter_from_row",
     "letter_rows",
     "letters_matching",
@@ -329,6 +331,29 @@ def encode_checkpoints(
                         )
                     )
         encoded.append(EncodedCheckpoint(item=item, state=state, letters=tuple(rows)))
+    return encoded, rejected
+
+
+ENCODE_STEP: Final = 25  # checkpoints encoded between two yields to the other tasks
+
+
+async def encode_checkpoints_in_steps(
+    items: Sequence[Checkpoint], *, check: Callable[[str], object] | None = None
+) -> tuple[list[EncodedCheckpoint], list[tuple[str, str]]]:
+    """:func:`encode_checkpoints`, letting the other tasks run every :data:`ENCODE_STEP`.
+
+    A batch of a few hundred busy channels takes tens of milliseconds to
+    encode: held at once, that is the tail of every send waiting on the
+    event loop meanwhile.
+    """
+    encoded: list[EncodedCheckpoint] = []
+    rejected: list[tuple[str, str]] = []
+    for first in range(0, len(items), ENCODE_STEP):
+        if first:
+            await trio.lowlevel.checkpoint()
+        more, refused = encode_checkpoints(items[first : first + ENCODE_STEP], check=check)
+        encoded += more
+        rejected += refused
     return encoded, rejected
 
 

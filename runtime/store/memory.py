@@ -36,7 +36,7 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
-    encode_checkpoints,
+    encode_checkpoints_in_steps,
     letter_from_row,
     letters_matching,
 )
@@ -147,7 +147,7 @@ class MemoryStore(BatchingStore):
         await trio.lowlevel.checkpoint()
         written: list[str] = []
         refused: list[tuple[str, int]] = []
-        encoded, rejected = encode_checkpoints(items)
+        encoded, rejected = await encode_checkpoints_in_steps(items)
         self._report_rejected(rejected)
         for each in encoded:
             item = each.item

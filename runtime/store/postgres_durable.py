@@ -33,7 +33,7 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
-    encode_checkpoints,
+    encode_checkpoints_in_steps,
     letter_from_row,
 )
 
@@ -90,7 +90,7 @@ class PostgresDurable:
         if not items:
             return CheckpointResult()
         checkpoints, letters = self._table("channel_checkpoints"), self._table("dead_letters")
-        encoded, rejected = encode_checkpoints(items, check=self._nul_free)
+        encoded, rejected = await encode_checkpoints_in_steps(items, check=self._nul_free)
         self._report_rejected(rejected)
         if not encoded:
             return CheckpointResult(rejected=tuple(rejected))

@@ -56,7 +56,7 @@ from .durable import (
     StoredCheckpoint,
     StoredDeadLetter,
     decoded_checkpoint,
-    encode_checkpoints,
+    encode_checkpoints_in_steps,
     letter_from_row,
 )
 
@@ -349,7 +349,7 @@ class SqliteStore(BatchingStore):
         self._check_open()
         if not items:
             return CheckpointResult()
-        encoded, rejected = encode_checkpoints(items)
+        encoded, rejected = await encode_checkpoints_in_steps(items)
         self._report_rejected(rejected)
         if not encoded:
             await trio.lowlevel.checkpoint()
