@@ -73,6 +73,7 @@ from .rig import (
     open_rig,
     per_interval,
     raise_open_files_limit,
+    rtt_field,
 )
 from .scenario import RunContext, Scenario, ScenarioError
 
@@ -110,6 +111,7 @@ class ChannelsParams:
         default=1,
         metadata=_help("far-end processes (emulator=process); channel i uses process i mod K"),
     )
+    rtt_ms: float = rtt_field()
     connect_rate: float = attrs.field(
         default=0.0, metadata=_help("channels started per second (0: all at once)")
     )
@@ -505,6 +507,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         gc_policy=params.gc,
         far_end=params.far_end,
         emulator_processes=params.emulator_processes,
+        rtt=params.rtt_ms / 1e3,
     ) as rig:
         notes.append(rig.far_end)
         baseline = None

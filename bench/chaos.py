@@ -73,7 +73,7 @@ from .chaos_report import ChaosOutcome, figures, notes, series
 from .cluster_rig import drop_pg_schema
 from .crash_observe import captured_logs
 from .report import Report, load_average, machine_info, utc_now
-from .rig import EmulatorControl
+from .rig import EmulatorControl, rtt_field
 from .scenario import RunContext, Scenario, ScenarioError
 
 __all__ = ["SCENARIO", "ChaosParams", "run"]
@@ -162,6 +162,7 @@ class ChaosParams:
         metadata=_help("PostgreSQL for the node's store (a schema of its own, dropped after)"),
     )
     seed: int = attrs.field(default=1, metadata=_help("seed of the faults' targets"))
+    rtt_ms: float = rtt_field()
 
 
 def run(params: ChaosParams, ctx: RunContext) -> Report:
@@ -316,7 +317,11 @@ async def _measure(
         async with (
             trio.open_nursery() as services,
             httpx.AsyncClient(timeout=30.0) as client,
-            open_platforms(dict(counts), port_base=ctx.port_base + 1 if ctx.port_base else 0) as (
+            open_platforms(
+                dict(counts),
+                port_base=ctx.port_base + 1 if ctx.port_base else 0,
+                latency=params.rtt_ms / 1e3,
+            ) as (
                 urls,
                 pid,
             ),
@@ -363,7 +368,15 @@ async def _run_inside(
     clock: float,
 ) -> None:
     assert node.ops_url is not None
+    if not await _wait_connected(node, len(channels), START_BASE + START_PER * len(channels), ctx):
+        outcome.failure = (
+            f"only {_connected(node)}/{len(channels)} channels connected in time; "
+            "try fewer channels or a longer time_limit"
+        )
+        return
     if "whatsapp" in controls:
+        # Once connected: the node answers Meta's verification only for a live
+        # number (503 before), and over a round trip (--rtt) none is live yet.
         response = await controls["whatsapp"].client.post(
             f"{controls['whatsapp'].url}/_emulator/webhook",
             json={"url": node.ops_url + "/webhooks/whatsapp", "verify_token": WA_VERIFY_TOKEN},
@@ -371,12 +384,6 @@ async def _run_inside(
         if response.status_code >= 400:
             outcome.failure = f"the WhatsApp emulator refused the webhook: {response.text[:300]}"
             return
-    if not await _wait_connected(node, len(channels), START_BASE + START_PER * len(channels), ctx):
-        outcome.failure = (
-            f"only {_connected(node)}/{len(channels)} channels connected in time; "
-            "try fewer channels or a longer time_limit"
-        )
-        return
     sections["start"] = time.monotonic() - clock
     clock = time.monotonic()
     banned: set[str] = set()

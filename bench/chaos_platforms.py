@@ -55,14 +55,16 @@ def wa_number(index: int) -> str:
     return str(WA_NUMBER_BASE + index)
 
 
-def spec(counts: dict[str, int]) -> PlatformsSpec:
-    """The emulators for ``counts`` channels per platform, the chaos scenario's way."""
+def spec(counts: dict[str, int], latency: float = 0.0) -> PlatformsSpec:
+    """The emulators for ``counts`` channels per platform, the chaos scenario's way
+    (``latency``: seconds each holds its answers back)."""
     return PlatformsSpec(
         websocket_tokens=tuple(token("websocket", i) for i in range(counts.get("websocket", 0))),
         whatsapp_app_secret=WA_APP_SECRET,
         whatsapp_numbers=tuple(wa_number(i) for i in range(counts.get("whatsapp", 0))),
         whatsapp_redeliver=True,  # Meta retries a webhook the node answered 503 (store outage)
         keep_all=True,
+        latency=latency,
     )
 
 
@@ -78,14 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @contextlib.asynccontextmanager
 async def open_platforms(
-    counts: dict[str, int], *, port_base: int = 0
+    counts: dict[str, int], *, port_base: int = 0, latency: float = 0.0
 ) -> AsyncIterator[tuple[dict[str, str], int]]:
     """Run the platforms process for the block; yield ({platform: url}, pid).
 
     Raises:
         ScenarioError: it did not start listening in time.
     """
-    async with open_platforms_process(spec(counts), port_base=port_base) as opened:
+    async with open_platforms_process(spec(counts, latency), port_base=port_base) as opened:
         yield opened
 
 

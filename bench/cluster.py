@@ -72,6 +72,7 @@ from .cluster_rig import (
     wait_port,
 )
 from .report import Figure, Report, Target, load_average, machine_info, utc_now
+from .rig import rtt_field
 from .scenario import RunContext, Scenario, ScenarioError
 
 __all__ = ["SCENARIO", "ClusterParams", "run"]
@@ -112,6 +113,7 @@ class ClusterParams:
     discord: int = attrs.field(default=50, metadata=_help("Discord channels in the rig"))
     lease_ttl: float = attrs.field(default=4.0, metadata=_help("the rig's lease TTL, s"))
     seed: int = attrs.field(default=20261204, metadata=_help("the faults' random seed"))
+    rtt_ms: float = rtt_field()
 
     def __attrs_post_init__(self) -> None:
         names = ("nodes", "channels", "ring_nodes", "ring_channels", "vnodes", "lookups", "leases")
@@ -347,6 +349,7 @@ async def fault_run(p: ClusterParams, ctx: RunContext) -> dict[str, Any]:
         member_timeout=p.lease_ttl * 3 / 4,
         seed=p.seed,
         workdir=Path(ctx.out_dir) / "rig",
+        latency=p.rtt_ms / 1e3,
     )
     ctx.progress.phase(
         f"ownership: 3 nodes, {p.faults} faults (seed {p.seed})", total=p.faults, unit="faults"
@@ -431,6 +434,7 @@ def _move_params(p: ClusterParams, ctx: RunContext) -> MoveParams:
         lease_ttl=p.moves_lease_ttl,
         seed=p.seed,
         workdir=Path(ctx.out_dir) / "moves",
+        latency=p.rtt_ms / 1e3,
     )
 
 

@@ -67,6 +67,7 @@ class MoveParams:
     lease_ttl: float
     seed: int
     workdir: Path
+    latency: float = 0.0  # seconds every platform holds its answers back
 
 
 @attrs.define
@@ -313,6 +314,7 @@ async def move_run(p: MoveParams, ctx: RunContext) -> dict[str, Any]:
         drain_deadline=max(3.0, p.channels / p.nodes / 64 * 1.5),
         seed=p.seed,
         workdir=p.workdir,
+        latency=p.latency,
     )
     ctx.progress.phase(
         f"moves: {p.nodes} nodes + 1 joining, {p.channels:,} channels, {p.rate:g} sends/s",

@@ -130,6 +130,8 @@ class RigParams:
             :attr:`ClusterRig.ops_urls`, the token :data:`API_TOKEN`).
         pg_dsn: the PostgreSQL the nodes share.
         workdir: where files and logs go.
+        latency: seconds every platform holds its answers back, a round
+            trip (:attr:`bench.platforms.PlatformsSpec.latency`; 0: none).
     """
 
     nodes: int = 3
@@ -152,6 +154,7 @@ class RigParams:
     log_level: str = os.environ.get("SWITCHBOARD_RIG_LOG", "warning")
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
+    latency: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -284,6 +287,7 @@ class ClusterRig:
             whatsapp_numbers=tuple(str(WA_NUMBER_BASE + i) for i in range(params.whatsapp)),
             whatsapp_redeliver=params.whatsapp_redeliver,
             keep_all=True,  # the moves run's ledger reads every send
+            latency=params.latency,
         )
 
     # --- identities ---------------------------------------------------------------------

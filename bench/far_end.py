@@ -1,7 +1,7 @@
 """A lean far end for the channels benchmark: the websocket platform on picows.
 
 ``python -m bench.far_end [--port P] [--control-port C] [--heartbeat-interval S]
-[--first-message-id N]`` serves the websocket emulator's protocol
+[--first-message-id N] [--rtt MS]`` serves the websocket emulator's protocol
 (:mod:`providers.emulators.websocket`, frames in :mod:`providers.websocket.core`)
 at ``ws://127.0.0.1:P/ws`` and prints one line, ``lean websocket far end listening
 on ws://127.0.0.1:P/ws (control API: http://127.0.0.1:C/_emulator/)``, then runs
@@ -27,6 +27,16 @@ Design:
   answered with the emulator's error frame, code ``unsupported``; faults and
   the ledgers (``sent``, ``operations``, ``ownership``) with HTTP 501. It
   keeps no record of what was sent, only each key's message id.
+- Latency (``--rtt MS``, or ``POST /_emulator/fault {"kind": "latency",
+  "seconds": S}`` as the emulator takes it): each frame that answers a
+  client's frame (``ack``, ``receipt``, ``error``) leaves that long after
+  the frame it answers arrived, and a new connection gets ``ready`` (or its
+  refusal) that long after its upgrade (picows answers the upgrade itself,
+  in C; the emulator holds back the upgrade's answer, so a client sees the
+  same round trip before ``ready``). The answers wait in one FIFO for the
+  whole process (:class:`_Held`), with one ``loop.call_at`` timer armed for
+  the oldest: no task and no timer per message, and a fixed latency keeps
+  every connection's answers in order.
 - Message ids start at ``--first-message-id`` so that several processes
   behind one node (``--emulator-processes``) never hand out the same one.
 - The protocol decisions are :class:`Platform`'s (bytes in, frames out, no
@@ -45,6 +55,7 @@ import itertools
 import json
 import json.encoder
 import json.scanner
+import math
 import signal
 import sys
 import time
@@ -70,6 +81,8 @@ HANDSHAKE_TIMEOUT: Final = 60.0  # seconds from accept to the upgrade request (a
 OPERATIONS: Final = frozenset({"send", "edit", "delete", "typing", "read", "react"})
 ELSEWHERE: Final = "run the benchmark with --far-end emulator"
 NOT_SERVED: Final = frozenset({"fault", "sent", "operations", "ownership", "webhook"})
+CLOCK_SLACK: Final = 0.001  # seconds: uvloop's clock and timers tick in milliseconds
+MAX_LATENCY: Final = 60.0  # seconds, as the emulator's (providers.emulators.latency)
 
 
 def _dumps(frame: dict[str, Any]) -> bytes:
@@ -100,6 +113,24 @@ def _loads(data: bytes) -> Any:
         return None
 
 
+def checked_latency(value: Any, where: str) -> float:
+    """``value`` as a latency in seconds, as the emulator checks it (its
+    :func:`providers.emulators.latency.checked_latency`, not imported: that
+    package brings the emulators' web stack into this lean process).
+
+    Raises:
+        ValueError: not a number, not finite, negative or above the maximum.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: a latency is a number of seconds, not {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_LATENCY:
+        raise ValueError(
+            f"{where}: a latency is within 0..{MAX_LATENCY:g} seconds (0 turns it off), "
+            f"not {value!r}"
+        )
+    return float(value)
+
+
 class Sink(Protocol):
     """A connected client as the platform sees it: its token, and a way to reach it."""
 
@@ -114,12 +145,21 @@ class Platform:
     Args:
         heartbeat_interval: seconds between ``heartbeat`` frames (None: none).
         first_message_id: the number of the first ``out-N`` message id.
+        latency: seconds the shell holds back answers and ``ready`` (0: none).
+
+    Raises:
+        ValueError: a latency that is not a number of seconds within range.
     """
 
     def __init__(
-        self, *, heartbeat_interval: float | None = HEARTBEAT_INTERVAL, first_message_id: int = 1
+        self,
+        *,
+        heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
+        first_message_id: int = 1,
+        latency: float = 0.0,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        self.latency = checked_latency(latency, "far end latency")
         self.stats: Counter[str] = Counter()
         self.clients: set[Sink] = set()
         self._accepted: dict[tuple[str, str], str] = {}  # (token, idempotency key) -> message id
@@ -260,6 +300,16 @@ class Platform:
             if not isinstance(payload, dict):
                 return 400, {"error": "the body must be a JSON object"}
             return 200, self.inject(payload)
+        if what == "fault" and method == "POST":
+            payload = _loads(body)
+            if isinstance(payload, dict) and payload.get("kind") == "latency":
+                try:
+                    self.latency = checked_latency(
+                        payload.get("seconds"), "latency needs 'seconds'"
+                    )
+                except ValueError as exc:
+                    return 400, {"error": str(exc)}
+                return 200, {"latency": self.latency}
         if what in NOT_SERVED:
             return 501, {"error": f"the lean websocket far end does not serve {path}: {ELSEWHERE}"}
         return 404, {"error": f"no {method} {path} here (only GET stats and POST inject)"}
@@ -268,16 +318,57 @@ class Platform:
 # ---------------------------------------------------------------- the websocket shell
 
 
+class _Held:
+    """Answers waiting out the platform's latency, oldest first, for every connection.
+
+    One deque and one ``loop.call_at`` timer, armed for the oldest answer:
+    a fixed latency makes the order of arrival the order of due times, so
+    what is due is always at the front. After a change of latency the order
+    is kept (a shorter one takes effect behind what is already held).
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[float, _Link, tuple[bytes, ...]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<_Held held={len(self._held)}>"
+
+    def hold(self, link: _Link, frames: tuple[bytes, ...], latency: float) -> None:
+        """Send ``frames`` to ``link`` ``latency`` seconds from now."""
+        loop = asyncio.get_running_loop()
+        self._held.append((loop.time() + latency, link, frames))
+        link.waiting += 1
+        if self._timer is None:
+            self._timer = loop.call_at(self._held[0][0], self._flush)
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time() + CLOCK_SLACK
+        held = self._held
+        while held and held[0][0] <= now:
+            _, link, frames = held.popleft()
+            link.waiting -= 1
+            transport = link.transport
+            if transport is not None:  # a connection that went meanwhile gets nothing
+                for frame in frames:
+                    transport.send(WSMsgType.TEXT, frame)
+        self._timer = loop.call_at(held[0][0], self._flush) if held else None
+
+
 class _Link(WSListener):
     """One client connection: frames in, the platform's answers out."""
 
-    def __init__(self, platform: Platform, token: str) -> None:
+    def __init__(self, platform: Platform, token: str, held: _Held) -> None:
         super().__init__()
         self.platform = platform
         self.token = token
+        self.held = held
         self.transport: WSTransport | None = None
         self._parts: list[bytes] = []  # a fragmented message so far
         self._beat: asyncio.TimerHandle | None = None
+        self._opening: asyncio.TimerHandle | None = None
+        self.waiting = 0  # answers of this link held in _Held
 
     def push(self, frame: bytes) -> None:
         if self.transport is not None:
@@ -285,6 +376,17 @@ class _Link(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        latency = self.platform.latency
+        if latency > 0:  # the upgrade's answer is picows's: ready comes a latency later
+            self._opening = asyncio.get_running_loop().call_later(latency, self._open)
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        self._opening = None
+        transport = self.transport
+        if transport is None:
+            return
         refusal = self.platform.refusal(self.token)
         if refusal is not None:
             transport.send(WSMsgType.TEXT, refusal)
@@ -316,8 +418,12 @@ class _Link(WSListener):
                 self._parts.clear()
             else:
                 data = frame.get_payload_as_bytes()
-            for answer in self.platform.answer(self.token, data):
-                transport.send(WSMsgType.TEXT, answer)
+            answers = self.platform.answer(self.token, data)
+            if self.platform.latency > 0 or self.waiting:  # behind what is held
+                self.held.hold(self, answers, self.platform.latency)
+            else:
+                for answer in answers:
+                    transport.send(WSMsgType.TEXT, answer)
         elif kind == WSMsgType.CLOSE:
             # echoed as it came: WSCloseCode has no member for an application's 4xxx code
             transport.send(WSMsgType.CLOSE, frame.get_payload_as_bytes())
@@ -327,6 +433,8 @@ class _Link(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._beat is not None:
             self._beat.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
         self.platform.closed(self)
         self.transport = None
 
@@ -417,10 +525,12 @@ async def serve(
 ) -> tuple[asyncio.Server, asyncio.Server]:
     """Listen for clients and for the control API; returns (websocket, control) servers."""
 
+    held = _Held()
+
     def route(request: WSUpgradeRequest) -> _Link | None:
         if urlsplit(request.path.decode("latin-1")).path != "/ws":
             return None  # picows answers 404
-        return _Link(platform, _token_of(request))
+        return _Link(platform, _token_of(request), held)
 
     websocket = await ws_create_server(
         route, host, port, websocket_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=LISTEN_BACKLOG
@@ -438,6 +548,7 @@ async def _run(args: argparse.Namespace) -> None:
     platform = Platform(
         heartbeat_interval=args.heartbeat_interval or None,
         first_message_id=args.first_message_id,
+        latency=args.rtt / 1e3,
     )
     websocket, control = await serve(
         platform, host=args.host, port=args.port, control_port=args.control_port
@@ -474,7 +585,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds between heartbeat frames (0: none)",
     )
     parser.add_argument("--first-message-id", type=int, default=1, help="the first out-N id")
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="milliseconds every answer (and ready) is held back: a round trip (0: none)",
+    )
     args = parser.parse_args(argv)
+    try:
+        checked_latency(args.rtt / 1e3, f"--rtt {args.rtt:g} (milliseconds)")
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         import uvloop
     except ImportError:  # plain asyncio still works, only slower

@@ -63,6 +63,8 @@ class PlatformsSpec:
             after a non-2xx answer, as Meta does.
         keep_all: keep every message sent (the emulators' cap lifted), for
             a bench's ledger.
+        latency: seconds every emulator holds back its answers, a round
+            trip (:mod:`providers.emulators.latency`; 0: none).
     """
 
     websocket_tokens: tuple[str, ...] | None = None
@@ -72,6 +74,7 @@ class PlatformsSpec:
     whatsapp_numbers: tuple[str, ...] = ()
     whatsapp_redeliver: bool = False
     keep_all: bool = True
+    latency: float = 0.0
 
 
 def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
     if spec.client_timeout is not None:
         heartbeat["client_timeout"] = spec.client_timeout
         discord["heartbeat_timeout"] = spec.client_timeout
-    return {
+    emulators = {
         "websocket": WebSocketEmulator(tokens=spec.websocket_tokens, **heartbeat),
         "telegram": TelegramEmulator(),
         "discord": DiscordEmulator(**discord),
@@ -98,6 +101,9 @@ def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
             redeliver=spec.whatsapp_redeliver,
         ),
     }
+    for emulator in emulators.values():
+        emulator.latency = spec.latency
+    return emulators
 
 
 async def _serve(spec: PlatformsSpec, port_base: int) -> None:

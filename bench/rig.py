@@ -17,7 +17,10 @@ Design:
   Either far end may run as K processes (:class:`EmulatorFleet`), channel
   ``i`` on process ``i mod K``, their CPU summed.
 - Faults and injections go through the emulators' control API over HTTP,
-  the same way a test or a person would use it.
+  the same way a test or a person would use it; so does a round trip
+  (``rtt_ms``, :func:`rtt_field`): every far end holds its answers back
+  that long (:mod:`providers.emulators.latency`), set before any channel
+  connects.
 - :class:`StateLog` follows every channel's status from the node's event
   hub (never by polling the channels): when each one connected, every
   scheduled reconnect delay, every FAILED. It is the raw material of the
@@ -45,6 +48,7 @@ import trio
 
 from actors.channel import ChannelStateChanged, ChannelStatus
 from providers.base import OutboundMessage, Template
+from providers.emulators.latency import MAX_LATENCY, checked_latency
 from runtime.config.model import (
     BackoffConfig,
     ChannelSpec,
@@ -79,6 +83,7 @@ __all__ = [
     "open_rig",
     "raise_open_files_limit",
     "rss",
+    "rtt_field",
 ]
 
 EMULATED: Final = ("websocket", "discord", "telegram", "whatsapp")
@@ -91,6 +96,30 @@ MESSAGE_IDS_PER_PROCESS: Final = 10**12  # out-N ids each lean far end may hand 
 FAR_ENDS: Final = ("auto", "lean", "emulator")
 
 log = logging.getLogger("bench.rig")
+
+
+def rtt_field() -> Any:
+    """The ``rtt_ms`` parameter a scenario with a far end shares (``--rtt MS``)."""
+    return attrs.field(
+        default=0.0,
+        metadata={
+            "help": (
+                "milliseconds every far end holds its answers back: a round trip "
+                f"(0: loopback; at most {MAX_LATENCY * 1e3:g})"
+            ),
+            "aliases": ["--rtt"],
+        },
+        validator=_check_rtt,
+    )
+
+
+def _check_rtt(instance: Any, attribute: Any, rtt_ms: Any) -> None:
+    try:
+        checked_latency(rtt_ms / 1e3, "rtt_ms")
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"rtt_ms (--rtt): expected milliseconds within 0..{MAX_LATENCY * 1e3:g}, got {rtt_ms!r}"
+        ) from None
 
 
 def rss() -> int:
@@ -301,6 +330,7 @@ async def open_far_end_process(
     control_port: int = 0,
     first_message_id: int = 1,
     heartbeat_interval: float | None = None,
+    latency: float = 0.0,
 ) -> AsyncIterator[FarEndProcess]:
     """Run the lean websocket far end (``python -m bench.far_end``) as a child process.
 
@@ -310,6 +340,7 @@ async def open_far_end_process(
         first_message_id: the number of its first ``out-N`` message id.
         heartbeat_interval: seconds between its heartbeat frames (None: the
             emulator's default, 15 s).
+        latency: seconds it holds its answers back (``--rtt``; 0: none).
 
     Raises:
         ScenarioError: it did not start listening in time.
@@ -320,6 +351,8 @@ async def open_far_end_process(
     ]
     if heartbeat_interval is not None:
         command += ["--heartbeat-interval", str(heartbeat_interval)]
+    if latency:
+        command += ["--rtt", repr(latency * 1e3)]
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
     try:
         assert process.stdout is not None
@@ -674,6 +707,7 @@ async def open_rig(
     gc_policy: str = "tuned",
     far_end: str = "emulator",
     emulator_processes: int = 1,
+    rtt: float = 0.0,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -692,9 +726,12 @@ async def open_rig(
             only) or ``auto`` (lean for websocket, else the emulator).
         emulator_processes: with ``external``, how many far-end processes;
             channel ``i`` connects to process ``i mod K``.
+        rtt: seconds every far end holds its answers back (0: none), set
+            through the control API before any channel starts.
 
     Raises:
-        ScenarioError: a combination that cannot run (see :func:`far_end_of`).
+        ScenarioError: a combination that cannot run (see :func:`far_end_of`),
+            or a far end that refused the latency.
     """
     far_end = far_end_of(provider, external=external, far_end=far_end, processes=emulator_processes)
     if external and provider == "whatsapp":
@@ -735,6 +772,8 @@ async def open_rig(
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:
             emulator = EmulatorControl(provider, node.emulator_urls[provider], client)
+        if rtt and emulator is not None:
+            await emulator.fault(kind="latency", seconds=rtt)
         states = StateLog()
         nursery = await stack.enter_async_context(trio.open_nursery())
         await nursery.start(_follow, node, states, state_buffer)
@@ -745,7 +784,7 @@ async def open_rig(
                 emulator=emulator,
                 states=states,
                 external_credentials=external,
-                far_end=_far_end_line(far_end, provider, external, emulator_processes),
+                far_end=_far_end_line(far_end, provider, external, emulator_processes, rtt),
             )
         finally:
             nursery.cancel_scope.cancel()
@@ -785,18 +824,21 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _far_end_line(far_end: str, provider: str, external: bool, processes: int) -> str:
+def _far_end_line(
+    far_end: str, provider: str, external: bool, processes: int, rtt: float = 0.0
+) -> str:
     if provider not in EMULATED:
         return "far end: none (the simulated provider has no sockets)"
+    held = f"; every answer held back {rtt * 1e3:g} ms (a round trip)" if rtt else ""
     if not external or provider == "whatsapp":
-        return f"far end: the {provider} emulator in the node's process"
+        return f"far end: the {provider} emulator in the node's process{held}"
     what = (
         "the lean websocket far end (bench.far_end: picows on uvloop)"
         if far_end == "lean"
         else f"the {provider} emulator (switchboard emulate: hypercorn)"
     )
     spread = f", channels spread across {processes} processes" if processes > 1 else ""
-    return f"far end: {what}, in processes of their own{spread}; their CPU is summed"
+    return f"far end: {what}, in processes of their own{spread}; their CPU is summed{held}"
 
 
 async def _follow(

@@ -74,7 +74,8 @@ class Scenario:
         name: the registry name a TOML file's ``scenario`` key refers to.
         help: one line for ``--help`` and ``--list``.
         params: an ``@attrs.frozen(kw_only=True)`` class; every field has a
-            default and ``metadata={"help": ...}``; field types are int,
+            default and ``metadata={"help": ...}`` (and optionally
+            ``"aliases": ["--short"]``, more option names); field types are int,
             float, str, bool or list[str].
         run: runs the scenario and returns its report.
     """
@@ -293,9 +294,11 @@ def add_param_options(parser: argparse.ArgumentParser, params: type) -> None:
             default = default.factory()
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         dest = f"param__{field.name}"
+        # a short name beside the field's own (``rtt_ms``: --rtt-ms and --rtt)
+        names = [_option(field.name), *field.metadata.get("aliases", ())]
         if kind is bool:
             group.add_argument(
-                _option(field.name),
+                *names,
                 dest=dest,
                 action=argparse.BooleanOptionalAction,
                 default=None,
@@ -304,7 +307,7 @@ def add_param_options(parser: argparse.ArgumentParser, params: type) -> None:
         elif get_origin(kind) is list:
             (item,) = get_args(kind)
             group.add_argument(
-                _option(field.name),
+                *names,
                 dest=dest,
                 type=functools.partial(_split, item),
                 default=None,
@@ -313,7 +316,7 @@ def add_param_options(parser: argparse.ArgumentParser, params: type) -> None:
             )
         else:
             group.add_argument(
-                _option(field.name),
+                *names,
                 dest=dest,
                 type=kind,
                 default=None,

@@ -44,6 +44,7 @@ from .rig import (
     open_rig,
     per_interval,
     raise_open_files_limit,
+    rtt_field,
 )
 from .scenario import RunContext, Scenario, ScenarioError
 
@@ -74,6 +75,7 @@ class StormParams:
     )
     backoff_cap: float = attrs.field(default=10.0, metadata=_help("seconds: the longest wait"))
     bin: float = attrs.field(default=0.1, metadata=_help("seconds per reconnect-rate interval"))
+    rtt_ms: float = rtt_field()
 
     def __attrs_post_init__(self) -> None:
         problems = []
@@ -179,6 +181,7 @@ async def _run(params: StormParams, ctx: RunContext) -> Report:
         limits=False,
         backoff=backoff,
         port_base=ctx.port_base,
+        rtt=params.rtt_ms / 1e3,
     ) as rig:
         t = time.perf_counter()
         phase = await connect_all(

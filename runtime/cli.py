@@ -55,6 +55,11 @@ def _emulate(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     emulator = load(EMULATORS, args.platform)(**_emulator_options(args))
+    try:
+        emulator.latency = args.rtt / 1e3
+    except ValueError as exc:
+        print(f"switchboard emulate: --rtt {args.rtt:g} (milliseconds): {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -168,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
     emulate.add_argument("--webhook-url", help="whatsapp: where to POST signed webhooks")
     emulate.add_argument("--app-secret", help="whatsapp: the secret that signs webhooks")
+    emulate.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="hold every answer back this many milliseconds, a round trip (default 0)",
+    )
     run = sub.add_parser(
         "run", help="run a node from a deployment file until SIGINT/SIGTERM (then drain)"
     )

@@ -57,18 +57,25 @@ End = Callable[..., AbstractAsyncContextManager[FarEndProcess]]
 
 
 @asynccontextmanager
-async def emulator_end(heartbeat_interval: float = HEARTBEAT) -> AsyncIterator[FarEndProcess]:
+async def emulator_end(
+    heartbeat_interval: float = HEARTBEAT, latency: float = 0.0
+) -> AsyncIterator[FarEndProcess]:
     """The hypercorn websocket emulator, in this process."""
     emulator = WebSocketEmulator(heartbeat_interval=heartbeat_interval)
+    emulator.latency = latency
     async with open_emulator(emulator) as url:
         ws_url = url.replace("http://", "ws://", 1) + "/ws"
         yield FarEndProcess(channel_url=ws_url, control_url=url, pid=os.getpid())
 
 
 @asynccontextmanager
-async def lean_end(heartbeat_interval: float = HEARTBEAT) -> AsyncIterator[FarEndProcess]:
+async def lean_end(
+    heartbeat_interval: float = HEARTBEAT, latency: float = 0.0
+) -> AsyncIterator[FarEndProcess]:
     """The lean far end, in a process of its own."""
-    async with open_far_end_process(heartbeat_interval=heartbeat_interval) as far_end:
+    async with open_far_end_process(
+        heartbeat_interval=heartbeat_interval, latency=latency
+    ) as far_end:
         yield far_end
 
 
@@ -120,6 +127,53 @@ async def test_both_ends_answer_the_script_with_the_same_frames() -> None:
     assert '{"type":"receipt","id":"out-1","peer":"user-1","status":"delivered"}' in expected
     errors = [f for f in expected if isinstance(f, str) and f.startswith('{"type":"error"')]
     assert len(errors) == 8  # too_long, bad_recipient, bad_request with an id or without
+
+
+async def test_both_ends_answer_the_script_alike_under_latency() -> None:
+    # The same frames in the same order as without latency: held answers keep
+    # their order, and what the platform sends on its own (the injected
+    # messages) is not held behind them.
+    with trio.fail_after(CEILING):
+        async with emulator_end() as emulator:
+            expected = await _transcript(emulator)
+        async with emulator_end(latency=0.05) as emulator:
+            held = await _transcript(emulator)
+        async with lean_end(latency=0.05) as lean:
+            got = await _transcript(lean)
+    assert held == expected
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", list(ENDS))
+async def test_an_answer_comes_no_sooner_than_the_latency(name: str) -> None:
+    # Real sockets, real time: only the bound that cannot flake (no sooner,
+    # with a few ms for the lean end's millisecond clock), never an upper one.
+    latency = 0.2
+    with trio.fail_after(CEILING):
+        async with (
+            ENDS[name](latency=latency) as end,
+            httpx.AsyncClient(base_url=end.control_url) as http,
+        ):
+            began = trio.current_time()
+            async with open_websocket_url(f"{end.channel_url}?token={TOKEN}") as ws:
+                assert await ws.get_message() == '{"type":"ready","session":"s-1"}'
+                ready = trio.current_time() - began
+                elapsed = []
+                for key in ("a", "b"):
+                    sent = trio.current_time()
+                    await ws.send_message(f'{{"type":"send","id":"{key}","peer":"u","text":"t"}}')
+                    frames = [await ws.get_message(), await ws.get_message()]
+                    elapsed.append(trio.current_time() - sent)
+                    assert (
+                        frames[0]
+                        == f'{{"type":"ack","id":"{key}","message_id":"out-{len(elapsed)}"}}'
+                    )
+                off = await http.post("/_emulator/fault", json={"kind": "latency", "seconds": 0})
+                await ws.send_message('{"type":"send","id":"c","peer":"u","text":"t"}')
+                assert (await ws.get_message()).startswith('{"type":"ack","id":"c"')
+    assert ready >= latency - 0.005
+    assert all(e >= latency - 0.005 for e in elapsed), elapsed
+    assert off.status_code == 200 and off.json() == {"latency": 0.0}
 
 
 @pytest.mark.parametrize("name", list(ENDS))

@@ -27,6 +27,10 @@ Design:
   a huge body: :mod:`providers.emulators.http_faults`, served in front of
   the platform's routes). Platform-specific faults go to
   :meth:`Emulator.platform_fault`.
+- ``latency`` is not a fault but a setting (``{"kind": "latency",
+  "seconds": 0.15}``; 0 turns it off): answers leave that much later, as
+  from a platform a round trip away (:mod:`providers.emulators.latency`
+  says exactly what is held back and how, with no task per message).
 - Time is ``trio.current_time()``: emulators run in the caller's trio loop
   (in-process for tests and benchmarks) or in their own (``switchboard
   emulate``).
@@ -61,6 +65,7 @@ from providers import bounded_json
 from providers.serving import serve_asgi
 
 from .http_faults import HTTP_FAULT_KINDS, HttpFaults, fault_middleware
+from .latency import checked_latency, latency_middleware
 
 __all__ = [
     "MAX_FAULT_COUNT",
@@ -242,7 +247,18 @@ class Emulator:
         self.banned_tokens: set[str] = set()
         self.rate_limited_until = 0.0
         self.http_faults = HttpFaults(MAX_FAULT_COUNT)
+        self._latency = 0.0
         self._app: Starlette | None = None
+
+    @property
+    def latency(self) -> float:
+        """Seconds every answer is held back (0: none; :mod:`providers.emulators.latency`)."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        """Raises: ValueError: not a number of seconds within 0..MAX_LATENCY."""
+        self._latency = checked_latency(seconds, f"{self.name} emulator latency")
 
     # --- for subclasses ------------------------------------------------------------
 
@@ -291,8 +307,7 @@ class Emulator:
         config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            app = fault_middleware(self.app, self.http_faults)
-            await serve_asgi(app, config, task_status=task_status)
+            await serve_asgi(self.served_app, config, task_status=task_status)
 
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(run)
@@ -375,6 +390,13 @@ class Emulator:
                     result = self.http_faults.add(payload)
                 except ValueError as exc:
                     raise FaultError(str(exc)) from None
+            elif kind == "latency":
+                where = "latency needs 'seconds'"
+                try:
+                    self._latency = checked_latency(payload.get("seconds"), where)
+                except ValueError as exc:
+                    raise FaultError(str(exc)) from None
+                result = {"latency": self._latency}
             elif kind == "rate_limit":
                 duration = payload.get("duration")
                 if not isinstance(duration, int | float) or duration <= 0:
@@ -402,6 +424,13 @@ class Emulator:
             ]
             self._app = Starlette(routes=[*control, *self.platform_routes()])
         return self._app
+
+    @property
+    def served_app(self) -> Any:
+        """:attr:`app` as it is served: behind its latency and its HTTP-layer faults."""
+        return latency_middleware(
+            fault_middleware(self.app, self.http_faults), lambda: self._latency
+        )
 
 
 def _listed(request: Request, items: list[Any]) -> Response:

@@ -5,7 +5,11 @@ at ``/ws`` and keeps its state in plain objects (connected clients, the
 messages bots sent, a backlog of injected messages nobody was connected to
 receive). Each connection has one writer task draining a bounded queue, so
 acks, heartbeats, injected messages and fault-driven closes never interleave
-mid-frame, and one heartbeat task.
+mid-frame, and one heartbeat task. With a ``latency``
+(:mod:`providers.emulators.latency`), the upgrade is accepted that much later
+and each frame that answers a client's frame (``ack``, ``receipt``,
+``error``) is held in the connection's :class:`~.latency.HeldAnswers`, drained
+by one more task per connection, started at its first held answer.
 
 The token comes from ``Authorization: Bearer <token>`` or ``?token=``. A
 missing or unknown token is accepted then closed with 4001, a banned one with
@@ -56,6 +60,7 @@ from starlette.websockets import WebSocket
 
 from ..websocket.core import HEARTBEAT_ACK
 from .base import MAX_FAULT_COUNT, Emulator, FaultError
+from .latency import HeldAnswers
 
 __all__ = ["WebSocketEmulator"]
 
@@ -82,6 +87,8 @@ class _Client:
         self.outbox, self.queue = trio.open_memory_channel[str | _Close](QUEUE_SIZE)
         self.dropped = 0
         self.why = "the client closed it"  # how the connection ended (the ownership judge's gaps)
+        self.nursery: trio.Nursery | None = None  # the connection's tasks
+        self.held: HeldAnswers[str] | None = None  # answers waiting out a latency
 
     def __repr__(self) -> str:
         return f"<_Client #{self.number} token=...{self.token[-4:]} dropped={self.dropped}>"
@@ -280,6 +287,7 @@ class WebSocketEmulator(Emulator):
         holder = self.holders.opened(token)
         try:
             async with trio.open_nursery() as nursery:
+                client.nursery = nursery
                 nursery.start_soon(self._write, websocket, client, nursery.cancel_scope)
                 if self.heartbeat_interval is not None:
                     nursery.start_soon(self._heartbeat, client, self.heartbeat_interval)
@@ -338,6 +346,18 @@ class WebSocketEmulator(Emulator):
             self.stats["silenced_frames"] += 1
             return
         client.push(text)
+
+    def _answer(self, client: _Client, text: str) -> None:
+        """Push a frame that answers the client's frame: now, or ``latency`` later."""
+        latency = self.latency
+        if latency <= 0 and client.held is None:
+            self._push(client, text)
+            return
+        if client.held is None:
+            assert client.nursery is not None
+            client.held = HeldAnswers(lambda answer: self._push(client, answer))
+            client.nursery.start_soon(client.held.run)
+        client.held.hold(text, trio.current_time() + latency)
 
     def _flush_backlog(self, client: _Client) -> None:
         kept: deque[tuple[str | None, dict[str, Any]]] = deque()
@@ -428,10 +448,10 @@ class WebSocketEmulator(Emulator):
                 record["uploaded_bytes"] = upload
             self.record_sent(record)
             self._messages[message_id] = record
-        self._push(client, _dumps({"type": "ack", "id": key, "message_id": message_id}))
+        self._answer(client, _dumps({"type": "ack", "id": key, "message_id": message_id}))
         if self.receipts:
             receipt = {"type": "receipt", "id": message_id, "peer": peer, "status": "delivered"}
-            self._push(client, _dumps(receipt))
+            self._answer(client, _dumps(receipt))
 
     def _on_operation(
         self, client: _Client, kind: str, key: str, peer: str, frame: dict[str, Any]
@@ -468,7 +488,7 @@ class WebSocketEmulator(Emulator):
         self.record_operation(record)
         self.stats[f"operations_{kind}"] += 1
         answer = message_id if isinstance(message_id, str) else ""
-        self._push(client, _dumps({"type": "ack", "id": key, "message_id": answer}))
+        self._answer(client, _dumps({"type": "ack", "id": key, "message_id": answer}))
 
     def _error(
         self,
@@ -488,7 +508,7 @@ class WebSocketEmulator(Emulator):
             frame["retry_after"] = retry_after
         if peer is not None:
             frame["peer"] = peer
-        self._push(client, _dumps(frame))
+        self._answer(client, _dumps(frame))
 
 
 def _token_of(websocket: WebSocket) -> str:
