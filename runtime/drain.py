@@ -29,8 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import attrs
@@ -66,6 +65,23 @@ class Pending:
     settled: trio.Event = attrs.field(factory=trio.Event)  # kept (or keeping failed)
 
 
+class _Tracked:
+    """One send tracked for the length of a ``with`` block (a class: it is on every send)."""
+
+    __slots__ = ("_pending", "_tracker")
+
+    def __init__(self, tracker: SendTracker, pending: Pending) -> None:
+        self._tracker = tracker
+        self._pending = pending
+
+    def __enter__(self) -> Pending:
+        self._tracker._begin(self._pending)
+        return self._pending
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._tracker._end(self._pending)
+
+
 class SendTracker:
     """The sends a node accepted and has not finished: what a drain waits for.
 
@@ -85,27 +101,32 @@ class SendTracker:
         """Sends of ``channel_id`` tracked now."""
         return self._by_channel[channel_id]
 
-    @contextmanager
-    def track(
-        self, channel_id: str, message: Operation, *, kept_id: int | None = None
-    ) -> Iterator[Pending]:
-        """Count one send from now until the block ends (``kept_id``: a resend of a kept one)."""
-        pending = Pending(
-            channel_id=channel_id, message=message, accepted_at=time.time(), kept_id=kept_id
+    def track(self, channel_id: str, message: Operation, *, kept_id: int | None = None) -> _Tracked:
+        """Count one send from now until the block ends (``kept_id``: a resend of a kept one).
+
+        A context manager whose ``as`` is the send's :class:`Pending`.
+        """
+        return _Tracked(
+            self,
+            Pending(
+                channel_id=channel_id, message=message, accepted_at=time.time(), kept_id=kept_id
+            ),
         )
+
+    def _begin(self, pending: Pending) -> None:
         self._pending.add(pending)
-        self._by_channel[channel_id] += 1
-        try:
-            yield pending
-        finally:
-            pending.done = True
-            self._pending.discard(pending)
-            left = self._by_channel[channel_id] - 1
-            if left:
-                self._by_channel[channel_id] = left
-            else:
-                del self._by_channel[channel_id]
-            self._changed.set()
+        self._by_channel[pending.channel_id] += 1
+
+    def _end(self, pending: Pending) -> None:
+        pending.done = True
+        self._pending.discard(pending)
+        channel_id = pending.channel_id
+        left = self._by_channel[channel_id] - 1
+        if left:
+            self._by_channel[channel_id] = left
+        else:
+            del self._by_channel[channel_id]
+        self._changed.set()
 
     async def wait_until_done(self) -> None:
         """Return once no tracked send is left (bound it with a cancel scope)."""

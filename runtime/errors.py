@@ -52,8 +52,7 @@ working, and the ops API's error names do not change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Final
 
 import attrs
@@ -379,24 +378,42 @@ _SEND_ERRORS: Final[dict[type[BaseException], type[SendError]]] = {
 }
 
 
-@contextmanager
-def map_send_errors(channel_id: str, idempotency_key: str) -> Iterator[None]:
+def map_send_errors(channel_id: str, idempotency_key: str) -> _SendErrors:
     """Map the layers' errors of one send into the node's tree, chained.
 
-    Errors already in the node's tree pass unchanged; anything not listed
-    (a defect) passes unchanged too, to be seen as what it is.
+    A context manager. Errors already in the node's tree pass unchanged;
+    anything not listed (a defect) passes unchanged too, to be seen as what
+    it is.
     """
-    try:
-        yield
-    except NodeError:
-        raise
-    except (actors.ActorError, platform.ProviderError) as exc:
-        mapped = _mapped_class(type(exc))
-        if mapped is None:
-            raise
-        error = mapped(str(exc), channel_id=channel_id, idempotency_key=idempotency_key)
-        _copy_details(exc, error)
-        raise error from exc
+    return _SendErrors(channel_id, idempotency_key)
+
+
+class _SendErrors:
+    """:func:`map_send_errors` (a class: it is on every send)."""
+
+    __slots__ = ("_channel_id", "_idempotency_key")
+
+    def __init__(self, channel_id: str, idempotency_key: str) -> None:
+        self._channel_id = channel_id
+        self._idempotency_key = idempotency_key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or isinstance(exc, NodeError):
+            return
+        if isinstance(exc, actors.ActorError | platform.ProviderError):
+            mapped = _mapped_class(type(exc))
+            if mapped is None:
+                return
+            error = mapped(
+                str(exc), channel_id=self._channel_id, idempotency_key=self._idempotency_key
+            )
+            _copy_details(exc, error)
+            raise error from exc
 
 
 def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:

@@ -58,7 +58,7 @@ class CompositeLimiter:
             not match the parts.
     """
 
-    __slots__ = ("_parts", "_paused_until")
+    __slots__ = ("_parts", "_paused_until", "_smallest_burst")
 
     def __init__(self, *parts: _Part, state: CompositeLimiterState | None = None) -> None:
         if not parts:
@@ -76,6 +76,7 @@ class CompositeLimiter:
                 check_time(state.paused_until, "state.paused_until", bounded=True)
             self._paused_until = state.paused_until
         self._parts: tuple[_Part, ...] = tuple(parts)
+        self._smallest_burst = min(part.burst for part in self._parts)  # fixed per part
 
     @property
     def parts(self) -> tuple[GCRA | KeyedLimiter[Any], ...]:
@@ -212,7 +213,9 @@ class CompositeLimiter:
             part.pause_until(t, key=key)
 
     def _check_cost(self, cost: int) -> None:
-        smallest = min(part.burst for part in self._parts)
+        if cost == 1 and type(cost) is int:  # nearly every call: no burst is below 1
+            return
+        smallest = self._smallest_burst
         if not (isinstance(cost, int) and 1 <= cost <= smallest):
             raise ValueError(
                 f"cost must be an integer between 1 and the smallest burst ({smallest}), "

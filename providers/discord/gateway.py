@@ -82,6 +82,8 @@ __all__ = [
     "classify_close",
 ]
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_compact: Final = json.JSONEncoder(separators=(",", ":")).encode
 SEND_LIMIT: Final = 120  # frames per SEND_WINDOW per socket
 SEND_WINDOW: Final = 60.0  # seconds
 HEARTBEAT_RESERVE: Final = 5  # frames of SEND_LIMIT kept for heartbeats / identify
@@ -153,7 +155,7 @@ class SendFrame:
 
     def text(self) -> str:
         """The frame as JSON text."""
-        return json.dumps(self.payload, separators=(",", ":"))
+        return _compact(self.payload)
 
 
 @attrs.frozen(kw_only=True)

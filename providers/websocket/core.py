@@ -134,6 +134,9 @@ __all__ = [
     "error_from_code",
 ]
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_compact: Final = json.JSONEncoder(separators=(",", ":")).encode
+
 DEFAULT_RETRY_AFTER: Final = 1.0  # seconds, when a rate limit names no wait
 CLOSE_NORMAL: Final = 1000
 _NEVER: Final = float("inf")
@@ -353,7 +356,7 @@ def encode_operation(op: Operation) -> str:
         frame.update(type="read", message_id=op.message_id)
     elif isinstance(op, React):
         frame.update(type="react", message_id=op.message_id, emoji=op.emoji, remove=op.remove)
-    return json.dumps(frame, separators=(",", ":"))
+    return _compact(frame)
 
 
 def encode_send(msg: OutboundMessage) -> str:
@@ -375,7 +378,7 @@ def encode_send(msg: OutboundMessage) -> str:
         frame["media"] = _media(msg.media)
     if msg.reply_to is not None:
         frame["reply_to"] = msg.reply_to
-    return json.dumps(frame, separators=(",", ":"))
+    return _compact(frame)
 
 
 # --- the core -----------------------------------------------------------------------------------

@@ -188,6 +188,7 @@ class WebSocketConnection:
         "_options",
         "_ready",
         "_resumable",
+        "_timer_deadline",
         "_timer_scope",
         "_waiters",
         "channel_id",
@@ -213,6 +214,7 @@ class WebSocketConnection:
         self._waiters: dict[str, _Waiter] = {}
         self._ready: trio.Event | None = trio.Event()  # dropped once _start is over
         self._timer_scope: trio.CancelScope | None = None
+        self._timer_deadline = math.inf  # the scope's, kept: reading it back costs more
         self._resumable = True
 
     def __repr__(self) -> str:
@@ -378,7 +380,8 @@ class WebSocketConnection:
                 await self._apply(actions)
             if link.finished:
                 return
-            with trio.CancelScope(deadline=core.next_deadline()) as scope:
+            deadline = self._timer_deadline = core.next_deadline()
+            with trio.CancelScope(deadline=deadline) as scope:
                 self._timer_scope = scope
                 data = await link.receive_bytes()
             self._timer_scope = None
@@ -430,8 +433,8 @@ class WebSocketConnection:
             # most changes (an ack arriving) make it later; a timer that fires
             # early finds nothing due in tick() and the reader sets it anew.
             deadline = self._core.next_deadline()
-            if deadline < scope.deadline:
-                scope.deadline = deadline
+            if deadline < self._timer_deadline:
+                scope.deadline = self._timer_deadline = deadline
 
     def _set_ready(self) -> None:
         if self._ready is not None:

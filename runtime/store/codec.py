@@ -208,6 +208,12 @@ def _invalid(what: str, exc: BaseException) -> ValueError:
     return ValueError(f"not a valid {what}: {detail}")
 
 
+# One encoder for every call: json.dumps with options builds a new one per call.
+_STORE_JSON: Final = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def dumps(data: Any) -> str:
     """Compact JSON for the store; NaN and infinities are refused.
 
@@ -215,7 +221,7 @@ def dumps(data: Any) -> str:
         ValueError: ``data`` holds a float JSON cannot carry (NaN, inf).
         TypeError: ``data`` holds a value JSON cannot carry at all.
     """
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _STORE_JSON(data)
 
 
 def encode_event(event: Event) -> dict[str, Any]:
