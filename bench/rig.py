@@ -887,7 +887,18 @@ async def _follow(
     with node.subscribe(kind="state", buffer=buffer) as events:
         task_status.started()
         async for event in events:
-            states.record(event.event, trio.current_time())
+            now = trio.current_time()
+            states.record(event.event, now)
+            # Everything buffered, at once: one event per wake-up is one per
+            # scheduling round, and a storm's rounds are long (thousands of
+            # channels' tasks run in each): the log fell seconds behind the
+            # channels and dated their reconnects late, all in one burst.
+            while True:
+                try:
+                    more = events.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                states.record(more.event, now)
             states.dropped = events.dropped
 
 
