@@ -1,4 +1,4 @@
-"""A lean far end for the channels benchmark: the websocket platform on picows.
+"""A lean far end for the channels and storm benchmarks: the websocket platform on picows.
 
 ``python -m bench.far_end [--port P] [--control-port C] [--heartbeat-interval S]
 [--first-message-id N] [--rtt MS]`` serves the websocket emulator's protocol
