@@ -64,12 +64,13 @@ from .plots import PERCENTILES, percentile_x
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
 from .rig import (
     EMULATED,
-    FAR_ENDS,
     ConnectPhase,
     Rig,
     connect_all,
     connection_capacity,
     cpu_seconds,
+    emulator_processes_field,
+    far_end_field,
     open_rig,
     per_interval,
     raise_open_files_limit,
@@ -100,17 +101,8 @@ class ChannelsParams:
         default="process",
         metadata=_help("process (a separate emulator process) or inprocess"),
     )
-    far_end: str = attrs.field(
-        default="auto",
-        metadata=_help(
-            "with emulator=process: lean (bench.far_end, websocket only), emulator "
-            "(switchboard emulate), or auto (lean for websocket, else the emulator)"
-        ),
-    )
-    emulator_processes: int = attrs.field(
-        default=1,
-        metadata=_help("far-end processes (emulator=process); channel i uses process i mod K"),
-    )
+    far_end: str = far_end_field()
+    emulator_processes: int = emulator_processes_field()
     rtt_ms: float = rtt_field()
     connect_rate: float = attrs.field(
         default=0.0, metadata=_help("channels started per second (0: all at once)")
@@ -171,11 +163,6 @@ class ChannelsParams:
             problems.append(f"gc: expected 'tuned' or 'default', got {self.gc!r}")
         if self.emulator not in ("process", "inprocess"):
             problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
-        if self.far_end not in FAR_ENDS:
-            problems.append(f"far_end: expected one of {', '.join(FAR_ENDS)}, got {self.far_end!r}")
-        if self.emulator_processes < 1:
-            got = self.emulator_processes
-            problems.append(f"emulator_processes: expected at least 1, got {got}")
         if any(r <= 0 for r in self.rates):
             problems.append(f"rates: every step must be positive, got {self.rates}")
         for name in ("duration", "text_size", "max_in_flight"):

@@ -1,4 +1,4 @@
-"""A lean far end for the channels benchmark: the websocket platform on picows.
+"""A lean far end for the channels and storm benchmarks: the websocket platform on picows.
 
 ``python -m bench.far_end [--port P] [--control-port C] [--heartbeat-interval S]
 [--first-message-id N] [--rtt MS]`` serves the websocket emulator's protocol
@@ -24,9 +24,16 @@ Design:
   messages (``POST /_emulator/inject``, with the backlog for nobody
   connected) and counters (``GET /_emulator/stats``) on a control port of
   its own (picows serves no request bodies). The other operations are
-  answered with the emulator's error frame, code ``unsupported``; faults and
-  the ledgers (``sent``, ``operations``, ``ownership``) with HTTP 501. It
-  keeps no record of what was sent, only each key's message id.
+  answered with the emulator's error frame, code ``unsupported``; the faults
+  other than ``latency``, ``drop`` and ``close``, and the ledgers (``sent``,
+  ``operations``, ``ownership``), with HTTP 501. It keeps no record of what
+  was sent, only each key's message id.
+- Drops (``POST /_emulator/fault {"kind": "drop", "token"?}``, what the
+  storm benchmark does): every connection (of that token) closed with 1001
+  and the reason ``dropped by the emulator``; ``{"kind": "close", "code",
+  "reason"?, "token"?}`` closes them with ``code``. Both answer
+  ``{"closed": N, "code": C}``, as the emulator does; a close comes after
+  every frame already sent, and the answers still held back are not sent.
 - Latency (``--rtt MS``, or ``POST /_emulator/fault {"kind": "latency",
   "seconds": S}`` as the emulator takes it): each frame that answers a
   client's frame (``ack``, ``receipt``, ``error``) leaves that long after
@@ -81,6 +88,9 @@ HANDSHAKE_TIMEOUT: Final = 60.0  # seconds from accept to the upgrade request (a
 OPERATIONS: Final = frozenset({"send", "edit", "delete", "typing", "read", "react"})
 ELSEWHERE: Final = "run the benchmark with --far-end emulator"
 NOT_SERVED: Final = frozenset({"fault", "sent", "operations", "ownership", "webhook"})
+FAULTS: Final = frozenset({"latency", "drop", "close"})  # the faults served; others get 501
+DROP_CODE: Final = 1001  # "going away", as the emulator's
+DROP_REASON: Final = "dropped by the emulator"  # the emulator's default close reason
 CLOCK_SLACK: Final = 0.001  # seconds: uvloop's clock and timers tick in milliseconds
 MAX_LATENCY: Final = 60.0  # seconds, as the emulator's (providers.emulators.latency)
 
@@ -137,6 +147,8 @@ class Sink(Protocol):
     token: str
 
     def push(self, frame: bytes) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Platform:
@@ -287,6 +299,29 @@ class Platform:
             client.push(data)
         return {"delivered_to": len(targets), "frame": frame}
 
+    def fault(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Apply a ``latency``, ``drop`` or ``close`` fault as the emulator does
+        (:meth:`providers.emulators.websocket.WebSocketEmulator.platform_fault`).
+
+        Raises:
+            ValueError: bad arguments (the control API answers 400 with the message).
+        """
+        kind = payload.get("kind")
+        if kind == "latency":
+            self.latency = checked_latency(payload.get("seconds"), "latency needs 'seconds'")
+            return {"latency": self.latency}
+        if kind not in ("drop", "close"):
+            raise ValueError(f"the lean far end serves the faults {sorted(FAULTS)}, not {kind!r}")
+        token = payload.get("token")
+        code = DROP_CODE if kind == "drop" else payload.get("code")
+        if not isinstance(code, int) or not 1000 <= code <= 4999:
+            raise ValueError("close needs an integer 'code' between 1000 and 4999")
+        reason = str(payload.get("reason", DROP_REASON))
+        closed = [c for c in self.clients if token is None or c.token == token]
+        for client in closed:
+            client.close(code, reason)
+        return {"closed": len(closed), "code": code}
+
     def control(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """Answer one control request: ``(HTTP status, JSON body)``."""
         what = path.split("?", 1)[0].removeprefix("/_emulator/")
@@ -302,17 +337,20 @@ class Platform:
             return 200, self.inject(payload)
         if what == "fault" and method == "POST":
             payload = _loads(body)
-            if isinstance(payload, dict) and payload.get("kind") == "latency":
+            if isinstance(payload, dict) and payload.get("kind") in FAULTS:
                 try:
-                    self.latency = checked_latency(
-                        payload.get("seconds"), "latency needs 'seconds'"
-                    )
+                    answer = self.fault(payload)
                 except ValueError as exc:
                     return 400, {"error": str(exc)}
-                return 200, {"latency": self.latency}
+                self.stats[f"fault_{payload['kind']}"] += 1
+                return 200, answer
+            kind = payload.get("kind") if isinstance(payload, dict) else None
+            fault = f"the fault {kind!r}" if kind is not None else path
+            return 501, {"error": f"the lean websocket far end does not serve {fault}: {ELSEWHERE}"}
         if what in NOT_SERVED:
             return 501, {"error": f"the lean websocket far end does not serve {path}: {ELSEWHERE}"}
-        return 404, {"error": f"no {method} {path} here (only GET stats and POST inject)"}
+        served = "GET stats, POST inject and POST fault"
+        return 404, {"error": f"no {method} {path} here (only {served})"}
 
 
 # ---------------------------------------------------------------- the websocket shell
@@ -374,6 +412,18 @@ class _Link(WSListener):
         if self.transport is not None:
             self.transport.send(WSMsgType.TEXT, frame)
 
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` (a platform fault); nothing is sent after it."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        transport.send(WSMsgType.CLOSE, code.to_bytes(2, "big") + reason.encode())
+        transport.disconnect()
+        self.transport = None  # held answers, heartbeats and the client's close reply: dropped
+
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         latency = self.platform.latency
@@ -408,6 +458,8 @@ class _Link(WSListener):
         )
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.transport is None:  # closed by a fault: what still arrives goes unanswered
+            return
         kind = frame.msg_type
         if kind == WSMsgType.TEXT or kind == WSMsgType.BINARY or kind == WSMsgType.CONTINUATION:
             if not frame.fin or self._parts:

@@ -76,6 +76,8 @@ __all__ = [
     "Rig",
     "StateLog",
     "connect_all",
+    "emulator_processes_field",
+    "far_end_field",
     "far_end_of",
     "open_external_emulator",
     "open_far_end_process",
@@ -111,6 +113,40 @@ def rtt_field() -> Any:
         },
         validator=_check_rtt,
     )
+
+
+def far_end_field() -> Any:
+    """The ``far_end`` parameter a scenario with far ends in processes of their own shares
+    (``--far-end``; :func:`far_end_of` says which one a run gets)."""
+    return attrs.field(
+        default="auto",
+        metadata={
+            "help": (
+                "with emulator=process: lean (bench.far_end, websocket only), emulator "
+                "(switchboard emulate), or auto (lean for websocket, else the emulator)"
+            )
+        },
+        validator=_check_far_end,
+    )
+
+
+def emulator_processes_field() -> Any:
+    """The ``emulator_processes`` parameter that goes with :func:`far_end_field`."""
+    return attrs.field(
+        default=1,
+        metadata={"help": "far-end processes (emulator=process); channel i uses process i mod K"},
+        validator=_check_processes,
+    )
+
+
+def _check_far_end(instance: Any, attribute: Any, far_end: Any) -> None:
+    if far_end not in FAR_ENDS:
+        raise ValueError(f"far_end: expected one of {', '.join(FAR_ENDS)}, got {far_end!r}")
+
+
+def _check_processes(instance: Any, attribute: Any, processes: Any) -> None:
+    if not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"emulator_processes: expected at least 1, got {processes!r}")
 
 
 def _check_rtt(instance: Any, attribute: Any, rtt_ms: Any) -> None:
@@ -268,7 +304,8 @@ class EmulatorFleet(EmulatorControl):
     ``url`` is where the first process serves its platform (the baseline's
     bare clients connect there). Injections and faults go to every process
     (an injection without a token reaches every connected channel, as with
-    one emulator), counters and CPU are summed, ``sent`` is every process's
+    one emulator, and a drop closes every connection: ``closed`` is summed),
+    counters and CPU are summed, ``sent`` is every process's
     in turn. A lean far end refuses what it does not serve with HTTP 501,
     which becomes a :class:`~bench.scenario.ScenarioError` that says so.
     """
@@ -292,6 +329,9 @@ class EmulatorFleet(EmulatorControl):
         if what == "inject":
             merged["delivered_to"] = sum(a.get("delivered_to", 0) for a in answers)
             merged["queued"] = any(a.get("queued", False) for a in answers)
+        elif what == "fault" and all("closed" in a for a in answers):  # a drop or a close
+            merged["closed"] = sum(a["closed"] for a in answers)
+            merged["code"] = answers[0]["code"]
         return merged
 
     async def stats(self) -> dict[str, Any]:
@@ -847,7 +887,18 @@ async def _follow(
     with node.subscribe(kind="state", buffer=buffer) as events:
         task_status.started()
         async for event in events:
-            states.record(event.event, trio.current_time())
+            now = trio.current_time()
+            states.record(event.event, now)
+            # Everything buffered, at once: one event per wake-up is one per
+            # scheduling round, and a storm's rounds are long (thousands of
+            # channels' tasks run in each): the log fell seconds behind the
+            # channels and dated their reconnects late, all in one burst.
+            while True:
+                try:
+                    more = events.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                states.record(more.event, now)
             states.dropped = events.dropped
 
 

@@ -1,10 +1,12 @@
 """The ``storm`` scenario: every connection dropped at once, and the way back.
 
-What it does: connects N channels (the emulator in its own process by
-default), then asks the emulator to drop every connection at once through
-its fault API (``POST /_emulator/fault {"kind": "drop"}``), and follows each
-channel through the node's event hub until all are connected again.
-``storms`` repeats it once everything is back.
+What it does: connects N channels (to a far end in its own process by
+default: for websocket channels the lean far end, :mod:`bench.far_end`, else
+the emulator; ``--far-end emulator`` for the hypercorn one), then asks the
+far end to drop every connection at once through its fault API
+(``POST /_emulator/fault {"kind": "drop"}``, which both far ends serve
+alike), and follows each channel through the node's event hub until all are
+connected again. ``storms`` repeats it once everything is back.
 
 What it shows, per storm and over all of them:
 
@@ -21,7 +23,9 @@ What it shows, per storm and over all of them:
 - the scheduled delays themselves (a histogram: flat means full jitter);
 - fatal misclassifications: a dropped connection is transient, so any
   channel that goes FAILED is one (must be 0);
-- reconnects counted by the channels themselves (must be N per storm).
+- reconnects counted by the channels themselves (must be N per storm);
+- CPU per reconnect, the node's and the far end's (from the drop until all
+  are back): which of the two bounds the recovery.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from .rig import (
     Rig,
     connect_all,
     connection_capacity,
+    cpu_seconds,
+    emulator_processes_field,
+    far_end_field,
     open_rig,
     per_interval,
     raise_open_files_limit,
@@ -69,6 +76,8 @@ class StormParams:
     emulator: str = attrs.field(
         default="process", metadata=_help("process (a separate emulator process) or inprocess")
     )
+    far_end: str = far_end_field()
+    emulator_processes: int = emulator_processes_field()
     storms: int = attrs.field(default=1, metadata=_help("drops, each once all are back"))
     backoff_base: float = attrs.field(
         default=1.0, metadata=_help("seconds: the first retry waits uniform(0, base)")
@@ -110,6 +119,8 @@ class Storm:
     reconnects: list[float]  # every reconnect, seconds after the drop
     delays: list[float]  # every backoff delay scheduled after the drop
     failed: int  # channels that went FAILED after the drop
+    node_cpu: float  # seconds of the node's CPU from the drop until all were back
+    far_end_cpu: float | None  # the far end's (None: it runs in the node's process)
 
 
 async def _storm(rig: Rig, n: int, params: StormParams, ctx: RunContext, k: int) -> Storm:
@@ -119,6 +130,7 @@ async def _storm(rig: Rig, n: int, params: StormParams, ctx: RunContext, k: int)
     first_delay = len(states.backoff_delays)
     failed_before = len(states.failed)
     ctx.progress.phase(f"storm {k}: dropping {states.connected:,} connections at once", n)
+    node_cpu, far_end_cpu = cpu_seconds(), rig.emulator.cpu_seconds()
     drop = trio.current_time()
     answer = await rig.emulator.fault(kind="drop")
     wait = params.backoff_cap + RECOVERY_SLACK + 30.0  # past the target: measure how far past
@@ -132,6 +144,9 @@ async def _storm(rig: Rig, n: int, params: StormParams, ctx: RunContext, k: int)
             recovered = True
             nursery.cancel_scope.cancel()
     end = trio.current_time()
+    node_cpu = cpu_seconds() - node_cpu
+    if far_end_cpu is not None:
+        far_end_cpu = (rig.emulator.cpu_seconds() or 0.0) - far_end_cpu
     reconnects = [t - drop for t in states.connected_at[first_connect:]]
     return Storm(
         dropped=int(answer.get("closed", 0)),
@@ -140,6 +155,8 @@ async def _storm(rig: Rig, n: int, params: StormParams, ctx: RunContext, k: int)
         reconnects=reconnects,
         delays=list(states.backoff_delays[first_delay:]),
         failed=len(states.failed) - failed_before,
+        node_cpu=node_cpu,
+        far_end_cpu=far_end_cpu,
     )
 
 
@@ -181,8 +198,11 @@ async def _run(params: StormParams, ctx: RunContext) -> Report:
         limits=False,
         backoff=backoff,
         port_base=ctx.port_base,
+        far_end=params.far_end,
+        emulator_processes=params.emulator_processes,
         rtt=params.rtt_ms / 1e3,
     ) as rig:
+        notes.append(rig.far_end)
         t = time.perf_counter()
         phase = await connect_all(
             rig, n, rate=0.0, budget=max(1.0, ctx.remaining() / 2), progress=ctx.progress
@@ -206,20 +226,23 @@ async def _run(params: StormParams, ctx: RunContext) -> Report:
         raise ScenarioError("no storm ran: raise --time-limit")
     figures = _figures(params, n, storms, reconnects)
     notes += [
-        f"{params.provider} channels in a real node; emulator "
-        f"{'in a separate process' if external else 'in the node process'}; the drop is the "
-        "emulator's fault API (every connection closed with 1001 'going away')",
+        f"{params.provider} channels in a real node; the drop is the far end's fault API "
+        "(every connection closed with 1001 'going away')",
         f"backoff: full jitter, first retry uniform(0, {params.backoff_base:g} s), cap "
         f"{params.backoff_cap:g} s; recovery target = cap + {RECOVERY_SLACK:g} s",
         f"retry rate: when each channel's retry was due (its scheduled delay after the drop, "
         f"which reaches every channel within milliseconds), per {params.bin:g} s bin; allowed: "
         f"N x bin / base retries per bin plus {SIGMAS:g} standard deviations (Poisson)",
         "completed reconnects bunch up even though the retries are spread: every handshake "
-        "in flight shares the node's and the emulator's CPU, so a burst of retries finishes "
+        "in flight shares the node's and the far end's CPU, so a burst of retries finishes "
         "together once that work is done (the reconnect_rate plot shows it); their peak is "
         "reported without a target",
-        "figures over several storms: the worst storm (longest recovery, highest peak)",
+        "figures over several storms: the worst storm (longest recovery, highest peak); "
+        "CPU per reconnect over all of them, from each drop until all were back (the node's "
+        "includes its event hub and this harness)",
     ]
+    if not external:
+        notes.append("the emulator runs in the node's process: its CPU is in the node's")
     return Report(
         scenario="storm",
         started=started,
@@ -252,6 +275,37 @@ def _figures(params: StormParams, n: int, storms: list[Storm], reconnects: int) 
         / params.bin
     )
     failed = sum(s.failed for s in storms)
+    back = sum(len(s.reconnects) for s in storms) or 1
+    cpu = [
+        Figure.single(
+            name="node_cpu_per_reconnect",
+            label="node CPU per reconnect, drop → all back",
+            unit="µs",
+            value=sum(s.node_cpu for s in storms) / back * 1e6,
+            better="lower",
+        )
+    ]
+    far_end = [s.far_end_cpu for s in storms]
+    if all(c is not None for c in far_end):
+        cpu.append(
+            Figure.single(
+                name="far_end_cpu_per_reconnect",
+                label="far end CPU per reconnect, drop → all back",
+                unit="µs",
+                value=sum(c or 0.0 for c in far_end) / back * 1e6,
+                better="lower",
+            )
+        )
+        worst_span = max(worst.recovery, 1e-9)
+        cpu.append(
+            Figure.single(
+                name="far_end_cpu_share",
+                label="far end CPU during the worst storm's recovery (% of a core)",
+                unit="%",
+                value=(worst.far_end_cpu or 0.0) / worst_span * 100,
+                better="lower",
+            )
+        )
     return [
         Figure.single(
             name="channels",
@@ -338,6 +392,7 @@ def _figures(params: StormParams, n: int, storms: list[Storm], reconnects: int) 
                 text=f"= {n * len(storms):,}",
             ),
         ),
+        *cpu,
     ]
 
 

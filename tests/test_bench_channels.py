@@ -107,11 +107,22 @@ def test_channels_quick_every_provider_in_process_with_limits_on(
     assert f["delivered_rate_at_3"]["value"] > 0
 
 
-def test_storm_quick_recovers_every_channel_once(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "storm")
+@pytest.mark.parametrize(
+    ("far_end", "described"),
+    [("auto", "lean websocket far end"), ("emulator", "websocket emulator (switchboard emulate")],
+)
+def test_storm_quick_recovers_every_channel_once(
+    tmp_path: Path, far_end: str, described: str
+) -> None:
+    data = _bench(tmp_path, "storm", "--far-end", far_end)
     f = _figures(data)
     n = data["parameters"]["channels_run"]
     assert n == 50
+    assert any(described in note for note in data["notes"]), data["notes"]
+    # CPU per reconnect, the node's and the far end's (a process of its own)
+    assert f["node_cpu_per_reconnect"]["value"] > 0
+    assert f["far_end_cpu_per_reconnect"]["value"] > 0
+    assert f["far_end_cpu_share"]["unit"] == "%"
     assert f["recovered"]["value"] == 1
     assert f["fatal_misclassified"]["value"] == 0
     assert f["reconnects_counted"]["value"] == n

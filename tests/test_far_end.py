@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+from bench.channels import ChannelsParams
 from bench.rig import FarEndProcess, far_end_of, open_far_end_process, open_rig
 from bench.scenario import ScenarioError
+from bench.storm import StormParams
 from providers.base import InboundMessage
 from providers.emulators.base import open_emulator
 from providers.emulators.websocket import WebSocketEmulator
@@ -230,14 +232,80 @@ async def test_the_lean_end_refuses_what_it_does_not_serve_out_loud() -> None:
             await ws.get_message()  # ready
             await ws.send_message('{"type":"typing","id":"t1","peer":"user-1","action":"typing"}')
             frame = await ws.get_message()
-            fault = await http.post("/_emulator/fault", json={"kind": "drop"})
+            fault = await http.post("/_emulator/fault", json={"kind": "silence"})
             sent = await http.get("/_emulator/sent")
             stats = (await http.get("/_emulator/stats")).json()
     assert frame.startswith('{"type":"error","code":"unsupported","message":"the lean far end')
     assert frame.endswith('"id":"t1","peer":"user-1"}')
     assert (fault.status_code, sent.status_code) == (501, 501)
-    assert "--far-end emulator" in fault.json()["error"]
+    assert "'silence'" in fault.json()["error"] and "--far-end emulator" in fault.json()["error"]
     assert stats["errors_unsupported"] == 1 and stats["connections"] == 1
+
+
+async def _drops(end: FarEndProcess) -> list[Any]:
+    """What one end answers to drops and closes: the control API's answers, and
+    each dropped client's close code and reason (or the frame it got instead).
+
+    Every fault but the first names a token of its own, so that a connection
+    closed earlier and not yet gone from the end's books cannot be counted.
+    """
+    seen: list[Any] = []
+
+    async def fault(http: httpx.AsyncClient, **payload: Any) -> None:
+        answer = await http.post("/_emulator/fault", json=payload)
+        seen.append((payload, answer.status_code, answer.json()))
+
+    async def closed(ws: WebSocketConnection) -> None:
+        try:
+            seen.append(await ws.get_message())  # nothing: a frame here is a difference
+        except ConnectionClosed as exc:
+            seen.append((exc.reason.code, exc.reason.reason))
+
+    async with (
+        httpx.AsyncClient(base_url=end.control_url) as http,
+        open_websocket_url(f"{end.channel_url}?token=token-x") as x,
+    ):
+        seen.append(await x.get_message())  # ready
+        await fault(http, kind="drop")  # every connection: the one there is
+        await closed(x)
+    async with (
+        httpx.AsyncClient(base_url=end.control_url) as http,
+        open_websocket_url(f"{end.channel_url}?token=token-a") as a,
+        open_websocket_url(f"{end.channel_url}?token=token-b") as b,
+    ):
+        seen += [await a.get_message(), await b.get_message()]  # ready, ready
+        await fault(http, kind="drop", token="token-z")  # nobody has it
+        await fault(http, kind="close", code=999, token="token-a")  # refused: not a close code
+        await fault(http, kind="close", code="4000", token="token-a")  # nor a string
+        await fault(http, kind="drop", token="token-b")
+        await closed(b)
+        await fault(http, kind="close", code=4000, reason="bye", token="token-a")
+        await closed(a)
+        stats = (await http.get("/_emulator/stats")).json()
+    seen.append({k: stats.get(k) for k in ("fault_drop", "fault_close", "connections")})
+    return seen
+
+
+async def test_both_ends_answer_drops_and_closes_alike() -> None:
+    # What the storm bench does (a drop of every connection), and the close
+    # fault beside it: the same answers, close codes and reasons from both.
+    with trio.fail_after(CEILING):
+        async with emulator_end() as emulator:
+            expected = await _drops(emulator)
+        async with lean_end() as lean:
+            got = await _drops(lean)
+    assert got == expected
+    dropped = (1001, "dropped by the emulator")
+    assert expected[1:3] == [({"kind": "drop"}, 200, {"closed": 1, "code": 1001}), dropped]
+    assert expected[5][1:] == (200, {"closed": 0, "code": 1001})
+    assert expected[6][1] == expected[7][1] == 400
+    assert expected[8:10] == [
+        ({"kind": "drop", "token": "token-b"}, 200, {"closed": 1, "code": 1001}),
+        dropped,
+    ]
+    assert expected[10][1:] == (200, {"closed": 1, "code": 4000})
+    assert expected[11] == (4000, "bye")
+    assert expected[-1] == {"fault_drop": 3, "fault_close": 1, "connections": 3}
 
 
 async def test_a_node_sends_through_two_lean_far_end_processes() -> None:
@@ -264,7 +332,10 @@ async def test_a_node_sends_through_two_lean_far_end_processes() -> None:
             stats = await rig.emulator.stats()
             cpu = rig.emulator.cpu_seconds()
             with pytest.raises(ScenarioError, match="501"):
-                await rig.emulator.fault(kind="drop")
+                await rig.emulator.fault(kind="silence")
+            dropped = await rig.emulator.fault(kind="drop")  # what the storm bench does
+            await rig.states.wait_connects(8)  # every channel once more
+            await rig.states.wait_connected(4)
     assert injected["delivered_to"] == 4
     assert sorted(texts) == [(c, "a user writes") for c in rig.channel_ids]
     # channels 0 and 2 on the first process, 1 and 3 on the second: ids never collide
@@ -274,6 +345,8 @@ async def test_a_node_sends_through_two_lean_far_end_processes() -> None:
     ]
     assert stats["messages_sent"] == 8 and stats["connections"] == 4
     assert cpu is not None and cpu > 0
+    assert dropped["closed"] == 4 and dropped["code"] == 1001  # summed over the processes
+    assert [a["closed"] for a in dropped["processes"]] == [2, 2]
     assert "lean websocket far end" in rig.far_end and "2 processes" in rig.far_end
 
 
@@ -310,3 +383,13 @@ async def test_a_client_close_is_answered_with_its_code(name: str) -> None:
             await ws.get_message()  # ready
             await ws.aclose(code=4000, reason="bye")
     assert ws.closed is not None and ws.closed.code == 4000
+
+
+@pytest.mark.parametrize("params", [ChannelsParams, StormParams])
+def test_the_scenarios_with_far_ends_take_the_same_far_end_parameters(params: Any) -> None:
+    assert (params().far_end, params().emulator_processes) == ("auto", 1)
+    assert params(far_end="emulator", emulator_processes=2).far_end == "emulator"
+    with pytest.raises(ValueError, match="far_end: expected one of auto, lean, emulator"):
+        params(far_end="picows")
+    with pytest.raises(ValueError, match="emulator_processes: expected at least 1"):
+        params(emulator_processes=0)

@@ -172,6 +172,31 @@ async def test_subscribe_filters_by_tenant_channel_and_kind(
             only_c.close()
 
 
+async def test_a_subscriber_takes_what_is_buffered_without_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    config = node_config([sim("a", "acme")])
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with node.subscribe(kind="inbound") as events:
+                with pytest.raises(trio.WouldBlock):
+                    events.receive_nowait()
+                for text in ("one", "two", "three"):
+                    provider.inject("a", text, peer="u")
+                await trio.sleep(1.0)  # every event published meanwhile
+                texts = [events.receive_nowait().event.text for _ in range(3)]
+                with pytest.raises(trio.WouldBlock):
+                    events.receive_nowait()
+                events.close()
+                with pytest.raises(trio.EndOfChannel):
+                    events.receive_nowait()
+    assert texts == ["one", "two", "three"]
+
+
 async def test_drain_finishes_accepted_sends_within_the_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
