@@ -165,6 +165,13 @@ class ChannelsParams:
             "discord gateway compression modes to measure (none, zlib-stream, zstd-stream)"
         ),
     )
+    webhooks: bool = attrs.field(
+        default=True,
+        metadata=_help(
+            "whatsapp with emulator=process: its status webhooks (three a message) go to "
+            "the node (off: the node only sends, as the bare client does)"
+        ),
+    )
     gc: str = attrs.field(
         default="tuned",
         metadata=_help("the node's [node] gc policy: tuned (freeze what settled) or default"),
@@ -541,6 +548,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         emulator_processes=params.emulator_processes,
     ) as rig:
         notes.append(rig.far_end)
+        rig.webhooks = params.webhooks
         baseline = None
         bare_sends: dict[float, dict[str, Any]] = {}
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
@@ -1194,6 +1202,16 @@ def _notes(
                 else ""
             )
         )
+        if params.provider == "whatsapp" and external:
+            notes.append(
+                "the WhatsApp emulator's status webhooks (sent, delivered, read: three a "
+                "message) go to the node's ops server, which checks each signature and hands "
+                "the statuses to the channels as receipts: node CPU per message that the bare "
+                "client, which only sends, does not spend (--no-webhooks leaves them out)"
+                if params.webhooks
+                else "the WhatsApp emulator's status webhooks were off (--no-webhooks): "
+                "the node only sends, as the bare client does"
+            )
         if not external:
             notes.append(
                 f"the {params.provider} emulator runs in the node's process, so the node's CPU "

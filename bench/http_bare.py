@@ -22,6 +22,12 @@
     "acked", "errors": {code: n}, "unanswered", "cpu_seconds",
     "cpu_per_message", "p50", "p90", "p99", "elapsed"}`` (seconds
     throughout; ``workers``: the most worker tasks started so far).
+    ``--via provider`` makes the same load through the providers' own
+    connections (``TelegramProvider`` / ``WhatsAppProvider``
+    ``open_connection``, then ``Connection.send``, with the same
+    credentials and send window) and no node: the step between the bare
+    client and the node, so that the node's extra CPU splits into the
+    provider layer's and the node's own (refusals then count by error class).
 
 Design: what a plain, reasonably efficient client would be, paced as
 :mod:`bench.channels` paces the node, so that the two figures differ by what
@@ -49,6 +55,7 @@ import ssl
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -56,6 +63,8 @@ import trio
 import trio.lowlevel
 
 CLIENT: Final = "httpx AsyncClient on trio (no Switchboard)"
+PROVIDER_CLIENT: Final = "the provider's Connection.send (no node, no channel actor)"
+VIA: Final = ("httpx", "provider")
 PROVIDERS: Final = ("telegram", "whatsapp")
 PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
 PEERS: Final = 997  # distinct recipients, as bench.rig rotates them
@@ -203,15 +212,28 @@ class _Tally:
             self.drained.set()
 
 
-class _Load:
-    """The clients, the queue of due messages and the workers that send them."""
+Sender = Callable[[int], Awaitable["str | None"]]  # message number -> None, or its refusal
 
-    def __init__(
-        self, platform: _Platform, clients: list[httpx.AsyncClient], urls: list[str], text: str
-    ) -> None:
+
+def _httpx_sender(client: httpx.AsyncClient, url: str, platform: _Platform, text: str) -> Sender:
+    """Message ``number`` as one ``client.post``; its answer read as :meth:`_Platform.refusal`."""
+
+    async def send(number: int) -> str | None:
+        try:
+            response = await client.post(url, json=platform.body(number, text))
+        except httpx.HTTPError as exc:  # counted by type, as a refusal is by code
+            return type(exc).__name__
+        return platform.refusal(response.status_code, response.content)
+
+    return send
+
+
+class _Load:
+    """The senders, the queue of due messages and the workers that send them."""
+
+    def __init__(self, platform: _Platform, senders: list[Sender], text: str) -> None:
         self.platform = platform
-        self.clients = clients
-        self.urls = urls
+        self.senders = senders
         self.text = text
         self.due: collections.deque[tuple[int, float, _Tally]] = collections.deque()
         self.idle = trio.lowlevel.ParkingLot()
@@ -219,20 +241,13 @@ class _Load:
 
     async def worker(self) -> None:
         """Send due messages one at a time; park while there are none."""
-        n = len(self.clients)
-        platform = self.platform
+        senders = self.senders
+        n = len(senders)
         while True:
             while not self.due:
                 await self.idle.park()
             number, due_at, tally = self.due.popleft()
-            try:
-                response = await self.clients[number % n].post(
-                    self.urls[number % n], json=platform.body(number, self.text)
-                )
-            except httpx.HTTPError as exc:  # counted by type, as a refusal is by code
-                tally.answered(due_at, type(exc).__name__)
-            else:
-                tally.answered(due_at, platform.refusal(response.status_code, response.content))
+            tally.answered(due_at, await senders[number % n](number))
 
     def wake(self, nursery: trio.Nursery, cap: int) -> None:
         """Wake a parked worker per due message; start more only when all are busy."""
@@ -245,10 +260,10 @@ class _Load:
 
 
 async def _load_step(
-    load: _Load, nursery: trio.Nursery, *, rate: float, duration: float, window: int
+    load: _Load, nursery: trio.Nursery, *, rate: float, duration: float, window: int, via: str
 ) -> dict[str, Any]:
     tally = _Tally()
-    n = len(load.clients)
+    n = len(load.senders)
     cap = n * window  # no more requests at once than every pool's connections
     total = int(rate * duration)
     cpu0 = _cpu_seconds()
@@ -270,7 +285,7 @@ async def _load_step(
     ordered = sorted(tally.latencies)
     acked = len(ordered)
     return {
-        "client": CLIENT,
+        "client": CLIENT if via == "httpx" else PROVIDER_CLIENT,
         "provider": load.platform.name,
         "connections": n,
         "window": window,
@@ -309,6 +324,94 @@ async def _open(client: httpx.AsyncClient, platform: _Platform, base: str, index
         )
 
 
+async def _httpx_senders(
+    stack: contextlib.AsyncExitStack,
+    platform: _Platform,
+    base: str,
+    count: int,
+    window: int,
+    text: str,
+) -> list[Sender]:
+    """``count`` bare clients, opened as the channels open (all at once)."""
+    # One TLS context for every client, as the providers share one: each
+    # AsyncClient would otherwise load the CA bundle (no TLS here; its CPU).
+    verify = ssl.create_default_context()
+    limits = httpx.Limits(max_connections=window, max_keepalive_connections=window)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
+    clients = [
+        await stack.enter_async_context(
+            httpx.AsyncClient(
+                headers=platform.client_headers(i), limits=limits, timeout=timeout, verify=verify
+            )
+        )
+        for i in range(count)
+    ]
+    async with trio.open_nursery() as opening:
+        for i, client in enumerate(clients):
+            opening.start_soon(_open, client, platform, base, i)
+    return [
+        _httpx_sender(client, platform.send_url(base, i), platform, text)
+        for i, client in enumerate(clients)
+    ]
+
+
+async def _provider_senders(
+    stack: contextlib.AsyncExitStack,
+    platform: _Platform,
+    base: str,
+    count: int,
+    window: int,
+    text: str,
+) -> list[Sender]:
+    """``count`` connections of the provider itself, with the same credentials: the
+    same load through ``Connection.send``, without a node (``--via provider``)."""
+    from providers.base import ChannelConfig, OutboundMessage, ProviderError, Template
+    from providers.telegram import TelegramProvider
+    from providers.whatsapp import WhatsAppProvider
+
+    def message(number: int) -> OutboundMessage:
+        key = f"bare-{number}"
+        if platform.name == "whatsapp":  # as bench.rig.Rig.message
+            template = Template(name="hello_world", language="en_US")
+            return OutboundMessage(
+                peer=f"15550{number % PEERS:06d}", idempotency_key=key, template=template
+            )
+        return OutboundMessage(peer=str(1_000 + number % PEERS), idempotency_key=key, text=text)
+
+    def sender(connection: Any) -> Sender:
+        async def send(number: int) -> str | None:
+            try:
+                await connection.send(message(number))
+            except ProviderError as exc:
+                return type(exc).__name__
+            return None
+
+        return send
+
+    senders = []
+    for i in range(count):
+        credentials = {"token": platform.token(i)}
+        common: dict[str, Any] = {
+            "provider": platform.name,
+            "base_url": base,
+            "send_window": window,
+        }
+        if isinstance(platform, _WhatsApp):
+            credentials |= {"app_secret": "bare-app-secret", "verify_token": "bare-verify"}
+            config = ChannelConfig(
+                channel_id=f"bare-{i:05d}",
+                credentials=credentials,
+                options={"phone_number_id": platform.number(i)},
+                **common,
+            )
+            opened: Any = WhatsAppProvider().open_connection(config)
+        else:
+            config = ChannelConfig(channel_id=f"bare-{i:05d}", credentials=credentials, **common)
+            opened = TelegramProvider().open_connection(config)
+        senders.append(sender(await stack.enter_async_context(opened)))
+    return senders
+
+
 async def measure_send(
     url: str,
     *,
@@ -318,8 +421,14 @@ async def measure_send(
     duration: float,
     window: int,
     text_size: int,
+    via: str = "httpx",
 ) -> list[dict[str, Any]]:
     """Open ``connections`` bare clients to the emulator at ``url``, then one load step per rate.
+
+    Args:
+        via: ``httpx`` (the bare client) or ``provider`` (the same load through
+            the provider's connections, without a node: where between the
+            bare client and the node the CPU goes).
 
     Returns:
         One result per rate (the JSON lines ``send`` prints).
@@ -327,39 +436,22 @@ async def measure_send(
     Raises:
         ConnectionError: an opening request was refused.
         httpx.HTTPError: one could not be made.
+        providers.base.ProviderError: a provider's connection could not open.
     """
     platform = PLATFORMS[provider]
     base = url.rstrip("/")
     text = ("x" * text_size)[:text_size]
-    # One TLS context for every client, as the providers share one: each
-    # AsyncClient would otherwise load the CA bundle (no TLS here; its CPU).
-    verify = ssl.create_default_context()
-    limits = httpx.Limits(max_connections=window, max_keepalive_connections=window)
-    timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
+    opener = _httpx_senders if via == "httpx" else _provider_senders
     results = []
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    headers=platform.client_headers(i),
-                    limits=limits,
-                    timeout=timeout,
-                    verify=verify,
-                )
-            )
-            for i in range(connections)
-        ]
-        async with trio.open_nursery() as opening:
-            for i, client in enumerate(clients):
-                opening.start_soon(_open, client, platform, base, i)
-        load = _Load(
-            platform, clients, [platform.send_url(base, i) for i in range(connections)], text
-        )
+        senders = await opener(stack, platform, base, connections, window, text)
+        load = _Load(platform, senders, text)
         async with trio.open_nursery() as nursery:
             for rate in rates:
-                results.append(
-                    await _load_step(load, nursery, rate=rate, duration=duration, window=window)
+                step = _load_step(
+                    load, nursery, rate=rate, duration=duration, window=window, via=via
                 )
+                results.append(await step)
             nursery.cancel_scope.cancel()
     return results
 
@@ -384,6 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         "--window", type=int, default=1, help="connections per client, as a channel's send window"
     )
     send.add_argument("--text-size", type=int, default=40, help="characters per message")
+    send.add_argument(
+        "--via",
+        choices=VIA,
+        default="httpx",
+        help="httpx: the bare client; provider: the same load through the provider's "
+        "connections, without a node (where the node's extra CPU goes)",
+    )
     args = parser.parse_args(argv)
     results = trio.run(
         lambda: measure_send(
@@ -394,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             window=args.window,
             text_size=args.text_size,
+            via=args.via,
         )
     )
     for result in results:

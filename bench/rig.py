@@ -507,6 +507,7 @@ class Rig:
     channel_ids: list[str] = attrs.Factory(list)
     external_credentials: bool = False
     far_end: str = ""  # what the channels talk to, in words, for a report's notes
+    webhooks: bool = True  # wire a WhatsApp emulator process's status webhooks to the node
     _webhooks_wired: bool = False
 
     def spec(self, index: int) -> ChannelSpec:
@@ -533,13 +534,16 @@ class Rig:
 
     async def wire_webhooks(self) -> None:
         """Point a WhatsApp emulator in a process of its own at the node's ops server
-        (once; nothing to do for other providers, or an emulator in the node's
-        process, which the node wires itself).
+        (once; nothing to do for other providers, an emulator in the node's
+        process, which the node wires itself, or with ``webhooks`` off: the
+        emulator then keeps its statuses, as with no webhook configured).
 
         Raises:
             ScenarioError: the emulator refused it (no channel answered the handshake).
         """
         if self.provider != "whatsapp" or not self.external_credentials or self._webhooks_wired:
+            return
+        if not self.webhooks:
             return
         assert self.emulator is not None and self.node.ops_url is not None
         await self.emulator.webhook(
