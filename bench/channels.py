@@ -567,9 +567,9 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
             else:
                 notes.append("baseline skipped: needs the emulator in its own process")
         elif params.baseline and params.provider in HTTP_BARE and params.rates and rig.emulator:
-            # In the node's process too (WhatsApp's emulator is always there): the
-            # bare client's process is its own either way; the figure then says
-            # that the node's CPU includes the emulator's (and drops the ratio target).
+            # With the emulator in the node's process too (--emulator inprocess): the
+            # bare client's process is its own either way; a note then says that the
+            # node's CPU includes the emulator's, and the figure has no ratio target.
             t = time.perf_counter()
             bare_sends = await trio.to_thread.run_sync(
                 _bare_send_baseline, rig.emulator.url, n, params, ctx
