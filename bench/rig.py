@@ -9,8 +9,11 @@ Design:
   (``switchboard emulate``): a connection costs a file descriptor at each
   end, and the other process has its own open-files limit and its own CPU.
   Every provider may run either way; out of process, each channel gets a
-  made-up token, which the emulators accept (WhatsApp's webhook wiring
-  needs the node's ops server, so it stays in-process).
+  made-up token, which the emulators accept. A WhatsApp emulator out of
+  process signs its webhooks with :data:`WA_APP_SECRET`, which its channels
+  share, and is pointed at the node's ops server once a channel is
+  connected (:meth:`Rig.wire_webhooks`: Meta's verification handshake needs
+  a live channel to answer it).
 - Websocket channels may instead talk to the lean far end
   (:mod:`bench.far_end`, ``far_end="lean"``): the emulator's protocol at a
   small fraction of its CPU per message, so that the node is what saturates.
@@ -96,6 +99,11 @@ STARTUP_TIMEOUT: Final = 30.0  # seconds for an emulator process to listen
 PORTS_PER_RUN: Final = 16  # ports from --port-base on that one run may use (bench.__main__)
 MESSAGE_IDS_PER_PROCESS: Final = 10**12  # out-N ids each lean far end may hand out
 FAR_ENDS: Final = ("auto", "lean", "emulator")
+# A WhatsApp emulator in a process of its own signs its webhooks with this
+# secret, and the node's channels verify them with it (they are made up).
+WA_APP_SECRET: Final = "bench-rig-whatsapp-app-secret"
+WA_VERIFY_TOKEN: Final = "bench-rig-whatsapp-verify-token"
+WA_NUMBER_BASE: Final = 100_000_000_000  # channel i's phone number id is base + i + 1
 
 log = logging.getLogger("bench.rig")
 
@@ -266,17 +274,22 @@ class EmulatorControl:
 
 
 @contextlib.asynccontextmanager
-async def open_external_emulator(provider: str, *, port: int = 0) -> AsyncIterator[tuple[str, int]]:
+async def open_external_emulator(
+    provider: str, *, port: int = 0, app_secret: str | None = None
+) -> AsyncIterator[tuple[str, int]]:
     """Run ``switchboard emulate <provider>`` as a child process; yield (url, pid).
 
     Args:
         provider: the platform.
         port: where it listens (0: any free port).
+        app_secret: WhatsApp: the secret that signs its webhooks.
 
     Raises:
         ScenarioError: it did not start listening in time.
     """
     command = [sys.executable, "-m", "runtime.cli", "emulate", provider, "--port", str(port)]
+    if app_secret is not None:
+        command += ["--app-secret", app_secret]
     # A harness killed outright (SIGTERM, the watchdog) kills its children
     # first (bench.__main__); a normal exit ends this one below.
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
@@ -439,8 +452,9 @@ async def open_fleet(
                     )
                 )
             else:
+                secret = WA_APP_SECRET if provider == "whatsapp" else None
                 url, pid = await stack.enter_async_context(
-                    open_external_emulator(provider, port=first)
+                    open_external_emulator(provider, port=first, app_secret=secret)
                 )
                 channel_url = url.replace("http://", "ws://", 1) + "/ws"
                 member = FarEndProcess(
@@ -566,6 +580,8 @@ class Rig:
     channel_ids: list[str] = attrs.Factory(list)
     external_credentials: bool = False
     far_end: str = ""  # what the channels talk to, in words, for a report's notes
+    webhooks: bool = True  # wire a WhatsApp emulator process's status webhooks to the node
+    _webhooks_wired: bool = False
 
     def spec(self, index: int) -> ChannelSpec:
         channel_id = f"ch{index:05d}"
@@ -574,14 +590,39 @@ class Rig:
         if self.external_credentials:
             assert self.emulator is not None
             base = self.emulator.channel_url(index)
+            credentials = {"token": _made_up_token(self.provider, index)}
+            options: dict[str, Any] = {}
+            if self.provider == "whatsapp":
+                credentials |= {"app_secret": WA_APP_SECRET, "verify_token": WA_VERIFY_TOKEN}
+                options = {"phone_number_id": str(WA_NUMBER_BASE + index + 1)}
             return ChannelSpec(
                 id=channel_id,
                 provider=self.provider,
                 tenant="bench",
                 base_url=base,
-                credentials={"token": _made_up_token(self.provider, index)},
+                credentials=credentials,
+                options=options,
             )
         return ChannelSpec(id=channel_id, provider=self.provider, tenant="bench", emulator=True)
+
+    async def wire_webhooks(self) -> None:
+        """Point a WhatsApp emulator in a process of its own at the node's ops server
+        (once; nothing to do for other providers, an emulator in the node's
+        process, which the node wires itself, or with ``webhooks`` off: the
+        emulator then keeps its statuses, as with no webhook configured).
+
+        Raises:
+            ScenarioError: the emulator refused it (no channel answered the handshake).
+        """
+        if self.provider != "whatsapp" or not self.external_credentials or self._webhooks_wired:
+            return
+        if not self.webhooks:
+            return
+        assert self.emulator is not None and self.node.ops_url is not None
+        await self.emulator.webhook(
+            url=self.node.ops_url + "/webhooks/whatsapp", verify_token=WA_VERIFY_TOKEN
+        )
+        self._webhooks_wired = True
 
     async def start_channels(self, count: int, rate: float = 0.0) -> None:
         """Start ``count`` more channels, at ``rate`` per second (0: at once)."""
@@ -671,6 +712,8 @@ async def connect_all(
                 with trio.move_on_after(0.2):
                     await rig.states.wait_connected(count)
     seconds = trio.current_time() - start
+    if rig.states.connected:
+        await rig.wire_webhooks()
     cpu = cpu_seconds() - cpu_before
     emulator_after = rig.emulator.cpu_seconds() if rig.emulator is not None else None
     progress.update(rig.states.connected)
@@ -774,10 +817,6 @@ async def open_rig(
             or a far end that refused the latency.
     """
     far_end = far_end_of(provider, external=external, far_end=far_end, processes=emulator_processes)
-    if external and provider == "whatsapp":
-        raise ScenarioError(
-            "emulator: whatsapp runs in-process only (its webhooks need the node's ops server)"
-        )
     if external and provider == "simulated":
         external = False  # the simulated provider has no emulator at all
     quiet = logging.getLogger("switchboard")
@@ -796,8 +835,9 @@ async def open_rig(
             first = members[0].channel_url.replace("ws://", "http://", 1).removesuffix("/ws")
             emulator = EmulatorFleet(provider, first, client, members=members)
         elif external:
+            secret = WA_APP_SECRET if provider == "whatsapp" else None
             url, pid = await stack.enter_async_context(
-                open_external_emulator(provider, port=emulator_port(port_base))
+                open_external_emulator(provider, port=emulator_port(port_base), app_secret=secret)
             )
             emulator = EmulatorControl(provider, url, client, pid)
         config = node_config(
@@ -843,7 +883,7 @@ def far_end_of(provider: str, *, external: bool, far_end: str, processes: int) -
         raise ScenarioError(f"far end: expected one of {', '.join(FAR_ENDS)}, got {far_end!r}")
     if processes < 1:
         raise ScenarioError(f"emulator processes: expected at least 1, got {processes}")
-    separate = external and provider in EMULATED and provider != "whatsapp"
+    separate = external and provider in EMULATED
     if far_end == "auto":
         lean = separate and provider == "websocket" and _importable("picows")
         return "lean" if lean else "emulator"
@@ -870,7 +910,7 @@ def _far_end_line(
     if provider not in EMULATED:
         return "far end: none (the simulated provider has no sockets)"
     held = f"; every answer held back {rtt * 1e3:g} ms (a round trip)" if rtt else ""
-    if not external or provider == "whatsapp":
+    if not external:
         return f"far end: the {provider} emulator in the node's process{held}"
     what = (
         "the lean websocket far end (bench.far_end: picows on uvloop)"

@@ -107,6 +107,34 @@ def test_channels_quick_every_provider_in_process_with_limits_on(
     assert f["delivered_rate_at_3"]["value"] > 0
 
 
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
+def test_channels_quick_http_providers_beside_a_bare_httpx_client(
+    tmp_path: Path, provider: str
+) -> None:
+    # The emulator in a process of its own (WhatsApp's webhooks wired to the
+    # node's ops server by the rig), the bare httpx client's sends beside the node's.
+    data = _bench(
+        tmp_path,
+        "channels",
+        *("--provider", provider, "--channels", "3", "--rates", "20", "--inbound-rate", "0"),
+        *("--idle", "0"),
+    )
+    f = _figures(data)
+    assert f["channels_connected"]["value"] == 3
+    assert f["fatal"]["value"] == 0
+    assert f["send_errors_at_20"]["value"] == 0, data["notes"]
+    assert "in processes of their own" in data["notes"][0]
+    cpu = f["node_cpu_per_message_at_20"]
+    assert cpu["baseline"] > 0 and "httpx" in cpu["baseline_label"], cpu
+    assert provider in cpu["baseline_label"]
+    assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])
+    assert cpu["target"]["applies_to"] == "ratio" and cpu["target"]["threshold"] == 1.2
+    assert f["latency_p99_at_20"]["baseline"] > 0
+    assert any(
+        note.startswith("bare client at 20 msgs/s: 40 of 40 acked") for note in data["notes"]
+    )
+
+
 @pytest.mark.parametrize(
     ("far_end", "described"),
     [("auto", "lean websocket far end"), ("emulator", "websocket emulator (switchboard emulate")],

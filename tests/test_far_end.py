@@ -355,6 +355,7 @@ async def test_a_node_sends_through_two_lean_far_end_processes() -> None:
     [
         ("websocket", True, "auto", 1, "lean"),
         ("discord", True, "auto", 3, "emulator"),
+        ("whatsapp", True, "auto", 2, "emulator"),  # webhooks wired once a channel is up
         ("websocket", False, "auto", 1, "emulator"),
         ("discord", True, "lean", 1, ScenarioError),
         ("websocket", False, "lean", 1, ScenarioError),
@@ -393,3 +394,27 @@ def test_the_scenarios_with_far_ends_take_the_same_far_end_parameters(params: An
         params(far_end="picows")
     with pytest.raises(ValueError, match="emulator_processes: expected at least 1"):
         params(emulator_processes=0)
+
+
+async def test_a_whatsapp_emulator_process_posts_its_statuses_to_the_node() -> None:
+    # Out of the node's process, the rig wires the emulator's webhooks to the
+    # node's ops server once a channel is up: a send's statuses come back as receipts.
+    with trio.fail_after(CEILING):
+        async with open_rig("whatsapp", external=True, limits=False) as rig:
+            await rig.start_channels(2)
+            await rig.states.wait_connected(2)
+            await rig.wire_webhooks()
+            await rig.wire_webhooks()  # once is enough: the second changes nothing
+            with rig.node.subscribe(kind="receipt") as events:
+                for i in range(2):
+                    await rig.node.send(rig.channel_ids[i], rig.message(i, f"k{i}", "hello"))
+                receipts = []
+                async for event in events:
+                    receipts.append(event.event.channel_id)
+                    if len(receipts) == 6:  # sent, delivered, read for each
+                        break
+            assert rig.emulator is not None
+            stats = await rig.emulator.stats()
+    assert sorted(receipts) == sorted(rig.channel_ids * 3)
+    assert stats["webhooks_delivered"] == 6 and "webhooks_refused" not in stats
+    assert "in processes of their own" in rig.far_end
