@@ -1320,7 +1320,7 @@ async def open_node(
             await nursery.start(node._checkpoints.run)
             # Following the channels' states before the first one starts.
             collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))
-            await nursery.start(collector.run, node.subscribe(kind="state"))
+            await nursery.start(collector.run, node._hub)
             channels_ref = await root.whereis_child("channels")
             assert channels_ref is not None
             node._channels = SupervisorRef(channels_ref)
