@@ -149,49 +149,61 @@ def _abort_start(ref: ActorRef) -> None:
 
 
 async def run_task(ref: ActorRef, inst: Actor, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one task-mode incarnation from ``on_start`` to its end."""
+    """Run one task-mode incarnation from ``on_start`` to its end.
+
+    A kill cancels ``ref._kill_scope``: the nursery's own scope while the
+    nursery runs (no scope of its own around it, kept for the actor's whole
+    life), then one around ``on_stop``. ``ref._killed`` tells a kill from the
+    cancel that ends the owned tasks once the mailbox loop is over.
+    """
     _begin(ref, inst, task_mode=True)
+    ref._killed = False
     exit: Exit | None = None
     started = False
     restart_in_place = False
     try:
-        with trio.CancelScope() as kill_scope:
-            ref._kill_scope = kill_scope
-            try:
-                async with trio.open_nursery() as nursery:
-                    ref._nursery = nursery
-                    result = inst.on_start()
-                    if inst._async_on_start:
-                        await result  # type: ignore[misc]
-                    ref._state = RUNNING
-                    started = True
-                    task_status.started()
-                    # The status holds the nursery that start() made for the
-                    # start-up; dropping it frees that nursery (1.2 KB per actor).
-                    del task_status
-                    exit = await _task_loop(ref, inst)
-                    if inst._has_on_stopping and exit is not _RESTART_EXIT:
-                        await _call_on_stopping(ref, inst, exit)
-                    nursery.cancel_scope.cancel()
-            except Exception as exc:
-                error = lone_exception(exc)
-                if not started:
-                    ref._nursery = None
-                    _abort_start(ref)
-                    raise StartFailed(f"{ref!r}: on_start raised {error!r}") from error
-                exit = Exit(kind=ExitKind.CRASHED, error=error)
-                _fail_current_ask(ref, error)
-            ref._nursery = None
+        try:
+            async with trio.open_nursery() as nursery:
+                ref._nursery = nursery
+                ref._kill_scope = nursery.cancel_scope
+                result = inst.on_start()
+                if inst._async_on_start:
+                    await result  # type: ignore[misc]
+                ref._state = RUNNING
+                started = True
+                task_status.started()
+                # The status holds the nursery that start() made for the
+                # start-up; dropping it frees that nursery (1.2 KB per actor).
+                del task_status
+                exit = await _task_loop(ref, inst)
+                if inst._has_on_stopping and exit is not _RESTART_EXIT:
+                    await _call_on_stopping(ref, inst, exit)
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            error = lone_exception(exc)
+            if not started:
+                ref._nursery = None
+                ref._kill_scope = None
+                _abort_start(ref)
+                raise StartFailed(f"{ref!r}: on_start raised {error!r}") from error
+            exit = Exit(kind=ExitKind.CRASHED, error=error)
+            _fail_current_ask(ref, error)
+        ref._nursery = None
+        ref._kill_scope = None
+        if not ref._killed:  # killed: no on_stop, as the kill's Cancelled skipped it
             if exit is _RESTART_EXIT:
                 restart_in_place = True
                 exit = EXIT_SHUTDOWN
             assert exit is not None
             ref._state = STOPPING
-            await _call_on_stop_async(ref, inst, exit)
+            if inst._has_on_stop:
+                with trio.CancelScope() as ref._kill_scope:
+                    await _call_on_stop_async(ref, inst, exit)
+                ref._kill_scope = None
         # A kill may land after on_stop had nothing left to await (a
         # supervisor whose children the kill itself took down): asked is
         # killed, whether or not the Cancelled was delivered.
-        if kill_scope.cancel_called:
+        if ref._killed:
             exit = EXIT_KILLED
             restart_in_place = False
         if not started:
@@ -497,6 +509,7 @@ def kill(ref: ActorRef) -> None:
     if ref._task_mode:
         scope = ref._kill_scope
         if scope is not None:
+            ref._killed = True
             scope.cancel()
             return
     if ref._state in (RUNNING, STARTING, STOPPING):

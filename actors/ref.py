@@ -123,6 +123,7 @@ class ActorRef:
         "_incarnation_done",
         "_instance",
         "_kill_scope",
+        "_killed",
         "_last_exit",
         "_mailbox",
         "_name",
@@ -166,6 +167,7 @@ class ActorRef:
         self._parked: Any = None  # the task-mode actor's task, while it waits for mail
         self._current_ask: Ask | None = None
         self._kill_scope: trio.CancelScope | None = None
+        self._killed = False  # a kill landed on the running task-mode incarnation
         self._nursery: trio.Nursery | None = None
         self._timers: list[Timer] | None = None
         self._done: trio.Event | None = None

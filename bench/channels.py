@@ -12,7 +12,9 @@ What it does, in order:
    two never share the machine. For Telegram and WhatsApp channels the
    send baseline is a bare httpx client making the providers' send
    requests (:mod:`bench.http_bare`), the same way.
-   The memory baseline's connections then stay open ``idle`` seconds with
+   The memory baseline's CPU from its first connect to its last open is the
+   bare client's CPU per connect, the node's CPU per connect's baseline;
+   its connections then stay open ``idle`` seconds with
    nothing to do but answer heartbeats: the bare client's idle CPU.
 2. Starts N channels in a node (``connect_rate`` per second, or all at
    once) and waits until every one is connected: connects/s, and memory per
@@ -713,15 +715,32 @@ def _figures(
         # Node and emulator share two cores: the node's own cost per connect
         # says what it could do with a core to itself.
         per_connect = phase.cpu / connected
-        figures.append(
-            Figure.single(
-                name="node_cpu_per_connect",
-                label="node CPU per connect (handshake, actor, events)",
-                unit="ms",
-                value=per_connect * 1e3,
-                better="lower",
+        if baseline is not None and baseline.get("cpu_per_connect"):
+            figures.append(
+                Figure.from_samples(
+                    name="node_cpu_per_connect",
+                    label="node CPU per connect (handshake, actor, events)",
+                    unit="ms",
+                    samples=[per_connect * 1e3],
+                    baseline_samples=[baseline["cpu_per_connect"] * 1e3],
+                    baseline_label=(
+                        f"bare trio-websocket client's CPU per connect (handshake, "
+                        f"reader task), {int(baseline['connections']):,} in a fresh process"
+                    ),
+                    better="lower",
+                    target=Target(applies_to="ratio", op="<=", threshold=1.5, text="ratio ≤ 1.5"),
+                )
             )
-        )
+        else:
+            figures.append(
+                Figure.single(
+                    name="node_cpu_per_connect",
+                    label="node CPU per connect (handshake, actor, events)",
+                    unit="ms",
+                    value=per_connect * 1e3,
+                    better="lower",
+                )
+            )
         if phase.emulator_cpu is not None:
             figures.append(
                 Figure.single(

@@ -9,11 +9,14 @@ Two measurements, each in a fresh process so that it holds nothing else:
     ``heartbeat_ack``, as the node answers it; trio-websocket answers pings),
     waits until all are open, then holds them ``S`` seconds with nothing
     else to do, and prints one JSON line: ``{"connections": n, "rss_delta":
-    bytes, "per_connection": bytes, "seconds": s, "idle_seconds": s,
+    bytes, "per_connection": bytes, "seconds": s, "connect_cpu_seconds": s,
+    "cpu_per_connect": s, "idle_seconds": s,
     "idle_cpu_seconds": s or null (no idle window), "idle_heartbeats_answered":
     n, "connections_lost": n}``. The idle CPU is the process's user + system
     time over the idle window, as :func:`bench.rig.cpu_seconds` measures the
-    node's.
+    node's; the connect CPU is the same time from the first connect started
+    to the last one open (handshakes, TCP connects, reader tasks), the bare
+    cost a node's connect is judged against.
 
 ``python -m bench.ws_bare send URL --connections N --rates R[,R...] --duration D --text-size S``
     the sends a node's websocket channels make, done by a bare trio +
@@ -121,9 +124,11 @@ async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
     idle_cpu: float | None = None
     idle_seconds = 0.0
     async with trio.open_nursery() as nursery:
+        connect_cpu0 = _cpu_seconds()
         for i in range(count):
             nursery.start_soon(holders.hold, nursery, f"{url}{sep}token=bare-{i:05d}")
         await holders.all_open.wait()
+        connect_cpu = _cpu_seconds() - connect_cpu0
         seconds = time.perf_counter() - started
         gc.collect()
         after = psutil.Process().memory_info().rss
@@ -141,6 +146,8 @@ async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
         "rss_delta": delta,
         "per_connection": delta / max(1, len(holders.opened)),
         "seconds": seconds,
+        "connect_cpu_seconds": connect_cpu,
+        "cpu_per_connect": connect_cpu / max(1, len(holders.opened)),
         "idle_seconds": idle_seconds,
         "idle_cpu_seconds": idle_cpu,
         "idle_heartbeats_answered": holders.heartbeats - heartbeats,

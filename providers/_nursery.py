@@ -26,8 +26,8 @@ inside the block, so it runs before the nursery waits for its tasks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -44,9 +44,13 @@ def unwrap_single(group: BaseExceptionGroup[Any]) -> BaseException:
     return lone_exception(group, nested=False)
 
 
-@asynccontextmanager
-async def open_connection_nursery() -> AsyncIterator[trio.Nursery]:
+class open_connection_nursery:  # lower case: called like trio.open_nursery()
     """A :func:`trio.open_nursery` whose single exception leaves it unwrapped.
+
+    A class rather than an ``@asynccontextmanager``: every connected channel
+    holds one for the connection's life, and a generator-based manager would
+    keep a manager object, a suspended generator frame and trio's weak
+    reference to the generator besides the nursery (about 600 bytes).
 
     Yields:
         The nursery for the connection's background tasks.
@@ -57,15 +61,27 @@ async def open_connection_nursery() -> AsyncIterator[trio.Nursery]:
             included).
         BaseExceptionGroup: the nursery's group, when it holds several.
     """
-    lone: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        lone = unwrap_single(group)
-        if lone is group:
-            raise
-    if lone is not None:
+
+    __slots__ = ("_manager",)
+
+    def __init__(self) -> None:
+        self._manager: AbstractAsyncContextManager[trio.Nursery] = trio.open_nursery()
+
+    async def __aenter__(self) -> trio.Nursery:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return bool(await self._manager.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            lone = unwrap_single(group)
+            if lone is group:
+                raise
         # Raised outside the except clause, as trio's own Nursery.start does,
         # so that it is exactly the exception that was raised.
         reraise(lone)

@@ -20,7 +20,13 @@ from providers.base import UNLIMITED, ChannelConfig, PlatformLimits
 
 from .config.model import BackoffConfig, ChannelSpec, ProviderDefaults, RateLimitConfig
 
-__all__ = ["UNLIMITED", "channel_config", "channel_settings", "effective_limits"]
+__all__ = [
+    "UNLIMITED",
+    "channel_config",
+    "channel_settings",
+    "effective_limits",
+    "overrides_settings",
+]
 
 
 _T = TypeVar("_T")
@@ -112,6 +118,20 @@ def channel_settings(
         ),
         limits=effective_limits(platform, defaults.rate_limit, spec.rate_limit),
         send_attempts=_pick(spec.send_attempts, _pick(defaults.send_attempts, base.send_attempts)),
+    )
+
+
+def overrides_settings(spec: ChannelSpec) -> bool:
+    """Whether ``spec`` sets anything :func:`channel_settings` reads from it.
+
+    A channel that does not gets its provider's settings, the same for every
+    such channel: a node makes them once and shares them (they are frozen).
+    """
+    return (
+        spec.backoff is not None
+        or spec.liveness_timeout is not None
+        or spec.rate_limit is not None
+        or spec.send_attempts is not None
     )
 
 

@@ -84,11 +84,11 @@ from supervisors import (
 )
 
 from .admission import admit
-from .channels import channel_config, channel_settings
+from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
 from .collection import CollectorPolicy
-from .config.model import ChannelSpec, NodeConfig
+from .config.model import ChannelSpec, NodeConfig, ProviderDefaults
 from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
 from .emulated import LocalEmulators
@@ -178,6 +178,8 @@ class Node(ClusterMode, DeadLetterOps):
         )
         self.emulators = emulators
         self._base_settings = base_settings
+        # Per provider, the settings of every channel that overrides none (frozen).
+        self._shared_settings: dict[str, ChannelSettings] = {}
         self._hub = EventHub(log_inbound=config.logging.inbound)
         self._table = ChannelTable()
         self._providers: dict[str, Provider] = dict(providers or {})
@@ -290,7 +292,7 @@ class Node(ClusterMode, DeadLetterOps):
         try:
             config = self._channel_config(spec)
             defaults = self.config.providers.get(spec.provider)
-            settings = channel_settings(spec, defaults, provider.limits, base=self._base_settings)
+            settings = self._settings_of(spec, defaults, provider)
             factory, memory = ChannelActor.factory(
                 config, provider, settings=settings, sink=self.store
             )
@@ -1023,6 +1025,18 @@ class Node(ClusterMode, DeadLetterOps):
             provider = self._providers[name] = cls()
         return provider
 
+    def _settings_of(
+        self, spec: ChannelSpec, defaults: ProviderDefaults | None, provider: Provider
+    ) -> ChannelSettings:
+        """The channel's actor settings; one shared object for all that override nothing."""
+        if overrides_settings(spec):
+            return channel_settings(spec, defaults, provider.limits, base=self._base_settings)
+        settings = self._shared_settings.get(spec.provider)
+        if settings is None:
+            settings = channel_settings(spec, defaults, provider.limits, base=self._base_settings)
+            self._shared_settings[spec.provider] = settings
+        return settings
+
     def _check_limit(self, provider: str) -> None:
         defaults = self.config.providers.get(provider)
         limit = defaults.max_connections if defaults is not None else None
@@ -1320,7 +1334,7 @@ async def open_node(
             await nursery.start(node._checkpoints.run)
             # Following the channels' states before the first one starts.
             collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))
-            await nursery.start(collector.run, node.subscribe(kind="state"))
+            await nursery.start(collector.run, node._hub)
             channels_ref = await root.whereis_child("channels")
             assert channels_ref is not None
             node._channels = SupervisorRef(channels_ref)

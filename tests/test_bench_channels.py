@@ -61,6 +61,10 @@ def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> N
     memory = f["memory_per_channel"]
     assert memory["unit"] == "bytes" and memory["baseline"] > 0  # bare trio-websocket, same run
     assert memory["ratio"] == pytest.approx(memory["value"] / memory["baseline"])
+    connect = f["node_cpu_per_connect"]  # beside the bare clients' connects, same run
+    assert connect["baseline"] > 0 and "bare trio-websocket" in connect["baseline_label"]
+    assert connect["ratio"] == pytest.approx(connect["value"] / connect["baseline"])
+    assert connect["target"]["applies_to"] == "ratio" and connect["target"]["threshold"] == 1.5
     cpu = f["node_cpu_per_message_at_200"]  # beside a bare trio + wsproto client's sends
     assert cpu["baseline"] > 0 and "wsproto" in cpu["baseline_label"]
     assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])

@@ -117,3 +117,6 @@ async def test_the_memory_client_without_an_idle_window_measures_no_idle_cpu() -
     (line,) = await _ws_bare(emulator, "memory", "2")
     assert line["connections"] == 2 and line["per_connection"] == line["rss_delta"] / 2
     assert line["idle_seconds"] == 0.0 and line["idle_cpu_seconds"] is None
+    # The connects' own CPU, the baseline for the node's CPU per connect.
+    assert line["connect_cpu_seconds"] > 0
+    assert line["cpu_per_connect"] == line["connect_cpu_seconds"] / 2

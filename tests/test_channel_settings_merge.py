@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
+import trio
+import trio.testing
 
 from actors import ChannelSettings, ExponentialBackoff
 from actors.channel import ChannelMemory
 from actors.channel.durable import export_state, refill_window
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import PlatformLimits
-from runtime.channels import UNLIMITED, channel_config, channel_settings, effective_limits
+from providers.simulated import SimulatedProvider
+from runtime import open_node
+from runtime.channels import (
+    UNLIMITED,
+    channel_config,
+    channel_settings,
+    effective_limits,
+    overrides_settings,
+)
 from runtime.config.model import BackoffConfig, ChannelSpec, ProviderDefaults, RateLimitConfig
+from tests.support import CEILING
+from tests.test_node_embedded import node_config, sim, wait_connected
 
 PLATFORM = PlatformLimits(
     per_channel_rate=30.0,
@@ -133,3 +146,41 @@ def test_a_channel_with_limits_off_keeps_no_limiter_state() -> None:
     limited = ChannelMemory(PLATFORM, ChannelSettings())
     assert limited.limiter.try_acquire(10.0, key="peer-1")
     assert export_state(limited, now=10.0, clock_offset=0.0).limiter.parts[1] != KeyedLimiterState()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"backoff": BackoffConfig(base=2.0)},
+        {"rate_limit": RateLimitConfig(per_channel_rate=3.0)},
+        {"send_attempts": 2},
+        {"liveness_timeout": 30.0},
+    ],
+)
+def test_a_channel_overrides_settings_only_with_a_field_they_read(override: dict) -> None:
+    plain = ChannelSpec(id="a", provider="discord")
+    other = ChannelSpec(id="b", provider="discord", tenant="t2", options={"x": 1})
+    assert not overrides_settings(plain) and not overrides_settings(other)
+    defaults = ProviderDefaults(send_attempts=4)
+    # What a node shares among the channels that override nothing is theirs.
+    assert channel_settings(plain, defaults, PLATFORM) == channel_settings(
+        other, defaults, PLATFORM
+    )
+    spec = ChannelSpec(id="c", provider="discord", **override)
+    assert overrides_settings(spec)
+    assert channel_settings(spec, defaults, PLATFORM) != channel_settings(plain, defaults, PLATFORM)
+
+
+async def test_a_node_shares_one_settings_object_among_channels_that_override_none(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    channels = [sim("a"), sim("b"), {**sim("c"), "send_attempts": 2}]
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config(channels), providers={"simulated": SimulatedProvider()}
+        ) as node:
+            await wait_connected(node, 3)
+            a, b, c = (node._table.get(i).channel.ref._instance.settings for i in "abc")
+            assert a is b  # one frozen object, not one per channel
+            assert c is not a and c.send_attempts == 2
+            assert attrs.evolve(c, send_attempts=a.send_attempts) == a

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from actors import ChannelStateChanged, ChannelStatus
 from providers.simulated import SimulatedProvider
 from runtime import open_node
 from runtime.collection import (
@@ -22,6 +23,7 @@ from runtime.collection import (
     YOUNG_THRESHOLD,
     CollectorPolicy,
 )
+from runtime.events import EventHub
 
 from .support import CEILING
 from .test_node_embedded import FAST, node_config, sim, wait_connected
@@ -84,6 +86,72 @@ def test_the_moment_it_falls_due_it_is_due() -> None:
     assert (3.2 + QUIET) - 3.2 < QUIET
     assert policy.due_at() == 3.2 + QUIET
     assert policy.due(policy.due_at())
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks whose name ends with ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.name):
+            self.steps += 1
+
+
+async def test_a_storm_wakes_the_policy_a_few_times_not_once_per_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The policy counts the changes as the hub publishes them; its task only
+    # wakes when a settle could be due, and settles QUIET after the last one.
+    hub = EventHub()
+    tap = hub.tap("c", "t", "simulated")
+    steps = _TaskSteps("CollectorPolicy.run")
+    channels = 2 * STORM_CONNECTS
+    with CollectorPolicy(enabled=True) as policy:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(policy.run, hub)
+            trio.lowlevel.add_instrument(steps)
+            try:
+                for i in range(channels):  # one channel at a time, each connecting, connected
+                    for previous, status in (
+                        (ChannelStatus.IDLE, ChannelStatus.CONNECTING),
+                        (ChannelStatus.CONNECTING, ChannelStatus.CONNECTED),
+                    ):
+                        change = ChannelStateChanged(
+                            channel_id=f"c{i}", status=status, previous=previous
+                        )
+                        tap.send_nowait(change)
+                    last = trio.current_time()
+                    await trio.sleep(0.01)
+                await trio.sleep_until(last + QUIET - 0.001)
+                assert policy.settles == 0  # still within the quiet after the last connect
+                await trio.sleep_until(last + QUIET + 0.001)
+                assert policy.settles == 1
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            # The storm became one when its STORM_CONNECTS-th connect came (a
+            # wake), then the task woke QUIET later for the settle (another),
+            # found the storm still going, and woke for the settle once more.
+            assert steps.steps <= 4, steps.steps
+            nursery.cancel_scope.cancel()
+
+
+def test_a_watch_sees_the_kinds_it_asked_for_until_closed() -> None:
+    hub = EventHub()
+    tap = hub.tap("c", "t", "simulated")
+    seen: list[str] = []
+    change = ChannelStateChanged(
+        channel_id="c", status=ChannelStatus.CONNECTED, previous=ChannelStatus.CONNECTING
+    )
+    with hub.watch(lambda event: seen.append(event.kind), kind="state"):
+        tap.send_nowait(change)
+        tap.send_nowait(object())  # not an event the hub knows: not published
+    tap.send_nowait(change)  # closed: no longer called
+    assert seen == ["state"]
+    with pytest.raises(ValueError, match="unknown event kind"):
+        hub.watch(seen.append, kind="nope")
 
 
 @pytest.mark.parametrize("policy", ["tuned", "default"])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
+
 import pytest
 import trio
 import trio.testing
 
+from providers import _nursery
 from providers._nursery import open_connection_nursery, unwrap_single
 from providers.base import Conflict, TransientError
 from tests.support import CEILING
@@ -89,3 +93,16 @@ def test_unwrap_single() -> None:
     assert unwrap_single(pair) is pair
     nested = BaseExceptionGroup("g", [ExceptionGroup("inner", [lone])])
     assert unwrap_single(nested) is nested.exceptions[0]
+
+
+async def test_the_block_keeps_no_generator_frame() -> None:
+    # Every connected channel holds one for hours: no suspended generator,
+    # manager object and weak reference beside the nursery.
+    with trio.fail_after(CEILING):
+        async with open_connection_nursery():
+            frames = [
+                obj
+                for obj in gc.get_objects()
+                if inspect.isasyncgen(obj) and obj.ag_code.co_filename == _nursery.__file__
+            ]
+            assert frames == []

@@ -225,11 +225,13 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             # A failed channel stays failed across restarts; only an
             # operator's explicit action (a new memory) revives it.
             return
-        self.start_task(self._run)
+        if self.memory.pending:  # left by a killed incarnation: the store first
+            self.start_task(self._run)
+        else:  # the common case: no frame of its own kept for the connection's life
+            self.start_task(self._run_connection)
 
     async def _run(self) -> None:
-        if self.memory.pending:  # left by a killed incarnation: the store first
-            await self._hand_over(retry=True)
+        await self._hand_over(retry=True)
         await self._run_connection()
 
     async def on_stopping(self, exit: Exit) -> None:

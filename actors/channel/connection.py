@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from providers.base import ChannelConfig, Provider
 
     from .state import ChannelMemory, ChannelSettings
+    from .tenure import Tenure
 
 __all__ = ["CLOSE_GRACE", "CONNECTS_IN_FLIGHT", "ConnectionLoop"]
 
@@ -111,72 +112,91 @@ class ConnectionLoop:
 
     async def _run_connection(self) -> None:
         memory = self.memory
-        with trio.CancelScope() as self._connection_scope:
-            while not self._stopping:
-                self._set_status(ChannelStatus.CONNECTING)
-                wait: float
-                try:
-                    wait, reason = await self._connect_once()
-                except (FatalError, RetriesExhausted) as exc:
-                    self._fail(exc)
-                    return
-                if self._stopping:
-                    return
-                memory.counters["reconnects"] += 1
-                self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
-                self._log.info(
-                    "%r: %s; reconnecting in %.3f s",
-                    self,
-                    reason,
-                    wait,
-                    extra={
-                        "switchboard.attempt": memory.backoff.failures,
-                        "switchboard.delay_s": round(wait, 6),
-                        # "Name: text" names the error's class; other reasons do not.
-                        **(
-                            {"error.type": name}
-                            if (name := reason.partition(":")[0]).isidentifier()
-                            else {}
-                        ),
-                    },
-                )
-                await trio.sleep(wait)
+        while not self._stopping and memory.status is not ChannelStatus.FAILED:
+            self._set_status(ChannelStatus.CONNECTING)
+            wait: float
+            try:
+                tenure = memory.tenure
+                if tenure is None:  # straight in: no frame kept for the connection's life
+                    wait, reason = await self._connect_held(None)
+                else:
+                    wait, reason = await self._connect_in_tenure(tenure)
+            except (FatalError, RetriesExhausted) as exc:
+                self._fail(exc)
+                return
+            if self._stopping or memory.status is ChannelStatus.FAILED:
+                return  # stopped, or failed by a send, while it connected
+            memory.counters["reconnects"] += 1
+            self._set_status(ChannelStatus.BACKING_OFF, reason=reason, delay=wait)
+            self._log.info(
+                "%r: %s; reconnecting in %.3f s",
+                self,
+                reason,
+                wait,
+                extra={
+                    "switchboard.attempt": memory.backoff.failures,
+                    "switchboard.delay_s": round(wait, 6),
+                    # "Name: text" names the error's class; other reasons do not.
+                    **(
+                        {"error.type": name}
+                        if (name := reason.partition(":")[0]).isidentifier()
+                        else {}
+                    ),
+                },
+            )
+            with trio.move_on_after(wait) as self._connection_scope:
+                await trio.sleep_forever()
+            self._connection_scope = None
 
-    async def _connect_once(self) -> tuple[float, str]:
-        """One connection's life. Returns (seconds to wait, why) when it ends.
+    async def _connect_in_tenure(self, tenure: Tenure) -> tuple[float, str]:
+        """One connection's life inside the channel's tenure (its lease, in a cluster).
 
-        In a cluster the connection lives inside the channel's tenure (its
-        lease): it is cancelled at the tenure's deadline, and then dropped
-        without a goodbye, since by then another node may take over.
+        It is cancelled at the tenure's deadline, and then dropped without a
+        goodbye, since by then another node may take over.
 
         Raises:
             FatalError: the platform refuses us for good.
             RetriesExhausted: too many consecutive failed connects.
         """
-        tenure = self.memory.tenure
-        if tenure is None:
-            return await self._connect_held(None)
         if not tenure.valid():
-            await tenure.wait_valid()
+            with trio.CancelScope() as self._connection_scope:
+                await tenure.wait_valid()
+            self._connection_scope = None
+            if self._stopping or self.memory.status is ChannelStatus.FAILED:
+                return 0.0, "stopped while it waited for its tenure"
         with tenure.hold() as held:
             return await self._connect_held(held)
         return 0.0, "the lease lapsed: the connection was dropped before it could expire"
 
     async def _connect_held(self, held: trio.CancelScope | None) -> tuple[float, str]:
+        """One connection's life: connect, read until the link ends.
+
+        Returns (seconds to wait, why) when it ends.
+
+        One cancel scope for the whole attempt: what a stop or a failure found
+        by a send cancels (``_connection_scope``), and, from the turn at the
+        gate until connected, the connect's total deadline. It wraps the whole
+        block: one around the entry alone would close inside the provider's
+        nursery.
+
+        Raises:
+            FatalError: the platform refuses us for good.
+            RetriesExhausted: too many consecutive failed connects.
+        """
         memory = self.memory
         gate = connect_gate(self.provider.name)
-        await gate.acquire()
-        handshaking = True
-        began = trio.current_time()
+        handshaking = False  # holds a turn at the gate
         timeout = self.settings.connect_timeout
-        # The connect's total deadline, lifted once the block is entered. The
-        # scope wraps the whole block: one around the entry alone would close
-        # inside the provider's nursery.
-        deadline = trio.CancelScope(deadline=math.inf if timeout is None else began + timeout)
+        attempt = self._connection_scope = trio.CancelScope()
         try:
-            with deadline:
+            with attempt:
+                await gate.acquire()
+                handshaking = True
+                began = trio.current_time()
+                if timeout is not None:
+                    attempt.deadline = began + timeout
                 async with self.provider.open_connection(self.config, memory.session) as conn:
-                    deadline.deadline = math.inf
+                    attempt.deadline = math.inf
                     gate.release()  # connected: the next channel may start its handshake
                     handshaking = False
                     if memory.timings is not None:
@@ -197,7 +217,9 @@ class ConnectionLoop:
                         if held is None or not held.cancel_called:  # no goodbye past the tenure
                             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                                 await conn.close(resumable=True)
-            if deadline.cancelled_caught:
+            if attempt.cancelled_caught:
+                if self._stopping or memory.status is ChannelStatus.FAILED:
+                    return 0.0, "stopped"  # cancelled by the stop or the failure: no attempt
                 error = TransientError(
                     f"the platform did not complete the connect within {timeout} s "
                     "(the connect's total deadline); retry with backoff"
@@ -210,6 +232,7 @@ class ConnectionLoop:
         except ProviderError as exc:
             error = exc
         finally:
+            self._connection_scope = None
             if handshaking:
                 gate.release()
         memory.touch()
