@@ -5,18 +5,29 @@ in flight looks fast, and over a real link it is capped at 1/RTT messages
 per second. This puts a :class:`~bench.delay_proxy.DelayProxy` adding
 ``rtt_ms`` between a node and the platform's emulator (in a process of its own, which
 enforces the platform's own rate: WhatsApp 80 messages/s per number with
-130429 past it, Telegram 30/s per bot with 429) and measures, for each
-platform, with the node's rate limits off and on:
+130429 past it, Telegram 30/s per bot with 429, Discord 5 per 5 s on each
+channel's create-message bucket with 429) and measures, for each platform,
+with the node's rate limits off and on:
 
 - ours: the channel's default send window (enough sends in flight for
   the platform's rate over 300 ms);
 - baseline: one send in flight (``send_window = 1``), which is how every
   channel sent before the window (main), in the same run.
 
+Discord's bucket for such a broadcast is not the per-channel one (5 per 5 s
+on each DM channel: every message has a bucket of its own) but the bot's
+global limit, 50 requests/s, which is also the ``per_channel_rate`` that the
+Discord provider declares (``DISCORD_LIMITS``). The emulator enforces the
+per-channel buckets and no global rate (only as an injected fault), so with
+the node's limits off a Discord channel may go past 50/s there, where real
+Discord would answer a global 429.
+
 Each measurement is a fresh node and a fresh identity on the emulator
 (another phone number, another bot), so no rate budget carries over.
 ``senders`` tasks send closed-loop, every message to a new recipient
-(WhatsApp: a template, which the 24-hour window lets through). Throughput
+(WhatsApp: a template, which the 24-hour window lets through; Discord: a
+channel id of its own, as a bot's broadcast posts to each user's DM
+channel). Throughput
 is the messages accepted between ``warmup`` and ``warmup + duration``
 seconds, so the limiter's initial burst is not counted as a rate.
 """
@@ -41,8 +52,11 @@ from .scenario import RunContext, Scenario, ScenarioError
 
 __all__ = ["SCENARIO", "RttParams", "run"]
 
-PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0}  # messages/s per channel
+# Messages/s per channel (number, bot). Discord's is the bot's global limit:
+# each new recipient is a DM channel with a create-message bucket of its own.
+PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0, "discord": 50.0}
 TARGET_SHARE: Final = 0.95  # of the platform's rate, at the round trip
+DISCORD_DM_CHANNELS: Final = 900_000_000_000_000_000  # first recipient's DM channel id
 
 
 def _help(text: str) -> dict[str, str]:
@@ -55,8 +69,8 @@ class RttParams:
 
     rtt_ms: float = attrs.field(default=150.0, metadata=_help("round trip added, milliseconds"))
     providers: list[str] = attrs.field(
-        factory=lambda: ["whatsapp", "telegram"],
-        metadata=_help("platforms to measure: whatsapp, telegram"),
+        factory=lambda: ["whatsapp", "telegram", "discord"],
+        metadata=_help("platforms to measure: whatsapp, telegram, discord"),
     )
     senders: int = attrs.field(default=60, metadata=_help("concurrent senders (closed loop)"))
     warmup: float = attrs.field(default=1.5, metadata=_help("seconds before counting"))
@@ -91,6 +105,8 @@ def _channel(
             "verify_token": secrets.token_hex(8),
         }
         channel["options"] = {"phone_number_id": str(100_000_000_000 + n)}
+    elif provider == "discord":
+        made = {"token": f"rtt-bench-bot-{n}.{secrets.token_urlsafe(27)}"}
     else:
         made = {"token": f"{200_000 + n}:{secrets.token_urlsafe(27)[:35]}"}
     # A deployment file names secrets, never holds them: made up, and put
@@ -103,8 +119,17 @@ def _channel(
     return channel
 
 
+def _peer(provider: str, seq: int) -> str:
+    """Recipient ``seq``: a phone number, a Telegram chat, or a Discord DM channel
+    (a snowflake; the emulator takes a channel it does not know for a DM channel,
+    with a create-message bucket of its own)."""
+    if provider == "discord":
+        return str(DISCORD_DM_CHANNELS + seq)
+    return str(15_550_000_000 + seq)
+
+
 def _message(provider: str, seq: int) -> OutboundMessage:
-    peer = str(15_550_000_000 + seq)
+    peer = _peer(provider, seq)
     key = f"rtt-{seq}"
     if provider == "whatsapp":
         return OutboundMessage(
