@@ -273,6 +273,13 @@ def run(params: RttParams, ctx: RunContext) -> Report:
                 f"node CPU per message {ours.cpu_per_message * 1e3:.2f} ms / "
                 f"{one.cpu_per_message * 1e3:.2f} ms"
             )
+        if provider == "discord":
+            notes.append(
+                "discord's rate is the bot's global 50 requests/s: each recipient is a DM "
+                "channel with a create-message bucket of its own (5 per 5 s). The emulator "
+                "enforces those buckets but not the global rate, so limits off may pass "
+                "50/s here where real Discord would answer a global 429"
+            )
     return Report(
         scenario="rtt",
         started=started,
