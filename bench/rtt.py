@@ -29,18 +29,23 @@ Each measurement is a fresh node and a fresh identity on the emulator
 channel id of its own, as a bot's broadcast posts to each user's DM
 channel). Throughput
 is the messages accepted between ``warmup`` and ``warmup + duration``
-seconds, so the limiter's initial burst is not counted as a rate.
+seconds, so the limiter's initial burst is not counted as a rate. Each
+measurement also reports the platform's rate-limit refusals (the emulator's
+counter), since one costs the channel a pause of a second or more.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
+import httpx
 import trio
 
 from providers.base import OutboundMessage, Template
@@ -56,6 +61,8 @@ __all__ = ["SCENARIO", "RttParams", "run"]
 # each new recipient is a DM channel with a create-message bucket of its own.
 PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0, "discord": 50.0}
 TARGET_SHARE: Final = 0.95  # of the platform's rate, at the round trip
+# The emulator's counter of the refusals that pause a channel (``GET /_emulator/stats``).
+REFUSALS: Final = {"whatsapp": "error_130429", "telegram": "rate_limited", "discord": "rest_429"}
 DISCORD_DM_CHANNELS: Final = 900_000_000_000_000_000  # first recipient's DM channel id
 
 
@@ -84,6 +91,7 @@ class Measured:
     window: int | None  # None: the platform's default
     rate: float  # accepted messages/s in the counted span
     failures: int  # sends that raised (should be none)
+    refusals: int  # the platform's rate-limit refusals (429, 130429) during the run
     cpu_per_message: float  # this process's CPU seconds per accepted message (node + proxy)
 
 
@@ -138,8 +146,20 @@ def _message(provider: str, seq: int) -> OutboundMessage:
     return OutboundMessage(peer=peer, idempotency_key=key, text="hello")
 
 
+async def _refusals(client: httpx.AsyncClient, emulator: str, provider: str) -> int:
+    response = await client.get(f"{emulator}/_emulator/stats")
+    response.raise_for_status()
+    return int(response.json().get(REFUSALS[provider], 0))
+
+
 async def _measure_one(
-    params: RttParams, provider: str, base_url: str, n: int, limits: bool, window: int | None
+    params: RttParams,
+    provider: str,
+    base_url: str,
+    n: int,
+    limits: bool,
+    window: int | None,
+    refusals: Callable[[], Awaitable[int]],
 ) -> Measured:
     from runtime import open_node, parse_config
 
@@ -155,6 +175,7 @@ async def _measure_one(
     seq = itertools.count(n * 1_000_000)
     accepted: list[float] = []
     failures = 0
+    refused = await refusals()
     async with open_node(config) as node:
         with node.subscribe(kind="state") as changes:
             while node.channels()[0].status.name != "CONNECTED":
@@ -186,6 +207,7 @@ async def _measure_one(
         window=window,
         rate=len(counted) / params.duration,
         failures=failures,
+        refusals=await refusals() - refused,
         cpu_per_message=cpu / max(1, len(accepted)),
     )
 
@@ -210,6 +232,7 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
         # CPU is not shared with the far end's (hypercorn's ~0.4 ms a request).
         async with (
             open_external_emulator(provider) as (url, _),
+            httpx.AsyncClient(timeout=10.0) as client,
             trio.open_nursery() as nursery,
         ):
             port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -220,7 +243,17 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
                     continue
                 n += 1
                 base_url = f"http://127.0.0.1:{proxy_port}"
-                results.append(await _measure_one(params, provider, base_url, n, limits, window))
+                results.append(
+                    await _measure_one(
+                        params,
+                        provider,
+                        base_url,
+                        n,
+                        limits,
+                        window,
+                        functools.partial(_refusals, client, url, provider),
+                    )
+                )
                 ctx.progress.update(n)
             nursery.cancel_scope.cancel()
     return results
@@ -270,6 +303,7 @@ def run(params: RttParams, ctx: RunContext) -> Report:
                 f"{provider} limits {mode}: {ours.rate:.1f} msgs/s = {ours.rate / rate:.0%} of "
                 f"the platform's {rate:g}/s (one in flight: {one.rate:.1f} msgs/s = "
                 f"{one.rate / rate:.0%}); failed sends: {ours.failures} / {one.failures}; "
+                f"the platform's rate-limit refusals: {ours.refusals} / {one.refusals}; "
                 f"node CPU per message {ours.cpu_per_message * 1e3:.2f} ms / "
                 f"{one.cpu_per_message * 1e3:.2f} ms"
             )
