@@ -5,31 +5,47 @@ in flight looks fast, and over a real link it is capped at 1/RTT messages
 per second. This puts a :class:`~bench.delay_proxy.DelayProxy` adding
 ``rtt_ms`` between a node and the platform's emulator (in a process of its own, which
 enforces the platform's own rate: WhatsApp 80 messages/s per number with
-130429 past it, Telegram 30/s per bot with 429) and measures, for each
-platform, with the node's rate limits off and on:
+130429 past it, Telegram 30/s per bot with 429, Discord 5 per 5 s on each
+channel's create-message bucket with 429) and measures, for each platform,
+with the node's rate limits off and on:
 
 - ours: the channel's default send window (enough sends in flight for
   the platform's rate over 300 ms);
 - baseline: one send in flight (``send_window = 1``), which is how every
   channel sent before the window (main), in the same run.
 
+Discord's bucket for such a broadcast is not the per-channel one (5 per 5 s
+on each DM channel: every message has a bucket of its own) but the bot's
+global limit, 50 requests/s, which is also the ``per_channel_rate`` that the
+Discord provider declares (``DISCORD_LIMITS``). The emulator enforces the
+per-channel buckets and no global rate (only as an injected fault), so with
+the node's limits off a Discord channel may go past 50/s there, where real
+Discord would answer a global 429.
+
 Each measurement is a fresh node and a fresh identity on the emulator
 (another phone number, another bot), so no rate budget carries over.
 ``senders`` tasks send closed-loop, every message to a new recipient
-(WhatsApp: a template, which the 24-hour window lets through). Throughput
+(WhatsApp: a template, which the 24-hour window lets through; Discord: a
+channel id of its own, as a bot's broadcast posts to each user's DM
+channel). Throughput
 is the messages accepted between ``warmup`` and ``warmup + duration``
-seconds, so the limiter's initial burst is not counted as a rate.
+seconds, so the limiter's initial burst is not counted as a rate. Each
+measurement also reports the platform's rate-limit refusals (the emulator's
+counter), since one costs the channel a pause of a second or more.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
+import httpx
 import trio
 
 from providers.base import OutboundMessage, Template
@@ -41,8 +57,13 @@ from .scenario import RunContext, Scenario, ScenarioError
 
 __all__ = ["SCENARIO", "RttParams", "run"]
 
-PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0}  # messages/s per channel
+# Messages/s per channel (number, bot). Discord's is the bot's global limit:
+# each new recipient is a DM channel with a create-message bucket of its own.
+PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0, "discord": 50.0}
 TARGET_SHARE: Final = 0.95  # of the platform's rate, at the round trip
+# The emulator's counter of the refusals that pause a channel (``GET /_emulator/stats``).
+REFUSALS: Final = {"whatsapp": "error_130429", "telegram": "rate_limited", "discord": "rest_429"}
+DISCORD_DM_CHANNELS: Final = 900_000_000_000_000_000  # first recipient's DM channel id
 
 
 def _help(text: str) -> dict[str, str]:
@@ -55,8 +76,8 @@ class RttParams:
 
     rtt_ms: float = attrs.field(default=150.0, metadata=_help("round trip added, milliseconds"))
     providers: list[str] = attrs.field(
-        factory=lambda: ["whatsapp", "telegram"],
-        metadata=_help("platforms to measure: whatsapp, telegram"),
+        factory=lambda: ["whatsapp", "telegram", "discord"],
+        metadata=_help("platforms to measure: whatsapp, telegram, discord"),
     )
     senders: int = attrs.field(default=60, metadata=_help("concurrent senders (closed loop)"))
     warmup: float = attrs.field(default=1.5, metadata=_help("seconds before counting"))
@@ -70,6 +91,7 @@ class Measured:
     window: int | None  # None: the platform's default
     rate: float  # accepted messages/s in the counted span
     failures: int  # sends that raised (should be none)
+    refusals: int  # the platform's rate-limit refusals (429, 130429) during the run
     cpu_per_message: float  # this process's CPU seconds per accepted message (node + proxy)
 
 
@@ -91,6 +113,8 @@ def _channel(
             "verify_token": secrets.token_hex(8),
         }
         channel["options"] = {"phone_number_id": str(100_000_000_000 + n)}
+    elif provider == "discord":
+        made = {"token": f"rtt-bench-bot-{n}.{secrets.token_urlsafe(27)}"}
     else:
         made = {"token": f"{200_000 + n}:{secrets.token_urlsafe(27)[:35]}"}
     # A deployment file names secrets, never holds them: made up, and put
@@ -103,8 +127,17 @@ def _channel(
     return channel
 
 
+def _peer(provider: str, seq: int) -> str:
+    """Recipient ``seq``: a phone number, a Telegram chat, or a Discord DM channel
+    (a snowflake; the emulator takes a channel it does not know for a DM channel,
+    with a create-message bucket of its own)."""
+    if provider == "discord":
+        return str(DISCORD_DM_CHANNELS + seq)
+    return str(15_550_000_000 + seq)
+
+
 def _message(provider: str, seq: int) -> OutboundMessage:
-    peer = str(15_550_000_000 + seq)
+    peer = _peer(provider, seq)
     key = f"rtt-{seq}"
     if provider == "whatsapp":
         return OutboundMessage(
@@ -113,8 +146,20 @@ def _message(provider: str, seq: int) -> OutboundMessage:
     return OutboundMessage(peer=peer, idempotency_key=key, text="hello")
 
 
+async def _refusals(client: httpx.AsyncClient, emulator: str, provider: str) -> int:
+    response = await client.get(f"{emulator}/_emulator/stats")
+    response.raise_for_status()
+    return int(response.json().get(REFUSALS[provider], 0))
+
+
 async def _measure_one(
-    params: RttParams, provider: str, base_url: str, n: int, limits: bool, window: int | None
+    params: RttParams,
+    provider: str,
+    base_url: str,
+    n: int,
+    limits: bool,
+    window: int | None,
+    refusals: Callable[[], Awaitable[int]],
 ) -> Measured:
     from runtime import open_node, parse_config
 
@@ -130,6 +175,7 @@ async def _measure_one(
     seq = itertools.count(n * 1_000_000)
     accepted: list[float] = []
     failures = 0
+    refused = await refusals()
     async with open_node(config) as node:
         with node.subscribe(kind="state") as changes:
             while node.channels()[0].status.name != "CONNECTED":
@@ -161,6 +207,7 @@ async def _measure_one(
         window=window,
         rate=len(counted) / params.duration,
         failures=failures,
+        refusals=await refusals() - refused,
         cpu_per_message=cpu / max(1, len(accepted)),
     )
 
@@ -185,6 +232,7 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
         # CPU is not shared with the far end's (hypercorn's ~0.4 ms a request).
         async with (
             open_external_emulator(provider) as (url, _),
+            httpx.AsyncClient(timeout=10.0) as client,
             trio.open_nursery() as nursery,
         ):
             port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -195,7 +243,17 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
                     continue
                 n += 1
                 base_url = f"http://127.0.0.1:{proxy_port}"
-                results.append(await _measure_one(params, provider, base_url, n, limits, window))
+                results.append(
+                    await _measure_one(
+                        params,
+                        provider,
+                        base_url,
+                        n,
+                        limits,
+                        window,
+                        functools.partial(_refusals, client, url, provider),
+                    )
+                )
                 ctx.progress.update(n)
             nursery.cancel_scope.cancel()
     return results
@@ -245,8 +303,16 @@ def run(params: RttParams, ctx: RunContext) -> Report:
                 f"{provider} limits {mode}: {ours.rate:.1f} msgs/s = {ours.rate / rate:.0%} of "
                 f"the platform's {rate:g}/s (one in flight: {one.rate:.1f} msgs/s = "
                 f"{one.rate / rate:.0%}); failed sends: {ours.failures} / {one.failures}; "
+                f"the platform's rate-limit refusals: {ours.refusals} / {one.refusals}; "
                 f"node CPU per message {ours.cpu_per_message * 1e3:.2f} ms / "
                 f"{one.cpu_per_message * 1e3:.2f} ms"
+            )
+        if provider == "discord":
+            notes.append(
+                "discord's rate is the bot's global 50 requests/s: each recipient is a DM "
+                "channel with a create-message bucket of its own (5 per 5 s). The emulator "
+                "enforces those buckets but not the global rate, so limits off may pass "
+                "50/s here where real Discord would answer a global 429"
             )
     return Report(
         scenario="rtt",

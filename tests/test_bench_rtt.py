@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from bench.__main__ import load_scenario
 from bench.delay_proxy import DelayProxy
-from bench.rtt import RttParams
+from bench.rtt import PLATFORM_RATES, REFUSALS, RttParams, _channel, _message, _refusals
 from bench.scenario import load_run_file, resolve_params
+from providers.discord import DISCORD_LIMITS
+from providers.emulators.base import open_emulator
+from providers.emulators.discord import DiscordEmulator
+from runtime import open_node, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_CEILING = 30.0  # seconds of real time; only a hang gets near it
@@ -68,9 +73,48 @@ def test_a_round_trip_must_be_a_finite_number_of_seconds() -> None:
             DelayProxy(1, rtt=bad)
 
 
-def test_the_scenario_file_measures_both_platforms_at_150_ms() -> None:
+def test_the_scenario_file_measures_the_three_platforms_at_150_ms() -> None:
     run_file = load_run_file(ROOT / "bench" / "scenarios" / "rtt.toml")
     scenario = load_scenario(run_file.scenario, where="test")
     params = resolve_params(scenario, run_file, quick=True, overrides={})
     assert isinstance(params, RttParams)
-    assert (params.rtt_ms, params.providers) == (150.0, ["whatsapp", "telegram"])
+    assert (params.rtt_ms, params.providers) == (
+        150.0,
+        ["whatsapp", "telegram", "discord"],
+    )
+
+
+def test_discord_is_judged_against_the_bots_global_rate_the_provider_declares() -> None:
+    """A broadcast's every recipient is a DM channel with a bucket of its own, so the
+    bot's global 50/s binds: the rate the provider's limiter paces to."""
+    assert PLATFORM_RATES["discord"] == DISCORD_LIMITS.per_channel_rate == 50.0
+    assert REFUSALS.keys() == PLATFORM_RATES.keys()
+    peers = [_message("discord", seq).peer for seq in range(1_000_000, 1_000_100)]
+    assert len(set(peers)) == len(peers)
+    assert all(peer.isdigit() and int(peer) < 2**63 for peer in peers)
+
+
+async def test_the_discord_senders_get_a_bucket_per_recipient_and_no_429() -> None:
+    """More messages than one create-message bucket holds (5 per 5 s), each to a new
+    recipient, are all accepted at once: nothing waits on a bucket or spends a 429."""
+    emulator = DiscordEmulator()
+    with trio.fail_after(HANG_CEILING):
+        async with open_emulator(emulator) as base:
+            channel = _channel("discord", 1, base, limits=True, window=None)
+            config = parse_config(
+                {
+                    "node": {"id": "rtt-test", "drain_deadline": 5.0, "start_timeout": 10.0},
+                    "ops": {"enabled": False},
+                    "channels": [channel],
+                }
+            )
+            async with open_node(config) as node:
+                with node.subscribe(kind="state") as changes:
+                    while node.channels()[0].status.name != "CONNECTED":
+                        await changes.receive()
+                async with trio.open_nursery() as nursery:
+                    for seq in range(12):
+                        nursery.start_soon(node.send, channel["id"], _message("discord", seq))
+            async with httpx.AsyncClient() as client:
+                assert await _refusals(client, base, "discord") == 0  # as the bench reads it
+    assert len({m["channel_id"] for m in emulator.sent}) == 12

@@ -44,6 +44,7 @@ from providers.discord.gateway import (
     SendFrame,
 )
 from providers.discord.rest import (
+    BUCKETS_SWEPT_AT,
     BucketTracker,
     build_send,
     interpret_gateway_bot,
@@ -647,6 +648,30 @@ def test_buckets_make_the_client_wait_instead_of_spending_a_429() -> None:
     assert buckets.reserve(route, "1", 0.5) == pytest.approx(2.0)
     assert buckets.reserve(route, "2", 0.5) == 0.0  # another channel, another bucket
     assert buckets.reserve(route, "1", 2.5) == 0.0  # reset
+
+
+def test_buckets_of_ever_new_channels_are_swept_once_reset_and_live_ones_kept() -> None:
+    """A broadcast writes to a new DM channel per user: the tracker keeps the buckets
+    that still hold something back, not one for every channel it ever wrote to."""
+    buckets = BucketTracker()
+    route = "POST /channels/{channel_id}/messages"
+    headers = {
+        "X-RateLimit-Bucket": "abc",
+        "X-RateLimit-Remaining": "4",
+        "X-RateLimit-Reset-After": "5",
+    }
+    spent = {**headers, "X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": "1000"}
+    buckets.update(route, "held", 200, spent, 0.0)  # spent for 1000 s: must survive
+    for n in range(20 * BUCKETS_SWEPT_AT):  # 50 channels a second, each new
+        buckets.update(route, str(n), 200, headers, n / 50)
+    kept = int(repr(buckets).split("buckets=")[1].split()[0])
+    assert 5 * 50 < kept < BUCKETS_SWEPT_AT  # the last 5 s of channels, not 20,480
+    now = 20 * BUCKETS_SWEPT_AT / 50
+    assert buckets.reserve(route, "held", now) == pytest.approx(1000.0 - now)
+    last = str(20 * BUCKETS_SWEPT_AT - 1)
+    for _ in range(4):  # the newest is kept, with its 4 slots...
+        assert buckets.reserve(route, last, now) == 0.0
+    assert buckets.reserve(route, last, now) > 0.0  # ...then spent
 
 
 def test_a_global_429_blocks_every_route() -> None:

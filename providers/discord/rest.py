@@ -89,6 +89,9 @@ SEND_ROUTE: Final = "POST /channels/{channel_id}/messages"
 ERROR_INVALID_FORM_BODY: Final = 50035
 ERROR_CANNOT_MESSAGE_USER: Final = 50007
 ERROR_UNKNOWN_MESSAGE: Final = 10008
+# A bot that messages many channels (a broadcast: one DM channel per user) learns
+# a bucket for each; once this many are kept, those already reset are dropped.
+BUCKETS_SWEPT_AT: Final = 1_024  # buckets
 OPERATIONS: Final = frozenset(
     {
         OperationKind.SEND,
@@ -258,11 +261,16 @@ class BucketTracker:
 
     Routes map to a bucket id (``X-RateLimit-Bucket``); each bucket is split
     by its major parameter (the channel id). A global 429 blocks every route.
+    A bucket past its reset says no more than an unknown one, so those are
+    dropped whenever the kept ones reach twice what the last sweep left (at
+    least :data:`BUCKETS_SWEPT_AT`): a bot messaging ever new channels keeps
+    the buckets of the last few seconds, not one per channel it ever wrote to.
     """
 
     def __init__(self) -> None:
         self._route_bucket: dict[str, str] = {}
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._sweep_at = BUCKETS_SWEPT_AT
         self.global_until = 0.0
 
     def __repr__(self) -> str:
@@ -298,9 +306,17 @@ class BucketTracker:
             pass
         else:
             self._buckets[self._key(route, major)] = _Bucket(remaining, now + reset_after)
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
         if status == 429 and h.get("x-ratelimit-global", "").lower() == "true":
             retry_after = _float(h.get("retry-after")) or 1.0
             self.global_until = max(self.global_until, now + retry_after)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the buckets past their reset (amortised: the next sweep waits for
+        twice as many as are left)."""
+        self._buckets = {key: b for key, b in self._buckets.items() if now < b.reset_at}
+        self._sweep_at = max(BUCKETS_SWEPT_AT, 2 * len(self._buckets))
 
 
 def _float(value: Any) -> float | None:
