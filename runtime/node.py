@@ -39,7 +39,7 @@ import contextlib
 import enum
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -191,6 +191,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
         self._in_flight: dict[tuple[str, str], trio.Event] = {}  # (channel, key) being sent
+        self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._drained = trio.Event()
@@ -822,29 +823,46 @@ class Node(ClusterMode, DeadLetterOps):
         """A channel of the cluster that another node runs (see :meth:`_snapshot`)."""
         return row.channel is None and self._cluster is not None and row.start_error is None
 
-    def webhook_targets(self, provider: str) -> list[WebhookTarget]:
+    def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:
         """The channels of ``provider`` (WhatsApp, Telegram) that take webhooks here.
 
-        Those running here with their live links; in a cluster also those
-        that run elsewhere (``remote``: their webhooks are carried there).
+        Those running here (each target reads its channel's live link when
+        asked); in a cluster also those that run elsewhere (``remote``: their
+        webhooks are carried there). Kept between requests while the table
+        does not change: a webhook is never a walk over every channel.
         """
-        here = [
-            WebhookTarget(
-                channel_id=row.spec.id,
-                options=self._options_of(row),
-                connection=row.channel.connection,
-            )
-            for row in self._table.running(provider)
-            if row.channel is not None
-        ]
-        elsewhere = [
-            WebhookTarget(
-                channel_id=row.spec.id, options=self._options_of(row), connection=None, remote=True
-            )
-            for row in self._table
-            if row.spec.provider == provider and self._is_remote(row)
-        ]
-        return here + elsewhere
+        return self._webhook_index(provider).targets
+
+    def webhook_target(self, provider: str, channel_id: str) -> WebhookTarget | None:
+        """The one channel of :meth:`webhook_targets` with ``channel_id`` (``None``: none)."""
+        return self._webhook_index(provider).by_id.get(channel_id)
+
+    def webhook_targets_for(self, provider: str, numbers: Collection[str]) -> list[WebhookTarget]:
+        """The channels of :meth:`webhook_targets` whose ``phone_number_id`` is in ``numbers``.
+
+        In the order of :meth:`webhook_targets`.
+        """
+        index = self._webhook_index(provider)
+        found = {t.channel_id: t for number in numbers for t in index.by_number.get(number, ())}
+        return sorted(found.values(), key=lambda target: index.position[target.channel_id])
+
+    def _webhook_index(self, provider: str) -> _WebhookIndex:
+        generation = self._table.generation
+        index = self._webhook_indexes.get(provider)
+        if index is None or index.generation != generation:
+            here = [
+                WebhookTarget(
+                    channel_id=row.spec.id, options=self._options_of(row), channel=row.channel
+                )
+                for row in self._table.running(provider)
+            ]
+            elsewhere = [
+                WebhookTarget(channel_id=row.spec.id, options=self._options_of(row), remote=True)
+                for row in self._table
+                if row.spec.provider == provider and self._is_remote(row)
+            ]
+            index = self._webhook_indexes[provider] = _WebhookIndex(generation, here + elsewhere)
+        return index
 
     def tree(self) -> ChildSnapshot:
         """The node's supervision tree, for introspection.
@@ -1386,3 +1404,24 @@ def _result_of(op: Operation, known: tuple[str, str]) -> SendResult | None:
     if isinstance(op, OutboundMessage | EditMessage):
         return SendResult(platform_message_id=known[0], peer=known[1])
     return None
+
+
+class _WebhookIndex:
+    """A provider's webhook targets, by channel and by WhatsApp number, for one table generation.
+
+    At 1,000 WhatsApp numbers, building every channel's target for each
+    webhook (three status webhooks a message) was most of the node's CPU.
+    """
+
+    __slots__ = ("by_id", "by_number", "generation", "position", "targets")
+
+    def __init__(self, generation: int, targets: list[WebhookTarget]) -> None:
+        self.generation = generation
+        self.targets = targets
+        self.by_id = {target.channel_id: target for target in targets}
+        self.position = {target.channel_id: i for i, target in enumerate(targets)}
+        self.by_number: dict[str, list[WebhookTarget]] = {}
+        for target in targets:
+            number = target.options.get("phone_number_id")
+            if number is not None:
+                self.by_number.setdefault(str(number), []).append(target)

@@ -22,8 +22,16 @@ from .errors import UnknownChannel
 
 __all__ = ["ChannelRow", "ChannelTable"]
 
+_changes = 0  # rows put, removed or changed, in every table of this process
 
-@attrs.define
+
+def _changed(instance: object, attribute: object, value: object) -> object:
+    global _changes
+    _changes += 1
+    return value
+
+
+@attrs.define(on_setattr=_changed)
 class ChannelRow:
     """A channel the node was asked to run, started or not.
 
@@ -76,13 +84,26 @@ class ChannelTable:
         """The row of ``channel_id``, or ``None``."""
         return self._rows.get(channel_id)
 
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever a row is put, removed or changed.
+
+        What is built from the rows (the node's webhook index) is kept
+        while it stays the same. Counted over every table of the process.
+        """
+        return _changes
+
     def put(self, row: ChannelRow) -> None:
         """Add ``row``, or replace the row of the same id (at the end of the order)."""
+        global _changes
+        _changes += 1
         self._rows.pop(row.spec.id, None)
         self._rows[row.spec.id] = row
 
     def remove(self, channel_id: str) -> None:
         """Forget a channel (no error if unknown)."""
+        global _changes
+        _changes += 1
         self._rows.pop(channel_id, None)
 
     def running(self, provider: str | None = None) -> list[ChannelRow]:

@@ -9,7 +9,7 @@ a scrape costs no lock on the message path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -125,7 +125,6 @@ class ChannelDetail:
     inbound_pending: int = 0
 
 
-@attrs.frozen(kw_only=True)
 class WebhookTarget:
     """A channel that takes platform input by webhook.
 
@@ -133,15 +132,44 @@ class WebhookTarget:
         channel_id: the channel.
         options: its provider options (WhatsApp: ``phone_number_id``).
         connection: its live connection, or ``None`` while it is not connected
-            (answer 503 so the platform retries).
+            (answer 503 so the platform retries). Read when asked: a target
+            made from a running channel (``channel``) reads its channel's
+            connection at that moment, so a node can keep its targets between
+            requests and never hand a webhook to a link that has gone.
         remote: in a cluster, it runs on another node: a request for it is
             checked here and carried there (:meth:`NodeView.forward_webhook`).
     """
 
-    channel_id: str
-    options: Mapping[str, Any]
-    connection: Connection | None
-    remote: bool = False
+    __slots__ = ("_channel", "_connection", "channel_id", "options", "remote")
+
+    def __init__(
+        self,
+        *,
+        channel_id: str,
+        options: Mapping[str, Any],
+        connection: Connection | None = None,
+        remote: bool = False,
+        channel: _HasConnection | None = None,
+    ) -> None:
+        self.channel_id = channel_id
+        self.options = options
+        self.remote = remote
+        self._connection = connection
+        self._channel = channel
+
+    @property
+    def connection(self) -> Connection | None:
+        channel = self._channel
+        return self._connection if channel is None else channel.connection
+
+    def __repr__(self) -> str:
+        where = "remote" if self.remote else "here"
+        return f"<WebhookTarget {self.channel_id!r} {where}>"
+
+
+class _HasConnection(Protocol):
+    @property
+    def connection(self) -> Connection | None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -242,6 +270,19 @@ class NodeView(Protocol):
 
     def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:
         """The channels of ``provider`` that take input by webhook."""
+        ...
+
+    def webhook_target(self, provider: str, channel_id: str) -> WebhookTarget | None:
+        """The one of :meth:`webhook_targets` with ``channel_id``, found without a walk."""
+        ...
+
+    def webhook_targets_for(
+        self, provider: str, numbers: Collection[str]
+    ) -> Sequence[WebhookTarget]:
+        """Those of :meth:`webhook_targets` whose ``phone_number_id`` is in ``numbers``.
+
+        In the order of :meth:`webhook_targets`, found without a walk.
+        """
         ...
 
     def check_webhook_headers(

@@ -17,7 +17,7 @@ import importlib
 import json
 import logging
 import types
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Final
 
 import attrs
@@ -155,6 +155,19 @@ class FakeNode:
 
     def webhook_targets(self, provider: str) -> Sequence[WebhookTarget]:
         return self.targets.get(provider, [])
+
+    def webhook_target(self, provider: str, channel_id: str) -> WebhookTarget | None:
+        return next((t for t in self.webhook_targets(provider) if t.channel_id == channel_id), None)
+
+    def webhook_targets_for(
+        self, provider: str, numbers: Collection[str]
+    ) -> Sequence[WebhookTarget]:
+        return [
+            t
+            for t in self.webhook_targets(provider)
+            if t.options.get("phone_number_id") is not None
+            and str(t.options["phone_number_id"]) in numbers
+        ]
 
     async def send(
         self,
@@ -755,7 +768,9 @@ async def test_one_refused_signature_among_the_targets_answers_403() -> None:
                 )
                 assert ack.status_code == 200
             # A forgery outranks a channel that is down: Meta must hear 403, not "retry".
-            node.targets["whatsapp"][0] = attrs.evolve(node.targets["whatsapp"][0], connection=None)
+            node.targets["whatsapp"][0] = WebhookTarget(
+                channel_id="wa-a", options={"phone_number_id": NUMBER_A}, connection=None
+            )
             answer = await client.post("/webhooks/whatsapp", content=both, headers=signed(both))
             assert answer.status_code == 403
             assert await rejected_total(client, "whatsapp", "signature") == 2

@@ -258,12 +258,13 @@ def _signer(target: WebhookTarget) -> str | None:
 
 
 async def _signed_by(
-    targets: Sequence[WebhookTarget],
+    links: Sequence[tuple[WebhookTarget, Any]],
     signatures: PostSignatures,
     size: int,
     limiter: trio.CapacityLimiter,
-) -> set[str]:
-    """The signers (app secrets, by id) among the live targets' that signed the post.
+) -> tuple[set[str], int]:
+    """The signers (app secrets, by id) among the live links' that signed the post,
+    and how many of ``links`` (``(target, its live connection)``) judge by a signer.
 
     Each signer is checked once, however many channels share it, and its
     verdict kept in ``signatures`` for the channels the post is handed to; a
@@ -271,13 +272,15 @@ async def _signed_by(
     large one (``size`` bytes) is hashed in a worker thread (hashlib lets go
     of the GIL), so probes are answered while a flood of big posts is refused.
     """
-    if not signatures.well_formed:
-        return set()
     connections: dict[str, Any] = {}
-    for target in targets:
-        signer = _signer(target)
-        if signer is not None:
-            connections.setdefault(signer, target.connection)
+    judged = 0
+    for _, link in links:
+        signer = getattr(link, "webhook_signer", None)
+        if isinstance(signer, str):
+            judged += 1
+            connections.setdefault(signer, link)
+    if not signatures.well_formed:
+        return set(), judged
     signed: set[str] = set()
     for signer, connection in connections.items():
         check = functools.partial(connection.check_post, signatures)
@@ -287,7 +290,7 @@ async def _signed_by(
             accepted = await trio.to_thread.run_sync(check, limiter=limiter)
         if accepted:
             signed.add(signer)
-    return signed
+    return signed, judged
 
 
 def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
@@ -417,8 +420,7 @@ class _Ops:
         return _response(answer)
 
     def _target(self, provider: str, channel_id: str) -> WebhookTarget | None:
-        targets = self.node.webhook_targets(provider)
-        return next((t for t in targets if t.channel_id == channel_id), None)
+        return self.node.webhook_target(provider, channel_id)
 
     async def _hand(
         self,
@@ -479,12 +481,13 @@ class _Ops:
             bounded_json.check_depth(body)
         except bounded_json.JSONTooDeep as exc:
             return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
-        live = [target for target in targets if target.connection is not None]
+        # Each live link read once: a number's webhook must not cost a walk per channel.
+        links = [(t, link) for t in targets if (link := t.connection) is not None]
+        live = [target for target, _ in links]
         signatures = PostSignatures(request.headers, body)
-        signers = await _signed_by(live, signatures, len(body), self.hashing)
-        judged = [t for t in live if _signer(t) is not None]  # the rest judge for themselves
+        signers, judged = await _signed_by(links, signatures, len(body), self.hashing)
         elsewhere = any(target.remote for target in targets)  # checked by their own secrets
-        if judged and len(judged) == len(live) and not signers and not elsewhere:
+        if judged and judged == len(live) and not signers and not elsewhere:
             return self._counted("whatsapp", _FORGED, reason="signature")
         try:
             payload = bounded_json.loads(body)
@@ -495,12 +498,7 @@ class _Ops:
             return self._counted("whatsapp", answer)
         numbers = _phone_number_ids(payload)
         if numbers:
-            chosen = [
-                target
-                for target in targets
-                if target.options.get("phone_number_id") is not None
-                and str(target.options["phone_number_id"]) in numbers
-            ]
+            chosen = self.node.webhook_targets_for("whatsapp", numbers)
             if not chosen:
                 answer = refusal(
                     404, "UnknownChannel", f"no whatsapp channel for number(s) {sorted(numbers)}"
