@@ -188,15 +188,24 @@ class CheckpointWriter:
         self._dirty.pop(memory, None)
         batch = self._urgent
         batch.memories[memory] = None
-        async with self._lock:
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            if not batch.done:  # gave up waiting: the next round writes it instead
+                batch.memories.pop(memory, None)
+                self.mark(memory)
+            raise
+        try:
             if not batch.done:  # nobody wrote it while this waited: write all that asked
                 self._urgent = _Urgent()
                 batch.done = True
                 try:
                     await self._write(list(batch.memories))
-                except StoreError as exc:
-                    batch.error = str(exc)
+                except BaseException as exc:  # a cancelled leader wrote nothing either
+                    batch.error = str(exc) or type(exc).__name__
                     raise
+        finally:
+            self._lock.release()
         if batch.error is not None:
             raise StoreError(f"checkpoint not written: {batch.error}")
 
@@ -255,8 +264,8 @@ class CheckpointWriter:
                     await trio.lowlevel.checkpoint()  # the others run between slices
                 await self._write_slice(memories[first : first + SLICE])
             except BaseException:
-                for memory in memories[first + SLICE :]:
-                    self.mark(memory)  # not exported yet (still dirty): the next round
+                for memory in memories[first:]:
+                    self.mark(memory)  # not written (still dirty): the next round
                 raise
         if self._failing:
             log.info("checkpoints are written again")

@@ -8,6 +8,7 @@ store fails leaves it and the ones after it dirty for the next round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import trio
@@ -139,3 +140,164 @@ async def test_a_round_cut_in_the_middle_of_an_export_leaves_every_channel_dirty
             assert all(memory.dirty for memory in memories)
             await writer.flush()
     assert writer.statistics().written == CHANNELS
+
+
+# --- cut and given-up writes (a review of the stepped export) ----------------------
+
+
+class GateStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__(batch_size=100, flush_interval=1.0)
+        self.hold: trio.Event | None = None
+        self.entered = trio.Event()
+        self.fail = False
+        self.ids: list[list[str]] = []
+
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        self.entered.set()
+        self.ids.append([i.channel_id for i in items])
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail:
+            raise StoreError("down")
+        return await super().write_checkpoints(items)
+
+
+def attach_few(writer: CheckpointWriter, n: int) -> list[ChannelMemory]:
+    out = []
+    for i in range(n):
+        m = ChannelMemory(DEFAULT_LIMITS, ChannelSettings())
+        writer.attach(m, f"ch-{i}", "t", "fake")
+        out.append(m)
+    return out
+
+
+async def test_a_channel_detached_or_changed_during_an_export_s_yields(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.checkpoints as cp
+
+    store = GateStore()
+    writer = CheckpointWriter(store, token=1)
+    ms = attach_few(writer, 3 * EXPORT_STEP)
+    real = cp.export_state
+    calls = 0
+
+    def export(memory: ChannelMemory, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == EXPORT_STEP + 1:  # the first export after the first yield
+            writer.detach(ms[EXPORT_STEP + 1])  # not exported yet
+            ms[0].touch()  # exported already: must be marked again
+        return real(memory, **kw)
+
+    monkeypatch.setattr(cp, "export_state", export)
+    async with store.serving():
+        await writer.flush()
+    assert f"ch-{EXPORT_STEP + 1}" not in store.ids[0]
+    assert len(store.ids[0]) == 3 * EXPORT_STEP - 1
+    assert ms[0].dirty and writer.statistics().dirty == 1
+
+
+async def test_a_write_now_that_gives_up_waiting_leaves_its_change_for_the_next_round(
+    autojump_clock: Any,
+) -> None:
+    store = GateStore()
+    writer = CheckpointWriter(store, token=1)
+    a, b = attach_few(writer, 2)
+    async with store.serving():
+        await writer.flush()  # both written, clean
+        store.ids.clear()
+        store.hold = trio.Event()
+        store.entered = trio.Event()
+        async with trio.open_nursery() as nursery:
+            a.touch()
+            nursery.start_soon(writer.flush)  # holds the lock
+            await store.entered.wait()
+            b.touch()  # b changes
+            with trio.move_on_after(1) as waited:  # b's write_now gives up waiting
+                await writer.write_now(b)
+            assert waited.cancelled_caught
+            store.hold.set()
+        store.hold = None
+        await writer.flush()  # the next rounds, and the drain's flush
+        await writer.flush()
+    written = [i for batch in store.ids for i in batch]
+    assert "ch-1" in written, f"b's change never written: {store.ids}, dirty={b.dirty}"
+
+
+async def test_a_write_now_whose_group_write_was_cut_does_not_say_written(
+    autojump_clock: Any,
+) -> None:
+    store = GateStore()
+    writer = CheckpointWriter(store, token=1)
+    a, b, c = attach_few(writer, 3)
+    async with store.serving():
+        await writer.flush()
+        store.ids.clear()
+        store.hold = trio.Event()
+        store.entered = trio.Event()
+        outcome: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.flush)  # a round holds the lock (c dirty)
+            c.touch()
+            await store.entered.wait()
+            store.entered = trio.Event()
+            a.touch(), b.touch()
+            leader = trio.CancelScope()
+
+            async def lead() -> None:
+                with leader:
+                    await writer.write_now(a)
+
+            async def follow() -> None:
+                try:
+                    await writer.write_now(b)
+                    outcome.append("b reported written")
+                except StoreError:
+                    outcome.append("b reported not written")
+
+            nursery.start_soon(lead)
+            await trio.sleep(0.1)
+            nursery.start_soon(follow)
+            await trio.sleep(0.1)
+            store.hold.set()  # the round ends; the leader's group write starts
+            store.hold = trio.Event()
+            await store.entered.wait()
+            leader.cancel()  # the leader's caller gives up during the group write
+            await trio.sleep(0.1)
+            store.hold.set()
+    # write_now(b) may only return normally if b's checkpoint was written
+    assert outcome == ["b reported not written"] or not b.dirty, (outcome, b.dirty)
+
+
+class CutAfterFirstBatch(MemoryStore):
+    def __init__(self, cut: trio.CancelScope) -> None:
+        super().__init__(batch_size=100, flush_interval=1.0)
+        self.cut = cut
+        self.batches: list[list[str]] = []
+
+    async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
+        result = await super().write_checkpoints(items)
+        self.batches.append([i.channel_id for i in items])
+        if len(self.batches) == 1:
+            self.cut.cancel()  # lands at the yield between slice 1 and slice 2
+        return result
+
+
+async def test_a_round_cut_between_slices_leaves_the_next_slices_dirty(
+    autojump_clock: Any,
+) -> None:
+    cut = trio.CancelScope()
+    store = CutAfterFirstBatch(cut)
+    writer = CheckpointWriter(store, token=1)
+    memories = attach_few(writer, 3 * SLICE)
+    async with store.serving():
+        with cut:
+            await writer.flush()
+        assert cut.cancelled_caught
+        assert len(store.batches) == 1  # slice 1 written, then cut at the yield
+        unwritten = memories[SLICE:]
+        lost = [m for m in unwritten if not (m.dirty and m in writer._dirty)]
+        # every channel not written must be waiting for the next round
+        assert not lost, f"{len(lost)} channels dirty but in no round: {writer.statistics()}"
