@@ -50,10 +50,8 @@ import argparse
 import collections
 import contextlib
 import json
-import math
 import ssl
 import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -61,6 +59,8 @@ from typing import Any, Final
 import httpx
 import trio
 import trio.lowlevel
+
+from .bare import add_load_arguments, cpu_seconds, print_lines, step_answers
 
 CLIENT: Final = "httpx AsyncClient on trio (no Switchboard)"
 PROVIDER_CLIENT: Final = "the provider's Connection.send (no node, no channel actor)"
@@ -74,10 +74,6 @@ CONNECT_TIMEOUT: Final = 10.0  # seconds, as the providers' connects
 TELEGRAM_BOT_BASE: Final = 900_000  # bare bots' ids (the node's made-up bots: 100,001...)
 WHATSAPP_NUMBER_BASE: Final = 200_000_000_000  # bare numbers (the node's: 100,000,000,001...)
 WHATSAPP_API_VERSION: Final = "v21.0"  # providers.whatsapp.core.DEFAULT_API_VERSION
-
-
-def _cpu_seconds() -> float:
-    return time.process_time()  # user + system, as bench.rig.cpu_seconds measures the node
 
 
 # ---------------------------------------------------------------- the platforms
@@ -266,7 +262,7 @@ async def _load_step(
     n = len(load.senders)
     cap = n * window  # no more requests at once than every pool's connections
     total = int(rate * duration)
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds()
     start = trio.current_time()
     i = 0
     while i < total:
@@ -281,9 +277,7 @@ async def _load_step(
     if tally.out:
         with trio.move_on_after(DRAIN_LIMIT):
             await tally.drained.wait()
-    cpu = _cpu_seconds() - cpu0
-    ordered = sorted(tally.latencies)
-    acked = len(ordered)
+    cpu = cpu_seconds() - cpu0
     return {
         "client": CLIENT if via == "httpx" else PROVIDER_CLIENT,
         "provider": load.platform.name,
@@ -294,24 +288,10 @@ async def _load_step(
         "duration": duration,
         "text_size": len(load.text),
         "scheduled": total,
-        "acked": acked,
         "errors": dict(tally.errors),
         "unanswered": tally.out,
-        "cpu_seconds": cpu,
-        "cpu_per_message": cpu / acked if acked else None,
-        "p50": _percentile(ordered, 50),
-        "p90": _percentile(ordered, 90),
-        "p99": _percentile(ordered, 99),
-        "elapsed": (tally.last_answer or trio.current_time()) - start,
+        **step_answers(tally.latencies, cpu, tally.last_answer, start),
     }
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    # Nearest rank, as bench.report.percentile (not imported: it loads the report stack).
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 async def _open(client: httpx.AsyncClient, platform: _Platform, base: str, index: int) -> None:
@@ -459,10 +439,6 @@ async def measure_send(
 # ---------------------------------------------------------------- command line
 
 
-def _rates(text: str) -> list[float]:
-    return [float(r) for r in text.split(",") if r.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.http_bare", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -470,12 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("url", help="the emulator's base URL, http://host:port")
     send.add_argument("--provider", choices=PROVIDERS, required=True)
     send.add_argument("--connections", type=int, required=True, help="clients (bots, numbers)")
-    send.add_argument("--rates", type=_rates, required=True, help="msgs/s, comma-separated")
-    send.add_argument("--duration", type=float, required=True, help="seconds per rate")
+    add_load_arguments(send)
     send.add_argument(
         "--window", type=int, default=1, help="connections per client, as a channel's send window"
     )
-    send.add_argument("--text-size", type=int, default=40, help="characters per message")
     send.add_argument(
         "--via",
         choices=VIA,
@@ -496,8 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             via=args.via,
         )
     )
-    for result in results:
-        print(json.dumps(result), flush=True)
+    print_lines(results)
     return 0
 
 

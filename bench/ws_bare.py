@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -71,16 +70,14 @@ from wsproto.events import (
 )
 from wsproto.events import Message as WsMessage
 
+from .bare import add_load_arguments, cpu_seconds, print_lines, step_answers
+
 CLIENT: Final = "trio + wsproto (trio socket streams, no trio-websocket)"
 PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
 PEERS: Final = 997  # distinct recipients, as bench.rig rotates them (peer "user-<i mod 997>")
 DRAIN_LIMIT: Final = 60.0  # seconds to wait for the acks still due after a step
 READ_SIZE: Final = 65_536  # bytes per socket read
 HEARTBEAT_ACK: Final = '{"type":"heartbeat_ack"}'
-
-
-def _cpu_seconds() -> float:
-    return time.process_time()  # user + system, as bench.rig.cpu_seconds measures the node
 
 
 # ---------------------------------------------------------------- memory
@@ -124,20 +121,20 @@ async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
     idle_cpu: float | None = None
     idle_seconds = 0.0
     async with trio.open_nursery() as nursery:
-        connect_cpu0 = _cpu_seconds()
+        connect_cpu0 = cpu_seconds()
         for i in range(count):
             nursery.start_soon(holders.hold, nursery, f"{url}{sep}token=bare-{i:05d}")
         await holders.all_open.wait()
-        connect_cpu = _cpu_seconds() - connect_cpu0
+        connect_cpu = cpu_seconds() - connect_cpu0
         seconds = time.perf_counter() - started
         gc.collect()
         after = psutil.Process().memory_info().rss
         heartbeats = holders.heartbeats
         if idle > 0:
-            cpu0 = _cpu_seconds()
+            cpu0 = cpu_seconds()
             t0 = trio.current_time()
             await trio.sleep(idle)
-            idle_cpu = _cpu_seconds() - cpu0
+            idle_cpu = cpu_seconds() - cpu0
             idle_seconds = trio.current_time() - t0
         nursery.cancel_scope.cancel()
     delta = after - before
@@ -330,7 +327,7 @@ async def _load_step(
     n = len(connections)
     total = int(rate * duration)
     encode = json.JSONEncoder(separators=(",", ":")).encode
-    cpu0 = _cpu_seconds()
+    cpu0 = cpu_seconds()
     start = trio.current_time()
     i = 0
     while i < total:
@@ -346,9 +343,7 @@ async def _load_step(
     if tally.pending and not session.lost:
         with trio.move_on_after(DRAIN_LIMIT):
             await tally.drained.wait()
-    cpu = _cpu_seconds() - cpu0
-    ordered = sorted(tally.latencies)
-    acked = len(ordered)
+    cpu = cpu_seconds() - cpu0
     return {
         "client": CLIENT,
         "connections": n,
@@ -356,26 +351,12 @@ async def _load_step(
         "duration": duration,
         "text_size": len(text),
         "scheduled": total,
-        "acked": acked,
         "errors": dict(tally.errors),
         "other_frames": dict(tally.others),
         "unanswered": len(tally.pending),
         "connections_lost": session.lost,
-        "cpu_seconds": cpu,
-        "cpu_per_message": cpu / acked if acked else None,
-        "p50": _percentile(ordered, 50),
-        "p90": _percentile(ordered, 90),
-        "p99": _percentile(ordered, 99),
-        "elapsed": (tally.last_answer or trio.current_time()) - start,
+        **step_answers(tally.latencies, cpu, tally.last_answer, start),
     }
-
-
-def _percentile(ordered: list[float], q: float) -> float | None:
-    # Nearest rank, as bench.report.percentile (not imported: it loads the report stack).
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 async def measure_send(
@@ -419,10 +400,6 @@ async def measure_send(
 # ---------------------------------------------------------------- command line
 
 
-def _rates(text: str) -> list[float]:
-    return [float(r) for r in text.split(",") if r.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ws_bare", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -437,9 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     send = commands.add_parser("send", help="CPU per acked send, bare trio + wsproto client")
     send.add_argument("url")
     send.add_argument("--connections", type=int, required=True)
-    send.add_argument("--rates", type=_rates, required=True, help="msgs/s, comma-separated")
-    send.add_argument("--duration", type=float, required=True, help="seconds per rate")
-    send.add_argument("--text-size", type=int, default=40, help="characters per message")
+    add_load_arguments(send)
     args = parser.parse_args(argv)
     if args.command == "memory":
         print(json.dumps(trio.run(measure, args.url, args.count, args.idle)), flush=True)
@@ -453,8 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             text_size=args.text_size,
         )
     )
-    for result in results:
-        print(json.dumps(result), flush=True)
+    print_lines(results)
     return 0
 
 

@@ -34,6 +34,12 @@ class CountingStore(MemoryStore):
         self.fail_batch: int | None = None
         self.ticks = 0
 
+    async def tick_forever(self) -> None:
+        """Another task of the loop: counts how often it got to run."""
+        while True:
+            self.ticks += 1
+            await trio.lowlevel.checkpoint()
+
     async def write_checkpoints(self, items: Sequence[Checkpoint]) -> CheckpointResult:
         self.batches.append(len(items))
         self.ticks_seen.append(self.ticks)
@@ -56,14 +62,9 @@ async def test_a_round_is_written_in_slices_with_other_tasks_running_between() -
     writer = CheckpointWriter(store, token=1)
     attach_all(writer)
 
-    async def other_task() -> None:
-        while True:
-            store.ticks += 1
-            await trio.lowlevel.checkpoint()
-
     with trio.fail_after(CEILING):
         async with store.serving(), trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
+            nursery.start_soon(store.tick_forever)
             await writer.flush()
             nursery.cancel_scope.cancel()
             for i in (0, SLICE, CHANNELS - 1):
@@ -99,14 +100,9 @@ async def test_a_slice_is_exported_and_encoded_a_few_channels_at_a_time() -> Non
     attach_all(writer)
     ran: list[int] = []  # the other task's ticks, each time the store was entered
 
-    async def other_task() -> None:
-        while True:
-            store.ticks += 1
-            await trio.lowlevel.checkpoint()
-
     with trio.fail_after(CEILING):
         async with store.serving(), trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
+            nursery.start_soon(store.tick_forever)
             await trio.lowlevel.checkpoint()
             before = store.ticks
             await writer.flush()
