@@ -8,6 +8,7 @@ errors, and crashes of the actor itself under a supervisor.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator
@@ -470,3 +471,33 @@ async def test_a_crash_keeps_budgets_backoff_and_session(autojump_clock: Any) ->
             await trio.sleep(1.0)
             assert channel.statistics().duplicates == 1
             assert channel.statistics().restarts == 1
+
+
+async def test_a_connect_builds_no_log_adapter_when_info_is_off(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ten thousand channels connect in a storm: with INFO off, no adapter is
+    # made for a line that is not logged.
+    from actors.channel import actor as channel_actor
+
+    made: list[object] = []
+
+    class Counted(channel_actor._ChannelLog):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(channel_actor, "_ChannelLog", Counted)
+    caplog.set_level(logging.WARNING, logger="switchboard.channels")
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            assert channel.statistics().status is ChannelStatus.CONNECTED
+            assert made == []
+    caplog.set_level(logging.INFO, logger="switchboard.channels")
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(2)
+            assert "ch [CONNECTED]>: connected" in caplog.text
+    assert made

@@ -274,7 +274,11 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         if reason is not None and status in (ChannelStatus.BACKING_OFF, ChannelStatus.FAILED):
             memory.last_error = reason
         memory.connected_since = trio.current_time() if status is ChannelStatus.CONNECTED else None
-        if status is ChannelStatus.CONNECTED and previous is not status:
+        if (
+            status is ChannelStatus.CONNECTED
+            and previous is not status
+            and log.isEnabledFor(logging.INFO)  # no adapter, nor repr, for a line not logged
+        ):
             self._log.info("%r: connected", self)
         if previous is not status or status is ChannelStatus.BACKING_OFF:
             self._publish(
