@@ -53,6 +53,7 @@ from providers.base import (
     RateLimitScope,
     ReceiptStatus,
     SessionState,
+    UNLIMITED,
     TransientError,
 )
 from providers.testing import FakeConnection, FakeProvider, SendDelay
@@ -501,3 +502,38 @@ async def test_a_connect_builds_no_log_adapter_when_info_is_off(
             await provider.wait_connected(2)
             assert "ch [CONNECTED]>: connected" in caplog.text
     assert made
+
+
+async def test_a_connect_makes_no_limiter_or_breaker_until_the_first_send(
+    autojump_clock: Any,
+) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            memory = channel.memory
+            assert not memory.limiter_made and not memory.breaker_made
+            await channel.send(out())
+            assert memory.limiter_made and memory.breaker_made
+            assert memory.breaker.statistics().successes == 1
+
+
+UNLIMITED_LIMITS = PlatformLimits(
+    per_channel_rate=UNLIMITED,
+    per_channel_burst=1,
+    per_peer_rate=UNLIMITED,
+    per_peer_burst=1,
+    max_text_length=100,
+)
+
+
+@pytest.mark.parametrize("limits", [GENEROUS, UNLIMITED_LIMITS], ids=["limited", "unlimited"])
+def test_a_checkpoint_of_parts_not_made_is_that_of_fresh_ones(limits: PlatformLimits) -> None:
+    from actors.channel.durable import export_state
+
+    lazy = ChannelMemory(limits, settings())
+    exported = export_state(lazy, now=5.0, clock_offset=1000.0)
+    assert not lazy.limiter_made and not lazy.breaker_made
+    made = ChannelMemory(limits, settings())
+    assert made.limiter is not None and made.breaker is not None
+    assert export_state(made, now=5.0, clock_offset=1000.0) == exported
