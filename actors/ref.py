@@ -57,7 +57,7 @@ from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .system import ActorSystem
     from .timers import Timer
@@ -116,6 +116,7 @@ class ActorRef:
         "__weakref__",
         "_current_ask",
         "_done",
+        "_early_tasks",
         "_exit",
         "_factory",
         "_id",
@@ -169,6 +170,8 @@ class ActorRef:
         self._kill_scope: trio.CancelScope | None = None
         self._killed = False  # a kill landed on the running task-mode incarnation
         self._nursery: trio.Nursery | None = None
+        # The tasks an eager start's on_start asked for, until its task runs.
+        self._early_tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = None
         self._timers: list[Timer] | None = None
         self._done: trio.Event | None = None
         self._incarnation_done: trio.Event | None = None

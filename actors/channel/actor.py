@@ -218,7 +218,9 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def on_start(self) -> None:
+    def on_start(self) -> None:
+        # A plain function: the kernel runs it in the starter's task and
+        # spawns the actor's own task without waiting for it (an eager start).
         self.memory.incarnations += 1
         self.memory.current_ref = self.ref
         if self.memory.status is ChannelStatus.FAILED:
