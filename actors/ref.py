@@ -29,6 +29,7 @@ and the part of that a supervisor may use is ``actors.lowlevel``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -462,6 +463,8 @@ class ActorRef:
             pending.task = None
             return Abort.SUCCEEDED
 
+        if timeout == math.inf:  # a supervisor's call: no cancel scope, nor deadline
+            return await wait_task_rescheduled(abort)
         with trio.move_on_after(timeout):
             return await wait_task_rescheduled(abort)
         raise AskTimeout(
