@@ -326,18 +326,19 @@ class WebSocketConnection:
         """Connect, wait for ``ready``, start the reader; map every failure."""
         url, headers = _target(self._config, self._options)
         assert self._ready is not None
+        timeout = self._options.connect_timeout
         try:
-            with map_exceptions(_connect_errors(url, self._options.connect_timeout)):
-                try:
-                    with trio.fail_after(self._options.connect_timeout):
-                        self._link = await open_link(
-                            url, headers, max_message_size=self._options.max_message_bytes
-                        )
-                        self._nursery.start_soon(self._run)
-                        await self._ready.wait()
-                except trio.TooSlowError:
+            with map_exceptions(_connect_errors(url, timeout)):
+                # A plain cancel scope, as fail_after is (less its generator).
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as deadline:
+                    self._link = await open_link(
+                        url, headers, max_message_size=self._options.max_message_bytes
+                    )
+                    self._nursery.start_soon(self._run)
+                    await self._ready.wait()
+                if deadline.cancelled_caught:
                     await self.close()  # the link may be up: close it before the error leaves
-                    raise
+                    raise trio.TooSlowError
         finally:
             self._ready = None
         if self._core.phase is Phase.FAILED and self._core.failure is not None:
