@@ -12,8 +12,8 @@ exact times; every test that could hang has a ``trio.fail_after`` ceiling.
 from __future__ import annotations
 
 import inspect
-import math
 import logging
+import math
 from typing import Any
 
 import pytest

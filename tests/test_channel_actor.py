@@ -39,6 +39,7 @@ from actors.channel import (
     Tenure,
 )
 from providers.base import (
+    UNLIMITED,
     AuthenticationFailed,
     BadRecipient,
     Banned,
@@ -53,7 +54,6 @@ from providers.base import (
     RateLimitScope,
     ReceiptStatus,
     SessionState,
-    UNLIMITED,
     TransientError,
 )
 from providers.testing import FakeConnection, FakeProvider, SendDelay
