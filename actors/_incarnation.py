@@ -115,6 +115,22 @@ async def start(ref: ActorRef, inst: Actor | None = None) -> None:
         start_eager(ref, inst)
 
 
+def start_without_waiting(ref: ActorRef) -> None:
+    """:func:`start` for an actor that starts without awaiting.
+
+    Raises:
+        StartFailed: the factory or ``on_start`` raised, or the factory made
+            an actor whose ``on_start`` awaits (it is not started).
+    """
+    inst = new_instance(ref)
+    if not inst._needs_task:
+        start_nowait(ref, inst)
+    elif not inst._async_on_start:
+        start_eager(ref, inst)
+    else:
+        raise StartFailed(f"{ref!r}: the factory made {inst!r}, whose on_start awaits")
+
+
 def start_nowait(ref: ActorRef, inst: Actor) -> None:
     """Start a dispatcher-mode incarnation: ``on_start`` runs here and now.
 

@@ -17,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -155,11 +156,10 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         """
         settings = settings or ChannelSettings()
         shared = memory or ChannelMemory(provider.limits, settings)
-
-        def start() -> ChannelActor:
-            return cls(config, provider, shared, settings, sink)
-
-        start.__name__ = cls.__name__
+        # A partial of the class, not a closure: the kernel sees which class
+        # it makes, and a supervisor starts it without a trip through its
+        # mailbox (``lowlevel.starts_without_waiting``).
+        start = functools.partial(cls, config, provider, shared, settings, sink)
         return start, shared
 
     @property
