@@ -178,18 +178,10 @@ def start_eager(ref: ActorRef, inst: Actor) -> None:
     finally:
         ref._early_tasks = None
     ref._state = RUNNING
-    ref.system._nursery.start_soon(_run_eager, ref, inst, ref._incarnation, early)
-
-
-async def _run_eager(
-    ref: ActorRef,
-    inst: Actor,
-    incarnation: int,
-    early: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]],
-) -> None:
-    if ref._instance is not inst or ref._incarnation != incarnation:
-        return  # ended (killed, terminated) before its task ran: nothing of it starts
-    await run_task(ref, inst, early=early)
+    # run_task itself is the task's coroutine: no wrapper frame kept for the actor's life.
+    ref.system._nursery.start_soon(
+        run_task, ref, inst, trio.TASK_STATUS_IGNORED, early, ref._incarnation
+    )
 
 
 def _begin(ref: ActorRef, inst: Actor, *, task_mode: bool) -> None:
@@ -212,8 +204,8 @@ async def run_task(
     ref: ActorRef,
     inst: Actor,
     task_status: Any = trio.TASK_STATUS_IGNORED,
-    *,
     early: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = None,
+    incarnation: int = 0,
 ) -> None:
     """Run one task-mode incarnation from ``on_start`` to its end.
 
@@ -222,12 +214,14 @@ async def run_task(
     life), then one around ``on_stop``. ``ref._killed`` tells a kill from the
     cancel that ends the owned tasks once the mailbox loop is over.
 
-    With ``early``, :func:`start_eager` has already run ``on_start``; these
-    are the tasks it started, to start in the nursery.
+    With ``early``, :func:`start_eager` has already run ``on_start`` of
+    ``incarnation``; these are the tasks it started, to start in the nursery.
     """
     if early is None:
         _begin(ref, inst, task_mode=True)
         ref._killed = False
+    elif ref._instance is not inst or ref._incarnation != incarnation:
+        return  # ended (killed, terminated) before its task ran: nothing of it starts
     exit: Exit | None = None
     started = early is not None
     restart_in_place = False
@@ -249,7 +243,7 @@ async def run_task(
                 else:
                     for fn, args in early:
                         nursery.start_soon(fn, *args)
-                    del early
+                    early.clear()  # the task's own frame keeps the list for the actor's life
                 exit = await _task_loop(ref, inst)
                 if inst._has_on_stopping and exit is not _RESTART_EXIT:
                     await _call_on_stopping(ref, inst, exit)

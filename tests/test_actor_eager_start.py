@@ -186,3 +186,21 @@ async def test_a_supervisor_reports_a_child_whose_plain_on_start_fails(
                     )
                 assert isinstance(info.value.__cause__, Boom)
                 assert await sup.which_children() == []
+
+
+async def test_the_task_of_an_eager_start_is_the_incarnation_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Ten thousand channels each keep their task for hours: no wrapper frame
+    # around the incarnation's own coroutine, and no list of the tasks its
+    # on_start asked for.
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Eager, log)
+            await yield_until(lambda: ref._parked is not None)
+            task = ref._parked
+            assert task is not None
+            assert task.coro.cr_code.co_name == "run_task"
+            assert task.coro.cr_frame.f_locals["early"] == []
+            await ref.stop()
