@@ -107,10 +107,28 @@ async def start(ref: ActorRef, inst: Actor | None = None) -> None:
     """
     if inst is None:
         inst = new_instance(ref)
-    if inst._needs_task:
+    if not inst._needs_task:
+        start_nowait(ref, inst)
+    elif inst._async_on_start:
         await ref.system._nursery.start(run_task, ref, inst)
     else:
+        start_eager(ref, inst)
+
+
+def start_without_waiting(ref: ActorRef) -> None:
+    """:func:`start` for an actor that starts without awaiting.
+
+    Raises:
+        StartFailed: the factory or ``on_start`` raised, or the factory made
+            an actor whose ``on_start`` awaits (it is not started).
+    """
+    inst = new_instance(ref)
+    if not inst._needs_task:
         start_nowait(ref, inst)
+    elif not inst._async_on_start:
+        start_eager(ref, inst)
+    else:
+        raise StartFailed(f"{ref!r}: the factory made {inst!r}, whose on_start awaits")
 
 
 def start_nowait(ref: ActorRef, inst: Actor) -> None:
@@ -132,6 +150,40 @@ def start_nowait(ref: ActorRef, inst: Actor) -> None:
         ref.system._enqueue(ref)
 
 
+def start_eager(ref: ActorRef, inst: Actor) -> None:
+    """Start a task-mode incarnation whose ``on_start`` is a plain function.
+
+    ``on_start`` runs here and now, as in dispatcher mode, and the
+    incarnation's task is then spawned to run the mailbox: the caller does
+    not wait for it (no ``Nursery.start``, with its temporary nursery and
+    two task switches, per actor). The tasks ``on_start`` asked for
+    (``start_task``) start with the incarnation's nursery, before its first
+    message. Until the task runs, the incarnation is RUNNING with no task:
+    mail waits in the mailbox, a stop waits for the task, a kill ends the
+    incarnation at once and the task, when it runs, finds it over.
+
+    Raises:
+        StartFailed: ``on_start`` raised.
+    """
+    _begin(ref, inst, task_mode=True)
+    ref._killed = False
+    early: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+    ref._early_tasks = early
+    try:
+        if inst._has_on_start:
+            inst.on_start()
+    except Exception as exc:
+        _abort_start(ref)
+        raise StartFailed(f"{ref!r}: on_start raised {exc!r}") from exc
+    finally:
+        ref._early_tasks = None
+    ref._state = RUNNING
+    # run_task itself is the task's coroutine: no wrapper frame kept for the actor's life.
+    ref.system._nursery.start_soon(
+        run_task, ref, inst, trio.TASK_STATUS_IGNORED, early, ref._incarnation
+    )
+
+
 def _begin(ref: ActorRef, inst: Actor, *, task_mode: bool) -> None:
     ref._instance = inst
     ref._incarnation += 1
@@ -148,33 +200,50 @@ def _abort_start(ref: ActorRef) -> None:
     ref._state = RESTARTING if ref._exit is None else ref._state
 
 
-async def run_task(ref: ActorRef, inst: Actor, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_task(
+    ref: ActorRef,
+    inst: Actor,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    early: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = None,
+    incarnation: int = 0,
+) -> None:
     """Run one task-mode incarnation from ``on_start`` to its end.
 
     A kill cancels ``ref._kill_scope``: the nursery's own scope while the
     nursery runs (no scope of its own around it, kept for the actor's whole
     life), then one around ``on_stop``. ``ref._killed`` tells a kill from the
     cancel that ends the owned tasks once the mailbox loop is over.
+
+    With ``early``, :func:`start_eager` has already run ``on_start`` of
+    ``incarnation``; these are the tasks it started, to start in the nursery.
     """
-    _begin(ref, inst, task_mode=True)
-    ref._killed = False
+    if early is None:
+        _begin(ref, inst, task_mode=True)
+        ref._killed = False
+    elif ref._instance is not inst or ref._incarnation != incarnation:
+        return  # ended (killed, terminated) before its task ran: nothing of it starts
     exit: Exit | None = None
-    started = False
+    started = early is not None
     restart_in_place = False
     try:
         try:
             async with trio.open_nursery() as nursery:
                 ref._nursery = nursery
                 ref._kill_scope = nursery.cancel_scope
-                result = inst.on_start()
-                if inst._async_on_start:
-                    await result  # type: ignore[misc]
-                ref._state = RUNNING
-                started = True
-                task_status.started()
-                # The status holds the nursery that start() made for the
-                # start-up; dropping it frees that nursery (1.2 KB per actor).
-                del task_status
+                if early is None:
+                    result = inst.on_start()
+                    if inst._async_on_start:
+                        await result  # type: ignore[misc]
+                    ref._state = RUNNING
+                    started = True
+                    task_status.started()
+                    # The status holds the nursery that start() made for the
+                    # start-up; dropping it frees that nursery (1.2 KB per actor).
+                    del task_status
+                else:
+                    for fn, args in early:
+                        nursery.start_soon(fn, *args)
+                    early.clear()  # the task's own frame keeps the list for the actor's life
                 exit = await _task_loop(ref, inst)
                 if inst._has_on_stopping and exit is not _RESTART_EXIT:
                     await _call_on_stopping(ref, inst, exit)
@@ -587,6 +656,10 @@ def start_owned_task(
 ) -> None:
     nursery = ref._nursery
     if nursery is None:
+        early = ref._early_tasks
+        if early is not None:  # on_start of an eager start: the nursery comes with the task
+            early.append((fn, args))
+            return
         raise NotInActorContext(
             f"{ref!r} has no task context: only an actor with an async hook "
             "(on_start, receive or on_stop) can own tasks"

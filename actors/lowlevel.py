@@ -33,6 +33,7 @@ hand loses none of it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,7 +50,8 @@ from ._incarnation import start as start_incarnation
 from ._incarnation import start_nowait as start_incarnation_nowait
 from ._incarnation import stop as stop_incarnation
 from ._messages import Ask, ChildExited, Parent
-from .actor import Actor, Exit
+from .actor import Actor, ActorState, Exit
+from .mailbox import MailboxConfig
 from .ref import ActorRef
 from .system import ActorSystem
 
@@ -59,6 +61,8 @@ __all__ = [
     "Parent",
     "current_instance",
     "defer_reply",
+    "factory_class",
+    "idle",
     "kill_incarnation",
     "kill_linked",
     "last_exit",
@@ -68,9 +72,11 @@ __all__ = [
     "request_stop",
     "requeue",
     "runs_in_task",
+    "spawn_nowait",
     "start_incarnation",
     "start_incarnation_nowait",
     "start_system_task",
+    "starts_without_waiting",
     "stop_incarnation",
     "terminate",
 ]
@@ -111,3 +117,62 @@ def mailbox_depth(ref: ActorRef) -> int:
 def start_system_task(system: ActorSystem, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
     """Run ``fn(*args)`` as a task of ``system``: it ends when the system closes."""
     system._nursery.start_soon(fn, *args)
+
+
+def factory_class(factory: Callable[..., Any]) -> type[Actor] | None:
+    """The actor class ``factory`` makes, when the factory says so.
+
+    An ``Actor`` subclass, or a ``functools.partial`` of one, says so; any
+    other callable may return anything, and ``None`` is returned.
+    """
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    if isinstance(factory, type) and issubclass(factory, Actor):
+        return factory
+    return None
+
+
+def starts_without_waiting(factory: Callable[..., Any]) -> bool:
+    """Whether an actor from ``factory`` is known to start without awaiting.
+
+    True for a plain actor and for one whose ``on_start`` is a plain
+    function (an eager start): :func:`spawn_nowait` can start it.
+    """
+    cls = factory_class(factory)
+    return cls is not None and not cls._async_on_start
+
+
+def idle(ref: ActorRef) -> bool:
+    """Whether the task-mode actor of ``ref`` waits for mail with none queued.
+
+    A parent may then handle a request at the caller's site instead of
+    through its mailbox, provided the handling never awaits: nothing is
+    queued ahead of it, and the actor's own task cannot run meanwhile (the
+    kernel does this for a child's exit, ``Parent.child_exited_now``).
+    """
+    return (
+        ref._task_mode
+        and ref._parked is not None
+        and ref._state is ActorState.RUNNING
+        and ref._stop_request is None
+        and not ref._mailbox
+    )
+
+
+def spawn_nowait(
+    system: ActorSystem,
+    factory: Callable[[], Actor],
+    *,
+    name: str | None = None,
+    mailbox: MailboxConfig | None = None,
+    parent: ActorRef | None = None,
+) -> ActorRef:
+    """:meth:`ActorSystem.spawn` for a factory that starts without waiting.
+
+    Raises:
+        ValueError: ``starts_without_waiting(factory)`` is false.
+        NameTaken, StartFailed, RuntimeError: as ``spawn``.
+    """
+    if not starts_without_waiting(factory):
+        raise ValueError(f"{factory!r} is not known to start without waiting: spawn() it")
+    return system._spawn_nowait(factory, name=name, mailbox=mailbox, parent=parent)

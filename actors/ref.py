@@ -29,6 +29,7 @@ and the part of that a supervisor may use is ``actors.lowlevel``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -57,7 +58,7 @@ from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .system import ActorSystem
     from .timers import Timer
@@ -116,6 +117,7 @@ class ActorRef:
         "__weakref__",
         "_current_ask",
         "_done",
+        "_early_tasks",
         "_exit",
         "_factory",
         "_id",
@@ -169,6 +171,8 @@ class ActorRef:
         self._kill_scope: trio.CancelScope | None = None
         self._killed = False  # a kill landed on the running task-mode incarnation
         self._nursery: trio.Nursery | None = None
+        # The tasks an eager start's on_start asked for, until its task runs.
+        self._early_tasks: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] | None = None
         self._timers: list[Timer] | None = None
         self._done: trio.Event | None = None
         self._incarnation_done: trio.Event | None = None
@@ -459,6 +463,8 @@ class ActorRef:
             pending.task = None
             return Abort.SUCCEEDED
 
+        if timeout == math.inf:  # a supervisor's call: no cancel scope, nor deadline
+            return await wait_task_rescheduled(abort)
         with trio.move_on_after(timeout):
             return await wait_task_rescheduled(abort)
         raise AskTimeout(

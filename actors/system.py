@@ -150,6 +150,25 @@ class ActorSystem:
             raise
         return ref
 
+    def _spawn_nowait(
+        self,
+        factory: Callable[[], Actor],
+        *,
+        name: str | None,
+        mailbox: MailboxConfig | None,
+        parent: ActorRef | None,
+    ) -> ActorRef:
+        """``spawn`` for an actor that starts without awaiting (see ``lowlevel.spawn_nowait``)."""
+        if self._closing:
+            raise RuntimeError("the actor system is shutting down: no new actors")
+        ref = self._new_ref(factory, name=name, mailbox=mailbox, parent=parent)
+        try:
+            _incarnation.start_without_waiting(ref)
+        except StartFailed as exc:
+            _incarnation.terminate(ref, Exit(kind=ExitKind.CRASHED, error=exc))
+            raise
+        return ref
+
     def whereis(self, name: str) -> ActorRef | None:
         """The live actor registered as ``name``, or ``None``."""
         return self._registry.get(name)

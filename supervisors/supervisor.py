@@ -415,6 +415,13 @@ class Supervisor(Actor, Parent):
             )
 
     async def _start_new(self, spec: ChildSpec) -> ActorRef | None:
+        self._refuse_taken(spec)
+        child = _Child(spec)
+        await self._start(child)
+        self._children[spec.id] = child
+        return child.ref
+
+    def _refuse_taken(self, spec: ChildSpec) -> None:
         existing = self._children.get(spec.id)
         if existing is not None:
             if existing.status == "running":
@@ -428,10 +435,32 @@ class Supervisor(Actor, Parent):
                 "restart_child or delete_child it",
                 child_id=spec.id,
             )
+
+    def start_child_now(self, spec: ChildSpec) -> ActorRef:
+        """``start_child`` handled at the caller's site, while we are idle.
+
+        For a child known to start without waiting
+        (``lowlevel.starts_without_waiting``): nothing awaits, so this is
+        the request handled as our task would handle it, without the trip
+        through the mailbox (the kernel does the same for a child's exit,
+        ``child_exited_now``). The caller checks ``lowlevel.idle`` first.
+
+        Raises:
+            AlreadyStarted, AlreadyPresent, StartChildFailed: as ``start_child``.
+        """
+        self._refuse_taken(spec)
         child = _Child(spec)
-        await self._start(child)
+        try:
+            ref = lowlevel.spawn_nowait(
+                self.system, spec.start, name=spec.name, mailbox=spec.mailbox, parent=self.ref
+            )
+        except (StartFailed, NameTaken) as exc:
+            raise self._start_failure(spec, exc) from (exc.__cause__ or exc)
+        child.ref = ref
+        self._by_ref[ref] = child
+        child.started_at = trio.current_time()
         self._children[spec.id] = child
-        return child.ref
+        return ref
 
     def _counts(self) -> ChildCounts:
         active = supervisors = 0
@@ -627,19 +656,21 @@ class Supervisor(Actor, Parent):
                 )
                 child.ref = ref
                 self._by_ref[ref] = child
-        except StartFailed as exc:
-            raise _start_error(spec, self.ref, exc) from (exc.__cause__ or exc)
-        except NameTaken as exc:
-            # OTP: a registered name already in use is that child's start
-            # failure ({already_started, Pid}), never the supervisor's crash.
-            error = StartChildFailed(
-                f"child {spec.id!r} of {self.ref!r} failed to start: {exc}", child_id=spec.id
-            )
-            raise error from exc
+        except (StartFailed, NameTaken) as exc:
+            raise self._start_failure(spec, exc) from (exc.__cause__ or exc)
         child.restarting = False
         child.started_at = trio.current_time()
         if child.backoff is not None:
             child.backoff.connected(child.started_at)
+
+    def _start_failure(self, spec: ChildSpec, exc: StartFailed | NameTaken) -> StartChildFailed:
+        if isinstance(exc, StartFailed):
+            return _start_error(spec, self.ref, exc)
+        # OTP: a registered name already in use is that child's start
+        # failure ({already_started, Pid}), never the supervisor's crash.
+        return StartChildFailed(
+            f"child {spec.id!r} of {self.ref!r} failed to start: {exc}", child_id=spec.id
+        )
 
     async def _shutdown(self, child: _Child, *, keep_ref: bool) -> None:
         """Stop a child's incarnation (OTP ``do_terminate``)."""
@@ -743,6 +774,13 @@ class SupervisorRef:
             AlreadyPresent: the id is held by a child that is not running.
             StartChildFailed: the child failed to start (it is not added).
         """
+        await trio.lowlevel.checkpoint()
+        sup = self.ref
+        # Idle, and nothing to await: handled here, with no trip through its mailbox.
+        if lowlevel.idle(sup) and lowlevel.starts_without_waiting(spec.start):
+            inst = lowlevel.current_instance(sup)
+            if isinstance(inst, Supervisor):
+                return inst.start_child_now(spec)
         ref: ActorRef = await self._call(_StartChild(spec))
         return ref
 

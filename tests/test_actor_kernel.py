@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from typing import Any
 
 import pytest
@@ -1051,3 +1052,28 @@ async def test_only_a_running_task_mode_actor_defers_a_reply() -> None:
         await ref.wait_terminated()
         with pytest.raises(NotInActorContext):
             lowlevel.defer_reply(ref)
+
+
+async def test_an_ask_without_a_timeout_waits_under_no_cancel_scope(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A supervisor's calls wait forever (timeout=inf): no cancel scope, and
+    # no deadline, per call. A finite timeout still gets its scope.
+    from actors import ref as ref_module
+
+    scopes: list[float] = []
+    real = trio.move_on_after
+
+    def counting(seconds: float, **kwargs: Any) -> trio.CancelScope:
+        scopes.append(seconds)
+        return real(seconds, **kwargs)
+
+    monkeypatch.setattr(ref_module.trio, "move_on_after", counting)
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(AsyncActor, log)
+            assert await ref.ask(("echo", 1), timeout=math.inf) == 1
+            assert scopes == []
+            assert await ref.ask(("echo", 2), timeout=3.0) == 2
+            assert scopes == [3.0]

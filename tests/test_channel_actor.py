@@ -8,6 +8,7 @@ errors, and crashes of the actor itself under a supervisor.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from actors.channel import (
     Tenure,
 )
 from providers.base import (
+    UNLIMITED,
     AuthenticationFailed,
     BadRecipient,
     Banned,
@@ -470,3 +472,68 @@ async def test_a_crash_keeps_budgets_backoff_and_session(autojump_clock: Any) ->
             await trio.sleep(1.0)
             assert channel.statistics().duplicates == 1
             assert channel.statistics().restarts == 1
+
+
+async def test_a_connect_builds_no_log_adapter_when_info_is_off(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ten thousand channels connect in a storm: with INFO off, no adapter is
+    # made for a line that is not logged.
+    from actors.channel import actor as channel_actor
+
+    made: list[object] = []
+
+    class Counted(channel_actor._ChannelLog):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(channel_actor, "_ChannelLog", Counted)
+    caplog.set_level(logging.WARNING, logger="switchboard.channels")
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            assert channel.statistics().status is ChannelStatus.CONNECTED
+            assert made == []
+    caplog.set_level(logging.INFO, logger="switchboard.channels")
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(2)
+            assert "ch [CONNECTED]>: connected" in caplog.text
+    assert made
+
+
+async def test_a_connect_makes_no_limiter_or_breaker_until_the_first_send(
+    autojump_clock: Any,
+) -> None:
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            memory = channel.memory
+            assert not memory.limiter_made and not memory.breaker_made
+            await channel.send(out())
+            assert memory.limiter_made and memory.breaker_made
+            assert memory.breaker.statistics().successes == 1
+
+
+UNLIMITED_LIMITS = PlatformLimits(
+    per_channel_rate=UNLIMITED,
+    per_channel_burst=1,
+    per_peer_rate=UNLIMITED,
+    per_peer_burst=1,
+    max_text_length=100,
+)
+
+
+@pytest.mark.parametrize("limits", [GENEROUS, UNLIMITED_LIMITS], ids=["limited", "unlimited"])
+def test_a_checkpoint_of_parts_not_made_is_that_of_fresh_ones(limits: PlatformLimits) -> None:
+    from actors.channel.durable import export_state
+
+    lazy = ChannelMemory(limits, settings())
+    exported = export_state(lazy, now=5.0, clock_offset=1000.0)
+    assert not lazy.limiter_made and not lazy.breaker_made
+    made = ChannelMemory(limits, settings())
+    assert made.limiter is not None and made.breaker is not None
+    assert export_state(made, now=5.0, clock_offset=1000.0) == exported

@@ -4,6 +4,8 @@ MockClock: virtual time and real sockets do not mix)."""
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
 import re
 from collections.abc import AsyncIterator
@@ -794,3 +796,23 @@ async def test_faults_below_the_websocket_layer(
                 with pytest.raises(TransientError, match=error):
                     await drain(events)
             nursery.cancel_scope.cancel()
+
+
+async def test_an_open_connection_keeps_no_generator_frame() -> None:
+    # Every connected channel holds its block for the connection's life: no
+    # suspended generator, manager object and weak reference besides it.
+    from providers.websocket import shell
+
+    emulator = WebSocketEmulator()
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                frames = [
+                    obj
+                    for obj in gc.get_objects()
+                    if inspect.isasyncgen(obj)
+                    and obj.ag_code.co_filename == shell.__file__
+                    and obj.ag_code.co_name == "open_connection"
+                ]
+                assert frames == []
+                assert conn.phase is Phase.OPEN

@@ -17,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -155,11 +156,10 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         """
         settings = settings or ChannelSettings()
         shared = memory or ChannelMemory(provider.limits, settings)
-
-        def start() -> ChannelActor:
-            return cls(config, provider, shared, settings, sink)
-
-        start.__name__ = cls.__name__
+        # A partial of the class, not a closure: the kernel sees which class
+        # it makes, and a supervisor starts it without a trip through its
+        # mailbox (``lowlevel.starts_without_waiting``).
+        start = functools.partial(cls, config, provider, shared, settings, sink)
         return start, shared
 
     @property
@@ -218,7 +218,9 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def on_start(self) -> None:
+    def on_start(self) -> None:
+        # A plain function: the kernel runs it in the starter's task and
+        # spawns the actor's own task without waiting for it (an eager start).
         self.memory.incarnations += 1
         self.memory.current_ref = self.ref
         if self.memory.status is ChannelStatus.FAILED:
@@ -274,7 +276,11 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         if reason is not None and status in (ChannelStatus.BACKING_OFF, ChannelStatus.FAILED):
             memory.last_error = reason
         memory.connected_since = trio.current_time() if status is ChannelStatus.CONNECTED else None
-        if status is ChannelStatus.CONNECTED and previous is not status:
+        if (
+            status is ChannelStatus.CONNECTED
+            and previous is not status
+            and log.isEnabledFor(logging.INFO)  # no adapter, nor repr, for a line not logged
+        ):
             self._log.info("%r: connected", self)
         if previous is not status or status is ChannelStatus.BACKING_OFF:
             self._publish(

@@ -27,6 +27,7 @@ Design:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -146,13 +147,22 @@ def export_state(
     """
     from .state import ChannelStatus
 
-    limiter = memory.limiter.state
     letters = memory.dead_letters
+    # A limiter or breaker not made yet is a fresh one: its state holds no
+    # time to move, and is the same for every channel with these limits.
+    if memory.limiter_made:
+        limiter = _shift_limiter(_active(memory.limiter.state, now), clock_offset)
+    else:
+        limiter = _fresh_limiter_state(memory.limits)
+    if memory.breaker_made:
+        breaker = _shift_breaker(memory.breaker.state, clock_offset)
+    else:
+        breaker = _FRESH_BREAKER
     return ChannelState(
         session=memory.session,
-        limiter=_shift_limiter(_active(limiter, now), clock_offset),
+        limiter=limiter,
         backoff=_shift_backoff(memory.backoff.state, clock_offset),
-        breaker=_shift_breaker(memory.breaker.state, clock_offset),
+        breaker=breaker,
         seen=memory.seen.newest(DEDUPE_KEPT),
         failed=(memory.last_error or "failed") if memory.status is ChannelStatus.FAILED else None,
         dead_letters=tuple(
@@ -171,6 +181,17 @@ def export_state(
         sent=memory.sent.newest(SENT_KEPT_DURABLE),
         clean=clean,
     )
+
+
+_FRESH_BREAKER: Final = CircuitBreakerState()
+
+
+@functools.lru_cache(maxsize=64)
+def _fresh_limiter_state(limits: PlatformLimits) -> CompositeLimiterState:
+    """The state of a limiter made for ``limits`` and never used."""
+    from .state import new_limiter
+
+    return new_limiter(limits).state
 
 
 def refill_window(limits: PlatformLimits) -> float:

@@ -82,6 +82,18 @@ def channel_bucket(limits: PlatformLimits) -> GCRA:
     )
 
 
+def new_limiter(limits: PlatformLimits) -> CompositeLimiter:
+    """A fresh limiter for a channel: its own bucket, then one per peer."""
+    return CompositeLimiter(
+        channel_bucket(limits),
+        KeyedLimiter(
+            rate=math.inf if limits.per_peer_rate >= UNLIMITED else limits.per_peer_rate,
+            burst=limits.per_peer_burst,
+            max_keys=DEFAULT_PEER_BUCKETS,
+        ),
+    )
+
+
 # The jitter source of every channel that is not given its own generator. A
 # Mersenne Twister keeps 2.5 KB of state, as much as the rest of a channel's
 # memory; draws from one shared stream spread reconnects just as well (trio
@@ -407,8 +419,10 @@ class ChannelMemory:
     """Everything about a channel that must outlive one actor incarnation."""
 
     __slots__ = (
+        "_breaker",
+        "_limiter",
+        "_settings",
         "backoff",
-        "breaker",
         "checkpoints",
         "connected_since",
         "counters",
@@ -417,7 +431,6 @@ class ChannelMemory:
         "dirty",
         "incarnations",
         "last_error",
-        "limiter",
         "limits",
         "pending",
         "rng",
@@ -440,24 +453,17 @@ class ChannelMemory:
     ) -> None:
         self.limits = settings.limits or limits
         self.rng = rng or _JITTER
-        self.limiter = CompositeLimiter(
-            channel_bucket(self.limits),
-            KeyedLimiter(
-                rate=math.inf
-                if self.limits.per_peer_rate >= UNLIMITED
-                else self.limits.per_peer_rate,
-                burst=self.limits.per_peer_burst,
-                max_keys=DEFAULT_PEER_BUCKETS,
-            ),
-        )
+        self._settings = settings
+        # The limiters and the breaker are made by the first send (or the
+        # first checkpoint or statistics that need them): a storm of ten
+        # thousand connects makes none, and a receive-only channel never does.
+        self._limiter: CompositeLimiter | None = None
+        self._breaker: CircuitBreaker | None = None
         self.backoff = Backoff(
             settings.reconnect,
             max_attempts=settings.max_reconnects,
             reset_after=settings.reset_after,
             rng=self.rng,
-        )
-        self.breaker = CircuitBreaker(
-            failure_threshold=settings.breaker_threshold, reset_timeout=settings.breaker_reset
         )
         self.session = session
         self.seen = RecentIds(settings.dedupe_window)
@@ -495,6 +501,43 @@ class ChannelMemory:
             ),
             0,
         )
+
+    @property
+    def limiter(self) -> CompositeLimiter:
+        """The channel's rate limiters: its own bucket, then one per peer."""
+        limiter = self._limiter
+        if limiter is None:
+            limiter = self._limiter = new_limiter(self.limits)
+        return limiter
+
+    @limiter.setter
+    def limiter(self, limiter: CompositeLimiter) -> None:
+        self._limiter = limiter
+
+    @property
+    def limiter_made(self) -> bool:
+        """Whether :attr:`limiter` exists yet (until then it is a fresh one)."""
+        return self._limiter is not None
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The send circuit breaker."""
+        breaker = self._breaker
+        if breaker is None:
+            settings = self._settings
+            breaker = self._breaker = CircuitBreaker(
+                failure_threshold=settings.breaker_threshold, reset_timeout=settings.breaker_reset
+            )
+        return breaker
+
+    @breaker.setter
+    def breaker(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    @property
+    def breaker_made(self) -> bool:
+        """Whether :attr:`breaker` exists yet (until then it is a fresh one)."""
+        return self._breaker is not None
 
     def touch(self) -> None:
         """Durable state changed: have it checkpointed (the next round of the writer).

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -326,18 +326,19 @@ class WebSocketConnection:
         """Connect, wait for ``ready``, start the reader; map every failure."""
         url, headers = _target(self._config, self._options)
         assert self._ready is not None
+        timeout = self._options.connect_timeout
         try:
-            with map_exceptions(_connect_errors(url, self._options.connect_timeout)):
-                try:
-                    with trio.fail_after(self._options.connect_timeout):
-                        self._link = await open_link(
-                            url, headers, max_message_size=self._options.max_message_bytes
-                        )
-                        self._nursery.start_soon(self._run)
-                        await self._ready.wait()
-                except trio.TooSlowError:
+            with map_exceptions(_connect_errors(url, timeout)):
+                # A plain cancel scope, as fail_after is (less its generator).
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as deadline:
+                    self._link = await open_link(
+                        url, headers, max_message_size=self._options.max_message_bytes
+                    )
+                    self._nursery.start_soon(self._run)
+                    await self._ready.wait()
+                if deadline.cancelled_caught:
                     await self.close()  # the link may be up: close it before the error leaves
-                    raise
+                    raise trio.TooSlowError
         finally:
             self._ready = None
         if self._core.phase is Phase.FAILED and self._core.failure is not None:
@@ -561,11 +562,12 @@ class WebSocketProvider:
     def __repr__(self) -> str:
         return f"<WebSocketProvider limits={self.limits.per_channel_rate}/s>"
 
-    @asynccontextmanager
-    async def open_connection(
+    def open_connection(
         self, config: ChannelConfig, session: SessionState | None = None
-    ) -> AsyncIterator[WebSocketConnection]:
+    ) -> WebSocketBlock:
         """Connect ``config.base_url`` and wait for the server's ``ready``.
+
+        Used as ``async with provider.open_connection(config) as conn:``.
 
         Args:
             config: ``base_url``, ``credentials["token"]`` and options.
@@ -576,6 +578,33 @@ class WebSocketProvider:
             RateLimited: the server refused the connection for a while.
             FatalError: bad options, a refused or banned token.
         """
+        return WebSocketBlock(config, session)
+
+
+class WebSocketBlock:
+    """The ``async with`` block of :meth:`WebSocketProvider.open_connection`.
+
+    A class rather than an ``@asynccontextmanager``, as
+    :class:`~providers._nursery.open_connection_nursery` is: every connected
+    channel holds its block for the connection's life, and a generator-based
+    manager would keep a manager object, a suspended generator frame and
+    trio's weak reference to the generator besides (about 600 bytes). The
+    steps are the generator's: validate, open the nursery, connect; on the
+    way out (or when the connect fails) a shielded close, then the reader
+    is cancelled and the nursery hands back the block's lone exception
+    unwrapped.
+    """
+
+    __slots__ = ("_config", "_conn", "_manager", "_session")
+
+    def __init__(self, config: ChannelConfig, session: SessionState | None) -> None:
+        self._config = config
+        self._session = session
+        self._manager: open_connection_nursery | None = None
+        self._conn: WebSocketConnection | None = None
+
+    async def __aenter__(self) -> WebSocketConnection:
+        config = self._config
         options = parse_options(config.options)
         url = urlsplit(config.base_url or "")
         if url.scheme not in ("ws", "wss") or not url.hostname:
@@ -583,15 +612,50 @@ class WebSocketProvider:
                 f"channel {config.channel_id}: the websocket provider needs base_url "
                 f"ws://host:port/path (or wss://), got {config.base_url!r}"
             )
-        async with open_connection_nursery() as nursery:
-            conn = WebSocketConnection(config, options, nursery)
-            try:
-                await conn._start(session)
-                yield conn
-            finally:
-                with trio.CancelScope(shield=True):
-                    await conn._shutdown()
-                nursery.cancel_scope.cancel()
+        manager = self._manager = open_connection_nursery()
+        nursery = await manager.__aenter__()
+        conn = self._conn = WebSocketConnection(config, options, nursery)
+        try:
+            await conn._start(self._session)
+        except BaseException as exc:
+            failure = exc
+        else:
+            return conn
+        try:
+            # Outside the except clause: what leaves is the very exception raised
+            # (or the nursery's group, when a task failed too).
+            await self._end(failure)
+            raise failure
+        finally:
+            del failure  # no cycle through this frame's traceback
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._end(exc)
+
+    async def _end(self, exc: BaseException | None) -> bool:
+        """Close (shielded), cancel the reader, leave the nursery with ``exc``."""
+        conn, manager = self._conn, self._manager
+        assert conn is not None and manager is not None
+        self._conn = self._manager = None
+        try:
+            with trio.CancelScope(shield=True):
+                await conn._shutdown()
+        except BaseException as failure:
+            conn._nursery.cancel_scope.cancel()
+            if exc is not None and failure.__context__ is None:
+                failure.__context__ = exc
+            if not await manager.__aexit__(type(failure), failure, failure.__traceback__):
+                raise
+            return True
+        conn._nursery.cancel_scope.cancel()
+        if exc is None:
+            return await manager.__aexit__(None, None, None)
+        return await manager.__aexit__(type(exc), exc, exc.__traceback__)
 
 
 def _target(
