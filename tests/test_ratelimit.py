@@ -769,3 +769,56 @@ def test_with_no_limit_only_a_recipient_s_own_pause_holds_it() -> None:
     assert not stale.try_acquire(100.0, key="d")
     assert stale.try_acquire(130.0, key="d")
     assert len(stale) <= 2
+
+
+def _unlimited_pair() -> tuple[CompositeLimiter, CompositeLimiter]:
+    """Two unlimited channel limiters: the second never takes the fast path."""
+
+    def make() -> CompositeLimiter:
+        return CompositeLimiter(
+            GCRA(rate=math.inf, burst=1), KeyedLimiter(rate=math.inf, burst=1, max_keys=3)
+        )
+
+    fast, slow = make(), make()
+    slow._unlimited = False  # the parts' own arithmetic, every time
+    assert fast._unlimited
+    return fast, slow
+
+
+_limits_off_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "delay", "pause", "pause_key", "pause_keyed", "pause_bucket"]),
+        st.sampled_from(["a", "b", "c", "d", "e"]),
+        st.floats(min_value=0.0, max_value=3.0),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_limits_off_steps)
+def test_limits_off_admit_as_the_parts_would(steps: list[tuple[str, str, float]]) -> None:
+    # Limits off, a channel's limiter skips its parts unless a pause holds: it
+    # must answer exactly as the parts do, through pauses of every kind and
+    # a full table of paused keys.
+    fast, slow = _unlimited_pair()
+    for limiter in (fast, slow):
+        with pytest.raises(ValueError, match="needs a key"):
+            limiter.try_acquire(0.0)
+    now = 1.0
+    for kind, key, amount in steps:
+        now += amount / 4
+        for limiter in (fast, slow):
+            if kind == "pause":
+                limiter.pause_until(now + amount)
+            elif kind == "pause_key":
+                limiter.pause_until(now + amount, key=key)
+            elif kind == "pause_keyed":
+                limiter.parts[1].pause_until(now + amount)
+            elif kind == "pause_bucket":
+                limiter.parts[0].pause_until(now + amount)
+        if kind == "acquire":
+            assert fast.try_acquire(now, key=key) == slow.try_acquire(now, key=key)
+        elif kind == "delay":
+            assert fast.delay(now, key=key) == slow.delay(now, key=key)
+        assert fast.state == slow.state

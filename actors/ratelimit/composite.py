@@ -58,7 +58,7 @@ class CompositeLimiter:
             not match the parts.
     """
 
-    __slots__ = ("_parts", "_paused_until", "_smallest_burst")
+    __slots__ = ("_parts", "_paused_until", "_smallest_burst", "_unlimited")
 
     def __init__(self, *parts: _Part, state: CompositeLimiterState | None = None) -> None:
         if not parts:
@@ -77,6 +77,9 @@ class CompositeLimiter:
             self._paused_until = state.paused_until
         self._parts: tuple[_Part, ...] = tuple(parts)
         self._smallest_burst = min(part.burst for part in self._parts)  # fixed per part
+        # No part has a rate (limits off): only pauses can refuse, which
+        # :meth:`_admits_freely` checks without the parts' arithmetic.
+        self._unlimited = all(part.rate == math.inf for part in self._parts)
 
     @property
     def parts(self) -> tuple[GCRA | KeyedLimiter[Any], ...]:
@@ -117,6 +120,8 @@ class CompositeLimiter:
         """
         check_time(now, bounded=True)
         self._check_cost(cost)
+        if self._unlimited and self._admits_freely(now, key):
+            return True  # nothing to charge: an unlimited part keeps no count
         if self._paused_until is not None and now < self._paused_until:
             return False
         ns = _to_ns(now)
@@ -186,7 +191,25 @@ class CompositeLimiter:
                 part gets no key.
         """
         check_time(now, bounded=True)
+        if self._unlimited and cost == 1 and self._admits_freely(now, key):
+            return 0.0
         return _wait(now, self.next_deadline(cost, key=key))
+
+    def _admits_freely(self, now: float, key: Hashable | None) -> bool:
+        """Whether every part is unlimited and no pause holds ``key`` at ``now``.
+
+        Then everything is admitted, and admitting changes nothing: the fast
+        path of a channel whose limits are off (checked by the caller:
+        ``self._unlimited``). A keyed part without a key is left to the slow
+        path, which refuses it.
+        """
+        paused = self._paused_until
+        if paused is not None and now < paused:
+            return False
+        for part in self._parts:  # noqa: SIM110 (a loop: no generator made per send)
+            if not part._admits_freely(now, key):
+                return False
+        return True
 
     def pause_until(self, t: float, *, key: Hashable | None = None) -> None:
         """Admit nothing before ``t``: for all calls, or for one key.

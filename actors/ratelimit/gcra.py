@@ -286,5 +286,10 @@ class GCRA:
     def _deadline(self, cost: int, key: object) -> float:
         return self._schedule.deadline(self._bucket, cost)
 
+    def _admits_freely(self, now: float, key: object) -> bool:
+        # Only asked of an unlimited one (CompositeLimiter._admits_freely): a pause is all it has.
+        paused = self._bucket.paused_until
+        return paused is None or now >= paused
+
     def __repr__(self) -> str:
         return f"<GCRA {self._schedule.describe(self._bucket)}>"

@@ -297,6 +297,20 @@ class KeyedLimiter(Generic[K]):
                 earliest = max(earliest, self._room_at())
         return _later(self._paused_until, earliest)
 
+    def _admits_freely(self, now: float, key: K | None) -> bool:
+        # Only asked of an unlimited one (CompositeLimiter._admits_freely): its
+        # buckets are pauses, and a key without one is admitted unless all are
+        # paused. A full table is left to the slow path, which sweeps out the
+        # pauses that are over.
+        buckets = self._buckets
+        if key is None or (buckets and (key in buckets or len(buckets) >= self._max_keys)):
+            return False
+        paused = self._paused_until
+        if paused is not None and now < paused:
+            return False
+        paused = self._new_keys_paused_until
+        return paused is None or now >= paused
+
     def _with_state(self, state: KeyedLimiterState[K]) -> KeyedLimiter[K]:
         return KeyedLimiter(rate=self.rate, burst=self.burst, max_keys=self._max_keys, state=state)
 
