@@ -467,7 +467,15 @@ class ActorRef:
             return await wait_task_rescheduled(abort)
         with trio.move_on_after(timeout):
             return await wait_task_rescheduled(abort)
-        raise AskTimeout(
+        raise self.ask_timeout(msg, timeout)
+
+    def ask_timeout(self, msg: Any, timeout: float) -> AskTimeout:
+        """The error of an ask of ``msg`` not answered within ``timeout`` seconds.
+
+        For a caller that bounds an ask under a deadline of its own (asking
+        with ``timeout=math.inf``): one cancel scope instead of two.
+        """
+        return AskTimeout(
             f"{self!r} did not answer {msg!r} within {timeout} s "
             f"(state {self._state.name}, {self._mailbox.depth} messages queued)"
         )

@@ -27,6 +27,7 @@ stops the channels by a deadline, and the store.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -50,19 +51,65 @@ KEEP_RETRY: Final = 0.25  # seconds before keeping the leftovers is tried again;
 STORE_GRACE: Final = 5.0  # seconds past the deadline the final store flush may take
 
 
-@attrs.define(eq=False)
 class Pending:
-    """A send the node accepted and has not finished."""
+    """A send the node accepted and has not finished (a class with slots: one per send).
 
-    channel_id: str
-    message: Operation
-    accepted_at: float  # unix time
-    kept_id: int | None = None  # a resend of this kept message: in the store already
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    cut: bool = False  # the drain deadline passed while it was in flight
-    done: bool = False  # it finished (sent or refused) before it could be kept
-    kept: bool = False
-    settled: trio.Event = attrs.field(factory=trio.Event)  # kept (or keeping failed)
+    Attributes:
+        channel_id: the channel it goes to.
+        message: what it sends.
+        accepted_at: unix time the node took it.
+        kept_id: a resend of this kept message: in the store already.
+        scope: the send's cancel scope: its deadline is the caller's
+            timeout, and the drain cancels it once it kept the message.
+        cut: the drain deadline passed while it was in flight.
+        done: it finished (sent or refused) before it could be kept.
+        kept: the drain kept it in the store.
+    """
+
+    __slots__ = (
+        "_settled",
+        "accepted_at",
+        "channel_id",
+        "cut",
+        "done",
+        "kept",
+        "kept_id",
+        "message",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        *,
+        channel_id: str,
+        message: Operation,
+        accepted_at: float,
+        kept_id: int | None = None,
+        deadline: float = math.inf,
+    ) -> None:
+        self.channel_id = channel_id
+        self.message = message
+        self.accepted_at = accepted_at
+        self.kept_id = kept_id
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.cut = False
+        self.done = False
+        self.kept = False
+        self._settled: trio.Event | None = None  # made when first asked for: most sends never are
+
+    @property
+    def settled(self) -> trio.Event:
+        """Set once the drain kept it (or keeping it failed)."""
+        event = self._settled
+        if event is None:
+            event = self._settled = trio.Event()
+        return event
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pending {self.message.idempotency_key!r} on {self.channel_id!r}"
+            f"{' cut' if self.cut else ''}{' done' if self.done else ''}>"
+        )
 
 
 class _Tracked:
@@ -101,15 +148,27 @@ class SendTracker:
         """Sends of ``channel_id`` tracked now."""
         return self._by_channel[channel_id]
 
-    def track(self, channel_id: str, message: Operation, *, kept_id: int | None = None) -> _Tracked:
+    def track(
+        self,
+        channel_id: str,
+        message: Operation,
+        *,
+        kept_id: int | None = None,
+        deadline: float = math.inf,
+    ) -> _Tracked:
         """Count one send from now until the block ends (``kept_id``: a resend of a kept one).
 
-        A context manager whose ``as`` is the send's :class:`Pending`.
+        A context manager whose ``as`` is the send's :class:`Pending`, whose
+        scope has ``deadline``.
         """
         return _Tracked(
             self,
             Pending(
-                channel_id=channel_id, message=message, accepted_at=time.time(), kept_id=kept_id
+                channel_id=channel_id,
+                message=message,
+                accepted_at=time.time(),
+                kept_id=kept_id,
+                deadline=deadline,
             ),
         )
 

@@ -39,6 +39,7 @@ import contextlib
 import enum
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -190,7 +191,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
-        self._in_flight: dict[tuple[str, str], trio.Event] = {}  # (channel, key) being sent
+        self._in_flight: dict[tuple[str, str], _Departure] = {}  # (channel, key) being sent
         self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
@@ -664,7 +665,7 @@ class Node(ClusterMode, DeadLetterOps):
             # The same key is on its way already (a caller's retry, a forwarded
             # request delivered twice): its answer is this one's too.
             with trio.move_on_after(timeout):
-                await first.wait()
+                await first.finished().wait()
             known = sent.get(message.idempotency_key)
             if known is not None:
                 return _result_of(message, known)
@@ -680,7 +681,7 @@ class Node(ClusterMode, DeadLetterOps):
             channel_limit=node.max_channel_sends,
             channel_rate=channel.memory.limits.per_channel_rate,
         )
-        flight = self._in_flight[flight_key] = trio.Event()
+        flight = self._in_flight[flight_key] = _Departure()
         try:
             return await self._perform_tracked(
                 channel,
@@ -693,7 +694,7 @@ class Node(ClusterMode, DeadLetterOps):
         finally:
             if self._in_flight.get(flight_key) is flight:
                 del self._in_flight[flight_key]
-            flight.set()
+            flight.land()
 
     async def _perform_tracked(
         self,
@@ -706,15 +707,19 @@ class Node(ClusterMode, DeadLetterOps):
         keep_refused: bool = False,
     ) -> SendResult | None:
         sent = channel.memory.sent
+        began = trio.current_time()
+        # One cancel scope bounds the send: the caller's timeout is its deadline
+        # (the ask waits under none of its own), and the drain cancels it.
         with (
             map_send_errors(channel_id, message.idempotency_key),
-            self._sends.track(channel_id, message, kept_id=kept_id) as pending,
+            self._sends.track(
+                channel_id, message, kept_id=kept_id, deadline=began + timeout
+            ) as pending,
         ):
             with pending.scope:
-                began = trio.current_time()
                 try:
                     result = await channel.perform(
-                        message, timeout=timeout, keep_refused=keep_refused
+                        message, timeout=math.inf, keep_refused=keep_refused
                     )
                     self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
                     if result is None:
@@ -729,7 +734,9 @@ class Node(ClusterMode, DeadLetterOps):
                     # until the drain has kept the message, then say so.
                     await pending.settled.wait()
                     raise _kept_error(pending) from exc
-            raise _kept_error(pending)
+            if pending.cut:
+                raise _kept_error(pending)
+            raise channel.ref.ask_timeout(message, timeout)
 
     def subscribe(
         self,
@@ -1238,6 +1245,30 @@ class Node(ClusterMode, DeadLetterOps):
             return channel_id in configured or channel_id in self._table
 
         await resend_kept(self.store, send, self._checkpoints.flush, known=known)
+
+
+class _Departure:
+    """A send of one idempotency key under way; a second send of the key waits for it.
+
+    Its event is made by the first such wait: nearly every key is sent once.
+    """
+
+    __slots__ = ("_finished",)
+
+    def __init__(self) -> None:
+        self._finished: trio.Event | None = None
+
+    def finished(self) -> trio.Event:
+        """Set once the send is over (done, refused or given up)."""
+        event = self._finished
+        if event is None:
+            event = self._finished = trio.Event()
+        return event
+
+    def land(self) -> None:
+        """The send is over: wake whoever waits for it."""
+        if self._finished is not None:
+            self._finished.set()
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

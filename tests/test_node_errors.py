@@ -14,7 +14,7 @@ import runtime
 import supervisors
 from actors import ChannelSettings, ExponentialBackoff
 from providers.base import OutboundMessage
-from providers.simulated import FailureRates, SimulatedProvider
+from providers.simulated import FailureRates, Fixed, SimulatedProvider
 from runtime import open_node, parse_config
 from runtime.errors import map_send_errors
 
@@ -172,3 +172,33 @@ async def test_the_node_moves_through_its_states(autojump_clock: Any) -> None:
             assert await node.drain() is report  # idempotent
             with pytest.raises(runtime.NodeDraining):
                 await node.send("a", OutboundMessage(peer="p", idempotency_key="k", text="x"))
+
+
+async def test_a_send_not_answered_in_time_is_ask_timeout_and_goes_on(
+    autojump_clock: Any,
+) -> None:
+    # The caller's timeout bounds the whole send (one cancel scope, the drain's):
+    # past it the caller hears AskTimeout, the node tracks it no more, and the
+    # channel still sends the message; a repeat of the key, given the time, is
+    # answered (the platform deduplicates it by its key).
+    provider = SimulatedProvider(latency=Fixed(seconds=5.0), connect_latency=Fixed(seconds=0.0))
+    message = OutboundMessage(peer="p", idempotency_key="slow", text="x")
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config(sim("a")), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await trio.sleep(0.5)  # connected
+            began = trio.current_time()
+            with pytest.raises(actors.AskTimeout) as raised:
+                await node.send("a", message, timeout=1.0)
+            assert trio.current_time() - began == pytest.approx(1.0)
+            assert isinstance(raised.value, runtime.AskTimeout)
+            assert raised.value.channel_id == "a"
+            assert raised.value.idempotency_key == "slow"
+            assert "within 1.0 s" in str(raised.value)
+            assert node.statistics().sends_in_flight == 0
+            await trio.sleep(5.0)
+            assert [sent.idempotency_key for sent in provider.sent] == ["slow"]
+            again = await node.send("a", message, timeout=10.0)
+            assert again.peer == "p"
+    assert [sent.idempotency_key for sent in provider.sent] == ["slow"]
