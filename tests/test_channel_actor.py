@@ -38,6 +38,7 @@ from actors.channel import (
     MemoryInboundSink,
     Tenure,
 )
+from actors.ratelimit import KeyedLimiterState
 from providers.base import (
     UNLIMITED,
     AuthenticationFailed,
@@ -537,3 +538,27 @@ def test_a_checkpoint_of_parts_not_made_is_that_of_fresh_ones(limits: PlatformLi
     made = ChannelMemory(limits, settings())
     assert made.limiter is not None and made.breaker is not None
     assert export_state(made, now=5.0, clock_offset=1000.0) == exported
+
+
+def test_limits_off_a_used_limiter_checkpoints_as_a_fresh_one_until_a_pause() -> None:
+    # Limits off, a limiter that admitted sends keeps nothing: its checkpoint
+    # is the fresh state (written without exporting it); a platform's pause
+    # is kept, moved to the wall clock, until it is over.
+    from actors.channel.durable import export_state
+
+    fresh = export_state(ChannelMemory(UNLIMITED_LIMITS, settings()), now=5.0, clock_offset=1000.0)
+    used = ChannelMemory(UNLIMITED_LIMITS, settings())
+    assert all(used.limiter.try_acquire(5.0, key=f"peer-{i}") for i in range(100))
+    assert used.limiter.untouched
+    assert export_state(used, now=5.0, clock_offset=1000.0) == fresh
+    used.limiter.pause_until(7.0, key="peer-1")
+    assert not used.limiter.untouched
+    paused = export_state(used, now=5.0, clock_offset=1000.0)
+    assert paused != fresh
+    keyed = paused.limiter.parts[1]
+    assert isinstance(keyed, KeyedLimiterState)
+    assert [key for key, _ in keyed.buckets] == ["peer-1"]
+    assert keyed.buckets[0][1].paused_until == pytest.approx(1007.0)
+    assert used.limiter.try_acquire(7.0, key="peer-1")  # the pause is over: nothing kept
+    assert used.limiter.untouched
+    assert export_state(used, now=7.0, clock_offset=1000.0) == fresh

@@ -150,7 +150,7 @@ def export_state(
     letters = memory.dead_letters
     # A limiter or breaker not made yet is a fresh one: its state holds no
     # time to move, and is the same for every channel with these limits.
-    if memory.limiter_made:
+    if memory.limiter_made and not memory.limiter.untouched:
         limiter = _shift_limiter(_active(memory.limiter.state, now), clock_offset)
     else:
         limiter = _fresh_limiter_state(memory.limits)
@@ -324,10 +324,14 @@ def _shift_limiter(state: CompositeLimiterState, shift: float) -> CompositeLimit
 
 
 def _shift_backoff(state: BackoffState, shift: float) -> BackoffState:
+    if state.connected_at is None:
+        return state  # frozen, and nothing to move
     return attrs.evolve(state, connected_at=_later_s(state.connected_at, shift))
 
 
 def _shift_breaker(state: CircuitBreakerState, shift: float) -> CircuitBreakerState:
+    if state.retry_at is None:
+        return state  # frozen, and nothing to move (a closed breaker)
     return attrs.evolve(state, retry_at=_later_s(state.retry_at, shift))
 
 

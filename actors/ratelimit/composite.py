@@ -102,6 +102,20 @@ class CompositeLimiter:
             parts=tuple(part.state for part in self._parts), paused_until=self._paused_until
         )
 
+    @property
+    def untouched(self) -> bool:
+        """Whether its state is a fresh one's: every part unlimited, nothing paused.
+
+        Limits off, a channel's limiter stays so until the platform asks it
+        to wait; a checkpoint then writes the fresh state without exporting.
+        """
+        if not self._unlimited or self._paused_until is not None:
+            return False
+        for part in self._parts:  # noqa: SIM110 (a loop: no generator made per checkpoint)
+            if not part._untouched():
+                return False
+        return True
+
     def try_acquire(self, now: float, cost: int = 1, *, key: Hashable | None = None) -> bool:
         """Admit and charge ``cost`` units in every part, or in none.
 

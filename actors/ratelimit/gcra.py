@@ -286,6 +286,10 @@ class GCRA:
     def _deadline(self, cost: int, key: object) -> float:
         return self._schedule.deadline(self._bucket, cost)
 
+    def _untouched(self) -> bool:
+        # Only asked of an unlimited one: it keeps no schedule, so a pause is all it has.
+        return self._bucket.paused_until is None
+
     def _admits_freely(self, now: float, key: object) -> bool:
         # Only asked of an unlimited one (CompositeLimiter._admits_freely): a pause is all it has.
         paused = self._bucket.paused_until

@@ -297,6 +297,14 @@ class KeyedLimiter(Generic[K]):
                 earliest = max(earliest, self._room_at())
         return _later(self._paused_until, earliest)
 
+    def _untouched(self) -> bool:
+        # Only asked of an unlimited one: its buckets are pauses.
+        return (
+            not self._buckets
+            and self._paused_until is None
+            and (self._new_keys_paused_until is None)
+        )
+
     def _admits_freely(self, now: float, key: K | None) -> bool:
         # Only asked of an unlimited one (CompositeLimiter._admits_freely): its
         # buckets are pauses, and a key without one is admitted unless all are
