@@ -499,6 +499,7 @@ class Node(ClusterMode, DeadLetterOps):
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
+            ValueError: ``timeout`` is not a number of seconds >= 0 (nothing was sent).
         """
         result = await self._perform(channel_id, message, timeout)
         assert result is not None
@@ -613,6 +614,12 @@ class Node(ClusterMode, DeadLetterOps):
         kept_id: int | None = None,
     ) -> SendResult | None:
         """``kept_id``: the store's id of a kept message this resends (the drain keeps it once)."""
+        timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
+        if not timeout >= 0:  # NaN too
+            raise ValueError(
+                f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: timeout "
+                f"must be seconds >= 0 (math.inf: no limit), not {timeout!r}; nothing was sent"
+            )
         problems = json_problems(message)
         if problems:
             # Refused here, before it can be sent, kept or forwarded: JSON carries it
@@ -626,7 +633,6 @@ class Node(ClusterMode, DeadLetterOps):
             )
             error.problems = tuple(problems)
             raise error
-        timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
@@ -716,6 +722,7 @@ class Node(ClusterMode, DeadLetterOps):
                 channel_id, message, kept_id=kept_id, deadline=began + timeout
             ) as pending,
         ):
+            cause: Exception | None = None
             with pending.scope:
                 try:
                     result = await channel.perform(
@@ -730,12 +737,13 @@ class Node(ClusterMode, DeadLetterOps):
                 except Exception as exc:
                     if not pending.cut:
                         raise
-                    # The drain stopped the channel under this send: wait
-                    # until the drain has kept the message, then say so.
-                    await pending.settled.wait()
-                    raise _kept_error(pending) from exc
+                    cause = exc
             if pending.cut:
-                raise _kept_error(pending)
+                # The drain cut this send (its channel stopped under it, or the
+                # caller's deadline came after the cut): wait, outside the
+                # deadline, until the drain has kept the message, then say so.
+                await pending.settled.wait()
+                raise _kept_error(pending) from cause
             raise channel.ref.ask_timeout(message, timeout)
 
     def subscribe(

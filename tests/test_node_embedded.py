@@ -8,6 +8,7 @@ sent by the deadline, what is kept, and the next start that sends it.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -523,3 +524,88 @@ async def test_the_drain_keeps_its_leftovers_through_a_short_store_outage(
     assert sorted(item.message.idempotency_key for item in report.kept) == ["k0", "k1", "k2"]
     assert sorted(item.message.idempotency_key for item in kept) == ["k0", "k1", "k2"]
     assert all("kept for the next start" in str(outcome) for outcome in results.values())
+
+
+async def _drain_under_timeouts(
+    seconds: float, *, store_refusals: int
+) -> tuple[dict[str, Any], Any, list[Any]]:
+    """Three sends that cannot go in time (30 s each), a drain (deadline 2 s),
+    the callers' timeouts at ``seconds``; the store refuses the first keeps."""
+    provider = SimulatedProvider(latency=Fixed(seconds=30.0))
+    config = node_config([sim("a")], node={"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0})
+    results: dict[str, Any] = {}
+    refused: list[float] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            keep = store.keep_outbound
+
+            async def refusing_keep(items: Any) -> Any:
+                if len(refused) < store_refusals:
+                    refused.append(trio.current_time())
+                    raise StoreError("the store is restarting (test)")
+                return await keep(items)
+
+            store.keep_outbound = refusing_keep  # type: ignore[method-assign]
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                await wait_connected(node, 1)
+                async with trio.open_nursery() as nursery:
+                    for i in range(3):
+                        key = f"k{i}"
+                        send = node.send("a", message(key), timeout=seconds)
+                        nursery.start_soon(_record_into, results, key, send)
+                    await trio.testing.wait_all_tasks_blocked()
+                    report = await node.drain()
+            kept = await store.read_outbound()
+    assert len(refused) == store_refusals
+    return results, report, kept
+
+
+async def test_a_timeout_between_the_drain_s_cut_and_its_keep_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The drain cuts at 1.5 s and keeps the leftovers once the channel stopped
+    # (2.0 s); the callers' timeouts fall between: the sends are still kept,
+    # and their callers told so (not "keeping failed").
+    results, report, kept = await _drain_under_timeouts(1.75, store_refusals=0)
+    keys = ["k0", "k1", "k2"]
+    assert sorted(item.message.idempotency_key for item in report.kept) == keys
+    assert sorted(item.message.idempotency_key for item in kept) == keys
+    assert sorted(results) == keys
+    for outcome in results.values():
+        assert isinstance(outcome, NodeDraining)
+        assert "kept for the next start" in str(outcome)
+
+
+async def test_a_timeout_while_the_drain_keeps_does_not_report_a_kept_send_as_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The store refuses twice, so the drain keeps the leftovers at about
+    # 2.75 s; the callers' timeouts (2.1 s) fall while they wait for it.
+    results, _, kept = await _drain_under_timeouts(2.1, store_refusals=2)
+    keys = ["k0", "k1", "k2"]
+    assert sorted(item.message.idempotency_key for item in kept) == keys
+    for outcome in results.values():
+        assert isinstance(outcome, NodeDraining)
+        assert "kept for the next start" in str(outcome)
+
+
+@pytest.mark.parametrize("seconds", [-1.0, -math.inf, math.nan])
+async def test_a_send_with_a_timeout_that_is_no_duration_is_refused_before_anything(
+    autojump_clock: trio.testing.MockClock, seconds: float
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.5))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with pytest.raises(ValueError, match="timeout must be seconds >= 0") as raised:
+                await node.send("a", message("k"), timeout=seconds)
+            assert "'k'" in str(raised.value) and "nothing was sent" in str(raised.value)
+            assert node.statistics().sends_in_flight == 0
+            # The node goes on: the same key, given a real timeout, is sent once.
+            assert isinstance(await node.send("a", message("k"), timeout=5), SendResult)
+            assert isinstance(await node.send("a", message("k"), timeout=0.0), SendResult)
+    assert [sent.idempotency_key for sent in provider.sent] == ["k"]

@@ -822,3 +822,12 @@ def test_limits_off_admit_as_the_parts_would(steps: list[tuple[str, str, float]]
         elif kind == "delay":
             assert fast.delay(now, key=key) == slow.delay(now, key=key)
         assert fast.state == slow.state
+
+
+def test_limits_off_refuse_a_bad_cost_or_key_as_the_parts_do() -> None:
+    fast, slow = _unlimited_pair()
+    for limiter in (fast, slow):
+        with pytest.raises(ValueError, match="cost must be an integer"):
+            limiter.delay(1.0, 1.0, key="a")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="unhashable"):
+            limiter.try_acquire(1.0, key=["a"])

@@ -205,7 +205,7 @@ class CompositeLimiter:
                 part gets no key.
         """
         check_time(now, bounded=True)
-        if self._unlimited and cost == 1 and self._admits_freely(now, key):
+        if self._unlimited and cost == 1 and type(cost) is int and self._admits_freely(now, key):
             return 0.0
         return _wait(now, self.next_deadline(cost, key=key))
 

@@ -311,8 +311,8 @@ class KeyedLimiter(Generic[K]):
         # paused. A full table is left to the slow path, which sweeps out the
         # pauses that are over.
         buckets = self._buckets
-        if key is None or (buckets and (key in buckets or len(buckets) >= self._max_keys)):
-            return False
+        if key is None or key in buckets or len(buckets) >= self._max_keys:
+            return False  # (an unhashable key raises here, as on the slow path)
         paused = self._paused_until
         if paused is not None and now < paused:
             return False
