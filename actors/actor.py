@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 
@@ -88,6 +88,19 @@ EXIT_SHUTDOWN = Exit(kind=ExitKind.SHUTDOWN)
 EXIT_KILLED = Exit(kind=ExitKind.KILLED)
 
 
+class _AtLeisure:
+    """The type of :data:`AT_LEISURE`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "AT_LEISURE"
+
+
+AT_LEISURE: Final = _AtLeisure()
+"""What ``Actor.receive_at_once`` returns for an ask it leaves to ``receive``."""
+
+
 def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn)
 
@@ -127,6 +140,7 @@ class Actor:
     _has_on_start: ClassVar[bool] = False
     _has_on_stop: ClassVar[bool] = False
     _has_on_stopping: ClassVar[bool] = False
+    _receives_at_once: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,6 +150,7 @@ class Actor:
         cls._has_on_start = cls.on_start is not Actor.on_start
         cls._has_on_stop = cls.on_stop is not Actor.on_stop
         cls._has_on_stopping = cls.on_stopping is not Actor.on_stopping
+        cls._receives_at_once = cls.receive_at_once is not Actor.receive_at_once
         cls._needs_task = (
             cls._async_on_start or cls._async_receive or cls._async_on_stop or cls._has_on_stopping
         )
@@ -156,6 +171,22 @@ class Actor:
         raise NotImplementedError(
             f"{type(self).__name__} got {msg!r} but does not override receive()"
         )
+
+    def receive_at_once(self, msg: Any) -> Any:
+        """Handle an ask in the asker's task, if it can be done without waiting.
+
+        Optional, for a task-mode actor (an ``async receive``) whose
+        ``receive`` of some messages never waits. The kernel calls it
+        instead of queueing the ask only while the actor is idle (running,
+        parked on an empty mailbox, no stop asked for), so nothing is
+        overtaken; it must not wait, and it may ``defer_reply`` and
+        ``start_task`` as ``receive`` does. It returns what ``receive``
+        would, or :data:`AT_LEISURE` to have the ask queued as usual, which
+        it must do before changing anything if it cannot finish. An
+        exception queues the ask as well: ``receive`` then meets the same
+        message in the actor's task, and a defect crashes the actor there.
+        """
+        return AT_LEISURE
 
     def on_stop(self, exit: Exit) -> Awaitable[None] | None:
         """Called when this incarnation ends (not after a brutal kill)."""

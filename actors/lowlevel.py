@@ -28,7 +28,9 @@ uses two more: :func:`defer_reply` takes over answering the ask being
 handled (the :class:`Ask` is answered later, from any task, with
 ``reply``/``fail``), and :func:`requeue` hands messages taken off the
 mailbox back to its front, so that an incarnation that ends with work in
-hand loses none of it.
+hand loses none of it. Such an actor may also take an ask in the asker's
+task while it is idle (``Actor.receive_at_once``; :data:`AT_LEISURE` leaves
+it to the mailbox), sparing the hop through its mailbox.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ from ._incarnation import start as start_incarnation
 from ._incarnation import start_nowait as start_incarnation_nowait
 from ._incarnation import stop as stop_incarnation
 from ._messages import Ask, ChildExited, Parent
-from .actor import Actor, ActorState, Exit
+from .actor import AT_LEISURE, Actor, ActorState, Exit
 from .mailbox import MailboxConfig
 from .ref import ActorRef
 from .system import ActorSystem
 
 __all__ = [
+    "AT_LEISURE",
     "Ask",
     "ChildExited",
     "Parent",

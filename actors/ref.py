@@ -53,7 +53,7 @@ from ._incarnation import (
     TASK_FAIRNESS_BATCH,
 )
 from ._messages import RESTART, Ask, Status, Stop
-from .actor import EXIT_SHUTDOWN, Actor, ActorState, Exit
+from .actor import AT_LEISURE, EXIT_SHUTDOWN, Actor, ActorState, Exit
 from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
 
@@ -281,7 +281,10 @@ class ActorRef:
             ActorCrashed: ``receive`` raised on this message (chained).
             ActorDead: the actor is terminated, or was before it answered.
             MailboxFull: the mailbox is at capacity.
+            ValueError: ``timeout`` is not a number of seconds >= 0 (nothing was sent).
         """
+        if not timeout >= 0:  # NaN too; checked before the message is queued
+            raise ValueError(f"an ask's timeout is seconds >= 0 (math.inf: none), not {timeout!r}")
         if (
             not self._scheduled
             and self._state is RUNNING
@@ -289,6 +292,17 @@ class ActorRef:
             and not self._mailbox
         ):
             return await self._ask_inline(msg)
+        if self._parked is not None and self._stop_request is None and self._state is RUNNING:
+            inst = self._instance
+            assert inst is not None
+            if inst._receives_at_once:
+                pending = Ask(msg, current_task())
+                reply = self._receive_at_once(inst, pending)
+                if reply is not AT_LEISURE:
+                    if pending.task is None:  # answered at once: a refusal
+                        await checkpoint()
+                        return _incarnation.unwrap_reply(reply)
+                    return await self._wait_reply(pending, timeout, msg)
         if self._state not in QUEUEING:
             raise self._dead_error("ask")
         mailbox = self._mailbox
@@ -457,6 +471,28 @@ class ActorRef:
             system._inline_asks = 0
             await checkpoint()
         return _incarnation.unwrap_reply(reply)
+
+    def _receive_at_once(self, inst: Actor, pending: Ask) -> Any:
+        """Have an idle task-mode actor handle ``pending`` in the asker's task.
+
+        Returns what ``receive_at_once`` returned: ``AT_LEISURE`` (queue it
+        instead); or a reply, with ``pending.task`` cleared if it was
+        answered now, and left for the actor to answer if it deferred it.
+        """
+        self._current_ask = pending
+        try:
+            reply = inst.receive_at_once(pending.msg)
+        except Exception:  # queued instead: receive meets it, and crashes if it must
+            self._current_ask = None
+            return AT_LEISURE
+        if reply is AT_LEISURE:
+            self._current_ask = None
+            return reply
+        self._processed += 1
+        if self._current_ask is pending:  # not deferred: this is the answer
+            self._current_ask = None
+            pending.task = None
+        return reply
 
     async def _wait_reply(self, pending: Ask, timeout: float, msg: Any) -> Any:  # noqa: ASYNC109
         def abort(_: Any) -> Abort:

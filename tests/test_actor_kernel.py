@@ -330,6 +330,24 @@ async def test_ask_times_out_with_ask_timeout_and_the_late_reply_is_dropped(
             assert ref.state is ActorState.RUNNING
 
 
+@pytest.mark.parametrize("seconds", [-1.0, -math.inf, math.nan])
+async def test_an_ask_with_a_timeout_that_is_no_duration_is_refused_before_it_is_queued(
+    autojump_clock: trio.testing.MockClock, seconds: float
+) -> None:
+    # Before, it was queued and then refused by trio: the late reply then
+    # rescheduled a task that had moved on, and brought the run down.
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(SlowAsync, log)
+            ref.tell("slow")  # busy: the ask would be queued
+            with pytest.raises(ValueError, match="timeout is seconds >= 0"):
+                await ref.ask("next", timeout=seconds)
+            assert ref.statistics().mailbox.depth == 1  # the tell only
+            assert await ref.ask("after", timeout=5) == "after"
+    assert [entry[2] for entry in log if entry[1] == "enter"] == ["slow", "after"]
+
+
 @pytest.mark.parametrize("path", ["plain-inline", "plain-queued", "async"])
 async def test_a_crash_on_the_asked_message_raises_actor_crashed(
     path: str, autojump_clock: trio.testing.MockClock

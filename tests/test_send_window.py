@@ -496,3 +496,47 @@ async def test_sends_in_line_behind_the_limiter_are_answered_when_the_channel_fa
             results = await send_all(channel, [out(f"p{i}", f"k{i}") for i in range(5)])
     assert sorted(results) == [f"k{i}" for i in range(5)]
     assert all(isinstance(r, ChannelFailed) for r in results.values()), results
+
+
+class _Steps(trio.abc.Instrument):
+    """The names of the tasks that run, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+async def test_an_idle_channel_takes_a_send_in_the_asker_s_task_until_its_window_would_fill(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Idle, the actor's task does not run for a send: the asker puts it in the
+    # window (receive_at_once). The send that would fill the window takes the
+    # mailbox and the actor's task, which then waits for room as ever.
+    provider = RoundTrip()
+    provider.gate = trio.Event()
+    steps = _Steps()
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=3) as channel:
+            await provider.wait_connected(1)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                trio.lowlevel.add_instrument(steps)
+                try:
+                    for i in range(2):
+                        nursery.start_soon(channel.send, out(f"p{i}", f"k{i}"))
+                        await trio.testing.wait_all_tasks_blocked()
+                    assert provider.flying == 2
+                    assert not [name for name in steps.names if name.endswith("run_task")]
+                    nursery.start_soon(channel.send, out("p2", "k2"))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert [name for name in steps.names if name.endswith("run_task")]
+                    assert provider.flying == 3
+                    # Two taken at once; the third is still in hand: the actor
+                    # waits for room before it takes another.
+                    assert channel.ref.statistics().processed == 2
+                finally:
+                    trio.lowlevel.remove_instrument(steps)
+                provider.gate.set()
+    assert sorted(m.idempotency_key for _, m in provider.sent) == ["k0", "k1", "k2"]

@@ -22,6 +22,9 @@ Design:
 - Sends are pipelined: the actor takes up to its window of sends off the
   mailbox (:mod:`.window`) and runs each peer's chain in a task of its own,
   answering each asker when its send is done (``lowlevel.defer_reply``).
+  While the actor is idle, an asked send enters the window from the asker's
+  own task (``receive_at_once``), with no hop through the mailbox, as long
+  as the window keeps room; the rest take the mailbox, in order.
   Sends waiting for the channel's limiter take turns (:mod:`.pacing`):
   one sleeps on the clock, the rest queue behind it.
   A refusal found before any budget is spent (unsupported, too long) is
@@ -256,14 +259,38 @@ class SendPath:
             if getattr(send, "keep_refused", False):
                 await self._keep_refused(message, exc)
             return outcome.Error(exc)
+        window = self._admit(send, message)
+        if window.full:
+            await window.wait_for_room()
+        return None
+
+    def _take_at_once(self, send: Any, message: Operation) -> Any:
+        """Take an asked ``Send`` into the window in the asker's task (the actor is idle).
+
+        Only while the window keeps room after it: the actor's own ``_take``
+        then finds room as ever. Otherwise (and for a refusal that must be
+        kept) it is queued (``AT_LEISURE``) and ``_take`` handles it.
+        """
+        window = self._window
+        if len(window) + 1 >= window.capacity or window.closing:
+            return lowlevel.AT_LEISURE
+        try:
+            self._check(message)
+        except PermanentSendError as exc:
+            if getattr(send, "keep_refused", False):
+                return lowlevel.AT_LEISURE
+            return outcome.Error(exc)
+        self._admit(send, message)
+        return None
+
+    def _admit(self, send: Any, message: Operation) -> SendWindow:
+        """Take the ``Send`` being handled into the window; its chain flies if it heads one."""
         ask = lowlevel.defer_reply(self.ref)
         flight = Flight(message, send if ask is None else ask)
         window = self._window
         if window.admit(flight):
             self.start_task(self._fly, flight)
-        if window.full:
-            await window.wait_for_room()
-        return None
+        return window
 
     async def _fly(self, flight: Flight) -> None:
         """Send a peer's chain, head first, answering each asker in turn."""

@@ -1,0 +1,143 @@
+"""Asks taken at once: ``Actor.receive_at_once`` runs in the asker's task.
+
+The contract: only while the actor is idle (running, parked on an empty
+mailbox, no stop asked for), so nothing is overtaken; ``AT_LEISURE`` or an
+exception leaves the ask to the mailbox and ``receive`` (a defect crashes
+the actor there, and the asker hears it); a refusal is raised in the asker;
+a deferred ask is answered later, from any task; what is handled counts in
+the actor's status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import outcome
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from actors import Actor, ActorCrashed, ActorDead, ActorState, lowlevel, open_actor_system
+from tests.support import CEILING, yield_until
+
+
+class Boom(Exception):
+    """The error test actors raise on purpose."""
+
+
+class Quick(Actor):
+    """Takes ``("now", x)`` at once; defers ``("later", x)`` to a task; leaves the rest."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def receive_at_once(self, msg: Any) -> Any:
+        kind, value = msg
+        self.log.append(("at once", value, trio.lowlevel.current_task()))
+        if kind == "now":
+            return value
+        if kind == "refuse":
+            return outcome.Error(Boom(value))
+        if kind == "later":
+            ask = lowlevel.defer_reply(self.ref)
+            assert ask is not None
+            self.start_task(self._answer, ask, value)
+            return None
+        if kind == "defect":
+            raise Boom("a defect in receive_at_once")
+        return lowlevel.AT_LEISURE
+
+    async def _answer(self, ask: lowlevel.Ask, value: Any) -> None:
+        await trio.sleep(1)
+        ask.reply(value)
+
+    async def receive(self, msg: Any) -> Any:
+        kind, value = msg
+        self.log.append(("receive", value, trio.lowlevel.current_task()))
+        if kind == "slow":
+            await trio.sleep(5)
+        if kind == "defect":
+            raise Boom("crashed in receive")
+        return value
+
+
+async def test_an_idle_actor_takes_an_ask_in_the_asker_s_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Quick, log)
+            await yield_until(lambda: lowlevel.idle(ref))
+            me = trio.lowlevel.current_task()
+            assert await ref.ask(("now", 1)) == 1
+            assert log == [("at once", 1, me)]
+            with pytest.raises(Boom, match="no"):
+                await ref.ask(("refuse", "no"))
+            began = trio.current_time()
+            assert await ref.ask(("later", 3)) == 3  # answered by a task of the actor
+            assert trio.current_time() - began == 1
+            assert await ref.ask(("queue", 4)) == 4  # left to receive, in the actor's task
+            assert log[-2][:2] == ("at once", 4) and log[-1][:2] == ("receive", 4)
+            assert log[-1][2] is not me
+            assert ref.statistics().processed == 4
+            await ref.stop()
+
+
+async def test_a_busy_actor_gets_its_asks_through_the_mailbox_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    answers: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Quick, log)
+            await yield_until(lambda: lowlevel.idle(ref))
+
+            async def ask(msg: Any) -> None:
+                answers.append(await ref.ask(msg, timeout=30))
+
+            async with trio.open_nursery() as nursery:
+                ref.tell(("slow", "first"))  # busy for 5 s
+                for value in ("a", "b", "c"):
+                    nursery.start_soon(ask, ("now", value))
+                    await trio.sleep(1)
+            assert sorted(answers) == ["a", "b", "c"]  # (trio wakes its askers in any order)
+            # None overtook the slow one: all waited in the mailbox for receive.
+            assert [entry[:2] for entry in log] == [
+                ("receive", "first"),
+                ("receive", "a"),
+                ("receive", "b"),
+                ("receive", "c"),
+            ]
+            await ref.stop()
+
+
+async def test_a_defect_in_receive_at_once_leaves_the_ask_to_receive_which_crashes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Quick, log)
+            await yield_until(lambda: lowlevel.idle(ref))
+            with pytest.raises(ActorCrashed) as raised:
+                await ref.ask(("defect", "x"))
+            assert isinstance(raised.value.__cause__, Boom)
+            assert [entry[:2] for entry in log] == [("at once", "x"), ("receive", "x")]
+            await yield_until(lambda: ref.state is not ActorState.RUNNING)
+
+
+async def test_a_stopping_actor_is_not_asked_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Quick, log)
+            await yield_until(lambda: lowlevel.idle(ref))
+            lowlevel.request_stop(ref)
+            with pytest.raises(ActorDead):  # queued behind the stop, which ends it
+                await ref.ask(("now", "late"), timeout=1)
+            assert ("at once", "late") not in [entry[:2] for entry in log]
