@@ -10,6 +10,7 @@ wsproto in server mode, driven by each test (real time, short ceilings).
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -339,3 +340,35 @@ async def test_a_slow_consumer_gets_every_event_in_order() -> None:
                     assert isinstance(inbound, InboundMessage)
                     ids.append(inbound.platform_message_id)
     assert ids == [f"m{i}" for i in range(count)]
+
+
+async def test_a_write_the_caller_waits_after_lets_no_other_task_run_first() -> None:
+    # The send path writes a frame and then waits for its ack: that wait is its
+    # checkpoint, so the write (taken by the socket at once) yields nothing.
+    # A cancelled caller is still refused, and any other write is a checkpoint.
+    from providers.websocket.link import _SocketIO
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    io = _SocketIO(ours)
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    try:
+        with trio.fail_after(IO_CEILING):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(other)
+                await io.send_all(b"frame", schedule=False)
+                assert ran == []
+                await io.send_all(b"pong")
+                assert ran == ["other"]
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await io.send_all(b"late", schedule=False)
+            assert scope.cancelled_caught
+        assert theirs.recv(64) == b"framepong"
+    finally:
+        ours.close()
+        theirs.close()

@@ -301,7 +301,7 @@ class WebSocketConnection:
         if waiter is None:
             actions = self._core.start_send(msg, trio.current_time())
             waiter = self._waiters[msg.idempotency_key] = _Waiter()
-            await self._apply(actions)
+            await self._apply(actions, schedule=False)  # the wait below is the checkpoint
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
@@ -390,7 +390,8 @@ class WebSocketConnection:
                 await self._apply(core.tick(trio.current_time(), due=scope.deadline))
                 data = b""
 
-    async def _apply(self, actions: list[Action]) -> None:
+    async def _apply(self, actions: list[Action], *, schedule: bool = True) -> None:
+        """Carry out the core's actions in order (``schedule``: see ``WebSocketLink.send_text``)."""
         for action in actions:
             if isinstance(action, SendFrame):
                 assert self._link is not None
@@ -398,7 +399,7 @@ class WebSocketConnection:
                 # when a close frame came: a frame answered in the same read as the
                 # close must not turn a clean close into "the TCP link broke".
                 with contextlib.suppress(LinkClosed):
-                    await self._link.send_text(action.text)
+                    await self._link.send_text(action.text, schedule=schedule)
             elif isinstance(action, SendPing):
                 assert self._link is not None
                 with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
