@@ -16,10 +16,12 @@ a reader pushes only when its deadline moves earlier than the one it armed
 (a send starts); most changes move it later (an ack comes, a frame puts the
 ping off), and cost nothing until the entry comes up: then the service asks
 the owner's ``next_deadline()`` and, when that is still ahead, pushes the
-entry again, without waking the reader. An entry is live while its ``seq``
-is its timer's; the others (armed earlier since, fired, or closed) are
-skipped when they come up, and when they are over half the heap it is
-rebuilt without them. A closed timer holds no reference to its owner, so a
+entry again, without waking the reader. The service wakes
+:data:`TIMER_SLACK` after the earliest deadline and fires everything due
+by then, so timers due close together cost one wake-up of its task. An
+entry is live while its ``seq`` is its timer's; the others (armed earlier
+since, fired, or closed) are skipped when they come up, and when they are
+over half the heap it is rebuilt without them. A closed timer holds no reference to its owner, so a
 connection that ended is never kept alive by an entry.
 
 A system task's exception would crash the run: the service never raises
@@ -40,9 +42,14 @@ import trio
 import trio.lowlevel
 from trio.lowlevel import RunVar
 
-__all__ = ["ReaderTimer", "TimerService", "TimerStatistics", "timer_service"]
+__all__ = ["TIMER_SLACK", "ReaderTimer", "TimerService", "TimerStatistics", "timer_service"]
 
 COMPACT_MIN: Final = 64  # dead heap entries tolerated before a rebuild is considered
+#: How late the service may fire a timer so that timers due close together
+#: fire in one wake-up of its task (an idle node's deadlines, one per link
+#: and heartbeat, are spread evenly). A quarter of LATE_TIMER: core.tick
+#: takes a timer this late for one on time.
+TIMER_SLACK: Final = 0.025  # seconds
 
 
 class TimerOwner(Protocol):
@@ -146,7 +153,7 @@ class TimerService:
         if deadline < self._wake_at:
             self._wake_at = deadline
             if self._sleep is not None:
-                self._sleep.deadline = deadline
+                self._sleep.deadline = deadline + TIMER_SLACK
 
     def _close(self, timer: ReaderTimer) -> None:
         if timer.owner is None:
@@ -171,7 +178,7 @@ class TimerService:
         """Sleep until the earliest deadline, fire what is due, forever (never raises)."""
         heap = self._heap
         while True:
-            with trio.CancelScope(deadline=self._wake_at) as self._sleep:
+            with trio.CancelScope(deadline=self._wake_at + TIMER_SLACK) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
             self._fire(trio.current_time())
