@@ -211,6 +211,32 @@ async def test_a_timer_due_while_a_frame_is_applied_waits_for_it(
                 server.nursery.start_soon(peer.hold)
 
 
+async def test_a_timer_due_while_the_reader_waits_for_room_does_not_blame_the_link(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The liveness comes due (+30) while the reader waits for room in a full
+    event buffer (backpressure, until +100): handled once the reader is
+    back, it is judged as the core stands then, and the link dies 30 s
+    after the stall, not during it."""
+    with trio.fail_after(CEILING):
+        async with serving(monkeypatch) as server:
+            cfg = config(liveness_timeout=30.0, event_buffer=1)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                opened = trio.current_time()
+                peer = server.peers[cfg.base_url or ""]
+                server.nursery.start_soon(peer.hold)
+                # The buffer holds 'connected': the message stalls the reader.
+                await peer.send_frame(type="message", id="m1", peer="p1", sender="u", text="hi")
+                await trio.sleep_until(opened + 100.0)
+                assert conn.phase is Phase.OPEN
+                events = conn.events()
+                received = [event async for event in _until_message(events)]
+                assert received[-1].platform_message_id == "m1"
+                with pytest.raises(TransientError, match=r"liveness timeout 30.0s"):
+                    await drain(events)
+                assert on_time(trio.current_time(), opened + 130.0)
+
+
 async def test_bytes_that_come_as_the_timer_fires_are_applied_first(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -379,6 +379,7 @@ class WebSocketConnection:
                             await self._apply(core.connection_lost(None, why))
                             await link.aclose()
                             return
+                        data = b""  # fed: whatever happens next, never fed again
                         await link.flush()  # pongs and close acks first: the peer waits for them
                         now = trio.current_time()
                         for item in items:
@@ -391,11 +392,11 @@ class WebSocketConnection:
                             await self._apply(actions)
                         if link.finished:
                             return
-                        data = b""
                         deadline = core.next_deadline()
                         if deadline < timer.deadline:  # later needs nothing: re-armed lazily
                             timer.arm(deadline)
-                        if timer.due is not None:  # came due while the reader was busy
+                        if timer.due is not None:  # came due while the reader was busy:
+                            timer.due = deadline  # judged as the core stands now (a stall moves it)
                             break
                         timer.parked = True
                         data = await link.receive_bytes()
