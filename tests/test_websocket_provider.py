@@ -474,7 +474,7 @@ def test_options_are_validated_with_paths() -> None:
 
 def test_public_face_and_registry() -> None:
     public = {n for n in vars(providers.websocket) if not n.startswith("_")}
-    public -= {"core", "link", "shell"}
+    public -= {"core", "link", "shell", "timers"}
     assert public == set(providers.websocket.__all__)
     assert registry.load(registry.PROVIDERS, "websocket") is WebSocketProvider
     assert registry.load(registry.EMULATORS, "websocket") is WebSocketEmulator

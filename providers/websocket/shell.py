@@ -2,11 +2,12 @@
 
 Design: the shell only moves bytes and time. Each connection has exactly one
 task of its own, the reader: it waits for bytes from the
-:class:`~providers.websocket.link.WebSocketLink` under a cancel scope whose
-deadline is ``core.next_deadline()`` (moved whenever the core changes), so
-frames, pongs and timers (``core.tick``) reach the core one at a time and
-never race. Pings are plain frames whose pongs the reader feeds back, so
-they need no task either. A node runs ten thousand of these connections:
+:class:`~providers.websocket.link.WebSocketLink` under a long-lived cancel
+scope that the run's timer service cancels at ``core.next_deadline()``
+(:mod:`providers.websocket.timers`), so frames, pongs and timers
+(``core.tick``) reach the core one at a time and never race. Pings are
+plain frames whose pongs the reader feeds back, so they need no task
+either. A node runs ten thousand of these connections:
 one task of its own, no trio-websocket machinery (see
 ``providers.websocket.link``) and a small event buffer instead of a trio
 memory channel keep a whole channel, actor included, near 23 KB (measured
@@ -96,6 +97,7 @@ from .link import (
     WebSocketLink,
     open_link,
 )
+from .timers import ReaderTimer, timer_service
 
 __all__ = ["WEBSOCKET_LIMITS", "WebSocketConnection", "WebSocketOptions", "WebSocketProvider"]
 
@@ -188,8 +190,7 @@ class WebSocketConnection:
         "_options",
         "_ready",
         "_resumable",
-        "_timer_deadline",
-        "_timer_scope",
+        "_timer",
         "_waiters",
         "channel_id",
     )
@@ -213,8 +214,7 @@ class WebSocketConnection:
         self._events = _EventBuffer(options.event_buffer)
         self._waiters: dict[str, _Waiter] = {}
         self._ready: trio.Event | None = trio.Event()  # dropped once _start is over
-        self._timer_scope: trio.CancelScope | None = None
-        self._timer_deadline = math.inf  # the scope's, kept: reading it back costs more
+        self._timer: ReaderTimer | None = None  # the reader's, while it runs
         self._resumable = True
 
     def __repr__(self) -> str:
@@ -353,42 +353,63 @@ class WebSocketConnection:
     async def _run(self) -> None:
         """The reader: frames and timers, one at a time, until the link is over.
 
-        Only the wait for bytes runs under the timer's cancel scope (whose
-        deadline ``_apply`` moves as the core changes), so a timer never
-        interrupts a frame half-applied.
+        The wait for bytes runs under one long-lived cancel scope that only
+        the run's timer service cancels, and only while the reader is parked
+        in that wait (:mod:`providers.websocket.timers`): a timer never
+        interrupts a frame half-applied, and no scope is entered per read.
+        A timer that comes due while the reader is busy is handled before it
+        next parks. When the service cancels the scope just as bytes came
+        (the reader was already rescheduled), the reader leaves the scope
+        with them, untouched by any checkpoint, and applies them first.
         """
         link = self._link
         assert link is not None
         core = self._core
+        timer = self._timer = timer_service().register(core)
         data: bytes | None = b""  # first, the frames that came with the handshake
-        while True:
-            try:
-                items = link.feed(data)
-            except Exception as exc:  # wsproto's reaction to a peer's fault: the link is over
-                text = repr(exc)[:200]
-                await self._apply(core.connection_lost(None, f"the link failed: {text}"))
-                await link.aclose()
-                return
-            await link.flush()  # pongs and close acks first: the peer waits for them
-            now = trio.current_time()
-            for item in items:
-                if isinstance(item, Pong):
-                    actions = core.pong_received(item.payload, now)
-                elif isinstance(item, Closed):
-                    actions = core.connection_lost(item.code, item.reason)
-                else:
-                    actions = core.frame_received(item, now)
-                await self._apply(actions)
-            if link.finished:
-                return
-            deadline = self._timer_deadline = core.next_deadline()
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._timer_scope = scope
-                data = await link.receive_bytes()
-            self._timer_scope = None
-            if scope.cancelled_caught:
-                await self._apply(core.tick(trio.current_time(), due=scope.deadline))
-                data = b""
+        try:
+            while True:
+                with trio.CancelScope() as scope:  # until a timer fires
+                    timer.scope = scope
+                    while True:
+                        try:
+                            items = link.feed(data)
+                        except Exception as exc:  # wsproto's reaction to a peer's fault
+                            why = f"the link failed: {repr(exc)[:200]}"
+                            await self._apply(core.connection_lost(None, why))
+                            await link.aclose()
+                            return
+                        data = b""  # fed: whatever happens next, never fed again
+                        await link.flush()  # pongs and close acks first: the peer waits for them
+                        now = trio.current_time()
+                        for item in items:
+                            if isinstance(item, Pong):
+                                actions = core.pong_received(item.payload, now)
+                            elif isinstance(item, Closed):
+                                actions = core.connection_lost(item.code, item.reason)
+                            else:
+                                actions = core.frame_received(item, now)
+                            await self._apply(actions)
+                        if link.finished:
+                            return
+                        deadline = core.next_deadline()
+                        if deadline < timer.deadline:  # later needs nothing: re-armed lazily
+                            timer.arm(deadline)
+                        if timer.due is not None:  # came due while the reader was busy:
+                            timer.due = deadline  # judged as the core stands now (a stall moves it)
+                            break
+                        timer.parked = True
+                        data = await link.receive_bytes()
+                        timer.parked = False
+                        if timer.due is not None:  # fired as the bytes came: the scope is cancelled
+                            break
+                timer.parked = False
+                if data == b"":  # else: apply the bytes first, in a new scope, then tick
+                    due, timer.due = timer.due, None
+                    await self._apply(core.tick(trio.current_time(), due=due))
+        finally:
+            self._timer = None
+            timer.close()
 
     async def _apply(self, actions: list[Action], *, schedule: bool = True) -> None:
         """Carry out the core's actions in order (``schedule``: see ``WebSocketLink.send_text``)."""
@@ -429,14 +450,14 @@ class WebSocketConnection:
                 # the connection's block when they end would cut the handshake.
                 await self._end_link(action.code, action.reason, handshake=True)
                 self._events.close()
-        scope = self._timer_scope
-        if scope is not None:
-            # Only ever earlier: moving a deadline is a heap push in trio, and
-            # most changes (an ack arriving) make it later; a timer that fires
-            # early finds nothing due in tick() and the reader sets it anew.
+        timer = self._timer
+        if timer is not None and timer.parked:
+            # The reader arms its timer before it parks; while it is parked,
+            # a change here (a send starts) may bring the deadline earlier.
+            # Only ever earlier: the service finds a later one by itself.
             deadline = self._core.next_deadline()
-            if deadline < self._timer_deadline:
-                scope.deadline = self._timer_deadline = deadline
+            if deadline < timer.deadline:
+                timer.arm(deadline)
 
     def _set_ready(self) -> None:
         if self._ready is not None:
