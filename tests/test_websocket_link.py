@@ -342,33 +342,41 @@ async def test_a_slow_consumer_gets_every_event_in_order() -> None:
     assert ids == [f"m{i}" for i in range(count)]
 
 
-async def test_a_write_the_caller_waits_after_lets_no_other_task_run_first() -> None:
+class _Yields(trio.abc.Instrument):
+    """Counts the times one task gives the scheduler back its turn."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_a_write_the_caller_waits_after_does_not_yield_first() -> None:
     # The send path writes a frame and then waits for its ack: that wait is its
-    # checkpoint, so the write (taken by the socket at once) yields nothing.
+    # checkpoint, so the write (taken by the socket at once) does not yield.
     # A cancelled caller is still refused, and any other write is a checkpoint.
     from providers.websocket.link import _SocketIO
 
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     io = _SocketIO(ours)
-    ran: list[str] = []
-
-    async def other() -> None:
-        ran.append("other")
-
+    yields = _Yields(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(yields)
     try:
         with trio.fail_after(IO_CEILING):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(other)
-                await io.send_all(b"frame", schedule=False)
-                assert ran == []
-                await io.send_all(b"pong")
-                assert ran == ["other"]
+            await io.send_all(b"frame", schedule=False)
+            assert yields.count == 0
+            await io.send_all(b"pong")
+            assert yields.count == 1
             with trio.CancelScope() as scope:
                 scope.cancel()
                 await io.send_all(b"late", schedule=False)
             assert scope.cancelled_caught
         assert theirs.recv(64) == b"framepong"
     finally:
+        trio.lowlevel.remove_instrument(yields)
         ours.close()
         theirs.close()
