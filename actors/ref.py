@@ -281,17 +281,18 @@ class ActorRef:
             ActorCrashed: ``receive`` raised on this message (chained).
             ActorDead: the actor is terminated, or was before it answered.
             MailboxFull: the mailbox is at capacity.
-            ValueError: ``timeout`` is not a number of seconds >= 0 (nothing was sent).
+            ValueError: ``timeout`` is not a number of seconds >= 0 (checked, and
+                nothing sent, before the message would wait in the mailbox).
         """
-        if not timeout >= 0:  # NaN too; checked before the message is queued
-            raise ValueError(f"an ask's timeout is seconds >= 0 (math.inf: none), not {timeout!r}")
         if (
             not self._scheduled
             and self._state is RUNNING
             and not self._task_mode
             and not self._mailbox
         ):
-            return await self._ask_inline(msg)
+            return await self._ask_inline(msg)  # answered at once: no wait to bound
+        if not timeout >= 0:  # NaN too; checked before the message is queued
+            raise ValueError(f"an ask's timeout is seconds >= 0 (math.inf: none), not {timeout!r}")
         if self._parked is not None and self._stop_request is None and self._state is RUNNING:
             inst = self._instance
             assert inst is not None
