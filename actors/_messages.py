@@ -25,31 +25,53 @@ if TYPE_CHECKING:
     from .actor import Exit
     from .ref import ActorRef
 
-__all__ = ["RESTART", "Ask", "ChildExited", "Parent", "Restart", "Status", "Stop"]
+__all__ = ["IN_HAND", "RESTART", "Ask", "ChildExited", "Parent", "Restart", "Status", "Stop"]
+
+
+class _InHand:
+    """The type of :data:`IN_HAND`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IN_HAND"
+
+
+IN_HAND: Final = _InHand()
+"""An :class:`Ask`'s task while its asker is still running it (``receive_at_once``):
+an answer given then is kept in ``early`` instead of waking a task that is not waiting."""
 
 
 class Ask:
     """A message waiting for an answer, and the task waiting for it."""
 
-    __slots__ = ("msg", "task")
+    __slots__ = ("early", "msg", "task")
 
     def __init__(self, msg: Any, task: Any) -> None:
         self.msg = msg
-        self.task = task  # None once answered or abandoned
+        self.task = task  # None once answered or abandoned; IN_HAND: see there
+        self.early: outcome.Outcome[Any] | None = None  # an answer given while IN_HAND
 
     def reply(self, value: Any) -> None:
         """Answer with ``value``; an ``outcome.Error`` is raised in the asker."""
         task = self.task
         if task is not None:
             self.task = None
-            reschedule(task, value if type(value) is outcome.Error else outcome.Value(value))
+            result = value if type(value) is outcome.Error else outcome.Value(value)
+            if task is IN_HAND:
+                self.early = result
+            else:
+                reschedule(task, result)
 
     def fail(self, error: BaseException) -> None:
         """Raise ``error`` in the asker."""
         task = self.task
         if task is not None:
             self.task = None
-            reschedule(task, outcome.Error(error))
+            if task is IN_HAND:
+                self.early = outcome.Error(error)
+            else:
+                reschedule(task, outcome.Error(error))
 
 
 class Stop:

@@ -180,11 +180,15 @@ class Actor:
         instead of queueing the ask only while the actor is idle (running,
         parked on an empty mailbox, no stop asked for), so nothing is
         overtaken; it must not wait, and it may ``defer_reply`` and
-        ``start_task`` as ``receive`` does. It returns what ``receive``
-        would, or :data:`AT_LEISURE` to have the ask queued as usual, which
-        it must do before changing anything if it cannot finish. An
-        exception queues the ask as well: ``receive`` then meets the same
-        message in the actor's task, and a defect crashes the actor there.
+        ``start_task`` as ``receive`` does (an ask taken over and answered
+        before it returns is answered all the same). It returns what
+        ``receive`` would, or :data:`AT_LEISURE` to have the ask queued as
+        usual, which it must do before changing anything if it cannot
+        finish. An exception queues the ask as well: ``receive`` then meets
+        the same message in the actor's task, and a defect crashes the
+        actor there; but once it took the ask over (``defer_reply``), the
+        asker gets ``ActorCrashed`` at once instead, the ask is not queued
+        again and a later answer to it goes nowhere.
         """
         return AT_LEISURE
 

@@ -33,6 +33,7 @@ import math
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
+import outcome
 import trio
 from trio.lowlevel import (
     Abort,
@@ -52,7 +53,7 @@ from ._incarnation import (
     STARTING,
     TASK_FAIRNESS_BATCH,
 )
-from ._messages import RESTART, Ask, Status, Stop
+from ._messages import IN_HAND, RESTART, Ask, Status, Stop
 from .actor import AT_LEISURE, EXIT_SHUTDOWN, Actor, ActorState, Exit
 from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
@@ -297,12 +298,14 @@ class ActorRef:
             inst = self._instance
             assert inst is not None
             if inst._receives_at_once:
-                pending = Ask(msg, current_task())
+                pending = Ask(msg, IN_HAND)
                 reply = self._receive_at_once(inst, pending)
                 if reply is not AT_LEISURE:
-                    if pending.task is None:  # answered at once: a refusal
+                    if pending.task is None:  # answered already (at once, or deferred and answered)
                         await checkpoint()
-                        return _incarnation.unwrap_reply(reply)
+                        early = pending.early
+                        return _incarnation.unwrap_reply(reply) if early is None else early.unwrap()
+                    pending.task = current_task()  # deferred: its answer comes later
                     return await self._wait_reply(pending, timeout, msg)
         if self._state not in QUEUEING:
             raise self._dead_error("ask")
@@ -331,6 +334,8 @@ class ActorRef:
         """
         if self._state not in ACCEPTING:
             raise self._dead_error("ask_status")
+        if not timeout >= 0:  # NaN too; checked before the request is queued
+            raise ValueError(f"an ask's timeout is seconds >= 0 (math.inf: none), not {timeout!r}")
         pending = Ask(None, current_task())
         self._mailbox.put_system(Status(pending))
         self._wake_for_system()
@@ -483,15 +488,24 @@ class ActorRef:
         self._current_ask = pending
         try:
             reply = inst.receive_at_once(pending.msg)
-        except Exception:  # queued instead: receive meets it, and crashes if it must
+        except Exception as exc:
+            deferred = self._current_ask is not pending
             self._current_ask = None
-            return AT_LEISURE
+            if not deferred:  # queued instead: receive meets it, and crashes if it must
+                return AT_LEISURE
+            # Raised after taking the ask over (against the contract): its holder
+            # may still answer; the asker hears of the defect now, and only once.
+            pending.task = pending.early = None
+            self._processed += 1
+            return outcome.Error(_incarnation.crash_error(self, exc, pending.msg))
+        deferred = self._current_ask is not pending
+        self._current_ask = None
         if reply is AT_LEISURE:
-            self._current_ask = None
-            return reply
+            if not deferred:
+                return reply
+            reply = None  # taken over all the same: its holder answers it
         self._processed += 1
-        if self._current_ask is pending:  # not deferred: this is the answer
-            self._current_ask = None
+        if not deferred:  # this is the answer
             pending.task = None
         return reply
 

@@ -10,6 +10,7 @@ the actor's status.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import outcome
@@ -141,3 +142,96 @@ async def test_a_stopping_actor_is_not_asked_at_once(
             with pytest.raises(ActorDead):  # queued behind the stop, which ends it
                 await ref.ask(("now", "late"), timeout=1)
             assert ("at once", "late") not in [entry[:2] for entry in log]
+
+
+class AnswersInHand(Actor):
+    """Takes the ask over and answers it before ``receive_at_once`` returns."""
+
+    def receive_at_once(self, msg: Any) -> Any:
+        ask = lowlevel.defer_reply(self.ref)
+        assert ask is not None
+        if msg == "fail":
+            ask.fail(Boom("refused in hand"))
+        else:
+            ask.reply(("answered", msg))
+        return None
+
+    async def receive(self, msg: Any) -> Any:
+        return ("receive", msg)
+
+
+async def test_an_ask_taken_over_and_answered_in_hand_gets_that_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Answering a deferred ask wakes its asker; at once, the asker is the task
+    # running: the answer is kept for it instead (waking it would crash trio).
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(AnswersInHand)
+            await yield_until(lambda: lowlevel.idle(ref))
+            assert await ref.ask("x") == ("answered", "x")
+            with pytest.raises(Boom, match="refused in hand"):
+                await ref.ask("fail")
+            await trio.sleep(1)  # nothing stray wakes this task
+            assert ref.statistics().processed == 2
+            await ref.stop()
+
+
+class DefectAfterTakingOver(Actor):
+    """Takes the ask over, starts the task that answers it, then raises."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def receive_at_once(self, msg: Any) -> Any:
+        ask = lowlevel.defer_reply(self.ref)
+        assert ask is not None
+        self.start_task(self._answer, ask, msg)
+        raise Boom("a defect after taking the ask over")
+
+    async def _answer(self, ask: lowlevel.Ask, msg: Any) -> None:
+        await trio.sleep(1)
+        ask.reply(("late", msg))
+
+    async def receive(self, msg: Any) -> Any:
+        self.log.append(("receive", msg))
+        return ("receive", msg)
+
+
+async def test_a_defect_after_taking_an_ask_over_fails_it_once_and_queues_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(DefectAfterTakingOver, log)
+            await yield_until(lambda: lowlevel.idle(ref))
+            with pytest.raises(ActorCrashed) as raised:
+                await ref.ask("m")
+            assert isinstance(raised.value.__cause__, Boom)
+            began = trio.current_time()
+            await trio.sleep(5)  # the holder's late answer wakes nobody
+            assert trio.current_time() - began == 5
+            assert log == []  # not handled a second time by receive
+            await ref.stop()
+
+
+class Slow(Actor):
+    async def receive(self, msg: Any) -> Any:
+        await trio.sleep(1)
+        return msg
+
+
+@pytest.mark.parametrize("seconds", [-1.0, math.nan])
+async def test_a_status_ask_with_a_timeout_that_is_no_duration_is_refused_before_it_is_queued(
+    autojump_clock: trio.testing.MockClock, seconds: float
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(Slow)
+            ref.tell("busy")
+            with pytest.raises(ValueError, match="timeout is seconds >= 0"):
+                await ref.ask_status(timeout=seconds)
+            await trio.sleep(5)  # no stray answer wakes this task
+            assert ref.statistics().mailbox.system_depth == 0
+            await ref.stop()

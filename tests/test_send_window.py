@@ -540,3 +540,35 @@ async def test_an_idle_channel_takes_a_send_in_the_asker_s_task_until_its_window
                     trio.lowlevel.remove_instrument(steps)
                 provider.gate.set()
     assert sorted(m.idempotency_key for _, m in provider.sent) == ["k0", "k1", "k2"]
+
+
+@pytest.mark.parametrize("how", ["kill", "restart"])
+async def test_sends_taken_at_once_survive_a_kill_or_restart_mid_flight(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    # Taken into the window from the askers' tasks (the actor idle), cut off
+    # on the wire by the end of the incarnation: handed back to the mailbox,
+    # each sent and answered once by the next incarnation.
+    provider = RoundTrip()
+    provider.gate = trio.Event()
+    results: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, window=4) as channel:
+            await provider.wait_connected(1)
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                for key, peer in (("k0", "p0"), ("k1", "p0"), ("k2", "p1")):
+                    nursery.start_soon(_record, results, key, channel.send(out(peer, key)))
+                    await trio.testing.wait_all_tasks_blocked()
+                assert channel.ref.statistics().processed == 3  # none waits in the mailbox
+                if how == "kill":
+                    channel.ref.kill()
+                else:
+                    channel.ref.restart()
+                await provider.wait_connected(2)
+                provider.gate.set()
+    assert {key: r.platform_message_id for key, r in results.items()} == {
+        key: f"id-{key}" for key in ("k0", "k1", "k2")
+    }
+    assert sorted(m.idempotency_key for _, m in provider.sent) == ["k0", "k1", "k2"]
+    assert [m.idempotency_key for _, m in provider.sent if m.peer == "p0"] == ["k0", "k1"]
