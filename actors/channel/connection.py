@@ -280,6 +280,8 @@ class ConnectionLoop:
 
     def _set_link(self, conn: Connection | None) -> None:
         """The live link (``None``: none), told to whoever watches links (``memory.links``)."""
+        if conn is self._conn:
+            return  # a stop drops it, and then the connection's end: told once
         self._conn = conn
         links = self.memory.links
         if links is not None:
