@@ -109,7 +109,13 @@ async def fetch(
         ),
         trio.move_on_after(deadline),
     ):
-        async with client.stream(method, url, **kwargs) as response:
+        # What ``client.stream`` does, without its generator-based context
+        # manager: a request is built, sent, read and closed however it ends.
+        auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)  # ``client.send``'s options;
+        follow = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)  # the rest build it
+        request = client.build_request(method, url, **kwargs)
+        response = await client.send(request, auth=auth, follow_redirects=follow, stream=True)
+        try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body:
                 raise _too_large(what, max_body, f"it announced {int(declared)} bytes")
@@ -121,6 +127,8 @@ async def fetch(
             return Answer(
                 status_code=response.status_code, headers=response.headers, content=bytes(body)
             )
+        finally:
+            await response.aclose()
     raise TransientError(
         f"{what}: no complete answer within {deadline:g} s (the total deadline of a "
         "request); retry with backoff"

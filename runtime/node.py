@@ -123,7 +123,9 @@ from .view import (
     ChannelSnapshot,
     ChannelTotals,
     NodeStatistics,
+    WebhookLinks,
     WebhookTarget,
+    links_of,
 )
 
 __all__ = ["Node", "NodeState", "open_node"]
@@ -193,6 +195,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
         self._in_flight: dict[tuple[str, str], _Departure] = {}  # (channel, key) being sent
         self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
+        self._link_changes = _LinkChanges()  # every channel's live link coming or going
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
         self._drained = trio.Event()
@@ -301,6 +304,7 @@ class Node(ClusterMode, DeadLetterOps):
             memory.subscribers.append((self._hub.tap(spec.id, spec.tenant, provider.name), None))
             memory.tenure = tenure
             memory.timings = self._timings.provider(provider.name)
+            memory.links = self._link_changes
             token = self._checkpoints.token if tenure is None else tenure.token
             await self._restore(spec, memory, carry=carry, revive=revive, token=token)
             self._checkpoints.attach(memory, spec.id, spec.tenant, provider.name, token=token)
@@ -860,6 +864,15 @@ class Node(ClusterMode, DeadLetterOps):
         index = self._webhook_index(provider)
         found = {t.channel_id: t for number in numbers for t in index.by_number.get(number, ())}
         return sorted(found.values(), key=lambda target: index.position[target.channel_id])
+
+    def webhook_links(self, provider: str) -> WebhookLinks:
+        """The live links among :meth:`webhook_targets`, as they are now.
+
+        Kept until a channel's link comes or goes (its actor tells the node)
+        or the table changes: a WhatsApp post is checked against the app
+        secrets of the channels connected here without a walk over them.
+        """
+        return self._webhook_index(provider).links(self._link_changes.count)
 
     def _webhook_index(self, provider: str) -> _WebhookIndex:
         generation = self._table.generation
@@ -1452,11 +1465,13 @@ class _WebhookIndex:
     webhook (three status webhooks a message) was most of the node's CPU.
     """
 
-    __slots__ = ("by_id", "by_number", "generation", "position", "targets")
+    __slots__ = ("_links", "_links_at", "by_id", "by_number", "generation", "position", "targets")
 
     def __init__(self, generation: int, targets: list[WebhookTarget]) -> None:
         self.generation = generation
         self.targets = targets
+        self._links: WebhookLinks | None = None
+        self._links_at = -1  # the count of link changes ``_links`` was read at
         self.by_id = {target.channel_id: target for target in targets}
         self.position = {target.channel_id: i for i, target in enumerate(targets)}
         self.by_number: dict[str, list[WebhookTarget]] = {}
@@ -1464,3 +1479,24 @@ class _WebhookIndex:
             number = target.options.get("phone_number_id")
             if number is not None:
                 self.by_number.setdefault(str(number), []).append(target)
+
+    def links(self, changes: int) -> WebhookLinks:
+        """The targets' live links, read again only when ``changes`` (links that came
+        or went, node-wide) moved since they were last read."""
+        links = self._links
+        if links is None or self._links_at != changes:
+            links = self._links = links_of(self.targets)
+            self._links_at = changes
+        return links
+
+
+class _LinkChanges:
+    """Counts the node's channels' live links coming and going (their ``LinkWatch``)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def link_changed(self) -> None:
+        self.count += 1

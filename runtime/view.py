@@ -33,7 +33,9 @@ __all__ = [
     "ChannelTotals",
     "NodeStatistics",
     "NodeView",
+    "WebhookLinks",
     "WebhookTarget",
+    "links_of",
     "totals_of",
 ]
 
@@ -167,6 +169,50 @@ class WebhookTarget:
         return f"<WebhookTarget {self.channel_id!r} {where}>"
 
 
+@attrs.frozen(kw_only=True)
+class WebhookLinks:
+    """The live links among a provider's webhook targets, as they stood at one instant.
+
+    What a WhatsApp post is checked against before it is parsed: the app
+    secrets (signers) of the channels connected here. A node keeps it until a
+    link comes or goes or its table changes, so a webhook is never a walk
+    over every channel; each target still reads its live link when a post is
+    handed to it, so a link that has gone since is never handed one.
+
+    Attributes:
+        live: the targets with a live link here, in the targets' order.
+        signers: per signer id (``webhook_signer``, no secret), the first
+            live link that judges by it: one to check a post's signature with.
+        judged: how many of ``live`` judge by a signer (the rest judge for
+            themselves).
+        remote: whether any target runs on another node.
+    """
+
+    live: Sequence[WebhookTarget]
+    signers: Mapping[str, Connection]
+    judged: int
+    remote: bool
+
+
+def links_of(targets: Sequence[WebhookTarget]) -> WebhookLinks:
+    """:class:`WebhookLinks` of ``targets``, each target's live link read once."""
+    live: list[WebhookTarget] = []
+    signers: dict[str, Connection] = {}
+    judged = 0
+    remote = False
+    for target in targets:
+        remote = remote or target.remote
+        link = target.connection
+        if link is None:
+            continue
+        live.append(target)
+        signer = getattr(link, "webhook_signer", None)
+        if isinstance(signer, str):
+            judged += 1
+            signers.setdefault(signer, link)
+    return WebhookLinks(live=live, signers=signers, judged=judged, remote=remote)
+
+
 class _HasConnection(Protocol):
     @property
     def connection(self) -> Connection | None: ...
@@ -283,6 +329,10 @@ class NodeView(Protocol):
 
         In the order of :meth:`webhook_targets`, found without a walk.
         """
+        ...
+
+    def webhook_links(self, provider: str) -> WebhookLinks:
+        """The live links among :meth:`webhook_targets`, as they are now, found without a walk."""
         ...
 
     def check_webhook_headers(

@@ -56,7 +56,15 @@ from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.errors import NodeDraining, NodeStarting, Overloaded, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.ops.app import MAX_BODY
-from runtime.view import ChannelSnapshot, ChannelTotals, NodeStatistics, WebhookTarget, totals_of
+from runtime.view import (
+    ChannelSnapshot,
+    ChannelTotals,
+    NodeStatistics,
+    WebhookLinks,
+    WebhookTarget,
+    links_of,
+    totals_of,
+)
 from runtime.webhooks import telegram_headers
 from tests.support import emulator_call, hang_up_mid_request, real_time_ceiling
 
@@ -168,6 +176,9 @@ class FakeNode:
             if t.options.get("phone_number_id") is not None
             and str(t.options["phone_number_id"]) in numbers
         ]
+
+    def webhook_links(self, provider: str) -> WebhookLinks:
+        return links_of(self.webhook_targets(provider))
 
     async def send(
         self,

@@ -266,6 +266,12 @@ def test_parse_sent_and_parse_me() -> None:
     assert sent == SendResult(platform_message_id="-5:3", peer="-5")
     with pytest.raises(TransientError):
         core.parse_sent(True, "1")
+    # Only the id and the chat are read: the rest of the Message is not structured.
+    lean = core.parse_sent({"message_id": 4, "chat": {"id": 7}, "date": "not read"}, "7")
+    assert lean == SendResult(platform_message_id="7:4", peer="7")
+    for result in ({"message_id": 4}, {"message_id": "four", "chat": {"id": 7}}, "4", []):
+        with pytest.raises(TransientError, match="not a Message"):
+            core.parse_sent(result, "7")
     assert (
         core.parse_me({"id": 1, "is_bot": True, "first_name": "B", "username": "b"}).username == "b"
     )

@@ -201,7 +201,7 @@ class ConnectionLoop:
                     handshaking = False
                     if memory.timings is not None:
                         memory.timings.connected(trio.current_time() - began)
-                    self._conn = conn
+                    self._set_link(conn)
                     memory.backoff.connected(trio.current_time())
                     memory.touch()
                     self._set_status(ChannelStatus.CONNECTED)
@@ -212,7 +212,7 @@ class ConnectionLoop:
                     except TransientError as exc:
                         error = exc
                     finally:
-                        self._conn = None
+                        self._set_link(None)
                         memory.session = conn.session_state()
                         if held is None or not held.cancel_called:  # no goodbye past the tenure
                             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
@@ -271,12 +271,21 @@ class ConnectionLoop:
         self._stopping = True  # the connection loop must not reconnect now
         conn = self._conn
         if conn is not None:
-            self._conn = None
+            self._set_link(None)
             self.memory.session = conn.session_state()
             with trio.move_on_after(CLOSE_GRACE):
                 await conn.close(resumable=True)
         if self._connection_scope is not None:
             self._connection_scope.cancel()
+
+    def _set_link(self, conn: Connection | None) -> None:
+        """The live link (``None``: none), told to whoever watches links (``memory.links``)."""
+        if conn is self._conn:
+            return  # a stop drops it, and then the connection's end: told once
+        self._conn = conn
+        links = self.memory.links
+        if links is not None:
+            links.link_changed()
 
     # --- what sends wait for ------------------------------------------------------
 

@@ -415,6 +415,17 @@ class ChannelTimings(Protocol):
         """An inbound event took ``seconds`` from the platform to the subscribers."""
 
 
+class LinkWatch(Protocol):
+    """Told whenever a channel's live link comes or goes (the node's webhook index).
+
+    Called in the channel's task at the moment the link is set or dropped;
+    an implementation must not block.
+    """
+
+    def link_changed(self) -> None:
+        """A channel's live connection was set, or dropped."""
+
+
 class ChannelMemory:
     """Everything about a channel that must outlive one actor incarnation."""
 
@@ -432,6 +443,7 @@ class ChannelMemory:
         "incarnations",
         "last_error",
         "limits",
+        "links",
         "pending",
         "rng",
         "seen",
@@ -488,6 +500,8 @@ class ChannelMemory:
         self.tenure: Tenure | None = None
         # The node's histograms for this channel's provider, if it keeps them.
         self.timings: ChannelTimings | None = None
+        # Told when the live link comes or goes, if anyone keeps an index of links.
+        self.links: LinkWatch | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "sent",

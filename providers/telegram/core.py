@@ -531,7 +531,7 @@ def parse_sent(result: Any, peer: str) -> SendResult:
             happened; the idempotency key lets a retry be deduplicated).
     """
     try:
-        sent = wire.CONVERTER.structure(result, wire.Message)
+        sent = wire.CONVERTER.structure(result, wire.SentRef)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
         raise TransientError(f"telegram: a send answered {result!r}, not a Message") from exc
     return SendResult(platform_message_id=message_id(sent.chat.id, sent.message_id), peer=peer)

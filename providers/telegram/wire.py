@@ -23,6 +23,7 @@ __all__ = [
     "Message",
     "ReplyRef",
     "ResponseParameters",
+    "SentRef",
     "Update",
     "User",
 ]
@@ -64,6 +65,18 @@ class ReplyRef:
 
     message_id: int
     chat: Chat | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SentRef:
+    """The part of a ``Message`` a send answers with that the send needs: its id and chat.
+
+    A send structures only this, not the whole ``Message`` (most of a
+    send's parsing cost, for two numbers).
+    """
+
+    message_id: int
+    chat: Chat
 
 
 @attrs.frozen(kw_only=True)

@@ -116,7 +116,7 @@ from ..errors import (
     UnknownChannel,
 )
 from ..telemetry.redaction import Redactor, scrub_shapes
-from ..view import NodeView, WebhookTarget
+from ..view import NodeView, WebhookLinks, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report, health_summary
 from .letters import DeadLetterApi
@@ -258,13 +258,12 @@ def _signer(target: WebhookTarget) -> str | None:
 
 
 async def _signed_by(
-    links: Sequence[tuple[WebhookTarget, Any]],
+    links: WebhookLinks,
     signatures: PostSignatures,
     size: int,
     limiter: trio.CapacityLimiter,
-) -> tuple[set[str], int]:
-    """The signers (app secrets, by id) among the live links' that signed the post,
-    and how many of ``links`` (``(target, its live connection)``) judge by a signer.
+) -> set[str]:
+    """The signers (app secrets, by id) among the live links' that signed the post.
 
     Each signer is checked once, however many channels share it, and its
     verdict kept in ``signatures`` for the channels the post is handed to; a
@@ -272,25 +271,18 @@ async def _signed_by(
     large one (``size`` bytes) is hashed in a worker thread (hashlib lets go
     of the GIL), so probes are answered while a flood of big posts is refused.
     """
-    connections: dict[str, Any] = {}
-    judged = 0
-    for _, link in links:
-        signer = getattr(link, "webhook_signer", None)
-        if isinstance(signer, str):
-            judged += 1
-            connections.setdefault(signer, link)
     if not signatures.well_formed:
-        return set(), judged
+        return set()
     signed: set[str] = set()
-    for signer, connection in connections.items():
-        check = functools.partial(connection.check_post, signatures)
+    for signer, connection in links.signers.items():
+        check = functools.partial(connection.check_post, signatures)  # type: ignore[attr-defined]
         if size < HASH_OFF_LOOP:
             accepted = check()
         else:
             accepted = await trio.to_thread.run_sync(check, limiter=limiter)
         if accepted:
             signed.add(signer)
-    return signed, judged
+    return signed
 
 
 def _phone_number_ids(payload: Mapping[str, Any]) -> set[str]:
@@ -481,13 +473,13 @@ class _Ops:
             bounded_json.check_depth(body)
         except bounded_json.JSONTooDeep as exc:
             return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
-        # Each live link read once: a number's webhook must not cost a walk per channel.
-        links = [(t, link) for t in targets if (link := t.connection) is not None]
-        live = [target for target, _ in links]
+        # The live links' signers, kept by the node until a link comes or goes:
+        # a number's webhook costs no walk over the channels.
+        links = self.node.webhook_links("whatsapp")
         signatures = PostSignatures(request.headers, body)
-        signers, judged = await _signed_by(links, signatures, len(body), self.hashing)
-        elsewhere = any(target.remote for target in targets)  # checked by their own secrets
-        if judged and judged == len(live) and not signers and not elsewhere:
+        signers = await _signed_by(links, signatures, len(body), self.hashing)
+        # Channels elsewhere are checked there, by their own secrets.
+        if links.judged and links.judged == len(links.live) and not signers and not links.remote:
             return self._counted("whatsapp", _FORGED, reason="signature")
         try:
             payload = bounded_json.loads(body)
@@ -517,7 +509,7 @@ class _Ops:
             return self._counted("whatsapp", worst, reason="signature", answers=others)
         # Account-level notification: acknowledged by one channel of the app that signed
         # it (or by any channel that judges for itself; with none here, one elsewhere).
-        live = live or [target for target in targets if target.remote][:1]
+        live = links.live or [target for target in targets if target.remote][:1]
         if not live:
             answer = refusal(503, "ChannelUnavailable", "no whatsapp channel is connected")
             return self._counted("whatsapp", answer)

@@ -1,0 +1,96 @@
+"""providers._http.fetch: one request within its deadline and body cap, always closed.
+
+Every way a request ends (read whole, refused as too large before or while
+its body is read, cut by the total deadline) hands the response back: its
+stream is closed, so the pool's connection is released, as ``client.stream``
+would have.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from providers._http import fetch
+from providers.base import TransientError
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body in chunks; optionally one that never ends. Counts its closes."""
+
+    def __init__(self, chunks: list[bytes], *, stall: bool = False) -> None:
+        self.chunks = chunks
+        self.stall = stall
+        self.closed = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+        if self.stall:
+            await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def _client(body: _Body, seen: list[httpx.Request], headers: dict[str, str]) -> httpx.AsyncClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers=headers, stream=body)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://platform")
+
+
+async def test_an_answer_is_read_whole_and_its_response_closed() -> None:
+    body, seen = _Body([b'{"ok":', b"true}"]), []
+    async with _client(body, seen, {}) as client:
+        answer = await fetch(
+            client,
+            "POST",
+            "/bot/sendMessage",
+            deadline=5.0,
+            max_body=100,
+            what="test send",
+            json={"chat_id": 1},
+            headers={"X-Test": "yes"},
+        )
+    assert (answer.status_code, answer.content) == (200, b'{"ok":true}')
+    assert body.closed == 1
+    [request] = seen
+    assert request.url == "http://platform/bot/sendMessage"
+    assert request.headers["x-test"] == "yes"
+    assert json.loads(request.content) == {"chat_id": 1}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "headers", "detail"),
+    [
+        ([b"x" * 10], {"content-length": "1000"}, "it announced 1000 bytes"),
+        ([b"x" * 60, b"x" * 60], {}, "its body went on past that"),
+    ],
+)
+async def test_a_body_over_the_cap_is_refused_and_its_response_closed(
+    chunks: list[bytes], headers: dict[str, str], detail: str
+) -> None:
+    body, seen = _Body(chunks), []
+    async with _client(body, seen, headers) as client:
+        with pytest.raises(TransientError, match=detail):
+            await fetch(client, "GET", "/big", deadline=5.0, max_body=100, what="test get")
+    assert body.closed == 1
+
+
+async def test_a_body_that_never_ends_is_cut_at_the_deadline_and_its_response_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body, seen = _Body([b"{"], stall=True), []
+    async with _client(body, seen, {}) as client:
+        began = trio.current_time()
+        with pytest.raises(TransientError, match="no complete answer within 7 s"):
+            await fetch(client, "GET", "/drip", deadline=7.0, max_body=100, what="test get")
+        assert trio.current_time() - began == 7.0
+    assert body.closed == 1
