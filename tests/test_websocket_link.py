@@ -380,3 +380,38 @@ async def test_a_write_the_caller_waits_after_does_not_yield_first() -> None:
         trio.lowlevel.remove_instrument(yields)
         ours.close()
         theirs.close()
+
+
+async def test_a_send_cancelled_before_it_writes_leaves_the_link_whole() -> None:
+    # Only a write cut half-way spoils the stream; a sender cancelled before
+    # it wrote a byte (its caller gave up) leaves the link to the others.
+    from providers.websocket.link import open_link
+
+    received: list[str] = []
+    both = trio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.accept()
+        while True:
+            event = await peer.next_event()
+            if isinstance(event, CloseConnection):
+                return
+            if isinstance(event, TextMessage):
+                received.append(event.data)
+                if len(received) == 2:
+                    both.set()
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            link = await open_link(url, [])
+            try:
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await link.send_text("never")
+                assert scope.cancelled_caught
+                await link.send_text("after")
+                await link.send_text("again", schedule=False)
+                await both.wait()
+            finally:
+                await link.aclose()
+    assert received == ["after", "again"]

@@ -547,6 +547,8 @@ class WebSocketLink:
         try:
             if self._broken:
                 raise LinkClosed("the link is closed")
+            # Cancelled before a byte of it is made or written: the link stays whole.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 data = self._ws.send(event)
             except LocalProtocolError as exc:
@@ -560,6 +562,7 @@ class WebSocketLink:
         try:
             if self._broken:
                 raise LinkClosed("the link is closed")
+            await trio.lowlevel.checkpoint_if_cancelled()  # not a byte written yet: still whole
             await self._write_locked(data)
         finally:
             self._lock.release()
