@@ -15,12 +15,52 @@ from typing import Any
 
 import trio
 
-__all__ = ["add_load_arguments", "cpu_seconds", "print_lines", "rates", "step_answers"]
+__all__ = [
+    "TaskSteps",
+    "add_load_arguments",
+    "cpu_seconds",
+    "print_lines",
+    "rates",
+    "step_answers",
+]
 
 
 def cpu_seconds() -> float:
     """User + system time of this process, as :func:`bench.rig.cpu_seconds` measures the node."""
     return time.process_time()
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the trio task steps and task spawns of a load step (``--task-steps``).
+
+    A count, not a time: per delivered message it does not move with the
+    machine's load, so two versions compare in one run each. The counting
+    itself costs a call per step, so CPU figures are read from runs without it.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.spawns = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawns += 1
+
+    def __enter__(self) -> TaskSteps:
+        trio.lowlevel.add_instrument(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        trio.lowlevel.remove_instrument(self)
+
+    def per_message(self, delivered: int) -> dict[str, float | None]:
+        """Steps and spawns per delivered message (``None`` when none was delivered)."""
+        return {
+            "task_steps_per_message": self.steps / delivered if delivered else None,
+            "task_spawns_per_message": self.spawns / delivered if delivered else None,
+        }
 
 
 def rates(text: str) -> list[float]:

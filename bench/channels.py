@@ -47,6 +47,7 @@ left), and the drain of in-flight sends at a step's end.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import json
 import math
@@ -66,6 +67,7 @@ from providers.whatsapp.core import WHATSAPP_LIMITS
 from runtime.collection import QUIET as GC_QUIET
 from runtime.collection import STORM_CONNECTS
 
+from .bare import TaskSteps
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
 from .plots import PERCENTILES, percentile_x
 from .report import Figure, Report, Series, Target, load_average, machine_info, percentile, utc_now
@@ -168,6 +170,14 @@ class ChannelsParams:
             "the node (off: the node only sends, as the bare client does)"
         ),
     )
+    task_steps: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "count trio task steps and spawns per delivered message, in the node and the "
+            "bare websocket client: counts, steady whatever the machine's load (the "
+            "counting costs some CPU, so read CPU figures from a run without it)"
+        ),
+    )
     gc: str = attrs.field(
         default="tuned",
         metadata=_help("the node's [node] gc policy: tuned (freeze what settled) or default"),
@@ -228,6 +238,7 @@ class StepResult:
     emulator_cpu: float | None = None
     in_flight_peak: int = 0
     gc: GcWatch = attrs.Factory(lambda: GcWatch())
+    steps: TaskSteps | None = None  # with --task-steps
 
     @property
     def delivered_rate(self) -> float:
@@ -311,7 +322,8 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     paced = False  # every send of the step is due: what is left is in flight
     drained = trio.Event()
     ctx.progress.phase(f"load {rate:,.0f} msgs/s for {params.duration:g} s", total, "msgs")
-    with result.gc:
+    counting = result.steps = TaskSteps() if params.task_steps else None
+    with result.gc, counting if counting is not None else contextlib.nullcontext():
         async with trio.open_nursery() as nursery:
             i = 0
             while i < total:
@@ -472,6 +484,8 @@ def _bare_send_baseline(
         what = "bare trio + wsproto client"
         module = "bench.ws_bare"
         args = ["send", url.replace("http://", "ws://", 1) + "/ws"]
+        if params.task_steps:
+            args.append("--task-steps")
     else:
         what = f"bare httpx client ({params.provider})"
         module = "bench.http_bare"
@@ -847,6 +861,29 @@ def _figures(
                     baseline_label=bare_label,
                 )
             )
+        if step.steps is not None and step.ok:
+            figures.append(
+                _beside(
+                    bare,
+                    "task_steps_per_message",
+                    name=f"node_task_steps_per_message_at_{key}",
+                    label=f"node trio task steps per delivered message at {step.rate:,.0f} msgs/s",
+                    unit="steps",
+                    value=step.steps.steps / step.ok,
+                    target=None,
+                    baseline_label=bare_label,
+                )
+            )
+            figures.append(  # the bare client spawns none: no ratio to show
+                Figure.single(
+                    name=f"node_task_spawns_per_message_at_{key}",
+                    label=f"node trio tasks spawned per delivered message at {step.rate:,.0f} "
+                    "msgs/s",
+                    unit="tasks",
+                    value=step.steps.spawns / step.ok,
+                    better="lower",
+                )
+            )
         if step.emulator_cpu is not None:
             figures.append(
                 Figure.single(
@@ -1038,7 +1075,13 @@ def _cpu_ratio_target(provider: str, external: bool) -> Target | None:
     )
 
 
-BARE_SCALE: Final = {"cpu_per_message": 1e6, "p50": 1e3, "p90": 1e3, "p99": 1e3}  # to µs, ms
+BARE_SCALE: Final = {  # to µs, ms; counts as they are
+    "cpu_per_message": 1e6,
+    "p50": 1e3,
+    "p90": 1e3,
+    "p99": 1e3,
+    "task_steps_per_message": 1.0,
+}
 
 
 def _bare_step(bare_sends: dict[float, dict[str, Any]], rate: float) -> dict[str, Any] | None:

@@ -70,7 +70,7 @@ from wsproto.events import (
 )
 from wsproto.events import Message as WsMessage
 
-from .bare import add_load_arguments, cpu_seconds, print_lines, step_answers
+from .bare import TaskSteps, add_load_arguments, cpu_seconds, print_lines, step_answers
 
 CLIENT: Final = "trio + wsproto (trio socket streams, no trio-websocket)"
 PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
@@ -360,7 +360,13 @@ async def _load_step(
 
 
 async def measure_send(
-    url: str, *, connections: int, rates: list[float], duration: float, text_size: int
+    url: str,
+    *,
+    connections: int,
+    rates: list[float],
+    duration: float,
+    text_size: int,
+    task_steps: bool = False,
 ) -> list[dict[str, Any]]:
     """Open ``connections`` bare clients to ``url``, then one load step per rate.
 
@@ -392,7 +398,12 @@ async def measure_send(
             for i in range(connections):
                 opening.start_soon(open_one, i)
         for rate in rates:
-            results.append(await _load_step(session, opened, rate, duration, text))
+            if not task_steps:
+                results.append(await _load_step(session, opened, rate, duration, text))
+                continue
+            with TaskSteps() as counted:
+                result = await _load_step(session, opened, rate, duration, text)
+            results.append(result | counted.per_message(result["acked"]))
         nursery.cancel_scope.cancel()
     return results
 
@@ -414,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     send = commands.add_parser("send", help="CPU per acked send, bare trio + wsproto client")
     send.add_argument("url")
     send.add_argument("--connections", type=int, required=True)
+    send.add_argument(
+        "--task-steps", action="store_true", help="count trio task steps and spawns per message"
+    )
     add_load_arguments(send)
     args = parser.parse_args(argv)
     if args.command == "memory":
@@ -426,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             rates=args.rates,
             duration=args.duration,
             text_size=args.text_size,
+            task_steps=args.task_steps,
         )
     )
     print_lines(results)

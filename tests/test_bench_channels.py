@@ -42,7 +42,7 @@ def _figures(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> None:
-    data = _bench(tmp_path, "channels")
+    data = _bench(tmp_path, "channels", "--task-steps")
     f = _figures(data)
     n = data["parameters"]["channels_run"]
     assert n == data["parameters"]["channels"] == 20
@@ -70,6 +70,10 @@ def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> N
     assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])
     assert cpu["target"]["applies_to"] == "ratio" and cpu["target"]["threshold"] == 1.0
     assert f["latency_p99_at_200"]["baseline"] > 0  # the same bare run's latency
+    steps = f["node_task_steps_per_message_at_200"]  # counts, beside the bare client's
+    assert steps["value"] >= 2 and steps["baseline"] >= 2
+    assert steps["ratio"] == pytest.approx(steps["value"] / steps["baseline"])
+    assert 0 < f["node_task_spawns_per_message_at_200"]["value"] < 10
     idle = f["node_cpu_idle"]  # beside the bare connections idle for the same window
     assert idle["unit"] == "%" and idle["label"].startswith(f"node CPU while idle, {n:,} channels")
     assert idle["value"] > 0 and idle["baseline"] > 0 and "heartbeats" in idle["baseline_label"]

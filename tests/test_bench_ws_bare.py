@@ -120,3 +120,19 @@ async def test_the_memory_client_without_an_idle_window_measures_no_idle_cpu() -
     # The connects' own CPU, the baseline for the node's CPU per connect.
     assert line["connect_cpu_seconds"] > 0
     assert line["cpu_per_connect"] == line["connect_cpu_seconds"] / 2
+
+
+async def test_the_send_client_counts_its_task_steps_when_asked() -> None:
+    # --task-steps: the bare client's trio task steps (and spawns) per acked
+    # message, the count the node's is set beside (bench channels --task-steps).
+    emulator = WebSocketEmulator(heartbeat_interval=None, client_timeout=None)
+    lines = await _send(
+        emulator, "--connections", "2", "--rates", "20", "--duration", "1", "--task-steps"
+    )
+    (line,) = lines
+    assert set(line) == FIELDS | {"task_steps_per_message", "task_spawns_per_message"}
+    assert line["acked"] == 20
+    # Its writer and reader run for each message (and its pacer every 2 ms, which
+    # at this light load is most of the count); it spawns no task per message.
+    assert line["task_steps_per_message"] >= 2
+    assert line["task_spawns_per_message"] < 1
