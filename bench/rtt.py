@@ -5,8 +5,9 @@ in flight looks fast, and over a real link it is capped at 1/RTT messages
 per second. This puts a :class:`~bench.delay_proxy.DelayProxy` adding
 ``rtt_ms`` between a node and the platform's emulator (in a process of its own, which
 enforces the platform's own rate: WhatsApp 80 messages/s per number with
-130429 past it, Telegram 30/s per bot with 429, Discord 5 per 5 s on each
-channel's create-message bucket with 429) and measures, for each platform,
+130429 past it, Telegram 30/s per bot with 429, Discord 50 requests/s per
+bot with a global 429 and 5 per 5 s on each channel's create-message bucket
+with 429) and measures, for each platform,
 with the node's rate limits off and on:
 
 - ours: the channel's default send window (enough sends in flight for
@@ -17,10 +18,10 @@ with the node's rate limits off and on:
 Discord's bucket for such a broadcast is not the per-channel one (5 per 5 s
 on each DM channel: every message has a bucket of its own) but the bot's
 global limit, 50 requests/s, which is also the ``per_channel_rate`` that the
-Discord provider declares (``DISCORD_LIMITS``). The emulator enforces the
-per-channel buckets and no global rate (only as an injected fault), so with
-the node's limits off a Discord channel may go past 50/s there, where real
-Discord would answer a global 429.
+Discord provider declares (``DISCORD_LIMITS``). The emulator enforces both
+(the global limit as a fixed one-second window per bot token), so with the
+node's limits off a Discord channel that goes past 50/s gets global 429s,
+each of which pauses it, as real Discord would answer.
 
 Each measurement is a fresh node and a fresh identity on the emulator
 (another phone number, another bot), so no rate budget carries over.
@@ -61,7 +62,8 @@ __all__ = ["SCENARIO", "RttParams", "run"]
 # each new recipient is a DM channel with a create-message bucket of its own.
 PLATFORM_RATES: Final = {"whatsapp": 80.0, "telegram": 30.0, "discord": 50.0}
 TARGET_SHARE: Final = 0.95  # of the platform's rate, at the round trip
-# The emulator's counter of the refusals that pause a channel (``GET /_emulator/stats``).
+# The emulator's counter of the refusals that pause a channel (``GET /_emulator/stats``);
+# Discord's counts its route 429s and its global ones.
 REFUSALS: Final = {"whatsapp": "error_130429", "telegram": "rate_limited", "discord": "rest_429"}
 DISCORD_DM_CHANNELS: Final = 900_000_000_000_000_000  # first recipient's DM channel id
 
@@ -311,8 +313,8 @@ def run(params: RttParams, ctx: RunContext) -> Report:
             notes.append(
                 "discord's rate is the bot's global 50 requests/s: each recipient is a DM "
                 "channel with a create-message bucket of its own (5 per 5 s). The emulator "
-                "enforces those buckets but not the global rate, so limits off may pass "
-                "50/s here where real Discord would answer a global 429"
+                "enforces those buckets and the global rate (50 per one-second window per "
+                "bot token, a global 429 past it)"
             )
     return Report(
         scenario="rtt",

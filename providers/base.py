@@ -355,8 +355,9 @@ class PlatformLimits:
         max_text_length: longest text the platform accepts, in characters.
         max_upload_bytes: largest media upload the platform accepts, in bytes.
         per_channel_strict: the platform counts ``per_channel_rate`` over
-            any one second and refuses the message past it (a sliding
-            window, not a bucket: WhatsApp's 130429, Telegram's 429), and
+            any one second and refuses the message past it (a window,
+            not a bucket: WhatsApp's 130429, Telegram's 429, Discord's
+            global 429), and
             each refusal costs the channel a pause of a second or more. A
             burst on top of the rate overruns such a window, so these
             platforms declare ``per_channel_burst = 1`` and the channel

@@ -51,14 +51,14 @@ DEFAULT_DEAD_LETTERS: Final = 10_000  # dead letters kept per channel
 SENT_KEPT: Final = 1_000  # send results remembered per channel, by idempotency key
 
 # A platform that counts a channel's sends over any one second (WhatsApp,
-# Telegram: ``PlatformLimits.per_channel_strict``) refuses the one past its
-# rate, and each refusal pauses the channel for a second or more (on the
-# bench: 55 of WhatsApp's 80/s). Sending exactly at the rate is not enough:
-# the network and both event loops move each send by a few milliseconds, and
-# two that land closer than 1/rate put rate + 1 into some second. So such a
-# channel paces (burst 1) at PACING_SHARE of the rate, which leaves
-# (1 - share) of every second for that jitter; no rate + 1 consecutive sends
-# can land within one second as long as tolerance + jitter < about 30 ms.
+# Telegram, Discord's global limit: ``PlatformLimits.per_channel_strict``)
+# refuses the one past its rate, and each refusal pauses the channel for a
+# second or more (on the bench: 55 of WhatsApp's 80/s). Sending exactly at the
+# rate is not enough: the network and both event loops move each send by a few
+# milliseconds, and two that land closer than 1/rate put rate + 1 into some
+# second. So such a channel paces (burst 1) at PACING_SHARE of the rate, which
+# leaves (1 - share) of every second for that jitter; no rate + 1 consecutive
+# sends can land within one second as long as tolerance + jitter < about 30 ms.
 # PACING_TOLERANCE lets the pacer's own late wake-ups (a timer fires a
 # millisecond late) be made up instead of lost at every turn.
 PACING_SHARE: Final = 0.97  # of a strict platform's per-channel rate

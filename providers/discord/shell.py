@@ -20,10 +20,14 @@ Design:
 - Every trio, trio-websocket and httpx error is mapped here into the
   :mod:`providers.base` tree, through one table (:func:`_transport_errors`)
   and :class:`~providers._exceptions.map_exceptions`, chained to its cause.
-- Defaults (:data:`DISCORD_LIMITS`): Discord's global limit is 50 requests/s
-  per bot, hence 50/s with a burst of 50 for the channel; the route limit on
-  ``POST /channels/{id}/messages`` is commonly observed as 5 per 5 s per
-  Discord channel, hence 1/s with a burst of 5 per peer; 2000 characters.
+- Defaults (:data:`DISCORD_LIMITS`): Discord's global limit is 50 requests
+  per second per bot, counted over every route and refused past it with a
+  global 429 (which pauses the whole channel). A burst of 50 on top of
+  50/s would put up to 99 requests into one second, so the channel's rate is
+  strict (``per_channel_strict``, burst 1): it paces a little below 50/s,
+  which leaves room for the one ``GET /gateway/bot`` of a connect. The route
+  limit on ``POST /channels/{id}/messages`` is commonly observed as 5 per 5 s
+  per Discord channel, hence 1/s with a burst of 5 per peer; 2000 characters.
 """
 
 from __future__ import annotations
@@ -105,7 +109,8 @@ __all__ = ["DISCORD_LIMITS", "DiscordConnection", "DiscordProvider"]
 
 DISCORD_LIMITS: Final = PlatformLimits(
     per_channel_rate=50.0,
-    per_channel_burst=50,
+    per_channel_burst=1,
+    per_channel_strict=True,
     per_peer_rate=1.0,
     per_peer_burst=5,
     max_text_length=2000,

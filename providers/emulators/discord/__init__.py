@@ -4,7 +4,8 @@ Design:
 - The REST routes live at Discord's paths under ``/api/v10`` and answer with
   Discord's JSON shapes, ``Content-Type: application/json`` and the
   ``X-RateLimit-*`` headers of a per-channel bucket on
-  ``POST /channels/{id}/messages``; the gateway speaks the real protocol on
+  ``POST /channels/{id}/messages`` and of the bot's global limit (50
+  requests per second per token: a global 429 past it); the gateway speaks the real protocol on
   ``/gateway`` (and ``/resume``, the ``resume_gateway_url``, so tests can see
   which URL a client resumed on): Hello, Identify/Resume validation, READY,
   sequence numbers, heartbeat ACKs, dispatches, the 120-per-60-s frame limit

@@ -34,6 +34,9 @@ class DiscordEmulator(DiscordRest, DiscordGateway):
         session_start_total: identifies per day (``session_start_limit``).
         gateway_send_limit: (frames, seconds) a client may send per socket.
         message_bucket: (requests, seconds) per channel on the send route.
+        global_limit: (requests, seconds) per bot token over every REST route,
+            a fixed window from the token's first request (Discord's global
+            rate limit, 50 per second).
         allowed_privileged_intents: privileged intents this bot may request
             (others close with 4014).
         tokens: the valid bot tokens (``None``: any non-empty token).

@@ -166,7 +166,7 @@ def timestamp() -> str:
 
 @attrs.define
 class Bucket:
-    """A per-channel rate-limit bucket of the send route."""
+    """A fixed-window rate-limit bucket: a route's per channel, or a token's global one."""
 
     remaining: int
     reset_at: float

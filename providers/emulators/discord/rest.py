@@ -15,6 +15,13 @@ Design:
   Unknown Message, an edit of another's message 403 50005. Edits broadcast
   MESSAGE_UPDATE, deletes MESSAGE_DELETE; every operation is kept in
   ``operations``.
+- Every authorised request counts against its bot token's global limit,
+  ``global_limit`` (Discord's "50 requests per second"): a fixed window per
+  token that starts at its first request; past it, a global 429
+  (``"global": true``, ``X-RateLimit-Global: true``, ``X-RateLimit-Scope:
+  global``, ``Retry-After``) until the window ends, counted in
+  ``rest_429_global`` (and ``rest_429``, every rate-limit 429). The
+  ``rate_limit`` fault answers the same global 429 to every token.
 - Answers carry ``Via: 1.1 google`` like Discord's; a 429 without it is
   Cloudflare's ban, so only the ``ip_block`` fault leaves it out.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from typing import Any, Final
 
@@ -34,7 +42,7 @@ from starlette.routing import BaseRoute, Match, Route
 
 from ...discord.wire import Intents
 from .model import APPLICATION_FLAGS, OWNER, Bucket, own_user, timestamp
-from .state import DiscordState
+from .state import GLOBAL_SWEPT_AT, DiscordState
 
 __all__ = ["DiscordRest"]
 
@@ -120,21 +128,45 @@ class DiscordRest(DiscordState):
         assert token is not None
         remaining = self.rate_limit_remaining()
         if remaining > 0:
-            self.stats["rest_429"] += 1
-            return _json(
-                {
-                    "message": RATE_LIMITED,
-                    "retry_after": remaining,
-                    "global": True,
-                },
-                429,
-                {
-                    "Retry-After": str(max(1, round(remaining))),
-                    "X-RateLimit-Global": "true",
-                    "X-RateLimit-Scope": "global",
-                },
-            )
-        return token
+            return self._global_429(remaining)
+        return self._take_global(token, now) or token
+
+    def _take_global(self, token: str, now: float) -> Response | None:
+        """Count one request against ``token``'s global limit (``global_limit``
+        requests in a fixed window that starts at its first request): ``None``,
+        or the global 429 to answer. A refused request is not counted."""
+        limit, per = self.global_limit
+        window = self._global.get(token)
+        if window is None or now >= window.reset_at:
+            if len(self._global) >= self._global_sweep_at:
+                self._sweep_global(now)
+            window = self._global[token] = Bucket(limit, now + per)
+        if window.remaining <= 0:
+            return self._global_429(window.reset_at - now)
+        window.remaining -= 1
+        return None
+
+    def _sweep_global(self, now: float) -> None:
+        """Drop the tokens' windows that have ended (amortised: the next sweep
+        waits for twice as many as are left), so ever new tokens keep no more
+        than the live windows."""
+        self._global = {token: w for token, w in self._global.items() if now < w.reset_at}
+        self._global_sweep_at = max(GLOBAL_SWEPT_AT, 2 * len(self._global))
+
+    def _global_429(self, retry_after: float) -> Response:
+        """Discord's global 429: ``retry_after`` in seconds (a float) in the body,
+        whole seconds rounded up in ``Retry-After``."""
+        self.stats["rest_429"] += 1
+        self.stats["rest_429_global"] += 1
+        return _json(
+            {"message": RATE_LIMITED, "retry_after": round(retry_after, 3), "global": True},
+            429,
+            {
+                "Retry-After": str(max(1, math.ceil(retry_after))),
+                "X-RateLimit-Global": "true",
+                "X-RateLimit-Scope": "global",
+            },
+        )
 
     async def _get_gateway(self, request: Request) -> Response:
         return _json({"url": f"ws://{request.url.netloc}/gateway"})

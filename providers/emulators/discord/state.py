@@ -25,10 +25,12 @@ from ...discord.wire import DISCORD_EPOCH_MS, PRIVILEGED_INTENTS, Intents, Op
 from ..base import Emulator
 from .model import DEFAULT_GUILD_ID, Bucket, Guild, bot_user, timestamp, user_id_for
 
-__all__ = ["BACKLOG", "HEARTBEAT_INTERVAL", "DiscordState", "Link", "Session"]
+__all__ = ["BACKLOG", "GLOBAL_LIMIT", "HEARTBEAT_INTERVAL", "DiscordState", "Link", "Session"]
 
 HEARTBEAT_INTERVAL: Final = 41.25  # seconds, Discord's usual value
 BACKLOG: Final = 1000  # dispatches kept per session for Resume
+GLOBAL_LIMIT: Final = (50, 1.0)  # (requests, seconds) per bot token: "50 requests per second"
+GLOBAL_SWEPT_AT: Final = 1024  # token windows kept before the ended ones are dropped
 
 
 @attrs.define(eq=False)
@@ -82,6 +84,7 @@ class DiscordState(Emulator):
         session_start_total: int = 1000,
         gateway_send_limit: tuple[int, float] = (120, 60.0),
         message_bucket: tuple[int, float] = (5, 5.0),
+        global_limit: tuple[int, float] = GLOBAL_LIMIT,
         allowed_privileged_intents: int = PRIVILEGED_INTENTS,
         tokens: set[str] | None = None,
     ) -> None:
@@ -94,6 +97,7 @@ class DiscordState(Emulator):
         self.session_start_remaining = session_start_total
         self.gateway_send_limit = gateway_send_limit
         self.message_bucket = message_bucket
+        self.global_limit = global_limit
         self.allowed_privileged_intents = int(allowed_privileged_intents)
         self.tokens = tokens
         self.ip_blocked_until = 0.0
@@ -101,6 +105,8 @@ class DiscordState(Emulator):
         self.sessions: dict[str, Session] = {}
         self._links: set[Link] = set()
         self._buckets: dict[str, Bucket] = {}
+        self._global: dict[str, Bucket] = {}  # bot token -> its global window
+        self._global_sweep_at = GLOBAL_SWEPT_AT
         self._nonces: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._messages: dict[str, dict[str, Any]] = {}
         self.files: dict[str, bytes] = {}  # attachment id -> the uploaded bytes
