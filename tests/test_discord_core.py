@@ -678,3 +678,15 @@ def test_a_global_429_blocks_every_route() -> None:
     buckets = BucketTracker()
     buckets.update("r", "1", 429, {"X-RateLimit-Global": "true", "Retry-After": "3"}, 10.0)
     assert buckets.reserve("other", "2", 11.0) == pytest.approx(2.0)
+
+
+def test_a_global_429_holds_for_the_body_s_exact_retry_after() -> None:
+    # Discord rounds Retry-After up to whole seconds; the body's retry_after is exact.
+    buckets = BucketTracker()
+    headers = {"X-RateLimit-Global": "true", "Retry-After": "1"}
+    body = b'{"message": "You are being rate limited.", "retry_after": 0.25, "global": true}'
+    buckets.update("r", "1", 429, headers, 10.0, body=body)
+    assert buckets.reserve("other", "2", 10.1) == pytest.approx(0.15)
+    assert buckets.reserve("other", "2", 10.25) == 0.0
+    buckets.update("r", "1", 429, headers, 20.0, body=b"not json")  # the header, then
+    assert buckets.reserve("other", "2", 20.5) == pytest.approx(0.5)

@@ -292,9 +292,21 @@ class BucketTracker:
         return bucket.reset_at - now
 
     def update(
-        self, route: str, major: str, status: int, headers: Mapping[str, str], now: float
+        self,
+        route: str,
+        major: str,
+        status: int,
+        headers: Mapping[str, str],
+        now: float,
+        *,
+        body: bytes = b"",
     ) -> None:
-        """Learn from a response's headers (and a 429's ``retry_after``)."""
+        """Learn from a response's headers (and a 429's ``retry_after``).
+
+        A global 429 holds every route for the body's ``retry_after`` (exact,
+        in seconds), else for the ``Retry-After`` header (rounded up to whole
+        seconds by Discord), else a second.
+        """
         h = lower_keys(headers)
         bucket_id = h.get("x-ratelimit-bucket")
         if bucket_id:
@@ -309,7 +321,9 @@ class BucketTracker:
             if len(self._buckets) >= self._sweep_at:
                 self._sweep(now)
         if status == 429 and h.get("x-ratelimit-global", "").lower() == "true":
-            retry_after = _float(h.get("retry-after")) or 1.0
+            data = json_body(body) if body else None
+            exact = _float(data.get("retry_after")) if isinstance(data, dict) else None
+            retry_after = exact or _float(h.get("retry-after")) or 1.0
             self.global_until = max(self.global_until, now + retry_after)
 
     def _sweep(self, now: float) -> None:

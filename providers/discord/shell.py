@@ -531,7 +531,9 @@ class DiscordConnection:
             else:
                 response = await call(json=request.json)
         now = trio.current_time()
-        self._buckets.update(route, major, response.status_code, response.headers, now)
+        status = response.status_code
+        body = response.content if status == 429 else b""  # its exact retry_after
+        self._buckets.update(route, major, status, response.headers, now, body=body)
         return response
 
     def session_state(self) -> SessionState:
