@@ -716,7 +716,6 @@ class Node(ClusterMode, DeadLetterOps):
         kept_id: int | None = None,
         keep_refused: bool = False,
     ) -> SendResult | None:
-        sent = channel.memory.sent
         began = trio.current_time()
         # One cancel scope bounds the send: the caller's timeout is its deadline
         # (the ask waits under none of its own), and the drain cancels it.
@@ -732,11 +731,8 @@ class Node(ClusterMode, DeadLetterOps):
                     result = await channel.perform(
                         message, timeout=math.inf, keep_refused=keep_refused
                     )
+                    # (The channel remembered the answer: see SendPath._fly.)
                     self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
-                    if result is None:
-                        sent.put(message.idempotency_key, "", "")
-                    else:
-                        sent.put(message.idempotency_key, result.platform_message_id, result.peer)
                     return result
                 except Exception as exc:
                     if not pending.cut:

@@ -179,8 +179,8 @@ async def test_a_send_not_answered_in_time_is_ask_timeout_and_goes_on(
 ) -> None:
     # The caller's timeout bounds the whole send (one cancel scope, the drain's):
     # past it the caller hears AskTimeout, the node tracks it no more, and the
-    # channel still sends the message; a repeat of the key, given the time, is
-    # answered (the platform deduplicates it by its key).
+    # channel still sends the message and remembers the answer: a repeat of
+    # the key is answered at once, not sent a second time.
     provider = SimulatedProvider(latency=Fixed(seconds=5.0), connect_latency=Fixed(seconds=0.0))
     message = OutboundMessage(peer="p", idempotency_key="slow", text="x")
     with trio.fail_after(CEILING):
@@ -199,6 +199,8 @@ async def test_a_send_not_answered_in_time_is_ask_timeout_and_goes_on(
             assert node.statistics().sends_in_flight == 0
             await trio.sleep(5.0)
             assert [sent.idempotency_key for sent in provider.sent] == ["slow"]
+            before = trio.current_time()
             again = await node.send("a", message, timeout=10.0)
+            assert trio.current_time() == before  # from the channel's memory: no round trip
             assert again.peer == "p"
     assert [sent.idempotency_key for sent in provider.sent] == ["slow"]

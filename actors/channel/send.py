@@ -304,6 +304,14 @@ class SendPath:
             finally:
                 if not answered:  # cancelled (the incarnation ends), or a defect
                     self._abandon(current)
+            if type(result) is not outcome.Error:
+                # Remembered here, not by whoever asked: an asker that gave up
+                # waiting (its timeout) and asks again is answered, not sent twice.
+                key = current.message.idempotency_key
+                if result is None:
+                    self.memory.sent.put(key, "", "")
+                else:
+                    self.memory.sent.put(key, result.platform_message_id, result.peer)
             item = current.item
             if type(item) is lowlevel.Ask:
                 item.reply(result)
