@@ -5,7 +5,7 @@ mailbox, no stop asked for), so nothing is overtaken; ``AT_LEISURE`` or an
 exception leaves the ask to the mailbox and ``receive`` (a defect crashes
 the actor there, and the asker hears it); a refusal is raised in the asker;
 a deferred ask is answered later, from any task; what is handled counts in
-the actor's status.
+the actor's status. The actors wait on an event the test sets, not on time.
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ class Boom(Exception):
 
 
 class Quick(Actor):
-    """Takes ``("now", x)`` at once; defers ``("later", x)`` to a task; leaves the rest."""
+    """Takes ``("now", x)`` at once; defers ``("later", x)`` to a task; leaves the rest.
 
-    def __init__(self, log: list[Any]) -> None:
+    The deferred answer and a ``("slow", x)`` message wait for ``gate``.
+    """
+
+    def __init__(self, log: list[Any], gate: trio.Event) -> None:
         self.log = log
+        self.gate = gate
 
     def receive_at_once(self, msg: Any) -> Any:
         kind, value = msg
@@ -50,14 +54,14 @@ class Quick(Actor):
         return lowlevel.AT_LEISURE
 
     async def _answer(self, ask: lowlevel.Ask, value: Any) -> None:
-        await trio.sleep(1)
+        await self.gate.wait()
         ask.reply(value)
 
     async def receive(self, msg: Any) -> Any:
         kind, value = msg
         self.log.append(("receive", value, trio.lowlevel.current_task()))
         if kind == "slow":
-            await trio.sleep(5)
+            await self.gate.wait()
         if kind == "defect":
             raise Boom("crashed in receive")
         return value
@@ -67,18 +71,23 @@ async def test_an_idle_actor_takes_an_ask_in_the_asker_s_task(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[Any] = []
+    gate = trio.Event()
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Quick, log)
+            ref = await system.spawn(Quick, log, gate)
             await yield_until(lambda: lowlevel.idle(ref))
             me = trio.lowlevel.current_task()
             assert await ref.ask(("now", 1)) == 1
             assert log == [("at once", 1, me)]
             with pytest.raises(Boom, match="no"):
                 await ref.ask(("refuse", "no"))
-            began = trio.current_time()
-            assert await ref.ask(("later", 3)) == 3  # answered by a task of the actor
-            assert trio.current_time() - began == 1
+            answers: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_ask_into, answers, ref, ("later", 3))
+                await trio.testing.wait_all_tasks_blocked()
+                assert answers == []  # taken over: answered by a task of the actor...
+                gate.set()  # ...once it may
+            assert answers == [3]
             assert await ref.ask(("queue", 4)) == 4  # left to receive, in the actor's task
             assert log[-2][:2] == ("at once", 4) and log[-1][:2] == ("receive", 4)
             assert log[-1][2] is not me
@@ -91,19 +100,17 @@ async def test_a_busy_actor_gets_its_asks_through_the_mailbox_in_order(
 ) -> None:
     log: list[Any] = []
     answers: list[Any] = []
+    gate = trio.Event()
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Quick, log)
+            ref = await system.spawn(Quick, log, gate)
             await yield_until(lambda: lowlevel.idle(ref))
-
-            async def ask(msg: Any) -> None:
-                answers.append(await ref.ask(msg, timeout=30))
-
             async with trio.open_nursery() as nursery:
-                ref.tell(("slow", "first"))  # busy for 5 s
+                ref.tell(("slow", "first"))  # busy until the gate opens
                 for value in ("a", "b", "c"):
-                    nursery.start_soon(ask, ("now", value))
-                    await trio.sleep(1)
+                    nursery.start_soon(_ask_into, answers, ref, ("now", value))
+                    await trio.testing.wait_all_tasks_blocked()  # asked in this order
+                gate.set()
             assert sorted(answers) == ["a", "b", "c"]  # (trio wakes its askers in any order)
             # None overtook the slow one: all waited in the mailbox for receive.
             assert [entry[:2] for entry in log] == [
@@ -121,7 +128,7 @@ async def test_a_defect_in_receive_at_once_leaves_the_ask_to_receive_which_crash
     log: list[Any] = []
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Quick, log)
+            ref = await system.spawn(Quick, log, trio.Event())
             await yield_until(lambda: lowlevel.idle(ref))
             with pytest.raises(ActorCrashed) as raised:
                 await ref.ask(("defect", "x"))
@@ -136,7 +143,7 @@ async def test_a_stopping_actor_is_not_asked_at_once(
     log: list[Any] = []
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Quick, log)
+            ref = await system.spawn(Quick, log, trio.Event())
             await yield_until(lambda: lowlevel.idle(ref))
             lowlevel.request_stop(ref)
             with pytest.raises(ActorDead):  # queued behind the stop, which ends it
@@ -172,16 +179,18 @@ async def test_an_ask_taken_over_and_answered_in_hand_gets_that_answer(
             assert await ref.ask("x") == ("answered", "x")
             with pytest.raises(Boom, match="refused in hand"):
                 await ref.ask("fail")
-            await trio.sleep(1)  # nothing stray wakes this task
+            # Parked, this task would meet a stray wake-up (trio fails the run).
+            await trio.testing.wait_all_tasks_blocked()
             assert ref.statistics().processed == 2
             await ref.stop()
 
 
 class DefectAfterTakingOver(Actor):
-    """Takes the ask over, starts the task that answers it, then raises."""
+    """Takes the ask over, starts the task that answers it (once ``gate`` is set), then raises."""
 
-    def __init__(self, log: list[Any]) -> None:
+    def __init__(self, log: list[Any], gate: trio.Event) -> None:
         self.log = log
+        self.gate = gate
 
     def receive_at_once(self, msg: Any) -> Any:
         ask = lowlevel.defer_reply(self.ref)
@@ -190,8 +199,9 @@ class DefectAfterTakingOver(Actor):
         raise Boom("a defect after taking the ask over")
 
     async def _answer(self, ask: lowlevel.Ask, msg: Any) -> None:
-        await trio.sleep(1)
+        await self.gate.wait()
         ask.reply(("late", msg))
+        self.log.append(("answered late", msg))
 
     async def receive(self, msg: Any) -> Any:
         self.log.append(("receive", msg))
@@ -202,36 +212,52 @@ async def test_a_defect_after_taking_an_ask_over_fails_it_once_and_queues_nothin
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[Any] = []
+    gate = trio.Event()
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(DefectAfterTakingOver, log)
+            ref = await system.spawn(DefectAfterTakingOver, log, gate)
             await yield_until(lambda: lowlevel.idle(ref))
             with pytest.raises(ActorCrashed) as raised:
                 await ref.ask("m")
             assert isinstance(raised.value.__cause__, Boom)
-            began = trio.current_time()
-            await trio.sleep(5)  # the holder's late answer wakes nobody
-            assert trio.current_time() - began == 5
-            assert log == []  # not handled a second time by receive
+            gate.set()  # the holder answers late, while this task is parked:
+            await trio.testing.wait_all_tasks_blocked()  # a stray wake-up would fail the run
+            # Answered into nothing, and not handled a second time by receive.
+            assert log == [("answered late", "m")]
             await ref.stop()
 
 
-class Slow(Actor):
+class Gated(Actor):
+    """Handles each message once ``gate`` is set."""
+
+    def __init__(self, log: list[Any], gate: trio.Event) -> None:
+        self.log = log
+        self.gate = gate
+
     async def receive(self, msg: Any) -> Any:
-        await trio.sleep(1)
+        await self.gate.wait()
+        self.log.append(msg)
         return msg
+
+
+async def _ask_into(answers: list[Any], ref: Any, msg: Any) -> None:
+    answers.append(await ref.ask(msg, timeout=30))
 
 
 @pytest.mark.parametrize("seconds", [-1.0, math.nan])
 async def test_a_status_ask_with_a_timeout_that_is_no_duration_is_refused_before_it_is_queued(
     autojump_clock: trio.testing.MockClock, seconds: float
 ) -> None:
+    log: list[Any] = []
+    gate = trio.Event()
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Slow)
+            ref = await system.spawn(Gated, log, gate)
             ref.tell("busy")
             with pytest.raises(ValueError, match="timeout is seconds >= 0"):
                 await ref.ask_status(timeout=seconds)
-            await trio.sleep(5)  # no stray answer wakes this task
+            gate.set()  # the actor goes on while this task is parked:
+            await trio.testing.wait_all_tasks_blocked()  # a stray answer would fail the run
+            assert log == ["busy"]
             assert ref.statistics().mailbox.system_depth == 0
             await ref.stop()

@@ -130,7 +130,7 @@ async def test_a_kill_before_the_task_runs_ends_it_with_nothing_started(
             lowlevel.kill_incarnation(ref)
             exit = await ref.wait_terminated()
             assert exit.kind is ExitKind.KILLED
-            await trio.sleep(1)
+            await trio.testing.wait_all_tasks_blocked()  # whatever would start has run
     assert [entry[0] for entry in log] == ["start"]  # no ticker, no on_stop
 
 
@@ -145,7 +145,7 @@ async def test_a_failing_plain_on_start_raises_start_failed_and_starts_nothing(
             assert isinstance(info.value.__cause__, Boom)
             assert system.statistics().actors == 0
             assert system.whereis("bad") is None
-            await trio.sleep(1)
+            await trio.testing.wait_all_tasks_blocked()  # whatever would start has run
     assert [entry[0] for entry in log] == ["start"]
 
 

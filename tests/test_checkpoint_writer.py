@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from actors.channel import ChannelMemory, ChannelSettings
 from providers.testing import DEFAULT_LIMITS
@@ -254,14 +255,14 @@ async def test_a_write_now_whose_group_write_was_cut_does_not_say_written(
                     outcome.append("b reported not written")
 
             nursery.start_soon(lead)
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # the leader waits for the lock
             nursery.start_soon(follow)
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # and b joins its group
             store.hold.set()  # the round ends; the leader's group write starts
             store.hold = trio.Event()
             await store.entered.wait()
             leader.cancel()  # the leader's caller gives up during the group write
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
             store.hold.set()
     # write_now(b) may only return normally if b's checkpoint was written
     assert outcome == ["b reported not written"] or not b.dirty, (outcome, b.dirty)
