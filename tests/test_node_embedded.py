@@ -357,6 +357,10 @@ class _FlakyStore:
         fresh: list[bool] = await self.inner.store_inbound(events)
         return fresh
 
+    def store_inbound_later(self, events: Any, kept: Any) -> bool:
+        # Down, it takes nothing without waiting (the waiting way refuses).
+        return not self.down and bool(self.inner.store_inbound_later(events, kept))
+
 
 async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_channel(
     autojump_clock: trio.testing.MockClock,

@@ -248,6 +248,10 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         await self._close_for_stop()
 
     async def on_stop(self, exit: Exit) -> None:
+        # Published before the channel says STOPPED: the receipts the store
+        # took, then what is pending (only a receipt the closing store gave
+        # back can join it meanwhile).
+        await self._receipts_settled()
         await self._hand_over(retry=False)
         memory = self.memory
         if memory.status is not ChannelStatus.FAILED:

@@ -15,6 +15,19 @@ Design:
   holds the event, and the store writes at once while anyone waits, so the
   channels of a node share one write (group commit), on the reader's own
   task, with no task or timer of the channel's.
+- A delivery receipt does not hold the reader: the store takes it into
+  its batch (``store_inbound_later``) and, once the batch is written,
+  publishes it from the store's own task (:class:`ReceiptsInStore`). The
+  reader goes on at once to the next frame, often a send's answer, which
+  used to wait behind the receipt's write. The platforms that send
+  receipts (the generic websocket, WhatsApp's webhooks) confirm nothing
+  by being read on, so a crash loses no receipt the platform would have
+  sent again; what the store took is kept. Order holds: the store writes
+  and answers in the order it was given events, and the reader takes this
+  path only while it holds no event of its own (``pending``). A store that
+  cannot take the receipt at once (its buffer is full, it closes) gets it
+  the waiting way; one that closes before writing gives the receipts it
+  took back to ``pending``, ahead of anything read after them.
 - While the store cannot keep them (it is down, or its buffer is full), the
   reader waits: the platform keeps what is unread (Telegram holds updates,
   a gateway's TCP window closes), nothing is dropped, nothing crashes.
@@ -59,8 +72,10 @@ restart, the buffer bounded):
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -70,11 +85,16 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 if TYPE_CHECKING:
     from .state import ChannelMemory, ChannelSettings
 
-__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink"]
+__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink", "ReceiptsInStore"]
 
 
 class InboundSink(Protocol):
-    """Where a channel keeps its inbound events (the node's store)."""
+    """Where a channel keeps its inbound events (the node's store).
+
+    A sink may also offer ``store_inbound_later(events, kept) -> bool``
+    (:meth:`runtime.store.Store.store_inbound_later`): then a delivery
+    receipt does not hold the reader while it is written.
+    """
 
     async def store_inbound(self, events: Sequence[Event]) -> Sequence[bool]:
         """Keep the events durably; return, for each, whether it was not kept before.
@@ -82,6 +102,67 @@ class InboundSink(Protocol):
         Raise to refuse them: the channel keeps them and tries again.
         """
         ...
+
+
+class ReceiptsInStore:
+    """A channel's receipts the store took without the reader waiting.
+
+    Oldest first; each is published when the store says its batch is
+    written (:func:`receipt_kept`, in the store's task). Made by a
+    channel's first such receipt and kept in its memory, so that a
+    killed incarnation's receipts are still published by the store, and a
+    stop waits for them (:meth:`wait_settled`).
+    """
+
+    __slots__ = ("_settled", "events")
+
+    def __init__(self) -> None:
+        self.events: collections.deque[DeliveryReceipt] = collections.deque()
+        self._settled: trio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __repr__(self) -> str:
+        return f"<ReceiptsInStore {len(self.events)}>"
+
+    async def wait_settled(self) -> None:
+        """Return once the store has answered for every receipt it took."""
+        while self.events:
+            if self._settled is None:
+                self._settled = trio.Event()
+            await self._settled.wait()
+
+    def _wake(self) -> None:
+        if not self.events and self._settled is not None:
+            self._settled.set()
+            self._settled = None
+
+
+def receipt_kept(
+    memory: ChannelMemory,
+    receipt: DeliveryReceipt,
+    fresh: list[bool] | None,
+    error: BaseException | None,
+) -> None:
+    """The store's answer for a receipt it took (called from its task; never raises)."""
+    receipts = memory.in_store
+    assert receipts is not None
+    events = receipts.events
+    if not events or events[0] is not receipt:
+        return  # given back already, with the ones before it, by the store's closing
+    if error is not None:
+        # The store closed first: every receipt it holds comes back, oldest
+        # first, ahead of what was read after them; perhaps kept, so tried.
+        memory.pending[:0] = [(each, True) for each in events]
+        events.clear()
+    else:
+        events.popleft()
+        if fresh is None or fresh[0]:
+            publish(memory, receipt)
+        else:
+            memory.counters["duplicates"] += 1  # kept before: published before
+    receipts._wake()
 
 
 class MemoryInboundSink:
@@ -139,12 +220,35 @@ class InboundPath:
         elif not isinstance(event, DeliveryReceipt):
             self._publish(event)  # connection states: not kept, published at once
             return
+        elif not memory.pending and self._keep_later(event):
+            return  # published by the store once written; the reader goes on
         memory.pending.append((event, False))
         read_at = trio.current_time()
         await self._hand_over(retry=True)
         # Handed over: kept and published (or dropped as a duplicate the store knew).
         if memory.timings is not None and not isinstance(event, DeliveryReceipt):
             memory.timings.delivered(trio.current_time() - read_at)
+
+    def _keep_later(self, receipt: DeliveryReceipt) -> bool:
+        """Hand ``receipt`` to the store without waiting; False if it cannot take it now."""
+        later: Callable[..., bool] | None = getattr(self.sink, "store_inbound_later", None)
+        if later is None:
+            return False
+        memory = self.memory
+        receipts = memory.in_store
+        if receipts is None:
+            receipts = memory.in_store = ReceiptsInStore()
+        receipts.events.append(receipt)
+        if later((receipt,), functools.partial(receipt_kept, memory, receipt)):
+            return True
+        receipts.events.pop()
+        return False
+
+    async def _receipts_settled(self) -> None:
+        """Wait until the store has answered for the receipts it took (a stop)."""
+        receipts = self.memory.in_store
+        if receipts is not None:
+            await receipts.wait_settled()
 
     async def _hand_over(self, *, retry: bool) -> None:
         """Keep the pending events, then publish the ones nobody saw yet.

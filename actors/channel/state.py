@@ -29,6 +29,7 @@ from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
 
 if TYPE_CHECKING:
     from .durable import CheckpointSink
+    from .inbound import ReceiptsInStore
     from .tenure import Tenure
 
 __all__ = [
@@ -440,6 +441,7 @@ class ChannelMemory:
         "current_ref",
         "dead_letters",
         "dirty",
+        "in_store",
         "incarnations",
         "last_error",
         "limits",
@@ -485,6 +487,9 @@ class ChannelMemory:
         # Inbound events the sink refused (the store is down), oldest first:
         # kept here so a kill loses none, and handed over before newer ones.
         self.pending: list[Any] = []
+        # Receipts the store took without the reader waiting, not yet
+        # published; made by the first.
+        self.in_store: ReceiptsInStore | None = None
         self.status = ChannelStatus.IDLE
         self.connected_since: float | None = None
         self.last_error: str | None = None

@@ -71,6 +71,7 @@ __all__ = [
     "RETRY_DELAY_CAP",
     "BatchResult",
     "BatchingStore",
+    "InboundKept",
     "KeptMessage",
     "Store",
     "StoreStatistics",
@@ -157,17 +158,38 @@ class BatchResult:
     fresh: tuple[bool, ...] = ()
 
 
+# Called once the batch holding a ticket's events is written (their
+# freshness, ``None`` for the error) or the store closed first (the error).
+InboundKept = Callable[[list[bool] | None, StoreError | None], None]
+
+
 class _Ticket:
-    """A caller of ``store_inbound`` waiting for its events' batch to be written."""
+    """Events of one caller, waiting for their batch to be written.
 
-    __slots__ = ("count", "done", "error", "fresh", "start")
+    The caller either waits (``store_inbound``: ``done``) or is called back
+    from the flusher's task (``store_inbound_later``: ``kept``).
+    """
 
-    def __init__(self, start: int, count: int) -> None:
+    __slots__ = ("count", "done", "error", "fresh", "kept", "start")
+
+    def __init__(self, start: int, count: int, kept: InboundKept | None = None) -> None:
         self.start = start  # the number of its first event (see BatchingStore._taken)
         self.count = count
         self.fresh: list[bool] = []
-        self.done = trio.Event()
+        self.kept = kept
+        self.done = trio.Event() if kept is None else None
         self.error: StoreError | None = None
+
+    def settle(self) -> None:
+        kept = self.kept
+        if kept is None:
+            assert self.done is not None
+            self.done.set()
+            return
+        try:
+            kept(None if self.error is not None else self.fresh, self.error)
+        except Exception:  # a caller's defect must not stop the store for every channel
+            log.exception("an inbound caller's callback failed; the store goes on")
 
 
 @runtime_checkable
@@ -211,6 +233,24 @@ class Store(Protocol):
 
         Raises:
             StoreError: the store is closed (or closed while this waited).
+        """
+        ...
+
+    def store_inbound_later(self, events: Sequence[Event], kept: InboundKept) -> bool:
+        """:meth:`store_inbound` without waiting: ``kept`` hears the answer.
+
+        For a caller that need not hold its reader while the batch is
+        written (a delivery receipt: reading on confirms nothing to the
+        platform). ``kept(fresh, None)`` is called from the store's own
+        task once the batch holding the events is written, in the order
+        the events came (after any earlier caller's, waiting or not);
+        ``kept(None, error)`` if the store closes first. ``kept`` must
+        not block or raise.
+
+        Returns:
+            False, and nothing taken, when the store cannot take the events
+            without waiting (its buffer is full, it is not open): the
+            caller waits in :meth:`store_inbound` instead.
         """
         ...
 
@@ -427,10 +467,25 @@ class BatchingStore(abc.ABC):
         self._buffer.extend(stored)
         self._tickets.append(ticket)
         self._batch_ready.set()  # someone waits: write now, not at the interval
+        assert ticket.done is not None
         await ticket.done.wait()
         if ticket.error is not None:
             raise ticket.error
         return ticket.fresh
+
+    def store_inbound_later(self, events: Sequence[Event], kept: InboundKept) -> bool:
+        """See :meth:`Store.store_inbound_later`."""
+        if self._state != "open" or len(self._buffer) >= self._max_pending:
+            return False
+        stored = [event for event in events if not isinstance(event, ConnectionStateChanged)]
+        ticket = _Ticket(self._taken + len(self._buffer), len(stored), kept)
+        if not stored:
+            ticket.settle()
+            return True
+        self._buffer.extend(stored)
+        self._tickets.append(ticket)
+        self._batch_ready.set()  # someone is told when it is written: write now
+        return True
 
     def _settle(self, written: int, fresh: tuple[bool, ...]) -> None:
         """Tell the tickets whose events the last batch (of ``written``) wrote."""
@@ -445,13 +500,13 @@ class BatchingStore(abc.ABC):
             if ticket.start + ticket.count > self._taken:
                 break
             tickets.popleft()
-            ticket.done.set()
+            ticket.settle()
 
     def _release_tickets(self, error: StoreError) -> None:
         while self._tickets:
             ticket = self._tickets.popleft()
             ticket.error = error
-            ticket.done.set()
+            ticket.settle()
 
     async def _wait_for_room(self, count: int) -> None:
         self._batch_ready.set()

@@ -1,0 +1,282 @@
+"""Delivery receipts kept without holding the reader (``store_inbound_later``).
+
+The store takes a receipt into its batch and publishes it from its own task
+once the batch is written; the channel's reader goes on at once. These
+tests hold the store's writes at a gate (a real memory store, its write
+delayed) to see what happens while a receipt is in the store's hands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors import open_actor_system
+from actors.channel import (
+    ChannelActor,
+    ChannelMemory,
+    ChannelRef,
+    ChannelSettings,
+    ChannelStateChanged,
+    ChannelStatus,
+)
+from providers.base import (
+    ChannelConfig,
+    ConnectionState,
+    ConnectionStateChanged,
+    DeliveryReceipt,
+    Event,
+    InboundMessage,
+    PlatformLimits,
+    ReceiptStatus,
+)
+from providers.testing import FakeProvider
+from runtime import open_store
+from runtime.config import StorageConfig
+from runtime.errors import StoreError
+from runtime.store import Store
+from supervisors import ChildSpec, open_supervisor
+from tests.support import CEILING
+
+LIMITS = PlatformLimits(
+    per_channel_rate=1000.0,
+    per_channel_burst=1000,
+    per_peer_rate=1000.0,
+    per_peer_burst=1000,
+    max_text_length=100,
+)
+
+
+def receipt(msg_id: str) -> DeliveryReceipt:
+    return DeliveryReceipt(
+        channel_id="ch", platform_message_id=msg_id, peer="u1", status=ReceiptStatus.DELIVERED
+    )
+
+
+def message(msg_id: str) -> InboundMessage:
+    return InboundMessage(
+        channel_id="ch", platform_message_id=msg_id, peer="u1", sender="u1", text="hello"
+    )
+
+
+def state_change() -> ConnectionStateChanged:
+    return ConnectionStateChanged(channel_id="ch", state=ConnectionState.CONNECTED)
+
+
+def ids(events: Sequence[Any]) -> list[str]:
+    return [getattr(event, "platform_message_id", type(event).__name__) for event in events]
+
+
+class Gate:
+    """Holds a real store's batch writes until opened (``gate.open``)."""
+
+    def __init__(self, store: Any) -> None:
+        self.opened = trio.Event()
+        self.writes = 0
+        write = store._write_batch
+
+        async def held(batch: Sequence[Event]) -> Any:
+            await self.opened.wait()
+            self.writes += 1
+            return await write(batch)
+
+        store._write_batch = held
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+@asynccontextmanager
+async def gated_store(**config: Any) -> AsyncIterator[tuple[Store, Gate]]:
+    async with open_store(StorageConfig(**config)) as store:
+        yield store, Gate(store)
+
+
+@asynccontextmanager
+async def open_channel(provider: FakeProvider, store: Any) -> AsyncIterator[ChannelRef]:
+    channel_settings = ChannelSettings()
+    memory = ChannelMemory(provider.limits, channel_settings)
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "s3cret"})
+    factory, memory = ChannelActor.factory(
+        config, provider, settings=channel_settings, sink=store, memory=memory
+    )
+    async with open_actor_system() as system:
+        async with open_supervisor(
+            system, [ChildSpec(id="ch", start=factory)], intensity=10, period=60.0
+        ) as sup:
+            ref = await sup.whereis_child("ch")
+            assert ref is not None
+            yield ChannelRef(ref, memory, "ch", provider.name)
+
+
+def not_states(event: Any) -> bool:
+    return not isinstance(event, ChannelStateChanged)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+async def test_the_store_answers_receipts_it_took_in_order_with_the_callers_who_wait() -> None:
+    heard: list[tuple[str, Any, Any]] = []
+
+    def told(name: str) -> Any:
+        return lambda fresh, error: heard.append((name, fresh, error))
+
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate):
+            assert store.store_inbound_later([receipt("r1")], told("r1"))
+            waited: list[tuple[list[bool], list[str]]] = []
+
+            async def wait_for_m1() -> None:
+                fresh = await store.store_inbound([message("m1")])
+                # Taken before this caller's events: answered before it returns.
+                waited.append((fresh, [name for name, _, _ in heard]))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_m1)
+                await trio.testing.wait_all_tasks_blocked()
+                assert store.store_inbound_later([receipt("r2")], told("r2"))
+                assert store.store_inbound_later([receipt("r1")], told("r1 again"))
+                await trio.testing.wait_all_tasks_blocked()
+                assert heard == [] and waited == []  # nothing written yet: nobody told
+                gate.open()
+            await store.flush()
+            assert waited == [([True], ["r1"])]
+            assert heard == [
+                ("r1", [True], None),
+                ("r2", [True], None),
+                ("r1 again", [False], None),  # the store had it: not news
+            ]
+            assert ids(await store.recent_inbound("ch")) == ["r1", "m1", "r2"]
+
+
+async def test_a_store_with_a_full_buffer_takes_no_receipt_without_waiting() -> None:
+    with trio.fail_after(CEILING):
+        async with gated_store(batch_size=1) as (store, gate):
+            taken = 0
+            while store.store_inbound_later([receipt(f"r{taken}")], lambda fresh, error: None):
+                taken += 1
+            assert taken == 10  # BUFFER_BATCHES batches of one
+            assert store.statistics().inbound_pending == 10  # the refused one was not taken
+            gate.open()
+            await store.flush()
+            assert store.store_inbound_later([receipt("after")], lambda fresh, error: None)
+
+
+async def test_a_store_that_closes_before_writing_tells_each_receipt_why(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    heard: list[tuple[Any, Any]] = []
+    with trio.fail_after(CEILING):
+        with pytest.raises(StoreError, match="2 inbound events unwritten"):
+            async with gated_store() as (store, _gate):
+                for name in ("r1", "r2"):
+                    assert store.store_inbound_later(
+                        [receipt(name)], lambda fresh, error: heard.append((fresh, error))
+                    )
+        # The last flush waited for the gate until its deadline (virtual time).
+        assert [fresh for fresh, _ in heard] == [None, None]
+        assert all(isinstance(error, StoreError) for _, error in heard)
+        assert not store.store_inbound_later([receipt("late")], lambda fresh, error: None)
+
+
+# --- the channel ----------------------------------------------------------------------------
+
+
+async def test_a_receipt_does_not_hold_the_reader_while_the_store_writes_it() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            events = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"), state_change())
+            # Read on while the receipt's batch waits at the gate.
+            assert type(await events.receive()) is ConnectionStateChanged
+            assert ids(await store.recent_inbound("ch")) == []
+            gate.open()
+            published = await events.receive()
+            assert ids([published]) == ["r1"]
+            # Published once kept, never before.
+            assert ids(await store.recent_inbound("ch")) == ["r1"]
+            assert channel.memory.in_store is not None and len(channel.memory.in_store) == 0
+
+
+async def test_receipts_and_messages_are_published_in_the_order_read() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            events = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"), receipt("r2"), message("m1"), receipt("r3"))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open()
+            got = [await events.receive() for _ in range(4)]
+            assert ids(got) == ["r1", "r2", "m1", "r3"]
+            assert channel.statistics().received == 1  # receipts are not messages received
+
+
+async def test_a_receipt_in_the_store_when_the_channel_is_killed_is_published_once() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            events = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert channel.memory.in_store is not None and len(channel.memory.in_store) == 1
+            channel.ref.kill()
+            await provider.wait_connected(2)  # the next incarnation runs
+            assert channel.memory.pending == []  # nothing for it to hand over again
+            gate.open()
+            assert ids([await events.receive()]) == ["r1"]
+            provider.current.push(message("m1"))
+            assert ids([await events.receive()]) == ["m1"]  # not r1 a second time
+            assert ids(await store.recent_inbound("ch")) == ["r1", "m1"]
+
+
+async def test_a_stop_publishes_the_receipts_in_the_store_before_the_channel_stops() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            events = channel.subscribe()
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"))
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(channel.ref.stop)
+                await trio.testing.wait_all_tasks_blocked()
+                assert channel.statistics().status is not ChannelStatus.STOPPED
+                gate.open()
+            seen = []
+            while True:
+                event = events.receive_nowait()
+                seen.append(event)
+                if isinstance(event, ChannelStateChanged) and event.status is ChannelStatus.STOPPED:
+                    break
+            assert "r1" in ids(seen)
+
+
+async def test_receipts_a_closing_store_gives_back_wait_ahead_of_later_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider, None) as channel:
+            with pytest.raises(StoreError, match="2 inbound events unwritten"):
+                async with gated_store() as (store, _gate):
+                    channel.ref._instance.sink = store  # this incarnation's: the gated store
+                    conn = await provider.wait_connected(1)
+                    conn.push(receipt("r1"), receipt("r2"))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert len(channel.memory.in_store or ()) == 2
+            # Closed with both unwritten: back to the channel, tried (perhaps kept).
+            assert [(ids([e])[0], tried) for e, tried in channel.memory.pending] == [
+                ("r1", True),
+                ("r2", True),
+            ]
+            assert len(channel.memory.in_store or ()) == 0
