@@ -38,12 +38,13 @@ from providers.base import (
     ConnectionStateChanged,
     FatalError,
     InboundMessage,
+    OutboundMessage,
     ProviderError,
     RateLimited,
     TransientError,
 )
 from providers.websocket import WebSocketProvider
-from providers.websocket.core import DEFAULT_RETRY_AFTER
+from providers.websocket.core import DEFAULT_RETRY_AFTER, HEARTBEAT_ACK
 from providers.websocket.link import MAX_MESSAGE_SIZE, MESSAGE_TOO_BIG
 
 IO_CEILING = 10.0  # real seconds; only a hang gets near it
@@ -79,6 +80,10 @@ class Peer:
 
     async def send(self, *events: Any) -> None:
         await self.stream.send_all(b"".join(self.ws.send(event) for event in events))
+
+    async def wait_for_bytes(self) -> None:
+        """Read one chunk from the client (kept for :meth:`next_event`)."""
+        self.ws.receive_data(await self.stream.receive_some(65_536) or None)
 
 
 Script = Callable[[Peer], Awaitable[None]]
@@ -415,3 +420,108 @@ async def test_a_send_cancelled_before_it_writes_leaves_the_link_whole() -> None
             finally:
                 await link.aclose()
     assert received == ["after", "again"]
+
+
+async def test_a_sender_blocked_on_a_full_socket_does_not_stop_the_reader() -> None:
+    # The peer writes to us faster than we read and reads nothing until its
+    # writes drain, while our sender's frame fills the socket the other way.
+    # A reader that waited for the sender's lock to answer a ping would stop
+    # reading: neither end would ever drain. The pong goes out after the
+    # sender's frame, written by the sender before it lets go of the lock.
+    from providers.websocket.link import open_link
+
+    size, count = 8_192, 2_000  # 16 MB each way: more than both sockets' buffers
+    heard: list[Any] = []
+    sent_all, answered = trio.Event(), trio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.accept()
+        await peer.wait_for_bytes()  # our sender has begun: it holds the lock from now on
+        await peer.send(Ping(payload=b"still-there"))
+        await peer.send(*(TextMessage(data="m" * size) for _ in range(count)))
+        sent_all.set()
+        text = ""
+        while True:
+            event = await peer.next_event()
+            if isinstance(event, TextMessage):
+                text += event.data
+                if event.message_finished:
+                    heard.append(len(text))
+                    text = ""
+            elif isinstance(event, Pong):
+                heard.append(bytes(event.payload))
+                answered.set()
+                return
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            link = await open_link(url, [], max_message_size=size)
+            try:
+                read = 0
+
+                async def reader() -> None:
+                    nonlocal read
+                    while read < count:
+                        items = link.feed(await link.receive_bytes())
+                        await link.flush()
+                        read += sum(1 for item in items if isinstance(item, str))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(link.send_text, "s" * size * count)
+                    nursery.start_soon(reader)
+                assert sent_all.is_set() and read == count
+                await answered.wait()
+            finally:
+                await link.aclose()
+    assert heard == [size * count, b"still-there"]
+
+
+async def test_the_reader_answers_a_heartbeat_without_waiting_for_a_blocked_send() -> None:
+    # The same standoff one level up: the protocol's heartbeat is answered by
+    # the reader with a frame of its own, which a blocked send must not hold.
+    size, count = 8_192, 2_000
+    heard: list[str] = []
+    answered = trio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        await peer.wait_for_bytes()  # our send has begun: it holds the lock from now on
+        await peer.send(
+            TextMessage(data=json.dumps({"type": "heartbeat"})),
+            *(TextMessage(data=message(f"m{n}", text="m" * size)) for n in range(count)),
+        )
+        text = ""
+        while not answered.is_set():
+            event = await peer.next_event()
+            if isinstance(event, TextMessage):
+                text += event.data
+                if event.message_finished:
+                    heard.append(text if text == HEARTBEAT_ACK else "send")
+                    text = ""
+                    if heard[-1] == HEARTBEAT_ACK:
+                        answered.set()
+        await hold(peer)
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                received = 0
+                sending = trio.CancelScope()  # its ack never comes: cancelled at the end
+
+                async def send() -> None:
+                    with sending:
+                        await conn.send(
+                            OutboundMessage(peer="p", text="s" * size * count, idempotency_key="k")
+                        )
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send)
+                    async for event in conn.events():
+                        if isinstance(event, InboundMessage):
+                            received += 1
+                            if received == count:
+                                break
+                    await answered.wait()
+                    sending.cancel()
+    assert received == count
+    assert heard == ["send", HEARTBEAT_ACK]

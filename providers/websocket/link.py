@@ -24,6 +24,14 @@ Sends (``send_text``, ``ping``, ``close``) may come from any task; one lock
 keeps frames whole. A send that is cancelled half-way leaves the stream
 unusable, so the link is marked broken and later sends fail.
 
+The reader never waits for that lock. A sender may hold it for long,
+blocked on a full socket because the peer reads nothing until its own
+writes to us drain; a reader that waited behind it to answer a ping would
+stop reading, and both ends would wait for each other for good. So what
+the reader sends (the control replies of step 3, and its own frames with
+``queue=True``) is framed at once and, while someone holds the lock, left
+for the holder, which writes it after its own frame before letting go.
+
 Errors (all :class:`LinkError`, never trio's or wsproto's own)::
 
     LinkError
@@ -36,6 +44,7 @@ Connecting raises ``OSError`` for TCP and TLS failures, untouched.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import ssl
@@ -487,7 +496,15 @@ class WebSocketLink:
             self._close_seen.set()
 
     async def flush(self) -> None:
-        """Send the control replies that :meth:`feed` queued (pongs, close acks)."""
+        """Send the control replies that :meth:`feed` queued (pongs, close acks).
+
+        While the link is open, never waits for a sender: while one holds
+        the lock, it sends them. A close's acknowledgement, the last thing
+        the reader sends, does wait: nothing more is read, and it must go
+        before the socket is closed.
+        """
+        if self._lock.locked() and self._ws.state is ConnectionState.OPEN:
+            return  # the holder writes them after its own frame
         while self._replies:
             data = b"".join(self._replies)
             self._replies.clear()
@@ -498,24 +515,27 @@ class WebSocketLink:
 
     # --- sending ------------------------------------------------------------------------
 
-    async def send_text(self, text: str, *, schedule: bool = True) -> None:
+    async def send_text(self, text: str, *, schedule: bool = True, queue: bool = False) -> None:
         """Send one text message.
 
         ``schedule=False``: the caller waits for an answer right after; see
-        ``_SocketIO.send_all``.
+        ``_SocketIO.send_all``. ``queue=True`` (the reader): while another
+        task holds the lock, leave the frame for it to write and return.
 
         Raises:
             LinkClosed: the link is closed or broke.
         """
-        await self._send(TextMessage(data=text), schedule=schedule)
+        await self._send(TextMessage(data=text), schedule=schedule, queue=queue)
 
-    async def ping(self, payload: bytes) -> None:
+    async def ping(self, payload: bytes, *, queue: bool = False) -> None:
         """Send a ping; its pong comes back through :meth:`feed`.
 
+        ``queue``: as for :meth:`send_text`.
+
         Raises:
             LinkClosed: the link is closed or broke.
         """
-        await self._send(Ping(payload=payload))
+        await self._send(Ping(payload=payload), queue=queue)
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (nothing happens if it has started already).
@@ -541,21 +561,36 @@ class WebSocketLink:
         await self._io.aclose()
 
     async def _send(
-        self, event: TextMessage | Ping | CloseConnection, *, schedule: bool = True
+        self,
+        event: TextMessage | Ping | CloseConnection,
+        *,
+        schedule: bool = True,
+        queue: bool = False,
     ) -> None:
+        if queue and self._lock.locked():
+            # Framed now, in the order frames are made (a compressed link's
+            # order), and written by the holder after its own frame.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._replies.append(self._frame(event))
+            return
         await self._acquire()
         try:
             if self._broken:
                 raise LinkClosed("the link is closed")
             # Cancelled before a byte of it is made or written: the link stays whole.
             await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                data = self._ws.send(event)
-            except LocalProtocolError as exc:
-                raise LinkClosed(f"the link is closing ({self._ws.state.name})") from exc
-            await self._write_locked(data, schedule=schedule)
+            await self._write_locked(self._frame(event), schedule=schedule)
+            await self._write_replies()
         finally:
             self._lock.release()
+
+    def _frame(self, event: TextMessage | Ping | CloseConnection) -> bytes:
+        if self._broken:
+            raise LinkClosed("the link is closed")
+        try:
+            return self._ws.send(event)
+        except LocalProtocolError as exc:
+            raise LinkClosed(f"the link is closing ({self._ws.state.name})") from exc
 
     async def _write(self, data: bytes) -> None:
         await self._acquire()
@@ -564,8 +599,22 @@ class WebSocketLink:
                 raise LinkClosed("the link is closed")
             await trio.lowlevel.checkpoint_if_cancelled()  # not a byte written yet: still whole
             await self._write_locked(data)
+            await self._write_replies()
         finally:
             self._lock.release()
+
+    async def _write_replies(self) -> None:
+        """Write what the reader left while this task held the lock (before letting go).
+
+        A holder cancelled by now leaves them for the next writer (a send,
+        the reader's next flush or ping) rather than break the link.
+        """
+        while self._replies:
+            if trio.current_effective_deadline() == -math.inf:  # cancelled
+                return
+            data = b"".join(self._replies)
+            self._replies.clear()
+            await self._write_locked(data, schedule=False)
 
     async def _acquire(self) -> None:
         # Uncontended (nearly always), take the lock without the extra trip

@@ -376,7 +376,7 @@ class WebSocketConnection:
                             items = link.feed(data)
                         except Exception as exc:  # wsproto's reaction to a peer's fault
                             why = f"the link failed: {repr(exc)[:200]}"
-                            await self._apply(core.connection_lost(None, why))
+                            await self._apply(core.connection_lost(None, why), reader=True)
                             await link.aclose()
                             return
                         data = b""  # fed: whatever happens next, never fed again
@@ -389,7 +389,7 @@ class WebSocketConnection:
                                 actions = core.connection_lost(item.code, item.reason)
                             else:
                                 actions = core.frame_received(item, now)
-                            await self._apply(actions)
+                            await self._apply(actions, reader=True)
                         if link.finished:
                             return
                         deadline = core.next_deadline()
@@ -406,13 +406,19 @@ class WebSocketConnection:
                 timer.parked = False
                 if data == b"":  # else: apply the bytes first, in a new scope, then tick
                     due, timer.due = timer.due, None
-                    await self._apply(core.tick(trio.current_time(), due=due))
+                    await self._apply(core.tick(trio.current_time(), due=due), reader=True)
         finally:
             self._timer = None
             timer.close()
 
-    async def _apply(self, actions: list[Action], *, schedule: bool = True) -> None:
-        """Carry out the core's actions in order (``schedule``: see ``WebSocketLink.send_text``)."""
+    async def _apply(
+        self, actions: list[Action], *, schedule: bool = True, reader: bool = False
+    ) -> None:
+        """Carry out the core's actions in order.
+
+        ``schedule``: see ``WebSocketLink.send_text``. ``reader``: the reader
+        carries them out; its frames never wait for a sender's (``queue``).
+        """
         for action in actions:
             if isinstance(action, SendFrame):
                 assert self._link is not None
@@ -420,11 +426,11 @@ class WebSocketConnection:
                 # when a close frame came: a frame answered in the same read as the
                 # close must not turn a clean close into "the TCP link broke".
                 with contextlib.suppress(LinkClosed):
-                    await self._link.send_text(action.text, schedule=schedule)
+                    await self._link.send_text(action.text, schedule=schedule, queue=reader)
             elif isinstance(action, SendPing):
                 assert self._link is not None
                 with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
-                    await self._link.ping(action.payload)
+                    await self._link.ping(action.payload, queue=reader)
             elif isinstance(action, Emit):
                 if isinstance(action.event, ConnectionStateChanged):
                     self._set_ready()
@@ -434,7 +440,9 @@ class WebSocketConnection:
                     await self._events.put(action.event)
                 # A full buffer stops the reading (backpressure): the timers must
                 # not count that against the link (see WebSocketCore.reader_stalled).
-                await self._apply(self._core.reader_stalled(began, trio.current_time()))
+                await self._apply(
+                    self._core.reader_stalled(began, trio.current_time()), reader=reader
+                )
             elif isinstance(action, CompleteSend):
                 waiter = self._waiters.pop(action.key, None)
                 if waiter is not None:
