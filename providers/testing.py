@@ -66,6 +66,11 @@ class FakeConnection:
         self.closed_resumable: bool | None = None
         self._seq = 0
 
+    @property
+    def unread(self) -> int:
+        """Events pushed that the consumer of ``events()`` has not taken yet."""
+        return self._events.statistics().current_buffer_used
+
     def push(self, *events: Event) -> None:
         """Deliver events to the consumer of ``events()``."""
         for event in events:

@@ -40,6 +40,7 @@ from runtime import open_store
 from runtime.config import StorageConfig
 from runtime.errors import StoreError
 from runtime.store import Store
+from runtime.store.base import BUFFER_BATCHES, LATER_WITHIN
 from supervisors import ChildSpec, open_supervisor
 from tests.support import CEILING
 
@@ -161,11 +162,29 @@ async def test_a_store_with_a_full_buffer_takes_no_receipt_without_waiting() -> 
             taken = 0
             while store.store_inbound_later([receipt(f"r{taken}")], lambda fresh, error: None):
                 taken += 1
-            assert taken == 10  # BUFFER_BATCHES batches of one
+            assert taken == BUFFER_BATCHES  # batches of one
             assert store.statistics().inbound_pending == 10  # the refused one was not taken
             gate.open()
             await store.flush()
             assert store.store_inbound_later([receipt("after")], lambda fresh, error: None)
+
+
+async def test_receipts_handed_over_together_share_one_write_within_a_few_ms(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    heard: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            await trio.testing.wait_all_tasks_blocked()  # the flusher waits
+            for name in ("r1", "r2", "r3"):
+                assert store.store_inbound_later([receipt(name)], lambda f, e: heard.append(f))
+            mock_clock.jump(LATER_WITHIN * 0.9)
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.statistics().batches == 0 and heard == []
+            mock_clock.jump(LATER_WITHIN * 0.2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.statistics().batches == 1
+            assert heard == [[True], [True], [True]]
 
 
 async def test_a_store_that_closes_before_writing_tells_each_receipt_why(
@@ -194,16 +213,116 @@ async def test_a_receipt_does_not_hold_the_reader_while_the_store_writes_it() ->
         async with gated_store() as (store, gate), open_channel(provider, store) as channel:
             events = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
-            conn.push(receipt("r1"), state_change())
-            # Read on while the receipt's batch waits at the gate.
-            assert type(await events.receive()) is ConnectionStateChanged
+            conn.push(receipt("r1"), receipt("r2"), receipt("r3"))
+            await trio.testing.wait_all_tasks_blocked()
+            # All read while the first one's batch waits at the gate.
+            assert conn.unread == 0
+            assert len(channel.memory.in_store or ()) == 3
             assert ids(await store.recent_inbound("ch")) == []
             gate.open()
-            published = await events.receive()
-            assert ids([published]) == ["r1"]
+            published = [await events.receive() for _ in range(3)]
+            assert ids(published) == ["r1", "r2", "r3"]
             # Published once kept, never before.
-            assert ids(await store.recent_inbound("ch")) == ["r1"]
-            assert channel.memory.in_store is not None and len(channel.memory.in_store) == 0
+            assert ids(await store.recent_inbound("ch")) == ["r1", "r2", "r3"]
+            assert len(channel.memory.in_store or ()) == 0
+
+
+async def test_what_the_channel_publishes_meanwhile_waits_behind_the_receipts() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            conn = await provider.wait_connected(1)
+            await trio.testing.wait_all_tasks_blocked()  # CONNECTED is published
+            events = channel.subscribe()
+            conn.push(receipt("r1"), state_change(), receipt("r2"))
+            await trio.testing.wait_all_tasks_blocked()
+            conn.drop()  # the channel says it reconnects: after the receipts too
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.unread == 0
+            gate.open()
+            got = [await events.receive() for _ in range(4)]
+            assert ids(got[:3]) == ["r1", "ConnectionStateChanged", "r2"]
+            assert isinstance(got[3], ChannelStateChanged)
+            assert got[3].previous is ChannelStatus.CONNECTED
+
+
+async def test_a_receipt_the_store_had_is_counted_not_published_again() -> None:
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            events = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"), receipt("r1"), message("m1"))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.open()
+            got = [await events.receive() for _ in range(2)]
+            assert ids(got) == ["r1", "m1"]
+            assert channel.memory.counters["duplicates"] == 1
+
+
+def write_then_lose_the_answer(store: Any) -> list[int]:
+    """The first batch is written, then reported failed (a commit whose answer was lost)."""
+    calls: list[int] = []
+    write = store._write_batch
+
+    async def flaky(batch: Sequence[Event]) -> Any:
+        calls.append(len(batch))
+        result = await write(batch)
+        if len(calls) == 1:
+            raise StoreError("the connection was lost after COMMIT (test)")
+        return result
+
+    store._write_batch = flaky
+    return calls
+
+
+@pytest.mark.parametrize("event", [receipt("e1"), message("e1")], ids=["receipt", "message"])
+async def test_an_event_whose_write_failed_but_was_kept_is_still_published(
+    autojump_clock: trio.testing.MockClock, event: Event
+) -> None:
+    # The store writes it again, finds it "stored before" (by the write that
+    # said it failed), and must not take that for a duplicate seen before.
+    provider = FakeProvider(limits=LIMITS)
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            calls = write_then_lose_the_answer(store)
+            gate.open()
+            events = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(event)
+            assert ids([await events.receive()]) == ["e1"]
+            assert calls == [1, 1]  # written, "failed", written again
+            assert ids(await store.recent_inbound("ch")) == ["e1"]
+            assert channel.memory.counters["duplicates"] == 0
+
+
+async def test_a_subscriber_whose_filter_raises_is_dropped_and_the_others_get_the_receipt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider = FakeProvider(limits=LIMITS)
+
+    def broken(event: Any) -> bool:
+        if isinstance(event, DeliveryReceipt):
+            return bool(event.text)  # type: ignore[attr-defined]  # a receipt has none
+        return True
+
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+            dropped = channel.subscribe(accepts=broken)
+            kept = channel.subscribe(accepts=not_states)
+            conn = await provider.wait_connected(1)
+            conn.push(receipt("r1"))
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(channel.ref.stop)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.open()
+            assert channel.statistics().status is ChannelStatus.STOPPED
+            assert ids([kept.receive_nowait()]) == ["r1"]
+            with pytest.raises(trio.EndOfChannel):  # unsubscribed, not left hanging
+                while True:
+                    dropped.receive_nowait()
+    assert "a subscriber's filter raised on DeliveryReceipt" in caplog.text
 
 
 async def test_receipts_and_messages_are_published_in_the_order_read() -> None:
@@ -267,16 +386,27 @@ async def test_receipts_a_closing_store_gives_back_wait_ahead_of_later_events(
     provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
         async with open_channel(provider, None) as channel:
+            events = channel.subscribe()
             with pytest.raises(StoreError, match="2 inbound events unwritten"):
                 async with gated_store() as (store, _gate):
                     channel.ref._instance.sink = store  # this incarnation's: the gated store
                     conn = await provider.wait_connected(1)
-                    conn.push(receipt("r1"), receipt("r2"))
+                    conn.push(receipt("r1"), state_change(), message("m1"))
                     await trio.testing.wait_all_tasks_blocked()
-                    assert len(channel.memory.in_store or ()) == 2
-            # Closed with both unwritten: back to the channel, tried (perhaps kept).
+                    assert len(channel.memory.in_store or ()) == 2  # r1 and the state behind it
+                    assert ids([event for event, _ in channel.memory.pending]) == ["m1"]
+            await trio.testing.wait_all_tasks_blocked()
+            # Closed with both unwritten: back to the channel, tried (perhaps
+            # kept), r1 ahead of m1; the state, never kept, is published.
             assert [(ids([e])[0], tried) for e, tried in channel.memory.pending] == [
                 ("r1", True),
-                ("r2", True),
+                ("m1", True),
             ]
             assert len(channel.memory.in_store or ()) == 0
+            states = []
+            while True:
+                try:
+                    states.append(events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            assert "ConnectionStateChanged" in ids(states)

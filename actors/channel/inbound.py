@@ -19,15 +19,19 @@ Design:
   its batch (``store_inbound_later``) and, once the batch is written,
   publishes it from the store's own task (:class:`ReceiptsInStore`). The
   reader goes on at once to the next frame, often a send's answer, which
-  used to wait behind the receipt's write. The platforms that send
-  receipts (the generic websocket, WhatsApp's webhooks) confirm nothing
-  by being read on, so a crash loses no receipt the platform would have
-  sent again; what the store took is kept. Order holds: the store writes
-  and answers in the order it was given events, and the reader takes this
-  path only while it holds no event of its own (``pending``). A store that
-  cannot take the receipt at once (its buffer is full, it closes) gets it
-  the waiting way; one that closes before writing gives the receipts it
-  took back to ``pending``, ahead of anything read after them.
+  used to wait behind the receipt's write. The store writes such events
+  within ``LATER_WITHIN`` (5 ms), so a busy node's receipts share a write.
+  The platforms that send receipts (the generic websocket, WhatsApp's
+  webhooks) confirm nothing by being read on, so a crash loses no receipt
+  the platform would have sent again; what the store took is kept.
+- Order holds: the store writes and answers in the order it was given
+  events; the reader takes this path only while it holds no event of its
+  own (``pending``); what the channel publishes meanwhile (a connection's
+  state, its own status) rides behind the receipts read before it. A
+  store that cannot take a receipt at once (its buffer is full, it
+  closes) gets it the waiting way; one that closes before writing gives
+  the receipts back to ``pending``, ahead of anything read after them, and
+  publishes what rode behind them.
 - While the store cannot keep them (it is down, or its buffer is full), the
   reader waits: the platform keeps what is unread (Telegram holds updates,
   a gateway's TCP window closes), nothing is dropped, nothing crashes.
@@ -87,6 +91,8 @@ if TYPE_CHECKING:
 
 __all__ = ["InboundPath", "InboundSink", "MemoryInboundSink", "ReceiptsInStore"]
 
+log = logging.getLogger("switchboard.channels")
+
 
 class InboundSink(Protocol):
     """Where a channel keeps its inbound events (the node's store).
@@ -112,12 +118,17 @@ class ReceiptsInStore:
     channel's first such receipt and kept in its memory, so that a
     killed incarnation's receipts are still published by the store, and a
     stop waits for them (:meth:`wait_settled`).
+
+    What the channel publishes while receipts wait here (a connection's
+    state, its own status) rides behind them, as a 1-tuple, and is
+    published right after the receipt before it: subscribers see one
+    channel's events in the order they happened.
     """
 
     __slots__ = ("_settled", "events")
 
     def __init__(self) -> None:
-        self.events: collections.deque[DeliveryReceipt] = collections.deque()
+        self.events: collections.deque[DeliveryReceipt | tuple[Any]] = collections.deque()
         self._settled: trio.Event | None = None
 
     def __len__(self) -> int:
@@ -151,18 +162,27 @@ def receipt_kept(
     events = receipts.events
     if not events or events[0] is not receipt:
         return  # given back already, with the ones before it, by the store's closing
-    if error is not None:
-        # The store closed first: every receipt it holds comes back, oldest
-        # first, ahead of what was read after them; perhaps kept, so tried.
-        memory.pending[:0] = [(each, True) for each in events]
-        events.clear()
-    else:
+    try:
+        if error is not None:
+            # The store closed first: every receipt it holds comes back, oldest
+            # first, ahead of what was read after them; perhaps kept, so tried.
+            # What rode behind them is published now (it is never kept).
+            held = list(events)
+            events.clear()
+            memory.pending[:0] = [(each, True) for each in held if type(each) is not tuple]
+            for each in held:
+                if type(each) is tuple:
+                    publish(memory, each[0])
+            return
         events.popleft()
-        if fresh is None or fresh[0]:
-            publish(memory, receipt)
-        else:
+        if fresh and not fresh[0]:
             memory.counters["duplicates"] += 1  # kept before: published before
-    receipts._wake()
+        else:
+            publish(memory, receipt)
+        while events and type(events[0]) is tuple:
+            publish(memory, events.popleft()[0])
+    finally:
+        receipts._wake()
 
 
 class MemoryInboundSink:
@@ -296,14 +316,34 @@ class InboundPath:
             self._log.info("%r: the sink takes inbound events again", self)
 
     def _publish(self, event: Any) -> None:
-        publish(self.memory, event)
+        memory = self.memory
+        receipts = memory.in_store
+        if receipts is not None and receipts.events:
+            receipts.events.append((event,))  # after the receipts read before it
+            return
+        publish(memory, event)
 
 
 def publish(memory: ChannelMemory, event: Any) -> None:
-    """Hand ``event`` to the channel's subscribers; never waits for one."""
+    """Hand ``event`` to the channel's subscribers; never waits for one, never raises.
+
+    A subscriber whose filter raises is a defect of its own: it is logged
+    and unsubscribed (its receive channel ends), and the others still get
+    the event.
+    """
     for subscriber in list(memory.subscribers):
         channel, accepts = subscriber
-        if accepts is not None and not accepts(event):
+        try:
+            if accepts is not None and not accepts(event):
+                continue
+        except Exception:
+            log.exception(
+                "a subscriber's filter raised on %s; it is unsubscribed", type(event).__name__
+            )
+            memory.subscribers.remove(subscriber)
+            close = getattr(channel, "close", None)  # a trio channel: its receiver ends
+            if close is not None:
+                close()
             continue
         try:
             channel.send_nowait(event)

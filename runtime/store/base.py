@@ -39,6 +39,7 @@ from __future__ import annotations
 import abc
 import collections
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -85,6 +86,10 @@ BACKPRESSURE_WAIT: Final = 5.0  # seconds save_inbound waits for room before ref
 FINAL_FLUSH_DEADLINE: Final = 10.0  # seconds the last flush gets when the store closes
 RETRY_DELAY_CAP: Final = 5.0  # seconds, the longest pause between failing flushes
 MIN_FLUSH_INTERVAL: Final = 0.001  # seconds; 0 would make the flusher spin
+# Seconds events handed over without waiting (``store_inbound_later``) may
+# wait for others to share their write: a busy node's receipts go in one
+# batch every few milliseconds instead of one write each.
+LATER_WITHIN: Final = 0.005
 _R = TypeVar("_R")
 
 
@@ -418,6 +423,13 @@ class BatchingStore(abc.ABC):
         self._write_lock = trio.Lock()
         self._batch_ready = trio.Event()
         self._progress = trio.Event()
+        # When the buffer must be written by (events handed over without
+        # waiting), and the flusher's wait, whose deadline that moves.
+        self._due = math.inf
+        self._idle_wait: trio.CancelScope | None = None
+        # Events numbered below this were in a batch whose write failed, and
+        # may have been kept all the same (see _settle).
+        self._uncertain_until = 0
         self._state = "new"
         self._last_error = ""
         self._written = 0
@@ -484,13 +496,27 @@ class BatchingStore(abc.ABC):
             return True
         self._buffer.extend(stored)
         self._tickets.append(ticket)
-        self._batch_ready.set()  # someone is told when it is written: write now
+        if len(self._buffer) >= self._batch_size:
+            self._batch_ready.set()
+        else:  # nobody waits: written within LATER_WITHIN, with whatever comes meanwhile
+            due = trio.current_time() + LATER_WITHIN
+            if due < self._due:
+                self._due = due
+                waiting = self._idle_wait
+                if waiting is not None and due < waiting.deadline:
+                    waiting.deadline = due
         return True
 
     def _settle(self, written: int, fresh: tuple[bool, ...]) -> None:
         """Tell the tickets whose events the last batch (of ``written``) wrote."""
         first = self._taken
         self._taken += written
+        doubt = min(self._uncertain_until - first, written)
+        if doubt > 0 and fresh:
+            # A write of these failed but may have been kept (a lost commit's
+            # answer): "stored before" may mean by it, so they count as news
+            # (published, perhaps twice; never kept and lost to subscribers).
+            fresh = (True,) * doubt + fresh[doubt:]
         tickets = self._tickets
         while tickets and tickets[0].start < self._taken:
             ticket = tickets[0]
@@ -541,6 +567,7 @@ class BatchingStore(abc.ABC):
                 except StoreError as exc:
                     self._errors += 1
                     self._last_error = str(exc)
+                    self._uncertain_until = max(self._uncertain_until, self._taken + len(batch))
                     log.error(
                         "%s store: writing %d inbound events failed; they stay buffered "
                         "(%d pending) and are retried: %s",
@@ -601,9 +628,12 @@ class BatchingStore(abc.ABC):
             if failures:
                 await trio.sleep(min(self._flush_interval * 2**failures, RETRY_DELAY_CAP))
             else:
-                with trio.move_on_after(self._flush_interval):
+                deadline = min(trio.current_time() + self._flush_interval, self._due)
+                with trio.CancelScope(deadline=deadline) as self._idle_wait:
                     await self._batch_ready.wait()
+                self._idle_wait = None
             self._batch_ready = trio.Event()
+            self._due = math.inf  # what comes from now on sets it again
             if not self._buffer:
                 continue
             try:
