@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -816,3 +817,76 @@ async def test_an_open_connection_keeps_no_generator_frame() -> None:
                 ]
                 assert frames == []
                 assert conn.phase is Phase.OPEN
+
+
+async def test_receipts_taken_at_once_skip_the_consumer_and_the_rest_still_reach_it() -> None:
+    emulator = WebSocketEmulator(tokens={"t1"}, heartbeat_interval=0.05)
+    taken: list[Event] = []
+    took = trio.Event()
+
+    def take(event: Event) -> bool:
+        if not isinstance(event, DeliveryReceipt):
+            return False
+        taken.append(event)
+        took.set()
+        return True
+
+    seen: list[Event] = []
+    consumed = trio.Event()
+
+    async def consume(events: AsyncIterator[Event]) -> None:
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, InboundMessage):
+                consumed.set()
+
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                conn.take_events_at_once(take)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(consume, conn.events())
+                    await conn.send(text_msg("k1", "chat-1"))
+                    await took.wait()  # in the reader's task, not through events()
+                    await emulator.inject({"text": "hi", "peer": "chat-1", "sender": "ann"})
+                    await consumed.wait()  # refused by take: handed to the consumer
+                    nursery.cancel_scope.cancel()
+    assert [r.platform_message_id for r in taken] == ["out-1"]  # type: ignore[attr-defined]
+    after = [type(e).__name__ for e in seen if not isinstance(e, ConnectionStateChanged)]
+    assert after == ["InboundMessage"]
+
+
+async def test_an_event_is_offered_at_once_only_to_a_waiting_consumer_with_nothing_ahead() -> None:
+    from providers.websocket.shell import _EventBuffer
+
+    def message(n: int) -> InboundMessage:
+        return InboundMessage(channel_id="c", platform_message_id=f"m{n}", peer="p", sender="p")
+
+    buffer = _EventBuffer(8)
+    got: list[Any] = []
+    with trio.fail_after(IO_CEILING):
+        async with trio.open_nursery() as nursery:
+            assert not buffer.idle  # nobody waits for an event yet
+            gate = trio.Event()
+
+            async def consume() -> None:
+                got.append(await buffer.get())
+                await gate.wait()  # busy with it
+                got.append(await buffer.get())
+
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            assert buffer.idle  # waiting, nothing ahead
+            await buffer.put(message(1))
+            assert not buffer.idle  # one ahead (the consumer has not run yet)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not buffer.idle  # the consumer took it and is busy with it
+            await buffer.put(message(2))
+            gate.set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert [e.platform_message_id for e in got] == ["m1", "m2"]
+            nursery.start_soon(buffer.get)
+            await trio.testing.wait_all_tasks_blocked()
+            assert buffer.idle
+            buffer.close()
+            assert not buffer.idle

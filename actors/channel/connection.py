@@ -44,6 +44,8 @@ from ..errors import ChannelFailed, ChannelUnavailable, RetriesExhausted
 from .state import ChannelStatus
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from providers.base import ChannelConfig, Provider
 
     from .state import ChannelMemory, ChannelSettings
@@ -109,6 +111,8 @@ class ConnectionLoop:
         def _fail(self, error: BaseException) -> None: ...
 
         async def _on_event(self, event: Event) -> None: ...
+
+        def _event_at_once(self, event: Event) -> bool: ...
 
     async def _run_connection(self) -> None:
         memory = self.memory
@@ -243,6 +247,20 @@ class ConnectionLoop:
         """Handle events until the connection ends (returns) or breaks (raises)."""
         liveness = self.settings.liveness_timeout
         events = conn.events().__aiter__()
+        # Receipts taken in the connection's own reader task, with no hop to
+        # this one (not when the liveness timeout counts this task's events).
+        offer = getattr(conn, "take_events_at_once", None) if liveness is None else None
+        if offer is not None:
+            offer(self._event_at_once)
+        try:
+            await self._read_events(conn, events, liveness)
+        finally:
+            if offer is not None:
+                offer(None)
+
+    async def _read_events(
+        self, conn: Connection, events: AsyncIterator[Event], liveness: float | None
+    ) -> None:
         memory = self.memory
         while True:
             if liveness is None:  # no cancel scope per event when there is no timeout

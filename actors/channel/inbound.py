@@ -249,6 +249,19 @@ class InboundPath:
         if memory.timings is not None and not isinstance(event, DeliveryReceipt):
             memory.timings.delivered(trio.current_time() - read_at)
 
+    def _event_at_once(self, event: Event) -> bool:
+        """Take a receipt in the connection's reader task (``take_events_at_once``).
+
+        The same as :meth:`_on_event` would do with it, without the hop to
+        the channel's task; nothing else is taken so. A receipt moves no
+        session (the websocket's is the last inbound message's id).
+        """
+        return (
+            isinstance(event, DeliveryReceipt)
+            and not self.memory.pending
+            and self._keep_later(event)
+        )
+
     def _keep_later(self, receipt: DeliveryReceipt) -> bool:
         """Hand ``receipt`` to the store without waiting; False if it cannot take it now."""
         later: Callable[..., bool] | None = getattr(self.sink, "store_inbound_later", None)
