@@ -271,11 +271,14 @@ class InboundPath:
         receipts = memory.in_store
         if receipts is None:
             receipts = memory.in_store = ReceiptsInStore()
-        receipts.events.append(receipt)
-        if later((receipt,), functools.partial(receipt_kept, memory, receipt)):
-            return True
-        receipts.events.pop()
-        return False
+        receipts.events.append(receipt)  # first: a store may answer at once
+        taken = False
+        try:
+            taken = later((receipt,), functools.partial(receipt_kept, memory, receipt))
+        finally:
+            if not taken:
+                receipts.events.pop()
+        return taken
 
     async def _receipts_settled(self) -> None:
         """Wait until the store has answered for the receipts it took (a stop)."""

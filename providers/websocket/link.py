@@ -44,7 +44,6 @@ Connecting raises ``OSError`` for TCP and TLS failures, untouched.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import ssl
@@ -86,6 +85,9 @@ MAX_MESSAGE_SIZE: Final = 1 << 20  # characters (text) or bytes (binary) in one 
 MAX_REJECT_BODY: Final = 65_536  # bytes of a refusal's body kept for the error
 ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: the link ended without a close frame
 MESSAGE_TOO_BIG: Final = 1009
+# Seconds the send lock's holder gives the reader's frames it writes as it
+# lets go, cancelled or not; a socket that takes none by then is wedged.
+REPLY_GRACE: Final = 5.0
 
 
 class LinkError(Exception):
@@ -580,9 +582,8 @@ class WebSocketLink:
             # Cancelled before a byte of it is made or written: the link stays whole.
             await trio.lowlevel.checkpoint_if_cancelled()
             await self._write_locked(self._frame(event), schedule=schedule)
-            await self._write_replies()
         finally:
-            self._lock.release()
+            await self._release()
 
     def _frame(self, event: TextMessage | Ping | CloseConnection) -> bytes:
         if self._broken:
@@ -599,22 +600,27 @@ class WebSocketLink:
                 raise LinkClosed("the link is closed")
             await trio.lowlevel.checkpoint_if_cancelled()  # not a byte written yet: still whole
             await self._write_locked(data)
-            await self._write_replies()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        """Write what the reader left while this task held the lock, then let go.
+
+        Written even by a holder that was cancelled, or that took the lock
+        only to give up (the peer may wait for its pong and send nothing
+        until then, and nobody else may write soon): shielded, within
+        :data:`REPLY_GRACE`. A socket that takes none of it by then is
+        wedged, and the link broken.
+        """
+        try:
+            while self._replies and not self._broken:
+                data = b"".join(self._replies)
+                self._replies.clear()
+                with trio.CancelScope(shield=True) as shield:
+                    shield.deadline = trio.current_time() + REPLY_GRACE
+                    await self._write_locked(data, schedule=False)
         finally:
             self._lock.release()
-
-    async def _write_replies(self) -> None:
-        """Write what the reader left while this task held the lock (before letting go).
-
-        A holder cancelled by now leaves them for the next writer (a send,
-        the reader's next flush or ping) rather than break the link.
-        """
-        while self._replies:
-            if trio.current_effective_deadline() == -math.inf:  # cancelled
-                return
-            data = b"".join(self._replies)
-            self._replies.clear()
-            await self._write_locked(data, schedule=False)
 
     async def _acquire(self) -> None:
         # Uncontended (nearly always), take the lock without the extra trip
