@@ -417,3 +417,48 @@ async def test_the_emulator_speaks_the_graph_error_format() -> None:
             log = (await stack.http.get(f"{stack.base_url}/_emulator/webhook")).json()
             assert log["url"] == stack.webhook_url
             assert json.dumps(log)  # plain JSON
+
+
+async def test_statuses_taken_at_once_skip_the_consumer_and_messages_still_reach_it() -> None:
+    taken: list[DeliveryReceipt] = []
+    three = trio.Event()
+
+    def take(event: Event) -> bool:
+        if not isinstance(event, DeliveryReceipt):
+            return False
+        taken.append(event)
+        if len(taken) == 3:
+            three.set()
+        return True
+
+    seen: list[Event] = []
+    messages = [trio.Event(), trio.Event()]
+
+    async def consume(events: AsyncIterator[Event]) -> None:
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, InboundMessage):
+                messages[sum(isinstance(e, InboundMessage) for e in seen) - 1].set()
+
+    with trio.fail_after(CEILING):
+        async with open_stack() as stack:
+            stack.connection.take_events_at_once(take)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume, stack.events)
+                await stack.inject("hi")  # opens the 24-hour window
+                await messages[0].wait()  # refused by take: handed to the consumer
+                result = await stack.connection.send(text("welcome"))
+                await three.wait()  # in the webhook's task, not through events()
+                await stack.inject("again")
+                await messages[1].wait()
+                nursery.cancel_scope.cancel()
+    assert [r.status for r in taken] == [
+        ReceiptStatus.SENT,
+        ReceiptStatus.DELIVERED,
+        ReceiptStatus.READ,
+    ]
+    assert {r.platform_message_id for r in taken} == {result.platform_message_id}
+    assert [type(e).__name__ for e in seen if not isinstance(e, ConnectionStateChanged)] == [
+        "InboundMessage",
+        "InboundMessage",
+    ]

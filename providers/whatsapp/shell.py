@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final
 
@@ -82,6 +82,7 @@ class WhatsAppConnection:
         self._last_inbound: OrderedDict[str, str] = OrderedDict()
         self._signer = webhook.signer_id(settings.app_secret)
         self._dropped = 0  # malformed items of signed notifications, not yet taken
+        self._take_at_once: Callable[[Event], bool] | None = None
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "OPEN"
@@ -105,6 +106,17 @@ class WhatsAppConnection:
                 yield event
         except trio.ClosedResourceError:
             return  # our own close() raced the iteration: end quietly
+
+    def take_events_at_once(self, take: Callable[[Event], bool] | None) -> None:
+        """Offer each event to ``take`` in the webhook's task first (``None``: stop).
+
+        Offered only while no event waits ahead of it and the consumer of
+        :meth:`events` waits for one, so order holds; ``take`` returns True
+        for an event it took (it never reaches :meth:`events`), and must
+        neither block nor raise. The notification is answered as before:
+        Meta hears 200 once each event is taken or buffered.
+        """
+        self._take_at_once = take
 
     async def handle_webhook(
         self,
@@ -159,7 +171,13 @@ class WhatsAppConnection:
         stats = self._send_events.statistics()
         if stats.current_buffer_used + len(outcome.events) > stats.max_buffer_size:
             return 503, b"event buffer full; redeliver later"
+        take = self._take_at_once
         for event in outcome.events:
+            if take is not None:
+                waiting = self._send_events.statistics()
+                idle = waiting.current_buffer_used == 0 and waiting.tasks_waiting_receive > 0
+                if idle and take(event):
+                    continue
             self._send_events.send_nowait(event)
             if isinstance(event, InboundMessage):
                 self._remember_inbound(event)
