@@ -349,13 +349,28 @@ class SentResults:
     is kept as the record a checkpoint writes, made once when it is put, so
     that a busy channel's checkpoints (one a second) copy references
     instead of making hundreds of records each time.
+
+    Design notes: a checkpoint asks for the same newest ``count`` answers
+    every second, and a busy channel adds only a few between two asks. So
+    :meth:`newest` keeps what it last returned and the answers put since,
+    and the next ask shifts that window by those few instead of walking
+    ``count`` entries of the table backwards again. A put of a key already
+    here moves it out of order: it drops the window (the next ask walks the
+    table), as do more puts since the last ask than the window holds (a
+    channel nobody checkpoints keeps no list that grows).
     """
 
-    __slots__ = ("_results", "capacity")
+    __slots__ = ("_put_since", "_results", "_window", "_window_count", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._results: OrderedDict[str, SentRecord] | None = None
+        # What newest(_window_count) returned last, and the records put
+        # since, oldest first; None when there is no window to shift (the
+        # list is made with the first window: most channels never have one).
+        self._window: tuple[SentRecord, ...] | None = None
+        self._window_count = 0
+        self._put_since: list[SentRecord] | None = None
 
     def __len__(self) -> int:
         return 0 if self._results is None else len(self._results)
@@ -369,17 +384,60 @@ class SentResults:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        results[key] = SentRecord(key=key, platform_message_id=platform_message_id, peer=peer)
-        results.move_to_end(key)
+        record = SentRecord(key=key, platform_message_id=platform_message_id, peer=peer)
+        size = len(results)
+        results[key] = record
+        if len(results) == size:  # the key was here: it moves, out of the window's order
+            results.move_to_end(key)
+            self._drop_window()
+        elif self._window is not None:
+            since = self._put_since
+            assert since is not None  # made with the window
+            if len(since) < self._window_count:
+                since.append(record)
+            else:  # the window is all new: walking the table is no dearer
+                self._drop_window()
         if len(results) > self.capacity:
             results.popitem(last=False)
 
     def newest(self, count: int) -> tuple[SentRecord, ...]:
-        """The newest ``count`` answers, oldest first (only those are walked)."""
-        if not self._results:
+        """The newest ``count`` answers, oldest first.
+
+        The last ask's answers shifted by the puts since, when it asked for
+        as many and nothing moved; else only the newest ``count`` entries
+        of the table are walked.
+        """
+        results = self._results
+        if not results:
             return ()
-        newest_first = tuple(itertools.islice(reversed(self._results.values()), count))
-        return newest_first[::-1]
+        window = self._window
+        since = self._put_since
+        if window is not None and since is not None and count == self._window_count:
+            if since:
+                # The table's newest are the window's then, and the puts since
+                # (none of them was there before, or the window was dropped).
+                drop = len(window) + len(since) - count
+                window = (window[drop:] if drop > 0 else window) + tuple(since)
+                since.clear()
+                self._window = window
+            return window
+        newest_first = tuple(itertools.islice(reversed(results.values()), count))
+        window = newest_first[::-1]
+        # A table smaller than the window drops its oldest answers on a put,
+        # which may be the window's: such a window is not kept.
+        if count <= self.capacity:
+            self._window = window
+            self._window_count = count
+            if since is None:
+                self._put_since = []
+            else:
+                since.clear()
+        return window
+
+    def _drop_window(self) -> None:
+        self._window = None
+        if self._put_since is not None:
+            self._put_since.clear()
 
 
 @attrs.frozen(kw_only=True)

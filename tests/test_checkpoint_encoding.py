@@ -1,0 +1,311 @@
+"""A checkpoint's shortcuts write what the plain encoding writes.
+
+A busy channel's checkpoint keeps work from one checkpoint to the next: its
+newest send answers (``SentResults.newest`` shifts the list it gave last by
+the answers put since), each answer's JSON text (``sent_json``), and the
+rest of its state is encoded by hand (``state_rest``) instead of by cattrs.
+Each shortcut is compared here with the plain way over generated histories
+and states: the text must be the same byte for byte, and nothing kept may
+outlive the change that makes it wrong (a put after a checkpoint, a key put
+again, a restore, an answer never written behind ones that were).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import OrderedDict
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.backoff import BackoffState
+from actors.breaker import BreakerState, CircuitBreakerState
+from actors.channel.durable import (
+    SENT_KEPT_DURABLE,
+    ChannelState,
+    export_state,
+    restore_state,
+)
+from actors.channel.state import ChannelMemory, ChannelSettings, SentRecord, SentResults
+from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
+from providers.base import UNLIMITED, PlatformLimits, SessionState
+from runtime.store.codec import (
+    converter,
+    decode_state,
+    dumps,
+    encode_state,
+    sent_json,
+    state_rest,
+    state_text,
+)
+from tests.test_store import json_objects
+
+LIMITS = PlatformLimits(
+    per_channel_rate=UNLIMITED,
+    per_channel_burst=int(UNLIMITED),
+    per_peer_rate=UNLIMITED,
+    per_peer_burst=int(UNLIMITED),
+    max_text_length=4096,
+)
+
+
+# --- the plain ways ------------------------------------------------------------------------
+
+
+def plain_rest(state: ChannelState) -> dict[str, Any]:
+    """What state_text encoded the rest of the state with before: cattrs, whole."""
+    encoded: dict[str, Any] = converter.unstructure(attrs.evolve(state, dead_letters=(), sent=()))
+    del encoded["dead_letters"], encoded["sent"]
+    return encoded
+
+
+def plain_text(state: ChannelState) -> str:
+    """encode_state's dict through dumps, its send answers moved last."""
+    encoded = encode_state(state)
+    encoded["sent"] = encoded.pop("sent")
+    return dumps(encoded)
+
+
+def plain_sent(records: tuple[SentRecord, ...]) -> str:
+    return dumps(
+        [
+            {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
+            for r in records
+        ]
+    )
+
+
+class Model:
+    """SentResults the slow way: a list of keys in put order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    def put(self, key: str, message_id: str, peer: str) -> None:
+        self.items.pop(key, None)
+        self.items[key] = (message_id, peer)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+    def newest(self, count: int) -> list[tuple[str, str, str]]:
+        items = [(key, *value) for key, value in self.items.items()]
+        return items[len(items) - count :] if count < len(items) else items
+
+
+def values(records: tuple[SentRecord, ...]) -> list[tuple[str, str, str]]:
+    return [(r.key, r.platform_message_id, r.peer) for r in records]
+
+
+# --- SentResults keeps its newest answers --------------------------------------------------
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from("abcdefghij"), st.sampled_from(["m1", "m2"])),
+        st.tuples(st.just("newest"), st.sampled_from([0, 1, 3, 5, 8, 20])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.sampled_from([1, 3, 5, 8, 50]), script=steps)
+def test_newest_is_what_a_walk_of_the_table_gives_after_any_puts(
+    capacity: int, script: list[tuple[Any, ...]]
+) -> None:
+    results = SentResults(capacity)
+    model = Model(capacity)
+    fresh = itertools.count()
+    for step in script:
+        if step[0] == "put":
+            _, key, message_id = step
+            peer = f"p{next(fresh)}"  # every put is told apart, a key put again too
+            results.put(key, message_id, peer)
+            model.put(key, message_id, peer)
+        else:
+            count = step[1]
+            got = results.newest(count)
+            assert values(got) == model.newest(count)
+            assert isinstance(got, tuple)
+        assert len(results) == len(model.items)
+
+
+def test_a_put_after_a_checkpoint_is_in_the_next_and_the_oldest_leaves() -> None:
+    results = SentResults(10)
+    for n in range(5):
+        results.put(f"k{n}", f"m{n}", "p")
+    first = results.newest(3)
+    assert [r.key for r in first] == ["k2", "k3", "k4"]
+    assert results.newest(3) is first  # nothing new: the same list
+    results.put("k5", "m5", "p")
+    assert [r.key for r in results.newest(3)] == ["k3", "k4", "k5"]
+    results.put("k6", "m6", "p")
+    results.put("k7", "m7", "p")
+    assert [r.key for r in results.newest(3)] == ["k5", "k6", "k7"]
+    for n in range(8, 20):  # more than the window holds since the last ask
+        results.put(f"k{n}", f"m{n}", "p")
+    assert [r.key for r in results.newest(3)] == ["k17", "k18", "k19"]
+
+
+def test_a_key_put_again_moves_to_the_newest_end_of_the_next_checkpoint() -> None:
+    results = SentResults(10)
+    for n in range(4):
+        results.put(f"k{n}", f"m{n}", "p")
+    assert [r.key for r in results.newest(3)] == ["k1", "k2", "k3"]
+    results.put("k2", "again", "p")
+    assert values(results.newest(3)) == [("k1", "m1", "p"), ("k3", "m3", "p"), ("k2", "again", "p")]
+    results.put("k0", "back", "p")  # a key from before the window
+    assert [r.key for r in results.newest(3)] == ["k3", "k2", "k0"]
+
+
+def test_a_table_smaller_than_the_window_drops_what_the_window_held() -> None:
+    results = SentResults(2)
+    results.put("a", "1", "p")
+    results.put("b", "2", "p")
+    assert [r.key for r in results.newest(5)] == ["a", "b"]
+    results.put("c", "3", "p")
+    assert [r.key for r in results.newest(5)] == ["b", "c"]
+
+
+def test_asks_for_other_counts_are_answered_each_for_itself() -> None:
+    results = SentResults(10)
+    for n in range(6):
+        results.put(f"k{n}", f"m{n}", "p")
+    assert [r.key for r in results.newest(2)] == ["k4", "k5"]
+    assert [r.key for r in results.newest(4)] == ["k2", "k3", "k4", "k5"]
+    results.put("k6", "m6", "p")
+    assert [r.key for r in results.newest(2)] == ["k5", "k6"]
+    assert [r.key for r in results.newest(4)] == ["k3", "k4", "k5", "k6"]
+
+
+# --- the answers' text ----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    script=st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.sampled_from(["a", "b", "c", 'é"', "d\n", "e"])),
+            st.tuples(st.just("write"), st.sampled_from([1, 2, 4, SENT_KEPT_DURABLE])),
+        ),
+        max_size=50,
+    )
+)
+def test_the_answers_text_is_dumps_of_them_after_any_history(script: list[tuple[Any, ...]]) -> None:
+    results = SentResults(6)
+    fresh = itertools.count()
+    written = []
+    for kind, arg in script:
+        if kind == "put":
+            results.put(arg, f"m{next(fresh)}", "p\u00fc")
+        else:
+            records = results.newest(arg)
+            assert sent_json(records) == plain_sent(records)
+            written.append(records)
+    for records in written:  # an older list again, after newer ones were written
+        assert sent_json(records) == plain_sent(records)
+
+
+def test_answers_never_written_are_encoded_wherever_they_stand() -> None:
+    a, b, c, d = (SentRecord(key=k, platform_message_id=k.upper(), peer="p") for k in "abcd")
+    assert sent_json((b, c)) == plain_sent((b, c))  # b and c now keep their text
+    # a (never written) stands behind them, d (never written) after them.
+    assert sent_json((a, b, c, d)) == plain_sent((a, b, c, d))
+    assert all(record.encoded is not None for record in (a, b, c, d))
+    e, f = (SentRecord(key=k, platform_message_id="", peer='q"\\') for k in "ef")
+    assert sent_json((e, c, f)) == plain_sent((e, c, f))  # one never written on each side
+    g, h = (SentRecord(key=k, platform_message_id="m", peer="p") for k in "gh")
+    # The oldest written, one never written in the middle and one at the newest end.
+    assert sent_json((c, g, d, h)) == plain_sent((c, g, d, h))
+    assert all(record.encoded is not None for record in (g, h))
+    assert sent_json(()) == "[]"
+
+
+def test_a_busy_channel_s_checkpoints_are_the_plain_text_and_restore_the_answers() -> None:
+    memory = ChannelMemory(LIMITS, ChannelSettings())
+    for n in range(SENT_KEPT_DURABLE + 40):
+        memory.sent.put(f"key-{n}", f"m{n}", f"peer-{n % 7}")
+    for n in range(30):  # a checkpoint, then a send or two before the next
+        state = export_state(memory, now=2.0 + n, clock_offset=1e9)
+        text = state_text(state)
+        assert text == plain_text(state)
+        for extra in range(n % 3):
+            memory.sent.put(f"more-{n}-{extra}", "x", "y")
+        if n % 5 == 4:
+            memory.sent.put(f"key-{SENT_KEPT_DURABLE + 30}", "again", "peer")  # a key again
+    restored = ChannelMemory(LIMITS, ChannelSettings())
+    restore_state(restored, decode_state(json.loads(text)), now=0.0, clock_offset=1e9)
+    again = export_state(restored, now=2.0, clock_offset=1e9)
+    assert again.sent == state.sent
+    assert state_text(again).endswith(text[text.index(',"sent":') :])
+    restored.sent.put("after-restore", "m", "p")
+    after = export_state(restored, now=3.0, clock_offset=1e9)
+    assert after.sent[-1].key == "after-restore"
+    assert state_text(after) == plain_text(after)
+
+
+# --- the rest of the state ------------------------------------------------------------------
+
+maybe_time = st.none() | st.floats(allow_nan=False, allow_infinity=False)
+gcra_states = st.builds(GCRAState, tat_ns=st.none() | st.integers(), paused_until=maybe_time)
+limiter_parts = gcra_states | st.builds(
+    KeyedLimiterState,
+    buckets=st.lists(st.tuples(st.text() | st.integers(), gcra_states), max_size=4).map(tuple),
+    paused_until=maybe_time,
+    new_keys_paused_until=maybe_time,
+)
+channel_states = st.builds(
+    ChannelState,
+    version=st.integers(0, 3),
+    session=st.none() | st.builds(SessionState, provider=st.text(), data=json_objects),
+    limiter=st.none()
+    | st.builds(
+        CompositeLimiterState,
+        parts=st.lists(limiter_parts, max_size=3).map(tuple),
+        paused_until=maybe_time,
+    ),
+    backoff=st.builds(
+        BackoffState, failures=st.integers(0, 50), last_delay=maybe_time, connected_at=maybe_time
+    ),
+    breaker=st.builds(
+        CircuitBreakerState,
+        state=st.sampled_from(BreakerState),
+        consecutive_failures=st.integers(0, 10),
+        retry_at=maybe_time,
+        trials_in_flight=st.integers(0, 3),
+        successes=st.integers(0, 10**12),
+        failures=st.integers(0, 10**6),
+        rejections=st.integers(0, 10**6),
+        times_opened=st.integers(0, 100),
+    ),
+    seen=st.lists(st.text(), max_size=5).map(tuple),
+    failed=st.none() | st.text(),
+    dead_letters_total=st.integers(0, 10**9),
+    dead_letters_dropped=st.integers(0, 10**9),
+    sent=st.lists(
+        st.builds(SentRecord, key=st.text(), platform_message_id=st.text(), peer=st.text()),
+        max_size=4,
+    ).map(tuple),
+    clean=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(channel_states)
+def test_the_rest_by_hand_is_the_dict_cattrs_makes(state: ChannelState) -> None:
+    by_hand = state_rest(state)
+    assert by_hand == plain_rest(state)
+    assert list(by_hand) == list(plain_rest(state))  # the same order: the same text
+    assert dumps(by_hand) == dumps(plain_rest(state))
+
+
+@settings(max_examples=300, deadline=None)
+@given(channel_states)
+def test_the_state_text_is_the_plain_encoding_byte_for_byte(state: ChannelState) -> None:
+    assert state_text(state) == plain_text(state)
+    assert state_text(state) == plain_text(state)  # again, from what the first kept
+    loaded = decode_state(json.loads(state_text(state)))
+    assert loaded == attrs.evolve(state, dead_letters=())
