@@ -76,7 +76,6 @@ restart, the buffer bounded):
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -128,7 +127,9 @@ class ReceiptsInStore:
     __slots__ = ("_settled", "events")
 
     def __init__(self) -> None:
-        self.events: collections.deque[DeliveryReceipt | tuple[Any]] = collections.deque()
+        # A list, not a deque: it holds a few at a time, and every channel
+        # that ever had a receipt keeps one (an empty deque is 600 bytes).
+        self.events: list[DeliveryReceipt | tuple[Any]] = []
         self._settled: trio.Event | None = None
 
     def __len__(self) -> int:
@@ -174,13 +175,13 @@ def receipt_kept(
                 if type(each) is tuple:
                     publish(memory, each[0])
             return
-        events.popleft()
+        del events[0]
         if fresh and not fresh[0]:
             memory.counters["duplicates"] += 1  # kept before: published before
         else:
             publish(memory, receipt)
         while events and type(events[0]) is tuple:
-            publish(memory, events.popleft()[0])
+            publish(memory, events.pop(0)[0])
     finally:
         receipts._wake()
 
