@@ -115,6 +115,14 @@ async def open_channel(provider: FakeProvider, store: Any) -> AsyncIterator[Chan
             yield ChannelRef(ref, memory, "ch", provider.name)
 
 
+@asynccontextmanager
+async def gated_channel() -> AsyncIterator[tuple[FakeProvider, Store, Gate, ChannelRef]]:
+    """A channel on a fake platform, keeping its events in a gated store."""
+    provider = FakeProvider(limits=LIMITS)
+    async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        yield provider, store, gate, channel
+
+
 def not_states(event: Any) -> bool:
     return not isinstance(event, ChannelStateChanged)
 
@@ -208,9 +216,8 @@ async def test_a_store_that_closes_before_writing_tells_each_receipt_why(
 
 
 async def test_a_receipt_does_not_hold_the_reader_while_the_store_writes_it() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, store, gate, channel):
             events = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
             conn.push(receipt("r1"), receipt("r2"), receipt("r3"))
@@ -228,9 +235,8 @@ async def test_a_receipt_does_not_hold_the_reader_while_the_store_writes_it() ->
 
 
 async def test_what_the_channel_publishes_meanwhile_waits_behind_the_receipts() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, _store, gate, channel):
             conn = await provider.wait_connected(1)
             await trio.testing.wait_all_tasks_blocked()  # CONNECTED is published
             events = channel.subscribe()
@@ -247,9 +253,8 @@ async def test_what_the_channel_publishes_meanwhile_waits_behind_the_receipts() 
 
 
 async def test_a_receipt_the_store_had_is_counted_not_published_again() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, _store, gate, channel):
             events = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
             conn.push(receipt("r1"), receipt("r1"), message("m1"))
@@ -282,9 +287,8 @@ async def test_an_event_whose_write_failed_but_was_kept_is_still_published(
 ) -> None:
     # The store writes it again, finds it "stored before" (by the write that
     # said it failed), and must not take that for a duplicate seen before.
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, store, gate, channel):
             calls = write_then_lose_the_answer(store)
             gate.open()
             events = channel.subscribe(accepts=not_states)
@@ -299,7 +303,6 @@ async def test_an_event_whose_write_failed_but_was_kept_is_still_published(
 async def test_a_subscriber_whose_filter_raises_is_dropped_and_the_others_get_the_receipt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    provider = FakeProvider(limits=LIMITS)
 
     def broken(event: Any) -> bool:
         if isinstance(event, DeliveryReceipt):
@@ -307,7 +310,7 @@ async def test_a_subscriber_whose_filter_raises_is_dropped_and_the_others_get_th
         return True
 
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, _store, gate, channel):
             dropped = channel.subscribe(accepts=broken)
             kept = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
@@ -326,9 +329,8 @@ async def test_a_subscriber_whose_filter_raises_is_dropped_and_the_others_get_th
 
 
 async def test_receipts_and_messages_are_published_in_the_order_read() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, _store, gate, channel):
             events = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
             conn.push(receipt("r1"), receipt("r2"), message("m1"), receipt("r3"))
@@ -340,9 +342,8 @@ async def test_receipts_and_messages_are_published_in_the_order_read() -> None:
 
 
 async def test_a_receipt_in_the_store_when_the_channel_is_killed_is_published_once() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, store, gate, channel):
             events = channel.subscribe(accepts=not_states)
             conn = await provider.wait_connected(1)
             conn.push(receipt("r1"))
@@ -359,9 +360,8 @@ async def test_a_receipt_in_the_store_when_the_channel_is_killed_is_published_on
 
 
 async def test_a_stop_publishes_the_receipts_in_the_store_before_the_channel_stops() -> None:
-    provider = FakeProvider(limits=LIMITS)
     with trio.fail_after(CEILING):
-        async with gated_store() as (store, gate), open_channel(provider, store) as channel:
+        async with gated_channel() as (provider, _store, gate, channel):
             events = channel.subscribe()
             conn = await provider.wait_connected(1)
             conn.push(receipt("r1"))
