@@ -114,7 +114,10 @@ async def fetch(
         auth = kwargs.pop("auth", httpx.USE_CLIENT_DEFAULT)  # ``client.send``'s options;
         follow = kwargs.pop("follow_redirects", httpx.USE_CLIENT_DEFAULT)  # the rest build it
         request = client.build_request(method, url, **kwargs)
-        response = await client.send(request, auth=auth, follow_redirects=follow, stream=True)
+        if auth is httpx.USE_CLIENT_DEFAULT and follow is httpx.USE_CLIENT_DEFAULT:
+            response = await _send_direct(client, request)
+        else:
+            response = await client.send(request, auth=auth, follow_redirects=follow, stream=True)
         try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body:
@@ -133,6 +136,31 @@ async def fetch(
         f"{what}: no complete answer within {deadline:g} s (the total deadline of a "
         "request); retry with backoff"
     )
+
+
+async def _send_direct(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request, stream=True)``, straight to the client's transport.
+
+    A platform API needs none of the client's layers around each request:
+    no auth flow (a provider's token is a header or in the URL), no
+    redirects (never followed: :func:`redirect_error`), no cookie jar (no
+    platform keeps a session in cookies; one that set them would only grow
+    the jar). Those layers were about a tenth of a Telegram send's CPU.
+    The transport is the one the client itself picks for the URL, so its
+    mounts and the proxies it took from the environment still apply; an
+    httpx without that method (it is httpx's own, not public) gets the
+    long way.
+    """
+    route = getattr(client, "_transport_for_url", None)
+    if route is None:
+        return await client.send(request, stream=True)
+    try:
+        response = await route(request.url).handle_async_request(request)
+    except httpx.RequestError as exc:
+        exc.request = request  # as the client does: the shells' messages name the call
+        raise
+    response.request = request
+    return response
 
 
 def _too_large(what: str, limit: int, detail: str) -> TransientError:

@@ -94,3 +94,55 @@ async def test_a_body_that_never_ends_is_cut_at_the_deadline_and_its_response_cl
             await fetch(client, "GET", "/drip", deadline=7.0, max_body=100, what="test get")
         assert trio.current_time() - began == 7.0
     assert body.closed == 1
+
+
+async def test_a_request_goes_straight_to_the_transport_and_keeps_no_cookie() -> None:
+    # No auth flow, no redirect handling, no cookie jar around each request:
+    # a platform's Set-Cookie is not kept, so the next request carries none.
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Set-Cookie": "session=abc; Path=/"}, content=b"{}")
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(answer),
+        base_url="http://platform",
+        headers={"Authorization": "Bot t"},
+    ) as client:
+        for _ in range(2):
+            answer_ = await fetch(
+                client, "GET", "/getMe", deadline=5.0, max_body=100, what="test call"
+            )
+            assert answer_.status_code == 200
+        assert len(client.cookies) == 0
+    assert [str(r.url) for r in seen] == ["http://platform/getMe"] * 2
+    assert all(r.headers["Authorization"] == "Bot t" for r in seen)  # the client's defaults
+    assert "cookie" not in seen[1].headers
+
+
+async def test_a_transport_error_names_its_request_as_the_client_would() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(refuse), base_url="http://platform"
+    ) as client:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await fetch(client, "POST", "/send", deadline=5.0, max_body=100, what="test send")
+    assert str(caught.value.request.url) == "http://platform/send"
+
+
+async def test_the_transport_is_the_one_the_client_picks_for_the_url() -> None:
+    # A mount (as an environment proxy makes one) still routes its URLs.
+    hits: list[str] = []
+
+    def by(name: str) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: (hits.append(name), httpx.Response(204))[1])
+
+    async with httpx.AsyncClient(
+        transport=by("default"), mounts={"http://proxied": by("mounted")}
+    ) as client:
+        for url in ("http://proxied/x", "http://other/y"):
+            await fetch(client, "GET", url, deadline=5.0, max_body=10, what="test call")
+    assert hits == ["mounted", "default"]
