@@ -152,7 +152,7 @@ async def _send_direct(client: httpx.AsyncClient, request: httpx.Request) -> htt
     long way.
     """
     route = getattr(client, "_transport_for_url", None)
-    if route is None:
+    if route is None or client.is_closed:  # (a closed client refuses, as it should)
         return await client.send(request, stream=True)
     try:
         response = await route(request.url).handle_async_request(request)

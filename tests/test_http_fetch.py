@@ -146,3 +146,16 @@ async def test_the_transport_is_the_one_the_client_picks_for_the_url() -> None:
         for url in ("http://proxied/x", "http://other/y"):
             await fetch(client, "GET", url, deadline=5.0, max_body=10, what="test call")
     assert hits == ["mounted", "default"]
+
+
+async def test_a_closed_client_refuses_a_request_instead_of_sending_it() -> None:
+    sent: list[httpx.Request] = []
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(
+            lambda request: (sent.append(request), httpx.Response(200))[1]
+        )
+    )
+    await client.aclose()
+    with pytest.raises(TransientError, match="could not be read"):
+        await fetch(client, "GET", "http://platform/x", deadline=5.0, max_body=10, what="late")
+    assert sent == []
