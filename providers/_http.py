@@ -147,12 +147,18 @@ async def _send_direct(client: httpx.AsyncClient, request: httpx.Request) -> htt
     platform keeps a session in cookies; one that set them would only grow
     the jar). Those layers were about a tenth of a Telegram send's CPU.
     The transport is the one the client itself picks for the URL, so its
-    mounts and the proxies it took from the environment still apply; an
-    httpx without that method (it is httpx's own, not public) gets the
-    long way.
+    mounts and the proxies it took from the environment still apply. The
+    long way is kept for a client with an auth of its own, a URL with
+    ``user:password@`` in it (a proxy's Basic auth), a closed client, and
+    an httpx without that method (it is httpx's own, not public).
     """
     route = getattr(client, "_transport_for_url", None)
-    if route is None or client.is_closed:  # (a closed client refuses, as it should)
+    if (
+        route is None
+        or client.is_closed  # a closed client refuses, as it should
+        or client.auth is not None
+        or request.url.userinfo  # user:password@ (a proxy's): Basic auth, by the auth flow
+    ):
         return await client.send(request, stream=True)
     try:
         response = await route(request.url).handle_async_request(request)
@@ -195,7 +201,10 @@ def redirect_error(
     if not 300 <= status < 400:
         return None
     location = lower_keys(headers or {}).get("location", "")
-    host = urlsplit(location).netloc.rpartition("@")[2] if location else ""
+    try:
+        host = urlsplit(location).netloc.rpartition("@")[2] if location else ""
+    except ValueError:  # not a URL urllib can read ("http://[::1"): no host named
+        host = ""
     target = f" to {host}" if host else (" elsewhere" if location else "")
     return TransientError(
         f"{what}: the platform answered HTTP {status}, a redirect{target}; redirects are "

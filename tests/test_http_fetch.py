@@ -8,6 +8,7 @@ would have.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,8 @@ import trio
 import trio.testing
 
 from providers._http import fetch
-from providers.base import TransientError
+from providers.base import ChannelConfig, ProviderError, TransientError
+from providers.telegram import TelegramProvider
 
 
 class _Body(httpx.AsyncByteStream):
@@ -159,3 +161,76 @@ async def test_a_closed_client_refuses_a_request_instead_of_sending_it() -> None
     with pytest.raises(TransientError, match="could not be read"):
         await fetch(client, "GET", "http://platform/x", deadline=5.0, max_body=10, what="late")
     assert sent == []
+
+
+TELEGRAM_TOKEN = "123456:" + "a" * 35
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_userinfo_in_a_url_is_still_sent_as_basic_auth() -> None:
+    # A base_url with user:password@ (a reverse proxy in front of the
+    # platform; providers.masking hides it in reprs) is HTTP Basic auth, made
+    # by the client's auth flow; the transport alone would drop it.
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        await fetch(
+            client,
+            "POST",
+            "http://bot:s3cret@platform/botT/getMe",
+            deadline=5.0,
+            max_body=100,
+            what="test call",
+            json={},
+        )
+    assert seen[0].headers.get("authorization") == _basic("bot", "s3cret")
+
+
+async def test_userinfo_in_a_client_base_url_is_still_sent_as_basic_auth() -> None:
+    # The Discord shell's shape: base_url on the client, its own Authorization
+    # header absent here (a proxy's Basic auth in the URL).
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(answer), base_url="http://bot:s3cret@platform/api"
+    ) as client:
+        await fetch(client, "GET", "/gateway/bot", deadline=5.0, max_body=100, what="t")
+    assert seen[0].headers.get("authorization") == _basic("bot", "s3cret")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        pytest.param("http://[::1", id="ipv6-unclosed"),
+        pytest.param("http://[bad", id="bracket"),
+    ],
+)
+async def test_a_redirect_to_an_unparsable_location_is_a_provider_error(location: str) -> None:
+    # A 3xx whose Location urllib cannot read is still a redirect, so a
+    # TransientError (the channel backs off), not a ValueError from the core.
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": location})
+
+    provider = TelegramProvider(transport=httpx.MockTransport(answer))
+    cfg = ChannelConfig(
+        channel_id="tg:test",
+        provider="telegram",
+        credentials={"token": TELEGRAM_TOKEN},
+        base_url="http://telegram.emulator",
+        options={"poll_timeout": 1},
+    )
+    with pytest.raises(ProviderError) as caught:
+        async with provider.open_connection(cfg):
+            pass
+    assert isinstance(caught.value, TransientError)
