@@ -149,7 +149,8 @@ async def _send_direct(client: httpx.AsyncClient, request: httpx.Request) -> htt
     The transport is the one the client itself picks for the URL, so its
     mounts and the proxies it took from the environment still apply. The
     long way is kept for a client with an auth of its own, a URL with
-    ``user:password@`` in it (a proxy's Basic auth), a closed client, and
+    ``user:password@`` in it (Basic auth for the server it names, a
+    reverse proxy in front of the platform), a closed client, and
     an httpx without that method (it is httpx's own, not public).
     """
     route = getattr(client, "_transport_for_url", None)
@@ -157,7 +158,7 @@ async def _send_direct(client: httpx.AsyncClient, request: httpx.Request) -> htt
         route is None
         or client.is_closed  # a closed client refuses, as it should
         or client.auth is not None
-        or request.url.userinfo  # user:password@ (a proxy's): Basic auth, by the auth flow
+        or request.url.userinfo  # user:password@ in the URL: Basic auth, by the auth flow
     ):
         return await client.send(request, stream=True)
     try:

@@ -160,3 +160,34 @@ async def test_a_sender_whose_frame_went_out_does_not_break_the_link_over_the_re
         await trio.testing.wait_all_tasks_blocked()
         assert link.open, "a cancelled write of the reader's replies broke the link"
         assert [e for e in peer_events(io) if isinstance(e, Pong)] == [Pong(payload=b"p3")]
+
+
+async def test_a_frame_the_reader_left_goes_before_a_close_framed_after_it() -> None:
+    # The lock passes from sender A to B, which closes; before B runs, the
+    # reader frames a heartbeat's answer and leaves it (the lock is held).
+    # B's close must not go out first: nothing may follow a close frame.
+    io = GatedIO()
+    io.gates[0] = drained = trio.Event()
+    link = WebSocketLink(io, Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    a_done = trio.Event()
+
+    async def sender_a() -> None:
+        await link.send_text("a")
+        assert link._lock.locked()  # handed to B, which has not run yet
+        await link.send_text("ack", queue=True)  # the reader's frame, as _apply sends it
+        a_done.set()
+
+    async def closer() -> None:
+        await link.close(1000, "bye")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender_a)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(closer)
+            await trio.testing.wait_all_tasks_blocked()  # B waits for the lock
+            drained.set()
+            await a_done.wait()
+        events = peer_events(io)
+    assert [type(e).__name__ for e in events] == ["TextMessage", "TextMessage", "CloseConnection"]
+    assert [e.data for e in events[:2]] == ["a", "ack"]  # type: ignore[attr-defined]

@@ -248,10 +248,9 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         await self._close_for_stop()
 
     async def on_stop(self, exit: Exit) -> None:
-        # Published before the channel says STOPPED: the receipts the store
-        # took, then what is pending (only a receipt the closing store gave
-        # back can join it meanwhile).
-        await self._receipts_settled()
+        # The receipts the store took are not waited for (a restart must not
+        # wait out a store outage): the store publishes them from its own
+        # task, and STOPPED, published below, rides behind them.
         await self._hand_over(retry=False)
         memory = self.memory
         if memory.status is not ChannelStatus.FAILED:

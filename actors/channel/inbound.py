@@ -27,11 +27,15 @@ Design:
 - Order holds: the store writes and answers in the order it was given
   events; the reader takes this path only while it holds no event of its
   own (``pending``); what the channel publishes meanwhile (a connection's
-  state, its own status) rides behind the receipts read before it. A
-  store that cannot take a receipt at once (its buffer is full, it
+  state, its own status, STOPPED) rides behind the receipts read before
+  it. A store that cannot take a receipt at once (its buffer is full, it
   closes) gets it the waiting way; one that closes before writing gives
   the receipts back to ``pending``, ahead of anything read after them, and
   publishes what rode behind them.
+- During a store outage the reader reads on, handing receipts over, until
+  the store's buffer is full (then it waits, as for any event): what the
+  channel publishes meanwhile waits behind those receipts until the store
+  writes again. A crash, a restart or a stop never waits for them.
 - While the store cannot keep them (it is down, or its buffer is full), the
   reader waits: the platform keeps what is unread (Telegram holds updates,
   a gateway's TCP window closes), nothing is dropped, nothing crashes.
@@ -114,9 +118,11 @@ class ReceiptsInStore:
 
     Oldest first; each is published when the store says its batch is
     written (:func:`receipt_kept`, in the store's task). Made by a
-    channel's first such receipt and kept in its memory, so that a
-    killed incarnation's receipts are still published by the store, and a
-    stop waits for them (:meth:`wait_settled`).
+    channel's first such receipt and kept in its memory, so that the
+    receipts of an incarnation that ended (a stop, a crash, a kill) are
+    still published by the store; nothing waits for them (a restart must
+    not wait out a store outage). :meth:`wait_settled` is for whoever
+    wants to (tests, an embedding program).
 
     What the channel publishes while receipts wait here (a connection's
     state, its own status) rides behind them, as a 1-tuple, and is
@@ -280,12 +286,6 @@ class InboundPath:
             if not taken:
                 receipts.events.pop()
         return taken
-
-    async def _receipts_settled(self) -> None:
-        """Wait until the store has answered for the receipts it took (a stop)."""
-        receipts = self.memory.in_store
-        if receipts is not None:
-            await receipts.wait_settled()
 
     async def _hand_over(self, *, retry: bool) -> None:
         """Keep the pending events, then publish the ones nobody saw yet.

@@ -581,7 +581,11 @@ class WebSocketLink:
                 raise LinkClosed("the link is closed")
             # Cancelled before a byte of it is made or written: the link stays whole.
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._write_locked(self._frame(event), schedule=schedule)
+            data = self._frame(event)
+            if self._replies:  # the reader's, framed before this one: they go first
+                data = b"".join(self._replies) + data  # (nothing may follow a close)
+                self._replies.clear()
+            await self._write_locked(data, schedule=schedule)
         finally:
             await self._release()
 
