@@ -54,24 +54,20 @@ class Ask:
 
     def reply(self, value: Any) -> None:
         """Answer with ``value``; an ``outcome.Error`` is raised in the asker."""
+        self._answer(value if type(value) is outcome.Error else outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        """Raise ``error`` in the asker."""
+        self._answer(outcome.Error(error))
+
+    def _answer(self, result: outcome.Outcome[Any]) -> None:
         task = self.task
         if task is not None:
             self.task = None
-            result = value if type(value) is outcome.Error else outcome.Value(value)
             if task is IN_HAND:
                 self.early = result
             else:
                 reschedule(task, result)
-
-    def fail(self, error: BaseException) -> None:
-        """Raise ``error`` in the asker."""
-        task = self.task
-        if task is not None:
-            self.task = None
-            if task is IN_HAND:
-                self.early = outcome.Error(error)
-            else:
-                reschedule(task, outcome.Error(error))
 
 
 class Stop:

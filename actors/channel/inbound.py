@@ -17,7 +17,7 @@ Design:
   task, with no task or timer of the channel's.
 - A delivery receipt does not hold the reader: the store takes it into
   its batch (``store_inbound_later``) and, once the batch is written,
-  publishes it from the store's own task (:class:`ReceiptsInStore`). The
+  publishes it from the store's own task (:func:`receipt_kept`). The
   reader goes on at once to the next frame, often a send's answer, which
   used to wait behind the receipt's write. The store writes such events
   within ``LATER_WITHIN`` (5 ms), so a busy node's receipts share a write.
@@ -92,7 +92,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 if TYPE_CHECKING:
     from .state import ChannelMemory, ChannelSettings
 
-__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink", "ReceiptsInStore"]
+__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink"]
 
 log = logging.getLogger("switchboard.channels")
 
@@ -113,83 +113,40 @@ class InboundSink(Protocol):
         ...
 
 
-class ReceiptsInStore:
-    """A channel's receipts the store took without the reader waiting.
-
-    Oldest first; each is published when the store says its batch is
-    written (:func:`receipt_kept`, in the store's task). Made by a
-    channel's first such receipt and kept in its memory, so that the
-    receipts of an incarnation that ended (a stop, a crash, a kill) are
-    still published by the store; nothing waits for them (a restart must
-    not wait out a store outage). :meth:`wait_settled` is for whoever
-    wants to (tests, an embedding program).
-
-    What the channel publishes while receipts wait here (a connection's
-    state, its own status) rides behind them, as a 1-tuple, and is
-    published right after the receipt before it: subscribers see one
-    channel's events in the order they happened.
-    """
-
-    __slots__ = ("_settled", "events")
-
-    def __init__(self) -> None:
-        # A list, not a deque: it holds a few at a time, and every channel
-        # that ever had a receipt keeps one (an empty deque is 600 bytes).
-        self.events: list[DeliveryReceipt | tuple[Any]] = []
-        self._settled: trio.Event | None = None
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def __repr__(self) -> str:
-        return f"<ReceiptsInStore {len(self.events)}>"
-
-    async def wait_settled(self) -> None:
-        """Return once the store has answered for every receipt it took."""
-        while self.events:
-            if self._settled is None:
-                self._settled = trio.Event()
-            await self._settled.wait()
-
-    def _wake(self) -> None:
-        if not self.events and self._settled is not None:
-            self._settled.set()
-            self._settled = None
-
-
 def receipt_kept(
     memory: ChannelMemory,
     receipt: DeliveryReceipt,
     fresh: list[bool] | None,
     error: BaseException | None,
 ) -> None:
-    """The store's answer for a receipt it took (called from its task; never raises)."""
-    receipts = memory.in_store
-    assert receipts is not None
-    events = receipts.events
-    if not events or events[0] is not receipt:
+    """The store's answer for a receipt it took (called from its task; never raises).
+
+    ``memory.in_store`` holds the channel's receipts the store took, oldest
+    first, and what the channel published meanwhile riding behind them as
+    1-tuples; it outlives the incarnation that read them, and nothing
+    waits for it (a restart must not wait out a store outage).
+    """
+    held = memory.in_store
+    if not held or held[0] is not receipt:
         return  # given back already, with the ones before it, by the store's closing
-    try:
-        if error is not None:
-            # The store closed first: every receipt it holds comes back, oldest
-            # first, ahead of what was read after them; perhaps kept, so tried.
-            # What rode behind them is published now (it is never kept).
-            held = list(events)
-            events.clear()
-            memory.pending[:0] = [(each, True) for each in held if type(each) is not tuple]
-            for each in held:
-                if type(each) is tuple:
-                    publish(memory, each[0])
-            return
-        del events[0]
-        if fresh and not fresh[0]:
-            memory.counters["duplicates"] += 1  # kept before: published before
-        else:
-            publish(memory, receipt)
-        while events and type(events[0]) is tuple:
-            publish(memory, events.pop(0)[0])
-    finally:
-        receipts._wake()
+    if error is not None:
+        # The store closed first: every receipt it holds comes back, oldest
+        # first, ahead of what was read after them; perhaps kept, so tried.
+        # What rode behind them is published now (it is never kept).
+        given = list(held)
+        held.clear()
+        memory.pending[:0] = [(each, True) for each in given if type(each) is not tuple]
+        for each in given:
+            if type(each) is tuple:
+                publish(memory, each[0])
+        return
+    del held[0]
+    if fresh and not fresh[0]:
+        memory.counters["duplicates"] += 1  # kept before: published before
+    else:
+        publish(memory, receipt)
+    while held and type(held[0]) is tuple:
+        publish(memory, held.pop(0)[0])
 
 
 class MemoryInboundSink:
@@ -275,16 +232,16 @@ class InboundPath:
         if later is None:
             return False
         memory = self.memory
-        receipts = memory.in_store
-        if receipts is None:
-            receipts = memory.in_store = ReceiptsInStore()
-        receipts.events.append(receipt)  # first: a store may answer at once
+        held = memory.in_store
+        if held is None:
+            held = memory.in_store = []
+        held.append(receipt)  # first: a store may answer at once
         taken = False
         try:
             taken = later((receipt,), functools.partial(receipt_kept, memory, receipt))
         finally:
             if not taken:
-                receipts.events.pop()
+                held.pop()
         return taken
 
     async def _hand_over(self, *, retry: bool) -> None:
@@ -334,9 +291,9 @@ class InboundPath:
 
     def _publish(self, event: Any) -> None:
         memory = self.memory
-        receipts = memory.in_store
-        if receipts is not None and receipts.events:
-            receipts.events.append((event,))  # after the receipts read before it
+        held = memory.in_store
+        if held:
+            held.append((event,))  # after the receipts read before it
             return
         publish(memory, event)
 

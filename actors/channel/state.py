@@ -29,7 +29,6 @@ from ..ratelimit import GCRA, CompositeLimiter, KeyedLimiter
 
 if TYPE_CHECKING:
     from .durable import CheckpointSink
-    from .inbound import ReceiptsInStore
     from .tenure import Tenure
 
 __all__ = [
@@ -546,8 +545,9 @@ class ChannelMemory:
         # kept here so a kill loses none, and handed over before newer ones.
         self.pending: list[Any] = []
         # Receipts the store took without the reader waiting, not yet
-        # published; made by the first.
-        self.in_store: ReceiptsInStore | None = None
+        # published, and what rides behind them (``.inbound.receipt_kept``):
+        # a list made by the first (a few at a time; an empty deque is 600 B).
+        self.in_store: list[Any] | None = None
         self.status = ChannelStatus.IDLE
         self.connected_since: float | None = None
         self.last_error: str | None = None
