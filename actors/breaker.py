@@ -162,6 +162,11 @@ class CircuitBreaker:
         self._times_opened = state.times_opened
 
     @property
+    def closed(self) -> bool:
+        """Whether calls go through without a check of the clock (recorded CLOSED)."""
+        return self._state is BreakerState.CLOSED
+
+    @property
     def state(self) -> CircuitBreakerState:
         """A frozen snapshot to hand to a restarted owner's ``CircuitBreaker(state=...)``."""
         return CircuitBreakerState(**self._recorded())

@@ -103,7 +103,7 @@ async def test_a_pong_left_for_a_lock_waiter_cancelled_before_it_writes_is_still
     async def sender_a() -> None:
         await link.send_text("a")
         # A released: B owns the lock, rescheduled, not yet run.
-        assert link._lock.locked()
+        assert link._locked
         assert link.feed(ping_bytes(b"p2")) == []
         await link.flush()  # returns at once: "the holder writes them"
         scope_b.cancel()  # B's deadline passes before it runs
@@ -173,7 +173,7 @@ async def test_a_frame_the_reader_left_goes_before_a_close_framed_after_it() -> 
 
     async def sender_a() -> None:
         await link.send_text("a")
-        assert link._lock.locked()  # handed to B, which has not run yet
+        assert link._locked  # handed to B, which has not run yet
         await link.send_text("ack", queue=True)  # the reader's frame, as _apply sends it
         a_done.set()
 

@@ -64,6 +64,11 @@ class Turns:
             if not slept:  # cancelled: it takes no turn, the next waits in its place
                 self.pass_on()
 
+    @property
+    def idle(self) -> bool:
+        """No send waits in line (a send that would take a token now jumps nobody)."""
+        return not self._sleeping and not self._parked
+
     def pass_on(self) -> None:
         """Wake the next parked send, unless one sleeps on the clock for all."""
         if not self._sleeping and self._parked:

@@ -37,6 +37,7 @@ Design:
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Final
@@ -60,8 +61,16 @@ from providers.operations import EditMessage, Operation, check_supported, perfor
 
 from .. import lowlevel
 from ..backoff import BackoffPolicy
-from ..errors import ActorCrashed, ChannelFailed, ChannelUnavailable, CircuitOpen, SendFailed
+from ..errors import (
+    ActorCrashed,
+    ChannelFailed,
+    ChannelUnavailable,
+    CircuitOpen,
+    NotInActorContext,
+    SendFailed,
+)
 from .pacing import Turns
+from .state import ChannelStatus
 from .window import Flight, SendWindow
 
 if TYPE_CHECKING:
@@ -171,6 +180,7 @@ class SendPath:
     settings: ChannelSettings
     _window: SendWindow
     _turns: Turns | None
+    _conn: Connection | None
 
     if TYPE_CHECKING:
 
@@ -289,36 +299,120 @@ class SendPath:
         flight = Flight(message, send if ask is None else ask)
         window = self._window
         if window.admit(flight):
-            self.start_task(self._fly, flight)
+            self._launch(flight)
         return window
 
-    async def _fly(self, flight: Flight) -> None:
-        """Send a peer's chain, head first, answering each asker in turn."""
-        window = self._window
+    def _launch(self, flight: Flight) -> None:
+        """Send the head of a chain: at once if nothing stands in its way, else in a task."""
+        if not self._fly_at_once(flight):
+            self.start_task(self._fly, flight)
+
+    def _fly_at_once(self, flight: Flight) -> bool:
+        """Start ``flight``'s first attempt in this task, with no task of its own.
+
+        Only on the common path, where the send would wait for nothing: a
+        live connection that can write now (``can_start_at_once``), a
+        closed breaker, no send in line for the channel's limiter, and a
+        token from the limiter at once. Its fate comes back to
+        :meth:`_landed`; a failed first attempt goes on in a task, down the
+        send path from its error (retries, pauses, dead letters), as if
+        that task had made it.
+
+        Returns:
+            False if it did not start (nothing was spent): send it in a task.
+        """
+        conn = self._conn
+        if conn is None:
+            return False
+        message = flight.message
+        can_start = getattr(conn, "can_start_at_once", None)
+        if can_start is None or not can_start(message):
+            return False
+        memory = self.memory
+        turns = self._turns
+        if (
+            memory.status is ChannelStatus.FAILED
+            or not memory.breaker.closed
+            or (turns is not None and not turns.idle)
+        ):
+            return False
+        limiter = memory.limiter
+        now = trio.current_time()
+        peer = message.peer
+        if limiter.delay(now, key=peer) > 0 or not limiter.try_acquire(now, key=peer):
+            return False
+        if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
+            memory.touch()
+        try:
+            conn.start_at_once(message, functools.partial(self._landed, flight))  # type: ignore[attr-defined]
+        except ProviderError as exc:  # its frame could not be made: nothing went out
+            self._landed(flight, None, exc)
+        return True
+
+    def _landed(
+        self, flight: Flight, result: SendResult | None, error: ProviderError | None
+    ) -> None:
+        """The fate of a send started at once, in the task that learnt it (the
+        connection's reader, or whichever ended the connection)."""
+        if error is not None:
+            try:  # the rest of the send path, from that error, in a task
+                self.start_task(self._fly, flight, error)
+            except (RuntimeError, NotInActorContext):  # the incarnation is over: to the mailbox
+                self._abandon(flight)
+            return
+        memory = self.memory
+        memory.breaker.record_success(trio.current_time())
+        if type(flight.message) is OutboundMessage:
+            memory.counters["sent"] += 1
+        following = self._settle(flight, result)
+        if following is not None:
+            self._launch(following)
+
+    async def _fly(self, flight: Flight, failed: ProviderError | None = None) -> None:
+        """Send a peer's chain, head first, answering each asker in turn.
+
+        ``failed``: the head's first attempt, started at once, failed so.
+        """
+        if failed is not None:
+            # Spawned as the incarnation ends (its connection closed under a
+            # kill): the chain goes back, with no failure counted against
+            # the platform, as for a send cut off in a task.
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                self._abandon(flight)
+                raise
         current: Flight | None = flight
         while current is not None:
             answered = False
             try:
-                result = await self._outcome(current)
+                result = await self._outcome(current, failed)
                 answered = True
             finally:
                 if not answered:  # cancelled (the incarnation ends), or a defect
                     self._abandon(current)
-            if type(result) is not outcome.Error:
-                # Remembered here, not by whoever asked: an asker that gave up
-                # waiting (its timeout) and asks again is answered, not sent twice.
-                key = current.message.idempotency_key
-                if result is None:
-                    self.memory.sent.put(key, "", "")
-                else:
-                    self.memory.sent.put(key, result.platform_message_id, result.peer)
-            item = current.item
-            if type(item) is lowlevel.Ask:
-                item.reply(result)
-            current = window.finish(current)
-            if current is not None and window.closing:  # stopping: the rest waits in the mailbox
-                self._abandon(current)
-                return
+            failed = None
+            current = self._settle(current, result)
+
+    def _settle(self, flight: Flight, result: Any) -> Flight | None:
+        """Answer a chain's head; returns the next send of its chain, to send now."""
+        if type(result) is not outcome.Error:
+            # Remembered here, not by whoever asked: an asker that gave up
+            # waiting (its timeout) and asks again is answered, not sent twice.
+            key = flight.message.idempotency_key
+            if result is None:
+                self.memory.sent.put(key, "", "")
+            else:
+                self.memory.sent.put(key, result.platform_message_id, result.peer)
+        item = flight.item
+        if type(item) is lowlevel.Ask:
+            item.reply(result)
+        window = self._window
+        following = window.finish(flight)
+        if following is not None and window.closing:  # stopping: the rest waits in the mailbox
+            self._abandon(following)
+            return None
+        return following
 
     def _abandon(self, head: Flight) -> None:
         """Hand a cut-off chain back to the mailbox, in order, for the next incarnation."""
@@ -336,11 +430,11 @@ class SendPath:
             )
         lowlevel.requeue(self.ref, [each.item for each in self._window.abandon(head)])
 
-    async def _outcome(self, flight: Flight) -> Any:
+    async def _outcome(self, flight: Flight, failed: ProviderError | None = None) -> Any:
         """The send's result, or its refusal as ``outcome.Error``."""
         message = flight.message
         try:
-            return await self._send(message, flight)
+            return await self._send(message, flight, failed)
         except _REFUSALS as exc:
             return outcome.Error(exc)
         except Exception as exc:
@@ -358,8 +452,15 @@ class SendPath:
 
     # --- one send -----------------------------------------------------------------------
 
-    async def _send(self, message: Operation, flight: Flight | None = None) -> SendResult | None:
+    async def _send(
+        self,
+        message: Operation,
+        flight: Flight | None = None,
+        failed: ProviderError | None = None,
+    ) -> SendResult | None:
         """Send (or perform the operation) until the platform accepts, or raise why not.
+
+        ``failed``: the first attempt was made elsewhere (at once) and failed so.
 
         Returns:
             The ``SendResult`` of a message or an edit; ``None`` for the other operations.
@@ -379,6 +480,9 @@ class SendPath:
         attempts = 0
         holding = False  # woken in turn (or slept for all): the next waits on this send
         try:
+            if failed is not None:
+                attempts = 1
+                await self._after(failed, message, attempts, flight)
             while True:
                 self._raise_if_failed()
                 now = trio.current_time()
@@ -415,15 +519,7 @@ class SendPath:
                 try:
                     result = await perform(conn, message)
                 except ProviderError as exc:
-                    verdict = decide(
-                        exc,
-                        peer=peer,
-                        attempts=attempts,
-                        max_attempts=self.settings.send_attempts,
-                        backoff=self.settings.send_backoff,
-                        rng=memory.rng,
-                    )
-                    await self._apply(verdict, exc, message, attempts, flight)
+                    await self._after(exc, message, attempts, flight)
                     continue
                 breaker.record_success(trio.current_time())
                 if type(message) is OutboundMessage:
@@ -432,6 +528,20 @@ class SendPath:
         finally:
             if holding and self._turns is not None:
                 self._turns.pass_on()  # left the line by an exception or a cancel
+
+    async def _after(
+        self, error: ProviderError, message: Operation, attempts: int, flight: Flight | None
+    ) -> None:
+        """Decide what follows a failed attempt and carry it out (wait, or raise)."""
+        verdict = decide(
+            error,
+            peer=message.peer,
+            attempts=attempts,
+            max_attempts=self.settings.send_attempts,
+            backoff=self.settings.send_backoff,
+            rng=self.memory.rng,
+        )
+        await self._apply(verdict, error, message, attempts, flight)
 
     async def _apply(
         self,

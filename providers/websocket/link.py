@@ -289,6 +289,22 @@ class _SocketIO:
         if not waited and schedule:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes of ``data`` in this call, with no checkpoint.
+
+        Returns:
+            How many bytes it took (0 when it is full).
+
+        Raises:
+            LinkClosed: the socket is closed or broke.
+        """
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise LinkClosed(f"the link broke while sending: {exc}") from exc
+
     async def aclose(self) -> None:
         """Close the socket, waking any task that waits on it; idempotent."""
         if self._sock.fileno() != -1:
@@ -397,7 +413,9 @@ class WebSocketLink:
         self._max_message_size = max_message_size
         self._io = io
         self._ws = ws
-        self._lock = trio.Lock()
+        # Not a trio.Lock: a send made now may leave the rest of its frame to
+        # a task of its own (send_text_now), which lets go of it.
+        self._lock = trio.Semaphore(1, max_value=1)
         self._replies: list[bytes] = []  # control frames owed to the peer, for flush()
         self._fragments: list[str | bytes] | None = None  # a message arriving in parts
         self._close_seen: trio.Event | None = None  # made by wait_closed()
@@ -410,6 +428,10 @@ class WebSocketLink:
     def open(self) -> bool:
         """Whether messages can still be sent."""
         return not self._broken and self._ws.state is ConnectionState.OPEN
+
+    @property
+    def _locked(self) -> bool:
+        return self._lock.value == 0
 
     @property
     def finished(self) -> bool:
@@ -505,7 +527,7 @@ class WebSocketLink:
         the reader sends, does wait: nothing more is read, and it must go
         before the socket is closed.
         """
-        if self._lock.locked() and self._ws.state is ConnectionState.OPEN:
+        if self._locked and self._ws.state is ConnectionState.OPEN:
             return  # the holder writes them after its own frame
         while self._replies:
             data = b"".join(self._replies)
@@ -516,6 +538,60 @@ class WebSocketLink:
                 return
 
     # --- sending ------------------------------------------------------------------------
+
+    @property
+    def can_send_now(self) -> bool:
+        """Whether :meth:`send_text_now` may be called: open, nobody writing, a plain socket."""
+        return (
+            not self._locked
+            and not self._broken
+            and self._ws.state is ConnectionState.OPEN
+            and type(self._io) is _SocketIO
+        )
+
+    def send_text_now(self, text: str) -> bytes | None:
+        """Send one text message in this call, with no checkpoint (see :attr:`can_send_now`).
+
+        The frame is made and handed to the socket at once, behind what the
+        reader left to send; no other task runs meanwhile.
+
+        Returns:
+            ``None`` if the socket took all of it. Otherwise what it did not
+            take: the link stays locked (the reader leaves its frames for
+            later, as for any sender), and the caller must start
+            :meth:`send_rest` with it in a task at once.
+
+        Raises:
+            LinkClosed: the link broke (it is marked broken).
+        """
+        assert self.can_send_now, self
+        io = self._io
+        assert type(io) is _SocketIO
+        self._lock.acquire_nowait()
+        try:
+            data = self._frame(TextMessage(data=text))
+            if self._replies:  # the reader's, framed before this one: they go first
+                data = b"".join(self._replies) + data
+                self._replies.clear()
+            sent = io.send_now(data)
+        except LinkClosed:
+            self._broken = True
+            self._mark_close_seen()
+            self._lock.release()
+            raise
+        if sent == len(data):
+            self._lock.release()
+            return None
+        return data[sent:]
+
+    async def send_rest(self, rest: bytes) -> None:
+        """Write what :meth:`send_text_now` left, then let go of the link's lock."""
+        try:
+            await self._write_locked(rest)
+        except LinkClosed:
+            pass  # the reader sees the end of the link
+        finally:
+            await self._release()
 
     async def send_text(self, text: str, *, schedule: bool = True, queue: bool = False) -> None:
         """Send one text message.
@@ -569,7 +645,7 @@ class WebSocketLink:
         schedule: bool = True,
         queue: bool = False,
     ) -> None:
-        if queue and self._lock.locked():
+        if queue and self._locked:
             # Framed now, in the order frames are made (a compressed link's
             # order), and written by the holder after its own frame.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -630,7 +706,7 @@ class WebSocketLink:
         # Uncontended (nearly always), take the lock without the extra trip
         # through the scheduler that Lock.acquire makes; the write that
         # follows is a checkpoint anyway.
-        if self._lock.locked():
+        if self._locked:
             await self._lock.acquire()
         else:
             self._lock.acquire_nowait()

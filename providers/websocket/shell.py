@@ -313,13 +313,61 @@ class WebSocketConnection:
         waiter = self._waiters.get(msg.idempotency_key)
         if waiter is None:
             actions = self._core.start_send(msg, trio.current_time())
-            waiter = self._waiters[msg.idempotency_key] = _Waiter()
+            waiter = self._waiters[msg.idempotency_key] = _Waiter(msg)
             await self._apply(actions, schedule=False)  # the wait below is the checkpoint
+        if waiter.done is None:
+            waiter.done = trio.Event()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.result is not None
-        return waiter.result if isinstance(msg, OutboundMessage | EditMessage) else None
+        return waiter.answer()
+
+    def can_start_at_once(self, msg: Operation) -> bool:
+        """Whether :meth:`start_at_once` can send ``msg`` now, without waiting for anything.
+
+        It can while the link is open and ready, nobody else writes to it,
+        its socket is a plain one (``ws://``), no send with the same key is
+        out, and ``msg`` uploads no file.
+        """
+        if type(msg) is OutboundMessage and msg.media is not None and msg.media.path is not None:
+            return False
+        link = self._link
+        return (
+            link is not None
+            and link.can_send_now
+            and self._core.phase is Phase.OPEN
+            and msg.idempotency_key not in self._waiters
+        )
+
+    def start_at_once(
+        self, msg: Operation, done: Callable[[SendResult | None, ProviderError | None], None]
+    ) -> None:
+        """Send ``msg``'s frame in this call (as :meth:`can_start_at_once` allowed);
+        ``done`` hears its fate later, from whichever task learns it.
+
+        No task waits for the ack: ``done`` is called once, with the result
+        (``None`` for an operation that has none) or the error :meth:`send`
+        would raise, by the reader when the answer comes or by whoever ends
+        the link. It must neither block nor raise. One task and two task
+        steps fewer per send than a task that awaits :meth:`send`.
+
+        Raises:
+            PermanentSendError: ``msg`` cannot be expressed in this protocol
+                (nothing was sent, and ``done`` is not called).
+        """
+        link = self._link
+        assert link is not None  # (and the rest that can_start_at_once checked)
+        actions = self._core.start_send(msg, trio.current_time())
+        self._waiters[msg.idempotency_key] = _Waiter(msg, done)
+        for action in actions:
+            assert type(action) is SendFrame, action
+            try:
+                rest = link.send_text_now(action.text)
+            except LinkClosed:  # the reader reports the end of the link, and the send's fate
+                continue
+            if rest is not None:  # the socket is full: the rest in a task, which waits
+                self._nursery.start_soon(link.send_rest, rest)
+        self._rearm()
 
     def session_state(self) -> SessionState:
         """The last inbound message id (informational: the protocol has no replay)."""
@@ -462,8 +510,7 @@ class WebSocketConnection:
             elif isinstance(action, CompleteSend):
                 waiter = self._waiters.pop(action.key, None)
                 if waiter is not None:
-                    waiter.result, waiter.error = action.result, action.error
-                    waiter.done.set()
+                    waiter.settle(action.result, action.error)
             elif isinstance(action, Fail):
                 self._set_ready()
                 self._events.close()
@@ -474,6 +521,9 @@ class WebSocketConnection:
                 # the connection's block when they end would cut the handshake.
                 await self._end_link(action.code, action.reason, handshake=True)
                 self._events.close()
+        self._rearm()
+
+    def _rearm(self) -> None:
         timer = self._timer
         if timer is not None and timer.parked:
             # The reader arms its timer before it parks; while it is parked,
@@ -482,6 +532,23 @@ class WebSocketConnection:
             deadline = self._core.next_deadline()
             if deadline < timer.deadline:
                 timer.arm(deadline)
+
+    def _settle_waiters(self, why: str) -> None:
+        """Give every send still waiting for an ack its error: the link is over.
+
+        The core hands each pending send a ``CompleteSend`` when the link
+        ends; this is for the ones whose completion was cut off (the reader
+        cancelled while it applied them), so that no send waits for good.
+        """
+        waiters, self._waiters = self._waiters, {}
+        for key, waiter in waiters.items():
+            waiter.settle(
+                None,
+                TransientError(
+                    f"send {key!r} was not acknowledged ({why}); "
+                    "retry with the same idempotency key"
+                ),
+            )
 
     def _set_ready(self) -> None:
         if self._ready is not None:
@@ -590,11 +657,43 @@ def _unpark_all(waiting: list[Task]) -> None:
     waiting.clear()
 
 
-@attrs.define
 class _Waiter:
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: SendResult | None = None
-    error: ProviderError | None = None
+    """A send out on the link, until its ack (or error) comes.
+
+    Attributes:
+        done: set once settled, for a task that waits (made by the first).
+        then: called once settled, for a send nobody waits for (``start_at_once``).
+    """
+
+    __slots__ = ("done", "error", "msg", "result", "then")
+
+    def __init__(
+        self,
+        msg: Operation,
+        then: Callable[[SendResult | None, ProviderError | None], None] | None = None,
+    ) -> None:
+        self.msg = msg
+        self.then = then
+        self.done: trio.Event | None = None
+        self.result: SendResult | None = None
+        self.error: ProviderError | None = None
+
+    def answer(self) -> SendResult | None:
+        """The result as :meth:`WebSocketConnection.send` returns it (``None`` for the others)."""
+        assert self.result is not None
+        return self.result if isinstance(self.msg, OutboundMessage | EditMessage) else None
+
+    def settle(self, result: SendResult | None, error: ProviderError | None) -> None:
+        self.result, self.error = result, error
+        if self.done is not None:
+            self.done.set()
+        then = self.then
+        if then is not None:
+            self.then = None
+            if error is not None:
+                then(None, error)
+            else:
+                then(self.answer(), None)
 
 
 class WebSocketProvider:
@@ -697,12 +796,14 @@ class WebSocketBlock:
             with trio.CancelScope(shield=True):
                 await conn._shutdown()
         except BaseException as failure:
+            conn._settle_waiters("the connection ended")
             conn._nursery.cancel_scope.cancel()
             if exc is not None and failure.__context__ is None:
                 failure.__context__ = exc
             if not await manager.__aexit__(type(failure), failure, failure.__traceback__):
                 raise
             return True
+        conn._settle_waiters("the connection ended")
         conn._nursery.cancel_scope.cancel()
         if exc is None:
             return await manager.__aexit__(None, None, None)

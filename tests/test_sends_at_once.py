@@ -1,0 +1,285 @@
+"""Sends that go out from the asker's task, with no task of their own.
+
+A websocket channel that would wait for nothing (a live link nobody else
+writes to, a closed breaker, a token from its limiter at once) writes the
+frame in the task that asked, and the reader answers the asker when the ack
+comes (``SendPath._fly_at_once``, ``WebSocketConnection.start_at_once``).
+Whatever goes wrong after that continues down the ordinary send path in a
+task, and an incarnation that ends hands the send back to the mailbox.
+
+Real sockets against the websocket emulator (and, for the link, a scripted
+peer), in real time: each test has a hang ceiling only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from wsproto.events import Ping, Pong, TextMessage
+
+from actors import ChannelStatus, MemoryInboundSink
+from providers.base import (
+    ChannelConfig,
+    Media,
+    MediaKind,
+    OutboundMessage,
+    SendResult,
+    TransientError,
+)
+from providers.emulators.base import open_emulator
+from providers.emulators.websocket import WebSocketEmulator
+from providers.websocket import WebSocketProvider
+from providers.websocket.link import open_link
+from tests.support import control
+from tests.test_channels_e2e import CEILING, RIGS, open_rig, wait_status
+from tests.test_websocket_link import Peer, scripted
+
+
+class FlightTasks(trio.abc.Instrument):
+    """Counts the tasks spawned to carry a send (``SendPath._fly``)."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._fly"):
+            self.spawned += 1
+
+
+class WatchedEmulator(WebSocketEmulator):
+    """The websocket emulator, telling when it has taken a number of messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[tuple[int, trio.Event]] = []
+
+    def record_sent(self, message: dict[str, Any]) -> None:
+        super().record_sent(message)
+        for count, event in self._waiting:
+            if len(self.sent) >= count:
+                event.set()
+
+    async def wait_sent(self, count: int) -> None:
+        if len(self.sent) < count:
+            event = trio.Event()
+            self._waiting.append((count, event))
+            await event.wait()
+
+
+def message(key: str, peer: str = "user-1", text: str = "hi") -> OutboundMessage:
+    return OutboundMessage(peer=peer, idempotency_key=key, text=text)
+
+
+async def test_sends_to_an_idle_channel_take_no_task_of_their_own() -> None:
+    flights = FlightTasks()
+    with trio.fail_after(CEILING):
+        async with open_rig(RIGS["websocket"](), MemoryInboundSink()) as (channel, base_url):
+            await wait_status(channel, ChannelStatus.CONNECTED)
+            trio.lowlevel.add_instrument(flights)
+            try:
+                results = [await channel.send(message(f"k{i}", text=f"m{i}")) for i in range(20)]
+            finally:
+                trio.lowlevel.remove_instrument(flights)
+            sent = await control(base_url, "sent")
+    assert flights.spawned == 0
+    assert all(isinstance(result, SendResult) for result in results)
+    assert len({result.platform_message_id for result in results}) == 20
+    assert [item["text"] for item in sent] == [f"m{i}" for i in range(20)]
+    assert channel.statistics().sent == 20
+
+
+async def test_a_first_attempt_at_once_that_fails_goes_on_in_a_task() -> None:
+    flights = FlightTasks()
+    with trio.fail_after(CEILING):
+        async with open_rig(RIGS["websocket"](), MemoryInboundSink()) as (channel, base_url):
+            await wait_status(channel, ChannelStatus.CONNECTED)
+            await control(base_url, "fault", {"kind": "fail_sends", "code": "internal"})
+            trio.lowlevel.add_instrument(flights)
+            try:
+                result = await channel.send(message("retried"))
+            finally:
+                trio.lowlevel.remove_instrument(flights)
+    assert result.platform_message_id
+    assert flights.spawned == 1  # the retry's task, and only for this send
+    stats = channel.statistics()
+    assert (stats.sent, stats.send_failures) == (1, 1)
+
+
+async def test_a_send_at_once_cut_off_by_a_kill_goes_again_in_the_next_incarnation() -> None:
+    # The ack never comes (the emulator is silent); the actor is killed. The
+    # send goes back to the mailbox, the next incarnation sends it again and
+    # answers the same asker, and the kill counts as no failure of the
+    # platform: neither the breaker nor the send failures hear of it.
+    answers: list[SendResult] = []
+    emulator = WatchedEmulator()
+    rig = attrs.evolve(RIGS["websocket"](), emulator=lambda: emulator)
+    with trio.fail_after(CEILING):
+        async with open_rig(rig, MemoryInboundSink()) as (channel, base_url):
+            await wait_status(channel, ChannelStatus.CONNECTED)
+            memory = channel.memory
+            first = channel.ref
+            await control(base_url, "fault", {"kind": "silence"})
+            async with trio.open_nursery() as nursery:
+
+                async def ask() -> None:
+                    answers.append(await channel.send(message("cut-off"), timeout=CEILING))
+
+                nursery.start_soon(ask)
+                await emulator.wait_sent(1)  # the frame reached the platform
+                # Its ack was dropped: the platform answers again, but not that.
+                await control(base_url, "fault", {"kind": "resume"})
+                first.kill()
+    assert len(answers) == 1 and answers[0].platform_message_id
+    assert memory.incarnations == 2
+    assert memory.breaker.state.consecutive_failures == 0
+    assert memory.counters["send_failures"] == 0
+
+
+async def test_sends_to_one_peer_leave_in_the_order_they_were_asked() -> None:
+    # Each waits for the ack of the one before (a chain per peer); the ack
+    # comes later than the sends are asked, so all but the first wait in the
+    # chain and leave from the reader's task when the one ahead is answered.
+    order = [f"m{i}" for i in range(10)]
+    results: dict[str, SendResult] = {}
+    with trio.fail_after(CEILING):
+        async with open_rig(RIGS["websocket"](), MemoryInboundSink()) as (channel, base_url):
+            await wait_status(channel, ChannelStatus.CONNECTED)
+            await control(base_url, "fault", {"kind": "latency", "seconds": 0.02})
+            async with trio.open_nursery() as nursery:
+                for text in order:
+
+                    async def ask(text: str = text) -> None:
+                        results[text] = await channel.send(message(text, text=text))
+
+                    nursery.start_soon(ask)
+                    await trio.testing.wait_all_tasks_blocked()  # asked: the next comes after
+            sent = await control(base_url, "sent")
+            other = await channel.send(message("other", peer="user-2"))
+    assert [item["text"] for item in sent] == order
+    assert sorted(results) == sorted(order)
+    assert other.platform_message_id
+
+
+@pytest.fixture
+async def connection() -> Any:
+    emulator = WebSocketEmulator()
+    async with open_emulator(emulator) as base_url:
+        config = ChannelConfig(
+            channel_id="ws-at-once",
+            provider="websocket",
+            base_url=base_url.replace("http://", "ws://") + "/ws",
+            credentials={"token": "t1"},
+            options={"pong_timeout": CEILING, "liveness_timeout": CEILING},
+        )
+        async with WebSocketProvider().open_connection(config) as conn:
+            yield conn, base_url
+
+
+async def test_a_send_started_at_once_hears_its_fate_once_when_the_link_ends() -> None:
+    heard: list[tuple[Any, Any]] = []
+    emulator = WatchedEmulator()
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base_url:
+            config = ChannelConfig(
+                channel_id="ws-at-once",
+                provider="websocket",
+                base_url=base_url.replace("http://", "ws://") + "/ws",
+                credentials={"token": "t1"},
+            )
+            async with WebSocketProvider().open_connection(config) as conn:
+                await control(base_url, "fault", {"kind": "silence"})
+                sending = message("unanswered")
+                assert conn.can_start_at_once(sending)
+                conn.start_at_once(sending, lambda result, error: heard.append((result, error)))
+                # Out already: a second send with the key waits for the first.
+                assert not conn.can_start_at_once(sending)
+                # One whose completion was cut off (the reader cancelled while it
+                # applied the end of the link): the core no longer holds it.
+                cut = message("cut")
+                conn.start_at_once(cut, lambda result, error: heard.append((result, error)))
+                del conn._core._pending["cut"]
+                await emulator.wait_sent(2)
+                assert heard == []
+    assert len(heard) == 2
+    for (result, error), key in zip(heard, ["unanswered", "cut"], strict=True):
+        assert result is None and isinstance(error, TransientError)
+        assert repr(key) in str(error)
+
+
+async def test_what_cannot_go_at_once_is_left_to_the_ordinary_send(connection: Any) -> None:
+    conn, _ = connection
+    upload = OutboundMessage(
+        peer="user-1",
+        idempotency_key="file",
+        media=Media(kind=MediaKind.DOCUMENT, path="/nonexistent/report.pdf"),
+    )
+    assert not conn.can_start_at_once(upload)  # its file is read first, which waits
+    answered = trio.Event()
+    heard: list[Any] = []
+
+    def done(result: Any, error: Any) -> None:
+        heard.append((result, error))
+        answered.set()
+
+    with trio.fail_after(CEILING):
+        conn.start_at_once(message("acked"), done)
+        await answered.wait()
+    [(result, error)] = heard
+    assert error is None and isinstance(result, SendResult) and result.peer == "user-1"
+
+
+async def test_a_frame_sent_now_that_fills_the_socket_is_finished_in_a_task() -> None:
+    # The socket takes only part of the frame; the rest is written by a task
+    # of its own, holding the link's lock, so the reader's pong (it reads on
+    # meanwhile: the peer writes until its own writes drain) goes after the
+    # whole frame, never into it.
+    size, count = 8_192, 2_000  # 16 MB each way: more than both sockets' buffers
+    heard: list[Any] = []
+    answered = trio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.accept()
+        await peer.wait_for_bytes()  # our frame has begun
+        await peer.send(Ping(payload=b"still-there"))
+        await peer.send(*(TextMessage(data="m" * size) for _ in range(count)))
+        text = ""
+        while True:
+            event = await peer.next_event()
+            if isinstance(event, TextMessage):
+                text += event.data
+                if event.message_finished:
+                    heard.append(len(text))
+                    text = ""
+            elif isinstance(event, Pong):
+                heard.append(bytes(event.payload))
+                answered.set()
+                return
+
+    with trio.fail_after(CEILING):
+        async with scripted(script) as url:
+            link = await open_link(url, [], max_message_size=size)
+            try:
+                assert link.can_send_now
+                rest = link.send_text_now("s" * size * count)
+                assert rest is not None and not link.can_send_now
+                read = 0
+
+                async def reader() -> None:
+                    nonlocal read
+                    while read < count:
+                        items = link.feed(await link.receive_bytes())
+                        await link.flush()
+                        read += sum(1 for item in items if isinstance(item, str))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(link.send_rest, rest)
+                    nursery.start_soon(reader)
+                assert read == count and link.can_send_now
+                await answered.wait()
+            finally:
+                await link.aclose()
+    assert heard == [size * count, b"still-there"]
