@@ -283,3 +283,31 @@ async def test_a_frame_sent_now_that_fills_the_socket_is_finished_in_a_task() ->
             finally:
                 await link.aclose()
     assert heard == [size * count, b"still-there"]
+
+
+async def test_an_ordinary_send_hears_a_fate_that_came_while_it_waited_for_the_link(
+    connection: Any,
+) -> None:
+    # The send waits for the link's lock (another writer holds it) when its
+    # ack deadline passes and the reader settles it: it must hear that, not
+    # wait for an answer that already came (a review found the lost wake-up).
+    conn, _ = connection
+    link = conn._link
+    link._lock.acquire_nowait()  # another writer holds the link
+    heard: list[Any] = []
+
+    async def send() -> None:
+        try:
+            heard.append(await conn.send(message("waits-for-the-link")))
+        except TransientError as exc:
+            heard.append(exc)
+
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            [(deadline, _)] = conn._core._pending.values()
+            await conn._apply(conn._core.tick(deadline), reader=True)  # as the reader would
+            await link._release()  # the other writer is done
+    [error] = heard
+    assert isinstance(error, TransientError) and "no ack" in str(error)

@@ -574,9 +574,10 @@ class WebSocketLink:
                 data = b"".join(self._replies) + data
                 self._replies.clear()
             sent = io.send_now(data)
-        except LinkClosed:
-            self._broken = True
-            self._mark_close_seen()
+        except BaseException as exc:
+            if isinstance(exc, LinkClosed):
+                self._broken = True
+                self._mark_close_seen()
             self._lock.release()
             raise
         if sent == len(data):

@@ -314,8 +314,11 @@ class WebSocketConnection:
         if waiter is None:
             actions = self._core.start_send(msg, trio.current_time())
             waiter = self._waiters[msg.idempotency_key] = _Waiter(msg)
+            # Made before the frame goes: its fate may come while this task
+            # still waits in the link (for its lock, or writing the reader's frames).
+            waiter.done = trio.Event()
             await self._apply(actions, schedule=False)  # the wait below is the checkpoint
-        if waiter.done is None:
+        elif waiter.done is None:  # joins a send started at once
             waiter.done = trio.Event()
         await waiter.done.wait()
         if waiter.error is not None:
