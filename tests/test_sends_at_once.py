@@ -19,7 +19,6 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from wsproto.events import Ping, Pong, TextMessage
 
 from actors import ChannelStatus, MemoryInboundSink
 from providers.base import (
@@ -33,10 +32,9 @@ from providers.base import (
 from providers.emulators.base import open_emulator
 from providers.emulators.websocket import WebSocketEmulator
 from providers.websocket import WebSocketProvider
-from providers.websocket.link import open_link
 from tests.support import control
 from tests.test_channels_e2e import CEILING, RIGS, open_rig, wait_status
-from tests.test_websocket_link import Peer, scripted
+from tests.test_websocket_link import STANDOFF_COUNT, STANDOFF_SIZE, standoff
 
 
 class FlightTasks(trio.abc.Instrument):
@@ -164,18 +162,20 @@ async def test_sends_to_one_peer_leave_in_the_order_they_were_asked() -> None:
     assert other.platform_message_id
 
 
+def config_for(base_url: str) -> ChannelConfig:
+    return ChannelConfig(
+        channel_id="ws-at-once",
+        provider="websocket",
+        base_url=base_url.replace("http://", "ws://") + "/ws",
+        credentials={"token": "t1"},
+        options={"pong_timeout": CEILING, "liveness_timeout": CEILING},
+    )
+
+
 @pytest.fixture
 async def connection() -> Any:
-    emulator = WebSocketEmulator()
-    async with open_emulator(emulator) as base_url:
-        config = ChannelConfig(
-            channel_id="ws-at-once",
-            provider="websocket",
-            base_url=base_url.replace("http://", "ws://") + "/ws",
-            credentials={"token": "t1"},
-            options={"pong_timeout": CEILING, "liveness_timeout": CEILING},
-        )
-        async with WebSocketProvider().open_connection(config) as conn:
+    async with open_emulator(WebSocketEmulator()) as base_url:
+        async with WebSocketProvider().open_connection(config_for(base_url)) as conn:
             yield conn, base_url
 
 
@@ -184,13 +184,7 @@ async def test_a_send_started_at_once_hears_its_fate_once_when_the_link_ends() -
     emulator = WatchedEmulator()
     with trio.fail_after(CEILING):
         async with open_emulator(emulator) as base_url:
-            config = ChannelConfig(
-                channel_id="ws-at-once",
-                provider="websocket",
-                base_url=base_url.replace("http://", "ws://") + "/ws",
-                credentials={"token": "t1"},
-            )
-            async with WebSocketProvider().open_connection(config) as conn:
+            async with WebSocketProvider().open_connection(config_for(base_url)) as conn:
                 await control(base_url, "fault", {"kind": "silence"})
                 sending = message("unanswered")
                 assert conn.can_start_at_once(sending)
@@ -237,52 +231,15 @@ async def test_a_frame_sent_now_that_fills_the_socket_is_finished_in_a_task() ->
     # of its own, holding the link's lock, so the reader's pong (it reads on
     # meanwhile: the peer writes until its own writes drain) goes after the
     # whole frame, never into it.
-    size, count = 8_192, 2_000  # 16 MB each way: more than both sockets' buffers
-    heard: list[Any] = []
-    answered = trio.Event()
+    async def send(link: Any, text: str) -> None:
+        assert link.can_send_now
+        rest = link.send_text_now(text)
+        assert rest is not None and not link.can_send_now  # locked until the rest is out
+        await link.send_rest(rest)
+        assert link.can_send_now
 
-    async def script(peer: Peer) -> None:
-        await peer.accept()
-        await peer.wait_for_bytes()  # our frame has begun
-        await peer.send(Ping(payload=b"still-there"))
-        await peer.send(*(TextMessage(data="m" * size) for _ in range(count)))
-        text = ""
-        while True:
-            event = await peer.next_event()
-            if isinstance(event, TextMessage):
-                text += event.data
-                if event.message_finished:
-                    heard.append(len(text))
-                    text = ""
-            elif isinstance(event, Pong):
-                heard.append(bytes(event.payload))
-                answered.set()
-                return
-
-    with trio.fail_after(CEILING):
-        async with scripted(script) as url:
-            link = await open_link(url, [], max_message_size=size)
-            try:
-                assert link.can_send_now
-                rest = link.send_text_now("s" * size * count)
-                assert rest is not None and not link.can_send_now
-                read = 0
-
-                async def reader() -> None:
-                    nonlocal read
-                    while read < count:
-                        items = link.feed(await link.receive_bytes())
-                        await link.flush()
-                        read += sum(1 for item in items if isinstance(item, str))
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(link.send_rest, rest)
-                    nursery.start_soon(reader)
-                assert read == count and link.can_send_now
-                await answered.wait()
-            finally:
-                await link.aclose()
-    assert heard == [size * count, b"still-there"]
+    heard = await standoff(send)
+    assert heard == [STANDOFF_SIZE * STANDOFF_COUNT, b"still-there"]
 
 
 async def test_an_ordinary_send_hears_a_fate_that_came_while_it_waited_for_the_link(

@@ -422,15 +422,20 @@ async def test_a_send_cancelled_before_it_writes_leaves_the_link_whole() -> None
     assert received == ["after", "again"]
 
 
-async def test_a_sender_blocked_on_a_full_socket_does_not_stop_the_reader() -> None:
-    # The peer writes to us faster than we read and reads nothing until its
-    # writes drain, while our sender's frame fills the socket the other way.
-    # A reader that waited for the sender's lock to answer a ping would stop
-    # reading: neither end would ever drain. The pong goes out after the
-    # sender's frame, written by the sender before it lets go of the lock.
+STANDOFF_SIZE, STANDOFF_COUNT = 8_192, 2_000  # 16 MB each way: more than both sockets' buffers
+
+
+async def standoff(send: Callable[[Any, str], Awaitable[None]]) -> list[Any]:
+    """``send(link, text)`` fills the socket one way while the peer floods the other.
+
+    The peer writes to us faster than we read and reads nothing until its
+    writes drain; once our frame has begun, it pings. The reader reads on
+    meanwhile. Returns what the peer heard: our message's length, then the
+    pong's payload (after our whole frame, never inside it).
+    """
     from providers.websocket.link import open_link
 
-    size, count = 8_192, 2_000  # 16 MB each way: more than both sockets' buffers
+    size, count = STANDOFF_SIZE, STANDOFF_COUNT
     heard: list[Any] = []
     sent_all, answered = trio.Event(), trio.Event()
 
@@ -467,13 +472,24 @@ async def test_a_sender_blocked_on_a_full_socket_does_not_stop_the_reader() -> N
                         read += sum(1 for item in items if isinstance(item, str))
 
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(link.send_text, "s" * size * count)
+                    nursery.start_soon(send, link, "s" * size * count)
                     nursery.start_soon(reader)
                 assert sent_all.is_set() and read == count
                 await answered.wait()
             finally:
                 await link.aclose()
-    assert heard == [size * count, b"still-there"]
+    return heard
+
+
+async def test_a_sender_blocked_on_a_full_socket_does_not_stop_the_reader() -> None:
+    # A reader that waited for the sender's lock to answer a ping would stop
+    # reading: neither end would ever drain. The pong goes out after the
+    # sender's frame, written by the sender before it lets go of the lock.
+    async def send(link: Any, text: str) -> None:
+        await link.send_text(text)
+
+    heard = await standoff(send)
+    assert heard == [STANDOFF_SIZE * STANDOFF_COUNT, b"still-there"]
 
 
 async def test_the_reader_answers_a_heartbeat_without_waiting_for_a_blocked_send() -> None:
