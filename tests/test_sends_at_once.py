@@ -268,3 +268,24 @@ async def test_an_ordinary_send_hears_a_fate_that_came_while_it_waited_for_the_l
             await link._release()  # the other writer is done
     [error] = heard
     assert isinstance(error, TransientError) and "no ack" in str(error)
+
+
+async def test_a_cancelled_link_does_not_wait_for_a_close_frame_nobody_reads() -> None:
+    # A kill cancels the connection's block and its reader together; the
+    # shielded close then sends our close frame, and must not wait
+    # close_timeout (here twice the hang ceiling: the close is shielded) for
+    # the server's, which no task is left to read. (A killed channel restarted
+    # only after close_timeout.)
+    emulator = WatchedEmulator()
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base_url:
+            config = attrs.evolve(
+                config_for(base_url),
+                options={"liveness_timeout": None, "close_timeout": 2 * CEILING},
+            )
+            with trio.CancelScope() as kill:
+                async with WebSocketProvider().open_connection(config):
+                    await trio.testing.wait_all_tasks_blocked()  # the reader waits for bytes
+                    kill.cancel()
+                    await trio.sleep_forever()
+    assert kill.cancelled_caught

@@ -403,6 +403,7 @@ class WebSocketLink:
         "_io",
         "_lock",
         "_max_message_size",
+        "_reading_ended",
         "_replies",
         "_ws",
     )
@@ -420,6 +421,7 @@ class WebSocketLink:
         self._fragments: list[str | bytes] | None = None  # a message arriving in parts
         self._close_seen: trio.Event | None = None  # made by wait_closed()
         self._broken = False
+        self._reading_ended = False
 
     def __repr__(self) -> str:
         return f"<WebSocketLink {self._ws.state.name}{' broken' if self._broken else ''}>"
@@ -627,11 +629,16 @@ class WebSocketLink:
 
     async def wait_closed(self) -> None:
         """Wait until the peer's close (or the end of the link) has been fed."""
-        if self.finished:
+        if self.finished or self._reading_ended:
             return
         if self._close_seen is None:
             self._close_seen = trio.Event()
         await self._close_seen.wait()
+
+    def reading_ended(self) -> None:
+        """Nothing more will be fed (the reader is gone): :meth:`wait_closed` returns."""
+        self._reading_ended = True
+        self._mark_close_seen()
 
     async def aclose(self) -> None:
         """Close the socket at once (after a closing handshake, or instead of one)."""

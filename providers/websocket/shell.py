@@ -474,6 +474,10 @@ class WebSocketConnection:
         finally:
             self._timer = None
             timer.close()
+            # No close frame is fed from now on: a closing handshake (a kill
+            # cancels the reader, then the shielded close runs) does not wait
+            # out close_timeout for one.
+            link.reading_ended()
 
     async def _apply(
         self, actions: list[Action], *, schedule: bool = True, reader: bool = False
