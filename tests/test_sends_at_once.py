@@ -289,3 +289,30 @@ async def test_a_cancelled_link_does_not_wait_for_a_close_frame_nobody_reads() -
                     kill.cancel()
                     await trio.sleep_forever()
     assert kill.cancelled_caught
+
+
+async def test_a_defect_as_a_send_starts_at_once_crashes_the_channel_and_stalls_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a defect in a send's task does: the asker hears ActorCrashed, the
+    # channel restarts, and the next send to the same recipient goes (its
+    # chain was handed back, not left stuck behind the broken one).
+    from actors import ActorCrashed
+    from providers.websocket.shell import WebSocketConnection
+
+    real = WebSocketConnection.start_at_once
+
+    def broken(self: Any, msg: Any, done: Any) -> None:
+        if msg.idempotency_key == "broken":
+            raise RuntimeError("a defect")
+        real(self, msg, done)
+
+    monkeypatch.setattr(WebSocketConnection, "start_at_once", broken)
+    with trio.fail_after(CEILING):
+        async with open_rig(RIGS["websocket"](), MemoryInboundSink()) as (channel, _):
+            await wait_status(channel, ChannelStatus.CONNECTED)
+            with pytest.raises(ActorCrashed, match="RuntimeError"):
+                await channel.send(message("broken"))
+            result = await channel.send(message("after"))
+    assert result.platform_message_id
+    assert channel.memory.incarnations == 2

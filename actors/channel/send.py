@@ -161,6 +161,10 @@ def decide(
     )
 
 
+async def _raise(error: Exception) -> None:
+    raise error
+
+
 class SendPath:
     """The send half of a :class:`~actors.ChannelActor` (a mixin).
 
@@ -304,8 +308,32 @@ class SendPath:
 
     def _launch(self, flight: Flight) -> None:
         """Send the head of a chain: at once if nothing stands in its way, else in a task."""
-        if not self._fly_at_once(flight):
-            self.start_task(self._fly, flight)
+        try:
+            if self._fly_at_once(flight):
+                return
+        except Exception as exc:  # a defect, outside any task of the send path
+            self._give_up_on(flight, exc)
+            return
+        self.start_task(self._fly, flight)
+
+    def _give_up_on(self, flight: Flight, defect: Exception) -> None:
+        """A defect while sending ``flight`` at once: what ``_outcome`` does in a task.
+
+        Its asker hears ``ActorCrashed``, the rest of its chain goes back to
+        the mailbox, and the actor crashes (from a task of its own: this may
+        run in the connection's reader, or in the asker's task). An answer
+        the connection still brings for it is ignored (``settled``).
+        """
+        flight.settled = True
+        item = flight.item
+        if type(item) is lowlevel.Ask:
+            error = ActorCrashed(
+                f"{self.ref!r} raised {type(defect).__name__} while sending {flight.message!r}"
+            )
+            error.__cause__ = defect
+            item.fail(error)
+        self._abandon(flight)
+        self.start_task(_raise, defect)
 
     def _fly_at_once(self, flight: Flight) -> bool:
         """Start ``flight``'s first attempt in this task, with no task of its own.
@@ -354,6 +382,8 @@ class SendPath:
     ) -> None:
         """The fate of a send started at once, in the task that learnt it (the
         connection's reader, or whichever ended the connection)."""
+        if flight.settled:  # given up on already (a defect as it started)
+            return
         if error is not None:
             try:  # the rest of the send path, from that error, in a task
                 self.start_task(self._fly, flight, error)
