@@ -19,6 +19,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 
 from actors import ChannelStatus, MemoryInboundSink
 from providers.base import (
@@ -32,6 +33,7 @@ from providers.base import (
 from providers.emulators.base import open_emulator
 from providers.emulators.websocket import WebSocketEmulator
 from providers.websocket import WebSocketProvider
+from providers.websocket.link import LinkClosed, WebSocketLink
 from tests.support import control
 from tests.test_channels_e2e import CEILING, RIGS, open_rig, wait_status
 from tests.test_websocket_link import STANDOFF_COUNT, STANDOFF_SIZE, standoff
@@ -316,3 +318,110 @@ async def test_a_defect_as_a_send_starts_at_once_crashes_the_channel_and_stalls_
             result = await channel.send(message("after"))
     assert result.platform_message_id
     assert channel.memory.incarnations == 2
+
+
+class _ResetAfterFirstWrite:
+    """A socket that takes one write, then is reset by the peer (EPIPE/ECONNRESET)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
+        self.writes += 1
+        await trio.lowlevel.checkpoint()
+        if self.writes > 1:
+            raise LinkClosed("the link broke while sending: [Errno 104] Connection reset by peer")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_send_rest_does_not_raise_when_the_reader_s_pong_meets_a_reset() -> None:
+    # send_text_now left part of its frame; the task finishing it writes the
+    # rest, then the pong the reader left meanwhile, and the peer has reset.
+    # send_rest runs in the connection's nursery: a LinkClosed out of it
+    # takes the whole connection block (and the channel actor) down with a
+    # non-provider error, instead of "the reader sees the end of the link".
+    link = WebSocketLink(_ResetAfterFirstWrite(), Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link._lock.acquire_nowait()  # as send_text_now leaves it when the socket was full
+    link._replies.append(b"\x8a\x00")  # a pong the reader framed while the holder wrote
+    with trio.fail_after(CEILING):
+        await link.send_rest(b"the rest of the frame")  # must not raise
+    assert link._lock.value == 1
+    assert link.finished
+
+
+async def test_send_rest_may_run_in_another_task_than_the_one_that_sent_now() -> None:
+    # As start_at_once does it: the rest goes in a task of its own. (The
+    # existing standoff test finishes the rest in the same task, so it also
+    # passes with a trio.Lock, which refuses a release from another task.)
+    async def send(link: Any, text: str) -> None:
+        rest = link.send_text_now(text)
+        assert rest is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.send_rest, rest)
+
+    heard = await standoff(send)
+    assert heard == [STANDOFF_SIZE * STANDOFF_COUNT, b"still-there"]
+
+
+async def test_a_link_broken_by_a_write_while_bytes_still_arrive_ends_the_connection() -> None:
+    # A write fails (EPIPE/ECONNRESET: send_text_now, send_rest or any
+    # sender marks the link broken) while the server's last frames still sit
+    # in our receive buffer. The reader feeds them, finds link.finished and
+    # returns without telling the core: the phase stays OPEN, events() never
+    # ends, the timer is gone, and every send waits for good (an at-once
+    # send's `done` is never called: its peer's chain stalls).
+    heard: list[Any] = []
+    async with open_emulator(WebSocketEmulator()) as base_url:
+        async with WebSocketProvider().open_connection(config_for(base_url)) as conn:
+            link = conn._link
+            conn.start_at_once(message("acked"), lambda result, error: heard.append(error))
+            link._broken = True  # as a failed write leaves it; the ack is still on its way
+            with trio.fail_after(CEILING):
+                with pytest.raises(TransientError):
+                    await conn.send(message("after-the-break"))
+
+
+async def test_a_graceful_close_still_waits_for_the_server_s_close_frame() -> None:
+    # reading_ended() must not cut the closing handshake of a normal close:
+    # the link ends CLOSED (the server's close frame was read), not broken.
+    async with open_emulator(WebSocketEmulator()) as base_url:
+        async with WebSocketProvider().open_connection(config_for(base_url)) as conn:
+            link = conn._link
+            with trio.fail_after(CEILING):
+                await conn.close()
+            assert link._ws.state is ConnectionState.CLOSED
+
+
+async def test_an_at_once_send_times_out_on_its_own_deadline_while_the_reader_is_parked() -> None:
+    # The reader parked with its timer at the next ping (here far past the
+    # ceiling); a send started at once brings the deadline earlier
+    # (start_at_once's _rearm). Without it the missing ack is noticed only at
+    # the ping, and the at-once send's chain waits that long. (No test of
+    # tests/test_sends_at_once.py fails when that _rearm is removed.)
+    answered = trio.Event()
+    heard: list[Any] = []
+
+    def done(result: Any, error: Any) -> None:
+        heard.append(error)
+        answered.set()
+
+    async with open_emulator(WebSocketEmulator()) as base_url:
+        config = attrs.evolve(
+            config_for(base_url),
+            options={
+                "ping_interval": 4 * CEILING,
+                "pong_timeout": CEILING,
+                "liveness_timeout": None,
+                "send_timeout": 0.05,
+            },
+        )
+        async with WebSocketProvider().open_connection(config) as conn:
+            await control(base_url, "fault", {"kind": "silence"})
+            await trio.testing.wait_all_tasks_blocked()  # the reader is parked
+            with trio.fail_after(CEILING):
+                conn.start_at_once(message("never-acked"), done)
+                await answered.wait()
+    [error] = heard
+    assert isinstance(error, TransientError) and "no ack" in str(error)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any, Final
 
@@ -395,7 +396,13 @@ class SendPath:
         if type(flight.message) is OutboundMessage:
             memory.counters["sent"] += 1
         following = self._settle(flight, result)
-        if following is not None:
+        if following is None:
+            return
+        if trio.current_effective_deadline() == -math.inf:
+            # The incarnation ends (a kill as the ack came): nothing more goes
+            # out on this link; the task hands the chain back to the mailbox.
+            self.start_task(self._fly, following)
+        else:
             self._launch(following)
 
     async def _fly(self, flight: Flight, failed: ProviderError | None = None) -> None:

@@ -590,11 +590,12 @@ class WebSocketLink:
     async def send_rest(self, rest: bytes) -> None:
         """Write what :meth:`send_text_now` left, then let go of the link's lock."""
         try:
-            await self._write_locked(rest)
+            try:
+                await self._write_locked(rest)
+            finally:
+                await self._release()  # may write the reader's frames, and find the link broken
         except LinkClosed:
             pass  # the reader sees the end of the link
-        finally:
-            await self._release()
 
     async def send_text(self, text: str, *, schedule: bool = True, queue: bool = False) -> None:
         """Send one text message.

@@ -455,6 +455,12 @@ class WebSocketConnection:
                                 actions = core.frame_received(item, now)
                             await self._apply(actions, reader=True)
                         if link.finished:
+                            # Broken by a write (no Closed fed): the core must hear
+                            # of it, or its sends and events() wait for good.
+                            await self._apply(
+                                core.connection_lost(None, "the link broke while sending"),
+                                reader=True,
+                            )
                             return
                         deadline = core.next_deadline()
                         if deadline < timer.deadline:  # later needs nothing: re-armed lazily
