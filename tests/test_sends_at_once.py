@@ -142,25 +142,35 @@ async def test_a_send_at_once_cut_off_by_a_kill_goes_again_in_the_next_incarnati
 async def test_sends_to_one_peer_leave_in_the_order_they_were_asked() -> None:
     # Each waits for the ack of the one before (a chain per peer); the ack
     # comes later than the sends are asked, so all but the first wait in the
-    # chain and leave from the reader's task when the one ahead is answered.
+    # chain and leave from the reader's task, with no task of their own,
+    # when the one ahead is answered.
     order = [f"m{i}" for i in range(10)]
     results: dict[str, SendResult] = {}
+    flights = FlightTasks()
+    emulator = WatchedEmulator()
+    rig = attrs.evolve(RIGS["websocket"](), emulator=lambda: emulator)
     with trio.fail_after(CEILING):
-        async with open_rig(RIGS["websocket"](), MemoryInboundSink()) as (channel, base_url):
+        async with open_rig(rig, MemoryInboundSink()) as (channel, base_url):
             await wait_status(channel, ChannelStatus.CONNECTED)
-            await control(base_url, "fault", {"kind": "latency", "seconds": 0.02})
-            async with trio.open_nursery() as nursery:
-                for text in order:
+            await control(base_url, "fault", {"kind": "latency", "seconds": 0.3})
+            trio.lowlevel.add_instrument(flights)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for text in order:
 
-                    async def ask(text: str = text) -> None:
-                        results[text] = await channel.send(message(text, text=text))
+                        async def ask(text: str = text) -> None:
+                            results[text] = await channel.send(message(text, text=text))
 
-                    nursery.start_soon(ask)
-                    await trio.testing.wait_all_tasks_blocked()  # asked: the next comes after
-            sent = await control(base_url, "sent")
+                        nursery.start_soon(ask)
+                        await trio.testing.wait_all_tasks_blocked()  # asked: the next after
+                    chained = len(emulator.sent)  # all asked, the first still unanswered
+            finally:
+                trio.lowlevel.remove_instrument(flights)
             other = await channel.send(message("other", peer="user-2"))
-    assert [item["text"] for item in sent] == order
+    assert chained == 1  # the other nine waited in the chain
+    assert [item["text"] for item in emulator.sent[:10]] == order
     assert sorted(results) == sorted(order)
+    assert flights.spawned == 0
     assert other.platform_message_id
 
 
