@@ -551,7 +551,15 @@ class Unsupported(PermanentSendError):
 
 @runtime_checkable
 class Connection(Protocol):
-    """An open link to the platform for one channel."""
+    """An open link to the platform for one channel.
+
+    Two optional shortcuts, which a channel looks up with ``getattr`` (the
+    websocket provider has both): ``take_events_at_once(take)`` offers each
+    event to ``take`` in the connection's own task first, and
+    ``can_start_at_once(op)`` / ``start_at_once(op, done)`` send an
+    operation in the caller's task, with no task waiting for its answer
+    (``done(result, error)`` hears it later).
+    """
 
     def events(self) -> AsyncIterator[Event]:
         """Inbound events, until the connection ends.

@@ -32,6 +32,13 @@ Design:
   to the front of the mailbox (``lowlevel.requeue``) for the next one: a
   send cut on the wire then goes again, with the same idempotency key
   (at least once, as after a drain).
+- A chain's send that would wait for nothing (a connection that can write
+  now, ``can_start_at_once``; a closed breaker; nobody in line for the
+  limiter; a token now) takes no task: its frame goes out in the task that
+  launched it, and the connection's reader hands its fate to
+  :meth:`SendPath._landed`, which answers the asker and launches the next
+  send of the chain. A failed first attempt goes on in a task from that
+  error; a defect is handled as one in a task (``_give_up_on``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Design:
   flight at once, so two messages to one peer never are.
 - The window is a plain data structure (it never blocks by itself, like the
   mailbox): the actor parks in :meth:`wait_for_room` and :meth:`wait_idle`,
-  and the task that runs a chain calls :meth:`finish` for each send.
+  and whoever learns a send's fate (the task that runs its chain, or the
+  connection's reader for a send started at once) calls :meth:`finish`.
 - A stop lets the sends on the wire (the chains' heads) finish, and hands
   what waits behind them back to the mailbox (:attr:`closing`), as a stop
   used to let the one send in hand finish and leave the rest queued.
