@@ -332,6 +332,12 @@ class SendPath:
         run in the connection's reader, or in the asker's task). An answer
         the connection still brings for it is ignored (``settled``).
         """
+        self._tell_defect(flight, defect)
+        self._abandon(flight)
+        self.start_task(_raise, defect)
+
+    def _tell_defect(self, flight: Flight, defect: Exception) -> None:
+        """Settle ``flight`` for a defect: its asker hears ``ActorCrashed`` (once)."""
         flight.settled = True
         item = flight.item
         if type(item) is lowlevel.Ask:
@@ -340,8 +346,6 @@ class SendPath:
             )
             error.__cause__ = defect
             item.fail(error)
-        self._abandon(flight)
-        self.start_task(_raise, defect)
 
     def _fly_at_once(self, flight: Flight) -> bool:
         """Start ``flight``'s first attempt in this task, with no task of its own.
@@ -484,14 +488,7 @@ class SendPath:
         except Exception as exc:
             # A defect: the actor crashes, and this send's asker hears why
             # (as if it had crashed the actor on its own, one at a time).
-            flight.settled = True
-            item = flight.item
-            if type(item) is lowlevel.Ask:
-                error = ActorCrashed(
-                    f"{self.ref!r} raised {type(exc).__name__} while sending {message!r}"
-                )
-                error.__cause__ = exc
-                item.fail(error)
+            self._tell_defect(flight, exc)
             raise
 
     # --- one send -----------------------------------------------------------------------
