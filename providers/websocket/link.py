@@ -471,7 +471,10 @@ class WebSocketLink:
                 if message is not None:
                     items.append(message)
             elif isinstance(event, Ping):
-                self._replies.append(ws.send(event.response()))
+                # Once our close frame went, nothing may follow it: wsproto makes
+                # no pong, and the ping is left unanswered (the handshake goes on).
+                if ws.state is not ConnectionState.LOCAL_CLOSING:
+                    self._replies.append(ws.send(event.response()))
             elif isinstance(event, _WsPong):
                 items.append(Pong(bytes(event.payload)))
             elif isinstance(event, CloseConnection):
