@@ -299,7 +299,7 @@ async def test_a_cancelled_link_does_not_wait_for_a_close_frame_nobody_reads() -
                 async with WebSocketProvider().open_connection(config):
                     await trio.testing.wait_all_tasks_blocked()  # the reader waits for bytes
                     kill.cancel()
-                    await trio.sleep_forever()
+                    await trio.lowlevel.checkpoint()  # the cancel lands here
     assert kill.cancelled_caught
 
 
