@@ -132,6 +132,7 @@ __all__ = [
     "WebSocketCore",
     "error_from_close",
     "error_from_code",
+    "unacknowledged",
 ]
 
 # One encoder for every frame: json.dumps with options builds a new one per call.
@@ -241,6 +242,13 @@ def error_from_code(
     if code == "unsupported":
         return Unsupported(text, peer=peer, provider="websocket")
     return TransientError(f"{text}; retry")
+
+
+def unacknowledged(key: str, why: str) -> TransientError:
+    """The error of a send whose ack will never come (``why``: the link's end)."""
+    return TransientError(
+        f"send {key!r} was not acknowledged ({why}); retry with the same idempotency key"
+    )
 
 
 def error_from_close(code: int | None, reason: str | None) -> ProviderError:
@@ -745,14 +753,7 @@ class WebSocketCore:
 
     def _abandon_pending(self, why: str) -> list[Action]:
         actions: list[Action] = [
-            CompleteSend(
-                key=key,
-                error=TransientError(
-                    f"send {key!r} was not acknowledged ({why}); "
-                    "retry with the same idempotency key"
-                ),
-            )
-            for key in self._pending
+            CompleteSend(key=key, error=unacknowledged(key, why)) for key in self._pending
         ]
         self._pending.clear()
         self._awaited_pong = None

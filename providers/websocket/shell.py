@@ -86,6 +86,7 @@ from .core import (
     SendFrame,
     SendPing,
     WebSocketCore,
+    unacknowledged,
 )
 from .link import (
     MAX_MESSAGE_SIZE,
@@ -555,13 +556,7 @@ class WebSocketConnection:
         """
         waiters, self._waiters = self._waiters, {}
         for key, waiter in waiters.items():
-            waiter.settle(
-                None,
-                TransientError(
-                    f"send {key!r} was not acknowledged ({why}); "
-                    "retry with the same idempotency key"
-                ),
-            )
+            waiter.settle(None, unacknowledged(key, why))
 
     def _set_ready(self) -> None:
         if self._ready is not None:
