@@ -12,6 +12,7 @@ again, a restore, an answer never written behind ones that were).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from collections import OrderedDict
@@ -179,6 +180,20 @@ def test_asks_for_other_counts_are_answered_each_for_itself() -> None:
     results.put("k6", "m6", "p")
     assert [r.key for r in results.newest(2)] == ["k5", "k6"]
     assert [r.key for r in results.newest(4)] == ["k3", "k4", "k5", "k6"]
+
+
+def test_the_table_of_answers_gives_the_collector_nothing_to_walk() -> None:
+    results = SentResults(5_000)
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(4_000):
+        results.put(f"key-{n}", f"m{n}", f"peer-{n % 7}")
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert len(results) == 4_000
+    assert grown < 100, f"{grown} objects more for the collector after 4,000 answers"
+    assert results.get("key-17") == ("m17", "peer-3")
+    assert [r.key for r in results.newest(2)] == ["key-3998", "key-3999"]
 
 
 # --- the answers' text ----------------------------------------------------------------------

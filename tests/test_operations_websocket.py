@@ -74,7 +74,7 @@ def test_every_operation_is_declared_and_encoded() -> None:
         '{"id":"k","peer":"p","type":"delete","message_id":"m"}',
         '{"id":"k","peer":"p","type":"typing","action":"upload_photo"}',
         '{"id":"k","peer":"p","type":"read","message_id":"m"}',
-        '{"id":"k","peer":"p","type":"react","message_id":"m","emoji":"\\ud83d\\udc4d","remove":true}',
+        '{"id":"k","peer":"p","type":"react","message_id":"m","emoji":"👍","remove":true}',
     ]
 
 

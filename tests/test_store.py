@@ -10,6 +10,7 @@ memory-only tests that wait use the autojump clock and assert exact times.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -423,6 +424,49 @@ async def test_memory_keeps_a_bounded_window_of_recent_events() -> None:
         assert await store.recent_inbound() == [message(2), message(3), message(4)]
         stats = store.statistics()
         assert (stats.inbound_written, stats.inbound_evicted) == (5, 2)
+
+
+async def test_memory_gives_back_every_kind_of_event_as_written() -> None:
+    photo = Media(kind=MediaKind.IMAGE, url="https://example.test/p.jpg", caption="a cat")
+    events: list[Event] = [
+        message(1),  # text only: kept as a tuple of its fields
+        message(2, reply_to="1"),
+        InboundMessage(channel_id="tg:1", platform_message_id="3", peer="c", sender="s"),
+        message(4, media=photo),  # kept as the event itself
+        message(5, metadata={"thread": {"id": 7}}),
+        edited(1, at=1_700_000_050.25),
+        receipt(1, ReceiptStatus.READ),
+        DeliveryReceipt(
+            channel_id="tg:2",
+            platform_message_id="1",
+            peer="p",
+            status=ReceiptStatus.FAILED,
+            error="blocked by the user",
+        ),
+    ]
+    async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
+        await store.save_inbound(events)
+        await store.flush()
+        again = await store.recent_inbound()
+        assert again == events
+        assert [type(e) for e in again] == [type(e) for e in events]
+        assert await store.recent_inbound("tg:2") == [events[-1]]
+
+
+async def test_memory_s_window_of_receipts_and_texts_gives_the_collector_nothing_to_walk() -> None:
+    async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
+        gc.collect()
+        before = len(gc.get_objects())
+        for n in range(0, 4_000, 100):
+            batch: list[Event] = [receipt(i, ReceiptStatus.DELIVERED) for i in range(n, n + 50)]
+            batch += [message(i) for i in range(n + 50, n + 100)]
+            await store.save_inbound(batch)
+            await store.flush()
+        del batch
+        gc.collect()
+        grown = len(gc.get_objects()) - before
+        assert store.statistics().inbound_written == 4_000
+        assert grown < 400, f"{grown} objects more for the collector after 4,000 events"
 
 
 async def test_memory_partial_batch_waits_exactly_the_interval(

@@ -344,48 +344,57 @@ class SentResults:
     A send repeated with a key found here (a caller's retry, a request the
     cluster delivered twice, a retry after the channel moved) is answered
     with the first answer instead of being sent again. The table is made
-    with the first send: a receive-only channel never needs one. Each answer
-    is kept as the record a checkpoint writes, made once when it is put, so
-    that a busy channel's checkpoints (one a second) copy references
-    instead of making hundreds of records each time.
+    with the first send: a receive-only channel never needs one.
 
-    Design notes: a checkpoint asks for the same newest ``count`` answers
-    every second, and a busy channel adds only a few between two asks. So
-    :meth:`newest` keeps what it last returned and the answers put since,
-    and the next ask shifts that window by those few instead of walking
-    ``count`` entries of the table backwards again. A put of a key already
-    here moves it out of order: it drops the window (the next ask walks the
-    table), as do more puts since the last ask than the window holds (a
-    channel nobody checkpoints keeps no list that grows).
+    Design notes:
+
+    - **Nothing here for the collector to walk.** The table holds up to
+      ``capacity`` answers for every channel that sends (a million at 1,000
+      busy channels), for as long as the node runs. Each answer is kept as
+      an exact tuple of strings, which the collector stops tracking the first
+      time it sees one: the answers never reach the older generations, so a
+      middle or full collection does not walk them. (An object of a class,
+      even slotted, stays tracked for life.) :class:`SentRecord` objects are
+      made only for what a checkpoint writes.
+    - **A checkpoint's list is shifted, not rebuilt.** A checkpoint asks for
+      the same newest ``count`` answers every second, and a busy channel adds
+      only a few between two asks. So :meth:`newest` keeps what it last
+      returned (records that keep their encoding for the next checkpoint) and
+      the answers put since, and the next ask shifts that window by those
+      few instead of walking ``count`` entries of the table backwards again.
+      A put of a key already here moves it out of order: it drops the window
+      (the next ask walks the table), as do more puts since the last ask than
+      the window holds (a channel nobody checkpoints keeps no list that grows).
     """
 
     __slots__ = ("_put_since", "_results", "_window", "_window_count", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._results: OrderedDict[str, SentRecord] | None = None
-        # What newest(_window_count) returned last, and the records put
+        # key -> (key, platform message id, peer)
+        self._results: OrderedDict[str, tuple[str, str, str]] | None = None
+        # What newest(_window_count) returned last, and the answers put
         # since, oldest first; None when there is no window to shift (the
         # list is made with the first window: most channels never have one).
         self._window: tuple[SentRecord, ...] | None = None
         self._window_count = 0
-        self._put_since: list[SentRecord] | None = None
+        self._put_since: list[tuple[str, str, str]] | None = None
 
     def __len__(self) -> int:
         return 0 if self._results is None else len(self._results)
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(platform message id, peer)`` of the send with ``key``, if recent."""
-        record = None if self._results is None else self._results.get(key)
-        return None if record is None else (record.platform_message_id, record.peer)
+        entry = None if self._results is None else self._results.get(key)
+        return None if entry is None else (entry[1], entry[2])
 
     def put(self, key: str, platform_message_id: str, peer: str) -> None:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        record = SentRecord(key=key, platform_message_id=platform_message_id, peer=peer)
+        entry = (key, platform_message_id, peer)
         size = len(results)
-        results[key] = record
+        results[key] = entry
         if len(results) == size:  # the key was here: it moves, out of the window's order
             results.move_to_end(key)
             self._drop_window()
@@ -393,7 +402,7 @@ class SentResults:
             since = self._put_since
             assert since is not None  # made with the window
             if len(since) < self._window_count:
-                since.append(record)
+                since.append(entry)
             else:  # the window is all new: walking the table is no dearer
                 self._drop_window()
         if len(results) > self.capacity:
@@ -416,12 +425,13 @@ class SentResults:
                 # The table's newest are the window's then, and the puts since
                 # (none of them was there before, or the window was dropped).
                 drop = len(window) + len(since) - count
-                window = (window[drop:] if drop > 0 else window) + tuple(since)
+                window = (window[drop:] if drop > 0 else window) + _records(since)
                 since.clear()
                 self._window = window
             return window
-        newest_first = tuple(itertools.islice(reversed(results.values()), count))
-        window = newest_first[::-1]
+        newest_first = list(itertools.islice(reversed(results.values()), count))
+        newest_first.reverse()
+        window = _records(newest_first)
         # A table smaller than the window drops its oldest answers on a put,
         # which may be the window's: such a window is not kept.
         if count <= self.capacity:
@@ -437,6 +447,10 @@ class SentResults:
         self._window = None
         if self._put_since is not None:
             self._put_since.clear()
+
+
+def _records(entries: list[tuple[str, str, str]]) -> tuple[SentRecord, ...]:
+    return tuple(SentRecord(key=k, platform_message_id=m, peer=p) for k, m, p in entries)
 
 
 @attrs.frozen(kw_only=True)
