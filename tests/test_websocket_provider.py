@@ -169,6 +169,28 @@ def test_send_then_ack_completes_with_the_platform_id_and_peer() -> None:
     assert core.pending == 0
 
 
+def test_frames_orjson_refuses_go_out_and_come_in_as_the_standard_library_takes_them() -> None:
+    """Half of a UTF-16 pair (a string cut inside an emoji by a client that
+    counts UTF-16 units) neither crashes a send nor fails the link."""
+    core = make_core()
+    cut = "see you \ud83d"  # the emoji's first half only
+    [send] = core.start_send(OutboundMessage(peer="p", idempotency_key="k1", text=cut), 100.0)
+    assert isinstance(send, SendFrame)
+    assert "\\ud83d" in send.text and json.loads(send.text)["text"] == cut
+    [msg] = core.frame_received(frame(type="message", id="m1", peer="p", sender="u", text=cut), 101)
+    assert isinstance(msg, Emit) and isinstance(msg.event, InboundMessage)
+    assert msg.event.text == cut
+    # An integer over 64 bits and a NaN, which orjson refuses as well.
+    [msg] = core.frame_received(
+        '{"type":"message","id":"m2","peer":"p","sender":"u","text":"t","timestamp":NaN,'
+        '"extra":123456789012345678901234567890}',
+        102,
+    )
+    assert isinstance(msg, Emit) and isinstance(msg.event, InboundMessage)
+    assert core.phase is Phase.OPEN
+    assert core.frame_received("{not json", 103)[-1] == Fail(error=core.failure)
+
+
 def test_media_and_reply_to_are_encoded_and_templates_refused() -> None:
     core = make_core()
     msg = OutboundMessage(

@@ -38,7 +38,6 @@ Design:
 from __future__ import annotations
 
 import enum
-import json
 import math
 import random
 from collections import deque
@@ -48,6 +47,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from .._json import compact as _compact
+from .._json import parsed as _parsed
 from ..base import (
     LATE_TIMER,
     AuthenticationFailed,
@@ -82,8 +83,6 @@ __all__ = [
     "classify_close",
 ]
 
-# One encoder for every frame: json.dumps with options builds a new one per call.
-_compact: Final = json.JSONEncoder(separators=(",", ":")).encode
 SEND_LIMIT: Final = 120  # frames per SEND_WINDOW per socket
 SEND_WINDOW: Final = 60.0  # seconds
 HEARTBEAT_RESERVE: Final = 5  # frames of SEND_LIMIT kept for heartbeats / identify
@@ -407,7 +406,7 @@ class GatewayCore:
         if not self._socket_live() and self.state is not GatewayState.AWAITING_HELLO:
             return []
         try:
-            frame = json.loads(data)
+            frame = _parsed(data)
             op = frame["op"]
         except (ValueError, TypeError, KeyError):
             return self._drop_socket(f"undecodable gateway frame {data[:80]!r}")
