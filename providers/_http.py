@@ -24,7 +24,6 @@ Design:
 from __future__ import annotations
 
 import functools
-import json
 import ssl
 from collections.abc import Mapping
 from typing import Any, Final
@@ -35,6 +34,7 @@ import httpx
 import trio
 
 from ._exceptions import map_exceptions
+from ._json import parsed
 from .base import ProviderError, TransientError
 
 __all__ = [
@@ -217,7 +217,7 @@ def redirect_error(
 def json_body(body: bytes) -> Any:
     """The JSON value of ``body``; ``None`` when it is empty or not JSON."""
     try:
-        return json.loads(body)
+        return parsed(body)
     except ValueError:  # empty, not JSON, or not UTF-8 (UnicodeDecodeError)
         return None
 

@@ -1,21 +1,25 @@
-"""JSON for the frames of the websocket protocols: orjson, with the standard
-library behind it.
+"""JSON on the providers' hot paths: msgspec, with the standard library behind it.
 
 Design:
 - A generic websocket channel makes a frame for every message it sends and
   parses one for every answer and event; a Discord bot parses every gateway
-  event. orjson does each in a fifth of the time of :mod:`json` (0.5
-  against 5.2 µs to make a send frame, 0.9 against 4.2 µs to parse an ack,
-  on this project's CI machine).
-- orjson is stricter than :mod:`json`, and a frame the standard library
-  took must not start failing a link or crashing a send. What orjson
+  event; the HTTP platforms' answers and webhooks are parsed once each.
+  msgspec does each in a fifth of the time of :mod:`json` (0.6 against
+  5.1 µs to make a send frame, 0.9 against 4.1 µs to parse an ack, on this
+  project's CI machine). orjson is as fast, but turns an integer beyond 64
+  bits into a float without a word: msgspec keeps every digit.
+- msgspec is stricter than :mod:`json`, and a frame the standard library
+  took must not start failing a link or crashing a send. What msgspec
   refuses goes to :mod:`json`, with the result it gave before: half of a
   UTF-16 pair (a lone surrogate, as a client that cut a string inside an
-  emoji sends it; written escaped, as ``\\ud83d``), an integer over 64
-  bits, ``NaN``. Only what neither takes raises.
-- :func:`compact` writes non-ASCII text as UTF-8 (orjson's way); the text
-  the standard library writes for what orjson refuses escapes it, as
-  ``json.dumps`` does. Both are the same JSON value.
+  emoji sends it; written escaped, as ``\\ud83d``), ``NaN`` and numbers
+  too large for a float (``1e400``), bytes in UTF-16 or with a byte-order
+  mark. Only what neither takes raises.
+- :func:`compact` writes non-ASCII text as UTF-8 (msgspec's way); the text
+  the standard library writes for what msgspec refuses escapes it, as
+  ``json.dumps`` does. Both are the same JSON value. A float that JSON
+  has no way to write (``NaN``, an infinity) is written as ``null``, where
+  the standard library wrote ``NaN``, which no other parser takes.
 """
 
 from __future__ import annotations
@@ -23,18 +27,20 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-import orjson
+import msgspec
 
 __all__ = ["compact", "parsed"]
 
+_encode: Final = msgspec.json.Encoder().encode
+_decode: Final = msgspec.json.Decoder().decode
 _stdlib_compact: Final = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def compact(value: Any) -> str:
     """``value`` as compact JSON text (no spaces)."""
     try:
-        return orjson.dumps(value).decode()
-    except TypeError:
+        return _encode(value).decode()
+    except (TypeError, ValueError):  # a lone surrogate: a UnicodeEncodeError
         return _stdlib_compact(value)
 
 
@@ -46,6 +52,6 @@ def parsed(data: str | bytes) -> Any:
             or a :class:`UnicodeDecodeError` for bytes that are not UTF-8).
     """
     try:
-        return orjson.loads(data)
-    except ValueError:
+        return _decode(data)
+    except ValueError:  # msgspec.DecodeError
         return json.loads(data)

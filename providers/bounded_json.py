@@ -29,9 +29,10 @@ Error tree::
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Final
+
+from ._json import parsed
 
 __all__ = [
     "MAX_DEPTH",
@@ -122,6 +123,6 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | Non
         raise JSONTooLarge(f"the JSON body has {len(raw)} bytes, more than the {max_bytes} allowed")
     check_depth(raw, max_depth)
     try:
-        return json.loads(data)
+        return parsed(data)
     except RecursionError as exc:  # a backstop: the scan should have caught it
         raise JSONTooDeep(f"the JSON body nests more than {max_depth} levels deep") from exc

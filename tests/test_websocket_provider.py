@@ -169,7 +169,7 @@ def test_send_then_ack_completes_with_the_platform_id_and_peer() -> None:
     assert core.pending == 0
 
 
-def test_frames_orjson_refuses_go_out_and_come_in_as_the_standard_library_takes_them() -> None:
+def test_frames_msgspec_refuses_go_out_and_come_in_as_the_standard_library_takes_them() -> None:
     """Half of a UTF-16 pair (a string cut inside an emoji by a client that
     counts UTF-16 units) neither crashes a send nor fails the link."""
     core = make_core()
@@ -180,7 +180,7 @@ def test_frames_orjson_refuses_go_out_and_come_in_as_the_standard_library_takes_
     [msg] = core.frame_received(frame(type="message", id="m1", peer="p", sender="u", text=cut), 101)
     assert isinstance(msg, Emit) and isinstance(msg.event, InboundMessage)
     assert msg.event.text == cut
-    # An integer over 64 bits and a NaN, which orjson refuses as well.
+    # A NaN, which msgspec refuses as well, and an integer over 64 bits, kept whole.
     [msg] = core.frame_received(
         '{"type":"message","id":"m2","peer":"p","sender":"u","text":"t","timestamp":NaN,'
         '"extra":123456789012345678901234567890}',

@@ -29,7 +29,6 @@ whatever a limiter missed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -38,6 +37,7 @@ import cattrs
 from cattrs.v import format_exception
 
 from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, redirect_error
+from .._json import parsed
 from ..base import (
     AuthenticationFailed,
     BadRecipient,
@@ -498,7 +498,7 @@ def parse_response(
     if (redirect := redirect_error(status, headers, f"telegram {request.method}")) is not None:
         raise redirect
     try:
-        env = wire.CONVERTER.structure(json.loads(body), wire.Envelope)
+        env = wire.CONVERTER.structure(parsed(body), wire.Envelope)
     except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
         if 400 <= status < 500:
             raise _map_error(request, status, wire.Envelope(ok=False)) from exc
