@@ -57,6 +57,12 @@ async def _ws_bare(
             proc = await trio.run_process(
                 command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
             )
+            # The client has exited; its last frames may still wait in the
+            # emulator's sockets. Each connection ends once they were read.
+            while any(  # noqa: ASYNC110 - the emulator ends them in its own tasks
+                each["live"] for each in emulator.holders.statistics()["identities"].values()
+            ):
+                await trio.sleep(0.01)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return [json.loads(line) for line in proc.stdout.decode().splitlines()]
 
