@@ -20,6 +20,11 @@ Design:
   ``json.dumps`` does. Both are the same JSON value. A float that JSON
   has no way to write (``NaN``, an infinity) is written as ``null``, where
   the standard library wrote ``NaN``, which no other parser takes.
+- msgspec also writes some values the standard library refused (a set as
+  an array, bytes in base64, a date or a UUID as a string, a dataclass as
+  an object). The providers build their frames from JSON's own types, so
+  only a caller's stray value in a frame it hands over (a Discord
+  presence's ``d``) goes out where it raised before.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def compact(value: Any) -> str:
     """``value`` as compact JSON text (no spaces)."""
     try:
         return _encode(value).decode()
-    except (TypeError, ValueError):  # a lone surrogate: a UnicodeEncodeError
+    except (TypeError, ValueError, msgspec.EncodeError):  # a lone surrogate: UnicodeEncodeError
         return _stdlib_compact(value)
 
 

@@ -59,9 +59,7 @@ async def _ws_bare(
             )
             # The client has exited; its last frames may still wait in the
             # emulator's sockets. Each connection ends once they were read.
-            while any(  # noqa: ASYNC110 - the emulator ends them in its own tasks
-                each["live"] for each in emulator.holders.statistics()["identities"].values()
-            ):
+            while emulator.holders.brief()["live"]:  # noqa: ASYNC110 - ended in its tasks
                 await trio.sleep(0.01)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return [json.loads(line) for line in proc.stdout.decode().splitlines()]

@@ -1,7 +1,8 @@
 """The providers' JSON (``providers._json``): msgspec's speed, the standard library's reach.
 
 Whatever :mod:`json` parsed before, :func:`parsed` gives the same value;
-whatever it wrote, :func:`compact` writes the same JSON value, without spaces.
+whatever it wrote, :func:`compact` writes the same JSON value, without spaces
+(but ``null`` for a NaN or an infinity, which JSON cannot write).
 """
 
 from __future__ import annotations
