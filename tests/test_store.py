@@ -139,13 +139,10 @@ def message(n: int, channel: str = "tg:1", **fields: Any) -> InboundMessage:
     )
 
 
-def receipt(n: int, status: ReceiptStatus, channel: str = "tg:1") -> DeliveryReceipt:
+def receipt(n: int, status: ReceiptStatus, channel: str = "tg:1", **fields: Any) -> DeliveryReceipt:
+    fields.setdefault("timestamp", 1_700_000_100.0 + n)
     return DeliveryReceipt(
-        channel_id=channel,
-        platform_message_id=str(n),
-        peer="chat-1",
-        status=status,
-        timestamp=1_700_000_100.0 + n,
+        channel_id=channel, platform_message_id=str(n), peer="chat-1", status=status, **fields
     )
 
 
@@ -436,13 +433,7 @@ async def test_memory_gives_back_every_kind_of_event_as_written() -> None:
         message(5, metadata={"thread": {"id": 7}}),
         edited(1, at=1_700_000_050.25),
         receipt(1, ReceiptStatus.READ),
-        DeliveryReceipt(
-            channel_id="tg:2",
-            platform_message_id="1",
-            peer="p",
-            status=ReceiptStatus.FAILED,
-            error="blocked by the user",
-        ),
+        receipt(1, ReceiptStatus.FAILED, channel="tg:2", timestamp=None, error="blocked"),
     ]
     async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
         await store.save_inbound(events)
