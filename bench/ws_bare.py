@@ -75,6 +75,7 @@ from .bare import TaskSteps, add_load_arguments, cpu_seconds, print_lines, step_
 CLIENT: Final = "trio + wsproto (trio socket streams, no trio-websocket)"
 PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
 PEERS: Final = 997  # distinct recipients, as bench.rig rotates them (peer "user-<i mod 997>")
+CLOSE_GRACE: Final = 10.0  # seconds the memory client's connections have to close cleanly
 DRAIN_LIMIT: Final = 60.0  # seconds to wait for the acks still due after a step
 READ_SIZE: Final = 65_536  # bytes per socket read
 HEARTBEAT_ACK: Final = '{"type":"heartbeat_ack"}'
@@ -92,6 +93,7 @@ class _Holders:
         self.all_open = trio.Event()
         self.heartbeats = 0  # answered with heartbeat_ack
         self.lost = 0  # closed by the far end
+        self.closing = False  # we close them now: an end is not a loss
 
     async def hold(self, nursery: trio.Nursery, url: str) -> None:
         """Open one connection and read it, answering heartbeats, until it closes."""
@@ -104,10 +106,21 @@ class _Holders:
                 # Parsed as the node parses every frame; only heartbeats need an answer.
                 frame = json.loads(await ws.get_message())
                 if isinstance(frame, dict) and frame.get("type") == "heartbeat":
-                    self.heartbeats += 1
                     await ws.send_message(HEARTBEAT_ACK)
+                    self.heartbeats += 1  # once written: a send cut off answered nothing
         except ConnectionClosed:
-            self.lost += 1
+            if not self.closing:
+                self.lost += 1
+
+    async def close_all(self) -> None:
+        """Close every connection with the websocket handshake, so that the far
+        end reads all we wrote before our close frame (an abrupt end can reset
+        the connection and drop what it had not read yet)."""
+        self.closing = True
+        with trio.move_on_after(CLOSE_GRACE):
+            async with trio.open_nursery() as nursery:
+                for ws in self.opened:
+                    nursery.start_soon(ws.aclose)
 
 
 async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
@@ -136,6 +149,8 @@ async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
             await trio.sleep(idle)
             idle_cpu = cpu_seconds() - cpu0
             idle_seconds = trio.current_time() - t0
+        answered = holders.heartbeats - heartbeats
+        await holders.close_all()
         nursery.cancel_scope.cancel()
     delta = after - before
     return {
@@ -147,7 +162,7 @@ async def measure(url: str, count: int, idle: float = 0.0) -> dict[str, Any]:
         "cpu_per_connect": connect_cpu / max(1, len(holders.opened)),
         "idle_seconds": idle_seconds,
         "idle_cpu_seconds": idle_cpu,
-        "idle_heartbeats_answered": holders.heartbeats - heartbeats,
+        "idle_heartbeats_answered": answered,
         "connections_lost": holders.lost,
     }
 

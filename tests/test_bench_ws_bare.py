@@ -59,8 +59,7 @@ async def _ws_bare(
             )
             # The client has exited; its last frames may still wait in the
             # emulator's sockets. Each connection ends once they were read.
-            while emulator.holders.brief()["live"]:  # noqa: ASYNC110 - ended in its tasks
-                await trio.sleep(0.01)
+            await emulator.holders.wait_none_live()
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return [json.loads(line) for line in proc.stdout.decode().splitlines()]
 

@@ -73,6 +73,27 @@ def test_a_gap_runs_from_the_last_connection_s_end_to_the_next_opening() -> None
     assert identity == "bot" and since <= until and why == "timed out"
 
 
+async def test_waiting_for_no_live_connection_returns_when_the_last_one_ends() -> None:
+    holders = Holders()
+    await holders.wait_none_live()  # none ever opened: at once
+    first, second = holders.opened("tok-a"), holders.opened("tok-b")
+    done = trio.Event()
+
+    async def wait() -> None:
+        await holders.wait_none_live()
+        done.set()
+
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            holders.closed("tok-a", first)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # tok-b is still live
+            holders.closed("tok-b", second)
+            await done.wait()
+
+
 async def test_two_telegram_polls_at_once_are_an_overlap_and_a_409(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -147,6 +147,7 @@ class Holders:
         self.overlaps: list[dict[str, Any]] = []
         self.gaps: list[tuple[str, float, float, str]] = []
         self._ids = 0
+        self._none_live: trio.Event | None = None  # made by the first wait_none_live
 
     def opened(self, identity: str) -> int:
         """A connection of ``identity`` opened now; returns its handle for :meth:`closed`."""
@@ -177,6 +178,17 @@ class Holders:
         live = self._live.get(identity)
         if live is not None and live.pop(handle, None) is not None and not live:
             self._down_since[identity] = (time.time(), why)
+            waiting = self._none_live
+            if waiting is not None and not any(self._live.values()):
+                self._none_live = None
+                waiting.set()
+
+    async def wait_none_live(self) -> None:
+        """Return once no identity has a connection live (each read all before its end)."""
+        while any(self._live.values()):
+            if self._none_live is None:
+                self._none_live = trio.Event()
+            await self._none_live.wait()
 
     def live(self, identity: str) -> int:
         return len(self._live.get(identity, ()))
