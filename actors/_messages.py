@@ -16,7 +16,7 @@ on. That is the one way a refusal crosses an ``ask``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import outcome
 from trio.lowlevel import reschedule
@@ -25,7 +25,17 @@ if TYPE_CHECKING:
     from .actor import Exit
     from .ref import ActorRef
 
-__all__ = ["IN_HAND", "RESTART", "Ask", "ChildExited", "Parent", "Restart", "Status", "Stop"]
+__all__ = [
+    "IN_HAND",
+    "RESTART",
+    "Ask",
+    "AskWatch",
+    "ChildExited",
+    "Parent",
+    "Restart",
+    "Status",
+    "Stop",
+]
 
 
 class _InHand:
@@ -68,6 +78,27 @@ class Ask:
                 self.early = result
             else:
                 reschedule(task, result)
+
+
+class AskWatch(Protocol):
+    """What bounds an ask instead of a cancel scope (``ActorRef.ask(..., watch=)``).
+
+    Design: a caller that bounds many asks at once (a node's sends, each
+    with its caller's deadline and the drain's cut) keeps one timer for all
+    of them instead of a cancel scope per ask, and fails a parked ask with
+    :meth:`Ask.fail`. The kernel hands the watch the ask as its asker parks;
+    before that the asker is running, and a task that runs cannot be woken.
+    """
+
+    def parking(self, ask: Ask) -> BaseException | None:
+        """The asker is about to wait for ``ask``'s answer.
+
+        Returns:
+            ``None``: wait (the watch may ``ask.fail(error)`` from now on, from
+            any task, until the answer comes); or an error to raise at once
+            instead of waiting (the bound ran out while the asker was running).
+        """
+        ...
 
 
 class Stop:

@@ -31,6 +31,11 @@ mailbox back to its front, so that an incarnation that ends with work in
 hand loses none of it. Such an actor may also take an ask in the asker's
 task while it is idle (``Actor.receive_at_once``; :data:`AT_LEISURE` leaves
 it to the mailbox), sparing the hop through its mailbox.
+
+A caller that bounds many asks at once passes each an :class:`AskWatch`
+(``ActorRef.ask(..., watch=)``) instead of a timeout: the kernel hands it
+the :class:`Ask` as the asker parks, and the watch fails it when its bound
+runs out (one timer for all of them, no cancel scope per ask).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from ._incarnation import kill as kill_incarnation
 from ._incarnation import start as start_incarnation
 from ._incarnation import start_nowait as start_incarnation_nowait
 from ._incarnation import stop as stop_incarnation
-from ._messages import Ask, ChildExited, Parent
+from ._messages import Ask, AskWatch, ChildExited, Parent
 from .actor import AT_LEISURE, Actor, ActorState, Exit
 from .mailbox import MailboxConfig
 from .ref import ActorRef
@@ -60,6 +65,7 @@ from .system import ActorSystem
 __all__ = [
     "AT_LEISURE",
     "Ask",
+    "AskWatch",
     "ChildExited",
     "Parent",
     "current_instance",

@@ -53,7 +53,7 @@ from ._incarnation import (
     STARTING,
     TASK_FAIRNESS_BATCH,
 )
-from ._messages import IN_HAND, RESTART, Ask, Status, Stop
+from ._messages import IN_HAND, RESTART, Ask, AskWatch, Status, Stop
 from .actor import AT_LEISURE, EXIT_SHUTDOWN, Actor, ActorState, Exit
 from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
@@ -267,12 +267,20 @@ class ActorRef:
 
     # The ask timeout is part of the contract (it becomes AskTimeout, not a
     # bare Cancelled), as in every actor toolkit; hence the noqa.
-    async def ask(self, msg: Any, *, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:  # noqa: ASYNC109
+    async def ask(
+        self,
+        msg: Any,
+        *,
+        timeout: float = DEFAULT_ASK_TIMEOUT,  # noqa: ASYNC109
+        watch: AskWatch | None = None,
+    ) -> Any:
         """Send ``msg`` and wait for the reply (``receive``'s return value).
 
         Args:
             msg: the message.
             timeout: seconds to wait for the reply.
+            watch: what else bounds the wait (see :class:`AskWatch`): it is
+                handed the pending ask if the asker parks, and may fail it.
 
         Returns:
             What the actor's ``receive`` returned for this message.
@@ -306,7 +314,7 @@ class ActorRef:
                         early = pending.early
                         return _incarnation.unwrap_reply(reply) if early is None else early.unwrap()
                     pending.task = current_task()  # deferred: its answer comes later
-                    return await self._wait_reply(pending, timeout, msg)
+                    return await self._wait_reply(pending, timeout, msg, watch)
         if self._state not in QUEUEING:
             raise self._dead_error("ask")
         mailbox = self._mailbox
@@ -316,7 +324,7 @@ class ActorRef:
         mailbox.put(pending)
         if not self._scheduled:
             self._wake()
-        return await self._wait_reply(pending, timeout, msg)
+        return await self._wait_reply(pending, timeout, msg, watch)
 
     async def ask_status(
         self,
@@ -509,10 +517,22 @@ class ActorRef:
             pending.task = None
         return reply
 
-    async def _wait_reply(self, pending: Ask, timeout: float, msg: Any) -> Any:  # noqa: ASYNC109
+    async def _wait_reply(
+        self,
+        pending: Ask,
+        timeout: float,  # noqa: ASYNC109
+        msg: Any,
+        watch: AskWatch | None = None,
+    ) -> Any:
         def abort(_: Any) -> Abort:
             pending.task = None
             return Abort.SUCCEEDED
+
+        if watch is not None:
+            refused = watch.parking(pending)
+            if refused is not None:
+                pending.task = None  # abandoned: an answer to come goes nowhere
+                raise refused
 
         if timeout == math.inf:  # a supervisor's call: no cancel scope, nor deadline
             return await wait_task_rescheduled(abort)

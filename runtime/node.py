@@ -717,34 +717,35 @@ class Node(ClusterMode, DeadLetterOps):
         keep_refused: bool = False,
     ) -> SendResult | None:
         began = trio.current_time()
-        # One cancel scope bounds the send: the caller's timeout is its deadline
-        # (the ask waits under none of its own), and the drain cancels it.
+        # No cancel scope: the send's Pending bounds its ask (the tracker's
+        # timer stops it at the caller's deadline, the drain once it kept it).
         with (
             map_send_errors(channel_id, message.idempotency_key),
             self._sends.track(
                 channel_id, message, kept_id=kept_id, deadline=began + timeout
             ) as pending,
         ):
-            cause: Exception | None = None
-            with pending.scope:
-                try:
-                    result = await channel.perform(
-                        message, timeout=math.inf, keep_refused=keep_refused
-                    )
-                    # (The channel remembered the answer: see SendPath._fly.)
-                    self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
-                    return result
-                except Exception as exc:
-                    if not pending.cut:
-                        raise
-                    cause = exc
-            if pending.cut:
-                # The drain cut this send (its channel stopped under it, or the
-                # caller's deadline came after the cut): wait, outside the
-                # deadline, until the drain has kept the message, then say so.
-                await pending.settled.wait()
-                raise _kept_error(pending) from cause
-            raise channel.ref.ask_timeout(message, timeout)
+            try:
+                result = await channel.perform(
+                    message, timeout=math.inf, keep_refused=keep_refused, watch=pending
+                )
+            except Exception as exc:
+                if pending.cut:
+                    # The drain cut this send (its channel stopped under it, or the
+                    # caller's deadline came after the cut): wait, outside the
+                    # deadline, until the drain has kept the message, then say so.
+                    await pending.settled.wait()
+                    raise _kept_error(pending) from exc
+                if exc is pending.stopped:
+                    raise channel.ref.ask_timeout(message, timeout) from None
+                raise
+            stopped = pending.stopped
+            if stopped is not None and stopped.cut:
+                # Answered as the drain kept it: the caller hears what the drain reports.
+                raise _kept_error(pending)
+            # (The channel remembered the answer: see SendPath._fly.)
+            self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
+            return result
 
     def subscribe(
         self,
@@ -1397,6 +1398,7 @@ async def open_node(
         ):
             node._nursery = nursery
             node._root = root
+            await nursery.start(node._sends.run)  # the sends' deadlines
             await nursery.start(node._checkpoints.run)
             # Following the channels' states before the first one starts.
             collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))

@@ -177,7 +177,7 @@ async def test_the_node_moves_through_its_states(autojump_clock: Any) -> None:
 async def test_a_send_not_answered_in_time_is_ask_timeout_and_goes_on(
     autojump_clock: Any,
 ) -> None:
-    # The caller's timeout bounds the whole send (one cancel scope, the drain's):
+    # The caller's timeout bounds the whole send (the node's timer, not a cancel scope):
     # past it the caller hears AskTimeout, the node tracks it no more, and the
     # channel still sends the message and remembers the answer: a repeat of
     # the key is answered at once, not sent a second time.

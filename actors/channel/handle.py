@@ -18,6 +18,7 @@ from providers.base import Connection, OutboundMessage, SendResult
 from providers.operations import Operation
 
 from .. import lowlevel
+from .._messages import AskWatch
 from ..errors import ChannelFailed
 from ..ref import ActorRef
 from .actor import ChannelActor, DiscardDeadLetters, ListDeadLetters, ReplayDeadLetters, Send
@@ -88,12 +89,14 @@ class ChannelRef:
         *,
         timeout: float = 60.0,  # noqa: ASYNC109
         keep_refused: bool = False,
+        watch: AskWatch | None = None,
     ) -> SendResult | None:
         """Perform an operation (edit, delete, typing, mark read, react, or a send)
         through the channel's send path: its limiters, breaker, retries and dead letters.
 
         ``keep_refused``: a refusal before sending is dead-lettered too (once
         per idempotency key), for a kept message that nobody waits for.
+        ``watch``: bounds the wait without a cancel scope (``ActorRef.ask``).
 
         Returns:
             The ``SendResult`` of a send or an edit; ``None`` for the others.
@@ -105,7 +108,7 @@ class ChannelRef:
         """
         self._raise_if_given_up()
         send = Send(op, keep_refused=keep_refused)
-        result: SendResult | None = await self.ref.ask(send, timeout=timeout)
+        result: SendResult | None = await self.ref.ask(send, timeout=timeout, watch=watch)
         return result
 
     def subscribe(
