@@ -21,7 +21,7 @@ import trio
 from actors.backoff import BackoffState
 from actors.breaker import BreakerState, CircuitBreakerState
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
-from actors.channel.state import SentRecord
+from actors.channel.state import SentWindow
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import (
     ConnectionState,
@@ -108,12 +108,12 @@ async def test_a_checkpoint_round_trips_with_its_dead_letters(backend: Backend) 
     assert loaded.state == saved
 
 
-ANSWERS = (
-    SentRecord(key="k-1", platform_message_id="m-1", peer="p-1"),
-    SentRecord(
-        key='quo"te\\back', platform_message_id="m-2", peer="\u00fcn\u00efc\u00f6de \U0001f600"
-    ),
-    SentRecord(key="k-3", platform_message_id="", peer="line\nbreak"),
+ANSWERS = SentWindow(
+    (
+        ("k-1", "m-1", "p-1"),
+        ('quo"te\\back', "m-2", "\u00fcn\u00efc\u00f6de \U0001f600"),
+        ("k-3", "", "line\nbreak"),
+    )
 )
 
 
@@ -129,21 +129,18 @@ async def test_send_answers_round_trip_through_the_spliced_encoding(backend: Bac
 
 
 def test_the_state_text_is_the_state_s_json_with_each_answer_encoded_once() -> None:
-    answers = tuple(attrs.evolve(record) for record in ANSWERS)  # none encoded yet
+    answers = SentWindow(ANSWERS.entries)  # none encoded yet
     saved = attrs.evolve(state(), sent=answers)
     text = state_text(saved)
     assert json.loads(text) == json.loads(dumps(encode_state(saved)))
     as_dumps_writes_them = dumps(
-        [
-            {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
-            for r in answers
-        ]
+        [{"key": k, "platform_message_id": m, "peer": p} for k, m, p in answers]
     )
     assert text.endswith(f',"sent":{as_dumps_writes_them}}}')
-    kept = [record.encoded for record in answers]
-    assert [json.loads(each) for each in kept if each is not None] == json.loads(text)["sent"]
-    state_text(saved)  # a later checkpoint reuses each record's encoding
-    assert all(record.encoded is first for record, first in zip(answers, kept, strict=True))
+    kept = answers.encoded(lambda entry: "made again")  # the texts kept: nothing is made
+    assert [json.loads(each) for each in kept] == json.loads(text)["sent"]
+    assert state_text(saved) == text  # a later checkpoint reuses each answer's text
+    assert all(again is first for again, first in zip(answers.encoded(str), kept, strict=True))
     assert json.loads(state_text(state()))["sent"] == []
 
 

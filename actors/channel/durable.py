@@ -39,7 +39,7 @@ from providers.operations import Operation
 from ..backoff import BackoffState
 from ..breaker import CircuitBreakerState
 from ..ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
-from .state import SentRecord
+from .state import SentEntry, SentWindow
 
 if TYPE_CHECKING:
     from .state import ChannelMemory
@@ -51,7 +51,8 @@ __all__ = [
     "ChannelState",
     "CheckpointSink",
     "DeadLetterRecord",
-    "SentRecord",
+    "SentEntry",
+    "SentWindow",
     "export_state",
     "restore_state",
 ]
@@ -109,8 +110,9 @@ class ChannelState:
         dead_letters: every dead letter, oldest first.
         dead_letters_total: letters ever added (the next letter's id - 1).
         dead_letters_dropped: letters dropped because the queue was full.
-        sent: the newest sends' answers by idempotency key, oldest first
-            (:data:`SENT_KEPT_DURABLE` of them).
+        sent: the newest sends' answers, oldest first
+            (:data:`SENT_KEPT_DURABLE` of them), each ``(idempotency key,
+            platform message id, peer)``.
         clean: written once the channel's actor had ended for good (a stop,
             a drain), so it holds all that happened. A checkpoint that is
             not clean may miss the sends of its last interval: restored, its
@@ -129,7 +131,7 @@ class ChannelState:
     dead_letters: tuple[DeadLetterRecord, ...] = ()
     dead_letters_total: int = 0
     dead_letters_dropped: int = 0
-    sent: tuple[SentRecord, ...] = ()
+    sent: SentWindow = attrs.field(factory=SentWindow)
     clean: bool = False
 
 
@@ -259,8 +261,8 @@ def restore_state(
     memory.session = state.session
     for key in state.seen:
         memory.seen.add(key)
-    for record in state.sent:
-        memory.sent.put(record.key, record.platform_message_id, record.peer)
+    for key, platform_message_id, peer in state.sent:
+        memory.sent.put(key, platform_message_id, peer)
     memory.dead_letters.restore(
         [
             OutboundDeadLetter(

@@ -15,7 +15,8 @@ import itertools
 import math
 import random
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import attrs
 import trio
@@ -41,6 +42,9 @@ __all__ = [
     "EventReceiver",
     "OutboundDeadLetter",
     "RecentIds",
+    "SentEntry",
+    "SentResults",
+    "SentWindow",
     "channel_bucket",
     "channel_statistics",
 ]
@@ -324,18 +328,70 @@ class RecentIds:
         return True
 
 
-@attrs.frozen(kw_only=True)
-class SentRecord:
-    """A recent send's answer, kept so that a repeat is answered, not sent again."""
+SentEntry: TypeAlias = tuple[str, str, str]
+"""A send's answer: ``(idempotency key, platform message id, peer)``."""
 
-    key: str
-    platform_message_id: str
-    peer: str
-    # The store's encoding of this record, made by the store's codec the
-    # first time a checkpoint writes it and reused by every later one (a
-    # busy channel's checkpoint carries hundreds of records, nearly all of
-    # them written before). Not part of the value: no effect on equality.
-    encoded: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
+
+class SentWindow:
+    """The newest send answers a checkpoint carries, oldest first: :data:`SentEntry` each.
+
+    A value: compared and hashed by its entries, which are exact tuples of
+    strings (the collector stops tracking them: a checkpoint's answers are
+    256 per busy channel, and an object per answer, even slotted, would stay
+    tracked for life).
+
+    It also keeps the store codec's text of its entries (:meth:`encoded`),
+    made the first time a checkpoint writes them, and hands the texts of
+    the entries it keeps to the window shifted from it (:meth:`shifted`): a
+    busy channel's checkpoint (one a second) carries hundreds of answers,
+    nearly all of them written before.
+    """
+
+    __slots__ = ("_texts", "entries")
+
+    def __init__(self, entries: tuple[SentEntry, ...] = (), texts: list[str] | None = None) -> None:
+        self.entries = entries
+        self._texts = texts  # the texts of entries[: len(texts)], or None: none made yet
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[SentEntry]:
+        return iter(self.entries)
+
+    def __getitem__(self, index: int) -> SentEntry:
+        return self.entries[index]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SentWindow):
+            return NotImplemented
+        return self.entries == other.entries
+
+    def __hash__(self) -> int:
+        return hash(self.entries)
+
+    def __repr__(self) -> str:
+        return f"SentWindow({self.entries!r})"
+
+    def shifted(self, new: list[SentEntry], count: int) -> SentWindow:
+        """This window followed by ``new``, less its oldest beyond ``count``."""
+        entries = self.entries
+        drop = max(0, len(entries) + len(new) - count)
+        if drop > len(entries):
+            return SentWindow(tuple(new[drop - len(entries) :]))
+        texts = self._texts
+        # The kept texts still start at the new window's first entry.
+        return SentWindow(entries[drop:] + tuple(new), None if texts is None else texts[drop:])
+
+    def encoded(self, encode: Callable[[SentEntry], str]) -> list[str]:
+        """Each entry's text by ``encode`` (the store's codec), made once per entry."""
+        entries = self.entries
+        texts = self._texts
+        if texts is None:
+            texts = self._texts = [encode(entry) for entry in entries]
+        elif len(texts) < len(entries):
+            texts.extend([encode(entry) for entry in entries[len(texts) :]])
+        return texts
 
 
 class SentResults:
@@ -354,12 +410,12 @@ class SentResults:
       an exact tuple of strings, which the collector stops tracking the first
       time it sees one: the answers never reach the older generations, so a
       middle or full collection does not walk them. (An object of a class,
-      even slotted, stays tracked for life.) :class:`SentRecord` objects are
-      made only for what a checkpoint writes.
+      even slotted, stays tracked for life.) So is a checkpoint's
+      :class:`SentWindow`.
     - **A checkpoint's list is shifted, not rebuilt.** A checkpoint asks for
       the same newest ``count`` answers every second, and a busy channel adds
       only a few between two asks. So :meth:`newest` keeps what it last
-      returned (records that keep their encoding for the next checkpoint) and
+      returned (a window that keeps its encoding for the next checkpoint) and
       the answers put since, and the next ask shifts that window by those
       few instead of walking ``count`` entries of the table backwards again.
       A put of a key already here moves it out of order: it drops the window
@@ -376,7 +432,7 @@ class SentResults:
         # What newest(_window_count) returned last, and the answers put
         # since, oldest first; None when there is no window to shift (the
         # list is made with the first window: most channels never have one).
-        self._window: tuple[SentRecord, ...] | None = None
+        self._window: SentWindow | None = None
         self._window_count = 0
         self._put_since: list[tuple[str, str, str]] | None = None
 
@@ -408,7 +464,7 @@ class SentResults:
         if len(results) > self.capacity:
             results.popitem(last=False)
 
-    def newest(self, count: int) -> tuple[SentRecord, ...]:
+    def newest(self, count: int) -> SentWindow:
         """The newest ``count`` answers, oldest first.
 
         The last ask's answers shifted by the puts since, when it asked for
@@ -417,21 +473,19 @@ class SentResults:
         """
         results = self._results
         if not results:
-            return ()
+            return _NO_ANSWERS
         window = self._window
         since = self._put_since
         if window is not None and since is not None and count == self._window_count:
             if since:
                 # The table's newest are the window's then, and the puts since
                 # (none of them was there before, or the window was dropped).
-                drop = len(window) + len(since) - count
-                window = (window[drop:] if drop > 0 else window) + _records(since)
+                window = self._window = window.shifted(since, count)
                 since.clear()
-                self._window = window
             return window
         newest_first = list(itertools.islice(reversed(results.values()), count))
         newest_first.reverse()
-        window = _records(newest_first)
+        window = SentWindow(tuple(newest_first))
         # A table smaller than the window drops its oldest answers on a put,
         # which may be the window's: such a window is not kept.
         if count <= self.capacity:
@@ -449,8 +503,7 @@ class SentResults:
             self._put_since.clear()
 
 
-def _records(entries: list[tuple[str, str, str]]) -> tuple[SentRecord, ...]:
-    return tuple(SentRecord(key=k, platform_message_id=m, peer=p) for k, m, p in entries)
+_NO_ANSWERS: Final = SentWindow()
 
 
 @attrs.frozen(kw_only=True)

@@ -26,7 +26,7 @@ Design:
   their own, not part of that object.
 - A busy channel is checkpointed once a second, so :func:`state_text`
   takes shortcuts that write the same text: each send answer's text is
-  kept on its record (:func:`sent_json`), and the rest of the state is
+  kept with the channel's window of answers (:func:`sent_json`), and the rest of the state is
   encoded by hand into the dict cattrs makes of it (:func:`state_rest`).
   Tests compare both with the plain way.
 """
@@ -45,7 +45,7 @@ import cattrs
 from cattrs.strategies import configure_tagged_union
 from cattrs.v import format_exception
 
-from actors.channel.durable import ChannelState, SentRecord
+from actors.channel.durable import ChannelState, SentEntry, SentWindow
 from actors.ratelimit import GCRAState, KeyedLimiterState
 from providers.base import (
     ConnectionStateChanged,
@@ -119,7 +119,8 @@ def _make_converter() -> cattrs.Converter:
     made.register_structure_hook(bytes, _bytes_in)
     # A busy channel's checkpoint carries hundreds of these a second: one
     # comprehension instead of cattrs' walk of a generic iterable.
-    made.register_unstructure_hook_func(lambda t: t == tuple[SentRecord, ...], _sent_out)
+    made.register_unstructure_hook(SentWindow, _sent_out)
+    made.register_structure_hook(SentWindow, _sent_in)
     # Late-bound: both functions use the converter being made.
     made.register_unstructure_hook_func(
         lambda t: t == Operation, lambda message: encode_outbound(message)
@@ -130,66 +131,54 @@ def _make_converter() -> cattrs.Converter:
     return made
 
 
-def _sent_out(records: tuple[SentRecord, ...]) -> list[dict[str, str]]:
-    return [
-        {"key": r.key, "platform_message_id": r.platform_message_id, "peer": r.peer}
-        for r in records
-    ]
+def _sent_out(window: SentWindow) -> list[dict[str, str]]:
+    return [{"key": k, "platform_message_id": m, "peer": p} for k, m, p in window]
 
 
-def sent_json(records: tuple[SentRecord, ...]) -> str:
-    """``records`` as the JSON list :func:`dumps` makes of their encoding.
+_SENT_FIELDS: Final = ("key", "platform_message_id", "peer")
 
-    Each record is encoded once, the first time a checkpoint writes it,
-    and kept on the record: a busy channel's checkpoint (one a second)
-    carries its newest answers, hundreds of them, nearly all written before.
+
+def _sent_in(data: Any, _: Any) -> SentWindow:
+    if not isinstance(data, list | tuple):
+        raise ValueError(f"expected a list of answers, got {type(data).__name__}")
+    entries = []
+    for index, item in enumerate(data):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"answer {index}: expected an object, got {type(item).__name__}")
+        values = tuple(item.get(name) for name in _SENT_FIELDS)
+        for name, value in zip(_SENT_FIELDS, values, strict=True):
+            if type(value) is not str:
+                got = "nothing" if value is None else type(value).__name__
+                raise ValueError(f"answer {index}: {name} must be a string, got {got}")
+        entries.append(values)
+    return SentWindow(tuple(entries))  # type: ignore[arg-type]  # three strings, checked
+
+
+def sent_json(window: SentWindow) -> str:
+    """``window`` as the JSON list :func:`dumps` makes of its encoding.
+
+    Each answer is encoded once, the first time a checkpoint writes it, and
+    kept with the window (``SentWindow.encoded``): a busy channel's
+    checkpoint (one a second) carries its newest answers, hundreds of them,
+    nearly all written before.
     """
-    return f"[{_sent_items(records)}]"
+    return f"[{_sent_items(window)}]"
 
 
-def _sent_items(records: tuple[SentRecord, ...]) -> str:
-    """:func:`sent_json` without its brackets.
-
-    Design notes: a busy channel's records not written before are its
-    newest few (those put since the last checkpoint). So they are encoded
-    first, found walking back from the newest to the first one written
-    before, and then the kept texts are joined in one pass. A list whose
-    oldest record was never written (a restored channel's first
-    checkpoint) is encoded in one pass instead, as is one where the join
-    fails on the None of a record never written further back.
-    """
-    if records and records[0].encoded is not None:
-        new = 0
-        for record in reversed(records):
-            if record.encoded is not None:
-                break
-            new += 1
-        if new:
-            _texts(records[-new:])
-        try:
-            # A None (a record never written) fails the join: caught below.
-            return ",".join([record.encoded for record in records])  # type: ignore[misc]
-        except TypeError:
-            pass
-    return ",".join(_texts(records))
+def _sent_items(window: SentWindow) -> str:
+    """:func:`sent_json` without its brackets."""
+    return ",".join(window.encoded(_sent_text))
 
 
-def _texts(records: tuple[SentRecord, ...]) -> list[str]:
-    """Each record's text, made and kept on the record the first time."""
-    texts = []
-    for record in records:
-        text = record.encoded
-        if text is None:
-            # What dumps writes for the record's dict, piece by piece: the
-            # strings by the encoder dumps itself uses (ensure_ascii=False).
-            text = (
-                f'{{"key":{encode_basestring(record.key)},'
-                f'"platform_message_id":{encode_basestring(record.platform_message_id)},'
-                f'"peer":{encode_basestring(record.peer)}}}'
-            )
-            object.__setattr__(record, "encoded", text)  # a cache on a frozen record
-        texts.append(text)
-    return texts
+def _sent_text(entry: SentEntry) -> str:
+    # What dumps writes for the answer's dict, piece by piece: the strings by
+    # the encoder dumps itself uses (ensure_ascii=False).
+    key, platform_message_id, peer = entry
+    return (
+        f'{{"key":{encode_basestring(key)},'
+        f'"platform_message_id":{encode_basestring(platform_message_id)},'
+        f'"peer":{encode_basestring(peer)}}}'
+    )
 
 
 def _bytes_out(data: bytes) -> str:
@@ -232,6 +221,8 @@ converter: Final = _make_converter()
 
 
 def _why(exc: BaseException, type_: type | None) -> str:
+    if type_ is SentWindow and isinstance(exc, ValueError):
+        return str(exc)  # _sent_in's own words: which answer, and what is wrong with it
     text = format_exception(exc, type_)
     return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
 
@@ -356,7 +347,7 @@ def encode_state(state: ChannelState) -> dict[str, Any]:
 def state_text(state: ChannelState) -> str:
     """:func:`encode_state` as :func:`dumps` writes it, the send answers last.
 
-    The answers are spliced in as each record's kept encoding
+    The answers are spliced in as each answer's kept encoding
     (:func:`sent_json`): the rest of a busy channel's state is small, its
     hundreds of answers are not, and nearly all were written before.
 
