@@ -26,6 +26,7 @@ stops the channels by a deadline, and the store.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -95,6 +96,7 @@ class Pending:
         "kept",
         "kept_id",
         "message",
+        "number",
         "stopped",
     )
 
@@ -116,6 +118,7 @@ class Pending:
         self.done = False
         self.kept = False
         self.stopped: SendStopped | None = None
+        self.number: int | None = None  # its deadline's, in the tracker's heap
         self._ask: Ask | None = None
         self._settled: trio.Event | None = None  # made when first asked for: most sends never are
 
@@ -174,18 +177,22 @@ class SendTracker:
     none is left, cuts the rest at its deadline and keeps them.
 
     Design: the sends' deadlines are one heap, kept by one task
-    (:meth:`run`), as trio keeps its cancel scopes' (entries of
-    finished sends stay until they come up, and the heap is rebuilt
-    without them once they are most of it). A cancel scope per send cost
-    about 7 % of a node's CPU at 2,000 msgs/s, entered and left on every
-    message, for a deadline that nearly never passes.
+    (:meth:`run`), as trio keeps its cancel scopes'. A heap entry is a
+    deadline and a number, and the sends with a deadline are found by their
+    number: a finished send's entry stays until it comes up (or until the
+    heap is rebuilt without such entries, once they are most of it), but
+    holds nothing of the send (its message may be megabytes). A cancel
+    scope per send cost about 7 % of a node's CPU at 2,000 msgs/s, entered
+    and left on every message, for a deadline that nearly never passes.
     """
 
     def __init__(self) -> None:
         self._pending: set[Pending] = set()
         self._by_channel: Counter[str] = Counter()
         self._changed = trio.Event()
-        self._deadlines: list[tuple[float, int, Pending]] = []
+        self._deadlines: list[tuple[float, int]] = []  # (deadline, number), a heap
+        self._timed: dict[int, Pending] = {}  # the unfinished sends with a deadline, by number
+        self._numbers = itertools.count()
         self._timer: trio.CancelScope | None = None  # the sleep of run(), while it sleeps
 
     def __len__(self) -> int:
@@ -225,18 +232,23 @@ class SendTracker:
         deadline = pending.deadline
         if deadline != math.inf:
             heap = self._deadlines
-            heappush(heap, (deadline, id(pending), pending))
+            number = pending.number = next(self._numbers)
+            self._timed[number] = pending
+            heappush(heap, (deadline, number))
             timer = self._timer
             if timer is not None and deadline < timer.deadline:
                 timer.deadline = deadline
-            if len(heap) > 2 * len(self._pending) + 1_000:
+            timed = self._timed
+            if len(heap) > 2 * len(timed) + 1_000:
                 # Mostly finished sends: the live ones in a heap of their own.
-                heap[:] = [entry for entry in heap if not entry[2].done]
+                heap[:] = [entry for entry in heap if entry[1] in timed]
                 heapify(heap)
 
     def _end(self, pending: Pending) -> None:
         pending.done = True
         self._pending.discard(pending)
+        if pending.number is not None:
+            self._timed.pop(pending.number, None)
         channel_id = pending.channel_id
         left = self._by_channel[channel_id] - 1
         if left:
@@ -252,9 +264,10 @@ class SendTracker:
         try:
             while True:
                 now = trio.current_time()
+                timed = self._timed
                 while heap and heap[0][0] <= now:
-                    pending = heappop(heap)[2]
-                    if not pending.done:
+                    pending = timed.pop(heappop(heap)[1], None)
+                    if pending is not None:  # not finished yet
                         pending.stop(cut=False)
                 with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._timer:
                     await trio.sleep_forever()

@@ -739,10 +739,6 @@ class Node(ClusterMode, DeadLetterOps):
                 if exc is pending.stopped:
                     raise channel.ref.ask_timeout(message, timeout) from None
                 raise
-            stopped = pending.stopped
-            if stopped is not None and stopped.cut:
-                # Answered as the drain kept it: the caller hears what the drain reports.
-                raise _kept_error(pending)
             # (The channel remembered the answer: see SendPath._fly.)
             self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
             return result

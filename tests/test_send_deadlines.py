@@ -21,7 +21,7 @@ import trio.testing
 
 from actors import Actor, open_actor_system
 from actors import lowlevel as kernel
-from providers.base import OutboundMessage
+from providers.base import Media, MediaKind, OutboundMessage
 from providers.simulated import Fixed, SimulatedProvider
 from runtime import open_node
 from runtime.drain import Pending, SendStopped, SendTracker
@@ -216,21 +216,53 @@ async def test_a_send_whose_deadline_passed_before_it_parked_is_stopped_as_it_pa
 async def test_finished_sends_are_not_kept_for_their_deadlines(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Deadlines are a heap whose finished entries wait until they come up; it
-    # is rebuilt once they are most of it, so 5,000 finished sends under a
-    # 30-second deadline leave at most about a thousand behind.
+    # A finished send's deadline stays in the heap until it comes up, but
+    # holds nothing of the send: its message (megabytes, maybe) is freed
+    # when it finishes, as it was under a cancel scope of its own.
     tracker = SendTracker()
     with trio.fail_after(CEILING):
         async with trio.open_nursery() as services:
             await services.start(tracker.run)
+            live = []
             for i in range(5_000):
-                message = OutboundMessage(peer="p", idempotency_key=f"k{i}", text="x")
-                with tracker.track("a", message, deadline=trio.current_time() + 30.0):
-                    pass
+                message = OutboundMessage(peer="p", idempotency_key=f"k{i}", text="x" * 1_000)
+                tracked = tracker.track("a", message, deadline=trio.current_time() + 30.0)
+                if i % 1_000 == 0:  # a few stay unfinished
+                    live.append(tracked.__enter__())
+                else:
+                    with tracked:
+                        pass
+            del tracked
             gc.collect()
-            kept = sum(type(obj) is Pending for obj in gc.get_objects())
-            assert kept <= 1_001
+            kept = [obj for obj in gc.get_objects() if type(obj) is Pending]
+            assert len(kept) == len(live) == 5
+            assert {id(obj) for obj in kept} == {id(obj) for obj in live}
             services.cancel_scope.cancel()
+
+
+async def test_a_node_keeps_nothing_of_the_messages_it_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.001), connect_latency=Fixed(seconds=0.0))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config(sim("a")), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await trio.sleep(0.5)  # connected
+            for i in range(100):
+                media = Media(kind=MediaKind.DOCUMENT, content=b"x" * 100_000, filename="f.bin")
+                message = OutboundMessage(peer="p", idempotency_key=f"k{i}", media=media)
+                await node.send("a", message, timeout=60.0)
+            assert len(provider.sent) == 100
+            provider.sent.clear()  # the test's record of them
+            del media, message
+            gc.collect()
+            held = sum(
+                len(obj.content)
+                for obj in gc.get_objects()
+                if type(obj) is Media and obj.content is not None
+            )
+            assert held == 0, f"{held:,} bytes of sent uploads still held"
 
 
 async def test_a_send_enters_no_cancel_scope_in_its_caller_s_task(
