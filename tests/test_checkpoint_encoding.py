@@ -40,6 +40,7 @@ from runtime.store.codec import (
     dumps,
     encode_state,
     sent_json,
+    state_from_text,
     state_rest,
     state_text,
 )
@@ -363,7 +364,11 @@ def test_the_state_text_is_the_plain_encoding_byte_for_byte(state: ChannelState)
         ),
         (
             [{"key": "k", "platform_message_id": "m", "peer": "p"}, {"key": "k"}],
-            "answer 1: platform_message_id must be a string, got nothing",
+            "answer 1: platform_message_id is missing",
+        ),
+        (
+            [{"key": None, "platform_message_id": "m", "peer": "p"}],
+            "answer 0: key must be a string, got null",
         ),
         (["k"], "answer 0: expected an object, got str"),
         ({"key": "k"}, "expected a list of answers, got dict"),
@@ -377,3 +382,17 @@ def test_answers_that_are_not_three_strings_are_refused_saying_which_and_why(
     with pytest.raises(ValueError, match="not a valid channel state") as refused:
         decode_state(data)
     assert str(refused.value) == f"not a valid channel state: {why} @ $.sent"
+
+
+def test_a_stored_state_nested_too_deep_to_read_is_refused_not_raised() -> None:
+    text = '{"sent":' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(ValueError, match="nested too deep to read"):
+        state_from_text(text)
+    assert state_from_text(state_text(ChannelState())) == ChannelState()
+
+
+def test_a_state_takes_its_answers_as_triples_too() -> None:
+    state = ChannelState(sent=(("k", "m", "p"), ["k2", "m2", "p2"]))
+    assert state.sent == SentWindow((("k", "m", "p"), ("k2", "m2", "p2")))
+    assert state_text(state) == plain_text(state)
+    assert attrs.evolve(state, sent=()).sent == SentWindow()

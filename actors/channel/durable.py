@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
@@ -95,6 +96,13 @@ class DeadLetterRecord:
     at: float
 
 
+def _window(sent: SentWindow | Iterable[SentEntry]) -> SentWindow:
+    """``ChannelState.sent`` as given, or made of ``(key, platform message id, peer)`` triples."""
+    if isinstance(sent, SentWindow):
+        return sent
+    return SentWindow(tuple((key, message_id, peer) for key, message_id, peer in sent))
+
+
 @attrs.frozen(kw_only=True)
 class ChannelState:
     """A channel's durable state, with wall-clock times.
@@ -131,7 +139,7 @@ class ChannelState:
     dead_letters: tuple[DeadLetterRecord, ...] = ()
     dead_letters_total: int = 0
     dead_letters_dropped: int = 0
-    sent: SentWindow = attrs.field(factory=SentWindow)
+    sent: SentWindow = attrs.field(factory=SentWindow, converter=_window)
     clean: bool = False
 
 

@@ -15,7 +15,7 @@ import itertools
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import attrs
@@ -349,8 +349,8 @@ class SentWindow:
 
     __slots__ = ("_texts", "entries")
 
-    def __init__(self, entries: tuple[SentEntry, ...] = (), texts: list[str] | None = None) -> None:
-        self.entries = entries
+    def __init__(self, entries: Iterable[SentEntry] = (), texts: list[str] | None = None) -> None:
+        self.entries: tuple[SentEntry, ...] = tuple(entries)  # (a tuple is not copied)
         self._texts = texts  # the texts of entries[: len(texts)], or None: none made yet
 
     def __len__(self) -> int:
@@ -384,7 +384,11 @@ class SentWindow:
         return SentWindow(entries[drop:] + tuple(new), None if texts is None else texts[drop:])
 
     def encoded(self, encode: Callable[[SentEntry], str]) -> list[str]:
-        """Each entry's text by ``encode`` (the store's codec), made once per entry."""
+        """Each entry's text by ``encode`` (the store's codec), made once per entry.
+
+        The list is the window's own, kept for the windows shifted from it:
+        read it, never change it.
+        """
         entries = self.entries
         texts = self._texts
         if texts is None:

@@ -81,6 +81,7 @@ __all__ = [
     "encode_outbound",
     "encode_state",
     "sent_json",
+    "state_from_text",
     "state_rest",
     "state_text",
 ]
@@ -148,7 +149,9 @@ def _sent_in(data: Any, _: Any) -> SentWindow:
         values = tuple(item.get(name) for name in _SENT_FIELDS)
         for name, value in zip(_SENT_FIELDS, values, strict=True):
             if type(value) is not str:
-                got = "nothing" if value is None else type(value).__name__
+                if name not in item:
+                    raise ValueError(f"answer {index}: {name} is missing")
+                got = "null" if value is None else type(value).__name__
                 raise ValueError(f"answer {index}: {name} must be a string, got {got}")
         entries.append(values)
     return SentWindow(tuple(entries))  # type: ignore[arg-type]  # three strings, checked
@@ -421,6 +424,20 @@ def _limiter_part_out(part: GCRAState | KeyedLimiterState[Any]) -> Any:
     return converter.unstructure(part)
 
 
+def state_from_text(text: str) -> ChannelState:
+    """The state whose :func:`state_text` ``text`` is.
+
+    Raises:
+        ValueError: ``text`` is not a channel state's JSON (nested too deep
+            to read included: a stored row is data, never a crash).
+    """
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("not a valid channel state: nested too deep to read") from exc
+    return decode_state(data)
+
+
 def decode_state(data: Mapping[str, Any]) -> ChannelState:
     """The state :func:`encode_state` made ``data`` from (with no dead letters).
 
@@ -431,6 +448,8 @@ def decode_state(data: Mapping[str, Any]) -> ChannelState:
         raise ValueError("not a valid channel state: expected a JSON object")
     try:
         return converter.structure({**data, "dead_letters": []}, ChannelState)
+    except RecursionError as exc:
+        raise ValueError("not a valid channel state: nested too deep to read") from exc
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError) as exc:
         raise _invalid("channel state", exc) from exc
 

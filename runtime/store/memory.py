@@ -35,7 +35,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 
 from ..config.model import StorageConfig
 from .base import BatchingStore, BatchResult, KeptMessage
-from .codec import DedupeKey, decode_state, dedupe_key, dumps, encode_outbound
+from .codec import DedupeKey, dedupe_key, dumps, encode_outbound, state_from_text
 from .durable import (
     Checkpoint,
     CheckpointResult,
@@ -243,7 +243,7 @@ class MemoryStore(BatchingStore):
         token, _, version, text = stored
         decoded: object
         try:
-            decoded = decode_state(json.loads(text))
+            decoded = state_from_text(text)
         except ValueError as exc:
             decoded = exc
         letters = [item.letter for item in self._stored_letters(channel_id)]

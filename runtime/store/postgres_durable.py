@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import StoreError
-from .codec import decode_state, dumps
+from .codec import dumps, state_from_text
 from .durable import (
     LETTER_COLUMNS,
     Checkpoint,
@@ -161,7 +161,7 @@ class PostgresDurable:
             self._fail(f"reading the checkpoint of {channel_id!r} from {checkpoints}", exc)
         decoded: object
         try:
-            decoded = decode_state(json.loads(row["state"]))
+            decoded = state_from_text(row["state"])
         except ValueError as exc:
             decoded = exc
         return decoded_checkpoint(

@@ -42,11 +42,11 @@ from .base import BatchingStore, BatchResult, KeptMessage
 from .codec import (
     decode_event,
     decode_kept,
-    decode_state,
     dedupe_key,
     dumps,
     encode_event,
     encode_outbound,
+    state_from_text,
 )
 from .durable import (
     LETTER_COLUMNS,
@@ -416,7 +416,7 @@ class SqliteStore(BatchingStore):
         token, version, text = row
         decoded: object
         try:
-            decoded = decode_state(json.loads(text))
+            decoded = state_from_text(text)
         except ValueError as exc:
             decoded = exc
         letters = [item.letter for item in self._letters(letter_rows_found)]
