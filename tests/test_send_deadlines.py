@@ -213,6 +213,9 @@ async def test_a_send_whose_deadline_passed_before_it_parked_is_stopped_as_it_pa
             services.cancel_scope.cancel()
 
 
+MINE = "test_finished_sends_are_not_kept_for_their_deadlines"
+
+
 async def test_finished_sends_are_not_kept_for_their_deadlines(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -226,7 +229,7 @@ async def test_finished_sends_are_not_kept_for_their_deadlines(
             live = []
             for i in range(5_000):
                 message = OutboundMessage(peer="p", idempotency_key=f"k{i}", text="x" * 1_000)
-                tracked = tracker.track("a", message, deadline=trio.current_time() + 30.0)
+                tracked = tracker.track(MINE, message, deadline=trio.current_time() + 30.0)
                 if i % 1_000 == 0:  # a few stay unfinished
                     live.append(tracked.__enter__())
                 else:
@@ -234,10 +237,15 @@ async def test_finished_sends_are_not_kept_for_their_deadlines(
                         pass
             del tracked
             gc.collect()
-            kept = [obj for obj in gc.get_objects() if type(obj) is Pending]
+            kept = [
+                obj for obj in gc.get_objects() if type(obj) is Pending and obj.channel_id == MINE
+            ]
             assert len(kept) == len(live) == 5
             assert {id(obj) for obj in kept} == {id(obj) for obj in live}
             services.cancel_scope.cancel()
+
+
+UPLOAD = "test_a_node_keeps_nothing_of_the_messages_it_sent.bin"
 
 
 async def test_a_node_keeps_nothing_of_the_messages_it_sent(
@@ -250,7 +258,7 @@ async def test_a_node_keeps_nothing_of_the_messages_it_sent(
         ) as node:
             await trio.sleep(0.5)  # connected
             for i in range(100):
-                media = Media(kind=MediaKind.DOCUMENT, content=b"x" * 100_000, filename="f.bin")
+                media = Media(kind=MediaKind.DOCUMENT, content=b"x" * 100_000, filename=UPLOAD)
                 message = OutboundMessage(peer="p", idempotency_key=f"k{i}", media=media)
                 await node.send("a", message, timeout=60.0)
             assert len(provider.sent) == 100
@@ -258,9 +266,9 @@ async def test_a_node_keeps_nothing_of_the_messages_it_sent(
             del media, message
             gc.collect()
             held = sum(
-                len(obj.content)
+                len(obj.content or b"")
                 for obj in gc.get_objects()
-                if type(obj) is Media and obj.content is not None
+                if type(obj) is Media and obj.filename == UPLOAD  # this test's, not another's
             )
             assert held == 0, f"{held:,} bytes of sent uploads still held"
 
