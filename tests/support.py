@@ -6,7 +6,7 @@ import contextlib
 import math
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -165,3 +165,11 @@ def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
         timeout=60,
     )
     return cert, key
+
+
+async def record_outcome(results: dict[Any, Any], key: Any, call: Awaitable[Any]) -> None:
+    """Await ``call`` and put what it returned, or the exception it raised, in ``results[key]``."""
+    try:
+        results[key] = await call
+    except Exception as exc:
+        results[key] = exc

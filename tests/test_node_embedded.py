@@ -33,7 +33,7 @@ from runtime.node import ROOT_INTENSITY
 from runtime.ops.health import health_report
 from supervisors import SupervisorExited
 
-from .support import CEILING
+from .support import CEILING, record_outcome
 
 FAST = ChannelSettings(
     reconnect=ExponentialBackoff(base=0.05, cap=0.2),
@@ -240,7 +240,9 @@ async def test_what_misses_the_deadline_is_kept_and_sent_at_the_next_start(
                 async with trio.open_nursery() as nursery:
                     for i in range(10):
                         key = f"k{i}"
-                        nursery.start_soon(_record_into, results, key, node.send("a", message(key)))
+                        nursery.start_soon(
+                            record_outcome, results, key, node.send("a", message(key))
+                        )
                         await trio.testing.wait_all_tasks_blocked()
                     report = await node.drain()
             kept_keys = {item.message.idempotency_key for item in report.kept}
@@ -282,13 +284,6 @@ async def _record(results: list[Any], call: Any) -> None:
         results.append(await call)
     except Exception as exc:
         results.append(exc)
-
-
-async def _record_into(results: dict[str, Any], key: str, call: Any) -> None:
-    try:
-        results[key] = await call
-    except Exception as exc:
-        results[key] = exc
 
 
 async def test_a_restarted_channels_supervisor_brings_every_channel_back(
@@ -520,7 +515,9 @@ async def test_the_drain_keeps_its_leftovers_through_a_short_store_outage(
                 async with trio.open_nursery() as nursery:
                     for i in range(3):
                         key = f"k{i}"
-                        nursery.start_soon(_record_into, results, key, node.send("a", message(key)))
+                        nursery.start_soon(
+                            record_outcome, results, key, node.send("a", message(key))
+                        )
                     await trio.testing.wait_all_tasks_blocked()
                     report = await node.drain()
             kept = await store.read_outbound()
@@ -558,7 +555,7 @@ async def _drain_under_timeouts(
                     for i in range(3):
                         key = f"k{i}"
                         send = node.send("a", message(key), timeout=seconds)
-                        nursery.start_soon(_record_into, results, key, send)
+                        nursery.start_soon(record_outcome, results, key, send)
                     await trio.testing.wait_all_tasks_blocked()
                     report = await node.drain()
             kept = await store.read_outbound()

@@ -26,7 +26,8 @@ from providers.simulated import Fixed, SimulatedProvider
 from runtime import open_node
 from runtime.drain import Pending, SendStopped, SendTracker
 
-from .support import CEILING, yield_until
+from .support import CEILING, record_outcome, yield_until
+from .test_actor_at_once import Gated
 from .test_node_errors import FAST, config, sim
 
 
@@ -46,19 +47,6 @@ class Holding(Actor):
         return msg
 
 
-class Gate(Actor):
-    """Handles its mailbox one message at a time, each once ``gate`` is set."""
-
-    def __init__(self, gate: trio.Event, handled: list[Any]) -> None:
-        self.gate = gate
-        self.handled = handled
-
-    async def receive(self, msg: Any) -> Any:
-        await self.gate.wait()
-        self.handled.append(msg)
-        return msg
-
-
 class Watch:
     """An ``AskWatch`` the test drives: it keeps the ask and refuses with ``refusal``."""
 
@@ -75,13 +63,6 @@ class Stopped(Exception):
     """What the test's watch fails an ask with."""
 
 
-async def _outcome(results: dict[Any, Any], key: Any, call: Any) -> None:
-    try:
-        results[key] = await call
-    except Exception as exc:
-        results[key] = exc
-
-
 async def test_a_watch_fails_a_parked_ask_and_the_late_answer_goes_nowhere(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -93,7 +74,7 @@ async def test_a_watch_fails_a_parked_ask_and_the_late_answer_goes_nowhere(
             ref = await system.spawn(Holding, held)
             await yield_until(lambda: kernel.idle(ref))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_outcome, results, "a", ref.ask("a", watch=watch))
+                nursery.start_soon(record_outcome, results, "a", ref.ask("a", watch=watch))
                 await yield_until(lambda: bool(watch.asks))
                 assert watch.asks == held  # the ask the actor holds, handed over as it parked
                 watch.asks[0].fail(Stopped("bound ran out"))
@@ -130,11 +111,13 @@ async def test_a_watch_fails_an_ask_that_waits_in_the_mailbox(
     results: dict[str, Any] = {}
     with trio.fail_after(CEILING):
         async with open_actor_system() as system:
-            ref = await system.spawn(Gate, gate, handled)
+            ref = await system.spawn(Gated, handled, gate)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_outcome, results, "first", ref.ask("first"))
+                nursery.start_soon(record_outcome, results, "first", ref.ask("first"))
                 await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(_outcome, results, "second", ref.ask("second", watch=watch))
+                nursery.start_soon(
+                    record_outcome, results, "second", ref.ask("second", watch=watch)
+                )
                 await yield_until(lambda: bool(watch.asks))
                 watch.asks[0].fail(Stopped("gave up"))
                 await trio.testing.wait_all_tasks_blocked()

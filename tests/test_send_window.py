@@ -43,7 +43,7 @@ from providers.telegram import TELEGRAM_LIMITS
 from providers.testing import FakeConnection, FakeProvider
 from providers.whatsapp import WHATSAPP_LIMITS
 from supervisors import ChildSpec, Restart, open_supervisor
-from tests.support import CEILING
+from tests.support import CEILING, record_outcome
 
 RTT = 0.3  # seconds the scripted platform takes to answer
 GENEROUS = PlatformLimits(
@@ -278,7 +278,7 @@ async def test_a_stop_lets_the_sends_on_the_wire_finish(
             await provider.wait_connected(1)
             async with trio.open_nursery() as nursery:
                 for key, peer in [("a1", "a"), ("b1", "b"), ("a2", "a")]:
-                    nursery.start_soon(_record, results, key, channel.send(out(peer, key)))
+                    nursery.start_soon(record_outcome, results, key, channel.send(out(peer, key)))
                     await trio.testing.wait_all_tasks_blocked()
                 await channel.ref.stop()
     # a1 and b1 were on the wire and finished; a2 waited behind a1 and was
@@ -300,7 +300,7 @@ async def test_a_crash_mid_window_loses_no_send(autojump_clock: trio.testing.Moc
             async with trio.open_nursery() as nursery:
                 for message in messages:
                     key = message.idempotency_key
-                    nursery.start_soon(_record, results, key, channel.send(message))
+                    nursery.start_soon(record_outcome, results, key, channel.send(message))
                     await trio.testing.wait_all_tasks_blocked()
                 assert provider.flying == 5  # k3 waits behind k0, the rest are on the wire
                 channel.ref.tell(object())  # an unknown message crashes the actor
@@ -329,13 +329,6 @@ async def test_a_defect_in_one_send_fails_that_send_and_keeps_the_rest(
     assert isinstance(results["k-ok"], SendResult) and isinstance(results["k-ok2"], SendResult)
     assert restarts == 1
     assert [m.idempotency_key for _, m in provider.sent] == ["k-ok", "k-ok2"]
-
-
-async def _record(results: dict[str, Any], key: str, call: Any) -> None:
-    try:
-        results[key] = await call
-    except Exception as exc:
-        results[key] = exc
 
 
 # --- the window in a node --------------------------------------------------------------------
@@ -367,7 +360,7 @@ async def test_a_drain_waits_for_every_send_in_the_window(
                 for i in range(12):
                     key = f"k{i}"
                     call = node.send("a", out(f"p{i}", key))
-                    nursery.start_soon(_record, results, key, call)
+                    nursery.start_soon(record_outcome, results, key, call)
                 await trio.testing.wait_all_tasks_blocked()
                 report = await node.drain()
             # all twelve were on the wire together, and the drain waited for them
@@ -626,7 +619,7 @@ async def test_sends_taken_at_once_survive_a_kill_or_restart_mid_flight(
             await trio.testing.wait_all_tasks_blocked()
             async with trio.open_nursery() as nursery:
                 for key, peer in (("k0", "p0"), ("k1", "p0"), ("k2", "p1")):
-                    nursery.start_soon(_record, results, key, channel.send(out(peer, key)))
+                    nursery.start_soon(record_outcome, results, key, channel.send(out(peer, key)))
                     await trio.testing.wait_all_tasks_blocked()
                 assert channel.ref.statistics().processed == 3  # none waits in the mailbox
                 if how == "kill":
