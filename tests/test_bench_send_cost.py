@@ -1,0 +1,85 @@
+"""``python -m bench.send_cost``: closed-loop sends through a node, timed or counted.
+
+The figures (CPU, instructions) are measured, not asserted; these check the
+account (every send reached the platform, once), the JSON line, and the
+arithmetic and parsing of the instruction count. Valgrind itself is too
+slow for a test (a minute a run): a missing valgrind is refused clearly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import pytest
+import trio
+
+from bench import send_cost
+from providers.emulators.base import open_emulator
+from providers.emulators.websocket import WebSocketEmulator
+
+from .support import CEILING
+
+
+async def test_every_send_of_every_caller_reaches_the_websocket_far_end() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http://", "ws://", 1) + "/ws"
+            line = await send_cost.measure("websocket", channels=3, callers=2, sends=4, far_end=url)
+    assert line["sends"] == 3 * 2 * 4
+    assert line["cpu_per_send"] == line["cpu_seconds"] / line["sends"] > 0
+    sent = emulator.sent
+    assert len(sent) == 24
+    assert len({m["id"] for m in sent}) == 24  # one idempotency key per send, none sent twice
+    assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
+
+
+def test_the_command_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--provider", "simulated", "--channels", "2", "--callers", "3", "--sends", "5"]
+    assert send_cost.main(arguments) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line)
+    assert set(result) == {
+        "provider",
+        "channels",
+        "callers",
+        "sends",
+        "cpu_seconds",
+        "cpu_per_send",
+    }
+    assert (result["provider"], result["channels"], result["callers"]) == ("simulated", 2, 3)
+    assert result["sends"] == 30
+
+
+@pytest.mark.parametrize("option", ["--channels", "--callers", "--sends"])
+def test_a_count_below_one_is_refused(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        send_cost.main(["--provider", "simulated", option, "0"])
+    assert refused.value.code == 2
+    assert f"{option} must be at least 1" in capsys.readouterr().err
+
+
+def test_instructions_per_send_is_the_difference_over_the_sends_between() -> None:
+    assert send_cost.instructions_per_send(3_614_781_089, 3_714_726_443, 200) == 499_727
+    with pytest.raises(ValueError, match="must differ by some sends"):
+        send_cost.instructions_per_send(1, 2, 0)
+
+
+def test_valgrind_s_count_is_read_from_its_output_or_its_failure_quoted() -> None:
+    output = "==19962== Events    : Ir\n==19962== Collected : 1529894269\n==19962==\n"
+    assert send_cost.collected(output) == 1_529_894_269
+    with pytest.raises(ValueError, match=r"no instruction count.*valgrind: command not found"):
+        send_cost.collected("bash: valgrind: command not found\n")
+
+
+def test_counting_without_valgrind_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which
+
+    def which(name: str, *args: Any, **kwargs: Any) -> str | None:
+        return None if name == "valgrind" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", which)
+    with pytest.raises(SystemExit, match="needs valgrind"):
+        send_cost.main(["--instructions", "--provider", "simulated"])
