@@ -60,9 +60,19 @@ _COLLECTED: Final = re.compile(r"Collected : (\d+)")
 
 
 async def measure(
-    provider: str, *, channels: int, callers: int, sends: int, far_end: str | None = None
+    provider: str,
+    *,
+    channels: int,
+    callers: int,
+    sends: int,
+    far_end: str | None = None,
+    connect_wait: float = CONNECT_WAIT,
 ) -> dict[str, Any]:
-    """Run the closed-loop sends once and return the JSON line's fields."""
+    """Run the closed-loop sends once and return the JSON line's fields.
+
+    Raises:
+        RuntimeError: not every channel connected within ``connect_wait`` seconds.
+    """
     async with contextlib.AsyncExitStack() as stack:
         if provider == "websocket" and far_end is None:
             from .rig import open_far_end_process
@@ -70,7 +80,7 @@ async def measure(
             far_end = (await stack.enter_async_context(open_far_end_process())).channel_url
         config = parse_config(
             {
-                "node": {"id": "send-cost", "start_timeout": CONNECT_WAIT},
+                "node": {"id": "send-cost", "start_timeout": connect_wait},
                 "ops": {"enabled": False},
                 "providers": {provider: {"rate_limit": {"enabled": False}}},
                 "channels": [],
@@ -90,8 +100,15 @@ async def measure(
             else:
                 spec = ChannelSpec(id=channel_id, provider=provider, tenant="bench")
             await node.start_channel(spec)
-        with trio.fail_after(CONNECT_WAIT):
+        with trio.move_on_after(connect_wait):
             await _connected(node, len(ids))
+        unconnected = [s for s in node.channels() if s.status is not ChannelStatus.CONNECTED]
+        if unconnected:
+            problems = "; ".join(f"{s.channel_id}: {s.problem}" for s in unconnected[:3])
+            raise RuntimeError(
+                f"{len(unconnected)} of {channels} channels did not connect within "
+                f"{connect_wait:g} s ({problems}); nothing was measured"
+            )
 
         async def caller(channel_id: str, number: int) -> None:
             for n in range(sends):

@@ -36,6 +36,26 @@ async def test_every_send_of_every_caller_reaches_the_websocket_far_end() -> Non
     assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
 
 
+async def test_channels_that_cannot_connect_are_named_and_nothing_is_measured() -> None:
+    with (
+        trio.fail_after(CEILING),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(
+                RuntimeError, match=r"2 of 2 channels did not connect within 0.5 s \(ch00000: "
+            ),
+            flatten_subgroups=True,
+        ),
+    ):
+        await send_cost.measure(
+            "websocket",
+            channels=2,
+            callers=1,
+            sends=1,
+            far_end="ws://127.0.0.1:9/ws",
+            connect_wait=0.5,
+        )
+
+
 def test_the_command_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["--provider", "simulated", "--channels", "2", "--callers", "3", "--sends", "5"]
     assert send_cost.main(arguments) == 0
