@@ -1,13 +1,18 @@
 """The cost of one send through a node, measured so that a loaded machine cannot move it.
 
-``python -m bench.send_cost [--provider P] [--channels N] [--callers K] [--sends S]``
+``python -m bench.send_cost [--client C] [--provider P] [--channels N] [--callers K] [--sends S]``
     runs a node in this process with ``N`` channels of provider ``P``
     (``websocket``, the default, or ``simulated``) and ``K`` callers per
     channel, each sending ``S`` messages closed-loop (the next once the
-    platform accepted the last), and prints one JSON line: ``{"provider",
-    "channels", "callers", "sends", "cpu_seconds", "cpu_per_send"}``. A
-    websocket node talks to the lean far end (:mod:`bench.far_end`), started
-    in a process of its own unless ``--far-end URL`` names one.
+    platform accepted the last), and prints one JSON line: ``{"client",
+    "provider", "channels", "callers", "sends", "cpu_seconds",
+    "cpu_per_send"}``. A websocket node talks to the lean far end
+    (:mod:`bench.far_end`), started in a process of its own unless
+    ``--far-end URL`` names one. ``--client bare`` (``C`` is ``node`` by
+    default) does the same sends with a bare trio + wsproto client instead
+    of a node: ``N`` connections with the connection code of
+    :mod:`bench.ws_bare`, each caller sending a frame and waiting for its
+    ``ack``; the baseline the node's figure is judged against.
 
 ``python -m bench.send_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
@@ -44,6 +49,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import trio
 
@@ -124,7 +130,74 @@ async def measure(
         cpu = time.process_time() - began
     total = channels * callers * sends
     return {
+        "client": "node",
         "provider": provider,
+        "channels": channels,
+        "callers": callers,
+        "sends": total,
+        "cpu_seconds": cpu,
+        "cpu_per_send": cpu / total,
+    }
+
+
+async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> dict[str, Any]:
+    """The sends of :func:`measure` by a bare trio + wsproto client: the baseline.
+
+    ``channels`` connections to the far end at ``url``, each with ``callers``
+    callers that send a frame and wait for its ``ack`` (an event per send,
+    as a plain client would). Raises ``ConnectionError`` when a connection
+    cannot be opened.
+    """
+    # The connection code of the open-loop baseline, so that the two bare
+    # clients differ only in how they load the far end.
+    from .ws_bare import PEERS, _Connection, _serve_connection, _Session, _Tally
+
+    class Answers(_Tally):
+        """Wakes the caller of each answered send."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.waiting: dict[str, trio.Event] = {}
+
+        def on_frame(self, frame: dict[str, Any]) -> None:
+            if frame.get("type") in ("ack", "error"):
+                event = self.waiting.pop(str(frame.get("id")), None)
+                if event is not None:
+                    event.set()
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    session = _Session()
+    answers = session.tally = Answers()
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    async with trio.open_nursery() as nursery:
+        opened: list[_Connection] = []
+        for index in range(channels):
+            token = f"send-cost-{index:05d}"
+            target = f"{parts.path or '/'}?token={token}"
+            opened.append(
+                await nursery.start(_serve_connection, session, host, port, target, token)
+            )
+
+        async def caller(connection: _Connection, number: int) -> None:
+            for n in range(sends):
+                key = f"{connection.token}-{number}-{n}"
+                event = answers.waiting[key] = trio.Event()
+                frame = {"type": "send", "id": key, "peer": f"user-{n % PEERS}", "text": TEXT}
+                connection.send_text(encode(frame))
+                await event.wait()
+
+        began = time.process_time()
+        async with trio.open_nursery() as callers_nursery:
+            for connection in opened:
+                for number in range(callers):
+                    callers_nursery.start_soon(caller, connection, number)
+        cpu = time.process_time() - began
+        nursery.cancel_scope.cancel()
+    total = channels * callers * sends
+    return {
+        "client": "bare",
+        "provider": "websocket",
         "channels": channels,
         "callers": callers,
         "sends": total,
@@ -166,7 +239,8 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
         sys.executable,
         "-m",
         "bench.send_cost",
-        *("--provider", args.provider, "--channels", str(args.channels)),
+        *("--client", args.client, "--provider", args.provider),
+        *("--channels", str(args.channels)),
         *("--callers", str(args.callers), "--sends", str(sends)),
     ]
     if far_end is not None:
@@ -205,6 +279,7 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
     trio.run(both)
     between = args.channels * args.callers * 2 * args.sends
     return {
+        "client": args.client,
         "provider": args.provider,
         "channels": args.channels,
         "callers": args.callers,
@@ -215,8 +290,19 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _bare(args: argparse.Namespace) -> dict[str, Any]:
+    async with _far_end_for("websocket", args.far_end) as url:
+        assert url is not None
+        return await measure_bare(
+            url, channels=args.channels, callers=args.callers, sends=args.sends
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.send_cost", description=__doc__)
+    parser.add_argument(
+        "--client", choices=["node", "bare"], default="node", help="a node, or the bare baseline"
+    )
     parser.add_argument("--provider", choices=["websocket", "simulated"], default="websocket")
     parser.add_argument("--channels", type=int, default=50)
     parser.add_argument("--callers", type=int, default=2, help="callers per channel")
@@ -233,8 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("channels", "callers", "sends"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.client == "bare" and args.provider != "websocket":
+        parser.error("--client bare is a websocket client: --provider websocket only")
     if args.instructions:
         result = _count_instructions(args)
+    elif args.client == "bare":
+        result = trio.run(_bare, args)
     else:
         result = trio.run(
             lambda: measure(

@@ -56,12 +56,33 @@ async def test_channels_that_cannot_connect_are_named_and_nothing_is_measured() 
         )
 
 
+async def test_the_bare_client_s_sends_all_reach_the_far_end_once() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http://", "ws://", 1) + "/ws"
+            line = await send_cost.measure_bare(url, channels=3, callers=2, sends=4)
+    assert (line["client"], line["sends"]) == ("bare", 24)
+    sent = emulator.sent
+    assert len(sent) == 24 and len({m["id"] for m in sent}) == 24
+    assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
+    assert {m["text"] for m in sent} == {send_cost.TEXT}
+
+
+def test_the_bare_client_is_a_websocket_client(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        send_cost.main(["--client", "bare", "--provider", "simulated"])
+    assert refused.value.code == 2
+    assert "--provider websocket only" in capsys.readouterr().err
+
+
 def test_the_command_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["--provider", "simulated", "--channels", "2", "--callers", "3", "--sends", "5"]
     assert send_cost.main(arguments) == 0
     (line,) = capsys.readouterr().out.splitlines()
     result = json.loads(line)
     assert set(result) == {
+        "client",
         "provider",
         "channels",
         "callers",
