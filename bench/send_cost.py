@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -122,22 +122,8 @@ async def measure(
                 message = OutboundMessage(peer=f"p{n % 7}", idempotency_key=key, text=TEXT)
                 await node.send(channel_id, message)
 
-        began = time.process_time()
-        async with trio.open_nursery() as nursery:
-            for channel_id in ids:
-                for number in range(callers):
-                    nursery.start_soon(caller, channel_id, number)
-        cpu = time.process_time() - began
-    total = channels * callers * sends
-    return {
-        "client": "node",
-        "provider": provider,
-        "channels": channels,
-        "callers": callers,
-        "sends": total,
-        "cpu_seconds": cpu,
-        "cpu_per_send": cpu / total,
-    }
+        cpu = await _run_callers(ids, callers, caller)
+    return _result("node", provider, channels, callers, sends, cpu)
 
 
 async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> dict[str, Any]:
@@ -187,17 +173,30 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
                 connection.send_text(encode(frame))
                 await event.wait()
 
-        began = time.process_time()
-        async with trio.open_nursery() as callers_nursery:
-            for connection in opened:
-                for number in range(callers):
-                    callers_nursery.start_soon(caller, connection, number)
-        cpu = time.process_time() - began
+        cpu = await _run_callers(opened, callers, caller)
         nursery.cancel_scope.cancel()
+    return _result("bare", "websocket", channels, callers, sends, cpu)
+
+
+async def _run_callers(
+    targets: Sequence[Any], callers: int, caller: Callable[[Any, int], Awaitable[None]]
+) -> float:
+    """Run ``callers`` callers of each target at once; the CPU seconds they took."""
+    began = time.process_time()
+    async with trio.open_nursery() as nursery:
+        for target in targets:
+            for number in range(callers):
+                nursery.start_soon(caller, target, number)
+    return time.process_time() - began
+
+
+def _result(
+    client: str, provider: str, channels: int, callers: int, sends: int, cpu: float
+) -> dict[str, Any]:
     total = channels * callers * sends
     return {
-        "client": "bare",
-        "provider": "websocket",
+        "client": client,
+        "provider": provider,
         "channels": channels,
         "callers": callers,
         "sends": total,
