@@ -5,10 +5,12 @@
     (``websocket``, the default, or ``simulated``) and ``K`` callers per
     channel, each sending ``S`` messages closed-loop (the next once the
     platform accepted the last), and prints one JSON line: ``{"client",
-    "provider", "channels", "callers", "sends", "cpu_seconds",
-    "cpu_per_send"}``. A websocket node talks to the lean far end
-    (:mod:`bench.far_end`), started in a process of its own unless
-    ``--far-end URL`` names one. ``--client bare`` (``C`` is ``node`` by
+    "provider", "channels", "callers", "sends" (all of them), "cpu_seconds",
+    "cpu_per_send"}``. Every send goes to a recipient of its own (up to
+    997), so a node never holds a send back behind another to the same
+    recipient. A websocket node talks to the lean far end
+    (:mod:`bench.far_end`, with no heartbeats), started in a process of its
+    own unless ``--far-end URL`` names one. ``--client bare`` (``C`` is ``node`` by
     default) does the same sends with a bare trio + wsproto client instead
     of a node: ``N`` connections with the connection code of
     :mod:`bench.ws_bare`, each caller sending a frame and waiting for its
@@ -17,10 +19,12 @@
 ``python -m bench.send_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
     instead of timing it: twice, with ``S`` and with ``3 S`` sends per
-    caller, the far end (not counted) running natively. It prints
-    ``{"instructions_per_send", "runs": [...]}``: the difference of the two
+    caller, the far end (not counted) running natively; a few minutes. It
+    prints ``{"client", "provider", "channels", "callers",
+    "instructions_per_send", "runs": [...]}``: the difference of the two
     totals over the sends between them, so that start-up and connects
-    cancel out.
+    cancel out. A run that fails, or makes fewer sends than asked, fails
+    the command.
 
 Design notes: the channels benchmark times the node against a bare client
 in a fresh process, and on a shared machine both move by tens of percent
@@ -61,6 +65,9 @@ from runtime.config import ChannelSpec
 __all__ = ["instructions_per_send", "main", "measure"]
 
 TEXT: Final = "x" * 40  # the channels benchmark's default text size
+PEERS: Final = 997  # distinct recipients, as the channels benchmark rotates them
+ANSWER_WAIT: Final = 60.0  # seconds a bare caller waits for an answer (the node's send timeout)
+RUN_LIMIT: Final = 1_800.0  # seconds one run under valgrind may take
 CONNECT_WAIT: Final = 60.0  # seconds for every channel to connect (under valgrind: slow)
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
 
@@ -80,10 +87,8 @@ async def measure(
         RuntimeError: not every channel connected within ``connect_wait`` seconds.
     """
     async with contextlib.AsyncExitStack() as stack:
-        if provider == "websocket" and far_end is None:
-            from .rig import open_far_end_process
-
-            far_end = (await stack.enter_async_context(open_far_end_process())).channel_url
+        if provider == "websocket":
+            far_end = await stack.enter_async_context(_far_end_for(provider, far_end))
         config = parse_config(
             {
                 "node": {"id": "send-cost", "start_timeout": connect_wait},
@@ -116,13 +121,13 @@ async def measure(
                 f"{connect_wait:g} s ({problems}); nothing was measured"
             )
 
-        async def caller(channel_id: str, number: int) -> None:
+        async def caller(channel: int, number: int) -> None:
             for n in range(sends):
-                key = f"{channel_id}-{number}-{n}"
-                message = OutboundMessage(peer=f"p{n % 7}", idempotency_key=key, text=TEXT)
-                await node.send(channel_id, message)
+                key, peer = _key_and_peer(channel, number, callers, sends, n)
+                message = OutboundMessage(peer=peer, idempotency_key=key, text=TEXT)
+                await node.send(ids[channel], message)
 
-        cpu = await _run_callers(ids, callers, caller)
+        cpu = await _run_callers(channels, callers, caller)
     return _result("node", provider, channels, callers, sends, cpu)
 
 
@@ -131,22 +136,29 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
 
     ``channels`` connections to the far end at ``url``, each with ``callers``
     callers that send a frame and wait for its ``ack`` (an event per send,
-    as a plain client would). Raises ``ConnectionError`` when a connection
-    cannot be opened.
+    as a plain client would).
+
+    Raises:
+        RuntimeError: the far end refused a send, or did not answer one
+            within :data:`ANSWER_WAIT` seconds (inside the nursery's
+            exception group, as a connection that could not be opened is).
     """
     # The connection code of the open-loop baseline, so that the two bare
     # clients differ only in how they load the far end.
-    from .ws_bare import PEERS, _Connection, _serve_connection, _Session, _Tally
+    from .ws_bare import _Connection, _serve_connection, _Session, _Tally
 
     class Answers(_Tally):
-        """Wakes the caller of each answered send."""
+        """Wakes the caller of each answered send; an ``error`` answer is a failed run."""
 
         def __init__(self) -> None:
             super().__init__()
             self.waiting: dict[str, trio.Event] = {}
 
         def on_frame(self, frame: dict[str, Any]) -> None:
-            if frame.get("type") in ("ack", "error"):
+            kind = frame.get("type")
+            if kind == "error":
+                raise RuntimeError(f"the far end refused a send: {frame}")
+            if kind == "ack":
                 event = self.waiting.pop(str(frame.get("id")), None)
                 if event is not None:
                     event.set()
@@ -165,28 +177,35 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
                 await nursery.start(_serve_connection, session, host, port, target, token)
             )
 
-        async def caller(connection: _Connection, number: int) -> None:
+        async def caller(channel: int, number: int) -> None:
+            connection = opened[channel]
             for n in range(sends):
-                key = f"{connection.token}-{number}-{n}"
+                key, peer = _key_and_peer(channel, number, callers, sends, n)
                 event = answers.waiting[key] = trio.Event()
-                frame = {"type": "send", "id": key, "peer": f"user-{n % PEERS}", "text": TEXT}
+                frame = {"type": "send", "id": key, "peer": peer, "text": TEXT}
                 connection.send_text(encode(frame))
-                await event.wait()
+                with trio.move_on_after(ANSWER_WAIT):
+                    await event.wait()
+                if not event.is_set():
+                    raise RuntimeError(
+                        f"no answer to {key} within {ANSWER_WAIT:g} s "
+                        f"({session.lost} connections lost); nothing was measured"
+                    )
 
-        cpu = await _run_callers(opened, callers, caller)
+        cpu = await _run_callers(channels, callers, caller)
         nursery.cancel_scope.cancel()
     return _result("bare", "websocket", channels, callers, sends, cpu)
 
 
 async def _run_callers(
-    targets: Sequence[Any], callers: int, caller: Callable[[Any, int], Awaitable[None]]
+    channels: int, callers: int, caller: Callable[[int, int], Awaitable[None]]
 ) -> float:
-    """Run ``callers`` callers of each target at once; the CPU seconds they took."""
+    """Run ``callers`` callers of each channel at once; the CPU seconds they took."""
     began = time.process_time()
     async with trio.open_nursery() as nursery:
-        for target in targets:
+        for channel in range(channels):
             for number in range(callers):
-                nursery.start_soon(caller, target, number)
+                nursery.start_soon(caller, channel, number)
     return time.process_time() - began
 
 
@@ -205,6 +224,17 @@ def _result(
     }
 
 
+def _key_and_peer(channel: int, caller: int, callers: int, sends: int, n: int) -> tuple[str, str]:
+    """Send ``n`` of a caller: its idempotency key, and a recipient no other send in flight has.
+
+    The same for the node and the bare client. Each send of a run goes to its
+    own recipient (up to :data:`PEERS` of them), so a node never holds one
+    back behind another to the same recipient, which a bare client does not do.
+    """
+    number = (channel * callers + caller) * sends + n
+    return f"c{channel:05d}-{caller}-{n}", f"user-{number % PEERS}"
+
+
 async def _connected(node: Any, count: int) -> None:
     with node.subscribe(kind="state") as changes:
         while sum(s.status is ChannelStatus.CONNECTED for s in node.channels()) < count:
@@ -216,6 +246,22 @@ def instructions_per_send(small: int, big: int, sends_between: int) -> int:
     if sends_between <= 0:
         raise ValueError(f"the runs must differ by some sends, not {sends_between}")
     return round((big - small) / sends_between)
+
+
+def counted(output: str, returncode: int, sends: int) -> int:
+    """The instructions of a counted run that made all its ``sends``, from its output.
+
+    Raises:
+        ValueError: the run failed, or did not say it made them all (its output is quoted).
+    """
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    made = json.loads(lines[-1]).get("sends") if lines else None
+    if returncode != 0 or made != sends:
+        raise ValueError(
+            f"the counted run failed (exit {returncode}, {made} of {sends} sends made): "
+            f"{output[-1500:]}"
+        )
+    return collected(output)
 
 
 def collected(valgrind_output: str) -> int:
@@ -246,9 +292,17 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
         command += ["--far-end", far_end]
     environment = {**os.environ, "PYTHONHASHSEED": "0"}
     with tempfile.TemporaryFile("w+") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment, check=False)
+        done = subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            check=False,
+            timeout=RUN_LIMIT,
+        )
         log.seek(0)
-        return collected(log.read())
+        output = log.read()
+    return counted(output, done.returncode, args.channels * args.callers * sends)
 
 
 @contextlib.asynccontextmanager
@@ -258,7 +312,9 @@ async def _far_end_for(provider: str, given: str | None) -> AsyncIterator[str | 
         return
     from .rig import open_far_end_process
 
-    async with open_far_end_process() as far_end:
+    # No heartbeats: their number would follow the run's wall-clock time,
+    # which valgrind and the machine's load stretch.
+    async with open_far_end_process(heartbeat_interval=0) as far_end:
         yield far_end.channel_url
 
 
@@ -298,44 +354,56 @@ async def _bare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.send_cost", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.send_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--client", choices=["node", "bare"], default="node", help="a node, or the bare baseline"
     )
     parser.add_argument("--provider", choices=["websocket", "simulated"], default="websocket")
-    parser.add_argument("--channels", type=int, default=50)
-    parser.add_argument("--callers", type=int, default=2, help="callers per channel")
-    parser.add_argument("--sends", type=int, default=20, help="sends per caller")
+    parser.add_argument("--channels", type=int, default=50, help="channels (default 50)")
+    parser.add_argument("--callers", type=int, default=2, help="callers per channel (default 2)")
+    parser.add_argument("--sends", type=int, default=20, help="sends per caller (default 20)")
     parser.add_argument("--far-end", metavar="URL", help="a running lean far end (ws://.../ws)")
     parser.add_argument(
         "--instructions",
         action="store_true",
-        help="count instructions per send under valgrind instead of timing",
+        help="count instructions per send under valgrind instead of timing (minutes)",
     )
     args = parser.parse_args(argv)
-    # A channel's lifecycle is logged; the figure is the one line printed.
-    logging.getLogger("switchboard").setLevel(logging.ERROR)
     for name in ("channels", "callers", "sends"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.client == "bare" and args.provider != "websocket":
         parser.error("--client bare is a websocket client: --provider websocket only")
-    if args.instructions:
-        result = _count_instructions(args)
-    elif args.client == "bare":
-        result = trio.run(_bare, args)
-    else:
-        result = trio.run(
-            lambda: measure(
-                args.provider,
-                channels=args.channels,
-                callers=args.callers,
-                sends=args.sends,
-                far_end=args.far_end,
-            )
-        )
+    # A channel's lifecycle is logged; the figure is the one line printed.
+    logger = logging.getLogger("switchboard")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        result = _measured(args)
+    finally:
+        logger.setLevel(level)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def _measured(args: argparse.Namespace) -> dict[str, Any]:
+    if args.instructions:
+        return _count_instructions(args)
+    if args.client == "bare":
+        return trio.run(_bare, args)
+    return trio.run(
+        lambda: measure(
+            args.provider,
+            channels=args.channels,
+            callers=args.callers,
+            sends=args.sends,
+            far_end=args.far_end,
+        )
+    )
 
 
 if __name__ == "__main__":

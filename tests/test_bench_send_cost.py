@@ -9,6 +9,7 @@ slow for a test (a minute a run): a missing valgrind is refused clearly.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from typing import Any
 
@@ -67,6 +68,22 @@ async def test_the_bare_client_s_sends_all_reach_the_far_end_once() -> None:
     assert len(sent) == 24 and len({m["id"] for m in sent}) == 24
     assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
     assert {m["text"] for m in sent} == {send_cost.TEXT}
+    assert len({m["peer"] for m in sent}) == 24
+
+
+async def test_the_bare_client_fails_on_a_refused_send() -> None:
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    emulator.failing_sends = [{"code": "rate_limited", "retry_after": 1.0}]
+    with (
+        trio.fail_after(CEILING),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="the far end refused a send"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http://", "ws://", 1) + "/ws"
+            await send_cost.measure_bare(url, channels=1, callers=1, sends=3)
 
 
 def test_the_bare_client_is_a_websocket_client(capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,6 +123,24 @@ def test_instructions_per_send_is_the_difference_over_the_sends_between() -> Non
     assert send_cost.instructions_per_send(3_614_781_089, 3_714_726_443, 200) == 499_727
     with pytest.raises(ValueError, match="must differ by some sends"):
         send_cost.instructions_per_send(1, 2, 0)
+
+
+def test_a_counted_run_that_failed_or_fell_short_fails_the_count() -> None:
+    output = '{"client": "node", "sends": 40}\n==1== Collected : 1529894269\n'
+    assert send_cost.counted(output, 0, 40) == 1_529_894_269
+    with pytest.raises(ValueError, match=r"exit 1, 40 of 40 sends made"):
+        send_cost.counted(output, 1, 40)
+    with pytest.raises(ValueError, match=r"exit 0, 40 of 80 sends made"):
+        send_cost.counted(output, 0, 80)
+    with pytest.raises(ValueError, match=r"exit 0, None of 40 sends made.*Traceback"):
+        send_cost.counted("Traceback (most recent call last): ...\n==1== Collected : 5\n", 0, 40)
+
+
+def test_the_command_leaves_the_loggers_as_they_were() -> None:
+    logger = logging.getLogger("switchboard")
+    before = logger.level
+    send_cost.main(["--provider", "simulated", "--channels", "1", "--callers", "1", "--sends", "1"])
+    assert logger.level == before
 
 
 def test_valgrind_s_count_is_read_from_its_output_or_its_failure_quoted() -> None:
