@@ -66,7 +66,7 @@ __all__ = ["instructions_per_send", "main", "measure"]
 
 TEXT: Final = "x" * 40  # the channels benchmark's default text size
 PEERS: Final = 997  # distinct recipients, as the channels benchmark rotates them
-ANSWER_WAIT: Final = 60.0  # seconds a bare caller waits for an answer (the node's send timeout)
+ANSWER_WAIT: Final = 900.0  # seconds the bare client's sends may take in all (a bound, not a pace)
 RUN_LIMIT: Final = 1_800.0  # seconds one run under valgrind may take
 CONNECT_WAIT: Final = 60.0  # seconds for every channel to connect (under valgrind: slow)
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
@@ -139,9 +139,9 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
     as a plain client would).
 
     Raises:
-        RuntimeError: the far end refused a send, or did not answer one
-            within :data:`ANSWER_WAIT` seconds (inside the nursery's
-            exception group, as a connection that could not be opened is).
+        RuntimeError: the far end refused a send (inside the nursery's
+            exception group, as a connection that could not be opened is),
+            or did not answer every send within :data:`ANSWER_WAIT` seconds.
     """
     # The connection code of the open-loop baseline, so that the two bare
     # clients differ only in how they load the far end.
@@ -184,16 +184,19 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
                 event = answers.waiting[key] = trio.Event()
                 frame = {"type": "send", "id": key, "peer": peer, "text": TEXT}
                 connection.send_text(encode(frame))
-                with trio.move_on_after(ANSWER_WAIT):
-                    await event.wait()
-                if not event.is_set():
-                    raise RuntimeError(
-                        f"no answer to {key} within {ANSWER_WAIT:g} s "
-                        f"({session.lost} connections lost); nothing was measured"
-                    )
+                await event.wait()
 
-        cpu = await _run_callers(channels, callers, caller)
+        # One bound for the whole run: a cancel scope per send would cost the
+        # bare client what a node's send no longer pays (about 50,000
+        # instructions), and a plain client has none.
+        with trio.move_on_after(ANSWER_WAIT) as bound:
+            cpu = await _run_callers(channels, callers, caller)
         nursery.cancel_scope.cancel()
+    if bound.cancelled_caught:
+        raise RuntimeError(
+            f"{len(answers.waiting)} sends not answered within {ANSWER_WAIT:g} s "
+            f"({session.lost} connections lost); nothing was measured"
+        )
     return _result("bare", "websocket", channels, callers, sends, cpu)
 
 

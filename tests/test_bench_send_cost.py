@@ -71,6 +71,23 @@ async def test_the_bare_client_s_sends_all_reach_the_far_end_once() -> None:
     assert len({m["peer"] for m in sent}) == 24
 
 
+async def test_the_bare_client_s_sends_are_bounded_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(send_cost, "ANSWER_WAIT", 0.0)  # no time at all: nothing is answered
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    with (
+        trio.fail_after(CEILING),
+        pytest.RaisesGroup(  # raised inside the emulator's block
+            pytest.RaisesExc(RuntimeError, match="2 sends not answered within 0 s"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with open_emulator(emulator) as base:
+            url = base.replace("http://", "ws://", 1) + "/ws"
+            await send_cost.measure_bare(url, channels=2, callers=1, sends=3)
+
+
 async def test_the_bare_client_fails_on_a_refused_send() -> None:
     emulator = WebSocketEmulator(heartbeat_interval=None)
     emulator.failing_sends = [{"code": "rate_limited", "retry_after": 1.0}]
