@@ -32,10 +32,10 @@ from run to run (the bare client alone by 38 % between two runs of one
 command). A change of a few percent on the send path cannot be seen that
 way. An instruction count is not CPU time (it misses cache misses and
 stalls), but it does not move with the machine's load, and the same run
-gives the same count to within about 1 %: two trees compared this way
-differ by what their code does. The sends are closed-loop, not paced: a
-paced run's cost depends on how far the node falls behind, which valgrind's
-slowdown (about 50 times) changes.
+gives the same count to within a few percent (1 to 3 % here): two trees
+compared this way differ by what their code does. The sends are
+closed-loop, not paced: a paced run's cost depends on how far the node
+falls behind, which valgrind's slowdown (about 50 times) changes.
 """
 
 from __future__ import annotations
