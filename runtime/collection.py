@@ -34,6 +34,13 @@ The policy, ``gc = "tuned"`` (the default):
   the process to leave puts the thresholds back, so an embedding program
   gets its collector back. A program that manages the
   collector itself sets ``gc = "default"``: the node then touches nothing.
+  It should know that a busy node keeps few long-lived objects the
+  collector tracks (its per-message keep is tuples it stops tracking), so
+  CPython's own rule (a full collection once what was added reaches a
+  quarter of what survived the last one) runs one about every tenth
+  middle collection, and each visits every channel's table of send answers
+  (1,000 entries each). Measured on 1,000 such tables: 28 to 31 µs a
+  checkpoint round against 10 to 14 µs under the tuned policy.
 
 Nodes of one process share the collector; the policy is counted, not
 stacked.
