@@ -735,7 +735,8 @@ class Node(ClusterMode, DeadLetterOps):
                     # caller's deadline came after the cut): wait, outside the
                     # deadline, until the drain has kept the message, then say so.
                     await pending.settled.wait()
-                    raise _kept_error(pending) from exc
+                    # The drain's own stop is no cause to show the caller.
+                    raise _kept_error(pending) from (None if exc is pending.stopped else exc)
                 if exc is pending.stopped:
                     raise channel.ref.ask_timeout(message, timeout) from None
                 raise

@@ -29,6 +29,7 @@ from runtime import (
     parse_config,
 )
 from runtime.config import ChannelSpec, StorageConfig
+from runtime.drain import SendStopped
 from runtime.node import ROOT_INTENSITY
 from runtime.ops.health import health_report
 from supervisors import SupervisorExited
@@ -258,6 +259,7 @@ async def test_what_misses_the_deadline_is_kept_and_sent_at_the_next_start(
                 if key in kept_keys:
                     assert isinstance(outcome, NodeDraining), (key, outcome)
                     assert "kept for the next start" in str(outcome)
+                    assert not isinstance(outcome.__cause__, SendStopped)  # the node's own
                 else:
                     assert isinstance(outcome, SendResult), (key, outcome)
             assert store.statistics().kept == len(kept_keys)
