@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from runtime.drain import Pending, SendStopped, SendTracker
 
 from .support import CEILING, record_outcome, yield_until
 from .test_actor_at_once import Gated
+from .test_node_embedded import wait_connected
 from .test_node_errors import FAST, config, sim
 
 
@@ -138,62 +141,64 @@ async def _ask_held(ref: Any, pending: Pending, stops: list[tuple[str, float]]) 
         stops.append((pending.message.idempotency_key, trio.current_time()))
 
 
-async def test_the_tracker_stops_each_send_at_its_deadline_earliest_first(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@asynccontextmanager
+async def held_asks() -> AsyncIterator[tuple[SendTracker, Any, list[kernel.Ask]]]:
+    """A tracker whose timer runs, and an actor that holds every ask it is sent."""
     held: list[kernel.Ask] = []
-    stops: list[tuple[str, float]] = []
     tracker = SendTracker()
     with trio.fail_after(CEILING):
         async with open_actor_system() as system, trio.open_nursery() as services:
             await services.start(tracker.run)
             ref = await system.spawn(Holding, held)
             await yield_until(lambda: kernel.idle(ref))
-            start = trio.current_time()
-
-            async def send(key: str, after: float) -> None:
-                message = OutboundMessage(peer="p", idempotency_key=key, text="x")
-                with tracker.track("a", message, deadline=start + after) as pending:
-                    await _ask_held(ref, pending, stops)
-
-            async with trio.open_nursery() as nursery:
-                # Each new deadline but the last is earlier than all before it:
-                # the timer's sleep is shortened for each.
-                for key, after in [("k10", 10.0), ("k5", 5.0), ("k1", 1.0), ("k7", 7.0)]:
-                    nursery.start_soon(send, key, after)
-                    await trio.testing.wait_all_tasks_blocked()
-                # One answered before its deadline is not stopped.
-                nursery.start_soon(send, "answered", 3.0)
-                await yield_until(lambda: len(held) == 5)
-                held[4].reply("ok")
-            assert stops == [
-                ("k1", start + 1.0),
-                ("k5", start + 5.0),
-                ("k7", start + 7.0),
-                ("k10", start + 10.0),
-            ]
-            assert len(tracker) == 0
+            yield tracker, ref, held
             services.cancel_scope.cancel()
+
+
+async def test_the_tracker_stops_each_send_at_its_deadline_earliest_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stops: list[tuple[str, float]] = []
+    async with held_asks() as (tracker, ref, held):
+        start = trio.current_time()
+
+        async def send(key: str, after: float) -> None:
+            message = OutboundMessage(peer="p", idempotency_key=key, text="x")
+            with tracker.track("a", message, deadline=start + after) as pending:
+                await _ask_held(ref, pending, stops)
+
+        async with trio.open_nursery() as nursery:
+            # Each new deadline but the last is earlier than all before it:
+            # the timer's sleep is shortened for each.
+            for key, after in [("k10", 10.0), ("k5", 5.0), ("k1", 1.0), ("k7", 7.0)]:
+                nursery.start_soon(send, key, after)
+                await trio.testing.wait_all_tasks_blocked()
+            # One answered before its deadline is not stopped.
+            nursery.start_soon(send, "answered", 3.0)
+            await yield_until(lambda: len(held) == 5)
+            held[4].reply("ok")
+        assert stops == [
+            ("k1", start + 1.0),
+            ("k5", start + 5.0),
+            ("k7", start + 7.0),
+            ("k10", start + 10.0),
+        ]
+        assert len(tracker) == 0
 
 
 async def test_a_send_whose_deadline_passed_before_it_parked_is_stopped_as_it_parks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    held: list[kernel.Ask] = []
     stops: list[tuple[str, float]] = []
-    tracker = SendTracker()
     message = OutboundMessage(peer="p", idempotency_key="late", text="x")
-    with trio.fail_after(CEILING):
-        async with open_actor_system() as system, trio.open_nursery() as services:
-            await services.start(tracker.run)
-            ref = await system.spawn(Holding, held)
-            await yield_until(lambda: kernel.idle(ref))
-            with tracker.track("a", message, deadline=trio.current_time() + 1.0) as pending:
-                await trio.sleep(2.0)  # the caller runs past its deadline before it asks
-                assert pending.stopped is not None and not pending.stopped.cut
-                await _ask_held(ref, pending, stops)
-            assert [key for key, _ in stops] == ["late"]
-            services.cancel_scope.cancel()
+    async with held_asks() as (tracker, ref, _):
+        # A deadline that has passed already: the timer stops the send while
+        # its caller still runs, before it asks.
+        with tracker.track("a", message, deadline=trio.current_time() - 1.0) as pending:
+            await yield_until(lambda: pending.stopped is not None)
+            assert pending.stopped is not None and not pending.stopped.cut
+            await _ask_held(ref, pending, stops)
+        assert [key for key, _ in stops] == ["late"]
 
 
 MINE = "test_finished_sends_are_not_kept_for_their_deadlines"
@@ -239,7 +244,7 @@ async def test_a_node_keeps_nothing_of_the_messages_it_sent(
         async with open_node(
             config(sim("a")), channel_defaults=FAST, providers={"simulated": provider}
         ) as node:
-            await trio.sleep(0.5)  # connected
+            await wait_connected(node, 1)
             for i in range(100):
                 media = Media(kind=MediaKind.DOCUMENT, content=b"x" * 100_000, filename=UPLOAD)
                 message = OutboundMessage(peer="p", idempotency_key=f"k{i}", media=media)
@@ -274,7 +279,7 @@ async def test_a_send_enters_no_cancel_scope_in_its_caller_s_task(
         async with open_node(
             config(sim("a")), channel_defaults=FAST, providers={"simulated": provider}
         ) as node:
-            await trio.sleep(0.5)  # connected
+            await wait_connected(node, 1)
             caller = trio.lowlevel.current_task()
             monkeypatch.setattr(trio.CancelScope, "__enter__", counting)
             for i in range(100):
