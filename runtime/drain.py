@@ -194,6 +194,7 @@ class SendTracker:
         self._timed: dict[int, Pending] = {}  # the unfinished sends with a deadline, by number
         self._numbers = itertools.count()
         self._timer: trio.CancelScope | None = None  # the sleep of run(), while it sleeps
+        self._armed = math.inf  # that sleep's deadline (a float: read on every send)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -232,13 +233,12 @@ class SendTracker:
         deadline = pending.deadline
         if deadline != math.inf:
             heap = self._deadlines
-            number = pending.number = next(self._numbers)
-            self._timed[number] = pending
-            heappush(heap, (deadline, number))
-            timer = self._timer
-            if timer is not None and deadline < timer.deadline:
-                timer.deadline = deadline
             timed = self._timed
+            number = pending.number = next(self._numbers)
+            timed[number] = pending
+            heappush(heap, (deadline, number))
+            if deadline < self._armed and self._timer is not None:
+                self._timer.deadline = self._armed = deadline
             if len(heap) > 2 * len(timed) + 1_000:
                 # Mostly finished sends: the live ones in a heap of their own.
                 heap[:] = [entry for entry in heap if entry[1] in timed]
@@ -269,10 +269,12 @@ class SendTracker:
                     pending = timed.pop(heappop(heap)[1], None)
                     if pending is not None:  # not finished yet
                         pending.stop(cut=False)
-                with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._timer:
+                self._armed = heap[0][0] if heap else math.inf
+                with trio.CancelScope(deadline=self._armed) as self._timer:
                     await trio.sleep_forever()
         finally:
             self._timer = None
+            self._armed = math.inf
 
     async def wait_until_done(self) -> None:
         """Return once no tracked send is left (bound it with a cancel scope)."""
