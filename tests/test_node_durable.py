@@ -395,3 +395,26 @@ async def test_the_same_key_sent_twice_at_once_is_sent_once(autojump_clock: Any)
                     nursery.start_soon(lambda: _collect(results, node.send("a", message("k"))))
             assert len(results) == 3 and len(set(results)) == 1
             assert provider.statistics().sends == 1
+
+
+async def test_an_answer_that_comes_after_a_checkpoint_round_is_checkpointed(
+    autojump_clock: Any,
+) -> None:
+    # The ack comes 3 s after the send, and a checkpoint round (every 1 s)
+    # writes the channel in between: the answer must reach the next one, or
+    # a process that then dies forgets it and a retry of the key goes out twice.
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0), record=False)
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            async with open_node(
+                config(sim("a")),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                await wait_status(node, "a", ChannelStatus.CONNECTED)
+                await node.send("a", message("k1"))
+                await node._checkpoints.flush()  # what the next round would write, now
+                stored = await store.load_checkpoint("a")
+                assert stored is not None and stored.state is not None
+                assert [key for key, _, _ in stored.state.sent] == ["k1"]

@@ -448,10 +448,13 @@ class SendPath:
             # Remembered here, not by whoever asked: an asker that gave up
             # waiting (its timeout) and asks again is answered, not sent twice.
             key = flight.message.idempotency_key
+            memory = self.memory
             if result is None:
-                self.memory.sent.put(key, "", "")
+                memory.sent.put(key, "", "")
             else:
-                self.memory.sent.put(key, result.platform_message_id, result.peer)
+                memory.sent.put(key, result.platform_message_id, result.peer)
+            if not memory.dirty:  # checkpointed (write-behind), even if a round came since it left
+                memory.touch()
         item = flight.item
         if type(item) is lowlevel.Ask:
             item.reply(result)
