@@ -596,8 +596,13 @@ def test_dedupe_keys_separate_what_must_stay_distinct() -> None:
     assert dedupe_key(edited(1, at=2.0)) != dedupe_key(message(1))
 
 
+TOO_DEEP: Final = "[" * 5_000 + "]" * 5_000  # json's reader raises RecursionError on it
+CORRUPT_PAYLOADS: Final = ['{"peer": "p"}', '{"peer": "p", "metadata": ' + TOO_DEEP + "}"]
+
+
+@pytest.mark.parametrize("payload", CORRUPT_PAYLOADS, ids=["not-a-message", "too-deep"])
 async def test_sqlite_reports_and_skips_a_corrupt_kept_row(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, payload: str
 ) -> None:
     """One bad row must not hold back every kept message (issue 11)."""
     import sqlite3
@@ -609,7 +614,8 @@ async def test_sqlite_reports_and_skips_a_corrupt_kept_row(
         with sqlite3.connect(path) as conn:
             bad_id = conn.execute(
                 "INSERT INTO kept_outbound (channel_id, payload, reason, accepted_at) "
-                "VALUES ('wa:1', '{\"peer\": \"p\"}', 'r', 1.0) RETURNING id"
+                "VALUES ('wa:1', ?, 'r', 1.0) RETURNING id",
+                (payload,),
             ).fetchone()[0]
         await store.keep_outbound([kept(2)])
         assert await store.read_outbound() == [kept(1), kept(2)]
@@ -617,6 +623,21 @@ async def test_sqlite_reports_and_skips_a_corrupt_kept_row(
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM kept_outbound").fetchone() == (3,)
     assert any(f"row id={bad_id} of kept_outbound" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_stored_event_nested_too_deep_is_an_error_naming_its_row(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "store.sqlite3"
+    async with open_store(StorageConfig(backend="sqlite", path=str(path))) as store:
+        await store.store_inbound([message(1), message(2)])
+        with sqlite3.connect(path) as conn:
+            (seq,) = conn.execute("SELECT min(seq) FROM inbound_events").fetchone()
+            conn.execute("UPDATE inbound_events SET payload = ? WHERE seq = ?", (TOO_DEEP, seq))
+        with pytest.raises(StoreError, match=f"row seq={seq} of inbound_events") as caught:
+            await store.recent_inbound()
+        assert "nested too deep to read" in str(caught.value)
+        assert store.statistics().errors == 1
 
 
 async def test_one_message_json_cannot_carry_does_not_spoil_a_kept_batch(

@@ -339,8 +339,13 @@ async def test_an_event_postgres_cannot_store_is_skipped_and_counted(
     assert any("NUL" in r.getMessage() and "'2'" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    ['{"peer": "p"}', '{"peer": "p", "metadata": ' + "[" * 5_000 + "]" * 5_000 + "}"],
+    ids=["not-a-message", "too-deep-for-json"],
+)
 async def test_a_corrupt_kept_row_is_reported_and_skipped_the_others_are_read(
-    pg: Pg, caplog: pytest.LogCaptureFixture
+    pg: Pg, caplog: pytest.LogCaptureFixture, payload: str
 ) -> None:
     """One bad row must not hold back every kept message (issue 11)."""
     table = pg.table("kept_outbound")
@@ -349,7 +354,8 @@ async def test_a_corrupt_kept_row_is_reported_and_skipped_the_others_are_read(
             await store.keep_outbound([kept(1)])
             bad_id = await session.fetchval(
                 f"INSERT INTO {table} (channel_id, payload, reason, accepted_at) "
-                "VALUES ('wa:1', '{\"peer\": \"p\"}', 'r', now()) RETURNING id"
+                "VALUES ('wa:1', $1, 'r', now()) RETURNING id",
+                payload,
             )
             await store.keep_outbound([kept(2)])
             assert await store.read_outbound() == [kept(1), kept(2)]

@@ -84,6 +84,7 @@ __all__ = [
     "state_from_text",
     "state_rest",
     "state_text",
+    "stored_json",
 ]
 
 EVENT_KINDS: Final[Mapping[type, str]] = {
@@ -424,6 +425,19 @@ def _limiter_part_out(part: GCRAState | KeyedLimiterState[Any]) -> Any:
     return converter.unstructure(part)
 
 
+def stored_json(text: str | bytes) -> Any:
+    """The value of a stored row's JSON text.
+
+    Raises:
+        ValueError: ``text`` is not JSON, or is nested too deep to read (a
+            stored row is data, never a crash: json raises RecursionError).
+    """
+    try:
+        return json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("nested too deep to read") from exc
+
+
 def state_from_text(text: str) -> ChannelState:
     """The state whose :func:`state_text` ``text`` is.
 
@@ -432,9 +446,9 @@ def state_from_text(text: str) -> ChannelState:
             to read included: a stored row is data, never a crash).
     """
     try:
-        data = json.loads(text)
-    except RecursionError as exc:
-        raise ValueError("not a valid channel state: nested too deep to read") from exc
+        data = stored_json(text)
+    except ValueError as exc:
+        raise ValueError(f"not a valid channel state: {exc}") from exc
     return decode_state(data)
 
 

@@ -24,7 +24,6 @@ Design:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -33,7 +32,7 @@ import trio
 
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 
-from .codec import decode_outbound, dumps, encode_outbound, state_text
+from .codec import decode_outbound, dumps, encode_outbound, state_text, stored_json
 
 __all__ = [
     "LETTER_COLUMNS",
@@ -262,7 +261,7 @@ def letter_from_row(row: Sequence[Any]) -> StoredDeadLetter:
         tenant=tenant,
         letter=DeadLetterRecord(
             id=int(letter_id),
-            message=decode_outbound(json.loads(message)),
+            message=decode_outbound(stored_json(message)),
             reason=reason,
             error_type=error_type,
             attempts=int(attempts),

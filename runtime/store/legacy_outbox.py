@@ -11,7 +11,6 @@ left for a person to fix; nothing is imported then.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import trio
 
 from ..errors import StoreError
 from .base import KeptMessage, Store
-from .codec import decode_kept
+from .codec import decode_kept, stored_json
 
 __all__ = ["import_legacy_outbox"]
 
@@ -66,8 +65,8 @@ def _read(path: Path) -> list[KeptMessage] | None:
         if not line.strip():
             continue
         try:
-            kept.append(decode_kept(json.loads(line)))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            kept.append(decode_kept(stored_json(line)))
+        except ValueError as exc:  # not JSON (JSONDecodeError), too deep, or not a message
             raise StoreError(
                 f"{path}:{number}: not a kept message ({exc}); nothing was taken and the "
                 "file is left as it is: fix or remove that line"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -63,6 +62,7 @@ from .codec import (
     dumps,
     encode_event,
     encode_outbound,
+    stored_json,
 )
 from .postgres_durable import PostgresDurable
 
@@ -400,7 +400,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
         events: list[Event] = []
         for row in reversed(rows):
             try:
-                events.append(decode_event(json.loads(row["payload"])))
+                events.append(decode_event(stored_json(row["payload"])))
             except ValueError as exc:
                 self._errors += 1
                 key = tuple(row[name] for name in ("channel_id", "kind", "platform_message_id"))
@@ -489,7 +489,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
         kept = decode_kept(
             {
                 "channel_id": row["channel_id"],
-                "message": json.loads(row["payload"]),
+                "message": stored_json(row["payload"]),
                 "reason": row["reason"],
                 "accepted_at": row["accepted_at"].timestamp(),
             }

@@ -47,6 +47,7 @@ from .codec import (
     encode_event,
     encode_outbound,
     state_from_text,
+    stored_json,
 )
 from .durable import (
     LETTER_COLUMNS,
@@ -229,7 +230,7 @@ class SqliteStore(BatchingStore):
         events: list[Event] = []
         for seq, payload in reversed(rows):
             try:
-                events.append(decode_event(json.loads(payload)))
+                events.append(decode_event(stored_json(payload)))
             except ValueError as exc:
                 self._errors += 1
                 raise StoreError(
@@ -317,7 +318,7 @@ class SqliteStore(BatchingStore):
         kept = decode_kept(
             {
                 "channel_id": channel_id,
-                "message": json.loads(payload),
+                "message": stored_json(payload),
                 "reason": reason,
                 "accepted_at": accepted_at,
             }
