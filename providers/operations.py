@@ -254,6 +254,8 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
         item = getattr(value, name)
         if item is None or type(item) is str:  # most fields: checked first, cheaply
             continue
+        if type(item) is dict and not item:  # no metadata: no ABC check either
+            continue
         if isinstance(item, _SCALARS) or (not item and isinstance(item, Mapping)):
             continue
         if attrs.has(type(item)):

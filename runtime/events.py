@@ -63,6 +63,9 @@ class NodeEvent:
 
 
 def _kind_of(event: Any) -> EventKind | None:
+    kind = _KINDS.get(type(event))  # the exact classes: one look-up per event
+    if kind is not None:
+        return kind
     if isinstance(event, InboundMessage):
         return "inbound"
     if isinstance(event, DeliveryReceipt):
@@ -74,6 +77,15 @@ def _kind_of(event: Any) -> EventKind | None:
     if isinstance(event, ConnectionStateChanged):
         return "connection"
     return None
+
+
+_KINDS: Final[dict[type, EventKind]] = {
+    InboundMessage: "inbound",
+    DeliveryReceipt: "receipt",
+    ChannelStateChanged: "state",
+    MessageEdited: "edited",
+    ConnectionStateChanged: "connection",
+}
 
 
 class Subscription:

@@ -681,16 +681,19 @@ class Node(ClusterMode, DeadLetterOps):
                 return _result_of(message, known)
             # The first failed (or is still out): this one tries on its own.
         node = self.config.node
-        admit(
-            node_id=self.node_id,
-            channel_id=channel_id,
-            idempotency_key=message.idempotency_key,
-            node_sends=len(self._sends),
-            node_limit=node.max_sends_in_flight,
-            channel_sends=self._sends.count(channel_id),
-            channel_limit=node.max_channel_sends,
-            channel_rate=channel.memory.limits.per_channel_rate,
-        )
+        sends = self._sends
+        node_sends, channel_sends = len(sends), sends.count(channel_id)
+        if node_sends >= node.max_sends_in_flight or channel_sends >= node.max_channel_sends:
+            admit(  # refuses it, saying which bound
+                node_id=self.node_id,
+                channel_id=channel_id,
+                idempotency_key=message.idempotency_key,
+                node_sends=node_sends,
+                node_limit=node.max_sends_in_flight,
+                channel_sends=channel_sends,
+                channel_limit=node.max_channel_sends,
+                channel_rate=channel.memory.limits.per_channel_rate,
+            )
         flight = self._in_flight[flight_key] = _Departure()
         try:
             return await self._perform_tracked(

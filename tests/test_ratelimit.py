@@ -734,10 +734,12 @@ def test_an_unlimited_keyed_limiter_keeps_a_bucket_only_for_a_paused_key() -> No
     )
     assert all(composite.try_acquire(1.0, key=f"peer-{i}") for i in range(100))
     assert composite.state == CompositeLimiterState(parts=(GCRAState(), KeyedLimiterState()))
+    assert composite.admits_freely(1.0, key="peer-0")
     # Beside a limited part, the unlimited one leaves the bound to it.
     mixed = CompositeLimiter(
         GCRA(rate=2.0, burst=1), KeyedLimiter(rate=math.inf, burst=1, max_keys=2)
     )
+    assert not mixed.admits_freely(1.0, key="peer-0")  # it charges: the full path
     assert mixed.arrival_curve.max_in_window(1.0) == GCRA(
         rate=2.0, burst=1
     ).arrival_curve.max_in_window(1.0)
@@ -787,7 +789,9 @@ def _unlimited_pair() -> tuple[CompositeLimiter, CompositeLimiter]:
 
 _limits_off_steps = st.lists(
     st.tuples(
-        st.sampled_from(["acquire", "delay", "pause", "pause_key", "pause_keyed", "pause_bucket"]),
+        st.sampled_from(
+            ["acquire", "delay", "freely", "pause", "pause_key", "pause_keyed", "pause_bucket"]
+        ),
         st.sampled_from(["a", "b", "c", "d", "e"]),
         st.floats(min_value=0.0, max_value=3.0),
     ),
@@ -821,6 +825,12 @@ def test_limits_off_admit_as_the_parts_would(steps: list[tuple[str, str, float]]
             assert fast.try_acquire(now, key=key) == slow.try_acquire(now, key=key)
         elif kind == "delay":
             assert fast.delay(now, key=key) == slow.delay(now, key=key)
+        elif kind == "freely" and fast.admits_freely(now, key=key):
+            # The send path's one check: then the parts admit, and charge nothing.
+            before = slow.state
+            assert slow.delay(now, key=key) == 0.0 and slow.try_acquire(now, key=key)
+            assert slow.state == before
+            assert fast.try_acquire(now, key=key)
         assert fast.state == slow.state
 
 

@@ -62,6 +62,8 @@ from providers.websocket.core import (
     SendFrame,
     SendPing,
     WebSocketCore,
+    _ReceiptFrame,
+    _structure,
     error_from_close,
     error_from_code,
 )
@@ -153,6 +155,47 @@ def test_inbound_frames_become_events() -> None:
     assert core.frame_received(frame(type="future-thing"), 1) == []
     assert core.ignored_frames == 1
     assert core.last_message_id == "m1"
+
+
+_RECEIPT_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(-1e3, 1e3),
+    st.sampled_from(["o1", "sent", "delivered", "read", "failed", "lost", "", "1.5"]),
+    st.lists(st.integers(0, 2), max_size=2),
+    st.dictionaries(st.sampled_from(["a"]), st.integers(0, 1), max_size=1),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "status", "peer", "timestamp", "error", "extra"]),
+        _RECEIPT_VALUES,
+    )
+)
+def test_a_receipt_is_read_as_the_converter_reads_it(fields: dict[str, Any]) -> None:
+    """Plain receipts skip the converter (one per message sent): the same event either way."""
+    fields = {"status": "delivered", "id": "o1", **fields}
+    data = frame(type="receipt", **fields)
+    core = make_core()
+    [action] = core.frame_received(data, 101.0)
+    try:
+        r = _structure(json.loads(data), _ReceiptFrame)
+    except ValueError:
+        assert isinstance(action, Fail)
+        return
+    assert action == Emit(
+        event=DeliveryReceipt(
+            channel_id="ch",
+            platform_message_id=r.id,
+            peer=r.peer,
+            status=r.status,
+            timestamp=r.timestamp,
+            error=r.error,
+        )
+    )
+    assert type(action.event.platform_message_id) is str  # type: ignore[union-attr]
 
 
 def test_send_then_ack_completes_with_the_platform_id_and_peer() -> None:

@@ -379,12 +379,14 @@ class SendPath:
         limiter = memory.limiter
         now = trio.current_time()
         peer = message.peer
-        if limiter.delay(now, key=peer) > 0 or not limiter.try_acquire(now, key=peer):
-            return False
-        if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
-            memory.touch()
+        if not limiter.admits_freely(now, key=peer):  # limits on: charge it, or wait in a task
+            if limiter.delay(now, key=peer) > 0 or not limiter.try_acquire(now, key=peer):
+                return False
+            if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
+                memory.touch()
+        # (Limits off, nothing moved: the answer marks the memory, in _settle.)
         try:
-            conn.start_at_once(message, functools.partial(self._landed, flight))  # type: ignore[attr-defined]
+            conn.start_at_once(message, functools.partial(self._landed, flight), now=now)  # type: ignore[attr-defined]
         except ProviderError as exc:  # its frame could not be made: nothing went out
             self._landed(flight, None, exc)
         return True

@@ -453,12 +453,13 @@ class SentResults:
         if results is None:
             results = self._results = OrderedDict()
         entry = (key, platform_message_id, peer)
-        size = len(results)
-        results[key] = entry
-        if len(results) == size:  # the key was here: it moves, out of the window's order
+        if key in results:  # the key was here: it moves, out of the window's order
+            results[key] = entry
             results.move_to_end(key)
             self._drop_window()
-        elif self._window is not None:
+            return
+        results[key] = entry
+        if self._window is not None:
             since = self._put_since
             assert since is not None  # made with the window
             if len(since) < self._window_count:

@@ -116,6 +116,20 @@ class CompositeLimiter:
                 return False
         return True
 
+    def admits_freely(self, now: float, *, key: Hashable | None = None) -> bool:
+        """Whether one unit for ``key`` is admitted at ``now`` with nothing to charge.
+
+        True when every part is unlimited and no pause holds ``key``: then
+        :meth:`try_acquire` would admit it and change nothing, and
+        :meth:`delay` would be 0. One check on a send whose channel has its
+        limits off, instead of both.
+
+        Raises:
+            ValueError: if ``now`` is out of range.
+        """
+        check_time(now, bounded=True)
+        return self._unlimited and self._admits_freely(now, key)
+
     def try_acquire(self, now: float, cost: int = 1, *, key: Hashable | None = None) -> bool:
         """Admit and charge ``cost`` units in every part, or in none.
 

@@ -321,6 +321,39 @@ class _ErrorFrame:
 _WIRE: Final = cattrs.Converter(forbid_extra_keys=False)
 
 
+_STATUSES: Final = {status.value: status for status in ReceiptStatus}
+
+
+def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | None:
+    """A receipt frame whose fields have their exact types, without the converter.
+
+    One comes per message sent, and the converter would only copy its
+    strings. ``None`` for any other (a field of another type, an unknown
+    status): the converter decides what it makes of it, as before.
+    """
+    key, status, peer = frame.get("id"), frame.get("status"), frame.get("peer", "")
+    timestamp, error = frame.get("timestamp"), frame.get("error")
+    if (
+        type(key) is not str
+        or type(status) is not str
+        or type(peer) is not str
+        or (timestamp is not None and type(timestamp) is not float and type(timestamp) is not int)
+        or (error is not None and type(error) is not str)
+    ):
+        return None
+    known = _STATUSES.get(status)
+    if known is None:
+        return None
+    return DeliveryReceipt(
+        channel_id=channel_id,
+        platform_message_id=key,
+        peer=peer,
+        status=known,
+        timestamp=None if timestamp is None else float(timestamp),
+        error=error,
+    )
+
+
 def _structure(frame: dict[str, Any], cls: type[Any]) -> Any:
     try:
         return _WIRE.structure(frame, cls)
@@ -668,6 +701,33 @@ class WebSocketCore:
 
     def _dispatch(self, frame: dict[str, Any]) -> list[Action]:
         kind = frame.get("type")
+        # First the two frames each message sent brings: its ack and its receipt.
+        if kind == "ack":
+            # One per message sent: a well-formed ack skips the converter, which
+            # would only copy its two strings (and explains a malformed one).
+            key, message_id = frame.get("id"), frame.get("message_id")
+            if type(key) is not str or type(message_id) is not str:
+                a = _structure(frame, _AckFrame)
+                key, message_id = a.id, a.message_id
+            pending = self._pending.pop(key, None)
+            if pending is None:
+                self.ignored_frames += 1  # a late ack for a send that timed out
+                return []
+            result = SendResult(platform_message_id=message_id, peer=pending[1])
+            return [CompleteSend(key=key, result=result)]
+        if kind == "receipt":
+            receipt = _plain_receipt(frame, self.channel_id)
+            if receipt is None:  # the converter takes what is not plain (or explains it)
+                r = _structure(frame, _ReceiptFrame)
+                receipt = DeliveryReceipt(
+                    channel_id=self.channel_id,
+                    platform_message_id=r.id,
+                    peer=r.peer,
+                    status=r.status,
+                    timestamp=r.timestamp,
+                    error=r.error,
+                )
+            return [Emit(event=receipt)]
         if kind == "heartbeat":
             return [SendFrame(text=HEARTBEAT_ACK)]
         if kind == "ready":
@@ -705,30 +765,6 @@ class WebSocketCore:
                 timestamp=e.timestamp,
             )
             return [Emit(event=edited)]
-        if kind == "receipt":
-            r = _structure(frame, _ReceiptFrame)
-            receipt = DeliveryReceipt(
-                channel_id=self.channel_id,
-                platform_message_id=r.id,
-                peer=r.peer,
-                status=r.status,
-                timestamp=r.timestamp,
-                error=r.error,
-            )
-            return [Emit(event=receipt)]
-        if kind == "ack":
-            # One per message sent: a well-formed ack skips the converter, which
-            # would only copy its two strings (and explains a malformed one).
-            key, message_id = frame.get("id"), frame.get("message_id")
-            if type(key) is not str or type(message_id) is not str:
-                a = _structure(frame, _AckFrame)
-                key, message_id = a.id, a.message_id
-            pending = self._pending.pop(key, None)
-            if pending is None:
-                self.ignored_frames += 1  # a late ack for a send that timed out
-                return []
-            result = SendResult(platform_message_id=message_id, peer=pending[1])
-            return [CompleteSend(key=key, result=result)]
         if kind == "error":
             err = _structure(frame, _ErrorFrame)
             error = error_from_code(

@@ -462,24 +462,27 @@ class WebSocketLink:
         ws.receive_data(data)
         items: list[Incoming] = []
         for event in ws.events():
-            if isinstance(event, TextMessage | BytesMessage):
-                part = event.data if isinstance(event.data, str) else bytes(event.data)
-                message = self._assemble(part, event.message_finished)
-                if isinstance(message, Closed):
-                    items.append(message)
+            if isinstance(event, TextMessage):  # nearly every event: one check
+                part: str | bytes = event.data
+            elif isinstance(event, BytesMessage):
+                part = bytes(event.data)
+            else:
+                if isinstance(event, Ping):
+                    # Once our close frame went, nothing may follow it: wsproto makes
+                    # no pong, and the ping is left unanswered (the handshake goes on).
+                    if ws.state is not ConnectionState.LOCAL_CLOSING:
+                        self._replies.append(ws.send(event.response()))
+                elif isinstance(event, _WsPong):
+                    items.append(Pong(bytes(event.payload)))
+                elif isinstance(event, CloseConnection):
+                    items.append(self._peer_closed(event))
                     break
-                if message is not None:
-                    items.append(message)
-            elif isinstance(event, Ping):
-                # Once our close frame went, nothing may follow it: wsproto makes
-                # no pong, and the ping is left unanswered (the handshake goes on).
-                if ws.state is not ConnectionState.LOCAL_CLOSING:
-                    self._replies.append(ws.send(event.response()))
-            elif isinstance(event, _WsPong):
-                items.append(Pong(bytes(event.payload)))
-            elif isinstance(event, CloseConnection):
-                items.append(self._peer_closed(event))
-                break
+                continue
+            message = self._assemble(part, event.message_finished)
+            if message is not None:
+                items.append(message)
+                if type(message) is Closed:  # we refused it: nothing after
+                    break
         return items
 
     def _assemble(self, part: str | bytes, finished: bool) -> str | bytes | Closed | None:

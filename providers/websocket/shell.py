@@ -344,7 +344,11 @@ class WebSocketConnection:
         )
 
     def start_at_once(
-        self, msg: Operation, done: Callable[[SendResult | None, ProviderError | None], None]
+        self,
+        msg: Operation,
+        done: Callable[[SendResult | None, ProviderError | None], None],
+        *,
+        now: float | None = None,
     ) -> None:
         """Send ``msg``'s frame in this call (as :meth:`can_start_at_once` allowed);
         ``done`` hears its fate later, from whichever task learns it.
@@ -355,13 +359,16 @@ class WebSocketConnection:
         the link. It must neither block nor raise. One task and two task
         steps fewer per send than a task that awaits :meth:`send`.
 
+        ``now``: trio's clock, as the caller read it in this step (one
+        read fewer per send); read here if not given.
+
         Raises:
             PermanentSendError: ``msg`` cannot be expressed in this protocol
                 (nothing was sent, and ``done`` is not called).
         """
         link = self._link
         assert link is not None  # (and the rest that can_start_at_once checked)
-        actions = self._core.start_send(msg, trio.current_time())
+        actions = self._core.start_send(msg, trio.current_time() if now is None else now)
         self._waiters[msg.idempotency_key] = _Waiter(msg, done)
         for action in actions:
             assert type(action) is SendFrame, action
@@ -371,7 +378,10 @@ class WebSocketConnection:
                 continue
             if rest is not None:  # the socket is full: the rest in a task, which waits
                 self._nursery.start_soon(link.send_rest, rest)
-        self._rearm()
+        if self._core.pending == 1:
+            # Its ack is the one due first only when no other is out (the core
+            # stamps sends in order, with one timeout); else the timer stands.
+            self._rearm()
 
     def session_state(self) -> SessionState:
         """The last inbound message id (informational: the protocol has no replay)."""
@@ -448,7 +458,9 @@ class WebSocketConnection:
                         await link.flush()  # pongs and close acks first: the peer waits for them
                         now = trio.current_time()
                         for item in items:
-                            if isinstance(item, Pong):
+                            if isinstance(item, str):  # a text frame: nearly every item
+                                actions = core.frame_received(item, now)
+                            elif isinstance(item, Pong):
                                 actions = core.pong_received(item.payload, now)
                             elif isinstance(item, Closed):
                                 actions = core.connection_lost(item.code, item.reason)
@@ -495,17 +507,11 @@ class WebSocketConnection:
         carries them out; its frames never wait for a sender's (``queue``).
         """
         for action in actions:
-            if isinstance(action, SendFrame):
-                assert self._link is not None
-                # A closed link is the reader's to report, with the peer's close code
-                # when a close frame came: a frame answered in the same read as the
-                # close must not turn a clean close into "the TCP link broke".
-                with contextlib.suppress(LinkClosed):
-                    await self._link.send_text(action.text, schedule=schedule, queue=reader)
-            elif isinstance(action, SendPing):
-                assert self._link is not None
-                with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
-                    await self._link.ping(action.payload, queue=reader)
+            # The two actions of every send first: its completion, its receipt's Emit.
+            if isinstance(action, CompleteSend):
+                waiter = self._waiters.pop(action.key, None)
+                if waiter is not None:
+                    waiter.settle(action.result, action.error)
             elif isinstance(action, Emit):
                 take = self._take_at_once
                 if take is not None and self._events.idle and take(action.event):
@@ -521,10 +527,17 @@ class WebSocketConnection:
                 await self._apply(
                     self._core.reader_stalled(began, trio.current_time()), reader=reader
                 )
-            elif isinstance(action, CompleteSend):
-                waiter = self._waiters.pop(action.key, None)
-                if waiter is not None:
-                    waiter.settle(action.result, action.error)
+            elif isinstance(action, SendFrame):
+                assert self._link is not None
+                # A closed link is the reader's to report, with the peer's close code
+                # when a close frame came: a frame answered in the same read as the
+                # close must not turn a clean close into "the TCP link broke".
+                with contextlib.suppress(LinkClosed):
+                    await self._link.send_text(action.text, schedule=schedule, queue=reader)
+            elif isinstance(action, SendPing):
+                assert self._link is not None
+                with contextlib.suppress(LinkClosed):  # the reader sees the end of the link
+                    await self._link.ping(action.payload, queue=reader)
             elif isinstance(action, Fail):
                 self._set_ready()
                 self._events.close()

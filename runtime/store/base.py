@@ -498,13 +498,13 @@ class BatchingStore(abc.ABC):
         self._tickets.append(ticket)
         if len(self._buffer) >= self._batch_size:
             self._batch_ready.set()
-        else:  # nobody waits: written within LATER_WITHIN, with whatever comes meanwhile
-            due = trio.current_time() + LATER_WITHIN
-            if due < self._due:
-                self._due = due
-                waiting = self._idle_wait
-                if waiting is not None and due < waiting.deadline:
-                    waiting.deadline = due
+        elif self._due == math.inf:
+            # Nobody waits: written within LATER_WITHIN, with whatever comes
+            # meanwhile. (A due time set already is earlier than this one's.)
+            due = self._due = trio.current_time() + LATER_WITHIN
+            waiting = self._idle_wait
+            if waiting is not None and due < waiting.deadline:
+                waiting.deadline = due
         return True
 
     def _settle(self, written: int, fresh: tuple[bool, ...]) -> None:
