@@ -538,6 +538,18 @@ def test_options_are_validated_with_paths() -> None:
         parse_options({"pong_timeout": -1})
 
 
+def test_options_are_parsed_once_per_distinct_set_and_a_refusal_every_time() -> None:
+    # Every connect asks: channels sharing their options share one parse.
+    first = parse_options({"ping_interval": 7.0, "send_timeout": 3.0})
+    assert parse_options({"send_timeout": 3.0, "ping_interval": 7.0}) is first
+    assert parse_options({"ping_interval": 8.0, "send_timeout": 3.0}).ping_interval == 8.0
+    for _ in range(2):  # a refusal is not remembered as anything
+        with pytest.raises(FatalError, match="positive number of seconds"):
+            parse_options({"pong_timeout": -1})
+        with pytest.raises(FatalError, match=r"\$\.options\.ping_interval"):
+            parse_options({"ping_interval": [1]})  # no key: parsed (and refused) each time
+
+
 def test_public_face_and_registry() -> None:
     public = {n for n in vars(providers.websocket) if not n.startswith("_")}
     public -= {"core", "link", "shell", "timers"}

@@ -157,12 +157,33 @@ class WebSocketOptions:
 _OPTIONS: Final = cattrs.Converter(forbid_extra_keys=True)
 
 
+_PARSED_MAX: Final = 256  # distinct option sets remembered (channels mostly share a few)
+_parsed: dict[tuple[tuple[str, type, Any], ...], WebSocketOptions] = {}
+
+
 def parse_options(options: Mapping[str, Any]) -> WebSocketOptions:
     """Validate ``options`` into :class:`WebSocketOptions`.
+
+    Parsed once per distinct set of options (the result is frozen): every
+    connect asks, and channels mostly share theirs. The key holds each
+    value's type, so ``True`` is not taken for ``1``.
 
     Raises:
         FatalError: unknown keys or bad values (retrying cannot fix a config).
     """
+    try:
+        key = tuple((name, type(value), value) for name, value in sorted(options.items()))
+        found = _parsed.get(key)
+    except TypeError:  # names that do not sort, a value that is no key: parsed every time
+        return _parse_options(options)
+    if found is None:
+        found = _parse_options(options)
+        if len(_parsed) < _PARSED_MAX:
+            _parsed[key] = found
+    return found
+
+
+def _parse_options(options: Mapping[str, Any]) -> WebSocketOptions:
     try:
         return _OPTIONS.structure(dict(options), WebSocketOptions)
     except Exception as exc:
