@@ -52,6 +52,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -252,13 +253,21 @@ class _Connection:
             except trio.BrokenResourceError:
                 return  # the emulator went away: the reader sees the end too
 
-    async def handshake(self, host: str, target: str, session: _Session) -> None:
-        """The HTTP upgrade, then frames until the emulator's ``ready``.
+    async def handshake(
+        self,
+        host: str,
+        target: str,
+        session: _Session,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """The HTTP upgrade (with extra request ``headers``), then frames until
+        the emulator's ``ready``.
 
         Raises:
             ConnectionError: rejected, refused or closed before ``ready``.
         """
-        await self.stream.send_all(self.ws.send(Request(host=host, target=target)))
+        request = Request(host=host, target=target, extra_headers=list(headers))
+        await self.stream.send_all(self.ws.send(request))
         while not self.ready:
             if not await self.receive(session):
                 raise ConnectionError(f"{self!r}: closed before the emulator's ready frame")
@@ -320,13 +329,14 @@ async def _serve_connection(
     port: int,
     target: str,
     token: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
     *,
     task_status: trio.TaskStatus[_Connection] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         connection = _Connection(stream, token)
-        await connection.handshake(f"{host}:{port}", target, session)
+        await connection.handshake(f"{host}:{port}", target, session, headers)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection.run_writer)
             task_status.started(connection)
