@@ -49,7 +49,8 @@ the checkpoint interval, so no checkpoint round runs during a run. Left
 at one second, the rounds wrote 1.65 checkpoints per channel in a counted
 run against 1.0 natively, and two counts of one tree differed by 4.6 %.
 The figure is therefore a connect without its checkpoint write, which
-natively follows within a second (about 75,000 instructions by profile).
+natively follows within a second (190,805 instructions more, counted on
+200 channels with and without one round).
 """
 
 from __future__ import annotations
