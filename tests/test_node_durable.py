@@ -7,6 +7,7 @@ clock is tied to trio's virtual one, so restored limiter schedules are exact.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -48,6 +49,18 @@ def config(*channels: dict[str, Any], limits: dict[str, Any] | None = None) -> A
     )
 
 
+def sim_node(
+    store: Any, provider: SimulatedProvider, *channels: dict[str, Any], **options: Any
+) -> AbstractAsyncContextManager[Any]:
+    """A node of ``channels`` (simulated) on ``store``: one process of the test's."""
+    return open_node(
+        config(*channels, **options),
+        store=store,
+        channel_defaults=FAST,
+        providers={"simulated": provider},
+    )
+
+
 def sim(channel_id: str, tenant: str = "acme") -> dict[str, Any]:
     return {"id": channel_id, "tenant": tenant, "provider": "simulated"}
 
@@ -69,21 +82,11 @@ async def test_dead_letters_survive_a_restart_and_a_racing_replay_sends_each_onc
     accepting = SimulatedProvider()
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": refusing},
-            ) as node:
+            async with sim_node(store, refusing, sim("a")) as node:
                 for key in ("k1", "k2"):
                     with pytest.raises(PermanentSendError):
                         await node.send("a", message(key))
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": accepting},
-            ) as node:
+            async with sim_node(store, accepting, sim("a")) as node:
                 listed = await node.dead_letters()
                 assert [
                     (d.channel_id, d.tenant, d.letter.message.idempotency_key) for d in listed
@@ -108,12 +111,7 @@ async def test_dead_letters_survive_a_restart_and_a_racing_replay_sends_each_onc
                 ]
                 assert await node.discard_dead_letters("a") == 1
                 assert await node.dead_letters() == []
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": accepting},
-            ) as node:
+            async with sim_node(store, accepting, sim("a")) as node:
                 assert await node.dead_letters() == []  # the replay and the discard were kept
 
 
@@ -128,21 +126,11 @@ async def test_a_failed_channel_stays_failed_across_a_restart_until_revived(
     provider.banned.add("a")
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 await wait_status(node, "a", ChannelStatus.FAILED)
             provider.banned.clear()  # the ban is lifted, but nobody said so yet
             attempts = provider.statistics().connect_failures + provider.statistics().connects
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 await trio.sleep(5.0)
                 snapshot = node.channels()[0]
                 assert snapshot.status is ChannelStatus.FAILED
@@ -152,12 +140,7 @@ async def test_a_failed_channel_stays_failed_across_a_restart_until_revived(
                 assert stats.connect_failures + stats.connects == attempts  # never hammered
                 await node.restart_channel("a")  # the operator revives it
                 await wait_status(node, "a", ChannelStatus.CONNECTED)
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 await wait_status(node, "a", ChannelStatus.CONNECTED)
 
 
@@ -172,20 +155,10 @@ async def test_a_restart_cannot_mint_rate_limit_budget(autojump_clock: Any) -> N
     }
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a"), limits=limits),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a"), limits=limits) as node:
                 await node.send("a", message("k1"))
                 first = trio.current_time()
-            async with open_node(
-                config(sim("a"), limits=limits),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a"), limits=limits) as node:
                 await node.send("a", message("k2"))
                 second = trio.current_time()
     assert second - first >= 10.0 - 1e-6
@@ -198,12 +171,7 @@ async def test_a_checkpoint_written_by_a_newer_owner_fences_this_node(
     provider = SimulatedProvider()
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a"), sim("b")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a"), sim("b")) as node:
                 await trio.sleep(2.0)  # both checkpointed with this node's token
                 newer = node._checkpoints.token + 10
                 stored = await store.load_checkpoint("a")
@@ -230,12 +198,7 @@ async def test_a_checkpoint_written_by_a_newer_owner_fences_this_node(
                 after = await store.load_checkpoint("a")
                 assert after is not None and after.owner_token == newer
             # A node that starts later takes a token above the newer owner's.
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 assert node._checkpoints.token > newer
                 await wait_status(node, "a", ChannelStatus.CONNECTED)
 
@@ -243,12 +206,7 @@ async def test_a_checkpoint_written_by_a_newer_owner_fences_this_node(
 async def test_starting_a_channel_a_newer_owner_runs_is_refused(autojump_clock: Any) -> None:
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": SimulatedProvider()},
-            ) as node:
+            async with sim_node(store, SimulatedProvider()) as node:
                 await store.write_checkpoints(
                     [
                         Checkpoint(
@@ -278,12 +236,7 @@ async def test_an_event_delivered_again_after_a_crash_is_published_once(
         async with open_store(StorageConfig()) as store:
             first_run = SimulatedProvider()
             with pytest.raises(BaseExceptionGroup) as crashed:
-                async with open_node(
-                    config(sim("a")),
-                    store=store,
-                    channel_defaults=FAST,
-                    providers={"simulated": first_run},
-                ) as node:
+                async with sim_node(store, first_run, sim("a")) as node:
                     await wait_status(node, "a", ChannelStatus.CONNECTED)
                     with node.subscribe(kind="inbound") as events:
                         first_run.inject("a", "hello")
@@ -293,12 +246,7 @@ async def test_an_event_delivered_again_after_a_crash_is_published_once(
             assert crashed.group_contains(Crash)
             # The platform never heard the event was taken and delivers it again.
             second_run = SimulatedProvider()
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": second_run},
-            ) as node:
+            async with sim_node(store, second_run, sim("a")) as node:
                 with node.subscribe(kind="inbound") as events:
                     assert second_run.inject("a", "hello") == "a:in-1"
                     assert second_run.inject("a", "and more") == "a:in-2"
@@ -324,12 +272,7 @@ async def test_channels_stopped_together_write_their_final_checkpoints_together(
                 return await write(items)
 
             store.write_checkpoints = round_trip  # type: ignore[method-assign]
-            async with open_node(
-                config(*(sim(c) for c in channels)),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": SimulatedProvider()},
-            ) as node:
+            async with sim_node(store, SimulatedProvider(), *(sim(c) for c in channels)) as node:
                 await trio.sleep(2.0)
                 batches.clear()
                 async with trio.open_nursery() as nursery:
@@ -351,23 +294,13 @@ async def test_a_repeated_send_is_answered_from_memory_across_a_restart(
     provider = SimulatedProvider(record=False)
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 first = await node.send("a", message("k1"))
                 again = await node.send("a", message("k1"))
                 assert again == first
                 assert provider.statistics().sends == 1
             # The next owner of the channel (here: the next process) has its memory.
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 assert await node.send("a", message("k1")) == first
                 other = await node.send("a", message("k2"))
                 assert other != first
@@ -381,12 +314,7 @@ async def test_the_same_key_sent_twice_at_once_is_sent_once(autojump_clock: Any)
     with trio.fail_after(CEILING):
         async with (
             open_store(StorageConfig()) as store,
-            open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node,
+            sim_node(store, provider, sim("a")) as node,
         ):
             await wait_status(node, "a", ChannelStatus.CONNECTED)
             results: list[Any] = []
@@ -406,12 +334,7 @@ async def test_an_answer_that_comes_after_a_checkpoint_round_is_checkpointed(
     provider = SimulatedProvider(latency=Fixed(seconds=3.0), record=False)
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config(sim("a")),
-                store=store,
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
+            async with sim_node(store, provider, sim("a")) as node:
                 await wait_status(node, "a", ChannelStatus.CONNECTED)
                 await node.send("a", message("k1"))
                 await node._checkpoints.flush()  # what the next round would write, now
