@@ -41,6 +41,7 @@ PLATFORMS: Final = ("websocket", "telegram", "discord", "whatsapp")
 STARTUP_TIMEOUT: Final = 60.0  # seconds for the process to listen
 PREFIX: Final = "platforms: "
 OPEN_FILES: Final = 20_000  # the most this machine allows a process (a socket per connection)
+UNLIMITED: Final = 10**9  # sends a second (or a burst) that no load reaches: a limit that is off
 
 _converter: Final = cattrs.Converter()  # the spec's own wire format: JSON on stdin
 
@@ -65,6 +66,10 @@ class PlatformsSpec:
             a bench's ledger.
         latency: seconds every emulator holds back its answers, a round
             trip (:mod:`providers.emulators.latency`; 0: none).
+        limits: the Telegram and WhatsApp emulators refuse what the platforms
+            would (per bot, number, chat and recipient, with 429 or 130429 and
+            kin); off, they accept whatever comes, so that a closed-loop load
+            runs as fast as the client does and never waits on a limiter.
     """
 
     websocket_tokens: tuple[str, ...] | None = None
@@ -75,6 +80,7 @@ class PlatformsSpec:
     whatsapp_redeliver: bool = False
     keep_all: bool = True
     latency: float = 0.0
+    limits: bool = True
 
 
 def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
@@ -91,14 +97,20 @@ def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
     if spec.client_timeout is not None:
         heartbeat["client_timeout"] = spec.client_timeout
         discord["heartbeat_timeout"] = spec.client_timeout
+    telegram: dict[str, Any] = {}
+    whatsapp: dict[str, Any] = {}
+    if not spec.limits:
+        telegram = {"bot_rate": UNLIMITED, "chat_interval": 0.0, "group_per_minute": UNLIMITED}
+        whatsapp = {"throughput": UNLIMITED, "pair_burst": UNLIMITED}
     emulators = {
         "websocket": WebSocketEmulator(tokens=spec.websocket_tokens, **heartbeat),
-        "telegram": TelegramEmulator(),
+        "telegram": TelegramEmulator(**telegram),
         "discord": DiscordEmulator(**discord),
         "whatsapp": WhatsAppEmulator(
             app_secret=spec.whatsapp_app_secret,
             phone_number_ids=set(spec.whatsapp_numbers),
             redeliver=spec.whatsapp_redeliver,
+            **whatsapp,
         ),
     }
     for emulator in emulators.values():

@@ -2,19 +2,29 @@
 
 ``python -m bench.send_cost [--client C] [--provider P] [--channels N] [--callers K] [--sends S]``
     runs a node in this process with ``N`` channels of provider ``P``
-    (``websocket``, the default, or ``simulated``) and ``K`` callers per
-    channel, each sending ``S`` messages closed-loop (the next once the
-    platform accepted the last), and prints one JSON line: ``{"client",
-    "provider", "channels", "callers", "sends" (all of them), "cpu_seconds",
-    "cpu_per_send"}``. Every send goes to a recipient of its own (up to
-    997), so a node never holds a send back behind another to the same
-    recipient. A websocket node talks to the lean far end
-    (:mod:`bench.far_end`, with no heartbeats), started in a process of its
-    own unless ``--far-end URL`` names one. ``--client bare`` (``C`` is ``node`` by
-    default) does the same sends with a bare trio + wsproto client instead
-    of a node: ``N`` connections with the connection code of
-    :mod:`bench.ws_bare`, each caller sending a frame and waiting for its
-    ``ack``; the baseline the node's figure is judged against.
+    (``websocket``, the default, ``telegram``, ``whatsapp`` or
+    ``simulated``) and ``K`` callers per channel, each sending ``S``
+    messages closed-loop (the next once the platform accepted the last),
+    and prints one JSON line: ``{"client", "provider", "channels",
+    "callers", "sends" (all of them), "cpu_seconds", "cpu_per_send"}``.
+    Every send goes to a recipient of its own (up to 997), so a node never
+    holds a send back behind another to the same recipient. A websocket
+    node talks to the lean far end (:mod:`bench.far_end`, with no
+    heartbeats), a Telegram or WhatsApp node to the platform's emulator
+    (:mod:`bench.platforms`, its rate limits off, as the node's are), each
+    started in a process of its own unless ``--far-end URL`` names one
+    (``ws://.../ws``; ``http://host:port``). Telegram channels poll, with
+    one getUpdates held for the whole run; WhatsApp channels only send
+    (no status webhooks: the emulator has nowhere to post them); both
+    send what the channels benchmark sends (a text; the ``hello_world``
+    template). ``--client bare`` (``C`` is ``node`` by default) does the
+    same sends without a node, the baseline the node's figure is judged
+    against: for websocket, ``N`` trio + wsproto connections with the
+    connection code of :mod:`bench.ws_bare`, each caller sending a frame
+    and waiting for its ``ack``; for Telegram and WhatsApp, ``N`` httpx
+    clients of :mod:`bench.http_bare` (one per bot or number, each with a
+    pool of the channel's send window, opened as a channel opens), each
+    caller posting the provider's request and reading its answer.
 
 ``python -m bench.send_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
@@ -24,7 +34,9 @@
     "instructions_per_send", "runs": [...]}``: the difference of the two
     totals over the sends between them, so that start-up and connects
     cancel out. A run that fails, or makes fewer sends than asked, fails
-    the command.
+    the command. An HTTP send counts four to seven times a websocket
+    send (httpx, httpcore and h11 in the client, node or bare): 10 to 15
+    minutes a count on a busy 2-core machine.
 
 Design notes: the channels benchmark times the node against a bare client
 in a fresh process, and on a shared machine both move by tens of percent
@@ -58,7 +70,7 @@ from urllib.parse import urlsplit
 import trio
 
 from actors import ChannelStatus
-from providers.base import OutboundMessage
+from providers.base import OutboundMessage, Template, default_send_window
 from runtime import open_node, parse_config
 from runtime.config import ChannelSpec
 
@@ -70,6 +82,10 @@ ANSWER_WAIT: Final = 900.0  # seconds the bare client's sends may take in all (a
 RUN_LIMIT: Final = 1_800.0  # seconds one run under valgrind may take
 CONNECT_WAIT: Final = 60.0  # seconds for every channel to connect (under valgrind: slow)
 _COLLECTED: Final = re.compile(r"Collected : (\d+)")
+HTTP: Final = ("telegram", "whatsapp")  # the providers that send over HTTP
+PROVIDERS: Final = ("websocket", "simulated", *HTTP)
+BARE_PROVIDERS: Final = ("websocket", *HTTP)
+LONG_POLL: Final = 3_600  # seconds a Telegram channel's getUpdates is held: longer than a run
 
 
 async def measure(
@@ -87,8 +103,8 @@ async def measure(
         RuntimeError: not every channel connected within ``connect_wait`` seconds.
     """
     async with contextlib.AsyncExitStack() as stack:
-        if provider == "websocket":
-            far_end = await stack.enter_async_context(_far_end_for(provider, far_end))
+        if provider != "simulated":
+            far_end = await stack.enter_async_context(_far_end_for(provider, far_end, channels))
         config = parse_config(
             {
                 "node": {"id": "send-cost", "start_timeout": connect_wait},
@@ -108,6 +124,9 @@ async def measure(
                     base_url=far_end,
                     credentials={"token": f"send-cost-{index:05d}"},
                 )
+            elif provider in HTTP:
+                assert far_end is not None
+                spec = _http_spec(provider, channel_id, index, far_end)
             else:
                 spec = ChannelSpec(id=channel_id, provider=provider, tenant="bench")
             await node.start_channel(spec)
@@ -127,22 +146,71 @@ async def measure(
                 message = OutboundMessage(peer=peer, idempotency_key=key, text=TEXT)
                 await node.send(ids[channel], message)
 
-        cpu = await _run_callers(channels, callers, caller)
+        async def http_caller(channel: int, number: int) -> None:
+            for n in range(sends):
+                key = _key(channel, number, n)
+                message = _http_message(provider, _number(channel, number, callers, sends, n), key)
+                await node.send(ids[channel], message)
+
+        cpu = await _run_callers(channels, callers, http_caller if provider in HTTP else caller)
     return _result("node", provider, channels, callers, sends, cpu)
 
 
-async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> dict[str, Any]:
-    """The sends of :func:`measure` by a bare trio + wsproto client: the baseline.
+def _http_spec(provider: str, channel_id: str, index: int, far_end: str) -> ChannelSpec:
+    """Channel ``index`` of a Telegram or WhatsApp node, with the made-up
+    credentials of the channels benchmark's channels (:mod:`bench.rig`)."""
+    from .rig import WA_APP_SECRET, WA_NUMBER_BASE, WA_VERIFY_TOKEN, _made_up_token
 
-    ``channels`` connections to the far end at ``url``, each with ``callers``
-    callers that send a frame and wait for its ``ack`` (an event per send,
-    as a plain client would).
+    credentials = {"token": _made_up_token(provider, index)}
+    if provider == "whatsapp":
+        credentials |= {"app_secret": WA_APP_SECRET, "verify_token": WA_VERIFY_TOKEN}
+        options: dict[str, Any] = {"phone_number_id": str(WA_NUMBER_BASE + index + 1)}
+    else:
+        # Polling, as a bot is by default, with one getUpdates held for the
+        # whole run: a poll every 30 s (the default) would follow the run's
+        # wall-clock time, which valgrind stretches, as heartbeats would.
+        options = {"poll_timeout": LONG_POLL}
+    return ChannelSpec(
+        id=channel_id,
+        provider=provider,
+        tenant="bench",
+        base_url=far_end,
+        credentials=credentials,
+        options=options,
+    )
+
+
+def _http_message(provider: str, number: int, key: str) -> OutboundMessage:
+    """Send ``number`` of a Telegram or WhatsApp node: what :mod:`bench.http_bare`'s
+    body of that number carries (a chat id; a WhatsApp user and the template
+    that opens a conversation, as the channels benchmark sends)."""
+    if provider == "whatsapp":
+        template = Template(name="hello_world", language="en_US")
+        return OutboundMessage(
+            peer=f"15550{number % PEERS:06d}", idempotency_key=key, template=template
+        )
+    return OutboundMessage(peer=str(1_000 + number % PEERS), idempotency_key=key, text=TEXT)
+
+
+async def measure_bare(
+    url: str, *, channels: int, callers: int, sends: int, provider: str = "websocket"
+) -> dict[str, Any]:
+    """The sends of :func:`measure` by a bare client: the baseline.
+
+    Websocket: a trio + wsproto client, ``channels`` connections to the far
+    end at ``url``, each with ``callers`` callers that send a frame and wait
+    for its ``ack`` (an event per send, as a plain client would). Telegram
+    and WhatsApp: :func:`measure_bare_http`.
 
     Raises:
         RuntimeError: the far end refused a send (inside the nursery's
             exception group, as a connection that could not be opened is),
             or did not answer every send within :data:`ANSWER_WAIT` seconds.
     """
+    if provider in HTTP:
+        return await measure_bare_http(
+            url, provider, channels=channels, callers=callers, sends=sends
+        )
     # The connection code of the open-loop baseline, so that the two bare
     # clients differ only in how they load the far end.
     from .ws_bare import _Connection, _serve_connection, _Session, _Tally
@@ -200,6 +268,57 @@ async def measure_bare(url: str, *, channels: int, callers: int, sends: int) -> 
     return _result("bare", "websocket", channels, callers, sends, cpu)
 
 
+async def measure_bare_http(
+    url: str, provider: str, *, channels: int, callers: int, sends: int
+) -> dict[str, Any]:
+    """The sends of a Telegram or WhatsApp node by a bare httpx client: the baseline.
+
+    ``channels`` clients of :mod:`bench.http_bare` against the emulator at
+    ``url`` (``http://host:port``), one per bot or phone number, each with
+    a pool of the channel's send window and opened as a channel opens; each
+    caller posts the request the provider makes for its send and reads the
+    answer before the next.
+
+    Raises:
+        RuntimeError: the platform refused a send (inside the nursery's
+            exception group), or did not answer every send within
+            :data:`ANSWER_WAIT` seconds.
+        ConnectionError: a client's opening request was refused.
+        httpx.HTTPError: one could not be made.
+    """
+    from .http_bare import PLATFORMS, _httpx_senders
+
+    # A pool of the channel's send window, as bench.channels sizes the bare clients'.
+    if provider == "whatsapp":
+        from providers.whatsapp.core import WHATSAPP_LIMITS as limits
+    else:
+        from providers.telegram.core import TELEGRAM_LIMITS as limits
+    platform = PLATFORMS[provider]
+    window = default_send_window(limits)
+    answered = 0
+    async with contextlib.AsyncExitStack() as stack:
+        senders = await _httpx_senders(stack, platform, url.rstrip("/"), channels, window, TEXT)
+
+        async def caller(channel: int, number: int) -> None:
+            nonlocal answered
+            send = senders[channel]
+            for n in range(sends):
+                refusal = await send(_number(channel, number, callers, sends, n))
+                if refusal is not None:
+                    raise RuntimeError(f"the {provider} platform refused a send: {refusal}")
+                answered += 1
+
+        # One bound for the whole run, as the websocket bare client has.
+        with trio.move_on_after(ANSWER_WAIT) as bound:
+            cpu = await _run_callers(channels, callers, caller)
+    if bound.cancelled_caught:
+        raise RuntimeError(
+            f"{channels * callers * sends - answered} sends not answered within "
+            f"{ANSWER_WAIT:g} s; nothing was measured"
+        )
+    return _result("bare", provider, channels, callers, sends, cpu)
+
+
 async def _run_callers(
     channels: int, callers: int, caller: Callable[[int, int], Awaitable[None]]
 ) -> float:
@@ -234,8 +353,18 @@ def _key_and_peer(channel: int, caller: int, callers: int, sends: int, n: int) -
     own recipient (up to :data:`PEERS` of them), so a node never holds one
     back behind another to the same recipient, which a bare client does not do.
     """
-    number = (channel * callers + caller) * sends + n
-    return f"c{channel:05d}-{caller}-{n}", f"user-{number % PEERS}"
+    number = _number(channel, caller, callers, sends, n)
+    return _key(channel, caller, n), f"user-{number % PEERS}"
+
+
+def _key(channel: int, caller: int, n: int) -> str:
+    """Send ``n`` of a caller: its idempotency key."""
+    return f"c{channel:05d}-{caller}-{n}"
+
+
+def _number(channel: int, caller: int, callers: int, sends: int, n: int) -> int:
+    """Send ``n`` of a caller, numbered across the run (its recipient: modulo :data:`PEERS`)."""
+    return (channel * callers + caller) * sends + n
 
 
 async def _connected(node: Any, count: int) -> None:
@@ -309,9 +438,15 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
 
 
 @contextlib.asynccontextmanager
-async def _far_end_for(provider: str, given: str | None) -> AsyncIterator[str | None]:
-    if provider != "websocket" or given is not None:
+async def _far_end_for(
+    provider: str, given: str | None, channels: int
+) -> AsyncIterator[str | None]:
+    if provider not in BARE_PROVIDERS or given is not None:
         yield given
+        return
+    if provider in HTTP:
+        async with _http_far_end(provider, channels) as url:
+            yield url
         return
     from .rig import open_far_end_process
 
@@ -319,6 +454,28 @@ async def _far_end_for(provider: str, given: str | None) -> AsyncIterator[str | 
     # which valgrind and the machine's load stretch.
     async with open_far_end_process(heartbeat_interval=0) as far_end:
         yield far_end.channel_url
+
+
+@contextlib.asynccontextmanager
+async def _http_far_end(provider: str, channels: int) -> AsyncIterator[str]:
+    """The platform's emulator in a process of its own (:mod:`bench.platforms`),
+    its limits off: a closed loop runs as fast as its client, which would
+    meet Telegram's 30 sends/s per bot, and a node would wait ``retry_after``."""
+    from .http_bare import _WhatsApp
+    from .platforms import PlatformsSpec, open_platforms
+    from .rig import WA_APP_SECRET, WA_NUMBER_BASE
+
+    # The numbers that exist: the node's channels' and the bare client's.
+    numbers = [str(WA_NUMBER_BASE + i + 1) for i in range(channels)]
+    numbers += [_WhatsApp().number(i) for i in range(channels)]
+    spec = PlatformsSpec(
+        whatsapp_app_secret=WA_APP_SECRET,
+        whatsapp_numbers=tuple(numbers),
+        keep_all=False,
+        limits=False,
+    )
+    async with open_platforms(spec) as (urls, _):
+        yield urls[provider]
 
 
 def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,7 +486,7 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
 
     async def both() -> None:
-        async with _far_end_for(args.provider, args.far_end) as url:
+        async with _far_end_for(args.provider, args.far_end, args.channels) as url:
             for sends in (args.sends, 3 * args.sends):
                 total = await trio.to_thread.run_sync(_counted_run, args, sends, url)
                 runs.append({"sends_per_caller": sends, "instructions": total})
@@ -349,10 +506,14 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _bare(args: argparse.Namespace) -> dict[str, Any]:
-    async with _far_end_for("websocket", args.far_end) as url:
+    async with _far_end_for(args.provider, args.far_end, args.channels) as url:
         assert url is not None
         return await measure_bare(
-            url, channels=args.channels, callers=args.callers, sends=args.sends
+            url,
+            channels=args.channels,
+            callers=args.callers,
+            sends=args.sends,
+            provider=args.provider,
         )
 
 
@@ -365,11 +526,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--client", choices=["node", "bare"], default="node", help="a node, or the bare baseline"
     )
-    parser.add_argument("--provider", choices=["websocket", "simulated"], default="websocket")
+    parser.add_argument("--provider", choices=PROVIDERS, default="websocket")
     parser.add_argument("--channels", type=int, default=50, help="channels (default 50)")
     parser.add_argument("--callers", type=int, default=2, help="callers per channel (default 2)")
     parser.add_argument("--sends", type=int, default=20, help="sends per caller (default 20)")
-    parser.add_argument("--far-end", metavar="URL", help="a running lean far end (ws://.../ws)")
+    parser.add_argument(
+        "--far-end",
+        metavar="URL",
+        help="a running far end: the lean far end (ws://.../ws), or for telegram and "
+        "whatsapp the emulator (http://host:port, its limits off)",
+    )
     parser.add_argument(
         "--instructions",
         action="store_true",
@@ -379,8 +545,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("channels", "callers", "sends"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.client == "bare" and args.provider != "websocket":
-        parser.error("--client bare is a websocket client: --provider websocket only")
+    if args.client == "bare" and args.provider not in BARE_PROVIDERS:
+        parser.error(
+            f"--client bare has no {args.provider} client: --provider "
+            f"{', '.join(BARE_PROVIDERS)} only"
+        )
+    if args.far_end is not None:
+        wanted = "http" if args.provider in HTTP else "ws"
+        if args.provider not in BARE_PROVIDERS:
+            parser.error(f"--far-end: {args.provider} channels have no far end")
+        elif urlsplit(args.far_end).scheme != wanted:
+            parser.error(
+                f"--far-end: a {args.provider} far end is a {wanted}:// URL, not {args.far_end!r}"
+            )
     # A channel's lifecycle is logged; the figure is the one line printed.
     logger = logging.getLogger("switchboard")
     level = logger.level

@@ -8,16 +8,23 @@ slow for a test (a minute a run): a missing valgrind is refused clearly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+import subprocess
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from bench import send_cost
-from providers.emulators.base import open_emulator
+from bench.http_bare import PLATFORMS, _WhatsApp
+from bench.platforms import PlatformsSpec, _emulators
+from bench.rig import WA_APP_SECRET, WA_NUMBER_BASE
+from providers.emulators.base import Emulator, open_emulator
 from providers.emulators.websocket import WebSocketEmulator
 
 from .support import CEILING
@@ -103,11 +110,155 @@ async def test_the_bare_client_fails_on_a_refused_send() -> None:
             await send_cost.measure_bare(url, channels=1, callers=1, sends=3)
 
 
-def test_the_bare_client_is_a_websocket_client(capsys: pytest.CaptureFixture[str]) -> None:
+def _limitless_emulator(provider: str, channels: int = 3) -> Emulator:
+    """The emulator ``send_cost`` runs in a process of its own, here in-process:
+    limits off, the node's and the bare client's WhatsApp numbers known."""
+    numbers = [str(WA_NUMBER_BASE + i + 1) for i in range(channels)]
+    numbers += [_WhatsApp().number(i) for i in range(channels)]
+    spec = PlatformsSpec(
+        whatsapp_app_secret=WA_APP_SECRET, whatsapp_numbers=tuple(numbers), limits=False
+    )
+    emulator: Emulator = _emulators(spec)[provider]
+    return emulator
+
+
+def _recipients(provider: str, sent: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """(sender, recipient) of each message a platform recorded."""
+    if provider == "telegram":
+        return [(m["bot_id"], m["chat_id"]) for m in sent]
+    return [(m["phone_number_id"], m["to"]) for m in sent]
+
+
+@pytest.mark.parametrize("client", ["node", "bare"])
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
+async def test_every_send_of_every_caller_reaches_the_http_platform_once(
+    provider: str, client: str
+) -> None:
+    emulator = _limitless_emulator(provider)
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            if client == "node":
+                line = await send_cost.measure(
+                    provider, channels=3, callers=2, sends=4, far_end=base
+                )
+            else:
+                line = await send_cost.measure_bare(
+                    base, channels=3, callers=2, sends=4, provider=provider
+                )
+    assert (line["client"], line["provider"], line["sends"]) == (client, provider, 24)
+    sent = emulator.sent
+    pairs = _recipients(provider, sent)
+    assert len(pairs) == len(set(pairs)) == 24  # every send once, each to a recipient of its own
+    assert len({sender for sender, _ in pairs}) == 3  # a bot or number per channel
+    # The node and the bare client send to the same 24 recipients, the same content.
+    body = PLATFORMS[provider].body
+    if provider == "telegram":
+        assert {chat for _, chat in pairs} == {body(k, "")["chat_id"] for k in range(24)}
+        assert {m["text"] for m in sent} == {send_cost.TEXT}
+    else:
+        assert {to for _, to in pairs} == {body(k, "")["to"] for k in range(24)}
+        assert {m["body"]["template"]["name"] for m in sent} == {"hello_world"}
+    assert emulator.stats["rate_limited"] == 0
+
+
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
+async def test_the_http_far_end_s_limits_are_off(provider: str) -> None:
+    platform = PLATFORMS[provider]
+    emulator = _limitless_emulator(provider)
+    with trio.fail_after(CEILING):
+        async with (
+            open_emulator(emulator) as base,
+            httpx.AsyncClient(headers=platform.client_headers(0)) as client,
+        ):
+            url = platform.send_url(base, 0)
+            # One recipient ten times at once: Telegram takes 3 at once per
+            # chat, WhatsApp 3 per user, each then one a second or less.
+            answers = [await client.post(url, json=platform.body(0, "x")) for _ in range(10)]
+    assert [platform.refusal(a.status_code, a.content) for a in answers] == [None] * 10
+
+
+async def test_the_bare_http_client_fails_on_a_refused_send() -> None:
+    emulator = _limitless_emulator("telegram")
+    emulator.blocked_chats.add(1_002)  # type: ignore[attr-defined]
+    with (
+        trio.fail_after(CEILING),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match="the telegram platform refused a send: 403"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with open_emulator(emulator) as base:
+            await send_cost.measure_bare(base, channels=1, callers=1, sends=3, provider="telegram")
+
+
+def test_an_http_count_runs_both_sends_against_one_far_end(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commands: list[list[str]] = []
+
+    def run(command: list[str], *, stdout: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        sends = int(command[command.index("--sends") + 1])
+        made = {"client": "bare", "sends": 2 * 3 * sends}
+        stdout.write(f"{json.dumps(made)}\n==1== Collected : {1_000_000 + 700 * 6 * sends}\n")
+        return subprocess.CompletedProcess(command, 0)
+
+    opened: list[tuple[str, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def far_end(provider: str, channels: int) -> AsyncIterator[str]:
+        opened.append((provider, channels))
+        yield "http://127.0.0.1:9"
+
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(send_cost, "_http_far_end", far_end)
+    arguments = ["--instructions", "--provider", "telegram", "--client", "bare"]
+    assert send_cost.main([*arguments, "--channels", "2", "--callers", "3", "--sends", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["client"], result["provider"], result["instructions_per_send"]) == (
+        "bare",
+        "telegram",
+        700,
+    )
+    assert opened == [("telegram", 2)]  # one far end, started natively, for both runs
+    for command, sends in zip(commands, ["5", "15"], strict=True):
+        assert command[:2] == ["valgrind", "--tool=callgrind"]
+        assert command[command.index("--sends") + 1] == sends
+        assert command[command.index("--provider") + 1] == "telegram"
+        assert command[command.index("--client") + 1] == "bare"
+        assert command[command.index("--far-end") + 1] == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "refusal"),
+    [
+        (
+            ["--client", "bare", "--provider", "simulated"],
+            "--client bare has no simulated client: --provider websocket, telegram, whatsapp only",
+        ),
+        (
+            ["--provider", "simulated", "--far-end", "ws://127.0.0.1:9/ws"],
+            "--far-end: simulated channels have no far end",
+        ),
+        (
+            ["--provider", "telegram", "--far-end", "ws://127.0.0.1:9/ws"],
+            "--far-end: a telegram far end is a http:// URL, not 'ws://127.0.0.1:9/ws'",
+        ),
+        (
+            ["--far-end", "http://127.0.0.1:9"],
+            "--far-end: a websocket far end is a ws:// URL, not 'http://127.0.0.1:9'",
+        ),
+        (["--provider", "discord"], "argument --provider: invalid choice: 'discord'"),
+    ],
+)
+def test_arguments_that_cannot_run_are_refused_by_name(
+    arguments: list[str], refusal: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as refused:
-        send_cost.main(["--client", "bare", "--provider", "simulated"])
+        send_cost.main(arguments)
     assert refused.value.code == 2
-    assert "--provider websocket only" in capsys.readouterr().err
+    assert refusal in capsys.readouterr().err
 
 
 def test_the_command_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
