@@ -59,10 +59,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -74,14 +71,14 @@ from actors.channel import ChannelStateChanged, ChannelStatus
 from runtime import open_node, parse_config
 from runtime.config import ChannelSpec
 
+from . import callgrind
 from .rig import StateLog, _follow
-from .send_cost import _far_end_for, collected
+from .send_cost import _far_end_for
 
 __all__ = ["CLIENTS", "counted", "instructions_per_connect", "main", "measure"]
 
 CLIENTS: Final = ("node", "bare", "trio-websocket")
 CONNECT_WAIT: Final = 600.0  # seconds for every channel to connect (under valgrind: slow)
-RUN_LIMIT: Final = 1_800.0  # seconds one run under valgrind may take
 FAR_OFF: Final = 3_600.0  # seconds: keepalive timers armed as usual, never due within a run
 STATE_BUFFER_PER_CHANNEL: Final = 10  # state events the bench's log may fall behind by, per channel
 
@@ -296,9 +293,7 @@ async def _trio_websocket(
 
 def instructions_per_connect(small: int, big: int, connects_between: int) -> int:
     """The instructions of one connect: two runs' totals apart, over the connects between."""
-    if connects_between <= 0:
-        raise ValueError(f"the runs must differ by some connects, not {connects_between}")
-    return round((big - small) / connects_between)
+    return callgrind.per_unit(small, big, connects_between, "connects")
 
 
 def counted(output: str, returncode: int, channels: int) -> int:
@@ -307,51 +302,31 @@ def counted(output: str, returncode: int, channels: int) -> int:
     Raises:
         ValueError: the run failed, or did not say it connected them all (its output is quoted).
     """
-    lines = [line for line in output.splitlines() if line.startswith("{")]
-    made = json.loads(lines[-1]).get("connected") if lines else None
-    if returncode != 0 or made != channels:
-        raise ValueError(
-            f"the counted run failed (exit {returncode}, {made} of {channels} channels "
-            f"connected): {output[-1500:]}"
-        )
-    return collected(output)
+    return callgrind.counted(
+        output, returncode, field="connected", expected=channels, what="channels connected"
+    )
 
 
 def _counted_run(args: argparse.Namespace, channels: int, far_end: str) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={os.devnull}",
-        sys.executable,
-        "-m",
-        "bench.connect_cost",
+    arguments = [
         *("--client", args.client, "--channels", str(channels)),
         *("--far-end", far_end, "--exit-when-connected"),
     ]
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    with tempfile.TemporaryFile("w+") as log:
-        done = subprocess.run(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            check=False,
-            timeout=RUN_LIMIT,
-        )
-        log.seek(0)
-        output = log.read()
-    return counted(output, done.returncode, channels)
+    return callgrind.run_counted(
+        "bench.connect_cost",
+        arguments,
+        field="connected",
+        expected=channels,
+        what="channels connected",
+    )
 
 
 def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("valgrind") is None:
-        raise SystemExit(
-            "--instructions needs valgrind (apt install valgrind), which is not installed"
-        )
+    callgrind.require_valgrind()
     runs: list[dict[str, Any]] = []
 
     async def both() -> None:
-        async with _far_end_for("websocket", args.far_end) as url:
+        async with _far_end_for("websocket", args.far_end, args.channels) as url:
             assert url is not None
             for channels in (args.channels, 3 * args.channels):
                 total = await trio.to_thread.run_sync(_counted_run, args, channels, url)
@@ -377,7 +352,7 @@ def _exit_now(result: dict[str, Any]) -> None:
 
 async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     on_connected = _exit_now if args.exit_when_connected else None
-    async with _far_end_for("websocket", args.far_end) as url:
+    async with _far_end_for("websocket", args.far_end, args.channels) as url:
         assert url is not None
         return await measure(args.client, url, channels=args.channels, on_connected=on_connected)
 

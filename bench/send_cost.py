@@ -47,7 +47,14 @@ stalls), but it does not move with the machine's load, and the same run
 gives the same count to within a few percent (1 to 3 % here): two trees
 compared this way differ by what their code does. The sends are
 closed-loop, not paced: a paced run's cost depends on how far the node
-falls behind, which valgrind's slowdown (about 50 times) changes.
+falls behind, which valgrind's slowdown (about 50 times) changes. For the
+same reason the node's checkpoint rounds are put off past the run: a
+round every second writes every channel a send touched, and under
+valgrind a second holds fewer sends the busier the machine (a node of 10
+websocket channels counted 657,827 instructions per send with rounds
+every second, 608,124 without). The figure is the send path's; what a
+checkpoint costs depends on how many sends share one, and
+:mod:`bench.checkpoints` measures it.
 """
 
 from __future__ import annotations
@@ -56,12 +63,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -74,14 +75,15 @@ from providers.base import OutboundMessage, Template, default_send_window
 from runtime import open_node, parse_config
 from runtime.config import ChannelSpec
 
-__all__ = ["instructions_per_send", "main", "measure"]
+from . import callgrind
+
+__all__ = ["counted", "instructions_per_send", "main", "measure"]
 
 TEXT: Final = "x" * 40  # the channels benchmark's default text size
 PEERS: Final = 997  # distinct recipients, as the channels benchmark rotates them
 ANSWER_WAIT: Final = 900.0  # seconds the bare client's sends may take in all (a bound, not a pace)
-RUN_LIMIT: Final = 1_800.0  # seconds one run under valgrind may take
 CONNECT_WAIT: Final = 60.0  # seconds for every channel to connect (under valgrind: slow)
-_COLLECTED: Final = re.compile(r"Collected : (\d+)")
+CHECKPOINTS_OFF: Final = 3_600.0  # the node's checkpoint interval: no round within a run
 HTTP: Final = ("telegram", "whatsapp")  # the providers that send over HTTP
 PROVIDERS: Final = ("websocket", "simulated", *HTTP)
 BARE_PROVIDERS: Final = ("websocket", *HTTP)
@@ -109,6 +111,8 @@ async def measure(
             {
                 "node": {"id": "send-cost", "start_timeout": connect_wait},
                 "ops": {"enabled": False},
+                # No checkpoint round within a run: its work follows the wall clock.
+                "storage": {"checkpoint_interval": CHECKPOINTS_OFF},
                 "providers": {provider: {"rate_limit": {"enabled": False}}},
                 "channels": [],
             }
@@ -375,9 +379,7 @@ async def _connected(node: Any, count: int) -> None:
 
 def instructions_per_send(small: int, big: int, sends_between: int) -> int:
     """The instructions of one send: the difference of two runs' totals over the sends between."""
-    if sends_between <= 0:
-        raise ValueError(f"the runs must differ by some sends, not {sends_between}")
-    return round((big - small) / sends_between)
+    return callgrind.per_unit(small, big, sends_between, "sends")
 
 
 def counted(output: str, returncode: int, sends: int) -> int:
@@ -386,55 +388,24 @@ def counted(output: str, returncode: int, sends: int) -> int:
     Raises:
         ValueError: the run failed, or did not say it made them all (its output is quoted).
     """
-    lines = [line for line in output.splitlines() if line.startswith("{")]
-    made = json.loads(lines[-1]).get("sends") if lines else None
-    if returncode != 0 or made != sends:
-        raise ValueError(
-            f"the counted run failed (exit {returncode}, {made} of {sends} sends made): "
-            f"{output[-1500:]}"
-        )
-    return collected(output)
-
-
-def collected(valgrind_output: str) -> int:
-    """The total instructions a ``callgrind`` run printed ("Collected : N").
-
-    Raises:
-        ValueError: the output holds no such line (valgrind failed; its output is quoted).
-    """
-    found = _COLLECTED.search(valgrind_output)
-    if found is None:
-        raise ValueError(f"no instruction count in valgrind's output: {valgrind_output[-800:]!r}")
-    return int(found.group(1))
+    return callgrind.counted(output, returncode, field="sends", expected=sends, what="sends made")
 
 
 def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={os.devnull}",
-        sys.executable,
-        "-m",
-        "bench.send_cost",
+    arguments = [
         *("--client", args.client, "--provider", args.provider),
         *("--channels", str(args.channels)),
         *("--callers", str(args.callers), "--sends", str(sends)),
     ]
     if far_end is not None:
-        command += ["--far-end", far_end]
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    with tempfile.TemporaryFile("w+") as log:
-        done = subprocess.run(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            check=False,
-            timeout=RUN_LIMIT,
-        )
-        log.seek(0)
-        output = log.read()
-    return counted(output, done.returncode, args.channels * args.callers * sends)
+        arguments += ["--far-end", far_end]
+    return callgrind.run_counted(
+        "bench.send_cost",
+        arguments,
+        field="sends",
+        expected=args.channels * args.callers * sends,
+        what="sends made",
+    )
 
 
 @contextlib.asynccontextmanager
@@ -479,10 +450,7 @@ async def _http_far_end(provider: str, channels: int) -> AsyncIterator[str]:
 
 
 def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("valgrind") is None:
-        raise SystemExit(
-            "--instructions needs valgrind (apt install valgrind), which is not installed"
-        )
+    callgrind.require_valgrind()
     runs: list[dict[str, Any]] = []
 
     async def both() -> None:

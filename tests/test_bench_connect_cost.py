@@ -114,23 +114,13 @@ def test_the_command_prints_one_json_line_and_leaves_the_loggers_as_they_were(
     assert logger.level == before
 
 
-def test_instructions_per_connect_is_the_difference_over_the_connects_between() -> None:
+def test_a_counted_run_must_say_it_connected_every_channel() -> None:
+    # The arithmetic and the refusals are bench.callgrind's (tests/test_bench_callgrind.py).
     assert connect_cost.instructions_per_connect(3_392_112_988, 3_457_632_501, 40) == 1_637_988
-    with pytest.raises(ValueError, match="must differ by some connects"):
-        connect_cost.instructions_per_connect(1, 2, 0)
-
-
-def test_a_counted_run_that_failed_or_fell_short_fails_the_count() -> None:
     output = '{"client": "node", "connected": 40}\n==1== Collected : 1529894269\n'
     assert connect_cost.counted(output, 0, 40) == 1_529_894_269
-    with pytest.raises(ValueError, match=r"exit 1, 40 of 40 channels connected"):
-        connect_cost.counted(output, 1, 40)
     with pytest.raises(ValueError, match=r"exit 0, 40 of 120 channels connected"):
         connect_cost.counted(output, 0, 120)
-    with pytest.raises(ValueError, match=r"exit 0, None of 40 channels connected.*Traceback"):
-        connect_cost.counted("Traceback (most recent call last): ...\n==1== Collected : 5\n", 0, 40)
-    with pytest.raises(ValueError, match="no instruction count"):
-        connect_cost.counted('{"connected": 40}\n', 0, 40)
 
 
 def test_counting_without_valgrind_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -287,21 +287,13 @@ def test_a_count_below_one_is_refused(option: str, capsys: pytest.CaptureFixture
     assert f"{option} must be at least 1" in capsys.readouterr().err
 
 
-def test_instructions_per_send_is_the_difference_over_the_sends_between() -> None:
+def test_a_counted_run_must_say_it_made_every_send() -> None:
+    # The arithmetic and the refusals are bench.callgrind's (tests/test_bench_callgrind.py).
     assert send_cost.instructions_per_send(3_614_781_089, 3_714_726_443, 200) == 499_727
-    with pytest.raises(ValueError, match="must differ by some sends"):
-        send_cost.instructions_per_send(1, 2, 0)
-
-
-def test_a_counted_run_that_failed_or_fell_short_fails_the_count() -> None:
     output = '{"client": "node", "sends": 40}\n==1== Collected : 1529894269\n'
     assert send_cost.counted(output, 0, 40) == 1_529_894_269
-    with pytest.raises(ValueError, match=r"exit 1, 40 of 40 sends made"):
-        send_cost.counted(output, 1, 40)
     with pytest.raises(ValueError, match=r"exit 0, 40 of 80 sends made"):
         send_cost.counted(output, 0, 80)
-    with pytest.raises(ValueError, match=r"exit 0, None of 40 sends made.*Traceback"):
-        send_cost.counted("Traceback (most recent call last): ...\n==1== Collected : 5\n", 0, 40)
 
 
 def test_the_command_leaves_the_loggers_as_they_were() -> None:
@@ -309,13 +301,6 @@ def test_the_command_leaves_the_loggers_as_they_were() -> None:
     before = logger.level
     send_cost.main(["--provider", "simulated", "--channels", "1", "--callers", "1", "--sends", "1"])
     assert logger.level == before
-
-
-def test_valgrind_s_count_is_read_from_its_output_or_its_failure_quoted() -> None:
-    output = "==19962== Events    : Ir\n==19962== Collected : 1529894269\n==19962==\n"
-    assert send_cost.collected(output) == 1_529_894_269
-    with pytest.raises(ValueError, match=r"no instruction count.*valgrind: command not found"):
-        send_cost.collected("bash: valgrind: command not found\n")
 
 
 def test_counting_without_valgrind_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
