@@ -70,7 +70,10 @@ def counted(output: str, returncode: int, *, field: str, expected: int, what: st
         ValueError: the run failed, or did not say it did all of it (its output is quoted).
     """
     lines = [line for line in output.splitlines() if line.startswith("{")]
-    done = json.loads(lines[-1]).get(field) if lines else None
+    try:
+        done = json.loads(lines[-1]).get(field) if lines else None
+    except (ValueError, AttributeError):  # a line that only starts like JSON
+        done = None
     if returncode != 0 or done != expected:
         raise ValueError(
             f"the counted run failed (exit {returncode}, {done} of {expected} {what}): "

@@ -41,9 +41,10 @@ Design notes: the channels benchmark times a node's connects against the
 bare client's in another process, and on this shared 2-core machine the
 ratio moved between 1.53 and 1.98 from run to run. An instruction count
 does not move with the machine's load (see :mod:`bench.send_cost`, whose
-machinery this reuses). The node keeps its defaults but for what runs by
-the wall clock, which valgrind's slowdown (about 50 times) and the
-machine's load stretch: the connect timeout and the websocket ping and
+machinery this reuses). The node keeps its defaults but for its rate
+limits (off, as in every bench here) and what runs by the wall clock,
+which valgrind's slowdown (about 50 times) and the machine's load
+stretch: the connect timeout and the websocket ping and
 liveness timers are set far off (armed as usual, never due), and so is
 the checkpoint interval, so no checkpoint round runs during a run. Left
 at one second, the rounds wrote 1.65 checkpoints per channel in a counted

@@ -144,20 +144,24 @@ async def measure(
                 f"{connect_wait:g} s ({problems}); nothing was measured"
             )
 
-        async def caller(channel: int, number: int) -> None:
+        async def caller(channel: int, number: int) -> int:
             for n in range(sends):
                 key, peer = _key_and_peer(channel, number, callers, sends, n)
                 message = OutboundMessage(peer=peer, idempotency_key=key, text=TEXT)
                 await node.send(ids[channel], message)
+            return sends
 
-        async def http_caller(channel: int, number: int) -> None:
+        async def http_caller(channel: int, number: int) -> int:
             for n in range(sends):
                 key = _key(channel, number, n)
                 message = _http_message(provider, _number(channel, number, callers, sends, n), key)
                 await node.send(ids[channel], message)
+            return sends
 
-        cpu = await _run_callers(channels, callers, http_caller if provider in HTTP else caller)
-    return _result("node", provider, channels, callers, sends, cpu)
+        made, cpu = await _run_callers(
+            channels, callers, http_caller if provider in HTTP else caller
+        )
+    return _result("node", provider, channels, callers, made, cpu)
 
 
 def _http_spec(provider: str, channel_id: str, index: int, far_end: str) -> ChannelSpec:
@@ -249,7 +253,7 @@ async def measure_bare(
                 await nursery.start(_serve_connection, session, host, port, target, token)
             )
 
-        async def caller(channel: int, number: int) -> None:
+        async def caller(channel: int, number: int) -> int:
             connection = opened[channel]
             for n in range(sends):
                 key, peer = _key_and_peer(channel, number, callers, sends, n)
@@ -257,19 +261,20 @@ async def measure_bare(
                 frame = {"type": "send", "id": key, "peer": peer, "text": TEXT}
                 connection.send_text(encode(frame))
                 await event.wait()
+            return sends
 
         # One bound for the whole run: a cancel scope per send would cost the
         # bare client what a node's send no longer pays (about 50,000
         # instructions), and a plain client has none.
         with trio.move_on_after(ANSWER_WAIT) as bound:
-            cpu = await _run_callers(channels, callers, caller)
+            made, cpu = await _run_callers(channels, callers, caller)
         nursery.cancel_scope.cancel()
     if bound.cancelled_caught:
         raise RuntimeError(
             f"{len(answers.waiting)} sends not answered within {ANSWER_WAIT:g} s "
             f"({session.lost} connections lost); nothing was measured"
         )
-    return _result("bare", "websocket", channels, callers, sends, cpu)
+    return _result("bare", "websocket", channels, callers, made, cpu)
 
 
 async def measure_bare_http(
@@ -303,7 +308,7 @@ async def measure_bare_http(
     async with contextlib.AsyncExitStack() as stack:
         senders = await _httpx_senders(stack, platform, url.rstrip("/"), channels, window, TEXT)
 
-        async def caller(channel: int, number: int) -> None:
+        async def caller(channel: int, number: int) -> int:
             nonlocal answered
             send = senders[channel]
             for n in range(sends):
@@ -311,42 +316,56 @@ async def measure_bare_http(
                 if refusal is not None:
                     raise RuntimeError(f"the {provider} platform refused a send: {refusal}")
                 answered += 1
+            return sends
 
         # One bound for the whole run, as the websocket bare client has.
         with trio.move_on_after(ANSWER_WAIT) as bound:
-            cpu = await _run_callers(channels, callers, caller)
+            made, cpu = await _run_callers(channels, callers, caller)
     if bound.cancelled_caught:
         raise RuntimeError(
             f"{channels * callers * sends - answered} sends not answered within "
             f"{ANSWER_WAIT:g} s; nothing was measured"
         )
-    return _result("bare", provider, channels, callers, sends, cpu)
+    return _result("bare", provider, channels, callers, made, cpu)
 
 
 async def _run_callers(
-    channels: int, callers: int, caller: Callable[[int, int], Awaitable[None]]
-) -> float:
-    """Run ``callers`` callers of each channel at once; the CPU seconds they took."""
+    channels: int, callers: int, caller: Callable[[int, int], Awaitable[int]]
+) -> tuple[int, float]:
+    """Run ``callers`` callers of each channel at once.
+
+    Returns:
+        The sends the callers say they made (each once its last was
+        answered), and the CPU seconds they took.
+    """
+    made = 0
+
+    async def run(channel: int, number: int) -> None:
+        nonlocal made
+        count = await caller(channel, number)  # (not made += await ...: read before the wait)
+        made += count
+
     began = time.process_time()
     async with trio.open_nursery() as nursery:
         for channel in range(channels):
             for number in range(callers):
-                nursery.start_soon(caller, channel, number)
-    return time.process_time() - began
+                nursery.start_soon(run, channel, number)
+    return made, time.process_time() - began
 
 
 def _result(
-    client: str, provider: str, channels: int, callers: int, sends: int, cpu: float
+    client: str, provider: str, channels: int, callers: int, made: int, cpu: float
 ) -> dict[str, Any]:
-    total = channels * callers * sends
+    if made == 0:
+        raise RuntimeError("no caller finished its sends; nothing was measured")
     return {
         "client": client,
         "provider": provider,
         "channels": channels,
         "callers": callers,
-        "sends": total,
+        "sends": made,
         "cpu_seconds": cpu,
-        "cpu_per_send": cpu / total,
+        "cpu_per_send": cpu / made,
     }
 
 

@@ -557,7 +557,7 @@ class Connection(Protocol):
     Two optional shortcuts, which a channel looks up with ``getattr`` (the
     websocket provider has both): ``take_events_at_once(take)`` offers each
     event to ``take`` in the connection's own task first, and
-    ``can_start_at_once(op)`` / ``start_at_once(op, done, now=)`` send an
+    ``can_start_at_once(op)`` / ``start_at_once(op, done)`` send an
     operation in the caller's task, with no task waiting for its answer
     (``done(result, error)`` hears it later).
     """

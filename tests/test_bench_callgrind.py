@@ -39,3 +39,5 @@ def test_a_counted_run_that_failed_or_fell_short_fails_the_count() -> None:
         count("Traceback (most recent call last): ...\n==1== Collected : 5\n", 0, 40)
     with pytest.raises(ValueError, match="no instruction count"):
         count('{"sends": 40}\n', 0, 40)
+    with pytest.raises(ValueError, match=r"None of 40 sends made.*\{not json"):
+        count("{not json\n==1== Collected : 5\n", 0, 40)

@@ -314,10 +314,10 @@ async def test_a_defect_as_a_send_starts_at_once_crashes_the_channel_and_stalls_
 
     real = WebSocketConnection.start_at_once
 
-    def broken(self: Any, msg: Any, done: Any, *, now: float | None = None) -> None:
+    def broken(self: Any, msg: Any, done: Any) -> None:
         if msg.idempotency_key == "broken":
             raise RuntimeError("a defect")
-        real(self, msg, done, now=now)
+        real(self, msg, done)
 
     monkeypatch.setattr(WebSocketConnection, "start_at_once", broken)
     with trio.fail_after(CEILING):

@@ -386,7 +386,7 @@ class SendPath:
                 memory.touch()
         # (Limits off, nothing moved: the answer marks the memory, in _settle.)
         try:
-            conn.start_at_once(message, functools.partial(self._landed, flight), now=now)  # type: ignore[attr-defined]
+            conn.start_at_once(message, functools.partial(self._landed, flight))  # type: ignore[attr-defined]
         except ProviderError as exc:  # its frame could not be made: nothing went out
             self._landed(flight, None, exc)
         return True

@@ -328,7 +328,8 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
     """A receipt frame whose fields have their exact types, without the converter.
 
     One comes per message sent, and the converter would only copy its
-    strings. ``None`` for any other (a field of another type, an unknown
+    strings. ``None`` for any other (a field of another type, a timestamp
+    that is an integer, which may be too large for a float, an unknown
     status): the converter decides what it makes of it, as before.
     """
     key, status, peer = frame.get("id"), frame.get("status"), frame.get("peer", "")
@@ -337,7 +338,7 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
         type(key) is not str
         or type(status) is not str
         or type(peer) is not str
-        or (timestamp is not None and type(timestamp) is not float and type(timestamp) is not int)
+        or (timestamp is not None and type(timestamp) is not float)
         or (error is not None and type(error) is not str)
     ):
         return None
@@ -349,7 +350,7 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
         platform_message_id=key,
         peer=peer,
         status=known,
-        timestamp=None if timestamp is None else float(timestamp),
+        timestamp=timestamp,
         error=error,
     )
 

@@ -365,11 +365,7 @@ class WebSocketConnection:
         )
 
     def start_at_once(
-        self,
-        msg: Operation,
-        done: Callable[[SendResult | None, ProviderError | None], None],
-        *,
-        now: float | None = None,
+        self, msg: Operation, done: Callable[[SendResult | None, ProviderError | None], None]
     ) -> None:
         """Send ``msg``'s frame in this call (as :meth:`can_start_at_once` allowed);
         ``done`` hears its fate later, from whichever task learns it.
@@ -380,16 +376,13 @@ class WebSocketConnection:
         the link. It must neither block nor raise. One task and two task
         steps fewer per send than a task that awaits :meth:`send`.
 
-        ``now``: trio's clock, as the caller read it in this step (one
-        read fewer per send); read here if not given.
-
         Raises:
             PermanentSendError: ``msg`` cannot be expressed in this protocol
                 (nothing was sent, and ``done`` is not called).
         """
         link = self._link
         assert link is not None  # (and the rest that can_start_at_once checked)
-        actions = self._core.start_send(msg, trio.current_time() if now is None else now)
+        actions = self._core.start_send(msg, trio.current_time())
         self._waiters[msg.idempotency_key] = _Waiter(msg, done)
         for action in actions:
             assert type(action) is SendFrame, action
