@@ -14,6 +14,9 @@ from typing import Any, Final
 import httpx
 import trio
 import trio.testing
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 CEILING: Final = 60.0  # virtual seconds; only a hang gets near it
 
@@ -173,3 +176,8 @@ async def record_outcome(results: dict[Any, Any], key: Any, call: Awaitable[Any]
         results[key] = await call
     except Exception as exc:
         results[key] = exc
+
+
+def open_client_protocol() -> ClientProtocol:
+    """A websockets client protocol past its handshake, for a ``WebSocketLink`` built by hand."""
+    return ClientProtocol(parse_uri("ws://test/ws"), state=State.OPEN)

@@ -19,7 +19,6 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from wsproto.connection import Connection, ConnectionState, ConnectionType
 
 from actors import ChannelStatus, MemoryInboundSink
 from providers.base import (
@@ -34,7 +33,7 @@ from providers.emulators.base import open_emulator
 from providers.emulators.websocket import WebSocketEmulator
 from providers.websocket import WebSocketProvider
 from providers.websocket.link import LinkClosed, WebSocketLink
-from tests.support import control
+from tests.support import control, open_client_protocol
 from tests.test_channels_e2e import CEILING, RIGS, open_rig, wait_status
 from tests.test_websocket_link import STANDOFF_COUNT, STANDOFF_SIZE, standoff
 
@@ -352,7 +351,7 @@ async def test_send_rest_does_not_raise_when_the_reader_s_pong_meets_a_reset() -
     # send_rest runs in the connection's nursery: a LinkClosed out of it
     # takes the whole connection block (and the channel actor) down with a
     # non-provider error, instead of "the reader sees the end of the link".
-    link = WebSocketLink(_ResetAfterFirstWrite(), Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link = WebSocketLink(_ResetAfterFirstWrite(), open_client_protocol())  # type: ignore[arg-type]
     link._lock.acquire_nowait()  # as send_text_now leaves it when the socket was full
     link._replies.append(b"\x8a\x00")  # a pong the reader framed while the holder wrote
     with trio.fail_after(CEILING):
@@ -395,13 +394,13 @@ async def test_a_link_broken_by_a_write_while_bytes_still_arrive_ends_the_connec
 
 async def test_a_graceful_close_still_waits_for_the_server_s_close_frame() -> None:
     # reading_ended() must not cut the closing handshake of a normal close:
-    # the link ends CLOSED (the server's close frame was read), not broken.
+    # the server's close frame is read before the socket is closed.
     async with open_emulator(WebSocketEmulator()) as base_url:
         async with WebSocketProvider().open_connection(config_for(base_url)) as conn:
             link = conn._link
             with trio.fail_after(CEILING):
                 await conn.close()
-            assert link._ws.state is ConnectionState.CLOSED
+            assert link._ws.close_rcvd is not None
 
 
 async def test_an_at_once_send_times_out_on_its_own_deadline_while_the_reader_is_parked() -> None:

@@ -2,8 +2,8 @@
 
 A fake I/O (the link's ``_io``) whose writes wait at a gate the test opens,
 so that a sender holds the lock for as long as the test wants, as one
-blocked on a full socket does. The peer's frames are made by wsproto in
-server mode and fed to the link as its reader would.
+blocked on a full socket does. The peer's frames are made (and the link's
+read) by wsproto in server mode, and fed to the link as its reader would.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from wsproto.connection import Connection
 from wsproto.events import Ping, Pong, TextMessage
 
 from providers.websocket.link import WebSocketLink
+from tests.support import open_client_protocol
 
 
 class GatedIO:
@@ -61,7 +62,7 @@ async def test_a_pong_left_for_a_holder_cancelled_after_its_write_is_still_sent(
     # sends anything more: the pong is never written.
     io = GatedIO()
     io.gates[0] = drained = trio.Event()
-    link = WebSocketLink(io, Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link = WebSocketLink(io, open_client_protocol())  # type: ignore[arg-type]
     scope = trio.CancelScope()
 
     async def sender() -> None:
@@ -96,7 +97,7 @@ async def test_a_pong_left_for_a_lock_waiter_cancelled_before_it_writes_is_still
     # in between, as the reader task would if scheduled there.
     io = GatedIO()
     io.gates[0] = drained = trio.Event()
-    link = WebSocketLink(io, Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link = WebSocketLink(io, open_client_protocol())  # type: ignore[arg-type]
     scope_b = trio.CancelScope()
     a_done = trio.Event()
 
@@ -138,7 +139,7 @@ async def test_a_sender_whose_frame_went_out_does_not_break_the_link_over_the_re
     io = GatedIO()
     io.gates[0] = first = trio.Event()
     io.gates[1] = full = trio.Event()  # the replies' write: the socket is full
-    link = WebSocketLink(io, Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link = WebSocketLink(io, open_client_protocol())  # type: ignore[arg-type]
     scope = trio.CancelScope()
 
     async def sender() -> None:
@@ -168,7 +169,7 @@ async def test_a_frame_the_reader_left_goes_before_a_close_framed_after_it() -> 
     # B's close must not go out first: nothing may follow a close frame.
     io = GatedIO()
     io.gates[0] = drained = trio.Event()
-    link = WebSocketLink(io, Connection(ConnectionType.CLIENT))  # type: ignore[arg-type]
+    link = WebSocketLink(io, open_client_protocol())  # type: ignore[arg-type]
     a_done = trio.Event()
 
     async def sender_a() -> None:

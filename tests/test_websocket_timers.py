@@ -87,9 +87,9 @@ class Server:
         client, server = pair()
         peer = self.peers[url] = Peer(server)
         self.nursery.start_soon(peer.accept)
-        io = _StreamIO(client)
-        ws = await _handshake(io, "test", "/ws", headers)
-        return WebSocketLink(io, ws, max_message_size=max_message_size)
+        return await _handshake(
+            _StreamIO(client), "test", "/ws", headers, max_message_size=max_message_size
+        )
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""A generic JSON-over-websocket channel: a sans-IO core, a trio shell, a wsproto link.
+"""A generic JSON-over-websocket channel: a sans-IO core, a trio shell, a websockets link.
 
 The wire protocol and the error mapping are documented in
 :mod:`providers.websocket.core`; the configuration in

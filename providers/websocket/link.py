@@ -1,13 +1,21 @@
-"""A websocket client link straight on wsproto: the transport under the shell.
+"""A websocket client link on the sans-I/O protocol of ``websockets``: the shell's transport.
 
 Design: a channel holds its link for hours and a node holds ten thousand of
 them, so the link is as small as a websocket can be: a non-blocking socket
 waited on through trio's I/O manager (a trio stream only for TLS), one
-wsproto ``Connection`` (the HTTP handshake objects are dropped once the
-server has accepted), a send lock, and no task of its own. trio-websocket
-would add a reader task, a message channel and the handshake state to every
-link (11 KB each, measured: 17.6 KB for its connection and a reader, against
-5.8 KB for this link and the shell's reader), and a task switch to every frame.
+``websockets`` ``ClientProtocol`` (it speaks the handshake, frames, masks
+and the closing handshake; the link only moves bytes), a send lock, and no
+task of its own. trio-websocket would add a reader task, a message channel
+and the handshake state to every link (11 KB each, measured: 17.6 KB for
+its connection and a reader, against 5.8 KB for this link and the shell's
+reader), and a task switch to every frame.
+
+Why ``websockets`` and not wsproto (which trio-websocket and hypercorn use,
+and this link used before): one send and the two frames that answer it
+(an ack and a receipt) cost 13-16 µs in its protocol against 35-58 µs in
+wsproto's, measured side by side in one process; its frames are parsed
+with less Python and masked in C. On the node's send path that was a
+fifth of the node's CPU per message.
 
 The link does not read by itself. Its owner (the shell's reader task)
 drives it in three steps, so that only the first can be cancelled, by a
@@ -17,7 +25,8 @@ timer, without harm:
    nothing is consumed when it is cancelled);
 2. ``link.feed(data)``: parse, synchronously, into messages (``str`` or
    ``bytes``), :class:`Pong` and :class:`Closed` items; pings are answered
-   and a peer's close is acknowledged, as control replies queued for step 3;
+   and a peer's close is acknowledged (by the protocol), as control
+   replies queued for step 3;
 3. ``await link.flush()``: send those replies.
 
 Sends (``send_text``, ``ping``, ``close``) may come from any task; one lock
@@ -32,7 +41,7 @@ the reader sends (the control replies of step 3, and its own frames with
 ``queue=True``) is framed at once and, while someone holds the lock, left
 for the holder, which writes it after its own frame before letting go.
 
-Errors (all :class:`LinkError`, never trio's or wsproto's own)::
+Errors (all :class:`LinkError`, never trio's or websockets' own)::
 
     LinkError
     ├── LinkRejected          the server answered the upgrade with an HTTP status
@@ -47,27 +56,17 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Iterable
-from typing import Final, cast
+from collections.abc import Callable
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.events import Pong as _WsPong
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-
-from providers._exceptions import ExceptionMap, map_exceptions
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 __all__ = [
     "Closed",
@@ -81,10 +80,10 @@ __all__ = [
 ]
 
 RECEIVE_SIZE: Final = 65_536  # bytes read from the socket at once
-MAX_MESSAGE_SIZE: Final = 1 << 20  # characters (text) or bytes (binary) in one message
+MAX_MESSAGE_SIZE: Final = 1 << 20  # bytes in one message (a text's in UTF-8)
 MAX_REJECT_BODY: Final = 65_536  # bytes of a refusal's body kept for the error
-ABNORMAL_CLOSURE: Final = 1006  # RFC 6455: the link ended without a close frame
 MESSAGE_TOO_BIG: Final = 1009
+INVALID_DATA: Final = 1007  # RFC 6455: a text message that is not UTF-8
 # Seconds the send lock's holder gives the reader's frames it writes as it
 # lets go, cancelled or not; a socket that takes none by then is wedged.
 REPLY_GRACE: Final = 5.0
@@ -148,6 +147,14 @@ class Closed:
 
 Incoming = str | bytes | Pong | Closed
 
+Buffer = bytes | bytearray | memoryview  # a frame's payload
+
+_TEXT: Final = Opcode.TEXT
+_CONT: Final = Opcode.CONT
+_PING: Final = Opcode.PING
+_PONG: Final = Opcode.PONG
+_CLOSE: Final = Opcode.CLOSE
+
 
 async def open_link(
     url: str,
@@ -162,15 +169,16 @@ async def open_link(
         url: the endpoint, with its path and query.
         headers: extra request headers (``Authorization``...).
         ssl_context: for ``wss://``; the system's default context if None.
-        max_message_size: the largest message accepted, in characters (text)
-            or bytes (binary); a larger one closes the link with 1009.
+        max_message_size: the largest message accepted, in bytes (a text's
+            in UTF-8); a larger one closes the link with 1009.
 
     Raises:
         OSError: TCP or TLS failed.
         LinkRejected: the server answered with an HTTP status instead of 101.
         LinkHandshakeFailed: the answer was not a valid websocket handshake,
             or the server hung up during it.
-        ValueError: ``url`` is not a ws:// or wss:// URL.
+        ValueError: ``url`` is not a ws:// or wss:// URL, or a header holds
+            CR, LF or NUL.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -186,11 +194,17 @@ async def open_link(
         io = _SocketIO(await _connect_tcp(parts.hostname, port))
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        ws = await _handshake(io, parts.netloc.rpartition("@")[2], target, headers)
+        return await _handshake(
+            io,
+            parts.netloc.rpartition("@")[2],
+            target,
+            headers,
+            secure=secure,
+            max_message_size=max_message_size,
+        )
     except BaseException:
         await io.aclose()
         raise
-    return WebSocketLink(io, ws, max_message_size=max_message_size)
 
 
 async def _connect_tcp(host: str, port: int) -> socket.socket:
@@ -345,52 +359,75 @@ class _StreamIO:
         await trio.aclose_forcefully(self._stream)
 
 
-# The handshake's failures as link errors: only io.send_all raises LinkClosed
-# (io.receive reports the end of the link as None), and only wsproto's
-# handshake raises RemoteProtocolError.
-_HANDSHAKE_ERRORS: Final[ExceptionMap] = {
-    LinkClosed: lambda exc: LinkHandshakeFailed(f"the link broke during the handshake: {exc}"),
-    RemoteProtocolError: lambda exc: LinkHandshakeFailed(
-        f"bad websocket handshake from the server: {exc}"
-    ),
-}
-
-
 async def _handshake(
-    io: _SocketIO | _StreamIO, host: str, target: str, headers: list[tuple[bytes, bytes]]
-) -> Connection:
-    handshake = H11Handshake(ConnectionType.CLIENT)
-    request = Request(host=host, target=target, extra_headers=headers)
-    with map_exceptions(_HANDSHAKE_ERRORS):
-        await io.send_all(handshake.send(request))
-        rejected: RejectConnection | None = None
-        body = bytearray()
-        while True:
-            data = await io.receive()
-            if not data:
-                if rejected is not None:  # a refusal whose body ends with the connection
-                    raise LinkRejected(rejected.status_code, _lower(rejected.headers), bytes(body))
+    io: _SocketIO | _StreamIO,
+    host: str,
+    target: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    secure: bool = False,
+    max_message_size: int = MAX_MESSAGE_SIZE,
+) -> WebSocketLink:
+    """Send the upgrade over ``io`` and read the answer: the open link, or a link error.
+
+    Raises:
+        LinkRejected, LinkHandshakeFailed: see :func:`open_link`.
+        LinkClosed: the link broke while the upgrade was being sent.
+        ValueError: a header name or value holds CR, LF or NUL (nothing was sent).
+    """
+    protocol = ClientProtocol(
+        parse_uri(f"{'wss' if secure else 'ws'}://{host}{target}"), max_size=max_message_size
+    )
+    request = protocol.connect()
+    for name, value in headers:
+        if _UNSAFE.intersection(name) or _UNSAFE.intersection(value):
+            # Checked here, not by the HTTP layer: its error would quote the value (a token).
+            raise ValueError(
+                f"the request header {name.decode('latin-1')!r} holds CR, LF or NUL, "
+                "which a header cannot carry; nothing was sent"
+            )
+        request.headers[name.decode("latin-1")] = value.decode("latin-1")
+    protocol.send_request(request)
+    try:
+        await io.send_all(b"".join(protocol.data_to_send()))
+    except LinkClosed as exc:
+        raise LinkHandshakeFailed(f"the link broke during the handshake: {exc}") from exc
+    heard = False
+    while True:
+        data = await io.receive()
+        if data is None:
+            protocol.receive_eof()  # a refusal's body may end with the connection
+        else:
+            heard = True
+            protocol.receive_data(data)
+        events = protocol.events_received()
+        if events:
+            response = events[0]
+            assert isinstance(response, Response)
+            failure = protocol.handshake_exc
+            if isinstance(failure, InvalidStatus):
+                raise LinkRejected(
+                    response.status_code,
+                    [
+                        (name.lower().encode("latin-1"), value.encode("latin-1"))
+                        for name, value in response.headers.raw_items()
+                    ],
+                    bytes(response.body[:MAX_REJECT_BODY]),
+                )
+            if failure is not None:
+                raise LinkHandshakeFailed(f"bad websocket handshake from the server: {failure}")
+            # Frames that came with the answer (and replies to them) wait for the first feed.
+            return WebSocketLink(io, protocol, early=events[1:])
+        failure = protocol.handshake_exc
+        if failure is not None or data is None:
+            if not heard or (data is None and failure is None):
                 raise LinkHandshakeFailed("the server hung up during the websocket handshake")
-            handshake.receive_data(data)
-            for event in handshake.events():
-                if isinstance(event, AcceptConnection):
-                    connection = handshake.connection
-                    assert connection is not None
-                    return connection  # the handshake (and its h11 state) is dropped here
-                if isinstance(event, RejectConnection):
-                    rejected = event
-                    if not event.has_body:
-                        raise LinkRejected(event.status_code, _lower(event.headers))
-                elif isinstance(event, RejectData) and rejected is not None:
-                    body += event.data[: MAX_REJECT_BODY - len(body)]
-                    if event.body_finished:
-                        raise LinkRejected(
-                            rejected.status_code, _lower(rejected.headers), bytes(body)
-                        )
+            cause = failure.__cause__ if failure is not None else None
+            detail = f"{failure}" + (f" ({cause})" if cause is not None else "")
+            raise LinkHandshakeFailed(f"bad websocket handshake from the server: {detail}")
 
 
-def _lower(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(bytes(name).lower(), bytes(value)) for name, value in headers]
+_UNSAFE: Final = frozenset(b"\r\n\x00")  # bytes no header may hold (a header injection)
 
 
 class WebSocketLink:
@@ -399,26 +436,31 @@ class WebSocketLink:
     __slots__ = (
         "_broken",
         "_close_seen",
+        "_early",
+        "_fault_told",
         "_fragments",
         "_io",
         "_lock",
-        "_max_message_size",
         "_reading_ended",
         "_replies",
+        "_text",
         "_ws",
     )
 
     def __init__(
-        self, io: _SocketIO | _StreamIO, ws: Connection, *, max_message_size: int = MAX_MESSAGE_SIZE
+        self, io: _SocketIO | _StreamIO, protocol: ClientProtocol, *, early: list[Any] | None = None
     ) -> None:
-        self._max_message_size = max_message_size
+        """``protocol``: open (handshake done); ``early``: frames it parsed with the handshake."""
         self._io = io
-        self._ws = ws
+        self._ws = protocol
         # Not a trio.Lock: a send made now may leave the rest of its frame to
         # a task of its own (send_text_now), which lets go of it.
         self._lock = trio.Semaphore(1, max_value=1)
-        self._replies: list[bytes] = []  # control frames owed to the peer, for flush()
-        self._fragments: list[str | bytes] | None = None  # a message arriving in parts
+        self._replies: list[bytes] = protocol.data_to_send()  # owed to the peer, for flush()
+        self._early = early or None  # parsed with the handshake: the first feed's
+        self._fragments: list[Buffer] | None = None  # a message arriving in parts
+        self._text = False  # whether that message is a text
+        self._fault_told = False  # the protocol's fault (or the stream's end) was fed
         self._close_seen: trio.Event | None = None  # made by wait_closed()
         self._broken = False
         self._reading_ended = False
@@ -429,7 +471,7 @@ class WebSocketLink:
     @property
     def open(self) -> bool:
         """Whether messages can still be sent."""
-        return not self._broken and self._ws.state is ConnectionState.OPEN
+        return not self._broken and self._ws.state is State.OPEN
 
     @property
     def _locked(self) -> bool:
@@ -438,7 +480,12 @@ class WebSocketLink:
     @property
     def finished(self) -> bool:
         """Whether the closing handshake is over or the link broke: nothing more will arrive."""
-        return self._broken or self._ws.state is ConnectionState.CLOSED
+        ws = self._ws
+        return (
+            self._broken
+            or ws.state is State.CLOSED
+            or (ws.close_rcvd is not None and ws.close_sent is not None)
+        )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -457,66 +504,91 @@ class WebSocketLink:
             and at most one :class:`Closed`, the last item, in order.
         """
         ws = self._ws
-        if ws.state is ConnectionState.CLOSED:
+        if ws.state is State.CLOSED:
             return [] if data is not None else [self._ended()]
-        ws.receive_data(data)
+        if data is None:
+            ws.receive_eof()
+        elif data:
+            ws.receive_data(data)
+        frames: list[Any] = ws.events_received()
+        early = self._early
+        if early is not None:
+            self._early = None
+            frames = early + frames
+        replies = ws.data_to_send()  # pongs, the echo of a close, a close for a fault
+        if replies:
+            self._replies += replies
         items: list[Incoming] = []
-        for event in ws.events():
-            if isinstance(event, TextMessage):  # nearly every event: one check
-                part: str | bytes = event.data
-            elif isinstance(event, BytesMessage):
-                part = bytes(event.data)
-            else:
-                if isinstance(event, Ping):
-                    # Once our close frame went, nothing may follow it: wsproto makes
-                    # no pong, and the ping is left unanswered (the handshake goes on).
-                    if ws.state is not ConnectionState.LOCAL_CLOSING:
-                        self._replies.append(ws.send(event.response()))
-                elif isinstance(event, _WsPong):
-                    items.append(Pong(bytes(event.payload)))
-                elif isinstance(event, CloseConnection):
-                    items.append(self._peer_closed(event))
-                    break
-                continue
-            message = self._assemble(part, event.message_finished)
-            if message is not None:
-                items.append(message)
-                if type(message) is Closed:  # we refused it: nothing after
-                    break
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode is _TEXT and frame.fin and self._fragments is None:
+                try:  # nearly every frame: one text, whole
+                    items.append(str(frame.data, "utf-8"))
+                except UnicodeDecodeError:
+                    items.append(self._refuse_text())
+                    return items
+            elif opcode is _PONG:
+                items.append(Pong(bytes(frame.data)))
+            elif opcode is _CLOSE:
+                items.append(self._peer_closed())
+                return items
+            elif opcode is not _PING:  # a ping is answered by the protocol
+                message = self._assemble(frame)
+                if message is not None:
+                    items.append(message)
+                    if type(message) is Closed:
+                        return items
+        failure = ws.parser_exc
+        if failure is not None and not self._fault_told:
+            items.append(self._fault(failure))
         return items
 
-    def _assemble(self, part: str | bytes, finished: bool) -> str | bytes | Closed | None:
-        limit = self._max_message_size
-        if finished and self._fragments is None and len(part) <= limit:
-            return part
-        fragments = self._fragments if self._fragments is not None else []
-        fragments.append(part)
-        if sum(len(f) for f in fragments) > limit:
-            self._fragments = None
-            reason = f"message larger than {limit}"
-            self._replies.append(self._ws.send(CloseConnection(MESSAGE_TOO_BIG, reason)))
-            return Closed(MESSAGE_TOO_BIG, f"we refused a {reason}")
-        if not finished:
-            self._fragments = fragments
+    def _assemble(self, frame: Frame) -> str | bytes | Closed | None:
+        """A binary frame, or a part of a message in parts (the protocol bounds
+        the message's size, and refuses parts that do not follow each other)."""
+        fragments = self._fragments
+        if frame.opcode is _CONT and fragments is not None:
+            fragments.append(frame.data)
+        else:
+            fragments = self._fragments = [frame.data]
+            self._text = frame.opcode is _TEXT
+        if not frame.fin:
             return None
         self._fragments = None
-        # wsproto guarantees every continuation has the first frame's type
-        if isinstance(part, str):
-            return "".join(cast(list[str], fragments))
-        return b"".join(cast(list[bytes], fragments))
+        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        if not self._text:
+            return bytes(data)
+        try:
+            return str(data, "utf-8")
+        except UnicodeDecodeError:
+            return self._refuse_text()
 
-    def _peer_closed(self, event: CloseConnection) -> Closed:
+    def _refuse_text(self) -> Closed:
+        """A text message that is not UTF-8: close the link with 1007, as RFC 6455 says."""
+        reason = "a text message that is not UTF-8"
         ws = self._ws
-        if event.code == ABNORMAL_CLOSURE:  # wsproto's word for the end of the stream
-            return self._ended()
-        if ws.state is ConnectionState.REMOTE_CLOSING:
-            self._replies.append(ws.send(event.response()))
-        elif ws.state is ConnectionState.OPEN:
-            # Not a close frame: wsproto found a protocol error in the peer's
-            # frames and says so with the code to close with; we close.
-            self._replies.append(ws.send(CloseConnection(event.code, event.reason)))
+        ws.fail(INVALID_DATA, reason)  # reads nothing more; queues the close frame
+        self._replies += ws.data_to_send()
+        self._fault_told = True
         self._mark_close_seen()
-        return Closed(event.code, event.reason or None)
+        return Closed(INVALID_DATA, f"we closed the link: {reason}")
+
+    def _fault(self, failure: Exception) -> Closed:
+        """The protocol found a fault in the peer's frames, or the stream ended."""
+        self._fault_told = True
+        if isinstance(failure, EOFError):
+            return self._ended()
+        # It has queued the close to send (a client then waits for the server to hang up).
+        sent = self._ws.close_sent
+        self._mark_close_seen()
+        return Closed(sent.code if sent is not None else None, f"we closed the link: {failure}")
+
+    def _peer_closed(self) -> Closed:
+        """The peer's close frame (the protocol has queued its echo)."""
+        close = self._ws.close_rcvd
+        assert close is not None
+        self._mark_close_seen()
+        return Closed(close.code, close.reason or None)
 
     def _ended(self) -> Closed:
         self._broken = True
@@ -528,14 +600,14 @@ class WebSocketLink:
             self._close_seen.set()
 
     async def flush(self) -> None:
-        """Send the control replies that :meth:`feed` queued (pongs, close acks).
+        """Send the control replies that :meth:`feed` queued (pongs, close echoes).
 
         While the link is open, never waits for a sender: while one holds
-        the lock, it sends them. A close's acknowledgement, the last thing
-        the reader sends, does wait: nothing more is read, and it must go
-        before the socket is closed.
+        the lock, it sends them. A close's echo, the last thing the reader
+        sends, does wait: nothing more is read, and it must go before the
+        socket is closed.
         """
-        if self._locked and self._ws.state is ConnectionState.OPEN:
+        if self._locked and self._ws.state is State.OPEN:
             return  # the holder writes them after its own frame
         while self._replies:
             data = b"".join(self._replies)
@@ -553,7 +625,7 @@ class WebSocketLink:
         return (
             not self._locked
             and not self._broken
-            and self._ws.state is ConnectionState.OPEN
+            and self._ws.state is State.OPEN
             and type(self._io) is _SocketIO
         )
 
@@ -577,7 +649,10 @@ class WebSocketLink:
         assert type(io) is _SocketIO
         self._lock.acquire_nowait()
         try:
-            data = self._frame(TextMessage(data=text))
+            ws = self._ws
+            ws.send_text(text.encode())  # open (can_send_now): it cannot refuse
+            writes = ws.data_to_send()
+            data = writes[0] if len(writes) == 1 else b"".join(writes)
             if self._replies:  # the reader's, framed before this one: they go first
                 data = b"".join(self._replies) + data
                 self._replies.clear()
@@ -613,7 +688,7 @@ class WebSocketLink:
         Raises:
             LinkClosed: the link is closed or broke.
         """
-        await self._send(TextMessage(data=text), schedule=schedule, queue=queue)
+        await self._send(self._ws.send_text, text.encode(), schedule=schedule, queue=queue)
 
     async def ping(self, payload: bytes, *, queue: bool = False) -> None:
         """Send a ping; its pong comes back through :meth:`feed`.
@@ -623,7 +698,7 @@ class WebSocketLink:
         Raises:
             LinkClosed: the link is closed or broke.
         """
-        await self._send(Ping(payload=payload), queue=queue)
+        await self._send(self._ws.send_ping, payload, queue=queue)
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (nothing happens if it has started already).
@@ -631,8 +706,32 @@ class WebSocketLink:
         Raises:
             LinkClosed: the link broke.
         """
-        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            await self._send(CloseConnection(code=code, reason=reason))
+        if self._ws.state is State.OPEN:  # (the protocol echoes a peer's close itself)
+            await self._send(self._ws.send_close, code, reason)
+
+    @property
+    def refused_peer(self) -> bool:
+        """We closed the link over a fault in the peer's frames, and it has not hung up yet."""
+        ws = self._ws
+        return self._fault_told and not self._broken and ws.state is not State.CLOSED
+
+    async def read_out(self) -> None:
+        """Read and drop what the peer sends until it hangs up (bound it with a cancel scope).
+
+        After :attr:`refused_peer`: RFC 6455 has a client wait for the server
+        to close the TCP connection. Closing ours with its frames unread
+        would reset the connection, and the peer could lose our close frame,
+        with the code that says why.
+        """
+        ws = self._ws
+        while ws.state is not State.CLOSED:
+            data = await self._io.receive()
+            if data is None:
+                ws.receive_eof()
+                return
+            ws.receive_data(data)  # (the protocol reads nothing more: it drops them)
+            ws.events_received()
+            ws.data_to_send()
 
     async def wait_closed(self) -> None:
         """Wait until the peer's close (or the end of the link) has been fed."""
@@ -655,8 +754,8 @@ class WebSocketLink:
 
     async def _send(
         self,
-        event: TextMessage | Ping | CloseConnection,
-        *,
+        send: Callable[..., None],
+        *args: object,
         schedule: bool = True,
         queue: bool = False,
     ) -> None:
@@ -664,7 +763,7 @@ class WebSocketLink:
             # Framed now, in the order frames are made (a compressed link's
             # order), and written by the holder after its own frame.
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._replies.append(self._frame(event))
+            self._replies.append(self._frame(send, *args))
             return
         await self._acquire()
         try:
@@ -672,7 +771,7 @@ class WebSocketLink:
                 raise LinkClosed("the link is closed")
             # Cancelled before a byte of it is made or written: the link stays whole.
             await trio.lowlevel.checkpoint_if_cancelled()
-            data = self._frame(event)
+            data = self._frame(send, *args)
             if self._replies:  # the reader's, framed before this one: they go first
                 data = b"".join(self._replies) + data  # (nothing may follow a close)
                 self._replies.clear()
@@ -680,13 +779,19 @@ class WebSocketLink:
         finally:
             await self._release()
 
-    def _frame(self, event: TextMessage | Ping | CloseConnection) -> bytes:
+    def _frame(self, send: Callable[..., None], *args: object) -> bytes:
+        """The bytes of the frame the protocol's ``send`` makes of ``args``.
+
+        Raises:
+            LinkClosed: the link is broken, or closing (nothing may follow our close).
+        """
         if self._broken:
             raise LinkClosed("the link is closed")
-        try:
-            return self._ws.send(event)
-        except LocalProtocolError as exc:
-            raise LinkClosed(f"the link is closing ({self._ws.state.name})") from exc
+        ws = self._ws
+        if ws.state is not State.OPEN:
+            raise LinkClosed(f"the link is closing ({ws.state.name})")
+        send(*args)
+        return b"".join(ws.data_to_send())
 
     async def _write(self, data: bytes) -> None:
         await self._acquire()

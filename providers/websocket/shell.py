@@ -1,4 +1,4 @@
-"""The trio shell around :mod:`providers.websocket.core`, on a wsproto link.
+"""The trio shell around :mod:`providers.websocket.core`, on a link of ``websockets``' protocol.
 
 Design: the shell only moves bytes and time. Each connection has exactly one
 task of its own, the reader: it waits for bytes from the
@@ -463,7 +463,7 @@ class WebSocketConnection:
                     while True:
                         try:
                             items = link.feed(data)
-                        except Exception as exc:  # wsproto's reaction to a peer's fault
+                        except Exception as exc:  # a defect in the protocol's reaction to a peer
                             why = f"the link failed: {repr(exc)[:200]}"
                             await self._apply(core.connection_lost(None, why), reader=True)
                             await link.aclose()
@@ -554,6 +554,12 @@ class WebSocketConnection:
                     await self._link.ping(action.payload, queue=reader)
             elif isinstance(action, Fail):
                 self._set_ready()
+                link = self._link
+                if link is not None and link.refused_peer:
+                    # We closed it over the server's frames: let the server read
+                    # why before the consumer hears of it and may close the socket.
+                    with trio.move_on_after(self._options.close_timeout):
+                        await link.read_out()
                 self._events.close()
                 await self._end_link(1000, "client gives up on the link", handshake=False)
             elif isinstance(action, CloseLink):
