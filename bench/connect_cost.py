@@ -17,7 +17,9 @@
       with the connection code of :mod:`bench.ws_bare` (a trio socket
       stream, the upgrade with the same ``Authorization`` header, frames
       until the far end's ``ready``, then a reader and a writer task each):
-      the same bytes on the wire as the node's, the baseline.
+      the same request and frames as the node's (wsproto orders and spells
+      the upgrade's headers as it does, the node as ``websockets`` does),
+      the baseline.
     - ``trio-websocket``: the baseline the channels benchmark's "node CPU
       per connect" is judged against: ``N`` trio-websocket connections with
       their reader tasks (:mod:`bench.ws_bare`'s memory client; token in the

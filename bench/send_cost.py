@@ -25,6 +25,10 @@
     clients of :mod:`bench.http_bare` (one per bot or number, each with a
     pool of the channel's send window, opened as a channel opens), each
     caller posting the provider's request and reading its answer.
+    ``--client bare-websockets`` (websocket only): the same bare client on
+    the sans-I/O protocol of ``websockets``, which the node's link uses
+    (the baseline above is wsproto's): what the node costs above the
+    library it sends with.
 
 ``python -m bench.send_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
@@ -65,6 +69,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -201,14 +206,22 @@ def _http_message(provider: str, number: int, key: str) -> OutboundMessage:
 
 
 async def measure_bare(
-    url: str, *, channels: int, callers: int, sends: int, provider: str = "websocket"
+    url: str,
+    *,
+    channels: int,
+    callers: int,
+    sends: int,
+    provider: str = "websocket",
+    library: str = "wsproto",
 ) -> dict[str, Any]:
     """The sends of :func:`measure` by a bare client: the baseline.
 
     Websocket: a trio + wsproto client, ``channels`` connections to the far
     end at ``url``, each with ``callers`` callers that send a frame and wait
-    for its ``ack`` (an event per send, as a plain client would). Telegram
-    and WhatsApp: :func:`measure_bare_http`.
+    for its ``ack`` (an event per send, as a plain client would);
+    ``library="websockets"``: the same client on ``websockets``' sans-I/O
+    protocol, the one the node's link uses. Telegram and WhatsApp:
+    :func:`measure_bare_http`.
 
     Raises:
         RuntimeError: the far end refused a send (inside the nursery's
@@ -221,7 +234,7 @@ async def measure_bare(
         )
     # The connection code of the open-loop baseline, so that the two bare
     # clients differ only in how they load the far end.
-    from .ws_bare import _Connection, _serve_connection, _Session, _Tally
+    from .ws_bare import _Connection, _serve_connection, _Session, _Tally, _WebsocketsConnection
 
     class Answers(_Tally):
         """Wakes the caller of each answered send; an ``error`` answer is a failed run."""
@@ -243,6 +256,7 @@ async def measure_bare(
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     session = _Session()
     answers = session.tally = Answers()
+    kind = _WebsocketsConnection if library == "websockets" else _Connection
     encode = json.JSONEncoder(separators=(",", ":")).encode
     async with trio.open_nursery() as nursery:
         opened: list[_Connection] = []
@@ -250,7 +264,9 @@ async def measure_bare(
             token = f"send-cost-{index:05d}"
             target = f"{parts.path or '/'}?token={token}"
             opened.append(
-                await nursery.start(_serve_connection, session, host, port, target, token)
+                await nursery.start(
+                    partial(_serve_connection, kind=kind), session, host, port, target, token
+                )
             )
 
         async def caller(channel: int, number: int) -> int:
@@ -274,7 +290,14 @@ async def measure_bare(
             f"{len(answers.waiting)} sends not answered within {ANSWER_WAIT:g} s "
             f"({session.lost} connections lost); nothing was measured"
         )
-    return _result("bare", "websocket", channels, callers, made, cpu)
+    return _result(
+        "bare" if kind is _Connection else "bare-websockets",
+        "websocket",
+        channels,
+        callers,
+        made,
+        cpu,
+    )
 
 
 async def measure_bare_http(
@@ -501,6 +524,7 @@ async def _bare(args: argparse.Namespace) -> dict[str, Any]:
             callers=args.callers,
             sends=args.sends,
             provider=args.provider,
+            library="websockets" if args.client == "bare-websockets" else "wsproto",
         )
 
 
@@ -511,7 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--client", choices=["node", "bare"], default="node", help="a node, or the bare baseline"
+        "--client",
+        choices=["node", "bare", "bare-websockets"],
+        default="node",
+        help="a node; the bare baseline (trio + wsproto); or the bare client on the "
+        "websockets protocol the node's link uses",
     )
     parser.add_argument("--provider", choices=PROVIDERS, default="websocket")
     parser.add_argument("--channels", type=int, default=50, help="channels (default 50)")
@@ -532,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("channels", "callers", "sends"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.client == "bare-websockets" and args.provider != "websocket":
+        parser.error("--client bare-websockets: --provider websocket only")
     if args.client == "bare" and args.provider not in BARE_PROVIDERS:
         parser.error(
             f"--client bare has no {args.provider} client: --provider "
@@ -560,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measured(args: argparse.Namespace) -> dict[str, Any]:
     if args.instructions:
         return _count_instructions(args)
-    if args.client == "bare":
+    if args.client != "node":
         return trio.run(_bare, args)
     return trio.run(
         lambda: measure(

@@ -60,6 +60,10 @@ import psutil
 import trio
 import trio.lowlevel
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -228,7 +232,7 @@ class _Connection:
         self.accepted = False
         self.ready = False
         self.closed = False
-        self._parts: list[str] = []  # a fragmented text message so far
+        self._parts: list[Any] = []  # a fragmented text message so far
 
     def __repr__(self) -> str:
         state = "READY" if self.ready else "ACCEPTED" if self.accepted else "OPENING"
@@ -323,6 +327,85 @@ class _Connection:
             session.tally.on_frame(frame)
 
 
+class _WebsocketsConnection(_Connection):
+    """A bare client connection as :class:`_Connection`, on ``websockets``' sans-I/O protocol.
+
+    The node's link speaks websockets through that protocol, so this is the
+    baseline that shows what the node's own layers cost above the library
+    (the wsproto client shows what the node costs above the bare client
+    the issue names). The same stream, outbox and writer as the wsproto one.
+    """
+
+    def __init__(self, stream: trio.SocketStream, token: str) -> None:
+        super().__init__(stream, token)
+        self.protocol: ClientProtocol | None = None  # made by the handshake
+
+    def send_text(self, text: str) -> None:
+        if self.closed or self.protocol is None:
+            return
+        protocol = self.protocol
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():
+            self.outbox += data
+        self.waiting.unpark()
+
+    async def handshake(
+        self,
+        host: str,
+        target: str,
+        session: _Session,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        protocol = self.protocol = ClientProtocol(parse_uri(f"ws://{host}{target}"))
+        request = protocol.connect()
+        for name, value in headers:
+            request.headers[name.decode("latin-1")] = value.decode("latin-1")
+        protocol.send_request(request)
+        await self.stream.send_all(b"".join(protocol.data_to_send()))
+        while not self.ready:
+            if not await self.receive(session):
+                raise ConnectionError(f"{self!r}: closed before the emulator's ready frame")
+            if self.outbox:
+                data, self.outbox = self.outbox, bytearray()
+                await self.stream.send_all(data)
+
+    async def receive(self, session: _Session) -> bool:
+        protocol = self.protocol
+        assert protocol is not None
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        except trio.BrokenResourceError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        protocol.receive_data(data)
+        replies = protocol.data_to_send()  # pongs, a close's echo
+        if replies:
+            for reply in replies:
+                self.outbox += reply
+            self.waiting.unpark()
+        for event in protocol.events_received():
+            if not isinstance(event, Frame):  # the handshake's answer
+                assert isinstance(event, Response)
+                if protocol.handshake_exc is not None:
+                    raise ConnectionError(f"{self!r}: the upgrade was refused: {event.status_code}")
+                self.accepted = True
+            elif event.opcode is Opcode.TEXT or event.opcode is Opcode.CONT:
+                self._parts.append(event.data)
+                if event.fin:
+                    text = b"".join(self._parts).decode()
+                    self._parts.clear()
+                    self._on_text(text, session)
+            elif event.opcode is Opcode.CLOSE:
+                self.closed = True
+                return False
+        if protocol.handshake_exc is not None or protocol.parser_exc is not None:
+            self.closed = True
+            return False
+        return not self.closed
+
+
 async def _serve_connection(
     session: _Session,
     host: str,
@@ -331,11 +414,12 @@ async def _serve_connection(
     token: str,
     headers: Sequence[tuple[bytes, bytes]] = (),
     *,
+    kind: type[_Connection] = _Connection,
     task_status: trio.TaskStatus[_Connection] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
-        connection = _Connection(stream, token)
+        connection = kind(stream, token)
         await connection.handshake(f"{host}:{port}", target, session, headers)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(connection.run_writer)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -45,7 +46,7 @@ from providers.base import (
 )
 from providers.websocket import WebSocketProvider
 from providers.websocket.core import DEFAULT_RETRY_AFTER, HEARTBEAT_ACK
-from providers.websocket.link import MAX_MESSAGE_SIZE, MESSAGE_TOO_BIG
+from providers.websocket.link import MAX_MESSAGE_SIZE, MESSAGE_TOO_BIG, _handshake
 
 IO_CEILING = 10.0  # real seconds; only a hang gets near it
 READY = json.dumps({"type": "ready", "session": "s-1"})
@@ -280,6 +281,31 @@ async def test_a_fragmented_message_arrives_whole() -> None:
                 inbound = await anext(events)
                 assert isinstance(inbound, InboundMessage)
                 assert inbound.text == "x" * 300
+
+
+async def test_a_token_a_header_cannot_carry_is_refused_by_name_and_not_sent() -> None:
+    heard: list[bytes] = []
+
+    async def script(peer: Peer) -> None:
+        heard.append(await peer.stream.receive_some(65_536))
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            cfg = config(url)
+            cfg = attrs.evolve(cfg, credentials={"token": "t1\r\nX-Injected: yes"})
+            with pytest.raises(FatalError, match=r"credentials\['token'\] holds CR, LF") as info:
+                async with WebSocketProvider().open_connection(cfg):
+                    pass
+    assert "Injected" not in str(info.value)
+    assert heard == []  # nothing was sent (the server never got a request)
+    with pytest.raises(ValueError, match="'authorization' holds CR, LF or NUL") as raw:
+        await _handshake(_NeverIO(), "h", "/", [(b"authorization", b"Bearer a\nb")])  # type: ignore[arg-type]
+    assert "Bearer" not in str(raw.value)
+
+
+class _NeverIO:
+    async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
+        raise AssertionError("nothing may be sent")
 
 
 async def test_a_message_over_the_size_limit_closes_the_link_with_1009() -> None:

@@ -375,9 +375,9 @@ async def _handshake(
         LinkClosed: the link broke while the upgrade was being sent.
         ValueError: a header name or value holds CR, LF or NUL (nothing was sent).
     """
-    protocol = ClientProtocol(
-        parse_uri(f"{'wss' if secure else 'ws'}://{host}{target}"), max_size=max_message_size
-    )
+    # (open_link checked the URL: a scheme, a host, no fragment, no user)
+    uri = parse_uri(f"{'wss' if secure else 'ws'}://{host}{target}")
+    protocol = ClientProtocol(uri, max_size=max_message_size)
     request = protocol.connect()
     for name, value in headers:
         if _UNSAFE.intersection(name) or _UNSAFE.intersection(value):

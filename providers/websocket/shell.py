@@ -860,6 +860,12 @@ def _target(
         parts = urlsplit(config.base_url)
         query = "&".join(q for q in (parts.query, urlencode({"token": token})) if q)
         return urlunsplit(parts._replace(query=query)), []
+    if any(c in token for c in "\r\n\x00"):
+        # Refused here, by name: the HTTP layer's error would quote the header (the token).
+        raise FatalError(
+            f"channel {config.channel_id!r}: credentials['token'] holds CR, LF or NUL, which "
+            "an Authorization header cannot carry; fix the credential"
+        )
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
     return config.base_url, headers
 
