@@ -306,10 +306,13 @@ class _ChannelTap:
         self.provider = provider
 
     def send_nowait(self, event: Any) -> None:
+        hub = self._hub
+        if not hub._subscribers and not hub.log_inbound:
+            return  # nobody to take it, nothing to log: no NodeEvent is made
         kind = _kind_of(event)
         if kind is None:
             return
-        self._hub.publish(
+        hub.publish(
             NodeEvent(
                 kind=kind,
                 channel_id=self.channel_id,

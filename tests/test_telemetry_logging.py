@@ -296,6 +296,39 @@ def test_every_fact_is_a_field_on_the_inbound_line(jsonl: Output) -> None:
     }
 
 
+def test_a_channel_tap_logs_inbound_with_no_subscriber_and_feeds_one_that_comes_later(
+    jsonl: Output,
+) -> None:
+    # The tap makes no NodeEvent when nobody takes one and nothing is logged;
+    # that must not lose the inbound log line, nor an event for a later subscriber.
+    from providers.base import DeliveryReceipt, InboundMessage, ReceiptStatus
+    from runtime.events import EventHub
+
+    def inbound(n: int) -> InboundMessage:
+        return InboundMessage(
+            channel_id="ws-1", platform_message_id=f"m{n}", peer="p", sender="u", text="hi"
+        )
+
+    receipt = DeliveryReceipt(
+        channel_id="ws-1", platform_message_id="m0", peer="p", status=ReceiptStatus.READ
+    )
+    quiet = EventHub().tap("ws-1", "acme", "websocket")
+    quiet.send_nowait(inbound(1))  # nobody, nothing to log
+    quiet.send_nowait(receipt)
+    assert jsonl.records() == []
+    hub = EventHub(log_inbound=True)
+    tap = hub.tap("ws-1", "acme", "websocket")
+    tap.send_nowait(inbound(1))
+    (record,) = jsonl.records()
+    assert record["switchboard.message_id"] == "m1"
+    quiet_hub = EventHub()
+    late_tap = quiet_hub.tap("ws-1", "acme", "websocket")
+    with quiet_hub.subscribe(kind="receipt") as later:
+        late_tap.send_nowait(receipt)
+        event = later.receive_nowait()
+    assert event.event is receipt and event.channel_id == "ws-1" and event.tenant == "acme"
+
+
 # --- context ---------------------------------------------------------------------------
 
 

@@ -66,6 +66,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 __all__ = [
@@ -378,6 +379,7 @@ async def _handshake(
     # (open_link checked the URL: a scheme, a host, no fragment, no user)
     uri = parse_uri(f"{'wss' if secure else 'ws'}://{host}{target}")
     protocol = ClientProtocol(uri, max_size=max_message_size)
+    protocol.debug = False  # its DEBUG log would write every request header (the token)
     request = protocol.connect()
     for name, value in headers:
         if _UNSAFE.intersection(name) or _UNSAFE.intersection(value):
@@ -393,12 +395,15 @@ async def _handshake(
     except LinkClosed as exc:
         raise LinkHandshakeFailed(f"the link broke during the handshake: {exc}") from exc
     heard = False
+    head = bytearray()  # the start of the answer: a refusal websockets' parser gives up on
     while True:
         data = await io.receive()
         if data is None:
             protocol.receive_eof()  # a refusal's body may end with the connection
         else:
             heard = True
+            if len(head) < MAX_REJECT_BODY + 65_536:
+                head += data
             protocol.receive_data(data)
         events = protocol.events_received()
         if events:
@@ -406,25 +411,53 @@ async def _handshake(
             assert isinstance(response, Response)
             failure = protocol.handshake_exc
             if isinstance(failure, InvalidStatus):
-                raise LinkRejected(
-                    response.status_code,
-                    [
-                        (name.lower().encode("latin-1"), value.encode("latin-1"))
-                        for name, value in response.headers.raw_items()
-                    ],
-                    bytes(response.body[:MAX_REJECT_BODY]),
-                )
+                raise _rejected(response, response.body)
             if failure is not None:
                 raise LinkHandshakeFailed(f"bad websocket handshake from the server: {failure}")
             # Frames that came with the answer (and replies to them) wait for the first feed.
             return WebSocketLink(io, protocol, early=events[1:])
         failure = protocol.handshake_exc
+        if failure is not None:
+            rejected = _refusal(bytes(head))
+            if rejected is not None:
+                raise rejected
         if failure is not None or data is None:
             if not heard or (data is None and failure is None):
                 raise LinkHandshakeFailed("the server hung up during the websocket handshake")
             cause = failure.__cause__ if failure is not None else None
-            detail = f"{failure}" + (f" ({cause})" if cause is not None else "")
+            # The cause quotes what the server sent, which may echo our request (a token).
+            detail = f"{failure}" + (f" ({type(cause).__name__})" if cause is not None else "")
             raise LinkHandshakeFailed(f"bad websocket handshake from the server: {detail}")
+
+
+def _refusal(head: bytes) -> LinkRejected | None:
+    """An HTTP refusal whose body (too big, cut short) or version (HTTP/1.0)
+    websockets' parser refused, as the wsproto link reported it: or None."""
+    reader = StreamReader()
+    reader.feed_data(head)
+    reader.feed_eof()
+    parser = Response.parse(reader.read_line, reader.read_exact, reader.read_to_eof, proxy=True)
+    try:
+        next(parser)
+    except StopIteration as done:
+        response = done.value
+    except Exception:
+        return None
+    else:
+        return None
+    if response.status_code == 101:
+        return None
+    return _rejected(response, head[head.find(b"\r\n\r\n") + 4 :])
+
+
+def _rejected(response: Response, body: bytes | bytearray) -> LinkRejected:
+    """The refusal ``response`` as a link error: its status, headers (names lower-cased)
+    and the start of ``body``."""
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.headers.raw_items()
+    ]
+    return LinkRejected(response.status_code, headers, bytes(body[:MAX_REJECT_BODY]))
 
 
 _UNSAFE: Final = frozenset(b"\r\n\x00")  # bytes no header may hold (a header injection)
@@ -517,6 +550,8 @@ class WebSocketLink:
             frames = early + frames
         replies = ws.data_to_send()  # pongs, the echo of a close, a close for a fault
         if replies:
+            if not replies[-1]:  # SEND_EOF: nothing to write (aclose ends the socket)
+                replies.pop()
             self._replies += replies
         items: list[Incoming] = []
         for frame in frames:
@@ -578,6 +613,10 @@ class WebSocketLink:
         self._fault_told = True
         if isinstance(failure, EOFError):
             return self._ended()
+        rcvd = self._ws.close_rcvd
+        if rcvd is not None:  # the peer's close came inside a fragmented message
+            self._mark_close_seen()
+            return Closed(rcvd.code, rcvd.reason or None)
         # It has queued the close to send (a client then waits for the server to hang up).
         sent = self._ws.close_sent
         self._mark_close_seen()
@@ -607,8 +646,11 @@ class WebSocketLink:
         sends, does wait: nothing more is read, and it must go before the
         socket is closed.
         """
-        if self._locked and self._ws.state is State.OPEN:
-            return  # the holder writes them after its own frame
+        ws = self._ws
+        if self._locked and (
+            ws.state is State.OPEN or (ws.close_rcvd is None and not self._fault_told)
+        ):
+            return  # the holder writes them after its own frame (pongs after our close too)
         while self._replies:
             data = b"".join(self._replies)
             self._replies.clear()

@@ -138,9 +138,10 @@ class WebSocketOptions:
         event_buffer: inbound events buffered for a slow consumer; beyond it the
             reader stops reading (the server's TCP window closes) until there is
             room, and the keepalive does not count that time against the link.
-        max_message_bytes: the largest message read, in characters (text) or
-            bytes (binary); a larger one closes the link with 1009, a
-            transient error (the channel reconnects with backoff).
+        max_message_bytes: the largest message read, in bytes (a text's in
+            UTF-8); a larger one closes the link with 1009 as its frame's
+            header comes, before its bytes are read: a transient error (the
+            channel reconnects with backoff).
     """
 
     ping_interval: float | None = attrs.field(default=20.0, validator=_positive)
