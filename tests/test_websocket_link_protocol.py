@@ -10,6 +10,7 @@ version on ``websockets``.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import logging
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
+from websockets.http11 import Response
 from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import CloseConnection, TextMessage
@@ -223,3 +225,25 @@ async def test_a_close_inside_a_fragmented_message_keeps_the_server_s_code() -> 
     items = link.feed(frames)
     assert [(i.code, i.reason) for i in items if isinstance(i, Closed)] == [(4029, "30")]
     assert link.feed(None) == []  # told once
+
+
+async def test_an_open_link_keeps_none_of_the_handshake_s_answer() -> None:
+    # The protocol's parser holds the 101 answer for the link's life (ten
+    # thousand links hold one each): its headers and body are dropped.
+    link = await _open_against(lambda r: [_accept(r)])
+    try:
+        seen: set[int] = set()
+        todo: list[object] = [link]
+        answers = []
+        while todo:
+            item = todo.pop()
+            if id(item) in seen or isinstance(item, type):
+                continue
+            seen.add(id(item))
+            if isinstance(item, Response):
+                answers.append(item)
+            todo.extend(gc.get_referents(item))
+        assert answers, "the protocol no longer keeps the answer: drop this test's premise"
+        assert all(not answer.headers and not answer.body for answer in answers)
+    finally:
+        await link.aclose()

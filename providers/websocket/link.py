@@ -414,6 +414,10 @@ async def _handshake(
                 raise _rejected(response, response.body)
             if failure is not None:
                 raise LinkHandshakeFailed(f"bad websocket handshake from the server: {failure}")
+            # The protocol's parser keeps the answer for the link's life (a
+            # local of its suspended frame): its headers go, 1.5 KB a link.
+            response.headers.clear()
+            response.body = b""
             # Frames that came with the answer (and replies to them) wait for the first feed.
             return WebSocketLink(io, protocol, early=events[1:])
         failure = protocol.handshake_exc
