@@ -222,6 +222,23 @@ class EventHub:
     def __init__(self, *, log_inbound: bool = False) -> None:
         self._subscribers: list[Subscription | Watch] = []
         self.log_inbound = log_inbound
+        # The kinds some subscriber takes (None: every kind), kept as they come and go:
+        # a tap makes no NodeEvent of a kind nobody takes (a receipt, nearly always).
+        self._wanted: frozenset[str] | None = frozenset()
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of ``kind`` goes anywhere: a subscriber, or the inbound log."""
+        wanted = self._wanted
+        return wanted is None or kind in wanted or (kind == "inbound" and self.log_inbound)
+
+    def _count_wanted(self) -> None:
+        wanted: set[str] = set()
+        for subscriber in self._subscribers:
+            if subscriber.kinds is None:
+                self._wanted = None
+                return
+            wanted |= subscriber.kinds
+        self._wanted = frozenset(wanted)
 
     def subscribe(
         self,
@@ -248,6 +265,7 @@ class EventHub:
             buffer=buffer,
         )
         self._subscribers.append(subscription)
+        self._count_wanted()
         return subscription
 
     def watch(
@@ -266,11 +284,13 @@ class EventHub:
             )
         watch = Watch(self, callback, kinds)
         self._subscribers.append(watch)
+        self._count_wanted()
         return watch
 
     def remove(self, subscription: Subscription | Watch) -> None:
         if subscription in self._subscribers:
             self._subscribers.remove(subscription)
+            self._count_wanted()
 
     def tap(self, channel_id: str, tenant: str, provider: str) -> _ChannelTap:
         """The object to put in a channel's subscriber list."""
@@ -306,12 +326,10 @@ class _ChannelTap:
         self.provider = provider
 
     def send_nowait(self, event: Any) -> None:
-        hub = self._hub
-        if not hub._subscribers and not hub.log_inbound:
-            return  # nobody to take it, nothing to log: no NodeEvent is made
         kind = _kind_of(event)
-        if kind is None:
-            return
+        hub = self._hub
+        if kind is None or not hub.wants(kind):
+            return  # nobody takes it, nothing logs it: no NodeEvent is made
         hub.publish(
             NodeEvent(
                 kind=kind,

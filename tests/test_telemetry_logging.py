@@ -323,10 +323,19 @@ def test_a_channel_tap_logs_inbound_with_no_subscriber_and_feeds_one_that_comes_
     assert record["switchboard.message_id"] == "m1"
     quiet_hub = EventHub()
     late_tap = quiet_hub.tap("ws-1", "acme", "websocket")
-    with quiet_hub.subscribe(kind="receipt") as later:
-        late_tap.send_nowait(receipt)
-        event = later.receive_nowait()
+    seen: list[object] = []
+    with quiet_hub.watch(lambda e: seen.append(e.event), kind="state"):
+        assert not quiet_hub.wants("receipt")  # a state watch takes no receipt
+        with quiet_hub.subscribe(kind="receipt") as later:
+            late_tap.send_nowait(receipt)
+            event = later.receive_nowait()
+        assert not quiet_hub.wants("receipt")  # that subscriber left
+        with quiet_hub.subscribe() as every:
+            assert quiet_hub.wants("receipt") and quiet_hub.wants("edited")
+            late_tap.send_nowait(receipt)
+            assert every.receive_nowait().event is receipt
     assert event.event is receipt and event.channel_id == "ws-1" and event.tenant == "acme"
+    assert seen == [] and not quiet_hub.wants("state")
 
 
 # --- context ---------------------------------------------------------------------------

@@ -690,7 +690,6 @@ class WebSocketLink:
         Raises:
             LinkClosed: the link broke (it is marked broken).
         """
-        assert self.can_send_now, self
         io = self._io
         assert type(io) is _SocketIO
         self._lock.acquire_nowait()
