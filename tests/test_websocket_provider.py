@@ -391,6 +391,21 @@ def test_a_stalled_reader_is_not_taken_for_a_dead_link() -> None:
     assert isinstance(fail, Fail) and "liveness timeout 30.0s" in str(fail.error)
 
 
+def test_a_stall_gives_each_ack_only_the_time_it_overlapped_so_acks_stay_in_order() -> None:
+    """Acks are due in the order their sends went (next_deadline reads the
+    first): a send made during a stall must not be due after one made later."""
+    core = make_core(ping_interval=None, liveness_timeout=None, send_timeout=10.0)
+    core.start_send(text_msg("a"), 100.0)  # due at 110: 4 s of it overlap the stall
+    core.start_send(text_msg("b"), 103.0)  # during the stall: waited 2 s of it
+    assert core.reader_stalled(101.0, 105.0) == []
+    core.start_send(text_msg("c"), 105.0)  # after it: due at 115
+    assert core.next_deadline() == 114.0  # a: 110 + the 4 s it waited unread
+    [late_a] = core.tick(114.0)
+    assert isinstance(late_a, CompleteSend) and late_a.key == "a"
+    assert core.next_deadline() == 115.0  # b (103 + 10 + 2) and c, not 117
+    assert sorted(action.key for action in core.tick(115.0)) == ["b", "c"]
+
+
 def test_a_timer_that_fires_late_reads_before_it_blames_the_link() -> None:
     """The node's loop was busy for 3 s past the pong deadline (issue 12): the pong
     may be unread in the socket, so the link gets as long again, once."""

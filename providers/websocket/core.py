@@ -615,7 +615,7 @@ class WebSocketCore:
         Whatever the server sent meanwhile (pongs, heartbeats, acks) waits
         unread in the socket, so no timer may blame the link for that time:
         the awaited pong and the liveness are judged from ``now``, and each
-        pending ack's deadline moves by the stall. (A slow consumer is
+        pending ack's deadline moves by the part of the stall it waited through. (A slow consumer is
         backpressure, not a dead link: closing it would lose what the
         server queued on it.)
         """
@@ -628,8 +628,13 @@ class WebSocketCore:
         self.last_frame_at = max(self.last_frame_at, now)
         if self._next_ping_at is not None:
             self._next_ping_at = max(self._next_ping_at, now)
+        # Each ack gets as long again as it waited unread: the whole stall, or
+        # since it went (a send made during the stall), which is at most now + the
+        # timeout. So the acks stay due in the order they went (next_deadline reads
+        # the first), before and after any send made from now on.
+        latest = now + self.send_timeout
         for key, (deadline, peer) in self._pending.items():
-            self._pending[key] = (deadline + stalled, peer)
+            self._pending[key] = (min(deadline + stalled, latest), peer)
         return []
 
     def pong_received(self, payload: bytes, now: float) -> list[Action]:
