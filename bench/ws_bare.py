@@ -63,6 +63,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websoc
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -224,9 +225,12 @@ class _Connection:
     """One bare client connection: a trio socket stream, a wsproto state machine, an outbox."""
 
     def __init__(self, stream: trio.SocketStream, token: str) -> None:
+        self._setup(stream, token)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    def _setup(self, stream: trio.SocketStream, token: str) -> None:
         self.stream = stream
         self.token = token
-        self.ws = WSConnection(ConnectionType.CLIENT)
         self.outbox = bytearray()
         self.waiting = trio.lowlevel.ParkingLot()  # the writer, while the outbox is empty
         self.accepted = False
@@ -336,14 +340,16 @@ class _WebsocketsConnection(_Connection):
     the issue names). The same stream, outbox and writer as the wsproto one.
     """
 
-    def __init__(self, stream: trio.SocketStream, token: str) -> None:
-        super().__init__(stream, token)
+    def __init__(self, stream: trio.SocketStream, token: str) -> None:  # no WSConnection
+        self._setup(stream, token)
         self.protocol: ClientProtocol | None = None  # made by the handshake
 
     def send_text(self, text: str) -> None:
-        if self.closed or self.protocol is None:
-            return
         protocol = self.protocol
+        # A close read in the same chunk as a heartbeat: the protocol is closing
+        # before the heartbeat is handled, and refuses to frame its ack.
+        if self.closed or protocol is None or protocol.state is not State.OPEN:
+            return
         protocol.send_text(text.encode())
         for data in protocol.data_to_send():
             self.outbox += data
@@ -357,6 +363,7 @@ class _WebsocketsConnection(_Connection):
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         protocol = self.protocol = ClientProtocol(parse_uri(f"ws://{host}{target}"))
+        protocol.debug = False  # as the node's link: no DEBUG log of every frame
         request = protocol.connect()
         for name, value in headers:
             request.headers[name.decode("latin-1")] = value.decode("latin-1")
@@ -391,6 +398,8 @@ class _WebsocketsConnection(_Connection):
                 if protocol.handshake_exc is not None:
                     raise ConnectionError(f"{self!r}: the upgrade was refused: {event.status_code}")
                 self.accepted = True
+            elif event.opcode is Opcode.TEXT and event.fin and not self._parts:
+                self._on_text(str(event.data, "utf-8"), session)  # a whole text: as the link
             elif event.opcode is Opcode.TEXT or event.opcode is Opcode.CONT:
                 self._parts.append(event.data)
                 if event.fin:

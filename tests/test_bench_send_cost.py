@@ -64,13 +64,20 @@ async def test_channels_that_cannot_connect_are_named_and_nothing_is_measured() 
         )
 
 
-async def test_the_bare_client_s_sends_all_reach_the_far_end_once() -> None:
+@pytest.mark.parametrize(
+    ("library", "client"), [("wsproto", "bare"), ("websockets", "bare-websockets")]
+)
+async def test_the_bare_client_s_sends_all_reach_the_far_end_once(
+    library: str, client: str
+) -> None:
     emulator = WebSocketEmulator(heartbeat_interval=None)
     with trio.fail_after(CEILING):
         async with open_emulator(emulator) as base:
             url = base.replace("http://", "ws://", 1) + "/ws"
-            line = await send_cost.measure_bare(url, channels=3, callers=2, sends=4)
-    assert (line["client"], line["sends"]) == ("bare", 24)
+            line = await send_cost.measure_bare(
+                url, channels=3, callers=2, sends=4, library=library
+            )
+    assert (line["client"], line["sends"]) == (client, 24)
     sent = emulator.sent
     assert len(sent) == 24 and len({m["id"] for m in sent}) == 24
     assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
@@ -250,6 +257,10 @@ def test_an_http_count_runs_both_sends_against_one_far_end(
             "--far-end: a websocket far end is a ws:// URL, not 'http://127.0.0.1:9'",
         ),
         (["--provider", "discord"], "argument --provider: invalid choice: 'discord'"),
+        (
+            ["--client", "bare-websockets", "--provider", "telegram"],
+            "--client bare-websockets: --provider websocket only",
+        ),
     ],
 )
 def test_arguments_that_cannot_run_are_refused_by_name(

@@ -139,3 +139,33 @@ async def test_the_send_client_counts_its_task_steps_when_asked() -> None:
     # at this light load is most of the count); it spawns no task per message.
     assert line["task_steps_per_message"] >= 2
     assert line["task_spawns_per_message"] < 1
+
+
+class _OneChunk:
+    """A stream that reads one chunk, then its end; writes go nowhere."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunks = [chunk]
+
+    async def receive_some(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def send_all(self, data: bytes) -> None:
+        pass
+
+
+async def test_the_websockets_bare_client_takes_a_heartbeat_read_with_the_close() -> None:
+    # The protocol parses the whole chunk first: it is closing by the time the
+    # heartbeat is handled, and refuses to frame the heartbeat's ack.
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from bench.ws_bare import _Session, _WebsocketsConnection
+
+    heartbeat = json.dumps({"type": "heartbeat"}).encode()
+    chunk = bytes([0x81, len(heartbeat)]) + heartbeat + b"\x88\x02\x03\xe8"  # then a close 1000
+    connection = _WebsocketsConnection(_OneChunk(chunk), "t")  # type: ignore[arg-type]
+    connection.protocol = ClientProtocol(parse_uri("ws://h/"), state=State.OPEN)
+    assert await connection.receive(_Session()) is False  # over, without raising
+    assert connection.closed

@@ -20,6 +20,7 @@ import attrs
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -327,6 +328,37 @@ async def test_a_message_over_the_size_limit_closes_the_link_with_1009() -> None
                     async for _ in conn.events():
                         pass
     assert closed == [MESSAGE_TOO_BIG]
+
+
+async def test_a_refused_peer_is_read_out_before_the_consumer_hears_of_it() -> None:
+    # We closed the link (1007) over the server's frame: the server must be able
+    # to read why, so the link is held open, reading, until the server hangs up
+    # (or close_timeout), and only then do the events end; a consumer that leaves
+    # at once would close the socket under the close frame.
+    seen: list[str] = []
+    consumer_done = trio.Event()
+    opened = trio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        await opened.wait()
+        await peer.stream.send_all(b"\x81\x02\xff\xfe")  # a text that is not UTF-8
+        event = await peer.next_event()
+        assert isinstance(event, CloseConnection) and event.code == 1007
+        await trio.testing.wait_all_tasks_blocked()
+        seen.append("consumer ended first" if consumer_done.is_set() else "link held open")
+        await peer.stream.send_all(b"\x81\x01x")  # read and dropped by the client
+
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            cfg = config(url, close_timeout=IO_CEILING)
+            async with WebSocketProvider().open_connection(cfg) as conn:
+                opened.set()
+                with pytest.raises(TransientError, match="1007"):
+                    async for _ in conn.events():
+                        pass
+                consumer_done.set()
+    assert seen == ["link held open"]
 
 
 # A ping framed by hand (unmasked, opcode 9): wsproto has a server refuse to
