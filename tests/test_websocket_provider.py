@@ -406,6 +406,20 @@ def test_a_stall_gives_each_ack_only_the_time_it_overlapped_so_acks_stay_in_orde
     assert sorted(action.key for action in core.tick(115.0)) == ["b", "c"]
 
 
+def test_a_late_timer_graces_an_ack_no_later_than_a_send_made_then_is_due() -> None:
+    # A pong timeout longer than the send timeout: graced to "as long again as
+    # the loop looked away" (10 s), the ack would be due after a send made just
+    # after it, and that send's timeout would be noticed only then.
+    core = make_core(ping_interval=None, liveness_timeout=None, pong_timeout=30.0)
+    core.start_send(text_msg("a"), 100.0)  # due at 108
+    assert core.tick(118.0, due=108.0) == []  # 10 s late: graced, to 118 + 8 at most
+    core.start_send(text_msg("b"), 118.5)  # due at 126.5
+    assert core.next_deadline() == 126.0  # a's grace, before b
+    [late_a] = core.tick(126.0)
+    assert isinstance(late_a, CompleteSend) and late_a.key == "a"
+    assert core.next_deadline() == 126.5
+
+
 def test_a_timer_that_fires_late_reads_before_it_blames_the_link() -> None:
     """The node's loop was busy for 3 s past the pong deadline (issue 12): the pong
     may be unread in the socket, so the link gets as long again, once."""

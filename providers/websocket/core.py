@@ -597,6 +597,10 @@ class WebSocketCore:
         if silent and liveness is not None and not self._liveness_graced:
             self.last_frame_at = until - liveness
             self._liveness_graced = graced = True
+        # An ack is graced no later than a send made now would be due (a pong
+        # timeout longer than the send timeout): the acks stay due in the order
+        # they went, which next_deadline counts on.
+        until = min(until, now + self.send_timeout)
         floor = self._acks_graced_to
         for key, (deadline, peer) in self._pending.items():
             if deadline >= until:
