@@ -274,14 +274,17 @@ class _Connection:
         Raises:
             ConnectionError: rejected, refused or closed before ``ready``.
         """
-        request = Request(host=host, target=target, extra_headers=list(headers))
-        await self.stream.send_all(self.ws.send(request))
+        await self.stream.send_all(self._upgrade(host, target, headers))
         while not self.ready:
             if not await self.receive(session):
                 raise ConnectionError(f"{self!r}: closed before the emulator's ready frame")
             if self.outbox:  # a pong or a close reply queued before the writer runs
                 data, self.outbox = self.outbox, bytearray()
                 await self.stream.send_all(data)
+
+    def _upgrade(self, host: str, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+        """The upgrade request's bytes."""
+        return self.ws.send(Request(host=host, target=target, extra_headers=list(headers)))
 
     async def run_reader(self, session: _Session) -> None:
         """Read frames until the emulator closes the connection."""
@@ -355,26 +358,14 @@ class _WebsocketsConnection(_Connection):
             self.outbox += data
         self.waiting.unpark()
 
-    async def handshake(
-        self,
-        host: str,
-        target: str,
-        session: _Session,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-    ) -> None:
+    def _upgrade(self, host: str, target: str, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
         protocol = self.protocol = ClientProtocol(parse_uri(f"ws://{host}{target}"))
         protocol.debug = False  # as the node's link: no DEBUG log of every frame
         request = protocol.connect()
         for name, value in headers:
             request.headers[name.decode("latin-1")] = value.decode("latin-1")
         protocol.send_request(request)
-        await self.stream.send_all(b"".join(protocol.data_to_send()))
-        while not self.ready:
-            if not await self.receive(session):
-                raise ConnectionError(f"{self!r}: closed before the emulator's ready frame")
-            if self.outbox:
-                data, self.outbox = self.outbox, bytearray()
-                await self.stream.send_all(data)
+        return b"".join(protocol.data_to_send())
 
     async def receive(self, session: _Session) -> bool:
         protocol = self.protocol
