@@ -288,11 +288,13 @@ def add_param_options(parser: argparse.ArgumentParser, params: type) -> None:
     hints = get_type_hints(params)
     for field in attrs.fields(params):
         kind = hints[field.name]
-        help_text = field.metadata.get("help", "")
+        # argparse formats help with %: a literal one ("30% websocket") is doubled
+        help_text = field.metadata.get("help", "").replace("%", "%%")
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        shown = str(",".join(map(str, default)) if isinstance(default, list) else default)
+        shown = shown.replace("%", "%%")
         dest = f"param__{field.name}"
         # a short name beside the field's own (``rtt_ms``: --rtt-ms and --rtt)
         names = [_option(field.name), *field.metadata.get("aliases", ())]

@@ -54,6 +54,9 @@ def test_every_shipped_scenario_file_loads_and_resolves() -> None:
         for quick in (False, True):
             params = resolve_params(scenario, run_file, quick=quick, overrides={})
             assert isinstance(params, scenario.params), path
+        # --help renders every parameter's help (argparse formats it with %:
+        # chaos's "30% websocket" raised ValueError out of --help)
+        assert "scenario parameters" in build_parser(scenario, path.stem).format_help(), path
 
 
 def test_a_users_file_is_checked_with_every_problem_and_its_place(tmp_path: Path) -> None:
