@@ -421,17 +421,18 @@ async def _handshake(
             # Frames that came with the answer (and replies to them) wait for the first feed.
             return WebSocketLink(io, protocol, early=events[1:])
         failure = protocol.handshake_exc
+        if failure is None and data is not None:
+            continue  # more of the answer to come
         if failure is not None:
             rejected = _refusal(bytes(head))
             if rejected is not None:
                 raise rejected
-        if failure is not None or data is None:
-            if not heard or (data is None and failure is None):
-                raise LinkHandshakeFailed("the server hung up during the websocket handshake")
-            cause = failure.__cause__ if failure is not None else None
-            # The cause quotes what the server sent, which may echo our request (a token).
-            detail = f"{failure}" + (f" ({type(cause).__name__})" if cause is not None else "")
-            raise LinkHandshakeFailed(f"bad websocket handshake from the server: {detail}")
+        if not heard or failure is None:
+            raise LinkHandshakeFailed("the server hung up during the websocket handshake")
+        cause = failure.__cause__
+        # The cause quotes what the server sent, which may echo our request (a token).
+        detail = f"{failure}" + (f" ({type(cause).__name__})" if cause is not None else "")
+        raise LinkHandshakeFailed(f"bad websocket handshake from the server: {detail}")
 
 
 def _refusal(head: bytes) -> LinkRejected | None:
@@ -692,10 +693,12 @@ class WebSocketLink:
         """
         io = self._io
         assert type(io) is _SocketIO
+        ws = self._ws
+        if self._broken or ws.state is not State.OPEN:  # (not a websockets error)
+            raise LinkClosed(f"the link is closed ({ws.state.name})")
         self._lock.acquire_nowait()
         try:
-            ws = self._ws
-            ws.send_text(text.encode())  # open (can_send_now): it cannot refuse
+            ws.send_text(text.encode())  # open: it cannot refuse
             writes = ws.data_to_send()
             data = writes[0] if len(writes) == 1 else b"".join(writes)
             if self._replies:  # the reader's, framed before this one: they go first
