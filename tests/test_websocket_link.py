@@ -47,8 +47,9 @@ from providers.base import (
 )
 from providers.websocket import WebSocketProvider
 from providers.websocket.core import DEFAULT_RETRY_AFTER, HEARTBEAT_ACK
-from providers.websocket.link import MAX_MESSAGE_SIZE, MESSAGE_TOO_BIG, _handshake
+from providers.websocket.link import MAX_MESSAGE_SIZE, _handshake
 
+MESSAGE_TOO_BIG = 1009  # RFC 6455's close code for a message over the limit
 IO_CEILING = 10.0  # real seconds; only a hang gets near it
 READY = json.dumps({"type": "ready", "session": "s-1"})
 

@@ -619,9 +619,9 @@ class WebSocketCore:
         Whatever the server sent meanwhile (pongs, heartbeats, acks) waits
         unread in the socket, so no timer may blame the link for that time:
         the awaited pong and the liveness are judged from ``now``, and each
-        pending ack's deadline moves by the part of the stall it waited through. (A slow consumer is
-        backpressure, not a dead link: closing it would lose what the
-        server queued on it.)
+        pending ack's deadline moves by the part of the stall it waited
+        through. (A slow consumer is backpressure, not a dead link: closing
+        it would lose what the server queued on it.)
         """
         stalled = now - since
         if stalled <= 0 or self.phase in (Phase.CLOSED, Phase.FAILED):

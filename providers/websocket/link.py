@@ -83,7 +83,7 @@ __all__ = [
 RECEIVE_SIZE: Final = 65_536  # bytes read from the socket at once
 MAX_MESSAGE_SIZE: Final = 1 << 20  # bytes in one message (a text's in UTF-8)
 MAX_REJECT_BODY: Final = 65_536  # bytes of a refusal's body kept for the error
-MESSAGE_TOO_BIG: Final = 1009
+MAX_REJECT_HEAD: Final = MAX_REJECT_BODY + 65_536  # bytes of a refusal kept to re-read it
 INVALID_DATA: Final = 1007  # RFC 6455: a text message that is not UTF-8
 # Seconds the send lock's holder gives the reader's frames it writes as it
 # lets go, cancelled or not; a socket that takes none by then is wedged.
@@ -402,7 +402,7 @@ async def _handshake(
             protocol.receive_eof()  # a refusal's body may end with the connection
         else:
             heard = True
-            if len(head) < MAX_REJECT_BODY + 65_536:
+            if len(head) < MAX_REJECT_HEAD:
                 head += data
             protocol.receive_data(data)
         events = protocol.events_received()
