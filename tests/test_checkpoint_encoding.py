@@ -4,10 +4,11 @@ A busy channel's checkpoint keeps work from one checkpoint to the next: its
 newest send answers (``SentResults.newest`` shifts the list it gave last by
 the answers put since), each answer's JSON text (``sent_json``), and the
 rest of its state is encoded by hand (``state_rest``) instead of by cattrs.
-Each shortcut is compared here with the plain way over generated histories
-and states: the text must be the same byte for byte, and nothing kept may
-outlive the change that makes it wrong (a put after a checkpoint, a key put
-again, a restore, an answer never written behind ones that were).
+Each shortcut (and the inbound ids, written by msgspec) is compared here
+with the plain way over generated histories and states: the text must be
+the same byte for byte, and nothing kept may outlive the change that makes
+it wrong (a put after a checkpoint, a key put again, a restore, an answer
+never written behind ones that were).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from actors.backoff import BackoffState
@@ -31,7 +32,13 @@ from actors.channel.durable import (
     export_state,
     restore_state,
 )
-from actors.channel.state import ChannelMemory, ChannelSettings, SentResults, SentWindow
+from actors.channel.state import (
+    ChannelMemory,
+    ChannelSettings,
+    RecentIds,
+    SentResults,
+    SentWindow,
+)
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import UNLIMITED, PlatformLimits, SessionState
 from runtime.store.codec import (
@@ -39,6 +46,7 @@ from runtime.store.codec import (
     decode_state,
     dumps,
     encode_state,
+    seen_json,
     sent_json,
     state_from_text,
     state_rest,
@@ -63,13 +71,14 @@ def plain_rest(state: ChannelState) -> dict[str, Any]:
     encoded: dict[str, Any] = converter.unstructure(
         attrs.evolve(state, dead_letters=(), sent=SentWindow())
     )
-    del encoded["dead_letters"], encoded["sent"]
+    del encoded["dead_letters"], encoded["sent"], encoded["seen"]
     return encoded
 
 
 def plain_text(state: ChannelState) -> str:
-    """encode_state's dict through dumps, its send answers moved last."""
+    """encode_state's dict through dumps, its inbound ids and send answers moved last."""
     encoded = encode_state(state)
+    encoded["seen"] = encoded.pop("seen")
     encoded["sent"] = encoded.pop("sent")
     return dumps(encoded)
 
@@ -290,6 +299,38 @@ def test_a_busy_channel_s_checkpoints_are_the_plain_text_and_restore_the_answers
     after = export_state(restored, now=3.0, clock_offset=1e9)
     assert after.sent[-1][0] == "after-restore"
     assert state_text(after) == plain_text(after)
+
+
+# --- the inbound ids ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 12), added=st.lists(st.sampled_from("abcdefghijklmnop")))
+def test_the_newest_ids_are_the_table_s_last_in_order(capacity: int, added: list[str]) -> None:
+    ids = RecentIds(capacity)
+    model: OrderedDict[str, None] = OrderedDict()
+    for key in added:
+        assert ids.add(key) is (key not in model)
+        model.pop(key, None)
+        model[key] = None
+        while len(model) > capacity:
+            model.popitem(last=False)
+    table = list(model)
+    for count in (1, 3, capacity, capacity + 5):
+        assert ids.newest(count) == tuple(table[max(0, len(table) - count) :])
+    assert ids.newest(0) == ()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text() | st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF))
+    )
+)
+@example(["wamid.1", "a\ud800b", '\u00e9\u2028\n"\\'])
+def test_the_ids_text_is_what_dumps_writes(ids: list[str]) -> None:
+    # Lone surrogates included: msgspec refuses them, and dumps writes them escaped.
+    assert seen_json(tuple(ids)) == dumps(ids)
 
 
 # --- the rest of the state ------------------------------------------------------------------

@@ -307,12 +307,20 @@ class RecentIds:
         return 0 if self._ids is None else len(self._ids)
 
     def newest(self, count: int) -> tuple[str, ...]:
-        """The newest ``count`` ids, oldest first."""
+        """The newest ``count`` ids, oldest first.
+
+        Walked from the newest end: a checkpoint asks for a thousand of up to
+        ten thousand ids every second, and a copy of the whole table cost
+        it more than the ids it keeps.
+        """
         ids = self._ids
-        if not ids:
+        if not ids or count <= 0:
             return ()
-        keys = list(ids)
-        return tuple(keys[-count:])
+        if len(ids) <= count:
+            return tuple(ids)
+        newest_first = list(itertools.islice(reversed(ids), count))
+        newest_first.reverse()
+        return tuple(newest_first)
 
     def add(self, key: str) -> bool:
         """Record ``key``; False if it was already among the recent ones."""
