@@ -17,6 +17,13 @@ Design:
   byte count (TOML booleans are Python ints) and ``inf`` is no deadline: both
   would pass the providers' own readings and undo the cap. A value is quoted
   only when it is a number (a string may have come from the environment).
+- Each provider reads its options with a converter from
+  :func:`options_converter`: cattrs' own reading of a boolean is Python's
+  ``bool(value)``, so ``verify_on_open = "no"`` was read as true, and of
+  an integer ``int(value)``, so ``poll_timeout = 2.5`` became 2 and
+  ``true`` became 1. Its booleans are ``true`` or ``false`` (the strings
+  too, as the config file's loader takes them), its integers whole numbers
+  that are not booleans; anything else is refused with what was expected.
 - Emulator options are the keyword arguments of the emulator class: an
   unknown name is refused with the known ones, and the class is built once
   with them, so a value it refuses is refused here.
@@ -28,6 +35,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Final
+
+import cattrs
 
 from .base import ChannelConfig, FatalError
 from .registry import EMULATORS, load
@@ -42,6 +51,7 @@ __all__ = [
     "limit",
     "limit_problem",
     "option_problems",
+    "options_converter",
 ]
 
 _PLACEHOLDER: Final = "placeholder-for-check"
@@ -111,6 +121,35 @@ def limit(unit: str) -> Callable[[Any, Any, Any], None]:
             raise ValueError(problem)
 
     return check
+
+
+def options_converter(*, detailed_validation: bool = True) -> cattrs.Converter:
+    """A converter for a provider's options: unknown keys refused, booleans and
+    integers read strictly (see the module docstring)."""
+    converter = cattrs.Converter(detailed_validation=detailed_validation, forbid_extra_keys=True)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(int, _strict_int)
+    return converter
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise ValueError(f"expected true or false, got {_shown(value)}")
+
+
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {_shown(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ValueError(f"expected a whole number, got {_shown(value)}")
 
 
 def discord_intents(options: Mapping[str, Any], default: int) -> int:

@@ -240,6 +240,43 @@ def test_good_limit_options_pass(provider: str, options: str) -> None:
     assert code == 0, output
 
 
+# A boolean or whole-number option the providers once read with Python's bool() or
+# int(): "no" was true, 2.5 was 2, true was 1. Each provider, one of each.
+STRICT: Final = [
+    ("whatsapp", "verify_on_open", '"no"'),
+    ("whatsapp", "event_buffer", "true"),
+    ("telegram", "drop_pending_updates", '"false please"'),
+    ("telegram", "poll_timeout", "2.5"),
+    ("websocket", "token_in_query", "1"),
+    ("websocket", "event_buffer", "1.5"),
+]
+
+
+@pytest.mark.parametrize(("provider", "key", "value"), STRICT)
+def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
+    provider: str, key: str, value: str
+) -> None:
+    code, output = check(limited(provider, f"{key} = {value}\n"))
+    assert code == 2, output
+    assert f"$.options.{key}" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [
+        ("whatsapp", "verify_on_open = false\nevent_buffer = 64.0\n"),
+        ("telegram", 'drop_pending_updates = "false"\npoll_timeout = "25"\n'),
+        ("websocket", "token_in_query = true\nevent_buffer = 16\n"),
+    ],
+)
+def test_booleans_and_whole_numbers_as_toml_and_the_environment_write_them_pass(
+    provider: str, options: str
+) -> None:
+    code, output = check(limited(provider, options))
+    assert code == 0, output
+
+
 def test_good_options_still_pass() -> None:
     code, output = check(DISCORD + 'intents = 33281\ncompress = "zlib-stream"\n')
     assert code == 0, output

@@ -443,3 +443,13 @@ def test_webhook_refuses_bad_secrets_and_bodies(
     assert (verdict.status, verdict.update) == (status, None)
     assert verdict.reason
     assert repr(handler) == f"<WebhookHandler {CHANNEL} accepted=0 refused=1>"
+
+
+def test_a_boolean_option_is_read_as_written_not_by_python_s_truth() -> None:
+    # bool("false") is True: the option converter reads the strings by their words.
+    assert core.parse_options({"drop_pending_updates": "false"}, {}).drop_pending_updates is False
+    assert core.parse_options({"drop_pending_updates": True}, {}).drop_pending_updates is True
+    with pytest.raises(FatalError, match=r"\$\.options\.drop_pending_updates"):
+        core.parse_options({"drop_pending_updates": "no"}, {})
+    with pytest.raises(FatalError, match=r"\$\.options\.poll_timeout"):
+        core.parse_options({"poll_timeout": 2.5}, {})

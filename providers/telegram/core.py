@@ -69,7 +69,7 @@ from ..operations import (
     React,
     SendTyping,
 )
-from ..options import limit
+from ..options import limit, options_converter
 from . import wire
 
 __all__ = [
@@ -207,7 +207,7 @@ class TelegramOptions:
     )
 
 
-_OPTIONS_CONVERTER: Final = cattrs.Converter(forbid_extra_keys=True)
+_OPTIONS_CONVERTER: Final = options_converter()
 
 
 def _why(exc: BaseException, type_: type | None) -> str:

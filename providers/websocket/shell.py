@@ -73,7 +73,7 @@ from providers.operations import (
     React,
     SendTyping,
 )
-from providers.options import limit
+from providers.options import limit, options_converter
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -155,7 +155,7 @@ class WebSocketOptions:
     max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=limit("bytes"))
 
 
-_OPTIONS: Final = cattrs.Converter(forbid_extra_keys=True)
+_OPTIONS: Final = options_converter()
 
 
 _PARSED_MAX: Final = 256  # distinct option sets remembered (channels mostly share a few)

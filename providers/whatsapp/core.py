@@ -84,7 +84,7 @@ from providers.base import (
 )
 from providers.media import Upload
 from providers.operations import OperationKind, React
-from providers.options import limit
+from providers.options import limit, options_converter
 
 __all__ = [
     "APP_RETRY_AFTER",
@@ -187,7 +187,7 @@ class _Options:
     )
 
 
-_OPTIONS: Final = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
+_OPTIONS: Final = options_converter()
 
 
 def _why(exc: BaseException, type_: type | None) -> str:
