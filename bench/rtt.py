@@ -84,6 +84,13 @@ class RttParams:
     senders: int = attrs.field(default=60, metadata=_help("concurrent senders (closed loop)"))
     warmup: float = attrs.field(default=1.5, metadata=_help("seconds before counting"))
     duration: float = attrs.field(default=4.0, metadata=_help("seconds counted per measurement"))
+    http2: bool = attrs.field(
+        default=False,
+        metadata=_help(
+            "telegram and whatsapp channels with the option http2: the window's requests "
+            "on one HTTP/2 connection instead of a connection each"
+        ),
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -95,10 +102,11 @@ class Measured:
     failures: int  # sends that raised (should be none)
     refusals: int  # the platform's rate-limit refusals (429, 130429) during the run
     cpu_per_message: float  # this process's CPU seconds per accepted message (node + proxy)
+    connections: int  # connections the emulator saw the channel's requests come on
 
 
 def _channel(
-    provider: str, n: int, base_url: str, limits: bool, window: int | None
+    provider: str, n: int, base_url: str, limits: bool, window: int | None, http2: bool = False
 ) -> dict[str, Any]:
     channel: dict[str, Any] = {
         "id": f"{provider}-{n}",
@@ -119,6 +127,8 @@ def _channel(
         made = {"token": f"rtt-bench-bot-{n}.{secrets.token_urlsafe(27)}"}
     else:
         made = {"token": f"{200_000 + n}:{secrets.token_urlsafe(27)[:35]}"}
+    if http2:
+        channel.setdefault("options", {})["http2"] = True
     # A deployment file names secrets, never holds them: made up, and put
     # where the file's references find them.
     channel["credentials"] = {}
@@ -148,10 +158,13 @@ def _message(provider: str, seq: int) -> OutboundMessage:
     return OutboundMessage(peer=peer, idempotency_key=key, text="hello")
 
 
-async def _refusals(client: httpx.AsyncClient, emulator: str, provider: str) -> int:
+async def _refusals(client: httpx.AsyncClient, emulator: str, provider: str) -> tuple[int, int]:
+    """The platform's rate-limit refusals so far, and the connections its requests came on."""
     response = await client.get(f"{emulator}/_emulator/stats")
     response.raise_for_status()
-    return int(response.json().get(REFUSALS[provider], 0))
+    stats = response.json()
+    connections = sum(int(each["connections"]) for each in stats.get("http", {}).values())
+    return int(stats.get(REFUSALS[provider], 0)), connections
 
 
 async def _measure_one(
@@ -161,7 +174,7 @@ async def _measure_one(
     n: int,
     limits: bool,
     window: int | None,
-    refusals: Callable[[], Awaitable[int]],
+    refusals: Callable[[], Awaitable[tuple[int, int]]],
 ) -> Measured:
     from runtime import open_node, parse_config
 
@@ -170,14 +183,14 @@ async def _measure_one(
             "node": {"id": f"rtt-{n}", "start_timeout": 30, "drain_deadline": 5},
             "ops": {"enabled": False},
             "logging": {"level": "error"},
-            "channels": [_channel(provider, n, base_url, limits, window)],
+            "channels": [_channel(provider, n, base_url, limits, window, params.http2)],
         }
     )
     channel_id = f"{provider}-{n}"
     seq = itertools.count(n * 1_000_000)
     accepted: list[float] = []
     failures = 0
-    refused = await refusals()
+    refused, connections = await refusals()
     async with open_node(config) as node:
         with node.subscribe(kind="state") as changes:
             while node.channels()[0].status.name != "CONNECTED":
@@ -203,14 +216,16 @@ async def _measure_one(
         cpu = time.process_time() - cpu_began
         await node.drain(2.0)
     counted = [t for t in accepted if params.warmup <= t < params.warmup + params.duration]
+    refused_after, connections_after = await refusals()
     return Measured(
         provider=provider,
         limits=limits,
         window=window,
         rate=len(counted) / params.duration,
         failures=failures,
-        refusals=await refusals() - refused,
+        refusals=refused_after - refused,
         cpu_per_message=cpu / max(1, len(accepted)),
+        connections=connections_after - connections,
     )
 
 
@@ -228,6 +243,8 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
             raise ScenarioError(
                 f"the rtt scenario measures {', '.join(PLATFORM_RATES)}, not {provider!r}"
             )
+        if params.http2 and provider == "discord":
+            raise ScenarioError("http2: discord channels have no such option (whatsapp, telegram)")
     n = 0
     for provider in params.providers:
         # The emulator in a process of its own, as the platform is: the node's
@@ -274,7 +291,12 @@ def run(params: RttParams, ctx: RunContext) -> Report:
         f"platform's emulator; {params.senders} closed-loop senders, each message to a new "
         f"recipient; accepted messages counted from {params.warmup:g} s for "
         f"{params.duration:g} s; baseline: send_window = 1 (one send in flight, as before "
-        "the window), in the same run"
+        "the window), in the same run; "
+        + (
+            "HTTP/2 (the channels' option http2, one connection multiplexed)"
+            if params.http2
+            else "HTTP/1.1 (a pool of connections sized to the window)"
+        )
     ]
     for provider in params.providers:
         rate = PLATFORM_RATES[provider]
@@ -307,7 +329,8 @@ def run(params: RttParams, ctx: RunContext) -> Report:
                 f"{one.rate / rate:.0%}); failed sends: {ours.failures} / {one.failures}; "
                 f"the platform's rate-limit refusals: {ours.refusals} / {one.refusals}; "
                 f"node CPU per message {ours.cpu_per_message * 1e3:.2f} ms / "
-                f"{one.cpu_per_message * 1e3:.2f} ms"
+                f"{one.cpu_per_message * 1e3:.2f} ms; connections to the platform "
+                f"{ours.connections} / {one.connections}"
             )
         if provider == "discord":
             notes.append(

@@ -20,6 +20,7 @@ from bench.scenario import load_run_file, resolve_params
 from providers.discord import DISCORD_LIMITS
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
+from providers.emulators.telegram import TelegramEmulator
 from runtime import open_node, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,5 +117,33 @@ async def test_the_discord_senders_get_a_bucket_per_recipient_and_no_429() -> No
                     for seq in range(12):
                         nursery.start_soon(node.send, channel["id"], _message("discord", seq))
             async with httpx.AsyncClient() as client:
-                assert await _refusals(client, base, "discord") == 0  # as the bench reads it
+                refused, connections = await _refusals(client, base, "discord")  # as the bench
+                assert refused == 0 and connections >= 1
     assert len({m["channel_id"] for m in emulator.sent}) == 12
+
+
+async def test_with_http2_the_channel_s_window_goes_over_one_connection() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(HANG_CEILING):
+        async with open_emulator(emulator) as base:
+            channel = _channel("telegram", 2, base, limits=False, window=None, http2=True)
+            assert channel["options"] == {"http2": True}
+            config = parse_config(
+                {
+                    "node": {"id": "rtt-test", "drain_deadline": 5.0, "start_timeout": 10.0},
+                    "ops": {"enabled": False},
+                    "channels": [channel],
+                }
+            )
+            async with open_node(config) as node:
+                with node.subscribe(kind="state") as changes:
+                    while node.channels()[0].status.name != "CONNECTED":
+                        await changes.receive()
+                async with trio.open_nursery() as nursery:
+                    for seq in range(12):
+                        nursery.start_soon(node.send, channel["id"], _message("telegram", seq))
+            async with httpx.AsyncClient() as client:
+                refused, connections = await _refusals(client, base, "telegram")
+    assert (refused, connections) == (0, 1)
+    assert set(emulator.http_versions.statistics()) == {"2"}
+    assert len(emulator.sent) == 12

@@ -14,7 +14,10 @@ Design:
   - ``GET  /_emulator/operations``: what else they did (edits, deletes,
     typing, read marks, reactions, ...), in order;
   - ``POST /_emulator/fault``: inject a fault (``{"kind": ...}``);
-  - ``GET  /_emulator/stats``: counters.
+  - ``GET  /_emulator/stats``: counters, among them ``http``: the platform
+    requests served by HTTP version (``"1.1"``, ``"2"``), each with the
+    connections they came on (distinct client addresses, counted up to
+    :data:`MAX_CLIENTS_COUNTED`): what a channel's ``http2`` option changed.
   - ``GET  /_emulator/ownership``: the judge of single ownership in brief:
     every identity's live connections, the overlaps, and (``?gaps_since=``)
     the gaps ended since a wall-clock time (a rig in another process reads
@@ -64,7 +67,16 @@ from starlette.routing import BaseRoute, Route
 from providers import bounded_json
 from providers.serving import serve_asgi
 
-from .http_faults import HTTP_FAULT_KINDS, HttpFaults, fault_middleware
+from .http_faults import (
+    CONTROL_PREFIX,
+    HTTP_FAULT_KINDS,
+    App,
+    HttpFaults,
+    Receive,
+    Scope,
+    Send,
+    fault_middleware,
+)
 from .latency import checked_latency, latency_middleware
 
 __all__ = [
@@ -83,6 +95,7 @@ __all__ = [
 MAX_KEPT = 100_000  # sends, operations, overlaps an emulator keeps (the last ones)
 MAX_LISTED = 10_000  # items one control API answer lists (the last ones)
 MAX_FAULT_COUNT = 100_000  # failures one fault request may queue
+MAX_CLIENTS_COUNTED = 100_000  # client addresses an emulator remembers for its stats
 OVERLAP_EXAMPLES = 10  # overlaps /_emulator/ownership lists (the first ones)
 
 LISTEN_BACKLOG = 4096  # pending connections; the kernel caps it at net.core.somaxconn
@@ -259,6 +272,7 @@ class Emulator:
         self.banned_tokens: set[str] = set()
         self.rate_limited_until = 0.0
         self.http_faults = HttpFaults(MAX_FAULT_COUNT)
+        self.http_versions = HttpVersionTally()
         self._latency = 0.0
         self._app: Starlette | None = None
 
@@ -367,6 +381,7 @@ class Emulator:
             {
                 **self.stats,
                 "http_faults": dict(self.http_faults.hits),
+                "http": self.http_versions.statistics(),
                 "ownership": self.holders.statistics(),
             }
         )
@@ -440,9 +455,41 @@ class Emulator:
     @property
     def served_app(self) -> Any:
         """:attr:`app` as it is served: behind its latency and its HTTP-layer faults."""
-        return latency_middleware(
-            fault_middleware(self.app, self.http_faults), lambda: self._latency
+        return self.http_versions.middleware(
+            latency_middleware(fault_middleware(self.app, self.http_faults), lambda: self._latency)
         )
+
+
+class HttpVersionTally:
+    """The platform requests an emulator served, by HTTP version, and the connections."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self._clients: dict[str, set[tuple[str, int]]] = {}
+
+    def middleware(self, app: App) -> App:
+        """``app``, its platform requests (not the control API's) counted on the way in."""
+
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope.get("type") == "http" and not scope.get("path", "").startswith(CONTROL_PREFIX):
+                self.count(str(scope.get("http_version", "1.1")), scope.get("client"))
+            await app(scope, receive, send)
+
+        return counted
+
+    def count(self, version: str, client: Any) -> None:
+        """One request over ``version`` from ``client`` (``(host, port)``, or None)."""
+        self.requests[version] += 1
+        clients = self._clients.setdefault(version, set())
+        if client is not None and len(clients) < MAX_CLIENTS_COUNTED:
+            clients.add((str(client[0]), int(client[1])))
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """``{version: {"requests": n, "connections": m}}``."""
+        return {
+            version: {"requests": n, "connections": len(self._clients.get(version, ()))}
+            for version, n in self.requests.items()
+        }
 
 
 def _listed(request: Request, items: list[Any]) -> Response:
