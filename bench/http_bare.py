@@ -311,11 +311,8 @@ async def _httpx_senders(
     count: int,
     window: int,
     text: str,
-    *,
-    http2: bool = False,
 ) -> list[Sender]:
-    """``count`` bare clients, opened as the channels open (all at once);
-    ``http2``: speaking HTTP/2 from the first byte (the emulators are cleartext)."""
+    """``count`` bare clients, opened as the channels open (all at once)."""
     # One TLS context for every client, as the providers share one: each
     # AsyncClient would otherwise load the CA bundle (no TLS here; its CPU).
     verify = ssl.create_default_context()
@@ -324,12 +321,7 @@ async def _httpx_senders(
     clients = [
         await stack.enter_async_context(
             httpx.AsyncClient(
-                headers=platform.client_headers(i),
-                limits=limits,
-                timeout=timeout,
-                verify=verify,
-                http1=not http2,
-                http2=http2,
+                headers=platform.client_headers(i), limits=limits, timeout=timeout, verify=verify
             )
         )
         for i in range(count)

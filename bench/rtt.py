@@ -84,13 +84,6 @@ class RttParams:
     senders: int = attrs.field(default=60, metadata=_help("concurrent senders (closed loop)"))
     warmup: float = attrs.field(default=1.5, metadata=_help("seconds before counting"))
     duration: float = attrs.field(default=4.0, metadata=_help("seconds counted per measurement"))
-    http2: bool = attrs.field(
-        default=False,
-        metadata=_help(
-            "telegram and whatsapp channels with the option http2: the window's requests "
-            "on one HTTP/2 connection instead of a connection each"
-        ),
-    )
 
 
 @attrs.frozen(kw_only=True)
@@ -106,7 +99,7 @@ class Measured:
 
 
 def _channel(
-    provider: str, n: int, base_url: str, limits: bool, window: int | None, http2: bool = False
+    provider: str, n: int, base_url: str, limits: bool, window: int | None
 ) -> dict[str, Any]:
     channel: dict[str, Any] = {
         "id": f"{provider}-{n}",
@@ -127,8 +120,6 @@ def _channel(
         made = {"token": f"rtt-bench-bot-{n}.{secrets.token_urlsafe(27)}"}
     else:
         made = {"token": f"{200_000 + n}:{secrets.token_urlsafe(27)[:35]}"}
-    if http2:
-        channel.setdefault("options", {})["http2"] = True
     # A deployment file names secrets, never holds them: made up, and put
     # where the file's references find them.
     channel["credentials"] = {}
@@ -183,7 +174,7 @@ async def _measure_one(
             "node": {"id": f"rtt-{n}", "start_timeout": 30, "drain_deadline": 5},
             "ops": {"enabled": False},
             "logging": {"level": "error"},
-            "channels": [_channel(provider, n, base_url, limits, window, params.http2)],
+            "channels": [_channel(provider, n, base_url, limits, window)],
         }
     )
     channel_id = f"{provider}-{n}"
@@ -243,8 +234,6 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
             raise ScenarioError(
                 f"the rtt scenario measures {', '.join(PLATFORM_RATES)}, not {provider!r}"
             )
-        if params.http2 and provider == "discord":
-            raise ScenarioError("http2: discord channels have no such option (whatsapp, telegram)")
     n = 0
     for provider in params.providers:
         # The emulator in a process of its own, as the platform is: the node's
@@ -291,12 +280,8 @@ def run(params: RttParams, ctx: RunContext) -> Report:
         f"platform's emulator; {params.senders} closed-loop senders, each message to a new "
         f"recipient; accepted messages counted from {params.warmup:g} s for "
         f"{params.duration:g} s; baseline: send_window = 1 (one send in flight, as before "
-        "the window), in the same run; "
-        + (
-            "HTTP/2 (the channels' option http2, one connection multiplexed)"
-            if params.http2
-            else "HTTP/1.1 (a pool of connections sized to the window)"
-        )
+        "the window), in the same run; connections: those the emulator saw the channel's "
+        "requests come on"
     ]
     for provider in params.providers:
         rate = PLATFORM_RATES[provider]

@@ -30,11 +30,6 @@
     (the baseline above is wsproto's): what the node costs above the
     library it sends with.
 
-``--http2`` (Telegram and WhatsApp): the channels have the option
-``http2`` (:mod:`providers._pool`: one HTTP/2 connection per channel
-instead of a pool), and the bare client speaks HTTP/2 too; the JSON line
-says ``"http2": true``.
-
 ``python -m bench.send_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
     instead of timing it: twice, with ``S`` and with ``3 S`` sends per
@@ -108,11 +103,8 @@ async def measure(
     sends: int,
     far_end: str | None = None,
     connect_wait: float = CONNECT_WAIT,
-    http2: bool = False,
 ) -> dict[str, Any]:
     """Run the closed-loop sends once and return the JSON line's fields.
-
-    ``http2``: Telegram and WhatsApp channels with the option ``http2``.
 
     Raises:
         RuntimeError: not every channel connected within ``connect_wait`` seconds.
@@ -143,7 +135,7 @@ async def measure(
                 )
             elif provider in HTTP:
                 assert far_end is not None
-                spec = _http_spec(provider, channel_id, index, far_end, http2=http2)
+                spec = _http_spec(provider, channel_id, index, far_end)
             else:
                 spec = ChannelSpec(id=channel_id, provider=provider, tenant="bench")
             await node.start_channel(spec)
@@ -177,9 +169,7 @@ async def measure(
     return _result("node", provider, channels, callers, made, cpu)
 
 
-def _http_spec(
-    provider: str, channel_id: str, index: int, far_end: str, *, http2: bool = False
-) -> ChannelSpec:
+def _http_spec(provider: str, channel_id: str, index: int, far_end: str) -> ChannelSpec:
     """Channel ``index`` of a Telegram or WhatsApp node, with the made-up
     credentials of the channels benchmark's channels (:mod:`bench.rig`)."""
     from .rig import WA_APP_SECRET, WA_NUMBER_BASE, WA_VERIFY_TOKEN, _made_up_token
@@ -193,8 +183,6 @@ def _http_spec(
         # whole run: a poll every 30 s (the default) would follow the run's
         # wall-clock time, which valgrind stretches, as heartbeats would.
         options = {"poll_timeout": LONG_POLL}
-    if http2:
-        options["http2"] = True
     return ChannelSpec(
         id=channel_id,
         provider=provider,
@@ -225,7 +213,6 @@ async def measure_bare(
     sends: int,
     provider: str = "websocket",
     library: str = "wsproto",
-    http2: bool = False,
 ) -> dict[str, Any]:
     """The sends of :func:`measure` by a bare client: the baseline.
 
@@ -243,7 +230,7 @@ async def measure_bare(
     """
     if provider in HTTP:
         return await measure_bare_http(
-            url, provider, channels=channels, callers=callers, sends=sends, http2=http2
+            url, provider, channels=channels, callers=callers, sends=sends
         )
     # The connection code of the open-loop baseline, so that the two bare
     # clients differ only in how they load the far end.
@@ -314,7 +301,7 @@ async def measure_bare(
 
 
 async def measure_bare_http(
-    url: str, provider: str, *, channels: int, callers: int, sends: int, http2: bool = False
+    url: str, provider: str, *, channels: int, callers: int, sends: int
 ) -> dict[str, Any]:
     """The sends of a Telegram or WhatsApp node by a bare httpx client: the baseline.
 
@@ -322,8 +309,7 @@ async def measure_bare_http(
     ``url`` (``http://host:port``), one per bot or phone number, each with
     a pool of the channel's send window and opened as a channel opens; each
     caller posts the request the provider makes for its send and reads the
-    answer before the next. ``http2``: each client speaks HTTP/2 (from the
-    first byte: the emulator is cleartext), as a channel with the option does.
+    answer before the next.
 
     Raises:
         RuntimeError: the platform refused a send (inside the nursery's
@@ -343,9 +329,7 @@ async def measure_bare_http(
     window = default_send_window(limits)
     answered = 0
     async with contextlib.AsyncExitStack() as stack:
-        senders = await _httpx_senders(
-            stack, platform, url.rstrip("/"), channels, window, TEXT, http2=http2
-        )
+        senders = await _httpx_senders(stack, platform, url.rstrip("/"), channels, window, TEXT)
 
         async def caller(channel: int, number: int) -> int:
             nonlocal answered
@@ -457,8 +441,6 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
     ]
     if far_end is not None:
         arguments += ["--far-end", far_end]
-    if args.http2:
-        arguments.append("--http2")
     return callgrind.run_counted(
         "bench.send_cost",
         arguments,
@@ -543,7 +525,6 @@ async def _bare(args: argparse.Namespace) -> dict[str, Any]:
             sends=args.sends,
             provider=args.provider,
             library="websockets" if args.client == "bare-websockets" else "wsproto",
-            http2=args.http2,
         )
 
 
@@ -571,12 +552,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "whatsapp the emulator (http://host:port, its limits off)",
     )
     parser.add_argument(
-        "--http2",
-        action="store_true",
-        help="telegram and whatsapp: the channels' option http2 (the bare client speaks "
-        "HTTP/2 too)",
-    )
-    parser.add_argument(
         "--instructions",
         action="store_true",
         help="count instructions per send under valgrind instead of timing (minutes)",
@@ -585,8 +560,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("channels", "callers", "sends"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.http2 and args.provider not in HTTP:
-        parser.error("--http2: --provider telegram or whatsapp only")
     if args.client == "bare-websockets" and args.provider != "websocket":
         parser.error("--client bare-websockets: --provider websocket only")
     if args.client == "bare" and args.provider not in BARE_PROVIDERS:
@@ -610,8 +583,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _measured(args)
     finally:
         logger.setLevel(level)
-    if args.http2:
-        result["http2"] = True
     print(json.dumps(result), flush=True)
     return 0
 
@@ -628,7 +599,6 @@ def _measured(args: argparse.Namespace) -> dict[str, Any]:
             callers=args.callers,
             sends=args.sends,
             far_end=args.far_end,
-            http2=args.http2,
         )
     )
 

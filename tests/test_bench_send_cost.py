@@ -168,25 +168,6 @@ async def test_every_send_of_every_caller_reaches_the_http_platform_once(
     assert emulator.stats["rate_limited"] == 0
 
 
-@pytest.mark.parametrize("client", ["node", "bare"])
-async def test_with_http2_the_sends_go_over_http2(client: str) -> None:
-    emulator = _limitless_emulator("whatsapp")
-    with trio.fail_after(CEILING):
-        async with open_emulator(emulator) as base:
-            if client == "node":
-                line = await send_cost.measure(
-                    "whatsapp", channels=3, callers=2, sends=4, far_end=base, http2=True
-                )
-            else:
-                line = await send_cost.measure_bare(
-                    base, channels=3, callers=2, sends=4, provider="whatsapp", http2=True
-                )
-    assert line["sends"] == len(emulator.sent) == 24
-    served = emulator.http_versions.statistics()
-    assert set(served) == {"2"}
-    assert served["2"]["connections"] == 3  # one a number
-
-
 @pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
 async def test_the_http_far_end_s_limits_are_off(provider: str) -> None:
     platform = PLATFORMS[provider]
@@ -239,7 +220,7 @@ def test_an_http_count_runs_both_sends_against_one_far_end(
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: f"/usr/bin/{name}")
     monkeypatch.setattr(subprocess, "run", run)
     monkeypatch.setattr(send_cost, "_http_far_end", far_end)
-    arguments = ["--instructions", "--provider", "telegram", "--client", "bare", "--http2"]
+    arguments = ["--instructions", "--provider", "telegram", "--client", "bare"]
     assert send_cost.main([*arguments, "--channels", "2", "--callers", "3", "--sends", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["client"], result["provider"], result["instructions_per_send"]) == (
@@ -254,8 +235,6 @@ def test_an_http_count_runs_both_sends_against_one_far_end(
         assert command[command.index("--provider") + 1] == "telegram"
         assert command[command.index("--client") + 1] == "bare"
         assert command[command.index("--far-end") + 1] == "http://127.0.0.1:9"
-        assert "--http2" in command  # the counted runs measure what was asked
-    assert result["http2"] is True
 
 
 @pytest.mark.parametrize(
@@ -282,7 +261,6 @@ def test_an_http_count_runs_both_sends_against_one_far_end(
             ["--client", "bare-websockets", "--provider", "telegram"],
             "--client bare-websockets: --provider websocket only",
         ),
-        (["--http2"], "--http2: --provider telegram or whatsapp only"),
     ],
 )
 def test_arguments_that_cannot_run_are_refused_by_name(

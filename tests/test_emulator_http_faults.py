@@ -103,3 +103,22 @@ async def test_unban_lifts_a_ban_and_sent_pages_by_offset() -> None:
             page = await client.get(f"{base}/_emulator/sent", params={"offset": 1, "limit": 3})
     assert (banned.status_code, back.status_code) == (401, 200)
     assert [m["text"] for m in page.json()] == ["m1", "m2", "m3"]
+
+
+async def test_the_stats_count_platform_requests_by_http_version_and_connection() -> None:
+    emulator = TelegramEmulator()
+    with trio.fail_after(CEILING):
+        async with open_emulator(emulator) as base:
+            async with httpx.AsyncClient() as one:  # HTTP/1.1, one connection kept alive
+                for _ in range(3):
+                    await one.post(f"{base}/bot1:x/getMe")
+            async with httpx.AsyncClient(http1=False, http2=True) as two:  # h2c, one connection
+                await two.post(f"{base}/bot1:x/getMe")
+                await two.post(f"{base}/bot1:x/getMe")
+            async with httpx.AsyncClient() as control:
+                stats = (await control.get(f"{base}/_emulator/stats")).json()
+    # The control API's own requests are not counted.
+    assert stats["http"] == {
+        "1.1": {"requests": 3, "connections": 1},
+        "2": {"requests": 2, "connections": 1},
+    }

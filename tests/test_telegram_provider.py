@@ -691,23 +691,3 @@ async def test_an_abandoned_long_poll_is_released_by_the_emulator() -> None:
                 nursery.cancel_scope.cancel()
             await wait_for(lambda: emu.bots[TOKEN].poll is None)
             assert emu.stats["conflicts"] == 0
-
-
-# --- HTTP/2 -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("http2", "version"), [(True, "2"), (False, "1.1")])
-async def test_with_http2_a_bot_s_calls_share_one_connection(http2: bool, version: str) -> None:
-    with trio.fail_after(CEILING):
-        async with emulator() as (emu, url), connected(url, http2=http2) as (conn, _):
-            async with trio.open_nursery() as nursery:
-                for n in range(8):
-                    nursery.start_soon(conn.send, msg(f"m{n}", peer=str(100 + n)))
-            served = emu.http_versions.statistics()
-            assert set(served) == {version}
-            # getMe, the long polls, and the eight sends, at once.
-            assert served[version]["requests"] >= 10
-            if http2:
-                assert served[version]["connections"] == 1
-            else:  # a connection per request in flight, as many as the pool allows
-                assert served[version]["connections"] > 1

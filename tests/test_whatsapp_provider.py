@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from providers._pool import http_versions
 from providers.base import (
     AuthenticationFailed,
     Banned,
@@ -127,9 +126,7 @@ def config(base_url: str, *, token: str = TOKEN, **options: Any) -> ChannelConfi
 
 
 @asynccontextmanager
-async def open_stack(
-    options: dict[str, Any] | None = None, **emulator_options: Any
-) -> AsyncIterator[Stack]:
+async def open_stack(**emulator_options: Any) -> AsyncIterator[Stack]:
     receiver = Receiver()
     emulator = WhatsAppEmulator(
         app_secret=SECRET, tokens={TOKEN}, phone_number_ids={NUMBER}, **emulator_options
@@ -137,7 +134,7 @@ async def open_stack(
     async with open_emulator(receiver) as receiver_url, open_emulator(emulator) as base_url:
         emulator.webhook_url = f"{receiver_url}/webhook"
         provider = WhatsAppProvider()
-        async with provider.open_connection(config(base_url, **(options or {}))) as connection:
+        async with provider.open_connection(config(base_url)) as connection:
             receiver.connection = connection
             events = connection.events()
             first = await events.__anext__()
@@ -465,40 +462,3 @@ async def test_statuses_taken_at_once_skip_the_consumer_and_messages_still_reach
         "InboundMessage",
         "InboundMessage",
     ]
-
-
-# --- HTTP/2 ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("http2", "version"), [(True, "2"), (False, "1.1")])
-async def test_with_http2_a_number_s_sends_share_one_connection(http2: bool, version: str) -> None:
-    with trio.fail_after(CEILING):
-        async with open_stack({"http2": http2}) as stack:
-            sent: list[str] = []
-
-            async def send(n: int) -> None:
-                message = OutboundMessage(
-                    peer=f"1650555{n:04d}",
-                    idempotency_key=f"t{n}",
-                    template=Template(name="hello_world", language="en_US"),
-                )
-                sent.append((await stack.connection.send(message)).platform_message_id)
-
-            async with trio.open_nursery() as nursery:
-                for n in range(8):
-                    nursery.start_soon(send, n)
-            assert len(set(sent)) == 8
-            served = stack.emulator.http_versions.statistics()
-            assert set(served) == {version}
-            assert served[version]["requests"] == 9  # the check on open, then the eight sends
-            if http2:
-                assert served[version]["connections"] == 1
-            else:  # a connection per request in flight
-                assert served[version]["connections"] > 1
-
-
-def test_http2_is_offered_beside_http1_over_tls_and_spoken_from_the_start_in_the_clear() -> None:
-    assert http_versions("https://graph.facebook.com", http2=True) == {"http1": True, "http2": True}
-    assert http_versions("HTTP://127.0.0.1:8080", http2=True) == {"http1": False, "http2": True}
-    for url in ("https://graph.facebook.com", "http://127.0.0.1:8080"):
-        assert http_versions(url, http2=False) == {"http1": True, "http2": False}

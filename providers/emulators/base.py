@@ -17,7 +17,7 @@ Design:
   - ``GET  /_emulator/stats``: counters, among them ``http``: the platform
     requests served by HTTP version (``"1.1"``, ``"2"``), each with the
     connections they came on (distinct client addresses, counted up to
-    :data:`MAX_CLIENTS_COUNTED`): what a channel's ``http2`` option changed.
+    :data:`MAX_CLIENTS_COUNTED`).
   - ``GET  /_emulator/ownership``: the judge of single ownership in brief:
     every identity's live connections, the overlaps, and (``?gaps_since=``)
     the gaps ended since a wall-clock time (a rig in another process reads

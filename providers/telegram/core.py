@@ -190,8 +190,6 @@ class TelegramOptions:
             transient error (``providers._http.fetch``).
         request_deadline: seconds for a whole call and its answer, whatever
             pace the server keeps (a getUpdates long poll adds its own wait).
-        http2: send over one HTTP/2 connection instead of a pool of HTTP/1.1
-            ones (:mod:`providers._pool`).
     """
 
     mode: Literal["polling", "webhook"] = "polling"
@@ -207,7 +205,6 @@ class TelegramOptions:
     request_deadline: float = attrs.field(
         default=DEFAULT_REQUEST_DEADLINE, validator=limit("seconds")
     )
-    http2: bool = False
 
 
 _OPTIONS_CONVERTER: Final = options_converter()

@@ -39,7 +39,7 @@ from .._exceptions import ExceptionMap, map_exceptions
 from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, shared_ssl_context
 from .._http import fetch as _fetch
 from .._nursery import open_connection_nursery
-from .._pool import http_versions, pool_limits
+from .._pool import pool_limits
 from ..base import (
     ChannelConfig,
     ConnectionState,
@@ -473,10 +473,7 @@ class TelegramProvider:
         base_url = config.base_url or core.DEFAULT_BASE_URL
         pool = pool_limits(config, self.limits, extra=1)  # + the getUpdates long poll
         async with httpx.AsyncClient(
-            transport=self._transport,
-            limits=pool,
-            verify=shared_ssl_context(),
-            **http_versions(base_url, http2=options.http2),
+            transport=self._transport, limits=pool, verify=shared_ssl_context()
         ) as client:
             api = _BotApi(
                 client,

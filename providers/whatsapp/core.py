@@ -185,7 +185,6 @@ class _Options:
     request_deadline: float = attrs.field(
         default=DEFAULT_REQUEST_DEADLINE, validator=limit("seconds")
     )
-    http2: bool = False
 
 
 _OPTIONS: Final = options_converter()
@@ -216,8 +215,6 @@ class WhatsAppSettings:
             transient error.
         request_deadline: seconds for a whole call and its answer, whatever
             pace the server keeps.
-        http2: send over one HTTP/2 connection instead of a pool of HTTP/1.1
-            ones (:mod:`providers._pool`).
     """
 
     channel_id: str
@@ -232,7 +229,6 @@ class WhatsAppSettings:
     event_buffer: int = 1024
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_deadline: float = DEFAULT_REQUEST_DEADLINE
-    http2: bool = False
 
     @property
     def api_root(self) -> str:
@@ -279,7 +275,6 @@ class WhatsAppSettings:
             event_buffer=options.event_buffer,
             max_body_bytes=options.max_body_bytes,
             request_deadline=options.request_deadline,
-            http2=options.http2,
         )
 
 

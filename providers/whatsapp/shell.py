@@ -33,7 +33,7 @@ import trio
 from providers._exceptions import ExceptionMap, map_exceptions
 from providers._http import Answer, shared_ssl_context
 from providers._http import fetch as _fetch
-from providers._pool import http_versions, pool_limits
+from providers._pool import pool_limits
 from providers.base import (
     ChannelConfig,
     ConnectionState,
@@ -428,7 +428,6 @@ class WhatsAppProvider:
             transport=self._transport,
             limits=pool,
             verify=shared_ssl_context(),
-            **http_versions(settings.base_url, http2=settings.http2),
         )
         try:
             connection = WhatsAppConnection(settings, client)
