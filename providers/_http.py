@@ -35,12 +35,13 @@ import trio
 
 from ._exceptions import map_exceptions
 from ._json import parsed
-from .base import ProviderError, TransientError
+from .base import AuthenticationFailed, ProviderError, TransientError
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_REQUEST_DEADLINE",
     "Answer",
+    "check_header_token",
     "fetch",
     "json_body",
     "lower_keys",
@@ -50,6 +51,24 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON APIs: far below)
 DEFAULT_REQUEST_DEADLINE: Final = 30.0  # seconds for a whole request and its answer
+
+
+def check_header_token(token: str, where: str) -> None:
+    """Refuse a token an ``Authorization`` header cannot carry, without quoting it.
+
+    A token with a space, a tab or a control character (a trailing newline
+    read from a file) is refused by the HTTP layer, whose error quotes the
+    header, and with it the token, into the channel's error and its logs.
+
+    Raises:
+        AuthenticationFailed: ``token`` holds such a character (``where`` names the channel).
+    """
+    if any(c.isspace() or c < " " or c == "\x7f" for c in token):
+        raise AuthenticationFailed(
+            f"{where}: credentials['token'] holds whitespace or a control character (a "
+            "trailing newline from a file?), which an Authorization header cannot carry; "
+            "fix the credential"
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -85,6 +85,22 @@ def test_settings_missing_credentials_fail_authentication() -> None:
 
 
 @pytest.mark.parametrize(
+    "token", ["SECRET-T0KEN\n", "SECRET-T0KEN\r\n", " SECRET-T0KEN", "SECRET T0KEN"]
+)
+def test_a_token_a_header_cannot_carry_is_refused_without_quoting_it(token: str) -> None:
+    # The HTTP layer's refusal quoted the header, token and all, into the channel's error.
+    config = ChannelConfig(
+        channel_id="wa:1",
+        provider="whatsapp",
+        credentials={"token": token, "app_secret": "A", "verify_token": "V"},
+        options={"phone_number_id": "1"},
+    )
+    with pytest.raises(AuthenticationFailed, match="whitespace or a control character") as info:
+        WhatsAppSettings.from_config(config)
+    assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("options", "needle"),
     [
         ({}, r"\$\.options\.phone_number_id"),
