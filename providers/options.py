@@ -22,8 +22,11 @@ Design:
   ``bool(value)``, so ``verify_on_open = "no"`` was read as true, and of
   an integer ``int(value)``, so ``poll_timeout = 2.5`` became 2 and
   ``true`` became 1. Its booleans are ``true`` or ``false`` (the strings
-  too, as the config file's loader takes them), its integers whole numbers
-  that are not booleans; anything else is refused with what was expected.
+  too, as the config file's loader takes them); its integers are whole
+  numbers that are not booleans (``64.0`` too, and a string of ASCII
+  digits, as the loader reads the environment). Any other value of such an
+  option is refused with what was expected. Number options that take a
+  fraction are read by cattrs as before.
 - Emulator options are the keyword arguments of the emulator class: an
   unknown name is refused with the known ones, and the class is built once
   with them, so a value it refuses is refused here.
@@ -33,6 +36,7 @@ Design:
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -140,6 +144,9 @@ def _strict_bool(value: Any, _: type) -> bool:
     raise ValueError(f"expected true or false, got {_shown(value)}")
 
 
+_WHOLE: Final = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits, as the config loader reads them
+
+
 def _strict_int(value: Any, _: type) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a whole number, got {_shown(value)}")
@@ -147,7 +154,7 @@ def _strict_int(value: Any, _: type) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
         return int(value)
     raise ValueError(f"expected a whole number, got {_shown(value)}")
 

@@ -451,5 +451,7 @@ def test_a_boolean_option_is_read_as_written_not_by_python_s_truth() -> None:
     assert core.parse_options({"drop_pending_updates": True}, {}).drop_pending_updates is True
     with pytest.raises(FatalError, match=r"\$\.options\.drop_pending_updates"):
         core.parse_options({"drop_pending_updates": "no"}, {})
-    with pytest.raises(FatalError, match=r"\$\.options\.poll_timeout"):
-        core.parse_options({"poll_timeout": 2.5}, {})
+    for whole in (2.5, "\u0665", "1" * 300, "1_000"):  # a fraction, an Arabic-Indic 5, ...
+        with pytest.raises(FatalError, match=r"\$\.options\.poll_timeout"):
+            core.parse_options({"poll_timeout": whole}, {})
+    assert core.parse_options({"poll_timeout": " +25 "}, {}).poll_timeout == 25
