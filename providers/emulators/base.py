@@ -465,7 +465,7 @@ class HttpVersionTally:
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
-        self._clients: dict[str, set[tuple[str, int]]] = {}
+        self._clients: dict[str, set[tuple[str, str]]] = {}
 
     def middleware(self, app: App) -> App:
         """``app``, its platform requests (not the control API's) counted on the way in."""
@@ -482,7 +482,7 @@ class HttpVersionTally:
         self.requests[version] += 1
         clients = self._clients.setdefault(version, set())
         if client is not None and len(clients) < MAX_CLIENTS_COUNTED:
-            clients.add((str(client[0]), int(client[1])))
+            clients.add((str(client[0]), str(client[1])))  # a port, or None on a unix socket
 
     def statistics(self) -> dict[str, dict[str, int]]:
         """``{version: {"requests": n, "connections": m}}``."""
