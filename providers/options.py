@@ -25,8 +25,9 @@ Design:
   too, as the config file's loader takes them); its integers are whole
   numbers that are not booleans (``64.0`` too, and a string of ASCII
   digits, as the loader reads the environment). Any other value of such an
-  option is refused with what was expected. Number options that take a
-  fraction are read by cattrs as before.
+  option is refused with what was expected. A number that may take a
+  fraction is finite and not a boolean (``timeout = true`` was 1 second,
+  ``"nan"`` no timeout at all); a string of one is taken.
 - Emulator options are the keyword arguments of the emulator class: an
   unknown name is refused with the known ones, and the class is built once
   with them, so a value it refuses is refused here.
@@ -36,6 +37,7 @@ Design:
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -133,6 +135,7 @@ def options_converter(*, detailed_validation: bool = True) -> cattrs.Converter:
     converter = cattrs.Converter(detailed_validation=detailed_validation, forbid_extra_keys=True)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
     return converter
 
 
@@ -157,6 +160,20 @@ def _strict_int(value: Any, _: type) -> int:
     if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
         return int(value)
     raise ValueError(f"expected a whole number, got {_shown(value)}")
+
+
+def _strict_float(value: Any, _: type) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {_shown(value)}")
+    return number
 
 
 def discord_intents(options: Mapping[str, Any], default: int) -> int:

@@ -240,8 +240,8 @@ def test_good_limit_options_pass(provider: str, options: str) -> None:
     assert code == 0, output
 
 
-# A boolean or whole-number option the providers once read with Python's bool() or
-# int(): "no" was true, 2.5 was 2, true was 1. Each provider, one of each.
+# A boolean or number option the providers once read with Python's bool(), int() or
+# float(): "no" was true, 2.5 was 2, true was 1 (or 1 second), "nan" no timeout at all.
 STRICT: Final = [
     ("whatsapp", "verify_on_open", '"no"'),
     ("whatsapp", "event_buffer", "true"),
@@ -249,6 +249,9 @@ STRICT: Final = [
     ("telegram", "poll_timeout", "2.5"),
     ("websocket", "token_in_query", "1"),
     ("websocket", "event_buffer", "1.5"),
+    ("whatsapp", "timeout", "true"),
+    ("whatsapp", "timeout", '"nan"'),
+    ("websocket", "send_timeout", "false"),
 ]
 
 
@@ -265,7 +268,7 @@ def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
 @pytest.mark.parametrize(
     ("provider", "options"),
     [
-        ("whatsapp", "verify_on_open = false\nevent_buffer = 64.0\n"),
+        ("whatsapp", 'verify_on_open = false\nevent_buffer = 64.0\ntimeout = "2.5"\n'),
         ("telegram", 'drop_pending_updates = "false"\npoll_timeout = "25"\n'),
         ("websocket", "token_in_query = true\nevent_buffer = 16\n"),
     ],
