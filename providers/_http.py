@@ -54,20 +54,23 @@ DEFAULT_REQUEST_DEADLINE: Final = 30.0  # seconds for a whole request and its an
 
 
 def check_header_token(token: str, where: str) -> None:
-    """Refuse a token an ``Authorization`` header cannot carry, without quoting it.
+    """Refuse a token an HTTP request cannot carry, without quoting it.
 
-    A token with a space, a tab or a control character (a trailing newline
-    read from a file) is refused by the HTTP layer, whose error quotes the
-    header, and with it the token, into the channel's error and its logs.
+    A platform's token is visible ASCII. One with a space, a control
+    character (a trailing newline read from a file) or anything past ASCII
+    (a byte-order mark a text editor wrote, a zero-width space pasted with
+    it) is refused by the HTTP layer, whose error either quotes the
+    header, and with it the token, into the channel's error and its logs,
+    or is not a provider error at all; and the channel retried forever.
 
     Raises:
         AuthenticationFailed: ``token`` holds such a character (``where`` names the channel).
     """
-    if any(c.isspace() or c < " " or c == "\x7f" for c in token):
+    if not all("!" <= c <= "~" for c in token):
         raise AuthenticationFailed(
-            f"{where}: credentials['token'] holds whitespace or a control character (a "
-            "trailing newline from a file?), which an Authorization header cannot carry; "
-            "fix the credential"
+            f"{where}: credentials['token'] holds whitespace, a control character or a "
+            "character past ASCII (a trailing newline or a byte-order mark from a file?), "
+            "which a request cannot carry; fix the credential"
         )
 
 

@@ -8,7 +8,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from providers.emulators.base import open_emulator
+from providers.emulators.base import HttpVersionTally, open_emulator
 from providers.emulators.telegram import TelegramEmulator
 from providers.emulators.websocket import WebSocketEmulator
 
@@ -122,3 +122,10 @@ async def test_the_stats_count_platform_requests_by_http_version_and_connection(
         "1.1": {"requests": 3, "connections": 1},
         "2": {"requests": 2, "connections": 1},
     }
+
+
+def test_the_tally_counts_a_request_whatever_its_client_address_looks_like() -> None:
+    tally = HttpVersionTally()
+    for client in (("10.0.0.1", 4000), ["10.0.0.1", 4001], ("/run/sock", None), None, (), ("x",)):
+        tally.count("1.1", client)
+    assert tally.statistics() == {"1.1": {"requests": 6, "connections": 3}}

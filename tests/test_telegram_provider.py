@@ -691,3 +691,12 @@ async def test_an_abandoned_long_poll_is_released_by_the_emulator() -> None:
                 nursery.cancel_scope.cancel()
             await wait_for(lambda: emu.bots[TOKEN].poll is None)
             assert emu.stats["conflicts"] == 0
+
+
+@pytest.mark.parametrize("token", ["123:SECRET\n", "123:SECRET\t", "\ufeff123:SECRET"])
+async def test_a_token_a_url_cannot_carry_is_refused_by_name_without_quoting_it(token: str) -> None:
+    # It used to be reported as a bad base_url: the token is part of every call's URL.
+    with pytest.raises(AuthenticationFailed, match="a request cannot carry") as info:
+        async with TelegramProvider().open_connection(config(IN_MEMORY, token=token)):
+            pass  # pragma: no cover - refused before any call
+    assert "SECRET" not in str(info.value)

@@ -471,7 +471,8 @@ class HttpVersionTally:
         """``app``, its platform requests (not the control API's) counted on the way in."""
 
         async def counted(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope.get("type") == "http" and not scope.get("path", "").startswith(CONTROL_PREFIX):
+            path = scope.get("path")
+            if scope.get("type") == "http" and not str(path or "").startswith(CONTROL_PREFIX):
                 self.count(str(scope.get("http_version", "1.1")), scope.get("client"))
             await app(scope, receive, send)
 
@@ -481,8 +482,12 @@ class HttpVersionTally:
         """One request over ``version`` from ``client`` (``(host, port)``, or None)."""
         self.requests[version] += 1
         clients = self._clients.setdefault(version, set())
-        if client is not None and len(clients) < MAX_CLIENTS_COUNTED:
-            clients.add((str(client[0]), str(client[1])))  # a port, or None on a unix socket
+        try:
+            host, port = client  # a port, or None on a unix socket
+        except (TypeError, ValueError):  # no address (None), or not an ASGI one
+            return
+        if len(clients) < MAX_CLIENTS_COUNTED:
+            clients.add((str(host), str(port)))
 
     def statistics(self) -> dict[str, dict[str, int]]:
         """``{version: {"requests": n, "connections": m}}``."""

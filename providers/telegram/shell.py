@@ -36,7 +36,12 @@ import httpx
 import trio
 
 from .._exceptions import ExceptionMap, map_exceptions
-from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, shared_ssl_context
+from .._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    check_header_token,
+    shared_ssl_context,
+)
 from .._http import fetch as _fetch
 from .._nursery import open_connection_nursery
 from .._pool import pool_limits
@@ -468,6 +473,7 @@ class TelegramProvider:
             raise FatalError(
                 f"telegram channel {config.channel_id!r}: credentials['token'] is missing"
             )
+        check_header_token(token, f"telegram channel {config.channel_id!r}")  # in the URL
         options = core.parse_options(config.options, config.credentials)
         cursor = core.UpdateCursor.from_session(session)
         base_url = config.base_url or core.DEFAULT_BASE_URL
