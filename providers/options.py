@@ -256,7 +256,8 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
     Returns:
         One ``(key, message)`` per refusal, empty when fine: first each bad
         limit (:data:`LIMIT_OPTIONS`, by its key), then the provider's own
-        reading of the rest, in its words (key ``""``: the options as a whole).
+        reading of the rest, in its words: one per key it refuses on its own,
+        or, when no key does (a combination), key ``""``: the options as a whole.
     """
     check = _CHECKS.get(provider)
     if check is None:
@@ -267,13 +268,25 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
         if key in options and (message := limit_problem(key, unit, options[key])) is not None
     ]
     rest = {key: value for key, value in options.items() if key not in dict(problems)}
+    refused = _refusal(check, rest)
+    if refused is None:
+        return problems
+    # Each key the provider refuses on its own is named, with its own refusal, so
+    # that check reports it where it is written (a provider default once, not once
+    # per channel); a refusal no key earns alone (a combination) is the options'.
+    own = [(key, why) for key in rest if (why := _refusal(check, {key: rest[key]})) is not None]
+    return problems + (own or [("", refused)])
+
+
+def _refusal(check: Callable[[Mapping[str, Any]], None], options: Mapping[str, Any]) -> str | None:
+    """Why ``check`` refuses ``options``, or None."""
     try:
-        check(rest)
+        check(options)
     except FatalError as exc:
-        problems.append(("", str(exc)))
+        return str(exc)
     except (TypeError, ValueError) as exc:  # a provider's reading that is not yet mapped
-        problems.append(("", f"invalid options: {exc}"))
-    return problems
+        return f"invalid options: {exc}"
+    return None
 
 
 def emulator_problems(platform: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -265,6 +265,20 @@ def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
     assert "Traceback" not in output
 
 
+def test_a_provider_default_the_provider_refuses_is_named_there_once() -> None:
+    # It was reported under every channel's options (the field only in the message):
+    # a line per channel, ten thousand of them for a large node.
+    text = "[emulators.websocket]\n\n[providers.websocket.options]\nping_interval = true\n"
+    for n in range(3):
+        text += f'\n[[channels]]\nid = "c{n}"\nprovider = "websocket"\nemulator = true\n'
+    text += 'options = { token_in_query = "yes" }\n'  # the last channel's own, at its path
+    code, output = check(text)
+    assert code == 2, output
+    assert output.count("@ providers.websocket.options.ping_interval\n") == 1, output
+    assert output.count("@ channels[2].options.token_in_query\n") == 1, output
+    assert "@ channels[0].options\n" not in output and "@ channels[1].options\n" not in output
+
+
 @pytest.mark.parametrize(
     ("provider", "options"),
     [
