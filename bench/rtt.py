@@ -149,7 +149,7 @@ def _message(provider: str, seq: int) -> OutboundMessage:
     return OutboundMessage(peer=peer, idempotency_key=key, text="hello")
 
 
-async def _refusals(client: httpx.AsyncClient, emulator: str, provider: str) -> tuple[int, int]:
+async def _counters(client: httpx.AsyncClient, emulator: str, provider: str) -> tuple[int, int]:
     """The platform's rate-limit refusals so far, and the connections its requests came on."""
     response = await client.get(f"{emulator}/_emulator/stats")
     response.raise_for_status()
@@ -165,7 +165,7 @@ async def _measure_one(
     n: int,
     limits: bool,
     window: int | None,
-    refusals: Callable[[], Awaitable[tuple[int, int]]],
+    counters: Callable[[], Awaitable[tuple[int, int]]],
 ) -> Measured:
     from runtime import open_node, parse_config
 
@@ -181,7 +181,7 @@ async def _measure_one(
     seq = itertools.count(n * 1_000_000)
     accepted: list[float] = []
     failures = 0
-    refused, connections = await refusals()
+    refused, connections = await counters()
     async with open_node(config) as node:
         with node.subscribe(kind="state") as changes:
             while node.channels()[0].status.name != "CONNECTED":
@@ -207,7 +207,7 @@ async def _measure_one(
         cpu = time.process_time() - cpu_began
         await node.drain(2.0)
     counted = [t for t in accepted if params.warmup <= t < params.warmup + params.duration]
-    refused_after, connections_after = await refusals()
+    refused_after, connections_after = await counters()
     return Measured(
         provider=provider,
         limits=limits,
@@ -259,7 +259,7 @@ async def _measure(params: RttParams, ctx: RunContext) -> list[Measured]:
                         n,
                         limits,
                         window,
-                        functools.partial(_refusals, client, url, provider),
+                        functools.partial(_counters, client, url, provider),
                     )
                 )
                 ctx.progress.update(n)

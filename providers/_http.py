@@ -41,7 +41,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_REQUEST_DEADLINE",
     "Answer",
-    "check_header_token",
+    "check_token",
     "fetch",
     "json_body",
     "lower_keys",
@@ -53,7 +53,7 @@ DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON API
 DEFAULT_REQUEST_DEADLINE: Final = 30.0  # seconds for a whole request and its answer
 
 
-def check_header_token(token: str, where: str) -> None:
+def check_token(token: str, where: str) -> None:
     """Refuse a token an HTTP request cannot carry, without quoting it.
 
     A platform's token is visible ASCII. One with a space, a control

@@ -129,10 +129,10 @@ def limit(unit: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
-def options_converter(*, detailed_validation: bool = True) -> cattrs.Converter:
+def options_converter() -> cattrs.Converter:
     """A converter for a provider's options: unknown keys refused, booleans and
-    integers read strictly (see the module docstring)."""
-    converter = cattrs.Converter(detailed_validation=detailed_validation, forbid_extra_keys=True)
+    numbers read strictly (see the module docstring)."""
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(float, _strict_float)

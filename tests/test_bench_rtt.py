@@ -16,7 +16,7 @@ import trio
 
 from bench.__main__ import load_scenario
 from bench.delay_proxy import DelayProxy
-from bench.rtt import PLATFORM_RATES, REFUSALS, RttParams, _channel, _message, _refusals
+from bench.rtt import PLATFORM_RATES, REFUSALS, RttParams, _channel, _counters, _message
 from bench.scenario import load_run_file, resolve_params
 from providers.discord import DISCORD_LIMITS
 from providers.emulators.base import open_emulator
@@ -126,7 +126,7 @@ async def _twelve_at_once(channel: dict[str, Any], provider: str, base: str) -> 
             for seq in range(12):
                 nursery.start_soon(node.send, channel["id"], _message(provider, seq))
     async with httpx.AsyncClient() as client:
-        return await _refusals(client, base, provider)
+        return await _counters(client, base, provider)
 
 
 async def test_the_bench_reads_the_connections_a_channel_s_window_came_on() -> None:

@@ -56,7 +56,7 @@ from .._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE,
     Answer,
-    check_header_token,
+    check_token,
     fetch,
     shared_ssl_context,
 )
@@ -285,7 +285,7 @@ class DiscordProvider:
                 f"discord channel {config.channel_id!r} has no credentials['token']; "
                 "add the bot token to the channel's config"
             )
-        check_header_token(token, f"discord channel {config.channel_id!r}")
+        check_token(token, f"discord channel {config.channel_id!r}")
         max_body = _size_option(config, "max_body_bytes", self.max_body_bytes)
         max_message = _size_option(config, "max_message_bytes", self.max_message_bytes)
         base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")

@@ -39,7 +39,7 @@ from .._exceptions import ExceptionMap, map_exceptions
 from .._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE,
-    check_header_token,
+    check_token,
     shared_ssl_context,
 )
 from .._http import fetch as _fetch
@@ -473,7 +473,7 @@ class TelegramProvider:
             raise FatalError(
                 f"telegram channel {config.channel_id!r}: credentials['token'] is missing"
             )
-        check_header_token(token, f"telegram channel {config.channel_id!r}")  # in the URL
+        check_token(token, f"telegram channel {config.channel_id!r}")  # in the URL
         options = core.parse_options(config.options, config.credentials)
         cursor = core.UpdateCursor.from_session(session)
         base_url = config.base_url or core.DEFAULT_BASE_URL

@@ -59,7 +59,7 @@ from cattrs.v import format_exception
 from providers._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE,
-    check_header_token,
+    check_token,
     json_body,
     lower_keys,
     redirect_error,
@@ -256,7 +256,7 @@ class WhatsAppSettings:
                 f"whatsapp channel {config.channel_id!r} lacks credentials {missing}: set the "
                 "system-user access token, the app secret and the webhook verify token"
             )
-        check_header_token(config.credentials["token"], f"whatsapp channel {config.channel_id!r}")
+        check_token(config.credentials["token"], f"whatsapp channel {config.channel_id!r}")
         try:
             options = _OPTIONS.structure(dict(config.options), _Options)
         except cattrs.BaseValidationError as exc:
