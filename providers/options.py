@@ -15,8 +15,10 @@ Design:
   number of bytes from 1 to :data:`MAX_LIMIT_BYTES`, a finite number of
   seconds above 0 and at most :data:`MAX_LIMIT_SECONDS`. ``true`` is not a
   byte count (TOML booleans are Python ints) and ``inf`` is no deadline: both
-  would pass the providers' own readings and undo the cap. A value is quoted
-  only when it is a number (a string may have come from the environment).
+  would pass the providers' own readings and undo the cap. A string is read
+  as the providers read one (``request_deadline = "${env:DEADLINE}"``), so
+  ``check`` and a running channel agree. A value is quoted only when it is
+  a number (a string may have come from the environment).
 - Each provider reads its options with a converter from
   :func:`options_converter`: cattrs' own reading of a boolean is Python's
   ``bool(value)``, so ``verify_on_open = "no"`` was read as true, and of
@@ -27,7 +29,9 @@ Design:
   digits, as the loader reads the environment). Any other value of such an
   option is refused with what was expected. A number that may take a
   fraction is finite and not a boolean (``timeout = true`` was 1 second,
-  ``"nan"`` no timeout at all); a string of one is taken.
+  ``"nan"`` no timeout at all); a string of one is taken. Their refusals
+  keep their own words in the error (:func:`options_error`), where cattrs
+  would say only "invalid value for type, expected int".
 - Emulator options are the keyword arguments of the emulator class: an
   unknown name is refused with the known ones, and the class is built once
   with them, so a value it refuses is refused here.
@@ -40,9 +44,10 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args, get_origin
 
 import cattrs
+from cattrs.v import format_exception
 
 from .base import ChannelConfig, FatalError
 from .registry import EMULATORS, load
@@ -51,6 +56,7 @@ __all__ = [
     "LIMIT_OPTIONS",
     "MAX_LIMIT_BYTES",
     "MAX_LIMIT_SECONDS",
+    "OptionValueError",
     "discord_compress",
     "discord_intents",
     "emulator_problems",
@@ -58,6 +64,8 @@ __all__ = [
     "limit_problem",
     "option_problems",
     "options_converter",
+    "options_error",
+    "read_limit",
 ]
 
 _PLACEHOLDER: Final = "placeholder-for-check"
@@ -89,25 +97,54 @@ def _shown(value: Any) -> str:
 def limit_problem(name: str, unit: str, value: Any) -> str | None:
     """What is wrong with the limit option ``name`` (``unit``: bytes or seconds), or None.
 
+    A string is read as the providers read one (a number written in the
+    environment: ``request_deadline = "${env:DEADLINE}"``), then bounded.
+
     Args:
         name: the option's key (``max_body_bytes``).
         unit: ``"bytes"`` (a whole number from 1 to :data:`MAX_LIMIT_BYTES`) or
             ``"seconds"`` (a finite number above 0, at most :data:`MAX_LIMIT_SECONDS`).
         value: the option's value.
     """
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        read_limit(name, unit, value)
+    except OptionValueError as exc:
+        return str(exc)
+    return None
+
+
+def read_limit(name: str, unit: str, value: Any, *, text: bool = True) -> int | float:
+    """The limit option ``name`` as a number of ``unit`` (see :func:`limit_problem`).
+
+    Args:
+        name, unit, value: as for :func:`limit_problem`.
+        text: whether the value is read as the providers read an option
+            (a string of a number, ``64.0`` for 64 bytes); without it, an
+            options class's field, the value must be the number itself.
+
+    Raises:
+        OptionValueError: not such a number, or out of bounds; the message
+            says which option, what it is and what is expected.
+    """
+    kinds = int if unit == "bytes" else int | float
+    number: int | float | None = None
+    if text:
+        try:
+            number = _strict_int(value, int) if unit == "bytes" else _strict_float(value, float)
+        except OptionValueError:
+            number = None
+    elif isinstance(value, kinds) and not isinstance(value, bool):
+        number = value  # compared as it is: an integer past any float stays one
     if unit == "bytes":
-        if number and isinstance(value, int) and 1 <= value <= MAX_LIMIT_BYTES:
-            return None
-        return (
+        if number is not None and 1 <= number <= MAX_LIMIT_BYTES:
+            return number
+        raise OptionValueError(
             f"options.{name} is {_shown(value)}; expected a whole number of bytes from 1 "
             f"to {MAX_LIMIT_BYTES} (1 GiB), e.g. {name} = 8388608 for 8 MiB"
         )
-    # Compared as they are (an integer past any float must not become one); nan and
-    # inf fail the comparison.
-    if number and 0 < value <= MAX_LIMIT_SECONDS:
-        return None
-    return (
+    if number is not None and 0 < number <= MAX_LIMIT_SECONDS:
+        return number
+    raise OptionValueError(
         f"options.{name} is {_shown(value)}; expected a number of seconds above 0 and at "
         f"most {MAX_LIMIT_SECONDS:g}, e.g. {name} = 30"
     )
@@ -122,9 +159,7 @@ def limit(unit: str) -> Callable[[Any, Any, Any], None]:
     """
 
     def check(instance: Any, attribute: Any, value: Any) -> None:
-        problem = limit_problem(attribute.name, unit, value)
-        if problem is not None:
-            raise ValueError(problem)
+        read_limit(attribute.name, unit, value, text=False)
 
     return check
 
@@ -139,12 +174,37 @@ def options_converter() -> cattrs.Converter:
     return converter
 
 
+class OptionValueError(ValueError):
+    """A provider option's value that its reading refuses; the message says
+    what came (a number as written, anything else by its type only) and what
+    was expected, and is shown as it is (:func:`options_error`)."""
+
+
+def options_error(exc: BaseException) -> str:
+    """The problems of a provider's reading of its options, each at its path
+    (``expected a whole number, got 2.5 @ $.options.poll_timeout``)."""
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+    return "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
+
+
+def _why(exc: BaseException, type_: type | None) -> str:
+    # The strict readings and the attrs validators (a bound) say what was wrong;
+    # cattrs' own words are only the expected type.
+    if isinstance(exc, OptionValueError) or (type_ is None and isinstance(exc, ValueError)):
+        return str(exc)
+    if get_origin(type_) is Literal:  # cattrs' words quote the value, which may be a secret
+        return f"expected one of {', '.join(repr(choice) for choice in get_args(type_))}"
+    text = format_exception(exc, type_)
+    return f"invalid value ({type(exc).__name__})" if text.startswith("unknown error") else text
+
+
 def _strict_bool(value: Any, _: type) -> bool:
     if isinstance(value, bool):
         return value
     if value in ("true", "false"):
         return bool(value == "true")
-    raise ValueError(f"expected true or false, got {_shown(value)}")
+    raise OptionValueError(f"expected true or false, got {_shown(value)}")
 
 
 _WHOLE: Final = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits, as the config loader reads them
@@ -152,27 +212,27 @@ _WHOLE: Final = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits, as the config l
 
 def _strict_int(value: Any, _: type) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, got {_shown(value)}")
+        raise OptionValueError(f"expected a whole number, got {_shown(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
         return int(value)
-    raise ValueError(f"expected a whole number, got {_shown(value)}")
+    raise OptionValueError(f"expected a whole number, got {_shown(value)}")
 
 
 def _strict_float(value: Any, _: type) -> float:
-    number: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str) and len(value) <= 64:
+    number = math.nan
+    if not isinstance(value, bool) and (
+        isinstance(value, int | float) or (isinstance(value, str) and len(value) <= 64)
+    ):
         try:
             number = float(value)
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {_shown(value)}")
+        except (ValueError, OverflowError):  # not a number; an integer past any float
+            number = math.nan
+    if not math.isfinite(number):
+        raise OptionValueError(f"expected a finite number, got {_shown(value)}")
     return number
 
 
@@ -274,7 +334,12 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
     # Each key the provider refuses on its own is named, with its own refusal, so
     # that check reports it where it is written (a provider default once, not once
     # per channel); a refusal no key earns alone (a combination) is the options'.
-    own = [(key, why) for key in rest if (why := _refusal(check, {key: rest[key]})) is not None]
+    # The provider's own path of the key is dropped there: check names it.
+    own = [
+        (key, why.replace(f" @ $.options.{key}", ""))
+        for key in rest
+        if (why := _refusal(check, {key: rest[key]})) is not None
+    ]
     return problems + (own or [("", refused)])
 
 

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
+import attrs
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from providers.base import ChannelConfig, FatalError
+from providers.telegram.core import TelegramOptions
 from providers.telegram.core import parse_options as telegram_options
 from providers.websocket.shell import parse_options as websocket_options
 from providers.whatsapp.core import WhatsAppSettings
@@ -50,10 +52,14 @@ ENV: Final = {
 }
 
 
+# Numbers a deployment writes in the environment: read as the providers read them.
+NUMBERS: Final = {"ACME_DEADLINE": "12.5", "ACME_BODY_BYTES": "65536", "ACME_NO_DEADLINE": "0"}
+
+
 @contextlib.contextmanager
 def environment() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in ENV}
-    os.environ.update(ENV)
+    saved = {name: os.environ.get(name) for name in {**ENV, **NUMBERS}}
+    os.environ.update({**ENV, **NUMBERS})
     try:
         yield
     finally:
@@ -141,18 +147,18 @@ emulator = true
         (
             '[emulators.telegram]\n\n[[channels]]\nid = "t"\nprovider = "telegram"\n'
             'emulator = true\noptions = { mode = "push" }\n',
-            "$.options.mode",
+            "expected one of 'polling', 'webhook' @ channels[0].options.mode",
         ),
         (
             '[emulators.websocket]\n\n[[channels]]\nid = "w"\nprovider = "websocket"\n'
             'emulator = true\noptions = { ping_interval = "often" }\n',
-            "$.options.ping_interval",
+            "expected a finite number, got a string @ channels[0].options.ping_interval",
         ),
         (
             '[providers.whatsapp.options]\nphone_number_id = "1"\ntimeout = "slow"\n\n'
             '[emulators.whatsapp]\n\n[[channels]]\nid = "wa"\nprovider = "whatsapp"\n'
             "emulator = true\n",
-            "$.options.timeout",
+            "expected a finite number, got a string @ providers.whatsapp.options.timeout",
         ),
         ("[emulators.telegram]\noptions = { bogus = 1 }\n", "emulators.telegram.options.bogus"),
     ],
@@ -218,6 +224,44 @@ def test_a_bad_limit_in_the_provider_defaults_is_named_there_once(provider: str)
     assert output.count(f"@ providers.{provider}.options.request_deadline") == 1, output
 
 
+@pytest.mark.parametrize("provider", ["telegram", "whatsapp"])
+def test_a_limit_the_environment_writes_passes_as_the_channel_reads_it(provider: str) -> None:
+    # check refused a number from the environment (a string) that the channel takes.
+    options = (
+        'request_deadline = "${env:ACME_DEADLINE}"\nmax_body_bytes = "${env:ACME_BODY_BYTES}"\n'
+    )
+    code, output = check(limited(provider, options))
+    assert code == 0, output
+    read = {"telegram": _telegram, "whatsapp": _whatsapp}[provider]
+    parsed = read({"request_deadline": NUMBERS["ACME_DEADLINE"], "max_body_bytes": "65536"})
+    read_as = attrs.asdict(parsed)  # type: ignore[arg-type]
+    assert (read_as["request_deadline"], read_as["max_body_bytes"]) == (12.5, 65536)
+
+
+def test_a_limit_the_environment_writes_out_of_bounds_is_refused_at_its_path() -> None:
+    code, output = check(limited("whatsapp", 'request_deadline = "${env:ACME_NO_DEADLINE}"\n'))
+    assert code == 2, output
+    assert "options.request_deadline is a string; expected a number of seconds above 0" in output
+    assert "@ channels[0].options.request_deadline\n" in output
+
+
+def test_an_options_class_holds_the_number_itself_not_its_text() -> None:
+    # A program building the options in code gets no reading: text in a number's
+    # field is refused, not kept as text where a deadline should be.
+    with pytest.raises(ValueError, match="request_deadline is a string"):
+        TelegramOptions(request_deadline="30")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"max_body_bytes is 64\.0"):
+        TelegramOptions(max_body_bytes=64.0)  # type: ignore[arg-type]
+
+
+def test_a_choice_from_the_environment_is_refused_without_quoting_it() -> None:
+    # cattrs' own words for a choice quote the value: "<value> not in literal ...".
+    code, output = check(limited("telegram", 'mode = "${env:ACME_TELEGRAM_WEBHOOK_SECRET}"\n'))
+    assert code == 2, output
+    assert "expected one of 'polling', 'webhook' @ channels[0].options.mode\n" in output
+    assert ENV["ACME_TELEGRAM_WEBHOOK_SECRET"] not in output
+
+
 def test_a_limit_from_the_environment_is_refused_without_quoting_it() -> None:
     text = limited("telegram", 'max_body_bytes = "${env:ACME_WA_APP_SECRET}"\n')
     code, output = check(text)
@@ -242,26 +286,28 @@ def test_good_limit_options_pass(provider: str, options: str) -> None:
 
 # A boolean or number option the providers once read with Python's bool(), int() or
 # float(): "no" was true, 2.5 was 2, true was 1 (or 1 second), "nan" no timeout at all.
+# Each refusal keeps the reading's own words (cattrs' were "invalid value for type,
+# expected int"), which say what came: a number as written, anything else by its type.
 STRICT: Final = [
-    ("whatsapp", "verify_on_open", '"no"'),
-    ("whatsapp", "event_buffer", "true"),
-    ("telegram", "drop_pending_updates", '"false please"'),
-    ("telegram", "poll_timeout", "2.5"),
-    ("websocket", "token_in_query", "1"),
-    ("websocket", "event_buffer", "1.5"),
-    ("whatsapp", "timeout", "true"),
-    ("whatsapp", "timeout", '"nan"'),
-    ("websocket", "send_timeout", "false"),
+    ("whatsapp", "verify_on_open", '"no"', "expected true or false, got a string"),
+    ("whatsapp", "event_buffer", "true", "expected a whole number, got true"),
+    ("telegram", "drop_pending_updates", '"false please"', "expected true or false, got a string"),
+    ("telegram", "poll_timeout", "2.5", "expected a whole number, got 2.5"),
+    ("websocket", "token_in_query", "1", "expected true or false, got 1"),
+    ("websocket", "event_buffer", "1.5", "expected a whole number, got 1.5"),
+    ("whatsapp", "timeout", "true", "expected a finite number, got true"),
+    ("whatsapp", "timeout", '"nan"', "expected a finite number, got a string"),
+    ("websocket", "send_timeout", "false", "expected a finite number, got false"),
 ]
 
 
-@pytest.mark.parametrize(("provider", "key", "value"), STRICT)
+@pytest.mark.parametrize(("provider", "key", "value", "words"), STRICT)
 def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
-    provider: str, key: str, value: str
+    provider: str, key: str, value: str, words: str
 ) -> None:
     code, output = check(limited(provider, f"{key} = {value}\n"))
     assert code == 2, output
-    assert f"$.options.{key}" in output
+    assert f"{words} @ channels[0].options.{key}\n" in output
     assert "Traceback" not in output
 
 

@@ -22,6 +22,7 @@ from providers.base import (
     ConnectionState,
     ConnectionStateChanged,
     Event,
+    FatalError,
     InboundMessage,
     MissingPermissions,
     OutboundMessage,
@@ -29,6 +30,7 @@ from providers.base import (
     RateLimited,
     RateLimitScope,
     SessionState,
+    TransientError,
 )
 from providers.discord import DiscordProvider
 from providers.discord import shell as discord_shell
@@ -333,3 +335,27 @@ async def test_a_token_a_header_cannot_carry_is_refused_without_quoting_it(token
         async with provider().open_connection(config("http://127.0.0.1:9", token=token)):
             pass  # pragma: no cover - refused before anything connects
     assert "SECRET" not in str(info.value)
+
+
+async def test_size_options_written_as_text_are_read_as_numbers(base_url: str) -> None:
+    # The environment writes numbers as text (``"${env:MAX_BODY}"``): they were refused.
+    def sized(options: dict[str, object]) -> ChannelConfig:
+        return ChannelConfig(
+            channel_id="dc",
+            provider="discord",
+            credentials={"token": "tok"},
+            base_url=base_url,
+            options=options,
+        )
+
+    with trio.fail_after(CEILING):
+        roomy = sized({"max_body_bytes": "65536", "max_message_bytes": "65536"})
+        async with provider().open_connection(roomy) as conn:
+            [ready] = await states(conn.events(), 1)
+            assert ready.state is ConnectionState.CONNECTED
+        with pytest.raises(TransientError, match="larger than the limit of 16 bytes"):
+            async with provider().open_connection(sized({"max_body_bytes": "16"})):
+                raise AssertionError("the gateway's answer was read past 16 bytes")
+        with pytest.raises(FatalError, match=r"options\.max_body_bytes is a string; expected"):
+            async with provider().open_connection(sized({"max_body_bytes": "16 KiB"})):
+                raise AssertionError("opened with a size that is not a number")

@@ -80,7 +80,7 @@ from ..base import (
 from ..groups import lone_exception, reraise
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
-from ..options import discord_compress, discord_intents, limit_problem
+from ..options import OptionValueError, discord_compress, discord_intents, read_limit
 from .compress import Compression, CompressionError, Inflater
 from .gateway import (
     INVALID_SESSION_DELAY,
@@ -172,11 +172,10 @@ def _size_option(config: ChannelConfig, name: str, default: int) -> int:
     """
     if name not in config.options:
         return default
-    value = config.options[name]
-    problem = limit_problem(name, "bytes", value)
-    if problem is not None:
-        raise FatalError(f"discord channel {config.channel_id!r}: {problem}")
-    return int(value)
+    try:
+        return int(read_limit(name, "bytes", config.options[name]))
+    except OptionValueError as exc:
+        raise FatalError(f"discord channel {config.channel_id!r}: {exc}") from None
 
 
 @asynccontextmanager

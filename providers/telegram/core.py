@@ -34,7 +34,6 @@ from typing import Any, Final, Literal
 
 import attrs
 import cattrs
-from cattrs.v import format_exception
 
 from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, redirect_error
 from .._json import parsed
@@ -69,7 +68,7 @@ from ..operations import (
     React,
     SendTyping,
 )
-from ..options import limit, options_converter
+from ..options import limit, options_converter, options_error
 from . import wire
 
 __all__ = [
@@ -210,11 +209,6 @@ class TelegramOptions:
 _OPTIONS_CONVERTER: Final = options_converter()
 
 
-def _why(exc: BaseException, type_: type | None) -> str:
-    text = format_exception(exc, type_)
-    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
-
-
 def parse_options(options: Mapping[str, Any], credentials: Mapping[str, str]) -> TelegramOptions:
     """Read and check a channel's options.
 
@@ -228,12 +222,7 @@ def parse_options(options: Mapping[str, Any], credentials: Mapping[str, str]) ->
     try:
         parsed = _OPTIONS_CONVERTER.structure(raw, TelegramOptions)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        detail = (
-            "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
-            if isinstance(exc, cattrs.BaseValidationError)
-            else str(exc)
-        )
-        raise FatalError(f"telegram: invalid channel options: {detail}") from exc
+        raise FatalError(f"telegram: invalid channel options: {options_error(exc)}") from exc
     if parsed.mode == "webhook" and parsed.webhook_secret is None:
         raise FatalError(
             "telegram: webhook mode needs a secret (credentials['webhook_secret'] or "

@@ -40,10 +40,8 @@ from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import attrs
-import cattrs
 import trio
 import trio.lowlevel
-from cattrs.v import format_exception
 from trio.lowlevel import Task
 
 from providers._exceptions import ExceptionMap, map_exceptions
@@ -73,7 +71,7 @@ from providers.operations import (
     React,
     SendTyping,
 )
-from providers.options import limit, options_converter
+from providers.options import limit, options_converter, options_error
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -188,17 +186,7 @@ def _parse_options(options: Mapping[str, Any]) -> WebSocketOptions:
     try:
         return _OPTIONS.structure(dict(options), WebSocketOptions)
     except Exception as exc:
-        problems = "; ".join(
-            cattrs.transform_error(exc, path="$.options", format_exception=_describe)
-        )
-        raise FatalError(f"invalid websocket channel options: {problems}") from exc
-
-
-def _describe(exc: BaseException, type_: type | None) -> str:
-    # attrs validators raise ValueError with a message worth keeping
-    if type_ is None and isinstance(exc, ValueError):
-        return str(exc)
-    return format_exception(exc, type_)
+        raise FatalError(f"invalid websocket channel options: {options_error(exc)}") from exc
 
 
 class WebSocketConnection:

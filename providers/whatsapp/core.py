@@ -54,7 +54,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
-from cattrs.v import format_exception
 
 from providers._http import (
     DEFAULT_MAX_BODY_BYTES,
@@ -85,7 +84,7 @@ from providers.base import (
 )
 from providers.media import Upload
 from providers.operations import OperationKind, React
-from providers.options import limit, options_converter
+from providers.options import limit, options_converter, options_error
 
 __all__ = [
     "APP_RETRY_AFTER",
@@ -191,12 +190,6 @@ class _Options:
 _OPTIONS: Final = options_converter()
 
 
-def _why(exc: BaseException, type_: type | None) -> str:
-    # An attrs validator's ValueError names the field and the bound: keep it.
-    text = format_exception(exc, type_)
-    return f"{text} ({exc})" if text in ("invalid value", "unknown error") else text
-
-
 @attrs.frozen(kw_only=True)
 class WhatsAppSettings:
     """Everything one WhatsApp channel needs, validated once at open.
@@ -260,9 +253,8 @@ class WhatsAppSettings:
         try:
             options = _OPTIONS.structure(dict(config.options), _Options)
         except cattrs.BaseValidationError as exc:
-            detail = "; ".join(cattrs.transform_error(exc, path="$.options", format_exception=_why))
             raise FatalError(
-                f"whatsapp channel {config.channel_id!r} has invalid options: {detail}"
+                f"whatsapp channel {config.channel_id!r} has invalid options: {options_error(exc)}"
             ) from exc
         return cls(
             channel_id=config.channel_id,
