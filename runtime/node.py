@@ -1058,6 +1058,19 @@ class Node(ClusterMode, DeadLetterOps):
         if self._state is NodeState.STARTING:
             raise NodeStarting(f"node {self.node_id!r} is starting; ask again shortly")
 
+    def _load_providers(self) -> None:
+        """Import every provider the config names before a channel starts.
+
+        Otherwise the first channel of each pays the import and the attrs and
+        cattrs code its modules generate (30-60 ms for the websocket
+        provider) inside its connect. One that cannot be loaded is left to
+        the start of its channels, which reports it for each.
+        """
+        named = {spec.provider for spec in self.config.channels} | set(self.config.providers)
+        for name in sorted(named):
+            with contextlib.suppress(Exception):
+                self._provider(name)
+
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
         if provider is None:
@@ -1410,6 +1423,7 @@ async def open_node(
                 emulators.urls.update(node.emulator_urls)
                 if node.ops_url is not None:
                     emulators.set_webhook_base(config.ops.public_url or node.ops_url)
+            node._load_providers()
             if config.cluster is None:
                 await node._start_configured()
             else:
