@@ -54,9 +54,11 @@ from .registry import EMULATORS, load
 
 __all__ = [
     "LIMIT_OPTIONS",
+    "MAX_EVENT_BUFFER",
     "MAX_LIMIT_BYTES",
     "MAX_LIMIT_SECONDS",
     "OptionValueError",
+    "buffer_size",
     "discord_compress",
     "discord_intents",
     "emulator_problems",
@@ -72,6 +74,7 @@ _PLACEHOLDER: Final = "placeholder-for-check"
 MAX_INTENTS: Final = 2**53  # far above every intent bit Discord defines
 MAX_LIMIT_BYTES: Final = 1 << 30  # bytes (1 GiB); a larger cap caps nothing a node can hold
 MAX_LIMIT_SECONDS: Final = 3600.0  # seconds; a longer deadline is no deadline
+MAX_EVENT_BUFFER: Final = 65536  # events; a larger buffer bounds nothing a node can hold
 
 LIMIT_OPTIONS: Final[Mapping[str, Mapping[str, str]]] = {
     "discord": {"max_body_bytes": "bytes", "max_message_bytes": "bytes"},
@@ -162,6 +165,20 @@ def limit(unit: str) -> Callable[[Any, Any, Any], None]:
         read_limit(attribute.name, unit, value, text=False)
 
     return check
+
+
+def buffer_size(instance: Any, attribute: Any, value: int) -> None:
+    """An attrs validator of an event buffer's size: 1 to :data:`MAX_EVENT_BUFFER` events.
+
+    A buffer of 0 makes the platform's side wait for each event to be taken,
+    a negative one cannot be made (the connection failed at every open), and
+    ``10**15`` holds whatever the platform sends while the consumer is slow.
+    """
+    if not 1 <= value <= MAX_EVENT_BUFFER:
+        raise OptionValueError(
+            f"options.{attribute.name} is {_shown(value)}; expected a whole number of events "
+            f"from 1 to {MAX_EVENT_BUFFER}, e.g. {attribute.name} = 1024"
+        )
 
 
 def options_converter() -> cattrs.Converter:
@@ -334,9 +351,10 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
     # Each key the provider refuses on its own is named, with its own refusal, so
     # that check reports it where it is written (a provider default once, not once
     # per channel); a refusal no key earns alone (a combination) is the options'.
-    # The provider's own path of the key is dropped there: check names it.
+    # The provider's own path of the key (or of the options, where a validator of
+    # the key refused it) is dropped there: check names the key's.
     own = [
-        (key, why.replace(f" @ $.options.{key}", ""))
+        (key, why.replace(f" @ $.options.{key}", "").removesuffix(" @ $.options"))
         for key in rest
         if (why := _refusal(check, {key: rest[key]})) is not None
     ]

@@ -301,6 +301,20 @@ STRICT: Final = [
 ]
 
 
+# Values each reading took that no channel can use: a buffer that cannot be made (-5),
+# one that holds everything (10**15), a timeout of nothing, a long poll of 31 years.
+BOUNDED: Final = [
+    ("whatsapp", "event_buffer", "-5", "options.event_buffer is -5; expected a whole number of"),
+    ("whatsapp", "event_buffer", "0", "options.event_buffer is 0; expected"),
+    ("websocket", "event_buffer", "70000", "options.event_buffer is 70000; expected"),
+    ("websocket", "event_buffer", '"1000000000000000"', "events from 1 to 65536"),
+    ("whatsapp", "timeout", "0", "options.timeout is 0.0; expected a number of seconds above 0"),
+    ("whatsapp", "timeout", "-1", "options.timeout is -1.0; expected"),
+    ("telegram", "poll_timeout", "1000000000", "options.poll_timeout is 1000000000; expected"),
+    ("telegram", "poll_timeout", "-1", "whole number of seconds from 0 to 3600"),
+]
+
+
 @pytest.mark.parametrize(("provider", "key", "value", "words"), STRICT)
 def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
     provider: str, key: str, value: str, words: str
@@ -309,6 +323,17 @@ def test_a_boolean_or_whole_number_option_is_read_as_written_or_refused(
     assert code == 2, output
     assert f"{words} @ channels[0].options.{key}\n" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("provider", "key", "value", "words"), BOUNDED)
+def test_a_buffer_or_a_wait_no_channel_can_use_is_refused_at_its_path(
+    provider: str, key: str, value: str, words: str
+) -> None:
+    code, output = check(limited(provider, f"{key} = {value}\n"))
+    assert code == 2, output
+    assert words in output
+    assert f" @ channels[0].options.{key}\n" in output
+    assert "@ $.options" not in output  # one path: the file's
 
 
 def test_a_provider_default_the_provider_refuses_is_named_there_once() -> None:
@@ -516,6 +541,10 @@ def _whatsapp(options: dict[str, object]) -> object:
         (_whatsapp, {"request_deadline": math.inf}),
         (_whatsapp, {"max_body_bytes": 2**31}),
         (websocket_options, {"max_message_bytes": 2**31}),
+        (websocket_options, {"event_buffer": 10**6}),
+        (_whatsapp, {"event_buffer": -1}),
+        (_whatsapp, {"timeout": 0}),
+        (_telegram, {"poll_timeout": 10**6}),
     ],
 )
 def test_an_embedding_program_s_limit_options_meet_the_same_bounds(

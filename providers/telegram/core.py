@@ -68,7 +68,7 @@ from ..operations import (
     React,
     SendTyping,
 )
-from ..options import limit, options_converter, options_error
+from ..options import MAX_LIMIT_SECONDS, limit, options_converter, options_error
 from . import wire
 
 __all__ = [
@@ -171,6 +171,16 @@ def _check_secret(_: Any, __: Any, value: str | None) -> None:
         raise ValueError("a webhook secret is 1-256 characters of A-Z, a-z, 0-9, _ and -")
 
 
+def _poll_timeout(instance: Any, attribute: Any, value: int) -> None:
+    # Each getUpdates' deadline is request_deadline plus this wait: a larger one
+    # would leave a dead connection unnoticed for as long.
+    if not 0 <= value <= MAX_LIMIT_SECONDS:
+        raise ValueError(
+            f"options.poll_timeout is {value}; expected a whole number of seconds from 0 to "
+            f"{MAX_LIMIT_SECONDS:g}, e.g. poll_timeout = 25"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class TelegramOptions:
     """``ChannelConfig.options`` for a Telegram channel.
@@ -192,7 +202,7 @@ class TelegramOptions:
     """
 
     mode: Literal["polling", "webhook"] = "polling"
-    poll_timeout: int = attrs.field(default=DEFAULT_POLL_TIMEOUT, validator=attrs.validators.ge(0))
+    poll_timeout: int = attrs.field(default=DEFAULT_POLL_TIMEOUT, validator=_poll_timeout)
     poll_limit: int = attrs.field(
         default=100, validator=[attrs.validators.ge(1), attrs.validators.le(100)]
     )

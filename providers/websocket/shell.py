@@ -71,7 +71,7 @@ from providers.operations import (
     React,
     SendTyping,
 )
-from providers.options import limit, options_converter, options_error
+from providers.options import buffer_size, limit, options_converter, options_error
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -149,7 +149,7 @@ class WebSocketOptions:
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     token_in_query: bool = False
-    event_buffer: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    event_buffer: int = attrs.field(default=1024, validator=buffer_size)
     max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=limit("bytes"))
 
 

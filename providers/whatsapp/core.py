@@ -84,7 +84,7 @@ from providers.base import (
 )
 from providers.media import Upload
 from providers.operations import OperationKind, React
-from providers.options import limit, options_converter, options_error
+from providers.options import buffer_size, limit, options_converter, options_error
 
 __all__ = [
     "APP_RETRY_AFTER",
@@ -177,9 +177,10 @@ def graph_version_problem(base_url: str) -> str | None:
 class _Options:
     phone_number_id: str
     api_version: str = DEFAULT_API_VERSION
-    timeout: float = 10.0  # seconds, per HTTP request
+    timeout: float = attrs.field(default=10.0, validator=limit("seconds"))  # per HTTP request
     verify_on_open: bool = True
-    event_buffer: int = 1024  # events queued between webhook and consumer
+    # events queued between webhook and consumer
+    event_buffer: int = attrs.field(default=1024, validator=buffer_size)
     # bytes of one Graph API answer; seconds for a whole call
     max_body_bytes: int = attrs.field(default=DEFAULT_MAX_BODY_BYTES, validator=limit("bytes"))
     request_deadline: float = attrs.field(
