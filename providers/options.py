@@ -366,6 +366,10 @@ def _refusal(check: Callable[[Mapping[str, Any]], None], options: Mapping[str, A
     try:
         check(options)
     except FatalError as exc:
+        # The reading's own words, without the provider's preamble about a channel
+        # (the one check reads is a stand-in: ``whatsapp channel 'check'``).
+        if isinstance(exc.__cause__, cattrs.BaseValidationError):
+            return options_error(exc.__cause__)
         return str(exc)
     except (TypeError, ValueError) as exc:  # a provider's reading that is not yet mapped
         return f"invalid options: {exc}"

@@ -334,6 +334,7 @@ def test_a_buffer_or_a_wait_no_channel_can_use_is_refused_at_its_path(
     assert words in output
     assert f" @ channels[0].options.{key}\n" in output
     assert "@ $.options" not in output  # one path: the file's
+    assert "channel 'check'" not in output  # nor the stand-in channel check reads
 
 
 def test_a_provider_default_the_provider_refuses_is_named_there_once() -> None:
