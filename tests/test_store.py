@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -458,6 +459,54 @@ async def test_memory_s_window_of_receipts_and_texts_gives_the_collector_nothing
         grown = len(gc.get_objects()) - before
         assert store.statistics().inbound_written == 4_000
         assert grown < 400, f"{grown} objects more for the collector after 4,000 events"
+
+
+async def test_memory_reads_a_channel_s_events_and_no_other_s() -> None:
+    # Read by how their keys begin: a channel whose id begins another's is its own.
+    odd = "tg:\ud800é"  # a lone surrogate and a letter past ASCII, written as they are
+    events: list[Event] = [
+        message(1, channel="tg:1"),
+        message(1, channel="tg:10"),
+        receipt(1, ReceiptStatus.SENT, channel="tg:1", error="\x00\ud800"),
+        message(2, channel=odd),
+        receipt(2, ReceiptStatus.READ, channel="tg:10", timestamp=float("nan")),
+    ]
+    async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
+        await store.save_inbound([*events, message(1, channel="tg:10")])  # a duplicate
+        await store.flush()
+        assert store.statistics().inbound_written == 5
+        assert await store.recent_inbound("tg:1") == [events[0], events[2]]
+        tg10 = await store.recent_inbound("tg:10")
+        assert tg10[0] == events[1] and math.isnan(tg10[1].timestamp or 0.0)
+        assert await store.recent_inbound(odd) == [events[3]]
+        assert await store.recent_inbound("tg:") == []
+
+
+async def test_memory_s_window_makes_nothing_that_sets_off_a_young_collection() -> None:
+    # CPython starts a young collection once the containers made and not yet freed
+    # reach its threshold; kept as tuples, the window made three per event, so a
+    # node that sent set off collections until its window was full.
+    batches: list[list[Event]] = [
+        [receipt(i, ReceiptStatus.DELIVERED) for i in range(n, n + 50)]
+        + [message(i) for i in range(n + 50, n + 100)]
+        for n in range(0, 4_000, 100)
+    ]
+    async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
+        await store.save_inbound([message(-1)])  # the flusher's first round, made once
+        await store.flush()
+        gc.collect()
+        gc.disable()
+        try:
+            before = gc.get_count()[0]
+            for batch in batches:
+                await store.save_inbound(batch)
+                await store.flush()
+            made = gc.get_count()[0] - before
+        finally:
+            gc.enable()
+        assert store.statistics().inbound_written == 4_001
+        assert made < 200, f"{made} containers kept for 4,000 events"
+        assert len(await store.recent_inbound("tg:1", limit=5_000)) == 4_001
 
 
 async def test_memory_partial_batch_waits_exactly_the_interval(
