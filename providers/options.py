@@ -43,8 +43,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, get_args, get_origin
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Final, Literal, TypeAlias, get_args, get_origin
 
 import cattrs
 from cattrs.v import format_exception
@@ -138,18 +138,20 @@ def read_limit(name: str, unit: str, value: Any, *, text: bool = True) -> int | 
             number = None
     elif isinstance(value, kinds) and not isinstance(value, bool):
         number = value  # compared as it is: an integer past any float stays one
+    # A string read as a number is not shown, nor the number (it may be a secret).
+    shown = "a string out of bounds" if number is not None and isinstance(value, str) else None
     if unit == "bytes":
         if number is not None and 1 <= number <= MAX_LIMIT_BYTES:
             return number
         raise OptionValueError(
-            f"options.{name} is {_shown(value)}; expected a whole number of bytes from 1 "
-            f"to {MAX_LIMIT_BYTES} (1 GiB), e.g. {name} = 8388608 for 8 MiB"
+            f"options.{name} is {shown or _shown(value)}; expected a whole number of bytes "
+            f"from 1 to {MAX_LIMIT_BYTES} (1 GiB), e.g. {name} = 8388608 for 8 MiB"
         )
     if number is not None and 0 < number <= MAX_LIMIT_SECONDS:
         return number
     raise OptionValueError(
-        f"options.{name} is {_shown(value)}; expected a number of seconds above 0 and at "
-        f"most {MAX_LIMIT_SECONDS:g}, e.g. {name} = 30"
+        f"options.{name} is {shown or _shown(value)}; expected a number of seconds above 0 "
+        f"and at most {MAX_LIMIT_SECONDS:g}, e.g. {name} = 30"
     )
 
 
@@ -262,7 +264,7 @@ def discord_intents(options: Mapping[str, Any], default: int) -> int:
     value = options.get("intents", default)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_INTENTS:
         raise FatalError(
-            f"options.intents is {value!r}; expected the gateway intents as a whole number "
+            f"options.intents is {_shown(value)}; expected the gateway intents as a whole number "
             "(a bit set, e.g. 33281 for guilds, guild messages, direct messages and "
             "message content)"
         )
@@ -282,23 +284,26 @@ def discord_compress(options: Mapping[str, Any], default: str | None) -> str | N
         return None
     if value not in COMPRESSIONS:
         raise FatalError(
-            f"options.compress is {value!r}; use one of {', '.join(COMPRESSIONS)} or none"
+            f"options.compress is {_shown(value)}; use one of {', '.join(COMPRESSIONS)} or none"
         )
     return str(value)
 
 
-def _discord(options: Mapping[str, Any]) -> None:
+def _discord(options: Mapping[str, Any], credentials: Collection[str]) -> None:
     discord_intents(options, 0)
     discord_compress(options, None)
 
 
-def _telegram(options: Mapping[str, Any]) -> None:
+def _telegram(options: Mapping[str, Any], credentials: Collection[str]) -> None:
     from .telegram.core import parse_options
 
-    parse_options(options, {"webhook_secret": _PLACEHOLDER})
+    # A webhook secret in the credentials wins over the options' (then not read);
+    # without either, webhook mode is refused.
+    secret = {"webhook_secret": _PLACEHOLDER} if "webhook_secret" in credentials else {}
+    parse_options(options, secret)
 
 
-def _whatsapp(options: Mapping[str, Any]) -> None:
+def _whatsapp(options: Mapping[str, Any], credentials: Collection[str]) -> None:
     from .whatsapp.core import WhatsAppSettings
 
     credentials = dict.fromkeys(("token", "app_secret", "verify_token"), _PLACEHOLDER)
@@ -309,13 +314,14 @@ def _whatsapp(options: Mapping[str, Any]) -> None:
     WhatsAppSettings.from_config(config)
 
 
-def _websocket(options: Mapping[str, Any]) -> None:
+def _websocket(options: Mapping[str, Any], credentials: Collection[str]) -> None:
     from .websocket.shell import parse_options
 
     parse_options(options)
 
 
-_CHECKS: Final[Mapping[str, Callable[[Mapping[str, Any]], None]]] = {
+_Check: TypeAlias = Callable[[Mapping[str, Any], Collection[str]], None]
+_CHECKS: Final[Mapping[str, _Check]] = {
     "discord": _discord,
     "telegram": _telegram,
     "whatsapp": _whatsapp,
@@ -323,12 +329,17 @@ _CHECKS: Final[Mapping[str, Callable[[Mapping[str, Any]], None]]] = {
 }
 
 
-def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+def option_problems(
+    provider: str, options: Mapping[str, Any], credentials: Collection[str] = ()
+) -> list[tuple[str, str]]:
     """What ``provider`` would refuse in a channel's (merged) ``options``: ``(key, message)``.
 
     Args:
         provider: the provider name (one without a check, ``simulated``, takes any).
         options: the channel's options over its provider defaults'.
+        credentials: the names of the credentials the channel will have (their
+            values are not needed: a stand-in is read): Telegram's
+            ``webhook_secret`` there wins over the options'.
 
     Returns:
         One ``(key, message)`` per refusal, empty when fine: first each bad
@@ -345,7 +356,7 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
         if key in options and (message := limit_problem(key, unit, options[key])) is not None
     ]
     rest = {key: value for key, value in options.items() if key not in dict(problems)}
-    refused = _refusal(check, rest)
+    refused = _refusal(check, rest, credentials)
     if refused is None:
         return problems
     # Each key the provider refuses on its own is named, with its own refusal, so
@@ -356,15 +367,15 @@ def option_problems(provider: str, options: Mapping[str, Any]) -> list[tuple[str
     own = [
         (key, why.replace(f" @ $.options.{key}", "").removesuffix(" @ $.options"))
         for key in rest
-        if (why := _refusal(check, {key: rest[key]})) is not None
+        if (why := _refusal(check, {key: rest[key]}, credentials)) is not None
     ]
     return problems + (own or [("", refused)])
 
 
-def _refusal(check: Callable[[Mapping[str, Any]], None], options: Mapping[str, Any]) -> str | None:
+def _refusal(check: _Check, options: Mapping[str, Any], credentials: Collection[str]) -> str | None:
     """Why ``check`` refuses ``options``, or None."""
     try:
-        check(options)
+        check(options, credentials)
     except FatalError as exc:
         # The reading's own words, without the provider's preamble about a channel
         # (the one check reads is a stand-in: ``whatsapp channel 'check'``).

@@ -141,9 +141,9 @@ emulator = true
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        (DISCORD + 'intents = "all"\n', "options.intents is 'all'"),
-        (DISCORD + "intents = true\n", "options.intents is True"),
-        (DISCORD + 'compress = "gzip"\n', "options.compress is 'gzip'"),
+        (DISCORD + 'intents = "all"\n', "options.intents is a string; expected"),
+        (DISCORD + "intents = true\n", "options.intents is true; expected"),
+        (DISCORD + 'compress = "gzip"\n', "options.compress is a string; use one of zlib-stream"),
         (
             '[emulators.telegram]\n\n[[channels]]\nid = "t"\nprovider = "telegram"\n'
             'emulator = true\noptions = { mode = "push" }\n',
@@ -241,7 +241,7 @@ def test_a_limit_the_environment_writes_passes_as_the_channel_reads_it(provider:
 def test_a_limit_the_environment_writes_out_of_bounds_is_refused_at_its_path() -> None:
     code, output = check(limited("whatsapp", 'request_deadline = "${env:ACME_NO_DEADLINE}"\n'))
     assert code == 2, output
-    assert "options.request_deadline is a string; expected a number of seconds above 0" in output
+    assert "options.request_deadline is a string out of bounds; expected a number of" in output
     assert "@ channels[0].options.request_deadline\n" in output
 
 
@@ -335,6 +335,40 @@ def test_a_buffer_or_a_wait_no_channel_can_use_is_refused_at_its_path(
     assert f" @ channels[0].options.{key}\n" in output
     assert "@ $.options" not in output  # one path: the file's
     assert "channel 'check'" not in output  # nor the stand-in channel check reads
+
+
+TELEGRAM: Final = (
+    '[ops]\npublic_url = "https://bots.example.test"\n\n'
+    '[[channels]]\nid = "t"\nprovider = "telegram"\n'
+    'credentials = { token = "${env:ACME_TELEGRAM_TOKEN}"%s }\n'
+    "options = { %s }\n"
+)
+WEBHOOK_SECRET: Final = ', webhook_secret = "${env:ACME_TELEGRAM_WEBHOOK_SECRET}"'
+
+
+@pytest.mark.parametrize(
+    ("credential", "options", "refusal"),
+    [
+        ("", 'mode = "webhook"', "webhook mode needs a secret"),
+        ("", 'mode = "webhook", webhook_secret = "${env:ACME_WA_APP_SECRET} x"', "1-256 char"),
+        ("", 'mode = "webhook", webhook_secret = "${env:ACME_TELEGRAM_WEBHOOK_SECRET}"', None),
+        (WEBHOOK_SECRET, 'mode = "webhook"', None),
+    ],
+    ids=["no-secret", "bad-option-secret", "option-secret", "credential-secret"],
+)
+def test_check_reads_telegram_s_webhook_secret_where_the_channel_will(
+    credential: str, options: str, refusal: str | None
+) -> None:
+    # check stood in a secret for every channel, so it passed a webhook with none,
+    # and never read one in the options, which the channel refused at open.
+    code, output = check(TELEGRAM % (credential, options))
+    if refusal is None:
+        assert code == 0, output
+    else:
+        assert code == 2, output
+        assert refusal in output
+        assert "@ channels[0].options." in output
+    assert ENV["ACME_WA_APP_SECRET"] not in output
 
 
 def test_a_provider_default_the_provider_refuses_is_named_there_once() -> None:

@@ -415,7 +415,11 @@ def provider_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
             continue  # the converter reports the wrong type
         defaults = _table(_table(providers, provider), "options")
         own = _table(channel, "options")
-        for key, message in option_problems(provider, {**defaults, **own}):
+        # An emulated channel's credentials are the emulator's (a token, no more).
+        credentials = (
+            () if _flag(channel.get("emulator")) else tuple(_table(channel, "credentials"))
+        )
+        for key, message in option_problems(provider, {**defaults, **own}, credentials):
             path: Path = ("channels", index, "options")
             if key in own:
                 path = (*path, key)
