@@ -59,7 +59,8 @@ class PlatformsSpec:
             silent before the emulator takes it for dead (``None``: the
             emulators' defaults).
         whatsapp_app_secret: signs the WhatsApp emulator's webhooks.
-        whatsapp_numbers: the phone number ids the WhatsApp emulator knows.
+        whatsapp_numbers: the phone number ids the WhatsApp emulator knows
+            (``None``, the default: any id; an empty tuple: none).
         whatsapp_redeliver: the WhatsApp emulator delivers a webhook again
             after a non-2xx answer, as Meta does.
         keep_all: keep every message sent (the emulators' cap lifted), for
@@ -76,7 +77,7 @@ class PlatformsSpec:
     heartbeat_interval: float | None = None
     client_timeout: float | None = None
     whatsapp_app_secret: str = "platforms-whatsapp-app-secret"
-    whatsapp_numbers: tuple[str, ...] = ()
+    whatsapp_numbers: tuple[str, ...] | None = None
     whatsapp_redeliver: bool = False
     keep_all: bool = True
     latency: float = 0.0
@@ -108,7 +109,7 @@ def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
         "discord": DiscordEmulator(**discord),
         "whatsapp": WhatsAppEmulator(
             app_secret=spec.whatsapp_app_secret,
-            phone_number_ids=set(spec.whatsapp_numbers),
+            phone_number_ids=None if spec.whatsapp_numbers is None else set(spec.whatsapp_numbers),
             redeliver=spec.whatsapp_redeliver,
             **whatsapp,
         ),

@@ -22,6 +22,7 @@ import trio.testing
 from bench.channels import ChannelsParams
 from bench.far_end import Platform
 from bench.platforms import PLATFORMS, PlatformsSpec
+from bench.platforms import _converter as _platform_spec_converter
 from bench.platforms import _emulators as _platform_emulators
 from bench.scenario import add_param_options
 from providers.emulators.telegram import TelegramEmulator
@@ -214,6 +215,15 @@ def test_a_bad_rtt_is_refused_by_the_bench_and_the_command_line(
     assert switchboard(["emulate", "websocket", "--rtt", str(rtt_ms)]) == 2
     assert "switchboard emulate: --rtt " in capsys.readouterr().err
     assert ChannelsParams(rtt_ms=150.0).rtt_ms == 150.0 and ChannelsParams().rtt_ms == 0.0
+
+
+def test_the_platforms_whatsapp_emulator_knows_any_number_unless_told_which() -> None:
+    # The default was an empty tuple, which the emulator read as "no number exists".
+    for numbers, known in [(None, None), ((), set()), (("15550001",), {"15550001"})]:
+        spec = PlatformsSpec() if numbers is None else PlatformsSpec(whatsapp_numbers=numbers)
+        wire = json.dumps(_platform_spec_converter.unstructure(spec))
+        through = _platform_spec_converter.structure(json.loads(wire), PlatformsSpec)
+        assert _platform_emulators(through)["whatsapp"].phone_number_ids == known
 
 
 def test_the_platforms_process_and_the_bench_options_carry_the_round_trip() -> None:
