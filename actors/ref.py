@@ -532,7 +532,10 @@ class ActorRef:
             refused = watch.parking(pending)
             if refused is not None:
                 pending.task = None  # abandoned: an answer to come goes nowhere
-                raise refused
+                try:
+                    raise refused
+                finally:
+                    del refused  # no cycle through this frame's traceback
 
         if timeout == math.inf:  # a supervisor's call: no cancel scope, nor deadline
             return await wait_task_rescheduled(abort)

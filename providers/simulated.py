@@ -317,7 +317,10 @@ class SimulatedConnection:
             error = PermanentSendError(f"simulated permanent failure of {key!r}", peer=peer)
         if error is not None:
             provider._stats["send_failures"] += 1
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame's traceback
 
     def session_state(self) -> SessionState:
         """The last delivered inbound message id."""
@@ -473,7 +476,10 @@ class SimulatedProvider:
             error = TransientError(f"simulated transient connect failure of {channel}; retry")
         if error is not None:
             self._stats["connect_failures"] += 1
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame's traceback
         conn = SimulatedConnection(self, config, attempt)
         self._open[channel] = conn
         self._stats["connects"] += 1

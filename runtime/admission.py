@@ -57,25 +57,43 @@ def admit(
     Raises:
         Overloaded: a bound is reached; nothing was queued.
     """
+    # The error is made by a function of its own and raised where it is made:
+    # bound to a local of this frame it would hold the traceback that holds the
+    # frame, a cycle only the collector frees, and a node that sheds thousands
+    # of sends a second would make its collector shed them.
     if channel_sends >= channel_limit:
-        wait = channel_sends / channel_rate if channel_rate > 0 else MAX_RETRY_AFTER
-        retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
-        error = Overloaded(
-            f"channel {channel_id!r} already holds {channel_sends} sends, its bound "
-            f"([node] max_channel_sends = {channel_limit}); nothing was queued: retry "
-            f"after {retry_after} s, or slow down",
-            channel_id=channel_id,
-            idempotency_key=idempotency_key,
+        raise _channel_overloaded(
+            channel_id, idempotency_key, channel_sends, channel_limit, channel_rate
         )
-        error.scope, error.limit, error.retry_after = "channel", channel_limit, retry_after
-        raise error
     if node_sends >= node_limit:
-        error = Overloaded(
-            f"node {node_id!r} already holds {node_sends} sends, its bound "
-            f"([node] max_sends_in_flight = {node_limit}); nothing was queued: retry "
-            f"after {NODE_RETRY_AFTER} s, or send through another node",
-            channel_id=channel_id,
-            idempotency_key=idempotency_key,
-        )
-        error.scope, error.limit, error.retry_after = "node", node_limit, NODE_RETRY_AFTER
-        raise error
+        raise _node_overloaded(node_id, channel_id, idempotency_key, node_sends, node_limit)
+
+
+def _channel_overloaded(
+    channel_id: str, idempotency_key: str, sends: int, limit: int, rate: float
+) -> Overloaded:
+    wait = sends / rate if rate > 0 else MAX_RETRY_AFTER
+    retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
+    error = Overloaded(
+        f"channel {channel_id!r} already holds {sends} sends, its bound "
+        f"([node] max_channel_sends = {limit}); nothing was queued: retry "
+        f"after {retry_after} s, or slow down",
+        channel_id=channel_id,
+        idempotency_key=idempotency_key,
+    )
+    error.scope, error.limit, error.retry_after = "channel", limit, retry_after
+    return error
+
+
+def _node_overloaded(
+    node_id: str, channel_id: str, idempotency_key: str, sends: int, limit: int
+) -> Overloaded:
+    error = Overloaded(
+        f"node {node_id!r} already holds {sends} sends, its bound "
+        f"([node] max_sends_in_flight = {limit}); nothing was queued: retry "
+        f"after {NODE_RETRY_AFTER} s, or send through another node",
+        channel_id=channel_id,
+        idempotency_key=idempotency_key,
+    )
+    error.scope, error.limit, error.retry_after = "node", limit, NODE_RETRY_AFTER
+    return error

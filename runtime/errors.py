@@ -413,7 +413,10 @@ class _SendErrors:
                 str(exc), channel_id=self._channel_id, idempotency_key=self._idempotency_key
             )
             _copy_details(exc, error)
-            raise error from exc
+            try:
+                raise error from exc
+            finally:
+                del error, exc  # no cycle through this frame's traceback
 
 
 def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:

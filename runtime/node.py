@@ -636,7 +636,10 @@ class Node(ClusterMode, DeadLetterOps):
                 idempotency_key=message.idempotency_key,
             )
             error.problems = tuple(problems)
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame's traceback
         self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
@@ -733,6 +736,10 @@ class Node(ClusterMode, DeadLetterOps):
                     message, timeout=math.inf, keep_refused=keep_refused, watch=pending
                 )
             except Exception as exc:
+                if exc is pending.stopped:
+                    # Never leaves the node; its traceback would hold this frame,
+                    # which holds the pending send that holds it (a cycle per send).
+                    exc.__traceback__ = None
                 if pending.cut:
                     # The drain cut this send (its channel stopped under it, or the
                     # caller's deadline came after the cut): wait, outside the

@@ -210,11 +210,13 @@ class ConnectionLoop:
                     memory.touch()
                     self._set_status(ChannelStatus.CONNECTED)
                     self._wake_senders()
+                    # Why it ended, as text: an error kept in a local would hold its
+                    # traceback, which holds this frame (a cycle per reconnect).
                     try:
                         await self._read(conn)
-                        error: ProviderError = TransientError("the platform closed the connection")
+                        why = _why(TransientError("the platform closed the connection"))
                     except TransientError as exc:
-                        error = exc
+                        why = _why(exc)
                     finally:
                         self._set_link(None)
                         memory.session = conn.session_state()
@@ -224,9 +226,11 @@ class ConnectionLoop:
             if attempt.cancelled_caught:
                 if self._stopping or memory.status is ChannelStatus.FAILED:
                     return 0.0, "stopped"  # cancelled by the stop or the failure: no attempt
-                error = TransientError(
-                    f"the platform did not complete the connect within {timeout} s "
-                    "(the connect's total deadline); retry with backoff"
+                why = _why(
+                    TransientError(
+                        f"the platform did not complete the connect within {timeout} s "
+                        "(the connect's total deadline); retry with backoff"
+                    )
                 )
         except RateLimited as exc:
             memory.counters["rate_limit_waits"] += 1
@@ -234,14 +238,14 @@ class ConnectionLoop:
         except FatalError:
             raise
         except ProviderError as exc:
-            error = exc
+            why = _why(exc)
         finally:
             self._connection_scope = None
             if handshaking:
                 gate.release()
         memory.touch()
         delay = memory.backoff.failure(trio.current_time())
-        return delay, f"{type(error).__name__}: {error}"
+        return delay, why
 
     async def _read(self, conn: Connection) -> None:
         """Handle events until the connection ends (returns) or breaks (raises)."""
@@ -336,3 +340,8 @@ class ConnectionLoop:
             f"connect within {wait} s (last error: {self.memory.last_error})",
             channel_id=self.config.channel_id,
         )
+
+
+def _why(error: ProviderError) -> str:
+    """How a connection's end is reported: the error's class and message."""
+    return f"{type(error).__name__}: {error}"

@@ -170,7 +170,10 @@ def decide(
 
 
 async def _raise(error: Exception) -> None:
-    raise error
+    try:
+        raise error
+    finally:
+        del error  # no cycle through this frame's traceback
 
 
 class SendPath:
@@ -587,7 +590,10 @@ class SendPath:
             backoff=self.settings.send_backoff,
             rng=self.memory.rng,
         )
-        await self._apply(verdict, error, message, attempts, flight)
+        try:
+            await self._apply(verdict, error, message, attempts, flight)
+        finally:
+            del error  # what it raises holds this frame: no cycle through it
 
     async def _apply(
         self,
@@ -633,7 +639,10 @@ class SendPath:
             flight.settled = True
         await self._keep_dead_letters()
         if isinstance(error, PermanentSendError):
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame's traceback
         raise SendFailed(
             f"giving up on {message.idempotency_key!r} to {message.peer!r} after "
             f"{attempts} attempts ({type(error).__name__}: {error}); it is in the "

@@ -236,7 +236,10 @@ async def _connect_tcp(host: str, port: int) -> socket.socket:
             sock.close()
             raise
         return sock
-    raise error
+    try:
+        raise error
+    finally:
+        del error  # no cycle through this frame's traceback
 
 
 class _SocketIO:

@@ -726,4 +726,7 @@ def parse_phone_number_response(
         raise FatalError(
             f"the WhatsApp phone number cannot be used: {error}; check options.phone_number_id"
         ) from error
-    raise error
+    try:
+        raise error
+    finally:
+        del error  # no cycle through this frame's traceback (a 429 storm makes thousands)

@@ -1,0 +1,157 @@
+"""A send refused, dead-lettered or timed out, and a failed connect, leave no cycle.
+
+An error bound to a local of a frame its traceback holds (``error = X();
+raise error``, a caught error kept for later, an error kept on an object
+the frame holds) is a reference cycle: reference counting never frees it,
+only the collector does, and every such object counts towards the next
+collection. A node that sheds thousands of sends a second, a platform
+outage that dead-letters or times out every send, and a reconnect storm
+each made their collector work in step with their failures. Each path here
+is run with the collector off, then one collection says what it left.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import pytest
+import trio
+import trio.testing
+
+from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
+from providers.base import OutboundMessage, PermanentSendError
+from providers.simulated import FailureRates, Fixed, SimulatedProvider
+from runtime import (
+    AskTimeout,
+    ChannelUnavailable,
+    Overloaded,
+    SendFailed,
+    open_node,
+    parse_config,
+)
+
+from .support import CEILING
+
+FAST = ChannelSettings(
+    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
+    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
+    connect_wait=1.0,
+)
+FEW: Final = 20  # objects a path may leave in all (the node's own, once), not per failure
+
+
+async def garbage_of(work: Callable[[], Awaitable[None]]) -> int:
+    """Objects in reference cycles that ``work`` left, found by one collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        await work()
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+def config(**node: Any) -> Any:
+    return parse_config(
+        {
+            "node": {"id": "n1", "drain_deadline": 10.0, "start_timeout": 1.0, **node},
+            "ops": {"enabled": False},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
+            "channels": [
+                {"id": "a", "provider": "simulated"},
+                {"id": "b", "provider": "simulated"},
+            ],
+        }
+    )
+
+
+def message(key: str) -> OutboundMessage:
+    return OutboundMessage(peer=f"peer-{key}", idempotency_key=key, text="hi")
+
+
+async def connected(node: Any) -> None:
+    with node.subscribe(kind="state") as changes:
+        while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+            await changes.receive()
+
+
+async def test_refused_sends_leave_no_cycle(autojump_clock: trio.testing.MockClock) -> None:
+    # Each refusal was 14 objects: the error, five tracebacks, four frames.
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config(max_sends_in_flight=2, max_channel_sends=1),
+            channel_defaults=FAST,
+            providers={"simulated": provider},
+        ) as node:
+            await connected(node)
+
+            async def refused(channel: str) -> None:
+                for n in range(200):
+                    with pytest.raises(Overloaded):
+                        await node.send(channel, message(f"{channel}{n}"))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.send, "a", message("held-a"))
+                await trio.testing.wait_all_tasks_blocked()
+                assert await garbage_of(lambda: refused("a")) < FEW  # the channel's bound
+                nursery.start_soon(node.send, "b", message("held-b"))
+                await trio.testing.wait_all_tasks_blocked()
+                assert await garbage_of(lambda: refused("b")) < FEW  # the node's bound
+
+
+@pytest.mark.parametrize(
+    ("failures", "latency", "error", "wait", "count"),
+    [
+        (FailureRates(send_permanent=1.0), 0.0, PermanentSendError, 60.0, 50),
+        # Transient failures past the attempts; then the breaker opens and the
+        # next sends wait for it, so one is enough.
+        (FailureRates(send_transient=1.0), 0.0, SendFailed, 60.0, 1),
+        (FailureRates(), 2.0, AskTimeout, 0.5, 10),
+    ],
+    ids=["dead-letter", "attempts-spent", "deadline"],
+)
+async def test_failed_sends_leave_no_cycle(
+    autojump_clock: trio.testing.MockClock,
+    failures: FailureRates,
+    latency: float,
+    error: type[Exception],
+    wait: float,
+    count: int,
+) -> None:
+    # A dead letter was 53 objects (two frames kept the error), a send past its
+    # deadline 18 (its pending send kept the error that stopped it).
+    provider = SimulatedProvider(latency=Fixed(seconds=latency), failures=failures)
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config(), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await connected(node)
+
+            async def failed() -> None:
+                for n in range(count):
+                    with pytest.raises(error):
+                        await node.send("a", message(f"f{n}"), timeout=wait)
+
+            assert await garbage_of(failed) < FEW
+
+
+async def test_failed_connects_leave_no_cycle(autojump_clock: trio.testing.MockClock) -> None:
+    # Each failed connect was 12 objects: the connection loop kept the error.
+    failing = SimulatedProvider(failures=FailureRates(connect_transient=1.0))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config(), channel_defaults=FAST, providers={"simulated": failing}
+        ) as node:
+
+            async def reconnecting() -> None:
+                for n in range(20):  # each waits connect_wait while the connects fail
+                    with pytest.raises(ChannelUnavailable):
+                        await node.send("a", message(f"c{n}"))
+
+            before = sum(s.statistics.reconnects for s in node.channels() if s.statistics)
+            assert await garbage_of(reconnecting) < FEW
+            stats = [s.statistics for s in node.channels() if s.statistics]
+            assert sum(s.reconnects for s in stats) - before >= 20  # it did fail, again and again
