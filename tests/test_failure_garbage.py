@@ -28,11 +28,12 @@ from runtime import (
     ChannelUnavailable,
     Overloaded,
     SendFailed,
+    Unsupported,
     open_node,
     parse_config,
 )
 
-from .support import CEILING
+from .support import CEILING, control
 
 FAST = ChannelSettings(
     reconnect=ExponentialBackoff(base=0.05, cap=0.2),
@@ -155,3 +156,40 @@ async def test_failed_connects_leave_no_cycle(autojump_clock: trio.testing.MockC
             assert await garbage_of(reconnecting) < FEW
             stats = [s.statistics for s in node.channels() if s.statistics]
             assert sum(s.reconnects for s in stats) - before >= 20  # it did fail, again and again
+
+
+async def test_a_websocket_channel_s_refused_and_retried_sends_leave_no_cycle() -> None:
+    # A refusal of a send made at once was kept by two frames of its send task
+    # (30 objects a send); one that waited for its ack by the frame that waited
+    # (15). Against the emulator, in real time.
+    emulated = parse_config(
+        {
+            "node": {"id": "n1", "start_timeout": 5.0},
+            "ops": {"enabled": False},
+            "providers": {"websocket": {"rate_limit": {"enabled": False}}},
+            "emulators": {"websocket": {}},
+            "channels": [{"id": "w", "provider": "websocket", "emulator": True}],
+        }
+    )
+    with trio.fail_after(CEILING):
+        async with open_node(emulated, channel_defaults=FAST) as node:
+            await connected(node)
+            url = node.emulator_urls["websocket"]
+            await node.send("w", message("warm"))  # the first send's one-time making
+
+            async def refused() -> None:
+                for n in range(20):
+                    with pytest.raises(Unsupported):
+                        await node.send("w", message(f"u{n}"))
+
+            await control(url, "fault", {"kind": "fail_sends", "code": "unsupported", "count": 20})
+            await trio.sleep(0.5)  # the emulator's end of the control call, torn down
+            assert await garbage_of(refused) < FEW
+
+            async def retried() -> None:
+                for n in range(10):  # the first fails 4 times: tried again on the task path
+                    await node.send("w", message(f"r{n}"))
+
+            await control(url, "fault", {"kind": "fail_sends", "code": "internal", "count": 4})
+            await trio.sleep(0.5)  # the emulator's end of the control call, torn down
+            assert await garbage_of(retried) < FEW

@@ -498,6 +498,8 @@ class SendPath:
             # (as if it had crashed the actor on its own, one at a time).
             self._tell_defect(flight, exc)
             raise
+        finally:
+            failed = None  # the refusal may be this one, and holds this frame: no cycle
 
     # --- one send -----------------------------------------------------------------------
 
@@ -531,7 +533,10 @@ class SendPath:
         try:
             if failed is not None:
                 attempts = 1
-                await self._after(failed, message, attempts, flight)
+                try:
+                    await self._after(failed, message, attempts, flight)
+                finally:
+                    failed = None  # what it raises may be this one: no cycle through this frame
             while True:
                 self._raise_if_failed()
                 now = trio.current_time()

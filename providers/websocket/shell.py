@@ -332,9 +332,16 @@ class WebSocketConnection:
         elif waiter.done is None:  # joins a send started at once
             waiter.done = trio.Event()
         await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.answer()
+        error = waiter.error
+        if error is None:
+            return waiter.answer()
+        # Neither the waiter (which keeps the error for every task that waits on it)
+        # nor the error stays in this frame, which the error's traceback holds.
+        del waiter
+        try:
+            raise error
+        finally:
+            del error
 
     def can_start_at_once(self, msg: Operation) -> bool:
         """Whether :meth:`start_at_once` can send ``msg`` now, without waiting for anything.
