@@ -149,6 +149,13 @@ class ChannelsParams:
     max_in_flight: int = attrs.field(
         default=50_000, metadata=_help("sends outstanding at once before load is shed")
     )
+    node_max_in_flight: int = attrs.field(
+        default=50_000,
+        metadata=_help(
+            "the node's [node] max_sends_in_flight: past it a send is refused at once "
+            "(Overloaded, counted as failed)"
+        ),
+    )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
     baseline: bool = attrs.field(
         default=True,
@@ -200,7 +207,7 @@ class ChannelsParams:
             problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
         if any(r <= 0 for r in self.rates):
             problems.append(f"rates: every step must be positive, got {self.rates}")
-        for name in ("duration", "text_size", "max_in_flight"):
+        for name in ("duration", "text_size", "max_in_flight", "node_max_in_flight"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
         for name in ("connect_rate", "inbound_rate", "idle"):
@@ -552,6 +559,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         far_end=params.far_end,
         emulator_processes=params.emulator_processes,
         rtt=params.rtt_ms / 1e3,
+        max_sends_in_flight=params.node_max_in_flight,
     ) as rig:
         notes.append(rig.far_end)
         rig.webhooks = params.webhooks

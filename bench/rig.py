@@ -749,6 +749,7 @@ def node_config(
     intensity: int = 1_000_000,
     port_base: int = 0,
     gc_policy: str = "tuned",
+    max_sends_in_flight: int | None = None,
 ) -> NodeConfig:
     """A node for benchmarks: memory store, no ops listener (but for WhatsApp's webhooks),
     quiet logs; its listeners on ``port_base`` and up (0: any free ports)."""
@@ -767,6 +768,7 @@ def node_config(
             start_timeout=600.0,
             drain_deadline=5.0,
             gc="default" if gc_policy == "default" else "tuned",
+            **({} if max_sends_in_flight is None else {"max_sends_in_flight": max_sends_in_flight}),
         ),
         ops=OpsConfig(enabled=provider == "whatsapp", port=port_base),
         logging=LoggingConfig(level="error"),
@@ -791,6 +793,7 @@ async def open_rig(
     far_end: str = "emulator",
     emulator_processes: int = 1,
     rtt: float = 0.0,
+    max_sends_in_flight: int | None = None,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -804,6 +807,8 @@ async def open_rig(
         intensity: the channels supervisor's restart intensity.
         state_buffer: events the state log may fall behind by.
         gc_policy: the node's ``[node] gc``: ``tuned`` or ``default``.
+        max_sends_in_flight: the node's ``[node] max_sends_in_flight`` (``None``:
+            its default): past it a send is refused with ``Overloaded``.
         far_end: with ``external``, what the channels talk to: ``emulator``
             (``switchboard emulate``), ``lean`` (:mod:`bench.far_end`, websocket
             only) or ``auto`` (lean for websocket, else the emulator).
@@ -848,6 +853,7 @@ async def open_rig(
             intensity=intensity,
             port_base=port_base,
             gc_policy=gc_policy,
+            max_sends_in_flight=max_sends_in_flight,
         )
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:
