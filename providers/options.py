@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 _PLACEHOLDER: Final = "placeholder-for-check"
+_CREDENTIAL_OPTIONS: Final = frozenset({"webhook_secret"})  # options a credential can stand for
 MAX_INTENTS: Final = 2**53  # far above every intent bit Discord defines
 MAX_LIMIT_BYTES: Final = 1 << 30  # bytes (1 GiB); a larger cap caps nothing a node can hold
 MAX_LIMIT_SECONDS: Final = 3600.0  # seconds; a longer deadline is no deadline
@@ -363,11 +364,20 @@ def option_problems(
     # that check reports it where it is written (a provider default once, not once
     # per channel); a refusal no key earns alone (a combination) is the options'.
     # The provider's own path of the key (or of the options, where a validator of
-    # the key refused it) is dropped there: check names the key's.
+    # the key refused it) is dropped there: check names the key's. A key read
+    # alone has the credentials the other options give (Telegram's
+    # webhook_secret): a webhook is not refused for want of a secret written
+    # beside it, which is read, and named, on its own.
+    given = (*credentials, *(key for key in rest if key in _CREDENTIAL_OPTIONS))
     own = [
         (key, why.replace(f" @ $.options.{key}", "").removesuffix(" @ $.options"))
         for key in rest
-        if (why := _refusal(check, {key: rest[key]}, credentials)) is not None
+        if (
+            why := _refusal(
+                check, {key: rest[key]}, credentials if key in _CREDENTIAL_OPTIONS else given
+            )
+        )
+        is not None
     ]
     return problems + (own or [("", refused)])
 

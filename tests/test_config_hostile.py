@@ -371,6 +371,20 @@ def test_check_reads_telegram_s_webhook_secret_where_the_channel_will(
     assert ENV["ACME_WA_APP_SECRET"] not in output
 
 
+def test_a_webhook_whose_secret_is_in_its_options_is_not_said_to_lack_one() -> None:
+    # Another option's refusal had each option read alone: the webhook, read
+    # without the secret written beside it, was said to need one.
+    options = 'mode = "webhook", webhook_secret = "${env:ACME_TELEGRAM_WEBHOOK_SECRET}", '
+    code, output = check(TELEGRAM % ("", options + "poll_timeout = 9999"))
+    assert code == 2, output
+    assert "@ channels[0].options.poll_timeout" in output
+    assert "needs a secret" not in output and "1 problem" in output
+    code, output = check(TELEGRAM % ("", 'mode = "webhook", webhook_secret = "not one"'))
+    assert code == 2, output
+    assert "1 problem" in output and "1-256 char" in output
+    assert "@ channels[0].options.webhook_secret\n" in output
+
+
 def test_a_provider_default_the_provider_refuses_is_named_there_once() -> None:
     # It was reported under every channel's options (the field only in the message):
     # a line per channel, ten thousand of them for a large node.

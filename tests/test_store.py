@@ -482,6 +482,19 @@ async def test_memory_reads_a_channel_s_events_and_no_other_s() -> None:
         assert await store.recent_inbound("tg:") == []
 
 
+class _Id(str):
+    """A program's own string type (marshal takes no subclass of str)."""
+
+
+async def test_memory_takes_fields_of_a_subclass_of_str() -> None:
+    event = InboundMessage(
+        channel_id=_Id("tg:9"), platform_message_id=_Id("42"), peer="chat-1", sender="s", text="hi"
+    )
+    async with open_store(StorageConfig(backend="memory", flush_interval=QUIET)) as store:
+        assert await store.store_inbound([event, message(42, channel="tg:9")]) == [True, False]
+        assert await store.recent_inbound(_Id("tg:9")) == [event]
+
+
 async def test_memory_s_window_makes_nothing_that_sets_off_a_young_collection() -> None:
     # CPython starts a young collection once the containers made and not yet freed
     # reach its threshold; kept as tuples, the window made three per event, so a

@@ -425,6 +425,16 @@ def send_request(msg: OutboundMessage, upload: Upload | None = None) -> ApiReque
 # --- responses ----------------------------------------------------------------------
 
 
+def _not_bot_api(request: ApiRequest, status: int, body: bytes) -> ProviderError:
+    """The error of an answer that is not the Bot API's JSON (a proxy's page, say)."""
+    if 400 <= status < 500:
+        return _map_error(request, status, wire.Envelope(ok=False))
+    return TransientError(
+        f"telegram {request.method}: HTTP {status} with a body that is not a Bot API "
+        f"answer ({body[:80]!r}); retry later"
+    )
+
+
 def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> ProviderError:
     code = env.error_code or status
     description = env.description or f"HTTP {status}"
@@ -497,14 +507,19 @@ def parse_response(
     if (redirect := redirect_error(status, headers, f"telegram {request.method}")) is not None:
         raise redirect
     try:
-        env = wire.CONVERTER.structure(parsed(body), wire.Envelope)
-    except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
-        if 400 <= status < 500:
-            raise _map_error(request, status, wire.Envelope(ok=False)) from exc
-        raise TransientError(
-            f"telegram {request.method}: HTTP {status} with a body that is not a Bot API "
-            f"answer ({body[:80]!r}); retry later"
-        ) from exc
+        data = parsed(body)
+    except ValueError as exc:  # empty, not JSON, or not UTF-8: a proxy's page, say
+        raise _not_bot_api(request, status, body) from exc
+    # Only what has the Bot API's shape is structured: a failed structuring keeps
+    # its errors in a cycle with its frame, one per odd answer.
+    env = None
+    if isinstance(data, dict) and isinstance(data.get("ok"), bool):
+        try:
+            env = wire.CONVERTER.structure(data, wire.Envelope)
+        except (ValueError, TypeError, cattrs.BaseValidationError):
+            env = None
+    if env is None:
+        raise _not_bot_api(request, status, body)
     if env.ok and 200 <= status < 300:
         return env.result
     raise _map_error(request, status, env)

@@ -549,6 +549,10 @@ def map_error(
     if (redirect := redirect_error(status, headers, "a Graph API call")) is not None:
         return redirect
     parsed = json_body(body)
+    # Only what has the Graph API's shape is structured: a failed structuring keeps
+    # its errors in a cycle with its frame, one per proxy error page.
+    if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
+        return _map_status(status, headers, body, peer=peer)
     try:
         error = GRAPH.structure(parsed, _ErrorBody).error
     except (cattrs.BaseValidationError, TypeError, AttributeError):

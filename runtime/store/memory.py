@@ -71,16 +71,27 @@ _KEY_HEAD: Final = marshal.dumps(("", "", "", ""), _KEY_VERSION)[:5]
 
 def _window_key(event: InboundMessage | MessageEdited | DeliveryReceipt) -> bytes:
     """The window's key for ``event``: its dedupe key as bytes."""
-    return marshal.dumps(dedupe_key(event), _KEY_VERSION)
+    key = dedupe_key(event)
+    try:
+        return marshal.dumps(key, _KEY_VERSION)
+    except ValueError:  # marshal takes no subclass of str: the same text as a plain one
+        return marshal.dumps(tuple(map(str.__str__, key)), _KEY_VERSION)
 
 
 def _channel_prefix(channel_id: str) -> bytes:
     """How the window's key of every event of ``channel_id`` begins."""
-    return _KEY_HEAD + marshal.dumps(channel_id, _KEY_VERSION)
+    return _KEY_HEAD + marshal.dumps(str.__str__(channel_id), _KEY_VERSION)
 
 
 def _kept(event: Event) -> _Kept:
     """What the window keeps for ``event`` (see the module's notes)."""
+    try:
+        return _marshalled(event)
+    except ValueError:  # a field marshal does not take (a subclass of str): kept as is
+        return event
+
+
+def _marshalled(event: Event) -> _Kept:
     if type(event) is DeliveryReceipt:
         return marshal.dumps(
             (
