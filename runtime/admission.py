@@ -62,38 +62,28 @@ def admit(
     # frame, a cycle only the collector frees, and a node that sheds thousands
     # of sends a second would make its collector shed them.
     if channel_sends >= channel_limit:
-        raise _channel_overloaded(
-            channel_id, idempotency_key, channel_sends, channel_limit, channel_rate
+        wait = channel_sends / channel_rate if channel_rate > 0 else MAX_RETRY_AFTER
+        retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
+        raise _overloaded(
+            f"channel {channel_id!r} already holds {channel_sends} sends, its bound "
+            f"([node] max_channel_sends = {channel_limit}); nothing was queued: retry "
+            f"after {retry_after} s, or slow down",
+            (channel_id, idempotency_key),
+            ("channel", channel_limit, retry_after),
         )
     if node_sends >= node_limit:
-        raise _node_overloaded(node_id, channel_id, idempotency_key, node_sends, node_limit)
+        raise _overloaded(
+            f"node {node_id!r} already holds {node_sends} sends, its bound "
+            f"([node] max_sends_in_flight = {node_limit}); nothing was queued: retry "
+            f"after {NODE_RETRY_AFTER} s, or send through another node",
+            (channel_id, idempotency_key),
+            ("node", node_limit, NODE_RETRY_AFTER),
+        )
 
 
-def _channel_overloaded(
-    channel_id: str, idempotency_key: str, sends: int, limit: int, rate: float
-) -> Overloaded:
-    wait = sends / rate if rate > 0 else MAX_RETRY_AFTER
-    retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
-    error = Overloaded(
-        f"channel {channel_id!r} already holds {sends} sends, its bound "
-        f"([node] max_channel_sends = {limit}); nothing was queued: retry "
-        f"after {retry_after} s, or slow down",
-        channel_id=channel_id,
-        idempotency_key=idempotency_key,
-    )
-    error.scope, error.limit, error.retry_after = "channel", limit, retry_after
-    return error
-
-
-def _node_overloaded(
-    node_id: str, channel_id: str, idempotency_key: str, sends: int, limit: int
-) -> Overloaded:
-    error = Overloaded(
-        f"node {node_id!r} already holds {sends} sends, its bound "
-        f"([node] max_sends_in_flight = {limit}); nothing was queued: retry "
-        f"after {NODE_RETRY_AFTER} s, or send through another node",
-        channel_id=channel_id,
-        idempotency_key=idempotency_key,
-    )
-    error.scope, error.limit, error.retry_after = "node", limit, NODE_RETRY_AFTER
+def _overloaded(message: str, send: tuple[str, str], bound: tuple[str, int, int]) -> Overloaded:
+    """The refusal: ``send`` is (channel, key); ``bound`` (scope, limit, retry after)."""
+    channel_id, idempotency_key = send
+    error = Overloaded(message, channel_id=channel_id, idempotency_key=idempotency_key)
+    error.scope, error.limit, error.retry_after = bound
     return error

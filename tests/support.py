@@ -18,7 +18,18 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from actors import ChannelSettings, ExponentialBackoff
+from providers.base import OutboundMessage
+from runtime import parse_config
+from runtime.config import NodeConfig
+
 CEILING: Final = 60.0  # virtual seconds; only a hang gets near it
+# A channel that reconnects and retries within a fraction of a (virtual) second.
+FAST_CHANNELS: Final = ChannelSettings(
+    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
+    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
+    connect_wait=5.0,
+)
 
 
 async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:
@@ -181,3 +192,26 @@ async def record_outcome(results: dict[Any, Any], key: Any, call: Awaitable[Any]
 def open_client_protocol() -> ClientProtocol:
     """A websockets client protocol past its handshake, for a ``WebSocketLink`` built by hand."""
     return ClientProtocol(parse_uri("ws://test/ws"), state=State.OPEN)
+
+
+def two_simulated_channels(**node: Any) -> NodeConfig:
+    """A node with simulated channels ``a`` and ``b``, limits off, no ops listener.
+
+    ``node``: keys of its ``[node]`` (``max_sends_in_flight = 5``, say).
+    """
+    return parse_config(
+        {
+            "node": {"id": "n1", "drain_deadline": 10.0, "start_timeout": 1.0, **node},
+            "ops": {"enabled": False},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
+            "channels": [
+                {"id": "a", "provider": "simulated"},
+                {"id": "b", "provider": "simulated"},
+            ],
+        }
+    )
+
+
+def text_to_own_peer(key: str) -> OutboundMessage:
+    """A text with idempotency key ``key``, to a recipient of its own."""
+    return OutboundMessage(peer=f"peer-{key}", idempotency_key=key, text="hi")

@@ -14,20 +14,16 @@ import pytest
 import trio
 import trio.testing
 
-from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
-from providers.base import OutboundMessage, SendResult
+from actors import ChannelStatus
+from providers.base import SendResult
 from providers.simulated import Fixed, SimulatedProvider
-from runtime import Overloaded, open_node, parse_config
+from runtime import Overloaded, open_node
 from runtime.admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER, admit
 from runtime.errors import error_from_wire, error_to_wire
 
-from .support import CEILING
+from .support import CEILING, FAST_CHANNELS, text_to_own_peer, two_simulated_channels
 
-FAST = ChannelSettings(
-    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
-    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
-    connect_wait=5.0,
-)
+FAST = FAST_CHANNELS
 
 
 def _admit(**counts: Any) -> None:
@@ -92,24 +88,6 @@ def test_the_refusal_crosses_the_cluster_with_its_details() -> None:
 # --- in a node ------------------------------------------------------------------------------
 
 
-def _config(**node: Any) -> Any:
-    return parse_config(
-        {
-            "node": {"id": "n1", "drain_deadline": 10.0, "start_timeout": 1.0, **node},
-            "ops": {"enabled": False},
-            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
-            "channels": [
-                {"id": "a", "provider": "simulated"},
-                {"id": "b", "provider": "simulated"},
-            ],
-        }
-    )
-
-
-def _message(key: str) -> OutboundMessage:
-    return OutboundMessage(peer=f"peer-{key}", idempotency_key=key, text="hi")
-
-
 async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -118,11 +96,11 @@ async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_afte
 
     async def send(node: Any, channel: str, key: str) -> None:
         try:
-            results[key] = await node.send(channel, _message(key))
+            results[key] = await node.send(channel, text_to_own_peer(key))
         except Overloaded as exc:
             results[key] = exc
 
-    config = _config(max_sends_in_flight=5, max_channel_sends=3)
+    config = two_simulated_channels(max_sends_in_flight=5, max_channel_sends=3)
     with trio.fail_after(CEILING):
         async with open_node(
             config, channel_defaults=FAST, providers={"simulated": provider}
@@ -148,7 +126,7 @@ async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_afte
                 assert trio.current_time() == began
             assert trio.current_time() == pytest.approx(began + 1.0)  # the rest went at once
             # with the sends done, there is room again
-            assert isinstance(await node.send("a", _message("a5")), SendResult)
+            assert isinstance(await node.send("a", text_to_own_peer("a5")), SendResult)
             assert node.statistics().sends_in_flight == 0
     accepted = {"a1", "a2", "a3", "b1", "b2"}
     assert all(isinstance(results[key], SendResult) for key in accepted), results

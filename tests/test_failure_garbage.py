@@ -17,12 +17,13 @@ import gc
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
-from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
-from providers.base import OutboundMessage, PermanentSendError, ProviderError
+from actors import ChannelStatus
+from providers.base import PermanentSendError, ProviderError
 from providers.simulated import FailureRates, Fixed, SimulatedProvider
 from providers.telegram import core as telegram
 from providers.whatsapp import core as whatsapp
@@ -36,13 +37,15 @@ from runtime import (
     parse_config,
 )
 
-from .support import CEILING, control
-
-FAST = ChannelSettings(
-    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
-    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
-    connect_wait=1.0,
+from .support import (
+    CEILING,
+    FAST_CHANNELS,
+    control,
+    text_to_own_peer,
+    two_simulated_channels,
 )
+
+FAST: Final = attrs.evolve(FAST_CHANNELS, connect_wait=1.0)
 TELEGRAM_SEND: Final = telegram.ApiRequest(method="sendMessage", params={"chat_id": 1}, peer="1")
 FEW: Final = 20  # objects a path may leave in all (the node's own, once), not per failure
 
@@ -58,24 +61,6 @@ async def garbage_of(work: Callable[[], Awaitable[None]]) -> int:
         gc.enable()
 
 
-def config(**node: Any) -> Any:
-    return parse_config(
-        {
-            "node": {"id": "n1", "drain_deadline": 10.0, "start_timeout": 1.0, **node},
-            "ops": {"enabled": False},
-            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
-            "channels": [
-                {"id": "a", "provider": "simulated"},
-                {"id": "b", "provider": "simulated"},
-            ],
-        }
-    )
-
-
-def message(key: str) -> OutboundMessage:
-    return OutboundMessage(peer=f"peer-{key}", idempotency_key=key, text="hi")
-
-
 async def connected(node: Any) -> None:
     with node.subscribe(kind="state") as changes:
         while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
@@ -87,7 +72,7 @@ async def test_refused_sends_leave_no_cycle(autojump_clock: trio.testing.MockClo
     provider = SimulatedProvider(latency=Fixed(seconds=1.0))
     with trio.fail_after(CEILING):
         async with open_node(
-            config(max_sends_in_flight=2, max_channel_sends=1),
+            two_simulated_channels(max_sends_in_flight=2, max_channel_sends=1),
             channel_defaults=FAST,
             providers={"simulated": provider},
         ) as node:
@@ -96,13 +81,13 @@ async def test_refused_sends_leave_no_cycle(autojump_clock: trio.testing.MockClo
             async def refused(channel: str) -> None:
                 for n in range(200):
                     with pytest.raises(Overloaded):
-                        await node.send(channel, message(f"{channel}{n}"))
+                        await node.send(channel, text_to_own_peer(f"{channel}{n}"))
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(node.send, "a", message("held-a"))
+                nursery.start_soon(node.send, "a", text_to_own_peer("held-a"))
                 await trio.testing.wait_all_tasks_blocked()
                 assert await garbage_of(lambda: refused("a")) < FEW  # the channel's bound
-                nursery.start_soon(node.send, "b", message("held-b"))
+                nursery.start_soon(node.send, "b", text_to_own_peer("held-b"))
                 await trio.testing.wait_all_tasks_blocked()
                 assert await garbage_of(lambda: refused("b")) < FEW  # the node's bound
 
@@ -131,14 +116,14 @@ async def test_failed_sends_leave_no_cycle(
     provider = SimulatedProvider(latency=Fixed(seconds=latency), failures=failures)
     with trio.fail_after(CEILING):
         async with open_node(
-            config(), channel_defaults=FAST, providers={"simulated": provider}
+            two_simulated_channels(), channel_defaults=FAST, providers={"simulated": provider}
         ) as node:
             await connected(node)
 
             async def failed() -> None:
                 for n in range(count):
                     with pytest.raises(error):
-                        await node.send("a", message(f"f{n}"), timeout=wait)
+                        await node.send("a", text_to_own_peer(f"f{n}"), timeout=wait)
 
             assert await garbage_of(failed) < FEW
 
@@ -148,13 +133,13 @@ async def test_failed_connects_leave_no_cycle(autojump_clock: trio.testing.MockC
     failing = SimulatedProvider(failures=FailureRates(connect_transient=1.0))
     with trio.fail_after(CEILING):
         async with open_node(
-            config(), channel_defaults=FAST, providers={"simulated": failing}
+            two_simulated_channels(), channel_defaults=FAST, providers={"simulated": failing}
         ) as node:
 
             async def reconnecting() -> None:
                 for n in range(20):  # each waits connect_wait while the connects fail
                     with pytest.raises(ChannelUnavailable):
-                        await node.send("a", message(f"c{n}"))
+                        await node.send("a", text_to_own_peer(f"c{n}"))
 
             before = sum(s.statistics.reconnects for s in node.channels() if s.statistics)
             assert await garbage_of(reconnecting) < FEW
@@ -179,12 +164,12 @@ async def test_a_websocket_channel_s_refused_and_retried_sends_leave_no_cycle() 
         async with open_node(emulated, channel_defaults=FAST) as node:
             await connected(node)
             url = node.emulator_urls["websocket"]
-            await node.send("w", message("warm"))  # the first send's one-time making
+            await node.send("w", text_to_own_peer("warm"))  # the first send's one-time making
 
             async def refused() -> None:
                 for n in range(20):
                     with pytest.raises(Unsupported):
-                        await node.send("w", message(f"u{n}"))
+                        await node.send("w", text_to_own_peer(f"u{n}"))
 
             await control(url, "fault", {"kind": "fail_sends", "code": "unsupported", "count": 20})
             await trio.sleep(0.5)  # the emulator's end of the control call, torn down
@@ -192,7 +177,7 @@ async def test_a_websocket_channel_s_refused_and_retried_sends_leave_no_cycle() 
 
             async def retried() -> None:
                 for n in range(10):  # the first fails 4 times: tried again on the task path
-                    await node.send("w", message(f"r{n}"))
+                    await node.send("w", text_to_own_peer(f"r{n}"))
 
             await control(url, "fault", {"kind": "fail_sends", "code": "internal", "count": 4})
             await trio.sleep(0.5)  # the emulator's end of the control call, torn down
