@@ -66,6 +66,7 @@ from providers.telegram.core import TELEGRAM_LIMITS
 from providers.whatsapp.core import WHATSAPP_LIMITS
 from runtime.collection import QUIET as GC_QUIET
 from runtime.collection import STORM_CONNECTS
+from runtime.config.model import NodeSection
 
 from .bare import TaskSteps
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
@@ -150,7 +151,7 @@ class ChannelsParams:
         default=50_000, metadata=_help("sends outstanding at once before load is shed")
     )
     node_max_in_flight: int = attrs.field(
-        default=50_000,
+        default=attrs.fields(NodeSection).max_sends_in_flight.default,
         metadata=_help(
             "the node's [node] max_sends_in_flight: past it a send is refused at once "
             "(Overloaded, counted as failed)"

@@ -40,7 +40,6 @@ from runtime import (
 from .support import (
     CEILING,
     FAST_CHANNELS,
-    control,
     text_to_own_peer,
     two_simulated_channels,
 )
@@ -163,7 +162,10 @@ async def test_a_websocket_channel_s_refused_and_retried_sends_leave_no_cycle() 
     with trio.fail_after(CEILING):
         async with open_node(emulated, channel_defaults=FAST) as node:
             await connected(node)
-            url = node.emulator_urls["websocket"]
+            # Faults go to the emulator object itself: a control call over HTTP would
+            # leave the emulator's side of its connection to be torn down meanwhile.
+            assert node.emulators is not None
+            fault = node.emulators.emulators["websocket"].platform_fault
             await node.send("w", text_to_own_peer("warm"))  # the first send's one-time making
 
             async def refused() -> None:
@@ -171,16 +173,14 @@ async def test_a_websocket_channel_s_refused_and_retried_sends_leave_no_cycle() 
                     with pytest.raises(Unsupported):
                         await node.send("w", text_to_own_peer(f"u{n}"))
 
-            await control(url, "fault", {"kind": "fail_sends", "code": "unsupported", "count": 20})
-            await trio.sleep(0.5)  # the emulator's end of the control call, torn down
+            await fault({"kind": "fail_sends", "code": "unsupported", "count": 20})
             assert await garbage_of(refused) < FEW
 
             async def retried() -> None:
                 for n in range(10):  # the first fails 4 times: tried again on the task path
                     await node.send("w", text_to_own_peer(f"r{n}"))
 
-            await control(url, "fault", {"kind": "fail_sends", "code": "internal", "count": 4})
-            await trio.sleep(0.5)  # the emulator's end of the control call, torn down
+            await fault({"kind": "fail_sends", "code": "internal", "count": 4})
             assert await garbage_of(retried) < FEW
 
 
