@@ -505,15 +505,29 @@ class ClusterRig:
                 await trio.sleep(poll)
 
     async def wait_started(self) -> None:
-        """Until every channel is connected the first time.
+        """Until every channel is connected the first time and, with ``ops``, every
+        node's ops HTTP listens.
 
         Raises:
             RuntimeError: not within ``STARTUP_BASE + STARTUP_PER`` a channel;
                 the message names the channels left, their lease holders and,
-                with ``ops``, what the holder says about them.
+                with ``ops``, what the holder says about them; or a node's ops
+                HTTP did not listen within that time.
         """
         within = STARTUP_BASE + STARTUP_PER * len(self.channel_ids())
         began = time.time()
+        if self.params.ops:
+            # A node that runs none of the channels waited for below still has to
+            # answer: a test may post a webhook to it first thing.
+            for node_id in self.processes:
+                with trio.move_on_after(within) as waited:
+                    await wait_port(self.ops_ports[node_id])
+                if waited.cancelled_caught:
+                    raise RuntimeError(
+                        f"node {node_id}'s ops HTTP did not listen on port "
+                        f"{self.ops_ports[node_id]} within {within:g} s; its log is in "
+                        f"{self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
+                    )
         try:
             self.startup = await self.wait_connected(within)
         except trio.TooSlowError:
