@@ -1,6 +1,6 @@
 """The CPU of one websocket channel connect, measured so that a loaded machine cannot move it.
 
-``python -m bench.connect_cost [--client C] [--channels N]``
+``python -m bench.connect_cost [--client C] [--channels N] [--tls]``
     connects ``N`` websocket channels (100 by default) to the lean far end
     (:mod:`bench.far_end`, no heartbeats, in a process of its own unless
     ``--far-end URL`` names one), waits until every one is connected, and
@@ -26,6 +26,11 @@
       query). As there, a connection counts as open at the upgrade's answer:
       its reader takes the ``ready`` frame after (and would see a refusal
       only then).
+
+    With ``--tls`` the far end serves ``wss://`` with a certificate of a
+    private CA (:mod:`bench.tls`), which the node's channels (their option
+    ``ca_file``) and the bare client (trio's TLS stream) trust; a given
+    ``wss://`` ``--far-end`` takes ``--ca-file``.
 
 ``python -m bench.connect_cost --instructions [the same options]``
     counts the instructions of that run under ``valgrind --tool=callgrind``
@@ -62,9 +67,11 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -109,6 +116,7 @@ async def measure(
     channels: int,
     connect_wait: float = CONNECT_WAIT,
     on_connected: Connected | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """Connect ``channels`` times to the far end at ``url`` with ``client``; the JSON line.
 
@@ -116,6 +124,9 @@ async def measure(
         client: one of :data:`CLIENTS`.
         on_connected: called with the line once every channel is connected,
             before anything is closed (a counted run ends the process there).
+        ca_file: what a ``wss://`` far end's certificate chains to (None:
+            the system's trust store); the node's channels take it as their
+            option ``ca_file``, the bare client as its context's.
 
     Raises:
         RuntimeError: not every channel connected once within ``connect_wait``
@@ -125,10 +136,15 @@ async def measure(
     """
     if client == "node":
         return await measure_node(
-            url, channels=channels, connect_wait=connect_wait, on_connected=on_connected
+            url,
+            channels=channels,
+            connect_wait=connect_wait,
+            on_connected=on_connected,
+            ca_file=ca_file,
         )
+    runner: Callable[[str, int, Connected | None], Awaitable[dict[str, Any]]]
     if client == "bare":
-        runner = _bare
+        runner = partial(_bare, ca_file=ca_file)
     elif client == "trio-websocket":
         runner = _trio_websocket
     else:
@@ -149,6 +165,7 @@ async def measure_node(
     channels: int,
     connect_wait: float = CONNECT_WAIT,
     on_connected: Connected | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """A node's connects (see :func:`measure`).
 
@@ -164,11 +181,13 @@ async def measure_node(
             "channels": [],
         }
     )
-    options = {
+    options: dict[str, Any] = {
         "connect_timeout": connect_wait,
         "ping_interval": FAR_OFF,
         "liveness_timeout": FAR_OFF,
     }
+    if ca_file is not None:
+        options["ca_file"] = ca_file
     states = _Connects()
     async with open_node(config) as node, trio.open_nursery() as nursery:
         await nursery.start(_follow, node, states, STATE_BUFFER_PER_CHANNEL * channels + 100)
@@ -236,11 +255,14 @@ class _Connects(StateLog):
 _MISSED: Final = frozenset((ChannelStatus.BACKING_OFF, ChannelStatus.FAILED, ChannelStatus.STOPPED))
 
 
-async def _bare(url: str, channels: int, on_connected: Connected | None) -> dict[str, Any]:
+async def _bare(
+    url: str, channels: int, on_connected: Connected | None, *, ca_file: str | None = None
+) -> dict[str, Any]:
     # The connection code of the send baselines (bench.ws_bare, bench.send_cost).
     from .ws_bare import _Connection, _serve_connection, _Session
 
     parts = urlsplit(url)
+    tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "wss" else None
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path or "/"
     session = _Session()
@@ -251,7 +273,15 @@ async def _bare(url: str, channels: int, on_connected: Connected | None) -> dict
             token = _token(index)
             headers = [(b"authorization", f"Bearer {token}".encode())]
             opened.append(
-                await nursery.start(_serve_connection, session, host, port, target, token, headers)
+                await nursery.start(
+                    partial(_serve_connection, ssl_context=tls),
+                    session,
+                    host,
+                    port,
+                    target,
+                    token,
+                    headers,
+                )
             )
 
         began = time.process_time()
@@ -310,11 +340,13 @@ def counted(output: str, returncode: int, channels: int) -> int:
     )
 
 
-def _counted_run(args: argparse.Namespace, channels: int, far_end: str) -> int:
+def _counted_run(args: argparse.Namespace, channels: int, far_end: str, ca_file: str | None) -> int:
     arguments = [
         *("--client", args.client, "--channels", str(channels)),
         *("--far-end", far_end, "--exit-when-connected"),
     ]
+    if ca_file is not None:
+        arguments += ["--ca-file", ca_file]
     return callgrind.run_counted(
         "bench.connect_cost",
         arguments,
@@ -329,10 +361,12 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
 
     async def both() -> None:
-        async with _far_end_for("websocket", args.far_end, args.channels) as url:
+        async with _far_end_for(
+            "websocket", args.far_end, args.channels, tls=args.tls, ca_file=args.ca_file
+        ) as (url, ca_file):
             assert url is not None
             for channels in (args.channels, 3 * args.channels):
-                total = await trio.to_thread.run_sync(_counted_run, args, channels, url)
+                total = await trio.to_thread.run_sync(_counted_run, args, channels, url, ca_file)
                 runs.append({"channels": channels, "instructions": total})
 
     trio.run(both)
@@ -355,9 +389,13 @@ def _exit_now(result: dict[str, Any]) -> None:
 
 async def _timed(args: argparse.Namespace) -> dict[str, Any]:
     on_connected = _exit_now if args.exit_when_connected else None
-    async with _far_end_for("websocket", args.far_end, args.channels) as url:
+    async with _far_end_for(
+        "websocket", args.far_end, args.channels, tls=args.tls, ca_file=args.ca_file
+    ) as (url, ca_file):
         assert url is not None
-        return await measure(args.client, url, channels=args.channels, on_connected=on_connected)
+        return await measure(
+            args.client, url, channels=args.channels, on_connected=on_connected, ca_file=ca_file
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,7 +408,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--client", choices=CLIENTS, default="node", help="a node, or a bare baseline"
     )
     parser.add_argument("--channels", type=int, default=100, help="channels (default 100)")
-    parser.add_argument("--far-end", metavar="URL", help="a running lean far end (ws://.../ws)")
+    parser.add_argument(
+        "--far-end", metavar="URL", help="a running lean far end (ws://.../ws or wss://)"
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the far end serves wss:// with a certificate of a private CA, which the "
+        "node's channels (option ca_file) and the bare client trust",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="the CAs a wss:// --far-end's certificate chains to (default: the system's)",
+    )
     parser.add_argument(
         "--instructions",
         action="store_true",
@@ -381,6 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.channels < 1:
         parser.error("--channels must be at least 1")
+    if (args.tls or args.ca_file) and args.client == "trio-websocket":
+        parser.error("--tls, --ca-file: the node and the bare client only")
+    if args.tls and args.far_end is not None:
+        parser.error("--tls: a far end of the bench's own only (--ca-file for a given one)")
+    if args.ca_file is not None and not (args.far_end or "").startswith("wss://"):
+        parser.error("--ca-file: for a wss:// --far-end only (--tls makes its own CA)")
     if args.instructions and args.exit_when_connected:
         parser.error("--exit-when-connected is a counted run's own, not for --instructions")
     # A channel's lifecycle is logged; the figure is the one line printed.

@@ -1,11 +1,12 @@
 """A lean far end for the channels and storm benchmarks: the websocket platform on picows.
 
 ``python -m bench.far_end [--port P] [--control-port C] [--heartbeat-interval S]
-[--first-message-id N] [--rtt MS]`` serves the websocket emulator's protocol
+[--first-message-id N] [--rtt MS] [--tls-cert PEM]`` serves the websocket emulator's protocol
 (:mod:`providers.emulators.websocket`, frames in :mod:`providers.websocket.core`)
 at ``ws://127.0.0.1:P/ws`` and prints one line, ``lean websocket far end listening
 on ws://127.0.0.1:P/ws (control API: http://127.0.0.1:C/_emulator/)``, then runs
-until SIGTERM or SIGINT.
+until SIGTERM or SIGINT. With ``--tls-cert`` (a PEM file holding the
+certificate chain and its key) it serves ``wss://`` instead, and the line says so.
 
 Design:
 - The hypercorn emulator spends about 400 µs of its own CPU per message
@@ -64,6 +65,7 @@ import json.encoder
 import json.scanner
 import math
 import signal
+import ssl
 import sys
 import time
 from collections import Counter, deque
@@ -573,9 +575,15 @@ class _Control(asyncio.Protocol):
 
 
 async def serve(
-    platform: Platform, *, host: str = "127.0.0.1", port: int = 0, control_port: int = 0
+    platform: Platform,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    control_port: int = 0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Server, asyncio.Server]:
-    """Listen for clients and for the control API; returns (websocket, control) servers."""
+    """Listen for clients (over TLS with ``tls``) and for the control API; returns
+    (websocket, control) servers."""
 
     held = _Held()
 
@@ -585,7 +593,12 @@ async def serve(
         return _Link(platform, _token_of(request), held)
 
     websocket = await ws_create_server(
-        route, host, port, websocket_handshake_timeout=HANDSHAKE_TIMEOUT, backlog=LISTEN_BACKLOG
+        route,
+        host,
+        port,
+        websocket_handshake_timeout=HANDSHAKE_TIMEOUT,
+        backlog=LISTEN_BACKLOG,
+        ssl=tls,
     )
     loop = asyncio.get_running_loop()
     control = await loop.create_server(lambda: _Control(platform), host, control_port)
@@ -602,8 +615,12 @@ async def _run(args: argparse.Namespace) -> None:
         first_message_id=args.first_message_id,
         latency=args.rtt / 1e3,
     )
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert)
     websocket, control = await serve(
-        platform, host=args.host, port=args.port, control_port=args.control_port
+        platform, host=args.host, port=args.port, control_port=args.control_port, tls=tls
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -611,7 +628,7 @@ async def _run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     gc.freeze()  # what start-up built is never garbage; the collector skips it from now on
     print(
-        f"{BANNER}ws://{args.host}:{_port(websocket)}/ws "
+        f"{BANNER}{'wss' if tls else 'ws'}://{args.host}:{_port(websocket)}/ws "
         f"(control API: http://{args.host}:{_port(control)}/_emulator/)",
         flush=True,
     )
@@ -643,6 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         metavar="MS",
         help="milliseconds every answer (and ready) is held back: a round trip (0: none)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve wss:// with this certificate chain and its key in one PEM file",
     )
     args = parser.parse_args(argv)
     try:

@@ -384,6 +384,7 @@ async def open_far_end_process(
     first_message_id: int = 1,
     heartbeat_interval: float | None = None,
     latency: float = 0.0,
+    tls_cert: str | None = None,
 ) -> AsyncIterator[FarEndProcess]:
     """Run the lean websocket far end (``python -m bench.far_end``) as a child process.
 
@@ -394,6 +395,8 @@ async def open_far_end_process(
         heartbeat_interval: seconds between its heartbeat frames (None: the
             emulator's default, 15 s).
         latency: seconds it holds its answers back (``--rtt``; 0: none).
+        tls_cert: a PEM file with its certificate chain and key: it serves
+            ``wss://`` (see :mod:`bench.tls`).
 
     Raises:
         ScenarioError: it did not start listening in time.
@@ -406,6 +409,8 @@ async def open_far_end_process(
         command += ["--heartbeat-interval", str(heartbeat_interval)]
     if latency:
         command += ["--rtt", repr(latency * 1e3)]
+    if tls_cert is not None:
+        command += ["--tls-cert", tls_cert]
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=None)
     try:
         assert process.stdout is not None

@@ -67,9 +67,12 @@ import argparse
 import contextlib
 import json
 import logging
+import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -103,15 +106,24 @@ async def measure(
     sends: int,
     far_end: str | None = None,
     connect_wait: float = CONNECT_WAIT,
+    tls: bool = False,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """Run the closed-loop sends once and return the JSON line's fields.
+
+    ``tls``: the websocket far end this starts serves ``wss://`` with a
+    certificate of a private CA, which the channels trust (their option
+    ``ca_file``); ``ca_file``: what a given ``wss://`` ``far_end``'s
+    certificate chains to (None: the system's trust store).
 
     Raises:
         RuntimeError: not every channel connected within ``connect_wait`` seconds.
     """
     async with contextlib.AsyncExitStack() as stack:
         if provider != "simulated":
-            far_end = await stack.enter_async_context(_far_end_for(provider, far_end, channels))
+            far_end, ca_file = await stack.enter_async_context(
+                _far_end_for(provider, far_end, channels, tls=tls, ca_file=ca_file)
+            )
         config = parse_config(
             {
                 "node": {"id": "send-cost", "start_timeout": connect_wait},
@@ -132,6 +144,7 @@ async def measure(
                     tenant="bench",
                     base_url=far_end,
                     credentials={"token": f"send-cost-{index:05d}"},
+                    options={} if ca_file is None else {"ca_file": ca_file},
                 )
             elif provider in HTTP:
                 assert far_end is not None
@@ -213,6 +226,7 @@ async def measure_bare(
     sends: int,
     provider: str = "websocket",
     library: str = "wsproto",
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
     """The sends of :func:`measure` by a bare client: the baseline.
 
@@ -220,8 +234,9 @@ async def measure_bare(
     end at ``url``, each with ``callers`` callers that send a frame and wait
     for its ``ack`` (an event per send, as a plain client would);
     ``library="websockets"``: the same client on ``websockets``' sans-I/O
-    protocol, the one the node's link uses. Telegram and WhatsApp:
-    :func:`measure_bare_http`.
+    protocol, the one the node's link uses. Over ``wss://`` each connection
+    is trio's TLS stream, trusting ``ca_file`` (None: the system's store).
+    Telegram and WhatsApp: :func:`measure_bare_http`.
 
     Raises:
         RuntimeError: the far end refused a send (inside the nursery's
@@ -254,6 +269,7 @@ async def measure_bare(
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "wss" else None
     session = _Session()
     answers = session.tally = Answers()
     kind = _WebsocketsConnection if library == "websockets" else _Connection
@@ -265,7 +281,12 @@ async def measure_bare(
             target = f"{parts.path or '/'}?token={token}"
             opened.append(
                 await nursery.start(
-                    partial(_serve_connection, kind=kind), session, host, port, target, token
+                    partial(_serve_connection, kind=kind, ssl_context=tls),
+                    session,
+                    host,
+                    port,
+                    target,
+                    token,
                 )
             )
 
@@ -433,7 +454,9 @@ def counted(output: str, returncode: int, sends: int) -> int:
     return callgrind.counted(output, returncode, field="sends", expected=sends, what="sends made")
 
 
-def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> int:
+def _counted_run(
+    args: argparse.Namespace, sends: int, far_end: str | None, ca_file: str | None
+) -> int:
     arguments = [
         *("--client", args.client, "--provider", args.provider),
         *("--channels", str(args.channels)),
@@ -441,6 +464,8 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
     ]
     if far_end is not None:
         arguments += ["--far-end", far_end]
+    if ca_file is not None:
+        arguments += ["--ca-file", ca_file]
     return callgrind.run_counted(
         "bench.send_cost",
         arguments,
@@ -452,21 +477,35 @@ def _counted_run(args: argparse.Namespace, sends: int, far_end: str | None) -> i
 
 @contextlib.asynccontextmanager
 async def _far_end_for(
-    provider: str, given: str | None, channels: int
-) -> AsyncIterator[str | None]:
+    provider: str,
+    given: str | None,
+    channels: int,
+    *,
+    tls: bool = False,
+    ca_file: str | None = None,
+) -> AsyncIterator[tuple[str | None, str | None]]:
+    """The far end's URL (``given``, or one started here) and the CA file its
+    certificate chains to (``ca_file``, or the private CA of one started with ``tls``)."""
     if provider not in BARE_PROVIDERS or given is not None:
-        yield given
+        yield given, ca_file
         return
     if provider in HTTP:
         async with _http_far_end(provider, channels) as url:
-            yield url
+            yield url, None
         return
     from .rig import open_far_end_process
 
-    # No heartbeats: their number would follow the run's wall-clock time,
-    # which valgrind and the machine's load stretch.
-    async with open_far_end_process(heartbeat_interval=0) as far_end:
-        yield far_end.channel_url
+    with tempfile.TemporaryDirectory(prefix="send-cost-tls-") as directory:
+        tls_cert = None
+        if tls:
+            from .tls import PrivateAuthority
+
+            authority = PrivateAuthority(Path(directory))
+            tls_cert, ca_file = str(authority.server_pem), str(authority.ca_pem)
+        # No heartbeats: their number would follow the run's wall-clock time,
+        # which valgrind and the machine's load stretch.
+        async with open_far_end_process(heartbeat_interval=0, tls_cert=tls_cert) as far_end:
+            yield far_end.channel_url, ca_file
 
 
 @contextlib.asynccontextmanager
@@ -496,9 +535,11 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
 
     async def both() -> None:
-        async with _far_end_for(args.provider, args.far_end, args.channels) as url:
+        async with _far_end_for(
+            args.provider, args.far_end, args.channels, tls=args.tls, ca_file=args.ca_file
+        ) as (url, ca_file):
             for sends in (args.sends, 3 * args.sends):
-                total = await trio.to_thread.run_sync(_counted_run, args, sends, url)
+                total = await trio.to_thread.run_sync(_counted_run, args, sends, url, ca_file)
                 runs.append({"sends_per_caller": sends, "instructions": total})
 
     trio.run(both)
@@ -516,7 +557,9 @@ def _count_instructions(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _bare(args: argparse.Namespace) -> dict[str, Any]:
-    async with _far_end_for(args.provider, args.far_end, args.channels) as url:
+    async with _far_end_for(
+        args.provider, args.far_end, args.channels, tls=args.tls, ca_file=args.ca_file
+    ) as (url, ca_file):
         assert url is not None
         return await measure_bare(
             url,
@@ -525,6 +568,7 @@ async def _bare(args: argparse.Namespace) -> dict[str, Any]:
             sends=args.sends,
             provider=args.provider,
             library="websockets" if args.client == "bare-websockets" else "wsproto",
+            ca_file=ca_file,
         )
 
 
@@ -552,6 +596,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "whatsapp the emulator (http://host:port, its limits off)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="websocket: the far end serves wss:// with a certificate of a private CA, "
+        "which the node's channels (option ca_file) and the bare client trust",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="the CAs a wss:// --far-end's certificate chains to (default: the system's)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="count instructions per send under valgrind instead of timing (minutes)",
@@ -567,11 +622,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--client bare has no {args.provider} client: --provider "
             f"{', '.join(BARE_PROVIDERS)} only"
         )
+    if args.tls and (args.provider != "websocket" or args.far_end is not None):
+        parser.error("--tls: --provider websocket and a far end of the bench's own only")
+    if args.ca_file is not None and not (args.far_end or "").startswith("wss://"):
+        parser.error("--ca-file: for a wss:// --far-end only (--tls makes its own CA)")
     if args.far_end is not None:
         wanted = "http" if args.provider in HTTP else "ws"
         if args.provider not in BARE_PROVIDERS:
             parser.error(f"--far-end: {args.provider} channels have no far end")
-        elif urlsplit(args.far_end).scheme != wanted:
+        elif urlsplit(args.far_end).scheme not in (wanted, wanted + "s"):
             parser.error(
                 f"--far-end: a {args.provider} far end is a {wanted}:// URL, not {args.far_end!r}"
             )
@@ -599,6 +658,8 @@ def _measured(args: argparse.Namespace) -> dict[str, Any]:
             callers=args.callers,
             sends=args.sends,
             far_end=args.far_end,
+            tls=args.tls,
+            ca_file=args.ca_file,
         )
     )
 

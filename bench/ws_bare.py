@@ -49,11 +49,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import ssl
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import psutil
@@ -224,11 +225,11 @@ class _Session:
 class _Connection:
     """One bare client connection: a trio socket stream, a wsproto state machine, an outbox."""
 
-    def __init__(self, stream: trio.SocketStream, token: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, token: str) -> None:
         self._setup(stream, token)
         self.ws = WSConnection(ConnectionType.CLIENT)
 
-    def _setup(self, stream: trio.SocketStream, token: str) -> None:
+    def _setup(self, stream: trio.abc.Stream, token: str) -> None:
         self.stream = stream
         self.token = token
         self.outbox = bytearray()
@@ -294,7 +295,8 @@ class _Connection:
     async def receive(self, session: _Session) -> bool:
         """Read one chunk and handle its events; False once the connection is over."""
         try:
-            data = await self.stream.receive_some(READ_SIZE)
+            # (bytes from a socket stream and from trio's TLS stream alike)
+            data = cast(bytes, await self.stream.receive_some(READ_SIZE))
         except trio.BrokenResourceError:
             data = b""  # reset by the emulator: over, as a clean end is
         if not data:
@@ -343,7 +345,7 @@ class _WebsocketsConnection(_Connection):
     the issue names). The same stream, outbox and writer as the wsproto one.
     """
 
-    def __init__(self, stream: trio.SocketStream, token: str) -> None:  # no WSConnection
+    def __init__(self, stream: trio.abc.Stream, token: str) -> None:  # no WSConnection
         self._setup(stream, token)
         self.protocol: ClientProtocol | None = None  # made by the handshake
 
@@ -415,9 +417,12 @@ async def _serve_connection(
     headers: Sequence[tuple[bytes, bytes]] = (),
     *,
     kind: type[_Connection] = _Connection,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[_Connection] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    stream = await trio.open_tcp_stream(host, port)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if ssl_context is not None:  # wss://: trio's TLS stream, as a plain trio client would
+        stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
     async with stream:
         connection = kind(stream, token)
         await connection.handshake(f"{host}:{port}", target, session, headers)

@@ -46,6 +46,17 @@ async def test_every_channel_connects_once_and_is_open_when_the_line_is_handed_o
     assert not any(key.startswith("refused") for key in emulator.stats)
 
 
+@pytest.mark.parametrize("client", ["node", "bare"])
+async def test_both_clients_connect_over_wss_to_a_far_end_of_a_private_ca(client: str) -> None:
+    from bench.send_cost import _far_end_for
+
+    with trio.fail_after(CEILING):
+        async with _far_end_for("websocket", None, 3, tls=True) as (url, ca_file):
+            assert url is not None and url.startswith("wss://") and ca_file is not None
+            line = await connect_cost.measure(client, url, channels=3, ca_file=ca_file)
+    assert (line["client"], line["connected"]) == (client, 3)
+
+
 async def test_a_node_whose_channels_are_refused_stops_at_once_and_names_them() -> None:
     emulator = WebSocketEmulator(heartbeat_interval=None, tokens=["someone-else"])
     with (
@@ -90,6 +101,9 @@ async def test_an_unknown_client_is_refused() -> None:
         (["--channels", "0"], "--channels must be at least 1"),
         (["--client", "asyncio"], "invalid choice: 'asyncio'"),
         (["--instructions", "--exit-when-connected"], "is a counted run's own"),
+        (["--tls", "--client", "trio-websocket"], "--tls, --ca-file: the node and the bare"),
+        (["--tls", "--far-end", "wss://127.0.0.1:9/ws"], "--tls: a far end of the bench's own"),
+        (["--ca-file", "ca.pem"], "--ca-file: for a wss:// --far-end only"),
     ],
 )
 def test_bad_arguments_are_refused(

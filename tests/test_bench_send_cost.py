@@ -44,6 +44,20 @@ async def test_every_send_of_every_caller_reaches_the_websocket_far_end() -> Non
     assert {m["token"] for m in sent} == {f"send-cost-{index:05d}" for index in range(3)}
 
 
+@pytest.mark.parametrize("client", ["node", "bare"])
+async def test_every_send_reaches_a_wss_far_end_of_a_private_ca(client: str) -> None:
+    # --tls: the lean far end serves wss://, the channels (option ca_file) and
+    # the bare client trust its CA.
+    with trio.fail_after(CEILING):
+        if client == "node":
+            line = await send_cost.measure("websocket", channels=2, callers=2, sends=3, tls=True)
+        else:
+            async with send_cost._far_end_for("websocket", None, 2, tls=True) as (url, ca):
+                assert url is not None and url.startswith("wss://")
+                line = await send_cost.measure_bare(url, channels=2, callers=2, sends=3, ca_file=ca)
+    assert (line["client"], line["sends"]) == (client, 12)
+
+
 async def test_channels_that_cannot_connect_are_named_and_nothing_is_measured() -> None:
     with (
         trio.fail_after(CEILING),
@@ -257,6 +271,9 @@ def test_an_http_count_runs_both_sends_against_one_far_end(
             "--far-end: a websocket far end is a ws:// URL, not 'http://127.0.0.1:9'",
         ),
         (["--provider", "discord"], "argument --provider: invalid choice: 'discord'"),
+        (["--tls", "--provider", "telegram"], "--tls: --provider websocket and a far end of"),
+        (["--tls", "--far-end", "wss://127.0.0.1:9/ws"], "--tls: --provider websocket and"),
+        (["--ca-file", "ca.pem"], "--ca-file: for a wss:// --far-end only"),
         (
             ["--client", "bare-websockets", "--provider", "telegram"],
             "--client bare-websockets: --provider websocket only",

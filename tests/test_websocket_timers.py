@@ -79,7 +79,12 @@ class Server:
         self.peers: dict[str, Peer] = {}
 
     async def open_link(
-        self, url: str, headers: list[tuple[bytes, bytes]], *, max_message_size: int
+        self,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        ssl_context: object = None,
+        max_message_size: int,
     ) -> WebSocketLink:
         pair = (
             trio.testing.lockstep_stream_pair if self.lockstep else trio.testing.memory_stream_pair

@@ -71,7 +71,13 @@ from providers.operations import (
     React,
     SendTyping,
 )
-from providers.options import buffer_size, limit, options_converter, options_error
+from providers.options import (
+    OptionValueError,
+    buffer_size,
+    limit,
+    options_converter,
+    options_error,
+)
 
 from .core import (
     DEFAULT_RETRY_AFTER,
@@ -95,6 +101,7 @@ from .link import (
     Pong,
     WebSocketLink,
     open_link,
+    tls_context,
 )
 from .timers import ReaderTimer, timer_service
 
@@ -116,6 +123,19 @@ MAX_UPLOAD_BYTES: Final = WEBSOCKET_LIMITS.max_upload_bytes
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+def _trust_store(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """``ca_file`` loads (the context it makes is the one its links use)."""
+    if value is None:
+        return
+    try:
+        tls_context(value)
+    except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError)
+        raise OptionValueError(
+            f"options.{attribute.name}: the certificate authorities in {value!r} "
+            f"cannot be loaded: {exc}"
+        ) from None
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +160,11 @@ class WebSocketOptions:
             UTF-8); a larger one closes the link with 1009 as its frame's
             header comes, before its bytes are read: a transient error (the
             channel reconnects with backoff).
+        ca_file: for ``wss://``, a PEM file of the certificate authorities the
+            server's certificate must chain to, instead of the system's trust
+            store (a platform behind a private CA). Read once per process:
+            one that cannot be read, or holds no certificate, is refused with
+            the options (the channel fails; ``switchboard check`` names it).
     """
 
     ping_interval: float | None = attrs.field(default=20.0, validator=_positive)
@@ -151,6 +176,7 @@ class WebSocketOptions:
     token_in_query: bool = False
     event_buffer: int = attrs.field(default=1024, validator=buffer_size)
     max_message_bytes: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=limit("bytes"))
+    ca_file: str | None = attrs.field(default=None, validator=_trust_store)
 
 
 _OPTIONS: Final = options_converter()
@@ -412,12 +438,16 @@ class WebSocketConnection:
         url, headers = _target(self._config, self._options)
         assert self._ready is not None
         timeout = self._options.connect_timeout
+        ca_file = self._options.ca_file  # (None: the system's store, for wss:// only)
         try:
             with map_exceptions(_connect_errors(url, timeout)):
                 # A plain cancel scope, as fail_after is (less its generator).
                 with trio.CancelScope(deadline=trio.current_time() + timeout) as deadline:
                     self._link = await open_link(
-                        url, headers, max_message_size=self._options.max_message_bytes
+                        url,
+                        headers,
+                        ssl_context=None if ca_file is None else tls_context(ca_file),
+                        max_message_size=self._options.max_message_bytes,
                     )
                     self._nursery.start_soon(self._run)
                     await self._ready.wait()
