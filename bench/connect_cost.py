@@ -263,7 +263,8 @@ async def _bare(
 
     parts = urlsplit(url)
     tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "wss" else None
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
     target = parts.path or "/"
     session = _Session()
     opened: list[_Connection] = []

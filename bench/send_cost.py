@@ -268,7 +268,8 @@ async def measure_bare(
                     event.set()
 
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
     tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "wss" else None
     session = _Session()
     answers = session.tally = Answers()

@@ -10,7 +10,10 @@ and end cleanly on the server's TLS goodbye or on a cut connection.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -36,7 +39,7 @@ BIG = 64 * 1024  # characters in a large text: several TLS records
 class Peer:
     """The server's side of one accepted link: its TLS stream and websocket protocol."""
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], protocol: ServerProtocol):
+    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol):
         self.stream = stream
         self.protocol = protocol
 
@@ -60,8 +63,10 @@ class Peer:
 Handler = Callable[[Peer], Awaitable[None]]
 
 
-async def _accept(context: ssl.SSLContext, handler: Handler, tcp: trio.SocketStream) -> None:
-    stream = trio.SSLStream(tcp, context, server_side=True)
+async def _accept(context: ssl.SSLContext | None, handler: Handler, tcp: trio.SocketStream) -> None:
+    stream: trio.abc.Stream = tcp
+    if context is not None:
+        stream = trio.SSLStream(tcp, context, server_side=True)
     protocol = ServerProtocol(max_size=None)
     try:
         while True:
@@ -80,10 +85,12 @@ async def _accept(context: ssl.SSLContext, handler: Handler, tcp: trio.SocketStr
 
 
 @asynccontextmanager
-async def tls_server(authority: PrivateAuthority, handler: Handler) -> AsyncIterator[int]:
-    """A websocket server over TLS on 127.0.0.1; yields its port."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(authority.server_pem))
+async def tls_server(authority: PrivateAuthority | None, handler: Handler) -> AsyncIterator[int]:
+    """A websocket server over TLS on 127.0.0.1 (plain without ``authority``); yields its port."""
+    context = None
+    if authority is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(authority.server_pem))
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             partial(trio.serve_tcp, partial(_accept, context, handler), 0, host="127.0.0.1")
@@ -266,6 +273,18 @@ def test_a_ca_file_that_cannot_be_used_is_refused_with_the_options(
     assert "cannot be loaded" in str(no.value) and name in str(no.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "said"), [("", "is empty"), ("certs/ca.pem", "is 'certs/ca.pem'")]
+)
+def test_a_ca_file_that_is_no_absolute_path_is_refused(value: str, said: str) -> None:
+    # "" would be no file (the system's store: the private CA silently not
+    # trusted); a relative path would depend on where the node was started.
+    from providers.websocket.shell import parse_options
+
+    with pytest.raises(FatalError, match=f"options.ca_file {said}; expected the absolute path"):
+        parse_options({"ca_file": value})
+
+
 async def test_a_channel_sends_over_wss_to_the_lean_far_end_at_once(
     authority: PrivateAuthority,
 ) -> None:
@@ -321,3 +340,92 @@ async def test_a_channel_that_does_not_trust_the_server_gets_a_transient_connect
                 async with WebSocketProvider().open_connection(config):
                     pass
     assert "tls-token" not in str(refused.value)
+
+
+async def _reset_by_the_server(listener: socket.socket) -> socket.socket:
+    """A client socket whose server accepted it and reset it (the reset already in)."""
+    client = socket.socket()
+    client.setblocking(False)
+    try:
+        client.connect(listener.getsockname())
+    except BlockingIOError:
+        await trio.lowlevel.wait_writable(client)
+    server, _ = listener.accept()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()  # a reset, not a clean end
+    await trio.lowlevel.wait_readable(client)
+    return client
+
+
+async def test_a_reset_during_the_tls_handshake_is_a_transient_connect_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by review: the handshake's write raised the link's LinkClosed,
+    # which no connect mapping knows: it crashed the channel's actor.
+    from providers.websocket import link
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        async def reset(host: str, port: int) -> socket.socket:
+            return await _reset_by_the_server(listener)
+
+        monkeypatch.setattr(link, "_connect_tcp", reset)
+        url = f"wss://127.0.0.1:{listener.getsockname()[1]}/ws"
+        with trio.fail_after(IO_CEILING):
+            with pytest.raises(ConnectionResetError, match="during the TLS handshake"):
+                await open_link(url, [])
+            config = ChannelConfig(
+                channel_id="tls", provider="websocket", base_url=url, credentials={"token": "t"}
+            )
+            with pytest.raises(TransientError, match="during the TLS handshake"):
+                async with WebSocketProvider().open_connection(config):
+                    pass
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_an_address_that_drops_packets_does_not_hold_the_connect(
+    scheme: str, authority: PrivateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dual-stack host whose first address is a black hole (a broken IPv6
+    # route): the next address is tried 250 ms on (trio's happy eyeballs), as
+    # trio's TCP stream did for wss:// before (found by review).
+    async def hello(peer: Peer) -> None:
+        await peer.send_text("hello")
+        await trio.sleep_forever()
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        queued = []  # its accept queue full: the SYNs of another connect are dropped
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(hole.getsockname())
+            queued.append(filler)
+        try:
+            async with tls_server(authority if scheme == "wss" else None, hello) as port:
+                addresses = [
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", hole.getsockname()),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+                ]
+
+                async def resolve(*args: Any, **kwargs: Any) -> list[Any]:
+                    return addresses
+
+                monkeypatch.setattr(trio.socket, "getaddrinfo", resolve)
+                with trio.fail_after(IO_CEILING):
+                    link = await open_link(
+                        f"{scheme}://localhost:{port}/ws",
+                        [],
+                        ssl_context=authority.client_context(),
+                    )
+                    try:
+                        assert await read_texts(link, 1) == ["hello"]
+                    finally:
+                        await link.aclose()
+        finally:
+            for filler in queued:
+                filler.close()

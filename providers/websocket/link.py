@@ -219,12 +219,21 @@ async def open_link(
 
 
 async def _connect_tcp(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket (``TCP_NODELAY``), trying each address in turn.
+    """A connected non-blocking TCP socket (``TCP_NODELAY``).
+
+    A host with one address is connected here; one with several (a
+    dual-stack host) by trio's happy eyeballs, which tries the next address
+    250 ms after the last began, so one that drops packets (a broken IPv6
+    route) does not hold the connect until its timeout.
 
     Raises:
         OSError: no address could be connected (the last error).
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if len(infos) > 1:
+        stream = await trio.open_tcp_stream(host, port)  # (resolves again: a cache's work)
+        ours = stream.socket
+        return socket.socket(ours.family, ours.type, ours.proto, fileno=ours.detach())
     error: OSError = OSError(f"{host!r} has no address")
     for family, type_, proto, _, address in infos:
         sock = socket.socket(family, type_, proto)
@@ -405,18 +414,21 @@ class _TLSSocketIO:
             OSError: the connection broke or ended during the handshake.
         """
         tls = self._tls
-        while True:
-            try:
-                tls.do_handshake()
-            except ssl.SSLWantReadError:
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    await self._drain()
+                    if not await self._fill():
+                        raise ConnectionResetError(
+                            "the server closed the connection during the TLS handshake"
+                        ) from None
+                    continue
                 await self._drain()
-                if not await self._fill():
-                    raise ConnectionResetError(
-                        "the server closed the connection during the TLS handshake"
-                    ) from None
-                continue
-            await self._drain()
-            return
+                return
+        except LinkClosed as exc:  # (_drain's word for a broken socket): a connect error
+            raise ConnectionResetError(f"during the TLS handshake, {exc}") from None
 
     async def receive(self) -> bytes | None:
         """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe).

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -126,9 +127,16 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float | Non
 
 
 def _trust_store(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    """``ca_file`` loads (the context it makes is the one its links use)."""
+    """``ca_file`` is an absolute path, and loads (the context it makes is the one
+    its links use). An empty one would be no file, the system's store, and a
+    relative one would depend on the directory the node was started in."""
     if value is None:
         return
+    if not os.path.isabs(value):
+        raise OptionValueError(
+            f"options.{attribute.name} is {'empty' if not value else repr(value)}; "
+            "expected the absolute path of a PEM file of certificate authorities"
+        )
     try:
         tls_context(value)
     except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError)
@@ -160,9 +168,10 @@ class WebSocketOptions:
             UTF-8); a larger one closes the link with 1009 as its frame's
             header comes, before its bytes are read: a transient error (the
             channel reconnects with backoff).
-        ca_file: for ``wss://``, a PEM file of the certificate authorities the
-            server's certificate must chain to, instead of the system's trust
-            store (a platform behind a private CA). Read once per process:
+        ca_file: for ``wss://``, the absolute path of a PEM file of the
+            certificate authorities the server's certificate must chain to,
+            instead of the system's trust store (a platform behind a private
+            CA). Read once per process:
             one that cannot be read, or holds no certificate, is refused with
             the options (the channel fails; ``switchboard check`` names it).
     """
@@ -372,9 +381,9 @@ class WebSocketConnection:
     def can_start_at_once(self, msg: Operation) -> bool:
         """Whether :meth:`start_at_once` can send ``msg`` now, without waiting for anything.
 
-        It can while the link is open and ready, nobody else writes to it,
-        its socket is a plain one (``ws://``), no send with the same key is
-        out, and ``msg`` uploads no file.
+        It can while the link is open and ready, nobody else writes to it
+        (``ws://`` or ``wss://``), no send with the same key is out, and
+        ``msg`` uploads no file.
         """
         if type(msg) is OutboundMessage and msg.media is not None and msg.media.path is not None:
             return False
