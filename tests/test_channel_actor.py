@@ -551,7 +551,13 @@ def test_limits_off_a_used_limiter_checkpoints_as_a_fresh_one_until_a_pause() ->
     assert all(used.limiter.try_acquire(5.0, key=f"peer-{i}") for i in range(100))
     assert used.limiter.untouched
     assert export_state(used, now=5.0, clock_offset=1000.0) == fresh
-    used.limiter.pause_until(7.0, key="peer-1")
+    shared = used.limiter
+    assert not used.limiter_made  # limits off: the limiter every such channel reads
+    with pytest.raises(RuntimeError, match="cannot pause"):
+        shared.pause_until(7.0)
+    used.own_limiter().pause_until(7.0, key="peer-1")
+    assert used.limiter_made and used.limiter is not shared
+    assert shared.untouched  # the others' is not paused
     assert not used.limiter.untouched
     paused = export_state(used, now=5.0, clock_offset=1000.0)
     assert paused != fresh

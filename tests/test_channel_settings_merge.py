@@ -133,15 +133,18 @@ def test_a_channel_with_limits_off_keeps_no_limiter_state() -> None:
         assert limiter.delay(10.0, key=f"peer-{i}") == 0.0
         assert limiter.try_acquire(10.0, key=f"peer-{i}")
         assert limiter.try_acquire(10.0, key=f"peer-{i}")
+    assert not memory.limiter_made  # it read the limiter every such channel shares
     exported = export_state(memory, now=10.0, clock_offset=0.0).limiter
     assert exported == CompositeLimiterState(parts=(GCRAState(), KeyedLimiterState()))
     assert refill_window(limits) == 0.0  # a crash's restore holds nothing back
-    # The platform's own pauses still hold: a recipient's 429, then the channel's.
-    limiter.pause_until(12.0, key="peer-7")
-    assert not limiter.try_acquire(11.0, key="peer-7")
-    assert limiter.try_acquire(11.0, key="peer-8")
-    limiter.pause_until(13.0)
-    assert limiter.delay(11.0, key="peer-8") == 2.0
+    # The platform's own pauses still hold: a recipient's 429, then the channel's,
+    # in a limiter of the channel's own; the shared one stays free.
+    memory.own_limiter().pause_until(12.0, key="peer-7")
+    assert not memory.limiter.try_acquire(11.0, key="peer-7")
+    assert memory.limiter.try_acquire(11.0, key="peer-8")
+    memory.own_limiter().pause_until(13.0)
+    assert memory.limiter.delay(11.0, key="peer-8") == 2.0
+    assert limiter.delay(11.0, key="peer-8") == 0.0 and limiter.untouched
     # With limits on, the same sends leave a schedule per recipient behind.
     limited = ChannelMemory(PLATFORM, ChannelSettings())
     assert limited.limiter.try_acquire(10.0, key="peer-1")

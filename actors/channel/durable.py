@@ -243,9 +243,13 @@ def restore_state(
     from .state import ChannelStatus, OutboundDeadLetter
 
     back = -clock_offset
-    limiter = memory.limiter
+    limiter: CompositeLimiter | None = None
     if state.limiter is not None:
-        limiter = CompositeLimiter(*limiter.parts, state=_shift_limiter(state.limiter, back))
+        restored = CompositeLimiter(
+            *memory.limiter.parts, state=_shift_limiter(state.limiter, back)
+        )
+        if memory.limiter_made or not restored.untouched:  # (else: the shared one of limits off)
+            limiter = restored
     backoff = memory.backoff
     restored_backoff = Backoff(
         backoff.policy,
@@ -263,7 +267,8 @@ def restore_state(
         state=_shift_breaker(state.breaker, back),
     )
     # Everything is checked above; from here on nothing raises.
-    memory.limiter = limiter
+    if limiter is not None:
+        memory.limiter = limiter
     memory.backoff = restored_backoff
     memory.breaker = restored_breaker
     memory.session = state.session
@@ -290,7 +295,7 @@ def restore_state(
         memory.status = ChannelStatus.FAILED
         memory.last_error = state.failed
     if not state.clean:
-        memory.limiter.pause_until(now + refill_window(memory.limits))
+        memory.own_limiter().pause_until(now + refill_window(memory.limits))
 
 
 # --- moving times between clocks (always rounding later) --------------------------------

@@ -525,7 +525,6 @@ class SendPath:
             ChannelUnavailable: no connection within ``connect_wait``.
         """
         memory = self.memory
-        limiter = memory.limiter
         breaker = memory.breaker
         peer = message.peer
         attempts = 0
@@ -539,6 +538,9 @@ class SendPath:
                     failed = None  # what it raises may be this one: no cycle through this frame
             while True:
                 self._raise_if_failed()
+                # Read again at each turn: a pause gives a channel whose limits
+                # are off its own limiter in place of the shared one.
+                limiter = memory.limiter
                 now = trio.current_time()
                 delay = limiter.delay(now, key=peer)
                 if delay > 0:
@@ -561,7 +563,7 @@ class SendPath:
                     await trio.sleep_until(exc.retry_at)
                     continue
                 conn = await self._live_connection()
-                if not limiter.try_acquire(trio.current_time(), key=peer):
+                if not memory.limiter.try_acquire(trio.current_time(), key=peer):
                     breaker.record_success(trio.current_time())  # release a trial slot
                     continue
                 if self._turns is not None:
@@ -631,9 +633,9 @@ class SendPath:
             # Not a failure; the limiter wait it causes is counted on the way round.
             until = now + verdict.delay
             if verdict.pause_peer is not None:
-                memory.limiter.pause_until(until, key=verdict.pause_peer)
+                memory.own_limiter().pause_until(until, key=verdict.pause_peer)
             else:
-                memory.limiter.pause_until(until)
+                memory.own_limiter().pause_until(until)
             return
         memory.counters["send_failures"] += 1
         if action is SendAction.RETRY:

@@ -11,11 +11,12 @@ frozen ``state`` record for a store to persist across processes.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import attrs
@@ -96,6 +97,29 @@ def new_limiter(limits: PlatformLimits) -> CompositeLimiter:
             max_keys=DEFAULT_PEER_BUCKETS,
         ),
     )
+
+
+def unlimited(limits: PlatformLimits) -> bool:
+    """Whether ``limits`` are off: no rate for the channel, none per peer."""
+    return limits.per_channel_rate >= UNLIMITED and limits.per_peer_rate >= UNLIMITED
+
+
+class _SharedLimiter(CompositeLimiter):
+    """A limiter of limits off that channels share: admitting changes nothing in
+    it, and a pause, which would hold every channel, is refused."""
+
+    __slots__ = ()
+
+    def pause_until(self, t: float, *, key: Hashable | None = None) -> None:
+        raise RuntimeError("a shared limiter cannot pause: pause the channel's own_limiter()")
+
+
+@functools.lru_cache(maxsize=64)
+def _free_limiter(limits: PlatformLimits) -> CompositeLimiter:
+    """The limiter every channel with these ``limits`` (off) reads until it must
+    pause (:meth:`ChannelMemory.own_limiter` gives it one of its own then)."""
+    limiter = new_limiter(limits)
+    return _SharedLimiter(*limiter.parts)
 
 
 # The jitter source of every channel that is not given its own generator. A
@@ -661,19 +685,37 @@ class ChannelMemory:
 
     @property
     def limiter(self) -> CompositeLimiter:
-        """The channel's rate limiters: its own bucket, then one per peer."""
+        """The channel's rate limiters: its own bucket, then one per peer.
+
+        With its limits off, and until a platform asks it to wait, a channel
+        reads one limiter shared by every such channel (it keeps no state:
+        nothing it admits changes it), so it holds none of its own (0.7 KB).
+        Read it again after anything that may pause: a pause goes to
+        :meth:`own_limiter`.
+        """
         limiter = self._limiter
         if limiter is None:
-            limiter = self._limiter = new_limiter(self.limits)
+            limits = self.limits
+            if unlimited(limits):
+                return _free_limiter(limits)
+            limiter = self._limiter = new_limiter(limits)
         return limiter
 
     @limiter.setter
     def limiter(self, limiter: CompositeLimiter) -> None:
         self._limiter = limiter
 
+    def own_limiter(self) -> CompositeLimiter:
+        """The channel's own limiter, made if it reads the shared one: what a pause changes."""
+        limiter = self._limiter
+        if limiter is None:
+            limiter = self._limiter = new_limiter(self.limits)
+        return limiter
+
     @property
     def limiter_made(self) -> bool:
-        """Whether :attr:`limiter` exists yet (until then it is a fresh one)."""
+        """Whether the channel has a limiter of its own yet (until then its
+        :attr:`limiter` is a fresh one, or the shared one of limits off)."""
         return self._limiter is not None
 
     @property
