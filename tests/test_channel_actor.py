@@ -301,6 +301,29 @@ async def test_a_429_storm_waits_exactly_and_is_not_a_failure(autojump_clock: An
             assert (stats.send_failures, stats.rate_limit_waits, stats.dead_letters) == (0, 4, 0)
 
 
+async def test_limits_off_sends_make_no_limiter_and_a_429_still_waits(
+    autojump_clock: Any,
+) -> None:
+    # Limits off, a channel reads the limiter every such channel shares; the
+    # platform's 429 gives it one of its own, which holds the next sends.
+    provider = FakeProvider(
+        limits=UNLIMITED_LIMITS, send_script=[None] * 20 + [RateLimited("429", retry_after=5.0)]
+    )
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            memory = channel.memory
+            shared = memory.limiter
+            for i in range(20):
+                await channel.send(out(key=f"k{i}", peer=f"p{i}"))
+            assert not memory.limiter_made and memory.limiter is shared
+            await channel.send(out(key="paused", peer="p-late"))
+            assert memory.limiter_made and memory.limiter is not shared
+            assert shared.untouched  # other channels are not held
+            attempts = [t for t, m in provider.send_attempts if m.idempotency_key == "paused"]
+            assert attempts == pytest.approx([0.0, 5.0], abs=1e-5)
+
+
 async def test_disconnect_mid_send_retries_on_the_new_connection(autojump_clock: Any) -> None:
     provider = FakeProvider(limits=GENEROUS, send_script=[TransientError("connection reset")])
     with trio.fail_after(CEILING):
