@@ -363,14 +363,37 @@ class RecentIds:
 SentEntry: TypeAlias = tuple[str, str, str]
 """A send's answer: ``(idempotency key, platform message id, peer)``."""
 
+_Answer: TypeAlias = "str | tuple[str, str]"
+"""How a table keeps a send's answer: ``"<platform message id>\\0<peer>"``, or
+``(platform message id, peer)`` when the id holds a NUL or either is no exact
+string (see :class:`SentResults`)."""
+
+_SEP: Final = "\0"
+
+
+def _answer(platform_message_id: str, peer: str) -> _Answer:
+    if type(platform_message_id) is str and type(peer) is str and _SEP not in platform_message_id:
+        return platform_message_id + _SEP + peer
+    return (platform_message_id, peer)
+
+
+def _read(answer: _Answer) -> tuple[str, str]:
+    if type(answer) is str:
+        platform_message_id, _, peer = answer.partition(_SEP)
+        return platform_message_id, peer
+    return answer  # type: ignore[return-value]  # (the tuple kept)
+
 
 class SentWindow:
-    """The newest send answers a checkpoint carries, oldest first: :data:`SentEntry` each.
+    """The newest send answers a checkpoint carries, oldest first: read as
+    :data:`SentEntry` triples.
 
-    A value: compared and hashed by its entries, which are exact tuples of
-    strings (the collector stops tracking them: a checkpoint's answers are
-    256 per busy channel, and an object per answer, even slotted, would stay
-    tracked for life).
+    A value: compared and hashed by its entries. It keeps its keys and the
+    table's answers (:data:`_Answer`, the very strings the table holds) in
+    two tuples of strings, which the collector stops tracking: a
+    checkpoint's answers are 256 per busy channel, and a triple per answer
+    would be one more object per send for the collector to count until the
+    window let go of it.
 
     It also keeps the store codec's text of its entries (:meth:`encoded`),
     made the first time a checkpoint writes them, and hands the texts of
@@ -379,25 +402,43 @@ class SentWindow:
     nearly all of them written before.
     """
 
-    __slots__ = ("_texts", "entries")
+    __slots__ = ("_answers", "_keys", "_texts")
 
     def __init__(self, entries: Iterable[SentEntry] = (), texts: list[str] | None = None) -> None:
-        self.entries: tuple[SentEntry, ...] = tuple(entries)  # (a tuple is not copied)
-        self._texts = texts  # the texts of entries[: len(texts)], or None: none made yet
+        entries = tuple(entries)
+        self._keys: tuple[str, ...] = tuple(key for key, _, _ in entries)
+        self._answers: tuple[_Answer, ...] = tuple(_answer(m, p) for _, m, p in entries)
+        self._texts = texts  # the texts of the first len(texts) entries, or None: none made yet
+
+    @classmethod
+    def _of(
+        cls, keys: tuple[str, ...], answers: tuple[_Answer, ...], texts: list[str] | None
+    ) -> SentWindow:
+        window = cls.__new__(cls)
+        window._keys = keys
+        window._answers = answers
+        window._texts = texts
+        return window
+
+    @property
+    def entries(self) -> tuple[SentEntry, ...]:
+        """Its answers as triples (made for the asker)."""
+        return tuple(self)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._keys)
 
     def __iter__(self) -> Iterator[SentEntry]:
-        return iter(self.entries)
+        for key, answer in zip(self._keys, self._answers, strict=True):
+            yield (key, *_read(answer))
 
     def __getitem__(self, index: int) -> SentEntry:
-        return self.entries[index]
+        return (self._keys[index], *_read(self._answers[index]))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SentWindow):
             return NotImplemented
-        return self.entries == other.entries
+        return self._keys == other._keys and self.entries == other.entries
 
     def __hash__(self) -> int:
         return hash(self.entries)
@@ -407,13 +448,22 @@ class SentWindow:
 
     def shifted(self, new: list[SentEntry], count: int) -> SentWindow:
         """This window followed by ``new``, less its oldest beyond ``count``."""
-        entries = self.entries
-        drop = max(0, len(entries) + len(new) - count)
-        if drop > len(entries):
-            return SentWindow(tuple(new[drop - len(entries) :]))
+        return self._shifted([key for key, _, _ in new], [_answer(m, p) for _, m, p in new], count)
+
+    def _shifted(self, keys: list[str], answers: list[_Answer], count: int) -> SentWindow:
+        """:meth:`shifted` by ``keys`` with their ``answers`` as a table keeps them."""
+        kept = self._keys
+        drop = max(0, len(kept) + len(keys) - count)
+        if drop > len(kept):
+            start = drop - len(kept)
+            return SentWindow._of(tuple(keys[start:]), tuple(answers[start:]), None)
         texts = self._texts
         # The kept texts still start at the new window's first entry.
-        return SentWindow(entries[drop:] + tuple(new), None if texts is None else texts[drop:])
+        return SentWindow._of(
+            kept[drop:] + tuple(keys),
+            self._answers[drop:] + tuple(answers),
+            None if texts is None else texts[drop:],
+        )
 
     def encoded(self, encode: Callable[[SentEntry], str]) -> list[str]:
         """Each entry's text by ``encode`` (the store's codec), made once per entry.
@@ -421,12 +471,11 @@ class SentWindow:
         The list is the window's own, kept for the windows shifted from it:
         read it, never change it.
         """
-        entries = self.entries
         texts = self._texts
         if texts is None:
-            texts = self._texts = [encode(entry) for entry in entries]
-        elif len(texts) < len(entries):
-            texts.extend([encode(entry) for entry in entries[len(texts) :]])
+            texts = self._texts = [encode(entry) for entry in self]
+        elif len(texts) < len(self._keys):
+            texts.extend([encode(self[index]) for index in range(len(texts), len(self._keys))])
         return texts
 
 
@@ -440,19 +489,22 @@ class SentResults:
 
     Design notes:
 
-    - **Nothing here for the collector to walk.** The table holds up to
-      ``capacity`` answers for every channel that sends (a million at 1,000
-      busy channels), for as long as the node runs. Each answer is kept as
-      an exact tuple of strings, which the collector stops tracking the first
-      time it sees one: the answers never reach the older generations, so a
-      middle or full collection does not walk them. (An object of a class,
-      even slotted, stays tracked for life.) So is a checkpoint's
-      :class:`SentWindow`.
+    - **Nothing here for the collector to count or walk.** The table holds
+      up to ``capacity`` answers for every channel that sends (a million at
+      1,000 busy channels), for as long as the node runs. Each answer is
+      kept as one string, ``"<platform message id>\\0<peer>"`` (a tuple where
+      the id holds a NUL), which the collector does not track. A tuple per
+      answer, as before, was untracked only by the first collection that saw
+      it, and every one made counted towards that collection: until each
+      channel's table was full (a put then frees what it replaces), the
+      answers set off a young collection every 20,000 sends, 25-48 ms each at
+      1,000 channels (measured in the channels benchmark). So is a
+      checkpoint's :class:`SentWindow`, which holds the same strings.
     - **A checkpoint's list is shifted, not rebuilt.** A checkpoint asks for
       the same newest ``count`` answers every second, and a busy channel adds
       only a few between two asks. So :meth:`newest` keeps what it last
       returned (a window that keeps its encoding for the next checkpoint) and
-      the answers put since, and the next ask shifts that window by those
+      the keys put since, and the next ask shifts that window by those
       few instead of walking ``count`` entries of the table backwards again.
       A put of a key already here moves it out of order: it drops the window
       (the next ask walks the table), as do more puts since the last ask than
@@ -463,39 +515,41 @@ class SentResults:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # key -> (key, platform message id, peer)
-        self._results: OrderedDict[str, tuple[str, str, str]] | None = None
-        # What newest(_window_count) returned last, and the answers put
-        # since, oldest first; None when there is no window to shift (the
-        # list is made with the first window: most channels never have one).
+        # key -> its answer (see _Answer)
+        self._results: OrderedDict[str, _Answer] | None = None
+        # What newest(_window_count) returned last, and the keys put since,
+        # oldest first (still in the table: no more of them than a window
+        # holds, which is no more than the table does); None when there is no
+        # window to shift (made with the first window: most channels never
+        # have one).
         self._window: SentWindow | None = None
         self._window_count = 0
-        self._put_since: list[tuple[str, str, str]] | None = None
+        self._put_since: list[str] | None = None
 
     def __len__(self) -> int:
         return 0 if self._results is None else len(self._results)
 
     def get(self, key: str) -> tuple[str, str] | None:
         """``(platform message id, peer)`` of the send with ``key``, if recent."""
-        entry = None if self._results is None else self._results.get(key)
-        return None if entry is None else (entry[1], entry[2])
+        answer = None if self._results is None else self._results.get(key)
+        return None if answer is None else _read(answer)
 
     def put(self, key: str, platform_message_id: str, peer: str) -> None:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        entry = (key, platform_message_id, peer)
+        answer = _answer(platform_message_id, peer)
         if key in results:  # the key was here: it moves, out of the window's order
-            results[key] = entry
+            results[key] = answer
             results.move_to_end(key)
             self._drop_window()
             return
-        results[key] = entry
+        results[key] = answer
         if self._window is not None:
             since = self._put_since
             assert since is not None  # made with the window
             if len(since) < self._window_count:
-                since.append(entry)
+                since.append(key)
             else:  # the window is all new: walking the table is no dearer
                 self._drop_window()
         if len(results) > self.capacity:
@@ -517,12 +571,17 @@ class SentResults:
             if since:
                 # The table's newest are the window's then, and the puts since
                 # (none of them was there before, or the window was dropped).
-                window = self._window = window.shifted(since, count)
+                answers = [results[key] for key in since]
+                window = self._window = window._shifted(since, answers, count)
                 since.clear()
             return window
-        newest_first = list(itertools.islice(reversed(results.values()), count))
+        newest_first = list(itertools.islice(reversed(results.items()), count))
         newest_first.reverse()
-        window = SentWindow(tuple(newest_first))
+        window = SentWindow._of(
+            tuple(key for key, _ in newest_first),
+            tuple(answer for _, answer in newest_first),
+            None,
+        )
         # A table smaller than the window drops its oldest answers on a put,
         # which may be the window's: such a window is not kept.
         if count <= self.capacity:
