@@ -359,3 +359,15 @@ async def test_size_options_written_as_text_are_read_as_numbers(base_url: str) -
         with pytest.raises(FatalError, match=r"options\.max_body_bytes is a string; expected"):
             async with provider().open_connection(sized({"max_body_bytes": "16 KiB"})):
                 raise AssertionError("opened with a size that is not a number")
+
+
+def test_a_wss_gateway_socket_uses_the_process_s_one_tls_context() -> None:
+    # trio-websocket makes a default context per wss:// socket when given
+    # none: 22-35 ms of CPU to load the trust store at every connect and
+    # resume, and 0.8 MB held by each socket.
+    from providers._http import shared_ssl_context
+    from providers.discord.shell import _gateway_tls
+
+    assert _gateway_tls("wss://gateway.discord.gg/?v=10&encoding=json") is shared_ssl_context()
+    assert _gateway_tls("WSS://gateway.discord.gg/") is shared_ssl_context()
+    assert _gateway_tls("ws://127.0.0.1:9/gateway") is None  # trio-websocket refuses one there
