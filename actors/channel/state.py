@@ -373,8 +373,8 @@ _SEP: Final = "\0"
 
 def _answer(platform_message_id: str, peer: str) -> _Answer:
     if type(platform_message_id) is str and type(peer) is str and _SEP not in platform_message_id:
-        return platform_message_id + _SEP + peer
-    return (platform_message_id, peer)
+        return f"{platform_message_id}\0{peer}"  # (one string made: not a + _SEP + b)
+    return (platform_message_id, peer)  # (anything else, as it was given)
 
 
 def _read(answer: _Answer) -> tuple[str, str]:
@@ -538,7 +538,16 @@ class SentResults:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        answer = _answer(platform_message_id, peer)
+        # (_answer's, inline: a send's path)
+        answer: _Answer
+        if (
+            type(platform_message_id) is str
+            and type(peer) is str
+            and _SEP not in platform_message_id
+        ):
+            answer = f"{platform_message_id}\0{peer}"
+        else:
+            answer = (platform_message_id, peer)
         if key in results:  # the key was here: it moves, out of the window's order
             results[key] = answer
             results.move_to_end(key)
