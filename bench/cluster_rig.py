@@ -199,9 +199,15 @@ def spawn_redis(port: int) -> subprocess.Popen[bytes]:
     )
 
 
-async def wait_port(port: int) -> None:
-    """Until something listens on 127.0.0.1:``port``."""
+async def wait_port(port: int, *, process: trio.Process | None = None) -> None:
+    """Until something listens on 127.0.0.1:``port``.
+
+    Raises:
+        ProcessLookupError: ``process`` (what should listen) ended first.
+    """
     while True:
+        if process is not None and process.returncode is not None:
+            raise ProcessLookupError(f"it exited with {process.returncode}")
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
         except OSError:
@@ -516,18 +522,7 @@ class ClusterRig:
         """
         within = STARTUP_BASE + STARTUP_PER * len(self.channel_ids())
         began = time.time()
-        if self.params.ops:
-            # A node that runs none of the channels waited for below still has to
-            # answer: a test may post a webhook to it first thing.
-            for node_id in self.processes:
-                with trio.move_on_after(within) as waited:
-                    await wait_port(self.ops_ports[node_id])
-                if waited.cancelled_caught:
-                    raise RuntimeError(
-                        f"node {node_id}'s ops HTTP did not listen on port "
-                        f"{self.ops_ports[node_id]} within {within:g} s; its log is in "
-                        f"{self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
-                    )
+        deadline = trio.current_time() + within  # one limit for all of it
         try:
             self.startup = await self.wait_connected(within)
         except trio.TooSlowError:
@@ -538,6 +533,25 @@ class ClusterRig:
                 f"hold no single connection: {await self.diagnose(left, since=began)}; the "
                 f"nodes' logs are in {self.params.workdir} (SWITCHBOARD_RIG_LOG=info)"
             ) from None
+        if self.params.ops:
+            # A node that runs none of the channels waited for above still has to
+            # answer: a test may post a webhook to it first thing.
+            for node_id, process in self.processes.items():
+                port = self.ops_ports[node_id]
+                with trio.move_on_at(deadline) as waited:
+                    try:
+                        await wait_port(port, process=process)
+                    except ProcessLookupError as exc:
+                        raise RuntimeError(
+                            f"node {node_id} ended before its ops HTTP listened: {exc}; its "
+                            f"log is in {self.params.workdir}"
+                        ) from None
+                if waited.cancelled_caught:
+                    raise RuntimeError(
+                        f"node {node_id}'s ops HTTP did not listen on port {port} within "
+                        f"{within:g} s of the start; its log is in {self.params.workdir} "
+                        "(SWITCHBOARD_RIG_LOG=info)"
+                    )
 
     async def diagnose(self, channels: list[str], *, since: float, shown: int = 20) -> str:
         """What the rig knows of ``channels`` (the first ``shown``): each one's lease

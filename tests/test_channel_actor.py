@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -591,3 +592,26 @@ def test_limits_off_a_used_limiter_checkpoints_as_a_fresh_one_until_a_pause() ->
     assert used.limiter.try_acquire(7.0, key="peer-1")  # the pause is over: nothing kept
     assert used.limiter.untouched
     assert export_state(used, now=7.0, clock_offset=1000.0) == fresh
+    # A pause of the whole channel (a 429) is kept until it is over, then not.
+    used.own_limiter().pause_until(9.0)
+    assert export_state(used, now=8.0, clock_offset=1000.0).limiter.paused_until == pytest.approx(
+        1009.0
+    )  # (moved to the wall clock rounding later)
+    assert export_state(used, now=9.5, clock_offset=1000.0) == fresh
+
+
+def test_limits_off_a_restore_makes_no_limiter_of_the_channel_s_own() -> None:
+    # (Found by review.) A restore after a crash pauses a limited channel for
+    # its bucket's refill; limits off there is nothing to refill, so its
+    # memory keeps reading the shared limiter, as it does after an expired 429.
+    from actors.channel.durable import export_state, restore_state
+
+    crashed = ChannelMemory(UNLIMITED_LIMITS, settings())
+    crashed.own_limiter().pause_until(6.0)
+    state = export_state(crashed, now=7.0, clock_offset=1000.0, clean=False)
+    restored = ChannelMemory(UNLIMITED_LIMITS, settings())
+    restore_state(restored, state, now=10.0, clock_offset=1000.0)
+    assert not restored.limiter_made
+    limited = ChannelMemory(GENEROUS, settings())
+    restore_state(limited, attrs.evolve(state, limiter=None), now=10.0, clock_offset=1000.0)
+    assert limited.limiter_made and limited.limiter.delay(10.0, key="p") > 0

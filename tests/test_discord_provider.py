@@ -365,9 +365,12 @@ def test_a_wss_gateway_socket_uses_the_process_s_one_tls_context() -> None:
     # trio-websocket makes a default context per wss:// socket when given
     # none: 22-35 ms of CPU to load the trust store at every connect and
     # resume, and 0.8 MB held by each socket.
+    # Not the REST calls' context: httpcore sets its ALPN on every connection.
     from providers._http import shared_ssl_context
+    from providers._tls import tls_context
     from providers.discord.shell import _gateway_tls
 
-    assert _gateway_tls("wss://gateway.discord.gg/?v=10&encoding=json") is shared_ssl_context()
-    assert _gateway_tls("WSS://gateway.discord.gg/") is shared_ssl_context()
+    assert _gateway_tls("wss://gateway.discord.gg/?v=10&encoding=json") is tls_context()
+    assert _gateway_tls("WSS://gateway.discord.gg/") is tls_context()
+    assert tls_context() is not shared_ssl_context()
     assert _gateway_tls("ws://127.0.0.1:9/gateway") is None  # trio-websocket refuses one there

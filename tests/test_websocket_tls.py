@@ -109,7 +109,8 @@ async def raw_server(serve: Callable[[trio.SocketStream], Awaitable[None]]) -> A
 
 
 async def read_texts(link: WebSocketLink, count: int) -> list[str]:
-    found: list[str] = []
+    # Frames that came with the upgrade's answer wait for the first feed.
+    found = [item for item in link.feed(b"") if isinstance(item, str)]
     while len(found) < count:
         data = await link.receive_bytes()
         assert data is not None, f"the link ended after {len(found)} of {count} texts"

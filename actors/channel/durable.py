@@ -294,8 +294,9 @@ def restore_state(
     if state.failed is not None:
         memory.status = ChannelStatus.FAILED
         memory.last_error = state.failed
-    if not state.clean:
-        memory.own_limiter().pause_until(now + refill_window(memory.limits))
+    window = refill_window(memory.limits)
+    if not state.clean and window > 0:  # (limits off: no window, and no limiter of its own)
+        memory.own_limiter().pause_until(now + window)
 
 
 # --- moving times between clocks (always rounding later) --------------------------------
@@ -351,7 +352,8 @@ def _shift_breaker(state: CircuitBreakerState, shift: float) -> CircuitBreakerSt
 
 
 def _active(state: CompositeLimiterState, now: float) -> CompositeLimiterState:
-    """``state`` without the per-peer buckets that are full again by ``now``."""
+    """``state`` without the per-peer buckets that are full again by ``now``, nor
+    a pause of the whole channel that is over (a 429's, or a restore's)."""
     now_ns = math.floor(now * 1e9)
 
     def resting(bucket: GCRAState) -> bool:
@@ -365,4 +367,9 @@ def _active(state: CompositeLimiterState, now: float) -> CompositeLimiterState:
                 part, buckets=tuple((k, b) for k, b in part.buckets if not resting(b))
             )
         parts.append(part)
-    return attrs.evolve(state, parts=tuple(parts))
+    paused = state.paused_until
+    return attrs.evolve(
+        state,
+        parts=tuple(parts),
+        paused_until=None if paused is not None and paused <= now else paused,
+    )

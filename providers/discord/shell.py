@@ -64,6 +64,7 @@ from .._http import (
 )
 from .._nursery import open_connection_nursery
 from .._pool import pool_limits
+from .._tls import tls_context
 from ..base import (
     AuthenticationFailed,
     ChannelConfig,
@@ -152,11 +153,13 @@ def _transport_errors(describe: Callable[[Exception], str]) -> ExceptionMap:
 
 
 def _gateway_tls(url: str) -> ssl.SSLContext | None:
-    """The TLS context of a gateway socket: the REST calls' one, made once per
-    process (:func:`shared_ssl_context`), for ``wss://``; trio-websocket would
-    make one per socket, every connect and resume: 22-35 ms of CPU to load
-    the trust store, and 0.8 MB held for the socket's life (measured)."""
-    return shared_ssl_context() if urlsplit(url).scheme == "wss" else None
+    """The TLS context of a gateway socket over ``wss://``: the system's trust
+    store, as trio-websocket's own default, but made once per process
+    (:func:`providers._tls.tls_context`; not the REST calls' context, whose
+    ALPN httpcore sets). trio-websocket would make one per socket, every
+    connect and resume: 22-35 ms of CPU to load the trust store, and 0.8 MB
+    held for the socket's life (measured)."""
+    return tls_context() if urlsplit(url).scheme == "wss" else None
 
 
 def _gateway_errors(describe: Callable[[Exception], str]) -> ExceptionMap:

@@ -54,7 +54,6 @@ Connecting raises ``OSError`` for TCP and TLS failures, untouched.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import ssl
@@ -70,6 +69,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
+
+from .._tls import tls_context
 
 __all__ = [
     "Closed",
@@ -350,27 +351,6 @@ class _SocketIO:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
         await trio.lowlevel.checkpoint()
-
-
-@functools.cache
-def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
-    """A client TLS context: certificates must chain to the system's trust store,
-    or to the CAs in the PEM file ``ca_file`` instead; hostnames are checked,
-    and TLS 1.2's renegotiation is refused (it would make a write wait for a
-    read, see :class:`_TLSSocketIO`).
-
-    Made once per process for each ``ca_file``: making one loads the
-    certificates, 22-35 ms of CPU and 0.8 MB for the system's store, which
-    a context per link kept for the link's life (measured). A file changed
-    on disk is read again only by a new process.
-
-    Raises:
-        OSError: ``ca_file`` cannot be read.
-        ssl.SSLError: it holds no certificate OpenSSL can load.
-    """
-    context = ssl.create_default_context(cafile=ca_file)
-    context.options |= ssl.OP_NO_RENEGOTIATION
-    return context
 
 
 class _TLSSocketIO:
