@@ -631,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = "http" if args.provider in HTTP else "ws"
         if args.provider not in BARE_PROVIDERS:
             parser.error(f"--far-end: {args.provider} channels have no far end")
-        elif urlsplit(args.far_end).scheme not in (wanted, wanted + "s"):
+        elif urlsplit(args.far_end).scheme not in (wanted, "wss" if wanted == "ws" else wanted):
             parser.error(
                 f"--far-end: a {args.provider} far end is a {wanted}:// URL, not {args.far_end!r}"
             )

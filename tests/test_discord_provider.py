@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -361,16 +362,37 @@ async def test_size_options_written_as_text_are_read_as_numbers(base_url: str) -
                 raise AssertionError("opened with a size that is not a number")
 
 
-def test_a_wss_gateway_socket_uses_the_process_s_one_tls_context() -> None:
+async def test_a_wss_gateway_socket_uses_the_process_s_one_tls_context(
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # trio-websocket makes a default context per wss:// socket when given
     # none: 22-35 ms of CPU to load the trust store at every connect and
-    # resume, and 0.8 MB held by each socket.
-    # Not the REST calls' context: httpcore sets its ALPN on every connection.
+    # resume, and 0.8 MB held by each socket. Not the REST calls' context
+    # either: httpcore sets its ALPN on every connection.
+    import attrs
+
     from providers._http import shared_ssl_context
     from providers._tls import tls_context
-    from providers.discord.shell import _gateway_tls
 
-    assert _gateway_tls("wss://gateway.discord.gg/?v=10&encoding=json") is tls_context()
-    assert _gateway_tls("WSS://gateway.discord.gg/") is tls_context()
+    # Discord's answer names a wss:// gateway; the socket is then opened to
+    # the emulator's ws:// one, with what the shell gave for TLS recorded.
+    given: list[Any] = []
+    interpret = discord_shell.interpret_gateway_bot
+    connect = discord_shell.connect_websocket_url
+
+    def wss_gateway(*args: Any) -> Any:
+        gateway = interpret(*args)
+        return attrs.evolve(gateway, url=gateway.url.replace("ws://", "wss://", 1))
+
+    async def recorded(nursery: Any, url: str, ssl_context: Any = None, **kwargs: Any) -> Any:
+        given.append((url.split(":", 1)[0], ssl_context))
+        return await connect(nursery, url.replace("wss://", "ws://", 1), None, **kwargs)
+
+    monkeypatch.setattr(discord_shell, "interpret_gateway_bot", wss_gateway)
+    monkeypatch.setattr(discord_shell, "connect_websocket_url", recorded)
+    with trio.fail_after(CEILING):
+        async with provider().open_connection(config(base_url)) as conn:
+            await states(conn.events(), 1)
+    assert given and all(scheme == "wss" for scheme, _ in given)
+    assert all(context is tls_context() for _, context in given)
     assert tls_context() is not shared_ssl_context()
-    assert _gateway_tls("ws://127.0.0.1:9/gateway") is None  # trio-websocket refuses one there

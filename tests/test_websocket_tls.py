@@ -385,9 +385,22 @@ async def test_a_reset_during_the_tls_handshake_is_a_transient_connect_error(
                     pass
 
 
+class _Addresses(trio.abc.HostnameResolver):
+    """Answers every lookup with ``addresses``, in their order."""
+
+    def __init__(self, addresses: list[Any]) -> None:
+        self.addresses = addresses
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.addresses
+
+    async def getnameinfo(self, *args: Any, **kwargs: Any) -> tuple[str, str]:
+        raise OSError("no reverse lookups here")
+
+
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 async def test_an_address_that_drops_packets_does_not_hold_the_connect(
-    scheme: str, authority: PrivateAuthority, monkeypatch: pytest.MonkeyPatch
+    scheme: str, authority: PrivateAuthority
 ) -> None:
     # A dual-stack host whose first address is a black hole (a broken IPv6
     # route): the next address is tried 250 ms on (trio's happy eyeballs), as
@@ -413,10 +426,8 @@ async def test_an_address_that_drops_packets_does_not_hold_the_connect(
                     (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
                 ]
 
-                async def resolve(*args: Any, **kwargs: Any) -> list[Any]:
-                    return addresses
-
-                monkeypatch.setattr(trio.socket, "getaddrinfo", resolve)
+                # Every lookup of this trio run (the test's own), trio's happy eyeballs' too.
+                trio.socket.set_custom_hostname_resolver(_Addresses(addresses))
                 with trio.fail_after(IO_CEILING):
                     link = await open_link(
                         f"{scheme}://localhost:{port}/ws",

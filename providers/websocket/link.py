@@ -234,7 +234,9 @@ async def _connect_tcp(host: str, port: int) -> socket.socket:
     if len(infos) > 1:
         stream = await trio.open_tcp_stream(host, port)  # (resolves again: a cache's work)
         ours = stream.socket
-        return socket.socket(ours.family, ours.type, ours.proto, fileno=ours.detach())
+        sock = socket.socket(ours.family, ours.type, ours.proto, fileno=ours.detach())
+        sock.setblocking(False)  # (it is at the OS; this tells Python so)
+        return sock
     error: OSError = OSError(f"{host!r} has no address")
     for family, type_, proto, _, address in infos:
         sock = socket.socket(family, type_, proto)
