@@ -29,7 +29,7 @@ from bench.rig import open_far_end_process
 from bench.tls import PrivateAuthority
 from providers.base import ChannelConfig, FatalError, OutboundMessage, TransientError
 from providers.websocket import WebSocketProvider
-from providers.websocket.link import WebSocketLink, open_link, tls_context
+from providers.websocket.link import WebSocketLink, _TLSSocketIO, open_link, tls_context
 from providers.websocket.shell import WebSocketConnection
 
 IO_CEILING = 30.0  # real seconds; only a hang gets near it
@@ -190,6 +190,41 @@ async def test_a_wss_send_the_socket_cannot_take_waits_and_keeps_every_frame_in_
     assert count > 3
     assert [text[:6] for text in received[:-1]] == [f"{i:06d}" for i in range(count)]
     assert all(text[6:] == "y" * BIG for text in received[:-1])
+
+
+async def test_records_tls_made_while_reading_are_written_by_the_reader_s_flush(
+    authority: PrivateAuthority,
+) -> None:
+    # TLS may answer what it reads (a TLS 1.3 key update): records the socket
+    # did not take then wait in the backlog; with no sender to write them, the
+    # reader's flush does. (Python's ssl cannot make a server ask for a key
+    # update: the record is made here, a frame sealed and left unsent.)
+    received: list[str] = []
+    got = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        received.extend(await peer.texts(1))
+        got.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(IO_CEILING):
+        async with tls_server(authority, handler) as port:
+            link = await open_link(
+                f"wss://127.0.0.1:{port}/ws", [], ssl_context=authority.client_context()
+            )
+            try:
+                io = link._io
+                assert isinstance(io, _TLSSocketIO)
+                link._ws.send_text(b"said while reading")
+                io._tls.write(b"".join(link._ws.data_to_send()))
+                io._backlog += io._outgoing.read()  # as _answer leaves it on a full socket
+                assert io.backlogged
+                await link.flush()
+                assert not io.backlogged
+                await got.wait()
+            finally:
+                await link.aclose()
+    assert received == ["said while reading"]
 
 
 async def test_a_wss_link_ends_when_the_server_cuts_the_connection(

@@ -917,7 +917,8 @@ class WebSocketLink:
             self._close_seen.set()
 
     async def flush(self) -> None:
-        """Send the control replies that :meth:`feed` queued (pongs, close echoes).
+        """Send the control replies that :meth:`feed` queued (pongs, close echoes),
+        and over TLS the records the engine made while reading, if no sender will.
 
         While the link is open, never waits for a sender: while one holds
         the lock, it sends them. A close's echo, the last thing the reader
@@ -936,6 +937,11 @@ class WebSocketLink:
                 await self._write(data)
             except LinkClosed:
                 return
+        if self._io.backlogged and not self._locked and not self._broken:
+            # What TLS itself said while reading (a key update's answer) that
+            # the socket did not take then, and no sender holds the lock to write.
+            with contextlib.suppress(LinkClosed):
+                await self._write(b"")
 
     # --- sending ------------------------------------------------------------------------
 
