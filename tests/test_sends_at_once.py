@@ -332,6 +332,8 @@ async def test_a_defect_as_a_send_starts_at_once_crashes_the_channel_and_stalls_
 class _ResetAfterFirstWrite:
     """A socket that takes one write, then is reset by the peer (EPIPE/ECONNRESET)."""
 
+    backlogged = False
+
     def __init__(self) -> None:
         self.writes = 0
 

@@ -306,6 +306,8 @@ async def test_a_token_a_header_cannot_carry_is_refused_by_name_and_not_sent() -
 
 
 class _NeverIO:
+    backlogged = False
+
     async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
         raise AssertionError("nothing may be sent")
 

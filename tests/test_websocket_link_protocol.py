@@ -179,6 +179,8 @@ async def test_the_protocol_s_debug_log_holds_no_token(caplog: pytest.LogCapture
 class _BlockedIO:
     """A socket the peer reads nothing from: every write waits for good."""
 
+    backlogged = False  # (no TLS: nothing of its own waits to be written)
+
     async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
         await trio.sleep_forever()
 

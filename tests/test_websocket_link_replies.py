@@ -21,6 +21,8 @@ from tests.support import open_client_protocol
 class GatedIO:
     """Bytes written are kept; a write waits at ``gates[n]`` (if any) first."""
 
+    backlogged = False
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.gates: dict[int, trio.Event] = {}
