@@ -84,6 +84,7 @@ from runtime.config import ChannelSpec
 from . import callgrind
 from .rig import StateLog, _follow
 from .send_cost import _far_end_for
+from .tls import add_arguments as add_tls_arguments
 
 __all__ = ["CLIENTS", "counted", "instructions_per_connect", "main", "measure"]
 
@@ -412,17 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--far-end", metavar="URL", help="a running lean far end (ws://.../ws or wss://)"
     )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        help="the far end serves wss:// with a certificate of a private CA, which the "
-        "node's channels (option ca_file) and the bare client trust",
-    )
-    parser.add_argument(
-        "--ca-file",
-        metavar="PEM",
-        help="the CAs a wss:// --far-end's certificate chains to (default: the system's)",
-    )
+    add_tls_arguments(parser)
     parser.add_argument(
         "--instructions",
         action="store_true",

@@ -84,6 +84,7 @@ from runtime import open_node, parse_config
 from runtime.config import ChannelSpec
 
 from . import callgrind
+from .tls import add_arguments as add_tls_arguments
 
 __all__ = ["counted", "instructions_per_send", "main", "measure"]
 
@@ -596,17 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a running far end: the lean far end (ws://.../ws), or for telegram and "
         "whatsapp the emulator (http://host:port, its limits off)",
     )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        help="websocket: the far end serves wss:// with a certificate of a private CA, "
-        "which the node's channels (option ca_file) and the bare client trust",
-    )
-    parser.add_argument(
-        "--ca-file",
-        metavar="PEM",
-        help="the CAs a wss:// --far-end's certificate chains to (default: the system's)",
-    )
+    add_tls_arguments(parser)
     parser.add_argument(
         "--instructions",
         action="store_true",

@@ -321,17 +321,25 @@ class _SocketIO:
             try:
                 view = view[sock.send(view) :]
             except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_writable(sock)
-                except trio.ClosedResourceError as exc:
-                    raise LinkClosed("the link was closed while sending") from exc
+                await self.wait_writable()
                 waited = True
             except OSError as exc:
                 raise LinkClosed(f"the link broke while sending: {exc}") from exc
         if not waited and schedule:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def send_now(self, data: bytes) -> int:
+    async def wait_writable(self) -> None:
+        """Until the socket takes more.
+
+        Raises:
+            LinkClosed: the socket was closed meanwhile.
+        """
+        try:
+            await trio.lowlevel.wait_writable(self._sock)
+        except trio.ClosedResourceError as exc:
+            raise LinkClosed("the link was closed while sending") from exc
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
         """Write what the socket takes of ``data`` in this call, with no checkpoint.
 
         Returns:
@@ -360,10 +368,11 @@ class _TLSSocketIO:
 
     OpenSSL does all of TLS (``ssl.SSLObject`` on two memory BIOs, as trio's
     ``SSLStream`` and asyncio's transports use it); this class only carries
-    records between the engine and the socket. What it gives over
-    ``SSLStream``: a write the socket takes at once needs no task switch
-    (:meth:`send_now`, the path of a send made at once), and reads and
-    writes go through no stream layers, locks or conflict detectors.
+    records between the engine and the socket, through a :class:`_SocketIO`
+    of its own. What it gives over ``SSLStream``: a write the socket takes
+    at once needs no task switch (:meth:`send_now`, the path of a send made
+    at once), and reads and writes go through no stream layers, locks or
+    conflict detectors.
 
     Ciphertext leaves the engine in the order it was made: whatever the
     socket did not take waits in one backlog, and every writer (a sender,
@@ -372,10 +381,10 @@ class _TLSSocketIO:
     holds the link's lock, so at most one task waits on the socket to write.
     """
 
-    __slots__ = ("_backlog", "_incoming", "_outgoing", "_sock", "_tls")
+    __slots__ = ("_backlog", "_incoming", "_outgoing", "_raw", "_tls")
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, hostname: str) -> None:
-        self._sock = sock
+        self._raw = _SocketIO(sock)
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=hostname)
@@ -402,10 +411,12 @@ class _TLSSocketIO:
                     tls.do_handshake()
                 except ssl.SSLWantReadError:
                     await self._drain()
-                    if not await self._fill():
+                    chunk = await self._raw.receive()
+                    if chunk is None:
                         raise ConnectionResetError(
                             "the server closed the connection during the TLS handshake"
                         ) from None
+                    self._incoming.write(chunk)
                     continue
                 await self._drain()
                 return
@@ -413,14 +424,15 @@ class _TLSSocketIO:
             raise ConnectionResetError(f"during the TLS handshake, {exc}") from None
 
     async def receive(self) -> bytes | None:
-        """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe).
+        """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe:
+        ciphertext read is kept in the engine).
 
-        The end: the peer's TLS goodbye, the connection ending without one,
-        or a record that fails TLS's checks (nothing more can be read).
+        The end: the peer's TLS goodbye, the connection ending with or without
+        one, or a record that fails TLS's checks (nothing more can be read).
         """
         tls = self._tls
         await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
+        read = False  # from the socket: a checkpoint was made there
         while True:
             try:
                 data = tls.read(RECEIVE_SIZE)
@@ -433,26 +445,15 @@ class _TLSSocketIO:
                     return None
                 data = self._read_more(data)
                 self._answer()
-                if not waited:
+                if not read:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             self._answer()
-            try:
-                chunk = self._sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                chunk = None
-            except OSError:  # reset by the peer, or closed by us
-                return None
+            chunk = await self._raw.receive()
             if chunk is None:
-                try:
-                    await trio.lowlevel.wait_readable(self._sock)
-                except trio.ClosedResourceError:
-                    return None
-                waited = True
-            elif chunk:
-                self._incoming.write(chunk)
-            else:
-                self._incoming.write_eof()  # the next read ends it
+                return None
+            self._incoming.write(chunk)
+            read = True
 
     def _read_more(self, data: bytes) -> bytes:
         """``data`` and whatever else the ciphertext already received decrypts to
@@ -473,29 +474,23 @@ class _TLSSocketIO:
 
     def _answer(self) -> None:
         """Put what reading made the engine say (session tickets are only read; a
-        key update is answered) behind the backlog, and write what the socket takes."""
+        key update is answered) behind the backlog, and write what the socket takes;
+        a broken socket is left for the next read or write to find."""
         if self._outgoing.pending:
             self._backlog += self._outgoing.read()
-            self._take_some()
+            with contextlib.suppress(LinkClosed):
+                self._write_some()
 
-    def _take_some(self) -> None:
-        """Write what the socket takes of the backlog now; a broken socket is
-        left for the next read or write to find."""
-        backlog = self._backlog
-        with contextlib.suppress(OSError):
-            del backlog[: self._sock.send(backlog)]
-
-    def _seal(self, data: bytes) -> bytes:
-        """``data`` as TLS records, behind what the backlog holds.
+    def _write_some(self) -> int:
+        """Write what the socket takes of the backlog now; how much it took.
 
         Raises:
-            LinkClosed: the engine refused (the link is unusable).
+            LinkClosed: the socket broke.
         """
-        try:
-            self._tls.write(data)
-        except ssl.SSLError as exc:  # (a renegotiation would want a read: refused above)
-            raise LinkClosed(f"TLS refused to send: {exc}") from None
-        return self._outgoing.read()
+        backlog = self._backlog
+        sent = self._raw.send_now(backlog)
+        del backlog[:sent]
+        return sent
 
     def send_now(self, data: bytes) -> int:
         """Take all of ``data`` and write what the socket takes of it in this
@@ -507,24 +502,18 @@ class _TLSSocketIO:
         Raises:
             LinkClosed: TLS refused, or the socket broke.
         """
-        records = self._seal(data)
-        backlog = self._backlog
-        if backlog:
-            backlog += records
-            records = b""
-        sock = self._sock
         try:
-            if records:
-                sent = sock.send(records)
-                if sent < len(records):
-                    backlog += memoryview(records)[sent:]
-            elif backlog:
-                del backlog[: sock.send(backlog)]
-        except BlockingIOError:
-            if records:
-                backlog += records
-        except OSError as exc:
-            raise LinkClosed(f"the link broke while sending: {exc}") from None
+            self._tls.write(data)
+        except ssl.SSLError as exc:  # (a renegotiation would want a read: refused above)
+            raise LinkClosed(f"TLS refused to send: {exc}") from None
+        records = self._outgoing.read()
+        if self._backlog:  # behind what waits
+            self._backlog += records
+            self._write_some()
+        else:  # (the common case: no copy into the backlog unless the socket is full)
+            sent = self._raw.send_now(records)
+            if sent < len(records):
+                self._backlog += memoryview(records)[sent:]
         return len(data)
 
     async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
@@ -550,49 +539,17 @@ class _TLSSocketIO:
         """
         if self._outgoing.pending:
             self._backlog += self._outgoing.read()
-        backlog = self._backlog
-        sock = self._sock
         waited = False
-        while backlog:
-            try:
-                del backlog[: sock.send(backlog)]
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_writable(sock)
-                except trio.ClosedResourceError:
-                    raise LinkClosed("the link was closed while sending") from None
+        while self._backlog:
+            if not self._write_some():
+                await self._raw.wait_writable()
                 waited = True
-            except OSError as exc:
-                raise LinkClosed(f"the link broke while sending: {exc}") from None
         return waited
-
-    async def _fill(self) -> bool:
-        """Read more ciphertext into the engine, waiting for it; ``False`` at the end.
-
-        Raises:
-            OSError: the connection broke.
-        """
-        sock = self._sock
-        while True:
-            try:
-                chunk = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                chunk = None
-            if chunk is None:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            if not chunk:
-                return False
-            self._incoming.write(chunk)
-            return True
 
     async def aclose(self) -> None:
         """Close the socket at once (no TLS goodbye), waking any task that waits
         on it; idempotent."""
-        if self._sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
-        await trio.lowlevel.checkpoint()
+        await self._raw.aclose()
 
 
 class _StreamIO:
