@@ -157,6 +157,13 @@ class ChannelsParams:
             "(Overloaded, counted as failed)"
         ),
     )
+    node_max_loop_lag: float = attrs.field(
+        default=attrs.fields(NodeSection).max_loop_lag.default,
+        metadata=_help(
+            "the node's [node] max_loop_lag, seconds (0: off): while its event loop stays "
+            "this far behind a send is refused at once (Overloaded, counted as failed)"
+        ),
+    )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
     baseline: bool = attrs.field(
         default=True,
@@ -211,7 +218,7 @@ class ChannelsParams:
         for name in ("duration", "text_size", "max_in_flight", "node_max_in_flight"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
-        for name in ("connect_rate", "inbound_rate", "idle"):
+        for name in ("connect_rate", "inbound_rate", "idle", "node_max_loop_lag"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: expected 0 or more, got {getattr(self, name)}")
         if self.inbound_rate and self.provider != "websocket":
@@ -560,7 +567,10 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         far_end=params.far_end,
         emulator_processes=params.emulator_processes,
         rtt=params.rtt_ms / 1e3,
-        max_sends_in_flight=params.node_max_in_flight,
+        node_settings={
+            "max_sends_in_flight": params.node_max_in_flight,
+            "max_loop_lag": params.node_max_loop_lag,
+        },
     ) as rig:
         notes.append(rig.far_end)
         rig.webhooks = params.webhooks

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -754,10 +754,11 @@ def node_config(
     intensity: int = 1_000_000,
     port_base: int = 0,
     gc_policy: str = "tuned",
-    max_sends_in_flight: int | None = None,
+    node: Mapping[str, Any] | None = None,
 ) -> NodeConfig:
     """A node for benchmarks: memory store, no ops listener (but for WhatsApp's webhooks),
-    quiet logs; its listeners on ``port_base`` and up (0: any free ports)."""
+    quiet logs; its listeners on ``port_base`` and up (0: any free ports); ``node``:
+    keys of its ``[node]`` to set."""
     if provider not in PROVIDERS:
         raise ScenarioError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
     defaults = ProviderDefaults(
@@ -773,7 +774,7 @@ def node_config(
             start_timeout=600.0,
             drain_deadline=5.0,
             gc="default" if gc_policy == "default" else "tuned",
-            **({} if max_sends_in_flight is None else {"max_sends_in_flight": max_sends_in_flight}),
+            **(node or {}),
         ),
         ops=OpsConfig(enabled=provider == "whatsapp", port=port_base),
         logging=LoggingConfig(level="error"),
@@ -798,7 +799,7 @@ async def open_rig(
     far_end: str = "emulator",
     emulator_processes: int = 1,
     rtt: float = 0.0,
-    max_sends_in_flight: int | None = None,
+    node_settings: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -812,8 +813,8 @@ async def open_rig(
         intensity: the channels supervisor's restart intensity.
         state_buffer: events the state log may fall behind by.
         gc_policy: the node's ``[node] gc``: ``tuned`` or ``default``.
-        max_sends_in_flight: the node's ``[node] max_sends_in_flight`` (``None``:
-            its default): past it a send is refused with ``Overloaded``.
+        node_settings: keys of the node's ``[node]`` to set
+            (``max_sends_in_flight``, ``max_loop_lag``: its admission bounds).
         far_end: with ``external``, what the channels talk to: ``emulator``
             (``switchboard emulate``), ``lean`` (:mod:`bench.far_end`, websocket
             only) or ``auto`` (lean for websocket, else the emulator).
@@ -858,7 +859,7 @@ async def open_rig(
             intensity=intensity,
             port_base=port_base,
             gc_policy=gc_policy,
-            max_sends_in_flight=max_sends_in_flight,
+            node=node_settings,
         )
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:

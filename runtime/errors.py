@@ -36,7 +36,8 @@
         │   └── Unsupported        the platform has no such operation; refused before
         │                          sending, not dead-lettered (also providers.base.…)
         ├── Overloaded             the node or the channel has its bound of sends in
-        │                          flight: refused at once, retry after ``retry_after``
+        │                          flight, or the node's loop runs behind: refused at
+        │                          once, retry after ``retry_after``
         ├── MailboxFull            the channel's queue is full: slow down  (also actors.MailboxFull)
         ├── AskTimeout             no answer within the send's timeout     (also actors.AskTimeout)
         └── ChannelCrashed         the channel actor crashed on this message
@@ -324,15 +325,17 @@ class Unsupported(PermanentSendError, platform.Unsupported):
 
 
 class Overloaded(SendError):
-    """The node, or the channel, already has its bound of sends in flight.
+    """The node or the channel holds its bound of sends, or the node runs behind.
 
     Refused at once, before anything is queued (admission control), rather
     than queued into a timeout: retry after ``retry_after`` seconds, or
     send elsewhere.
 
     Attributes:
-        scope: ``"node"`` or ``"channel"``: which bound was reached.
-        limit: the bound.
+        scope: ``"node"`` or ``"channel"``: which bound of sends was reached;
+            ``"loop"``: the node's event loop runs behind more than
+            ``[node] max_loop_lag``.
+        limit: the bound of sends (0 for ``"loop"``).
         retry_after: seconds after which a retry may be taken (whole, >= 1).
     """
 

@@ -35,6 +35,7 @@ Design:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import functools
@@ -84,7 +85,7 @@ from supervisors import (
     open_supervisor,
 )
 
-from .admission import admit
+from .admission import Shedder, admit
 from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
@@ -104,11 +105,13 @@ from .errors import (
     NodeError,
     NodeNotRunning,
     NodeStarting,
+    Overloaded,
     StoreError,
     UnknownProvider,
     map_send_errors,
 )
 from .events import EventHub, Subscription
+from .lag import LoopLag
 from .node_cluster import ClusterMode
 from .ops import serve_ops
 from .resend import resend_kept
@@ -136,6 +139,7 @@ log = logging.getLogger("switchboard.node")
 ROOT_INTENSITY: Final = 5  # service restarts the node tolerates ...
 ROOT_PERIOD: Final = 60.0  # ... within this many seconds
 DEFAULT_SEND_TIMEOUT: Final = 60.0  # seconds a send may take, queueing included
+LAG_REPORTED: Final = 10.0  # seconds over which statistics report the loop's worst lateness
 HANDOFF_SHARE: Final = 0.8  # of a cluster drain's deadline, for handing the channels off
 WEBHOOK_PROVIDERS: Final = frozenset(("whatsapp", "telegram"))
 
@@ -187,6 +191,10 @@ class Node(ClusterMode, DeadLetterOps):
         self._table = ChannelTable()
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
+        # How late the event loop runs: past [node] max_loop_lag, new sends are refused.
+        self._loop_lag = LoopLag(window=LAG_REPORTED, cap=0.0)
+        self._shedder = Shedder(self._loop_lag, config.node.max_loop_lag)
+        self._refused: collections.Counter[str] = collections.Counter()  # by Overloaded.scope
         self._timings = NodeTimings(store_flush=getattr(store, "flush_seconds", None))
         self._cluster: Cluster | None = None
         self._preloaded: dict[str, StoredCheckpoint] = {}  # read for a lease's floor, kept
@@ -686,17 +694,30 @@ class Node(ClusterMode, DeadLetterOps):
         node = self.config.node
         sends = self._sends
         node_sends, channel_sends = len(sends), sends.count(channel_id)
-        if node_sends >= node.max_sends_in_flight or channel_sends >= node.max_channel_sends:
-            admit(  # refuses it, saying which bound
-                node_id=self.node_id,
-                channel_id=channel_id,
-                idempotency_key=message.idempotency_key,
-                node_sends=node_sends,
-                node_limit=node.max_sends_in_flight,
-                channel_sends=channel_sends,
-                channel_limit=node.max_channel_sends,
-                channel_rate=channel.memory.limits.per_channel_rate,
-            )
+        # A kept message's resend is the node's own duty, not new work: the
+        # lateness of a start's connect storm must not put it off to the next start.
+        shed = self._shedder.refuses() if kept_id is None else 0.0
+        if (
+            node_sends >= node.max_sends_in_flight
+            or channel_sends >= node.max_channel_sends
+            or shed
+        ):
+            try:
+                admit(  # refuses it, saying which bound
+                    node_id=self.node_id,
+                    channel_id=channel_id,
+                    idempotency_key=message.idempotency_key,
+                    node_sends=node_sends,
+                    node_limit=node.max_sends_in_flight,
+                    channel_sends=channel_sends,
+                    channel_limit=node.max_channel_sends,
+                    channel_rate=channel.memory.limits.per_channel_rate,
+                    loop_shed=shed,
+                    loop_bound=node.max_loop_lag,
+                )
+            except Overloaded as refused:
+                self._refused[refused.scope] += 1
+                raise
         flight = self._in_flight[flight_key] = _Departure()
         try:
             return await self._perform_tracked(
@@ -799,6 +820,8 @@ class Node(ClusterMode, DeadLetterOps):
             store_pending=store.inbound_pending,
             latencies=self._timings.snapshots(),
             sends_in_flight=len(self._sends),
+            sends_refused=dict(self._refused),
+            loop_lag=self._loop_lag.worst(trio.current_time()),
         )
 
     def channel_totals(self) -> ChannelTotals:
@@ -1419,6 +1442,7 @@ async def open_node(
             node._nursery = nursery
             node._root = root
             await nursery.start(node._sends.run)  # the sends' deadlines
+            await nursery.start(node._loop_lag.run)
             await nursery.start(node._checkpoints.run)
             # Following the channels' states before the first one starts.
             collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))

@@ -233,6 +233,10 @@ class NodeStatistics:
         store_pending: inbound events not yet written to the store.
         sends_in_flight: sends accepted here and not finished (bounded by
             ``[node] max_sends_in_flight``).
+        sends_refused: sends refused by admission control since the start,
+            by ``Overloaded.scope`` (``node``, ``channel``, ``loop``).
+        loop_lag: the event loop's worst lateness in the last ten seconds,
+            in seconds (``[node] max_loop_lag`` bounds how long it may last).
         latencies: the node's latency histograms (send, connect and inbound
             per provider; store flushes), as they stand.
     """
@@ -247,6 +251,8 @@ class NodeStatistics:
     store_pending: int
     latencies: tuple[LatencySnapshot, ...] = ()
     sends_in_flight: int = 0
+    sends_refused: Mapping[str, int] = attrs.field(factory=dict)
+    loop_lag: float = 0.0
 
 
 @attrs.frozen(kw_only=True)

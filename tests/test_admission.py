@@ -8,7 +8,7 @@ the ones in flight are done.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -18,8 +18,11 @@ from actors import ChannelStatus
 from providers.base import SendResult
 from providers.simulated import Fixed, SimulatedProvider
 from runtime import Overloaded, open_node
-from runtime.admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER, admit
+from runtime.admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER, Shedder, admit
+from runtime.config import StorageConfig
 from runtime.errors import error_from_wire, error_to_wire
+from runtime.lag import LoopLag
+from runtime.store import KeptMessage, Store, open_store
 
 from .support import CEILING, FAST_CHANNELS, text_to_own_peer, two_simulated_channels
 
@@ -131,3 +134,182 @@ async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_afte
     accepted = {"a1", "a2", "a3", "b1", "b2"}
     assert all(isinstance(results[key], SendResult) for key in accepted), results
     assert {m.idempotency_key for m in provider.sent} == accepted | {"a5"}
+
+
+# --- a node whose event loop runs behind -------------------------------------------------------
+
+
+def test_a_send_the_shedder_picked_is_refused_saying_why() -> None:
+    with pytest.raises(
+        Overloaded, match=r"node 'n1' has run more than its bound behind .*refuses 50% of new"
+    ) as err:
+        _admit(loop_shed=0.5, loop_bound=0.25)
+    assert "max_loop_lag = 0.25 s" in str(err.value)
+    _admit(loop_shed=0.0, loop_bound=0.25)  # not picked
+    back = error_from_wire(error_to_wire(err.value))
+    assert isinstance(back, Overloaded)
+    assert (back.scope, back.limit, back.retry_after) == ("loop", 0, NODE_RETRY_AFTER)
+
+
+def test_the_lateness_held_is_the_lesser_of_the_last_two_readings() -> None:
+    lag = LoopLag(window=10.0, cap=0.0)
+    assert lag.held(0.0) == 0.0
+    lag.record(1.0, 0.8)
+    assert lag.held(1.0) == 0.0  # one late reading: a pause, not a loop behind
+    lag.record(2.0, 0.6)
+    assert lag.held(2.0) == 0.6
+    lag.record(2.2, 0.0)
+    assert lag.held(2.2) == 0.0  # one wake-up on time: caught up
+
+
+async def test_a_wake_up_the_probe_is_overdue_for_counts_as_a_reading(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lag = LoopLag(window=10.0, cap=0.0)
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lag.run)
+            autojump_clock.jump(0.8)  # a stall: the probe woke 0.7 s late
+            await trio.testing.wait_all_tasks_blocked()
+            now = trio.current_time()
+            assert lag.held(now) == 0.0
+            autojump_clock.jump(0.5)  # stalled again, the probe not yet woken
+            assert lag.held(trio.current_time()) == pytest.approx(0.4)  # 0.5 past its due
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_caught_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    config = two_simulated_channels(max_loop_lag=0.25)
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            with node.subscribe(kind="state") as changes:
+                while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+                    await changes.receive()
+            await trio.sleep(1.0)  # the probe's readings, on time
+            # The loop stalls 1.1 s (time passes, no task runs): one late reading,
+            # a pause, which refuses nothing.
+            autojump_clock.jump(1.1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert isinstance(await node.send("a", text_to_own_peer("k0")), SendResult)
+            # It stalls again: a second late reading, 1 s behind for a second,
+            # four times the bound: every new send is refused, on every channel.
+            autojump_clock.jump(1.1)
+            await trio.testing.wait_all_tasks_blocked()
+            for channel, key in (("a", "k1"), ("b", "k2"), ("a", "k3")):
+                with pytest.raises(Overloaded) as err:
+                    await node.send(channel, text_to_own_peer(key))
+                assert (err.value.scope, err.value.retry_after) == ("loop", NODE_RETRY_AFTER)
+            assert "refuses 100% of new sends until it catches up" in str(err.value)
+            # On time since, for as long as it was behind: caught up.
+            await trio.sleep(1.05)
+            for key in ("k4", "k5", "k6"):
+                assert isinstance(await node.send("b", text_to_own_peer(key)), SendResult)
+            statistics = node.statistics()
+            assert statistics.sends_refused == {"loop": 3}
+            assert statistics.loop_lag == pytest.approx(1.0, abs=0.02)
+    assert [m.idempotency_key for m in provider.sent] == ["k0", "k4", "k5", "k6"]
+
+
+def test_the_shedder_refuses_a_share_that_grows_while_the_loop_stays_behind() -> None:
+    lag = LoopLag(window=10.0, cap=0.0)
+    shedder = Shedder(lag, 0.25)
+
+    def picked(sends: int) -> list[bool]:
+        return [bool(shedder.refuses()) for _ in range(sends)]
+
+    lag.record(1.0, 0.5)
+    assert picked(4) == [False] * 4  # one late reading: a pause
+    lag.record(1.5, 0.5)  # held 0.5 s, twice the bound: a half at once, and a half grown
+    assert shedder.share == 0.5
+    assert picked(8) == [False, True] * 4  # evenly
+    lag.record(2.0, 0.5)  # still behind: the share grows (a bound past it for 0.5 s)
+    assert shedder.share == 1.0
+    assert picked(4) == [True] * 4
+    lag.record(2.25, 0.0)  # on time: it shrinks, a bound short of it for 0.25 s
+    assert shedder.share == 0.75
+    assert picked(8) == [False, True, True, True] * 2
+    lag.record(3.0, 0.0)
+    assert shedder.share == 0.0
+    assert picked(4) == [False] * 4
+    unbounded = LoopLag(window=10.0, cap=0.0)
+    off = Shedder(unbounded, 0.0)
+    unbounded.record(1.0, 5.0)
+    unbounded.record(1.1, 5.0)
+    assert not any(off.refuses() for _ in range(4))  # no bound
+
+
+async def test_with_the_bound_off_a_stalled_loop_refuses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            two_simulated_channels(max_loop_lag=0),
+            channel_defaults=FAST,
+            providers={"simulated": provider},
+        ) as node:
+            with node.subscribe(kind="state") as changes:
+                while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+                    await changes.receive()
+            for key in ("k1", "k2"):
+                autojump_clock.jump(0.7)
+                await trio.testing.wait_all_tasks_blocked()
+                assert isinstance(await node.send("a", text_to_own_peer(key)), SendResult)
+            autojump_clock.jump(0.7)
+            assert isinstance(await node.send("a", text_to_own_peer("k3")), SendResult)
+            assert node.statistics().sends_refused == {}
+
+
+class StallingRead:
+    """A store whose read of the kept messages stalls the event loop twice first."""
+
+    def __init__(self, store: Store, clock: trio.testing.MockClock) -> None:
+        self._store = store
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def read_outbound(self) -> list[KeptMessage]:
+        self._clock.jump(1.1)  # time passes and no task runs
+        await trio.testing.wait_all_tasks_blocked()  # the probe woke, late
+        self._clock.jump(1.1)
+        await trio.testing.wait_all_tasks_blocked()  # and again
+        return await self._store.read_outbound()
+
+
+async def test_kept_messages_are_resent_even_while_the_loop_is_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A kept message's resend is the node's own duty: shed, it would wait for the next start."""
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    keys = [f"kept-{n}" for n in range(6)]
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            await store.keep_outbound(
+                [
+                    KeptMessage(
+                        channel_id="a",
+                        message=text_to_own_peer(key),
+                        reason="not sent by the drain deadline",
+                        accepted_at=1.7e9,
+                    )
+                    for key in keys
+                ]
+            )
+            async with open_node(
+                two_simulated_channels(max_loop_lag=0.1),
+                store=cast(Store, StallingRead(store, autojump_clock)),
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                while await store.read_outbound():  # noqa: ASYNC110 - the node resends
+                    await trio.sleep(0.01)
+                assert node.statistics().sends_refused == {}
+                assert node.statistics().loop_lag >= 1.0  # it did run behind
+    assert sorted(m.idempotency_key for m in provider.sent) == keys

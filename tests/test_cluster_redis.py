@@ -20,11 +20,11 @@ import trio
 
 from actors.channel import Tenure
 from providers.testing import LinkBreaker
-from runtime.cluster.lag import PROBE_INTERVAL, LoopLag
 from runtime.cluster.leases import Acquired, Held, LeaseClock, Leases
 from runtime.cluster.membership import Membership, View
 from runtime.cluster.ownership import Ownership
 from runtime.cluster.redis import ClusterUnavailable, RedisLink, open_redis
+from runtime.lag import PROBE_INTERVAL, LoopLag
 
 REDIS_URL: Final = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CEILING: Final = 30.0  # real seconds per test; only a hang gets near it

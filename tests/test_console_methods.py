@@ -129,6 +129,8 @@ async def test_inspection(autojump_clock: trio.testing.MockClock) -> None:
         stats = await client.ok("node.stats")
         assert stats["node"] == "t" and stats["state"] == "ready"
         assert stats["channels"] == 3 and stats["by_state"] == {"connected": 3}
+        assert (stats["sends_in_flight"], stats["sends_refused"]) == (0, {})
+        assert stats["loop_lag"] >= 0.0
         tree = await client.ok("node.tree")
         channels = next(child for child in tree["children"] if child["id"] == "channels")
         assert [child["id"] for child in channels["children"]] == ["a1", "a2", "g1"]

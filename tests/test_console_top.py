@@ -67,6 +67,9 @@ def test_rates_sorting_and_the_header() -> None:
         "node n1 [ready]  up 5s  channels 3  out 12.5/s  in 0.0/s",
         "simulated: connected=2 failed=1",
     ]
+    loaded = {"sends_in_flight": 40, "sends_refused": {"loop": 7, "node": 1}, "loop_lag": 0.62}
+    header = summary(TopData(stats={"node": "n1", "state": "ready", **loaded}, channels=rated))
+    assert header.splitlines()[0].endswith("in flight 40  refused 8  loop lag 620 ms")
     assert (
         event_line(
             {

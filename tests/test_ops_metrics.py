@@ -58,7 +58,15 @@ def busy_node() -> FakeNode:
         snapshot("wa-1", ChannelStatus.FAILED, provider="whatsapp", start_error="bad token"),
     ]
     node.stats = attrs.evolve(
-        node.stats, started=2, configured=3, uptime=42.25, draining=True, store_pending=17
+        node.stats,
+        started=2,
+        configured=3,
+        uptime=42.25,
+        draining=True,
+        store_pending=17,
+        sends_in_flight=9,
+        sends_refused={"loop": 4, "channel": 1},
+        loop_lag=0.75,
     )
     return node
 
@@ -115,6 +123,12 @@ def test_node_series() -> None:
     assert got[key("switchboard_node_channels_configured")] == 3
     assert got[key("switchboard_node_channels_started")] == 2
     assert got[key("switchboard_store_pending_events")] == 17
+    assert got[key("switchboard_node_sends_in_flight")] == 9
+    assert got[key("switchboard_node_loop_lag_seconds")] == 0.75
+    assert {
+        scope: got[key("switchboard_sends_refused_total", scope=scope)]
+        for scope in ("node", "channel", "loop")
+    } == {"node": 0, "channel": 1, "loop": 4}
 
 
 def test_webhook_counters_and_their_zero_rejections() -> None:

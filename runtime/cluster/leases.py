@@ -32,7 +32,7 @@ Design:
   a request *sent* at ``t`` (the node's monotonic clock) is safe to use
   until ``t + ttl - margin``; Redis cannot expire it sooner, whatever the
   network did. The margin covers the two clocks' drift; a loop that has been
-  running late gives that up too (``lag``, see ``runtime.cluster.lag``).
+  running late gives that up too (``lag``, see ``runtime.lag``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Design:
   clock, so a node cut off from Redis (or frozen) has its connections
   cancelled by trio before any other node can take the leases. A loop that
   has been running late gives up twice its recent lateness more
-  (``runtime.cluster.lag``): its cancel would come that late. A renewal
+  (``runtime.lag``): its cancel would come that late. A renewal
   that says a lease is gone revokes that tenure at once and stops the
   channel.
 - Moves away from this node are paced (``runtime.cluster.rebalance``):
@@ -46,7 +46,7 @@ import trio
 
 from actors.channel import Tenure
 
-from .lag import LoopLag
+from ..lag import LoopLag
 from .leases import Acquired, Leases
 from .placement import HashRing
 from .rebalance import Pacing, Rebalancer

@@ -131,6 +131,9 @@ class NodeSection:
             finished; past it a send is refused at once (``Overloaded``).
         max_channel_sends: the same bound for one channel: its window and
             what waits for it.
+        max_loop_lag: seconds the node's event loop may stay behind before
+            new sends are refused (``Overloaded``, see ``runtime.admission``);
+            0 turns the bound off.
         gc: the garbage-collection policy: ``tuned`` (freeze what settled,
             fewer young collections; see ``runtime.collection``) or
             ``default`` (CPython's collector left as the program set it).
@@ -141,6 +144,7 @@ class NodeSection:
     start_timeout: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     max_sends_in_flight: int = attrs.field(default=50_000, validator=AT_LEAST_ONE)
     max_channel_sends: int = attrs.field(default=1_000, validator=AT_LEAST_ONE)
+    max_loop_lag: Seconds = attrs.field(default=0.25, validator=NOT_NEGATIVE_SECONDS)
     gc: Literal["tuned", "default"] = "tuned"
 
 

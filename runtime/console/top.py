@@ -288,9 +288,17 @@ def summary(data: TopData) -> str:
     )
     out = sum(c["rate_out"] for c in data.channels)
     rate_in = sum(c["rate_in"] for c in data.channels)
+    load = ""
+    if "sends_in_flight" in stats:  # (a node before these figures leaves them out)
+        refused = sum(stats.get("sends_refused", {}).values())
+        load = (
+            f"  in flight {stats['sends_in_flight']}  refused {refused}"
+            f"  loop lag {stats.get('loop_lag', 0) * 1000:.0f} ms"
+        )
     return (
         f"node {stats.get('node')} [{stats.get('state')}]  up {stats.get('uptime', 0):.0f}s  "
-        f"channels {stats.get('channels')}  out {out:.1f}/s  in {rate_in:.1f}/s\n{by_provider}"
+        f"channels {stats.get('channels')}  out {out:.1f}/s  in {rate_in:.1f}/s{load}\n"
+        f"{by_provider}"
     )
 
 

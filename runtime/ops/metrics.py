@@ -356,6 +356,24 @@ class NodeCollector:
             "Inbound events not yet written to the store.",
             statistics.store_pending,
         )
+        yield GaugeMetricFamily(
+            PREFIX + "node_sends_in_flight",
+            "Sends accepted by this node and not finished.",
+            statistics.sends_in_flight,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "node_loop_lag_seconds",
+            "The event loop's worst lateness in the last ten seconds.",
+            statistics.loop_lag,
+        )
+        refused = CounterMetricFamily(
+            PREFIX + "sends_refused",
+            "Sends refused by admission control (Overloaded), by the bound that refused them.",
+            labels=("scope",),
+        )
+        for scope in ("node", "channel", "loop"):
+            refused.add_metric((scope,), statistics.sends_refused.get(scope, 0))
+        yield refused
 
     def _webhook_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

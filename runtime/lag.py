@@ -1,4 +1,8 @@
-"""How late the event loop has been running lately: a lease gives that much up.
+"""How late the event loop has been running lately.
+
+Two parts of a node read it: a lease gives that much up (the cluster), and
+admission refuses new sends while the loop has stayed behind
+(``runtime.admission``).
 
 Design:
 - A node whose event loop is starved (the CPU shared with other work, a
@@ -16,11 +20,20 @@ Design:
 - What this cannot cover is a stall that comes without warning (a SIGSTOP,
   a swap storm): nothing inside a process can. The fencing tokens keep such
   a node from writing anything durable once another holds the channel.
+- Admission asks a different question: is the loop behind *now*, and has
+  it stayed behind? :meth:`LoopLag.held` is the lesser of the last two
+  lateness readings (a wake-up the probe is overdue for is a reading to
+  come, as late as it is by now at least). One long batch or one
+  collection pause makes one late reading, not two; a loop with more work
+  than it can run makes every reading late (each wake-up waits for a whole
+  batch).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -32,19 +45,23 @@ LAG_FACTOR: Final = 2.0  # a tenure ends this many times the recent worst latene
 
 
 class LoopLag:
-    """The event loop's worst lateness over a sliding window.
+    """The event loop's lateness: the worst over a sliding window, and the one it held.
 
     Args:
         window: seconds a lateness is remembered.
         cap: the most :meth:`allowance` ever gives up, seconds.
     """
 
-    __slots__ = ("_samples", "cap", "window")
+    __slots__ = ("_due", "_last", "_samples", "cap", "listener", "window")
 
     def __init__(self, *, window: float, cap: float) -> None:
         self.window = window
         self.cap = cap
         self._samples: deque[tuple[float, float]] = deque()  # (when, late), late decreasing
+        self._last = (0.0, 0.0)  # the two newest readings: (the one before, the newest)
+        self._due = math.inf  # when the probe asked to wake next
+        # Called with the time of each reading once it is recorded (runtime.admission).
+        self.listener: Callable[[float], None] | None = None
 
     def __repr__(self) -> str:
         late = self._samples[0][1] if self._samples else 0.0
@@ -57,6 +74,20 @@ class LoopLag:
             samples.pop()  # never the worst again: this one is as bad and newer
         samples.append((now, late))
         self._forget(now)
+        self._last = (self._last[1], late)
+        self._due = math.inf  # this reading is taken: none is overdue until the next is asked
+        if self.listener is not None:
+            self.listener(now)
+
+    def held(self, now: float) -> float:
+        """The lateness the loop has kept over the last two readings, at ``now``.
+
+        The lesser of the two newest. A wake-up the probe is overdue for is a
+        reading to come, at least as late as it is by now: with the newest,
+        it holds that much too.
+        """
+        before, newest = self._last
+        return max(min(before, newest), min(newest, now - self._due))
 
     def worst(self, now: float) -> float:
         """The worst lateness recorded within the window before ``now`` (0 if none)."""
@@ -76,7 +107,7 @@ class LoopLag:
         """Probe the loop until cancelled."""
         task_status.started()
         while True:
-            due = trio.current_time() + PROBE_INTERVAL
+            due = self._due = trio.current_time() + PROBE_INTERVAL
             await trio.sleep_until(due)
             now = trio.current_time()
             self.record(now, max(0.0, now - due))
