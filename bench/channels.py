@@ -252,6 +252,8 @@ class StepResult:
     cpu: float = 0.0  # node process CPU seconds
     emulator_cpu: float | None = None
     in_flight_peak: int = 0
+    refused: Counter[str] = attrs.Factory(Counter)  # by the node, by Overloaded.scope
+    loop_lag: float = 0.0  # the node's worst lateness over the step's last ten seconds
     gc: GcWatch = attrs.Factory(lambda: GcWatch())
     steps: TaskSteps | None = None  # with --task-steps
 
@@ -298,6 +300,7 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     in_flight = 0
     cpu0 = cpu_seconds()
     emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
+    refused0 = Counter(rig.node.statistics().sends_refused)
 
     # The load runs in the node's process, so its cost counts as the node's:
     # no task per message. Workers take due sends off one queue and park when
@@ -376,6 +379,9 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
         result.errors["unfinished at the step's deadline"] += unfinished
     result.elapsed = max(result.done_at, default=trio.current_time() - start)
     result.cpu = cpu_seconds() - cpu0
+    statistics = rig.node.statistics()
+    result.refused = Counter(statistics.sends_refused) - refused0
+    result.loop_lag = statistics.loop_lag
     emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
     result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
     return result
@@ -841,6 +847,21 @@ def _figures(
                 label=f"sends failed or shed at {step.rate:,.0f} msgs/s",
                 unit="messages",
                 value=total_errors,
+                better="lower",
+            ),
+            Figure.single(
+                name=f"refused_at_{key}",
+                label=f"refused by the node at {step.rate:,.0f} msgs/s (node/channel/loop: "
+                f"{'/'.join(str(step.refused[scope]) for scope in ('node', 'channel', 'loop'))})",
+                unit="messages",
+                value=step.refused.total(),
+                better="lower",
+            ),
+            Figure.single(
+                name=f"loop_lag_at_{key}",
+                label=f"node loop lag at {step.rate:,.0f} msgs/s (worst, its last 10 s)",
+                unit="ms",
+                value=step.loop_lag * 1e3,
                 better="lower",
             ),
             Figure.single(

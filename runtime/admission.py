@@ -16,16 +16,22 @@ Design:
   node's queue short lets another's grow to seconds. So the node also
   sheds while its event loop runs behind (``[node] max_loop_lag``): a loop
   with more work than it can run wakes every timer late by about the
-  length of its batches, and each accepted send waits as long. A probe
-  reads that lateness ten times a second (``runtime.lag``); what the loop
-  has held over the last two readings (one long batch, or one collection
-  pause, is one reading, not two) decides. Behind by ``b`` past a bound
-  ``m``, the node refuses the share ``1 - m / b`` of new sends, evenly
-  (:class:`Shedder`): twice the bound behind, every second send. A share
-  that grows with the lateness settles where what is taken is what the
-  node can run, a little past the bound; refusing all or nothing instead
+  length of its batches, and each accepted send waits through several.
+  A probe reads that lateness ten times a second (``runtime.lag``); what
+  the loop has held over the last two readings (one long batch, or one
+  collection pause, is one reading, not two) decides. The node then
+  refuses a share of new sends, spread evenly (:class:`Shedder`): at once
+  ``1 - bound / behind`` (twice the bound behind, every second send), and
+  more the longer the loop stays behind, until it is back within the
+  bound; the share then shrinks as fast, so sends are all taken again
+  within about a second of catching up. Refusing all or nothing instead
   swings between an idle node and a queue of seconds (measured: p50 of
-  accepted sends 0.4 to 0.6 s with a bound of 0.1 s).
+  accepted sends 0.4 to 0.6 s with a bound of 0.1 s), and a share that
+  only follows the lateness settles past the bound (p50 1.5 s with a
+  bound of 0.25 s).
+- Only a node that holds :data:`SHED_FLOOR` sends or more sheds: with
+  fewer, its sends are not what keeps the loop late (a connect storm, a
+  starved machine), and refusing them would not help it.
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.
@@ -42,11 +48,12 @@ from typing import Final
 from .errors import Overloaded
 from .lag import LoopLag
 
-__all__ = ["MAX_RETRY_AFTER", "NODE_RETRY_AFTER", "SHED_GAIN", "Shedder", "admit"]
+__all__ = ["MAX_RETRY_AFTER", "NODE_RETRY_AFTER", "SHED_FLOOR", "SHED_GAIN", "Shedder", "admit"]
 
 NODE_RETRY_AFTER: Final = 1  # seconds
 MAX_RETRY_AFTER: Final = 60  # seconds
 SHED_GAIN: Final = 1.0  # a second, for each bound the loop is behind past (or short of) it
+SHED_FLOOR: Final = 100  # sends in flight below which a late loop is not the sends' doing
 
 
 def admit(
@@ -107,7 +114,8 @@ def admit(
         raise _overloaded(
             f"node {node_id!r} has run more than its bound behind ([node] max_loop_lag = "
             f"{loop_bound:g} s): it has more work than it can run, and refuses "
-            f"{loop_shed:.0%} of new sends until it catches up; nothing was queued: retry "
+            f"{math.ceil(loop_shed * 100)}% of new sends until it catches up; nothing was "
+            "queued: retry "
             f"after {NODE_RETRY_AFTER} s, or send through another node",
             (channel_id, idempotency_key),
             ("loop", 0, NODE_RETRY_AFTER),
@@ -159,7 +167,7 @@ class Shedder:
     def _reading(self, now: float) -> None:
         """The probe took a reading at ``now``: the share from here to the next."""
         bound = self.bound
-        behind = self.lag.held(now)
+        behind = self.lag.held()
         elapsed = min(now - self._updated, 1.0)  # (the first reading: a second)
         self._updated = now
         held = self._held + SHED_GAIN * elapsed * (behind - bound) / bound

@@ -20,18 +20,16 @@ Design:
 - What this cannot cover is a stall that comes without warning (a SIGSTOP,
   a swap storm): nothing inside a process can. The fencing tokens keep such
   a node from writing anything durable once another holds the channel.
-- Admission asks a different question: is the loop behind *now*, and has
-  it stayed behind? :meth:`LoopLag.held` is the lesser of the last two
-  lateness readings (a wake-up the probe is overdue for is a reading to
-  come, as late as it is by now at least). One long batch or one
-  collection pause makes one late reading, not two; a loop with more work
-  than it can run makes every reading late (each wake-up waits for a whole
-  batch).
+- Admission asks a different question: has the loop stayed behind?
+  :meth:`LoopLag.held` is the lesser of the last two lateness readings.
+  One long batch or one collection pause makes one late reading, not two;
+  a loop with more work than it can run makes every reading late (each
+  wake-up waits for a whole batch). Each reading is handed to a
+  ``listener`` (the node's :class:`~runtime.admission.Shedder`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -52,14 +50,13 @@ class LoopLag:
         cap: the most :meth:`allowance` ever gives up, seconds.
     """
 
-    __slots__ = ("_due", "_last", "_samples", "cap", "listener", "window")
+    __slots__ = ("_last", "_samples", "cap", "listener", "window")
 
     def __init__(self, *, window: float, cap: float) -> None:
         self.window = window
         self.cap = cap
         self._samples: deque[tuple[float, float]] = deque()  # (when, late), late decreasing
         self._last = (0.0, 0.0)  # the two newest readings: (the one before, the newest)
-        self._due = math.inf  # when the probe asked to wake next
         # Called with the time of each reading once it is recorded (runtime.admission).
         self.listener: Callable[[float], None] | None = None
 
@@ -75,19 +72,12 @@ class LoopLag:
         samples.append((now, late))
         self._forget(now)
         self._last = (self._last[1], late)
-        self._due = math.inf  # this reading is taken: none is overdue until the next is asked
         if self.listener is not None:
             self.listener(now)
 
-    def held(self, now: float) -> float:
-        """The lateness the loop has kept over the last two readings, at ``now``.
-
-        The lesser of the two newest. A wake-up the probe is overdue for is a
-        reading to come, at least as late as it is by now: with the newest,
-        it holds that much too.
-        """
-        before, newest = self._last
-        return max(min(before, newest), min(newest, now - self._due))
+    def held(self) -> float:
+        """The lateness the loop has kept: the lesser of the last two readings."""
+        return min(self._last)
 
     def worst(self, now: float) -> float:
         """The worst lateness recorded within the window before ``now`` (0 if none)."""
@@ -107,7 +97,7 @@ class LoopLag:
         """Probe the loop until cancelled."""
         task_status.started()
         while True:
-            due = self._due = trio.current_time() + PROBE_INTERVAL
+            due = trio.current_time() + PROBE_INTERVAL
             await trio.sleep_until(due)
             now = trio.current_time()
             self.record(now, max(0.0, now - due))

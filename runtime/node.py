@@ -85,7 +85,7 @@ from supervisors import (
     open_supervisor,
 )
 
-from .admission import Shedder, admit
+from .admission import SHED_FLOOR, Shedder, admit
 from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
@@ -694,14 +694,12 @@ class Node(ClusterMode, DeadLetterOps):
         node = self.config.node
         sends = self._sends
         node_sends, channel_sends = len(sends), sends.count(channel_id)
-        # A kept message's resend is the node's own duty, not new work: the
-        # lateness of a start's connect storm must not put it off to the next start.
-        shed = self._shedder.refuses() if kept_id is None else 0.0
-        if (
-            node_sends >= node.max_sends_in_flight
-            or channel_sends >= node.max_channel_sends
-            or shed
-        ):
+        full = node_sends >= node.max_sends_in_flight or channel_sends >= node.max_channel_sends
+        # A kept message's resend (here or forwarded, keep_refused) is the node's own
+        # duty, not new work: a start's connect storm must not put it off to the next
+        # start. Below the floor, sends are not what keeps the loop late.
+        shed = 0.0 if full or keep_refused or node_sends < SHED_FLOOR else self._shedder.refuses()
+        if full or shed:
             try:
                 admit(  # refuses it, saying which bound
                     node_id=self.node_id,

@@ -99,6 +99,11 @@ POSITIVE: Final = Check("a positive number", lambda v: math.isfinite(v) and v > 
 AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: v >= 1)
 NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: v >= 0)
 NOT_NEGATIVE_SECONDS: Final = Check("0 or more seconds", lambda v: math.isfinite(v) and v >= 0)
+LOOP_LAG: Final = Check(
+    # Below it, the probe's own jitter (a wake-up a few milliseconds late) would shed.
+    "0 (off) or at least 0.05 seconds",
+    lambda v: v == 0 or (math.isfinite(v) and v >= 0.05),
+)
 FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
 PORT: Final = Check("a port number from 0 to 65535", lambda v: 0 <= v <= 65535)
 NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
@@ -132,8 +137,9 @@ class NodeSection:
         max_channel_sends: the same bound for one channel: its window and
             what waits for it.
         max_loop_lag: seconds the node's event loop may stay behind before
-            new sends are refused (``Overloaded``, see ``runtime.admission``);
-            0 turns the bound off.
+            a share of new sends is refused (``Overloaded``, see
+            ``runtime.admission``); 0 turns the bound off, and any other
+            value is at least 0.05 s.
         gc: the garbage-collection policy: ``tuned`` (freeze what settled,
             fewer young collections; see ``runtime.collection``) or
             ``default`` (CPython's collector left as the program set it).
@@ -144,7 +150,7 @@ class NodeSection:
     start_timeout: Seconds = attrs.field(default=10.0, validator=POSITIVE)
     max_sends_in_flight: int = attrs.field(default=50_000, validator=AT_LEAST_ONE)
     max_channel_sends: int = attrs.field(default=1_000, validator=AT_LEAST_ONE)
-    max_loop_lag: Seconds = attrs.field(default=0.25, validator=NOT_NEGATIVE_SECONDS)
+    max_loop_lag: Seconds = attrs.field(default=0.25, validator=LOOP_LAG)
     gc: Literal["tuned", "default"] = "tuned"
 
 
