@@ -160,8 +160,9 @@ class ChannelsParams:
     node_max_loop_lag: float = attrs.field(
         default=attrs.fields(NodeSection).max_loop_lag.default,
         metadata=_help(
-            "the node's [node] max_loop_lag, seconds (0: off): while its event loop stays "
-            "this far behind a send is refused at once (Overloaded, counted as failed)"
+            "the node's [node] max_loop_lag, seconds (0: off, else at least 0.05): while its "
+            "event loop stays this far behind it refuses a share of new sends at once "
+            "(Overloaded, counted as failed)"
         ),
     )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
@@ -218,6 +219,9 @@ class ChannelsParams:
         for name in ("duration", "text_size", "max_in_flight", "node_max_in_flight"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
+        if 0 < self.node_max_loop_lag < 0.05:
+            lag = self.node_max_loop_lag
+            problems.append(f"node_max_loop_lag: expected 0 (off) or at least 0.05, got {lag}")
         for name in ("connect_rate", "inbound_rate", "idle", "node_max_loop_lag"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: expected 0 or more, got {getattr(self, name)}")

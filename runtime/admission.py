@@ -23,21 +23,24 @@ Design:
   refuses a share of new sends, spread evenly (:class:`Shedder`): at once
   ``1 - bound / behind`` (twice the bound behind, every second send), and
   more the longer the loop stays behind, until it is back within the
-  bound; the share then shrinks as fast, so sends are all taken again
-  within about a second of catching up. Refusing all or nothing instead
-  swings between an idle node and a queue of seconds (measured: p50 of
-  accepted sends 0.4 to 0.6 s with a bound of 0.1 s), and a share that
-  only follows the lateness settles past the bound (p50 1.5 s with a
-  bound of 0.25 s).
+  bound; the share then shrinks as it grew, so once the loop is on time
+  again sends are all taken within about a second (longer while it stays
+  just under the bound). Refusing all or nothing instead swings between an
+  idle node and a queue of seconds (measured at 10,000 msgs/s offered to
+  1,000 channels: p50 of accepted sends 0.5 to 1.4 s over bounds of 0.1 to
+  0.5 s), and a share that only follows the lateness settles past the
+  bound (p50 1.5 s with a bound of 0.25 s); see ``bench/RESULTS.md``.
 - Only a node that holds :data:`SHED_FLOOR` sends or more sheds: with
   fewer, its sends are not what keeps the loop late (a connect storm, a
   starved machine), and refusing them would not help it.
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.
-- The decision is a pure function of the counts and the lateness
-  (:func:`admit`), as the other decisions of the runtime are; the node
-  only counts, and :class:`Shedder` only picks which sends to refuse.
+- The refusal and its message are a pure function (:func:`admit`), as the
+  other decisions of the runtime are: of the counts, and of the share the
+  :class:`Shedder` refuses where it picked this send. Which sends the
+  shedder is asked about (past the floor, not a kept message's resend,
+  not one a count already refuses) is the node's to say.
 """
 
 from __future__ import annotations
@@ -128,9 +131,11 @@ class Shedder:
     The share it refuses is the larger of two: ``1 - bound / behind`` while
     the loop is behind, which answers at once, and a share that grows while
     the loop is behind and shrinks while it is not (:data:`SHED_GAIN` a
-    second for each bound past or short of it), which keeps refusing what the
+    second for each bound past or short of it, over the time between two
+    readings, counted as a second at most), which keeps refusing what the
     node cannot run until the lateness is back at the bound. Refusals are
     spread evenly over the sends (a share of a half refuses every second one).
+    It takes the probe's readings as its listener (the probe has one).
 
     Args:
         lag: the node's probe of its loop.
@@ -147,6 +152,8 @@ class Shedder:
         self._updated = -math.inf  # the reading before
         self._credit = 0.0  # refusals owed, in sends: one is due at 1
         if bound:
+            if lag.listener is not None:
+                raise ValueError(f"{lag!r} already has a listener")
             lag.listener = self._reading
 
     def __repr__(self) -> str:

@@ -19,7 +19,8 @@ Design:
   to (its inbound sink), opened first and closed last.
 - Startup degrades gracefully: a channel that cannot start is recorded with
   the reason, shows in ``channels()`` and ``/health``, and the rest run.
-- A send past the node's or its channel's bound of sends in flight is
+- A send past the node's or its channel's bound of sends in flight, or one
+  of the share the node sheds while its event loop stays behind, is
   refused at once (``Overloaded``, :mod:`runtime.admission`) rather than
   queued into a timeout.
 - Every accepted ``send`` is tracked until it returns. ``drain()`` stops
@@ -506,8 +507,9 @@ class Node(ClusterMode, DeadLetterOps):
             PermanentSendError: the platform will never take this message
                 (``MessageTooLong``, ``BadRecipient``, ...; dead-lettered).
             SendFailed: transient failures outlasted the retries (dead-lettered).
-            Overloaded: the node or the channel holds its bound of sends;
-                nothing was queued: retry after ``retry_after`` seconds.
+            Overloaded: the node or the channel holds its bound of sends, or
+                the node sheds while its loop runs behind; nothing was
+                queued: retry after ``retry_after`` seconds.
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
@@ -672,8 +674,10 @@ class Node(ClusterMode, DeadLetterOps):
 
         A repeat of a recent idempotency key is answered as the first time,
         not done again (the channel remembers its answers; see ``SentResults``).
-        ``keep_refused``: a kept message's resend, whose refusal before
-        sending the channel dead-letters (``runtime.resend``).
+        ``keep_refused``: a kept message's resend (here, or forwarded from the
+        node that read it), whose refusal before sending the channel
+        dead-letters (``runtime.resend``), and which the node never sheds for
+        its loop's lateness.
         """
         channel = self.channel(channel_id)
         sent = channel.memory.sent

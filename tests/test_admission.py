@@ -8,6 +8,7 @@ the ones in flight are done.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, cast
 
 import pytest
@@ -91,26 +92,33 @@ def test_the_refusal_crosses_the_cluster_with_its_details() -> None:
 # --- in a node ------------------------------------------------------------------------------
 
 
+async def connected(node: Any) -> None:
+    with node.subscribe(kind="state") as changes:
+        while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
+            await changes.receive()
+
+
+async def send_noting(results: dict[str, Any], node: Any, channel: str, key: str) -> None:
+    """Send ``key`` on ``channel``; its result, or its refusal, goes in ``results``."""
+    try:
+        results[key] = await node.send(channel, text_to_own_peer(key))
+    except Overloaded as exc:
+        results[key] = exc
+
+
 async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_after(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     provider = SimulatedProvider(latency=Fixed(seconds=1.0))
     results: dict[str, Any] = {}
-
-    async def send(node: Any, channel: str, key: str) -> None:
-        try:
-            results[key] = await node.send(channel, text_to_own_peer(key))
-        except Overloaded as exc:
-            results[key] = exc
+    send = functools.partial(send_noting, results)
 
     config = two_simulated_channels(max_sends_in_flight=5, max_channel_sends=3)
     with trio.fail_after(CEILING):
         async with open_node(
             config, channel_defaults=FAST, providers={"simulated": provider}
         ) as node:
-            with node.subscribe(kind="state") as changes:
-                while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
-                    await changes.receive()
+            await connected(node)
             began = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for channel, key in [("a", "a1"), ("a", "a2"), ("a", "a3"), ("a", "a4")]:
@@ -130,6 +138,7 @@ async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_afte
             assert trio.current_time() == pytest.approx(began + 1.0)  # the rest went at once
             # with the sends done, there is room again
             assert isinstance(await node.send("a", text_to_own_peer("a5")), SendResult)
+            assert node.statistics().sends_refused == {"channel": 1, "node": 1}
             assert node.statistics().sends_in_flight == 0
     accepted = {"a1", "a2", "a3", "b1", "b2"}
     assert all(isinstance(results[key], SendResult) for key in accepted), results
@@ -169,23 +178,12 @@ async def stalled_twice(clock: trio.testing.MockClock) -> None:
         await trio.testing.wait_all_tasks_blocked()  # the probe woke, late
 
 
-async def connected(node: Any) -> None:
-    with node.subscribe(kind="state") as changes:
-        while any(s.status is not ChannelStatus.CONNECTED for s in node.channels()):
-            await changes.receive()
-
-
 async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_caught_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     provider = SimulatedProvider(latency=Fixed(seconds=5.0))
     results: dict[str, Any] = {}
-
-    async def send(node: Any, channel: str, key: str) -> None:
-        try:
-            results[key] = await node.send(channel, text_to_own_peer(key))
-        except Overloaded as exc:
-            results[key] = exc
+    send = functools.partial(send_noting, results)
 
     config = two_simulated_channels(max_loop_lag=0.25)
     with trio.fail_after(CEILING):
@@ -226,6 +224,38 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
             assert statistics.loop_lag == pytest.approx(1.0, abs=0.02)
     assert all(isinstance(results[key], SendResult) for key in ("k1", "k5", "k6", "k2"))
     assert len([r for r in results.values() if isinstance(r, SendResult)]) == SHED_FLOOR + 4
+
+
+async def test_a_send_a_count_refuses_takes_nothing_from_the_shedder(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = SimulatedProvider(latency=Fixed(seconds=5.0))
+    results: dict[str, Any] = {}
+    send = functools.partial(send_noting, results)
+    config = two_simulated_channels(max_loop_lag=0.25, max_channel_sends=SHED_FLOOR)
+    with trio.fail_after(CEILING):
+        async with (
+            open_node(config, channel_defaults=FAST, providers={"simulated": provider}) as node,
+            trio.open_nursery() as nursery,
+        ):
+            await connected(node)
+            for index in range(SHED_FLOOR):  # channel a full, the node at the floor
+                nursery.start_soon(send, node, "a", f"load-{index}")
+            await trio.testing.wait_all_tasks_blocked()
+            await stalled_twice(autojump_clock)
+            node._shedder.share = 0.5  # every second send it is asked about
+            for channel, key in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2")):
+                nursery.start_soon(send, node, channel, key)
+                await trio.testing.wait_all_tasks_blocked()
+            scopes = {key: getattr(results.get(key), "scope", "sent") for key in results}
+            assert [scopes.get(key, "in flight") for key in ("a1", "b1", "a2", "b2")] == [
+                "channel",
+                "in flight",
+                "channel",
+                "loop",
+            ]
+            assert node.statistics().sends_refused == {"channel": 2, "loop": 1}
+            nursery.cancel_scope.cancel()
 
 
 def test_the_shedder_refuses_a_share_that_grows_while_the_loop_stays_behind() -> None:

@@ -39,11 +39,30 @@ class _Context:
         return self.budget
 
 
-async def _step(send: Send, *, max_in_flight: int = 10_000, budget: float = 5.0) -> StepResult:
+def _statistics(*readings: tuple[dict[str, int], float]) -> Callable[[], Any]:
+    """A stand-in node's statistics: its refusals so far and its loop lag, one reading a call."""
+    left = iter(readings)
+
+    def statistics() -> Any:
+        refused, lag = next(left)
+        return types.SimpleNamespace(sends_refused=refused, loop_lag=lag)
+
+    return statistics
+
+
+async def _step(
+    send: Send,
+    *,
+    max_in_flight: int = 10_000,
+    budget: float = 5.0,
+    statistics: Callable[[], Any] | None = None,
+) -> StepResult:
     rig = types.SimpleNamespace(
         channel_ids=[f"ch{i}" for i in range(4)],
         message=lambda i, key, text: (i, key),
-        node=types.SimpleNamespace(send=send),
+        node=types.SimpleNamespace(
+            send=send, statistics=statistics or _statistics(({}, 0.0), ({}, 0.0))
+        ),
         emulator=None,
         states=types.SimpleNamespace(connected=4),
     )
@@ -89,3 +108,18 @@ async def test_sends_still_out_when_the_step_gives_up_are_counted(
     result = await _step(send, budget=2.0)
     assert result.ok == 500
     assert result.errors["unfinished at the step's deadline"] == 500
+
+
+async def test_the_step_reports_what_the_node_refused_in_it_and_its_loop_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def send(channel: str, message: Any) -> None:
+        await trio.sleep(0.01)
+
+    statistics = _statistics(
+        ({"loop": 2, "channel": 1}, 0.0),  # before the step: not its own
+        ({"loop": 7, "channel": 1, "node": 3}, 0.4),
+    )
+    result = await _step(send, statistics=statistics)
+    assert result.refused == {"loop": 5, "node": 3}
+    assert result.loop_lag == 0.4

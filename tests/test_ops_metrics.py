@@ -126,7 +126,7 @@ def test_node_series() -> None:
     assert got[key("switchboard_node_sends_in_flight")] == 9
     assert got[key("switchboard_node_loop_lag_seconds")] == 0.75
     assert {
-        scope: got[key("switchboard_sends_refused_total", scope=scope)]
+        scope: got[key("switchboard_node_sends_refused_total", scope=scope)]
         for scope in ("node", "channel", "loop")
     } == {"node": 0, "channel": 1, "loop": 4}
 

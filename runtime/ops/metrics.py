@@ -367,7 +367,7 @@ class NodeCollector:
             statistics.loop_lag,
         )
         refused = CounterMetricFamily(
-            PREFIX + "sends_refused",
+            PREFIX + "node_sends_refused",
             "Sends refused by admission control (Overloaded), by the bound that refused them.",
             labels=("scope",),
         )
