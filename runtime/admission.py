@@ -118,8 +118,7 @@ def admit(
             f"node {node_id!r} has run more than its bound behind ([node] max_loop_lag = "
             f"{loop_bound:g} s): it has more work than it can run, and refuses "
             f"{math.ceil(loop_shed * 100)}% of new sends until it catches up; nothing was "
-            "queued: retry "
-            f"after {NODE_RETRY_AFTER} s, or send through another node",
+            f"queued: retry after {NODE_RETRY_AFTER} s, or send through another node",
             (channel_id, idempotency_key),
             ("loop", 0, NODE_RETRY_AFTER),
         )
