@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, Final
 
 import attrs
+import h11
 import httpx
 import pytest
 import trio
@@ -56,6 +57,7 @@ from providers.whatsapp import webhook as whatsapp_webhook
 from runtime.errors import NodeDraining, NodeStarting, Overloaded, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.ops.app import MAX_BODY
+from runtime.ops.server import KEEP_ALIVE
 from runtime.view import (
     ChannelSnapshot,
     ChannelTotals,
@@ -1250,3 +1252,47 @@ async def test_a_client_that_hangs_up_mid_body_is_not_an_error(
             assert (await client.get("/healthz")).status_code == 200
     errors = [r for r in caplog.records if r.name == "switchboard.ops" and r.levelname == "ERROR"]
     assert errors == []
+
+
+async def test_an_idle_connection_outlives_a_load_balancer_s_idle_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A balancer reuses an idle connection for 60 s: the node must not close it first."""
+
+    async def get(stream: trio.SocketStream, http: h11.Connection) -> int | None:
+        """GET /healthz on the connection: its status, or None if the server had closed it."""
+        request = h11.Request(method="GET", target="/healthz", headers=[("Host", "ops")])
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(http.send(request) + http.send(h11.EndOfMessage()))
+        status = None
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some()
+                if not data:
+                    return None
+                http.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                http.start_next_cycle()
+                return status
+
+    # The clock moves only by the jumps below; the ceiling's deadline lies past them.
+    with real_time_ceiling(mock_clock, CEILING), trio.fail_after(CEILING + 60.0 + KEEP_ALIVE + 1):
+        async with trio.open_nursery() as server:
+            url = await server.start(
+                functools.partial(serve_ops, FakeNode(), host="127.0.0.1", port=0)
+            )
+            stream = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
+            http = h11.Connection(h11.CLIENT)
+            assert await get(stream, http) == 200
+            await trio.testing.wait_all_tasks_blocked()  # the server's idle timer set
+            mock_clock.jump(60.0)  # idle as long as a balancer keeps it
+            await trio.testing.wait_all_tasks_blocked()
+            assert await get(stream, http) == 200  # on the same connection
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(KEEP_ALIVE + 1)  # idle past the node's own timeout
+            await trio.testing.wait_all_tasks_blocked()
+            assert await stream.receive_some() == b""  # closed: not kept for ever
+            server.cancel_scope.cancel()

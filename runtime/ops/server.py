@@ -16,6 +16,15 @@ Design:
   hypercorn's graceful timeout. A node that wants in-flight requests to
   finish stops routing to the node first (``/readyz`` answers 503 while it
   drains) and cancels afterwards.
+- An idle kept-alive connection stays open :data:`KEEP_ALIVE` seconds, not
+  hypercorn's 5. The ops port sits behind load balancers and receives
+  webhooks through them; a balancer reuses an idle connection to its
+  backend until its own idle timeout (60 s is common), and a backend that
+  closes first can close one just as a request goes out on it: the
+  balancer answers 502 for a request the node never saw. The same race
+  with a client whose pool keeps connections 5 s (httpx's) showed up once
+  as "Server disconnected without sending a response" in a test run on a
+  starved machine. So the node closes last, as nginx (75 s) does.
 - No access log (probes and scrapes every few seconds would drown the log);
   hypercorn's error log goes to the ``switchboard.ops.http`` logger, less its
   "Running on ... (CTRL + C to quit)" line: the node says where it listens.
@@ -44,6 +53,9 @@ from .app import ops_app
 __all__ = ["serve_ops"]
 
 log = logging.getLogger("switchboard.ops.http")
+
+# Seconds an idle kept-alive connection stays open: past a load balancer's idle timeout.
+KEEP_ALIVE: Final = 75.0
 
 
 def _bind(host: str, port: int) -> str:
@@ -127,6 +139,7 @@ async def serve_ops(
     config.accesslog = None
     config.errorlog = log
     config.include_server_header = False
+    config.keep_alive_timeout = KEEP_ALIVE
     if certfile is not None or keyfile is not None:
         if certfile is None or keyfile is None:
             raise ValueError("TLS needs both certfile and keyfile")
