@@ -47,12 +47,13 @@ class LoopLag:
 
     Args:
         window: seconds a lateness is remembered.
-        cap: the most :meth:`allowance` ever gives up, seconds.
+        cap: the most :meth:`allowance` ever gives up, seconds (0: a probe
+            that gives up nothing, as admission's).
     """
 
     __slots__ = ("_last", "_samples", "cap", "listener", "window")
 
-    def __init__(self, *, window: float, cap: float) -> None:
+    def __init__(self, *, window: float, cap: float = 0.0) -> None:
         self.window = window
         self.cap = cap
         self._samples: deque[tuple[float, float]] = deque()  # (when, late), late decreasing

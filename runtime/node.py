@@ -193,7 +193,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
         # How late the event loop runs: past [node] max_loop_lag, new sends are refused.
-        self._loop_lag = LoopLag(window=LAG_REPORTED, cap=0.0)
+        self._loop_lag = LoopLag(window=LAG_REPORTED)
         self._shedder = Shedder(self._loop_lag, config.node.max_loop_lag)
         self._refused: collections.Counter[str] = collections.Counter()  # by Overloaded.scope
         self._timings = NodeTimings(store_flush=getattr(store, "flush_seconds", None))

@@ -9,6 +9,7 @@ the ones in flight are done.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
@@ -161,7 +162,7 @@ def test_a_send_the_shedder_picked_is_refused_saying_why() -> None:
 
 
 def test_the_lateness_held_is_the_lesser_of_the_last_two_readings() -> None:
-    lag = LoopLag(window=10.0, cap=0.0)
+    lag = LoopLag(window=10.0)
     assert lag.held() == 0.0
     lag.record(1.0, 0.8)
     assert lag.held() == 0.0  # one late reading: a pause, not a loop behind
@@ -259,7 +260,7 @@ async def test_a_send_a_count_refuses_takes_nothing_from_the_shedder(
 
 
 def test_the_shedder_refuses_a_share_that_grows_while_the_loop_stays_behind() -> None:
-    lag = LoopLag(window=10.0, cap=0.0)
+    lag = LoopLag(window=10.0)
     shedder = Shedder(lag, 0.25)
 
     def picked(sends: int) -> list[bool]:
@@ -286,7 +287,7 @@ def test_the_shedder_refuses_a_share_that_grows_while_the_loop_stays_behind() ->
     lag.record(3.625, 0.5)
     lag.record(3.75, 0.5)  # behind again: it starts afresh
     assert shedder.share == 0.5 and picked(2) == [False, True]  # nothing owed from before
-    unbounded = LoopLag(window=10.0, cap=0.0)
+    unbounded = LoopLag(window=10.0)
     off = Shedder(unbounded, 0.0)
     unbounded.record(1.0, 5.0)
     unbounded.record(1.1, 5.0)
@@ -320,11 +321,15 @@ async def test_a_late_loop_refuses_nothing_without_a_bound_or_below_the_floor(
 
 
 class StallingRead:
-    """A store whose read of the kept messages stalls the event loop twice first."""
+    """A store whose read of the kept messages stalls the event loop twice first.
+
+    ``emptied`` is set once the node has forgotten every kept message (each sent).
+    """
 
     def __init__(self, store: Store, clock: trio.testing.MockClock) -> None:
         self._store = store
         self._clock = clock
+        self.emptied = trio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -335,6 +340,12 @@ class StallingRead:
         self._clock.jump(1.1)
         await trio.testing.wait_all_tasks_blocked()  # and again
         return await self._store.read_outbound()
+
+    async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
+        forgotten = await self._store.forget_outbound(kept_ids)
+        if not await self._store.read_outbound():
+            self.emptied.set()
+        return forgotten
 
 
 async def test_kept_messages_are_resent_even_while_the_loop_is_behind(
@@ -356,14 +367,14 @@ async def test_kept_messages_are_resent_even_while_the_loop_is_behind(
                     for key in keys
                 ]
             )
+            stalling = StallingRead(store, autojump_clock)
             async with open_node(
                 two_simulated_channels(max_loop_lag=0.1),
-                store=cast(Store, StallingRead(store, autojump_clock)),
+                store=cast(Store, stalling),
                 channel_defaults=FAST,
                 providers={"simulated": provider},
             ) as node:
-                while await store.read_outbound():  # noqa: ASYNC110 - the node resends
-                    await trio.sleep(0.01)
+                await stalling.emptied.wait()
                 assert node.statistics().sends_refused == {}
     assert sorted(m.idempotency_key for m in provider.sent) == keys
 

@@ -114,7 +114,7 @@ async def test_the_step_reports_what_the_node_refused_in_it_and_its_loop_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async def send(channel: str, message: Any) -> None:
-        await trio.sleep(0.01)
+        await trio.lowlevel.checkpoint()
 
     statistics = _statistics(
         ({"loop": 2, "channel": 1}, 0.0),  # before the step: not its own

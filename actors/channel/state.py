@@ -538,16 +538,7 @@ class SentResults:
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        # (_answer's, inline: a send's path)
-        answer: _Answer
-        if (
-            type(platform_message_id) is str
-            and type(peer) is str
-            and _SEP not in platform_message_id
-        ):
-            answer = f"{platform_message_id}\0{peer}"
-        else:
-            answer = (platform_message_id, peer)
+        answer = _answer(platform_message_id, peer)
         if key in results:  # the key was here: it moves, out of the window's order
             results[key] = answer
             results.move_to_end(key)
