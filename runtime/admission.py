@@ -14,49 +14,63 @@ Design:
 - A count is not a time: what a node can carry depends on its machine, its
   providers and everything else it runs, so a bound of sends that keeps one
   node's queue short lets another's grow to seconds. So the node also
-  sheds while its event loop runs behind (``[node] max_loop_lag``): a loop
-  with more work than it can run wakes every timer late by about the
-  length of its batches, and each accepted send waits through several.
-  A probe reads that lateness ten times a second (``runtime.lag``); what
-  the loop has held over the last two readings (one long batch, or one
-  collection pause, is one reading, not two) decides. The node then
-  refuses a share of new sends, spread evenly (:class:`Shedder`): at once
-  ``1 - bound / behind`` (twice the bound behind, every second send), and
-  more the longer the loop stays behind, until it is back within the
-  bound; the share then shrinks as it grew, so once the loop is on time
-  again sends are all taken within about a second (longer while it stays
-  just under the bound). Refusing all or nothing instead swings between an
-  idle node and a queue of seconds (measured at 10,000 msgs/s offered to
-  1,000 channels: p50 of accepted sends 0.5 to 1.4 s over bounds of 0.1 to
-  0.5 s), and a share that only follows the lateness settles past the
-  bound (p50 1.5 s with a bound of 0.25 s); see ``bench/RESULTS.md``.
-- Only a node that holds :data:`SHED_FLOOR` sends or more sheds: with
+  bounds its sends by time (``[node] max_loop_lag``): a loop with more work
+  than it can run wakes every timer late by about the length of its
+  batches, and each accepted send waits through several. A probe reads that
+  lateness ten times a second (``runtime.lag``); what the loop has held
+  over the last two readings (one long batch, or one collection pause, is
+  one reading, not two) decides.
+- What it decides is a limit of sends in flight (:class:`Shedder`), not a
+  share of sends refused. A saturated loop runs a batch of about every send
+  it holds, so its lateness is about its sends times what one costs: held
+  ``behind`` with ``n`` sends, it runs ``n * bound / behind`` within the
+  bound, and the limit drops to that at once (never below
+  :data:`SHED_FLOOR`, never up while the loop is behind). While the loop
+  is within its bound the limit grows by as much as the lateness says
+  still fits, :data:`LIMIT_GROWTH` times a reading at most, and is gone
+  once it passes ``[node] max_sends_in_flight``. A send past the limit is
+  refused, so the node refuses exactly what arrives while it is full and
+  never idles while sends wait. Two designs that refused a share of new
+  sends instead were measured and dropped (``bench/RESULTS.md``):
+  refusing all or nothing swung between an idle node and a queue of
+  seconds, and a share that grew the longer the loop stayed behind
+  refused every send for a second at a time, its refusals' own cost
+  keeping the loop behind (at 14,000 msgs/s offered to 1,000 channels:
+  4,170-4,570 delivered against 6,000-6,470 with no bound at all).
+- Below :data:`SHED_FLOOR` sends in flight the node never sheds: with
   fewer, its sends are not what keeps the loop late (a connect storm, a
   starved machine), and refusing them would not help it.
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.
 - The refusal and its message are a pure function (:func:`admit`), as the
-  other decisions of the runtime are: of the counts, and of the share the
-  :class:`Shedder` refuses where it picked this send. Which sends the
-  shedder is asked about (past the floor, not a kept message's resend,
-  not one a count already refuses) is the node's to say.
+  other decisions of the runtime are: of the counts and the limits. Which
+  sends the loop's limit applies to (not a kept message's resend) is the
+  node's to say.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Final
 
 from .errors import Overloaded
 from .lag import LoopLag
 
-__all__ = ["MAX_RETRY_AFTER", "NODE_RETRY_AFTER", "SHED_FLOOR", "SHED_GAIN", "Shedder", "admit"]
+__all__ = [
+    "LIMIT_GROWTH",
+    "MAX_RETRY_AFTER",
+    "NODE_RETRY_AFTER",
+    "SHED_FLOOR",
+    "Shedder",
+    "admit",
+]
 
 NODE_RETRY_AFTER: Final = 1  # seconds
 MAX_RETRY_AFTER: Final = 60  # seconds
-SHED_GAIN: Final = 1.0  # a second, for each bound the loop is behind past (or short of) it
 SHED_FLOOR: Final = 100  # sends in flight below which a late loop is not the sends' doing
+LIMIT_GROWTH: Final = 1.25  # the most the loop's limit grows in a reading
 
 
 def admit(
@@ -69,7 +83,7 @@ def admit(
     channel_sends: int,
     channel_limit: int,
     channel_rate: float,
-    loop_shed: float = 0.0,
+    loop_limit: float = math.inf,
     loop_bound: float = 0.0,
 ) -> None:
     """Refuse a send that would take the node or the channel past its bound.
@@ -83,9 +97,8 @@ def admit(
         channel_sends: sends the channel holds now.
         channel_limit: the most it may hold.
         channel_rate: the channel's messages per second (its limiter's).
-        loop_shed: the share of new sends the node refuses while its loop
-            runs behind, where the :class:`Shedder` picked this send to be one
-            of them; else 0.
+        loop_limit: the most sends the node holds while its loop runs
+            behind (:attr:`Shedder.limit`; ``math.inf``: none).
         loop_bound: ``[node] max_loop_lag``, for the message.
 
     Raises:
@@ -113,74 +126,61 @@ def admit(
             (channel_id, idempotency_key),
             ("node", node_limit, NODE_RETRY_AFTER),
         )
-    if loop_shed:
+    if node_sends >= loop_limit:
+        limit = int(loop_limit)
         raise _overloaded(
-            f"node {node_id!r} has run more than its bound behind ([node] max_loop_lag = "
-            f"{loop_bound:g} s): it has more work than it can run, and refuses "
-            f"{math.ceil(loop_shed * 100)}% of new sends until it catches up; nothing was "
-            f"queued: retry after {NODE_RETRY_AFTER} s, or send through another node",
+            f"node {node_id!r} already holds {node_sends} sends, as many as its event loop "
+            f"now runs within its bound ([node] max_loop_lag = {loop_bound:g} s); nothing "
+            f"was queued: retry after {NODE_RETRY_AFTER} s, or send through another node",
             (channel_id, idempotency_key),
-            ("loop", 0, NODE_RETRY_AFTER),
+            ("loop", limit, NODE_RETRY_AFTER),
         )
 
 
 class Shedder:
-    """Which new sends a node whose loop runs behind refuses.
+    """How many sends a node whose loop runs behind holds: its :attr:`limit`.
 
-    The share it refuses is the larger of two: ``1 - bound / behind`` while
-    the loop is behind, which answers at once, and a share that grows while
-    the loop is behind and shrinks while it is not (:data:`SHED_GAIN` a
-    second for each bound past or short of it, over the time between two
-    readings, counted as a second at most), which keeps refusing what the
-    node cannot run until the lateness is back at the bound. Refusals are
-    spread evenly over the sends (a share of a half refuses every second one).
-    It takes the probe's readings as its listener (the probe has one).
+    At each reading of the probe (it takes them as its listener; the probe
+    has one): while the loop has held more than ``bound`` behind, the limit
+    drops to the sends it holds times ``bound / behind`` (what its batches
+    run within the bound), never below :data:`SHED_FLOOR` and never up;
+    while it is within the bound, the limit grows by ``bound / behind``,
+    :data:`LIMIT_GROWTH` at most, and is gone (``math.inf``) once past
+    ``most``.
 
     Args:
         lag: the node's probe of its loop.
-        bound: ``[node] max_loop_lag``, seconds; 0: refuse none.
+        bound: ``[node] max_loop_lag``, seconds; 0: no limit ever.
+        holding: the sends the node holds now.
+        most: ``[node] max_sends_in_flight``: a limit past it is no limit.
     """
 
-    __slots__ = ("_credit", "_held", "_updated", "bound", "lag", "share")
+    __slots__ = ("bound", "holding", "lag", "limit", "most")
 
-    def __init__(self, lag: LoopLag, bound: float) -> None:
+    def __init__(self, lag: LoopLag, bound: float, holding: Callable[[], int], most: int) -> None:
         self.lag = lag
         self.bound = bound
-        self.share = 0.0  # of new sends refused
-        self._held = 0.0  # the share that lasts, grown or shrunk at each reading
-        self._updated = -math.inf  # the reading before
-        self._credit = 0.0  # refusals owed, in sends: one is due at 1
+        self.holding = holding
+        self.most = most
+        self.limit: float = math.inf  # sends in flight; math.inf: none
         if bound:
             if lag.listener is not None:
                 raise ValueError(f"{lag!r} already has a listener")
             lag.listener = self._reading
 
     def __repr__(self) -> str:
-        return f"<Shedder bound={self.bound:g}s share={self.share:.2f}>"
-
-    def refuses(self) -> float:
-        """The share of sends refused, where the send arriving now is one of them; else 0."""
-        share = self.share
-        if not share:
-            return 0.0
-        credit = self._credit + share
-        if credit < 1.0:
-            self._credit = credit
-            return 0.0
-        self._credit = credit - 1.0
-        return share
+        return f"<Shedder bound={self.bound:g}s limit={self.limit:g}>"
 
     def _reading(self, now: float) -> None:
-        """The probe took a reading at ``now``: the share from here to the next."""
-        bound = self.bound
+        """The probe took a reading: the limit from here to the next."""
+        bound, limit = self.bound, self.limit
         behind = self.lag.held()
-        elapsed = min(now - self._updated, 1.0)  # (the first reading: a second)
-        self._updated = now
-        held = self._held + SHED_GAIN * elapsed * (behind - bound) / bound
-        self._held = held = min(1.0, max(0.0, held))
-        self.share = max(held, 1.0 - bound / behind) if behind > bound else held
-        if not self.share:
-            self._credit = 0.0
+        if behind > bound:
+            fits = math.floor(self.holding() * bound / behind)
+            self.limit = max(SHED_FLOOR, min(limit, fits))
+        elif limit != math.inf:
+            grown = math.ceil(limit * min(LIMIT_GROWTH, bound / behind if behind else LIMIT_GROWTH))
+            self.limit = grown if grown <= self.most else math.inf
 
 
 def _overloaded(message: str, send: tuple[str, str], bound: tuple[str, int, int]) -> Overloaded:

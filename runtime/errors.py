@@ -333,9 +333,11 @@ class Overloaded(SendError):
 
     Attributes:
         scope: ``"node"`` or ``"channel"``: which bound of sends was reached;
-            ``"loop"``: the node's event loop runs behind more than
-            ``[node] max_loop_lag``.
-        limit: the bound of sends (0 for ``"loop"``).
+            ``"loop"``: the node's event loop ran behind more than
+            ``[node] max_loop_lag``, and it holds as many sends as it runs
+            within that.
+        limit: the bound of sends (for ``"loop"``, the sends the node's loop
+            runs within its bound of lateness, as the node reckoned it then).
         retry_after: seconds after which a retry may be taken (whole, >= 1).
     """
 

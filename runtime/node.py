@@ -19,8 +19,8 @@ Design:
   to (its inbound sink), opened first and closed last.
 - Startup degrades gracefully: a channel that cannot start is recorded with
   the reason, shows in ``channels()`` and ``/health``, and the rest run.
-- A send past the node's or its channel's bound of sends in flight, or one
-  of the share the node sheds while its event loop stays behind, is
+- A send past the node's or its channel's bound of sends in flight, or past
+  the sends the node's event loop runs within its bound of lateness, is
   refused at once (``Overloaded``, :mod:`runtime.admission`) rather than
   queued into a timeout.
 - Every accepted ``send`` is tracked until it returns. ``drain()`` stops
@@ -86,7 +86,7 @@ from supervisors import (
     open_supervisor,
 )
 
-from .admission import SHED_FLOOR, Shedder, admit
+from .admission import Shedder, admit
 from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, open_cluster
@@ -194,7 +194,12 @@ class Node(ClusterMode, DeadLetterOps):
         self._sends = SendTracker()
         # How late the event loop runs: past [node] max_loop_lag, new sends are refused.
         self._loop_lag = LoopLag(window=LAG_REPORTED)
-        self._shedder = Shedder(self._loop_lag, config.node.max_loop_lag)
+        self._shedder = Shedder(
+            self._loop_lag,
+            config.node.max_loop_lag,
+            holding=self._sends.__len__,
+            most=config.node.max_sends_in_flight,
+        )
         self._refused: collections.Counter[str] = collections.Counter()  # by Overloaded.scope
         self._timings = NodeTimings(store_flush=getattr(store, "flush_seconds", None))
         self._cluster: Cluster | None = None
@@ -508,7 +513,8 @@ class Node(ClusterMode, DeadLetterOps):
                 (``MessageTooLong``, ``BadRecipient``, ...; dead-lettered).
             SendFailed: transient failures outlasted the retries (dead-lettered).
             Overloaded: the node or the channel holds its bound of sends, or
-                the node sheds while its loop runs behind; nothing was
+                as many as the node's loop runs within its bound of lateness
+                (``[node] max_loop_lag``); nothing was
                 queued: retry after ``retry_after`` seconds.
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
@@ -698,12 +704,15 @@ class Node(ClusterMode, DeadLetterOps):
         node = self.config.node
         sends = self._sends
         node_sends, channel_sends = len(sends), sends.count(channel_id)
-        full = node_sends >= node.max_sends_in_flight or channel_sends >= node.max_channel_sends
         # A kept message's resend (here or forwarded, keep_refused) is the node's own
         # duty, not new work: a start's connect storm must not put it off to the next
-        # start. Below the floor, sends are not what keeps the loop late.
-        shed = 0.0 if full or keep_refused or node_sends < SHED_FLOOR else self._shedder.refuses()
-        if full or shed:
+        # start.
+        loop_limit = math.inf if keep_refused else self._shedder.limit
+        if (
+            node_sends >= node.max_sends_in_flight
+            or channel_sends >= node.max_channel_sends
+            or node_sends >= loop_limit
+        ):
             try:
                 admit(  # refuses it, saying which bound
                     node_id=self.node_id,
@@ -714,7 +723,7 @@ class Node(ClusterMode, DeadLetterOps):
                     channel_sends=channel_sends,
                     channel_limit=node.max_channel_sends,
                     channel_rate=channel.memory.limits.per_channel_rate,
-                    loop_shed=shed,
+                    loop_limit=loop_limit,
                     loop_bound=node.max_loop_lag,
                 )
             except Overloaded as refused:
@@ -822,6 +831,7 @@ class Node(ClusterMode, DeadLetterOps):
             store_pending=store.inbound_pending,
             latencies=self._timings.snapshots(),
             sends_in_flight=len(self._sends),
+            sends_limit=int(min(self.config.node.max_sends_in_flight, self._shedder.limit)),
             sends_refused=dict(self._refused),
             loop_lag=self._loop_lag.worst(trio.current_time()),
         )

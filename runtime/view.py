@@ -233,6 +233,9 @@ class NodeStatistics:
         store_pending: inbound events not yet written to the store.
         sends_in_flight: sends accepted here and not finished (bounded by
             ``[node] max_sends_in_flight``).
+        sends_limit: the most sends in flight the node takes now:
+            ``[node] max_sends_in_flight``, or fewer while its event loop
+            runs behind (as many as it runs within ``[node] max_loop_lag``).
         sends_refused: sends refused by admission control since the start,
             by ``Overloaded.scope`` (``node``, ``channel``, ``loop``).
         loop_lag: the event loop's worst lateness in the last ten seconds,
@@ -251,6 +254,7 @@ class NodeStatistics:
     store_pending: int
     latencies: tuple[LatencySnapshot, ...] = ()
     sends_in_flight: int = 0
+    sends_limit: int = 0
     sends_refused: Mapping[str, int] = attrs.field(factory=dict)
     loop_lag: float = 0.0
 

@@ -9,6 +9,7 @@ the ones in flight are done.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -20,7 +21,14 @@ from actors import ChannelStatus
 from providers.base import SendResult
 from providers.simulated import Fixed, SimulatedProvider
 from runtime import Overloaded, open_node
-from runtime.admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER, SHED_FLOOR, Shedder, admit
+from runtime.admission import (
+    LIMIT_GROWTH,
+    MAX_RETRY_AFTER,
+    NODE_RETRY_AFTER,
+    SHED_FLOOR,
+    Shedder,
+    admit,
+)
 from runtime.config import ConfigError, StorageConfig, parse_config
 from runtime.errors import error_from_wire, error_to_wire
 from runtime.lag import LoopLag
@@ -149,16 +157,18 @@ async def test_a_node_refuses_at_once_past_its_bounds_and_takes_sends_again_afte
 # --- a node whose event loop runs behind -------------------------------------------------------
 
 
-def test_a_send_the_shedder_picked_is_refused_saying_why() -> None:
+def test_a_send_past_the_loop_s_limit_is_refused_saying_why() -> None:
     with pytest.raises(
-        Overloaded, match=r"node 'n1' has run more than its bound behind .*refuses 50% of new"
+        Overloaded,
+        match=r"node 'n1' already holds 40 sends, as many as its event loop now runs within "
+        r"its bound \(\[node\] max_loop_lag = 0.25 s\)",
     ) as err:
-        _admit(loop_shed=0.5, loop_bound=0.25)
-    assert "max_loop_lag = 0.25 s" in str(err.value)
-    _admit(loop_shed=0.0, loop_bound=0.25)  # not picked
+        _admit(node_sends=40, loop_limit=40, loop_bound=0.25)
+    _admit(node_sends=39, loop_limit=40, loop_bound=0.25)
+    _admit(node_sends=99, loop_bound=0.25)  # no limit: math.inf
     back = error_from_wire(error_to_wire(err.value))
     assert isinstance(back, Overloaded)
-    assert (back.scope, back.limit, back.retry_after) == ("loop", 0, NODE_RETRY_AFTER)
+    assert (back.scope, back.limit, back.retry_after) == ("loop", 40, NODE_RETRY_AFTER)
 
 
 def test_the_lateness_held_is_the_lesser_of_the_last_two_readings() -> None:
@@ -203,19 +213,23 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(send, node, "a", "k1")
             await trio.testing.wait_all_tasks_blocked()
-            # A second: 1 s behind for a second, four times the bound: every new
+            # A second: 1 s behind for a second, four times the bound with 101 sends:
+            # a quarter of them would run within it, and the floor is more. Every new
             # send is refused, on every channel.
             await stalled_twice(autojump_clock)
+            assert node.statistics().sends_limit == SHED_FLOOR
             for channel, key in (("a", "k2"), ("b", "k3"), ("a", "k4")):
                 with pytest.raises(Overloaded) as err:
                     await node.send(channel, text_to_own_peer(key))
                 assert (err.value.scope, err.value.retry_after) == ("loop", NODE_RETRY_AFTER)
-            assert "refuses 100% of new sends until it catches up" in str(err.value)
+                assert err.value.limit == SHED_FLOOR
+            assert "already holds 101 sends, as many as its event loop" in str(err.value)
             # A key already sent is answered from the channel's memory, not refused.
             assert await node.send("a", text_to_own_peer("k0")) == first
-            # On time since, for as long as it was behind: caught up, the load still
-            # in flight.
+            # On time since: the limit grows a quarter a reading, the load still in
+            # flight.
             await trio.sleep(1.05)
+            assert node.statistics().sends_limit > SHED_FLOOR * LIMIT_GROWTH**9
             for key in ("k5", "k6", "k2"):  # k2 again: a refused key is not remembered
                 nursery.start_soon(send, node, "b", key)
                 await trio.testing.wait_all_tasks_blocked()
@@ -227,7 +241,7 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
     assert len([r for r in results.values() if isinstance(r, SendResult)]) == SHED_FLOOR + 4
 
 
-async def test_a_send_a_count_refuses_takes_nothing_from_the_shedder(
+async def test_a_channel_at_its_bound_is_refused_for_it_and_the_rest_for_the_loop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     provider = SimulatedProvider(latency=Fixed(seconds=5.0))
@@ -244,54 +258,58 @@ async def test_a_send_a_count_refuses_takes_nothing_from_the_shedder(
                 nursery.start_soon(send, node, "a", f"load-{index}")
             await trio.testing.wait_all_tasks_blocked()
             await stalled_twice(autojump_clock)
-            node._shedder.share = 0.5  # every second send it is asked about
-            for channel, key in (("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2")):
+            for channel, key in (("a", "a1"), ("b", "b1")):
                 nursery.start_soon(send, node, channel, key)
                 await trio.testing.wait_all_tasks_blocked()
-            scopes = {key: getattr(results.get(key), "scope", "sent") for key in results}
-            assert [scopes.get(key, "in flight") for key in ("a1", "b1", "a2", "b2")] == [
-                "channel",
-                "in flight",
-                "channel",
-                "loop",
+            refused = [cast(Overloaded, results[key]) for key in ("a1", "b1")]
+            assert [(r.scope, r.limit) for r in refused] == [
+                ("channel", SHED_FLOOR),
+                ("loop", SHED_FLOOR),
             ]
-            assert node.statistics().sends_refused == {"channel": 2, "loop": 1}
+            assert node.statistics().sends_refused == {"channel": 1, "loop": 1}
             nursery.cancel_scope.cancel()
 
 
-def test_the_shedder_refuses_a_share_that_grows_while_the_loop_stays_behind() -> None:
+def test_the_limit_is_what_the_loop_runs_within_its_bound_and_grows_back_once_on_time() -> None:
     lag = LoopLag(window=10.0)
-    shedder = Shedder(lag, 0.25)
-
-    def picked(sends: int) -> list[bool]:
-        return [bool(shedder.refuses()) for _ in range(sends)]
-
+    holding = 4000
+    shedder = Shedder(lag, 0.25, holding=lambda: holding, most=50_000)
     lag.record(1.0, 0.5)
-    assert picked(4) == [False] * 4  # one late reading: a pause
-    lag.record(1.125, 0.5)  # held 0.5 s, twice the bound: a half at once
-    assert shedder.share == 0.5
-    assert picked(8) == [False, True] * 4  # evenly
-    lag.record(1.625, 0.5)  # still behind: the share grows, a bound past it for 0.5 s
-    assert shedder.share == 0.625
-    lag.record(2.0, 0.5)
-    assert shedder.share == 1.0
-    assert picked(4) == [True] * 4
-    lag.record(2.25, 0.0)  # on time: it shrinks, a bound short of it for 0.25 s
-    assert shedder.share == 0.75
-    assert picked(8) == [False, True, True, True] * 2
-    lag.record(2.5, 0.0)
-    assert shedder.share == 0.5
-    assert picked(1) == [False]  # owed half a refusal
-    lag.record(3.5, 0.0)
-    assert shedder.share == 0.0  # caught up: nothing owed
-    lag.record(3.625, 0.5)
-    lag.record(3.75, 0.5)  # behind again: it starts afresh
-    assert shedder.share == 0.5 and picked(2) == [False, True]  # nothing owed from before
+    assert shedder.limit == math.inf  # one late reading: a pause
+    lag.record(1.1, 1.0)  # held 0.5 s with 4,000: half of them run within 0.25 s
+    assert shedder.limit == 2000
+    holding = 3000  # the ones in flight drain, the loop still behind
+    lag.record(1.2, 1.0)  # held 1.0 s: a quarter of those
+    assert shedder.limit == 750
+    lag.record(1.3, 0.2)  # held 0.2 s: within the bound, a quarter more would fit
+    assert shedder.limit == 938
+    lag.record(1.4, 0.5)  # held 0.2 s still (one late reading)
+    assert shedder.limit == 1173
+    lag.record(1.5, 0.5)  # held 0.5 s with 3,000: 1,500 would fit, but it never grows
+    assert shedder.limit == 1173  # while behind
+    lag.record(1.6, 0.24)  # held 0.24 s: grown by what the lateness says still fits
+    assert shedder.limit == math.ceil(1173 * 0.25 / 0.24)
+    holding = 120
+    lag.record(1.8, 2.0)
+    lag.record(1.9, 2.0)  # far behind with few sends: the floor
+    assert shedder.limit == SHED_FLOOR
+    limits = []
+    for n in range(1, 40):
+        lag.record(2.0 + n / 10, 0.0)  # on time: a quarter a reading ...
+        limits.append(shedder.limit)
+        if shedder.limit == math.inf:
+            break
+    expected = [SHED_FLOOR]
+    while expected[-1] * LIMIT_GROWTH <= 50_000:
+        expected.append(math.ceil(expected[-1] * LIMIT_GROWTH))
+    assert limits == [*expected[1:], math.inf]  # ... until past max_sends_in_flight: none
     unbounded = LoopLag(window=10.0)
-    off = Shedder(unbounded, 0.0)
+    off = Shedder(unbounded, 0.0, holding=lambda: holding, most=50_000)
     unbounded.record(1.0, 5.0)
     unbounded.record(1.1, 5.0)
-    assert not any(off.refuses() for _ in range(4))  # no bound
+    assert off.limit == math.inf  # no bound
+    with pytest.raises(ValueError, match="already has a listener"):
+        Shedder(lag, 0.25, holding=lambda: holding, most=50_000)
 
 
 async def test_a_late_loop_refuses_nothing_without_a_bound_or_below_the_floor(

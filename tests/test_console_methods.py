@@ -130,6 +130,7 @@ async def test_inspection(autojump_clock: trio.testing.MockClock) -> None:
         assert stats["node"] == "t" and stats["state"] == "ready"
         assert stats["channels"] == 3 and stats["by_state"] == {"connected": 3}
         assert (stats["sends_in_flight"], stats["sends_refused"]) == (0, {})
+        assert stats["sends_limit"] == 50_000  # [node] max_sends_in_flight: on time
         assert stats["loop_lag"] >= 0.0
         tree = await client.ok("node.tree")
         channels = next(child for child in tree["children"] if child["id"] == "channels")

@@ -70,6 +70,8 @@ def test_rates_sorting_and_the_header() -> None:
     loaded = {"sends_in_flight": 40, "sends_refused": {"loop": 7, "node": 1}, "loop_lag": 0.62}
     header = summary(TopData(stats={"node": "n1", "state": "ready", **loaded}, channels=rated))
     assert header.splitlines()[0].endswith("in flight 40  refused 8  loop lag 620 ms")
+    limited = summary(TopData(stats={**loaded, "sends_limit": 150}, channels=rated))
+    assert limited.splitlines()[0].endswith("in flight 40/150  refused 8  loop lag 620 ms")
     assert (
         event_line(
             {

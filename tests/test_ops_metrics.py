@@ -65,6 +65,7 @@ def busy_node() -> FakeNode:
         draining=True,
         store_pending=17,
         sends_in_flight=9,
+        sends_limit=300,
         sends_refused={"loop": 4, "channel": 1},
         loop_lag=0.75,
     )
@@ -124,6 +125,7 @@ def test_node_series() -> None:
     assert got[key("switchboard_node_channels_started")] == 2
     assert got[key("switchboard_store_pending_events")] == 17
     assert got[key("switchboard_node_sends_in_flight")] == 9
+    assert got[key("switchboard_node_sends_limit")] == 300
     assert got[key("switchboard_node_loop_lag_seconds")] == 0.75
     assert {
         scope: got[key("switchboard_node_sends_refused_total", scope=scope)]

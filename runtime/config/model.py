@@ -136,10 +136,10 @@ class NodeSection:
             finished; past it a send is refused at once (``Overloaded``).
         max_channel_sends: the same bound for one channel: its window and
             what waits for it.
-        max_loop_lag: seconds the node's event loop may stay behind before
-            a share of new sends is refused (``Overloaded``, see
-            ``runtime.admission``); 0 turns the bound off, and any other
-            value is at least 0.05 s.
+        max_loop_lag: seconds the node's event loop may stay behind: past
+            it, the node takes only as many sends in flight as its loop runs
+            within this (``Overloaded``, see ``runtime.admission``); 0 turns
+            the bound off, and any other value is at least 0.05 s.
         gc: the garbage-collection policy: ``tuned`` (freeze what settled,
             fewer young collections; see ``runtime.collection``) or
             ``default`` (CPython's collector left as the program set it).

@@ -162,6 +162,7 @@ async def _stats(session: Session, params: NoParams) -> Any:
         "draining": statistics.draining,
         "store": {"backend": statistics.store_backend, "pending": statistics.store_pending},
         "sends_in_flight": statistics.sends_in_flight,
+        "sends_limit": statistics.sends_limit,
         "sends_refused": dict(statistics.sends_refused),
         "loop_lag": statistics.loop_lag,
         "channels": len(visible),

@@ -292,7 +292,9 @@ def summary(data: TopData) -> str:
     if "sends_in_flight" in stats:  # (a node before these figures leaves them out)
         refused = sum(stats.get("sends_refused", {}).values())
         load = (
-            f"  in flight {stats['sends_in_flight']}  refused {refused}"
+            f"  in flight {stats['sends_in_flight']}"
+            + (f"/{stats['sends_limit']}" if stats.get("sends_limit") else "")
+            + f"  refused {refused}"
             f"  loop lag {stats.get('loop_lag', 0) * 1000:.0f} ms"
         )
     return (

@@ -362,6 +362,12 @@ class NodeCollector:
             statistics.sends_in_flight,
         )
         yield GaugeMetricFamily(
+            PREFIX + "node_sends_limit",
+            "The most sends in flight this node takes now: fewer than its bound while "
+            "its event loop runs behind.",
+            statistics.sends_limit,
+        )
+        yield GaugeMetricFamily(
             PREFIX + "node_loop_lag_seconds",
             "The event loop's worst lateness in the last ten seconds.",
             statistics.loop_lag,
