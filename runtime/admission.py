@@ -17,26 +17,29 @@ Design:
   bounds its sends by time (``[node] max_loop_lag``): a loop with more work
   than it can run wakes every timer late by about the length of its
   batches, and each accepted send waits through several. A probe reads that
-  lateness ten times a second (``runtime.lag``); what the loop has held
-  over the last two readings (one long batch, or one collection pause, is
-  one reading, not two) decides.
+  lateness ten times a second (``runtime.lag``); the mean of the last two
+  readings decides (one long batch, or one collection pause, counts half).
 - What it decides is a limit of sends in flight (:class:`Shedder`), not a
   share of sends refused. A saturated loop runs a batch of about every send
   it holds, so its lateness is about its sends times what one costs: held
   ``behind`` with ``n`` sends, it runs ``n * bound / behind`` within the
-  bound, and the limit drops to that at once (never below
-  :data:`SHED_FLOOR`, never up while the loop is behind). While the loop
-  is within its bound the limit grows by as much as the lateness says
-  still fits, :data:`LIMIT_GROWTH` times a reading at most, and is gone
-  once it passes ``[node] max_sends_in_flight``. A send past the limit is
-  refused, so the node refuses exactly what arrives while it is full and
-  never idles while sends wait. Two designs that refused a share of new
-  sends instead were measured and dropped (``bench/RESULTS.md``):
-  refusing all or nothing swung between an idle node and a queue of
-  seconds, and a share that grew the longer the loop stayed behind
-  refused every send for a second at a time, its refusals' own cost
-  keeping the loop behind (at 14,000 msgs/s offered to 1,000 channels:
-  4,170-4,570 delivered against 6,000-6,470 with no bound at all).
+  bound, and the limit drops to that at once. The loop stays behind while
+  what it held past the new limit drains, so the limit is cut again only
+  once the sends held are back under it, and by half at most (a loop made
+  late by something else, a collection, with few sends held, would
+  otherwise cut it to the floor); never below :data:`SHED_FLOOR`, never
+  up while the loop is behind. While the loop is within its bound the
+  limit grows by as much as the lateness says still fits,
+  :data:`LIMIT_GROWTH` times a reading at most, and is gone once it passes
+  ``[node] max_sends_in_flight``. A send past the limit is refused, so the
+  node refuses what arrives while it is full, and takes sends again as
+  soon as it has room. Designs that refused a share of new sends instead
+  were measured and dropped (``bench/RESULTS.md``): refusing all or
+  nothing swung between an idle node and a queue of seconds, and a share
+  that grew the longer the loop stayed behind refused nearly every send
+  for a second at a time, then let in more than the loop could run (at
+  14,000 msgs/s offered to 1,000 channels it delivered 4,170-4,570 msgs/s
+  against 6,000-6,470 with no bound at all).
 - Below :data:`SHED_FLOOR` sends in flight the node never sheds: with
   fewer, its sends are not what keeps the loop late (a connect storm, a
   starved machine), and refusing them would not help it.
@@ -141,12 +144,13 @@ class Shedder:
     """How many sends a node whose loop runs behind holds: its :attr:`limit`.
 
     At each reading of the probe (it takes them as its listener; the probe
-    has one): while the loop has held more than ``bound`` behind, the limit
-    drops to the sends it holds times ``bound / behind`` (what its batches
-    run within the bound), never below :data:`SHED_FLOOR` and never up;
-    while it is within the bound, the limit grows by ``bound / behind``,
-    :data:`LIMIT_GROWTH` at most, and is gone (``math.inf``) once past
-    ``most``.
+    has one): while the loop has held more than ``bound`` behind and the
+    node holds no more than the limit, the limit drops to the sends it
+    holds times ``bound / behind`` (what its batches run within the bound),
+    by half at most once there is a limit, never below :data:`SHED_FLOOR`
+    and never up; while it is within the bound, the limit grows by
+    ``bound / behind``, :data:`LIMIT_GROWTH` at most, and is gone
+    (``math.inf``) once past ``most``.
 
     Args:
         lag: the node's probe of its loop.
@@ -176,8 +180,10 @@ class Shedder:
         bound, limit = self.bound, self.limit
         behind = self.lag.held()
         if behind > bound:
-            fits = math.floor(self.holding() * bound / behind)
-            self.limit = max(SHED_FLOOR, min(limit, fits))
+            holding = self.holding()
+            if holding <= limit:  # (past it, what the last cut left out still drains)
+                fits = math.floor(holding * bound / behind)
+                self.limit = max(SHED_FLOOR, fits, limit // 2 if limit != math.inf else 0)
         elif limit != math.inf:
             grown = math.ceil(limit * min(LIMIT_GROWTH, bound / behind if behind else LIMIT_GROWTH))
             self.limit = grown if grown <= self.most else math.inf

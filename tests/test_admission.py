@@ -171,15 +171,17 @@ def test_a_send_past_the_loop_s_limit_is_refused_saying_why() -> None:
     assert (back.scope, back.limit, back.retry_after) == ("loop", 40, NODE_RETRY_AFTER)
 
 
-def test_the_lateness_held_is_the_lesser_of_the_last_two_readings() -> None:
+def test_the_lateness_held_is_the_mean_of_the_last_two_readings() -> None:
     lag = LoopLag(window=10.0)
     assert lag.held() == 0.0
     lag.record(1.0, 0.8)
-    assert lag.held() == 0.0  # one late reading: a pause, not a loop behind
+    assert lag.held() == 0.4  # one late reading: a pause counts half
     lag.record(2.0, 0.6)
-    assert lag.held() == 0.6
+    assert lag.held() == pytest.approx(0.7)
     lag.record(2.2, 0.0)
-    assert lag.held() == 0.0  # one wake-up on time: caught up
+    assert lag.held() == 0.3
+    lag.record(2.3, 0.0)
+    assert lag.held() == 0.0  # on time twice: caught up
 
 
 async def stalled_twice(clock: trio.testing.MockClock) -> None:
@@ -208,8 +210,8 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
                 nursery.start_soon(send, node, "ab"[index % 2], f"load-{index}")
             await trio.testing.wait_all_tasks_blocked()
             assert node.statistics().sends_in_flight == SHED_FLOOR
-            # One late reading is a pause, which refuses nothing.
-            autojump_clock.jump(1.1)
+            # One late reading, a pause of less than twice the bound, refuses nothing.
+            autojump_clock.jump(0.5)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(send, node, "a", "k1")
             await trio.testing.wait_all_tasks_blocked()
@@ -275,27 +277,38 @@ def test_the_limit_is_what_the_loop_runs_within_its_bound_and_grows_back_once_on
     holding = 4000
     shedder = Shedder(lag, 0.25, holding=lambda: holding, most=50_000)
     lag.record(1.0, 0.5)
-    assert shedder.limit == math.inf  # one late reading: a pause
-    lag.record(1.1, 1.0)  # held 0.5 s with 4,000: half of them run within 0.25 s
-    assert shedder.limit == 2000
-    holding = 3000  # the ones in flight drain, the loop still behind
-    lag.record(1.2, 1.0)  # held 1.0 s: a quarter of those
-    assert shedder.limit == 750
-    lag.record(1.3, 0.2)  # held 0.2 s: within the bound, a quarter more would fit
-    assert shedder.limit == 938
-    lag.record(1.4, 0.5)  # held 0.2 s still (one late reading)
-    assert shedder.limit == 1173
-    lag.record(1.5, 0.5)  # held 0.5 s with 3,000: 1,500 would fit, but it never grows
-    assert shedder.limit == 1173  # while behind
-    lag.record(1.6, 0.24)  # held 0.24 s: grown by what the lateness says still fits
-    assert shedder.limit == math.ceil(1173 * 0.25 / 0.24)
+    assert shedder.limit == math.inf  # one reading twice the bound: a pause counts half
+    lag.record(1.1, 1.0)  # held 0.75 s with 4,000: a third of them run within 0.25 s
+    assert shedder.limit == 1333
+    holding = 3000
+    lag.record(1.2, 1.0)  # held 1 s, but what the cut left out still drains: no cut on it
+    assert shedder.limit == 1333
+    holding = 1000
+    lag.record(1.3, 1.0)  # drained, still behind: cut again, by half at most
+    assert shedder.limit == 666
+    lag.record(1.4, 0.0)  # held 0.5 s with more than the limit: draining
+    assert shedder.limit == 666
+    lag.record(1.5, 0.0)  # on time: a quarter more a reading at most ...
+    assert shedder.limit == 833
+    lag.record(1.6, 0.24)
+    assert shedder.limit == 1042
+    lag.record(1.7, 0.24)  # ... and only what the lateness says still fits
+    assert shedder.limit == math.ceil(1042 * 0.25 / 0.24)
+    holding = 3000
+    lag.record(1.8, 0.5)
+    lag.record(1.9, 0.5)  # held 0.5 s with 3,000: 1,500 would fit, but it never grows
+    assert shedder.limit == 1086  # while behind
     holding = 120
-    lag.record(1.8, 2.0)
-    lag.record(1.9, 2.0)  # far behind with few sends: the floor
-    assert shedder.limit == SHED_FLOOR
+    cuts = []
+    for n in range(4):
+        lag.record(2.0 + n / 10, 4.0)  # far behind with few sends: halved down to the floor
+        cuts.append(shedder.limit)
+    assert cuts == [543, 271, 135, SHED_FLOOR]
+    lag.record(2.4, 0.0)
+    assert shedder.limit == SHED_FLOOR  # held 2 s: still behind
     limits = []
     for n in range(1, 40):
-        lag.record(2.0 + n / 10, 0.0)  # on time: a quarter a reading ...
+        lag.record(2.4 + n / 10, 0.0)  # on time: a quarter a reading ...
         limits.append(shedder.limit)
         if shedder.limit == math.inf:
             break
