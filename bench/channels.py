@@ -160,9 +160,9 @@ class ChannelsParams:
     node_max_loop_lag: float = attrs.field(
         default=attrs.fields(NodeSection).max_loop_lag.default,
         metadata=_help(
-            "the node's [node] max_loop_lag, seconds (0: off, else at least 0.05): while its "
-            "event loop stays this far behind it refuses a share of new sends at once "
-            "(Overloaded, counted as failed)"
+            "the node's [node] max_loop_lag, seconds (0: off, else at least 0.05): once its "
+            "event loop stays this far behind it takes only as many sends in flight as the "
+            "loop runs within it, and refuses the rest at once (Overloaded, counted as failed)"
         ),
     )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))

@@ -29,9 +29,11 @@ Design:
   late by something else, a collection, with few sends held, would
   otherwise cut it to the floor); never below :data:`SHED_FLOOR`, never
   up while the loop is behind. While the loop is within its bound the
-  limit grows by as much as the lateness says still fits,
-  :data:`LIMIT_GROWTH` times a reading at most, and is gone once it passes
-  ``[node] max_sends_in_flight``. A send past the limit is refused, so the
+  limit grows by as much as the lateness says still fits (by
+  :data:`LIMIT_GROWTH` while the node holds less than half of it: then its
+  sends are not what keeps the loop late), that much a reading at most,
+  and is gone once it passes ``[node] max_sends_in_flight``: from the
+  floor, about 2.8 s of readings on time. A send past the limit is refused, so the
   node refuses what arrives while it is full, and takes sends again as
   soon as it has room. Designs that refused a share of new sends instead
   were measured and dropped (``bench/RESULTS.md``): refusing all or
@@ -40,9 +42,10 @@ Design:
   for a second at a time, then let in more than the loop could run (at
   14,000 msgs/s offered to 1,000 channels it delivered 4,170-4,570 msgs/s
   against 6,000-6,470 with no bound at all).
-- Below :data:`SHED_FLOOR` sends in flight the node never sheds: with
-  fewer, its sends are not what keeps the loop late (a connect storm, a
-  starved machine), and refusing them would not help it.
+- Below :data:`SHED_FLOOR` sends in flight the node never sheds, and a
+  late loop starts or cuts no limit: with fewer, its sends are not what
+  keeps the loop late (a connect storm, a starved machine, a collection),
+  and refusing them would not help it.
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.
@@ -145,12 +148,13 @@ class Shedder:
 
     At each reading of the probe (it takes them as its listener; the probe
     has one): while the loop has held more than ``bound`` behind and the
-    node holds no more than the limit, the limit drops to the sends it
-    holds times ``bound / behind`` (what its batches run within the bound),
-    by half at most once there is a limit, never below :data:`SHED_FLOOR`
-    and never up; while it is within the bound, the limit grows by
-    ``bound / behind``, :data:`LIMIT_GROWTH` at most, and is gone
-    (``math.inf``) once past ``most``.
+    node holds no more than the limit and at least :data:`SHED_FLOOR`
+    sends, the limit drops to the sends it holds times ``bound / behind``
+    (what its batches run within the bound), by half at most once there is
+    a limit, never below the floor and never up; while it is within the
+    bound, the limit grows by ``bound / behind`` while the node holds at
+    least half of it, else by :data:`LIMIT_GROWTH`, and by that at most, and
+    is gone (``math.inf``) once past ``most``.
 
     Args:
         lag: the node's probe of its loop.
@@ -179,13 +183,18 @@ class Shedder:
         """The probe took a reading: the limit from here to the next."""
         bound, limit = self.bound, self.limit
         behind = self.lag.held()
+        holding = self.holding()
         if behind > bound:
-            holding = self.holding()
-            if holding <= limit:  # (past it, what the last cut left out still drains)
+            # Past the limit, what the last cut left out still drains; below the
+            # floor, sends are not what keeps the loop late.
+            if SHED_FLOOR <= holding <= limit:
                 fits = math.floor(holding * bound / behind)
                 self.limit = max(SHED_FLOOR, fits, limit // 2 if limit != math.inf else 0)
         elif limit != math.inf:
-            grown = math.ceil(limit * min(LIMIT_GROWTH, bound / behind if behind else LIMIT_GROWTH))
+            # Full, it grows by what the lateness says still fits; with room to
+            # spare, the lateness is not its sends'.
+            full = holding * 2 >= limit and behind
+            grown = math.ceil(limit * (min(LIMIT_GROWTH, bound / behind) if full else LIMIT_GROWTH))
             self.limit = grown if grown <= self.most else math.inf
 
 

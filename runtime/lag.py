@@ -22,13 +22,14 @@ Design:
   a node from writing anything durable once another holds the channel.
 - Admission asks a different question: how far behind has the loop
   stayed? :meth:`LoopLag.held` is the mean of the last two lateness
-  readings. A loop with more work than it can run wakes every timer late by
-  some part of the batch it is in (0 to the whole batch, about a half on
-  average); one long batch or one collection pause counts half. The lesser
-  of the two, tried first, read about a third of the batches of a loop
-  offered twice what it could run, and the node held 8,000 sends while
-  it read the loop as on time. Each reading is handed to a ``listener``
-  (the node's :class:`~runtime.admission.Shedder`).
+  readings. A loop with more work than it can run wakes a timer late by
+  the rest of the batch its deadline falls in, then the timer's task's
+  place in the next (trio runs a batch in shuffled order): about a batch
+  on average, from nothing to two. One long batch or one collection pause
+  counts half. The lesser of the two readings, tried first, often read
+  none of it: in a traced run it read 0.0-0.13 s while the node held 8,837
+  sends and answered them after 0.9 s (p50). Each reading is handed to a
+  ``listener`` (the node's :class:`~runtime.admission.Shedder`).
 """
 
 from __future__ import annotations

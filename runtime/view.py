@@ -234,8 +234,9 @@ class NodeStatistics:
         sends_in_flight: sends accepted here and not finished (bounded by
             ``[node] max_sends_in_flight``).
         sends_limit: the most sends in flight the node takes now:
-            ``[node] max_sends_in_flight``, or fewer while its event loop
-            runs behind (as many as it runs within ``[node] max_loop_lag``).
+            ``[node] max_sends_in_flight``, or fewer once its event loop has
+            run behind (as many as it runs within ``[node] max_loop_lag``,
+            until the limit has grown back); None where it was not reported.
         sends_refused: sends refused by admission control since the start,
             by ``Overloaded.scope`` (``node``, ``channel``, ``loop``).
         loop_lag: the event loop's worst lateness in the last ten seconds,
@@ -254,7 +255,7 @@ class NodeStatistics:
     store_pending: int
     latencies: tuple[LatencySnapshot, ...] = ()
     sends_in_flight: int = 0
-    sends_limit: int = 0
+    sends_limit: int | None = None
     sends_refused: Mapping[str, int] = attrs.field(factory=dict)
     loop_lag: float = 0.0
 

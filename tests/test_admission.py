@@ -325,6 +325,24 @@ def test_the_limit_is_what_the_loop_runs_within_its_bound_and_grows_back_once_on
         Shedder(lag, 0.25, holding=lambda: holding, most=50_000)
 
 
+def test_a_loop_late_with_few_sends_starts_no_limit_and_one_with_room_grows_at_once() -> None:
+    lag = LoopLag(window=10.0)
+    holding = SHED_FLOOR - 1
+    shedder = Shedder(lag, 0.25, holding=lambda: holding, most=50_000)
+    lag.record(1.0, 0.6)
+    lag.record(1.1, 0.6)  # held 0.6 s: a collection, a connect storm, not these sends
+    assert shedder.limit == math.inf
+    holding = 1000
+    lag.record(1.2, 0.6)
+    assert shedder.limit == 416  # these are
+    lag.record(1.3, 0.0)  # held 0.3 s, more than the limit held: draining
+    holding = 200
+    lag.record(1.4, 0.24)  # held 0.12 s
+    assert shedder.limit == 520
+    lag.record(1.5, 0.24)  # held 0.24 s with less than half the limit held: not these
+    assert shedder.limit == 650  # sends' lateness, a quarter more (full, 0.25 / 0.24)
+
+
 async def test_a_late_loop_refuses_nothing_without_a_bound_or_below_the_floor(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -361,12 +361,13 @@ class NodeCollector:
             "Sends accepted by this node and not finished.",
             statistics.sends_in_flight,
         )
-        yield GaugeMetricFamily(
-            PREFIX + "node_sends_limit",
-            "The most sends in flight this node takes now: fewer than its bound while "
-            "its event loop runs behind.",
-            statistics.sends_limit,
-        )
+        if statistics.sends_limit is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "node_sends_limit",
+                "The most sends in flight this node takes now: fewer than its bound once "
+                "its event loop has run behind, until the limit has grown back.",
+                statistics.sends_limit,
+            )
         yield GaugeMetricFamily(
             PREFIX + "node_loop_lag_seconds",
             "The event loop's worst lateness in the last ten seconds.",
