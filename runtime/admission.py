@@ -193,7 +193,7 @@ class Shedder:
         elif limit != math.inf:
             # Full, it grows by what the lateness says still fits; with room to
             # spare, the lateness is not its sends'.
-            full = holding * 2 >= limit and behind
+            full = behind > 0 and holding * 2 >= limit
             grown = math.ceil(limit * (min(LIMIT_GROWTH, bound / behind) if full else LIMIT_GROWTH))
             self.limit = grown if grown <= self.most else math.inf
 

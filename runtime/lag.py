@@ -1,7 +1,7 @@
 """How late the event loop has been running lately.
 
 Two parts of a node read it: a lease gives that much up (the cluster), and
-admission refuses new sends while the loop has stayed behind
+admission limits the sends in flight once the loop has stayed behind
 (``runtime.admission``).
 
 Design:

@@ -192,7 +192,8 @@ class Node(ClusterMode, DeadLetterOps):
         self._table = ChannelTable()
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
-        # How late the event loop runs: past [node] max_loop_lag, new sends are refused.
+        # How late the event loop runs: past [node] max_loop_lag, the node takes only as
+        # many sends in flight as its loop runs within it.
         self._loop_lag = LoopLag(window=LAG_REPORTED)
         self._shedder = Shedder(
             self._loop_lag,

@@ -240,7 +240,8 @@ class NodeStatistics:
         sends_refused: sends refused by admission control since the start,
             by ``Overloaded.scope`` (``node``, ``channel``, ``loop``).
         loop_lag: the event loop's worst lateness in the last ten seconds,
-            in seconds (``[node] max_loop_lag`` bounds how long it may last).
+            in seconds (past ``[node] max_loop_lag``, the node limits its sends
+            in flight).
         latencies: the node's latency histograms (send, connect and inbound
             per provider; store flushes), as they stand.
     """

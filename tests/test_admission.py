@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+import runtime.node
 from actors import ChannelStatus
 from providers.base import SendResult
 from providers.simulated import Fixed, SimulatedProvider
@@ -215,8 +216,9 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(send, node, "a", "k1")
             await trio.testing.wait_all_tasks_blocked()
-            # A second: 1 s behind for a second, four times the bound with 101 sends:
-            # a quarter of them would run within it, and the floor is more. Every new
+            # Two readings 1 s behind: at the first, held about 0.7 s with 101 sends,
+            # about a third of them run within the bound, and the floor is more (the
+            # second cuts nothing: 101 held, past the limit, still drain). Every new
             # send is refused, on every channel.
             await stalled_twice(autojump_clock)
             assert node.statistics().sends_limit == SHED_FLOOR
@@ -231,7 +233,8 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
             # On time since: the limit grows a quarter a reading, the load still in
             # flight.
             await trio.sleep(1.05)
-            assert node.statistics().sends_limit > SHED_FLOOR * LIMIT_GROWTH**9
+            limit = node.statistics().sends_limit
+            assert limit is not None and limit > SHED_FLOOR * LIMIT_GROWTH**9
             for key in ("k5", "k6", "k2"):  # k2 again: a refused key is not remembered
                 nursery.start_soon(send, node, "b", key)
                 await trio.testing.wait_all_tasks_blocked()
@@ -296,8 +299,8 @@ def test_the_limit_is_what_the_loop_runs_within_its_bound_and_grows_back_once_on
     assert shedder.limit == math.ceil(1042 * 0.25 / 0.24)
     holding = 3000
     lag.record(1.8, 0.5)
-    lag.record(1.9, 0.5)  # held 0.5 s with 3,000: 1,500 would fit, but it never grows
-    assert shedder.limit == 1086  # while behind
+    lag.record(1.9, 0.5)  # held 0.5 s with 3,000: 1,500 would fit, but more than the limit
+    assert shedder.limit == 1086  # held is the excess draining: no cut, and never a rise
     holding = 120
     cuts = []
     for n in range(4):
@@ -369,26 +372,15 @@ async def test_a_late_loop_refuses_nothing_without_a_bound_or_below_the_floor(
                 assert node.statistics().sends_refused == {}
 
 
-class StallingRead:
-    """A store whose read of the kept messages stalls the event loop twice first.
+class Emptying:
+    """A store that sets ``emptied`` once the node has forgotten every kept message (each sent)."""
 
-    ``emptied`` is set once the node has forgotten every kept message (each sent).
-    """
-
-    def __init__(self, store: Store, clock: trio.testing.MockClock) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._clock = clock
         self.emptied = trio.Event()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
-
-    async def read_outbound(self) -> list[KeptMessage]:
-        self._clock.jump(1.1)  # time passes and no task runs
-        await trio.testing.wait_all_tasks_blocked()  # the probe woke, late
-        self._clock.jump(1.1)
-        await trio.testing.wait_all_tasks_blocked()  # and again
-        return await self._store.read_outbound()
 
     async def forget_outbound(self, kept_ids: Sequence[int]) -> int:
         forgotten = await self._store.forget_outbound(kept_ids)
@@ -397,12 +389,24 @@ class StallingRead:
         return forgotten
 
 
+class AtTheFloor(Shedder):
+    """A node's limit as a loop that stayed behind with sends held leaves it: the floor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit = SHED_FLOOR
+
+    def _reading(self, now: float) -> None:
+        pass  # held there
+
+
 async def test_kept_messages_are_resent_even_while_the_loop_is_behind(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kept message's resend is the node's own duty: shed, it would wait for the next start."""
+    monkeypatch.setattr(runtime.node, "Shedder", AtTheFloor)
     provider = SimulatedProvider(latency=Fixed(seconds=1.0))
-    keys = sorted(f"kept-{n}" for n in range(SHED_FLOOR + 20))  # in flight at once: past the floor
+    keys = sorted(f"kept-{n}" for n in range(SHED_FLOOR + 20))  # in flight at once: past the limit
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig(backend="memory")) as store:
             await store.keep_outbound(
@@ -416,16 +420,26 @@ async def test_kept_messages_are_resent_even_while_the_loop_is_behind(
                     for key in keys
                 ]
             )
-            stalling = StallingRead(store, autojump_clock)
-            async with open_node(
-                two_simulated_channels(max_loop_lag=0.1),
-                store=cast(Store, stalling),
-                channel_defaults=FAST,
-                providers={"simulated": provider},
-            ) as node:
-                await stalling.emptied.wait()
+            emptying = Emptying(store)
+            async with (
+                open_node(
+                    two_simulated_channels(max_loop_lag=0.1),
+                    store=cast(Store, emptying),
+                    channel_defaults=FAST,
+                    providers={"simulated": provider},
+                ) as node,
+                trio.open_nursery() as nursery,
+            ):
+                await emptying.emptied.wait()
                 assert node.statistics().sends_refused == {}
-    assert sorted(m.idempotency_key for m in provider.sent) == keys
+                # The same limit refuses new work: the node holds as many as it takes.
+                for index in range(SHED_FLOOR):
+                    nursery.start_soon(node.send, "b", text_to_own_peer(f"new-{index}"))
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(Overloaded) as err:
+                    await node.send("b", text_to_own_peer("one-more"))
+                assert (err.value.scope, err.value.limit) == ("loop", SHED_FLOOR)
+    assert sorted(m.idempotency_key for m in provider.sent[: len(keys)]) == keys
 
 
 @pytest.mark.parametrize("value", ["10ms", "-1s", "nan", True])
