@@ -54,7 +54,6 @@ import math
 import subprocess
 import sys
 import time
-import types
 from collections import Counter
 from typing import Any, Final
 
@@ -92,8 +91,6 @@ from .scenario import RunContext, Scenario, ScenarioError
 __all__ = ["SCENARIO", "ChannelsParams", "run"]
 
 TICK: Final = 0.002  # seconds between pacer wake-ups
-LOAD_COST_SECONDS: Final = 2.0  # the most a step's load runs against a stand-in node first
-IDLE_BEFORE_COST: Final = 1.0  # seconds the node's idle CPU is read before that
 KB: Final = 1024
 # The HTTP providers whose sends a bare httpx client does beside the node's
 # (bench.http_bare), with the limits that size each channel's connection pool.
@@ -263,7 +260,6 @@ class StepResult:
     loop_lag: float = 0.0  # the node's worst lateness over the step's last ten seconds
     gc: GcWatch = attrs.Factory(lambda: GcWatch())
     steps: TaskSteps | None = None  # with --task-steps
-    load_cpu: float | None = None  # the load's own CPU seconds a message (a stand-in node)
 
     @property
     def delivered_rate(self) -> float:
@@ -393,63 +389,6 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
     result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
     return result
-
-
-async def _load_cost(rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext) -> float:
-    """The load's own CPU seconds per message at ``rate``: against a stand-in node.
-
-    The load runs in the node's process, so the node's CPU figure holds it
-    too: a worker's wake-up for each due send, the message, the wait for
-    its answer and the latency kept. Here the same load (the same workers,
-    messages and bookkeeping) runs for a while against a node whose sends
-    park until a timer releases them all, every :data:`TICK`. What is not
-    the messages' is taken out at its rate: the real node idling meanwhile
-    in the same process, the pacer's and that timer's wake-ups (on this
-    kind of machine a task that wakes every 2 ms costs 8 % of a core), read
-    over a second just before with both timers running and nothing sent.
-    The pacer's wake-ups stay in the node's figure, as the bare client's
-    stay in its own.
-    """
-    answered = trio.lowlevel.ParkingLot()
-
-    async def send(channel_id: str, message: Any) -> None:
-        await answered.park()
-
-    async def answer() -> None:
-        while True:
-            await trio.sleep(TICK)
-            answered.unpark_all()
-
-    async def pace() -> None:  # the pacer's wake-ups, nothing due
-        while True:  # noqa: ASYNC110 (the wake-ups are what is measured)
-            await trio.sleep(TICK)
-
-    stand_in = types.SimpleNamespace(
-        channel_ids=rig.channel_ids,
-        message=rig.message,
-        node=types.SimpleNamespace(
-            send=send,
-            statistics=lambda: types.SimpleNamespace(sends_refused={}, loop_lag=0.0),
-        ),
-        emulator=None,
-        states=rig.states,
-    )
-    seconds = min(LOAD_COST_SECONDS, params.duration)
-    brief = attrs.evolve(params, duration=seconds, task_steps=False)
-    ctx.progress.phase("the load's own cost, against a stand-in node")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(answer)
-        async with trio.open_nursery() as ticking:
-            ticking.start_soon(pace)
-            idle0, began = cpu_seconds(), trio.current_time()
-            await trio.sleep(IDLE_BEFORE_COST)
-            idling = (cpu_seconds() - idle0) / (trio.current_time() - began)  # cores
-            ticking.cancel_scope.cancel()
-        result = await _load_step(stand_in, brief, rate, ctx)  # type: ignore[arg-type]
-        nursery.cancel_scope.cancel()
-    if not result.scheduled:
-        return 0.0
-    return max(0.0, result.cpu - idling * result.elapsed) / result.scheduled
 
 
 @attrs.frozen(kw_only=True)
@@ -711,14 +650,12 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
                 background.start_soon(_inbound, rig, params.inbound_rate, stop_inbound)
             inbound_started = trio.current_time()
             for rate in params.rates:
-                if ctx.remaining() < params.duration + LOAD_COST_SECONDS + IDLE_BEFORE_COST + 15:
+                if ctx.remaining() < params.duration + 15:
                     notes.append(f"load step {rate:,.0f} msgs/s skipped: the time limit is near")
                     ctx.progress.note(notes[-1])
                     continue
                 t = time.perf_counter()
-                load_cpu = await _load_cost(rig, params, rate, ctx)
                 steps.append(await _load_step(rig, params, rate, ctx))
-                steps[-1].load_cpu = load_cpu
                 sections[f"load_{rate:.0f}"] = round(time.perf_counter() - t, 2)
             if params.inbound_rate and not params.rates:
                 ctx.progress.phase(f"inbound only for {params.duration:g} s")
@@ -968,31 +905,6 @@ def _figures(
                     baseline_label=bare_label,
                 )
             )
-        if step.load_cpu is not None:
-            figures.append(
-                Figure.single(
-                    name=f"load_cpu_per_message_at_{key}",
-                    label=f"the load's own CPU per message at {step.rate:,.0f} msgs/s "
-                    "(a stand-in node)",
-                    unit="µs",
-                    value=step.load_cpu * 1e6,
-                    better="lower",
-                )
-            )
-            if step.ok:
-                figures.append(
-                    _beside(
-                        bare,
-                        "cpu_per_message",
-                        name=f"node_cpu_per_message_less_load_at_{key}",
-                        label=f"node CPU per delivered message at {step.rate:,.0f} msgs/s, "
-                        "less the load's own",
-                        unit="µs",
-                        value=(step.cpu - step.load_cpu * step.scheduled) / step.ok * 1e6,
-                        target=None,
-                        baseline_label=bare_label,
-                    )
-                )
         if step.steps is not None and step.ok:
             figures.append(
                 _beside(
