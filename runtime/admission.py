@@ -33,9 +33,9 @@ Design:
   :data:`LIMIT_GROWTH` while the node holds less than half of it: then its
   sends are not what keeps the loop late), that much a reading at most,
   and is gone once it passes ``[node] max_sends_in_flight``: from the
-  floor, about 2.8 s of readings on time. A send past the limit is refused, so the
-  node refuses what arrives while it is full, and takes sends again as
-  soon as it has room. Designs that refused a share of new sends instead
+  floor, about 2.8 s of readings on time. A send past the limit is
+  refused, so the node refuses what arrives while it is full, and takes
+  sends again as soon as it has room. Designs that refused a share of new sends instead
   were measured and dropped (``bench/RESULTS.md``): refusing all or
   nothing swung between an idle node and a queue of seconds, and a share
   that grew the longer the loop stayed behind refused nearly every send

@@ -515,8 +515,8 @@ class Node(ClusterMode, DeadLetterOps):
             SendFailed: transient failures outlasted the retries (dead-lettered).
             Overloaded: the node or the channel holds its bound of sends, or
                 as many as the node's loop runs within its bound of lateness
-                (``[node] max_loop_lag``); nothing was
-                queued: retry after ``retry_after`` seconds.
+                (``[node] max_loop_lag``); nothing was queued: retry after
+                ``retry_after`` seconds.
             MailboxFull: the channel's queue is full; slow down.
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.

@@ -8,9 +8,10 @@ the ones in flight are done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import pytest
@@ -108,6 +109,22 @@ async def connected(node: Any) -> None:
             await changes.receive()
 
 
+@contextlib.asynccontextmanager
+async def slow_node(**node: Any) -> AsyncIterator[tuple[Any, trio.Nursery]]:
+    """A node of two simulated channels whose sends take 5 s, connected, and a nursery.
+
+    ``node``: keys of its ``[node]``.
+    """
+    provider = SimulatedProvider(latency=Fixed(seconds=5.0))
+    config = two_simulated_channels(**node)
+    async with (
+        open_node(config, channel_defaults=FAST, providers={"simulated": provider}) as running,
+        trio.open_nursery() as nursery,
+    ):
+        await connected(running)
+        yield running, nursery
+
+
 async def send_noting(results: dict[str, Any], node: Any, channel: str, key: str) -> None:
     """Send ``key`` on ``channel``; its result, or its refusal, goes in ``results``."""
     try:
@@ -195,17 +212,10 @@ async def stalled_twice(clock: trio.testing.MockClock) -> None:
 async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_caught_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    provider = SimulatedProvider(latency=Fixed(seconds=5.0))
     results: dict[str, Any] = {}
     send = functools.partial(send_noting, results)
-
-    config = two_simulated_channels(max_loop_lag=0.25)
     with trio.fail_after(CEILING):
-        async with (
-            open_node(config, channel_defaults=FAST, providers={"simulated": provider}) as node,
-            trio.open_nursery() as nursery,
-        ):
-            await connected(node)
+        async with slow_node(max_loop_lag=0.25) as (node, nursery):
             first = await node.send("a", text_to_own_peer("k0"))
             for index in range(SHED_FLOOR):  # what keeps the loop busy: sends in flight
                 nursery.start_soon(send, node, "ab"[index % 2], f"load-{index}")
@@ -249,16 +259,10 @@ async def test_a_node_that_stays_behind_refuses_sends_and_takes_them_again_once_
 async def test_a_channel_at_its_bound_is_refused_for_it_and_the_rest_for_the_loop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    provider = SimulatedProvider(latency=Fixed(seconds=5.0))
     results: dict[str, Any] = {}
     send = functools.partial(send_noting, results)
-    config = two_simulated_channels(max_loop_lag=0.25, max_channel_sends=SHED_FLOOR)
     with trio.fail_after(CEILING):
-        async with (
-            open_node(config, channel_defaults=FAST, providers={"simulated": provider}) as node,
-            trio.open_nursery() as nursery,
-        ):
-            await connected(node)
+        async with slow_node(max_loop_lag=0.25, max_channel_sends=SHED_FLOOR) as (node, nursery):
             for index in range(SHED_FLOOR):  # channel a full, the node at the floor
                 nursery.start_soon(send, node, "a", f"load-{index}")
             await trio.testing.wait_all_tasks_blocked()
@@ -349,18 +353,9 @@ def test_a_loop_late_with_few_sends_starts_no_limit_and_one_with_room_grows_at_o
 async def test_a_late_loop_refuses_nothing_without_a_bound_or_below_the_floor(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    provider = SimulatedProvider(latency=Fixed(seconds=5.0))
     for bound, load in ((0, SHED_FLOOR), (0.25, SHED_FLOOR - 3)):
         with trio.fail_after(CEILING):
-            async with (
-                open_node(
-                    two_simulated_channels(max_loop_lag=bound),
-                    channel_defaults=FAST,
-                    providers={"simulated": provider},
-                ) as node,
-                trio.open_nursery() as nursery,
-            ):
-                await connected(node)
+            async with slow_node(max_loop_lag=bound) as (node, nursery):
                 for index in range(load):
                     nursery.start_soon(node.send, "a", text_to_own_peer(f"{bound}-{index}"))
                 await trio.testing.wait_all_tasks_blocked()

@@ -54,9 +54,9 @@ Design:
   (account-level fields) goes to one live channel of each app that signed it,
   so Meta stops retrying it. Malformed items the channels leave out of signed
   notifications are counted (``switchboard_webhook_items_dropped_total``).
-- A send the node or its channel has no room for, or the node sheds while
-  its loop runs behind (``Overloaded``), is answered 503 at once, with the
-  error's own ``Retry-After``.
+- A send the node or its channel has no room for, or one past the sends
+  the node's loop runs within its bound of lateness (``Overloaded``), is
+  answered 503 at once, with the error's own ``Retry-After``.
 - The message API is off unless an ``api_token`` is given (its routes then
   do not exist: 404). The bearer token is compared with
   :func:`hmac.compare_digest`; bodies are structured with a cattrs converter
