@@ -132,6 +132,8 @@ class RigParams:
         workdir: where files and logs go.
         latency: seconds every platform holds its answers back, a round
             trip (:attr:`bench.platforms.PlatformsSpec.latency`; 0: none).
+        max_sends_in_flight: the nodes' ``[node] max_sends_in_flight``
+            (None: the default).
     """
 
     nodes: int = 3
@@ -155,6 +157,7 @@ class RigParams:
     pg_dsn: str = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
     latency: float = 0.0
+    max_sends_in_flight: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -336,6 +339,11 @@ class ClusterRig:
             f'id = "{node_id}"',
             f'drain_deadline = "{p.drain_deadline:g}s"',
             'start_timeout = "10s"',
+            *(
+                []
+                if p.max_sends_in_flight is None
+                else [f"max_sends_in_flight = {p.max_sends_in_flight}"]
+            ),
             "[storage]",
             'backend = "postgres"',
             f'dsn = "{p.pg_dsn}"',

@@ -46,6 +46,9 @@ Design:
   late loop starts or cuts no limit: with fewer, its sends are not what
   keeps the loop late (a connect storm, a starved machine, a collection),
   and refusing them would not help it.
+- In a cluster a node holds the sends it forwards to their channel's
+  owner too, until the owner answers: they count toward its bounds (the
+  owner's channel bound is the owner's to apply).
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.

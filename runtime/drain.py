@@ -163,11 +163,11 @@ class _Tracked:
         self._pending = pending
 
     def __enter__(self) -> Pending:
-        self._tracker._begin(self._pending)
+        self._tracker.begin(self._pending)
         return self._pending
 
     def __exit__(self, *exc_info: object) -> None:
-        self._tracker._end(self._pending)
+        self._tracker.end(self._pending)
 
 
 class SendTracker:
@@ -216,18 +216,32 @@ class SendTracker:
         A context manager whose ``as`` is the send's :class:`Pending`; while
         :meth:`run` runs, it is stopped at ``deadline`` (trio time).
         """
-        return _Tracked(
-            self,
-            Pending(
-                channel_id=channel_id,
-                message=message,
-                accepted_at=time.time(),
-                kept_id=kept_id,
-                deadline=deadline,
-            ),
+        return _Tracked(self, self.pending(channel_id, message, kept_id=kept_id, deadline=deadline))
+
+    def pending(
+        self,
+        channel_id: str,
+        message: Operation,
+        *,
+        kept_id: int | None = None,
+        deadline: float = math.inf,
+    ) -> Pending:
+        """A send to count from :meth:`begin` to :meth:`end` (:meth:`track`'s, in two calls).
+
+        For the node's own send path, which tracks every send in flight:
+        ``try``/``finally`` instead of a ``with`` block saves the context
+        manager and its bound ``__exit__`` on each send while it waits.
+        """
+        return Pending(
+            channel_id=channel_id,
+            message=message,
+            accepted_at=time.time(),
+            kept_id=kept_id,
+            deadline=deadline,
         )
 
-    def _begin(self, pending: Pending) -> None:
+    def begin(self, pending: Pending) -> None:
+        """Count ``pending`` from now; stopped at its deadline while :meth:`run` runs."""
         self._pending.add(pending)
         self._by_channel[pending.channel_id] += 1
         deadline = pending.deadline
@@ -244,7 +258,8 @@ class SendTracker:
                 heap[:] = [entry for entry in heap if entry[1] in timed]
                 heapify(heap)
 
-    def _end(self, pending: Pending) -> None:
+    def end(self, pending: Pending) -> None:
+        """``pending`` is finished: counted no more (for every :meth:`begin`, once)."""
         pending.done = True
         self._pending.discard(pending)
         if pending.number is not None:

@@ -96,6 +96,7 @@ __all__ = [
     "error_from_wire",
     "error_to_wire",
     "map_send_errors",
+    "send_error",
 ]
 
 
@@ -408,20 +409,33 @@ class _SendErrors:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
-        if exc is None or isinstance(exc, NodeError):
+        if exc is None:
             return
-        if isinstance(exc, actors.ActorError | platform.ProviderError):
-            mapped = _mapped_class(type(exc))
-            if mapped is None:
-                return
-            error = mapped(
-                str(exc), channel_id=self._channel_id, idempotency_key=self._idempotency_key
-            )
-            _copy_details(exc, error)
+        error = send_error(exc, self._channel_id, self._idempotency_key)
+        if error is not None:
             try:
                 raise error from exc
             finally:
                 del error, exc  # no cycle through this frame's traceback
+
+
+def send_error(exc: BaseException, channel_id: str, idempotency_key: str) -> SendError | None:
+    """The node's error for ``exc``, an error of one send from the layers below.
+
+    What :func:`map_send_errors` raises, chained to ``exc``, for a caller that
+    raises it itself. ``None``: ``exc`` passes unchanged (an error already in
+    the node's tree, or one not listed: a defect).
+    """
+    if isinstance(exc, NodeError) or not isinstance(
+        exc, actors.ActorError | platform.ProviderError
+    ):
+        return None
+    mapped = _mapped_class(type(exc))
+    if mapped is None:
+        return None
+    error = mapped(str(exc), channel_id=channel_id, idempotency_key=idempotency_key)
+    _copy_details(exc, error)
+    return error
 
 
 def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:

@@ -42,7 +42,15 @@ import enum
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -109,7 +117,7 @@ from .errors import (
     Overloaded,
     StoreError,
     UnknownProvider,
-    map_send_errors,
+    send_error,
 )
 from .events import EventHub, Subscription
 from .lag import LoopLag
@@ -198,7 +206,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._shedder = Shedder(
             self._loop_lag,
             config.node.max_loop_lag,
-            holding=self._sends.__len__,
+            holding=self._held,
             most=config.node.max_sends_in_flight,
         )
         self._refused: collections.Counter[str] = collections.Counter()  # by Overloaded.scope
@@ -208,6 +216,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
+        self._forwarding = 0  # of those, sent to their channel's owner and not answered yet
         self._in_flight: dict[tuple[str, str], _Departure] = {}  # (channel, key) being sent
         self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
         self._link_changes = _LinkChanges()  # every channel's live link coming or going
@@ -626,15 +635,20 @@ class Node(ClusterMode, DeadLetterOps):
         """
         return await self._perform(channel_id, op, timeout)
 
-    async def _perform(
+    def _perform(
         self,
         channel_id: str,
         message: Operation,
         wait: float | None,
         *,
         kept_id: int | None = None,
-    ) -> SendResult | None:
-        """``kept_id``: the store's id of a kept message this resends (the drain keeps it once)."""
+    ) -> Awaitable[SendResult | None]:
+        """The send, for the caller to await at once; what it refuses, raised now.
+
+        ``kept_id``: the store's id of a kept message this resends (the drain
+        keeps it once). Not a coroutine: the caller awaits the send itself,
+        one frame fewer on every send in flight.
+        """
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if not timeout >= 0:  # NaN too
             raise ValueError(
@@ -660,11 +674,11 @@ class Node(ClusterMode, DeadLetterOps):
         self._check_started()
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
-            return await self._cluster_send(
+            return self._cluster_send(
                 channel_id, message, timeout=timeout, keep_refused=kept_id is not None
             )
         self._check_accepting()
-        return await self._send_here(
+        return self._send_here(
             channel_id, message, timeout=timeout, kept_id=kept_id, keep_refused=kept_id is not None
         )
 
@@ -703,8 +717,7 @@ class Node(ClusterMode, DeadLetterOps):
                 return _result_of(message, known)
             # The first failed (or is still out): this one tries on its own.
         node = self.config.node
-        sends = self._sends
-        node_sends, channel_sends = len(sends), sends.count(channel_id)
+        node_sends, channel_sends = self._held(), self._sends.count(channel_id)
         # A kept message's resend (here or forwarded, keep_refused) is the node's own
         # duty, not new work: a start's connect storm must not put it off to the next
         # start.
@@ -714,78 +727,95 @@ class Node(ClusterMode, DeadLetterOps):
             or channel_sends >= node.max_channel_sends
             or node_sends >= loop_limit
         ):
-            try:
-                admit(  # refuses it, saying which bound
-                    node_id=self.node_id,
-                    channel_id=channel_id,
-                    idempotency_key=message.idempotency_key,
-                    node_sends=node_sends,
-                    node_limit=node.max_sends_in_flight,
-                    channel_sends=channel_sends,
-                    channel_limit=node.max_channel_sends,
-                    channel_rate=channel.memory.limits.per_channel_rate,
-                    loop_limit=loop_limit,
-                    loop_bound=node.max_loop_lag,
-                )
-            except Overloaded as refused:
-                self._refused[refused.scope] += 1
-                raise
-        flight = self._in_flight[flight_key] = _Departure()
-        try:
-            return await self._perform_tracked(
-                channel,
+            self._admit(
                 channel_id,
                 message,
-                timeout=timeout,
-                kept_id=kept_id,
-                keep_refused=keep_refused,
+                node_sends=node_sends,
+                loop_limit=loop_limit,
+                channel_sends=channel_sends,
+                channel_rate=channel.memory.limits.per_channel_rate,
             )
+        flight = self._in_flight[flight_key] = _Departure()
+        sends = self._sends
+        began = trio.current_time()
+        # No cancel scope: the send's Pending bounds its ask (the tracker's timer stops
+        # it at the caller's deadline, the drain once it kept it). No context managers
+        # either: each is an object and a bound method on every send while it waits.
+        pending = sends.pending(channel_id, message, kept_id=kept_id, deadline=began + timeout)
+        sends.begin(pending)
+        try:
+            result = await channel.asking(
+                message, timeout=math.inf, keep_refused=keep_refused, watch=pending
+            )
+        except Exception as exc:
+            if exc is pending.stopped:
+                # Never leaves the node; its traceback would hold this frame,
+                # which holds the pending send that holds it (a cycle per send).
+                exc.__traceback__ = None
+            if pending.cut:
+                # The drain cut this send (its channel stopped under it, or the
+                # caller's deadline came after the cut): wait, outside the
+                # deadline, until the drain has kept the message, then say so.
+                await pending.settled.wait()
+                # The drain's own stop is no cause to show the caller.
+                raise _kept_error(pending) from (None if exc is pending.stopped else exc)
+            failed = channel.ref.ask_timeout(message, timeout) if exc is pending.stopped else exc
+            error = send_error(failed, channel_id, message.idempotency_key)
+            try:
+                if error is not None:
+                    raise error from failed
+                if failed is exc:
+                    raise
+                raise failed from None
+            finally:
+                del error, failed  # no cycle through this frame's traceback
         finally:
+            sends.end(pending)
             if self._in_flight.get(flight_key) is flight:
                 del self._in_flight[flight_key]
             flight.land()
+        # (The channel remembered the answer: see SendPath._fly.)
+        self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
+        return result
 
-    async def _perform_tracked(
+    def _held(self) -> int:
+        """The sends this node holds: sent here (its callers' and those forwarded to
+        it), and in a cluster those it forwarded to their channel's owner and awaits."""
+        return len(self._sends) + self._forwarding
+
+    def _admit(
         self,
-        channel: ChannelRef,
         channel_id: str,
         message: Operation,
         *,
-        timeout: float,  # noqa: ASYNC109
-        kept_id: int | None = None,
-        keep_refused: bool = False,
-    ) -> SendResult | None:
-        began = trio.current_time()
-        # No cancel scope: the send's Pending bounds its ask (the tracker's
-        # timer stops it at the caller's deadline, the drain once it kept it).
-        with (
-            map_send_errors(channel_id, message.idempotency_key),
-            self._sends.track(
-                channel_id, message, kept_id=kept_id, deadline=began + timeout
-            ) as pending,
-        ):
-            try:
-                result = await channel.perform(
-                    message, timeout=math.inf, keep_refused=keep_refused, watch=pending
-                )
-            except Exception as exc:
-                if exc is pending.stopped:
-                    # Never leaves the node; its traceback would hold this frame,
-                    # which holds the pending send that holds it (a cycle per send).
-                    exc.__traceback__ = None
-                if pending.cut:
-                    # The drain cut this send (its channel stopped under it, or the
-                    # caller's deadline came after the cut): wait, outside the
-                    # deadline, until the drain has kept the message, then say so.
-                    await pending.settled.wait()
-                    # The drain's own stop is no cause to show the caller.
-                    raise _kept_error(pending) from (None if exc is pending.stopped else exc)
-                if exc is pending.stopped:
-                    raise channel.ref.ask_timeout(message, timeout) from None
-                raise
-            # (The channel remembered the answer: see SendPath._fly.)
-            self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
-            return result
+        node_sends: int,
+        loop_limit: float,
+        channel_sends: int = 0,
+        channel_rate: float = 0.0,
+    ) -> None:
+        """Refuse a send past a bound (``Overloaded``, saying which), and count it.
+
+        Called where the caller's own test of the bounds failed (a send that
+        passes it costs no call). ``channel_sends``: the channel's sends held
+        here (none for a send this node forwards: the channel's owner bounds them).
+        """
+        node = self.config.node
+        try:
+            admit(
+                node_id=self.node_id,
+                channel_id=channel_id,
+                idempotency_key=message.idempotency_key,
+                node_sends=node_sends,
+                node_limit=node.max_sends_in_flight,
+                channel_sends=channel_sends,
+                channel_limit=node.max_channel_sends,
+                channel_rate=channel_rate,
+                loop_limit=loop_limit,
+                loop_bound=node.max_loop_lag,
+            )
+        except Overloaded as refused:
+            self._refused[refused.scope] += 1
+            raise
 
     def subscribe(
         self,
@@ -831,7 +861,7 @@ class Node(ClusterMode, DeadLetterOps):
             store_backend=store.backend,
             store_pending=store.inbound_pending,
             latencies=self._timings.snapshots(),
-            sends_in_flight=len(self._sends),
+            sends_in_flight=self._held(),
             sends_limit=int(min(self.config.node.max_sends_in_flight, self._shedder.limit)),
             sends_refused=dict(self._refused),
             loop_lag=self._loop_lag.worst(trio.current_time()),

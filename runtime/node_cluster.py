@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -83,6 +84,7 @@ from .webhooks import (
 )
 
 if TYPE_CHECKING:
+    from .admission import Shedder
     from .checkpoints import CheckpointWriter
     from .cluster import Cluster
     from .config.model import ChannelSpec, NodeConfig
@@ -152,6 +154,22 @@ class ClusterMode:
 
         _sends: SendTracker
         _calls: SendTracker
+        _forwarding: int
+        _shedder: Shedder
+
+        def _held(self) -> int: ...
+
+        def _admit(
+            self,
+            channel_id: str,
+            message: Operation,
+            *,
+            node_sends: int,
+            loop_limit: float,
+            channel_sends: int = 0,
+            channel_rate: float = 0.0,
+        ) -> None: ...
+
         _moving: dict[str, trio.Event]
 
     # --- the runner the cluster drives ---------------------------------------------------
@@ -509,15 +527,34 @@ class ClusterMode:
                     if self._runs_here(channel_id):
                         raise
                     continue  # it moved away under the send: ask its new owner
+            self._admit_forward(channel_id, message, keep_refused=keep_refused)
+            self._forwarding += 1
             try:
                 answer = await self._forward(channel_id, "send", body, deadline, message)
             except _RunsHere:
                 continue
+            finally:
+                self._forwarding -= 1
             if not answer:  # an operation without a result (typing, delete ...)
                 return None
             return SendResult(
                 platform_message_id=str(answer["platform_message_id"]), peer=str(answer["peer"])
             )
+
+    def _admit_forward(self, channel_id: str, message: Operation, *, keep_refused: bool) -> None:
+        """Refuse a send this node would forward past the node's bounds (``Overloaded``).
+
+        A forwarded send is held here until its owner answers: a task, its
+        request and its wait for the answer, on this node's loop. So it
+        counts toward this node's ``max_sends_in_flight`` and the limit of its
+        loop's lateness, as a send it performs does (and toward the owner's,
+        which also bounds the channel). A kept message's resend is exempt from
+        the loop's limit, as here.
+        """
+        node_sends = self._held()
+        loop_limit = math.inf if keep_refused else self._shedder.limit
+        if node_sends >= self.config.node.max_sends_in_flight or node_sends >= loop_limit:
+            self._admit(channel_id, message, node_sends=node_sends, loop_limit=loop_limit)
 
     async def _forward(
         self,

@@ -231,7 +231,9 @@ class NodeStatistics:
         uptime: seconds since the node started.
         store_backend: ``memory`` or ``postgres``.
         store_pending: inbound events not yet written to the store.
-        sends_in_flight: sends accepted here and not finished (bounded by
+        sends_in_flight: sends the node holds, not finished: those it sends
+            (its callers' and those other nodes forwarded to it) and, in a
+            cluster, those it forwarded to their channel's owner (bounded by
             ``[node] max_sends_in_flight``).
         sends_limit: the most sends in flight the node takes now:
             ``[node] max_sends_in_flight``, or fewer once its event loop has

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cluster_rig import API_TOKEN, ClusterRig, RigParams, open_cluster_rig
 from runtime.cluster.leases import Leases
@@ -169,3 +170,63 @@ async def test_the_operator_view_shows_members_placement_leases_and_moves(
     assert all(lease.token is not None and lease.token >= 1 for lease in found)
     assert all(0 < (lease.expires_in or 0) <= 4.0 for lease in found)
     assert quarantine == 0
+
+
+async def sends_held(client: httpx.AsyncClient, url: str) -> float:
+    """A node's ``switchboard_node_sends_in_flight``, read off its ``/metrics``."""
+    answer = await client.get(f"{url}/metrics")
+    assert answer.status_code == 200, answer.text
+    for family in text_string_to_metric_families(answer.text):
+        if family.name == "switchboard_node_sends_in_flight":
+            return float(family.samples[0].value)
+    raise AssertionError("no switchboard_node_sends_in_flight in /metrics")
+
+
+async def test_a_node_counts_the_sends_it_forwards_toward_its_bound(tmp_path: Path) -> None:
+    # Each node holds at most 2 sends. The two n1 forwards to n2 (whose platform
+    # answers 3 s later) are held on both nodes: n1 refuses a third itself, for a
+    # channel n2 runs and for one it runs, and says so; the owner never sees it.
+    params = RigParams(
+        nodes=2,
+        websocket=CHANNELS,
+        telegram=0,
+        discord=0,
+        ops=True,
+        workdir=tmp_path,
+        max_sends_in_flight=2,
+    )
+    results: dict[str, httpx.Response] = {}
+    with trio.fail_after(CEILING):
+        async with open_cluster_rig(params) as rig, api(rig) as client:
+            listing = await settled_listing(client, rig)
+            theirs = [item["channel"] for item in listing if item["node"] == "n2"]
+            mine = next(item["channel"] for item in listing if item["node"] == "n1")
+            n1, n2 = rig.ops_urls["n1"], rig.ops_urls["n2"]
+
+            async def send(channel: str, key: str) -> None:
+                body = {"peer": f"p-{key}", "text": "hi", "idempotency_key": key}
+                results[key] = await post(client, n1, channel, body)
+
+            await rig.websocket.fault(kind="latency", seconds=3.0)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, theirs[0], "held-1")
+                nursery.start_soon(send, theirs[-1], "held-2")
+                while await sends_held(client, n2) < 2:  # noqa: ASYNC110 - both reached their owner
+                    await trio.sleep(0.05)
+                assert await sends_held(client, n1) == 2
+                for channel, key in [(theirs[0], "over-1"), (mine, "over-2")]:
+                    body = {"peer": "p", "text": "hi", "idempotency_key": key}
+                    refused = await post(client, n1, channel, body)
+                    assert refused.status_code == 503, refused.text
+                    assert refused.json()["error"] == "Overloaded"
+                    assert "node 'n1' already holds 2 sends" in refused.json()["message"]
+                    assert refused.headers["Retry-After"] == "1"
+                assert await sends_held(client, n2) == 2  # the refused one never left n1
+            await rig.websocket.fault(kind="latency", seconds=0.0)
+            assert {key: answer.status_code for key, answer in results.items()} == {
+                "held-1": 200,
+                "held-2": 200,
+            }
+            assert await sends_held(client, n1) == 0
+            await send(theirs[0], "after")
+            assert results["after"].status_code == 200, results["after"].text

@@ -9,7 +9,7 @@ from scratch gives the channel a new ref, through the memory's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -106,10 +106,29 @@ class ChannelRef:
             MessageNotFound: the platform no longer has the message (dead-lettered).
             The errors of :meth:`send` otherwise.
         """
+        result: SendResult | None = await self.asking(
+            op, timeout=timeout, keep_refused=keep_refused, watch=watch
+        )
+        return result
+
+    def asking(
+        self,
+        op: Operation,
+        *,
+        timeout: float = 60.0,
+        keep_refused: bool = False,
+        watch: AskWatch | None = None,
+    ) -> Awaitable[SendResult | None]:
+        """:meth:`perform`'s ask, for a caller that awaits it at once.
+
+        Not a coroutine: the caller awaits the actor's ask itself, one frame
+        fewer on a send that waits for its answer (a node's every send).
+        A channel given up on raises ``ChannelFailed`` here, as the call.
+        """
         self._raise_if_given_up()
         send = Send(op, keep_refused=keep_refused)
-        result: SendResult | None = await self.ref.ask(send, timeout=timeout, watch=watch)
-        return result
+        answer: Awaitable[SendResult | None] = self.ref.ask(send, timeout=timeout, watch=watch)
+        return answer
 
     def subscribe(
         self, *, buffer: int | None = None, accepts: Callable[[Any], bool] | None = None

@@ -133,7 +133,8 @@ class NodeSection:
         start_timeout: seconds startup waits for channels to connect before
             reporting how many did.
         max_sends_in_flight: sends the node holds at once, accepted and not
-            finished; past it a send is refused at once (``Overloaded``).
+            finished (in a cluster, those it forwarded to their channel's
+            owner too); past it a send is refused at once (``Overloaded``).
         max_channel_sends: the same bound for one channel: its window and
             what waits for it.
         max_loop_lag: seconds the node's event loop may stay behind: past

@@ -358,7 +358,8 @@ class NodeCollector:
         )
         yield GaugeMetricFamily(
             PREFIX + "node_sends_in_flight",
-            "Sends accepted by this node and not finished.",
+            "Sends this node holds and has not finished (in a cluster, those it "
+            "forwarded to their channel's owner too).",
             statistics.sends_in_flight,
         )
         if statistics.sends_limit is not None:
