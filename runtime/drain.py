@@ -87,6 +87,7 @@ class Pending:
 
     __slots__ = (
         "_ask",
+        "_finished",
         "_settled",
         "accepted_at",
         "channel_id",
@@ -121,6 +122,7 @@ class Pending:
         self.number: int | None = None  # its deadline's, in the tracker's heap
         self._ask: Ask | None = None
         self._settled: trio.Event | None = None  # made when first asked for: most sends never are
+        self._finished: trio.Event | None = None  # the same
 
     @property
     def settled(self) -> trio.Event:
@@ -128,6 +130,18 @@ class Pending:
         event = self._settled
         if event is None:
             event = self._settled = trio.Event()
+        return event
+
+    def finished(self) -> trio.Event:
+        """Set once the send is over (sent, refused or given up: its tracker's ``end``).
+
+        What a second send of the same idempotency key waits for.
+        """
+        event = self._finished
+        if event is None:
+            event = self._finished = trio.Event()
+            if self.done:
+                event.set()
         return event
 
     def parking(self, ask: Ask) -> SendStopped | None:
@@ -261,6 +275,8 @@ class SendTracker:
     def end(self, pending: Pending) -> None:
         """``pending`` is finished: counted no more (for every :meth:`begin`, once)."""
         pending.done = True
+        if pending._finished is not None:
+            pending._finished.set()
         self._pending.discard(pending)
         if pending.number is not None:
             self._timed.pop(pending.number, None)

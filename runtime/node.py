@@ -217,7 +217,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
         self._forwarding = 0  # of those, sent to their channel's owner and not answered yet
-        self._in_flight: dict[tuple[str, str], _Departure] = {}  # (channel, key) being sent
+        self._in_flight: dict[tuple[str, str], Pending] = {}  # (channel, key) being sent
         self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
         self._link_changes = _LinkChanges()  # every channel's live link coming or going
         self._state = NodeState.STARTING
@@ -735,7 +735,6 @@ class Node(ClusterMode, DeadLetterOps):
                 channel_sends=channel_sends,
                 channel_rate=channel.memory.limits.per_channel_rate,
             )
-        flight = self._in_flight[flight_key] = _Departure()
         sends = self._sends
         began = trio.current_time()
         # No cancel scope: the send's Pending bounds its ask (the tracker's timer stops
@@ -743,6 +742,7 @@ class Node(ClusterMode, DeadLetterOps):
         # either: each is an object and a bound method on every send while it waits.
         pending = sends.pending(channel_id, message, kept_id=kept_id, deadline=began + timeout)
         sends.begin(pending)
+        self._in_flight[flight_key] = pending
         try:
             result = await channel.asking(
                 message, timeout=math.inf, keep_refused=keep_refused, watch=pending
@@ -770,10 +770,9 @@ class Node(ClusterMode, DeadLetterOps):
             finally:
                 del error, failed  # no cycle through this frame's traceback
         finally:
-            sends.end(pending)
-            if self._in_flight.get(flight_key) is flight:
+            sends.end(pending)  # (a second send of the key, waiting for it, goes on)
+            if self._in_flight.get(flight_key) is pending:
                 del self._in_flight[flight_key]
-            flight.land()
         # (The channel remembered the answer: see SendPath._fly.)
         self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
         return result
@@ -1349,30 +1348,6 @@ class Node(ClusterMode, DeadLetterOps):
             return channel_id in configured or channel_id in self._table
 
         await resend_kept(self.store, send, self._checkpoints.flush, known=known)
-
-
-class _Departure:
-    """A send of one idempotency key under way; a second send of the key waits for it.
-
-    Its event is made by the first such wait: nearly every key is sent once.
-    """
-
-    __slots__ = ("_finished",)
-
-    def __init__(self) -> None:
-        self._finished: trio.Event | None = None
-
-    def finished(self) -> trio.Event:
-        """Set once the send is over (done, refused or given up)."""
-        event = self._finished
-        if event is None:
-            event = self._finished = trio.Event()
-        return event
-
-    def land(self) -> None:
-        """The send is over: wake whoever waits for it."""
-        if self._finished is not None:
-            self._finished.set()
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

@@ -612,3 +612,34 @@ async def test_a_send_with_a_timeout_that_is_no_duration_is_refused_before_anyth
             assert isinstance(await node.send("a", message("k"), timeout=5), SendResult)
             assert isinstance(await node.send("a", message("k"), timeout=0.0), SendResult)
     assert [sent.idempotency_key for sent in provider.sent] == ["k"]
+
+
+async def test_a_key_sent_again_while_on_its_way_goes_out_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A caller's retry of a send still waiting for the platform (1 s) waits for that
+    # send and takes its answer: the platform sees the key once, in one second.
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    results: list[SendResult] = []
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+
+            async def send() -> None:
+                results.append(await node.send("a", message("twice")))
+
+            began = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(send)
+                await trio.testing.wait_all_tasks_blocked()
+                assert node.statistics().sends_in_flight == 1  # the retry holds no send
+            took = trio.current_time() - began
+            assert node.statistics().sends_in_flight == 0
+            again = await node.send("a", message("twice"))  # later: from the channel's memory
+    assert [m.idempotency_key for m in provider.sent] == ["twice"]
+    assert took < 1.5
+    assert len(results) == 2 and results[0] == results[1] == again
