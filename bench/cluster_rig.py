@@ -134,6 +134,8 @@ class RigParams:
             trip (:attr:`bench.platforms.PlatformsSpec.latency`; 0: none).
         max_sends_in_flight: the nodes' ``[node] max_sends_in_flight``
             (None: the default).
+        max_channel_sends: the nodes' ``[node] max_channel_sends`` (None:
+            the default).
     """
 
     nodes: int = 3
@@ -158,6 +160,7 @@ class RigParams:
     workdir: Path = Path("/tmp/switchboard-cluster-rig")
     latency: float = 0.0
     max_sends_in_flight: int | None = None
+    max_channel_sends: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -340,9 +343,12 @@ class ClusterRig:
             f'drain_deadline = "{p.drain_deadline:g}s"',
             'start_timeout = "10s"',
             *(
-                []
-                if p.max_sends_in_flight is None
-                else [f"max_sends_in_flight = {p.max_sends_in_flight}"]
+                f"{key} = {value}"
+                for key, value in [
+                    ("max_sends_in_flight", p.max_sends_in_flight),
+                    ("max_channel_sends", p.max_channel_sends),
+                ]
+                if value is not None
             ),
             "[storage]",
             'backend = "postgres"',

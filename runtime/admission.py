@@ -47,8 +47,9 @@ Design:
   keeps the loop late (a connect storm, a starved machine, a collection),
   and refusing them would not help it.
 - In a cluster a node holds the sends it forwards to their channel's
-  owner too, until the owner answers: they count toward its bounds (the
-  owner's channel bound is the owner's to apply).
+  owner too, until the owner answers (or, while the owner is gone or the
+  channel moves, until the caller's deadline): they count toward its
+  bounds, the channel's included, as the owner's count them toward its own.
 - A channel's ``retry_after`` is how long it takes to send what it holds at
   its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
   a second: its sends spread over many channels.
@@ -91,7 +92,7 @@ def admit(
     node_limit: int,
     channel_sends: int,
     channel_limit: int,
-    channel_rate: float,
+    channel_rate: float | None,
     loop_limit: float = math.inf,
     loop_bound: float = 0.0,
 ) -> None:
@@ -103,9 +104,11 @@ def admit(
         idempotency_key: the send's key, carried by the error.
         node_sends: sends the node holds now.
         node_limit: the most it may hold.
-        channel_sends: sends the channel holds now.
+        channel_sends: sends the channel holds now (on this node).
         channel_limit: the most it may hold.
-        channel_rate: the channel's messages per second (its limiter's).
+        channel_rate: the channel's messages per second (its limiter's);
+            ``None`` where this node does not know it (a send it forwards
+            to the channel's owner): a retry after a second.
         loop_limit: the most sends the node holds while its loop runs
             behind (:attr:`Shedder.limit`; ``math.inf``: none).
         loop_bound: ``[node] max_loop_lag``, for the message.
@@ -118,7 +121,11 @@ def admit(
     # frame, a cycle only the collector frees, and a node that sheds thousands
     # of sends a second would make its collector shed them.
     if channel_sends >= channel_limit:
-        wait = channel_sends / channel_rate if channel_rate > 0 else MAX_RETRY_AFTER
+        wait: float
+        if channel_rate is None:
+            wait = NODE_RETRY_AFTER
+        else:
+            wait = channel_sends / channel_rate if channel_rate > 0 else MAX_RETRY_AFTER
         retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
         raise _overloaded(
             f"channel {channel_id!r} already holds {channel_sends} sends, its bound "

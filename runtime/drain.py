@@ -168,7 +168,7 @@ class Pending:
 
 
 class _Tracked:
-    """One send tracked for the length of a ``with`` block (a class: it is on every send)."""
+    """One send tracked for the length of a ``with`` block (:meth:`SendTracker.track`)."""
 
     __slots__ = ("_pending", "_tracker")
 

@@ -44,8 +44,9 @@
                                                             (also actors.ActorCrashed)
 
 Errors of the layers below (the actor kernel, the supervisors, the
-providers) are mapped into this tree where they leave the node, in one
-place (:func:`map_send_errors`), chained: ``exc.__cause__`` is the original.
+providers) are mapped into this tree where they leave the node, by one
+function (:func:`send_error`; :func:`map_send_errors` is it as a context
+manager), chained: ``exc.__cause__`` is the original.
 Each mapped class also derives from the class it replaces and keeps its
 name, so ``except actors.ChannelFailed`` and ``except MessageTooLong`` go on
 working, and the ops API's error names do not change.
@@ -395,7 +396,7 @@ def map_send_errors(channel_id: str, idempotency_key: str) -> _SendErrors:
 
 
 class _SendErrors:
-    """:func:`map_send_errors` (a class: it is on every send)."""
+    """:func:`map_send_errors` (a class with slots: a send path may take one per send)."""
 
     __slots__ = ("_channel_id", "_idempotency_key")
 

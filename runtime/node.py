@@ -216,7 +216,9 @@ class Node(ClusterMode, DeadLetterOps):
         self._holders: dict[str, tuple[str, int]] = {}  # remote channels' leases, last read
         self._moving: dict[str, trio.Event] = {}  # channels being let go: sends wait
         self._calls = SendTracker()  # sends accepted here in a cluster, wherever they run
-        self._forwarding = 0  # of those, sent to their channel's owner and not answered yet
+        # Of those, sent to their channel's owner and not answered yet: in all, by channel.
+        self._forwarding = 0
+        self._forwards: collections.Counter[str] = collections.Counter()
         self._in_flight: dict[tuple[str, str], Pending] = {}  # (channel, key) being sent
         self._webhook_indexes: dict[str, _WebhookIndex] = {}  # by provider
         self._link_changes = _LinkChanges()  # every channel's live link coming or going
@@ -643,11 +645,13 @@ class Node(ClusterMode, DeadLetterOps):
         *,
         kept_id: int | None = None,
     ) -> Awaitable[SendResult | None]:
-        """The send, for the caller to await at once; what it refuses, raised now.
+        """The send, for the caller to await at once.
 
-        ``kept_id``: the store's id of a kept message this resends (the drain
-        keeps it once). Not a coroutine: the caller awaits the send itself,
-        one frame fewer on every send in flight.
+        A bad timeout or message, a node not started or not accepting, is
+        raised by this call; the rest as the send is awaited. ``kept_id``:
+        the store's id of a kept message this resends (the drain keeps it
+        once). Not a coroutine: the caller awaits the send itself, one frame
+        fewer on every send in flight.
         """
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if not timeout >= 0:  # NaN too
@@ -742,8 +746,9 @@ class Node(ClusterMode, DeadLetterOps):
         # either: each is an object and a bound method on every send while it waits.
         pending = sends.pending(channel_id, message, kept_id=kept_id, deadline=began + timeout)
         sends.begin(pending)
-        self._in_flight[flight_key] = pending
+        stopped = False
         try:
+            self._in_flight[flight_key] = pending
             result = await channel.asking(
                 message, timeout=math.inf, keep_refused=keep_refused, watch=pending
             )
@@ -759,20 +764,30 @@ class Node(ClusterMode, DeadLetterOps):
                 await pending.settled.wait()
                 # The drain's own stop is no cause to show the caller.
                 raise _kept_error(pending) from (None if exc is pending.stopped else exc)
-            failed = channel.ref.ask_timeout(message, timeout) if exc is pending.stopped else exc
-            error = send_error(failed, channel_id, message.idempotency_key)
-            try:
-                if error is not None:
-                    raise error from failed
-                if failed is exc:
+            if exc is pending.stopped:
+                stopped = True  # its deadline passed: raised once out of this handler
+            else:
+                error = send_error(exc, channel_id, message.idempotency_key)
+                if error is None:
                     raise
-                raise failed from None
-            finally:
-                del error, failed  # no cycle through this frame's traceback
+                try:
+                    raise error from exc
+                finally:
+                    del error  # no cycle through this frame's traceback
         finally:
             sends.end(pending)  # (a second send of the key, waiting for it, goes on)
             if self._in_flight.get(flight_key) is pending:
                 del self._in_flight[flight_key]
+        if stopped:
+            # Raised out here, not in the handler: the stop stays inside the node.
+            timed_out = channel.ref.ask_timeout(message, timeout)
+            error = send_error(timed_out, channel_id, message.idempotency_key)
+            try:
+                if error is None:
+                    raise timed_out
+                raise error from timed_out
+            finally:
+                del timed_out, error  # no cycle through this frame's traceback
         # (The channel remembered the answer: see SendPath._fly.)
         self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
         return result
@@ -789,14 +804,14 @@ class Node(ClusterMode, DeadLetterOps):
         *,
         node_sends: int,
         loop_limit: float,
-        channel_sends: int = 0,
-        channel_rate: float = 0.0,
+        channel_sends: int,
+        channel_rate: float | None,
     ) -> None:
         """Refuse a send past a bound (``Overloaded``, saying which), and count it.
 
         Called where the caller's own test of the bounds failed (a send that
         passes it costs no call). ``channel_sends``: the channel's sends held
-        here (none for a send this node forwards: the channel's owner bounds them).
+        here; ``channel_rate``: its rate, ``None`` for one that runs elsewhere.
         """
         node = self.config.node
         try:

@@ -44,6 +44,7 @@ Design:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -155,6 +156,7 @@ class ClusterMode:
         _sends: SendTracker
         _calls: SendTracker
         _forwarding: int
+        _forwards: collections.Counter[str]
         _shedder: Shedder
 
         def _held(self) -> int: ...
@@ -166,8 +168,8 @@ class ClusterMode:
             *,
             node_sends: int,
             loop_limit: float,
-            channel_sends: int = 0,
-            channel_rate: float = 0.0,
+            channel_sends: int,
+            channel_rate: float | None,
         ) -> None: ...
 
         _moving: dict[str, trio.Event]
@@ -527,14 +529,22 @@ class ClusterMode:
                     if self._runs_here(channel_id):
                         raise
                     continue  # it moved away under the send: ask its new owner
+            self._table.get(channel_id)  # UnknownChannel, before any bound
             self._admit_forward(channel_id, message, keep_refused=keep_refused)
+            forwards = self._forwards
             self._forwarding += 1
+            forwards[channel_id] += 1
             try:
                 answer = await self._forward(channel_id, "send", body, deadline, message)
             except _RunsHere:
                 continue
             finally:
                 self._forwarding -= 1
+                left = forwards[channel_id] - 1
+                if left:
+                    forwards[channel_id] = left
+                else:
+                    del forwards[channel_id]
             if not answer:  # an operation without a result (typing, delete ...)
                 return None
             return SendResult(
@@ -542,19 +552,34 @@ class ClusterMode:
             )
 
     def _admit_forward(self, channel_id: str, message: Operation, *, keep_refused: bool) -> None:
-        """Refuse a send this node would forward past the node's bounds (``Overloaded``).
+        """Refuse a send this node would forward past its bounds (``Overloaded``).
 
-        A forwarded send is held here until its owner answers: a task, its
-        request and its wait for the answer, on this node's loop. So it
-        counts toward this node's ``max_sends_in_flight`` and the limit of its
-        loop's lateness, as a send it performs does (and toward the owner's,
-        which also bounds the channel). A kept message's resend is exempt from
-        the loop's limit, as here.
+        A forwarded send is held here until its owner answers (while the
+        owner is gone or the channel moves, until the caller's deadline): a
+        task, its request and its wait for the answer, on this node's loop.
+        So it counts toward this node's bounds as a send it performs does:
+        ``max_sends_in_flight``, the limit of its loop's lateness, and
+        ``max_channel_sends`` for the sends of its channel it forwards (one
+        busy remote channel cannot take all of this node's room). The owner
+        counts it toward its own too. A kept message's resend is exempt
+        from the loop's limit, as here.
         """
-        node_sends = self._held()
+        node = self.config.node
+        node_sends, channel_sends = self._held(), self._forwards[channel_id]
         loop_limit = math.inf if keep_refused else self._shedder.limit
-        if node_sends >= self.config.node.max_sends_in_flight or node_sends >= loop_limit:
-            self._admit(channel_id, message, node_sends=node_sends, loop_limit=loop_limit)
+        if (
+            node_sends >= node.max_sends_in_flight
+            or channel_sends >= node.max_channel_sends
+            or node_sends >= loop_limit
+        ):
+            self._admit(
+                channel_id,
+                message,
+                node_sends=node_sends,
+                loop_limit=loop_limit,
+                channel_sends=channel_sends,
+                channel_rate=None,  # the owner's to know
+            )
 
     async def _forward(
         self,

@@ -172,20 +172,25 @@ async def test_the_operator_view_shows_members_placement_leases_and_moves(
     assert quarantine == 0
 
 
-async def sends_held(client: httpx.AsyncClient, url: str) -> float:
-    """A node's ``switchboard_node_sends_in_flight``, read off its ``/metrics``."""
+async def metric(client: httpx.AsyncClient, url: str, name: str, **labels: str) -> float:
+    """A node's sample ``name`` with ``labels``, read off its ``/metrics`` (0 if absent)."""
     answer = await client.get(f"{url}/metrics")
     assert answer.status_code == 200, answer.text
     for family in text_string_to_metric_families(answer.text):
-        if family.name == "switchboard_node_sends_in_flight":
-            return float(family.samples[0].value)
-    raise AssertionError("no switchboard_node_sends_in_flight in /metrics")
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
-async def test_a_node_counts_the_sends_it_forwards_toward_its_bound(tmp_path: Path) -> None:
-    # Each node holds at most 2 sends. The two n1 forwards to n2 (whose platform
-    # answers 3 s later) are held on both nodes: n1 refuses a third itself, for a
-    # channel n2 runs and for one it runs, and says so; the owner never sees it.
+async def sends_held(client: httpx.AsyncClient, url: str) -> float:
+    return await metric(client, url, "switchboard_node_sends_in_flight")
+
+
+async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: Path) -> None:
+    # Each node holds at most 3 sends, 2 of a channel. What n1 forwards to n2 (whose
+    # platform answers 3 s later) is held on both nodes: n1 refuses past its own
+    # bounds, for the remote channel and for the node, and the owner never sees it.
     params = RigParams(
         nodes=2,
         websocket=CHANNELS,
@@ -193,7 +198,8 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bound(tmp_path: Pa
         discord=0,
         ops=True,
         workdir=tmp_path,
-        max_sends_in_flight=2,
+        max_sends_in_flight=3,
+        max_channel_sends=2,
     )
     results: dict[str, httpx.Response] = {}
     with trio.fail_after(CEILING):
@@ -207,25 +213,36 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bound(tmp_path: Pa
                 body = {"peer": f"p-{key}", "text": "hi", "idempotency_key": key}
                 results[key] = await post(client, n1, channel, body)
 
+            async def refused(channel: str, key: str, says: str) -> None:
+                body = {"peer": f"p-{key}", "text": "hi", "idempotency_key": key}
+                answer = await post(client, n1, channel, body)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"] == "Overloaded"
+                assert says in answer.json()["message"]
+                assert answer.headers["Retry-After"] == "1"
+
             await rig.websocket.fault(kind="latency", seconds=3.0)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send, theirs[0], "held-1")
-                nursery.start_soon(send, theirs[-1], "held-2")
-                while await sends_held(client, n2) < 2:  # noqa: ASYNC110 - both reached their owner
+                nursery.start_soon(send, theirs[0], "held-2")
+                while await sends_held(client, n2) < 2:  # noqa: ASYNC110 - both reached n2
                     await trio.sleep(0.05)
                 assert await sends_held(client, n1) == 2
-                for channel, key in [(theirs[0], "over-1"), (mine, "over-2")]:
-                    body = {"peer": "p", "text": "hi", "idempotency_key": key}
-                    refused = await post(client, n1, channel, body)
-                    assert refused.status_code == 503, refused.text
-                    assert refused.json()["error"] == "Overloaded"
-                    assert "node 'n1' already holds 2 sends" in refused.json()["message"]
-                    assert refused.headers["Retry-After"] == "1"
-                assert await sends_held(client, n2) == 2  # the refused one never left n1
+                await refused(theirs[0], "over-channel", f"channel {theirs[0]!r} already holds 2")
+                refusals = "switchboard_node_sends_refused_total"
+                assert await metric(client, n1, refusals, scope="channel") == 1
+                assert await metric(client, n2, refusals, scope="channel") == 0
+                nursery.start_soon(send, mine, "held-3")
+                while await sends_held(client, n1) < 3:  # noqa: ASYNC110 - n1's own send
+                    await trio.sleep(0.05)
+                await refused(theirs[-1], "over-node", "node 'n1' already holds 3 sends")
+                assert await metric(client, n1, refusals, scope="node") == 1
+                assert await sends_held(client, n2) == 2  # the refused never left n1
             await rig.websocket.fault(kind="latency", seconds=0.0)
             assert {key: answer.status_code for key, answer in results.items()} == {
                 "held-1": 200,
                 "held-2": 200,
+                "held-3": 200,
             }
             assert await sends_held(client, n1) == 0
             await send(theirs[0], "after")
