@@ -8,9 +8,11 @@ the ones in flight are done.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
+import types
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -32,9 +34,12 @@ from runtime.admission import (
     admit,
 )
 from runtime.config import ConfigError, StorageConfig, parse_config
+from runtime.drain import SendTracker
 from runtime.errors import error_from_wire, error_to_wire
 from runtime.lag import LoopLag
+from runtime.node_cluster import ClusterMode
 from runtime.store import KeptMessage, Store, open_store
+from runtime.table import ChannelRow, ChannelTable
 
 from .support import CEILING, FAST_CHANNELS, text_to_own_peer, two_simulated_channels
 
@@ -445,3 +450,58 @@ def test_a_loop_lag_bound_the_probe_cannot_tell_from_jitter_is_refused_with_its_
         parse_config({"node": {"max_loop_lag": value}})
     assert parse_config({"node": {"max_loop_lag": "0s"}}).node.max_loop_lag == 0.0
     assert parse_config({"node": {"max_loop_lag": "50ms"}}).node.max_loop_lag == 0.05
+
+
+class Forwarder(ClusterMode):
+    """The forwarding side of a cluster node whose channels all run on another node.
+
+    The node's own admission (``Node._held``, ``Node._admit``) and forwarding
+    (``_cluster_send``), with a loop limit pinned at ``limit``. What crosses
+    to the owner (``_forward``: Redis Streams, tested with real nodes in
+    ``test_cluster_forwarding``) is a stand-in that answers once ``answer`` is set.
+    """
+
+    def __init__(self, *, limit: float, **node: Any) -> None:
+        self.config = two_simulated_channels(**node)
+        self._sends, self._calls = SendTracker(), SendTracker()
+        self._forwarding = 0
+        self._forwards = collections.Counter()
+        self._refused: collections.Counter[str] = collections.Counter()
+        self._shedder = cast(Any, types.SimpleNamespace(limit=limit))
+        self._table = ChannelTable()
+        for spec in self.config.channels:
+            self._table.put(ChannelRow(spec=spec))
+        self.answer = trio.Event()
+
+    @property
+    def node_id(self) -> str:
+        return "n1"
+
+    def _held(self) -> int:
+        return runtime.node.Node._held(cast(Any, self))
+
+    def _admit(self, *args: Any, **kwargs: Any) -> None:
+        runtime.node.Node._admit(cast(Any, self), *args, **kwargs)
+
+    def _runs_here(self, channel_id: str) -> bool:
+        return False
+
+    async def _forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        await self.answer.wait()
+        return {"platform_message_id": "m1", "peer": "p1"}
+
+
+async def test_a_forwarded_send_meets_the_loop_s_limit_and_a_kept_resend_does_not() -> None:
+    node = Forwarder(limit=1)
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            for key, kept in [("first", False), ("kept", True)]:
+                send = functools.partial(node._cluster_send, keep_refused=kept, timeout=60.0)
+                nursery.start_soon(send, "a", text_to_own_peer(key))
+                await trio.testing.wait_all_tasks_blocked()
+            assert node._held() == 2  # the kept resend went on past the limit
+            with pytest.raises(Overloaded) as refused:
+                await node._cluster_send("b", text_to_own_peer("new"), timeout=60.0)
+            assert (refused.value.scope, refused.value.limit) == ("loop", 1)
+            node.answer.set()
+    assert (node._held(), node._forwards, node._refused) == (0, {}, {"loop": 1})
