@@ -720,26 +720,14 @@ class Node(ClusterMode, DeadLetterOps):
             if known is not None:
                 return _result_of(message, known)
             # The first failed (or is still out): this one tries on its own.
-        node = self.config.node
-        node_sends, channel_sends = self._held(), self._sends.count(channel_id)
-        # A kept message's resend (here or forwarded, keep_refused) is the node's own
-        # duty, not new work: a start's connect storm must not put it off to the next
-        # start.
-        loop_limit = math.inf if keep_refused else self._shedder.limit
-        if (
-            node_sends >= node.max_sends_in_flight
-            or channel_sends >= node.max_channel_sends
-            or node_sends >= loop_limit
-        ):
-            self._admit(
-                channel_id,
-                message,
-                node_sends=node_sends,
-                loop_limit=loop_limit,
-                channel_sends=channel_sends,
-                channel_rate=channel.memory.limits.per_channel_rate,
-            )
         sends = self._sends
+        self._admit(
+            channel_id,
+            message,
+            channel_sends=sends.count(channel_id),
+            channel_rate=channel.memory.limits.per_channel_rate,
+            keep_refused=keep_refused,
+        )
         began = trio.current_time()
         # No cancel scope: the send's Pending bounds its ask (the tracker's timer stops
         # it at the caller's deadline, the drain once it kept it). No context managers
@@ -802,18 +790,28 @@ class Node(ClusterMode, DeadLetterOps):
         channel_id: str,
         message: Operation,
         *,
-        node_sends: int,
-        loop_limit: float,
         channel_sends: int,
         channel_rate: float | None,
+        keep_refused: bool,
     ) -> None:
-        """Refuse a send past a bound (``Overloaded``, saying which), and count it.
+        """Refuse a send past a bound (``Overloaded``, saying which), and count the refusal.
 
-        Called where the caller's own test of the bounds failed (a send that
-        passes it costs no call). ``channel_sends``: the channel's sends held
-        here; ``channel_rate``: its rate, ``None`` for one that runs elsewhere.
+        ``channel_sends``: the sends of the channel this node holds (those it
+        sends, or those it forwards to the channel's owner); ``channel_rate``:
+        the channel's rate, ``None`` for one that runs elsewhere (its owner's
+        to know). ``keep_refused``: a kept message's resend (here or
+        forwarded), the node's own duty, not new work: a start's connect storm
+        must not put it off to the next start, so the loop's limit spares it.
         """
         node = self.config.node
+        node_sends = self._held()
+        loop_limit = math.inf if keep_refused else self._shedder.limit
+        if (
+            node_sends < node.max_sends_in_flight
+            and channel_sends < node.max_channel_sends
+            and node_sends < loop_limit
+        ):
+            return
         try:
             admit(
                 node_id=self.node_id,

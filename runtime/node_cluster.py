@@ -47,7 +47,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -85,7 +84,6 @@ from .webhooks import (
 )
 
 if TYPE_CHECKING:
-    from .admission import Shedder
     from .checkpoints import CheckpointWriter
     from .cluster import Cluster
     from .config.model import ChannelSpec, NodeConfig
@@ -157,7 +155,6 @@ class ClusterMode:
         _calls: SendTracker
         _forwarding: int
         _forwards: collections.Counter[str]
-        _shedder: Shedder
 
         def _held(self) -> int: ...
 
@@ -166,10 +163,9 @@ class ClusterMode:
             channel_id: str,
             message: Operation,
             *,
-            node_sends: int,
-            loop_limit: float,
             channel_sends: int,
             channel_rate: float | None,
+            keep_refused: bool,
         ) -> None: ...
 
         _moving: dict[str, trio.Event]
@@ -530,8 +526,19 @@ class ClusterMode:
                         raise
                     continue  # it moved away under the send: ask its new owner
             self._table.get(channel_id)  # UnknownChannel, before any bound
-            self._admit_forward(channel_id, message, keep_refused=keep_refused)
+            # Held here until its owner answers (while the owner is gone or the channel
+            # moves, until the caller's deadline): a task, its request and its wait, on
+            # this node's loop. So it counts toward this node's bounds as a send it
+            # performs does, the channel's too (one busy remote channel cannot take all
+            # of this node's room); the owner counts it toward its own as well.
             forwards = self._forwards
+            self._admit(
+                channel_id,
+                message,
+                channel_sends=forwards[channel_id],
+                channel_rate=None,
+                keep_refused=keep_refused,
+            )
             self._forwarding += 1
             forwards[channel_id] += 1
             try:
@@ -549,36 +556,6 @@ class ClusterMode:
                 return None
             return SendResult(
                 platform_message_id=str(answer["platform_message_id"]), peer=str(answer["peer"])
-            )
-
-    def _admit_forward(self, channel_id: str, message: Operation, *, keep_refused: bool) -> None:
-        """Refuse a send this node would forward past its bounds (``Overloaded``).
-
-        A forwarded send is held here until its owner answers (while the
-        owner is gone or the channel moves, until the caller's deadline): a
-        task, its request and its wait for the answer, on this node's loop.
-        So it counts toward this node's bounds as a send it performs does:
-        ``max_sends_in_flight``, the limit of its loop's lateness, and
-        ``max_channel_sends`` for the sends of its channel it forwards (one
-        busy remote channel cannot take all of this node's room). The owner
-        counts it toward its own too. A kept message's resend is exempt
-        from the loop's limit, as here.
-        """
-        node = self.config.node
-        node_sends, channel_sends = self._held(), self._forwards[channel_id]
-        loop_limit = math.inf if keep_refused else self._shedder.limit
-        if (
-            node_sends >= node.max_sends_in_flight
-            or channel_sends >= node.max_channel_sends
-            or node_sends >= loop_limit
-        ):
-            self._admit(
-                channel_id,
-                message,
-                node_sends=node_sends,
-                loop_limit=loop_limit,
-                channel_sends=channel_sends,
-                channel_rate=None,  # the owner's to know
             )
 
     async def _forward(
