@@ -50,9 +50,10 @@ Design:
   owner too, until the owner answers (or, while the owner is gone or the
   channel moves, until the caller's deadline): they count toward its
   bounds, the channel's included, as the owner's count them toward its own.
-- A channel's ``retry_after`` is how long it takes to send what it holds at
-  its rate (at least a second, at most :data:`MAX_RETRY_AFTER`); a node's is
-  a second: its sends spread over many channels.
+- A channel's ``retry_after`` (a channel this node runs) is how long it
+  takes to send what it holds at its rate (at least a second, at most
+  :data:`MAX_RETRY_AFTER`); a node's is a second: its sends spread over many
+  channels. So is a remote channel's: its rate is its owner's to know.
 - The refusal and its message are a pure function (:func:`admit`), as the
   other decisions of the runtime are: of the counts and the limits. Which
   sends the loop's limit applies to (not a kept message's resend) is the
@@ -104,11 +105,11 @@ def admit(
         idempotency_key: the send's key, carried by the error.
         node_sends: sends the node holds now.
         node_limit: the most it may hold.
-        channel_sends: sends the channel holds now (on this node).
+        channel_sends: sends of the channel this node holds now.
         channel_limit: the most it may hold.
         channel_rate: the channel's messages per second (its limiter's);
-            ``None`` where this node does not know it (a send it forwards
-            to the channel's owner): a retry after a second.
+            ``None`` for a channel another node runs (this node forwards
+            its sends, and does not know its rate): a retry after a second.
         loop_limit: the most sends the node holds while its loop runs
             behind (:attr:`Shedder.limit`; ``math.inf``: none).
         loop_bound: ``[node] max_loop_lag``, for the message.
@@ -120,12 +121,18 @@ def admit(
     # bound to a local of this frame it would hold the traceback that holds the
     # frame, a cycle only the collector frees, and a node that sheds thousands
     # of sends a second would make its collector shed them.
+    if channel_sends >= channel_limit and channel_rate is None:
+        raise _overloaded(
+            f"node {node_id!r} already forwards {channel_sends} sends of channel "
+            f"{channel_id!r} to the node that runs it, the channel's bound ([node] "
+            f"max_channel_sends = {channel_limit}); nothing was queued: retry after "
+            f"{NODE_RETRY_AFTER} s, or slow down",
+            (channel_id, idempotency_key),
+            ("channel", channel_limit, NODE_RETRY_AFTER),
+        )
     if channel_sends >= channel_limit:
-        wait: float
-        if channel_rate is None:
-            wait = NODE_RETRY_AFTER
-        else:
-            wait = channel_sends / channel_rate if channel_rate > 0 else MAX_RETRY_AFTER
+        rate = channel_rate or 0.0  # (None was refused above)
+        wait = channel_sends / rate if rate > 0 else MAX_RETRY_AFTER
         retry_after = min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
         raise _overloaded(
             f"channel {channel_id!r} already holds {channel_sends} sends, its bound "

@@ -132,6 +132,7 @@ class Pending:
             event = self._settled = trio.Event()
         return event
 
+    @property
     def finished(self) -> trio.Event:
         """Set once the send is over (sent, refused or given up: its tracker's ``end``).
 
@@ -143,6 +144,12 @@ class Pending:
             if self.done:
                 event.set()
         return event
+
+    def land(self) -> None:
+        """The send is over: done, and a second send of its key, waiting, goes on."""
+        self.done = True
+        if self._finished is not None:
+            self._finished.set()
 
     def parking(self, ask: Ask) -> SendStopped | None:
         """``actors.AskWatch``: the send waits for ``ask``'s answer from now on."""
@@ -274,9 +281,7 @@ class SendTracker:
 
     def end(self, pending: Pending) -> None:
         """``pending`` is finished: counted no more (for every :meth:`begin`, once)."""
-        pending.done = True
-        if pending._finished is not None:
-            pending._finished.set()
+        pending.land()
         self._pending.discard(pending)
         if pending.number is not None:
             self._timed.pop(pending.number, None)

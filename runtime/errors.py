@@ -45,8 +45,7 @@
 
 Errors of the layers below (the actor kernel, the supervisors, the
 providers) are mapped into this tree where they leave the node, by one
-function (:func:`send_error`; :func:`map_send_errors` is it as a context
-manager), chained: ``exc.__cause__`` is the original.
+function (:func:`send_error`), chained: ``exc.__cause__`` is the original.
 Each mapped class also derives from the class it replaces and keeps its
 name, so ``except actors.ChannelFailed`` and ``except MessageTooLong`` go on
 working, and the ops API's error names do not change.
@@ -96,7 +95,6 @@ __all__ = [
     "Unsupported",
     "error_from_wire",
     "error_to_wire",
-    "map_send_errors",
     "send_error",
 ]
 
@@ -385,47 +383,12 @@ _SEND_ERRORS: Final[dict[type[BaseException], type[SendError]]] = {
 }
 
 
-def map_send_errors(channel_id: str, idempotency_key: str) -> _SendErrors:
-    """Map the layers' errors of one send into the node's tree, chained.
-
-    A context manager. Errors already in the node's tree pass unchanged;
-    anything not listed (a defect) passes unchanged too, to be seen as what
-    it is.
-    """
-    return _SendErrors(channel_id, idempotency_key)
-
-
-class _SendErrors:
-    """:func:`map_send_errors` (a class with slots: a send path may take one per send)."""
-
-    __slots__ = ("_channel_id", "_idempotency_key")
-
-    def __init__(self, channel_id: str, idempotency_key: str) -> None:
-        self._channel_id = channel_id
-        self._idempotency_key = idempotency_key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc is None:
-            return
-        error = send_error(exc, self._channel_id, self._idempotency_key)
-        if error is not None:
-            try:
-                raise error from exc
-            finally:
-                del error, exc  # no cycle through this frame's traceback
-
-
 def send_error(exc: BaseException, channel_id: str, idempotency_key: str) -> SendError | None:
     """The node's error for ``exc``, an error of one send from the layers below.
 
-    What :func:`map_send_errors` raises, chained to ``exc``, for a caller that
-    raises it itself. ``None``: ``exc`` passes unchanged (an error already in
-    the node's tree, or one not listed: a defect).
+    The caller raises it chained (``raise error from exc``). ``None``: ``exc``
+    passes unchanged (an error already in the node's tree, or one not
+    listed: a defect).
     """
     if isinstance(exc, NodeError) or not isinstance(
         exc, actors.ActorError | platform.ProviderError

@@ -715,7 +715,7 @@ class Node(ClusterMode, DeadLetterOps):
             # The same key is on its way already (a caller's retry, a forwarded
             # request delivered twice): its answer is this one's too.
             with trio.move_on_after(timeout):
-                await first.finished().wait()
+                await first.finished.wait()
             known = sent.get(message.idempotency_key)
             if known is not None:
                 return _result_of(message, known)
@@ -770,9 +770,8 @@ class Node(ClusterMode, DeadLetterOps):
             # Raised out here, not in the handler: the stop stays inside the node.
             timed_out = channel.ref.ask_timeout(message, timeout)
             error = send_error(timed_out, channel_id, message.idempotency_key)
+            assert error is not None  # an AskTimeout always maps
             try:
-                if error is None:
-                    raise timed_out
                 raise error from timed_out
             finally:
                 del timed_out, error  # no cycle through this frame's traceback

@@ -155,6 +155,7 @@ class ClusterMode:
         _calls: SendTracker
         _forwarding: int
         _forwards: collections.Counter[str]
+        _moving: dict[str, trio.Event]
 
         def _held(self) -> int: ...
 
@@ -167,8 +168,6 @@ class ClusterMode:
             channel_rate: float | None,
             keep_refused: bool,
         ) -> None: ...
-
-        _moving: dict[str, trio.Event]
 
     # --- the runner the cluster drives ---------------------------------------------------
 
@@ -508,6 +507,7 @@ class ClusterMode:
         timeout: float,  # noqa: ASYNC109
         keep_refused: bool = False,
     ) -> SendResult | None:
+        self._table.get(channel_id)  # UnknownChannel, before any bound
         deadline = trio.current_time() + timeout
         body: dict[str, Any] = {"message": encode_outbound(message)}
         if keep_refused:
@@ -525,7 +525,6 @@ class ClusterMode:
                     if self._runs_here(channel_id):
                         raise
                     continue  # it moved away under the send: ask its new owner
-            self._table.get(channel_id)  # UnknownChannel, before any bound
             # Held here until its owner answers (while the owner is gone or the channel
             # moves, until the caller's deadline): a task, its request and its wait, on
             # this node's loop. So it counts toward this node's bounds as a send it

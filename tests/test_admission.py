@@ -24,7 +24,7 @@ import runtime.node
 from actors import ChannelStatus
 from providers.base import SendResult
 from providers.simulated import Fixed, SimulatedProvider
-from runtime import Overloaded, open_node
+from runtime import Overloaded, UnknownChannel, open_node
 from runtime.admission import (
     LIMIT_GROWTH,
     MAX_RETRY_AFTER,
@@ -503,5 +503,32 @@ async def test_a_forwarded_send_meets_the_loop_s_limit_and_a_kept_resend_does_no
             with pytest.raises(Overloaded) as refused:
                 await node._cluster_send("b", text_to_own_peer("new"), timeout=60.0)
             assert (refused.value.scope, refused.value.limit) == ("loop", 1)
+            with pytest.raises(UnknownChannel):  # said as such, not as a bound
+                await node._cluster_send("nowhere", text_to_own_peer("lost"), timeout=60.0)
             node.answer.set()
     assert (node._held(), node._forwards, node._refused) == (0, {}, {"loop": 1})
+
+
+async def test_a_node_refuses_a_channel_s_forwards_past_its_bound_and_says_it_forwards_them() -> (
+    None
+):
+    node = Forwarder(limit=math.inf, max_channel_sends=1)
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(node._cluster_send, timeout=60.0), "a", text_to_own_peer("1")
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(Overloaded) as refused:
+                await node._cluster_send("a", text_to_own_peer("2"), timeout=60.0)
+            # The other channel has room of its own.
+            nursery.start_soon(
+                functools.partial(node._cluster_send, timeout=60.0), "b", text_to_own_peer("3")
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert node._forwards == {"a": 1, "b": 1}
+            node.answer.set()
+    error = refused.value
+    assert (error.scope, error.limit, error.retry_after) == ("channel", 1, 1)
+    assert "node 'n1' already forwards 1 sends of channel 'a'" in str(error)
+    assert (node._held(), node._forwards, node._refused) == (0, {}, {"channel": 1})

@@ -16,7 +16,7 @@ from actors import ChannelSettings, ExponentialBackoff
 from providers.base import OutboundMessage
 from providers.simulated import FailureRates, Fixed, SimulatedProvider
 from runtime import open_node, parse_config
-from runtime.errors import map_send_errors
+from runtime.errors import send_error
 
 from .support import CEILING
 
@@ -135,24 +135,15 @@ async def test_a_channel_whose_actor_cannot_start_is_channel_start_failed(
             assert "no start today" in snapshot.start_error
 
 
-def test_map_send_errors_passes_node_errors_and_defects_unchanged() -> None:
-    draining = runtime.NodeDraining("bye")
-    with pytest.raises(runtime.NodeDraining) as raised:
-        with map_send_errors("c", "k"):
-            raise draining
-    assert raised.value is draining
-    with pytest.raises(ZeroDivisionError):
-        with map_send_errors("c", "k"):
-            raise ZeroDivisionError
-    with pytest.raises(runtime.ChannelUnavailable) as unavailable:
-        with map_send_errors("c", "k"):
-            raise actors.ActorDead("gone", reason=None)
-    assert isinstance(unavailable.value.__cause__, actors.ActorDead)
-    with pytest.raises(runtime.MailboxFull) as full:
-        with map_send_errors("c", "k"):
-            raise actors.MailboxFull("full", actor="a", capacity=7)
-    assert full.value.capacity == 7
-    assert isinstance(full.value, actors.MailboxFull)
+def test_send_error_passes_node_errors_and_defects_and_maps_the_rest() -> None:
+    assert send_error(runtime.NodeDraining("bye"), "c", "k") is None
+    assert send_error(ZeroDivisionError(), "c", "k") is None
+    unavailable = send_error(actors.ActorDead("gone", reason=None), "c", "k")
+    assert isinstance(unavailable, runtime.ChannelUnavailable)
+    assert (unavailable.channel_id, unavailable.idempotency_key) == ("c", "k")
+    full = send_error(actors.MailboxFull("full", actor="a", capacity=7), "c", "k")
+    assert isinstance(full, runtime.MailboxFull) and isinstance(full, actors.MailboxFull)
+    assert full.capacity == 7
 
 
 def test_the_node_state_is_one_enum() -> None:

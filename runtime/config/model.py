@@ -136,7 +136,8 @@ class NodeSection:
             finished (in a cluster, those it forwarded to their channel's
             owner too); past it a send is refused at once (``Overloaded``).
         max_channel_sends: the same bound for one channel: its window and
-            what waits for it.
+            what waits for it (in a cluster, also the sends of a channel
+            another node runs that this node forwards to it).
         max_loop_lag: seconds the node's event loop may stay behind: past
             it, the node takes only as many sends in flight as its loop runs
             within this (``Overloaded``, see ``runtime.admission``); 0 turns
