@@ -28,13 +28,17 @@ CHANNELS = 6
 LATE = 10.0  # seconds the platform holds its answers in the bounds test
 
 
+def two_nodes(workdir: Path, **more: Any) -> RigParams:
+    """Two nodes with message APIs and CHANNELS websocket channels (``more``: other params)."""
+    return RigParams(
+        nodes=2, websocket=CHANNELS, telegram=0, discord=0, ops=True, workdir=workdir, **more
+    )
+
+
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[ClusterRig]:
-    params = RigParams(
-        nodes=2, websocket=CHANNELS, telegram=0, discord=0, ops=True, workdir=tmp_path
-    )
     with trio.fail_after(CEILING):
-        async with open_cluster_rig(params) as opened:
+        async with open_cluster_rig(two_nodes(tmp_path)) as opened:
             yield opened
 
 
@@ -193,16 +197,7 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: P
     # platform answers LATE seconds later: room for the checks on a loaded machine) is
     # held on both nodes: n1 refuses past its own bounds, for the remote channel and
     # for the node, and the owner never sees what it refused.
-    params = RigParams(
-        nodes=2,
-        websocket=CHANNELS,
-        telegram=0,
-        discord=0,
-        ops=True,
-        workdir=tmp_path,
-        max_sends_in_flight=3,
-        max_channel_sends=2,
-    )
+    params = two_nodes(tmp_path, max_sends_in_flight=3, max_channel_sends=2)
     results: dict[str, httpx.Response] = {}
     with trio.fail_after(CEILING):
         async with open_cluster_rig(params) as rig, api(rig) as client:
