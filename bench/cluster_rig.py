@@ -136,6 +136,10 @@ class RigParams:
             (None: the default).
         max_channel_sends: the nodes' ``[node] max_channel_sends`` (None:
             the default).
+        websocket_send_timeout: seconds a websocket channel's send waits for
+            its ack (the provider's option ``send_timeout``; None: its
+            default, 10 s), for sends held longer than that by ``latency``
+            or a latency fault.
     """
 
     nodes: int = 3
@@ -161,6 +165,7 @@ class RigParams:
     latency: float = 0.0
     max_sends_in_flight: int | None = None
     max_channel_sends: int | None = None
+    websocket_send_timeout: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -374,6 +379,11 @@ class ClusterRig:
             "[providers.telegram]",
             "options = { poll_timeout = 1 }",
         ]
+        if p.websocket_send_timeout is not None:
+            lines += [
+                "[providers.websocket]",
+                f"options = {{ send_timeout = {p.websocket_send_timeout:g} }}",
+            ]
         ws = self.urls["websocket"].replace("http", "ws") + "/ws"
         for i in range(p.websocket):
             lines += _channel(f"ws-{i:04d}", "websocket", ws, f"SB_WS_{i}")

@@ -25,7 +25,8 @@ from runtime.cluster.survey import survey
 
 CEILING = 240.0  # real seconds for a whole test; only a hang gets near it
 CHANNELS = 6
-LATE = 10.0  # seconds the platform holds its answers in the bounds test
+LATE = 10.0  # seconds the platform holds its answers in the bounds test ...
+LATE_SEND_TIMEOUT = 60.0  # ... within the channels' wait for an ack (10 s by default)
 
 
 def two_nodes(workdir: Path, **more: Any) -> RigParams:
@@ -197,7 +198,12 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: P
     # platform answers LATE seconds later: room for the checks on a loaded machine) is
     # held on both nodes: n1 refuses past its own bounds, for the remote channel and
     # for the node, and the owner never sees what it refused.
-    params = two_nodes(tmp_path, max_sends_in_flight=3, max_channel_sends=2)
+    params = two_nodes(
+        tmp_path,
+        max_sends_in_flight=3,
+        max_channel_sends=2,
+        websocket_send_timeout=LATE_SEND_TIMEOUT,
+    )
     results: dict[str, httpx.Response] = {}
     with trio.fail_after(CEILING):
         async with open_cluster_rig(params) as rig, api(rig) as client:
