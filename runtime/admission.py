@@ -35,8 +35,8 @@ Design:
   and is gone once it passes ``[node] max_sends_in_flight``: from the
   floor, about 2.8 s of readings on time. A send past the limit is
   refused, so the node refuses what arrives while it is full, and takes
-  sends again as soon as it has room. Designs that refused a share of new sends instead
-  were measured and dropped (``bench/RESULTS.md``): refusing all or
+  sends again as soon as it has room. Designs that refused a share of new
+  sends instead were measured and dropped (``bench/RESULTS.md``): refusing all or
   nothing swung between an idle node and a queue of seconds, and a share
   that grew the longer the loop stayed behind refused nearly every send
   for a second at a time, then let in more than the loop could run (at

@@ -725,7 +725,7 @@ class Node(ClusterMode, DeadLetterOps):
             channel_id,
             message,
             channel_sends=sends.count(channel_id),
-            channel_rate=channel.memory.limits.per_channel_rate,
+            channel=channel,
             keep_refused=keep_refused,
         )
         began = trio.current_time()
@@ -790,15 +790,15 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         *,
         channel_sends: int,
-        channel_rate: float | None,
+        channel: ChannelRef | None,
         keep_refused: bool,
     ) -> None:
         """Refuse a send past a bound (``Overloaded``, saying which), and count the refusal.
 
         ``channel_sends``: the sends of the channel this node holds (those it
-        sends, or those it forwards to the channel's owner); ``channel_rate``:
-        the channel's rate, ``None`` for one that runs elsewhere (its owner's
-        to know). ``keep_refused``: a kept message's resend (here or
+        sends, or those it forwards to the channel's owner); ``channel``: the
+        channel, ``None`` for one that runs elsewhere (its rate is its
+        owner's to know). ``keep_refused``: a kept message's resend (here or
         forwarded), the node's own duty, not new work: a start's connect storm
         must not put it off to the next start, so the loop's limit spares it.
         """
@@ -820,7 +820,7 @@ class Node(ClusterMode, DeadLetterOps):
                 node_limit=node.max_sends_in_flight,
                 channel_sends=channel_sends,
                 channel_limit=node.max_channel_sends,
-                channel_rate=channel_rate,
+                channel_rate=None if channel is None else channel.memory.limits.per_channel_rate,
                 loop_limit=loop_limit,
                 loop_bound=node.max_loop_lag,
             )

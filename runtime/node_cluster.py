@@ -84,6 +84,8 @@ from .webhooks import (
 )
 
 if TYPE_CHECKING:
+    from actors.channel import ChannelRef
+
     from .checkpoints import CheckpointWriter
     from .cluster import Cluster
     from .config.model import ChannelSpec, NodeConfig
@@ -165,7 +167,7 @@ class ClusterMode:
             message: Operation,
             *,
             channel_sends: int,
-            channel_rate: float | None,
+            channel: ChannelRef | None,
             keep_refused: bool,
         ) -> None: ...
 
@@ -535,7 +537,7 @@ class ClusterMode:
                 channel_id,
                 message,
                 channel_sends=forwards[channel_id],
-                channel_rate=None,
+                channel=None,
                 keep_refused=keep_refused,
             )
             self._forwarding += 1

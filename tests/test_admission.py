@@ -509,9 +509,7 @@ async def test_a_forwarded_send_meets_the_loop_s_limit_and_a_kept_resend_does_no
     assert (node._held(), node._forwards, node._refused) == (0, {}, {"loop": 1})
 
 
-async def test_a_node_refuses_a_channel_s_forwards_past_its_bound_and_says_it_forwards_them() -> (
-    None
-):
+async def test_a_node_refuses_a_channel_s_forwards_past_its_bound_saying_so() -> None:
     node = Forwarder(limit=math.inf, max_channel_sends=1)
     with trio.fail_after(CEILING):
         async with trio.open_nursery() as nursery:

@@ -193,6 +193,12 @@ async def sends_held(client: httpx.AsyncClient, url: str) -> float:
     return await metric(client, url, "switchboard_node_sends_in_flight")
 
 
+async def until_held(client: httpx.AsyncClient, url: str, count: int) -> None:
+    """Until the node at ``url`` holds ``count`` sends: each look waits for its answer."""
+    while await sends_held(client, url) < count:
+        pass
+
+
 async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: Path) -> None:
     # Each node holds at most 3 sends, 2 of a channel. What n1 forwards to n2 (whose
     # platform answers LATE seconds later: room for the checks on a loaded machine) is
@@ -229,8 +235,7 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: P
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send, theirs[0], "held-1")
                 nursery.start_soon(send, theirs[0], "held-2")
-                while await sends_held(client, n2) < 2:  # noqa: ASYNC110 - both reached n2
-                    await trio.sleep(0.05)
+                await until_held(client, n2, 2)  # both reached n2
                 assert await sends_held(client, n1) == 2
                 forwarding = f"node 'n1' already forwards 2 sends of channel {theirs[0]!r}"
                 await refused(theirs[0], "over-channel", forwarding)
@@ -238,8 +243,7 @@ async def test_a_node_counts_the_sends_it_forwards_toward_its_bounds(tmp_path: P
                 assert await metric(client, n1, refusals, scope="channel") == 1
                 assert await metric(client, n2, refusals, scope="channel") == 0
                 nursery.start_soon(send, mine, "held-3")
-                while await sends_held(client, n1) < 3:  # noqa: ASYNC110 - n1's own send
-                    await trio.sleep(0.05)
+                await until_held(client, n1, 3)  # and n1's own send
                 await refused(theirs[1], "over-node", "node 'n1' already holds 3 sends")
                 assert await metric(client, n1, refusals, scope="node") == 1
                 assert await sends_held(client, n2) == 2  # the refused never left n1
