@@ -422,6 +422,46 @@ async def test_a_slow_consumer_gets_every_event_in_order() -> None:
     assert ids == [f"m{i}" for i in range(count)]
 
 
+async def test_what_the_read_hub_cannot_apply_goes_to_the_reader_with_everything_after_it() -> None:
+    """One read brings an ack, a message and a second ack. The hub settles the
+    first send in place; the message, for a consumer that is not waiting,
+    wakes the reader, which applies it and then the second ack, in order."""
+    sent: list[str] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.accept(READY)
+        while len(sent) < 2:
+            event = await peer.next_event()
+            if isinstance(event, TextMessage):
+                sent.append(json.loads(event.data)["id"])
+        await peer.send(
+            TextMessage(data=json.dumps({"type": "ack", "id": sent[0], "message_id": "o1"})),
+            TextMessage(data=message("m1")),
+            TextMessage(data=json.dumps({"type": "ack", "id": sent[1], "message_id": "o2"})),
+        )
+        await hold(peer)
+
+    results: dict[str, str] = {}
+    with trio.fail_after(IO_CEILING):
+        async with scripted(script) as url:
+            async with WebSocketProvider().open_connection(config(url)) as conn:
+                events = conn.events()
+                await anext(events)  # ready
+
+                async def send(key: str) -> None:
+                    msg = OutboundMessage(peer="p", idempotency_key=key, text="hi")
+                    results[key] = (await conn.send(msg)).platform_message_id
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send, "k1")
+                    nursery.start_soon(send, "k2")
+                inbound = await anext(events)
+                assert isinstance(inbound, InboundMessage)
+                assert inbound.platform_message_id == "m1"
+    assert sent == ["k1", "k2"]
+    assert results == {"k1": "o1", "k2": "o2"}
+
+
 class _Yields(trio.abc.Instrument):
     """Counts the times one task gives the scheduler back its turn."""
 

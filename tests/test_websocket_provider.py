@@ -585,7 +585,7 @@ def test_options_are_parsed_once_per_distinct_set_and_a_refusal_every_time() -> 
 
 def test_public_face_and_registry() -> None:
     public = {n for n in vars(providers.websocket) if not n.startswith("_")}
-    public -= {"core", "link", "shell", "timers"}
+    public -= {"core", "hub", "link", "shell", "timers"}
     assert public == set(providers.websocket.__all__)
     assert registry.load(registry.PROVIDERS, "websocket") is WebSocketProvider
     assert registry.load(registry.EMULATORS, "websocket") is WebSocketEmulator
@@ -1000,3 +1000,60 @@ async def test_an_event_is_offered_at_once_only_to_a_waiting_consumer_with_nothi
             assert buffer.idle
             buffer.close()
             assert not buffer.idle
+
+
+@pytest.mark.parametrize("hub", [True, False], ids=["read-hub", "trio-io"])
+async def test_acks_and_taken_receipts_are_applied_without_waking_the_reader(
+    hub: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a plain socket the reader parks in the run's read hub, which
+    applies an ack and a receipt the channel takes at once in place: twenty
+    sends wake the reader's task not once. An inbound message (not taken)
+    wakes it. Without the hub (no epoll), the reader reads as before, with
+    the same results."""
+    import providers.websocket.hub as hub_module
+    import providers.websocket.link as link_module
+
+    if not hub:
+        monkeypatch.setattr(link_module, "read_hub", lambda: None)
+    emulator = WebSocketEmulator(tokens={"t1"}, heartbeat_interval=None)
+    taken: list[DeliveryReceipt] = []
+    consumed: list[Event] = []
+
+    def take(event: Event) -> bool:
+        if isinstance(event, DeliveryReceipt):
+            taken.append(event)
+            return True
+        return False
+
+    async def consume(events: AsyncIterator[Event]) -> None:
+        async for event in events:  # (waiting: the reader may offer events at once)
+            consumed.append(event)
+
+    with trio.fail_after(IO_CEILING):
+        async with serving(emulator) as url:
+            cfg = config(url, ping_interval=None)
+            async with (
+                WebSocketProvider().open_connection(cfg) as conn,
+                trio.open_nursery() as nursery,
+            ):
+                conn.take_events_at_once(take)
+                nursery.start_soon(consume, conn.events())
+                await trio.testing.wait_all_tasks_blocked()
+                assert [type(event) for event in consumed] == [ConnectionStateChanged]
+                started = hub_module.started_hub()
+                assert (started is not None) is hub
+                wakes = started.wakes if started is not None else 0
+                for n in range(20):
+                    result = await conn.send(text_msg(f"k{n}", "chat-1"))
+                    assert result.platform_message_id == f"out-{n + 1}"
+                await trio.testing.wait_all_tasks_blocked()  # (each receipt follows its ack)
+                assert [r.platform_message_id for r in taken] == [f"out-{n}" for n in range(1, 21)]
+                if started is not None:
+                    assert started.wakes == wakes  # twenty acks and receipts, no wake-up
+                await emulator.inject({"text": "hi", "peer": "chat-1", "sender": "ann"})
+                await trio.testing.wait_all_tasks_blocked()
+                assert [type(event) for event in consumed][1:] == [InboundMessage]
+                if started is not None:
+                    assert started.wakes > wakes
+                await conn.close()

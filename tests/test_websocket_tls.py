@@ -149,6 +149,44 @@ async def test_a_wss_link_sends_at_once_and_reads_every_record(
                 await link.aclose()
 
 
+async def test_a_wss_link_parked_in_the_read_hub_decrypts_and_takes_records_in_place(
+    authority: PrivateAuthority,
+) -> None:
+    """The hub reads the ciphertext; the link decrypts it in the hub's task and
+    hands the plaintext to ``take``. A message over several records waits
+    parked until its last record; the goodbye ends the wait with ``None``."""
+
+    async def handler(peer: Peer) -> None:
+        assert await peer.texts(1) == ["hello"]
+        for i in range(50):
+            await peer.send_text(f"small {i}")
+        await peer.send_text("x" * BIG)  # several records: the first ones decrypt to a part
+        await peer.stream.aclose()  # with TLS's goodbye
+
+    with trio.fail_after(IO_CEILING):
+        async with tls_server(authority, handler) as port:
+            link = await open_link(
+                f"wss://127.0.0.1:{port}/ws", [], ssl_context=authority.client_context()
+            )
+            texts = [item for item in link.feed(b"") if isinstance(item, str)]
+            takes = 0
+
+            def take(data: bytes) -> None:
+                nonlocal takes
+                takes += 1
+                texts.extend(item for item in link.feed(data) if isinstance(item, str))
+
+            try:
+                assert link.send_text_now("hello") is None
+                while (got := await link.receive_taking(take)) is not None:
+                    assert isinstance(got, bytes)  # decrypted before it parked: not taken
+                    texts.extend(item for item in link.feed(got) if isinstance(item, str))
+            finally:
+                await link.aclose()
+    assert texts == [f"small {i}" for i in range(50)] + ["x" * BIG]
+    assert takes >= 1
+
+
 async def test_a_wss_send_the_socket_cannot_take_waits_and_keeps_every_frame_in_order(
     authority: PrivateAuthority,
 ) -> None:

@@ -29,6 +29,11 @@ timer, without harm:
    replies queued for step 3;
 3. ``await link.flush()``: send those replies.
 
+Or, for step 1, ``await link.receive_taking(take)``: the reader parks in
+the run's read hub (:mod:`providers.websocket.hub`), which reads the
+socket (and decrypts, over TLS) and calls ``take`` with the bytes in its
+own task; the reader wakes only with what ``take`` hands back.
+
 Sends (``send_text``, ``ping``, ``close``) may come from any task; one lock
 keeps frames whole. A send that is cancelled half-way leaves the stream
 unusable, so the link is marked broken and later sends fail.
@@ -58,6 +63,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -71,6 +77,7 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from .._tls import tls_context
+from .hub import read_hub, started_hub
 
 __all__ = [
     "Closed",
@@ -279,6 +286,10 @@ class _SocketIO:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
 
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
     async def receive(self) -> bytes | None:
         """The next bytes; ``None`` at the end of the stream or once closed (cancel-safe)."""
         sock = self._sock
@@ -301,6 +312,17 @@ class _SocketIO:
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data or None
+
+    async def receive_taking(self, take: Callable[[bytes], Any]) -> Any:
+        """Park in this run's :mod:`read hub <providers.websocket.hub>`: what
+        ``take`` hands back from the bytes it applied in place, ``None`` at
+        the end of the stream or once closed (cancel-safe). Without a hub, the
+        next bytes, as :meth:`receive`.
+        """
+        hub = read_hub()
+        if hub is None:
+            return await self.receive()
+        return await hub.receive(self._sock, take, RECEIVE_SIZE)
 
     async def send_all(self, data: bytes, *, schedule: bool = True) -> None:
         """Write all of ``data``.
@@ -357,10 +379,24 @@ class _SocketIO:
 
     async def aclose(self) -> None:
         """Close the socket, waking any task that waits on it; idempotent."""
-        if self._sock.fileno() != -1:
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
+        sock = self._sock
+        if sock.fileno() != -1:
+            hub = started_hub()
+            if hub is not None:
+                hub.closing(sock)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
         await trio.lowlevel.checkpoint()
+
+
+class _More:
+    """The TLS engine needs more ciphertext (a marker: ``_MORE``)."""
+
+    __slots__ = ()
+
+
+_MORE: Final = _More()
+_ENDED: Final = object()  # what the TLS link's take hands the hub at the end of the stream
 
 
 class _TLSSocketIO:
@@ -430,30 +466,63 @@ class _TLSSocketIO:
         The end: the peer's TLS goodbye, the connection ending with or without
         one, or a record that fails TLS's checks (nothing more can be read).
         """
-        tls = self._tls
         await trio.lowlevel.checkpoint_if_cancelled()
         read = False  # from the socket: a checkpoint was made there
         while True:
-            try:
-                data = tls.read(RECEIVE_SIZE)
-            except ssl.SSLWantReadError:
-                data = None  # read more ciphertext (outside the handler, as _SocketIO)
-            except ssl.SSLError:  # its goodbye, an end without one, or a forged record
-                return None
-            if data is not None:
-                if not data:
-                    return None
-                data = self._read_more(data)
-                self._answer()
-                if not read:
+            data = self._decrypt()
+            if not isinstance(data, _More):
+                if data is not None and not read:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
-            self._answer()
             chunk = await self._raw.receive()
             if chunk is None:
                 return None
             self._incoming.write(chunk)
             read = True
+
+    async def receive_taking(self, take: Callable[[bytes], Any]) -> Any:
+        """As ``_SocketIO.receive_taking``, the records decrypted in the hub's task;
+        what the engine holds already is returned as bytes, not taken (cancel-safe)."""
+        hub = read_hub()
+        if hub is None:
+            return await self.receive()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        data = self._decrypt()
+        if not isinstance(data, _More):  # decrypted already (or the end): nothing to wait for
+            if data is not None:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        got = await hub.receive(self._raw.sock, partial(self._take_records, take), RECEIVE_SIZE)
+        return None if got is _ENDED else got
+
+    def _take_records(self, take: Callable[[bytes], Any], chunk: bytes) -> Any:
+        """In the hub's task: ``chunk`` of ciphertext into the engine, and what it
+        decrypts to into ``take``. A record in parts waits for the rest (``None``:
+        the reader stays parked); the end wakes the reader (``_ENDED``)."""
+        self._incoming.write(chunk)
+        data = self._decrypt()
+        if isinstance(data, _More):
+            return None
+        if data is None:
+            return _ENDED
+        return take(data)
+
+    def _decrypt(self) -> bytes | _More | None:
+        """What the ciphertext received decrypts to; ``None`` at the end (the
+        peer's goodbye, an end without one, a forged record); ``_MORE`` when
+        more ciphertext is needed. Writes what reading made the engine say."""
+        try:
+            data = self._tls.read(RECEIVE_SIZE)
+        except ssl.SSLWantReadError:
+            self._answer()
+            return _MORE
+        except ssl.SSLError:
+            return None
+        if not data:
+            return None
+        data = self._read_more(data)
+        self._answer()
+        return data
 
     def _read_more(self, data: bytes) -> bytes:
         """``data`` and whatever else the ciphertext already received decrypts to
@@ -763,6 +832,26 @@ class WebSocketLink:
         Cancel-safe: a cancelled call consumes nothing.
         """
         return await self._io.receive()
+
+    async def receive_taking(self, take: Callable[[bytes], Any]) -> Any:
+        """Wait for bytes and hand them to ``take`` in place (see
+        :mod:`providers.websocket.hub`): what ``take`` handed back, or ``None``
+        when the link ended or broke. Bytes that need no wait (TLS records
+        already decrypted, a link on a trio stream, no hub) are returned as
+        they are, not taken, as :meth:`receive_bytes` returns them.
+
+        Cancel-safe: a cancelled call consumes nothing.
+        """
+        io = self._io
+        if isinstance(io, _StreamIO):
+            return await io.receive()
+        return await io.receive_taking(take)
+
+    @property
+    def owes_replies(self) -> bool:
+        """Whether :meth:`flush` has something to send (control replies that
+        :meth:`feed` queued, or TLS records)."""
+        return bool(self._replies) or self._io.backlogged
 
     def feed(self, data: bytes | None) -> list[Incoming]:
         """Parse ``data`` (``None``: the link ended) into what the peer sent.

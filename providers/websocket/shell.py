@@ -5,7 +5,11 @@ task of its own, the reader: it waits for bytes from the
 :class:`~providers.websocket.link.WebSocketLink` under a long-lived cancel
 scope that the run's timer service cancels at ``core.next_deadline()``
 (:mod:`providers.websocket.timers`), so frames, pongs and timers
-(``core.tick``) reach the core one at a time and never race. Pings are
+(``core.tick``) reach the core one at a time and never race. Over a
+socket of its own (``ws://`` and ``wss://``), the parked reader's bytes are
+read and applied by the run's read hub (:mod:`providers.websocket.hub`)
+as far as nothing waits: an ack and a receipt the channel takes never wake
+the reader's task (:meth:`WebSocketConnection._take`). Pings are
 plain frames whose pongs the reader feeds back, so they need no task
 either. A node runs ten thousand of these connections:
 one task of its own, no trio-websocket machinery (see
@@ -96,6 +100,7 @@ from .core import (
 from .link import (
     MAX_MESSAGE_SIZE,
     Closed,
+    Incoming,
     LinkClosed,
     LinkHandshakeFailed,
     LinkRejected,
@@ -485,26 +490,39 @@ class WebSocketConnection:
         next parks. When the service cancels the scope just as bytes came
         (the reader was already rescheduled), the reader leaves the scope
         with them, untouched by any checkpoint, and applies them first.
+
+        Over a plain socket the reader parks in the run's read hub
+        (:mod:`providers.websocket.hub`), which applies what came in place
+        (:meth:`_take`) and wakes the reader only with what needs a wait:
+        a :class:`_Rest`, applied here as if read here.
         """
         link = self._link
         assert link is not None
         core = self._core
         timer = self._timer = timer_service().register(core)
-        data: bytes | None = b""  # first, the frames that came with the handshake
+        take = self._take
+        data: bytes | _Rest | None = b""  # first, the frames that came with the handshake
         try:
             while True:
                 with trio.CancelScope() as scope:  # until a timer fires
                     timer.scope = scope
                     while True:
-                        try:
-                            items = link.feed(data)
-                        except Exception as exc:  # a defect in the protocol's reaction to a peer
-                            why = f"the link failed: {repr(exc)[:200]}"
-                            await self._apply(core.connection_lost(None, why), reader=True)
-                            await link.aclose()
-                            return
+                        rest: list[Action] = []
+                        if isinstance(data, _Rest):  # the part the hub could not apply
+                            if data.error is not None:
+                                await self._defect(data.error)
+                                return
+                            items, rest = data.items, data.actions
+                        else:
+                            try:
+                                items = link.feed(data)
+                            except Exception as exc:  # a defect in the protocol's reaction
+                                await self._defect(exc)
+                                return
                         data = b""  # fed: whatever happens next, never fed again
                         await link.flush()  # pongs and close acks first: the peer waits for them
+                        if rest:
+                            await self._apply(rest, reader=True)
                         now = trio.current_time()
                         for item in items:
                             if isinstance(item, str):  # a text frame: nearly every item
@@ -531,7 +549,7 @@ class WebSocketConnection:
                             timer.due = deadline  # judged as the core stands now (a stall moves it)
                             break
                         timer.parked = True
-                        data = await link.receive_bytes()
+                        data = await link.receive_taking(take)
                         timer.parked = False
                         if timer.due is not None:  # fired as the bytes came: the scope is cancelled
                             break
@@ -546,6 +564,60 @@ class WebSocketConnection:
             # cancels the reader, then the shielded close runs) does not wait
             # out close_timeout for one.
             link.reading_ended()
+
+    async def _defect(self, exc: Exception) -> None:
+        """The protocol failed on the peer's bytes (a defect): the link is lost."""
+        assert self._link is not None
+        why = f"the link failed: {repr(exc)[:200]}"
+        await self._apply(self._core.connection_lost(None, why), reader=True)
+        await self._link.aclose()
+
+    def _take(self, data: bytes) -> _Rest | None:
+        """Apply ``data`` in the read hub's task, as far as nothing has to wait
+        (the reader stays parked): ``None``, or the rest for the reader.
+
+        What is applied here is what :meth:`_run` and :meth:`_apply` would
+        do, in the same order: frames and pongs into the core, a send's
+        completion, and an event the channel takes at once. Anything else (a
+        reply the peer waits for, a close, a frame to send, an event for the
+        buffer, the link's end) goes to the reader with everything after it;
+        the reader offers an event the channel did not take once more.
+        """
+        link = self._link
+        assert link is not None
+        try:
+            items = link.feed(data)
+        except Exception as exc:
+            return _Rest([], [], exc)
+        if link.owes_replies:
+            return _Rest(items, [])
+        core = self._core
+        waiters = self._waiters
+        take = self._take_at_once
+        events = self._events
+        now = trio.current_time()
+        for index, item in enumerate(items):
+            if isinstance(item, str):  # a text frame: nearly every item
+                actions = core.frame_received(item, now)
+            elif isinstance(item, Pong):
+                actions = core.pong_received(item.payload, now)
+            elif isinstance(item, Closed):  # the reader's
+                return _Rest(items[index:], [])
+            else:
+                actions = core.frame_received(item, now)
+            for at, action in enumerate(actions):
+                if type(action) is CompleteSend:
+                    waiter = waiters.pop(action.key, None)
+                    if waiter is not None:
+                        waiter.settle(action.result, action.error)
+                elif not (
+                    type(action) is Emit and take is not None and events.idle and take(action.event)
+                ):
+                    return _Rest(items[index + 1 :], actions[at:])
+        if link.finished:
+            return _Rest([], [])
+        self._rearm()
+        return None
 
     async def _apply(
         self, actions: list[Action], *, schedule: bool = True, reader: bool = False
@@ -645,6 +717,21 @@ class WebSocketConnection:
             if handshake:
                 await link.wait_closed()
         await link.aclose()
+
+
+class _Rest:
+    """What the read hub left for the reader (see ``WebSocketConnection._take``):
+    the rest of one item's ``actions``, then ``items`` to apply; or the
+    protocol's ``error`` on the bytes."""
+
+    __slots__ = ("actions", "error", "items")
+
+    def __init__(
+        self, items: list[Incoming], actions: list[Action], error: Exception | None = None
+    ) -> None:
+        self.items = items
+        self.actions = actions
+        self.error = error
 
 
 class _EventBuffer:

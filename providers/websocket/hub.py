@@ -1,0 +1,190 @@
+"""The websocket readers' poller: one task per trio run reads every parked link.
+
+Design: a link's reader used to wait for bytes in trio's I/O manager, one
+wait per read. Each frame that came (an ack, nearly always) then cost a
+task step of the reader's own, a ``recv`` that found the socket empty, and
+a re-arm of trio's one-shot epoll registration: about 7-9 µs a message on
+top of the read itself, measured with 500 socket pairs (11 µs a message
+against 3.3 µs for one task reading them all; issue 12's floor is a client
+that waits on all its sockets from one task).
+
+So a parked reader hands its socket to this hub instead. The hub keeps an
+epoll of its own, level-triggered, and waits on that one descriptor in
+trio's I/O manager: one wake-up of its task reads every socket that has
+bytes. For each, it reads the bytes and calls the reader's *take* in place,
+a synchronous function that applies them as far as it can without waiting
+(an ack settles a send, a receipt goes to the store's batch). Only what
+needs a wait (a pong to write, an event for a full buffer, a close, a
+defect) wakes the reader's task, with whatever take hands back; the reader
+carries it out and parks again. A socket stays registered while its
+reader stays parked, so the common frame costs one ``recv`` and no
+``epoll_ctl``.
+
+Contract of a take, called with the bytes read (never empty):
+
+* it runs in the hub's task, inside the reader task's context (its
+  contextvars: log fields), and must neither block nor wait;
+* it returns ``None`` when it applied everything (the reader stays
+  parked), or a value that wakes the reader with it;
+* an exception it raises wakes the reader with that exception, raised at
+  its wait, as if the reader had met it itself.
+
+The end of the stream (or a reset) wakes the reader with ``None``, as
+``_SocketIO.receive`` returns it. A cancelled wait (the reader's timer, a
+kill) takes the socket out of the hub and consumes nothing: what came
+stays in the socket. A socket closed while its reader is parked
+(:meth:`ReadHub.closing`, before the close) wakes the reader with ``None``.
+
+Where ``select.epoll`` does not exist (not Linux), :func:`read_hub` returns
+``None`` and readers wait in trio's I/O manager as before.
+
+The hub's task is a system task: its exception would end the run, so
+nothing a take does can reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+from collections.abc import Callable
+from typing import Any, Final
+
+import outcome
+import trio
+import trio.lowlevel
+from trio.lowlevel import Abort, RunVar, Task
+
+__all__ = ["ReadHub", "read_hub", "started_hub"]
+
+MAX_EVENTS: Final = 1024  # sockets read per wake-up of the hub; the rest on the next one
+_EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
+
+
+class _Parked:
+    """One reader parked in the hub: its socket, its task and its take."""
+
+    __slots__ = ("size", "sock", "take", "task")
+
+    def __init__(self, sock: socket.socket, take: Callable[[bytes], Any], task: Task, size: int):
+        self.sock = sock
+        self.take = take
+        self.task = task
+        self.size = size
+
+
+class ReadHub:
+    """Every parked reader's socket in one trio run (see the module docstring)."""
+
+    __slots__ = ("_epoll", "_parked", "wakes")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._parked: dict[int, _Parked] = {}
+        self.wakes = 0  # readers woken (for tests and statistics)
+
+    def __repr__(self) -> str:
+        return f"<ReadHub parked={len(self._parked)}>"
+
+    @property
+    def parked(self) -> int:
+        """Readers parked now."""
+        return len(self._parked)
+
+    async def receive(self, sock: socket.socket, take: Callable[[bytes], Any], size: int) -> Any:
+        """Park until ``take`` hands back a value (returned), the stream ends
+        (``None``), or ``take`` raises (raised here). Cancel-safe.
+
+        Raises:
+            trio.BusyResourceError: another reader is parked on ``sock``.
+        """
+        fd = sock.fileno()
+        parked = self._parked
+        if fd in parked:
+            raise trio.BusyResourceError("another task is already reading this socket")
+        if fd == -1:
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            self._epoll.register(fd, _EPOLLIN)
+        except OSError:  # closed behind our back
+            await trio.lowlevel.checkpoint()
+            return None
+        parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
+
+        def abort(_: Any) -> Abort:
+            self._unpark(fd)
+            return Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def closing(self, sock: socket.socket) -> None:
+        """``sock`` is about to close: its parked reader (if any) wakes with ``None``."""
+        fd = sock.fileno()
+        entry = self._parked.get(fd)
+        if entry is not None and entry.sock is sock:
+            self._wake(fd, entry, outcome.Value(None))
+
+    def _unpark(self, fd: int) -> None:
+        del self._parked[fd]
+        with contextlib.suppress(OSError):  # (already closed: the kernel dropped it)
+            self._epoll.unregister(fd)
+
+    def _wake(self, fd: int, entry: _Parked, result: outcome.Outcome[Any]) -> None:
+        self._unpark(fd)
+        self.wakes += 1
+        trio.lowlevel.reschedule(entry.task, result)
+
+    async def serve(self) -> None:
+        """Read every socket that has bytes, each time the epoll has some (never raises)."""
+        epoll = self._epoll
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0, MAX_EVENTS):
+                    self._read(fd)
+        finally:
+            epoll.close()
+
+    def _read(self, fd: int) -> None:
+        entry = self._parked.get(fd)
+        if entry is None:  # woken or cancelled earlier in this batch
+            return
+        try:
+            data = entry.sock.recv(entry.size)
+        except BlockingIOError:  # (someone else read it)
+            return
+        except OSError:  # reset by the peer
+            data = b""
+        if not data:
+            self._wake(fd, entry, outcome.Value(None))
+            return
+        try:
+            handed = entry.task.context.run(entry.take, data)
+        except BaseException as exc:
+            self._wake(fd, entry, outcome.Error(exc))
+            del exc
+            return
+        if handed is not None:
+            self._wake(fd, entry, outcome.Value(handed))
+
+
+_HUB: Final[RunVar[ReadHub | None]] = RunVar("websocket_read_hub")
+
+
+def read_hub() -> ReadHub | None:
+    """This trio run's hub, started (as a system task) on first use; ``None``
+    where the platform has no epoll."""
+    try:
+        return _HUB.get()
+    except LookupError:
+        hub = ReadHub() if hasattr(select, "epoll") else None
+        if hub is not None:
+            trio.lowlevel.spawn_system_task(hub.serve, name="websocket read hub")
+        _HUB.set(hub)
+        return hub
+
+
+def started_hub() -> ReadHub | None:
+    """This trio run's hub if one was started (never starts one)."""
+    return _HUB.get(None)
