@@ -169,3 +169,37 @@ async def test_without_epoll_the_link_waits_in_trios_io_manager(
     with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
         theirs.send(b"raw")
         assert await _SocketIO(ours).receive_taking(lambda data: pytest.fail("no hub")) == b"raw"
+
+
+@pytest.mark.parametrize("hands_back", [True, False], ids=["handed", "applied"])
+async def test_a_take_that_cancels_its_own_reader_does_not_reach_the_hub(hands_back: bool) -> None:
+    """A take may run a callback that cancels a scope around its own reader.
+    The hub wakes the reader once the take is done: with what it handed back
+    (the cancellation then comes at the reader's next checkpoint), or, for a
+    take that applied everything, into the cancellation. The run goes on."""
+    hub = read_hub()
+    assert hub is not None
+    scope = trio.CancelScope()
+    got: list[Any] = []
+
+    def take(data: bytes) -> str | None:
+        scope.cancel()
+        return "handed" if hands_back else None
+
+    with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
+
+        async def reader() -> None:
+            with scope:
+                got.append(await hub.receive(ours, take, 1024))
+                await trio.lowlevel.checkpoint()
+                got.append("not cancelled")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            theirs.send(b"x")
+        assert scope.cancelled_caught and hub.parked == 0
+        assert got == (["handed"] if hands_back else [])
+        # The hub still serves.
+        theirs.send(b"y")
+        assert await hub.receive(ours, lambda data: data, 1024) == b"y"

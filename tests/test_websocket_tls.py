@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
@@ -185,6 +186,78 @@ async def test_a_wss_link_parked_in_the_read_hub_decrypts_and_takes_records_in_p
                 await link.aclose()
     assert texts == [f"small {i}" for i in range(50)] + ["x" * BIG]
     assert takes >= 1
+
+
+async def _tls_pair(
+    authority: PrivateAuthority,
+) -> tuple[_TLSSocketIO, ssl.SSLObject, ssl.MemoryBIO, socket.socket]:
+    """A client ``_TLSSocketIO`` on a socket pair, its handshake done with a server
+    engine the test drives byte by byte: (client, server engine, its output, its socket)."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(authority.server_pem))
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(into, out, server_side=True)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    peer = trio.socket.from_stdlib_socket(theirs)
+    client = _TLSSocketIO(ours, authority.client_context(), "localhost")
+
+    async def serve_handshake() -> None:
+        while True:
+            try:
+                server.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    await peer.send(out.read())
+                into.write(await peer.recv(65_536))
+        if out.pending:
+            await peer.send(out.read())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_handshake)
+        await client.handshake()
+    return client, server, out, theirs
+
+
+async def test_records_that_decrypt_to_more_than_one_read_are_all_taken(
+    authority: PrivateAuthority,
+) -> None:
+    """One chunk of ciphertext can complete records worth more than a read
+    (65,536 bytes): the socket has nothing more to signal, so the hub's take
+    gets all of them before the reader stays parked. A goodbye that comes
+    with the last data wakes the reader with the end."""
+    client, server, out, theirs = await _tls_pair(authority)
+    taken: list[int] = []
+
+    def take(data: bytes) -> None:
+        taken.append(len(data))
+
+    try:
+        with trio.fail_after(IO_CEILING):
+            for i in range(7):
+                server.write(bytes([65 + i]) * 10_000)
+            records = out.read()
+            theirs.send(records[:1000])  # the first record in parts
+            async with trio.open_nursery() as nursery:
+
+                async def reader() -> None:
+                    assert await client.receive_taking(take) is None  # the goodbye
+
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                assert taken == []
+                theirs.send(records[1000:])  # completes all seven: 70,000 bytes
+                await trio.testing.wait_all_tasks_blocked()
+                assert sum(taken) == 70_000 and len(taken) == 2
+                server.write(b"last words")
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    server.unwrap()  # its goodbye, in the same chunk; TCP stays open
+                theirs.send(out.read())
+            assert sum(taken) == 70_010
+    finally:
+        await client.aclose()
+        theirs.close()
 
 
 async def test_a_wss_send_the_socket_cannot_take_waits_and_keeps_every_frame_in_order(

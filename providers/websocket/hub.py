@@ -39,7 +39,10 @@ Where ``select.epoll`` does not exist (not Linux), :func:`read_hub` returns
 ``None`` and readers wait in trio's I/O manager as before.
 
 The hub's task is a system task: its exception would end the run, so
-nothing a take does can reach it.
+nothing a take does can reach it. A take may even cancel a scope around
+its own reader: trio's abort then only notes it, and the hub wakes the
+reader once the take is done (with what it handed back, its exception, or
+a marker on which the reader parks again and meets the cancellation).
 """
 
 from __future__ import annotations
@@ -62,15 +65,25 @@ _EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
 
 
 class _Parked:
-    """One reader parked in the hub: its socket, its task and its take."""
+    """One reader parked in the hub: its socket, its task and its take.
 
-    __slots__ = ("size", "sock", "take", "task")
+    ``taking`` while its take runs: a cancellation of the reader then (a
+    take may cancel a scope around its own reader) is only noted in
+    ``cancelled``, and the hub wakes the reader itself once the take is done.
+    """
+
+    __slots__ = ("cancelled", "size", "sock", "take", "taking", "task")
 
     def __init__(self, sock: socket.socket, take: Callable[[bytes], Any], task: Task, size: int):
         self.sock = sock
         self.take = take
         self.task = task
         self.size = size
+        self.taking = False
+        self.cancelled = False
+
+
+_AGAIN: Final = object()  # wakes a reader cancelled during its take: park again, be cancelled
 
 
 class ReadHub:
@@ -102,21 +115,28 @@ class ReadHub:
         parked = self._parked
         if fd in parked:
             raise trio.BusyResourceError("another task is already reading this socket")
-        if fd == -1:
-            await trio.lowlevel.checkpoint()
-            return None
-        try:
-            self._epoll.register(fd, _EPOLLIN)
-        except OSError:  # closed behind our back
-            await trio.lowlevel.checkpoint()
-            return None
-        parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
+        while True:
+            if fd == -1:
+                await trio.lowlevel.checkpoint()
+                return None
+            try:
+                self._epoll.register(fd, _EPOLLIN)
+            except OSError:  # closed behind our back
+                await trio.lowlevel.checkpoint()
+                return None
+            entry = parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
 
-        def abort(_: Any) -> Abort:
-            self._unpark(fd)
-            return Abort.SUCCEEDED
+            def abort(_: Any, entry: _Parked = entry, fd: int = fd) -> Abort:
+                if entry.taking:  # its take cancelled it: the hub wakes it after the take
+                    entry.cancelled = True
+                    return Abort.FAILED
+                self._unpark(fd)
+                return Abort.SUCCEEDED
 
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+            got = await trio.lowlevel.wait_task_rescheduled(abort)
+            if got is not _AGAIN:
+                return got
+            fd = sock.fileno()  # (the cancellation is delivered as it parks again)
 
     def closing(self, sock: socket.socket) -> None:
         """``sock`` is about to close: its parked reader (if any) wakes with ``None``."""
@@ -131,6 +151,8 @@ class ReadHub:
             self._epoll.unregister(fd)
 
     def _wake(self, fd: int, entry: _Parked, result: outcome.Outcome[Any]) -> None:
+        if self._parked.get(fd) is not entry:  # (closing() woke it during its own take)
+            return
         self._unpark(fd)
         self.wakes += 1
         trio.lowlevel.reschedule(entry.task, result)
@@ -159,14 +181,19 @@ class ReadHub:
         if not data:
             self._wake(fd, entry, outcome.Value(None))
             return
+        entry.taking = True
         try:
             handed = entry.task.context.run(entry.take, data)
         except BaseException as exc:
             self._wake(fd, entry, outcome.Error(exc))
             del exc
             return
+        finally:
+            entry.taking = False
         if handed is not None:
             self._wake(fd, entry, outcome.Value(handed))
+        elif entry.cancelled:
+            self._wake(fd, entry, outcome.Value(_AGAIN))
 
 
 _HUB: Final[RunVar[ReadHub | None]] = RunVar("websocket_read_hub")

@@ -496,16 +496,21 @@ class _TLSSocketIO:
         return None if got is _ENDED else got
 
     def _take_records(self, take: Callable[[bytes], Any], chunk: bytes) -> Any:
-        """In the hub's task: ``chunk`` of ciphertext into the engine, and what it
-        decrypts to into ``take``. A record in parts waits for the rest (``None``:
-        the reader stays parked); the end wakes the reader (``_ENDED``)."""
+        """In the hub's task: ``chunk`` of ciphertext into the engine, and all it
+        decrypts to into ``take`` (a read's worth at a time: the engine may hold
+        more than one, and nothing of it is left for the socket to signal). A
+        record in parts waits for the rest (``None``: the reader stays parked);
+        the end wakes the reader (``_ENDED``)."""
         self._incoming.write(chunk)
-        data = self._decrypt()
-        if isinstance(data, _More):
-            return None
-        if data is None:
-            return _ENDED
-        return take(data)
+        while True:  # until the engine holds nothing more: the socket has nothing of it
+            data = self._decrypt()
+            if isinstance(data, _More):
+                return None
+            if data is None:
+                return _ENDED
+            handed = take(data)
+            if handed is not None:
+                return handed
 
     def _decrypt(self) -> bytes | _More | None:
         """What the ciphertext received decrypts to; ``None`` at the end (the
