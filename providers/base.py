@@ -556,7 +556,8 @@ class Connection(Protocol):
 
     Two optional shortcuts, which a channel looks up with ``getattr`` (the
     websocket provider has both): ``take_events_at_once(take)`` offers each
-    event to ``take`` in the connection's own task first, and
+    event to ``take`` first, where the connection reads it (a task of its
+    own, or the task that reads every connection's socket), and
     ``can_start_at_once(op)`` / ``start_at_once(op, done)`` send an
     operation in the caller's task, with no task waiting for its answer
     (``done(result, error)`` hears it later).

@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from providers.websocket.hub import read_hub, started_hub
+from providers.websocket.hub import ReadHubStatistics, read_hub, started_hub
 from providers.websocket.link import _SocketIO
 
 CEILING = 10.0  # real seconds; only a hang gets near it
@@ -56,15 +56,16 @@ async def test_bytes_are_taken_in_place_and_the_reader_wakes_only_with_what_take
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
-            wakes = hub.wakes
+            wakes = hub.statistics().wakes
             for chunk in (b"one", b"two", b"three"):
                 theirs.send(chunk)
                 await trio.testing.wait_all_tasks_blocked()  # the hub has read it
                 assert taken[-1] == chunk
-            assert hub.parked == 1 and not woken and hub.wakes == wakes
+            assert hub.statistics() == ReadHubStatistics(parked=1, wakes=wakes) and not woken
             theirs.send(b"last!")
         assert taken == [b"one", b"two", b"three", b"last!"]
-        assert woken == ["done"] and hub.parked == 0 and hub.wakes == wakes + 1
+        assert woken == ["done"]
+        assert hub.statistics() == ReadHubStatistics(parked=0, wakes=wakes + 1)
 
 
 async def test_the_end_of_the_stream_wakes_the_reader_with_none() -> None:
@@ -73,7 +74,7 @@ async def test_the_end_of_the_stream_wakes_the_reader_with_none() -> None:
     with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
         theirs.shutdown(socket.SHUT_WR)
         assert await hub.receive(ours, lambda data: pytest.fail("nothing to take"), 1024) is None
-        assert hub.parked == 0
+        assert hub.statistics().parked == 0
 
 
 async def test_an_exception_in_take_is_raised_in_the_reader() -> None:
@@ -87,21 +88,24 @@ async def test_an_exception_in_take_is_raised_in_the_reader() -> None:
         theirs.send(b"bad")
         with pytest.raises(ValueError, match=r"cannot apply b'bad'"):
             await hub.receive(ours, take, 1024)
-        assert hub.parked == 0
+        assert hub.statistics().parked == 0
         # The hub goes on serving others.
         theirs.send(b"good")
         assert await hub.receive(ours, lambda data: data, 1024) == b"good"
 
 
 async def test_a_cancelled_wait_consumes_nothing() -> None:
+    """Bytes that came as the wait was cancelled (before the hub ran) stay in
+    the socket for the next wait."""
     hub = read_hub()
     assert hub is not None
     with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
-        with trio.move_on_after(0.05) as waited:
-            await hub.receive(ours, lambda data: pytest.fail("cancelled"), 1024)
-        assert waited.cancelled_caught and hub.parked == 0
-        theirs.send(b"kept")
-        # Parked again, the bytes sent after the cancel come through.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.receive, ours, lambda data: pytest.fail("cancelled"), 1024)
+            await trio.testing.wait_all_tasks_blocked()
+            theirs.send(b"kept")
+            nursery.cancel_scope.cancel()  # no checkpoint since the send: the hub has not run
+        assert hub.statistics().parked == 0
         assert await hub.receive(ours, lambda data: data, 1024) == b"kept"
 
 
@@ -117,9 +121,9 @@ async def test_a_socket_closed_under_a_parked_reader_wakes_it_with_none() -> Non
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
             hub = started_hub()
-            assert hub is not None and hub.parked == 1
+            assert hub is not None and hub.statistics().parked == 1
             await io.aclose()
-        assert got == [None] and hub.parked == 0
+        assert got == [None] and hub.statistics().parked == 0
 
 
 async def test_take_runs_in_the_readers_context() -> None:
@@ -156,7 +160,7 @@ async def test_two_readers_on_one_socket_are_refused() -> None:
             with pytest.raises(trio.BusyResourceError):
                 await hub.receive(ours, lambda data: "second", 1024)
             theirs.send(b"x")
-        assert hub.parked == 0
+        assert hub.statistics().parked == 0
 
 
 async def test_without_epoll_the_link_waits_in_trios_io_manager(
@@ -198,8 +202,45 @@ async def test_a_take_that_cancels_its_own_reader_does_not_reach_the_hub(hands_b
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
             theirs.send(b"x")
-        assert scope.cancelled_caught and hub.parked == 0
+        assert scope.cancelled_caught and hub.statistics().parked == 0
         assert got == (["handed"] if hands_back else [])
         # The hub still serves.
         theirs.send(b"y")
         assert await hub.receive(ours, lambda data: data, 1024) == b"y"
+
+
+async def test_a_take_whose_callback_kills_its_reader_leaves_the_rest_to_the_reader() -> None:
+    """A callback run in a take (a send's answer) may kill the channel, that
+    is cancel a scope around the reader. The hub tells the take
+    (``reader_cancelled``); a take that hands the rest back then wakes the
+    reader with it, and the reader meets the cancellation at its next
+    checkpoint, before applying it."""
+    hub = read_hub()
+    assert hub is not None
+    scope = trio.CancelScope()
+    seen: list[Any] = []
+
+    def take(data: bytes) -> list[bytes] | None:
+        frames = data.split(b";")
+        for index, frame in enumerate(frames):
+            if hub.reader_cancelled:
+                return frames[index:]  # the rest: the reader's
+            seen.append(frame)
+            if frame == b"kill":
+                scope.cancel()
+        return None
+
+    with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
+
+        async def reader() -> None:
+            with scope:
+                seen.append(await hub.receive(ours, take, 1024))
+                await trio.lowlevel.checkpoint()
+                seen.append("not cancelled")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            theirs.send(b"ack;kill;ack2;ack3")
+        assert seen == [b"ack", b"kill", [b"ack2", b"ack3"]] and scope.cancelled_caught
+        assert not hub.reader_cancelled and hub.statistics().parked == 0

@@ -1043,17 +1043,19 @@ async def test_acks_and_taken_receipts_are_applied_without_waking_the_reader(
                 assert [type(event) for event in consumed] == [ConnectionStateChanged]
                 started = hub_module.started_hub()
                 assert (started is not None) is hub
-                wakes = started.wakes if started is not None else 0
+                wakes = started.statistics().wakes if started is not None else 0
                 for n in range(20):
                     result = await conn.send(text_msg(f"k{n}", "chat-1"))
                     assert result.platform_message_id == f"out-{n + 1}"
                 await trio.testing.wait_all_tasks_blocked()  # (each receipt follows its ack)
                 assert [r.platform_message_id for r in taken] == [f"out-{n}" for n in range(1, 21)]
                 if started is not None:
-                    assert started.wakes == wakes  # twenty acks and receipts, no wake-up
+                    assert (
+                        started.statistics().wakes == wakes
+                    )  # twenty acks and receipts, no wake-up
                 await emulator.inject({"text": "hi", "peer": "chat-1", "sender": "ann"})
                 await trio.testing.wait_all_tasks_blocked()
                 assert [type(event) for event in consumed][1:] == [InboundMessage]
                 if started is not None:
-                    assert started.wakes > wakes
+                    assert started.statistics().wakes > wakes
                 await conn.close()

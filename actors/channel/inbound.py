@@ -214,7 +214,7 @@ class InboundPath:
             memory.timings.delivered(trio.current_time() - read_at)
 
     def _event_at_once(self, event: Event) -> bool:
-        """Take a receipt in the connection's reader task (``take_events_at_once``).
+        """Take a receipt where the connection reads it (``take_events_at_once``).
 
         The same as :meth:`_on_event` would do with it, without the hop to
         the channel's task; nothing else is taken so. A receipt moves no

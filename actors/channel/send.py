@@ -398,7 +398,16 @@ class SendPath:
         self, flight: Flight, result: SendResult | None, error: ProviderError | None
     ) -> None:
         """The fate of a send started at once, in the task that learnt it (the
-        connection's reader, or whichever ended the connection)."""
+        connection's reader or the run's read hub, or whichever ended the
+        connection).
+
+        A kill as the ack came shows as the current task's cancelled scope
+        (the reader's). In the read hub's task it does not: the hub hands
+        the rest of a read to the reader once a callback cancelled it, but
+        the callback's own answer may still start the next send, which the
+        kill's close then fails back to the mailbox (sent again under its
+        key after the restart).
+        """
         if flight.settled:  # given up on already (a defect as it started)
             return
         if error is not None:

@@ -4,9 +4,12 @@ Design: a link's reader used to wait for bytes in trio's I/O manager, one
 wait per read. Each frame that came (an ack, nearly always) then cost a
 task step of the reader's own, a ``recv`` that found the socket empty, and
 a re-arm of trio's one-shot epoll registration: about 7-9 µs a message on
-top of the read itself, measured with 500 socket pairs (11 µs a message
-against 3.3 µs for one task reading them all; issue 12's floor is a client
-that waits on all its sockets from one task).
+top of the read itself, measured with 500 socket pairs in one process
+(10-13 µs a message read by a task per socket, 3.3-3.5 µs by one task
+reading them all; issue 12's floor is a client that waits on all its
+sockets from one task). In a node's closed-loop sends that was 7 % of the
+instructions a send (411,980 to 384,406, ``python -m bench.send_cost
+--instructions``).
 
 So a parked reader hands its socket to this hub instead. The hub keeps an
 epoll of its own, level-triggered, and waits on that one descriptor in
@@ -14,7 +17,7 @@ trio's I/O manager: one wake-up of its task reads every socket that has
 bytes. For each, it reads the bytes and calls the reader's *take* in place,
 a synchronous function that applies them as far as it can without waiting
 (an ack settles a send, a receipt goes to the store's batch). Only what
-needs a wait (a pong to write, an event for a full buffer, a close, a
+needs a wait (a reply to write, an event for a busy consumer, a close, a
 defect) wakes the reader's task, with whatever take hands back; the reader
 carries it out and parks again. A socket stays registered while its
 reader stays parked, so the common frame costs one ``recv`` and no
@@ -40,9 +43,11 @@ Where ``select.epoll`` does not exist (not Linux), :func:`read_hub` returns
 
 The hub's task is a system task: its exception would end the run, so
 nothing a take does can reach it. A take may even cancel a scope around
-its own reader: trio's abort then only notes it, and the hub wakes the
-reader once the take is done (with what it handed back, its exception, or
-a marker on which the reader parks again and meets the cancellation).
+its own reader (a callback that kills the channel): trio's abort then only
+keeps the cancellation, :attr:`ReadHub.reader_cancelled` tells the take to
+hand the rest to the reader, and the hub wakes the reader once the take is
+done, with what it handed back (the cancellation comes at the reader's
+next checkpoint), its exception, or the cancellation itself.
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ import contextlib
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
+import attrs
 import outcome
 import trio
 import trio.lowlevel
 from trio.lowlevel import Abort, RunVar, Task
 
-__all__ = ["ReadHub", "read_hub", "started_hub"]
+__all__ = ["ReadHub", "ReadHubStatistics", "read_hub", "started_hub"]
 
 MAX_EVENTS: Final = 1024  # sockets read per wake-up of the hub; the rest on the next one
 _EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
@@ -68,8 +74,9 @@ class _Parked:
     """One reader parked in the hub: its socket, its task and its take.
 
     ``taking`` while its take runs: a cancellation of the reader then (a
-    take may cancel a scope around its own reader) is only noted in
-    ``cancelled``, and the hub wakes the reader itself once the take is done.
+    take may cancel a scope around its own reader) is only kept, as
+    ``cancelled`` (trio's ``raise_cancel``), and the hub wakes the reader
+    itself once the take is done.
     """
 
     __slots__ = ("cancelled", "size", "sock", "take", "taking", "task")
@@ -80,63 +87,89 @@ class _Parked:
         self.task = task
         self.size = size
         self.taking = False
-        self.cancelled = False
+        self.cancelled: Callable[[], NoReturn] | None = None
 
 
-_AGAIN: Final = object()  # wakes a reader cancelled during its take: park again, be cancelled
+@attrs.frozen(kw_only=True)
+class ReadHubStatistics:
+    """A snapshot of a :class:`ReadHub`.
+
+    Attributes:
+        parked: readers parked now.
+        wakes: readers woken since the hub started (the rest of their reads
+            were applied in place).
+    """
+
+    parked: int
+    wakes: int
 
 
 class ReadHub:
     """Every parked reader's socket in one trio run (see the module docstring)."""
 
-    __slots__ = ("_epoll", "_parked", "wakes")
+    __slots__ = ("_epoll", "_parked", "_taking", "_wakes")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._parked: dict[int, _Parked] = {}
-        self.wakes = 0  # readers woken (for tests and statistics)
+        self._taking: _Parked | None = None  # whose take runs now
+        self._wakes = 0
 
     def __repr__(self) -> str:
-        return f"<ReadHub parked={len(self._parked)}>"
+        return f"<ReadHub parked={len(self._parked)} wakes={self._wakes}>"
+
+    def statistics(self) -> ReadHubStatistics:
+        """How many readers are parked, and how many were woken."""
+        return ReadHubStatistics(parked=len(self._parked), wakes=self._wakes)
 
     @property
-    def parked(self) -> int:
-        """Readers parked now."""
-        return len(self._parked)
+    def reader_cancelled(self) -> bool:
+        """Whether the reader whose take runs now has been cancelled during it
+        (by a callback of its own): the take should hand the rest to the
+        reader, whose task meets the cancellation."""
+        taking = self._taking
+        return taking is not None and taking.cancelled is not None
 
     async def receive(self, sock: socket.socket, take: Callable[[bytes], Any], size: int) -> Any:
-        """Park until ``take`` hands back a value (returned), the stream ends
-        (``None``), or ``take`` raises (raised here). Cancel-safe.
+        """Park the calling reader until its socket has bytes, and apply them in place.
+
+        Args:
+            sock: the reader's non-blocking socket.
+            take: called in the hub's task with each chunk read (see the
+                module docstring); ``None`` keeps the reader parked.
+            size: the most bytes read at once.
+
+        Returns:
+            What ``take`` handed back; ``None`` at the end of the stream, after
+            a reset, or once ``sock`` was closed.
 
         Raises:
             trio.BusyResourceError: another reader is parked on ``sock``.
+            Exception: what ``take`` raised. Cancel-safe: a cancelled wait
+            consumes nothing.
         """
         fd = sock.fileno()
         parked = self._parked
         if fd in parked:
             raise trio.BusyResourceError("another task is already reading this socket")
-        while True:
-            if fd == -1:
-                await trio.lowlevel.checkpoint()
-                return None
-            try:
-                self._epoll.register(fd, _EPOLLIN)
-            except OSError:  # closed behind our back
-                await trio.lowlevel.checkpoint()
-                return None
-            entry = parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
+        if fd == -1:
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            self._epoll.register(fd, _EPOLLIN)
+        except OSError:  # closed behind our back
+            await trio.lowlevel.checkpoint()
+            return None
+        entry = parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
 
-            def abort(_: Any, entry: _Parked = entry, fd: int = fd) -> Abort:
-                if entry.taking:  # its take cancelled it: the hub wakes it after the take
-                    entry.cancelled = True
-                    return Abort.FAILED
-                self._unpark(fd)
-                return Abort.SUCCEEDED
+        def abort(raise_cancel: Callable[[], NoReturn]) -> Abort:
+            if entry.taking:  # its own take cancelled it: the hub wakes it after the take
+                entry.cancelled = raise_cancel
+                return Abort.FAILED
+            self._unpark(fd)
+            return Abort.SUCCEEDED
 
-            got = await trio.lowlevel.wait_task_rescheduled(abort)
-            if got is not _AGAIN:
-                return got
-            fd = sock.fileno()  # (the cancellation is delivered as it parks again)
+        return await trio.lowlevel.wait_task_rescheduled(abort)
 
     def closing(self, sock: socket.socket) -> None:
         """``sock`` is about to close: its parked reader (if any) wakes with ``None``."""
@@ -154,7 +187,7 @@ class ReadHub:
         if self._parked.get(fd) is not entry:  # (closing() woke it during its own take)
             return
         self._unpark(fd)
-        self.wakes += 1
+        self._wakes += 1
         trio.lowlevel.reschedule(entry.task, result)
 
     async def serve(self) -> None:
@@ -170,7 +203,9 @@ class ReadHub:
 
     def _read(self, fd: int) -> None:
         entry = self._parked.get(fd)
-        if entry is None:  # woken or cancelled earlier in this batch
+        if entry is None:  # woken or cancelled earlier in this batch (or a stale registration)
+            with contextlib.suppress(OSError):  # (level-triggered: it would come up again)
+                self._epoll.unregister(fd)
             return
         try:
             data = entry.sock.recv(entry.size)
@@ -182,18 +217,19 @@ class ReadHub:
             self._wake(fd, entry, outcome.Value(None))
             return
         entry.taking = True
+        self._taking = entry
         try:
             handed = entry.task.context.run(entry.take, data)
         except BaseException as exc:
             self._wake(fd, entry, outcome.Error(exc))
-            del exc
             return
         finally:
             entry.taking = False
-        if handed is not None:
+            self._taking = None
+        if handed is not None:  # (a cancellation is met at the reader's next checkpoint)
             self._wake(fd, entry, outcome.Value(handed))
-        elif entry.cancelled:
-            self._wake(fd, entry, outcome.Value(_AGAIN))
+        elif entry.cancelled is not None:
+            self._wake(fd, entry, outcome.capture(entry.cancelled))
 
 
 _HUB: Final[RunVar[ReadHub | None]] = RunVar("websocket_read_hub")

@@ -2,7 +2,8 @@
 
 Design: a channel holds its link for hours and a node holds ten thousand of
 them, so the link is as small as a websocket can be: a non-blocking socket
-waited on through trio's I/O manager (a trio stream only for TLS), one
+(TLS on it through OpenSSL's memory BIOs), read while its reader is parked
+by the run's read hub (:mod:`providers.websocket.hub`), one
 ``websockets`` ``ClientProtocol`` (it speaks the handshake, frames, masks
 and the closing handshake; the link only moves bytes), a send lock, and no
 task of its own. trio-websocket would add a reader task, a message channel
@@ -17,9 +18,9 @@ wsproto's, measured side by side in one process; its frames are parsed
 with less Python and masked in C. On the node's send path that was a
 fifth of the node's CPU per message.
 
-The link does not read by itself. Its owner (the shell's reader task)
-drives it in three steps, so that only the first can be cancelled, by a
-timer, without harm:
+The link does not read by itself. Its owner (the shell's reader) drives
+it in three steps, so that only the first can be cancelled, by a timer,
+without harm:
 
 1. ``await link.receive_bytes()``: the next chunk from the socket (cancel-safe:
    nothing is consumed when it is cancelled);
@@ -77,7 +78,7 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from .._tls import tls_context
-from .hub import read_hub, started_hub
+from .hub import ReadHub, read_hub, started_hub
 
 __all__ = [
     "Closed",
@@ -272,7 +273,8 @@ async def _connect_tcp(host: str, port: int) -> socket.socket:
 
 
 class _SocketIO:
-    """Bytes over a plain non-blocking socket, waiting through trio's I/O manager.
+    """Bytes over a plain non-blocking socket: its reader parks in the read hub,
+    everything else waits through trio's I/O manager.
 
     Used for ``ws://``: trio's ``SocketStream`` and socket wrapper would add
     about 1.4 KB per link and a few layers to every read and write. Reads and
@@ -492,10 +494,11 @@ class _TLSSocketIO:
             if data is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
-        got = await hub.receive(self._raw.sock, partial(self._take_records, take), RECEIVE_SIZE)
+        taking = partial(self._take_records, take, hub)
+        got = await hub.receive(self._raw.sock, taking, RECEIVE_SIZE)
         return None if got is _ENDED else got
 
-    def _take_records(self, take: Callable[[bytes], Any], chunk: bytes) -> Any:
+    def _take_records(self, take: Callable[[bytes], Any], hub: ReadHub, chunk: bytes) -> Any:
         """In the hub's task: ``chunk`` of ciphertext into the engine, and all it
         decrypts to into ``take`` (a read's worth at a time: the engine may hold
         more than one, and nothing of it is left for the socket to signal). A
@@ -509,7 +512,7 @@ class _TLSSocketIO:
             if data is None:
                 return _ENDED
             handed = take(data)
-            if handed is not None:
+            if handed is not None or hub.reader_cancelled:  # (the rest: the reader's)
                 return handed
 
     def _decrypt(self) -> bytes | _More | None:

@@ -97,6 +97,7 @@ from .core import (
     WebSocketCore,
     unacknowledged,
 )
+from .hub import started_hub
 from .link import (
     MAX_MESSAGE_SIZE,
     Closed,
@@ -296,7 +297,8 @@ class WebSocketConnection:
             raise self._core.failure
 
     def take_events_at_once(self, take: Callable[[Event], bool] | None) -> None:
-        """Offer each event to ``take`` in the reader's task first (``None``: stop).
+        """Offer each event to ``take`` as it is read first (``None``: stop): in the
+        read hub's task or the reader's, in the reader's context.
 
         Offered only while no event waits ahead of it and the consumer of
         :meth:`events` waits for one, so order holds; ``take`` returns True
@@ -408,8 +410,8 @@ class WebSocketConnection:
 
         No task waits for the ack: ``done`` is called once, with the result
         (``None`` for an operation that has none) or the error :meth:`send`
-        would raise, by the reader when the answer comes or by whoever ends
-        the link. It must neither block nor raise. One task and two task
+        would raise, by the read hub or the reader when the answer comes, or
+        by whoever ends the link. It must neither block nor raise. One task and two task
         steps fewer per send than a task that awaits :meth:`send`.
 
         Raises:
@@ -491,10 +493,11 @@ class WebSocketConnection:
         (the reader was already rescheduled), the reader leaves the scope
         with them, untouched by any checkpoint, and applies them first.
 
-        Over a plain socket the reader parks in the run's read hub
-        (:mod:`providers.websocket.hub`), which applies what came in place
-        (:meth:`_take`) and wakes the reader only with what needs a wait:
-        a :class:`_Rest`, applied here as if read here.
+        Over a socket of its own (``ws://`` and ``wss://``) the reader parks
+        in the run's read hub (:mod:`providers.websocket.hub`), which
+        applies what came in place (:meth:`_take`) and wakes the reader only
+        with what needs a wait: a :class:`_Rest`, applied here as if read
+        here.
         """
         link = self._link
         assert link is not None
@@ -595,8 +598,13 @@ class WebSocketConnection:
         waiters = self._waiters
         take = self._take_at_once
         events = self._events
+        hub = started_hub()  # (the caller)
         now = trio.current_time()
         for index, item in enumerate(items):
+            if hub is not None and hub.reader_cancelled:
+                # A callback killed the channel (the send's, the event's):
+                # the rest is the reader's, whose task sees the cancellation.
+                return _Rest(items[index:], [])
             if isinstance(item, str):  # a text frame: nearly every item
                 actions = core.frame_received(item, now)
             elif isinstance(item, Pong):
