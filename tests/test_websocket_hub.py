@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from providers.websocket.hub import ReadHubStatistics, read_hub, started_hub
+from providers.websocket.hub import ReadHub, ReadHubStatistics, read_hub, started_hub
 from providers.websocket.link import _SocketIO
 
 CEILING = 10.0  # real seconds; only a hang gets near it
@@ -175,6 +175,31 @@ async def test_without_epoll_the_link_waits_in_trios_io_manager(
         assert await _SocketIO(ours).receive_taking(lambda data: pytest.fail("no hub")) == b"raw"
 
 
+async def read_once_within(
+    scope: trio.CancelScope,
+    hub: ReadHub,
+    ours: socket.socket,
+    theirs: socket.socket,
+    take: Callable[[bytes], Any],
+    data: bytes,
+) -> list[Any]:
+    """Park a reader on ``ours`` inside ``scope``, send it ``data`` once it is
+    parked: what it got, then "not cancelled" if a checkpoint after passed."""
+    got: list[Any] = []
+
+    async def reader() -> None:
+        with scope:
+            got.append(await hub.receive(ours, take, 1024))
+            await trio.lowlevel.checkpoint()
+            got.append("not cancelled")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        theirs.send(data)
+    return got
+
+
 @pytest.mark.parametrize("hands_back", [True, False], ids=["handed", "applied"])
 async def test_a_take_that_cancels_its_own_reader_does_not_reach_the_hub(hands_back: bool) -> None:
     """A take may run a callback that cancels a scope around its own reader.
@@ -184,24 +209,13 @@ async def test_a_take_that_cancels_its_own_reader_does_not_reach_the_hub(hands_b
     hub = read_hub()
     assert hub is not None
     scope = trio.CancelScope()
-    got: list[Any] = []
 
     def take(data: bytes) -> str | None:
         scope.cancel()
         return "handed" if hands_back else None
 
     with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
-
-        async def reader() -> None:
-            with scope:
-                got.append(await hub.receive(ours, take, 1024))
-                await trio.lowlevel.checkpoint()
-                got.append("not cancelled")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            theirs.send(b"x")
+        got = await read_once_within(scope, hub, ours, theirs, take, b"x")
         assert scope.cancelled_caught and hub.statistics().parked == 0
         assert got == (["handed"] if hands_back else [])
         # The hub still serves.
@@ -231,16 +245,6 @@ async def test_a_take_whose_callback_kills_its_reader_leaves_the_rest_to_the_rea
         return None
 
     with trio.fail_after(CEILING), socket_pair() as (ours, theirs):
-
-        async def reader() -> None:
-            with scope:
-                seen.append(await hub.receive(ours, take, 1024))
-                await trio.lowlevel.checkpoint()
-                seen.append("not cancelled")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            theirs.send(b"ack;kill;ack2;ack3")
+        seen += await read_once_within(scope, hub, ours, theirs, take, b"ack;kill;ack2;ack3")
         assert seen == [b"ack", b"kill", [b"ack2", b"ack3"]] and scope.cancelled_caught
         assert not hub.reader_cancelled and hub.statistics().parked == 0
