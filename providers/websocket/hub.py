@@ -73,20 +73,19 @@ _EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
 class _Parked:
     """One reader parked in the hub: its socket, its task and its take.
 
-    ``taking`` while its take runs: a cancellation of the reader then (a
+    While its take runs (the hub's ``_taking``), a cancellation of the reader (a
     take may cancel a scope around its own reader) is only kept, as
     ``cancelled`` (trio's ``raise_cancel``), and the hub wakes the reader
     itself once the take is done.
     """
 
-    __slots__ = ("cancelled", "size", "sock", "take", "taking", "task")
+    __slots__ = ("cancelled", "size", "sock", "take", "task")
 
     def __init__(self, sock: socket.socket, take: Callable[[bytes], Any], task: Task, size: int):
         self.sock = sock
         self.take = take
         self.task = task
         self.size = size
-        self.taking = False
         self.cancelled: Callable[[], NoReturn] | None = None
 
 
@@ -163,7 +162,7 @@ class ReadHub:
         entry = parked[fd] = _Parked(sock, take, trio.lowlevel.current_task(), size)
 
         def abort(raise_cancel: Callable[[], NoReturn]) -> Abort:
-            if entry.taking:  # its own take cancelled it: the hub wakes it after the take
+            if self._taking is entry:  # its own take cancelled it: the hub wakes it after
                 entry.cancelled = raise_cancel
                 return Abort.FAILED
             self._unpark(fd)
@@ -216,7 +215,6 @@ class ReadHub:
         if not data:
             self._wake(fd, entry, outcome.Value(None))
             return
-        entry.taking = True
         self._taking = entry
         try:
             handed = entry.task.context.run(entry.take, data)
@@ -224,7 +222,6 @@ class ReadHub:
             self._wake(fd, entry, outcome.Error(exc))
             return
         finally:
-            entry.taking = False
             self._taking = None
         if handed is not None:  # (a cancellation is met at the reader's next checkpoint)
             self._wake(fd, entry, outcome.Value(handed))

@@ -297,8 +297,8 @@ class WebSocketConnection:
             raise self._core.failure
 
     def take_events_at_once(self, take: Callable[[Event], bool] | None) -> None:
-        """Offer each event to ``take`` as it is read first (``None``: stop): in the
-        read hub's task or the reader's, in the reader's context.
+        """Offer each event to ``take`` first, where it is read (``None``: stop): in
+        the read hub's task or the reader's, in the reader's context.
 
         Offered only while no event waits ahead of it and the consumer of
         :meth:`events` waits for one, so order holds; ``take`` returns True
