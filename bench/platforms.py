@@ -121,6 +121,7 @@ def _emulators(spec: PlatformsSpec) -> dict[str, Any]:
 
 async def _serve(spec: PlatformsSpec, port_base: int) -> None:
     from providers.emulators.base import serve_emulator
+    from runtime.collection import freeze_start_up
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
@@ -140,6 +141,7 @@ async def _serve(spec: PlatformsSpec, port_base: int) -> None:
                     )
                 )
                 urls.append(f"{name}={url}")
+            freeze_start_up()  # the judges' collector pauses would be the clients' tail
             print(PREFIX + " ".join(urls), flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

@@ -44,6 +44,7 @@ def _emulate(args: argparse.Namespace) -> int:
     from providers.emulators import serve_emulator
     from providers.emulators.base import is_loopback
     from providers.registry import EMULATORS, load
+    from runtime.collection import YOUNG_THRESHOLD, freeze_start_up
 
     if not args.allow_remote and not is_loopback(args.host):
         print(
@@ -75,6 +76,11 @@ def _emulate(args: argparse.Namespace) -> int:
                 )
                 print(
                     f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)"
+                )
+                frozen = freeze_start_up()  # its pauses would be every client's tail
+                print(
+                    f"collector: {frozen:,} start-up objects frozen, young collections every "
+                    f"{YOUNG_THRESHOLD:,} allocations"
                 )
                 print("press Ctrl-C to stop", flush=True)
                 async for signum in signals:

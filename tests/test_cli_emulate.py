@@ -1,4 +1,5 @@
-"""`switchboard emulate PLATFORM` runs until interrupted and serves its control API."""
+"""`switchboard emulate PLATFORM` runs until interrupted and serves its control API,
+its start-up heap frozen."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ async def test_emulate_serves_until_interrupted(platform: str) -> None:
                 output += chunk
             match = re.search(rb"listening on (http://127\.0\.0\.1:\d+)", output)
             assert match, output.decode()
+            # Its collector tuned once it serves (runtime.collection.freeze_start_up).
+            assert re.search(rb"collector: [\d,]+ start-up objects frozen", output), output
             async with httpx.AsyncClient(base_url=match.group(1).decode()) as client:
                 response = await client.get("/_emulator/stats")
                 assert response.status_code == 200

@@ -22,6 +22,7 @@ from runtime.collection import (
     STORM_CONNECTS,
     YOUNG_THRESHOLD,
     CollectorPolicy,
+    freeze_start_up,
 )
 from runtime.events import EventHub
 
@@ -35,6 +36,19 @@ def collector_as_found() -> Iterator[None]:
     yield
     gc.unfreeze()
     gc.set_threshold(*before)
+
+
+def test_a_serving_process_freezes_its_start_up_and_collects_young_objects_less_often() -> None:
+    # (the emulators' processes: ``switchboard emulate``, ``bench.platforms``)
+    gc.unfreeze()
+    built = [[n] for n in range(1_000)]  # what start-up leaves, alive for good (tracked)
+    assert any(o is built[0] for o in gc.get_objects())  # walked by every full collection
+    frozen = freeze_start_up()
+    assert frozen == gc.get_freeze_count() >= len(built)
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert not any(o is built[0] for o in gc.get_objects())  # frozen: never walked again
+    later = [["kept of a run"]]
+    assert any(o is later for o in gc.get_objects())  # what comes after: collected as usual
 
 
 def test_the_thresholds_hold_while_any_node_runs_and_come_back_after_the_last() -> None:
