@@ -66,7 +66,7 @@ from providers.telegram.core import TELEGRAM_LIMITS
 from providers.whatsapp.core import WHATSAPP_LIMITS
 from runtime.collection import QUIET as GC_QUIET
 from runtime.collection import STORM_CONNECTS
-from runtime.config.model import NodeSection
+from runtime.config.model import NodeSection, StorageConfig
 
 from .bare import TaskSteps
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
@@ -165,6 +165,14 @@ class ChannelsParams:
             "loop runs within it, and refuses the rest at once (Overloaded, counted as failed)"
         ),
     )
+    checkpoint_interval: float = attrs.field(
+        default=attrs.fields(StorageConfig).checkpoint_interval.default,
+        metadata=_help(
+            "the node's [storage] checkpoint_interval, seconds between two checkpoint rounds "
+            "(a round writes every channel a send touched; the bare client keeps no state, so "
+            "a long interval shows the send path's cost without them)"
+        ),
+    )
     text_size: int = attrs.field(default=40, metadata=_help("characters per message"))
     baseline: bool = attrs.field(
         default=True,
@@ -216,7 +224,13 @@ class ChannelsParams:
             problems.append(f"emulator: expected 'process' or 'inprocess', got {self.emulator!r}")
         if any(r <= 0 for r in self.rates):
             problems.append(f"rates: every step must be positive, got {self.rates}")
-        for name in ("duration", "text_size", "max_in_flight", "node_max_in_flight"):
+        for name in (
+            "duration",
+            "text_size",
+            "max_in_flight",
+            "node_max_in_flight",
+            "checkpoint_interval",
+        ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
         if 0 < self.node_max_loop_lag < 0.05:
@@ -581,6 +595,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
             "max_sends_in_flight": params.node_max_in_flight,
             "max_loop_lag": params.node_max_loop_lag,
         },
+        storage_settings={"checkpoint_interval": params.checkpoint_interval},
     ) as rig:
         notes.append(rig.far_end)
         rig.webhooks = params.webhooks

@@ -62,6 +62,7 @@ from runtime.config.model import (
     OpsConfig,
     ProviderDefaults,
     RateLimitConfig,
+    StorageConfig,
     SupervisorConfig,
 )
 from runtime.node import Node, open_node
@@ -755,10 +756,11 @@ def node_config(
     port_base: int = 0,
     gc_policy: str = "tuned",
     node: Mapping[str, Any] | None = None,
+    storage: Mapping[str, Any] | None = None,
 ) -> NodeConfig:
     """A node for benchmarks: memory store, no ops listener (but for WhatsApp's webhooks),
-    quiet logs; its listeners on ``port_base`` and up (0: any free ports); ``node``:
-    keys of its ``[node]`` to set."""
+    quiet logs; its listeners on ``port_base`` and up (0: any free ports); ``node``
+    and ``storage``: keys of its ``[node]`` and ``[storage]`` to set."""
     if provider not in PROVIDERS:
         raise ScenarioError(f"provider: expected one of {', '.join(PROVIDERS)}, got {provider!r}")
     defaults = ProviderDefaults(
@@ -781,6 +783,7 @@ def node_config(
         supervisor=SupervisorConfig(intensity=intensity),
         providers={provider: defaults},
         emulators=emulators,
+        storage=StorageConfig(**(storage or {})),
         channels=[],
     )
 
@@ -800,6 +803,7 @@ async def open_rig(
     emulator_processes: int = 1,
     rtt: float = 0.0,
     node_settings: Mapping[str, Any] | None = None,
+    storage_settings: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
     """A node with no channels yet, its emulator, and the state log running.
 
@@ -815,6 +819,8 @@ async def open_rig(
         gc_policy: the node's ``[node] gc``: ``tuned`` or ``default``.
         node_settings: keys of the node's ``[node]`` to set
             (``max_sends_in_flight``, ``max_loop_lag``: its admission bounds).
+        storage_settings: keys of the node's ``[storage]`` to set
+            (``checkpoint_interval``: how often its checkpoint rounds run).
         far_end: with ``external``, what the channels talk to: ``emulator``
             (``switchboard emulate``), ``lean`` (:mod:`bench.far_end`, websocket
             only) or ``auto`` (lean for websocket, else the emulator).
@@ -860,6 +866,7 @@ async def open_rig(
             port_base=port_base,
             gc_policy=gc_policy,
             node=node_settings,
+            storage=storage_settings,
         )
         node = await stack.enter_async_context(open_node(config))
         if emulator is None and provider in EMULATED:

@@ -133,6 +133,23 @@ def test_port_base_places_the_node_and_its_emulator() -> None:
     assert main(["channels", "--port-base", "70000"]) == 2
 
 
+def test_checkpoint_interval_reaches_the_benchmarks_node() -> None:
+    scenario = load_scenario("channels", where="test")
+    args = build_parser(scenario, "channels").parse_args(["--checkpoint-interval", "3600"])
+    assert args.param__checkpoint_interval == 3600.0
+    default = node_config("websocket", in_process_emulator=False, limits=False)
+    assert default.storage.checkpoint_interval == 1.0  # the product's default
+    config = node_config(
+        "websocket",
+        in_process_emulator=False,
+        limits=False,
+        storage={"checkpoint_interval": args.param__checkpoint_interval},
+    )
+    assert config.storage.checkpoint_interval == 3600.0
+    assert config.storage.backend == "memory"
+    assert main(["channels", "--checkpoint-interval", "0"]) == 2  # refused, with its reason
+
+
 def _report(notes: list[str]) -> Report:
     return Report(
         scenario="channels",
