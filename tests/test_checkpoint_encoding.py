@@ -307,20 +307,65 @@ def test_a_shifted_window_keeps_the_texts_of_the_answers_it_keeps() -> None:
 
     first = SentWindow((("a", "A", "p"), ("b", "B", "p"), ("c", "C", "p")))
     assert first.shifted([], 3) == first
-    unwritten = first.shifted([("d", "D", "p")], 3)  # shifted before its texts were made
-    assert first.encoded(encode) == ["<a>", "<b>", "<c>"]
-    assert first.encoded(encode) == ["<a>", "<b>", "<c>"] and len(made) == 3  # made once
+    unwritten = first.shifted([("d", "D", "p")], 3)  # shifted before its text was made
+    assert first.text(encode) == "<a>,<b>,<c>"
+    assert first.text(encode) == "<a>,<b>,<c>" and len(made) == 3  # made once
     second = first.shifted([("d", "D", "p"), ("e", "E", 'q"\\')], 3)
     assert list(second) == [("c", "C", "p"), ("d", "D", "p"), ("e", "E", 'q"\\')]
-    assert second.encoded(encode) == ["<c>", "<d>", "<e>"]
+    assert second.text(encode) == "<c>,<d>,<e>"
     assert [key for key, _, _ in made] == ["a", "b", "c", "d", "e"]  # c was not made again
+    # Texts of other lengths: the dropped ones are cut off by their lengths.
+    fourth = second.shifted([("ffff", "F", "p")], 3)
+    assert fourth.text(encode) == "<d>,<e>,<ffff>" and made[-1][0] == "ffff"
+    assert fourth.shifted([("g", "G", "p")], 3).text(encode) == "<e>,<ffff>,<g>"
     # All dropped, more than the texts kept: every answer is new.
     third = second.shifted([("f", "F", "p"), ("g", "G", "p"), ("h", "H", "p"), ("i", "I", "p")], 3)
-    assert third.encoded(encode) == ["<g>", "<h>", "<i>"]
-    assert unwritten.encoded(encode) == ["<b>", "<c>", "<d>"]
-    fresh = SentWindow(second.entries)  # the codec's texts are a window's of its own
+    assert third.text(encode) == "<g>,<h>,<i>"
+    assert unwritten.text(encode) == "<b>,<c>,<d>"
+    # The windows share their answers: each still reads what it held.
+    assert list(first) == [("a", "A", "p"), ("b", "B", "p"), ("c", "C", "p")]
+    assert [key for key, _, _ in unwritten] == ["b", "c", "d"]
+    assert [key for key, _, _ in second] == ["c", "d", "e"]
+    assert [key for key, _, _ in fourth] == ["d", "e", "ffff"]
+    assert (second[0], second[-1]) == (("c", "C", "p"), ("e", "E", 'q"\\'))
+    with pytest.raises(IndexError):
+        second[3]
+    fresh = SentWindow(second.entries)  # the codec's text is a window's of its own
     assert sent_json(fresh) == plain_sent(fresh)
     assert sent_json(SentWindow()) == "[]"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=5),  # which window so far to shift
+            st.lists(st.sampled_from(["a", "bb", "ccc", 'd"\\', "\u00e9"]), max_size=6),
+            st.integers(min_value=1, max_value=6),  # the count it keeps
+            st.booleans(),  # whether the new window's text is made now
+        ),
+        max_size=25,
+    )
+)
+def test_windows_shifted_from_any_window_read_and_write_what_a_copy_would(
+    steps: list[tuple[int, list[str], int, bool]],
+) -> None:
+    # Windows share one log of answers, which a shift extends in place: any
+    # window, shifted at any time (the newest, or an older one again), must
+    # keep reading its own entries and write its own text.
+    fresh = itertools.count()
+    windows = [SentWindow()]
+    copies: list[list[tuple[str, str, str]]] = [[]]
+    for which, keys, count, write in steps:
+        at = which % len(windows)
+        new = [(f"{key}-{next(fresh)}", f"m{key}", "p") for key in keys]
+        windows.append(windows[at].shifted(new, count))
+        copies.append((copies[at] + new)[-count:] if copies[at] + new else [])
+        if write:
+            assert sent_json(windows[-1]) == plain_sent(windows[-1])
+    for window, copy in zip(windows, copies, strict=True):
+        assert list(window) == copy
+        assert sent_json(window) == plain_sent(SentWindow(copy))
 
 
 def test_a_busy_channel_s_checkpoints_are_the_plain_text_and_restore_the_answers() -> None:

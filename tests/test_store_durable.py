@@ -137,10 +137,10 @@ def test_the_state_text_is_the_state_s_json_with_each_answer_encoded_once() -> N
         [{"key": k, "platform_message_id": m, "peer": p} for k, m, p in answers]
     )
     assert text.endswith(f',"sent":{as_dumps_writes_them}}}')
-    kept = answers.encoded(lambda entry: "made again")  # the texts kept: nothing is made
-    assert [json.loads(each) for each in kept] == json.loads(text)["sent"]
-    assert state_text(saved) == text  # a later checkpoint reuses each answer's text
-    assert all(again is first for again, first in zip(answers.encoded(str), kept, strict=True))
+    kept = answers.text(lambda entry: "made again")  # the text kept: nothing is made
+    assert json.loads(f"[{kept}]") == json.loads(text)["sent"]
+    assert state_text(saved) == text  # a later checkpoint reuses the answers' text
+    assert answers.text(str) is kept
     assert json.loads(state_text(state()))["sent"] == []
 
 

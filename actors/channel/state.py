@@ -15,6 +15,7 @@ import functools
 import itertools
 import math
 import random
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
@@ -384,40 +385,75 @@ def _read(answer: _Answer) -> tuple[str, str]:
     return answer  # type: ignore[return-value]  # (the tuple kept)
 
 
+_LENGTH: Final = array("q").itemsize  # bytes a text's length takes in SentWindow._lengths
+
+
+def _packed(texts: list[str]) -> bytes:
+    """The texts' lengths as machine integers, in bytes: an object the collector
+    does not track (an ``array`` is one it does)."""
+    return array("q", map(len, texts)).tobytes()
+
+
+def _lengths(packed: bytes) -> memoryview:
+    """The lengths :func:`_packed` packed, as a sequence of ints."""
+    return memoryview(packed).cast("q")
+
+
 class SentWindow:
     """The newest send answers a checkpoint carries, oldest first: read as
     :data:`SentEntry` triples.
 
-    A value: compared and hashed by its entries. It keeps its keys and the
-    table's answers (:data:`_Answer`, the very strings the table holds) in
-    two tuples of strings, which the collector stops tracking: a
-    checkpoint's answers are 256 per busy channel, and a triple per answer
-    would be one more object per send for the collector to count until the
-    window let go of it.
+    A value: compared and hashed by its entries. It keeps the keys and the
+    table's answers (:data:`_Answer`, the very strings the table holds), so
+    a checkpoint's answers (256 per busy channel) add no object per answer
+    for the collector to count.
 
-    It also keeps the store codec's text of its entries (:meth:`encoded`),
-    made the first time a checkpoint writes them, and hands the texts of
-    the entries it keeps to the window shifted from it (:meth:`shifted`): a
-    busy channel's checkpoint (one a second) carries hundreds of answers,
-    nearly all of them written before.
+    Design notes: a busy channel's checkpoint (one a second) carries the
+    same few hundred answers as the last, less the oldest few, plus the few
+    sent since. So:
+
+    - **The answers are a range of a log, not a copy.** A window is
+      ``[_start, _end)`` of two lists, the keys and the answers, that the
+      windows shifted from one another share. The log only grows at its
+      end (the entries of a range never change), and only by the window
+      that ends at its end: a window shifted from it extends the log in
+      place and moves its range, so a shift touches the new answers only,
+      not every answer kept (a copy of 256 keys and answers, taking and
+      later dropping a reference to each, out of the caches, was 4.8-6.3
+      µs of every busy channel's checkpoint, 1,000 of them a second). An
+      older window shifted again copies its range instead. Once the log's
+      dead head is a window long it is cut off (a copy of one window,
+      every ``count`` answers put: a few copies per answer at most).
+    - **Its text is made once, and shifted too** (:meth:`text`): the store
+      codec's text of the entries joined, with each entry's length. The
+      window shifted from one that has its text starts from that text less
+      the entries it drops (a slice) and makes the text of its new entries
+      only: no walk of the hundreds it keeps.
     """
 
-    __slots__ = ("_answers", "_keys", "_texts")
+    __slots__ = ("_answers", "_end", "_from", "_keys", "_lengths", "_start", "_text")
 
-    def __init__(self, entries: Iterable[SentEntry] = (), texts: list[str] | None = None) -> None:
+    def __init__(self, entries: Iterable[SentEntry] = ()) -> None:
         entries = tuple(entries)
-        self._keys: tuple[str, ...] = tuple(key for key, _, _ in entries)
-        self._answers: tuple[_Answer, ...] = tuple(_answer(m, p) for _, m, p in entries)
-        self._texts = texts  # the texts of the first len(texts) entries, or None: none made yet
+        self._keys: list[str] = [key for key, _, _ in entries]
+        self._answers: list[_Answer] = [_answer(m, p) for _, m, p in entries]
+        self._start = 0
+        self._end = len(self._keys)
+        self._text: str | None = None  # the entries' texts joined by ",", once made
+        self._lengths: bytes | None = None  # each entry's text's length (_packed), with _text
+        # What the text starts from, when the window it was shifted from had its
+        # text: (that text, where the kept entries begin in it, their lengths).
+        self._from: tuple[str, int, bytes] | None = None
 
     @classmethod
-    def _of(
-        cls, keys: tuple[str, ...], answers: tuple[_Answer, ...], texts: list[str] | None
-    ) -> SentWindow:
+    def _of(cls, keys: list[str], answers: list[_Answer], start: int = 0) -> SentWindow:
+        """The window of ``keys[start:]`` and their ``answers`` (the log: kept, not copied)."""
         window = cls.__new__(cls)
         window._keys = keys
         window._answers = answers
-        window._texts = texts
+        window._start = start
+        window._end = len(keys)
+        window._text = window._lengths = window._from = None
         return window
 
     @property
@@ -426,19 +462,27 @@ class SentWindow:
         return tuple(self)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._end - self._start
 
     def __iter__(self) -> Iterator[SentEntry]:
-        for key, answer in zip(self._keys, self._answers, strict=True):
-            yield (key, *_read(answer))
+        keys = self._keys
+        answers = self._answers
+        for index in range(self._start, self._end):
+            yield (keys[index], *_read(answers[index]))
 
     def __getitem__(self, index: int) -> SentEntry:
-        return (self._keys[index], *_read(self._answers[index]))
+        size = self._end - self._start
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError("SentWindow index out of range")
+        at = self._start + index
+        return (self._keys[at], *_read(self._answers[at]))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SentWindow):
             return NotImplemented
-        return self._keys == other._keys and self.entries == other.entries
+        return len(self) == len(other) and self.entries == other.entries
 
     def __hash__(self) -> int:
         return hash(self.entries)
@@ -452,31 +496,59 @@ class SentWindow:
 
     def _shifted(self, keys: list[str], answers: list[_Answer], count: int) -> SentWindow:
         """:meth:`shifted` by ``keys`` with their ``answers`` as a table keeps them."""
-        kept = self._keys
-        drop = max(0, len(kept) + len(keys) - count)
-        if drop > len(kept):
-            start = drop - len(kept)
-            return SentWindow._of(tuple(keys[start:]), tuple(answers[start:]), None)
-        texts = self._texts
-        # The kept texts still start at the new window's first entry.
-        return SentWindow._of(
-            kept[drop:] + tuple(keys),
-            self._answers[drop:] + tuple(answers),
-            None if texts is None else texts[drop:],
-        )
+        size = self._end - self._start
+        drop = max(0, size + len(keys) - count)
+        if drop >= size:  # nothing kept
+            first = drop - size
+            return SentWindow._of(keys[first:], answers[first:])
+        start = self._start + drop
+        log_keys = self._keys
+        log_answers = self._answers
+        if len(log_keys) == self._end:  # the log ends where this window does: extend it
+            log_keys.extend(keys)
+            log_answers.extend(answers)
+            if start >= count:  # its dead head is a window long: leave it behind
+                log_keys = log_keys[start:]
+                log_answers = log_answers[start:]
+                start = 0
+        else:  # a window shifted from this one already extended the log
+            log_keys = log_keys[start : self._end] + keys
+            log_answers = log_answers[start : self._end] + answers
+            start = 0
+        window = SentWindow._of(log_keys, log_answers, start)
+        text = self._text
+        if text is not None:
+            lengths = self._lengths
+            assert lengths is not None  # (made with the text)
+            # The dropped texts and their commas are cut off the text's head.
+            cut = sum(_lengths(lengths)[:drop]) + drop if drop else 0
+            window._from = (text, cut, lengths[drop * _LENGTH :])
+        return window
 
-    def encoded(self, encode: Callable[[SentEntry], str]) -> list[str]:
-        """Each entry's text by ``encode`` (the store's codec), made once per entry.
-
-        The list is the window's own, kept for the windows shifted from it:
-        read it, never change it.
-        """
-        texts = self._texts
-        if texts is None:
-            texts = self._texts = [encode(entry) for entry in self]
-        elif len(texts) < len(self._keys):
-            texts.extend([encode(self[index]) for index in range(len(texts), len(self._keys))])
-        return texts
+    def text(self, encode: Callable[[SentEntry], str]) -> str:
+        """The entries' texts by ``encode`` (the store's codec) joined by ``","``,
+        made once per window, each entry's text once per run of shifted windows."""
+        text = self._text
+        if text is not None:
+            return text
+        start = self._from
+        if start is None:
+            texts = [encode(entry) for entry in self]
+            lengths = _packed(texts)
+            text = ",".join(texts)
+        else:
+            source, cut, lengths = start
+            head = source[cut:] if cut else source
+            new = [encode(self[index]) for index in range(len(lengths) // _LENGTH, len(self))]
+            if new:
+                lengths += _packed(new)
+                text = f"{head},{','.join(new)}"
+            else:
+                text = head
+        self._text = text
+        self._lengths = lengths
+        self._from = None
+        return text
 
 
 class SentResults:
@@ -498,14 +570,16 @@ class SentResults:
       it, and every one made counted towards that collection: until each
       channel's table was full (a put then frees what it replaces), the
       answers set off a young collection every 20,000 sends, 25-48 ms each at
-      1,000 channels (measured in the channels benchmark). So is a
-      checkpoint's :class:`SentWindow`, which holds the same strings.
+      1,000 channels (measured in the channels benchmark). A checkpoint's
+      :class:`SentWindow` holds the same strings, in two lists a busy
+      channel's windows share.
     - **A checkpoint's list is shifted, not rebuilt.** A checkpoint asks for
       the same newest ``count`` answers every second, and a busy channel adds
       only a few between two asks. So :meth:`newest` keeps what it last
       returned (a window that keeps its encoding for the next checkpoint) and
       the keys put since, and the next ask shifts that window by those
-      few instead of walking ``count`` entries of the table backwards again.
+      few instead of walking ``count`` entries of the table backwards again
+      (:class:`SentWindow`: a shift touches the new answers only).
       A put of a key already here moves it out of order: it drops the window
       (the next ask walks the table), as do more puts since the last ask than
       the window holds (a channel nobody checkpoints keeps no list that grows).
@@ -578,9 +652,7 @@ class SentResults:
         newest_first = list(itertools.islice(reversed(results.items()), count))
         newest_first.reverse()
         window = SentWindow._of(
-            tuple(key for key, _ in newest_first),
-            tuple(answer for _, answer in newest_first),
-            None,
+            [key for key, _ in newest_first], [answer for _, answer in newest_first]
         )
         # A table smaller than the window drops its oldest answers on a put,
         # which may be the window's: such a window is not kept.

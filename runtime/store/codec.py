@@ -164,17 +164,17 @@ def _sent_in(data: Any, _: Any) -> SentWindow:
 def sent_json(window: SentWindow) -> str:
     """``window`` as the JSON list :func:`dumps` makes of its encoding.
 
-    Each answer is encoded once, the first time a checkpoint writes it, and
-    kept with the window (``SentWindow.encoded``): a busy channel's
-    checkpoint (one a second) carries its newest answers, hundreds of them,
-    nearly all written before.
+    Each answer is encoded once, the first time a checkpoint writes it: the
+    window keeps its text, and the window shifted from it starts from that
+    text (``SentWindow.text``). A busy channel's checkpoint (one a second)
+    carries its newest answers, hundreds of them, nearly all written before.
     """
     return f"[{_sent_items(window)}]"
 
 
 def _sent_items(window: SentWindow) -> str:
     """:func:`sent_json` without its brackets."""
-    return ",".join(window.encoded(_sent_text))
+    return window.text(_sent_text)
 
 
 def _sent_text(entry: SentEntry) -> str:
