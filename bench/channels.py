@@ -231,8 +231,9 @@ class ChannelsParams:
             "node_max_in_flight",
             "checkpoint_interval",
         ):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}: expected a positive number, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not value > 0 or not math.isfinite(value):  # (NaN is neither above nor below)
+                problems.append(f"{name}: expected a positive finite number, got {value}")
         if 0 < self.node_max_loop_lag < 0.05:
             lag = self.node_max_loop_lag
             problems.append(f"node_max_loop_lag: expected 0 (off) or at least 0.05, got {lag}")

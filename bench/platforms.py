@@ -11,6 +11,9 @@ Design:
   process that measures, and on a 2-core machine they get the other core.
 - The spec goes on standard input, not the command line: a rig's
   websocket tokens are thousands (an argument is capped at 128 KiB).
+- Once they serve, the process freezes what start-up built and collects
+  young objects less often (``runtime.collection.freeze_start_up``): the
+  judges' collector pauses must not be the clients' tail latency.
 - Everything a bench does to them (inject, faults, reading what was sent
   and who held which connection) goes through each emulator's control
   API over HTTP (:class:`~bench.rig.EmulatorControl`), as a test or a

@@ -1,4 +1,5 @@
-"""The node's garbage-collection policy (``[node] gc``).
+"""The node's garbage-collection policy (``[node] gc``), and the one for a
+serving process that is not a node (:func:`freeze_start_up`: the emulators').
 
 A node is a large, long-lived heap: every channel keeps its actor, its
 link, its limiter and their coroutines for hours. CPython's collector
@@ -97,11 +98,13 @@ def freeze_start_up() -> int:
     and again, and takes the node's young threshold (:data:`YOUNG_THRESHOLD`).
     Under CPython's own thresholds the WhatsApp emulator stopped every few
     seconds for 50-130 ms under 400 requests a second: the p99 of every
-    client measured against it, not the client's own. What the process
-    keeps of a run afterwards (every message sent, for the judges) is
-    collected as CPython would; nothing is frozen again, so no cycle that
-    becomes garbage later is kept for good. Meant for a process of its own:
-    the thresholds stay for the rest of the process.
+    client measured against it, not the client's own. What start-up built
+    is kept for good, even once it is garbage in a cycle: the emulators drop
+    nothing of it (their app, server and ledgers live as long as the
+    process). What the process makes afterwards (every message sent, kept
+    for the judges) is never frozen, so a full collection still walks it and
+    collects its cycles. Meant for a process of its own: the thresholds stay
+    for the rest of the process.
     """
     gc.collect()
     gc.freeze()

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import attrs
 import matplotlib
 import pytest
+import trio
 
 import bench.__main__ as bench_main
+import bench.channels as bench_channels
 from bench import plots
 from bench.__main__ import build_parser, load_scenario, main
+from bench.channels import ChannelsParams
 from bench.report import Figure, Report, Series, Target, machine_info, render_table
-from bench.rig import emulator_port, node_config
+from bench.rig import emulator_port, node_config, open_rig
 
 matplotlib.use("Agg")
 
@@ -133,21 +141,44 @@ def test_port_base_places_the_node_and_its_emulator() -> None:
     assert main(["channels", "--port-base", "70000"]) == 2
 
 
-def test_checkpoint_interval_reaches_the_benchmarks_node() -> None:
+async def test_checkpoint_interval_reaches_the_benchmarks_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     scenario = load_scenario("channels", where="test")
     args = build_parser(scenario, "channels").parse_args(["--checkpoint-interval", "3600"])
     assert args.param__checkpoint_interval == 3600.0
+    for bad in (0.0, -1.0, math.inf, math.nan):  # refused, with its reason
+        with pytest.raises(ValueError, match="checkpoint_interval: expected a positive finite"):
+            ChannelsParams(checkpoint_interval=bad)
     default = node_config("websocket", in_process_emulator=False, limits=False)
     assert default.storage.checkpoint_interval == 1.0  # the product's default
-    config = node_config(
-        "websocket",
-        in_process_emulator=False,
-        limits=False,
-        storage={"checkpoint_interval": args.param__checkpoint_interval},
-    )
-    assert config.storage.checkpoint_interval == 3600.0
-    assert config.storage.backend == "memory"
-    assert main(["channels", "--checkpoint-interval", "0"]) == 2  # refused, with its reason
+    # The rig hands it to the node's [storage] (the memory store still)...
+    with trio.fail_after(60):
+        async with open_rig(
+            "simulated",
+            external=False,
+            limits=False,
+            storage_settings={"checkpoint_interval": 3600.0},
+        ) as rig:
+            assert rig.node.config.storage.checkpoint_interval == 3600.0
+            assert rig.node.config.storage.backend == "memory"
+    # ...and the scenario hands its parameter to the rig.
+    handed: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    @contextlib.asynccontextmanager
+    async def recording_rig(*args: Any, **kwargs: Any) -> AsyncIterator[None]:
+        handed.update(kwargs)
+        raise Stop
+        yield  # (a generator)
+
+    monkeypatch.setattr(bench_channels, "open_rig", recording_rig)
+    params = ChannelsParams(provider="simulated", checkpoint_interval=3600.0)
+    with pytest.raises(Stop):
+        await bench_channels._run(params, SimpleNamespace(port_base=0))  # type: ignore[arg-type]
+    assert handed["storage_settings"] == {"checkpoint_interval": 3600.0}
 
 
 def _report(notes: list[str]) -> Report:

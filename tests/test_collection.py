@@ -8,6 +8,7 @@ connects has gone quiet, a thaw on the way out; nothing touched with
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -41,14 +42,22 @@ def collector_as_found() -> Iterator[None]:
 def test_a_serving_process_freezes_its_start_up_and_collects_young_objects_less_often() -> None:
     # (the emulators' processes: ``switchboard emulate``, ``bench.platforms``)
     gc.unfreeze()
+    _, middle, old = gc.get_threshold()
     built = [[n] for n in range(1_000)]  # what start-up leaves, alive for good (tracked)
     assert any(o is built[0] for o in gc.get_objects())  # walked by every full collection
+    cycle = _Node()
+    cycle.next = cycle  # start-up garbage in a cycle: collected first, never frozen
+    gone = weakref.ref(cycle)
+    del cycle
     frozen = freeze_start_up()
-    assert frozen == gc.get_freeze_count() >= len(built)
-    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert gone() is None
+    assert frozen >= len(built) and gc.get_freeze_count() == frozen
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, middle, old)  # the older ones as they were
     assert not any(o is built[0] for o in gc.get_objects())  # frozen: never walked again
-    later = [["kept of a run"]]
-    assert any(o is later for o in gc.get_objects())  # what comes after: collected as usual
+
+
+class _Node:
+    next: _Node | None = None
 
 
 def test_the_thresholds_hold_while_any_node_runs_and_come_back_after_the_last() -> None:
