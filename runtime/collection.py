@@ -36,7 +36,8 @@ The policy, ``gc = "tuned"`` (the default):
   gets its collector back. A program that manages the
   collector itself sets ``gc = "default"``: the node then touches nothing.
   It should know that a busy node keeps few long-lived objects the
-  collector tracks (its per-message keep is tuples it stops tracking), so
+  collector tracks (its per-message keep is strings, and the two lists of
+  each busy channel's checkpoint window), so
   CPython's own rule (a full collection once what was added reaches a
   quarter of what survived the last one) runs one about every tenth
   middle collection, and each visits every channel's table of send answers

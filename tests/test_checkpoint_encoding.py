@@ -2,7 +2,8 @@
 
 A busy channel's checkpoint keeps work from one checkpoint to the next: its
 newest send answers (``SentResults.newest`` shifts the list it gave last by
-the answers put since), each answer's JSON text (``sent_json``), and the
+the answers put since), the answers' JSON text (``sent_json``: the window
+keeps it, and the window shifted from it starts from it), and the
 rest of its state is encoded by hand (``state_rest``) instead of by cattrs.
 Each shortcut (and the inbound ids, written by msgspec) is compared here
 with the plain way over generated histories and states: the text must be

@@ -25,8 +25,9 @@ Design:
   keyed limiter has ``buckets``). Its dead letters are the store's rows of
   their own, not part of that object.
 - A busy channel is checkpointed once a second, so :func:`state_text`
-  takes shortcuts that write the same text: each send answer's text is
-  kept with the channel's window of answers (:func:`sent_json`), the
+  takes shortcuts that write the same text: the text of the channel's
+  window of send answers is kept with it and shifted with it, so an
+  answer is encoded once (:func:`sent_json`), the
   inbound ids (up to a thousand a channel) are written by msgspec, and the
   rest of the state is encoded by hand into the dict cattrs makes of it
   (:func:`state_rest`). Tests compare each with the plain way.
@@ -354,7 +355,7 @@ def encode_state(state: ChannelState) -> dict[str, Any]:
 def state_text(state: ChannelState) -> str:
     """:func:`encode_state` as :func:`dumps` writes it, the inbound ids and send answers last.
 
-    The answers are spliced in as each answer's kept encoding
+    The answers are spliced in as their window's kept text
     (:func:`sent_json`), the ids as :func:`seen_json` writes them: the rest
     of a busy channel's state is small, its hundreds of answers and up to a
     thousand ids are not.
