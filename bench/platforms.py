@@ -43,6 +43,7 @@ __all__ = ["PLATFORMS", "PlatformsSpec", "main", "open_platforms", "reap"]
 PLATFORMS: Final = ("websocket", "telegram", "discord", "whatsapp")
 STARTUP_TIMEOUT: Final = 60.0  # seconds for the process to listen
 PREFIX: Final = "platforms: "
+COLLECTOR: Final = "collector: "  # the line before, once its start-up is frozen
 OPEN_FILES: Final = 20_000  # the most this machine allows a process (a socket per connection)
 UNLIMITED: Final = 10**9  # sends a second (or a burst) that no load reaches: a limit that is off
 
@@ -144,7 +145,8 @@ async def _serve(spec: PlatformsSpec, port_base: int) -> None:
                     )
                 )
                 urls.append(f"{name}={url}")
-            freeze_start_up()  # the judges' collector pauses would be the clients' tail
+            frozen = freeze_start_up()  # the judges' collector pauses would be the clients' tail
+            print(f"{COLLECTOR}{frozen} start-up objects frozen")
             print(PREFIX + " ".join(urls), flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
@@ -207,20 +209,33 @@ async def reap(process: trio.Process, *, grace: float = 5.0) -> None:
 
 
 async def _read_urls(stream: Any) -> dict[str, str]:
+    """The platforms' URLs, from the process's ``platforms:`` line."""
+    line = (await _read_start(stream))[-1]
+    return dict(item.split("=", 1) for item in line[len(PREFIX) :].split())
+
+
+async def _read_start(stream: Any) -> list[str]:
+    """What the platforms process printed up to its ``platforms:`` line, that one last
+    (its collector's line comes before it).
+
+    Raises:
+        ScenarioError: no such line within :data:`STARTUP_TIMEOUT`.
+    """
     buffer = b""
     with trio.move_on_after(STARTUP_TIMEOUT):
-        while b"\n" not in buffer:
+        while True:
+            lines = buffer.decode(errors="replace").split("\n")[:-1]  # the complete ones
+            for at, line in enumerate(lines):
+                if line.startswith(PREFIX):
+                    return lines[: at + 1]
             chunk = await stream.receive_some()
             if not chunk:
                 break
             buffer += chunk
-    line = buffer.decode(errors="replace").split("\n", 1)[0]
-    if not line.startswith(PREFIX):
-        raise ScenarioError(
-            f"the platforms process did not start within {STARTUP_TIMEOUT:.0f} s; "
-            f"it printed: {buffer.decode(errors='replace')[-400:]!r}"
-        )
-    return dict(item.split("=", 1) for item in line[len(PREFIX) :].split())
+    raise ScenarioError(
+        f"the platforms process did not start within {STARTUP_TIMEOUT:.0f} s; "
+        f"it printed: {buffer.decode(errors='replace')[-400:]!r}"
+    )
 
 
 if __name__ == "__main__":
