@@ -535,13 +535,13 @@ class SentWindow:
         text = self._text
         if text is not None:
             return text
-        start = self._from
-        if start is None:
+        shifted_from = self._from
+        if shifted_from is None:
             texts = [encode(entry) for entry in self]
             lengths = _packed(texts)
             text = ",".join(texts)
         else:
-            source, cut, lengths = start
+            source, cut, lengths = shifted_from
             head = source[cut:] if cut else source
             new = [encode(self[index]) for index in range(len(lengths) // _LENGTH, len(self))]
             if new:
