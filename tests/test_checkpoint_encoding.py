@@ -17,7 +17,9 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import math
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -30,6 +32,10 @@ from actors.breaker import BreakerState, CircuitBreakerState
 from actors.channel.durable import (
     SENT_KEPT_DURABLE,
     ChannelState,
+    _active_shifted,
+    _later_s,
+    _shift_backoff,
+    _shift_limiter,
     export_state,
     restore_state,
 )
@@ -42,6 +48,7 @@ from actors.channel.state import (
 )
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
 from providers.base import UNLIMITED, PlatformLimits, SessionState
+from runtime.store import codec
 from runtime.store.codec import (
     converter,
     decode_state,
@@ -427,46 +434,86 @@ def test_the_ids_text_is_what_dumps_writes(ids: list[str]) -> None:
 # --- the rest of the state ------------------------------------------------------------------
 
 maybe_time = st.none() | st.floats(allow_nan=False, allow_infinity=False)
-gcra_states = st.builds(GCRAState, tat_ns=st.none() | st.integers(), paused_until=maybe_time)
-limiter_parts = gcra_states | st.builds(
-    KeyedLimiterState,
-    buckets=st.lists(st.tuples(st.text() | st.integers(), gcra_states), max_size=4).map(tuple),
-    paused_until=maybe_time,
-    new_keys_paused_until=maybe_time,
+# Every float, NaN and the infinities included, and the times a node writes
+# (unix seconds, delays), around where repr starts writing an exponent.
+any_time = (
+    st.none()
+    | st.floats()
+    | st.floats(min_value=1.7e9, max_value=1.9e9)
+    | st.floats(min_value=0, max_value=600)
+    | st.sampled_from([1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, -0.0, 5e-324])
 )
-channel_states = st.builds(
-    ChannelState,
-    version=st.integers(0, 3),
-    session=st.none() | st.builds(SessionState, provider=st.text(), data=json_objects),
-    limiter=st.none()
-    | st.builds(
+# Session data msgspec and dumps write differently, or only one of them writes.
+odd_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary(max_size=3)
+    | st.datetimes()
+    | st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.text() | st.integers() | st.floats() | st.booleans() | st.none(), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
+
+
+def limiter_states_with(
+    times: st.SearchStrategy[float | None], tats: st.SearchStrategy[int]
+) -> st.SearchStrategy[CompositeLimiterState]:
+    gcra_states = st.builds(GCRAState, tat_ns=st.none() | tats, paused_until=times)
+    limiter_parts = gcra_states | st.builds(
+        KeyedLimiterState,
+        buckets=st.lists(st.tuples(st.text() | st.integers(), gcra_states), max_size=4).map(tuple),
+        paused_until=times,
+        new_keys_paused_until=times,
+    )
+    return st.builds(
         CompositeLimiterState,
         parts=st.lists(limiter_parts, max_size=3).map(tuple),
-        paused_until=maybe_time,
-    ),
-    backoff=st.builds(
-        BackoffState, failures=st.integers(0, 50), last_delay=maybe_time, connected_at=maybe_time
-    ),
-    breaker=st.builds(
-        CircuitBreakerState,
-        state=st.sampled_from(BreakerState),
-        consecutive_failures=st.integers(0, 10),
-        retry_at=maybe_time,
-        trials_in_flight=st.integers(0, 3),
-        successes=st.integers(0, 10**12),
-        failures=st.integers(0, 10**6),
-        rejections=st.integers(0, 10**6),
-        times_opened=st.integers(0, 100),
-    ),
-    seen=st.lists(st.text(), max_size=5).map(tuple),
-    failed=st.none() | st.text(),
-    dead_letters_total=st.integers(0, 10**9),
-    dead_letters_dropped=st.integers(0, 10**9),
-    sent=st.lists(st.tuples(st.text(), st.text(), st.text()), max_size=4).map(
-        lambda entries: SentWindow(tuple(entries))
-    ),
-    clean=st.booleans(),
-)
+        paused_until=times,
+    )
+
+
+def channel_states_with(
+    times: st.SearchStrategy[float | None], session_data: st.SearchStrategy[Any]
+) -> st.SearchStrategy[ChannelState]:
+    return st.builds(
+        ChannelState,
+        version=st.integers(0, 3),
+        session=st.none() | st.builds(SessionState, provider=st.text(), data=session_data),
+        limiter=st.none() | limiter_states_with(times, st.integers()),
+        backoff=st.builds(
+            BackoffState, failures=st.integers(0, 50), last_delay=times, connected_at=times
+        ),
+        breaker=st.builds(
+            CircuitBreakerState,
+            state=st.sampled_from(BreakerState),
+            consecutive_failures=st.integers(0, 10),
+            retry_at=times,
+            trials_in_flight=st.integers(0, 3),
+            successes=st.integers(0, 10**12),
+            failures=st.integers(0, 10**6),
+            rejections=st.integers(0, 10**6),
+            times_opened=st.integers(0, 100),
+        ),
+        seen=st.lists(st.text(), max_size=5).map(tuple),
+        failed=st.none() | st.text(),
+        dead_letters_total=st.integers(0, 10**9),
+        dead_letters_dropped=st.integers(0, 10**9),
+        sent=st.lists(st.tuples(st.text(), st.text(), st.text()), max_size=4).map(
+            lambda entries: SentWindow(tuple(entries))
+        ),
+        clean=st.booleans(),
+    )
+
+
+channel_states = channel_states_with(maybe_time, json_objects)
 
 
 @settings(max_examples=300, deadline=None)
@@ -485,6 +532,133 @@ def test_the_state_text_is_the_plain_encoding_byte_for_byte(state: ChannelState)
     assert state_text(state) == plain_text(state)  # again, from what the first kept
     loaded = decode_state(json.loads(state_text(state)))
     assert loaded == attrs.evolve(state, dead_letters=())
+
+
+@settings(max_examples=500, deadline=None)
+@given(channel_states_with(any_time, st.dictionaries(st.text(), odd_values, max_size=3)))
+@example(ChannelState(session=SessionState(provider="x", data={"k": {1e16: 1}})))  # "1e16"
+@example(ChannelState(session=SessionState(provider="x", data={"k": {math.nan: 1}})))  # "nan"
+@example(ChannelState(session=SessionState(provider="x", data={"at": datetime(2026, 12, 7)})))
+@example(ChannelState(session=SessionState(provider="x", data={"k": [1.0, math.inf]})))  # null
+def test_the_state_text_is_dumps_text_or_dumps_refusal_whatever_the_numbers(
+    state: ChannelState,
+) -> None:
+    # msgspec writes the rest where its text is dumps'; a float it would write
+    # otherwise (an exponent, NaN as null) or a value dumps refuses goes to dumps.
+    try:
+        expected = plain_text(state)
+    except (ValueError, TypeError) as exc:
+        with pytest.raises(type(exc)):
+            state_text(state)
+    else:
+        assert state_text(state) == expected
+
+
+def test_a_node_s_usual_state_is_written_by_msgspec_and_an_exponent_by_dumps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[Any] = []
+
+    def counted(data: Any) -> str:
+        calls.append(data)
+        return dumps(data)
+
+    monkeypatch.setattr(codec, "dumps", counted)
+    usual = ChannelState(
+        session=SessionState(provider="websocket", data={"last_message_id": "m-1", "n": 2.5}),
+        limiter=CompositeLimiterState(
+            parts=(
+                GCRAState(tat_ns=1_796_000_000_123_456_789, paused_until=None),
+                KeyedLimiterState(buckets=(("p", GCRAState(tat_ns=5, paused_until=1.8e9)),)),
+            )
+        ),
+        backoff=BackoffState(failures=0, last_delay=0.25, connected_at=1_796_625_267.6664462),
+        breaker=CircuitBreakerState(retry_at=None, successes=120),
+    )
+    assert state_text(usual) == plain_text(usual)
+    assert calls == []  # the rest by msgspec (plain_text's own dumps is the unpatched one)
+    far = attrs.evolve(usual, backoff=BackoffState(failures=1, last_delay=1e-05))
+    assert state_text(far) == plain_text(far)
+    assert len(calls) == 1  # 1e-05: repr writes an exponent, msgspec 0.00001
+    nan = attrs.evolve(usual, breaker=CircuitBreakerState(retry_at=float("nan")))
+    with pytest.raises(ValueError, match="Out of range float values"):
+        state_text(nan)  # dumps refuses it; msgspec would have written null
+    assert len(calls) == 2
+
+
+# --- the export's shortcuts -----------------------------------------------------------------
+
+
+def plain_active(state: CompositeLimiterState, now: float) -> CompositeLimiterState:
+    """What export_state kept of a limiter before it moved its times: the state
+    without per-peer buckets full again by ``now``, nor a channel pause that is over."""
+    now_ns = math.floor(now * 1e9)
+
+    def resting(bucket: GCRAState) -> bool:
+        paused = bucket.paused_until is not None and bucket.paused_until > now
+        return not paused and (bucket.tat_ns is None or bucket.tat_ns <= now_ns)
+
+    parts: list[Any] = []
+    for part in state.parts:
+        if isinstance(part, KeyedLimiterState):
+            part = attrs.evolve(
+                part, buckets=tuple((k, b) for k, b in part.buckets if not resting(b))
+            )
+        parts.append(part)
+    paused = state.paused_until
+    return attrs.evolve(
+        state,
+        parts=tuple(parts),
+        paused_until=None if paused is not None and paused <= now else paused,
+    )
+
+
+# Times near ``now`` (so that buckets rest, or not), in seconds and in nanoseconds.
+near_now = st.none() | st.floats(min_value=0, max_value=20)
+near_now_ns = st.integers(min_value=0, max_value=20 * 10**9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    limiter=limiter_states_with(near_now, near_now_ns),
+    now=st.floats(min_value=0, max_value=20),
+    shift=st.floats(min_value=-2e9, max_value=2e9),
+)
+@example(
+    limiter=CompositeLimiterState(
+        parts=(
+            GCRAState(tat_ns=9 * 10**9, paused_until=None),
+            KeyedLimiterState(
+                buckets=(
+                    ("rested", GCRAState(tat_ns=4 * 10**9, paused_until=None)),
+                    ("busy", GCRAState(tat_ns=6 * 10**9, paused_until=None)),
+                    ("paused", GCRAState(tat_ns=None, paused_until=5.5)),
+                    ("was paused", GCRAState(tat_ns=None, paused_until=5.0)),
+                ),
+                paused_until=6.0,
+            ),
+        ),
+        paused_until=5.0,
+    ),
+    now=5.0,
+    shift=1.8e9,
+)
+def test_the_limiter_s_export_in_one_pass_is_the_active_state_moved(
+    limiter: CompositeLimiterState, now: float, shift: float
+) -> None:
+    assert _active_shifted(limiter, now, shift) == _shift_limiter(plain_active(limiter, now), shift)
+
+
+def test_the_backoff_is_moved_field_by_field_and_has_no_field_it_leaves_behind() -> None:
+    # _shift_backoff makes the moved state from its fields instead of evolving it.
+    assert [field.name for field in attrs.fields(BackoffState)] == [
+        "failures",
+        "last_delay",
+        "connected_at",
+    ]
+    state = BackoffState(failures=3, last_delay=2.5, connected_at=10.0)
+    assert _shift_backoff(state, 1e9) == attrs.evolve(state, connected_at=_later_s(10.0, 1e9))
+    assert _shift_backoff(state, 1e9).connected_at > 10.0 + 1e9  # later, never earlier
 
 
 @pytest.mark.parametrize(
