@@ -371,11 +371,13 @@ def _active_shifted(
             parts.append(_shift_gcra(part, shift))
             continue
         buckets = []
+        keyed = isinstance(part, KeyedLimiterState)  # (another kind keeps every bucket)
         for key, bucket in part.buckets:
             paused = bucket.paused_until
             tat_ns = bucket.tat_ns
-            if (paused is not None and paused > now) or (tat_ns is not None and tat_ns > now_ns):
-                buckets.append((key, _shift_gcra(bucket, shift)))  # not resting: kept
+            resting = (paused is None or not paused > now) and (tat_ns is None or tat_ns <= now_ns)
+            if not (keyed and resting):
+                buckets.append((key, _shift_gcra(bucket, shift)))
         parts.append(
             KeyedLimiterState(
                 buckets=tuple(buckets),

@@ -377,15 +377,18 @@ def _rest_json(state: ChannelState) -> str:
 
     Design notes: dumps took about 7 µs for this dozen-field object, a
     quarter of a busy channel's checkpoint round; msgspec takes under one.
-    Their texts differ only where msgspec writes a float with no exponent's
-    sign, or no exponent (``1e16``, ``0.00001``), writes NaN and the
-    infinities as ``null`` where dumps refuses them, refuses a lone half of a
-    UTF-16 pair, and writes some keys that are not strings its own way. So
-    a state holding such a float, or a session whose data has a key that is
-    not a string, goes to dumps, as does anything msgspec refuses.
+    For JSON's own values their texts differ only where msgspec writes a
+    float with no exponent's sign, or no exponent (``1e16``, ``0.00001``),
+    writes NaN and the infinities as ``null`` where dumps refuses them,
+    refuses a lone half of a UTF-16 pair, and writes some keys that are not
+    strings its own way; and msgspec writes values dumps refuses (bytes,
+    dates, sets, UUIDs). So the state's fields are checked first
+    (:func:`_plain_scalars`): one that is not of JSON's own types, or such a
+    float, sends the whole rest to dumps, as does anything msgspec refuses.
+    Walking the whole dict instead would cost what msgspec saves.
     """
     rest = state_rest(state)
-    if _plain_numbers(state):
+    if _plain_scalars(state):
         try:
             return _REST_JSON(rest).decode()
         except (UnicodeEncodeError, msgspec.EncodeError, TypeError):
@@ -393,28 +396,56 @@ def _rest_json(state: ChannelState) -> str:
     return dumps(rest)
 
 
-def _plain_numbers(state: ChannelState) -> bool:
-    """Whether every float of ``state``'s rest is one msgspec writes as dumps does,
-    and its session's data has only string keys (see :func:`_rest_json`)."""
-    times: list[Any] = [state.backoff.last_delay, state.backoff.connected_at]
-    times.append(state.breaker.retry_at)
+_PLAIN_TYPES: Final = frozenset({str, int, bool, type(None)})
+
+
+def _plain_scalars(state: ChannelState) -> bool:
+    """Whether every value of ``state``'s rest is a str, int, bool, None or a
+    float msgspec writes as dumps does (:func:`_plain_float`), its session's
+    data included (:func:`_plain_value`): what :func:`_rest_json` may give
+    msgspec. Exact types, so a subclass goes to dumps."""
+    backoff = state.backoff
+    breaker = state.breaker
+    values: list[Any] = [
+        state.version,
+        state.failed,
+        state.dead_letters_total,
+        state.dead_letters_dropped,
+        state.clean,
+        backoff.failures,
+        backoff.last_delay,
+        backoff.connected_at,
+        breaker.consecutive_failures,
+        breaker.retry_at,
+        breaker.trials_in_flight,
+        breaker.successes,
+        breaker.failures,
+        breaker.rejections,
+        breaker.times_opened,
+    ]
     limiter = state.limiter
     if limiter is not None:
-        times.append(limiter.paused_until)
+        values.append(limiter.paused_until)
         for part in limiter.parts:
             if type(part) is GCRAState:
-                times += (part.tat_ns, part.paused_until)
+                values += (part.tat_ns, part.paused_until)
             elif type(part) is KeyedLimiterState:
-                times += (part.paused_until, part.new_keys_paused_until)
-                for _, bucket in part.buckets:
-                    times += (bucket.tat_ns, bucket.paused_until)
+                values += (part.paused_until, part.new_keys_paused_until)
+                for key, bucket in part.buckets:
+                    values += (key, bucket.tat_ns, bucket.paused_until)
             else:
-                return False  # a part cattrs writes: nothing known of its numbers
-    for value in times:
-        if isinstance(value, float) and not _plain_float(value):
+                return False  # a part cattrs writes: nothing known of its values
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            if not _plain_float(value):
+                return False
+        elif kind not in _PLAIN_TYPES:
             return False
     session = state.session
-    return session is None or not session.data or _plain_value(session.data)
+    if session is None:
+        return True
+    return type(session.provider) is str and (not session.data or _plain_value(session.data))
 
 
 def _plain_float(value: float) -> bool:
