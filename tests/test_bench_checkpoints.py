@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from bench.__main__ import load_scenario
 from bench.checkpoints import CheckpointsParams
+from bench.checkpoints_write import split_cost
 from bench.scenario import ScenarioError, load_run_file, resolve_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,8 @@ FIGURES = {
     "export_us": "µs",
     "encode_us": "µs",
     "encode_again_us": "µs",
+    "export_next_us": "µs",
+    "encode_next_us": "µs",
     "state_bytes": "B",
     "send_cpu_us": "µs",
     "send_rate": "msgs/s",
@@ -135,3 +139,30 @@ def test_the_scenario_file_keeps_10k_channels_and_rejects_an_unknown_backend() -
     assert params.channels == 10_000 and params.backends == ["sqlite", "postgres"]
     with pytest.raises(ScenarioError, match="backends"):
         resolve_params(scenario, run_file, quick=True, overrides={"backends": ["redis"]})
+
+
+def test_the_split_is_timed_under_the_node_s_collector_policy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under CPython's thresholds the split timed the full collections of a
+    # 10,000-channel heap too, which a node's policy does not run.
+    import gc
+
+    import actors.channel.durable
+    from runtime.collection import YOUNG_THRESHOLD
+
+    real = actors.channel.durable.export_state
+    during: list[tuple[int, int]] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        during.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(actors.channel.durable, "export_state", watched)
+    before = gc.get_threshold()
+    split = split_cost(20, peers=2, seen=3, sent=3)
+    assert len(during) == 40  # the first checkpoint of each channel, then the next
+    assert all(young == YOUNG_THRESHOLD and frozen > 0 for young, frozen in during)
+    assert gc.get_threshold() == before  # put back after
+    for value in attrs.astuple(split):
+        assert _finite(value) and value >= 0
