@@ -41,6 +41,7 @@ import trio
 
 from providers.base import OutboundMessage
 from providers.simulated import SimulatedProvider
+from runtime.collection import YOUNG_THRESHOLD
 
 from .checkpoints_write import SplitCost, WriteResult, measure_writes, split_cost
 from .report import Figure, Report, Series, Target, load_average, machine_info, median, utc_now
@@ -325,14 +326,14 @@ def _split_figures(split: SplitCost) -> list[Figure]:
         ),
         Figure.single(
             name="export_next_us",
-            label="of which export_state, per checkpoint, the next after a second's work",
+            label="of which export_state, per checkpoint, the next (a change, an interval later)",
             unit="µs",
             value=split.export_next_us,
             better="lower",
         ),
         Figure.single(
             name="encode_next_us",
-            label="of which encoding, per checkpoint, the next after a second's work",
+            label="of which encoding, per checkpoint, the next (a change, an interval later)",
             unit="µs",
             value=split.encode_next_us,
             better="lower",
@@ -422,8 +423,8 @@ def _notes(params: CheckpointsParams, writes: list[WriteResult], sends: list[Sen
         "CPU is time.process_time (the trio thread and SQLite's worker thread); "
         "PostgreSQL's server CPU is not counted",
         "the write phase and the export/encoding split run under the node's collector "
-        "policy (young collections every 20,000 allocations, the channels frozen once "
-        "built, as a node freezes them once connected)",
+        f"policy (young collections every {YOUNG_THRESHOLD:,} allocations, the channels "
+        "frozen once built, as a node freezes them once connected)",
         "stall: a watcher task ticks every 10 ms beside the writer; the latest a tick that "
         "overlaps a round woke is how long that round held the event loop (the export and "
         "the encoding run in the trio thread: no send runs meanwhile)",
@@ -459,7 +460,13 @@ def run(params: CheckpointsParams, ctx: RunContext) -> Report:
     with tempfile.TemporaryDirectory(prefix="sb-bench-ckpt-") as tmp:
         writes, sends, sections = trio.run(_measure, params, ctx, Path(tmp))
     ctx.progress.phase("export and encode, timed apart", total=1, unit="passes")
-    split = split_cost(params.channels, peers=params.peers, seen=params.seen, sent=params.sent)
+    split = split_cost(
+        params.channels,
+        peers=params.peers,
+        seen=params.seen,
+        sent=params.sent,
+        interval=params.interval,
+    )
     ctx.progress.update(1)
     figures = [
         *(f for w in writes for f in _write_figures(w)),

@@ -9,6 +9,7 @@ The write phase uses real SQLite and PostgreSQL (``SWITCHBOARD_TEST_PG``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -163,6 +164,45 @@ def test_the_split_is_timed_under_the_node_s_collector_policy(
     split = split_cost(20, peers=2, seen=3, sent=3)
     assert len(during) == 40  # the first checkpoint of each channel, then the next
     assert all(young == YOUNG_THRESHOLD and frozen > 0 for young, frozen in during)
-    assert gc.get_threshold() == before  # put back after
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # put back, thawed
     for value in attrs.astuple(split):
         assert _finite(value) and value >= 0
+
+
+async def test_the_write_rounds_run_under_the_policy_and_leave_it_on_a_failure(
+    autojump_clock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from bench import checkpoints_write
+    from bench.progress import Progress
+    from runtime.collection import YOUNG_THRESHOLD
+
+    rounds: list[tuple[int, int]] = []
+    real_flush = checkpoints_write._TimedWriter.flush
+
+    async def watched(self: Any) -> None:
+        rounds.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        if len(rounds) == 3:
+            raise RuntimeError("the store broke")
+        await real_flush(self)
+
+    monkeypatch.setattr(checkpoints_write._TimedWriter, "flush", watched)
+    before = gc.get_threshold()
+    with pytest.raises(BaseException) as raised:  # (in the nursery's group)
+        await checkpoints_write.measure_writes(
+            "sqlite",
+            channels=5,
+            rounds=3,
+            interval=1.0,
+            peers=1,
+            seen=1,
+            sent=1,
+            workdir=tmp_path,
+            pg_dsn="",
+            progress=Progress("test", stream=io.StringIO(), interactive=False),
+        )
+    assert "the store broke" in repr(raised.value)
+    assert len(rounds) == 3
+    assert all(young == YOUNG_THRESHOLD and frozen > 0 for young, frozen in rounds)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

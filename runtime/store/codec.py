@@ -403,7 +403,8 @@ def _plain_scalars(state: ChannelState) -> bool:
     """Whether every value of ``state``'s rest is a str, int, bool, None or a
     float msgspec writes as dumps does (:func:`_plain_float`), its session's
     data included (:func:`_plain_value`): what :func:`_rest_json` may give
-    msgspec. Exact types, so a subclass goes to dumps."""
+    msgspec. The state's own fields by exact type (a subclass goes to dumps);
+    the session's free-form data as :func:`_plain_value` judges it."""
     backoff = state.backoff
     breaker = state.breaker
     values: list[Any] = [
