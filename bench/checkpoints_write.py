@@ -187,8 +187,7 @@ def _node_collector() -> Iterator[None]:
     process holding 10,000 busy channels spends about as long again in full
     collections, which a node does not: the split's first export of 10,000
     channels measured 53-54 µs a channel under them, 26 µs under the policy
-    and 22 µs with the collector off (the next export 36-38, 19 and 16-17 µs;
-    2026-12-07)."""
+    and 22 µs with the collector off (2026-12-07)."""
     with CollectorPolicy(enabled=True) as policy:
         policy.settle(trio.current_time())
         yield
