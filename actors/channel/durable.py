@@ -371,12 +371,11 @@ def _active_shifted(
             parts.append(_shift_gcra(part, shift))
             continue
         buckets = []
-        keyed = isinstance(part, KeyedLimiterState)  # (another kind keeps every bucket)
         for key, bucket in part.buckets:
             paused = bucket.paused_until
             tat_ns = bucket.tat_ns
             resting = (paused is None or not paused > now) and (tat_ns is None or tat_ns <= now_ns)
-            if not (keyed and resting):
+            if not resting:
                 buckets.append((key, _shift_gcra(bucket, shift)))
         parts.append(
             KeyedLimiterState(
