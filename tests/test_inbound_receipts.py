@@ -8,6 +8,7 @@ delayed) to see what happens while a receipt is in the store's hands.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -393,6 +394,52 @@ async def test_a_crash_during_a_store_outage_does_not_hold_the_restart(
             gate.open()
             assert ids([await events.receive()]) == ["r1"]  # published once the store is back
             assert channel.memory.in_store == []
+
+
+async def test_a_channel_given_up_for_good_says_failed_behind_the_receipts_in_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As the node isolates a channel: past its own intensity the supervisor
+    # gives it up and ChannelActor.crashed_for_good marks it FAILED. That
+    # state change rides behind the receipt the store still holds, as the
+    # actor's own state changes do, so no subscriber sees FAILED first.
+    provider = FakeProvider(limits=LIMITS)
+    settings = ChannelSettings()
+    memory = ChannelMemory(provider.limits, settings)
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "s3cret"})
+    with trio.fail_after(CEILING):
+        async with gated_store() as (store, gate):
+            factory, memory = ChannelActor.factory(
+                config, provider, settings=settings, sink=store, memory=memory
+            )
+            spec = ChildSpec(
+                id="ch",
+                start=factory,
+                intensity=0,  # the first crash is one too many
+                on_give_up=functools.partial(ChannelActor.crashed_for_good, memory, "ch"),
+            )
+            async with open_actor_system() as system:
+                async with open_supervisor(system, [spec], intensity=10, period=60.0) as sup:
+                    ref = await sup.whereis_child("ch")
+                    assert ref is not None
+                    channel = ChannelRef(ref, memory, "ch", provider.name)
+                    events = channel.subscribe()
+                    conn = await provider.wait_connected(1)
+                    conn.push(receipt("r1"))
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert len(memory.in_store or ()) == 1
+                    conn.fail(RuntimeError("a defect"))  # crashes: given up for good
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert memory.status is ChannelStatus.FAILED
+                    gate.open()
+                    seen: list[Any] = []
+                    while not any(
+                        isinstance(e, ChannelStateChanged) and e.status is ChannelStatus.FAILED
+                        for e in seen
+                    ):
+                        seen.append(await events.receive())
+                    assert "r1" in ids(seen), ids(seen)  # the receipt first, then FAILED
+                    assert memory.in_store == []
 
 
 async def test_receipts_a_closing_store_gives_back_wait_ahead_of_later_events(

@@ -33,7 +33,7 @@ from .. import lowlevel
 from ..actor import Actor, Exit
 from ..errors import ChannelUnavailable
 from .connection import ConnectionLoop
-from .inbound import InboundPath, InboundSink, publish
+from .inbound import InboundPath, InboundSink, publish_in_order
 from .pacing import Turns
 from .send import SendPath
 from .state import (
@@ -205,7 +205,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             reason,
             extra={"channel": channel_id, "error.type": "CrashedForGood"},
         )
-        publish(
+        publish_in_order(  # behind the receipts the store still holds, as every state change
             memory,
             ChannelStateChanged(
                 channel_id=channel_id,

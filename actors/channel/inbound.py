@@ -290,12 +290,22 @@ class InboundPath:
             self._log.info("%r: the sink takes inbound events again", self)
 
     def _publish(self, event: Any) -> None:
-        memory = self.memory
-        held = memory.in_store
-        if held:
-            held.append((event,))  # after the receipts read before it
-            return
-        publish(memory, event)
+        publish_in_order(self.memory, event)
+
+
+def publish_in_order(memory: ChannelMemory, event: Any) -> None:
+    """Publish ``event`` behind the channel's receipts still in the store's hands.
+
+    A receipt the store took (``memory.in_store``) is published once the
+    store has written it; an event the channel makes meanwhile (a state
+    change) rides behind it, so that subscribers see them in the order
+    they happened.
+    """
+    held = memory.in_store
+    if held:
+        held.append((event,))  # after the receipts read before it
+        return
+    publish(memory, event)
 
 
 def publish(memory: ChannelMemory, event: Any) -> None:
