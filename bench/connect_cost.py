@@ -9,8 +9,8 @@
     start to the last connect. ``C`` is one of:
 
     - ``node`` (the default): a node in this process starts ``N`` websocket
-      channels (``Node.start_channel``, one after the other; they connect in
-      the background) and follows their ``state`` events, as the channels
+      channels (``Node.start_channels``, as it starts its configured ones;
+      they connect in the background) and follows their ``state`` events, as the channels
       benchmark does; each channel's token goes as ``Authorization: Bearer``,
       the provider's default.
     - ``bare``: a bare trio + wsproto client opens ``N`` connections at once
@@ -194,8 +194,8 @@ async def measure_node(
         await nursery.start(_follow, node, states, STATE_BUFFER_PER_CHANNEL * channels + 100)
 
         async def start_all(race: trio.CancelScope) -> None:
-            for index in range(channels):
-                spec = ChannelSpec(
+            specs = [
+                ChannelSpec(
                     id=f"ch{index:05d}",
                     provider="websocket",
                     tenant="bench",
@@ -203,7 +203,11 @@ async def measure_node(
                     credentials={"token": _token(index)},
                     options=options,
                 )
-                await node.start_channel(spec)
+                for index in range(channels)
+            ]
+            for result in await node.start_channels(specs):
+                if isinstance(result, Exception):
+                    raise result
             await states.wait_connected(channels)
             race.cancel()
 

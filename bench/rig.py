@@ -631,12 +631,19 @@ class Rig:
         self._webhooks_wired = True
 
     async def start_channels(self, count: int, rate: float = 0.0) -> None:
-        """Start ``count`` more channels, at ``rate`` per second (0: at once)."""
+        """Start ``count`` more channels, at ``rate`` per second (0: at once, as a node
+        starts its configured channels: ``Node.start_channels``)."""
         first = len(self.channel_ids)
+        if rate <= 0:
+            specs = [self.spec(index) for index in range(first, first + count)]
+            for spec, result in zip(specs, await self.node.start_channels(specs), strict=True):
+                if isinstance(result, Exception):
+                    raise result
+                self.channel_ids.append(spec.id)
+            return
         start = trio.current_time()
         for n, index in enumerate(range(first, first + count)):
-            if rate > 0:
-                await trio.sleep_until(start + n / rate)
+            await trio.sleep_until(start + n / rate)
             spec = self.spec(index)
             await self.node.start_channel(spec)
             self.channel_ids.append(spec.id)

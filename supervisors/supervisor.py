@@ -190,6 +190,11 @@ class _StartChild:
 
 
 @attrs.frozen
+class _StartChildren:
+    specs: tuple[ChildSpec, ...]
+
+
+@attrs.frozen
 class _TerminateChild:
     id: str
 
@@ -347,6 +352,17 @@ class Supervisor(Actor, Parent):
             return self._counts()
         if kind is _StartChild:
             return await self._start_new(msg.spec)
+        if kind is _StartChildren:
+            started: list[ActorRef | SupervisorError] = []
+            for spec in msg.specs:
+                try:
+                    ref = await self._start_new(spec)
+                except (AlreadyStarted, AlreadyPresent, StartChildFailed) as exc:
+                    started.append(exc)
+                else:
+                    assert ref is not None  # a started child has its ref
+                    started.append(ref)
+            return started
         if kind is _TerminateChild:
             child = self._find(msg.id)
             child.restarting = False
@@ -461,6 +477,17 @@ class Supervisor(Actor, Parent):
         child.started_at = trio.current_time()
         self._children[spec.id] = child
         return ref
+
+    def start_children_now(self, specs: Sequence[ChildSpec]) -> list[ActorRef | SupervisorError]:
+        """``start_children`` handled at the caller's site, while we are idle (as
+        :meth:`start_child_now`): each child's ref, or why it did not start."""
+        started: list[ActorRef | SupervisorError] = []
+        for spec in specs:
+            try:
+                started.append(self.start_child_now(spec))
+            except (AlreadyStarted, AlreadyPresent, StartChildFailed) as exc:
+                started.append(exc)
+        return started
 
     def _counts(self) -> ChildCounts:
         active = supervisors = 0
@@ -783,6 +810,26 @@ class SupervisorRef:
                 return inst.start_child_now(spec)
         ref: ActorRef = await self._call(_StartChild(spec))
         return ref
+
+    async def start_children(self, specs: Sequence[ChildSpec]) -> list[ActorRef | SupervisorError]:
+        """``start_child`` for each spec, in order, as one request: for each, the
+        child's ref, or the error ``start_child`` would have raised
+        (``AlreadyStarted``, ``AlreadyPresent``, ``StartChildFailed``).
+
+        One child that cannot start does not stop the ones after it. Many
+        children started so start within one step of the caller (children
+        that start without waiting, the supervisor idle) or one trip
+        through its mailbox, where ``start_child`` for each would take a
+        scheduling round each.
+        """
+        await trio.lowlevel.checkpoint()
+        sup = self.ref
+        if lowlevel.idle(sup) and all(lowlevel.starts_without_waiting(s.start) for s in specs):
+            inst = lowlevel.current_instance(sup)
+            if isinstance(inst, Supervisor):
+                return inst.start_children_now(specs)
+        started: list[ActorRef | SupervisorError] = await self._call(_StartChildren(tuple(specs)))
+        return started
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child (its shutdown applies) and keep its spec (temporary: drop it).

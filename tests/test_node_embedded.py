@@ -24,13 +24,14 @@ from runtime import (
     NodeEvent,
     StoreError,
     UnknownChannel,
+    UnknownProvider,
     open_node,
     open_store,
     parse_config,
 )
 from runtime.config import ChannelSpec, StorageConfig
 from runtime.drain import SendStopped
-from runtime.node import ROOT_INTENSITY
+from runtime.node import ROOT_INTENSITY, START_TOGETHER
 from runtime.ops.health import health_report
 from supervisors import SupervisorExited
 
@@ -92,6 +93,70 @@ async def test_node_starts_channels_and_sends(autojump_clock: trio.testing.MockC
             assert health_report(node)["status"] == "ok"
             stats = node.statistics()
             assert (stats.started, stats.configured, stats.draining) == (2, 2, False)
+
+
+async def test_start_channels_answers_each_spec_in_order_and_starts_the_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = node_config(
+        [sim("a")],
+        providers={"simulated": {"max_connections": 70, "rate_limit": {"enabled": False}}},
+    )
+    # More than START_TOGETHER, so that a second batch starts once the first has.
+    many = [ChannelSpec(id=f"m{n:02d}", provider="simulated") for n in range(START_TOGETHER + 6)]
+    specs = [
+        ChannelSpec(id="a", provider="simulated"),  # running already
+        *many[:3],
+        ChannelSpec(id="m01", provider="simulated"),  # twice in one call: the second is refused
+        ChannelSpec(id="x", provider="nosuch"),
+        ChannelSpec(id="e", provider="simulated", emulator=True),  # refused once claimed
+        *many[3:],
+    ]
+    with trio.fail_after(CEILING):
+        async with open_node(config, channel_defaults=FAST) as node:
+            results = await node.start_channels(specs)
+            assert len(results) == len(specs)
+            assert isinstance(results[0], ChannelExists)
+            assert isinstance(results[4], ChannelExists)
+            assert isinstance(results[5], UnknownProvider)
+            assert isinstance(results[6], UnknownProvider)
+            assert "emulator" in str(results[6])
+            refused = {s.channel_id: s for s in node.channels()}["e"]
+            assert refused.start_error is not None and "emulator" in refused.start_error
+            started = [r for r in results if not isinstance(r, Exception)]
+            # 70 connections: "a" and 69 of the 70 new ones; the last is refused.
+            assert [r.channel_id for r in started] == [spec.id for spec in many[:-1]]
+            assert isinstance(results[-1], ConnectionLimitReached)
+            # The node lists them in the order given, whatever order they started in.
+            listed = [s.channel_id for s in node.channels() if s.start_error is None]
+            assert listed == ["a"] + [spec.id for spec in many[:-1]]
+            await wait_connected(node, 70)
+            assert await node.send("m68", message("k"))
+
+
+async def test_two_starts_of_one_channel_at_once_start_it_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outcomes: list[Any] = []
+
+    async def start(node: Any) -> None:
+        try:
+            outcomes.append(await node.start_channel(ChannelSpec(id="d", provider="simulated")))
+        except ChannelExists as exc:
+            outcomes.append(exc)
+
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start, node)
+                nursery.start_soon(start, node)
+            assert sorted(type(outcome).__name__ for outcome in outcomes) == [
+                "ChannelExists",
+                "ChannelSnapshot",
+            ]
+            await wait_connected(node, 1)
+            assert [s.channel_id for s in node.channels()] == ["d"]
+            assert node.statistics().started == 1
 
 
 async def test_a_channel_that_cannot_start_leaves_the_rest_running(

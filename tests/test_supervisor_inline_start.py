@@ -151,3 +151,46 @@ async def test_a_supervisor_with_mail_queued_is_not_idle(
                 assert not lowlevel.idle(sup.ref)
                 ref = await sup.start_child(ChildSpec(id="w", start=functools.partial(Worker, [])))
                 assert ref.state is ActorState.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("worker", "through_mailbox"),
+    [(Worker, False), (AwaitingWorker, True)],
+    ids=["at-once", "awaits"],
+)
+async def test_start_children_starts_each_in_order_and_answers_each(
+    autojump_clock: trio.testing.MockClock, worker: type[Worker], through_mailbox: bool
+) -> None:
+    log: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            async with open_supervisor(system, []) as sup:
+                first = await sup.start_child(
+                    ChildSpec(id="a", start=functools.partial(Worker, []))
+                )
+                steps = TaskSteps()
+                parked = sup.ref._parked
+                assert parked is not None
+                steps.tasks.add(parked)
+                trio.lowlevel.add_instrument(steps)
+                try:
+                    answers = await sup.start_children(
+                        [
+                            ChildSpec(id="b", start=functools.partial(worker, log)),
+                            ChildSpec(id="a", start=functools.partial(worker, log)),  # taken
+                            ChildSpec(id="bad", start=functools.partial(worker, log, True)),
+                            ChildSpec(id="c", start=functools.partial(worker, log)),
+                        ]
+                    )
+                finally:
+                    trio.lowlevel.remove_instrument(steps)
+                assert (steps.steps > 0) is through_mailbox
+                b, taken, bad, c = answers
+                assert isinstance(taken, AlreadyStarted) and taken.ref is first
+                assert isinstance(bad, StartChildFailed) and isinstance(bad.__cause__, Boom)
+                assert await sup.whereis_child("b") is b
+                assert await sup.whereis_child("c") is c
+                # The children after a refusal started; the order is the one given.
+                assert [child.id for child in await sup.which_children()] == ["a", "b", "c"]
+                assert await sup.start_children([]) == []
+    assert log == ["start", "start", "start"]
