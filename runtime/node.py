@@ -200,7 +200,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._shared_settings: dict[str, ChannelSettings] = {}
         self._hub = EventHub(log_inbound=config.logging.inbound)
         self._table = ChannelTable()
-        self._starting: dict[str, str] = {}  # channel id -> provider, while it starts
+        self._starting: dict[str, _Claim] = {}  # the channels being started, by id
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
         # How late the event loop runs: past [node] max_loop_lag, the node takes only as
@@ -313,10 +313,10 @@ class Node(ClusterMode, DeadLetterOps):
 
         One channel's failure never stops the others. Up to
         :data:`START_TOGETHER` start at once, entering the node in the order
-        given, so their connects overlap: started one after another, a
-        node's every start ran among the connects of the ones before and a
-        connect cost it about 1.6 times as much CPU (``bench.connect_cost``,
-        1,000 channels). A node starts its configured channels so.
+        given, so their connects overlap: started one after another, each
+        start ran among the connects of the ones before and a connect cost
+        the node about 1.5 times as much CPU (``bench.connect_cost``, 1,000
+        channels). A node starts its configured channels so.
         """
         results: list[ChannelSnapshot | Exception | None] = [None] * len(specs)
         if self._cluster is not None:
@@ -346,7 +346,7 @@ class Node(ClusterMode, DeadLetterOps):
         by one request to the channels' supervisor, in order: so the
         supervisor's children and the node's table keep the order given.
         """
-        claimed: dict[int, Provider] = {}
+        claimed: dict[int, tuple[Provider, _Claim]] = {}
         for index in batch:
             try:
                 claimed[index] = self._claim(specs[index])
@@ -355,11 +355,11 @@ class Node(ClusterMode, DeadLetterOps):
         prepared: dict[int, tuple[ChildSpec, ChannelMemory]] = {}
 
         async def prepare(index: int) -> None:
-            spec = specs[index]
+            provider, claim = claimed[index]
             try:
-                prepared[index] = await self._prepare(spec, claimed[index])
+                prepared[index] = await self._prepare(specs[index], provider)
             except Exception as exc:
-                self._unclaim(spec, exc)
+                self._unclaim(claim, exc)
                 results[index] = exc
 
         try:
@@ -376,32 +376,34 @@ class Node(ClusterMode, DeadLetterOps):
                     outcomes = [exc] * len(children)
             for index, started in zip(order, outcomes, strict=True):
                 spec = specs[index]
+                provider, claim = claimed[index]
                 child, memory = prepared.pop(index)
                 if isinstance(started, ActorRef):
-                    self._unclaim(spec, None)
-                    results[index] = self._started(spec, claimed[index], child, memory, started)
+                    self._unclaim(claim, None)
+                    results[index] = self._started(claim, provider, child, memory, started)
                     continue
                 error = started
                 if isinstance(started, StartChildFailed):
                     error = self._not_started(spec, memory, started)
                 else:
                     self._checkpoints.detach(memory)
-                self._unclaim(spec, error)
+                self._unclaim(claim, error)
                 results[index] = error
-        finally:  # cut short (cancelled): what is still claimed did not start
+        finally:  # cut short (cancelled): what this batch still holds did not start
             for _, memory in prepared.values():
                 self._checkpoints.detach(memory)
-            for index in claimed:
-                if specs[index].id in self._starting:
-                    self._unclaim(specs[index], None)
-                    self._table.get(specs[index].id).start_error = "Cancelled: its start was cut"
+            for _, claim in claimed.values():
+                if not claim.ended.is_set():
+                    self._unclaim(claim, "Cancelled: its start was cut")
 
-    def _claim(self, spec: ChannelSpec) -> Provider:
-        """Check that ``spec`` may start, and enter its row: its provider.
+    def _claim(self, spec: ChannelSpec) -> tuple[Provider, _Claim]:
+        """Check that ``spec`` may start and enter its row: its provider, and the claim
+        its start holds until it ends (:meth:`_unclaim`).
 
-        A channel counts as running from here (for ``ChannelExists`` and its
-        provider's ``max_connections``) until its start ends (:meth:`_unclaim`),
-        so that starts running together cannot both take one id or one slot.
+        While claimed, a channel is taken (``ChannelExists``) and counts
+        against its provider's ``max_connections``, so that starts running
+        together cannot both take one id or one slot; a stop or a restart
+        of it waits for the start to end (:meth:`_start_ended`).
         """
         self._check_accepting()
         current = self._table.find(spec.id)
@@ -411,9 +413,10 @@ class Node(ClusterMode, DeadLetterOps):
             )
         provider = self._provider(spec.provider)
         self._check_limit(spec.provider)
-        self._table.put(ChannelRow(spec=spec))
-        self._starting[spec.id] = spec.provider
-        return provider
+        claim = _Claim(ChannelRow(spec=spec))
+        self._table.put(claim.row)
+        self._starting[spec.id] = claim
+        return provider, claim
 
     async def _start(
         self,
@@ -423,12 +426,12 @@ class Node(ClusterMode, DeadLetterOps):
         revive: bool = False,
         tenure: Tenure | None = None,
     ) -> ChannelSnapshot:
-        provider = self._claim(spec)
-        return await self._start_claimed(spec, provider, carry=carry, revive=revive, tenure=tenure)
+        provider, claim = self._claim(spec)
+        return await self._start_claimed(claim, provider, carry=carry, revive=revive, tenure=tenure)
 
     async def _start_claimed(
         self,
-        spec: ChannelSpec,
+        claim: _Claim,
         provider: Provider,
         *,
         carry: ChannelMemory | None = None,
@@ -436,6 +439,7 @@ class Node(ClusterMode, DeadLetterOps):
         tenure: Tenure | None = None,
     ) -> ChannelSnapshot:
         """Start the channel :meth:`_claim` entered."""
+        spec = claim.row.spec
         try:
             child, memory = await self._prepare(
                 spec, provider, carry=carry, revive=revive, tenure=tenure
@@ -444,11 +448,14 @@ class Node(ClusterMode, DeadLetterOps):
                 ref = await self._channel_supervisor().start_child(child)
             except StartChildFailed as exc:
                 raise self._not_started(spec, memory, exc) from exc
+            except BaseException:
+                self._checkpoints.detach(memory)
+                raise
         except BaseException as exc:
-            self._unclaim(spec, exc)
+            self._unclaim(claim, exc)
             raise
-        self._unclaim(spec, None)
-        return self._started(spec, provider, child, memory, ref)
+        self._unclaim(claim, None)
+        return self._started(claim, provider, child, memory, ref)
 
     async def _prepare(
         self,
@@ -492,21 +499,31 @@ class Node(ClusterMode, DeadLetterOps):
         self._checkpoints.detach(memory)
         return ChannelStartFailed(f"channel {spec.id!r} did not start: {exc}", child_id=spec.id)
 
-    def _unclaim(self, spec: ChannelSpec, error: BaseException | None) -> None:
-        """The claimed channel started, or did not (``error``): it no longer starts."""
-        del self._starting[spec.id]
+    def _unclaim(self, claim: _Claim, error: BaseException | str | None) -> None:
+        """The claimed channel started, or did not (``error``, or why): its start ended."""
+        if self._starting.get(claim.row.spec.id) is claim:
+            del self._starting[claim.row.spec.id]
         if error is not None:
-            self._table.get(spec.id).start_error = f"{type(error).__name__}: {error}"
+            why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            claim.row.start_error = why
+        claim.ended.set()
+
+    async def _start_ended(self, channel_id: str) -> None:
+        """Wait until a start of ``channel_id`` under way (if any) has ended."""
+        claim = self._starting.get(channel_id)
+        if claim is not None:
+            await claim.ended.wait()
 
     def _started(
         self,
-        spec: ChannelSpec,
+        claim: _Claim,
         provider: Provider,
         child: ChildSpec,
         memory: ChannelMemory,
         ref: ActorRef,
     ) -> ChannelSnapshot:
-        row = self._table.get(spec.id)
+        row = claim.row
+        spec = row.spec
         row.child = child
         row.memory = memory
         row.channel = ChannelRef(ref, memory, spec.id, provider.name)
@@ -515,10 +532,13 @@ class Node(ClusterMode, DeadLetterOps):
     async def stop_channel(self, channel_id: str) -> None:
         """Stop a channel (its shutdown applies) and forget it.
 
+        A channel still starting is stopped once its start has ended.
+
         Raises:
             UnknownChannel: no such channel.
             NodeNotRunning: the node's tree is not running.
         """
+        await self._start_ended(channel_id)
         row = self._table.get(channel_id)
         if self._cluster is not None:
             await self._cluster_stop(channel_id)
@@ -559,6 +579,7 @@ class Node(ClusterMode, DeadLetterOps):
         Raises:
             UnknownChannel, and what :meth:`start_channel` raises.
         """
+        await self._start_ended(channel_id)
         row = self._table.get(channel_id)
         if self._cluster is not None:
             owned = self._cluster.ownership.owned.get(channel_id)
@@ -1333,7 +1354,9 @@ class Node(ClusterMode, DeadLetterOps):
         limit = defaults.max_connections if defaults is not None else None
         if limit is None:
             return
-        starting = sum(1 for name in self._starting.values() if name == provider)
+        starting = sum(
+            1 for claim in self._starting.values() if claim.row.spec.provider == provider
+        )
         if len(self._table.running(provider)) + starting >= limit:
             raise ConnectionLimitReached(provider, limit)
 
@@ -1733,3 +1756,13 @@ def _all_answered(
     answered = [result for result in results if result is not None]
     assert len(answered) == len(results)  # every spec got its snapshot or its error
     return answered
+
+
+class _Claim:
+    """A channel's start under way: its row, and an event set once the start ended."""
+
+    __slots__ = ("ended", "row")
+
+    def __init__(self, row: ChannelRow) -> None:
+        self.row = row
+        self.ended = trio.Event()

@@ -159,6 +159,72 @@ async def test_two_starts_of_one_channel_at_once_start_it_once(
             assert node.statistics().started == 1
 
 
+def hold_checkpoint_reads(node: Any) -> trio.Event:
+    """Hold every checkpoint read of ``node``'s store until the event is set."""
+    release = trio.Event()
+    load = node.store.load_checkpoint
+
+    async def held(channel_id: str) -> Any:
+        await release.wait()
+        return await load(channel_id)
+
+    node.store.load_checkpoint = held
+    return release
+
+
+async def test_a_stop_during_start_channels_waits_for_the_start_then_stops_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    specs = [ChannelSpec(id=name, provider="simulated") for name in ("a", "b")]
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            release = hold_checkpoint_reads(node)
+            results: list[Any] = []
+            stopped = trio.Event()
+
+            async def stop_a() -> None:
+                await node.stop_channel("a")
+                stopped.set()
+
+            async with trio.open_nursery() as nursery:
+
+                async def start() -> None:
+                    results.extend(await node.start_channels(specs))
+
+                nursery.start_soon(start)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(stop_a)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not stopped.is_set()  # it waits for the start
+                release.set()
+            assert [r.channel_id for r in results] == ["a", "b"]  # both started
+            assert [s.channel_id for s in node.channels()] == ["b"]  # then "a" stopped
+            await wait_connected(node, 1)
+            assert node.statistics().started == 1
+            snapshot = await node.start_channel(specs[0])  # "a" is free to start again
+            assert snapshot.channel_id == "a"
+
+
+async def test_a_cancelled_start_channels_leaves_its_channels_free_to_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    specs = [ChannelSpec(id=name, provider="simulated") for name in ("a", "b", "c")]
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            release = hold_checkpoint_reads(node)
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(5):
+                    nursery.start_soon(node.stop_channel, "a")  # waits for the start
+                    await node.start_channels(specs)
+            assert node.statistics().started == 0
+            cut = {s.channel_id: s.start_error for s in node.channels()}
+            assert cut == dict.fromkeys("bc", "Cancelled: its start was cut")  # "a": stopped
+            release.set()
+            results = await node.start_channels(specs)
+            assert [r.channel_id for r in results] == ["a", "b", "c"]
+            await wait_connected(node, 3)
+
+
 async def test_a_channel_that_cannot_start_leaves_the_rest_running(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
