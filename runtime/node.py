@@ -509,9 +509,9 @@ class Node(ClusterMode, DeadLetterOps):
         claim.ended.set()
 
     async def _start_ended(self, channel_id: str) -> None:
-        """Wait until a start of ``channel_id`` under way (if any) has ended."""
-        claim = self._starting.get(channel_id)
-        if claim is not None:
+        """Wait until no start of ``channel_id`` is under way (another may have
+        begun as the one waited for ended: a restart's)."""
+        while (claim := self._starting.get(channel_id)) is not None:
             await claim.ended.wait()
 
     def _started(
@@ -532,7 +532,9 @@ class Node(ClusterMode, DeadLetterOps):
     async def stop_channel(self, channel_id: str) -> None:
         """Stop a channel (its shutdown applies) and forget it.
 
-        A channel still starting is stopped once its start has ended.
+        A channel still starting is stopped once its start has ended (one
+        started by :meth:`start_channels` may wait for its batch, up to
+        :data:`START_TOGETHER` starts).
 
         Raises:
             UnknownChannel: no such channel.
@@ -544,7 +546,8 @@ class Node(ClusterMode, DeadLetterOps):
             await self._cluster_stop(channel_id)
             return
         await self._stop_local(row, checkpoint=True)
-        self._table.remove(channel_id)
+        if self._table.find(channel_id) is row:  # (not a newer start's, begun meanwhile)
+            self._table.remove(channel_id)
 
     async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> tuple[float, float]:
         """Stop a channel running here; write its final checkpoint unless told not to.

@@ -121,9 +121,12 @@ class ClusterMode:
         _cluster: Cluster | None
         _preloaded: dict[str, StoredCheckpoint]
         _holders: dict[str, tuple[str, int]]
+        _starting: dict[str, Any]
 
         @property
         def node_id(self) -> str: ...
+
+        async def _start_ended(self, channel_id: str) -> None: ...
 
         async def _start(
             self, spec: ChannelSpec, *, tenure: Tenure | None = None
@@ -201,6 +204,7 @@ class ClusterMode:
         """
         assert self._cluster is not None
         self._moving.setdefault(channel_id, trio.Event())
+        await self._start_ended(channel_id)  # one starting here is stopped once started
         row = self._table.find(channel_id)
         if row is None or not row.running:
             return
@@ -236,8 +240,14 @@ class ClusterMode:
             if channel_id not in self._table and channel_id in specs:
                 self._table.put(ChannelRow(spec=specs[channel_id]))
         for row in list(self._table):
-            if row.spec.id not in channel_ids and not row.running:
-                self._table.remove(row.spec.id)
+            channel_id = row.spec.id
+            # (One still starting here is stopped once started: see stop_owned.)
+            if (
+                channel_id not in channel_ids
+                and not row.running
+                and channel_id not in self._starting
+            ):
+                self._table.remove(channel_id)
 
     async def cluster(self) -> ClusterSurvey:
         """The cluster as Redis holds it now: members, placement, leases, moves.

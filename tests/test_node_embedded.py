@@ -205,6 +205,49 @@ async def test_a_stop_during_start_channels_waits_for_the_start_then_stops_it(
             assert snapshot.channel_id == "a"
 
 
+@pytest.mark.parametrize("attempt", range(6))  # the waiters wake in either order
+async def test_a_stop_and_a_restart_behind_a_failing_start_leave_no_channel_unlisted(
+    autojump_clock: trio.testing.MockClock, attempt: int
+) -> None:
+    spec = ChannelSpec(id="a", provider="simulated")
+    outcomes: dict[str, Any] = {}
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            release = trio.Event()
+            load = node.store.load_checkpoint
+            reads = [0]
+
+            async def first_read_fails(channel_id: str) -> Any:
+                reads[0] += 1
+                if reads[0] == 1:
+                    await release.wait()
+                    raise StoreError("the store is down")
+                return await load(channel_id)
+
+            node.store.load_checkpoint = first_read_fails
+
+            async def call(name: str, fn: Any, *args: Any) -> None:
+                try:
+                    outcomes[name] = await fn(*args)
+                except Exception as exc:
+                    outcomes[name] = exc
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call, "start", node.start_channel, spec)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(call, "restart", node.restart_channel, "a")
+                nursery.start_soon(call, "stop", node.stop_channel, "a")
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            assert isinstance(outcomes["start"], StoreError)
+            # Whichever ran first, nothing runs that the node does not list:
+            # a channel it no longer lists starts again (no AlreadyStarted).
+            if "a" in {s.channel_id for s in node.channels()}:
+                await node.stop_channel("a")
+            assert (await node.start_channel(spec)).channel_id == "a"
+            await wait_connected(node, 1)
+
+
 async def test_a_cancelled_start_channels_leaves_its_channels_free_to_start(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
