@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -22,6 +23,7 @@ from runtime.cluster.leases import Leases
 from runtime.cluster.placement import HashRing
 from runtime.cluster.redis import open_redis
 from runtime.cluster.survey import survey
+from runtime.config.model import ClusterConfig
 
 CEILING = 240.0  # real seconds for a whole test; only a hang gets near it
 CHANNELS = 6
@@ -52,7 +54,13 @@ async def post(client: httpx.AsyncClient, url: str, channel: str, body: dict[str
 
 
 async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[dict[str, Any]]:
-    """n1's channel list once n2 runs its share (the pacing's cooldown has passed)."""
+    """n1's channel list once each node runs the channels the ring gives it.
+
+    Not merely once both run some: the rebalance moves n2's share over
+    one by one, paced, so a list with n1's channels connected and one of
+    n2's remote can come first.
+    """
+    ring = HashRing(["n1", "n2"], vnodes=attrs.fields(ClusterConfig).vnodes.default)
     while True:
         try:
             answer = await client.get(rig.ops_urls["n1"] + "/v1/channels")
@@ -64,8 +72,9 @@ async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[di
         listing: list[dict[str, Any]] = answer.json()["channels"]
         # n1 runs its own (connected) and sees n2's as remote: a channel n1 holds
         # but has not started yet shows as remote too, so wait for it to run.
-        if {item.get("node") for item in listing} == {"n1", "n2"} and all(
-            item["status"] == ("connected" if item.get("node") == "n1" else "remote")
+        if all(
+            item.get("node") == ring.owner(item["channel"])
+            and item["status"] == ("connected" if item.get("node") == "n1" else "remote")
             for item in listing
         ):
             return listing
