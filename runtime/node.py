@@ -370,8 +370,10 @@ class Node(ClusterMode, DeadLetterOps):
             children = [prepared[index][0] for index in order]
             outcomes: list[ActorRef | Exception] = []
             if children:
+                await trio.lowlevel.checkpoint_if_cancelled()  # cut before asking: none starts
                 try:
-                    outcomes += await self._channel_supervisor().start_children(children)
+                    with trio.CancelScope(shield=True):  # asked: hear which started (below)
+                        outcomes += await self._channel_supervisor().start_children(children)
                 except Exception as exc:  # the supervisor is gone: none of them started
                     outcomes = [exc] * len(children)
             for index, started in zip(order, outcomes, strict=True):
@@ -444,8 +446,14 @@ class Node(ClusterMode, DeadLetterOps):
             child, memory = await self._prepare(
                 spec, provider, carry=carry, revive=revive, tenure=tenure
             )
+            await trio.lowlevel.checkpoint_if_cancelled()  # cut before asking: it never starts
             try:
-                ref = await self._channel_supervisor().start_child(child)
+                # Once asked, a busy supervisor starts the child even if this caller
+                # is cancelled meanwhile: its answer is heard, so that no channel runs
+                # that the node does not list (a cancel then comes at the next
+                # checkpoint). It answers once it has started the child, or failed.
+                with trio.CancelScope(shield=True):
+                    ref = await self._channel_supervisor().start_child(child)
             except StartChildFailed as exc:
                 raise self._not_started(spec, memory, exc) from exc
             except BaseException:

@@ -33,7 +33,7 @@ from runtime.config import ChannelSpec, StorageConfig
 from runtime.drain import SendStopped
 from runtime.node import ROOT_INTENSITY, START_TOGETHER
 from runtime.ops.health import health_report
-from supervisors import SupervisorExited
+from supervisors import SupervisorExited, SupervisorRef
 
 from .support import CEILING, record_outcome
 
@@ -246,6 +246,49 @@ async def test_a_stop_and_a_restart_behind_a_failing_start_leave_no_channel_unli
                 await node.stop_channel("a")
             assert (await node.start_channel(spec)).channel_id == "a"
             await wait_connected(node, 1)
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["start_channels", "start_channel"])
+async def test_a_start_cancelled_while_the_supervisor_starts_it_lists_what_started(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, together: bool
+) -> None:
+    # A busy supervisor takes the request into its mailbox and starts the
+    # children whatever becomes of the caller; the node hears its answer, so
+    # that no channel runs that the node does not list.
+    def busy(original: Any) -> Any:
+        async def in_the_mailbox(self: SupervisorRef, specs: Any) -> Any:
+            answered = trio.Event()
+            answer: list[Any] = []
+
+            async def supervisor() -> None:  # the supervisor's side: not the caller's to cancel
+                await trio.sleep(1)
+                answer.append(await original(self, specs))
+                answered.set()
+
+            trio.lowlevel.spawn_system_task(supervisor)
+            await answered.wait()
+            return answer[0]
+
+        return in_the_mailbox
+
+    name = "start_children" if together else "start_child"
+    monkeypatch.setattr(SupervisorRef, name, busy(getattr(SupervisorRef, name)))
+    specs = [ChannelSpec(id=n, provider="simulated") for n in ("a", "b")]
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            with trio.move_on_after(0.5):
+                if together:
+                    await node.start_channels(specs)
+                else:
+                    await node.start_channel(specs[0])
+            started = specs if together else specs[:1]
+            await trio.sleep(2)  # the supervisor has answered
+            listed = {s.channel_id: s.start_error for s in node.channels()}
+            assert listed == {spec.id: None for spec in started}
+            await wait_connected(node, len(started))
+            for spec in started:
+                with pytest.raises(ChannelExists):
+                    await node.start_channel(spec)
 
 
 async def test_a_cancelled_start_channels_leaves_its_channels_free_to_start(
