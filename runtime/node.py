@@ -446,18 +446,21 @@ class Node(ClusterMode, DeadLetterOps):
             child, memory = await self._prepare(
                 spec, provider, carry=carry, revive=revive, tenure=tenure
             )
-            await trio.lowlevel.checkpoint_if_cancelled()  # cut before asking: it never starts
             try:
+                await trio.lowlevel.checkpoint_if_cancelled()  # cut before asking: none starts
                 # Once asked, a busy supervisor starts the child even if this caller
                 # is cancelled meanwhile: its answer is heard, so that no channel runs
                 # that the node does not list (a cancel then comes at the next
                 # checkpoint). It answers once it has started the child, or failed.
                 with trio.CancelScope(shield=True):
                     ref = await self._channel_supervisor().start_child(child)
-            except StartChildFailed as exc:
-                raise self._not_started(spec, memory, exc) from exc
-            except BaseException:
+            except BaseException as exc:
                 self._checkpoints.detach(memory)
+                # A cancel that came meanwhile is what the caller hears (one that
+                # took the actors down made the supervisor's answer an error).
+                await trio.lowlevel.checkpoint_if_cancelled()
+                if isinstance(exc, StartChildFailed):
+                    raise self._not_started(spec, memory, exc) from exc
                 raise
         except BaseException as exc:
             self._unclaim(claim, exc)

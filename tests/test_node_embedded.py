@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
+from actors import Actor, ChannelSettings, ChannelStatus, ExponentialBackoff
 from providers.base import InboundMessage, OutboundMessage, SendResult
 from providers.simulated import Fixed, SimulatedProvider
 from runtime import (
@@ -33,7 +33,7 @@ from runtime.config import ChannelSpec, StorageConfig
 from runtime.drain import SendStopped
 from runtime.node import ROOT_INTENSITY, START_TOGETHER
 from runtime.ops.health import health_report
-from supervisors import SupervisorExited, SupervisorRef
+from supervisors import ChildSpec, SupervisorExited
 
 from .support import CEILING, record_outcome
 
@@ -248,47 +248,85 @@ async def test_a_stop_and_a_restart_behind_a_failing_start_leave_no_channel_unli
             await wait_connected(node, 1)
 
 
+class SlowToStart(Actor):
+    """Holds its supervisor for a second as it starts: requests wait in the mailbox."""
+
+    async def on_start(self) -> None:
+        await trio.sleep(1)
+
+    async def receive(self, msg: Any) -> Any:
+        return None
+
+
+def keep_busy(node: Any, nursery: trio.Nursery) -> None:
+    """Keep the node's channels supervisor starting a slow child for a second."""
+    supervisor = node._channel_supervisor()
+    nursery.start_soon(supervisor.start_child, ChildSpec(id="slow", start=SlowToStart))
+
+
 @pytest.mark.parametrize("together", [True, False], ids=["start_channels", "start_channel"])
 async def test_a_start_cancelled_while_the_supervisor_starts_it_lists_what_started(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, together: bool
+    autojump_clock: trio.testing.MockClock, together: bool
 ) -> None:
     # A busy supervisor takes the request into its mailbox and starts the
     # children whatever becomes of the caller; the node hears its answer, so
     # that no channel runs that the node does not list.
-    def busy(original: Any) -> Any:
-        async def in_the_mailbox(self: SupervisorRef, specs: Any) -> Any:
-            answered = trio.Event()
-            answer: list[Any] = []
-
-            async def supervisor() -> None:  # the supervisor's side: not the caller's to cancel
-                await trio.sleep(1)
-                answer.append(await original(self, specs))
-                answered.set()
-
-            trio.lowlevel.spawn_system_task(supervisor)
-            await answered.wait()
-            return answer[0]
-
-        return in_the_mailbox
-
-    name = "start_children" if together else "start_child"
-    monkeypatch.setattr(SupervisorRef, name, busy(getattr(SupervisorRef, name)))
     specs = [ChannelSpec(id=n, provider="simulated") for n in ("a", "b")]
+    started = specs if together else specs[:1]
     with trio.fail_after(CEILING):
         async with open_node(node_config([]), channel_defaults=FAST) as node:
-            with trio.move_on_after(0.5):
-                if together:
-                    await node.start_channels(specs)
-                else:
-                    await node.start_channel(specs[0])
-            started = specs if together else specs[:1]
-            await trio.sleep(2)  # the supervisor has answered
+            async with trio.open_nursery() as nursery:
+                keep_busy(node, nursery)
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.move_on_after(0.5):
+                    if together:
+                        await node.start_channels(specs)
+                    else:
+                        await node.start_channel(specs[0])
             listed = {s.channel_id: s.start_error for s in node.channels()}
             assert listed == {spec.id: None for spec in started}
             await wait_connected(node, len(started))
             for spec in started:
                 with pytest.raises(ChannelExists):
                     await node.start_channel(spec)
+
+
+async def test_a_start_cut_as_its_checkpoint_is_read_leaves_nothing_to_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_node(node_config([]), channel_defaults=FAST) as node:
+            cut = trio.CancelScope()
+            load = node.store.load_checkpoint
+
+            async def read_then_cut(channel_id: str) -> Any:
+                stored = await load(channel_id)
+                cut.cancel()  # a deadline, a sibling's failure: as the read returns
+                return stored
+
+            node.store.load_checkpoint = read_then_cut
+            with cut:
+                await node.start_channel(ChannelSpec(id="a", provider="simulated"))
+            node.store.load_checkpoint = load
+            assert cut.cancelled_caught
+            assert node.statistics().started == 0
+            await trio.sleep(5)  # checkpoint rounds come and go
+            assert await node.store.load_checkpoint("a") is None  # never started: never written
+
+
+async def test_a_program_cancelled_while_a_start_waits_for_a_busy_supervisor_just_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The cancel takes the actors down too, so the supervisor's answer is an
+    # error: the program hears its own cancel, not that error.
+    with trio.fail_after(CEILING):
+        with trio.move_on_after(0.5) as outer:
+            async with open_node(node_config([]), channel_defaults=FAST) as node:
+                async with trio.open_nursery() as nursery:
+                    keep_busy(node, nursery)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await node.start_channel(ChannelSpec(id="a", provider="simulated"))
+        assert outer.cancelled_caught
 
 
 async def test_a_cancelled_start_channels_leaves_its_channels_free_to_start(
