@@ -375,6 +375,7 @@ class Node(ClusterMode, DeadLetterOps):
                     with trio.CancelScope(shield=True):  # asked: hear which started (below)
                         outcomes += await self._channel_supervisor().start_children(children)
                 except Exception as exc:  # the supervisor is gone: none of them started
+                    await trio.lowlevel.checkpoint_if_cancelled()  # a cancel that took it wins
                     outcomes = [exc] * len(children)
             for index, started in zip(order, outcomes, strict=True):
                 spec = specs[index]

@@ -314,18 +314,23 @@ async def test_a_start_cut_as_its_checkpoint_is_read_leaves_nothing_to_write(
             assert await node.store.load_checkpoint("a") is None  # never started: never written
 
 
+@pytest.mark.parametrize("together", [True, False], ids=["start_channels", "start_channel"])
 async def test_a_program_cancelled_while_a_start_waits_for_a_busy_supervisor_just_ends(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, together: bool
 ) -> None:
     # The cancel takes the actors down too, so the supervisor's answer is an
     # error: the program hears its own cancel, not that error.
+    spec = ChannelSpec(id="a", provider="simulated")
     with trio.fail_after(CEILING):
         with trio.move_on_after(0.5) as outer:
             async with open_node(node_config([]), channel_defaults=FAST) as node:
                 async with trio.open_nursery() as nursery:
                     keep_busy(node, nursery)
                     await trio.testing.wait_all_tasks_blocked()
-                    await node.start_channel(ChannelSpec(id="a", provider="simulated"))
+                    if together:
+                        await node.start_channels([spec])
+                        raise AssertionError("not cancelled")  # (a cancel comes first)
+                    await node.start_channel(spec)
         assert outer.cancelled_caught
 
 
