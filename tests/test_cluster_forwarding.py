@@ -72,7 +72,8 @@ async def settled_listing(client: httpx.AsyncClient, rig: ClusterRig) -> list[di
         listing: list[dict[str, Any]] = answer.json()["channels"]
         # n1 runs its own (connected) and sees n2's as remote: a channel n1 holds
         # but has not started yet shows as remote too, so wait for it to run.
-        if all(
+        listed = {item["channel"] for item in listing}
+        if listed == {f"ws-{i:04d}" for i in range(CHANNELS)} and all(
             item.get("node") == ring.owner(item["channel"])
             and item["status"] == ("connected" if item.get("node") == "n1" else "remote")
             for item in listing

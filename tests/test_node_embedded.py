@@ -7,6 +7,7 @@ sent by the deadline, what is kept, and the next start that sends it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any
@@ -249,19 +250,26 @@ async def test_a_stop_and_a_restart_behind_a_failing_start_leave_no_channel_unli
 
 
 class SlowToStart(Actor):
-    """Holds its supervisor for a second as it starts: requests wait in the mailbox."""
+    """Holds its supervisor as it starts, until ``release`` is set: requests wait in
+    the supervisor's mailbox meanwhile."""
+
+    def __init__(self, release: trio.Event) -> None:
+        self.release = release
 
     async def on_start(self) -> None:
-        await trio.sleep(1)
+        await self.release.wait()
 
     async def receive(self, msg: Any) -> Any:
         return None
 
 
-def keep_busy(node: Any, nursery: trio.Nursery) -> None:
-    """Keep the node's channels supervisor starting a slow child for a second."""
+def keep_busy(node: Any, nursery: trio.Nursery) -> trio.Event:
+    """Keep the node's channels supervisor starting a slow child; set the event to let it."""
+    release = trio.Event()
     supervisor = node._channel_supervisor()
-    nursery.start_soon(supervisor.start_child, ChildSpec(id="slow", start=SlowToStart))
+    slow = ChildSpec(id="slow", start=functools.partial(SlowToStart, release))
+    nursery.start_soon(supervisor.start_child, slow)
+    return release
 
 
 @pytest.mark.parametrize("together", [True, False], ids=["start_channels", "start_channel"])
@@ -276,13 +284,22 @@ async def test_a_start_cancelled_while_the_supervisor_starts_it_lists_what_start
     with trio.fail_after(CEILING):
         async with open_node(node_config([]), channel_defaults=FAST) as node:
             async with trio.open_nursery() as nursery:
-                keep_busy(node, nursery)
+                release = keep_busy(node, nursery)
                 await trio.testing.wait_all_tasks_blocked()
-                with trio.move_on_after(0.5):
-                    if together:
-                        await node.start_channels(specs)
-                    else:
-                        await node.start_channel(specs[0])
+                cut = trio.CancelScope()
+
+                async def start() -> None:
+                    with cut:
+                        if together:
+                            await node.start_channels(specs)
+                        else:
+                            await node.start_channel(specs[0])
+
+                nursery.start_soon(start)
+                await trio.testing.wait_all_tasks_blocked()  # its request is in the mailbox
+                cut.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()  # the supervisor starts what it was asked to
             listed = {s.channel_id: s.start_error for s in node.channels()}
             assert listed == {spec.id: None for spec in started}
             await wait_connected(node, len(started))
@@ -310,7 +327,7 @@ async def test_a_start_cut_as_its_checkpoint_is_read_leaves_nothing_to_write(
             node.store.load_checkpoint = load
             assert cut.cancelled_caught
             assert node.statistics().started == 0
-            await trio.sleep(5)  # checkpoint rounds come and go
+            await node._checkpoints.flush()  # writes every channel it holds, as a round does
             assert await node.store.load_checkpoint("a") is None  # never started: never written
 
 
@@ -322,11 +339,17 @@ async def test_a_program_cancelled_while_a_start_waits_for_a_busy_supervisor_jus
     # error: the program hears its own cancel, not that error.
     spec = ChannelSpec(id="a", provider="simulated")
     with trio.fail_after(CEILING):
-        with trio.move_on_after(0.5) as outer:
+        with trio.CancelScope() as outer:
             async with open_node(node_config([]), channel_defaults=FAST) as node:
                 async with trio.open_nursery() as nursery:
-                    keep_busy(node, nursery)
+                    keep_busy(node, nursery)  # never let go
                     await trio.testing.wait_all_tasks_blocked()
+
+                    async def cancel_once_the_start_waits() -> None:
+                        await trio.testing.wait_all_tasks_blocked()
+                        outer.cancel()  # a deadline, a sibling's failure
+
+                    nursery.start_soon(cancel_once_the_start_waits)
                     if together:
                         await node.start_channels([spec])
                         raise AssertionError("not cancelled")  # (a cancel comes first)
