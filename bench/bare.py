@@ -7,16 +7,18 @@ holding as little as it can, so that its CPU and memory are the client's.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import trio
 
 __all__ = [
     "TaskSteps",
+    "Workers",
     "add_load_arguments",
     "cpu_seconds",
     "print_lines",
@@ -61,6 +63,46 @@ class TaskSteps(trio.abc.Instrument):
             "task_steps_per_message": self.steps / delivered if delivered else None,
             "task_spawns_per_message": self.spawns / delivered if delivered else None,
         }
+
+
+T = TypeVar("T")
+
+
+class Workers(Generic[T]):
+    """Due items taken off one queue by worker tasks, one at a time each.
+
+    The harness of every load that awaits each send (the channels bench's
+    callers of ``Node.send``, :mod:`bench.http_bare`, ``bench.ws_bare send
+    --await-each``): the pacer appends what is due and calls :meth:`wake`;
+    a worker awaits ``handle(item)``, then takes the next, and parks while
+    the queue is empty. A worker is started only when every one is busy: no
+    task per message.
+    """
+
+    def __init__(self, handle: Callable[[T], Awaitable[None]]) -> None:
+        self.handle = handle
+        self.due: collections.deque[T] = collections.deque()
+        self.idle = trio.lowlevel.ParkingLot()
+        self.workers = 0  # started so far
+
+    async def work(self) -> None:
+        """Handle due items one at a time; park while there are none."""
+        due = self.due
+        handle = self.handle
+        while True:
+            while not due:
+                await self.idle.park()
+            await handle(due.popleft())
+
+    def wake(self, nursery: trio.Nursery, cap: float = math.inf) -> None:
+        """Wake a parked worker per due item; start more (up to ``cap`` in all)
+        only when every one is busy."""
+        woken = len(self.idle.unpark(count=len(self.due)))
+        missing = len(self.due) - woken
+        if missing > 0 and self.workers < cap:  # every parked one is woken: all are busy
+            for _ in range(int(min(missing, cap - self.workers))):
+                nursery.start_soon(self.work)
+                self.workers += 1
 
 
 def rates(text: str) -> list[float]:

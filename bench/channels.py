@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -510,22 +511,27 @@ def _bare_baseline(url: str, count: int, idle: float, ctx: RunContext) -> dict[s
 
 
 def _bare_send_baseline(
-    url: str, count: int, params: ChannelsParams, ctx: RunContext
+    url: str, count: int, params: ChannelsParams, ctx: RunContext, *, await_each: bool = False
 ) -> dict[float, dict[str, Any]]:
     """The node's load steps done by a bare client: its results by rate.
 
-    Websocket channels: a bare trio + wsproto client (:mod:`bench.ws_bare`);
-    Telegram and WhatsApp: a bare httpx client (:mod:`bench.http_bare`),
-    one client per channel with the channel's pool (its send window).
+    Websocket channels: a bare trio + wsproto client (:mod:`bench.ws_bare`),
+    whose pacer sends and a reader task counts the acks, or with
+    ``await_each`` worker tasks that each await their send's ack, the
+    harness this bench drives the node with; Telegram and WhatsApp: a bare
+    httpx client (:mod:`bench.http_bare`, worker tasks awaiting each
+    answer), one client per channel with the channel's pool (its send window).
     """
     limits = HTTP_BARE.get(params.provider)
     steps = f"{len(params.rates)} steps of {params.duration:g} s of sends (fresh process)"
     if limits is None:
-        what = "bare trio + wsproto client"
+        what = "bare trio + wsproto client" + (", awaiting each ack" if await_each else "")
         module = "bench.ws_bare"
         args = ["send", url.replace("http://", "ws://", 1) + "/ws"]
         if params.task_steps:
             args.append("--task-steps")
+        if await_each:
+            args.append("--await-each")
     else:
         what = f"bare httpx client ({params.provider})"
         module = "bench.http_bare"
@@ -602,6 +608,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         rig.webhooks = params.webhooks
         baseline = None
         bare_sends: dict[float, dict[str, Any]] = {}
+        bare_awaiting: dict[float, dict[str, Any]] = {}  # websocket: the harness's own cost
         if params.baseline and params.provider == "websocket" and rig.emulator is not None:
             t = time.perf_counter()
             if external:
@@ -615,6 +622,18 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
                         _bare_send_baseline, rig.emulator.url, n, params, ctx
                     )
                     sections["baseline_sends"] = round(time.perf_counter() - t, 2)
+                    t = time.perf_counter()
+                    bare_awaiting = await trio.to_thread.run_sync(
+                        functools.partial(
+                            _bare_send_baseline,
+                            rig.emulator.url,
+                            n,
+                            params,
+                            ctx,
+                            await_each=True,
+                        )
+                    )
+                    sections["baseline_sends_awaiting"] = round(time.perf_counter() - t, 2)
             else:
                 notes.append("baseline skipped: needs the emulator in its own process")
         elif params.baseline and params.provider in HTTP_BARE and params.rates and rig.emulator:
@@ -703,6 +722,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
         phase=phase,
         baseline=baseline,
         bare_sends=bare_sends,
+        bare_awaiting=bare_awaiting,
         steps=steps,
         idle=idle,
         dead_letters=dead_letters,
@@ -740,6 +760,7 @@ def _figures(
     phase: ConnectPhase,
     baseline: dict[str, Any] | None,
     bare_sends: dict[float, dict[str, Any]],
+    bare_awaiting: dict[float, dict[str, Any]],
     steps: list[StepResult],
     idle: IdleResult | None,
     dead_letters: int,
@@ -921,6 +942,21 @@ def _figures(
                     baseline_label=bare_label,
                 )
             )
+            awaiting = _bare_step(bare_awaiting, step.rate)
+            if awaiting is not None:
+                figures.append(  # no target: what the harness of awaited sends costs
+                    _beside(
+                        awaiting,
+                        "cpu_per_message",
+                        name=f"node_cpu_per_message_at_{key}_beside_awaiting",
+                        label=f"node CPU per delivered message at {step.rate:,.0f} msgs/s, "
+                        "beside the bare client awaiting each ack",
+                        unit="µs",
+                        value=step.cpu / step.ok * 1e6,
+                        target=None,
+                        baseline_label=BARE_AWAITING_LABEL,
+                    )
+                )
         if step.steps is not None and step.ok:
             figures.append(
                 _beside(
@@ -1108,6 +1144,12 @@ BARE_SEND_LABEL: Final = (
     "bare trio + wsproto client (no trio-websocket, no Switchboard): the same connections, "
     "sends, text, pacing and acks against the same emulator, in a fresh process before the "
     "node's channels connected"
+)
+BARE_AWAITING_LABEL: Final = (
+    "the same bare trio + wsproto client with this bench's harness: each send made by a "
+    "worker task that awaits its ack, as the callers of Node.send here do (and as "
+    "bench.http_bare's workers await each answer), where the bare client above sends from its "
+    "pacer and counts the acks in its readers, no task waiting on a send"
 )
 BARE_HTTP_LABEL: Final = (
     "bare httpx client on trio (no Switchboard): the {provider} provider's send requests "

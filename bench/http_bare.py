@@ -47,7 +47,6 @@ state never mixes the two runs.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import ssl
@@ -60,7 +59,7 @@ import httpx
 import trio
 import trio.lowlevel
 
-from .bare import add_load_arguments, cpu_seconds, print_lines, step_answers
+from .bare import Workers, add_load_arguments, cpu_seconds, print_lines, step_answers
 
 CLIENT: Final = "httpx AsyncClient on trio (no Switchboard)"
 PROVIDER_CLIENT: Final = "the provider's Connection.send (no node, no channel actor)"
@@ -224,35 +223,18 @@ def _httpx_sender(client: httpx.AsyncClient, url: str, platform: _Platform, text
     return send
 
 
-class _Load:
+class _Load(Workers[tuple[int, float, _Tally]]):
     """The senders, the queue of due messages and the workers that send them."""
 
     def __init__(self, platform: _Platform, senders: list[Sender], text: str) -> None:
+        super().__init__(self._send)
         self.platform = platform
         self.senders = senders
         self.text = text
-        self.due: collections.deque[tuple[int, float, _Tally]] = collections.deque()
-        self.idle = trio.lowlevel.ParkingLot()
-        self.workers = 0
 
-    async def worker(self) -> None:
-        """Send due messages one at a time; park while there are none."""
-        senders = self.senders
-        n = len(senders)
-        while True:
-            while not self.due:
-                await self.idle.park()
-            number, due_at, tally = self.due.popleft()
-            tally.answered(due_at, await senders[number % n](number))
-
-    def wake(self, nursery: trio.Nursery, cap: int) -> None:
-        """Wake a parked worker per due message; start more only when all are busy."""
-        woken = len(self.idle.unpark(count=len(self.due)))
-        missing = len(self.due) - woken
-        if missing > 0 and self.workers < cap:  # every parked one is woken: all are busy
-            for _ in range(min(missing, cap - self.workers)):
-                nursery.start_soon(self.worker)
-                self.workers += 1
+    async def _send(self, item: tuple[int, float, _Tally]) -> None:
+        number, due_at, tally = item
+        tally.answered(due_at, await self.senders[number % len(self.senders)](number))
 
 
 async def _load_step(

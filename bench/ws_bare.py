@@ -77,7 +77,7 @@ from wsproto.events import (
 )
 from wsproto.events import Message as WsMessage
 
-from .bare import TaskSteps, add_load_arguments, cpu_seconds, print_lines, step_answers
+from .bare import TaskSteps, Workers, add_load_arguments, cpu_seconds, print_lines, step_answers
 
 CLIENT: Final = "trio + wsproto (trio socket streams, no trio-websocket)"
 PACER_TICK: Final = 0.002  # seconds between pacer wake-ups, as bench.channels paces
@@ -188,24 +188,41 @@ class _Tally:
         self.last_answer = 0.0
         self.pacing = True
         self.drained = trio.Event()  # pacing is over and nothing is pending
+        self.waiting: dict[str, trio.lowlevel.Task] = {}  # --await-each: key -> its worker
 
     def on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "ack":
-            due = self.pending.pop(str(frame.get("id")), None)
+            key = str(frame.get("id"))
+            due = self.pending.pop(key, None)
             if due is None:
                 return
             self.last_answer = trio.current_time()
             self.latencies.append(self.last_answer - due)
         elif kind == "error":
             self.errors[str(frame.get("code"))] += 1
-            if self.pending.pop(str(frame.get("id")), None) is not None:
+            key = str(frame.get("id"))
+            if self.pending.pop(key, None) is not None:
                 self.last_answer = trio.current_time()
         else:
             self.others[str(kind)] += 1
             return
+        if self.waiting:
+            worker = self.waiting.pop(key, None)
+            if worker is not None:
+                trio.lowlevel.reschedule(worker)
         if not self.pacing and not self.pending:
             self.drained.set()
+
+    async def answer(self, key: str) -> None:
+        """``--await-each``: wait until ``key``'s ack or error is read."""
+        self.waiting[key] = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del self.waiting[key]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class _Session:
@@ -435,7 +452,13 @@ async def _serve_connection(
 
 
 async def _load_step(
-    session: _Session, connections: list[_Connection], rate: float, duration: float, text: str
+    session: _Session,
+    connections: list[_Connection],
+    rate: float,
+    duration: float,
+    text: str,
+    *,
+    await_each: bool = False,
 ) -> dict[str, Any]:
     tally = session.tally = _Tally()
     n = len(connections)
@@ -443,23 +466,43 @@ async def _load_step(
     encode = json.JSONEncoder(separators=(",", ":")).encode
     cpu0 = cpu_seconds()
     start = trio.current_time()
-    i = 0
-    while i < total:
-        due_now = min(total, int((trio.current_time() - start) * rate) + 1)
-        while i < due_now:
-            key = f"bare-r{rate:.0f}-{i}"
-            tally.pending[key] = start + i / rate
-            frame = {"type": "send", "id": key, "peer": f"user-{i % PEERS}", "text": text}
-            connections[i % n].send_text(encode(frame))
-            i += 1
-        await trio.sleep(PACER_TICK)
-    tally.pacing = False
-    if tally.pending and not session.lost:
-        with trio.move_on_after(DRAIN_LIMIT):
-            await tally.drained.wait()
+
+    def send(i: int) -> str:
+        key = f"bare-r{rate:.0f}-{i}"
+        tally.pending[key] = start + i / rate
+        frame = {"type": "send", "id": key, "peer": f"user-{i % PEERS}", "text": text}
+        connections[i % n].send_text(encode(frame))
+        return key
+
+    async def send_awaited(i: int) -> None:
+        await tally.answer(send(i))
+
+    workers = Workers(send_awaited)
+    async with trio.open_nursery() as nursery:
+        i = 0
+        while i < total:
+            due_now = min(total, int((trio.current_time() - start) * rate) + 1)
+            if await_each:
+                workers.due.extend(range(i, due_now))
+                workers.wake(nursery)
+                i = max(i, due_now)
+            while i < due_now:  # (inline, not send(i): the baseline as it always was)
+                key = f"bare-r{rate:.0f}-{i}"
+                tally.pending[key] = start + i / rate
+                frame = {"type": "send", "id": key, "peer": f"user-{i % PEERS}", "text": text}
+                connections[i % n].send_text(encode(frame))
+                i += 1
+            await trio.sleep(PACER_TICK)
+        tally.pacing = False
+        if tally.pending and not session.lost:
+            with trio.move_on_after(DRAIN_LIMIT):
+                await tally.drained.wait()
+        nursery.cancel_scope.cancel()  # workers still waiting: their sends went unanswered
     cpu = cpu_seconds() - cpu0
     return {
-        "client": CLIENT,
+        "client": CLIENT + (", a worker task awaiting each ack" if await_each else ""),
+        "await_each": await_each,
+        "workers": workers.workers,
         "connections": n,
         "rate": rate,
         "duration": duration,
@@ -481,6 +524,7 @@ async def measure_send(
     duration: float,
     text_size: int,
     task_steps: bool = False,
+    await_each: bool = False,
 ) -> list[dict[str, Any]]:
     """Open ``connections`` bare clients to ``url``, then one load step per rate.
 
@@ -512,11 +556,12 @@ async def measure_send(
             for i in range(connections):
                 opening.start_soon(open_one, i)
         for rate in rates:
+            step = _load_step(session, opened, rate, duration, text, await_each=await_each)
             if not task_steps:
-                results.append(await _load_step(session, opened, rate, duration, text))
+                results.append(await step)
                 continue
             with TaskSteps() as counted:
-                result = await _load_step(session, opened, rate, duration, text)
+                result = await step
             results.append(result | counted.per_message(result["acked"]))
         nursery.cancel_scope.cancel()
     return results
@@ -542,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument(
         "--task-steps", action="store_true", help="count trio task steps and spawns per message"
     )
+    send.add_argument(
+        "--await-each",
+        action="store_true",
+        help="send from worker tasks that each await their send's ack, as callers of "
+        "Node.send do (the channels bench's harness, and bench.http_bare's)",
+    )
     add_load_arguments(send)
     args = parser.parse_args(argv)
     if args.command == "memory":
@@ -555,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             text_size=args.text_size,
             task_steps=args.task_steps,
+            await_each=args.await_each,
         )
     )
     print_lines(results)

@@ -24,6 +24,8 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 HANG_CEILING: Final = 120.0  # seconds; a tiny run takes about one, more on a loaded machine
 FIELDS: Final = {
     "client",
+    "await_each",
+    "workers",
     "connections",
     "rate",
     "duration",
@@ -82,6 +84,7 @@ async def test_every_send_is_acked_and_every_heartbeat_answered() -> None:
         assert 0 < line["p50"] <= line["p90"] <= line["p99"]
         assert line["cpu_per_message"] == line["cpu_seconds"] / line["acked"]
         assert "wsproto" in line["client"]
+        assert line["await_each"] is False and line["workers"] == 0  # no task waits on a send
     assert emulator.stats["heartbeat_acks"] >= 3  # at least one for each connection
     assert emulator.stats["connections"] == 3
     sent = emulator.sent
@@ -99,6 +102,26 @@ async def test_an_error_frame_answers_its_send_and_is_counted_by_code() -> None:
     assert line["scheduled"] == 10
     assert line["errors"] == {"rate_limited": 2}
     assert line["acked"] == 8 and line["unanswered"] == 0
+
+
+async def test_await_each_sends_from_workers_that_each_wait_for_their_ack() -> None:
+    # The harness the channels bench drives the node with: a worker per send in
+    # flight, woken by its ack or its error frame (an error that did not wake its
+    # worker would leave the step waiting until the hang ceiling).
+    emulator = WebSocketEmulator(heartbeat_interval=None)
+    emulator.failing_sends = [{"code": "rate_limited", "retry_after": 1.0}] * 3
+    lines = await _send(
+        emulator, "--connections", "2", "--rates", "20,60", "--duration", "0.5", "--await-each"
+    )
+    assert [line["rate"] for line in lines] == [20.0, 60.0]
+    for line in lines:
+        assert set(line) == FIELDS
+        assert line["await_each"] is True and "awaiting each ack" in line["client"]
+        assert line["workers"] >= 1
+        assert line["unanswered"] == line["connections_lost"] == 0
+    assert sum(sum(line["errors"].values()) for line in lines) == 3
+    assert sum(line["acked"] for line in lines) == 10 + 30 - 3
+    assert len(emulator.sent) == 10 + 30 - 3  # (a refused send is not recorded as sent)
 
 
 async def test_the_idle_memory_client_answers_heartbeats_and_measures_the_window() -> None:
