@@ -188,7 +188,7 @@ class _Tally:
         self.last_answer = 0.0
         self.pacing = True
         self.drained = trio.Event()  # pacing is over and nothing is pending
-        self.waiting: dict[str, trio.lowlevel.Task] = {}  # --await-each: key -> its worker
+        self.workers_waiting: dict[str, trio.lowlevel.Task] = {}  # --await-each: key -> its worker
 
     def on_frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -207,8 +207,8 @@ class _Tally:
         else:
             self.others[str(kind)] += 1
             return
-        if self.waiting:
-            worker = self.waiting.pop(key, None)
+        if self.workers_waiting:
+            worker = self.workers_waiting.pop(key, None)
             if worker is not None:
                 trio.lowlevel.reschedule(worker)
         if not self.pacing and not self.pending:
@@ -216,10 +216,10 @@ class _Tally:
 
     async def answer(self, key: str) -> None:
         """``--await-each``: wait until ``key``'s ack or error is read."""
-        self.waiting[key] = trio.lowlevel.current_task()
+        self.workers_waiting[key] = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            del self.waiting[key]
+            del self.workers_waiting[key]
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)

@@ -70,6 +70,7 @@ from actors import (
 )
 from actors.channel import Tenure
 from actors.channel.durable import export_state, restore_state
+from actors.channel.inbound import take_over
 from providers.base import OutboundMessage, Provider, SendResult
 from providers.operations import (
     DeleteMessage,
@@ -484,6 +485,8 @@ class Node(ClusterMode, DeadLetterOps):
         defaults = self.config.providers.get(spec.provider)
         settings = self._settings_of(spec, defaults, provider)
         factory, memory = ChannelActor.factory(config, provider, settings=settings, sink=self.store)
+        if carry is not None:
+            take_over(memory, carry)  # behind what the store still holds of the old one
         memory.subscribers.append((self._hub.tap(spec.id, spec.tenant, provider.name), None))
         memory.tenure = tenure
         memory.timings = self._timings.provider(provider.name)

@@ -7,15 +7,18 @@ sent by the deadline, what is kept, and the next start that sends it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 
 from actors import Actor, ChannelSettings, ChannelStatus, ExponentialBackoff
+from actors.channel import ChannelStateChanged
 from providers.base import InboundMessage, OutboundMessage, SendResult
 from providers.simulated import Fixed, SimulatedProvider
 from runtime import (
@@ -926,3 +929,94 @@ async def test_a_key_sent_again_while_on_its_way_goes_out_once(
     assert [m.idempotency_key for m in provider.sent] == ["twice"]
     assert took < 1.5
     assert len(results) == 2 and results[0] == results[1] == again
+
+
+class HeldWrites:
+    """Holds the node's store's event writes until opened (a slow or failing store)."""
+
+    def __init__(self, store: Any) -> None:
+        self.entered = trio.Event()  # a write waits at the gate
+        self.opened = trio.Event()
+        write = store._write_batch
+
+        async def held(batch: Any) -> Any:
+            self.entered.set()
+            await self.opened.wait()
+            return await write(batch)
+
+        store._write_batch = held
+
+
+async def test_a_restarted_channels_events_come_after_the_old_ones_the_store_held(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A receipt the store still holds when restart_channel stops the channel:
+    # the old incarnation's STOPPED rides behind it, and so must everything the
+    # new one publishes. Before, the new CONNECTING and CONNECTED came first and
+    # the old STOPPED last: a subscriber (the console's history) saw a running
+    # channel as stopped.
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            gate = HeldWrites(node.store)
+            connected_again = trio.Event()
+            connect = provider.open_connection
+
+            @contextlib.asynccontextmanager
+            async def reconnect(*args: Any) -> AsyncIterator[Any]:
+                async with connect(*args) as connection:
+                    connected_again.set()
+                    yield connection
+
+            provider.open_connection = reconnect  # type: ignore[method-assign]
+            with node.subscribe(channel="a") as events:
+                await node.send("a", message("k1"))
+                await gate.entered.wait()  # the send's receipt is in the store's hands
+                await node.restart_channel("a")
+                await connected_again.wait()
+                assert node.channels()[0].status is ChannelStatus.CONNECTED
+                gate.opened.set()  # the old receipt, and what rode behind it, go out
+                seen: list[Any] = []
+                while not seen or seen[-1] != ChannelStatus.CONNECTED:
+                    event = (await events.receive()).event
+                    is_state = isinstance(event, ChannelStateChanged)
+                    seen.append(event.status if is_state else type(event).__name__)
+            assert seen == [
+                "DeliveryReceipt",
+                ChannelStatus.STOPPED,
+                ChannelStatus.CONNECTING,
+                ChannelStatus.CONNECTED,
+            ]
+            assert node.channels()[0].status is ChannelStatus.CONNECTED
+
+
+async def test_an_inbound_event_a_stop_left_unkept_is_kept_by_the_restarted_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The store holds the write of an inbound message while restart_channel
+    # stops the channel: the old incarnation's stop cannot hand it over and is
+    # killed after its shutdown. The restarted channel hands it over and
+    # publishes it; before, it stayed in the old memory, never published.
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    config = node_config([sim("a")], supervisor={"shutdown": 1.0})
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            gate = HeldWrites(node.store)
+            with node.subscribe(channel="a", kind="inbound") as events:
+                sent_id = provider.inject("a", "hello")
+                await gate.entered.wait()  # read, and waiting for the store
+                await node.restart_channel("a")
+                assert node.channel_detail("a").inbound_pending == 1  # taken over
+                gate.opened.set()
+                got = (await events.receive()).event
+                assert got.platform_message_id == sent_id and got.text == "hello"
+                await node.send("a", message("k1"))  # (the channel works on)
+                assert node.channel_detail("a").inbound_pending == 0
+                with pytest.raises(trio.WouldBlock):
+                    events._receive.receive_nowait()  # published once

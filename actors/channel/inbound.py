@@ -92,7 +92,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 if TYPE_CHECKING:
     from .state import ChannelMemory, ChannelSettings
 
-__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink"]
+__all__ = ["InboundPath", "InboundSink", "MemoryInboundSink", "take_over"]
 
 log = logging.getLogger("switchboard.channels")
 
@@ -123,8 +123,10 @@ def receipt_kept(
 
     ``memory.in_store`` holds the channel's receipts the store took, oldest
     first, and what the channel published meanwhile riding behind them as
-    1-tuples; it outlives the incarnation that read them, and nothing
-    waits for it (a restart must not wait out a store outage).
+    ``(event, memory)`` pairs (the memory whose subscribers get it: a
+    restart's new memory shares the list, see :func:`take_over`); it
+    outlives the incarnation that read them, and nothing waits for it (a
+    restart must not wait out a store outage).
     """
     held = memory.in_store
     if not held or held[0] is not receipt:
@@ -138,7 +140,7 @@ def receipt_kept(
         memory.pending[:0] = [(each, True) for each in given if type(each) is not tuple]
         for each in given:
             if type(each) is tuple:
-                publish(memory, each[0])
+                publish(each[1], each[0])
         return
     del held[0]
     if fresh and not fresh[0]:
@@ -146,7 +148,8 @@ def receipt_kept(
     else:
         publish(memory, receipt)
     while held and type(held[0]) is tuple:
-        publish(memory, held.pop(0)[0])
+        event, owner = held.pop(0)
+        publish(owner, event)
 
 
 class MemoryInboundSink:
@@ -303,9 +306,30 @@ def publish_in_order(memory: ChannelMemory, event: Any) -> None:
     """
     held = memory.in_store
     if held:
-        held.append((event,))  # after the receipts read before it
+        held.append((event, memory))  # after the receipts read before it
         return
     publish(memory, event)
+
+
+def take_over(memory: ChannelMemory, old: ChannelMemory) -> None:
+    """Give a channel's new memory (a restart's) what the old one left with the store.
+
+    Called before the new memory's first incarnation starts. The old
+    memory's incarnations are over, but the store may still hold receipts
+    they read (``in_store``), with their STOPPED riding behind them, and an
+    event the last one could not hand over before its stop ended stays in
+    its ``pending``. The new memory shares both lists: what it publishes
+    rides behind the old receipts, so subscribers never see the old
+    incarnation's STOPPED after the new one's CONNECTED, and its first
+    incarnation hands the old events over before it connects (they were
+    lost with the old memory before). A store that closes gives the
+    receipts back into the shared ``pending`` too.
+    """
+    if old.in_store:
+        memory.in_store = old.in_store
+        memory.pending = old.pending
+    elif old.pending:
+        memory.pending = old.pending
 
 
 def publish(memory: ChannelMemory, event: Any) -> None:
