@@ -53,6 +53,7 @@ __all__ = [
     "json_problems",
     "operation_kind",
     "perform",
+    "remembered_result",
     "supported_operations",
 ]
 
@@ -288,6 +289,15 @@ def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str
             _check_json(item, f"{path}[{index}]", depth + 1, problems)
         return
     problems.append((path, f"a {type(value).__name__} is not a JSON value"))
+
+
+def remembered_result(op: Operation, known: tuple[str, str]) -> SendResult | None:
+    """The answer to ``op`` remembered by its key (``(platform message id, peer)``,
+    as a channel's ``SentResults`` keeps it): a ``SendResult`` for a message or
+    an edit, ``None`` for the others."""
+    if isinstance(op, OutboundMessage | EditMessage):
+        return SendResult(platform_message_id=known[0], peer=known[1])
+    return None
 
 
 async def perform(conn: Connection, op: Operation) -> SendResult | None:

@@ -80,6 +80,7 @@ from providers.operations import (
     React,
     SendTyping,
     json_problems,
+    remembered_result,
 )
 from providers.registry import PROVIDERS, load
 from supervisors import (
@@ -106,6 +107,7 @@ from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
 from .emulated import LocalEmulators
 from .errors import (
+    AskTimeout,
     ChannelExists,
     ChannelFenced,
     ChannelStartFailed,
@@ -567,24 +569,40 @@ class Node(ClusterMode, DeadLetterOps):
     async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> tuple[float, float]:
         """Stop a channel running here; write its final checkpoint unless told not to.
 
+        A second stop of the row while one runs (two callers of
+        ``stop_channel`` or ``restart_channel`` at once) waits for the first
+        instead of stopping it again: the supervisor no longer knows the
+        child by then, and its ``ChildNotFound`` is no error of the node's.
+
         Returns:
             the seconds the stop took, and the final checkpoint (for the logs).
         """
-        if not checkpoint and row.memory is not None:
-            self._checkpoints.detach(row.memory)
-        started = trio.current_time()
-        if row.running:
-            supervisor = self._channel_supervisor()
-            await supervisor.terminate_child(row.spec.id)
-            await supervisor.delete_child(row.spec.id)
-        stopped = trio.current_time()
-        if row.memory is not None:
-            if checkpoint:
-                with contextlib.suppress(StoreError):  # logged by the writer
-                    await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
-            self._checkpoints.detach(row.memory)
-        row.channel = row.child = row.memory = None
-        return stopped - started, trio.current_time() - stopped
+        while (other := row.stopped) is not None and not other.is_set():
+            await other.wait()  # then stopped, or (that stop failed) not: this one tries
+        if row.stopped is not None:
+            return 0.0, 0.0
+        row.stopped = stopping = trio.Event()
+        try:
+            if not checkpoint and row.memory is not None:
+                self._checkpoints.detach(row.memory)
+            started = trio.current_time()
+            if row.running:
+                supervisor = self._channel_supervisor()
+                await supervisor.terminate_child(row.spec.id)
+                await supervisor.delete_child(row.spec.id)
+            stopped = trio.current_time()
+            if row.memory is not None:
+                if checkpoint:
+                    with contextlib.suppress(StoreError):  # logged by the writer
+                        await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
+                self._checkpoints.detach(row.memory)
+            row.channel = row.child = row.memory = None
+            return stopped - started, trio.current_time() - stopped
+        except BaseException:
+            row.stopped = None  # not stopped (cancelled, or the supervisor failed)
+            raise
+        finally:
+            stopping.set()
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
         """Start a channel over from its spec, no longer FAILED.
@@ -898,18 +916,14 @@ class Node(ClusterMode, DeadLetterOps):
         sent = channel.memory.sent
         known = sent.get(message.idempotency_key)
         if known is not None:
-            return _result_of(message, known)
+            return remembered_result(message, known)
         flight_key = (channel_id, message.idempotency_key)
         first = self._in_flight.get(flight_key)
         if first is not None:
-            # The same key is on its way already (a caller's retry, a forwarded
-            # request delivered twice): its answer is this one's too.
-            with trio.move_on_after(timeout):
-                await first.finished.wait()
-            known = sent.get(message.idempotency_key)
+            channel = await self._after_first(channel_id, message, flight_key, timeout)
+            known = channel.memory.sent.get(message.idempotency_key)
             if known is not None:
-                return _result_of(message, known)
-            # The first failed (or is still out): this one tries on its own.
+                return remembered_result(message, known)
         sends = self._sends
         self._admit(
             channel_id,
@@ -968,6 +982,43 @@ class Node(ClusterMode, DeadLetterOps):
         # (The channel remembered the answer: see SendPath._fly.)
         self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
         return result
+
+    async def _after_first(
+        self,
+        channel_id: str,
+        message: Operation,
+        flight_key: tuple[str, str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> ChannelRef:
+        """Wait while the same key is on its way already (a caller's retry, a
+        forwarded request delivered twice): its answer is this one's too.
+
+        Returns the channel once no send of the key is under way: answered
+        (its answer is remembered), or failed, when this one tries on its
+        own. Callers who waited for the same failed send go one after
+        another, each waiting for the one before (before, each sent its own
+        copy at once). One that runs out of time while the first is still
+        out is not sent: a copy would go out beside the first.
+
+        Raises:
+            AskTimeout: ``timeout`` passed while the first was still out.
+        """
+        deadline = trio.current_time() + timeout
+        while (first := self._in_flight.get(flight_key)) is not None:
+            with trio.move_on_at(deadline):
+                await first.finished.wait()
+            channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
+            if channel.memory.sent.get(message.idempotency_key) is not None:
+                return channel
+            if not first.finished.is_set():
+                raise AskTimeout(
+                    f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: a "
+                    f"send of this key is still on its way after {timeout} s; this one was "
+                    "not sent beside it (ask again: it is answered once that one is)",
+                    channel_id=channel_id,
+                    idempotency_key=message.idempotency_key,
+                )
+        return self.channel(channel_id)
 
     def _held(self) -> int:
         """The sends this node holds: sent here (its callers' and those forwarded to
@@ -1715,13 +1766,6 @@ async def _open_store(config: NodeConfig, store: Store | None) -> AsyncIterator[
         return
     async with open_store(config.storage) as opened:
         yield opened
-
-
-def _result_of(op: Operation, known: tuple[str, str]) -> SendResult | None:
-    """The remembered answer to ``op``: a ``SendResult`` for a message or an edit."""
-    if isinstance(op, OutboundMessage | EditMessage):
-        return SendResult(platform_message_id=known[0], peer=known[1])
-    return None
 
 
 class _WebhookIndex:

@@ -1020,3 +1020,134 @@ async def test_an_inbound_event_a_stop_left_unkept_is_kept_by_the_restarted_chan
                 assert node.channel_detail("a").inbound_pending == 0
                 with pytest.raises(trio.WouldBlock):
                     events._receive.receive_nowait()  # published once
+
+
+async def append_outcome(outcomes: list[Any], call: Any, *args: Any, **kwargs: Any) -> None:
+    """Await ``call(*args, **kwargs)``; append what it returned, or the exception it raised."""
+    try:
+        outcomes.append(await call(*args, **kwargs))
+    except Exception as exc:
+        outcomes.append(exc)
+
+
+def count_sends(
+    monkeypatch: pytest.MonkeyPatch, fail_first_of: str | None = None
+) -> dict[str, int]:
+    """The simulated platform's send attempts by idempotency key (the first
+    attempt of ``fail_first_of`` refused for good)."""
+    from providers.base import PermanentSendError
+    from providers.simulated import SimulatedConnection
+
+    calls: dict[str, int] = {}
+    roll = SimulatedConnection._roll
+
+    async def counted(self: SimulatedConnection, key: str, peer: str) -> None:
+        calls[key] = calls.get(key, 0) + 1
+        await roll(self, key, peer)
+        if key == fail_first_of and calls[key] == 1:
+            raise PermanentSendError(f"refused {key!r}", peer=peer)
+
+    monkeypatch.setattr(SimulatedConnection, "_roll", counted)
+    return calls
+
+
+async def test_callers_of_one_key_whose_first_send_failed_go_one_at_a_time(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twenty callers of one key: the first send is refused; before, the
+    # nineteen who waited for it each sent a copy of their own at once.
+    calls = count_sends(monkeypatch, fail_first_of="same")
+    provider = SimulatedProvider(latency=Fixed(seconds=0.5))
+    outcomes: list[Any] = []
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            async with trio.open_nursery() as nursery:
+                for n in range(20):
+                    nursery.start_soon(
+                        append_outcome, outcomes, node.send, "a", message("same", f"t{n}")
+                    )
+    assert calls == {"same": 2}  # the refused one, then one more
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    assert [type(e).__name__ for e in errors] == ["PermanentSendError"]
+    answers = {o.platform_message_id for o in outcomes if isinstance(o, SendResult)}
+    assert len(answers) == 1 and len(outcomes) == 20
+
+
+async def test_a_retry_of_a_send_its_caller_gave_up_on_is_answered_not_sent_again(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller stops waiting while its send is on the wire and asks again
+    # with the same key: the retry waits behind the first in its peer's chain
+    # and gets the first's answer (before, it was sent a second time).
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            with trio.move_on_after(1.0) as waited:
+                await node.send("a", message("c1"))
+            assert waited.cancelled_caught
+            retry = await node.send("a", message("c1"))
+            assert calls == {"c1": 1}
+            assert [m.idempotency_key for m in provider.sent] == ["c1"]
+            assert retry.platform_message_id == provider.sent[0].platform_message_id
+
+
+async def test_a_second_caller_out_of_time_is_not_sent_beside_the_first(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import AskTimeout
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            first: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(append_outcome, first, node.send, "a", message("dup"))
+                await trio.testing.wait_all_tasks_blocked()
+                began = trio.current_time()
+                with pytest.raises(AskTimeout, match="still on its way") as caught:
+                    await node.send("a", message("dup"), timeout=2.0)
+                assert trio.current_time() - began == pytest.approx(2.0)
+                assert caught.value.idempotency_key == "dup"
+            assert isinstance(first[0], SendResult)
+            assert calls == {"dup": 1}
+
+
+async def test_two_stops_and_three_restarts_of_one_channel_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Before, the second stop (and two of the restarts) reached the supervisor
+    # after the first had removed the child: supervisors.ChildNotFound, no
+    # error of the node's.
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("b"), sim("c")]),
+            channel_defaults=FAST,
+            providers={"simulated": provider},
+        ) as node:
+            await wait_connected(node, 2)
+            stops: list[Any] = []
+            restarts: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(append_outcome, stops, node.stop_channel, "b")
+                for _ in range(3):
+                    nursery.start_soon(append_outcome, restarts, node.restart_channel, "c")
+            assert stops == [None, None]
+            assert [s.channel_id for s in node.channels()] == ["c"]
+            started = [r for r in restarts if not isinstance(r, Exception)]
+            assert started and all(r.channel_id == "c" for r in started)
+            assert all(isinstance(r, ChannelExists) for r in restarts if r not in started)
+            await wait_connected(node, 1)
+            await node.send("c", message("after"))

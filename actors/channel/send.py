@@ -65,7 +65,13 @@ from providers.base import (
     RateLimitScope,
     SendResult,
 )
-from providers.operations import EditMessage, Operation, check_supported, perform
+from providers.operations import (
+    EditMessage,
+    Operation,
+    check_supported,
+    perform,
+    remembered_result,
+)
 
 from .. import lowlevel
 from ..backoff import BackoffPolicy
@@ -319,6 +325,10 @@ class SendPath:
 
     def _launch(self, flight: Flight) -> None:
         """Send the head of a chain: at once if nothing stands in its way, else in a task."""
+        head = self._unanswered(flight)
+        if head is None:
+            return
+        flight = head
         try:
             if self._fly_at_once(flight):
                 return
@@ -446,6 +456,10 @@ class SendPath:
                 raise
         current: Flight | None = flight
         while current is not None:
+            if failed is None:
+                current = self._unanswered(current)
+                if current is None:
+                    break
             answered = False
             try:
                 result = await self._outcome(current, failed)
@@ -455,6 +469,33 @@ class SendPath:
                     self._abandon(current)
             failed = None
             current = self._settle(current, result)
+
+    def _unanswered(self, flight: Flight) -> Flight | None:
+        """``flight``, or the first send of its chain from it whose key is not
+        answered yet; the others are answered as their key was, not sent.
+
+        A send of a key the channel has answered since the send was asked
+        (its caller gave up waiting and asked again while the first was on
+        its way, and the second waited behind it in its peer's chain) would
+        go out twice: the node looks for the answer before it asks, not
+        after the send has waited its turn.
+        """
+        sent = self.memory.sent
+        window = self._window
+        current: Flight | None = flight
+        while current is not None:
+            message = current.message
+            known = sent.get(message.idempotency_key)
+            if known is None:
+                return current
+            item = current.item
+            if type(item) is lowlevel.Ask:
+                item.reply(remembered_result(message, known))
+            current = window.finish(current)
+            if current is not None and window.closing:
+                self._abandon(current)
+                return None
+        return None
 
     def _settle(self, flight: Flight, result: Any) -> Flight | None:
         """Answer a chain's head; returns the next send of its chain, to send now."""
