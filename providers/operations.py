@@ -22,14 +22,18 @@ Design:
   the platform, to the store (kept at a drain, dead-lettered) and between
   nodes. :func:`json_problems` says, with paths, what in an operation JSON
   cannot carry (NaN and infinities, values that are no JSON type, keys that
-  are not strings, nesting past :data:`MAX_JSON_DEPTH`), so such an operation
-  is refused where it enters, never discovered later in a batch it spoils.
+  are not strings, nesting past :data:`MAX_JSON_DEPTH`), a field declared a
+  string that holds another type, and an empty (or blank) peer or
+  idempotency key, so
+  such an operation is refused where it enters, never discovered later in
+  a batch it spoils.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import typing
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
@@ -233,27 +237,54 @@ _SCALARS: Final = (str, bytes, bool, int, enum.Enum)  # typed fields JSON (or th
 
 
 def json_problems(op: Operation) -> list[tuple[str, str]]:
-    """What in ``op`` JSON cannot carry, as ``(path, problem)`` (``$.metadata.score``).
+    """What in ``op`` cannot be sent, kept and forwarded, as ``(path, problem)``
+    (``$.metadata.score``): what JSON cannot carry, a field declared a string
+    that holds something else (an ``int`` key was sent, then spoilt every
+    checkpoint of its channel), an empty ``peer`` or ``idempotency_key``
+    (every message of an empty key was answered as the first one).
 
     Empty when the operation can be sent, kept and forwarded as it is. At
     most ten problems are listed.
     """
+    if type(op) not in _OPERATIONS:
+        return [("$", f"a {type(op).__name__} is not an operation (one of {_NAMES})")]
     problems: list[tuple[str, str]] = []
     _check_fields(op, "$", problems)
+    for name in _REQUIRED_TEXTS:
+        text = getattr(op, name)
+        if type(text) is str and not text.strip():
+            problems.append((f"$.{name}", "must not be empty"))
     return problems[:_MAX_PROBLEMS]
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # attrs class -> its field names (send path: cached)
+_OPERATIONS: Final = frozenset(typing.get_args(Operation))
+_NAMES: Final = ", ".join(sorted(kind.__name__ for kind in _OPERATIONS))
+_REQUIRED_TEXTS: Final = ("peer", "idempotency_key")  # every operation's: never empty
+# attrs class -> its field names, and the names of those declared a string
+# (``str`` or ``str | None``); cached: the send path checks every operation.
+_FIELD_NAMES: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _fields_of(kind: type) -> tuple[tuple[str, ...], frozenset[str]]:
+    hints = typing.get_type_hints(kind)
+    names = tuple(field.name for field in attrs.fields(kind))
+    texts = frozenset(name for name in names if hints.get(name) in (str, str | None))
+    return names, texts
 
 
 def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
     kind = type(value)
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
+    cached = _FIELD_NAMES.get(kind)
+    if cached is None:
+        cached = _FIELD_NAMES[kind] = _fields_of(kind)
+    names, texts = cached
     for name in names:
         item = getattr(value, name)
         if item is None or type(item) is str:  # most fields: checked first, cheaply
+            continue
+        if name in texts:
+            if not isinstance(item, str):
+                problems.append((f"{path}.{name}", f"must be a string, not {type(item).__name__}"))
             continue
         if type(item) is dict and not item:  # no metadata: no ABC check either
             continue

@@ -19,7 +19,8 @@
     │                          in use, a bad TLS file (setting: the key to change)
     └── SendError              a send did not go through (channel_id, idempotency_key)
         ├── InvalidMessage         it holds what JSON cannot carry (NaN, a non-JSON value),
-        │                          refused before anything was done      (also ValueError)
+        │                          a wrong type, an empty peer or key; refused
+        │                          before anything was done              (also ValueError)
         ├── ChannelFailed          the channel stopped for good      (also actors.ChannelFailed)
         ├── ChannelUnavailable     not running, or not connected in time
         │                                                        (also actors.ChannelUnavailable)
@@ -258,7 +259,9 @@ class SendError(NodeError):
 
 
 class InvalidMessage(SendError, ValueError):
-    """The message holds what JSON cannot carry (NaN, infinity, a value of no JSON type).
+    """The message cannot be sent or kept: it holds what JSON cannot carry (NaN,
+    infinity, a value of no JSON type), a field declared a string holds another
+    type, its peer or idempotency key is empty, or it is no operation at all.
 
     Refused before anything was done: it could neither be sent nor kept.
 

@@ -861,22 +861,23 @@ class Node(ClusterMode, DeadLetterOps):
         once). Not a coroutine: the caller awaits the send itself, one frame
         fewer on every send in flight.
         """
+        key = getattr(message, "idempotency_key", None)  # (checked below: message may be anything)
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
-        if not timeout >= 0:  # NaN too
+        if type(timeout) not in (int, float) or not timeout >= 0:  # NaN, "5" and True too
             raise ValueError(
-                f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: timeout "
-                f"must be seconds >= 0 (math.inf: no limit), not {timeout!r}; nothing was sent"
+                f"channel {channel_id!r}, idempotency key {key!r}: timeout must be seconds "
+                f">= 0 (math.inf: no limit), not {timeout!r}; nothing was sent"
             )
         problems = json_problems(message)
         if problems:
             # Refused here, before it can be sent, kept or forwarded: JSON carries it
             # everywhere, and one such message would spoil every batch it joined.
             error = InvalidMessage(
-                f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: the "
-                "message holds what JSON cannot carry, so it can be neither sent nor kept: "
+                f"channel {channel_id!r}, idempotency key {key!r}: the message can be "
+                "neither sent nor kept: "
                 + "; ".join(f"{text} @ {path}" for path, text in problems),
                 channel_id=channel_id,
-                idempotency_key=message.idempotency_key,
+                idempotency_key=key if type(key) is str else "",
             )
             error.problems = tuple(problems)
             try:

@@ -114,8 +114,48 @@ def _nested(levels: int) -> object:
             EditMessage(peer="p", message_id="m", text="t", metadata={"deep": _nested(40)}),
             [("$.metadata.deep" + "[0]" * 31, "nested deeper than 32 levels")],
         ),
+        (
+            # An int key went out, then spoilt every checkpoint of its channel; an
+            # int text crashed the channel's actor.
+            OutboundMessage(peer=5, idempotency_key=12, text=True),  # type: ignore[arg-type]
+            [
+                ("$.peer", "must be a string, not int"),
+                ("$.idempotency_key", "must be a string, not int"),
+                ("$.text", "must be a string, not bool"),
+            ],
+        ),
+        (
+            OutboundMessage(
+                peer="p", idempotency_key="k", media=Media(kind=MediaKind.IMAGE, url=7)
+            ),  # type: ignore[arg-type]
+            [("$.media.url", "must be a string, not int")],
+        ),
+        (
+            # Every message of an empty key was answered as the first one.
+            OutboundMessage(peer="", idempotency_key="", text="t"),
+            [("$.peer", "must not be empty"), ("$.idempotency_key", "must not be empty")],
+        ),
+        (
+            "hello",
+            [
+                (
+                    "$",
+                    "a str is not an operation (one of DeleteMessage, EditMessage, MarkRead, "
+                    "OutboundMessage, React, SendTyping)",
+                )
+            ],
+        ),
     ],
-    ids=["fine", "metadata", "template", "too-deep"],
+    ids=[
+        "fine",
+        "metadata",
+        "template",
+        "too-deep",
+        "wrong-types",
+        "nested-type",
+        "empty",
+        "no-op",
+    ],
 )
 def test_json_problems_name_every_value_json_cannot_carry(
     op: Operation, problems: list[tuple[str, str]]

@@ -342,7 +342,7 @@ def _structure_message(raw: Any) -> OutboundMessage:
             problems.append((path, text))
         raise _InvalidMessage(problems) from exc
     problems.extend(no_local_files(message))
-    problems.extend(json_problems(message))
+    problems.extend(p for p in json_problems(message) if p not in problems)  # (empties: twice)
     if problems:
         raise _InvalidMessage(problems)
     return message

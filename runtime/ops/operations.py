@@ -121,7 +121,7 @@ def structure_operation(
             text, _, path = line.rpartition(" @ ")
             problems.append((path, text))
         raise InvalidBody(problems) from exc
-    problems.extend(json_problems(op))
+    problems.extend(p for p in json_problems(op) if p not in problems)  # (empties: twice)
     if problems:
         raise InvalidBody(problems)
     return op
