@@ -24,9 +24,8 @@ Design:
   cannot carry (NaN and infinities, values that are no JSON type, keys that
   are not strings, nesting past :data:`MAX_JSON_DEPTH`), a field declared a
   string that holds another type, and an empty (or blank) peer or
-  idempotency key, so
-  such an operation is refused where it enters, never discovered later in
-  a batch it spoils.
+  idempotency key, so such an operation is refused where it enters, never
+  discovered later in a batch it spoils.
 """
 
 from __future__ import annotations

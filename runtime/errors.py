@@ -400,7 +400,17 @@ def send_error(exc: BaseException, channel_id: str, idempotency_key: str) -> Sen
     mapped = _mapped_class(type(exc))
     if mapped is None:
         return None
-    error = mapped(str(exc), channel_id=channel_id, idempotency_key=idempotency_key)
+    text = str(exc)
+    if isinstance(exc, actors.ActorDead):
+        # The kernel's words ("cannot ask <ActorRef ...>: ... look it up again")
+        # mean nothing to a caller of the node; the cause keeps them.
+        text = (
+            f"channel {channel_id!r} stopped while this send (idempotency key "
+            f"{idempotency_key!r}) waited for it, so it may not have been sent; send it "
+            "again with the same key once the channel runs (a repeat of a sent key is "
+            "answered, not sent twice)"
+        )
+    error = mapped(text, channel_id=channel_id, idempotency_key=idempotency_key)
     _copy_details(exc, error)
     return error
 

@@ -1015,6 +1015,34 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
     assert attrs.evolve(ChannelSpec(id="a", provider="simulated"), tenant="t").tenant == "t"
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"send_window": 2.5}, "send_window: expected an integer >= 1, got 2.5"),
+        ({"send_window": True}, "send_window: expected an integer >= 1, got True"),
+        ({"send_attempts": 2.5}, "send_attempts: expected an integer >= 1, got 2.5"),
+        ({"tenant": None}, "tenant: expected a non-empty string, got None"),
+        ({"enabled": "no"}, "enabled: expected true or false, got 'no'"),
+        ({"options": {3: 4}}, "options: expected a table whose keys are strings, got {3: 4}"),
+        ({"credentials": {1: "s3cret"}}, "credentials: expected a table whose keys are strings"),
+        ({"liveness_timeout": "5"}, "liveness_timeout: expected a positive number, got '5'"),
+        (
+            {"rate_limit": {"per_channel_rate": -5}},
+            "rate_limit: expected a RateLimitConfig, got {'per_channel_rate': -5}",
+        ),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_a_spec_built_by_hand_of_the_wrong_types_is_refused_with_the_field_named(
+    given: dict[str, Any], message: str
+) -> None:
+    # Before, each of these was accepted (a float where an int is due, a dict
+    # where a config class is) or raised a bare TypeError from inside a check.
+    with pytest.raises(ValueError) as caught:
+        ChannelSpec(id="a", provider="simulated", **given)
+    assert str(caught.value) == message
+
+
 def test_the_package_exports_exactly_its_all() -> None:
     exported = {name for name in vars(runtime.config) if not name.startswith("_")}
     modules = {"loader", "model", "overrides", "refs", "rules", "units"}

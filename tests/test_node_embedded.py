@@ -1151,3 +1151,27 @@ async def test_two_stops_and_three_restarts_of_one_channel_at_once(
             assert all(isinstance(r, ChannelExists) for r in restarts if r not in started)
             await wait_connected(node, 1)
             await node.send("c", message("after"))
+
+
+async def test_a_send_cut_off_by_a_stop_says_so_in_the_nodes_words(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from runtime import ChannelUnavailable
+
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    config = node_config([{**sim("a"), "send_window": 1}])
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            outcomes: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                for key in ("s1", "s2"):  # the second waits in the mailbox: a window of one
+                    nursery.start_soon(append_outcome, outcomes, node.send, "a", message(key))
+                    await trio.testing.wait_all_tasks_blocked()
+                await node.stop_channel("a")
+            cut = [o for o in outcomes if isinstance(o, ChannelUnavailable)]
+            assert [c.idempotency_key for c in cut] == ["s2"]
+            assert str(cut[0]).startswith("channel 'a' stopped while this send")
+            assert "ActorRef" not in str(cut[0])

@@ -54,8 +54,8 @@ __all__ = [
 class Check:
     """A rule on one value: an attrs validator the loader also understands.
 
-    ``None`` always passes (it means "unset"); the loader only calls
-    ``test`` on a value of the field's type.
+    ``None`` passes (it means "unset") unless ``optional`` is false; the
+    loader only calls ``test`` on a value of the field's type.
 
     Attributes:
         expected: what a valid value is, as the loader words it:
@@ -65,17 +65,26 @@ class Check:
 
     expected: str
     test: Callable[[Any], bool] = attrs.field(repr=False)
+    optional: bool = True  # None passes (a field that may be unset)
 
     def __call__(self, instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         """Validate ``value`` for attrs.
+
+        A value of a type the test cannot take (a string where a number is
+        expected, as code that builds a spec by hand may pass) fails it too.
 
         Raises:
             ValueError: the value fails the check (it is named unless the
                 field is ``repr=False``, i.e. a secret; masked where the
                 field's ``repr`` masks it).
         """
-        if value is None or self.test(value):
+        if value is None and self.optional:
             return
+        try:
+            if value is not None and self.test(value):
+                return
+        except (TypeError, AttributeError):
+            pass
         if callable(attribute.repr):  # a field that shows itself masked (a URL's credentials)
             shown = f", got {attribute.repr(value)}"
         else:
@@ -96,8 +105,8 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 
 
 POSITIVE: Final = Check("a positive number", lambda v: math.isfinite(v) and v > 0)
-AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: v >= 1)
-NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: v >= 0)
+AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: type(v) is int and v >= 1)
+NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: type(v) is int and v >= 0)
 NOT_NEGATIVE_SECONDS: Final = Check("0 or more seconds", lambda v: math.isfinite(v) and v >= 0)
 LOOP_LAG: Final = Check(
     # Below it, the probe's own jitter (a wake-up a few milliseconds late) would shed.
@@ -105,8 +114,16 @@ LOOP_LAG: Final = Check(
     lambda v: v == 0 or (math.isfinite(v) and v >= 0.05),
 )
 FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
-PORT: Final = Check("a port number from 0 to 65535", lambda v: 0 <= v <= 65535)
+PORT: Final = Check("a port number from 0 to 65535", lambda v: type(v) is int and 0 <= v <= 65535)
 NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
+NAME: Final = Check(
+    "a non-empty string", lambda v: type(v) is str and bool(v.strip()), optional=False
+)
+FLAG: Final = Check("true or false", lambda v: type(v) is bool, optional=False)
+STRING_KEYS: Final = Check(
+    "a table whose keys are strings",
+    lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
+)
 IDENTIFIER: Final = Check(
     "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
     lambda v: _ID.fullmatch(v) is not None,
@@ -562,15 +579,21 @@ class ChannelSpec:
     """
 
     id: str = attrs.field(validator=IDENTIFIER)
-    tenant: str = attrs.field(default="default", validator=NOT_EMPTY)
+    tenant: str = attrs.field(default="default", validator=NAME)
     provider: str
-    enabled: bool = True
-    emulator: bool = False
-    credentials: dict[str, str] = attrs.field(factory=dict, repr=False)
+    enabled: bool = attrs.field(default=True, validator=FLAG)
+    emulator: bool = attrs.field(default=False, validator=FLAG)
+    credentials: dict[str, str] = attrs.field(factory=dict, repr=False, validator=STRING_KEYS)
     base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL, repr=url_repr)
-    options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr)
-    rate_limit: RateLimitConfig | None = None
-    backoff: BackoffConfig | None = None
+    options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr, validator=STRING_KEYS)
+    rate_limit: RateLimitConfig | None = attrs.field(
+        default=None,
+        validator=Check("a RateLimitConfig", lambda v: isinstance(v, RateLimitConfig)),
+    )
+    backoff: BackoffConfig | None = attrs.field(
+        default=None,
+        validator=Check("a BackoffConfig", lambda v: isinstance(v, BackoffConfig)),
+    )
     send_attempts: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
     liveness_timeout: Seconds | None = attrs.field(default=None, validator=POSITIVE)
     send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
