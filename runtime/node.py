@@ -976,6 +976,9 @@ class Node(ClusterMode, DeadLetterOps):
             timed_out = channel.ref.ask_timeout(message, timeout)
             error = send_error(timed_out, channel_id, message.idempotency_key)
             assert error is not None  # an AskTimeout always maps
+            why = _why_waiting(channel.memory)
+            if why:
+                error.args = (f"{error}; {why}",)
             try:
                 raise error from timed_out
             finally:
@@ -1767,6 +1770,22 @@ async def _open_store(config: NodeConfig, store: Store | None) -> AsyncIterator[
         return
     async with open_store(config.storage) as opened:
         yield opened
+
+
+def _why_waiting(memory: ChannelMemory) -> str:
+    """What may have held a send that timed out, read off its channel's memory
+    (the kernel's timeout names only the actor's state and mailbox)."""
+    reasons = []
+    if memory.status is not ChannelStatus.CONNECTED:
+        reasons.append(f"the channel is {memory.status.value}")
+        if memory.last_error:
+            reasons[-1] += f" (last error: {memory.last_error})"
+    if memory.breaker_made and not memory.breaker.closed:
+        reasons.append(
+            "its circuit breaker is open after repeated send failures: sends wait for its "
+            "trial calls"
+        )
+    return "; ".join(reasons)
 
 
 class _WebhookIndex:

@@ -1175,3 +1175,30 @@ async def test_a_send_cut_off_by_a_stop_says_so_in_the_nodes_words(
             assert [c.idempotency_key for c in cut] == ["s2"]
             assert str(cut[0]).startswith("channel 'a' stopped while this send")
             assert "ActorRef" not in str(cut[0])
+
+
+async def test_a_send_that_times_out_behind_an_open_breaker_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from providers.simulated import FailureRates
+    from runtime import AskTimeout
+
+    provider = SimulatedProvider(
+        latency=Fixed(seconds=0.01), failures=FailureRates(send_transient=1.0)
+    )
+    with trio.fail_after(CEILING):
+        async with open_node(
+            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, 1)
+            outcomes: list[Any] = []
+            async with trio.open_nursery() as nursery:  # failures enough to open the breaker
+                for n in range(12):
+                    nursery.start_soon(
+                        functools.partial(
+                            append_outcome, outcomes, node.send, "a", message(f"m{n}"), timeout=5.0
+                        )
+                    )
+            timed_out = [o for o in outcomes if isinstance(o, AskTimeout)]
+            assert timed_out, outcomes
+            assert all("circuit breaker is open" in str(o) for o in timed_out)
