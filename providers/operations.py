@@ -240,7 +240,8 @@ def json_problems(op: Operation) -> list[tuple[str, str]]:
     (``$.metadata.score``): what JSON cannot carry, a field declared a string
     that holds something else (an ``int`` key was sent, then spoilt every
     checkpoint of its channel), an empty ``peer`` or ``idempotency_key``
-    (every message of an empty key was answered as the first one).
+    (every message of an empty key was answered as the first one), and text
+    that is no Unicode (a lone surrogate, which no platform takes).
 
     Empty when the operation can be sent, kept and forwarded as it is. At
     most ten problems are listed.
@@ -279,7 +280,11 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
     names, texts = cached
     for name in names:
         item = getattr(value, name)
-        if item is None or type(item) is str:  # most fields: checked first, cheaply
+        if item is None:
+            continue
+        if type(item) is str:  # most fields: checked first, cheaply
+            if not item.isascii():
+                _check_text(item, f"{path}.{name}", problems)
             continue
         if name in texts:
             if not isinstance(item, str):
@@ -295,8 +300,25 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
             _check_json(item, f"{path}.{name}", 0, problems)
 
 
+def _check_text(text: str, path: str, problems: list[tuple[str, str]]) -> None:
+    """A lone half of a UTF-16 pair (``"\\udc80"`` in JSON) is no Unicode text:
+    no platform takes it, and httpx cannot encode it (sent, it failed as a
+    transient error five times, then held every peer of the channel behind
+    its open breaker)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        problems.append(
+            (path, f"not valid Unicode text: a lone surrogate {text[exc.start]!a} at {exc.start}")
+        )
+
+
 def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
     if len(problems) >= _MAX_PROBLEMS:
+        return
+    if type(value) is str:
+        if not value.isascii():
+            _check_text(value, path, problems)
         return
     if value is None or isinstance(value, str | bool | int):
         return
@@ -312,6 +334,8 @@ def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str
             if not isinstance(key, str):
                 problems.append((path, f"a key must be a string, not {type(key).__name__}"))
                 continue
+            if not key.isascii():
+                _check_text(key, path, problems)
             _check_json(item, f"{path}.{key}", depth + 1, problems)
         return
     if isinstance(value, list | tuple):

@@ -136,6 +136,18 @@ def _nested(levels: int) -> object:
             [("$.peer", "must not be empty"), ("$.idempotency_key", "must not be empty")],
         ),
         (
+            # httpx cannot encode it: sent, it failed five times as transient and
+            # opened the channel's breaker.
+            OutboundMessage(
+                peer="p", idempotency_key="k", text="a\udc80b", metadata={"\ud800": ["é\udfff"]}
+            ),
+            [
+                ("$.text", "not valid Unicode text: a lone surrogate '\\udc80' at 1"),
+                ("$.metadata", "not valid Unicode text: a lone surrogate '\\ud800' at 0"),
+                ("$.metadata.\ud800[0]", "not valid Unicode text: a lone surrogate '\\udfff' at 1"),
+            ],
+        ),
+        (
             "hello",
             [
                 (
@@ -154,6 +166,7 @@ def _nested(levels: int) -> object:
         "wrong-types",
         "nested-type",
         "empty",
+        "surrogates",
         "no-op",
     ],
 )

@@ -38,7 +38,7 @@ from providers.base import (
 )
 from providers.discord import DiscordProvider
 from providers.discord.compress import Inflater
-from providers.discord.rest import OPERATIONS, build_operation
+from providers.discord.rest import OPERATIONS, build_operation, build_send
 from providers.emulators.base import open_emulator
 from providers.emulators.discord import DiscordEmulator
 from providers.emulators.discord.model import token_for, user_id_for
@@ -96,6 +96,21 @@ def test_declared_operations_and_routes() -> None:
         build_operation(SendTyping(peer="general"))
     with pytest.raises(MessageNotFound):
         build_operation(DeleteMessage(peer="1", message_id="not-a-snowflake"))
+
+
+@pytest.mark.parametrize("peer", ["²", "١٢٣", "1" * 21, "9" * 70_000, ""])
+def test_an_id_that_no_snowflake_can_be_is_refused_before_any_request(peer: str) -> None:
+    # str.isdigit took superscripts, Arabic digits and any length: 70,000 digits
+    # made a URL httpx refused (InvalidURL), which crashed the channel's actor,
+    # and five such sends failed the channel for good.
+    with pytest.raises(BadRecipient) as caught:
+        build_send(OutboundMessage(peer=peer, idempotency_key="k", text="hi"))
+    assert len(str(caught.value)) < 200  # the id is not echoed whole
+    with pytest.raises(BadRecipient):
+        build_operation(SendTyping(peer=peer))
+    with pytest.raises(MessageNotFound):
+        build_operation(EditMessage(peer="1", message_id=peer, text="t"))
+    assert build_send(OutboundMessage(peer="9" * 20, idempotency_key="k", text="hi")).major
 
 
 async def test_edit_delete_typing_react_and_their_failures() -> None:

@@ -153,9 +153,9 @@ def build_send(
         BadRecipient: ``msg.peer`` is not a Discord snowflake.
         PermanentSendError: a template (Discord has none).
     """
-    if not msg.peer.isdigit():
+    if not is_snowflake(msg.peer):
         raise BadRecipient(
-            f"{msg.peer!r} is not a Discord channel id (a numeric snowflake)", peer=msg.peer
+            f"{shown(msg.peer)} is not a Discord channel id (a numeric snowflake)", peer=msg.peer
         )
     if msg.template is not None:
         raise PermanentSendError(
@@ -193,6 +193,24 @@ def build_send(
     )
 
 
+SNOWFLAKE_DIGITS: Final = 20  # a snowflake is a 64-bit unsigned integer
+
+
+def is_snowflake(text: str) -> bool:
+    """Whether ``text`` can be a Discord id: 1 to 20 ASCII digits (``str.isdigit``
+    alone takes "²" and Arabic digits, and any length, which made a URL httpx
+    refused, crashing the channel)."""
+    return 0 < len(text) <= SNOWFLAKE_DIGITS and text.isascii() and text.isdigit()
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to ``limit`` characters with its length said (an id
+    of 70,000 digits was echoed whole in the error)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def build_operation(
     op: EditMessage | DeleteMessage | SendTyping | React,
     *,
@@ -206,8 +224,8 @@ def build_operation(
         MessageTooLong: an edit's content is over the limit.
     """
     peer = op.peer
-    if not peer.isdigit():
-        raise BadRecipient(f"{peer!r} is not a Discord channel id (a snowflake)", peer=peer)
+    if not is_snowflake(peer):
+        raise BadRecipient(f"{shown(peer)} is not a Discord channel id (a snowflake)", peer=peer)
     channel = f"/api/v{API_VERSION}/channels/{peer}"
     if isinstance(op, SendTyping):
         return RestRequest(
@@ -216,8 +234,8 @@ def build_operation(
             route="POST /channels/{channel_id}/typing",
             major=peer,
         )
-    if not op.message_id.isdigit():
-        raise MessageNotFound(f"{op.message_id!r} is not a Discord message id", peer=peer)
+    if not is_snowflake(op.message_id):
+        raise MessageNotFound(f"{shown(op.message_id)} is not a Discord message id", peer=peer)
     message = f"{channel}/messages/{op.message_id}"
     if isinstance(op, EditMessage):
         if len(op.text) > max_text_length:

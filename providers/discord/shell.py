@@ -71,6 +71,7 @@ from ..base import (
     Event,
     FatalError,
     OutboundMessage,
+    PermanentSendError,
     PlatformLimits,
     ProviderError,
     RateLimited,
@@ -519,12 +520,21 @@ class DiscordConnection:
                 )
             await trio.sleep(wait)
         with map_exceptions(
-            _transport_errors(
-                lambda exc: (
-                    f"{request.method} to Discord channel {peer} failed: {exc!r}; retry "
-                    f"{retry_note}"
-                )
-            )
+            {
+                **_transport_errors(
+                    lambda exc: (
+                        f"{request.method} to Discord channel {peer} failed: {exc!r}; retry "
+                        f"{retry_note}"
+                    )
+                ),
+                # A URL httpx refuses to make (an id the checks let through): the
+                # same request never can be; before, the channel's actor crashed.
+                httpx.InvalidURL: lambda exc: PermanentSendError(
+                    f"{request.method} to Discord channel {peer}: the request cannot be "
+                    f"made ({type(exc).__name__}); not retried",
+                    peer=peer,
+                ),
+            }
         ):
             call = functools.partial(
                 fetch,
