@@ -428,6 +428,13 @@ def test_a_failed_reference_is_one_problem_not_three() -> None:
     ]
 
 
+def test_a_blank_api_token_is_refused_when_the_file_is_checked() -> None:
+    # Whitespace only: check said ok, and run failed later in the ops server's start.
+    assert problems('[ops]\napi_token = "${env:SB_API}"\n', {"SB_API": "   "}) == [
+        "expected a non-empty string @ ops.api_token"  # (a secret: its value not shown)
+    ]
+
+
 # --- secrets --------------------------------------------------------------------------
 
 

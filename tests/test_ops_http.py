@@ -438,6 +438,17 @@ async def test_unknown_paths_and_methods_answer_json() -> None:
             assert "GET" in wrong.headers["allow"]
 
 
+async def test_a_secret_pasted_into_an_unknown_path_is_not_echoed() -> None:
+    # Its shape is no credential's: only the node's own list knows it (a proxy or a
+    # cache keeps such bodies).
+    with trio.fail_after(CEILING):
+        async with serving(FakeNode(), api_token="plain-token-1234") as (client, _):
+            answer = await client.get("/x/plain-token-1234/y")
+            assert answer.status_code == 404
+            assert "plain-token-1234" not in answer.text
+            assert answer.json()["message"].startswith("GET /x/")
+
+
 async def test_clients_hanging_up_on_a_refusal_leave_the_server_serving() -> None:
     # The app refuses some requests on their headers alone (404 here; 401, 413
     # and Telegram's secret token too): a client hanging up meanwhile once

@@ -266,7 +266,7 @@ class OpsConfig:
     host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
     port: int = attrs.field(default=8321, validator=PORT)
     public_url: str | None = attrs.field(default=None, validator=HTTP_URL, repr=url_repr)
-    api_token: str | None = attrs.field(default=None, repr=False)
+    api_token: str | None = attrs.field(default=None, repr=False, validator=NOT_EMPTY)
     certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
 

@@ -116,7 +116,7 @@ from ..errors import (
     Overloaded,
     UnknownChannel,
 )
-from ..telemetry.redaction import Redactor, scrub_shapes
+from ..telemetry.redaction import Redactor
 from ..view import NodeView, WebhookLinks, WebhookTarget
 from ..webhooks import WEBHOOK_TIMEOUT, WebhookReply, deliver, refusal
 from .health import HEALTH_HTTP_STATUS, channel_state, health_report, health_summary
@@ -729,13 +729,19 @@ class _Ops:
         return checked
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own refusals (no route, wrong method) as JSON."""
-    assert isinstance(exc, HTTPException)
-    error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
-    # The path is the client's; a credential pasted into a URL is not echoed back.
-    message = scrub_shapes(f"{request.method} {request.url.path}: {exc.detail}")
-    return _error(exc.status_code, error, message, headers=exc.headers)
+def _http_error(scrub: Callable[[str], str]) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """Starlette's own refusals (no route, wrong method) as JSON, ``scrub`` applied."""
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = HTTPStatus(exc.status_code).phrase.replace(" ", "")
+        # The path is the client's; a credential pasted into a URL is not echoed
+        # back, by its shape or as one of the node's own secrets (the node's
+        # api token pasted into a path was: proxies and caches keep such bodies).
+        message = scrub(f"{request.method} {request.url.path}: {exc.detail}")
+        return _error(exc.status_code, error, message, headers=exc.headers)
+
+    return refused
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
@@ -771,7 +777,8 @@ def ops_app(
         raise ValueError("api_token is empty; pass None to run without the message API")
     ops = _Ops(node, api_token, metrics or MetricsConfig(), secrets)
     app = Starlette(
-        routes=ops.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}
+        routes=ops.routes(),
+        exception_handlers={HTTPException: _http_error(ops._scrub), Exception: _crash},
     )
     app.state.registry = ops.registry
     app.state.webhooks = ops.webhooks
