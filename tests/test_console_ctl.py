@@ -171,8 +171,11 @@ async def test_ctl_commands_and_exit_codes(tmp_path: Path) -> None:
             assert code == 3 and "SB_NOT_SET is not set" in err
             code, _, err = await ctl(unix, "PATH", "node.stats")  # a wrong token
             assert code == 3 and "unknown token" in err
-            code, _, err = await ctl(unix, "SB_ACME", "channels.get", "channel=g1")
+            code, _, err = await ctl(unix, "SB_ACME", "channels.list", "tenant=globex")
             assert code == 3 and "tenant 'globex'" in err
+            # Another tenant's channel is answered as one that does not exist.
+            code, _, err = await ctl(unix, "SB_ACME", "channels.get", "channel=g1")
+            assert code == 1 and "no channel 'g1'" in err and "globex" not in err
             code, _, err = await ctl(unix, "SB_OPERATE", "node.drain", "reason=x")
             assert code == 3
 

@@ -161,6 +161,14 @@ async def test_inspection(autojump_clock: trio.testing.MockClock) -> None:
         assert "nope" in missing["message"]
 
 
+def _renamed(params: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``params`` with the channel id ``old`` (alone or in a list) replaced by ``new``."""
+    return {
+        key: new if value == old else [new] if value == [old] else value
+        for key, value in params.items()
+    }
+
+
 async def test_a_tenant_token_sees_and_touches_only_its_tenants(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -172,17 +180,26 @@ async def test_a_tenant_token_sees_and_touches_only_its_tenants(
         channels = next(child for child in tree["children"] if child["id"] == "channels")
         assert [child["id"] for child in channels["children"]] == ["a1", "a2"]
         for method, params in [
-            ("channels.get", {"channel": "g1"}),
             ("channels.list", {"tenant": "globex"}),
+            ("events.subscribe", {"tenants": ["globex"]}),
+        ]:
+            error = await client.error(method, params)
+            assert error["code"] == ErrorCode.TENANT_FORBIDDEN, (method, error)
+        # A call on another tenant's channel is answered as one on a channel that
+        # does not exist: the token learns neither that g1 exists nor whose it is.
+        for method, params in [
+            ("channels.get", {"channel": "g1"}),
             ("channels.restart", {"channel": "g1", "reason": "x"}),
             ("channels.stop", {"channel": "g1", "reason": "x"}),
             ("dead_letters.list", {"channel": "g1"}),
             ("dead_letters.replay", {"channel": "g1", "reason": "x"}),
-            ("events.subscribe", {"tenants": ["globex"]}),
             ("events.subscribe", {"channels": ["g1"]}),
         ]:
             error = await client.error(method, params)
-            assert error["code"] == ErrorCode.TENANT_FORBIDDEN, (method, error)
+            unknown = await client.error(method, {**params, **_renamed(params, "g1", "zz9")})
+            assert error["code"] == unknown["code"] == ErrorCode.NOT_FOUND, (method, error)
+            assert error["message"] == unknown["message"].replace("zz9", "g1"), method
+            assert "globex" not in str(error)
         assert harness.console.refusals.counts["tenant"] == 8
         # Allowed on its own tenant.
         assert (await client.ok("channels.restart", {"channel": "a1", "reason": "x"}))["count"] == 1

@@ -42,11 +42,23 @@ class Refused(ConsoleError):
 
     Attributes:
         reason: the refusal's label in ``/metrics``.
+        shown_as: what the caller is answered instead, where the refusal
+            itself would tell too much (another tenant's channel is answered
+            as one that does not exist); counted and audited as refused.
     """
 
-    def __init__(self, code: ErrorCode, reason: str, message: str, data: Any = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        reason: str,
+        message: str,
+        data: Any = None,
+        *,
+        shown_as: NodeError | None = None,
+    ) -> None:
         super().__init__(code, message, data)
         self.reason = reason
+        self.shown_as = shown_as
 
 
 class ConfirmationRequired(ConsoleError):

@@ -211,7 +211,7 @@ async def _list_channels(session: Session, params: ListChannels) -> Any:
 async def _get_channel(session: Session, params: OneChannel) -> Any:
     node = session.console.node
     detail = node.channel_detail(params.channel)
-    session.check_tenant(detail.snapshot.tenant)
+    session.check_channel(params.channel, detail.snapshot.tenant)
     return shapes.detail(detail, session.console.history(params.channel))
 
 
@@ -248,7 +248,7 @@ def _targets(session: Session, params: ChangeChannels, method: str) -> list[Chan
         wanted = [s for s in node.channels() if s.channel_id == params.channel]
         if not wanted:
             raise UnknownChannel(params.channel)
-        session.check_tenant(wanted[0].tenant)
+        session.check_channel(params.channel, wanted[0].tenant)
         session.audit_target(channels=[params.channel], tenants=[wanted[0].tenant])
         return wanted
     session.check_tenant(params.tenant)
@@ -345,7 +345,7 @@ async def _letters(session: Session, params: ListLetters) -> Any:
     node = session.console.node
     session.check_tenant(params.tenant)
     if params.channel is not None:
-        session.check_tenant(session.tenant_of(params.channel))
+        session.check_channel(params.channel, session.tenant_of(params.channel))
     letters = await node.dead_letters(
         channel=params.channel,
         tenant=params.tenant,
@@ -389,7 +389,7 @@ async def _subscribe(session: Session, params: Subscribe) -> Any:
     for tenant in params.tenants or ():
         session.check_tenant(tenant)
     for channel_id in params.channels or ():
-        session.check_tenant(session.tenant_of(channel_id))
+        session.check_channel(channel_id, session.tenant_of(channel_id))
     number = session.subscribe(
         kinds=None if params.kinds is None else frozenset(params.kinds),
         tenants=None if params.tenants is None else frozenset(params.tenants),

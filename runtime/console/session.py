@@ -391,6 +391,10 @@ class Session:
         except Refused as exc:
             console.refusals.refuse(exc.reason)
             self._audit(call, "refused", str(exc))
+            shown = exc.shown_as
+            if shown is not None:
+                text = console.scrub(_text_of(shown))
+                return rpc.failure(call.id, code_of(shown), text, {"error": type(shown).__name__})
             return rpc.failure(call.id, exc.code, console.scrub(str(exc)), exc.data)
         except ConsoleError as exc:
             self._audit(call, "failed", str(exc))
@@ -483,6 +487,23 @@ class Session:
                 "tenant",
                 f"token {self.grant.name!r} may not see tenant {tenant!r}",
                 {"tenant": tenant},
+            )
+
+    def check_channel(self, channel_id: str, tenant: str) -> None:
+        """Refuse a channel of a tenant this token may not see, answered as a
+        channel that does not exist (-32006): the token learns neither that it
+        exists nor whose it is (a -32003 naming the tenant told both).
+
+        Raises:
+            Refused: it may not (counted and audited as a tenant refusal).
+        """
+        if not self.grant.sees(tenant):
+            raise Refused(
+                ErrorCode.TENANT_FORBIDDEN,
+                "tenant",
+                f"token {self.grant.name!r} may not see channel {channel_id!r} (tenant {tenant!r})",
+                {"tenant": tenant},
+                shown_as=UnknownChannel(channel_id),
             )
 
     # --- events --------------------------------------------------------------------------

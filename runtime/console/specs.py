@@ -154,9 +154,10 @@ def aim(session: Session, channel_id: str, **target: Any) -> str:
 
     Raises:
         UnknownChannel: neither the node nor its file has the channel.
-        Refused: the token may not see the channel's tenant.
+        Refused: the token may not see the channel's tenant (answered as
+            an unknown channel).
     """
     tenant = session.tenant_of(channel_id)
-    session.check_tenant(tenant)
+    session.check_channel(channel_id, tenant)
     session.audit_target(channels=[channel_id], tenants=[tenant], **target)
     return tenant
