@@ -234,6 +234,7 @@ class _Params:
     limit: int = 100
     dry_run: bool = False
     older_than: float | None = None
+    tags: list[str] | None = None
 
 
 def test_params_by_name_and_by_position() -> None:
@@ -253,7 +254,11 @@ def test_params_by_name_and_by_position() -> None:
         ({"channel": "a", "dry_run": 1}, "expected a boolean, got a number @ $.dry_run"),
         ({}, "required @ $.channel"),
         ({"channel": "a", "bogus": 1}, "unknown parameter(s): bogus @ $"),
-        (["a", 1, False, None, 9], "at most 4 positional parameter(s), got 5 @ $"),
+        (["a", 1, False, None, None, 9], "at most 5 positional parameter(s), got 6 @ $"),
+        # A string is iterable: it was taken as the list of its letters.
+        ({"channel": "a", "tags": "inbound"}, "expected an array, got a string @ $.tags"),
+        ({"channel": "a", "tags": {"x": 1}}, "expected an array, got an object @ $.tags"),
+        ({"channel": "a", "tags": ["x", 2]}, "expected a string, got a number @ $.tags[1]"),
     ],
 )
 def test_wrong_params_name_the_path(params: Any, problem: str) -> None:

@@ -30,11 +30,13 @@ from __future__ import annotations
 import enum
 import json
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias, TypeVar
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 
 __all__ = [
     "JSONRPC",
@@ -413,6 +415,23 @@ PARAMS.register_structure_hook(str, _strict(str, str))
 PARAMS.register_structure_hook(int, _strict(int, int))
 PARAMS.register_structure_hook(float, _strict(float, int, float))
 PARAMS.register_structure_hook(bool, _strict(bool, bool))
+
+
+def _strict_list(kind: Any, converter: cattrs.Converter) -> Any:
+    """A list parameter from an array only: cattrs takes any iterable, so a
+    string became its letters (``kinds="inbound"`` was refused as the kinds
+    b, d, i, n, o, u)."""
+    items = list_structure_factory(kind, converter)
+
+    def hook(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {_json_type(value)}")
+        return items(value, type_)
+
+    return hook
+
+
+PARAMS.register_structure_hook_factory(lambda kind: typing.get_origin(kind) is list, _strict_list)
 
 _P = TypeVar("_P")
 
