@@ -800,6 +800,40 @@ async def test_one_refused_signature_among_the_targets_answers_403() -> None:
             assert await rejected_total(client, "whatsapp", "signature") == 2
 
 
+class JudgingHook(SignedHook):
+    """A :class:`SignedHook` whose app secret the ops server checks before it parses a
+    post, as it does a WhatsApp connection's (``webhook_signer``, ``check_post``)."""
+
+    @property
+    def webhook_signer(self) -> str:
+        return whatsapp_webhook.signer_id(self.app_secret)
+
+    def check_post(self, signatures: whatsapp_webhook.PostSignatures) -> bool:
+        return signatures.signed_by(self.app_secret)
+
+
+async def test_a_post_signed_for_a_number_whose_channel_is_down_is_503_not_forged() -> None:
+    # Another number's channel is live: before, the post (signed with the down
+    # channel's own app secret, which no live link knows) was answered 403 and
+    # counted as a forged signature.
+    node = FakeNode()
+    live = JudgingHook("wa-a", NUMBER_A, WA_SECRET)
+    node.targets["whatsapp"] = [
+        WebhookTarget(channel_id="wa-a", options={"phone_number_id": NUMBER_A}, connection=live),  # type: ignore[arg-type]
+        WebhookTarget(channel_id="wa-b", options={"phone_number_id": NUMBER_B}, connection=None),
+    ]
+    body = notification((NUMBER_B, "while down"))
+    with trio.fail_after(CEILING):
+        async with serving(node) as (client, _):
+            answer = await client.post(
+                "/webhooks/whatsapp", content=body, headers=signed(body, "b-apps-secret")
+            )
+            assert answer.status_code == 503
+            assert answer.json()["message"] == "channel 'wa-b' is not connected; redeliver later"
+            assert await rejected_total(client, "whatsapp", "signature") == 0
+            assert live.events == []
+
+
 async def test_webhooks_for_channels_that_are_not_connected_answer_503() -> None:
     node = FakeNode()
     node.targets["whatsapp"] = [

@@ -479,8 +479,15 @@ class _Ops:
         links = self.node.webhook_links("whatsapp")
         signatures = PostSignatures(request.headers, body)
         signers = await _signed_by(links, signatures, len(body), self.hashing)
-        # Channels elsewhere are checked there, by their own secrets.
-        if links.judged and links.judged == len(links.live) and not signers and not links.remote:
+        # Channels elsewhere are checked there, by their own secrets; a channel here
+        # with no live link (reconnecting) has no signer to ask: its post goes on
+        # to be routed by number (503, redeliver later), not counted as forged.
+        if (
+            links.judged
+            and links.judged == len(links.live) == len(targets)
+            and not signers
+            and not links.remote
+        ):
             return self._counted("whatsapp", _FORGED, reason="signature")
         try:
             payload = bounded_json.loads(body)
