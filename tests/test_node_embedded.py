@@ -931,6 +931,21 @@ async def test_a_key_sent_again_while_on_its_way_goes_out_once(
     assert len(results) == 2 and results[0] == results[1] == again
 
 
+@contextlib.asynccontextmanager
+async def simulated_node(
+    provider: SimulatedProvider, channels: list[dict[str, Any]] | None = None, **sections: Any
+) -> AsyncIterator[Any]:
+    """A node of ``provider``'s channels (``a`` by default) with the config's
+    ``sections``, every channel connected, under a hang ceiling."""
+    config = node_config(channels or [sim("a")], **sections)
+    with trio.fail_after(CEILING):
+        async with open_node(
+            config, channel_defaults=FAST, providers={"simulated": provider}
+        ) as node:
+            await wait_connected(node, len(config.channels))
+            yield node
+
+
 class HeldWrites:
     """Holds the node's store's event writes until opened (a slow or failing store)."""
 
@@ -956,41 +971,37 @@ async def test_a_restarted_channels_events_come_after_the_old_ones_the_store_hel
     # the old STOPPED last: a subscriber (the console's history) saw a running
     # channel as stopped.
     provider = SimulatedProvider(latency=Fixed(seconds=0.01))
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            gate = HeldWrites(node.store)
-            connected_again = trio.Event()
-            connect = provider.open_connection
+    async with simulated_node(provider) as node:
+        gate = HeldWrites(node.store)
+        connected_again = trio.Event()
+        connect = provider.open_connection
 
-            @contextlib.asynccontextmanager
-            async def reconnect(*args: Any) -> AsyncIterator[Any]:
-                async with connect(*args) as connection:
-                    connected_again.set()
-                    yield connection
+        @contextlib.asynccontextmanager
+        async def reconnect(*args: Any) -> AsyncIterator[Any]:
+            async with connect(*args) as connection:
+                connected_again.set()
+                yield connection
 
-            provider.open_connection = reconnect  # type: ignore[method-assign]
-            with node.subscribe(channel="a") as events:
-                await node.send("a", message("k1"))
-                await gate.entered.wait()  # the send's receipt is in the store's hands
-                await node.restart_channel("a")
-                await connected_again.wait()
-                assert node.channels()[0].status is ChannelStatus.CONNECTED
-                gate.opened.set()  # the old receipt, and what rode behind it, go out
-                seen: list[Any] = []
-                while not seen or seen[-1] != ChannelStatus.CONNECTED:
-                    event = (await events.receive()).event
-                    is_state = isinstance(event, ChannelStateChanged)
-                    seen.append(event.status if is_state else type(event).__name__)
-            assert seen == [
-                "DeliveryReceipt",
-                ChannelStatus.STOPPED,
-                ChannelStatus.CONNECTING,
-                ChannelStatus.CONNECTED,
-            ]
+        provider.open_connection = reconnect  # type: ignore[method-assign]
+        with node.subscribe(channel="a") as events:
+            await node.send("a", message("k1"))
+            await gate.entered.wait()  # the send's receipt is in the store's hands
+            await node.restart_channel("a")
+            await connected_again.wait()
             assert node.channels()[0].status is ChannelStatus.CONNECTED
+            gate.opened.set()  # the old receipt, and what rode behind it, go out
+            seen: list[Any] = []
+            while not seen or seen[-1] != ChannelStatus.CONNECTED:
+                event = (await events.receive()).event
+                is_state = isinstance(event, ChannelStateChanged)
+                seen.append(event.status if is_state else type(event).__name__)
+        assert seen == [
+            "DeliveryReceipt",
+            ChannelStatus.STOPPED,
+            ChannelStatus.CONNECTING,
+            ChannelStatus.CONNECTED,
+        ]
+        assert node.channels()[0].status is ChannelStatus.CONNECTED
 
 
 async def test_an_inbound_event_a_stop_left_unkept_is_kept_by_the_restarted_channel(
@@ -1001,25 +1012,20 @@ async def test_an_inbound_event_a_stop_left_unkept_is_kept_by_the_restarted_chan
     # killed after its shutdown. The restarted channel hands it over and
     # publishes it; before, it stayed in the old memory, never published.
     provider = SimulatedProvider(latency=Fixed(seconds=0.01))
-    config = node_config([sim("a")], supervisor={"shutdown": 1.0})
-    with trio.fail_after(CEILING):
-        async with open_node(
-            config, channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            gate = HeldWrites(node.store)
-            with node.subscribe(channel="a", kind="inbound") as events:
-                sent_id = provider.inject("a", "hello")
-                await gate.entered.wait()  # read, and waiting for the store
-                await node.restart_channel("a")
-                assert node.channel_detail("a").inbound_pending == 1  # taken over
-                gate.opened.set()
-                got = (await events.receive()).event
-                assert got.platform_message_id == sent_id and got.text == "hello"
-                await node.send("a", message("k1"))  # (the channel works on)
-                assert node.channel_detail("a").inbound_pending == 0
-                with pytest.raises(trio.WouldBlock):
-                    events._receive.receive_nowait()  # published once
+    async with simulated_node(provider, supervisor={"shutdown": 1.0}) as node:
+        gate = HeldWrites(node.store)
+        with node.subscribe(channel="a", kind="inbound") as events:
+            sent_id = provider.inject("a", "hello")
+            await gate.entered.wait()  # read, and waiting for the store
+            await node.restart_channel("a")
+            assert node.channel_detail("a").inbound_pending == 1  # taken over
+            gate.opened.set()
+            got = (await events.receive()).event
+            assert got.platform_message_id == sent_id and got.text == "hello"
+            await node.send("a", message("k1"))  # (the channel works on)
+            assert node.channel_detail("a").inbound_pending == 0
+            with pytest.raises(trio.WouldBlock):
+                events._receive.receive_nowait()  # published once
 
 
 async def append_outcome(outcomes: list[Any], call: Any, *args: Any, **kwargs: Any) -> None:
@@ -1059,16 +1065,12 @@ async def test_callers_of_one_key_whose_first_send_failed_go_one_at_a_time(
     calls = count_sends(monkeypatch, fail_first_of="same")
     provider = SimulatedProvider(latency=Fixed(seconds=0.5))
     outcomes: list[Any] = []
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            async with trio.open_nursery() as nursery:
-                for n in range(20):
-                    nursery.start_soon(
-                        append_outcome, outcomes, node.send, "a", message("same", f"t{n}")
-                    )
+    async with simulated_node(provider) as node:
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(
+                    append_outcome, outcomes, node.send, "a", message("same", f"t{n}")
+                )
     assert calls == {"same": 2}  # the refused one, then one more
     errors = [o for o in outcomes if isinstance(o, Exception)]
     assert [type(e).__name__ for e in errors] == ["PermanentSendError"]
@@ -1084,18 +1086,14 @@ async def test_a_retry_of_a_send_its_caller_gave_up_on_is_answered_not_sent_agai
     # and gets the first's answer (before, it was sent a second time).
     calls = count_sends(monkeypatch)
     provider = SimulatedProvider(latency=Fixed(seconds=3.0))
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            with trio.move_on_after(1.0) as waited:
-                await node.send("a", message("c1"))
-            assert waited.cancelled_caught
-            retry = await node.send("a", message("c1"))
-            assert calls == {"c1": 1}
-            assert [m.idempotency_key for m in provider.sent] == ["c1"]
-            assert retry.platform_message_id == provider.sent[0].platform_message_id
+    async with simulated_node(provider) as node:
+        with trio.move_on_after(1.0) as waited:
+            await node.send("a", message("c1"))
+        assert waited.cancelled_caught
+        retry = await node.send("a", message("c1"))
+        assert calls == {"c1": 1}
+        assert [m.idempotency_key for m in provider.sent] == ["c1"]
+        assert retry.platform_message_id == provider.sent[0].platform_message_id
 
 
 async def test_a_second_caller_out_of_time_is_not_sent_beside_the_first(
@@ -1105,22 +1103,18 @@ async def test_a_second_caller_out_of_time_is_not_sent_beside_the_first(
 
     calls = count_sends(monkeypatch)
     provider = SimulatedProvider(latency=Fixed(seconds=3.0))
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            first: list[Any] = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(append_outcome, first, node.send, "a", message("dup"))
-                await trio.testing.wait_all_tasks_blocked()
-                began = trio.current_time()
-                with pytest.raises(AskTimeout, match="still on its way") as caught:
-                    await node.send("a", message("dup"), timeout=2.0)
-                assert trio.current_time() - began == pytest.approx(2.0)
-                assert caught.value.idempotency_key == "dup"
-            assert isinstance(first[0], SendResult)
-            assert calls == {"dup": 1}
+    async with simulated_node(provider) as node:
+        first: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, first, node.send, "a", message("dup"))
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+            with pytest.raises(AskTimeout, match="still on its way") as caught:
+                await node.send("a", message("dup"), timeout=2.0)
+            assert trio.current_time() - began == pytest.approx(2.0)
+            assert caught.value.idempotency_key == "dup"
+        assert isinstance(first[0], SendResult)
+        assert calls == {"dup": 1}
 
 
 async def test_two_stops_and_three_restarts_of_one_channel_at_once(
@@ -1130,27 +1124,21 @@ async def test_two_stops_and_three_restarts_of_one_channel_at_once(
     # after the first had removed the child: supervisors.ChildNotFound, no
     # error of the node's.
     provider = SimulatedProvider(latency=Fixed(seconds=0.01))
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("b"), sim("c")]),
-            channel_defaults=FAST,
-            providers={"simulated": provider},
-        ) as node:
-            await wait_connected(node, 2)
-            stops: list[Any] = []
-            restarts: list[Any] = []
-            async with trio.open_nursery() as nursery:
-                for _ in range(2):
-                    nursery.start_soon(append_outcome, stops, node.stop_channel, "b")
-                for _ in range(3):
-                    nursery.start_soon(append_outcome, restarts, node.restart_channel, "c")
-            assert stops == [None, None]
-            assert [s.channel_id for s in node.channels()] == ["c"]
-            started = [r for r in restarts if not isinstance(r, Exception)]
-            assert started and all(r.channel_id == "c" for r in started)
-            assert all(isinstance(r, ChannelExists) for r in restarts if r not in started)
-            await wait_connected(node, 1)
-            await node.send("c", message("after"))
+    async with simulated_node(provider, channels=[sim("b"), sim("c")]) as node:
+        stops: list[Any] = []
+        restarts: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(append_outcome, stops, node.stop_channel, "b")
+            for _ in range(3):
+                nursery.start_soon(append_outcome, restarts, node.restart_channel, "c")
+        assert stops == [None, None]
+        assert [s.channel_id for s in node.channels()] == ["c"]
+        started = [r for r in restarts if not isinstance(r, Exception)]
+        assert started and all(r.channel_id == "c" for r in started)
+        assert all(isinstance(r, ChannelExists) for r in restarts if r not in started)
+        await wait_connected(node, 1)
+        await node.send("c", message("after"))
 
 
 async def test_a_send_cut_off_by_a_stop_says_so_in_the_nodes_words(
@@ -1159,22 +1147,17 @@ async def test_a_send_cut_off_by_a_stop_says_so_in_the_nodes_words(
     from runtime import ChannelUnavailable
 
     provider = SimulatedProvider(latency=Fixed(seconds=1.0))
-    config = node_config([{**sim("a"), "send_window": 1}])
-    with trio.fail_after(CEILING):
-        async with open_node(
-            config, channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            outcomes: list[Any] = []
-            async with trio.open_nursery() as nursery:
-                for key in ("s1", "s2"):  # the second waits in the mailbox: a window of one
-                    nursery.start_soon(append_outcome, outcomes, node.send, "a", message(key))
-                    await trio.testing.wait_all_tasks_blocked()
-                await node.stop_channel("a")
-            cut = [o for o in outcomes if isinstance(o, ChannelUnavailable)]
-            assert [c.idempotency_key for c in cut] == ["s2"]
-            assert str(cut[0]).startswith("channel 'a' stopped while this send")
-            assert "ActorRef" not in str(cut[0])
+    async with simulated_node(provider, channels=[{**sim("a"), "send_window": 1}]) as node:
+        outcomes: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for key in ("s1", "s2"):  # the second waits in the mailbox: a window of one
+                nursery.start_soon(append_outcome, outcomes, node.send, "a", message(key))
+                await trio.testing.wait_all_tasks_blocked()
+            await node.stop_channel("a")
+        cut = [o for o in outcomes if isinstance(o, ChannelUnavailable)]
+        assert [c.idempotency_key for c in cut] == ["s2"]
+        assert str(cut[0]).startswith("channel 'a' stopped while this send")
+        assert "ActorRef" not in str(cut[0])
 
 
 async def test_a_send_that_times_out_behind_an_open_breaker_says_so(
@@ -1186,19 +1169,15 @@ async def test_a_send_that_times_out_behind_an_open_breaker_says_so(
     provider = SimulatedProvider(
         latency=Fixed(seconds=0.01), failures=FailureRates(send_transient=1.0)
     )
-    with trio.fail_after(CEILING):
-        async with open_node(
-            node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
-        ) as node:
-            await wait_connected(node, 1)
-            outcomes: list[Any] = []
-            async with trio.open_nursery() as nursery:  # failures enough to open the breaker
-                for n in range(12):
-                    nursery.start_soon(
-                        functools.partial(
-                            append_outcome, outcomes, node.send, "a", message(f"m{n}"), timeout=5.0
-                        )
+    async with simulated_node(provider) as node:
+        outcomes: list[Any] = []
+        async with trio.open_nursery() as nursery:  # failures enough to open the breaker
+            for n in range(12):
+                nursery.start_soon(
+                    functools.partial(
+                        append_outcome, outcomes, node.send, "a", message(f"m{n}"), timeout=5.0
                     )
-            timed_out = [o for o in outcomes if isinstance(o, AskTimeout)]
-            assert timed_out, outcomes
-            assert all("circuit breaker is open" in str(o) for o in timed_out)
+                )
+        timed_out = [o for o in outcomes if isinstance(o, AskTimeout)]
+        assert timed_out, outcomes
+        assert all("circuit breaker is open" in str(o) for o in timed_out)
