@@ -623,9 +623,11 @@ def map_error(
             retry_after=_retry_after(headers, DEFAULT_RETRY_AFTER),
             scope=RateLimitScope.CHANNEL,
         )
+    refused = (
+        "the request" if peer is None else f"the message to {peer!r}"
+    )  # (a connect's: no peer)
     return PermanentSendError(
-        f"WhatsApp refused the message to {peer!r} with HTTP {status} ({what}); "
-        "it will not succeed unchanged",
+        f"WhatsApp refused {refused} with HTTP {status} ({what}); it will not succeed unchanged",
         peer=peer,
     )
 
