@@ -260,16 +260,18 @@ def json_problems(op: Operation) -> list[tuple[str, str]]:
 _OPERATIONS: Final = frozenset(typing.get_args(Operation))
 _NAMES: Final = ", ".join(sorted(kind.__name__ for kind in _OPERATIONS))
 _REQUIRED_TEXTS: Final = ("peer", "idempotency_key")  # every operation's: never empty
-# attrs class -> its field names, and the names of those declared a string
-# (``str`` or ``str | None``); cached: the send path checks every operation.
-_FIELD_NAMES: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+# attrs class -> its field names, the names of those declared a string (``str``
+# or ``str | None``), and of those declared ``str`` alone (None is no value for
+# them); cached: the send path checks every operation.
+_FIELD_NAMES: dict[type, tuple[tuple[str, ...], frozenset[str], frozenset[str]]] = {}
 
 
-def _fields_of(kind: type) -> tuple[tuple[str, ...], frozenset[str]]:
+def _fields_of(kind: type) -> tuple[tuple[str, ...], frozenset[str], frozenset[str]]:
     hints = typing.get_type_hints(kind)
     names = tuple(field.name for field in attrs.fields(kind))
     texts = frozenset(name for name in names if hints.get(name) in (str, str | None))
-    return names, texts
+    required = frozenset(name for name in texts if hints.get(name) is str)
+    return names, texts, required
 
 
 def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
@@ -277,18 +279,22 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
     cached = _FIELD_NAMES.get(kind)
     if cached is None:
         cached = _FIELD_NAMES[kind] = _fields_of(kind)
-    names, texts = cached
+    names, texts, required = cached
     for name in names:
         item = getattr(value, name)
-        if item is None:
-            continue
         if type(item) is str:  # most fields: checked first, cheaply
             if not item.isascii():
                 _check_text(item, f"{path}.{name}", problems)
             continue
+        if item is None:
+            if name in required:  # (a None peer crashed the channel's actor)
+                problems.append((f"{path}.{name}", "must be a string, not None"))
+            continue
         if name in texts:
             if not isinstance(item, str):
                 problems.append((f"{path}.{name}", f"must be a string, not {type(item).__name__}"))
+            elif not item.isascii():
+                _check_text(item, f"{path}.{name}", problems)
             continue
         if type(item) is dict and not item:  # no metadata: no ABC check either
             continue

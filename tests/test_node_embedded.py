@@ -1019,10 +1019,13 @@ async def test_an_inbound_event_a_stop_left_unkept_is_kept_by_the_restarted_chan
             await gate.entered.wait()  # read, and waiting for the store
             await node.restart_channel("a")
             assert node.channel_detail("a").inbound_pending == 1  # taken over
+            # While the store still holds it, the channel connects and sends (the
+            # event is kept beside, not before, the connect).
+            await node.send("a", message("k1"), timeout=5.0)
             gate.opened.set()
             got = (await events.receive()).event
             assert got.platform_message_id == sent_id and got.text == "hello"
-            await node.send("a", message("k1"))  # (the channel works on)
+            await node.send("a", message("k2"))
             assert node.channel_detail("a").inbound_pending == 0
             with pytest.raises(trio.WouldBlock):
                 events._receive.receive_nowait()  # published once

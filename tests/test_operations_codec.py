@@ -131,6 +131,18 @@ def _nested(levels: int) -> object:
             [("$.media.url", "must be a string, not int")],
         ),
         (
+            # A None peer crashed the channel's actor (six of them failed it for good).
+            OutboundMessage(peer=None, idempotency_key=None, text="t"),  # type: ignore[arg-type]
+            [
+                ("$.peer", "must be a string, not None"),
+                ("$.idempotency_key", "must be a string, not None"),
+            ],
+        ),
+        (
+            EditMessage(peer="p", message_id="m", text=None),  # type: ignore[arg-type]
+            [("$.text", "must be a string, not None")],
+        ),
+        (
             # Every message of an empty key was answered as the first one.
             OutboundMessage(peer="", idempotency_key="", text="t"),
             [("$.peer", "must not be empty"), ("$.idempotency_key", "must not be empty")],
@@ -165,6 +177,8 @@ def _nested(levels: int) -> object:
         "too-deep",
         "wrong-types",
         "nested-type",
+        "none",
+        "none-text",
         "empty",
         "surrogates",
         "no-op",

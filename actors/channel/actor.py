@@ -109,6 +109,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connected",
         "_connection_scope",
         "_failure",
+        "_leftover",
         "_stopping",
         "_turns",
         "_window",
@@ -137,6 +138,8 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
+        # Set once the events the last incarnation left are kept (None: none left).
+        self._leftover: trio.Event | None = None
         self._window = SendWindow(send_window(config, provider.limits))
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
 
@@ -228,14 +231,22 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
             # A failed channel stays failed across restarts; only an
             # operator's explicit action (a new memory) revives it.
             return
-        if self.memory.pending:  # left by a killed incarnation: the store first
-            self.start_task(self._run)
-        else:  # the common case: no frame of its own kept for the connection's life
-            self.start_task(self._run_connection)
+        if self.memory.pending:
+            # Left by a killed incarnation, or by the memory a restart replaced:
+            # kept while this one connects (a store outage must not keep the
+            # channel from sending); what it reads waits behind them.
+            self._leftover = trio.Event()
+            self.start_task(self._keep_leftover)
+        self.start_task(self._run_connection)
 
-    async def _run(self) -> None:
-        await self._hand_over(retry=True)
-        await self._run_connection()
+    async def _keep_leftover(self) -> None:
+        leftover = self._leftover
+        try:
+            await self._keep_pending(retry=True)
+        finally:
+            self._leftover = None
+            if leftover is not None:
+                leftover.set()
 
     async def on_stopping(self, exit: Exit) -> None:
         # The sends on the wire finish first, as the one in hand did when

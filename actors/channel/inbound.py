@@ -189,6 +189,7 @@ class InboundPath:
     memory: ChannelMemory
     settings: ChannelSettings
     sink: InboundSink | None
+    _leftover: trio.Event | None  # the last incarnation's events, until kept (the actor's)
 
     if TYPE_CHECKING:
 
@@ -248,12 +249,20 @@ class InboundPath:
         return taken
 
     async def _hand_over(self, *, retry: bool) -> None:
-        """Keep the pending events, then publish the ones nobody saw yet.
+        """Keep the pending events, then publish the ones nobody saw yet, once
+        the events the last incarnation left are kept (they go first).
 
         Args:
             retry: while the sink refuses, wait ``inbound_retry`` and try
                 again (the reader); else try once and keep them (a stop).
         """
+        leftover = self._leftover
+        if leftover is not None:
+            await leftover.wait()
+        await self._keep_pending(retry=retry)
+
+    async def _keep_pending(self, *, retry: bool) -> None:
+        """:meth:`_hand_over`'s work: the pending events, kept in batches."""
         memory = self.memory
         sink = self.sink
         failing = False
