@@ -204,6 +204,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._hub = EventHub(log_inbound=config.logging.inbound)
         self._table = ChannelTable()
         self._starting: dict[str, _Claim] = {}  # the channels being started, by id
+        self._changes: dict[str, trio.Lock] = {}  # a stop or restart under way, by id
         self._providers: dict[str, Provider] = dict(providers or {})
         self._sends = SendTracker()
         # How late the event loop runs: past [node] max_loop_lag, the node takes only as
@@ -558,13 +559,38 @@ class Node(ClusterMode, DeadLetterOps):
             NodeNotRunning: the node's tree is not running.
         """
         await self._start_ended(channel_id)
-        row = self._table.get(channel_id)
-        if self._cluster is not None:
-            await self._cluster_stop(channel_id)
-            return
+        self._table.get(channel_id)  # (UnknownChannel)
+        async with self._changing(channel_id):
+            row = self._table.find(channel_id)
+            if row is None:
+                return  # stopped by another call while this one waited: as asked
+            if self._cluster is not None:
+                await self._cluster_stop(channel_id)
+                return
+            await self._stop_and_forget(row)
+
+    async def _stop_and_forget(self, row: ChannelRow) -> None:
         await self._stop_local(row, checkpoint=True)
-        if self._table.find(channel_id) is row:  # (not a newer start's, begun meanwhile)
-            self._table.remove(channel_id)
+        if self._table.find(row.spec.id) is row:  # (not a newer start's, begun meanwhile)
+            self._table.remove(row.spec.id)
+
+    @contextlib.asynccontextmanager
+    async def _changing(self, channel_id: str) -> AsyncIterator[None]:
+        """One stop or restart of ``channel_id`` at a time (a cluster move's stop too).
+
+        A stop that comes while a restart runs waits for it, then stops what
+        the restart started (it returned while the restarted channel ran);
+        a second stop finds the channel stopped.
+        """
+        lock = self._changes.get(channel_id)
+        if lock is None:
+            lock = self._changes[channel_id] = trio.Lock()
+        async with lock:
+            try:
+                yield
+            finally:
+                if lock.statistics().tasks_waiting == 0:
+                    del self._changes[channel_id]
 
     async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> tuple[float, float]:
         """Stop a channel running here; write its final checkpoint unless told not to.
@@ -616,19 +642,21 @@ class Node(ClusterMode, DeadLetterOps):
             UnknownChannel, and what :meth:`start_channel` raises.
         """
         await self._start_ended(channel_id)
-        row = self._table.get(channel_id)
-        if self._cluster is not None:
-            owned = self._cluster.ownership.owned.get(channel_id)
-            if owned is None or channel_id in self._moving:  # it runs elsewhere
-                await self._forward_op(channel_id, "restart", {})
-                return next(s for s in self.channels() if s.channel_id == channel_id)
-            memory = row.memory  # held here: running, FAILED, or it did not start
-            if row.running:
-                await self._stop_local(row, checkpoint=True)
-            return await self._start(row.spec, carry=memory, revive=True, tenure=owned.tenure)
-        memory = row.memory
-        await self.stop_channel(channel_id)
-        return await self._start(row.spec, carry=memory, revive=True)
+        self._table.get(channel_id)  # (UnknownChannel)
+        async with self._changing(channel_id):
+            row = self._table.get(channel_id)  # (stopped while this call waited: unknown)
+            if self._cluster is not None:
+                owned = self._cluster.ownership.owned.get(channel_id)
+                if owned is None or channel_id in self._moving:  # it runs elsewhere
+                    await self._forward_op(channel_id, "restart", {})
+                    return next(s for s in self.channels() if s.channel_id == channel_id)
+                memory = row.memory  # held here: running, FAILED, or it did not start
+                if row.running:
+                    await self._stop_local(row, checkpoint=True)
+                return await self._start(row.spec, carry=memory, revive=True, tenure=owned.tenure)
+            memory = row.memory
+            await self._stop_and_forget(row)
+            return await self._start(row.spec, carry=memory, revive=True)
 
     def channel(self, channel_id: str) -> ChannelRef:
         """The handle of a running channel (dead letters, its own subscription).
@@ -863,7 +891,9 @@ class Node(ClusterMode, DeadLetterOps):
         """
         key = getattr(message, "idempotency_key", None)  # (checked below: message may be anything)
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
-        if type(timeout) not in (int, float) or not timeout >= 0:  # NaN, "5" and True too
+        if (
+            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
+        ):  # NaN, "5" and True too
             raise ValueError(
                 f"channel {channel_id!r}, idempotency key {key!r}: timeout must be seconds "
                 f">= 0 (math.inf: no limit), not {timeout!r}; nothing was sent"
@@ -920,11 +950,14 @@ class Node(ClusterMode, DeadLetterOps):
             return remembered_result(message, known)
         flight_key = (channel_id, message.idempotency_key)
         first = self._in_flight.get(flight_key)
+        left = timeout  # of the caller's timeout, once it waited for the first
         if first is not None:
+            called = trio.current_time()
             channel = await self._after_first(channel_id, message, flight_key, timeout)
             known = channel.memory.sent.get(message.idempotency_key)
             if known is not None:
                 return remembered_result(message, known)
+            left = max(0.0, timeout - (trio.current_time() - called))
         sends = self._sends
         self._admit(
             channel_id,
@@ -937,7 +970,7 @@ class Node(ClusterMode, DeadLetterOps):
         # No cancel scope: the send's Pending bounds its ask (the tracker's timer stops
         # it at the caller's deadline, the drain once it kept it). No context managers
         # either: each is an object and a bound method on every send while it waits.
-        pending = sends.pending(channel_id, message, kept_id=kept_id, deadline=began + timeout)
+        pending = sends.pending(channel_id, message, kept_id=kept_id, deadline=began + left)
         sends.begin(pending)
         stopped = False
         try:

@@ -136,6 +136,8 @@ class ClusterMode:
             self, row: ChannelRow, *, checkpoint: bool
         ) -> tuple[float, float]: ...
 
+        def _changing(self, channel_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
         async def _send_here(
             self,
             channel_id: str,
@@ -205,16 +207,17 @@ class ClusterMode:
         assert self._cluster is not None
         self._moving.setdefault(channel_id, trio.Event())
         await self._start_ended(channel_id)  # one starting here is stopped once started
-        row = self._table.find(channel_id)
-        if row is None or not row.running:
-            return
-        began = trio.current_time()
-        with trio.move_on_after(HANDOFF_WAIT):
-            await self._sends.wait_channel_done(channel_id)
-        waited = trio.current_time() - began
-        fenced = channel_id in self._cluster.ownership.fenced
-        stopping, checkpoint = await self._stop_local(row, checkpoint=not fenced)
-        self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
+        async with self._changing(channel_id):  # (after a restart of it under way)
+            row = self._table.find(channel_id)
+            if row is None or not row.running:
+                return
+            began = trio.current_time()
+            with trio.move_on_after(HANDOFF_WAIT):
+                await self._sends.wait_channel_done(channel_id)
+            waited = trio.current_time() - began
+            fenced = channel_id in self._cluster.ownership.fenced
+            stopping, checkpoint = await self._stop_local(row, checkpoint=not fenced)
+            self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
         log.info(
             "cluster: stopped channel %s for its move in %.2f s "
             "(sends in flight %.2f s, stop %.2f s, final checkpoint %.2f s)",

@@ -55,7 +55,14 @@ from typing import Final
 
 import trio
 
-from .errors import NodeDraining, PermanentSendError, SendFailed, StoreError, UnknownChannel
+from .errors import (
+    InvalidMessage,
+    NodeDraining,
+    PermanentSendError,
+    SendFailed,
+    StoreError,
+    UnknownChannel,
+)
 from .store import KeptMessage, Store
 
 __all__ = ["resend_kept"]
@@ -177,6 +184,17 @@ async def _resend_one(
     except (SendFailed, PermanentSendError) as exc:
         log.warning(
             "a message kept by the previous run (idempotency key %s) was dead-lettered: %s",
+            key,
+            exc,
+            extra={**extra, "error.type": type(exc).__name__},
+        )
+    except InvalidMessage as exc:
+        # Kept by an older version, which let it in: it can never be sent, and
+        # kept it would be tried at every start. Not dead-lettered either: what
+        # makes it invalid (a None peer) would spoil the channel's checkpoints.
+        log.error(
+            "a message kept by an earlier run (idempotency key %r) can never be sent and is "
+            "dropped: %s",
             key,
             exc,
             extra={**extra, "error.type": type(exc).__name__},

@@ -673,7 +673,7 @@ async def test_inbound_events_wait_out_a_store_outage_without_crashing_the_chann
 
 
 async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The resend's policy (runtime.resend): what is not done stays kept (issue 11)."""
     from providers.simulated import FailureRates
@@ -685,9 +685,14 @@ async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
         )
 
     refusing = SimulatedProvider(failures=FailureRates(send_permanent=1.0))
+    calls = count_sends(monkeypatch)
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            await store.keep_outbound([kept("a", "refused"), kept("gone", "nowhere")])
+            # A blank key was let in by older versions: it can never be sent and is
+            # dropped (before, it stayed kept, tried at every start).
+            await store.keep_outbound(
+                [kept("a", "refused"), kept("gone", "nowhere"), kept("a", " ")]
+            )
             async with open_node(
                 node_config([sim("a")]),
                 store=store,
@@ -702,6 +707,7 @@ async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
             left = await store.read_outbound()
     assert [item.message.idempotency_key for item in left] == ["nowhere"]  # unknown channel
     assert [d.letter.message.idempotency_key for d in letters] == ["refused"]
+    assert calls == {"refused": 1}  # (" " was never tried)
 
 
 async def test_send_refuses_what_json_cannot_carry_with_a_typed_error(
@@ -1184,3 +1190,54 @@ async def test_a_send_that_times_out_behind_an_open_breaker_says_so(
         timed_out = [o for o in outcomes if isinstance(o, AskTimeout)]
         assert timed_out, outcomes
         assert all("circuit breaker is open" in str(o) for o in timed_out)
+
+
+async def test_a_stop_during_a_restart_stops_what_the_restart_started(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the stop waited for the restart's own stop, returned, and the
+    # restart then started the channel: stop_channel said done, the channel ran.
+    from supervisors import SupervisorRef
+
+    terminate = SupervisorRef.terminate_child
+    entered, release = trio.Event(), trio.Event()
+
+    async def first_held(self: SupervisorRef, child_id: str) -> None:
+        if not entered.is_set():  # the restart's: held until the stop waits too
+            entered.set()
+            await release.wait()
+        await terminate(self, child_id)
+
+    monkeypatch.setattr(SupervisorRef, "terminate_child", first_held)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    async with simulated_node(provider, channels=[sim("c")]) as node:
+        outcomes: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, outcomes, node.restart_channel, "c")
+            await entered.wait()
+            nursery.start_soon(append_outcome, outcomes, node.stop_channel, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        restarted, stopped = outcomes
+        assert restarted.channel_id == "c" and stopped is None
+        assert node.channels() == []
+
+
+async def test_a_caller_who_waited_for_the_first_send_of_its_key_keeps_its_own_timeout(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first send is refused after 3 s; the second caller (4 s) then tries on
+    # its own with what is left of its time, not 4 s more (it waited 6 s).
+    from runtime import AskTimeout
+
+    count_sends(monkeypatch, fail_first_of="same")
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
+    async with simulated_node(provider) as node:
+        first: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, first, node.send, "a", message("same"))
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+            with pytest.raises(AskTimeout):
+                await node.send("a", message("same"), timeout=4.0)
+            assert trio.current_time() - began == pytest.approx(4.0)

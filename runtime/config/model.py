@@ -104,9 +104,14 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
     return parts.scheme in schemes and bool(parts.netloc)
 
 
+def _integer(value: Any) -> bool:
+    """An int (an ``IntEnum`` too), not a bool, a float or a string."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 POSITIVE: Final = Check("a positive number", lambda v: math.isfinite(v) and v > 0)
-AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: type(v) is int and v >= 1)
-NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: type(v) is int and v >= 0)
+AT_LEAST_ONE: Final = Check("an integer >= 1", lambda v: _integer(v) and v >= 1)
+NOT_NEGATIVE: Final = Check("an integer >= 0", lambda v: _integer(v) and v >= 0)
 NOT_NEGATIVE_SECONDS: Final = Check("0 or more seconds", lambda v: math.isfinite(v) and v >= 0)
 LOOP_LAG: Final = Check(
     # Below it, the probe's own jitter (a wake-up a few milliseconds late) would shed.
@@ -114,7 +119,7 @@ LOOP_LAG: Final = Check(
     lambda v: v == 0 or (math.isfinite(v) and v >= 0.05),
 )
 FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
-PORT: Final = Check("a port number from 0 to 65535", lambda v: type(v) is int and 0 <= v <= 65535)
+PORT: Final = Check("a port number from 0 to 65535", lambda v: _integer(v) and 0 <= v <= 65535)
 NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
 NAME: Final = Check(
     "a non-empty string", lambda v: type(v) is str and bool(v.strip()), optional=False
