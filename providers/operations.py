@@ -252,7 +252,7 @@ def json_problems(op: Operation) -> list[tuple[str, str]]:
     _check_fields(op, "$", problems)
     for name in _REQUIRED_TEXTS:
         text = getattr(op, name)
-        if type(text) is str and not text.strip():
+        if isinstance(text, str) and not text.strip():
             problems.append((f"$.{name}", "must not be empty"))
     return problems[:_MAX_PROBLEMS]
 
@@ -322,11 +322,11 @@ def _check_text(text: str, path: str, problems: list[tuple[str, str]]) -> None:
 def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
     if len(problems) >= _MAX_PROBLEMS:
         return
-    if type(value) is str:
+    if isinstance(value, str):
         if not value.isascii():
             _check_text(value, path, problems)
         return
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):

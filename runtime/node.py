@@ -561,6 +561,7 @@ class Node(ClusterMode, DeadLetterOps):
         await self._start_ended(channel_id)
         self._table.get(channel_id)  # (UnknownChannel)
         async with self._changing(channel_id):
+            await self._start_ended(channel_id)  # (one begun while this call waited)
             row = self._table.find(channel_id)
             if row is None:
                 return  # stopped by another call while this one waited: as asked
@@ -644,19 +645,22 @@ class Node(ClusterMode, DeadLetterOps):
         await self._start_ended(channel_id)
         self._table.get(channel_id)  # (UnknownChannel)
         async with self._changing(channel_id):
+            await self._start_ended(channel_id)  # (one begun while this call waited)
             row = self._table.get(channel_id)  # (stopped while this call waited: unknown)
-            if self._cluster is not None:
-                owned = self._cluster.ownership.owned.get(channel_id)
-                if owned is None or channel_id in self._moving:  # it runs elsewhere
-                    await self._forward_op(channel_id, "restart", {})
-                    return next(s for s in self.channels() if s.channel_id == channel_id)
+            if self._cluster is None:
+                memory = row.memory
+                await self._stop_and_forget(row)
+                return await self._start(row.spec, carry=memory, revive=True)
+            owned = self._cluster.ownership.owned.get(channel_id)
+            if owned is not None and channel_id not in self._moving:
                 memory = row.memory  # held here: running, FAILED, or it did not start
                 if row.running:
                     await self._stop_local(row, checkpoint=True)
                 return await self._start(row.spec, carry=memory, revive=True, tenure=owned.tenure)
-            memory = row.memory
-            await self._stop_and_forget(row)
-            return await self._start(row.spec, carry=memory, revive=True)
+        # It runs elsewhere (or moves there): asked of its owner once the lock is
+        # let go, which the move's own stop here (stop_owned) may be waiting for.
+        await self._forward_op(channel_id, "restart", {})
+        return next(s for s in self.channels() if s.channel_id == channel_id)
 
     def channel(self, channel_id: str) -> ChannelRef:
         """The handle of a running channel (dead letters, its own subscription).

@@ -1241,3 +1241,106 @@ async def test_a_caller_who_waited_for_the_first_send_of_its_key_keeps_its_own_t
             with pytest.raises(AskTimeout):
                 await node.send("a", message("same"), timeout=4.0)
             assert trio.current_time() - began == pytest.approx(4.0)
+
+
+async def test_a_stop_waiting_behind_another_never_stops_a_start_begun_meanwhile(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stops the channel (held in the supervisor), B's stop waits for A, and a
+    # start begins once A is done. Before, B could take the start's half-made row
+    # for the channel and forget it: a running channel the node no longer listed.
+    # Trio wakes B and the start in either order: tried twenty times.
+    from supervisors import SupervisorRef
+
+    terminate = SupervisorRef.terminate_child
+    gates: list[tuple[trio.Event, trio.Event]] = []
+
+    async def held(self: SupervisorRef, child_id: str) -> None:
+        if gates:
+            entered, release = gates.pop()
+            entered.set()
+            await release.wait()
+        await terminate(self, child_id)
+
+    monkeypatch.setattr(SupervisorRef, "terminate_child", held)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    async with simulated_node(provider, channels=[sim("c")]) as node:
+        spec = node.config.channels[0]
+        for _ in range(20):
+            if node._table.find("c") is None:
+                await node.start_channel(spec)
+            entered, release = trio.Event(), trio.Event()
+            gates.append((entered, release))
+            outcomes: list[Any] = []
+            first_done = trio.Event()
+
+            async def stop_first(done: trio.Event) -> None:
+                await node.stop_channel("c")
+                done.set()
+
+            async def start_after(done: trio.Event, outcomes: list[Any]) -> None:
+                await done.wait()
+                await append_outcome(outcomes, node.start_channel, spec)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_first, first_done)
+                await entered.wait()
+                nursery.start_soon(append_outcome, outcomes, node.stop_channel, "c")
+                nursery.start_soon(start_after, first_done, outcomes)
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            # Whichever order: what the channels' supervisor runs is what the node lists.
+            assert not any(isinstance(o, Exception) for o in outcomes), outcomes
+            channels = next(child for child in node.tree().children if child.id == "channels")
+            listed = [s.channel_id for s in node.channels()]
+            assert [child.id for child in channels.children] == listed, outcomes
+
+
+async def test_a_restart_forwarded_to_the_new_owner_does_not_hold_up_the_move(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two restarts of an owned channel, then the cluster moves it away. The second
+    # restart finds it moving: it is forwarded, and must not hold the channel's
+    # lock while its forward waits for the move, whose stop here needs that lock
+    # (before, the move stalled for the forward's whole timeout, 60 s).
+    import types
+
+    from supervisors import SupervisorRef
+
+    terminate = SupervisorRef.terminate_child
+    entered, release = trio.Event(), trio.Event()
+
+    async def first_held(self: SupervisorRef, child_id: str) -> None:
+        if not entered.is_set():
+            entered.set()
+            await release.wait()
+        await terminate(self, child_id)
+
+    monkeypatch.setattr(SupervisorRef, "terminate_child", first_held)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.01))
+    async with simulated_node(provider, channels=[sim("c")]) as node:
+        owned = {"c": types.SimpleNamespace(tenure=None)}  # a stand-in cluster: "c" is ours
+        node._cluster = types.SimpleNamespace(
+            ownership=types.SimpleNamespace(owned=owned, fenced=set())
+        )
+        moved: list[float] = []
+
+        async def move_away() -> None:  # as Ownership's let-go does
+            try:
+                await node.stop_owned("c")
+                moved.append(trio.current_time())
+            finally:
+                node.released("c")
+
+        began = trio.current_time()
+        outcomes: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, outcomes, node.restart_channel, "c")
+            await entered.wait()  # the first restart holds the channel's lock
+            nursery.start_soon(append_outcome, outcomes, node.restart_channel, "c")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(move_away)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        node._cluster = None
+        assert moved and moved[0] - began < 1.0, (moved, outcomes)

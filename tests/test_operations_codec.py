@@ -188,3 +188,17 @@ def test_json_problems_name_every_value_json_cannot_carry(
     op: Operation, problems: list[tuple[str, str]]
 ) -> None:
     assert json_problems(op) == problems
+
+
+def test_a_subclass_of_str_is_checked_as_a_str_is() -> None:
+    class Text(str):
+        pass
+
+    op = OutboundMessage(
+        peer=Text("  "), idempotency_key="k", text=Text("a\udc80"), metadata={"x": Text("\ud800")}
+    )
+    assert json_problems(op) == [
+        ("$.text", "not valid Unicode text: a lone surrogate '\\udc80' at 1"),
+        ("$.metadata.x", "not valid Unicode text: a lone surrogate '\\ud800' at 0"),
+        ("$.peer", "must not be empty"),
+    ]
