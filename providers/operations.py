@@ -250,16 +250,16 @@ def json_problems(op: Operation) -> list[tuple[str, str]]:
         return [("$", f"a {type(op).__name__} is not an operation (one of {_NAMES})")]
     problems: list[tuple[str, str]] = []
     _check_fields(op, "$", problems)
-    for name in _REQUIRED_TEXTS:
-        text = getattr(op, name)
-        if isinstance(text, str) and not text.strip():
-            problems.append((f"$.{name}", "must not be empty"))
+    peer, key = op.peer, op.idempotency_key  # (every operation's: never blank)
+    if isinstance(peer, str) and (not peer or peer.isspace()):
+        problems.append(("$.peer", "must not be empty"))
+    if isinstance(key, str) and (not key or key.isspace()):
+        problems.append(("$.idempotency_key", "must not be empty"))
     return problems[:_MAX_PROBLEMS]
 
 
 _OPERATIONS: Final = frozenset(typing.get_args(Operation))
 _NAMES: Final = ", ".join(sorted(kind.__name__ for kind in _OPERATIONS))
-_REQUIRED_TEXTS: Final = ("peer", "idempotency_key")  # every operation's: never empty
 # attrs class -> its field names, the names of those declared a string (``str``
 # or ``str | None``), and of those declared ``str`` alone (None is no value for
 # them); cached: the send path checks every operation.
