@@ -1192,23 +1192,30 @@ async def test_a_send_that_times_out_behind_an_open_breaker_says_so(
         assert all("circuit breaker is open" in str(o) for o in timed_out)
 
 
-async def test_a_stop_during_a_restart_stops_what_the_restart_started(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Before, the stop waited for the restart's own stop, returned, and the
-    # restart then started the channel: stop_channel said done, the channel ran.
+def hold_first_terminate(monkeypatch: pytest.MonkeyPatch) -> tuple[trio.Event, trio.Event]:
+    """Hold the channels' supervisor's first ``terminate_child`` (a stop's, a
+    restart's) until the test lets it go: ``(entered, release)``."""
     from supervisors import SupervisorRef
 
     terminate = SupervisorRef.terminate_child
     entered, release = trio.Event(), trio.Event()
 
     async def first_held(self: SupervisorRef, child_id: str) -> None:
-        if not entered.is_set():  # the restart's: held until the stop waits too
+        if not entered.is_set():
             entered.set()
             await release.wait()
         await terminate(self, child_id)
 
     monkeypatch.setattr(SupervisorRef, "terminate_child", first_held)
+    return entered, release
+
+
+async def test_a_stop_during_a_restart_stops_what_the_restart_started(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the stop waited for the restart's own stop, returned, and the
+    # restart then started the channel: stop_channel said done, the channel ran.
+    entered, release = hold_first_terminate(monkeypatch)  # the restart's
     provider = SimulatedProvider(latency=Fixed(seconds=0.01))
     async with simulated_node(provider, channels=[sim("c")]) as node:
         outcomes: list[Any] = []
@@ -1305,18 +1312,7 @@ async def test_a_restart_forwarded_to_the_new_owner_does_not_hold_up_the_move(
     # (before, the move stalled for the forward's whole timeout, 60 s).
     import types
 
-    from supervisors import SupervisorRef
-
-    terminate = SupervisorRef.terminate_child
-    entered, release = trio.Event(), trio.Event()
-
-    async def first_held(self: SupervisorRef, child_id: str) -> None:
-        if not entered.is_set():
-            entered.set()
-            await release.wait()
-        await terminate(self, child_id)
-
-    monkeypatch.setattr(SupervisorRef, "terminate_child", first_held)
+    entered, release = hold_first_terminate(monkeypatch)
     provider = SimulatedProvider(latency=Fixed(seconds=0.01))
     async with simulated_node(provider, channels=[sim("c")]) as node:
         owned = {"c": types.SimpleNamespace(tenure=None)}  # a stand-in cluster: "c" is ours
