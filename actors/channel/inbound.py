@@ -330,9 +330,9 @@ def take_over(memory: ChannelMemory, old: ChannelMemory) -> None:
     its ``pending``. The new memory shares both lists: what it publishes
     rides behind the old receipts, so subscribers never see the old
     incarnation's STOPPED after the new one's CONNECTED, and its first
-    incarnation hands the old events over before it connects (they were
-    lost with the old memory before). A store that closes gives the
-    receipts back into the shared ``pending`` too.
+    incarnation keeps the old events while it connects, ahead of what it
+    reads (they were lost with the old memory before). A store that closes
+    gives the receipts back into the shared ``pending`` too.
     """
     if old.in_store:
         memory.in_store = old.in_store
