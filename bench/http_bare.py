@@ -230,11 +230,12 @@ class _Load(Workers[tuple[int, float, _Tally]]):
         super().__init__(self._send)
         self.platform = platform
         self.senders = senders
+        self._count = len(senders)  # (read once, as the worker loop before kept it)
         self.text = text
 
     async def _send(self, item: tuple[int, float, _Tally]) -> None:
         number, due_at, tally = item
-        tally.answered(due_at, await self.senders[number % len(self.senders)](number))
+        tally.answered(due_at, await self.senders[number % self._count](number))
 
 
 async def _load_step(
