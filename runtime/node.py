@@ -596,40 +596,29 @@ class Node(ClusterMode, DeadLetterOps):
     async def _stop_local(self, row: ChannelRow, *, checkpoint: bool) -> tuple[float, float]:
         """Stop a channel running here; write its final checkpoint unless told not to.
 
-        A second stop of the row while one runs (two callers of
-        ``stop_channel`` or ``restart_channel`` at once) waits for the first
-        instead of stopping it again: the supervisor no longer knows the
-        child by then, and its ``ChildNotFound`` is no error of the node's.
+        Its callers hold the channel's :meth:`_changing` lock: one stop of a
+        row at a time (a second would reach the supervisor after the first
+        had removed the child, and its ``ChildNotFound`` is no error of the
+        node's).
 
         Returns:
             the seconds the stop took, and the final checkpoint (for the logs).
         """
-        while (other := row.stopped) is not None and not other.is_set():
-            await other.wait()  # then stopped, or (that stop failed) not: this one tries
-        if row.stopped is not None:
-            return 0.0, 0.0
-        row.stopped = stopping = trio.Event()
-        try:
-            if not checkpoint and row.memory is not None:
-                self._checkpoints.detach(row.memory)
-            started = trio.current_time()
-            if row.running:
-                supervisor = self._channel_supervisor()
-                await supervisor.terminate_child(row.spec.id)
-                await supervisor.delete_child(row.spec.id)
-            stopped = trio.current_time()
-            if row.memory is not None:
-                if checkpoint:
-                    with contextlib.suppress(StoreError):  # logged by the writer
-                        await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
-                self._checkpoints.detach(row.memory)
-            row.channel = row.child = row.memory = None
-            return stopped - started, trio.current_time() - stopped
-        except BaseException:
-            row.stopped = None  # not stopped (cancelled, or the supervisor failed)
-            raise
-        finally:
-            stopping.set()
+        if not checkpoint and row.memory is not None:
+            self._checkpoints.detach(row.memory)
+        started = trio.current_time()
+        if row.running:
+            supervisor = self._channel_supervisor()
+            await supervisor.terminate_child(row.spec.id)
+            await supervisor.delete_child(row.spec.id)
+        stopped = trio.current_time()
+        if row.memory is not None:
+            if checkpoint:
+                with contextlib.suppress(StoreError):  # logged by the writer
+                    await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
+            self._checkpoints.detach(row.memory)
+        row.channel = row.child = row.memory = None
+        return stopped - started, trio.current_time() - stopped
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
         """Start a channel over from its spec, no longer FAILED.
@@ -957,8 +946,7 @@ class Node(ClusterMode, DeadLetterOps):
         left = timeout  # of the caller's timeout, once it waited for the first
         if first is not None:
             called = trio.current_time()
-            channel = await self._after_first(channel_id, message, flight_key, timeout)
-            known = channel.memory.sent.get(message.idempotency_key)
+            channel, known = await self._after_first(channel_id, message, flight_key, timeout)
             if known is not None:
                 return remembered_result(message, known)
             left = max(0.0, timeout - (trio.current_time() - called))
@@ -1030,13 +1018,13 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         flight_key: tuple[str, str],
         timeout: float,  # noqa: ASYNC109
-    ) -> ChannelRef:
+    ) -> tuple[ChannelRef, tuple[str, str] | None]:
         """Wait while the same key is on its way already (a caller's retry, a
         forwarded request delivered twice): its answer is this one's too.
 
-        Returns the channel once no send of the key is under way: answered
-        (its answer is remembered), or failed, when this one tries on its
-        own. Callers who waited for the same failed send go one after
+        Returns the channel and the key's remembered answer once no send of
+        the key is under way: answered, or failed (``None``: this one tries
+        on its own). Callers who waited for the same failed send go one after
         another, each waiting for the one before (before, each sent its own
         copy at once). One that runs out of time while the first is still
         out is not sent: a copy would go out beside the first.
@@ -1049,8 +1037,9 @@ class Node(ClusterMode, DeadLetterOps):
             with trio.move_on_at(deadline):
                 await first.finished.wait()
             channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
-            if channel.memory.sent.get(message.idempotency_key) is not None:
-                return channel
+            known = channel.memory.sent.get(message.idempotency_key)
+            if known is not None:
+                return channel, known
             if not first.finished.is_set():
                 raise AskTimeout(
                     f"channel {channel_id!r}, idempotency key {message.idempotency_key!r}: a "
@@ -1059,7 +1048,7 @@ class Node(ClusterMode, DeadLetterOps):
                     channel_id=channel_id,
                     idempotency_key=message.idempotency_key,
                 )
-        return self.channel(channel_id)
+        return self.channel(channel_id), None
 
     def _held(self) -> int:
         """The sends this node holds: sent here (its callers' and those forwarded to

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import attrs
-import trio
 
 from actors import ChannelMemory, ChannelRef
 from supervisors import ChildSpec
@@ -42,8 +41,6 @@ class ChannelRow:
         channel: its handle, while it runs.
         child: the child spec its supervisor (re)starts it from, while it runs.
         start_error: why it could not be started, if it could not.
-        stopped: set once a stop of this row has ended (made by the first
-            stop: a second one waits for it instead of stopping it again).
     """
 
     spec: ChannelSpec
@@ -51,7 +48,6 @@ class ChannelRow:
     channel: ChannelRef | None = None
     child: ChildSpec | None = None
     start_error: str | None = None
-    stopped: trio.Event | None = None
 
     @property
     def running(self) -> bool:
