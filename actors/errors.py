@@ -41,6 +41,7 @@ __all__ = [
     "ChannelFailed",
     "ChannelUnavailable",
     "CircuitOpen",
+    "KeyReused",
     "MailboxFull",
     "NameTaken",
     "NotInActorContext",
@@ -161,3 +162,10 @@ class ChannelUnavailable(ChannelError):
 
 class SendFailed(ChannelError):
     """Transient failures outlasted the send attempts; the message was dead-lettered."""
+
+
+class KeyReused(ChannelError, ValueError):
+    """The message's idempotency key was sent already, with another message
+    (another peer, text or media): its answer is not this message's, and
+    sending this one under that key would break what the key guarantees.
+    Nothing was sent; send it with a key of its own."""

@@ -55,6 +55,7 @@ __all__ = [
     "check_supported",
     "json_problems",
     "operation_kind",
+    "operation_print",
     "perform",
     "remembered_result",
     "supported_operations",
@@ -349,6 +350,44 @@ def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str
             _check_json(item, f"{path}[{index}]", depth + 1, problems)
         return
     problems.append((path, f"a {type(value).__name__} is not a JSON value"))
+
+
+def operation_print(op: Operation) -> str:
+    """A short text that tells ``op``'s content from another's: what a channel
+    keeps beside a key's answer, so that the key reused for another message
+    is refused, not answered as the first (see ``SentResults.reused``).
+
+    The same content gives the same print in one process, whichever way it
+    came (a caller's objects, or decoded from JSON: a list where a tuple was,
+    a mapping's keys in another order); it is not kept across processes
+    (``hash``'s seed differs). 32 bits: one reuse in four billion goes
+    unseen, and is answered as the first, as every reuse was before.
+    """
+    if (
+        type(op) is OutboundMessage and op.media is None and op.template is None and not op.metadata
+    ):  # (most messages: text to a peer)
+        content = hash((op.peer, op.text, op.reply_to))
+    else:
+        content = hash(_canonical(op))
+    return f"{content & 0xFFFF_FFFF:x}"
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as a hashable value equal for equal JSON: attrs instances by
+    their class and fields, mappings by their sorted items, sequences as
+    tuples, enums by their value."""
+    if attrs.has(type(value)):
+        return (
+            type(value).__name__,
+            tuple(_canonical(getattr(value, field.name)) for field in attrs.fields(type(value))),
+        )
+    if isinstance(value, Mapping):
+        return ("{", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("[", tuple(_canonical(item) for item in value))
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value)
+    return value  # (a JSON scalar or bytes: json_problems refused the rest)
 
 
 def remembered_result(op: Operation, known: tuple[str, str]) -> SendResult | None:

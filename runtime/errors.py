@@ -76,6 +76,7 @@ __all__ = [
     "ConfigProblem",
     "ConnectionLimitReached",
     "InvalidMessage",
+    "KeyReused",
     "MailboxFull",
     "MediaTooLarge",
     "MessageNotFound",
@@ -272,6 +273,17 @@ class InvalidMessage(SendError, ValueError):
     problems: tuple[tuple[str, str], ...] = ()
 
 
+class KeyReused(InvalidMessage, actors.KeyReused):
+    """The idempotency key was sent already with another message (another
+    peer, text or media), whose answer is not this message's: nothing was
+    sent. Send it with a key of its own.
+
+    A retry must carry the same message as the first send; a key whose
+    answer was restored from a checkpoint (after a restart, or a move to
+    another node) answers any send of it, as before this check.
+    """
+
+
 class ChannelFailed(SendError, actors.ChannelFailed):
     """The channel stopped for good after a fatal platform error."""
 
@@ -370,6 +382,7 @@ class ChannelCrashed(SendError, actors.ActorCrashed):
 # Most specific first: the first class in the raised error's MRO found here wins.
 _SEND_ERRORS: Final[dict[type[BaseException], type[SendError]]] = {
     actors.ChannelFailed: ChannelFailed,
+    actors.KeyReused: KeyReused,
     actors.ChannelUnavailable: ChannelUnavailable,
     actors.ActorDead: ChannelUnavailable,
     actors.SendFailed: SendFailed,
@@ -438,6 +451,7 @@ _WIRE: Final[dict[str, type[NodeError]]] = {
     kind.__name__: kind
     for kind in (
         InvalidMessage,
+        KeyReused,
         ChannelFailed,
         ChannelUnavailable,
         SendFailed,

@@ -80,6 +80,7 @@ from providers.operations import (
     React,
     SendTyping,
     json_problems,
+    operation_print,
     remembered_result,
 )
 from providers.registry import PROVIDERS, load
@@ -114,6 +115,7 @@ from .errors import (
     ChannelUnavailable,
     ConnectionLimitReached,
     InvalidMessage,
+    KeyReused,
     NodeDraining,
     NodeError,
     NodeNotRunning,
@@ -930,7 +932,8 @@ class Node(ClusterMode, DeadLetterOps):
         """:meth:`perform` on a channel that runs on this node.
 
         A repeat of a recent idempotency key is answered as the first time,
-        not done again (the channel remembers its answers; see ``SentResults``).
+        not done again (the channel remembers its answers; see ``SentResults``);
+        the key reused for another message is refused (``KeyReused``).
         ``keep_refused``: a kept message's resend (here, or forwarded from the
         node that read it), whose refusal before sending the channel
         dead-letters (``runtime.resend``), and which the node never sheds for
@@ -940,6 +943,7 @@ class Node(ClusterMode, DeadLetterOps):
         sent = channel.memory.sent
         known = sent.get(message.idempotency_key)
         if known is not None:
+            _check_not_reused(channel, channel_id, message)
             return remembered_result(message, known)
         flight_key = (channel_id, message.idempotency_key)
         first = self._in_flight.get(flight_key)
@@ -948,6 +952,7 @@ class Node(ClusterMode, DeadLetterOps):
             called = trio.current_time()
             channel, known = await self._after_first(channel_id, message, flight_key, timeout)
             if known is not None:
+                _check_not_reused(channel, channel_id, message)
                 return remembered_result(message, known)
             left = max(0.0, timeout - (trio.current_time() - called))
         sends = self._sends
@@ -1031,9 +1036,13 @@ class Node(ClusterMode, DeadLetterOps):
 
         Raises:
             AskTimeout: ``timeout`` passed while the first was still out.
+            KeyReused: the send under way is another message (not waited for).
         """
         deadline = trio.current_time() + timeout
+        printed = operation_print(message)
         while (first := self._in_flight.get(flight_key)) is not None:
+            if operation_print(first.message) != printed:
+                raise _key_reused(channel_id, message)
             with trio.move_on_at(deadline):
                 await first.finished.wait()
             channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
@@ -1796,6 +1805,28 @@ async def _open_store(config: NodeConfig, store: Store | None) -> AsyncIterator[
         return
     async with open_store(config.storage) as opened:
         yield opened
+
+
+def _check_not_reused(channel: ChannelRef, channel_id: str, message: Operation) -> None:
+    """Refuse ``message`` when its key's remembered answer is another message's.
+
+    Raises:
+        KeyReused: it is.
+    """
+    if channel.memory.sent.reused(message.idempotency_key, operation_print(message)):
+        raise _key_reused(channel_id, message)
+
+
+def _key_reused(channel_id: str, message: Operation) -> KeyReused:
+    key = message.idempotency_key
+    return KeyReused(
+        f"channel {channel_id!r}, idempotency key {key!r}: the key was sent already with "
+        "another message (another peer, text or content), so its answer is not this "
+        "message's; nothing was sent (a retry must repeat the first message: send a new "
+        "message with a key of its own)",
+        channel_id=channel_id,
+        idempotency_key=key,
+    )
 
 
 def _why_waiting(memory: ChannelMemory) -> str:

@@ -47,7 +47,8 @@ from actors.channel.state import (
     SentWindow,
 )
 from actors.ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
-from providers.base import UNLIMITED, PlatformLimits, SessionState
+from providers.base import UNLIMITED, OutboundMessage, PlatformLimits, SessionState
+from providers.operations import operation_print
 from runtime.store import codec
 from runtime.store.codec import (
     converter,
@@ -121,7 +122,12 @@ def keys(window: SentWindow) -> list[str]:
 
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("put"), st.sampled_from("abcdefghij"), st.sampled_from(["m1", "m2"])),
+        st.tuples(
+            st.just("put"),
+            st.sampled_from("abcdefghij"),
+            st.sampled_from(["m1", "m2", "m\0nul"]),  # (an id with a NUL: kept as a tuple)
+            st.sampled_from(["", "1f", "c0ffee"]),  # the sent operation's print
+        ),
         st.tuples(st.just("newest"), st.sampled_from([0, 1, 3, 5, 8, 20])),
     ),
     max_size=60,
@@ -138,16 +144,36 @@ def test_newest_is_what_a_walk_of_the_table_gives_after_any_puts(
     fresh = itertools.count()
     for step in script:
         if step[0] == "put":
-            _, key, message_id = step
-            peer = f"p{next(fresh)}"  # every put is told apart, a key put again too
-            results.put(key, message_id, peer)
+            _, key, message_id, printed = step
+            peer = f"p{next(fresh)}\0x"  # every put told apart (a NUL in a peer too)
+            results.put(key, message_id, peer, printed)
             model.put(key, message_id, peer)
+            assert results.get(key) == (message_id, peer)
+            assert not results.reused(key, printed)
+            assert results.reused(key, "other") == bool(printed)
         else:
             count = step[1]
             got = results.newest(count)
             assert list(got) == model.newest(count)
             assert isinstance(got, SentWindow)
         assert len(results) == len(model.items)
+
+
+def test_a_key_answered_for_one_message_is_reused_by_another_unknown_prints_answer_any() -> None:
+    results = SentResults(10)
+    same = OutboundMessage(peer="p1", idempotency_key="k", text="hi")
+    results.put("k", "m1", "p1", operation_print(same))
+    assert not results.reused("k", operation_print(same))
+    assert results.reused("k", operation_print(attrs.evolve(same, text="other")))
+    assert not results.reused("never", operation_print(same))  # (not here: not reused)
+    # An answer restored from a checkpoint keeps no print: it answers any message.
+    restored = SentResults(10)
+    for key, message_id, peer in results.newest(5):
+        restored.put(key, message_id, peer)
+    assert restored.get("k") == ("m1", "p1")
+    assert not restored.reused("k", operation_print(attrs.evolve(same, text="other")))
+    # The checkpoint's entries never carry the print.
+    assert list(results.newest(5)) == [("k", "m1", "p1")]
 
 
 def test_a_put_after_a_checkpoint_is_in_the_next_and_the_oldest_leaves() -> None:

@@ -103,12 +103,18 @@ async def test_a_send_on_any_node_returns_the_owner_s_result_once(rig: ClusterRi
                     results[(channel, node)] = answer.json()["platform_message_id"]
             sent = {(m["id"], m["message_id"]) for m in await rig.websocket.sent()}
             assert sent == {(f"{c}-{n}", mid) for (c, n), mid in results.items()}
-            # The same key again, through the other node: the owner answers from memory.
+            # The same message again, through the other node: the owner answers from memory.
             for channel in channels:
-                body = {"peer": "p1", "text": "via n2", "idempotency_key": f"{channel}-n1"}
+                body = {"peer": "p1", "text": "via n1", "idempotency_key": f"{channel}-n1"}
                 again = await post(client, rig.ops_urls["n2"], channel, body)
                 assert again.status_code == 200
                 assert again.json()["platform_message_id"] == results[(channel, "n1")]
+                # Its key with another text is refused, through either node, and not sent.
+                for node in ("n1", "n2"):
+                    other = {**body, "text": "another message"}
+                    refused = await post(client, rig.ops_urls[node], channel, other)
+                    assert refused.status_code == 422, refused.text
+                    assert refused.json()["error"] == "KeyReused", refused.text
             assert len(await rig.websocket.sent()) == len(results)
             stats = await rig.websocket.stats()
             assert stats.get("duplicates", 0) == 0  # not even offered twice

@@ -1076,10 +1076,8 @@ async def test_callers_of_one_key_whose_first_send_failed_go_one_at_a_time(
     outcomes: list[Any] = []
     async with simulated_node(provider) as node:
         async with trio.open_nursery() as nursery:
-            for n in range(20):
-                nursery.start_soon(
-                    append_outcome, outcomes, node.send, "a", message("same", f"t{n}")
-                )
+            for _ in range(20):
+                nursery.start_soon(append_outcome, outcomes, node.send, "a", message("same"))
     assert calls == {"same": 2}  # the refused one, then one more
     errors = [o for o in outcomes if isinstance(o, Exception)]
     assert [type(e).__name__ for e in errors] == ["PermanentSendError"]
@@ -1124,6 +1122,76 @@ async def test_a_second_caller_out_of_time_is_not_sent_beside_the_first(
             assert caught.value.idempotency_key == "dup"
         assert isinstance(first[0], SendResult)
         assert calls == {"dup": 1}
+
+
+async def test_a_key_reused_for_another_message_is_refused_not_answered_as_the_first(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the second message was answered with the first's result and
+    # never sent: the caller was told it went out.
+    from providers.operations import EditMessage
+    from runtime import InvalidMessage, KeyReused
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        first = await node.send("a", message("k", "hello"))
+        others = [
+            message("k", "goodbye"),  # another text
+            message("k", "hello", peer="p2"),  # another peer
+            OutboundMessage(peer="p1", idempotency_key="k", text="hello", reply_to="m1"),
+            OutboundMessage(peer="p1", idempotency_key="k", text="hello", metadata={"a": 1}),
+            EditMessage(peer="p1", message_id="m1", text="hello", idempotency_key="k"),
+        ]
+        for other in others:
+            with pytest.raises(KeyReused, match="sent already with another message") as caught:
+                await node.perform("a", other)
+            assert isinstance(caught.value, InvalidMessage)  # (a caller's mistake, as those)
+            assert caught.value.idempotency_key == "k"
+        # The same message is still a retry, answered as the first.
+        again = await node.send("a", message("k", "hello"))
+        assert again == first
+        assert calls == {"k": 1}
+
+
+async def test_a_key_reused_while_its_first_send_is_out_is_refused_at_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import KeyReused
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
+    async with simulated_node(provider) as node:
+        first: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, first, node.send, "a", message("out", "one"))
+            await trio.testing.wait_all_tasks_blocked()
+            began = trio.current_time()
+            with pytest.raises(KeyReused):
+                await node.send("a", message("out", "two"))
+            assert trio.current_time() == began  # not after waiting for the first
+        assert isinstance(first[0], SendResult)
+        assert calls == {"out": 1}
+
+
+async def test_a_key_reused_behind_its_first_send_in_the_channel_is_refused(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its first caller gave up while the send was on the wire; the other
+    # message waits behind it in its peer's chain, and once the key is
+    # answered it is refused there (SendPath._unanswered), not answered as it.
+    from runtime import KeyReused
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
+    async with simulated_node(provider) as node:
+        with trio.move_on_after(1.0) as waited:
+            await node.send("a", message("gave-up", "one"))
+        assert waited.cancelled_caught
+        with pytest.raises(KeyReused, match="this one was not sent"):
+            await node.send("a", message("gave-up", "two"))
+        assert calls == {"gave-up": 1}
+        assert [m.idempotency_key for m in provider.sent] == ["gave-up"]
 
 
 async def test_two_stops_and_three_restarts_of_one_channel_at_once(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 
 from providers.base import Media, MediaKind, OutboundMessage, Template
@@ -16,6 +17,7 @@ from providers.operations import (
     React,
     SendTyping,
     json_problems,
+    operation_print,
 )
 from runtime.store import KeptMessage
 from runtime.store.codec import decode_kept, decode_outbound, dumps, encode_kept, encode_outbound
@@ -44,6 +46,50 @@ def test_every_operation_round_trips_through_json(op: Operation) -> None:
     assert decode_outbound(encoded) == op
     kept = KeptMessage(channel_id="c", message=op, reason="drain", accepted_at=1.5)
     assert decode_kept(json.loads(dumps(encode_kept(kept)))) == kept
+
+
+PRINTED: list[Operation] = [
+    *OPERATIONS,
+    OutboundMessage(
+        peer="1", idempotency_key="t", text="hi", metadata={"b": [1, {"c": 2}], "a": 1}
+    ),
+    OutboundMessage(
+        peer="1",
+        idempotency_key="t",
+        template=Template(
+            name="hello", language="en_US", components=({"type": "body", "parameters": []},)
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("op", PRINTED, ids=lambda op: type(op).__name__)
+def test_an_operation_has_the_same_print_however_it_came(op: Operation) -> None:
+    # Decoded from JSON (a forwarded send, a kept one): lists for tuples,
+    # mappings rebuilt; the print is what a key's answer is checked against.
+    decoded = decode_outbound(json.loads(dumps(encode_outbound(op))))
+    assert operation_print(decoded) == operation_print(op)
+
+
+def test_operations_that_differ_in_anything_but_their_key_have_other_prints() -> None:
+    text = OutboundMessage(peer="1", idempotency_key="t", text="hi")
+    meta = OutboundMessage(peer="1", idempotency_key="t", text="hi", metadata={"a": 1, "b": 2})
+    assert operation_print(meta) == operation_print(attrs.evolve(meta, metadata={"b": 2, "a": 1}))
+    assert operation_print(text) == operation_print(attrs.evolve(text, idempotency_key="other"))
+    variants: list[Operation] = [
+        text,
+        attrs.evolve(text, text="ho"),
+        attrs.evolve(text, peer="2"),
+        attrs.evolve(text, reply_to="1:1"),
+        meta,
+        attrs.evolve(meta, metadata={"a": 1, "b": 3}),
+        EditMessage(peer="1", message_id="1:2", text="hi", idempotency_key="t"),
+        EditMessage(peer="1", message_id="1:3", text="hi", idempotency_key="t"),
+        *OPERATIONS[1:3],
+        attrs.evolve(OPERATIONS[1], media=Media(kind=MediaKind.IMAGE, content=b"other")),
+    ]
+    prints = [operation_print(op) for op in variants]
+    assert len(set(prints)) == len(prints)
 
 
 def test_a_message_row_written_before_operations_still_reads() -> None:

@@ -69,6 +69,7 @@ from providers.operations import (
     EditMessage,
     Operation,
     check_supported,
+    operation_print,
     perform,
     remembered_result,
 )
@@ -80,6 +81,7 @@ from ..errors import (
     ChannelFailed,
     ChannelUnavailable,
     CircuitOpen,
+    KeyReused,
     NotInActorContext,
     SendFailed,
 )
@@ -485,11 +487,25 @@ class SendPath:
         current: Flight | None = flight
         while current is not None:
             message = current.message
-            known = sent.get(message.idempotency_key)
+            key = message.idempotency_key
+            known = sent.get(key)
             if known is None:
                 return current
             item = current.item
-            if type(item) is lowlevel.Ask:
+            if sent.reused(key, operation_print(message)):
+                # Another message under an answered key: refused, not answered as it.
+                error = KeyReused(
+                    f"channel {self.config.channel_id!r}, idempotency key {key!r}: the key "
+                    "was sent already with another message; this one was not sent (send it "
+                    "with a key of its own)",
+                    channel_id=self.config.channel_id,
+                )
+                if type(item) is lowlevel.Ask:
+                    item.fail(error)
+                else:  # nobody to tell: say so
+                    self._log.error("%r: %s", self, error)
+                del error  # (no cycle through this frame)
+            elif type(item) is lowlevel.Ask:
                 item.reply(remembered_result(message, known))
             current = window.finish(current)
             if current is not None and window.closing:
@@ -502,12 +518,15 @@ class SendPath:
         if type(result) is not outcome.Error:
             # Remembered here, not by whoever asked: an asker that gave up
             # waiting (its timeout) and asks again is answered, not sent twice.
-            key = flight.message.idempotency_key
+            message = flight.message
+            key = message.idempotency_key
             memory = self.memory
             if result is None:
-                memory.sent.put(key, "", "")
+                memory.sent.put(key, "", "", operation_print(message))
             else:
-                memory.sent.put(key, result.platform_message_id, result.peer)
+                memory.sent.put(
+                    key, result.platform_message_id, result.peer, operation_print(message)
+                )
             if not memory.dirty:  # checkpointed (write-behind), even if a round came since it left
                 memory.touch()
         item = flight.item

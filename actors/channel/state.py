@@ -364,25 +364,35 @@ class RecentIds:
 SentEntry: TypeAlias = tuple[str, str, str]
 """A send's answer: ``(idempotency key, platform message id, peer)``."""
 
-_Answer: TypeAlias = "str | tuple[str, str]"
-"""How a table keeps a send's answer: ``"<platform message id>\\0<peer>"``, or
-``(platform message id, peer)`` when the id holds a NUL or either is no exact
-string (see :class:`SentResults`)."""
+_Answer: TypeAlias = "str | tuple[str, str, str]"
+"""How a table keeps a send's answer: ``"<platform message id>\\0<peer>\\0<print>"``,
+or ``(platform message id, peer, print)`` when the id holds a NUL or either
+is no exact string (see :class:`SentResults`). The print
+(``providers.operations.operation_print``) is the sent operation's, empty
+where it is not known (an answer restored from a checkpoint)."""
 
 _SEP: Final = "\0"
 
 
-def _answer(platform_message_id: str, peer: str) -> _Answer:
+def _answer(platform_message_id: str, peer: str, printed: str = "") -> _Answer:
     if type(platform_message_id) is str and type(peer) is str and _SEP not in platform_message_id:
-        return f"{platform_message_id}\0{peer}"  # (one string made: not a + _SEP + b)
-    return (platform_message_id, peer)  # (anything else, as it was given)
+        # (One string made: not a + _SEP + b. The print, hex digits, holds no NUL.)
+        return f"{platform_message_id}\0{peer}\0{printed}"
+    return (platform_message_id, peer, printed)  # (anything else, as it was given)
 
 
 def _read(answer: _Answer) -> tuple[str, str]:
     if type(answer) is str:
-        platform_message_id, _, peer = answer.partition(_SEP)
+        platform_message_id, _, peer = answer[: answer.rindex(_SEP)].partition(_SEP)
         return platform_message_id, peer
-    return answer  # type: ignore[return-value]  # (the tuple kept)
+    return answer[0], answer[1]  # (the tuple kept)
+
+
+def _printed(answer: _Answer) -> str:
+    """The print an answer keeps ("": not known)."""
+    if type(answer) is str:
+        return answer[answer.rindex(_SEP) + 1 :]
+    return answer[2]  # (the tuple kept)
 
 
 _LENGTH: Final = array("q").itemsize  # bytes a text's length takes in SentWindow._lengths
@@ -560,7 +570,10 @@ class SentResults:
 
     A send repeated with a key found here (a caller's retry, a request the
     cluster delivered twice, a retry after the channel moved) is answered
-    with the first answer instead of being sent again. The table is made
+    with the first answer instead of being sent again. The key reused for
+    another message (another peer, text, media...) is refused instead: each
+    answer keeps the print of what it answered (:meth:`reused`; an answer
+    restored from a checkpoint has none, and answers any send of its key). The table is made
     with the first send: a receive-only channel never needs one.
 
     Design notes:
@@ -568,8 +581,8 @@ class SentResults:
     - **Nothing here for the collector to count, and little to walk.** The table holds
       up to ``capacity`` answers for every channel that sends (a million at
       1,000 busy channels), for as long as the node runs. Each answer is
-      kept as one string, ``"<platform message id>\\0<peer>"`` (a tuple where
-      the id holds a NUL), which the collector does not track. A tuple per
+      kept as one string, ``"<platform message id>\\0<peer>\\0<print>"`` (a
+      tuple where the id holds a NUL), which the collector does not track. A tuple per
       answer, as before, was untracked only by the first collection that saw
       it, and every one made counted towards that collection: until each
       channel's table was full (a put then frees what it replaces), the
@@ -614,11 +627,24 @@ class SentResults:
         answer = None if self._results is None else self._results.get(key)
         return None if answer is None else _read(answer)
 
-    def put(self, key: str, platform_message_id: str, peer: str) -> None:
+    def reused(self, key: str, printed: str) -> bool:
+        """Whether ``key`` was answered for another operation than the one
+        whose print is ``printed`` (``providers.operations.operation_print``):
+        the key reused for another message, which its answer does not answer.
+        ``False`` when the key is not here or its print is not known."""
+        answer = None if self._results is None else self._results.get(key)
+        if answer is None:
+            return False
+        kept = _printed(answer)
+        return bool(kept) and kept != printed
+
+    def put(self, key: str, platform_message_id: str, peer: str, printed: str = "") -> None:
+        """Remember the answer to the send of ``key``; ``printed``: the sent
+        operation's print ("" where it is not known)."""
         results = self._results
         if results is None:
             results = self._results = OrderedDict()
-        answer = _answer(platform_message_id, peer)
+        answer = _answer(platform_message_id, peer, printed)
         if key in results:  # the key was here: it moves, out of the window's order
             results[key] = answer
             results.move_to_end(key)

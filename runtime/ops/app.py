@@ -110,6 +110,7 @@ from providers.whatsapp.webhook import PostSignatures
 from ..config.model import MetricsConfig
 from ..errors import (
     InvalidMessage,
+    KeyReused,
     NodeDraining,
     NodeError,
     NodeStarting,
@@ -159,6 +160,7 @@ MESSAGE_API.register_structure_hook(bytes, bytes_hook)
 
 # Send errors and their answers: (class, HTTP status, Retry-After), first match wins.
 _SEND_ERRORS: Final[tuple[tuple[type[Exception], int, int | None], ...]] = (
+    (KeyReused, 422, None),  # (as the IETF's Idempotency-Key draft answers a reuse)
     (InvalidMessage, 400, None),
     (UnknownChannel, 404, None),
     (NodeDraining, 503, DRAINING_RETRY_AFTER),
