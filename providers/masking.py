@@ -29,6 +29,7 @@ __all__ = [
     "mask_url",
     "option_secrets",
     "options_repr",
+    "shown",
     "url_repr",
     "url_secrets",
 ]
@@ -137,3 +138,12 @@ def options_repr(options: Mapping[str, Any]) -> str:
 def url_repr(url: str | None) -> str:
     """``repr(url)`` with its credentials masked (for ``attrs.field(repr=...)``)."""
     return repr(mask_url(url))
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to ``limit`` characters with its length said: what
+    an error shows of an id a caller gave (a Discord id of 70,000 digits, a
+    channel id pasted whole into a URL, was echoed whole)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"

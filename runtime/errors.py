@@ -62,6 +62,7 @@ import attrs
 import actors
 import providers.base as platform
 import supervisors
+from providers.masking import shown
 
 __all__ = [
     "AskTimeout",
@@ -165,12 +166,15 @@ class StartupFailed(NodeError):
         self.fields = dict(fields or {})
 
 
+SHOWN_ID: Final = 80  # characters of an unknown channel's id an error shows
+
+
 class UnknownChannel(NodeError, KeyError):
     """No channel with that id runs on this node."""
 
     def __init__(self, channel_id: str) -> None:
         self.channel_id = channel_id
-        super().__init__(f"no channel {channel_id!r} on this node")
+        super().__init__(f"no channel {shown(str(channel_id), SHOWN_ID)} on this node")
 
     def __str__(self) -> str:
         return str(self.args[0])

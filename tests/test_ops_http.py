@@ -54,7 +54,7 @@ from providers.emulators.whatsapp import WhatsAppEmulator
 from providers.telegram import SECRET_HEADER, TelegramProvider
 from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as whatsapp_webhook
-from runtime.errors import NodeDraining, NodeStarting, Overloaded, UnknownChannel
+from runtime.errors import KeyReused, NodeDraining, NodeStarting, Overloaded, UnknownChannel
 from runtime.ops import health_report, ops_app, serve_ops
 from runtime.ops.app import MAX_BODY
 from runtime.ops.server import KEEP_ALIVE
@@ -1115,6 +1115,7 @@ async def test_a_message_json_cannot_carry_is_refused_with_its_path(
     ("error", "status", "retry_after"),
     [
         (UnknownChannel("tg-9"), 404, None),
+        (KeyReused("key 'k-1' was sent with another message", channel_id="tg-1"), 422, None),
         (NodeDraining("node-1 is draining and takes no new work; send to another node"), 503, "5"),
         (NodeStarting("node 'n1' is starting; ask again shortly"), 503, "1"),
         (MailboxFull("mailbox of tg-1 is full (1000)", capacity=1000), 429, "1"),
@@ -1139,6 +1140,13 @@ async def test_send_errors_map_to_statuses(
     assert answer.status_code == status
     assert answer.json() == {"error": type(error).__name__, "message": str(error)}
     assert answer.headers.get("retry-after") == retry_after
+
+
+def test_an_unknown_channel_is_named_without_echoing_a_long_id_whole() -> None:
+    # An id pasted whole into a URL (a token, a page of text) came back whole in the 404.
+    assert str(UnknownChannel("tg-9")) == "no channel 'tg-9' on this node"
+    text = str(UnknownChannel("x" * 5000))
+    assert "(5,000 characters)" in text and len(text) < 150
 
 
 async def test_the_api_token_never_appears_in_an_answer() -> None:

@@ -64,6 +64,7 @@ from ..base import (
     SendResult,
     TransientError,
 )
+from ..masking import shown
 from ..media import Upload
 from ..operations import DeleteMessage, EditMessage, OperationKind, React, SendTyping
 from .wire import API_VERSION, GatewayBot, MessagePayload, PayloadError, parse
@@ -201,14 +202,6 @@ def is_snowflake(text: str) -> bool:
     alone takes "²" and Arabic digits, and any length, which made a URL httpx
     refused, crashing the channel)."""
     return 0 < len(text) <= SNOWFLAKE_DIGITS and text.isascii() and text.isdigit()
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """``repr(text)``, cut to ``limit`` characters with its length said (an id
-    of 70,000 digits was echoed whole in the error)."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 def build_operation(

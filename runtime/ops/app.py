@@ -104,11 +104,13 @@ from actors import (
 )
 from providers import bounded_json
 from providers.base import OutboundMessage, PermanentSendError
+from providers.masking import shown
 from providers.operations import json_problems
 from providers.whatsapp.webhook import PostSignatures
 
 from ..config.model import MetricsConfig
 from ..errors import (
+    SHOWN_ID,
     InvalidMessage,
     KeyReused,
     NodeDraining,
@@ -539,7 +541,8 @@ class _Ops:
         reason = "verify_token" if request.method == "GET" else "signature"
         target = self._target("whatsapp", channel_id)
         if target is None:
-            answer = refusal(404, "UnknownChannel", f"no whatsapp channel {channel_id!r}")
+            shown_id = shown(channel_id, SHOWN_ID)
+            answer = refusal(404, "UnknownChannel", f"no whatsapp channel {shown_id}")
             return self._counted("whatsapp", answer)
         body = b"" if request.method == "GET" else await _read_body(request)
         if body is None:
@@ -575,7 +578,8 @@ class _Ops:
         channel_id = request.path_params["channel_id"]
         target = self._target("telegram", channel_id)
         if target is None:
-            answer = refusal(404, "UnknownChannel", f"no telegram channel {channel_id!r}")
+            shown_id = shown(channel_id, SHOWN_ID)
+            answer = refusal(404, "UnknownChannel", f"no telegram channel {shown_id}")
             return self._counted("telegram", answer)
         refused = self._telegram_headers(target, request.headers)
         if refused is not None:  # the body is never read

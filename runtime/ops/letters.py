@@ -10,8 +10,10 @@ Routes (behind the API token, like the message API):
 - ``POST /v1/channels/{id}/dead-letters/discard``: the same shape;
   ``{"discarded": n}``.
 
-A bad query or body is a 400 naming the parameter; a channel that does not
-run here cannot replay (503); the store failing is a 503.
+A bad query or body is a 400 naming the parameter (an unknown or repeated
+parameter too: a misspelt ``channel=`` would list every channel's letters);
+a channel that does not run here cannot replay (503); the store failing is
+a 503.
 """
 
 from __future__ import annotations
@@ -60,12 +62,15 @@ class DeadLetterApi:
     async def list(self, request: Request) -> Response:
         query = request.query_params
         try:
+            _check_names(query.multi_items())
             older = _number(query.get("older_than"), "older_than")
+            if older is not None and older < 0:
+                raise _BadRequest(f"older_than must be unix seconds >= 0, got {older:g}")
             limit = _number(query.get("limit"), "limit")
             if limit is not None and (limit != int(limit) or limit < 0):
                 raise _BadRequest("limit must be a whole number >= 0")
         except _BadRequest as exc:
-            return self._error(400, "InvalidQuery", str(exc))
+            return self._error(400, "InvalidQuery", self._scrub(str(exc)))
         return await self._answer(
             lambda: self._listed(
                 channel=query.get("channel"),
@@ -111,6 +116,26 @@ class DeadLetterApi:
             return self._error(404, "UnknownChannel", self._scrub(str(exc)))
         except NodeError as exc:  # ChannelUnavailable, StoreError
             return self._error(503, type(exc).__name__, self._scrub(str(exc)))
+
+
+_LIST_PARAMETERS = ("channel", "tenant", "error", "older_than", "limit")
+_NAME_SHOWN = 40  # characters of a parameter's name an answer shows
+
+
+def _check_names(items: Sequence[tuple[str, str]]) -> None:
+    """Refuse a parameter the listing does not know, or one given twice:
+    either would quietly list other letters than those asked for."""
+    seen: set[str] = set()
+    for name, _ in items:
+        if name not in _LIST_PARAMETERS:
+            shown = name if len(name) <= _NAME_SHOWN else f"{name[:_NAME_SHOWN]}..."
+            raise _BadRequest(
+                f"unknown query parameter {shown!r}; the listing takes "
+                + ", ".join(_LIST_PARAMETERS)
+            )
+        if name in seen:
+            raise _BadRequest(f"query parameter {name!r} is given more than once; give it once")
+        seen.add(name)
 
 
 def _number(text: str | None, name: str) -> float | None:
