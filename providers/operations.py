@@ -360,26 +360,46 @@ def operation_print(op: Operation) -> str:
     The same content gives the same print in one process, whichever way it
     came (a caller's objects, or decoded from JSON: a list where a tuple was,
     a mapping's keys in another order); it is not kept across processes
-    (``hash``'s seed differs). 32 bits: one reuse in four billion goes
-    unseen, and is answered as the first, as every reuse was before.
+    (``hash``'s seed differs). Values of different JSON types differ (``1``,
+    ``1.0`` and ``true``). 32 bits: about one reuse in four billion goes
+    unseen, and is answered as the first, as every reuse was before. Never
+    raises: content it cannot print (a value no JSON type, which
+    :func:`json_problems` lets through in a typed field) gets ``""``, no print,
+    which answers any message of its key, as before.
     """
-    if (
-        type(op) is OutboundMessage and op.media is None and op.template is None and not op.metadata
-    ):  # (most messages: text to a peer)
-        content = hash((op.peer, op.text, op.reply_to))
-    else:
-        content = hash(_canonical(op))
+    try:
+        if (
+            type(op) is OutboundMessage
+            and op.media is None
+            and op.template is None
+            and not op.metadata
+        ):  # (most messages: text to a peer)
+            content = hash((op.peer, op.text, op.reply_to))
+        else:
+            content = hash(_canonical(op))
+    except Exception:  # (a value no JSON type, hashed or compared its own way)
+        return ""
     return f"{content & 0xFFFF_FFFF:x}"
 
 
 def _canonical(value: Any) -> Any:
     """``value`` as a hashable value equal for equal JSON: attrs instances by
     their class and fields, mappings by their sorted items, sequences as
-    tuples, enums by their value."""
-    if attrs.has(type(value)):
+    tuples, enums by their value, numbers tagged with their type (and ints
+    by their digits: ``hash(-1) == hash(-2)``)."""
+    kind = type(value)
+    if kind is str or value is None:
+        return value
+    if kind is bool:
+        return ("b", value)
+    if kind is int:
+        return ("i", str(value))
+    if kind is float:
+        return ("f", repr(value))
+    if attrs.has(kind):
         return (
-            type(value).__name__,
-            tuple(_canonical(getattr(value, field.name)) for field in attrs.fields(type(value))),
+            kind.__name__,
+            tuple(_canonical(getattr(value, field.name)) for field in attrs.fields(kind)),
         )
     if isinstance(value, Mapping):
         return ("{", tuple(sorted((str(k), _canonical(v)) for k, v in value.items())))
@@ -387,7 +407,9 @@ def _canonical(value: Any) -> Any:
         return ("[", tuple(_canonical(item) for item in value))
     if isinstance(value, enum.Enum):
         return _canonical(value.value)
-    return value  # (a JSON scalar or bytes: json_problems refused the rest)
+    if isinstance(value, str):  # (a subclass: as the str it is)
+        return str(value)
+    return (kind.__name__, value)  # (bytes; anything else hashes its own way, or raises)
 
 
 def remembered_result(op: Operation, known: tuple[str, str]) -> SendResult | None:

@@ -1042,7 +1042,7 @@ class Node(ClusterMode, DeadLetterOps):
         printed = operation_print(message)
         while (first := self._in_flight.get(flight_key)) is not None:
             if operation_print(first.message) != printed:
-                raise _key_reused(channel_id, message)
+                raise _key_reused(channel_id, message, under_way=True)
             with trio.move_on_at(deadline):
                 await first.finished.wait()
             channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
@@ -1365,6 +1365,11 @@ class Node(ClusterMode, DeadLetterOps):
                 extra={"channel": spec.id},
             )
             restore_state(memory, attrs.evolve(state, limiter=None), now=now, clock_offset=offset)
+        if carry is not None:
+            # The old table whole: all its answers, not a checkpoint's newest 256,
+            # with the prints a checkpoint does not keep (a key reused after a
+            # restart is still refused). The old incarnations put no more.
+            memory.sent = carry.sent
 
     def _fenced(self, channel_id: str) -> None:
         """A newer owner wrote the channel's checkpoint: stop running it here."""
@@ -1817,10 +1822,11 @@ def _check_not_reused(channel: ChannelRef, channel_id: str, message: Operation) 
         raise _key_reused(channel_id, message)
 
 
-def _key_reused(channel_id: str, message: Operation) -> KeyReused:
+def _key_reused(channel_id: str, message: Operation, *, under_way: bool = False) -> KeyReused:
     key = message.idempotency_key
+    done = "is being sent" if under_way else "was sent already"
     return KeyReused(
-        f"channel {channel_id!r}, idempotency key {key!r}: the key was sent already with "
+        f"channel {channel_id!r}, idempotency key {key!r}: the key {done} with "
         "another message (another peer, text or content), so its answer is not this "
         "message's; nothing was sent (a retry must repeat the first message: send a new "
         "message with a key of its own)",

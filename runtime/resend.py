@@ -57,6 +57,7 @@ import trio
 
 from .errors import (
     InvalidMessage,
+    KeyReused,
     NodeDraining,
     PermanentSendError,
     SendFailed,
@@ -184,6 +185,16 @@ async def _resend_one(
     except (SendFailed, PermanentSendError) as exc:
         log.warning(
             "a message kept by the previous run (idempotency key %s) was dead-lettered: %s",
+            key,
+            exc,
+            extra={**extra, "error.type": type(exc).__name__},
+        )
+    except KeyReused as exc:
+        # Its key went out meanwhile with another message (a caller reused it):
+        # sent under it, it would break what the key guarantees.
+        log.error(
+            "a message kept by an earlier run (idempotency key %r) is dropped: its key "
+            "was sent since with another message (%s); send it again with a key of its own",
             key,
             exc,
             extra={**extra, "error.type": type(exc).__name__},

@@ -1154,6 +1154,48 @@ async def test_a_key_reused_for_another_message_is_refused_not_answered_as_the_f
         assert calls == {"k": 1}
 
 
+async def test_a_key_reused_after_restart_channel_is_still_refused(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The restart hands the old memory over in this process: its answers keep
+    # their prints (a checkpoint's copy keeps none).
+    from runtime import KeyReused
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        first = await node.send("a", message("r", "one"))
+        for n in range(300):  # more than a checkpoint's 256 answers, all kept
+            await node.send("a", message(f"more-{n}"))
+        await node.restart_channel("a")
+        await wait_connected(node, 1)
+        with pytest.raises(KeyReused):
+            await node.send("a", message("r", "two"))
+        assert await node.send("a", message("r", "one")) == first
+        assert calls["r"] == 1
+
+
+async def test_a_message_whose_content_cannot_be_printed_is_sent_once_not_crashed(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An enum whose value no hash takes passes json_problems in a typed field;
+    # printing it raised in the channel after the platform took the message,
+    # which crashed the channel and sent the message again on the retry.
+    import enum
+
+    class Odd(enum.Enum):
+        SET = {1}
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        odd = OutboundMessage(peer="p1", idempotency_key="odd", text="x", metadata=Odd.SET)  # type: ignore[arg-type]
+        first = await node.send("a", odd)
+        assert await node.send("a", odd) == first  # (no print: answered as before)
+        assert calls == {"odd": 1}
+        assert node.channel("a").statistics().restarts == 0
+
+
 async def test_a_key_reused_while_its_first_send_is_out_is_refused_at_once(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1167,7 +1209,7 @@ async def test_a_key_reused_while_its_first_send_is_out_is_refused_at_once(
             nursery.start_soon(append_outcome, first, node.send, "a", message("out", "one"))
             await trio.testing.wait_all_tasks_blocked()
             began = trio.current_time()
-            with pytest.raises(KeyReused):
+            with pytest.raises(KeyReused, match="is being sent with another message"):
                 await node.send("a", message("out", "two"))
             assert trio.current_time() == began  # not after waiting for the first
         assert isinstance(first[0], SendResult)

@@ -71,6 +71,26 @@ def test_an_operation_has_the_same_print_however_it_came(op: Operation) -> None:
     assert operation_print(decoded) == operation_print(op)
 
 
+def test_values_of_other_json_types_have_other_prints_and_no_value_raises() -> None:
+    import enum
+
+    def with_meta(value: object) -> str:
+        meta = {"n": value}
+        return operation_print(
+            OutboundMessage(peer="1", idempotency_key="t", text="hi", metadata=meta)
+        )
+
+    prints = [with_meta(v) for v in (-1, -2, 1, 1.0, True, "1", None, [1], {"1": 1})]
+    assert len(set(prints)) == len(prints)  # (hash(-1) == hash(-2), hash(True) == hash(1.0))
+
+    class Odd(enum.Enum):
+        SET = {1}
+
+    odd = OutboundMessage(peer="1", idempotency_key="t", text="hi", metadata=Odd.SET)  # type: ignore[arg-type]
+    assert json_problems(odd) == []  # (let through: an enum in a typed field)
+    assert operation_print(odd) == ""  # no print, and no error
+
+
 def test_operations_that_differ_in_anything_but_their_key_have_other_prints() -> None:
     text = OutboundMessage(peer="1", idempotency_key="t", text="hi")
     meta = OutboundMessage(peer="1", idempotency_key="t", text="hi", metadata={"a": 1, "b": 2})
