@@ -1154,6 +1154,27 @@ async def test_a_key_reused_for_another_message_is_refused_not_answered_as_the_f
         assert calls == {"k": 1}
 
 
+async def test_a_replayed_dead_letter_whose_key_went_out_with_another_message_stays_a_letter(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its key was sent since with another message: the replay cannot send it
+    # under that key, and nobody waits for it; before, it was answered as the
+    # other and gone.
+    from runtime import PermanentSendError
+
+    calls = count_sends(monkeypatch, fail_first_of="d")
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        with pytest.raises(PermanentSendError):
+            await node.send("a", message("d", "one"))
+        await node.send("a", message("d", "two"))  # (the key is free: "one" failed)
+        assert await node.replay_dead_letters("a") == 1
+        await trio.testing.wait_all_tasks_blocked()
+        (letter,) = await node.channel("a").dead_letters()
+        assert (letter.error_type, letter.message.text) == ("KeyReused", "one")
+        assert calls == {"d": 2}
+
+
 async def test_a_key_reused_after_restart_channel_is_still_refused(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -502,8 +502,12 @@ class SendPath:
                 )
                 if type(item) is lowlevel.Ask:
                     item.fail(error)
-                else:  # nobody to tell: say so
-                    self._log.error("%r: %s", self, error)
+                else:  # a replayed dead letter, nobody waiting: a dead letter again, saying why
+                    memory = self.memory
+                    memory.dead_letters.add(message, error, 0)
+                    if not memory.dirty:
+                        memory.touch()
+                    self._log.error("%r: %s; it is in the dead-letter queue again", self, error)
                 del error  # (no cycle through this frame)
             elif type(item) is lowlevel.Ask:
                 item.reply(remembered_result(message, known))
