@@ -59,6 +59,7 @@ __all__ = [
     "MAX_LIMIT_SECONDS",
     "OptionValueError",
     "buffer_size",
+    "credential_problem",
     "discord_compress",
     "discord_intents",
     "emulator_problems",
@@ -328,6 +329,29 @@ _CHECKS: Final[Mapping[str, _Check]] = {
     "whatsapp": _whatsapp,
     "websocket": _websocket,
 }
+
+
+def credential_problem(provider: str, key: str, value: str) -> str | None:
+    """What ``provider``'s platform would refuse in the value of credential
+    ``key``, without quoting it; ``None`` when nothing is seen.
+
+    Only what is sure to fail: whitespace around a value (a newline read
+    from a file with the token: every call of the platform refused, the
+    channel failed at its first connect), and a Telegram webhook secret
+    outside the platform's characters. A token's own shape is the
+    platform's to judge.
+    """
+    if value != value.strip():
+        return (
+            f"credential {key!r} has whitespace at its start or end (a newline read from a "
+            "file?); the platform would refuse it: remove it"
+        )
+    if provider == "telegram" and key == "webhook_secret":
+        from .telegram.core import WEBHOOK_SECRET_RULE, webhook_secret_ok
+
+        if not webhook_secret_ok(value):
+            return f"credential {key!r} is refused: {WEBHOOK_SECRET_RULE}"
+    return None
 
 
 def option_problems(

@@ -858,6 +858,50 @@ def test_required_credentials(provider: str, credentials: str, expected: list[st
     }
 
 
+@pytest.mark.parametrize(
+    ("provider", "key", "value", "complaint"),
+    [
+        ("telegram", "token", "123:abc\n", "whitespace at its start or end"),
+        ("discord", "token", " abc", "whitespace at its start or end"),
+        ("whatsapp", "app_secret", "abc\t", "whitespace at its start or end"),
+        ("telegram", "webhook_secret", "not ok!", "1-256 characters of A-Z"),
+        ("telegram", "webhook_secret", "x" * 257, "1-256 characters of A-Z"),
+    ],
+)
+def test_a_credential_the_platform_would_refuse_is_found_by_check(
+    provider: str, key: str, value: str, complaint: str
+) -> None:
+    # Before, check said ok and the channel failed at its first connect
+    # (a Telegram secret's refusal named options.webhook_secret).
+    needed = {
+        "discord": ["token"],
+        "telegram": ["token"],
+        "whatsapp": ["token", "app_secret", "verify_token"],
+    }[provider]
+    names = dict.fromkeys(needed, "good-value")
+    names[key] = value
+    env = {f"V{i}": v for i, v in enumerate(names.values())}
+    refs = ", ".join(f'{k} = "${{env:V{i}}}"' for i, k in enumerate(names))
+    options = 'options = { phone_number_id = "1" }\n' if provider == "whatsapp" else ""
+    text = f'[[channels]]\nid = "c"\nprovider = "{provider}"\ncredentials = {{ {refs} }}\n{options}'
+    (found,) = problems(text, env)
+    assert complaint in found
+    assert found.endswith(f"@ channels[0].credentials.{key}")
+    assert value.strip() not in found or not value.strip()  # the value is never quoted
+    names[key] = value.strip() if complaint.startswith("whitespace") else "fine_secret-1"
+    env = {f"V{i}": v for i, v in enumerate(names.values())}
+    assert parse_config(text, env=env).channels[0].provider == provider
+
+
+def test_telegram_refuses_a_bad_webhook_secret_in_the_credentials_by_its_place() -> None:
+    from providers.base import FatalError
+    from providers.telegram.core import parse_options
+
+    with pytest.raises(FatalError, match=r"credentials\.webhook_secret is refused"):
+        parse_options({"mode": "webhook"}, {"webhook_secret": "not ok!"})
+    assert parse_options({"mode": "webhook"}, {"webhook_secret": "ok_1"}).webhook_secret == "ok_1"
+
+
 def test_emulated_channels_need_no_credentials_and_defaults_can_supply_options() -> None:
     config = parse_config(
         """

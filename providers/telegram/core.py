@@ -166,9 +166,17 @@ def message_id(chat_id: int | str, msg_id: int) -> str:
 # --- options ------------------------------------------------------------------------
 
 
+WEBHOOK_SECRET_RULE: Final = "a webhook secret is 1-256 characters of A-Z, a-z, 0-9, _ and -"
+
+
+def webhook_secret_ok(value: str) -> bool:
+    """Whether Telegram takes ``value`` as a webhook's secret token."""
+    return 1 <= len(value) <= 256 and set(value) <= _SECRET_CHARS
+
+
 def _check_secret(_: Any, __: Any, value: str | None) -> None:
-    if value is not None and not (1 <= len(value) <= 256 and set(value) <= _SECRET_CHARS):
-        raise ValueError("a webhook secret is 1-256 characters of A-Z, a-z, 0-9, _ and -")
+    if value is not None and not webhook_secret_ok(value):
+        raise ValueError(WEBHOOK_SECRET_RULE)
 
 
 def _poll_timeout(instance: Any, attribute: Any, value: int) -> None:
@@ -228,7 +236,13 @@ def parse_options(options: Mapping[str, Any], credentials: Mapping[str, str]) ->
     """
     raw = dict(options)
     if "webhook_secret" in credentials:
-        raw["webhook_secret"] = credentials["webhook_secret"]
+        secret = credentials["webhook_secret"]
+        if not isinstance(secret, str) or not webhook_secret_ok(secret):
+            # Named where it is (it was reported as an option's, which the file did not have).
+            raise FatalError(
+                f"telegram: credentials.webhook_secret is refused: {WEBHOOK_SECRET_RULE}"
+            )
+        raw["webhook_secret"] = secret
     try:
         parsed = _OPTIONS_CONVERTER.structure(raw, TelegramOptions)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:

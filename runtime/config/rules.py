@@ -24,7 +24,7 @@ from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from providers.emulators.base import is_loopback
-from providers.options import emulator_problems, option_problems
+from providers.options import credential_problem, emulator_problems, option_problems
 from providers.registry import EMULATORS, PROVIDERS
 from providers.whatsapp.core import graph_version_problem
 
@@ -384,6 +384,11 @@ def channel_credentials(doc: Mapping[str, Any]) -> list[ConfigProblem]:
         )
         if _flag(channel.get("emulator")):
             continue
+        for key, value in credentials.items():
+            if key in known and isinstance(value, str) and value:
+                why = credential_problem(provider, key, value)
+                if why is not None:
+                    problems.append(ConfigProblem(f"{path}.{key}", why))
         for key, what in known.items():
             if what is not None and key not in credentials:
                 message = f'missing credential "{key}" ({what}); add {key} = "${{env:NAME}}"'
