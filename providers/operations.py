@@ -409,6 +409,14 @@ def _canonical(value: Any) -> Any:
         return _canonical(value.value)
     if isinstance(value, str):  # (a subclass: as the str it is)
         return str(value)
+    # A subclass of a number (numpy.float64) as the number it is: JSON brings it
+    # back as a plain one, the same message.
+    if isinstance(value, bool):
+        return ("b", bool(value))
+    if isinstance(value, int):
+        return ("i", int.__repr__(value))
+    if isinstance(value, float):
+        return ("f", float.__repr__(value))
     return (kind.__name__, value)  # (bytes; anything else hashes its own way, or raises)
 
 

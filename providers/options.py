@@ -344,7 +344,7 @@ def credential_problem(provider: str, key: str, value: str) -> str | None:
     if value != value.strip():
         return (
             f"credential {key!r} has whitespace at its start or end (a newline read from a "
-            "file?); the platform would refuse it: remove it"
+            "file?), which no platform's credentials have: remove it"
         )
     if provider == "telegram" and key == "webhook_secret":
         from .telegram.core import WEBHOOK_SECRET_RULE, webhook_secret_ok

@@ -943,16 +943,18 @@ class Node(ClusterMode, DeadLetterOps):
         sent = channel.memory.sent
         known = sent.get(message.idempotency_key)
         if known is not None:
-            _check_not_reused(channel, channel_id, message)
+            _check_not_reused(channel, channel_id, message, keep_refused)
             return remembered_result(message, known)
         flight_key = (channel_id, message.idempotency_key)
         first = self._in_flight.get(flight_key)
         left = timeout  # of the caller's timeout, once it waited for the first
         if first is not None:
             called = trio.current_time()
-            channel, known = await self._after_first(channel_id, message, flight_key, timeout)
+            channel, known = await self._after_first(
+                channel_id, message, flight_key, timeout, keep_refused
+            )
             if known is not None:
-                _check_not_reused(channel, channel_id, message)
+                _check_not_reused(channel, channel_id, message, keep_refused)
                 return remembered_result(message, known)
             left = max(0.0, timeout - (trio.current_time() - called))
         sends = self._sends
@@ -1023,6 +1025,7 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         flight_key: tuple[str, str],
         timeout: float,  # noqa: ASYNC109
+        keep_refused: bool = False,
     ) -> tuple[ChannelRef, tuple[str, str] | None]:
         """Wait while the same key is on its way already (a caller's retry, a
         forwarded request delivered twice): its answer is this one's too.
@@ -1042,7 +1045,9 @@ class Node(ClusterMode, DeadLetterOps):
         printed = operation_print(message)
         while (first := self._in_flight.get(flight_key)) is not None:
             if operation_print(first.message) != printed:
-                raise _key_reused(channel_id, message, under_way=True)
+                raise _refused_reuse(
+                    self.channel(channel_id), channel_id, message, keep_refused, under_way=True
+                )
             with trio.move_on_at(deadline):
                 await first.finished.wait()
             channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
@@ -1812,14 +1817,33 @@ async def _open_store(config: NodeConfig, store: Store | None) -> AsyncIterator[
         yield opened
 
 
-def _check_not_reused(channel: ChannelRef, channel_id: str, message: Operation) -> None:
+def _check_not_reused(
+    channel: ChannelRef, channel_id: str, message: Operation, keep_refused: bool
+) -> None:
     """Refuse ``message`` when its key's remembered answer is another message's.
 
     Raises:
         KeyReused: it is.
     """
     if channel.memory.sent.reused(message.idempotency_key, operation_print(message)):
-        raise _key_reused(channel_id, message)
+        raise _refused_reuse(channel, channel_id, message, keep_refused)
+
+
+def _refused_reuse(
+    channel: ChannelRef,
+    channel_id: str,
+    message: Operation,
+    keep_refused: bool,
+    *,
+    under_way: bool = False,
+) -> KeyReused:
+    """The refusal of ``message``'s reused key; a kept message's resend (``keep_refused``:
+    nobody waits for it) becomes a dead letter too, once per key, not lost."""
+    error = _key_reused(channel_id, message, under_way=under_way)
+    memory = channel.memory
+    if keep_refused and memory.dead_letters.add_once(message, error, 0):
+        memory.touch()
+    return error
 
 
 def _key_reused(channel_id: str, message: Operation, *, under_way: bool = False) -> KeyReused:

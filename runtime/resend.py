@@ -191,10 +191,11 @@ async def _resend_one(
         )
     except KeyReused as exc:
         # Its key went out meanwhile with another message (a caller reused it):
-        # sent under it, it would break what the key guarantees.
+        # sent under it, it would break what the key guarantees. The node made
+        # it a dead letter (listed, discardable), which holds it from here on.
         log.error(
-            "a message kept by an earlier run (idempotency key %r) is dropped: its key "
-            "was sent since with another message (%s); send it again with a key of its own",
+            "a message kept by an earlier run (idempotency key %r) was dead-lettered: its "
+            "key was sent since with another message (%s); send it with a key of its own",
             key,
             exc,
             extra={**extra, "error.type": type(exc).__name__},

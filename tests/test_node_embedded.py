@@ -1175,6 +1175,26 @@ async def test_a_replayed_dead_letter_whose_key_went_out_with_another_message_st
         assert calls == {"d": 2}
 
 
+async def test_a_kept_message_whose_key_went_out_with_another_becomes_a_dead_letter(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kept message's resend (kept_id: nobody waits for it) refused for its
+    # reused key was logged and forgotten by the resend: lost. It is a dead
+    # letter now, once per key, which holds it from then on.
+    from runtime import KeyReused
+
+    calls = count_sends(monkeypatch)
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        await node.send("a", message("kept", "sent since"))
+        for _ in range(2):
+            with pytest.raises(KeyReused):
+                await node._perform("a", message("kept", "the kept one"), None, kept_id=7)
+        (letter,) = await node.channel("a").dead_letters()
+        assert (letter.error_type, letter.message.text) == ("KeyReused", "the kept one")
+        assert calls == {"kept": 1}
+
+
 async def test_a_key_reused_after_restart_channel_is_still_refused(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,6 +83,18 @@ def test_values_of_other_json_types_have_other_prints_and_no_value_raises() -> N
     prints = [with_meta(v) for v in (-1, -2, 1, 1.0, True, "1", None, [1], {"1": 1})]
     assert len(set(prints)) == len(prints)  # (hash(-1) == hash(-2), hash(True) == hash(1.0))
 
+    class Score(float):  # (numpy.float64 is one)
+        pass
+
+    class Count(int):
+        pass
+
+    # A subclass of a number is the number JSON brings back: the same print.
+    for value in (Score(0.5), Count(3)):
+        op = OutboundMessage(peer="1", idempotency_key="t", text="hi", metadata={"n": value})
+        decoded = decode_outbound(json.loads(dumps(encode_outbound(op))))
+        assert operation_print(decoded) == operation_print(op)
+
     class Odd(enum.Enum):
         SET = {1}
 

@@ -238,13 +238,9 @@ class SendPath:
         resend was dead-lettered, then the process died before the node
         forgot it) is not added again.
         """
-        letters = self.memory.dead_letters
-        key = message.idempotency_key
-        if any(letter.message.idempotency_key == key for letter in letters.letters()):
-            return
-        letters.add(message, error, 0)
-        self.memory.touch()
-        await self._keep_dead_letters()
+        if self.memory.dead_letters.add_once(message, error, 0):
+            self.memory.touch()
+            await self._keep_dead_letters()
 
     def _check(self, message: Operation) -> None:
         """Refuse before sending what can never go: an operation the platform
@@ -500,14 +496,15 @@ class SendPath:
                     "with a key of its own)",
                     channel_id=self.config.channel_id,
                 )
-                if type(item) is lowlevel.Ask:
+                asked = type(item) is lowlevel.Ask
+                if not asked or getattr(item.msg, "keep_refused", False):
+                    # A replayed dead letter (nobody waits) or a kept message's
+                    # resend: a dead letter (again), saying why, not lost.
+                    if self.memory.dead_letters.add_once(message, error, 0):
+                        self.memory.touch()
+                    self._log.error("%r: %s; it is in the dead-letter queue", self, error)
+                if asked:
                     item.fail(error)
-                else:  # a replayed dead letter, nobody waiting: a dead letter again, saying why
-                    memory = self.memory
-                    memory.dead_letters.add(message, error, 0)
-                    if not memory.dirty:
-                        memory.touch()
-                    self._log.error("%r: %s; it is in the dead-letter queue again", self, error)
                 del error  # (no cycle through this frame)
             elif type(item) is lowlevel.Ask:
                 item.reply(remembered_result(message, known))

@@ -278,6 +278,16 @@ class DeadLetterQueue:
             self.dropped += 1
         return letter
 
+    def add_once(self, message: Operation, error: BaseException, attempts: int) -> bool:
+        """:meth:`add`, unless a letter of the message's idempotency key is here
+        already (a resend dead-lettered, then the process died before the node
+        forgot it); returns whether it added one."""
+        key = message.idempotency_key
+        if any(letter.message.idempotency_key == key for letter in self.letters()):
+            return False
+        self.add(message, error, attempts)
+        return True
+
     def restore(self, letters: list[OutboundDeadLetter], *, total: int, dropped: int) -> None:
         """Put back letters kept by an earlier process (a fresh queue only)."""
         if letters:
