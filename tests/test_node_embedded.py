@@ -1045,6 +1045,17 @@ async def append_outcome(outcomes: list[Any], call: Any, *args: Any, **kwargs: A
         outcomes.append(exc)
 
 
+@contextlib.asynccontextmanager
+async def counted_node(
+    monkeypatch: pytest.MonkeyPatch, latency: float, fail_first_of: str | None = None
+) -> AsyncIterator[tuple[Any, dict[str, int]]]:
+    """A node of one simulated channel ``a`` whose platform takes ``latency``
+    seconds a send: ``(node, its send attempts by key)`` (see :func:`count_sends`)."""
+    calls = count_sends(monkeypatch, fail_first_of)
+    async with simulated_node(SimulatedProvider(latency=Fixed(seconds=latency))) as node:
+        yield node, calls
+
+
 def count_sends(
     monkeypatch: pytest.MonkeyPatch, fail_first_of: str | None = None
 ) -> dict[str, int]:
@@ -1071,10 +1082,8 @@ async def test_callers_of_one_key_whose_first_send_failed_go_one_at_a_time(
 ) -> None:
     # Twenty callers of one key: the first send is refused; before, the
     # nineteen who waited for it each sent a copy of their own at once.
-    calls = count_sends(monkeypatch, fail_first_of="same")
-    provider = SimulatedProvider(latency=Fixed(seconds=0.5))
     outcomes: list[Any] = []
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.5, fail_first_of="same") as (node, calls):
         async with trio.open_nursery() as nursery:
             for _ in range(20):
                 nursery.start_soon(append_outcome, outcomes, node.send, "a", message("same"))
@@ -1108,9 +1117,7 @@ async def test_a_second_caller_out_of_time_is_not_sent_beside_the_first(
 ) -> None:
     from runtime import AskTimeout
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 3.0) as (node, calls):
         first: list[Any] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(append_outcome, first, node.send, "a", message("dup"))
@@ -1132,9 +1139,7 @@ async def test_a_key_reused_for_another_message_is_refused_not_answered_as_the_f
     from providers.operations import EditMessage
     from runtime import InvalidMessage, KeyReused
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.1) as (node, calls):
         first = await node.send("a", message("k", "hello"))
         others = [
             message("k", "goodbye"),  # another text
@@ -1162,9 +1167,7 @@ async def test_a_replayed_dead_letter_whose_key_went_out_with_another_message_st
     # other and gone.
     from runtime import PermanentSendError
 
-    calls = count_sends(monkeypatch, fail_first_of="d")
-    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.1, fail_first_of="d") as (node, calls):
         with pytest.raises(PermanentSendError):
             await node.send("a", message("d", "one"))
         await node.send("a", message("d", "two"))  # (the key is free: "one" failed)
@@ -1183,9 +1186,7 @@ async def test_a_kept_message_whose_key_went_out_with_another_becomes_a_dead_let
     # letter now, once per key, which holds it from then on.
     from runtime import KeyReused
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.1) as (node, calls):
         await node.send("a", message("kept", "sent since"))
         for _ in range(2):
             with pytest.raises(KeyReused):
@@ -1202,9 +1203,7 @@ async def test_a_key_reused_after_restart_channel_is_still_refused(
     # their prints (a checkpoint's copy keeps none).
     from runtime import KeyReused
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.1) as (node, calls):
         first = await node.send("a", message("r", "one"))
         for n in range(300):  # more than a checkpoint's 256 answers, all kept
             await node.send("a", message(f"more-{n}"))
@@ -1227,9 +1226,7 @@ async def test_a_message_whose_content_cannot_be_printed_is_sent_once_not_crashe
     class Odd(enum.Enum):
         SET = {1}
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 0.1) as (node, calls):
         odd = OutboundMessage(peer="p1", idempotency_key="odd", text="x", metadata=Odd.SET)  # type: ignore[arg-type]
         first = await node.send("a", odd)
         assert await node.send("a", odd) == first  # (no print: answered as before)
@@ -1242,9 +1239,7 @@ async def test_a_key_reused_while_its_first_send_is_out_is_refused_at_once(
 ) -> None:
     from runtime import KeyReused
 
-    calls = count_sends(monkeypatch)
-    provider = SimulatedProvider(latency=Fixed(seconds=3.0))
-    async with simulated_node(provider) as node:
+    async with counted_node(monkeypatch, 3.0) as (node, calls):
         first: list[Any] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(append_outcome, first, node.send, "a", message("out", "one"))
