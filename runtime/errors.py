@@ -283,8 +283,10 @@ class KeyReused(InvalidMessage, actors.KeyReused):
     sent. Send it with a key of its own.
 
     A retry must carry the same message as the first send; a key whose
-    answer was restored from a checkpoint (after a restart, or a move to
-    another node) answers any send of it, as before this check.
+    answer was restored from a checkpoint (after the node restarted, or on
+    the channel's next owner) answers any send of it, as before this check.
+    A kept message's resend or a replayed dead letter refused so is a dead
+    letter (this error its reason).
     """
 
 

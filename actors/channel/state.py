@@ -583,8 +583,9 @@ class SentResults:
     with the first answer instead of being sent again. The key reused for
     another message (another peer, text, media...) is refused instead: each
     answer keeps the print of what it answered (:meth:`reused`; an answer
-    restored from a checkpoint has none, and answers any send of its key). The table is made
-    with the first send: a receive-only channel never needs one.
+    restored from a checkpoint has none, and answers any send of its key).
+    The table is made with the first send: a receive-only channel never
+    needs one.
 
     Design notes:
 
@@ -592,9 +593,9 @@ class SentResults:
       up to ``capacity`` answers for every channel that sends (a million at
       1,000 busy channels), for as long as the node runs. Each answer is
       kept as one string, ``"<platform message id>\\0<peer>\\0<print>"`` (a
-      tuple where the id holds a NUL), which the collector does not track. A tuple per
-      answer, as before, was untracked only by the first collection that saw
-      it, and every one made counted towards that collection: until each
+      tuple where the id holds a NUL), which the collector does not track. A
+      tuple per answer, as before, was untracked only by the first collection
+      that saw it, and every one made counted towards that collection: until each
       channel's table was full (a put then frees what it replaces), the
       answers set off a young collection every 20,000 sends, 25-48 ms each at
       1,000 channels (measured in the channels benchmark). A checkpoint's
