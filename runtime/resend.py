@@ -189,25 +189,21 @@ async def _resend_one(
             exc,
             extra={**extra, "error.type": type(exc).__name__},
         )
-    except KeyReused as exc:
-        # Its key went out meanwhile with another message (a caller reused it):
-        # sent under it, it would break what the key guarantees. The node made
-        # it a dead letter (listed, discardable), which holds it from here on.
-        log.error(
-            "a message kept by an earlier run (idempotency key %r) was dead-lettered: its "
-            "key was sent since with another message (%s); send it with a key of its own",
-            key,
-            exc,
-            extra={**extra, "error.type": type(exc).__name__},
-        )
     except InvalidMessage as exc:
-        # Kept by an older version, which let it in: it can never be sent, and
-        # kept it would be tried at every start. Not dead-lettered either: what
-        # makes it invalid (a None peer) would spoil the channel's checkpoints.
+        if isinstance(exc, KeyReused):
+            # Its key went out meanwhile with another message (a caller reused
+            # it): sent under it, it would break what the key guarantees. The
+            # node made it a dead letter, which holds it from here on.
+            fate = "was dead-lettered: its key was sent since with another message"
+        else:
+            # Kept by an older version, which let it in: it can never be sent, and
+            # kept it would be tried at every start. Not dead-lettered either: what
+            # makes it invalid (a None peer) would spoil the channel's checkpoints.
+            fate = "can never be sent and is dropped"
         log.error(
-            "a message kept by an earlier run (idempotency key %r) can never be sent and is "
-            "dropped: %s",
+            "a message kept by an earlier run (idempotency key %r) %s: %s",
             key,
+            fate,
             exc,
             extra={**extra, "error.type": type(exc).__name__},
         )

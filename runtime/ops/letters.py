@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from providers import bounded_json
+from providers.masking import shown
 
 from ..errors import NodeError, UnknownChannel
 from ..store.durable import DEFAULT_LETTER_LIMIT, StoredDeadLetter
@@ -119,7 +120,6 @@ class DeadLetterApi:
 
 
 _LIST_PARAMETERS = ("channel", "tenant", "error", "older_than", "limit")
-_NAME_SHOWN = 40  # characters of a parameter's name an answer shows
 
 
 def _check_names(items: Sequence[tuple[str, str]]) -> None:
@@ -128,9 +128,8 @@ def _check_names(items: Sequence[tuple[str, str]]) -> None:
     seen: set[str] = set()
     for name, _ in items:
         if name not in _LIST_PARAMETERS:
-            shown = name if len(name) <= _NAME_SHOWN else f"{name[:_NAME_SHOWN]}..."
             raise _BadRequest(
-                f"unknown query parameter {shown!r}; the listing takes "
+                f"unknown query parameter {shown(name)}; the listing takes "
                 + ", ".join(_LIST_PARAMETERS)
             )
         if name in seen:
