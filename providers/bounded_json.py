@@ -18,10 +18,20 @@ Design:
 - Both refusals are :class:`ValueError` subclasses, so code that already
   answers "not JSON" for a ``ValueError`` keeps doing so; their messages say
   what the limit is and never echo the body.
+- An object that names a key twice (``{"peer": "a", "peer": "b"}``) is valid
+  JSON to both parsers, which keep the last value without a word; a proxy
+  or a log that read the first one saw another message than the node sent.
+  Where a body is our own API's (``unique_keys``), it is refused
+  (:class:`JSONDuplicateKey`, naming the key). The check costs no second
+  parse: the keys the text spells (every string followed by a colon,
+  counted in C) are compared with the keys the parsed objects hold, and
+  only a body where they differ is parsed again, by :mod:`json` with a
+  hook that finds the key.
 
 Error tree::
 
     ValueError
+    ├── JSONDuplicateKey
     └── JSONLimitExceeded
         ├── JSONTooDeep
         └── JSONTooLarge
@@ -29,6 +39,7 @@ Error tree::
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Final
 
@@ -36,11 +47,13 @@ from ._json import parsed
 
 __all__ = [
     "MAX_DEPTH",
+    "JSONDuplicateKey",
     "JSONLimitExceeded",
     "JSONTooDeep",
     "JSONTooLarge",
     "check_depth",
     "loads",
+    "refuse_repeated_keys",
 ]
 
 MAX_DEPTH: Final = 64  # nesting levels (arrays and objects) a JSON value may have
@@ -48,6 +61,7 @@ MAX_DEPTH: Final = 64  # nesting levels (arrays and objects) a JSON value may ha
 _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _SQUARE: Final = bytes.maketrans(b"{}", b"[]")
+_BLANKS: Final = b" \t\r\n"  # JSON's whitespace
 
 
 class JSONLimitExceeded(ValueError):
@@ -60,6 +74,14 @@ class JSONTooDeep(JSONLimitExceeded):
 
 class JSONTooLarge(JSONLimitExceeded):
     """A JSON body larger than allowed."""
+
+
+class JSONDuplicateKey(ValueError):
+    """A JSON object that names one key twice (``key``: that key)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"an object names the key {json.dumps(key)[:80]} twice")
+        self.key = key
 
 
 def _too_deep(raw: bytes, max_depth: int) -> bool:
@@ -101,13 +123,20 @@ def check_depth(data: bytes | str, max_depth: int = MAX_DEPTH) -> None:
         raise JSONTooDeep(f"the JSON body nests more than the {max_depth} levels allowed")
 
 
-def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | None = None) -> Any:
+def loads(
+    data: bytes | str,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_bytes: int | None = None,
+    unique_keys: bool = False,
+) -> Any:
     """Parse ``data`` as JSON once it is known to be within the limits.
 
     Args:
         data: the raw JSON text (bytes in any encoding :func:`json.loads` accepts).
         max_depth: the most nesting levels allowed.
         max_bytes: the most bytes (UTF-8 for a ``str``) allowed; ``None`` for any.
+        unique_keys: refuse an object that names a key twice.
 
     Returns:
         The JSON value.
@@ -115,6 +144,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | Non
     Raises:
         JSONTooLarge: ``data`` is over ``max_bytes``.
         JSONTooDeep: ``data`` nests deeper than ``max_depth``.
+        JSONDuplicateKey: ``unique_keys``, and an object names a key twice.
         ValueError: ``data`` is not JSON (:class:`json.JSONDecodeError`, or
             :class:`UnicodeDecodeError` for bytes in no JSON encoding).
     """
@@ -123,6 +153,58 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, max_bytes: int | Non
         raise JSONTooLarge(f"the JSON body has {len(raw)} bytes, more than the {max_bytes} allowed")
     check_depth(raw, max_depth)
     try:
-        return parsed(data)
+        value = parsed(data)
     except RecursionError as exc:  # a backstop: the scan should have caught it
         raise JSONTooDeep(f"the JSON body nests more than {max_depth} levels deep") from exc
+    if unique_keys:
+        held = _keys_held(value)
+        # Each key spelt takes a colon: as many colons as keys held, none repeats.
+        if raw.count(b":") != held and _keys_spelt(raw) != held:
+            _find_repeated_key(data)
+    return value
+
+
+def _keys_spelt(raw: bytes) -> int:
+    """How many object keys the UTF-8 text ``raw`` spells: strings followed by a colon.
+
+    Every string becomes one quote; a colon outside strings follows a key
+    and nothing else. (Text in another encoding counts wrong, and is then
+    parsed again by :func:`_find_repeated_key`, which is exact.)
+    """
+    return _STRING.sub(b'"', raw).translate(None, _BLANKS).count(b'":')
+
+
+def _keys_held(value: Any) -> int:
+    """How many keys the objects of a parsed JSON value hold, all levels together."""
+    count = 0
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is dict:
+            count += len(item)
+            todo += [v for v in item.values() if type(v) is dict or type(v) is list]
+        elif type(item) is list:
+            todo += [v for v in item if type(v) is dict or type(v) is list]
+    return count
+
+
+def refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` for :func:`json.loads` that raises :class:`JSONDuplicateKey`."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JSONDuplicateKey(key)
+            seen.add(key)
+    return value
+
+
+def _find_repeated_key(data: bytes | str) -> None:
+    """Raise :class:`JSONDuplicateKey` for the first key ``data`` repeats in an object, if any."""
+    try:
+        json.loads(data, object_pairs_hook=refuse_repeated_keys)
+    except JSONDuplicateKey:
+        raise
+    except (ValueError, RecursionError):  # what msgspec alone took: no repeat was seen
+        pass

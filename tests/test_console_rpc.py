@@ -182,6 +182,17 @@ def test_non_json_numbers_are_a_parse_error(constant: str) -> None:
     assert dispatch(sent)["error"]["code"] == ErrorCode.PARSE_ERROR
 
 
+def test_a_key_named_twice_is_a_parse_error_that_names_it() -> None:
+    # {"method": "sum", ..., "method": "subtract"}: which one a proxy or an audit
+    # log read is anybody's guess; the server runs neither.
+    sent = '{"jsonrpc": "2.0", "method": "sum", "params": [1, 2], "id": 1, "method": "subtract"}'
+    error = dispatch(sent)["error"]
+    assert error["code"] == ErrorCode.PARSE_ERROR
+    assert 'names the key "method" twice' in error["data"]
+    nested = '{"jsonrpc": "2.0", "method": "sum", "params": {"a": 1, "a": 2}, "id": 1}'
+    assert dispatch(nested)["error"]["code"] == ErrorCode.PARSE_ERROR
+
+
 def test_a_null_id_is_a_request_not_a_notification() -> None:
     (call,) = rpc.parse('{"jsonrpc": "2.0", "method": "get_data", "id": null}').items
     assert isinstance(call, Call)

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from providers import bounded_json
 from providers.telegram import SECRET_HEADER
@@ -85,6 +87,60 @@ def test_json_over_the_size_limit_is_refused_and_bad_json_is_a_value_error() -> 
         bounded_json.loads(b"[[[[")  # unmatched, but shallow: the parser's own error
     with pytest.raises(bounded_json.JSONTooDeep):
         bounded_json.loads(b"]" + b"[" * 100)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (b'{"peer": "a", "peer": "b"}', "peer"),
+        (b'{"peer": "a", "text": "x", "peer" : "b"}', "peer"),  # a blank before the colon
+        (b'{"media": {"kind": "image", "kind": "video"}}', "kind"),  # in a nested object
+        (b'[{"a": 1}, {"b": 1, "b": 2}]', "b"),  # in an array
+        (b'{"\\u0070eer": "a", "peer": "b"}', "peer"),  # the same key, spelt escaped
+        ('{"tëxt": 1, "tëxt": 2}'.encode("utf-16"), "tëxt"),  # another encoding: exact too
+        ('{"p": "a", "p": "b"}', "p"),  # str as well as bytes
+    ],
+)
+def test_a_key_named_twice_is_refused_where_keys_must_be_unique(text: bytes, key: str) -> None:
+    with pytest.raises(bounded_json.JSONDuplicateKey, match=r"names the key .* twice") as caught:
+        bounded_json.loads(text, unique_keys=True)
+    assert caught.value.key == key
+    bounded_json.loads(text)  # (by default, as JSON allows: the last one wins)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": "b:", "c": ["d", ":", "e:f"], "g": {"a": 1}}',  # colons and keys in strings
+        b'{"a\\"": 1, "a": 2, "\\\\": {"\\\\\\"": 3}}',  # escaped quotes and backslashes
+        b'["a", ":", "b"]',
+        b'"no:keys"',
+        b'{"a":{"a":{"a":{}}}}',  # one name at several levels is no repeat
+    ],
+)
+def test_unique_keys_accepts_what_repeats_no_key(text: bytes) -> None:
+    assert bounded_json.loads(text, unique_keys=True) == json.loads(text)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet='ab:"\\ {}[],', max_size=3), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_JSON, st.booleans())
+def test_unique_keys_agrees_with_a_parser_that_sees_every_key(value: Any, spaced: bool) -> None:
+    text = json.dumps(value, separators=(", ", " : ") if spaced else (",", ":"))
+    assert bounded_json.loads(text, unique_keys=True) == value
+    # The same text beside an object that repeats a key, and inside one: refused, by name.
+    for doubled in (f'[{text}, {{"dup": 0, "dup": 1}}]', f'{{"dup": {text}, "dup": 1}}'):
+        with pytest.raises(bounded_json.JSONDuplicateKey) as caught:
+            bounded_json.loads(doubled, unique_keys=True)
+        assert caught.value.key == "dup"
 
 
 # --- the providers' webhook judges ------------------------------------------------------------
@@ -180,6 +236,47 @@ async def test_a_nested_multipart_message_answers_400() -> None:
             answer = await client.post("/v1/channels/tg-1/messages", files=files, headers=BEARER)
     assert answer.status_code == 400, answer.text
     assert "64 levels" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (
+            "/v1/channels/tg-1/messages",
+            b'{"peer": "a", "text": "hi", "peer": "b"}',
+            "InvalidMessage",
+        ),
+        (
+            "/v1/channels/tg-1/operations",
+            b'{"op": "message", "peer": "a", "text": "hi", "text": "bye"}',
+            "InvalidOperation",
+        ),
+        ("/v1/channels/tg-1/dead-letters/replay", b'{"ids": [1], "ids": [2]}', "InvalidBody"),
+    ],
+)
+async def test_a_body_naming_a_key_twice_answers_400_and_sends_nothing(
+    path: str, body: bytes, error: str
+) -> None:
+    node = hostile_node()
+    with trio.fail_after(CEILING):
+        async with serving(node, api_token=API_TOKEN) as (client, _):
+            answer = await client.post(path, content=body, headers=BEARER)
+    assert (answer.status_code, answer.json()["error"]) == (400, error), answer.text
+    assert "twice" in answer.json()["message"]
+    assert node.sent == []
+
+
+async def test_a_multipart_message_naming_a_key_twice_answers_400() -> None:
+    message = b'{"peer": "a", "media": {"kind": "image"}, "peer": "b"}'
+    files = {"message": (None, message), "file": ("a.png", b"x", "image/png")}
+    node = hostile_node()
+    with trio.fail_after(CEILING):
+        async with serving(node, api_token=API_TOKEN) as (client, _):
+            answer = await client.post("/v1/channels/tg-1/messages", files=files, headers=BEARER)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["problems"][0]["path"] == "$.message"
+    assert 'names the key "peer" twice' in answer.json()["message"]
+    assert node.sent == []
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,8 @@ import attrs
 import cattrs
 from cattrs.cols import list_structure_factory
 
+from providers.bounded_json import refuse_repeated_keys
+
 __all__ = [
     "JSONRPC",
     "WIRE",
@@ -210,7 +212,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=refuse_repeated_keys)
 
 
 def dumps(value: Any) -> str:

@@ -641,12 +641,15 @@ class _Ops:
             raw = (
                 await read_multipart(request.headers, body)
                 if multipart
-                else bounded_json.loads(body)
+                else bounded_json.loads(body, unique_keys=True)
             )
             message = _structure_message(raw)
         except _InvalidMessage as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
             return _error(400, "InvalidMessage", str(exc), problems=problems)
+        except bounded_json.JSONDuplicateKey as exc:
+            problems = [{"path": "$", "message": f"the body is ambiguous: {exc}"}]
+            return _error(400, "InvalidMessage", problems[0]["message"], problems=problems)
         except ValueError as exc:
             problems = [{"path": "$", "message": f"the body is not JSON: {exc}"}]
             return _error(400, "InvalidMessage", problems[0]["message"], problems=problems)
@@ -666,10 +669,14 @@ class _Ops:
         if body is None:
             return _too_large()
         try:
-            op = structure_operation(bounded_json.loads(body), MESSAGE_API, _describe)
+            raw = bounded_json.loads(body, unique_keys=True)
+            op = structure_operation(raw, MESSAGE_API, _describe)
         except InvalidBody as exc:
             problems = [{"path": path, "message": text} for path, text in exc.problems]
             return _error(400, "InvalidOperation", str(exc), problems=problems)
+        except bounded_json.JSONDuplicateKey as exc:
+            problems = [{"path": "$", "message": f"the body is ambiguous: {exc}"}]
+            return _error(400, "InvalidOperation", problems[0]["message"], problems=problems)
         except ValueError as exc:
             problems = [{"path": "$", "message": f"the body is not JSON: {exc}"}]
             return _error(400, "InvalidOperation", problems[0]["message"], problems=problems)

@@ -156,7 +156,9 @@ def _ids(body: bytes) -> list[int] | None:
     if not body.strip():
         return None
     try:
-        data = bounded_json.loads(body)
+        data = bounded_json.loads(body, unique_keys=True)
+    except bounded_json.JSONDuplicateKey as exc:
+        raise _BadRequest(f"the body is ambiguous: {exc}") from None
     except ValueError as exc:
         raise _BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict) or set(data) - {"ids"}:

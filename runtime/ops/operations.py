@@ -158,7 +158,9 @@ async def read_multipart(headers: Headers, body: bytes) -> Any:
     if not isinstance(part, str):
         raise InvalidBody([("$.message", "a multipart message needs a 'message' JSON field")])
     try:
-        message = bounded_json.loads(part)
+        message = bounded_json.loads(part, unique_keys=True)
+    except bounded_json.JSONDuplicateKey as exc:
+        raise InvalidBody([("$.message", f"ambiguous: {exc}")]) from exc
     except ValueError as exc:
         raise InvalidBody([("$.message", f"not JSON: {exc}")]) from exc
     upload = form.get("file")
