@@ -19,10 +19,12 @@ Design:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import ChannelUnavailable
+import actors
+
+from .errors import ChannelFailed, ChannelUnavailable, NodeError
 from .store.durable import DEFAULT_LETTER_LIMIT, DeadLetterFilter, StoredDeadLetter
 
 if TYPE_CHECKING:
@@ -89,7 +91,9 @@ class DeadLetterOps:
 
         Raises:
             UnknownChannel: no such channel.
-            ChannelUnavailable: the channel does not run here (start it first).
+            ChannelUnavailable: the channel does not run here (start it first),
+                or the store did not record the letters' taking (they stay).
+            ChannelFailed: the channel failed for good; restart it first (they stay).
         """
         row = self._table.get(channel_id)
         if self._cluster is not None and not self._runs_here(channel_id):
@@ -101,7 +105,7 @@ class DeadLetterOps:
                 "start it to replay its dead letters",
                 channel_id=channel_id,
             )
-        return await row.channel.replay_dead_letters(ids)
+        return await _counted(channel_id, row.channel.replay_dead_letters(ids))
 
     async def discard_dead_letters(self, channel_id: str, ids: Sequence[int] | None = None) -> int:
         """Forget a channel's dead letters (all, or these ids); returns how many.
@@ -111,15 +115,35 @@ class DeadLetterOps:
 
         Raises:
             StoreError: a stopped channel's letters could not be discarded.
+            ChannelUnavailable: a running channel's store did not record it.
         """
         row = self._table.find(channel_id)
         if self._cluster is not None and row is not None and not self._runs_here(channel_id):
             answer = await self._forward_op(channel_id, "discard", _ids(ids))
             return int(answer["count"])
         if row is not None and row.channel is not None:
-            return await row.channel.discard_dead_letters(ids)
+            return await _counted(channel_id, row.channel.discard_dead_letters(ids))
         where = DeadLetterFilter(channel_id=channel_id, ids=None if ids is None else tuple(ids))
         return await self.store.discard_dead_letters(where)
+
+
+async def _counted(channel_id: str, asked: Awaitable[int]) -> int:
+    """The count a channel answered; its refusals as the node's errors (the
+    ops API and the console answer those, not the kernel's)."""
+    try:
+        return await asked
+    except NodeError:
+        raise
+    except actors.ChannelFailed as exc:
+        raise ChannelFailed(str(exc), channel_id=channel_id) from exc
+    except actors.ChannelUnavailable as exc:
+        raise ChannelUnavailable(str(exc), channel_id=channel_id) from exc
+    except actors.ActorDead as exc:
+        raise ChannelUnavailable(
+            f"channel {channel_id!r} stopped before it answered, and may not have done "
+            "it; list its dead letters once it runs again",
+            channel_id=channel_id,
+        ) from exc
 
 
 def _ids(ids: Sequence[int] | None) -> dict[str, Any]:

@@ -370,6 +370,79 @@ async def test_failures_go_to_the_dead_letter_queue_and_replay(
             assert [m.idempotency_key for _, m in provider.sent][-1] == "dl-1"
 
 
+async def test_a_replayed_letter_refused_before_sending_stays_a_letter(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A kept message refused before sending is a dead letter (MessageTooLong);
+    # replayed, the channel refuses it again as it is taken. Nobody waits for
+    # a replay: the refusal went nowhere, and the letter, taken off the queue
+    # durably, was gone without a word.
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            with pytest.raises(MessageTooLong):
+                await channel.perform(out(text="x" * 101, key="long"), keep_refused=True)
+            [letter] = await channel.dead_letters()
+            assert letter.error_type == "MessageTooLong"
+            assert await channel.replay_dead_letters() == 1
+            await trio.sleep(5.0)
+            [again] = await channel.dead_letters()
+            assert again.message == letter.message
+            assert again.error_type == "MessageTooLong"
+            assert provider.send_attempts == []
+
+
+async def test_a_replayed_letter_that_finds_no_connection_stays_a_letter(
+    autojump_clock: Any,
+) -> None:
+    # Replayed while the platform is down: the send waits connect_wait for a
+    # connection and gives up (ChannelUnavailable, which is no dead letter for
+    # a caller who hears it). Nobody hears a replay's: it is a letter again.
+    provider = FakeProvider(
+        limits=GENEROUS,
+        send_script=[BadRecipient("no such chat", peer="p1")],
+        connect_script=[None] + [TransientError("down")] * 100,
+    )
+    chosen = settings(connect_wait=20.0)
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(provider, channel_settings=chosen) as channel:
+            first = await provider.wait_connected(1)
+            with pytest.raises(BadRecipient):
+                await channel.send(out(key="down"))
+            first.drop()
+            await trio.sleep(1.0)
+            assert channel.statistics().status is not ChannelStatus.CONNECTED
+            assert await channel.replay_dead_letters() == 1
+            await trio.sleep(60.0)
+            [again] = await channel.dead_letters()
+            assert (again.message.idempotency_key, again.error_type) == (
+                "down",
+                "ChannelUnavailable",
+            )
+            assert len(provider.send_attempts) == 1
+
+
+async def test_a_failed_channel_refuses_a_replay_and_keeps_its_letters(autojump_clock: Any) -> None:
+    # Each letter would be refused as it went (ChannelFailed), nobody hearing it.
+    provider = FakeProvider(
+        limits=GENEROUS,
+        send_script=[BadRecipient("no such chat", peer="p1"), AuthenticationFailed("revoked")],
+    )
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            with pytest.raises(BadRecipient):
+                await channel.send(out(key="kept"))
+            with pytest.raises(ChannelFailed):
+                await channel.send(out(key="fails-it"))
+            before = await channel.dead_letters()
+            with pytest.raises(ChannelFailed, match="restart it before replaying"):
+                await channel.replay_dead_letters()
+            assert await channel.dead_letters() == before
+            assert [m.idempotency_key for _, m in provider.send_attempts] == ["kept", "fails-it"]
+
+
 async def test_too_long_text_is_refused_before_sending(autojump_clock: Any) -> None:
     provider = FakeProvider(limits=GENEROUS)
     with trio.fail_after(CEILING):

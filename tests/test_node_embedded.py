@@ -1178,6 +1178,51 @@ async def test_a_replayed_dead_letter_whose_key_went_out_with_another_message_st
         assert calls == {"d": 2}
 
 
+async def test_a_replayed_letter_made_a_letter_again_is_written_at_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The replay wrote the letter's taking at once; its return as a letter
+    # waited for the next checkpoint round, and a kill before it lost it.
+    from runtime import PermanentSendError
+
+    calls = count_sends(monkeypatch, fail_first_of="d")
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider, storage={"checkpoint_interval": 3600}) as node:
+        with pytest.raises(PermanentSendError):
+            await node.send("a", message("d", "one"))
+        await node.send("a", message("d", "two"))
+        assert await node.replay_dead_letters("a") == 1
+        await trio.testing.wait_all_tasks_blocked()
+        stored = await node.store.load_checkpoint("a")
+        assert stored is not None and stored.state is not None
+        (record,) = stored.state.dead_letters
+        assert (record.error_type, record.message.text) == ("KeyReused", "one")
+        assert calls == {"d": 2}
+
+
+async def test_a_failed_channels_replay_is_the_nodes_channel_failed_and_keeps_the_letters(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the letters were taken and each replayed send refused unheard
+    # (gone); and the kernel's own error reached the ops API (500) and the console.
+    from runtime import ChannelFailed, NodeError, PermanentSendError
+
+    count_sends(monkeypatch, fail_first_of="d")
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with simulated_node(provider) as node:
+        with pytest.raises(PermanentSendError):
+            await node.send("a", message("d", "one"))
+        provider.ban("a")
+        with node.subscribe(channel="a", kind="state") as changes:
+            while node.channels()[0].status is not ChannelStatus.FAILED:
+                await changes.receive()
+        with pytest.raises(ChannelFailed, match="restart it before replaying") as caught:
+            await node.replay_dead_letters("a")
+        assert isinstance(caught.value, NodeError)
+        (letter,) = await node.channel("a").dead_letters()
+        assert letter.message.text == "one"
+
+
 async def test_a_kept_message_whose_key_went_out_with_another_becomes_a_dead_letter(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

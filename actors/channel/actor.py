@@ -31,7 +31,7 @@ from providers.operations import Operation
 
 from .. import lowlevel
 from ..actor import Actor, Exit
-from ..errors import ChannelUnavailable
+from ..errors import ChannelFailed, ChannelUnavailable
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish_in_order
 from .pacing import Turns
@@ -336,6 +336,15 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         cannot be written, the letters go back and the request is refused.
         """
         memory = self.memory
+        if replay and memory.status is ChannelStatus.FAILED:
+            # Each would be refused as it went (ChannelFailed): they stay letters.
+            return outcome.Error(
+                ChannelFailed(
+                    f"channel {self.config.channel_id!r} has failed ({memory.last_error}); "
+                    "restart it before replaying its dead letters, which stay where they are",
+                    channel_id=self.config.channel_id,
+                )
+            )
         letters = memory.dead_letters.take(None if ids is None else list(ids))
         if not letters:
             return 0
@@ -353,8 +362,10 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
                     )
                 )
         if replay:
+            # Nobody waits for a replay: whatever refuses a letter makes it one
+            # again (keep_refused as it is taken, SendPath._unheard after).
             for letter in letters:
-                self.ref.tell(Send(letter.message))
+                self.ref.tell(Send(letter.message, keep_refused=True))
         return len(letters)
 
     def receive_at_once(self, msg: Any) -> Any:

@@ -43,6 +43,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
@@ -230,6 +231,18 @@ class SendPath:
             await memory.checkpoints.write_now(memory)
         except Exception as exc:  # kept dirty: the writer's next round tries again
             self._log.warning("%r: a dead letter could not be written at once: %s", self, exc)
+
+    def _unheard(self, message: Operation, error: BaseException) -> None:
+        """A refusal its sender does not hear (a replayed dead letter, which no
+        one asked for): the message becomes a dead letter again, once per
+        key, written at once, so that nothing a replay took is lost."""
+        memory = self.memory
+        if memory.dead_letters.add_once(message, error, 0):
+            memory.touch()
+            # (As the incarnation ends there is no task to start: its stop's checkpoint writes it.)
+            with contextlib.suppress(RuntimeError, NotInActorContext):
+                self.start_task(self._keep_dead_letters)
+        self._log.error("%r: %s; it is in the dead-letter queue", self, error)
 
     async def _keep_refused(self, message: Operation, error: PermanentSendError) -> None:
         """A refused message nobody waits for becomes a dead letter (see ``Send.keep_refused``).
@@ -500,9 +513,7 @@ class SendPath:
                 if not asked or getattr(item.msg, "keep_refused", False):
                     # A replayed dead letter (nobody waits) or a kept message's
                     # resend: a dead letter (again), saying why, not lost.
-                    if self.memory.dead_letters.add_once(message, error, 0):
-                        self.memory.touch()
-                    self._log.error("%r: %s; it is in the dead-letter queue", self, error)
+                    self._unheard(message, error)
                 if asked:
                     item.fail(error)
                 del error  # (no cycle through this frame)
@@ -533,6 +544,10 @@ class SendPath:
         item = flight.item
         if type(item) is lowlevel.Ask:
             item.reply(result)
+        elif type(result) is outcome.Error and not flight.settled:
+            # Refused, and not dead-lettered on the way (no connection within
+            # connect_wait, a channel failed since): nobody hears it.
+            self._unheard(flight.message, result.error)
         window = self._window
         following = window.finish(flight)
         if following is not None and window.closing:  # stopping: the rest waits in the mailbox
