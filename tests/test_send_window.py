@@ -176,6 +176,25 @@ def test_the_window_chains_sends_per_peer_and_hands_back_what_is_cut_off() -> No
         SendWindow(0)
 
 
+def test_a_key_in_the_window_belongs_to_its_peer_until_its_last_send_leaves() -> None:
+    window = SendWindow(8)
+    first, again = Flight(out("a", "k"), 1), Flight(out("a", "k"), 2)
+    assert not window.elsewhere(out("b", "k"))  # (an empty window)
+    window.admit(first)
+    window.admit(again)  # the same peer's: chained behind it
+    assert window.elsewhere(out("b", "k")) and not window.elsewhere(out("a", "k"))
+    assert not window.elsewhere(out("b", "other"))
+    assert window.finish(first) is again
+    assert window.elsewhere(out("b", "k"))  # its second send is still here
+    assert window.finish(again) is None
+    assert not window.elsewhere(out("b", "k"))
+    window.admit(Flight(out("a", "k2"), 3))
+    window.admit(Flight(out("a", "k3"), 4))
+    (head, behind) = window.abandon(window._chains["a"][0])  # type: ignore[index]
+    assert (head.item, behind.item) == (3, 4)
+    assert not window.elsewhere(out("b", "k2")) and not window.elsewhere(out("b", "k3"))
+
+
 def test_the_default_window_covers_the_platform_rate_over_300_ms() -> None:
     def limits(rate: float) -> PlatformLimits:
         return attrs.evolve(GENEROUS, per_channel_rate=rate)

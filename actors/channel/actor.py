@@ -105,6 +105,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
 
     # A node runs ten thousand of these: no per-instance __dict__.
     __slots__ = (
+        "_breaker_moved",
         "_conn",
         "_connected",
         "_connection_scope",
@@ -142,6 +143,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._leftover: trio.Event | None = None
         self._window = SendWindow(send_window(config, provider.limits))
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
+        self._breaker_moved: trio.Event | None = None  # made by a send the breaker holds
 
     @classmethod
     def factory(

@@ -205,6 +205,7 @@ class SendPath:
     _window: SendWindow
     _turns: Turns | None
     _conn: Connection | None
+    _breaker_moved: trio.Event | None
 
     if TYPE_CHECKING:
 
@@ -301,6 +302,8 @@ class SendPath:
             if getattr(send, "keep_refused", False):
                 await self._keep_refused(message, exc)
             return outcome.Error(exc)
+        if self._window.elsewhere(message):
+            return self._refuse_elsewhere(send, message)
         window = self._admit(send, message)
         if window.full:
             await window.wait_for_room()
@@ -322,8 +325,23 @@ class SendPath:
             if getattr(send, "keep_refused", False):
                 return lowlevel.AT_LEISURE
             return outcome.Error(exc)
+        if window.elsewhere(message):
+            return self._refuse_elsewhere(send, message)
         self._admit(send, message)
         return None
+
+    def _refuse_elsewhere(self, send: Any, message: Operation) -> outcome.Error:
+        """The refusal of a send whose key is on its way to another peer (a
+        send nobody waits for, or a kept one's, a dead letter too)."""
+        key = message.idempotency_key
+        error = KeyReused(
+            f"channel {self.config.channel_id!r}, idempotency key {key!r}: the key is being "
+            "sent to another peer; this message was not sent (send it with a key of its own)",
+            channel_id=self.config.channel_id,
+        )
+        if getattr(send, "keep_refused", False):
+            self._unheard(message, error)
+        return outcome.Error(error)
 
     def _admit(self, send: Any, message: Operation) -> SendWindow:
         """Take the ``Send`` being handled into the window; its chain flies if it heads one."""
@@ -439,6 +457,8 @@ class SendPath:
             return
         memory = self.memory
         memory.breaker.record_success(trio.current_time())
+        if self._breaker_moved is not None:
+            self._breaker_told()
         if type(flight.message) is OutboundMessage:
             memory.counters["sent"] += 1
         following = self._settle(flight, result)
@@ -645,11 +665,12 @@ class SendPath:
                 try:
                     breaker.allow(now)
                 except CircuitOpen as exc:
-                    await trio.sleep_until(exc.retry_at)
+                    await self._breaker_wait(exc.retry_at)
                     continue
                 conn = await self._live_connection()
                 if not memory.limiter.try_acquire(trio.current_time(), key=peer):
                     breaker.record_success(trio.current_time())  # release a trial slot
+                    self._breaker_told()
                     continue
                 if self._turns is not None:
                     self._turns.pass_on()  # this turn is taken: the next in line may go or wait
@@ -663,12 +684,36 @@ class SendPath:
                     await self._after(exc, message, attempts, flight)
                     continue
                 breaker.record_success(trio.current_time())
+                self._breaker_told()
                 if type(message) is OutboundMessage:
                     memory.counters["sent"] += 1
                 return result
         finally:
             if holding and self._turns is not None:
                 self._turns.pass_on()  # left the line by an exception or a cancel
+
+    async def _breaker_wait(self, until: float) -> None:
+        """Wait while the breaker refuses: until ``until``, or until a call's outcome
+        is recorded (a trial's closes the breaker, or opens it again), whichever
+        comes first.
+
+        A breaker HALF_OPEN with its trial slot taken answers ``retry_at`` as
+        the time the slot is reclaimed should the trial never report, a whole
+        ``reset_timeout`` away: the sends behind it waited that long after
+        the trial had closed the breaker, and timed out.
+        """
+        event = self._breaker_moved
+        if event is None:
+            event = self._breaker_moved = trio.Event()
+        with trio.move_on_at(until):
+            await event.wait()
+
+    def _breaker_told(self) -> None:
+        """A call's outcome went to the breaker: the sends it holds look again."""
+        event = self._breaker_moved
+        if event is not None:
+            self._breaker_moved = None
+            event.set()
 
     async def _after(
         self, error: ProviderError, message: Operation, attempts: int, flight: Flight | None
@@ -714,6 +759,7 @@ class SendPath:
             memory.breaker.record_failure(now)
         else:
             memory.breaker.record_success(now)
+        self._breaker_told()
         if action is SendAction.PAUSE:
             # Not a failure; the limiter wait it causes is counted on the way round.
             until = now + verdict.delay

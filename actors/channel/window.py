@@ -16,6 +16,11 @@ Design:
 - A stop lets the sends on the wire (the chains' heads) finish, and hands
   what waits behind them back to the mailbox (:attr:`closing`), as a stop
   used to let the one send in hand finish and leave the rest queued.
+- One idempotency key, one peer: a key on its way to one peer is refused
+  for another (:meth:`SendWindow.elsewhere`). Two sends of it would both go
+  out (each its own chain, each unanswered when it leaves), and the later
+  answer would stand for both; one peer's sends of a key follow each other
+  in its chain, and the channel answers the later ones from the first.
 - A chain whose task is cancelled (the incarnation ends: a crash, a kill, a
   restart, a stop that outlasted its grace) is handed back whole, in order,
   by :meth:`abandon`; the actor puts it back at the front of its mailbox,
@@ -58,18 +63,21 @@ class Flight:
 class SendWindow:
     """Up to ``capacity`` sends taken, in chains per peer.
 
-    The chains' table is made by the first send (and kept: no allocation per
-    send) and the parking lots by the first waiter: a node runs ten thousand
-    channels, most of them idle.
+    The chains' and keys' tables are made by the first send (and kept: no
+    allocation per send) and the parking lots by the first waiter: a node
+    runs ten thousand channels, most of them idle.
     """
 
-    __slots__ = ("_chains", "_count", "_idle", "_room", "capacity", "closing")
+    __slots__ = ("_chains", "_count", "_idle", "_keys", "_room", "capacity", "closing")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"a send window holds at least one send, not {capacity}")
         self.capacity = capacity
         self._chains: dict[str, list[Flight]] | None = None
+        # Each key in the window, with its latest send (all of one peer, so the
+        # latest is the last of them to finish: its finish lets the key go).
+        self._keys: dict[str, Flight] | None = None
         self._count = 0
         self._room: ParkingLot | None = None
         self._idle: ParkingLot | None = None
@@ -92,13 +100,28 @@ class SendWindow:
         """Sends on their way to the platform now (one per peer chain)."""
         return 0 if self._chains is None else len(self._chains)
 
+    def elsewhere(self, message: Operation) -> bool:
+        """Whether ``message``'s idempotency key is in the window for another peer."""
+        keys = self._keys
+        if keys is None:
+            return False
+        other = keys.get(message.idempotency_key)
+        return other is not None and other.message.peer != message.peer
+
     def admit(self, flight: Flight) -> bool:
-        """Take ``flight``; True if it may leave now (no send to its peer is out)."""
+        """Take ``flight``; True if it may leave now (no send to its peer is out).
+
+        Its key must not be :meth:`elsewhere`.
+        """
         self._count += 1
-        peer = flight.message.peer
+        message = flight.message
+        peer = message.peer
         chains = self._chains
         if chains is None:
             chains = self._chains = {}
+            self._keys = {}
+        assert self._keys is not None
+        self._keys[message.idempotency_key] = flight
         chain = chains.get(peer)
         if chain is None:
             chains[peer] = [flight]
@@ -114,6 +137,11 @@ class SendWindow:
         chain = chains[peer]
         assert chain[0] is flight, (flight, chain)
         del chain[0]
+        keys = self._keys
+        assert keys is not None
+        key = flight.message.idempotency_key
+        if keys.get(key) is flight:
+            del keys[key]
         self._freed(1)
         if chain:
             return chain[0]
@@ -126,6 +154,12 @@ class SendWindow:
         assert chains is not None
         chain = chains.pop(flight.message.peer)
         assert chain[0] is flight, (flight, chain)
+        keys = self._keys
+        assert keys is not None
+        for each in chain:
+            key = each.message.idempotency_key
+            if keys.get(key) is each:
+                del keys[key]
         self._freed(len(chain))
         return [each for each in chain if not each.settled]
 
