@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -89,7 +89,7 @@ class RoundTrip(Answering):
     flight at once.
     """
 
-    def __init__(self, *, scripts: dict[str, Iterable[Any]] | None = None) -> None:
+    def __init__(self, *, scripts: Mapping[str, Iterable[Any]] | None = None) -> None:
         super().__init__(limits=GENEROUS)
         self.scripts = {peer: deque(script) for peer, script in (scripts or {}).items()}
         self.flying = 0
@@ -353,37 +353,54 @@ async def test_a_defect_in_one_send_fails_that_send_and_keeps_the_rest(
 # --- the window in a node --------------------------------------------------------------------
 
 
-async def test_a_drain_waits_for_every_send_in_the_window(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    from providers.simulated import Fixed, SimulatedProvider
-    from runtime import open_node, parse_config
+def node_config(drain_deadline: float = 10.0, window: int = 8) -> Any:
+    """A node of one simulated channel ``a``, limits off, with this send window."""
+    from runtime import parse_config
 
-    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
-    config = parse_config(
+    return parse_config(
         {
-            "node": {"id": "t", "drain_deadline": 10.0, "start_timeout": 1.0},
+            "node": {"id": "t", "drain_deadline": drain_deadline, "start_timeout": 1.0},
             "ops": {"enabled": False},
-            "providers": {"simulated": {"rate_limit": {"enabled": False}, "send_window": 16}},
+            "providers": {"simulated": {"rate_limit": {"enabled": False}, "send_window": window}},
             "channels": [{"id": "a", "provider": "simulated"}],
         }
     )
-    results: dict[str, Any] = {}
+
+
+@asynccontextmanager
+async def one_channel_node(
+    drain_deadline: float = 10.0, window: int = 8
+) -> AsyncIterator[tuple[Any, Any]]:
+    """``(node, its simulated platform)``: :func:`node_config`'s node, its channel
+    connected, each send 1 s on the wire, under a hang ceiling."""
+    from providers.simulated import Fixed, SimulatedProvider
+    from runtime import open_node
+
+    provider = SimulatedProvider(latency=Fixed(seconds=1.0))
+    config = node_config(drain_deadline, window)
     with trio.fail_after(CEILING):
         async with open_node(config, providers={"simulated": provider}) as node:
             with node.subscribe(kind="state") as changes:
                 while node.channels()[0].status.name != "CONNECTED":
                     await changes.receive()
-            began = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                for i in range(12):
-                    key = f"k{i}"
-                    call = node.send("a", out(f"p{i}", key))
-                    nursery.start_soon(record_outcome, results, key, call)
-                await trio.testing.wait_all_tasks_blocked()
-                report = await node.drain()
-            # all twelve were on the wire together, and the drain waited for them
-            assert trio.current_time() - began == pytest.approx(1.0)
+            yield node, provider
+
+
+async def test_a_drain_waits_for_every_send_in_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    results: dict[str, Any] = {}
+    async with one_channel_node(window=16) as (node, provider):
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                key = f"k{i}"
+                call = node.send("a", out(f"p{i}", key))
+                nursery.start_soon(record_outcome, results, key, call)
+            await trio.testing.wait_all_tasks_blocked()
+            report = await node.drain()
+        # all twelve were on the wire together, and the drain waited for them
+        assert trio.current_time() - began == pytest.approx(1.0)
     assert report.in_flight == 12
     assert report.kept == ()
     assert all(isinstance(results[f"k{i}"], SendResult) for i in range(12)), results
