@@ -30,11 +30,18 @@ Policy (issue 11, "nothing accepted is lost"):
   decides: configure the channel again, or leave them. A channel the file
   names but disables is the deployment's (its messages wait, logged each);
   in a cluster, so is every channel of the catalog the node has loaded.
+- A kept message its channel could not take yet (no connection within
+  ``connect_wait``, the channel FAILED until someone revives it, the node
+  or the channel without room: ``Overloaded``, ``MailboxFull``, a send that
+  timed out) is tried again while the node runs, after 5 s, doubling to 5
+  minutes, until it is sent or dead-lettered; it is logged once, when it
+  first fails. Before, it waited for the next start, which a node that runs
+  for weeks may not have (a platform down for a minute as the node started
+  held its kept messages back that long).
 - Every other outcome leaves it kept, for the next start: the node drained
   while it was on its way (the drain does not keep it a second time, see
-  ``runtime.drain``), the channel is unavailable or failed for good, the
-  node had no room for it (``Overloaded``), or the process was killed. Each
-  is logged with its channel and key.
+  ``runtime.drain``), an error nobody expected, or the process was killed.
+  Each is logged with its channel and key.
 - Delivery is therefore at least once: a message the platform took just
   before a kill, and not yet forgotten, is sent again at the next start with
   the same key (a platform that deduplicates, and the channel's memory of
@@ -56,9 +63,15 @@ from typing import Final
 import trio
 
 from .errors import (
+    AskTimeout,
+    ChannelFailed,
+    ChannelUnavailable,
     InvalidMessage,
     KeyReused,
+    MailboxFull,
     NodeDraining,
+    NodeStarting,
+    Overloaded,
     PermanentSendError,
     SendFailed,
     StoreError,
@@ -73,6 +86,18 @@ log = logging.getLogger("switchboard.node")
 READ_RETRY_CAP: Final = 30.0  # seconds, the longest pause between reads of a store that fails
 FORGET_RETRY: Final = 1.0  # seconds before a failed forget is tried again
 FORGET_DEADLINE: Final = 5.0  # seconds the last forget may take once the node stops
+RESEND_RETRY: Final = 5.0  # seconds before a kept message not taken yet is tried again; doubles
+RESEND_RETRY_CAP: Final = 300.0  # seconds, the longest pause between two tries of one message
+
+# Its channel cannot take it yet: tried again while the node runs (see the policy).
+_NOT_YET: Final = (
+    ChannelUnavailable,
+    ChannelFailed,
+    Overloaded,
+    MailboxFull,
+    AskTimeout,
+    NodeStarting,
+)
 
 
 async def resend_kept(
@@ -170,7 +195,7 @@ async def _resend_one(
         "switchboard.peer": item.message.peer,
     }
     try:
-        await send(item)
+        await _send_until_taken(item, send, extra)
     except NodeDraining:
         return  # still kept: the drain leaves it in the store
     except UnknownChannel as exc:  # configured but disabled, or removed while this ran
@@ -218,6 +243,40 @@ async def _resend_one(
         return
     if item.kept_id is not None:
         forgetter.forget(item.kept_id)
+
+
+async def _send_until_taken(
+    item: KeptMessage, send: Callable[[KeptMessage], Awaitable[object]], extra: dict[str, str]
+) -> None:
+    """``send(item)``, tried again while its channel cannot take it yet (``_NOT_YET``)."""
+    delay = RESEND_RETRY
+    tries = 0
+    while True:
+        try:
+            await send(item)
+        except _NOT_YET as exc:
+            tries += 1
+            if tries == 1:
+                log.warning(
+                    "a message kept by an earlier run (idempotency key %s) could not be sent "
+                    "yet; it stays kept and is tried again while this node runs (every %g s "
+                    "at most): %s",
+                    item.message.idempotency_key,
+                    RESEND_RETRY_CAP,
+                    exc,
+                    extra={**extra, "error.type": type(exc).__name__},
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESEND_RETRY_CAP)
+            continue
+        if tries:
+            log.info(
+                "a message kept by an earlier run (idempotency key %s) went at its try %d",
+                item.message.idempotency_key,
+                tries + 1,
+                extra=extra,
+            )
+        return
 
 
 class _Forgetter:

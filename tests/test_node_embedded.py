@@ -37,6 +37,7 @@ from runtime.config import ChannelSpec, StorageConfig
 from runtime.drain import SendStopped
 from runtime.node import ROOT_INTENSITY, START_TOGETHER
 from runtime.ops.health import health_report
+from runtime.resend import RESEND_RETRY_CAP
 from supervisors import ChildSpec, SupervisorExited
 
 from .support import CEILING, record_outcome
@@ -708,6 +709,45 @@ async def test_a_kept_message_leaves_the_store_only_when_sent_or_dead_lettered(
     assert [item.message.idempotency_key for item in left] == ["nowhere"]  # unknown channel
     assert [d.letter.message.idempotency_key for d in letters] == ["refused"]
     assert calls == {"refused": 1}  # (" " was never tried)
+
+
+@pytest.mark.parametrize("outage", ["platform down", "channel failed"])
+async def test_a_kept_message_its_channel_cannot_take_yet_goes_once_it_can_without_a_restart(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, outage: str
+) -> None:
+    # Before, it stayed kept until the node's next start (weeks, for a node that
+    # stays up), because its channel had no connection within connect_wait as
+    # the node started, or was FAILED until an operator revived it.
+    from providers.simulated import FailureRates
+    from runtime.store import KeptMessage
+
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    if outage == "platform down":
+        provider.failures = FailureRates(connect_transient=1.0)
+    else:
+        provider.banned.add("a")
+    calls = count_sends(monkeypatch)
+    with trio.fail_after(RESEND_RETRY_CAP * 2):  # (virtual seconds)
+        async with open_store(StorageConfig()) as store:
+            kept = KeptMessage(channel_id="a", message=message("k"), reason="drain", accepted_at=1)
+            await store.keep_outbound([kept])
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": provider},
+            ) as node:
+                await trio.sleep(60.0)  # tried, and not taken: still kept
+                assert calls == {} and len(await store.read_outbound()) == 1
+                if outage == "platform down":
+                    provider.failures = FailureRates()
+                else:
+                    provider.banned.discard("a")
+                    await node.restart_channel("a")
+                await wait_connected(node, 1)
+                await trio.sleep(RESEND_RETRY_CAP + 5.0)  # its next try, at the latest
+                assert await store.read_outbound() == []
+    assert calls == {"k": 1}
 
 
 async def test_send_refuses_what_json_cannot_carry_with_a_typed_error(
