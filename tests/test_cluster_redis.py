@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Final
@@ -47,6 +48,18 @@ def member(link: RedisLink, prefix: str, node: str, **timing: float) -> Membersh
 
 
 # --- membership ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("written", ["x?Tr0ub4dorSecret", "Tr0ub4dor/Secret", "Tr0ub4dor#Secret"])
+async def test_a_redis_password_written_without_its_escapes_is_not_quoted(written: str) -> None:
+    # redis-py's own words quote the URL: "Port could not be cast to integer
+    # value as 'Tr0ub4dor'" for a password with a bare ? / or #.
+    with trio.fail_after(10), pytest.raises(ClusterUnavailable) as caught:
+        async with open_redis(f"redis://:{written}@127.0.0.1:6379/0", timeout=1.0):
+            pytest.fail("a URL that cannot be read was used")
+    assert "Tr0ub4dor" not in str(caught.value) and "Secret" not in str(caught.value)
+    assert "percent-encoded" in str(caught.value)
+    assert "Tr0ub4dor" not in "".join(traceback.format_exception(caught.value))
 
 
 async def test_members_join_see_each_other_and_leave(prefix: str) -> None:

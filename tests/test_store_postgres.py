@@ -94,6 +94,28 @@ async def test_a_dsn_that_does_not_connect_is_a_store_error_without_the_password
     assert PASSWORD not in full_text(caught.value)
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "x?Tr0ub4dorAndThreeMoreWords",  # the rest a query, which the parser quoted
+        "ab#Tr0ub4dorAndThreeMoreWords",  # the rest a fragment
+        "p@ss@Tr0ub4dorAndThreeMoreWords",  # the rest a host name
+        "a/Tr0ub4dorAndThreeMoreWords",  # the rest a path: a database name
+    ],
+)
+async def test_a_password_written_without_its_escapes_leaves_no_piece_in_the_error(
+    written: str,
+) -> None:
+    # A password with ? # / @ unescaped is not the password a URL parser sees:
+    # its rest went to the log in the parser's words ("bad query field: ...").
+    dsn = f"postgresql://postgres:{written}@127.0.0.1:{closed_port()}/test"
+    with trio.fail_after(PG_CEILING), pytest.raises(StoreError) as caught:
+        async with open_store(StorageConfig(backend="postgres", dsn=dsn)):
+            pytest.fail("the store opened without a server")
+    assert "Tr0ub4dor" not in full_text(caught.value), full_text(caught.value)
+    assert "could not connect to PostgreSQL" in str(caught.value)
+
+
 async def test_a_missing_database_names_the_database_not_the_password() -> None:
     # The test server's DSN with a password added and the database swapped
     # for one that does not exist (trust auth ignores the password).

@@ -157,8 +157,14 @@ async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # 
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
-        except ValueError as exc:
-            raise ClusterUnavailable(f"cluster.redis_url is not usable ({where}): {exc}") from None
+        except ValueError:
+            # Not its words: they quote the URL ("Port could not be cast to integer
+            # value as 'Tr0ub'" for a password with a bare ? # or /).
+            raise ClusterUnavailable(
+                f"cluster.redis_url is not usable ({where}): it could not be read (a "
+                "password with ? # / @ or : in it must write them percent-encoded: %3F %23 "
+                "%2F %40 %3A)"
+            ) from None
         link = RedisLink(client, loop, where)
 
         async def close() -> None:

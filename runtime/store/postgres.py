@@ -38,6 +38,7 @@ import datetime as dt
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
@@ -95,6 +96,7 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
         ``("host:port/db", [password forms])``; the password as written and
         percent-decoded, so either can be scrubbed.
     """
+    secrets = _written_passwords(dsn)
     try:
         parts = urlsplit(dsn)
         host = parts.hostname or "localhost"
@@ -102,9 +104,27 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
         database = parts.path.lstrip("/") or parts.username or "postgres"
         password = parts.password
     except ValueError:
-        return "<a DSN that is not a postgresql:// URL>", []
-    secrets = [password, unquote(password)] if password else []
-    return f"{host}:{port}/{database}", secrets
+        return "<a DSN that is not a postgresql:// URL>", secrets
+    if password:
+        secrets += [password, unquote(password)]
+    # Longest first: a piece is scrubbed only where the whole was not.
+    return f"{host}:{port}/{database}", sorted(set(secrets), key=len, reverse=True)
+
+
+def _written_passwords(dsn: str) -> list[str]:
+    """The password as written between ``user:`` and the host's ``@``, and its pieces.
+
+    A password with a character a URL must escape (``? # / @``) written
+    bare is not the password a URL parser finds (``x?Tr0ub4dor`` is ``x``,
+    the rest a query), and the parsers quote the rest in their errors: each
+    piece of three characters or more is a secret too.
+    """
+    _, scheme, rest = dsn.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not scheme or not at or ":" not in userinfo:
+        return []
+    written = userinfo.split(":", 1)[1]
+    return [written, *(piece for piece in re.split(r"[?#/@]", written) if len(piece) >= 3)]
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -508,16 +528,24 @@ async def _create_pool(loop: Any, dsn: str, where: str, secrets: Sequence[str], 
             server_settings={"application_name": name[:63]},
         )
     except (*_DB_ERRORS, ValueError) as exc:
-        if isinstance(exc, OSError) and exc.errno:  # refused, unreachable: said plainly
+        if isinstance(exc, socket.gaierror):
+            detail = "its host could not be looked up (an @ in the password is written %40)"
+        elif isinstance(exc, OSError) and exc.errno:  # refused, unreachable: said plainly
             detail = os.strerror(exc.errno).lower()
+        elif isinstance(exc, ValueError):
+            # The DSN's own parse: its words quote the DSN, password and all.
+            detail = (
+                "the DSN could not be read (a password with ? # / @ or : in it must "
+                "write them percent-encoded: %3F %23 %2F %40 %3A)"
+            )
         else:
             detail = _scrub(f"{type(exc).__name__}: {exc}", secrets)
         error = StoreError(
             f"could not connect to PostgreSQL at {where}: {detail}; "
             "check storage.dsn and that the server is up"
         )
-        if any(secret in str(exc) for secret in secrets):
-            raise error from None
+        if isinstance(exc, ValueError) or any(secret in str(exc) for secret in secrets):
+            raise error from None  # (a parse error's words quote the DSN)
         raise error from exc
 
 
