@@ -179,6 +179,20 @@ async def test_a_stale_writer_cannot_overwrite_a_newer_checkpoint(backend: Backe
     assert again.state.session == SessionState(provider="telegram", data={"offset": 51})
 
 
+async def test_a_checkpoint_with_more_letters_than_a_listing_shows_reads_back_whole(
+    backend: Backend,
+) -> None:
+    # It read back the oldest 1,000 (a listing's limit), and the first checkpoint
+    # after the start wrote those back over the channel's rows: the rest deleted.
+    many = [letter(n, 1_800_000_000.0 + n) for n in range(1, 1_502)]
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints([checkpoint("tg:1", 1, state(*many))])
+            loaded = await store.load_checkpoint("tg:1")
+    assert loaded is not None and loaded.state is not None
+    assert [each.id for each in loaded.state.dead_letters] == list(range(1, 1_502))
+
+
 async def test_unchanged_dead_letters_are_not_rewritten(backend: Backend) -> None:
     one, two = letter(1, 1_800_000_000.0), letter(2, 1_800_000_001.0)
     with trio.fail_after(PG_CEILING):

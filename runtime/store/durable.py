@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_LETTER_LIMIT: Final = 1_000  # dead letters one listing returns at most
+# A limit above any channel's queue (10,000 by default): a checkpoint's read takes them all.
+EVERY_LETTER: Final = 2**31 - 1
 
 LETTER_COLUMNS: Final = (
     "channel_id",

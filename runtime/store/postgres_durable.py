@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..errors import StoreError
 from .codec import dumps, state_from_text
 from .durable import (
+    EVERY_LETTER,
     LETTER_COLUMNS,
     Checkpoint,
     CheckpointResult,
@@ -156,7 +157,9 @@ class PostgresDurable:
                 )
                 if row is None:
                     return None
-                letters = await self._fetch_letters(conn, DeadLetterFilter(channel_id=channel_id))
+                letters = await self._fetch_letters(
+                    conn, DeadLetterFilter(channel_id=channel_id, limit=EVERY_LETTER)
+                )
         except self._db_errors as exc:
             self._fail(f"reading the checkpoint of {channel_id!r} from {checkpoints}", exc)
         decoded: object

@@ -50,6 +50,7 @@ from .codec import (
     stored_json,
 )
 from .durable import (
+    EVERY_LETTER,
     LETTER_COLUMNS,
     Checkpoint,
     CheckpointResult,
@@ -402,7 +403,9 @@ class SqliteStore(BatchingStore):
     async def load_checkpoint(self, channel_id: str) -> StoredCheckpoint | None:
         """See :meth:`runtime.store.Store.load_checkpoint`."""
         self._check_open()
-        where = DeadLetterFilter(channel_id=channel_id)
+        # Every letter: a listing's default limit here restored the oldest 1,000,
+        # and the first checkpoint after the start deleted the rest.
+        where = DeadLetterFilter(channel_id=channel_id, limit=EVERY_LETTER)
 
         def read(conn: sqlite3.Connection) -> tuple[Any, list[tuple[Any, ...]]]:
             row = conn.execute(
