@@ -613,13 +613,25 @@ def terminate(ref: ActorRef, exit: Exit) -> None:
         if type(item) is Ask:
             item.fail(ref._dead_error("ask"))
         else:
-            system._dead_letter(ref, item, exit)
+            _undelivered(ref, item, exit)
     ref._wake_room_waiters(None)
     event, ref._incarnation_done = ref._incarnation_done, None
     if event is not None:
         event.set()
     if ref._done is not None:
         ref._done.set()
+
+
+def _undelivered(ref: ActorRef, item: Any, exit: Exit) -> None:
+    """A told message ``ref`` never handled, as it terminated: its owner's, or a dead letter."""
+    handler = ref._undelivered
+    if handler is not None:
+        try:
+            if handler(item, exit):
+                return
+        except Exception:  # a defect of the handler's: never one of the termination's
+            log.exception("%r: the handler of undelivered messages raised on %r", ref, item)
+    ref.system._dead_letter(ref, item, exit)
 
 
 def request_stop(ref: ActorRef, exit: Exit = EXIT_NORMAL) -> None:
@@ -697,7 +709,7 @@ def requeue(ref: ActorRef, items: list[Any]) -> None:
             if type(item) is Ask:
                 item.fail(ref._dead_error("hand back a message to"))
             else:
-                ref.system._dead_letter(ref, item, ref._exit or EXIT_KILLED)
+                _undelivered(ref, item, ref._exit or EXIT_KILLED)
         return
     ref._mailbox.put_front(items)
     ref._wake()

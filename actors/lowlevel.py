@@ -81,6 +81,7 @@ __all__ = [
     "request_stop",
     "requeue",
     "runs_in_task",
+    "set_undelivered",
     "spawn_nowait",
     "start_incarnation",
     "start_incarnation_nowait",
@@ -121,6 +122,21 @@ def last_exit(ref: ActorRef) -> Exit | None:
 def mailbox_depth(ref: ActorRef) -> int:
     """User messages queued for ``ref``, without building a statistics snapshot."""
     return ref._mailbox.depth
+
+
+def set_undelivered(ref: ActorRef, handler: Callable[[Any, Exit], bool] | None) -> None:
+    """Hand ``handler`` each told message ``ref`` never handled, as it terminates.
+
+    The messages still queued when the actor ends for good (and any handed
+    back to it after) go to the actor system's dead letters, which only
+    count them; asks fail with ``ActorDead``, so their askers hear it, but a
+    told message nobody waits for is gone. ``handler(message, exit)`` runs
+    first, synchronously, in the task that terminates the actor: True if it
+    took the message (kept it somewhere of its owner's), False to let it go
+    to the dead letters. An exception it raises is logged, never raised.
+    A restart keeps the mailbox, and the handler: it is called only at the end.
+    """
+    ref._undelivered = handler
 
 
 def start_system_task(system: ActorSystem, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

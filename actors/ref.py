@@ -139,6 +139,7 @@ class ActorRef:
         "_stop_request",
         "_task_mode",
         "_timers",
+        "_undelivered",
         "system",
     )
 
@@ -178,6 +179,8 @@ class ActorRef:
         self._incarnation_done: trio.Event | None = None
         self._exit: Exit | None = None
         self._last_exit: Exit | None = None
+        # Told messages it never handled, as it terminates (lowlevel.set_undelivered).
+        self._undelivered: Callable[[Any, Exit], bool] | None = None
 
     # ------------------------------------------------------------------ public
 

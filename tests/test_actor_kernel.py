@@ -171,6 +171,33 @@ async def test_self_stop_is_a_normal_exit_and_later_mail_is_dead_lettered(
             assert system.dead_letters[0].reason == exit
 
 
+@pytest.mark.parametrize("verdict", ["takes", "declines", "raises"])
+async def test_the_owner_of_undelivered_tells_hears_them_as_the_actor_ends(
+    verdict: str, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    heard: list[tuple[Any, Exit]] = []
+
+    def handler(msg: Any, exit: Exit) -> bool:
+        heard.append((msg, exit))
+        if verdict == "raises":
+            raise Boom("a defect of the owner's")
+        return verdict == "takes"
+
+    with trio.fail_after(CEILING):
+        async with open_actor_system() as system:
+            ref = await system.spawn(SlowAsync, [])
+            actors.lowlevel.set_undelivered(ref, handler)
+            for msg in ("first", "second", "third"):
+                ref.tell(msg)
+            await trio.sleep(0.5)  # "first" is being handled; the others wait
+            await ref.stop()
+            exit = ref.exit
+            dead = [d.message for d in system.dead_letters]
+    assert heard == [("second", exit), ("third", exit)]
+    assert dead == ([] if verdict == "takes" else ["second", "third"])
+    assert ("handler of undelivered messages raised" in caplog.text) == (verdict == "raises")
+
+
 async def test_spawn_with_failing_on_start_raises_start_failed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -1240,6 +1240,40 @@ async def test_a_replayed_letter_made_a_letter_again_is_written_at_once(
         assert calls == {"d": 2}
 
 
+async def test_replayed_letters_a_drain_cuts_off_are_letters_again_in_the_last_checkpoint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A replay tells the channel each letter (nobody waits for them), after
+    # writing their taking; the drain stopped the channel with two still
+    # queued, which went to the actor system's dead letters: gone.
+    from providers.simulated import FailureRates
+    from runtime import PermanentSendError
+
+    provider = SimulatedProvider(
+        latency=Fixed(seconds=1.0), failures=FailureRates(send_permanent=1.0)
+    )
+    window = {"simulated": {"rate_limit": {"enabled": False}, "send_window": 1}}
+    config = node_config([sim("a")], providers=window)
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+            async with open_node(
+                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+            ) as node:
+                await wait_connected(node, 1)
+                for key in ("d1", "d2", "d3"):
+                    with pytest.raises(PermanentSendError):
+                        await node.send("a", message(key))
+                provider.failures = FailureRates()
+                assert await node.replay_dead_letters("a") == 3
+                await node.drain(2.5)  # one at a time, 1 s each: the cut comes at 1.875 s
+            stored = await store.load_checkpoint("a")
+    assert stored is not None and stored.state is not None
+    letters = [record.message.idempotency_key for record in stored.state.dead_letters]
+    sent = [m.idempotency_key for m in provider.sent]
+    assert (sent, letters) == (["d1", "d2"], ["d3"]) or (sent, letters) == (["d1"], ["d2", "d3"])
+    assert all(r.error_type == "ChannelUnavailable" for r in stored.state.dead_letters)
+
+
 async def test_a_failed_channels_replay_is_the_nodes_channel_failed_and_keeps_the_letters(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -85,6 +85,28 @@ class ListDeadLetters:
     """The reply is the channel's dead letters, oldest first."""
 
 
+def _unsent_replay(memory: ChannelMemory, channel_id: str, msg: Any, exit: Exit) -> bool:
+    """A replayed dead letter still queued as the channel ends for good (a stop,
+    a drain: ``lowlevel.set_undelivered``): a letter again, in the channel's
+    last checkpoint. Nobody waits for a replay, and its taking was written:
+    the kernel's dead letters would have lost it without a word."""
+    if type(msg) is not Send:
+        return False
+    error = ChannelUnavailable(
+        f"channel {channel_id!r} ended ({exit}) before this replayed dead letter was sent",
+        channel_id=channel_id,
+    )
+    if memory.dead_letters.add_once(msg.message, error, 0):
+        memory.touch()
+    log.warning(
+        "channel %s: %s; it is in the dead-letter queue again",
+        channel_id,
+        error,
+        extra={"channel": channel_id, "switchboard.idempotency_key": msg.message.idempotency_key},
+    )
+    return True
+
+
 class _ChannelLog(logging.LoggerAdapter[logging.Logger]):
     """The channel's context on every line, merged with the call's own fields.
 
@@ -229,6 +251,9 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         # spawns the actor's own task without waiting for it (an eager start).
         self.memory.incarnations += 1
         self.memory.current_ref = self.ref
+        lowlevel.set_undelivered(
+            self.ref, functools.partial(_unsent_replay, self.memory, self.config.channel_id)
+        )
         if self.memory.status is ChannelStatus.FAILED:
             # A failed channel stays failed across restarts; only an
             # operator's explicit action (a new memory) revives it.
