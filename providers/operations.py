@@ -286,6 +286,8 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
         if type(item) is str:  # most fields: checked first, cheaply
             if not item.isascii():
                 _check_text(item, f"{path}.{name}", problems)
+            elif "\x00" in item:
+                problems.append((f"{path}.{name}", _NUL))
             continue
         if item is None:
             if name in required:  # (a None peer crashed the channel's actor)
@@ -296,6 +298,8 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
                 problems.append((f"{path}.{name}", f"must be a string, not {type(item).__name__}"))
             elif not item.isascii():
                 _check_text(item, f"{path}.{name}", problems)
+            elif "\x00" in item:
+                problems.append((f"{path}.{name}", _NUL))
             continue
         if type(item) is dict and not item:  # no metadata: no ABC check either
             continue
@@ -307,17 +311,26 @@ def _check_fields(value: Any, path: str, problems: list[tuple[str, str]]) -> Non
             _check_json(item, f"{path}.{name}", 0, problems)
 
 
+_NUL: Final = (
+    "must not hold a NUL character (U+0000): no platform takes it, and PostgreSQL "
+    "cannot store it (its channel's checkpoints would stop)"
+)
+
+
 def _check_text(text: str, path: str, problems: list[tuple[str, str]]) -> None:
     """A lone half of a UTF-16 pair (``"\\udc80"`` in JSON) is no Unicode text:
     no platform takes it, and httpx cannot encode it (sent, it failed as a
     transient error five times, then held every peer of the channel behind
-    its open breaker)."""
+    its open breaker). Nor is a NUL (see :data:`_NUL`)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         problems.append(
             (path, f"not valid Unicode text: a lone surrogate {text[exc.start]!a} at {exc.start}")
         )
+        return
+    if "\x00" in text:
+        problems.append((path, _NUL))
 
 
 def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str]]) -> None:
@@ -326,6 +339,8 @@ def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str
     if isinstance(value, str):
         if not value.isascii():
             _check_text(value, path, problems)
+        elif "\x00" in value:
+            problems.append((path, _NUL))
         return
     if value is None or isinstance(value, bool | int):
         return
@@ -343,6 +358,8 @@ def _check_json(value: Any, path: str, depth: int, problems: list[tuple[str, str
                 continue
             if not key.isascii():
                 _check_text(key, path, problems)
+            elif "\x00" in key:
+                problems.append((path, "a key " + _NUL))
             _check_json(item, f"{path}.{key}", depth + 1, problems)
         return
     if isinstance(value, list | tuple):

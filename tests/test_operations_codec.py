@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Final
 
 import attrs
 import pytest
@@ -21,6 +22,11 @@ from providers.operations import (
 )
 from runtime.store import KeptMessage
 from runtime.store.codec import decode_kept, decode_outbound, dumps, encode_kept, encode_outbound
+
+NUL: Final = (
+    "must not hold a NUL character (U+0000): no platform takes it, and PostgreSQL "
+    "cannot store it (its channel's checkpoints would stop)"
+)
 
 OPERATIONS: list[Operation] = [
     OutboundMessage(peer="1", idempotency_key="t", text="hi"),
@@ -238,6 +244,23 @@ def _nested(levels: int) -> object:
             ],
         ),
         (
+            # PostgreSQL stores no NUL: a key with one stopped every checkpoint of
+            # its channel (its answer was among the newest 256), dead letters too.
+            OutboundMessage(
+                peer="p\x00",
+                idempotency_key="k\x00",
+                text="é\x00",
+                metadata={"a": ["x\x00"], "b\x00": 1},
+            ),
+            [
+                ("$.peer", NUL),
+                ("$.idempotency_key", NUL),
+                ("$.text", NUL),
+                ("$.metadata.a[0]", NUL),
+                ("$.metadata", "a key " + NUL),
+            ],
+        ),
+        (
             "hello",
             [
                 (
@@ -259,6 +282,7 @@ def _nested(levels: int) -> object:
         "none-text",
         "empty",
         "surrogates",
+        "nul",
         "no-op",
     ],
 )
