@@ -17,6 +17,10 @@ Design (request → bounded wait → hard stop, as in tractor and asyncpg):
    the next start sends it again with the same idempotency key, so delivery
    is at least once.) A resend of a message an earlier run kept is in the
    store already (``Pending.kept_id``): it stays there and is not kept twice.
+   A store still down at the end of the grace: each sender hears that its
+   message was not kept, the log names each one (channel, key, peer), the
+   last checkpoints and the store's flush are still tried, and the drain
+   raises the store's error.
 5. Write the channels' last checkpoints, then flush the store.
 
 The drain works on explicit collaborators, never on the node's insides: the
@@ -394,9 +398,16 @@ async def drain(
         await sends.wait_until_done()
     cut = sends.cut()
     stopped, killed = await stop_channels(end)
-    kept = await _keep_leftovers(
-        cut, store, deadline, until=max(end, trio.current_time()) + STORE_GRACE
-    )
+    failure: StoreError | None = None
+    try:
+        kept = await _keep_leftovers(
+            cut, store, deadline, until=max(end, trio.current_time()) + STORE_GRACE
+        )
+    except StoreError as exc:
+        # Each sender hears it (NodeDraining: keeping it failed); the log names
+        # each one too, and the channels' last checkpoints are still written.
+        failure, kept = exc, []
+        _report_unkept(cut, exc)
     with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as checkpoint_scope:
         try:
             await checkpoints.flush()
@@ -430,7 +441,34 @@ async def drain(
             "switchboard.channels_killed": killed,
         },
     )
+    if failure is not None:
+        raise failure  # (the node ends with it: what it could not keep is in the log)
     return report
+
+
+def _report_unkept(cut: list[Pending], error: StoreError) -> None:
+    """Name, one line each, the sends the drain could neither finish nor keep."""
+    unkept = [pending for pending in cut if not pending.done and pending.kept_id is None]
+    if not unkept:
+        return
+    log.error(
+        "%d message(s) not sent by the drain deadline could NOT be kept (the store failed: "
+        "%s); their senders were told, each is logged below: send them again",
+        len(unkept),
+        error,
+    )
+    for pending in unkept:
+        message = pending.message
+        log.error(
+            "not sent and not kept: idempotency key %s to %s",
+            message.idempotency_key,
+            message.peer,
+            extra={
+                "channel": pending.channel_id,
+                "switchboard.idempotency_key": message.idempotency_key,
+                "switchboard.peer": message.peer,
+            },
+        )
 
 
 async def _keep_leftovers(
@@ -507,8 +545,10 @@ async def _keep(store: Store, items: list[KeptMessage], until: float) -> list[Ke
             try:
                 return await store.keep_outbound(items)
             except StoreError as exc:
-                if trio.current_time() + delay > until:
+                left = until - trio.current_time()
+                if left <= 0:
                     raise
+                delay = min(delay, left)  # the last try comes at ``until``, not before it
                 log.error(
                     "%d unsent message(s) could not be kept yet; tried again in %g s: %s",
                     len(items),

@@ -34,7 +34,7 @@ from runtime import (
     parse_config,
 )
 from runtime.config import ChannelSpec, StorageConfig
-from runtime.drain import SendStopped
+from runtime.drain import STORE_GRACE, SendStopped
 from runtime.node import ROOT_INTENSITY, START_TOGETHER
 from runtime.ops.health import health_report
 from runtime.resend import RESEND_RETRY_CAP
@@ -859,6 +859,55 @@ async def test_the_drain_keeps_its_leftovers_through_a_short_store_outage(
     assert sorted(item.message.idempotency_key for item in report.kept) == ["k0", "k1", "k2"]
     assert sorted(item.message.idempotency_key for item in kept) == ["k0", "k1", "k2"]
     assert all("kept for the next start" in str(outcome) for outcome in results.values())
+
+
+async def test_a_store_down_through_the_drain_names_what_it_could_not_keep(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The StoreError left the drain at once: the log named no message (only the
+    # senders heard, "see the log"), and the channels' last checkpoints were
+    # never written. Now: one line a message, the last writes, then the error.
+    provider = SimulatedProvider(latency=Fixed(seconds=30.0))  # nothing is sent in time
+    config = node_config([sim("a")], node={"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0})
+    results: dict[str, Any] = {}
+    tries: list[float] = []
+    with trio.fail_after(CEILING):
+        async with open_store(StorageConfig()) as store:
+
+            async def down(items: Any) -> Any:
+                tries.append(trio.current_time())
+                raise StoreError("the store is down (test)")
+
+            store.keep_outbound = down  # type: ignore[method-assign]
+            flushes: list[float] = []
+            flush = store.flush
+
+            async def counted_flush() -> None:
+                flushes.append(trio.current_time())
+                await flush()
+
+            store.flush = counted_flush  # type: ignore[method-assign]
+            with pytest.raises(BaseExceptionGroup) as raised:
+                async with open_node(
+                    config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+                ) as node:
+                    await wait_connected(node, 1)
+                    async with trio.open_nursery() as nursery:
+                        for i in range(3):
+                            key = f"k{i}"
+                            nursery.start_soon(
+                                record_outcome, results, key, node.send("a", message(key))
+                            )
+                        await trio.testing.wait_all_tasks_blocked()
+                        await node.drain()
+    assert raised.group_contains(StoreError, match="down")
+    assert all("keeping it failed" in str(outcome) for outcome in results.values()), results
+    named = [r for r in caplog.records if r.getMessage().startswith("not sent and not kept")]
+    assert sorted(getattr(r, "switchboard.idempotency_key") for r in named) == ["k0", "k1", "k2"]
+    assert flushes  # the drain's last writes ran
+    # The first try as the channels stopped, the last at the grace's end (it gave up
+    # a second or more early: the next doubling went past it).
+    assert tries[-1] - tries[0] == pytest.approx(STORE_GRACE)
 
 
 async def _drain_under_timeouts(
