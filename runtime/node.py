@@ -69,7 +69,7 @@ from actors import (
     open_actor_system,
 )
 from actors.channel import Tenure
-from actors.channel.durable import export_state, restore_state
+from actors.channel.durable import ChannelState, export_state, restore_state
 from actors.channel.inbound import take_over
 from providers.base import OutboundMessage, Provider, SendResult
 from providers.operations import (
@@ -1349,14 +1349,24 @@ class Node(ClusterMode, DeadLetterOps):
                     "and this one will not"
                 )
             if stored.state is None:
+                kept = len(stored.letters)
                 log.warning(
-                    "channel %s: its checkpoint is ignored and it starts afresh: %s",
+                    "channel %s: its checkpoint is ignored and it starts afresh%s: %s",
                     spec.id,
+                    f" (its {kept} dead letter(s) kept)" if kept else "",
                     stored.problem,
                     extra={"channel": spec.id},
                 )
-                return
-            state = stored.state
+                if not kept:
+                    return
+                # Its letters are rows of their own, read whole: the first checkpoint
+                # of the fresh state deleted them.
+                state = ChannelState(
+                    dead_letters=stored.letters,
+                    dead_letters_total=max(letter.id for letter in stored.letters),
+                )
+            else:
+                state = stored.state
         if revive:
             state = attrs.evolve(state, failed=None)
         try:

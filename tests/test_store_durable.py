@@ -257,6 +257,35 @@ async def test_a_checkpoint_of_another_version_is_set_aside_not_raised(
     assert f"v{STATE_VERSION + 1}" in loaded.problem
 
 
+async def test_a_node_that_sets_a_checkpoint_aside_keeps_the_channel_s_dead_letters(
+    backend: Backend,
+) -> None:
+    # Its letters are rows of their own: the state set aside (another version,
+    # a row that does not decode) took them with it, and the first checkpoint
+    # of the fresh state deleted them.
+    from providers.simulated import SimulatedProvider
+    from runtime import open_node
+    from tests.test_node_embedded import FAST, node_config, sim, wait_connected
+
+    kept = (letter(1, 1_800_000_000.0), letter(2, 1_800_000_001.0, "BadRecipient"))
+    future = attrs.evolve(state(*kept), version=STATE_VERSION + 1)
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints([checkpoint("a", 1, future)])
+            async with open_node(
+                node_config([sim("a")]),
+                store=store,
+                channel_defaults=FAST,
+                providers={"simulated": SimulatedProvider()},
+            ) as node:
+                await wait_connected(node, 1)
+                letters = await node.channel("a").dead_letters()
+                await node.send("a", OutboundMessage(peer="p", idempotency_key="k", text="t"))
+            rows = await store.dead_letters(DeadLetterFilter(channel_id="a"))
+    assert [(each.id, each.message) for each in letters] == [(r.id, r.message) for r in kept]
+    assert [item.letter.id for item in rows] == [1, 2]
+
+
 # --- migrations -------------------------------------------------------------------------
 
 

@@ -119,6 +119,9 @@ class StoredCheckpoint:
         state: the state with its dead letters, or ``None`` when ``problem``.
         problem: why the state cannot be used (a newer or older version, a
             row that does not decode); ``None`` when it can.
+        letters: with a ``problem``, the channel's dead letters all the same
+            (rows of their own, read whole): a state set aside must not take
+            them with it.
     """
 
     channel_id: str
@@ -126,6 +129,7 @@ class StoredCheckpoint:
     version: int
     state: ChannelState | None
     problem: str | None = None
+    letters: tuple[DeadLetterRecord, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +215,7 @@ def decoded_checkpoint(
             version=version,
             state=None,
             problem=problem,
+            letters=tuple(letters),
         )
     if not isinstance(decode, ChannelState):
         return StoredCheckpoint(
@@ -219,6 +224,7 @@ def decoded_checkpoint(
             version=version,
             state=None,
             problem=str(decode),
+            letters=tuple(letters),
         )
     return StoredCheckpoint(
         channel_id=channel_id,
