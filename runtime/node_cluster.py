@@ -217,7 +217,13 @@ class ClusterMode:
             waited = trio.current_time() - began
             fenced = channel_id in self._cluster.ownership.fenced
             stopping, checkpoint = await self._stop_local(row, checkpoint=not fenced)
-            self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
+            if channel_id in self._cluster.catalog.specs:
+                self._table.put(ChannelRow(spec=row.spec))  # shown as running elsewhere
+            elif self._table.find(channel_id) is row:
+                # Stopped by an operator (on any node): out of the catalog, which
+                # will not say so again. Shown as running elsewhere, it was listed
+                # here for good, and its sends waited for an owner that never came.
+                self._table.remove(channel_id)
         log.info(
             "cluster: stopped channel %s for its move in %.2f s "
             "(sends in flight %.2f s, stop %.2f s, final checkpoint %.2f s)",

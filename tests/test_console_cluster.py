@@ -24,7 +24,7 @@ import trio
 from actors import ChannelStatus
 from providers.base import OutboundMessage
 from providers.simulated import SimulatedProvider
-from runtime import Node, open_node, parse_config
+from runtime import Node, UnknownChannel, open_node, parse_config
 from runtime.cluster.leases import Leases
 from runtime.cluster.membership import Membership
 from runtime.console.rpc import ErrorCode
@@ -42,7 +42,9 @@ def node_config(tmp_path: Path, prefix: str, node_id: str, **cluster: Any) -> An
         {
             "node": {"id": node_id, "drain_deadline": 2.0, "start_timeout": 5.0},
             "ops": {"enabled": False},
-            "storage": {"backend": "sqlite", "path": str(tmp_path / f"{node_id}.sqlite3")},
+            # One store for the cluster (its catalog, checkpoints and answers), as
+            # nodes on one machine share it.
+            "storage": {"backend": "sqlite", "path": str(tmp_path / "cluster.sqlite3")},
             "cluster": {
                 "redis_url": REDIS_URL,
                 "key_prefix": prefix,
@@ -321,6 +323,26 @@ async def test_move_channel_lands_it_on_the_named_node_losing_no_message(tmp_pat
             assert {r.idempotency_key: r.platform_message_id for r in sent} == accepted
             assert nodes.provider.statistics().duplicates == 0  # none offered twice
             assert nodes.provider.statistics().connect_failures == 0
+
+
+async def test_a_channel_stopped_on_another_node_leaves_its_owner_s_listing(
+    tmp_path: Path,
+) -> None:
+    # Its owner stopped it (out of the catalog) and listed it again as running
+    # elsewhere, for good: a send through that node waited 60 s for an owner.
+    with trio.fail_after(CEILING):
+        async with pair(tmp_path) as nodes:
+            n1 = await nodes.start("n1")
+            n2 = await nodes.start("n2")
+            placed = await placed_on_both(nodes)
+            await nodes.wait_held({c: str(o) for c, o in placed.items()})
+            channel = next(c for c, owner in placed.items() if owner == "n2")
+            await n1.stop_channel(channel)
+            while channel in [s.channel_id for s in n2.channels()]:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert channel not in [s.channel_id for s in n1.channels()]
+            with pytest.raises(UnknownChannel):
+                await n2.send(channel, OutboundMessage(peer="p", idempotency_key="k", text="t"))
 
 
 # --- force-release a lease ------------------------------------------------------------------
