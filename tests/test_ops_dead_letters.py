@@ -119,6 +119,8 @@ async def test_the_dead_letter_api_refuses_bad_input_and_strangers(tmp_path: Pat
                 (b"[1", "not JSON"),
                 (b'{"ids": "all"}', "list of whole numbers"),
                 (b'{"ids": [true]}', "list of whole numbers"),
+                (b'{"ids": [100000000000000000000]}', "from 0 to 2**63 - 1"),  # (before: 500)
+                (b'{"ids": [-1]}', "from 0 to 2**63 - 1"),
                 (b'{"what": 1}', '{"ids"'),
             ):
                 answer = await client.post(
@@ -126,5 +128,9 @@ async def test_the_dead_letter_api_refuses_bad_input_and_strangers(tmp_path: Pat
                 )
                 assert answer.status_code == 400, body
                 assert complaint in answer.json()["message"]
+            # Past any queue's size a limit means all of them (before: 500, an
+            # integer the store could not bind).
+            every = await client.get("/v1/dead-letters?limit=1e20", headers=BEARER)
+            assert every.status_code == 200, every.text
             unknown = await client.post("/v1/channels/zz/dead-letters/replay", headers=BEARER)
             assert unknown.status_code == 404

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -167,10 +167,13 @@ def _ids(body: bytes) -> list[int] | None:
     if ids is None:
         return None
     if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ids
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < _NO_ID for i in ids
     ):
-        raise _BadRequest("ids must be a list of whole numbers @ $.ids")
+        raise _BadRequest("ids must be a list of whole numbers from 0 to 2**63 - 1 @ $.ids")
     return ids
+
+
+_NO_ID: Final = 2**63  # the first number no letter id reaches (a store's 64-bit integer)
 
 
 def _letter(item: StoredDeadLetter, scrub: Callable[[str], str]) -> dict[str, Any]:

@@ -147,6 +147,10 @@ class StoredDeadLetter:
     letter: DeadLetterRecord
 
 
+def _within_queue(limit: int) -> int:
+    return min(limit, EVERY_LETTER)
+
+
 @attrs.frozen(kw_only=True)
 class DeadLetterFilter:
     """Which dead letters to list or act on.
@@ -165,7 +169,12 @@ class DeadLetterFilter:
     error_type: str | None = None
     older_than: float | None = None
     ids: tuple[int, ...] | None = None
-    limit: int = attrs.field(default=DEFAULT_LETTER_LIMIT, validator=attrs.validators.ge(0))
+    # (Above any queue's size it means all: a store binds no integer past 64 bits.)
+    limit: int = attrs.field(
+        default=DEFAULT_LETTER_LIMIT,
+        validator=attrs.validators.ge(0),
+        converter=_within_queue,
+    )
 
     def matches(self, channel_id: str, tenant: str, letter: DeadLetterRecord) -> bool:
         """Whether one letter passes the filter (the limit aside)."""
