@@ -80,6 +80,41 @@ async def test_members_join_see_each_other_and_leave(prefix: str) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_second_process_with_a_live_node_s_id_is_refused(prefix: str) -> None:
+    # It joined silently, shared the first's forwarding inbox and took its
+    # forwarded sends; its own API's sends waited 60 s for an answer.
+    with trio.fail_after(CEILING):
+        async with redis() as link, trio.open_nursery() as nursery:
+            first, copy = member(link, prefix, "n1"), member(link, prefix, "n1")
+            await nursery.start(first.run, lambda view: None)
+            with pytest.raises(ClusterUnavailable, match="node id 'n1' is taken"):
+                await copy.run(lambda view: None)
+            assert first.view is not None and first.view.members == ("n1",)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("ending", ["crash", "drain"])
+async def test_a_restarted_node_takes_its_id_back(prefix: str, ending: str) -> None:
+    # A crashed process's hold runs out within member_timeout; a drain gives it back.
+    views: list[View] = []
+    with trio.fail_after(CEILING):
+        async with redis() as link:
+            async with trio.open_nursery() as nursery:
+                old = member(link, prefix, "n1")
+                await nursery.start(old.run, lambda view: None)
+                if ending == "drain":
+                    await old.leave()
+                nursery.cancel_scope.cancel()  # (a crash: no more heartbeats, no leave)
+            new = member(link, prefix, "n1")
+            if ending == "drain":
+                await new.beat()
+                assert not new.taken  # at once
+            async with trio.open_nursery() as nursery:
+                await nursery.start(new.run, views.append)
+                nursery.cancel_scope.cancel()
+    assert views[0].members == ("n1",)
+
+
 async def test_a_silent_member_is_declared_dead_on_redis_s_clock(prefix: str) -> None:
     with trio.fail_after(CEILING):
         async with redis() as link:

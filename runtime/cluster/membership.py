@@ -15,11 +15,19 @@ Design:
   its view within a heartbeat. Epochs are compared for *difference*, never
   order, for that reason.
 - Leaving (a drain) removes the node and publishes at once.
+- One process a node id: each process draws a random token, and a
+  heartbeat holds ``<prefix>:instance:<id>`` with it for ``member_timeout``.
+  A heartbeat that finds another token there does not add the node. A
+  second process started with a live node's id (a copied file) shared its
+  forwarding inbox and took the other's forwarded sends; now it waits for
+  the key to run out (a restart after a crash: the old process's key lasts
+  ``member_timeout`` at most) and refuses to join if it does not.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -40,9 +48,16 @@ local quarantine = reborn(KEYS[3], KEYS[4], ARGV[4] == '1', ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local changed = false
+local taken = 0
 if redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) > 0 then changed = true end
 if ARGV[1] ~= '' then
-  if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) == 1 then changed = true end
+  local holder = redis.call('GET', KEYS[5])
+  if holder and holder ~= ARGV[6] then
+    taken = 1
+  else
+    redis.call('SET', KEYS[5], ARGV[6], 'PX', tonumber(ARGV[2]))
+    if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) == 1 then changed = true end
+  end
 end
 local epoch
 if changed then
@@ -51,11 +66,13 @@ if changed then
 else
   epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1), quarantine}
+return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1), quarantine, taken}
 """
 )
 
 _LEAVE: Final = """
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[3])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('PUBLISH', ARGV[2], epoch)
@@ -110,6 +127,9 @@ class Membership:
         self.heartbeat_interval = heartbeat_interval
         self.member_timeout = member_timeout
         self.members_key = f"{prefix}:members"
+        self.instance_key = f"{prefix}:instance:{node_id}"
+        self.token = secrets.token_hex(8)  # this process's: one process a node id
+        self.taken = False  # the last heartbeat found the id held by another process
         self.epoch_key = f"{prefix}:epoch"
         self.events = f"{prefix}:events"
         self._beat = link.script(_BEAT)
@@ -133,10 +153,18 @@ class Membership:
         me = "" if self._left else self.node_id
         known = self.view is not None
         timeout_ms, quarantine_ms = round(self.member_timeout * 1000), round(self.quarantine * 1000)
-        epoch, now_ms, members, left_ms = await self._beat(
-            [self.members_key, self.epoch_key, *self._rebirth],
-            [me, timeout_ms, self.events, int(known), quarantine_ms],
+        epoch, now_ms, members, left_ms, taken = await self._beat(
+            [self.members_key, self.epoch_key, *self._rebirth, self.instance_key],
+            [me, timeout_ms, self.events, int(known), quarantine_ms, self.token],
         )
+        if taken and not self.taken and known:
+            log.error(
+                "cluster: node id %s is held by another process now (this one was silent "
+                "past member_timeout): this node is no member while it is; each node "
+                "needs an id of its own",
+                self.node_id,
+            )
+        self.taken = bool(taken)
         quarantined = int(left_ms) > 0
         if quarantined and not self._quarantined:
             log.warning(
@@ -163,7 +191,10 @@ class Membership:
                 declared dead after ``member_timeout``).
         """
         self._left = True
-        await self._leave([self.members_key, self.epoch_key], [self.node_id, self.events])
+        await self._leave(
+            [self.members_key, self.epoch_key, self.instance_key],
+            [self.node_id, self.events, self.token],
+        )
 
     async def run(
         self,
@@ -175,9 +206,10 @@ class Membership:
         ``started()`` once the node has joined (its first heartbeat).
 
         Raises:
-            ClusterUnavailable: the first heartbeat failed (the node cannot join).
+            ClusterUnavailable: the first heartbeat failed (the node cannot join),
+                or another live process holds this node's id.
         """
-        last = await self.beat()
+        last = await self._join()
         on_view(last)
         task_status.started(last)
         async with trio.open_nursery() as nursery:
@@ -200,6 +232,33 @@ class Membership:
                 if view.epoch != last.epoch or view.members != last.members:
                     last = view
                     on_view(view)
+
+    async def _join(self) -> View:
+        """The first heartbeat, once no other process holds this node's id.
+
+        A process that held it and died (a restart after a crash) lets it go
+        within ``member_timeout``; one that still beats keeps it.
+        """
+        patience = self.member_timeout + 2 * self.heartbeat_interval
+        until = trio.current_time() + patience
+        view = await self.beat()
+        if self.taken:
+            log.warning(
+                "cluster: node id %s is held by another process's heartbeat; waiting up "
+                "to %g s for it to run out (a restart after a crash lets it go)",
+                self.node_id,
+                patience,
+            )
+        while self.taken:
+            if trio.current_time() >= until:
+                raise ClusterUnavailable(
+                    f"node id {self.node_id!r} is taken: another process runs the cluster "
+                    f"node of that id (its heartbeats went on for {patience:g} s); give "
+                    "this node an id of its own ([node] id)"
+                )
+            await trio.sleep(self.heartbeat_interval)
+            view = await self.beat()
+        return view
 
     async def _listen(self) -> None:
         async for _ in self.link.listen(self.events):
