@@ -1791,6 +1791,13 @@ async def open_node(
             if config.cluster is None:
                 await node._start_configured()
             else:
+                if config.storage.backend == "sqlite":
+                    log.warning(
+                        "cluster on SQLite: every node must open this same file (%s); a "
+                        "node with a file of its own has its own channel set and its own "
+                        "memory of what was sent, and sends again what another node sent",
+                        config.storage.path,
+                    )
                 node._cluster = await stack.enter_async_context(
                     open_cluster(
                         config.cluster,
