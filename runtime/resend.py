@@ -180,7 +180,10 @@ def _report_orphans(orphans: Mapping[str, Sequence[KeptMessage]]) -> None:
 
 
 def _when(unix: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+    except (OverflowError, ValueError, OSError):  # a row's time past the calendar's
+        return f"at unix time {unix!r}"
 
 
 async def _resend_one(

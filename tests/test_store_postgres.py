@@ -389,6 +389,23 @@ async def test_a_corrupt_kept_row_is_reported_and_skipped_the_others_are_read(
     )
 
 
+async def test_a_kept_row_from_a_time_past_python_s_calendar_is_read(pg: Pg) -> None:
+    # A valid timestamptz past datetime's year 9999 failed the whole read (an
+    # OverflowError in the driver, no StoreError): the node died at every start.
+    from runtime.resend import _when
+
+    table = pg.table("kept_outbound")
+    with trio.fail_after(PG_CEILING):
+        async with open_store(pg.config) as store, pg_session() as session:
+            await store.keep_outbound([kept(1)])
+            await session.execute(f"UPDATE {table} SET accepted_at = '200000-01-01 00:00Z'")
+            (back,) = await store.read_outbound()
+    assert back.message == kept(1).message
+    assert back.accepted_at > 6e12
+    assert _when(back.accepted_at) == "200000-01-01 00:00:00 UTC"
+    assert _when(1e20) == "at unix time 1e+20"  # (past time_t: the orphans' report raised)
+
+
 async def test_accepted_at_is_kept_to_the_microsecond(pg: Pg) -> None:
     item = attrs.evolve(kept(1), accepted_at=1_700_000_000.123456789)
     with trio.fail_after(PG_CEILING):

@@ -467,7 +467,10 @@ class PostgresStore(PostgresDurable, BatchingStore):
         try:
             async with self._connection() as conn:
                 rows = await self._aio(conn.fetch)(
-                    "SELECT id, channel_id, payload, reason, accepted_at "
+                    # The time as seconds: a valid timestamptz past Python's datetime
+                    # (year 200000) failed the whole read, at every start.
+                    "SELECT id, channel_id, payload, reason, "
+                    "EXTRACT(EPOCH FROM accepted_at)::float8 AS accepted_at "
                     f"FROM {self.outbound_table} ORDER BY id"
                 )
         except _DB_ERRORS as exc:
@@ -511,7 +514,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
                 "channel_id": row["channel_id"],
                 "message": stored_json(row["payload"]),
                 "reason": row["reason"],
-                "accepted_at": row["accepted_at"].timestamp(),
+                "accepted_at": row["accepted_at"],
             }
         )
         return attrs.evolve(kept, kept_id=row["id"])
