@@ -193,6 +193,33 @@ async def test_a_checkpoint_with_more_letters_than_a_listing_shows_reads_back_wh
     assert [each.id for each in loaded.state.dead_letters] == list(range(1, 1_502))
 
 
+async def test_a_dead_letter_row_that_is_no_letter_is_left_out_the_others_read(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One such row kept its channel from starting (StoreError reading its
+    # checkpoint) and failed every listing of every channel.
+    if backend.name == "memory":
+        pytest.skip("the memory store holds no rows to spoil")
+    letters = [letter(n, 1_800_000_000.0 + n) for n in (1, 2, 3)]
+    spoilt = "UPDATE {table} SET message = '{{\"peer\": 1}}' WHERE letter_id = 2"
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config()) as store:
+            await store.write_checkpoints([checkpoint("tg:1", 1, state(*letters))])
+            if backend.name == "sqlite":
+                with sqlite3.connect(backend.base.path) as conn:
+                    conn.execute(spoilt.format(table="dead_letters"))
+            else:
+                async with pg_session() as pg:
+                    await pg.execute(spoilt.format(table=f'"{backend.base.schema}".dead_letters'))
+            loaded = await store.load_checkpoint("tg:1")
+            listed = await store.dead_letters(DeadLetterFilter())
+    assert loaded is not None and loaded.state is not None
+    assert [each.id for each in loaded.state.dead_letters] == [1, 3]
+    assert [item.letter.id for item in listed] == [1, 3]
+    assert "dead letter 2 of channel 'tg:1' is not a letter" in caplog.text
+    assert '{"peer": 1}' in caplog.text  # what it held, for whoever mends it
+
+
 async def test_unchanged_dead_letters_are_not_rewritten(backend: Backend) -> None:
     one, two = letter(1, 1_800_000_000.0), letter(2, 1_800_000_001.0)
     with trio.fail_after(PG_CEILING):

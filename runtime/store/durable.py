@@ -24,6 +24,7 @@ Design:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -33,6 +34,8 @@ import trio
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 
 from .codec import decode_outbound, dumps, encode_outbound, state_text, stored_json
+
+log = logging.getLogger("switchboard.store")
 
 __all__ = [
     "LETTER_COLUMNS",
@@ -49,6 +52,7 @@ __all__ = [
     "letter_rows",
     "letters_matching",
     "state_json",
+    "unreadable_letter",
 ]
 
 DEFAULT_LETTER_LIMIT: Final = 1_000  # dead letters one listing returns at most
@@ -284,6 +288,26 @@ def letter_from_row(row: Sequence[Any]) -> StoredDeadLetter:
             attempts=int(attempts),
             at=float(dead_at),
         ),
+    )
+
+
+def unreadable_letter(where: str, row: Sequence[Any], error: ValueError) -> None:
+    """Report a dead letter row that is no letter (it is left out, the rest read).
+
+    One such row kept its channel from starting and failed every listing.
+    Left out, it is removed with the channel's rows at its next change of
+    letters: the log keeps what it held (cut to 2,000 characters).
+    """
+    channel_id, letter_id, *_, message = row
+    log.error(
+        "%s: dead letter %s of channel %r is not a letter (%s); it is left out, and goes "
+        "with the channel's next change of letters. It held: %s",
+        where,
+        letter_id,
+        channel_id,
+        error,
+        str(message)[:2000],
+        extra={"channel": channel_id},
     )
 
 

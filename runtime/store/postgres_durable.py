@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..errors import StoreError
 from .codec import dumps, state_from_text
 from .durable import (
     EVERY_LETTER,
@@ -36,6 +35,7 @@ from .durable import (
     decoded_checkpoint,
     encode_checkpoints_in_steps,
     letter_from_row,
+    unreadable_letter,
 )
 
 __all__ = ["PostgresDurable"]
@@ -252,14 +252,12 @@ class PostgresDurable:
         )
         found = []
         for row in rows:
+            values = [row[name] for name in LETTER_COLUMNS]
             try:
-                found.append(letter_from_row([row[name] for name in LETTER_COLUMNS]))
+                found.append(letter_from_row(values))
             except ValueError as exc:
                 self._errors += 1
-                raise StoreError(
-                    f"PostgreSQL at {self._where}: dead letter {row['letter_id']} of channel "
-                    f"{row['channel_id']!r} in {table} is not a message: {exc}"
-                ) from exc
+                unreadable_letter(f"PostgreSQL at {self._where}, {table}", values, exc)
         return found
 
 

@@ -60,6 +60,7 @@ from .durable import (
     decoded_checkpoint,
     encode_checkpoints_in_steps,
     letter_from_row,
+    unreadable_letter,
 )
 
 __all__ = ["SqliteStore", "open_sqlite_store"]
@@ -485,10 +486,7 @@ class SqliteStore(BatchingStore):
                 found.append(letter_from_row(row))
             except ValueError as exc:
                 self._errors += 1
-                raise StoreError(
-                    f"SQLite at {self.path}: dead letter {row[1]} of channel {row[0]!r} is "
-                    f"not a message: {exc}"
-                ) from exc
+                unreadable_letter(f"SQLite at {self.path}", row, exc)
         return found
 
 
