@@ -304,3 +304,21 @@ def test_a_subclass_of_str_is_checked_as_a_str_is() -> None:
         ("$.metadata.x", "not valid Unicode text: a lone surrogate '\\ud800' at 0"),
         ("$.peer", "must not be empty"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        ({"peer": None, "idempotency_key": "k", "text": "t"}, "$.message.peer"),
+        ({"peer": ["a", "b"], "idempotency_key": "k", "text": "t"}, "$.message.peer"),
+        ({"peer": "p", "idempotency_key": 12345, "text": "t"}, "$.message.idempotency_key"),
+        ({"peer": "p", "idempotency_key": "k", "text": 5}, "$.message.text"),
+    ],
+)
+def test_a_stored_message_with_a_mistyped_string_is_refused_naming_it(
+    message: dict[str, object], path: str
+) -> None:
+    # cattrs' str hook made them strings: sent to "None" or "['a', 'b']", then forgotten.
+    row = {"channel_id": "a", "message": message, "reason": "r", "accepted_at": 1.0}
+    with pytest.raises(ValueError, match=f"expected str.* @ {path.replace('$', '[$]')}"):
+        decode_kept(row)

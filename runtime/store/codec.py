@@ -122,6 +122,9 @@ def _make_converter() -> cattrs.Converter:
         tag_generator=lambda cls: EVENT_KINDS[cls],
         tag_name=_KIND_TAG,
     )
+    # cattrs' own str hook calls str(): a stored peer of null or 5, or a list,
+    # was sent to "None", "5" or "['a', 'b']" and the row forgotten.
+    made.register_structure_hook(str, _str_in)
     made.register_structure_hook(GCRAState | KeyedLimiterState[Any], _limiter_part)
     made.register_unstructure_hook(bytes, _bytes_out)
     made.register_structure_hook(bytes, _bytes_in)
@@ -137,6 +140,12 @@ def _make_converter() -> cattrs.Converter:
         lambda t: t == Operation, lambda data, _: _structure_operation(data)
     )
     return made
+
+
+def _str_in(value: Any, _: Any) -> str:
+    if type(value) is str:
+        return value
+    raise ValueError(f"expected a string, got {type(value).__name__}")
 
 
 def _sent_out(window: SentWindow) -> list[dict[str, str]]:
