@@ -375,6 +375,20 @@ async def test_an_old_outbox_file_is_imported_once_into_the_store(
             assert await again.read_outbound() == []  # imported once
 
 
+async def test_an_outbox_line_the_store_refuses_stays_in_the_file_alone(
+    backend: Backend, tmp_path: Path
+) -> None:
+    # A line the store refused (a NaN in its metadata) was logged and the file
+    # deleted all the same: gone. It stays in the file now, and only it.
+    path = tmp_path / "outbox.jsonl"
+    nan = json.dumps(encode_kept(kept(2, text="t", metadata={"score": float("nan")})))
+    path.write_text(f"{json.dumps(encode_kept(kept(1)))}\n{nan}\n")
+    with trio.fail_after(PG_CEILING):
+        async with open_store(backend.config(outbox_file=str(path))) as store:
+            assert await store.read_outbound() == [kept(1)]
+    assert path.read_text() == f"{nan}\n"
+
+
 @pytest.mark.parametrize(
     ("bad_line", "complaint"),
     [

@@ -33,39 +33,47 @@ async def import_legacy_outbox(store: Store, path: Path) -> int:
         StoreError: the file cannot be read, a line is not a kept message, or
             the store refused them (the file is left in place each time).
     """
-    kept = await trio.to_thread.run_sync(_read, path)
-    if kept is None:
+    lines = await trio.to_thread.run_sync(_read, path)
+    if lines is None:
         return 0
-    await store.keep_outbound(kept)
+    kept = [item for item, _ in lines]
+    refused = {id(item) for item in await store.keep_outbound(kept)}
+    # What the store refused (it logged each one) stays in the file, alone:
+    # deleting the file lost it, and leaving the rest would import them twice.
+    left = [line for item, line in lines if id(item) in refused]
     try:
-        await trio.to_thread.run_sync(_delete, path)
+        await trio.to_thread.run_sync(_delete if not left else _rewrite, path, left)
     except OSError as exc:
         # Kept twice is better than lost: the next start imports them again
         # and the resend carries the same idempotency keys.
         log.error("imported the outbox file %s but could not delete it: %s", path, exc)
+    moved = len(kept) - len(left)
     log.warning(
         "storage.outbox_file is deprecated: %d message(s) kept in %s by an earlier release "
-        "were moved into the %s store (the file is deleted); remove the setting",
-        len(kept),
+        "were moved into the %s store (%s); remove the setting",
+        moved,
         path,
         store.backend,
+        "the file is deleted"
+        if not left
+        else f"the {len(left)} the store refused are left in the file, alone: fix them",
     )
-    return len(kept)
+    return moved
 
 
-def _read(path: Path) -> list[KeptMessage] | None:
+def _read(path: Path) -> list[tuple[KeptMessage, str]] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise StoreError(f"could not read the outbox file {path}: {exc}") from exc
-    kept: list[KeptMessage] = []
+    kept: list[tuple[KeptMessage, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            kept.append(decode_kept(stored_json(line)))
+            kept.append((decode_kept(stored_json(line)), line))
         except ValueError as exc:  # not JSON (JSONDecodeError), too deep, or not a message
             raise StoreError(
                 f"{path}:{number}: not a kept message ({exc}); nothing was taken and the "
@@ -74,14 +82,29 @@ def _read(path: Path) -> list[KeptMessage] | None:
     return kept
 
 
-def _delete(path: Path) -> None:
+def _rewrite(path: Path, lines: list[str]) -> None:
+    """``path`` with ``lines`` alone, replaced at once (a crash leaves either file)."""
+    fresh = path.with_name(path.name + ".tmp")
+    with fresh.open("w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(fresh, path)
+    _sync_dir(path)
+
+
+def _delete(path: Path, _: object = None) -> None:
     path.unlink(missing_ok=True)
+    _sync_dir(path)
+
+
+def _sync_dir(path: Path) -> None:
     try:
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(fd)  # the unlink is durable before anything is sent again
+        os.fsync(fd)  # the change is durable before anything is sent again
     except OSError:
         pass
     finally:
