@@ -50,7 +50,9 @@ def member(link: RedisLink, prefix: str, node: str, **timing: float) -> Membersh
 # --- membership ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("written", ["x?Tr0ub4dorSecret", "Tr0ub4dor/Secret", "Tr0ub4dor#Secret"])
+@pytest.mark.parametrize(
+    "written", ["x?Tr0ub4dorSecret", "Tr0ub4dor/Secret", "Tr0ub4dor#Secret", "1234/Tr0ub4dorSecret"]
+)
 async def test_a_redis_password_written_without_its_escapes_is_not_quoted(written: str) -> None:
     # redis-py's own words quote the URL: "Port could not be cast to integer
     # value as 'Tr0ub4dor'" for a password with a bare ? / or #.

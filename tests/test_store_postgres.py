@@ -23,7 +23,7 @@ import runtime.store.base
 from runtime.config.model import StorageConfig
 from runtime.errors import StoreError
 from runtime.store import open_store
-from runtime.store.postgres import CLOSE_TIMEOUT
+from runtime.store.postgres import CLOSE_TIMEOUT, describe_dsn
 from tests.test_store import (
     PG_CEILING,
     PG_DSN,
@@ -114,6 +114,31 @@ async def test_a_password_written_without_its_escapes_leaves_no_piece_in_the_err
             pytest.fail("the store opened without a server")
     assert "Tr0ub4dor" not in full_text(caught.value), full_text(caught.value)
     assert "could not connect to PostgreSQL" in str(caught.value)
+
+
+async def test_a_password_with_a_bare_slash_after_digits_is_not_in_the_store_error() -> None:
+    # "1234/Tr0ub4dor..." written bare: the URL parser reads the user name as the
+    # host, "1234" as the port and the rest as the database, so where the DSN
+    # points ("host:port/db", in every message of the store) held the password.
+    written = f"{closed_port()}/Tr0ub4dorAndThreeMoreWords"
+    dsn = f"postgresql://localhost:{written}@127.0.0.1:5432/test"
+    with trio.fail_after(PG_CEILING), pytest.raises(StoreError) as caught:
+        async with open_store(StorageConfig(backend="postgres", dsn=dsn)):
+            pytest.fail("connected")
+    assert "Tr0ub4dor" not in full_text(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:1234/Tr0ub4dor@db.example/app",
+        "postgresql://postgres:5432#Tr0ub4dor@db.example/app",  # "5432": a piece, as a port
+    ],
+)
+def test_where_a_dsn_points_holds_no_piece_of_its_password(dsn: str) -> None:
+    where, secrets = describe_dsn(dsn)
+    assert not any(secret in where for secret in secrets), (where, secrets)
+    assert "Tr0ub4dor" not in where
 
 
 async def test_a_missing_database_names_the_database_not_the_password() -> None:

@@ -33,6 +33,7 @@ from providers.groups import ungrouped
 
 from ..aio import asyncio_loop
 from ..errors import NodeError
+from ..urls import scrubbed, written_passwords
 
 __all__ = ["ClusterUnavailable", "RedisLink", "describe_redis", "open_redis"]
 
@@ -47,10 +48,11 @@ class ClusterUnavailable(NodeError):
 
 
 def describe_redis(url: str) -> str:
-    """``host:port/db`` of a Redis URL, without its password."""
+    """``host:port/db`` of a Redis URL, without its password (nor any piece of it)."""
     try:
         parts = urlsplit(url)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+        return scrubbed(where, written_passwords(url, parts.password))
     except ValueError:
         return "<a URL that is not a redis:// URL>"
 
@@ -58,10 +60,21 @@ def describe_redis(url: str) -> str:
 class RedisLink:
     """One node's client of the cluster's Redis (see the module docstring)."""
 
-    def __init__(self, client: Any, loop: Any, where: str) -> None:
+    def __init__(self, client: Any, loop: Any, where: str, secrets: Sequence[str] = ()) -> None:
         self._client = client
         self._loop = loop
         self.where = where
+        self._secrets = secrets  # of the URL's password (runtime.urls): never in a message
+
+    def _unavailable(
+        self, what: str, exc: BaseException
+    ) -> tuple[ClusterUnavailable, BaseException | None]:
+        """The error for a failed ``what``, its text scrubbed of the URL's password,
+        and its cause (``None`` where the cause's own words held a piece of it)."""
+        text = f"{type(exc).__name__}: {exc}"
+        clean = scrubbed(text, self._secrets)
+        error = ClusterUnavailable(f"Redis at {self.where}: {what} failed: {clean}")
+        return error, (exc if clean == text else None)
 
     def __repr__(self) -> str:
         return f"<RedisLink {self.where}>"
@@ -79,9 +92,8 @@ class RedisLink:
         try:
             return await self._aio(self._client.execute_command)(*args)
         except _ERRORS as exc:
-            raise ClusterUnavailable(
-                f"Redis at {self.where}: {args[0]} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            error, cause = self._unavailable(str(args[0]), exc)
+            raise error from cause
 
     def script(self, source: str) -> Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]:
         """A Lua script, callable as ``await run(keys, args)``.
@@ -95,9 +107,8 @@ class RedisLink:
             try:
                 return await self._aio(registered)(keys=list(keys), args=list(args))
             except _ERRORS as exc:
-                raise ClusterUnavailable(
-                    f"Redis at {self.where}: a script failed: {type(exc).__name__}: {exc}"
-                ) from exc
+                error, cause = self._unavailable("a script", exc)
+                raise error from cause
 
         return run
 
@@ -165,7 +176,7 @@ async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # 
                 "password with ? # / @ or : in it must write them percent-encoded: %3F %23 "
                 "%2F %40 %3A)"
             ) from None
-        link = RedisLink(client, loop, where)
+        link = RedisLink(client, loop, where, written_passwords(url, urlsplit(url).password))
 
         async def close() -> None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
@@ -176,8 +187,10 @@ async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # 
         try:
             await link.call("PING")
         except ClusterUnavailable as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
             raise ClusterUnavailable(
-                f"could not reach the cluster's Redis at {where}: {exc.__cause__}; "
+                f"could not reach the cluster's Redis at {where}: "
+                f"{scrubbed(str(cause), link._secrets)}; "
                 "check cluster.redis_url and that Redis is up"
             ) from None
         yield link

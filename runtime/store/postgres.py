@@ -42,7 +42,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import attrs
@@ -54,6 +54,7 @@ from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
 from ..aio import asyncio_loop
 from ..config.model import StorageConfig
 from ..errors import StoreError
+from ..urls import scrubbed, written_passwords
 from . import migrations
 from .base import BatchingStore, BatchResult, KeptMessage
 from .codec import (
@@ -93,10 +94,10 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
     """Where a DSN points, fit for messages, and the secrets to keep out of them.
 
     Returns:
-        ``("host:port/db", [password forms])``; the password as written and
-        percent-decoded, so either can be scrubbed.
+        ``("host:port/db", [password forms])``: the password as written and
+        percent-decoded, and the pieces of one written without its escapes
+        (:mod:`runtime.urls`), longest first; the first is scrubbed of them.
     """
-    secrets = _written_passwords(dsn)
     try:
         parts = urlsplit(dsn)
         host = parts.hostname or "localhost"
@@ -104,33 +105,13 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
         database = parts.path.lstrip("/") or parts.username or "postgres"
         password = parts.password
     except ValueError:
-        return "<a DSN that is not a postgresql:// URL>", secrets
-    if password:
-        secrets += [password, unquote(password)]
-    # Longest first: a piece is scrubbed only where the whole was not.
-    return f"{host}:{port}/{database}", sorted(set(secrets), key=len, reverse=True)
-
-
-def _written_passwords(dsn: str) -> list[str]:
-    """The password as written between ``user:`` and the host's ``@``, and its pieces.
-
-    A password with a character a URL must escape (``? # / @``) written
-    bare is not the password a URL parser finds (``x?Tr0ub4dor`` is ``x``,
-    the rest a query), and the parsers quote the rest in their errors: each
-    piece of three characters or more is a secret too.
-    """
-    _, scheme, rest = dsn.partition("://")
-    userinfo, at, _ = rest.rpartition("@")
-    if not scheme or not at or ":" not in userinfo:
-        return []
-    written = userinfo.split(":", 1)[1]
-    return [written, *(piece for piece in re.split(r"[?#/@]", written) if len(piece) >= 3)]
+        return "<a DSN that is not a postgresql:// URL>", written_passwords(dsn)
+    secrets = written_passwords(dsn, password)
+    return scrubbed(f"{host}:{port}/{database}", secrets), secrets
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+    return scrubbed(text, secrets)
 
 
 def _quote(identifier: str) -> str:
@@ -535,7 +516,7 @@ async def _create_pool(loop: Any, dsn: str, where: str, secrets: Sequence[str], 
             detail = "its host could not be looked up (an @ in the password is written %40)"
         elif isinstance(exc, OSError) and exc.errno:  # refused, unreachable: said plainly
             detail = os.strerror(exc.errno).lower()
-        elif isinstance(exc, ValueError):
+        elif type(exc) is ValueError:
             # The DSN's own parse: its words quote the DSN, password and all.
             detail = (
                 "the DSN could not be read (a password with ? # / @ or : in it must "
