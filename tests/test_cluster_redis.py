@@ -14,7 +14,7 @@ import subprocess
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Final
+from typing import Any, Final
 
 import pytest
 import trio
@@ -94,6 +94,33 @@ async def test_a_second_process_with_a_live_node_s_id_is_refused(prefix: str) ->
                 await copy.run(lambda view: None)
             assert first.view is not None and first.view.members == ("n1",)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_process_whose_id_another_took_while_it_was_silent_stops(prefix: str) -> None:
+    # Silent past member_timeout (a pause), then another process took the id:
+    # the first went on, both acting as n1 (placing its channels, one inbox).
+    ended = trio.Event()
+    raised: list[ClusterUnavailable] = []
+    with trio.fail_after(CEILING):
+        async with redis() as link, trio.open_nursery() as nursery:
+            old, new = member(link, prefix, "n1"), member(link, prefix, "n1")
+
+            async def run_old(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await old.run(lambda view: None, task_status=task_status)
+                except ClusterUnavailable as exc:
+                    raised.append(exc)
+                    ended.set()
+
+            await nursery.start(run_old)
+            # Its hold ran out (as after member_timeout without a heartbeat).
+            await link.call("DEL", old.instance_key)
+            await link.call("ZREM", old.members_key, "n1")
+            await new.beat()
+            assert not new.taken  # the new process holds n1 now
+            await ended.wait()  # the old one's next heartbeat finds it taken
+            nursery.cancel_scope.cancel()
+    assert "was taken by another process" in str(raised[0])
 
 
 @pytest.mark.parametrize("ending", ["crash", "drain"])

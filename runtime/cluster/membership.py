@@ -21,7 +21,9 @@ Design:
   second process started with a live node's id (a copied file) shared its
   forwarding inbox and took the other's forwarded sends; now it waits for
   the key to run out (a restart after a crash: the old process's key lasts
-  ``member_timeout`` at most) and refuses to join if it does not.
+  ``member_timeout`` at most) and refuses to join if it does not. A process
+  that finds its id taken later (it was silent past ``member_timeout``, and
+  another took the id) stops.
 """
 
 from __future__ import annotations
@@ -157,13 +159,6 @@ class Membership:
             [self.members_key, self.epoch_key, *self._rebirth, self.instance_key],
             [me, timeout_ms, self.events, int(known), quarantine_ms, self.token],
         )
-        if taken and not self.taken and known:
-            log.error(
-                "cluster: node id %s is held by another process now (this one was silent "
-                "past member_timeout): this node is no member while it is; each node "
-                "needs an id of its own",
-                self.node_id,
-            )
         self.taken = bool(taken)
         quarantined = int(left_ms) > 0
         if quarantined and not self._quarantined:
@@ -229,9 +224,18 @@ class Membership:
                 if failing:
                     log.info("cluster heartbeats go through again")
                     failing = False
+                if self.taken:
+                    # Another process runs this node id now: two would place the
+                    # same channels on themselves and share its forwarding inbox.
+                    nursery.cancel_scope.cancel()
+                    break
                 if view.epoch != last.epoch or view.members != last.members:
                     last = view
                     on_view(view)
+        raise ClusterUnavailable(
+            f"node id {self.node_id!r} was taken by another process while this one "
+            "was silent past member_timeout; this one stops"
+        )
 
     async def _join(self) -> View:
         """The first heartbeat, once no other process holds this node's id.
