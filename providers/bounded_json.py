@@ -26,7 +26,8 @@ Design:
   parse: the keys the text spells (every string followed by a colon,
   counted in C) are compared with the keys the parsed objects hold, and
   only a body where they differ is parsed again, by :mod:`json` with a
-  hook that finds the key.
+  hook that finds the key. A body in UTF-16 or UTF-32 is always parsed
+  again: its bytes cannot be counted so.
 
 Error tree::
 
@@ -158,8 +159,12 @@ def loads(
         raise JSONTooDeep(f"the JSON body nests more than {max_depth} levels deep") from exc
     if unique_keys:
         held = _keys_held(value)
+        if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+            # UTF-16 or -32: the byte counts below mean nothing (a character whose
+            # bytes hold '"' and ':' could even make them agree). Parsed again.
+            _find_repeated_key(data)
         # Each key spelt takes a colon: as many colons as keys held, none repeats.
-        if raw.count(b":") != held and _keys_spelt(raw) != held:
+        elif raw.count(b":") != held and _keys_spelt(raw) != held:
             _find_repeated_key(data)
     return value
 

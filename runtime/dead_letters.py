@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import actors
 
-from .errors import ChannelFailed, ChannelUnavailable, NodeError
+from .errors import ChannelCrashed, ChannelFailed, ChannelUnavailable, MailboxFull, NodeError
 from .store.durable import DEFAULT_LETTER_LIMIT, DeadLetterFilter, StoredDeadLetter
 
 if TYPE_CHECKING:
@@ -138,6 +138,10 @@ async def _counted(channel_id: str, asked: Awaitable[int]) -> int:
         raise ChannelFailed(str(exc), channel_id=channel_id) from exc
     except actors.ChannelUnavailable as exc:
         raise ChannelUnavailable(str(exc), channel_id=channel_id) from exc
+    except actors.MailboxFull as exc:
+        raise MailboxFull(str(exc), channel_id=channel_id) from exc
+    except actors.ActorCrashed as exc:
+        raise ChannelCrashed(str(exc), channel_id=channel_id) from exc
     except actors.ActorDead as exc:
         raise ChannelUnavailable(
             f"channel {channel_id!r} stopped before it answered, and may not have done "

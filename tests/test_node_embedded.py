@@ -1631,7 +1631,8 @@ async def test_a_restart_forwarded_to_the_new_owner_does_not_hold_up_the_move(
     async with simulated_node(provider, channels=[sim("c")]) as node:
         owned = {"c": types.SimpleNamespace(tenure=None)}  # a stand-in cluster: "c" is ours
         node._cluster = types.SimpleNamespace(
-            ownership=types.SimpleNamespace(owned=owned, fenced=set())
+            ownership=types.SimpleNamespace(owned=owned, fenced=set()),
+            catalog=types.SimpleNamespace(specs={"c": node.config.channels[0]}),
         )
         moved: list[float] = []
 

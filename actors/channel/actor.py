@@ -17,6 +17,7 @@ Design:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, MutableMapping
@@ -31,7 +32,7 @@ from providers.operations import Operation
 
 from .. import lowlevel
 from ..actor import Actor, Exit
-from ..errors import ChannelFailed, ChannelUnavailable
+from ..errors import ChannelFailed, ChannelUnavailable, MailboxFull
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish_in_order
 from .pacing import Turns
@@ -64,6 +65,9 @@ class Send:
 
     message: Operation
     keep_refused: bool = attrs.field(default=False, kw_only=True)
+    # A dead letter sent again (told: nobody waits). Refused, it is a letter
+    # again even beside another letter of its key: its own was taken.
+    replayed: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen
@@ -96,8 +100,8 @@ def _unsent_replay(memory: ChannelMemory, channel_id: str, msg: Any, exit: Exit)
         f"channel {channel_id!r} ended ({exit}) before this replayed dead letter was sent",
         channel_id=channel_id,
     )
-    if memory.dead_letters.add_once(msg.message, error, 0):
-        memory.touch()
+    memory.dead_letters.add(msg.message, error, 0)  # (its own letter was taken: no key check)
+    memory.touch()
     log.warning(
         "channel %s: %s; it is in the dead-letter queue again",
         channel_id,
@@ -352,6 +356,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._set_status(ChannelStatus.FAILED, reason=f"{type(error).__name__}: {error}")
         self.memory.touch()  # FAILED stays FAILED across a restart of the process too
         self._wake_senders()  # so that they see the failure
+        self._breaker_told()  # and the ones an open breaker holds
 
     # --- requests -------------------------------------------------------------------
 
@@ -391,8 +396,25 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         if replay:
             # Nobody waits for a replay: whatever refuses a letter makes it one
             # again (keep_refused as it is taken, SendPath._unheard after).
-            for letter in letters:
-                self.ref.tell(Send(letter.message, keep_refused=True))
+            for told, letter in enumerate(letters):
+                try:
+                    self.ref.tell(Send(letter.message, keep_refused=True, replayed=True))
+                except MailboxFull:
+                    # No room for the rest (the queue holds as many as the mailbox):
+                    # they stay letters, and the answer counts what went.
+                    memory.dead_letters.put_back(letters[told:])
+                    memory.touch()
+                    if memory.checkpoints is not None:
+                        with contextlib.suppress(Exception):  # (dirty: the next round)
+                            await memory.checkpoints.write_now(memory)
+                    self._log.warning(
+                        "%r: replayed %d of %d dead letter(s): the mailbox is full; the "
+                        "others stay letters, replay them again",
+                        self,
+                        told,
+                        len(letters),
+                    )
+                    return told
         return len(letters)
 
     def receive_at_once(self, msg: Any) -> Any:

@@ -233,28 +233,43 @@ class SendPath:
         except Exception as exc:  # kept dirty: the writer's next round tries again
             self._log.warning("%r: a dead letter could not be written at once: %s", self, exc)
 
-    def _unheard(self, message: Operation, error: BaseException) -> None:
-        """A refusal its sender does not hear (a replayed dead letter, which no
-        one asked for): the message becomes a dead letter again, once per
-        key, written at once, so that nothing a replay took is lost."""
+    def _unheard(self, message: Operation, error: BaseException, *, again: bool) -> None:
+        """A refusal its sender does not hear: the message becomes a dead letter
+        (again), written at once, so that nothing is lost.
+
+        ``again``: a replayed letter (told), put back whatever else is among
+        the letters (its own was taken; another of its key may be there).
+        Else a kept message's resend: once per key (see :meth:`_keep_refused`).
+        """
         memory = self.memory
-        if memory.dead_letters.add_once(message, error, 0):
-            memory.touch()
-            # (As the incarnation ends there is no task to start: its stop's checkpoint writes it.)
-            with contextlib.suppress(RuntimeError, NotInActorContext):
-                self.start_task(self._keep_dead_letters)
+        letters = memory.dead_letters
+        if again:
+            letters.add(message, error, 0)
+        elif not letters.add_once(message, error, 0):
+            return
+        memory.touch()
+        # (As the incarnation ends there is no task to start: its stop's checkpoint writes it.)
+        with contextlib.suppress(RuntimeError, NotInActorContext):
+            self.start_task(self._keep_dead_letters)
         self._log.error("%r: %s; it is in the dead-letter queue", self, error)
 
-    async def _keep_refused(self, message: Operation, error: PermanentSendError) -> None:
+    async def _keep_refused(
+        self, message: Operation, error: PermanentSendError, *, again: bool = False
+    ) -> None:
         """A refused message nobody waits for becomes a dead letter (see ``Send.keep_refused``).
 
         Once per idempotency key: a message already among the letters (its
         resend was dead-lettered, then the process died before the node
-        forgot it) is not added again.
+        forgot it) is not added again; except a replayed one (``again``),
+        whose own letter was taken.
         """
-        if self.memory.dead_letters.add_once(message, error, 0):
-            self.memory.touch()
-            await self._keep_dead_letters()
+        letters = self.memory.dead_letters
+        if again:
+            letters.add(message, error, 0)
+        elif not letters.add_once(message, error, 0):
+            return
+        self.memory.touch()
+        await self._keep_dead_letters()
 
     def _check(self, message: Operation) -> None:
         """Refuse before sending what can never go: an operation the platform
@@ -300,7 +315,7 @@ class SendPath:
             self._check(message)
         except PermanentSendError as exc:
             if getattr(send, "keep_refused", False):
-                await self._keep_refused(message, exc)
+                await self._keep_refused(message, exc, again=getattr(send, "replayed", False))
             return outcome.Error(exc)
         if self._window.elsewhere(message):
             return self._refuse_elsewhere(send, message)
@@ -340,7 +355,7 @@ class SendPath:
             channel_id=self.config.channel_id,
         )
         if getattr(send, "keep_refused", False):
-            self._unheard(message, error)
+            self._unheard(message, error, again=getattr(send, "replayed", False))
         return outcome.Error(error)
 
     def _admit(self, send: Any, message: Operation) -> SendWindow:
@@ -533,7 +548,7 @@ class SendPath:
                 if not asked or getattr(item.msg, "keep_refused", False):
                     # A replayed dead letter (nobody waits) or a kept message's
                     # resend: a dead letter (again), saying why, not lost.
-                    self._unheard(message, error)
+                    self._unheard(message, error, again=not asked)
                 if asked:
                     item.fail(error)
                 del error  # (no cycle through this frame)
@@ -567,7 +582,7 @@ class SendPath:
         elif type(result) is outcome.Error and not flight.settled:
             # Refused, and not dead-lettered on the way (no connection within
             # connect_wait, a channel failed since): nobody hears it.
-            self._unheard(flight.message, result.error)
+            self._unheard(flight.message, result.error, again=True)
         window = self._window
         following = window.finish(flight)
         if following is not None and window.closing:  # stopping: the rest waits in the mailbox
