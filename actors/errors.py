@@ -153,7 +153,14 @@ class ChannelError(ActorError):
 
 
 class ChannelFailed(ChannelError):
-    """The channel stopped for good after a fatal platform error (chained)."""
+    """The channel stopped for good after a fatal platform error (chained).
+
+    ``dead_lettered``: the message whose send failed the channel is in its
+    dead-letter queue (a send refused because the channel had failed
+    before is not).
+    """
+
+    dead_lettered: bool = False
 
 
 class ChannelUnavailable(ChannelError):

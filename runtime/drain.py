@@ -398,17 +398,18 @@ async def drain(
         await sends.wait_until_done()
     cut = sends.cut()
     stopped, killed = await stop_channels(end)
+    # One grace for the store's last three writes together (a store that hangs
+    # must not take three), however long the channels took to stop.
+    grace_end = max(end, trio.current_time()) + STORE_GRACE
     failure: StoreError | None = None
     try:
-        kept = await _keep_leftovers(
-            cut, store, deadline, until=max(end, trio.current_time()) + STORE_GRACE
-        )
+        kept = await _keep_leftovers(cut, store, deadline, until=grace_end)
     except StoreError as exc:
         # Each sender hears it (NodeDraining: keeping it failed); the log names
         # each one too, and the channels' last checkpoints are still written.
         failure, kept = exc, []
         _report_unkept(cut, exc)
-    with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as checkpoint_scope:
+    with trio.move_on_at(grace_end) as checkpoint_scope:
         try:
             await checkpoints.flush()
         except StoreError as exc:
@@ -417,7 +418,7 @@ async def drain(
         log.error(
             "the last checkpoints were not written within %g s of the drain deadline", STORE_GRACE
         )
-    with trio.move_on_at(max(end, trio.current_time()) + STORE_GRACE) as flush_scope:
+    with trio.move_on_at(grace_end) as flush_scope:
         await store.flush()
     if flush_scope.cancelled_caught:
         log.error("the store did not flush within %g s of the drain deadline", STORE_GRACE)

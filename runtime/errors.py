@@ -444,7 +444,7 @@ def _mapped_class(kind: type[BaseException]) -> type[SendError] | None:
 
 def _copy_details(source: BaseException, target: SendError) -> None:
     details: Any = source
-    for name in ("peer", "capacity", "actor", "reason", "operation", "provider"):
+    for name in ("peer", "capacity", "actor", "reason", "operation", "provider", "dead_lettered"):
         if hasattr(details, name):
             setattr(target, name, getattr(details, name))
 
@@ -505,6 +505,8 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
             value = getattr(exc, name, None)
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 wire[name] = value
+        if getattr(exc, "dead_lettered", False) is True:
+            wire["dead_lettered"] = True  # (a ChannelFailed whose message is a letter)
     return wire
 
 
@@ -528,5 +530,7 @@ def error_from_wire(wire: Any) -> NodeError:
         for detail in _DETAILS:
             if detail in wire:
                 setattr(error, detail, wire[detail])
+        if wire.get("dead_lettered") is True:
+            error.dead_lettered = True  # type: ignore[attr-defined]
         return error
     return kind(message)

@@ -210,7 +210,9 @@ async def _resend_one(
             extra={**extra, "error.type": type(exc).__name__},
         )
         return
-    except (SendFailed, PermanentSendError) as exc:
+    except (SendFailed, PermanentSendError, ChannelFailed) as exc:
+        # (A ChannelFailed gets here only with its message dead-lettered: the
+        # others are tried again while the node runs, see _send_until_taken.)
         log.warning(
             "a message kept by the previous run (idempotency key %s) was dead-lettered: %s",
             key,
@@ -258,6 +260,8 @@ async def _send_until_taken(
         try:
             await send(item)
         except _NOT_YET as exc:
+            if getattr(exc, "dead_lettered", False):
+                raise  # it failed the channel, and its letter holds it: done
             tries += 1
             if tries == 1:
                 log.warning(

@@ -217,7 +217,7 @@ async def test_a_dead_letter_row_that_is_no_letter_is_left_out_the_others_read(
     assert [each.id for each in loaded.state.dead_letters] == [1, 3]
     assert [item.letter.id for item in listed] == [1, 3]
     assert "dead letter 2 of channel 'tg:1' is not a letter" in caplog.text
-    assert '{"peer": 1}' in caplog.text  # what it held, for whoever mends it
+    assert '"peer": 1' not in caplog.text  # its row is named, never its content
 
 
 async def test_unchanged_dead_letters_are_not_rewritten(backend: Backend) -> None:

@@ -766,10 +766,16 @@ class SendPath:
                 flight.settled = True
             self._fail(error)
             await self._keep_dead_letters()
-            raise ChannelFailed(
-                f"channel {self.config.channel_id!r} failed while sending: {error}",
+            failed = ChannelFailed(
+                f"channel {self.config.channel_id!r} failed while sending: {error}; the "
+                "message is in the dead-letter queue",
                 channel_id=self.config.channel_id,
-            ) from error
+            )
+            failed.dead_lettered = True
+            try:
+                raise failed from error
+            finally:
+                del failed  # no cycle through this frame's traceback
         if verdict.breaker_failure:
             memory.breaker.record_failure(now)
         else:

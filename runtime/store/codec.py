@@ -145,6 +145,10 @@ def _make_converter() -> cattrs.Converter:
 def _str_in(value: Any, _: Any) -> str:
     if type(value) is str:
         return value
+    if type(value) is int:
+        # Releases before types were checked where operations enter kept a
+        # Telegram chat id or a reply_to as written, a number: read as its digits.
+        return str(value)
     raise ValueError(f"expected a string, got {type(value).__name__}")
 
 

@@ -295,18 +295,18 @@ def unreadable_letter(where: str, row: Sequence[Any], error: ValueError) -> None
     """Report a dead letter row that is no letter (it is left out, the rest read).
 
     One such row kept its channel from starting and failed every listing.
-    Left out, it is removed with the channel's rows at its next change of
-    letters: the log keeps what it held (cut to 2,000 characters).
+    Left out, it stays in the store until the channel's next change of
+    letters, which writes them all again: the log says so, and names the
+    row, never its content (a message may hold a URL's token, an upload).
     """
-    channel_id, letter_id, *_, message = row
+    channel_id, letter_id, *_ = row
     log.error(
-        "%s: dead letter %s of channel %r is not a letter (%s); it is left out, and goes "
-        "with the channel's next change of letters. It held: %s",
+        "%s: dead letter %s of channel %r is not a letter (%s); it is left out, and its "
+        "row stays until the channel's letters next change: mend or copy it before then",
         where,
         letter_id,
         channel_id,
         error,
-        str(message)[:2000],
         extra={"channel": channel_id},
     )
 
