@@ -250,6 +250,15 @@ class CircuitBreaker:
             self._retry_at = None
             self._trials = 0
 
+    def release(self) -> None:
+        """Give back a call's slot without an outcome (it never reached the platform).
+
+        In HALF_OPEN its trial slot is free again, and the breaker stays
+        HALF_OPEN: no call has shown the platform is back. Nothing otherwise.
+        """
+        if self._state is BreakerState.HALF_OPEN and self._trials > 0:
+            self._trials -= 1
+
     def record_failure(self, now: float) -> None:
         """Report that a call failed.
 

@@ -175,6 +175,25 @@ def test_half_open_allows_limited_trials_and_a_success_closes() -> None:
         breaker.allow(float(t))
 
 
+def test_a_released_trial_frees_its_slot_and_closes_nothing() -> None:
+    # A send that took the trial slot and then did not call the platform (its
+    # limiter said wait) recorded a success: the breaker closed on no evidence.
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
+    breaker.record_failure(0.0)
+    breaker.allow(5.0)
+    with pytest.raises(CircuitOpen):
+        breaker.allow(5.1)  # the one slot is taken
+    breaker.release()
+    assert breaker.current_state(5.2) is HALF_OPEN
+    breaker.allow(5.2)  # the slot is free again: another trial
+    assert breaker.statistics().successes == 0
+    breaker.record_failure(5.5)
+    assert breaker.current_state(5.5) is OPEN
+    closed = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
+    closed.release()  # (closed: nothing to give back)
+    assert closed.current_state(0.0) is CLOSED
+
+
 def test_a_failed_trial_reopens_with_a_fresh_timeout() -> None:
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout=5.0)
     breaker.record_failure(0.0)

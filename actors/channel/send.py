@@ -684,7 +684,10 @@ class SendPath:
                     continue
                 conn = await self._live_connection()
                 if not memory.limiter.try_acquire(trio.current_time(), key=peer):
-                    breaker.record_success(trio.current_time())  # release a trial slot
+                    # Its trial slot back, the breaker as it was: nothing reached the
+                    # platform (a success recorded here closed it, and let every
+                    # send it held go to a platform that may still be down).
+                    breaker.release()
                     self._breaker_told()
                     continue
                 if self._turns is not None:
