@@ -682,13 +682,21 @@ class SendPath:
                 except CircuitOpen as exc:
                     await self._breaker_wait(exc.retry_at)
                     continue
-                conn = await self._live_connection()
+                trial = not breaker.closed  # (a trial slot taken: given back if no call follows)
+                try:
+                    conn = await self._live_connection()
+                except BaseException:
+                    if trial:
+                        breaker.release()  # (held a reset_timeout, the others waiting)
+                        self._breaker_told()
+                    raise
                 if not memory.limiter.try_acquire(trio.current_time(), key=peer):
                     # Its trial slot back, the breaker as it was: nothing reached the
                     # platform (a success recorded here closed it, and let every
                     # send it held go to a platform that may still be down).
-                    breaker.release()
-                    self._breaker_told()
+                    if trial:
+                        breaker.release()
+                        self._breaker_told()
                     continue
                 if self._turns is not None:
                     self._turns.pass_on()  # this turn is taken: the next in line may go or wait
