@@ -1289,12 +1289,10 @@ async def test_a_replayed_letter_made_a_letter_again_is_written_at_once(
         assert calls == {"d": 2}
 
 
-async def test_replayed_letters_a_drain_cuts_off_are_letters_again_in_the_last_checkpoint(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # A replay tells the channel each letter (nobody waits for them), after
-    # writing their taking; the drain stopped the channel with two still
-    # queued, which went to the actor system's dead letters: gone.
+@contextlib.asynccontextmanager
+async def three_letters_replayed(store: Any) -> AsyncIterator[tuple[Any, SimulatedProvider]]:
+    """``(node, platform)``: a node on ``store`` whose channel ``a`` (a window of
+    one, each send 1 s) has just replayed its three dead letters d1, d2, d3."""
     from providers.simulated import FailureRates
     from runtime import PermanentSendError
 
@@ -1303,17 +1301,27 @@ async def test_replayed_letters_a_drain_cuts_off_are_letters_again_in_the_last_c
     )
     window = {"simulated": {"rate_limit": {"enabled": False}, "send_window": 1}}
     config = node_config([sim("a")], providers=window)
+    async with open_node(
+        config, store=store, channel_defaults=FAST, providers={"simulated": provider}
+    ) as node:
+        await wait_connected(node, 1)
+        for key in ("d1", "d2", "d3"):
+            with pytest.raises(PermanentSendError):
+                await node.send("a", message(key))
+        provider.failures = FailureRates()
+        assert await node.replay_dead_letters("a") == 3
+        yield node, provider
+
+
+async def test_replayed_letters_a_drain_cuts_off_are_letters_again_in_the_last_checkpoint(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A replay tells the channel each letter (nobody waits for them), after
+    # writing their taking; the drain stopped the channel with two still
+    # queued, which went to the actor system's dead letters: gone.
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
-            ) as node:
-                await wait_connected(node, 1)
-                for key in ("d1", "d2", "d3"):
-                    with pytest.raises(PermanentSendError):
-                        await node.send("a", message(key))
-                provider.failures = FailureRates()
-                assert await node.replay_dead_letters("a") == 3
+            async with three_letters_replayed(store) as (node, provider):
                 await node.drain(2.5)  # one at a time, 1 s each: the cut comes at 1.875 s
             stored = await store.load_checkpoint("a")
     assert stored is not None and stored.state is not None

@@ -208,27 +208,13 @@ async def test_a_replay_past_the_mailboxs_room_loses_no_letter(autojump_clock: A
 async def test_replays_a_stop_or_restart_cuts_off_are_letters_in_the_checkpoint(
     how: str, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from providers.simulated import FailureRates, Fixed, SimulatedProvider
-    from runtime import PermanentSendError, open_node, open_store
+    from runtime import open_store
     from runtime.config import StorageConfig
-    from tests.test_node_embedded import FAST, message, node_config, sim, wait_connected
+    from tests.test_node_embedded import three_letters_replayed
 
-    provider = SimulatedProvider(
-        latency=Fixed(seconds=1.0), failures=FailureRates(send_permanent=1.0)
-    )
-    window = {"simulated": {"rate_limit": {"enabled": False}, "send_window": 1}}
-    config = node_config([sim("a")], providers=window)
     with trio.fail_after(CEILING):
         async with open_store(StorageConfig()) as store:
-            async with open_node(
-                config, store=store, channel_defaults=FAST, providers={"simulated": provider}
-            ) as node:
-                await wait_connected(node, 1)
-                for key in ("d1", "d2", "d3"):
-                    with pytest.raises(PermanentSendError):
-                        await node.send("a", message(key))
-                provider.failures = FailureRates()
-                assert await node.replay_dead_letters("a") == 3
+            async with three_letters_replayed(store) as (node, provider):
                 await trio.sleep(0.5)
                 if how == "stop":
                     await node.stop_channel("a")
