@@ -212,8 +212,14 @@ class ClusterMode:
             if row is None or not row.running:
                 return
             began = trio.current_time()
-            with trio.move_on_after(HANDOFF_WAIT):
-                await self._sends.wait_channel_done(channel_id)
+            owned = self._cluster.ownership.owned.get(channel_id)
+            tenure = getattr(owned, "tenure", None)
+            if tenure is None or tenure.valid():
+                with trio.move_on_after(HANDOFF_WAIT):
+                    await self._sends.wait_channel_done(channel_id)
+            # (Else its lease is lost and its link dropped: what is in flight waits
+            # for a connection it will never get here. It left the channel dark
+            # for those 10 s more; the stop hands it to the next owner.)
             waited = trio.current_time() - began
             fenced = channel_id in self._cluster.ownership.fenced
             stopping, checkpoint = await self._stop_local(row, checkpoint=not fenced)

@@ -1625,6 +1625,40 @@ async def test_a_stop_waiting_behind_another_never_stops_a_start_begun_meanwhile
             assert [child.id for child in channels.children] == listed, outcomes
 
 
+async def test_a_channel_whose_lease_is_lost_is_let_go_without_waiting_for_its_sends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its lease lost, its link dropped: the sends in flight wait for a connection
+    # they will never get here. The move's stop waited HANDOFF_WAIT (10 s) for
+    # them all the same, the channel dark on every node meanwhile.
+    import types
+
+    from actors.channel import Tenure
+    from runtime.node_cluster import HANDOFF_WAIT
+
+    provider = SimulatedProvider(latency=Fixed(seconds=40.0))  # on the wire past any wait
+    async with simulated_node(provider, channels=[sim("c")]) as node:
+        outcomes: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append_outcome, outcomes, node.send, "c", message("k"))
+            await trio.testing.wait_all_tasks_blocked()
+            lost = Tenure(trio.current_time() + 60.0)
+            lost.revoke()
+            node._cluster = types.SimpleNamespace(  # a stand-in cluster: "c" was ours
+                ownership=types.SimpleNamespace(
+                    owned={"c": types.SimpleNamespace(tenure=lost)}, fenced=set()
+                ),
+                catalog=types.SimpleNamespace(specs={"c": node.config.channels[0]}),
+            )
+            began = trio.current_time()
+            await node.stop_owned("c")
+            took = trio.current_time() - began
+            node.released("c")
+        node._cluster = None
+    assert took < HANDOFF_WAIT, took
+    assert len(outcomes) == 1 and isinstance(outcomes[0], Exception), outcomes
+
+
 async def test_a_restart_forwarded_to_the_new_owner_does_not_hold_up_the_move(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
