@@ -118,6 +118,7 @@ class CircuitBreaker:
         "_failures",
         "_rejections",
         "_retry_at",
+        "_round",
         "_state",
         "_successes",
         "_times_opened",
@@ -155,6 +156,7 @@ class CircuitBreaker:
         self._state = state.state
         self._consecutive = state.consecutive_failures
         self._retry_at = state.retry_at
+        self._round = 0  # of trials: a slot given back belongs to its own round
         self._trials = state.trials_in_flight
         self._successes = state.successes
         self._failures = state.failures
@@ -189,7 +191,7 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return self._state
 
-    def allow(self, now: float) -> None:
+    def allow(self, now: float) -> int:
         """Let one call through, or refuse it.
 
         In HALF_OPEN the call is a trial and takes a slot until its outcome
@@ -198,6 +200,9 @@ class CircuitBreaker:
         Args:
             now: the current time, in seconds.
 
+        Returns:
+            the round of trials the call's slot belongs to (for :meth:`release`).
+
         Raises:
             CircuitOpen: OPEN and ``retry_at`` not reached, or HALF_OPEN with
                 every trial slot taken; ``retry_at`` says when to come back.
@@ -205,7 +210,7 @@ class CircuitBreaker:
         """
         check_time(now)
         if self._state is BreakerState.CLOSED:
-            return
+            return self._round
         if self._state is BreakerState.OPEN:
             if not self._due(now):
                 self._refuse(
@@ -227,6 +232,7 @@ class CircuitBreaker:
                 "unreported trial slots are reclaimed (sooner if a trial call reports)",
             )
         self._trials += 1
+        return self._round
 
     def record_success(self, now: float) -> None:
         """Report that a call succeeded.
@@ -250,13 +256,15 @@ class CircuitBreaker:
             self._retry_at = None
             self._trials = 0
 
-    def release(self) -> None:
+    def release(self, round_: int) -> None:
         """Give back a call's slot without an outcome (it never reached the platform).
 
-        In HALF_OPEN its trial slot is free again, and the breaker stays
-        HALF_OPEN: no call has shown the platform is back. Nothing otherwise.
+        ``round_``: what :meth:`allow` returned for it. In HALF_OPEN its
+        trial slot is free again, and the breaker stays HALF_OPEN: no call has
+        shown the platform is back. Nothing otherwise, nor for a slot of an
+        earlier round (reclaimed since, and taken by another call).
         """
-        if self._state is BreakerState.HALF_OPEN and self._trials > 0:
+        if self._state is BreakerState.HALF_OPEN and round_ == self._round and self._trials:
             self._trials -= 1
 
     def record_failure(self, now: float) -> None:
@@ -304,6 +312,7 @@ class CircuitBreaker:
         return self._retry_at is not None and now >= self._retry_at
 
     def _start_trials(self, now: float) -> None:
+        self._round += 1
         self._trials = 0
         self._retry_at = now + self.reset_timeout
 

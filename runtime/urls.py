@@ -27,12 +27,16 @@ def written_passwords(url: str, parsed: str | None = None) -> list[str]:
     userinfo, at, _ = rest.rpartition("@")
     if scheme and at and ":" in userinfo:
         written = userinfo.split(":", 1)[1]
-        found += [written, *(piece for piece in re.split(r"[?#/@]", written) if len(piece) >= 3)]
-    return sorted(set(found), key=len, reverse=True)
+        pieces = re.split(r"[?#/@:\[\]]", written)
+        found += [written, *(piece for piece in pieces if len(piece) >= 3)]
+        # A piece read as a port comes back as a number: "0099" is "99".
+        found += [str(int(piece)) for piece in pieces if piece.isdigit() and len(piece) >= 3]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
 
 
 def scrubbed(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with each secret replaced by ``***`` (longest first)."""
+    """``text`` with each secret replaced by ``***`` (longest first), whatever its
+    case: a parser lowercases the host it took a piece of a password for."""
     for secret in secrets:
-        text = text.replace(secret, "***")
+        text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
     return text

@@ -180,18 +180,30 @@ def test_a_released_trial_frees_its_slot_and_closes_nothing() -> None:
     # limiter said wait) recorded a success: the breaker closed on no evidence.
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
     breaker.record_failure(0.0)
-    breaker.allow(5.0)
+    round_ = breaker.allow(5.0)
     with pytest.raises(CircuitOpen):
         breaker.allow(5.1)  # the one slot is taken
-    breaker.release()
+    breaker.release(round_)
     assert breaker.current_state(5.2) is HALF_OPEN
     breaker.allow(5.2)  # the slot is free again: another trial
     assert breaker.statistics().successes == 0
     breaker.record_failure(5.5)
     assert breaker.current_state(5.5) is OPEN
     closed = CircuitBreaker(failure_threshold=1, reset_timeout=5.0)
-    closed.release()  # (closed: nothing to give back)
+    closed.release(closed.allow(0.0))  # (closed: nothing to give back)
     assert closed.current_state(0.0) is CLOSED
+
+
+def test_a_slot_of_a_reclaimed_round_given_back_frees_nobody_else_s() -> None:
+    # A trial that waited past the round's reclaim gave back the next round's
+    # slot, taken by another call: a third call went beside it, two trials at once.
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=10.0)
+    breaker.record_failure(0.0)
+    stale = breaker.allow(10.0)
+    breaker.allow(20.0)  # reclaimed: a new round, its slot taken
+    breaker.release(stale)
+    with pytest.raises(CircuitOpen):
+        breaker.allow(21.0)  # still one trial at a time
 
 
 def test_a_failed_trial_reopens_with_a_fresh_timeout() -> None:

@@ -678,7 +678,7 @@ class SendPath:
                         await trio.sleep(delay)
                     continue
                 try:
-                    breaker.allow(now)
+                    round_ = breaker.allow(now)
                 except CircuitOpen as exc:
                     await self._breaker_wait(exc.retry_at)
                     continue
@@ -687,7 +687,7 @@ class SendPath:
                     conn = await self._live_connection()
                 except BaseException:
                     if trial:
-                        breaker.release()  # (held a reset_timeout, the others waiting)
+                        breaker.release(round_)  # (held a reset_timeout, the others waiting)
                         self._breaker_told()
                     raise
                 if not memory.limiter.try_acquire(trio.current_time(), key=peer):
@@ -695,7 +695,7 @@ class SendPath:
                     # platform (a success recorded here closed it, and let every
                     # send it held go to a platform that may still be down).
                     if trial:
-                        breaker.release()
+                        breaker.release(round_)
                         self._breaker_told()
                     continue
                 if self._turns is not None:
