@@ -10,6 +10,7 @@ repeated JSON key is refused in every encoding JSON allows.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -159,6 +160,35 @@ class _SlowCheckpoints:
     async def write_now(self, memory: Any) -> None:
         self.writes += 1
         await trio.sleep(1.0)
+
+
+async def test_a_replay_killed_while_its_taking_is_written_keeps_its_letters(
+    autojump_clock: Any,
+) -> None:
+    # The kill cut the write: the letters were out of the queue, in the memory
+    # that outlives the restart, and were never put back.
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            memory = channel.memory
+            for key in ("d1", "d2"):
+                memory.dead_letters.add(out(peer="p", key=key), BadRecipient("x"), 1)
+            memory.checkpoints = _SlowCheckpoints()  # type: ignore[assignment]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_outcome_of_replay, channel)
+                await trio.sleep(0.5)  # the taking is being written
+                channel.ref.kill()
+            memory.checkpoints = None
+            await provider.wait_connected(2)  # (restarted)
+            letters = await channel.dead_letters()
+    assert [letter.message.idempotency_key for letter in letters] == ["d1", "d2"]
+    assert provider.sent == []
+
+
+async def _outcome_of_replay(channel: Any) -> None:
+    with contextlib.suppress(Exception):  # (the kill answers it: not what is read here)
+        await channel.replay_dead_letters()
 
 
 async def test_a_replay_past_the_mailboxs_room_loses_no_letter(autojump_clock: Any) -> None:

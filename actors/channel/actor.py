@@ -384,8 +384,10 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         if memory.checkpoints is not None:
             try:
                 await memory.checkpoints.write_now(memory)
-            except Exception as exc:
-                memory.dead_letters.put_back(letters)
+            except BaseException as exc:
+                memory.dead_letters.put_back(letters)  # (cut by a kill too: memory outlives it)
+                if not isinstance(exc, Exception):
+                    raise
                 return outcome.Error(
                     ChannelUnavailable(
                         f"channel {self.config.channel_id!r}: the dead letters could not be "
