@@ -83,36 +83,6 @@ def test_describe_redis_hides_a_password_piece_the_parser_lowercased_as_host() -
 # --- held (passes): a send cut by a lost lease's stop hears ChannelUnavailable -------------
 
 
-async def test_a_send_cut_by_a_lost_lease_s_stop_hears_channel_unavailable(
-    autojump_clock: Any,
-) -> None:
-    import types
-
-    from actors.channel import Tenure
-    from providers.simulated import Fixed, SimulatedProvider
-    from runtime import ChannelUnavailable
-    from tests.test_node_embedded import append_outcome, message, sim, simulated_node
-
-    provider = SimulatedProvider(latency=Fixed(seconds=40.0))
-    async with simulated_node(provider, channels=[sim("c")]) as node:
-        outcomes: list[Any] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(append_outcome, outcomes, node.send, "c", message("k"))
-            await trio.testing.wait_all_tasks_blocked()
-            lost = Tenure(trio.current_time() + 60.0)
-            lost.revoke()
-            node._cluster = types.SimpleNamespace(
-                ownership=types.SimpleNamespace(
-                    owned={"c": types.SimpleNamespace(tenure=lost)}, fenced=set()
-                ),
-                catalog=types.SimpleNamespace(specs={"c": node.config.channels[0]}),
-            )
-            await node.stop_owned("c")
-            node.released("c")
-        node._cluster = None
-    assert isinstance(outcomes[0], ChannelUnavailable), repr(outcomes[0])
-
-
 async def test_open_redis_error_holds_no_password_piece_the_parser_lowercased() -> None:
     # The same URL on connecting: redis-py connects to host "cdef" (lowercased
     # by urlparse) and says so; the scrub misses it, and the cause is chained.
