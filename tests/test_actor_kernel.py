@@ -189,7 +189,7 @@ async def test_the_owner_of_undelivered_tells_hears_them_as_the_actor_ends(
             actors.lowlevel.set_undelivered(ref, handler)
             for msg in ("first", "second", "third"):
                 ref.tell(msg)
-            await trio.sleep(0.5)  # "first" is being handled; the others wait
+            await trio.testing.wait_all_tasks_blocked()  # "first" is handled; the others wait
             await ref.stop()
             exit = ref.exit
             dead = [d.message for d in system.dead_letters]

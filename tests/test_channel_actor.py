@@ -386,11 +386,39 @@ async def test_a_replayed_letter_refused_before_sending_stays_a_letter(
             [letter] = await channel.dead_letters()
             assert letter.error_type == "MessageTooLong"
             assert await channel.replay_dead_letters() == 1
-            await trio.sleep(5.0)
+            await trio.testing.wait_all_tasks_blocked()  # (refused as it is taken)
             [again] = await channel.dead_letters()
             assert again.message == letter.message
             assert again.error_type == "MessageTooLong"
             assert provider.send_attempts == []
+
+
+DOWN_WAIT = 20.0  # connect_wait of letters_and_no_link's channel
+
+
+@asynccontextmanager
+async def letters_and_no_link(
+    *messages: OutboundMessage,
+) -> AsyncIterator[tuple[FakeProvider, ChannelRef]]:
+    """``(platform, channel)``: each of ``messages`` refused by the platform (a dead
+    letter each), then the link dropped for good; a send waits ``DOWN_WAIT``."""
+    provider = FakeProvider(
+        limits=GENEROUS,
+        send_script=[BadRecipient("refused", peer=message.peer) for message in messages],
+        connect_script=[None] + [TransientError("down")] * 100,
+    )
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(
+            provider, channel_settings=settings(connect_wait=DOWN_WAIT)
+        ) as channel:
+            link = await provider.wait_connected(1)
+            for message in messages:
+                with pytest.raises(BadRecipient):
+                    await channel.send(message)
+            link.drop()
+            await trio.testing.wait_all_tasks_blocked()
+            assert channel.statistics().status is not ChannelStatus.CONNECTED
+            yield provider, channel
 
 
 async def test_a_replayed_letter_that_finds_no_connection_stays_a_letter(
@@ -399,28 +427,12 @@ async def test_a_replayed_letter_that_finds_no_connection_stays_a_letter(
     # Replayed while the platform is down: the send waits connect_wait for a
     # connection and gives up (ChannelUnavailable, which is no dead letter for
     # a caller who hears it). Nobody hears a replay's: it is a letter again.
-    provider = FakeProvider(
-        limits=GENEROUS,
-        send_script=[BadRecipient("no such chat", peer="p1")],
-        connect_script=[None] + [TransientError("down")] * 100,
-    )
-    chosen = settings(connect_wait=20.0)
-    with trio.fail_after(CEILING * 10):
-        async with open_channel(provider, channel_settings=chosen) as channel:
-            first = await provider.wait_connected(1)
-            with pytest.raises(BadRecipient):
-                await channel.send(out(key="down"))
-            first.drop()
-            await trio.sleep(1.0)
-            assert channel.statistics().status is not ChannelStatus.CONNECTED
-            assert await channel.replay_dead_letters() == 1
-            await trio.sleep(60.0)
-            [again] = await channel.dead_letters()
-            assert (again.message.idempotency_key, again.error_type) == (
-                "down",
-                "ChannelUnavailable",
-            )
-            assert len(provider.send_attempts) == 1
+    async with letters_and_no_link(out(key="down")) as (provider, channel):
+        assert await channel.replay_dead_letters() == 1
+        await trio.sleep(DOWN_WAIT + 1.0)  # (virtual) its wait for a connection runs out
+        [again] = await channel.dead_letters()
+        assert (again.message.idempotency_key, again.error_type) == ("down", "ChannelUnavailable")
+        assert len(provider.send_attempts) == 1
 
 
 async def test_a_failed_channel_refuses_a_replay_and_keeps_its_letters(autojump_clock: Any) -> None:

@@ -17,12 +17,17 @@ import pytest
 import trio
 import trio.testing
 
-from actors.channel import ChannelStatus
 from providers import bounded_json
 from providers.base import BadRecipient, TransientError
 from providers.testing import FakeProvider
 from tests.support import CEILING
-from tests.test_channel_actor import GENEROUS, open_channel, out, settings
+from tests.test_channel_actor import (
+    DOWN_WAIT,
+    GENEROUS,
+    letters_and_no_link,
+    open_channel,
+    out,
+)
 
 # --- (c) a replay refused as nobody hears it: a letter again, "once per key" --------------
 
@@ -38,26 +43,11 @@ async def test_two_letters_of_one_key_replayed_while_down_both_stay_letters(
     # connect_wait and is refused too (ChannelUnavailable) -- but add_once
     # finds a letter of key k already there and drops it, while the log says
     # "it is in the dead-letter queue".
-    provider = FakeProvider(
-        limits=GENEROUS,
-        send_script=[BadRecipient("no such chat", peer="a"), BadRecipient("gone", peer="b")],
-        connect_script=[None] + [TransientError("down")] * 100,
-    )
-    chosen = settings(connect_wait=20.0)
-    with trio.fail_after(CEILING * 10):
-        async with open_channel(provider, channel_settings=chosen) as channel:
-            first = await provider.wait_connected(1)
-            with pytest.raises(BadRecipient):
-                await channel.send(out(peer="a", key="k"))
-            with pytest.raises(BadRecipient):
-                await channel.send(out(peer="b", key="k"))
-            assert len(await channel.dead_letters()) == 2
-            first.drop()
-            await trio.sleep(1.0)
-            assert channel.statistics().status is not ChannelStatus.CONNECTED
-            assert await channel.replay_dead_letters() == 2
-            await trio.sleep(60.0)
-            letters = await channel.dead_letters()
+    async with letters_and_no_link(out(peer="a", key="k"), out(peer="b", key="k")) as (_, ch):
+        assert len(await ch.dead_letters()) == 2
+        assert await ch.replay_dead_letters() == 2
+        await trio.sleep(DOWN_WAIT + 1.0)  # (virtual) the wait for a connection runs out
+        letters = await ch.dead_letters()
     assert sorted(letter.message.peer for letter in letters) == ["a", "b"], letters
 
 
@@ -68,25 +58,12 @@ async def test_a_replay_of_one_letter_refused_while_another_of_its_key_waits_sta
     # while the platform is down. Refused (ChannelUnavailable), nobody hears
     # it: it must be a letter again. add_once sees the other letter of k and
     # drops it.
-    provider = FakeProvider(
-        limits=GENEROUS,
-        send_script=[BadRecipient("no", peer="a"), BadRecipient("no", peer="a")],
-        connect_script=[None] + [TransientError("down")] * 100,
-    )
-    chosen = settings(connect_wait=20.0)
-    with trio.fail_after(CEILING * 10):
-        async with open_channel(provider, channel_settings=chosen) as channel:
-            first = await provider.wait_connected(1)
-            with pytest.raises(BadRecipient):
-                await channel.send(out("one", peer="a", key="k"))
-            with pytest.raises(BadRecipient):
-                await channel.send(out("two", peer="a", key="k"))
-            one, _two = await channel.dead_letters()
-            first.drop()
-            await trio.sleep(1.0)
-            assert await channel.replay_dead_letters([one.id]) == 1
-            await trio.sleep(60.0)
-            letters = await channel.dead_letters()
+    one_and_two = out("one", peer="a", key="k"), out("two", peer="a", key="k")
+    async with letters_and_no_link(*one_and_two) as (_, ch):
+        one, _two = await ch.dead_letters()
+        assert await ch.replay_dead_letters([one.id]) == 1
+        await trio.sleep(DOWN_WAIT + 1.0)  # (virtual) the wait for a connection runs out
+        letters = await ch.dead_letters()
     assert sorted(letter.message.text for letter in letters) == ["one", "two"], letters
 
 

@@ -193,13 +193,12 @@ async def test_a_checkpoint_with_more_letters_than_a_listing_shows_reads_back_wh
     assert [each.id for each in loaded.state.dead_letters] == list(range(1, 1_502))
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)  # (rows to spoil)
 async def test_a_dead_letter_row_that_is_no_letter_is_left_out_the_others_read(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     # One such row kept its channel from starting (StoreError reading its
     # checkpoint) and failed every listing of every channel.
-    if backend.name == "memory":
-        pytest.skip("the memory store holds no rows to spoil")
     letters = [letter(n, 1_800_000_000.0 + n) for n in (1, 2, 3)]
     spoilt = "UPDATE {table} SET message = '{{\"peer\": 1}}' WHERE letter_id = 2"
     with trio.fail_after(PG_CEILING):
