@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "mask_url",
     "option_secrets",
     "options_repr",
+    "scrubbed",
     "shown",
     "url_repr",
     "url_secrets",
@@ -78,12 +79,13 @@ def _secret_query(query: str) -> list[str]:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The secret parts of ``url``: its userinfo (whole, and the password) and the
+    """The secret parts of ``url``: its userinfo (whole, and the password), the
+    password as written and its pieces (:func:`_written_password`), and the
     values of credential query parameters (``access_token=``, ``key=``, ``sig=``...)."""
+    found = _written_password(url) if url is not None else []
     parts = _split(url) if url is not None else None
     if parts is None:
-        return []
-    found: list[str] = []
+        return found
     if "@" in parts.netloc:
         userinfo = parts.netloc.rpartition("@")[0]
         found.append(userinfo)
@@ -92,6 +94,38 @@ def url_secrets(url: str | None) -> list[str]:
             found.extend({password, urllib.parse.unquote(password)})
     found.extend(_secret_query(parts.query))
     return found
+
+
+def _written_password(url: str) -> list[str]:
+    """The password between ``user:`` and the host's ``@`` as written, and its pieces.
+
+    A password with a character a URL must escape (``? # /``) written bare
+    is not the password a URL parser finds: ``user:x?Tr0ub4dor@host`` is the
+    password ``x`` and a query; ``user:1234/Tr0ub4dor@host`` is the host
+    ``user``, the port ``1234`` and a path. The parsers quote the rest in
+    their errors, and "where" such a URL points, read off the parsed parts,
+    holds it. So each piece of three characters or more is a secret too,
+    lowercased as a parser gives back a host, and a piece of digits as it
+    gives back a port (``0099``: ``99``).
+    """
+    _, scheme, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    if not scheme or not at or ":" not in userinfo:
+        return []
+    written = userinfo.split(":", 1)[1]
+    pieces = [piece for piece in re.split(r"[?#/@:\[\]]", written) if len(piece) >= 3]
+    found = [written, *pieces, *(piece.lower() for piece in pieces)]
+    found += [str(int(piece)) for piece in pieces if piece.isdigit()]
+    return [secret for secret in found if secret]
+
+
+def scrubbed(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``, longest first, whatever
+    its case."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = re.sub(re.escape(secret), MASK, text, flags=re.IGNORECASE)
+    return text
 
 
 def mask_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -278,6 +278,17 @@ def test_secrets_lists_every_secret_including_resolved_parts() -> None:
     assert not [secret for secret in secrets if secret in text and secret != "hook-secret-000"]
 
 
+def test_the_pieces_of_a_dsn_password_written_without_escapes_are_secrets_to_the_logs() -> None:
+    # The URL parser reads "1234/Tr0ub4dorX" as a port and a database: its
+    # pieces reach its errors, and only the whole DSN was known to the logs.
+    from runtime.telemetry.redaction import Redactor
+
+    dsn = "postgresql://sb:1234/Tr0ub4dorX@db.example/sb"
+    config = parse_config({"storage": {"backend": "postgres", "dsn": dsn}}, env={})
+    line = "could not connect to sb:1234/Tr0ub4dorX@db.example (Tr0ub4dorX@db.example)"
+    assert "Tr0ub4dorX" not in Redactor(config.secrets()).scrub(line)
+
+
 def test_an_empty_file_is_refused_and_an_empty_table_is_all_defaults() -> None:
     with pytest.raises(ConfigError, match="the file has no settings"):
         parse_config("# only a comment\n", env={})

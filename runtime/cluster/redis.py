@@ -30,10 +30,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from providers.groups import ungrouped
+from providers.masking import scrubbed, url_secrets
 
 from ..aio import asyncio_loop
 from ..errors import NodeError
-from ..urls import scrubbed, written_passwords
 
 __all__ = ["ClusterUnavailable", "RedisLink", "describe_redis", "open_redis"]
 
@@ -52,7 +52,7 @@ def describe_redis(url: str) -> str:
     try:
         parts = urlsplit(url)
         where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
-        return scrubbed(where, written_passwords(url, parts.password))
+        return scrubbed(where, url_secrets(url))
     except ValueError:
         return "<a URL that is not a redis:// URL>"
 
@@ -64,7 +64,7 @@ class RedisLink:
         self._client = client
         self._loop = loop
         self.where = where
-        self._secrets = secrets  # of the URL's password (runtime.urls): never in a message
+        self._secrets = secrets  # of the URL (providers.masking.url_secrets): never in a message
 
     def _unavailable(
         self, what: str, exc: BaseException
@@ -176,7 +176,7 @@ async def _open_redis(url: str, timeout: float) -> AsyncIterator[RedisLink]:  # 
                 "password with ? # / @ or : in it must write them percent-encoded: %3F %23 "
                 "%2F %40 %3A)"
             ) from None
-        link = RedisLink(client, loop, where, written_passwords(url, urlsplit(url).password))
+        link = RedisLink(client, loop, where, url_secrets(url))
 
         async def close() -> None:
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):

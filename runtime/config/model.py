@@ -671,9 +671,11 @@ class NodeConfig:
             found.extend(option_secrets(emulator.options))
         found.extend(url_secrets(self.ops.public_url))
         found.extend(url_secrets(self.profiling.pyroscope_url))
+        found.extend(url_secrets(self.storage.dsn))  # (its password's pieces too)
         if self.cluster is not None:
             found.append(self.cluster.redis_url)
+            found.extend(url_secrets(self.cluster.redis_url))
         if self.admin is not None:
             found.extend(token.token for token in self.admin.tokens if token.token)
-        found.extend(value for value in self.resolved_secrets if value and value not in found)
-        return found
+        found.extend(value for value in self.resolved_secrets if value)
+        return list(dict.fromkeys(found))  # (once each, in order)

@@ -50,11 +50,11 @@ import trio
 import trio_asyncio  # type: ignore[import-untyped]
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
+from providers.masking import scrubbed, url_secrets
 
 from ..aio import asyncio_loop
 from ..config.model import StorageConfig
 from ..errors import StoreError
-from ..urls import scrubbed, written_passwords
 from . import migrations
 from .base import BatchingStore, BatchResult, KeptMessage
 from .codec import (
@@ -94,24 +94,19 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
     """Where a DSN points, fit for messages, and the secrets to keep out of them.
 
     Returns:
-        ``("host:port/db", [password forms])``: the password as written and
+        ``("host:port/db", secrets)``: the password as written and
         percent-decoded, and the pieces of one written without its escapes
-        (:mod:`runtime.urls`), longest first; the first is scrubbed of them.
+        (``providers.masking.url_secrets``); the first is scrubbed of them.
     """
+    secrets = url_secrets(dsn)
     try:
         parts = urlsplit(dsn)
         host = parts.hostname or "localhost"
         port = parts.port or 5432
         database = parts.path.lstrip("/") or parts.username or "postgres"
-        password = parts.password
     except ValueError:
-        return "<a DSN that is not a postgresql:// URL>", written_passwords(dsn)
-    secrets = written_passwords(dsn, password)
+        return "<a DSN that is not a postgresql:// URL>", secrets
     return scrubbed(f"{host}:{port}/{database}", secrets), secrets
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    return scrubbed(text, secrets)
 
 
 def _quote(identifier: str) -> str:
@@ -269,7 +264,7 @@ class PostgresStore(PostgresDurable, BatchingStore):
     def _fail(self, operation: str, exc: BaseException, *, count: bool = True) -> NoReturn:
         if count:
             self._errors += 1
-        detail = _scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+        detail = scrubbed(f"{type(exc).__name__}: {exc}", self._secrets)
         error = StoreError(f"PostgreSQL at {self._where}: {operation} failed: {detail}")
         if any(secret in str(exc) for secret in self._secrets):
             raise error from None
@@ -523,7 +518,7 @@ async def _create_pool(loop: Any, dsn: str, where: str, secrets: Sequence[str], 
                 "write them percent-encoded: %3F %23 %2F %40 %3A)"
             )
         else:
-            detail = _scrub(f"{type(exc).__name__}: {exc}", secrets)
+            detail = scrubbed(f"{type(exc).__name__}: {exc}", secrets)
         error = StoreError(
             f"could not connect to PostgreSQL at {where}: {detail}; "
             "check storage.dsn and that the server is up"
