@@ -101,7 +101,7 @@ from supervisors import (
 from .admission import Shedder, admit
 from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
-from .cluster import Cluster, open_cluster
+from .cluster import Cluster, ClusterUnavailable, open_cluster
 from .collection import CollectorPolicy
 from .config.model import ChannelSpec, NodeConfig, ProviderDefaults
 from .dead_letters import DeadLetterOps
@@ -1298,14 +1298,22 @@ class Node(ClusterMode, DeadLetterOps):
             started = trio.current_time()
             await self._hand_off(started + budget * HANDOFF_SHARE)
             deadline = max(budget - (trio.current_time() - started), 0.0)
-        self._drain_report = await drain(
-            node_id=self.node_id,
-            sends=self._sends,
-            stop_channels=self._stop_channels,
-            checkpoints=self._checkpoints,
-            store=self.store,
-            deadline=self.config.node.drain_deadline if deadline is None else deadline,
-        )
+        try:
+            self._drain_report = await drain(
+                node_id=self.node_id,
+                sends=self._sends,
+                stop_channels=self._stop_channels,
+                checkpoints=self._checkpoints,
+                store=self.store,
+                deadline=self.config.node.drain_deadline if deadline is None else deadline,
+            )
+        except Exception:
+            # Its store failed it (what it could not keep is in the log), past the
+            # channels' stop all the same: their leases go back now, not at expiry.
+            if self._cluster is not None:
+                with contextlib.suppress(ClusterUnavailable):
+                    await self._cluster.leave()
+            raise
         if self._cluster is not None:
             await self._cluster.leave()  # the channels are stopped: the leases go back
         self._state = NodeState.DRAINED

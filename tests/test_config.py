@@ -34,6 +34,7 @@ from runtime.config import (
 )
 
 REPO: Path = Path(__file__).resolve().parent.parent
+URL_RULES = "with a port from 0 to 65535, and ? # / @ : in a password percent-encoded"
 
 FULL = """
 [node]
@@ -469,7 +470,7 @@ def test_a_literal_secret_is_refused_without_echoing_it(text: str, path: str | N
     assert "s3cr3t-v4lue" not in report
     if path is None:
         assert [str(p) for p in caught.value.problems] == [
-            "expected a postgresql:// URL @ storage.dsn"
+            f"expected a postgresql:// URL ({URL_RULES}) @ storage.dsn"
         ]
     else:
         assert [str(p) for p in caught.value.problems] == [
@@ -1066,6 +1067,31 @@ def test_an_unreadable_file_is_one_problem(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [
+        ("dsn", "postgresql://u:hunter2@db:99999/x"),  # past 65535: the driver overflowed
+        ("dsn", "postgresql://u:hun/ter2@db/x"),  # a bare / makes "hun" the port
+        ("redis_url", "redis://:hunter2@cache:70000/0"),
+    ],
+)
+def test_a_url_whose_port_cannot_be_read_is_refused_as_the_config_loads(
+    field: str, url: str
+) -> None:
+    """Refused where the config is read, naming the rule, never the URL; before,
+    a port past 65535 reached the PostgreSQL driver, which raised OverflowError
+    out of the node's start."""
+    section = "storage" if field == "dsn" else "cluster"
+    text = f'[{section}]\n{field} = "${{env:URL}}"\n'
+    if section == "cluster":
+        text = '[node]\nid = "n1"\n' + text
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, env={"URL": url})
+    report = str(caught.value)
+    assert "hunter2" not in report and "hun" not in report
+    assert f"URL ({URL_RULES}) @ {section}.{field}" in report
+
+
 def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
     with pytest.raises(ValueError, match=r"^id: expected 1 to 64 letters.*got 'tg:support'$"):
         ChannelSpec(id="tg:support", provider="telegram")
@@ -1073,7 +1099,7 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
         RateLimitConfig(per_channel_rate=-1)
     with pytest.raises(ValueError) as caught:
         StorageConfig(dsn="mysql://u:hunter2@db/x")
-    assert str(caught.value) == "dsn: expected a postgresql:// URL"  # a secret: not echoed
+    assert str(caught.value) == f"dsn: expected a postgresql:// URL ({URL_RULES})"  # not echoed
     assert attrs.evolve(ChannelSpec(id="a", provider="simulated"), tenant="t").tenant == "t"
 
 

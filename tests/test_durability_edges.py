@@ -207,3 +207,25 @@ async def test_a_dsn_option_the_driver_refuses_is_named_not_blamed_on_a_password
         async with open_store(StorageConfig(backend="postgres", dsn=dsn)):
             pytest.fail("connected")
     assert "sslmode" in str(caught.value), str(caught.value)
+
+
+async def test_an_owner_token_edited_to_64_bits_is_a_store_error_not_a_crash(
+    tmp_path: Any,
+) -> None:
+    """SQLite sums past 2**63 - 1 as a float; the token taken from it crashed
+    the node's first checkpoint with OverflowError. Now taking it fails with a
+    StoreError that says which rows to repair, and takes nothing."""
+    import sqlite3
+
+    from runtime.errors import StoreError
+
+    config = StorageConfig(backend="sqlite", path=str(tmp_path / "store.db"))
+    async with open_store(config) as store:
+        assert await store.next_owner_token() == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as conn, conn:
+        conn.execute("UPDATE owner_tokens SET token = ?", (2**63 - 1,))
+    async with open_store(config) as store:
+        with pytest.raises(StoreError, match=r"owner token would be .*written by hand"):
+            await store.next_owner_token()
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as conn:
+        assert conn.execute("SELECT token FROM owner_tokens").fetchone()[0] == 2**63 - 1

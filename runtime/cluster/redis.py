@@ -51,7 +51,8 @@ def describe_redis(url: str) -> str:
     """``host:port/db`` of a Redis URL, without its password (nor any piece of it)."""
     try:
         parts = urlsplit(url)
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+        port = 6379 if parts.port is None else parts.port
+        where = f"{parts.hostname or 'localhost'}:{port}{parts.path or '/0'}"
         return scrubbed(where, url_secrets(url))
     except ValueError:
         return "<a URL that is not a redis:// URL>"

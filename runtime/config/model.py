@@ -99,6 +99,7 @@ _SQL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
     try:
         parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError: not a number, or past 65535)
     except ValueError:
         return False
     return parts.scheme in schemes and bool(parts.netloc)
@@ -141,8 +142,14 @@ HTTP_URL: Final = Check("an http:// or https:// URL", lambda v: _is_url(v, ("htt
 ENDPOINT_URL: Final = Check(
     "an http(s):// or ws(s):// URL", lambda v: _is_url(v, ("http", "https", "ws", "wss"))
 )
-POSTGRES_URL: Final = Check("a postgresql:// URL", lambda v: _is_url(v, ("postgresql", "postgres")))
-REDIS_URL: Final = Check("a redis:// or rediss:// URL", lambda v: _is_url(v, ("redis", "rediss")))
+# A password's ? # / @ or : written bare reads as the URL's port, path or query.
+_URL_RULES: Final = "with a port from 0 to 65535, and ? # / @ : in a password percent-encoded"
+POSTGRES_URL: Final = Check(
+    f"a postgresql:// URL ({_URL_RULES})", lambda v: _is_url(v, ("postgresql", "postgres"))
+)
+REDIS_URL: Final = Check(
+    f"a redis:// or rediss:// URL ({_URL_RULES})", lambda v: _is_url(v, ("redis", "rediss"))
+)
 
 
 @attrs.frozen(kw_only=True)

@@ -102,7 +102,7 @@ def describe_dsn(dsn: str) -> tuple[str, list[str]]:
     try:
         parts = urlsplit(dsn)
         host = parts.hostname or "localhost"
-        port = parts.port or 5432
+        port = 5432 if parts.port is None else parts.port
         database = parts.path.lstrip("/") or parts.username or "postgres"
     except ValueError:
         return "<a DSN that is not a postgresql:// URL>", secrets

@@ -69,6 +69,7 @@ log = logging.getLogger("switchboard.store")
 
 BUSY_TIMEOUT_MS: Final = 5_000  # how long a statement waits for another process's lock
 _SQLITE_PARAMS: Final = 500  # ids per DELETE (SQLite's host parameters are limited)
+_TOKEN_CEILING: Final = 2**63  # an owner token is a signed 64-bit integer
 _T = TypeVar("_T")
 
 
@@ -335,7 +336,8 @@ class SqliteStore(BatchingStore):
 
         def take(conn: sqlite3.Connection) -> int:
             floor = conn.execute(
-                "SELECT coalesce(max(owner_token), 0) + 1 FROM channel_checkpoints"
+                "SELECT coalesce(max(owner_token), 0) + 1 FROM channel_checkpoints "
+                "WHERE typeof(owner_token) = 'integer'"
             ).fetchone()[0]
             row = conn.execute(
                 "INSERT INTO owner_tokens (name, token) VALUES ('node', ?) "
@@ -343,7 +345,16 @@ class SqliteStore(BatchingStore):
                 "RETURNING token",
                 (floor,),
             ).fetchone()
-            return int(row[0])
+            token = row[0]
+            # Past 2**63 - 1 SQLite's sum is a float (a row edited by hand): no
+            # token a checkpoint could be written with, so none is taken.
+            if type(token) is not int or not 0 < token < _TOKEN_CEILING:
+                raise sqlite3.DataError(
+                    f"the next owner token would be {token!r}, not a whole number "
+                    f"from 1 to {_TOKEN_CEILING - 1} (a row of owner_tokens or "
+                    "channel_checkpoints was written by hand); nothing was taken"
+                )
+            return token
 
         return await self._write("taking an owner token", take)
 
