@@ -719,12 +719,18 @@ class ClusterMode:
             try:
                 answer = await self._forward(channel_id, "webhook", wire, deadline)
             except _RunsHere:  # it came here while the request waited
-                row = self._table.find(channel_id)
-                if row is None or row.channel is None or row.channel.connection is None:
-                    continue
+                connection = await self._link_here(channel_id, deadline)
+                if connection is None:
+                    if trio.current_time() < deadline:
+                        continue  # it left again: forwarded to where it went
+                    return refusal(
+                        503,
+                        "ChannelUnavailable",
+                        f"channel {channel_id!r} did not connect in time; redeliver",
+                    )
                 return await deliver(
                     provider,
-                    row.channel.connection,
+                    connection,
                     method,
                     query,
                     headers,
@@ -742,6 +748,24 @@ class ClusterMode:
                     503, "ChannelUnavailable", f"channel {channel_id!r} did not take it; redeliver"
                 )
             return reply_from_wire(answer)
+
+    async def _link_here(self, channel_id: str, deadline: float) -> Any:
+        """The connection of a channel that runs here, once it has one.
+
+        None if it stops running here, or has no connection by trio time
+        ``deadline``. Waits on the channel's state changes: a channel taken
+        over here a moment ago is still connecting.
+        """
+        with (
+            self.subscribe(kind="state", channel=channel_id) as changes,  # type: ignore[attr-defined]
+            trio.move_on_at(deadline),
+        ):
+            while self._runs_here(channel_id):
+                row = self._table.get(channel_id)
+                if row.channel is not None and row.channel.connection is not None:
+                    return row.channel.connection
+                await changes.receive()
+        return None
 
     async def _owner_of(self, channel_id: str, *, fresh: bool) -> str | None:
         """The node that runs the channel: its lease holder, else its placement."""

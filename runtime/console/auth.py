@@ -176,11 +176,19 @@ def bearer(headers: Sequence[tuple[bytes, bytes]] | Iterable[tuple[Any, Any]]) -
         key = name.decode("latin-1") if isinstance(name, bytes) else str(name)
         if key.lower() != "authorization":
             continue
-        text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        # UTF-8, as the console's client sends a token; else byte for byte.
+        text = _header_text(value) if isinstance(value, bytes) else str(value)
         scheme, _, token = text.strip().partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return None
+
+
+def _header_text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 @attrs.frozen(kw_only=True)

@@ -112,8 +112,8 @@ class AdminClient:
                 if isinstance(found, Call):
                     self._events.append({"method": found.method, "params": found.params})
                     continue
-                if found.id != number:
-                    continue
+                if found.id != number and not (found.id is None and found.error is not None):
+                    continue  # (an error without an id: the console could not read the call)
                 return _result(found)
         except ConnectionClosed as exc:
             raise CannotConnect(f"the console closed the connection: {exc.reason}") from exc

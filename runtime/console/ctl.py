@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO
@@ -135,7 +137,7 @@ async def _run(args: argparse.Namespace, token: str, out: TextIO, err: TextIO) -
         print(f"switchboard ctl: {exc}", file=err)
         return EXIT_NODE
     except RemoteError as exc:
-        print(f"switchboard ctl: {args.method}: {exc.message}", file=err)
+        print(f"switchboard ctl: {args.method}: {printable(exc.message)}", file=err)
         if exc.data is not None:
             print(f"  {json.dumps(exc.data)}", file=err)
         if exc.code in _AUTH_CODES:
@@ -177,7 +179,7 @@ def parse_args(
         if ":=" in item:
             key, _, raw = item.partition(":=")
             try:
-                params[key] = json.loads(raw)
+                params[key] = json.loads(raw, parse_constant=_no_constant)
             except ValueError as exc:
                 raise UsageError(f"{key}: not JSON ({exc})") from None
             continue
@@ -198,7 +200,10 @@ def _typed(key: str, value: str, type_name: str) -> Any:
         if base == "int":
             return int(value)
         if base == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if base == "bool":
             if value.lower() in ("true", "yes", "1"):
                 return True
@@ -218,9 +223,17 @@ def _typed(key: str, value: str, type_name: str) -> Any:
 
 
 def render(result: Any, output: str) -> str:
-    """``result`` as JSON, or as a table for people."""
-    if output == "json":
-        return json.dumps(result, indent=2, ensure_ascii=False)
+    """``result`` as JSON, or as a table for people.
+
+    What the node answers may quote a platform or a peer (a last error, a dead
+    letter's reason): no control character of it reaches the terminal as is.
+    """
+    if output == "json":  # JSON escapes C0 controls; C1 and DEL are escaped here
+        return _C1.sub(_json_escape, json.dumps(result, indent=2, ensure_ascii=False))
+    return printable(_rendered(result))
+
+
+def _rendered(result: Any) -> str:
     if isinstance(result, list):
         return _table(result)
     if isinstance(result, dict):
@@ -232,6 +245,26 @@ def render(result: Any, output: str) -> str:
                 return (head + "\n" if head else "") + _table(rows)
         return _pairs(result)
     return str(result)
+
+
+_C1: Final = re.compile("[\x7f-\x9f]")
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character shown as its escape (``\\x1b``); lines kept."""
+    if text.isprintable():
+        return text
+    return "\n".join(
+        "".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in text.split("\n")
+    )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can carry")
 
 
 def _cell(value: Any) -> str:

@@ -36,6 +36,7 @@ import trio
 from ..config.model import ChannelSpec
 from ..errors import NodeError, UnknownChannel
 from ..events import EVENT_KINDS
+from ..store.durable import NO_LETTER_ID
 from ..view import ChannelSnapshot
 from . import shapes
 from .auth import Scope
@@ -75,6 +76,14 @@ def _kinds(instance: object, attribute: attrs.Attribute[Any], value: list[str] |
         raise ValueError(f"kinds: unknown {unknown}; known: {', '.join(sorted(known))}")
 
 
+def _letter_ids(instance: object, attribute: attrs.Attribute[Any], value: list[int] | None) -> None:
+    for index, letter_id in enumerate(value or ()):
+        if not 0 <= letter_id < NO_LETTER_ID:  # past what a store's 64-bit integer holds
+            raise ValueError(
+                f"ids[{index}]: expected a letter id from 0 to 2**63 - 1, got {letter_id}"
+            )
+
+
 # --- parameters -----------------------------------------------------------------------------
 
 
@@ -112,7 +121,7 @@ class ListLetters:
 class ChangeLetters:
     channel: str
     reason: str = attrs.field(validator=reason_given)
-    ids: list[int] | None = None
+    ids: list[int] | None = attrs.field(default=None, validator=_letter_ids)
 
 
 @attrs.frozen(kw_only=True)
@@ -250,7 +259,8 @@ def _targets(session: Session, params: ChangeChannels, method: str) -> list[Chan
             raise UnknownChannel(params.channel)
         session.check_channel(params.channel, wanted[0].tenant)
         session.audit_target(channels=[params.channel], tenants=[wanted[0].tenant])
-        return wanted
+        # A filter beside it is a condition: "stop a1 if it failed" leaves a connected a1.
+        return [s for s in wanted if _matches(s, params)]
     session.check_tenant(params.tenant)
     found = [s for s in session.visible_channels() if _matches(s, params) and not s.remote]
     session.audit_target(
@@ -304,9 +314,11 @@ async def _each(
 
 async def _stop(session: Session, params: ChangeChannels) -> Any:
     found = _targets(session, params, "channels.stop")
-    if params.dry_run and params.channel is None:
+    if params.dry_run:  # one channel or many: a dry run only counts
         return _dry_run_answer(found)
     node = session.console.node
+    if params.channel is not None and not found:
+        return {"count": 0, "channels": [], "failed": {}}  # the filter left it alone
     if params.channel is not None:
         await node.stop_channel(params.channel)
         return {"count": 1, "channels": [params.channel], "failed": {}}
@@ -315,9 +327,11 @@ async def _stop(session: Session, params: ChangeChannels) -> Any:
 
 async def _restart(session: Session, params: ChangeChannels) -> Any:
     found = _targets(session, params, "channels.restart")
-    if params.dry_run and params.channel is None:
+    if params.dry_run:  # one channel or many: a dry run only counts
         return _dry_run_answer(found)
     node = session.console.node
+    if params.channel is not None and not found:
+        return {"count": 0, "channels": [], "failed": {}}  # the filter left it alone
     if params.channel is not None:
         snapshot = await node.restart_channel(params.channel)
         return {"count": 1, "channels": [params.channel], "failed": {}, **shapes.channel(snapshot)}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias, TypeVar
@@ -216,8 +217,36 @@ def _loads(text: str | bytes) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON (no NaN: a float that is not finite becomes null)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_default)
+    """Compact JSON, valid UTF-8 text: a float that is not finite becomes null (JSON
+    has no NaN), and a lone surrogate (a cut emoji a platform sent) is escaped."""
+    try:
+        text = json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+        )
+    except ValueError:  # NaN or infinity somewhere in it
+        text = json.dumps(
+            _finite(value),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            default=lambda item: _finite(_default(item)),
+        )
+    if _SURROGATE.search(text) is not None:  # UTF-8 cannot carry it: \ud83d instead
+        return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=True)
+    return text
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _default(value: Any) -> Any:

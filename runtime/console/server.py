@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from providers.emulators.base import is_loopback
 
@@ -44,7 +44,7 @@ from ..config.model import AdminConfig
 from ..errors import StartupFailed
 from ..node import Node
 from . import rpc
-from .auth import Unauthenticated, bearer
+from .auth import Grant, Unauthenticated, bearer
 from .session import Console
 
 __all__ = ["AdminAddresses", "serve_admin"]
@@ -233,6 +233,26 @@ async def serve_admin(
                     await listener.aclose()
 
 
+async def _handshake(
+    console: Console, request: WebSocketRequest
+) -> tuple[Grant, WebSocketConnection] | None:
+    """The connection's grant and the accepted websocket; None if refused or gone."""
+    try:
+        grant = console.authenticate(bearer(request.headers))
+    except Unauthenticated as exc:
+        body = rpc.encode([rpc.failure(None, rpc.ErrorCode.UNAUTHENTICATED, str(exc))], batch=False)
+        assert body is not None
+        with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
+            await request.reject(
+                401, extra_headers=[(b"content-type", b"application/json")], body=body.encode()
+            )
+        return None
+    try:
+        return grant, await request.accept()
+    except (ConnectionClosed, trio.BrokenResourceError):
+        return None
+
+
 def _handler(console: Console) -> Callable[[WebSocketRequest], Awaitable[None]]:
     async def handle(request: WebSocketRequest) -> None:
         try:
@@ -244,25 +264,21 @@ def _handler(console: Console) -> Callable[[WebSocketRequest], Awaitable[None]]:
 
 
 async def _serve_connection(console: Console, request: WebSocketRequest) -> None:
-    if console.connections >= console.config.max_connections:
+    # A handshake holds its place from the check on: those that arrive together
+    # each see the others (counted once accepted, they all found room).
+    if console.connections + console.arriving >= console.config.max_connections:
         console.refusals.refuse("rate_limited")
         with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
             await request.reject(503, body=b"too many admin console connections\n")
         return
+    console.arriving += 1
     try:
-        grant = console.authenticate(bearer(request.headers))
-    except Unauthenticated as exc:
-        body = rpc.encode([rpc.failure(None, rpc.ErrorCode.UNAUTHENTICATED, str(exc))], batch=False)
-        assert body is not None
-        with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
-            await request.reject(
-                401, extra_headers=[(b"content-type", b"application/json")], body=body.encode()
-            )
+        accepted = await _handshake(console, request)
+    finally:
+        console.arriving -= 1  # (open_session counts it, with no checkpoint between)
+    if accepted is None:
         return
-    try:
-        connection = await request.accept()
-    except (ConnectionClosed, trio.BrokenResourceError):
-        return
+    grant, connection = accepted
     lock = trio.Lock()
 
     async def send(text: str) -> None:

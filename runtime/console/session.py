@@ -42,6 +42,7 @@ from supervisors import SupervisorError
 from ..config.model import AdminConfig
 from ..errors import NodeError, UnknownChannel
 from ..node import Node
+from ..telemetry.redaction import Redactor
 from ..view import ChannelSnapshot
 from . import rpc, shapes
 from .auth import AuditEvent, Grant, Refusals, TokenTable, Unauthenticated
@@ -71,6 +72,7 @@ class _Forward:
     tenants: frozenset[str] | None
     channels: frozenset[str] | None
     scopes: list[trio.CancelScope] = attrs.field(factory=list)
+    closers: list[Callable[[], None]] = attrs.field(factory=list)
     node_dropped: Callable[[], int] = lambda: 0
     audit_dropped: int = 0
     rate_dropped: int = 0
@@ -99,9 +101,12 @@ class Console:
         self.refusals = Refusals()
         self.clock = clock
         self.connections = 0
+        self.arriving = 0  # handshakes under way (they count against max_connections)
         self._audit: list[tuple[_Forward, Grant]] = []
         self._history: dict[str, deque[dict[str, Any]]] = {}
-        self._secrets = [secret for secret in node.config.secrets() if len(secret) >= 4]
+        # The node's own redaction: each secret in every form it may be quoted in
+        # (percent-encoded, JSON, repr), longest first, and credential shapes.
+        self._redactor = Redactor(node.config.secrets())
         self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
@@ -184,10 +189,13 @@ class Console:
             self.connections -= 1
 
     def scrub(self, text: str) -> str:
-        """``text`` without any secret of the node's config."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` without any secret of the node's config (as the log has it)."""
+        return self._redactor.scrub(text)
+
+    def scrub_tree(self, value: Any) -> Any:
+        """Every string of an answer or a notification, scrubbed: a channel's last
+        error may quote a platform's refusal, which may echo its credential."""
+        return self._redactor.scrub_tree(value)
 
     def history(self, channel_id: str) -> list[dict[str, Any]]:
         """The channel's last state changes, oldest first."""
@@ -228,11 +236,14 @@ class Console:
                 "switchboard.target": rpc.dumps(event.target),
             },
         )
+        named = frozenset(event.target.get("channels", ()))
         for forward, grant in list(self._audit):
             if grant.tenants is not None and not (touched and touched <= grant.tenants):
                 continue
             if forward.tenants is not None and not (touched and touched <= forward.tenants):
                 continue
+            if forward.channels is not None and not (named and named <= forward.channels):
+                continue  # limited to some channels: a change to others is not theirs
             if forward.audit is None:
                 continue
             try:
@@ -421,16 +432,30 @@ class Session:
             )
         if method.changes:
             dry = bool(getattr(params, "dry_run", False)) and "count" in self._target
-            self._audit(call, "ok", _summary(result), dry_run=dry)
-        return rpc.success(call.id, result)
+            self._audit(call, "ok", _summary(result), dry_run=dry, params=params)
+        return rpc.success(call.id, console.scrub_tree(result))
 
-    def _audit(self, call: Call, outcome: str, detail: Any, *, dry_run: bool = False) -> None:
+    def _audit(
+        self,
+        call: Call,
+        outcome: str,
+        detail: Any,
+        *,
+        dry_run: bool = False,
+        params: Any = None,
+    ) -> None:
+        """Publish the audit event of a change; ``params``: the call's, once
+        structured (by name or by position), else what the raw ones name."""
         method = METHODS.get(call.method)
         if method is None or not method.changes:
             return
-        raw = call.params if isinstance(call.params, dict) else {}
-        reason = raw.get("reason")
-        named = raw.get("channel")
+        if params is not None:
+            reason = getattr(params, "reason", None)
+            named = getattr(params, "channel", None)
+        else:
+            raw = call.params if isinstance(call.params, dict) else {}
+            reason = raw.get("reason")
+            named = raw.get("channel")
         if not self._target and isinstance(named, str):
             # Refused or invalid before the method said what it acts on.
             self._target = {"channels": [named]}
@@ -533,17 +558,21 @@ class Session:
         forward = _Forward(number=self._numbers, kinds=kinds, tenants=visible, channels=channels)
         self._subscriptions[forward.number] = forward
         node_kinds = None if kinds is None else kinds - {"audit"}
+        # Each task's scope is made here, not as it starts: an unsubscribe in the
+        # same batch (no checkpoint between) cancels it before it forwards a thing.
         if node_kinds is None or node_kinds:
             subscription = self.console.node.subscribe(
                 tenant=visible, channel=channels, kind=node_kinds, buffer=EVENT_BUFFER
             )
             forward.node_dropped = lambda: subscription.dropped
-            self._nursery.start_soon(self._forward_node, forward, subscription)
+            forward.closers.append(subscription.close)
+            self._nursery.start_soon(self._forward_node, forward, subscription, _scope_of(forward))
         if kinds is None or "audit" in kinds:
             send, receive = trio.open_memory_channel[AuditEvent](AUDIT_BUFFER)
             forward.audit = send
+            forward.closers.append(send.close)
             self.console._watch_audit(forward, self.grant)
-            self._nursery.start_soon(self._forward_audit, forward, receive)
+            self._nursery.start_soon(self._forward_audit, forward, receive, _scope_of(forward))
         return forward.number
 
     def unsubscribe(self, number: int) -> dict[str, Any]:
@@ -558,31 +587,44 @@ class Session:
         for scope in forward.scopes:
             scope.cancel()
         self.console._unwatch_audit(forward)
+        forward.audit = None
+        for close in forward.closers:  # the node forgets the subscriber now
+            close()
         return {"subscription": number, "sent": forward.sent, "dropped": forward.dropped()}
 
     def close(self) -> None:
         for number in list(self._subscriptions):
             self.unsubscribe(number)
 
-    async def _forward_node(self, forward: _Forward, subscription: Any) -> None:
-        with _scope_of(forward), subscription:
+    async def _forward_node(
+        self, forward: _Forward, subscription: Any, scope: trio.CancelScope
+    ) -> None:
+        with scope, subscription:
             async for found in subscription:
                 await self._notify(forward, shapes.event(found))
 
     async def _forward_audit(
-        self, forward: _Forward, receive: trio.MemoryReceiveChannel[AuditEvent]
+        self,
+        forward: _Forward,
+        receive: trio.MemoryReceiveChannel[AuditEvent],
+        scope: trio.CancelScope,
     ) -> None:
-        with _scope_of(forward), receive:
+        with scope, receive:
             async for event in receive:
                 await self._notify(forward, {"kind": "audit", "event": shapes.jsonable(event)})
 
     async def _notify(self, forward: _Forward, payload: dict[str, Any]) -> None:
+        console = self.console
+        if self.grant.expired(console.clock()):
+            # Its calls are refused since; its events stop too (every subscription).
+            self.close()
+            return
         if not self._events.try_acquire(trio.current_time()):
             forward.rate_dropped += 1
             return
         forward.sent += 1
         params = {"subscription": forward.number, **payload, "dropped": forward.dropped()}
-        await self._send(rpc.notification("events.event", params))
+        await self._send(rpc.notification("events.event", console.scrub_tree(params)))
 
 
 def _scope_of(forward: _Forward) -> trio.CancelScope:

@@ -25,7 +25,7 @@ from typing import Any, Final, TextIO
 import trio
 
 from .client import AdminClient, RemoteError
-from .ctl import UsageError, parse_args, render
+from .ctl import UsageError, parse_args, printable, render
 
 __all__ = ["Completer", "run_shell"]
 
@@ -137,7 +137,8 @@ async def run_shell(client: AdminClient, out: TextIO, err: TextIO, *, interactiv
                 continue
             except RemoteError as exc:
                 detail = f" {exc.data}" if exc.data is not None else ""
-                print(f"error {exc.code}: {exc.message}{detail}", file=err, flush=True)
+                shown = printable(f"{exc.message}{detail}")
+                print(f"error {exc.code}: {shown}", file=err, flush=True)
                 continue
             print(render(result, output), file=out, flush=True)
     finally:

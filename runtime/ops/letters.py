@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +29,7 @@ from providers import bounded_json
 from providers.masking import shown
 
 from ..errors import NodeError, UnknownChannel
-from ..store.durable import DEFAULT_LETTER_LIMIT, StoredDeadLetter
+from ..store.durable import DEFAULT_LETTER_LIMIT, NO_LETTER_ID, StoredDeadLetter
 from ..view import NodeView
 
 __all__ = ["DeadLetterApi"]
@@ -167,13 +167,10 @@ def _ids(body: bytes) -> list[int] | None:
     if ids is None:
         return None
     if not isinstance(ids, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < _NO_ID for i in ids
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < NO_LETTER_ID for i in ids
     ):
         raise _BadRequest("ids must be a list of whole numbers from 0 to 2**63 - 1 @ $.ids")
     return ids
-
-
-_NO_ID: Final = 2**63  # the first number no letter id reaches (a store's 64-bit integer)
 
 
 def _letter(item: StoredDeadLetter, scrub: Callable[[str], str]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 DEFAULT_LETTER_LIMIT: Final = 1_000  # dead letters one listing returns at most
+NO_LETTER_ID: Final = 2**63  # the first number no letter id reaches (a store's 64-bit integer)
 # A limit above any channel's queue (10,000 by default): a checkpoint's read takes them all.
 EVERY_LETTER: Final = 2**31 - 1
 
