@@ -14,7 +14,10 @@ Design:
   UTF-16 pair (a lone surrogate, as a client that cut a string inside an
   emoji sends it; written escaped, as ``\\ud83d``), ``NaN`` and numbers
   too large for a float (``1e400``), bytes in UTF-16 or with a byte-order
-  mark. Only what neither takes raises.
+  mark. Only what neither takes raises. A lone surrogate is read as
+  U+FFFD, the replacement character: text with one is no Unicode, and no
+  store, log or websocket can carry it (a message a platform sent with one
+  is kept, with its cut character shown as such).
 - :func:`compact` writes non-ASCII text as UTF-8 (msgspec's way); the text
   the standard library writes for what msgspec refuses escapes it, as
   ``json.dumps`` does. Both are the same JSON value. A float that JSON
@@ -30,6 +33,7 @@ Design:
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 import msgspec
@@ -59,4 +63,22 @@ def parsed(data: str | bytes) -> Any:
     try:
         return _decode(data)
     except ValueError:  # msgspec.DecodeError
-        return json.loads(data)
+        value = json.loads(data)
+    try:  # what msgspec refuses is rare (see the module): its text is looked through
+        return _whole(value)
+    except RecursionError:  # as deep as json.loads goes: as it is (a store refuses it)
+        return value
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _whole(value: Any) -> Any:
+    """``value`` with each lone surrogate of its text replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_whole(key): _whole(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    return value

@@ -22,8 +22,9 @@ Design:
   :func:`check_here` for those that run elsewhere; they read its verdict
   instead of hashing the body again. The owner of a carried post checks it
   again (its own process, its own secret). The platform's answer is the
-  owner's: 200 only once the owner's link has taken the event, the moment a
-  local webhook is answered too. A node that dies mid-forward leaves the
+  owner's: 200 only once the owner's channel has kept the events (Telegram
+  and Meta forget what was answered 200), the moment a local webhook is
+  answered too. A node that dies mid-forward leaves the
   platform without a 200, and the platform delivers again.
 - What travels (:func:`to_wire`): the method, the query, the body (base64)
   and only the headers the links read. Never Telegram's secret token: it is a

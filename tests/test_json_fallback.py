@@ -29,6 +29,17 @@ values = st.recursive(
 )
 
 
+def whole(value: Any) -> Any:
+    """``value`` with each lone surrogate (half of a UTF-16 pair) as U+FFFD."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    if isinstance(value, list):
+        return [whole(item) for item in value]
+    if isinstance(value, dict):
+        return {whole(key): whole(item) for key, item in value.items()}
+    return value
+
+
 def same(a: Any, b: Any) -> bool:
     """Equal, and of the same types all the way down (1 is not 1.0 here)."""
     if isinstance(a, list) and isinstance(b, list):
@@ -43,7 +54,7 @@ def same(a: Any, b: Any) -> bool:
 def test_compact_writes_the_value_json_reads_back(value: Any) -> None:
     text = compact(value)
     assert same(json.loads(text), value)
-    assert same(parsed(text), value)
+    assert same(parsed(text), whole(value))  # a lone surrogate is read as U+FFFD
 
 
 @given(values, st.sampled_from([", ", ",", " , "]))
@@ -51,18 +62,18 @@ def test_compact_writes_the_value_json_reads_back(value: Any) -> None:
 def test_parsed_reads_whatever_json_wrote_as_json_reads_it(value: Any, comma: str) -> None:
     for ascii_only in (True, False):
         text = json.dumps(value, ensure_ascii=ascii_only, separators=(comma, ":"))
-        assert same(parsed(text), json.loads(text))
+        assert same(parsed(text), whole(json.loads(text)))
         if ascii_only or not any("\ud800" <= c <= "\udfff" for c in text):
             data = text.encode()
-            assert same(parsed(data), json.loads(data))
+            assert same(parsed(data), whole(json.loads(data)))
     data = json.dumps(value).encode("utf-16")  # bytes with a byte-order mark
-    assert same(parsed(data), json.loads(data))
+    assert same(parsed(data), whole(json.loads(data)))
 
 
 def test_what_msgspec_refuses_comes_out_as_the_standard_library_gives_it() -> None:
     cut = "see you \ud83d"  # the first half of an emoji only
     assert compact({"text": cut}) == '{"text":"see you \\ud83d"}'
-    assert parsed('{"text":"see you \\ud83d"}') == {"text": cut}
+    assert parsed('{"text":"see you \\ud83d"}') == {"text": "see you \ufffd"}
     for big in ("123456789012345678901234567890", "18446744073709551616", "-9223372036854775809"):
         for text in (f"[{big}]", f'{{"n": {big}}}', f'{{"n":{big}}}', big):
             assert same(parsed(text), json.loads(text)), text

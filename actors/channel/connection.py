@@ -256,6 +256,11 @@ class ConnectionLoop:
         offer = getattr(conn, "take_events_at_once", None) if liveness is None else None
         if offer is not None:
             offer(self._event_at_once)
+        # This reader reads on only once the last event is kept: a webhook may
+        # wait for that before the platform hears 200 (which it never repeats).
+        keeping = getattr(conn, "answer_when_kept", None)
+        if keeping is not None:
+            keeping()
         try:
             await self._read_events(conn, events, liveness)
         finally:

@@ -40,7 +40,7 @@ from providers.operations import Operation
 from ..backoff import BackoffState
 from ..breaker import CircuitBreakerState
 from ..ratelimit import CompositeLimiterState, GCRAState, KeyedLimiterState
-from .state import ChannelStatus, SentEntry, SentWindow
+from .state import ChannelStatus, SentEntry, SentWindow, kept_seen
 
 if TYPE_CHECKING:
     from .state import ChannelMemory
@@ -171,7 +171,7 @@ def export_state(
         limiter=limiter,
         backoff=_shift_backoff(memory.backoff.state, clock_offset),
         breaker=breaker,
-        seen=memory.seen.newest(DEDUPE_KEPT),
+        seen=kept_seen(memory, DEDUPE_KEPT),
         failed=(memory.last_error or "failed") if memory.status is ChannelStatus.FAILED else None,
         dead_letters=tuple(
             DeadLetterRecord(

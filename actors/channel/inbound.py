@@ -64,11 +64,13 @@ restart, the buffer bounded):
   channel, whatever the outage's length.
 - Past those bounds the platform holds the rest, each in its own way:
   Telegram keeps the updates it was not asked for (polling), or gets a 503
-  after ``WEBHOOK_TIMEOUT`` and redelivers (webhooks); WhatsApp's webhook
-  answers 503 once the buffer cannot take a whole notification, and Meta
-  redelivers; Discord's gateway driver stops reading (a socket the gateway
-  drops meanwhile is resumed, and a connection that ends with events unread
-  resumes after the last one taken); the generic websocket stops being read
+  after ``WEBHOOK_TIMEOUT`` and redelivers (webhooks: answered 200 only once
+  the event is kept); WhatsApp's webhook answers 200 only once every event
+  of the notification is kept, 503 once the buffer cannot take a whole
+  notification or its channel closes first, and Meta redelivers; Discord's
+  gateway driver stops reading (a socket the gateway drops meanwhile is
+  resumed, and a connection that ends with events unread resumes after the
+  last one taken); the generic websocket stops being read
   (its TCP window closes), and its keepalive does not count the stall
   against the link (``WebSocketCore.reader_stalled``): the link, and what
   the server queued on it, survive. Reading resumes by itself once the
@@ -88,6 +90,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from providers.base import DeliveryReceipt, Event, InboundMessage, MessageEdited
+
+from .state import seen_key
 
 if TYPE_CHECKING:
     from .state import ChannelMemory, ChannelSettings
@@ -199,10 +203,7 @@ class InboundPath:
     async def _on_event(self, event: Event) -> None:
         memory = self.memory
         if isinstance(event, InboundMessage | MessageEdited):
-            key = event.platform_message_id
-            if isinstance(event, MessageEdited):
-                key = f"edit:{key}:{event.timestamp}"
-            if not memory.seen.add(key):
+            if not memory.seen.add(seen_key(event)):
                 memory.counters["duplicates"] += 1
                 return
         elif not isinstance(event, DeliveryReceipt):

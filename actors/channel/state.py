@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 import attrs
 import trio
 
-from providers.base import UNLIMITED, PlatformLimits, SessionState
+from providers.base import UNLIMITED, InboundMessage, MessageEdited, PlatformLimits, SessionState
 from providers.operations import Operation
 
 from ..backoff import Backoff, ExponentialBackoff
@@ -760,6 +760,27 @@ class LinkWatch(Protocol):
 
     def link_changed(self) -> None:
         """A channel's live connection was set, or dropped."""
+
+
+def seen_key(event: InboundMessage | MessageEdited) -> str:
+    """The event's key in the channel's window of recent ids (``seen``)."""
+    if isinstance(event, MessageEdited):
+        return f"edit:{event.platform_message_id}:{event.timestamp}"
+    return event.platform_message_id
+
+
+def kept_seen(memory: ChannelMemory, count: int) -> tuple[str, ...]:
+    """The newest ``count`` ids of ``seen`` whose events are kept: not those still
+    in the channel's hands (``pending``). A checkpoint holds these: one taken
+    while an event waits for the store, then a kill -9, made the platform's
+    redelivery of that event a duplicate, never kept nor published."""
+    newest = memory.seen.newest(count)
+    unkept = {
+        seen_key(event)
+        for event, _ in memory.pending
+        if isinstance(event, InboundMessage | MessageEdited)
+    }
+    return tuple(key for key in newest if key not in unkept) if unkept else newest
 
 
 class ChannelMemory:

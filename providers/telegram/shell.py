@@ -77,6 +77,11 @@ class _Phase(enum.Enum):
     CLOSED = "CLOSED"
 
 
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 @attrs.frozen
 class _Item:
     update_id: int
@@ -196,6 +201,8 @@ class TelegramConnection:
         self._send_channel, self._receive_channel = trio.open_memory_channel[_Item](0)
         self._poll_scope = trio.CancelScope()
         self._poll_done = trio.Event()
+        self._closing = trio.Event()  # a webhook waiting for its event's keep gives up
+        self._answer_when_kept = False
         self._webhook: WebhookHandler | None = None
         if options.mode == "webhook":
             assert options.webhook_secret is not None  # parse_options guarantees it
@@ -316,6 +323,7 @@ class TelegramConnection:
             return
         failed = self._failure is not None
         self._phase = _Phase.CLOSED
+        self._closing.set()
         self._poll_scope.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
             await self._poll_done.wait()
@@ -355,11 +363,18 @@ class TelegramConnection:
         refused = self._webhook.check_headers(headers)
         return None if refused is None else refused.status
 
+    def answer_when_kept(self) -> None:
+        """Answer a webhook only once the consumer of :meth:`events` came back from
+        its event (one that reads on only once the last is kept: the
+        ChannelActor). Else it is answered once the event was taken."""
+        self._answer_when_kept = True
+
     async def feed_webhook(self, headers: Any, body: bytes) -> int:
         """Hand one webhook request to the connection; return the HTTP status to answer.
 
-        Waits until the update's event was taken from :meth:`events`, so a 200
-        means it was handed out; Telegram redelivers on anything else.
+        Waits until the update's event was taken from :meth:`events`, and
+        after :meth:`answer_when_kept` until the consumer came back from it
+        (so a 200 means it was kept); Telegram redelivers on anything else.
 
         Args:
             headers: request headers (a mapping or ASGI ``(name, value)`` pairs).
@@ -377,9 +392,19 @@ class TelegramConnection:
         if verdict.update is None:
             return verdict.status
         if verdict.update.event is not None:
+            item = _Item(verdict.update.update_id, verdict.update.event)
             try:
-                await self._send_channel.send(_Item(verdict.update.update_id, verdict.update.event))
+                await self._send_channel.send(item)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return 503
+            if not self._answer_when_kept:
+                return verdict.status
+            # Telegram forgets an update answered 200: kept first (closed: 503, sent again).
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when, self._closing, nursery.cancel_scope)
+                await item.kept.wait()
+                nursery.cancel_scope.cancel()
+            if not item.kept.is_set():
                 return 503
         else:
             self._cursor.handed_out(verdict.update.update_id)

@@ -83,6 +83,13 @@ class WhatsAppConnection:
         self._signer = webhook.signer_id(settings.app_secret)
         self._dropped = 0  # malformed items of signed notifications, not yet taken
         self._take_at_once: Callable[[Event], bool] | None = None
+        # Events put in the buffer, and those the consumer came back from (it
+        # reads on only once the last is kept): a notification is answered 200
+        # once every event of it was kept, not when it was buffered.
+        self._buffered = 0
+        self._kept = 0
+        self._kept_lot = trio.lowlevel.ParkingLot()
+        self._answer_when_kept = False
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "OPEN"
@@ -104,8 +111,17 @@ class WhatsAppConnection:
         try:
             async for event in self._receive_events:
                 yield event
+                self._kept += 1  # the consumer is back for more: done with this one
+                if self._kept_lot:
+                    self._kept_lot.unpark_all()
         except trio.ClosedResourceError:
             return  # our own close() raced the iteration: end quietly
+
+    def answer_when_kept(self) -> None:
+        """Answer each notification only once the consumer of :meth:`events` came
+        back from all its events (one that reads on only once the last is kept:
+        the ChannelActor). Else it is answered 200 once they are buffered."""
+        self._answer_when_kept = True
 
     def take_events_at_once(self, take: Callable[[Event], bool] | None) -> None:
         """Offer each event to ``take`` in the webhook's task first (``None``: stop).
@@ -113,8 +129,8 @@ class WhatsAppConnection:
         Offered only while no event waits ahead of it and the consumer of
         :meth:`events` waits for one, so order holds; ``take`` returns True
         for an event it took (it never reaches :meth:`events`), and must
-        neither block nor raise. The notification is answered as before:
-        Meta hears 200 once each event is taken or buffered.
+        neither block nor raise. Meta hears 200 once each event of the
+        notification was taken so, or kept by the consumer of :meth:`events`.
         """
         self._take_at_once = take
 
@@ -179,10 +195,17 @@ class WhatsAppConnection:
                 if idle and take(event):
                     continue
             self._send_events.send_nowait(event)
+            self._buffered += 1
             if isinstance(event, InboundMessage):
                 self._remember_inbound(event)
         self._received += len(outcome.events)
         await trio.lowlevel.checkpoint()
+        last = self._buffered
+        # Meta forgets a notification answered 200: kept first, where the consumer keeps.
+        while self._answer_when_kept and self._kept < last:
+            if self._closed:
+                return 503, b"channel closed before keeping it; redeliver later"
+            await self._kept_lot.park()
         return outcome.status, outcome.body
 
     @property
@@ -374,6 +397,7 @@ class WhatsAppConnection:
     async def close(self, *, resumable: bool = True) -> None:
         """Stop accepting webhooks and end :meth:`events` after the queued ones."""
         self._closed = True
+        self._kept_lot.unpark_all()  # what waits to be kept: 503, and Meta redelivers
         await self._send_events.aclose()
 
 
@@ -433,6 +457,7 @@ class WhatsAppProvider:
             connection = WhatsAppConnection(settings, client)
             if settings.verify_on_open:
                 await connection.verify()
+            connection._buffered += 1
             connection._send_events.send_nowait(
                 ConnectionStateChanged(
                     channel_id=settings.channel_id,

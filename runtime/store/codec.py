@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from json.encoder import encode_basestring  # what dumps uses with ensure_ascii=False
 from typing import Any, Final, TypeAlias
@@ -270,10 +271,31 @@ def dumps(data: Any) -> str:
     """Compact JSON for the store; NaN and infinities are refused.
 
     Raises:
-        ValueError: ``data`` holds a float JSON cannot carry (NaN, inf).
+        ValueError: ``data`` holds a float JSON cannot carry (NaN, inf), or
+            text that is not Unicode (:func:`storable`).
         TypeError: ``data`` holds a value JSON cannot carry at all.
     """
-    return _STORE_JSON(data)
+    return storable(_STORE_JSON(data))
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text``, which a store can keep: no lone surrogate (half of a UTF-16
+    pair), which neither SQLite's UTF-8 nor PostgreSQL's jsonb can hold.
+
+    Raises:
+        ValueError: it holds one (a ``UnicodeEncodeError`` at a store's bind
+            failed the whole batch, or the store's flusher task).
+    """
+    if not text.isascii():
+        found = _SURROGATE.search(text)
+        if found is not None:
+            raise ValueError(
+                f"a lone surrogate {found.group()!a} at {found.start()}: not Unicode text"
+            )
+    return text
 
 
 def encode_event(event: Event) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import trio
 
 from actors.channel.durable import STATE_VERSION, ChannelState, DeadLetterRecord
 
-from .codec import decode_outbound, dumps, encode_outbound, state_text, stored_json
+from .codec import decode_outbound, dumps, encode_outbound, state_text, storable, stored_json
 
 log = logging.getLogger("switchboard.store")
 
@@ -349,7 +349,7 @@ def encode_checkpoints(
     rejected: list[tuple[str, str]] = []
     for item in items:
         try:
-            state = state_json(item)
+            state = storable(state_json(item))
             if check is not None:
                 check(state)
         except _UNENCODABLE as exc:
