@@ -370,7 +370,7 @@ class _Ops:
         self.redactor = Redactor([*secrets, *([api_token] if api_token else [])])
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks, metrics=metrics)
-        self.letters = DeadLetterApi(node, _error, self._scrub)
+        self.letters = DeadLetterApi(node, _error, self._scrub, _read_body)
         self.hashing = trio.CapacityLimiter(HASHING_THREADS)
 
     def _scrub(self, text: str) -> str:

@@ -145,7 +145,7 @@ def health_report(view: NodeView) -> dict[str, Any]:
         for name, counts in sorted(per_provider.items())
     }
     return {
-        "status": _overall(overall, len(snapshots)),
+        "status": _overall(overall, sum(overall.values())),
         "node": view.node_id,
         "uptime": round(statistics.uptime, _UPTIME_DIGITS),
         "draining": statistics.draining,

@@ -11,9 +11,11 @@ Routes (behind the API token, like the message API):
   ``{"discarded": n}``.
 
 A bad query or body is a 400 naming the parameter (an unknown or repeated
-parameter too: a misspelt ``channel=`` would list every channel's letters);
-a channel that does not run here cannot replay (503); the store failing is
-a 503.
+parameter too: a misspelt ``channel=`` would list every channel's letters;
+a NUL character too, which no channel id, tenant or error type has and
+PostgreSQL cannot compare); a body past :data:`MAX_BODY` is a 413 on its
+``Content-Length`` alone, read no further; a channel that does not run here
+cannot replay (503); the store failing is a 503.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class DeadLetterApi:
         node: the node.
         error: builds an error response ``(status, error name, message)``.
         scrub: removes secrets from a message that leaves the process.
+        read_body: reads a request's body up to a limit in bytes; ``None``
+            past it (the ops app's bounded read).
     """
 
     def __init__(
@@ -55,15 +59,19 @@ class DeadLetterApi:
         node: NodeView,
         error: Callable[[int, str, str], Response],
         scrub: Callable[[str], str],
+        read_body: Callable[[Request, int], Awaitable[bytes | None]],
     ) -> None:
         self.node = node
         self._error = error
         self._scrub = scrub
+        self._read_body = read_body
 
     async def list(self, request: Request) -> Response:
         query = request.query_params
         try:
             _check_names(query.multi_items())
+            for name in ("channel", "tenant", "error"):
+                _no_nul(query.get(name), f"query parameter {name!r}")
             older = _number(query.get("older_than"), "older_than")
             if older is not None and older < 0:
                 raise _BadRequest(f"older_than must be unix seconds >= 0, got {older:g}")
@@ -100,8 +108,12 @@ class DeadLetterApi:
         act: Callable[[str, Sequence[int] | None], Awaitable[int]],
     ) -> Response:
         channel_id = request.path_params["channel_id"]
+        body = await self._read_body(request, MAX_BODY)
+        if body is None:
+            return self._error(413, "PayloadTooLarge", f"the body exceeds {MAX_BODY} bytes")
         try:
-            ids = _ids(await request.body())
+            _no_nul(channel_id, "the channel id")
+            ids = _ids(body)
         except _BadRequest as exc:
             return self._error(400, "InvalidBody", str(exc))
 
@@ -137,6 +149,12 @@ def _check_names(items: Sequence[tuple[str, str]]) -> None:
         seen.add(name)
 
 
+def _no_nul(text: str | None, what: str) -> None:
+    """Refuse a NUL: no channel id, tenant or error type has one (PostgreSQL cannot store it)."""
+    if text is not None and "\x00" in text:
+        raise _BadRequest(f"{what} has a NUL character; no channel id, tenant or error has one")
+
+
 def _number(text: str | None, name: str) -> float | None:
     if text is None:
         return None
@@ -151,8 +169,6 @@ def _number(text: str | None, name: str) -> float | None:
 
 def _ids(body: bytes) -> list[int] | None:
     """The ``ids`` of a body; ``None`` (all) for an empty body or no ``ids``."""
-    if len(body) > MAX_BODY:
-        raise _BadRequest(f"the body is over {MAX_BODY} bytes")
     if not body.strip():
         return None
     try:

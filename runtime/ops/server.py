@@ -25,6 +25,13 @@ Design:
   with a client whose pool keeps connections 5 s (httpx's) showed up once
   as "Server disconnected without sending a response" in a test run on a
   starved machine. So the node closes last, as nginx (75 s) does.
+- A connection that sends nothing for :data:`READ_TIMEOUT` seconds is closed
+  (hypercorn's ``read_timeout``; its default waits forever), whatever it was
+  doing: a client that stops in the middle of its headers or body would
+  otherwise hold its connection, file descriptor and task for as long as the
+  node runs. It is longer than :data:`KEEP_ALIVE`, which closes idle
+  connections first, and than the longest answer a client waits for (a send:
+  60 s).
 - No access log (probes and scrapes every few seconds would drown the log);
   hypercorn's error log goes to the ``switchboard.ops.http`` logger, less its
   "Running on ... (CTRL + C to quit)" line: the node says where it listens.
@@ -56,6 +63,8 @@ log = logging.getLogger("switchboard.ops.http")
 
 # Seconds an idle kept-alive connection stays open: past a load balancer's idle timeout.
 KEEP_ALIVE: Final = 75.0
+# Seconds a connection may send nothing, mid-request included, before it is closed.
+READ_TIMEOUT: Final = 90
 
 
 def _bind(host: str, port: int) -> str:
@@ -140,6 +149,7 @@ async def serve_ops(
     config.errorlog = log
     config.include_server_header = False
     config.keep_alive_timeout = KEEP_ALIVE
+    config.read_timeout = READ_TIMEOUT
     if certfile is not None or keyfile is not None:
         if certfile is None or keyfile is None:
             raise ValueError("TLS needs both certfile and keyfile")
