@@ -306,8 +306,8 @@ async def test_a_multipart_body_with_two_message_parts_answers_400_and_sends_not
     sends. It answers 400 at ``$.message`` and sends nothing, as two ``file``
     parts already do (``max_files=1``).
 
-    ``read_multipart`` takes ``form.get("message")``: the last part wins silently
-    and is sent.
+    ``read_multipart`` used to take ``form.get("message")``: the last part won
+    silently and was sent.
     """
     node = _LettersNode()
     first = b'{"peer": "alice", "idempotency_key": "k-1", "text": "first"}'

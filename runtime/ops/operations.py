@@ -144,7 +144,7 @@ async def read_multipart(headers: Headers, body: bytes) -> Any:
         The message as a JSON value, ready to be structured (``content`` base64).
 
     Raises:
-        InvalidBody: not a multipart body with a JSON ``message`` and at most one file.
+        InvalidBody: not a multipart body with one JSON ``message`` and at most one file.
     """
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -154,6 +154,9 @@ async def read_multipart(headers: Headers, body: bytes) -> Any:
         form = await MultiPartParser(headers, stream(), max_files=1, max_fields=10).parse()
     except MultiPartException as exc:
         raise InvalidBody([("$", f"not a readable multipart body: {exc.message}")]) from exc
+    parts = form.getlist("message")
+    if len(parts) > 1:  # ambiguous, as a JSON key given twice: a proxy may read another
+        raise InvalidBody([("$.message", f"{len(parts)} 'message' parts; give one")])
     part = form.get("message")
     if not isinstance(part, str):
         raise InvalidBody([("$.message", "a multipart message needs a 'message' JSON field")])
