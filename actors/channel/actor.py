@@ -31,7 +31,7 @@ from providers.base import ChannelConfig, Connection, Provider, send_window
 from providers.operations import Operation
 
 from .. import lowlevel
-from ..actor import Actor, Exit
+from ..actor import Actor, Exit, ExitKind
 from ..errors import ChannelFailed, ChannelUnavailable, MailboxFull
 from .connection import ConnectionLoop
 from .inbound import InboundPath, InboundSink, publish_in_order
@@ -295,7 +295,14 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         # task, and STOPPED, published below, rides behind them.
         await self._hand_over(retry=False)
         memory = self.memory
-        if memory.status is not ChannelStatus.FAILED:
+        if exit.kind is ExitKind.CRASHED and memory.status is not ChannelStatus.FAILED:
+            # Its supervisor restarts it (after [supervisor] restart_backoff) or
+            # gives it up (crashed_for_good: FAILED): until then it is trying
+            # again, with the crash as its reason, not stopped by anyone.
+            error = exit.error
+            crash = "a crash" if error is None else f"a crash ({type(error).__name__}: {error})"
+            self._set_status(ChannelStatus.BACKING_OFF, reason=f"restarting after {crash}")
+        elif memory.status is not ChannelStatus.FAILED:
             self._set_status(ChannelStatus.STOPPED, reason=str(exit))
         # Written once the actor has ended for good (the drain writes every
         # stopped channel in one batch): then it holds all that happened.

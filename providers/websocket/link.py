@@ -191,14 +191,21 @@ async def open_link(
         LinkRejected: the server answered with an HTTP status instead of 101.
         LinkHandshakeFailed: the answer was not a valid websocket handshake,
             or the server hung up during it.
-        ValueError: ``url`` is not a ws:// or wss:// URL, or a header holds
-            CR, LF or NUL.
+        ValueError: ``url`` is not a ws:// or wss:// URL, its port is not a
+            number from 1 to 65535, or a header holds CR, LF or NUL.
     """
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a websocket URL: {url!r} (expected ws://host[:port]/path)")
     secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or past 65535
+        raise ValueError(f"the URL's port is not a number from 1 to 65535 ({exc})") from None
+    if port == 0:  # (not the scheme's default: nothing listens on port 0)
+        raise ValueError("the URL's port is 0; give one from 1 to 65535, or none")
+    if port is None:
+        port = 443 if secure else 80
     sock = await _connect_tcp(parts.hostname, port)
     io: _SocketIO | _TLSSocketIO
     tls: _TLSSocketIO | None = None

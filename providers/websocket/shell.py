@@ -1015,6 +1015,10 @@ def _connect_errors(url: str, timeout: float) -> ExceptionMap:
         (LinkHandshakeFailed, OSError): lambda exc: TransientError(
             f"cannot connect to {_redacted(url)}: {exc!r}; retry with backoff"
         ),
+        # open_link refusing the URL itself (its port): retrying cannot fix a config.
+        ValueError: lambda exc: FatalError(
+            f"cannot connect to {_redacted(url)}: {exc}; fix the channel's base_url"
+        ),
     }
 
 
