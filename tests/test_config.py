@@ -443,7 +443,8 @@ def test_a_failed_reference_is_one_problem_not_three() -> None:
 def test_a_blank_api_token_is_refused_when_the_file_is_checked() -> None:
     # Whitespace only: check said ok, and run failed later in the ops server's start.
     assert problems('[ops]\napi_token = "${env:SB_API}"\n', {"SB_API": "   "}) == [
-        "expected a non-empty string @ ops.api_token"  # (a secret: its value not shown)
+        "expected a non-empty string with no whitespace around it and no control characters"
+        " @ ops.api_token"  # (a secret: its value not shown)
     ]
 
 
@@ -719,7 +720,10 @@ def test_secret_values_never_appear_in_the_error() -> None:
             "expected 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, "
             f'got "{"a" * 65}" @ channels[0].id',
         ),
-        (SIM + 'tenant = " "\n', 'expected a non-empty string, got " " @ channels[0].tenant'),
+        (
+            SIM + 'tenant = " "\n',
+            'expected a non-empty string with no NUL character, got " " @ channels[0].tenant',
+        ),
         # cross-field
         (
             '[storage]\nbackend = "postgres"\n',
@@ -1109,7 +1113,10 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
         ({"send_window": 2.5}, "send_window: expected an integer >= 1, got 2.5"),
         ({"send_window": True}, "send_window: expected an integer >= 1, got True"),
         ({"send_attempts": 2.5}, "send_attempts: expected an integer >= 1, got 2.5"),
-        ({"tenant": None}, "tenant: expected a non-empty string, got None"),
+        (
+            {"tenant": None},
+            "tenant: expected a non-empty string with no NUL character, got None",
+        ),
         ({"enabled": "no"}, "enabled: expected true or false, got 'no'"),
         ({"options": {3: 4}}, "options: expected a table whose keys are strings, got {3: 4}"),
         ({"credentials": {1: "s3cret"}}, "credentials: expected a table whose keys are strings"),

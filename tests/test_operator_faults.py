@@ -202,10 +202,8 @@ def test_a_refused_url_is_not_quoted_with_its_credentials(tmp_path: Path, text: 
     itself does (``ChannelSpec(base_url=...)`` says ``got 'ftp://***@h/'``, and
     ``NodeConfig.secrets()`` counts a URL's password and token as secrets).
 
-    The loader's converter quotes the refused value as written
-    (``_Invalid.describe`` / ``_show``), and the last-guard scrub only knows
-    values at secret paths or from the environment: the password and the
-    ``access_token`` land in the terminal and CI logs.
+    The loader's converter used to quote the refused value as written, so the
+    password and the ``access_token`` landed in the terminal and CI logs.
     """
     code, output = _check(tmp_path, text)
     assert code == 2, output
@@ -450,13 +448,10 @@ async def test_an_api_token_from_the_environment_with_a_trailing_newline_is_usab
     """An ``ops.api_token`` whose environment value ends in a newline (a Kubernetes secret
     written with ``echo``, ``$(cat token.txt)``) is either refused by the loader
     with its path, or works with the token as a client can send it: no HTTP client
-    can put a newline in a header.
+    can put a newline in a header. The loader refuses it.
 
-    The loader accepts it (``NOT_EMPTY`` only refuses an all-blank value) and
-    ``_Ops._unauthorized`` strips the client's credentials but compares them with
-    the configured token as is: every request to the message API, the channel
-    listing, /health/detail and the dead-letter API is 401, with nothing
-    saying why.
+    It used to accept it (``NOT_EMPTY`` only refused an all-blank value): every
+    request to the token's APIs was then 401, with nothing saying why.
     """
     token = "ops-token-h3-8842"
     try:
@@ -522,12 +517,8 @@ def test_a_nul_character_in_a_tenant_is_refused_with_its_path(tmp_path: Path) ->
     ``channels[0].tenant``, as the message API refuses a NUL in ``peer`` or ``text``
     ("PostgreSQL cannot store it (its channel's checkpoints would stop)").
 
-    The loader's ``NAME`` check only asks for a non-blank string. On a
-    PostgreSQL store the node then starts, and every checkpoint of that channel
-    fails (CharacterNotInRepertoireError, retried every second forever), its
-    dead letters are never written, and ``GET /v1/dead-letters`` answers 503
-    StoreError for every channel of the node (measured with
-    ``storage.backend = "postgres"``).
+    The loader's ``NAME`` check used to ask only for a non-blank string: on a
+    PostgreSQL store every checkpoint of that channel then failed, forever.
     """
     code, output = _check(
         tmp_path, '[[channels]]\nid = "a"\ntenant = "ac\\u0000me"\nprovider = "simulated"\n'

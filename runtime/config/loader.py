@@ -35,6 +35,8 @@ from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import AttributeValidationNote, ClassValidationError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, override
 
+from providers.masking import mask_url, scrubbed, url_secrets
+
 from ..errors import ConfigError, ConfigProblem
 from . import refs, rules, units
 from .model import AdminConfig, Check, NodeConfig, OpsConfig, StorageConfig
@@ -424,7 +426,9 @@ def _table_hook(cl: type, converter: cattrs.Converter) -> Callable[[Any, Any], A
     fields = attrs.fields(cl)
     allowed = [a.name for a in fields if a.name not in _LOADER_FIELDS.get(cl, ())]
     overrides = {
-        a.name: override(struct_hook=_checked(converter, a.type, a.validator))
+        a.name: override(
+            struct_hook=_checked(converter, a.type, a.validator, masked=callable(a.repr))
+        )
         for a in fields
         if isinstance(a.validator, Check)
     }
@@ -452,10 +456,17 @@ def _table_hook(cl: type, converter: cattrs.Converter) -> Callable[[Any, Any], A
     return structure
 
 
-def _checked(converter: cattrs.Converter, type_: Any, check: Check) -> Callable[[Any, Any], Any]:
+def _checked(
+    converter: cattrs.Converter, type_: Any, check: Check, *, masked: bool = False
+) -> Callable[[Any, Any], Any]:
+    """The field's structure hook, then its check; ``masked``: a field whose ``repr``
+    masks it (a URL's credentials) is quoted masked too, as ``Check`` quotes it."""
+
     def structure(value: Any, _: type) -> Any:
         result = converter.structure(value, type_)
         if result is not None and not check.test(result):
+            if masked and isinstance(value, str):
+                value = scrubbed(mask_url(value) or value, url_secrets(value))
             raise _Invalid(check.expected, value)
         return result
 

@@ -121,9 +121,22 @@ LOOP_LAG: Final = Check(
 )
 FRACTION: Final = Check("a number from 0 to 1", lambda v: 0 <= v <= 1)
 PORT: Final = Check("a port number from 0 to 65535", lambda v: _integer(v) and 0 <= v <= 65535)
-NOT_EMPTY: Final = Check("a non-empty string", lambda v: bool(v.strip()))
+# A NUL reaches no file name, host or header, and PostgreSQL cannot store it (a
+# tenant with one stopped its channel's checkpoints).
+NOT_EMPTY: Final = Check(
+    "a non-empty string with no NUL character", lambda v: bool(v.strip()) and "\x00" not in v
+)
 NAME: Final = Check(
-    "a non-empty string", lambda v: type(v) is str and bool(v.strip()), optional=False
+    "a non-empty string with no NUL character",
+    lambda v: type(v) is str and bool(v.strip()) and "\x00" not in v,
+    optional=False,
+)
+# A bearer token travels in a header, which holds no control character and
+# loses the whitespace around it: one read with its trailing newline (a secret
+# written with echo) could never match what a client sends.
+TOKEN: Final = Check(
+    "a non-empty string with no whitespace around it and no control characters",
+    lambda v: bool(v.strip()) and v == v.strip() and v.isprintable(),
 )
 FLAG: Final = Check("true or false", lambda v: type(v) is bool, optional=False)
 STRING_KEYS: Final = Check(
@@ -278,7 +291,7 @@ class OpsConfig:
     host: str = attrs.field(default="127.0.0.1", validator=NOT_EMPTY)
     port: int = attrs.field(default=8321, validator=PORT)
     public_url: str | None = attrs.field(default=None, validator=HTTP_URL, repr=url_repr)
-    api_token: str | None = attrs.field(default=None, repr=False, validator=NOT_EMPTY)
+    api_token: str | None = attrs.field(default=None, repr=False, validator=TOKEN)
     certfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
     keyfile: str | None = attrs.field(default=None, validator=NOT_EMPTY)
 
@@ -312,7 +325,7 @@ class AdminToken:
     """
 
     name: str = attrs.field(validator=IDENTIFIER)
-    token: str = attrs.field(repr=False, validator=NOT_EMPTY)
+    token: str = attrs.field(repr=False, validator=TOKEN)
     scope: Literal["read", "operate", "admin"] = "read"
     tenants: list[str] | None = None
     expires: str | None = attrs.field(default=None, validator=TIMESTAMP)
