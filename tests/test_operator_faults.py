@@ -271,10 +271,8 @@ def test_set_can_add_the_first_channel_to_a_file_without_channels(tmp_path: Path
     does on a file that has some ("Missing tables are created; channels[N] with
     N one past the last appends a channel", runtime/config/overrides.py).
 
-    ``_set`` creates every missing step as a table (``node[part] = {}``), so
-    ``channels`` becomes ``{}`` and the override is refused with "not an array",
-    plus a confusing "expected an array, got a table @ channels" for a key the
-    file never wrote.
+    ``_set`` used to create every missing step as a table, so ``channels`` became
+    ``{}`` and the override was refused with "not an array".
     """
     code, output = _check(
         tmp_path, '[node]\nid = "n"\n', "channels[0].id=a", "channels[0].provider=simulated"
@@ -287,8 +285,8 @@ def test_set_naming_a_channel_by_id_in_a_file_without_channels_says_there_is_non
     tmp_path: Path,
 ) -> None:
     """``--set channels.acme.tenant=x`` on a file without channels says that no channel has
-    id "acme" (as it does when the file has other channels), not "expected an
-    array, got a table @ channels" about a table the file never wrote.
+    id "acme" (as it does when the file has other channels). It used to say
+    "expected an array, got a table @ channels", about a table the file never wrote.
     """
     code, output = _check(tmp_path, '[node]\nid = "n"\n', "channels.acme.tenant=x")
     assert code == 2, output

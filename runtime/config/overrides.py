@@ -166,7 +166,10 @@ def _set(doc: dict[str, Any], override: Override) -> ConfigProblem | None:
             node[part] = override.value
             return None
         if isinstance(node, dict) and part not in node:
-            node[part] = {}
+            # An array where an index follows, or the channels (named by id too):
+            # the first channels[0] or admin.tokens[0] of a file that has none.
+            listed = isinstance(path[depth + 1], int) or walked == ["channels"]
+            node[part] = [] if listed else {}
         node = node[part]
     return None
 
