@@ -19,6 +19,7 @@ from typing import Any
 __all__ = ["main"]
 
 EXIT_BAD_INPUT = 2  # bad usage or an invalid file
+EXIT_FAILED = 1  # it could not do what was asked (a port in use)
 
 
 def _version() -> str:
@@ -62,7 +63,10 @@ def _emulate(args: argparse.Namespace) -> int:
         print(f"switchboard emulate: --rtt {args.rtt:g} (milliseconds): {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    listening = False
+
     async def run() -> None:
+        nonlocal listening
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 url = await nursery.start(
@@ -74,6 +78,7 @@ def _emulate(args: argparse.Namespace) -> int:
                         allow_remote=args.allow_remote,
                     )
                 )
+                listening = True
                 print(
                     f"{args.platform} emulator listening on {url} (control API: {url}/_emulator/)"
                 )
@@ -88,8 +93,39 @@ def _emulate(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except (OSError, OverflowError, BaseExceptionGroup) as exc:
+        cause = None if listening else _listen_error(exc)
+        if cause is None:
+            raise
+        reason = (getattr(cause, "strerror", None) or str(cause)).lower()
+        print(
+            f"switchboard emulate: cannot listen on {args.host}:{args.port}: {reason}; "
+            "choose another --port, or stop what listens there",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
+
+
+def _listen_error(exc: BaseException) -> OSError | OverflowError | None:
+    """The bind error behind ``exc`` (hypercorn's, inside trio's exception groups), if
+    that is all it is: ``OSError`` (in use, not permitted) or ``OverflowError`` (the port)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError | OverflowError) else None
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port number, refused by argparse (exit 2) otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 0 to 65535")
+    return port
 
 
 def _load(path: str, overrides: list[str] | None = None) -> Any:
@@ -176,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a --host that is not loopback: the control API (/_emulator/) has no "
         "authentication, so only on a network you trust",
     )
-    emulate.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    emulate.add_argument("--port", type=_port, default=0, help="TCP port (default: any free one)")
     emulate.add_argument("--webhook-url", help="whatsapp: where to POST signed webhooks")
     emulate.add_argument("--app-secret", help="whatsapp: the secret that signs webhooks")
     emulate.add_argument(

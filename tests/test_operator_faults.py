@@ -487,10 +487,8 @@ def test_emulate_with_a_port_it_cannot_bind_is_one_clear_line(problem: str) -> N
     the port, as ``switchboard run`` does for its own listeners
     (tests/test_cli_run.py::test_a_busy_port_stops_the_node_with_one_clear_line).
 
-    ``runtime/cli.py`` ``_emulate`` takes ``--port`` as any int and calls
-    ``trio.run`` unguarded: hypercorn's ``OverflowError: bind(): port must be
-    0-65535`` or ``OSError: [Errno 98] Address already in use`` escapes
-    ``main`` as an exception group (a 40-line traceback, exit 1).
+    ``_emulate`` used to take any int and let hypercorn's ``OverflowError`` or
+    ``OSError`` escape ``main`` as an exception group (a 40-line traceback).
     """
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
