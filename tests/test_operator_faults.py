@@ -1,7 +1,7 @@
-"""Operator-facing faults found by a fault run: each test fails until its defect is fixed.
+"""Operator-facing faults found by a fault run, each pinned by a test.
 
-Config loader, the ``switchboard`` CLI, the ops HTTP API. Each test's docstring
-says what should happen, and what happens instead.
+Config loader, the ``switchboard`` CLI, the ops HTTP API, channels that cannot
+connect. Each test's docstring says what should happen, and what used to go wrong.
 """
 
 from __future__ import annotations
@@ -530,11 +530,8 @@ def test_check_refuses_two_listeners_of_the_file_on_the_same_port(tmp_path: Path
     """``[ops] port = N`` and ``[emulators.telegram] port = N`` on the same host can never
     both listen: ``check`` refuses the file, naming both settings (exit 2).
 
-    ``check`` says the file is ok; ``run`` then stops with "cannot listen on
-    127.0.0.1:N for ops HTTP: address already in use; change ops.port, or stop
-    what listens there": what listens there is the node's own emulator, started
-    first from the same file, so the advice sends the operator looking for
-    another process.
+    ``check`` used to say the file was ok, and ``run`` then stopped with "address
+    already in use ... stop what listens there": the node's own emulator.
     """
     code, output = _check(
         tmp_path,

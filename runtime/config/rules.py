@@ -23,13 +23,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
+import attrs
+
 from providers.emulators.base import is_loopback
 from providers.options import credential_problem, emulator_problems, option_problems
 from providers.registry import EMULATORS, PROVIDERS
 from providers.whatsapp.core import graph_version_problem
 
 from ..errors import ConfigProblem
-from .model import RestartBackoffConfig
+from .model import AdminConfig, EmulatorConfig, OpsConfig, RestartBackoffConfig
 from .refs import Path, dotted, has_reference, walk
 from .units import parse_duration, parse_rate
 
@@ -50,6 +52,7 @@ __all__ = [
     "holds_secret",
     "is_secret",
     "known_providers",
+    "listener_ports",
     "literal_secrets",
     "ops_tls",
     "renamed_keys",
@@ -453,6 +456,60 @@ def emulator_hosts(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     return problems
 
 
+# Hosts that bind every interface, so any other host's port is theirs too.
+_EVERY_INTERFACE: Final = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def listener_ports(doc: Mapping[str, Any]) -> list[ConfigProblem]:
+    """No two listeners of the file (ops, the admin console's TCP, each emulator) on one
+    port of overlapping hosts: the one started second could never listen, and its
+    error would send the operator looking for another process."""
+    listeners: list[tuple[str, str, int]] = []  # (port's setting, host, port)
+
+    def add(path: Path, table: Mapping[str, Any], host: Any, port: Any) -> None:
+        host, port = table.get("host", host), _port(table.get("port", port))
+        if isinstance(host, str) and port:  # (0: any free port, never taken twice)
+            listeners.append((dotted((*path, "port")), host.strip().lower(), port))
+
+    if "ops" not in doc or _table(doc, "ops").get("enabled", True) not in (False, "false"):
+        add(("ops",), _table(doc, "ops"), "127.0.0.1", attrs.fields(OpsConfig).port.default)
+    admin = _table(doc, "admin")
+    if "host" in admin:
+        add(("admin",), admin, None, attrs.fields(AdminConfig).port.default)
+    for name, emulator in _table(doc, "emulators").items():
+        if isinstance(emulator, Mapping):
+            add(
+                ("emulators", name),
+                emulator,
+                "127.0.0.1",
+                attrs.fields(EmulatorConfig).port.default,
+            )
+    problems = []
+    for index, (setting, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:index]:
+            overlap = host == other_host or _EVERY_INTERFACE & {host, other_host}
+            if port == other_port and overlap:
+                problems.append(
+                    ConfigProblem(
+                        setting,
+                        f"{other} is {port} too, on an interface this one binds: only one "
+                        f"of them could listen; change {setting} or {other}",
+                    )
+                )
+                break
+    return problems
+
+
+def _port(value: Any) -> int | None:
+    """A port as the converter reads it (``"9000"`` from the environment too), else ``None``."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            return None  # the converter reports it
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def emulator_options(doc: Mapping[str, Any]) -> list[ConfigProblem]:
     """``[emulators.X] options`` are keyword arguments the emulator takes."""
     problems: list[ConfigProblem] = []
@@ -648,6 +705,7 @@ RULES: Final[tuple[Rule, ...]] = (
     provider_options,
     emulator_options,
     emulator_hosts,
+    listener_ports,
 )
 """The rules on the file with its references resolved."""
 
