@@ -305,6 +305,18 @@ async def test_a_token_a_header_cannot_carry_is_refused_by_name_and_not_sent() -
     assert "Bearer" not in str(raw.value)
 
 
+@pytest.mark.parametrize("port", ["0", "99999", "8o80"])
+async def test_a_url_whose_port_cannot_be_connected_fails_the_channel_naming_the_port(
+    port: str,
+) -> None:
+    # Port 0 is not the scheme's default (it used to mean 80), and one that
+    # cannot be read is fatal, not a crash: neither heals by retrying.
+    cfg = attrs.evolve(config("ws://127.0.0.1:1/"), base_url=f"ws://127.0.0.1:{port}/")
+    with trio.fail_after(IO_CEILING), pytest.raises(FatalError, match="port"):
+        async with WebSocketProvider().open_connection(cfg):
+            pass
+
+
 class _NeverIO:
     backlogged = False
 
