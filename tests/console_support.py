@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,7 +56,15 @@ def token_env() -> dict[str, str]:
     return {f"TOKEN_{index}": secret for index, (secret, *_) in enumerate(TOKENS.values())}
 
 
-def console_config(**admin: Any) -> Any:
+def console_config(
+    *,
+    g1: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    **admin: Any,
+) -> Any:
+    """The console tests' node: ``g1``: more of g1's settings (its credentials);
+    ``sections``: more of the file (a storage); ``env``: more of the environment."""
     return parse_config(
         {
             "node": {"id": "t", "drain_deadline": 5.0, "start_timeout": 1.0},
@@ -65,12 +73,13 @@ def console_config(**admin: Any) -> Any:
             "channels": [
                 {"id": "a1", "tenant": "acme", "provider": "simulated"},
                 {"id": "a2", "tenant": "acme", "provider": "simulated"},
-                {"id": "g1", "tenant": "globex", "provider": "simulated"},
+                {"id": "g1", "tenant": "globex", "provider": "simulated", **(g1 or {})},
                 {"id": "spare", "tenant": "acme", "provider": "simulated", "enabled": False},
             ],
             "admin": admin_section(**admin),
+            **(sections or {}),
         },
-        env=token_env(),
+        env={**token_env(), **(env or {})},
     )
 
 

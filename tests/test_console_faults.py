@@ -118,28 +118,10 @@ CREDENTIAL = "g1-platform-credential-7f3a9c"
 
 
 def _config_with_a_credential(credential: str = CREDENTIAL) -> Any:
-    from runtime import parse_config
+    from .console_support import console_config
 
-    from .console_support import admin_section, token_env
-
-    return parse_config(
-        {
-            "node": {"id": "t", "drain_deadline": 5.0, "start_timeout": 1.0},
-            "ops": {"enabled": False},
-            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
-            "channels": [
-                {"id": "a1", "tenant": "acme", "provider": "simulated"},
-                {"id": "a2", "tenant": "acme", "provider": "simulated"},
-                {
-                    "id": "g1",
-                    "tenant": "globex",
-                    "provider": "simulated",
-                    "credentials": {"token": "${env:G1_TOKEN}"},
-                },
-            ],
-            "admin": admin_section(),
-        },
-        env={**token_env(), "G1_TOKEN": credential},
+    return console_config(
+        g1={"credentials": {"token": "${env:G1_TOKEN}"}}, env={"G1_TOKEN": credential}
     )
 
 
@@ -376,24 +358,10 @@ async def test_a_letter_id_out_of_range_is_invalid_params_not_an_internal_error(
     "the console failed" with a traceback in the log (PostgreSQL answers -32000
     StoreError for the same call). A letter id the store cannot hold is a bad
     parameter: -32602, with its path, and no traceback."""
-    from runtime import parse_config
+    from .console_support import console_config
 
-    from .console_support import admin_section, token_env
-
-    config = parse_config(
-        {
-            "node": {"id": "t", "drain_deadline": 5.0, "start_timeout": 1.0},
-            "ops": {"enabled": False},
-            "storage": {"backend": "sqlite", "path": str(tmp_path / "node.sqlite3")},
-            "providers": {"simulated": {"rate_limit": {"enabled": False}}},
-            "channels": [
-                {"id": "a1", "tenant": "acme", "provider": "simulated"},
-                {"id": "a2", "tenant": "acme", "provider": "simulated"},
-                {"id": "g1", "tenant": "globex", "provider": "simulated"},
-            ],
-            "admin": admin_section(),
-        },
-        env=token_env(),
+    config = console_config(
+        sections={"storage": {"backend": "sqlite", "path": str(tmp_path / "node.sqlite3")}}
     )
     with trio.fail_after(60):
         async with console_node(config) as harness, harness.client("operator") as client:
