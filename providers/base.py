@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_RETRY_AFTER",
     "SEND_WINDOW_MAX",
     "SEND_WINDOW_RTT",
     "UNLIMITED",
@@ -101,6 +102,7 @@ __all__ = [
     "TransientError",
     "Unsupported",
     "default_send_window",
+    "retry_after_seconds",
     "send_window",
 ]
 
@@ -473,6 +475,31 @@ class RateLimited(ProviderError):
         self.retry_after = retry_after
         self.scope = scope
         self.peer = peer
+
+
+# A platform's wait is read from its answer, so it can be anything: a negative
+# or NaN wait makes ``trio.move_on_after`` raise in the connection loop, an
+# infinite one never reconnects, and an integer past any float (10**400) raises
+# OverflowError where it is converted. Providers read it with the function below.
+MAX_RETRY_AFTER: Final = 3600.0  # seconds; a platform's longer wait is read as this
+
+
+def retry_after_seconds(value: Any, default: float) -> float:
+    """A platform's rate-limit wait as seconds a channel can sleep.
+
+    Args:
+        value: the wait the platform gave (a number, or whatever its answer held).
+        default: the wait when ``value`` is not a finite number.
+
+    Returns:
+        ``value`` within 0 and :data:`MAX_RETRY_AFTER`, or ``default`` for NaN, an
+        infinity, None or anything that is not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
+    return float(min(max(0, value), MAX_RETRY_AFTER))
 
 
 class FatalError(ProviderError):

@@ -38,6 +38,7 @@ from providers.base import (
     ProviderError,
     RateLimited,
     TransientError,
+    retry_after_seconds,
 )
 
 from ..errors import ChannelFailed, ChannelUnavailable, RetriesExhausted
@@ -234,7 +235,13 @@ class ConnectionLoop:
                 )
         except RateLimited as exc:
             memory.counters["rate_limit_waits"] += 1
-            return exc.retry_after, f"rate limited by the platform: {exc}"
+            # Providers keep their waits sane; should one not, a negative wait makes
+            # move_on_after raise (an actor crash per attempt): it is clamped, and a
+            # NaN or infinite one (no wait at all, or never reconnect) backs off.
+            if math.isfinite(exc.retry_after):
+                wait = retry_after_seconds(exc.retry_after, 0.0)
+                return wait, f"rate limited by the platform: {exc}"
+            why = _why(exc)
         except FatalError:
             raise
         except ProviderError as exc:

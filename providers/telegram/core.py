@@ -59,6 +59,7 @@ from ..base import (
     SendResult,
     SessionState,
     TransientError,
+    retry_after_seconds,
 )
 from ..media import Upload
 from ..operations import (
@@ -457,7 +458,7 @@ def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> Provider
     peer = request.peer
     params = env.parameters or wire.ResponseParameters()
     if code == 429:
-        retry_after = float(params.retry_after if params.retry_after is not None else 1)
+        retry_after = retry_after_seconds(params.retry_after, 1.0)
         # Telegram does not say whether the bot or the chat hit the limit:
         # pausing the whole channel is the safe reading.
         return RateLimited(
@@ -507,7 +508,8 @@ def parse_response(
         The decoded ``result`` value.
 
     Raises:
-        RateLimited: 429, with ``retry_after`` from ``parameters``.
+        RateLimited: 429, with ``retry_after`` from ``parameters`` (kept within 0
+            and :data:`~providers.base.MAX_RETRY_AFTER` seconds).
         Conflict: 409 (another poller, or a webhook is set).
         AuthenticationFailed: 401 or 404 (Telegram's answers to unknown tokens).
         Banned: 403 to a call that is not a send.

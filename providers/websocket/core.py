@@ -110,6 +110,7 @@ from providers.base import (
     SendResult,
     TransientError,
     Unsupported,
+    retry_after_seconds,
 )
 from providers.operations import (
     DeleteMessage,
@@ -213,7 +214,8 @@ def error_from_code(
     Args:
         code: the frame's code (``rate_limited``, ``unauthorized``, ...).
         message: the server's explanation.
-        retry_after: seconds to wait, for ``rate_limited``.
+        retry_after: seconds to wait, for ``rate_limited`` (kept within 0 and
+            :data:`~providers.base.MAX_RETRY_AFTER`; NaN or an infinity is no wait given).
         peer: the recipient, for send errors.
 
     Returns:
@@ -221,7 +223,7 @@ def error_from_code(
     """
     text = f"websocket server error {code!r}: {message or 'no detail'}"
     if code == "rate_limited":
-        wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+        wait = retry_after_seconds(retry_after, DEFAULT_RETRY_AFTER)
         scope = RateLimitScope.CHANNEL if peer is None else RateLimitScope.PEER
         return RateLimited(f"{text}; retry after {wait}s", retry_after=wait, scope=scope, peer=peer)
     if code == "unauthorized":
@@ -264,9 +266,10 @@ def error_from_close(code: int | None, reason: str | None) -> ProviderError:
         return Banned(f"the server closed the link with {detail}: banned, do not reconnect")
     if code == 4029:
         try:
-            wait = float(reason or "")
+            asked = float(reason or "")
         except ValueError:
-            wait = DEFAULT_RETRY_AFTER
+            asked = DEFAULT_RETRY_AFTER
+        wait = retry_after_seconds(asked, DEFAULT_RETRY_AFTER)
         return RateLimited(f"the server closed the link with {detail}", retry_after=wait)
     return TransientError(f"the server closed the link with {detail}; reconnect")
 

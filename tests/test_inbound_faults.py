@@ -1,0 +1,876 @@
+"""Fault run on the inbound side: hostile payloads, webhooks, durability (defects found).
+
+Each test reproduces one defect and fails until it is fixed; its docstring
+says what should happen. Store tests against SQLite / PostgreSQL use real
+time with a hard ceiling (threads, sockets); the rest run on virtual time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from actors import open_actor_system
+from actors.channel import ChannelActor, ChannelMemory, ChannelRef, ChannelSettings
+from providers.base import (
+    ChannelConfig,
+    ConnectionStateChanged,
+    Event,
+    InboundMessage,
+    ProviderError,
+)
+from providers.telegram import SECRET_HEADER, TelegramProvider
+from providers.telegram.webhook import WebhookHandler
+from providers.whatsapp import WhatsAppProvider
+from providers.whatsapp import webhook as wa_webhook
+from runtime import open_store
+from runtime.config import StorageConfig
+from runtime.webhooks import deliver
+from supervisors import ChildSpec, open_supervisor
+
+PG_DSN: Final = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REAL_CEILING: Final = 20.0  # real seconds; only a hang gets near it
+TG_TOKEN: Final = "123456:" + "A" * 35
+TG_SECRET: Final = "hook-secret_1"
+WA_SECRET: Final = "the-app-secret"
+WA_NUMBER: Final = "1555000"
+
+
+def tg_body(message: dict[str, Any], update_id: int = 1) -> bytes:
+    return json.dumps({"update_id": update_id, "message": message}).encode()
+
+
+def tg_message(text: str = "hi", message_id: int = 1, date: Any = 1700000000) -> dict[str, Any]:
+    return {"message_id": message_id, "date": date, "chat": {"id": 42}, "text": text}
+
+
+def huge_date_update(update_id: int) -> bytes:
+    """A Telegram update whose ``date`` is an integer no float can hold (10**400)."""
+    body = tg_body(tg_message(date=7), update_id=update_id)
+    return body.replace(b'"date": 7', b'"date": 1' + b"0" * 400)
+
+
+def lone_surrogate_update(update_id: int = 1, message_id: int = 1) -> bytes:
+    """A Telegram update whose text is cut inside an emoji (JSON ``\\ud83d`` alone)."""
+    return tg_body(tg_message(text="cut \ud83d", message_id=message_id), update_id=update_id)
+
+
+def parsed_event(body: bytes) -> InboundMessage:
+    """The event the Telegram webhook handler makes of ``body`` (the real parsing path)."""
+    verdict = WebhookHandler(channel_id="tg:1", secret=TG_SECRET).handle(
+        {SECRET_HEADER: TG_SECRET}, body
+    )
+    assert verdict.status == 200 and verdict.update is not None, verdict
+    event = verdict.update.event
+    assert isinstance(event, InboundMessage)
+    return event
+
+
+# --- 1. a Telegram update whose date overflows a float ------------------------------------
+
+
+def test_a_telegram_webhook_update_with_an_out_of_range_date_gets_an_answer() -> None:
+    """A signed (secret-bearing) update whose ``date`` is 10**400 gets a verdict (200
+    with the update skipped, as for any well-numbered unreadable update, or 400). It
+    used to raise OverflowError out of the sans-IO handler (the ops server answered
+    500 and Telegram redelivered it forever)."""
+    handler = WebhookHandler(channel_id="tg:1", secret=TG_SECRET)
+    verdict = handler.handle({SECRET_HEADER: TG_SECRET}, huge_date_update(5))
+    assert verdict.status in (200, 400)
+
+
+async def test_a_polled_telegram_update_with_an_out_of_range_date_does_not_crash_the_link(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """getUpdates answers an update whose ``date`` is 10**400, then a good one. The bad
+    update is skipped (its update_id is readable, so the offset moves past it) and the
+    good one delivered; at worst a ProviderError would end events(). A bare
+    OverflowError used to escape the poll task and the provider, crashing the channel
+    actor; the offset never moved, so every restart crashed again on the same update."""
+    bad = huge_date_update(10)
+    good = tg_body(tg_message(text="after", message_id=2), update_id=11)
+    served: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        if method == "getMe":
+            me = {"id": 123456, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            offset = json.loads(request.content or b"{}").get("offset")
+            served.append(offset or 0)
+            if offset is None or offset <= 10:
+                text = b'{"ok": true, "result": [' + bad + b", " + good + b"]}"
+            else:
+                text = b'{"ok": true, "result": []}'
+            return httpx.Response(200, content=text, headers={"content-type": "application/json"})
+        return httpx.Response(200, json={"ok": True, "result": True})
+
+    config = ChannelConfig(
+        channel_id="tg:1",
+        provider="telegram",
+        credentials={"token": TG_TOKEN},
+        base_url="http://telegram.test",
+        options={"poll_timeout": 1},
+    )
+    provider = TelegramProvider(transport=httpx.MockTransport(answer))
+    got: list[Event] = []
+    with trio.fail_after(60):
+        try:
+            async with provider.open_connection(config) as conn:
+                async with contextlib.aclosing(conn.events()) as events:
+                    async for event in events:
+                        if isinstance(event, ConnectionStateChanged):
+                            continue
+                        got.append(event)
+                        break
+        except ProviderError:
+            pass  # classified: acceptable
+    assert [getattr(e, "text", None) for e in got] == ["after"]
+
+
+# --- 2. a lone surrogate in an inbound text ---------------------------------------------
+
+
+async def test_the_sqlite_store_survives_an_inbound_text_with_a_lone_surrogate(
+    tmp_path: Path,
+) -> None:
+    """A Telegram webhook whose text holds a lone surrogate (``\\ud83d``, valid JSON,
+    parsed by the stdlib fallback) becomes an InboundMessage that SQLite cannot bind.
+    The store should skip (reject, log, count) that event, as it does for events JSON
+    cannot carry, keep the good event of the same batch, and stay open. Today the
+    UnicodeEncodeError escapes ``_write_batch`` (only ValueError/TypeError of
+    ``dumps`` are caught; sqlite3 raises at bind time, outside ``sqlite3.Error``),
+    kills the store's flusher task and tears the whole store (the node) down."""
+    bad = parsed_event(lone_surrogate_update(1, 1))
+    good = parsed_event(tg_body(tg_message(text="fine", message_id=2), update_id=2))
+    config = StorageConfig(backend="sqlite", path=str(tmp_path / "s.sqlite3"))
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(config) as store:
+            fresh = await store.store_inbound([bad, good])
+            assert fresh == [True, True]
+            assert await store.recent_inbound("tg:1") == [good]
+            assert store.statistics().errors == 1
+
+
+async def test_the_postgres_store_is_not_wedged_by_an_inbound_text_with_a_lone_surrogate() -> None:
+    """The same event on PostgreSQL: asyncpg refuses to encode the whole batch
+    (DataError), the batch stays at the head of the buffer and is retried forever,
+    so this channel's reader and every other channel of the node sharing the batch
+    wait for ever (no inbound is kept again until a restart, which brings it back).
+    The store should reject only that event (as it does for NUL and NaN) and keep the
+    rest: ``store_inbound`` returns promptly and the good event is stored."""
+    from tests.test_store import dropped_afterwards, new_schema
+
+    bad = parsed_event(lone_surrogate_update(1, 1))
+    good = parsed_event(tg_body(tg_message(text="fine", message_id=2), update_id=2))
+    schema = new_schema()
+    async with dropped_afterwards(schema):
+        config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
+        with trio.fail_after(REAL_CEILING):
+            async with open_store(config) as store:
+                fresh: list[bool] | None = None
+                with trio.move_on_after(5):
+                    fresh = await store.store_inbound([bad, good])
+                pending = store.statistics().inbound_pending
+                kept = await store.recent_inbound("tg:1")
+    assert fresh == [True, True], f"store_inbound still waiting; {pending} event(s) pending"
+    assert kept == [good]
+
+
+# --- 3. webhooks acknowledged before their events are kept -------------------------------
+
+
+@contextlib.asynccontextmanager
+async def gated_channel_of(
+    provider: Any, config: ChannelConfig
+) -> AsyncIterator[tuple[Any, Any, ChannelRef]]:
+    """A real provider's channel actor keeping its events in a memory store whose
+    batch writes wait at a gate (``gate.open()``): a store that has not written yet."""
+    from tests.test_inbound_receipts import Gate
+
+    settings = ChannelSettings()
+    memory = ChannelMemory(provider.limits, settings)
+    async with open_store(StorageConfig(backend="memory")) as store:
+        gate = Gate(store)
+        factory, memory = ChannelActor.factory(
+            config, provider, settings=settings, sink=store, memory=memory
+        )
+        async with open_actor_system() as system:
+            async with open_supervisor(
+                system, [ChildSpec(id=config.channel_id, start=factory)], intensity=10, period=60.0
+            ) as sup:
+                ref = await sup.whereis_child(config.channel_id)
+                assert ref is not None
+                channel = ChannelRef(ref, memory, config.channel_id, provider.name)
+                yield store, gate, channel
+                gate.open()
+
+
+async def live_connection(channel: ChannelRef) -> Any:
+    while channel.connection is None:  # noqa: ASYNC110 - set by the actor's own task
+        await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+    return channel.connection
+
+
+def telegram_api(request: httpx.Request) -> httpx.Response:
+    """Enough of the Bot API for a webhook-mode bot to open (getMe)."""
+    me = {"id": 123456, "is_bot": True, "first_name": "b", "username": "b_bot"}
+    result: Any = me if request.url.path.endswith("/getMe") else True
+    return httpx.Response(200, json={"ok": True, "result": result})
+
+
+async def test_a_telegram_webhook_is_not_answered_200_before_its_event_is_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Telegram forgets an update once its webhook is answered 2xx. The link answers
+    only after the channel's reader has taken the event from the (unbuffered) memory
+    channel: taken, not kept (the polling path, by contrast, waits for ``item.kept``).
+    With the store not yet written, ``deliver`` should not answer 200 (it should wait,
+    then 503 after WEBHOOK_TIMEOUT, and Telegram redelivers); today it answers 200 at
+    once, so a kill -9 before the write loses the update for good."""
+    config = ChannelConfig(
+        channel_id="tg:1",
+        provider="telegram",
+        credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
+        base_url="http://telegram.test",
+        options={"mode": "webhook"},
+    )
+    provider = TelegramProvider(transport=httpx.MockTransport(telegram_api))
+    with trio.fail_after(120):
+        async with gated_channel_of(provider, config) as (store, _gate, channel):
+            conn = await live_connection(channel)
+            reply = await deliver(
+                "telegram", conn, "POST", {}, {SECRET_HEADER: TG_SECRET}, tg_body(tg_message())
+            )
+            kept = store.statistics().inbound_written
+            assert (reply.status, kept) != (200, 0), "answered 200 with nothing kept"
+
+
+def wa_notification(*message_ids: str) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1555", "phone_number_id": WA_NUMBER},
+        "contacts": [{"wa_id": "4477", "profile": {"name": "Ann"}}],
+        "messages": [
+            {
+                "from": "4477",
+                "id": mid,
+                "timestamp": "1700000000",
+                "type": "text",
+                "text": {"body": f"text {mid}"},
+            }
+            for mid in message_ids
+        ],
+    }
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "waba", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(body).encode()
+
+
+def whatsapp_config() -> ChannelConfig:
+    return ChannelConfig(
+        channel_id="wa:1",
+        provider="whatsapp",
+        credentials={"token": "tok", "app_secret": WA_SECRET, "verify_token": "vt"},
+        base_url="http://graph.test",
+        options={"phone_number_id": WA_NUMBER, "verify_on_open": False},
+    )
+
+
+async def test_a_whatsapp_webhook_is_not_answered_200_before_its_messages_are_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Meta stops delivering a notification once it is answered 200. The link answers
+    200 as soon as the messages are in its in-memory buffer (``event_buffer``, 1,024),
+    before the store has them. With the store not yet written the answer should not
+    be 200 (wait for the write, or 503 so that Meta redelivers); today it is 200."""
+    body = wa_notification("wamid.1", "wamid.2", "wamid.3")
+    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
+    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    with trio.fail_after(120):
+        async with gated_channel_of(provider, whatsapp_config()) as (store, _gate, channel):
+            conn = await live_connection(channel)
+            reply = await deliver("whatsapp", conn, "POST", {}, headers, body)
+            kept = store.statistics().inbound_written
+            assert (reply.status, kept) != (200, 0), "answered 200 with nothing kept"
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+async def test_whatsapp_messages_answered_200_survive_a_restart_of_their_channel(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    """Three messages in one notification, answered 200 while the store is slow; then
+    the channel actor is killed (a crash) or stopped gracefully (an operator's stop,
+    a planned handoff, the drain). Every message Meta was told we have must reach the
+    store once it writes again. Today only the one the reader held (``pending``) is
+    kept; the other two sat in the connection's event buffer and are gone."""
+    body = wa_notification("wamid.1", "wamid.2", "wamid.3")
+    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
+    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    with trio.fail_after(120):
+        async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
+            first = await live_connection(channel)
+            reply = await deliver("whatsapp", first, "POST", {}, headers, body)
+            assert reply.status == 200
+            if how == "kill":
+                channel.ref.kill()
+                while channel.connection in (None, first):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            else:
+                with trio.move_on_after(30):
+                    await channel.ref.stop()
+            gate.open()
+            await trio.sleep(5)
+            await store.flush()
+            kept = sorted(e.platform_message_id for e in await store.recent_inbound("wa:1"))
+    assert kept == ["wamid.1", "wamid.2", "wamid.3"]
+
+
+# --- 4. a webhook forwarded for a channel that has just come here, not yet connected ------
+
+
+async def test_a_forwarded_webhook_for_a_channel_now_here_but_unconnected_does_not_spin(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The ops app saw the channel as remote and calls ``forward_webhook``; meanwhile
+    the channel moved here (handoff, failover) and is still connecting (its link is
+    ``None``). ``_forward`` raises ``_RunsHere`` before its first await and
+    ``forward_webhook`` answers that with ``continue`` when there is no link: a loop
+    with no checkpoint, so the node's whole trio loop spins for ever (the channel can
+    never connect to end it, no deadline is ever checked). It should wait (yielding)
+    for the link or answer 503 by WEBHOOK_FORWARD_TIMEOUT so Telegram redelivers."""
+    from types import SimpleNamespace
+
+    from runtime.node_cluster import ClusterMode
+    from runtime.table import ChannelRow, ChannelTable
+
+    class Spinning(Exception):
+        pass
+
+    from runtime.events import EventHub
+
+    class StandIn:
+        node_id = "n1"
+        forward_webhook = ClusterMode.forward_webhook
+        _runs_here = ClusterMode._runs_here
+        _link_here = ClusterMode._link_here
+        _real_forward = ClusterMode._forward
+        _hub = EventHub()
+
+        def subscribe(self, **filters: Any) -> Any:
+            return self._hub.subscribe(**filters)
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self._table = ChannelTable()
+            spec = SimpleNamespace(id="tg:1", provider="telegram")
+            channel = SimpleNamespace(connection=None)  # running here, still connecting
+            self._table.put(ChannelRow(spec=spec, channel=channel))  # type: ignore[arg-type]
+            self._cluster = SimpleNamespace(
+                ownership=SimpleNamespace(owned={"tg:1"}),
+                config=SimpleNamespace(lease_ttl=10.0),
+            )
+            self._moving: dict[str, trio.Event] = {}
+            self._holders: dict[str, Any] = {}
+
+        def _channel_config(self, spec: Any) -> ChannelConfig:
+            return ChannelConfig(
+                channel_id="tg:1",
+                provider="telegram",
+                credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
+                options={"mode": "webhook"},
+            )
+
+        async def _forward(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls > 10_000:
+                raise Spinning(f"_forward called {self.calls} times at t={trio.current_time()}")
+            return await self._real_forward(*args, **kwargs)
+
+    node = StandIn()
+    others_ran = 0
+
+    async def another_task() -> None:
+        nonlocal others_ran
+        for _ in range(100):  # then it ends: the clock may jump to the webhook's deadline
+            await trio.lowlevel.checkpoint()
+            others_ran += 1
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(another_task)
+            await trio.lowlevel.checkpoint()
+            others_ran = 0
+            try:
+                reply = await node.forward_webhook(
+                    "telegram",
+                    "tg:1",
+                    "POST",
+                    {},
+                    {SECRET_HEADER: TG_SECRET},
+                    tg_body(tg_message()),
+                )
+            except Spinning as exc:
+                pytest.fail(
+                    f"forward_webhook spins: {exc}; other tasks ran {others_ran} times meanwhile"
+                )
+            nursery.cancel_scope.cancel()
+    assert reply.status == 503
+    assert others_ran == 100  # the loop went on meanwhile
+
+
+# --- 5. a lone surrogate in an inbound id poisons the checkpoints ---------------------------
+
+
+def surrogate_whatsapp_id() -> str:
+    """The id of a signed WhatsApp message whose ``id`` holds a lone surrogate, as the
+    channel parses it (it goes into the channel's dedupe window, ``seen``)."""
+    body = wa_notification("wamid.OK").replace(b"wamid.OK", b"wamid.\\ud83d")
+    outcome = wa_webhook.handle_webhook(
+        "POST",
+        {},
+        {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)},
+        body,
+        app_secret=WA_SECRET,
+        verify_token="vt",
+        channel_id="wa:1",
+    )
+    assert outcome.status == 200 and len(outcome.events) == 1, outcome
+    event = outcome.events[0]
+    assert isinstance(event, InboundMessage)
+    return event.platform_message_id
+
+
+async def test_a_lone_surrogate_in_one_channel_s_dedupe_window_does_not_stop_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """A channel that received that message checkpoints its dedupe window (``seen``)
+    with the id in it. ``seen_json`` falls back to ``dumps``, which writes the lone
+    surrogate raw (not escaped, ensure_ascii=False), and SQLite's bind raises
+    UnicodeEncodeError: not a StoreError, so the node's checkpoint writer (``run``
+    suppresses only StoreError) dies; on PostgreSQL the whole batch fails (DataError)
+    every round, so no channel of the node is checkpointed again while the id stays
+    in that window. The one checkpoint should be rejected (reported, as for other
+    unencodable state) and the other channel's written."""
+    import attrs
+
+    from tests.test_store_durable import checkpoint, state
+
+    poisoned = attrs.evolve(state(), seen=("wamid.fine", surrogate_whatsapp_id()))
+    config = StorageConfig(backend="sqlite", path=str(tmp_path / "s.sqlite3"))
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(config) as store:
+            token = await store.next_owner_token()
+            result = await store.write_checkpoints(
+                [checkpoint("wa:1", token, poisoned), checkpoint("tg:2", token, state())]
+            )
+            assert "tg:2" in result.written
+            assert [channel for channel, _ in result.rejected] == ["wa:1"]
+
+
+# --- 6. a non-finite WhatsApp timestamp makes a message unstorable -------------------------
+
+
+@pytest.mark.parametrize("timestamp", ["NaN", "inf", "1e400"])
+async def test_a_whatsapp_message_with_a_non_finite_timestamp_is_still_kept(
+    tmp_path: Path, timestamp: str
+) -> None:
+    """``_time`` turns any float text into the timestamp: ``"NaN"``, ``"inf"`` or
+    ``"1e400"`` (inf) come through, and the durable stores refuse NaN and infinities
+    (``dumps(allow_nan=False)``), so the message, already answered 200 to Meta, is
+    logged and skipped: published once, never kept (a redelivery after a restart is
+    news again). The timestamp should be read as unknown (None) and the message kept."""
+    body = wa_notification("wamid.T").replace(b'"1700000000"', json.dumps(timestamp).encode())
+    outcome = wa_webhook.handle_webhook(
+        "POST",
+        {},
+        {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)},
+        body,
+        app_secret=WA_SECRET,
+        verify_token="vt",
+        channel_id="wa:1",
+    )
+    assert outcome.status == 200 and len(outcome.events) == 1, outcome
+    config = StorageConfig(backend="sqlite", path=str(tmp_path / "s.sqlite3"))
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(config) as store:
+            await store.store_inbound(list(outcome.events))
+            kept = await store.recent_inbound("wa:1")
+    assert [e.platform_message_id for e in kept] == ["wamid.T"]
+
+
+# --- 7. a platform's rate-limit wait that is negative, NaN or infinite ---------------------
+
+
+@pytest.mark.parametrize("reason", ["-1", "nan", "inf"])
+def test_a_websocket_server_s_4029_wait_is_a_finite_non_negative_delay(reason: str) -> None:
+    """A generic websocket server closes with 4029 and a reason the provider reads as
+    the wait (or sends an error frame with ``retry_after``): "-1", "nan" and "inf"
+    become a finite wait >= 0 (clamped, or the default for a reason that is not one).
+    They used to be taken as they were: the channel waits exactly ``retry_after`` with
+    ``trio.move_on_after``, where -1 and NaN raised ValueError (the channel actor
+    crashed, every reconnect again) and inf never reconnected."""
+    import math
+
+    from providers.websocket.core import error_from_close, error_from_code
+
+    for error in (
+        error_from_close(4029, reason),
+        error_from_code("rate_limited", "slow down", retry_after=float(reason)),
+    ):
+        wait = getattr(error, "retry_after", 0.0)
+        assert math.isfinite(wait) and wait >= 0, (type(error).__name__, wait)
+
+
+async def test_a_negative_rate_limit_wait_at_connect_does_not_crash_the_channel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server's 4029 "-1" ends a connect attempt: the channel waits no time at all
+    (the wait is clamped to 0) and connects on the next attempt, without its actor
+    crashing. The
+    RateLimited used to carry retry_after=-1, ``move_on_after(-1)`` raised ValueError
+    in the connection loop and the supervisor restarted the actor (a crash per
+    attempt)."""
+    from providers.testing import FakeProvider
+    from providers.websocket.core import error_from_close
+
+    provider = FakeProvider(connect_script=[error_from_close(4029, "-1"), None])
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "t"})
+    settings = ChannelSettings()
+    factory, memory = ChannelActor.factory(config, provider, settings=settings)
+    with trio.fail_after(60):
+        async with open_actor_system() as system:
+            async with open_supervisor(
+                system, [ChildSpec(id="ch", start=factory)], intensity=10, period=60.0
+            ) as sup:
+                ref = await sup.whereis_child("ch")
+                assert ref is not None
+                channel = ChannelRef(ref, memory, "ch", provider.name)
+                await provider.wait_connected(1)
+                assert channel.statistics().restarts == 0
+
+
+@pytest.mark.parametrize("retry_after", [b"-1", b"1" + b"0" * 400])
+def test_a_telegram_429_to_get_updates_is_a_finite_non_negative_wait(retry_after: bytes) -> None:
+    """A 429 to getUpdates (the polling inbound path) whose ``parameters.retry_after``
+    is -1 or 10**400 is a RateLimited with a finite wait >= 0. The first used to
+    become RateLimited(retry_after=-1.0) (the channel actor crashed on
+    ``move_on_after(-1)``), the second a bare OverflowError from ``float()`` in
+    ``_map_error`` (not a ProviderError: the poll task, the provider and the actor
+    died)."""
+    import math
+
+    from providers.base import RateLimited
+    from providers.telegram import core as tg_core
+
+    body = (
+        b'{"ok": false, "error_code": 429, "description": "Too Many Requests", '
+        b'"parameters": {"retry_after": ' + retry_after + b"}}"
+    )
+    with pytest.raises(RateLimited) as caught:
+        tg_core.parse_response(tg_core.get_updates(offset=None, timeout=1, limit=100), 429, body)
+    wait = caught.value.retry_after
+    assert math.isfinite(wait) and wait >= 0, wait
+
+
+# --- 8. unsigned WhatsApp posts cost the node's loop a full parse -------------------------
+
+
+async def test_an_unsigned_whatsapp_post_is_not_parsed_where_a_number_runs_elsewhere(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ops/app.py promises "only a signed body is parsed". In a cluster (any target
+    ``remote``), or while one local number is reconnecting, the 403 short cut is
+    skipped and an unsigned post (no X-Hub-Signature-256 at all) is parsed on the
+    event loop (``bounded_json.loads``, up to 4 MiB: ~1 s of CPU for 4 MiB of
+    64-deep arrays) before the remote number's owner check refuses it (403). The
+    node holds every app secret in its config (``check_here`` reads them): the post
+    should be refused unparsed."""
+    from runtime.ops import ops_app
+    from runtime.view import WebhookTarget
+    from runtime.webhooks import check_here
+    from tests.test_ops_http import NUMBER_A, NUMBER_B, FakeNode, SignedHook, notification
+    from tests.test_ops_http import WA_SECRET as OPS_WA_SECRET
+
+    class ClusterNode(FakeNode):
+        async def forward_webhook(
+            self,
+            provider: str,
+            channel_id: str,
+            method: str,
+            query: Any,
+            headers: Any,
+            body: bytes,
+            *,
+            signatures: Any = None,
+        ) -> Any:
+            config = ChannelConfig(
+                channel_id=channel_id,
+                provider="whatsapp",
+                credentials={"token": "t", "app_secret": OPS_WA_SECRET, "verify_token": "v"},
+                options={"phone_number_id": NUMBER_B},
+            )
+            judged = check_here(
+                provider, config, method, query, headers, body, signatures=signatures
+            )
+            assert judged is not None, "a forged post was forwarded"
+            await trio.lowlevel.checkpoint()
+            return judged
+
+    node = ClusterNode()
+    local = SignedHook("wa-a", NUMBER_A, OPS_WA_SECRET)
+    node.targets["whatsapp"] = [
+        WebhookTarget(channel_id="wa-a", options={"phone_number_id": NUMBER_A}, connection=local),  # type: ignore[arg-type]
+        WebhookTarget(channel_id="wa-b", options={"phone_number_id": NUMBER_B}, remote=True),
+    ]
+    parsed_bodies: list[int] = []
+    import providers.bounded_json as bj
+
+    real_loads = bj.loads
+
+    def spying_loads(data: Any, **kwargs: Any) -> Any:
+        parsed_bodies.append(len(data))
+        return real_loads(data, **kwargs)
+
+    monkeypatch.setattr(bj, "loads", spying_loads)
+    body = notification((NUMBER_B, "forged"))
+    app = ops_app(node)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        answer = await client.post("/webhooks/whatsapp", content=body)
+    assert answer.status_code == 403
+    assert parsed_bodies == [], f"an unsigned post was parsed: {parsed_bodies}"
+
+
+async def test_an_unsigned_whatsapp_post_does_not_hold_the_node_s_loop() -> None:
+    """A single node, every number connected and judged: an unsigned 4 MiB post of
+    arrays nested 62 deep (within the 64 allowed) is refused 403, but first
+    ``bounded_json.check_depth`` runs on the event loop, before the signature: up to
+    64 passes of ``bytes.replace`` over the whole body, ~0.9 s of CPU here (an HMAC of
+    the same body takes ~3 ms, and runs in a worker thread). Every channel of the node
+    (heartbeats, sends, other webhooks) stalls that long per forged request, so a
+    single client posting in a loop keeps the node's loop busy. The loop should not be
+    held for more than a fraction of that (check the signature first, or run the
+    depth check off the loop). Real time: it measures the loop's longest stall."""
+    import time
+
+    from runtime.ops import ops_app
+    from runtime.view import WebhookTarget
+    from tests.test_hostile_input import CountingHook
+    from tests.test_ops_http import NUMBER_A, FakeNode
+    from tests.test_ops_http import WA_SECRET as OPS_WA_SECRET
+
+    node = FakeNode()
+    hook = CountingHook("wa-a", NUMBER_A, OPS_WA_SECRET)
+    node.targets["whatsapp"] = [
+        WebhookTarget(channel_id="wa-a", options={"phone_number_id": NUMBER_A}, connection=hook)  # type: ignore[arg-type]
+    ]
+    block = b"[" * 62 + b"]" * 62
+    count = (4 * 1024 * 1024 - 20) // (len(block) + 1)
+    body = b'{"a":[' + b",".join([block] * count) + b"]}"
+    longest = 0.0
+    app = ops_app(node)  # type: ignore[arg-type]
+    with trio.fail_after(REAL_CEILING):
+        async with trio.open_nursery() as nursery:
+
+            async def ticker() -> None:
+                nonlocal longest
+                while True:
+                    before = time.perf_counter()
+                    await trio.lowlevel.checkpoint()
+                    longest = max(longest, time.perf_counter() - before)
+
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+                nursery.start_soon(ticker)
+                for _ in range(3):
+                    await trio.lowlevel.checkpoint()  # the ticker runs before the post
+                answer = await client.post("/webhooks/whatsapp", content=body)
+                for _ in range(3):
+                    await trio.lowlevel.checkpoint()  # and once after it
+            nursery.cancel_scope.cancel()
+    assert answer.status_code == 403
+    assert hook.calls == 0
+    assert longest < 0.25, f"the event loop was held {longest:.3f} s by one unsigned post"
+
+
+# --- 9. a Discord READY whose session fields are not strings --------------------------------
+
+
+def test_a_ready_with_non_string_session_fields_does_not_break_the_reconnect() -> None:
+    """READY's ``session_id`` and ``resume_gateway_url`` are kept as they come
+    (``d.get(...)``, no type check): an integer there makes the next reconnect's
+    ``connect_url()`` raise AttributeError (called outside the shell's exception map,
+    so the channel actor crashes), ``repr`` of the core raise TypeError, and the
+    values go into ``session_state()``, i.e. the checkpoint, so every restart resumes
+    with them and crashes again. Fields of the wrong type should be ignored (identify
+    afresh on the configured gateway URL), never stored."""
+    from providers.discord.gateway import GatewayCore
+
+    core = GatewayCore(
+        token="bot-token", channel_id="dc", gateway_url="wss://gateway.discord.gg", now=0.0
+    )
+    core.connection_made(0.0)
+    core.receive(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}), 0.0)
+    ready = {"session_id": 12345678901, "resume_gateway_url": 5, "user": {"id": "1"}}
+    core.receive(json.dumps({"op": 0, "s": 1, "t": "READY", "d": ready}), 0.1)
+    core.receive(json.dumps({"op": 7}), 0.2)  # the gateway asks for a reconnect
+    url = core.connect_url()
+    assert url.startswith("wss://gateway.discord.gg")
+    repr(core)
+    data = core.session_state().data
+    assert all(isinstance(data.get(k, ""), str) for k in ("session_id", "resume_gateway_url"))
+
+
+# --- 10. two Telegram edits within one second ------------------------------------------------
+
+
+async def test_two_telegram_edits_of_a_message_within_one_second_both_arrive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Telegram's ``edit_date`` has a resolution of one second, and a message is often
+    edited several times a second (a bot streaming its answer by edits). Two edits
+    are two updates (distinct update_id, distinct text), but the channel keys an edit
+    by ``edit:{id}:{timestamp}`` (inbound.py) and the store by ``(id, repr(timestamp))``:
+    the second edit is counted a duplicate and never published nor kept, so the
+    product is left with the older text. Both edits (at least the last one) should
+    reach the subscribers and the store."""
+    from providers.base import MessageEdited
+    from providers.testing import FakeProvider
+
+    def edit(update_id: int, text: str) -> MessageEdited:
+        body = json.dumps(
+            {
+                "update_id": update_id,
+                "edited_message": {
+                    "message_id": 7,
+                    "date": 1700000000,
+                    "edit_date": 1700000100,
+                    "chat": {"id": 42},
+                    "from": {"id": 5},
+                    "text": text,
+                },
+            }
+        ).encode()
+        verdict = WebhookHandler(channel_id="ch", secret=TG_SECRET).handle(
+            {SECRET_HEADER: TG_SECRET}, body
+        )
+        assert verdict.update is not None
+        event = verdict.update.event
+        assert isinstance(event, MessageEdited)
+        return event
+
+    first, second = edit(100, "Thinking"), edit(101, "Thinking... the answer is 42")
+    provider = FakeProvider()
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "t"})
+    settings = ChannelSettings()
+    with trio.fail_after(60):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            factory, memory = ChannelActor.factory(config, provider, settings=settings, sink=store)
+            async with open_actor_system() as system:
+                async with open_supervisor(
+                    system, [ChildSpec(id="ch", start=factory)], intensity=10, period=60.0
+                ) as sup:
+                    ref = await sup.whereis_child("ch")
+                    assert ref is not None
+                    channel = ChannelRef(ref, memory, "ch", provider.name)
+                    events = channel.subscribe(accepts=lambda e: isinstance(e, MessageEdited))
+                    conn = await provider.wait_connected(1)
+                    conn.push(first, second)
+                    await trio.sleep(1)
+                    got = []
+                    while True:
+                        try:
+                            got.append(events.receive_nowait().text)
+                        except trio.WouldBlock:
+                            break
+                    kept = [e.text for e in await store.recent_inbound("ch")]
+    assert got[-1:] == ["Thinking... the answer is 42"], got
+    assert "Thinking... the answer is 42" in kept, kept
+
+
+# --- 11. the checkpoint remembers an event as seen before the store has kept it -----------
+
+
+async def test_a_checkpoint_taken_while_an_event_waits_for_the_store_does_not_mark_it_seen(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``_on_event`` adds the event's id to the dedupe window (``memory.seen``) before
+    ``store_inbound`` has kept it, and the checkpoint writer exports ``seen`` every
+    round a busy channel is dirty (a send, a limiter change), independently of the
+    inbound batches. A checkpoint taken while the event waits for the store (a slow
+    or stalled inbound write; checkpoints go by another statement) records it as seen;
+    ``pending`` is not checkpointed. After a kill -9 the restored window holds the id,
+    so the platform's redelivery (Telegram re-polls from the unconfirmed offset,
+    webhooks retry) is dropped as a duplicate: never kept, never published. The id
+    should enter the durable window only once the store has kept the event."""
+    from actors.channel.durable import export_state, restore_state
+    from providers.testing import FakeProvider
+    from tests.test_inbound_receipts import message
+
+    provider = FakeProvider()
+    with trio.fail_after(60):
+        async with gated_channel_of(
+            provider, ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "t"})
+        ) as (store, _gate, channel):
+            conn = await provider.wait_connected(1)
+            conn.push(message("m1"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert store.statistics().inbound_written == 0  # still at the store's gate
+            state = export_state(channel.memory, now=trio.current_time(), clock_offset=0.0)
+    # What a restart from that checkpoint makes of the platform's redelivery of m1:
+    reborn = ChannelMemory(provider.limits, ChannelSettings())
+    restore_state(reborn, state, now=0.0, clock_offset=0.0)
+    assert reborn.seen.add("m1"), "the redelivered m1 would be dropped as a duplicate"
+
+
+# --- 12. a generic websocket server can put a local file path into an inbound message -----
+
+
+def test_an_inbound_websocket_message_never_carries_a_local_file_path() -> None:
+    """The generic websocket core structures a message frame's ``media`` straight into
+    ``providers.base.Media``, whose ``path`` is "a local file to upload". A server
+    sending ``"media": {"kind": "document", "path": "config/production.toml"}`` gets an
+    InboundMessage whose media is that local file; a product that forwards or echoes
+    inbound media (``OutboundMessage(media=event.media)`` in an embedded program: only
+    the HTTP API refuses local paths) makes the node read the file and upload it to a
+    platform. Received media always has a URL (Media's own contract): the frame
+    should be refused (or the media dropped), never given a ``path`` or ``content``."""
+    from providers.websocket.core import Emit, WebSocketCore
+
+    core = WebSocketCore(
+        "ws:1",
+        now=0.0,
+        ping_interval=None,
+        pong_timeout=10.0,
+        liveness_timeout=None,
+        send_timeout=10.0,
+    )
+    core.frame_received(json.dumps({"type": "ready", "session": "s"}), 0.0)
+    frame = {
+        "type": "message",
+        "id": "m1",
+        "peer": "p",
+        "sender": "s",
+        "media": {"kind": "document", "path": "config/production.toml"},
+    }
+    actions = core.frame_received(json.dumps(frame), 0.1)
+    media = [
+        a.event.media
+        for a in actions
+        if isinstance(a, Emit) and isinstance(a.event, InboundMessage) and a.event.media
+    ]
+    assert all(m.path is None and m.content is None for m in media), media
