@@ -617,6 +617,9 @@ def update_event(update: wire.Update, channel_id: str) -> Event | None:
     ``message`` and ``channel_post`` become :class:`InboundMessage`,
     ``edited_message`` and ``edited_channel_post`` :class:`MessageEdited`;
     peer is the chat id, sender the ``from.id`` (or the sending chat).
+
+    Raises:
+        OverflowError: a ``date`` or ``edit_date`` past any float (10**400).
     """
     new = update.message or update.channel_post
     if new is not None:
@@ -657,15 +660,17 @@ def update_event(update: wire.Update, channel_id: str) -> Event | None:
 
 
 def _parse_update(raw: Any, channel_id: str) -> ParsedUpdate:
+    # OverflowError: a date no float can hold (10**400), found making the event.
     try:
         update = wire.CONVERTER.structure(raw, wire.Update)
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        event = update_event(update, channel_id)
+    except (cattrs.BaseValidationError, TypeError, ValueError, OverflowError) as exc:
         update_id = raw.get("update_id") if isinstance(raw, Mapping) else None
         if isinstance(update_id, int) and not isinstance(update_id, bool):
             # Well numbered but unreadable: skip it, or it would block the offset forever.
             return ParsedUpdate(update_id=update_id, event=None)
         raise TransientError(f"telegram: an update without an update_id: {raw!r}") from exc
-    return ParsedUpdate(update_id=update.update_id, event=update_event(update, channel_id))
+    return ParsedUpdate(update_id=update.update_id, event=event)
 
 
 def parse_updates(result: Any, channel_id: str) -> tuple[ParsedUpdate, ...]:
