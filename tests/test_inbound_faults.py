@@ -488,11 +488,11 @@ async def test_a_lone_surrogate_in_one_channel_s_dedupe_window_does_not_stop_che
 async def test_a_whatsapp_message_with_a_non_finite_timestamp_is_still_kept(
     tmp_path: Path, timestamp: str
 ) -> None:
-    """``_time`` turns any float text into the timestamp: ``"NaN"``, ``"inf"`` or
-    ``"1e400"`` (inf) come through, and the durable stores refuse NaN and infinities
-    (``dumps(allow_nan=False)``), so the message, already answered 200 to Meta, is
-    logged and skipped: published once, never kept (a redelivery after a restart is
-    news again). The timestamp should be read as unknown (None) and the message kept."""
+    """A timestamp of ``"NaN"``, ``"inf"`` or ``"1e400"`` is read as unknown (None) and
+    the message kept. ``_time`` used to turn any float text into the timestamp, and
+    the durable stores refuse NaN and infinities (``dumps(allow_nan=False)``), so the
+    message, already answered 200 to Meta, was logged and skipped: published once,
+    never kept (a redelivery after a restart was news again)."""
     body = wa_notification("wamid.T").replace(b'"1700000000"', json.dumps(timestamp).encode())
     outcome = wa_webhook.handle_webhook(
         "POST",

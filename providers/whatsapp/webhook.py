@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
@@ -377,10 +378,13 @@ _STATUSES: Final = {status.value: status for status in ReceiptStatus}
 
 
 def _time(raw: str | None) -> float | None:
+    """A timestamp's seconds, or None (unknown) for text that is not a finite number:
+    the durable stores refuse NaN and infinities, which would lose the message."""
     try:
-        return float(raw) if raw is not None else None
+        seconds = float(raw) if raw is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def _inbound(
