@@ -841,14 +841,14 @@ async def test_a_checkpoint_taken_while_an_event_waits_for_the_store_does_not_ma
 
 
 def test_an_inbound_websocket_message_never_carries_a_local_file_path() -> None:
-    """The generic websocket core structures a message frame's ``media`` straight into
-    ``providers.base.Media``, whose ``path`` is "a local file to upload". A server
-    sending ``"media": {"kind": "document", "path": "config/production.toml"}`` gets an
-    InboundMessage whose media is that local file; a product that forwards or echoes
+    """A message frame's ``media`` is read by its URL alone (Media's own contract:
+    received media always has one); a server sending ``"media": {"kind": "document",
+    "path": "config/production.toml"}`` gets a message without that media. The core
+    used to structure the frame's ``media`` straight into ``providers.base.Media``,
+    whose ``path`` is "a local file to upload": a product that forwards or echoes
     inbound media (``OutboundMessage(media=event.media)`` in an embedded program: only
-    the HTTP API refuses local paths) makes the node read the file and upload it to a
-    platform. Received media always has a URL (Media's own contract): the frame
-    should be refused (or the media dropped), never given a ``path`` or ``content``."""
+    the HTTP API refuses local paths) made the node read the file and upload it to a
+    platform."""
     from providers.websocket.core import Emit, WebSocketCore
 
     core = WebSocketCore(

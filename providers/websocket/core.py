@@ -38,6 +38,10 @@ The wire protocol (text frames, one JSON object each)::
     media = {"kind": "image" | "video" | "document" | "audio", "url" | "data",
              "caption"?, "filename"?, "mime_type"?}     data: an upload, base64
 
+A message's media from the server is read by its ``url`` alone: without one
+(``data``, or a local ``path`` that only an upload may name) the message comes
+without its media, so a node never takes a file or bytes a server chose.
+
 Error codes map to the provider error tree (:func:`error_from_code`):
 ``rate_limited`` -> RateLimited, ``unauthorized`` -> AuthenticationFailed,
 ``banned`` -> Banned, ``forbidden`` -> MissingPermissions, ``bad_recipient`` ->
@@ -96,6 +100,7 @@ from providers.base import (
     Event,
     InboundMessage,
     Media,
+    MediaKind,
     MediaTooLarge,
     MessageEdited,
     MessageNotFound,
@@ -278,12 +283,36 @@ def error_from_close(code: int | None, reason: str | None) -> ProviderError:
 
 
 @attrs.frozen(kw_only=True)
+class _ReceivedMedia:
+    # What a server may say of a message's media: never a ``path`` or
+    # ``content``, which in a Media mean "upload this local file (or these
+    # bytes)", so a product echoing inbound media would upload the node's files.
+    kind: MediaKind
+    url: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    mime_type: str | None = None
+
+    def media(self) -> Media | None:
+        """The received media; None without a URL (nothing a node can fetch)."""
+        if self.url is None:
+            return None
+        return Media(
+            kind=self.kind,
+            url=self.url,
+            caption=self.caption,
+            filename=self.filename,
+            mime_type=self.mime_type,
+        )
+
+
+@attrs.frozen(kw_only=True)
 class _MessageFrame:
     id: str
     peer: str
     sender: str
     text: str | None = None
-    media: Media | None = None
+    media: _ReceivedMedia | None = None
     reply_to: str | None = None
     timestamp: float | None = None
 
@@ -762,7 +791,7 @@ class WebSocketCore:
                 peer=m.peer,
                 sender=m.sender,
                 text=m.text,
-                media=m.media,
+                media=m.media.media() if m.media is not None else None,
                 reply_to=m.reply_to,
                 timestamp=m.timestamp,
             )
