@@ -711,13 +711,13 @@ async def test_an_unsigned_whatsapp_post_does_not_hold_the_node_s_loop() -> None
 
 
 def test_a_ready_with_non_string_session_fields_does_not_break_the_reconnect() -> None:
-    """READY's ``session_id`` and ``resume_gateway_url`` are kept as they come
-    (``d.get(...)``, no type check): an integer there makes the next reconnect's
-    ``connect_url()`` raise AttributeError (called outside the shell's exception map,
-    so the channel actor crashes), ``repr`` of the core raise TypeError, and the
-    values go into ``session_state()``, i.e. the checkpoint, so every restart resumes
-    with them and crashes again. Fields of the wrong type should be ignored (identify
-    afresh on the configured gateway URL), never stored."""
+    """READY's ``session_id`` and ``resume_gateway_url`` of the wrong type are ignored:
+    the next reconnect identifies afresh on the configured gateway URL, and they are
+    never stored. They used to be kept as they came (``d.get(...)``, no type check):
+    an integer there made the next reconnect's ``connect_url()`` raise AttributeError
+    (called outside the shell's exception map, so the channel actor crashed), ``repr``
+    of the core raise TypeError, and the values went into ``session_state()``, i.e.
+    the checkpoint, so every restart resumed with them and crashed again."""
     from providers.discord.gateway import GatewayCore
 
     core = GatewayCore(

@@ -238,6 +238,11 @@ class SendLimiter:
 # --- the core ---------------------------------------------------------------------------
 
 
+def _text(value: Any) -> str | None:
+    """A session field as the gateway (or a checkpoint) gave it, if it is a non-empty string."""
+    return value if isinstance(value, str) and value else None
+
+
 class GatewayCore:
     """The Discord gateway protocol for one connection, without I/O.
 
@@ -308,10 +313,13 @@ class GatewayCore:
                     f"cannot resume a {session.provider!r} session on the discord provider; "
                     "pass the SessionState this provider exported, or None"
                 )
-            self.session_id = session.data.get("session_id")
-            self.seq = session.data.get("seq")
-            self.resume_gateway_url = session.data.get("resume_gateway_url")
-            self.user_id = session.data.get("user_id")
+            # A checkpoint is read as READY is: what is not of its type is dropped
+            # (an Identify then starts a new session), never resumed with.
+            self.session_id = _text(session.data.get("session_id"))
+            seq = session.data.get("seq")
+            self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+            self.resume_gateway_url = self._resume_url(session.data.get("resume_gateway_url"))
+            self.user_id = _text(session.data.get("user_id"))
 
         self.heartbeat_interval: float | None = None
         self.latency: float | None = None
@@ -535,6 +543,18 @@ class GatewayCore:
             GatewayState.CONNECTED,
         )
 
+    def _resume_url(self, value: Any) -> str | None:
+        """A resume URL the token may go to, or None: a websocket URL over TLS
+        (plain ``ws://`` only where the configured gateway is plain, an emulator's)."""
+        if not isinstance(value, str):
+            return None
+        try:
+            parts, configured = urlsplit(value), urlsplit(self.gateway_url)
+        except ValueError:  # an unreadable host ("wss://[")
+            return None
+        allowed = ("wss", "ws") if configured.scheme == "ws" else ("wss",)
+        return value if parts.scheme in allowed and parts.netloc else None
+
     def _forget_session(self) -> None:
         self.session_id = None
         self.seq = None
@@ -638,8 +658,8 @@ class GatewayCore:
         if not isinstance(d, dict):
             return []
         if name == "READY":
-            self.session_id = d.get("session_id")
-            self.resume_gateway_url = d.get("resume_gateway_url")
+            self.session_id = _text(d.get("session_id"))
+            self.resume_gateway_url = self._resume_url(d.get("resume_gateway_url"))
             user = d.get("user")
             if isinstance(user, dict) and user.get("id") is not None:
                 self.user_id = str(user["id"])
