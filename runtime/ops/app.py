@@ -39,12 +39,13 @@ Design:
   config for a channel on another node (``NodeView.check_webhook_headers``),
   and answered as the link would (403, or 404 for a channel that polls).
 - WhatsApp sends one URL for every number of an app. Cheap refusals come
-  first: a body nested too deep is 400 (:func:`providers.bounded_json.check_depth`),
-  one without a well-formed ``X-Hub-Signature-256`` is 403 unhashed, and the
-  signature is then checked once per app secret among the live channels
-  (their ``webhook_signer``; large bodies are hashed in worker threads), not
-  once per channel: a flood of forgeries costs one HMAC each and leaves the
-  probes answered. The verdicts (one
+  first, in a channel's own order: a body without a well-formed
+  ``X-Hub-Signature-256`` is 403 unhashed (whichever number it names, here
+  or on another node), the signature is then checked once per app secret
+  among the live channels (their ``webhook_signer``; large bodies are hashed
+  in worker threads), not once per channel: a flood of forgeries costs one
+  HMAC each and leaves the probes answered. Only then is a body nested too
+  deep 400 (:func:`providers.bounded_json.check_depth`). The verdicts (one
   :class:`~providers.whatsapp.webhook.PostSignatures` per post) travel with
   the post to every channel it names, here or checked for another node, so
   a post naming many numbers is still hashed once per app secret. Only a
@@ -472,16 +473,17 @@ class _Ops:
         if body is None:
             self.webhooks.count("whatsapp", 413)
             return _too_large()
-        # Cheap refusals first: too deep (400), then not signed by any live
-        # channel's app secret (403, each secret hashed once), and only then parsed.
-        try:
-            bounded_json.check_depth(body)
-        except bounded_json.JSONTooDeep as exc:
-            return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
+        # Cheap refusals first, in the order a channel judges a post: not signed at
+        # all (403 unhashed: every WhatsApp channel requires X-Hub-Signature-256,
+        # wherever it runs), then not signed by any live channel's app secret (403,
+        # each secret hashed once), then too deep (400), and only then parsed: the
+        # depth check is a pass over the body per level, which a forger must not get.
+        signatures = PostSignatures(request.headers, body)
+        if not signatures.well_formed:
+            return self._counted("whatsapp", _FORGED, reason="signature")
         # The live links' signers, kept by the node until a link comes or goes:
         # a number's webhook costs no walk over the channels.
         links = self.node.webhook_links("whatsapp")
-        signatures = PostSignatures(request.headers, body)
         signers = await _signed_by(links, signatures, len(body), self.hashing)
         # Channels elsewhere are checked there, by their own secrets; a channel here
         # with no live link (reconnecting) has no signer to ask: its post goes on
@@ -493,6 +495,10 @@ class _Ops:
             and not links.remote
         ):
             return self._counted("whatsapp", _FORGED, reason="signature")
+        try:
+            bounded_json.check_depth(body)
+        except bounded_json.JSONTooDeep as exc:
+            return self._counted("whatsapp", refusal(400, "BadRequest", str(exc)))
         try:
             payload = bounded_json.loads(body)
         except ValueError:
