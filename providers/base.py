@@ -260,7 +260,17 @@ class InboundMessage:
 
 @attrs.frozen(kw_only=True)
 class MessageEdited:
-    """A user edited an earlier message."""
+    """A user edited an earlier message.
+
+    Attributes:
+        channel_id: our channel that received it.
+        platform_message_id: the edited message's id.
+        peer: the chat it belongs to.
+        sender: the user who edited it.
+        text: its new text, if any.
+        timestamp: platform time of the edit, seconds since the epoch.
+        metadata: platform extras (Telegram: the edit's ``update_id``).
+    """
 
     channel_id: str
     platform_message_id: str
@@ -268,6 +278,20 @@ class MessageEdited:
     sender: str
     text: str | None = None
     timestamp: float | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def edit_id(self) -> str | None:
+        """The platform's own id of this edit (``#`` and Telegram's ``update_id``), or None.
+
+        What tells two edits of a message apart where ``timestamp`` cannot:
+        Telegram's ``edit_date`` counts whole seconds, and a bot streaming its
+        answer edits a message several times a second.
+        """
+        update_id = self.metadata.get("update_id")
+        if isinstance(update_id, int) and not isinstance(update_id, bool):
+            return f"#{update_id}"
+        return None
 
 
 class ReceiptStatus(enum.Enum):

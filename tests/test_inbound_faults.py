@@ -740,11 +740,12 @@ async def test_two_telegram_edits_of_a_message_within_one_second_both_arrive(
 ) -> None:
     """Telegram's ``edit_date`` has a resolution of one second, and a message is often
     edited several times a second (a bot streaming its answer by edits). Two edits
-    are two updates (distinct update_id, distinct text), but the channel keys an edit
-    by ``edit:{id}:{timestamp}`` (inbound.py) and the store by ``(id, repr(timestamp))``:
-    the second edit is counted a duplicate and never published nor kept, so the
-    product is left with the older text. Both edits (at least the last one) should
-    reach the subscribers and the store."""
+    are two updates (distinct update_id, distinct text), and both (at least the last
+    one) reach the subscribers and the store: an edit is keyed by its update_id
+    (``MessageEdited.edit_id``). The channel used to key an edit by
+    ``edit:{id}:{timestamp}`` (inbound.py) and the store by ``(id, repr(timestamp))``:
+    the second edit was counted a duplicate and never published nor kept, so the
+    product was left with the older text."""
     from providers.base import MessageEdited
     from providers.testing import FakeProvider
 

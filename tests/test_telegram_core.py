@@ -312,6 +312,7 @@ def test_an_edit_becomes_message_edited_at_its_edit_date() -> None:
         sender="99",
         text="fixed",
         timestamp=1_700_000_100.0,
+        metadata={"update_id": 11},
     )
 
 

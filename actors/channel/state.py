@@ -765,7 +765,7 @@ class LinkWatch(Protocol):
 def seen_key(event: InboundMessage | MessageEdited) -> str:
     """The event's key in the channel's window of recent ids (``seen``)."""
     if isinstance(event, MessageEdited):
-        return f"edit:{event.platform_message_id}:{event.timestamp}"
+        return f"edit:{event.platform_message_id}:{event.edit_id or event.timestamp}"
     return event.platform_message_id
 
 

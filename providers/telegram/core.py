@@ -655,6 +655,7 @@ def update_event(update: wire.Update, channel_id: str) -> Event | None:
             sender=_sender(edited),
             text=edited.text if edited.text is not None else edited.caption,
             timestamp=float(edited.edit_date if edited.edit_date is not None else edited.date),
+            metadata={"update_id": update.update_id},
         )
     return None
 

@@ -630,13 +630,14 @@ def decode_state(data: Mapping[str, Any]) -> ChannelState:
 def dedupe_key(event: InboundMessage | MessageEdited | DeliveryReceipt) -> DedupeKey:
     """The identity of a stored event: ``(channel_id, kind, platform_message_id, status)``.
 
-    ``status`` is the receipt's status, an edit's timestamp (``repr``; empty
+    ``status`` is the receipt's status, an edit's own id where the platform
+    gives one (``MessageEdited.edit_id``), else its timestamp (``repr``; empty
     when the platform gave none), and empty for a message.
     """
     if isinstance(event, DeliveryReceipt):
         status = event.status.value
     elif isinstance(event, MessageEdited):
-        status = "" if event.timestamp is None else repr(event.timestamp)
+        status = event.edit_id or ("" if event.timestamp is None else repr(event.timestamp))
     else:
         status = ""
     return (event.channel_id, EVENT_KINDS[type(event)], event.platform_message_id, status)
