@@ -145,6 +145,7 @@ from .view import (
     WebhookTarget,
     links_of,
 )
+from .webhooks import ConfiguredSigner, configured_signer
 
 __all__ = ["Node", "NodeState", "open_node"]
 
@@ -1246,12 +1247,20 @@ class Node(ClusterMode, DeadLetterOps):
         if index is None or index.generation != generation:
             here = [
                 WebhookTarget(
-                    channel_id=row.spec.id, options=self._options_of(row), channel=row.channel
+                    channel_id=row.spec.id,
+                    options=self._options_of(row),
+                    channel=row.channel,
+                    signer=self._webhook_signer(row),
                 )
                 for row in self._table.running(provider)
             ]
             elsewhere = [
-                WebhookTarget(channel_id=row.spec.id, options=self._options_of(row), remote=True)
+                WebhookTarget(
+                    channel_id=row.spec.id,
+                    options=self._options_of(row),
+                    remote=True,
+                    signer=self._webhook_signer(row),
+                )
                 for row in self._table
                 if row.spec.provider == provider and self._is_remote(row)
             ]
@@ -1518,6 +1527,17 @@ class Node(ClusterMode, DeadLetterOps):
             credentials=self.emulators.credentials(spec),
             extra_options={**extra, **self.emulators.options(spec)},
         )
+
+    def _webhook_signer(self, row: ChannelRow) -> ConfiguredSigner | None:
+        """A WhatsApp channel's signature check from its config (its app secret), so a
+        post is judged before it is read even while the channel has no link here."""
+        if row.spec.provider != "whatsapp":
+            return None
+        try:
+            config = self._channel_config(row.spec)
+        except NodeError:  # a config its start refuses: its posts are judged as before
+            return None
+        return configured_signer(row.spec.provider, config)
 
     def _options_of(self, row: ChannelRow) -> dict[str, Any]:
         defaults = self.config.providers.get(row.spec.provider)

@@ -33,6 +33,7 @@ __all__ = [
     "ChannelTotals",
     "NodeStatistics",
     "NodeView",
+    "PostChecker",
     "WebhookLinks",
     "WebhookTarget",
     "links_of",
@@ -140,9 +141,13 @@ class WebhookTarget:
             requests and never hand a webhook to a link that has gone.
         remote: in a cluster, it runs on another node: a request for it is
             checked here and carried there (:meth:`NodeView.forward_webhook`).
+        signer: a WhatsApp channel's signature check made from its config
+            (``webhook_signer``, ``check_post``), for a post that comes while it
+            has no live link here: a post that no channel's app secret signed is
+            refused before it is read. None: only its live link judges.
     """
 
-    __slots__ = ("_channel", "_connection", "channel_id", "options", "remote")
+    __slots__ = ("_channel", "_connection", "channel_id", "options", "remote", "signer")
 
     def __init__(
         self,
@@ -152,10 +157,12 @@ class WebhookTarget:
         connection: Connection | None = None,
         remote: bool = False,
         channel: _HasConnection | None = None,
+        signer: PostChecker | None = None,
     ) -> None:
         self.channel_id = channel_id
         self.options = options
         self.remote = remote
+        self.signer = signer
         self._connection = connection
         self._channel = channel
 
@@ -167,6 +174,19 @@ class WebhookTarget:
     def __repr__(self) -> str:
         where = "remote" if self.remote else "here"
         return f"<WebhookTarget {self.channel_id!r} {where}>"
+
+
+class PostChecker(Protocol):
+    """What checks a WhatsApp post's signature: a live link, or a channel's config."""
+
+    @property
+    def webhook_signer(self) -> str:
+        """The app secret's signer id (no secret)."""
+        ...
+
+    def check_post(self, signatures: PostSignatures) -> bool:
+        """Whether the post is signed with the app secret."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -186,31 +206,54 @@ class WebhookLinks:
         judged: how many of ``live`` judge by a signer (the rest judge for
             themselves).
         remote: whether any target runs on another node.
+        elsewhere: per signer id, the configured check (``WebhookTarget.signer``)
+            of the first target with no live link here, for signers no live link has.
+        complete: whether every target (at least one) is judged by a signer,
+            its live link's or its config's: a post none of them signed is forged.
     """
 
     live: Sequence[WebhookTarget]
     signers: Mapping[str, Connection]
     judged: int
     remote: bool
+    elsewhere: Mapping[str, PostChecker] = attrs.field(factory=dict)
+    complete: bool = False
 
 
 def links_of(targets: Sequence[WebhookTarget]) -> WebhookLinks:
     """:class:`WebhookLinks` of ``targets``, each target's live link read once."""
     live: list[WebhookTarget] = []
     signers: dict[str, Connection] = {}
+    elsewhere: dict[str, PostChecker] = {}
     judged = 0
+    unjudged = 0  # targets judged by no signer: their own links decide
     remote = False
     for target in targets:
         remote = remote or target.remote
         link = target.connection
         if link is None:
+            if target.signer is None:
+                unjudged += 1
+            else:
+                elsewhere.setdefault(target.signer.webhook_signer, target.signer)
             continue
         live.append(target)
         signer = getattr(link, "webhook_signer", None)
         if isinstance(signer, str):
             judged += 1
             signers.setdefault(signer, link)
-    return WebhookLinks(live=live, signers=signers, judged=judged, remote=remote)
+        else:
+            unjudged += 1
+    for signer in signers:
+        elsewhere.pop(signer, None)
+    return WebhookLinks(
+        live=live,
+        signers=signers,
+        judged=judged,
+        remote=remote,
+        elsewhere=elsewhere,
+        complete=bool(targets) and not unjudged,
+    )
 
 
 class _HasConnection(Protocol):

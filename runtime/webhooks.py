@@ -52,12 +52,19 @@ from providers.telegram import SECRET_HEADER
 from providers.telegram.core import parse_options
 from providers.telegram.webhook import secret_matches
 from providers.whatsapp.core import WhatsAppSettings
-from providers.whatsapp.webhook import SIGNATURE_HEADER, PostSignatures, verify_subscription
+from providers.whatsapp.webhook import (
+    SIGNATURE_HEADER,
+    PostSignatures,
+    signer_id,
+    verify_subscription,
+)
 
 __all__ = [
     "WEBHOOK_TIMEOUT",
+    "ConfiguredSigner",
     "WebhookReply",
     "check_here",
+    "configured_signer",
     "deliver",
     "from_wire",
     "reply_from_wire",
@@ -199,6 +206,40 @@ def check_here(
     except ProviderError as exc:  # a channel whose config its own link would refuse
         return refusal(503, "ChannelUnavailable", f"the channel cannot take webhooks: {exc}")
     return refusal(404, "NoWebhook", f"{provider} channels take no webhooks")
+
+
+class ConfiguredSigner:
+    """A WhatsApp channel's app secret, read from its config: the signature check of
+    a post for a channel with no live link here (on another node, or reconnecting),
+    as a live link's ``webhook_signer`` and ``check_post`` are.
+
+    Attributes:
+        webhook_signer: the app secret's signer id (no secret).
+    """
+
+    __slots__ = ("_app_secret", "webhook_signer")
+
+    def __init__(self, app_secret: str) -> None:
+        self._app_secret = app_secret
+        self.webhook_signer = signer_id(app_secret)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"<ConfiguredSigner {self.webhook_signer}>"
+
+    def check_post(self, signatures: PostSignatures) -> bool:
+        """Whether the post is signed with this app secret (hashed once per secret)."""
+        return signatures.signed_by(self._app_secret)
+
+
+def configured_signer(provider: str, config: ChannelConfig) -> ConfiguredSigner | None:
+    """The signature check of a WhatsApp channel's config; None for another provider,
+    or a config its own link would refuse (then its posts are judged as before)."""
+    if provider != "whatsapp":
+        return None
+    try:
+        return ConfiguredSigner(WhatsAppSettings.from_config(config).app_secret)
+    except ProviderError:
+        return None
 
 
 def to_wire(

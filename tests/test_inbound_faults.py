@@ -654,6 +654,74 @@ async def test_an_unsigned_whatsapp_post_is_not_parsed_where_a_number_runs_elsew
     assert parsed_bodies == [], f"an unsigned post was parsed: {parsed_bodies}"
 
 
+@pytest.mark.parametrize("where", ["remote", "reconnecting"])
+async def test_a_forged_whatsapp_post_is_judged_by_configured_secrets_before_it_is_read(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A post with a well-formed signature that no app secret made, for a number on
+    another node or one reconnecting here, is refused 403 before its depth is checked
+    or it is parsed: the node checks it against the app secrets in those channels'
+    configs (``WebhookTarget.signer``). One signed with such a secret goes on (parsed,
+    then routed: forwarded, or 503 while the channel reconnects)."""
+    import providers.bounded_json as bj
+    from runtime.ops import ops_app
+    from runtime.view import WebhookTarget
+    from runtime.webhooks import ConfiguredSigner, WebhookReply
+    from tests.test_ops_http import NUMBER_A, NUMBER_B, FakeNode, JudgingHook, notification, signed
+    from tests.test_ops_http import WA_SECRET as OPS_WA_SECRET
+
+    b_secret = "b-apps-secret"
+
+    class ClusterNode(FakeNode):
+        forwarded = 0
+
+        async def forward_webhook(self, *args: Any, **kwargs: Any) -> WebhookReply:
+            self.forwarded += 1
+            await trio.lowlevel.checkpoint()
+            return WebhookReply(status=200, body=b"ok")
+
+    node = ClusterNode()
+    node.targets["whatsapp"] = [
+        WebhookTarget(
+            channel_id="wa-a",
+            options={"phone_number_id": NUMBER_A},
+            connection=JudgingHook("wa-a", NUMBER_A, OPS_WA_SECRET),  # type: ignore[arg-type]
+        ),
+        WebhookTarget(
+            channel_id="wa-b",
+            options={"phone_number_id": NUMBER_B},
+            remote=where == "remote",
+            signer=ConfiguredSigner(b_secret),
+        ),
+    ]
+    read: list[str] = []
+    real_check_depth, real_loads = bj.check_depth, bj.loads
+
+    def spying_check_depth(data: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append("check_depth")
+        return real_check_depth(data, *args, **kwargs)
+
+    def spying_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append("loads")
+        return real_loads(data, *args, **kwargs)
+
+    monkeypatch.setattr(bj, "check_depth", spying_check_depth)
+    monkeypatch.setattr(bj, "loads", spying_loads)
+    body = notification((NUMBER_B, "for b"))
+    app = ops_app(node)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        forged = await client.post(
+            "/webhooks/whatsapp", content=body, headers=signed(body, "not-any-app-secret")
+        )
+        assert forged.status_code == 403
+        assert read == [], f"a forged post was read: {read}"
+        good = await client.post("/webhooks/whatsapp", content=body, headers=signed(body, b_secret))
+    assert good.status_code == (200 if where == "remote" else 503)
+    assert "loads" in read  # a signed post is read
+    assert node.forwarded == (1 if where == "remote" else 0)
+
+
 async def test_an_unsigned_whatsapp_post_does_not_hold_the_node_s_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

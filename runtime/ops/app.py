@@ -269,7 +269,8 @@ async def _signed_by(
     size: int,
     limiter: trio.CapacityLimiter,
 ) -> set[str]:
-    """The signers (app secrets, by id) among the live links' that signed the post.
+    """The signers (app secrets, by id) that signed the post, among the live links'
+    and the configs of the channels with no live link here (``links.elsewhere``).
 
     Each signer is checked once, however many channels share it, and its
     verdict kept in ``signatures`` for the channels the post is handed to; a
@@ -280,8 +281,9 @@ async def _signed_by(
     if not signatures.well_formed:
         return set()
     signed: set[str] = set()
-    for signer, connection in links.signers.items():
-        check = functools.partial(connection.check_post, signatures)  # type: ignore[attr-defined]
+    checkers: list[tuple[str, Any]] = [*links.signers.items(), *links.elsewhere.items()]
+    for signer, checker in checkers:
+        check = functools.partial(checker.check_post, signatures)
         if size < HASH_OFF_LOOP:
             accepted = check()
         else:
@@ -485,15 +487,12 @@ class _Ops:
         # a number's webhook costs no walk over the channels.
         links = self.node.webhook_links("whatsapp")
         signers = await _signed_by(links, signatures, len(body), self.hashing)
-        # Channels elsewhere are checked there, by their own secrets; a channel here
-        # with no live link (reconnecting) has no signer to ask: its post goes on
-        # to be routed by number (503, redeliver later), not counted as forged.
-        if (
-            links.judged
-            and links.judged == len(links.live) == len(targets)
-            and not signers
-            and not links.remote
-        ):
+        # Channels elsewhere, and channels here with no live link (reconnecting),
+        # are judged by the app secrets in their configs: a post none of the
+        # channels' secrets signed is forged. A post signed for a reconnecting one
+        # goes on to be routed by number (503, redeliver later), not counted as
+        # forged; where a channel judges for itself, it is asked.
+        if links.complete and not signers:
             return self._counted("whatsapp", _FORGED, reason="signature")
         try:
             bounded_json.check_depth(body)
