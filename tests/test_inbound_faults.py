@@ -1,18 +1,16 @@
-"""Fault run on the inbound side: hostile payloads, webhooks, durability (defects found).
+"""The inbound side under a fault run: hostile payloads and webhooks (each test is a
+defect one found, fixed; the durability ones are in test_inbound_durability).
 
-Each test reproduces one defect and fails until it is fixed; its docstring
-says what should happen. Store tests against SQLite / PostgreSQL use real
-time with a hard ceiling (threads, sockets); the rest run on virtual time.
+Store tests against SQLite / PostgreSQL use real time with a hard ceiling
+(threads, sockets); the rest run on virtual time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +18,7 @@ import trio
 import trio.testing
 
 from actors import open_actor_system
-from actors.channel import ChannelActor, ChannelMemory, ChannelRef, ChannelSettings
+from actors.channel import ChannelActor, ChannelRef, ChannelSettings
 from providers.base import (
     ChannelConfig,
     ConnectionStateChanged,
@@ -30,49 +28,25 @@ from providers.base import (
 )
 from providers.telegram import SECRET_HEADER, TelegramProvider
 from providers.telegram.webhook import WebhookHandler
-from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import webhook as wa_webhook
 from runtime import open_store
 from runtime.config import StorageConfig
-from runtime.webhooks import deliver
 from supervisors import ChildSpec, open_supervisor
-
-PG_DSN: Final = os.environ.get("SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REAL_CEILING: Final = 20.0  # real seconds; only a hang gets near it
-TG_TOKEN: Final = "123456:" + "A" * 35
-TG_SECRET: Final = "hook-secret_1"
-WA_SECRET: Final = "the-app-secret"
-WA_NUMBER: Final = "1555000"
-
-
-def tg_body(message: dict[str, Any], update_id: int = 1) -> bytes:
-    return json.dumps({"update_id": update_id, "message": message}).encode()
-
-
-def tg_message(text: str = "hi", message_id: int = 1, date: Any = 1700000000) -> dict[str, Any]:
-    return {"message_id": message_id, "date": date, "chat": {"id": 42}, "text": text}
+from tests.test_inbound_durability import (
+    REAL_CEILING,
+    TG_SECRET,
+    TG_TOKEN,
+    WA_SECRET,
+    tg_body,
+    tg_message,
+    wa_notification,
+)
 
 
 def huge_date_update(update_id: int) -> bytes:
     """A Telegram update whose ``date`` is an integer no float can hold (10**400)."""
     body = tg_body(tg_message(date=7), update_id=update_id)
     return body.replace(b'"date": 7', b'"date": 1' + b"0" * 400)
-
-
-def lone_surrogate_update(update_id: int = 1, message_id: int = 1) -> bytes:
-    """A Telegram update whose text is cut inside an emoji (JSON ``\\ud83d`` alone)."""
-    return tg_body(tg_message(text="cut \ud83d", message_id=message_id), update_id=update_id)
-
-
-def parsed_event(body: bytes) -> InboundMessage:
-    """The event the Telegram webhook handler makes of ``body`` (the real parsing path)."""
-    verdict = WebhookHandler(channel_id="tg:1", secret=TG_SECRET).handle(
-        {SECRET_HEADER: TG_SECRET}, body
-    )
-    assert verdict.status == 200 and verdict.update is not None, verdict
-    event = verdict.update.event
-    assert isinstance(event, InboundMessage)
-    return event
 
 
 # --- 1. a Telegram update whose date overflows a float ------------------------------------
@@ -136,207 +110,6 @@ async def test_a_polled_telegram_update_with_an_out_of_range_date_does_not_crash
         except ProviderError:
             pass  # classified: acceptable
     assert [getattr(e, "text", None) for e in got] == ["after"]
-
-
-# --- 2. a lone surrogate in an inbound text ---------------------------------------------
-
-
-async def test_the_sqlite_store_survives_an_inbound_text_with_a_lone_surrogate(
-    tmp_path: Path,
-) -> None:
-    """A Telegram webhook whose text holds a lone surrogate (``\\ud83d``, valid JSON,
-    parsed by the stdlib fallback) becomes an InboundMessage that SQLite cannot bind.
-    The store should skip (reject, log, count) that event, as it does for events JSON
-    cannot carry, keep the good event of the same batch, and stay open. Today the
-    UnicodeEncodeError escapes ``_write_batch`` (only ValueError/TypeError of
-    ``dumps`` are caught; sqlite3 raises at bind time, outside ``sqlite3.Error``),
-    kills the store's flusher task and tears the whole store (the node) down."""
-    bad = parsed_event(lone_surrogate_update(1, 1))
-    good = parsed_event(tg_body(tg_message(text="fine", message_id=2), update_id=2))
-    config = StorageConfig(backend="sqlite", path=str(tmp_path / "s.sqlite3"))
-    with trio.fail_after(REAL_CEILING):
-        async with open_store(config) as store:
-            fresh = await store.store_inbound([bad, good])
-            assert fresh == [True, True]
-            assert await store.recent_inbound("tg:1") == [good]
-            assert store.statistics().errors == 1
-
-
-async def test_the_postgres_store_is_not_wedged_by_an_inbound_text_with_a_lone_surrogate() -> None:
-    """The same event on PostgreSQL: asyncpg refuses to encode the whole batch
-    (DataError), the batch stays at the head of the buffer and is retried forever,
-    so this channel's reader and every other channel of the node sharing the batch
-    wait for ever (no inbound is kept again until a restart, which brings it back).
-    The store should reject only that event (as it does for NUL and NaN) and keep the
-    rest: ``store_inbound`` returns promptly and the good event is stored."""
-    from tests.test_store import dropped_afterwards, new_schema
-
-    bad = parsed_event(lone_surrogate_update(1, 1))
-    good = parsed_event(tg_body(tg_message(text="fine", message_id=2), update_id=2))
-    schema = new_schema()
-    async with dropped_afterwards(schema):
-        config = StorageConfig(backend="postgres", dsn=PG_DSN, schema=schema)
-        with trio.fail_after(REAL_CEILING):
-            async with open_store(config) as store:
-                fresh: list[bool] | None = None
-                with trio.move_on_after(5):
-                    fresh = await store.store_inbound([bad, good])
-                pending = store.statistics().inbound_pending
-                kept = await store.recent_inbound("tg:1")
-    assert fresh == [True, True], f"store_inbound still waiting; {pending} event(s) pending"
-    assert kept == [good]
-
-
-# --- 3. webhooks acknowledged before their events are kept -------------------------------
-
-
-@contextlib.asynccontextmanager
-async def gated_channel_of(
-    provider: Any, config: ChannelConfig
-) -> AsyncIterator[tuple[Any, Any, ChannelRef]]:
-    """A real provider's channel actor keeping its events in a memory store whose
-    batch writes wait at a gate (``gate.open()``): a store that has not written yet."""
-    from tests.test_inbound_receipts import Gate
-
-    settings = ChannelSettings()
-    memory = ChannelMemory(provider.limits, settings)
-    async with open_store(StorageConfig(backend="memory")) as store:
-        gate = Gate(store)
-        factory, memory = ChannelActor.factory(
-            config, provider, settings=settings, sink=store, memory=memory
-        )
-        async with open_actor_system() as system:
-            async with open_supervisor(
-                system, [ChildSpec(id=config.channel_id, start=factory)], intensity=10, period=60.0
-            ) as sup:
-                ref = await sup.whereis_child(config.channel_id)
-                assert ref is not None
-                channel = ChannelRef(ref, memory, config.channel_id, provider.name)
-                yield store, gate, channel
-                gate.open()
-
-
-async def live_connection(channel: ChannelRef) -> Any:
-    while channel.connection is None:  # noqa: ASYNC110 - set by the actor's own task
-        await trio.sleep(0.01)
-    await trio.testing.wait_all_tasks_blocked()
-    return channel.connection
-
-
-def telegram_api(request: httpx.Request) -> httpx.Response:
-    """Enough of the Bot API for a webhook-mode bot to open (getMe)."""
-    me = {"id": 123456, "is_bot": True, "first_name": "b", "username": "b_bot"}
-    result: Any = me if request.url.path.endswith("/getMe") else True
-    return httpx.Response(200, json={"ok": True, "result": result})
-
-
-async def test_a_telegram_webhook_is_not_answered_200_before_its_event_is_kept(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Telegram forgets an update once its webhook is answered 2xx. The link answers
-    only after the channel's reader has taken the event from the (unbuffered) memory
-    channel: taken, not kept (the polling path, by contrast, waits for ``item.kept``).
-    With the store not yet written, ``deliver`` should not answer 200 (it should wait,
-    then 503 after WEBHOOK_TIMEOUT, and Telegram redelivers); today it answers 200 at
-    once, so a kill -9 before the write loses the update for good."""
-    config = ChannelConfig(
-        channel_id="tg:1",
-        provider="telegram",
-        credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
-        base_url="http://telegram.test",
-        options={"mode": "webhook"},
-    )
-    provider = TelegramProvider(transport=httpx.MockTransport(telegram_api))
-    with trio.fail_after(120):
-        async with gated_channel_of(provider, config) as (store, _gate, channel):
-            conn = await live_connection(channel)
-            reply = await deliver(
-                "telegram", conn, "POST", {}, {SECRET_HEADER: TG_SECRET}, tg_body(tg_message())
-            )
-            kept = store.statistics().inbound_written
-            assert (reply.status, kept) != (200, 0), "answered 200 with nothing kept"
-
-
-def wa_notification(*message_ids: str) -> bytes:
-    value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "1555", "phone_number_id": WA_NUMBER},
-        "contacts": [{"wa_id": "4477", "profile": {"name": "Ann"}}],
-        "messages": [
-            {
-                "from": "4477",
-                "id": mid,
-                "timestamp": "1700000000",
-                "type": "text",
-                "text": {"body": f"text {mid}"},
-            }
-            for mid in message_ids
-        ],
-    }
-    body = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "waba", "changes": [{"field": "messages", "value": value}]}],
-    }
-    return json.dumps(body).encode()
-
-
-def whatsapp_config() -> ChannelConfig:
-    return ChannelConfig(
-        channel_id="wa:1",
-        provider="whatsapp",
-        credentials={"token": "tok", "app_secret": WA_SECRET, "verify_token": "vt"},
-        base_url="http://graph.test",
-        options={"phone_number_id": WA_NUMBER, "verify_on_open": False},
-    )
-
-
-async def test_a_whatsapp_webhook_is_not_answered_200_before_its_messages_are_kept(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Meta stops delivering a notification once it is answered 200. The link answers
-    200 as soon as the messages are in its in-memory buffer (``event_buffer``, 1,024),
-    before the store has them. With the store not yet written the answer should not
-    be 200 (wait for the write, or 503 so that Meta redelivers); today it is 200."""
-    body = wa_notification("wamid.1", "wamid.2", "wamid.3")
-    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
-    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    with trio.fail_after(120):
-        async with gated_channel_of(provider, whatsapp_config()) as (store, _gate, channel):
-            conn = await live_connection(channel)
-            reply = await deliver("whatsapp", conn, "POST", {}, headers, body)
-            kept = store.statistics().inbound_written
-            assert (reply.status, kept) != (200, 0), "answered 200 with nothing kept"
-
-
-@pytest.mark.parametrize("how", ["kill", "stop"])
-async def test_whatsapp_messages_answered_200_survive_a_restart_of_their_channel(
-    autojump_clock: trio.testing.MockClock, how: str
-) -> None:
-    """Three messages in one notification, answered 200 while the store is slow; then
-    the channel actor is killed (a crash) or stopped gracefully (an operator's stop,
-    a planned handoff, the drain). Every message Meta was told we have must reach the
-    store once it writes again. Today only the one the reader held (``pending``) is
-    kept; the other two sat in the connection's event buffer and are gone."""
-    body = wa_notification("wamid.1", "wamid.2", "wamid.3")
-    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
-    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    with trio.fail_after(120):
-        async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
-            first = await live_connection(channel)
-            reply = await deliver("whatsapp", first, "POST", {}, headers, body)
-            assert reply.status == 200
-            if how == "kill":
-                channel.ref.kill()
-                while channel.connection in (None, first):  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-            else:
-                with trio.move_on_after(30):
-                    await channel.ref.stop()
-            gate.open()
-            await trio.sleep(5)
-            await store.flush()
-            kept = sorted(e.platform_message_id for e in await store.recent_inbound("wa:1"))
-    assert kept == ["wamid.1", "wamid.2", "wamid.3"]
 
 
 # --- 4. a webhook forwarded for a channel that has just come here, not yet connected ------
@@ -430,55 +203,6 @@ async def test_a_forwarded_webhook_for_a_channel_now_here_but_unconnected_does_n
             nursery.cancel_scope.cancel()
     assert reply.status == 503
     assert others_ran == 100  # the loop went on meanwhile
-
-
-# --- 5. a lone surrogate in an inbound id poisons the checkpoints ---------------------------
-
-
-def surrogate_whatsapp_id() -> str:
-    """The id of a signed WhatsApp message whose ``id`` holds a lone surrogate, as the
-    channel parses it (it goes into the channel's dedupe window, ``seen``)."""
-    body = wa_notification("wamid.OK").replace(b"wamid.OK", b"wamid.\\ud83d")
-    outcome = wa_webhook.handle_webhook(
-        "POST",
-        {},
-        {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)},
-        body,
-        app_secret=WA_SECRET,
-        verify_token="vt",
-        channel_id="wa:1",
-    )
-    assert outcome.status == 200 and len(outcome.events) == 1, outcome
-    event = outcome.events[0]
-    assert isinstance(event, InboundMessage)
-    return event.platform_message_id
-
-
-async def test_a_lone_surrogate_in_one_channel_s_dedupe_window_does_not_stop_checkpoints(
-    tmp_path: Path,
-) -> None:
-    """A channel that received that message checkpoints its dedupe window (``seen``)
-    with the id in it. ``seen_json`` falls back to ``dumps``, which writes the lone
-    surrogate raw (not escaped, ensure_ascii=False), and SQLite's bind raises
-    UnicodeEncodeError: not a StoreError, so the node's checkpoint writer (``run``
-    suppresses only StoreError) dies; on PostgreSQL the whole batch fails (DataError)
-    every round, so no channel of the node is checkpointed again while the id stays
-    in that window. The one checkpoint should be rejected (reported, as for other
-    unencodable state) and the other channel's written."""
-    import attrs
-
-    from tests.test_store_durable import checkpoint, state
-
-    poisoned = attrs.evolve(state(), seen=("wamid.fine", surrogate_whatsapp_id()))
-    config = StorageConfig(backend="sqlite", path=str(tmp_path / "s.sqlite3"))
-    with trio.fail_after(REAL_CEILING):
-        async with open_store(config) as store:
-            token = await store.next_owner_token()
-            result = await store.write_checkpoints(
-                [checkpoint("wa:1", token, poisoned), checkpoint("tg:2", token, state())]
-            )
-            assert "tg:2" in result.written
-            assert [channel for channel, _ in result.rejected] == ["wa:1"]
 
 
 # --- 6. a non-finite WhatsApp timestamp makes a message unstorable -------------------------
@@ -866,41 +590,6 @@ async def test_two_telegram_edits_of_a_message_within_one_second_both_arrive(
                     kept = [e.text for e in await store.recent_inbound("ch")]
     assert got[-1:] == ["Thinking... the answer is 42"], got
     assert "Thinking... the answer is 42" in kept, kept
-
-
-# --- 11. the checkpoint remembers an event as seen before the store has kept it -----------
-
-
-async def test_a_checkpoint_taken_while_an_event_waits_for_the_store_does_not_mark_it_seen(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """``_on_event`` adds the event's id to the dedupe window (``memory.seen``) before
-    ``store_inbound`` has kept it, and the checkpoint writer exports ``seen`` every
-    round a busy channel is dirty (a send, a limiter change), independently of the
-    inbound batches. A checkpoint taken while the event waits for the store (a slow
-    or stalled inbound write; checkpoints go by another statement) records it as seen;
-    ``pending`` is not checkpointed. After a kill -9 the restored window holds the id,
-    so the platform's redelivery (Telegram re-polls from the unconfirmed offset,
-    webhooks retry) is dropped as a duplicate: never kept, never published. The id
-    should enter the durable window only once the store has kept the event."""
-    from actors.channel.durable import export_state, restore_state
-    from providers.testing import FakeProvider
-    from tests.test_inbound_receipts import message
-
-    provider = FakeProvider()
-    with trio.fail_after(60):
-        async with gated_channel_of(
-            provider, ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "t"})
-        ) as (store, _gate, channel):
-            conn = await provider.wait_connected(1)
-            conn.push(message("m1"))
-            await trio.testing.wait_all_tasks_blocked()
-            assert store.statistics().inbound_written == 0  # still at the store's gate
-            state = export_state(channel.memory, now=trio.current_time(), clock_offset=0.0)
-    # What a restart from that checkpoint makes of the platform's redelivery of m1:
-    reborn = ChannelMemory(provider.limits, ChannelSettings())
-    restore_state(reborn, state, now=0.0, clock_offset=0.0)
-    assert reborn.seen.add("m1"), "the redelivered m1 would be dropped as a duplicate"
 
 
 # --- 12. a generic websocket server can put a local file path into an inbound message -----
