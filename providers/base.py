@@ -482,7 +482,8 @@ class RateLimited(ProviderError):
     """The platform asked us to wait ``retry_after`` seconds.
 
     Attributes:
-        retry_after: seconds to wait before the next attempt.
+        retry_after: seconds to wait before the next attempt, 0 or more (NaN or
+            an infinity: :data:`UNREADABLE_RETRY_AFTER`).
         scope: what the limit covers (the whole channel, one peer, or global).
         peer: the peer, for a peer-scoped limit.
     """
@@ -496,7 +497,13 @@ class RateLimited(ProviderError):
         peer: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        # Read from the platform's answer: whatever it said, a wait a channel can
+        # sleep (not capped here: Discord's session starts come back after a day).
+        try:
+            wait = float(retry_after)
+        except (TypeError, ValueError, OverflowError):  # 10**400 too
+            wait = UNREADABLE_RETRY_AFTER
+        self.retry_after = max(0.0, wait) if math.isfinite(wait) else UNREADABLE_RETRY_AFTER
         self.scope = scope
         self.peer = peer
 
@@ -506,6 +513,7 @@ class RateLimited(ProviderError):
 # infinite one never reconnects, and an integer past any float (10**400) raises
 # OverflowError where it is converted. Providers read it with the function below.
 MAX_RETRY_AFTER: Final = 3600.0  # seconds; a platform's longer wait is read as this
+UNREADABLE_RETRY_AFTER: Final = 1.0  # seconds a RateLimited waits for NaN or an infinity
 
 
 def retry_after_seconds(value: Any, default: float) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import AsyncIterator
@@ -300,6 +301,24 @@ async def test_a_429_storm_waits_exactly_and_is_not_a_failure(autojump_clock: An
             assert attempts == pytest.approx([0.0, 5.0, 10.0, 15.0, 21.0], abs=1e-5)
             stats = channel.statistics()
             assert (stats.send_failures, stats.rate_limit_waits, stats.dead_letters) == (0, 4, 0)
+
+
+@pytest.mark.parametrize("said", [math.inf, math.nan, -3.0, 10**400, "soon"])
+async def test_a_429_whose_wait_is_unreadable_or_negative_still_lets_the_send_go(
+    autojump_clock: Any, said: Any
+) -> None:
+    # A platform's answer may say anything: an infinite or NaN wait paused the
+    # channel's sends for good (pause_until(inf)), 10**400 raised OverflowError.
+    from providers.base import UNREADABLE_RETRY_AFTER
+
+    provider = FakeProvider(limits=GENEROUS, send_script=[RateLimited("429", retry_after=said)])
+    with trio.fail_after(CEILING):
+        async with open_channel(provider) as channel:
+            await provider.wait_connected(1)
+            await channel.send(out())
+    attempts = [t for t, _ in provider.send_attempts]
+    wait = 0.0 if said == -3.0 else UNREADABLE_RETRY_AFTER
+    assert attempts == pytest.approx([0.0, wait], abs=1e-5)
 
 
 async def test_limits_off_sends_make_no_limiter_and_a_429_still_waits(
