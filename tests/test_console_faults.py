@@ -23,10 +23,9 @@ async def _states(harness: Any) -> dict[str, str]:
 async def test_a_dry_run_on_one_channel_changes_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``channels.stop`` / ``channels.restart`` with ``dry_run: true`` and a ``channel``
-    must not stop or restart it: a dry run only counts (the console's promise of
-    "dry runs for bulk actions"; an operator checking what a call would touch must
-    not have it happen)."""
+    """A dry run only counts, also for one named channel: ``channels.stop`` and
+    ``channels.restart`` with ``channel`` and ``dry_run: true`` stopped or restarted
+    it (the dry run's answer was given only for a filter)."""
     async with console_node() as harness, harness.client("operator") as client:
         await client.call("channels.stop", {"channel": "a1", "reason": "x", "dry_run": True})
         await trio.sleep(1.0)
@@ -40,13 +39,10 @@ async def test_a_dry_run_on_one_channel_changes_nothing(
 async def test_a_subscription_ended_in_the_same_batch_stops_forwarding(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``events.unsubscribe`` answers that subscription N has ended; after it no
-    ``events.event`` of N may reach the peer, and the node must not keep a
-    subscriber for it. Subscribed and ended in one batch (no checkpoint between),
-    the forwarding task has not started yet when ``unsubscribe`` cancels its
-    scopes (there are none yet), so it starts afterwards and forwards for the
-    rest of the connection; repeating the batch also gets round
-    ``MAX_SUBSCRIPTIONS``."""
+    """A subscription ended in the batch that made it (no checkpoint between) forwards
+    nothing, and the node keeps no subscriber for it. Its forwarding tasks made
+    their cancel scopes as they started, after the unsubscribe had cancelled
+    none, and forwarded for the rest of the connection."""
     async with console_node() as harness, harness.client("reader") as client:
         hub = harness.node._hub
         before = {id(subscriber) for subscriber in hub._subscribers}
@@ -68,11 +64,9 @@ async def test_a_subscription_ended_in_the_same_batch_stops_forwarding(
 async def test_an_expired_token_stops_receiving_events(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Expiry is checked at every call "so a long-lived connection stops working when
-    its token expires" (auth.py). Its subscriptions must stop too: once the token has
-    expired, no more ``events.event`` notifications (inbound messages, state, audit)
-    may reach that connection. Today the calls are refused but the events keep
-    flowing for as long as the connection stays open."""
+    """Once the token has expired, its calls are refused and its subscriptions
+    forward nothing more (inbound messages, state, audit). The events went on for
+    as long as the connection stayed open."""
     async with console_node() as harness:
         clock = [1_798_000_000.0]  # before the "expired" token's expiry (2027-01-01)
         harness.console.clock = lambda: clock[0]
@@ -90,12 +84,9 @@ async def test_an_expired_token_stops_receiving_events(
 async def test_a_lone_surrogate_in_a_request_is_answered_and_the_connection_lives(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """JSON allows ``"\\ud800"`` (a lone surrogate escape); Python reads it into a str
-    that cannot be encoded as UTF-8. The console echoes the request's ``id`` into its
-    answer as is, so the answer cannot be sent as a websocket text frame: the
-    connection's task dies with UnicodeEncodeError ("a connection failed" in the log)
-    and the peer's connection is dropped with no answer. The console should answer
-    (an error for an unusable id, or the id escaped) and the connection go on."""
+    """JSON allows ``"\\ud800"`` (a lone surrogate), which no UTF-8 text frame can
+    carry: an answer echoing it as the request's id is written escaped. The
+    connection's task died of UnicodeEncodeError, with no answer."""
     from trio_websocket import open_websocket_url
 
     from .test_console_server import READ, served, url_of
@@ -160,13 +151,10 @@ async def _refused(harness: Any, words: str) -> None:
 async def test_a_channels_last_error_never_shows_its_credential(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A channel's last error may quote the platform's refusal, which may echo the
-    credential. The ops HTTP API scrubs every such text with the node's Redactor
-    (``/health`` and its detail); the console's ``state history`` is scrubbed too,
-    but ``channels.list`` and ``channels.get`` put ``last_error`` (and
-    ``statistics.last_error``, ``last_errors``) in the answer raw, and
-    ``events.event`` notifications of kind ``state`` carry the change's reason raw,
-    so any ``read`` token reads the channel's credential."""
+    """A channel's last error may quote the platform's refusal, which may echo its
+    credential: every answer and notification is scrubbed, as the ops API's are.
+    ``channels.list``, ``channels.get`` (``last_error``, ``statistics``,
+    ``last_errors``) and state events showed it to any ``read`` token."""
     provider = _echoing_provider()
     async with console_node(_config_with_a_credential(), provider) as harness:
         async with harness.client("reader") as client:
@@ -190,11 +178,9 @@ async def test_a_channels_last_error_never_shows_its_credential(
 async def test_a_change_called_by_position_is_audited_with_its_reason(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Parameters may come by position (JSON-RPC 2.0, ``structure_params``), and every
-    change is audited "with a reason". Called by position, the change is made with its
-    reason, but the audit event (log line and ``audit`` subscribers) says ``reason:
-    null`` / "no reason given": the session reads the reason from the raw params only
-    when they are an object. The audit must carry the reason the call was made with."""
+    """A change called with its parameters by position is audited with its reason;
+    the audit read the reason only from parameters given by name, and said "no
+    reason given"."""
     async with (
         console_node() as harness,
         harness.client("reader") as watcher,
@@ -215,10 +201,9 @@ async def test_a_change_called_by_position_is_audited_with_its_reason(
 async def test_max_connections_holds_for_connections_that_arrive_together(
     tmp_path: Any,
 ) -> None:
-    """At most ``max_connections`` connections at once; more are refused (503). The
-    bound is checked before the handshake's ``await request.accept()`` but counted
-    only after it (``open_session``), so handshakes that arrive together all see
-    room and all get in: with ``max_connections = 1``, several are open at once."""
+    """Handshakes that arrive together count against ``max_connections`` from the
+    check on: the bound was checked before the handshake's accept and counted
+    after it, so all of them found room."""
     from trio_websocket import ConnectionRejected, open_websocket_url
 
     from .test_console_server import READ, served, url_of
@@ -258,14 +243,9 @@ async def test_max_connections_holds_for_connections_that_arrive_together(
 async def test_the_console_scrubs_a_secret_in_every_form_the_node_does(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """What the console scrubs (state history, error answers, audit reasons) goes
-    through ``Console.scrub``, a plain ``str.replace`` of each secret in config order.
-    The node's own :class:`~runtime.telemetry.redaction.Redactor` (log lines, the ops
-    API) also removes a secret percent-encoded (a platform's error quoting the request
-    URL), escaped by ``repr`` or JSON, and credential shapes (``token=...``,
-    ``Bearer ...``), longest secret first. The console must not show what the ops API
-    and the log hide: here the channel's credential, percent-encoded in the URL the
-    platform's refusal quotes, is shown in ``channels.get``'s history."""
+    """The console scrubs with the node's own redactor: a secret percent-encoded,
+    JSON- or repr-escaped, credential shapes, longest first. Its own plain
+    replace left a percent-encoded credential in ``channels.get``'s history."""
     import urllib.parse
 
     credential = "g1/cred+key=9f3a7c"
@@ -287,11 +267,8 @@ async def test_the_console_scrubs_a_secret_in_every_form_the_node_does(
 async def test_an_audit_subscription_for_some_channels_gets_only_theirs(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``events.subscribe`` filters "here" by kinds, tenants and channels. An
-    ``audit`` subscription with ``channels: ["a1"]`` is filtered by tenant only
-    (``Console.publish_audit`` never looks at ``forward.channels``): it is sent the
-    audit events of changes to every other channel too (g1's restart here). It
-    should get only the audit events whose target is one of its channels."""
+    """An ``audit`` subscription limited to some channels gets only the audit events
+    of changes to them; it was filtered by tenant only, and got every channel's."""
     async with (
         console_node() as harness,
         harness.client("reader") as watcher,
@@ -305,13 +282,8 @@ async def test_an_audit_subscription_for_some_channels_gets_only_theirs(
 
 
 def test_a_token_with_non_ascii_characters_is_accepted() -> None:
-    """``[[admin.tokens]] token`` may be any non-empty string (its check is
-    NOT_EMPTY). The console's own client sends it UTF-8 encoded
-    (``open_admin``: ``f"Bearer {token}".encode()``), but the server reads the
-    header as Latin-1 (``auth.bearer``) before hashing the text as UTF-8, so a
-    configured token with a non-ASCII character can never authenticate: every
-    connection with it is refused as "unknown token". What the client sends
-    must be what the server compares."""
+    """A token with non-ASCII characters authenticates: the client sends it as UTF-8,
+    and the server read the header as Latin-1, so it never matched."""
     from runtime.config.model import AdminToken
     from runtime.console.auth import TokenTable, bearer
 
@@ -322,12 +294,9 @@ def test_a_token_with_non_ascii_characters_is_accepted() -> None:
 
 
 def test_ctl_tables_do_not_pass_terminal_control_sequences_through() -> None:
-    """``switchboard ctl`` (table output, the default, and the shell) prints what the
-    node answers, including text that came from a platform or a peer (a channel's
-    ``last_error``, a dead letter's ``reason`` and ``peer``), with ``str()``: an
-    escape sequence in it reaches the operator's terminal and is obeyed (retitle
-    the window, clear the screen, rewrite what was printed above). Control
-    characters should be shown escaped, as the JSON output does."""
+    """``switchboard ctl`` shows control characters of what the node answers escaped
+    (a platform's or a peer's text: a last error, a dead letter's reason); they
+    reached the terminal and were obeyed."""
     from runtime.console.ctl import render
 
     letters = [{"channel": "a1", "reason": "HTTP 400: \x1b]0;owned\x07\x1b[2J\x1b[1A", "peer": "p"}]
@@ -338,11 +307,8 @@ def test_ctl_tables_do_not_pass_terminal_control_sequences_through() -> None:
 async def test_a_named_channel_that_the_filter_does_not_match_is_left_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``channels.stop`` and ``channels.restart`` take a ``ChannelFilter`` ("which
-    channels: every given field must match") and a ``channel``. Given both, the
-    filter is ignored: ``{"channel": "a1", "state": "failed"}`` ("stop a1 if it
-    failed") stops a1, which is connected. A channel the filter does not match must
-    not be acted on (answered with a count of 0, or refused as invalid params)."""
+    """A filter beside a named channel is a condition ("stop a1 if it failed"): a
+    connected a1 is left alone (a count of 0). The filter was ignored."""
     async with console_node() as harness, harness.client("operator") as client:
         await client.call("channels.stop", {"channel": "a1", "state": "failed", "reason": "x"})
         await trio.sleep(1.0)
@@ -352,12 +318,8 @@ async def test_a_named_channel_that_the_filter_does_not_match_is_left_alone(
 async def test_a_letter_id_out_of_range_is_invalid_params_not_an_internal_error(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``dead_letters.discard`` takes ``ids: list[int]`` with no bound. On a node with
-    the SQLite store, an id beyond 64 bits (here 2**63) reaches sqlite3, whose
-    OverflowError is neither a ValueError nor a NodeError: the answer is -32603
-    "the console failed" with a traceback in the log (PostgreSQL answers -32000
-    StoreError for the same call). A letter id the store cannot hold is a bad
-    parameter: -32602, with its path, and no traceback."""
+    """A letter id past 64 bits is invalid params (-32602, with its path); on SQLite
+    it reached sqlite3's OverflowError, answered -32603 with a traceback logged."""
     from .console_support import console_config
 
     config = console_config(
@@ -376,13 +338,9 @@ async def test_a_letter_id_out_of_range_is_invalid_params_not_an_internal_error(
 async def test_a_client_call_with_a_non_finite_number_does_not_hang(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """``switchboard ctl dead_letters.list older_than=nan`` (``_typed`` reads a float
-    parameter with ``float()``, which takes ``nan`` and ``inf``; ``key:=NaN`` too):
-    ``rpc.dumps`` writes ``NaN`` although its docstring says a non-finite float
-    becomes null, the console rightly answers -32700 with a null id, and
-    ``AdminClient._call`` skips every answer whose id is not its own, so it waits
-    for ever: ctl hangs. The call should fail at once (refused before sending, or
-    the null-id error taken as the answer)."""
+    """``switchboard ctl ... older_than=nan`` fails at once: ctl refuses a number
+    that is not finite, the console writes NaN as null, and the client takes an
+    error without an id as its call's answer. ctl waited for ever."""
     from runtime.console.client import AdminClient
 
     async with console_node() as harness, harness.client("reader") as client:
@@ -407,14 +365,9 @@ async def test_a_client_call_with_a_non_finite_number_does_not_hang(
 async def test_an_inbound_message_with_a_lone_surrogate_does_not_kill_subscribers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """The same fault as the echoed id, set off by any chat user: a platform's JSON
-    may carry ``"\\ud83d"`` alone (a cut emoji), which the provider reads into the
-    message text. A subscriber's ``events.event`` notification is written by
-    ``rpc.dumps(..., ensure_ascii=False)`` and the websocket encodes it as UTF-8,
-    which fails: the forwarding task raises, the session's nursery fails and the
-    admin connection (``switchboard top``, ``ctl events.subscribe``) is dropped,
-    every time such a message arrives. The notification should be sent (the
-    surrogate escaped or replaced) and the connection go on."""
+    """A lone surrogate in an inbound message reaches subscribers escaped, and the
+    connection goes on; the notification could not be encoded as UTF-8, and
+    every ``top`` and ``ctl events.subscribe`` connection dropped."""
     from .console_support import TOKENS
 
     async with console_node() as harness:
