@@ -392,3 +392,20 @@ async def test_an_inbound_message_with_a_lone_surrogate_does_not_kill_subscriber
             harness.provider.inject("a1", "and this one")
             await trio.sleep(1.0)
             assert len(frames) == 2
+
+
+async def test_a_dry_run_on_one_channel_is_audited_as_a_dry_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its audit event says ``dry_run: true``, as a filter's does: it read a dry run
+    only where the target had a count, which one channel's never has."""
+    async with (
+        console_node() as harness,
+        harness.client("reader") as watcher,
+        harness.client("operator") as operator,
+    ):
+        await watcher.ok("events.subscribe", {"kinds": ["audit"]})
+        await operator.ok("channels.stop", {"channel": "a1", "reason": "x", "dry_run": True})
+        await trio.testing.wait_all_tasks_blocked()
+        (event,) = [n["params"]["event"] for n in watcher.notifications]
+        assert (event["method"], event["dry_run"]) == ("channels.stop", True), event

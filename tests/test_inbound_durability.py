@@ -309,6 +309,84 @@ async def test_a_whatsapp_notification_its_channel_lost_before_keeping_is_redeli
     assert kept == ["wamid.1", "wamid.2", "wamid.3"]
 
 
+def wa_status_notification(*message_ids: str) -> bytes:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1555", "phone_number_id": WA_NUMBER},
+        "statuses": [
+            {"id": mid, "status": "delivered", "timestamp": "1700000000", "recipient_id": "4477"}
+            for mid in message_ids
+        ],
+    }
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "waba", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(body).encode()
+
+
+async def test_whatsapp_receipts_are_answered_200_only_once_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A notification of delivery receipts too: they are kept before the reader
+    reads on (no write behind, nothing taken in the webhook's task). They went to
+    the store's batch and Meta heard 200 before it was written."""
+    body = wa_status_notification("wamid.1", "wamid.2")
+    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
+    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    replies: list[int] = []
+
+    async def delivered(conn: Any) -> None:
+        replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)
+
+    with trio.fail_after(120):
+        async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
+            conn = await live_connection(channel)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(delivered, conn)
+                await trio.testing.wait_all_tasks_blocked()
+                assert replies == []  # not while the store holds them
+                gate.open()
+            assert replies == [200]
+            assert store.statistics().inbound_written == 2
+
+
+async def test_a_redelivery_of_an_event_a_restart_left_unkept_waits_for_its_keep(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The channel crashed with a message in hand while the store was slow: it stays
+    ``pending``, kept by the next incarnation in the background. Meta's redelivery
+    (it heard 503) finds the id in the window: it is answered once that message is
+    kept, not at once as a duplicate (200 with nothing kept: a kill -9 then lost it)."""
+    body = wa_notification("wamid.1")
+    headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
+    provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    replies: list[int] = []
+
+    async def delivered(conn: Any) -> None:
+        replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)
+
+    with trio.fail_after(120):
+        async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
+            first = await live_connection(channel)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(delivered, first)
+                await trio.testing.wait_all_tasks_blocked()
+                channel.ref.kill()
+            assert replies == [503]
+            while channel.connection in (None, first):  # noqa: ASYNC110 - restarted
+                await trio.sleep(0.01)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(delivered, channel.connection)
+                await trio.testing.wait_all_tasks_blocked()
+                assert replies == [503]  # the redelivery waits for the first's keep
+                gate.open()
+            assert replies == [503, 200]
+            assert [e.platform_message_id for e in await store.recent_inbound("wa:1")] == [
+                "wamid.1"
+            ]
+
+
 # --- the dedupe window a checkpoint keeps ---------------------------------------------------
 
 

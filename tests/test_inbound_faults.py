@@ -287,6 +287,34 @@ async def test_a_negative_rate_limit_wait_at_connect_does_not_crash_the_channel(
                 assert channel.statistics().restarts == 0
 
 
+async def test_a_wait_of_a_day_at_connect_is_waited_whole(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Discord's session starts come back after up to a day: the connection loop
+    waits the platform's whole wait. It capped every wait at an hour, and a bot
+    out of identifies knocked again every hour."""
+    from providers.base import RateLimited, RateLimitScope
+    from providers.testing import FakeProvider
+
+    day = 86_400.0
+    provider = FakeProvider(
+        connect_script=[
+            RateLimited("no session starts left", retry_after=day, scope=RateLimitScope.GLOBAL),
+            None,
+        ]
+    )
+    config = ChannelConfig(channel_id="ch", provider="fake", credentials={"token": "t"})
+    factory, _ = ChannelActor.factory(config, provider, settings=ChannelSettings())
+    with trio.fail_after(2 * day):
+        async with open_actor_system() as system:
+            async with open_supervisor(
+                system, [ChildSpec(id="ch", start=factory)], intensity=10, period=60.0
+            ):
+                began = trio.current_time()
+                await provider.wait_connected(1)
+                assert trio.current_time() - began >= day
+
+
 @pytest.mark.parametrize("retry_after", [b"-1", b"1" + b"0" * 400])
 def test_a_telegram_429_to_get_updates_is_a_finite_non_negative_wait(retry_after: bytes) -> None:
     """A 429 to getUpdates (the polling inbound path) whose ``parameters.retry_after``
@@ -629,3 +657,35 @@ def test_an_inbound_websocket_message_never_carries_a_local_file_path() -> None:
         if isinstance(a, Emit) and isinstance(a.event, InboundMessage) and a.event.media
     ]
     assert all(m.path is None and m.content is None for m in media), media
+
+
+def test_a_websocket_event_with_a_non_finite_timestamp_is_storable() -> None:
+    """As WhatsApp's: a generic websocket message or receipt whose timestamp is NaN
+    or 1e400 has none (no store keeps such a number, and this protocol has no
+    replay of a refused event)."""
+    from providers.websocket import core
+    from runtime.store.codec import dumps, encode_event
+
+    ws = core.WebSocketCore(
+        "ch",
+        now=0.0,
+        ping_interval=None,
+        pong_timeout=10.0,
+        liveness_timeout=None,
+        send_timeout=10.0,
+    )
+    ws.phase = core.Phase.OPEN
+    frames = [
+        b'{"type":"message","id":"m1","peer":"p","sender":"s","text":"hi","timestamp":1e400}',
+        b'{"type":"receipt","id":"m0","status":"delivered","timestamp":NaN}',
+        b'{"type":"edit","id":"m1","peer":"p","sender":"s","text":"yo","timestamp":-1e400}',
+    ]
+    events = [
+        action.event
+        for frame in frames
+        for action in ws.frame_received(frame, 1.0)
+        if isinstance(action, core.Emit)
+    ]
+    assert [event.timestamp for event in events] == [None, None, None]
+    for event in events:
+        dumps(encode_event(event))  # (raised ValueError: out of range float values)

@@ -540,3 +540,25 @@ def test_check_refuses_two_listeners_of_the_file_on_the_same_port(tmp_path: Path
     )
     assert code == 2, output
     assert "ops.port" in output and "emulators.telegram.port" in output, output
+
+
+async def test_a_utf8_ops_api_token_authenticates() -> None:
+    """A token with non-ASCII characters, which the config takes, authenticates on
+    the message API: the header's bytes are compared with the token's UTF-8 (they
+    were read as Latin-1 first, and never matched)."""
+    from runtime.config.model import TOKEN
+    from runtime.ops.app import ops_app
+    from tests.test_ops_http import FakeNode
+
+    token = "pässwörd-tökén"
+    assert TOKEN.test(token)  # the loader takes it
+    app = ops_app(FakeNode(), api_token=token)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        right = await client.get(
+            "/v1/channels", headers={"Authorization": ("Bearer " + token).encode("utf-8")}
+        )
+        wrong = await client.get(
+            "/v1/channels", headers={"Authorization": ("Bearer " + token[:-1]).encode("utf-8")}
+        )
+    assert (right.status_code, wrong.status_code) == (200, 401), right.text

@@ -38,7 +38,6 @@ from providers.base import (
     ProviderError,
     RateLimited,
     TransientError,
-    retry_after_seconds,
 )
 
 from ..errors import ChannelFailed, ChannelUnavailable, RetriesExhausted
@@ -239,8 +238,8 @@ class ConnectionLoop:
             # move_on_after raise (an actor crash per attempt): it is clamped, and a
             # NaN or infinite one (no wait at all, or never reconnect) backs off.
             if math.isfinite(exc.retry_after):
-                wait = retry_after_seconds(exc.retry_after, 0.0)
-                return wait, f"rate limited by the platform: {exc}"
+                # Not capped: Discord's session starts come back after up to a day.
+                return max(0.0, exc.retry_after), f"rate limited by the platform: {exc}"
             why = _why(exc)
         except FatalError:
             raise

@@ -194,6 +194,7 @@ class InboundPath:
     settings: ChannelSettings
     sink: InboundSink | None
     _leftover: trio.Event | None  # the last incarnation's events, until kept (the actor's)
+    _conn: Any  # the live connection, or None (the actor's)
 
     if TYPE_CHECKING:
 
@@ -205,11 +206,16 @@ class InboundPath:
         if isinstance(event, InboundMessage | MessageEdited):
             if not memory.seen.add(seen_key(event)):
                 memory.counters["duplicates"] += 1
+                leftover = self._leftover
+                if leftover is not None:
+                    # Its first delivery may be among the last incarnation's events,
+                    # not kept yet: a webhook answered 200 now would be its loss.
+                    await leftover.wait()
                 return
         elif not isinstance(event, DeliveryReceipt):
             self._publish(event)  # connection states: not kept, published at once
             return
-        elif not memory.pending and self._keep_later(event):
+        elif not memory.pending and not self._answers_when_kept() and self._keep_later(event):
             return  # published by the store once written; the reader goes on
         memory.pending.append((event, False))
         read_at = trio.current_time()
@@ -217,6 +223,11 @@ class InboundPath:
         # Handed over: kept and published (or dropped as a duplicate the store knew).
         if memory.timings is not None and not isinstance(event, DeliveryReceipt):
             memory.timings.delivered(trio.current_time() - read_at)
+
+    def _answers_when_kept(self) -> bool:
+        """The connection answers its platform only once the events are kept
+        (``answer_when_kept``): a receipt is kept before the reader reads on."""
+        return bool(getattr(self._conn, "answers_when_kept", False))
 
     def _event_at_once(self, event: Event) -> bool:
         """Take a receipt where the connection reads it (``take_events_at_once``).

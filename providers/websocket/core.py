@@ -356,6 +356,12 @@ _WIRE: Final = cattrs.Converter(forbid_extra_keys=False)
 _STATUSES: Final = {status.value: status for status in ReceiptStatus}
 
 
+def _finite(timestamp: float | None) -> float | None:
+    """A frame's timestamp, or None for NaN or an infinity (``1e400``): no store
+    keeps such a number, and this protocol has no replay of a refused event."""
+    return timestamp if timestamp is None or math.isfinite(timestamp) else None
+
+
 def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | None:
     """A receipt frame whose fields have their exact types, without the converter.
 
@@ -382,7 +388,7 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
         platform_message_id=key,
         peer=peer,
         status=known,
-        timestamp=timestamp,
+        timestamp=_finite(timestamp),
         error=error,
     )
 
@@ -766,7 +772,7 @@ class WebSocketCore:
                     platform_message_id=r.id,
                     peer=r.peer,
                     status=r.status,
-                    timestamp=r.timestamp,
+                    timestamp=_finite(r.timestamp),
                     error=r.error,
                 )
             return [Emit(event=receipt)]
@@ -793,7 +799,7 @@ class WebSocketCore:
                 text=m.text,
                 media=m.media.media() if m.media is not None else None,
                 reply_to=m.reply_to,
-                timestamp=m.timestamp,
+                timestamp=_finite(m.timestamp),
             )
             return [Emit(event=inbound)]
         if kind == "edit":
@@ -804,7 +810,7 @@ class WebSocketCore:
                 peer=e.peer,
                 sender=e.sender,
                 text=e.text,
-                timestamp=e.timestamp,
+                timestamp=_finite(e.timestamp),
             )
             return [Emit(event=edited)]
         if kind == "error":

@@ -117,6 +117,12 @@ class WhatsAppConnection:
         except trio.ClosedResourceError:
             return  # our own close() raced the iteration: end quietly
 
+    @property
+    def answers_when_kept(self) -> bool:
+        """:meth:`answer_when_kept` was called: receipts are kept before the reader
+        reads on too (no ``take_events_at_once``, no write behind)."""
+        return self._answer_when_kept
+
     def answer_when_kept(self) -> None:
         """Answer each notification only once the consumer of :meth:`events` came
         back from all its events (one that reads on only once the last is kept:
@@ -187,7 +193,7 @@ class WhatsAppConnection:
         stats = self._send_events.statistics()
         if stats.current_buffer_used + len(outcome.events) > stats.max_buffer_size:
             return 503, b"event buffer full; redeliver later"
-        take = self._take_at_once
+        take = None if self._answer_when_kept else self._take_at_once
         for event in outcome.events:
             if take is not None:
                 waiting = self._send_events.statistics()

@@ -431,7 +431,7 @@ class Session:
                 "the console failed to answer this call; the node's log has the details",
             )
         if method.changes:
-            dry = bool(getattr(params, "dry_run", False)) and "count" in self._target
+            dry = bool(getattr(params, "dry_run", False))  # one channel or many: counted only
             self._audit(call, "ok", _summary(result), dry_run=dry, params=params)
         return rpc.success(call.id, console.scrub_tree(result))
 

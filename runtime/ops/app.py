@@ -602,9 +602,11 @@ class _Ops:
     def _unauthorized(self, request: Request) -> Response | None:
         assert self.token is not None
         given = request.headers.get("authorization")
-        scheme, _, credentials = (given or "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), self.token.encode()
+        # The header's own bytes: Starlette reads them as Latin-1, and a token is UTF-8.
+        raw = next((v for k, v in request.headers.raw if k.lower() == b"authorization"), b"")
+        scheme, _, credentials = raw.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(
+            credentials.strip(), self.token.encode()
         ):
             return None
         challenge = 'Bearer realm="switchboard"'
