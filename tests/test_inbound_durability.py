@@ -17,6 +17,7 @@ sockets); the rest run on virtual time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -283,9 +284,7 @@ async def test_a_whatsapp_notification_its_channel_lost_before_keeping_is_redeli
     headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
     provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     replies: list[int] = []
-
-    async def first_delivery(conn: Any) -> None:
-        replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)
+    first_delivery = functools.partial(delivered_into, replies, headers, body)
 
     with trio.fail_after(120):
         async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
@@ -335,9 +334,7 @@ async def test_whatsapp_receipts_are_answered_200_only_once_kept(
     headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
     provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     replies: list[int] = []
-
-    async def delivered(conn: Any) -> None:
-        replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)
+    delivered = functools.partial(delivered_into, replies, headers, body)
 
     with trio.fail_after(120):
         async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
@@ -362,9 +359,7 @@ async def test_a_redelivery_of_an_event_a_restart_left_unkept_waits_for_its_keep
     headers = {"X-Hub-Signature-256": wa_webhook.sign(WA_SECRET, body)}
     provider = WhatsAppProvider(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     replies: list[int] = []
-
-    async def delivered(conn: Any) -> None:
-        replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)
+    delivered = functools.partial(delivered_into, replies, headers, body)
 
     with trio.fail_after(120):
         async with gated_channel_of(provider, whatsapp_config()) as (store, gate, channel):
@@ -423,3 +418,10 @@ async def test_a_checkpoint_taken_while_an_event_waits_for_the_store_does_not_ma
     restore_state(reborn, state, now=0.0, clock_offset=0.0)
     assert reborn.seen.add("m1"), "the redelivered m1 would be dropped as a duplicate"
     assert not reborn.seen.add("m0")  # kept: a redelivery is a duplicate, as before
+
+
+async def delivered_into(
+    replies: list[int], headers: dict[str, str], body: bytes, conn: Any
+) -> None:
+    """Deliver a WhatsApp notification to ``conn``; its answer's status into ``replies``."""
+    replies.append((await deliver("whatsapp", conn, "POST", {}, headers, body)).status)

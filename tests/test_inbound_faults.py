@@ -415,7 +415,6 @@ async def test_a_forged_whatsapp_post_is_judged_by_configured_secrets_before_it_
     or it is parsed: the node checks it against the app secrets in those channels'
     configs (``WebhookTarget.signer``). One signed with such a secret goes on (parsed,
     then routed: forwarded, or 503 while the channel reconnects)."""
-    import providers.bounded_json as bj
     from runtime.ops import ops_app
     from runtime.view import WebhookTarget
     from runtime.webhooks import ConfiguredSigner, WebhookReply
@@ -446,19 +445,7 @@ async def test_a_forged_whatsapp_post_is_judged_by_configured_secrets_before_it_
             signer=ConfiguredSigner(b_secret),
         ),
     ]
-    read: list[str] = []
-    real_check_depth, real_loads = bj.check_depth, bj.loads
-
-    def spying_check_depth(data: Any, *args: Any, **kwargs: Any) -> Any:
-        read.append("check_depth")
-        return real_check_depth(data, *args, **kwargs)
-
-    def spying_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
-        read.append("loads")
-        return real_loads(data, *args, **kwargs)
-
-    monkeypatch.setattr(bj, "check_depth", spying_check_depth)
-    monkeypatch.setattr(bj, "loads", spying_loads)
+    read = spied_reads(monkeypatch)
     body = notification((NUMBER_B, "for b"))
     app = ops_app(node)  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
@@ -486,7 +473,6 @@ async def test_an_unsigned_whatsapp_post_does_not_hold_the_node_s_loop(
     stalled, so a single client posting in a loop kept the node's loop busy. The
     order is asserted (spies on the depth check and the parser), not the stall's
     length: a wall-clock bound fails at random on a loaded machine."""
-    import providers.bounded_json as bj
     from runtime.ops import ops_app
     from runtime.view import WebhookTarget
     from tests.test_hostile_input import CountingHook
@@ -501,19 +487,7 @@ async def test_an_unsigned_whatsapp_post_does_not_hold_the_node_s_loop(
     block = b"[" * 62 + b"]" * 62
     count = (4 * 1024 * 1024 - 20) // (len(block) + 1)
     body = b'{"a":[' + b",".join([block] * count) + b"]}"
-    read: list[str] = []
-    real_check_depth, real_loads = bj.check_depth, bj.loads
-
-    def spying_check_depth(data: Any, *args: Any, **kwargs: Any) -> Any:
-        read.append("check_depth")
-        return real_check_depth(data, *args, **kwargs)
-
-    def spying_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
-        read.append("loads")
-        return real_loads(data, *args, **kwargs)
-
-    monkeypatch.setattr(bj, "check_depth", spying_check_depth)
-    monkeypatch.setattr(bj, "loads", spying_loads)
+    read = spied_reads(monkeypatch)
     app = ops_app(node)  # type: ignore[arg-type]
     with trio.fail_after(REAL_CEILING):
         transport = httpx.ASGITransport(app=app)
@@ -689,3 +663,23 @@ def test_a_websocket_event_with_a_non_finite_timestamp_is_storable() -> None:
     assert [event.timestamp for event in events] == [None, None, None]
     for event in events:
         dumps(encode_event(event))  # (raised ValueError: out of range float values)
+
+
+def spied_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What reads a WhatsApp post from now on: ``check_depth`` and ``loads``, in order."""
+    import providers.bounded_json as bj
+
+    read: list[str] = []
+    real_check_depth, real_loads = bj.check_depth, bj.loads
+
+    def spying_check_depth(data: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append("check_depth")
+        return real_check_depth(data, *args, **kwargs)
+
+    def spying_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append("loads")
+        return real_loads(data, *args, **kwargs)
+
+    monkeypatch.setattr(bj, "check_depth", spying_check_depth)
+    monkeypatch.setattr(bj, "loads", spying_loads)
+    return read
