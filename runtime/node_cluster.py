@@ -736,6 +736,8 @@ class ClusterMode:
                     headers,
                     body,
                     signatures=signatures,
+                    # What is left of the wait: the platform hears within it.
+                    timeout=max(0.0, deadline - trio.current_time()),
                 )
             except NodeError as exc:  # no owner in time, or the owner's error
                 log.warning(

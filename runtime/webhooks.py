@@ -109,6 +109,7 @@ async def deliver(
     body: bytes,
     *,
     signatures: PostSignatures | None = None,
+    timeout: float = WEBHOOK_TIMEOUT,  # noqa: ASYNC109 (what is left of a caller's wait)
 ) -> WebhookReply:
     """Hand one request to a running channel's link; its answer.
 
@@ -121,16 +122,18 @@ async def deliver(
         body: the raw body, exactly as received.
         signatures: a WhatsApp post's signature verdicts, already checked
             where it was routed: the link reads them rather than hashing again.
+        timeout: seconds the link may take (then 503): :data:`WEBHOOK_TIMEOUT`,
+            or what is left of a forwarded webhook's wait.
 
     Returns:
         The link's answer; 404 for a link that takes no webhooks (a polling
-        Telegram channel), 503 when it does not answer within
-        :data:`WEBHOOK_TIMEOUT` (the platform delivers again).
+        Telegram channel), 503 when it does not answer within ``timeout``
+        (the platform delivers again).
     """
     hook = getattr(connection, "handle_webhook" if provider == "whatsapp" else "feed_webhook", None)
     if provider not in ("whatsapp", "telegram") or hook is None:
         return refusal(404, "NoWebhook", f"this {provider} channel takes no webhooks")
-    with trio.move_on_after(WEBHOOK_TIMEOUT):
+    with trio.move_on_after(timeout):
         if provider == "whatsapp":
             extra = {} if signatures is None else {"signatures": signatures}
             status, answer = await hook(method, query, headers, body, **extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -31,6 +32,9 @@ from providers.telegram.webhook import WebhookHandler
 from providers.whatsapp import webhook as wa_webhook
 from runtime import open_store
 from runtime.config import StorageConfig
+from runtime.events import EventHub
+from runtime.node_cluster import ClusterMode
+from runtime.table import ChannelRow, ChannelTable
 from supervisors import ChildSpec, open_supervisor
 from tests.test_inbound_durability import (
     REAL_CEILING,
@@ -115,64 +119,65 @@ async def test_a_polled_telegram_update_with_an_out_of_range_date_does_not_crash
 # --- 4. a webhook forwarded for a channel that has just come here, not yet connected ------
 
 
+class Spinning(Exception):
+    pass
+
+
+class StandIn:
+    """Just enough of a cluster node for ``forward_webhook``: one Telegram channel
+    that runs here, with ``connection`` as its link (None: still connecting)."""
+
+    node_id = "n1"
+    forward_webhook = ClusterMode.forward_webhook
+    _runs_here = ClusterMode._runs_here
+    _link_here = ClusterMode._link_here
+    _real_forward = ClusterMode._forward
+
+    def __init__(self, connection: Any = None) -> None:
+        self.calls = 0
+        self._hub = EventHub()
+        self._table = ChannelTable()
+        spec = SimpleNamespace(id="tg:1", provider="telegram")
+        channel = SimpleNamespace(connection=connection)
+        self._table.put(ChannelRow(spec=spec, channel=channel))  # type: ignore[arg-type]
+        self._cluster = SimpleNamespace(
+            ownership=SimpleNamespace(owned={"tg:1"}),
+            config=SimpleNamespace(lease_ttl=10.0),
+        )
+        self._moving: dict[str, trio.Event] = {}
+        self._holders: dict[str, Any] = {}
+
+    def subscribe(self, **filters: Any) -> Any:
+        return self._hub.subscribe(**filters)
+
+    def _channel_config(self, spec: Any) -> ChannelConfig:
+        return ChannelConfig(
+            channel_id="tg:1",
+            provider="telegram",
+            credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
+            options={"mode": "webhook"},
+        )
+
+    async def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls > 10_000:
+            raise Spinning(f"_forward called {self.calls} times at t={trio.current_time()}")
+        return await self._real_forward(*args, **kwargs)
+
+    async def webhook(self) -> Any:
+        return await self.forward_webhook(
+            "telegram", "tg:1", "POST", {}, {SECRET_HEADER: TG_SECRET}, tg_body(tg_message())
+        )
+
+
 async def test_a_forwarded_webhook_for_a_channel_now_here_but_unconnected_does_not_spin(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """The ops app saw the channel as remote and calls ``forward_webhook``; meanwhile
-    the channel moved here (handoff, failover) and is still connecting (its link is
-    ``None``). ``_forward`` raises ``_RunsHere`` before its first await and
-    ``forward_webhook`` answers that with ``continue`` when there is no link: a loop
-    with no checkpoint, so the node's whole trio loop spins for ever (the channel can
-    never connect to end it, no deadline is ever checked). It should wait (yielding)
-    for the link or answer 503 by WEBHOOK_FORWARD_TIMEOUT so Telegram redelivers."""
-    from types import SimpleNamespace
-
-    from runtime.node_cluster import ClusterMode
-    from runtime.table import ChannelRow, ChannelTable
-
-    class Spinning(Exception):
-        pass
-
-    from runtime.events import EventHub
-
-    class StandIn:
-        node_id = "n1"
-        forward_webhook = ClusterMode.forward_webhook
-        _runs_here = ClusterMode._runs_here
-        _link_here = ClusterMode._link_here
-        _real_forward = ClusterMode._forward
-        _hub = EventHub()
-
-        def subscribe(self, **filters: Any) -> Any:
-            return self._hub.subscribe(**filters)
-
-        def __init__(self) -> None:
-            self.calls = 0
-            self._table = ChannelTable()
-            spec = SimpleNamespace(id="tg:1", provider="telegram")
-            channel = SimpleNamespace(connection=None)  # running here, still connecting
-            self._table.put(ChannelRow(spec=spec, channel=channel))  # type: ignore[arg-type]
-            self._cluster = SimpleNamespace(
-                ownership=SimpleNamespace(owned={"tg:1"}),
-                config=SimpleNamespace(lease_ttl=10.0),
-            )
-            self._moving: dict[str, trio.Event] = {}
-            self._holders: dict[str, Any] = {}
-
-        def _channel_config(self, spec: Any) -> ChannelConfig:
-            return ChannelConfig(
-                channel_id="tg:1",
-                provider="telegram",
-                credentials={"token": TG_TOKEN, "webhook_secret": TG_SECRET},
-                options={"mode": "webhook"},
-            )
-
-        async def _forward(self, *args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.calls > 10_000:
-                raise Spinning(f"_forward called {self.calls} times at t={trio.current_time()}")
-            return await self._real_forward(*args, **kwargs)
-
+    the channel moved here (handoff, failover) and is still connecting (no link).
+    It waits for the link, yielding, and answers 503 by WEBHOOK_FORWARD_TIMEOUT
+    (Telegram redelivers). It looped with no checkpoint: the node's whole loop
+    spun for ever, and the channel could never connect to end it."""
     node = StandIn()
     others_ran = 0
 
@@ -188,14 +193,7 @@ async def test_a_forwarded_webhook_for_a_channel_now_here_but_unconnected_does_n
             await trio.lowlevel.checkpoint()
             others_ran = 0
             try:
-                reply = await node.forward_webhook(
-                    "telegram",
-                    "tg:1",
-                    "POST",
-                    {},
-                    {SECRET_HEADER: TG_SECRET},
-                    tg_body(tg_message()),
-                )
+                reply = await node.webhook()
             except Spinning as exc:
                 pytest.fail(
                     f"forward_webhook spins: {exc}; other tasks ran {others_ran} times meanwhile"
@@ -203,6 +201,28 @@ async def test_a_forwarded_webhook_for_a_channel_now_here_but_unconnected_does_n
             nursery.cancel_scope.cancel()
     assert reply.status == 503
     assert others_ran == 100  # the loop went on meanwhile
+
+
+async def test_a_forwarded_webhook_that_came_here_is_answered_within_its_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Handed to a link here whose channel does not take it, it is answered 503
+    when the forward's own wait (WEBHOOK_FORWARD_TIMEOUT) runs out: the link got
+    what was left of it. It got a WEBHOOK_TIMEOUT of its own on top, and the
+    platform heard nothing for up to 50 s."""
+    from runtime.node_cluster import WEBHOOK_FORWARD_TIMEOUT
+
+    class Stuck:  # a Telegram link whose channel never comes back for the event
+        async def feed_webhook(self, headers: Any, body: bytes) -> int:
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    node = StandIn(Stuck())
+    with trio.fail_after(120):
+        began = trio.current_time()
+        reply = await node.webhook()
+    assert reply.status == 503
+    assert trio.current_time() - began == pytest.approx(WEBHOOK_FORWARD_TIMEOUT)
 
 
 # --- 6. a non-finite WhatsApp timestamp makes a message unstorable -------------------------
