@@ -58,12 +58,16 @@ def parsed(data: str | bytes) -> Any:
 
     Raises:
         ValueError: ``data`` is not JSON (a :class:`json.JSONDecodeError`,
-            or a :class:`UnicodeDecodeError` for bytes that are not UTF-8).
+            or a :class:`UnicodeDecodeError` for bytes that are not UTF-8), or
+            is nested past what the parsers' recursion takes.
     """
     try:
-        return _decode(data)
-    except ValueError:  # msgspec.DecodeError
-        value = json.loads(data)
+        try:
+            return _decode(data)
+        except ValueError:  # msgspec.DecodeError
+            value = json.loads(data)
+    except RecursionError:  # a 10 KB frame of 5,000 nested arrays: unreadable, as any
+        raise ValueError("the JSON is nested too deeply to read") from None
     try:  # what msgspec refuses is rare (see the module): its text is looked through
         return _whole(value)
     except RecursionError:  # as deep as json.loads goes: as it is (a store refuses it)

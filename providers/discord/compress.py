@@ -18,7 +18,7 @@ Design:
 from __future__ import annotations
 
 import zlib
-from typing import Final, Literal, TypeAlias
+from typing import IO, Final, Literal, TypeAlias, cast
 
 import zstandard
 
@@ -49,8 +49,13 @@ class Inflater:
         self.compression = compression
         self.max_payload = max_payload
         self._zlib = zlib.decompressobj() if compression == "zlib-stream" else None
+        # zstd into a sink that counts as it is written: a small frame never
+        # holds more than the cap in memory (a decompressobj made it whole first).
+        self._sink = _CappedSink(max_payload)
         self._zstd = (
-            zstandard.ZstdDecompressor().decompressobj() if compression == "zstd-stream" else None
+            zstandard.ZstdDecompressor().stream_writer(cast("IO[bytes]", self._sink))
+            if compression == "zstd-stream"
+            else None
         )
         self._buffer = bytearray()
         self.wire_bytes = 0  # compressed bytes received
@@ -84,9 +89,8 @@ class Inflater:
                     raise CompressionError(f"a payload over {self.max_payload} bytes")
             else:
                 assert self._zstd is not None
-                raw = self._zstd.decompress(data)
-                if len(raw) > self.max_payload:
-                    raise CompressionError(f"a payload over {self.max_payload} bytes")
+                self._zstd.write(data)
+                raw = self._sink.take()
         except (zlib.error, zstandard.ZstdError) as exc:
             raise CompressionError(
                 f"a {self.compression} frame does not decompress: {exc}"
@@ -96,3 +100,26 @@ class Inflater:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CompressionError(f"a {self.compression} payload is not UTF-8") from exc
+
+
+class _CappedSink:
+    """Where zstd writes one payload; past ``cap`` bytes it refuses, mid-write."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        self._size += len(data)
+        if self._size > self.cap:
+            raise CompressionError(f"a payload over {self.cap} bytes")
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        """The payload written since the last take."""
+        raw = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        return raw

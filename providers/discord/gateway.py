@@ -13,8 +13,10 @@ Design:
 - One core lives for one :class:`~providers.base.Connection` across several
   sockets: op 7, op 9, zombies and resumable close codes make the shell open
   a new socket (:class:`Reconnect`), while fatal codes end it (:class:`Fail`).
-  After ``max_reconnects`` consecutive sockets without READY/RESUMED the core
-  gives up with a ``TransientError`` so the channel actor's backoff takes over.
+  After ``max_reconnects`` consecutive sockets that ended before a heartbeat
+  was acknowledged in session (a gateway that answers RESUMED and then drops
+  each socket at once counts too) the core gives up with a
+  ``TransientError`` so the channel actor's backoff takes over.
 - Close codes (https://discord.com/developers/docs/topics/opcodes-and-status-codes)::
 
       4004                      AuthenticationFailed   (never retry)
@@ -92,6 +94,7 @@ INVALID_SESSION_DELAY: Final = (1.0, 5.0)  # seconds, uniform, before identifyin
 # connection is always in bucket 0 (shard 0), so it keeps its own identifies
 # 5 s apart whatever max_concurrency says (which only matters for sharding).
 IDENTIFY_SPACING: Final = 5.0  # seconds
+BUDGET_WINDOW_MS: Final = 86_400_000  # the identify budget resets within a day (ms)
 MAX_RECONNECTS: Final = 5  # consecutive sockets without READY/RESUMED
 RESUMABLE_CLOSE_CODE: Final = 4000  # anything but 1000/1001 keeps the session
 NORMAL_CLOSE_CODE: Final = 1000  # invalidates the session
@@ -396,7 +399,9 @@ class GatewayCore:
     def set_session_start_limit(self, limit: SessionStartLimit, now: float) -> None:
         """Record the identify budget read at ``now`` from ``GET /gateway/bot``."""
         self._budget = limit
-        self._budget_reset_at = now + limit.reset_after / 1000
+        # At most a day (Discord's own window): 10**400 ms raised OverflowError here,
+        # out of the connect, at every restart.
+        self._budget_reset_at = now + min(max(0, limit.reset_after), BUDGET_WINDOW_MS) / 1000
 
     def connection_made(self, now: float) -> list[Action]:
         """A new socket is open; wait for Hello."""
@@ -425,6 +430,11 @@ class GatewayCore:
             return [self._heartbeat(now)]
         if op == Op.HEARTBEAT_ACK:
             self._awaiting_ack = False
+            if self.state is GatewayState.CONNECTED:
+                # A socket that lived a heartbeat in session: the sockets before it
+                # no longer count. (At READY/RESUMED a gateway that then drops each
+                # socket at once had sockets opened in a storm, with no backoff.)
+                self._reconnects = 0
             if self._graced:  # the heartbeat held back for it is overdue: now
                 self._graced = False
                 if self._next_heartbeat is not None:
@@ -674,6 +684,5 @@ class GatewayCore:
 
     def _connected(self, state: ConnectionState, now: float) -> list[Action]:
         self.state = GatewayState.CONNECTED
-        self._reconnects = 0
         event = ConnectionStateChanged(channel_id=self.channel_id, state=state)
         return [EmitEvent(event=event), *self._flush(now)]

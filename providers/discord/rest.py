@@ -41,6 +41,7 @@ Design:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote
@@ -49,6 +50,7 @@ import attrs
 
 from .._http import json_body, lower_keys, redirect_error
 from ..base import (
+    MAX_RETRY_AFTER,
     AuthenticationFailed,
     BadRecipient,
     Banned,
@@ -324,10 +326,10 @@ class BucketTracker:
             self._route_bucket[route] = bucket_id
         try:
             remaining = int(h["x-ratelimit-remaining"])
-            reset_after = float(h["x-ratelimit-reset-after"])
         except (KeyError, ValueError):
-            pass
-        else:
+            remaining = None
+        reset_after = _float(h.get("x-ratelimit-reset-after"))
+        if remaining is not None and reset_after is not None:
             self._buckets[self._key(route, major)] = _Bucket(remaining, now + reset_after)
             if len(self._buckets) >= self._sweep_at:
                 self._sweep(now)
@@ -345,10 +347,15 @@ class BucketTracker:
 
 
 def _float(value: Any) -> float | None:
+    """Seconds Discord said to wait, as a channel can sleep them (0 to
+    ``MAX_RETRY_AFTER``); None where it said no number: NaN, an infinity and an
+    integer past any float (10**400) too, which paused a route for good or
+    raised OverflowError out of a send."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
 
 
 # --- answers ----------------------------------------------------------------------------

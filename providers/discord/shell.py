@@ -82,6 +82,7 @@ from ..base import (
     Unsupported,
 )
 from ..groups import lone_exception, reraise
+from ..masking import shown
 from ..media import read_upload
 from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 from ..options import OptionValueError, discord_compress, discord_intents, read_limit
@@ -329,6 +330,13 @@ class DiscordProvider:
             gateway = interpret_gateway_bot(
                 response.status_code, response.headers, response.content
             )
+            if urlsplit(gateway.url).scheme != "wss" and urlsplit(base_url).scheme == "https":
+                # The Identify carries the token: over TLS only (plain ws:// is an
+                # emulator's, behind a plain http:// API).
+                raise TransientError(
+                    f"Discord at {base_url} answered a gateway that is not wss:// "
+                    f"({shown(gateway.url)}); the token is sent over TLS only"
+                )
             core = GatewayCore(
                 token=token,
                 channel_id=config.channel_id,
@@ -386,12 +394,13 @@ class DiscordConnection:
         self._max_bucket_wait = max_bucket_wait
         self._buckets = BucketTracker()
         self._upload_limit = DISCORD_LIMITS.max_upload_bytes
-        # Each event with the seq of its dispatch: a resume starts after the
-        # last one the consumer took (see session_state).
+        # Each event with the seq and session of its dispatch: a resume starts
+        # after the last one the consumer took (see session_state).
         self._send_events, self._receive_events = trio.open_memory_channel[
-            tuple[Event, int | None]
+            tuple[Event, int | None, str | None]
         ](EVENT_BUFFER)
         self._taken_seq = core.seq
+        self._taken_session = core.session_id
         self._ws: WebSocketConnection | None = None
         self._drive_scope = trio.CancelScope()
         self._error: BaseException | None = None
@@ -417,8 +426,8 @@ class DiscordConnection:
             TransientError, RateLimited, FatalError: the gateway link failed
                 in a way the core could not repair by reconnecting.
         """
-        async for event, seq in self._receive_events:
-            self._taken_seq = seq
+        async for event, seq, session in self._receive_events:
+            self._taken_seq, self._taken_session = seq, session
             yield event
         if self._error is not None:
             raise self._error
@@ -571,7 +580,12 @@ class DiscordConnection:
         state = self._core.session_state()
         unread = self._receive_events.statistics().current_buffer_used
         if state.data and unread:
-            state = SessionState(provider="discord", data={**state.data, "seq": self._taken_seq})
+            # The last event taken was of another session (an op 9 began this
+            # one): none of this session's was taken, so it is resumed from its
+            # start, not after a seq of the other's.
+            same = self._taken_session == state.data.get("session_id")
+            seq = self._taken_seq if same else 0
+            state = SessionState(provider="discord", data={**state.data, "seq": seq})
         return state
 
     async def close(self, *, resumable: bool = True) -> None:
@@ -717,4 +731,4 @@ class DiscordConnection:
         # gateway may drop the socket meanwhile: the core then resumes from the
         # last seq received, and every event up to it is in the buffer.
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._send_events.send((event, self._core.seq))
+            await self._send_events.send((event, self._core.seq, self._core.session_id))

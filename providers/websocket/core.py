@@ -353,6 +353,20 @@ class _ErrorFrame:
 _WIRE: Final = cattrs.Converter(forbid_extra_keys=False)
 
 
+def _number_or_none(value: Any, _: Any) -> float | None:
+    """A frame's optional number; an integer past any float (10**400) is none, as
+    ``1e400`` and NaN are where they are read: it failed the whole link."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+_WIRE.register_structure_hook_func(lambda t: t == (float | None), _number_or_none)
+
+
 _STATUSES: Final = {status.value: status for status in ReceiptStatus}
 
 
