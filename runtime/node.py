@@ -103,7 +103,7 @@ from .channels import channel_config, channel_settings, overrides_settings
 from .checkpoints import CheckpointWriter, clock_offset
 from .cluster import Cluster, ClusterUnavailable, open_cluster
 from .collection import CollectorPolicy
-from .config.model import ChannelSpec, NodeConfig, ProviderDefaults
+from .config.model import ChannelSpec, NodeConfig, ProviderDefaults, channel_secrets
 from .dead_letters import DeadLetterOps
 from .drain import DrainReport, Pending, SendTracker, drain
 from .emulated import LocalEmulators
@@ -135,6 +135,7 @@ from .store import KeptMessage, Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
 from .telemetry.histograms import NodeTimings
+from .telemetry.redaction import Redactor
 from .view import (
     TOTAL_FIELDS,
     ChannelDetail,
@@ -234,8 +235,12 @@ class Node(ClusterMode, DeadLetterOps):
         self._link_changes = _LinkChanges()  # every channel's live link coming or going
         self._state = NodeState.STARTING
         self._drain_report: DrainReport | None = None
-        self._drained = trio.Event()
-        self._drain_running = False
+        self._drained = trio.Event()  # set by a drain's report, or by the node's end
+        # What the node never shows: the config's secrets, and those it learns.
+        self.redactor = Redactor(config.secrets())
+        self._secret_sinks: list[Callable[[Iterable[str]], None]] = []
+        self._drain_attempt: trio.Event | None = None  # set as the drain under way ends
+        self._ended = False  # the node's block is over: its tree is gone
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []
         """Extra ``/metrics`` families, each a callable returning them (the console's)."""
         self._started_at = trio.current_time()
@@ -308,9 +313,26 @@ class Node(ClusterMode, DeadLetterOps):
         """
         if self._cluster is not None:
             self._check_accepting()
+            self.learn_secrets(channel_secrets(spec))
             await self._cluster_start(spec)
             return self._snapshot(self._table.get(spec.id))
         return await self._start(spec)
+
+    def learn_secrets(self, values: Iterable[str]) -> None:
+        """Redact these values too, wherever the node shows text (the ops API, the
+        console, and each sink given to :meth:`on_new_secrets`: the log). A
+        channel started at run time adds its credentials so."""
+        fresh = list(values)
+        if not fresh:
+            return
+        self.redactor.add(fresh)
+        for sink in self._secret_sinks:
+            sink(fresh)
+
+    def on_new_secrets(self, sink: Callable[[Iterable[str]], None]) -> None:
+        """Call ``sink`` with the secrets the node learns from now on
+        (``LogHandle.add_secrets``, so the log redacts them too)."""
+        self._secret_sinks.append(sink)
 
     async def start_channels(
         self, specs: Sequence[ChannelSpec]
@@ -416,6 +438,7 @@ class Node(ClusterMode, DeadLetterOps):
         of it waits for the start to end (:meth:`_start_ended`).
         """
         self._check_accepting()
+        self.learn_secrets(channel_secrets(spec))
         current = self._table.find(spec.id)
         if spec.id in self._starting or (current is not None and current.running):
             raise ChannelExists(
@@ -561,6 +584,7 @@ class Node(ClusterMode, DeadLetterOps):
             UnknownChannel: no such channel.
             NodeNotRunning: the node's tree is not running.
         """
+        self._check_not_ended()
         await self._start_ended(channel_id)
         self._table.get(channel_id)  # (UnknownChannel)
         async with self._changing(channel_id):
@@ -574,9 +598,11 @@ class Node(ClusterMode, DeadLetterOps):
             await self._stop_and_forget(row)
 
     async def _stop_and_forget(self, row: ChannelRow) -> None:
-        await self._stop_local(row, checkpoint=True)
-        if self._table.find(row.spec.id) is row:  # (not a newer start's, begun meanwhile)
-            self._table.remove(row.spec.id)
+        try:
+            await self._stop_local(row, checkpoint=True)
+        finally:  # (cancelled once stopped: forgotten all the same)
+            if not row.running and self._table.find(row.spec.id) is row:  # (not a newer start's)
+                self._table.remove(row.spec.id)
 
     @contextlib.asynccontextmanager
     async def _changing(self, channel_id: str) -> AsyncIterator[None]:
@@ -612,15 +638,21 @@ class Node(ClusterMode, DeadLetterOps):
         started = trio.current_time()
         if row.running:
             supervisor = self._channel_supervisor()
-            await supervisor.terminate_child(row.spec.id)
-            await supervisor.delete_child(row.spec.id)
+            # Shielded (the channel's shutdown bounds it): a caller cancelled
+            # half-way left a row listed CONNECTED whose actor was gone.
+            with trio.CancelScope(shield=True):
+                await supervisor.terminate_child(row.spec.id)
+                await supervisor.delete_child(row.spec.id)
+        row.channel = row.child = None
         stopped = trio.current_time()
-        if row.memory is not None:
-            if checkpoint:
-                with contextlib.suppress(StoreError):  # logged by the writer
-                    await self._checkpoints.write_now(row.memory)  # ended: a clean checkpoint
-            self._checkpoints.detach(row.memory)
-        row.channel = row.child = row.memory = None
+        memory, row.memory = row.memory, None
+        if memory is not None:
+            try:
+                if checkpoint:
+                    with contextlib.suppress(StoreError):  # logged by the writer
+                        await self._checkpoints.write_now(memory)  # ended: a clean checkpoint
+            finally:
+                self._checkpoints.detach(memory)
         return stopped - started, trio.current_time() - stopped
 
     async def restart_channel(self, channel_id: str) -> ChannelSnapshot:
@@ -633,10 +665,15 @@ class Node(ClusterMode, DeadLetterOps):
 
         Raises:
             UnknownChannel, and what :meth:`start_channel` raises.
+            NodeDraining: the node is shutting down (the channel is left as it is).
+            NodeNotRunning: the node's block is over.
         """
+        self._check_not_ended()
+        self._check_accepting()
         await self._start_ended(channel_id)
         self._table.get(channel_id)  # (UnknownChannel)
         async with self._changing(channel_id):
+            self._check_accepting()  # (a drain begun while this call waited)
             await self._start_ended(channel_id)  # (one begun while this call waited)
             row = self._table.get(channel_id)  # (stopped while this call waited: unknown)
             if self._cluster is None:
@@ -1287,16 +1324,30 @@ class Node(ClusterMode, DeadLetterOps):
         Idempotent: a second call returns the first report (waiting for it
         if the first is still under way).
         """
-        if self._drain_report is not None:
-            return self._drain_report
-        if self._drain_running:  # begun elsewhere (a signal, the admin console)
-            return await self.wait_drained()
-        self._drain_running = True
+        if deadline is not None and (
+            not isinstance(deadline, int | float) or isinstance(deadline, bool) or not deadline >= 0
+        ):  # checked before the node stops taking work; NaN and "5" too
+            raise ValueError(
+                f"node {self.node_id!r}: a drain's deadline is seconds >= 0 (math.inf: none), "
+                f"not {deadline!r}; nothing was stopped"
+            )
+        while True:
+            if self._drain_report is not None:
+                return self._drain_report
+            if self._ended:
+                raise NodeNotRunning(f"node {self.node_id!r} has ended without draining")
+            attempt = self._drain_attempt
+            if attempt is None:
+                break
+            # Begun elsewhere (a signal, the admin console): its report, or, if it
+            # was cancelled or failed, this call drains.
+            await attempt.wait()
+        self._drain_attempt = attempt = trio.Event()
         try:
             return await self._drain(deadline)
         finally:
-            # Cancelled before its report (its task ended): a later call drains again.
-            self._drain_running = False
+            self._drain_attempt = None
+            attempt.set()
 
     async def _drain(self, deadline: float | None) -> DrainReport:
         self._state = NodeState.DRAINING
@@ -1330,10 +1381,28 @@ class Node(ClusterMode, DeadLetterOps):
         return self._drain_report
 
     async def wait_drained(self) -> DrainReport:
-        """Wait until a drain (started anywhere: a signal, the admin console) is done."""
+        """Wait until a drain (started anywhere: a signal, the admin console) is done.
+
+        Raises:
+            NodeNotRunning: the node ended without a drain (its block was left
+                by an exception, or every drain failed).
+        """
         await self._drained.wait()
-        assert self._drain_report is not None
+        if self._drain_report is None:
+            raise NodeNotRunning(f"node {self.node_id!r} has ended without draining")
         return self._drain_report
+
+    def _end(self) -> None:
+        """The node's block is over: its tree is gone, and nothing waits for it."""
+        self._ended = True
+        self._state = NodeState.DRAINED
+        self._channels = self._root = None
+        for row in self._table:  # killed with the tree: stopped, not as last seen
+            row.channel = row.child = None
+        close = getattr(self._hub, "close", None)
+        if close is not None:
+            close()  # subscriptions end after what they hold
+        self._drained.set()
 
     # --- internals ----------------------------------------------------------------------
 
@@ -1447,7 +1516,13 @@ class Node(ClusterMode, DeadLetterOps):
         )
         channels.ref.kill()
         await channels.ref.wait_terminated()
+        for row in still:  # killed: stopped, not listed as last seen (CONNECTED)
+            row.channel = row.child = None
         return len(running) - len(still), len(still)
+
+    def _check_not_ended(self) -> None:
+        if self._ended:
+            raise NodeNotRunning(f"node {self.node_id!r} has ended: its channels are gone")
 
     def _check_accepting(self) -> None:
         if self.draining:
@@ -1775,7 +1850,7 @@ async def open_node(
                     certfile=config.ops.certfile,
                     keyfile=config.ops.keyfile,
                     metrics=config.metrics,
-                    secrets=config.secrets(),
+                    redactor=node.redactor,
                 ),
                 what="ops HTTP",
                 host=config.ops.host,
@@ -1851,6 +1926,7 @@ async def open_node(
                 await node.drain()
             finally:
                 nursery.cancel_scope.cancel()
+                node._end()
 
 
 @asynccontextmanager

@@ -29,7 +29,7 @@ import trio
 from .config.model import NodeConfig
 from .errors import StartupFailed, StoreError
 from .node import Node, open_node
-from .telemetry import configure_logging, start_profiling
+from .telemetry import LogHandle, configure_logging, start_profiling
 
 __all__ = ["describe", "run_node"]
 
@@ -48,7 +48,7 @@ def run_node(config: NodeConfig) -> int:
     profiler = start_profiling(config.profiling, node_id=config.node.id)
     started = trio.Event()  # set once the node runs; only an event's flag is read
     try:
-        return trio.run(_serve, config, started)
+        return trio.run(_serve, config, started, logs)
     except Exception as exc:
         stopped = _find(exc, _StopAtOnce)
         if stopped is not None:  # out of a nursery, in a group
@@ -92,10 +92,11 @@ class _StopAtOnce(Exception):
         self.signum = signum
 
 
-async def _serve(config: NodeConfig, started: trio.Event) -> int:
+async def _serve(config: NodeConfig, started: trio.Event, logs: LogHandle) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with open_node(config) as node, trio.open_nursery() as services:
+                node.on_new_secrets(logs.add_secrets)
                 started.set()
                 admin: tuple[str, ...] = ()
                 if config.admin is not None:

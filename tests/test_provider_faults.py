@@ -1,5 +1,5 @@
-"""Fault run on the Discord and generic websocket providers: hostile or odd server
-frames and headers. Each test reproduces one defect and says what should happen.
+"""The Discord and generic websocket providers under a fault run: hostile or odd
+server frames and headers (each test is a defect one found, fixed).
 
 Pure tests and virtual time (trio's autojump clock): the Discord shell meets a fake
 gateway socket and a fake REST ``fetch`` patched into :mod:`providers.discord.shell`.
@@ -154,13 +154,9 @@ def plain_rest(method: str, url: str, kw: dict[str, Any]) -> Answer:
 async def test_a_discord_429_whose_retry_after_no_float_can_hold_is_a_rate_limit(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A send answered 429 (rate-limit headers present, so not a Cloudflare block) whose
-    body's ``retry_after`` is an integer past any float (JSON allows it; msgspec keeps
-    every digit) should raise a classified ProviderError (RateLimited with a finite
-    wait). Instead ``BucketTracker.update`` and ``rest._error`` call ``float()`` on it
-    through ``_float``, which catches TypeError/ValueError but not OverflowError: a bare
-    OverflowError leaves ``conn.send``, and the channel actor treats it as a defect and
-    crashes (again on every retry of the same send)."""
+    """A 429 whose ``retry_after`` is an integer no float holds is a RateLimited with
+    a finite wait; ``_float`` let OverflowError out of the send, which crashed the
+    channel's actor at every retry."""
     body = b'{"message": "You are being rate limited.", "retry_after": ' + BIG.encode() + b"}"
     limited = {
         "X-RateLimit-Limit": "5",
@@ -190,9 +186,8 @@ async def test_a_discord_429_whose_retry_after_no_float_can_hold_is_a_rate_limit
 
 
 def test_a_global_429_whose_retry_after_no_float_can_hold_is_read_by_the_tracker() -> None:
-    """The same answer as a *global* 429 (``X-RateLimit-Global: true``): the shell hands
-    it to ``BucketTracker.update`` before the answer is interpreted, so the tracker must
-    take it (hold every route for a sane, finite while). It raises OverflowError."""
+    """The bucket tracker reads such a global 429 as a finite wait too (it raised
+    OverflowError)."""
     buckets = BucketTracker()
     body = b'{"retry_after": ' + BIG.encode() + b', "global": true}'
     headers = {"X-RateLimit-Global": "true", "Retry-After": "1", "X-RateLimit-Scope": "global"}
@@ -222,14 +217,8 @@ def test_a_global_429_whose_retry_after_no_float_can_hold_is_read_by_the_tracker
 def test_an_infinite_discord_rate_limit_wait_does_not_pause_the_route_for_good(
     answer_headers: dict[str, str], body: bytes
 ) -> None:
-    """Discord's REST limits are read from the answer, so a 429 body's ``retry_after``
-    of 1e400 (inf) or an ``X-RateLimit-Reset-After: inf`` header is platform input. Like
-    ``RateLimited`` itself (commit 3c5f0f6: "a platform's infinite 429 paused a
-    channel's sends for good"), the tracker should read it as a finite wait (at most
-    ``MAX_RETRY_AFTER``, or the header's fallback). Instead ``global_until`` (or the
-    bucket's ``reset_at``) becomes inf: ``reserve`` answers inf for ever, so every later
-    send of the connection (every route, for the global one) is refused with
-    RateLimited without a request being made, until the channel reconnects."""
+    """A global 429 of ``1e400`` or a bucket reset of ``inf`` is read as no number:
+    the route (or every route) was paused for good, each later send refused."""
     from providers.base import MAX_RETRY_AFTER
 
     buckets = BucketTracker()
@@ -246,13 +235,8 @@ def test_an_infinite_discord_rate_limit_wait_does_not_pause_the_route_for_good(
 async def test_a_gateway_bot_reset_after_no_float_can_hold_fails_the_connect_classified(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``GET /gateway/bot`` answers a ``session_start_limit.reset_after`` that is an
-    integer past any float. The connect should either go on (the budget read as a
-    sane reset) or fail with a ProviderError (TransientError) so the channel backs off.
-    Instead ``GatewayCore.set_session_start_limit`` divides it (``reset_after / 1000``)
-    and a bare OverflowError leaves ``open_connection`` (it runs outside the shell's
-    exception map): the channel actor crashes, and on every restart again (the same
-    answer each time), a crash loop."""
+    """A ``reset_after`` of 10**400 from ``GET /gateway/bot`` is read as a day at
+    most; it raised OverflowError out of the connect, at every restart."""
 
     def rest(method: str, url: str, kw: dict[str, Any]) -> Answer:
         if url.endswith("/gateway/bot"):
@@ -277,15 +261,9 @@ async def test_a_gateway_bot_reset_after_no_float_can_hold_fails_the_connect_cla
 
 
 def test_a_small_zstd_gateway_frame_cannot_inflate_past_the_message_cap_in_memory() -> None:
-    """With ``compress=zstd-stream``, one BINARY gateway frame of about 8 KB (far under
-    the 1 MiB ``max_message_bytes``) that decompresses to 256 MiB of zeros should be
-    refused (CompressionError: the socket is dropped and resumed) having held no more
-    than about the cap. ``Inflater.feed`` calls ``decompressobj().decompress(data)``
-    with no output bound and compares the length afterwards: the whole 256 MiB is
-    allocated first (a frame at the 1 MiB limit inflates to ~32 GiB and the node is
-    killed for memory), where the zlib path bounds its output (``max_length``). The
-    module says "a small frame cannot inflate into more than a plain frame may
-    carry"."""
+    """A zstd frame is refused once its payload passes the cap, while it inflates:
+    an 8 KB frame took 256 MiB before it was refused (one at the 1 MiB limit,
+    about 32 GiB)."""
     import tracemalloc
 
     import zstandard
@@ -315,13 +293,9 @@ def test_a_small_zstd_gateway_frame_cannot_inflate_past_the_message_cap_in_memor
 async def test_the_token_never_goes_over_plain_ws_when_the_api_is_https(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The REST API is ``https://`` and ``GET /gateway/bot`` answers a plain
-    ``ws://`` gateway URL. The Identify carries the bot token, so it should only go
-    over TLS: the provider should refuse that URL (a classified error) or use
-    ``wss://``. The resume URL has exactly this guard (``_resume_url``: "plain ws://
-    only where the configured gateway is plain"), but the gateway URL it compares
-    with is this very answer, taken unchecked: the Identify (token included) goes out
-    in clear text, and every resume URL may then be ws:// as well."""
+    """Behind an ``https://`` API, a plain ``ws://`` gateway is refused: the Identify
+    carries the token. It went out in clear text, and every resume URL could
+    then be ``ws://`` too."""
 
     def rest(method: str, url: str, kw: dict[str, Any]) -> Answer:
         if url.endswith("/gateway/bot"):
@@ -350,18 +324,9 @@ async def test_the_token_never_goes_over_plain_ws_when_the_api_is_https(
 async def test_unread_events_of_a_new_session_are_kept_resumable_after_op9(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Session A runs; the consumer takes its events. The gateway invalidates it (op 9,
-    not resumable); the connection identifies anew: session B, whose seq starts again at
-    1 (READY), then messages s=2 and s=3. The consumer took A's READY and m1 (A's s=2)
-    and is then held back (its store is down), so DISCONNECTED, B's READY and both
-    messages wait in the buffer. The connection now ends (a stop, a move):
-    ``session_state()`` should let the next connection resume B from a seq before its
-    first unread event (<= 1), so both messages are replayed (its docstring's promise:
-    "the resume must have the gateway replay them"). It saves B's session_id with the
-    seq of the last event *taken*, which is session A's (2): the next connection
-    resumes B after s=2, and m2 is never replayed (lost for good). Had the consumer
-    taken the DISCONNECTED event last, the seq saved is None and the next connection
-    identifies anew, losing m2 and m3."""
+    """Events of a session an op 9 began, none of them taken yet, are resumed from
+    that session's start; the resume went after the seq of the last event taken
+    from the old session, and they were never replayed."""
     gateway = FakeGateway()
 
     def identify(sock: FakeSocket) -> None:
@@ -419,11 +384,8 @@ def deep_message(depth: int = 5000) -> str:
 
 
 def test_a_websocket_frame_nested_past_the_recursion_limit_fails_the_link_classified() -> None:
-    """A server's text frame nested 5000 arrays deep (valid JSON, 10 KB: far under the
-    1 MiB frame limit) should be a protocol violation like any unreadable frame (a Fail
-    with a TransientError: the link is dropped and the channel reconnects), or be read.
-    ``frame_received`` catches ValueError only, and ``providers._json.parsed`` raises
-    RecursionError here (msgspec and json.loads alike): it leaves the sans-IO core."""
+    """JSON nested past the recursion limit is an unreadable frame (a classified
+    failure of the link); its RecursionError crashed the actor at every reconnect."""
     from providers.websocket.core import Emit as WsEmit
     from providers.websocket.core import Fail as WsFail
     from providers.websocket.core import WebSocketCore
@@ -445,13 +407,7 @@ def test_a_websocket_frame_nested_past_the_recursion_limit_fails_the_link_classi
 
 
 async def test_a_websocket_server_s_deeply_nested_frame_ends_events_with_a_provider_error() -> None:
-    """End to end, over a real socket on 127.0.0.1: the server sends ``ready`` and then
-    the deeply nested frame. ``events()`` should end with a ProviderError (the link is
-    dropped, the channel actor backs off and reconnects). The RecursionError is raised
-    in the read hub's take, handed to the reader task and out of it, unmapped: what
-    leaves the connection is a bare RecursionError (not a ProviderError), which the
-    channel actor takes for a defect and crashes on, again at every reconnect while the
-    server sends it."""
+    """Over a real socket: the events end with a ProviderError, not a RecursionError."""
     from providers.hostile import accept_then_send, open_hostile_server
     from providers.websocket import WebSocketProvider
 
@@ -478,14 +434,7 @@ async def test_a_websocket_server_s_deeply_nested_frame_ends_events_with_a_provi
 async def test_a_discord_rest_answer_nested_past_the_recursion_limit_is_classified(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A send answered 200 whose JSON body carries one field nested 5000 arrays deep
-    (10 KB, under ``max_body_bytes``) should be a TransientError ("unreadable success
-    answer"), or be read. ``providers._http.json_body`` catches ValueError only and
-    ``parsed`` raises RecursionError: a bare RecursionError leaves ``conn.send`` (the
-    channel actor crashes). The same body to ``GET /gateway/bot`` escapes
-    ``open_connection`` (a crash at every restart), and to a global 429
-    ``BucketTracker.update``; json_body is shared by the Telegram and WhatsApp
-    providers too."""
+    """A REST answer nested past the recursion limit is a classified error too."""
     nested = "[" * 5000 + "]" * 5000
     body = ('{"id": "900", "channel_id": "5", "extra": ' + nested + "}").encode()
 
@@ -511,14 +460,10 @@ async def test_a_discord_rest_answer_nested_past_the_recursion_limit_is_classifi
 async def test_a_gateway_that_drops_each_socket_after_resumed_is_not_reconnected_in_a_storm(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The gateway answers every Resume with RESUMED and then at once asks for a
-    reconnect (op 7; a close with 4000 does the same). Each socket is "successful", so
-    the core's ``_reconnects`` count goes back to 0 on every RESUMED and
-    ``max_reconnects`` never trips; op 7 reconnects with delay 0. The connection should
-    slow down (a growing delay between sockets that live only moments) or give up to
-    the channel actor's backoff ("a channel reconnects with backoff"). Instead it opens
-    socket after socket with no wait at all: 200 TLS connects (and Resumes, each
-    carrying the token) in no time, for as long as the gateway flaps."""
+    """A gateway that answers every Resume with RESUMED and then drops the socket
+    reaches the channel's backoff: a socket counts as good once a heartbeat is
+    acknowledged in session. The count went back to 0 at each RESUMED, and 200
+    sockets (and Resumes, each carrying the token) were opened in no time."""
     gateway = FakeGateway()
     flapping = False
 
@@ -561,12 +506,8 @@ async def test_a_gateway_that_drops_each_socket_after_resumed_is_not_reconnected
 
 @pytest.mark.parametrize("kind", ["message", "edit", "receipt"])
 def test_a_websocket_event_whose_timestamp_no_float_can_hold_is_kept(kind: str) -> None:
-    """A server's ``message`` (or ``edit``, or ``receipt``) frame whose ``timestamp`` is an
-    integer past any float (10**400; JSON allows it, msgspec keeps every digit) should
-    be read as the event with no timestamp, as ``1e400`` and ``NaN`` already are (commit
-    a15dcc6). Instead the converter's ``float()`` raises OverflowError, the frame is a
-    "protocol violation", the link fails (every pending send is abandoned) and the
-    event is lost for good: this protocol has no replay of a refused event."""
+    """An event whose timestamp is an integer no float holds has none; the
+    converter's OverflowError failed the whole link, and the event was lost."""
     from providers.websocket.core import Emit as WsEmit
     from providers.websocket.core import WebSocketCore
 
@@ -591,11 +532,8 @@ def test_a_websocket_event_whose_timestamp_no_float_can_hold_is_kept(kind: str) 
 
 
 def test_a_websocket_rate_limited_error_past_any_float_fails_one_send_only() -> None:
-    """An ``error`` frame for one pending send, ``rate_limited`` with ``retry_after``
-    10**400, should fail that send alone with RateLimited (the wait read as the default,
-    as for NaN or inf: ``retry_after_seconds``). Instead the converter's OverflowError
-    makes it a protocol violation: the whole link fails and every pending send is
-    abandoned."""
+    """An error frame with a ``retry_after`` past any float fails its own send
+    only (a RateLimited with the default wait), not the whole link."""
     from providers.websocket.core import CompleteSend, WebSocketCore
 
     core = WebSocketCore(

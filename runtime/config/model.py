@@ -624,6 +624,15 @@ class ChannelSpec:
     send_window: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
 
 
+def channel_secrets(spec: ChannelSpec) -> list[str]:
+    """A channel's secret values: its credentials, secret-bearing options and the
+    credentials inside its URL (a channel started at run time has them too)."""
+    found = [value for value in spec.credentials.values() if value]
+    found.extend(option_secrets(spec.options))
+    found.extend(url_secrets(spec.base_url))
+    return found
+
+
 @attrs.frozen(kw_only=True)
 class NodeConfig:
     """A whole deployment file.
@@ -681,9 +690,7 @@ class NodeConfig:
             if value
         ]
         for channel in self.channels:
-            found.extend(value for value in channel.credentials.values() if value)
-            found.extend(option_secrets(channel.options))
-            found.extend(url_secrets(channel.base_url))
+            found.extend(channel_secrets(channel))
         for defaults in self.providers.values():
             found.extend(option_secrets(defaults.options))
             found.extend(url_secrets(defaults.base_url))

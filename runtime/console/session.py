@@ -42,7 +42,6 @@ from supervisors import SupervisorError
 from ..config.model import AdminConfig
 from ..errors import NodeError, UnknownChannel
 from ..node import Node
-from ..telemetry.redaction import Redactor
 from ..view import ChannelSnapshot
 from . import rpc, shapes
 from .auth import AuditEvent, Grant, Refusals, TokenTable, Unauthenticated
@@ -106,7 +105,7 @@ class Console:
         self._history: dict[str, deque[dict[str, Any]]] = {}
         # The node's own redaction: each secret in every form it may be quoted in
         # (percent-encoded, JSON, repr), longest first, and credential shapes.
-        self._redactor = Redactor(node.config.secrets())
+        self._redactor = node.redactor  # (it learns the secrets of channels started later)
         self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:

@@ -367,10 +367,12 @@ class _Ops:
         api_token: str | None,
         metrics: MetricsConfig,
         secrets: Iterable[str] = (),
+        redactor: Redactor | None = None,
     ) -> None:
         self.node = node
         self.token = api_token
-        self.redactor = Redactor([*secrets, *([api_token] if api_token else [])])
+        self.redactor = Redactor() if redactor is None else redactor
+        self.redactor.add([*secrets, *([api_token] if api_token else [])])
         self.webhooks = WebhookCounters()
         self.registry = ops_registry(node, self.webhooks, metrics=metrics)
         self.letters = DeadLetterApi(node, _error, self._scrub, _read_body)
@@ -782,6 +784,7 @@ def ops_app(
     api_token: str | None = None,
     metrics: MetricsConfig | None = None,
     secrets: Iterable[str] = (),
+    redactor: Redactor | None = None,
 ) -> Starlette:
     """The ops ASGI app for ``node``.
 
@@ -792,6 +795,8 @@ def ops_app(
         metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
         secrets: values never to show in an answer (``NodeConfig.secrets()``);
             credential shapes are scrubbed whatever is given here.
+        redactor: the node's own (``Node.redactor``), which learns the
+            secrets of channels started later; ``secrets`` go into it too.
 
     Returns:
         A Starlette app (it handles ASGI lifespan). ``app.state.registry`` is
@@ -802,7 +807,7 @@ def ops_app(
     """
     if api_token is not None and not api_token.strip():
         raise ValueError("api_token is empty; pass None to run without the message API")
-    ops = _Ops(node, api_token, metrics or MetricsConfig(), secrets)
+    ops = _Ops(node, api_token, metrics or MetricsConfig(), secrets, redactor)
     app = Starlette(
         routes=ops.routes(),
         exception_handlers={HTTPException: _http_error(ops._scrub), Exception: _crash},

@@ -54,6 +54,7 @@ from providers.serving import serve_asgi
 
 from ..config.model import MetricsConfig
 from ..errors import StartupFailed
+from ..telemetry.redaction import Redactor
 from ..view import NodeView
 from .app import ops_app
 
@@ -122,6 +123,7 @@ async def serve_ops(
     keyfile: str | None = None,
     metrics: MetricsConfig | None = None,
     secrets: Iterable[str] = (),
+    redactor: Redactor | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ops HTTP app for ``node`` until cancelled.
@@ -135,6 +137,8 @@ async def serve_ops(
         keyfile: its PEM private key (needed with ``certfile``).
         metrics: what ``/metrics`` exports (default: ``[metrics]``'s defaults).
         secrets: values never to show in an answer (``NodeConfig.secrets()``).
+        redactor: the node's own, which learns the secrets of channels started
+            later (``Node.redactor``); else one of ``secrets``.
         task_status: receives the bound base URL, e.g. ``http://127.0.0.1:8321``.
 
     Raises:
@@ -142,7 +146,7 @@ async def serve_ops(
         StartupFailed: the TLS files cannot be used.
         OSError: the address cannot be bound (in use, not permitted).
     """
-    app = ops_app(node, api_token=api_token, metrics=metrics, secrets=secrets)
+    app = ops_app(node, api_token=api_token, metrics=metrics, secrets=secrets, redactor=redactor)
     config = Config()
     config.bind = [_bind(host, port)]
     config.accesslog = None
