@@ -43,10 +43,13 @@ Design:
   after JSON escaping, ``repr`` and percent-encoding too; credential shapes
   (Telegram bot tokens, ``Authorization`` values, Meta tokens, URL userinfo,
   credential query parameters: :mod:`.redaction`) are redacted whatever the
-  configuration. The text line is scrubbed whole; the
-  JSON document is scrubbed key by key and value by value before encoding,
-  so the line is clean and still valid JSON. Tracebacks are plain text
-  (never a renderer that prints local variables).
+  configuration. The text line is scrubbed value by value before the
+  renderer quotes (``repr``) any, since a secret escaped by ``repr`` is no
+  longer found, and then whole; the JSON document is scrubbed key by key and
+  value by value before encoding, so the line is clean and still valid JSON.
+  An infinite or NaN number is written as text (``"inf"``, ``"nan"``), never
+  as the ``Infinity`` / ``NaN`` that strict JSON parsers refuse. Tracebacks
+  are plain text (never a renderer that prints local variables).
 - Emit never raises (except ``RecursionError``, as in :mod:`logging`): a
   record whose ``%`` arguments do not fit is written with its raw message
   and arguments, and a failure to write is reported once per record on
@@ -59,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -191,12 +195,29 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _jsonable(value: object) -> object:
+    """``value`` as JSON can carry it: a non-finite number as text, anything else as ``repr``."""
     if value is None or type(value) in (str, int, bool):
         return value  # the common case, without a trial encoding
     try:
         json.dumps(value)
     except (TypeError, ValueError, RecursionError):
         return _safe_repr(value)
+    return _finite(value)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float as text (``"inf"``, ``"-inf"``, ``"nan"``).
+
+    RFC 8259 has no such numbers: ``json.dumps`` would write ``Infinity`` or
+    ``NaN``, which strict parsers (Elasticsearch ingest, jq) refuse, losing
+    the line. ``value`` already encodes, so it holds no cycle.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(float(value))
+    if isinstance(value, dict):  # keys become text on the way (scrub_tree)
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
     return value
 
 
@@ -205,16 +226,23 @@ def escape_controls(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-def _text_value(value: object) -> object:
-    """A field for the console renderer: numbers as they are, text escaped.
+def _text_value(value: object, redactor: Redactor) -> object:
+    """A field for the console renderer: numbers as they are, text scrubbed and escaped.
 
     The renderer quotes (``repr``) a string with blanks, quotes or ``=``, and
     ``repr`` escapes what is not printable; any other string is shown as it
-    is, so its control characters are escaped here.
+    is, so its control characters are escaped here. A value is scrubbed
+    before either: once ``repr`` has escaped a secret (``\\'``, ``\\\\``, twice for
+    a dict or bytes value already shown with ``repr`` inside ``str``), the
+    whole-line scrub no longer recognises it.
     """
-    if isinstance(value, bool | int | float) or value is None:
+    if value is None or isinstance(value, bool):
         return value
-    shown = value if isinstance(value, str) else _safe_str(value)
+    if isinstance(value, int | float):
+        shown = _safe_repr(value)
+        scrubbed = redactor.scrub(shown)
+        return value if scrubbed == shown else scrubbed
+    shown = redactor.scrub(value if isinstance(value, str) else _safe_str(value))
     if _CONSOLE_QUOTES.intersection(shown):
         return shown  # repr'd by the renderer, which escapes what is not printable
     return escape_controls(shown)
@@ -323,14 +351,16 @@ class _Formatter(ProcessorFormatter):
 
     def _ecs_json(self, logger: Any, method: str, facts: MutableMapping[str, Any]) -> str:
         flat = {key: _jsonable(value) for key, value in facts.items()}
-        return json.dumps(self._redactor.scrub_tree(_nested(flat)))
+        # allow_nan=False: a non-finite number left anywhere fails the record (reported
+        # by the handler) rather than write a line that is not JSON.
+        return json.dumps(self._redactor.scrub_tree(_nested(flat)), allow_nan=False)
 
     def _console(self, logger: Any, method: str, facts: MutableMapping[str, Any]) -> dict[str, Any]:
         """The fields as structlog's console renderer takes them, escaped and quoted."""
         shown: dict[str, Any] = {
             "timestamp": facts.pop("@timestamp"),
             "level": facts.pop("log.level"),
-            "event": escape_controls(_safe_str(facts.pop("message"))),
+            "event": escape_controls(self._redactor.scrub(_safe_str(facts.pop("message")))),
             "logger_name": facts.pop("log.logger"),
         }
         trace = facts.pop("error.stack_trace", None)
@@ -341,7 +371,7 @@ class _Formatter(ProcessorFormatter):
             facts.pop(key, None)
         for key, value in facts.items():
             name = _CONSOLE_NAMES.get(key, key.removeprefix(OUR_NAMESPACE))
-            shown[name] = _text_value(value)
+            shown[self._redactor.scrub(name)] = _text_value(value, self._redactor)
         if trace is not None:
             shown["exception"] = trace
         return shown
