@@ -11,11 +11,19 @@ loses the newest ones, counted in its ``dropped``.
 The node's own followers that only keep a count (the collector policy) take
 a :class:`Watch` instead: a function called at publish time, so that no task
 wakes for each event (a connect storm publishes two per channel).
+
+Subscribers come and go one at a time (one per conversation or websocket
+client is a normal pattern), so each costs O(1) to add and to remove: the
+hub keeps them in an insertion-ordered dict and counts, as they come and go,
+how many take each kind and how many take every kind, which is what
+:meth:`EventHub.wants` reads. :meth:`EventHub.close` (the node has ended)
+ends every subscription after what it has buffered and refuses new ones.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any, Final, Literal
 
@@ -30,6 +38,8 @@ from providers.base import (
     MessageEdited,
 )
 
+from .errors import NodeNotRunning
+
 __all__ = ["EventKind", "NodeEvent", "Subscription", "Watch"]
 
 EventKind = Literal["inbound", "edited", "receipt", "state", "connection"]
@@ -37,6 +47,7 @@ EVENT_KINDS: Final[frozenset[str]] = frozenset(
     ("inbound", "edited", "receipt", "state", "connection")
 )
 DEFAULT_BUFFER: Final = 1_000  # events buffered per subscriber
+_ABSENT: Final = object()
 
 log = logging.getLogger("switchboard.events")
 
@@ -220,25 +231,46 @@ class EventHub:
     """The node's subscribers, and a tap per channel that feeds them."""
 
     def __init__(self, *, log_inbound: bool = False) -> None:
-        self._subscribers: list[Subscription | Watch] = []
+        # Insertion-ordered (publish offers in subscription order), O(1) to remove.
+        self._subscribers: dict[Subscription | Watch, None] = {}
         self.log_inbound = log_inbound
-        # The kinds some subscriber takes (None: every kind), kept as they come and go:
-        # a tap makes no NodeEvent of a kind nobody takes (a receipt, nearly always).
-        self._wanted: frozenset[str] | None = frozenset()
+        # How many subscribers take each kind, and how many take every kind, kept as
+        # they come and go: a tap makes no NodeEvent of a kind nobody takes (a
+        # receipt, nearly always). A kind nobody takes has no key.
+        self._kind_counts: Counter[str] = Counter()
+        self._unfiltered = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<EventHub subscribers={len(self._subscribers)} [{state}]>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: no subscriber is taken any more."""
+        return self._closed
 
     def wants(self, kind: str) -> bool:
         """Whether an event of ``kind`` goes anywhere: a subscriber, or the inbound log."""
-        wanted = self._wanted
-        return wanted is None or kind in wanted or (kind == "inbound" and self.log_inbound)
+        return (
+            self._unfiltered > 0
+            or kind in self._kind_counts
+            or (kind == "inbound" and self.log_inbound)
+        )
 
-    def _count_wanted(self) -> None:
-        wanted: set[str] = set()
-        for subscriber in self._subscribers:
-            if subscriber.kinds is None:
-                self._wanted = None
-                return
-            wanted |= subscriber.kinds
-        self._wanted = frozenset(wanted)
+    def _add(self, subscriber: Subscription | Watch) -> None:
+        self._subscribers[subscriber] = None
+        if subscriber.kinds is None:
+            self._unfiltered += 1
+        else:
+            self._kind_counts.update(subscriber.kinds)
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise NodeNotRunning(
+                "the node has ended: its event stream is closed and takes no new "
+                "subscribers; subscribe inside the open_node block"
+            )
 
     def subscribe(
         self,
@@ -248,7 +280,13 @@ class EventHub:
         kind: str | Collection[str] | None = None,
         buffer: int = DEFAULT_BUFFER,
     ) -> Subscription:
-        """A new subscriber; see :meth:`runtime.node.Node.subscribe`."""
+        """A new subscriber; see :meth:`runtime.node.Node.subscribe`.
+
+        Raises:
+            ValueError: an unknown kind, or a buffer below 1.
+            NodeNotRunning: the hub was closed (the node has ended).
+        """
+        self._refuse_if_closed()
         kinds = _as_set(kind)
         unknown = sorted((kinds or set()) - EVENT_KINDS)
         if unknown:
@@ -264,8 +302,7 @@ class EventHub:
             kinds=kinds,
             buffer=buffer,
         )
-        self._subscribers.append(subscription)
-        self._count_wanted()
+        self._add(subscription)
         return subscription
 
     def watch(
@@ -275,7 +312,9 @@ class EventHub:
 
         Raises:
             ValueError: an unknown kind.
+            NodeNotRunning: the hub was closed (the node has ended).
         """
+        self._refuse_if_closed()
         kinds = _as_set(kind)
         unknown = sorted((kinds or set()) - EVENT_KINDS)
         if unknown:
@@ -283,14 +322,33 @@ class EventHub:
                 f"unknown event kind(s) {unknown}; known: {', '.join(sorted(EVENT_KINDS))}"
             )
         watch = Watch(self, callback, kinds)
-        self._subscribers.append(watch)
-        self._count_wanted()
+        self._add(watch)
         return watch
 
     def remove(self, subscription: Subscription | Watch) -> None:
-        if subscription in self._subscribers:
-            self._subscribers.remove(subscription)
-            self._count_wanted()
+        """Stop offering events to ``subscription`` (nothing if it is not subscribed)."""
+        if self._subscribers.pop(subscription, _ABSENT) is _ABSENT:
+            return
+        if subscription.kinds is None:
+            self._unfiltered -= 1
+            return
+        counts = self._kind_counts
+        for kind in subscription.kinds:
+            counts[kind] -= 1
+            if counts[kind] <= 0:
+                del counts[kind]
+
+    def close(self) -> None:
+        """End every subscription and take no new subscriber (the node has ended).
+
+        Each subscriber's iteration ends after the events it has buffered.
+        Watches are left to their owners, who close them as they stop. Closing
+        again does nothing.
+        """
+        self._closed = True
+        for subscriber in list(self._subscribers):
+            if isinstance(subscriber, Subscription):
+                subscriber.close()
 
     def tap(self, channel_id: str, tenant: str, provider: str) -> _ChannelTap:
         """The object to put in a channel's subscriber list."""
