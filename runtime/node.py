@@ -1169,6 +1169,7 @@ class Node(ClusterMode, DeadLetterOps):
 
         Raises:
             ValueError: an unknown kind, or a buffer below 1.
+            NodeNotRunning: the node's block is over (its subscriptions ended too).
         """
         return self._hub.subscribe(tenant=tenant, channel=channel, kind=kind, buffer=buffer)
 
@@ -1399,9 +1400,7 @@ class Node(ClusterMode, DeadLetterOps):
         self._channels = self._root = None
         for row in self._table:  # killed with the tree: stopped, not as last seen
             row.channel = row.child = None
-        close = getattr(self._hub, "close", None)
-        if close is not None:
-            close()  # subscriptions end after what they hold
+        self._hub.close()  # subscriptions end after what they hold; new ones are refused
         self._drained.set()
 
     # --- internals ----------------------------------------------------------------------
