@@ -1861,71 +1861,73 @@ async def open_node(
         # The nursery lives inside the root supervisor's block: cancelling it
         # on the way out must not swallow the root's own "I gave up", which
         # the supervisor raises when its block ends (SupervisorExited).
-        async with (
-            open_supervisor(
-                system,
-                children,
-                name=f"node:{config.node.id}",
-                intensity=ROOT_INTENSITY,
-                period=ROOT_PERIOD,
-            ) as root,
-            trio.open_nursery() as nursery,
-            # Inside the nursery: what enters the stack (the cluster and its own
-            # tasks) is left before the nursery is, in the reverse order.
-            contextlib.AsyncExitStack() as stack,
-        ):
-            node._nursery = nursery
-            node._root = root
-            await nursery.start(node._sends.run)  # the sends' deadlines
-            await nursery.start(node._loop_lag.run)
-            await nursery.start(node._checkpoints.run)
-            # Following the channels' states before the first one starts.
-            collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))
-            await nursery.start(collector.run, node._hub)
-            channels_ref = await root.whereis_child("channels")
-            assert channels_ref is not None
-            node._channels = SupervisorRef(channels_ref)
-            if emulators is not None:
-                emulators.urls.update(node.emulator_urls)
-                if node.ops_url is not None:
-                    emulators.set_webhook_base(config.ops.public_url or node.ops_url)
-            node._load_providers()
-            if config.cluster is None:
-                await node._start_configured()
-            else:
-                if config.storage.backend == "sqlite":
-                    log.warning(
-                        "cluster on SQLite: every node must open this same file (%s); a "
-                        "node with a file of its own has its own channel set and its own "
-                        "memory of what was sent, and sends again what another node sent",
-                        config.storage.path,
+        try:
+            async with (
+                open_supervisor(
+                    system,
+                    children,
+                    name=f"node:{config.node.id}",
+                    intensity=ROOT_INTENSITY,
+                    period=ROOT_PERIOD,
+                ) as root,
+                trio.open_nursery() as nursery,
+                # Inside the nursery: what enters the stack (the cluster and its own
+                # tasks) is left before the nursery is, in the reverse order.
+                contextlib.AsyncExitStack() as stack,
+            ):
+                node._nursery = nursery
+                node._root = root
+                await nursery.start(node._sends.run)  # the sends' deadlines
+                await nursery.start(node._loop_lag.run)
+                await nursery.start(node._checkpoints.run)
+                # Following the channels' states before the first one starts.
+                collector = stack.enter_context(CollectorPolicy(enabled=config.node.gc == "tuned"))
+                await nursery.start(collector.run, node._hub)
+                channels_ref = await root.whereis_child("channels")
+                assert channels_ref is not None
+                node._channels = SupervisorRef(channels_ref)
+                if emulators is not None:
+                    emulators.urls.update(node.emulator_urls)
+                    if node.ops_url is not None:
+                        emulators.set_webhook_base(config.ops.public_url or node.ops_url)
+                node._load_providers()
+                if config.cluster is None:
+                    await node._start_configured()
+                else:
+                    if config.storage.backend == "sqlite":
+                        log.warning(
+                            "cluster on SQLite: every node must open this same file (%s); a "
+                            "node with a file of its own has its own channel set and its own "
+                            "memory of what was sent, and sends again what another node sent",
+                            config.storage.path,
+                        )
+                    node._cluster = await stack.enter_async_context(
+                        open_cluster(
+                            config.cluster,
+                            node_id=config.node.id,
+                            store=opened,
+                            runner=node,
+                            file_specs=config.channels,
+                        )
                     )
-                node._cluster = await stack.enter_async_context(
-                    open_cluster(
-                        config.cluster,
-                        node_id=config.node.id,
-                        store=opened,
-                        runner=node,
-                        file_specs=config.channels,
-                    )
-                )
-                nursery.start_soon(node._watch_cluster)
-            node._state = NodeState.READY
-            nursery.start_soon(node._report_connected)
-            nursery.start_soon(node._resend_kept)
-            try:
-                yield node
-            except BaseException:
-                # Leaving by an exception (a second signal, a crash): stop at
-                # once, every channel brutally killed with its supervisor.
-                node._state = NodeState.DRAINED
-                root.ref.kill()
-                raise
-            else:
-                await node.drain()
-            finally:
-                nursery.cancel_scope.cancel()
-                node._end()
+                    nursery.start_soon(node._watch_cluster)
+                node._state = NodeState.READY
+                nursery.start_soon(node._report_connected)
+                nursery.start_soon(node._resend_kept)
+                try:
+                    yield node
+                except BaseException:
+                    # Leaving by an exception (a second signal, a crash): stop at
+                    # once, every channel brutally killed with its supervisor.
+                    node._state = NodeState.DRAINED
+                    root.ref.kill()
+                    raise
+                else:
+                    await node.drain()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            node._end()  # (once its tasks are gone: none meets a tree half cleared)
 
 
 @asynccontextmanager
