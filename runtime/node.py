@@ -347,6 +347,12 @@ class Node(ClusterMode, DeadLetterOps):
         the node about 1.5 times as much CPU (``bench.connect_cost``, 1,000
         channels). A node starts its configured channels so.
         """
+        self.learn_secrets(
+            secret
+            for spec in specs
+            if isinstance(spec, ChannelSpec)
+            for secret in channel_secrets(spec)
+        )
         results: list[ChannelSnapshot | Exception | None] = [None] * len(specs)
         if self._cluster is not None:
             # The catalog places each one (perhaps elsewhere): one after the other.

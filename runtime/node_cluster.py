@@ -60,6 +60,7 @@ from providers.whatsapp.webhook import PostSignatures
 
 from .cluster import ClusterSurvey, ClusterUnavailable, LeaseHolder
 from .cluster.forwarding import ForwardTimeout
+from .config.model import channel_secrets
 from .errors import (
     AskTimeout,
     ChannelUnavailable,
@@ -253,7 +254,10 @@ class ClusterMode:
         specs = self._cluster.catalog.specs
         for channel_id in channel_ids:
             if channel_id not in self._table and channel_id in specs:
-                self._table.put(ChannelRow(spec=specs[channel_id]))
+                spec = specs[channel_id]
+                # Its owner's errors pass through here: its secrets are this node's too.
+                self.learn_secrets(channel_secrets(spec))  # type: ignore[attr-defined]
+                self._table.put(ChannelRow(spec=spec))
         for row in list(self._table):
             channel_id = row.spec.id
             # (One still starting here is stopped once started: see stop_owned.)

@@ -409,3 +409,16 @@ async def test_a_dry_run_on_one_channel_is_audited_as_a_dry_run(
         await trio.testing.wait_all_tasks_blocked()
         (event,) = [n["params"]["event"] for n in watcher.notifications]
         assert (event["method"], event["dry_run"]) == ("channels.stop", True), event
+
+
+async def test_a_drain_with_a_deadline_below_zero_is_invalid_params(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``node.drain`` with a deadline below 0 is -32602 and the node goes on:
+    the node's own check raised in the console's background task and took the
+    console, and the node, down."""
+    async with console_node() as harness, harness.client("admin") as client:
+        error = await client.error("node.drain", {"reason": "x", "deadline": -1})
+        await trio.testing.wait_all_tasks_blocked()
+        assert error["code"] == -32602, error
+        assert not harness.node.draining

@@ -56,7 +56,7 @@ async def test_a_second_drain_waiting_on_a_cancelled_first_does_not_hang(
             nursery.cancel_scope.cancel()
         assert reports, (
             f"the second drain() still waits 60 s on: state {node.state.name}, "
-            f"drain running {node._drain_running}, drained {node._drained.is_set()}"
+            f"drain under way {node._drain_attempt is not None}, drained {node._drained.is_set()}"
         )
 
 
@@ -423,3 +423,41 @@ async def test_closing_the_hub_ends_its_subscriptions_and_refuses_new_ones() -> 
         hub.subscribe(kind="inbound")
     with pytest.raises(NodeNotRunning):
         hub.watch(lambda event: None)
+
+
+async def test_channels_started_at_run_time_build_the_redactor_once(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hundred channels started with tokens of their own rebuild the redactor's
+    pattern once, at its next use, not once each: each build takes every secret's
+    forms, so one a channel was quadratic (1,000 channels: ~38 s of a stalled loop)."""
+    import re as real_re
+
+    from runtime.config import ChannelSpec
+    from runtime.telemetry import redaction
+
+    built: list[int] = []
+
+    class CountingRe:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_re, name)
+
+        def compile(self, pattern: str, *args: Any) -> Any:
+            built.append(pattern.count("|") + 1)
+            return real_re.compile(pattern, *args)
+
+    monkeypatch.setattr(redaction, "re", CountingRe())
+    tokens = [f"token-{i:06d}-abcdefghijkl" for i in range(100)]
+    async with open_node(
+        node_config([]), channel_defaults=FAST, providers={"simulated": SimulatedProvider()}
+    ) as node:
+        for i, token in enumerate(tokens):  # one at a time, as an embedding program may
+            await node.start_channel(
+                ChannelSpec(
+                    id=f"c{i}", provider="simulated", tenant="acme", credentials={"token": token}
+                )
+            )
+        assert built == []  # none used yet
+        shown = node.redactor.scrub(f"refused: {tokens[0]} and {tokens[-1]}")
+    assert len(built) == 1
+    assert tokens[0] not in shown and tokens[-1] not in shown

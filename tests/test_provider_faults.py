@@ -552,3 +552,21 @@ def test_a_websocket_rate_limited_error_past_any_float_fails_one_send_only() -> 
     done = [a for a in actions if isinstance(a, CompleteSend)]
     assert [a.key for a in done] == ["k1"] and isinstance(done[0].error, RateLimited), actions
     assert core.pending == 1
+
+
+def test_a_zstd_payload_past_one_output_buffer_comes_whole() -> None:
+    """A payload past 128 KiB comes out whole with its own frame. The capped sink
+    (the bomb guard above) first got only what one 128 KiB output buffer held, and
+    the rest came in front of the next payload: broken JSON twice."""
+    import os
+
+    import zstandard
+
+    from providers.discord.compress import Inflater
+
+    inflater = Inflater("zstd-stream", max_payload=1024 * 1024)
+    compressor = zstandard.ZstdCompressor().compressobj()
+    for i in range(2):
+        payload = json.dumps({"op": 0, "d": os.urandom(100_000).hex(), "i": i}).encode()
+        frame = compressor.compress(payload) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        assert inflater.feed(frame) == payload.decode()

@@ -50,10 +50,15 @@ class Inflater:
         self.max_payload = max_payload
         self._zlib = zlib.decompressobj() if compression == "zlib-stream" else None
         # zstd into a sink that counts as it is written: a small frame never
-        # holds more than the cap in memory (a decompressobj made it whole first).
+        # holds more than the cap in memory (a decompressobj made it whole
+        # first). The writer's output buffer holds a whole payload and one byte
+        # more: it hands out only what fits its buffer for the input given, and
+        # the rest of a larger payload would come with the next frame.
         self._sink = _CappedSink(max_payload)
         self._zstd = (
-            zstandard.ZstdDecompressor().stream_writer(cast("IO[bytes]", self._sink))
+            zstandard.ZstdDecompressor().stream_writer(
+                cast("IO[bytes]", self._sink), write_size=max_payload + 1
+            )
             if compression == "zstd-stream"
             else None
         )

@@ -27,6 +27,7 @@ Design:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -63,6 +64,8 @@ __all__ = ["METHODS", "Method", "describe"]
 
 CONSOLE_KINDS: Final = frozenset({"audit"})
 
+log = logging.getLogger("switchboard.console")
+
 
 def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
@@ -82,6 +85,11 @@ def _letter_ids(instance: object, attribute: attrs.Attribute[Any], value: list[i
             raise ValueError(
                 f"ids[{index}]: expected a letter id from 0 to 2**63 - 1, got {letter_id}"
             )
+
+
+def _seconds_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value >= 0:  # NaN too
+        raise ValueError(f"{attribute.name}: expected seconds >= 0, got {value!r}")
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -139,7 +147,7 @@ class Unsubscribe:
 @attrs.frozen(kw_only=True)
 class Drain:
     reason: str = attrs.field(validator=reason_given)
-    deadline: float | None = None
+    deadline: float | None = attrs.field(default=None, validator=_seconds_or_none)
 
 
 # --- reads ----------------------------------------------------------------------------------
@@ -425,9 +433,18 @@ async def _drain(session: Session, params: Drain) -> Any:
     if node.draining:
         return {"draining": True, "already": True}
     deadline = node.config.node.drain_deadline if params.deadline is None else params.deadline
-    session.console.start_soon(node.drain, deadline)
+    session.console.start_soon(_drain_node, node, deadline)
     await trio.lowlevel.checkpoint()
     return {"draining": True, "already": False, "deadline": deadline}
+
+
+async def _drain_node(node: Any, deadline: float) -> None:
+    """The drain a console call began, in the console's nursery: its failure (a
+    store down) is the node's log's, and takes neither the console nor the node."""
+    try:
+        await node.drain(deadline)
+    except NodeError as exc:
+        log.error("admin console: the drain it began failed: %s", exc)
 
 
 _TABLE: Final = (

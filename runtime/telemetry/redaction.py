@@ -76,6 +76,11 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        # Secrets added, and the pattern built for how many adds: the pattern is
+        # built at the next scrub, so adds in a row (a thousand channels started
+        # at run time) cost one build, not one each (a quadratic stall).
+        self._version = 0
+        self._built = 0
         self.add(secrets)
 
     def __repr__(self) -> str:
@@ -88,25 +93,34 @@ class Redactor:
         if fresh <= self._secrets:
             return
         self._secrets |= fresh
-        forms: set[str] = set()
-        for secret in self._secrets:
-            forms.update(
-                (
-                    secret,
-                    json.dumps(secret)[1:-1],
-                    json.dumps(secret, ensure_ascii=False)[1:-1],
-                    repr(secret)[1:-1],
-                    urllib.parse.quote(secret, safe=""),
+        self._version += 1
+
+    def _current(self) -> re.Pattern[str] | None:
+        """The pattern of every secret added so far (built here if an add came since)."""
+        version = self._version
+        if self._built != version:
+            forms: set[str] = set()
+            for secret in tuple(self._secrets):  # (one C call: no thread's add cuts in)
+                forms.update(
+                    (
+                        secret,
+                        json.dumps(secret)[1:-1],
+                        json.dumps(secret, ensure_ascii=False)[1:-1],
+                        repr(secret)[1:-1],
+                        urllib.parse.quote(secret, safe=""),
+                    )
                 )
-            )
-        # Longest first, so a secret that contains another is replaced whole.
-        ordered = sorted(forms, key=lambda form: (-len(form), form))
-        # One assignment: a thread logging meanwhile sees the old or new pattern.
-        self._pattern = re.compile("|".join(map(re.escape, ordered)))
+            # Longest first, so a secret that contains another is replaced whole.
+            ordered = sorted(forms, key=lambda form: (-len(form), form))
+            # One assignment each: a thread logging meanwhile builds it too, or
+            # reads a pattern that holds every secret added before its scrub.
+            self._pattern = re.compile("|".join(map(re.escape, ordered)))
+            self._built = version
+        return self._pattern
 
     def scrub(self, text: str) -> str:
         """``text`` without the known secrets and without credential shapes."""
-        pattern = self._pattern
+        pattern = self._current()
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
         return scrub_shapes(text)
