@@ -12,8 +12,31 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
+
+from actors import ChannelStatus
 
 from .console_support import NOW, console_node
+
+
+async def _dropped_and_back(harness: Any, channel_id: str) -> None:
+    """Break the channel's link and wait until it is connected again: every state
+    event of the reconnect (backing off, connecting, connected) is out."""
+    with harness.node.subscribe(kind="state", channel=channel_id) as changes:
+        harness.provider.drop(channel_id)
+        while (await changes.receive()).event.status is not ChannelStatus.CONNECTED:
+            pass
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def _inbound(harness: Any, channel_id: str, *texts: str) -> None:
+    """A user writes ``texts`` to the channel; waits until the node has published them."""
+    with harness.node.subscribe(kind="inbound", channel=channel_id) as events:
+        for text in texts:
+            harness.provider.inject(channel_id, text)
+        for _ in texts:
+            await events.receive()
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def _states(harness: Any) -> dict[str, str]:
@@ -28,11 +51,11 @@ async def test_a_dry_run_on_one_channel_changes_nothing(
     it (the dry run's answer was given only for a filter)."""
     async with console_node() as harness, harness.client("operator") as client:
         await client.call("channels.stop", {"channel": "a1", "reason": "x", "dry_run": True})
-        await trio.sleep(1.0)
+        await trio.testing.wait_all_tasks_blocked()
         assert (await _states(harness)).get("a1") == "connected"  # stopped: gone from the node
         before = harness.node.channel_detail("a2").incarnations
         await client.call("channels.restart", {"channel": "a2", "reason": "x", "dry_run": True})
-        await trio.sleep(1.0)
+        await trio.testing.wait_all_tasks_blocked()
         assert harness.node.channel_detail("a2").incarnations == before
 
 
@@ -54,9 +77,7 @@ async def test_a_subscription_ended_in_the_same_batch_stops_forwarding(
             call["id"] = index
         answers = await client.raw(json.dumps(batch))
         assert answers[1]["result"]["subscription"] == 1, answers
-        await trio.sleep(0.5)
-        harness.provider.drop("a1")  # state events: backing_off, connecting, connected
-        await trio.sleep(2.0)
+        await _dropped_and_back(harness, "a1")  # state events: backing_off, connecting, ...
         assert client.notifications == []
         assert {id(subscriber) for subscriber in hub._subscribers} <= before  # none added
 
@@ -75,9 +96,8 @@ async def test_an_expired_token_stops_receiving_events(
             clock[0] = NOW  # the token has expired now
             refused = await client.error("system.whoami")
             assert refused["code"] == -32001  # calls: refused
-            harness.provider.inject("a1", "a message the expired token must not read")
-            harness.provider.drop("g1")
-            await trio.sleep(2.0)
+            await _inbound(harness, "a1", "a message the expired token must not read")
+            await _dropped_and_back(harness, "g1")
             assert client.notifications == []
 
 
@@ -190,7 +210,7 @@ async def test_a_change_called_by_position_is_audited_with_its_reason(
         with caplog.at_level("INFO", logger="switchboard.audit"):
             started = await operator.ok("channels.start", ["spare", "spare for the sale"])
             assert started["channel"] == "spare"
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()
         (event,) = [n["params"]["event"] for n in watcher.notifications]
         assert (event["method"], event["outcome"]) == ("channels.start", "ok")
         assert event["reason"] == "spare for the sale"
@@ -276,7 +296,7 @@ async def test_an_audit_subscription_for_some_channels_gets_only_theirs(
     ):
         await watcher.ok("events.subscribe", {"kinds": ["audit"], "channels": ["a1"]})
         await operator.ok("channels.restart", {"channel": "g1", "reason": "stuck"})
-        await trio.sleep(0.1)
+        await trio.testing.wait_all_tasks_blocked()
         targets = [n["params"]["event"]["target"] for n in watcher.notifications]
         assert targets == []
 
@@ -311,7 +331,7 @@ async def test_a_named_channel_that_the_filter_does_not_match_is_left_alone(
     connected a1 is left alone (a count of 0). The filter was ignored."""
     async with console_node() as harness, harness.client("operator") as client:
         await client.call("channels.stop", {"channel": "a1", "state": "failed", "reason": "x"})
-        await trio.sleep(1.0)
+        await trio.testing.wait_all_tasks_blocked()
         assert (await _states(harness)).get("a1") == "connected"
 
 
@@ -388,9 +408,7 @@ async def test_an_inbound_message_with_a_lone_surrogate_does_not_kill_subscriber
                     }
                 )
             )
-            harness.provider.inject("a1", "look \ud83d")
-            harness.provider.inject("a1", "and this one")
-            await trio.sleep(1.0)
+            await _inbound(harness, "a1", "look \ud83d", "and this one")
             assert len(frames) == 2
 
 

@@ -26,10 +26,11 @@ from providers.base import (
     ProviderError,
     RateLimited,
     SessionState,
+    TransientError,
 )
 from providers.discord import DiscordProvider
 from providers.discord import shell as discord_shell
-from providers.discord.gateway import GatewayCore
+from providers.discord.gateway import MAX_RECONNECTS, GatewayCore
 from providers.discord.rest import BucketTracker, interpret_send
 
 TOKEN = "bot-token-secret"
@@ -479,7 +480,6 @@ async def test_a_gateway_that_drops_each_socket_after_resumed_is_not_reconnected
     ended: BaseException | None = None
     with trio.fail_after(10 * 86_400):
         async with DiscordProvider().open_connection(discord_config()) as conn:
-            began = trio.current_time()
             flapping = True
             gateway.sockets[0].push({"op": 7, "d": None})
 
@@ -493,12 +493,12 @@ async def test_a_gateway_that_drops_each_socket_after_resumed_is_not_reconnected
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(drain)
-                while len(gateway.sockets) < 200 and ended is None:
+                while len(gateway.sockets) < 200 and ended is None:  # (a storm takes no time)
                     await trio.lowlevel.checkpoint()
-                elapsed = trio.current_time() - began
                 nursery.cancel_scope.cancel()
-    if ended is None:
-        assert elapsed > 60.0, f"{len(gateway.sockets)} sockets in {elapsed:g}s: no backoff"
+    # Handed to the channel's backoff after the core's few tries, not a socket after another.
+    assert isinstance(ended, TransientError), f"{len(gateway.sockets)} sockets, still opening"
+    assert len(gateway.sockets) <= MAX_RECONNECTS + 2
 
 
 # --- 9. a generic websocket event whose timestamp is an integer past any float ---------------
