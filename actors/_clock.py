@@ -5,14 +5,21 @@ The backoff, the circuit breaker and the rate limiters take time as a
 finite, at the call that passes it, so a NaN never silently poisons their
 state. The rate limiters count on an integer nanosecond grid that is exact
 only within ±2**32 s, so they ask for that bound too (``bounded``).
+
+The send path does read the clock, several times a send: it keeps the
+run's clock reader (:func:`clock_reader`) instead of calling
+``trio.current_time``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["CLOCK_LIMIT", "check_time"]
+import trio
+
+__all__ = ["CLOCK_LIMIT", "check_time", "clock_reader"]
 
 CLOCK_LIMIT: Final = 2.0**32  # seconds; bounded readings beyond this are refused (136 years)
 
@@ -36,3 +43,17 @@ def check_time(now: float, name: str = "now", *, bounded: bool = False) -> None:
             )
     elif not math.isfinite(now):
         raise ValueError(f"{name} must be a finite clock reading in seconds, got {now!r}")
+
+
+def clock_reader() -> Callable[[], float]:
+    """What reads the running trio program's clock: ``trio.current_time``
+    without its two frames, for code that reads the clock on every send.
+
+    An object made inside a trio run keeps it for that run (the clock is
+    the run's; a test's ``MockClock`` too). Outside a run this is
+    ``trio.current_time`` itself, which reads whichever run calls it.
+    """
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:
+        return trio.current_time

@@ -246,7 +246,8 @@ class CircuitBreaker:
         Raises:
             ValueError: if ``now`` is not finite.
         """
-        check_time(now)
+        if not -math.inf < now < math.inf:  # (NaN too; checked inline: once a send)
+            check_time(now)
         self._successes += 1
         if self._state is BreakerState.OPEN:
             return

@@ -134,7 +134,7 @@ from .services import ServiceActor, ServiceHandle, naming_bind_errors
 from .store import KeptMessage, Store, open_store
 from .store.durable import StoredCheckpoint
 from .table import ChannelRow, ChannelTable
-from .telemetry.histograms import NodeTimings
+from .telemetry.histograms import NodeTimings, ProviderTimings
 from .telemetry.redaction import Redactor
 from .view import (
     TOTAL_FIELDS,
@@ -243,7 +243,9 @@ class Node(ClusterMode, DeadLetterOps):
         self._ended = False  # the node's block is over: its tree is gone
         self.metric_sources: list[Callable[[], Iterable[Any]]] = []
         """Extra ``/metrics`` families, each a callable returning them (the console's)."""
-        self._started_at = trio.current_time()
+        # The run's clock reader: trio.current_time less two frames (read on every send).
+        self._now = trio.lowlevel.current_clock().current_time
+        self._started_at = self._now()
         self._root: SupervisorRef | None = None
         self._channels: SupervisorRef | None = None
         self.ops = ServiceHandle("ops")
@@ -1009,7 +1011,7 @@ class Node(ClusterMode, DeadLetterOps):
             channel=channel,
             keep_refused=keep_refused,
         )
-        began = trio.current_time()
+        began = self._now()
         # No cancel scope: the send's Pending bounds its ask (the tracker's timer stops
         # it at the caller's deadline, the drain once it kept it). No context managers
         # either: each is an object and a bound method on every send while it waits.
@@ -1060,7 +1062,11 @@ class Node(ClusterMode, DeadLetterOps):
             finally:
                 del timed_out, error  # no cycle through this frame's traceback
         # (The channel remembered the answer: see SendPath._fly.)
-        self._timings.provider(channel.provider_name).sent(trio.current_time() - began)
+        # The node's histograms for the provider, which the channel's memory holds.
+        timings = channel.memory.timings
+        if not isinstance(timings, ProviderTimings):
+            timings = self._timings.provider(channel.provider_name)
+        timings.sent(self._now() - began)
         return result
 
     async def _after_first(

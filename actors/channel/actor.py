@@ -31,6 +31,7 @@ from providers.base import ChannelConfig, Connection, Provider, send_window
 from providers.operations import Operation
 
 from .. import lowlevel
+from .._clock import clock_reader
 from ..actor import Actor, Exit, ExitKind
 from ..errors import ChannelFailed, ChannelUnavailable, MailboxFull
 from .connection import ConnectionLoop
@@ -137,6 +138,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_connection_scope",
         "_failure",
         "_leftover",
+        "_now",
         "_stopping",
         "_turns",
         "_window",
@@ -160,6 +162,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self.memory = memory
         self.settings = settings
         self.sink = sink
+        self._now = clock_reader()
         self._conn: Connection | None = None
         self._connected: trio.Event | None = None  # made by a send that waits for a link
         self._failure: BaseException | None = None

@@ -790,6 +790,7 @@ class ChannelMemory:
         "_breaker",
         "_limiter",
         "_settings",
+        "_shared",
         "backoff",
         "checkpoints",
         "connected_since",
@@ -828,6 +829,7 @@ class ChannelMemory:
         # first checkpoint or statistics that need them): a storm of ten
         # thousand connects makes none, and a receive-only channel never does.
         self._limiter: CompositeLimiter | None = None
+        self._shared: CompositeLimiter | None = None  # limits off: the one channels share
         self._breaker: CircuitBreaker | None = None
         self.backoff = Backoff(
             settings.reconnect,
@@ -890,10 +892,13 @@ class ChannelMemory:
         """
         limiter = self._limiter
         if limiter is None:
-            limits = self.limits
-            if unlimited(limits):
-                return _free_limiter(limits)
-            limiter = self._limiter = new_limiter(limits)
+            limiter = self._shared  # (looked up once: a send reads it, and hashing limits costs)
+            if limiter is None:
+                limits = self.limits
+                if unlimited(limits):
+                    limiter = self._shared = _free_limiter(limits)
+                else:
+                    limiter = self._limiter = new_limiter(limits)
         return limiter
 
     @limiter.setter

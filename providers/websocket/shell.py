@@ -238,6 +238,7 @@ class WebSocketConnection:
         "_core",
         "_events",
         "_link",
+        "_now",
         "_nursery",
         "_options",
         "_ready",
@@ -255,9 +256,11 @@ class WebSocketConnection:
         self._config = config
         self._options = options
         self._nursery = nursery
+        # The run's clock reader: trio.current_time less two frames (read on every send).
+        self._now = trio.lowlevel.current_clock().current_time
         self._core = WebSocketCore(
             config.channel_id,
-            now=trio.current_time(),
+            now=self._now(),
             ping_interval=options.ping_interval,
             pong_timeout=options.pong_timeout,
             liveness_timeout=options.liveness_timeout,
@@ -365,7 +368,7 @@ class WebSocketConnection:
         """Send the frame for ``msg`` and wait for its ack (or error)."""
         waiter = self._waiters.get(msg.idempotency_key)
         if waiter is None:
-            actions = self._core.start_send(msg, trio.current_time())
+            actions = self._core.start_send(msg, self._now())
             waiter = self._waiters[msg.idempotency_key] = _Waiter(msg)
             # Made before the frame goes: its fate may come while this task
             # still waits in the link (for its lock, or writing the reader's frames).
@@ -420,7 +423,7 @@ class WebSocketConnection:
         """
         link = self._link
         assert link is not None  # (and the rest that can_start_at_once checked)
-        actions = self._core.start_send(msg, trio.current_time())
+        actions = self._core.start_send(msg, self._now())
         self._waiters[msg.idempotency_key] = _Waiter(msg, done)
         for action in actions:
             assert type(action) is SendFrame, action
@@ -458,7 +461,7 @@ class WebSocketConnection:
         try:
             with map_exceptions(_connect_errors(url, timeout)):
                 # A plain cancel scope, as fail_after is (less its generator).
-                with trio.CancelScope(deadline=trio.current_time() + timeout) as deadline:
+                with trio.CancelScope(deadline=self._now() + timeout) as deadline:
                     self._link = await open_link(
                         url,
                         headers,
@@ -526,7 +529,7 @@ class WebSocketConnection:
                         await link.flush()  # pongs and close acks first: the peer waits for them
                         if rest:
                             await self._apply(rest, reader=True)
-                        now = trio.current_time()
+                        now = self._now()
                         for item in items:
                             if isinstance(item, str):  # a text frame: nearly every item
                                 actions = core.frame_received(item, now)
@@ -559,7 +562,7 @@ class WebSocketConnection:
                 timer.parked = False
                 if data == b"":  # else: apply the bytes first, in a new scope, then tick
                     due, timer.due = timer.due, None
-                    await self._apply(core.tick(trio.current_time(), due=due), reader=True)
+                    await self._apply(core.tick(self._now(), due=due), reader=True)
         finally:
             self._timer = None
             timer.close()
@@ -599,7 +602,7 @@ class WebSocketConnection:
         take = self._take_at_once
         events = self._events
         hub = started_hub()  # (the caller)
-        now = trio.current_time()
+        now = self._now()
         for index, item in enumerate(items):
             if hub is not None and hub.reader_cancelled:
                 # A callback killed the channel (the send's, the event's):
@@ -648,14 +651,12 @@ class WebSocketConnection:
                 if isinstance(action.event, ConnectionStateChanged):
                     self._set_ready()
                 # closed while we waited for buffer space: nobody wants it any more
-                began = trio.current_time()
+                began = self._now()
                 with contextlib.suppress(trio.ClosedResourceError):
                     await self._events.put(action.event)
                 # A full buffer stops the reading (backpressure): the timers must
                 # not count that against the link (see WebSocketCore.reader_stalled).
-                await self._apply(
-                    self._core.reader_stalled(began, trio.current_time()), reader=reader
-                )
+                await self._apply(self._core.reader_stalled(began, self._now()), reader=reader)
             elif isinstance(action, SendFrame):
                 assert self._link is not None
                 # A closed link is the reader's to report, with the peer's close code
