@@ -38,6 +38,10 @@ The wire protocol (text frames, one JSON object each)::
     media = {"kind": "image" | "video" | "document" | "audio", "url" | "data",
              "caption"?, "filename"?, "mime_type"?}     data: an upload, base64
 
+A receipt's ``status`` is one of ``sent``, ``delivered``, ``read``, ``failed``; a
+receipt of another status word (one a newer server added) is skipped, as a
+frame of an unknown type is, and the link stays open.
+
 A message's media from the server is read by its ``url`` alone: without one
 (``data``, or a local ``path`` that only an upload may name) the message comes
 without its media, so a node never takes a file or bytes a server chose.
@@ -382,7 +386,8 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
     One comes per message sent, and the converter would only copy its
     strings. ``None`` for any other (a field of another type, a timestamp
     that is an integer, which may be too large for a float, an unknown
-    status): the converter decides what it makes of it, as before.
+    status): the converter decides what it makes of it, as before, unless
+    the status is a word this node does not know (:func:`_new_status`).
     """
     key, status, peer = frame.get("id"), frame.get("status"), frame.get("peer", "")
     timestamp, error = frame.get("timestamp"), frame.get("error")
@@ -405,6 +410,18 @@ def _plain_receipt(frame: dict[str, Any], channel_id: str) -> DeliveryReceipt | 
         timestamp=_finite(timestamp),
         error=error,
     )
+
+
+def _new_status(frame: dict[str, Any]) -> bool:
+    """Whether a receipt's status is a word this node does not know.
+
+    A server may add statuses (as WhatsApp's ``deleted`` and ``warning``): such
+    a receipt is skipped, for forward compatibility, as unknown frame types are.
+    It failed the link as a protocol violation, at every such receipt. A status
+    of another type is still a malformed frame.
+    """
+    status = frame.get("status")
+    return type(status) is str and status not in _STATUSES
 
 
 def _structure(frame: dict[str, Any], cls: type[Any]) -> Any:
@@ -779,6 +796,9 @@ class WebSocketCore:
             return [CompleteSend(key=key, result=result)]
         if kind == "receipt":
             receipt = _plain_receipt(frame, self.channel_id)
+            if receipt is None and _new_status(frame):
+                self.ignored_frames += 1  # a status this node does not know: nothing it tracks
+                return []
             if receipt is None:  # the converter takes what is not plain (or explains it)
                 r = _structure(frame, _ReceiptFrame)
                 receipt = DeliveryReceipt(
