@@ -13,9 +13,18 @@ import json
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
-from providers.base import DeliveryReceipt, ReceiptStatus
+from providers.base import DeliveryReceipt, ReceiptStatus, SessionState, TransientError
+from providers.discord import DiscordProvider
+from providers.discord.gateway import CloseSocket, GatewayCore, GatewayState
+from providers.discord.gateway import Fail as GatewayFail
 from providers.websocket.core import Emit, Fail, Phase, WebSocketCore
+
+from .test_provider_faults import FakeGateway, discord_config, patch_discord, plain_rest
+
+VIRTUAL_CEILING = 3_600.0  # virtual seconds: only a hang gets near it
 
 # --- 1. a websocket receipt of a status this node does not know ----------------------------
 
@@ -63,3 +72,70 @@ def test_a_websocket_receipt_whose_status_is_no_string_still_fails_the_link() ->
     core = ready_core()
     actions = core.frame_received('{"type":"receipt","id":"o1","status":7}', 1.0)
     assert isinstance(actions[-1], Fail) and core.phase is Phase.FAILED
+
+
+# --- 2. a Discord Resume the gateway never answers -----------------------------------------
+
+
+async def test_a_discord_resume_the_gateway_never_answers_fails_the_link_in_time(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a reconnect's Resume, a gateway that acknowledges heartbeats but never
+    answers RESUMED (nor op 9, nor a dispatch) fails the connection with a
+    TransientError, so the channel reconnects through its backoff; the session stays
+    resumable. Nothing bounded that wait: the connection waited for ever, its
+    events never came, and nothing reported it."""
+    gateway = FakeGateway()
+    patch_discord(monkeypatch, gateway, plain_rest)
+    raised: list[BaseException] = []
+    with trio.fail_after(VIRTUAL_CEILING):
+        async with DiscordProvider().open_connection(discord_config()) as conn:
+            gateway.answer_resume = False
+            gateway.sockets[-1].push({"op": 7, "d": None})  # reconnect: the next socket resumes
+            try:
+                async for _ in conn.events():
+                    pass
+            except TransientError as exc:
+                raised.append(exc)
+            session = conn.session_state()
+    assert len(gateway.sockets) == 2
+    assert [frame["op"] for frame in gateway.sockets[1].sent if frame["op"] != 1] == [6]
+    assert raised and "RESUMED" in str(raised[0]), raised
+    assert session.data.get("session_id") == "s1"  # still resumable
+
+
+def test_the_discord_core_bounds_the_wait_for_ready_and_for_resumed() -> None:
+    """The core arms a deadline with its Identify and with its Resume: past it, the
+    socket is closed resumably and the connection fails transiently; each dispatch a
+    Resume replays starts the wait again, and READY or RESUMED disarms it. No
+    deadline was armed after either, so a silent gateway was waited on for ever."""
+    hello = json.dumps({"op": 10, "d": {"heartbeat_interval": 1_000_000}})
+
+    def dispatch(seq: int, t: str) -> str:
+        return json.dumps({"op": 0, "s": seq, "t": t, "d": {"id": f"m{seq}", "channel_id": "5"}})
+
+    core = GatewayCore(token="t", channel_id="dc", gateway_url="wss://g", session_timeout=20.0)
+    core.connection_made(0.0)
+    core.receive(hello, 0.0)
+    assert core.state is GatewayState.IDENTIFYING and core.next_deadline() == 20.0
+    close, fail = core.timer(20.0)
+    assert isinstance(close, CloseSocket) and close.code == 4000
+    assert isinstance(fail, GatewayFail) and isinstance(fail.error, TransientError)
+    assert "no READY" in str(fail.error)
+
+    session = {"session_id": "s", "seq": 4, "resume_gateway_url": "wss://r", "user_id": "9"}
+    core = GatewayCore(
+        token="t",
+        channel_id="dc",
+        gateway_url="wss://g",
+        session=SessionState(provider="discord", data=session),
+        session_timeout=20.0,
+    )
+    core.connection_made(100.0)
+    core.receive(hello, 100.0)
+    assert core.state is GatewayState.RESUMING and core.next_deadline() == 120.0
+    core.receive(dispatch(5, "MESSAGE_CREATE"), 115.0)  # a replayed event: waits on
+    assert core.next_deadline() == 135.0
+    core.receive(json.dumps({"op": 0, "s": 6, "t": "RESUMED", "d": {}}), 130.0)
+    assert core.state is GatewayState.CONNECTED
+    assert not any(isinstance(action, GatewayFail) for action in core.timer(135.0))

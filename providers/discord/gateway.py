@@ -25,6 +25,13 @@ Design:
       4007 4009                 identify anew           (session is gone)
       anything else, or none    resume                  (if we have a session)
 
+- Every wait for the gateway is bounded: Hello within ``hello_timeout`` of
+  the socket opening, READY or RESUMED within ``session_timeout`` of the
+  Identify or Resume (or of the last dispatch the Resume replayed). Past
+  either, the socket is closed resumably and the connection fails with a
+  ``TransientError``, so the channel actor's backoff opens a new one (which
+  resumes the session, if it has one). A gateway that acknowledged
+  heartbeats but never answered a Resume held the connection for ever.
 - Sending is limited to 120 frames per 60 s per socket (Discord closes with
   4008 beyond that). Frames queued with :meth:`GatewayCore.queue_frame` wait
   for room; Identify/Resume/heartbeats always go out and ``HEARTBEAT_RESERVE``
@@ -89,6 +96,9 @@ SEND_LIMIT: Final = 120  # frames per SEND_WINDOW per socket
 SEND_WINDOW: Final = 60.0  # seconds
 HEARTBEAT_RESERVE: Final = 5  # frames of SEND_LIMIT kept for heartbeats / identify
 HELLO_TIMEOUT: Final = 20.0  # seconds from socket open to Hello
+# Seconds from an Identify or a Resume to READY or RESUMED (a replayed dispatch
+# during a Resume starts them again: a long replay is progress, not silence).
+SESSION_TIMEOUT: Final = 20.0
 INVALID_SESSION_DELAY: Final = (1.0, 5.0)  # seconds, uniform, before identifying anew
 # Discord admits one Identify per 5 s per max_concurrency bucket; a single
 # connection is always in bucket 0 (shard 0), so it keeps its own identifies
@@ -263,6 +273,7 @@ class GatewayCore:
         send_limit: frames per ``send_window`` seconds.
         send_window: seconds.
         hello_timeout: seconds from socket open to Hello.
+        session_timeout: seconds from an Identify or a Resume to READY or RESUMED.
         max_reconnects: consecutive sockets without a session before giving up.
         compress: the transport compression to ask for (``zlib-stream`` or
             ``zstd-stream``); the shell decompresses (:mod:`.compress`).
@@ -287,6 +298,7 @@ class GatewayCore:
         send_limit: int = SEND_LIMIT,
         send_window: float = SEND_WINDOW,
         hello_timeout: float = HELLO_TIMEOUT,
+        session_timeout: float = SESSION_TIMEOUT,
         max_reconnects: int = MAX_RECONNECTS,
         compress: Compression | None = None,
     ) -> None:
@@ -301,6 +313,7 @@ class GatewayCore:
         self._rng = rng or random.Random()
         self._invalid_session_delay = invalid_session_delay
         self._hello_timeout = hello_timeout
+        self._session_timeout = session_timeout
         self._max_reconnects = max_reconnects
         self.limiter = SendLimiter(send_limit, send_window)
         self._queue: deque[dict[str, Any]] = deque()
@@ -331,6 +344,7 @@ class GatewayCore:
         self._graced = False  # a late timer's grace, given since the last ACK
         self._heartbeat_sent_at: float | None = None
         self._hello_deadline: float | None = None
+        self._session_deadline: float | None = None  # for READY / RESUMED
         self._last_identify: float | None = None
         self._identify_at: float | None = None
         self._reconnects = 0
@@ -388,6 +402,8 @@ class GatewayCore:
             deadlines.append(self._hello_deadline)
         if self.state is GatewayState.IDENTIFYING and self._identify_at is not None:
             deadlines.append(self._identify_at)
+        if self._awaiting_session() and self._session_deadline is not None:
+            deadlines.append(self._session_deadline)
         if self._socket_live() and self._next_heartbeat is not None:
             deadlines.append(self._next_heartbeat)
         if self.state is GatewayState.CONNECTED and self._queue:
@@ -407,6 +423,7 @@ class GatewayCore:
         """A new socket is open; wait for Hello."""
         self.state = GatewayState.AWAITING_HELLO
         self._hello_deadline = now + self._hello_timeout
+        self._session_deadline = None
         self._identify_at = None
         self._next_heartbeat = None
         self._awaiting_ack = False
@@ -445,6 +462,8 @@ class GatewayCore:
         if op == Op.DISPATCH:
             if isinstance(frame.get("s"), int):
                 self.seq = frame["s"]
+            if self._session_deadline is not None:  # the gateway answers: wait on
+                self._session_deadline = now + self._session_timeout
             return self._on_dispatch(frame.get("t"), d, now)
         if op == Op.RECONNECT:
             return self._drop_socket("the gateway asked us to reconnect (op 7)")
@@ -475,6 +494,21 @@ class GatewayCore:
                     error=TransientError(
                         f"the Discord gateway sent no Hello within {self._hello_timeout:g}s "
                         "of connecting; reconnect later"
+                    )
+                ),
+            ]
+        session_due = self._session_deadline is not None and now >= self._session_deadline
+        if self._awaiting_session() and session_due:
+            awaited = "RESUMED" if self.state is GatewayState.RESUMING else "READY"
+            asked = "Resume" if self.state is GatewayState.RESUMING else "Identify"
+            self.state = GatewayState.DISCONNECTED
+            self._session_deadline = None
+            return [
+                CloseSocket(code=RESUMABLE_CLOSE_CODE, reason=f"no {awaited}"),
+                Fail(
+                    error=TransientError(
+                        f"the Discord gateway sent no {awaited} within "
+                        f"{self._session_timeout:g}s of our {asked}; reconnect later"
                     )
                 ),
             ]
@@ -545,6 +579,10 @@ class GatewayCore:
         return self._flush(now) if self.state is GatewayState.CONNECTED else []
 
     # --- internals -------------------------------------------------------------------
+
+    def _awaiting_session(self) -> bool:
+        """Whether an Identify or a Resume went out and READY / RESUMED has not come."""
+        return self.state in (GatewayState.IDENTIFYING, GatewayState.RESUMING)
 
     def _socket_live(self) -> bool:
         return self.state in (
@@ -625,6 +663,7 @@ class GatewayCore:
         if self.resumable:
             self.state = GatewayState.RESUMING
             self.resumes += 1
+            self._session_deadline = now + self._session_timeout
             resume = {"token": self._token, "session_id": self.session_id, "seq": self.seq}
             return [self._send({"op": int(Op.RESUME), "d": resume}, now)]
         self.state = GatewayState.IDENTIFYING
@@ -642,6 +681,7 @@ class GatewayCore:
             return [CloseSocket(code=NORMAL_CLOSE_CODE, reason="identify budget spent"), refused]
         self._last_identify = now
         self.identifies += 1
+        self._session_deadline = now + self._session_timeout
         identify = {"token": self._token, "intents": self.intents, "properties": self.properties}
         return [self._send({"op": int(Op.IDENTIFY), "d": identify}, now)]
 
@@ -684,5 +724,6 @@ class GatewayCore:
 
     def _connected(self, state: ConnectionState, now: float) -> list[Action]:
         self.state = GatewayState.CONNECTED
+        self._session_deadline = None
         event = ConnectionStateChanged(channel_id=self.channel_id, state=state)
         return [EmitEvent(event=event), *self._flush(now)]
