@@ -44,6 +44,12 @@
         └── ChannelCrashed         the channel actor crashed on this message
                                                             (also actors.ActorCrashed)
 
+An argument of the wrong type given to the embedded API (a channel id that
+is no string, a spec that is no ``ChannelSpec``) is the caller's mistake, not
+the node's state: it is a plain ``TypeError`` (a wrong value, ``ValueError``)
+raised at the call, naming the argument and what it must be
+(:func:`wrong_argument`), before anything was done.
+
 Errors of the layers below (the actor kernel, the supervisors, the
 providers) are mapped into this tree where they leave the node, by one
 function (:func:`send_error`), chained: ``exc.__cause__`` is the original.
@@ -99,6 +105,7 @@ __all__ = [
     "error_from_wire",
     "error_to_wire",
     "send_error",
+    "wrong_argument",
 ]
 
 
@@ -167,6 +174,25 @@ class StartupFailed(NodeError):
 
 
 SHOWN_ID: Final = 80  # characters of an unknown channel's id an error shows
+
+
+def wrong_argument(argument: str, expected: str, value: object) -> TypeError:
+    """The error for ``argument`` of an API call given a value of the wrong type: it
+    names the argument, what it must be and what it was (its type, and its
+    ``repr`` cut to :data:`SHOWN_ID` characters), and says that nothing was done.
+
+    ``wrong_argument("channel_id", "a str (a channel's id)", 123)`` reads
+    ``channel_id must be a str (a channel's id), not int 123; nothing was done``.
+    """
+    try:
+        text = repr(value)
+    except Exception:
+        text = "(unprintable)"
+    if len(text) > SHOWN_ID:
+        text = f"{text[:SHOWN_ID]}... ({len(text):,} characters)"
+    return TypeError(
+        f"{argument} must be {expected}, not {type(value).__name__} {text}; nothing was done"
+    )
 
 
 class UnknownChannel(NodeError, KeyError):

@@ -38,7 +38,7 @@ from providers.base import (
     MessageEdited,
 )
 
-from .errors import NodeNotRunning
+from .errors import NodeNotRunning, wrong_argument
 
 __all__ = ["EventKind", "NodeEvent", "Subscription", "Watch"]
 
@@ -284,21 +284,29 @@ class EventHub:
 
         Raises:
             ValueError: an unknown kind, or a buffer below 1.
+            TypeError: a filter that is neither a ``str`` nor a collection of
+                them (bytes, a number), or a buffer that is no ``int`` (a
+                float, infinity or NaN: the buffer is a count of events).
             NodeNotRunning: the hub was closed (the node has ended).
         """
         self._refuse_if_closed()
-        kinds = _as_set(kind)
+        kinds = _as_set("kind", kind)
         unknown = sorted((kinds or set()) - EVENT_KINDS)
         if unknown:
             raise ValueError(
                 f"unknown event kind(s) {unknown}; known: {', '.join(sorted(EVENT_KINDS))}"
             )
+        tenants, channels = _as_set("tenant", tenant), _as_set("channel", channel)
+        if not isinstance(buffer, int) or isinstance(buffer, bool):
+            # math.inf made the buffer unbounded (a slow subscriber held every
+            # event), NaN and 1.5 failed inside trio.
+            raise wrong_argument("buffer", "an int >= 1 (events buffered)", buffer)
         if buffer < 1:
             raise ValueError(f"buffer must be at least 1, got {buffer}")
         subscription = Subscription(
             self,
-            tenants=_as_set(tenant),
-            channels=_as_set(channel),
+            tenants=tenants,
+            channels=channels,
             kinds=kinds,
             buffer=buffer,
         )
@@ -312,10 +320,11 @@ class EventHub:
 
         Raises:
             ValueError: an unknown kind.
+            TypeError: ``kind`` is neither a ``str`` nor a collection of them.
             NodeNotRunning: the hub was closed (the node has ended).
         """
         self._refuse_if_closed()
-        kinds = _as_set(kind)
+        kinds = _as_set("kind", kind)
         unknown = sorted((kinds or set()) - EVENT_KINDS)
         if unknown:
             raise ValueError(
@@ -399,9 +408,21 @@ class _ChannelTap:
         )
 
 
-def _as_set(value: str | Collection[str] | None) -> frozenset[str] | None:
+def _as_set(argument: str, value: str | Collection[str] | None) -> frozenset[str] | None:
+    """A filter's values: ``None`` (all), one ``str``, or a collection of them.
+
+    Raises:
+        TypeError: ``value`` is none of those. Bytes (``b"a"``) were taken as a
+            collection of numbers, which no event matched, silently.
+    """
     if value is None:
         return None
     if isinstance(value, str):
         return frozenset((value,))
+    expected = "a str or a collection of str"
+    if not isinstance(value, Collection) or isinstance(value, bytes | bytearray):
+        raise wrong_argument(argument, expected, value)
+    for item in value:
+        if not isinstance(item, str):
+            raise wrong_argument(f"an item of {argument}", "a str", item)
     return frozenset(value)

@@ -124,6 +124,7 @@ from .errors import (
     StoreError,
     UnknownProvider,
     send_error,
+    wrong_argument,
 )
 from .events import EventHub, Subscription
 from .lag import LoopLag
@@ -308,11 +309,13 @@ class Node(ClusterMode, DeadLetterOps):
             NodeNotRunning: the node's tree is not running.
             ChannelFenced: a newer owner wrote the channel's checkpoint.
             StoreError: its checkpoint could not be read.
+            TypeError: ``spec`` is no ``ChannelSpec`` (nothing was done).
 
         In a cluster the channel enters the cluster's catalog, and the node
         placement puts it on starts it there (the snapshot may then show it
         running elsewhere).
         """
+        _check_spec(spec)
         if self._cluster is not None:
             self._check_accepting()
             self.learn_secrets(channel_secrets(spec))
@@ -323,8 +326,24 @@ class Node(ClusterMode, DeadLetterOps):
     def learn_secrets(self, values: Iterable[str]) -> None:
         """Redact these values too, wherever the node shows text (the ops API, the
         console, and each sink given to :meth:`on_new_secrets`: the log). A
-        channel started at run time adds its credentials so."""
-        fresh = list(values)
+        channel started at run time adds its credentials so.
+
+        Raises:
+            TypeError: ``values`` is one string (not an iterable of them), or
+                holds something that is no string (bytes: decode them first);
+                nothing was learnt.
+        """
+        if isinstance(values, str | bytes):
+            # A string is an iterable of its characters, each too short to redact:
+            # the secret was silently not learnt.
+            raise wrong_argument("values", "an iterable of str (not one string)", values)
+        try:
+            fresh = list(values)
+        except TypeError:
+            raise wrong_argument("values", "an iterable of str", values) from None
+        for index, value in enumerate(fresh):
+            if not isinstance(value, str):
+                raise wrong_argument(f"values[{index}]", "a str (a secret's text)", value)
         if not fresh:
             return
         self.redactor.add(fresh)
@@ -348,7 +367,14 @@ class Node(ClusterMode, DeadLetterOps):
         start ran among the connects of the ones before and a connect cost
         the node about 1.5 times as much CPU (``bench.connect_cost``, 1,000
         channels). A node starts its configured channels so.
+
+        An item that is no ``ChannelSpec`` is answered with a ``TypeError``.
+
+        Raises:
+            TypeError: ``specs`` is no sequence (a string, one spec, a generator).
         """
+        if not isinstance(specs, Sequence) or isinstance(specs, str | bytes):
+            raise wrong_argument("specs", "a sequence of ChannelSpec", specs)
         self.learn_secrets(
             secret
             for spec in specs
@@ -445,6 +471,7 @@ class Node(ClusterMode, DeadLetterOps):
         together cannot both take one id or one slot; a stop or a restart
         of it waits for the start to end (:meth:`_start_ended`).
         """
+        _check_spec(spec)
         self._check_accepting()
         self.learn_secrets(channel_secrets(spec))
         current = self._table.find(spec.id)
@@ -591,7 +618,9 @@ class Node(ClusterMode, DeadLetterOps):
         Raises:
             UnknownChannel: no such channel.
             NodeNotRunning: the node's tree is not running.
+            TypeError: ``channel_id`` is no ``str``.
         """
+        _check_channel_id(channel_id)
         self._check_not_ended()
         await self._start_ended(channel_id)
         self._table.get(channel_id)  # (UnknownChannel)
@@ -675,7 +704,9 @@ class Node(ClusterMode, DeadLetterOps):
             UnknownChannel, and what :meth:`start_channel` raises.
             NodeDraining: the node is shutting down (the channel is left as it is).
             NodeNotRunning: the node's block is over.
+            TypeError: ``channel_id`` is no ``str``.
         """
+        _check_channel_id(channel_id)
         self._check_not_ended()
         self._check_accepting()
         await self._start_ended(channel_id)
@@ -705,7 +736,13 @@ class Node(ClusterMode, DeadLetterOps):
         Raises:
             UnknownChannel: no such channel.
             ChannelUnavailable: it did not start (the reason is in the message).
+            TypeError: ``channel_id`` is no ``str``.
         """
+        _check_channel_id(channel_id)
+        return self._channel_ref(channel_id)
+
+    def _channel_ref(self, channel_id: str) -> ChannelRef:
+        """:meth:`channel`, for a ``channel_id`` already checked (the send path)."""
         row = self._table.get(channel_id)
         if row.channel is None:
             if self._cluster is not None and row.start_error is None:
@@ -725,7 +762,9 @@ class Node(ClusterMode, DeadLetterOps):
 
         Raises:
             UnknownChannel: no such channel.
+            TypeError: ``channel_id`` is no ``str``.
         """
+        _check_channel_id(channel_id)
         row = self._table.get(channel_id)
         snapshot = self._snapshot(row)
         memory = row.memory
@@ -809,6 +848,9 @@ class Node(ClusterMode, DeadLetterOps):
             AskTimeout: no answer within ``timeout``.
             ChannelCrashed: the channel's actor crashed on this message.
             ValueError: ``timeout`` is not a number of seconds >= 0 (nothing was sent).
+            InvalidMessage: ``message`` is no operation, or holds what cannot be
+                sent (also ``ValueError``; nothing was sent).
+            TypeError: ``channel_id`` is no ``str`` (nothing was sent).
         """
         result = await self._perform(channel_id, message, timeout)
         assert result is not None
@@ -930,6 +972,8 @@ class Node(ClusterMode, DeadLetterOps):
         once). Not a coroutine: the caller awaits the send itself, one frame
         fewer on every send in flight.
         """
+        if not isinstance(channel_id, str):  # (before it is shown, looked up or kept)
+            raise wrong_argument("channel_id", "a str (a channel's id)", channel_id)
         key = getattr(message, "idempotency_key", None)  # (checked below: message may be anything)
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if (
@@ -985,7 +1029,7 @@ class Node(ClusterMode, DeadLetterOps):
         dead-letters (``runtime.resend``), and which the node never sheds for
         its loop's lateness.
         """
-        channel = self.channel(channel_id)
+        channel = self._channel_ref(channel_id)
         sent = channel.memory.sent
         known = sent.get(message.idempotency_key)
         if known is not None:
@@ -1096,11 +1140,11 @@ class Node(ClusterMode, DeadLetterOps):
         while (first := self._in_flight.get(flight_key)) is not None:
             if operation_print(first.message) != printed:
                 raise _refused_reuse(
-                    self.channel(channel_id), channel_id, message, keep_refused, under_way=True
+                    self._channel_ref(channel_id), channel_id, message, keep_refused, under_way=True
                 )
             with trio.move_on_at(deadline):
                 await first.finished.wait()
-            channel = self.channel(channel_id)  # (it may have been restarted meanwhile)
+            channel = self._channel_ref(channel_id)  # (it may have been restarted meanwhile)
             known = channel.memory.sent.get(message.idempotency_key)
             if known is not None:
                 return channel, known
@@ -1112,7 +1156,7 @@ class Node(ClusterMode, DeadLetterOps):
                     channel_id=channel_id,
                     idempotency_key=message.idempotency_key,
                 )
-        return self.channel(channel_id), None
+        return self._channel_ref(channel_id), None
 
     def _held(self) -> int:
         """The sends this node holds: sent here (its callers' and those forwarded to
@@ -1181,6 +1225,8 @@ class Node(ClusterMode, DeadLetterOps):
 
         Raises:
             ValueError: an unknown kind, or a buffer below 1.
+            TypeError: a filter that is neither a ``str`` nor a collection of
+                them (``b"a"``), or a buffer that is no ``int`` (``math.inf``).
             NodeNotRunning: the node's block is over (its subscriptions ended too).
         """
         return self._hub.subscribe(tenant=tenant, channel=channel, kind=kind, buffer=buffer)
@@ -1777,6 +1823,22 @@ class Node(ClusterMode, DeadLetterOps):
             return channel_id in configured or channel_id in self._table
 
         await resend_kept(self.store, send, self._checkpoints.flush, known=known)
+
+
+def _check_spec(spec: object) -> None:
+    """A channel's spec given to the API is a ``ChannelSpec`` (a dict, or a file's
+    table, failed deep inside with an ``AttributeError``)."""
+    if not isinstance(spec, ChannelSpec):
+        raise wrong_argument(
+            "spec", "a runtime.config.ChannelSpec (parse_config reads a file's)", spec
+        )
+
+
+def _check_channel_id(channel_id: object) -> None:
+    """A channel id given to the API is a ``str`` (a list failed deep inside as
+    unhashable; a number was looked up and reported as an unknown channel)."""
+    if not isinstance(channel_id, str):
+        raise wrong_argument("channel_id", "a str (a channel's id)", channel_id)
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

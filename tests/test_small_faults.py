@@ -9,8 +9,12 @@ Pure tests and virtual time (trio's autojump clock); no sockets.
 
 from __future__ import annotations
 
+import inspect
 import json
-from typing import Any
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
 
 import pytest
 import trio
@@ -20,8 +24,13 @@ from providers.base import DeliveryReceipt, ReceiptStatus, SessionState, Transie
 from providers.discord import DiscordProvider
 from providers.discord.gateway import CloseSocket, GatewayCore, GatewayState
 from providers.discord.gateway import Fail as GatewayFail
+from providers.operations import EditMessage
+from providers.simulated import Fixed, SimulatedProvider
 from providers.websocket.core import Emit, Fail, Phase, WebSocketCore
+from runtime import open_node
+from runtime.config import ChannelSpec
 
+from .test_node_embedded import FAST, message, node_config, sim, wait_connected
 from .test_provider_faults import FakeGateway, discord_config, patch_discord, plain_rest
 
 VIRTUAL_CEILING = 3_600.0  # virtual seconds: only a hang gets near it
@@ -139,3 +148,116 @@ def test_the_discord_core_bounds_the_wait_for_ready_and_for_resumed() -> None:
     core.receive(json.dumps({"op": 0, "s": 6, "t": "RESUMED", "d": {}}), 130.0)
     assert core.state is GatewayState.CONNECTED
     assert not any(isinstance(action, GatewayFail) for action in core.timer(135.0))
+
+
+# --- 3, 4. the embedded API given arguments of the wrong type ------------------------------
+
+
+@pytest.fixture
+async def node(autojump_clock: trio.testing.MockClock) -> AsyncIterator[Any]:
+    provider = SimulatedProvider(latency=Fixed(seconds=0.1))
+    async with open_node(
+        node_config([sim("a")]), channel_defaults=FAST, providers={"simulated": provider}
+    ) as node:
+        await wait_connected(node, 1)
+        yield node
+
+
+def _calls(node: Any) -> dict[str, Callable[[], Any]]:
+    """Each entry point called with one argument of the wrong type."""
+    return {
+        "send-int-channel": lambda: node.send(123, message("k1")),
+        "send-bytes-channel": lambda: node.send(b"a", message("k1")),
+        "edit-none-channel": lambda: node.edit(
+            None, EditMessage(peer="p1", idempotency_key="e1", message_id="m1", text="x")
+        ),
+        "stop-list-channel": lambda: node.stop_channel(["a"]),
+        "restart-int-channel": lambda: node.restart_channel(1),
+        "channel-list": lambda: node.channel(["a"]),
+        "channel-detail-int": lambda: node.channel_detail(1),
+        "start-dict": lambda: node.start_channel({"id": "b", "provider": "simulated"}),
+        "start-channels-str": lambda: node.start_channels("b"),
+        "learn-one-str": lambda: node.learn_secrets("a-long-secret"),
+        "learn-bytes": lambda: node.learn_secrets([b"a-long-secret"]),
+        "subscribe-bytes-channel": lambda: node.subscribe(channel=b"a"),
+        "subscribe-int-tenant": lambda: node.subscribe(tenant=5),
+        "subscribe-int-kind": lambda: node.subscribe(kind=["inbound", 5]),
+        "subscribe-inf-buffer": lambda: node.subscribe(buffer=math.inf),
+        "subscribe-nan-buffer": lambda: node.subscribe(buffer=math.nan),
+        "subscribe-float-buffer": lambda: node.subscribe(buffer=1.5),
+    }
+
+
+NAMED: Final = {
+    "send-int-channel": "channel_id",
+    "send-bytes-channel": "channel_id",
+    "edit-none-channel": "channel_id",
+    "stop-list-channel": "channel_id",
+    "restart-int-channel": "channel_id",
+    "channel-list": "channel_id",
+    "channel-detail-int": "channel_id",
+    "start-dict": "spec",
+    "start-channels-str": "specs",
+    "learn-one-str": "values",
+    "learn-bytes": "values[0]",
+    "subscribe-bytes-channel": "channel",
+    "subscribe-int-tenant": "tenant",
+    "subscribe-int-kind": "an item of kind",
+    "subscribe-inf-buffer": "buffer",
+    "subscribe-nan-buffer": "buffer",
+    "subscribe-float-buffer": "buffer",
+}
+
+
+@pytest.mark.parametrize("call", sorted(NAMED))
+async def test_the_embedded_api_refuses_an_argument_of_the_wrong_type_by_name(
+    node: Any, call: str
+) -> None:
+    """Each entry point given an argument of the wrong type raises a TypeError at the
+    call that names the argument and what it must be, and changes nothing. They
+    failed deep inside (an AttributeError for a dict spec, ``unhashable type`` for
+    a list id), or wrongly (a number id as an unknown channel), or not at all:
+    ``subscribe(channel=b"a")`` matched nothing, ``buffer=math.inf`` buffered
+    without bound, and ``learn_secrets("...")`` learnt its characters, each too
+    short to redact."""
+    subscribers = len(node._hub._subscribers)
+    with pytest.raises(TypeError) as raised:
+        outcome = _calls(node)[call]()
+        if inspect.isawaitable(outcome):
+            await outcome
+    assert str(raised.value).startswith(f"{NAMED[call]} must be "), raised.value
+    assert "nothing was done" in str(raised.value)
+    assert [s.channel_id for s in node.channels()] == ["a"]
+    assert len(node._hub._subscribers) == subscribers
+
+
+async def test_start_channels_answers_an_item_of_the_wrong_type_and_starts_the_rest(
+    node: Any,
+) -> None:
+    """start_channels answers an item that is no ChannelSpec with a TypeError in its
+    place and starts the others; it answered an AttributeError from inside the
+    node."""
+    spec = ChannelSpec(id="b", provider="simulated")
+    first, second = await node.start_channels([{"id": "c", "provider": "simulated"}, spec])
+    assert isinstance(first, TypeError) and str(first).startswith("spec must be a ")
+    assert second.channel_id == "b"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"provider": 5}, "provider: expected a string, got 5"),
+        ({"options": "x"}, "options: expected a table whose keys are strings"),
+        ({"base_url": 5}, "base_url: expected an http(s):// or ws(s):// URL"),
+    ],
+    ids=["provider", "options", "base_url"],
+)
+def test_a_channel_spec_field_of_the_wrong_type_is_refused_by_name(
+    fields: dict[str, Any], named: str
+) -> None:
+    """A ChannelSpec built with a field of the wrong type raises a ValueError naming
+    the field. A provider that was a number came back from a start as an unknown
+    provider; a masked field (options, base_url) raised the masking repr's own
+    AttributeError or TypeError instead of the check's error."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        ChannelSpec(**{"id": "c", "provider": "simulated", **fields})

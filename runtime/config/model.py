@@ -86,7 +86,10 @@ class Check:
         except (TypeError, AttributeError):
             pass
         if callable(attribute.repr):  # a field that shows itself masked (a URL's credentials)
-            shown = f", got {attribute.repr(value)}"
+            try:
+                shown = f", got {attribute.repr(value)}"
+            except Exception:  # a value of another type: the masking repr cannot read it
+                shown = f", got a value of type {type(value).__name__}"
         else:
             shown = f", got {value!r}" if attribute.repr else ""
         raise ValueError(f"{attribute.name}: expected {self.expected}{shown}")
@@ -139,6 +142,9 @@ TOKEN: Final = Check(
     lambda v: bool(v.strip()) and v == v.strip() and v.isprintable(),
 )
 FLAG: Final = Check("true or false", lambda v: type(v) is bool, optional=False)
+# A name whose values the rules check (a provider's): here only that it is text
+# (a number reached the registry and came back as an unknown provider).
+TEXT: Final = Check("a string", lambda v: type(v) is str, optional=False)
 STRING_KEYS: Final = Check(
     "a table whose keys are strings",
     lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
@@ -605,7 +611,7 @@ class ChannelSpec:
 
     id: str = attrs.field(validator=IDENTIFIER)
     tenant: str = attrs.field(default="default", validator=NAME)
-    provider: str
+    provider: str = attrs.field(validator=TEXT)
     enabled: bool = attrs.field(default=True, validator=FLAG)
     emulator: bool = attrs.field(default=False, validator=FLAG)
     credentials: dict[str, str] = attrs.field(factory=dict, repr=False, validator=STRING_KEYS)
