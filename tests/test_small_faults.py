@@ -10,7 +10,9 @@ Pure tests and virtual time (trio's autojump clock); no sockets.
 from __future__ import annotations
 
 import inspect
+import io
 import json
+import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +31,8 @@ from providers.simulated import Fixed, SimulatedProvider
 from providers.websocket.core import Emit, Fail, Phase, WebSocketCore
 from runtime import open_node
 from runtime.config import ChannelSpec
+from runtime.config.model import LoggingConfig
+from runtime.telemetry import configure_logging
 
 from .test_node_embedded import FAST, message, node_config, sim, wait_connected
 from .test_provider_faults import FakeGateway, discord_config, patch_discord, plain_rest
@@ -261,3 +265,43 @@ def test_a_channel_spec_field_of_the_wrong_type_is_refused_by_name(
     AttributeError or TypeError instead of the check's error."""
     with pytest.raises(ValueError, match=re.escape(named)):
         ChannelSpec(**{"id": "c", "provider": "simulated", **fields})
+
+
+# --- 5. a text log line forged through an extra's key -------------------------------------
+
+FORGED_LINE: Final = "\n2026-11-22T10:00:00.000Z [error    ] forged [switchboard.node]"
+
+
+@pytest.mark.parametrize(
+    ("logger", "extra"),
+    [
+        ("switchboard.x", {"k" + FORGED_LINE: 1}),  # an extra's key
+        ("switchboard.x", {"k" + FORGED_LINE + " x": "v"}),  # ... quoted by the renderer
+        ("switchboard.x", {"k\x1b[31m\u2028": "v"}),  # controls without a blank
+        ("switchboard.x" + FORGED_LINE, {}),  # a logger's name
+    ],
+    ids=["key", "spaced-key", "controls-key", "logger-name"],
+)
+def test_a_text_log_line_cannot_be_forged_through_a_key_or_a_logger_name(
+    logger: str, extra: dict[str, Any]
+) -> None:
+    """Newlines and other control characters in an ``extra`` key or a logger's name
+    are escaped in the text format, as they were in values: the record is one line.
+    Keys and the logger's name were written as they were, so a newline in one wrote
+    a second, forged log line."""
+    stream = io.StringIO()
+    with configure_logging(LoggingConfig(format="text", level="debug"), node_id="n", stream=stream):
+        logging.getLogger(logger).info("hello", extra=extra)
+    (line,) = stream.getvalue().splitlines()
+    assert not any(ch in line for ch in "\r\x1b\u2028"), line
+    assert "hello" in line
+
+
+def test_a_text_log_key_cannot_forge_a_field() -> None:
+    """A key with a blank or ``=`` is quoted, as a value is, so ``x=1 node`` cannot
+    pass for a field ``node``; it was written bare: ``x=1 node=forged``."""
+    stream = io.StringIO()
+    with configure_logging(LoggingConfig(format="text", level="debug"), node_id="n", stream=stream):
+        logging.getLogger("switchboard.x").info("hello", extra={"x=1 node": "forged"})
+    assert " node=forged" not in stream.getvalue()
+    assert "'x=1 node'=forged" in stream.getvalue()

@@ -30,8 +30,9 @@ Design:
   ``key=value`` with our ``switchboard.`` prefix left out and the node as
   ``node``; ``auto`` picks text on a terminal and JSON otherwise.
 - Control characters in the text rendering (a newline in a peer id or a
-  message text) are escaped (``\\n``), so no value can forge a line; JSON
-  escapes them itself. Values with spaces, ``=`` or quotes are quoted.
+  message text, an ``extra`` key, a logger's name) are escaped (``\\n``), so
+  no value and no key can forge a line; JSON escapes them itself. Values and
+  keys with spaces, ``=`` or quotes are quoted, so none can forge a field.
 - Context: ``channel``, ``tenant`` and ``provider`` come from the call's
   ``extra`` (a ``LoggerAdapter`` in the channel actor) or else from
   :func:`log_context`, a contextvar. Trio copies the spawning task's
@@ -248,6 +249,18 @@ def _text_value(value: object, redactor: Redactor) -> object:
     return escape_controls(shown)
 
 
+def _text_key(name: str) -> str:
+    """A field's name for the console renderer, which writes it as it is: quoted
+    (``repr``) if it has blanks, quotes or ``=``, else its controls escaped.
+
+    An ``extra`` key is the caller's text: one with a newline wrote a second,
+    forged line; one with ``" node="`` a forged field.
+    """
+    if _CONSOLE_QUOTES.intersection(name):
+        return repr(name)
+    return escape_controls(name)
+
+
 def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     """An ECS document: the spec's top-level keys first and dotted, the rest nested.
 
@@ -359,9 +372,9 @@ class _Formatter(ProcessorFormatter):
         """The fields as structlog's console renderer takes them, escaped and quoted."""
         shown: dict[str, Any] = {
             "timestamp": facts.pop("@timestamp"),
-            "level": facts.pop("log.level"),
+            "level": escape_controls(facts.pop("log.level")),
             "event": escape_controls(self._redactor.scrub(_safe_str(facts.pop("message")))),
-            "logger_name": facts.pop("log.logger"),
+            "logger_name": escape_controls(facts.pop("log.logger")),
         }
         trace = facts.pop("error.stack_trace", None)
         shown_keys: tuple[str, ...] = ("ecs.version", "service.name")
@@ -371,7 +384,7 @@ class _Formatter(ProcessorFormatter):
             facts.pop(key, None)
         for key, value in facts.items():
             name = _CONSOLE_NAMES.get(key, key.removeprefix(OUR_NAMESPACE))
-            shown[self._redactor.scrub(name)] = _text_value(value, self._redactor)
+            shown[_text_key(self._redactor.scrub(name))] = _text_value(value, self._redactor)
         if trace is not None:
             shown["exception"] = trace
         return shown
