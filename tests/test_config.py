@@ -1119,7 +1119,11 @@ def test_code_that_builds_a_config_gets_the_same_value_checks() -> None:
         ),
         ({"enabled": "no"}, "enabled: expected true or false, got 'no'"),
         ({"options": {3: 4}}, "options: expected a table whose keys are strings, got {3: 4}"),
-        ({"credentials": {1: "s3cret"}}, "credentials: expected a table whose keys are strings"),
+        (
+            {"credentials": {1: "s3cret"}},
+            "credentials: expected a table whose keys and values are strings "
+            "(decode a credential given as bytes)",
+        ),
         ({"liveness_timeout": "5"}, "liveness_timeout: expected a positive number, got '5'"),
         (
             {"rate_limit": {"per_channel_rate": -5}},

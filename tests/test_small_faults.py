@@ -305,3 +305,25 @@ def test_a_text_log_key_cannot_forge_a_field() -> None:
         logging.getLogger("switchboard.x").info("hello", extra={"x=1 node": "forged"})
     assert " node=forged" not in stream.getvalue()
     assert "'x=1 node'=forged" in stream.getvalue()
+
+
+# --- 6. a channel credential that is no string ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"token": b"bytes-token-0123456789"}, {"token": bytearray(b"bytes-token-0123456789")}],
+    ids=["bytes", "bytearray"],
+)
+def test_a_credential_given_as_bytes_is_refused_when_the_spec_is_built(
+    credentials: dict[str, Any],
+) -> None:
+    """A ChannelSpec whose credential is no string is refused where it is built, with a
+    ValueError that names the field and never shows the value. It was taken: the
+    redactor learns strings only, so the token reached the provider but was
+    redacted from no log line, error or ``/health`` answer."""
+    with pytest.raises(
+        ValueError, match=r"^credentials: expected a table whose keys and values are strings"
+    ) as raised:
+        ChannelSpec(id="c", provider="simulated", credentials=credentials)
+    assert "bytes-token" not in str(raised.value)

@@ -149,6 +149,12 @@ STRING_KEYS: Final = Check(
     "a table whose keys are strings",
     lambda v: isinstance(v, dict) and all(type(k) is str for k in v),
 )
+# Credentials are text: the redactor learns and scrubs strings, so a token given
+# as bytes was used by the channel but redacted nowhere (logs, errors, /health).
+STRING_TABLE: Final = Check(
+    "a table whose keys and values are strings (decode a credential given as bytes)",
+    lambda v: isinstance(v, dict) and all(type(k) is str and type(x) is str for k, x in v.items()),
+)
 IDENTIFIER: Final = Check(
     "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
     lambda v: _ID.fullmatch(v) is not None,
@@ -599,7 +605,8 @@ class ChannelSpec:
         enabled: false keeps it in the file without starting it.
         emulator: connect to the in-process emulator of the provider
             (``[emulators.<provider>]``) with made-up credentials.
-        credentials: tokens and secrets, each a ``${env:NAME}`` reference.
+        credentials: tokens and secrets, each a ``${env:NAME}`` reference (in
+            code, each a ``str``: the node learns them so, to redact them).
         base_url: the platform's API root (unset: provider default).
         options: provider-specific options (over the provider defaults').
         rate_limit: overrides of the provider defaults' limits.
@@ -614,7 +621,7 @@ class ChannelSpec:
     provider: str = attrs.field(validator=TEXT)
     enabled: bool = attrs.field(default=True, validator=FLAG)
     emulator: bool = attrs.field(default=False, validator=FLAG)
-    credentials: dict[str, str] = attrs.field(factory=dict, repr=False, validator=STRING_KEYS)
+    credentials: dict[str, str] = attrs.field(factory=dict, repr=False, validator=STRING_TABLE)
     base_url: str | None = attrs.field(default=None, validator=ENDPOINT_URL, repr=url_repr)
     options: dict[str, Any] = attrs.field(factory=dict, repr=options_repr, validator=STRING_KEYS)
     rate_limit: RateLimitConfig | None = attrs.field(
