@@ -157,6 +157,7 @@ log = logging.getLogger("switchboard.node")
 ROOT_INTENSITY: Final = 5  # service restarts the node tolerates ...
 ROOT_PERIOD: Final = 60.0  # ... within this many seconds
 DEFAULT_SEND_TIMEOUT: Final = 60.0  # seconds a send may take, queueing included
+_NUMBERS: Final = (int, float)  # (a tuple: ``int | float`` in an isinstance is made at each call)
 LAG_REPORTED: Final = 10.0  # seconds over which statistics report the loop's worst lateness
 HANDOFF_SHARE: Final = 0.8  # of a cluster drain's deadline, for handing the channels off
 WEBHOOK_PROVIDERS: Final = frozenset(("whatsapp", "telegram"))
@@ -977,7 +978,7 @@ class Node(ClusterMode, DeadLetterOps):
         key = getattr(message, "idempotency_key", None)  # (checked below: message may be anything)
         timeout = DEFAULT_SEND_TIMEOUT if wait is None else wait
         if (
-            not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout >= 0
+            not isinstance(timeout, _NUMBERS) or isinstance(timeout, bool) or not timeout >= 0
         ):  # NaN, "5" and True too
             raise ValueError(
                 f"channel {channel_id!r}, idempotency key {key!r}: timeout must be seconds "

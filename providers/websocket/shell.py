@@ -195,6 +195,7 @@ class WebSocketOptions:
 
 
 _OPTIONS: Final = options_converter()
+_ANSWERED: Final = (OutboundMessage, EditMessage)  # the operations a send answers with a result
 
 
 _PARSED_MAX: Final = 256  # distinct option sets remembered (channels mostly share a few)
@@ -853,7 +854,7 @@ class _Waiter:
     def answer(self) -> SendResult | None:
         """The result as :meth:`WebSocketConnection.send` returns it (``None`` for the others)."""
         assert self.result is not None
-        return self.result if isinstance(self.msg, OutboundMessage | EditMessage) else None
+        return self.result if isinstance(self.msg, _ANSWERED) else None
 
     def settle(self, result: SendResult | None, error: ProviderError | None) -> None:
         self.result, self.error = result, error

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkab
 import attrs
 import trio
 
-from providers.base import ConnectionStateChanged, Event
+from providers.base import ConnectionStateChanged, DeliveryReceipt, Event
 from providers.groups import ungrouped
 from providers.operations import Operation
 
@@ -489,7 +489,10 @@ class BatchingStore(abc.ABC):
         """See :meth:`Store.store_inbound_later`."""
         if self._state != "open" or len(self._buffer) >= self._max_pending:
             return False
-        stored = [event for event in events if not isinstance(event, ConnectionStateChanged)]
+        if len(events) == 1 and type(events[0]) is DeliveryReceipt:
+            stored: Sequence[Event] = events  # (a receipt a send brought: the common case)
+        else:
+            stored = [event for event in events if not isinstance(event, ConnectionStateChanged)]
         ticket = _Ticket(self._taken + len(self._buffer), len(stored), kept)
         if not stored:
             ticket.settle()

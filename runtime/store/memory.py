@@ -66,6 +66,7 @@ _TEXT: Final = "t"
 # A dedupe key (four strings) in marshal's version 2, which writes no back-references:
 # equal keys are equal bytes. Its first five bytes are the tuple's header.
 _KEY_VERSION: Final = 2
+_KEPT_KINDS: Final = (InboundMessage, MessageEdited, DeliveryReceipt)  # what the window keeps
 _KEY_HEAD: Final = marshal.dumps(("", "", "", ""), _KEY_VERSION)[:5]
 
 
@@ -178,7 +179,7 @@ class MemoryStore(BatchingStore):
         fresh: list[bool] = []
         recent = self._recent
         for event in batch:
-            assert isinstance(event, InboundMessage | MessageEdited | DeliveryReceipt)
+            assert isinstance(event, _KEPT_KINDS)
             key = _window_key(event)
             if key in recent:
                 fresh.append(False)
