@@ -46,6 +46,7 @@ __all__ = [
     "json_body",
     "lower_keys",
     "redirect_error",
+    "retry_after_header",
     "shared_ssl_context",
 ]
 
@@ -241,6 +242,23 @@ def json_body(body: bytes) -> Any:
     try:
         return parsed(body)
     except ValueError:  # empty, not JSON, or not UTF-8 (UnicodeDecodeError)
+        return None
+
+
+def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
+    """The seconds of a ``Retry-After`` header, as written (a core keeps them
+    sane with :func:`~providers.base.retry_after_seconds`).
+
+    Returns:
+        ``None`` without the header, or with one that is not a number of
+        seconds (an HTTP date: a sans-IO core has no clock to read it by).
+    """
+    raw = lower_keys(headers or {}).get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
         return None
 
 

@@ -62,6 +62,7 @@ from providers._http import (
     json_body,
     lower_keys,
     redirect_error,
+    retry_after_header,
 )
 from providers.base import (
     AuthenticationFailed,
@@ -81,6 +82,7 @@ from providers.base import (
     RateLimitScope,
     SendResult,
     TransientError,
+    retry_after_seconds,
 )
 from providers.media import Upload
 from providers.operations import OperationKind, React
@@ -504,15 +506,14 @@ class _SendBody:
 
 
 def _retry_after(headers: Mapping[str, str], default: float) -> float:
-    """The wait the server asked for, else ``default``; never negative."""
-    lowered = lower_keys(headers)
-    raw = lowered.get("retry-after")
-    if raw is not None:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-    usage = json_body(lowered.get("x-business-use-case-usage", "").encode())
+    """The wait the server asked for, else ``default``: within 0 and
+    :data:`~providers.base.MAX_RETRY_AFTER` (``retry_after_seconds``; a
+    header's ``99999999`` paused the channel for years, and a usage estimate
+    no float holds raised OverflowError out of the send)."""
+    seconds = retry_after_header(headers)
+    if seconds is not None:
+        return retry_after_seconds(seconds, default)
+    usage = json_body(lower_keys(headers).get("x-business-use-case-usage", "").encode())
     if isinstance(usage, dict):
         minutes = [
             entry.get("estimated_time_to_regain_access", 0)
@@ -521,9 +522,11 @@ def _retry_after(headers: Mapping[str, str], default: float) -> float:
             for entry in entries
             if isinstance(entry, dict)
         ]
-        waits = [m for m in minutes if isinstance(m, int | float) and m > 0]
+        waits = [
+            m for m in minutes if isinstance(m, int | float) and not isinstance(m, bool) and m > 0
+        ]
         if waits:
-            return float(max(waits)) * 60.0
+            return retry_after_seconds(max(waits) * 60, default)
     return default
 
 

@@ -1,0 +1,135 @@
+"""The send side of the HTTP providers (Telegram, WhatsApp) under a fault run: platform
+answers a demanding user meets in production (each test is a defect one found).
+
+Rate-limit answers whose wait is odd or only in a header, a proxy's page where the
+platform's JSON was expected, a request URL the HTTP stack refuses, and an accepted
+send whose answer is unreadable. Pure tests of the sans-IO cores, and the shells
+against an ``httpx.MockTransport`` (the node, where a test needs it) on trio's
+virtual clock: no sockets, no real sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from actors import ChannelSettings, ChannelStatus, ExponentialBackoff, SendFailed
+from providers.base import (
+    MAX_RETRY_AFTER,
+    BadRecipient,
+    ChannelConfig,
+    FatalError,
+    OutboundMessage,
+    ProviderError,
+    RateLimited,
+)
+from providers.telegram import TelegramProvider
+from providers.telegram import core as telegram_core
+from providers.whatsapp import WhatsAppProvider
+from providers.whatsapp import core as whatsapp_core
+from runtime import open_node, parse_config
+
+from .support import CEILING
+
+TG_TOKEN: Final = "123456:" + "Q" * 35
+WA_TOKEN: Final = "EAAG" + "w" * 40
+BIG: Final = "1" + "0" * 400  # an integer no float can hold: JSON allows it
+MESSAGE: Final = OutboundMessage(peer="42", idempotency_key="k1", text="hi")
+FAST: Final = ChannelSettings(
+    reconnect=ExponentialBackoff(base=0.05, cap=0.2),
+    send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
+    send_attempts=3,
+    connect_wait=1.0,
+)
+
+
+def wa_config(**options: Any) -> ChannelConfig:
+    return ChannelConfig(
+        channel_id="wa",
+        provider="whatsapp",
+        credentials={"token": WA_TOKEN, "app_secret": "s", "verify_token": "v"},
+        base_url="http://graph.test",
+        options={"phone_number_id": "123", "verify_on_open": False, **options},
+    )
+
+
+def wa_provider(answer: Callable[[httpx.Request], httpx.Response]) -> WhatsAppProvider:
+    return WhatsAppProvider(transport=httpx.MockTransport(answer))
+
+
+def graph_error(code: int) -> bytes:
+    return json.dumps({"error": {"code": code, "message": f"(#{code}) limit"}}).encode()
+
+
+async def outcome_of_send(
+    provider: WhatsAppProvider, config: ChannelConfig
+) -> BaseException | None:
+    """What leaves the provider when it opens and sends :data:`MESSAGE` (None: nothing)."""
+    try:
+        with trio.fail_after(CEILING):
+            async with provider.open_connection(config) as conn:
+                await conn.send(MESSAGE)
+    except Exception as exc:
+        return exc
+    return None
+
+
+# --- 1. a WhatsApp wait past an hour, or past any float ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        (429, b"<html>slow down</html>", {"Retry-After": "99999999"}, MAX_RETRY_AFTER),
+        (400, graph_error(130429), {"Retry-After": "1e12"}, MAX_RETRY_AFTER),
+        (
+            400,
+            graph_error(4),
+            {"X-Business-Use-Case-Usage": '{"1": [{"estimated_time_to_regain_access": 1e300}]}'},
+            MAX_RETRY_AFTER,
+        ),
+        (429, b"", {"Retry-After": "nan"}, whatsapp_core.DEFAULT_RETRY_AFTER),
+    ],
+    ids=["retry-after-3-years", "retry-after-1e12", "regain-access-1e300-minutes", "nan"],
+)
+def test_a_whatsapp_wait_is_kept_within_the_longest_wait(
+    status: int, body: bytes, headers: dict[str, str], expected: float
+) -> None:
+    """A wait read from a WhatsApp answer's headers is kept within
+    ``MAX_RETRY_AFTER`` (an hour), and one that is not a number (NaN) is the
+    default, as every other provider reads a platform's wait
+    (``retry_after_seconds``). The WhatsApp core took ``Retry-After`` and
+    ``estimated_time_to_regain_access`` as they came: a proxy's
+    ``Retry-After: 99999999`` (or milliseconds taken for seconds) paused the
+    channel's sends for three years, and NaN was read as no wait at all."""
+    with pytest.raises(RateLimited) as caught:
+        whatsapp_core.parse_send_response(status, headers, body, peer="42")
+    assert caught.value.retry_after == expected
+
+
+async def test_a_whatsapp_usage_header_past_any_float_is_a_rate_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 4 (app limit) whose ``X-Business-Use-Case-Usage`` holds an
+    ``estimated_time_to_regain_access`` no float can hold leaves the send as a
+    ``RateLimited`` with a finite wait. ``float()`` of it raised OverflowError out
+    of the provider: not a ProviderError, so the channel's actor crashed on the
+    send (its asker heard ChannelCrashed), once per retry of the message."""
+    usage = '{"1": [{"type": "messaging", "estimated_time_to_regain_access": ' + BIG + "}]}"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, content=graph_error(4), headers={"X-Business-Use-Case-Usage": usage}
+        )
+
+    raised = await outcome_of_send(wa_provider(answer), wa_config())
+    assert isinstance(raised, RateLimited), repr(raised)
+    assert raised.retry_after == MAX_RETRY_AFTER
+
+
