@@ -133,3 +133,80 @@ async def test_a_whatsapp_usage_header_past_any_float_is_a_rate_limit(
     assert raised.retry_after == MAX_RETRY_AFTER
 
 
+# --- 2. a Telegram 429 whose wait is in its Retry-After header -----------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>429 Too Many Requests</body></html>",
+        b"",
+        b'{"ok": false, "error_code": 429, "description": "Too Many Requests"}',
+    ],
+    ids=["proxy-page", "empty", "json-without-parameters"],
+)
+def test_a_telegram_429_waits_as_its_retry_after_header_says(body: bytes) -> None:
+    """A 429 to a send with ``Retry-After: 30`` and no ``parameters.retry_after``
+    in its body (a proxy or load balancer in front of the Bot API, or a local
+    Bot API server) pauses the channel for 30 s. The header was ignored and the
+    wait was always 1 s: the channel came back thirty times as often as asked,
+    each time refused again."""
+    with pytest.raises(RateLimited) as caught:
+        telegram_core.parse_response(
+            telegram_core.send_request(MESSAGE), 429, body, httpx.Headers({"Retry-After": "30"})
+        )
+    assert caught.value.retry_after == 30.0
+
+
+def test_a_telegram_retry_after_header_is_kept_within_the_longest_wait() -> None:
+    """A ``Retry-After`` header is read as every platform wait is: within
+    ``MAX_RETRY_AFTER``, never past it (fails today: the header was not read, the
+    wait was 1 s)."""
+    with pytest.raises(RateLimited) as caught:
+        telegram_core.parse_response(
+            telegram_core.send_request(MESSAGE), 429, b"", {"retry-after": "99999999"}
+        )
+    assert caught.value.retry_after == MAX_RETRY_AFTER
+
+
+def test_the_body_s_retry_after_still_wins_over_the_header() -> None:
+    """Telegram's own ``parameters.retry_after`` is the wait when both are given
+    (a guard for the fix above; it holds today)."""
+    body = {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 7",
+        "parameters": {"retry_after": 7},
+    }
+    with pytest.raises(RateLimited) as caught:
+        telegram_core.parse_response(
+            telegram_core.send_request(MESSAGE),
+            429,
+            json.dumps(body).encode(),
+            {"Retry-After": "30"},
+        )
+    assert caught.value.retry_after == 7.0
+
+
+# --- 3. a Telegram 403 page that is not the Bot API's ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html><h1>403 Forbidden</h1>nginx</html>", b""], ids=["proxy-page", "empty"]
+)
+def test_a_telegram_403_that_is_not_a_bot_api_answer_does_not_blame_the_recipient(
+    body: bytes,
+) -> None:
+    """A 403 to a send whose body is not the Bot API's JSON (a WAF, a corporate
+    proxy, a load balancer refusing us) says nothing about the recipient: it is
+    a ``TransientError`` (retried, then dead-lettered as SendFailed if it
+    persists), as any answer that is not the Bot API's. It was a
+    ``BadRecipient``: every message was dead-lettered at once as "the recipient
+    does not exist or cannot be messaged", and a chat product that marks such
+    users unreachable (the point of the class) marked all of them."""
+    with pytest.raises(ProviderError) as caught:
+        telegram_core.parse_response(telegram_core.send_request(MESSAGE), 403, body, {})
+    assert not isinstance(caught.value, BadRecipient), repr(caught.value)
+    assert "403" in str(caught.value)
+
+

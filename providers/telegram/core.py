@@ -35,7 +35,12 @@ from typing import Any, Final, Literal
 import attrs
 import cattrs
 
-from .._http import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, redirect_error
+from .._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    redirect_error,
+    retry_after_header,
+)
 from .._json import parsed
 from ..base import (
     AuthenticationFailed,
@@ -440,17 +445,25 @@ def send_request(msg: OutboundMessage, upload: Upload | None = None) -> ApiReque
 # --- responses ----------------------------------------------------------------------
 
 
-def _not_bot_api(request: ApiRequest, status: int, body: bytes) -> ProviderError:
-    """The error of an answer that is not the Bot API's JSON (a proxy's page, say)."""
-    if 400 <= status < 500:
-        return _map_error(request, status, wire.Envelope(ok=False))
+def _not_bot_api(
+    request: ApiRequest, status: int, body: bytes, headers: Mapping[str, str] | None
+) -> ProviderError:
+    """The error of an answer that is not the Bot API's JSON (a proxy's page, say).
+
+    A 403 says nothing about the recipient then (a WAF, a proxy refusing us):
+    not a ``BadRecipient``, which every message would have become.
+    """
+    if 400 <= status < 500 and status != 403:
+        return _map_error(request, status, wire.Envelope(ok=False), headers)
     return TransientError(
         f"telegram {request.method}: HTTP {status} with a body that is not a Bot API "
         f"answer ({body[:80]!r}); retry later"
     )
 
 
-def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> ProviderError:
+def _map_error(
+    request: ApiRequest, status: int, env: wire.Envelope, headers: Mapping[str, str] | None
+) -> ProviderError:
     code = env.error_code or status
     description = env.description or f"HTTP {status}"
     what = f"telegram {request.method}: {code} {description}"
@@ -458,7 +471,11 @@ def _map_error(request: ApiRequest, status: int, env: wire.Envelope) -> Provider
     peer = request.peer
     params = env.parameters or wire.ResponseParameters()
     if code == 429:
-        retry_after = retry_after_seconds(params.retry_after, 1.0)
+        # The body's wait; else a Retry-After header's (a proxy, a load balancer).
+        wait = params.retry_after
+        retry_after = retry_after_seconds(
+            wait if wait is not None else retry_after_header(headers), 1.0
+        )
         # Telegram does not say whether the bot or the chat hit the limit:
         # pausing the whole channel is the safe reading.
         return RateLimited(
@@ -508,8 +525,9 @@ def parse_response(
         The decoded ``result`` value.
 
     Raises:
-        RateLimited: 429, with ``retry_after`` from ``parameters`` (kept within 0
-            and :data:`~providers.base.MAX_RETRY_AFTER` seconds).
+        RateLimited: 429, with ``retry_after`` from ``parameters``, else from a
+            ``Retry-After`` header (kept within 0 and
+            :data:`~providers.base.MAX_RETRY_AFTER` seconds).
         Conflict: 409 (another poller, or a webhook is set).
         AuthenticationFailed: 401 or 404 (Telegram's answers to unknown tokens).
         Banned: 403 to a call that is not a send.
@@ -518,14 +536,14 @@ def parse_response(
         PermanentSendError: any other 4xx to a send.
         FatalError: any other 4xx to a non-send call (bad configuration).
         TransientError: 5xx, a redirect (never followed), or an answer that is
-            not the Bot API's JSON.
+            not the Bot API's JSON (a 403 too, which then says nothing of the peer).
     """
     if (redirect := redirect_error(status, headers, f"telegram {request.method}")) is not None:
         raise redirect
     try:
         data = parsed(body)
     except ValueError as exc:  # empty, not JSON, or not UTF-8: a proxy's page, say
-        raise _not_bot_api(request, status, body) from exc
+        raise _not_bot_api(request, status, body, headers) from exc
     # Only what has the Bot API's shape is structured: a failed structuring keeps
     # its errors in a cycle with its frame, one per odd answer.
     env = None
@@ -535,10 +553,10 @@ def parse_response(
         except (ValueError, TypeError, cattrs.BaseValidationError):
             env = None
     if env is None:
-        raise _not_bot_api(request, status, body)
+        raise _not_bot_api(request, status, body, headers)
     if env.ok and 200 <= status < 300:
         return env.result
-    raise _map_error(request, status, env)
+    raise _map_error(request, status, env, headers)
 
 
 def parse_me(result: Any) -> wire.User:
