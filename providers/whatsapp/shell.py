@@ -39,6 +39,7 @@ from providers.base import (
     ConnectionState,
     ConnectionStateChanged,
     Event,
+    FatalError,
     InboundMessage,
     OutboundMessage,
     PermanentSendError,
@@ -265,8 +266,15 @@ class WhatsAppConnection:
             return await fetch(json=request.json)
 
     def _errors(self, request: ApiRequest) -> ExceptionMap:
-        """The shell's mapping table: httpx's errors are transient (first match wins)."""
+        """The shell's mapping table: httpx's errors are transient (first match wins),
+        but a URL httpx refuses, which no retry mends (a phone number id with a
+        newline from an environment file): it crashed the channel's actor."""
         return {
+            httpx.InvalidURL: lambda exc: FatalError(
+                f"whatsapp channel {self.settings.channel_id!r}: the request URL is not "
+                f"valid ({exc}); check base_url, options.api_version and "
+                "options.phone_number_id"
+            ),
             httpx.TimeoutException: lambda exc: TransientError(
                 f"the Graph API did not answer {request.method} within "
                 f"{self.settings.timeout} s; retry with backoff (the message may have been sent)"
@@ -282,7 +290,8 @@ class WhatsAppConnection:
         Raises:
             TransientError: network failure, timeout or 5xx.
             RateLimited: 130429 (channel), 131056 (peer), 4/80007 (app, account).
-            FatalError: AuthenticationFailed (190, 401), Banned (368), MissingPermissions.
+            FatalError: AuthenticationFailed (190, 401), Banned (368), MissingPermissions,
+                a request URL httpx refuses (the channel's options).
             PermanentSendError: OutsideWindow (131047), BadRecipient (131026),
                 MessageTooLong (over 4096 characters), other refusals.
             trio.ClosedResourceError: the connection was closed by its owner.
