@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -25,6 +26,8 @@ from providers.base import (
     BadRecipient,
     ChannelConfig,
     FatalError,
+    Media,
+    MediaKind,
     OutboundMessage,
     ProviderError,
     RateLimited,
@@ -276,7 +279,68 @@ async def test_a_whatsapp_channel_whose_url_httpx_refuses_fails_without_crashing
     assert "URL" in (snapshot.problem or "")
 
 
-# --- 5. an accepted send whose answer is not a Message: delivered again ---------------------
+# --- 5. a WhatsApp upload whose connection closes between its two requests ---------------
+
+
+def wa_node(answer: Any, monkeypatch: pytest.MonkeyPatch, settings: ChannelSettings) -> Any:
+    monkeypatch.setenv("H2_WA_TOKEN", WA_TOKEN)
+    secret = "${env:H2_WA_TOKEN}"
+    config = parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "channels": [
+                {
+                    "id": "wa",
+                    "provider": "whatsapp",
+                    "base_url": "http://graph.test",
+                    "credentials": {"token": secret, "app_secret": secret, "verify_token": secret},
+                    "options": {"phone_number_id": "123"},
+                }
+            ],
+        }
+    )
+    return open_node(config, channel_defaults=settings, providers={"whatsapp": wa_provider(answer)})
+
+
+async def test_a_send_whose_connection_closes_under_it_goes_again_on_the_next(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WhatsApp upload is two requests (the media, then the message). When the
+    connection closes between them (here the channel's liveness timeout ends it
+    while the upload is under way; a reconnect does the same), the send goes
+    again on the next connection, as after a transient failure, and the message
+    is delivered once. The connection's ``trio.ClosedResourceError`` ("closed by
+    its owner") left the send path as a defect: the channel's actor crashed,
+    its asker heard ChannelCrashed, and the message was neither sent nor
+    dead-lettered."""
+    uploads: list[int] = []
+    delivered: list[dict[str, Any]] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"id": "123"})
+        if request.url.path.endswith("/media"):
+            uploads.append(1)
+            if len(uploads) == 1:
+                await trio.sleep(10)  # past the liveness timeout: the link is closed meanwhile
+            return httpx.Response(200, json={"id": f"media-{len(uploads)}"})
+        delivered.append(json.loads(request.content))
+        return httpx.Response(200, json={"messages": [{"id": f"wamid.{len(delivered)}"}]})
+
+    image = Media(kind=MediaKind.IMAGE, content=b"\x89PNG" + b"0" * 100, filename="a.png")
+    message = OutboundMessage(peer="15551234", idempotency_key="k1", media=image)
+    settings = attrs.evolve(FAST, liveness_timeout=5.0)
+    with trio.fail_after(CEILING):
+        async with wa_node(answer, monkeypatch, settings) as node:
+            result = await node.send("wa", message)
+            statistics = node.channel_detail("wa").snapshot.statistics
+    assert result.platform_message_id == "wamid.1"
+    assert [body["image"]["id"] for body in delivered] == ["media-2"]
+    assert statistics is not None and statistics.restarts == 0
+
+
+# --- 6. an accepted send whose answer is not a Message: delivered again ---------------------
 
 
 class FakeTelegram:

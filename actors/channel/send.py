@@ -66,6 +66,7 @@ from providers.base import (
     RateLimited,
     RateLimitScope,
     SendResult,
+    TransientError,
 )
 from providers.operations import (
     EditMessage,
@@ -177,6 +178,16 @@ def decide(
         delay=backoff.compute(attempts, rng=rng),
         breaker_failure=True,
     )
+
+
+def _closed_under(error: trio.ClosedResourceError) -> TransientError:
+    """The send's error for a connection that was closed while the send used it."""
+    transient = TransientError(
+        f"the connection was closed while the send was under way ({error}); "
+        "it goes again on the next connection"
+    )
+    transient.__cause__ = error
+    return transient
 
 
 async def _raise(error: Exception) -> None:
@@ -716,6 +727,12 @@ class SendPath:
                     result = await perform(conn, message)
                 except ProviderError as exc:
                     await self._after(exc, message, attempts, flight)
+                    continue
+                except trio.ClosedResourceError as exc:
+                    # The connection loop closed the link under the send (a liveness
+                    # timeout, a broken poll), between the requests of one send (an
+                    # upload's): it goes again on the next, as after a transient failure.
+                    await self._after(_closed_under(exc), message, attempts, flight)
                     continue
                 breaker.record_success(self._now())
                 self._breaker_told()
