@@ -340,7 +340,92 @@ async def test_a_send_whose_connection_closes_under_it_goes_again_on_the_next(
     assert statistics is not None and statistics.restarts == 0
 
 
-# --- 6. an accepted send whose answer is not a Message: delivered again ---------------------
+# --- 6. a send on the wire as its link ends for another reason ----------------------------
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """``handler`` behind what a client's connection pool does as the client
+    closes: each request then in flight fails with ``httpx.ReadError`` (as
+    httpcore's pool fails it over a real socket: "another task closed this
+    fd"). The provider's clients share it; it serves new requests after that."""
+
+    def __init__(self, handler: Callable[[httpx.Request], Any]) -> None:
+        self.handler = handler
+        self._in_flight: set[trio.CancelScope] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        scope = trio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope:
+                return await self.handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._in_flight.discard(scope)
+        raise httpx.ReadError("another task closed this fd", request=request)
+
+    async def aclose(self) -> None:
+        for scope in self._in_flight:
+            scope.cancel()
+
+
+async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Telegram send that is on the wire when the channel's long poll fails (a
+    502 to getUpdates, which Telegram answers now and then) gets its answer, and
+    the message goes out once. The connection's end closed the provider's HTTP
+    client at once, and with it the request in flight: the send failed with
+    ReadError after Telegram had taken the message, and its retry delivered it
+    a second time (with ``send_attempts = 1`` it was dead-lettered though
+    delivered)."""
+    send_arrived = trio.Event()
+    polls: list[int] = []
+    delivered: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            polls.append(1)
+            if len(polls) == 1:
+                await send_arrived.wait()
+                return httpx.Response(502, text="<html>502 Bad Gateway</html>")
+            await trio.sleep(body.get("timeout", 0))
+            return httpx.Response(200, json={"ok": True, "result": []})
+        delivered.append(body["text"])
+        send_arrived.set()
+        await trio.sleep(0.5)  # Telegram's round trip: the poll fails meanwhile
+        sent = {"message_id": len(delivered), "chat": {"id": body["chat_id"]}, "date": 0}
+        return httpx.Response(200, json={"ok": True, "result": sent})
+
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
+    provider = TelegramProvider(transport=PooledTransport(answer))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            tg_config(), channel_defaults=FAST, providers={"telegram": provider}
+        ) as node:
+            with node.subscribe(kind="state", channel="tg") as changes:
+                result = await node.send("tg", MESSAGE)
+                while not reconnected(node):  # the poll did fail, and the link came back
+                    await changes.receive()
+    assert delivered == ["hi"]
+    assert result.platform_message_id == "42:1"
+
+
+def reconnected(node: Any) -> bool:
+    snapshot = node.channel_detail("tg").snapshot
+    statistics = snapshot.statistics
+    return (
+        snapshot.status is ChannelStatus.CONNECTED
+        and statistics is not None
+        and statistics.reconnects == 1
+    )
+
+
+# --- 7. an accepted send whose answer is not a Message: delivered again ---------------------
 
 
 class FakeTelegram:
@@ -364,9 +449,8 @@ class FakeTelegram:
         return self.send(body)
 
 
-def tg_node(fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
-    config = parse_config(
+def tg_config() -> Any:
+    return parse_config(
         {
             "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
             "ops": {"enabled": False},
@@ -381,8 +465,12 @@ def tg_node(fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Any:
             ],
         }
     )
+
+
+def tg_node(fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
     provider = TelegramProvider(transport=httpx.MockTransport(fake))
-    return open_node(config, channel_defaults=FAST, providers={"telegram": provider})
+    return open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider})
 
 
 @pytest.mark.xfail(

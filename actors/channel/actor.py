@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import outcome
 import trio
+from trio.lowlevel import ParkingLot
 
 from providers.base import ChannelConfig, Connection, Provider, send_window
 from providers.operations import Operation
@@ -133,6 +134,8 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
     # A node runs ten thousand of these: no per-instance __dict__.
     __slots__ = (
         "_breaker_moved",
+        "_calls",
+        "_calls_lot",
         "_conn",
         "_connected",
         "_connection_scope",
@@ -173,6 +176,8 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._window = SendWindow(send_window(config, provider.limits))
         self._turns: Turns | None = None  # sends waiting for the limiter (.pacing)
         self._breaker_moved: trio.Event | None = None  # made by a send the breaker holds
+        self._calls = 0  # sends in a call to the platform now (.send)
+        self._calls_lot: ParkingLot | None = None
 
     @classmethod
     def factory(

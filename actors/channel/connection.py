@@ -114,6 +114,8 @@ class ConnectionLoop:
 
         def _event_at_once(self, event: Event) -> bool: ...
 
+        async def _calls_answered(self) -> None: ...
+
     async def _run_connection(self) -> None:
         memory = self.memory
         while not self._stopping and memory.status is not ChannelStatus.FAILED:
@@ -223,6 +225,10 @@ class ConnectionLoop:
                         if held is None or not held.cancel_called:  # no goodbye past the tenure
                             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                                 await conn.close(resumable=True)
+                                # The sends on their way get their answers before the
+                                # block's end closes the provider's client under them
+                                # (cut off, a send the platform took would go again).
+                                await self._calls_answered()
             if attempt.cancelled_caught:
                 if self._stopping or memory.status is ChannelStatus.FAILED:
                     return 0.0, "stopped"  # cancelled by the stop or the failure: no attempt

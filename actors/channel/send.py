@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import outcome
 import trio
+from trio.lowlevel import ParkingLot
 
 from providers.base import (
     FatalError,
@@ -219,6 +220,8 @@ class SendPath:
     _conn: Connection | None
     _breaker_moved: trio.Event | None
     _now: Callable[[], float]  # the run's clock reader (trio.current_time, two frames fewer)
+    _calls: int  # sends in a call to the platform now
+    _calls_lot: ParkingLot | None  # who waits for them (made by the first)
 
     if TYPE_CHECKING:
 
@@ -723,8 +726,14 @@ class SendPath:
                 if not memory.dirty:  # the limiter moved: checkpoint it (write-behind)
                     memory.touch()
                 attempts += 1
+                self._calls += 1
                 try:
-                    result = await perform(conn, message)
+                    try:
+                        result = await perform(conn, message)
+                    finally:
+                        self._calls -= 1
+                        if not self._calls and self._calls_lot is not None:
+                            self._calls_lot.unpark_all()
                 except ProviderError as exc:
                     await self._after(exc, message, attempts, flight)
                     continue
@@ -742,6 +751,20 @@ class SendPath:
         finally:
             if holding and self._turns is not None:
                 self._turns.pass_on()  # left the line by an exception or a cancel
+
+    async def _calls_answered(self) -> None:
+        """Return once no send is in a call to the platform (``perform``).
+
+        The connection loop waits for this before it leaves a provider's block
+        (which closes the provider's HTTP client, and with it each request on
+        its way): a send that Telegram had taken when its long poll failed was
+        otherwise cut off, and its retry delivered it again.
+        """
+        while self._calls:
+            lot = self._calls_lot
+            if lot is None:
+                lot = self._calls_lot = ParkingLot()
+            await lot.park()
 
     async def _breaker_wait(self, until: float) -> None:
         """Wait while the breaker refuses: until ``until``, or until a call's outcome
