@@ -340,7 +340,59 @@ async def test_a_send_whose_connection_closes_under_it_goes_again_on_the_next(
     assert statistics is not None and statistics.restarts == 0
 
 
-# --- 6. a send on the wire as its link ends for another reason ----------------------------
+# --- 6. a WhatsApp token the Graph API echoes ---------------------------------------------
+
+
+def error_texts(error: BaseException | None) -> str:
+    """What the error and the errors it was caused by say."""
+    texts = []
+    while error is not None:
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
+
+
+async def test_a_whatsapp_token_the_graph_api_echoes_is_not_in_errors_or_dead_letters(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token Meta cannot parse is echoed in its answer ("Malformed access token
+    EAA..."): the error a sender hears, the channel's last error and the dead
+    letter's reason do not carry it. They quoted Meta's message whole, so the
+    token went into the product's own logs with the send's error, into the
+    store with the dead letter, and out of ``node.channels()``."""
+    echoed = {
+        "error": {
+            "message": f"Malformed access token {WA_TOKEN}",
+            "type": "OAuthException",
+            "code": 190,
+            "fbtrace_id": "AbC",
+        }
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"id": "123"})
+        return httpx.Response(401, json=echoed)
+
+    raised: BaseException | None = None
+    with trio.fail_after(CEILING):
+        async with wa_node(answer, monkeypatch, FAST) as node:
+            try:
+                await node.send("wa", MESSAGE)
+            except Exception as exc:
+                raised = exc
+            detail = node.channel_detail("wa")
+    assert raised is not None
+    assert "Malformed access token" in str(raised)  # Meta's words are still told
+    assert WA_TOKEN not in error_texts(raised)
+    assert [letter["error_type"] for letter in detail.dead_letters] == ["AuthenticationFailed"]
+    assert WA_TOKEN not in detail.dead_letters[0]["reason"]
+    assert WA_TOKEN not in (detail.snapshot.problem or "")
+    assert detail.snapshot.statistics is not None
+    assert WA_TOKEN not in (detail.snapshot.statistics.last_error or "")
+
+
+# --- 7. a send on the wire as its link ends for another reason ----------------------------
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -425,7 +477,7 @@ def reconnected(node: Any) -> bool:
     )
 
 
-# --- 7. an accepted send whose answer is not a Message: delivered again ---------------------
+# --- 8. an accepted send whose answer is not a Message: delivered again ---------------------
 
 
 class FakeTelegram:

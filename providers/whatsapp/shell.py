@@ -34,6 +34,7 @@ from providers._exceptions import ExceptionMap, map_exceptions
 from providers._http import Answer, shared_ssl_context
 from providers._http import fetch as _fetch
 from providers._pool import pool_limits
+from providers.masking import MASK
 from providers.base import (
     ChannelConfig,
     ConnectionState,
@@ -44,6 +45,7 @@ from providers.base import (
     OutboundMessage,
     PermanentSendError,
     PlatformLimits,
+    ProviderError,
     SendResult,
     SessionState,
     TransientError,
@@ -61,6 +63,23 @@ log = logging.getLogger("switchboard.providers.whatsapp")
 
 CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
 LAST_INBOUND_KEPT: Final = 10_000  # peers whose last message id is kept (for typing)
+
+
+def _without_token(error: BaseException, token: str) -> None:
+    """Take ``token`` out of the messages of ``error`` and of the errors it came from.
+
+    The Graph API echoes a token it cannot parse ("Malformed access token
+    EAA..."), and the errors quote its message: the token went with them to
+    the sender (and the product's own logs), the channel's last error and the
+    dead letters. Only an error's path pays for this, never a send's.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProviderError) and token in str(current):
+            current.args = (str(current).replace(token, MASK),)
+        current = current.__cause__ or current.__context__
 
 
 class WhatsAppConnection:
@@ -296,22 +315,26 @@ class WhatsAppConnection:
                 MessageTooLong (over 4096 characters), other refusals.
             trio.ClosedResourceError: the connection was closed by its owner.
         """
-        media_id = None
-        if msg.media is not None and msg.media.is_upload:
-            upload = await read_upload(
-                msg.media, limit=self._upload_limit, peer=msg.peer, platform="whatsapp"
+        try:
+            media_id = None
+            if msg.media is not None and msg.media.is_upload:
+                upload = await read_upload(
+                    msg.media, limit=self._upload_limit, peer=msg.peer, platform="whatsapp"
+                )
+                uploaded = await self._perform(core.build_media_upload(self.settings, upload))
+                media_id = core.parse_media_response(
+                    uploaded.status_code, uploaded.headers, uploaded.content, peer=msg.peer
+                )
+            request = core.build_send_request(self.settings, msg, media_id=media_id)
+            response = await self._perform(request)
+            result = core.parse_send_response(
+                response.status_code, response.headers, response.content, peer=msg.peer
             )
-            uploaded = await self._perform(core.build_media_upload(self.settings, upload))
-            media_id = core.parse_media_response(
-                uploaded.status_code, uploaded.headers, uploaded.content, peer=msg.peer
-            )
-        request = core.build_send_request(self.settings, msg, media_id=media_id)
-        response = await self._perform(request)
-        result = core.parse_send_response(
-            response.status_code, response.headers, response.content, peer=msg.peer
-        )
-        self._sent += 1
-        return result
+            self._sent += 1
+            return result
+        except ProviderError as exc:
+            _without_token(exc, self.settings.token)
+            raise
 
     async def edit(self, op: EditMessage) -> SendResult:
         """The Cloud API cannot edit a business's message.
@@ -336,11 +359,15 @@ class WhatsAppConnection:
             MessageNotFound: WhatsApp does not have the message.
             The errors of :meth:`send` otherwise.
         """
-        request = core.build_read_request(self.settings, op.message_id, typing=op.typing)
-        response = await self._perform(request)
-        core.parse_success_response(
-            response.status_code, response.headers, response.content, peer=op.peer
-        )
+        try:
+            request = core.build_read_request(self.settings, op.message_id, typing=op.typing)
+            response = await self._perform(request)
+            core.parse_success_response(
+                response.status_code, response.headers, response.content, peer=op.peer
+            )
+        except ProviderError as exc:
+            _without_token(exc, self.settings.token)
+            raise
 
     async def typing(self, op: SendTyping) -> None:
         """The typing indicator, which WhatsApp shows as part of reading a message:
@@ -374,10 +401,14 @@ class WhatsAppConnection:
             MessageNotFound: WhatsApp does not have the message.
             The errors of :meth:`send` otherwise.
         """
-        response = await self._perform(core.build_reaction_request(self.settings, op))
-        core.parse_send_response(
-            response.status_code, response.headers, response.content, peer=op.peer
-        )
+        try:
+            response = await self._perform(core.build_reaction_request(self.settings, op))
+            core.parse_send_response(
+                response.status_code, response.headers, response.content, peer=op.peer
+            )
+        except ProviderError as exc:
+            _without_token(exc, self.settings.token)
+            raise
 
     def _unsupported(self, operation: str, peer: str) -> Unsupported:
         return Unsupported(
@@ -400,8 +431,14 @@ class WhatsAppConnection:
         Raises:
             FatalError, TransientError, RateLimited: as :func:`core.parse_phone_number_response`.
         """
-        response = await self._perform(core.build_phone_number_request(self.settings))
-        core.parse_phone_number_response(response.status_code, response.headers, response.content)
+        try:
+            response = await self._perform(core.build_phone_number_request(self.settings))
+            core.parse_phone_number_response(
+                response.status_code, response.headers, response.content
+            )
+        except ProviderError as exc:
+            _without_token(exc, self.settings.token)
+            raise
 
     # --- lifecycle -----------------------------------------------------------------------
 
