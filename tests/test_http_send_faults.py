@@ -2,10 +2,11 @@
 answers a demanding user meets in production (each test is a defect one found).
 
 Rate-limit answers whose wait is odd or only in a header, a proxy's page where the
-platform's JSON was expected, a request URL the HTTP stack refuses, and an accepted
-send whose answer is unreadable. Pure tests of the sans-IO cores, and the shells
-against an ``httpx.MockTransport`` (the node, where a test needs it) on trio's
-virtual clock: no sockets, no real sleeps.
+platform's JSON was expected, a request URL the HTTP stack refuses, a connection
+that closes under a send, a token the platform echoes, a send on the wire as its
+link ends, and an accepted send whose answer is unreadable. Pure tests of the
+sans-IO cores, and the shells and the node against a scripted ``httpx`` transport
+on trio's virtual clock: no sockets, no real sleeps.
 """
 
 from __future__ import annotations
@@ -81,6 +82,125 @@ async def outcome_of_send(
     except Exception as exc:
         return exc
     return None
+
+
+def wa_node(
+    answer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: ChannelSettings = FAST,
+    phone_number_id: str = "123",
+) -> Any:
+    """A node running one WhatsApp channel, ``wa``, against ``answer``."""
+    monkeypatch.setenv("H2_WA_TOKEN", WA_TOKEN)
+    secret = "${env:H2_WA_TOKEN}"
+    config = parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "channels": [
+                {
+                    "id": "wa",
+                    "provider": "whatsapp",
+                    "base_url": "http://graph.test",
+                    "credentials": {"token": secret, "app_secret": secret, "verify_token": secret},
+                    "options": {"phone_number_id": phone_number_id},
+                }
+            ],
+        }
+    )
+    return open_node(config, channel_defaults=settings, providers={"whatsapp": wa_provider(answer)})
+
+
+class FakeTelegram:
+    """The Bot API for one channel: getMe, an empty long poll, and sendMessage
+    answered by ``send`` (its delivered texts in :attr:`delivered`)."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], httpx.Response]) -> None:
+        self.send = send
+        self.delivered: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            await trio.sleep(body.get("timeout", 0))
+            return httpx.Response(200, json={"ok": True, "result": []})
+        self.delivered.append(body["text"])
+        return self.send(body)
+
+
+def tg_config() -> Any:
+    """A node's config with one Telegram channel, ``tg``, polling."""
+    return parse_config(
+        {
+            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
+            "ops": {"enabled": False},
+            "channels": [
+                {
+                    "id": "tg",
+                    "provider": "telegram",
+                    "base_url": "http://telegram.test",
+                    "credentials": {"token": "${env:H2_TG_TOKEN}"},
+                    "options": {"poll_timeout": 5},
+                }
+            ],
+        }
+    )
+
+
+def tg_node(fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A node running the channel of :func:`tg_config` against ``fake``."""
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
+    provider = TelegramProvider(transport=httpx.MockTransport(fake))
+    return open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider})
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """``handler`` behind what a client's connection pool does as the client
+    closes: each request then in flight fails with ``httpx.ReadError`` (as
+    httpcore's pool fails it over a real socket: "another task closed this
+    fd"). The provider's clients share it; it serves new requests after that."""
+
+    def __init__(self, handler: Callable[[httpx.Request], Any]) -> None:
+        self.handler = handler
+        self._in_flight: set[trio.CancelScope] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        scope = trio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope:
+                return await self.handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._in_flight.discard(scope)
+        raise httpx.ReadError("another task closed this fd", request=request)
+
+    async def aclose(self) -> None:
+        for scope in self._in_flight:
+            scope.cancel()
+
+
+def error_texts(error: BaseException | None) -> str:
+    """What the error and the errors it was caused by say."""
+    texts = []
+    while error is not None:
+        texts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
+
+
+def reconnected(node: Any) -> bool:
+    """Whether channel ``tg`` has connected again after one reconnect."""
+    snapshot = node.channel_detail("tg").snapshot
+    statistics = snapshot.statistics
+    return (
+        snapshot.status is ChannelStatus.CONNECTED
+        and statistics is not None
+        and statistics.reconnects == 1
+    )
 
 
 # --- 1. a WhatsApp wait past an hour, or past any float ------------------------------------
@@ -242,34 +362,12 @@ async def test_a_whatsapp_channel_whose_url_httpx_refuses_fails_without_crashing
     """Through the node: the channel ends FAILED with the reason, its actor never
     restarted. It crashed five times, and was then failed by its supervisor as
     "the channel kept crashing"."""
-    monkeypatch.setenv("H2_WA_TOKEN", WA_TOKEN)
-    config = parse_config(
-        {
-            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
-            "ops": {"enabled": False},
-            "channels": [
-                {
-                    "id": "wa",
-                    "provider": "whatsapp",
-                    "base_url": "http://graph.test",
-                    "credentials": {
-                        "token": "${env:H2_WA_TOKEN}",
-                        "app_secret": "${env:H2_WA_TOKEN}",
-                        "verify_token": "${env:H2_WA_TOKEN}",
-                    },
-                    "options": {"phone_number_id": "123\n"},
-                }
-            ],
-        }
-    )
 
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": "123"})
 
     with trio.fail_after(CEILING):
-        async with open_node(
-            config, channel_defaults=FAST, providers={"whatsapp": wa_provider(answer)}
-        ) as node:
+        async with wa_node(answer, monkeypatch, phone_number_id="123\n") as node:
             with node.subscribe(kind="state", channel="wa") as changes:
                 while node.channel_detail("wa").snapshot.status is not ChannelStatus.FAILED:
                     await changes.receive()
@@ -280,27 +378,6 @@ async def test_a_whatsapp_channel_whose_url_httpx_refuses_fails_without_crashing
 
 
 # --- 5. a WhatsApp upload whose connection closes between its two requests ---------------
-
-
-def wa_node(answer: Any, monkeypatch: pytest.MonkeyPatch, settings: ChannelSettings) -> Any:
-    monkeypatch.setenv("H2_WA_TOKEN", WA_TOKEN)
-    secret = "${env:H2_WA_TOKEN}"
-    config = parse_config(
-        {
-            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
-            "ops": {"enabled": False},
-            "channels": [
-                {
-                    "id": "wa",
-                    "provider": "whatsapp",
-                    "base_url": "http://graph.test",
-                    "credentials": {"token": secret, "app_secret": secret, "verify_token": secret},
-                    "options": {"phone_number_id": "123"},
-                }
-            ],
-        }
-    )
-    return open_node(config, channel_defaults=settings, providers={"whatsapp": wa_provider(answer)})
 
 
 async def test_a_send_whose_connection_closes_under_it_goes_again_on_the_next(
@@ -343,15 +420,6 @@ async def test_a_send_whose_connection_closes_under_it_goes_again_on_the_next(
 # --- 6. a WhatsApp token the Graph API echoes ---------------------------------------------
 
 
-def error_texts(error: BaseException | None) -> str:
-    """What the error and the errors it was caused by say."""
-    texts = []
-    while error is not None:
-        texts.append(f"{type(error).__name__}: {error}")
-        error = error.__cause__ or error.__context__
-    return "\n".join(texts)
-
-
 async def test_a_whatsapp_token_the_graph_api_echoes_is_not_in_errors_or_dead_letters(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,7 +444,7 @@ async def test_a_whatsapp_token_the_graph_api_echoes_is_not_in_errors_or_dead_le
 
     raised: BaseException | None = None
     with trio.fail_after(CEILING):
-        async with wa_node(answer, monkeypatch, FAST) as node:
+        async with wa_node(answer, monkeypatch) as node:
             try:
                 await node.send("wa", MESSAGE)
             except Exception as exc:
@@ -393,31 +461,6 @@ async def test_a_whatsapp_token_the_graph_api_echoes_is_not_in_errors_or_dead_le
 
 
 # --- 7. a send on the wire as its link ends for another reason ----------------------------
-
-
-class PooledTransport(httpx.AsyncBaseTransport):
-    """``handler`` behind what a client's connection pool does as the client
-    closes: each request then in flight fails with ``httpx.ReadError`` (as
-    httpcore's pool fails it over a real socket: "another task closed this
-    fd"). The provider's clients share it; it serves new requests after that."""
-
-    def __init__(self, handler: Callable[[httpx.Request], Any]) -> None:
-        self.handler = handler
-        self._in_flight: set[trio.CancelScope] = set()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        scope = trio.CancelScope()
-        self._in_flight.add(scope)
-        try:
-            with scope:
-                return await self.handler(request)  # type: ignore[no-any-return]
-        finally:
-            self._in_flight.discard(scope)
-        raise httpx.ReadError("another task closed this fd", request=request)
-
-    async def aclose(self) -> None:
-        for scope in self._in_flight:
-            scope.cancel()
 
 
 async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
@@ -467,62 +510,7 @@ async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
     assert result.platform_message_id == "42:1"
 
 
-def reconnected(node: Any) -> bool:
-    snapshot = node.channel_detail("tg").snapshot
-    statistics = snapshot.statistics
-    return (
-        snapshot.status is ChannelStatus.CONNECTED
-        and statistics is not None
-        and statistics.reconnects == 1
-    )
-
-
 # --- 8. an accepted send whose answer is not a Message: delivered again ---------------------
-
-
-class FakeTelegram:
-    """The Bot API for one channel: getMe, an empty long poll, and sendMessage
-    answered by ``send`` (its delivered texts in :attr:`delivered`)."""
-
-    def __init__(self, send: Callable[[dict[str, Any]], httpx.Response]) -> None:
-        self.send = send
-        self.delivered: list[str] = []
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        method = request.url.path.rsplit("/", 1)[-1]
-        body = json.loads(request.content or b"{}")
-        if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
-        if method == "getUpdates":
-            await trio.sleep(body.get("timeout", 0))
-            return httpx.Response(200, json={"ok": True, "result": []})
-        self.delivered.append(body["text"])
-        return self.send(body)
-
-
-def tg_config() -> Any:
-    return parse_config(
-        {
-            "node": {"id": "t", "drain_deadline": 2.0, "start_timeout": 1.0},
-            "ops": {"enabled": False},
-            "channels": [
-                {
-                    "id": "tg",
-                    "provider": "telegram",
-                    "base_url": "http://telegram.test",
-                    "credentials": {"token": "${env:H2_TG_TOKEN}"},
-                    "options": {"poll_timeout": 5},
-                }
-            ],
-        }
-    )
-
-
-def tg_node(fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
-    provider = TelegramProvider(transport=httpx.MockTransport(fake))
-    return open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider})
 
 
 @pytest.mark.xfail(

@@ -34,7 +34,6 @@ from providers._exceptions import ExceptionMap, map_exceptions
 from providers._http import Answer, shared_ssl_context
 from providers._http import fetch as _fetch
 from providers._pool import pool_limits
-from providers.masking import MASK
 from providers.base import (
     ChannelConfig,
     ConnectionState,
@@ -51,6 +50,7 @@ from providers.base import (
     TransientError,
     Unsupported,
 )
+from providers.masking import MASK
 from providers.media import read_upload
 from providers.operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 
