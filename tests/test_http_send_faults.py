@@ -11,6 +11,7 @@ on trio's virtual clock: no sockets, no real sleeps.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, Final
@@ -508,6 +509,47 @@ async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
                     await changes.receive()
     assert delivered == ["hi"]
     assert result.platform_message_id == "42:1"
+
+
+async def test_a_send_that_never_gets_its_answer_does_not_hold_the_reconnect(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for the sends on their way (above) is bounded by the close's grace:
+    against a platform that never answers a send, the channel whose poll failed
+    still reconnects, and the send ends as its own deadline says (a guard for the
+    fix above; it holds today too)."""
+    send_arrived = trio.Event()
+    polls: list[int] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            polls.append(1)
+            if len(polls) == 1:
+                await send_arrived.wait()
+                return httpx.Response(502, text="<html>502 Bad Gateway</html>")
+            await trio.sleep(body.get("timeout", 0))
+            return httpx.Response(200, json={"ok": True, "result": []})
+        send_arrived.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
+    provider = TelegramProvider(transport=PooledTransport(answer))
+    with trio.fail_after(CEILING):
+        async with open_node(
+            tg_config(), channel_defaults=FAST, providers={"telegram": provider}
+        ) as node:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(node.send, "tg", MESSAGE, timeout=1000))
+                with node.subscribe(kind="state", channel="tg") as changes:
+                    while not reconnected(node):
+                        await changes.receive()
+                nursery.cancel_scope.cancel()
 
 
 # --- 8. an accepted send whose answer is not a Message: delivered again ---------------------
