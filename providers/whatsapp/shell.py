@@ -63,6 +63,8 @@ log = logging.getLogger("switchboard.providers.whatsapp")
 
 CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
 LAST_INBOUND_KEPT: Final = 10_000  # peers whose last message id is kept (for typing)
+# Characters; a shorter token (no Meta token is) would mask ordinary words.
+SHORTEST_MASKED_TOKEN: Final = 8
 
 
 def _without_token(error: BaseException, token: str) -> None:
@@ -73,6 +75,8 @@ def _without_token(error: BaseException, token: str) -> None:
     the sender (and the product's own logs), the channel's last error and the
     dead letters. Only an error's path pays for this, never a send's.
     """
+    if len(token) < SHORTEST_MASKED_TOKEN:
+        return
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
