@@ -45,6 +45,7 @@ __all__ = [
     "fetch",
     "json_body",
     "lower_keys",
+    "quoted",
     "redirect_error",
     "retry_after_header",
     "shared_ssl_context",
@@ -52,6 +53,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON APIs: far below)
 DEFAULT_REQUEST_DEADLINE: Final = 30.0  # seconds for a whole request and its answer
+QUOTED_CHARACTERS: Final = 200  # characters of a platform's text an error quotes
 
 
 def check_token(token: str, where: str) -> None:
@@ -260,6 +262,17 @@ def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
         return float(raw)
     except ValueError:
         return None
+
+
+def quoted(text: str, limit: int = QUOTED_CHARACTERS) -> str:
+    """``text`` as an error quotes it: at most ``limit`` characters, and how long it
+    was when cut. A platform's text (an error's description, an answer of the
+    wrong shape) can be as long as its whole answer, and an error's message goes
+    to every retry's log line, the sender, the channel's last error and the
+    dead letter kept in the store."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def lower_keys(headers: Mapping[str, str]) -> dict[str, str]:

@@ -581,3 +581,71 @@ async def test_an_accepted_telegram_send_with_an_unreadable_result_is_delivered_
             except SendFailed:
                 pass
     assert fake.delivered == ["hi"]
+
+
+# --- 9. a platform's text quoted whole in an error ------------------------------------------
+
+HUGE: Final = "x" * 1_000_000  # characters: a JSON answer well within max_body_bytes
+QUOTED_AT_MOST: Final = 2_000  # characters of an error's message, all told
+
+
+def telegram_error(status: int, answer: Any, request: Any = None) -> ProviderError:
+    request = request or telegram_core.send_request(MESSAGE)
+    try:
+        result = telegram_core.parse_response(request, status, json.dumps(answer).encode())
+        if request.method == "getMe":
+            telegram_core.parse_me(result)
+        elif request.method == "getUpdates":
+            telegram_core.parse_updates(result, "tg")
+        else:
+            telegram_core.parse_sent(result, "42")
+    except ProviderError as exc:
+        return exc
+    raise AssertionError(f"{answer!r:.80} raised nothing")
+
+
+def whatsapp_error(error: dict[str, Any]) -> ProviderError:
+    body = json.dumps({"error": {"code": 100, "message": "(#100) Invalid parameter", **error}})
+    try:
+        whatsapp_core.parse_send_response(400, {}, body.encode(), peer="42")
+    except ProviderError as exc:
+        return exc
+    raise AssertionError("raised nothing")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: telegram_error(200, {"ok": True, "result": {"text": HUGE}}),
+        lambda: telegram_error(400, {"ok": False, "error_code": 400, "description": HUGE}),
+        lambda: telegram_error(200, {"ok": True, "result": HUGE}, telegram_core.get_me()),
+        lambda: telegram_error(
+            200,
+            {"ok": True, "result": [{"message": HUGE}]},
+            telegram_core.get_updates(offset=None, timeout=0),
+        ),
+        lambda: whatsapp_error({"message": HUGE}),
+        lambda: whatsapp_error({"error_data": {"details": HUGE}}),
+        lambda: whatsapp_error({"fbtrace_id": HUGE}),
+    ],
+    ids=[
+        "telegram-send-result",
+        "telegram-description",
+        "telegram-getme-result",
+        "telegram-update",
+        "whatsapp-message",
+        "whatsapp-details",
+        "whatsapp-fbtrace-id",
+    ],
+)
+def test_an_error_quotes_a_platform_s_text_in_part(make: Callable[[], ProviderError]) -> None:
+    """An error quotes at most a few hundred characters of what the platform
+    answered (and says how long it was), as the errors of answers that are not
+    JSON always did (``body[:80]``, ``body[:200]``). A JSON answer's own text
+    (Telegram's ``description``, a result of the wrong shape, a Graph error's
+    ``message``, ``details`` or ``fbtrace_id``) was quoted whole: a megabyte
+    answer made a megabyte error, carried by every retry's log line, the
+    sender's error, the channel's last error and the dead letter in the
+    store."""
+    error = make()
+    assert len(str(error)) <= QUOTED_AT_MOST, f"{len(str(error)):,} characters"

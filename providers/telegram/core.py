@@ -38,6 +38,7 @@ import cattrs
 from .._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE,
+    quoted,
     redirect_error,
     retry_after_header,
 )
@@ -466,7 +467,7 @@ def _map_error(
 ) -> ProviderError:
     code = env.error_code or status
     description = env.description or f"HTTP {status}"
-    what = f"telegram {request.method}: {code} {description}"
+    what = f"telegram {request.method}: {code} {quoted(description)}"
     lowered = description.lower()
     peer = request.peer
     params = env.parameters or wire.ResponseParameters()
@@ -568,7 +569,9 @@ def parse_me(result: Any) -> wire.User:
     try:
         return wire.CONVERTER.structure(result, wire.User)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        raise TransientError(f"telegram getMe: answered {result!r}, not a User") from exc
+        raise TransientError(
+            f"telegram getMe: answered {quoted(repr(result))}, not a User"
+        ) from exc
 
 
 def parse_sent(result: Any, peer: str) -> SendResult:
@@ -581,7 +584,9 @@ def parse_sent(result: Any, peer: str) -> SendResult:
     try:
         sent = wire.CONVERTER.structure(result, wire.SentRef)
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        raise TransientError(f"telegram: a send answered {result!r}, not a Message") from exc
+        raise TransientError(
+            f"telegram: a send answered {quoted(repr(result))}, not a Message"
+        ) from exc
     return SendResult(platform_message_id=message_id(sent.chat.id, sent.message_id), peer=peer)
 
 
@@ -688,7 +693,9 @@ def _parse_update(raw: Any, channel_id: str) -> ParsedUpdate:
         if isinstance(update_id, int) and not isinstance(update_id, bool):
             # Well numbered but unreadable: skip it, or it would block the offset forever.
             return ParsedUpdate(update_id=update_id, event=None)
-        raise TransientError(f"telegram: an update without an update_id: {raw!r}") from exc
+        raise TransientError(
+            f"telegram: an update without an update_id: {quoted(repr(raw))}"
+        ) from exc
     return ParsedUpdate(update_id=update.update_id, event=event)
 
 

@@ -61,6 +61,7 @@ from providers._http import (
     check_token,
     json_body,
     lower_keys,
+    quoted,
     redirect_error,
     retry_after_header,
 )
@@ -482,11 +483,11 @@ class GraphError:
 
     def describe(self) -> str:
         """One line for error messages: code, message, details, trace id."""
-        text = f"code {self.code}: {self.message or 'no message'}"
+        text = f"code {self.code}: {quoted(self.message) or 'no message'}"
         if self.details:
-            text += f" ({self.details})"
+            text += f" ({quoted(self.details)})"
         if self.fbtrace_id:
-            text += f" [fbtrace_id {self.fbtrace_id}]"
+            text += f" [fbtrace_id {quoted(self.fbtrace_id, 40)}]"
         return text
 
 
