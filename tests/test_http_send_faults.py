@@ -4,9 +4,10 @@ answers a demanding user meets in production (each test is a defect one found).
 Rate-limit answers whose wait is odd or only in a header, a proxy's page where the
 platform's JSON was expected, a request URL the HTTP stack refuses, a connection
 that closes under a send, a token the platform echoes, a send on the wire as its
-link ends, and an accepted send whose answer is unreadable. Pure tests of the
-sans-IO cores, and the shells and the node against a scripted ``httpx`` transport
-on trio's virtual clock: no sockets, no real sleeps.
+link ends, a platform's text quoted whole in an error, and an accepted send
+whose answer is unreadable. Pure tests of the sans-IO cores, and the shells and
+the node against a scripted ``httpx`` transport on trio's virtual clock: no
+sockets, no real sleeps.
 """
 
 from __future__ import annotations
