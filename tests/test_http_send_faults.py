@@ -175,7 +175,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._in_flight.add(scope)
         try:
             with scope:
-                return await self.handler(request)  # type: ignore[no-any-return]
+                return await self.handler(request)
         finally:
             self._in_flight.discard(scope)
         raise httpx.ReadError("another task closed this fd", request=request)
