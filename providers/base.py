@@ -620,6 +620,12 @@ class Connection(Protocol):
     ``can_start_at_once(op)`` / ``start_at_once(op, done)`` send an
     operation in the caller's task, with no task waiting for its answer
     (``done(result, error)`` hears it later).
+
+    And one optional flag: ``answers_after_close = True`` says that a send on
+    its way when :meth:`close` is called still gets its answer, until the
+    connection's block ends (which closes the provider's HTTP client, and
+    the requests on it): the channel then lets those answers come, within
+    its close's grace, before it leaves the block.
     """
 
     def events(self) -> AsyncIterator[Event]:

@@ -225,10 +225,11 @@ class ConnectionLoop:
                         if held is None or not held.cancel_called:  # no goodbye past the tenure
                             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                                 await conn.close(resumable=True)
-                                # The sends on their way get their answers before the
-                                # block's end closes the provider's client under them
-                                # (cut off, a send the platform took would go again).
-                                await self._calls_answered()
+                                if getattr(conn, "answers_after_close", False):
+                                    # The sends on their way get their answers before
+                                    # the block's end closes the provider's client under
+                                    # them (cut off, one the platform took went again).
+                                    await self._calls_answered()
             if attempt.cancelled_caught:
                 if self._stopping or memory.status is ChannelStatus.FAILED:
                     return 0.0, "stopped"  # cancelled by the stop or the failure: no attempt

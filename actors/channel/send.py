@@ -755,10 +755,11 @@ class SendPath:
     async def _calls_answered(self) -> None:
         """Return once no send is in a call to the platform (``perform``).
 
-        The connection loop waits for this before it leaves a provider's block
-        (which closes the provider's HTTP client, and with it each request on
-        its way): a send that Telegram had taken when its long poll failed was
-        otherwise cut off, and its retry delivered it again.
+        The connection loop waits for this before it leaves the block of a
+        connection that ``answers_after_close`` (its end closes the provider's
+        HTTP client, and with it each request on its way): a send that
+        Telegram had taken when its long poll failed was otherwise cut off,
+        and its retry delivered it again.
         """
         while self._calls:
             lot = self._calls_lot

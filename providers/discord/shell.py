@@ -372,6 +372,10 @@ class DiscordProvider:
 class DiscordConnection:
     """An open Discord gateway session plus its REST client (one channel)."""
 
+    # A send on its way at close() still gets its answer until the block ends
+    # (which closes the HTTP client): the channel waits for it (see Connection).
+    answers_after_close = True
+
     def __init__(
         self,
         *,

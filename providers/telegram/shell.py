@@ -179,6 +179,10 @@ class TelegramConnection:
     Made by :meth:`TelegramProvider.open_connection`; not constructed directly.
     """
 
+    # A send on its way at close() still gets its answer until the block ends
+    # (which closes the HTTP client): the channel waits for it (see Connection).
+    answers_after_close = True
+
     def __init__(
         self,
         *,

@@ -92,6 +92,10 @@ class WhatsAppConnection:
     Create it with :meth:`WhatsAppProvider.open_connection`.
     """
 
+    # A send on its way at close() still gets its answer until the block ends
+    # (which closes the HTTP client): the channel waits for it (see Connection).
+    answers_after_close = True
+
     def __init__(self, settings: WhatsAppSettings, client: httpx.AsyncClient) -> None:
         self.settings = settings
         self._client = client
