@@ -23,7 +23,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import ChannelSettings, ChannelStatus, ExponentialBackoff, SendFailed
+from actors import ChannelSettings, ChannelStatus, ExponentialBackoff
 from providers.base import (
     MAX_RETRY_AFTER,
     BadRecipient,
@@ -556,32 +556,23 @@ async def test_a_send_that_never_gets_its_answer_does_not_hold_the_reconnect(
 # --- 8. an accepted send whose answer is not a Message: delivered again ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ok:true answer whose result is not a Message is retried (TransientError): "
-    "the Bot API has no idempotency key, so each retry delivers the message again; the "
-    "fix needs a decision on what such a send answers (a SendResult without a message "
-    "id, or a refusal that is not retried)",
-)
 async def test_an_accepted_telegram_send_with_an_unreadable_result_is_delivered_once(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``{"ok": true}`` is the Bot API saying the message was sent: a result that is
     not a Message (none, ``true``, a shape a newer API or a local Bot API server
-    answers) must not send it again. Today the send is retried as a
-    TransientError, and the Bot API, which has no idempotency key, delivers it
-    once per attempt (three times here), after which it is dead-lettered as
-    SendFailed though the user got it three times."""
+    answers) must not send it again: the send is answered, without a message
+    id. It used to be retried as a TransientError, and the Bot API, which has
+    no idempotency key, delivered it once per attempt (three times here),
+    after which it was dead-lettered as SendFailed though the user got it
+    three times."""
     fake = FakeTelegram(lambda body: httpx.Response(200, json={"ok": True, "result": True}))
     with trio.fail_after(CEILING):
         async with tg_node(fake, monkeypatch) as node:
-            try:
-                await node.send("tg", MESSAGE)
-            except ProviderError:
-                pass  # whatever it answers: what counts is what the user got
-            except SendFailed:
-                pass
+            result = await node.send("tg", MESSAGE)
+            assert len(node.channel("tg").memory.dead_letters) == 0
     assert fake.delivered == ["hi"]
+    assert result.platform_message_id == "" and result.peer == MESSAGE.peer
 
 
 # --- 9. a platform's text quoted whole in an error ------------------------------------------

@@ -107,6 +107,7 @@ __all__ = [
     "parse_updates",
     "parse_webhook_update",
     "send_request",
+    "sent_result",
     "set_webhook",
     "update_event",
 ]
@@ -578,8 +579,8 @@ def parse_sent(result: Any, peer: str) -> SendResult:
     """The :class:`SendResult` for a send method's ``Message`` result.
 
     Raises:
-        TransientError: the result is not a Message (the send may have
-            happened; the idempotency key lets a retry be deduplicated).
+        TransientError: the result is not a Message (an edit's may be
+            ``True``: see the shell). A send's is read by :func:`sent_result`.
     """
     try:
         sent = wire.CONVERTER.structure(result, wire.SentRef)
@@ -588,6 +589,22 @@ def parse_sent(result: Any, peer: str) -> SendResult:
             f"telegram: a send answered {quoted(repr(result))}, not a Message"
         ) from exc
     return SendResult(platform_message_id=message_id(sent.chat.id, sent.message_id), peer=peer)
+
+
+def sent_result(result: Any, peer: str) -> SendResult:
+    """The :class:`SendResult` of a send the Bot API answered ``ok``: its
+    ``Message``'s ids, or no id (``""``) when the result is not a Message.
+
+    ``ok: true`` says the message went out, whatever the result holds (a
+    newer API's shape, a local Bot API server's, a proxy's): the Bot API has
+    no idempotency key, so a retry would deliver it again. Such a send is
+    answered without a message id (an edit or a reply to it then cannot
+    name it), not retried.
+    """
+    try:
+        return parse_sent(result, peer)
+    except TransientError:
+        return SendResult(platform_message_id="", peer=peer)
 
 
 # --- updates ------------------------------------------------------------------------

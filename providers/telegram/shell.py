@@ -28,6 +28,7 @@ import contextlib
 import enum
 import functools
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ from .._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE,
     check_token,
+    quoted,
     shared_ssl_context,
 )
 from .._http import fetch as _fetch
@@ -64,6 +66,8 @@ from ..operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 from . import core
 from .webhook import WebhookHandler, WebhookVerdict
 from .wire import User
+
+log = logging.getLogger("switchboard.providers.telegram")
 
 __all__ = ["CLOSE_TIMEOUT", "TelegramConnection", "TelegramProvider"]
 
@@ -263,7 +267,17 @@ class TelegramConnection:
                 msg.media, limit=self._upload_limit, peer=msg.peer, platform="telegram"
             )
         request = core.send_request(msg, upload)
-        return core.parse_sent(await self._api.call(request), msg.peer)
+        result = await self._api.call(request)
+        sent = core.sent_result(result, msg.peer)
+        if not sent.platform_message_id:
+            log.warning(
+                "telegram %s: a send to %r was answered ok with %s, not a Message: it went "
+                "out, and is answered without a message id (not sent again)",
+                self.channel_id,
+                msg.peer,
+                quoted(repr(result)),
+            )
+        return sent
 
     async def edit(self, op: EditMessage) -> SendResult:
         """editMessageText.
