@@ -34,6 +34,7 @@ from providers.base import (
     OutboundMessage,
     ProviderError,
     RateLimited,
+    TransientError,
 )
 from providers.telegram import TelegramProvider
 from providers.telegram import core as telegram_core
@@ -332,6 +333,23 @@ def test_a_telegram_403_that_is_not_a_bot_api_answer_does_not_blame_the_recipien
     with pytest.raises(ProviderError) as caught:
         telegram_core.parse_response(telegram_core.send_request(MESSAGE), 403, body, {})
     assert not isinstance(caught.value, BadRecipient), repr(caught.value)
+    assert "403" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html><h1>403 Forbidden</h1>nginx</html>", b""], ids=["proxy-page", "empty"]
+)
+def test_a_whatsapp_403_that_is_not_a_graph_error_does_not_fail_the_channel(
+    body: bytes,
+) -> None:
+    """The same for WhatsApp: a 403 without a Graph error object (the Graph API
+    always sends one) is a proxy's or a firewall's, a ``TransientError``. It was
+    ``MissingPermissions``, a ``FatalError``: the number's channel failed for
+    good on a firewall's page, until an operator restarted it."""
+    with pytest.raises(ProviderError) as caught:
+        whatsapp_core.parse_send_response(403, {}, body, peer="42")
+    assert isinstance(caught.value, TransientError), repr(caught.value)
+    assert not isinstance(caught.value, FatalError)
     assert "403" in str(caught.value)
 
 

@@ -651,7 +651,13 @@ def _map_status(
     if status >= 500 or status in (408, 425):
         return TransientError(f"HTTP {status} from the Graph API: {snippet!r}; retry with backoff")
     if status == 403:
-        return MissingPermissions(f"HTTP 403 from the Graph API: {snippet!r}")
+        # Not the Graph API's refusal (that has an error object): a WAF's or a
+        # proxy's, which says nothing of the token's permissions. It failed the
+        # channel for good (MissingPermissions); it is retried with backoff.
+        return TransientError(
+            f"HTTP 403 without a Graph error object (a proxy's or a firewall's?): "
+            f"{snippet!r}; retry with backoff"
+        )
     return PermanentSendError(
         f"HTTP {status} from the Graph API without an error object: {snippet!r}", peer=peer
     )
