@@ -176,14 +176,23 @@ class StartupFailed(NodeError):
 SHOWN_ID: Final = 80  # characters of an unknown channel's id an error shows
 
 
-def wrong_argument(argument: str, expected: str, value: object) -> TypeError:
+def wrong_argument(
+    argument: str, expected: str, value: object, *, secret: bool = False
+) -> TypeError:
     """The error for ``argument`` of an API call given a value of the wrong type: it
     names the argument, what it must be and what it was (its type, and its
     ``repr`` cut to :data:`SHOWN_ID` characters), and says that nothing was done.
 
     ``wrong_argument("channel_id", "a str (a channel's id)", 123)`` reads
     ``channel_id must be a str (a channel's id), not int 123; nothing was done``.
+    ``secret``: the value may hold a secret the node has not learnt (a token
+    given to ``learn_secrets``, a spec's credentials), so only its type is shown.
     """
+    if secret:
+        return TypeError(
+            f"{argument} must be {expected}, not {type(value).__name__} (not shown: it may "
+            "hold a secret); nothing was done"
+        )
     try:
         text = repr(value)
     except Exception:

@@ -337,14 +337,18 @@ class Node(ClusterMode, DeadLetterOps):
         if isinstance(values, str | bytes):
             # A string is an iterable of its characters, each too short to redact:
             # the secret was silently not learnt.
-            raise wrong_argument("values", "an iterable of str (not one string)", values)
+            raise wrong_argument(
+                "values", "an iterable of str (not one string)", values, secret=True
+            )
         try:
             fresh = list(values)
         except TypeError:
-            raise wrong_argument("values", "an iterable of str", values) from None
+            raise wrong_argument("values", "an iterable of str", values, secret=True) from None
         for index, value in enumerate(fresh):
             if not isinstance(value, str):
-                raise wrong_argument(f"values[{index}]", "a str (a secret's text)", value)
+                raise wrong_argument(
+                    f"values[{index}]", "a str (a secret's text)", value, secret=True
+                )
         if not fresh:
             return
         self.redactor.add(fresh)
@@ -375,7 +379,7 @@ class Node(ClusterMode, DeadLetterOps):
             TypeError: ``specs`` is no sequence (a string, one spec, a generator).
         """
         if not isinstance(specs, Sequence) or isinstance(specs, str | bytes):
-            raise wrong_argument("specs", "a sequence of ChannelSpec", specs)
+            raise wrong_argument("specs", "a sequence of ChannelSpec", specs, secret=True)
         self.learn_secrets(
             secret
             for spec in specs
@@ -1831,7 +1835,7 @@ def _check_spec(spec: object) -> None:
     table, failed deep inside with an ``AttributeError``)."""
     if not isinstance(spec, ChannelSpec):
         raise wrong_argument(
-            "spec", "a runtime.config.ChannelSpec (parse_config reads a file's)", spec
+            "spec", "a runtime.config.ChannelSpec (parse_config reads a file's)", spec, secret=True
         )
 
 

@@ -345,6 +345,9 @@ class GatewayCore:
         self._heartbeat_sent_at: float | None = None
         self._hello_deadline: float | None = None
         self._session_deadline: float | None = None  # for READY / RESUMED
+        # A late timer's grace for the Hello or the session deadline, given since
+        # that deadline was last set (the node was busy: the answer may be unread).
+        self._deadline_graced = False
         self._last_identify: float | None = None
         self._identify_at: float | None = None
         self._reconnects = 0
@@ -424,6 +427,7 @@ class GatewayCore:
         self.state = GatewayState.AWAITING_HELLO
         self._hello_deadline = now + self._hello_timeout
         self._session_deadline = None
+        self._deadline_graced = False
         self._identify_at = None
         self._next_heartbeat = None
         self._awaiting_ack = False
@@ -464,6 +468,7 @@ class GatewayCore:
                 self.seq = frame["s"]
             if self._session_deadline is not None:  # the gateway answers: wait on
                 self._session_deadline = now + self._session_timeout
+                self._deadline_graced = False
             return self._on_dispatch(frame.get("t"), d, now)
         if op == Op.RECONNECT:
             return self._drop_socket("the gateway asked us to reconnect (op 7)")
@@ -485,8 +490,12 @@ class GatewayCore:
 
     def timer(self, now: float, *, due: float | None = None) -> list[Action]:
         """Run whatever :meth:`next_deadline` said was due (``due``: when it was)."""
+        late = 0.0 if due is None else now - due
         hello_due = self._hello_deadline is not None and now >= self._hello_deadline
-        if self.state is GatewayState.AWAITING_HELLO and hello_due:
+        if self.state is GatewayState.AWAITING_HELLO and hello_due and self._grace(late):
+            assert self._hello_deadline is not None
+            self._hello_deadline = now + min(late, self._hello_timeout)
+        elif self.state is GatewayState.AWAITING_HELLO and hello_due:
             self.state = GatewayState.DISCONNECTED
             return [
                 CloseSocket(code=RESUMABLE_CLOSE_CODE, reason="no Hello"),
@@ -498,7 +507,9 @@ class GatewayCore:
                 ),
             ]
         session_due = self._session_deadline is not None and now >= self._session_deadline
-        if self._awaiting_session() and session_due:
+        if self._awaiting_session() and session_due and self._grace(late):
+            self._session_deadline = now + min(late, self._session_timeout)
+        elif self._awaiting_session() and session_due:
             awaited = "RESUMED" if self.state is GatewayState.RESUMING else "READY"
             asked = "Resume" if self.state is GatewayState.RESUMING else "Identify"
             self.state = GatewayState.DISCONNECTED
@@ -514,7 +525,6 @@ class GatewayCore:
             ]
         actions: list[Action] = []
         if self._socket_live() and self._next_heartbeat is not None and now >= self._next_heartbeat:
-            late = 0.0 if due is None else now - due
             if self._awaiting_ack and (late <= LATE_TIMER or self._graced):
                 return self._drop_socket(
                     "zombied connection: no heartbeat ACK before the next heartbeat was due"
@@ -664,6 +674,7 @@ class GatewayCore:
             self.state = GatewayState.RESUMING
             self.resumes += 1
             self._session_deadline = now + self._session_timeout
+            self._deadline_graced = False
             resume = {"token": self._token, "session_id": self.session_id, "seq": self.seq}
             return [self._send({"op": int(Op.RESUME), "d": resume}, now)]
         self.state = GatewayState.IDENTIFYING
@@ -682,8 +693,19 @@ class GatewayCore:
         self._last_identify = now
         self.identifies += 1
         self._session_deadline = now + self._session_timeout
+        self._deadline_graced = False
         identify = {"token": self._token, "intents": self.intents, "properties": self.properties}
         return [self._send({"op": int(Op.IDENTIFY), "d": identify}, now)]
+
+    def _grace(self, late: float) -> bool:
+        """Whether a Hello or session deadline that came ``late`` (the node's loop
+        was busy, or the shell waited for its consumer: a replay read slowly)
+        waits as long again, at most its timeout, before failing the link: once
+        for each time the deadline was set (see ``LATE_TIMER``)."""
+        if late <= LATE_TIMER or self._deadline_graced:
+            return False
+        self._deadline_graced = True
+        return True
 
     def _take_identify(self, now: float) -> Fail | None:
         if self._budget is None:

@@ -153,7 +153,9 @@ STRING_KEYS: Final = Check(
 # as bytes was used by the channel but redacted nowhere (logs, errors, /health).
 STRING_TABLE: Final = Check(
     "a table whose keys and values are strings (decode a credential given as bytes)",
-    lambda v: isinstance(v, dict) and all(type(k) is str and type(x) is str for k, x in v.items()),
+    lambda v: (
+        isinstance(v, dict) and all(type(k) is str and isinstance(x, str) for k, x in v.items())
+    ),
 )
 IDENTIFIER: Final = Check(
     "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
