@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
@@ -483,6 +483,35 @@ async def test_a_whatsapp_token_the_graph_api_echoes_is_not_in_errors_or_dead_le
 # --- 7. a send on the wire as its link ends for another reason ----------------------------
 
 
+def poll_fails_as_a_send_arrives(
+    send: Callable[[dict[str, Any]], Awaitable[httpx.Response]],
+) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    """A Telegram whose first long poll fails (a 502) once a send has arrived, and
+    whose later polls hold for their timeout with no update; ``send`` answers the
+    sends (their JSON body)."""
+    send_arrived = trio.Event()
+    polls = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            polls += 1
+            if polls == 1:
+                await send_arrived.wait()
+                return httpx.Response(502, text="<html>502 Bad Gateway</html>")
+            await trio.sleep(body.get("timeout", 0))  # (virtual) a long poll, held
+            return httpx.Response(200, json={"ok": True, "result": []})
+        send_arrived.set()
+        return await send(body)
+
+    return answer
+
+
 async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,29 +522,15 @@ async def test_a_send_on_the_wire_as_the_poll_fails_is_answered_not_sent_again(
     ReadError after Telegram had taken the message, and its retry delivered it
     a second time (with ``send_attempts = 1`` it was dead-lettered though
     delivered)."""
-    send_arrived = trio.Event()
-    polls: list[int] = []
     delivered: list[str] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        method = request.url.path.rsplit("/", 1)[-1]
-        body = json.loads(request.content or b"{}")
-        if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
-        if method == "getUpdates":
-            polls.append(1)
-            if len(polls) == 1:
-                await send_arrived.wait()
-                return httpx.Response(502, text="<html>502 Bad Gateway</html>")
-            await trio.sleep(body.get("timeout", 0))
-            return httpx.Response(200, json={"ok": True, "result": []})
+    async def deliver(body: dict[str, Any]) -> httpx.Response:
         delivered.append(body["text"])
-        send_arrived.set()
-        await trio.sleep(0.5)  # Telegram's round trip: the poll fails meanwhile
+        await trio.sleep(0.5)  # (virtual) Telegram's round trip: the poll fails meanwhile
         sent = {"message_id": len(delivered), "chat": {"id": body["chat_id"]}, "date": 0}
         return httpx.Response(200, json={"ok": True, "result": sent})
 
+    answer = poll_fails_as_a_send_arrives(deliver)
     monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
     provider = TelegramProvider(transport=PooledTransport(answer))
     with trio.fail_after(CEILING):
@@ -537,26 +552,12 @@ async def test_a_send_that_never_gets_its_answer_does_not_hold_the_reconnect(
     against a platform that never answers a send, the channel whose poll failed
     still reconnects, and the send ends as its own deadline says (a guard for the
     fix above; it holds today too)."""
-    send_arrived = trio.Event()
-    polls: list[int] = []
 
-    async def answer(request: httpx.Request) -> httpx.Response:
-        method = request.url.path.rsplit("/", 1)[-1]
-        body = json.loads(request.content or b"{}")
-        if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
-        if method == "getUpdates":
-            polls.append(1)
-            if len(polls) == 1:
-                await send_arrived.wait()
-                return httpx.Response(502, text="<html>502 Bad Gateway</html>")
-            await trio.sleep(body.get("timeout", 0))
-            return httpx.Response(200, json={"ok": True, "result": []})
-        send_arrived.set()
+    async def never(body: dict[str, Any]) -> httpx.Response:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
+    answer = poll_fails_as_a_send_arrives(never)
     monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
     provider = TelegramProvider(transport=PooledTransport(answer))
     with trio.fail_after(CEILING):

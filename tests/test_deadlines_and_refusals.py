@@ -1,14 +1,16 @@
-"""Review of the send-path speed-ups and the small fixes (b872f16..aeafc25): what they broke.
+"""Discord's session deadlines and the embedded API's refusals: what holds.
 
-- The Discord core's new READY / RESUMED deadline fires on the node's own lateness:
-  a timer that runs late (the loop was busy) fails the link at once, where every
-  other liveness timer gives a grace (``providers.base.LATE_TIMER``), and a Resume
-  replay that the shell holds back for a slow consumer (its own backpressure) is
-  failed as "no RESUMED".
-- The embedded API's new type errors quote the refused value, which for
-  ``learn_secrets`` and a spec given as a dict is a secret the node never learnt
-  (so nothing redacts it).
-- A credential that is a ``str`` subclass, accepted and redacted before, is refused.
+- The Discord core's READY / RESUMED deadline does not fire on the node's own
+  lateness: a timer that runs late (the loop was busy) gives the gateway as
+  long again before it fails the link, as every other liveness timer does
+  (``providers.base.LATE_TIMER``), and a Resume's replay that the shell holds
+  back for a slow consumer (its own backpressure) is not failed as "no
+  RESUMED". Both failed the link at once when the deadline was new.
+- A refused argument that may hold a secret the node never learnt
+  (``learn_secrets``' values, a spec given as a dict) is named by its type,
+  not quoted: nothing would have redacted it.
+- A credential that is a ``str`` subclass is taken and redacted, as before
+  credentials were checked for their type.
 """
 
 from __future__ import annotations
