@@ -7,7 +7,14 @@ Design:
   full jitter (the count resets once a connection has been stable for
   ``reset_after``), ``FatalError`` marks the channel FAILED and never
   reconnects (a ban must not be hammered). A link that delivers nothing for
-  ``liveness_timeout`` is treated as dead.
+  ``liveness_timeout`` is treated as dead. A task of the actor watches it
+  (:class:`_Liveness`) and cancels the reader's wait once that long passed
+  with no event: cancelled, the provider's async iterator of events is
+  closed, so the watch first looks whether it fires late (more than
+  ``LATE_TIMER`` after the deadline: the node's own loop was busy, and what
+  the peer sent meanwhile may sit unread in the socket) and then gives the
+  link as long again as the loop looked away, once, as the providers'
+  cores do with their own timers.
 - At most :data:`CONNECTS_IN_FLIGHT` handshakes per provider run at once in
   a node (a trio run); the others wait their turn, still CONNECTING, and
   their connect timeout starts when their turn comes. Ten thousand channels
@@ -26,12 +33,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from trio.lowlevel import RunVar
 
 from providers.base import (
+    LATE_TIMER,
     Connection,
     Event,
     FatalError,
@@ -44,7 +52,7 @@ from ..errors import ChannelFailed, ChannelUnavailable, RetriesExhausted
 from .state import ChannelStatus
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from providers.base import ChannelConfig, Provider
 
@@ -115,6 +123,8 @@ class ConnectionLoop:
         def _event_at_once(self, event: Event) -> bool: ...
 
         async def _calls_answered(self) -> None: ...
+
+        def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
 
     async def _run_connection(self) -> None:
         memory = self.memory
@@ -284,27 +294,36 @@ class ConnectionLoop:
         self, conn: Connection, events: AsyncIterator[Event], liveness: float | None
     ) -> None:
         memory = self.memory
-        while True:
-            if liveness is None:  # no cancel scope per event when there is no timeout
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    return
-            else:
-                with trio.move_on_after(liveness) as scope:
+        watch = None if liveness is None else _Liveness(liveness)
+        if watch is not None:
+            self.start_task(watch.run)
+        try:
+            while True:
+                if watch is None:  # no cancel scope per event when there is no timeout
                     try:
                         event = await anext(events)
                     except StopAsyncIteration:
                         return
-                if scope.cancelled_caught:
-                    raise TransientError(
-                        f"no event for {liveness} s (liveness timeout): "
-                        "treating the connection as dead"
-                    )
-            await self._on_event(event)
-            memory.session = conn.session_state()
-            if not memory.dirty:  # the session and the dedupe window moved
-                memory.touch()
+                else:
+                    with watch.park() as scope:
+                        try:
+                            event = await anext(events)
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            watch.parked = False
+                    if scope.cancelled_caught:
+                        raise TransientError(
+                            f"no event for {liveness} s (liveness timeout): "
+                            "treating the connection as dead"
+                        )
+                await self._on_event(event)
+                memory.session = conn.session_state()
+                if not memory.dirty:  # the session and the dedupe window moved
+                    memory.touch()
+        finally:
+            if watch is not None:
+                watch.stop()
 
     async def _close_for_stop(self) -> None:
         """Close the link resumably while the provider's tasks still run."""
@@ -363,3 +382,62 @@ class ConnectionLoop:
 def _why(error: ProviderError) -> str:
     """How a connection's end is reported: the error's class and message."""
     return f"{type(error).__name__}: {error}"
+
+
+class _Liveness:
+    """The watch on a link's liveness: the reader's wait for an event is cancelled
+    once ``timeout`` passed since it began, unless the watch fired late.
+
+    The reader calls :meth:`park` around each wait (the scope it returns is
+    what the watch cancels); :meth:`run` is the watch's task, ended by
+    :meth:`stop`. A wake-up more than ``LATE_TIMER`` after the deadline
+    found the node's own loop busy: the reader is given as long again as
+    the loop looked away (at most ``timeout``), once per wait, and only then
+    is the link judged.
+    """
+
+    __slots__ = ("_done", "_scope", "_turn", "parked", "parked_at", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.parked = False
+        self.parked_at = trio.current_time()
+        self._turn = 0  # waits begun: the watch tells one from the next
+        self._scope: trio.CancelScope | None = None
+        self._done = trio.CancelScope()
+
+    def park(self) -> trio.CancelScope:
+        """The reader begins a wait for an event: the scope to wait in."""
+        self._turn += 1
+        self.parked_at = trio.current_time()
+        self.parked = True
+        scope = self._scope = trio.CancelScope()
+        return scope
+
+    def stop(self) -> None:
+        """The reader is done: the watch ends."""
+        self._done.cancel()
+
+    async def run(self) -> None:
+        with self._done:
+            turn, deadline, graced = self._turn, self.parked_at + self.timeout, False
+            while True:
+                await trio.sleep_until(deadline)
+                now = trio.current_time()
+                if not self.parked or self._turn != turn:
+                    # An event came (or is being handled): watch the next wait.
+                    turn, graced = self._turn, False
+                    deadline = (self.parked_at if self.parked else now) + self.timeout
+                    continue
+                late = now - deadline
+                if late > LATE_TIMER and not graced:
+                    # Our loop was busy past the deadline: what the peer sent
+                    # meanwhile may be unread. Look as long again, once.
+                    graced = True
+                    deadline = now + min(late, self.timeout)
+                    continue
+                assert self._scope is not None  # (parked)
+                self._scope.cancel()
+                # Should the event have come in this same turn, the reader handles
+                # it and waits again: watched from its next wait.
+                deadline = now + self.timeout

@@ -1,0 +1,80 @@
+"""Overload and the resilience primitives, as a demanding production user meets them.
+
+Each test says what must hold and what went wrong before its fix: a
+channel's liveness timer that fires late because the node's own loop was
+busy (not the link), a circuit breaker moved in HALF_OPEN by the result of
+a call admitted before it opened, and a refusal's ``retry_after`` read from
+another node unchecked into an HTTP header. Virtual time throughout: a
+stalled loop is a jump of the clock that no task sees until it runs again.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from providers.base import InboundMessage
+from providers.testing import FakeConnection, FakeProvider
+from tests.support import CEILING
+from tests.test_channel_actor import GENEROUS, open_channel, settings
+
+
+def _inbound(msg_id: str) -> InboundMessage:
+    return InboundMessage(
+        channel_id="ch", platform_message_id=msg_id, peer="u1", sender="u1", text="hi"
+    )
+
+
+# --- liveness: a late timer is the loop's lateness, not a dead link ----------------------------
+
+
+async def _pump(socket: trio.MemoryReceiveChannel[InboundMessage], conn: FakeConnection) -> None:
+    """The provider's own reader: bytes read off the socket become the link's events."""
+    async for event in socket:
+        conn.push(event)
+
+
+async def test_a_liveness_timer_fired_late_by_a_stalled_loop_does_not_drop_the_link(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A channel with ``liveness_timeout`` calls its link dead only after a silence.
+
+    The node's loop stalls (a collection, a burst of work) across the
+    liveness deadline while the peer's event arrives: the event is in the
+    socket, unread, because the provider's reader has not run yet. Before
+    the fix the deadline was judged first, as the loop came back, and the
+    healthy link was dropped and reconnected ("no event for 30 s") with the
+    event unread; the providers' own cores give such a late timer as long
+    again as the loop looked away (``LATE_TIMER``), the channel's did not.
+    A link that stays silent is still dead, once its grace is over.
+    """
+    provider = FakeProvider(limits=GENEROUS)
+    with trio.fail_after(CEILING * 10):
+        async with (
+            open_channel(provider, channel_settings=settings(liveness_timeout=30.0)) as channel,
+            trio.open_nursery() as nursery,
+        ):
+            events = channel.subscribe(accepts=lambda e: isinstance(e, InboundMessage))
+            conn = await provider.wait_connected(1)
+            to_socket, socket = trio.open_memory_channel[InboundMessage](10)
+            nursery.start_soon(_pump, socket, conn)
+            await trio.sleep(20.0)
+            await trio.testing.wait_all_tasks_blocked()
+            # The loop stalls for 15 s: the deadline (t+30) passes with nothing run,
+            # and the peer's event arrives during the stall.
+            autojump_clock.jump(15.0)
+            to_socket.send_nowait(_inbound("during-the-stall"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert "liveness" not in (channel.statistics().last_error or "")
+            assert events.receive_nowait().platform_message_id == "during-the-stall"
+            assert len(provider.connections) == 1
+            # Silent from here on: dead after the timeout, reconnected.
+            await provider.wait_connected(2)
+            assert "liveness timeout" in (channel.statistics().last_error or "")
+            # A stall across the deadline of a link that stays silent: dead once the
+            # grace is over too (the grace is given once, not for ever).
+            await trio.sleep(20.0)
+            autojump_clock.jump(15.0)
+            await provider.wait_connected(3)
+            assert channel.statistics().reconnects == 2
+            nursery.cancel_scope.cancel()
