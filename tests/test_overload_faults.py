@@ -10,13 +10,23 @@ stalled loop is a jump of the clock that no task sees until it runs again.
 
 from __future__ import annotations
 
+import math
+
 import trio
 import trio.testing
 
-from providers.base import InboundMessage
+from providers.base import UNLIMITED, InboundMessage, PlatformLimits, RateLimited, SendResult
 from providers.testing import FakeConnection, FakeProvider
 from tests.support import CEILING
-from tests.test_channel_actor import GENEROUS, open_channel, settings
+from tests.test_channel_actor import GENEROUS, open_channel, out, settings
+
+LIMITS_OFF = PlatformLimits(
+    per_channel_rate=UNLIMITED,
+    per_channel_burst=1,
+    per_peer_rate=UNLIMITED,
+    per_peer_burst=1,
+    max_text_length=100,
+)
 
 
 def _inbound(msg_id: str) -> InboundMessage:
@@ -78,3 +88,36 @@ async def test_a_liveness_timer_fired_late_by_a_stalled_loop_does_not_drop_the_l
             await provider.wait_connected(3)
             assert channel.statistics().reconnects == 2
             nursery.cancel_scope.cancel()
+
+
+# --- retries: a platform that keeps refusing is not hammered -----------------------------------
+
+
+async def test_a_send_refused_again_and_again_with_no_wait_backs_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A platform that answers every try of a send with 429 and no wait to speak
+    of (``Retry-After: 0``) is tried again at the pace of the send backoff.
+
+    A rate limit is not a failure (it spends no attempt and is never
+    dead-lettered), and the first one is waited exactly. Before the fix
+    each further one was too: a channel with its limits off (or a rate
+    above the platform's) sent the same message again at once, every time,
+    for as long as the platform refused it: 5,000 tries at the same
+    instant here, one platform round trip apart on a real link, for ever.
+    Once the platform takes it, the caller has its answer.
+    """
+    refusals = 200
+    provider = FakeProvider(
+        limits=LIMITS_OFF, send_script=[RateLimited("429", retry_after=0.0)] * refusals
+    )
+    with trio.fail_after(CEILING * 100):
+        async with open_channel(provider) as channel:  # send backoff: 1 s each
+            await provider.wait_connected(1)
+            with trio.move_on_after(5.0):
+                await channel.send(out())
+            # The first refusal is waited exactly (no wait), the rest a second each.
+            assert len(provider.send_attempts) <= 7
+            assert isinstance(await channel.send(out(), timeout=math.inf), SendResult)
+            assert len(provider.send_attempts) == refusals + 1
+            assert channel.statistics().dead_letters == 0

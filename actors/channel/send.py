@@ -13,8 +13,10 @@ Design:
 - What happens after an error is a pure decision, :func:`decide`, from the
   error's class alone (as ``add_restart`` decides a supervisor's restart):
   a ``RateLimited`` pauses the limiter for exactly ``retry_after`` and is not
-  a failure; a ``PermanentSendError`` is dead-lettered at once; a
-  ``FatalError`` fails the channel; any other ``ProviderError`` retries with
+  a failure (a send refused so again waits at least its send backoff: a
+  platform that keeps answering 429 with no wait is not hammered); a
+  ``PermanentSendError`` is dead-lettered at once; a ``FatalError`` fails
+  the channel; any other ``ProviderError`` retries with
   the send backoff until ``send_attempts`` is spent, then is dead-lettered.
   The loop in :class:`SendPath` only applies decisions and sleeps.
 - A retry reuses the message's idempotency key, so a platform that
@@ -163,9 +165,14 @@ def decide(
     """
     if isinstance(error, RateLimited):
         per_peer = error.scope is RateLimitScope.PEER
+        delay = error.retry_after
+        if attempts > 1:
+            # Refused before: a platform that keeps asking for (next to) no wait
+            # is not tried again at once, for ever; the send backoff's delay at least.
+            delay = max(delay, backoff.compute(attempts - 1, rng=rng))
         return SendDecision(
             action=SendAction.PAUSE,
-            delay=error.retry_after,
+            delay=delay,
             pause_peer=(error.peer or peer) if per_peer else None,
         )
     if isinstance(error, PermanentSendError):
