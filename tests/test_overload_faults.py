@@ -121,3 +121,30 @@ async def test_a_send_refused_again_and_again_with_no_wait_backs_off(
             assert isinstance(await channel.send(out(), timeout=math.inf), SendResult)
             assert len(provider.send_attempts) == refusals + 1
             assert channel.statistics().dead_letters == 0
+
+
+async def test_connects_refused_again_and_again_with_no_wait_back_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A platform that refuses every connect with 429 and no wait to speak of is
+    connected to again at the pace of the reconnect backoff.
+
+    A rate limit is no failure of the link (the first one is waited
+    exactly, and none counts toward ``max_reconnects``). Before the fix
+    each one was waited exactly: every handshake at the same instant here,
+    a reconnect storm against a platform that asked us to slow down. Once
+    it lets the channel in, the channel is connected.
+    """
+    refusals = 20
+    provider = FakeProvider(
+        limits=GENEROUS, connect_script=[RateLimited("429", retry_after=0.0)] * refusals
+    )
+    with trio.fail_after(CEILING * 100):
+        async with open_channel(provider) as channel:  # reconnect backoff: 1, 2, 4, 8 s
+            with trio.move_on_after(5.0):
+                await provider.wait_connected(1)
+            # The first refusal is waited exactly (no wait), then 1 s, 2 s ...
+            assert len(provider.connect_times) <= 4
+            await provider.wait_connected(1)
+            assert len(provider.connect_times) == refusals + 1
+            assert channel.statistics().rate_limit_waits == refusals

@@ -142,6 +142,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         "_failure",
         "_leftover",
         "_now",
+        "_rate_limited",
         "_stopping",
         "_turns",
         "_window",
@@ -171,6 +172,7 @@ class ChannelActor(ConnectionLoop, SendPath, InboundPath, Actor):
         self._failure: BaseException | None = None
         self._connection_scope: trio.CancelScope | None = None
         self._stopping = False
+        self._rate_limited = 0  # connects refused in a row with a rate limit
         # Set once the events the last incarnation left are kept (None: none left).
         self._leftover: trio.Event | None = None
         self._window = SendWindow(send_window(config, provider.limits))

@@ -6,15 +6,18 @@ Design:
   exactly ``retry_after`` (not a failure), ``TransientError`` backs off with
   full jitter (the count resets once a connection has been stable for
   ``reset_after``), ``FatalError`` marks the channel FAILED and never
-  reconnects (a ban must not be hammered). A link that delivers nothing for
-  ``liveness_timeout`` is treated as dead. A task of the actor watches it
-  (:class:`_Liveness`) and cancels the reader's wait once that long passed
-  with no event: cancelled, the provider's async iterator of events is
-  closed, so the watch first looks whether it fires late (more than
-  ``LATE_TIMER`` after the deadline: the node's own loop was busy, and what
-  the peer sent meanwhile may sit unread in the socket) and then gives the
-  link as long again as the loop looked away, once, as the providers'
-  cores do with their own timers.
+  reconnects (a ban must not be hammered). A connect refused with a rate
+  limit again, with no connection between, waits at least the reconnect
+  backoff's delay for as many refusals: a platform that keeps answering 429
+  with no wait is not reconnected to at once, for ever. A link that
+  delivers nothing for ``liveness_timeout`` is treated as dead. A task of
+  the actor watches it (:class:`_Liveness`) and cancels the reader's wait
+  once that long passed with no event: cancelled, the provider's async
+  iterator of events is closed, so the watch first looks whether it fires
+  late (more than ``LATE_TIMER`` after the deadline: the node's own loop
+  was busy, and what the peer sent meanwhile may sit unread in the socket)
+  and then gives the link as long again as the loop looked away, once, as
+  the providers' cores do with their own timers.
 - At most :data:`CONNECTS_IN_FLIGHT` handshakes per provider run at once in
   a node (a trio run); the others wait their turn, still CONNECTING, and
   their connect timeout starts when their turn comes. Ten thousand channels
@@ -105,6 +108,7 @@ class ConnectionLoop:
     _connected: trio.Event | None
     _connection_scope: trio.CancelScope | None
     _failure: BaseException | None
+    _rate_limited: int
     _stopping: bool
 
     if TYPE_CHECKING:
@@ -219,6 +223,7 @@ class ConnectionLoop:
                         memory.timings.connected(trio.current_time() - began)
                     self._set_link(conn)
                     memory.backoff.connected(trio.current_time())
+                    self._rate_limited = 0
                     memory.touch()
                     self._set_status(ChannelStatus.CONNECTED)
                     self._wake_senders()
@@ -254,9 +259,16 @@ class ConnectionLoop:
             # Providers keep their waits sane; should one not, a negative wait makes
             # move_on_after raise (an actor crash per attempt): it is clamped, and a
             # NaN or infinite one (no wait at all, or never reconnect) backs off.
+            self._rate_limited += 1
             if math.isfinite(exc.retry_after):
                 # Not capped: Discord's session starts come back after up to a day.
-                return max(0.0, exc.retry_after), f"rate limited by the platform: {exc}"
+                wait = max(0.0, exc.retry_after)
+                if self._rate_limited > 1:
+                    # Refused so before: a platform that keeps asking for (next to) no
+                    # wait is not hammered; the reconnect backoff's delay at least.
+                    floor = memory.backoff.policy.compute(self._rate_limited - 1, rng=memory.rng)
+                    wait = max(wait, floor)
+                return wait, f"rate limited by the platform: {exc}"
             why = _why(exc)
         except FatalError:
             raise
