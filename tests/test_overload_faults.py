@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import trio
 import trio.testing
 
-from providers.base import UNLIMITED, InboundMessage, PlatformLimits, RateLimited, SendResult
-from providers.testing import FakeConnection, FakeProvider
+from actors import BreakerState, CircuitOpen
+from actors.channel import ChannelMemory
+from actors.channel.durable import export_state, restore_state
+from providers.base import (
+    UNLIMITED,
+    InboundMessage,
+    PlatformLimits,
+    RateLimited,
+    SendResult,
+    TransientError,
+)
+from providers.testing import FakeConnection, FakeProvider, SendDelay
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel, out, settings
 
@@ -148,3 +159,71 @@ async def test_connects_refused_again_and_again_with_no_wait_back_off(
             await provider.wait_connected(1)
             assert len(provider.connect_times) == refusals + 1
             assert channel.statistics().rate_limit_waits == refusals
+
+
+# --- the circuit breaker: a trial cut off gives its slot back -----------------------------------
+
+
+async def test_a_trial_send_cut_off_by_a_crash_does_not_hold_the_breaker_after_the_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A HALF_OPEN breaker's trial whose send is cut off (the actor crashes, or
+    is restarted, while the trial is at the platform) gives its slot back.
+
+    The cut-off send goes back to the mailbox and is sent again by the next
+    incarnation; nothing of the old one will ever report the trial's
+    outcome. Before the fix its slot stayed taken in the channel's memory
+    (which outlives the crash), so the breaker refused every send, the
+    requeued one included, until the slot was reclaimed a whole
+    ``breaker_reset`` later: a restart in HALF_OPEN stalled the channel
+    although nothing was on its way to the platform.
+    """
+    provider = FakeProvider(limits=GENEROUS, send_script=[TransientError("5xx"), SendDelay(100)])
+    results: dict[str, object] = {}
+
+    async def send(key: str) -> None:
+        results[key] = await channel.send(out(key=key), timeout=math.inf)
+
+    with trio.fail_after(CEILING * 10):
+        async with (
+            open_channel(
+                provider, channel_settings=settings(breaker_threshold=1, breaker_reset=10.0)
+            ) as channel,
+            trio.open_nursery() as nursery,
+        ):
+            await provider.wait_connected(1)
+            nursery.start_soon(send, "k0")  # fails: the breaker opens for 10 s
+            await trio.sleep(12.0)  # the trial went at 10 s, and the platform is slow
+            breaker = channel.memory.breaker
+            assert breaker.statistics().trials_in_flight == 1
+            channel.ref.tell(object())  # an unknown message crashes the actor
+            await trio.testing.wait_all_tasks_blocked()
+            assert channel.statistics().restarts == 1
+            # The restarted channel sent k0 again at once, as the breaker's trial.
+            assert [m.idempotency_key for _, m in provider.send_attempts] == ["k0"] * 3
+            assert isinstance(results.get("k0"), SendResult)
+            assert breaker.current_state(trio.current_time()) is BreakerState.CLOSED
+
+
+def test_a_breaker_restored_from_another_process_holds_no_trial_of_it() -> None:
+    """A checkpoint taken while a HALF_OPEN breaker's trial was out (the process
+    was then killed, or the channel moved to another node) restores the
+    breaker HALF_OPEN with its trial slot free: the call that held it was
+    the dead process's, and its outcome will never be reported here.
+
+    Before the fix the slot came back taken, and the restored channel
+    refused every send (``CircuitOpen``) until it was reclaimed a whole
+    ``breaker_reset`` after the old trial began.
+    """
+    crashed = ChannelMemory(GENEROUS, settings(breaker_threshold=1, breaker_reset=30.0))
+    crashed.breaker.record_failure(0.0)
+    crashed.breaker.allow(30.0)  # the trial, at the platform as the process dies
+    state = export_state(crashed, now=31.0, clock_offset=1000.0, clean=False)
+    assert state.breaker.trials_in_flight == 1
+    restored = ChannelMemory(GENEROUS, settings(breaker_threshold=1, breaker_reset=30.0))
+    restore_state(restored, state, now=40.0, clock_offset=1000.0)
+    breaker = restored.breaker
+    assert breaker.current_state(40.0) is BreakerState.HALF_OPEN
+    breaker.allow(40.0)  # a trial of this process goes at once
+    with pytest.raises(CircuitOpen):
+        breaker.allow(40.0)  # and only one

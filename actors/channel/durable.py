@@ -264,7 +264,8 @@ def restore_state(
         reset_timeout=breaker.reset_timeout,
         half_open_max_calls=breaker.half_open_max_calls,
         name=breaker.name,
-        state=_shift_breaker(state.breaker, back),
+        # Trial calls in flight were the exporting incarnation's: none reports here.
+        state=_shift_breaker(attrs.evolve(state.breaker, trials_in_flight=0), back),
     )
     # Everything is checked above; from here on nothing raises.
     if limiter is not None:

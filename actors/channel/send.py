@@ -750,6 +750,13 @@ class SendPath:
                     # upload's): it goes again on the next, as after a transient failure.
                     await self._after(_closed_under(exc), message, attempts, flight)
                     continue
+                except BaseException:
+                    if trial:
+                        # Cut off (the incarnation ends) or a defect: no outcome will
+                        # come, and the send goes again as the next incarnation's.
+                        breaker.release(round_)
+                        self._breaker_told()
+                    raise
                 breaker.record_success(self._now())
                 self._breaker_told()
                 if type(message) is OutboundMessage:
