@@ -60,6 +60,7 @@ working, and the ops API's error names do not change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -545,6 +546,18 @@ def error_to_wire(exc: BaseException) -> dict[str, Any]:
     return wire
 
 
+def _retry_after(value: Any) -> int:
+    """An ``Overloaded.retry_after`` read off the wire: whole seconds within the
+    node's own bounds, or the node's default if it is not a number."""
+    from .admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER  # (admission imports this module)
+
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return NODE_RETRY_AFTER
+    if value >= MAX_RETRY_AFTER:
+        return MAX_RETRY_AFTER
+    return math.ceil(value) if value > 1 else 1
+
+
 def error_from_wire(wire: Any) -> NodeError:
     """The error :func:`error_to_wire` wrote, as the same class where this node knows it."""
     if not isinstance(wire, dict):
@@ -565,6 +578,9 @@ def error_from_wire(wire: Any) -> NodeError:
         for detail in _DETAILS:
             if detail in wire:
                 setattr(error, detail, wire[detail])
+        if isinstance(error, Overloaded):
+            # It becomes a 503's Retry-After: whole seconds, at least one, as promised.
+            error.retry_after = _retry_after(wire.get("retry_after"))
         if wire.get("dead_lettered") is True:
             error.dead_lettered = True  # type: ignore[attr-defined]
         return error

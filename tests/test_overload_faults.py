@@ -28,6 +28,9 @@ from providers.base import (
     TransientError,
 )
 from providers.testing import FakeConnection, FakeProvider, SendDelay
+from runtime import Overloaded
+from runtime.admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER
+from runtime.errors import error_from_wire, error_to_wire
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel, out, settings
 
@@ -227,3 +230,38 @@ def test_a_breaker_restored_from_another_process_holds_no_trial_of_it() -> None:
     breaker.allow(40.0)  # a trial of this process goes at once
     with pytest.raises(CircuitOpen):
         breaker.allow(40.0)  # and only one
+
+
+# --- the refusal's Retry-After, as another node sent it ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "read"),
+    [
+        (5, 5),
+        (0, 1),  # a retry at once: at least a second, as Overloaded promises
+        (-3, 1),
+        (2.5, 3),  # whole seconds, never sooner than asked
+        (1e300, MAX_RETRY_AFTER),  # finite, and no longer than a node ever asks
+        (-math.inf, 1),
+        ("soon", NODE_RETRY_AFTER),  # not a number: the node's own default
+        (True, NODE_RETRY_AFTER),
+        (None, NODE_RETRY_AFTER),
+    ],
+)
+def test_an_overloaded_from_another_node_says_a_sane_retry_after(sent: object, read: int) -> None:
+    """``Overloaded.retry_after`` is whole seconds, at least 1, whatever the wire held.
+
+    A node that forwards a send hands the owner's refusal to its caller,
+    and the message API puts ``retry_after`` into the 503's ``Retry-After``
+    header. Before the fix the wire's value was taken as it came: a float
+    (``Retry-After: 2.5``, which HTTP does not allow), 0 or a negative
+    number (clients retrying at once, in a loop, against a full node), a
+    string, or ``1e+300``.
+    """
+    wire = error_to_wire(Overloaded("full", channel_id="a", idempotency_key="k"))
+    wire["retry_after"] = sent
+    error = error_from_wire(wire)
+    assert isinstance(error, Overloaded)
+    assert type(error.retry_after) is int
+    assert error.retry_after == read
