@@ -392,13 +392,27 @@ class PlatformLimits:
             :func:`actors.channel.state.channel_bucket`).
     """
 
-    per_channel_rate: float
-    per_channel_burst: int
-    per_peer_rate: float
-    per_peer_burst: int
-    max_text_length: int
+    per_channel_rate: float = attrs.field(validator=lambda _, a, v: _check_rate(a.name, v))
+    per_channel_burst: int = attrs.field(validator=lambda _, a, v: _check_count(a.name, v))
+    per_peer_rate: float = attrs.field(validator=lambda _, a, v: _check_rate(a.name, v))
+    per_peer_burst: int = attrs.field(validator=lambda _, a, v: _check_count(a.name, v))
+    max_text_length: int = attrs.field(validator=lambda _, a, v: _check_count(a.name, v))
     max_upload_bytes: int = 50 * 1024 * 1024
     per_channel_strict: bool = False
+
+
+# Checked where limits are made: a channel makes its rate limiters from them at
+# its first send, and limits no limiter can keep crashed it at every send.
+def _check_rate(name: str, value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
+        raise ValueError(
+            f"{name} must be messages per second > 0 (UNLIMITED or more: no limit), got {value!r}"
+        )
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 # Limits off (load tests, a platform that enforces nothing): a rate at or above

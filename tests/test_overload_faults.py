@@ -265,3 +265,47 @@ def test_an_overloaded_from_another_node_says_a_sane_retry_after(sent: object, r
     assert isinstance(error, Overloaded)
     assert type(error.retry_after) is int
     assert error.retry_after == read
+
+
+# --- limits: refused where they are made, not at every send --------------------------------------
+
+
+_LIMITS = {
+    "per_channel_rate": 30.0,
+    "per_channel_burst": 1,
+    "per_peer_rate": 1.0,
+    "per_peer_burst": 1,
+    "max_text_length": 4096,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("per_channel_rate", 0.0),
+        ("per_channel_rate", -30.0),
+        ("per_channel_rate", math.nan),
+        ("per_peer_rate", 0.0),
+        ("per_channel_burst", 0),
+        ("per_peer_burst", -1),
+        ("per_channel_burst", 1.5),
+        ("max_text_length", 0),
+    ],
+)
+def test_limits_no_limiter_can_keep_are_refused_where_they_are_made(
+    field: str, value: object
+) -> None:
+    """``PlatformLimits`` (a provider's declaration, or a channel's override in
+    ``ChannelSettings.limits``) refuses a rate that is not above 0, a burst
+    that is not a whole number >= 1, and a text limit below 1.
+
+    The config file's limits are checked at load; these were not. Before
+    the fix a channel given such limits connected, and then every send
+    crashed its actor (``ActorCrashed``, a ``ValueError`` from the rate
+    limiter it made at the first send), one crash per send, until its
+    supervisor gave up on it.
+    """
+    with pytest.raises(ValueError, match=field):
+        PlatformLimits(**{**_LIMITS, field: value})
+    PlatformLimits(**_LIMITS)
+    PlatformLimits(**{**_LIMITS, "per_channel_rate": math.inf, "per_peer_rate": UNLIMITED})
