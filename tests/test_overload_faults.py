@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import BreakerState, CircuitOpen
+from actors import BreakerState, ChannelSettings, CircuitOpen
 from actors.channel import ChannelMemory
 from actors.channel.durable import export_state, restore_state
 from providers.base import (
@@ -309,3 +309,33 @@ def test_limits_no_limiter_can_keep_are_refused_where_they_are_made(
         PlatformLimits(**{**_LIMITS, field: value})
     PlatformLimits(**_LIMITS)
     PlatformLimits(**{**_LIMITS, "per_channel_rate": math.inf, "per_peer_rate": UNLIMITED})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("breaker_threshold", 0),
+        ("breaker_reset", 0.0),
+        ("breaker_reset", math.nan),
+        ("breaker_reset", math.inf),
+        ("connect_timeout", -1.0),
+        ("connect_wait", -1.0),
+        ("liveness_timeout", 0.0),
+    ],
+)
+def test_channel_settings_no_channel_can_run_with_are_refused_where_they_are_made(
+    field: str, value: object
+) -> None:
+    """``ChannelSettings`` refuses a breaker, a connect deadline, a wait for a
+    link or a liveness timeout that no channel can run with.
+
+    The channel reads them later (its breaker is made at its first send,
+    its waits when one is needed). Before the fix a breaker threshold of 0
+    or a reset that is not a finite time above 0 crashed the channel's
+    actor at every send (``ActorCrashed``), a connect deadline below 0 kept
+    it backing off for ever without a word, and a negative wait for a link
+    crashed it at every send made while it was down.
+    """
+    with pytest.raises(ValueError, match=field):
+        ChannelSettings(**{field: value})
+    ChannelSettings(connect_wait=0.0, connect_timeout=None, liveness_timeout=None)

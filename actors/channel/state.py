@@ -170,6 +170,32 @@ class ChannelStateChanged:
     delay: float | None = None
 
 
+def _seconds(
+    *, optional: bool = False, zero: bool = False, finite: bool = False
+) -> Callable[[Any, Any, Any], None]:
+    """A validator of a ``ChannelSettings`` time: seconds > 0 (``zero``: >= 0;
+    ``finite``: not ``math.inf``), or ``None`` where ``optional``.
+
+    Checked where settings are made: the channel reads most of them only
+    later (its breaker at its first send, its waits at the first that needs
+    one), and a value none of them can take crashed the channel there, at
+    every send or every connect.
+    """
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        if value is None and optional:
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and (value > 0 or (zero and value == 0)) and not (finite and math.isinf(value)):
+            return
+        wanted = ("finite " if finite else "") + ("seconds >= 0" if zero else "seconds > 0")
+        raise ValueError(
+            f"{attribute.name} must be {wanted}{' or None' if optional else ''}, got {value!r}"
+        )
+
+    return check
+
+
 @attrs.frozen(kw_only=True)
 class ChannelSettings:
     """How a channel reconnects, sends and remembers.
@@ -206,16 +232,16 @@ class ChannelSettings:
     )
     reset_after: float = 60.0
     max_reconnects: int | None = None
-    liveness_timeout: float | None = None
+    liveness_timeout: float | None = attrs.field(default=None, validator=_seconds(optional=True))
     limits: PlatformLimits | None = None
     send_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     send_backoff: ExponentialBackoff = attrs.field(
         factory=lambda: ExponentialBackoff(base=0.2, cap=10.0)
     )
-    connect_wait: float = 30.0
-    connect_timeout: float | None = 60.0
-    breaker_threshold: int = 5
-    breaker_reset: float = 30.0
+    connect_wait: float = attrs.field(default=30.0, validator=_seconds(zero=True))
+    connect_timeout: float | None = attrs.field(default=60.0, validator=_seconds(optional=True))
+    breaker_threshold: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    breaker_reset: float = attrs.field(default=30.0, validator=_seconds(finite=True))
     dedupe_window: int = DEFAULT_DEDUPE_WINDOW
     inbound_retry: float = 0.5
 
