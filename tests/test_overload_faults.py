@@ -2,10 +2,14 @@
 
 Each test says what must hold and what went wrong before its fix: a
 channel's liveness timer that fires late because the node's own loop was
-busy (not the link), a circuit breaker moved in HALF_OPEN by the result of
-a call admitted before it opened, and a refusal's ``retry_after`` read from
-another node unchecked into an HTTP header. Virtual time throughout: a
-stalled loop is a jump of the clock that no task sees until it runs again.
+busy (not the link); a platform answering 429 with no wait, to sends and
+to connects, hammered without a pause; a HALF_OPEN breaker's trial cut off
+by a crash (or left by another process) holding the breaker a whole reset
+timeout; an ``Overloaded`` from another node with its ``retry_after``
+taken unchecked into the 503's ``Retry-After``; limits and channel
+settings that no limiter or breaker can keep, accepted and then crashing
+the channel at every send. Virtual time throughout: a stalled loop is a
+jump of the clock that no task sees until it runs again.
 """
 
 from __future__ import annotations
