@@ -1,0 +1,204 @@
+"""Review of the merged fault runs (HTTP send side, overload and resilience): failing
+tests for the defects found in the merge's product code.
+
+- The WhatsApp token masking (``_without_token``) looks for the whole token in the
+  error's text, but the same change quotes a Graph error's message at most 200
+  characters (``quoted``): a real Meta access token (about 200 characters) that
+  Meta echoes ("Malformed access token EAA...") is cut by the quoting, is then
+  never found whole, and most of it reaches the sender, the channel's last error
+  and the dead letter unmasked.
+- The 429-with-no-wait backoff on connects (``_rate_limited``) is reset by every
+  connection that opens, so a platform whose handshake succeeds and whose first
+  call after it is refused with ``retry_after: 0`` (Telegram: getMe answers, the
+  getUpdates long poll is refused) is still reconnected to at once, for ever: the
+  reconnect storm the change meant to end.
+- A rate limit is said (by the change's commit and tests) to spend no attempt of
+  a send, but each 429 counts toward ``send_attempts``: a message refused twice
+  with 429 and then failing once transiently is dead-lettered at once, with
+  ``send_attempts = 3``, after a single transient failure.
+
+Virtual time throughout (trio's MockClock with autojump); no real sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Final
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from providers.base import ChannelConfig, ProviderError, RateLimited, SendResult, TransientError
+from providers.telegram import TelegramProvider
+from providers.testing import FakeProvider
+from providers.whatsapp import WhatsAppProvider
+from runtime import open_node
+from tests.support import CEILING
+from tests.test_channel_actor import GENEROUS, open_channel, out, settings
+from tests.test_http_send_faults import FAST, MESSAGE, TG_TOKEN, error_texts, tg_config
+
+# A Meta system-user access token is about 200 characters: "EAA" and base62.
+_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+LONG_WA_TOKEN: Final = "EAAG" + "".join(_ALPHABET[(i * 7 + 3) % 62] for i in range(206))
+
+
+def _long_token_config() -> ChannelConfig:
+    return ChannelConfig(
+        channel_id="wa",
+        provider="whatsapp",
+        credentials={"token": LONG_WA_TOKEN, "app_secret": "s", "verify_token": "v"},
+        base_url="http://graph.test",
+        options={"phone_number_id": "123", "verify_on_open": False},
+    )
+
+
+# --- 1. a real-length token the Graph API echoes is cut by the quoting, then not masked ---------
+
+
+async def test_a_whatsapp_token_of_real_length_that_the_graph_api_echoes_is_masked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What must hold: a token the Graph API echoes ("Malformed access token
+    EAA...") is in no part in the error a send raises (its message and the
+    errors it came from), whatever the token's length.
+
+    What goes wrong: ``GraphError.describe`` quotes Meta's message at most 200
+    characters (``quoted``) and only then does the shell mask the token, by
+    looking for it whole (``token in str(error)``). A Meta access token is
+    about 200 characters, so the quoted message holds its first ~177
+    characters and not the whole token: nothing is masked, and those
+    characters of the credential go to the sender, the channel's last error,
+    the dead letter in the store and the logs. (The module's own test uses a
+    44-character token, which the quoting leaves whole.)
+    """
+    echoed = {
+        "error": {
+            "message": f"Malformed access token {LONG_WA_TOKEN}",
+            "type": "OAuthException",
+            "code": 190,
+            "fbtrace_id": "AbC",
+        }
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json=echoed)
+
+    provider = WhatsAppProvider(transport=httpx.MockTransport(answer))
+    raised: BaseException | None = None
+    with trio.fail_after(CEILING):
+        try:
+            async with provider.open_connection(_long_token_config()) as conn:
+                await conn.send(MESSAGE)
+        except ProviderError as exc:
+            raised = exc
+    assert raised is not None
+    text = error_texts(raised)
+    assert "Malformed access token" in text  # Meta's words are still told
+    leaked = [
+        LONG_WA_TOKEN[i : i + 24]
+        for i in range(0, len(LONG_WA_TOKEN) - 24, 8)
+        if LONG_WA_TOKEN[i : i + 24] in text
+    ]
+    assert not leaked, f"{len(leaked)} pieces of the token in the error: {text[:300]!r}"
+
+
+# --- 2. a link refused with 429 and no wait right after each connect: a storm ------------------
+
+
+async def test_a_telegram_poll_refused_again_and_again_with_no_wait_backs_off(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What must hold: a Telegram channel whose long poll the Bot API refuses
+    again and again with 429 and ``retry_after: 0`` reconnects at the pace of
+    its reconnect backoff after the first refusals, as the change promises for
+    a platform that "keeps answering 429 with no wait" (d58d037).
+
+    What goes wrong: the refusals are counted (``_rate_limited``) only between
+    connections, and the count is reset when a connection opens. Telegram's
+    connect is getMe, which succeeds; the refusal comes from the getUpdates
+    right after it, so every refusal is "the first after a connection" and is
+    waited exactly: no wait at all. The channel calls getMe and getUpdates
+    back to back for as long as the Bot API refuses it (here every one of the
+    refused polls at the same virtual instant), the reconnect storm against
+    a platform that asked it to slow down.
+    """
+    refusals = 8
+    polled_at: list[float] = []
+    held = trio.Event()  # the poll after the refusals has begun
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+            return httpx.Response(200, json={"ok": True, "result": me})
+        if method == "getUpdates":
+            polled_at.append(trio.current_time())
+            if len(polled_at) <= refusals:
+                refused = {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 0",
+                    "parameters": {"retry_after": 0},
+                }
+                return httpx.Response(429, json=refused)
+            held.set()
+            await trio.sleep(body.get("timeout", 0))  # (virtual) a long poll, held
+            return httpx.Response(200, json={"ok": True, "result": []})
+        return httpx.Response(404, json={"ok": False, "error_code": 404})
+
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
+    provider = TelegramProvider(transport=httpx.MockTransport(answer))
+    with trio.fail_after(CEILING):
+        async with open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider}):
+            await held.wait()  # each refusal, then the poll that holds
+    # Reconnect backoff 0.05 s, capped at 0.2 s: refused eight times in a row, the
+    # channel waited some of it between the refusals after the first.
+    assert polled_at[refusals - 1] > polled_at[0], (
+        f"all {refusals} refused polls at t={polled_at[0]}: reconnected at once each time"
+    )
+
+
+# --- 3. a rate limit spends an attempt of the send ----------------------------------------------
+
+
+async def test_rate_limits_spend_no_attempt_of_a_send(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What must hold: "a rate limit still spends no attempt and is never
+    dead-lettered" (9fafb63, and the overload tests' docstring): a send refused
+    twice with 429, then failing once transiently, is tried again and
+    delivered when ``send_attempts = 3``.
+
+    What goes wrong: ``_send`` counts every call to the platform as an attempt
+    (``attempts += 1`` before ``perform``), 429s included, and ``decide`` dead-
+    letters a transient failure once ``attempts >= send_attempts``: the
+    message is dead-lettered (``SendFailed``) after its first transient
+    failure. A channel that the platform rate-limits, which is when transient
+    failures come too, loses its messages to the dead-letter queue early
+    (and the send backoff ``decide`` now floors 429s with grows with the
+    transient failures as well).
+    """
+    provider = FakeProvider(
+        limits=GENEROUS,
+        send_script=[
+            RateLimited("429", retry_after=0.0),
+            RateLimited("429", retry_after=0.0),
+            TransientError("502"),
+            None,
+        ],
+    )
+    with trio.fail_after(CEILING * 10):
+        async with open_channel(provider, channel_settings=settings(send_attempts=3)) as channel:
+            await provider.wait_connected(1)
+            try:
+                result: object = await channel.send(out(), timeout=math.inf)
+            except Exception as exc:
+                result = exc
+            dead = channel.statistics().dead_letters
+    assert isinstance(result, SendResult), repr(result)
+    assert dead == 0
+    assert len(provider.send_attempts) == 4
