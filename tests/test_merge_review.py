@@ -16,6 +16,11 @@ tests for the defects found in the merge's product code.
   a send, but each 429 counts toward ``send_attempts``: a message refused twice
   with 429 and then failing once transiently is dead-lettered at once, with
   ``send_attempts = 3``, after a single transient failure.
+- The sanitizer of an ``Overloaded``'s ``retry_after`` read off another node's
+  answer (``runtime.errors._retry_after``) raises ``OverflowError`` for an
+  integer no float can hold (JSON carries one): ``error_from_wire`` raises
+  instead of answering the ``Overloaded``, for a value it promises to make sane
+  "whatever the wire held".
 
 Virtual time throughout (trio's MockClock with autojump); no real sleeps.
 """
@@ -35,7 +40,9 @@ from providers.base import ChannelConfig, ProviderError, RateLimited, SendResult
 from providers.telegram import TelegramProvider
 from providers.testing import FakeProvider
 from providers.whatsapp import WhatsAppProvider
-from runtime import open_node
+from runtime import Overloaded, open_node
+from runtime.admission import MAX_RETRY_AFTER
+from runtime.errors import error_from_wire, error_to_wire
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel, out, settings
 from tests.test_http_send_faults import FAST, MESSAGE, TG_TOKEN, error_texts, tg_config
@@ -202,3 +209,26 @@ async def test_rate_limits_spend_no_attempt_of_a_send(
     assert isinstance(result, SendResult), repr(result)
     assert dead == 0
     assert len(provider.send_attempts) == 4
+
+
+# --- 4. an Overloaded whose retry_after is an integer past any float ---------------------------
+
+
+def test_an_overloaded_whose_retry_after_no_float_holds_is_read_as_the_longest_wait() -> None:
+    """What must hold: ``error_from_wire`` answers an ``Overloaded`` whose
+    ``retry_after`` is whole seconds within the node's bounds whatever the wire
+    held: an integer past any float (JSON allows one: ``1`` and 400 zeros) is
+    read as ``MAX_RETRY_AFTER``, as ``1e300`` is.
+
+    What goes wrong: the sanitizer calls ``math.isnan`` on it, which converts
+    it to a float and raises ``OverflowError``: the forwarded send's caller
+    gets an ``OverflowError`` out of the cluster's forwarding (a 500 from the
+    message API) instead of the owner's ``Overloaded`` and a 503 with a sane
+    ``Retry-After``.
+    """
+    wire = error_to_wire(Overloaded("full", channel_id="a", idempotency_key="k"))
+    wire = json.loads(json.dumps(wire).replace('"retry_after": 1', '"retry_after": 1' + "0" * 400))
+    assert type(wire["retry_after"]) is int and wire["retry_after"] > 10**399
+    error = error_from_wire(wire)
+    assert isinstance(error, Overloaded)
+    assert error.retry_after == MAX_RETRY_AFTER
