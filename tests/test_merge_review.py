@@ -15,7 +15,8 @@ tests for the defects found in the merge's product code.
 - A rate limit is said (by the change's commit and tests) to spend no attempt of
   a send, but each 429 counts toward ``send_attempts``: a message refused twice
   with 429 and then failing once transiently is dead-lettered at once, with
-  ``send_attempts = 3``, after a single transient failure.
+  ``send_attempts = 3``, after a single transient failure (the counting is older
+  than the change; the change states the opposite and builds its 429 floor on it).
 - The sanitizer of an ``Overloaded``'s ``retry_after`` read off another node's
   answer (``runtime.errors._retry_after``) raises ``OverflowError`` for an
   integer no float can hold (JSON carries one): ``error_from_wire`` raises
@@ -185,9 +186,10 @@ async def test_rate_limits_spend_no_attempt_of_a_send(
     letters a transient failure once ``attempts >= send_attempts``: the
     message is dead-lettered (``SendFailed``) after its first transient
     failure. A channel that the platform rate-limits, which is when transient
-    failures come too, loses its messages to the dead-letter queue early
-    (and the send backoff ``decide`` now floors 429s with grows with the
-    transient failures as well).
+    failures come too, loses its messages to the dead-letter queue early.
+    (The counting predates the change, which states the opposite; the floor
+    ``decide`` now puts under a 429's wait is read off the same count, so it
+    also grows with the transient failures before it.)
     """
     provider = FakeProvider(
         limits=GENEROUS,
