@@ -551,7 +551,9 @@ def _retry_after(value: Any) -> int:
     node's own bounds, or the node's default if it is not a number."""
     from .admission import MAX_RETRY_AFTER, NODE_RETRY_AFTER  # (admission imports this module)
 
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return NODE_RETRY_AFTER
+    if isinstance(value, float) and math.isnan(value):  # (an int may be past any float)
         return NODE_RETRY_AFTER
     if value >= MAX_RETRY_AFTER:
         return MAX_RETRY_AFTER

@@ -208,6 +208,7 @@ class ConnectionLoop:
         handshaking = False  # holds a turn at the gate
         timeout = self.settings.connect_timeout
         attempt = self._connection_scope = trio.CancelScope()
+        linked_at: float | None = None  # when the link opened, if it did
         try:
             with attempt:
                 await gate.acquire()
@@ -222,8 +223,8 @@ class ConnectionLoop:
                     if memory.timings is not None:
                         memory.timings.connected(trio.current_time() - began)
                     self._set_link(conn)
-                    memory.backoff.connected(trio.current_time())
-                    self._rate_limited = 0
+                    linked_at = trio.current_time()
+                    memory.backoff.connected(linked_at)
                     memory.touch()
                     self._set_status(ChannelStatus.CONNECTED)
                     self._wake_senders()
@@ -259,6 +260,13 @@ class ConnectionLoop:
             # Providers keep their waits sane; should one not, a negative wait makes
             # move_on_after raise (an actor crash per attempt): it is clamped, and a
             # NaN or infinite one (no wait at all, or never reconnect) backs off.
+            if linked_at is not None and (
+                trio.current_time() - linked_at >= memory.backoff.reset_after
+            ):
+                # A link that stayed up (as long as resets the reconnect count): this
+                # refusal is the first of a new run. One refused soon after it opened
+                # (Telegram's getMe passes, its first poll gets the 429) is not.
+                self._rate_limited = 0
             self._rate_limited += 1
             if math.isfinite(exc.retry_after):
                 # Not capped: Discord's session starts come back after up to a day.

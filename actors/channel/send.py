@@ -149,16 +149,18 @@ def decide(
     max_attempts: int,
     backoff: BackoffPolicy,
     rng: random.Random,
+    limited: int = 0,
 ) -> SendDecision:
     """Decide what follows a failed send attempt, from the error's class alone.
 
     Args:
         error: what the provider raised.
         peer: the message's recipient.
-        attempts: attempts made so far, this one included.
+        attempts: attempts made so far, this one included (a rate limit spends none).
         max_attempts: the most attempts a transient failure gets.
         backoff: the delay policy between transient retries.
         rng: the jitter source.
+        limited: the platform's rate-limit refusals of the send so far, this one included.
 
     Returns:
         The decision; the caller applies it.
@@ -166,10 +168,10 @@ def decide(
     if isinstance(error, RateLimited):
         per_peer = error.scope is RateLimitScope.PEER
         delay = error.retry_after
-        if attempts > 1:
+        if limited > 1:
             # Refused before: a platform that keeps asking for (next to) no wait
             # is not tried again at once, for ever; the send backoff's delay at least.
-            delay = max(delay, backoff.compute(attempts - 1, rng=rng))
+            delay = max(delay, backoff.compute(limited - 1, rng=rng))
         return SendDecision(
             action=SendAction.PAUSE,
             delay=delay,
@@ -677,12 +679,16 @@ class SendPath:
         breaker = memory.breaker
         peer = message.peer
         attempts = 0
+        limited = 0  # the platform's rate limits: they spend no attempt
         holding = False  # woken in turn (or slept for all): the next waits on this send
         try:
             if failed is not None:
-                attempts = 1
+                if isinstance(failed, RateLimited):
+                    limited = 1
+                else:
+                    attempts = 1
                 try:
-                    await self._after(failed, message, attempts, flight)
+                    await self._after(failed, message, attempts, flight, limited)
                 finally:
                     failed = None  # what it raises may be this one: no cycle through this frame
             while True:
@@ -742,7 +748,10 @@ class SendPath:
                         if not self._calls and self._calls_lot is not None:
                             self._calls_lot.unpark_all()
                 except ProviderError as exc:
-                    await self._after(exc, message, attempts, flight)
+                    if isinstance(exc, RateLimited):
+                        attempts -= 1  # (a rate limit spends no attempt)
+                        limited += 1
+                    await self._after(exc, message, attempts, flight, limited)
                     continue
                 except trio.ClosedResourceError as exc:
                     # The connection loop closed the link under the send (a liveness
@@ -805,7 +814,12 @@ class SendPath:
             event.set()
 
     async def _after(
-        self, error: ProviderError, message: Operation, attempts: int, flight: Flight | None
+        self,
+        error: ProviderError,
+        message: Operation,
+        attempts: int,
+        flight: Flight | None,
+        limited: int = 0,
     ) -> None:
         """Decide what follows a failed attempt and carry it out (wait, or raise)."""
         verdict = decide(
@@ -815,6 +829,7 @@ class SendPath:
             max_attempts=self.settings.send_attempts,
             backoff=self.settings.send_backoff,
             rng=self.memory.rng,
+            limited=limited,
         )
         try:
             await self._apply(verdict, error, message, attempts, flight)

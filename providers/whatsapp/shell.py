@@ -77,13 +77,30 @@ def _without_token(error: BaseException, token: str) -> None:
     """
     if len(token) < SHORTEST_MASKED_TOKEN:
         return
+    head = token[:SHORTEST_MASKED_TOKEN]
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ProviderError) and token in str(current):
-            current.args = (str(current).replace(token, MASK),)
+        if isinstance(current, ProviderError) and head in str(current):
+            current.args = (_masked(str(current), token),)
         current = current.__cause__ or current.__context__
+
+
+def _masked(text: str, token: str) -> str:
+    """``text`` with ``token`` masked, and any start of it that is cut short: an
+    error quotes a platform's message in part (a Meta token is about 200
+    characters, and an echo of it was cut inside it, so the whole token was
+    never found and most of it went out)."""
+    head = token[:SHORTEST_MASKED_TOKEN]
+    start = text.find(head)
+    while start != -1:
+        end = start + len(head)
+        while end < len(text) and end - start < len(token) and text[end] == token[end - start]:
+            end += 1
+        text = text[:start] + MASK + text[end:]
+        start = text.find(head, start + len(MASK))
+    return text
 
 
 class WhatsAppConnection:
