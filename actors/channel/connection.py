@@ -30,6 +30,9 @@ Design:
   own timeouts, so platforms that drip their answers cannot hold the gate.
 - Sends wait here for a live link (``_live_connection``), up to
   ``connect_wait``; a channel that failed for good refuses them at once.
+  A link past the channel's tenure is no live link, even before trio has
+  cancelled it: a node thawed after its lease ran out wakes its sends and
+  its connection together, in either order.
 """
 
 from __future__ import annotations
@@ -382,16 +385,29 @@ class ConnectionLoop:
             ) from self._failure
 
     async def _live_connection(self) -> Connection:
-        if self._conn is not None:  # the common case needs no cancel scope
-            return self._conn
+        conn = self._conn
+        if conn is not None:  # the common case needs no cancel scope
+            tenure = self.memory.tenure
+            if tenure is None or tenure.valid():
+                return conn
         wait = self.settings.connect_wait
         with trio.move_on_after(wait):
-            while self._conn is None:
+            while True:
+                conn = self._conn
+                if conn is not None:
+                    tenure = self.memory.tenure
+                    if tenure is None or tenure.valid():
+                        return conn
+                    # Past the tenure (a node thawed after its lease ran out): the
+                    # link is dropped at trio's next look at its deadline, and no
+                    # send may go out on it meanwhile; another node may hold the
+                    # channel now. Sent here only if a renewal comes through.
+                    await tenure.wait_valid()
+                    continue
                 self._raise_if_failed()
                 if self._connected is None:
                     self._connected = trio.Event()
                 await self._connected.wait()
-            return self._conn
         raise ChannelUnavailable(
             f"channel {self.config.channel_id!r} is {self.memory.status.value} and did not "
             f"connect within {wait} s (last error: {self.memory.last_error})",

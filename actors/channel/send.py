@@ -452,11 +452,14 @@ class SendPath:
         conn = self._conn
         if conn is None:
             return False
+        memory = self.memory
+        tenure = memory.tenure
+        if tenure is not None and not tenure.valid():  # thawed past it: see _live_connection
+            return False
         message = flight.message
         can_start = getattr(conn, "can_start_at_once", None)
         if can_start is None or not can_start(message):
             return False
-        memory = self.memory
         turns = self._turns
         if (
             memory.status is ChannelStatus.FAILED

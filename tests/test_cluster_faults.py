@@ -1,0 +1,156 @@
+"""The cluster under Redis and node faults, as an operator meets them.
+
+A node frozen (SIGSTOP) past its lease and thawed, a Redis that lost its
+data while the nodes ran: whatever happens, two nodes never run (or send
+on) one channel at once. The channel tests run in virtual time; the Redis
+ones against a real Redis (``SWITCHBOARD_TEST_REDIS``), each under a key
+prefix of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.channel import Tenure
+from providers.base import OutboundMessage, RateLimited
+from providers.testing import FakeProvider
+from runtime.cluster import open_cluster
+from runtime.cluster.leases import Acquired, Held, Leases
+from runtime.config.model import ChannelSpec, ClusterConfig, StorageConfig
+from runtime.store import open_store
+from tests.support import CEILING
+from tests.test_channel_actor import GENEROUS, open_channel
+from tests.test_cluster_redis import CEILING as REAL_CEILING
+from tests.test_cluster_redis import REDIS_URL, Runner, redis
+from tests.test_store_durable import checkpoint, state
+
+# --- a node frozen past its lease, then thawed ------------------------------------------------
+
+THAWS = 24  # each thaw's order of wake-ups is trio's coin toss: every one must hold
+
+
+async def _thaw_once(clock: trio.testing.MockClock) -> list[float]:
+    """A send waits (a rate limit) when the node freezes; it thaws past both its
+    tenure and the wait. When did the platform see a send attempt?"""
+    provider = FakeProvider(limits=GENEROUS, send_script=[RateLimited("slow down", retry_after=8.0)])
+    start = trio.current_time()
+    tenure = Tenure(start + 5.0, token=3)
+    async with open_channel(provider, tenure=tenure) as channel, trio.open_nursery() as nursery:
+        await provider.wait_connected(1)
+
+        async def send() -> None:
+            try:
+                await channel.send(OutboundMessage(peer="p", text="hi", idempotency_key="k"))
+            except Exception:  # (unavailable here: what matters is what went out)
+                pass
+
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(provider.send_attempts) == 1  # refused for now: it waits 8 s
+        clock.jump(20.0)  # frozen past the tenure (5 s) and the wait, then thawed
+        await trio.testing.wait_all_tasks_blocked()
+        late = [at - start for at, _ in provider.send_attempts[1:] if at >= tenure.deadline]
+        clock.autojump_threshold = 0  # the stop's own waits run out (virtual time)
+        nursery.cancel_scope.cancel()
+    clock.autojump_threshold = math.inf
+    return late
+
+
+async def test_a_thawed_node_sends_nothing_on_a_link_its_lapsed_tenure_forbids(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A node frozen (SIGSTOP) past its lease thaws with a send whose wait ran out
+    meanwhile: nothing may reach the platform, since another node may run the
+    channel by now. Today the send goes out on the old link whenever trio wakes
+    it before the connection's cancel is delivered (half the thaws): the send
+    path took ``_conn`` without looking at the tenure."""
+    for _ in range(THAWS):
+        with trio.fail_after(CEILING):
+            assert await _thaw_once(mock_clock) == []
+
+
+# --- Redis lost its data while the nodes ran ----------------------------------------------------
+
+
+def _config(prefix: str) -> ClusterConfig:
+    # Long intervals: between the loss and the new node's join, the running
+    # node does not touch Redis on its own (only what the join announces).
+    return ClusterConfig(
+        redis_url=REDIS_URL,
+        key_prefix=prefix,
+        heartbeat_interval=30.0,
+        member_timeout=60.0,
+        lease_ttl=60.0,
+        settle_delay=0.0,
+        move_cooldown=0.0,
+    )
+
+
+class StoreRunner(Runner):
+    """A stand-in node whose floor is the shared store's checkpoint, as the node's is."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+
+    async def floor_token(self, channel_id: str) -> int:
+        stored = await self.store.load_checkpoint(channel_id)
+        return 0 if stored is None else int(stored.owner_token)
+
+
+def _answers(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
+    """Record each node's lease answers; returns ``first(node)``: its first answer, awaited."""
+    seen: dict[str, list[Acquired | Held]] = {}
+    events: dict[str, trio.Event] = {}
+    acquire = Leases.acquire
+
+    async def recorded(self: Leases, channel_id: str, *, floor: int = 0) -> Acquired | Held:
+        answer = await acquire(self, channel_id, floor=floor)
+        seen.setdefault(self.node_id, []).append(answer)
+        events.setdefault(self.node_id, trio.Event()).set()
+        return answer
+
+    monkeypatch.setattr(Leases, "acquire", recorded)
+
+    async def first(node: str) -> Acquired | Held:
+        await events.setdefault(node, trio.Event()).wait()
+        return seen[node][0]
+
+    return first
+
+
+async def test_a_node_that_joins_a_redis_that_lost_its_data_does_not_lift_the_quarantine(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost the cluster's data (a restart without persistence) while node a
+    runs channel ch; node b starts and is the first to reach it. No lease may be
+    granted for a lease TTL (the quarantine): a still holds ch on its own clock.
+    Today b's first heartbeat, made before b knew the cluster, marks the Redis
+    as new, so nobody sees the rebirth: b takes ch at once, a runs it too."""
+    first = _answers(monkeypatch)
+    spec = ChannelSpec(id="ch", provider="fake")
+    config = _config(prefix)
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            a_runner, b_runner = StoreRunner(store), StoreRunner(store)
+            async with open_cluster(
+                config, node_id="a", store=store, runner=a_runner, file_specs=[spec]
+            ):
+                tenure = await a_runner.started("ch")
+                await store.write_checkpoints([checkpoint("ch", tenure.token, state())])
+                async with redis() as link:  # Redis loses everything of this cluster
+                    await link.call("DEL", *await link.call("KEYS", f"{prefix}:*"))
+                async with open_cluster(
+                    config, node_id="b", store=store, runner=b_runner, file_specs=[spec]
+                ):
+                    answer = await first("b")
+                    assert tenure.valid()  # a still runs ch
+                    assert isinstance(answer, Held), answer  # not a second owner
+                    assert "quarantine" in answer.holder
+                    assert "ch" not in b_runner.tenures
