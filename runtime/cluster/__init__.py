@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -229,6 +229,26 @@ class Cluster:
             await self.membership.leave()
 
 
+RAN_BEFORE_SAMPLE: Final = 8  # catalog channels whose checkpoints tell if the cluster ran
+
+
+async def ran_before(store: Store) -> bool:
+    """Whether the cluster's channels ran under leases before (checkpoints in the store).
+
+    A few of the catalog's channels are looked at: a cluster that ran has
+    checkpoints for nearly all of them, one that starts for the first time
+    for none (so a first start is no rebirth, and costs no quarantine).
+
+    Raises:
+        StoreError: the store could not be read.
+    """
+    for channel_id in sorted(await store.catalog())[:RAN_BEFORE_SAMPLE]:
+        stored = await store.load_checkpoint(channel_id)
+        if stored is not None and stored.owner_token > 0:
+            return True
+    return False
+
+
 @asynccontextmanager
 async def open_cluster(
     config: ClusterConfig,
@@ -290,6 +310,8 @@ async def open_cluster(
             controls=controls,
         )
         await catalog.publish_file()
+        if await ran_before(store):  # a Redis without the cluster's marker was reborn
+            membership.known = leases.known = True
         first = await controls.load()  # a pause or pins hold from the first reconcile on
         ownership.set_controls(paused=first.paused is not None, pins=first.pins)
         async with trio.open_nursery() as nursery:

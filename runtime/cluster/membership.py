@@ -140,6 +140,9 @@ class Membership:
         self.last_beat: float | None = None  # trio time of the last successful heartbeat
         self._poke = trio.Event()
         self._left = False
+        # The cluster ran before this process (its store holds checkpoints under
+        # leases): a Redis without its marker at the first heartbeat was reborn.
+        self.known = False
 
     def __repr__(self) -> str:
         view = self.view
@@ -153,7 +156,7 @@ class Membership:
             ClusterUnavailable: Redis did not answer.
         """
         me = "" if self._left else self.node_id
-        known = self.view is not None
+        known = self.known or self.view is not None
         timeout_ms, quarantine_ms = round(self.member_timeout * 1000), round(self.quarantine * 1000)
         epoch, now_ms, members, left_ms, taken = await self._beat(
             [self.members_key, self.epoch_key, *self._rebirth, self.instance_key],

@@ -19,7 +19,12 @@ Design:
   restart. Only one node can have a valid tenure for a channel, so only the
   rightful holder can re-assert.
 - A cluster whose Redis is new (a first start) has no node that knew it:
-  no quarantine.
+  no quarantine. A process that starts knows the cluster if the shared
+  store holds its channels' checkpoints (``runtime.cluster.ran_before``):
+  the first to reach a reborn Redis is often a node just started (the
+  others' next calls come a heartbeat or a renewal later), and its first
+  heartbeat, had it known nothing, marked the Redis as new, so nobody saw
+  the rebirth and it took channels whose holders still ran them.
 """
 
 from __future__ import annotations
