@@ -10,7 +10,7 @@ prefix of its own, deleted afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from actors.channel import Tenure
 from providers.base import OutboundMessage, RateLimited
 from providers.testing import FakeProvider
 from runtime.cluster import open_cluster
+from runtime.cluster.forwarding import Forwarding
 from runtime.cluster.leases import Acquired, Held, Leases
 from runtime.config.model import ChannelSpec, ClusterConfig, StorageConfig
 from runtime.store import open_store
@@ -154,3 +155,41 @@ async def test_a_node_that_joins_a_redis_that_lost_its_data_does_not_lift_the_qu
                     assert isinstance(answer, Held), answer  # not a second owner
                     assert "quarantine" in answer.holder
                     assert "ch" not in b_runner.tenures
+
+
+# --- forwarding across a Redis that lost its data -----------------------------------------------
+
+
+class Echo:
+    """A stand-in owner: answers every forwarded call with its body."""
+
+    async def handle_forwarded(
+        self,
+        op: str,
+        channel_id: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the handler's signature
+    ) -> dict[str, Any]:
+        return {"ok": {"op": op, "channel": channel_id, **body}}
+
+
+async def test_a_call_forwarded_as_redis_comes_back_empty_is_answered(prefix: str) -> None:
+    """Redis lost the owner's inbox and its consumer group; a call is forwarded to
+    the owner as it comes back. It must be answered. Today the owner makes its
+    group again at the stream's end ("$"), after the calls already written
+    there: they are never read, and each caller waits its whole attempt (a
+    lease TTL) for nothing, then asks again."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=Echo(), block=0.2)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=Echo(), block=0.2)
+            await nursery.start(owner.run)
+            await nursery.start(caller.run)
+            assert await caller.call("owner", "send", "ch", {"n": 1}, timeout=10.0) == {
+                "ok": {"op": "send", "channel": "ch", "n": 1}
+            }
+            await link.call("DEL", *await link.call("KEYS", f"{prefix}:*"))  # Redis lost it all
+            answer = await caller.call("owner", "send", "ch", {"n": 2}, timeout=REAL_CEILING / 2)
+            assert answer == {"ok": {"op": "send", "channel": "ch", "n": 2}}
+            nursery.cancel_scope.cancel()

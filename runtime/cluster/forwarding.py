@@ -23,6 +23,10 @@ Design:
   most :data:`IN_FLIGHT` at once.
 - Streams are trimmed on every append (``MAXLEN ~``), so a dead node's
   inbox cannot grow without bound.
+- A Redis that lost the inbox and its group (restarted empty) gets them
+  again at the next read, the group from the stream's start: the calls
+  written since the loss are read, not skipped (their callers waited a
+  whole attempt, a lease TTL, for nothing).
 """
 
 from __future__ import annotations
@@ -196,9 +200,9 @@ class Forwarding:
                         slot.append(_loads(fields.get("answer", "")))
                         done.set()
 
-    async def _make_group(self) -> None:
+    async def _make_group(self, start: str = "$") -> None:
         try:
-            await self.link.call("XGROUP", "CREATE", self.inbox, GROUP, "$", "MKSTREAM")
+            await self.link.call("XGROUP", "CREATE", self.inbox, GROUP, start, "MKSTREAM")
         except ClusterUnavailable as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -214,8 +218,10 @@ class Forwarding:
                 now_ms = await self._redis_ms() if found else 0
             except ClusterUnavailable as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the stream: make it again
+                    # From its start: what callers wrote since the loss is
+                    # for this node (the expired ones are dropped as read).
                     with contextlib.suppress(ClusterUnavailable):
-                        await self._make_group()
+                        await self._make_group("0")
                 log.debug("cluster: reading the inbox failed (retrying): %s", exc)
                 await trio.sleep(RETRY)
                 continue
