@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -23,6 +24,8 @@ from providers.testing import FakeProvider
 from runtime.cluster import open_cluster
 from runtime.cluster.forwarding import Forwarding
 from runtime.cluster.leases import Acquired, Held, Leases
+from runtime.cluster.ownership import Ownership
+from runtime.cluster.placement import HashRing
 from runtime.config.model import ChannelSpec, ClusterConfig, StorageConfig
 from runtime.store import open_store
 from tests.support import CEILING
@@ -193,3 +196,46 @@ async def test_a_call_forwarded_as_redis_comes_back_empty_is_answered(prefix: st
             answer = await caller.call("owner", "send", "ch", {"n": 2}, timeout=REAL_CEILING / 2)
             assert answer == {"ok": {"op": "send", "channel": "ch", "n": 2}}
             nursery.cancel_scope.cancel()
+
+
+# --- a node whose file lacks a channel of the catalog -------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="placement does not know which members can run a channel: a member whose "
+    "file lacks a channel of the catalog is placed it all the same, and never runs it",
+)
+async def test_a_channel_is_not_taken_from_its_node_by_one_that_cannot_run_it(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node a runs channel x from its file; node b joins with a file that lacks x
+    (a rolling upgrade, a file not copied to every host). x must keep running
+    somewhere. Today placement gives x to b, a lets it go at once, and b, which
+    has no spec for it, never starts it: x is dark on every node, and only b's
+    log says anything (a warning at each catalog reload)."""
+    config = attrs.evolve(_config(prefix), heartbeat_interval=0.2, member_timeout=1.0, lease_ttl=3.0)
+    ring = HashRing(("a", "b"), vnodes=config.vnodes)
+    x = next(c for c in (f"x{n}" for n in range(1000)) if ring.owner(c) == "b")
+    spec = ChannelSpec(id=x, provider="fake")
+    settled = trio.Event()  # a has reconciled with b a member
+    reconcile = Ownership.reconcile
+
+    async def recorded(self: Ownership) -> None:
+        await reconcile(self)
+        if self.node_id == "a" and self.ring.members == ("a", "b"):
+            settled.set()
+
+    monkeypatch.setattr(Ownership, "reconcile", recorded)
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            a_runner, b_runner = StoreRunner(store), StoreRunner(store)
+            async with open_cluster(
+                config, node_id="a", store=store, runner=a_runner, file_specs=[spec]
+            ) as a:
+                await a_runner.started(x)
+                async with open_cluster(
+                    config, node_id="b", store=store, runner=b_runner, file_specs=[]
+                ):
+                    await settled.wait()
+                    assert x in a.ownership.owned or x in b_runner.tenures
