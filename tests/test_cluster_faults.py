@@ -10,7 +10,9 @@ prefix of its own, deleted afterwards.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -18,20 +20,26 @@ import pytest
 import trio
 import trio.testing
 
+from actors import ChannelStatus
 from actors.channel import Tenure
 from providers.base import OutboundMessage, RateLimited
+from providers.simulated import SimulatedProvider
 from providers.testing import FakeProvider
+from runtime import open_node
 from runtime.cluster import open_cluster
 from runtime.cluster.forwarding import Forwarding
 from runtime.cluster.leases import Acquired, Held, Leases
 from runtime.cluster.ownership import Ownership
 from runtime.cluster.placement import HashRing
 from runtime.config.model import ChannelSpec, ClusterConfig, StorageConfig
+from runtime.errors import AskTimeout
 from runtime.store import open_store
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel
 from tests.test_cluster_redis import CEILING as REAL_CEILING
 from tests.test_cluster_redis import REDIS_URL, Runner, redis
+from tests.test_node_cluster import cluster_config
+from tests.test_node_embedded import wait_connected
 from tests.test_store_durable import checkpoint, state
 
 # --- a node frozen past its lease, then thawed ------------------------------------------------
@@ -239,3 +247,47 @@ async def test_a_channel_is_not_taken_from_its_node_by_one_that_cannot_run_it(
                 ):
                     await settled.wait()
                     assert x in a.ownership.owned or x in b_runner.tenures
+
+
+# --- keys of another deployment under the same prefix -------------------------------------------
+
+
+async def test_a_lease_key_another_deployment_wrote_under_the_prefix_leaves_the_node_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another deployment (another release, another program) wrote ``<prefix>:lease:b``
+    in a format of its own, with no expiry. The node must go on running its other
+    channels, its cluster view must answer, a send to b must be refused with a
+    typed error, and the log must say why b cannot be had. Today the node stops at
+    once: reading the lease holders raised ValueError (int() of the token) in the
+    task that keeps them fresh; the cluster view raised it too; and the node asked
+    for b 20 times a second, for good, saying nothing above debug."""
+    prefix = f"sbtest-{secrets.token_hex(4)}"
+    async with redis() as link:
+        await link.call("SET", f"{prefix}:lease:b", "v2:node-7:41")
+    try:
+        with trio.fail_after(REAL_CEILING):
+            async with open_node(
+                cluster_config(tmp_path, prefix, "a", "b"),
+                providers={"simulated": SimulatedProvider()},
+            ) as node:
+                await wait_connected(node, 1)
+                view = await node.cluster()
+                lease = next(lease for lease in view.leases if lease.channel_id == "b")
+                assert lease.token is None and lease.expires_in is None
+                with pytest.raises(AskTimeout):
+                    await node.send(
+                        "b", OutboundMessage(peer="p", text="hi", idempotency_key="k"), timeout=0.5
+                    )
+                await node._refresh_holders()  # (the task that crashed the node)
+                assert {s.channel_id: s.status for s in node.channels()}["a"] is (
+                    ChannelStatus.CONNECTED
+                )
+    finally:
+        async with redis() as link:
+            keys = await link.call("KEYS", f"{prefix}:*")
+            if keys:
+                await link.call("DEL", *keys)
+    warned = [r.getMessage() for r in caplog.records if r.name == "switchboard.cluster"]
+    assert any(f"{prefix}:lease:b" in w and "key_prefix" in w for w in warned), warned
+    assert not any("v2:node-7:41" in w for w in warned)  # another program's value: not quoted

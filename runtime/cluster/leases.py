@@ -28,6 +28,10 @@ Design:
   may acquire it before the holder's own deadline has passed. Either way
   the old token is fenced: the next one is higher, and the store refuses a
   checkpoint with a lower one.
+- A lease key whose value no node wrote (``"<node>|<token>"``, with an
+  expiry) is another deployment's or program's under the same prefix: it
+  is read as held by nobody a call could go to, and asked for again a
+  TTL later, with a warning that says so.
 - The node-side guarantee is :class:`LeaseClock` (pure): a lease renewed by
   a request *sent* at ``t`` (the node's monotonic clock) is safe to use
   until ``t + ttl - margin``; Redis cannot expire it sooner, whatever the
@@ -37,6 +41,7 @@ Design:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
@@ -45,7 +50,9 @@ import attrs
 from . import rebirth
 from .redis import RedisLink
 
-__all__ = ["Acquired", "Held", "LeaseClock", "Leases"]
+__all__ = ["Acquired", "Held", "LeaseClock", "Leases", "parse_lease"]
+
+log = logging.getLogger("switchboard.cluster")
 
 DRIFT: Final = 0.02  # the fraction of a TTL by which two clocks may disagree
 MARGIN_MIN: Final = 0.25  # seconds; never less than this
@@ -132,6 +139,18 @@ return left
 """
 
 TOMBSTONE: Final = "(force-released)"  # the holder a tombstone shows (see force_release)
+
+
+def parse_lease(text: str) -> tuple[str, int] | None:
+    """``(node, token)`` of a lease's value; ``None`` for a value no node wrote.
+
+    Such a value is another program's, or another deployment's that uses the
+    same key prefix on this Redis (or a tombstone, which callers look for first).
+    """
+    node, sep, token = text.rpartition("|")
+    if not sep or not node or not (token.isascii() and token.isdigit()):
+        return None
+    return node, int(token)
 
 
 @attrs.frozen
@@ -235,6 +254,22 @@ class Leases:
             self.known = True
             return Acquired(int(value))
         holder = value.decode() if isinstance(value, bytes) else str(value)
+        if int(ttl_ms) < 0 or (parse_lease(holder) is None and not holder.startswith("(")):
+            # Every lease and tombstone this cluster writes expires, and reads
+            # "<node>|<token>": asked again at once, it was asked 20 times a
+            # second (a store read each), for good, and said nothing.
+            log.warning(
+                "cluster: channel %s's lease key %s holds a value no node of this cluster "
+                "wrote%s: another deployment or program uses key_prefix %r on this Redis "
+                "(give each deployment a key_prefix of its own); asked again in %g s",
+                channel_id,
+                self.lease_key(channel_id),
+                ", with no expiry" if int(ttl_ms) < 0 else "",
+                self.prefix,
+                self.ttl,
+                extra={"channel": channel_id},
+            )
+            return Held(holder, self.ttl)
         return Held(holder, max(int(ttl_ms), 0) / 1000)
 
     async def renew(self, held: Sequence[tuple[str, int, bool]]) -> list[str]:
@@ -321,6 +356,8 @@ class Leases:
             text = value.decode() if isinstance(value, bytes) else str(value)
             if text.startswith(TOMBSTONE):
                 continue
-            node, _, token = text.rpartition("|")
-            found[channel] = (node, int(token))
+            parsed = parse_lease(text)
+            if parsed is None:  # not this cluster's (acquire says whose): placement decides
+                continue
+            found[channel] = parsed
         return found

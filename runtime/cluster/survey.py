@@ -152,7 +152,7 @@ async def survey(
                     channel_id=channel_id,
                     placed_on=placement[channel_id],
                     holder=holder or None,
-                    token=int(token) if token else None,
+                    token=int(token) if token.isascii() and token.isdigit() else None,
                     expires_in=pttl / 1000 if pttl >= 0 else None,
                 )
             )
