@@ -209,11 +209,15 @@ class Forwarding:
 
     async def _serve(self, nursery: trio.Nursery) -> None:
         pending = True  # first what this node read and did not answer before it stopped
+        # ... from after the last pending entry taken: each stays pending until its
+        # answer is written, and read from the start again, a batch still being
+        # handled came back (each handled twice, the limiter refusing the second).
+        after = "0"
         while True:
             try:
                 found = await self.link.call(
                     "XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", BATCH,
-                    "BLOCK", self.block_ms, "STREAMS", self.inbox, "0" if pending else ">",
+                    "BLOCK", self.block_ms, "STREAMS", self.inbox, after if pending else ">",
                 )  # fmt: skip
                 now_ms = await self._redis_ms() if found else 0
             except ClusterUnavailable as exc:
@@ -229,6 +233,8 @@ class Forwarding:
             if pending and not entries:
                 pending = False
                 continue
+            if pending:
+                after = entries[-1][0]
             for entry_id, fields in entries:
                 if not fields:  # a pending entry trimmed away meanwhile
                     await self._ack(entry_id)
