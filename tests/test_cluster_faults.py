@@ -352,3 +352,20 @@ async def test_a_restarted_node_handles_each_pending_forwarded_call_once(prefix:
                 await handler.all_came.wait()
                 nursery.cancel_scope.cancel()
     assert handler.calls == dict.fromkeys(range(pending), 1)
+
+
+async def test_a_node_s_streams_do_not_outlive_it_for_good(prefix: str) -> None:
+    """A node's inbox and reply stream must leave Redis some time after the node
+    is gone for good (a host replaced, a pod named anew at each start). Today
+    they have no expiry: each node id ever seen keeps its inbox, its consumer
+    group and up to 10,000 replies in Redis for good."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=Echo(), block=0.2)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=Echo(), block=0.2)
+            await nursery.start(owner.run)
+            await nursery.start(caller.run)
+            await caller.call("owner", "send", "ch", {"n": 1}, timeout=10.0)
+            for stream in (owner.inbox, caller.replies):
+                assert await link.call("PTTL", stream) > 0, stream
+            nursery.cancel_scope.cancel()

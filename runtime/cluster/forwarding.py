@@ -22,7 +22,11 @@ Design:
   hands each to the :class:`Handler` (the node), one task per request, at
   most :data:`IN_FLIGHT` at once.
 - Streams are trimmed on every append (``MAXLEN ~``), so a dead node's
-  inbox cannot grow without bound.
+  inbox cannot grow without bound; and each node keeps its own two
+  streams alive (an expiry of :data:`STREAM_KEEP`, moved on as it reads
+  them), so those of a node id that is gone for good (a host replaced, a
+  pod's name) leave Redis an hour later: they stayed for good, up to
+  10,000 replies each.
 - A Redis that lost the inbox and its group (restarted empty) gets them
   again at the next read, the group from the stream's start: the calls
   written since the loss are read, not skipped (their callers waited a
@@ -53,6 +57,7 @@ INBOX_MAXLEN: Final = 100_000  # entries kept per inbox (approximate trim)
 REPLIES_MAXLEN: Final = 10_000  # entries kept per reply stream
 BATCH: Final = 100  # entries read per XREADGROUP / XREAD
 RETRY: Final = 0.5  # seconds before a failed read of a stream is tried again
+STREAM_KEEP: Final = 3600.0  # seconds a node's streams outlive its last read of them
 
 
 class ForwardTimeout(Exception):
@@ -103,6 +108,7 @@ class Forwarding:
         self.replies = f"{prefix}:replies:{node_id}"
         self._waiting: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
         self._limiter = trio.CapacityLimiter(IN_FLIGHT)
+        self._kept_at: dict[str, float] = {}  # stream -> when its expiry was last moved on
         self.handled = 0  # requests answered here
         self.expired = 0  # requests dropped here because their caller had given up
         self.forwarded = 0  # requests this node sent to others
@@ -181,12 +187,26 @@ class Forwarding:
             return str(_text(info[0][0]))
         return "0-0"
 
+    async def _keep(self, stream: str) -> None:
+        """Move the stream's expiry on, once a quarter of :data:`STREAM_KEEP` has passed.
+
+        Raises:
+            ClusterUnavailable: Redis did not answer.
+        """
+        now = trio.current_time()
+        if now - self._kept_at.get(stream, -math.inf) < STREAM_KEEP / 4:
+            return
+        if await self.link.call("PEXPIRE", stream, int(STREAM_KEEP * 1000)):
+            self._kept_at[stream] = now  # (else not made yet: next time)
+
     async def _read_replies_from(self, last: str) -> None:
         while True:
             try:
                 found = await self.link.call(
                     "XREAD", "COUNT", BATCH, "BLOCK", self.block_ms, "STREAMS", self.replies, last
                 )
+                if found:  # (made by the first answer to this node)
+                    await self._keep(self.replies)
             except ClusterUnavailable as exc:
                 log.debug("cluster: reading replies failed (retrying): %s", exc)
                 await trio.sleep(RETRY)
@@ -215,6 +235,7 @@ class Forwarding:
         after = "0"
         while True:
             try:
+                await self._keep(self.inbox)
                 found = await self.link.call(
                     "XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", BATCH,
                     "BLOCK", self.block_ms, "STREAMS", self.inbox, after if pending else ">",
