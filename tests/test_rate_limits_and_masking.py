@@ -1,27 +1,20 @@
-"""Review of the merged fault runs (HTTP send side, overload and resilience): failing
-tests for the defects found in the merge's product code.
+"""Rate limits, a platform's echo of a token, and another node's Overloaded: what holds.
 
-- The WhatsApp token masking (``_without_token``) looks for the whole token in the
-  error's text, but the same change quotes a Graph error's message at most 200
-  characters (``quoted``): a real Meta access token (about 200 characters) that
-  Meta echoes ("Malformed access token EAA...") is cut by the quoting, is then
-  never found whole, and most of it reaches the sender, the channel's last error
-  and the dead letter unmasked.
-- The 429-with-no-wait backoff on connects (``_rate_limited``) is reset by every
-  connection that opens, so a platform whose handshake succeeds and whose first
-  call after it is refused with ``retry_after: 0`` (Telegram: getMe answers, the
-  getUpdates long poll is refused) is still reconnected to at once, for ever: the
-  reconnect storm the change meant to end.
-- A rate limit is said (by the change's commit and tests) to spend no attempt of
-  a send, but each 429 counts toward ``send_attempts``: a message refused twice
-  with 429 and then failing once transiently is dead-lettered at once, with
-  ``send_attempts = 3``, after a single transient failure (the counting is older
-  than the change; the change states the opposite and builds its 429 floor on it).
-- The sanitizer of an ``Overloaded``'s ``retry_after`` read off another node's
-  answer (``runtime.errors._retry_after``) raises ``OverflowError`` for an
-  integer no float can hold (JSON carries one): ``error_from_wire`` raises
-  instead of answering the ``Overloaded``, for a value it promises to make sane
-  "whatever the wire held".
+- A WhatsApp token the Graph API echoes ("Malformed access token EAA...") is
+  masked even where the error's quote of Meta's message cut it short: a real
+  Meta token is about 200 characters, the quote keeps 200, and the whole
+  token was never found, so most of it reached the sender, the channel's last
+  error and the dead letter.
+- A platform whose handshake passes and whose first call after it is refused
+  with ``retry_after: 0`` (Telegram: getMe answers, the getUpdates poll is
+  refused) is reconnected to at the pace of the reconnect backoff: the count
+  of refusals went back to 0 at every link that opened, so it never grew.
+- A rate limit spends no attempt of a send: each 429 was counted, so a send
+  refused twice with 429 and then failing once was dead-lettered after a
+  single transient failure with ``send_attempts = 3``.
+- An ``Overloaded`` read off another node's answer whose ``retry_after`` is an
+  integer no float holds (JSON carries one) is the longest wait, not an
+  ``OverflowError`` out of ``error_from_wire``.
 
 Virtual time throughout (trio's MockClock with autojump); no real sleeps.
 """
