@@ -215,3 +215,9 @@ def two_simulated_channels(**node: Any) -> NodeConfig:
 def text_to_own_peer(key: str) -> OutboundMessage:
     """A text with idempotency key ``key``, to a recipient of its own."""
     return OutboundMessage(peer=f"peer-{key}", idempotency_key=key, text="hi")
+
+
+def telegram_me() -> httpx.Response:
+    """A Bot API answer to ``getMe``: a bot named ``b_bot`` (a fake Telegram's connect)."""
+    me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
+    return httpx.Response(200, json={"ok": True, "result": me})

@@ -42,7 +42,7 @@ from providers.whatsapp import WhatsAppProvider
 from providers.whatsapp import core as whatsapp_core
 from runtime import open_node, parse_config
 
-from .support import CEILING
+from .support import CEILING, telegram_me
 
 TG_TOKEN: Final = "123456:" + "Q" * 35
 WA_TOKEN: Final = "EAAG" + "w" * 40
@@ -126,8 +126,7 @@ class FakeTelegram:
         method = request.url.path.rsplit("/", 1)[-1]
         body = json.loads(request.content or b"{}")
         if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
+            return telegram_me()
         if method == "getUpdates":
             await trio.sleep(body.get("timeout", 0))
             return httpx.Response(200, json={"ok": True, "result": []})
@@ -497,8 +496,7 @@ def poll_fails_as_a_send_arrives(
         method = request.url.path.rsplit("/", 1)[-1]
         body = json.loads(request.content or b"{}")
         if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
+            return telegram_me()
         if method == "getUpdates":
             polls += 1
             if polls == 1:

@@ -37,7 +37,7 @@ from providers.whatsapp import WhatsAppProvider
 from runtime import Overloaded, open_node
 from runtime.admission import MAX_RETRY_AFTER
 from runtime.errors import error_from_wire, error_to_wire
-from tests.support import CEILING
+from tests.support import CEILING, telegram_me
 from tests.test_channel_actor import GENEROUS, open_channel, out, settings
 from tests.test_http_send_faults import FAST, MESSAGE, TG_TOKEN, error_texts, tg_config
 
@@ -134,8 +134,7 @@ async def test_a_telegram_poll_refused_again_and_again_with_no_wait_backs_off(
         method = request.url.path.rsplit("/", 1)[-1]
         body = json.loads(request.content or b"{}")
         if method == "getMe":
-            me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
-            return httpx.Response(200, json={"ok": True, "result": me})
+            return telegram_me()
         if method == "getUpdates":
             polled_at.append(trio.current_time())
             if len(polled_at) <= refusals:
