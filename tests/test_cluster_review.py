@@ -1,0 +1,119 @@
+"""Review of the cluster fault run: forwarding streams under faults the run left open.
+
+Each test holds what the run's commits promise (a forwarded call handled once,
+a node id gone for good leaves nothing in Redis) in a case they did not
+cover. Against a real Redis (``SWITCHBOARD_TEST_REDIS``), each under a key
+prefix of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from runtime.cluster.forwarding import GROUP, Forwarding
+from tests.test_cluster_redis import CEILING as REAL_CEILING
+from tests.test_cluster_redis import redis
+
+
+class Held:
+    """A stand-in owner that holds the call numbered ``held`` until released;
+    the others are answered at once. Counts the calls it is handed."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+        self.calls: dict[int, int] = {}
+        self.came = trio.Event()
+        self.release = trio.Event()
+
+    async def handle_forwarded(
+        self,
+        op: str,
+        channel_id: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the handler's signature
+    ) -> dict[str, Any]:
+        n = int(body["n"])
+        self.calls[n] = self.calls.get(n, 0) + 1
+        if n == self.held:
+            self.came.set()
+            await self.release.wait()  # (a send in flight on the platform meanwhile)
+        return {"ok": {"n": n}}
+
+
+async def test_a_lost_consumer_group_does_not_hand_a_call_in_flight_over_again(
+    prefix: str,
+) -> None:
+    """The owner's consumer group is lost while its inbox is not (an operator's
+    XGROUP DESTROY, a failover that kept the stream): a call being handled at
+    that moment must be handled once, and the owner must keep serving. Today
+    the group is made again from the stream's start ("0", 9c1c364): the call in
+    flight, still in the stream (entries leave it only once answered), is read
+    again and handed over a second time while the first is still on the
+    platform: the limiter refuses to count one entry twice (RuntimeError), and
+    the owner's forwarding, and with it its cluster, stops; had it not, the
+    message would have been sent twice."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            handler = Held(1)
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
+            await nursery.start(owner.run)
+            await nursery.start(caller.run)
+            first: list[dict[str, Any]] = []
+            answered = trio.Event()
+
+            async def call_first() -> None:
+                first.append(await caller.call("owner", "send", "ch", {"n": 1}, timeout=20.0))
+                answered.set()
+
+            nursery.start_soon(call_first)
+            await handler.came.wait()  # call 1 is on the platform, unanswered
+            await link.call("XGROUP", "DESTROY", owner.inbox, GROUP)  # the group is lost
+            # A later call goes through once the owner has made its group again.
+            second = await caller.call("owner", "send", "ch", {"n": 2}, timeout=20.0)
+            assert second == {"ok": {"n": 2}}
+            assert handler.calls == {1: 1, 2: 1}  # call 1 was not handed over again
+            handler.release.set()
+            await answered.wait()
+            assert first == [{"ok": {"n": 1}}]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_killed_with_a_call_in_flight_leaves_no_reply_stream_for_good(
+    prefix: str,
+) -> None:
+    """A node forwards a call and is killed (for good: a host replaced, a pod
+    named anew) before the answer comes; it had no reply stream yet (its first
+    call, or none answered within the last hour, STREAM_KEEP). The reply
+    stream the owner's answer makes must expire like every other stream of a
+    gone node id. Today only the caller itself gives its reply stream an expiry,
+    when it reads an answer there (2a702be): the owner's XADD makes a stream
+    with no expiry, nobody ever reads it, and it stays in Redis for good, which
+    is what the commit set out to end."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            handler = Held(1)
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
+            await nursery.start(owner.run)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
+            async with trio.open_nursery() as caller_process:
+                await caller_process.start(caller.run)
+
+                async def call() -> None:
+                    await caller.call("owner", "send", "ch", {"n": 1}, timeout=20.0)
+
+                caller_process.start_soon(call)
+                await handler.came.wait()
+                caller_process.cancel_scope.cancel()  # the caller is killed
+            async with redis(within=REAL_CEILING) as watch:
+                handler.release.set()  # the owner answers the gone caller
+                found = await watch.call(
+                    "XREAD", "BLOCK", int(REAL_CEILING * 500), "STREAMS", caller.replies, "0"
+                )
+                assert found, "the owner's answer never reached the caller's reply stream"
+            assert await link.call("PTTL", caller.replies) > 0  # -1 today: kept for good
+            nursery.cancel_scope.cancel()
