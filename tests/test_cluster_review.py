@@ -11,14 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 import trio
 
+from runtime.cluster import open_cluster
 from runtime.cluster.forwarding import GROUP, Forwarding
+from runtime.cluster.leases import Acquired, Held, Leases
+from runtime.config.model import ChannelSpec, StorageConfig
+from runtime.store import open_store
+from tests.test_cluster_faults import StoreRunner, _config
 from tests.test_cluster_redis import CEILING as REAL_CEILING
 from tests.test_cluster_redis import redis
+from tests.test_store_durable import checkpoint, state
 
 
-class Held:
+class Holding:
     """A stand-in owner that holds the call numbered ``held`` until released;
     the others are answered at once. Counts the calls it is handed."""
 
@@ -58,7 +65,7 @@ async def test_a_lost_consumer_group_does_not_hand_a_call_in_flight_over_again(
     message would have been sent twice."""
     with trio.fail_after(REAL_CEILING):
         async with redis(within=2.0) as link, trio.open_nursery() as nursery:
-            handler = Held(1)
+            handler = Holding(1)
             owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
             caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
             await nursery.start(owner.run)
@@ -96,7 +103,7 @@ async def test_a_caller_killed_with_a_call_in_flight_leaves_no_reply_stream_for_
     is what the commit set out to end."""
     with trio.fail_after(REAL_CEILING):
         async with redis(within=2.0) as link, trio.open_nursery() as nursery:
-            handler = Held(1)
+            handler = Holding(1)
             owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
             await nursery.start(owner.run)
             caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
@@ -117,3 +124,49 @@ async def test_a_caller_killed_with_a_call_in_flight_leaves_no_reply_stream_for_
                 assert found, "the owner's answer never reached the caller's reply stream"
             assert await link.call("PTTL", caller.replies) > 0  # -1 today: kept for good
             nursery.cancel_scope.cancel()
+
+
+async def test_channels_added_to_the_catalog_do_not_hide_that_the_cluster_ran(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node a runs channel ch (its checkpoint is in the shared store); the operator
+    adds eight channels to the config (ids that sort before "ch"), and Redis loses
+    the cluster's data; node b starts with the new config and is the first to
+    reach Redis. No lease may be granted for a lease TTL: a still holds ch on its
+    own clock. Today ``ran_before`` looks only at the catalog's first eight ids in
+    sorted order (a3fd6ae): those are the new channels, with no checkpoint yet,
+    so b is taken for a first start, its first heartbeat marks the Redis as new,
+    and b takes ch while a still runs it: the two owners a3fd6ae set out to end."""
+    answers: dict[tuple[str, str], trio.Event] = {}
+    seen: dict[tuple[str, str], Acquired | Held] = {}
+    acquire = Leases.acquire
+
+    async def recorded(self: Leases, channel_id: str, *, floor: int = 0) -> Acquired | Held:
+        answer = await acquire(self, channel_id, floor=floor)
+        seen.setdefault((self.node_id, channel_id), answer)
+        answers.setdefault((self.node_id, channel_id), trio.Event()).set()
+        return answer
+
+    monkeypatch.setattr(Leases, "acquire", recorded)
+    ch = ChannelSpec(id="ch", provider="fake")
+    added = [ChannelSpec(id=f"added-{i}", provider="fake") for i in range(8)]
+    config = _config(prefix)
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            a_runner, b_runner = StoreRunner(store), StoreRunner(store)
+            async with open_cluster(
+                config, node_id="a", store=store, runner=a_runner, file_specs=[ch]
+            ):
+                tenure = await a_runner.started("ch")
+                await store.write_checkpoints([checkpoint("ch", tenure.token, state())])
+                async with redis() as link:  # Redis loses everything of this cluster
+                    await link.call("DEL", *await link.call("KEYS", f"{prefix}:*"))
+                async with open_cluster(
+                    config, node_id="b", store=store, runner=b_runner, file_specs=[ch, *added]
+                ):
+                    await answers.setdefault(("b", "ch"), trio.Event()).wait()
+                    answer = seen[("b", "ch")]
+                    assert tenure.valid()  # a still runs ch
+                    assert isinstance(answer, Held), answer  # not a second owner
+                    assert "quarantine" in answer.holder
+                    assert "ch" not in b_runner.tenures
