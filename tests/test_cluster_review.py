@@ -170,3 +170,29 @@ async def test_channels_added_to_the_catalog_do_not_hide_that_the_cluster_ran(
                     assert isinstance(answer, Held), answer  # not a second owner
                     assert "quarantine" in answer.holder
                     assert "ch" not in b_runner.tenures
+
+
+async def test_streams_made_again_after_redis_lost_its_data_expire(prefix: str) -> None:
+    """Redis lost the cluster's data while both nodes ran; a call goes through
+    again (the owner's inbox and the caller's reply stream are made anew). Both
+    streams must carry an expiry again, as the first ones did, so that a node
+    gone for good after the loss leaves nothing behind. Today each node
+    remembers that it moved the expiry "recently" (``_kept_at``, trio time) and
+    does not look again for a quarter of STREAM_KEEP (15 minutes): the streams
+    made anew have none meanwhile, and a node that dies in that window keeps
+    its inbox, its consumer group and its replies in Redis for good."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            handler = Holding(0)
+            handler.release.set()
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
+            await nursery.start(owner.run)
+            await nursery.start(caller.run)
+            await caller.call("owner", "send", "ch", {"n": 1}, timeout=10.0)
+            await link.call("DEL", *await link.call("KEYS", f"{prefix}:*"))  # Redis lost it all
+            answer = await caller.call("owner", "send", "ch", {"n": 2}, timeout=REAL_CEILING / 2)
+            assert answer == {"ok": {"n": 2}}
+            for stream in (owner.inbox, caller.replies):
+                assert await link.call("PTTL", stream) > 0, stream  # -1 today: kept for good
+            nursery.cancel_scope.cancel()
