@@ -1,9 +1,10 @@
-"""Review of the cluster fault run: forwarding streams under faults the run left open.
+"""Review of the cluster fault run: forwarding streams and the rebirth quarantine.
 
 Each test holds what the run's commits promise (a forwarded call handled once,
-a node id gone for good leaves nothing in Redis) in a case they did not
-cover. Against a real Redis (``SWITCHBOARD_TEST_REDIS``), each under a key
-prefix of its own, deleted afterwards.
+a node id gone for good leaves nothing in Redis, a node that starts as Redis
+comes back empty does not lift the quarantine) in a case they did not cover.
+Against a real Redis (``SWITCHBOARD_TEST_REDIS``), each under a key prefix of
+its own, deleted afterwards.
 """
 
 from __future__ import annotations
