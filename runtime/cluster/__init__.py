@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Final, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -229,20 +229,21 @@ class Cluster:
             await self.membership.leave()
 
 
-RAN_BEFORE_SAMPLE: Final = 8  # catalog channels whose checkpoints tell if the cluster ran
-
-
 async def ran_before(store: Store) -> bool:
     """Whether the cluster's channels ran under leases before (checkpoints in the store).
 
-    A few of the catalog's channels are looked at: a cluster that ran has
-    checkpoints for nearly all of them, one that starts for the first time
-    for none (so a first start is no rebirth, and costs no quarantine).
+    The catalog's channels are looked at until one has such a checkpoint: a
+    cluster that ran has them for nearly all, one that starts for the first
+    time for none (so a first start is no rebirth, and costs no
+    quarantine). Every channel may be read (a first start, once): the first
+    few may be channels just added, with none yet (a sample of eight sorted
+    ids missed a cluster that had run). Asked only of a Redis that does not
+    know the cluster (see :func:`open_cluster`).
 
     Raises:
         StoreError: the store could not be read.
     """
-    for channel_id in sorted(await store.catalog())[:RAN_BEFORE_SAMPLE]:
+    for channel_id in sorted(await store.catalog()):
         stored = await store.load_checkpoint(channel_id)
         if stored is not None and stored.owner_token > 0:
             return True
@@ -310,7 +311,8 @@ async def open_cluster(
             controls=controls,
         )
         await catalog.publish_file()
-        if await ran_before(store):  # a Redis without the cluster's marker was reborn
+        if not await link.call("EXISTS", rebirth.keys(prefix)[0]) and await ran_before(store):
+            # A Redis without the cluster's marker, and a store that ran it: reborn.
             membership.known = leases.known = True
         first = await controls.load()  # a pause or pins hold from the first reconcile on
         ownership.set_controls(paused=first.paused is not None, pins=first.pins)

@@ -109,6 +109,9 @@ class Forwarding:
         self._waiting: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
         self._limiter = trio.CapacityLimiter(IN_FLIGHT)
         self._kept_at: dict[str, float] = {}  # stream -> when its expiry was last moved on
+        # The inbox entries being handled: read again (a consumer group made again
+        # from the stream's start), each is not handed over a second time.
+        self._in_hand: set[str] = set()
         self.handled = 0  # requests answered here
         self.expired = 0  # requests dropped here because their caller had given up
         self.forwarded = 0  # requests this node sent to others
@@ -244,7 +247,9 @@ class Forwarding:
             except ClusterUnavailable as exc:
                 if "NOGROUP" in str(exc):  # Redis lost the stream: make it again
                     # From its start: what callers wrote since the loss is
-                    # for this node (the expired ones are dropped as read).
+                    # for this node (the expired ones are dropped as read; those
+                    # being handled, not handed over again).
+                    self._kept_at.clear()  # (streams made again have no expiry yet)
                     with contextlib.suppress(ClusterUnavailable):
                         await self._make_group("0")
                 log.debug("cluster: reading the inbox failed (retrying): %s", exc)
@@ -265,7 +270,10 @@ class Forwarding:
                     self.expired += 1
                     await self._ack(entry_id)
                     continue
+                if entry_id in self._in_hand:  # read again while its handler runs
+                    continue
                 await self._limiter.acquire_on_behalf_of(entry_id)
+                self._in_hand.add(entry_id)
                 nursery.start_soon(self._handle, entry_id, fields, left)
             if pending and len(entries) < BATCH:
                 pending = False
@@ -284,18 +292,23 @@ class Forwarding:
                 answer = {"error": {"type": "NodeError", "message": f"{type(exc).__name__}"}}
             caller = fields.get("from", "")
             reply = {"id": fields.get("id", ""), "answer": json.dumps(answer)}
+            replies = f"{self.prefix}:replies:{caller}"
             try:
                 await self.link.call(
-                    "XADD", f"{self.prefix}:replies:{caller}", "MAXLEN", "~", REPLIES_MAXLEN,
-                    "*", *_flat(reply),
-                )  # fmt: skip
+                    "XADD", replies, "MAXLEN", "~", REPLIES_MAXLEN, "*", *_flat(reply)
+                )
             except ClusterUnavailable as exc:
                 # Not acknowledged: handled again (the answer from memory) at the next start.
                 log.warning("cluster: the answer to a forwarded request was lost: %s", exc)
                 return
+            # The answer may have made the caller's stream (its first, or the first in
+            # an hour): it expires like the caller's own, should the caller be gone.
+            with contextlib.suppress(ClusterUnavailable):
+                await self._keep(replies)
             self.handled += 1
             await self._ack(entry_id)
         finally:
+            self._in_hand.discard(entry_id)
             self._limiter.release_on_behalf_of(entry_id)
 
     async def _ack(self, entry_id: str) -> None:
