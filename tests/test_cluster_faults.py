@@ -283,6 +283,12 @@ async def test_a_lease_key_another_deployment_wrote_under_the_prefix_leaves_the_
                         "b", OutboundMessage(peer="p", text="hi", idempotency_key="k"), timeout=0.5
                     )
                 await node._refresh_holders()  # (the task that crashed the node)
+                # A token of digits no int() reads ("²") is no token either (the
+                # console's move and release read the holder so).
+                async with redis() as link:
+                    await link.call("SET", f"{prefix}:lease:b", "node-7|\u00b2")
+                holder = await node.lease_holder("b")
+                assert holder.holder == "node-7" and holder.token is None
                 assert {s.channel_id: s.status for s in node.channels()}["a"] is (
                     ChannelStatus.CONNECTED
                 )

@@ -592,6 +592,48 @@ async def test_an_accepted_telegram_send_with_an_unreadable_result_is_delivered_
     assert result.platform_message_id == "" and result.peer == MESSAGE.peer
 
 
+@pytest.mark.parametrize(
+    "answer_body",
+    [
+        {"messaging_product": "whatsapp", "contacts": [{"wa_id": "42"}]},
+        {"messaging_product": "whatsapp", "messages": []},
+    ],
+    ids=["no-messages", "empty-messages"],
+)
+async def test_an_accepted_whatsapp_send_without_a_message_id_is_delivered_once(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    answer_body: dict[str, Any],
+) -> None:
+    """The same for WhatsApp: a 2xx answer of the Graph API's own
+    (``"messaging_product": "whatsapp"``) without a readable ``messages[0].id``
+    says the message was taken; it is answered without a message id, and not
+    sent again (the Cloud API has no idempotency key). It was retried as a
+    TransientError, delivering it once per attempt."""
+    posts: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"id": "123"})
+        posts.append(request.content)
+        return httpx.Response(200, json=answer_body)
+
+    with trio.fail_after(CEILING):
+        async with wa_node(answer, monkeypatch) as node:
+            result = await node.send("wa", MESSAGE)
+    assert len(posts) == 1
+    assert result.platform_message_id == "" and result.peer == MESSAGE.peer
+
+
+def test_a_whatsapp_2xx_that_is_not_the_graph_api_s_answer_is_still_transient() -> None:
+    """A 2xx that is not the Graph API's own answer (a proxy's page, a body of
+    another shape) may not have reached Meta: it stays a ``TransientError``,
+    retried, not taken for a send."""
+    for body in (b"<html>ok</html>", b'{"messages": []}', b'{"ok": true}'):
+        with pytest.raises(TransientError):
+            whatsapp_core.parse_send_response(200, {}, body, peer="42")
+
+
 # --- 9. a platform's text quoted whole in an error ------------------------------------------
 
 HUGE: Final = "x" * 1_000_000  # characters: a JSON answer well within max_body_bytes

@@ -668,17 +668,25 @@ def parse_send_response(
 ) -> SendResult:
     """The :class:`~providers.base.SendResult` of a messages call.
 
+    A 2xx answer of the Graph API's own (``"messaging_product": "whatsapp"``)
+    without a readable ``messages[0].id`` says the message was taken: it is
+    answered with no message id (``""``), not sent again (the Cloud API has
+    no idempotency key, so a retry would deliver it twice).
+
     Raises:
         ProviderError: the mapped error (see :func:`map_error`); a 2xx answer
-            without ``messages[0].id`` is a ``TransientError`` (the message may
-            or may not have been sent).
+            that is not the Graph API's (a proxy's page) is a ``TransientError``
+            (the message may or may not have been sent).
     """
     if not 200 <= status < 300:
         raise map_error(status, headers, body, peer=peer)
+    answer = json_body(body)
     try:
-        parsed = GRAPH.structure(json_body(body), _SendBody)
+        parsed = GRAPH.structure(answer, _SendBody)
         message_id = parsed.messages[0].id
     except (cattrs.BaseValidationError, TypeError, AttributeError, IndexError) as exc:
+        if isinstance(answer, dict) and answer.get("messaging_product") == "whatsapp":
+            return SendResult(platform_message_id="", peer=peer)
         raise TransientError(
             f"WhatsApp accepted the message to {peer!r} with HTTP {status} but the answer "
             f"has no messages[0].id: {body[:200]!r}"

@@ -192,7 +192,7 @@ class Cluster:
         return LeaseHolder(
             channel_id=channel_id,
             holder=holder,
-            token=int(token) if token.isdigit() else None,
+            token=int(token) if token.isascii() and token.isdigit() else None,
             value=value,
             expires_in=left_ms / 1000 if left_ms >= 0 else None,
             alive=deadline is not None and float(deadline) > now_ms,
