@@ -7,8 +7,8 @@ Design:
   full jitter (the count resets once a connection has been stable for
   ``reset_after``), ``FatalError`` marks the channel FAILED and never
   reconnects (a ban must not be hammered). A connect refused with a rate
-  limit again, with no connection between, waits at least the reconnect
-  backoff's delay for as many refusals: a platform that keeps answering 429
+  limit again, with no link between that stayed up ``reset_after``, waits
+  at least the reconnect backoff's delay for as many refusals: a platform that keeps answering 429
   with no wait is not reconnected to at once, for ever. A link that
   delivers nothing for ``liveness_timeout`` is treated as dead. A task of
   the actor watches it (:class:`_Liveness`) and cancels the reader's wait
