@@ -44,13 +44,13 @@ async def test_a_second_drain_waiting_on_a_cancelled_first_does_not_hang(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.send, "a", message("k1"))
-            await trio.sleep(0.1)
-            with trio.move_on_after(0.5):
+            await trio.testing.wait_all_tasks_blocked()  # k1 is on the wire (5 s)
+            with trio.move_on_after(0.5):  # the first drain is cancelled here
                 async with trio.open_nursery() as inner:
                     inner.start_soon(node.drain)
-                    await trio.sleep(0.1)
+                    await trio.testing.wait_all_tasks_blocked()  # it waits for k1
                     nursery.start_soon(second)
-                    await trio.sleep(1000)
+                    await trio.sleep_forever()
             with trio.move_on_after(60):  # virtual seconds: the drain deadline is 10
                 await answered.wait()
             nursery.cancel_scope.cancel()
@@ -81,9 +81,9 @@ async def test_restart_during_a_drain_is_refused_and_leaves_the_channel_running(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # the send is on the wire (2 s)
             nursery.start_soon(node.drain)
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # the drain waits for it
             assert node.draining
             with pytest.raises(NodeDraining):
                 await node.restart_channel("a")
@@ -189,8 +189,9 @@ async def test_a_credential_of_a_channel_started_at_run_time_is_redacted(
         ) as node:
             if when != "configured":
                 await node.start_channel(ChannelSpec(**spec))
-            while node.channels()[0].status is not ChannelStatus.FAILED:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            with node.subscribe(kind="state") as changes:
+                while node.channels()[0].status is not ChannelStatus.FAILED:
+                    await changes.receive()
             assert node.ops_url is not None
             async with httpx.AsyncClient(base_url=node.ops_url) as client:
                 detail = await client.get(
@@ -253,7 +254,7 @@ async def test_a_cancelled_stop_leaves_no_channel_listed_connected_that_cannot_s
         await wait_connected(node, 1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.send, "a", message("k1"))
-            await trio.sleep(0.1)
+            await trio.testing.wait_all_tasks_blocked()  # k1 is on the wire
             with trio.move_on_after(1.0):  # the stop waits for k1 (2 s on the wire)
                 await node.stop_channel("a")
         listed = {s.channel_id: s.status for s in node.channels()}
