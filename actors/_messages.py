@@ -15,7 +15,7 @@ on. That is the one way a refusal crosses an ``ask``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import outcome
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IN_HAND",
     "RESTART",
+    "Answered",
     "Ask",
     "AskWatch",
     "ChildExited",
@@ -52,6 +53,23 @@ IN_HAND: Final = _InHand()
 an answer given then is kept in ``early`` instead of waking a task that is not waiting."""
 
 
+class Answered:
+    """An :class:`Ask`'s task when no task waits for the answer (``ActorRef.ask_soon``).
+
+    The answer is handed to ``fn`` as an ``outcome``, synchronously, in the
+    task that gives it (the actor's, a connection's reader, a watch's
+    timer): ``fn`` must not block and must not raise.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[outcome.Outcome[Any]], object]) -> None:
+        self.fn = fn
+
+    def __repr__(self) -> str:
+        return f"Answered({self.fn!r})"
+
+
 class Ask:
     """A message waiting for an answer, and the task waiting for it."""
 
@@ -59,7 +77,7 @@ class Ask:
 
     def __init__(self, msg: Any, task: Any) -> None:
         self.msg = msg
-        self.task = task  # None once answered or abandoned; IN_HAND: see there
+        self.task = task  # None once answered or abandoned; IN_HAND, Answered: see there
         self.early: outcome.Outcome[Any] | None = None  # an answer given while IN_HAND
 
     def reply(self, value: Any) -> None:
@@ -85,6 +103,8 @@ class Ask:
             self.task = None
             if task is IN_HAND:
                 self.early = result
+            elif type(task) is Answered:
+                task.fn(result)
             else:
                 reschedule(task, result)
 

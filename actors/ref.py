@@ -52,7 +52,7 @@ from ._incarnation import (
     STARTING,
     TASK_FAIRNESS_BATCH,
 )
-from ._messages import IN_HAND, RESTART, Ask, AskWatch, Status, Stop
+from ._messages import IN_HAND, RESTART, Answered, Ask, AskWatch, Status, Stop
 from .actor import AT_LEISURE, EXIT_SHUTDOWN, Actor, ActorState, Exit
 from .errors import ActorDead, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxConfig, MailboxStatistics, Overflow
@@ -327,6 +327,64 @@ class ActorRef:
         if not self._scheduled:
             self._wake()
         return await self._wait_reply(pending, timeout, msg, watch)
+
+    def ask_soon(
+        self,
+        msg: Any,
+        answered: Callable[[outcome.Outcome[Any]], object],
+        *,
+        watch: AskWatch | None = None,
+    ) -> None:
+        """Send ``msg`` as an ask that no task waits for: ``answered`` gets the answer.
+
+        For a caller with many asks out at once (a node's outbox), which
+        would otherwise park a task on each. ``answered(outcome)`` is
+        called once, synchronously, in the task that answers: the actor's,
+        a connection's reader, ``watch``'s timer, or this one before
+        ``ask_soon`` returns (an idle actor that answers at once). It must
+        not block and must not raise. There is no timeout of its own:
+        ``watch`` bounds the ask (its ``parking`` is called once the ask
+        is out, and an error it returns is the answer at once).
+
+        Raises (nothing was sent):
+            ActorDead: the actor is terminated.
+            MailboxFull: the mailbox is at capacity.
+        """
+        if self._parked is not None and self._stop_request is None and self._state is RUNNING:
+            inst = self._instance
+            assert inst is not None
+            if inst._receives_at_once:
+                pending = Ask(msg, IN_HAND)
+                reply = self._receive_at_once(inst, pending)
+                if reply is not AT_LEISURE:
+                    if pending.task is None:  # answered already (at once, or deferred and answered)
+                        early = pending.early
+                        if early is None:
+                            early = reply if type(reply) is outcome.Error else outcome.Value(reply)
+                        answered(early)
+                        return
+                    pending.task = Answered(answered)  # deferred: its answer comes later
+                    self._watch_soon(pending, watch)
+                    return
+        if self._state not in QUEUEING:
+            raise self._dead_error("ask")
+        mailbox = self._mailbox
+        if not mailbox.has_room():
+            raise self._full_error()
+        pending = Ask(msg, Answered(answered))
+        mailbox.put(pending)
+        if not self._scheduled:
+            self._wake()
+        self._watch_soon(pending, watch)
+
+    @staticmethod
+    def _watch_soon(pending: Ask, watch: AskWatch | None) -> None:
+        """Hand ``watch`` an ask of :meth:`ask_soon`'s, now out; a refusal answers it."""
+        if watch is None:
+            return
+        refused = watch.parking(pending)
+        if refused is not None:
+            pending.fail(refused)  # (an answer the actor gives later goes nowhere)
 
     async def ask_status(
         self,

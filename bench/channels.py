@@ -68,6 +68,7 @@ from providers.whatsapp.core import WHATSAPP_LIMITS
 from runtime.collection import QUIET as GC_QUIET
 from runtime.collection import STORM_CONNECTS
 from runtime.config.model import NodeSection, StorageConfig
+from runtime.outbox import Sent
 
 from .bare import TaskSteps
 from .channels_compression import CompressionPhase, compression_figures, measure_compression
@@ -203,6 +204,15 @@ class ChannelsParams:
             "counting costs some CPU, so read CPU figures from a run without it)"
         ),
     )
+    send_api: str = attrs.field(
+        default="outbox",
+        metadata=_help(
+            "how the load reaches the node: outbox (Node.outbox: the pacer starts each send "
+            "and a callback takes its outcome, no task waits on a send, as the bare client's "
+            "pacer and readers) or send (worker tasks each awaiting Node.send, beside the bare "
+            "client with worker tasks awaiting each ack)"
+        ),
+    )
     gc: str = attrs.field(
         default="tuned",
         metadata=_help("the node's [node] gc policy: tuned (freeze what settled) or default"),
@@ -219,6 +229,8 @@ class ChannelsParams:
         problems = []
         if self.channels < 1:
             problems.append(f"channels: expected at least 1, got {self.channels}")
+        if self.send_api not in ("outbox", "send"):
+            problems.append(f"send_api: expected 'outbox' or 'send', got {self.send_api!r}")
         if self.gc not in ("tuned", "default"):
             problems.append(f"gc: expected 'tuned' or 'default', got {self.gc!r}")
         if self.emulator not in ("process", "inprocess"):
@@ -312,6 +324,8 @@ class GcWatch:
 
 
 async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext) -> StepResult:
+    if params.send_api == "outbox":
+        return await _load_step_outbox(rig, params, rate, ctx)
     result = StepResult(rate=rate, duration=params.duration)
     result.by_second = [[] for _ in range(math.ceil(params.duration))]
     text = ("x" * params.text_size)[: params.text_size]
@@ -395,6 +409,98 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
                     await drained.wait()
             unfinished = in_flight  # the cancel below runs the workers' finally blocks
             nursery.cancel_scope.cancel()
+    if unfinished:
+        result.errors["unfinished at the step's deadline"] += unfinished
+    result.elapsed = max(result.done_at, default=trio.current_time() - start)
+    result.cpu = cpu_seconds() - cpu0
+    statistics = rig.node.statistics()
+    result.refused = Counter(statistics.sends_refused) - refused0
+    result.loop_lag = statistics.loop_lag
+    emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
+    result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
+    return result
+
+
+async def _load_step_outbox(
+    rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext
+) -> StepResult:
+    """:func:`_load_step` through one ``Node.outbox``: the pacer starts each due
+    send, and the outbox's callback (in the task that learnt the outcome, the
+    connection's reader) counts it. No task waits on a send, as in the bare
+    client, whose pacer sends and whose readers count the acks."""
+    result = StepResult(rate=rate, duration=params.duration)
+    result.by_second = [[] for _ in range(math.ceil(params.duration))]
+    text = ("x" * params.text_size)[: params.text_size]
+    ids = rig.channel_ids
+    n = len(ids)
+    in_flight = 0
+    paced = False  # every send of the step is due: what is left is in flight
+    drained = trio.Event()
+    cpu0 = cpu_seconds()
+    emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
+    refused0 = Counter(rig.node.statistics().sends_refused)
+    prefix = f"r{rate:.0f}-"
+    start = trio.current_time()
+
+    def on_sent(sent: Sent) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+        if sent.error is None:
+            i = int(sent.message.idempotency_key[len(prefix) :])
+            due_at = start + i / rate
+            latency = sent.at - due_at
+            result.ok += 1
+            result.latencies.append(latency)
+            result.done_at.append(sent.at - start)
+            second = int(due_at - start)
+            if 0 <= second < len(result.by_second):
+                result.by_second[second].append(latency)
+        else:
+            result.errors[type(sent.error).__name__] += 1
+        if paced and not in_flight:
+            drained.set()
+
+    total = int(rate * params.duration)
+    unfinished = 0
+    ctx.progress.phase(f"load {rate:,.0f} msgs/s for {params.duration:g} s", total, "msgs")
+    counting = result.steps = TaskSteps() if params.task_steps else None
+    with (
+        result.gc,
+        counting if counting is not None else contextlib.nullcontext(),
+        trio.CancelScope() as step,
+    ):
+        async with rig.node.outbox(on_sent=on_sent) as outbox:
+            i = 0
+            while i < total:
+                due_now = min(total, int((trio.current_time() - start) * rate) + 1)
+                while i < due_now:
+                    if in_flight >= params.max_in_flight:
+                        result.shed += 1
+                    else:
+                        try:
+                            outbox.send(ids[i % n], rig.message(i, f"{prefix}{i}", text))
+                        except Exception as exc:  # refused at once: counted by type
+                            result.errors[type(exc).__name__] += 1
+                        else:
+                            in_flight += 1
+                    i += 1
+                result.in_flight_peak = max(result.in_flight_peak, in_flight)
+                ctx.progress.update(
+                    i,
+                    delivered=result.ok,
+                    in_flight=in_flight,
+                    errors=sum(result.errors.values()),
+                    connected=rig.states.connected,
+                )
+                await trio.sleep(TICK)
+            result.scheduled = i
+            paced = True
+            ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
+            if in_flight:
+                with trio.move_on_after(min(60.0, ctx.remaining())):
+                    await drained.wait()
+            unfinished = in_flight
+            step.cancel()  # what is still out goes on in the node, unheard
     if unfinished:
         result.errors["unfinished at the step's deadline"] += unfinished
     result.elapsed = max(result.done_at, default=trio.current_time() - start)
@@ -622,6 +728,7 @@ async def _run(params: ChannelsParams, ctx: RunContext) -> Report:
                         _bare_send_baseline, rig.emulator.url, n, params, ctx
                     )
                     sections["baseline_sends"] = round(time.perf_counter() - t, 2)
+                if params.rates and params.send_api == "send":
                     t = time.perf_counter()
                     bare_awaiting = await trio.to_thread.run_sync(
                         functools.partial(
@@ -1313,7 +1420,13 @@ def _notes(
 ) -> list[str]:
     notes = [
         "channels run in a real node (open_node: supervisor, event hub, memory store); "
-        "sends go through Node.send and complete when the emulator acknowledged them",
+        + (
+            "sends go through one Node.outbox (the pacer starts each, a callback takes its "
+            "outcome: no task waits on a send) and complete when the emulator acknowledged them"
+            if params.send_api == "outbox"
+            else "sends go through Node.send, each awaited by a worker task, and complete "
+            "when the emulator acknowledged them"
+        ),
         f"emulator: {'a separate process' if external else 'in the node process'} on 127.0.0.1",
         "load is open-loop: latency runs from when a message was due, not from when it "
         "was sent, so a stall shows as latency (no coordinated omission)",

@@ -49,6 +49,7 @@ from .errors import (
 )
 from .events import EventKind, NodeEvent, Subscription
 from .node import Node, NodeState, open_node
+from .outbox import Outbox, Sent
 from .store import KeptMessage, Store, open_store
 from .view import ChannelDetail, ChannelSnapshot, NodeStatistics
 
@@ -85,11 +86,13 @@ __all__ = [
     "NodeStarting",
     "NodeState",
     "NodeStatistics",
+    "Outbox",
     "OutsideWindow",
     "Overloaded",
     "PermanentSendError",
     "SendError",
     "SendFailed",
+    "Sent",
     "StartupFailed",
     "Store",
     "StoreError",

@@ -55,6 +55,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
+import outcome
 import trio
 
 from actors import (
@@ -121,6 +122,7 @@ from .errors import (
     NodeNotRunning,
     NodeStarting,
     Overloaded,
+    SendError,
     StoreError,
     UnknownProvider,
     send_error,
@@ -130,6 +132,7 @@ from .events import EventHub, Subscription
 from .lag import LoopLag
 from .node_cluster import ClusterMode
 from .ops import serve_ops
+from .outbox import Outbox, Sent, open_outbox
 from .resend import resend_kept
 from .services import ServiceActor, ServiceHandle, naming_bind_errors
 from .store import KeptMessage, Store, open_store
@@ -861,6 +864,40 @@ class Node(ClusterMode, DeadLetterOps):
         assert result is not None
         return result
 
+    def outbox(
+        self,
+        *,
+        timeout: float | None = None,
+        on_sent: Callable[[Sent], object] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Outbox]:
+        """Many sends in flight from one task, with no task waiting on each.
+
+        ``outbox.send(channel_id, op)`` starts a send (any operation) and
+        returns at once; how it ended comes back as a :class:`~runtime.outbox.Sent`
+        (what :meth:`perform` would have returned or raised), through
+        ``async for sent in outbox`` or, given ``on_sent``, handed to it in
+        the task that learnt it (it must not block; what it raises is
+        logged). The block ends once every send it started has ended::
+
+            async with node.outbox() as outbox:
+                for customer in customers:
+                    outbox.send("wa-main", OutboundMessage(...))
+                outbox.close()
+                async for sent in outbox:
+                    if not sent.ok: ...
+
+        Args:
+            timeout: seconds for each send, queueing included (default 60).
+            on_sent: called with each outcome instead of keeping it for ``async for``.
+
+        ``outbox.send`` raises what refuses a send at once (bad arguments,
+        ``NodeDraining``, ``UnknownChannel``, ``Overloaded``, ...: see
+        :meth:`Outbox.send`), and nothing was sent. Left under an error,
+        the block stops waiting: its sends go on in the node (bounded,
+        drained), their outcomes unheard.
+        """
+        return open_outbox(self, timeout=timeout, on_sent=on_sent)
+
     async def edit(
         self,
         channel_id: str,
@@ -977,6 +1014,16 @@ class Node(ClusterMode, DeadLetterOps):
         once). Not a coroutine: the caller awaits the send itself, one frame
         fewer on every send in flight.
         """
+        timeout = self._checked(channel_id, message, wait)
+        return self._route(channel_id, message, timeout, kept_id=kept_id)
+
+    def _checked(self, channel_id: str, message: Operation, wait: float | None) -> float:
+        """What every send checks before it goes anywhere: its timeout, in seconds.
+
+        Raises:
+            TypeError, ValueError, InvalidMessage: a bad argument.
+            NodeStarting: the node is still starting.
+        """
         if not isinstance(channel_id, str):  # (before it is shown, looked up or kept)
             raise wrong_argument("channel_id", "a str (a channel's id)", channel_id)
         key = getattr(message, "idempotency_key", None)  # (checked below: message may be anything)
@@ -1005,6 +1052,12 @@ class Node(ClusterMode, DeadLetterOps):
             finally:
                 del error  # no cycle through this frame's traceback
         self._check_started()
+        return timeout
+
+    def _route(
+        self, channel_id: str, message: Operation, timeout: float, *, kept_id: int | None = None
+    ) -> Awaitable[SendResult | None]:
+        """A checked send (:meth:`_checked`), for the caller to await at once."""
         if self._cluster is not None and self._drain_report is None:
             # Even while draining: the call goes to wherever the channel runs.
             return self._cluster_send(
@@ -1095,28 +1148,153 @@ class Node(ClusterMode, DeadLetterOps):
                 finally:
                     del error  # no cycle through this frame's traceback
         finally:
-            sends.end(pending)  # (a second send of the key, waiting for it, goes on)
-            if self._in_flight.get(flight_key) is pending:
-                del self._in_flight[flight_key]
+            self._end_send(pending, flight_key)
         if stopped:
             # Raised out here, not in the handler: the stop stays inside the node.
-            timed_out = channel.ref.ask_timeout(message, timeout)
-            error = send_error(timed_out, channel_id, message.idempotency_key)
-            assert error is not None  # an AskTimeout always maps
-            why = _why_waiting(channel.memory)
-            if why:
-                error.args = (f"{error}; {why}",)
+            error = _timed_out(channel, channel_id, message, timeout)
             try:
-                raise error from timed_out
+                raise error
             finally:
-                del timed_out, error  # no cycle through this frame's traceback
+                del error  # no cycle through this frame's traceback
         # (The channel remembered the answer: see SendPath._fly.)
-        # The node's histograms for the provider, which the channel's memory holds.
+        self._time_send(channel, began)
+        return result
+
+    def _time_send(self, channel: ChannelRef, began: float) -> None:
+        """Count a send done in the node's histograms for its provider (the
+        channel's memory holds them)."""
         timings = channel.memory.timings
         if not isinstance(timings, ProviderTimings):
             timings = self._timings.provider(channel.provider_name)
         timings.sent(self._now() - began)
-        return result
+
+    def _send_soon(
+        self,
+        channel_id: str,
+        message: Operation,
+        timeout: float,
+        done: Callable[[SendResult | None, BaseException | None], object],
+        spawn: Callable[..., object],
+    ) -> bool:
+        """Start a checked send (:meth:`_checked`) with no task waiting for it.
+
+        The common path of :class:`~runtime.outbox.Outbox`: a channel of
+        this node, a key neither answered recently nor on its way. The
+        send is tracked, bounded and drained as :meth:`_send_here`'s, and
+        ``done(result, error)`` hears how it ended, as :meth:`_send_here`
+        would have returned or raised, in the task that learnt it. A key
+        answered already is answered at once, as a repeat is.
+
+        Returns:
+            False, having done nothing, where it must go the long way, in a
+            task (:meth:`_route`): a node in a cluster, a key on its way.
+
+        Raises (nothing was sent): the errors :meth:`_send_here` raises
+        before it asks the channel (``NodeDraining``, ``UnknownChannel``,
+        ``KeyReused``, ``Overloaded``), and ``ChannelFailed`` or
+        ``MailboxFull`` as the channel refuses it at once.
+        """
+        if self._cluster is not None and self._drain_report is None:
+            return False
+        self._check_accepting()
+        channel = self._channel_ref(channel_id)
+        key = message.idempotency_key
+        known = channel.memory.sent.get(key)
+        if known is not None:
+            _check_not_reused(channel, channel_id, message, False)
+            done(remembered_result(message, known), None)
+            return True
+        flight_key = (channel_id, key)
+        if flight_key in self._in_flight:
+            return False
+        sends = self._sends
+        self._admit(
+            channel_id,
+            message,
+            channel_sends=sends.count(channel_id),
+            channel=channel,
+            keep_refused=False,
+        )
+        began = self._now()
+        pending = sends.pending(channel_id, message, deadline=began + timeout)
+        sends.begin(pending)
+        self._in_flight[flight_key] = pending
+        answered = functools.partial(
+            self._answered_soon, channel, pending, timeout, began, done, spawn
+        )
+        try:
+            channel.asking_soon(message, answered, watch=pending)
+        except Exception as exc:
+            self._end_send(pending, flight_key)
+            error = send_error(exc, channel_id, key)
+            if error is None:
+                raise
+            try:
+                raise error from exc
+            finally:
+                del error  # no cycle through this frame's traceback
+        return True
+
+    def _answered_soon(
+        self,
+        channel: ChannelRef,
+        pending: Pending,
+        timeout: float,
+        began: float,
+        done: Callable[[SendResult | None, BaseException | None], object],
+        spawn: Callable[..., object],
+        answer: outcome.Outcome[SendResult | None],
+    ) -> None:
+        """How a send of :meth:`_send_soon` ended, as :meth:`_send_here` takes it."""
+        message = pending.message
+        channel_id = pending.channel_id
+        flight_key = (channel_id, message.idempotency_key)
+        if type(answer) is outcome.Value:
+            self._end_send(pending, flight_key)
+            self._time_send(channel, began)
+            done(answer.value, None)
+            return
+        assert isinstance(answer, outcome.Error)
+        exc = answer.error
+        if pending.cut:
+            # The drain cut it: told once the drain has kept the message.
+            try:
+                spawn(self._kept_soon, pending, flight_key, exc, done)
+            except RuntimeError:  # its outbox is gone: nobody is told
+                self._end_send(pending, flight_key)
+            return
+        self._end_send(pending, flight_key)
+        error: BaseException | None
+        if exc is pending.stopped:
+            error = _timed_out(channel, channel_id, message, timeout)
+        else:
+            error = send_error(exc, channel_id, message.idempotency_key)
+            if error is None:
+                error = exc  # (no error of the node's: a defect, as it came)
+            else:
+                error.__cause__ = exc
+        done(None, error)
+
+    async def _kept_soon(
+        self,
+        pending: Pending,
+        flight_key: tuple[str, str],
+        exc: BaseException,
+        done: Callable[[SendResult | None, BaseException | None], object],
+    ) -> None:
+        """A send of :meth:`_send_soon` the drain cut: done once it is kept."""
+        try:
+            await pending.settled.wait()
+        finally:
+            self._end_send(pending, flight_key)
+        error = _kept_error(pending)
+        error.__cause__ = None if exc is pending.stopped else exc
+        done(None, error)
+
+    def _end_send(self, pending: Pending, flight_key: tuple[str, str]) -> None:
+        self._sends.end(pending)  # (a second send of the key, waiting for it, goes on)
+        if self._in_flight.get(flight_key) is pending:
+            del self._in_flight[flight_key]
 
     async def _after_first(
         self,
@@ -1844,6 +2022,21 @@ def _check_channel_id(channel_id: object) -> None:
     unhashable; a number was looked up and reported as an unknown channel)."""
     if not isinstance(channel_id, str):
         raise wrong_argument("channel_id", "a str (a channel's id)", channel_id)
+
+
+def _timed_out(
+    channel: ChannelRef, channel_id: str, message: Operation, timeout: float
+) -> SendError:
+    """The error of a send stopped at its caller's deadline (``AskTimeout``,
+    saying what the channel waits for), its cause the ask's own timeout."""
+    timed_out = channel.ref.ask_timeout(message, timeout)
+    error = send_error(timed_out, channel_id, message.idempotency_key)
+    assert error is not None  # an AskTimeout always maps
+    why = _why_waiting(channel.memory)
+    if why:
+        error.args = (f"{error}; {why}",)
+    error.__cause__ = timed_out
+    return error
 
 
 def _kept_error(pending: Pending) -> NodeDraining:

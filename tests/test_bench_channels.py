@@ -69,18 +69,16 @@ def test_channels_quick_websocket_with_baseline_and_inbound(tmp_path: Path) -> N
     assert cpu["baseline"] > 0 and "wsproto" in cpu["baseline_label"]
     assert cpu["ratio"] == pytest.approx(cpu["value"] / cpu["baseline"])
     assert cpu["target"]["applies_to"] == "ratio" and cpu["target"]["threshold"] == 1.0
-    # The same figure beside the bare client driven as the node is (a worker awaiting
-    # each ack): the same value, its own baseline, and no target of its own.
-    awaiting = f["node_cpu_per_message_at_200_beside_awaiting"]
-    assert awaiting["value"] == cpu["value"] and awaiting["target"] is None
-    assert awaiting["baseline"] > 0 and "awaits its ack" in awaiting["baseline_label"]
-    assert awaiting["baseline_label"] != cpu["baseline_label"]
-    assert awaiting["ratio"] == pytest.approx(awaiting["value"] / awaiting["baseline"])
+    # The load went through one Node.outbox (no task waits on a send), as the bare
+    # client's pacer sends: there is no bare run with worker tasks to set beside it.
+    assert data["parameters"]["send_api"] == "outbox"
+    assert "node_cpu_per_message_at_200_beside_awaiting" not in f
     assert f["latency_p99_at_200"]["baseline"] > 0  # the same bare run's latency
     steps = f["node_task_steps_per_message_at_200"]  # counts, beside the bare client's
     assert steps["value"] >= 2 and steps["baseline"] >= 2
     assert steps["ratio"] == pytest.approx(steps["value"] / steps["baseline"])
-    assert 0 < f["node_task_spawns_per_message_at_200"]["value"] < 10
+    # No task a message: the few spawned are the node's own (a checkpoint round).
+    assert 0 <= f["node_task_spawns_per_message_at_200"]["value"] < 0.1
     idle = f["node_cpu_idle"]  # beside the bare connections idle for the same window
     assert idle["unit"] == "%" and idle["label"].startswith(f"node CPU while idle, {n:,} channels")
     assert idle["value"] > 0 and idle["baseline"] > 0 and "heartbeats" in idle["baseline_label"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import outcome
 import trio
 
 from providers.base import Connection, OutboundMessage, SendResult
@@ -129,6 +130,22 @@ class ChannelRef:
         send = Send(op, keep_refused=keep_refused)
         answer: Awaitable[SendResult | None] = self.ref.ask(send, timeout=timeout, watch=watch)
         return answer
+
+    def asking_soon(
+        self,
+        op: Operation,
+        answered: Callable[[outcome.Outcome[SendResult | None]], object],
+        *,
+        watch: AskWatch | None = None,
+    ) -> None:
+        """:meth:`perform`'s ask with no task waiting for it (``ActorRef.ask_soon``):
+        ``answered`` gets its outcome, and ``watch`` bounds it.
+
+        Raises (nothing was sent): ``ChannelFailed`` for a channel given up
+        on, and the errors of ``ActorRef.ask_soon``.
+        """
+        self._raise_if_given_up()
+        self.ref.ask_soon(Send(op), answered, watch=watch)
 
     def subscribe(
         self, *, buffer: int | None = None, accepts: Callable[[Any], bool] | None = None

@@ -1,0 +1,258 @@
+"""Outbox: many sends in flight from one task, with no task waiting on each.
+
+Design: ``await node.send(...)`` parks its caller until the platform
+answers, so a caller with thousands of messages out at once (a broadcast
+through one number, a load generator) needs a task for each, and pays a
+task's wake-up and its frames on every message. An outbox starts each send
+without waiting (:meth:`Outbox.send` is synchronous) and hands back how
+each one ended as a :class:`Sent`, as a task that awaited ``node.send``
+would have seen it: the ``SendResult`` it returned or the error it raised.
+
+What ``send`` refuses at once (a bad argument, a node not accepting work,
+an unknown channel, ``Overloaded``, a reused key) is raised by ``send``
+itself, and nothing was sent. Each send is otherwise the same as
+``node.send``'s: the channel's window, limiters, breaker, retries and dead
+letters, the caller's timeout, and the drain, which keeps a send still out
+at its deadline (its ``Sent`` then holds ``NodeDraining``). A send of a
+key answered recently is answered at once; one of a key on its way already,
+or on a node in a cluster, goes the long way, in a task of the outbox's.
+
+The outcomes come either to ``on_sent`` (called in the task that learnt
+the outcome, usually the connection's reader: no task wakes for it), or
+through ``async for sent in outbox``, which ends once the outbox is
+closed and every outcome was taken.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from providers.base import SendResult
+from providers.groups import ungrouped
+from providers.operations import Operation
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Outbox", "Sent"]
+
+log = logging.getLogger("switchboard.outbox")
+
+FAIRNESS_BATCH: Final = 64
+"""Outcomes ``async for`` hands over before it lets the other tasks run."""
+
+
+class Sent:
+    """How one send of an :class:`Outbox` ended.
+
+    Attributes:
+        channel_id: the channel it went to.
+        message: the operation, as given to :meth:`Outbox.send`.
+        result: what ``node.perform`` returns for it (a ``SendResult`` for
+            a message or an edit, else ``None``); ``None`` when it failed.
+        error: what ``node.perform`` raises for it, or ``None`` when it was sent.
+        at: trio time at which the node learnt the outcome.
+    """
+
+    __slots__ = ("at", "channel_id", "error", "message", "result")
+
+    def __init__(
+        self,
+        channel_id: str,
+        message: Operation,
+        result: SendResult | None,
+        error: BaseException | None,
+        at: float,
+    ) -> None:
+        self.channel_id = channel_id
+        self.message = message
+        self.result = result
+        self.error = error
+        self.at = at
+
+    @property
+    def ok(self) -> bool:
+        """Whether the platform took it."""
+        return self.error is None
+
+    def __repr__(self) -> str:
+        key = getattr(self.message, "idempotency_key", None)
+        how = f"error={type(self.error).__name__}" if self.error is not None else "ok"
+        return f"<Sent channel={self.channel_id!r} key={key!r} {how}>"
+
+
+class Outbox:
+    """Sends in flight from one task: made by :meth:`runtime.Node.outbox`."""
+
+    def __init__(
+        self,
+        node: Node,
+        nursery: trio.Nursery,
+        *,
+        timeout: float | None,
+        on_sent: Callable[[Sent], object] | None,
+    ) -> None:
+        self._node = node
+        self._nursery = nursery
+        self._timeout = timeout
+        self._on_sent = on_sent
+        self._outcomes: deque[Sent] = deque()
+        self._waiting = trio.lowlevel.ParkingLot()  # the task in `async for`
+        self._all_done = trio.Event()
+        self._outstanding = 0
+        self._closed = False
+        self._abandoned = False  # its block ended under an error: outcomes go nowhere
+        self._handed = 0  # outcomes handed over since `async for` last let others run
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Outbox {state}, {self._outstanding} out, {len(self._outcomes)} to take>"
+
+    @property
+    def outstanding(self) -> int:
+        """Sends started and not ended yet."""
+        return self._outstanding
+
+    def send(self, channel_id: str, message: Operation) -> None:
+        """Start sending ``message`` (any operation) on ``channel_id``; do not wait.
+
+        Synchronous: it never yields to other tasks. A caller that sends
+        thousands in a loop lets the others run now and then
+        (``await trio.lowlevel.checkpoint()``), or the answers it waits for
+        are read late.
+
+        Raises (nothing was sent):
+            RuntimeError: the outbox is closed.
+            TypeError, ValueError, InvalidMessage: a bad argument.
+            NodeStarting, NodeDraining: the node does not take sends now.
+            UnknownChannel, ChannelFailed, KeyReused, MailboxFull: as ``node.send``.
+            Overloaded: the node or the channel holds its bound of sends:
+                retry after ``retry_after`` seconds.
+        """
+        if self._closed:
+            raise RuntimeError(f"{self!r}: the outbox is closed; nothing was sent")
+        node = self._node
+        timeout = node._checked(channel_id, message, self._timeout)
+        self._outstanding += 1
+        try:
+            started = node._send_soon(
+                channel_id,
+                message,
+                timeout,
+                functools.partial(self._ended, channel_id, message),
+                self._spawn,
+            )
+        except BaseException:
+            self._outstanding -= 1
+            raise
+        if not started:
+            self._nursery.start_soon(self._send_in_task, channel_id, message, timeout)
+
+    def close(self) -> None:
+        """Take no more sends: ``async for`` ends once every outcome was taken."""
+        self._closed = True
+        if not self._outstanding:
+            self._all_done.set()
+            self._waiting.unpark_all()
+
+    def __aiter__(self) -> AsyncIterator[Sent]:
+        return self
+
+    async def __anext__(self) -> Sent:
+        """The next outcome, in the order they came.
+
+        Raises:
+            StopAsyncIteration: the outbox is closed and every outcome was taken.
+            RuntimeError: the outbox hands its outcomes to ``on_sent``.
+        """
+        if self._on_sent is not None:
+            raise RuntimeError(f"{self!r} hands its outcomes to on_sent; there are none to take")
+        outcomes = self._outcomes
+        while not outcomes:
+            if self._closed and not self._outstanding:
+                raise StopAsyncIteration
+            self._handed = 0
+            await self._waiting.park()
+        self._handed += 1
+        if self._handed >= FAIRNESS_BATCH:
+            self._handed = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        if not outcomes:  # (taken meanwhile by another task's loop)
+            return await self.__anext__()
+        return outcomes.popleft()
+
+    async def wait_done(self) -> None:
+        """Wait until the outbox is closed and every send it started has ended."""
+        await self._all_done.wait()
+
+    # --- inside -----------------------------------------------------------------------
+
+    def _ended(
+        self,
+        channel_id: str,
+        message: Operation,
+        result: SendResult | None,
+        error: BaseException | None,
+    ) -> None:
+        """One send ended (in whichever task learnt it): hand its outcome over."""
+        self._outstanding -= 1
+        if not self._abandoned:
+            sent = Sent(channel_id, message, result, error, trio.current_time())
+            on_sent = self._on_sent
+            if on_sent is None:
+                self._outcomes.append(sent)
+                self._waiting.unpark()
+            else:
+                try:
+                    on_sent(sent)
+                except Exception:  # never into the task that learnt it (a connection's reader)
+                    log.exception("an outbox's on_sent raised on %r; the outcome is dropped", sent)
+        if not self._outstanding and self._closed:
+            self._all_done.set()
+            self._waiting.unpark_all()
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._abandoned:
+            raise RuntimeError("the outbox's block has ended")
+        self._nursery.start_soon(fn, *args)
+
+    async def _send_in_task(self, channel_id: str, message: Operation, timeout: float) -> None:  # noqa: ASYNC109
+        """A send that goes the long way (a key on its way, a cluster's node)."""
+        try:
+            result = await self._node._route(channel_id, message, timeout)
+        except Exception as exc:
+            self._ended(channel_id, message, None, exc)
+        else:
+            self._ended(channel_id, message, result, None)
+
+
+@asynccontextmanager
+async def open_outbox(
+    node: Node,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109
+    on_sent: Callable[[Sent], object] | None = None,
+) -> AsyncIterator[Outbox]:
+    """:meth:`runtime.Node.outbox`."""
+    async with ungrouped(trio.open_nursery()) as nursery:
+        outbox = Outbox(node, nursery, timeout=timeout, on_sent=on_sent)
+        try:
+            yield outbox
+            outbox.close()
+            await outbox.wait_done()
+        except BaseException:
+            # Left under an error, or cancelled while it waited: the sends out
+            # now go on in the node (tracked, bounded, drained), their outcomes
+            # unheard.
+            outbox._abandoned = True
+            outbox.close()
+            raise
