@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,6 +31,24 @@ FAST_CHANNELS: Final = ChannelSettings(
     send_backoff=ExponentialBackoff(base=0.01, cap=0.05),
     connect_wait=5.0,
 )
+
+
+class MidwayJitter(random.Random):
+    """Every draw at the middle of its range: a Discord core's first heartbeat half
+    an interval after Hello, an op 9 delay midway between its bounds.
+
+    A core left its own unseeded generator draws its first heartbeat anywhere in
+    ``[0, interval)``: an assertion on ``next_deadline()`` (the earliest of the
+    heartbeat and every other deadline) then fails whenever the draw lands the
+    beat before the deadline the test means (1 run in 50 for a 20 s deadline
+    and a 1000 s interval).
+    """
+
+    def random(self) -> float:
+        return 0.5
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
 
 
 async def yield_until(condition: Callable[[], bool], *, steps: int = 1_000) -> None:

@@ -33,10 +33,13 @@ from providers.simulated import Fixed, SimulatedProvider
 from runtime import open_node
 from runtime.config import ChannelSpec
 
+from .support import MidwayJitter
 from .test_node_embedded import FAST, node_config, sim, wait_connected
 from .test_provider_faults import FakeGateway, FakeSocket, discord_config, patch_discord, plain_rest
 
 VIRTUAL_CEILING: Final = 3_600.0  # virtual seconds: only a hang gets near it
+# With ``MidwayJitter`` the first heartbeat is at 500 s, after every deadline below: an
+# unseeded core drew it anywhere in [0, 1000) s, before the 20 s deadline 1 run in 50.
 HELLO: Final = json.dumps({"op": 10, "d": {"heartbeat_interval": 1_000_000}})
 SECRET: Final = "sk-live-0123456789abcdef"
 
@@ -56,7 +59,9 @@ def test_a_late_ready_timer_does_not_fail_the_discord_link_at_once() -> None:
     and every websocket liveness timer do (``LATE_TIMER``: given as long again as
     the node looked away). The new deadline fails at once, closing the socket and
     throwing the session's READY away."""
-    core = GatewayCore(token="t", channel_id="dc", gateway_url="wss://g", session_timeout=20.0)
+    core = GatewayCore(
+        token="t", channel_id="dc", gateway_url="wss://g", rng=MidwayJitter(), session_timeout=20.0
+    )
     core.connection_made(0.0)
     core.receive(HELLO, 0.0)
     assert core.state is GatewayState.IDENTIFYING and core.next_deadline() == 20.0
@@ -75,6 +80,7 @@ def test_a_late_resumed_timer_does_not_fail_the_discord_link_at_once() -> None:
         channel_id="dc",
         gateway_url="wss://g",
         session=SessionState(provider="discord", data=session),
+        rng=MidwayJitter(),  # the first heartbeat at 500 s, after the deadline
         session_timeout=20.0,
     )
     core.connection_made(0.0)
@@ -118,7 +124,7 @@ async def test_a_discord_resume_replay_held_back_by_a_slow_consumer_is_not_faile
     patch_discord(monkeypatch, gateway, plain_rest)
     got: list[str] = []
     with trio.fail_after(VIRTUAL_CEILING):
-        async with DiscordProvider().open_connection(discord_config()) as conn:
+        async with DiscordProvider(rng=MidwayJitter()).open_connection(discord_config()) as conn:
             gateway.sockets[-1].push({"op": 7, "d": None})  # reconnect: the next one resumes
             async for event in conn.events():
                 if isinstance(event, InboundMessage):

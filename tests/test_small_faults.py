@@ -34,6 +34,7 @@ from runtime.config import ChannelSpec
 from runtime.config.model import LoggingConfig
 from runtime.telemetry import configure_logging
 
+from .support import MidwayJitter
 from .test_node_embedded import FAST, message, node_config, sim, wait_connected
 from .test_provider_faults import FakeGateway, discord_config, patch_discord, plain_rest
 
@@ -102,7 +103,7 @@ async def test_a_discord_resume_the_gateway_never_answers_fails_the_link_in_time
     patch_discord(monkeypatch, gateway, plain_rest)
     raised: list[BaseException] = []
     with trio.fail_after(VIRTUAL_CEILING):
-        async with DiscordProvider().open_connection(discord_config()) as conn:
+        async with DiscordProvider(rng=MidwayJitter()).open_connection(discord_config()) as conn:
             gateway.answer_resume = False
             gateway.sockets[-1].push({"op": 7, "d": None})  # reconnect: the next socket resumes
             try:
@@ -127,7 +128,12 @@ def test_the_discord_core_bounds_the_wait_for_ready_and_for_resumed() -> None:
     def dispatch(seq: int, t: str) -> str:
         return json.dumps({"op": 0, "s": seq, "t": t, "d": {"id": f"m{seq}", "channel_id": "5"}})
 
-    core = GatewayCore(token="t", channel_id="dc", gateway_url="wss://g", session_timeout=20.0)
+    # The first heartbeat is drawn at 500 s (and 600 s): only the READY / RESUMED
+    # deadline can be the earliest one below. Unseeded, it was drawn anywhere in
+    # [0, 1000) s and came first in about 1 run of 26 (``next_deadline()`` 9.76, not 20).
+    core = GatewayCore(
+        token="t", channel_id="dc", gateway_url="wss://g", rng=MidwayJitter(), session_timeout=20.0
+    )
     core.connection_made(0.0)
     core.receive(hello, 0.0)
     assert core.state is GatewayState.IDENTIFYING and core.next_deadline() == 20.0
@@ -142,6 +148,7 @@ def test_the_discord_core_bounds_the_wait_for_ready_and_for_resumed() -> None:
         channel_id="dc",
         gateway_url="wss://g",
         session=SessionState(provider="discord", data=session),
+        rng=MidwayJitter(),
         session_timeout=20.0,
     )
     core.connection_made(100.0)
