@@ -42,7 +42,8 @@ Design:
   ``user_id`` for users who hide their number) in ``recipient``.
 - Platform payloads are structured with cattrs through one converter for
   the Graph wire format (:data:`GRAPH`), so a malformed answer reads like
-  ``expected int @ $.error.code``.
+  ``expected int @ $.error.code``. Ids are strict strings: ``"id": null``
+  is no id, not the id ``"None"``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from providers._http import (
     DEFAULT_MAX_BODY_BYTES,
@@ -501,6 +503,20 @@ class _MessageId:
     id: str
 
 
+def _strict_str(value: Any, _: type) -> str:
+    # cattrs' default is str(value): an id of null was read as the id "None", 5 as "5".
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+# Only the ids are read strictly: a Graph error's message of another type is
+# still the error its code says.
+GRAPH.register_structure_hook(
+    _MessageId, make_dict_structure_fn(_MessageId, GRAPH, id=override(struct_hook=_strict_str))
+)
+
+
 @attrs.frozen(kw_only=True)
 class _SendBody:
     messages: list[_MessageId]
@@ -669,7 +685,8 @@ def parse_send_response(
     """The :class:`~providers.base.SendResult` of a messages call.
 
     A 2xx answer of the Graph API's own (``"messaging_product": "whatsapp"``)
-    without a readable ``messages[0].id`` says the message was taken: it is
+    without a readable ``messages[0].id`` (none, or one that is not a string:
+    ``null``) says the message was taken: it is
     answered with no message id (``""``), not sent again (the Cloud API has
     no idempotency key, so a retry would deliver it twice).
 
