@@ -35,7 +35,7 @@ import trio
 
 from ._exceptions import map_exceptions
 from ._json import parsed
-from .base import AuthenticationFailed, ProviderError, TransientError
+from .base import AuthenticationFailed, ProviderError, TransientError, retry_after_seconds
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -49,6 +49,7 @@ __all__ = [
     "redirect_error",
     "retry_after_header",
     "shared_ssl_context",
+    "unavailable_wait",
 ]
 
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON APIs: far below)
@@ -262,6 +263,21 @@ def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
         return float(raw)
     except ValueError:
         return None
+
+
+def unavailable_wait(status: int, headers: Mapping[str, str] | None) -> float | None:
+    """The least wait before retrying a 503 (a platform in maintenance): its
+    ``Retry-After``, kept within 0 and :data:`~providers.base.MAX_RETRY_AFTER`
+    as a rate limit's wait is. The error stays a ``TransientError`` (its
+    ``retry_after``): the platform failed, it did not ask the channel to slow down.
+
+    Returns:
+        The seconds; ``None`` for another status, or a 503 without a readable header.
+    """
+    if status != 503:
+        return None
+    seconds = retry_after_header(headers)
+    return None if seconds is None else retry_after_seconds(seconds, 0.0)
 
 
 def quoted(text: str, limit: int = QUOTED_CHARACTERS) -> str:

@@ -11,7 +11,8 @@ Design:
   dead-letter), never on a platform's status codes::
 
       ProviderError
-      ├── TransientError          retry with backoff (network, 5xx, dropped gateway)
+      ├── TransientError          retry with backoff (network, 5xx, dropped gateway);
+      │                           a 503's Retry-After is its least wait (``retry_after``)
       ├── RateLimited             wait exactly ``retry_after``; not a failure
       ├── FatalError              never retry: stop the channel as failed
       │   ├── AuthenticationFailed   bad or revoked credentials
@@ -481,7 +482,21 @@ class ProviderError(Exception):
 
 
 class TransientError(ProviderError):
-    """A failure that may go away: reconnect or retry with backoff."""
+    """A failure that may go away: reconnect or retry with backoff.
+
+    Attributes:
+        retry_after: the least seconds before the retry, where the platform
+            said (a 503's ``Retry-After``: maintenance), within 0 and
+            :data:`MAX_RETRY_AFTER`; ``None`` where it did not. The backoff's
+            delay still applies when it is longer. Unlike a
+            :class:`RateLimited`, the error stays a failure (it spends an
+            attempt and counts for the circuit breaker) and pauses nothing
+            but its own retry.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else retry_after_seconds(retry_after, 0.0)
 
 
 class RateLimitScope(enum.Enum):

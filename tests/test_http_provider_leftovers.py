@@ -10,6 +10,7 @@ sockets, no real sleeps.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 import httpx
@@ -18,13 +19,24 @@ import trio
 import trio.testing
 
 from providers.base import (
+    MAX_RETRY_AFTER,
+    ProviderError,
+    RateLimited,
     TransientError,
 )
+from providers.telegram import TelegramProvider
+from providers.telegram import core as telegram_core
 from providers.whatsapp import core as whatsapp_core
+from runtime import open_node
 
-from .support import CEILING
+from .support import CEILING, telegram_me
 from .test_http_send_faults import (
+    FAST,
     MESSAGE,
+    TG_TOKEN,
+    FakeTelegram,
+    tg_config,
+    tg_node,
     wa_node,
 )
 
@@ -75,3 +87,129 @@ def test_a_whatsapp_upload_answered_with_a_null_id_is_not_the_id_none() -> None:
     carried, and Meta refused it as an unknown media (a permanent refusal)."""
     with pytest.raises(TransientError):
         whatsapp_core.parse_media_response(200, {}, b'{"id": null}', peer="42")
+
+
+# --- 2. a 503 with Retry-After (maintenance) ----------------------------------------------
+
+
+def tg_503(body: bytes, retry_after: str) -> ProviderError:
+    try:
+        telegram_core.parse_response(
+            telegram_core.send_request(MESSAGE), 503, body, {"Retry-After": retry_after}
+        )
+    except ProviderError as exc:
+        return exc
+    raise AssertionError("a 503 raised nothing")
+
+
+def wa_503(body: bytes, retry_after: str) -> ProviderError:
+    try:
+        whatsapp_core.parse_send_response(503, {"Retry-After": retry_after}, body, peer="42")
+    except ProviderError as exc:
+        return exc
+    raise AssertionError("a 503 raised nothing")
+
+
+TG_503_JSON: Final = b'{"ok": false, "error_code": 503, "description": "Service Unavailable"}'
+WA_503_JSON: Final = json.dumps({"error": {"code": 2, "message": "Service unavailable"}}).encode()
+UNAVAILABLE: Final = [
+    lambda retry_after: tg_503(TG_503_JSON, retry_after),
+    lambda retry_after: tg_503(b"<html>down for maintenance</html>", retry_after),
+    lambda retry_after: wa_503(WA_503_JSON, retry_after),
+    lambda retry_after: wa_503(b"<html>down for maintenance</html>", retry_after),
+]
+UNAVAILABLE_IDS: Final = ["telegram-json", "telegram-page", "whatsapp-graph", "whatsapp-page"]
+
+
+@pytest.mark.parametrize("make", UNAVAILABLE, ids=UNAVAILABLE_IDS)
+def test_a_503_s_retry_after_is_the_least_wait_of_a_transient_error(make: Any) -> None:
+    """A 503 with ``Retry-After`` (a platform in maintenance) stays a
+    ``TransientError`` (retried with backoff, not a rate limit that pauses the
+    whole channel), and carries the header's wait as the least wait before its
+    retry. The header was not read: the retry came at the send backoff's pace,
+    within milliseconds, into the maintenance."""
+    error = make("30")
+    assert isinstance(error, TransientError) and not isinstance(error, RateLimited)
+    assert error.retry_after == 30.0
+
+
+@pytest.mark.parametrize("make", UNAVAILABLE, ids=UNAVAILABLE_IDS)
+def test_a_503_s_retry_after_is_kept_within_the_longest_wait(make: Any) -> None:
+    """A 503's wait is bounded as a 429's is (``MAX_RETRY_AFTER``)."""
+    assert make("99999999").retry_after == MAX_RETRY_AFTER
+
+
+async def test_a_telegram_send_refused_with_503_is_retried_after_its_retry_after(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the node: the retry of a send refused with 503 and ``Retry-After:
+    20`` comes 20 s later at the earliest (the send backoff alone: 0.05 s at
+    most), and the message is delivered."""
+    sent_at: list[float] = []
+
+    def send(body: dict[str, Any]) -> httpx.Response:
+        sent_at.append(trio.current_time())
+        if len(sent_at) == 1:
+            return httpx.Response(
+                503, content=TG_503_JSON, headers={"Retry-After": f"{MAINTENANCE:g}"}
+            )
+        sent = {"message_id": 1, "chat": {"id": body["chat_id"]}, "date": 0}
+        return httpx.Response(200, json={"ok": True, "result": sent})
+
+    fake = FakeTelegram(send)
+    with trio.fail_after(CEILING):
+        async with tg_node(fake, monkeypatch) as node:
+            result = await node.send("tg", MESSAGE)
+    assert result.platform_message_id == "42:1"
+    assert len(sent_at) == 2
+    assert sent_at[1] - sent_at[0] >= MAINTENANCE
+
+
+async def test_a_whatsapp_send_refused_with_503_is_retried_after_its_retry_after(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for WhatsApp."""
+    posts: list[float] = []
+    unavailable = httpx.Response(
+        503, content=b"<html>maintenance</html>", headers={"Retry-After": f"{MAINTENANCE:g}"}
+    )
+    with trio.fail_after(CEILING):
+        async with wa_node(wa_answer(posts, first=unavailable), monkeypatch) as node:
+            result = await node.send("wa", MESSAGE)
+    assert result.platform_message_id == "wamid.1"
+    assert len(posts) == 2
+    assert posts[1] - posts[0] >= MAINTENANCE
+
+
+async def test_a_telegram_poll_refused_with_503_reconnects_after_its_retry_after(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long poll refused with 503 and ``Retry-After`` ends the link as a
+    transient failure, and the channel connects again no sooner than the header
+    asks (its reconnect backoff alone: 0.2 s at most)."""
+    refused_at: list[float] = []
+    connected_at: list[float] = []
+    back = trio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        body = json.loads(request.content or b"{}")
+        if method == "getMe":
+            connected_at.append(trio.current_time())
+            if refused_at:
+                back.set()
+            return telegram_me()
+        if not refused_at:
+            refused_at.append(trio.current_time())
+            return httpx.Response(
+                503, content=TG_503_JSON, headers={"Retry-After": f"{MAINTENANCE:g}"}
+            )
+        await trio.sleep(body.get("timeout", 0))  # (virtual) a long poll, held
+        return httpx.Response(200, json={"ok": True, "result": []})
+
+    monkeypatch.setenv("H2_TG_TOKEN", TG_TOKEN)
+    provider = TelegramProvider(transport=httpx.MockTransport(answer))
+    with trio.fail_after(CEILING):
+        async with open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider}):
+            await back.wait()
+    assert connected_at[1] - refused_at[0] >= MAINTENANCE

@@ -5,8 +5,9 @@ Design:
   link ends, then decide by the error's class alone: ``RateLimited`` waits
   exactly ``retry_after`` (not a failure), ``TransientError`` backs off with
   full jitter (the count resets once a connection has been stable for
-  ``reset_after``), ``FatalError`` marks the channel FAILED and never
-  reconnects (a ban must not be hammered). A connect refused with a rate
+  ``reset_after``; one with a ``retry_after``, a 503's, waits at least
+  that), ``FatalError`` marks the channel FAILED and never reconnects (a ban
+  must not be hammered). A connect refused with a rate
   limit again, with no link between that stayed up ``reset_after``, waits
   at least the reconnect backoff's delay for as many refusals: a platform that keeps answering 429
   with no wait is not reconnected to at once, for ever. A link that
@@ -212,6 +213,7 @@ class ConnectionLoop:
         timeout = self.settings.connect_timeout
         attempt = self._connection_scope = trio.CancelScope()
         linked_at: float | None = None  # when the link opened, if it did
+        least = 0.0  # the platform's least wait before the next attempt (a 503's)
         try:
             with attempt:
                 await gate.acquire()
@@ -237,7 +239,7 @@ class ConnectionLoop:
                         await self._read(conn)
                         why = _why(TransientError("the platform closed the connection"))
                     except TransientError as exc:
-                        why = _why(exc)
+                        why, least = _why(exc), _least_wait(exc)
                     finally:
                         self._set_link(None)
                         memory.session = conn.session_state()
@@ -284,14 +286,14 @@ class ConnectionLoop:
         except FatalError:
             raise
         except ProviderError as exc:
-            why = _why(exc)
+            why, least = _why(exc), _least_wait(exc)
         finally:
             self._connection_scope = None
             if handshaking:
                 gate.release()
         memory.touch()
         delay = memory.backoff.failure(trio.current_time())
-        return delay, why
+        return max(delay, least), why
 
     async def _read(self, conn: Connection) -> None:
         """Handle events until the connection ends (returns) or breaks (raises)."""
@@ -413,6 +415,13 @@ class ConnectionLoop:
             f"connect within {wait} s (last error: {self.memory.last_error})",
             channel_id=self.config.channel_id,
         )
+
+
+def _least_wait(error: ProviderError) -> float:
+    """The seconds the platform asked a failed attempt to wait at least (0: none)."""
+    if isinstance(error, TransientError) and error.retry_after is not None:
+        return error.retry_after
+    return 0.0
 
 
 def _why(error: ProviderError) -> str:

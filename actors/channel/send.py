@@ -17,7 +17,8 @@ Design:
   platform that keeps answering 429 with no wait is not hammered); a
   ``PermanentSendError`` is dead-lettered at once; a ``FatalError`` fails
   the channel; any other ``ProviderError`` retries with
-  the send backoff until ``send_attempts`` is spent, then is dead-lettered.
+  the send backoff until ``send_attempts`` is spent, then is dead-lettered
+  (a ``TransientError`` with a ``retry_after``, a 503's, waits at least that).
   The loop in :class:`SendPath` only applies decisions and sleeps.
 - A retry reuses the message's idempotency key, so a platform that
   deduplicates never delivers it twice.
@@ -183,11 +184,10 @@ def decide(
         return SendDecision(action=SendAction.FAIL_CHANNEL)
     if attempts >= max_attempts:
         return SendDecision(action=SendAction.DEAD_LETTER, breaker_failure=True)
-    return SendDecision(
-        action=SendAction.RETRY,
-        delay=backoff.compute(attempts, rng=rng),
-        breaker_failure=True,
-    )
+    delay = backoff.compute(attempts, rng=rng)
+    if isinstance(error, TransientError) and error.retry_after is not None:
+        delay = max(delay, error.retry_after)  # the platform's least wait (a 503's)
+    return SendDecision(action=SendAction.RETRY, delay=delay, breaker_failure=True)
 
 
 def _closed_under(error: trio.ClosedResourceError) -> TransientError:

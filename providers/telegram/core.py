@@ -41,6 +41,7 @@ from .._http import (
     quoted,
     redirect_error,
     retry_after_header,
+    unavailable_wait,
 )
 from .._json import parsed
 from ..base import (
@@ -457,10 +458,19 @@ def _not_bot_api(
     """
     if 400 <= status < 500 and status != 403:
         return _map_error(request, status, wire.Envelope(ok=False), headers)
+    least = unavailable_wait(status, headers)
     return TransientError(
         f"telegram {request.method}: HTTP {status} with a body that is not a Bot API "
-        f"answer ({body[:80]!r}); retry later"
+        f"answer ({body[:80]!r}); {_retry_later(least)}",
+        retry_after=least,
     )
+
+
+def _retry_later(least: float | None) -> str:
+    """What a transient error says of its retry (a 503's ``Retry-After``: not before)."""
+    if least is None:
+        return "retry later"
+    return f"retry in {least:g} s at the earliest (the answer's Retry-After)"
 
 
 def _map_error(
@@ -494,7 +504,8 @@ def _map_error(
     if code in (401, 404):
         return AuthenticationFailed(f"{what}; the bot token is unknown or revoked")
     if code >= 500 or code in (408, 420):
-        return TransientError(f"{what}; retry later")
+        least = unavailable_wait(status, headers)
+        return TransientError(f"{what}; {_retry_later(least)}", retry_after=least)
     if peer is None:
         if code == 403:
             return Banned(f"{what}; the platform refuses this bot")
@@ -537,8 +548,9 @@ def parse_response(
         BadRecipient: 400 "chat not found", 403 "bot was blocked by the user", ...
         PermanentSendError: any other 4xx to a send.
         FatalError: any other 4xx to a non-send call (bad configuration).
-        TransientError: 5xx, a redirect (never followed), or an answer that is
-            not the Bot API's JSON (a 403 too, which then says nothing of the peer).
+        TransientError: 5xx (a 503's ``Retry-After`` is its ``retry_after``),
+            a redirect (never followed), or an answer that is not the Bot
+            API's JSON (a 403 too, which then says nothing of the peer).
     """
     if (redirect := redirect_error(status, headers, f"telegram {request.method}")) is not None:
         raise redirect

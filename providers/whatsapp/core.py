@@ -24,7 +24,8 @@ Design:
       code 368 / 131031 policy block    -> Banned
       code 190, 0, HTTP 401             -> AuthenticationFailed
       code 10, 200-299                  -> MissingPermissions
-      code 1, 2, 131000, 131016, 5xx    -> TransientError
+      code 1, 2, 131000, 131016, 5xx    -> TransientError (a 503's Retry-After
+                                           is its least wait, ``retry_after``)
 
   The Cloud API gives no ``Retry-After`` for these; the waits above are the
   documented windows (throughput is counted per second, the pair limit
@@ -66,6 +67,7 @@ from providers._http import (
     quoted,
     redirect_error,
     retry_after_header,
+    unavailable_wait,
 )
 from providers.base import (
     AuthenticationFailed,
@@ -636,7 +638,11 @@ def map_error(
     if code == 100 and "not found" in f"{error.message} {error.details}".lower():
         return MessageNotFound(f"WhatsApp does not have that message ({what})", peer=peer)
     if code in (1, 2, 131000, 131016) or status >= 500:
-        return TransientError(f"WhatsApp is temporarily failing ({what}); retry with backoff")
+        least = unavailable_wait(status, headers)
+        return TransientError(
+            f"WhatsApp is temporarily failing ({what}); {_retry_with_backoff(least)}",
+            retry_after=least,
+        )
     if status == 429:
         return RateLimited(
             f"WhatsApp answered 429 ({what})",
@@ -652,6 +658,13 @@ def map_error(
     )
 
 
+def _retry_with_backoff(least: float | None) -> str:
+    """What a transient error says of its retry (a 503's ``Retry-After``: not before)."""
+    if least is None:
+        return "retry with backoff"
+    return f"retry with backoff, in {least:g} s at the earliest (the answer's Retry-After)"
+
+
 def _map_status(
     status: int, headers: Mapping[str, str], body: bytes, *, peer: str | None
 ) -> ProviderError:
@@ -665,7 +678,11 @@ def _map_status(
             retry_after=_retry_after(headers, DEFAULT_RETRY_AFTER),
         )
     if status >= 500 or status in (408, 425):
-        return TransientError(f"HTTP {status} from the Graph API: {snippet!r}; retry with backoff")
+        least = unavailable_wait(status, headers)
+        return TransientError(
+            f"HTTP {status} from the Graph API: {snippet!r}; {_retry_with_backoff(least)}",
+            retry_after=least,
+        )
     if status == 403:
         # Not the Graph API's refusal (that has an error object): a WAF's or a
         # proxy's, which says nothing of the token's permissions. It failed the
