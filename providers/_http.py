@@ -23,9 +23,12 @@ Design:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import ssl
+import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -248,13 +251,24 @@ def json_body(body: bytes) -> Any:
         return None
 
 
-def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
+def retry_after_header(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
     """The seconds of a ``Retry-After`` header, as written (a core keeps them
     sane with :func:`~providers.base.retry_after_seconds`).
 
+    RFC 9110 allows two forms: seconds (``120``) and an HTTP date (``Wed, 21
+    Oct 2015 07:28:00 GMT``), which is read as the seconds from ``now`` to it,
+    0 for a date gone by. That is the cores' one clock reading: a server's
+    date can only be compared with the wall clock.
+
+    Args:
+        headers: the answer's headers.
+        now: the wall clock's time (``time.time()``) the date is compared with;
+            read when ``None``.
+
     Returns:
-        ``None`` without the header, or with one that is not a number of
-        seconds (an HTTP date: a sans-IO core has no clock to read it by).
+        ``None`` without the header, or with one that is neither form.
     """
     raw = lower_keys(headers or {}).get("retry-after")
     if raw is None:
@@ -262,7 +276,14 @@ def retry_after_header(headers: Mapping[str, str] | None) -> float | None:
     try:
         return float(raw)
     except ValueError:
+        pass
+    try:
+        date = parsedate_to_datetime(raw)
+    except (ValueError, TypeError, IndexError, OverflowError):  # not a date
         return None
+    if date.tzinfo is None:  # "-0000": UTC, with no source named (RFC 5322)
+        date = date.replace(tzinfo=datetime.UTC)
+    return max(0.0, date.timestamp() - (time.time() if now is None else now))
 
 
 def unavailable_wait(status: int, headers: Mapping[str, str] | None) -> float | None:

@@ -11,6 +11,7 @@ sockets, no real sleeps.
 from __future__ import annotations
 
 import json
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from providers._http import retry_after_header
 from providers.base import (
     MAX_RETRY_AFTER,
     ProviderError,
@@ -213,3 +215,46 @@ async def test_a_telegram_poll_refused_with_503_reconnects_after_its_retry_after
         async with open_node(tg_config(), channel_defaults=FAST, providers={"telegram": provider}):
             await back.wait()
     assert connected_at[1] - refused_at[0] >= MAINTENANCE
+
+
+# --- 3. a Retry-After given as an HTTP date --------------------------------------------------
+
+
+def test_a_retry_after_date_is_read_against_the_wall_clock() -> None:
+    """``Retry-After: <HTTP date>`` (RFC 9110) is the seconds from ``now`` (the
+    wall clock's) to that date, none for a date gone by. It was ignored: the
+    wait was the platform's default."""
+    now = parsedate_to_datetime(PAST).timestamp() - 120
+    assert retry_after_header({"Retry-After": PAST}, now=now) == 120.0
+    assert retry_after_header({"Retry-After": PAST}, now=now + 600) == 0.0
+    assert retry_after_header({"Retry-After": "soon"}, now=now) is None
+
+
+@pytest.mark.parametrize(
+    ("date", "expected"), [(PAST, 0.0), (FAR_FUTURE, MAX_RETRY_AFTER)], ids=["past", "far-future"]
+)
+def test_a_telegram_429_waits_as_its_retry_after_date_says(date: str, expected: float) -> None:
+    """A Telegram 429 whose wait is only in a ``Retry-After`` date waits until
+    then: at once for a date gone by, an hour at most (``MAX_RETRY_AFTER``) as
+    the seconds form is bounded. It waited the default 1 s either way."""
+    with pytest.raises(RateLimited) as caught:
+        telegram_core.parse_response(
+            telegram_core.send_request(MESSAGE), 429, b"", {"Retry-After": date}
+        )
+    assert caught.value.retry_after == expected
+
+
+@pytest.mark.parametrize(
+    ("date", "expected"), [(PAST, 0.0), (FAR_FUTURE, MAX_RETRY_AFTER)], ids=["past", "far-future"]
+)
+def test_a_whatsapp_429_waits_as_its_retry_after_date_says(date: str, expected: float) -> None:
+    """The same for WhatsApp (its default was 1 s)."""
+    with pytest.raises(RateLimited) as caught:
+        whatsapp_core.parse_send_response(429, {"Retry-After": date}, b"", peer="42")
+    assert caught.value.retry_after == expected
+
+
+def test_a_503_s_retry_after_date_is_its_least_wait() -> None:
+    """A 503's ``Retry-After`` date is read as its seconds are (bounded)."""
+    assert tg_503(TG_503_JSON, FAR_FUTURE).retry_after == MAX_RETRY_AFTER
+    assert wa_503(WA_503_JSON, "Wed, 21 Oct 2015 07:28:00 +0000").retry_after == 0.0

@@ -1,6 +1,8 @@
 """The sans-IO Bot API core: requests to build, answers to read, errors to map.
 
-Nothing here opens a socket or reads a clock. The shell asks this module for
+Nothing here opens a socket or reads a clock (but for a ``Retry-After`` given
+as an HTTP date, which only the wall clock can read:
+:func:`~providers._http.retry_after_header`). The shell asks this module for
 an :class:`ApiRequest` (method, JSON parameters, how long the answer may
 take), performs it, and hands the status and body back to
 :func:`parse_response`, which returns the ``result`` or raises the mapped

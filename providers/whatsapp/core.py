@@ -5,7 +5,9 @@ Design:
   :class:`~providers.base.OutboundMessage` become an :class:`ApiRequest`
   (method, URL, headers, JSON body); a status, headers and raw body become a
   :class:`~providers.base.SendResult` or a :class:`~providers.base.ProviderError`.
-  No sockets, no clock, so every branch is unit-tested without a server, and
+  No sockets, no clock (but for a ``Retry-After`` given as an HTTP date:
+  :func:`~providers._http.retry_after_header` reads the wall clock for it),
+  so every branch is unit-tested without a server, and
   the trio shell (:mod:`providers.whatsapp.shell`) only moves bytes.
 - Graph API errors are mapped by their ``code``, not by the HTTP status
   (Meta answers most WhatsApp errors with 400), into the tree of
