@@ -39,6 +39,7 @@ import trio
 from ._exceptions import map_exceptions
 from ._json import parsed
 from .base import AuthenticationFailed, ProviderError, TransientError, retry_after_seconds
+from .masking import SHORTEST_MASKED_TOKEN, mask_token
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -53,6 +54,7 @@ __all__ = [
     "retry_after_header",
     "shared_ssl_context",
     "unavailable_wait",
+    "without_token",
 ]
 
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # bytes of one answer (JSON APIs: far below)
@@ -299,6 +301,29 @@ def unavailable_wait(status: int, headers: Mapping[str, str] | None) -> float | 
         return None
     seconds = retry_after_header(headers)
     return None if seconds is None else retry_after_seconds(seconds, 0.0)
+
+
+def without_token(error: BaseException, token: str) -> None:
+    """Take ``token`` out of the messages of ``error`` and of the errors it came from.
+
+    A platform echoes a token it cannot parse (the Graph API's "Malformed
+    access token EAA..."), a proxy's error page echoes the request's path
+    (Telegram's holds the bot's token), and the errors quote what was
+    answered: the token went with them to the sender (and the product's own
+    logs), the channel's last error and the dead letters. The shells call
+    this on an error's way out (:func:`~providers.masking.mask_token`), so
+    only an error's path pays for it, never a send's.
+    """
+    if len(token) < SHORTEST_MASKED_TOKEN:
+        return
+    head = token[:SHORTEST_MASKED_TOKEN]
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProviderError) and head in str(current):
+            current.args = (mask_token(str(current), token),)
+        current = current.__cause__ or current.__context__
 
 
 def quoted(text: str, limit: int = QUOTED_CHARACTERS) -> str:

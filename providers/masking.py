@@ -24,8 +24,10 @@ from typing import Any, Final
 
 __all__ = [
     "MASK",
+    "SHORTEST_MASKED_TOKEN",
     "is_secret_key",
     "mask_options",
+    "mask_token",
     "mask_url",
     "option_secrets",
     "options_repr",
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 MASK: Final = "***"
+# Characters; a shorter token (no platform's is) would mask ordinary words.
+SHORTEST_MASKED_TOKEN: Final = 8
 
 _SECRET_KEY: Final = re.compile(
     r"(?i)secret|token|passw|pwd|credential|api_?key|private_?key|signature|auth|dsn|^key$|^sig$"
@@ -125,6 +129,29 @@ def scrubbed(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted(set(secrets), key=len, reverse=True):
         if secret:
             text = re.sub(re.escape(secret), MASK, text, flags=re.IGNORECASE)
+    return text
+
+
+def mask_token(text: str, token: str) -> str:
+    """``text`` with ``token`` masked, and any start of it that is cut short.
+
+    An error quotes a platform's text in part (a Meta token is about 200
+    characters, and an echo of it was cut inside it; a Telegram error quotes
+    80 bytes of a proxy's page that echoes the request's path), so a search
+    for the whole token does not find it, and most of it went out. Every
+    run of the token's characters that starts with its first
+    :data:`SHORTEST_MASKED_TOKEN` is masked; a shorter token is left alone.
+    """
+    if len(token) < SHORTEST_MASKED_TOKEN:
+        return text
+    head = token[:SHORTEST_MASKED_TOKEN]
+    start = text.find(head)
+    while start != -1:
+        end = start + len(head)
+        while end < len(text) and end - start < len(token) and text[end] == token[end - start]:
+            end += 1
+        text = text[:start] + MASK + text[end:]
+        start = text.find(head, start + len(MASK))
     return text
 
 

@@ -22,6 +22,7 @@ import trio.testing
 from providers._http import retry_after_header
 from providers.base import (
     MAX_RETRY_AFTER,
+    ChannelConfig,
     ProviderError,
     RateLimited,
     TransientError,
@@ -37,6 +38,7 @@ from .test_http_send_faults import (
     MESSAGE,
     TG_TOKEN,
     FakeTelegram,
+    error_texts,
     tg_config,
     tg_node,
     wa_node,
@@ -258,3 +260,45 @@ def test_a_503_s_retry_after_date_is_its_least_wait() -> None:
     """A 503's ``Retry-After`` date is read as its seconds are (bounded)."""
     assert tg_503(TG_503_JSON, FAR_FUTURE).retry_after == MAX_RETRY_AFTER
     assert wa_503(WA_503_JSON, "Wed, 21 Oct 2015 07:28:00 +0000").retry_after == 0.0
+
+
+# --- 4. a Telegram 5xx page that echoes the bot's token ---------------------------------------
+
+ECHOED_TOKEN: Final = "123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"  # a real token's shape
+SECRET: Final = ECHOED_TOKEN.partition(":")[2]  # the part after the bot's id
+
+
+@pytest.mark.parametrize("before", [0, 33], ids=["whole", "cut-by-the-snippet"])
+async def test_a_telegram_5xx_page_that_echoes_the_token_does_not_leak_it(
+    autojump_clock: trio.testing.MockClock, before: int
+) -> None:
+    """A 5xx to a send whose body is not the Bot API's JSON (a proxy's error page
+    that echoes the request's path, ``/bot<token>/sendMessage``) is quoted in part
+    (80 bytes) in the send's error: the token in it is masked, whole or cut by the
+    quote. It went out as it was, to the sender, the logs, the channel's last
+    error and the dead letters."""
+    page = ("x" * before + f"<html>502 Bad Gateway: /bot{ECHOED_TOKEN}/sendMessage</html>").encode()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        method = request.url.path.rsplit("/", 1)[-1]
+        if method == "getMe":
+            return telegram_me()
+        if method == "getUpdates":
+            await trio.sleep_forever()
+        return httpx.Response(502, content=page)
+
+    config = ChannelConfig(
+        channel_id="tg",
+        provider="telegram",
+        credentials={"token": ECHOED_TOKEN},
+        base_url="http://telegram.test",
+        options={"poll_timeout": 5},
+    )
+    provider = TelegramProvider(transport=httpx.MockTransport(answer))
+    with trio.fail_after(CEILING), pytest.raises(TransientError) as caught:
+        async with provider.open_connection(config) as conn:
+            await conn.send(MESSAGE)
+    text = error_texts(caught.value)
+    assert "502" in text
+    leaked = [SECRET[i : i + 6] for i in range(len(SECRET) - 6) if SECRET[i : i + 6] in text]
+    assert not leaked, text

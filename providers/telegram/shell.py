@@ -43,6 +43,7 @@ from .._http import (
     check_token,
     quoted,
     shared_ssl_context,
+    without_token,
 )
 from .._http import fetch as _fetch
 from .._nursery import open_connection_nursery
@@ -153,9 +154,15 @@ class _BotApi:
                 response = await fetch(data=data, files=files)
             else:
                 response = await fetch(json=dict(request.params))
-        return core.parse_response(
-            request, response.status_code, response.content, response.headers
-        )
+        try:
+            return core.parse_response(
+                request, response.status_code, response.content, response.headers
+            )
+        except ProviderError as exc:
+            # What the core quotes of an answer (an error page that echoes the
+            # request's path, /bot<token>/...) goes out with the error.
+            without_token(exc, self._token)
+            raise
 
     def _errors(self, request: core.ApiRequest) -> ExceptionMap:
         """The shell's mapping table: httpx's errors in the provider tree (first match wins)."""

@@ -31,7 +31,7 @@ import httpx
 import trio
 
 from providers._exceptions import ExceptionMap, map_exceptions
-from providers._http import Answer, shared_ssl_context
+from providers._http import Answer, shared_ssl_context, without_token
 from providers._http import fetch as _fetch
 from providers._pool import pool_limits
 from providers.base import (
@@ -50,7 +50,6 @@ from providers.base import (
     TransientError,
     Unsupported,
 )
-from providers.masking import MASK
 from providers.media import read_upload
 from providers.operations import DeleteMessage, EditMessage, MarkRead, React, SendTyping
 
@@ -63,44 +62,6 @@ log = logging.getLogger("switchboard.providers.whatsapp")
 
 CLOSE_GRACE: Final = 5.0  # seconds for in-flight requests when the block ends
 LAST_INBOUND_KEPT: Final = 10_000  # peers whose last message id is kept (for typing)
-# Characters; a shorter token (no Meta token is) would mask ordinary words.
-SHORTEST_MASKED_TOKEN: Final = 8
-
-
-def _without_token(error: BaseException, token: str) -> None:
-    """Take ``token`` out of the messages of ``error`` and of the errors it came from.
-
-    The Graph API echoes a token it cannot parse ("Malformed access token
-    EAA..."), and the errors quote its message: the token went with them to
-    the sender (and the product's own logs), the channel's last error and the
-    dead letters. Only an error's path pays for this, never a send's.
-    """
-    if len(token) < SHORTEST_MASKED_TOKEN:
-        return
-    head = token[:SHORTEST_MASKED_TOKEN]
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ProviderError) and head in str(current):
-            current.args = (_masked(str(current), token),)
-        current = current.__cause__ or current.__context__
-
-
-def _masked(text: str, token: str) -> str:
-    """``text`` with ``token`` masked, and any start of it that is cut short: an
-    error quotes a platform's message in part (a Meta token is about 200
-    characters, and an echo of it was cut inside it, so the whole token was
-    never found and most of it went out)."""
-    head = token[:SHORTEST_MASKED_TOKEN]
-    start = text.find(head)
-    while start != -1:
-        end = start + len(head)
-        while end < len(text) and end - start < len(token) and text[end] == token[end - start]:
-            end += 1
-        text = text[:start] + MASK + text[end:]
-        start = text.find(head, start + len(MASK))
-    return text
 
 
 class WhatsAppConnection:
@@ -358,7 +319,7 @@ class WhatsAppConnection:
             self._sent += 1
             return result
         except ProviderError as exc:
-            _without_token(exc, self.settings.token)
+            without_token(exc, self.settings.token)
             raise
 
     async def edit(self, op: EditMessage) -> SendResult:
@@ -391,7 +352,7 @@ class WhatsAppConnection:
                 response.status_code, response.headers, response.content, peer=op.peer
             )
         except ProviderError as exc:
-            _without_token(exc, self.settings.token)
+            without_token(exc, self.settings.token)
             raise
 
     async def typing(self, op: SendTyping) -> None:
@@ -432,7 +393,7 @@ class WhatsAppConnection:
                 response.status_code, response.headers, response.content, peer=op.peer
             )
         except ProviderError as exc:
-            _without_token(exc, self.settings.token)
+            without_token(exc, self.settings.token)
             raise
 
     def _unsupported(self, operation: str, peer: str) -> Unsupported:
@@ -462,7 +423,7 @@ class WhatsAppConnection:
                 response.status_code, response.headers, response.content
             )
         except ProviderError as exc:
-            _without_token(exc, self.settings.token)
+            without_token(exc, self.settings.token)
             raise
 
     # --- lifecycle -----------------------------------------------------------------------
