@@ -100,6 +100,7 @@ class Outbox:
         on_sent: Callable[[Sent], object] | None,
     ) -> None:
         self._node = node
+        self._now = trio.lowlevel.current_clock().current_time  # (made in the run)
         self._nursery = nursery
         self._timeout = timeout
         self._on_sent = on_sent
@@ -206,7 +207,7 @@ class Outbox:
         """One send ended (in whichever task learnt it): hand its outcome over."""
         self._outstanding -= 1
         if not self._abandoned:
-            sent = Sent(channel_id, message, result, error, trio.current_time())
+            sent = Sent(channel_id, message, result, error, self._now())
             on_sent = self._on_sent
             if on_sent is None:
                 self._outcomes.append(sent)
