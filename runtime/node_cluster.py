@@ -840,6 +840,8 @@ class ClusterMode:
     async def _take_webhook(self, channel_id: str, wire: Mapping[str, Any]) -> WebhookReply:
         """A webhook another node checked and carried here: the link's answer."""
         row = self._table.get(channel_id)
+        # (None past the channel's tenure too: a node thawed after its lease ran out
+        # hands the platform's request to no link; it delivers again, to the owner.)
         connection = row.channel.connection if row.channel is not None else None
         if connection is None:
             return refusal(

@@ -182,9 +182,18 @@ class ChannelRef:
 
         For code that must hand the connection platform input from outside,
         such as an HTTP server routing a WhatsApp or Telegram webhook to it.
+        A link past the channel's tenure is no live link, as for sends
+        (``_live_connection``): a node thawed after its lease ran out hands
+        nothing to it, even before trio has cancelled it (another node may
+        run the channel by now).
         """
         inst = lowlevel.current_instance(self.ref)
-        return inst._conn if isinstance(inst, ChannelActor) else None
+        if not isinstance(inst, ChannelActor):
+            return None
+        tenure = inst.memory.tenure
+        if tenure is not None and not tenure.valid():
+            return None
+        return inst._conn
 
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel; valid while it restarts, too."""
