@@ -6,6 +6,8 @@
   link a webhook is handed (``ChannelRef.connection``: the ops app's
   targets, a forwarded webhook's owner, a webhook that found its channel
   come here) did not.
+- A send parked on such a lapsed tenure hears the channel's failure at once,
+  as a send parked on a connect does; it waited out ``connect_wait``.
 
 The channel tests run in virtual time; the Redis ones against a real Redis
 (``SWITCHBOARD_TEST_REDIS``), each under a key prefix of its own, deleted
@@ -21,11 +23,13 @@ import trio
 import trio.testing
 
 from actors.channel import Tenure
+from providers.base import Conflict, OutboundMessage, RateLimited
 from providers.testing import FakeProvider
 from runtime.view import WebhookTarget, links_of
 from runtime.webhooks import deliver
 from tests.support import CEILING
-from tests.test_channel_actor import GENEROUS, open_channel
+from tests.test_channel_actor import GENEROUS, open_channel, settings
+from tests.test_cluster_faults import THAWS
 
 # --- a node thawed past its lease, and a webhook ---------------------------------------------
 
@@ -62,3 +66,76 @@ async def test_a_thawed_node_hands_no_webhook_to_a_link_its_lapsed_tenure_forbid
             assert links_of([target]).live == []
             mock_clock.autojump_threshold = 0  # the stop's own waits run out (virtual time)
     mock_clock.autojump_threshold = math.inf
+
+
+# --- a send parked on a lapsed tenure, and the channel's failure -----------------------------
+
+CONNECT_WAIT = 30.0  # the channel's connect_wait: what a parked send waited out
+
+
+async def _fail_while_parked(clock: trio.testing.MockClock) -> tuple[str, float]:
+    """Send a is on the platform and send b waits out a rate limit when the node
+    freezes; it thaws past both its tenure and b's wait, and a is answered 409
+    (another node holds the bot now): the channel fails. What did b hear, and
+    how long after the failure?"""
+    answer_a = trio.Event()
+
+    async def platform_send(message: OutboundMessage) -> Any:
+        if message.peer == "a":
+            await answer_a.wait()
+            raise Conflict("terminated by other getUpdates request")
+        raise RateLimited("slow down", retry_after=8.0)  # b's first attempt
+
+    provider = FakeProvider(limits=GENEROUS)
+    tenure = Tenure(trio.current_time() + 5.0, token=3)
+    heard: dict[str, tuple[str, float]] = {}
+    b_heard = trio.Event()
+    channel_settings = settings(connect_wait=CONNECT_WAIT)
+    async with (
+        open_channel(provider, channel_settings=channel_settings, tenure=tenure) as channel,
+        trio.open_nursery() as nursery,
+    ):
+        conn = await provider.wait_connected(1)
+        conn.send = platform_send  # type: ignore[method-assign]
+
+        async def send(peer: str) -> None:
+            message = OutboundMessage(peer=peer, text="hi", idempotency_key=peer)
+            try:
+                await channel.send(message, timeout=CEILING)
+            except Exception as exc:
+                heard[peer] = (type(exc).__name__, trio.current_time())
+            else:
+                heard[peer] = ("sent", trio.current_time())
+            if peer == "b":
+                b_heard.set()
+
+        nursery.start_soon(send, "a")
+        await trio.testing.wait_all_tasks_blocked()  # a is on the platform
+        nursery.start_soon(send, "b")
+        await trio.testing.wait_all_tasks_blocked()  # b waits out its rate limit
+        clock.jump(20.0)  # frozen past the tenure (5 s) and b's wait (8 s), then thawed
+        await trio.testing.wait_all_tasks_blocked()
+        assert "b" not in heard  # b waits: for its tenure, or for a link
+        clock.autojump_threshold = 0  # whatever b waits for now, it waits out (virtual time)
+        failed_at = trio.current_time()
+        answer_a.set()  # a hears 409: the channel fails
+        await b_heard.wait()
+        nursery.cancel_scope.cancel()
+    clock.autojump_threshold = math.inf
+    name, at = heard["b"]
+    return name, at - failed_at
+
+
+async def test_a_send_parked_on_a_lapsed_tenure_hears_the_channel_s_failure_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A node thawed past its lease has a send waiting for its tenure to come
+    back (a renewal) when the channel fails (a send on the platform meanwhile
+    is answered 409: another node holds the bot). The waiting send must hear
+    the failure at once, as a send waiting for a connect does. Today it waits
+    on the tenure alone, which nothing renews now: it waits out the whole
+    connect_wait, then hears "did not connect" instead of the failure (in the
+    thaws where it woke before the connection's cancel was delivered)."""
+    for _ in range(THAWS):
+        with trio.fail_after(CEILING):
+            assert await _fail_while_parked(mock_clock) == ("ChannelFailed", 0.0)

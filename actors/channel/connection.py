@@ -403,8 +403,11 @@ class ConnectionLoop:
                     # Past the tenure (a node thawed after its lease ran out): the
                     # link is dropped at trio's next look at its deadline, and no
                     # send may go out on it meanwhile; another node may hold the
-                    # channel now. Sent here only if a renewal comes through.
-                    await tenure.wait_valid()
+                    # channel now. Sent here only if a renewal comes through; the
+                    # channel's failure (a 409 to a send in flight) is heard at
+                    # once, as by a send that waits for a link.
+                    self._raise_if_failed()
+                    await self._tenure_or_woken(tenure)
                     continue
                 self._raise_if_failed()
                 if self._connected is None:
@@ -415,6 +418,22 @@ class ConnectionLoop:
             f"connect within {wait} s (last error: {self.memory.last_error})",
             channel_id=self.config.channel_id,
         )
+
+    async def _tenure_or_woken(self, tenure: Tenure) -> None:
+        """Return once the tenure is valid again, or the senders are woken (a new
+        link, the channel's failure: see :meth:`_wake_senders`)."""
+        if self._connected is None:
+            self._connected = trio.Event()
+        woken = self._connected
+        async with trio.open_nursery() as race:
+
+            async def renewed() -> None:
+                await tenure.wait_valid()
+                race.cancel_scope.cancel()
+
+            race.start_soon(renewed)
+            await woken.wait()
+            race.cancel_scope.cancel()
 
 
 def _least_wait(error: ProviderError) -> float:
