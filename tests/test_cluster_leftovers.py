@@ -8,6 +8,9 @@
   come here) did not.
 - A send parked on such a lapsed tenure hears the channel's failure at once,
   as a send parked on a connect does; it waited out ``connect_wait``.
+- A late answer to a caller that is gone leaves no reply stream without an
+  expiry in Redis, even when the stream was lost since the owner last moved
+  its expiry on.
 
 The channel tests run in virtual time; the Redis ones against a real Redis
 (``SWITCHBOARD_TEST_REDIS``), each under a key prefix of its own, deleted
@@ -25,11 +28,15 @@ import trio.testing
 from actors.channel import Tenure
 from providers.base import Conflict, OutboundMessage, RateLimited
 from providers.testing import FakeProvider
+from runtime.cluster.forwarding import Forwarding
 from runtime.view import WebhookTarget, links_of
 from runtime.webhooks import deliver
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel, settings
 from tests.test_cluster_faults import THAWS
+from tests.test_cluster_redis import CEILING as REAL_CEILING
+from tests.test_cluster_redis import redis
+from tests.test_cluster_streams_and_rebirth import Holding
 
 # --- a node thawed past its lease, and a webhook ---------------------------------------------
 
@@ -139,3 +146,45 @@ async def test_a_send_parked_on_a_lapsed_tenure_hears_the_channel_s_failure_at_o
     for _ in range(THAWS):
         with trio.fail_after(CEILING):
             assert await _fail_while_parked(mock_clock) == ("ChannelFailed", 0.0)
+
+
+# --- a late answer to a caller that is gone ----------------------------------------------------
+
+
+async def test_a_reply_stream_made_again_by_a_late_answer_to_a_gone_caller_expires(
+    prefix: str,
+) -> None:
+    """A caller is killed (for good) with a call in flight; meanwhile its reply
+    stream was lost (evicted under maxmemory: a key with an expiry is what the
+    volatile policies evict first; or Redis lost its data while the owner's
+    handler ran). The owner's late answer makes the stream again: it must
+    expire like every stream of a gone node id. Today the owner moves a reply
+    stream's expiry on at most once per quarter of STREAM_KEEP (it had, for the
+    caller's first call): the stream made again has none, and stays for good."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis(within=2.0) as link, trio.open_nursery() as nursery:
+            handler = Holding(2)
+            owner = Forwarding(link, prefix=prefix, node_id="owner", handler=handler, block=0.2)
+            await nursery.start(owner.run)
+            caller = Forwarding(link, prefix=prefix, node_id="caller", handler=handler, block=0.2)
+            async with trio.open_nursery() as caller_process:
+                await caller_process.start(caller.run)
+                assert await caller.call("owner", "send", "ch", {"n": 1}, timeout=20.0) == {
+                    "ok": {"n": 1}
+                }
+
+                async def call() -> None:
+                    await caller.call("owner", "send", "ch", {"n": 2}, timeout=20.0)
+
+                caller_process.start_soon(call)
+                await handler.came.wait()
+                caller_process.cancel_scope.cancel()  # the caller is killed
+            assert await link.call("DEL", caller.replies) == 1  # its reply stream is lost
+            async with redis(within=REAL_CEILING) as watch:
+                handler.release.set()  # the owner answers the gone caller
+                found = await watch.call(
+                    "XREAD", "BLOCK", int(REAL_CEILING * 500), "STREAMS", caller.replies, "0"
+                )
+                assert found, "the owner's answer never reached the caller's reply stream"
+            assert await link.call("PTTL", caller.replies) > 0  # -1 today: kept for good
+            nursery.cancel_scope.cancel()

@@ -26,7 +26,8 @@ Design:
   streams alive (an expiry of :data:`STREAM_KEEP`, moved on as it reads
   them), so those of a node id that is gone for good (a host replaced, a
   pod's name) leave Redis an hour later: they stayed for good, up to
-  10,000 replies each.
+  10,000 replies each. An owner's answer that makes a reply stream (again)
+  gives it that expiry in the same script call.
 - A Redis that lost the inbox and its group (restarted empty) gets them
   again at the next read, the group from the stream's start: the calls
   written since the loss are read, not skipped (their callers waited a
@@ -58,6 +59,18 @@ REPLIES_MAXLEN: Final = 10_000  # entries kept per reply stream
 BATCH: Final = 100  # entries read per XREADGROUP / XREAD
 RETRY: Final = 0.5  # seconds before a failed read of a stream is tried again
 STREAM_KEEP: Final = 3600.0  # seconds a node's streams outlive its last read of them
+
+# An answer, and the expiry of a reply stream that has none (one the answer made),
+# in one step: a stream made again for a caller that is gone (lost since the owner
+# last moved its expiry on, or the owner killed in between) is not kept for good.
+# KEYS: the caller's reply stream; ARGV: its MAXLEN, STREAM_KEEP in ms, the fields.
+_ANSWER: Final = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return id
+"""
 
 
 class ForwardTimeout(Exception):
@@ -116,6 +129,7 @@ class Forwarding:
         self.expired = 0  # requests dropped here because their caller had given up
         self.forwarded = 0  # requests this node sent to others
         self._ready = trio.Event()
+        self._answer = link.script(_ANSWER)
 
     def __repr__(self) -> str:
         return f"<Forwarding {self.node_id} waiting={len(self._waiting)} handled={self.handled}>"
@@ -294,17 +308,16 @@ class Forwarding:
             reply = {"id": fields.get("id", ""), "answer": json.dumps(answer)}
             replies = f"{self.prefix}:replies:{caller}"
             try:
-                await self.link.call(
-                    "XADD", replies, "MAXLEN", "~", REPLIES_MAXLEN, "*", *_flat(reply)
+                # The answer may make the caller's stream (its first, the first in an
+                # hour, or one lost since): it expires like the caller's own, should
+                # the caller be gone; the caller moves it on as it reads.
+                await self._answer(
+                    [replies], [REPLIES_MAXLEN, int(STREAM_KEEP * 1000), *_flat(reply)]
                 )
             except ClusterUnavailable as exc:
                 # Not acknowledged: handled again (the answer from memory) at the next start.
                 log.warning("cluster: the answer to a forwarded request was lost: %s", exc)
                 return
-            # The answer may have made the caller's stream (its first, or the first in
-            # an hour): it expires like the caller's own, should the caller be gone.
-            with contextlib.suppress(ClusterUnavailable):
-                await self._keep(replies)
             self.handled += 1
             await self._ack(entry_id)
         finally:
