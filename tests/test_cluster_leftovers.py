@@ -11,6 +11,8 @@
 - A late answer to a caller that is gone leaves no reply stream without an
   expiry in Redis, even when the stream was lost since the owner last moved
   its expiry on.
+- A channel's token counter does not stay in Redis for good once nobody
+  takes its lease any more (a channel taken out of the catalog).
 
 The channel tests run in virtual time; the Redis ones against a real Redis
 (``SWITCHBOARD_TEST_REDIS``), each under a key prefix of its own, deleted
@@ -22,18 +24,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 
 from actors.channel import Tenure
 from providers.base import Conflict, OutboundMessage, RateLimited
 from providers.testing import FakeProvider
+from runtime.cluster import open_cluster
+from runtime.cluster.catalog import Catalog
 from runtime.cluster.forwarding import Forwarding
+from runtime.cluster.leases import Acquired, Leases
+from runtime.config.model import ChannelSpec, StorageConfig
+from runtime.store import open_store
 from runtime.view import WebhookTarget, links_of
 from runtime.webhooks import deliver
 from tests.support import CEILING
 from tests.test_channel_actor import GENEROUS, open_channel, settings
-from tests.test_cluster_faults import THAWS
+from tests.test_cluster_faults import THAWS, StoreRunner, _config
 from tests.test_cluster_redis import CEILING as REAL_CEILING
 from tests.test_cluster_redis import redis
 from tests.test_cluster_streams_and_rebirth import Holding
@@ -188,3 +196,63 @@ async def test_a_reply_stream_made_again_by_a_late_answer_to_a_gone_caller_expir
                 assert found, "the owner's answer never reached the caller's reply stream"
             assert await link.call("PTTL", caller.replies) > 0  # -1 today: kept for good
             nursery.cancel_scope.cancel()
+
+
+# --- token counters of channels nobody runs any more -------------------------------------------
+
+
+class Releasing(StoreRunner):
+    """A stand-in node that says when ownership has given a channel's lease back."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.given_back: dict[str, trio.Event] = {}
+
+    def released(self, channel_id: str) -> None:
+        self.given_back.setdefault(channel_id, trio.Event()).set()
+
+
+async def test_a_channel_taken_out_of_the_catalog_leaves_no_token_counter_for_good(
+    prefix: str,
+) -> None:
+    """An operator takes channel ch out of the catalog (a customer gone): the
+    node that runs it stops it and gives its lease back, and nobody takes the lease again.
+    Its token counter must leave Redis in time. Today ``<prefix>:token:ch`` has
+    no expiry: every channel that ever ran keeps one in Redis for good."""
+    spec = ChannelSpec(id="ch", provider="fake")
+    config = attrs.evolve(
+        _config(prefix), heartbeat_interval=0.2, member_timeout=1.0, lease_ttl=3.0
+    )
+    with trio.fail_after(REAL_CEILING):
+        async with open_store(StorageConfig(backend="memory")) as store:
+            runner = Releasing(store)
+            async with open_cluster(
+                config, node_id="a", store=store, runner=runner, file_specs=[spec]
+            ) as cluster:
+                await runner.started("ch")
+                # Taken out on another node (an operator's stop_channel there).
+                elsewhere = Catalog(store, cluster.link, prefix=prefix, file_specs=[])
+                assert await elsewhere.remove("ch")
+                await runner.given_back.setdefault("ch", trio.Event()).wait()
+                assert "ch" in runner.stopped
+                token_key = cluster.leases.token_key("ch")
+                assert await cluster.link.call("GET", cluster.leases.lease_key("ch")) is None
+                assert await cluster.link.call("PTTL", token_key) > 0  # -1 today
+
+
+async def test_a_token_counter_raised_by_a_lease_re_asserted_after_a_rebirth_expires(
+    prefix: str,
+) -> None:
+    """Redis lost its data while node a held ch; a's next renewal re-asserts its
+    lease and raises the token counter to its token. That counter must expire
+    too, like one an acquire made."""
+    with trio.fail_after(REAL_CEILING):
+        async with redis() as link:
+            leases = Leases(link, prefix=prefix, node_id="a", ttl=5.0)
+            acquired = await leases.acquire("ch")
+            assert isinstance(acquired, Acquired)
+            assert await link.call("PTTL", leases.token_key("ch")) > 0
+            await link.call("DEL", *await link.call("KEYS", f"{prefix}:*"))  # Redis lost it all
+            assert await leases.renew([("ch", acquired.token, True)]) == []  # re-asserted
+            assert await link.call("GET", leases.token_key("ch")) == str(acquired.token).encode()
+            assert await link.call("PTTL", leases.token_key("ch")) > 0  # -1 today

@@ -2,12 +2,17 @@
 
 Design:
 - ``<prefix>:lease:<channel>`` holds ``"<node>|<token>"`` with a TTL (Redis
-  expires it); ``<prefix>:token:<channel>`` is the channel's token counter,
-  which never expires. Acquiring is one Lua script: if nobody holds the
-  lease, the token becomes ``max(counter + 1, floor + 1)`` (``floor``: the
-  highest token the durable store has seen for the channel, so a Redis that
-  lost its data cannot hand out an old token) and the lease is set with the
-  TTL. Held by someone else: the answer is who, and for how much longer.
+  expires it); ``<prefix>:token:<channel>`` is the channel's token counter.
+  Acquiring is one Lua script: if nobody holds the lease, the token becomes
+  ``max(counter + 1, floor + 1)`` (``floor``: the highest token the durable
+  store has seen for the channel, so a Redis that lost its data cannot hand
+  out an old token) and the lease is set with the TTL. Held by someone
+  else: the answer is who, and for how much longer.
+- A counter expires :data:`TOKEN_KEEP` after it last handed out a token
+  (or a rebirth raised it): the counters of channels taken out of the
+  catalog stayed in Redis for good. One gone that way is one Redis lost:
+  the floor (the token of the channel's checkpoints) carries the count on,
+  and while its lease is held nobody else acquires it.
 - Renewal is batched: one script call renews up to ``renew_batch`` leases
   (each only if still ``"<node>|<token>"``) and says which were lost. For
   1,000,000 channels on 100 nodes at a 10 s TTL, renewing at TTL/3 in
@@ -56,6 +61,7 @@ log = logging.getLogger("switchboard.cluster")
 
 DRIFT: Final = 0.02  # the fraction of a TTL by which two clocks may disagree
 MARGIN_MIN: Final = 0.25  # seconds; never less than this
+TOKEN_KEEP: Final = 7 * 86_400.0  # seconds a token counter outlives the last token it gave
 
 _ACQUIRE: Final = (
     rebirth.LUA
@@ -75,18 +81,20 @@ if token <= floor then
   token = floor + 1
   redis.call('SET', KEYS[2], token)
 end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return {1, token, tonumber(ARGV[2])}
 """
 )
 
 # KEYS: alive, reborn, n lease keys, n token keys; ARGV: ttl, n values, n tokens
-# (a token of -1: this holder's tenure has lapsed, it may not re-assert).
+# (a token of -1: this holder's tenure has lapsed, it may not re-assert), TOKEN_KEEP.
 _RENEW: Final = (
     rebirth.LUA
     + """
 local quarantine = reborn(KEYS[1], KEYS[2], true, ARGV[1])
 local n = (#KEYS - 2) / 2
+local keep = ARGV[2 + 2 * n]
 local lost = {}
 for i = 1, n do
   local key = KEYS[2 + i]
@@ -98,7 +106,7 @@ for i = 1, n do
     local counter = tonumber(redis.call('GET', KEYS[2 + n + i]) or '0')
     if not held and quarantine > 0 and token >= 0 and counter <= token then
       redis.call('SET', key, ARGV[1 + i], 'PX', ARGV[1])
-      redis.call('SET', KEYS[2 + n + i], token)
+      redis.call('SET', KEYS[2 + n + i], token, 'PX', keep)
     else
       lost[#lost + 1] = i
     end
@@ -138,6 +146,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', left)
 return left
 """
 
+_TOKEN_KEEP_MS: Final = round(TOKEN_KEEP * 1000)
 TOMBSTONE: Final = "(force-released)"  # the holder a tombstone shows (see force_release)
 
 
@@ -248,7 +257,7 @@ class Leases:
         """
         ok, value, ttl_ms = await self._acquire(
             [self.lease_key(channel_id), self.token_key(channel_id), *self._rebirth],
-            [self.node_id, round(self.ttl * 1000), floor, int(self.known)],
+            [self.node_id, round(self.ttl * 1000), floor, int(self.known), _TOKEN_KEEP_MS],
         )
         if int(ok) == 1:
             self.known = True
@@ -293,6 +302,7 @@ class Leases:
             round(self.ttl * 1000),
             *(self.value(token) for _, token, _ in held),
             *(token if valid else -1 for _, token, valid in held),
+            _TOKEN_KEEP_MS,
         ]
         lost = await self._renew(keys, args)
         return [held[int(i) - 1][0] for i in lost]
