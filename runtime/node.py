@@ -876,8 +876,9 @@ class Node(ClusterMode, DeadLetterOps):
         returns at once; how it ended comes back as a :class:`~runtime.outbox.Sent`
         (what :meth:`perform` would have returned or raised), through
         ``async for sent in outbox`` or, given ``on_sent``, handed to it in
-        the task that learnt it (it must not block; what it raises is
-        logged). The block ends once every send it started has ended::
+        a task of the outbox's, which takes every outcome that came since it
+        last ran in one wake-up (``on_sent`` may send again; what it raises
+        is logged). The block ends once every send it started has ended::
 
             async with node.outbox() as outbox:
                 for customer in customers:

@@ -17,10 +17,14 @@ at its deadline (its ``Sent`` then holds ``NodeDraining``). A send of a
 key answered recently is answered at once; one of a key on its way already,
 or on a node in a cluster, goes the long way, in a task of the outbox's.
 
-The outcomes come either to ``on_sent`` (called in the task that learnt
-the outcome, usually the connection's reader: no task wakes for it), or
-through ``async for sent in outbox``, which ends once the outbox is
-closed and every outcome was taken.
+The outcomes come either to ``on_sent`` or through ``async for sent in
+outbox``, which ends once the outbox is closed and every outcome was taken.
+The task that learns an outcome (a connection's reader, the actor's, the
+tracker's timer) only queues it: it may be deep inside the channel's send
+path, where a caller's code that sends again would run inside a send that
+is not finished. ``on_sent`` runs in a task of the outbox's own, which
+takes every outcome queued since it last ran in one wake-up: a task step
+per batch of answers, not per send.
 """
 
 from __future__ import annotations
@@ -105,12 +109,14 @@ class Outbox:
         self._timeout = timeout
         self._on_sent = on_sent
         self._outcomes: deque[Sent] = deque()
-        self._waiting = trio.lowlevel.ParkingLot()  # the task in `async for`
+        self._waiting = trio.lowlevel.ParkingLot()  # the task in `async for`, or on_sent's
         self._all_done = trio.Event()
         self._outstanding = 0
         self._closed = False
         self._abandoned = False  # its block ended under an error: outcomes go nowhere
         self._handed = 0  # outcomes handed over since `async for` last let others run
+        if on_sent is not None:
+            nursery.start_soon(self._hand_to, on_sent)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -207,19 +213,31 @@ class Outbox:
         """One send ended (in whichever task learnt it): hand its outcome over."""
         self._outstanding -= 1
         if not self._abandoned:
-            sent = Sent(channel_id, message, result, error, self._now())
-            on_sent = self._on_sent
-            if on_sent is None:
-                self._outcomes.append(sent)
-                self._waiting.unpark()
-            else:
-                try:
-                    on_sent(sent)
-                except Exception:  # never into the task that learnt it (a connection's reader)
-                    log.exception("an outbox's on_sent raised on %r; the outcome is dropped", sent)
+            self._outcomes.append(Sent(channel_id, message, result, error, self._now()))
+            self._waiting.unpark()
         if not self._outstanding and self._closed:
             self._all_done.set()
             self._waiting.unpark_all()
+
+    async def _hand_to(self, on_sent: Callable[[Sent], object]) -> None:
+        """Hand each outcome to ``on_sent`` as it comes (a task of the outbox's)."""
+        outcomes = self._outcomes
+        while True:
+            while not outcomes:
+                if self._closed and not self._outstanding:
+                    return
+                await self._waiting.park()
+            handed = 0
+            while outcomes:
+                sent = outcomes.popleft()
+                try:
+                    on_sent(sent)
+                except Exception:
+                    log.exception("an outbox's on_sent raised on %r; the outcome is dropped", sent)
+                handed += 1
+                if handed >= FAIRNESS_BATCH:
+                    handed = 0
+                    await trio.lowlevel.checkpoint()
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._abandoned:

@@ -285,3 +285,47 @@ async def test_a_websocket_channel_s_sends_take_no_task_each_and_keep_each_peer_
     # No task for any send: the few spawned are the node's own (a checkpoint, a flush).
     assert not [name for name in spawned.names if "_fly" in name or "_send_in_task" in name]
     assert len(spawned.names) < 10, spawned.names
+
+
+async def test_on_sent_may_send_again_and_each_peer_s_order_holds() -> None:
+    """A closed loop driven from ``on_sent``: each answer starts the next send
+    to its peer, and every peer's messages arrive in the order they were sent."""
+    config = parse_config(
+        {
+            "node": {"id": "n1", "start_timeout": 5.0},
+            "ops": {"enabled": False},
+            "providers": {"websocket": {"rate_limit": {"enabled": False}}},
+            "emulators": {"websocket": {}},
+            "channels": [{"id": "w", "provider": "websocket", "emulator": True}],
+        }
+    )
+    rounds, peers = 25, 3
+    heard: list[Sent] = []
+    with trio.fail_after(30):
+        async with open_node(config, channel_defaults=FAST) as node:
+            await wait_connected(node, 1)
+
+            finished = trio.Event()
+
+            def on_sent(sent: Sent) -> None:
+                heard.append(sent)
+                if len(heard) == rounds * peers:
+                    finished.set()
+                peer, _, n = _key(sent).rpartition("-")
+                if int(n) + 1 < rounds:
+                    after = int(n) + 1
+                    outbox.send("w", message(f"{peer}-{after}", text=f"{peer}-{after}", peer=peer))
+
+            async with node.outbox(on_sent=on_sent) as outbox:
+                for peer in range(peers):
+                    outbox.send("w", message(f"p{peer}-0", text=f"p{peer}-0", peer=f"p{peer}"))
+                await finished.wait()  # (a block that ended would close the outbox)
+            assert node.emulators is not None
+            emulator = node.emulators.emulators["websocket"]
+            delivered = [item["text"] for item in emulator.sent]  # type: ignore[attr-defined]
+    assert all(sent.ok for sent in heard), [s for s in heard if not s.ok][:3]
+    assert len(heard) == rounds * peers
+    for peer in range(peers):
+        assert [t for t in delivered if t.startswith(f"p{peer}-")] == [
+            f"p{peer}-{n}" for n in range(rounds)
+        ]
