@@ -25,6 +25,8 @@
     clients of :mod:`bench.http_bare` (one per bot or number, each with a
     pool of the channel's send window, opened as a channel opens), each
     caller posting the provider's request and reading its answer.
+    ``--client node-outbox``: the same node, its callers chains in one
+    ``Node.outbox`` (each answer starts the next send; no task per caller).
     ``--client bare-websockets`` (websocket only): the same bare client on
     the sans-I/O protocol of ``websockets``, which the node's link uses
     (the baseline above is wsproto's): what the node costs above the
@@ -109,8 +111,13 @@ async def measure(
     connect_wait: float = CONNECT_WAIT,
     tls: bool = False,
     ca_file: str | None = None,
+    outbox: bool = False,
 ) -> dict[str, Any]:
     """Run the closed-loop sends once and return the JSON line's fields.
+
+    ``outbox``: the callers are chains in one ``Node.outbox``, each answer
+    starting the next send (``--client node-outbox``), not tasks awaiting
+    ``Node.send``.
 
     ``tls``: the websocket far end this starts serves ``wss://`` with a
     certificate of a private CA, which the channels trust (their option
@@ -163,24 +170,66 @@ async def measure(
                 f"{connect_wait:g} s ({problems}); nothing was measured"
             )
 
+        def message_for(channel: int, number: int, n: int) -> OutboundMessage:
+            if provider in HTTP:
+                key = _key(channel, number, n)
+                return _http_message(provider, _number(channel, number, callers, sends, n), key)
+            key, peer = _key_and_peer(channel, number, callers, sends, n)
+            return OutboundMessage(peer=peer, idempotency_key=key, text=TEXT)
+
+        if outbox:
+            made, cpu = await _run_outbox(node, ids, callers, sends, message_for)
+            return _result("node-outbox", provider, channels, callers, made, cpu)
+
         async def caller(channel: int, number: int) -> int:
             for n in range(sends):
-                key, peer = _key_and_peer(channel, number, callers, sends, n)
-                message = OutboundMessage(peer=peer, idempotency_key=key, text=TEXT)
-                await node.send(ids[channel], message)
+                await node.send(ids[channel], message_for(channel, number, n))
             return sends
 
-        async def http_caller(channel: int, number: int) -> int:
-            for n in range(sends):
-                key = _key(channel, number, n)
-                message = _http_message(provider, _number(channel, number, callers, sends, n), key)
-                await node.send(ids[channel], message)
-            return sends
-
-        made, cpu = await _run_callers(
-            channels, callers, http_caller if provider in HTTP else caller
-        )
+        made, cpu = await _run_callers(channels, callers, caller)
     return _result("node", provider, channels, callers, made, cpu)
+
+
+async def _run_outbox(
+    node: Any,
+    ids: list[str],
+    callers: int,
+    sends: int,
+    message_for: Callable[[int, int, int], OutboundMessage],
+) -> tuple[int, float]:
+    """The callers of :func:`_run_callers` as chains in one ``Node.outbox``: each
+    answer (``on_sent``) starts its chain's next send; no task per caller.
+
+    Returns:
+        The sends the platform accepted, and the CPU seconds the chains took.
+    """
+    total = len(ids) * callers * sends
+    made = ended = 0
+    chains: dict[str, tuple[int, int, int]] = {}
+    finished = trio.Event()
+
+    def start(outbox: Any, channel: int, number: int, n: int) -> None:
+        message = message_for(channel, number, n)
+        chains[message.idempotency_key] = (channel, number, n)
+        outbox.send(ids[channel], message)
+
+    def on_sent(sent: Any) -> None:
+        nonlocal made, ended
+        channel, number, n = chains.pop(sent.message.idempotency_key)
+        ended += 1
+        made += sent.ok
+        if n + 1 < sends:
+            start(outbox, channel, number, n + 1)
+        elif ended == total:
+            finished.set()
+
+    began = time.process_time()
+    async with node.outbox(on_sent=on_sent) as outbox:
+        for channel in range(len(ids)):
+            for number in range(callers):
+                start(outbox, channel, number, 0)
+        await finished.wait()
+    return made, time.process_time() - began
 
 
 def _http_spec(provider: str, channel_id: str, index: int, far_end: str) -> ChannelSpec:
@@ -582,10 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--client",
-        choices=["node", "bare", "bare-websockets"],
+        choices=["node", "node-outbox", "bare", "bare-websockets"],
         default="node",
-        help="a node; the bare baseline (trio + wsproto); or the bare client on the "
-        "websockets protocol the node's link uses",
+        help="a node (callers awaiting Node.send); a node driven through one Node.outbox "
+        "(each answer starts the caller's next send, no task per caller); the bare "
+        "baseline (trio + wsproto); or the bare client on the websockets protocol the "
+        "node's link uses",
     )
     parser.add_argument("--provider", choices=PROVIDERS, default="websocket")
     parser.add_argument("--channels", type=int, default=50, help="channels (default 50)")
@@ -641,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _measured(args: argparse.Namespace) -> dict[str, Any]:
     if args.instructions:
         return _count_instructions(args)
-    if args.client != "node":
+    if args.client not in ("node", "node-outbox"):
         return trio.run(_bare, args)
     return trio.run(
         lambda: measure(
@@ -652,6 +703,7 @@ def _measured(args: argparse.Namespace) -> dict[str, Any]:
             far_end=args.far_end,
             tls=args.tls,
             ca_file=args.ca_file,
+            outbox=args.client == "node-outbox",
         )
     )
 

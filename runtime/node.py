@@ -1175,7 +1175,6 @@ class Node(ClusterMode, DeadLetterOps):
         message: Operation,
         timeout: float,
         done: Callable[[SendResult | None, BaseException | None], object],
-        spawn: Callable[..., object],
     ) -> bool:
         """Start a checked send (:meth:`_checked`) with no task waiting for it.
 
@@ -1206,7 +1205,10 @@ class Node(ClusterMode, DeadLetterOps):
             done(remembered_result(message, known), None)
             return True
         flight_key = (channel_id, key)
-        if flight_key in self._in_flight:
+        first = self._in_flight.get(flight_key)
+        if first is not None:  # answered once that one is (_after_first), unless reused
+            if operation_print(first.message) != operation_print(message):
+                raise _refused_reuse(channel, channel_id, message, False, under_way=True)
             return False
         sends = self._sends
         self._admit(
@@ -1220,9 +1222,7 @@ class Node(ClusterMode, DeadLetterOps):
         pending = sends.pending(channel_id, message, deadline=began + timeout)
         sends.begin(pending)
         self._in_flight[flight_key] = pending
-        answered = functools.partial(
-            self._answered_soon, channel, pending, timeout, began, done, spawn
-        )
+        answered = functools.partial(self._answered_soon, channel, pending, timeout, began, done)
         try:
             channel.asking_soon(message, answered, watch=pending)
         except Exception as exc:
@@ -1243,7 +1243,6 @@ class Node(ClusterMode, DeadLetterOps):
         timeout: float,
         began: float,
         done: Callable[[SendResult | None, BaseException | None], object],
-        spawn: Callable[..., object],
         answer: outcome.Outcome[SendResult | None],
     ) -> None:
         """How a send of :meth:`_send_soon` ended, as :meth:`_send_here` takes it."""
@@ -1258,11 +1257,9 @@ class Node(ClusterMode, DeadLetterOps):
         assert isinstance(answer, outcome.Error)
         exc = answer.error
         if pending.cut:
-            # The drain cut it: told once the drain has kept the message.
-            try:
-                spawn(self._kept_soon, pending, flight_key, exc, done)
-            except RuntimeError:  # its outbox is gone: nobody is told
-                self._end_send(pending, flight_key)
+            # The drain cut it: told once the drain has kept the message, in a
+            # task of the node's (the drain keeps it whether or not anyone listens).
+            self._background(self._kept_soon, pending, flight_key, exc, done)
             return
         self._end_send(pending, flight_key)
         error: BaseException | None
@@ -1296,6 +1293,21 @@ class Node(ClusterMode, DeadLetterOps):
         self._sends.end(pending)  # (a second send of the key, waiting for it, goes on)
         if self._in_flight.get(flight_key) is pending:
             del self._in_flight[flight_key]
+
+    def _background(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run ``fn(*args)`` in a task of the node's: a send's own work that
+        must go on whoever waits for it (an outbox's sends).
+
+        Raises:
+            NodeNotRunning: the node's block is over.
+        """
+        nursery = self._nursery
+        if nursery is None:
+            raise NodeNotRunning(f"node {self.node_id!r} is not running")
+        try:
+            nursery.start_soon(fn, *args)
+        except RuntimeError as exc:  # its nursery is closed: the node's block is over
+            raise NodeNotRunning(f"node {self.node_id!r} is not running") from exc
 
     async def _after_first(
         self,

@@ -15,7 +15,8 @@ itself, and nothing was sent. Each send is otherwise the same as
 letters, the caller's timeout, and the drain, which keeps a send still out
 at its deadline (its ``Sent`` then holds ``NodeDraining``). A send of a
 key answered recently is answered at once; one of a key on its way already,
-or on a node in a cluster, goes the long way, in a task of the outbox's.
+or on a node in a cluster, goes the long way, in a task of the node's (it
+goes on, like every send out, if the outbox's block ends first).
 
 The outcomes come either to ``on_sent`` or through ``async for sent in
 outbox``, which ends once the outbox is closed and every outcome was taken.
@@ -34,7 +35,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -149,18 +150,14 @@ class Outbox:
         timeout = node._checked(channel_id, message, self._timeout)
         self._outstanding += 1
         try:
-            started = node._send_soon(
-                channel_id,
-                message,
-                timeout,
-                functools.partial(self._ended, channel_id, message),
-                self._spawn,
-            )
+            ended = functools.partial(self._ended, channel_id, message)
+            if not node._send_soon(channel_id, message, timeout, ended):
+                # The long way, in a task of the node's: it goes on (tracked, drained)
+                # if this outbox's block ends first.
+                node._background(self._send_in_task, channel_id, message, timeout)
         except BaseException:
             self._outstanding -= 1
             raise
-        if not started:
-            self._nursery.start_soon(self._send_in_task, channel_id, message, timeout)
 
     def close(self) -> None:
         """Take no more sends: ``async for`` ends once every outcome was taken."""
@@ -183,7 +180,7 @@ class Outbox:
             raise RuntimeError(f"{self!r} hands its outcomes to on_sent; there are none to take")
         outcomes = self._outcomes
         while not outcomes:
-            if self._closed and not self._outstanding:
+            if self._closed and (not self._outstanding or self._abandoned):
                 raise StopAsyncIteration
             self._handed = 0
             await self._waiting.park()
@@ -196,6 +193,13 @@ class Outbox:
         if not outcomes:  # (taken meanwhile by another task's loop)
             return await self.__anext__()
         return outcomes.popleft()
+
+    def _abandon(self) -> None:
+        """Its block ended under an error: nobody listens any more."""
+        self._abandoned = True
+        self.close()
+        self._all_done.set()
+        self._waiting.unpark_all()
 
     async def wait_done(self) -> None:
         """Wait until the outbox is closed and every send it started has ended."""
@@ -239,11 +243,6 @@ class Outbox:
                     handed = 0
                     await trio.lowlevel.checkpoint()
 
-    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._abandoned:
-            raise RuntimeError("the outbox's block has ended")
-        self._nursery.start_soon(fn, *args)
-
     async def _send_in_task(self, channel_id: str, message: Operation, timeout: float) -> None:  # noqa: ASYNC109
         """A send that goes the long way (a key on its way, a cluster's node)."""
         try:
@@ -272,6 +271,5 @@ async def open_outbox(
             # Left under an error, or cancelled while it waited: the sends out
             # now go on in the node (tracked, bounded, drained), their outcomes
             # unheard.
-            outbox._abandoned = True
-            outbox.close()
+            outbox._abandon()
             raise
