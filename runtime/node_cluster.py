@@ -311,7 +311,8 @@ class ClusterMode:
         held, in flight finished, its final checkpoint, then the lease).
 
         Raises:
-            NodeError: not in a cluster, or ``node_id`` is not a live member.
+            NodeError: not in a cluster, or ``node_id`` is not a live member,
+                or one that cannot run the channel (its file lacks it).
             UnknownChannel: the channel is not in the cluster's catalog.
             ClusterUnavailable: Redis did not answer.
         """
@@ -324,6 +325,11 @@ class ClusterMode:
             raise NodeError(
                 f"node {node_id!r} is not a live member of the cluster (members: "
                 f"{', '.join(members) or 'none'}); a channel can only move to a live one"
+            )
+        if not cluster.ownership.can_run(node_id, channel_id):
+            raise NodeError(
+                f"node {node_id!r} cannot run channel {channel_id!r}: it comes from a "
+                "deployment file, and that node's file does not hold it"
             )
         return await cluster.controls.pin(channel_id, node_id)
 

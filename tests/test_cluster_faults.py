@@ -210,19 +210,15 @@ async def test_a_call_forwarded_as_redis_comes_back_empty_is_answered(prefix: st
 # --- a node whose file lacks a channel of the catalog -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement does not know which members can run a channel: a member whose "
-    "file lacks a channel of the catalog is placed it all the same, and never runs it",
-)
 async def test_a_channel_is_not_taken_from_its_node_by_one_that_cannot_run_it(
     prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Node a runs channel x from its file; node b joins with a file that lacks x
     (a rolling upgrade, a file not copied to every host). x must keep running
-    somewhere. Today placement gives x to b, a lets it go at once, and b, which
-    has no spec for it, never starts it: x is dark on every node, and only b's
-    log says anything (a warning at each catalog reload)."""
+    somewhere. Placement gave x to b, a let it go at once, and b, which has no
+    spec for it, never started it: x was dark on every node, and only b's log
+    said anything (a warning at each catalog reload). Now b publishes its
+    file's channels with its membership, and x is placed only where it runs."""
     config = attrs.evolve(
         _config(prefix), heartbeat_interval=0.2, member_timeout=1.0, lease_ttl=3.0
     )

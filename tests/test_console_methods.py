@@ -607,6 +607,7 @@ async def test_cluster_views(tmp_path: Any) -> None:
                             "placed": {"solo": 2},
                             "held": {"solo": 2},
                             "moving": 0,
+                            "unplaced": [],
                             "paused": None,
                             "pins": {},
                         }

@@ -1,8 +1,9 @@
 """The cluster: nodes sharing channels through Redis, below the node.
 
 One concept per module: ``redis`` (the asyncio client behind trio-asyncio,
-confined there), ``membership`` (who is alive, on Redis's clock),
-``placement`` (pure: members → owner), ``leases`` (who may connect, fenced
+confined there), ``membership`` (who is alive, on Redis's clock, and
+which file channels each can run), ``placement`` (pure: members → owner,
+over the members able to run the channel), ``leases`` (who may connect, fenced
 by tokens), ``rebirth`` (a Redis that lost its data), ``ownership`` (which
 channels this node runs), ``catalog`` (the cluster-wide channel set),
 ``forwarding`` (calls for channels owned elsewhere, over Redis Streams),
@@ -136,7 +137,12 @@ class Cluster:
             ClusterUnavailable: Redis did not answer.
         """
         ownership = self.ownership
-        placement = {channel_id: ownership.owner(channel_id) for channel_id in ownership.catalog}
+        # Every channel this node knows: the ones it can run, and the file
+        # entries of other nodes' files (placed on those, or nowhere).
+        placement = {
+            channel_id: ownership.owner(channel_id)
+            for channel_id in ownership.catalog | ownership.from_file
+        }
         members, leases, quarantine = await survey(
             self.link,
             leases=self.leases,
@@ -282,6 +288,7 @@ async def open_cluster(
             heartbeat_interval=config.heartbeat_interval,
             member_timeout=config.member_timeout,
             quarantine=config.lease_ttl,
+            files=[spec.id for spec in file_specs if spec.enabled],
         )
         leases = Leases(link, prefix=prefix, node_id=node_id, ttl=config.lease_ttl)
         ownership = Ownership(
@@ -324,13 +331,13 @@ async def open_cluster(
                     log.info(
                         "cluster: members now %s (epoch %d)", ", ".join(view.members), view.epoch
                     )
-                ownership.set_members(view.members)
+                ownership.set_members(view.members, view.files)
 
             await nursery.start(membership.run, view_changed)
 
             def catalog_changed(specs: dict[str, ChannelSpec]) -> None:
                 runner.catalog_changed(frozenset(specs))
-                ownership.set_catalog(specs)
+                ownership.set_catalog(specs, catalog.from_file)
 
             watch = functools.partial(
                 catalog.watch, catalog_changed, interval=config.heartbeat_interval

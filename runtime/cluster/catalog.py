@@ -13,6 +13,11 @@ Design:
   the node that will own it may not be the one it was started on: its
   credentials are kept in the store, beside the checkpoints that already
   hold its sessions.
+- So only a node whose own file holds a file entry can run it: the catalog
+  says which entries are file entries (:attr:`Catalog.from_file`), each
+  node publishes its file's channels with its membership
+  (``runtime.cluster.membership``), and placement gives a file entry only
+  to the members whose file holds it (``runtime.cluster.ownership``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class Catalog:
         self.announcements = f"{prefix}:catalog"
         self.file_specs = {spec.id: spec for spec in file_specs if spec.enabled}
         self.specs: dict[str, ChannelSpec] = {}
+        # The entries entered from a deployment file, this node's or another's.
+        self.from_file: frozenset[str] = frozenset()
+        self._foreign: frozenset[str] = frozenset()  # file entries this node's file lacks
         self._poke = trio.Event()
 
     async def publish_file(self) -> None:
@@ -74,6 +82,8 @@ class Catalog:
         entry = _FROM_FILE if spec == self.file_specs.get(spec.id) else CONVERTER.unstructure(spec)
         await self.store.catalog_put({spec.id: entry}, source="api")
         self.specs[spec.id] = spec
+        from_file = self.from_file - {spec.id}
+        self.from_file = from_file | {spec.id} if entry is _FROM_FILE else from_file
         await self._announce()
 
     async def remove(self, channel_id: str) -> bool:
@@ -84,6 +94,7 @@ class Catalog:
         """
         removed = await self.store.catalog_remove(channel_id)
         self.specs.pop(channel_id, None)
+        self.from_file -= {channel_id}
         await self._announce()
         return removed
 
@@ -99,19 +110,21 @@ class Catalog:
             spec = self._spec(channel_id, entry)
             if spec is not None:
                 specs[channel_id] = spec
-        self.specs = specs
+        from_file = frozenset(c for c, entry in entries.items() if entry == _FROM_FILE)
+        foreign = from_file - self.file_specs.keys()
+        for channel_id in sorted(foreign - self._foreign):  # once, not at every reload
+            log.warning(
+                "cluster: channel %s comes from another node's file, not this one's: it "
+                "runs only on the members whose file holds it (every node of a cluster "
+                "runs the same file)",
+                channel_id,
+            )
+        self.specs, self.from_file, self._foreign = specs, from_file, foreign
         return specs
 
     def _spec(self, channel_id: str, entry: Mapping[str, Any]) -> ChannelSpec | None:
         if entry == _FROM_FILE:
-            spec = self.file_specs.get(channel_id)
-            if spec is None:
-                log.warning(
-                    "cluster: channel %s comes from another node's file, not this one's; "
-                    "every node of a cluster runs the same file",
-                    channel_id,
-                )
-            return spec
+            return self.file_specs.get(channel_id)
         try:
             return CONVERTER.structure(entry, ChannelSpec)
         except Exception as exc:
@@ -127,8 +140,12 @@ class Catalog:
     async def watch(
         self, on_change: Callable[[dict[str, ChannelSpec]], Any], *, interval: float
     ) -> None:
-        """Reload on every announcement and every ``RELOAD_EVERY`` intervals; report changes."""
-        last: dict[str, ChannelSpec] | None = None
+        """Reload on every announcement and every ``RELOAD_EVERY`` intervals; report changes.
+
+        A change is one of the specs this node can run, or of which entries
+        are file entries (:attr:`from_file`, read by ``on_change``).
+        """
+        last: tuple[dict[str, ChannelSpec], frozenset[str]] | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._listen)
             while True:
@@ -137,8 +154,8 @@ class Catalog:
                 except Exception as exc:
                     log.warning("cluster: could not read the channel catalog: %s", exc)
                 else:
-                    if specs != last:
-                        last = specs
+                    if (specs, self.from_file) != last:
+                        last = (specs, self.from_file)
                         on_change(specs)
                 with trio.move_on_after(interval * RELOAD_EVERY):
                     await self._poke.wait()

@@ -24,17 +24,34 @@ Design:
   ``member_timeout`` at most) and refuses to join if it does not. A process
   that finds its id taken later (it was silent past ``member_timeout``, and
   another took the id) stops.
+- What each member can run goes with its membership record: the channels
+  of its deployment file (the catalog's file entries carry no spec, so a
+  member whose file lacks one cannot run it). A node writes them once, as
+  a set ``<prefix>:files:<id>:<digest>``, and each heartbeat puts the
+  digest in the hash ``<prefix>:files`` and gives the set the member's
+  expiry, in the same script: the others read the set only when a member's
+  digest is new to them, so a steady cluster reads nothing more. A new
+  digest is a change of the view (the epoch is bumped and published); a
+  dead member's field goes with it, a leaving one removes its own. A
+  heartbeat that finds the set gone (a Redis that lost its data) says so,
+  and the node writes it again before its next one. A reader takes a set
+  only if it matches its digest: meanwhile the others keep what they read
+  before, and a node that never read it takes the member to publish
+  nothing until it can.
+- A member with no digest (a node of an older version) publishes nothing:
+  it is taken to run every channel, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 import trio
+import xxhash
 
 from . import rebirth
 from .redis import ClusterUnavailable, RedisLink
@@ -51,7 +68,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local changed = false
 local taken = 0
-if redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) > 0 then changed = true end
+local missing = 0
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for i = 1, #dead do redis.call('HDEL', KEYS[6], dead[i]) end
+  changed = true
+end
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[5])
   if holder and holder ~= ARGV[6] then
@@ -59,6 +82,16 @@ if ARGV[1] ~= '' then
   else
     redis.call('SET', KEYS[5], ARGV[6], 'PX', tonumber(ARGV[2]))
     if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) == 1 then changed = true end
+    if ARGV[7] ~= '' then
+      -- (an empty file has no set to keep)
+      if ARGV[8] ~= '0' and redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[2])) == 0 then
+        missing = 1
+      end
+      if redis.call('HGET', KEYS[6], ARGV[1]) ~= ARGV[7] then
+        redis.call('HSET', KEYS[6], ARGV[1], ARGV[7])
+        changed = true
+      end
+    end
   end
 end
 local epoch
@@ -68,17 +101,33 @@ if changed then
 else
   epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return {epoch, now, redis.call('ZRANGE', KEYS[1], 0, -1), quarantine, taken}
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local digests = {}
+if #members > 0 then digests = redis.call('HMGET', KEYS[6], unpack(members)) end
+return {epoch, now, members, quarantine, taken, digests, missing}
 """
 )
 
 _LEAVE: Final = """
 if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
 redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[5])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('PUBLISH', ARGV[2], epoch)
 end
+return 1
+"""
+
+# The set of a node's file channels, written whole (in one script: a reader never
+# sees part of it) with the member's expiry; the heartbeat then names its digest.
+_FILES: Final = """
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 1000 do
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
 
@@ -91,11 +140,14 @@ class View:
         epoch: bumped at every change of the member set (compare for equality).
         members: the live nodes, sorted.
         redis_time: Redis's clock at that heartbeat, seconds.
+        files: each member's file channels, for the members that published
+            them (one missing from it publishes nothing: it runs every channel).
     """
 
     epoch: int
     members: tuple[str, ...]
     redis_time: float
+    files: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
 
 
 class Membership:
@@ -109,6 +161,8 @@ class Membership:
         member_timeout: seconds after the last heartbeat a node is dead.
         quarantine: seconds no lease is granted after Redis is found to have
             lost its data (the lease TTL; ``runtime.cluster.rebirth``).
+        files: the channels of this node's deployment file (published with
+            its membership: the file entries of the catalog it can run).
     """
 
     def __init__(
@@ -120,6 +174,7 @@ class Membership:
         heartbeat_interval: float,
         member_timeout: float,
         quarantine: float = 0.0,
+        files: Iterable[str] = (),
     ) -> None:
         self.link = link
         self.quarantine = quarantine
@@ -136,6 +191,14 @@ class Membership:
         self.events = f"{prefix}:events"
         self._beat = link.script(_BEAT)
         self._leave = link.script(_LEAVE)
+        self._write_files = link.script(_FILES)
+        self.files = frozenset(files)
+        self.files_digest = digest(self.files)
+        self.files_hash = f"{prefix}:files"
+        self.files_key = f"{self.files_hash}:{node_id}:{self.files_digest}"
+        self._files_written = False  # the set is in Redis (as far as this node knows)
+        self._known_files: dict[str, tuple[str, frozenset[str]]] = {}  # member -> digest, set
+        self.files_read = 0  # other members' file sets read from Redis
         self.view: View | None = None
         self.last_beat: float | None = None  # trio time of the last successful heartbeat
         self._poke = trio.Event()
@@ -158,11 +221,33 @@ class Membership:
         me = "" if self._left else self.node_id
         known = self.known or self.view is not None
         timeout_ms, quarantine_ms = round(self.member_timeout * 1000), round(self.quarantine * 1000)
-        epoch, now_ms, members, left_ms, taken = await self._beat(
-            [self.members_key, self.epoch_key, *self._rebirth, self.instance_key],
-            [me, timeout_ms, self.events, int(known), quarantine_ms, self.token],
+        if me and self.files and not self._files_written:
+            await self._write_files([self.files_key], [timeout_ms, *sorted(self.files)])
+            self._files_written = True
+        epoch, now_ms, members, left_ms, taken, digests, missing = await self._beat(
+            [
+                self.members_key,
+                self.epoch_key,
+                *self._rebirth,
+                self.instance_key,
+                self.files_hash,
+                self.files_key,
+            ],
+            [
+                me,
+                timeout_ms,
+                self.events,
+                int(known),
+                quarantine_ms,
+                self.token,
+                self.files_digest,
+                len(self.files),
+            ],
         )
         self.taken = bool(taken)
+        if missing:  # Redis lost the set: written again before the next heartbeat
+            self._files_written = False
+            self._poke.set()
         quarantined = int(left_ms) > 0
         if quarantined and not self._quarantined:
             log.warning(
@@ -172,14 +257,40 @@ class Membership:
                 int(left_ms) / 1000,
             )
         self._quarantined = quarantined
+        names = [_text(m) for m in members]
+        published = {m: _text(d) for m, d in zip(names, digests, strict=False) if d is not None}
         view = View(
             epoch=int(epoch),
-            members=tuple(sorted(m.decode() if isinstance(m, bytes) else m for m in members)),
+            members=tuple(sorted(names)),
             redis_time=int(now_ms) / 1000,
+            files=await self._files_of(published),
         )
         self.view = view
         self.last_beat = trio.current_time()
         return view
+
+    async def _files_of(self, published: Mapping[str, str]) -> dict[str, frozenset[str]]:
+        """Each member's file channels from their digests: read only those new to this node.
+
+        A set that does not match its digest (gone with its member, or a
+        Redis that lost it) is not taken: what was known of the member stays
+        (for one new here, nothing: it is taken to run every channel, as a
+        member that publishes nothing), and the set is read again at the
+        next heartbeat.
+        """
+        known = self._known_files
+        for member in [m for m in known if m not in published]:
+            del known[member]
+        for member, found in published.items():
+            if member == self.node_id and found == self.files_digest:
+                known[member] = (found, self.files)
+            elif known.get(member, ("",))[0] != found:
+                raw = await self.link.call("SMEMBERS", f"{self.files_hash}:{member}:{found}")
+                self.files_read += 1
+                files = frozenset(_text(c) for c in raw)
+                if digest(files) == found:
+                    known[member] = (found, files)
+        return {member: files for member, (_, files) in sorted(known.items())}
 
     async def leave(self) -> None:
         """Leave the cluster now (a drain); later heartbeats only watch.
@@ -190,7 +301,7 @@ class Membership:
         """
         self._left = True
         await self._leave(
-            [self.members_key, self.epoch_key, self.instance_key],
+            [self.members_key, self.epoch_key, self.instance_key, self.files_hash, self.files_key],
             [self.node_id, self.events, self.token],
         )
 
@@ -232,7 +343,11 @@ class Membership:
                     # same channels on themselves and share its forwarding inbox.
                     nursery.cancel_scope.cancel()
                     break
-                if view.epoch != last.epoch or view.members != last.members:
+                if (
+                    view.epoch != last.epoch
+                    or view.members != last.members
+                    or view.files != last.files
+                ):
                     last = view
                     on_view(view)
         raise ClusterUnavailable(
@@ -270,3 +385,12 @@ class Membership:
     async def _listen(self) -> None:
         async for _ in self.link.listen(self.events):
             self._poke.set()  # another node changed the set: look now
+
+
+def digest(channel_ids: Iterable[str]) -> str:
+    """A set of channel ids' digest (the same for the same set, in any order)."""
+    return xxhash.xxh3_128_hexdigest("\n".join(sorted(channel_ids)).encode())
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

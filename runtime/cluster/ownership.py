@@ -23,6 +23,15 @@ Design:
   after a membership change settles, not sooner than a cooldown after the
   channel arrived, a bounded number at a time. Taking a free channel is not
   delayed.
+- Placement hashes a channel only over the members that can run it: a
+  file entry of the catalog (no spec in the store) over the members whose
+  published file holds it, any other channel over every member. A member
+  that published nothing (an older node) is taken to run everything, as
+  before. A channel no live member can run is placed nowhere and reported
+  (a warning when it becomes so, ``unplaced`` in the operator's view); a
+  member's file set changing (it restarted with another file) or a
+  catalog entry changing kind moves channels as a membership change does,
+  under the same pacing; nothing moves while neither changes.
 - Operator controls (``runtime.cluster.controls``): while rebalancing is
   paused no voluntary move is made; a channel pinned to a live member is
   owned by that member, and the node holding it lets it go at once (the
@@ -124,7 +133,12 @@ class Ownership:
         self.lag = LoopLag(window=leases.ttl, cap=leases.ttl / 3)
         self._kept_until = math.inf  # the soonest a channel kept by the pacing may go
         self.ring = HashRing((), vnodes=vnodes)
-        self.catalog: frozenset[str] = frozenset()
+        self.catalog: frozenset[str] = frozenset()  # the cluster's channels this node can run
+        # The catalog's file entries (this node's file's or another's): they run
+        # only on the members whose file holds them.
+        self.from_file: frozenset[str] = frozenset()
+        self.files: dict[str, frozenset[str]] = {}  # member -> its file's channels, if published
+        self._unplaced: frozenset[str] = frozenset()  # as last reported
         self.pins: dict[str, str] = {}  # an operator's: channel -> node (runtime.cluster.controls)
         self.owned: dict[str, OwnedChannel] = {}
         self.fenced: set[str] = (
@@ -148,18 +162,39 @@ class Ownership:
 
     # --- inputs ------------------------------------------------------------------------------
 
-    def set_members(self, members: Iterable[str]) -> None:
-        """The live members changed: place again."""
+    def set_members(
+        self, members: Iterable[str], files: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
+        """The live members (and the file channels each published) changed: place again.
+
+        Args:
+            members: the live members.
+            files: each member's file channels, for those that published them
+                (``None``: as before).
+        """
         members = tuple(sorted(members))
-        if members != self.ring.members:
-            self.ring = HashRing(members, vnodes=self.vnodes)
+        found = self.files if files is None else {m: files[m] for m in members if m in files}
+        if members != self.ring.members or found != self.files:
+            if members != self.ring.members:
+                self.ring = HashRing(members, vnodes=self.vnodes)
+            self.files = found
             self.fenced.clear()
             self.rebalancer.members_changed(trio.current_time())
         self._changed.set()
 
-    def set_catalog(self, channel_ids: Iterable[str]) -> None:
-        """The cluster's channel set changed."""
+    def set_catalog(
+        self, channel_ids: Iterable[str], from_file: Iterable[str] | None = None
+    ) -> None:
+        """The cluster's channel set changed.
+
+        Args:
+            channel_ids: the catalog's channels this node can run.
+            from_file: the catalog's file entries, this node's or another's
+                (``None``: as before).
+        """
         self.catalog = frozenset(channel_ids)
+        if from_file is not None:
+            self.from_file = frozenset(from_file)
         self._changed.set()
 
     def set_controls(self, *, paused: bool, pins: Mapping[str, str]) -> None:
@@ -168,12 +203,36 @@ class Ownership:
         self.pins = dict(pins)
         self._changed.set()
 
+    def can_run(self, member: str, channel_id: str) -> bool:
+        """Whether ``member`` can run the channel (as far as it published)."""
+        if channel_id not in self.from_file:
+            return True  # its spec is in the store: any member reads it
+        files = self.files.get(member)
+        return files is None or channel_id in files
+
     def owner(self, channel_id: str) -> str | None:
-        """The node that should own ``channel_id``: its pin if a live member, else placement."""
+        """The node that should own ``channel_id``.
+
+        Its pin if a live member that can run it, else placement over the
+        members that can run it; ``None`` if none can.
+        """
         pinned = self.pins.get(channel_id)
-        if pinned is not None and pinned in self.ring.members:
+        if pinned is not None and pinned in self.ring.members and self.can_run(pinned, channel_id):
             return pinned
-        return self.ring.owner(channel_id)
+        if channel_id not in self.from_file or not self.files:
+            return self.ring.owner(channel_id)
+        return self.ring.owner(channel_id, lambda member: self.can_run(member, channel_id))
+
+    def unplaced(self) -> frozenset[str]:
+        """The channels of the catalog no live member can run (placed nowhere)."""
+        if not self.ring.members:
+            return frozenset()  # no members at all: nothing is placed, nothing to say
+        # This node, a member, can run the channels of its own catalog: only the
+        # other files' channels may have nowhere to go.
+        maybe = (
+            self.from_file - self.catalog if self.node_id in self.ring.members else self.from_file
+        )
+        return frozenset(c for c in maybe if self.owner(c) is None)
 
     def mark_fenced(self, channel_id: str) -> None:
         """The platform says another client holds the channel: let it go."""
@@ -253,11 +312,13 @@ class Ownership:
             going: list[str] = []
             self._kept_until = math.inf
             for channel_id in [c for c in self.owned if c not in wanted]:
+                pinned = self.pins.get(channel_id)
                 forced = (
                     channel_id in lost
                     or channel_id in self.fenced
-                    # pinned to another live member: an operator's move, now, paused or not
-                    or self.pins.get(channel_id) in self.ring.members
+                    # pinned to another live member that can run it: an operator's
+                    # move, now, paused or not
+                    or (pinned is not None and self.owner(channel_id) == pinned)
                 )
                 if forced or self.rebalancer.may_let_go(channel_id, now):
                     going.append(channel_id)
@@ -276,6 +337,30 @@ class Ownership:
             await self._each(coming, self._take)
             for channel_id in [c for c in self._retry_at if c not in wanted]:
                 del self._retry_at[channel_id]
+            self._report_unplaced()
+
+    def _report_unplaced(self) -> None:
+        """Say so when channels become unplaceable, and when they are placed again."""
+        unplaced = self.unplaced()
+        if unplaced == self._unplaced:
+            return
+        news = sorted(unplaced - self._unplaced)
+        placed = sorted((self._unplaced - unplaced) & self.from_file)  # (not: taken out)
+        self._unplaced = unplaced
+        if news:
+            log.warning(
+                "cluster: %d channel(s) can run on no live member (each is a channel of a "
+                "deployment file no member's file holds), so no node runs them: %s; run a "
+                "node whose file holds them, or start them through the API",
+                len(news),
+                ", ".join(news[:10]) + (", ..." if len(news) > 10 else ""),
+            )
+        if placed:
+            log.info(
+                "cluster: %d channel(s) can run on a live member again: %s",
+                len(placed),
+                ", ".join(placed[:10]) + (", ..." if len(placed) > 10 else ""),
+            )
 
     async def _each(self, channel_ids: list[str], step: Callable[[str], Awaitable[None]]) -> None:
         """``step`` for every channel, concurrently; Redis unreachable is raised once, after."""

@@ -16,6 +16,14 @@ Design:
   and 10,000 channels, the most loaded node holds about 1.06 times the mean
   (the bench measures it; most of what remains is the sampling noise of
   10,000 channels).
+- Not every member can run every channel: a channel entered from a
+  deployment file runs only on the members whose file holds it (a rolling
+  upgrade, a file not copied to every host, another deployment under the
+  same prefix). :meth:`HashRing.owner` takes the members that may own the
+  channel and walks clockwise past the others' points: the owner is the
+  one a ring of the able members alone would give, so placement among them
+  keeps the ring's movement (a channel moves only when its owner's ability
+  or membership changes). A channel no member can run has no owner.
 - Placement says who *should* own a channel; only a lease lets a node
   connect it (``runtime.cluster.leases``).
 """
@@ -23,7 +31,7 @@ Design:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import xxhash
@@ -71,13 +79,30 @@ class HashRing:
         """The members, sorted."""
         return self._members
 
-    def owner(self, channel_id: str) -> str | None:
-        """The member that should own ``channel_id``; ``None`` with no members."""
+    def owner(self, channel_id: str, able: Callable[[str], bool] | None = None) -> str | None:
+        """The member that should own ``channel_id``.
+
+        Args:
+            channel_id: the channel.
+            able: which members can run the channel (``None``: all of them).
+
+        Returns:
+            The first able member clockwise of the channel's point; ``None``
+            with no (able) members.
+        """
         owners = self._owners
         if not owners:
             return None
         index = _bisect(self._points, _xxh3(channel_id.encode()))
-        return owners[index if index < len(owners) else 0]
+        if index == len(owners):
+            index = 0
+        if able is None or able(owners[index]):
+            return owners[index]
+        if not any(able(member) for member in self._members):
+            return None  # (else the walk below would go all the way round)
+        while not able(owners[index]):
+            index = index + 1 if index + 1 < len(owners) else 0
+        return owners[index]
 
     def __repr__(self) -> str:
         return f"<HashRing members={len(self._members)} vnodes={self.vnodes}>"

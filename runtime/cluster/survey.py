@@ -10,7 +10,9 @@ Design:
   consistently.
 - A channel is *moving* when its lease holder is not the node placement
   puts it on (a join, a leave or a failover not finished, or the pacing
-  holding it), or when no node holds it yet.
+  holding it), or when no node holds it yet. A channel no live member can
+  run (a file entry no member's file holds) is placed on no node: it is
+  *unplaced*, not moving, since it goes nowhere until such a member joins.
 """
 
 from __future__ import annotations
@@ -61,11 +63,12 @@ class LeaseView:
 
     Attributes:
         channel_id: the channel.
-        placed_on: the node placement puts it on (``None``: no members).
+        placed_on: the node placement puts it on (``None``: no live member can
+            run it, or there are no members).
         holder: the node holding its lease (``None``: nobody, it is free).
         token: the lease's fencing token.
         expires_in: seconds left on the lease unless renewed.
-        moving: held by a node other than ``placed_on``, or by none.
+        moving: placed on a node, and held by another one, or by none.
     """
 
     channel_id: str
@@ -76,6 +79,8 @@ class LeaseView:
 
     @property
     def moving(self) -> bool:
+        if self.placed_on is None:  # unplaced: it goes nowhere
+            return False
         return self.holder is None or self.holder != self.placed_on
 
 
@@ -110,6 +115,13 @@ class ClusterSurvey:
     def moving(self) -> tuple[LeaseView, ...]:
         """The channels not (yet) where placement puts them."""
         return tuple(lease for lease in self.leases if lease.moving)
+
+    @property
+    def unplaced(self) -> tuple[str, ...]:
+        """The channels placement puts on no node: no live member can run them."""
+        if not self.members:
+            return ()
+        return tuple(lease.channel_id for lease in self.leases if lease.placed_on is None)
 
 
 async def survey(

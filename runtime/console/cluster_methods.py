@@ -155,9 +155,13 @@ async def _placement(session: Session, params: NoParams) -> Any:
     placed: dict[str, int] = {}
     held: dict[str, int] = {}
     moving = 0
+    unplaced = set(survey.unplaced)
+    nowhere: list[str] = []  # no live member can run them
     for lease in survey.leases:
         if not session.grant.sees(tenants.get(lease.channel_id, "")):
             continue
+        if lease.channel_id in unplaced:
+            nowhere.append(lease.channel_id)
         if lease.placed_on is not None:
             placed[lease.placed_on] = placed.get(lease.placed_on, 0) + 1
         if lease.holder is not None:
@@ -168,6 +172,7 @@ async def _placement(session: Session, params: NoParams) -> Any:
         "placed": placed,
         "held": held,
         "moving": moving,
+        "unplaced": nowhere,
         **_controls(session, survey),
     }
 
@@ -393,7 +398,8 @@ CLUSTER_METHODS: Final = (
         name="cluster.placement",
         scope=Scope.READ,
         params=NoParams,
-        summary="channels per node: where placement puts them, who holds them, how many move",
+        summary="channels per node: where placement puts them, who holds them, how many "
+        "move, which no live member can run",
         handler=_placement,
     ),
     Method(

@@ -258,6 +258,13 @@ def cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
         return [f"cluster: {cluster['error']}"]
     placement = cluster["placement"]
     lines = [f"moving: {placement['moving']}"]
+    unplaced = placement.get("unplaced") or []
+    if unplaced:
+        shown = ", ".join(unplaced[:5])
+        lines.append(
+            f"unplaced: {len(unplaced)}, no live member can run them "
+            f"({shown}{', ...' if len(unplaced) > 5 else ''})"
+        )
     paused = placement.get("paused")
     if paused:
         lines.append(f"rebalancing paused by {paused.get('by', '?')}: {paused.get('reason', '')}")
