@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,16 +23,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.channel import Tenure
+from providers.simulated import SimulatedProvider
+from runtime import NodeError, open_node
 from runtime.cluster import open_cluster
 from runtime.cluster.leases import Leases
 from runtime.cluster.membership import Membership, digest
 from runtime.cluster.ownership import Ownership
 from runtime.cluster.placement import HashRing
-from runtime.config.model import ChannelSpec, StorageConfig
+from runtime.config.model import ChannelSpec, ClusterConfig, StorageConfig
+from runtime.console.top import cluster_lines
 from runtime.store import open_store
 from tests.test_cluster_faults import _config
 from tests.test_cluster_redis import CEILING as REAL_CEILING
 from tests.test_cluster_redis import Runner, redis
+from tests.test_node_cluster import cluster_config
+from tests.test_node_embedded import wait_connected
 
 # --- the ring, restricted to the able members (pure) ------------------------------------------
 
@@ -381,3 +387,56 @@ async def test_nothing_moves_and_nothing_is_read_again_while_nothing_changes(
                     assert (a.membership.files_read, b.membership.files_read) == read == (1, 1)
                     assert len(a_runner.starts + b_runner.starts) == starts
                     assert len(a_runner.stops + b_runner.stops) == stops
+
+
+async def test_a_node_keeps_its_file_channel_from_a_member_that_cannot_run_it_even_pinned(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real node runs channel c from its file; a member whose file lacks c
+    joins (its membership only), one placement over both would give c to.
+    The node keeps c, its view places c on itself, and a pin of c to the
+    other member is refused."""
+    ring = HashRing(("other", "solo"), vnodes=attrs.fields(ClusterConfig).vnodes.default)
+    c = next(c for c in (f"c{n}" for n in range(1000)) if ring.owner(c) == "other")
+    reconciles = _Reconciles(monkeypatch)
+    with trio.fail_after(REAL_CEILING):
+        async with open_node(
+            cluster_config(tmp_path, prefix, c), providers={"simulated": SimulatedProvider()}
+        ) as node:
+            await wait_connected(node, 1)
+            async with redis() as link:
+                other = Membership(
+                    link,
+                    prefix=prefix,
+                    node_id="other",
+                    heartbeat_interval=1.0,
+                    member_timeout=30.0,  # a member for the test's length, silent
+                    files=[],
+                )
+                await other.beat()
+                await reconciles.until(
+                    lambda: reconciles.saw("solo", lambda s: s.files.get("other") == frozenset())
+                )
+                view = await node.cluster()
+                assert [(m.node, m.placed, m.held) for m in view.members] == [
+                    ("other", 0, 0),
+                    ("solo", 1, 1),
+                ]
+                assert view.unplaced == () and view.moving == ()
+                with pytest.raises(NodeError, match=f"cannot run channel '{c}'"):
+                    await node.pin_channel(c, "other")
+                (snapshot,) = node.channels()
+                assert snapshot.owner == "solo" and not snapshot.remote
+                await other.leave()
+
+
+def test_the_terminal_view_lists_the_channels_no_member_can_run() -> None:
+    cluster = {
+        "members": [{"node": "n1", "heartbeat_age": 0.25, "placed": 1, "held": 1}],
+        "placement": {"moving": 0, "unplaced": ["x1", "x2"], "paused": None, "pins": {}},
+    }
+    assert cluster_lines(cluster) == [
+        "moving: 0",
+        "unplaced: 2, no live member can run them (x1, x2)",
+        "n1: heartbeat 0.2s ago, placed 1, held 1",
+    ]
