@@ -56,7 +56,7 @@ import xxhash
 from . import rebirth
 from .redis import ClusterUnavailable, RedisLink
 
-__all__ = ["Membership", "View"]
+__all__ = ["Membership", "View", "digest"]
 
 log = logging.getLogger("switchboard.cluster")
 
