@@ -317,7 +317,7 @@ class ClusterMode:
             ClusterUnavailable: Redis did not answer.
         """
         cluster = self._clustered()
-        if channel_id not in cluster.ownership.catalog:
+        if channel_id not in cluster.ownership.catalog | cluster.ownership.from_file:
             raise UnknownChannel(channel_id)
         view = cluster.view
         members = view.members if view is not None else ()
@@ -351,7 +351,7 @@ class ClusterMode:
             ClusterUnavailable: Redis did not answer.
         """
         cluster = self._clustered()
-        if channel_id not in cluster.ownership.catalog:
+        if channel_id not in cluster.ownership.catalog | cluster.ownership.from_file:
             raise UnknownChannel(channel_id)
         return await cluster.lease_holder(channel_id)
 

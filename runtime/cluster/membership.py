@@ -35,11 +35,15 @@ Design:
   dead member's field goes with it, a leaving one removes its own. A
   heartbeat that finds the set gone (a Redis that lost its data) says so,
   and the node writes it again before its next one. A reader takes a set
-  only if it matches its digest: meanwhile the others keep what they read
-  before, and a node that never read it takes the member to publish
-  nothing until it can.
+  only if it matches its digest, and keeps each set by its digest (the
+  digest names the content: a digest seen before is never read again, even
+  after a heartbeat that missed its member, and members with one file share
+  one read). A member whose digest is known but whose set is not read yet
+  (lost, being written again) runs no file channel until it is: it
+  published a digest, so it is of this version.
 - A member with no digest (a node of an older version) publishes nothing:
-  it is taken to run every channel, as before.
+  it takes the file channels its own placement gives it (the ring over
+  every member), as before, and no others.
 """
 
 from __future__ import annotations
@@ -104,6 +108,14 @@ end
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local digests = {}
 if #members > 0 then digests = redis.call('HMGET', KEYS[6], unpack(members)) end
+local named = 0
+for i = 1, #members do if digests[i] then named = named + 1 end end
+if redis.call('HLEN', KEYS[6]) > named then
+  -- fields of members another script declared dead (an older node's): gone too
+  for _, name in ipairs(redis.call('HKEYS', KEYS[6])) do
+    if not redis.call('ZSCORE', KEYS[1], name) then redis.call('HDEL', KEYS[6], name) end
+  end
+end
 return {epoch, now, members, quarantine, taken, digests, missing}
 """
 )
@@ -197,7 +209,7 @@ class Membership:
         self.files_hash = f"{prefix}:files"
         self.files_key = f"{self.files_hash}:{node_id}:{self.files_digest}"
         self._files_written = False  # the set is in Redis (as far as this node knows)
-        self._known_files: dict[str, tuple[str, frozenset[str]]] = {}  # member -> digest, set
+        self._sets: dict[str, frozenset[str]] = {}  # digest -> its set, recently seen
         self.files_read = 0  # other members' file sets read from Redis
         self.view: View | None = None
         self.last_beat: float | None = None  # trio time of the last successful heartbeat
@@ -274,23 +286,25 @@ class Membership:
 
         A set that does not match its digest (gone with its member, or a
         Redis that lost it) is not taken: what was known of the member stays
-        (for one new here, nothing: it is taken to run every channel, as a
-        member that publishes nothing), and the set is read again at the
-        next heartbeat.
+        (for one new here, nothing: it runs no file channel until its set
+        is read), and the set is read again at the next heartbeat. Sets
+        are kept by digest, the most recent few per member.
         """
-        known = self._known_files
-        for member in [m for m in known if m not in published]:
-            del known[member]
+        sets = self._sets
+        sets[self.files_digest] = self.files
+        result: dict[str, frozenset[str]] = {}
         for member, found in published.items():
-            if member == self.node_id and found == self.files_digest:
-                known[member] = (found, self.files)
-            elif known.get(member, ("",))[0] != found:
+            if found not in sets:
                 raw = await self.link.call("SMEMBERS", f"{self.files_hash}:{member}:{found}")
                 self.files_read += 1
                 files = frozenset(_text(c) for c in raw)
                 if digest(files) == found:
-                    known[member] = (found, files)
-        return {member: files for member, (_, files) in sorted(known.items())}
+                    sets[found] = files
+            # (a member of this version whose set is not read yet runs no file entry)
+            result[member] = sets.get(found, frozenset())
+        for stale in list(sets)[: max(len(sets) - 4 * len(published) - 16, 0)]:
+            del sets[stale]  # (oldest first)
+        return dict(sorted(result.items()))
 
     async def leave(self) -> None:
         """Leave the cluster now (a drain); later heartbeats only watch.

@@ -26,8 +26,9 @@ Design:
 - Placement hashes a channel only over the members that can run it: a
   file entry of the catalog (no spec in the store) over the members whose
   published file holds it, any other channel over every member. A member
-  that published nothing (an older node) is taken to run everything, as
-  before. A channel no live member can run is placed nowhere and reported
+  that published nothing (an older node) places over every member, as
+  before: it is given a file channel only where that ring puts it, which
+  is where it would take it itself. A channel no live member can run is placed nowhere and reported
   (a warning when it becomes so, ``unplaced`` in the operator's view); a
   member's file set changing (it restarted with another file) or a
   catalog entry changing kind moves channels as a membership change does,
@@ -221,7 +222,17 @@ class Ownership:
             return pinned
         if channel_id not in self.from_file or not self.files:
             return self.ring.owner(channel_id)
-        return self.ring.owner(channel_id, lambda member: self.can_run(member, channel_id))
+        return self.ring.owner(channel_id, lambda member: self._takes(member, channel_id))
+
+    def _takes(self, member: str, channel_id: str) -> bool:
+        """Whether placement may give ``member`` the channel (pins aside).
+
+        A member that publishes nothing (an older node) places over every
+        member: it takes only what the ring over all of them gives it.
+        """
+        if channel_id in self.from_file and member not in self.files:
+            return self.ring.owner(channel_id) == member
+        return self.can_run(member, channel_id)
 
     def unplaced(self) -> frozenset[str]:
         """The channels of the catalog no live member can run (placed nowhere)."""
