@@ -58,7 +58,8 @@ class Catalog:
         self.link = link
         self.announcements = f"{prefix}:catalog"
         self.file_specs = {spec.id: spec for spec in file_specs if spec.enabled}
-        self.specs: dict[str, ChannelSpec] = {}
+        # Replaced at every change, never changed in place (see watch): read-only here.
+        self.specs: Mapping[str, ChannelSpec] = {}
         # The entries entered from a deployment file, this node's or another's.
         self.from_file: frozenset[str] = frozenset()
         self._foreign: frozenset[str] = frozenset()  # file entries this node's file lacks
@@ -81,7 +82,7 @@ class Catalog:
         """
         entry = _FROM_FILE if spec == self.file_specs.get(spec.id) else CONVERTER.unstructure(spec)
         await self.store.catalog_put({spec.id: entry}, source="api")
-        self.specs[spec.id] = spec
+        self.specs = {**self.specs, spec.id: spec}  # a new dict: see watch
         from_file = self.from_file - {spec.id}
         self.from_file = from_file | {spec.id} if entry is _FROM_FILE else from_file
         await self._announce()
@@ -93,7 +94,7 @@ class Catalog:
             StoreError: the store could not be written.
         """
         removed = await self.store.catalog_remove(channel_id)
-        self.specs.pop(channel_id, None)
+        self.specs = {c: spec for c, spec in self.specs.items() if c != channel_id}  # see watch
         self.from_file -= {channel_id}
         await self._announce()
         return removed
@@ -144,6 +145,14 @@ class Catalog:
 
         A change is one of the specs this node can run, or of which entries
         are file entries (:attr:`from_file`, read by ``on_change``).
+
+        The last specs reported are kept to compare with: :meth:`put` and
+        :meth:`remove` replace :attr:`specs` (as :meth:`load` does), never
+        change it in place. Changed in place, the dict kept was changed too:
+        this node's own change then equalled the next reload, was not
+        reported, and this node's ownership did not hear of it until some
+        later change (a channel started here did not start, one stopped here
+        kept its lease).
         """
         last: tuple[dict[str, ChannelSpec], frozenset[str]] | None = None
         async with trio.open_nursery() as nursery:
