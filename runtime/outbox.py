@@ -16,7 +16,10 @@ letters, the caller's timeout, and the drain, which keeps a send still out
 at its deadline (its ``Sent`` then holds ``NodeDraining``). A send of a
 key answered recently is answered at once; one of a key on its way already,
 or on a node in a cluster, goes the long way, in a task of the node's (it
-goes on, like every send out, if the outbox's block ends first).
+goes on, like every send out, if the outbox's block ends first). On a node
+in a cluster every send goes so (its channel may run on another node): what
+refuses it after the checks of its arguments (``UnknownChannel``,
+``Overloaded``, ...) comes as its :class:`Sent`, not raised by ``send``.
 
 The outcomes come either to ``on_sent`` or through ``async for sent in
 outbox``, which ends once the outbox is closed and every outcome was taken.
@@ -143,6 +146,10 @@ class Outbox:
             UnknownChannel, ChannelFailed, KeyReused, MailboxFull: as ``node.send``.
             Overloaded: the node or the channel holds its bound of sends:
                 retry after ``retry_after`` seconds.
+
+        On a node in a cluster only the first two lines are raised here;
+        the others come as the send's :class:`Sent` (the channel may run on
+        another node, which decides).
         """
         if self._closed:
             raise RuntimeError(f"{self!r}: the outbox is closed; nothing was sent")
