@@ -147,8 +147,9 @@ class Outbox:
             Overloaded: the node or the channel holds its bound of sends:
                 retry after ``retry_after`` seconds.
 
-        On a node in a cluster only the first two lines are raised here;
-        the others come as the send's :class:`Sent` (the channel may run on
+        On a node in a cluster, only what is wrong with the call itself (the
+        outbox closed, a bad argument, a node still starting) is raised here;
+        the rest comes as the send's :class:`Sent` (the channel may run on
         another node, which decides).
         """
         if self._closed:
