@@ -323,6 +323,63 @@ class GcWatch:
         gc.callbacks.remove(self._callback)
 
 
+class _Meter:
+    """What a load step reads before it and after it: the node's CPU, the far
+    end's, and the node's refusals."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.cpu0 = cpu_seconds()
+        self.emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
+        self.refused0 = Counter(rig.node.statistics().sends_refused)
+
+    def finish(self, result: StepResult, start: float, unfinished: int) -> StepResult:
+        if unfinished:
+            result.errors["unfinished at the step's deadline"] += unfinished
+        result.elapsed = max(result.done_at, default=trio.current_time() - start)
+        result.cpu = cpu_seconds() - self.cpu0
+        rig = self.rig
+        statistics = rig.node.statistics()
+        result.refused = Counter(statistics.sends_refused) - self.refused0
+        result.loop_lag = statistics.loop_lag
+        emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
+        emu0 = self.emu0
+        result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
+        return result
+
+
+def _delivered(result: StepResult, start: float, due_at: float, now: float) -> None:
+    """Count a send the far end acknowledged at ``now``, due at ``due_at``."""
+    latency = now - due_at
+    result.ok += 1
+    result.latencies.append(latency)
+    result.done_at.append(now - start)
+    second = int(due_at - start)
+    if 0 <= second < len(result.by_second):
+        result.by_second[second].append(latency)
+
+
+async def _paced(rig: Rig, result: StepResult, ctx: RunContext, sent: int, in_flight: int) -> None:
+    """The pacer's wait for its next tick, once it has sent what was due."""
+    result.in_flight_peak = max(result.in_flight_peak, in_flight)
+    ctx.progress.update(
+        sent,
+        delivered=result.ok,
+        in_flight=in_flight,
+        errors=sum(result.errors.values()),
+        connected=rig.states.connected,
+    )
+    await trio.sleep(TICK)
+
+
+async def _wait_drained(ctx: RunContext, drained: trio.Event, in_flight: int) -> None:
+    """Wait, within the run's time, for the sends still out at the step's end."""
+    ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
+    if in_flight:
+        with trio.move_on_after(min(60.0, ctx.remaining())):
+            await drained.wait()
+
+
 async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext) -> StepResult:
     if params.send_api == "outbox":
         return await _load_step_outbox(rig, params, rate, ctx)
@@ -332,9 +389,7 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
     ids = rig.channel_ids
     n = len(ids)
     in_flight = 0
-    cpu0 = cpu_seconds()
-    emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
-    refused0 = Counter(rig.node.statistics().sends_refused)
+    meter = _Meter(rig)
 
     # The load runs in the node's process, so its cost counts as the node's:
     # no task per message. Workers take due sends off one queue and park when
@@ -355,14 +410,7 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
             except Exception as exc:  # counted by type: the figure is how many failed and why
                 result.errors[type(exc).__name__] += 1
             else:
-                now = trio.current_time()
-                latency = now - due_at
-                result.ok += 1
-                result.latencies.append(latency)
-                result.done_at.append(now - start)
-                second = int(due_at - start)
-                if 0 <= second < len(result.by_second):
-                    result.by_second[second].append(latency)
+                _delivered(result, start, due_at, trio.current_time())
             finally:
                 in_flight -= 1
                 if paced and not in_flight:
@@ -392,42 +440,22 @@ async def _load_step(rig: Rig, params: ChannelsParams, rate: float, ctx: RunCont
                     for _ in range(min(len(due) - woken, in_flight - workers)):
                         nursery.start_soon(worker)
                         workers += 1
-                result.in_flight_peak = max(result.in_flight_peak, in_flight)
-                ctx.progress.update(
-                    i,
-                    delivered=result.ok,
-                    in_flight=in_flight,
-                    errors=sum(result.errors.values()),
-                    connected=rig.states.connected,
-                )
-                await trio.sleep(TICK)
+                await _paced(rig, result, ctx, i, in_flight)
             result.scheduled = i
             paced = True
-            ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
-            if in_flight:
-                with trio.move_on_after(min(60.0, ctx.remaining())):
-                    await drained.wait()
+            await _wait_drained(ctx, drained, in_flight)
             unfinished = in_flight  # the cancel below runs the workers' finally blocks
             nursery.cancel_scope.cancel()
-    if unfinished:
-        result.errors["unfinished at the step's deadline"] += unfinished
-    result.elapsed = max(result.done_at, default=trio.current_time() - start)
-    result.cpu = cpu_seconds() - cpu0
-    statistics = rig.node.statistics()
-    result.refused = Counter(statistics.sends_refused) - refused0
-    result.loop_lag = statistics.loop_lag
-    emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
-    result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
-    return result
+    return meter.finish(result, start, unfinished)
 
 
 async def _load_step_outbox(
     rig: Rig, params: ChannelsParams, rate: float, ctx: RunContext
 ) -> StepResult:
     """:func:`_load_step` through one ``Node.outbox``: the pacer starts each due
-    send, and the outbox's callback (in the task that learnt the outcome, the
-    connection's reader) counts it. No task waits on a send, as in the bare
-    client, whose pacer sends and whose readers count the acks."""
+    send, and the outbox's ``on_sent`` counts its outcome (in the outbox's one
+    task, a wake-up per batch of answers). No task waits on a send, as in the
+    bare client, whose pacer sends and whose readers count the acks."""
     result = StepResult(rate=rate, duration=params.duration)
     result.by_second = [[] for _ in range(math.ceil(params.duration))]
     text = ("x" * params.text_size)[: params.text_size]
@@ -436,9 +464,7 @@ async def _load_step_outbox(
     in_flight = 0
     paced = False  # every send of the step is due: what is left is in flight
     drained = trio.Event()
-    cpu0 = cpu_seconds()
-    emu0 = rig.emulator.cpu_seconds() if rig.emulator else None
-    refused0 = Counter(rig.node.statistics().sends_refused)
+    meter = _Meter(rig)
     prefix = f"r{rate:.0f}-"
     start = trio.current_time()
 
@@ -447,14 +473,7 @@ async def _load_step_outbox(
         in_flight -= 1
         if sent.error is None:
             i = int(sent.message.idempotency_key[len(prefix) :])
-            due_at = start + i / rate
-            latency = sent.at - due_at
-            result.ok += 1
-            result.latencies.append(latency)
-            result.done_at.append(sent.at - start)
-            second = int(due_at - start)
-            if 0 <= second < len(result.by_second):
-                result.by_second[second].append(latency)
+            _delivered(result, start, start + i / rate, sent.at)
         else:
             result.errors[type(sent.error).__name__] += 1
         if paced and not in_flight:
@@ -484,33 +503,13 @@ async def _load_step_outbox(
                         else:
                             in_flight += 1
                     i += 1
-                result.in_flight_peak = max(result.in_flight_peak, in_flight)
-                ctx.progress.update(
-                    i,
-                    delivered=result.ok,
-                    in_flight=in_flight,
-                    errors=sum(result.errors.values()),
-                    connected=rig.states.connected,
-                )
-                await trio.sleep(TICK)
+                await _paced(rig, result, ctx, i, in_flight)
             result.scheduled = i
             paced = True
-            ctx.progress.phase(f"waiting for {in_flight:,} sends in flight")
-            if in_flight:
-                with trio.move_on_after(min(60.0, ctx.remaining())):
-                    await drained.wait()
+            await _wait_drained(ctx, drained, in_flight)
             unfinished = in_flight
             step.cancel()  # what is still out goes on in the node, unheard
-    if unfinished:
-        result.errors["unfinished at the step's deadline"] += unfinished
-    result.elapsed = max(result.done_at, default=trio.current_time() - start)
-    result.cpu = cpu_seconds() - cpu0
-    statistics = rig.node.statistics()
-    result.refused = Counter(statistics.sends_refused) - refused0
-    result.loop_lag = statistics.loop_lag
-    emu1 = rig.emulator.cpu_seconds() if rig.emulator else None
-    result.emulator_cpu = emu1 - emu0 if emu0 is not None and emu1 is not None else None
-    return result
+    return meter.finish(result, start, unfinished)
 
 
 @attrs.frozen(kw_only=True)
