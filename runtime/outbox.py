@@ -257,6 +257,9 @@ class Outbox:
             result = await self._node._route(channel_id, message, timeout)
         except Exception as exc:
             self._ended(channel_id, message, None, exc)
+        except BaseException as exc:  # the node's end cancelled it: ended all the same
+            self._ended(channel_id, message, None, exc)
+            raise
         else:
             self._ended(channel_id, message, result, None)
 
