@@ -16,7 +16,8 @@ letters, the caller's timeout, and the drain, which keeps a send still out
 at its deadline (its ``Sent`` then holds ``NodeDraining``). A send of a
 key answered recently is answered at once; one of a key on its way already,
 or on a node in a cluster, goes the long way, in a task of the node's (it
-goes on, like every send out, if the outbox's block ends first). On a node
+goes on, like every send out, if the outbox's block ends first), one a
+channel and peer at a time, so that a peer's messages keep their order. On a node
 in a cluster every send goes so (its channel may run on another node): what
 refuses it after the checks of its arguments (``UnknownChannel``,
 ``Overloaded``, ...) comes as its :class:`Sent`, not raised by ``send``.
@@ -119,6 +120,8 @@ class Outbox:
         self._closed = False
         self._abandoned = False  # its block ended under an error: outcomes go nowhere
         self._handed = 0  # outcomes handed over since `async for` last let others run
+        # Long-way sends waiting for the one before them, by channel and peer.
+        self._chains: dict[tuple[str, str | None], deque[tuple[Operation, float, float]]] = {}
         if on_sent is not None:
             nursery.start_soon(self._hand_to, on_sent)
 
@@ -160,9 +163,7 @@ class Outbox:
         try:
             ended = functools.partial(self._ended, channel_id, message)
             if not node._send_soon(channel_id, message, timeout, ended):
-                # The long way, in a task of the node's: it goes on (tracked, drained)
-                # if this outbox's block ends first.
-                node._background(self._send_in_task, channel_id, message, timeout)
+                self._long_way(channel_id, message, timeout)
         except BaseException:
             self._outstanding -= 1
             raise
@@ -251,17 +252,53 @@ class Outbox:
                     handed = 0
                     await trio.lowlevel.checkpoint()
 
-    async def _send_in_task(self, channel_id: str, message: Operation, timeout: float) -> None:  # noqa: ASYNC109
-        """A send that goes the long way (a key on its way, a cluster's node)."""
+    def _long_way(self, channel_id: str, message: Operation, timeout: float) -> None:
+        """Send ``message`` the long way (a key on its way, a cluster's node), in
+        a task of the node's: it goes on (tracked, drained) if this outbox's
+        block ends first.
+
+        One task a channel and peer at a time, each send after the one before
+        it ended, so that a peer's messages go in the order they were given
+        (tasks started together run in any order; a channel runs one send a
+        peer at a time all the same). Each one's timeout runs from here.
+        """
+        chain = (channel_id, getattr(message, "peer", None))
+        waiting = self._chains.get(chain)
+        if waiting is not None:
+            waiting.append((message, timeout, self._now()))
+            return
+        self._node._background(self._send_chain, chain, message, timeout, self._now())
+        self._chains[chain] = deque()
+
+    async def _send_chain(
+        self,
+        chain: tuple[str, str | None],
+        message: Operation,
+        timeout: float,  # noqa: ASYNC109
+        given: float,
+    ) -> None:
+        """Send a channel and peer's long-way sends in turn (see :meth:`_long_way`)."""
+        channel_id = chain[0]
+        waiting = self._chains[chain]
         try:
-            result = await self._node._route(channel_id, message, timeout)
-        except Exception as exc:
+            while True:
+                left = max(0.0, timeout - (self._now() - given))
+                try:
+                    result = await self._node._route(channel_id, message, left)
+                except Exception as exc:
+                    self._ended(channel_id, message, None, exc)
+                else:
+                    self._ended(channel_id, message, result, None)
+                if not waiting:
+                    return
+                message, timeout, given = waiting.popleft()
+        except BaseException as exc:  # the node's end cancelled it: every one ended all the same
             self._ended(channel_id, message, None, exc)
-        except BaseException as exc:  # the node's end cancelled it: ended all the same
-            self._ended(channel_id, message, None, exc)
+            while waiting:
+                self._ended(channel_id, waiting.popleft()[0], None, exc)
             raise
-        else:
-            self._ended(channel_id, message, result, None)
+        finally:
+            del self._chains[chain]
 
 
 @asynccontextmanager
