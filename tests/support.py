@@ -21,7 +21,7 @@ from websockets.uri import parse_uri
 
 from actors import ChannelSettings, ExponentialBackoff
 from providers.base import OutboundMessage
-from runtime import parse_config
+from runtime import Outbox, Sent, parse_config
 from runtime.config import NodeConfig
 
 CEILING: Final = 60.0  # virtual seconds; only a hang gets near it
@@ -240,3 +240,19 @@ def telegram_me() -> httpx.Response:
     """A Bot API answer to ``getMe``: a bot named ``b_bot`` (a fake Telegram's connect)."""
     me = {"id": 1, "is_bot": True, "first_name": "b", "username": "b_bot"}
     return httpx.Response(200, json={"ok": True, "result": me})
+
+
+def sent_key(sent: Sent) -> str:
+    """An outbox outcome's idempotency key."""
+    return str(sent.message.idempotency_key)
+
+
+def sent_outcome(sent: Sent) -> Any:
+    """An outbox outcome as ``node.send`` ends: its result, or its error."""
+    return sent.result if sent.ok else sent.error
+
+
+async def all_outcomes(outbox: Outbox) -> list[Sent]:
+    """Close ``outbox`` and take every outcome, in the order they came."""
+    outbox.close()
+    return [sent async for sent in outbox]

@@ -23,7 +23,6 @@ from runtime import (
     InvalidMessage,
     MessageTooLong,
     NodeDraining,
-    Outbox,
     Overloaded,
     Sent,
     UnknownChannel,
@@ -34,16 +33,9 @@ from runtime.config import StorageConfig
 from runtime.store import open_store
 
 from .support import CEILING
+from .support import all_outcomes as _all
+from .support import sent_key as _key
 from .test_node_embedded import FAST, message, node_config, sim, wait_connected
-
-
-def _key(sent: Sent) -> str:
-    return sent.message.idempotency_key
-
-
-async def _all(outbox: Outbox) -> list[Sent]:
-    outbox.close()
-    return [sent async for sent in outbox]
 
 
 async def test_each_outcome_is_what_node_send_gives(autojump_clock: trio.testing.MockClock) -> None:

@@ -43,7 +43,10 @@ from runtime import (
 )
 from tests.test_cluster_redis import REDIS_URL, redis
 
+from .support import all_outcomes as _all
 from .support import record_outcome
+from .support import sent_key as _key
+from .support import sent_outcome as _outcome
 from .test_node_embedded import FAST, message
 
 CEILING = 60.0  # real seconds per test; only a hang gets near it
@@ -178,14 +181,6 @@ async def until(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.01)
 
 
-def _key(sent: Sent) -> str:
-    return sent.message.idempotency_key
-
-
-def _outcome(sent: Sent) -> Any:
-    return sent.result if sent.ok else sent.error
-
-
 def _same_error(outbox_error: Any, send_error: Any, keys: tuple[str, str]) -> None:
     """The outbox's error is node.send's: its class, and its text but for the key
     (and the seconds left, which only real time decides)."""
@@ -200,11 +195,6 @@ def _same_error(outbox_error: Any, send_error: Any, keys: tuple[str, str]) -> No
 
 def _forwarding(node: Node) -> int:
     return node._forwarding
-
-
-async def _all(outbox: Any) -> list[Sent]:
-    outbox.close()
-    return [sent async for sent in outbox]
 
 
 # --- (1) a remote and a local channel: once each, in each peer's order -------------------------

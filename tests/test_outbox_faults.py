@@ -35,21 +35,10 @@ from runtime.config import StorageConfig
 from runtime.store import open_store
 
 from .support import CEILING, record_outcome
+from .support import all_outcomes as _all
+from .support import sent_key as _key
+from .support import sent_outcome as _outcome
 from .test_node_embedded import FAST, message, node_config, sim, wait_connected
-
-
-def _key(sent: Sent) -> str:
-    return sent.message.idempotency_key
-
-
-async def _all(outbox: Outbox) -> list[Sent]:
-    outbox.close()
-    return [sent async for sent in outbox]
-
-
-def _outcome(sent: Sent) -> Any:
-    return sent.result if sent.ok else sent.error
-
 
 # --- the drain, after the block was left under an error ------------------------------------
 
