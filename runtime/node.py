@@ -1259,7 +1259,11 @@ class Node(ClusterMode, DeadLetterOps):
         if pending.cut:
             # The drain cut it: told once the drain has kept the message, in a
             # task of the node's (the drain keeps it whether or not anyone listens).
-            self._background(self._kept_soon, pending, flight_key, exc, done)
+            try:
+                self._background(self._kept_soon, pending, flight_key, exc, done)
+            except NodeNotRunning:  # (never into the task that learnt it)
+                self._end_send(pending, flight_key)
+                done(None, _kept_error(pending))
             return
         self._end_send(pending, flight_key)
         error: BaseException | None
