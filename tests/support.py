@@ -256,3 +256,33 @@ async def all_outcomes(outbox: Outbox) -> list[Sent]:
     """Close ``outbox`` and take every outcome, in the order they came."""
     outbox.close()
     return [sent async for sent in outbox]
+
+
+class _Stepped(trio.abc.Instrument):
+    """Sets ``ran`` once a task other than ``waiter`` has taken a step."""
+
+    def __init__(self, waiter: trio.lowlevel.Task) -> None:
+        self.waiter = waiter
+        self.ran = trio.Event()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is not self.waiter:
+            self.ran.set()
+
+
+async def until_moved(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` holds, looked at again each time another task has run.
+
+    For state that other tasks move on their own (nodes answering each other
+    through Redis, in real time): no time is waited for its own sake, so the
+    wait lasts exactly as long as the work does; the caller's ``fail_after``
+    catches a hang.
+    """
+    me = trio.lowlevel.current_task()
+    while not condition():
+        stepped = _Stepped(me)
+        trio.lowlevel.add_instrument(stepped)
+        try:
+            await stepped.ran.wait()
+        finally:
+            trio.lowlevel.remove_instrument(stepped)

@@ -25,6 +25,7 @@ from runtime.cluster.ownership import Ownership
 from runtime.cluster.placement import HashRing
 from runtime.config.model import ChannelSpec, StorageConfig
 from runtime.store import open_store
+from tests.support import until_moved
 from tests.test_cluster_capability import _member, _Reconciles, _Recorder
 from tests.test_cluster_faults import _config
 from tests.test_cluster_redis import CEILING as REAL_CEILING
@@ -281,12 +282,13 @@ async def test_a_channel_of_another_node_s_file_can_be_pinned_and_looked_up_from
             await other.beat()
             async with open_node(config, providers={"simulated": SimulatedProvider()}) as node:
                 await wait_connected(node, 1)
-                while True:  # solo has read other's file (Redis answers)
-                    view = await node.cluster()
-                    placed = {lease.channel_id: lease.placed_on for lease in view.leases}
-                    if placed.get(x) == "other":
-                        break
-                    await trio.sleep(0.05)
+                cluster = node._cluster
+                assert cluster is not None
+                # Until solo has read other's file (from Redis, at a heartbeat).
+                await until_moved(lambda: cluster.ownership.owner(x) == "other")
+                view = await node.cluster()
+                placed = {lease.channel_id: lease.placed_on for lease in view.leases}
+                assert placed.get(x) == "other"
                 assert view.unplaced == ()
                 holder = await node.lease_holder(x)
                 assert holder.channel_id == x and holder.holder is None

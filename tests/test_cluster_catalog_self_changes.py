@@ -38,6 +38,7 @@ import runtime.cluster.catalog as catalog_module
 from runtime import Node
 from runtime.cluster.catalog import Catalog
 from runtime.config.model import ChannelSpec
+from tests.support import until_moved
 from tests.test_console_cluster import CEILING, CHANNELS, Pair, _connected, pair, placed_on_both
 
 
@@ -54,12 +55,8 @@ def _catalog(node: Node) -> Catalog:
 
 async def listening(nodes: Pair) -> None:
     """Until every node hears the catalog's announcements."""
-    any_catalog = _catalog(next(iter(nodes.nodes.values())))
-    while True:
-        _, count = await any_catalog.link.call("PUBSUB", "NUMSUB", any_catalog.announcements)
-        if int(count) == len(nodes.nodes):
-            return
-        await trio.sleep(0.02)
+    for node in nodes.nodes.values():
+        await _catalog(node).listening.wait()
 
 
 def api_channel(nodes: Pair, owner: str) -> ChannelSpec:
@@ -77,14 +74,13 @@ def _listed(node: Node, channel_id: str) -> bool:
 
 
 async def runs_on(nodes: Pair, channel_id: str, owner: str) -> None:
-    """Until the channel's lease is ``owner``'s and it is connected there."""
+    """Until the channel is connected on ``owner`` (which connects it only while
+    it holds its lease); then its lease is ``owner``'s."""
     cluster = nodes.nodes[owner]._cluster
     assert cluster is not None
-    while True:
-        held = (await cluster.holders([channel_id])).get(channel_id)
-        if held is not None and held[0] == owner and _connected(nodes.nodes[owner], channel_id):
-            return
-        await trio.sleep(0.05)
+    await until_moved(lambda: _connected(nodes.nodes[owner], channel_id))
+    held = (await cluster.holders([channel_id])).get(channel_id)
+    assert held is not None and held[0] == owner, held
 
 
 async def gone_for_good(nodes: Pair, channel_id: str) -> None:
@@ -92,11 +88,16 @@ async def gone_for_good(nodes: Pair, channel_id: str) -> None:
     lists it, and the catalog does not hold it: nothing will start it again."""
     clusters = [node._cluster for node in nodes.nodes.values() if node._cluster is not None]
     link, leases = clusters[0].link, clusters[0].leases
-    while await link.call("GET", leases.lease_key(channel_id)) is not None or any(  # noqa: ASYNC110 - Redis answers
-        channel_id in cluster.ownership.catalog or channel_id in cluster.ownership.owned
-        for cluster in clusters
-    ):
-        await trio.sleep(0.05)
+    # An owner forgets a channel (owned) once it gave its lease back.
+    await until_moved(
+        lambda: (
+            not any(
+                channel_id in cluster.ownership.catalog or channel_id in cluster.ownership.owned
+                for cluster in clusters
+            )
+        )
+    )
+    assert await link.call("GET", leases.lease_key(channel_id)) is None
     assert not any(_listed(node, channel_id) for node in nodes.nodes.values())
     assert channel_id not in await clusters[0].catalog.store.catalog()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from .support import all_outcomes as _all
 from .support import record_outcome
 from .support import sent_key as _key
 from .support import sent_outcome as _outcome
+from .support import until_moved as until
 from .test_node_embedded import FAST, message
 
 CEILING = 60.0  # real seconds per test; only a hang gets near it
@@ -152,33 +153,32 @@ async def pair(
 
 
 async def _placed(nodes: dict[str, Node]) -> dict[str, str]:
-    """The owner of each channel, once each runs on its owner and n1 knows it."""
-    while True:
-        owners: dict[str, str] = {}
+    """The owner of each channel, once each runs on its owner and n1 knows it
+    (a node connects a channel only while it holds its lease)."""
+    owners: dict[str, str] = {}
+
+    def settled() -> bool:
+        owners.clear()
         for node in nodes.values():
             assert node._cluster is not None
             if node._cluster.ownership.ring.members != tuple(sorted(nodes)):
-                break
+                return False
             for snapshot in node.channels():
                 if not snapshot.remote and snapshot.status is ChannelStatus.CONNECTED:
                     owners[snapshot.channel_id] = node.node_id
         n1 = nodes["n1"]
-        if (
+        return (
             sorted(owners) == CHANNELS
             and set(owners.values()) == set(nodes)
             and all(n1._runs_here(c) == (o == "n1") for c, o in owners.items())
-        ):
-            assert n1._cluster is not None
-            holders = await n1._cluster.holders(CHANNELS)
-            if {c: h[0] for c, h in holders.items()} == owners:
-                return owners
-        await trio.sleep(0.05)
+        )
 
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Until ``condition()`` holds (the nodes talk through Redis: real time)."""
-    while not condition():  # noqa: ASYNC110 - state moved by the nodes' tasks and Redis
-        await trio.sleep(0.01)
+    await until(settled)
+    cluster = nodes["n1"]._cluster
+    assert cluster is not None
+    holders = await cluster.holders(CHANNELS)
+    assert {c: h[0] for c, h in holders.items()} == owners
+    return dict(owners)
 
 
 def _same_error(outbox_error: Any, send_error: Any, keys: tuple[str, str]) -> None:

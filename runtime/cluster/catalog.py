@@ -64,6 +64,7 @@ class Catalog:
         self.from_file: frozenset[str] = frozenset()
         self._foreign: frozenset[str] = frozenset()  # file entries this node's file lacks
         self._poke = trio.Event()
+        self.listening = trio.Event()  # set once the announcements are heard (watch)
 
     async def publish_file(self) -> None:
         """Enter this node's file channels (by id) into the catalog.
@@ -171,5 +172,5 @@ class Catalog:
                 self._poke = trio.Event()
 
     async def _listen(self) -> None:
-        async for _ in self.link.listen(self.announcements):
+        async for _ in self.link.listen(self.announcements, subscribed=self.listening):
             self._poke.set()

@@ -113,16 +113,25 @@ class RedisLink:
 
         return run
 
-    async def listen(self, channel: str) -> AsyncIterator[bytes]:
+    async def listen(
+        self, channel: str, *, subscribed: trio.Event | None = None
+    ) -> AsyncIterator[bytes]:
         """The messages published on ``channel``, until cancelled.
 
         A broken link ends nothing: it is reopened, and the caller (who also
         polls) misses at most what was published meanwhile.
+
+        Args:
+            channel: the channel.
+            subscribed: set once the first subscription is in place (from then
+                on nothing published is missed but across a broken link).
         """
         while True:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await self._aio(pubsub.subscribe)(channel)
+                if subscribed is not None:
+                    subscribed.set()
                 while True:
                     message = await self._aio(pubsub.get_message)(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
